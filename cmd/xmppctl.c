@@ -1,0 +1,533 @@
+/* xmppctl: account administration against the server's store.
+ *
+ *   xmppctl [-c CONFIG] [--db PATH] COMMAND ...
+ *
+ * The store comes from --db, else from the config file's [storage] section, else the
+ * defaults. JIDs are normalised (RFC 7622) and must be bare; a name without '@' gets the
+ * configured domain. Only SCRAM credentials (SHA-1 and SHA-256, RFC 5802 / RFC 7677) are
+ * stored, never the password. Passwords come from the command line or, when absent, one
+ * line of standard input (with a terminal: prompted without echo, twice when setting one).
+ *
+ * Exit status: 0 success; 1 runtime failure (user exists, no such user, wrong password,
+ * storage error); 2 usage error (bad arguments, bad JID or password, unreadable config). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/config.h"
+#include "common/err.h"
+#include "common/jid.h"
+#include "common/log.h"
+#include "common/scram.h"
+#include "common/store/store.h"
+
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+#define PASSWORD_MAX 1023
+
+static const char usage_text[] =
+    "usage: xmppctl [-c CONFIG] [--db PATH] COMMAND ...\n"
+    "\n"
+    "commands:\n"
+    "  adduser JID [PASSWORD]         create an account\n"
+    "  deluser JID                    delete an account with its roster and offline messages\n"
+    "  passwd JID [PASSWORD]          change an account's password\n"
+    "  listusers                      print every account, one per line\n"
+    "  checkpassword JID [PASSWORD]   exit 0 if the password is correct, 1 if not\n"
+    "\n"
+    "options:\n"
+    "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
+    "      --db PATH         database file (overrides the configuration)\n"
+    "  -h, --help            show this help\n"
+    "\n"
+    "A JID without '@' gets the configured domain appended. Without PASSWORD, one line is\n"
+    "read from standard input; on a terminal the password is asked without echo (twice\n"
+    "when setting it). Passwords given as arguments are visible to other local users.\n"
+    "Exit status: 0 ok, 1 failure (exists, not found, wrong password), 2 usage error.\n";
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("xmppctl: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputs("\nTry 'xmppctl --help'.\n", stderr);
+  va_end(ap);
+}
+
+/* ---- configuration and store ------------------------------------------------------- */
+
+typedef struct ctl {
+  xmpp_config_t cfg;
+  store_t *store;
+} ctl_t;
+
+static int open_store(ctl_t *c) {
+  char *err = NULL;
+  /* The database holds credentials: whatever it creates (db, -wal, -shm) is private. */
+  umask(077);
+  c->store = store_open(c->cfg.store_backend, c->cfg.store_path, &err);
+  if (!c->store) {
+    fprintf(stderr, "xmppctl: cannot open store %s: %s\n", c->cfg.store_path,
+            err ? err : "unknown error");
+    xfree(err);
+    return EXIT_FAIL;
+  }
+  return EXIT_OK;
+}
+
+static int store_failed(const char *what, const char *jid, int rc) {
+  fprintf(stderr, "xmppctl: %s %s: %s\n", what, jid, xmpp_strerror(rc));
+  return EXIT_FAIL;
+}
+
+/* ---- JIDs --------------------------------------------------------------------------- */
+
+/* Normalises a user's JID into *bare (caller frees). Returns EXIT_OK or EXIT_USAGE. */
+static int user_jid(const ctl_t *c, const char *in, char **bare) {
+  char *tmp = NULL;
+  const char *s = in;
+  if (!strchr(in, '@') && !strchr(in, '/')) {
+    size_t li = strlen(in), ld = strlen(c->cfg.domain);
+    tmp = xmalloc(li + 1 + ld + 1);
+    memcpy(tmp, in, li);
+    tmp[li] = '@';
+    memcpy(tmp + li + 1, c->cfg.domain, ld + 1);
+    s = tmp;
+  }
+  jid_t j;
+  memset(&j, 0, sizeof j);
+  int rc = jid_parse(s, strlen(s), &j);
+  xfree(tmp);
+  if (rc != 0) {
+    usage_error("invalid JID '%s'", in);
+    return EXIT_USAGE;
+  }
+  if (j.resource) {
+    usage_error("'%s' has a resource: give a bare JID (user@domain)", in);
+    jid_free(&j);
+    return EXIT_USAGE;
+  }
+  if (!j.local) {
+    usage_error("'%s' has no user part (user@domain)", in);
+    jid_free(&j);
+    return EXIT_USAGE;
+  }
+  char *cfg_domain = NULL;
+  if (jid_prep_domain(c->cfg.domain, strlen(c->cfg.domain), &cfg_domain) != 0)
+    cfg_domain = xstrdup(c->cfg.domain);
+  if (strcmp(j.domain, cfg_domain) != 0)
+    fprintf(stderr, "xmppctl: warning: %s is not in the configured domain %s\n", j.bare,
+            cfg_domain);
+  xfree(cfg_domain);
+  *bare = xstrdup(j.bare);
+  jid_free(&j);
+  return EXIT_OK;
+}
+
+/* ---- passwords ---------------------------------------------------------------------- */
+
+typedef struct password {
+  char *p;
+  size_t len;
+} password_t;
+
+static void password_free(password_t *pw) {
+  if (pw->p) {
+    explicit_bzero(pw->p, pw->len);
+    xfree(pw->p);
+  }
+  pw->p = NULL;
+  pw->len = 0;
+}
+
+/* NULL when acceptable, else why not: non-empty, at most PASSWORD_MAX bytes, valid UTF-8
+ * without control characters (C0, DEL, C1; NUL included). */
+static const char *password_problem(const char *p, size_t len) {
+  if (len == 0) return "the password is empty";
+  if (len > PASSWORD_MAX) return "the password is longer than 1023 bytes";
+  const unsigned char *s = (const unsigned char *)p;
+  for (size_t i = 0; i < len;) {
+    uint32_t cp;
+    size_t n;
+    unsigned char b = s[i];
+    if (b < 0x80) {
+      cp = b;
+      n = 1;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+      cp = b & 0x1f;
+      n = 2;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      cp = b & 0x0f;
+      n = 3;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      cp = b & 0x07;
+      n = 4;
+    } else {
+      return "the password is not valid UTF-8";
+    }
+    if (i + n > len) return "the password is not valid UTF-8";
+    for (size_t k = 1; k < n; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) return "the password is not valid UTF-8";
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return "the password is not valid UTF-8";
+    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+      return "the password contains control characters";
+    i += n;
+  }
+  return NULL;
+}
+
+/* Terminal state to restore if a signal arrives while echo is off. */
+static struct termios g_saved_tty;
+static volatile sig_atomic_t g_echo_off;
+
+static void restore_tty_and_die(int sig) {
+  if (g_echo_off) tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_tty);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* Reads one line from stdin (without its line ending) into *pw. With prompt non-NULL and
+ * stdin a terminal, prints the prompt on stderr and turns echo off while reading.
+ * Returns 0, or -1 at end of input / on a read error. */
+static int read_line(const char *prompt, password_t *pw) {
+  int tty = prompt && isatty(STDIN_FILENO);
+  struct sigaction sa, old[4];
+  static const int sigs[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+  if (tty) {
+    fputs(prompt, stderr);
+    fflush(stderr);
+    if (tcgetattr(STDIN_FILENO, &g_saved_tty) == 0) {
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = restore_tty_and_die;
+      sigemptyset(&sa.sa_mask);
+      for (int i = 0; i < 4; i++) sigaction(sigs[i], &sa, &old[i]);
+      struct termios t = g_saved_tty;
+      t.c_lflag &= ~(tcflag_t)ECHO;
+      t.c_lflag |= ECHONL;
+      if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) == 0) g_echo_off = 1;
+    }
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, stdin);
+  int err = n < 0 && ferror(stdin) ? errno : 0;
+  if (tty) {
+    if (g_echo_off) {
+      tcsetattr(STDIN_FILENO, TCSAFLUSH, &g_saved_tty);
+      g_echo_off = 0;
+      for (int i = 0; i < 4; i++) sigaction(sigs[i], &old[i], NULL);
+    }
+  }
+  if (n < 0) {
+    if (line) explicit_bzero(line, cap);
+    free(line);
+    if (err) fprintf(stderr, "xmppctl: reading the password: %s\n", strerror(err));
+    return -1;
+  }
+  size_t len = (size_t)n;
+  if (len && line[len - 1] == '\n') len--;
+  if (len && line[len - 1] == '\r') len--;
+  pw->p = xmalloc(len + 1);
+  memcpy(pw->p, line, len);
+  pw->p[len] = '\0';
+  pw->len = len;
+  explicit_bzero(line, cap);
+  free(line);
+  return 0;
+}
+
+/* The password for a command: argv's (then wiped from argv, so that ps shows less), or
+ * read from stdin; confirm asks twice on a terminal. Returns EXIT_OK, EXIT_USAGE (no
+ * password, or an unacceptable one when check is set) or EXIT_FAIL (mismatch). */
+static int get_password(char *arg, int confirm, int check, password_t *pw) {
+  memset(pw, 0, sizeof *pw);
+  if (arg) {
+    pw->len = strlen(arg);
+    pw->p = xstrndup(arg, pw->len);
+    explicit_bzero(arg, pw->len);
+  } else {
+    if (read_line("Password: ", pw) != 0) {
+      fprintf(stderr, "xmppctl: no password given\n");
+      return EXIT_USAGE;
+    }
+    if (confirm && isatty(STDIN_FILENO)) {
+      password_t again;
+      memset(&again, 0, sizeof again);
+      if (read_line("Password (again): ", &again) != 0) {
+        password_free(pw);
+        fprintf(stderr, "xmppctl: no password given\n");
+        return EXIT_USAGE;
+      }
+      int same = again.len == pw->len && memcmp(again.p, pw->p, pw->len) == 0;
+      password_free(&again);
+      if (!same) {
+        password_free(pw);
+        fprintf(stderr, "xmppctl: the passwords do not match\n");
+        return EXIT_FAIL;
+      }
+    }
+  }
+  const char *why = check ? password_problem(pw->p, pw->len) : NULL;
+  if (why) {
+    password_free(pw);
+    fprintf(stderr, "xmppctl: %s\n", why);
+    return EXIT_USAGE;
+  }
+  return EXIT_OK;
+}
+
+static int make_account(const ctl_t *c, const password_t *pw, store_account_t *a) {
+  uint32_t iter = c->cfg.scram_iterations > 0 ? (uint32_t)c->cfg.scram_iterations : 4096;
+  if (scram_cred_make(SCRAM_SHA1, pw->p, pw->len, iter, &a->sha1) != 0 ||
+      scram_cred_make(SCRAM_SHA256, pw->p, pw->len, iter, &a->sha256) != 0) {
+    fprintf(stderr, "xmppctl: cannot derive SCRAM credentials\n");
+    explicit_bzero(a, sizeof *a);
+    return EXIT_FAIL;
+  }
+  return EXIT_OK;
+}
+
+/* ---- commands ----------------------------------------------------------------------- */
+
+static int cmd_adduser(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc) return rc;
+  if ((rc = open_store(c)) != 0) goto out;
+  int ex = store_account_exists(c->store, bare);
+  if (ex < 0) {
+    rc = store_failed("checking", bare, ex);
+    goto out;
+  }
+  if (ex) {
+    fprintf(stderr, "xmppctl: user %s already exists\n", bare);
+    rc = EXIT_FAIL;
+    goto out;
+  }
+  password_t pw;
+  if ((rc = get_password(nargs > 1 ? args[1] : NULL, 1, 1, &pw)) != 0) goto out;
+  store_account_t a;
+  rc = make_account(c, &pw, &a);
+  password_free(&pw);
+  if (rc) goto out;
+  int src = store_account_create(c->store, bare, &a);
+  explicit_bzero(&a, sizeof a);
+  if (src == XMPP_EEXIST) {
+    fprintf(stderr, "xmppctl: user %s already exists\n", bare);
+    rc = EXIT_FAIL;
+  } else if (src) {
+    rc = store_failed("creating", bare, src);
+  } else {
+    printf("user %s added\n", bare);
+  }
+out:
+  xfree(bare);
+  return rc;
+}
+
+static int cmd_deluser(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc) return rc;
+  if ((rc = open_store(c)) != 0) goto out;
+  int src = store_account_delete(c->store, bare);
+  if (src == XMPP_ENOENT) {
+    fprintf(stderr, "xmppctl: no such user %s\n", bare);
+    rc = EXIT_FAIL;
+  } else if (src) {
+    rc = store_failed("deleting", bare, src);
+  } else {
+    printf("user %s deleted\n", bare);
+  }
+out:
+  xfree(bare);
+  return rc;
+}
+
+static int cmd_passwd(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc) return rc;
+  if ((rc = open_store(c)) != 0) goto out;
+  int ex = store_account_exists(c->store, bare);
+  if (ex < 0) {
+    rc = store_failed("checking", bare, ex);
+    goto out;
+  }
+  if (!ex) {
+    fprintf(stderr, "xmppctl: no such user %s\n", bare);
+    rc = EXIT_FAIL;
+    goto out;
+  }
+  password_t pw;
+  if ((rc = get_password(nargs > 1 ? args[1] : NULL, 1, 1, &pw)) != 0) goto out;
+  store_account_t a;
+  rc = make_account(c, &pw, &a);
+  password_free(&pw);
+  if (rc) goto out;
+  int src = store_account_update(c->store, bare, &a);
+  explicit_bzero(&a, sizeof a);
+  if (src == XMPP_ENOENT) {
+    fprintf(stderr, "xmppctl: no such user %s\n", bare);
+    rc = EXIT_FAIL;
+  } else if (src) {
+    rc = store_failed("updating", bare, src);
+  } else {
+    printf("password of %s changed\n", bare);
+  }
+out:
+  xfree(bare);
+  return rc;
+}
+
+static void print_user(const char *bare, void *ud) {
+  (void)ud;
+  puts(bare);
+}
+
+static int cmd_listusers(ctl_t *c, char **args, int nargs) {
+  int rc = open_store(c);
+  if (rc) return rc;
+  int src = store_account_list(c->store, print_user, NULL);
+  if (src) return store_failed("listing", "users", src);
+  return EXIT_OK;
+}
+
+static int cmd_checkpassword(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc) return rc;
+  if ((rc = open_store(c)) != 0) goto out;
+  store_account_t a;
+  int src = store_account_get(c->store, bare, &a);
+  if (src == XMPP_ENOENT) {
+    fprintf(stderr, "xmppctl: no such user %s\n", bare);
+    rc = EXIT_FAIL;
+    goto out;
+  }
+  if (src) {
+    rc = store_failed("reading", bare, src);
+    goto out;
+  }
+  password_t pw;
+  /* No format check: a password that could never have been set is simply wrong. */
+  if ((rc = get_password(nargs > 1 ? args[1] : NULL, 0, 0, &pw)) != 0) {
+    explicit_bzero(&a, sizeof a);
+    goto out;
+  }
+  int ok256 = scram_cred_check_password(SCRAM_SHA256, &a.sha256, pw.p, pw.len) == 0;
+  int ok1 = ok256 && scram_cred_check_password(SCRAM_SHA1, &a.sha1, pw.p, pw.len) == 0;
+  password_free(&pw);
+  explicit_bzero(&a, sizeof a);
+  if (ok256 && ok1) {
+    printf("password of %s is correct\n", bare);
+  } else if (ok256) {
+    fprintf(stderr, "xmppctl: %s: SCRAM-SHA-256 matches but SCRAM-SHA-1 does not "
+                    "(inconsistent credentials; reset with passwd)\n", bare);
+    rc = EXIT_FAIL;
+  } else {
+    fprintf(stderr, "xmppctl: wrong password for %s\n", bare);
+    rc = EXIT_FAIL;
+  }
+out:
+  xfree(bare);
+  return rc;
+}
+
+typedef struct command {
+  const char *name;
+  int min_args, max_args;
+  const char *args_usage;
+  int (*run)(ctl_t *c, char **args, int nargs);
+} command_t;
+
+static const command_t commands[] = {
+    {"adduser", 1, 2, "JID [PASSWORD]", cmd_adduser},
+    {"deluser", 1, 1, "JID", cmd_deluser},
+    {"passwd", 1, 2, "JID [PASSWORD]", cmd_passwd},
+    {"listusers", 0, 0, "", cmd_listusers},
+    {"checkpassword", 1, 2, "JID [PASSWORD]", cmd_checkpassword},
+};
+
+int main(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"db", required_argument, NULL, 'd'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *config_path = NULL, *db_path = NULL;
+  int opt;
+  log_set_level(LOG_WARN);
+  /* '+': options end at COMMAND, so a password starting with '-' is not an option. */
+  while ((opt = getopt_long(argc, argv, "+c:h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'c': config_path = optarg; break;
+    case 'd': db_path = optarg; break;
+    case 'h': fputs(usage_text, stdout); return EXIT_OK;
+    default: fputs("Try 'xmppctl --help'.\n", stderr); return EXIT_USAGE;
+    }
+  }
+  if (optind >= argc) {
+    usage_error("%s", "no command given");
+    return EXIT_USAGE;
+  }
+  const char *name = argv[optind];
+  const command_t *cmd = NULL;
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(commands[i].name, name) == 0) cmd = &commands[i];
+  if (!cmd) {
+    usage_error("unknown command '%s'", name);
+    return EXIT_USAGE;
+  }
+  int nargs = argc - optind - 1;
+  if (nargs < cmd->min_args || nargs > cmd->max_args) {
+    fprintf(stderr, "usage: xmppctl [-c CONFIG] [--db PATH] %s%s%s\n", cmd->name,
+            *cmd->args_usage ? " " : "", cmd->args_usage);
+    return EXIT_USAGE;
+  }
+
+  ctl_t c;
+  memset(&c, 0, sizeof c);
+  char *err = NULL;
+  if (config_load(&c.cfg, config_path, &err) != 0) {
+    fprintf(stderr, "xmppctl: %s\n", err ? err : "cannot load the configuration");
+    xfree(err);
+    config_free(&c.cfg);
+    return EXIT_USAGE;
+  }
+  if (db_path) {
+    if (!*db_path) {
+      config_free(&c.cfg);
+      usage_error("%s", "--db needs a path");
+      return EXIT_USAGE;
+    }
+    xfree(c.cfg.store_path);
+    c.cfg.store_path = xstrdup(db_path);
+  }
+
+  int rc = cmd->run(&c, argv + optind + 1, nargs);
+  if (c.store) store_close(c.store);
+  config_free(&c.cfg);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "xmppctl: writing the output: %s\n", strerror(errno));
+    if (rc == EXIT_OK) rc = EXIT_FAIL;
+  }
+  return rc;
+}

@@ -1,0 +1,170 @@
+/* xmppd: the single-process server (edge threads + router workers + embedded storage).
+ *
+ *   xmppd [-c FILE] [--set section.key=value]... [--check-config] [--print-config]
+ *         [--print-reference]
+ *
+ * Start-up order: config, storage check, router workers, edge threads (listening).
+ * SIGINT/SIGTERM: edges stop accepting and send <system-shutdown/>, sessions end,
+ * routers drain their queues (bounced messages reach offline storage), then all stop. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <uv.h>
+
+#include "common/alloc.h"
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/store/store.h"
+#include "common/version.h"
+#include "common/xml_stream.h"
+#include "edge/edge.h"
+#include "router/router.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: xmppd [-c FILE] [--set section.key=value]... [--check-config]\n"
+          "             [--print-config] [--print-reference] [--version]\n"
+          "  -c, --config FILE     configuration file (INI); defaults apply without one\n"
+          "  -s, --set K=V         override one option, e.g. --set c2s.port=5333\n"
+          "      --check-config    validate the configuration and exit (0 = valid)\n"
+          "      --print-config    print the effective configuration and exit\n"
+          "      --print-reference print every option with its default (Markdown)\n");
+}
+
+static uv_signal_t sigint_h, sigterm_h;
+static void on_signal(uv_signal_t *h, int sig) {
+  log_info("signal %d: shutting down", sig);
+  uv_signal_stop(&sigint_h);
+  uv_signal_stop(&sigterm_h);
+  uv_stop(h->loop);
+}
+
+static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
+
+int main(int argc, char **argv) {
+  const char *conf_path = NULL;
+  int check = 0, print = 0;
+  char **sets = xcalloc((size_t)argc + 1, sizeof(char *));
+  int nsets = 0;
+  static const struct option longopts[] = {
+      {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 's'},
+      {"check-config", no_argument, 0, 'k'}, {"print-config", no_argument, 0, 'p'},
+      {"print-reference", no_argument, 0, 'r'}, {"version", no_argument, 0, 'V'},
+      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  int ch;
+  while ((ch = getopt_long(argc, argv, "c:s:h", longopts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': conf_path = optarg; break;
+    case 's': sets[nsets++] = optarg; break;
+    case 'k': check = 1; break;
+    case 'p': print = 1; break;
+    case 'r': config_print_reference(stdout); return 0;
+    case 'V': printf("xmppd %s\n", XMPPD_VERSION); return 0;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  xmpp_config_t cfg;
+  char *err = NULL;
+  if (config_load(&cfg, conf_path, &err) != 0) {
+    fprintf(stderr, "xmppd: %s\n", err);
+    return 2;
+  }
+  for (int i = 0; i < nsets; i++) {
+    char *eq = strchr(sets[i], '=');
+    if (!eq) {
+      fprintf(stderr, "xmppd: --set %s: expected section.key=value\n", sets[i]);
+      return 2;
+    }
+    *eq = '\0';
+    if (config_set(&cfg, sets[i], eq + 1, &err) != 0) {
+      fprintf(stderr, "xmppd: %s\n", err);
+      return 2;
+    }
+  }
+  xfree(sets);
+  if (config_validate(&cfg, &err) != 0) {
+    fprintf(stderr, "xmppd: configuration error: %s\n", err);
+    return 2;
+  }
+  if (print) {
+    config_print(stdout, &cfg);
+    return 0;
+  }
+  if (check) {
+    printf("configuration OK\n");
+    return 0;
+  }
+  log_set_level((log_level_t)log_level_parse(cfg.log_level));
+  hash_init();
+  xml_stream_global_init();
+  signal(SIGPIPE, SIG_IGN);
+
+  store_t *probe = store_open(cfg.store_backend, cfg.store_path, &err);
+  if (!probe) {
+    log_error("storage %s: %s", cfg.store_path, err ? err : "cannot open");
+    return 1;
+  }
+  store_close(probe);
+
+  int cores = (int)uv_available_parallelism();
+  bus_t bus = {0};
+  bus.nshards = (uint32_t)cfg.shards;
+  bus.nedges = cfg.io_threads ? cfg.io_threads : cores;
+  bus.nworkers = cfg.router_workers ? cfg.router_workers : cores;
+  bus.edge_q = xcalloc((size_t)bus.nedges, sizeof *bus.edge_q);
+  bus.worker_q = xcalloc((size_t)bus.nworkers, sizeof *bus.worker_q);
+
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  getrlimit(RLIMIT_NOFILE, &rl);
+
+  router_t *router = router_create(&cfg, &bus);
+  if (!router) return 1;
+  edge_t *edge = edge_create(&cfg, &bus);
+  if (!edge) return 1;
+  if (router_start(router) != 0 || edge_start(edge) != 0) {
+    log_error("cannot start threads");
+    return 1;
+  }
+  log_info("xmppd %s serving %s: STARTTLS port %d, direct TLS port %d, %d I/O threads, %d router workers, "
+           "%u shards, open-file limit %llu",
+           XMPPD_VERSION, cfg.domain, cfg.c2s_port, cfg.c2s_tls_port, bus.nedges, bus.nworkers, bus.nshards,
+           (unsigned long long)rl.rlim_cur);
+
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  uv_run(loop, UV_RUN_DEFAULT);
+
+  /* shutdown: tell clients, let routers see the session ends and re-route bounces */
+  edge_stop(edge);
+  uv_timer_t settle;
+  uv_timer_init(loop, &settle);
+  uv_timer_start(&settle, settle_cb, 500, 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  edge_join(edge);
+  router_stop(router);
+  uv_close((uv_handle_t *)&settle, NULL);
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+  edge_free(edge);
+  router_free(router);
+  xfree(bus.edge_q);
+  xfree(bus.worker_q);
+  config_free(&cfg);
+  log_info("stopped");
+  return 0;
+}

@@ -1,0 +1,267 @@
+/* Configuration: one declarative table drives everything.
+ *
+ * Each row names an option ("section.key"), its type, bounds, default, the offset of its
+ * field in xmpp_config_t and one line of documentation. The INI file is read by inih;
+ * the same setter serves the file and command-line overrides, so both are validated
+ * alike. --check-config and docs/configuration.md come from the same rows. */
+#include "common/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "common/log.h"
+
+typedef enum { CT_INT, CT_BOOL, CT_STR } conf_type_t;
+
+typedef struct conf_opt {
+  const char *section;
+  const char *key;
+  conf_type_t type;
+  long min, max;
+  const char *def;
+  size_t off;
+  const char *doc;
+} conf_opt_t;
+
+#define O(f) offsetof(xmpp_config_t, f)
+static const conf_opt_t opts[] = {
+  {"server", "domain", CT_STR, 1, 1023, "localhost", O(domain), "XMPP domain this server hosts"},
+  {"server", "log_level", CT_STR, 0, 0, "info", O(log_level), "debug, info, warn, error or none"},
+  {"server", "io_threads", CT_INT, 0, 256, "0", O(io_threads), "edge I/O threads (0 = one per core)"},
+  {"server", "router_workers", CT_INT, 0, 256, "0", O(router_workers), "router worker threads (0 = one per core)"},
+  {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S"},
+  {"c2s", "address", CT_STR, 1, 255, "127.0.0.1", O(c2s_addr), "address the client listeners bind to"},
+  {"c2s", "port", CT_INT, 0, 65535, "5222", O(c2s_port), "client port with STARTTLS (0 = off)"},
+  {"c2s", "tls_port", CT_INT, 0, 65535, "5223", O(c2s_tls_port), "client port with direct TLS, XEP-0368 (0 = off)"},
+  {"tls", "certificate", CT_STR, 0, 4095, "", O(tls_cert), "PEM certificate chain file (empty = TLS off)"},
+  {"tls", "key", CT_STR, 0, 4095, "", O(tls_key), "PEM private key file"},
+  {"tls", "required", CT_BOOL, 0, 1, "true", O(require_tls), "require TLS before authentication"},
+  {"limits", "max_stanza_bytes", CT_INT, 1024, 64 << 20, "262144", O(max_stanza_bytes), "largest stanza accepted; larger gets <policy-violation/>"},
+  {"limits", "max_depth", CT_INT, 2, 1024, "64", O(max_depth), "deepest element nesting inside a stanza"},
+  {"limits", "max_attrs", CT_INT, 1, 4096, "64", O(max_attrs), "most attributes on one element"},
+  {"limits", "auth_timeout", CT_INT, 1, 3600, "30", O(auth_timeout), "seconds from connect to a bound resource"},
+  {"limits", "idle_timeout", CT_INT, 5, 86400, "600", O(idle_timeout), "seconds without client input before <connection-timeout/>"},
+  {"limits", "keepalive", CT_INT, 1, 86400, "90", O(keepalive), "seconds of output silence before a whitespace keepalive"},
+  {"limits", "sasl_max_failures", CT_INT, 1, 5, "3", O(sasl_max_failures), "failed SASL attempts before the stream is closed (RFC 6120 6.4.5)"},
+  {"limits", "offline_max", CT_INT, 0, 1000000, "1000", O(offline_max), "offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
+  {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: sqlite"},
+  {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file"},
+  {"storage", "scram_iterations", CT_INT, 4096, 1000000, "4096", O(scram_iterations), "PBKDF2 iterations for new credentials"},
+};
+#define NOPTS (sizeof opts / sizeof opts[0])
+
+static char *fmt_err(const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return xstrdup(buf);
+}
+
+static const conf_opt_t *find_opt(const char *section, const char *key) {
+  for (size_t i = 0; i < NOPTS; i++)
+    if (strcmp(opts[i].section, section) == 0 && strcmp(opts[i].key, key) == 0) return &opts[i];
+  return NULL;
+}
+
+static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, char **err) {
+  char *base = (char *)c;
+  switch (o->type) {
+  case CT_INT: {
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end) {
+      if (err) *err = fmt_err("%s.%s: '%s' is not an integer", o->section, o->key, value);
+      return XMPP_EINVAL;
+    }
+    if (v < o->min || v > o->max) {
+      if (err) *err = fmt_err("%s.%s: %ld is outside [%ld, %ld]", o->section, o->key, v, o->min, o->max);
+      return XMPP_EINVAL;
+    }
+    *(int *)(base + o->off) = (int)v;
+    return 0;
+  }
+  case CT_BOOL: {
+    int v;
+    if (!strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcmp(value, "1") || !strcasecmp(value, "on")) v = 1;
+    else if (!strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcmp(value, "0") || !strcasecmp(value, "off")) v = 0;
+    else {
+      if (err) *err = fmt_err("%s.%s: '%s' is not a boolean (true/false)", o->section, o->key, value);
+      return XMPP_EINVAL;
+    }
+    *(int *)(base + o->off) = v;
+    return 0;
+  }
+  case CT_STR: {
+    size_t n = strlen(value);
+    if ((long)n < o->min || (o->max && (long)n > o->max)) {
+      if (err) *err = fmt_err("%s.%s: length %zu is outside [%ld, %ld]", o->section, o->key, n, o->min, o->max);
+      return XMPP_EINVAL;
+    }
+    char **slot = (char **)(base + o->off);
+    xfree(*slot);
+    *slot = xstrdup(value);
+    return 0;
+  }
+  }
+  return XMPP_EINVAL;
+}
+
+void config_defaults(xmpp_config_t *c) {
+  memset(c, 0, sizeof *c);
+  for (size_t i = 0; i < NOPTS; i++) {
+    int rc = set_opt(c, &opts[i], opts[i].def, NULL);
+    (void)rc;
+  }
+}
+
+void config_free(xmpp_config_t *c) {
+  for (size_t i = 0; i < NOPTS; i++)
+    if (opts[i].type == CT_STR) {
+      char **slot = (char **)((char *)c + opts[i].off);
+      xfree(*slot);
+      *slot = NULL;
+    }
+}
+
+int config_set(xmpp_config_t *c, const char *key, const char *value, char **err) {
+  const char *dot = strchr(key, '.');
+  if (!dot) {
+    if (err) *err = fmt_err("option '%s': expected section.key", key);
+    return XMPP_EINVAL;
+  }
+  char section[64];
+  size_t sl = (size_t)(dot - key);
+  if (sl >= sizeof section) sl = sizeof section - 1;
+  memcpy(section, key, sl);
+  section[sl] = '\0';
+  const conf_opt_t *o = find_opt(section, dot + 1);
+  if (!o) {
+    if (err) *err = fmt_err("unknown option '%s'", key);
+    return XMPP_EINVAL;
+  }
+  return set_opt(c, o, value, err);
+}
+
+typedef struct {
+  xmpp_config_t *c;
+  char *err;
+} ini_ctx_t;
+
+static int ini_cb(void *ud, const char *section, const char *name, const char *value) {
+  ini_ctx_t *x = ud;
+  if (x->err) return 0;
+  const conf_opt_t *o = find_opt(section, name);
+  if (!o) {
+    x->err = fmt_err("unknown option [%s] %s", section, name);
+    return 0;
+  }
+  return set_opt(x->c, o, value, &x->err) == 0;
+}
+
+int config_load(xmpp_config_t *c, const char *path, char **err) {
+  config_defaults(c);
+  if (!path) return 0;
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    if (err) *err = fmt_err("cannot open config file %s: %s", path, strerror(errno));
+    return XMPP_EINVAL;
+  }
+  ini_ctx_t x = {c, NULL};
+  int rc = ini_parse_file(f, ini_cb, &x);
+  fclose(f);
+  if (x.err) {
+    if (err) *err = fmt_err("%s:%d: %s", path, rc, x.err);
+    xfree(x.err);
+    return XMPP_EINVAL;
+  }
+  if (rc != 0) {
+    if (err) *err = fmt_err("%s:%d: syntax error", path, rc);
+    return XMPP_EINVAL;
+  }
+  return 0;
+}
+
+int config_validate(const xmpp_config_t *c, char **err) {
+  if (log_level_parse(c->log_level) < 0) {
+    if (err) *err = fmt_err("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
+    return XMPP_EINVAL;
+  }
+  if (strcmp(c->store_backend, "sqlite") != 0) {
+    if (err) *err = fmt_err("storage.backend: '%s' is not supported (sqlite)", c->store_backend);
+    return XMPP_EINVAL;
+  }
+  if (c->c2s_port == 0 && c->c2s_tls_port == 0) {
+    if (err) *err = fmt_err("c2s.port and c2s.tls_port are both 0: nothing to listen on");
+    return XMPP_EINVAL;
+  }
+  if (c->c2s_port && c->c2s_port == c->c2s_tls_port) {
+    if (err) *err = fmt_err("c2s.port and c2s.tls_port must differ");
+    return XMPP_EINVAL;
+  }
+  int have_tls = c->tls_cert[0] != '\0';
+  if (have_tls != (c->tls_key[0] != '\0')) {
+    if (err) *err = fmt_err("tls.certificate and tls.key must be set together");
+    return XMPP_EINVAL;
+  }
+  if (have_tls) {
+    if (access(c->tls_cert, R_OK) != 0) {
+      if (err) *err = fmt_err("tls.certificate: cannot read %s", c->tls_cert);
+      return XMPP_EINVAL;
+    }
+    if (access(c->tls_key, R_OK) != 0) {
+      if (err) *err = fmt_err("tls.key: cannot read %s", c->tls_key);
+      return XMPP_EINVAL;
+    }
+  } else {
+    if (c->c2s_tls_port) {
+      if (err) *err = fmt_err("c2s.tls_port needs tls.certificate and tls.key (or set it to 0)");
+      return XMPP_EINVAL;
+    }
+    if (c->require_tls) {
+      if (err) *err = fmt_err("tls.required is true but no tls.certificate is configured");
+      return XMPP_EINVAL;
+    }
+  }
+  return 0;
+}
+
+void config_print(FILE *f, const xmpp_config_t *c) {
+  const char *cur = "";
+  for (size_t i = 0; i < NOPTS; i++) {
+    const conf_opt_t *o = &opts[i];
+    if (strcmp(cur, o->section) != 0) {
+      fprintf(f, "%s[%s]\n", i ? "\n" : "", o->section);
+      cur = o->section;
+    }
+    const char *base = (const char *)c;
+    switch (o->type) {
+    case CT_INT: fprintf(f, "%s = %d\n", o->key, *(const int *)(base + o->off)); break;
+    case CT_BOOL: fprintf(f, "%s = %s\n", o->key, *(const int *)(base + o->off) ? "true" : "false"); break;
+    case CT_STR: fprintf(f, "%s = %s\n", o->key, *(char *const *)(base + o->off)); break;
+    }
+  }
+}
+
+void config_print_reference(FILE *f) {
+  fprintf(f, "| option | type | default | range | meaning |\n|---|---|---|---|---|\n");
+  for (size_t i = 0; i < NOPTS; i++) {
+    const conf_opt_t *o = &opts[i];
+    const char *t = o->type == CT_INT ? "int" : o->type == CT_BOOL ? "bool" : "string";
+    if (o->type == CT_INT)
+      fprintf(f, "| `%s.%s` | %s | `%s` | %ld–%ld | %s |\n", o->section, o->key, t, o->def, o->min, o->max, o->doc);
+    else
+      fprintf(f, "| `%s.%s` | %s | `%s` | | %s |\n", o->section, o->key, t, o->def, o->doc);
+  }
+}

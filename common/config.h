@@ -1,0 +1,54 @@
+/* Server configuration: one declarative table (config.c) drives defaults, the INI file
+ * parser (inih), command-line overrides ("section.key=value"), validation, --check-config
+ * and the printed reference (docs/configuration.md is generated from it). */
+#ifndef XMPP_CONFIG_H
+#define XMPP_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct xmpp_config {
+  /* [server] */
+  char *domain;
+  char *log_level;
+  int io_threads;     /* edge I/O threads; 0 = number of cores */
+  int router_workers; /* router worker threads; 0 = number of cores */
+  int shards;         /* virtual shards S */
+  /* [c2s] */
+  char *c2s_addr;
+  int c2s_port;     /* STARTTLS port; 0 = off */
+  int c2s_tls_port; /* direct TLS port (XEP-0368); 0 = off */
+  /* [tls] */
+  char *tls_cert;
+  char *tls_key;
+  int require_tls;  /* bool: TLS before authentication */
+  /* [limits] */
+  int max_stanza_bytes;
+  int max_depth;
+  int max_attrs;
+  int auth_timeout;   /* seconds from connect to bound session */
+  int idle_timeout;   /* seconds without input before <connection-timeout/> */
+  int keepalive;      /* seconds of output silence before a whitespace keepalive */
+  int sasl_max_failures;
+  int offline_max;    /* offline messages kept per user */
+  /* [storage] */
+  char *store_backend;
+  char *store_path;
+  int scram_iterations;
+} xmpp_config_t;
+
+/* Fills defaults. */
+void config_defaults(xmpp_config_t *c);
+/* Defaults, then the INI file at path (NULL: defaults only). 0 or XMPP_EINVAL with *err. */
+int config_load(xmpp_config_t *c, const char *path, char **err);
+/* Sets one option by "section.key"; validates type and bounds. 0 or XMPP_EINVAL with *err. */
+int config_set(xmpp_config_t *c, const char *key, const char *value, char **err);
+/* Cross-option checks (files readable, ports distinct...). 0 or XMPP_EINVAL with *err. */
+int config_validate(const xmpp_config_t *c, char **err);
+void config_free(xmpp_config_t *c);
+/* Writes the effective configuration as an INI file. */
+void config_print(FILE *f, const xmpp_config_t *c);
+/* Writes the reference of every option (Markdown table). */
+void config_print_reference(FILE *f);
+
+#endif

@@ -1,0 +1,93 @@
+/* SASL mechanisms' message parsing and crypto: SCRAM-SHA-1 / SCRAM-SHA-256 (RFC 5802,
+ * RFC 7677) server side against stored keys, PLAIN (RFC 4616) message parsing, and the
+ * credential derivation used by xmppctl. Protocol code only: no sockets, no storage.
+ * Any thread may call; a scram_server_t belongs to one connection. Uses wolfCrypt. */
+#ifndef XMPP_SCRAM_H
+#define XMPP_SCRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { SCRAM_SHA1 = 0, SCRAM_SHA256 = 1 } scram_hash_t;
+
+#define SCRAM_MAX_KEY 32   /* SHA-256 output; SHA-1 uses the first 20 bytes */
+#define SCRAM_SALT_LEN 16  /* salt length of newly made credentials */
+#define SCRAM_MAX_SALT 64
+
+/* What is stored for an account, per hash: never the password. */
+typedef struct scram_cred {
+  unsigned char salt[SCRAM_MAX_SALT];
+  size_t salt_len;
+  uint32_t iterations;
+  unsigned char stored_key[SCRAM_MAX_KEY];
+  unsigned char server_key[SCRAM_MAX_KEY];
+} scram_cred_t;
+
+/* SASL failure conditions (RFC 6120 §6.5). */
+typedef enum {
+  SASL_OK = 0,
+  SASL_ABORTED,
+  SASL_ACCOUNT_DISABLED,
+  SASL_CREDENTIALS_EXPIRED,
+  SASL_ENCRYPTION_REQUIRED,
+  SASL_INCORRECT_ENCODING,
+  SASL_INVALID_AUTHZID,
+  SASL_INVALID_MECHANISM,
+  SASL_MALFORMED_REQUEST,
+  SASL_MECHANISM_TOO_WEAK,
+  SASL_NOT_AUTHORIZED,
+  SASL_TEMPORARY_AUTH_FAILURE,
+} sasl_cond_t;
+
+/* Element name of the condition, e.g. "not-authorized". */
+const char *sasl_cond_name(sasl_cond_t c);
+/* Mechanism name, e.g. "SCRAM-SHA-256". */
+const char *scram_mech_name(scram_hash_t h);
+size_t scram_hash_len(scram_hash_t h);
+
+/* Derives stored credentials from a password (PBKDF2 + HMAC, RFC 5802 §3).
+ * CPU-heavy for large iteration counts: call off the event loop. Returns 0 or XMPP_ERR. */
+int scram_cred_derive(scram_hash_t h, const char *password, size_t pwlen,
+                      const unsigned char *salt, size_t salt_len, uint32_t iterations,
+                      scram_cred_t *out);
+/* Same with a fresh random salt of SCRAM_SALT_LEN bytes. */
+int scram_cred_make(scram_hash_t h, const char *password, size_t pwlen, uint32_t iterations,
+                    scram_cred_t *out);
+/* Checks a plaintext password (SASL PLAIN) against stored credentials in constant time.
+ * Returns 0 on match, XMPP_EDENIED otherwise. CPU-heavy (PBKDF2). */
+int scram_cred_check_password(scram_hash_t h, const scram_cred_t *cred, const char *password,
+                              size_t pwlen);
+
+/* Base64 (RFC 4648, no line breaks). Encode returns a new NUL-terminated string.
+ * Decode returns 0 and a new buffer (*out, *outlen), or XMPP_EINVAL on bad input. */
+char *b64_encode(const unsigned char *in, size_t len);
+int b64_decode(const char *in, size_t len, unsigned char **out, size_t *outlen);
+
+/* PLAIN (RFC 4616): message is [authzid] NUL authcid NUL passwd. On success returns
+ * SASL_OK and new strings (authzid may be NULL when empty); otherwise the condition. */
+sasl_cond_t sasl_plain_parse(const unsigned char *msg, size_t len, char **authzid, char **authcid,
+                             char **passwd);
+
+/* SCRAM server exchange. Sequence:
+ *   s = scram_server_new(h)
+ *   scram_server_client_first(s, msg) -> SASL_OK and the username (saslname decoded);
+ *   look the user up; scram_server_first(s, cred or NULL if unknown, &out)
+ *     (with NULL a deterministic fake salt is used so unknown users look like known ones;
+ *      the exchange then always fails with not-authorized);
+ *   scram_server_client_final(s, msg, &out) -> SASL_OK and the server-final message
+ *     ("v=...") to send in <success/>.
+ * Messages are the decoded (not base64) SASL payloads. Channel binding is not offered:
+ * gs2 flag 'p' is refused (malformed-request), 'n' and 'y' are accepted. */
+typedef struct scram_server scram_server_t;
+scram_server_t *scram_server_new(scram_hash_t h);
+void scram_server_free(scram_server_t *s);
+sasl_cond_t scram_server_client_first(scram_server_t *s, const char *msg, size_t len,
+                                      const char **username);
+sasl_cond_t scram_server_first(scram_server_t *s, const scram_cred_t *cred, char **out,
+                               size_t *outlen);
+sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t len, char **out,
+                                      size_t *outlen);
+/* The authzid given in the gs2 header (a=...), or NULL. */
+const char *scram_server_authzid(const scram_server_t *s);
+
+#endif

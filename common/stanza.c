@@ -1,0 +1,247 @@
+#include "common/stanza.h"
+
+#include <string.h>
+
+#include "common/err.h"
+
+xnode_t *xnode_new(arena_t *a, const char *name, const char *ns) {
+  xnode_t *n = arena_alloc(a, sizeof *n);
+  memset(n, 0, sizeof *n);
+  n->name = arena_strdup(a, name);
+  n->ns = arena_strdup(a, ns ? ns : "");
+  return n;
+}
+
+xnode_t *xnode_new_text(arena_t *a, const char *text, size_t len) {
+  xnode_t *n = arena_alloc(a, sizeof *n);
+  memset(n, 0, sizeof *n);
+  n->text = arena_strndup(a, text, len);
+  n->text_len = len;
+  return n;
+}
+
+void xnode_append(xnode_t *parent, xnode_t *child) {
+  child->parent = parent;
+  child->next = NULL;
+  if (parent->last) parent->last->next = child;
+  else parent->children = child;
+  parent->last = child;
+}
+
+xnode_t *xnode_add(arena_t *a, xnode_t *parent, const char *name, const char *ns) {
+  xnode_t *c = xnode_new(a, name, ns ? ns : parent->ns);
+  xnode_append(parent, c);
+  return c;
+}
+
+void xnode_add_text(arena_t *a, xnode_t *parent, const char *text, size_t len) {
+  xnode_append(parent, xnode_new_text(a, text, len));
+}
+
+const char *xnode_attr(const xnode_t *n, const char *name) {
+  for (uint32_t i = 0; i < n->nattrs; i++)
+    if (strcmp(n->attrs[2 * i], name) == 0) return n->attrs[2 * i + 1];
+  return NULL;
+}
+
+void xnode_set_attr(arena_t *a, xnode_t *n, const char *name, const char *value) {
+  for (uint32_t i = 0; i < n->nattrs; i++) {
+    if (strcmp(n->attrs[2 * i], name) == 0) {
+      if (value) {
+        n->attrs[2 * i + 1] = arena_strdup(a, value);
+      } else {
+        memmove(&n->attrs[2 * i], &n->attrs[2 * i + 2], (n->nattrs - i - 1) * 2 * sizeof(char *));
+        n->nattrs--;
+      }
+      return;
+    }
+  }
+  if (!value) return;
+  if (n->nattrs == n->attr_cap) {
+    uint32_t cap = n->attr_cap ? n->attr_cap * 2 : 4;
+    const char **na = arena_alloc(a, cap * 2 * sizeof(char *));
+    if (n->nattrs) memcpy(na, n->attrs, n->nattrs * 2 * sizeof(char *));
+    n->attrs = na;
+    n->attr_cap = cap;
+  }
+  n->attrs[2 * n->nattrs] = arena_strdup(a, name);
+  n->attrs[2 * n->nattrs + 1] = arena_strdup(a, value);
+  n->nattrs++;
+}
+
+xnode_t *xnode_first_elem(const xnode_t *n) {
+  for (xnode_t *c = n->children; c; c = c->next)
+    if (c->name) return c;
+  return NULL;
+}
+
+xnode_t *xnode_next_elem(const xnode_t *n) {
+  for (xnode_t *c = n->next; c; c = c->next)
+    if (c->name) return c;
+  return NULL;
+}
+
+xnode_t *xnode_child(const xnode_t *n, const char *name, const char *ns) {
+  for (xnode_t *c = n->children; c; c = c->next)
+    if (c->name && (!name || strcmp(c->name, name) == 0) && (!ns || strcmp(c->ns, ns) == 0)) return c;
+  return NULL;
+}
+
+size_t xnode_count_elems(const xnode_t *n) {
+  size_t k = 0;
+  for (xnode_t *c = n->children; c; c = c->next) k += c->name != NULL;
+  return k;
+}
+
+char *xnode_text(arena_t *a, const xnode_t *n) {
+  size_t len = 0;
+  for (xnode_t *c = n->children; c; c = c->next)
+    if (!c->name) len += c->text_len;
+  char *s = arena_alloc(a, len + 1), *p = s;
+  for (xnode_t *c = n->children; c; c = c->next)
+    if (!c->name) memcpy(p, c->text, c->text_len), p += c->text_len;
+  *p = '\0';
+  return s;
+}
+
+xnode_t *xnode_copy(arena_t *a, const xnode_t *n) {
+  if (!n->name) return xnode_new_text(a, n->text, n->text_len);
+  xnode_t *c = xnode_new(a, n->name, n->ns);
+  for (uint32_t i = 0; i < n->nattrs; i++) xnode_set_attr(a, c, n->attrs[2 * i], n->attrs[2 * i + 1]);
+  for (xnode_t *k = n->children; k; k = k->next) xnode_append(c, xnode_copy(a, k));
+  return c;
+}
+
+void xml_escape(buf_t *out, const char *s, size_t len, int in_attr) {
+  size_t start = 0;
+  for (size_t i = 0; i < len; i++) {
+    const char *rep = NULL;
+    switch (s[i]) {
+    case '&': rep = "&amp;"; break;
+    case '<': rep = "&lt;"; break;
+    case '>': rep = "&gt;"; break;
+    case '"': rep = in_attr ? "&quot;" : NULL; break;
+    case '\'': rep = in_attr ? "&apos;" : NULL; break;
+    case '\r': rep = "&#13;"; break; /* keep CR through re-parsing */
+    }
+    if (rep) {
+      buf_append(out, s + start, i - start);
+      buf_puts(out, rep);
+      start = i + 1;
+    }
+  }
+  buf_append(out, s + start, len - start);
+}
+
+void xnode_serialize(const xnode_t *n, const char *parent_ns, buf_t *out) {
+  if (!n->name) {
+    xml_escape(out, n->text, n->text_len, 0);
+    return;
+  }
+  buf_putc(out, '<');
+  buf_puts(out, n->name);
+  if (strcmp(n->ns, parent_ns ? parent_ns : "") != 0) {
+    buf_puts(out, " xmlns='");
+    xml_escape(out, n->ns, strlen(n->ns), 1);
+    buf_putc(out, '\'');
+  }
+  for (uint32_t i = 0; i < n->nattrs; i++) {
+    buf_putc(out, ' ');
+    buf_puts(out, n->attrs[2 * i]);
+    buf_puts(out, "='");
+    xml_escape(out, n->attrs[2 * i + 1], strlen(n->attrs[2 * i + 1]), 1);
+    buf_putc(out, '\'');
+  }
+  if (!n->children) {
+    buf_puts(out, "/>");
+    return;
+  }
+  buf_putc(out, '>');
+  for (xnode_t *c = n->children; c; c = c->next) xnode_serialize(c, n->ns, out);
+  buf_puts(out, "</");
+  buf_puts(out, n->name);
+  buf_putc(out, '>');
+}
+
+/* Binary form: element = 'E' str(name) str(ns) varint(nattrs) {str str}* varint(nkids) kids;
+ * text = 'T' str(text); str = varint(len) bytes. */
+static void put_str(buf_t *b, const char *s, size_t len) {
+  buf_put_varint(b, len);
+  buf_append(b, s, len);
+}
+
+void xnode_encode(const xnode_t *n, buf_t *out) {
+  if (!n->name) {
+    buf_putc(out, 'T');
+    put_str(out, n->text, n->text_len);
+    return;
+  }
+  buf_putc(out, 'E');
+  put_str(out, n->name, strlen(n->name));
+  put_str(out, n->ns, strlen(n->ns));
+  buf_put_varint(out, n->nattrs);
+  for (uint32_t i = 0; i < n->nattrs; i++) {
+    put_str(out, n->attrs[2 * i], strlen(n->attrs[2 * i]));
+    put_str(out, n->attrs[2 * i + 1], strlen(n->attrs[2 * i + 1]));
+  }
+  size_t k = 0;
+  for (xnode_t *c = n->children; c; c = c->next) k++;
+  buf_put_varint(out, k);
+  for (xnode_t *c = n->children; c; c = c->next) xnode_encode(c, out);
+}
+
+static int get_str(arena_t *a, const uint8_t **p, const uint8_t *end, const char **s, size_t *len) {
+  uint64_t l;
+  if (buf_get_varint(p, end, &l) || l > (uint64_t)(end - *p)) return XMPP_EINVAL;
+  if (memchr(*p, '\0', l)) return XMPP_EINVAL;
+  *s = arena_strndup(a, (const char *)*p, l);
+  *len = l;
+  *p += l;
+  return 0;
+}
+
+static int decode_node(arena_t *a, const uint8_t **p, const uint8_t *end, unsigned depth, xnode_t **out) {
+  if (depth == 0 || *p >= end) return XMPP_EINVAL;
+  uint8_t tag = *(*p)++;
+  const char *s;
+  size_t len;
+  xnode_t *n = arena_alloc(a, sizeof *n);
+  memset(n, 0, sizeof *n);
+  if (tag == 'T') {
+    if (get_str(a, p, end, &s, &len)) return XMPP_EINVAL;
+    n->text = s;
+    n->text_len = len;
+    *out = n;
+    return 0;
+  }
+  if (tag != 'E') return XMPP_EINVAL;
+  if (get_str(a, p, end, &n->name, &len) || len == 0) return XMPP_EINVAL;
+  if (get_str(a, p, end, &n->ns, &len)) return XMPP_EINVAL;
+  uint64_t na, nk;
+  /* each attribute takes at least 2 bytes, each child at least 2: bound counts by input */
+  if (buf_get_varint(p, end, &na) || na > (uint64_t)(end - *p) / 2) return XMPP_EINVAL;
+  if (na) {
+    n->attrs = arena_alloc(a, na * 2 * sizeof(char *));
+    n->attr_cap = n->nattrs = (uint32_t)na;
+    for (uint64_t i = 0; i < na; i++) {
+      if (get_str(a, p, end, &n->attrs[2 * i], &len) || len == 0) return XMPP_EINVAL;
+      if (get_str(a, p, end, &n->attrs[2 * i + 1], &len)) return XMPP_EINVAL;
+    }
+  }
+  if (buf_get_varint(p, end, &nk) || nk > (uint64_t)(end - *p) / 2) return XMPP_EINVAL;
+  for (uint64_t i = 0; i < nk; i++) {
+    xnode_t *c;
+    if (decode_node(a, p, end, depth - 1, &c)) return XMPP_EINVAL;
+    xnode_append(n, c);
+  }
+  *out = n;
+  return 0;
+}
+
+int xnode_decode(arena_t *a, const uint8_t *p, size_t len, unsigned max_depth, xnode_t **out) {
+  const uint8_t *end = p + len;
+  xnode_t *n;
+  if (decode_node(a, &p, end, max_depth, &n) || p != end || !n->name) return XMPP_EINVAL;
+  *out = n;
+  return 0;
+}

@@ -1,0 +1,201 @@
+/* Storage front: argument checks and dispatch to a back-end (store_impl.h).
+ *
+ * The public functions check what every back-end would otherwise check again (NULL or
+ * empty JIDs, credential sizes, subscription values) and return XMPP_EINVAL for it, so a
+ * back-end only deals with storage. They also keep callbacks from re-entering their own
+ * handle: while store_roster_load / store_offline_pop_all / store_account_list run a
+ * callback, the back-end is in the middle of a statement (and pop_all of a transaction),
+ * so any other call on the same handle returns XMPP_EINVAL, and store_close() from a
+ * callback is deferred until the iterating call returns (the handle is not freed under
+ * the caller's feet). Other handles, even on the same database, may be used freely. */
+#include "common/store/store.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/store/store_impl.h"
+
+struct store {
+  const store_backend_t *ops;
+  void *be;
+  int in_cb;         /* inside an iterating call: callbacks may be running */
+  int close_pending; /* store_close() was called from a callback */
+};
+
+static const store_backend_t *const backends[] = {
+    &store_sqlite_backend,
+};
+
+static char *err_dup(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  char *m = xmalloc(la + lb + 1);
+  memcpy(m, a, la);
+  memcpy(m + la, b, lb + 1);
+  return m;
+}
+
+store_t *store_open(const char *backend, const char *path, char **err) {
+  if (err) *err = NULL;
+  if (!backend || !path || !*path) {
+    if (err) *err = xstrdup("store_open: backend and path are required");
+    return NULL;
+  }
+  const store_backend_t *ops = NULL;
+  for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
+    if (strcmp(backends[i]->name, backend) == 0) ops = backends[i];
+  if (!ops) {
+    if (err) *err = err_dup("unknown storage back-end: ", backend);
+    return NULL;
+  }
+  char *e = NULL;
+  void *be = ops->open(path, &e);
+  if (!be) {
+    if (err)
+      *err = e ? e : xstrdup("cannot open store");
+    else
+      xfree(e);
+    return NULL;
+  }
+  store_t *s = xcalloc(1, sizeof *s);
+  s->ops = ops;
+  s->be = be;
+  return s;
+}
+
+static void really_close(store_t *s) {
+  s->ops->close(s->be);
+  xfree(s);
+}
+
+void store_close(store_t *s) {
+  if (!s) return;
+  if (s->in_cb) {
+    s->close_pending = 1;
+    return;
+  }
+  really_close(s);
+}
+
+/* Common entry check: a usable handle, not re-entered from one of its callbacks. */
+static int enter(store_t *s, const char *fn) {
+  if (!s) return XMPP_EINVAL;
+  if (s->in_cb) {
+    log_error("store: %s called from a store callback on the same handle", fn);
+    return XMPP_EINVAL;
+  }
+  return 0;
+}
+
+static int bad_str(const char *p) { return !p || !*p; }
+
+static int cred_ok(const scram_cred_t *c) {
+  return c->salt_len >= 1 && c->salt_len <= SCRAM_MAX_SALT && c->iterations > 0;
+}
+
+static int account_ok(const store_account_t *a) {
+  return a && cred_ok(&a->sha1) && cred_ok(&a->sha256);
+}
+
+int store_account_get(store_t *s, const char *bare, store_account_t *out) {
+  int rc = enter(s, "store_account_get");
+  if (rc) return rc;
+  if (bad_str(bare) || !out) return XMPP_EINVAL;
+  return s->ops->account_get(s->be, bare, out);
+}
+
+int store_account_exists(store_t *s, const char *bare) {
+  int rc = enter(s, "store_account_exists");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->account_exists(s->be, bare);
+}
+
+int store_account_create(store_t *s, const char *bare, const store_account_t *a) {
+  int rc = enter(s, "store_account_create");
+  if (rc) return rc;
+  if (bad_str(bare) || !account_ok(a)) return XMPP_EINVAL;
+  return s->ops->account_create(s->be, bare, a);
+}
+
+int store_account_update(store_t *s, const char *bare, const store_account_t *a) {
+  int rc = enter(s, "store_account_update");
+  if (rc) return rc;
+  if (bad_str(bare) || !account_ok(a)) return XMPP_EINVAL;
+  return s->ops->account_update(s->be, bare, a);
+}
+
+int store_account_delete(store_t *s, const char *bare) {
+  int rc = enter(s, "store_account_delete");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->account_delete(s->be, bare);
+}
+
+/* Runs an iterating back-end call with the re-entrancy guard up, then honours a
+ * store_close() requested by a callback. */
+#define ITERATE(s, call)                                                                    \
+  do {                                                                                      \
+    (s)->in_cb = 1;                                                                         \
+    int rc_ = (call);                                                                       \
+    (s)->in_cb = 0;                                                                         \
+    if ((s)->close_pending) really_close(s);                                                \
+    return rc_;                                                                             \
+  } while (0)
+
+int store_account_list(store_t *s, store_account_cb cb, void *ud) {
+  int rc = enter(s, "store_account_list");
+  if (rc) return rc;
+  if (!cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->account_list(s->be, cb, ud));
+}
+
+int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud) {
+  int rc = enter(s, "store_roster_load");
+  if (rc) return rc;
+  if (bad_str(bare) || !cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->roster_load(s->be, bare, cb, ud));
+}
+
+int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item) {
+  int rc = enter(s, "store_roster_put");
+  if (rc) return rc;
+  if (bad_str(bare) || !item || bad_str(item->jid)) return XMPP_EINVAL;
+  if (item->sub < SUB_NONE || item->sub > SUB_BOTH) return XMPP_EINVAL;
+  if (item->ngroups && !item->groups) return XMPP_EINVAL;
+  for (size_t i = 0; i < item->ngroups; i++)
+    if (!item->groups[i]) return XMPP_EINVAL;
+  store_roster_item_t norm = *item;
+  norm.ask_out = item->ask_out != 0;
+  norm.pending_in = item->pending_in != 0;
+  return s->ops->roster_put(s->be, bare, &norm);
+}
+
+int store_roster_delete(store_t *s, const char *bare, const char *contact) {
+  int rc = enter(s, "store_roster_delete");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(contact)) return XMPP_EINVAL;
+  return s->ops->roster_delete(s->be, bare, contact);
+}
+
+int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max) {
+  int rc = enter(s, "store_offline_push");
+  if (rc) return rc;
+  if (bad_str(bare) || (!xml && len)) return XMPP_EINVAL;
+  return s->ops->offline_push(s->be, bare, xml ? xml : "", len, max);
+}
+
+int store_offline_pop_all(store_t *s, const char *bare, store_offline_cb cb, void *ud) {
+  int rc = enter(s, "store_offline_pop_all");
+  if (rc) return rc;
+  if (bad_str(bare) || !cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->offline_pop_all(s->be, bare, cb, ud));
+}
+
+int store_offline_count(store_t *s, const char *bare) {
+  int rc = enter(s, "store_offline_count");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->offline_count(s->be, bare);
+}

@@ -1,0 +1,65 @@
+/* Durable user data behind one interface: accounts (SCRAM credentials only, never the
+ * password), rosters with subscription states, offline message queues (XEP-0160).
+ *
+ * Back-ends: "sqlite" (embedded, one file, WAL) now; "redis" comes with the cluster.
+ * A store_t is a handle for ONE thread: every thread that touches storage opens its own
+ * (SQLite connections are not shared across threads). Calls are synchronous.
+ * Accounts are keyed by normalised bare JID ("alice@example.net"). */
+#ifndef XMPP_STORE_H
+#define XMPP_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/scram.h"
+
+typedef struct store store_t;
+
+typedef struct store_account {
+  scram_cred_t sha1;
+  scram_cred_t sha256;
+} store_account_t;
+
+/* RFC 6121 §2.1.2.5 subscription states. */
+typedef enum { SUB_NONE = 0, SUB_TO = 1, SUB_FROM = 2, SUB_BOTH = 3 } roster_sub_t;
+
+typedef struct store_roster_item {
+  const char *jid;     /* contact bare JID, normalised */
+  const char *name;    /* may be NULL */
+  roster_sub_t sub;
+  int ask_out;         /* we sent subscribe, no answer yet (ask='subscribe') */
+  int pending_in;      /* contact asked to subscribe, user has not answered */
+  const char *const *groups;
+  size_t ngroups;
+} store_roster_item_t;
+
+typedef void (*store_roster_cb)(const store_roster_item_t *item, void *ud);
+typedef void (*store_offline_cb)(const char *xml, size_t len, int64_t stamp_unix, void *ud);
+typedef void (*store_account_cb)(const char *bare_jid, void *ud);
+
+/* Opens (creating if needed) a store. backend: "sqlite"; path: the database file.
+ * On failure returns NULL and, when err is non-NULL, a message in *err (caller frees). */
+store_t *store_open(const char *backend, const char *path, char **err);
+void store_close(store_t *s);
+
+int store_account_get(store_t *s, const char *bare, store_account_t *out); /* XMPP_ENOENT */
+int store_account_exists(store_t *s, const char *bare);                     /* 1, 0, or <0 */
+int store_account_create(store_t *s, const char *bare, const store_account_t *a); /* XMPP_EEXIST */
+int store_account_update(store_t *s, const char *bare, const store_account_t *a); /* XMPP_ENOENT */
+/* Deletes the account with its roster and offline queue. XMPP_ENOENT when absent. */
+int store_account_delete(store_t *s, const char *bare);
+int store_account_list(store_t *s, store_account_cb cb, void *ud);
+
+int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud);
+/* Inserts or replaces the whole item (groups included). */
+int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item);
+int store_roster_delete(store_t *s, const char *bare, const char *contact); /* XMPP_ENOENT */
+
+/* Appends a message (serialised XML) to the user's offline queue; XMPP_ELIMIT when the
+ * queue already holds max messages (max == 0: unlimited). */
+int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max);
+/* Calls cb for each queued message, oldest first, then removes them. */
+int store_offline_pop_all(store_t *s, const char *bare, store_offline_cb cb, void *ud);
+int store_offline_count(store_t *s, const char *bare);
+
+#endif

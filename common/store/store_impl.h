@@ -1,0 +1,44 @@
+/* Private contract between store.c (the public entry points) and the storage back-ends.
+ * Not part of the public interface: include only from common/store/.
+ *
+ * store.c validates arguments, guards against re-entrant calls from callbacks, then
+ * dispatches through a store_backend_t. A back-end gets an opaque handle of its own
+ * (what its open returned) and may assume:
+ *   - every string argument is non-NULL and NUL-terminated, bare JIDs non-empty;
+ *   - store_account_t credentials have 1 <= salt_len <= SCRAM_MAX_SALT and iterations > 0;
+ *   - roster items have sub in SUB_NONE..SUB_BOTH, ask_out/pending_in in {0,1},
+ *     groups non-NULL strings (groups may be NULL when ngroups == 0);
+ *   - no call arrives while one of its callbacks runs on the same handle.
+ * It returns the codes of common/err.h, exactly as documented in store.h.
+ * Adding a back-end (Redis): one new file defining a store_backend_t, one line in
+ * store.c's table. */
+#ifndef XMPP_STORE_IMPL_H
+#define XMPP_STORE_IMPL_H
+
+#include "common/store/store.h"
+
+typedef struct store_backend {
+  const char *name; /* as given to store_open(), e.g. "sqlite" */
+  /* Returns the back-end handle, or NULL with a message in *err (caller frees; err non-NULL). */
+  void *(*open)(const char *path, char **err);
+  void (*close)(void *be);
+
+  int (*account_get)(void *be, const char *bare, store_account_t *out);
+  int (*account_exists)(void *be, const char *bare);
+  int (*account_create)(void *be, const char *bare, const store_account_t *a);
+  int (*account_update)(void *be, const char *bare, const store_account_t *a);
+  int (*account_delete)(void *be, const char *bare);
+  int (*account_list)(void *be, store_account_cb cb, void *ud);
+
+  int (*roster_load)(void *be, const char *bare, store_roster_cb cb, void *ud);
+  int (*roster_put)(void *be, const char *bare, const store_roster_item_t *item);
+  int (*roster_delete)(void *be, const char *bare, const char *contact);
+
+  int (*offline_push)(void *be, const char *bare, const char *xml, size_t len, unsigned max);
+  int (*offline_pop_all)(void *be, const char *bare, store_offline_cb cb, void *ud);
+  int (*offline_count)(void *be, const char *bare);
+} store_backend_t;
+
+extern const store_backend_t store_sqlite_backend;
+
+#endif

@@ -1,0 +1,298 @@
+/* XML stream reader over libxml2's SAX2 push parser.
+ *
+ * Design: input is fed to libxml2 in slices of at most SLICE bytes so that the byte
+ * count of an unfinished stanza (bytes fed since the last stanza ended) is checked
+ * against the limit with at most one slice of slack, even when libxml2 buffers a huge
+ * attribute value internally without calling back. The stanza tree is built in an arena
+ * that is reset after every stanza callback.
+ *
+ * Refused constructs (RFC 6120 §11.1): DOCTYPE (internalSubset/externalSubset fire
+ * before any declaration inside is parsed, so no entity is ever declared), entity
+ * declarations, entity references other than the five predefined ones and character
+ * references, comments, processing instructions. The parser is created without
+ * XML_PARSE_NOENT/DTDLOAD and with XML_PARSE_NONET: nothing is fetched or expanded. */
+#include "common/xml_stream.h"
+
+#include <libxml/parser.h>
+#include <libxml/parserInternals.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+
+#define SLICE 4096
+
+struct xml_stream {
+  xmlParserCtxtPtr ctxt;
+  xml_stream_limits_t lim;
+  xml_stream_cbs_t cbs;
+  void *ud;
+  arena_t arena;
+  xnode_t *cur;      /* element being built (depth >= 1) */
+  unsigned depth;    /* 0 = outside the stream element */
+  size_t pending;    /* bytes fed since the last stanza boundary */
+  int failed;
+  int stopped;
+  int restart;
+  int in_feed;
+};
+
+static void fail(xml_stream_t *xs, xml_stream_err_t e, const char *detail) {
+  if (xs->failed || xs->stopped) return;
+  xs->failed = 1;
+  xmlStopParser(xs->ctxt);
+  if (xs->cbs.error) xs->cbs.error(xs->ud, e, detail);
+}
+
+static int halted(xml_stream_t *xs) { return xs->failed || xs->stopped || xs->restart; }
+
+/* Without entity substitution libxml2 hands SAX2 attribute values with '&' (from &amp;
+ * or a character reference) still written as "&#38;"; every other reference is already
+ * decoded. A raw '&' cannot occur in a well-formed value, so each "&#38;" is one '&'. */
+static char *attr_value(arena_t *a, const char *v, size_t len) {
+  char *out = arena_strndup(a, v, len);
+  if (!memchr(out, '&', len)) return out;
+  char *w = out;
+  for (size_t i = 0; i < len;) {
+    if (len - i >= 5 && memcmp(v + i, "&#38;", 5) == 0) {
+      *w++ = '&';
+      i += 5;
+    } else {
+      *w++ = v[i++];
+    }
+  }
+  *w = '\0';
+  return out;
+}
+
+static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri,
+                     int nb_ns, const xmlChar **namespaces, int nb_attrs, int nb_defaulted,
+                     const xmlChar **attrs) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  if (halted(xs)) return;
+  if ((unsigned)nb_attrs > xs->lim.max_attrs) {
+    fail(xs, XS_POLICY_VIOLATION, "too many attributes");
+    return;
+  }
+  if (xs->depth >= xs->lim.max_depth + 1) {
+    fail(xs, XS_POLICY_VIOLATION, "elements nested too deep");
+    return;
+  }
+  xnode_t *n = xnode_new(&xs->arena, (const char *)localname, uri ? (const char *)uri : "");
+  for (int i = 0; i < nb_ns; i++) {
+    const char *p = (const char *)namespaces[2 * i], *u = (const char *)namespaces[2 * i + 1];
+    if (!p) {
+      if (xs->depth == 0) xnode_set_attr(&xs->arena, n, "xmlns", u ? u : "");
+    } else {
+      char q[256];
+      if (snprintf(q, sizeof q, "xmlns:%s", p) < (int)sizeof q) xnode_set_attr(&xs->arena, n, q, u ? u : "");
+    }
+  }
+  for (int i = 0; i < nb_attrs; i++) {
+    const xmlChar **a = attrs + 5 * i;
+    char name[512];
+    if (a[1]) snprintf(name, sizeof name, "%s:%s", a[1], a[0]);
+    else snprintf(name, sizeof name, "%s", a[0]);
+    char *val = attr_value(&xs->arena, (const char *)a[3], (size_t)(a[4] - a[3]));
+    xnode_set_attr(&xs->arena, n, name, val);
+  }
+  if (xs->depth == 0) {
+    xs->depth = 1;
+    if (xs->cbs.stream_start) xs->cbs.stream_start(xs->ud, n);
+    arena_reset(&xs->arena);
+    xs->pending = 0;
+    return;
+  }
+  if (xs->cur) xnode_append(xs->cur, n);
+  xs->cur = n;
+  xs->depth++;
+}
+
+static void on_end(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  if (halted(xs)) return;
+  if (xs->depth == 1) {
+    xs->depth = 0;
+    if (xs->cbs.stream_end) xs->cbs.stream_end(xs->ud);
+    return;
+  }
+  xs->depth--;
+  xnode_t *n = xs->cur;
+  xs->cur = n->parent;
+  if (xs->depth == 1) {
+    xs->cur = NULL;
+    if (xs->cbs.stanza) xs->cbs.stanza(xs->ud, n);
+    arena_reset(&xs->arena);
+    xs->pending = 0;
+  }
+}
+
+static void on_chars(void *ctx, const xmlChar *ch, int len) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  if (halted(xs)) return;
+  if (xs->depth <= 1) {
+    /* between stanzas only whitespace is allowed (keepalives) */
+    for (int i = 0; i < len; i++)
+      if (ch[i] != ' ' && ch[i] != '\t' && ch[i] != '\r' && ch[i] != '\n') {
+        fail(xs, XS_BAD_FORMAT, "text at the stream level");
+        return;
+      }
+    xs->pending = 0;
+    return;
+  }
+  xnode_t *last = xs->cur->last;
+  if (last && !last->name) {
+    /* merge adjacent text: libxml2 delivers text in pieces */
+    size_t nl = last->text_len + (size_t)len;
+    char *t = arena_alloc(&xs->arena, nl + 1);
+    memcpy(t, last->text, last->text_len);
+    memcpy(t + last->text_len, ch, (size_t)len);
+    t[nl] = '\0';
+    last->text = t;
+    last->text_len = nl;
+  } else {
+    xnode_add_text(&xs->arena, xs->cur, (const char *)ch, (size_t)len);
+  }
+  if (xs->arena.used_total > xs->lim.max_stanza_bytes * 2 + 65536)
+    fail(xs, XS_POLICY_VIOLATION, "stanza too large");
+}
+
+static void on_restricted(void *ctx, const char *what) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  fail(xs, XS_RESTRICTED_XML, what);
+}
+
+static void on_internal_subset(void *ctx, const xmlChar *n, const xmlChar *e, const xmlChar *s) {
+  on_restricted(ctx, "DOCTYPE");
+}
+static void on_entity_decl(void *ctx, const xmlChar *n, int t, const xmlChar *p, const xmlChar *s, xmlChar *c) {
+  on_restricted(ctx, "entity declaration");
+}
+static void on_reference(void *ctx, const xmlChar *name) { on_restricted(ctx, "entity reference"); }
+static xmlEntityPtr on_get_entity(void *ctx, const xmlChar *name) {
+  /* predefined entities are resolved by libxml2 itself before this is asked */
+  xmlEntityPtr pre = xmlGetPredefinedEntity(name);
+  if (pre) return pre;
+  on_restricted(ctx, "entity reference");
+  return NULL;
+}
+static void on_comment(void *ctx, const xmlChar *v) { on_restricted(ctx, "comment"); }
+static void on_pi(void *ctx, const xmlChar *t, const xmlChar *d) { on_restricted(ctx, "processing instruction"); }
+
+static void on_serror(void *ud, xmlErrorPtr err) {
+  xmlParserCtxtPtr ctxt = err ? err->ctxt : NULL;
+  if (!ctxt || !ctxt->_private) return;
+  xml_stream_t *xs = ctxt->_private;
+  if (err->level < XML_ERR_ERROR) return;
+  fail(xs, XS_NOT_WELL_FORMED, err->message ? err->message : "not well-formed");
+}
+
+static xmlSAXHandler sax_handler;
+
+void xml_stream_global_init(void) {
+  xmlInitParser();
+  memset(&sax_handler, 0, sizeof sax_handler);
+  sax_handler.initialized = XML_SAX2_MAGIC;
+  sax_handler.startElementNs = on_start;
+  sax_handler.endElementNs = on_end;
+  sax_handler.characters = on_chars;
+  sax_handler.cdataBlock = on_chars;
+  sax_handler.internalSubset = on_internal_subset;
+  sax_handler.externalSubset = on_internal_subset;
+  sax_handler.entityDecl = on_entity_decl;
+  sax_handler.reference = on_reference;
+  sax_handler.getEntity = on_get_entity;
+  sax_handler.getParameterEntity = on_get_entity;
+  sax_handler.comment = on_comment;
+  sax_handler.processingInstruction = on_pi;
+  sax_handler.serror = on_serror;
+}
+
+static int make_parser(xml_stream_t *xs) {
+  xs->ctxt = xmlCreatePushParserCtxt(&sax_handler, NULL, NULL, 0, NULL);
+  if (!xs->ctxt) return XMPP_ERR;
+  xs->ctxt->_private = xs;
+  xs->ctxt->userData = xs->ctxt; /* SAX callbacks receive the context */
+  /* XMPP is UTF-8 only (RFC 6120 §11.6): ignore any encoding declaration. */
+  xmlCtxtUseOptions(xs->ctxt, XML_PARSE_NONET | XML_PARSE_IGNORE_ENC | XML_PARSE_NOXINCNODE);
+  xmlSwitchEncoding(xs->ctxt, XML_CHAR_ENCODING_UTF8);
+  xs->depth = 0;
+  xs->cur = NULL;
+  xs->pending = 0;
+  xs->restart = 0;
+  arena_reset(&xs->arena);
+  return 0;
+}
+
+xml_stream_t *xml_stream_new(const xml_stream_limits_t *lim, const xml_stream_cbs_t *cbs, void *ud) {
+  xml_stream_t *xs = xcalloc(1, sizeof *xs);
+  xs->lim = *lim;
+  xs->cbs = *cbs;
+  xs->ud = ud;
+  arena_init(&xs->arena);
+  if (make_parser(xs)) {
+    xfree(xs);
+    return NULL;
+  }
+  return xs;
+}
+
+void xml_stream_free(xml_stream_t *xs) {
+  if (!xs) return;
+  if (xs->ctxt) {
+    if (xs->ctxt->myDoc) xmlFreeDoc(xs->ctxt->myDoc);
+    xmlFreeParserCtxt(xs->ctxt);
+  }
+  arena_free(&xs->arena);
+  xfree(xs);
+}
+
+static void reparse(xml_stream_t *xs) {
+  if (xs->ctxt->myDoc) xmlFreeDoc(xs->ctxt->myDoc);
+  xmlFreeParserCtxt(xs->ctxt);
+  xs->ctxt = NULL;
+  if (make_parser(xs)) xs->failed = 1;
+}
+
+void xml_stream_restart(xml_stream_t *xs) {
+  if (!xs->in_feed) {
+    /* outside feed (e.g. an asynchronous SASL result): start the new stream now */
+    reparse(xs);
+    return;
+  }
+  xs->restart = 1;
+  xmlStopParser(xs->ctxt);
+}
+
+void xml_stream_stop(xml_stream_t *xs) {
+  xs->stopped = 1;
+  xmlStopParser(xs->ctxt);
+}
+
+int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
+  if (xs->failed) return XMPP_EINVAL;
+  while (len && !xs->stopped) {
+    size_t n = len < SLICE ? len : SLICE;
+    xs->pending += n;
+    if (xs->depth >= 1 && xs->pending > xs->lim.max_stanza_bytes + SLICE) {
+      fail(xs, XS_POLICY_VIOLATION, "stanza too large");
+      return XMPP_EINVAL;
+    }
+    xs->in_feed = 1;
+    int rc = xmlParseChunk(xs->ctxt, data, (int)n, 0);
+    xs->in_feed = 0;
+    if (xs->failed) return XMPP_EINVAL;
+    if (xs->restart) {
+      /* discard what follows the element that asked for the restart */
+      reparse(xs);
+      return xs->failed ? XMPP_ERR : 0;
+    }
+    if (rc != 0 && !xs->stopped) {
+      fail(xs, XS_NOT_WELL_FORMED, "not well-formed");
+      return XMPP_EINVAL;
+    }
+    data += n;
+    len -= n;
+  }
+  return 0;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package that building, testing and running xmppd needs.
+# Idempotent: packages already installed are skipped, and apt is only touched when
+# something is missing. Must run as root (or with sudo available).
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential cmake pkg-config
+  # libraries (found through pkg-config by CMake)
+  libuv1-dev libxml2-dev libwolfssl-dev libhiredis-dev libjemalloc-dev
+  libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
+  # tests
+  libcriterion-dev python3 python3-slixmpp
+  # run: self-signed certificate for `make run`, store inspection
+  openssl sqlite3
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

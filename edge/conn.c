@@ -1,0 +1,357 @@
+/* One client connection: socket I/O, TLS plumbing, output buffering, closing.
+ *
+ * Life cycle: accept -> (direct TLS handshake) -> negotiation (negotiate.c) -> bound
+ * session -> close. Closing never frees under a callback: conn_close marks the
+ * connection, stops input, writes what is queued, then uv_close; memory is released in
+ * the close callback, or later if a thread-pool job still points at the connection.
+ * Output is queued in c->out and written by edge_flush at the end of each batch of work
+ * (one uv_write per connection per batch). */
+#include "edge/edge_internal.h"
+
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+/* A client that does not read is disconnected once this much output waits for it. */
+#define MAX_PENDING_OUT (4u << 20)
+
+typedef struct write_req {
+  uv_write_t req;
+  conn_t *c;
+  uint8_t *data;
+} write_req_t;
+
+uint64_t edge_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void table_add(edge_thread_t *th, conn_t *c) {
+  uint32_t slot;
+  if (th->nfree) {
+    slot = th->free_slots[--th->nfree];
+  } else {
+    if (th->nslots == th->cap_slots) {
+      th->cap_slots = th->cap_slots ? th->cap_slots * 2 : 1024;
+      th->slots = xrealloc(th->slots, th->cap_slots * sizeof *th->slots);
+      th->free_slots = xrealloc(th->free_slots, th->cap_slots * sizeof *th->free_slots);
+    }
+    slot = th->nslots++;
+  }
+  th->slots[slot] = c;
+  c->id = (uint64_t)(++th->generation) << 32 | slot;
+}
+
+static void table_del(edge_thread_t *th, conn_t *c) {
+  uint32_t slot = (uint32_t)c->id;
+  if (slot < th->nslots && th->slots[slot] == c) {
+    th->slots[slot] = NULL;
+    th->free_slots[th->nfree++] = slot;
+  }
+}
+
+conn_t *conn_lookup(edge_thread_t *th, uint64_t id) {
+  uint32_t slot = (uint32_t)id;
+  if (slot >= th->nslots) return NULL;
+  conn_t *c = th->slots[slot];
+  return c && c->id == id ? c : NULL;
+}
+
+static void mark_dirty(conn_t *c) {
+  if (c->in_dirty || c->handle_closed) return;
+  c->in_dirty = 1;
+  c->next_dirty = c->th->dirty;
+  c->th->dirty = c;
+}
+
+static void conn_release(conn_t *c) {
+  if (!c->handle_closed || c->pending_work) return;
+  xml_stream_free(c->xs);
+  tls_conn_free(c->tls);
+  buf_free(&c->out);
+  sasl_cleanup(c);
+  jid_free(&c->jid);
+  xfree(c);
+}
+
+int conn_work_done(conn_t *c) {
+  c->pending_work = 0;
+  if (!c->handle_closed) return 0;
+  conn_release(c);
+  return 1;
+}
+
+static void on_closed(uv_handle_t *h) {
+  conn_t *c = h->data;
+  c->handle_closed = 1;
+  conn_release(c);
+}
+
+static void really_close(conn_t *c) {
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  edge_thread_t *th = c->th;
+  if (c->bound) edge_session_close(c);
+  c->bound = 0;
+  table_del(th, c);
+  if (c->prev) c->prev->next = c->next;
+  else th->all = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  th->nconns--;
+  uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req_t *w = (write_req_t *)req;
+  conn_t *c = w->c;
+  xfree(w->data);
+  xfree(w);
+  c->writing = 0;
+  if (status < 0) {
+    c->closing = 1;
+    really_close(c);
+    return;
+  }
+  if (c->out.len) mark_dirty(c);
+  else if (c->closing) really_close(c);
+  edge_flush(c->th);
+}
+
+static void flush_one(conn_t *c) {
+  if (c->handle_closed || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (c->writing) return; /* write_cb continues */
+  if (!c->out.len) {
+    if (c->closing) really_close(c);
+    return;
+  }
+  write_req_t *w = xmalloc(sizeof *w);
+  size_t len;
+  w->c = c;
+  w->data = buf_steal(&c->out, &len);
+  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+  c->writing = 1;
+  c->last_out_ms = edge_now_ms();
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  if (rc < 0) {
+    c->writing = 0;
+    xfree(w->data);
+    xfree(w);
+    c->closing = 1;
+    really_close(c);
+  }
+}
+
+void edge_flush(edge_thread_t *th) {
+  while (th->dirty) {
+    conn_t *c = th->dirty;
+    th->dirty = c->next_dirty;
+    c->in_dirty = 0;
+    c->next_dirty = NULL;
+    flush_one(c);
+  }
+}
+
+void conn_send(conn_t *c, const char *data, size_t len) {
+  if (c->handle_closed) return;
+  if (c->tls && c->secure) {
+    if (tls_conn_write(c->tls, data, len) != 0) {
+      c->closing = 1;
+      mark_dirty(c);
+      return;
+    }
+  } else {
+    buf_append(&c->out, data, len);
+  }
+  if (c->out.len > MAX_PENDING_OUT && !c->closing) {
+    log_info("conn %llx: client does not read (%zu bytes pending), disconnecting",
+             (unsigned long long)c->id, c->out.len);
+    /* drop the unread backlog: it cannot be delivered anyway */
+    c->out.len = 0;
+    c->closing = 1;
+    if (c->xs) xml_stream_stop(c->xs);
+    really_close(c);
+    return;
+  }
+  mark_dirty(c);
+}
+
+void conn_send_str(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
+
+void conn_send_node(conn_t *c, const xnode_t *n) {
+  buf_t b;
+  buf_init(&b);
+  xnode_serialize(n, NS_CLIENT, &b);
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+void conn_close(conn_t *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  if (c->xs) xml_stream_stop(c->xs);
+  if (c->tls) {
+    tls_conn_stop(c->tls);
+    if (c->secure) tls_conn_shutdown(c->tls);
+  }
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  if (c->bound) {
+    edge_session_close(c);
+    c->bound = 0;
+  }
+  mark_dirty(c);
+}
+
+void conn_stream_error(conn_t *c, const char *cond, const char *text) {
+  if (c->closing) return;
+  if (!c->header_sent) {
+    /* RFC 6120 §4.9.1.2: open the stream first, then send the error */
+    buf_t h;
+    buf_init(&h);
+    buf_printf(&h, "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                   "xmlns:stream='http://etherx.jabber.org/streams' from='%s' version='1.0'>",
+               c->th->cfg->domain);
+    conn_send(c, (const char *)h.data, h.len);
+    buf_free(&h);
+    c->header_sent = 1;
+  }
+  if (cond) {
+    buf_t e;
+    buf_init(&e);
+    buf_printf(&e, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", cond);
+    if (text) {
+      buf_puts(&e, "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
+      xml_escape(&e, text, strlen(text), 0);
+      buf_puts(&e, "</text>");
+    }
+    buf_puts(&e, "</stream:error>");
+    conn_send(c, (const char *)e.data, e.len);
+    buf_free(&e);
+    log_debug("conn %llx: stream error %s%s%s", (unsigned long long)c->id, cond, text ? ": " : "",
+              text ? text : "");
+  }
+  conn_send_str(c, "</stream:stream>");
+  conn_close(c);
+}
+
+static void plain_in(void *ud, const char *data, size_t len) {
+  conn_t *c = ud;
+  if (c->closing) return;
+  if (xml_stream_feed(c->xs, data, len) != 0 && c->tls) tls_conn_stop(c->tls);
+}
+
+static void tls_up(void *ud) {
+  conn_t *c = ud;
+  c->secure = 1;
+  negotiate_tls_ready(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
+  conn_t *c = h->data;
+  *b = uv_buf_init(c->th->rbuf, sizeof c->th->rbuf);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  conn_t *c = s->data;
+  edge_thread_t *th = c->th;
+  if (n < 0) {
+    /* EOF or reset: the session ends (RFC 6121 §4.6: unavailable on abrupt loss) */
+    c->closing = 1;
+    if (c->bound) {
+      edge_session_close(c);
+      c->bound = 0;
+    }
+    c->out.len = 0;
+    if (!c->writing) really_close(c);
+    edge_flush(th);
+    return;
+  }
+  if (n == 0 || c->closing) return;
+  c->last_in_ms = edge_now_ms();
+  if (c->tls) {
+    int rc = tls_conn_feed(c->tls, b->base, (size_t)n, plain_in, tls_up, c);
+    if (c->out.len) mark_dirty(c); /* handshake records written by wolfSSL */
+    if (rc != 0 && !c->closing) {
+      c->closing = 1;
+      uv_read_stop(s);
+      if (c->bound) {
+        edge_session_close(c);
+        c->bound = 0;
+      }
+      mark_dirty(c); /* flush a pending alert, then close */
+    }
+  } else {
+    plain_in(c, b->base, (size_t)n);
+  }
+  edge_flush(th);
+}
+
+void conn_start_tls(conn_t *c);
+void conn_start_tls(conn_t *c) {
+  c->tls = tls_conn_new(c->th->tls, &c->out);
+  if (!c->tls) conn_close(c);
+}
+
+void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
+  conn_t *c = xcalloc(1, sizeof *c);
+  c->th = th;
+  buf_init(&c->out);
+  uv_tcp_init(&th->loop, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    c->pending_work = 0;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return;
+  }
+  if (th->stopping) {
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  table_add(th, c);
+  c->next = th->all;
+  if (th->all) th->all->prev = c;
+  th->all = c;
+  th->nconns++;
+  c->created_ms = c->last_in_ms = c->last_out_ms = edge_now_ms();
+  xml_stream_limits_t lim = {(size_t)th->cfg->max_stanza_bytes, (unsigned)th->cfg->max_depth,
+                             (unsigned)th->cfg->max_attrs};
+  xml_stream_cbs_t cbs = {negotiate_stream_start, negotiate_stanza, negotiate_stream_end,
+                          negotiate_xml_error};
+  c->xs = xml_stream_new(&lim, &cbs, c);
+  c->direct_tls = direct_tls;
+  if (direct_tls) conn_start_tls(c);
+  if (!c->xs || (direct_tls && !c->tls)) {
+    c->closing = 1;
+    really_close(c);
+    return;
+  }
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+void conn_sweep_cb(uv_timer_t *t) {
+  edge_thread_t *th = t->data;
+  const xmpp_config_t *cfg = th->cfg;
+  uint64_t now = edge_now_ms();
+  for (conn_t *c = th->all, *nx; c; c = nx) {
+    nx = c->next;
+    if (c->closing) {
+      /* a peer that never reads our final bytes must not hold the socket forever */
+      if (now - c->last_in_ms > 10000) {
+        c->out.len = 0;
+        really_close(c);
+      }
+      continue;
+    }
+    if (!c->bound && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
+      conn_stream_error(c, "connection-timeout", "authentication took too long");
+    } else if (now - c->last_in_ms > (uint64_t)cfg->idle_timeout * 1000) {
+      conn_stream_error(c, "connection-timeout", NULL);
+    } else if (c->header_sent && now - c->last_out_ms > (uint64_t)cfg->keepalive * 1000) {
+      conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
+    }
+  }
+  edge_flush(th);
+}

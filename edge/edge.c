@@ -1,0 +1,180 @@
+/* Edge threads and listeners.
+ *
+ * Each I/O thread owns a libuv loop and its own listening sockets on the same ports,
+ * opened with SO_REUSEPORT, so the kernel spreads new connections over the threads with
+ * no shared accept lock. A once-a-second sweep timer per thread enforces the auth and
+ * idle timeouts and sends whitespace keepalives. */
+#include "edge/edge_internal.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+static void on_connection(uv_stream_t *server, int status) {
+  edge_thread_t *th = server->loop->data;
+  if (status < 0) {
+    log_warn("accept: %s", uv_strerror(status));
+    return;
+  }
+  conn_accept(th, server, server->data != NULL);
+}
+
+static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int port, int direct_tls) {
+  struct sockaddr_storage ss;
+  int rc = uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss);
+  if (rc != 0) rc = uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss);
+  if (rc != 0) {
+    log_error("bad listen address %s", addr);
+    return -1;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    log_error("socket: %s", strerror(errno));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+    log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  uv_tcp_init(&th->loop, t);
+  t->data = direct_tls ? (void *)1 : NULL;
+  if (uv_tcp_open(t, fd) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
+    log_error("cannot listen on %s:%d", addr, port);
+    return -1;
+  }
+  return 0;
+}
+
+static void close_cb_noop(uv_handle_t *h) {}
+
+static void quit(edge_thread_t *th) {
+  /* second phase of stopping: whatever is still open is closed now, then the loop ends */
+  for (conn_t *c = th->all, *nx; c; c = nx) {
+    nx = c->next;
+    c->out.len = 0;
+    c->closing = 0;
+    conn_close(c);
+  }
+  edge_flush(th);
+  uv_close((uv_handle_t *)&th->sweep, close_cb_noop);
+  uv_close((uv_handle_t *)&th->stop_async, close_cb_noop);
+  bus_queue_close(&th->bus->edge_q[th->index]);
+}
+
+static void stop_cb(uv_async_t *a) {
+  edge_thread_t *th = a->data;
+  int phase = atomic_load(&th->phase);
+  if (!th->stopping) {
+    th->stopping = 1;
+    for (int i = 0; i < th->nlisteners; i++) uv_close((uv_handle_t *)&th->listeners[i], close_cb_noop);
+    th->nlisteners = 0;
+    for (conn_t *c = th->all; c; c = c->next) conn_stream_error(c, "system-shutdown", NULL);
+    edge_flush(th);
+  }
+  if (phase >= 2) quit(th);
+}
+
+static void thread_main(void *arg) {
+  edge_thread_t *th = arg;
+  char name[16];
+  snprintf(name, sizeof name, "edge%d", th->index);
+  log_set_thread(name);
+  uv_run(&th->loop, UV_RUN_DEFAULT);
+}
+
+edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
+  edge_t *e = xcalloc(1, sizeof *e);
+  e->cfg = cfg;
+  e->bus = bus;
+  e->nthreads = bus->nedges;
+  if (cfg->tls_cert[0]) {
+    char *err = NULL;
+    e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
+    if (!e->tls) {
+      log_error("TLS: %s", err);
+      xfree(err);
+      xfree(e);
+      return NULL;
+    }
+  }
+  e->threads = xcalloc((size_t)e->nthreads, sizeof *e->threads);
+  for (int i = 0; i < e->nthreads; i++) {
+    edge_thread_t *th = &e->threads[i];
+    th->edge = e;
+    th->index = i;
+    th->cfg = cfg;
+    th->bus = bus;
+    th->tls = e->tls;
+    uv_loop_init(&th->loop);
+    th->loop.data = th;
+    char *err = NULL;
+    th->store = store_open(cfg->store_backend, cfg->store_path, &err);
+    if (!th->store) {
+      log_error("storage: %s", err ? err : "cannot open");
+      xfree(err);
+      return NULL;
+    }
+    if (cfg->c2s_port && open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_port, 0))
+      return NULL;
+    if (cfg->c2s_tls_port &&
+        open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_tls_port, 1))
+      return NULL;
+    uv_timer_init(&th->loop, &th->sweep);
+    th->sweep.data = th;
+    uv_async_init(&th->loop, &th->stop_async, stop_cb);
+    th->stop_async.data = th;
+    bus_queue_init(&bus->edge_q[i], &th->loop, edge_bus_cb, th);
+  }
+  return e;
+}
+
+int edge_start(edge_t *e) {
+  for (int i = 0; i < e->nthreads; i++) {
+    edge_thread_t *th = &e->threads[i];
+    uv_timer_start(&th->sweep, conn_sweep_cb, 1000, 1000);
+    if (uv_thread_create(&th->thread, thread_main, th) != 0) return -1;
+  }
+  return 0;
+}
+
+/* Phase one: stop accepting and tell every client. Phase two (after the caller let the
+ * routers settle): close the rest and end the loops. */
+void edge_stop(edge_t *e) {
+  for (int i = 0; i < e->nthreads; i++) {
+    atomic_store(&e->threads[i].phase, 1);
+    uv_async_send(&e->threads[i].stop_async);
+  }
+}
+
+void edge_join(edge_t *e) {
+  for (int i = 0; i < e->nthreads; i++) {
+    atomic_store(&e->threads[i].phase, 2);
+    uv_async_send(&e->threads[i].stop_async);
+  }
+  for (int i = 0; i < e->nthreads; i++) uv_thread_join(&e->threads[i].thread);
+}
+
+void edge_free(edge_t *e) {
+  if (!e) return;
+  for (int i = 0; i < e->nthreads; i++) {
+    edge_thread_t *th = &e->threads[i];
+    uv_loop_close(&th->loop);
+    store_close(th->store);
+    xfree(th->slots);
+    xfree(th->free_slots);
+  }
+  tls_ctx_free(e->tls);
+  xfree(e->threads);
+  xfree(e);
+}

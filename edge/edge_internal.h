@@ -1,0 +1,125 @@
+/* Edge internals shared by the edge's files: one I/O thread, one connection. */
+#ifndef XMPP_EDGE_INTERNAL_H
+#define XMPP_EDGE_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/jid.h"
+#include "common/scram.h"
+#include "common/store/store.h"
+#include "common/xml_stream.h"
+#include "edge/edge.h"
+#include "edge/tls.h"
+
+typedef struct conn conn_t;
+typedef struct edge_thread edge_thread_t;
+
+struct edge_thread {
+  edge_t *edge;
+  int index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_tcp_t listeners[2];
+  int nlisteners;
+  uv_timer_t sweep;
+  uv_async_t stop_async;
+  const xmpp_config_t *cfg;
+  bus_t *bus;
+  store_t *store;
+  tls_ctx_t *tls;
+  /* connection table: id = generation << 32 | slot */
+  conn_t **slots;
+  uint32_t nslots, cap_slots;
+  uint32_t *free_slots;
+  uint32_t nfree;
+  uint32_t generation;
+  conn_t *all;       /* every live connection (for the sweep) */
+  conn_t *dirty;     /* connections with output to flush */
+  char rbuf[65536];  /* read buffer, used synchronously by read_cb */
+  int stopping;
+  _Atomic int phase; /* 1: stop accepting and tell clients; 2: close all, end loop */
+  uint64_t nconns;
+};
+
+struct edge {
+  const xmpp_config_t *cfg;
+  bus_t *bus;
+  edge_thread_t *threads;
+  int nthreads;
+  tls_ctx_t *tls;
+};
+
+typedef enum { ST_HEADER = 0, ST_OPEN } conn_state_t;
+
+struct conn {
+  uv_tcp_t tcp;
+  edge_thread_t *th;
+  uint64_t id;
+  conn_t *prev, *next;  /* th->all */
+  conn_t *next_dirty;
+  int in_dirty;
+  tls_conn_t *tls;
+  int direct_tls;
+  xml_stream_t *xs;
+  int header_sent;      /* our stream header went out on the current stream */
+  int secure;           /* TLS established */
+  int authed;
+  int bound;
+  int closing;          /* no more input is processed; closes once output is written */
+  int handle_closed;
+  int pending_work;     /* a uv_queue_work job references this connection */
+  int writing;
+  int sasl_failures;
+  buf_t out;            /* bytes to write (ciphertext under TLS) */
+  scram_server_t *scram;
+  char *auth_bare;      /* account being authenticated / authenticated */
+  jid_t jid;            /* bound full JID */
+  char stream_id[24];
+  uint64_t created_ms, last_in_ms, last_out_ms;
+};
+
+/* conn.c */
+void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls);
+conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
+/* Queues bytes for the client (encrypting under TLS). */
+void conn_send(conn_t *c, const char *data, size_t len);
+void conn_send_str(conn_t *c, const char *s);
+void conn_send_node(conn_t *c, const xnode_t *n);
+/* Writes everything queued on dirty connections. */
+void edge_flush(edge_thread_t *th);
+/* Closes with a stream error (RFC 6120 §4.9; cond NULL: a plain </stream:stream>). */
+void conn_stream_error(conn_t *c, const char *cond, const char *text);
+void conn_close(conn_t *c);
+/* A thread-pool job on c finished: returns 1 if c was closed meanwhile and is now freed. */
+int conn_work_done(conn_t *c);
+void conn_sweep_cb(uv_timer_t *t);
+uint64_t edge_now_ms(void);
+
+/* negotiate.c */
+void negotiate_stream_start(void *ud, const xnode_t *header);
+void negotiate_stanza(void *ud, xnode_t *stanza);
+void negotiate_stream_end(void *ud);
+void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail);
+/* Called when the TLS handshake completes. */
+void negotiate_tls_ready(conn_t *c);
+
+/* sasl.c */
+void sasl_auth(conn_t *c, xnode_t *auth);
+void sasl_response(conn_t *c, xnode_t *resp);
+void sasl_abort(conn_t *c);
+void sasl_cleanup(conn_t *c);
+
+/* route.c: frames between this edge and the routers */
+void edge_route_stanza(conn_t *c, xnode_t *stanza);
+void edge_session_open(conn_t *c);
+void edge_session_close(conn_t *c);
+void edge_bus_cb(void *ud, bus_msg_t *batch);
+/* Replies to a client stanza with a stanza error built at the edge. */
+void edge_stanza_error(conn_t *c, xnode_t *stanza, const char *type, const char *cond);
+
+#endif

@@ -1,0 +1,269 @@
+/* RFC 6120 stream negotiation, server side, for one client connection.
+ *
+ *   header -> features -> [STARTTLS (§5) -> header -> features] -> SASL (§6) ->
+ *   header -> features -> bind (§7) -> stanzas are routed
+ *
+ * Stream errors follow §4.9.3. TLS is required before SASL unless tls.required=false;
+ * PLAIN is offered only under TLS. After STARTTLS and after SASL success the stream is
+ * restarted, and bytes the client pipelined after <starttls/> are discarded (§5.4.3.3). */
+#include "edge/edge_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+void conn_start_tls(conn_t *c);
+
+static void random_id(char *out, size_t n) {
+  static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  unsigned char r[32];
+  if (n > sizeof r + 1) n = sizeof r + 1;
+  if (getrandom(r, n - 1, 0) != (ssize_t)(n - 1)) memset(r, 7, sizeof r);
+  for (size_t i = 0; i + 1 < n; i++) out[i] = al[r[i] % (sizeof al - 1)];
+  out[n - 1] = '\0';
+}
+
+static int tls_available(const conn_t *c) { return c->th->tls != NULL; }
+
+static void send_features(conn_t *c) {
+  buf_t f;
+  buf_init(&f);
+  buf_puts(&f, "<stream:features>");
+  if (!c->authed) {
+    if (!c->secure && tls_available(c)) {
+      buf_puts(&f, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+      if (c->th->cfg->require_tls) buf_puts(&f, "<required/>");
+      buf_puts(&f, "</starttls>");
+    }
+    if (c->secure || !c->th->cfg->require_tls) {
+      buf_puts(&f, "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+                   "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
+      if (c->secure) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
+      buf_puts(&f, "</mechanisms>");
+    }
+  } else {
+    buf_puts(&f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
+  }
+  buf_puts(&f, "</stream:features>");
+  conn_send(c, (const char *)f.data, f.len);
+  buf_free(&f);
+}
+
+/* RFC 6120 §4.7.5: version "1.x" (x any) is what we speak; absent means pre-1.0. */
+static int version_ok(const char *v) {
+  if (!v) return 0;
+  char *end;
+  long major = strtol(v, &end, 10);
+  if (end == v || *end != '.' || major < 1) return 0;
+  return 1;
+}
+
+void negotiate_stream_start(void *ud, const xnode_t *h) {
+  conn_t *c = ud;
+  const xmpp_config_t *cfg = c->th->cfg;
+  random_id(c->stream_id, sizeof c->stream_id);
+  buf_t b;
+  buf_init(&b);
+  const char *from = xnode_attr(h, "from");
+  buf_printf(&b, "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                 "xmlns:stream='http://etherx.jabber.org/streams' id='%s' from='%s' version='1.0' "
+                 "xml:lang='en'",
+             c->stream_id, cfg->domain);
+  if (from) {
+    buf_puts(&b, " to='");
+    xml_escape(&b, from, strlen(from), 1);
+    buf_putc(&b, '\'');
+  }
+  buf_putc(&b, '>');
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+  c->header_sent = 1;
+
+  const char *xmlns = xnode_attr(h, "xmlns");
+  if (strcmp(h->name, "stream") != 0 || strcmp(h->ns, NS_STREAMS) != 0) {
+    conn_stream_error(c, "invalid-namespace", "the stream element must be {http://etherx.jabber.org/streams}stream");
+    return;
+  }
+  if (!xmlns || strcmp(xmlns, NS_CLIENT) != 0) {
+    conn_stream_error(c, "invalid-namespace", "the content namespace must be jabber:client");
+    return;
+  }
+  const char *to = xnode_attr(h, "to");
+  if (to) {
+    char *dom = NULL;
+    int ok = jid_prep_domain(to, strlen(to), &dom) == 0 && strcmp(dom, cfg->domain) == 0;
+    xfree(dom);
+    if (!ok) {
+      conn_stream_error(c, "host-unknown", NULL);
+      return;
+    }
+  }
+  if (!version_ok(xnode_attr(h, "version"))) {
+    conn_stream_error(c, "unsupported-version", "this server speaks XMPP 1.0");
+    return;
+  }
+  send_features(c);
+}
+
+void negotiate_stream_end(void *ud) {
+  conn_t *c = ud;
+  /* RFC 6120 §4.4: answer the close with our own close, then end the connection */
+  conn_stream_error(c, NULL, NULL);
+}
+
+void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail) {
+  conn_t *c = ud;
+  switch (err) {
+  case XS_RESTRICTED_XML: conn_stream_error(c, "restricted-xml", detail); break;
+  case XS_POLICY_VIOLATION: conn_stream_error(c, "policy-violation", detail); break;
+  case XS_BAD_FORMAT: conn_stream_error(c, "bad-format", detail); break;
+  default: conn_stream_error(c, "not-well-formed", NULL); break;
+  }
+}
+
+void negotiate_tls_ready(conn_t *c) {
+  log_debug("conn %llx: TLS up (%s, %s)", (unsigned long long)c->id, tls_conn_version(c->tls),
+            tls_conn_cipher(c->tls));
+  /* direct TLS: the client now opens the stream; STARTTLS: the stream restarts */
+  c->header_sent = 0;
+}
+
+static void starttls(conn_t *c, xnode_t *st) {
+  if (c->secure || !tls_available(c)) {
+    /* RFC 6120 §5.4.2.2 */
+    conn_send_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn_stream_error(c, NULL, NULL);
+    return;
+  }
+  conn_send_str(c, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+  /* <proceed/> goes out in clear: flush it before the TLS session takes over the output */
+  edge_flush(c->th);
+  conn_start_tls(c);
+  xml_stream_restart(c->xs);
+}
+
+static int is_stanza(const xnode_t *s) {
+  return strcmp(s->ns, NS_CLIENT) == 0 &&
+         (!strcmp(s->name, "message") || !strcmp(s->name, "presence") || !strcmp(s->name, "iq"));
+}
+
+static void iq_result(conn_t *c, const char *id, const char *payload) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "<iq type='result' id='");
+  xml_escape(&b, id ? id : "", id ? strlen(id) : 0, 1);
+  buf_puts(&b, "'>");
+  if (payload) buf_puts(&b, payload);
+  buf_puts(&b, "</iq>");
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+/* RFC 6120 §7: resource binding. The client proposes a resource or lets us choose. */
+static void bind_resource(conn_t *c, xnode_t *iq, xnode_t *bind) {
+  const char *type = xnode_attr(iq, "type");
+  const char *id = xnode_attr(iq, "id");
+  if (!type || strcmp(type, "set") != 0 || !id) {
+    edge_stanza_error(c, iq, "modify", "bad-request");
+    return;
+  }
+  char genres[24];
+  const char *res = NULL;
+  xnode_t *r = xnode_child(bind, "resource", NS_BIND);
+  arena_t tmp;
+  arena_init(&tmp);
+  if (r) res = xnode_text(&tmp, r);
+  if (!res || !*res) {
+    random_id(genres, sizeof genres);
+    res = genres;
+  }
+  char *prepped = NULL;
+  if (jid_prep_resource(res, strlen(res), &prepped) != 0) {
+    arena_free(&tmp);
+    edge_stanza_error(c, iq, "modify", "bad-request");
+    return;
+  }
+  size_t n = strlen(c->auth_bare) + 1 + strlen(prepped) + 1;
+  char *full = xmalloc(n);
+  snprintf(full, n, "%s/%s", c->auth_bare, prepped);
+  xfree(prepped);
+  arena_free(&tmp);
+  jid_t j;
+  if (jid_parse(full, strlen(full), &j) != 0) {
+    xfree(full);
+    edge_stanza_error(c, iq, "modify", "bad-request");
+    return;
+  }
+  xfree(full);
+  c->jid = j;
+  c->bound = 1;
+  buf_t p;
+  buf_init(&p);
+  buf_puts(&p, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+  xml_escape(&p, j.full, strlen(j.full), 0);
+  buf_puts(&p, "</jid></bind>");
+  buf_putc(&p, '\0');
+  iq_result(c, id, (const char *)p.data);
+  buf_free(&p);
+  edge_session_open(c);
+  log_debug("conn %llx: bound %s", (unsigned long long)c->id, j.full);
+}
+
+void negotiate_stanza(void *ud, xnode_t *s) {
+  conn_t *c = ud;
+  if (c->closing) return;
+  if (!c->authed) {
+    if (!strcmp(s->name, "starttls") && !strcmp(s->ns, NS_TLS)) {
+      starttls(c, s);
+    } else if (!strcmp(s->ns, NS_SASL)) {
+      if (!c->secure && c->th->cfg->require_tls) {
+        /* RFC 6120 §5.3.1: TLS is mandatory here; SASL before it is a policy error */
+        conn_send_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>");
+        conn_stream_error(c, "policy-violation", "STARTTLS is required before authentication");
+      } else if (!strcmp(s->name, "auth")) {
+        sasl_auth(c, s);
+      } else if (!strcmp(s->name, "response")) {
+        sasl_response(c, s);
+      } else if (!strcmp(s->name, "abort")) {
+        sasl_abort(c);
+      } else {
+        conn_stream_error(c, "unsupported-stanza-type", NULL);
+      }
+    } else if (is_stanza(s)) {
+      conn_stream_error(c, "not-authorized", "authenticate first");
+    } else {
+      conn_stream_error(c, "unsupported-stanza-type", NULL);
+    }
+    return;
+  }
+  if (!is_stanza(s)) {
+    conn_stream_error(c, "unsupported-stanza-type", NULL);
+    return;
+  }
+  if (!c->bound) {
+    xnode_t *b = strcmp(s->name, "iq") == 0 ? xnode_child(s, "bind", NS_BIND) : NULL;
+    if (b) bind_resource(c, s, b);
+    else conn_stream_error(c, "not-authorized", "bind a resource first");
+    return;
+  }
+  if (!strcmp(s->name, "iq")) {
+    if (xnode_child(s, "bind", NS_BIND)) {
+      /* RFC 6120 §7.7.2.1: one resource per stream */
+      edge_stanza_error(c, s, "cancel", "not-allowed");
+      return;
+    }
+    xnode_t *sess = xnode_child(s, "session", NS_SESSION);
+    const char *type = xnode_attr(s, "type");
+    if (sess && type && !strcmp(type, "set")) {
+      /* RFC 3921 session establishment: a no-op kept for old clients */
+      iq_result(c, xnode_attr(s, "id"), NULL);
+      return;
+    }
+  }
+  edge_route_stanza(c, s);
+}

@@ -1,0 +1,172 @@
+/* Frames between this edge thread and the routers.
+ *
+ * Outbound: a bound client's stanza gets 'from' stamped with the session's full JID
+ * (RFC 6120 §8.1.2.1: a client's own 'from' is checked, never trusted), 'to' normalised
+ * (RFC 7622), and goes as a BUS_C2S frame to the shard of the sender; to and from travel
+ * in the frame header, not in the encoded stanza, so routers re-address stanzas for free.
+ * Inbound: BUS_DELIVER frames are written to their connection; a message whose
+ * connection has gone is bounced back to the recipient's shard (BUS_BOUNCE), which then
+ * picks another resource or offline storage, so it is not lost. */
+#include "edge/edge_internal.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+static bus_addr_t here(const conn_t *c) {
+  bus_addr_t a = {0, (uint16_t)c->th->index, c->id};
+  return a;
+}
+
+void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond) {
+  const char *stype = xnode_attr(s, "type");
+  if (stype && !strcmp(stype, "error")) return; /* never answer an error with an error */
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "<%s type='error'", s->name);
+  const char *id = xnode_attr(s, "id"), *to = xnode_attr(s, "to");
+  if (id) {
+    buf_puts(&b, " id='");
+    xml_escape(&b, id, strlen(id), 1);
+    buf_putc(&b, '\'');
+  }
+  if (to) {
+    buf_puts(&b, " from='");
+    xml_escape(&b, to, strlen(to), 1);
+    buf_putc(&b, '\'');
+  }
+  buf_printf(&b, "><error type='%s'><%s xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></%s>", type,
+             cond, s->name);
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+static void send_frame(conn_t *c, bus_frame_t *f, const char *route_bare, size_t route_len) {
+  bus_to_router(c->th->bus, route_bare, route_len, bus_msg_new(f));
+}
+
+void edge_route_stanza(conn_t *c, xnode_t *s) {
+  const char *from = xnode_attr(s, "from");
+  if (from) {
+    jid_t fj;
+    int ok = jid_parse(from, strlen(from), &fj) == 0 &&
+             (!strcmp(fj.full, c->jid.full) || !strcmp(fj.full, c->jid.bare));
+    if (ok || fj.full) jid_free(&fj);
+    if (!ok) {
+      conn_stream_error(c, "invalid-from", "'from' does not match the authenticated session");
+      return;
+    }
+  }
+  const char *type = xnode_attr(s, "type");
+  if (!strcmp(s->name, "iq")) {
+    /* RFC 6120 §8.2.3: id and one of the four types are required */
+    int ok = type && (!strcmp(type, "get") || !strcmp(type, "set") || !strcmp(type, "result") ||
+                      !strcmp(type, "error")) && xnode_attr(s, "id");
+    if (ok && (!strcmp(type, "get") || !strcmp(type, "set"))) ok = xnode_count_elems(s) == 1;
+    if (!ok) {
+      edge_stanza_error(c, s, "modify", "bad-request");
+      return;
+    }
+  }
+  jid_t tj = {0};
+  const char *to = xnode_attr(s, "to");
+  if (to && jid_parse(to, strlen(to), &tj) != 0) {
+    edge_stanza_error(c, s, "modify", "jid-malformed");
+    return;
+  }
+  xnode_t *st = s;
+  arena_t a;
+  arena_init(&a);
+  /* addresses travel in the frame header */
+  st = xnode_copy(&a, s);
+  xnode_set_attr(&a, st, "to", NULL);
+  xnode_set_attr(&a, st, "from", NULL);
+  buf_t p;
+  buf_init(&p);
+  xnode_encode(st, &p);
+  bus_frame_t f = {0};
+  f.kind = BUS_C2S;
+  f.src = here(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  f.to = tj.full ? tj.full : "";
+  f.to_len = strlen(f.to);
+  f.payload = p.data;
+  f.payload_len = p.len;
+  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+  buf_free(&p);
+  arena_free(&a);
+  if (tj.full) jid_free(&tj);
+}
+
+void edge_session_open(conn_t *c) {
+  bus_frame_t f = {0};
+  f.kind = BUS_SESSION_OPEN;
+  f.src = here(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+}
+
+void edge_session_close(conn_t *c) {
+  bus_frame_t f = {0};
+  f.kind = BUS_SESSION_CLOSE;
+  f.src = here(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+}
+
+static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
+  conn_t *c = conn_lookup(th, f->dst.conn);
+  xnode_t *s;
+  if (xnode_decode(a, f->payload, f->payload_len, 256, &s) != 0) {
+    log_warn("edge: undecodable stanza in DELIVER frame dropped");
+    return;
+  }
+  if (!c || c->closing || !c->bound) {
+    const char *type = xnode_attr(s, "type");
+    if (!strcmp(s->name, "message") && !(type && !strcmp(type, "error"))) {
+      bus_frame_t b = *f;
+      b.kind = BUS_BOUNCE;
+      bus_to_router(th->bus, f->to, bus_bare_len(f->to, f->to_len), bus_msg_new(&b));
+    }
+    return;
+  }
+  /* from first, then to, as servers conventionally write them */
+  xnode_t *out = xnode_new(a, s->name, s->ns);
+  if (f->from_len) xnode_set_attr(a, out, "from", arena_strndup(a, f->from, f->from_len));
+  if (f->to_len) xnode_set_attr(a, out, "to", arena_strndup(a, f->to, f->to_len));
+  for (uint32_t i = 0; i < s->nattrs; i++) xnode_set_attr(a, out, s->attrs[2 * i], s->attrs[2 * i + 1]);
+  out->children = s->children;
+  out->last = s->last;
+  conn_send_node(c, out);
+}
+
+void edge_bus_cb(void *ud, bus_msg_t *batch) {
+  edge_thread_t *th = ud;
+  arena_t a;
+  arena_init(&a);
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) == 0) {
+      if (f.kind == BUS_DELIVER) {
+        deliver(th, &f, &a);
+      } else if (f.kind == BUS_KICK) {
+        conn_t *c = conn_lookup(th, f.dst.conn);
+        if (c) {
+          if (f.arg == BUS_KICK_CONFLICT) c->bound = 0; /* the router already replaced it */
+          conn_stream_error(c, f.arg == BUS_KICK_CONFLICT ? "conflict" : "system-shutdown",
+                            f.arg == BUS_KICK_CONFLICT ? "replaced by a new session with the same resource" : NULL);
+        }
+      }
+    }
+    bus_msg_free(m);
+    arena_reset(&a);
+  }
+  arena_free(&a);
+  edge_flush(th);
+}

@@ -1,0 +1,259 @@
+/* SASL on the edge (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802/7677) against
+ * stored keys, and PLAIN (RFC 4616) only under TLS.
+ *
+ * Accounts are read from the thread's own store handle. SCRAM costs a few HMACs on the
+ * loop; PLAIN needs PBKDF2 over the stored salt, which runs on the libuv thread pool and
+ * comes back in the after-work callback on this connection's loop. After
+ * limits.sasl_max_failures failures the stream is closed with <policy-violation/>
+ * (RFC 6120 §6.4.5). */
+#include "edge/edge_internal.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "common/log.h"
+
+static void send_failure(conn_t *c, sasl_cond_t cond) {
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/></failure>", sasl_cond_name(cond));
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+  if (c->scram) {
+    scram_server_free(c->scram);
+    c->scram = NULL;
+  }
+  xfree(c->auth_bare);
+  c->auth_bare = NULL;
+  if (cond == SASL_NOT_AUTHORIZED || cond == SASL_INVALID_AUTHZID) {
+    log_info("conn %llx: authentication failed (%s)", (unsigned long long)c->id, sasl_cond_name(cond));
+  }
+  if (cond != SASL_ABORTED && ++c->sasl_failures >= c->th->cfg->sasl_max_failures)
+    conn_stream_error(c, "policy-violation", "too many failed authentication attempts");
+}
+
+static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) {
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "<%s xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>", elem);
+  if (len) {
+    char *enc = b64_encode((const unsigned char *)data, len);
+    buf_puts(&b, enc);
+    xfree(enc);
+  } else if (!strcmp(elem, "success")) {
+    /* nothing */
+  } else {
+    buf_putc(&b, '=');
+  }
+  buf_printf(&b, "</%s>", elem);
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  send_b64(c, "success", extra, extra_len);
+  if (c->scram) {
+    scram_server_free(c->scram);
+    c->scram = NULL;
+  }
+  c->authed = 1;
+  c->header_sent = 0;
+  xml_stream_restart(c->xs); /* RFC 6120 §6.4.6 */
+  log_debug("conn %llx: authenticated %s", (unsigned long long)c->id, c->auth_bare);
+}
+
+/* Payload of <auth/>/<response/>: base64, "=" meaning empty (RFC 6120 §6.4.2). */
+static sasl_cond_t payload(arena_t *a, xnode_t *n, unsigned char **out, size_t *len) {
+  char *t = xnode_text(a, n);
+  *out = NULL;
+  *len = 0;
+  if (!*t || !strcmp(t, "=")) return SASL_OK;
+  if (b64_decode(t, strlen(t), out, len) != 0) return SASL_INCORRECT_ENCODING;
+  return SASL_OK;
+}
+
+/* Normalises a SASL username (a localpart) to the account's bare JID. */
+static char *account_of(conn_t *c, const char *user) {
+  char *local = NULL;
+  if (jid_prep_local(user, strlen(user), &local) != 0) return NULL;
+  size_t n = strlen(local) + strlen(c->th->cfg->domain) + 2;
+  char *bare = xmalloc(n);
+  snprintf(bare, n, "%s@%s", local, c->th->cfg->domain);
+  xfree(local);
+  return bare;
+}
+
+/* authzid, when given, must name the same account (we do not support proxy auth). */
+static int authzid_ok(conn_t *c, const char *authzid) {
+  if (!authzid || !*authzid) return 1;
+  jid_t j;
+  if (jid_parse(authzid, strlen(authzid), &j) != 0) return 0;
+  int ok = !j.resource && strcmp(j.bare, c->auth_bare) == 0;
+  jid_free(&j);
+  return ok;
+}
+
+typedef struct plain_job {
+  uv_work_t req;
+  conn_t *c;
+  store_account_t acct;
+  int have_acct;
+  char *password;
+  int ok;
+} plain_job_t;
+
+static void plain_work(uv_work_t *w) {
+  plain_job_t *j = w->data;
+  j->ok = j->have_acct && scram_cred_check_password(SCRAM_SHA256, &j->acct.sha256, j->password,
+                                                    strlen(j->password)) == 0;
+}
+
+static void plain_done(uv_work_t *w, int status) {
+  plain_job_t *j = w->data;
+  conn_t *c = j->c;
+  int ok = status == 0 && j->ok;
+  memset(j->password, 0, strlen(j->password));
+  xfree(j->password);
+  xfree(j);
+  if (conn_work_done(c)) return; /* the connection went away meanwhile */
+  if (c->closing) return;
+  if (ok) succeed(c, NULL, 0);
+  else send_failure(c, SASL_NOT_AUTHORIZED);
+  edge_flush(c->th);
+}
+
+static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
+  if (!c->secure) {
+    send_failure(c, SASL_ENCRYPTION_REQUIRED);
+    return;
+  }
+  char *authzid = NULL, *authcid = NULL, *passwd = NULL;
+  sasl_cond_t cond = sasl_plain_parse(msg, len, &authzid, &authcid, &passwd);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  c->auth_bare = account_of(c, authcid);
+  if (!c->auth_bare) {
+    cond = SASL_NOT_AUTHORIZED;
+  } else if (!authzid_ok(c, authzid)) {
+    cond = SASL_INVALID_AUTHZID;
+  }
+  xfree(authzid);
+  xfree(authcid);
+  if (cond != SASL_OK) {
+    memset(passwd, 0, strlen(passwd));
+    xfree(passwd);
+    send_failure(c, cond);
+    return;
+  }
+  plain_job_t *j = xcalloc(1, sizeof *j);
+  j->req.data = j;
+  j->c = c;
+  j->password = passwd;
+  int rc = store_account_get(c->th->store, c->auth_bare, &j->acct);
+  if (rc != 0 && rc != XMPP_ENOENT) {
+    memset(passwd, 0, strlen(passwd));
+    xfree(passwd);
+    xfree(j);
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
+  }
+  j->have_acct = rc == 0;
+  c->pending_work = 1;
+  uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
+}
+
+static void start_scram(conn_t *c, scram_hash_t h, const unsigned char *msg, size_t len) {
+  c->scram = scram_server_new(h);
+  const char *user = NULL;
+  sasl_cond_t cond = scram_server_client_first(c->scram, (const char *)msg, len, &user);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  c->auth_bare = account_of(c, user);
+  store_account_t acct;
+  int have = 0;
+  if (c->auth_bare) {
+    int rc = store_account_get(c->th->store, c->auth_bare, &acct);
+    if (rc != 0 && rc != XMPP_ENOENT) {
+      send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+      return;
+    }
+    have = rc == 0;
+  }
+  char *out = NULL;
+  size_t outlen = 0;
+  cond = scram_server_first(c->scram, have ? (h == SCRAM_SHA1 ? &acct.sha1 : &acct.sha256) : NULL, &out, &outlen);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  send_b64(c, "challenge", out, outlen);
+  xfree(out);
+}
+
+void sasl_auth(conn_t *c, xnode_t *auth) {
+  if (c->scram || c->pending_work) {
+    /* a new <auth/> while one is running: RFC 6120 §6.4.4 lets us abort the old one */
+    send_failure(c, SASL_ABORTED);
+    if (c->pending_work) return;
+  }
+  const char *mech = xnode_attr(auth, "mechanism");
+  arena_t a;
+  arena_init(&a);
+  unsigned char *msg;
+  size_t len;
+  sasl_cond_t cond = payload(&a, auth, &msg, &len);
+  arena_free(&a);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  if (!mech) send_failure(c, SASL_INVALID_MECHANISM);
+  else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, msg, len);
+  else if (!strcmp(mech, "PLAIN")) start_plain(c, msg, len);
+  else send_failure(c, SASL_INVALID_MECHANISM);
+  xfree(msg);
+}
+
+void sasl_response(conn_t *c, xnode_t *resp) {
+  if (!c->scram) {
+    send_failure(c, SASL_MALFORMED_REQUEST);
+    return;
+  }
+  arena_t a;
+  arena_init(&a);
+  unsigned char *msg;
+  size_t len;
+  sasl_cond_t cond = payload(&a, resp, &msg, &len);
+  arena_free(&a);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  char *out = NULL;
+  size_t outlen = 0;
+  cond = scram_server_client_final(c->scram, (const char *)msg, len, &out, &outlen);
+  xfree(msg);
+  if (cond == SASL_OK && !authzid_ok(c, scram_server_authzid(c->scram))) cond = SASL_INVALID_AUTHZID;
+  if (cond != SASL_OK) {
+    xfree(out);
+    send_failure(c, cond);
+    return;
+  }
+  succeed(c, out, outlen);
+  xfree(out);
+}
+
+void sasl_abort(conn_t *c) { send_failure(c, SASL_ABORTED); }
+
+void sasl_cleanup(conn_t *c) {
+  if (c->scram) scram_server_free(c->scram);
+  c->scram = NULL;
+  xfree(c->auth_bare);
+  c->auth_bare = NULL;
+}

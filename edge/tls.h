@@ -1,0 +1,43 @@
+/* TLS for client connections: wolfSSL driven through its I/O callbacks over memory
+ * buffers, so libuv owns the socket and protocol code never touches it.
+ * TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only.
+ * A tls_ctx_t is shared read-only by all I/O threads; a tls_conn_t belongs to one
+ * connection (one thread). */
+#ifndef XMPP_TLS_H
+#define XMPP_TLS_H
+
+#include <stddef.h>
+
+#include "common/buf.h"
+
+typedef struct tls_ctx tls_ctx_t;
+typedef struct tls_conn tls_conn_t;
+
+/* Loads the certificate chain and key (PEM). NULL and *err (caller frees) on failure. */
+tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err);
+void tls_ctx_free(tls_ctx_t *t);
+
+/* Ciphertext produced by the session is appended to *out. */
+tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);
+void tls_conn_free(tls_conn_t *c);
+
+typedef void (*tls_plain_cb)(void *ud, const char *data, size_t len);
+typedef void (*tls_ready_cb)(void *ud);
+/* Feeds ciphertext. Handshake progress and records are processed. When the handshake
+ * completes, ready(ud) is called first; then decrypted bytes go to plain (which may call
+ * tls_conn_write, and may ask to stop with tls_conn_stop). Both run synchronously.
+ * Returns 0, or XMPP_ERR on a fatal TLS error or close. */
+int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb plain, tls_ready_cb ready,
+                  void *ud);
+/* The handshake is complete: tls_conn_write may be used. */
+int tls_conn_ready(const tls_conn_t *c);
+/* Encrypts plaintext into the out buffer. 0 or XMPP_ERR. */
+int tls_conn_write(tls_conn_t *c, const char *data, size_t len);
+/* Makes tls_conn_feed stop delivering plaintext (the owner is closing). */
+void tls_conn_stop(tls_conn_t *c);
+/* Adds a close_notify alert to the out buffer. */
+void tls_conn_shutdown(tls_conn_t *c);
+const char *tls_conn_version(const tls_conn_t *c);
+const char *tls_conn_cipher(const tls_conn_t *c);
+
+#endif

@@ -1,0 +1,177 @@
+/* Presence (RFC 6121 §4).
+ *
+ * Outbound, at the sender's shard:
+ *   broadcast (no 'to'): recorded on the session; sent to every contact whose
+ *     subscription is 'from' or 'both', and to the user's own available resources
+ *     (§4.2.2, §4.4.2). The first available presence of a session is its initial
+ *     presence: probes go to contacts with 'to'/'both' (§4.3), the other resources'
+ *     presence is shown to it, pending subscription requests and offline messages
+ *     (XEP-0160) are delivered to it.
+ *   unavailable: also to every JID that got directed presence (§4.6.3).
+ *   directed ('to' set): routed as is and remembered (§4.6).
+ *   subscription types: roster.c.
+ * Inbound, at the recipient's shard: broadcast presence is delivered only when the
+ * recipient subscribed ('to'/'both'); directed presence always; probes are answered
+ * when the prober is subscribed to us ('from'/'both'). */
+#include "router/router_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+
+static int sub_has_from(roster_sub_t s) { return s == SUB_FROM || s == SUB_BOTH; }
+static int sub_has_to(roster_sub_t s) { return s == SUB_TO || s == SUB_BOTH; }
+
+static xnode_t *stored_presence(worker_t *w, const session_t *s) {
+  xnode_t *p = NULL;
+  if (s->presence && xnode_decode(&w->arena, s->presence, s->presence_len, 256, &p) == 0) return p;
+  return xnode_new(&w->arena, "presence", NS_CLIENT);
+}
+
+typedef struct {
+  worker_t *w;
+  const char *from;
+  const xnode_t *st;
+  int want_to; /* select contacts by 'to' (probes) rather than 'from' (broadcast) */
+} fan_t;
+
+static void fan_cb(const char *contact, void *v, void *ud) {
+  fan_t *x = ud;
+  ritem_t *it = v;
+  if (x->want_to ? !sub_has_to(it->sub) : !sub_has_from(it->sub)) return;
+  w_route(x->w, x->from, contact, x->st, 0);
+}
+
+static void directed_cb(const char *jid, void *v, void *ud) {
+  fan_t *x = ud;
+  w_route(x->w, x->from, jid, x->st, BUS_F_DIRECTED);
+}
+
+/* Sends st from s to its contacts and to the user's own available resources. */
+static void broadcast(worker_t *w, user_t *u, session_t *s, const xnode_t *st, int include_directed) {
+  fan_t x = {w, s->full, st, 0};
+  strmap_each(user_roster(w, u), fan_cb, &x);
+  if (include_directed && s->directed) {
+    strmap_each(s->directed, directed_cb, &x);
+    strmap_free(s->directed, NULL);
+    s->directed = NULL;
+  }
+  for (session_t *o = u->sessions; o; o = o->next)
+    if (o->available || o == s) w_deliver(w, o, s->full, o->full, st);
+}
+
+void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
+  if (!s->available && !s->directed) return;
+  int was = s->available;
+  s->available = 0;
+  xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+  xnode_set_attr(&w->arena, p, "type", "unavailable");
+  if (was) {
+    fan_t x = {w, s->full, p, 0};
+    strmap_each(user_roster(w, u), fan_cb, &x);
+    for (session_t *o = u->sessions; o; o = o->next)
+      if (o != s && o->available) w_deliver(w, o, s->full, o->full, p);
+  }
+  if (s->directed) {
+    fan_t x = {w, s->full, p, 0};
+    strmap_each(s->directed, directed_cb, &x);
+  }
+}
+
+void presence_send_current(worker_t *w, user_t *u, const char *to) {
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (s->available) w_route(w, s->full, to, stored_presence(w, s), 0);
+}
+
+static int parse_priority(worker_t *w, const xnode_t *st) {
+  xnode_t *p = xnode_child(st, "priority", NULL);
+  if (!p) return 0;
+  long v = strtol(xnode_text(&w->arena, p), NULL, 10);
+  return v < -128 ? -128 : v > 127 ? 127 : (int)v; /* RFC 6121 §4.7.2.3 */
+}
+
+void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
+  const char *type = xnode_attr(st, "type");
+  if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
+               !strcmp(type, "unsubscribed"))) {
+    if (to) subscription_outbound(w, u, to, st);
+    return;
+  }
+  if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return; /* probe etc. */
+  if (to) {
+    /* directed presence (§4.6) */
+    if (!type || !strcmp(type, "unavailable")) {
+      if (!type) {
+        if (!s->directed) s->directed = strmap_new();
+        strmap_put(s->directed, to, (void *)1);
+      } else if (s->directed) {
+        strmap_del(s->directed, to);
+      }
+    }
+    if (!w_is_local(w, to)) return; /* no server-to-server yet */
+    w_route(w, s->full, to, st, BUS_F_DIRECTED);
+    return;
+  }
+  if (type && !strcmp(type, "error")) return;
+  if (!type) {
+    int initial = !s->available;
+    s->available = 1;
+    s->priority = parse_priority(w, st);
+    buf_t b;
+    buf_init(&b);
+    xnode_encode(st, &b);
+    xfree(s->presence);
+    s->presence = buf_steal(&b, &s->presence_len);
+    if (initial) {
+      xnode_t *probe = xnode_new(&w->arena, "presence", NS_CLIENT);
+      xnode_set_attr(&w->arena, probe, "type", "probe");
+      fan_t x = {w, u->bare, probe, 1};
+      strmap_each(user_roster(w, u), fan_cb, &x);
+      for (session_t *o = u->sessions; o; o = o->next)
+        if (o != s && o->available) w_deliver(w, s, o->full, s->full, stored_presence(w, o));
+    }
+    broadcast(w, u, s, st, 0);
+    if (initial) {
+      roster_deliver_pending(w, u, s);
+      if (s->priority >= 0) offline_deliver(w, u, s);
+    }
+    return;
+  }
+  /* unavailable */
+  if (!s->available && !s->directed) return;
+  s->available = 0;
+  xfree(s->presence);
+  s->presence = NULL;
+  s->presence_len = 0;
+  broadcast(w, u, s, st, 1);
+}
+
+void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, uint16_t flags) {
+  const char *type = xnode_attr(st, "type");
+  if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
+               !strcmp(type, "unsubscribed"))) {
+    subscription_inbound(w, from, to, st);
+    return;
+  }
+  user_t *u = user_get(w, w_bare(w, to));
+  if (!u->sessions) return; /* nobody online to tell (probes get no answer: RFC 6121 §4.3.2 allows it) */
+  char *from_bare = w_bare(w, from);
+  if (type && !strcmp(type, "probe")) {
+    ritem_t *it = strmap_get(user_roster(w, u), from_bare);
+    if (it && sub_has_from(it->sub)) presence_send_current(w, u, from_bare);
+    return;
+  }
+  if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return;
+  if (!(flags & BUS_F_DIRECTED) && !(type && !strcmp(type, "error"))) {
+    ritem_t *it = strmap_get(user_roster(w, u), from_bare);
+    if (!it || !sub_has_to(it->sub)) return; /* not subscribed: not for us (§4.4.3) */
+  }
+  if (strchr(to, '/')) {
+    session_t *s = user_session(u, to);
+    if (s) w_deliver(w, s, from, to, st);
+    return;
+  }
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (s->available) w_deliver(w, s, from, s->full, st);
+}

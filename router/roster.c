@@ -1,0 +1,370 @@
+/* Rosters (RFC 6121 §2) and the subscription state machine (§3).
+ *
+ * A user's roster is loaded from the store on first use and written through on every
+ * change. Subscription states are none/to/from/both plus the two pending flags:
+ * ask_out (we asked the contact: "none + pending out") and pending_in (the contact asked
+ * us: "+ pending in"). An inbound request from someone not in the roster is kept as a
+ * hidden item (sub none, pending_in, no name, no groups) which roster gets do not show
+ * (§3.1.3: the contact is not added to the roster until approved).
+ * Every change is pushed to the user's interested resources (§2.1.6). */
+#include "router/router_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "common/jid.h"
+#include "common/log.h"
+
+void ritem_free(void *p) {
+  ritem_t *it = p;
+  if (!it) return;
+  xfree(it->jid);
+  xfree(it->name);
+  for (size_t i = 0; i < it->ngroups; i++) xfree(it->groups[i]);
+  xfree(it->groups);
+  xfree(it);
+}
+
+static int hidden(const ritem_t *it) {
+  return it->sub == SUB_NONE && !it->ask_out && it->pending_in && !it->name && !it->ngroups;
+}
+
+static void load_cb(const store_roster_item_t *si, void *ud) {
+  strmap_t *m = ud;
+  ritem_t *it = xcalloc(1, sizeof *it);
+  it->jid = xstrdup(si->jid);
+  it->name = si->name ? xstrdup(si->name) : NULL;
+  it->sub = si->sub;
+  it->ask_out = si->ask_out;
+  it->pending_in = si->pending_in;
+  it->ngroups = si->ngroups;
+  it->groups = si->ngroups ? xcalloc(si->ngroups, sizeof(char *)) : NULL;
+  for (size_t i = 0; i < si->ngroups; i++) it->groups[i] = xstrdup(si->groups[i]);
+  ritem_free(strmap_put(m, it->jid, it));
+}
+
+strmap_t *user_roster(worker_t *w, user_t *u) {
+  if (!u->roster) {
+    u->roster = strmap_new();
+    if (store_roster_load(w->store, u->bare, load_cb, u->roster) != 0)
+      log_error("roster of %s could not be loaded", u->bare);
+  }
+  return u->roster;
+}
+
+static void save(worker_t *w, user_t *u, ritem_t *it) {
+  store_roster_item_t si = {it->jid, it->name, it->sub, it->ask_out, it->pending_in,
+                            (const char *const *)it->groups, it->ngroups};
+  if (store_roster_put(w->store, u->bare, &si) != 0) log_error("roster of %s: write failed", u->bare);
+}
+
+static void drop(worker_t *w, user_t *u, const char *contact) {
+  ritem_free(strmap_del(user_roster(w, u), contact));
+  store_roster_delete(w->store, u->bare, contact);
+}
+
+static const char *sub_name(roster_sub_t s) {
+  static const char *n[] = {"none", "to", "from", "both"};
+  return n[s & 3];
+}
+
+static xnode_t *item_node(worker_t *w, xnode_t *parent, const ritem_t *it, int removed) {
+  arena_t *a = &w->arena;
+  xnode_t *n = xnode_add(a, parent, "item", NS_ROSTER);
+  xnode_set_attr(a, n, "jid", it->jid);
+  if (removed) {
+    xnode_set_attr(a, n, "subscription", "remove");
+    return n;
+  }
+  if (it->name) xnode_set_attr(a, n, "name", it->name);
+  xnode_set_attr(a, n, "subscription", sub_name(it->sub));
+  if (it->ask_out) xnode_set_attr(a, n, "ask", "subscribe");
+  for (size_t i = 0; i < it->ngroups; i++) {
+    xnode_t *g = xnode_add(a, n, "group", NS_ROSTER);
+    xnode_add_text(a, g, it->groups[i], strlen(it->groups[i]));
+  }
+  return n;
+}
+
+/* Roster push (§2.1.6) to every interested resource. */
+static void push(worker_t *w, user_t *u, const ritem_t *it, int removed) {
+  arena_t *a = &w->arena;
+  xnode_t *iq = xnode_new(a, "iq", NS_CLIENT);
+  char id[32];
+  snprintf(id, sizeof id, "push%d-%llu", w->index, (unsigned long long)++w->push_seq);
+  xnode_set_attr(a, iq, "type", "set");
+  xnode_set_attr(a, iq, "id", id);
+  xnode_t *q = xnode_add(a, iq, "query", NS_ROSTER);
+  item_node(w, q, it, removed);
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (s->roster_requested) w_deliver(w, s, NULL, s->full, iq);
+}
+
+static void reply(worker_t *w, session_t *s, const xnode_t *req, xnode_t *payload) {
+  arena_t *a = &w->arena;
+  xnode_t *iq = xnode_new(a, "iq", NS_CLIENT);
+  xnode_set_attr(a, iq, "type", "result");
+  xnode_set_attr(a, iq, "id", xnode_attr(req, "id"));
+  if (payload) xnode_append(iq, payload);
+  w_deliver(w, s, NULL, s->full, iq);
+}
+
+static void reply_error(worker_t *w, user_t *u, session_t *s, xnode_t *req, const char *type, const char *cond) {
+  w_error(w, s->full, u->bare, req, type, cond);
+}
+
+typedef struct {
+  worker_t *w;
+  xnode_t *q;
+} get_ctx_t;
+
+static void get_cb(const char *k, void *v, void *ud) {
+  get_ctx_t *x = ud;
+  if (!hidden(v)) item_node(x->w, x->q, v, 0);
+}
+
+static void send_sub(worker_t *w, user_t *u, const char *contact, const char *type) {
+  xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+  xnode_set_attr(&w->arena, p, "type", type);
+  if (w_is_local(w, contact)) w_route(w, u->bare, contact, p, 0);
+}
+
+static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_t *q) {
+  xnode_t *item = xnode_first_elem(q);
+  if (!item || xnode_next_elem(item) || strcmp(item->name, "item") || strcmp(item->ns, NS_ROSTER)) {
+    reply_error(w, u, s, iq, "modify", "bad-request"); /* §2.3.3: exactly one item */
+    return;
+  }
+  const char *jid = xnode_attr(item, "jid");
+  jid_t j;
+  if (!jid || jid_parse(jid, strlen(jid), &j) != 0) {
+    reply_error(w, u, s, iq, "modify", "bad-request");
+    return;
+  }
+  char *contact = arena_strdup(&w->arena, j.full);
+  jid_free(&j);
+  const char *subattr = xnode_attr(item, "subscription");
+  strmap_t *r = user_roster(w, u);
+  ritem_t *it = strmap_get(r, contact);
+  if (subattr && !strcmp(subattr, "remove")) {
+    if (!it) {
+      reply_error(w, u, s, iq, "cancel", "item-not-found");
+      return;
+    }
+    /* §2.5.2: removing cancels the subscriptions both ways */
+    if (it->sub == SUB_TO || it->sub == SUB_BOTH || it->ask_out) send_sub(w, u, contact, "unsubscribe");
+    if (it->sub == SUB_FROM || it->sub == SUB_BOTH || it->pending_in) send_sub(w, u, contact, "unsubscribed");
+    if (it->sub == SUB_FROM || it->sub == SUB_BOTH) {
+      /* the contact no longer sees us: tell it we are gone */
+      xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+      xnode_set_attr(&w->arena, p, "type", "unavailable");
+      for (session_t *o = u->sessions; o; o = o->next)
+        if (o->available && w_is_local(w, contact)) w_route(w, o->full, contact, p, 0);
+    }
+    ritem_t gone = *it;
+    gone.jid = arena_strdup(&w->arena, it->jid);
+    drop(w, u, contact);
+    push(w, u, &gone, 1);
+    reply(w, s, iq, NULL);
+    return;
+  }
+  if (!strcmp(contact, u->bare)) {
+    reply_error(w, u, s, iq, "cancel", "not-allowed");
+    return;
+  }
+  /* groups: non-empty, unique (§2.1.2.4) */
+  size_t ng = 0;
+  for (xnode_t *g = xnode_first_elem(item); g; g = xnode_next_elem(g))
+    if (!strcmp(g->name, "group")) ng++;
+  char **groups = ng ? xcalloc(ng, sizeof(char *)) : NULL;
+  size_t k = 0;
+  int bad = 0;
+  for (xnode_t *g = xnode_first_elem(item); g; g = xnode_next_elem(g)) {
+    if (strcmp(g->name, "group")) continue;
+    char *t = xnode_text(&w->arena, g);
+    if (!*t || strlen(t) > 1023) bad = 1;
+    int dup = 0;
+    for (size_t i = 0; i < k; i++) dup |= !strcmp(groups[i], t);
+    if (!dup && !bad) groups[k++] = xstrdup(t);
+  }
+  const char *name = xnode_attr(item, "name");
+  if (bad || (name && strlen(name) > 1023)) {
+    for (size_t i = 0; i < k; i++) xfree(groups[i]);
+    xfree(groups);
+    reply_error(w, u, s, iq, "modify", "not-acceptable");
+    return;
+  }
+  if (!it) {
+    it = xcalloc(1, sizeof *it);
+    it->jid = xstrdup(contact);
+    strmap_put(r, contact, it);
+  }
+  xfree(it->name);
+  it->name = name && *name ? xstrdup(name) : NULL;
+  for (size_t i = 0; i < it->ngroups; i++) xfree(it->groups[i]);
+  xfree(it->groups);
+  it->groups = groups;
+  it->ngroups = k;
+  save(w, u, it);
+  push(w, u, it, 0);
+  reply(w, s, iq, NULL);
+}
+
+void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq) {
+  const char *type = xnode_attr(iq, "type");
+  xnode_t *q = xnode_child(iq, "query", NS_ROSTER);
+  if (!strcmp(type, "get")) {
+    s->roster_requested = 1;
+    xnode_t *res = xnode_new(&w->arena, "query", NS_ROSTER);
+    get_ctx_t x = {w, res};
+    strmap_each(user_roster(w, u), get_cb, &x);
+    reply(w, s, iq, res);
+  } else if (!strcmp(type, "set")) {
+    roster_set(w, u, s, iq, q);
+  }
+}
+
+static ritem_t *ensure_item(worker_t *w, user_t *u, const char *contact) {
+  strmap_t *r = user_roster(w, u);
+  ritem_t *it = strmap_get(r, contact);
+  if (!it) {
+    it = xcalloc(1, sizeof *it);
+    it->jid = xstrdup(contact);
+    strmap_put(r, contact, it);
+  }
+  return it;
+}
+
+/* The user (u) sends a subscription stanza to 'to' (§3.1.2, §3.1.5, §3.2.2, §3.3.2). */
+void subscription_outbound(worker_t *w, user_t *u, const char *to, xnode_t *st) {
+  const char *type = xnode_attr(st, "type");
+  char *contact = w_bare(w, to);
+  if (!strcmp(contact, u->bare)) return;
+  strmap_t *r = user_roster(w, u);
+  ritem_t *it = strmap_get(r, contact);
+  if (!strcmp(type, "subscribe")) {
+    it = ensure_item(w, u, contact);
+    if (it->sub != SUB_TO && it->sub != SUB_BOTH && !it->ask_out) {
+      it->ask_out = 1;
+      save(w, u, it);
+      push(w, u, it, 0);
+    }
+  } else if (!strcmp(type, "subscribed")) {
+    if (!it || !it->pending_in) return; /* nothing to approve; pre-approval not offered */
+    it->pending_in = 0;
+    it->sub = it->sub == SUB_TO ? SUB_BOTH : it->sub == SUB_NONE ? SUB_FROM : it->sub;
+    save(w, u, it);
+    push(w, u, it, 0);
+  } else if (!strcmp(type, "unsubscribe")) {
+    if (it) {
+      it->ask_out = 0;
+      it->sub = it->sub == SUB_BOTH ? SUB_FROM : it->sub == SUB_TO ? SUB_NONE : it->sub;
+      save(w, u, it);
+      push(w, u, it, 0);
+    }
+  } else if (!strcmp(type, "unsubscribed")) {
+    if (it) {
+      int had_from = it->sub == SUB_FROM || it->sub == SUB_BOTH;
+      it->pending_in = 0;
+      it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
+      if (it->sub == SUB_NONE && !it->ask_out && !it->name && !it->ngroups && !had_from) {
+        drop(w, u, contact); /* a declined request from a stranger leaves nothing */
+      } else {
+        save(w, u, it);
+        push(w, u, it, 0);
+      }
+    }
+  }
+  if (!w_is_local(w, contact)) return;
+  /* subscription stanzas carry the bare JID (§3.1.2) */
+  xnode_t *p = xnode_copy(&w->arena, st);
+  w_route(w, u->bare, contact, p, 0);
+  if (!strcmp(type, "subscribed")) {
+    presence_send_current(w, u, contact); /* §3.1.5 */
+  } else if (!strcmp(type, "unsubscribed")) {
+    xnode_t *un = xnode_new(&w->arena, "presence", NS_CLIENT);
+    xnode_set_attr(&w->arena, un, "type", "unavailable");
+    for (session_t *s = u->sessions; s; s = s->next)
+      if (s->available) w_route(w, s->full, contact, un, 0);
+  }
+}
+
+static void deliver_available(worker_t *w, user_t *u, const char *from, xnode_t *st) {
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (s->available) w_deliver(w, s, from, u->bare, st);
+}
+
+/* 'from' sends a subscription stanza to local user 'to' (§3.1.3, §3.1.6, §3.2.3, §3.3.3). */
+void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t *st) {
+  const char *type = xnode_attr(st, "type");
+  char *contact = w_bare(w, from);
+  user_t *u = user_get(w, w_bare(w, to));
+  if (!user_exists(w, u)) return; /* §3.1.3: no account, silently ignored */
+  strmap_t *r = user_roster(w, u);
+  ritem_t *it = strmap_get(r, contact);
+  if (!strcmp(type, "subscribe")) {
+    if (it && (it->sub == SUB_FROM || it->sub == SUB_BOTH)) {
+      /* already approved: auto-reply on the user's behalf */
+      xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+      xnode_set_attr(&w->arena, p, "type", "subscribed");
+      w_route(w, u->bare, contact, p, 0);
+      presence_send_current(w, u, contact);
+      return;
+    }
+    it = ensure_item(w, u, contact);
+    if (!it->pending_in) {
+      it->pending_in = 1;
+      save(w, u, it);
+    }
+    deliver_available(w, u, contact, st);
+  } else if (!strcmp(type, "subscribed")) {
+    if (!it || !it->ask_out) return;
+    it->ask_out = 0;
+    it->sub = it->sub == SUB_FROM ? SUB_BOTH : it->sub == SUB_NONE ? SUB_TO : it->sub;
+    save(w, u, it);
+    push(w, u, it, 0);
+    deliver_available(w, u, contact, st);
+  } else if (!strcmp(type, "unsubscribe")) {
+    if (!it) return;
+    int changed = it->pending_in || it->sub == SUB_FROM || it->sub == SUB_BOTH;
+    if (!changed) return;
+    int was_hidden = hidden(it);
+    it->pending_in = 0;
+    it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
+    if (was_hidden) {
+      drop(w, u, contact);
+    } else {
+      save(w, u, it);
+      push(w, u, it, 0);
+    }
+    deliver_available(w, u, contact, st);
+  } else if (!strcmp(type, "unsubscribed")) {
+    if (!it || !(it->ask_out || it->sub == SUB_TO || it->sub == SUB_BOTH)) return;
+    it->ask_out = 0;
+    it->sub = it->sub == SUB_BOTH ? SUB_FROM : it->sub == SUB_TO ? SUB_NONE : it->sub;
+    save(w, u, it);
+    push(w, u, it, 0);
+    deliver_available(w, u, contact, st);
+  }
+}
+
+typedef struct {
+  worker_t *w;
+  session_t *s;
+} pend_ctx_t;
+
+static void pending_cb(const char *contact, void *v, void *ud) {
+  pend_ctx_t *x = ud;
+  ritem_t *it = v;
+  if (!it->pending_in) return;
+  xnode_t *p = xnode_new(&x->w->arena, "presence", NS_CLIENT);
+  xnode_set_attr(&x->w->arena, p, "type", "subscribe");
+  w_deliver(x->w, x->s, contact, NULL, p);
+}
+
+void roster_deliver_pending(worker_t *w, user_t *u, session_t *s) {
+  pend_ctx_t x = {w, s};
+  strmap_each(user_roster(w, u), pending_cb, &x);
+}

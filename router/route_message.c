@@ -1,0 +1,76 @@
+/* Inbound routing of messages and IQs to a local account (RFC 6121 §8.5).
+ *
+ * message to a bare JID (or to a full JID whose resource is not online, which is then
+ * treated as bare, §8.5.3.2.1):
+ *   normal, chat -> the available resources of highest non-negative priority (all of
+ *                   them on a tie), else offline storage (XEP-0160), else an error;
+ *   headline     -> every available resource of non-negative priority, else dropped;
+ *   groupchat    -> <service-unavailable/> (no MUC here);
+ *   error        -> dropped when it cannot be delivered.
+ * message to an online full JID -> that resource.
+ * No such account -> <service-unavailable/> (§8.5.1), hiding whether it exists.
+ * IQ to a full JID -> that resource if online, else <service-unavailable/>; IQ to a bare
+ * JID is answered by the server on the account's behalf: nothing is offered there but
+ * the roster, which only the account itself may use, so <service-unavailable/>. */
+#include "router/router_internal.h"
+
+#include <string.h>
+
+#include "common/err.h"
+
+static int same_addr(const bus_addr_t *a, const bus_addr_t *b) {
+  return b && a->thread == b->thread && a->conn == b->conn;
+}
+
+void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip) {
+  user_t *u = user_get(w, w_bare(w, to));
+  const char *type = xnode_attr(st, "type");
+  if (!type) type = "normal";
+  int is_error = !strcmp(type, "error");
+  if (!user_exists(w, u)) {
+    w_error(w, from, to, st, "cancel", "service-unavailable");
+    return;
+  }
+  if (strchr(to, '/')) {
+    session_t *s = user_session(u, to);
+    if (s && !same_addr(&s->at, skip)) {
+      w_deliver(w, s, from, to, st);
+      return;
+    }
+    if (!strcmp(type, "groupchat")) {
+      w_error(w, from, to, st, "cancel", "service-unavailable");
+      return;
+    }
+    if (!strcmp(type, "headline") || is_error) return;
+  }
+  if (!strcmp(type, "groupchat")) {
+    w_error(w, from, to, st, "cancel", "service-unavailable");
+    return;
+  }
+  int best = -1;
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (s->available && s->priority >= 0 && !same_addr(&s->at, skip) && s->priority > best) best = s->priority;
+  if (best >= 0) {
+    for (session_t *s = u->sessions; s; s = s->next) {
+      if (!s->available || s->priority < 0 || same_addr(&s->at, skip)) continue;
+      if (!strcmp(type, "headline") || s->priority == best) w_deliver(w, s, from, s->full, st);
+    }
+    return;
+  }
+  if (!strcmp(type, "headline") || is_error) return;
+  if (offline_store(w, from, u->bare, st) != 0) w_error(w, from, to, st, "cancel", "service-unavailable");
+}
+
+void route_iq_inbound(worker_t *w, const char *from, const char *to, xnode_t *st) {
+  user_t *u = user_get(w, w_bare(w, to));
+  const char *type = xnode_attr(st, "type");
+  int request = type && (!strcmp(type, "get") || !strcmp(type, "set"));
+  if (strchr(to, '/')) {
+    session_t *s = user_session(u, to);
+    if (s) {
+      w_deliver(w, s, from, to, st);
+      return;
+    }
+  }
+  if (request) w_error(w, from, to, st, "cancel", "service-unavailable");
+}

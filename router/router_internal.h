@@ -1,0 +1,119 @@
+/* Router internals shared by the router's files. Everything here belongs to one worker
+ * thread: no locks, no atomics. */
+#ifndef XMPP_ROUTER_INTERNAL_H
+#define XMPP_ROUTER_INTERNAL_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/arena.h"
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/stanza.h"
+#include "common/store/store.h"
+#include "common/strmap.h"
+#include "router/router.h"
+
+typedef struct worker worker_t;
+
+typedef struct session {
+  struct session *next;
+  char *full;
+  const char *resource; /* points into full */
+  bus_addr_t at;        /* edge thread and connection holding it */
+  int available;        /* sent available presence and not unavailable since */
+  int priority;
+  int roster_requested; /* an "interested resource" (RFC 6121 §2.1.6) */
+  uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
+  size_t presence_len;
+  strmap_t *directed;   /* full/bare JIDs that got directed presence (RFC 6121 §4.6.3) */
+} session_t;
+
+typedef struct ritem {
+  char *jid;
+  char *name;
+  roster_sub_t sub;
+  int ask_out;
+  int pending_in;
+  char **groups;
+  size_t ngroups;
+} ritem_t;
+
+typedef struct user {
+  char *bare;
+  session_t *sessions;
+  strmap_t *roster; /* contact bare -> ritem_t; NULL until loaded */
+  int exists;       /* -1 unknown, 0 no account, 1 account */
+  int touched;      /* on the worker's touched list this frame */
+  struct user *next_touched;
+} user_t;
+
+struct worker {
+  router_t *router;
+  int index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t stop;
+  const xmpp_config_t *cfg;
+  bus_t *bus;
+  store_t *store;
+  strmap_t *users;      /* bare -> user_t */
+  user_t *touched;      /* users looked up while handling the current frame */
+  arena_t arena;        /* per frame */
+  uint64_t push_seq;
+};
+
+struct router {
+  const xmpp_config_t *cfg;
+  bus_t *bus;
+  worker_t *workers;
+  int nworkers;
+};
+
+/* worker.c: users and sending */
+user_t *user_get(worker_t *w, const char *bare);           /* creates */
+int user_exists(worker_t *w, user_t *u);                   /* account in the store? */
+session_t *user_session(user_t *u, const char *full);
+strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use */
+/* Sends stanza st to a connected session: BUS_DELIVER to its edge. */
+void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st);
+/* Sends st to the shard owning 'to' for inbound processing (BUS_ROUTE). */
+void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags);
+/* Replies to st (from -> to) with a stanza error, routed back to 'from'. */
+void w_error(worker_t *w, const char *from, const char *to, const xnode_t *st, const char *type, const char *cond);
+int w_is_local(const worker_t *w, const char *jid);        /* domain of jid is ours */
+/* bare JID of a JID, in the frame arena */
+char *w_bare(worker_t *w, const char *jid);
+
+/* session.c */
+void session_open(worker_t *w, const bus_frame_t *f);
+void session_close(worker_t *w, const bus_frame_t *f);
+
+/* route_message.c (RFC 6121 §8.5) */
+void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip);
+void route_iq_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
+
+/* presence.c (RFC 6121 §4) */
+void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st);
+void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, uint16_t flags);
+/* Broadcasts unavailable for a session that ends without saying so (RFC 6121 §4.6). */
+void presence_session_gone(worker_t *w, user_t *u, session_t *s);
+/* Sends each available resource's presence of u to 'to' (a bare JID). */
+void presence_send_current(worker_t *w, user_t *u, const char *to);
+
+/* roster.c (RFC 6121 §2, §3) */
+void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq);
+void subscription_outbound(worker_t *w, user_t *u, const char *to, xnode_t *st);
+void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
+/* Re-sends pending inbound subscription requests to a newly available session. */
+void roster_deliver_pending(worker_t *w, user_t *u, session_t *s);
+void ritem_free(void *p);
+
+/* offline.c (XEP-0160) */
+int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);
+void offline_deliver(worker_t *w, user_t *u, session_t *s);
+
+/* server_iq.c (XEP-0030, XEP-0199, XEP-0092) */
+void server_iq(worker_t *w, session_t *s, xnode_t *iq);
+
+#endif

@@ -1,0 +1,63 @@
+/* Sessions: a bound resource and where it is connected.
+ *
+ * RFC 6120 §7.7.2.2: a second bind of the same full JID replaces the first; the old
+ * connection is told <conflict/> (BUS_KICK) and its presence ends as if it had gone
+ * unavailable. A close from an edge is honoured only when it names the connection the
+ * session is on now, so a late close of a replaced connection changes nothing. */
+#include "router/router_internal.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+static void unlink_session(user_t *u, session_t *s) {
+  for (session_t **pp = &u->sessions; *pp; pp = &(*pp)->next)
+    if (*pp == s) {
+      *pp = s->next;
+      return;
+    }
+}
+
+static void free_session(session_t *s) {
+  xfree(s->full);
+  xfree(s->presence);
+  strmap_free(s->directed, NULL);
+  xfree(s);
+}
+
+void session_open(worker_t *w, const bus_frame_t *f) {
+  char *full = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  session_t *old = user_session(u, full);
+  if (old) {
+    bus_frame_t k = {0};
+    k.kind = BUS_KICK;
+    k.dst = old->at;
+    k.arg = BUS_KICK_CONFLICT;
+    bus_to_edge(w->bus, old->at.thread, bus_msg_new(&k));
+    presence_session_gone(w, u, old);
+    unlink_session(u, old);
+    free_session(old);
+    log_info("session %s replaced (conflict)", full);
+  }
+  session_t *s = xcalloc(1, sizeof *s);
+  s->full = xstrdup(full);
+  s->resource = strchr(s->full, '/') + 1;
+  s->at = f->src;
+  s->next = u->sessions;
+  u->sessions = s;
+  u->exists = 1;
+  log_debug("session %s open at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
+}
+
+void session_close(worker_t *w, const bus_frame_t *f) {
+  char *full = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  session_t *s = user_session(u, full);
+  if (!s || s->at.thread != f->src.thread || s->at.conn != f->src.conn) return;
+  presence_session_gone(w, u, s);
+  unlink_session(u, s);
+  free_session(s);
+  log_debug("session %s closed", full);
+}

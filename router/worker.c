@@ -1,0 +1,299 @@
+/* Router worker: one thread, one loop, the users of its shards, and frame dispatch.
+ *
+ * Frames arrive in batches from the worker's bus queue. Each frame is handled to the end
+ * before the next (single-threaded per shard: no locks on session state). Users are
+ * created on first reference and dropped again after the frame when they have no
+ * session, so memory follows the online population, not the account count. */
+#include "router/router_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+static void session_free(session_t *s) {
+  xfree(s->full);
+  xfree(s->presence);
+  strmap_free(s->directed, NULL);
+  xfree(s);
+}
+
+static void user_free(void *p) {
+  user_t *u = p;
+  while (u->sessions) {
+    session_t *s = u->sessions;
+    u->sessions = s->next;
+    session_free(s);
+  }
+  strmap_free(u->roster, ritem_free);
+  xfree(u->bare);
+  xfree(u);
+}
+
+user_t *user_get(worker_t *w, const char *bare) {
+  user_t *u = strmap_get(w->users, bare);
+  if (!u) {
+    u = xcalloc(1, sizeof *u);
+    u->bare = xstrdup(bare);
+    u->exists = -1;
+    strmap_put(w->users, bare, u);
+  }
+  if (!u->touched) {
+    u->touched = 1;
+    u->next_touched = w->touched;
+    w->touched = u;
+  }
+  return u;
+}
+
+int user_exists(worker_t *w, user_t *u) {
+  if (u->sessions) return 1;
+  if (u->exists < 0) {
+    int rc = store_account_exists(w->store, u->bare);
+    if (rc < 0) return 0;
+    u->exists = rc;
+  }
+  return u->exists;
+}
+
+session_t *user_session(user_t *u, const char *full) {
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (!strcmp(s->full, full)) return s;
+  return NULL;
+}
+
+/* End of a frame: users with no session are dropped (their state is in the store). */
+static void release_touched(worker_t *w) {
+  while (w->touched) {
+    user_t *u = w->touched;
+    w->touched = u->next_touched;
+    u->touched = 0;
+    u->next_touched = NULL;
+    if (!u->sessions) {
+      strmap_del(w->users, u->bare);
+      user_free(u);
+    }
+  }
+}
+
+int w_is_local(const worker_t *w, const char *jid) {
+  /* normalised JID: [local@]domain[/resource]; an '@' after the first '/' is resource */
+  size_t bl = bus_bare_len(jid, strlen(jid));
+  const char *at = memchr(jid, '@', bl);
+  const char *dom = at ? at + 1 : jid;
+  size_t dl = bl - (size_t)(dom - jid);
+  return dl == strlen(w->cfg->domain) && memcmp(dom, w->cfg->domain, dl) == 0;
+}
+
+char *w_bare(worker_t *w, const char *jid) {
+  return arena_strndup(&w->arena, jid, bus_bare_len(jid, strlen(jid)));
+}
+
+static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
+                       const xnode_t *st, uint16_t flags) {
+  buf_t p;
+  buf_init(&p);
+  xnode_encode(st, &p);
+  bus_frame_t f = {0};
+  f.kind = kind;
+  f.flags = flags;
+  if (dst) f.dst = *dst;
+  f.src.thread = (uint16_t)w->index;
+  f.from = from ? from : "";
+  f.from_len = strlen(f.from);
+  f.to = to ? to : "";
+  f.to_len = strlen(f.to);
+  f.payload = p.data;
+  f.payload_len = p.len;
+  bus_msg_t *m = bus_msg_new(&f);
+  buf_free(&p);
+  if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst->thread, m);
+  else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
+}
+
+void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st) {
+  send_frame(w, BUS_DELIVER, &s->at, from, to ? to : s->full, st, 0);
+}
+
+void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags) {
+  send_frame(w, BUS_ROUTE, NULL, from, to, st, flags);
+}
+
+void w_error(worker_t *w, const char *from, const char *to, const xnode_t *st, const char *type,
+             const char *cond) {
+  const char *t = xnode_attr(st, "type");
+  if (t && !strcmp(t, "error")) return; /* RFC 6120 §8.3.1: never answer an error */
+  if (!from || !*from) return;
+  arena_t *a = &w->arena;
+  xnode_t *e = xnode_new(a, st->name, st->ns);
+  for (uint32_t i = 0; i < st->nattrs; i++)
+    if (strcmp(st->attrs[2 * i], "type")) xnode_set_attr(a, e, st->attrs[2 * i], st->attrs[2 * i + 1]);
+  xnode_set_attr(a, e, "type", "error");
+  /* RFC 6120 §8.3.1: the original payload may be included; we include it */
+  for (xnode_t *c = st->children; c; c = c->next) xnode_append(e, xnode_copy(a, c));
+  xnode_t *err = xnode_add(a, e, "error", st->ns);
+  xnode_set_attr(a, err, "type", type);
+  xnode_add(a, err, cond, NS_STANZA_ERR);
+  w_route(w, to && *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+}
+
+/* A stanza a bound client sent (processed at the sender's shard). */
+static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
+  char *from = arena_strndup(&w->arena, f->from, f->from_len);
+  char *to = arena_strndup(&w->arena, f->to, f->to_len);
+  user_t *u = user_get(w, w_bare(w, from));
+  session_t *s = user_session(u, from);
+  if (!s || s->at.thread != f->src.thread || s->at.conn != f->src.conn) return; /* stale */
+  if (!strcmp(st->name, "presence")) {
+    presence_outbound(w, u, s, *to ? to : NULL, st);
+    return;
+  }
+  if (!strcmp(st->name, "iq")) {
+    if (!*to || !strcmp(to, u->bare)) {
+      /* addressed to the account itself (RFC 6120 §10.3.3) */
+      if (xnode_child(st, "query", NS_ROSTER)) {
+        roster_iq(w, u, s, st);
+      } else {
+        const char *type = xnode_attr(st, "type");
+        if (type && (!strcmp(type, "get") || !strcmp(type, "set")))
+          w_error(w, from, u->bare, st, "cancel", "service-unavailable");
+      }
+      return;
+    }
+    if (!strcmp(to, w->cfg->domain)) {
+      server_iq(w, s, st);
+      return;
+    }
+  }
+  if (!strcmp(st->name, "message") && !*to) to = u->bare; /* RFC 6120 §10.3.1 */
+  if (!strcmp(to, w->cfg->domain)) {
+    if (!strcmp(st->name, "message")) w_error(w, from, to, st, "cancel", "service-unavailable");
+    return;
+  }
+  if (!w_is_local(w, to)) {
+    /* no server-to-server yet */
+    w_error(w, from, to, st, "cancel", "remote-server-not-found");
+    return;
+  }
+  w_route(w, from, to, st, 0);
+}
+
+static void handle_route(worker_t *w, const bus_frame_t *f, xnode_t *st, const bus_addr_t *skip) {
+  char *from = arena_strndup(&w->arena, f->from, f->from_len);
+  char *to = arena_strndup(&w->arena, f->to, f->to_len);
+  if (!strcmp(st->name, "message")) route_message_inbound(w, from, to, st, skip);
+  else if (!strcmp(st->name, "presence")) presence_inbound(w, from, to, st, f->flags);
+  else if (!strcmp(st->name, "iq")) route_iq_inbound(w, from, to, st);
+}
+
+static void handle_frame(worker_t *w, const bus_frame_t *f) {
+  xnode_t *st = NULL;
+  if (f->payload_len && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
+    log_warn("router: undecodable stanza in frame kind %d dropped", f->kind);
+    return;
+  }
+  switch (f->kind) {
+  case BUS_SESSION_OPEN: session_open(w, f); break;
+  case BUS_SESSION_CLOSE: session_close(w, f); break;
+  case BUS_C2S:
+    if (st) handle_c2s(w, f, st);
+    break;
+  case BUS_ROUTE:
+    if (st) handle_route(w, f, st, NULL);
+    break;
+  case BUS_BOUNCE:
+    /* the session it was for is gone: route again to the bare JID, skipping that
+     * connection, so another resource or offline storage takes it */
+    if (st) {
+      bus_frame_t b = *f;
+      b.to_len = bus_bare_len(f->to, f->to_len);
+      handle_route(w, &b, st, &f->dst);
+    }
+    break;
+  default: log_warn("router: unexpected frame kind %d", f->kind);
+  }
+}
+
+static void queue_cb(void *ud, bus_msg_t *batch) {
+  worker_t *w = ud;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) == 0) handle_frame(w, &f);
+    bus_msg_free(m);
+    release_touched(w);
+    arena_reset(&w->arena);
+  }
+}
+
+static void close_noop(uv_handle_t *h) {}
+
+static void stop_cb(uv_async_t *a) {
+  worker_t *w = a->data;
+  uv_close((uv_handle_t *)&w->stop, close_noop);
+  bus_queue_drain(&w->bus->worker_q[w->index]); /* nothing accepted is left behind */
+  bus_queue_close(&w->bus->worker_q[w->index]);
+}
+
+static void thread_main(void *arg) {
+  worker_t *w = arg;
+  char name[16];
+  snprintf(name, sizeof name, "router%d", w->index);
+  log_set_thread(name);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
+  router_t *r = xcalloc(1, sizeof *r);
+  r->cfg = cfg;
+  r->bus = bus;
+  r->nworkers = bus->nworkers;
+  r->workers = xcalloc((size_t)r->nworkers, sizeof *r->workers);
+  for (int i = 0; i < r->nworkers; i++) {
+    worker_t *w = &r->workers[i];
+    w->router = r;
+    w->index = i;
+    w->cfg = cfg;
+    w->bus = bus;
+    w->users = strmap_new();
+    arena_init(&w->arena);
+    uv_loop_init(&w->loop);
+    char *err = NULL;
+    w->store = store_open(cfg->store_backend, cfg->store_path, &err);
+    if (!w->store) {
+      log_error("storage: %s", err ? err : "cannot open");
+      xfree(err);
+      return NULL;
+    }
+    uv_async_init(&w->loop, &w->stop, stop_cb);
+    w->stop.data = w;
+    bus_queue_init(&bus->worker_q[i], &w->loop, queue_cb, w);
+  }
+  return r;
+}
+
+int router_start(router_t *r) {
+  for (int i = 0; i < r->nworkers; i++)
+    if (uv_thread_create(&r->workers[i].thread, thread_main, &r->workers[i]) != 0) return -1;
+  return 0;
+}
+
+void router_stop(router_t *r) {
+  for (int i = 0; i < r->nworkers; i++) uv_async_send(&r->workers[i].stop);
+  for (int i = 0; i < r->nworkers; i++) uv_thread_join(&r->workers[i].thread);
+}
+
+void router_free(router_t *r) {
+  if (!r) return;
+  for (int i = 0; i < r->nworkers; i++) {
+    worker_t *w = &r->workers[i];
+    uv_loop_close(&w->loop);
+    strmap_free(w->users, user_free);
+    arena_free(&w->arena);
+    store_close(w->store);
+  }
+  xfree(r->workers);
+  xfree(r);
+}

@@ -1,0 +1,262 @@
+"""Integration test harness: real xmppd processes on loopback, real XMPP clients.
+
+Each Server gets its own temporary directory (config, self-signed certificate, SQLite
+store), two free loopback ports (STARTTLS and direct TLS), and accounts created with
+xmppctl. Clients are slixmpp (Debian's python3-slixmpp); RawStream speaks raw XML over
+a socket for the malformed-input cases no well-behaved library would produce.
+"""
+import asyncio
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+import slixmpp
+
+BUILD = os.environ.get("XMPPD_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+XMPPD = os.path.join(BUILD, "xmppd")
+XMPPCTL = os.path.join(BUILD, "xmppctl")
+DOMAIN = "localhost"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    def __init__(self, **options):
+        self.dir = tempfile.mkdtemp(prefix="xmppd-it-")
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.cert = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                        "/CN=" + DOMAIN, "-keyout", self.key, "-out", self.cert],
+                       check=True, capture_output=True)
+        self.conf = os.path.join(self.dir, "xmppd.conf")
+        opts = {
+            "server.domain": DOMAIN,
+            "server.log_level": "info",
+            "server.io_threads": "2",
+            "server.router_workers": "2",
+            "c2s.address": "127.0.0.1",
+            "c2s.port": str(self.port),
+            "c2s.tls_port": str(self.tls_port),
+            "tls.certificate": self.cert,
+            "tls.key": self.key,
+            "storage.path": os.path.join(self.dir, "xmppd.db"),
+        }
+        opts.update({k: str(v) for k, v in options.items()})
+        sections = {}
+        for k, v in opts.items():
+            sec, key = k.split(".", 1)
+            sections.setdefault(sec, []).append(f"{key} = {v}")
+        with open(self.conf, "w") as f:
+            for sec, lines in sections.items():
+                f.write(f"[{sec}]\n" + "\n".join(lines) + "\n\n")
+        self.log_path = os.path.join(self.dir, "xmppd.log")
+        self.proc = None
+
+    def adduser(self, jid, password):
+        subprocess.run([XMPPCTL, "-c", self.conf, "adduser", jid, password], check=True,
+                       capture_output=True)
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([XMPPD, "-c", self.conf], stdout=self.log, stderr=self.log)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("xmppd exited early:\n" + self.log_text())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("xmppd did not start listening")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=15):
+        """SIGTERM, then the exit status (0 expected)."""
+        if not self.proc:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log.close()
+        return rc
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def insecure_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Client(slixmpp.ClientXMPP):
+    """A slixmpp client that records what it receives in queues."""
+
+    def __init__(self, server, jid, password, **kw):
+        super().__init__(jid, password, **kw)
+        self.srv = server
+        self.ssl_context = insecure_context()
+        self.messages = asyncio.Queue()
+        self.presences = asyncio.Queue()
+        self.stream_errors = asyncio.Queue()
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0199")
+        self.register_plugin("xep_0092")
+        self.add_event_handler("message", lambda m: self.messages.put_nowait(m))
+        self.add_event_handler("presence", lambda p: self.presences.put_nowait(p))
+        self.add_event_handler("stream_error", lambda e: self.stream_errors.put_nowait(e))
+        # subscription requests are answered by the test, not automatically
+        self.auto_authorize = None
+        self.auto_subscribe = False
+
+    async def login(self, timeout=10, port=None, direct_tls=False):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.add_event_handler("session_start", lambda e: done.done() or done.set_result(True))
+        self.add_event_handler("failed_auth", lambda e: done.done() or done.set_result(False))
+        self.add_event_handler("disconnected", lambda e: done.done() or done.set_result(False))
+        if direct_tls:
+            self.enable_direct_tls = True
+            self.connect(("127.0.0.1", port or self.srv.tls_port), use_ssl=True)
+        else:
+            self.connect(("127.0.0.1", port or self.srv.port))
+        return await asyncio.wait_for(done, timeout)
+
+    async def next_message(self, timeout=5, pred=None):
+        end = time.monotonic() + timeout
+        while True:
+            m = await asyncio.wait_for(self.messages.get(), max(0.01, end - time.monotonic()))
+            if pred is None or pred(m):
+                return m
+
+    async def next_presence(self, timeout=5, pred=None):
+        end = time.monotonic() + timeout
+        while True:
+            p = await asyncio.wait_for(self.presences.get(), max(0.01, end - time.monotonic()))
+            if pred is None or pred(p):
+                return p
+
+    async def close(self):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.add_event_handler("disconnected", lambda e: done.done() or done.set_result(True))
+        self.disconnect()
+        try:
+            await asyncio.wait_for(done, 5)
+        except asyncio.TimeoutError:
+            pass
+
+
+class RawStream:
+    """Raw XML over TCP (optionally upgraded with STARTTLS) for hostile-input tests."""
+
+    def __init__(self, port, timeout=5):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def recv_until(self, pattern, timeout=5):
+        """Reads until the regex matches the received text; returns all text so far."""
+        end = time.monotonic() + timeout
+        rx = re.compile(pattern, re.S)
+        while not rx.search(self.buf.decode(errors="replace")):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timeout waiting for {pattern!r}; got {self.buf[-2000:]!r}")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            if not chunk:
+                break
+            self.buf += chunk
+        text = self.buf.decode(errors="replace")
+        if not rx.search(text):
+            raise AssertionError(f"connection closed before {pattern!r}; got {text[-2000:]!r}")
+        return text
+
+    def closed(self, timeout=5):
+        """True once the server closed the connection."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                return True
+            if not chunk:
+                return True
+            self.buf += chunk
+        return False
+
+    def open_stream(self, to=DOMAIN):
+        self.send(f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                  f"xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+
+    def starttls(self):
+        self.open_stream()
+        self.recv_until(r"</stream:features>")
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.recv_until(r"<proceed")
+        self.sock = insecure_context().wrap_socket(self.sock, server_hostname=DOMAIN)
+        self.buf = b""
+
+    def auth_plain(self, user, password):
+        import base64
+        self.open_stream()
+        self.recv_until(r"</stream:features>")
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        self.recv_until(r"<success")
+        self.buf = b""
+        self.open_stream()
+        self.recv_until(r"</stream:features>")
+
+    def bind(self, resource):
+        self.send(f"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  f"<resource>{resource}</resource></bind></iq>")
+        self.recv_until(r"</iq>")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def run(coro):
+    return asyncio.run(coro)

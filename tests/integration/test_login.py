@@ -1,0 +1,114 @@
+"""Log-in: STARTTLS and direct TLS, SCRAM and PLAIN, wrong passwords, stream header checks."""
+import asyncio
+import base64
+import unittest
+
+from harness import Client, RawStream, Server, run
+
+
+class LoginTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server()
+        cls.srv.adduser("alice@localhost", "correct horse")
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0, cls.srv.log_text()
+
+    def tearDown(self):
+        self.assertTrue(self.srv.alive(), self.srv.log_text())
+
+    def test_starttls_scram_sha256(self):
+        async def go():
+            c = Client(self.srv, "alice@localhost/t1", "correct horse")
+            self.assertTrue(await c.login())
+            self.assertEqual(str(c.boundjid), "alice@localhost/t1")
+            await c.close()
+        run(go())
+
+    def test_scram_sha1_and_plain(self):
+        for mech in ("SCRAM-SHA-1", "PLAIN"):
+            async def go():
+                c = Client(self.srv, "alice@localhost/m", "correct horse", sasl_mech=mech)
+                self.assertTrue(await c.login(), mech)
+                await c.close()
+            run(go())
+
+    def test_direct_tls(self):
+        async def go():
+            c = Client(self.srv, "alice@localhost/d", "correct horse")
+            self.assertTrue(await c.login(direct_tls=True))
+            await c.close()
+        run(go())
+
+    def test_wrong_password_not_authorized(self):
+        r = RawStream(self.srv.port)
+        r.starttls()
+        r.open_stream()
+        r.recv_until("</stream:features>")
+        token = base64.b64encode(b"\0alice\0wrong").decode()
+        r.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        text = r.recv_until(r"</failure>")
+        self.assertIn("<not-authorized/>", text)
+        r.close()
+
+    def test_wrong_password_slixmpp(self):
+        async def go():
+            c = Client(self.srv, "alice@localhost/x", "nope")
+            self.assertFalse(await c.login())
+        run(go())
+
+    def test_auth_before_tls_refused(self):
+        r = RawStream(self.srv.port)
+        r.open_stream()
+        text = r.recv_until("</stream:features>")
+        self.assertIn("<required/>", text)
+        self.assertNotIn("PLAIN", text)
+        token = base64.b64encode(b"\0alice\0correct horse").decode()
+        r.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        text = r.recv_until("</stream:stream>")
+        self.assertIn("<encryption-required/>", text)
+        self.assertTrue(r.closed())
+
+    def test_host_unknown(self):
+        r = RawStream(self.srv.port)
+        r.open_stream(to="example.org")
+        text = r.recv_until("</stream:stream>")
+        self.assertIn("<host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", text)
+        self.assertTrue(r.closed())
+
+    def test_bad_namespace_and_version(self):
+        r = RawStream(self.srv.port)
+        r.send("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+               "to='localhost' version='1.0'>")
+        self.assertIn("<invalid-namespace", r.recv_until("</stream:stream>"))
+        r = RawStream(self.srv.port)
+        r.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+               "to='localhost'>")
+        self.assertIn("<unsupported-version", r.recv_until("</stream:stream>"))
+
+    def test_stanza_before_auth_not_authorized(self):
+        r = RawStream(self.srv.port)
+        r.open_stream()
+        r.recv_until("</stream:features>")
+        r.send("<message to='alice@localhost'><body>x</body></message>")
+        self.assertIn("<not-authorized", r.recv_until("</stream:stream>"))
+
+    def test_retry_limit(self):
+        r = RawStream(self.srv.port)
+        r.starttls()
+        r.open_stream()
+        r.recv_until("</stream:features>")
+        token = base64.b64encode(b"\0alice\0wrong").decode()
+        for i in range(3):
+            r.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+            text = r.recv_until("(</failure>.*){%d}" % (i + 1))
+        text = r.recv_until("</stream:stream>")
+        self.assertEqual(text.count("<not-authorized/>"), 3)
+        self.assertIn("<policy-violation", text)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every test: Criterion unit tests and the integration tests (real xmppd processes
+# driven by real XMPP clients), against the normal build and the ASan+UBSan build.
+# Ends with one line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+log_dir=$(mktemp -d /tmp/xmppd-tests.XXXXXX)
+
+count_criterion() { # file -> "passing failing"
+  awk -F'|' '/Synthesis: Tested/ {
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /Passing/) { split($i, a, ":"); p = a[2] + 0 }
+        if ($i ~ /Failing/) { split($i, a, ":"); f = a[2] + 0 }
+        if ($i ~ /Crashing/) { split($i, a, ":"); c = a[2] + 0 }
+      }
+    } END { print p + 0, f + c + 0 }' "$1"
+}
+
+for build in build build-asan; do
+  [ -d "$build" ] || { echo "missing $build: run make test"; exit 1; }
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  for t in "$build"/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    out="$log_dir/$build-$name.log"
+    "$t" --jobs 2 >"$out" 2>&1
+    rc=$?
+    read -r p f < <(count_criterion "$out")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    printf '%-12s %-22s %4d passed, %d failed\n' "$build" "$name" "$p" "$f"
+    if [ "$f" -ne 0 ]; then grep -E 'FAIL|CRASH|ERROR|Assertion|runtime error' "$out" | head -20; fi
+  done
+  out="$log_dir/$build-integration.log"
+  XMPPD_BUILD="$PWD/$build" /usr/bin/python3 tests/integration/run.py >"$out" 2>&1
+  rc=$?
+  line=$(grep -E '^INTEGRATION: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
+  p=$(echo "$line" | awk '{print $2 + 0}')
+  f=$(echo "$line" | awk '{print $4 + 0}')
+  if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+  printf '%-12s %-22s %4d passed, %d failed\n' "$build" "integration" "${p:-0}" "${f:-0}"
+  if [ "${f:-0}" -ne 0 ]; then grep -E '^(FAIL|ERROR)|Error|assert' "$out" | head -30; echo "(full log: $out)"; fi
+done
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,222 @@
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/err.h"
+
+#include "common/alloc.h"
+#include "common/buf.h"
+#include "common/xml_stream.h"
+
+typedef struct {
+  int starts, ends, errors;
+  xml_stream_err_t err;
+  buf_t out; /* serialised stanzas, one per line */
+  char header_to[64];
+  char header_xmlns[64];
+  xml_stream_t *xs;
+  int restart_on_stanza;
+} rec_t;
+
+static void on_start(void *ud, const xnode_t *h) {
+  rec_t *r = ud;
+  r->starts++;
+  const char *to = xnode_attr(h, "to"), *ns = xnode_attr(h, "xmlns");
+  snprintf(r->header_to, sizeof r->header_to, "%s", to ? to : "");
+  snprintf(r->header_xmlns, sizeof r->header_xmlns, "%s", ns ? ns : "");
+}
+static void on_stanza(void *ud, xnode_t *s) {
+  rec_t *r = ud;
+  xnode_serialize(s, NS_CLIENT, &r->out);
+  buf_putc(&r->out, '\n');
+  if (r->restart_on_stanza) xml_stream_restart(r->xs);
+}
+static void on_end(void *ud) { ((rec_t *)ud)->ends++; }
+static void on_error(void *ud, xml_stream_err_t e, const char *d) {
+  rec_t *r = ud;
+  r->errors++;
+  r->err = e;
+}
+
+static const xml_stream_cbs_t cbs = {on_start, on_stanza, on_end, on_error};
+static xml_stream_limits_t lim = {262144, 64, 64};
+
+static void setup(void) { xml_stream_global_init(); }
+
+static rec_t *mk(void) {
+  rec_t *r = xcalloc(1, sizeof *r);
+  buf_init(&r->out);
+  r->xs = xml_stream_new(&lim, &cbs, r);
+  cr_assert(r->xs);
+  return r;
+}
+static void rm(rec_t *r) {
+  xml_stream_free(r->xs);
+  buf_free(&r->out);
+  xfree(r);
+}
+static const char *out(rec_t *r) {
+  buf_putc(&r->out, '\0');
+  r->out.len--;
+  return (const char *)r->out.data;
+}
+
+static const char *STREAM =
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' to='example.net' version='1.0'>"
+    "<message to='bob@example.net' type='chat' id='a&amp;b'><body>hi &lt;there&gt; &amp; 'you' \"x\" &#x263A;</body></message> \n"
+    "<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>"
+    "<presence><x:y xmlns:x='urn:x'/></presence>"
+    "</stream:stream>";
+
+static const char *EXPECTED =
+    "<message to='bob@example.net' type='chat' id='a&amp;b'><body>hi &lt;there&gt; &amp; 'you' \"x\" \xe2\x98\xba</body></message>\n"
+    "<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>\n"
+    "<presence><y xmlns='urn:x' xmlns:x='urn:x'/></presence>\n";
+
+TestSuite(xml_stream, .init = setup);
+
+Test(xml_stream, whole_stream) {
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, STREAM, strlen(STREAM)), 0);
+  cr_assert_eq(r->starts, 1);
+  cr_assert_eq(r->ends, 1);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(r->header_to, "example.net");
+  cr_assert_str_eq(r->header_xmlns, "jabber:client");
+  cr_assert_str_eq(out(r), EXPECTED);
+  rm(r);
+}
+
+Test(xml_stream, split_at_every_byte) {
+  size_t n = strlen(STREAM);
+  for (size_t cut = 1; cut < n; cut++) {
+    rec_t *r = mk();
+    cr_assert_eq(xml_stream_feed(r->xs, STREAM, cut), 0, "cut %zu", cut);
+    cr_assert_eq(xml_stream_feed(r->xs, STREAM + cut, n - cut), 0, "cut %zu", cut);
+    cr_assert_eq(r->ends, 1, "cut %zu", cut);
+    cr_assert_str_eq(out(r), EXPECTED, "cut %zu", cut);
+    rm(r);
+  }
+}
+
+Test(xml_stream, byte_by_byte) {
+  rec_t *r = mk();
+  for (size_t i = 0; STREAM[i]; i++) cr_assert_eq(xml_stream_feed(r->xs, STREAM + i, 1), 0);
+  cr_assert_str_eq(out(r), EXPECTED);
+  cr_assert_eq(r->errors, 0);
+  rm(r);
+}
+
+static void expect_error(const char *doc, xml_stream_err_t e) {
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), XMPP_EINVAL, "%s", doc);
+  cr_assert_eq(r->errors, 1, "%s", doc);
+  cr_assert_eq(r->err, e, "%s: got %d", doc, r->err);
+  /* dead afterwards */
+  cr_assert_eq(xml_stream_feed(r->xs, "<a/>", 4), XMPP_EINVAL);
+  rm(r);
+}
+
+#define HDR "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x'>"
+
+Test(xml_stream, refuses_doctype_billion_laughs) {
+  expect_error("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;'>]>"
+               HDR "<message><body>&lol2;</body></message>", XS_RESTRICTED_XML);
+}
+
+Test(xml_stream, refuses_undeclared_entity) {
+  expect_error(HDR "<message><body>&foo;</body></message>", XS_RESTRICTED_XML);
+}
+
+Test(xml_stream, refuses_comment_and_pi) {
+  expect_error(HDR "<message><!-- hi --></message>", XS_RESTRICTED_XML);
+  expect_error(HDR "<message><?php x ?></message>", XS_RESTRICTED_XML);
+}
+
+Test(xml_stream, malformed) {
+  expect_error(HDR "<message></presence>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "<message a='1' a='2'/>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "<message>\xff\xfe</message>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "<message>\x01</message>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "text at top<message/>", XS_BAD_FORMAT);
+}
+
+Test(xml_stream, nul_byte) {
+  rec_t *r = mk();
+  static const char doc[] = HDR "<message>a\0b</message>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, sizeof doc - 1), XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_NOT_WELL_FORMED);
+  rm(r);
+}
+
+Test(xml_stream, oversize_stanza) {
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, HDR "<message><body>", strlen(HDR "<message><body>")), 0);
+  char chunk[8192];
+  memset(chunk, 'a', sizeof chunk);
+  int rc = 0;
+  for (int i = 0; i < 64 && rc == 0; i++) rc = xml_stream_feed(r->xs, chunk, sizeof chunk);
+  cr_assert_eq(rc, XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  rm(r);
+}
+
+Test(xml_stream, oversize_attribute) {
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, HDR "<message a='", strlen(HDR "<message a='")), 0);
+  char chunk[8192];
+  memset(chunk, 'a', sizeof chunk);
+  int rc = 0;
+  for (int i = 0; i < 64 && rc == 0; i++) rc = xml_stream_feed(r->xs, chunk, sizeof chunk);
+  cr_assert_eq(rc, XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  rm(r);
+}
+
+Test(xml_stream, depth_limit) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, HDR);
+  for (int i = 0; i < 10000; i++) buf_puts(&b, "<a>");
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, (char *)b.data, b.len), XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  rm(r);
+  buf_free(&b);
+}
+
+Test(xml_stream, attr_limit) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, HDR "<message");
+  for (int i = 0; i < 100; i++) buf_printf(&b, " a%d='x'", i);
+  buf_puts(&b, "/>");
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, (char *)b.data, b.len), XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  rm(r);
+  buf_free(&b);
+}
+
+Test(xml_stream, restart_discards_rest) {
+  rec_t *r = mk();
+  r->restart_on_stanza = 1;
+  const char *doc = HDR "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><injected/>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->starts, 1);
+  cr_assert_str_eq(out(r), "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\n");
+  r->restart_on_stanza = 0;
+  cr_assert_eq(xml_stream_feed(r->xs, HDR "<message/>", strlen(HDR "<message/>")), 0);
+  cr_assert_eq(r->starts, 2);
+  cr_assert_str_eq(out(r), "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\n<message/>\n");
+  rm(r);
+}
+
+Test(xml_stream, encoding_declaration_ignored_utf8_only) {
+  rec_t *r = mk();
+  const char *doc = "<?xml version='1.0' encoding='ISO-8859-1'?>" HDR "<message><body>\xc3\xa9</body></message>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_str_eq(out(r), "<message><body>\xc3\xa9</body></message>\n");
+  rm(r);
+}
