@@ -91,6 +91,7 @@ static void thread_main(void *arg) {
   snprintf(name, sizeof name, "edge%d", th->index);
   log_set_thread(name);
   uv_run(&th->loop, UV_RUN_DEFAULT);
+  tls_thread_cleanup();
 }
 
 edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {

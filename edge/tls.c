@@ -1,6 +1,7 @@
 /* wolfSSL over memory buffers (see tls.h). */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 
 #include "edge/tls.h"
 
@@ -91,7 +92,10 @@ void tls_ctx_free(tls_ctx_t *t) {
   if (!t) return;
   wolfSSL_CTX_free(t->ctx);
   xfree(t);
+  wolfSSL_Cleanup();
 }
+
+void tls_thread_cleanup(void) { wc_ecc_fp_free(); }
 
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
   tls_conn_t *c = xcalloc(1, sizeof *c);

@@ -16,6 +16,9 @@ typedef struct tls_conn tls_conn_t;
 /* Loads the certificate chain and key (PEM). NULL and *err (caller frees) on failure. */
 tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err);
 void tls_ctx_free(tls_ctx_t *t);
+/* Frees wolfSSL's per-thread caches (the ECC fixed-point cache). Call at the end of
+ * every thread that ran TLS handshakes. */
+void tls_thread_cleanup(void);
 
 /* Ciphertext produced by the session is appended to *out. */
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);
