@@ -147,13 +147,19 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_run(loop, UV_RUN_DEFAULT);
 
-  /* shutdown: tell clients, let routers see the session ends and re-route bounces */
+  /* Shutdown, in an order that loses nothing accepted:
+   * 1. edges stop accepting, send <system-shutdown/>, end sessions (SESSION_CLOSE);
+   * 2. while edges still run, routers handle the closes; a message already on its way to
+   *    a closed connection comes back as BOUNCE and goes to offline storage;
+   * 3. edges end; 4. routers finish what remains, then end. */
   edge_stop(edge);
   uv_timer_t settle;
   uv_timer_init(loop, &settle);
-  uv_timer_start(&settle, settle_cb, 500, 0);
+  uv_timer_start(&settle, settle_cb, 200, 0); /* let clients read their stream error */
   uv_run(loop, UV_RUN_DEFAULT);
+  if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   edge_join(edge);
+  if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
   router_stop(router);
   uv_close((uv_handle_t *)&settle, NULL);
   uv_close((uv_handle_t *)&sigint_h, NULL);

@@ -29,6 +29,10 @@ static inline void bus_to_edge(bus_t *b, uint16_t thread, bus_msg_t *m) {
   if (thread < b->nedges) bus_queue_push(&b->edge_q[thread], m);
   else bus_msg_free(m);
 }
+/* Waits until every queue is empty and stays so for a moment, at most timeout_ms.
+ * Returns 0 when quiet, XMPP_AGAIN on timeout. Main thread, during shutdown. */
+int bus_quiesce(bus_t *b, int timeout_ms);
+
 /* Length of the bare part of a normalised JID (up to the first '/'). */
 static inline size_t bus_bare_len(const char *jid, size_t len) {
   for (size_t i = 0; i < len; i++)

@@ -29,17 +29,23 @@ static void async_cb(uv_async_t *h) { bus_queue_drain(h->data); }
 void bus_queue_drain(bus_queue_t *q) {
   bus_msg_t *lifo = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
   bus_msg_t *fifo = NULL;
+  uint64_t n = 0;
   while (lifo) {
+    n++;
     bus_msg_t *nx = lifo->next;
     lifo->next = fifo;
     fifo = lifo;
     lifo = nx;
   }
   if (fifo) q->cb(q->ud, fifo);
+  atomic_fetch_add_explicit(&q->done, n, memory_order_release);
 }
 
 int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
   atomic_init(&q->head, NULL);
+  atomic_init(&q->pushed, 0);
+  atomic_init(&q->done, 0);
+  atomic_init(&q->closed, 0);
   q->cb = cb;
   q->ud = ud;
   q->async.data = q;
@@ -47,6 +53,11 @@ int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
 }
 
 void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
+  if (atomic_load_explicit(&q->closed, memory_order_acquire)) {
+    bus_msg_free(m);
+    return;
+  }
+  atomic_fetch_add_explicit(&q->pushed, 1, memory_order_relaxed);
   bus_msg_t *old = atomic_load_explicit(&q->head, memory_order_relaxed);
   do {
     m->next = old;
@@ -55,12 +66,21 @@ void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
   if (!old) uv_async_send(&q->async);
 }
 
+uint64_t bus_queue_pending(bus_queue_t *q) {
+  uint64_t done = atomic_load_explicit(&q->done, memory_order_acquire);
+  return atomic_load_explicit(&q->pushed, memory_order_acquire) - done;
+}
+
 void bus_queue_close(bus_queue_t *q) {
+  atomic_store_explicit(&q->closed, 1, memory_order_release);
   bus_msg_t *m = atomic_exchange(&q->head, NULL);
+  uint64_t n = 0;
   while (m) {
     bus_msg_t *nx = m->next;
     bus_msg_free(m);
     m = nx;
+    n++;
   }
+  atomic_fetch_add_explicit(&q->done, n, memory_order_release);
   uv_close((uv_handle_t *)&q->async, NULL);
 }

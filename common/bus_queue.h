@@ -31,6 +31,9 @@ typedef void (*bus_queue_cb)(void *ud, bus_msg_t *batch); /* batch: FIFO list vi
                                                            the callback owns it */
 typedef struct bus_queue {
   _Atomic(bus_msg_t *) head;
+  _Atomic uint64_t pushed;  /* messages ever pushed (producers) */
+  _Atomic uint64_t done;    /* messages handed to the callback (consumer) */
+  _Atomic int closed;
   uv_async_t async;
   bus_queue_cb cb;
   void *ud;
@@ -38,8 +41,10 @@ typedef struct bus_queue {
 
 /* Called on the consumer's loop thread before that loop runs. */
 int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud);
-/* Any thread. Takes ownership of m. */
+/* Any thread. Takes ownership of m. After bus_queue_close the message is freed. */
 void bus_queue_push(bus_queue_t *q, bus_msg_t *m);
+/* Messages pushed and not yet handled (any thread; a snapshot). */
+uint64_t bus_queue_pending(bus_queue_t *q);
 /* Consumer thread: runs the callback on whatever is queued now. */
 void bus_queue_drain(bus_queue_t *q);
 /* Consumer thread: closes the async handle; frees anything still queued. */

@@ -79,7 +79,10 @@ static void stop_cb(uv_async_t *a) {
     th->stopping = 1;
     for (int i = 0; i < th->nlisteners; i++) uv_close((uv_handle_t *)&th->listeners[i], close_cb_noop);
     th->nlisteners = 0;
-    for (conn_t *c = th->all; c; c = c->next) conn_stream_error(c, "system-shutdown", NULL);
+    for (conn_t *c = th->all, *nx; c; c = nx) {
+      nx = c->next;
+      conn_stream_error(c, "system-shutdown", NULL);
+    }
     edge_flush(th);
   }
   if (phase >= 2) quit(th);

@@ -52,7 +52,7 @@ void edge_route_stanza(conn_t *c, xnode_t *s) {
     jid_t fj;
     int ok = jid_parse(from, strlen(from), &fj) == 0 &&
              (!strcmp(fj.full, c->jid.full) || !strcmp(fj.full, c->jid.bare));
-    if (ok || fj.full) jid_free(&fj);
+    jid_free(&fj);
     if (!ok) {
       conn_stream_error(c, "invalid-from", "'from' does not match the authenticated session");
       return;

@@ -3,6 +3,7 @@
  * decoder input. */
 #include <criterion/criterion.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -34,7 +35,7 @@ static const char *esc(const char *s, int in_attr) {
   buf_t b;
   buf_init(&b);
   xml_escape(&b, s, strlen(s), in_attr);
-  char *r = arena_strndup(&A, (const char *)b.data, b.len);
+  char *r = arena_strndup(&A, b.len ? (const char *)b.data : "", b.len);
   buf_free(&b);
   return r;
 }
@@ -548,7 +549,7 @@ Test(stanza, decode_depth_limit) {
     buf_free(&b);
   }
   /* deep input against the limit the routers use: refused, not a stack overflow */
-  buf_t b = encode(chain(100000));
+  buf_t b = encode(chain(20000));
   cr_assert_eq(decode_copy(b.data, b.len, 256, NULL), XMPP_EINVAL);
   buf_free(&b);
   /* a text leaf counts as a level */
