@@ -305,6 +305,16 @@ static int make_account(const ctl_t *c, const password_t *pw, store_account_t *a
 
 /* ---- commands ----------------------------------------------------------------------- */
 
+/* Reads the new password (argument or stdin) and derives the stored credentials. */
+static int new_credentials(ctl_t *c, char *arg, store_account_t *a) {
+  password_t pw;
+  int rc = get_password(arg, 1, 1, &pw);
+  if (rc) return rc;
+  rc = make_account(c, &pw, a);
+  password_free(&pw);
+  return rc;
+}
+
 static int cmd_adduser(ctl_t *c, char **args, int nargs) {
   char *bare = NULL;
   int rc = user_jid(c, args[0], &bare);
@@ -320,12 +330,8 @@ static int cmd_adduser(ctl_t *c, char **args, int nargs) {
     rc = EXIT_FAIL;
     goto out;
   }
-  password_t pw;
-  if ((rc = get_password(nargs > 1 ? args[1] : NULL, 1, 1, &pw)) != 0) goto out;
   store_account_t a;
-  rc = make_account(c, &pw, &a);
-  password_free(&pw);
-  if (rc) goto out;
+  if ((rc = new_credentials(c, nargs > 1 ? args[1] : NULL, &a)) != 0) goto out;
   int src = store_account_create(c->store, bare, &a);
   explicit_bzero(&a, sizeof a);
   if (src == XMPP_EEXIST) {
@@ -375,12 +381,8 @@ static int cmd_passwd(ctl_t *c, char **args, int nargs) {
     rc = EXIT_FAIL;
     goto out;
   }
-  password_t pw;
-  if ((rc = get_password(nargs > 1 ? args[1] : NULL, 1, 1, &pw)) != 0) goto out;
   store_account_t a;
-  rc = make_account(c, &pw, &a);
-  password_free(&pw);
-  if (rc) goto out;
+  if ((rc = new_credentials(c, nargs > 1 ? args[1] : NULL, &a)) != 0) goto out;
   int src = store_account_update(c->store, bare, &a);
   explicit_bzero(&a, sizeof a);
   if (src == XMPP_ENOENT) {

@@ -122,7 +122,10 @@ void xml_escape(buf_t *out, const char *s, size_t len, int in_attr) {
     case '>': rep = "&gt;"; break;
     case '"': rep = in_attr ? "&quot;" : NULL; break;
     case '\'': rep = in_attr ? "&apos;" : NULL; break;
-    case '\r': rep = "&#13;"; break; /* keep CR through re-parsing */
+    case '\r': rep = "&#13;"; break; /* keep CR through re-parsing (XML 1.0 §2.11) */
+    /* attribute-value normalisation (XML 1.0 §3.3.3) would turn these into spaces */
+    case '\t': rep = in_attr ? "&#9;" : NULL; break;
+    case '\n': rep = in_attr ? "&#10;" : NULL; break;
     }
     if (rep) {
       buf_append(out, s + start, i - start);

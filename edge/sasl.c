@@ -64,13 +64,16 @@ static void succeed(conn_t *c, const char *extra, size_t extra_len) {
 }
 
 /* Payload of <auth/>/<response/>: base64, "=" meaning empty (RFC 6120 §6.4.2). */
-static sasl_cond_t payload(arena_t *a, xnode_t *n, unsigned char **out, size_t *len) {
-  char *t = xnode_text(a, n);
+static sasl_cond_t payload(xnode_t *n, unsigned char **out, size_t *len) {
+  arena_t a;
+  arena_init(&a);
+  char *t = xnode_text(&a, n);
+  sasl_cond_t cond = SASL_OK;
   *out = NULL;
   *len = 0;
-  if (!*t || !strcmp(t, "=")) return SASL_OK;
-  if (b64_decode(t, strlen(t), out, len) != 0) return SASL_INCORRECT_ENCODING;
-  return SASL_OK;
+  if (*t && strcmp(t, "=") != 0 && b64_decode(t, strlen(t), out, len) != 0) cond = SASL_INCORRECT_ENCODING;
+  arena_free(&a);
+  return cond;
 }
 
 /* Normalises a SASL username (a localpart) to the account's bare JID. */
@@ -202,12 +205,9 @@ void sasl_auth(conn_t *c, xnode_t *auth) {
     if (c->pending_work) return;
   }
   const char *mech = xnode_attr(auth, "mechanism");
-  arena_t a;
-  arena_init(&a);
   unsigned char *msg;
   size_t len;
-  sasl_cond_t cond = payload(&a, auth, &msg, &len);
-  arena_free(&a);
+  sasl_cond_t cond = payload(auth, &msg, &len);
   if (cond != SASL_OK) {
     send_failure(c, cond);
     return;
@@ -225,12 +225,9 @@ void sasl_response(conn_t *c, xnode_t *resp) {
     send_failure(c, SASL_MALFORMED_REQUEST);
     return;
   }
-  arena_t a;
-  arena_init(&a);
   unsigned char *msg;
   size_t len;
-  sasl_cond_t cond = payload(&a, resp, &msg, &len);
-  arena_free(&a);
+  sasl_cond_t cond = payload(resp, &msg, &len);
   if (cond != SASL_OK) {
     send_failure(c, cond);
     return;
