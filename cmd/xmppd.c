@@ -71,33 +71,29 @@ int main(int argc, char **argv) {
   }
   xmpp_config_t cfg;
   char *err = NULL;
-  if (config_load(&cfg, conf_path, &err) != 0) {
-    fprintf(stderr, "xmppd: %s\n", err);
-    return 2;
-  }
-  for (int i = 0; i < nsets; i++) {
+  int bad = config_load(&cfg, conf_path, &err) != 0;
+  for (int i = 0; !bad && i < nsets; i++) {
     char *eq = strchr(sets[i], '=');
     if (!eq) {
       fprintf(stderr, "xmppd: --set %s: expected section.key=value\n", sets[i]);
-      return 2;
+      bad = 1;
+      break;
     }
     *eq = '\0';
-    if (config_set(&cfg, sets[i], eq + 1, &err) != 0) {
-      fprintf(stderr, "xmppd: %s\n", err);
-      return 2;
-    }
+    bad = config_set(&cfg, sets[i], eq + 1, &err) != 0;
   }
   xfree(sets);
-  if (config_validate(&cfg, &err) != 0) {
-    fprintf(stderr, "xmppd: configuration error: %s\n", err);
+  if (!bad && config_validate(&cfg, &err) != 0) bad = 1;
+  if (bad) {
+    if (err) fprintf(stderr, "xmppd: configuration error: %s\n", err);
+    xfree(err);
+    config_free(&cfg);
     return 2;
   }
-  if (print) {
-    config_print(stdout, &cfg);
-    return 0;
-  }
-  if (check) {
-    printf("configuration OK\n");
+  if (print || check) {
+    if (print) config_print(stdout, &cfg);
+    else printf("configuration OK\n");
+    config_free(&cfg);
     return 0;
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));

@@ -35,6 +35,7 @@ struct xml_stream {
   int stopped;
   int restart;
   int in_feed;
+  size_t text_cap; /* capacity of the buffer behind cur->last when it is text */
 };
 
 static void fail(xml_stream_t *xs, xml_stream_err_t e, const char *detail) {
@@ -142,19 +143,23 @@ static void on_chars(void *ctx, const xmlChar *ch, int len) {
   }
   xnode_t *last = xs->cur->last;
   if (last && !last->name) {
-    /* merge adjacent text: libxml2 delivers text in pieces */
+    /* merge adjacent text (libxml2 delivers it in pieces) into a buffer that grows
+     * geometrically, so a long text costs linear, not quadratic, arena space */
     size_t nl = last->text_len + (size_t)len;
-    char *t = arena_alloc(&xs->arena, nl + 1);
-    memcpy(t, last->text, last->text_len);
+    char *t = (char *)last->text;
+    if (nl + 1 > xs->text_cap) {
+      xs->text_cap = (nl + 1) * 2;
+      t = arena_alloc(&xs->arena, xs->text_cap);
+      memcpy(t, last->text, last->text_len);
+    }
     memcpy(t + last->text_len, ch, (size_t)len);
     t[nl] = '\0';
     last->text = t;
     last->text_len = nl;
   } else {
     xnode_add_text(&xs->arena, xs->cur, (const char *)ch, (size_t)len);
+    xs->text_cap = (size_t)len + 1;
   }
-  if (xs->arena.used_total > xs->lim.max_stanza_bytes * 2 + 65536)
-    fail(xs, XS_POLICY_VIOLATION, "stanza too large");
 }
 
 static void on_restricted(void *ctx, const char *what) {
@@ -184,6 +189,13 @@ static void on_serror(void *ud, xmlErrorPtr err) {
   if (!ctxt || !ctxt->_private) return;
   xml_stream_t *xs = ctxt->_private;
   if (err->level < XML_ERR_ERROR) return;
+  /* a DOCTYPE inside the stream is reported by libxml2 as a content error, before any
+   * SAX callback: it is still a DTD, refused as restricted XML (RFC 6120 §11.1) */
+  const xmlChar *cur = ctxt->input ? ctxt->input->cur : NULL;
+  if (cur && ctxt->input->end - cur >= 9 && memcmp(cur, "<!DOCTYPE", 9) == 0) {
+    fail(xs, XS_RESTRICTED_XML, "DOCTYPE");
+    return;
+  }
   fail(xs, XS_NOT_WELL_FORMED, err->message ? err->message : "not well-formed");
 }
 

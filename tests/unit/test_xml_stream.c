@@ -220,3 +220,20 @@ Test(xml_stream, encoding_declaration_ignored_utf8_only) {
   cr_assert_str_eq(out(r), "<message><body>\xc3\xa9</body></message>\n");
   rm(r);
 }
+
+Test(xml_stream, long_text_in_many_pieces_under_limit) {
+  /* regression: merging text pieces used quadratic arena space and tripped the limit */
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, HDR "<message><body>", strlen(HDR "<message><body>")), 0);
+  char chunk[1024];
+  memset(chunk, 'a', sizeof chunk);
+  for (int i = 0; i < 200; i++) cr_assert_eq(xml_stream_feed(r->xs, chunk, sizeof chunk), 0, "piece %d", i);
+  cr_assert_eq(xml_stream_feed(r->xs, "</body></message>", 17), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_eq(r->out.len, strlen("<message><body></body></message>\n") + 200 * 1024);
+  rm(r);
+}
+
+Test(xml_stream, doctype_mid_stream_is_restricted) {
+  expect_error(HDR "<!DOCTYPE x [<!ENTITY e 'boom'>]><message>&e;</message>", XS_RESTRICTED_XML);
+}
