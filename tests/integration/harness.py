@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import unittest
 
 import slixmpp
 
@@ -260,3 +261,26 @@ class RawStream:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+class ServerTest(unittest.TestCase):
+    """One xmppd per test class, with the accounts in `users` (password `password`).
+    The server must stay alive through every test and exit 0 on SIGTERM."""
+
+    users = ()
+    password = "pw"
+    server_options = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(**cls.server_options)
+        for u in cls.users:
+            cls.srv.adduser(u if "@" in u else f"{u}@{DOMAIN}", cls.password)
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0, cls.srv.log_text()
+
+    def tearDown(self):
+        self.assertTrue(self.srv.alive(), self.srv.log_text())

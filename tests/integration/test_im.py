@@ -3,7 +3,7 @@ import asyncio
 import socket
 import unittest
 
-from harness import Client, RawStream, Server, run
+from harness import ServerTest, Client, RawStream, Server, run
 
 
 async def login(srv, jid, pw="pw", priority=None, presence=True):
@@ -31,20 +31,8 @@ async def befriend(a, b):
     await b.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == a_bare)
 
 
-class IMTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server()
-        for u in ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank"):
-            cls.srv.adduser(f"{u}@localhost", "pw")
-        cls.srv.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.srv.stop() == 0, cls.srv.log_text()
-
-    def tearDown(self):
-        self.assertTrue(self.srv.alive(), self.srv.log_text())
+class IMTest(ServerTest):
+    users = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank")
 
     def test_subscribe_presence_two_resources_each_and_chat(self):
         async def go():

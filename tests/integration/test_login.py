@@ -3,22 +3,12 @@ import asyncio
 import base64
 import unittest
 
-from harness import Client, RawStream, Server, run
+from harness import ServerTest, Client, RawStream, Server, run
 
 
-class LoginTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server()
-        cls.srv.adduser("alice@localhost", "correct horse")
-        cls.srv.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.srv.stop() == 0, cls.srv.log_text()
-
-    def tearDown(self):
-        self.assertTrue(self.srv.alive(), self.srv.log_text())
+class LoginTest(ServerTest):
+    users = ("alice",)
+    password = 'correct horse'
 
     def test_starttls_scram_sha256(self):
         async def go():
