@@ -53,7 +53,8 @@ xnode_t *xnode_add(arena_t *a, xnode_t *parent, const char *name, const char *ns
 void xnode_add_text(arena_t *a, xnode_t *parent, const char *text, size_t len);
 
 const char *xnode_attr(const xnode_t *n, const char *name);
-/* Sets (replacing) or, with value NULL, removes an attribute. The strings are copied. */
+/* Sets (replacing) or, with value NULL, removes an attribute. The strings are copied
+ * into a; removing never allocates (a may then be NULL). */
 void xnode_set_attr(arena_t *a, xnode_t *n, const char *name, const char *value);
 
 /* First child element with that name (NULL: any) and namespace (NULL: any). */

@@ -88,6 +88,7 @@ char *w_bare(worker_t *w, const char *jid);
 /* session.c */
 void session_open(worker_t *w, const bus_frame_t *f);
 void session_close(worker_t *w, const bus_frame_t *f);
+void session_free(session_t *s);
 
 /* route_message.c (RFC 6121 §8.5) */
 void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip);

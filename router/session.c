@@ -19,7 +19,7 @@ static void unlink_session(user_t *u, session_t *s) {
     }
 }
 
-static void free_session(session_t *s) {
+void session_free(session_t *s) {
   xfree(s->full);
   xfree(s->presence);
   strmap_free(s->directed, NULL);
@@ -38,7 +38,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     bus_to_edge(w->bus, old->at.thread, bus_msg_new(&k));
     presence_session_gone(w, u, old);
     unlink_session(u, old);
-    free_session(old);
+    session_free(old);
     log_info("session %s replaced (conflict)", full);
   }
   session_t *s = xcalloc(1, sizeof *s);
@@ -58,6 +58,6 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   if (!s || s->at.thread != f->src.thread || s->at.conn != f->src.conn) return;
   presence_session_gone(w, u, s);
   unlink_session(u, s);
-  free_session(s);
+  session_free(s);
   log_debug("session %s closed", full);
 }

@@ -12,13 +12,6 @@
 #include "common/alloc.h"
 #include "common/log.h"
 
-static void session_free(session_t *s) {
-  xfree(s->full);
-  xfree(s->presence);
-  strmap_free(s->directed, NULL);
-  xfree(s);
-}
-
 static void user_free(void *p) {
   user_t *u = p;
   while (u->sessions) {
