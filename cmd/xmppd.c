@@ -5,7 +5,8 @@
  *
  * Start-up order: config, storage check, router workers, edge threads (listening).
  * SIGINT/SIGTERM: edges stop accepting and send <system-shutdown/>, sessions end,
- * routers drain their queues (bounced messages reach offline storage), then all stop. */
+ * routers drain their queues (bounced messages reach offline storage), then all stop.
+ * SIGHUP: the TLS certificate and key are loaded again (sessions are not dropped). */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,13 +37,16 @@ static void usage(FILE *f) {
           "      --print-reference print every option with its default (Markdown)\n");
 }
 
-static uv_signal_t sigint_h, sigterm_h;
+static uv_signal_t sigint_h, sigterm_h, sighup_h;
 static void on_signal(uv_signal_t *h, int sig) {
   log_info("signal %d: shutting down", sig);
   uv_signal_stop(&sigint_h);
   uv_signal_stop(&sigterm_h);
+  uv_signal_stop(&sighup_h);
   uv_stop(h->loop);
 }
+
+static void on_sighup(uv_signal_t *h, int sig) { edge_reload_tls(h->data); }
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
 
@@ -141,6 +145,9 @@ int main(int argc, char **argv) {
   uv_signal_init(loop, &sigterm_h);
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  uv_signal_init(loop, &sighup_h);
+  sighup_h.data = edge;
+  uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   uv_run(loop, UV_RUN_DEFAULT);
 
   /* Shutdown, in an order that loses nothing accepted:
@@ -160,6 +167,7 @@ int main(int argc, char **argv) {
   uv_close((uv_handle_t *)&settle, NULL);
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
+  uv_close((uv_handle_t *)&sighup_h, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   edge_free(edge);

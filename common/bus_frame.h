@@ -28,7 +28,8 @@ typedef enum {
   BUS_SESSION_CLOSE = 5,/* edge -> shard(from): connection src ended */
   BUS_KICK = 6,         /* router -> edge: close dst with a stream error (arg = reason) */
   BUS_BOUNCE = 7,       /* edge -> shard(to): a DELIVER whose connection was gone */
-  BUS_KIND_MAX = 7
+  BUS_SESSION_ACK = 8,  /* router -> edge: answer to SESSION_OPEN for dst (arg 0 = open) */
+  BUS_KIND_MAX = 8
 } bus_kind_t;
 
 enum {
@@ -37,6 +38,8 @@ enum {
 };
 
 enum { BUS_KICK_CONFLICT = 1, BUS_KICK_SHUTDOWN = 2 };
+/* SESSION_ACK refusals: RFC 6120 §7.6.2.1 <resource-constraint/> */
+enum { BUS_ACK_OPEN = 0, BUS_ACK_TOO_MANY_RESOURCES = 1 };
 
 typedef struct bus_addr {
   uint16_t node;

@@ -31,6 +31,16 @@ typedef struct xmpp_config {
   int keepalive;      /* seconds of output silence before a whitespace keepalive */
   int sasl_max_failures;
   int offline_max;    /* offline messages kept per user */
+  int max_pending_out;   /* bytes of unread output before a slow reader is disconnected */
+  int max_conns_per_ip;  /* simultaneous connections from one source address; 0 = no cap */
+  int auth_fail_ip;      /* failed authentications per source address per minute */
+  int auth_fail_account; /* failed authentications per account per minute */
+  int rate_bytes;        /* client input bytes/s per connection; 0 = unshaped */
+  int rate_stanzas;      /* client stanzas/s per connection; 0 = unshaped */
+  int rate_burst;        /* seconds of rate a client may send at once */
+  int rate_grace;        /* seconds of persistent excess before <policy-violation/> */
+  int max_resources;     /* simultaneous resources per account */
+  int max_roster_items;  /* items in one roster */
   /* [storage] */
   char *store_backend;
   char *store_path;

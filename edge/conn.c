@@ -8,14 +8,12 @@
  * (one uv_write per connection per batch). */
 #include "edge/edge_internal.h"
 
+#include <netinet/in.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
-
-/* A client that does not read is disconnected once this much output waits for it. */
-#define MAX_PENDING_OUT (4u << 20)
 
 typedef struct write_req {
   uv_write_t req;
@@ -72,7 +70,9 @@ static void conn_release(conn_t *c) {
   xml_stream_free(c->xs);
   tls_conn_free(c->tls);
   buf_free(&c->out);
+  buf_free(&c->stash);
   sasl_cleanup(c);
+  edge_release_held(c);
   jid_free(&c->jid);
   xfree(c);
 }
@@ -95,6 +95,18 @@ static void really_close(conn_t *c) {
   edge_thread_t *th = c->th;
   if (c->bound) edge_session_close(c);
   c->bound = 0;
+  if (c->ip_counted) guard_conn_close(th->edge->guard, c->ip);
+  c->ip_counted = 0;
+  if (c->fd_counted) atomic_fetch_sub(&th->edge->nconns, 1);
+  c->fd_counted = 0;
+  if (c->paused) {
+    for (conn_t **pp = &th->paused; *pp; pp = &(*pp)->next_paused)
+      if (*pp == c) {
+        *pp = c->next_paused;
+        break;
+      }
+    c->paused = 0;
+  }
   table_del(th, c);
   if (c->prev) c->prev->next = c->next;
   else th->all = c->next;
@@ -165,7 +177,7 @@ void conn_send(conn_t *c, const char *data, size_t len) {
   } else {
     buf_append(&c->out, data, len);
   }
-  if (c->out.len > MAX_PENDING_OUT && !c->closing) {
+  if (c->out.len > (size_t)c->th->cfg->max_pending_out && !c->closing) {
     log_info("conn %llx: client does not read (%zu bytes pending), disconnecting",
              (unsigned long long)c->id, c->out.len);
     /* drop the unread backlog: it cannot be delivered anyway */
@@ -236,10 +248,50 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text) {
   conn_close(c);
 }
 
+/* Input is parsed in pieces so the shaper can stop a flood between stanzas, not only
+ * between reads: once the client is over its rate, the rest waits in c->stash until the
+ * throttle timer resumes it. */
+#define FEED_PIECE 4096
+
+void conn_restart_stream(conn_t *c) {
+  c->stream_gen++;
+  xml_stream_restart(c->xs);
+}
+
+static void feed(conn_t *c, const char *data, size_t len) {
+  unsigned gen = c->stream_gen;
+  while (len && !c->closing) {
+    size_t n = len < FEED_PIECE ? len : FEED_PIECE;
+    if (xml_stream_feed(c->xs, data, n) != 0) {
+      if (c->tls) tls_conn_stop(c->tls);
+      return;
+    }
+    if (c->stream_gen != gen) return; /* a restart discards what was pipelined after it */
+    data += n;
+    len -= n;
+    if (len && shaper_over(&c->shaper)) {
+      buf_append(&c->stash, data, len);
+      return;
+    }
+  }
+}
+
 static void plain_in(void *ud, const char *data, size_t len) {
   conn_t *c = ud;
   if (c->closing) return;
-  if (xml_stream_feed(c->xs, data, len) != 0 && c->tls) tls_conn_stop(c->tls);
+  /* over its rate already (TLS hands records over one by one), or older bytes wait */
+  if (c->stash.len || shaper_over(&c->shaper)) buf_append(&c->stash, data, len);
+  else feed(c, data, len);
+}
+
+/* Feeds what the shaper held back; 1 when all of it went in. */
+static int feed_stash(conn_t *c) {
+  if (!c->stash.len) return 1;
+  size_t len;
+  uint8_t *d = buf_steal(&c->stash, &len);
+  feed(c, (const char *)d, len);
+  xfree(d);
+  return c->stash.len == 0;
 }
 
 static void tls_up(void *ud) {
@@ -270,6 +322,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   }
   if (n == 0 || c->closing) return;
   c->last_in_ms = edge_now_ms();
+  shaper_charge(&c->shaper, &th->shk, n, 0);
   if (c->tls) {
     int rc = tls_conn_feed(c->tls, b->base, (size_t)n, plain_in, tls_up, c);
     if (c->out.len) mark_dirty(c); /* handshake records written by wolfSSL */
@@ -285,7 +338,80 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   } else {
     plain_in(c, b->base, (size_t)n);
   }
+  if (!c->closing) conn_shape(c);
   edge_flush(th);
+}
+
+static void throttle_cb(uv_timer_t *t) {
+  edge_thread_t *th = t->data;
+  uint64_t now = edge_now_ms();
+  for (conn_t **pp = &th->paused; *pp;) {
+    conn_t *c = *pp;
+    shaper_refill(&c->shaper, &th->shk, now);
+    float p = shaper_pressure(&c->shaper, &th->shk, 1, now);
+    if (p >= SHAPER_KICK || !shaper_over(&c->shaper)) {
+      *pp = c->next_paused;
+      c->paused = 0;
+      c->next_paused = NULL;
+      if (p >= SHAPER_KICK) {
+        log_info("conn %llx: above its rate for too long", (unsigned long long)c->id);
+        conn_stream_error(c, "policy-violation", "sending too fast for too long");
+      } else if (!c->closing && feed_stash(c) && !shaper_over(&c->shaper)) {
+        uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+      } else if (!c->closing) {
+        /* still over after the stash: stay paused */
+        c->paused = 1;
+        c->next_paused = th->paused;
+        th->paused = c;
+        if (pp == &th->paused) pp = &c->next_paused;
+      }
+      continue;
+    }
+    pp = &c->next_paused;
+  }
+  if (!th->paused) uv_timer_stop(t);
+  edge_flush(th);
+}
+
+void conn_shape(conn_t *c) {
+  edge_thread_t *th = c->th;
+  if (c->paused || c->closing) return;
+  uint64_t now = edge_now_ms();
+  shaper_refill(&c->shaper, &th->shk, now);
+  if (c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
+  if (c->closing || (!shaper_over(&c->shaper) && !c->stash.len)) return;
+  /* XEP-0205 §3: slow the reader first; TCP flow control pushes back on the client, and
+   * what was read stays in c->stash (at most one read) */
+  shaper_pressure(&c->shaper, &th->shk, 0, now);
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->paused = 1;
+  c->next_paused = th->paused;
+  th->paused = c;
+  if (!uv_is_active((uv_handle_t *)&th->throttle)) uv_timer_start(&th->throttle, throttle_cb, 50, 50);
+}
+
+void conn_thread_init(edge_thread_t *th);
+void conn_thread_init(edge_thread_t *th) {
+  uv_timer_init(&th->loop, &th->throttle);
+  th->throttle.data = th;
+  const xmpp_config_t *cfg = th->cfg;
+  th->shk.rate_bytes = cfg->rate_bytes;
+  th->shk.rate_stanzas = cfg->rate_stanzas;
+  th->shk.burst_s = cfg->rate_burst;
+  th->shk.grace_s = cfg->rate_grace;
+}
+
+static void peer_ip(conn_t *c) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  memset(c->ip, 0, sizeof c->ip);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return;
+  if (ss.ss_family == AF_INET6) {
+    memcpy(c->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+  } else if (ss.ss_family == AF_INET) {
+    c->ip[10] = c->ip[11] = 0xff;
+    memcpy(c->ip + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+  }
 }
 
 void conn_start_tls(conn_t *c);
@@ -298,6 +424,7 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
   conn_t *c = xcalloc(1, sizeof *c);
   c->th = th;
   buf_init(&c->out);
+  buf_init(&c->stash);
   uv_tcp_init(&th->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
@@ -310,12 +437,14 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  peer_ip(c);
   table_add(th, c);
   c->next = th->all;
   if (th->all) th->all->prev = c;
   th->all = c;
   th->nconns++;
   c->created_ms = c->last_in_ms = c->last_out_ms = edge_now_ms();
+  shaper_init(&c->shaper, &th->shk, c->created_ms);
   xml_stream_limits_t lim = {(size_t)th->cfg->max_stanza_bytes, (unsigned)th->cfg->max_depth,
                              (unsigned)th->cfg->max_attrs};
   xml_stream_cbs_t cbs = {negotiate_stream_start, negotiate_stanza, negotiate_stream_end,
@@ -328,6 +457,35 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
     really_close(c);
     return;
   }
+  c->fd_counted = 1;
+  if (atomic_fetch_add(&th->edge->nconns, 1) >= th->edge->max_conns) {
+    /* RFC 6120 §4.9.3.15: out of descriptors; say so and close while we still can */
+    uint64_t now = edge_now_ms();
+    if (now - th->last_accept_warn_ms >= 10000) {
+      th->last_accept_warn_ms = now;
+      log_warn("at the open-file budget (%ld connections): refusing new connections", th->edge->max_conns);
+    }
+    if (direct_tls) {
+      c->closing = 1;
+      really_close(c);
+    } else {
+      conn_stream_error(c, "resource-constraint", "the server is at its connection limit");
+      edge_flush(th);
+    }
+    return;
+  }
+  if (guard_conn_open(th->edge->guard, c->ip) != 0) {
+    log_info("conn %llx: refused, too many connections from one address", (unsigned long long)c->id);
+    if (direct_tls) {
+      c->closing = 1;
+      really_close(c);
+    } else {
+      conn_stream_error(c, "policy-violation", "too many connections from your address");
+      edge_flush(th);
+    }
+    return;
+  }
+  c->ip_counted = 1;
   uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
@@ -335,6 +493,7 @@ void conn_sweep_cb(uv_timer_t *t) {
   edge_thread_t *th = t->data;
   const xmpp_config_t *cfg = th->cfg;
   uint64_t now = edge_now_ms();
+  if (th->index == 0 && now / 1000 % 60 == 0) guard_prune(th->edge->guard, now);
   for (conn_t *c = th->all, *nx; c; c = nx) {
     nx = c->next;
     if (c->closing) {

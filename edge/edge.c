@@ -10,6 +10,8 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,7 +21,15 @@
 static void on_connection(uv_stream_t *server, int status) {
   edge_thread_t *th = server->loop->data;
   if (status < 0) {
-    log_warn("accept: %s", uv_strerror(status));
+    /* At the open-file limit libuv accepts and closes the pending connection itself
+     * (its reserve-descriptor trick), so the loop neither spins nor stalls; accepting
+     * resumes as soon as descriptors free up. Say so at most every 10 s per thread. */
+    uint64_t now = edge_now_ms();
+    if (now - th->last_accept_warn_ms >= 10000) {
+      th->last_accept_warn_ms = now;
+      log_warn("accept: %s (open connections on this thread: %llu); new connections are being closed",
+               uv_strerror(status), (unsigned long long)th->nconns);
+    }
     return;
   }
   conn_accept(th, server, server->data != NULL);
@@ -58,6 +68,8 @@ static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int p
 
 static void close_cb_noop(uv_handle_t *h) {}
 
+void conn_thread_init(edge_thread_t *th);
+
 static void quit(edge_thread_t *th) {
   /* second phase of stopping: whatever is still open is closed now, then the loop ends */
   for (conn_t *c = th->all, *nx; c; c = nx) {
@@ -68,6 +80,7 @@ static void quit(edge_thread_t *th) {
   }
   edge_flush(th);
   uv_close((uv_handle_t *)&th->sweep, close_cb_noop);
+  uv_close((uv_handle_t *)&th->throttle, close_cb_noop);
   uv_close((uv_handle_t *)&th->stop_async, close_cb_noop);
   bus_queue_close(&th->bus->edge_q[th->index]);
 }
@@ -112,6 +125,8 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
       return NULL;
     }
   }
+  guard_conf_t gk = {cfg->max_conns_per_ip, cfg->auth_fail_ip, cfg->auth_fail_account};
+  e->guard = guard_new(&gk);
   e->threads = xcalloc((size_t)e->nthreads, sizeof *e->threads);
   for (int i = 0; i < e->nthreads; i++) {
     edge_thread_t *th = &e->threads[i];
@@ -134,6 +149,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     if (cfg->c2s_tls_port &&
         open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_tls_port, 1))
       return NULL;
+    conn_thread_init(th);
     uv_timer_init(&th->loop, &th->sweep);
     th->sweep.data = th;
     uv_async_init(&th->loop, &th->stop_async, stop_cb);
@@ -143,7 +159,25 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
   return e;
 }
 
+static long open_fds(void) {
+  long n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return 64;
+  while (readdir(d)) n++;
+  closedir(d);
+  return n;
+}
+
+/* Connections we can hold: the open-file limit less what is open now (listeners, loops,
+ * storage) and a reserve for storage files, logs and the refusals themselves. */
+#define FD_RESERVE 32
+
 int edge_start(edge_t *e) {
+  struct rlimit rl;
+  long limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (long)rl.rlim_cur : 1L << 20;
+  e->max_conns = limit - open_fds() - FD_RESERVE;
+  if (e->max_conns < 1) e->max_conns = 1;
+  log_info("open-file limit %ld: up to %ld client connections", limit, e->max_conns);
   for (int i = 0; i < e->nthreads; i++) {
     edge_thread_t *th = &e->threads[i];
     uv_timer_start(&th->sweep, conn_sweep_cb, 1000, 1000);
@@ -169,6 +203,18 @@ void edge_join(edge_t *e) {
   for (int i = 0; i < e->nthreads; i++) uv_thread_join(&e->threads[i].thread);
 }
 
+int edge_reload_tls(edge_t *e) {
+  if (!e->tls) return 0;
+  char *err = NULL;
+  if (tls_ctx_reload(e->tls, e->cfg->tls_cert, e->cfg->tls_key, &err) != 0) {
+    log_error("TLS reload failed, keeping the current certificate: %s", err ? err : "?");
+    xfree(err);
+    return -1;
+  }
+  log_info("TLS certificate reloaded from %s; new connections use it", e->cfg->tls_cert);
+  return 0;
+}
+
 void edge_free(edge_t *e) {
   if (!e) return;
   for (int i = 0; i < e->nthreads; i++) {
@@ -179,6 +225,7 @@ void edge_free(edge_t *e) {
     xfree(th->free_slots);
   }
   tls_ctx_free(e->tls);
+  guard_free(e->guard);
   xfree(e->threads);
   xfree(e);
 }

@@ -23,5 +23,8 @@ void edge_stop(edge_t *e);
 /* Phase two: close what remains, end the loops, join the threads. */
 void edge_join(edge_t *e);
 void edge_free(edge_t *e);
+/* SIGHUP: loads tls.certificate and tls.key again; new connections use the new pair,
+ * established sessions are untouched. On error the old pair stays (logged). */
+int edge_reload_tls(edge_t *e);
 
 #endif

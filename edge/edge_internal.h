@@ -14,6 +14,8 @@
 #include "common/store/store.h"
 #include "common/xml_stream.h"
 #include "edge/edge.h"
+#include "edge/guard.h"
+#include "edge/shaper.h"
 #include "edge/tls.h"
 
 typedef struct conn conn_t;
@@ -27,6 +29,9 @@ struct edge_thread {
   uv_tcp_t listeners[2];
   int nlisteners;
   uv_timer_t sweep;
+  uv_timer_t throttle;   /* runs while some connection is paused by its shaper */
+  conn_t *paused;        /* connections whose reading is paused by the shaper */
+  shaper_conf_t shk;
   uv_async_t stop_async;
   const xmpp_config_t *cfg;
   bus_t *bus;
@@ -44,6 +49,7 @@ struct edge_thread {
   int stopping;
   _Atomic int phase; /* 1: stop accepting and tell clients; 2: close all, end loop */
   uint64_t nconns;
+  uint64_t last_accept_warn_ms;
 };
 
 struct edge {
@@ -52,6 +58,11 @@ struct edge {
   edge_thread_t *threads;
   int nthreads;
   tls_ctx_t *tls;
+  guard_t *guard;
+  /* open-file budget: connections beyond it are refused with <resource-constraint/>
+   * while descriptors remain for the refusal itself, storage and logs */
+  long max_conns;
+  atomic_long nconns;
 };
 
 typedef enum { ST_HEADER = 0, ST_OPEN } conn_state_t;
@@ -75,6 +86,19 @@ struct conn {
   int pending_work;     /* a uv_queue_work job references this connection */
   int writing;
   int sasl_failures;
+  int binding;          /* bind sent to the router, result not yet given to the client */
+  char *bind_id;        /* id of the bind request being answered */
+  bus_msg_t *held;      /* stanzas sent while binding, released in order when it completes */
+  bus_msg_t **held_tail;
+  int nheld;
+  int ip_counted;
+  int fd_counted;       /* counted in edge->nconns */       /* counted in the guard's per-address connections */
+  int paused;           /* reading stopped by the shaper (on th->paused) */
+  conn_t *next_paused;
+  uint8_t ip[16];       /* peer address, IPv4 as v4-mapped */
+  shaper_t shaper;
+  buf_t stash;          /* plaintext read but not parsed yet: the shaper paused this client */
+  unsigned stream_gen;  /* counts stream restarts (STARTTLS, SASL success) */
   buf_t out;            /* bytes to write (ciphertext under TLS) */
   scram_server_t *scram;
   char *auth_bare;      /* account being authenticated / authenticated */
@@ -98,9 +122,16 @@ void conn_close(conn_t *c);
 /* A thread-pool job on c finished: returns 1 if c was closed meanwhile and is now freed. */
 int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);
+/* Pauses reading when the client is above its rate (see shaper.h). */
+void conn_shape(conn_t *c);
+/* Restarts the XML stream (RFC 6120 §5.4.3.3, §6.4.6): what the client sent after the
+ * element that caused it, in the same read, is discarded. */
+void conn_restart_stream(conn_t *c);
 uint64_t edge_now_ms(void);
 
 /* negotiate.c */
+/* The router's answer to a bind: open (reply with the JID) or refused. */
+void negotiate_bind_done(conn_t *c, int64_t result);
 void negotiate_stream_start(void *ud, const xnode_t *header);
 void negotiate_stanza(void *ud, xnode_t *stanza);
 void negotiate_stream_end(void *ud);
@@ -119,6 +150,8 @@ void edge_route_stanza(conn_t *c, xnode_t *stanza);
 void edge_session_open(conn_t *c);
 void edge_session_close(conn_t *c);
 void edge_bus_cb(void *ud, bus_msg_t *batch);
+/* Frees what a connection still holds for the routers (on release). */
+void edge_release_held(conn_t *c);
 /* Replies to a client stanza with a stanza error built at the edge. */
 void edge_stanza_error(conn_t *c, xnode_t *stanza, const char *type, const char *cond);
 

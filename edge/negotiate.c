@@ -144,7 +144,7 @@ static void starttls(conn_t *c, xnode_t *st) {
   /* <proceed/> goes out in clear: flush it before the TLS session takes over the output */
   edge_flush(c->th);
   conn_start_tls(c);
-  xml_stream_restart(c->xs);
+  conn_restart_stream(c);
 }
 
 static int is_stanza(const xnode_t *s) {
@@ -200,18 +200,54 @@ static void bind_resource(conn_t *c, xnode_t *iq, xnode_t *bind) {
     return;
   }
   xfree(full);
+  /* The router decides (resource limit, conflict): the result waits for its answer. */
   c->jid = j;
   c->bound = 1;
+  c->binding = 1;
+  c->bind_id = xstrdup(id);
+  edge_session_open(c);
+}
+
+void negotiate_bind_done(conn_t *c, int64_t result) {
+  if (!c->binding) return;
+  c->binding = 0;
+  char *id = c->bind_id;
+  c->bind_id = NULL;
+  if (result != BUS_ACK_OPEN) {
+    /* RFC 6120 §7.6.2.1: the account has reached its limit of connected resources */
+    log_info("conn %llx: bind of %s refused: resource limit", (unsigned long long)c->id, c->jid.full);
+    c->bound = 0;
+    jid_free(&c->jid);
+    edge_release_held(c);
+    buf_t e;
+    buf_init(&e);
+    buf_puts(&e, "<iq type='error' id='");
+    xml_escape(&e, id, strlen(id), 1);
+    buf_puts(&e, "'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                 "<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>too many resources connected</text></error></iq>");
+    conn_send(c, (const char *)e.data, e.len);
+    buf_free(&e);
+    xfree(id);
+    return;
+  }
   buf_t p;
   buf_init(&p);
   buf_puts(&p, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
-  xml_escape(&p, j.full, strlen(j.full), 0);
+  xml_escape(&p, c->jid.full, strlen(c->jid.full), 0);
   buf_puts(&p, "</jid></bind>");
   buf_putc(&p, '\0');
   iq_result(c, id, (const char *)p.data);
   buf_free(&p);
-  edge_session_open(c);
-  log_debug("conn %llx: bound %s", (unsigned long long)c->id, j.full);
+  xfree(id);
+  /* stanzas the client pipelined after its bind request go out now, in order */
+  while (c->held) {
+    bus_msg_t *m = c->held;
+    c->held = m->next;
+    m->next = NULL;
+    bus_to_router(c->th->bus, c->jid.bare, strlen(c->jid.bare), m);
+  }
+  c->nheld = 0;
+  log_debug("conn %llx: bound %s", (unsigned long long)c->id, c->jid.full);
 }
 
 void negotiate_stanza(void *ud, xnode_t *s) {
@@ -245,7 +281,12 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;
   }
-  if (!c->bound) {
+  shaper_charge(&c->shaper, &c->th->shk, 0, 1);
+  if (!c->bound || (c->binding && xnode_child(s, "bind", NS_BIND))) {
+    if (c->binding) {
+      edge_stanza_error(c, s, "cancel", "not-allowed");
+      return;
+    }
     xnode_t *b = strcmp(s->name, "iq") == 0 ? xnode_child(s, "bind", NS_BIND) : NULL;
     if (b) bind_resource(c, s, b);
     else conn_stream_error(c, "not-authorized", "bind a resource first");

@@ -42,8 +42,36 @@ void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond
   buf_free(&b);
 }
 
+/* Most stanzas a client may send while its bind is pending (RFC 6120 §7.1 says it should
+ * wait; pipelining clients get this much slack). */
+#define MAX_HELD 64
+
 static void send_frame(conn_t *c, bus_frame_t *f, const char *route_bare, size_t route_len) {
+  if (c->binding && f->kind == BUS_C2S) {
+    if (c->nheld >= MAX_HELD) {
+      conn_stream_error(c, "policy-violation", "too many stanzas before the bind result");
+      return;
+    }
+    bus_msg_t *m = bus_msg_new(f);
+    m->next = NULL;
+    if (!c->held) c->held_tail = &c->held;
+    *c->held_tail = m;
+    c->held_tail = &m->next;
+    c->nheld++;
+    return;
+  }
   bus_to_router(c->th->bus, route_bare, route_len, bus_msg_new(f));
+}
+
+void edge_release_held(conn_t *c) {
+  while (c->held) {
+    bus_msg_t *m = c->held;
+    c->held = m->next;
+    bus_msg_free(m);
+  }
+  c->nheld = 0;
+  xfree(c->bind_id);
+  c->bind_id = NULL;
 }
 
 void edge_route_stanza(conn_t *c, xnode_t *s) {
@@ -151,6 +179,9 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
     if (bus_msg_frame(m, &f) == 0) {
       if (f.kind == BUS_DELIVER) {
         deliver(th, &f, &a);
+      } else if (f.kind == BUS_SESSION_ACK) {
+        conn_t *c = conn_lookup(th, f.dst.conn);
+        if (c && !c->closing) negotiate_bind_done(c, f.arg);
       } else if (f.kind == BUS_KICK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
         if (c) {

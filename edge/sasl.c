@@ -14,10 +14,14 @@
 #include "common/err.h"
 #include "common/log.h"
 
-static void send_failure(conn_t *c, sasl_cond_t cond) {
+static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/></failure>", sasl_cond_name(cond));
+  buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
+  if (text) buf_printf(&b, "<text xml:lang='en'>%s</text>", text);
+  buf_puts(&b, "</failure>");
+  if (cond == SASL_NOT_AUTHORIZED)
+    guard_auth_failed(c->th->edge->guard, c->ip, c->auth_bare, edge_now_ms());
   conn_send(c, (const char *)b.data, b.len);
   buf_free(&b);
   if (c->scram) {
@@ -32,6 +36,8 @@ static void send_failure(conn_t *c, sasl_cond_t cond) {
   if (cond != SASL_ABORTED && ++c->sasl_failures >= c->th->cfg->sasl_max_failures)
     conn_stream_error(c, "policy-violation", "too many failed authentication attempts");
 }
+
+static void send_failure(conn_t *c, sasl_cond_t cond) { send_failure_text(c, cond, NULL); }
 
 static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) {
   buf_t b;
@@ -59,7 +65,7 @@ static void succeed(conn_t *c, const char *extra, size_t extra_len) {
   }
   c->authed = 1;
   c->header_sent = 0;
-  xml_stream_restart(c->xs); /* RFC 6120 §6.4.6 */
+  conn_restart_stream(c); /* RFC 6120 §6.4.6 */
   log_debug("conn %llx: authenticated %s", (unsigned long long)c->id, c->auth_bare);
 }
 
@@ -85,6 +91,15 @@ static char *account_of(conn_t *c, const char *user) {
   snprintf(bare, n, "%s@%s", local, c->th->cfg->domain);
   xfree(local);
   return bare;
+}
+
+/* Back-off for password guessing: when this address or this account failed too often in
+ * the last minute, refuse the attempt without looking at the credentials. */
+static int throttled(conn_t *c) {
+  if (guard_auth_allowed(c->th->edge->guard, c->ip, c->auth_bare, edge_now_ms()) == 0) return 0;
+  log_info("conn %llx: authentication refused, too many recent failures", (unsigned long long)c->id);
+  send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, "too many failed attempts; try again later");
+  return 1;
 }
 
 /* authzid, when given, must name the same account (we do not support proxy auth). */
@@ -145,6 +160,11 @@ static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
   }
   xfree(authzid);
   xfree(authcid);
+  if (cond == SASL_OK && throttled(c)) {
+    memset(passwd, 0, strlen(passwd));
+    xfree(passwd);
+    return;
+  }
   if (cond != SASL_OK) {
     memset(passwd, 0, strlen(passwd));
     xfree(passwd);
@@ -177,6 +197,7 @@ static void start_scram(conn_t *c, scram_hash_t h, const unsigned char *msg, siz
     return;
   }
   c->auth_bare = account_of(c, user);
+  if (throttled(c)) return;
   store_account_t acct;
   int have = 0;
   if (c->auth_bare) {

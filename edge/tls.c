@@ -5,6 +5,7 @@
 
 #include "edge/tls.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -18,7 +19,10 @@ static const char *CIPHERS =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
+/* The current context. A reload swaps in a new one under the lock; wolfSSL counts the
+ * sessions using a context, so the old one lives until its last session ends. */
 struct tls_ctx {
+  pthread_mutex_t mu;
   WOLFSSL_CTX *ctx;
 };
 
@@ -53,12 +57,7 @@ static char *errdup(const char *what, const char *file) {
   return xstrdup(m);
 }
 
-tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) {
-  static int inited;
-  if (!inited) {
-    wolfSSL_Init();
-    inited = 1;
-  }
+static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
   if (!ctx) {
     if (err) *err = xstrdup("wolfSSL_CTX_new failed");
@@ -83,14 +82,38 @@ tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) 
   }
   wolfSSL_CTX_SetIORecv(ctx, io_recv);
   wolfSSL_CTX_SetIOSend(ctx, io_send);
+  return ctx;
+}
+
+tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) {
+  static int inited;
+  if (!inited) {
+    wolfSSL_Init();
+    inited = 1;
+  }
+  WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
+  if (!ctx) return NULL;
   tls_ctx_t *t = xcalloc(1, sizeof *t);
+  pthread_mutex_init(&t->mu, NULL);
   t->ctx = ctx;
   return t;
+}
+
+int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, char **err) {
+  WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
+  if (!ctx) return XMPP_ERR;
+  pthread_mutex_lock(&t->mu);
+  WOLFSSL_CTX *old = t->ctx;
+  t->ctx = ctx;
+  pthread_mutex_unlock(&t->mu);
+  wolfSSL_CTX_free(old); /* drops our reference; sessions still on it keep theirs */
+  return 0;
 }
 
 void tls_ctx_free(tls_ctx_t *t) {
   if (!t) return;
   wolfSSL_CTX_free(t->ctx);
+  pthread_mutex_destroy(&t->mu);
   xfree(t);
   wolfSSL_Cleanup();
 }
@@ -99,7 +122,9 @@ void tls_thread_cleanup(void) { wc_ecc_fp_free(); }
 
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
   tls_conn_t *c = xcalloc(1, sizeof *c);
+  pthread_mutex_lock(&t->mu);
   c->ssl = wolfSSL_new(t->ctx);
+  pthread_mutex_unlock(&t->mu);
   if (!c->ssl) {
     xfree(c);
     return NULL;

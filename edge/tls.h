@@ -16,6 +16,10 @@ typedef struct tls_conn tls_conn_t;
 /* Loads the certificate chain and key (PEM). NULL and *err (caller frees) on failure. */
 tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err);
 void tls_ctx_free(tls_ctx_t *t);
+/* Loads the files again into a new context that new connections use from now on;
+ * established sessions keep the one they started with. On failure the current context
+ * stays and *err says why. Safe from any thread. */
+int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, char **err);
 /* Frees wolfSSL's per-thread caches (the ECC fixed-point cache). Call at the end of
  * every thread that ran TLS handshakes. */
 void tls_thread_cleanup(void);

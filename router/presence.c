@@ -95,7 +95,7 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
   const char *type = xnode_attr(st, "type");
   if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
                !strcmp(type, "unsubscribed"))) {
-    if (to) subscription_outbound(w, u, to, st);
+    if (to) subscription_outbound(w, u, s, to, st);
     return;
   }
   if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return; /* probe etc. */

@@ -65,6 +65,12 @@ static void drop(worker_t *w, user_t *u, const char *contact) {
   store_roster_delete(w->store, u->bare, contact);
 }
 
+/* limits.max_roster_items: a roster never grows past it (XEP-0205 §3: bound what one
+ * account can make the server store). Full rosters refuse new items; existing ones change. */
+static int roster_full(worker_t *w, user_t *u) {
+  return strmap_count(user_roster(w, u)) >= (size_t)w->cfg->max_roster_items;
+}
+
 static const char *sub_name(roster_sub_t s) {
   static const char *n[] = {"none", "to", "from", "both"};
   return n[s & 3];
@@ -196,6 +202,12 @@ static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_
     reply_error(w, u, s, iq, "modify", "not-acceptable");
     return;
   }
+  if (!it && roster_full(w, u)) {
+    for (size_t i = 0; i < k; i++) xfree(groups[i]);
+    xfree(groups);
+    reply_error(w, u, s, iq, "cancel", "not-allowed");
+    return;
+  }
   if (!it) {
     it = xcalloc(1, sizeof *it);
     it->jid = xstrdup(contact);
@@ -238,13 +250,17 @@ static ritem_t *ensure_item(worker_t *w, user_t *u, const char *contact) {
 }
 
 /* The user (u) sends a subscription stanza to 'to' (§3.1.2, §3.1.5, §3.2.2, §3.3.2). */
-void subscription_outbound(worker_t *w, user_t *u, const char *to, xnode_t *st) {
+void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
   const char *type = xnode_attr(st, "type");
   char *contact = w_bare(w, to);
   if (!strcmp(contact, u->bare)) return;
   strmap_t *r = user_roster(w, u);
   ritem_t *it = strmap_get(r, contact);
   if (!strcmp(type, "subscribe")) {
+    if (!it && roster_full(w, u)) {
+      w_error(w, s->full, to, st, "cancel", "not-allowed");
+      return;
+    }
     it = ensure_item(w, u, contact);
     if (it->sub != SUB_TO && it->sub != SUB_BOTH && !it->ask_out) {
       it->ask_out = 1;
@@ -286,8 +302,8 @@ void subscription_outbound(worker_t *w, user_t *u, const char *to, xnode_t *st) 
   } else if (!strcmp(type, "unsubscribed")) {
     xnode_t *un = xnode_new(&w->arena, "presence", NS_CLIENT);
     xnode_set_attr(&w->arena, un, "type", "unavailable");
-    for (session_t *s = u->sessions; s; s = s->next)
-      if (s->available) w_route(w, s->full, contact, un, 0);
+    for (session_t *r2 = u->sessions; r2; r2 = r2->next)
+      if (r2->available) w_route(w, r2->full, contact, un, 0);
   }
 }
 
@@ -311,6 +327,10 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
       xnode_set_attr(&w->arena, p, "type", "subscribed");
       w_route(w, u->bare, contact, p, 0);
       presence_send_current(w, u, contact);
+      return;
+    }
+    if (!it && roster_full(w, u)) {
+      w_error(w, from, to, st, "wait", "resource-constraint"); /* the contact's roster is full */
       return;
     }
     it = ensure_item(w, u, contact);

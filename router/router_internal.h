@@ -104,7 +104,7 @@ void presence_send_current(worker_t *w, user_t *u, const char *to);
 
 /* roster.c (RFC 6121 §2, §3) */
 void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq);
-void subscription_outbound(worker_t *w, user_t *u, const char *to, xnode_t *st);
+void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st);
 void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
 /* Re-sends pending inbound subscription requests to a newly available session. */
 void roster_deliver_pending(worker_t *w, user_t *u, session_t *s);

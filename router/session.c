@@ -26,10 +26,29 @@ void session_free(session_t *s) {
   xfree(s);
 }
 
+static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
+  bus_frame_t a = {0};
+  a.kind = BUS_SESSION_ACK;
+  a.dst = f->src;
+  a.arg = result;
+  a.to = f->from;
+  a.to_len = f->from_len;
+  bus_to_edge(w->bus, f->src.thread, bus_msg_new(&a));
+}
+
 void session_open(worker_t *w, const bus_frame_t *f) {
   char *full = arena_strndup(&w->arena, f->from, f->from_len);
   user_t *u = user_get(w, w_bare(w, full));
   session_t *old = user_session(u, full);
+  if (!old) {
+    int n = 0;
+    for (session_t *s = u->sessions; s; s = s->next) n++;
+    if (n >= w->cfg->max_resources) {
+      log_info("bind of %s refused: %d resources already", full, n);
+      ack(w, f, BUS_ACK_TOO_MANY_RESOURCES);
+      return;
+    }
+  }
   if (old) {
     bus_frame_t k = {0};
     k.kind = BUS_KICK;
@@ -48,6 +67,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   s->next = u->sessions;
   u->sessions = s;
   u->exists = 1;
+  ack(w, f, BUS_ACK_OPEN);
   log_debug("session %s open at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
 }
 

@@ -24,6 +24,18 @@ XMPPCTL = os.path.join(BUILD, "xmppctl")
 DOMAIN = "localhost"
 
 
+def _sanitized():
+    try:
+        out = subprocess.run(["ldd", XMPPD], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return "libasan" in out
+
+
+# ASan keeps freed memory in quarantine (256 MB by default): RSS bounds mean nothing there.
+SANITIZED = _sanitized()
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -66,6 +78,7 @@ class Server:
                 f.write(f"[{sec}]\n" + "\n".join(lines) + "\n\n")
         self.log_path = os.path.join(self.dir, "xmppd.log")
         self.proc = None
+        self.prefix = []  # e.g. ["prlimit", "--nofile=64:64"]
 
     def adduser(self, jid, password):
         subprocess.run([XMPPCTL, "-c", self.conf, "adduser", jid, password], check=True,
@@ -73,7 +86,7 @@ class Server:
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([XMPPD, "-c", self.conf], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(self.prefix + [XMPPD, "-c", self.conf], stdout=self.log, stderr=self.log)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -178,8 +191,17 @@ class Client(slixmpp.ClientXMPP):
 class RawStream:
     """Raw XML over TCP (optionally upgraded with STARTTLS) for hostile-input tests."""
 
-    def __init__(self, port, timeout=5):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=5, src=None, rcvbuf=None):
+        if rcvbuf:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if src:
+                self.sock.bind((src, 0))
+            self.sock.settimeout(timeout)
+            self.sock.connect(("127.0.0.1", port))
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                                 source_address=(src, 0) if src else None)
         self.buf = b""
 
     def send(self, data):
@@ -246,6 +268,12 @@ class RawStream:
         self.buf = b""
         self.open_stream()
         self.recv_until(r"</stream:features>")
+
+    def login(self, user, password, resource="r"):
+        self.starttls()
+        self.auth_plain(user, password)
+        self.bind(resource)
+        return self
 
     def bind(self, resource):
         self.send(f"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"

@@ -1,0 +1,202 @@
+"""Configurable limits (issue: hold up under attack): per-address connection caps,
+authentication back-off, the input shaper (flood), slow readers, resources per account,
+roster size. Each test asserts the exact error and that other users are unharmed."""
+import asyncio
+import re
+import time
+
+from harness import DOMAIN, SANITIZED, Client, RawStream, ServerTest, run
+
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def chat_ok(test, a, b, n=5, timeout=5):
+    """a and b exchange n messages each way; every one arrives."""
+    for i in range(n):
+        a.send_message(mto=b.boundjid.full, mbody=f"a{i}", mtype="chat")
+        b.send_message(mto=a.boundjid.full, mbody=f"b{i}", mtype="chat")
+    def ours(m):  # skip errors bounced for earlier traffic
+        return m["type"] == "chat"
+    got_b = [(await b.next_message(timeout, ours))["body"] for _ in range(n)]
+    got_a = [(await a.next_message(timeout, ours))["body"] for _ in range(n)]
+    test.assertEqual(got_b, [f"a{i}" for i in range(n)])
+    test.assertEqual(got_a, [f"b{i}" for i in range(n)])
+
+
+class ConnectionCapTest(ServerTest):
+    users = ("alice",)
+    server_options = {"limits.max_conns_per_ip": "5", "limits.auth_fail_ip": "3"}
+
+    def test_sixth_connection_from_one_address_refused(self):
+        held = [RawStream(self.srv.port, src="127.0.0.5") for _ in range(5)]
+        for r in held:
+            r.open_stream()
+            r.recv_until(r"</stream:features>")
+        extra = RawStream(self.srv.port, src="127.0.0.5")
+        text = extra.recv_until(r"</stream:stream>")
+        self.assertIn("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", text)
+        self.assertTrue(extra.closed())
+        # another address is not affected
+        RawStream(self.srv.port, src="127.0.0.6").login("alice", "pw").close()
+        # a freed slot is usable again
+        held.pop().close()
+        time.sleep(0.3)
+        r = RawStream(self.srv.port, src="127.0.0.5")
+        r.open_stream()
+        r.recv_until(r"</stream:features>")
+        for r2 in held + [r, extra]:
+            r2.close()
+
+    def test_auth_failures_back_off_per_address(self):
+        for _ in range(3):
+            r = RawStream(self.srv.port, src="127.0.0.7")
+            r.starttls()
+            r.open_stream()
+            r.recv_until(r"</stream:features>")
+            r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHdyb25n</auth>")
+            r.recv_until(r"<not-authorized/>")
+            r.close()
+        # now even the right password is refused from that address, without a check
+        r = RawStream(self.srv.port, src="127.0.0.7")
+        r.starttls()
+        r.open_stream()
+        r.recv_until(r"</stream:features>")
+        r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>")
+        text = r.recv_until(r"</failure>")
+        self.assertIn("<temporary-auth-failure/>", text)
+        self.assertIn("too many failed attempts", text)
+        r.close()
+        # alice from elsewhere logs in fine
+        RawStream(self.srv.port, src="127.0.0.8").login("alice", "pw").close()
+
+
+class FloodTest(ServerTest):
+    users = ("alice", "bob", "carol", "mallory")
+    server_options = {"limits.rate_stanzas": "20", "limits.rate_burst": "1", "limits.rate_grace": "2"}
+
+    def test_flooder_slowed_then_disconnected_others_unharmed(self):
+        async def go():
+            a, b, c, m = (Client(self.srv, f"{u}@{DOMAIN}", "pw") for u in ("alice", "bob", "carol", "mallory"))
+            for x in (a, b, c, m):
+                self.assertTrue(await x.login())
+            gone = asyncio.get_running_loop().create_future()
+            c.send_presence()
+            m.add_event_handler("disconnected", lambda e: gone.done() or gone.set_result(time.monotonic()))
+            from_m = []
+            c.add_event_handler("message", lambda msg: from_m.append(msg) if msg["from"].user == "mallory" else None)
+            t0 = time.monotonic()
+            sent = 0
+            # mallory at 10x her rate (200/s against 20/s); alice and bob chat meanwhile
+            chat = asyncio.create_task(self._chat_slowly(a, b, 30))
+            while not gone.done() and time.monotonic() - t0 < 15:
+                for _ in range(20):
+                    m.send_message(mto=f"carol@{DOMAIN}", mbody=f"flood {sent}", mtype="chat")
+                    sent += 1
+                await asyncio.sleep(0.1)
+            self.assertTrue(gone.done(), "the flooder was never disconnected")
+            elapsed = gone.result() - t0
+            err = await asyncio.wait_for(m.stream_errors.get(), 2)
+            self.assertEqual(err["condition"], "policy-violation")
+            self.assertLess(elapsed, 10)
+            await asyncio.sleep(0.5)
+            # slowed: carol got about the allowed rate, not what mallory sent
+            self.assertLess(len(from_m), 20 * elapsed + 20 + 40)
+            self.assertGreater(sent, 3 * len(from_m))
+            await chat
+            for x in (a, b, c):
+                await x.close()
+        run(go())
+
+    async def _chat_slowly(self, a, b, n):
+        got = []
+        for i in range(n):
+            a.send_message(mto=b.boundjid.full, mbody=f"hi {i}", mtype="chat")
+            got.append((await b.next_message(5))["body"])
+            await asyncio.sleep(0.1)
+        self.assertEqual(got, [f"hi {i}" for i in range(n)])
+
+
+class SlowReaderTest(ServerTest):
+    users = ("alice", "bob", "sloth")
+    server_options = {"limits.max_pending_out": "262144", "limits.rate_bytes": "0",
+                      "limits.rate_stanzas": "0"}
+
+    def test_reader_that_never_reads_is_disconnected_memory_bounded(self):
+        sloth = RawStream(self.srv.port, rcvbuf=4096).login("sloth", "pw")
+        sloth.send("<presence/>")
+        before = rss_kib(self.srv.proc.pid)
+
+        async def go():
+            a, b = Client(self.srv, f"alice@{DOMAIN}", "pw"), Client(self.srv, f"bob@{DOMAIN}", "pw")
+            self.assertTrue(await a.login())
+            self.assertTrue(await b.login())
+            body = "x" * 4000
+            # up to 10 MB at a client that reads nothing; stop once the server gave up on it
+            deadline = time.monotonic() + 30
+            sent = 0
+            while sent < 2500 and "does not read" not in self.srv.log_text() and time.monotonic() < deadline:
+                for _ in range(50):
+                    a.send_message(mto=f"sloth@{DOMAIN}/r", mbody=body, mtype="chat")
+                sent += 50
+                await asyncio.sleep(0.05)
+            while "does not read" not in self.srv.log_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            self.assertIn("client does not read", self.srv.log_text())
+            await chat_ok(self, a, b, timeout=30)  # after alice's own backlog drains
+            await a.close()
+            await b.close()
+        run(go())
+        grown = rss_kib(self.srv.proc.pid) - before
+        if not SANITIZED:
+            self.assertLess(grown, 48 * 1024, f"server grew {grown} KiB")
+        sloth.close()
+
+
+class ResourceAndRosterLimitTest(ServerTest):
+    users = ("alice", "bob", "carol", "dave")
+    server_options = {"limits.max_resources": "2", "limits.max_roster_items": "2"}
+
+    def test_third_resource_gets_resource_constraint(self):
+        r1 = RawStream(self.srv.port).login("alice", "pw", "one")
+        r2 = RawStream(self.srv.port).login("alice", "pw", "two")
+        r3 = RawStream(self.srv.port)
+        r3.starttls()
+        r3.auth_plain("alice", "pw")
+        r3.send("<iq type='set' id='b3'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                "<resource>three</resource></bind></iq>")
+        text = r3.recv_until(r"</iq>")
+        self.assertRegex(text, r"<iq type='error' id='b3'><error type='wait'><resource-constraint xmlns='%s'/>"
+                         % re.escape(STANZAS_NS))
+        # the first two still work: one sends the other a message
+        r1.send(f"<message to='alice@{DOMAIN}/two' type='chat'><body>still here</body></message>")
+        r2.recv_until(r"still here")
+        # a replaced resource (same name) is not a new one
+        r4 = RawStream(self.srv.port).login("alice", "pw", "two")
+        self.assertIn("<conflict", r2.recv_until(r"</stream:stream>"))
+        for r in (r1, r2, r3, r4):
+            r.close()
+
+    def test_roster_full(self):
+        r = RawStream(self.srv.port).login("bob", "pw")
+        for i, who in enumerate(("carol", "dave")):
+            r.send(f"<iq type='set' id='s{i}'><query xmlns='jabber:iq:roster'><item jid='{who}@{DOMAIN}'/></query></iq>")
+            r.recv_until(rf"<iq[^>]*id='s{i}'[^>]*type='result'|<iq[^>]*type='result'[^>]*id='s{i}'")
+        r.send(f"<iq type='set' id='s9'><query xmlns='jabber:iq:roster'><item jid='alice@{DOMAIN}'/></query></iq>")
+        text = r.recv_until(r"id='s9'.*?</iq>")
+        self.assertRegex(text, r"<not-allowed xmlns='%s'/>" % re.escape(STANZAS_NS))
+        # an outbound subscription to a new contact is refused the same way
+        r.send(f"<presence to='alice@{DOMAIN}' type='subscribe' id='p1'/>")
+        text = r.recv_until(r"<presence[^>]*type='error'.*?</presence>")
+        self.assertIn("<not-allowed", text)
+        # existing items still change
+        r.send(f"<iq type='set' id='s10'><query xmlns='jabber:iq:roster'><item jid='carol@{DOMAIN}' name='C'/></query></iq>")
+        r.recv_until(r"id='s10'")
+        r.close()
