@@ -112,7 +112,7 @@ static void record_resume(xml_stream_t *xs, const xmlChar *localname, const xmlC
   }
   buf_putc(&b, '>');
   buf_putc(&b, '\0');
-  if (!bad && b.len <= MAX_RESUME) xs->resume = (char *)buf_steal(&b, NULL);
+  if (!bad && b.len <= MAX_RESUME) xs->resume = xstrdup((const char *)b.data); /* exact size */
   buf_free(&b);
 }
 
