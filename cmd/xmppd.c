@@ -14,6 +14,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <uv.h>
+#ifndef XMPP_SANITIZE
+#include <jemalloc/jemalloc.h>
+#endif
 
 #include "common/alloc.h"
 #include "common/bus.h"
@@ -49,6 +52,37 @@ static void on_signal(uv_signal_t *h, int sig) {
 static void on_sighup(uv_signal_t *h, int sig) { edge_reload_tls(h->data); }
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
+
+/* SIGUSR1: one log line with the process's memory (RSS, and jemalloc's own figures when it
+ * is the allocator), for measuring per-session costs (bench/idle_rss.py, docs/memory.md). */
+static uv_signal_t sigusr1_h;
+static void on_memstats(uv_signal_t *h, int sig) {
+  long rss_kib = -1;
+  FILE *f = fopen("/proc/self/status", "r");
+  if (f) {
+    char line[256];
+    while (fgets(line, sizeof line, f))
+      if (strncmp(line, "VmRSS:", 6) == 0) rss_kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+  }
+#ifndef XMPP_SANITIZE
+  uint64_t epoch = 1;
+  size_t sz = sizeof epoch;
+  mallctl("epoch", &epoch, &sz, &epoch, sz);
+  size_t allocated = 0, active = 0, resident = 0, mapped = 0, metadata = 0;
+  sz = sizeof(size_t);
+  mallctl("stats.allocated", &allocated, &sz, NULL, 0);
+  mallctl("stats.active", &active, &sz, NULL, 0);
+  mallctl("stats.resident", &resident, &sz, NULL, 0);
+  mallctl("stats.mapped", &mapped, &sz, NULL, 0);
+  mallctl("stats.metadata", &metadata, &sz, NULL, 0);
+  log_info("memory: RSS %ld KiB; jemalloc allocated %zu KiB, active %zu KiB, resident %zu KiB, "
+           "mapped %zu KiB, metadata %zu KiB",
+           rss_kib, allocated >> 10, active >> 10, resident >> 10, mapped >> 10, metadata >> 10);
+#else
+  log_info("memory: RSS %ld KiB", rss_kib);
+#endif
+}
 
 int main(int argc, char **argv) {
   const char *conf_path = NULL;
@@ -148,6 +182,8 @@ int main(int argc, char **argv) {
   uv_signal_init(loop, &sighup_h);
   sighup_h.data = edge;
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);
+  uv_signal_init(loop, &sigusr1_h);
+  uv_signal_start(&sigusr1_h, on_memstats, SIGUSR1);
   uv_run(loop, UV_RUN_DEFAULT);
 
   /* Shutdown, in an order that loses nothing accepted:
@@ -168,6 +204,7 @@ int main(int argc, char **argv) {
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
   uv_close((uv_handle_t *)&sighup_h, NULL);
+  uv_close((uv_handle_t *)&sigusr1_h, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   edge_free(edge);

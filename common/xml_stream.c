@@ -22,8 +22,23 @@
 
 #define SLICE 4096
 
+/* Suspension: an idle connection should not hold a libxml2 parser (about 16 KB: context,
+ * input buffer, dictionary, stacks). When a feed ends at a stanza boundary (inside the
+ * stream element, no element open, nothing but whitespace left unparsed) the parser is
+ * freed. The next feed creates a new one and first feeds it a synthetic open tag with the
+ * stream element's qualified name and namespace declarations (`resume`), which only
+ * re-establishes the parser's state: it is not reported again. Whitespace dropped at
+ * suspension is what on_chars would have ignored. Everything else (limits, errors) is
+ * checked as before, on the bytes the peer sends. A stream whose header cannot be
+ * reproduced simply (unusual characters in a namespace, a huge header) is never
+ * suspended. */
+#define MAX_RESUME 1024
+
 struct xml_stream {
-  xmlParserCtxtPtr ctxt;
+  xmlParserCtxtPtr ctxt; /* NULL while suspended or before the first byte of a stream */
+  char *resume;          /* open tag that resumes the current stream (depth 1), or NULL */
+  int resuming;          /* the resume tag is being fed */
+  int no_suspend;
   xml_stream_limits_t lim;
   xml_stream_cbs_t cbs;
   void *ud;
@@ -41,7 +56,7 @@ struct xml_stream {
 static void fail(xml_stream_t *xs, xml_stream_err_t e, const char *detail) {
   if (xs->failed || xs->stopped) return;
   xs->failed = 1;
-  xmlStopParser(xs->ctxt);
+  if (xs->ctxt) xmlStopParser(xs->ctxt);
   if (xs->cbs.error) xs->cbs.error(xs->ud, e, detail);
 }
 
@@ -66,11 +81,50 @@ static char *attr_value(arena_t *a, const char *v, size_t len) {
   return out;
 }
 
+/* Appends s to b as it would appear quoted in an attribute; 0, or -1 when s has a
+ * character we do not reproduce (then the stream is not suspended). */
+static int resume_put(buf_t *b, const char *s) {
+  if (strpbrk(s, "&<>'\"")) return -1;
+  buf_puts(b, s);
+  return 0;
+}
+
+static void record_resume(xml_stream_t *xs, const xmlChar *localname, const xmlChar *prefix, int nb_ns,
+                          const xmlChar **namespaces) {
+  xfree(xs->resume);
+  xs->resume = NULL;
+  buf_t b;
+  buf_init(&b);
+  int bad = 0;
+  buf_putc(&b, '<');
+  if (prefix) {
+    buf_puts(&b, (const char *)prefix);
+    buf_putc(&b, ':');
+  }
+  buf_puts(&b, (const char *)localname);
+  for (int i = 0; i < nb_ns && !bad; i++) {
+    const char *p = (const char *)namespaces[2 * i], *u = (const char *)namespaces[2 * i + 1];
+    buf_puts(&b, p ? " xmlns:" : " xmlns");
+    if (p) bad |= resume_put(&b, p);
+    buf_puts(&b, "='");
+    bad |= resume_put(&b, u ? u : "");
+    buf_putc(&b, '\'');
+  }
+  buf_putc(&b, '>');
+  buf_putc(&b, '\0');
+  if (!bad && b.len <= MAX_RESUME) xs->resume = xstrdup((const char *)b.data); /* exact size */
+  buf_free(&b);
+}
+
 static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri,
                      int nb_ns, const xmlChar **namespaces, int nb_attrs, int nb_defaulted,
                      const xmlChar **attrs) {
   xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
   if (halted(xs)) return;
+  if (xs->resuming && xs->depth == 0) {
+    xs->depth = 1; /* the synthetic open tag: state only, no event */
+    return;
+  }
   if ((unsigned)nb_attrs > xs->lim.max_attrs) {
     fail(xs, XS_POLICY_VIOLATION, "too many attributes");
     return;
@@ -99,6 +153,7 @@ static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix,
   }
   if (xs->depth == 0) {
     xs->depth = 1;
+    record_resume(xs, localname, prefix, nb_ns, namespaces);
     if (xs->cbs.stream_start) xs->cbs.stream_start(xs->ud, n);
     arena_reset(&xs->arena);
     xs->pending = 0;
@@ -228,13 +283,54 @@ static int make_parser(xml_stream_t *xs) {
   /* XMPP is UTF-8 only (RFC 6120 §11.6): ignore any encoding declaration. */
   xmlCtxtUseOptions(xs->ctxt, XML_PARSE_NONET | XML_PARSE_IGNORE_ENC | XML_PARSE_NOXINCNODE);
   xmlSwitchEncoding(xs->ctxt, XML_CHAR_ENCODING_UTF8);
+  return 0;
+}
+
+static void free_parser(xml_stream_t *xs) {
+  if (!xs->ctxt) return;
+  if (xs->ctxt->myDoc) xmlFreeDoc(xs->ctxt->myDoc);
+  xmlFreeParserCtxt(xs->ctxt);
+  xs->ctxt = NULL;
+}
+
+/* A new stream: the parser is made when its first byte arrives. */
+static void new_stream(xml_stream_t *xs) {
+  free_parser(xs);
+  xfree(xs->resume);
+  xs->resume = NULL;
   xs->depth = 0;
   xs->cur = NULL;
   xs->pending = 0;
   xs->restart = 0;
-  arena_reset(&xs->arena);
-  return 0;
+  arena_free(&xs->arena);
 }
+
+/* Makes the parser for the next bytes: fresh at depth 0, or resumed inside the stream. */
+static int wake(xml_stream_t *xs) {
+  if (make_parser(xs)) return XMPP_ERR;
+  if (xs->depth == 0) return 0;
+  xs->depth = 0;
+  xs->resuming = 1;
+  int rc = xmlParseChunk(xs->ctxt, xs->resume, (int)strlen(xs->resume), 0);
+  xs->resuming = 0;
+  return rc == 0 && xs->depth == 1 && !xs->failed ? 0 : XMPP_ERR;
+}
+
+/* At the end of a feed: frees the parser if the stream is idle at a stanza boundary. */
+static void maybe_suspend(xml_stream_t *xs) {
+  if (!xs->ctxt || xs->no_suspend || xs->failed || xs->stopped || xs->depth != 1 || xs->cur || !xs->resume)
+    return;
+  xmlParserInputPtr in = xs->ctxt->input;
+  if (!in || xs->ctxt->inputNr != 1 || xs->ctxt->nameNr != 1 || xs->ctxt->instate != XML_PARSER_CONTENT) return;
+  for (const xmlChar *p = in->cur; p < in->end; p++)
+    if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') return;
+  free_parser(xs);
+  arena_free(&xs->arena);
+  xs->pending = 0;
+}
+
+void xml_stream_set_suspend(xml_stream_t *xs, int on) { xs->no_suspend = !on; }
+int xml_stream_suspended(const xml_stream_t *xs) { return xs->ctxt == NULL; }
 
 xml_stream_t *xml_stream_new(const xml_stream_limits_t *lim, const xml_stream_cbs_t *cbs, void *ud) {
   xml_stream_t *xs = xcalloc(1, sizeof *xs);
@@ -242,34 +338,21 @@ xml_stream_t *xml_stream_new(const xml_stream_limits_t *lim, const xml_stream_cb
   xs->cbs = *cbs;
   xs->ud = ud;
   arena_init(&xs->arena);
-  if (make_parser(xs)) {
-    xfree(xs);
-    return NULL;
-  }
   return xs;
 }
 
 void xml_stream_free(xml_stream_t *xs) {
   if (!xs) return;
-  if (xs->ctxt) {
-    if (xs->ctxt->myDoc) xmlFreeDoc(xs->ctxt->myDoc);
-    xmlFreeParserCtxt(xs->ctxt);
-  }
+  free_parser(xs);
+  xfree(xs->resume);
   arena_free(&xs->arena);
   xfree(xs);
-}
-
-static void reparse(xml_stream_t *xs) {
-  if (xs->ctxt->myDoc) xmlFreeDoc(xs->ctxt->myDoc);
-  xmlFreeParserCtxt(xs->ctxt);
-  xs->ctxt = NULL;
-  if (make_parser(xs)) xs->failed = 1;
 }
 
 void xml_stream_restart(xml_stream_t *xs) {
   if (!xs->in_feed) {
     /* outside feed (e.g. an asynchronous SASL result): start the new stream now */
-    reparse(xs);
+    new_stream(xs);
     return;
   }
   xs->restart = 1;
@@ -278,11 +361,15 @@ void xml_stream_restart(xml_stream_t *xs) {
 
 void xml_stream_stop(xml_stream_t *xs) {
   xs->stopped = 1;
-  xmlStopParser(xs->ctxt);
+  if (xs->ctxt) xmlStopParser(xs->ctxt);
 }
 
 int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
   if (xs->failed) return XMPP_EINVAL;
+  if (len && !xs->stopped && !xs->ctxt && wake(xs) != 0) {
+    xs->failed = 1;
+    return XMPP_ERR;
+  }
   while (len && !xs->stopped) {
     size_t n = len < SLICE ? len : SLICE;
     xs->pending += n;
@@ -296,8 +383,8 @@ int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
     if (xs->failed) return XMPP_EINVAL;
     if (xs->restart) {
       /* discard what follows the element that asked for the restart */
-      reparse(xs);
-      return xs->failed ? XMPP_ERR : 0;
+      new_stream(xs);
+      return 0;
     }
     if (rc != 0 && !xs->stopped) {
       fail(xs, XS_NOT_WELL_FORMED, "not well-formed");
@@ -306,5 +393,6 @@ int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
     data += n;
     len -= n;
   }
+  maybe_suspend(xs);
   return 0;
 }

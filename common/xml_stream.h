@@ -53,6 +53,12 @@ void xml_stream_free(xml_stream_t *xs);
 int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len);
 /* Requests a fresh stream (after STARTTLS or SASL success). Safe inside callbacks. */
 void xml_stream_restart(xml_stream_t *xs);
+/* Suspension (on by default): between stanzas an idle stream holds no libxml2 parser;
+ * it is re-created, invisibly, when bytes arrive. Off: the parser lives as long as the
+ * stream (for tests comparing both). */
+void xml_stream_set_suspend(xml_stream_t *xs, int on);
+/* 1 when the stream holds no parser now (suspended, or no byte of the stream yet). */
+int xml_stream_suspended(const xml_stream_t *xs);
 /* Stops delivering callbacks (e.g. the owner is closing). Safe inside callbacks. */
 void xml_stream_stop(xml_stream_t *xs);
 

@@ -118,6 +118,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
   if (cfg->tls_cert[0]) {
     char *err = NULL;
     e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
+    tls_set_offload(cfg->tls_offload);
     if (!e->tls) {
       log_error("TLS: %s", err);
       xfree(err);

@@ -1,11 +1,14 @@
 /* wolfSSL over memory buffers (see tls.h). */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/aes.h>
+#include <wolfssl/wolfcrypt/chacha20_poly1305.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
 #include "edge/tls.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -26,13 +29,33 @@ struct tls_ctx {
   WOLFSSL_CTX *ctx;
 };
 
+/* After a TLS 1.3 handshake the session is "offloaded": the traffic keys, IVs and
+ * sequence numbers are copied out of wolfSSL, the WOLFSSL object (about 56 KB with
+ * Debian's build) is freed, and records are protected here with wolfCrypt's AEADs
+ * (RFC 8446 §5.2-5.3). What is left per connection is this struct. */
+typedef struct tls_rec {
+  int cipher;              /* wolfssl_aes_gcm or wolfssl_chacha */
+  uint32_t key_len;
+  uint8_t rkey[32], wkey[32];
+  uint8_t riv[12], wiv[12];
+  uint64_t rseq, wseq;
+} tls_rec_t;
+
+#define REC_HDR 5
+#define REC_TAG 16
+#define REC_MAX_PLAIN 16384
+#define REC_MAX_CIPHER (REC_MAX_PLAIN + 256) /* RFC 8446 §5.2 */
+
 struct tls_conn {
-  WOLFSSL *ssl;
-  buf_t in;       /* ciphertext not yet taken by wolfSSL */
+  WOLFSSL *ssl;   /* NULL once offloaded */
+  buf_t in;       /* ciphertext not yet consumed (an incomplete record once offloaded) */
   size_t in_off;
   buf_t *out;
   int ready;
   int stopped;
+  int offloaded;
+  const char *version, *cipher_name; /* static strings, kept past the offload */
+  tls_rec_t rec;
 };
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
@@ -138,8 +161,9 @@ tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
 
 void tls_conn_free(tls_conn_t *c) {
   if (!c) return;
-  wolfSSL_free(c->ssl);
+  if (c->ssl) wolfSSL_free(c->ssl);
   buf_free(&c->in);
+  explicit_bzero(&c->rec, sizeof c->rec);
   xfree(c);
 }
 
@@ -147,14 +171,185 @@ void tls_conn_stop(tls_conn_t *c) { c->stopped = 1; }
 
 int tls_conn_ready(const tls_conn_t *c) { return c->ready; }
 
+
+static int offload_enabled = 1;
+void tls_set_offload(int on) { offload_enabled = on; }
+
+static void nonce(uint8_t out[12], const uint8_t iv[12], uint64_t seq) {
+  memcpy(out, iv, 12);
+  for (int i = 0; i < 8; i++) out[11 - i] ^= (uint8_t)(seq >> (8 * i));
+}
+
+/* AEAD seal/open over one record; 0 or -1. */
+static int aead(const tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n[12], const uint8_t *aad,
+                const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag) {
+  int rc;
+  if (r->cipher == wolfssl_chacha) {
+    rc = enc ? wc_ChaCha20Poly1305_Encrypt(key, n, aad, REC_HDR, in, (word32)len, out, tag)
+             : wc_ChaCha20Poly1305_Decrypt(key, n, aad, REC_HDR, in, (word32)len, tag, out);
+    return rc == 0 ? 0 : -1;
+  }
+  Aes aes;
+  if (wc_AesInit(&aes, NULL, INVALID_DEVID) != 0) return -1;
+  rc = wc_AesGcmSetKey(&aes, key, r->key_len);
+  if (rc == 0)
+    rc = enc ? wc_AesGcmEncrypt(&aes, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR)
+             : wc_AesGcmDecrypt(&aes, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR);
+  wc_AesFree(&aes);
+  return rc == 0 ? 0 : -1;
+}
+
+/* Appends one protected record (inner content type 'type') to the out buffer. */
+static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
+  tls_rec_t *r = &c->rec;
+  uint8_t inner[REC_MAX_PLAIN + 1];
+  memcpy(inner, data, len);
+  inner[len] = type;
+  size_t clen = len + 1 + REC_TAG;
+  buf_reserve(c->out, REC_HDR + clen);
+  uint8_t *h = c->out->data + c->out->len;
+  h[0] = 23, h[1] = 3, h[2] = 3, h[3] = (uint8_t)(clen >> 8), h[4] = (uint8_t)clen;
+  uint8_t n[12];
+  nonce(n, r->wiv, r->wseq);
+  int rc = aead(r, 1, r->wkey, n, h, inner, len + 1, h + REC_HDR, h + REC_HDR + len + 1);
+  explicit_bzero(inner, len + 1);
+  if (rc != 0) return XMPP_ERR;
+  r->wseq++;
+  c->out->len += REC_HDR + clen;
+  return 0;
+}
+
+static void rec_alert(tls_conn_t *c, uint8_t level, uint8_t desc) {
+  const char a[2] = {(char)level, (char)desc};
+  rec_seal(c, 21, a, 2);
+}
+
+static int offload(tls_conn_t *c) {
+  WOLFSSL *ssl = c->ssl;
+  int bulk = wolfSSL_GetBulkCipher(ssl);
+  int klen = wolfSSL_GetKeySize(ssl);
+  word64 wseq = 0, rseq = 0;
+  if (!offload_enabled || wolfSSL_version(ssl) != TLS1_3_VERSION ||
+      (bulk != wolfssl_aes_gcm && bulk != wolfssl_chacha) || (klen != 16 && klen != 32) ||
+      wolfSSL_GetAeadMacSize(ssl) != REC_TAG || wolfSSL_pending(ssl) || wolfSSL_has_pending(ssl))
+    return 0;
+  wolfSSL_GetSequenceNumber(ssl, &wseq);
+  wolfSSL_GetPeerSequenceNumber(ssl, &rseq);
+  const unsigned char *ck = wolfSSL_GetClientWriteKey(ssl), *sk = wolfSSL_GetServerWriteKey(ssl);
+  const unsigned char *civ = wolfSSL_GetClientWriteIV(ssl), *siv = wolfSSL_GetServerWriteIV(ssl);
+  if (!ck || !sk || !civ || !siv) return 0;
+  tls_rec_t *r = &c->rec;
+  r->cipher = bulk;
+  r->key_len = (uint32_t)klen;
+  memcpy(r->rkey, ck, (size_t)klen); /* we are the server: we read what the client writes */
+  memcpy(r->wkey, sk, (size_t)klen);
+  memcpy(r->riv, civ, 12);
+  memcpy(r->wiv, siv, 12);
+  r->rseq = rseq;
+  r->wseq = wseq;
+  c->version = wolfSSL_get_version(ssl);
+  c->cipher_name = wolfSSL_get_cipher(ssl);
+  wolfSSL_free(ssl);
+  c->ssl = NULL;
+  c->offloaded = 1;
+  return 1;
+}
+
+/* Opens the whole records in [p, p + n) of an offloaded session; *used says how many
+ * bytes they took (the rest is an incomplete record). 0, or XMPP_ERR after an alert. */
+static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls_plain_cb cb, void *ud) {
+  tls_rec_t *r = &c->rec;
+  size_t off = 0;
+  int rc = 0;
+  static _Thread_local uint8_t plain[REC_MAX_CIPHER];
+  while (!c->stopped) {
+    size_t avail = n - off;
+    if (avail < REC_HDR) break;
+    const uint8_t *h = p + off;
+    size_t len = (size_t)h[3] << 8 | h[4];
+    if (h[0] != 23) {
+      /* after the handshake only protected records may come (RFC 8446 §5) */
+      rec_alert(c, 2, 10 /* unexpected_message */);
+      rc = XMPP_ERR;
+      break;
+    }
+    if (len > REC_MAX_CIPHER || len < REC_TAG + 1) {
+      rec_alert(c, 2, 22 /* record_overflow */);
+      rc = XMPP_ERR;
+      break;
+    }
+    if (avail < REC_HDR + len) break;
+    uint8_t nc[12];
+    nonce(nc, r->riv, r->rseq);
+    size_t plen = len - REC_TAG;
+    if (aead(r, 0, r->rkey, nc, h, h + REC_HDR, plen, plain, (uint8_t *)h + REC_HDR + plen) != 0) {
+      rec_alert(c, 2, 20 /* bad_record_mac */);
+      rc = XMPP_ERR;
+      break;
+    }
+    r->rseq++;
+    off += REC_HDR + len;
+    while (plen && plain[plen - 1] == 0) plen--;
+    if (!plen) {
+      rec_alert(c, 2, 10);
+      rc = XMPP_ERR;
+      break;
+    }
+    uint8_t type = plain[--plen];
+    if (type == 23) {
+      if (plen > REC_MAX_PLAIN) {
+        rec_alert(c, 2, 22);
+        rc = XMPP_ERR;
+        break;
+      }
+      if (plen) cb(ud, (const char *)plain, plen);
+      continue;
+    }
+    if (type == 21) {
+      /* close_notify or an error alert: either way the session ends */
+      rc = XMPP_ERR;
+      break;
+    }
+    /* post-handshake messages: a client sends none but KeyUpdate, whose next secret
+     * cannot be derived once wolfSSL is gone (docs/memory.md) */
+    log_info("TLS: post-handshake message (content type %d, handshake type %d) from client, closing", type,
+             plen ? plain[0] : -1);
+    rec_alert(c, 2, type == 22 ? 80 /* internal_error */ : 10 /* unexpected_message */);
+    rc = XMPP_ERR;
+    break;
+  }
+  explicit_bzero(plain, sizeof plain);
+  *used = off;
+  return rc;
+}
+
+/* Offloaded input: records straight from the read buffer; only an incomplete record is
+ * copied (and freed as soon as it completes). */
+static int rec_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, void *ud) {
+  size_t used = 0;
+  int rc;
+  if (!c->in.len) {
+    rc = rec_open(c, (const uint8_t *)data, len, &used, cb, ud);
+    if (rc == 0 && used < len) buf_append(&c->in, data + used, len - used);
+    return rc;
+  }
+  if (len) buf_append(&c->in, data, len);
+  rc = rec_open(c, c->in.data, c->in.len, &used, cb, ud);
+  buf_consume(&c->in, used);
+  if (!c->in.len || rc) buf_free(&c->in);
+  return rc;
+}
+
 int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, tls_ready_cb ready,
                   void *ud) {
+  if (c->offloaded) return rec_feed(c, data, len, cb, ud);
   buf_append(&c->in, data, len);
   int rc = 0;
   if (!c->ready) {
     int r = wolfSSL_accept(c->ssl);
     if (r == WOLFSSL_SUCCESS) {
       c->ready = 1;
+      offload(c);
       ready(ud);
     } else {
       int e = wolfSSL_get_error(c->ssl, r);
@@ -164,6 +359,16 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
         rc = XMPP_ERR;
       }
     }
+  }
+  if (rc == 0 && c->offloaded) {
+    /* what followed the client's Finished in this read */
+    buf_t rest = c->in;
+    size_t off = c->in_off;
+    buf_init(&c->in);
+    c->in_off = 0;
+    rc = rec_feed(c, (const char *)rest.data + off, rest.len - off, cb, ud);
+    buf_free(&rest);
+    return rc;
   }
   while (rc == 0 && c->ready && !c->stopped) {
     char plain[16384];
@@ -179,10 +384,20 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
   /* drop what wolfSSL consumed */
   buf_consume(&c->in, c->in_off);
   c->in_off = 0;
+  if (!c->in.len) buf_free(&c->in);
   return rc;
 }
 
 int tls_conn_write(tls_conn_t *c, const char *data, size_t len) {
+  if (c->offloaded) {
+    while (len) {
+      size_t chunk = len > REC_MAX_PLAIN ? REC_MAX_PLAIN : len;
+      if (rec_seal(c, 23, data, chunk) != 0) return XMPP_ERR;
+      data += chunk;
+      len -= chunk;
+    }
+    return 0;
+  }
   while (len) {
     int chunk = len > 16384 ? 16384 : (int)len;
     int n = wolfSSL_write(c->ssl, data, chunk);
@@ -194,8 +409,9 @@ int tls_conn_write(tls_conn_t *c, const char *data, size_t len) {
 }
 
 void tls_conn_shutdown(tls_conn_t *c) {
-  if (c->ready) wolfSSL_shutdown(c->ssl);
+  if (c->offloaded) rec_alert(c, 1, 0 /* close_notify */);
+  else if (c->ready) wolfSSL_shutdown(c->ssl);
 }
 
-const char *tls_conn_version(const tls_conn_t *c) { return wolfSSL_get_version(c->ssl); }
-const char *tls_conn_cipher(const tls_conn_t *c) { return wolfSSL_get_cipher(c->ssl); }
+const char *tls_conn_version(const tls_conn_t *c) { return c->ssl ? wolfSSL_get_version(c->ssl) : c->version; }
+const char *tls_conn_cipher(const tls_conn_t *c) { return c->ssl ? wolfSSL_get_cipher(c->ssl) : c->cipher_name; }

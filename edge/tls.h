@@ -23,6 +23,8 @@ int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, ch
 /* Frees wolfSSL's per-thread caches (the ECC fixed-point cache). Call at the end of
  * every thread that ran TLS handshakes. */
 void tls_thread_cleanup(void);
+/* Whether TLS 1.3 sessions drop their wolfSSL object after the handshake (default on). */
+void tls_set_offload(int on);
 
 /* Ciphertext produced by the session is appended to *out. */
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);

@@ -237,3 +237,137 @@ Test(xml_stream, long_text_in_many_pieces_under_limit) {
 Test(xml_stream, doctype_mid_stream_is_restricted) {
   expect_error(HDR "<!DOCTYPE x [<!ENTITY e 'boom'>]><message>&e;</message>", XS_RESTRICTED_XML);
 }
+
+/* ---- suspension: a stream that frees its parser between stanzas behaves exactly like
+ * one that keeps it, for every split of the input. */
+
+typedef struct {
+  int rc_fail_at; /* index of the first feed that returned non-zero, -1 if none */
+  int starts, ends, errors;
+  xml_stream_err_t err;
+  char *out;
+  int suspensions; /* feeds after which the parser was freed */
+} trace_t;
+
+/* Feeds doc in pieces ending at the offsets in cuts (ascending, last = len). */
+static trace_t run_split(const char *doc, size_t len, const size_t *cuts, size_t ncuts, int suspend) {
+  rec_t *r = mk();
+  xml_stream_set_suspend(r->xs, suspend);
+  trace_t t = {-1, 0, 0, 0, 0, NULL, 0};
+  size_t at = 0;
+  for (size_t i = 0; i < ncuts; i++) {
+    int rc = xml_stream_feed(r->xs, doc + at, cuts[i] - at);
+    at = cuts[i];
+    if (rc != 0 && t.rc_fail_at < 0) t.rc_fail_at = (int)i;
+    if (xml_stream_suspended(r->xs)) t.suspensions++;
+  }
+  t.starts = r->starts, t.ends = r->ends, t.errors = r->errors, t.err = r->err;
+  t.out = xstrdup(out(r));
+  rm(r);
+  return t;
+}
+
+static void same(const trace_t *a, const trace_t *b, const char *doc, const char *how) {
+  cr_assert_eq(a->rc_fail_at, b->rc_fail_at, "%s: %s", how, doc);
+  cr_assert_eq(a->starts, b->starts, "%s: %s", how, doc);
+  cr_assert_eq(a->ends, b->ends, "%s: %s", how, doc);
+  cr_assert_eq(a->errors, b->errors, "%s: %s", how, doc);
+  if (a->errors) cr_assert_eq(a->err, b->err, "%s: %s (errors %d vs %d)", how, doc, a->err, b->err);
+  cr_assert_str_eq(a->out, b->out, "%s: %s", how, doc);
+}
+
+static const char *SUSPEND_DOCS[] = {
+    /* STREAM (above) is added by the test */
+    "<?xml version='1.0'?>" HDR "<message/> <presence/>\n\t<iq type='get' id='1'/></stream:stream>",
+    "<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' xmlns:x='urn:x'>"
+    "<message><x:y/></message><x:z/></s:stream>",
+    HDR "<message/><presence/>text<iq/>",          /* bad-format after a suspension point */
+    HDR "<message/>  <!-- c --><iq/>",              /* comment between stanzas */
+    HDR "<message/><?pi x?>",                       /* PI between stanzas */
+    HDR "<message/><!DOCTYPE x><iq/>",              /* DOCTYPE between stanzas */
+    HDR "<message/><message>&foo;</message>",       /* entity after a suspension point */
+    HDR "<message/></stream:other>",                /* wrong end tag for the stream */
+    HDR "<message/></stream>",                      /* end tag without the prefix */
+    HDR "<message/><p:x/>",                         /* undeclared prefix */
+    HDR "<message/><message></presence>",
+    HDR "<message/>\xff<iq/>",
+    HDR "<message/><m\xc3\xa9ssage/><iq/>",
+    HDR "<message/>\r\n<presence/>\r",
+    HDR "<message a='1'/><message a='1' a='2'/>",
+    HDR "<message/></stream:stream><iq/>",          /* data after the end of the stream */
+};
+
+static void check_all_splits(const char *doc) {
+  size_t n = strlen(doc);
+  size_t whole[1] = {n};
+  trace_t a = run_split(doc, n, whole, 1, 0), b = run_split(doc, n, whole, 1, 1);
+  same(&a, &b, doc, "whole");
+  xfree(a.out), xfree(b.out);
+  for (size_t cut = 1; cut < n; cut++) {
+    size_t cuts[2] = {cut, n};
+    a = run_split(doc, n, cuts, 2, 0);
+    b = run_split(doc, n, cuts, 2, 1);
+    char how[32];
+    snprintf(how, sizeof how, "cut %zu", cut);
+    same(&a, &b, doc, how);
+    xfree(a.out), xfree(b.out);
+  }
+  size_t *every = xmalloc(n * sizeof *every);
+  for (size_t i = 0; i < n; i++) every[i] = i + 1;
+  a = run_split(doc, n, every, n, 0);
+  b = run_split(doc, n, every, n, 1);
+  same(&a, &b, doc, "byte by byte");
+  cr_assert_eq(a.suspensions, 0, "no suspension when it is off");
+  cr_assert_gt(b.suspensions, 0, "suspended at least once: %s", doc);
+  xfree(a.out), xfree(b.out);
+  xfree(every);
+}
+
+Test(xml_stream, suspend_same_events_every_split) {
+  check_all_splits(STREAM);
+  for (size_t i = 0; i < sizeof SUSPEND_DOCS / sizeof *SUSPEND_DOCS; i++) check_all_splits(SUSPEND_DOCS[i]);
+}
+
+Test(xml_stream, suspends_between_stanzas_only) {
+  rec_t *r = mk();
+  cr_assert(xml_stream_suspended(r->xs)); /* no parser before the first byte */
+  cr_assert_eq(xml_stream_feed(r->xs, HDR, strlen(HDR)), 0);
+  cr_assert(xml_stream_suspended(r->xs));
+  cr_assert_eq(xml_stream_feed(r->xs, "<message><body>hi", 17), 0);
+  cr_assert(!xml_stream_suspended(r->xs)); /* inside a stanza */
+  cr_assert_eq(xml_stream_feed(r->xs, "</body></message> \n", 19), 0);
+  cr_assert(xml_stream_suspended(r->xs)); /* trailing whitespace does not hold it */
+  cr_assert_eq(xml_stream_feed(r->xs, "<pres", 5), 0);
+  cr_assert(!xml_stream_suspended(r->xs)); /* a partial tag does */
+  cr_assert_eq(xml_stream_feed(r->xs, "ence/>x", 7), 0);
+  cr_assert(!xml_stream_suspended(r->xs)); /* so does pending non-whitespace text */
+  cr_assert_eq(xml_stream_feed(r->xs, "<iq/>", 5), XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_BAD_FORMAT);
+  cr_assert_eq(r->starts, 1);
+  cr_assert_str_eq(out(r), "<message><body>hi</body></message>\n<presence/>\n");
+  rm(r);
+}
+
+Test(xml_stream, suspended_stream_keeps_limits) {
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, HDR "<message/>", strlen(HDR "<message/>")), 0);
+  cr_assert(xml_stream_suspended(r->xs));
+  char chunk[8192];
+  memset(chunk, 'a', sizeof chunk);
+  int rc = xml_stream_feed(r->xs, "<message><body>", 15);
+  for (int i = 0; i < 64 && rc == 0; i++) rc = xml_stream_feed(r->xs, chunk, sizeof chunk);
+  cr_assert_eq(rc, XMPP_EINVAL);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  rm(r);
+}
+
+Test(xml_stream, unusual_header_is_not_suspended) {
+  rec_t *r = mk();
+  const char *doc = "<stream:stream xmlns='jabber:client&amp;' xmlns:stream='http://etherx.jabber.org/streams'>"
+                    "<message/>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert(!xml_stream_suspended(r->xs));
+  cr_assert_eq(xml_stream_feed(r->xs, "<iq/></stream:stream>", 21), 0);
+  cr_assert_eq(r->ends, 1);
+  rm(r);
+}

@@ -1,0 +1,104 @@
+"""TLS after the handshake: TLS 1.3 sessions run on the edge's own record layer once
+wolfSSL is freed (docs/memory.md); TLS 1.2 sessions keep wolfSSL. Both must carry large
+stanzas in many records both ways, end on close_notify, and refuse forged records."""
+import os
+import socket
+import ssl
+import time
+
+from harness import DOMAIN, RawStream, ServerTest, insecure_context
+
+
+class TLSStream(RawStream):
+    def __init__(self, port, version=None):
+        super().__init__(port)
+        self.version = version
+
+    def starttls(self):
+        self.open_stream()
+        self.recv_until(r"</stream:features>")
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.recv_until(r"<proceed")
+        ctx = insecure_context()
+        if self.version:
+            ctx.minimum_version = ctx.maximum_version = self.version
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=DOMAIN)
+        self.buf = b""
+
+
+class TLSTest(ServerTest):
+    users = ("alice", "bob")
+
+    def session(self, user, version=None, resource="r"):
+        s = TLSStream(self.srv.port, version)
+        s.starttls()
+        s.auth_plain(user, self.password)
+        s.bind(resource)
+        s.send("<presence/>")
+        return s
+
+    def check_big_exchange(self, version, expect):
+        a = self.session("alice", version, "a")
+        b = self.session("bob", version, "b")
+        self.assertEqual(a.sock.version(), expect)
+        time.sleep(0.2)
+        body = "0123456789abcdef" * 8192  # 128 KiB: many records each way
+        a.send(f"<message to='bob@{DOMAIN}/b' type='chat'><body>{body}</body></message>")
+        text = b.recv_until(r"</message>", timeout=15)
+        self.assertIn(body, text)
+        # and back, in tiny writes (records of a few bytes)
+        msg = f"<message to='alice@{DOMAIN}/a' type='chat'><body>pong</body></message>"
+        for i in range(0, len(msg), 7):
+            b.send(msg[i:i + 7])
+        self.assertIn("pong", a.recv_until(r"pong</body>"))
+        # close_notify: the server answers and closes
+        try:
+            raw = b.sock.unwrap()  # sends close_notify
+            raw.settimeout(5)
+            self.assertEqual(raw.recv(100), b"")  # the server closed the connection
+            raw.close()
+        except (ssl.SSLError, OSError):
+            pass  # the server closed before our unwrap finished: closed too
+        b.close()
+        a.close()
+
+    def test_tls13_big_stanzas_and_close_notify(self):
+        self.check_big_exchange(ssl.TLSVersion.TLSv1_3, "TLSv1.3")
+
+    def test_tls12_still_works(self):
+        self.check_big_exchange(ssl.TLSVersion.TLSv1_2, "TLSv1.2")
+
+    def forge(self, version, record):
+        s = self.session("alice", version, "f")
+        # bytes written under the TLS layer: a record the client never sealed
+        os.write(s.sock.fileno(), record)
+        try:
+            closed = s.closed(5)
+        except ssl.SSLError:
+            closed = True
+        self.assertTrue(closed)
+        s.close()
+        # the server is fine and others can still log in
+        self.session("bob", version, "after").close()
+
+    def test_tls13_forged_record_closes(self):
+        self.forge(ssl.TLSVersion.TLSv1_3, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+
+    def test_tls13_plaintext_record_after_handshake_closes(self):
+        self.forge(ssl.TLSVersion.TLSv1_3, b"\x16\x03\x03\x00\x04\x01\x00\x00\x00")
+
+    def test_tls13_oversize_record_closes(self):
+        self.forge(ssl.TLSVersion.TLSv1_3, b"\x17\x03\x03\xff\xff" + b"\x00" * 100)
+
+    def test_direct_tls13(self):
+        sock = socket.create_connection(("127.0.0.1", self.srv.tls_port), timeout=5)
+        ctx = insecure_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        s = TLSStream.__new__(TLSStream)
+        s.sock = ctx.wrap_socket(sock, server_hostname=DOMAIN)
+        s.buf = b""
+        s.auth_plain("alice", self.password)
+        s.bind("d")
+        s.send(f"<iq type='get' id='p1' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertIn("p1", s.recv_until(r"id='p1'"))
+        s.close()
