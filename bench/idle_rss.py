@@ -262,6 +262,7 @@ def main():
         t0 = time.time()
         ok, failed = grow(n + warm)
         dt = time.time() - t0
+        time.sleep(3.5)  # idle streams give their parser back after 2 s (edge sweep)
         rss = steady_rss(pid)
         live = ok - warm
         per = (rss - base) / max(1, live)

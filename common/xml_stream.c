@@ -38,7 +38,7 @@ struct xml_stream {
   xmlParserCtxtPtr ctxt; /* NULL while suspended or before the first byte of a stream */
   char *resume;          /* open tag that resumes the current stream (depth 1), or NULL */
   int resuming;          /* the resume tag is being fed */
-  int no_suspend;
+  int auto_suspend;
   xml_stream_limits_t lim;
   xml_stream_cbs_t cbs;
   void *ud;
@@ -316,20 +316,23 @@ static int wake(xml_stream_t *xs) {
   return rc == 0 && xs->depth == 1 && !xs->failed ? 0 : XMPP_ERR;
 }
 
-/* At the end of a feed: frees the parser if the stream is idle at a stanza boundary. */
-static void maybe_suspend(xml_stream_t *xs) {
-  if (!xs->ctxt || xs->no_suspend || xs->failed || xs->stopped || xs->depth != 1 || xs->cur || !xs->resume)
-    return;
+/* Frees the parser if the stream is at a stanza boundary with nothing but whitespace
+ * unparsed. */
+int xml_stream_suspend(xml_stream_t *xs) {
+  if (!xs->ctxt) return 1;
+  if (xs->failed || xs->stopped || xs->depth != 1 || xs->cur || !xs->resume)
+    return 0;
   xmlParserInputPtr in = xs->ctxt->input;
-  if (!in || xs->ctxt->inputNr != 1 || xs->ctxt->nameNr != 1 || xs->ctxt->instate != XML_PARSER_CONTENT) return;
+  if (!in || xs->ctxt->inputNr != 1 || xs->ctxt->nameNr != 1 || xs->ctxt->instate != XML_PARSER_CONTENT) return 0;
   for (const xmlChar *p = in->cur; p < in->end; p++)
-    if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') return;
+    if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') return 0;
   free_parser(xs);
   arena_free(&xs->arena);
   xs->pending = 0;
+  return 1;
 }
 
-void xml_stream_set_suspend(xml_stream_t *xs, int on) { xs->no_suspend = !on; }
+void xml_stream_set_suspend(xml_stream_t *xs, int on) { xs->auto_suspend = on; }
 int xml_stream_suspended(const xml_stream_t *xs) { return xs->ctxt == NULL; }
 
 xml_stream_t *xml_stream_new(const xml_stream_limits_t *lim, const xml_stream_cbs_t *cbs, void *ud) {
@@ -393,6 +396,6 @@ int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
     data += n;
     len -= n;
   }
-  maybe_suspend(xs);
+  if (xs->auto_suspend) xml_stream_suspend(xs);
   return 0;
 }

@@ -53,9 +53,13 @@ void xml_stream_free(xml_stream_t *xs);
 int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len);
 /* Requests a fresh stream (after STARTTLS or SASL success). Safe inside callbacks. */
 void xml_stream_restart(xml_stream_t *xs);
-/* Suspension (on by default): between stanzas an idle stream holds no libxml2 parser;
- * it is re-created, invisibly, when bytes arrive. Off: the parser lives as long as the
- * stream (for tests comparing both). */
+/* Suspension: between stanzas a stream may drop its libxml2 parser; it is re-created,
+ * invisibly, when bytes arrive. xml_stream_suspend does it now if the stream is at a
+ * stanza boundary (returns 1 when the stream holds no parser afterwards). Automatic
+ * suspension (off by default) does it at the end of every feed: cheapest in memory,
+ * but a busy stream then pays a parser creation per read, so the edge instead suspends
+ * streams that have been idle for a while (its sweep). */
+int xml_stream_suspend(xml_stream_t *xs);
 void xml_stream_set_suspend(xml_stream_t *xs, int on);
 /* 1 when the stream holds no parser now (suspended, or no byte of the stream yet). */
 int xml_stream_suspended(const xml_stream_t *xs);

@@ -252,6 +252,8 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text) {
  * between reads: once the client is over its rate, the rest waits in c->stash until the
  * throttle timer resumes it. */
 #define FEED_PIECE 4096
+/* Input silence after which a stream's parser is freed (it comes back on the next byte). */
+#define PARSER_IDLE_MS 2000
 
 void conn_restart_stream(conn_t *c) {
   c->stream_gen++;
@@ -511,6 +513,8 @@ void conn_sweep_cb(uv_timer_t *t) {
     } else if (c->header_sent && now - c->last_out_ms > (uint64_t)cfg->keepalive * 1000) {
       conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
     }
+    /* a quiet stream gives its parser back (docs/memory.md); a busy one keeps it */
+    if (!c->closing && c->xs && now - c->last_in_ms >= PARSER_IDLE_MS) xml_stream_suspend(c->xs);
   }
   edge_flush(th);
 }

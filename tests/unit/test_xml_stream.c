@@ -330,6 +330,7 @@ Test(xml_stream, suspend_same_events_every_split) {
 
 Test(xml_stream, suspends_between_stanzas_only) {
   rec_t *r = mk();
+  xml_stream_set_suspend(r->xs, 1);
   cr_assert(xml_stream_suspended(r->xs)); /* no parser before the first byte */
   cr_assert_eq(xml_stream_feed(r->xs, HDR, strlen(HDR)), 0);
   cr_assert(xml_stream_suspended(r->xs));
@@ -350,6 +351,7 @@ Test(xml_stream, suspends_between_stanzas_only) {
 
 Test(xml_stream, suspended_stream_keeps_limits) {
   rec_t *r = mk();
+  xml_stream_set_suspend(r->xs, 1);
   cr_assert_eq(xml_stream_feed(r->xs, HDR "<message/>", strlen(HDR "<message/>")), 0);
   cr_assert(xml_stream_suspended(r->xs));
   char chunk[8192];
@@ -369,5 +371,21 @@ Test(xml_stream, unusual_header_is_not_suspended) {
   cr_assert(!xml_stream_suspended(r->xs));
   cr_assert_eq(xml_stream_feed(r->xs, "<iq/></stream:stream>", 21), 0);
   cr_assert_eq(r->ends, 1);
+  rm(r);
+}
+
+Test(xml_stream, explicit_suspend_only_at_a_boundary) {
+  rec_t *r = mk(); /* automatic suspension off: the edge suspends idle streams itself */
+  cr_assert_eq(xml_stream_feed(r->xs, HDR, strlen(HDR)), 0);
+  cr_assert_eq(xml_stream_feed(r->xs, "<message><body>hi</body></message>", 34), 0);
+  cr_assert(!xml_stream_suspended(r->xs), "a busy stream keeps its parser");
+  cr_assert_eq(xml_stream_feed(r->xs, "<message><bo", 12), 0);
+  cr_assert_eq(xml_stream_suspend(r->xs), 0, "never inside a stanza");
+  cr_assert_eq(xml_stream_feed(r->xs, "dy>x</body></message>", 21), 0);
+  cr_assert_eq(xml_stream_suspend(r->xs), 1);
+  cr_assert(xml_stream_suspended(r->xs));
+  cr_assert_eq(xml_stream_feed(r->xs, "<presence/>", 11), 0);
+  cr_assert_str_eq(out(r), "<message><body>hi</body></message>\n<message><body>x</body></message>\n<presence/>\n");
+  cr_assert_eq(r->errors, 0);
   rm(r);
 }
