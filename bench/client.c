@@ -231,10 +231,13 @@ static void worker_flush(worker_t *w) {
 
 static void launch_more(worker_t *w);
 
+static void worker_close_handles(worker_t *w);
+
 static void close_cb(uv_handle_t *h) {
   conn_t *c = h->data;
   c->handle_open = 0;
   c->w->open_handles--;
+  if (c->w->phase == PH_QUIT && c->w->open_handles == 0) worker_close_handles(c->w);
   if (c->ssl) {
     wolfSSL_free(c->ssl);
     c->ssl = NULL;
@@ -851,12 +854,18 @@ static conn_t *next_sender(worker_t *w) {
   return NULL;
 }
 
-static void quit_timer_cb(uv_timer_t *t) {
-  worker_t *w = t->data;
-  for (size_t i = 0; i < w->nconns; i++) conn_close(&w->conns[i]);
+/* Last step of QUIT: once no connection is open, the loop's own handles go and uv_run returns. */
+static void worker_close_handles(worker_t *w) {
+  if (uv_is_closing((uv_handle_t *)&w->tick)) return;
   uv_close((uv_handle_t *)&w->tick, NULL);
   uv_close((uv_handle_t *)&w->async, NULL);
   uv_close((uv_handle_t *)&w->quit_timer, NULL);
+}
+
+static void quit_timer_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  for (size_t i = 0; i < w->nconns; i++) conn_close(&w->conns[i]);
+  if (w->open_handles == 0) worker_close_handles(w);
 }
 
 static void enter_phase(worker_t *w, int ph) {
@@ -883,7 +892,10 @@ static void enter_phase(worker_t *w, int ph) {
         conn_close(c);
       }
     }
-    uv_timer_start(&w->quit_timer, quit_timer_cb, 1500, 0);
+    if (w->open_handles == 0)
+      worker_close_handles(w);
+    else
+      uv_timer_start(&w->quit_timer, quit_timer_cb, 1500, 0);
   }
   worker_flush(w);
 }

@@ -679,7 +679,7 @@ static int coordinator(bench_opts_t *o) {
       }
       close(c2[1]);
       close(r2[0]);
-      _exit(child_main(o, i, c2[0], r2[1]));
+      exit(child_main(o, i, c2[0], r2[1]));
     }
     close(c2[0]);
     close(r2[1]);
@@ -743,7 +743,7 @@ static int coordinator(bench_opts_t *o) {
       }
       break;
     case P_SETTLE:
-      if (t - phase_t >= (o->sc == SC_IDLE ? 2.0 : 1.0)) {
+      if (t - phase_t >= (o->sc == SC_IDLE ? 2.0 : o->sc == SC_CHAT ? 0.5 : 1.0)) {
         if (o->sc == SC_IDLE) {
           r.rss_after = proc_rss_kib(o->server_pid);
           r.idle_cpu_pct = proc_cpu_s(o->server_pid);
