@@ -723,6 +723,17 @@ static int coordinator(bench_opts_t *o) {
       ph = P_QUIT;
       quit_t = t;
     }
+    if (ph != P_QUIT) {
+      for (int i = 0; i < n; i++)
+        if (cs[i].done) { /* a child died early: no way to finish the run */
+          fprintf(stderr, "xmpp-bench: child process %d exited early\n", (int)cs[i].pid);
+          setup_failed = 1;
+          send_all(cs, n, "QUIT\n");
+          ph = P_QUIT;
+          quit_t = t;
+          break;
+        }
+    }
     int all_in = a->logins_ok + a->login_failed >= (uint64_t)o->total;
     switch (ph) {
     case P_LOGIN:
