@@ -918,7 +918,8 @@ static void tick_cb(uv_timer_t *t) {
   if (w->phase == PH_RUN && w->send_rate > 0 &&
       (o->sc == SC_PRESENCE || (o->sc == SC_CHAT && o->rate > 0))) {
     double elapsed = now > w->go_ns ? (double)(now - w->go_ns) / 1e9 : 0;
-    uint64_t due = (uint64_t)(elapsed * w->send_rate);
+    /* message k is due at go + k / rate (k from 0): by now, floor(elapsed * rate) + 1 of them */
+    uint64_t due = (uint64_t)(elapsed * w->send_rate) + 1;
     int burst = 0;
     while (w->sched < due && burst < 20000) {
       conn_t *c = next_sender(w);
