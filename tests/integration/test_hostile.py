@@ -223,6 +223,31 @@ class MalformedXmlTest(HostileBase):
         # the stream was opened for the error (RFC 6120 §4.9.1.2)
         self.assertIn("<stream:stream", text)
 
+    def test_quadratic_blowup_doctype(self):
+        # one big entity referenced many times: refused at the DOCTYPE, nothing expanded
+        big = "A" * 50000
+        doc = (f"<?xml version='1.0'?><!DOCTYPE q [<!ENTITY a '{big}'>]>"
+               f"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+               f"to='{DOMAIN}' version='1.0'><message><body>{'&a;' * 5000}</body></message>")
+        r = self.raw_plain()
+        t0 = time.monotonic()
+        blast(r, doc)
+        text = self.assert_stream_error(r, "restricted-xml")
+        self.assertNotIn("AAAA", text)
+        self.assertLess(time.monotonic() - t0, 5)
+
+    def test_many_character_references_linear(self):
+        # without a DTD the same shape is 40,000 character references in one body: legal,
+        # delivered intact, and parsed in linear time (text pieces merge geometrically)
+        async def go():
+            r = await self.in_thread(self.raw_session)
+            t0 = time.monotonic()
+            r.send(f"<message to='{self.bob.boundjid.full}' type='chat'><body>{'&#x41;&amp;' * 20000}</body></message>")
+            m = await self.bob.next_message(timeout=15, pred=lambda m: len(m["body"]) > 1000)
+            self.assertEqual(m["body"], "A&" * 20000)
+            self.assertLess(time.monotonic() - t0, 5)
+        self.run_async(go())
+
     def test_doctype_mid_stream_after_auth(self):
         self.raw_stream_error("<!DOCTYPE x [<!ENTITY e 'boom'>]><message to='bob@localhost'><body>&e;</body></message>",
                               "restricted-xml")
