@@ -248,3 +248,88 @@ int xnode_decode(arena_t *a, const uint8_t *p, size_t len, unsigned max_depth, x
   *out = n;
   return 0;
 }
+
+/* Straight from the binary form to XML, without building a tree: the edge's delivery
+ * path. Same validation as decode_node. */
+static int peek_str(const uint8_t **p, const uint8_t *end, const char **s, size_t *len) {
+  uint64_t l;
+  if (buf_get_varint(p, end, &l) || l > (uint64_t)(end - *p)) return XMPP_EINVAL;
+  if (memchr(*p, '\0', l)) return XMPP_EINVAL;
+  *s = (const char *)*p;
+  *len = l;
+  *p += l;
+  return 0;
+}
+
+static void put_attr(buf_t *out, const char *name, size_t nlen, const char *v, size_t vlen) {
+  buf_putc(out, ' ');
+  buf_append(out, name, nlen);
+  buf_puts(out, "='");
+  xml_escape(out, v, vlen, 1);
+  buf_putc(out, '\'');
+}
+
+static int is_attr(const char *name, size_t nlen, const char *want) {
+  return nlen == strlen(want) && memcmp(name, want, nlen) == 0;
+}
+
+static int ser_encoded(const uint8_t **p, const uint8_t *end, unsigned depth, const char *pns, size_t pnslen,
+                       const xnode_addr_t *addr, buf_t *out) {
+  if (depth == 0 || *p >= end) return XMPP_EINVAL;
+  uint8_t tag = *(*p)++;
+  const char *name, *ns;
+  size_t nlen, nslen;
+  if (tag == 'T') {
+    if (peek_str(p, end, &name, &nlen)) return XMPP_EINVAL;
+    xml_escape(out, name, nlen, 0);
+    return 0;
+  }
+  if (tag != 'E') return XMPP_EINVAL;
+  if (peek_str(p, end, &name, &nlen) || nlen == 0) return XMPP_EINVAL;
+  if (peek_str(p, end, &ns, &nslen)) return XMPP_EINVAL;
+  buf_putc(out, '<');
+  buf_append(out, name, nlen);
+  if (nslen != pnslen || memcmp(ns, pns, nslen) != 0) {
+    buf_puts(out, " xmlns='");
+    xml_escape(out, ns, nslen, 1);
+    buf_putc(out, '\'');
+  }
+  /* from first, then to, as servers conventionally write them; the frame's addresses
+   * replace any the payload carries */
+  if (addr && addr->from_len) put_attr(out, "from", 4, addr->from, addr->from_len);
+  if (addr && addr->to_len) put_attr(out, "to", 2, addr->to, addr->to_len);
+  uint64_t na, nk;
+  if (buf_get_varint(p, end, &na) || na > (uint64_t)(end - *p) / 2) return XMPP_EINVAL;
+  for (uint64_t i = 0; i < na; i++) {
+    const char *an, *av;
+    size_t anl, avl;
+    if (peek_str(p, end, &an, &anl) || anl == 0 || peek_str(p, end, &av, &avl)) return XMPP_EINVAL;
+    if (addr && ((addr->from_len && is_attr(an, anl, "from")) || (addr->to_len && is_attr(an, anl, "to"))))
+      continue;
+    put_attr(out, an, anl, av, avl);
+  }
+  if (buf_get_varint(p, end, &nk) || nk > (uint64_t)(end - *p) / 2) return XMPP_EINVAL;
+  if (nk == 0) {
+    buf_puts(out, "/>");
+    return 0;
+  }
+  buf_putc(out, '>');
+  for (uint64_t i = 0; i < nk; i++)
+    if (ser_encoded(p, end, depth - 1, ns, nslen, NULL, out)) return XMPP_EINVAL;
+  buf_puts(out, "</");
+  buf_append(out, name, nlen);
+  buf_putc(out, '>');
+  return 0;
+}
+
+int xnode_serialize_encoded(const uint8_t *p, size_t len, const char *parent_ns, const xnode_addr_t *addr,
+                            unsigned max_depth, buf_t *out) {
+  const uint8_t *end = p + len;
+  size_t mark = out->len;
+  if (len == 0 || *p != 'E' ||
+      ser_encoded(&p, end, max_depth, parent_ns, strlen(parent_ns), addr, out) || p != end) {
+    out->len = mark;
+    return XMPP_EINVAL;
+  }
+  return 0;
+}

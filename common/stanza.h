@@ -77,4 +77,17 @@ void xml_escape(buf_t *out, const char *s, size_t len, int in_attr);
 void xnode_encode(const xnode_t *n, buf_t *out);
 int xnode_decode(arena_t *a, const uint8_t *p, size_t len, unsigned max_depth, xnode_t **out);
 
+/* Addresses written on the top element by xnode_serialize_encoded (lengths 0 = none). */
+typedef struct xnode_addr {
+  const char *from;
+  size_t from_len;
+  const char *to;
+  size_t to_len;
+} xnode_addr_t;
+/* Serialises an encoded element (xnode_encode) straight to XML, as xnode_serialize would
+ * the decoded tree, with addr's from/to on the top element (replacing the payload's own).
+ * Validates as xnode_decode does; on XMPP_EINVAL nothing is appended. */
+int xnode_serialize_encoded(const uint8_t *p, size_t len, const char *parent_ns, const xnode_addr_t *addr,
+                            unsigned max_depth, buf_t *out);
+
 #endif

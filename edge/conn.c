@@ -192,14 +192,6 @@ void conn_send(conn_t *c, const char *data, size_t len) {
 
 void conn_send_str(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
 
-void conn_send_node(conn_t *c, const xnode_t *n) {
-  buf_t b;
-  buf_init(&b);
-  xnode_serialize(n, NS_CLIENT, &b);
-  conn_send(c, (const char *)b.data, b.len);
-  buf_free(&b);
-}
-
 void conn_close(conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
@@ -252,7 +244,8 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text) {
  * between reads: once the client is over its rate, the rest waits in c->stash until the
  * throttle timer resumes it. */
 #define FEED_PIECE 4096
-/* Input silence after which a stream's parser is freed (it comes back on the next byte). */
+/* Silence after which a stream's parser and its session's expanded AES keys are freed
+ * (they come back on the next byte). */
 #define PARSER_IDLE_MS 2000
 
 void conn_restart_stream(conn_t *c) {
@@ -514,7 +507,10 @@ void conn_sweep_cb(uv_timer_t *t) {
       conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
     }
     /* a quiet stream gives its parser back (docs/memory.md); a busy one keeps it */
-    if (!c->closing && c->xs && now - c->last_in_ms >= PARSER_IDLE_MS) xml_stream_suspend(c->xs);
+    if (!c->closing && now - c->last_in_ms >= PARSER_IDLE_MS && now - c->last_out_ms >= PARSER_IDLE_MS) {
+      if (c->xs) xml_stream_suspend(c->xs);
+      if (c->tls) tls_conn_trim(c->tls);
+    }
   }
   edge_flush(th);
 }

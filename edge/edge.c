@@ -224,6 +224,7 @@ void edge_free(edge_t *e) {
     store_close(th->store);
     xfree(th->slots);
     xfree(th->free_slots);
+    buf_free(&th->scratch);
   }
   tls_ctx_free(e->tls);
   guard_free(e->guard);

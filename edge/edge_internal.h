@@ -46,6 +46,7 @@ struct edge_thread {
   conn_t *all;       /* every live connection (for the sweep) */
   conn_t *dirty;     /* connections with output to flush */
   char rbuf[65536];  /* read buffer, used synchronously by read_cb */
+  buf_t scratch;     /* serialisation buffer for deliveries, reused */
   int stopping;
   _Atomic int phase; /* 1: stop accepting and tell clients; 2: close all, end loop */
   uint64_t nconns;
@@ -113,7 +114,6 @@ conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
 /* Queues bytes for the client (encrypting under TLS). */
 void conn_send(conn_t *c, const char *data, size_t len);
 void conn_send_str(conn_t *c, const char *s);
-void conn_send_node(conn_t *c, const xnode_t *n);
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);
 /* Closes with a stream error (RFC 6120 §4.9; cond NULL: a plain </stream:stream>). */

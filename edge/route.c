@@ -144,28 +144,30 @@ void edge_session_close(conn_t *c) {
 
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   conn_t *c = conn_lookup(th, f->dst.conn);
+  if (c && !c->closing && c->bound) {
+    /* the common case: straight from the frame's encoding to XML, no tree */
+    xnode_addr_t addr = {f->from, f->from_len, f->to, f->to_len};
+    th->scratch.len = 0;
+    if (xnode_serialize_encoded(f->payload, f->payload_len, NS_CLIENT, &addr, 256, &th->scratch) != 0) {
+      log_warn("edge: undecodable stanza in DELIVER frame dropped");
+      return;
+    }
+    conn_send(c, (const char *)th->scratch.data, th->scratch.len);
+    return;
+  }
   xnode_t *s;
   if (xnode_decode(a, f->payload, f->payload_len, 256, &s) != 0) {
     log_warn("edge: undecodable stanza in DELIVER frame dropped");
     return;
   }
-  if (!c || c->closing || !c->bound) {
-    const char *type = xnode_attr(s, "type");
-    if (!strcmp(s->name, "message") && !(type && !strcmp(type, "error"))) {
-      bus_frame_t b = *f;
-      b.kind = BUS_BOUNCE;
-      bus_to_router(th->bus, f->to, bus_bare_len(f->to, f->to_len), bus_msg_new(&b));
-    }
-    return;
+  /* the connection has gone: a message goes back to its shard (another resource or
+   * offline storage), never lost */
+  const char *type = xnode_attr(s, "type");
+  if (!strcmp(s->name, "message") && !(type && !strcmp(type, "error"))) {
+    bus_frame_t b = *f;
+    b.kind = BUS_BOUNCE;
+    bus_to_router(th->bus, f->to, bus_bare_len(f->to, f->to_len), bus_msg_new(&b));
   }
-  /* from first, then to, as servers conventionally write them */
-  xnode_t *out = xnode_new(a, s->name, s->ns);
-  if (f->from_len) xnode_set_attr(a, out, "from", arena_strndup(a, f->from, f->from_len));
-  if (f->to_len) xnode_set_attr(a, out, "to", arena_strndup(a, f->to, f->to_len));
-  for (uint32_t i = 0; i < s->nattrs; i++) xnode_set_attr(a, out, s->attrs[2 * i], s->attrs[2 * i + 1]);
-  out->children = s->children;
-  out->last = s->last;
-  conn_send_node(c, out);
 }
 
 void edge_bus_cb(void *ud, bus_msg_t *batch) {

@@ -39,6 +39,9 @@ typedef struct tls_rec {
   uint8_t rkey[32], wkey[32];
   uint8_t riv[12], wiv[12];
   uint64_t rseq, wseq;
+  /* AES key schedules of a session that is busy; freed when it goes quiet (tls_conn_trim),
+   * since an idle session should cost bytes, not a kilobyte of expanded keys */
+  Aes *aes[2];             /* [0] read, [1] write */
 } tls_rec_t;
 
 #define REC_HDR 5
@@ -163,6 +166,7 @@ void tls_conn_free(tls_conn_t *c) {
   if (!c) return;
   if (c->ssl) wolfSSL_free(c->ssl);
   buf_free(&c->in);
+  tls_conn_trim(c);
   explicit_bzero(&c->rec, sizeof c->rec);
   xfree(c);
 }
@@ -180,8 +184,21 @@ static void nonce(uint8_t out[12], const uint8_t iv[12], uint64_t seq) {
   for (int i = 0; i < 8; i++) out[11 - i] ^= (uint8_t)(seq >> (8 * i));
 }
 
+static void aes_drop(Aes **a) {
+  if (!*a) return;
+  wc_AesFree(*a);
+  explicit_bzero(*a, sizeof **a);
+  xfree(*a);
+  *a = NULL;
+}
+
+void tls_conn_trim(tls_conn_t *c) {
+  aes_drop(&c->rec.aes[0]);
+  aes_drop(&c->rec.aes[1]);
+}
+
 /* AEAD seal/open over one record; 0 or -1. */
-static int aead(const tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n[12], const uint8_t *aad,
+static int aead(tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n[12], const uint8_t *aad,
                 const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag) {
   int rc;
   if (r->cipher == wolfssl_chacha) {
@@ -189,13 +206,23 @@ static int aead(const tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n
              : wc_ChaCha20Poly1305_Decrypt(key, n, aad, REC_HDR, in, (word32)len, tag, out);
     return rc == 0 ? 0 : -1;
   }
-  Aes aes;
-  if (wc_AesInit(&aes, NULL, INVALID_DEVID) != 0) return -1;
-  rc = wc_AesGcmSetKey(&aes, key, r->key_len);
-  if (rc == 0)
-    rc = enc ? wc_AesGcmEncrypt(&aes, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR)
-             : wc_AesGcmDecrypt(&aes, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR);
-  wc_AesFree(&aes);
+  /* the key schedule is expanded once per busy period, not once per record */
+  Aes **slot = &r->aes[enc ? 1 : 0];
+  if (!*slot) {
+    Aes *a = xmalloc(sizeof *a);
+    if (wc_AesInit(a, NULL, INVALID_DEVID) != 0) {
+      xfree(a);
+      return -1;
+    }
+    if (wc_AesGcmSetKey(a, key, r->key_len) != 0) {
+      wc_AesFree(a);
+      xfree(a);
+      return -1;
+    }
+    *slot = a;
+  }
+  rc = enc ? wc_AesGcmEncrypt(*slot, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR)
+           : wc_AesGcmDecrypt(*slot, out, in, (word32)len, n, 12, tag, REC_TAG, aad, REC_HDR);
   return rc == 0 ? 0 : -1;
 }
 

@@ -29,6 +29,8 @@ void tls_set_offload(int on);
 /* Ciphertext produced by the session is appended to *out. */
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);
 void tls_conn_free(tls_conn_t *c);
+/* Frees what a quiet session can rebuild on its next record (expanded AES keys). */
+void tls_conn_trim(tls_conn_t *c);
 
 typedef void (*tls_plain_cb)(void *ud, const char *data, size_t len);
 typedef void (*tls_ready_cb)(void *ud);

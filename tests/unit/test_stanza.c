@@ -613,3 +613,79 @@ Test(stanza, decode_random_garbage_never_crashes) {
   xfree(p);
   buf_free(&good);
 }
+
+/* ---- serialising straight from the encoding (the edge's delivery path) ------------- */
+
+/* Serialises from an exact-size copy (ASan catches over-reads); NULL when rejected. */
+static const char *ser_enc(const uint8_t *p, size_t len, const xnode_addr_t *addr, unsigned depth) {
+  uint8_t *q = xmalloc(len ? len : 1);
+  if (len) memcpy(q, p, len);
+  buf_t out;
+  buf_init(&out);
+  buf_puts(&out, "PRE");
+  int rc = xnode_serialize_encoded(q, len, NS_CLIENT, addr, depth, &out);
+  xfree(q);
+  if (rc != 0) {
+    cr_assert_eq(out.len, 3, "nothing appended on failure");
+    buf_free(&out);
+    return NULL;
+  }
+  const char *s = arena_strndup(&A, (const char *)out.data + 3, out.len - 3);
+  buf_free(&out);
+  return s;
+}
+
+Test(stanza, serialize_encoded_matches_tree_serialisation) {
+  xnode_t *m = sample(&A);
+  buf_t b = encode(m);
+  cr_assert_str_eq(ser_enc(b.data, b.len, NULL, 64), ser(m));
+  buf_free(&b);
+}
+
+Test(stanza, serialize_encoded_addresses_first_and_replacing) {
+  xnode_t *m = sample(&A); /* carries to='bob@example.net/r' */
+  buf_t b = encode(m);
+  xnode_addr_t addr = {"a@x/r", 5, "b@y", 3};
+  /* what the edge used to build: a new top element with from, to, then the rest */
+  xnode_t *want = xnode_new(&A, "message", NS_CLIENT);
+  xnode_set_attr(&A, want, "from", "a@x/r");
+  xnode_set_attr(&A, want, "to", "b@y");
+  for (uint32_t i = 0; i < m->nattrs; i++)
+    if (strcmp(m->attrs[2 * i], "to") != 0) xnode_set_attr(&A, want, m->attrs[2 * i], m->attrs[2 * i + 1]);
+  want->children = m->children;
+  want->last = m->last;
+  cr_assert_str_eq(ser_enc(b.data, b.len, &addr, 64), ser(want));
+  /* only a from: the payload's own to stays */
+  xnode_addr_t from_only = {"a@x/r", 5, NULL, 0};
+  const char *s = ser_enc(b.data, b.len, &from_only, 64);
+  cr_assert(strstr(s, "to='bob@example.net/r'"), "%s", s);
+  cr_assert(!strncmp(s, "<message from='a@x/r'", 21), "%s", s);
+  buf_free(&b);
+}
+
+Test(stanza, serialize_encoded_escapes_addresses) {
+  xnode_t *m = xnode_new(&A, "presence", NS_CLIENT);
+  buf_t b = encode(m);
+  xnode_addr_t addr = {"a'<&\"@x", 7, NULL, 0};
+  cr_assert_str_eq(ser_enc(b.data, b.len, &addr, 64), "<presence from='a&apos;&lt;&amp;&quot;@x'/>");
+  buf_free(&b);
+}
+
+Test(stanza, serialize_encoded_rejects_what_decode_rejects) {
+  xnode_t *m = sample(&A);
+  buf_t b = encode(m);
+  for (size_t n = 0; n < b.len; n++) cr_assert_null(ser_enc(b.data, n, NULL, 64), "prefix %zu", n);
+  uint8_t *bad = xmalloc(b.len);
+  for (size_t i = 0; i < b.len; i++) {
+    memcpy(bad, b.data, b.len);
+    bad[i] ^= 0xff;
+    xnode_t *t;
+    int dec = decode_copy(bad, b.len, 64, &t) == 0;
+    int enc = ser_enc(bad, b.len, NULL, 64) != NULL;
+    cr_assert_eq(dec, enc, "byte %zu flipped: decode %d, serialize_encoded %d", i, dec, enc);
+    if (dec) cr_assert_str_eq(ser_enc(bad, b.len, NULL, 64), ser(t));
+  }
+  xfree(bad);
+  cr_assert_null(ser_enc(b.data, b.len, NULL, 2), "depth limit");
+  buf_free(&b);
+}
