@@ -109,6 +109,9 @@ int client_global_init(const bench_opts_t *o, char **err) {
     return -1;
   }
   wolfSSL_CTX_set_verify(g_ctx, WOLFSSL_VERIFY_NONE, NULL);
+  /* like browsers and OpenSSL-based clients: X25519 first, P-256 as the fallback */
+  int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1};
+  wolfSSL_CTX_set_groups(g_ctx, groups, 2);
   wolfSSL_CTX_SetIORecv(g_ctx, io_recv);
   wolfSSL_CTX_SetIOSend(g_ctx, io_send);
   return 0;
@@ -318,6 +321,7 @@ static void start_tls(conn_t *c) {
   wolfSSL_SetIOWriteCtx(c->ssl, c);
   wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->w->o->domain,
                  (unsigned short)strlen(c->w->o->domain));
+  wolfSSL_UseKeyShare(c->ssl, WOLFSSL_ECC_X25519);
   c->state = C_TLSHS;
   tls_step(c);
 }
