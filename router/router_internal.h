@@ -61,6 +61,13 @@ struct worker {
   user_t *touched;      /* users looked up while handling the current frame */
   arena_t arena;        /* per frame */
   uint64_t push_seq;
+  /* the stanza of the frame being handled and the bytes it was decoded from: a frame
+   * that forwards that very tree reuses the bytes instead of encoding it again
+   * (code that changes a decoded tree in place must clear frame_tree) */
+  const xnode_t *frame_tree;
+  const uint8_t *frame_payload;
+  size_t frame_payload_len;
+  buf_t scratch;        /* encoding buffer, reused */
 };
 
 struct router {

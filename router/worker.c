@@ -85,10 +85,16 @@ char *w_bare(worker_t *w, const char *jid) {
 
 static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
                        const xnode_t *st, uint16_t flags) {
-  buf_t p;
-  buf_init(&p);
-  xnode_encode(st, &p);
   bus_frame_t f = {0};
+  if (st == w->frame_tree && w->frame_payload) {
+    f.payload = w->frame_payload; /* forwarded unchanged: no re-encoding */
+    f.payload_len = w->frame_payload_len;
+  } else {
+    w->scratch.len = 0;
+    xnode_encode(st, &w->scratch);
+    f.payload = w->scratch.data;
+    f.payload_len = w->scratch.len;
+  }
   f.kind = kind;
   f.flags = flags;
   if (dst) f.dst = *dst;
@@ -97,10 +103,7 @@ static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const c
   f.from_len = strlen(f.from);
   f.to = to ? to : "";
   f.to_len = strlen(f.to);
-  f.payload = p.data;
-  f.payload_len = p.len;
   bus_msg_t *m = bus_msg_new(&f);
-  buf_free(&p);
   if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst->thread, m);
   else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
 }
@@ -186,6 +189,9 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     log_warn("router: undecodable stanza in frame kind %d dropped", f->kind);
     return;
   }
+  w->frame_tree = st;
+  w->frame_payload = f->payload;
+  w->frame_payload_len = f->payload_len;
   switch (f->kind) {
   case BUS_SESSION_OPEN: session_open(w, f); break;
   case BUS_SESSION_CLOSE: session_close(w, f); break;
@@ -215,6 +221,8 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     batch = m->next;
     bus_frame_t f;
     if (bus_msg_frame(m, &f) == 0) handle_frame(w, &f);
+    w->frame_tree = NULL; /* its bytes go with m */
+    w->frame_payload = NULL;
     bus_msg_free(m);
     release_touched(w);
     arena_reset(&w->arena);
@@ -285,6 +293,7 @@ void router_free(router_t *r) {
     uv_loop_close(&w->loop);
     strmap_free(w->users, user_free);
     arena_free(&w->arena);
+    buf_free(&w->scratch);
     store_close(w->store);
   }
   xfree(r->workers);
