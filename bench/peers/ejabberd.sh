@@ -124,11 +124,11 @@ CFG
         $PY "$PEERS_DIR/gen_users.py" creds --users "$USERS" --password "$PASSWORD" --out "$CREDS"
       fi
       t0=$(date +%s.%N)
-      $PY "$PEERS_DIR/gen_users.py" ejabberd --creds "$CREDS" --out "$DIR/users.terms" --domain "$DOMAIN" --roster "$ROSTER"
+      $PY "$PEERS_DIR/gen_users.py" ejabberd --creds "$CREDS" --out "$DIR/users.etf" --domain "$DOMAIN" --roster "$ROSTER"
       cookie=$(cat ~ejabberd/.erlang.cookie)
-      ERL_EPMD_ADDRESS=127.0.0.1 timeout 300 escript "$PEERS_DIR/ejabberd_load.escript" "$NODE" "$cookie" "$DIR/users.terms" >&2 \
+      ERL_EPMD_ADDRESS=127.0.0.1 timeout 300 escript "$PEERS_DIR/ejabberd_load.escript" "$NODE" "$cookie" "$DIR/users.etf" >&2 \
         || die "loading accounts into ejabberd failed"
-      rm -f "$DIR/users.terms"
+      rm -f "$DIR/users.etf"
       peer_log "ejabberd: provisioned $USERS users (roster $ROSTER) in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?')s"
     fi
     echo "$pid"
