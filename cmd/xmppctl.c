@@ -45,6 +45,14 @@ static const char usage_text[] =
     "  passwd JID [PASSWORD]          change an account's password\n"
     "  listusers                      print every account, one per line\n"
     "  checkpassword JID [PASSWORD]   exit 0 if the password is correct, 1 if not\n"
+    "  populate PREFIX COUNT PASSWORD [--roster K] [--first N]\n"
+    "                                 load-test accounts PREFIX<N>..PREFIX<N+COUNT-1>\n"
+    "                                 (N defaults to 1), all with PASSWORD; with --roster K,\n"
+    "                                 groups of K+1 consecutive users are each other's\n"
+    "                                 contacts (subscription both). Existing accounts get\n"
+    "                                 the password. One transaction; the credentials are\n"
+    "                                 derived once, so every account shares one salt:\n"
+    "                                 for load tests only, never for real users.\n"
     "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
@@ -452,6 +460,104 @@ out:
   return rc;
 }
 
+/* populate PREFIX COUNT PASSWORD [--roster K] [--first N]: bench accounts, fast. */
+static int parse_count(const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+static int cmd_populate(ctl_t *c, char **args, int nargs) {
+  const char *prefix = args[0];
+  long count, roster = 0, first = 1;
+  if (parse_count(args[1], 1, 10000000, &count) != 0) {
+    usage_error("COUNT must be 1..10000000, not '%s'", args[1]);
+    return EXIT_USAGE;
+  }
+  for (int i = 3; i < nargs; i += 2) {
+    long *dst = !strcmp(args[i], "--roster") ? &roster : !strcmp(args[i], "--first") ? &first : NULL;
+    if (!dst || i + 1 >= nargs) {
+      usage_error("populate: unknown or incomplete option '%s'", args[i]);
+      return EXIT_USAGE;
+    }
+    if (parse_count(args[i + 1], dst == &roster ? 0 : 0, dst == &roster ? 100000 : 1000000000, dst) != 0) {
+      usage_error("populate: bad value '%s' for %s", args[i + 1], args[i]);
+      return EXIT_USAGE;
+    }
+  }
+  password_t pw;
+  int rc = get_password(args[2], 0, 1, &pw);
+  if (rc) return rc;
+  store_account_t a;
+  rc = make_account(c, &pw, &a);
+  password_free(&pw);
+  if (rc) return rc;
+  size_t plen = strlen(prefix);
+  if (plen > 900) {
+    usage_error("%s", "PREFIX is too long");
+    return EXIT_USAGE;
+  }
+  char **jids = xcalloc((size_t)count, sizeof *jids);
+  for (long i = 0; i < count; i++) {
+    char name[1024];
+    snprintf(name, sizeof name, "%s%ld", prefix, first + i);
+    if ((rc = user_jid(c, name, &jids[i])) != 0) goto out;
+  }
+  if ((rc = open_store(c)) != 0) goto out;
+  int src = store_batch_begin(c->store);
+  if (src) {
+    rc = store_failed("starting", "the batch", src);
+    goto out;
+  }
+  long created = 0, updated = 0, items = 0;
+  for (long i = 0; i < count && !src; i++) {
+    src = store_account_create(c->store, jids[i], &a);
+    if (src == XMPP_EEXIST) {
+      src = store_account_update(c->store, jids[i], &a);
+      updated++;
+    } else if (!src) {
+      created++;
+    }
+    if (src) store_failed("creating", jids[i], src);
+  }
+  if (roster > 0) {
+    long g = roster + 1;
+    for (long i = 0; i < count && !src; i++) {
+      long base = i / g * g;
+      for (long j = base; j < base + g && j < count && !src; j++) {
+        if (j == i) continue;
+        store_roster_item_t it;
+        memset(&it, 0, sizeof it);
+        it.jid = jids[j];
+        it.sub = SUB_BOTH;
+        src = store_roster_put(c->store, jids[i], &it);
+        if (src) store_failed("adding a contact to", jids[i], src);
+        items++;
+      }
+    }
+  }
+  if (src) {
+    store_batch_end(c->store, 0);
+    rc = EXIT_FAIL;
+    goto out;
+  }
+  src = store_batch_end(c->store, 1);
+  if (src) {
+    rc = store_failed("committing", "the batch", src);
+    goto out;
+  }
+  printf("populate: %ld accounts (%ld created, %ld updated) %s%ld..%s%ld, %ld roster items\n", count, created,
+         updated, prefix, first, prefix, first + count - 1, items);
+out:
+  explicit_bzero(&a, sizeof a);
+  for (long i = 0; i < count; i++) xfree(jids[i]);
+  xfree(jids);
+  return rc;
+}
+
 typedef struct command {
   const char *name;
   int min_args, max_args;
@@ -465,6 +571,7 @@ static const command_t commands[] = {
     {"passwd", 1, 2, "JID [PASSWORD]", cmd_passwd},
     {"listusers", 0, 0, "", cmd_listusers},
     {"checkpassword", 1, 2, "JID [PASSWORD]", cmd_checkpassword},
+    {"populate", 3, 7, "PREFIX COUNT PASSWORD [--roster K] [--first N]", cmd_populate},
 };
 
 int main(int argc, char **argv) {

@@ -133,6 +133,18 @@ int store_account_delete(store_t *s, const char *bare) {
   return s->ops->account_delete(s->be, bare);
 }
 
+int store_batch_begin(store_t *s) {
+  int rc = enter(s, "store_batch_begin");
+  if (rc) return rc;
+  return s->ops->batch_begin(s->be);
+}
+
+int store_batch_end(store_t *s, int commit) {
+  int rc = enter(s, "store_batch_end");
+  if (rc) return rc;
+  return s->ops->batch_end(s->be, commit);
+}
+
 /* Runs an iterating back-end call with the re-entrancy guard up, then honours a
  * store_close() requested by a callback. */
 #define ITERATE(s, call)                                                                    \

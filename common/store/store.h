@@ -50,6 +50,14 @@ int store_account_update(store_t *s, const char *bare, const store_account_t *a)
 int store_account_delete(store_t *s, const char *bare);
 int store_account_list(store_t *s, store_account_cb cb, void *ud);
 
+/* Bulk loading (xmppctl populate): between store_batch_begin and store_batch_end, the
+ * handle's writes go into ONE transaction (SQLite: one BEGIN IMMEDIATE ... COMMIT instead
+ * of one per call), which is what makes creating 50,000 accounts take seconds. A failed
+ * call inside a batch leaves the batch to be ended with commit == 0 (rollback).
+ * Batches do not nest. store_batch_end(s, 1) returns the commit's result. */
+int store_batch_begin(store_t *s);
+int store_batch_end(store_t *s, int commit);
+
 int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud);
 /* Inserts or replaces the whole item (groups included). */
 int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item);

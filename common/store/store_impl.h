@@ -29,6 +29,9 @@ typedef struct store_backend {
   int (*account_update)(void *be, const char *bare, const store_account_t *a);
   int (*account_delete)(void *be, const char *bare);
   int (*account_list)(void *be, store_account_cb cb, void *ud);
+  /* One transaction around many calls (store_batch_begin / store_batch_end). */
+  int (*batch_begin)(void *be);
+  int (*batch_end)(void *be, int commit);
 
   int (*roster_load)(void *be, const char *bare, store_roster_cb cb, void *ud);
   int (*roster_put)(void *be, const char *bare, const store_roster_item_t *item);

@@ -147,6 +147,7 @@ typedef struct sq {
   sqlite3 *db;
   char *path;
   sqlite3_stmt *st[Q_COUNT];
+  int batch; /* inside store_batch_begin: the per-call transactions are folded into it */
 } sq_t;
 
 /* ---- helpers ------------------------------------------------------------------------ */
@@ -214,9 +215,13 @@ static int exec_q(sq_t *q, int id) {
   return ret;
 }
 
-static int tx_begin(sq_t *q, int immediate) { return exec_q(q, immediate ? Q_BEGIN_IMMEDIATE : Q_BEGIN); }
+static int tx_begin(sq_t *q, int immediate) {
+  if (q->batch) return 0;
+  return exec_q(q, immediate ? Q_BEGIN_IMMEDIATE : Q_BEGIN);
+}
 
 static int tx_commit(sq_t *q) {
+  if (q->batch) return 0;
   int rc = exec_q(q, Q_COMMIT);
   /* A failed COMMIT may leave the transaction open: make sure it is gone. */
   if (rc && !sqlite3_get_autocommit(q->db)) (void)exec_q(q, Q_ROLLBACK);
@@ -224,6 +229,7 @@ static int tx_commit(sq_t *q) {
 }
 
 static void tx_rollback(sq_t *q) {
+  if (q->batch) return; /* the batch's owner rolls the whole batch back */
   if (!sqlite3_get_autocommit(q->db)) (void)exec_q(q, Q_ROLLBACK);
 }
 
@@ -350,6 +356,25 @@ sqlfail:
 fail:
   sq_close(q);
   return NULL;
+}
+
+/* ---- batches ------------------------------------------------------------------------ */
+
+static int sq_batch_begin(void *be) {
+  sq_t *q = be;
+  if (q->batch) return XMPP_EINVAL;
+  int rc = exec_q(q, Q_BEGIN_IMMEDIATE);
+  if (!rc) q->batch = 1;
+  return rc;
+}
+
+static int sq_batch_end(void *be, int commit) {
+  sq_t *q = be;
+  if (!q->batch) return XMPP_EINVAL;
+  q->batch = 0;
+  if (commit) return tx_commit(q);
+  tx_rollback(q);
+  return 0;
 }
 
 /* ---- accounts ----------------------------------------------------------------------- */
@@ -756,6 +781,8 @@ const store_backend_t store_sqlite_backend = {
     .account_update = sq_account_update,
     .account_delete = sq_account_delete,
     .account_list = sq_account_list,
+    .batch_begin = sq_batch_begin,
+    .batch_end = sq_batch_end,
     .roster_load = sq_roster_load,
     .roster_put = sq_roster_put,
     .roster_delete = sq_roster_delete,

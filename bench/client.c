@@ -1,0 +1,1031 @@
+/* xmpp-bench worker threads: one libuv loop per thread, each owning a slice of the
+ * connections. A connection logs in (TCP, optional STARTTLS or direct TLS through wolfSSL
+ * over memory buffers, SASL PLAIN or SCRAM, bind, initial presence) and then takes part in
+ * the scenario. Incoming XML is cut into top-level stanzas by bench/xscan.c; nothing else
+ * is parsed. Output is buffered per connection and flushed once per batch of work. */
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/ecc.h>
+#include <wolfssl/wolfcrypt/hash.h>
+#include <wolfssl/wolfcrypt/hmac.h>
+#include <wolfssl/wolfcrypt/pwdbased.h>
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "bench/bench.h"
+#include "bench/xscan.h"
+#include "common/alloc.h"
+#include "common/buf.h"
+#include "common/scram.h"
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+volatile int g_phase = PH_LOGIN;
+volatile uint64_t g_go_ns;
+
+static WOLFSSL_CTX *g_ctx;
+
+enum {
+  C_IDLE = 0,   /* not launched yet */
+  C_CONNECTING,
+  C_FEAT1,      /* first stream, waiting for features */
+  C_PROCEED,    /* sent <starttls/> */
+  C_TLSHS,      /* TLS handshake */
+  C_FEAT2,      /* secure stream, waiting for features (SASL) */
+  C_AUTH,       /* PLAIN sent, waiting for success */
+  C_SCRAM1,     /* client-first sent */
+  C_SCRAM2,     /* client-final sent */
+  C_FEAT3,      /* authenticated stream, waiting for features (bind) */
+  C_BIND,
+  C_ONLINE,
+  C_CLOSING,    /* sent </stream:stream> */
+  C_DEAD
+};
+
+struct conn {
+  uv_tcp_t tcp;
+  worker_t *w;
+  int g;          /* global connection number */
+  int state;
+  int handle_open;
+  int writing;
+  int in_dirty;
+  int role;       /* 1: chat sender / presence changer */
+  int inflight;   /* closed loop */
+  conn_t *peer;   /* chat: the other end of the pair (same thread) */
+  conn_t *next_dirty;
+  WOLFSSL *ssl;
+  int tls_ready;
+  buf_t tin;      /* ciphertext not yet taken by wolfSSL */
+  size_t tin_off;
+  buf_t in;       /* stream text not yet scanned */
+  xscan_t xs;
+  buf_t out;      /* bytes (ciphertext under TLS) to write */
+  uint64_t t_connect;
+  char user[48];  /* local part */
+  char *to;       /* chat: peer's bare JID */
+  char *scram;    /* client-first-bare, then expected server signature (base64) */
+};
+
+typedef struct wreq {
+  uv_write_t req;
+  conn_t *c;
+  size_t len;
+  char data[];
+} wreq_t;
+
+/* ---- TLS ------------------------------------------------------------------------------ */
+
+static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
+  conn_t *c = ctx;
+  size_t avail = c->tin.len - c->tin_off;
+  if (avail == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
+  size_t n = avail < (size_t)sz ? avail : (size_t)sz;
+  memcpy(buf, c->tin.data + c->tin_off, n);
+  c->tin_off += n;
+  return (int)n;
+}
+
+static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
+  conn_t *c = ctx;
+  buf_append(&c->out, buf, (size_t)sz);
+  return sz;
+}
+
+int client_global_init(const bench_opts_t *o, char **err) {
+  if (o->tls == TLS_NONE) return 0;
+  wolfSSL_Init();
+  g_ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+  if (!g_ctx) {
+    *err = xstrdup("wolfSSL_CTX_new failed");
+    return -1;
+  }
+  wolfSSL_CTX_set_verify(g_ctx, WOLFSSL_VERIFY_NONE, NULL);
+  wolfSSL_CTX_SetIORecv(g_ctx, io_recv);
+  wolfSSL_CTX_SetIOSend(g_ctx, io_send);
+  return 0;
+}
+
+void client_global_cleanup(void) {
+  if (g_ctx) {
+    wolfSSL_CTX_free(g_ctx);
+    g_ctx = NULL;
+    wolfSSL_Cleanup();
+  }
+}
+
+/* ---- statistics ----------------------------------------------------------------------- */
+
+static void add_fail(worker_t *w, const char *reason) {
+  pthread_mutex_lock(&w->mu);
+  int i;
+  for (i = 0; i < w->nfails; i++)
+    if (strcmp(w->fails[i].reason, reason) == 0) break;
+  if (i == w->nfails) {
+    if (w->nfails == MAX_FAIL_REASONS) {
+      i = MAX_FAIL_REASONS - 1;
+      snprintf(w->fails[i].reason, sizeof w->fails[i].reason, "other");
+    } else {
+      snprintf(w->fails[i].reason, sizeof w->fails[i].reason, "%s", reason);
+      w->nfails++;
+    }
+  }
+  w->fails[i].count++;
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- output --------------------------------------------------------------------------- */
+
+static void conn_fail(conn_t *c, const char *reason);
+
+static void mark_dirty(conn_t *c) {
+  if (c->in_dirty) return;
+  c->in_dirty = 1;
+  c->next_dirty = c->w->dirty;
+  c->w->dirty = c;
+}
+
+static void conn_send(conn_t *c, const char *data, size_t len) {
+  if (c->state == C_DEAD) return;
+  if (c->ssl && c->tls_ready) {
+    while (len) {
+      int chunk = len > 16384 ? 16384 : (int)len;
+      int n = wolfSSL_write(c->ssl, data, chunk);
+      if (n <= 0) {
+        conn_fail(c, "tls");
+        return;
+      }
+      data += n;
+      len -= (size_t)n;
+    }
+  } else {
+    buf_append(&c->out, data, len);
+  }
+  mark_dirty(c);
+}
+
+static void conn_sends(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
+
+static void conn_flush(conn_t *c);
+
+static void write_cb(uv_write_t *req, int status) {
+  wreq_t *r = (wreq_t *)req;
+  conn_t *c = r->c;
+  xfree(r);
+  if (c->state == C_DEAD) return;
+  c->writing = 0;
+  if (status < 0) {
+    conn_fail(c, c->state == C_ONLINE ? "dropped:write" : "write");
+    return;
+  }
+  conn_flush(c);
+}
+
+static void conn_flush(conn_t *c) {
+  if (c->writing || c->state == C_DEAD || !c->out.len) return;
+  uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+  int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+  if (n == UV_EAGAIN) n = 0;
+  if (n < 0) {
+    conn_fail(c, c->state == C_ONLINE ? "dropped:write" : "write");
+    return;
+  }
+  buf_consume(&c->out, (size_t)n);
+  if (c->out.len) {
+    wreq_t *r = xmalloc(sizeof *r + c->out.len);
+    r->c = c;
+    r->len = c->out.len;
+    memcpy(r->data, c->out.data, c->out.len);
+    c->out.len = 0;
+    b = uv_buf_init(r->data, (unsigned)r->len);
+    c->writing = 1;
+    int rc = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+    if (rc < 0) {
+      xfree(r);
+      c->writing = 0;
+      conn_fail(c, "write");
+      return;
+    }
+  }
+  if (!c->out.len && c->out.cap > 8192) buf_free(&c->out);
+}
+
+static void worker_flush(worker_t *w) {
+  while (w->dirty) {
+    conn_t *c = w->dirty;
+    w->dirty = c->next_dirty;
+    c->in_dirty = 0;
+    conn_flush(c);
+  }
+}
+
+/* ---- life cycle ----------------------------------------------------------------------- */
+
+static void launch_more(worker_t *w);
+
+static void worker_close_handles(worker_t *w);
+
+static void close_cb(uv_handle_t *h) {
+  conn_t *c = h->data;
+  c->handle_open = 0;
+  c->w->open_handles--;
+  if (c->w->phase == PH_QUIT && c->w->open_handles == 0) worker_close_handles(c->w);
+  if (c->ssl) {
+    wolfSSL_free(c->ssl);
+    c->ssl = NULL;
+  }
+  buf_free(&c->tin);
+  buf_free(&c->in);
+  buf_free(&c->out);
+}
+
+static void conn_close(conn_t *c) {
+  int was = c->state;
+  c->state = C_DEAD;
+  if (was == C_ONLINE || was == C_CLOSING) {
+    if (was == C_ONLINE) STORE(c->w->st_online, c->w->st_online - 1);
+  }
+  if (c->handle_open && !uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_close((uv_handle_t *)&c->tcp, close_cb);
+}
+
+static void conn_fail(conn_t *c, const char *reason) {
+  worker_t *w = c->w;
+  if (c->state == C_DEAD) return;
+  if (c->state == C_CLOSING) {
+    conn_close(c);
+    return;
+  }
+  if (c->state == C_ONLINE) {
+    char r[64];
+    snprintf(r, sizeof r, "dropped:%s", reason);
+    if (strncmp(reason, "dropped:", 8) == 0) snprintf(r, sizeof r, "%s", reason);
+    add_fail(w, r);
+    BUMP(w->st_dropped);
+  } else {
+    add_fail(w, reason);
+    BUMP(w->st_login_failed);
+    w->inprog--;
+  }
+  conn_close(c);
+  if (c->state == C_DEAD && g_phase == PH_LOGIN) launch_more(w);
+}
+
+/* ---- stream steps --------------------------------------------------------------------- */
+
+static void open_stream(conn_t *c) {
+  xscan_init(&c->xs);
+  c->in.len = 0;
+  char h[256];
+  snprintf(h, sizeof h,
+           "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+           "xmlns:stream='http://etherx.jabber.org/streams' to='%s' version='1.0'>",
+           c->w->o->domain);
+  conn_sends(c, h);
+}
+
+static void tls_step(conn_t *c) {
+  int r = wolfSSL_connect(c->ssl);
+  if (r == WOLFSSL_SUCCESS) {
+    c->tls_ready = 1;
+    c->state = C_FEAT2;
+    open_stream(c);
+    return;
+  }
+  int e = wolfSSL_get_error(c->ssl, r);
+  if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
+    conn_fail(c, "tls");
+    return;
+  }
+  mark_dirty(c);
+}
+
+static void start_tls(conn_t *c) {
+  c->ssl = wolfSSL_new(g_ctx);
+  if (!c->ssl) {
+    conn_fail(c, "tls");
+    return;
+  }
+  wolfSSL_SetIOReadCtx(c->ssl, c);
+  wolfSSL_SetIOWriteCtx(c->ssl, c);
+  wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->w->o->domain,
+                 (unsigned short)strlen(c->w->o->domain));
+  c->state = C_TLSHS;
+  tls_step(c);
+}
+
+static uint64_t rnd64(worker_t *w) {
+  static __thread uint64_t s;
+  if (!s) s = uv_hrtime() ^ ((uint64_t)(uintptr_t)w << 17) ^ 0x9e3779b97f4a7c15ull;
+  s ^= s << 13;
+  s ^= s >> 7;
+  s ^= s << 17;
+  return s;
+}
+
+static void start_auth(conn_t *c) {
+  const bench_opts_t *o = c->w->o;
+  buf_t b;
+  buf_init(&b);
+  if (o->mech == MECH_PLAIN) {
+    size_t ul = strlen(c->user), pl = strlen(o->password);
+    unsigned char *m = xmalloc(ul + pl + 2);
+    m[0] = 0;
+    memcpy(m + 1, c->user, ul);
+    m[1 + ul] = 0;
+    memcpy(m + 2 + ul, o->password, pl);
+    char *e = b64_encode(m, ul + pl + 2);
+    xfree(m);
+    buf_printf(&b, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>", e);
+    xfree(e);
+    c->state = C_AUTH;
+  } else {
+    char nonce[25];
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 24; i++) nonce[i] = al[rnd64(c->w) & 63];
+    nonce[24] = 0;
+    char first[160];
+    snprintf(first, sizeof first, "n,,n=%s,r=%s", c->user, nonce);
+    xfree(c->scram);
+    c->scram = xstrdup(first + 3);
+    char *e = b64_encode((const unsigned char *)first, strlen(first));
+    buf_printf(&b, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='%s'>%s</auth>",
+               o->mech == MECH_SCRAM1 ? "SCRAM-SHA-1" : "SCRAM-SHA-256", e);
+    xfree(e);
+    c->state = C_SCRAM1;
+  }
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+static int hmac(int type, const unsigned char *key, size_t klen, const void *m, size_t mlen,
+                unsigned char *out) {
+  Hmac h;
+  int rc = -1;
+  if (wc_HmacInit(&h, NULL, INVALID_DEVID) != 0) return -1;
+  if (wc_HmacSetKey(&h, type, key, (word32)klen) == 0 &&
+      wc_HmacUpdate(&h, m, (word32)mlen) == 0 && wc_HmacFinal(&h, out) == 0)
+    rc = 0;
+  wc_HmacFree(&h);
+  return rc;
+}
+
+/* Finds "k=" at the start or after a comma in s[0, n); value up to the next comma. */
+static int scram_attr(const char *s, size_t n, char k, const char **v, size_t *vl) {
+  for (size_t i = 0; i + 1 < n; i++) {
+    if ((i == 0 || s[i - 1] == ',') && s[i] == k && s[i + 1] == '=') {
+      const char *e = memchr(s + i + 2, ',', n - i - 2);
+      *v = s + i + 2;
+      *vl = e ? (size_t)(e - *v) : n - i - 2;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static void scram_challenge(conn_t *c, const char *txt, size_t tl) {
+  worker_t *w = c->w;
+  const bench_opts_t *o = w->o;
+  int sha256 = o->mech == MECH_SCRAM256;
+  int type = sha256 ? WC_SHA256 : WC_SHA;
+  size_t hl = sha256 ? 32 : 20;
+  unsigned char *sf = NULL, *salt = NULL;
+  size_t sfl = 0, saltl = 0;
+  if (b64_decode(txt, tl, &sf, &sfl) != 0) {
+    conn_fail(c, "sasl:bad-challenge");
+    return;
+  }
+  const char *r, *s, *i;
+  size_t rl, sl, il;
+  if (!scram_attr((char *)sf, sfl, 'r', &r, &rl) || !scram_attr((char *)sf, sfl, 's', &s, &sl) ||
+      !scram_attr((char *)sf, sfl, 'i', &i, &il) || b64_decode(s, sl, &salt, &saltl) != 0 ||
+      saltl > 64) {
+    xfree(sf);
+    xfree(salt);
+    conn_fail(c, "sasl:bad-challenge");
+    return;
+  }
+  uint32_t iter = (uint32_t)strtoul(i, NULL, 10);
+  unsigned char *salted = NULL;
+  for (int k = 0; k < 4; k++)
+    if (w->scache[k].used && w->scache[k].hash == type && w->scache[k].iter == iter &&
+        w->scache[k].salt_len == saltl && memcmp(w->scache[k].salt, salt, saltl) == 0)
+      salted = w->scache[k].salted;
+  if (!salted) {
+    int k = (int)(rnd64(w) & 3);
+    for (int j = 0; j < 4; j++)
+      if (!w->scache[j].used) k = j;
+    w->scache[k].used = 1;
+    w->scache[k].hash = type;
+    w->scache[k].iter = iter;
+    memcpy(w->scache[k].salt, salt, saltl);
+    w->scache[k].salt_len = saltl;
+    if (wc_PBKDF2(w->scache[k].salted, (const byte *)o->password, (int)strlen(o->password), salt,
+                  (int)saltl, (int)iter, (int)hl, type) != 0) {
+      w->scache[k].used = 0;
+      xfree(sf);
+      xfree(salt);
+      conn_fail(c, "sasl:pbkdf2");
+      return;
+    }
+    salted = w->scache[k].salted;
+  }
+  xfree(salt);
+  buf_t am;
+  buf_init(&am);
+  buf_puts(&am, c->scram);
+  buf_putc(&am, ',');
+  buf_append(&am, sf, sfl);
+  size_t without_proof = am.len + 1;
+  buf_puts(&am, ",c=biws,r=");
+  buf_append(&am, r, rl);
+  unsigned char ck[32], sk[32], stored[32], csig[32], ssig[32], proof[32];
+  int bad = hmac(type, salted, hl, "Client Key", 10, ck) != 0 ||
+            (sha256 ? wc_Sha256Hash(ck, (word32)hl, stored) : wc_ShaHash(ck, (word32)hl, stored)) != 0 ||
+            hmac(type, stored, hl, am.data, am.len, csig) != 0 ||
+            hmac(type, salted, hl, "Server Key", 10, sk) != 0 ||
+            hmac(type, sk, hl, am.data, am.len, ssig) != 0;
+  xfree(sf);
+  if (bad) {
+    buf_free(&am);
+    conn_fail(c, "sasl:hmac");
+    return;
+  }
+  for (size_t k = 0; k < hl; k++) proof[k] = ck[k] ^ csig[k];
+  char *p64 = b64_encode(proof, hl);
+  buf_t fin;
+  buf_init(&fin);
+  buf_append(&fin, am.data + without_proof, am.len - without_proof);
+  buf_puts(&fin, ",p=");
+  buf_puts(&fin, p64);
+  xfree(p64);
+  buf_free(&am);
+  char *f64 = b64_encode(fin.data, fin.len);
+  buf_free(&fin);
+  buf_t out;
+  buf_init(&out);
+  buf_printf(&out, "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</response>", f64);
+  xfree(f64);
+  xfree(c->scram);
+  c->scram = b64_encode(ssig, hl);
+  c->state = C_SCRAM2;
+  conn_send(c, (const char *)out.data, out.len);
+  buf_free(&out);
+}
+
+static void went_online(conn_t *c) {
+  worker_t *w = c->w;
+  uint64_t now = uv_hrtime();
+  c->state = C_ONLINE;
+  w->inprog--;
+  STORE(w->st_online, w->st_online + 1);
+  STORE(w->st_logins_ok, w->st_logins_ok + 1);
+  STORE(w->st_last_online_ns, now);
+  pthread_mutex_lock(&w->mu);
+  hdr_record(&w->login, (now - c->t_connect) / 1000);
+  pthread_mutex_unlock(&w->mu);
+  xfree(c->scram);
+  c->scram = NULL;
+  if (!c->in.len) buf_free(&c->in);
+  if (g_phase == PH_LOGIN) launch_more(w);
+}
+
+/* ---- scenario traffic ----------------------------------------------------------------- */
+
+static void send_chat(conn_t *c, uint64_t stamp) {
+  worker_t *w = c->w;
+  char head[256];
+  int hl = snprintf(head, sizeof head,
+                    "<message type='chat' to='%s' id='m%" PRIx64 "'><body>T=%" PRIu64 " ", c->to,
+                    ++w->msg_id, stamp);
+  static const char tail[] = "</body></message>";
+  size_t body_have = (size_t)hl - (size_t)(strstr(head, "<body>") - head) - 6;
+  size_t pad = (size_t)w->o->size > body_have ? (size_t)w->o->size - body_have : 0;
+  char stackbuf[2048];
+  size_t total = (size_t)hl + pad + sizeof tail - 1;
+  char *m = total <= sizeof stackbuf ? stackbuf : xmalloc(total);
+  memcpy(m, head, (size_t)hl);
+  memset(m + hl, 'x', pad);
+  memcpy(m + hl + pad, tail, sizeof tail - 1);
+  conn_send(c, m, total);
+  if (m != stackbuf) xfree(m);
+  c->inflight++;
+  STORE(w->st_sent, w->st_sent + 1);
+}
+
+static void send_presence(conn_t *c, uint64_t stamp) {
+  worker_t *w = c->w;
+  char m[160];
+  int n = snprintf(m, sizeof m, "<presence><show>%s</show><status>T=%" PRIu64 "</status></presence>",
+                   (w->sched & 1) ? "away" : "dnd", stamp);
+  conn_send(c, m, (size_t)n);
+  STORE(w->st_sent, w->st_sent + 1);
+}
+
+static void record_latency(worker_t *w, const char *t, size_t tl) {
+  if (tl < 3 || t[0] != 'T' || t[1] != '=') return;
+  uint64_t stamp = strtoull(t + 2, NULL, 10);
+  uint64_t now = uv_hrtime();
+  uint64_t us = now > stamp ? (now - stamp) / 1000 : 0;
+  pthread_mutex_lock(&w->mu);
+  hdr_record(&w->lat, us);
+  pthread_mutex_unlock(&w->mu);
+  STORE(w->st_delivered, w->st_delivered + 1);
+}
+
+static void on_message(conn_t *c, const char *p, size_t n) {
+  const char *t;
+  size_t tl;
+  if (!xs_text(p, n, "<body", &t, &tl)) return;
+  if (tl < 2 || t[0] != 'T') return;
+  record_latency(c->w, t, tl);
+  conn_t *s = c->peer;
+  if (s && s->inflight > 0) s->inflight--;
+  if (s && c->w->o->rate <= 0 && g_phase == PH_RUN && s->state == C_ONLINE && s->role)
+    send_chat(s, uv_hrtime());
+}
+
+static void on_presence(conn_t *c, const char *p, size_t n) {
+  const char *t, *f;
+  size_t tl, fl;
+  if (!xs_text(p, n, "<status", &t, &tl) || tl < 2 || t[0] != 'T') return;
+  if (xs_attr(p, n, "from", &f, &fl)) {
+    size_t ul = strlen(c->user);
+    if (fl > ul && memcmp(f, c->user, ul) == 0 && f[ul] == '@') return; /* our own, reflected */
+  }
+  record_latency(c->w, t, tl);
+}
+
+/* ---- incoming stanzas ----------------------------------------------------------------- */
+
+#define NAME_IS(nm, nl, lit) ((nl) == sizeof(lit) - 1 && memcmp((nm), (lit), (nl)) == 0)
+
+/* Returns 1 when the stream restarts (the rest of the input must be dropped). */
+static int on_stanza(conn_t *c, const char *p, size_t n) {
+  const char *nm;
+  size_t nl = xs_name(p, n, &nm);
+  const bench_opts_t *o = c->w->o;
+  if (c->state == C_ONLINE || c->state == C_CLOSING) {
+    if (NAME_IS(nm, nl, "message")) {
+      on_message(c, p, n);
+      return 0;
+    }
+    if (NAME_IS(nm, nl, "presence")) {
+      if (o->sc == SC_PRESENCE) on_presence(c, p, n);
+      return 0;
+    }
+  }
+  if (NAME_IS(nm, nl, "stream:error")) {
+    const char *cn;
+    size_t cl = xs_first_child(p, n, &cn);
+    char r[64];
+    snprintf(r, sizeof r, "stream:%.*s", (int)(cl > 40 ? 40 : cl), cn);
+    conn_fail(c, r);
+    return 1;
+  }
+  switch (c->state) {
+  case C_FEAT1:
+    if (!NAME_IS(nm, nl, "stream:features")) return 0;
+    if (o->tls == TLS_STARTTLS) {
+      conn_sends(c, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+      c->state = C_PROCEED;
+    } else {
+      start_auth(c);
+    }
+    return 0;
+  case C_PROCEED:
+    if (NAME_IS(nm, nl, "proceed")) {
+      c->in.len = 0;
+      start_tls(c);
+      return 1;
+    }
+    conn_fail(c, "tls:starttls-refused");
+    return 1;
+  case C_FEAT2:
+    if (NAME_IS(nm, nl, "stream:features")) start_auth(c);
+    return 0;
+  case C_AUTH:
+  case C_SCRAM1:
+  case C_SCRAM2:
+    if (NAME_IS(nm, nl, "failure")) {
+      const char *cn;
+      size_t cl = xs_first_child(p, n, &cn);
+      char r[64];
+      snprintf(r, sizeof r, "sasl:%.*s", (int)(cl > 40 ? 40 : cl), cl ? cn : "failure");
+      conn_fail(c, r);
+      return 1;
+    }
+    if (c->state == C_SCRAM1 && NAME_IS(nm, nl, "challenge")) {
+      const char *t;
+      size_t tl;
+      if (!xs_text(p, n, "<challenge", &t, &tl)) {
+        conn_fail(c, "sasl:bad-challenge");
+        return 1;
+      }
+      scram_challenge(c, t, tl);
+      return 0;
+    }
+    if (c->state != C_SCRAM1 && NAME_IS(nm, nl, "success")) {
+      if (c->state == C_SCRAM2) {
+        const char *t;
+        size_t tl;
+        unsigned char *v = NULL;
+        size_t vl = 0;
+        int ok = xs_text(p, n, "<success", &t, &tl) && b64_decode(t, tl, &v, &vl) == 0 &&
+                 vl == strlen(c->scram) + 2 && memcmp(v, "v=", 2) == 0 &&
+                 memcmp(v + 2, c->scram, vl - 2) == 0;
+        xfree(v);
+        if (!ok) {
+          conn_fail(c, "sasl:bad-server-signature");
+          return 1;
+        }
+      }
+      c->state = C_FEAT3;
+      open_stream(c);
+      return 1;
+    }
+    return 0;
+  case C_FEAT3:
+    if (NAME_IS(nm, nl, "stream:features")) {
+      conn_sends(c, "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                    "<resource>bench</resource></bind></iq>");
+      c->state = C_BIND;
+    }
+    return 0;
+  case C_BIND:
+    if (NAME_IS(nm, nl, "iq")) {
+      const char *t;
+      size_t tl;
+      if (xs_attr(p, n, "type", &t, &tl) && tl == 6 && memcmp(t, "result", 6) == 0) {
+        conn_sends(c, "<presence/>");
+        went_online(c);
+      } else {
+        conn_fail(c, "bind");
+        return 1;
+      }
+    }
+    return 0;
+  default: return 0;
+  }
+}
+
+static void process_input(conn_t *c) {
+  xs_event_t ev;
+  size_t off, n;
+  while (c->state != C_DEAD && xscan_next(&c->xs, (const char *)c->in.data, c->in.len, &ev, &off, &n)) {
+    if (ev == XS_STREAM_OPEN) continue;
+    if (ev == XS_STREAM_CLOSE) {
+      if (c->state == C_CLOSING) {
+        conn_close(c);
+      } else {
+        conn_fail(c, "stream-closed");
+      }
+      return;
+    }
+    if (on_stanza(c, (const char *)c->in.data + off, n)) return;
+  }
+  if (c->state == C_DEAD) return;
+  size_t drop = xscan_release(&c->xs);
+  buf_consume(&c->in, drop);
+  if (!c->in.len && c->state == C_ONLINE && c->in.cap > 4096) buf_free(&c->in);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
+  conn_t *c = h->data;
+  *b = uv_buf_init(c->w->rbuf, sizeof c->w->rbuf);
+}
+
+static void feed_tls(conn_t *c, const char *data, size_t len) {
+  worker_t *w = c->w;
+  buf_append(&c->tin, data, len);
+  if (!c->tls_ready) {
+    tls_step(c);
+    if (!c->tls_ready || c->state == C_DEAD) goto out;
+  }
+  while (c->state != C_DEAD && c->ssl) {
+    int n = wolfSSL_read(c->ssl, w->pbuf, sizeof w->pbuf);
+    if (n > 0) {
+      buf_append(&c->in, w->pbuf, (size_t)n);
+      process_input(c);
+      continue;
+    }
+    int e = wolfSSL_get_error(c->ssl, n);
+    if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE) break;
+    conn_fail(c, c->state == C_ONLINE ? "tls-closed" : "tls");
+    return;
+  }
+out:
+  if (c->state == C_DEAD) return;
+  buf_consume(&c->tin, c->tin_off);
+  c->tin_off = 0;
+  if (!c->tin.len && c->tin.cap > 4096) buf_free(&c->tin);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+  conn_t *c = s->data;
+  worker_t *w = c->w;
+  if (nread < 0) {
+    if (c->state == C_CLOSING) {
+      conn_close(c);
+    } else {
+      char r[64];
+      snprintf(r, sizeof r, "%s", nread == UV_EOF ? "closed" : uv_err_name((int)nread));
+      conn_fail(c, r);
+    }
+    worker_flush(w);
+    return;
+  }
+  if (nread == 0) return;
+  if (c->ssl) {
+    feed_tls(c, b->base, (size_t)nread);
+  } else {
+    buf_append(&c->in, b->base, (size_t)nread);
+    process_input(c);
+  }
+  worker_flush(w);
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  conn_t *c = req->data;
+  xfree(req);
+  if (c->state == C_DEAD) return;
+  if (status < 0) {
+    char r[64];
+    snprintf(r, sizeof r, "connect:%s", uv_err_name(status));
+    conn_fail(c, r);
+    return;
+  }
+  BUMP(c->w->st_connected);
+  uv_tcp_nodelay(&c->tcp, 1);
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (c->w->o->tls == TLS_DIRECT) {
+    start_tls(c);
+  } else {
+    c->state = C_FEAT1;
+    open_stream(c);
+  }
+  worker_flush(c->w);
+}
+
+static void conn_launch(conn_t *c) {
+  worker_t *w = c->w;
+  const bench_opts_t *o = w->o;
+  c->t_connect = uv_hrtime();
+  c->state = C_CONNECTING;
+  w->inprog++;
+  int rc = uv_tcp_init_ex(&w->loop, &c->tcp, AF_INET);
+  if (rc < 0) {
+    char r[64];
+    snprintf(r, sizeof r, "socket:%s", uv_err_name(rc));
+    c->state = C_CONNECTING;
+    add_fail(w, r);
+    BUMP(w->st_login_failed);
+    w->inprog--;
+    c->state = C_DEAD;
+    return;
+  }
+  c->tcp.data = c;
+  c->handle_open = 1;
+  w->open_handles++;
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  }
+  struct sockaddr_in src, dst;
+  memset(&src, 0, sizeof src);
+  src.sin_family = AF_INET;
+  uint32_t range = o->src_hi - o->src_lo + 1;
+  src.sin_addr.s_addr = htonl(o->src_lo + (uint32_t)c->g % range);
+  rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0);
+  if (rc == 0) rc = uv_ip4_addr(o->host, o->port, &dst);
+  uv_connect_t *req = NULL;
+  if (rc == 0) {
+    req = xmalloc(sizeof *req);
+    req->data = c;
+    rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&dst, connect_cb);
+  }
+  if (rc < 0) {
+    xfree(req);
+    char r[64];
+    snprintf(r, sizeof r, "connect:%s", uv_err_name(rc));
+    conn_fail(c, r);
+  }
+}
+
+static void launch_more(worker_t *w) {
+  static __thread int active; /* a launch that fails at once calls back here */
+  if (g_phase >= PH_STOP || active) return;
+  active = 1;
+  uint64_t now = uv_hrtime();
+  while (w->next_launch < w->nconns && w->inprog < w->max_inprog) {
+    if (w->arrival_rate > 0) {
+      double due = (double)(now - w->t_start) / 1e9 * w->arrival_rate;
+      if ((double)w->next_launch >= due + 1) break;
+    }
+    conn_launch(&w->conns[w->next_launch++]);
+  }
+  active = 0;
+}
+
+/* ---- the worker loop ------------------------------------------------------------------ */
+
+static void check_timeouts(worker_t *w, uint64_t now) {
+  uint64_t limit = (uint64_t)(w->o->login_timeout_s * 1e9);
+  for (size_t i = 0; i < w->next_launch; i++) {
+    conn_t *c = &w->conns[i];
+    if (c->state > C_IDLE && c->state < C_ONLINE && now - c->t_connect > limit) conn_fail(c, "timeout");
+  }
+}
+
+static conn_t *next_sender(worker_t *w) {
+  for (size_t k = 0; k < w->nconns; k++) {
+    conn_t *c = &w->conns[w->rr++ % w->nconns];
+    if (c->role && c->state == C_ONLINE) return c;
+  }
+  return NULL;
+}
+
+/* Last step of QUIT: once no connection is open, the loop's own handles go and uv_run returns. */
+static void worker_close_handles(worker_t *w) {
+  if (uv_is_closing((uv_handle_t *)&w->tick)) return;
+  uv_close((uv_handle_t *)&w->tick, NULL);
+  uv_close((uv_handle_t *)&w->async, NULL);
+  uv_close((uv_handle_t *)&w->quit_timer, NULL);
+}
+
+static void quit_timer_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  for (size_t i = 0; i < w->nconns; i++) conn_close(&w->conns[i]);
+  if (w->open_handles == 0) worker_close_handles(w);
+}
+
+static void enter_phase(worker_t *w, int ph) {
+  const bench_opts_t *o = w->o;
+  w->phase = ph;
+  if (ph == PH_RUN) {
+    w->go_ns = g_go_ns;
+    w->sched = 0;
+    if (o->sc == SC_CHAT && o->rate <= 0) {
+      for (size_t i = 0; i < w->nconns; i++) {
+        conn_t *c = &w->conns[i];
+        if (c->role && c->state == C_ONLINE)
+          for (int k = 0; k < o->window; k++) send_chat(c, uv_hrtime());
+      }
+    }
+  } else if (ph == PH_QUIT) {
+    for (size_t i = 0; i < w->nconns; i++) {
+      conn_t *c = &w->conns[i];
+      if (c->state == C_ONLINE) {
+        conn_sends(c, "</stream:stream>");
+        c->state = C_CLOSING;
+        STORE(w->st_online, w->st_online - 1);
+      } else if (c->state != C_CLOSING) {
+        conn_close(c);
+      }
+    }
+    if (w->open_handles == 0)
+      worker_close_handles(w);
+    else
+      uv_timer_start(&w->quit_timer, quit_timer_cb, 1500, 0);
+  }
+  worker_flush(w);
+}
+
+static void tick_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  const bench_opts_t *o = w->o;
+  uint64_t now = uv_hrtime();
+  if (w->phase == PH_QUIT) return;
+  if (g_phase == PH_LOGIN || w->inprog > 0) {
+    launch_more(w);
+    static __thread uint64_t last_check;
+    if (now - last_check > 100000000ull) {
+      last_check = now;
+      check_timeouts(w, now);
+    }
+  }
+  if (w->phase == PH_RUN && w->send_rate > 0 &&
+      (o->sc == SC_PRESENCE || (o->sc == SC_CHAT && o->rate > 0))) {
+    double elapsed = (double)(now - w->go_ns) / 1e9;
+    uint64_t due = (uint64_t)(elapsed * w->send_rate);
+    int burst = 0;
+    while (w->sched < due && burst < 20000) {
+      conn_t *c = next_sender(w);
+      if (!c) break;
+      uint64_t intended = w->go_ns + (uint64_t)((double)w->sched * 1e9 / w->send_rate);
+      if (o->sc == SC_CHAT)
+        send_chat(c, intended);
+      else
+        send_presence(c, intended);
+      w->sched++;
+      burst++;
+    }
+  }
+  worker_flush(w);
+}
+
+static void async_cb(uv_async_t *a) {
+  worker_t *w = a->data;
+  int ph = g_phase;
+  if (ph != w->phase) {
+    if (ph >= PH_RUN && w->phase < PH_RUN) enter_phase(w, PH_RUN);
+    if (ph >= PH_STOP && w->phase < PH_STOP) enter_phase(w, PH_STOP);
+    if (ph >= PH_QUIT && w->phase < PH_QUIT) enter_phase(w, PH_QUIT);
+  }
+}
+
+static void worker_main(void *arg) {
+  worker_t *w = arg;
+  uv_timer_start(&w->tick, tick_cb, 1, 1);
+  launch_more(w);
+  worker_flush(w);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  if (g_ctx) wc_ecc_fp_free(); /* wolfSSL's per-thread ECC cache */
+}
+
+void worker_setup(worker_t *w, const bench_opts_t *o, int id, const int *gs, size_t n) {
+  memset(w, 0, sizeof *w);
+  w->id = id;
+  w->o = o;
+  pthread_mutex_init(&w->mu, NULL);
+  hdr_init(&w->lat);
+  hdr_init(&w->login);
+  w->conns = xcalloc(n ? n : 1, sizeof *w->conns);
+  w->nconns = n;
+  for (size_t i = 0; i < n; i++) {
+    conn_t *c = &w->conns[i];
+    c->w = w;
+    c->g = gs[i];
+    snprintf(c->user, sizeof c->user, o->user_fmt, o->first + gs[i]);
+    buf_init(&c->tin);
+    buf_init(&c->in);
+    buf_init(&c->out);
+    if (o->sc == SC_CHAT && gs[i] < 2 * o->pairs) {
+      c->role = 1;
+      char peer[48];
+      snprintf(peer, sizeof peer, o->user_fmt, o->first + (gs[i] ^ 1));
+      size_t l = strlen(peer) + 1 + strlen(o->domain) + 1;
+      c->to = xmalloc(l);
+      snprintf(c->to, l, "%s@%s", peer, o->domain);
+    } else if (o->sc == SC_PRESENCE && gs[i] < o->users) {
+      c->role = 1;
+    }
+  }
+  /* chat: the two ends of a pair are adjacent global numbers, placed on the same thread */
+  if (o->sc == SC_CHAT)
+    for (size_t i = 0; i + 1 < n; i++)
+      if (w->conns[i].role && w->conns[i + 1].g == (w->conns[i].g ^ 1)) {
+        w->conns[i].peer = &w->conns[i + 1];
+        w->conns[i + 1].peer = &w->conns[i];
+        i++;
+      }
+  int workers = o->procs * o->threads;
+  w->max_inprog = (o->concurrency + workers - 1) / workers;
+  if (w->max_inprog < 1) w->max_inprog = 1;
+  w->arrival_rate = o->arrival > 0 ? o->arrival / workers : 0;
+  size_t senders = 0;
+  for (size_t i = 0; i < n; i++) senders += w->conns[i].role;
+  double share = o->active ? (double)senders / o->active : 0;
+  if (o->sc == SC_CHAT && o->rate > 0) w->send_rate = o->rate * share;
+  if (o->sc == SC_PRESENCE) w->send_rate = (o->rate > 0 ? o->rate : o->users / 10.0) * share;
+}
+
+int worker_start(worker_t *w) {
+  if (uv_loop_init(&w->loop) != 0) return -1;
+  uv_timer_init(&w->loop, &w->tick);
+  uv_timer_init(&w->loop, &w->quit_timer);
+  uv_async_init(&w->loop, &w->async, async_cb);
+  w->tick.data = w->quit_timer.data = w->async.data = w;
+  w->t_start = uv_hrtime();
+  return uv_thread_create(&w->tid, worker_main, w);
+}
+
+void worker_notify(worker_t *w) { uv_async_send(&w->async); }
+
+void worker_join(worker_t *w) {
+  uv_thread_join(&w->tid);
+  uv_loop_close(&w->loop);
+}
+
+void worker_free(worker_t *w) {
+  for (size_t i = 0; i < w->nconns; i++) {
+    conn_t *c = &w->conns[i];
+    xfree(c->to);
+    xfree(c->scram);
+    buf_free(&c->tin);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    if (c->ssl) wolfSSL_free(c->ssl);
+  }
+  xfree(w->conns);
+  pthread_mutex_destroy(&w->mu);
+}

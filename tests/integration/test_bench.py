@@ -1,0 +1,113 @@
+"""xmpp-bench (bench/) against a real xmppd: each scenario with small numbers, and the
+JSON it writes. Accounts come from `xmppctl populate`."""
+import json
+import os
+import subprocess
+import tempfile
+
+from harness import BUILD, DOMAIN, XMPPCTL, ServerTest
+
+BENCH = os.path.join(BUILD, "xmpp-bench")
+PASSWORD = "secret"
+
+
+class BenchTest(ServerTest):
+    server_options = {"limits.idle_timeout": "600", "server.log_level": "warn"}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # 40 users in groups of 4 (roster 3) for presence; the rest for the other scenarios
+        out = subprocess.run([XMPPCTL, "-c", cls.srv.conf, "populate", "user", "200", PASSWORD,
+                              "--roster", "3"], check=True, capture_output=True, text=True)
+        assert "200 accounts" in out.stdout, out.stdout
+
+    def bench(self, *args, expect_rc=0):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "out.json")
+            cmd = [BENCH, "--port", str(self.srv.port), "--domain", DOMAIN, "--password", PASSWORD,
+                   "--server-pid", str(self.srv.proc.pid), "--json", path, "--quiet", *args]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, expect_rc, p.stdout + p.stderr)
+            with open(path) as f:
+                data = json.load(f)
+        for key in ("scenario", "label", "params", "results", "server", "bench", "timeline"):
+            self.assertIn(key, data)
+        self.assertEqual(data["server"]["pid"], self.srv.proc.pid)
+        self.assertGreater(data["bench"]["fd_limit"], 0)
+        self.assertGreater(data["server"]["rss_kib_max"], 0)
+        return data, p.stdout
+
+    def test_populate_accounts_work(self):
+        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "checkpassword", "user200", PASSWORD],
+                           capture_output=True)
+        self.assertEqual(r.returncode, 0)
+        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "populate", "user", "2", PASSWORD,
+                            "--first", "300"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "populate", "user", "x", PASSWORD],
+                           capture_output=True)
+        self.assertEqual(r.returncode, 2)
+
+    def test_login_scram_sha256(self):
+        d, out = self.bench("login", "--users", "50", "--first", "100", "--mech", "SCRAM-SHA-256",
+                            "--label", "it")
+        r = d["results"]
+        self.assertEqual(d["scenario"], "login")
+        self.assertEqual(d["label"], "it")
+        self.assertEqual(d["params"]["users"], 50)
+        self.assertEqual(r["logins_ok"], 50, r)
+        self.assertEqual(r["logins_failed"], 0)
+        self.assertEqual(r["failures"], {})
+        self.assertGreater(r["logins_per_s"], 0)
+        self.assertGreater(r["time_to_all_s"], 0)
+        self.assertGreater(r["server_cpu_ms_per_login"], 0)
+        self.assertIn("50 ok", out)
+
+    def test_login_direct_tls_and_wrong_password(self):
+        d, _ = self.bench("login", "--users", "10", "--first", "150", "--mech", "SCRAM-SHA-1",
+                          "--tls", "direct", "--port", str(self.srv.tls_port))
+        self.assertEqual(d["params"]["tls"], "direct")
+        self.assertEqual(d["results"]["logins_ok"], 10)
+        d, _ = self.bench("login", "--users", "5", "--first", "160", "--password", "wrong",
+                          expect_rc=1)
+        self.assertEqual(d["results"]["logins_ok"], 0)
+        self.assertEqual(d["results"]["failures"], {"sasl:not-authorized": 5})
+
+    def test_chat_closed_and_open_loop(self):
+        d, _ = self.bench("chat", "--pairs", "10", "--first", "41", "--duration", "2", "--window", "2")
+        r = d["results"]
+        self.assertEqual(r["logins_ok"], 20)
+        self.assertEqual(r["mode"], "closed")
+        self.assertGreater(r["sent"], 100)
+        self.assertEqual(r["delivered"], r["sent"])
+        self.assertGreater(r["delivered_per_s"], 0)
+        lat = r["latency_ms"]
+        self.assertTrue(0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"], lat)
+        self.assertTrue(any(p["delivered_per_s"] > 0 for p in d["timeline"]))
+        d, _ = self.bench("chat", "--pairs", "10", "--first", "61", "--duration", "1", "--rate", "400",
+                          "--size", "200", "--idle-extra", "5")
+        r = d["results"]
+        self.assertEqual(r["mode"], "open")
+        self.assertEqual(r["logins_ok"], 25)
+        self.assertTrue(350 <= r["sent"] <= 450, r["sent"])
+        self.assertEqual(r["delivered"], r["sent"])
+
+    def test_idle(self):
+        d, _ = self.bench("idle", "--users", "50", "--first", "100", "--duration", "1",
+                          "--mech", "SCRAM-SHA-256")
+        r = d["results"]
+        self.assertEqual(r["sessions"], 50)
+        self.assertGreater(r["server_rss_kib_after"], r["server_rss_kib_before"])
+        self.assertGreater(r["rss_kib_per_session"], 0)
+        self.assertGreaterEqual(r["server_cpu_pct_idle"], 0)
+
+    def test_presence(self):
+        d, _ = self.bench("presence", "--users", "40", "--roster", "3", "--rate", "40",
+                          "--duration", "2")
+        r = d["results"]
+        self.assertEqual(r["logins_ok"], 40)
+        self.assertGreater(r["sent"], 50)
+        self.assertEqual(r["delivered"], 3 * r["sent"])
+        self.assertGreater(r["presence_delivered_per_s"], 0)
+        self.assertGreater(r["latency_ms"]["max"], 0)
