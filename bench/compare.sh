@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$QUICK" = 1 ]; then
   # ~2-3 minutes for the three servers: small numbers, short runs
-  USERS=1000 PAIRS=50 DURATION=5 PUSERS=300
+  USERS=500 PAIRS=50 DURATION=5 PUSERS=200 ROSTER=5
   [ -z "$BUDGET" ] && BUDGET=240
 fi
 BUDGET=${BUDGET:-900}

@@ -53,6 +53,9 @@ data_path = "$DIR/data"
 plugin_paths = {}
 log = { warn = "$DIR/prosody.log" }
 network_backend = "epoll"
+-- listen backlog 1024 like xmppd's (Prosody's default is 128: a burst of log-ins would
+-- overflow it and wait for SYN retransmits)
+network_settings = { tcp_backlog = 1024; }
 
 interfaces = { "127.0.0.1" }
 local_interfaces = { "127.0.0.1" }
