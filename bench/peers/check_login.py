@@ -46,6 +46,13 @@ async def main(a):
     if a.expect_roster is not None and len(items) != a.expect_roster:
         print(f"FAIL: roster of {u1} has {len(items)} items, expected {a.expect_roster}")
         return 1
+    tls = "no TLS"
+    so = c1.transport.get_extra_info("ssl_object") if c1.transport else None
+    if so is not None:
+        tls = f"{so.version()} {so.cipher()[0]}"
+    elif a.require_tls:
+        print(f"FAIL: {u1} is not on a TLS connection")
+        return 1
     c1.send_message(mto=c2.boundjid.full, mbody="ping", mtype="chat")
     m = await asyncio.wait_for(c2.msgs.get(), 10)
     if str(m["body"]) != "ping":
@@ -54,7 +61,7 @@ async def main(a):
     for c in (c1, c2):
         c.disconnect()
     await asyncio.sleep(0.2)
-    print(f"ok: {u1},{u2} logged in ({a.mech}), roster {len(items)} items, message delivered")
+    print(f"ok: {u1},{u2} logged in ({tls}, {a.mech}), roster {len(items)} items, message delivered")
     return 0
 
 
@@ -66,6 +73,7 @@ if __name__ == "__main__":
     p.add_argument("--users", default="user1,user2")
     p.add_argument("--mech", default="PLAIN")
     p.add_argument("--expect-roster", type=int)
+    p.add_argument("--require-tls", type=int, default=1)
     a = p.parse_args()
     try:
         sys.exit(asyncio.run(asyncio.wait_for(main(a), 40)))
