@@ -50,7 +50,7 @@ if [ "$QUICK" = 1 ]; then
   [ -z "$BUDGET" ] && BUDGET=240
 fi
 BUDGET=${BUDGET:-900}
-[ -z "$PRATE" ] && PRATE=$((PUSERS / 10))
+[ -z "$PRATE" ] && PRATE=$PUSERS   # every user changes presence once a second
 case $SCENARIO in
   all) SCENARIOS="login idle chat presence";;
   login|idle|chat|presence) SCENARIOS=$SCENARIO;;
