@@ -842,7 +842,8 @@ static void check_timeouts(worker_t *w, uint64_t now) {
   uint64_t limit = (uint64_t)(w->o->login_timeout_s * 1e9);
   for (size_t i = 0; i < w->next_launch; i++) {
     conn_t *c = &w->conns[i];
-    if (c->state > C_IDLE && c->state < C_ONLINE && now - c->t_connect > limit) conn_fail(c, "timeout");
+    if (c->state > C_IDLE && c->state < C_ONLINE && now > c->t_connect && now - c->t_connect > limit)
+      conn_fail(c, "timeout");
   }
 }
 
@@ -908,6 +909,7 @@ static void tick_cb(uv_timer_t *t) {
   if (g_phase == PH_LOGIN || w->inprog > 0) {
     launch_more(w);
     static __thread uint64_t last_check;
+    now = uv_hrtime(); /* launch_more may have stamped connections after the tick's now */
     if (now - last_check > 100000000ull) {
       last_check = now;
       check_timeouts(w, now);
@@ -915,8 +917,9 @@ static void tick_cb(uv_timer_t *t) {
   }
   if (w->phase == PH_RUN && w->send_rate > 0 &&
       (o->sc == SC_PRESENCE || (o->sc == SC_CHAT && o->rate > 0))) {
-    double elapsed = (double)(now - w->go_ns) / 1e9;
-    uint64_t due = (uint64_t)(elapsed * w->send_rate);
+    double elapsed = now > w->go_ns ? (double)(now - w->go_ns) / 1e9 : 0;
+    /* message k is due at go + k / rate (k from 0): by now, floor(elapsed * rate) + 1 of them */
+    uint64_t due = (uint64_t)(elapsed * w->send_rate) + 1;
     int burst = 0;
     while (w->sched < due && burst < 20000) {
       conn_t *c = next_sender(w);

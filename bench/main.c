@@ -521,6 +521,7 @@ typedef struct results {
   double go_t, stop_t;
   uint64_t delivered_at_stop, sent_at_stop;
   double bench_cpu;
+  long bench_rss_max; /* sum over the children, sampled once a second */
 } results_t;
 
 static double ms(uint64_t us) { return (double)us / 1000.0; }
@@ -609,8 +610,8 @@ static int write_json(const bench_opts_t *o, const snap_t *a, const results_t *r
   }
   fprintf(f, "},\"server\":{\"pid\":%d,\"cpu_s\":%.3f,\"rss_kib_max\":%ld}", o->server_pid,
           o->server_pid > 0 && r->srv_cpu0 >= 0 ? r->srv_cpu_end - r->srv_cpu0 : 0.0, r->rss_max);
-  fprintf(f, ",\"bench\":{\"cpu_s\":%.3f,\"procs\":%d,\"threads\":%d,\"fd_limit\":%ld}", r->bench_cpu, o->procs,
-          o->threads, a->fdlimit);
+  fprintf(f, ",\"bench\":{\"cpu_s\":%.3f,\"procs\":%d,\"threads\":%d,\"fd_limit\":%ld,\"rss_kib_max\":%ld}",
+          r->bench_cpu, o->procs, o->threads, a->fdlimit, r->bench_rss_max);
   fprintf(f, ",\"timeline\":[");
   for (size_t i = 0; i < ntl; i++)
     fprintf(f, "%s{\"t\":%.1f,\"delivered_per_s\":%.1f,\"logins_per_s\":%.1f,\"p50\":%.3f,\"p99\":%.3f,\"online\":%" PRIu64 "}",
@@ -723,6 +724,17 @@ static int coordinator(bench_opts_t *o) {
       ph = P_QUIT;
       quit_t = t;
     }
+    if (ph != P_QUIT) {
+      for (int i = 0; i < n; i++)
+        if (cs[i].done) { /* a child died early: no way to finish the run */
+          fprintf(stderr, "xmpp-bench: child process %d exited early\n", (int)cs[i].pid);
+          setup_failed = 1;
+          send_all(cs, n, "QUIT\n");
+          ph = P_QUIT;
+          quit_t = t;
+          break;
+        }
+    }
     int all_in = a->logins_ok + a->login_failed >= (uint64_t)o->total;
     switch (ph) {
     case P_LOGIN:
@@ -795,6 +807,10 @@ static int coordinator(bench_opts_t *o) {
       next_tick += 1;
       long rss = proc_rss_kib(o->server_pid);
       if (rss > r.rss_max) r.rss_max = rss;
+      long brss = 0;
+      for (int i = 0; i < n; i++)
+        if (!cs[i].done) brss += proc_rss_kib(cs[i].pid) > 0 ? proc_rss_kib(cs[i].pid) : 0;
+      if (brss > r.bench_rss_max) r.bench_rss_max = brss;
       double dt = t - prev_t;
       hdr_diff(iv, o->sc == SC_CHAT || o->sc == SC_PRESENCE ? &a->lat : &a->login,
                o->sc == SC_CHAT || o->sc == SC_PRESENCE ? &prev->lat : &prev->login);
@@ -872,8 +888,8 @@ static int coordinator(bench_opts_t *o) {
   }
   if (o->server_pid > 0)
     printf("  server: CPU %.2f s over the run, RSS max %ld KiB\n", r.srv_cpu_end - r.srv_cpu0, r.rss_max);
-  printf("  bench: CPU %.2f s over %.1f s wall (%.0f %% of one core; %d worker thread(s))\n", r.bench_cpu, wall,
-         wall > 0 ? r.bench_cpu / wall * 100 : 0, o->procs * o->threads);
+  printf("  bench: CPU %.2f s over %.1f s wall (%.0f %% of one core; %d worker thread(s)), RSS max %ld KiB\n",
+         r.bench_cpu, wall, wall > 0 ? r.bench_cpu / wall * 100 : 0, o->procs * o->threads, r.bench_rss_max);
   if (o->json && write_json(o, a, &r, tl, ntl) != 0) setup_failed = 1;
   if (o->plot && write_plot(o, tl, ntl) != 0) fprintf(stderr, "xmpp-bench: gnuplot failed (is gnuplot-nox installed?)\n");
   xfree(tl);

@@ -843,3 +843,40 @@ Test(store, threads_open_new_file_concurrently, .timeout = 60) {
   cr_assert_eq(raw_int("PRAGMA user_version"), 1);
   store_close(s);
 }
+
+/* store_batch_begin/end (xmppctl populate): many writes in one transaction, including the
+ * calls that otherwise open their own (roster put); rollback drops them all. */
+Test(store, batch_commit_and_rollback) {
+  store_t *s = open_db();
+  store_account_t a = mk_acct(7);
+  cr_assert_eq(store_batch_begin(s), 0);
+  cr_assert_neq(store_batch_begin(s), 0, "batches do not nest");
+  char jid[64], other[64];
+  for (int i = 0; i < 100; i++) {
+    snprintf(jid, sizeof jid, "b%d@localhost", i);
+    cr_assert_eq(store_account_create(s, jid, &a), 0);
+  }
+  for (int i = 0; i < 100; i++) {
+    snprintf(jid, sizeof jid, "b%d@localhost", i);
+    snprintf(other, sizeof other, "b%d@localhost", i ^ 1);
+    store_roster_item_t it = {.jid = other, .sub = SUB_BOTH};
+    cr_assert_eq(store_roster_put(s, jid, &it), 0);
+  }
+  cr_assert_eq(store_account_create(s, "b5@localhost", &a), XMPP_EEXIST);
+  cr_assert_eq(store_batch_end(s, 1), 0);
+  cr_assert_eq(raw_int("SELECT count(*) FROM accounts"), 100);
+  cr_assert_eq(raw_int("SELECT count(*) FROM roster WHERE sub = 3"), 100);
+
+  cr_assert_eq(store_batch_begin(s), 0);
+  cr_assert_eq(store_account_create(s, "gone@localhost", &a), 0);
+  store_roster_item_t it = {.jid = "b1@localhost", .sub = SUB_TO};
+  cr_assert_eq(store_roster_put(s, "gone@localhost", &it), 0);
+  cr_assert_eq(store_batch_end(s, 0), 0);
+  cr_assert_eq(store_account_exists(s, "gone@localhost"), 0);
+  cr_assert_eq(raw_int("SELECT count(*) FROM roster"), 100);
+  cr_assert_neq(store_batch_end(s, 1), 0, "no batch open");
+  /* normal calls work again after a batch */
+  cr_assert_eq(store_account_create(s, "after@localhost", &a), 0);
+  cr_assert_eq(store_account_exists(s, "after@localhost"), 1);
+  store_close(s);
+}
