@@ -135,6 +135,7 @@ run_one() {   # run_one SCENARIO SERVER
     echo "skipped (budget)" > "$status"
     return 0
   fi
+  [ "$tmo" -gt "$left" ] && tmo=$left   # never run past the budget
   mkdir -p "$dir"
   head -n "$users" "$RUN/creds-all.tsv" > "$dir/creds.tsv" 2>/dev/null || true
   port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
