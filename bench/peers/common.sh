@@ -34,6 +34,7 @@ install_debian() {
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq "$pkg" >&2
+    JUST_INSTALLED=1
   fi
   disable_service "$svc"
 }

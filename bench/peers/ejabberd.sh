@@ -43,7 +43,13 @@ ctl() {
 
 case $cmd in
   install)
+    JUST_INSTALLED=0
     install_debian ejabberd ejabberd
+    # The package's postinst leaves an epmd listening on all interfaces; stop it (epmd
+    # -kill refuses while nodes are registered) so our runs start one on 127.0.0.1.
+    if [ "$JUST_INSTALLED" = 1 ] && ! epmd -names 2>/dev/null | grep -q '^name '; then
+      epmd -kill >/dev/null 2>&1 || true
+    fi
     ;;
   version)
     dpkg-query -W -f='${Version}\n' ejabberd
