@@ -60,6 +60,14 @@ IFS=, read -r -a SERVER_LIST <<< "$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
   case $s in ours|prosody|ejabberd) ;; *) echo "compare.sh: unknown server '$s'" >&2; exit 2;; esac
 done
+if [ "$(id -u)" -ne 0 ]; then
+  for s in "${SERVER_LIST[@]}"; do
+    if [ "$s" != ours ]; then
+      echo "compare.sh: $s is installed with apt-get and run as its own system user: run as root (or --servers ours)" >&2
+      exit 2
+    fi
+  done
+fi
 OUT=$(realpath -m "${OUT:-build/compare-$(date +%Y%m%d-%H%M%S)}")
 RUN=$(mktemp -d /tmp/xmpp-compare.XXXXXX)
 chmod 755 "$RUN"
