@@ -757,7 +757,6 @@ static int coordinator(bench_opts_t *o) {
     case P_SETTLE:
       if (t - phase_t >= (o->sc == SC_IDLE ? 2.0 : o->sc == SC_CHAT ? 0.5 : 1.0)) {
         if (o->sc == SC_IDLE) {
-          r.rss_after = proc_rss_kib(o->server_pid);
           r.idle_cpu_pct = proc_cpu_s(o->server_pid);
           ph = P_HOLD;
         } else {
@@ -770,6 +769,9 @@ static int coordinator(bench_opts_t *o) {
       break;
     case P_HOLD:
       if (t - phase_t >= o->duration) {
+        /* RSS at the end of the hold: the steady state of idle sessions, after whatever
+         * a server frees once its sessions go quiet (and the allocator returns) */
+        r.rss_after = proc_rss_kib(o->server_pid);
         double c1 = proc_cpu_s(o->server_pid);
         r.idle_cpu_pct = t > phase_t ? (c1 - r.idle_cpu_pct) / (t - phase_t) * 100.0 : 0;
         send_all(cs, n, "QUIT\n");
