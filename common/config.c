@@ -170,6 +170,22 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
   return set_opt(x->c, o, value, &x->err) == 0;
 }
 
+/* Parses an INI stream into c (defaults already set); name is used in messages. */
+static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) {
+  ini_ctx_t x = {c, NULL};
+  int rc = ini_parse_file(f, ini_cb, &x);
+  if (x.err) {
+    if (err) *err = fmt_err("%s:%d: %s", name, rc, x.err);
+    xfree(x.err);
+    return XMPP_EINVAL;
+  }
+  if (rc != 0) {
+    if (err) *err = fmt_err("%s:%d: syntax error", name, rc);
+    return XMPP_EINVAL;
+  }
+  return 0;
+}
+
 int config_load(xmpp_config_t *c, const char *path, char **err) {
   config_defaults(c);
   if (!path) return 0;
@@ -178,19 +194,24 @@ int config_load(xmpp_config_t *c, const char *path, char **err) {
     if (err) *err = fmt_err("cannot open config file %s: %s", path, strerror(errno));
     return XMPP_EINVAL;
   }
-  ini_ctx_t x = {c, NULL};
-  int rc = ini_parse_file(f, ini_cb, &x);
+  int rc = load_stream(c, f, path, err);
   fclose(f);
-  if (x.err) {
-    if (err) *err = fmt_err("%s:%d: %s", path, rc, x.err);
-    xfree(x.err);
+  return rc;
+}
+
+int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const char *name,
+                       char **err) {
+  config_defaults(c);
+  if (!name) name = "(buffer)";
+  if (len == 0) return 0; /* an empty file: defaults (fmemopen refuses size 0) */
+  FILE *f = fmemopen((void *)data, len, "r");
+  if (!f) {
+    if (err) *err = fmt_err("%s: %s", name, strerror(errno));
     return XMPP_EINVAL;
   }
-  if (rc != 0) {
-    if (err) *err = fmt_err("%s:%d: syntax error", path, rc);
-    return XMPP_EINVAL;
-  }
-  return 0;
+  int rc = load_stream(c, f, name, err);
+  fclose(f);
+  return rc;
 }
 
 int config_validate(const xmpp_config_t *c, char **err) {

@@ -66,6 +66,32 @@ static char *attr_value(arena_t *a, const char *v, size_t len) {
   return out;
 }
 
+/* Namespace names are attribute values (of xmlns declarations) and come with the same
+ * "&#38;" for '&' (found by fuzz_xml_stream: xmlns='a&amp;b' gave the namespace
+ * "a&#38;b", which serialised as "a&amp;#38;b", a different namespace). */
+static const char *ns_uri(arena_t *a, const xmlChar *u) {
+  return u ? attr_value(a, (const char *)u, strlen((const char *)u)) : "";
+}
+
+/* "p:local" in the arena (no length limit: names are bounded by the stanza size). */
+static char *qname(arena_t *a, const char *p, const char *local) {
+  size_t lp = strlen(p), ll = strlen(local);
+  char *q = arena_alloc(a, lp + 1 + ll + 1);
+  memcpy(q, p, lp);
+  q[lp] = ':';
+  memcpy(q + lp + 1, local, ll + 1);
+  return q;
+}
+
+/* Adds xmlns:prefix='uri' to n unless n or an ancestor inside the stanza declares it. */
+static void declare_prefix(xml_stream_t *xs, xnode_t *n, const char *prefix, const char *uri) {
+  char *decl = qname(&xs->arena, "xmlns", prefix);
+  if (xnode_attr(n, decl)) return;
+  for (const xnode_t *e = xs->cur; e; e = e->parent)
+    if (xnode_attr(e, decl)) return;
+  xnode_set_attr(&xs->arena, n, decl, uri);
+}
+
 static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri,
                      int nb_ns, const xmlChar **namespaces, int nb_attrs, int nb_defaulted,
                      const xmlChar **attrs) {
@@ -79,23 +105,27 @@ static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix,
     fail(xs, XS_POLICY_VIOLATION, "elements nested too deep");
     return;
   }
-  xnode_t *n = xnode_new(&xs->arena, (const char *)localname, uri ? (const char *)uri : "");
+  xnode_t *n = xnode_new(&xs->arena, (const char *)localname, ns_uri(&xs->arena, uri));
   for (int i = 0; i < nb_ns; i++) {
-    const char *p = (const char *)namespaces[2 * i], *u = (const char *)namespaces[2 * i + 1];
+    const char *p = (const char *)namespaces[2 * i], *u = ns_uri(&xs->arena, namespaces[2 * i + 1]);
     if (!p) {
       if (xs->depth == 0) xnode_set_attr(&xs->arena, n, "xmlns", u ? u : "");
     } else {
-      char q[256];
-      if (snprintf(q, sizeof q, "xmlns:%s", p) < (int)sizeof q) xnode_set_attr(&xs->arena, n, q, u ? u : "");
+      xnode_set_attr(&xs->arena, n, qname(&xs->arena, "xmlns", p), u ? u : "");
     }
   }
   for (int i = 0; i < nb_attrs; i++) {
     const xmlChar **a = attrs + 5 * i;
-    char name[512];
-    if (a[1]) snprintf(name, sizeof name, "%s:%s", a[1], a[0]);
-    else snprintf(name, sizeof name, "%s", a[0]);
+    const char *name = a[1] ? qname(&xs->arena, (const char *)a[1], (const char *)a[0]) : (const char *)a[0];
     char *val = attr_value(&xs->arena, (const char *)a[3], (size_t)(a[4] - a[3]));
     xnode_set_attr(&xs->arena, n, name, val);
+    /* A stanza must stand alone: its prefixed attributes may use a prefix declared on
+     * the stream header (or nowhere inside the stanza), and the stanza is forwarded
+     * without that header. Declare the binding in effect here on the element, or the
+     * serialised stanza is not namespace-well-formed (Namespaces in XML 1.0 §5) and
+     * breaks the recipient's stream. "xml" is bound by definition. */
+    if (xs->depth >= 1 && a[1] && a[2] && strcmp((const char *)a[1], "xml") != 0)
+      declare_prefix(xs, n, (const char *)a[1], ns_uri(&xs->arena, a[2]));
   }
   if (xs->depth == 0) {
     xs->depth = 1;

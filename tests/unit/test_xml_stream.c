@@ -237,3 +237,52 @@ Test(xml_stream, long_text_in_many_pieces_under_limit) {
 Test(xml_stream, doctype_mid_stream_is_restricted) {
   expect_error(HDR "<!DOCTYPE x [<!ENTITY e 'boom'>]><message>&e;</message>", XS_RESTRICTED_XML);
 }
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/header-prefix-attr): a prefix
+ * declared on the stream header and used on a stanza's attribute was forwarded without
+ * its declaration, so the serialised stanza was not namespace-well-formed and broke the
+ * recipient's stream. The stanza now declares the binding itself. */
+Test(xml_stream, prefix_from_stream_header_declared_in_stanza) {
+  rec_t *r = mk();
+  const char *doc = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                    "xmlns:e='urn:evil'><e:message e:a='1'><b e:c='2'/></e:message>"
+                    "<message xml:lang='en'/>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<message xmlns='urn:evil' e:a='1' xmlns:e='urn:evil'><b e:c='2'/></message>\n"
+                           "<message xml:lang='en'/>\n");
+  rm(r);
+}
+
+/* Prefixes and prefixed attribute names longer than the old fixed 256/512-byte buffers
+ * were truncated (declaration dropped, attribute renamed). */
+Test(xml_stream, long_prefix_kept_whole) {
+  buf_t b, want;
+  buf_init(&b);
+  buf_init(&want);
+  char p[601];
+  memset(p, 'p', 600);
+  p[600] = '\0';
+  buf_printf(&b, HDR "<message xmlns:%s='urn:p' %s:a='1'/>", p, p);
+  buf_printf(&want, "<message xmlns:%s='urn:p' %s:a='1'/>\n", p, p);
+  buf_putc(&want, '\0');
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, (char *)b.data, b.len), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), (char *)want.data);
+  rm(r);
+  buf_free(&b);
+  buf_free(&want);
+}
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/ns-uri-amp): namespace names
+ * kept libxml2's internal "&#38;" for '&', so xmlns='a&amp;b' re-serialised as
+ * xmlns='a&amp;#38;b', another namespace. */
+Test(xml_stream, ampersand_in_namespace_name) {
+  rec_t *r = mk();
+  const char *doc = HDR "<iq><q xmlns='urn:a&amp;b' xmlns:p='urn:c&#x26;d' p:x='&amp;'/></iq>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<iq><q xmlns='urn:a&amp;b' xmlns:p='urn:c&amp;d' p:x='&amp;'/></iq>\n");
+  rm(r);
+}
