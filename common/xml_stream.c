@@ -16,6 +16,7 @@
 #include <libxml/parser.h>
 #include <libxml/parserInternals.h>
 #include <string.h>
+#include <unistr.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -192,6 +193,23 @@ static void on_chars(void *ctx, const xmlChar *ch, int len) {
   }
 }
 
+/* libxml2's push parser checks CDATA sections with a lighter decoder than the rest of
+ * the input: it lets overlong forms through (0xC0 0xBC, an overlong '<', came out as
+ * is). Such bytes are not UTF-8 (RFC 3629 §3; RFC 6120 §11.6: XMPP is UTF-8 only) and
+ * would reach other clients inside forwarded stanzas, where a strict parser closes
+ * the recipient's stream and a lenient one may read a '<'. Found by fuzz_xml_stream
+ * (tests/fuzz/regress/xml_stream/cdata-overlong-utf8). libxml2 hands CDATA over in
+ * whole characters, so each block is checked alone. */
+static void on_cdata(void *ctx, const xmlChar *ch, int len) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  if (halted(xs)) return;
+  if (len > 0 && u8_check(ch, (size_t)len)) {
+    fail(xs, XS_NOT_WELL_FORMED, "invalid UTF-8 in CDATA section");
+    return;
+  }
+  on_chars(ctx, ch, len);
+}
+
 static void on_restricted(void *ctx, const char *what) {
   xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
   fail(xs, XS_RESTRICTED_XML, what);
@@ -238,7 +256,7 @@ void xml_stream_global_init(void) {
   sax_handler.startElementNs = on_start;
   sax_handler.endElementNs = on_end;
   sax_handler.characters = on_chars;
-  sax_handler.cdataBlock = on_chars;
+  sax_handler.cdataBlock = on_cdata;
   sax_handler.internalSubset = on_internal_subset;
   sax_handler.externalSubset = on_internal_subset;
   sax_handler.entityDecl = on_entity_decl;

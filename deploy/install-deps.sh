@@ -12,6 +12,8 @@ PKGS=(
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
   # tests
   libcriterion-dev python3 python3-slixmpp
+  # fuzzing (make build-fuzz): clang and its libFuzzer/sanitizer runtimes
+  clang-14 libclang-rt-14-dev
   # run: self-signed certificate for `make run`, store inspection
   openssl sqlite3
 )

@@ -249,7 +249,7 @@ Test(xml_stream, prefix_from_stream_header_declared_in_stanza) {
                     "<message xml:lang='en'/>";
   cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
   cr_assert_eq(r->errors, 0);
-  cr_assert_str_eq(out(r), "<message xmlns='urn:evil' e:a='1' xmlns:e='urn:evil'><b e:c='2'/></message>\n"
+  cr_assert_str_eq(out(r), "<message xmlns='urn:evil' e:a='1' xmlns:e='urn:evil'><b xmlns='jabber:client' e:c='2'/></message>\n"
                            "<message xml:lang='en'/>\n");
   rm(r);
 }
@@ -284,5 +284,22 @@ Test(xml_stream, ampersand_in_namespace_name) {
   cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
   cr_assert_eq(r->errors, 0);
   cr_assert_str_eq(out(r), "<iq><q xmlns='urn:a&amp;b' xmlns:p='urn:c&amp;d' p:x='&amp;'/></iq>\n");
+  rm(r);
+}
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/cdata-overlong-utf8): libxml2's
+ * push parser let overlong UTF-8 through inside CDATA sections (0xC0 0xBC, an overlong
+ * '<'); it reached the stanza tree and would be forwarded. */
+Test(xml_stream, invalid_utf8_in_cdata_refused) {
+  expect_error(HDR "<message><body><![CDATA[\xc0\xbc]]></body></message>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "<message><body><![CDATA[ok \xc1\xa1]]></body></message>", XS_NOT_WELL_FORMED);
+}
+
+Test(xml_stream, utf8_in_cdata_fed_byte_by_byte) {
+  rec_t *r = mk();
+  const char *doc = HDR "<message><body><![CDATA[\xc3\xa9\xe2\x98\xba\xf0\x9d\x84\x9e <x>]]></body></message>";
+  for (size_t i = 0; doc[i]; i++) cr_assert_eq(xml_stream_feed(r->xs, doc + i, 1), 0, "byte %zu", i);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<message><body>\xc3\xa9\xe2\x98\xba\xf0\x9d\x84\x9e &lt;x&gt;</body></message>\n");
   rm(r);
 }
