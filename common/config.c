@@ -170,13 +170,60 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
   return set_opt(x->c, o, value, &x->err) == 0;
 }
 
+/* Line reader for inih. inih reads into a fixed buffer (num bytes, 200 in Debian's
+ * build) and takes whatever did not fit as the next line: a long value was cut, and
+ * its tail was parsed as another "key = value" or, starting with a blank, as a
+ * continuation that replaced the value. "path = /<190 x> backend = evil" set both.
+ * A line that does not fit, or holds a NUL, is refused instead. Found while writing
+ * fuzz_config, which now checks it (tests/fuzz/regress/config/long-line-*). */
+typedef struct {
+  FILE *f;
+  int line;
+  int too_long; /* the longest line that fits, when one did not */
+  int nul;
+} line_reader_t;
+
+static char *read_line(char *str, int num, void *stream) {
+  line_reader_t *r = stream;
+  if (r->too_long || r->nul || num < 2) return NULL;
+  int i = 0, c = EOF;
+  while (i < num - 1 && (c = getc(r->f)) != EOF) {
+    if (c == '\0') {
+      r->nul = 1;
+      r->line++;
+      return NULL;
+    }
+    str[i++] = (char)c;
+    if (c == '\n') break;
+  }
+  if (i == 0) return NULL;
+  r->line++;
+  if (i == num - 1 && str[i - 1] != '\n') {
+    c = getc(r->f);
+    if (c != EOF && c != '\n') {
+      r->too_long = num - 1;
+      return NULL;
+    }
+  }
+  str[i] = '\0';
+  return str;
+}
+
 /* Parses an INI stream into c (defaults already set); name is used in messages. */
 static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) {
   ini_ctx_t x = {c, NULL};
-  int rc = ini_parse_file(f, ini_cb, &x);
+  line_reader_t r = {f, 0, 0, 0};
+  int rc = ini_parse_stream(read_line, &r, ini_cb, &x);
   if (x.err) {
     if (err) *err = fmt_err("%s:%d: %s", name, rc, x.err);
     xfree(x.err);
+    return XMPP_EINVAL;
+  }
+  if (r.too_long || r.nul) {
+    if (err) {
+      if (r.nul) *err = fmt_err("%s:%d: NUL byte", name, r.line);
+      else *err = fmt_err("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
+    }
     return XMPP_EINVAL;
   }
   if (rc != 0) {

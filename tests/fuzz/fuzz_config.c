@@ -4,6 +4,9 @@
  * Invariants:
  *  - config_load_buffer either accepts (every option within its table bounds) or
  *    refuses with an error message; nothing leaks either way (config_free);
+ *  - no line is silently cut: an accepted file has no line longer than inih's buffer
+ *    (199 bytes + LF) and no NUL byte (inih used to parse the tail of a long line as
+ *    another line);
  *  - print/parse round trip: a configuration that was accepted, printed with
  *    config_print, loads again to a configuration that prints identically (what
  *    --check-config shows is what a restart would get). */
@@ -40,6 +43,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   if (err) die("error message on success", err, "");
+  if (memchr(data, 0, size)) die("NUL byte accepted", "", "");
+  for (size_t i = 0, start = 0; i <= size; i++)
+    if (i == size || data[i] == '\n') {
+      if (i - start > 199) die("line longer than inih's buffer accepted", "", "");
+      start = i + 1;
+    }
   if (c.max_depth < 2 || c.max_depth > 1024 || c.shards < 1 || c.c2s_port < 0 ||
       c.c2s_port > 65535 || !c.domain || !*c.domain || strlen(c.domain) > 1023)
     die("option outside its bounds", "", "");
