@@ -334,8 +334,11 @@ int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
   while (len && !xs->stopped) {
     size_t n = len < SLICE ? len : SLICE;
     xs->pending += n;
-    if (xs->depth >= 1 && xs->pending > xs->lim.max_stanza_bytes + SLICE) {
-      fail(xs, XS_POLICY_VIOLATION, "stanza too large");
+    /* The stream header (depth 0) is bounded too: libxml2 buffers a start tag until it
+     * is complete, and nothing else limited a header's attributes before on_start
+     * (megabytes per connection, before authentication). */
+    if (xs->pending > xs->lim.max_stanza_bytes + SLICE) {
+      fail(xs, XS_POLICY_VIOLATION, xs->depth ? "stanza too large" : "stream header too large");
       return XMPP_EINVAL;
     }
     xs->in_feed = 1;

@@ -303,3 +303,25 @@ Test(xml_stream, utf8_in_cdata_fed_byte_by_byte) {
   cr_assert_str_eq(out(r), "<message><body>\xc3\xa9\xe2\x98\xba\xf0\x9d\x84\x9e &lt;x&gt;</body></message>\n");
   rm(r);
 }
+
+/* Seen while writing fuzz_xml_stream: the byte limit applied only inside the stream, so
+ * an endless stream header (one huge attribute, or endless attributes) was buffered by
+ * libxml2 without bound before authentication. */
+Test(xml_stream, stream_header_is_size_limited) {
+  rec_t *r = mk();
+  const char *h = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='";
+  cr_assert_eq(xml_stream_feed(r->xs, h, strlen(h)), 0);
+  static char chunk[65536];
+  memset(chunk, 'x', sizeof chunk);
+  int rc = 0;
+  size_t fed = 0;
+  while (rc == 0 && fed < 4 * lim.max_stanza_bytes) {
+    rc = xml_stream_feed(r->xs, chunk, sizeof chunk);
+    fed += sizeof chunk;
+  }
+  cr_assert_eq(rc, XMPP_EINVAL, "header of %zu bytes accepted", fed);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  cr_assert_eq(r->starts, 0);
+  cr_assert_leq(fed, lim.max_stanza_bytes + sizeof chunk + 4096);
+  rm(r);
+}
