@@ -74,6 +74,33 @@ static const conf_opt_t *find_opt(const char *section, const char *key) {
   return NULL;
 }
 
+/* The longest line inih reads whole (its buffer, INI_MAX_LINE = 200 in Debian's build,
+ * less the NUL); read_line refuses longer ones. */
+#define INI_LINE_MAX 199
+
+/* Whether "key = value" written by config_print reads back as value: inih strips blanks
+ * at both ends and an inline comment (';' after a blank), and a line ends at a control
+ * character. inih does not strip that comment on a continuation line, so such a value
+ * used to load from a file, then print as a line that read back as something else
+ * (found by fuzz_config: tests/fuzz/regress/config/continuation-inline-comment). The
+ * same rule holds for --set, so what --print-config shows is what a restart loads.
+ * A value that makes the line too long was possible the same way (regress/config/
+ * continuation-too-long-to-print). */
+static int ini_writable(const char *key, const char *v) {
+  size_t n = strlen(v);
+  /* config_print writes "key = value": it must fit in one line of inih's buffer
+   * (INI_LINE_MAX below; a continuation line could hold a longer value) */
+  if (strlen(key) + 3 + n > INI_LINE_MAX) return 0;
+  if (n && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t')) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7F) return 0;
+    /* "key = ;x" reads as an empty value with a comment */
+    if (ch == ';' && (i == 0 || v[i - 1] == ' ' || v[i - 1] == '\t')) return 0;
+  }
+  return 1;
+}
+
 static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, char **err) {
   char *base = (char *)c;
   switch (o->type) {
@@ -105,6 +132,13 @@ static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, cha
   }
   case CT_STR: {
     size_t n = strlen(value);
+    if (!ini_writable(o->key, value)) {
+      if (err)
+        *err = fmt_err("%s.%s: '%s' cannot be written in a configuration file (control character, "
+                       "blank at either end, ';' first or after a blank, or longer than a %d-byte line)",
+                       o->section, o->key, value, INI_LINE_MAX);
+      return XMPP_EINVAL;
+    }
     if ((long)n < o->min || (o->max && (long)n > o->max)) {
       if (err) *err = fmt_err("%s.%s: length %zu is outside [%ld, %ld]", o->section, o->key, n, o->min, o->max);
       return XMPP_EINVAL;

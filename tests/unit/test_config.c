@@ -70,3 +70,29 @@ Test(config, nul_byte_is_refused) {
   free(err);
   config_free(&c);
 }
+
+/* Found by fuzz_config (tests/fuzz/regress/config/continuation-inline-comment): inih
+ * does not strip an inline comment on a continuation line, so "domain" took the value
+ * "x ; comment", which --print-config wrote as a line that loads as "x". Values the file
+ * format cannot hold are refused, from the file and from --set alike. */
+Test(config, values_the_file_cannot_hold_are_refused) {
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load("[server]\ndomain = a.example ; c\n  log_level=wacom ; inline!\n", &c, &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "cannot be written"), "%s", err);
+  free(err);
+  config_free(&c);
+  config_defaults(&c);
+  const char *bad[] = {" lead", "trail ", "a ;b", "a\t;b", ";a", "a\nb", "a\rb", "\x7f"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err = NULL;
+    cr_assert_eq(config_set(&c, "storage.path", bad[i], &err), XMPP_EINVAL, "'%s'", bad[i]);
+    free(err);
+  }
+  const char *good[] = {"a;b", "/var/lib/x y/db", "a\tb", "#x"};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    err = NULL;
+    cr_assert_eq(config_set(&c, "storage.path", good[i], &err), 0, "'%s': %s", good[i], err ? err : "");
+  }
+  config_free(&c);
+}
