@@ -49,6 +49,7 @@ for t in "${targets[@]}"; do
     continue
   fi
   ok=1
+  why=""
   # 1. crash reproducers: each must run clean
   nreg=0
   if [ -d "tests/fuzz/regress/$t" ]; then
@@ -56,7 +57,7 @@ for t in "${targets[@]}"; do
     nreg=${#reg[@]}
     if [ "$nreg" -gt 0 ] && ! "$bin" -runs=1 "${reg[@]}" >>"$log" 2>&1; then
       ok=0
-      echo "FUZZ $t: a regression input crashes again:" >&2
+      why="a regression input of tests/fuzz/regress/$t crashes again; "
     fi
   fi
   # 2. bounded fuzzing from the seeds
@@ -81,7 +82,7 @@ for t in "${targets[@]}"; do
     echo "FUZZ $t PASS (${nreg} regress; ${stats:-no fuzzing})"
   else
     failed=$((failed + 1))
-    echo "FUZZ $t FAIL (log: $log)"
+    echo "FUZZ $t FAIL (${why}log: $log)"
     grep -E 'INVARIANT|ERROR: |SUMMARY|runtime error|Test unit written|crashes again' "$log" | head -10 | sed 's/^/    /'
   fi
 done

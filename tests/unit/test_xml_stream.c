@@ -325,3 +325,15 @@ Test(xml_stream, stream_header_is_size_limited) {
   cr_assert_leq(fed, lim.max_stanza_bytes + sizeof chunk + 4096);
   rm(r);
 }
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/element-in-xml-namespace):
+ * an element in the namespace of the "xml" prefix was serialised with that namespace
+ * as the default one, which Namespaces in XML 1.0 §3 forbids. */
+Test(xml_stream, element_in_xml_namespace_keeps_its_prefix) {
+  rec_t *r = mk();
+  const char *doc = HDR "<xml:iq type='get'><q/><xml:x xml:lang='en'>t</xml:x></xml:iq>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<xml:iq type='get'><q/><xml:x xml:lang='en'>t</xml:x></xml:iq>\n");
+  rm(r);
+}
