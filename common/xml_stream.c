@@ -121,10 +121,11 @@ static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix,
     char *val = attr_value(&xs->arena, (const char *)a[3], (size_t)(a[4] - a[3]));
     xnode_set_attr(&xs->arena, n, name, val);
     /* A stanza must stand alone: its prefixed attributes may use a prefix declared on
-     * the stream header (or nowhere inside the stanza), and the stanza is forwarded
-     * without that header. Declare the binding in effect here on the element, or the
-     * serialised stanza is not namespace-well-formed (Namespaces in XML 1.0 §5) and
-     * breaks the recipient's stream. "xml" is bound by definition. */
+     * the stream header, and the stanza is forwarded without that header. Declare the
+     * binding in effect on the element, or the serialised stanza breaks Namespaces in
+     * XML 1.0 §4 "Prefix Declared" and the recipient's stream with it. Found by
+     * fuzz_xml_stream (tests/fuzz/regress/xml_stream/header-prefix-attr). "xml" is
+     * bound by definition. */
     if (xs->depth >= 1 && a[1] && a[2] && strcmp((const char *)a[1], "xml") != 0)
       declare_prefix(xs, n, (const char *)a[1], ns_uri(&xs->arena, a[2]));
   }
