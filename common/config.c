@@ -85,6 +85,33 @@ static const conf_opt_t *find_opt(const char *section, const char *key) {
   return NULL;
 }
 
+/* The longest line inih reads whole (its buffer, INI_MAX_LINE = 200 in Debian's build,
+ * less the NUL); read_line refuses longer ones. */
+#define INI_LINE_MAX 199
+
+/* Whether "key = value" written by config_print reads back as value: inih strips blanks
+ * at both ends and an inline comment (';' after a blank), and a line ends at a control
+ * character. inih does not strip that comment on a continuation line, so such a value
+ * used to load from a file, then print as a line that read back as something else
+ * (found by fuzz_config: tests/fuzz/regress/config/continuation-inline-comment). The
+ * same rule holds for --set, so what --print-config shows is what a restart loads.
+ * A value that makes the line too long was possible the same way (regress/config/
+ * continuation-too-long-to-print). */
+static int ini_writable(const char *key, const char *v) {
+  size_t n = strlen(v);
+  /* config_print writes "key = value": it must fit in one line of inih's buffer
+   * (INI_LINE_MAX below; a continuation line could hold a longer value) */
+  if (strlen(key) + 3 + n > INI_LINE_MAX) return 0;
+  if (n && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t')) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7F) return 0;
+    /* "key = ;x" reads as an empty value with a comment */
+    if (ch == ';' && (i == 0 || v[i - 1] == ' ' || v[i - 1] == '\t')) return 0;
+  }
+  return 1;
+}
+
 static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, char **err) {
   char *base = (char *)c;
   switch (o->type) {
@@ -116,6 +143,13 @@ static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, cha
   }
   case CT_STR: {
     size_t n = strlen(value);
+    if (!ini_writable(o->key, value)) {
+      if (err)
+        *err = fmt_err("%s.%s: '%s' cannot be written in a configuration file (control character, "
+                       "blank at either end, ';' first or after a blank, or longer than a %d-byte line)",
+                       o->section, o->key, value, INI_LINE_MAX);
+      return XMPP_EINVAL;
+    }
     if ((long)n < o->min || (o->max && (long)n > o->max)) {
       if (err) *err = fmt_err("%s.%s: length %zu is outside [%ld, %ld]", o->section, o->key, n, o->min, o->max);
       return XMPP_EINVAL;
@@ -181,6 +215,69 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
   return set_opt(x->c, o, value, &x->err) == 0;
 }
 
+/* Line reader for inih. inih reads into a fixed buffer (num bytes, 200 in Debian's
+ * build) and takes whatever did not fit as the next line: a long value was cut, and
+ * its tail was parsed as another "key = value" or, starting with a blank, as a
+ * continuation that replaced the value. "path = /<190 x> backend = evil" set both.
+ * A line that does not fit, or holds a NUL, is refused instead. Found while writing
+ * fuzz_config, which now checks it (tests/fuzz/regress/config/long-line-*). */
+typedef struct {
+  FILE *f;
+  int line;
+  int too_long; /* the longest line that fits, when one did not */
+  int nul;
+} line_reader_t;
+
+static char *read_line(char *str, int num, void *stream) {
+  line_reader_t *r = stream;
+  if (r->too_long || r->nul || num < 2) return NULL;
+  int i = 0, c = EOF;
+  while (i < num - 1 && (c = getc(r->f)) != EOF) {
+    if (c == '\0') {
+      r->nul = 1;
+      r->line++;
+      return NULL;
+    }
+    str[i++] = (char)c;
+    if (c == '\n') break;
+  }
+  if (i == 0) return NULL;
+  r->line++;
+  if (i == num - 1 && str[i - 1] != '\n') {
+    c = getc(r->f);
+    if (c != EOF && c != '\n') {
+      r->too_long = num - 1;
+      return NULL;
+    }
+  }
+  str[i] = '\0';
+  return str;
+}
+
+/* Parses an INI stream into c (defaults already set); name is used in messages. */
+static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) {
+  ini_ctx_t x = {c, NULL};
+  line_reader_t r = {f, 0, 0, 0};
+  int rc = ini_parse_stream(read_line, &r, ini_cb, &x);
+  if (x.err) {
+    if (err) *err = fmt_err("%s:%d: %s", name, rc, x.err);
+    xfree(x.err);
+    return XMPP_EINVAL;
+  }
+  if (r.too_long || r.nul) {
+    if (err) {
+      if (r.nul) *err = fmt_err("%s:%d: NUL byte", name, r.line);
+      else *err = fmt_err("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
+    }
+    return XMPP_EINVAL;
+  }
+  if (rc != 0) {
+    if (err) *err = fmt_err("%s:%d: syntax error", name, rc);
+    return XMPP_EINVAL;
+  }
+  return 0;
+}
+
 int config_load(xmpp_config_t *c, const char *path, char **err) {
   config_defaults(c);
   if (!path) return 0;
@@ -189,19 +286,24 @@ int config_load(xmpp_config_t *c, const char *path, char **err) {
     if (err) *err = fmt_err("cannot open config file %s: %s", path, strerror(errno));
     return XMPP_EINVAL;
   }
-  ini_ctx_t x = {c, NULL};
-  int rc = ini_parse_file(f, ini_cb, &x);
+  int rc = load_stream(c, f, path, err);
   fclose(f);
-  if (x.err) {
-    if (err) *err = fmt_err("%s:%d: %s", path, rc, x.err);
-    xfree(x.err);
+  return rc;
+}
+
+int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const char *name,
+                       char **err) {
+  config_defaults(c);
+  if (!name) name = "(buffer)";
+  if (len == 0) return 0; /* an empty file: defaults (fmemopen refuses size 0) */
+  FILE *f = fmemopen((void *)data, len, "r");
+  if (!f) {
+    if (err) *err = fmt_err("%s: %s", name, strerror(errno));
     return XMPP_EINVAL;
   }
-  if (rc != 0) {
-    if (err) *err = fmt_err("%s:%d: syntax error", path, rc);
-    return XMPP_EINVAL;
-  }
-  return 0;
+  int rc = load_stream(c, f, name, err);
+  fclose(f);
+  return rc;
 }
 
 int config_validate(const xmpp_config_t *c, char **err) {

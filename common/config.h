@@ -52,6 +52,10 @@ typedef struct xmpp_config {
 void config_defaults(xmpp_config_t *c);
 /* Defaults, then the INI file at path (NULL: defaults only). 0 or XMPP_EINVAL with *err. */
 int config_load(xmpp_config_t *c, const char *path, char **err);
+/* Same, from the bytes data[0..len) as if they were the file's content (name is used in
+ * error messages; NULL: "(buffer)"). The file reader is the same. */
+int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const char *name,
+                       char **err);
 /* Sets one option by "section.key"; validates type and bounds. 0 or XMPP_EINVAL with *err. */
 int config_set(xmpp_config_t *c, const char *key, const char *value, char **err);
 /* Cross-option checks (files readable, ports distinct...). 0 or XMPP_EINVAL with *err. */

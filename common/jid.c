@@ -504,9 +504,9 @@ static int prep_domain_ascii(const char *s, size_t len, char **out) {
   return rc;
 }
 
-/* Internationalised name (or one with A-labels): RFC 5895-style mapping, then
- * strict IDNA2008 validation (RFC 5891 §5) via libidn2, output as U-labels. */
-static int prep_domain_idn(const char *s, size_t len, char **out) {
+/* RFC 5895-style mapping of a domain name: width mapping, label separators to '.',
+ * lower case, NFC. Returns 0 and a new string, or XMPP_EINVAL. */
+static int map_domain(const char *s, size_t len, char **out) {
   size_t n, ln;
   uint32_t *u = decode(s, len, &n);
   if (!u) return XMPP_EINVAL;
@@ -516,9 +516,21 @@ static int prep_domain_idn(const char *s, size_t len, char **out) {
   uint32_t *l = u32_tolower(u, n, NULL, UNINORM_NFC, NULL, &ln);
   free(u);
   if (!l) return lib_fail();
-  char *mapped = NULL;
-  int rc = encode(l, ln, JID_INPUT_MAX, &mapped);
+  int rc = encode(l, ln, JID_INPUT_MAX, out);
   free(l);
+  return rc;
+}
+
+/* Internationalised name (or one with A-labels): RFC 5895-style mapping, then
+ * strict IDNA2008 validation (RFC 5891 §5) via libidn2, output as U-labels.
+ * The U-labels that an A-label decodes to must already be in mapped form: "xn--bce"
+ * is U+13EB, an upper-case letter since Unicode 8 that libidn2 still accepts, but which
+ * the mapping lower-cases to a code point libidn2 refuses; such a domainpart could not
+ * be parsed again from its own normalised form (RFC 8264 §7: the rules must be
+ * idempotent). Found by fuzz_jid (tests/fuzz/regress/jid/alabel-not-lowercase). */
+static int prep_domain_idn(const char *s, size_t len, char **out) {
+  char *mapped = NULL, *remapped = NULL;
+  int rc = map_domain(s, len, &mapped);
   if (rc) return rc;
 
   uint8_t *ace = NULL;
@@ -532,12 +544,14 @@ static int prep_domain_idn(const char *s, size_t len, char **out) {
   if (irc == IDN2_MALLOC) oom();
   if (irc != IDN2_OK) goto done;
   if (check_labels(uni, strlen(uni), false) != LABELS_OK) goto done;
+  if (map_domain(uni, strlen(uni), &remapped) != 0 || strcmp(remapped, uni) != 0) goto done;
   *out = xstrdup(uni);
   rc = 0;
 done:
   idn2_free(ace);
   idn2_free(uni);
   xfree(mapped);
+  xfree(remapped);
   return rc;
 }
 

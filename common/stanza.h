@@ -4,7 +4,9 @@
  * Namespaces are resolved: each element carries its namespace URI, and the serialiser
  * writes xmlns='...' only where an element's namespace differs from its parent's.
  * Prefixed attributes keep their qualified name (xml:lang), and declarations of
- * non-default prefixes are kept as "xmlns:p" attributes.
+ * non-default prefixes are kept as "xmlns:p" attributes; the reader adds one for a prefix
+ * that an attribute uses but that was declared outside the stanza (on the stream header),
+ * so every stanza serialises as namespace-well-formed XML on its own.
  *
  * Two encodings: XML text (xnode_serialize, with escaping) for clients, and a compact
  * binary form (xnode_encode/xnode_decode) carried in bus frames, so a router reads a

@@ -16,6 +16,7 @@
 #include <libxml/parser.h>
 #include <libxml/parserInternals.h>
 #include <string.h>
+#include <unistr.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -116,6 +117,32 @@ static void record_resume(xml_stream_t *xs, const xmlChar *localname, const xmlC
   buf_free(&b);
 }
 
+/* Namespace names are attribute values (of xmlns declarations) and come with the same
+ * "&#38;" for '&' (found by fuzz_xml_stream: xmlns='a&amp;b' gave the namespace
+ * "a&#38;b", which serialised as "a&amp;#38;b", a different namespace). */
+static const char *ns_uri(arena_t *a, const xmlChar *u) {
+  return u ? attr_value(a, (const char *)u, strlen((const char *)u)) : "";
+}
+
+/* "p:local" in the arena (no length limit: names are bounded by the stanza size). */
+static char *qname(arena_t *a, const char *p, const char *local) {
+  size_t lp = strlen(p), ll = strlen(local);
+  char *q = arena_alloc(a, lp + 1 + ll + 1);
+  memcpy(q, p, lp);
+  q[lp] = ':';
+  memcpy(q + lp + 1, local, ll + 1);
+  return q;
+}
+
+/* Adds xmlns:prefix='uri' to n unless n or an ancestor inside the stanza declares it. */
+static void declare_prefix(xml_stream_t *xs, xnode_t *n, const char *prefix, const char *uri) {
+  char *decl = qname(&xs->arena, "xmlns", prefix);
+  if (xnode_attr(n, decl)) return;
+  for (const xnode_t *e = xs->cur; e; e = e->parent)
+    if (xnode_attr(e, decl)) return;
+  xnode_set_attr(&xs->arena, n, decl, uri);
+}
+
 static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri,
                      int nb_ns, const xmlChar **namespaces, int nb_attrs, int nb_defaulted,
                      const xmlChar **attrs) {
@@ -133,23 +160,28 @@ static void on_start(void *ctx, const xmlChar *localname, const xmlChar *prefix,
     fail(xs, XS_POLICY_VIOLATION, "elements nested too deep");
     return;
   }
-  xnode_t *n = xnode_new(&xs->arena, (const char *)localname, uri ? (const char *)uri : "");
+  xnode_t *n = xnode_new(&xs->arena, (const char *)localname, ns_uri(&xs->arena, uri));
   for (int i = 0; i < nb_ns; i++) {
-    const char *p = (const char *)namespaces[2 * i], *u = (const char *)namespaces[2 * i + 1];
+    const char *p = (const char *)namespaces[2 * i], *u = ns_uri(&xs->arena, namespaces[2 * i + 1]);
     if (!p) {
       if (xs->depth == 0) xnode_set_attr(&xs->arena, n, "xmlns", u ? u : "");
     } else {
-      char q[256];
-      if (snprintf(q, sizeof q, "xmlns:%s", p) < (int)sizeof q) xnode_set_attr(&xs->arena, n, q, u ? u : "");
+      xnode_set_attr(&xs->arena, n, qname(&xs->arena, "xmlns", p), u ? u : "");
     }
   }
   for (int i = 0; i < nb_attrs; i++) {
     const xmlChar **a = attrs + 5 * i;
-    char name[512];
-    if (a[1]) snprintf(name, sizeof name, "%s:%s", a[1], a[0]);
-    else snprintf(name, sizeof name, "%s", a[0]);
+    const char *name = a[1] ? qname(&xs->arena, (const char *)a[1], (const char *)a[0]) : (const char *)a[0];
     char *val = attr_value(&xs->arena, (const char *)a[3], (size_t)(a[4] - a[3]));
     xnode_set_attr(&xs->arena, n, name, val);
+    /* A stanza must stand alone: its prefixed attributes may use a prefix declared on
+     * the stream header, and the stanza is forwarded without that header. Declare the
+     * binding in effect on the element, or the serialised stanza breaks Namespaces in
+     * XML 1.0 §4 "Prefix Declared" and the recipient's stream with it. Found by
+     * fuzz_xml_stream (tests/fuzz/regress/xml_stream/header-prefix-attr). "xml" is
+     * bound by definition. */
+    if (xs->depth >= 1 && a[1] && a[2] && strcmp((const char *)a[1], "xml") != 0)
+      declare_prefix(xs, n, (const char *)a[1], ns_uri(&xs->arena, a[2]));
   }
   if (xs->depth == 0) {
     xs->depth = 1;
@@ -217,6 +249,23 @@ static void on_chars(void *ctx, const xmlChar *ch, int len) {
   }
 }
 
+/* libxml2's push parser checks CDATA sections with a lighter decoder than the rest of
+ * the input: it lets overlong forms through (0xC0 0xBC, an overlong '<', came out as
+ * is). Such bytes are not UTF-8 (RFC 3629 §3; RFC 6120 §11.6: XMPP is UTF-8 only) and
+ * would reach other clients inside forwarded stanzas, where a strict parser closes
+ * the recipient's stream and a lenient one may read a '<'. Found by fuzz_xml_stream
+ * (tests/fuzz/regress/xml_stream/cdata-overlong-utf8). libxml2 hands CDATA over in
+ * whole characters, so each block is checked alone. */
+static void on_cdata(void *ctx, const xmlChar *ch, int len) {
+  xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
+  if (halted(xs)) return;
+  if (len > 0 && u8_check(ch, (size_t)len)) {
+    fail(xs, XS_NOT_WELL_FORMED, "invalid UTF-8 in CDATA section");
+    return;
+  }
+  on_chars(ctx, ch, len);
+}
+
 static void on_restricted(void *ctx, const char *what) {
   xml_stream_t *xs = ((xmlParserCtxtPtr)ctx)->_private;
   fail(xs, XS_RESTRICTED_XML, what);
@@ -263,7 +312,7 @@ void xml_stream_global_init(void) {
   sax_handler.startElementNs = on_start;
   sax_handler.endElementNs = on_end;
   sax_handler.characters = on_chars;
-  sax_handler.cdataBlock = on_chars;
+  sax_handler.cdataBlock = on_cdata;
   sax_handler.internalSubset = on_internal_subset;
   sax_handler.externalSubset = on_internal_subset;
   sax_handler.entityDecl = on_entity_decl;
@@ -376,8 +425,11 @@ int xml_stream_feed(xml_stream_t *xs, const char *data, size_t len) {
   while (len && !xs->stopped) {
     size_t n = len < SLICE ? len : SLICE;
     xs->pending += n;
-    if (xs->depth >= 1 && xs->pending > xs->lim.max_stanza_bytes + SLICE) {
-      fail(xs, XS_POLICY_VIOLATION, "stanza too large");
+    /* The stream header (depth 0) is bounded too: libxml2 buffers a start tag until it
+     * is complete, and nothing else limited a header's attributes before on_start
+     * (megabytes per connection, before authentication). */
+    if (xs->pending > xs->lim.max_stanza_bytes + SLICE) {
+      fail(xs, XS_POLICY_VIOLATION, xs->depth ? "stanza too large" : "stream header too large");
       return XMPP_EINVAL;
     }
     xs->in_feed = 1;

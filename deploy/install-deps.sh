@@ -14,6 +14,8 @@ PKGS=(
   libcriterion-dev python3 python3-slixmpp
   # bench: xmpp-bench --plot
   gnuplot-nox
+  # fuzzing (make build-fuzz): clang and its libFuzzer/sanitizer runtimes
+  clang-14 libclang-rt-14-dev
   # run: self-signed certificate for `make run`, store inspection
   openssl sqlite3
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: Criterion unit tests and the integration tests (real xmppd processes
-# driven by real XMPP clients), against the normal build and the ASan+UBSan build.
+# driven by real XMPP clients), against the normal build and the ASan+UBSan build, then
+# each libFuzzer target of build-fuzz for a bounded time (tests/fuzz/run.sh).
 # Ends with one line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,26 @@ for build in build build-asan; do
   printf '%-12s %-22s %4d passed, %d failed\n' "$build" "integration" "${p:-0}" "${f:-0}"
   if [ "${f:-0}" -ne 0 ]; then grep -E '^(FAIL|ERROR)|Error|assert' "$out" | head -30; echo "(full log: $out)"; fi
 done
+
+# libFuzzer targets (build-fuzz, clang, ASan+UBSan): each replays its crash reproducers
+# (tests/fuzz/regress/<target>/) and then fuzzes from its seeds for a bounded time
+# (FUZZ_TEST_SECONDS, default 25): one pass or fail per target.
+if [ -d build-fuzz ]; then
+  for b in build-fuzz/fuzz_*; do
+    [ -x "$b" ] || continue
+    t=$(basename "$b" | sed 's/^fuzz_//')
+    line=$(bash tests/fuzz/run.sh -s "${FUZZ_TEST_SECONDS:-25}" -o "$log_dir/fuzz" "$t" 2>&1)
+    if [ $? -eq 0 ]; then p=1 f=0; else p=0 f=1; fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    printf '%-12s %-22s %4d passed, %d failed   %s\n' "build-fuzz" "fuzz_$t" "$p" "$f" \
+      "$(echo "$line" | head -1 | sed -E 's/^FUZZ [a-z_]+ (PASS|FAIL) //')"
+    if [ "$f" -ne 0 ]; then echo "$line" | tail -n +2; fi
+  done
+else
+  echo "missing build-fuzz: run make test"
+  failed=$((failed + 1))
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -377,3 +377,15 @@ Test(jid, prep_functions) {
   cr_assert_str_eq(o, "example.com");
   xfree(o);
 }
+
+/* Found by fuzz_jid (tests/fuzz/regress/jid/alabel-not-lowercase): the A-label "xn--bce"
+ * decodes to U+13EB (upper-case Cherokee since Unicode 8), which libidn2 accepts but the
+ * domain mapping lower-cases to a code point it refuses, so the normalised JID could not
+ * be parsed again. Such an A-label is refused; the normalisation is idempotent. */
+Test(jid, alabel_whose_ulabel_is_not_in_mapped_form_is_refused) {
+  expect_bad("xn--bce");
+  expect_bad("user@xn--bce/res");
+  expect_bad("\xe1\x8f\xab"); /* U+13EB itself */
+  expect_jid("user@xn--bcher-kva.example", "user@b\xc3\xbc" "cher.example", "user",
+             "b\xc3\xbc" "cher.example", NULL);
+}

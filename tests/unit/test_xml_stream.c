@@ -389,3 +389,103 @@ Test(xml_stream, explicit_suspend_only_at_a_boundary) {
   cr_assert_eq(r->errors, 0);
   rm(r);
 }
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/header-prefix-attr): a prefix
+ * declared on the stream header and used on a stanza's attribute was forwarded without
+ * its declaration, so the serialised stanza was not namespace-well-formed and broke the
+ * recipient's stream. The stanza now declares the binding itself. */
+Test(xml_stream, prefix_from_stream_header_declared_in_stanza) {
+  rec_t *r = mk();
+  const char *doc = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                    "xmlns:e='urn:evil'><e:message e:a='1'><b e:c='2'/></e:message>"
+                    "<message xml:lang='en'/>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<message xmlns='urn:evil' e:a='1' xmlns:e='urn:evil'><b xmlns='jabber:client' e:c='2'/></message>\n"
+                           "<message xml:lang='en'/>\n");
+  rm(r);
+}
+
+/* Prefixes and prefixed attribute names longer than the old fixed 256/512-byte buffers
+ * were truncated (declaration dropped, attribute renamed). */
+Test(xml_stream, long_prefix_kept_whole) {
+  buf_t b, want;
+  buf_init(&b);
+  buf_init(&want);
+  char p[601];
+  memset(p, 'p', 600);
+  p[600] = '\0';
+  buf_printf(&b, HDR "<message xmlns:%s='urn:p' %s:a='1'/>", p, p);
+  buf_printf(&want, "<message xmlns:%s='urn:p' %s:a='1'/>\n", p, p);
+  buf_putc(&want, '\0');
+  rec_t *r = mk();
+  cr_assert_eq(xml_stream_feed(r->xs, (char *)b.data, b.len), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), (char *)want.data);
+  rm(r);
+  buf_free(&b);
+  buf_free(&want);
+}
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/ns-uri-amp): namespace names
+ * kept libxml2's internal "&#38;" for '&', so xmlns='a&amp;b' re-serialised as
+ * xmlns='a&amp;#38;b', another namespace. */
+Test(xml_stream, ampersand_in_namespace_name) {
+  rec_t *r = mk();
+  const char *doc = HDR "<iq><q xmlns='urn:a&amp;b' xmlns:p='urn:c&#x26;d' p:x='&amp;'/></iq>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<iq><q xmlns='urn:a&amp;b' xmlns:p='urn:c&amp;d' p:x='&amp;'/></iq>\n");
+  rm(r);
+}
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/cdata-overlong-utf8): libxml2's
+ * push parser let overlong UTF-8 through inside CDATA sections (0xC0 0xBC, an overlong
+ * '<'); it reached the stanza tree and would be forwarded. */
+Test(xml_stream, invalid_utf8_in_cdata_refused) {
+  expect_error(HDR "<message><body><![CDATA[\xc0\xbc]]></body></message>", XS_NOT_WELL_FORMED);
+  expect_error(HDR "<message><body><![CDATA[ok \xc1\xa1]]></body></message>", XS_NOT_WELL_FORMED);
+}
+
+Test(xml_stream, utf8_in_cdata_fed_byte_by_byte) {
+  rec_t *r = mk();
+  const char *doc = HDR "<message><body><![CDATA[\xc3\xa9\xe2\x98\xba\xf0\x9d\x84\x9e <x>]]></body></message>";
+  for (size_t i = 0; doc[i]; i++) cr_assert_eq(xml_stream_feed(r->xs, doc + i, 1), 0, "byte %zu", i);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<message><body>\xc3\xa9\xe2\x98\xba\xf0\x9d\x84\x9e &lt;x&gt;</body></message>\n");
+  rm(r);
+}
+
+/* Seen while writing fuzz_xml_stream: the byte limit applied only inside the stream, so
+ * an endless stream header (one huge attribute, or endless attributes) was buffered by
+ * libxml2 without bound before authentication. */
+Test(xml_stream, stream_header_is_size_limited) {
+  rec_t *r = mk();
+  const char *h = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='";
+  cr_assert_eq(xml_stream_feed(r->xs, h, strlen(h)), 0);
+  static char chunk[65536];
+  memset(chunk, 'x', sizeof chunk);
+  int rc = 0;
+  size_t fed = 0;
+  while (rc == 0 && fed < 4 * lim.max_stanza_bytes) {
+    rc = xml_stream_feed(r->xs, chunk, sizeof chunk);
+    fed += sizeof chunk;
+  }
+  cr_assert_eq(rc, XMPP_EINVAL, "header of %zu bytes accepted", fed);
+  cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+  cr_assert_eq(r->starts, 0);
+  cr_assert_leq(fed, lim.max_stanza_bytes + sizeof chunk + 4096);
+  rm(r);
+}
+
+/* Found by fuzz_xml_stream (tests/fuzz/regress/xml_stream/element-in-xml-namespace):
+ * an element in the namespace of the "xml" prefix was serialised with that namespace
+ * as the default one, which Namespaces in XML 1.0 §3 forbids. */
+Test(xml_stream, element_in_xml_namespace_keeps_its_prefix) {
+  rec_t *r = mk();
+  const char *doc = HDR "<xml:iq type='get'><q/><xml:x xml:lang='en'>t</xml:x></xml:iq>";
+  cr_assert_eq(xml_stream_feed(r->xs, doc, strlen(doc)), 0);
+  cr_assert_eq(r->errors, 0);
+  cr_assert_str_eq(out(r), "<xml:iq type='get'><q/><xml:x xml:lang='en'>t</xml:x></xml:iq>\n");
+  rm(r);
+}

@@ -1,0 +1,98 @@
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/err.h"
+
+static int load(const char *text, xmpp_config_t *c, char **err) {
+  *err = NULL;
+  return config_load_buffer(c, text, strlen(text), "t", err);
+}
+
+Test(config, buffer_loads_like_a_file) {
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load("; comment\n[server]\ndomain = example.org ; inline\n[limits]\nmax_depth = 12\n", &c, &err), 0,
+               "%s", err ? err : "");
+  cr_assert_str_eq(c.domain, "example.org");
+  cr_assert_eq(c.max_depth, 12);
+  cr_assert_str_eq(c.store_path, "xmppd.db");
+  config_free(&c);
+  cr_assert_eq(load("[limits]\nmax_depth = 100000\n", &c, &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "outside"), "%s", err);
+  free(err);
+  config_free(&c);
+  cr_assert_eq(load("", &c, &err), 0);
+  config_free(&c);
+}
+
+/* Found with fuzz_config (tests/fuzz/regress/config/long-line-*): inih cut lines longer
+ * than its 200-byte buffer and parsed the tail as another line: the tail became another
+ * option ("backend = evil") or, starting with a blank, a continuation that replaced
+ * the value. Such a line is now an error. */
+Test(config, line_too_long_is_refused_not_split) {
+  char buf[1024], x[256];
+  for (int n = 185; n <= 200; n++) {
+    memset(x, 'x', (size_t)n);
+    x[n] = '\0';
+    snprintf(buf, sizeof buf, "[storage]\npath = /%s backend = evil\n[server]\ndomain = a.example\n", x);
+    xmpp_config_t c;
+    char *err;
+    cr_assert_eq(load(buf, &c, &err), XMPP_EINVAL, "n=%d", n);
+    cr_assert_not_null(strstr(err, "t:2: line longer than"), "n=%d: %s", n, err);
+    cr_assert_str_eq(c.store_backend, "sqlite");
+    free(err);
+    config_free(&c);
+  }
+  /* the longest line that fits still works, with and without a final newline */
+  memset(x, 'y', 191);
+  x[191] = '\0';
+  snprintf(buf, sizeof buf, "[storage]\npath = /%s\n", x); /* 199 bytes + LF */
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load(buf, &c, &err), 0, "%s", err ? err : "");
+  cr_assert_eq(strlen(c.store_path), 192);
+  config_free(&c);
+  buf[strlen(buf) - 1] = '\0';
+  cr_assert_eq(load(buf, &c, &err), 0, "%s", err ? err : "");
+  cr_assert_eq(strlen(c.store_path), 192);
+  config_free(&c);
+}
+
+Test(config, nul_byte_is_refused) {
+  static const char text[] = "[server]\ndomain = a\0b.example\n";
+  xmpp_config_t c;
+  char *err = NULL;
+  cr_assert_eq(config_load_buffer(&c, text, sizeof text - 1, "t", &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "NUL"), "%s", err);
+  free(err);
+  config_free(&c);
+}
+
+/* Found by fuzz_config (tests/fuzz/regress/config/continuation-inline-comment): inih
+ * does not strip an inline comment on a continuation line, so "domain" took the value
+ * "x ; comment", which --print-config wrote as a line that loads as "x". Values the file
+ * format cannot hold are refused, from the file and from --set alike. */
+Test(config, values_the_file_cannot_hold_are_refused) {
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load("[server]\ndomain = a.example ; c\n  log_level=wacom ; inline!\n", &c, &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "cannot be written"), "%s", err);
+  free(err);
+  config_free(&c);
+  config_defaults(&c);
+  const char *bad[] = {" lead", "trail ", "a ;b", "a\t;b", ";a", "a\nb", "a\rb", "\x7f"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err = NULL;
+    cr_assert_eq(config_set(&c, "storage.path", bad[i], &err), XMPP_EINVAL, "'%s'", bad[i]);
+    free(err);
+  }
+  const char *good[] = {"a;b", "/var/lib/x y/db", "a\tb", "#x"};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    err = NULL;
+    cr_assert_eq(config_set(&c, "storage.path", good[i], &err), 0, "'%s': %s", good[i], err ? err : "");
+  }
+  config_free(&c);
+}
