@@ -12,6 +12,8 @@ PKGS=(
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
   # tests
   libcriterion-dev python3 python3-slixmpp
+  # tests: the Redis store suites start their own redis-server (never the system service)
+  redis-server
   # bench: xmpp-bench --plot
   gnuplot-nox
   # run: self-signed certificate for `make run`, store inspection
