@@ -227,7 +227,9 @@ class RedisStoreTest(unittest.TestCase):
             self.assertIsNotNone(m)
             await a.close()
         run(go())
-        self.assertIn("connected again", self.srv.log_text())
+        # the outage was logged (once per handle that met it); which edge thread took the
+        # connections, and so which handles saw the outage, is the kernel's choice
+        self.assertIn("will retry on the next call", self.srv.log_text())
 
 
 if __name__ == "__main__":
