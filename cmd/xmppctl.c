@@ -2,7 +2,8 @@
  *
  *   xmppctl [-c CONFIG] [--db PATH] COMMAND ...
  *
- * The store comes from --db, else from the config file's [storage] section, else the
+ * The store comes from --db (the SQLite file, or the Redis address when the configuration
+ * says storage.backend = redis), else from the config file's [storage] section, else the
  * defaults. JIDs are normalised (RFC 7622) and must be bare; a name without '@' gets the
  * configured domain. Only SCRAM credentials (SHA-1 and SHA-256, RFC 5802 / RFC 7677) are
  * stored, never the password. Passwords come from the command line or, when absent, one
@@ -56,7 +57,8 @@ static const char usage_text[] =
     "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
-    "      --db PATH         database file (overrides the configuration)\n"
+    "      --db PATH         database file, or Redis address with storage.backend = redis\n"
+    "                        (overrides the configuration)\n"
     "  -h, --help            show this help\n"
     "\n"
     "A JID without '@' gets the configured domain appended. Without PASSWORD, one line is\n"
@@ -85,9 +87,10 @@ static int open_store(ctl_t *c) {
   char *err = NULL;
   /* The database holds credentials: whatever it creates (db, -wal, -shm) is private. */
   umask(077);
-  c->store = store_open(c->cfg.store_backend, c->cfg.store_path, &err);
+  c->store = store_open(c->cfg.store_backend, config_store_target(&c->cfg), &err);
   if (!c->store) {
-    fprintf(stderr, "xmppctl: cannot open store %s: %s\n", c->cfg.store_path,
+    /* The message names the file or the Redis address (never a Redis password). */
+    fprintf(stderr, "xmppctl: cannot open the %s store: %s\n", c->cfg.store_backend,
             err ? err : "unknown error");
     xfree(err);
     return EXIT_FAIL;
@@ -627,8 +630,10 @@ int main(int argc, char **argv) {
       usage_error("%s", "--db needs a path");
       return EXIT_USAGE;
     }
-    xfree(c.cfg.store_path);
-    c.cfg.store_path = xstrdup(db_path);
+    /* The file (sqlite) or the address (redis) of the configured back-end. */
+    char **slot = strcmp(c.cfg.store_backend, "redis") == 0 ? &c.cfg.store_redis : &c.cfg.store_path;
+    xfree(*slot);
+    *slot = xstrdup(db_path);
   }
 
   int rc = cmd->run(&c, argv + optind + 1, nargs);

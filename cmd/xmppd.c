@@ -139,9 +139,9 @@ int main(int argc, char **argv) {
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
 
-  store_t *probe = store_open(cfg.store_backend, cfg.store_path, &err);
+  store_t *probe = store_open(cfg.store_backend, config_store_target(&cfg), &err);
   if (!probe) {
-    log_error("storage %s: %s", cfg.store_path, err ? err : "cannot open");
+    log_error("storage (%s): %s", cfg.store_backend, err ? err : "cannot open");
     return 1;
   }
   store_close(probe);

@@ -64,8 +64,9 @@ static const conf_opt_t opts[] = {
   {"limits", "rate_grace", CT_INT, 1, 3600, "10", O(rate_grace), "seconds a connection may stay above its rate before `<policy-violation/>`"},
   {"limits", "max_resources", CT_INT, 1, 100000, "16", O(max_resources), "simultaneous resources per account; beyond, bind gets `<resource-constraint/>`"},
   {"limits", "max_roster_items", CT_INT, 1, 1000000, "2000", O(max_roster_items), "items in one roster; beyond, roster sets and new subscriptions get `<not-allowed/>`/`<resource-constraint/>`"},
-  {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: sqlite"},
-  {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file"},
+  {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: `sqlite` (one node) or `redis` (a cluster: [storage-redis.md](storage-redis.md))"},
+  {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file (backend `sqlite`)"},
+  {"storage", "redis", CT_STR, 1, 4095, "127.0.0.1:6379", O(store_redis), "Redis server (backend `redis`): `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`, optionally followed by ` db=N` and ` password=SECRET`"},
   {"storage", "scram_iterations", CT_INT, 4096, 1000000, "4096", O(scram_iterations), "PBKDF2 iterations for new credentials"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
@@ -311,8 +312,8 @@ int config_validate(const xmpp_config_t *c, char **err) {
     if (err) *err = fmt_err("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
     return XMPP_EINVAL;
   }
-  if (strcmp(c->store_backend, "sqlite") != 0) {
-    if (err) *err = fmt_err("storage.backend: '%s' is not supported (sqlite)", c->store_backend);
+  if (strcmp(c->store_backend, "sqlite") != 0 && strcmp(c->store_backend, "redis") != 0) {
+    if (err) *err = fmt_err("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
   }
   if (c->c2s_port == 0 && c->c2s_tls_port == 0) {
@@ -348,6 +349,10 @@ int config_validate(const xmpp_config_t *c, char **err) {
     }
   }
   return 0;
+}
+
+const char *config_store_target(const xmpp_config_t *c) {
+  return strcmp(c->store_backend, "redis") == 0 ? c->store_redis : c->store_path;
 }
 
 void config_print(FILE *f, const xmpp_config_t *c) {

@@ -44,7 +44,8 @@ typedef struct xmpp_config {
   int max_roster_items;  /* items in one roster */
   /* [storage] */
   char *store_backend;
-  char *store_path;
+  char *store_path;  /* backend sqlite: the database file */
+  char *store_redis; /* backend redis: the server's address (see store_open) */
   int scram_iterations;
 } xmpp_config_t;
 
@@ -61,6 +62,9 @@ int config_set(xmpp_config_t *c, const char *key, const char *value, char **err)
 /* Cross-option checks (files readable, ports distinct...). 0 or XMPP_EINVAL with *err. */
 int config_validate(const xmpp_config_t *c, char **err);
 void config_free(xmpp_config_t *c);
+/* What store_open() takes after the back-end name: storage.path for sqlite,
+ * storage.redis for redis. */
+const char *config_store_target(const xmpp_config_t *c);
 /* Writes the effective configuration as an INI file. */
 void config_print(FILE *f, const xmpp_config_t *c);
 /* Writes the reference of every option (Markdown table). */

@@ -12,6 +12,8 @@ PKGS=(
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
   # tests
   libcriterion-dev python3 python3-slixmpp
+  # tests: the Redis store suites start their own redis-server (never the system service)
+  redis-server
   # bench: xmpp-bench --plot
   gnuplot-nox
   # fuzzing (make build-fuzz): clang and its libFuzzer/sanitizer runtimes

@@ -139,7 +139,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     uv_loop_init(&th->loop);
     th->loop.data = th;
     char *err = NULL;
-    th->store = store_open(cfg->store_backend, cfg->store_path, &err);
+    th->store = store_open(cfg->store_backend, config_store_target(cfg), &err);
     if (!th->store) {
       log_error("storage: %s", err ? err : "cannot open");
       xfree(err);

@@ -262,7 +262,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     arena_init(&w->arena);
     uv_loop_init(&w->loop);
     char *err = NULL;
-    w->store = store_open(cfg->store_backend, cfg->store_path, &err);
+    w->store = store_open(cfg->store_backend, config_store_target(cfg), &err);
     if (!w->store) {
       log_error("storage: %s", err ? err : "cannot open");
       xfree(err);

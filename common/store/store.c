@@ -26,6 +26,7 @@ struct store {
 
 static const store_backend_t *const backends[] = {
     &store_sqlite_backend,
+    &store_redis_backend,
 };
 
 static char *err_dup(const char *a, const char *b) {

@@ -1,9 +1,12 @@
 /* Durable user data behind one interface: accounts (SCRAM credentials only, never the
  * password), rosters with subscription states, offline message queues (XEP-0160).
  *
- * Back-ends: "sqlite" (embedded, one file, WAL) now; "redis" comes with the cluster.
+ * Back-ends: "sqlite" (embedded, one file, WAL: a single node) and "redis" (a cluster
+ * needs nothing but Redis; docs/storage-redis.md).
  * A store_t is a handle for ONE thread: every thread that touches storage opens its own
- * (SQLite connections are not shared across threads). Calls are synchronous.
+ * (an SQLite connection or a Redis connection is not shared across threads). Calls are
+ * synchronous. XMPP_EIO is a storage failure callers treat as temporary (Redis down:
+ * the next call reconnects).
  * Accounts are keyed by normalised bare JID ("alice@example.net"). */
 #ifndef XMPP_STORE_H
 #define XMPP_STORE_H
@@ -37,7 +40,10 @@ typedef void (*store_roster_cb)(const store_roster_item_t *item, void *ud);
 typedef void (*store_offline_cb)(const char *xml, size_t len, int64_t stamp_unix, void *ud);
 typedef void (*store_account_cb)(const char *bare_jid, void *ud);
 
-/* Opens (creating if needed) a store. backend: "sqlite"; path: the database file.
+/* Opens (creating if needed) a store. backend "sqlite": path is the database file;
+ * backend "redis": path is the server's address, "HOST:PORT", "[IPV6]:PORT" or
+ * "unix:/PATH", optionally followed by " db=N" and " password=SECRET" (the value of
+ * storage.redis; config_store_target() picks the right one for a configuration).
  * On failure returns NULL and, when err is non-NULL, a message in *err (caller frees). */
 store_t *store_open(const char *backend, const char *path, char **err);
 void store_close(store_t *s);
@@ -52,9 +58,11 @@ int store_account_list(store_t *s, store_account_cb cb, void *ud);
 
 /* Bulk loading (xmppctl populate): between store_batch_begin and store_batch_end, the
  * handle's writes go into ONE transaction (SQLite: one BEGIN IMMEDIATE ... COMMIT instead
- * of one per call), which is what makes creating 50,000 accounts take seconds. A failed
- * call inside a batch leaves the batch to be ended with commit == 0 (rollback).
- * Batches do not nest. store_batch_end(s, 1) returns the commit's result. */
+ * of one per call; Redis: one pipeline sent at the end), which is what makes creating
+ * 50,000 accounts take seconds. A failed call inside a batch leaves the batch to be ended
+ * with commit == 0 (rollback: nothing written). Batches do not nest.
+ * store_batch_end(s, 1) returns the commit's result. Redis: the batch is not atomic and
+ * its reads do not see its own queued writes (store_redis.c says what it does). */
 int store_batch_begin(store_t *s);
 int store_batch_end(store_t *s, int commit);
 

@@ -10,8 +10,8 @@
  *     groups non-NULL strings (groups may be NULL when ngroups == 0);
  *   - no call arrives while one of its callbacks runs on the same handle.
  * It returns the codes of common/err.h, exactly as documented in store.h.
- * Adding a back-end (Redis): one new file defining a store_backend_t, one line in
- * store.c's table. */
+ * Adding a back-end: one new file defining a store_backend_t, one line in store.c's
+ * table (store_sqlite.c, store_redis.c). */
 #ifndef XMPP_STORE_IMPL_H
 #define XMPP_STORE_IMPL_H
 
@@ -19,7 +19,8 @@
 
 typedef struct store_backend {
   const char *name; /* as given to store_open(), e.g. "sqlite" */
-  /* Returns the back-end handle, or NULL with a message in *err (caller frees; err non-NULL). */
+  /* path: what store_open() was given (SQLite: the file; Redis: the address).
+   * Returns the back-end handle, or NULL with a message in *err (caller frees; err non-NULL). */
   void *(*open)(const char *path, char **err);
   void (*close)(void *be);
 
@@ -43,5 +44,6 @@ typedef struct store_backend {
 } store_backend_t;
 
 extern const store_backend_t store_sqlite_backend;
+extern const store_backend_t store_redis_backend;
 
 #endif

@@ -1,9 +1,26 @@
-/* Store interface against the SQLite back-end: accounts, rosters (groups with odd names),
+/* Store interface against both back-ends: accounts, rosters (groups with odd names),
  * offline queues (order, limit, at-least-once pop), cascades on delete, several handles
- * (and threads) on one file, persistence across reopen. Each test gets its own temp dir. */
+ * (and threads) on one store, persistence across reopen.
+ *
+ * Every STORE_TEST runs twice: in suite store_sqlite (a database file in a temp dir) and
+ * in suite store_redis (a redis-server this test starts itself: fork/exec on a free
+ * loopback port, --save '' --appendonly no, in the test's temp dir; never the system
+ * service). A missing redis-server FAILS the redis suite with a message saying so: it
+ * never passes silently. REDIS_SERVER=/path/to/redis-server picks another binary.
+ * Tests that look at one back-end's own format use Test(store_sqlite|store_redis, ...). */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
+#include <stdarg.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,32 +36,184 @@
 
 static char g_dir[64];
 static char g_db[128];
+static const char *g_backend = "sqlite"; /* the back-end under test */
+static char g_target[128];               /* what store_open gets: the file or the address */
+#define IS_REDIS (strcmp(g_backend, "redis") == 0)
 
-static void setup(void) {
+static void mk_dir(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/test_store.XXXXXX");
   cr_assert_not_null(mkdtemp(g_dir));
   snprintf(g_db, sizeof g_db, "%s/x.db", g_dir);
   log_set_level(LOG_NONE);
 }
 
-static void teardown(void) {
+static void rm_dir(void) {
   static const char *sfx[] = {"", "-wal", "-shm", "-journal"};
   char p[160];
   for (size_t i = 0; i < 4; i++) {
     snprintf(p, sizeof p, "%s%s", g_db, sfx[i]);
     unlink(p);
   }
-  rmdir(g_dir);
+  char cmd[200];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir); /* redis.log, AOF files */
+  if (system(cmd) != 0) rmdir(g_dir);
 }
 
-TestSuite(store, .init = setup, .fini = teardown);
+static void setup_sqlite(void) {
+  mk_dir();
+  g_backend = "sqlite";
+  snprintf(g_target, sizeof g_target, "%s", g_db);
+}
+
+/* ---- a redis-server of the test's own -------------------------------------------------- */
+
+static pid_t g_redis_pid;
+static int g_redis_port;
+static char g_redis_bin[512];
+static redisContext *g_raw; /* the tests' own connection, for looking at keys */
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert_geq(fd, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t l = sizeof a;
+  cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* REDIS_SERVER, else redis-server on PATH. 0 when found. */
+static int find_redis(void) {
+  const char *env = getenv("REDIS_SERVER");
+  if (env && *env) {
+    snprintf(g_redis_bin, sizeof g_redis_bin, "%s", env);
+    return access(g_redis_bin, X_OK);
+  }
+  const char *path = getenv("PATH");
+  char dirs[2048];
+  snprintf(dirs, sizeof dirs, "%s:/usr/bin:/usr/sbin:/usr/local/bin", path ? path : "");
+  char *save = NULL;
+  for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+    snprintf(g_redis_bin, sizeof g_redis_bin, "%s/redis-server", d);
+    if (access(g_redis_bin, X_OK) == 0) return 0;
+  }
+  return -1;
+}
+
+/* Starts redis-server on g_redis_port (AOF on when aof, with appendfsync always) and
+ * waits until it answers PING. */
+static void redis_start(int aof) {
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+    char log[160], port[16];
+    snprintf(log, sizeof log, "%s/redis.log", g_dir);
+    snprintf(port, sizeof port, "%d", g_redis_port);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execl(g_redis_bin, g_redis_bin, "--port", port, "--bind", "127.0.0.1", "--save", "",
+          "--appendonly", aof ? "yes" : "no", "--appendfsync", "always", "--dir", g_dir,
+          "--daemonize", "no", (char *)NULL);
+    _exit(127);
+  }
+  g_redis_pid = pid;
+  for (int i = 0; i < 500; i++) {
+    int st;
+    cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "redis-server exited at start (see %s/redis.log)",
+                 g_dir);
+    redisContext *c = redisConnect("127.0.0.1", g_redis_port);
+    if (c && !c->err) {
+      redisReply *r = redisCommand(c, "PING");
+      int ok = r && r->type == REDIS_REPLY_STATUS;
+      if (r) freeReplyObject(r);
+      if (ok) {
+        g_raw = c;
+        return;
+      }
+    }
+    if (c) redisFree(c);
+    usleep(10000);
+  }
+  cr_assert_fail("redis-server did not answer on port %d", g_redis_port);
+}
+
+static void redis_stop(void) {
+  if (g_raw) redisFree(g_raw);
+  g_raw = NULL;
+  if (g_redis_pid > 0) {
+    kill(g_redis_pid, SIGTERM);
+    waitpid(g_redis_pid, NULL, 0);
+  }
+  g_redis_pid = 0;
+}
+
+static void setup_redis(void) {
+  mk_dir();
+  g_backend = "redis";
+  if (find_redis() != 0)
+    cr_assert_fail("redis-server is not installed (Debian: apt-get install redis-server, or "
+                   "deploy/install-deps.sh): the Redis store tests cannot run");
+  g_redis_port = free_port();
+  snprintf(g_target, sizeof g_target, "127.0.0.1:%d", g_redis_port);
+  redis_start(0);
+}
+
+static void teardown_sqlite(void) { rm_dir(); }
+
+static void teardown_redis(void) {
+  redis_stop();
+  rm_dir();
+}
+
+TestSuite(store_sqlite, .init = setup_sqlite, .fini = teardown_sqlite);
+TestSuite(store_redis, .init = setup_redis, .fini = teardown_redis);
+
+/* One body, two tests: the same case against each back-end. */
+#define STORE_TEST(name, ...)                                                               \
+  static void name##_body(void);                                                            \
+  Test(store_sqlite, name, ##__VA_ARGS__) { name##_body(); }                                \
+  Test(store_redis, name, ##__VA_ARGS__) { name##_body(); }                                 \
+  static void name##_body(void)
 
 static store_t *open_db(void) {
   char *err = NULL;
-  store_t *s = store_open("sqlite", g_db, &err);
-  cr_assert_not_null(s, "store_open: %s", err ? err : "?");
+  store_t *s = store_open(g_backend, g_target, &err);
+  cr_assert_not_null(s, "store_open(%s, %s): %s", g_backend, g_target, err ? err : "?");
   cr_assert_null(err);
   return s;
+}
+
+/* A raw Redis command on the tests' own connection. */
+static redisReply *rcmd(const char *fmt, ...) {
+  cr_assert_not_null(g_raw);
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(g_raw, fmt, ap);
+  va_end(ap);
+  cr_assert_not_null(r, "redis: %s", g_raw->errstr);
+  cr_assert_neq(r->type, REDIS_REPLY_ERROR, "redis %s: %s", fmt, r->str);
+  return r;
+}
+
+static long long rint_cmd(const char *fmt, ...) {
+  cr_assert_not_null(g_raw);
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(g_raw, fmt, ap);
+  va_end(ap);
+  cr_assert_not_null(r, "redis: %s", g_raw->errstr);
+  long long v = 0;
+  if (r->type == REDIS_REPLY_INTEGER) v = r->integer;
+  else if (r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
+  else cr_assert_fail("redis %s: unexpected reply type %d", fmt, r->type);
+  freeReplyObject(r);
+  return v;
 }
 
 /* First column of the first row of sql, read on a separate raw connection. */
@@ -66,6 +235,61 @@ static void raw_exec(const char *sql) {
   cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
   sqlite3_close(db);
 }
+
+/* What the back-end stored, read around it: the SQLite file or the Redis keys. */
+static long long raw_acct_len(const char *jid, const char *field) {
+  if (IS_REDIS) return rint_cmd("HSTRLEN {u:%s}:a %s", jid, field);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT length(%s) FROM accounts WHERE jid = '%s'", field, jid);
+  return raw_int(sql);
+}
+
+static long long raw_acct_int(const char *jid, const char *field) {
+  if (IS_REDIS) return rint_cmd("HGET {u:%s}:a %s", jid, field);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT %s FROM accounts WHERE jid = '%s'", field, jid);
+  return raw_int(sql);
+}
+
+static void raw_corrupt_account(const char *jid) {
+  if (IS_REDIS) {
+    freeReplyObject(rcmd("HSET {u:%s}:a sha256_stored %b", jid, "\x01\x02", (size_t)2));
+    return;
+  }
+  char sql[256];
+  snprintf(sql, sizeof sql, "UPDATE accounts SET sha256_stored = x'0102' WHERE jid = '%s'", jid);
+  raw_exec(sql);
+}
+
+static long long raw_roster_count(const char *owner) {
+  if (IS_REDIS) return rint_cmd("HLEN {u:%s}:r", owner);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM roster WHERE owner = '%s'", owner);
+  return raw_int(sql);
+}
+
+static long long raw_offline_count(const char *owner) {
+  if (IS_REDIS) return rint_cmd("LLEN {u:%s}:o", owner);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM offline WHERE owner = '%s'", owner);
+  return raw_int(sql);
+}
+
+static long long raw_account_count(void) {
+  if (IS_REDIS) return rint_cmd("ZCARD accounts");
+  return raw_int("SELECT count(*) FROM accounts");
+}
+
+/* Marks the store as written by a newer version of the program. */
+static void raw_set_newer_layout(void) {
+  if (IS_REDIS) freeReplyObject(rcmd("SET xmppd:layout 99"));
+  else raw_exec("PRAGMA user_version = 99");
+}
+
+#define SQLITE_ONLY(stmt)                                                                   \
+  do {                                                                                      \
+    if (!IS_REDIS) stmt;                                                                    \
+  } while (0)
 
 /* A recognisable credential pair: every byte derived from seed, keys filled to 32 bytes so
  * that the store must cut SHA-1 keys to 20. */
@@ -114,7 +338,7 @@ static void add_user(store_t *s, const char *jid, unsigned seed) {
 
 /* ---- open ----------------------------------------------------------------------------- */
 
-Test(store, open_creates_schema_wal) {
+Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
   cr_assert_eq(raw_int("PRAGMA user_version"), 1);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
@@ -131,11 +355,11 @@ Test(store, open_creates_schema_wal) {
   store_close(s);
 }
 
-Test(store, open_errors) {
+Test(store_sqlite, open_errors) {
   char *err = NULL;
-  cr_assert_null(store_open("redis-not-yet", g_db, &err));
+  cr_assert_null(store_open("mongodb", g_db, &err));
   cr_assert_not_null(err);
-  cr_assert_not_null(strstr(err, "redis-not-yet"));
+  cr_assert_not_null(strstr(err, "mongodb"));
   xfree(err);
 
   err = NULL;
@@ -151,11 +375,11 @@ Test(store, open_errors) {
   store_close(NULL);
 }
 
-Test(store, open_refuses_newer_schema) {
+STORE_TEST(open_refuses_newer_schema) {
   store_close(open_db());
-  raw_exec("PRAGMA user_version = 99");
+  raw_set_newer_layout();
   char *err = NULL;
-  cr_assert_null(store_open("sqlite", g_db, &err));
+  cr_assert_null(store_open(g_backend, g_target, &err));
   cr_assert_not_null(err);
   cr_assert_not_null(strstr(err, "newer"), "%s", err);
   xfree(err);
@@ -163,7 +387,7 @@ Test(store, open_refuses_newer_schema) {
 
 /* ---- accounts ------------------------------------------------------------------------- */
 
-Test(store, account_crud) {
+STORE_TEST(account_crud) {
   store_t *s = open_db();
   const char *j = "alice@example.net";
   store_account_t a = mk_acct(1), b = mk_acct(2), got;
@@ -192,7 +416,7 @@ Test(store, account_crud) {
   store_close(s);
 }
 
-Test(store, account_stores_only_needed_bytes) {
+STORE_TEST(account_stores_only_needed_bytes) {
   store_t *s = open_db();
   store_account_t a, got;
   mk_cred(&a.sha1, 3, 1, 1);
@@ -200,14 +424,14 @@ Test(store, account_stores_only_needed_bytes) {
   cr_assert_eq(store_account_create(s, "a@x", &a), 0);
   cr_assert_eq(store_account_get(s, "a@x", &got), 0);
   expect_acct(&got, &a);
-  cr_assert_eq(raw_int("SELECT length(sha1_stored) FROM accounts"), 20);
-  cr_assert_eq(raw_int("SELECT length(sha1_server) FROM accounts"), 20);
-  cr_assert_eq(raw_int("SELECT length(sha256_stored) FROM accounts"), 32);
-  cr_assert_eq(raw_int("SELECT length(sha256_server) FROM accounts"), 32);
-  cr_assert_eq(raw_int("SELECT length(sha1_salt) FROM accounts"), 1);
-  cr_assert_eq(raw_int("SELECT length(sha256_salt) FROM accounts"), SCRAM_MAX_SALT);
-  cr_assert_eq(raw_int("SELECT sha256_iter FROM accounts"), UINT32_MAX);
-  cr_assert_gt(raw_int("SELECT created FROM accounts"), time(NULL) - 60);
+  cr_assert_eq(raw_acct_len("a@x", "sha1_stored"), 20);
+  cr_assert_eq(raw_acct_len("a@x", "sha1_server"), 20);
+  cr_assert_eq(raw_acct_len("a@x", "sha256_stored"), 32);
+  cr_assert_eq(raw_acct_len("a@x", "sha256_server"), 32);
+  cr_assert_eq(raw_acct_len("a@x", "sha1_salt"), 1);
+  cr_assert_eq(raw_acct_len("a@x", "sha256_salt"), SCRAM_MAX_SALT);
+  cr_assert_eq(raw_acct_int("a@x", "sha256_iter"), UINT32_MAX);
+  cr_assert_gt(raw_acct_int("a@x", "created"), time(NULL) - 60);
 
   /* Out-of-range credentials are refused before storage. */
   store_account_t bad = mk_acct(5);
@@ -223,10 +447,10 @@ Test(store, account_stores_only_needed_bytes) {
   store_close(s);
 }
 
-Test(store, account_corrupt_row_is_eio) {
+STORE_TEST(account_corrupt_row_is_eio) {
   store_t *s = open_db();
   add_user(s, "a@x", 1);
-  raw_exec("UPDATE accounts SET sha256_stored = x'0102'");
+  raw_corrupt_account("a@x");
   store_account_t got;
   cr_assert_eq(store_account_get(s, "a@x", &got), XMPP_EIO);
   store_close(s);
@@ -243,7 +467,7 @@ static void list_cb(const char *bare, void *ud) {
   snprintf(l->names[l->n++], sizeof l->names[0], "%s", bare);
 }
 
-Test(store, account_list_sorted) {
+STORE_TEST(account_list_sorted) {
   store_t *s = open_db();
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
@@ -259,7 +483,7 @@ Test(store, account_list_sorted) {
   store_close(s);
 }
 
-Test(store, invalid_arguments) {
+STORE_TEST(invalid_arguments) {
   store_t *s = open_db();
   store_account_t a = mk_acct(1), got;
   cr_assert_eq(store_account_create(NULL, "a@x", &a), XMPP_EINVAL);
@@ -334,7 +558,7 @@ static roster_t load(store_t *s, const char *owner) {
   return r;
 }
 
-Test(store, roster_put_load) {
+STORE_TEST(roster_put_load) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   add_user(s, "zed@x", 2);
@@ -386,7 +610,7 @@ Test(store, roster_put_load) {
   store_close(s);
 }
 
-Test(store, roster_odd_group_names) {
+STORE_TEST(roster_odd_group_names) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   const char *g[] = {
@@ -407,11 +631,11 @@ Test(store, roster_odd_group_names) {
   cr_assert_str_eq(r.it[0].name, "O'Brien, \"B\"\n");
   cr_assert_eq(r.it[0].ngroups, 8);
   for (size_t i = 0; i < 8; i++) cr_assert_str_eq(r.it[0].groups[i], g[i], "group %zu", i);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 8);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 8));
   store_close(s);
 }
 
-Test(store, roster_replace) {
+STORE_TEST(roster_replace) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   const char *g1[] = {"A", "B", "C"};
@@ -437,12 +661,12 @@ Test(store, roster_replace) {
   r = load(s, "alice@x");
   cr_assert_eq(r.n, 1);
   cr_assert_eq(r.it[0].ngroups, 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster"), 1);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 0));
+  cr_assert_eq(raw_roster_count("alice@x"), 1);
   store_close(s);
 }
 
-Test(store, roster_delete) {
+STORE_TEST(roster_delete) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   const char *g[] = {"G1", "G2"};
@@ -457,15 +681,15 @@ Test(store, roster_delete) {
   cr_assert_eq(r.n, 1);
   cr_assert_str_eq(r.it[0].jid, "carol@y");
   cr_assert_eq(r.it[0].ngroups, 1);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 1);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups"), 1));
   store_close(s);
 }
 
-Test(store, roster_needs_account) {
+STORE_TEST(roster_needs_account) {
   store_t *s = open_db();
   store_roster_item_t it = {.jid = "bob@y", .sub = SUB_BOTH};
   cr_assert_eq(store_roster_put(s, "ghost@x", &it), XMPP_ENOENT);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster"), 0);
+  cr_assert_eq(raw_roster_count("ghost@x"), 0);
   store_close(s);
 }
 
@@ -499,7 +723,7 @@ static void push(store_t *s, const char *who, const char *xml, unsigned max, int
   cr_assert_eq(store_offline_push(s, who, xml, strlen(xml), max), want, "push %s", xml);
 }
 
-Test(store, offline_order_and_pop) {
+STORE_TEST(offline_order_and_pop) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   add_user(s, "bob@x", 2);
@@ -542,7 +766,7 @@ Test(store, offline_order_and_pop) {
   store_close(s);
 }
 
-Test(store, offline_binary_exact) {
+STORE_TEST(offline_binary_exact) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   const char raw[] = {'<', 'a', '>', '\0', '\xff', '<', '/', 'a', '>'};
@@ -557,7 +781,7 @@ Test(store, offline_binary_exact) {
   store_close(s);
 }
 
-Test(store, offline_limit) {
+STORE_TEST(offline_limit) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   add_user(s, "bob@x", 2);
@@ -583,15 +807,15 @@ Test(store, offline_limit) {
   store_close(s);
 }
 
-Test(store, offline_needs_account) {
+STORE_TEST(offline_needs_account) {
   store_t *s = open_db();
   push(s, "ghost@x", "<m/>", 0, XMPP_ENOENT);
   push(s, "ghost@x", "<m/>", 10, XMPP_ENOENT);
-  cr_assert_eq(raw_int("SELECT count(*) FROM offline"), 0);
+  cr_assert_eq(raw_offline_count("ghost@x"), 0);
   store_close(s);
 }
 
-Test(store, pop_deletes_after_callbacks) {
+STORE_TEST(pop_deletes_after_callbacks) {
   store_t *s = open_db(), *s2 = open_db();
   add_user(s, "alice@x", 1);
   push(s, "alice@x", "<1/>", 0, 0);
@@ -609,7 +833,7 @@ Test(store, pop_deletes_after_callbacks) {
   store_close(s);
 }
 
-Test(store, close_from_callback_is_deferred) {
+STORE_TEST(close_from_callback_is_deferred) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   push(s, "alice@x", "<1/>", 0, 0);
@@ -626,7 +850,7 @@ Test(store, close_from_callback_is_deferred) {
 /* A process that dies inside the pop callbacks must not lose the queue. */
 static void die_cb(const char *xml, size_t len, int64_t stamp, void *ud) { _exit(42); }
 
-Test(store, crash_during_pop_keeps_messages) {
+STORE_TEST(crash_during_pop_keeps_messages) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   push(s, "alice@x", "<1/>", 0, 0);
@@ -637,7 +861,7 @@ Test(store, crash_during_pop_keeps_messages) {
   cr_assert_geq(pid, 0);
   if (pid == 0) {
     char *err = NULL;
-    store_t *c = store_open("sqlite", g_db, &err);
+    store_t *c = store_open(g_backend, g_target, &err);
     if (!c) _exit(1);
     store_offline_pop_all(c, "alice@x", die_cb, NULL);
     _exit(2);
@@ -657,7 +881,7 @@ Test(store, crash_during_pop_keeps_messages) {
 
 /* ---- cascades, several handles, persistence ------------------------------------------- */
 
-Test(store, delete_cascades) {
+STORE_TEST(delete_cascades) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   add_user(s, "bob@x", 2);
@@ -669,12 +893,14 @@ Test(store, delete_cascades) {
   push(s, "bob@x", "<b/>", 0, 0);
 
   cr_assert_eq(store_account_delete(s, "alice@x"), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster WHERE owner = 'alice@x'"), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups WHERE owner = 'alice@x'"), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM offline WHERE owner = 'alice@x'"), 0);
+  cr_assert_eq(raw_roster_count("alice@x"), 0);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups WHERE owner = 'alice@x'"), 0));
+  cr_assert_eq(raw_offline_count("alice@x"), 0);
+  if (IS_REDIS) /* nothing of alice's is left in Redis */
+    cr_assert_eq(rint_cmd("EXISTS {u:alice@x}:a {u:alice@x}:r {u:alice@x}:o"), 0);
   /* bob untouched */
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster WHERE owner = 'bob@x'"), 1);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups WHERE owner = 'bob@x'"), 1);
+  cr_assert_eq(raw_roster_count("bob@x"), 1);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster_groups WHERE owner = 'bob@x'"), 1));
   cr_assert_eq(store_offline_count(s, "bob@x"), 1);
 
   /* A new account with the same name starts empty. */
@@ -684,7 +910,7 @@ Test(store, delete_cascades) {
   store_close(s);
 }
 
-Test(store, two_handles_see_each_other) {
+STORE_TEST(two_handles_see_each_other) {
   store_t *a = open_db(), *b = open_db();
   add_user(a, "alice@x", 1);
   cr_assert_eq(store_account_exists(b, "alice@x"), 1);
@@ -732,7 +958,7 @@ typedef struct {
 
 static void *racer(void *arg) {
   race_t *r = arg;
-  store_t *s = store_open("sqlite", g_db, NULL);
+  store_t *s = store_open(g_backend, g_target, NULL);
   if (!s) {
     r->other = -1;
     return NULL;
@@ -750,7 +976,7 @@ static void *racer(void *arg) {
   return NULL;
 }
 
-Test(store, threads_respect_limit, .timeout = 60) {
+STORE_TEST(threads_respect_limit, .timeout = 60) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   pthread_t th[NTHREADS];
@@ -770,7 +996,7 @@ Test(store, threads_respect_limit, .timeout = 60) {
   store_close(s);
 }
 
-Test(store, reopen_persists) {
+STORE_TEST(reopen_persists) {
   store_t *s = open_db();
   store_account_t a = mk_acct(7);
   cr_assert_eq(store_account_create(s, "alice@x", &a), 0);
@@ -811,7 +1037,7 @@ typedef struct {
 static void *opener(void *arg) {
   opener_t *o = arg;
   pthread_barrier_wait(&g_bar);
-  store_t *s = store_open("sqlite", g_db, NULL);
+  store_t *s = store_open(g_backend, g_target, NULL);
   if (!s) {
     o->rc = -100;
     return NULL;
@@ -824,7 +1050,7 @@ static void *opener(void *arg) {
   return NULL;
 }
 
-Test(store, threads_open_new_file_concurrently, .timeout = 60) {
+STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   pthread_t th[NOPENERS];
   opener_t o[NOPENERS];
   cr_assert_eq(pthread_barrier_init(&g_bar, NULL, NOPENERS), 0);
@@ -840,13 +1066,13 @@ Test(store, threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  cr_assert_eq(raw_int("PRAGMA user_version"), 1);
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 1));
   store_close(s);
 }
 
 /* store_batch_begin/end (xmppctl populate): many writes in one transaction, including the
  * calls that otherwise open their own (roster put); rollback drops them all. */
-Test(store, batch_commit_and_rollback) {
+STORE_TEST(batch_commit_and_rollback) {
   store_t *s = open_db();
   store_account_t a = mk_acct(7);
   cr_assert_eq(store_batch_begin(s), 0);
@@ -864,8 +1090,15 @@ Test(store, batch_commit_and_rollback) {
   }
   cr_assert_eq(store_account_create(s, "b5@localhost", &a), XMPP_EEXIST);
   cr_assert_eq(store_batch_end(s, 1), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM accounts"), 100);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster WHERE sub = 3"), 100);
+  cr_assert_eq(raw_account_count(), 100);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM roster WHERE sub = 3"), 100));
+  long long items = 0;
+  for (int i = 0; i < 100; i++) {
+    snprintf(jid, sizeof jid, "b%d@localhost", i);
+    items += raw_roster_count(jid);
+  }
+  cr_assert_eq(items, 100);
+  cr_assert_eq(load(s, "b7@localhost").it[0].sub, SUB_BOTH);
 
   cr_assert_eq(store_batch_begin(s), 0);
   cr_assert_eq(store_account_create(s, "gone@localhost", &a), 0);
@@ -873,10 +1106,190 @@ Test(store, batch_commit_and_rollback) {
   cr_assert_eq(store_roster_put(s, "gone@localhost", &it), 0);
   cr_assert_eq(store_batch_end(s, 0), 0);
   cr_assert_eq(store_account_exists(s, "gone@localhost"), 0);
-  cr_assert_eq(raw_int("SELECT count(*) FROM roster"), 100);
+  cr_assert_eq(raw_roster_count("gone@localhost"), 0);
+  cr_assert_eq(raw_account_count(), 100);
   cr_assert_neq(store_batch_end(s, 1), 0, "no batch open");
   /* normal calls work again after a batch */
   cr_assert_eq(store_account_create(s, "after@localhost", &a), 0);
   cr_assert_eq(store_account_exists(s, "after@localhost"), 1);
+  store_close(s);
+}
+
+/* ---- Redis only: addresses, key layout, the account index, outages ---------------------- */
+
+Test(store_redis, open_errors) {
+  char *err = NULL;
+  char t[160];
+  /* Nothing listens there (the port was free a moment ago). */
+  snprintf(t, sizeof t, "127.0.0.1:%d", free_port());
+  cr_assert_null(store_open("redis", t, &err));
+  cr_assert_not_null(err);
+  cr_assert_not_null(strstr(err, "refused"), "%s", err);
+  xfree(err);
+  const char *bad[] = {"127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:x", ":6379", "unix:",
+                       "[::1", "127.0.0.1:6379 db=-1", "127.0.0.1:6379 nonsense=1"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err = NULL;
+    cr_assert_null(store_open("redis", bad[i], &err), "%s", bad[i]);
+    cr_assert_not_null(err, "%s", bad[i]);
+    xfree(err);
+  }
+  /* A password never appears in a message. */
+  err = NULL;
+  snprintf(t, sizeof t, "127.0.0.1:%d password=hunter2", free_port());
+  cr_assert_null(store_open("redis", t, &err));
+  cr_assert_null(strstr(err, "hunter2"), "%s", err);
+  xfree(err);
+  err = NULL;
+  snprintf(t, sizeof t, "unix:%s/no.sock", g_dir);
+  cr_assert_null(store_open("redis", t, &err));
+  xfree(err);
+}
+
+Test(store_redis, password_and_db) {
+  freeReplyObject(rcmd("CONFIG SET requirepass s3cret"));
+  char t[160], *err = NULL;
+  snprintf(t, sizeof t, "127.0.0.1:%d", g_redis_port);
+  cr_assert_null(store_open("redis", t, &err), "no password: refused");
+  cr_assert_not_null(err);
+  xfree(err);
+  snprintf(t, sizeof t, "127.0.0.1:%d  db=3\tpassword=s3cret", g_redis_port);
+  store_t *s = store_open("redis", t, &err);
+  cr_assert_not_null(s, "%s", err ? err : "?");
+  add_user(s, "alice@x", 1);
+  cr_assert_eq(store_account_exists(s, "alice@x"), 1);
+  store_close(s);
+  freeReplyObject(rcmd("SELECT 3"));
+  cr_assert_eq(rint_cmd("EXISTS {u:alice@x}:a"), 1);
+  freeReplyObject(rcmd("SELECT 0"));
+  cr_assert_eq(rint_cmd("EXISTS {u:alice@x}:a"), 0);
+}
+
+static void type_is(const char *key, const char *type) {
+  redisReply *r = rcmd("TYPE %s", key);
+  cr_assert_str_eq(r->str, type, "%s", key);
+  freeReplyObject(r);
+}
+
+/* Every key of one user shares the hash tag {u:JID}: one Cluster slot, so the scripts'
+ * multi-key operations are legal on a Redis Cluster. */
+Test(store_redis, key_layout) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_roster_item_t it = {.jid = "bob@y", .sub = SUB_BOTH};
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
+  push(s, "alice@x", "<m/>", 0, 0);
+  redisReply *k = rcmd("KEYS *");
+  cr_assert_eq(k->elements, 5, "account, roster, offline, index, layout");
+  freeReplyObject(k);
+  type_is("{u:alice@x}:a", "hash");
+  type_is("{u:alice@x}:r", "hash");
+  type_is("{u:alice@x}:o", "list");
+  type_is("accounts", "zset");
+  cr_assert_eq(rint_cmd("GET xmppd:layout"), 1);
+  cr_assert_eq(rint_cmd("ZSCORE accounts alice@x"), 0);
+  cr_assert_eq(rint_cmd("HEXISTS {u:alice@x}:r bob@y"), 1);
+  /* credentials only: no field that could hold a password */
+  redisReply *f = rcmd("HKEYS {u:alice@x}:a");
+  for (size_t i = 0; i < f->elements; i++)
+    cr_assert(strncmp(f->element[i]->str, "sha1_", 5) == 0 ||
+                  strncmp(f->element[i]->str, "sha256_", 7) == 0 ||
+                  strcmp(f->element[i]->str, "created") == 0 ||
+                  strcmp(f->element[i]->str, "offline_seq") == 0,
+              "field %s", f->element[i]->str);
+  freeReplyObject(f);
+  store_close(s);
+}
+
+typedef struct {
+  char *prev;
+  int n;
+} seen_t;
+
+static void count_cb(const char *bare, void *ud) {
+  seen_t *st = ud;
+  if (st->prev)
+    cr_assert_lt(strcmp(st->prev, bare), 0, "sorted, no duplicates: %s %s", st->prev, bare);
+  cr_assert(strstr(bare, "gone") == NULL && strstr(bare, "ghost") == NULL, "%s", bare);
+  xfree(st->prev);
+  st->prev = xstrdup(bare);
+  st->n++;
+}
+
+/* The index is paged (ZRANGEBYLEX, no KEYS) and may hold members whose account is gone
+ * (a crash between the two steps of a delete): list skips them. */
+Test(store_redis, list_pages_and_skips_stale_index) {
+  store_t *s = open_db();
+  store_account_t a = mk_acct(1);
+  cr_assert_eq(store_batch_begin(s), 0);
+  char jid[32];
+  for (int i = 0; i < 1100; i++) {
+    snprintf(jid, sizeof jid, "u%04d@x", i);
+    cr_assert_eq(store_account_create(s, jid, &a), 0);
+  }
+  cr_assert_eq(store_batch_end(s, 1), 0);
+  freeReplyObject(rcmd("ZADD accounts 0 ghost@x 0 u0512-gone@x"));
+  seen_t st = {NULL, 0};
+  cr_assert_eq(store_account_list(s, count_cb, &st), 0);
+  cr_assert_eq(st.n, 1100);
+  cr_assert_str_eq(st.prev, "u1099@x");
+  xfree(st.prev);
+  store_close(s);
+}
+
+/* Inside a batch, failures only Redis can see are reported by store_batch_end. */
+Test(store_redis, batch_reports_at_flush) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  push(s, "alice@x", "<1/>", 0, 0);
+  cr_assert_eq(store_batch_begin(s), 0);
+  cr_assert_eq(store_account_create(s, "alice@x", &(store_account_t){0}), XMPP_EINVAL);
+  store_account_t a = mk_acct(2);
+  cr_assert_eq(store_account_create(s, "alice@x", &a), XMPP_EEXIST); /* asked of Redis */
+  cr_assert_eq(store_account_update(s, "nobody@x", &a), XMPP_ENOENT);
+  cr_assert_eq(store_account_delete(s, "nobody@x"), XMPP_ENOENT);
+  cr_assert_eq(store_offline_push(s, "alice@x", "<2/>", 4, 1), 0); /* queued */
+  cr_assert_eq(store_account_create(s, "bob@x", &a), 0);
+  cr_assert_eq(store_batch_end(s, 1), XMPP_ELIMIT);
+  cr_assert_eq(store_offline_count(s, "alice@x"), 1, "the limit held");
+  cr_assert_eq(store_account_exists(s, "bob@x"), 1, "the rest of the batch was applied");
+  cr_assert_eq(store_batch_begin(s), 0);
+  cr_assert_eq(store_account_delete(s, "bob@x"), 0);
+  cr_assert_eq(store_account_exists(s, "bob@x"), 0, "the batch's own delete is seen");
+  cr_assert_eq(store_account_create(s, "bob@x", &a), 0);
+  cr_assert_eq(store_account_create(s, "bob@x", &a), XMPP_EEXIST);
+  cr_assert_eq(store_batch_end(s, 1), 0);
+  cr_assert_eq(store_account_exists(s, "bob@x"), 1);
+  store_close(s);
+}
+
+/* Redis goes away and comes back (with its AOF): calls fail with XMPP_EIO meanwhile,
+ * then the same handle reconnects by itself and finds the data. */
+Test(store_redis, outage_then_reconnect_with_aof, .timeout = 60) {
+  redis_stop();
+  redis_start(1); /* appendonly yes, appendfsync always */
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  push(s, "alice@x", "<kept/>", 0, 0);
+  redis_stop();
+  store_account_t got;
+  cr_assert_eq(store_account_get(s, "alice@x", &got), XMPP_EIO);
+  cr_assert_eq(store_account_exists(s, "alice@x"), XMPP_EIO);
+  push(s, "alice@x", "<lost/>", 0, XMPP_EIO);
+  cr_assert_eq(store_offline_count(s, "alice@x"), XMPP_EIO);
+  redis_start(1); /* same port, same directory: the AOF is replayed */
+  cr_assert_eq(store_account_get(s, "alice@x", &got), 0);
+  store_account_t want = mk_acct(1);
+  expect_acct(&got, &want);
+  popped_t p = {0};
+  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(p.n, 1);
+  cr_assert_str_eq(p.msgs[0], "<kept/>");
+  /* A restart while the handle is idle: its dead connection is noticed before a write
+   * is sent on it, so even the first write after the restart succeeds. */
+  redis_stop();
+  redis_start(1);
+  push(s, "alice@x", "<after/>", 0, 0);
+  cr_assert_eq(store_offline_count(s, "alice@x"), 1);
   store_close(s);
 }

@@ -1,0 +1,1190 @@
+/* Redis back-end of the store: accounts, rosters and offline queues in Redis, so that a
+ * cluster needs nothing but Redis (docs/storage-redis.md: key layout, persistence).
+ *
+ * Client. hiredis' SYNCHRONOUS API: a store_t is one thread's handle and its calls block
+ * like SQLite's do (one round trip each on loopback or a LAN: tens of microseconds).
+ * hiredis' async libuv adapter belongs to the session directory (presence of sessions,
+ * shard map), which must never block a loop; durable data keeps the same synchronous
+ * contract as the SQLite back-end so that callers do not change with the back-end.
+ *
+ * Address ("storage.redis", passed to store_open as its path):
+ *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH
+ * optionally followed by space-separated db=N and password=SECRET.
+ *
+ * Keys. Everything of one user carries the Redis Cluster hash tag {u:JID}, so the
+ * account, the roster and the offline queue of a user sit in ONE slot and every
+ * multi-key script below is legal on a Redis Cluster too:
+ *   {u:JID}:a  hash   sha1_salt sha1_iter sha1_stored sha1_server sha256_* created
+ *                     offline_seq (last offline id). SCRAM credentials only, never a
+ *                     password; keys cut to the hash length (20 / 32 bytes).
+ *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item)
+ *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
+ * Two keys outside any user's slot:
+ *   accounts      sorted set, score 0, member = bare JID: the account index for
+ *                 store_account_list (ZRANGEBYLEX pages, sorted, no KEYS/SCAN). In a
+ *                 Cluster it has its own slot, so it cannot be updated in the same
+ *                 script as the user's keys: it is kept a SUPERSET of the accounts
+ *                 (ZADD before create, ZREM after delete) and list skips members whose
+ *                 account hash is gone.
+ *   xmppd:layout  layout version (1); a newer one is refused on open.
+ *
+ * Atomicity. Every read-modify-write is one Lua script on one user's slot: create
+ * (exists check + HSET), update, delete (all three keys), roster put (account check +
+ * HSET), offline push (account check + limit check + id + RPUSH: XMPP_ELIMIT beyond the
+ * limit, never a silent drop). Offline delivery is at-least-once like the SQLite
+ * back-end: pop_all reads the queue, runs the callbacks, then a script removes from the
+ * head exactly the entries whose id is <= the last one handed out; a crash in between
+ * leaves them queued, a message pushed meanwhile stays.
+ *
+ * Batches (xmppctl populate) are a pipeline: writes are formatted and queued locally,
+ * sent in chunks by store_batch_end(s, 1) with every reply checked (the first failure is
+ * returned), or dropped unsent by store_batch_end(s, 0). Inside a batch, whether an
+ * account exists is known from the batch's own creates and deletes, else asked of Redis,
+ * so account create/update/delete and roster put still return XMPP_EEXIST / XMPP_ENOENT
+ * at once. Other reads go to Redis and do not see the queued writes; a roster delete of
+ * an absent item or an offline push beyond the limit inside a batch is reported by
+ * store_batch_end. The batch is not one transaction (a Cluster could not run it as one):
+ * a failure while flushing leaves what was applied before it.
+ *
+ * Errors. A lost connection (Redis restarted, network) is dropped and re-established on
+ * the next call; read-only commands are retried once on a fresh connection, writes are
+ * not (they may have been applied). Failures return XMPP_EIO, which callers treat as
+ * temporary (SASL answers <temporary-auth-failure/>). A connection failure is logged
+ * once, and the reconnection. */
+#include <ctype.h>
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/scram.h"
+#include "common/store/store_impl.h"
+#include "common/strmap.h"
+
+#define RD_LAYOUT_VERSION 1
+#define RD_LAYOUT_KEY "xmppd:layout"
+#define RD_INDEX_KEY "accounts"
+#define RD_CONNECT_TIMEOUT_MS 2000
+#define RD_COMMAND_TIMEOUT_MS 5000
+#define RD_LIST_PAGE 512
+#define RD_FLUSH_CHUNK 1024
+#define RD_ITEM_VERSION 1
+
+/* ---- scripts ------------------------------------------------------------------------ */
+
+enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_COUNT };
+
+static const char *const script_text[S_COUNT] = {
+    /* KEYS: account. ARGV: field value ... -> 1 created, 0 exists */
+    [S_CREATE] = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
+                 "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
+    /* KEYS: account. ARGV: field value ... -> 1 updated, 0 absent */
+    [S_UPDATE] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+                 "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
+    /* KEYS: account, roster, offline -> 1 deleted, 0 absent */
+    [S_DELETE] = "local n = redis.call('DEL', KEYS[1]) "
+                 "redis.call('DEL', KEYS[2], KEYS[3]) return n",
+    /* KEYS: account, roster. ARGV: contact, item -> 1 stored, 0 no account */
+    [S_ROSTER_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+                     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
+    /* KEYS: account, offline. ARGV: max (0 = none), stamp, bytes
+     * -> queue length, -1 no account, -2 limit reached */
+    [S_OFF_PUSH] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+                   "local max = tonumber(ARGV[1]) "
+                   "if max > 0 and redis.call('LLEN', KEYS[2]) >= max then return -2 end "
+                   "local id = redis.call('HINCRBY', KEYS[1], 'offline_seq', 1) "
+                   "return redis.call('RPUSH', KEYS[2], id .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])",
+    /* KEYS: offline. ARGV: last id handed out -> entries removed from the head */
+    [S_OFF_TRIM] = "local last = tonumber(ARGV[1]) local n = 0 "
+                   "while true do "
+                   "  local h = redis.call('LINDEX', KEYS[1], 0) "
+                   "  if not h then break end "
+                   "  local id = tonumber(string.match(h, '^(%d+) ')) "
+                   "  if id ~= nil and id > last then break end "
+                   "  redis.call('LPOP', KEYS[1]) n = n + 1 "
+                   "end return n",
+};
+
+/* ---- handle ------------------------------------------------------------------------- */
+
+/* How a queued batch command's reply is judged when the batch is flushed. */
+typedef enum {
+  R_ANY,       /* any non-error reply */
+  R_ONE,       /* integer 1, else XMPP_ENOENT (update, roster put) */
+  R_CREATE,    /* integer 1, else XMPP_EEXIST */
+  R_ROSTER_DEL,/* integer 1, else XMPP_ENOENT */
+  R_PUSH,      /* integer >= 0, -1 XMPP_ENOENT, -2 XMPP_ELIMIT */
+} rkind_t;
+
+typedef struct rd {
+  char *target; /* as configured, for messages (without the password) */
+  char *host;   /* NULL for a unix socket */
+  char *unix_path;
+  int port;
+  int db;
+  char *password;
+  redisContext *c;
+  int down; /* the last connection attempt failed (logged once) */
+  char sha[S_COUNT][41];
+  /* batch */
+  int batch;
+  buf_t q;           /* formatted commands */
+  size_t *qlen;      /* length of each */
+  rkind_t *qkind;
+  size_t qn, qcap;
+  strmap_t *bstate;  /* bare JID -> B_CREATED / B_DELETED during the batch */
+} rd_t;
+
+#define B_CREATED ((void *)1)
+#define B_DELETED ((void *)2)
+
+static char *msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *msg(const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return xstrdup(buf);
+}
+
+/* ---- address ------------------------------------------------------------------------ */
+
+static int parse_target(rd_t *r, const char *target, char **err) {
+  char *t = xstrdup(target);
+  char *save = NULL;
+  int rc = 0;
+  char *addr = strtok_r(t, " \t", &save);
+  if (!addr) {
+    *err = msg("redis address is empty");
+    rc = -1;
+    goto out;
+  }
+  /* Messages show the address token only: what follows may hold the password. */
+  char shown[256];
+  snprintf(shown, sizeof shown, "%s", addr);
+  if (strncmp(addr, "unix:", 5) == 0) {
+    if (!addr[5]) {
+      *err = msg("redis address '%s': unix: needs a socket path", addr);
+      rc = -1;
+      goto out;
+    }
+    r->unix_path = xstrdup(addr + 5);
+  } else {
+    char *host = addr, *port = NULL;
+    if (*addr == '[') {
+      char *close = strchr(addr, ']');
+      if (!close || (close[1] && close[1] != ':')) {
+        *err = msg("redis address '%s': bad [IPv6]:PORT", addr);
+        rc = -1;
+        goto out;
+      }
+      *close = '\0';
+      host = addr + 1;
+      if (close[1] == ':') port = close + 2;
+    } else {
+      char *colon = strrchr(addr, ':');
+      if (colon) {
+        *colon = '\0';
+        port = colon + 1;
+      }
+    }
+    r->port = 6379;
+    if (port) {
+      char *end;
+      long p = strtol(port, &end, 10);
+      if (!*port || *end || p < 1 || p > 65535) {
+        *err = msg("redis address '%s': bad port '%s'", shown, port);
+        rc = -1;
+        goto out;
+      }
+      r->port = (int)p;
+    }
+    if (!*host) {
+      *err = msg("redis address '%s': no host", shown);
+      rc = -1;
+      goto out;
+    }
+    r->host = xstrdup(host);
+  }
+  char *opt;
+  while ((opt = strtok_r(NULL, " \t", &save)) != NULL) {
+    if (strncmp(opt, "db=", 3) == 0) {
+      char *end;
+      long d = strtol(opt + 3, &end, 10);
+      if (!opt[3] || *end || d < 0 || d > 1000000) {
+        *err = msg("redis address: bad %s", opt);
+        rc = -1;
+        goto out;
+      }
+      r->db = (int)d;
+    } else if (strncmp(opt, "password=", 9) == 0 && opt[9]) {
+      xfree(r->password);
+      r->password = xstrdup(opt + 9);
+    } else {
+      *err = msg("redis address: unknown option '%.*s' (db=N, password=SECRET)",
+                 (int)strcspn(opt, "="), opt);
+      rc = -1;
+      goto out;
+    }
+  }
+  r->target = r->unix_path ? msg("unix:%s db %d", r->unix_path, r->db)
+                           : msg("%s:%d db %d", r->host, r->port, r->db);
+out:
+  xfree(t);
+  return rc;
+}
+
+/* ---- connection --------------------------------------------------------------------- */
+
+static void drop(rd_t *r) {
+  if (r->c) redisFree(r->c);
+  r->c = NULL;
+}
+
+static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const size_t *lens) {
+  return redisCommandArgv(c, argc, argv, lens);
+}
+
+/* Connects, authenticates, selects the db, loads the scripts. 0, or -1 with *err. */
+static int connect_now(rd_t *r, char **err) {
+  drop(r);
+  struct timeval ct = {RD_CONNECT_TIMEOUT_MS / 1000, (RD_CONNECT_TIMEOUT_MS % 1000) * 1000};
+  struct timeval tt = {RD_COMMAND_TIMEOUT_MS / 1000, (RD_COMMAND_TIMEOUT_MS % 1000) * 1000};
+  redisContext *c = r->unix_path ? redisConnectUnixWithTimeout(r->unix_path, ct)
+                                 : redisConnectWithTimeout(r->host, r->port, ct);
+  if (!c) {
+    *err = msg("redis %s: cannot allocate a connection", r->target);
+    return -1;
+  }
+  if (c->err) {
+    *err = msg("redis %s: %s", r->target, c->errstr);
+    redisFree(c);
+    return -1;
+  }
+  if (redisSetTimeout(c, tt) != REDIS_OK) {
+    *err = msg("redis %s: cannot set the timeout", r->target);
+    redisFree(c);
+    return -1;
+  }
+  redisReply *rep;
+  if (r->password) {
+    const char *av[] = {"AUTH", r->password};
+    size_t al[] = {4, strlen(r->password)};
+    rep = raw_cmd(c, 2, av, al);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+      *err = msg("redis %s: AUTH: %s", r->target, rep ? rep->str : c->errstr);
+      goto fail;
+    }
+    freeReplyObject(rep);
+  }
+  if (r->db) {
+    char d[16];
+    snprintf(d, sizeof d, "%d", r->db);
+    const char *av[] = {"SELECT", d};
+    size_t al[] = {6, strlen(d)};
+    rep = raw_cmd(c, 2, av, al);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+      *err = msg("redis %s: SELECT: %s", r->target, rep ? rep->str : c->errstr);
+      goto fail;
+    }
+    freeReplyObject(rep);
+  }
+  /* Scripts: loaded on every connection (a restarted Redis has forgotten them). */
+  for (int i = 0; i < S_COUNT; i++)
+    redisAppendCommand(c, "SCRIPT LOAD %s", script_text[i]);
+  for (int i = 0; i < S_COUNT; i++) {
+    rep = NULL;
+    if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep ||
+        rep->type != REDIS_REPLY_STRING || rep->len != 40) {
+      *err = msg("redis %s: SCRIPT LOAD: %s", r->target,
+                 rep && rep->str ? rep->str : c->errstr);
+      goto fail;
+    }
+    memcpy(r->sha[i], rep->str, 40);
+    r->sha[i][40] = '\0';
+    freeReplyObject(rep);
+  }
+  r->c = c;
+  return 0;
+fail:
+  if (rep) freeReplyObject(rep);
+  redisFree(c);
+  return -1;
+}
+
+/* A usable connection: the current one, or a new one. 0 or XMPP_EIO (logged once per
+ * outage). */
+static int ensure(rd_t *r) {
+  if (r->c && !r->c->err) {
+    /* Between commands nothing may be readable: data or EOF there means the server
+     * closed the connection (restarted, idle timeout). Reconnect before sending, so
+     * that a write is not lost on a connection already known dead. */
+    struct pollfd pfd = {.fd = r->c->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) == 0) return 0;
+    log_warn("store(redis) %s: connection closed by the server; reconnecting", r->target);
+  }
+  if (r->c) drop(r);
+  char *err = NULL;
+  if (connect_now(r, &err) != 0) {
+    if (!r->down) log_error("store(redis): %s (will retry on the next call)", err);
+    r->down = 1;
+    xfree(err);
+    return XMPP_EIO;
+  }
+  if (r->down) log_info("store(redis) %s: connected again", r->target);
+  r->down = 0;
+  return 0;
+}
+
+/* Runs one command synchronously. Returns the reply (caller frees; may be an error
+ * reply), or NULL on a connection failure (logged; the connection is dropped and the
+ * next call reconnects). A read-only command (retry) is sent again once on a fresh
+ * connection when the old one turned out to be dead. */
+static redisReply *run(rd_t *r, int argc, const char **argv, const size_t *lens, int retry) {
+  for (int attempt = 0;; attempt++) {
+    int fresh = !r->c;
+    if (ensure(r) != 0) return NULL;
+    redisReply *rep = raw_cmd(r->c, argc, argv, lens);
+    if (rep) return rep;
+    log_error("store(redis) %s: %s: %s", r->target, argv[0], r->c->errstr);
+    drop(r);
+    r->down = 1;
+    if (!retry || fresh || attempt) return NULL;
+  }
+}
+
+static int reply_error(rd_t *r, const char *what, redisReply *rep) {
+  log_error("store(redis) %s: %s: %s", r->target, what, rep->str ? rep->str : "error");
+  return XMPP_EIO;
+}
+
+/* ---- scripts and the batch queue ---------------------------------------------------- */
+
+#define MAXARGS 24
+
+static void queue_cmd(rd_t *r, int argc, const char **argv, const size_t *lens, rkind_t kind) {
+  char *cmd = NULL;
+  int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (n < 0 || !cmd) {
+    log_error("store(redis): cannot format a command (out of memory)");
+    abort();
+  }
+  if (r->qn == r->qcap) {
+    r->qcap = r->qcap ? r->qcap * 2 : 256;
+    r->qlen = xrealloc(r->qlen, r->qcap * sizeof *r->qlen);
+    r->qkind = xrealloc(r->qkind, r->qcap * sizeof *r->qkind);
+  }
+  buf_append(&r->q, cmd, (size_t)n);
+  r->qlen[r->qn] = (size_t)n;
+  r->qkind[r->qn] = kind;
+  r->qn++;
+  redisFreeCommand(cmd);
+}
+
+/* EVALSHA of script id with keys then args; falls back to EVAL when Redis has lost the
+ * script (SCRIPT FLUSH). Returns the reply (may be an error reply) or NULL. */
+static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **argv,
+                          const size_t *lens) {
+  const char *av[MAXARGS];
+  size_t al[MAXARGS];
+  char nk[8];
+  snprintf(nk, sizeof nk, "%d", nkeys);
+  av[0] = "EVALSHA";
+  al[0] = 7;
+  av[1] = r->sha[id];
+  al[1] = 40;
+  av[2] = nk;
+  al[2] = strlen(nk);
+  for (int i = 0; i < argc; i++) {
+    av[3 + i] = argv[i];
+    al[3 + i] = lens[i];
+  }
+  if (ensure(r) != 0) return NULL;
+  av[1] = r->sha[id]; /* (re)loaded by ensure() on a new connection */
+  redisReply *rep = run(r, argc + 3, av, al, 0);
+  if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+    freeReplyObject(rep);
+    av[0] = "EVAL";
+    al[0] = 4;
+    av[1] = script_text[id];
+    al[1] = strlen(script_text[id]);
+    rep = run(r, argc + 3, av, al, 0);
+  }
+  return rep;
+}
+
+static void queue_script(rd_t *r, int id, int nkeys, int argc, const char **argv,
+                         const size_t *lens, rkind_t kind) {
+  const char *av[MAXARGS];
+  size_t al[MAXARGS];
+  char nk[8];
+  snprintf(nk, sizeof nk, "%d", nkeys);
+  av[0] = "EVALSHA";
+  al[0] = 7;
+  av[1] = r->sha[id];
+  al[1] = 40;
+  av[2] = nk;
+  al[2] = strlen(nk);
+  for (int i = 0; i < argc; i++) {
+    av[3 + i] = argv[i];
+    al[3 + i] = lens[i];
+  }
+  queue_cmd(r, argc + 3, av, al, kind);
+}
+
+/* Judges one reply by its kind: 0 or an XMPP_* code. */
+static int judge(rd_t *r, const char *what, redisReply *rep, rkind_t kind) {
+  if (!rep) return XMPP_EIO;
+  if (rep->type == REDIS_REPLY_ERROR) return reply_error(r, what, rep);
+  switch (kind) {
+  case R_ANY: return 0;
+  case R_ONE:
+  case R_ROSTER_DEL:
+    if (rep->type != REDIS_REPLY_INTEGER) return reply_error(r, what, rep);
+    return rep->integer == 1 ? 0 : XMPP_ENOENT;
+  case R_CREATE:
+    if (rep->type != REDIS_REPLY_INTEGER) return reply_error(r, what, rep);
+    return rep->integer == 1 ? 0 : XMPP_EEXIST;
+  case R_PUSH:
+    if (rep->type != REDIS_REPLY_INTEGER) return reply_error(r, what, rep);
+    return rep->integer >= 0 ? 0 : rep->integer == -2 ? XMPP_ELIMIT : XMPP_ENOENT;
+  }
+  return XMPP_EIO;
+}
+
+/* Runs a script now, or queues it inside a batch (then 0: judged at the flush). */
+static int exec_script(rd_t *r, const char *what, int id, int nkeys, int argc,
+                       const char **argv, const size_t *lens, rkind_t kind) {
+  if (r->batch) {
+    queue_script(r, id, nkeys, argc, argv, lens, kind);
+    return 0;
+  }
+  redisReply *rep = script(r, id, nkeys, argc, argv, lens);
+  int rc = judge(r, what, rep, kind);
+  if (rep) freeReplyObject(rep);
+  return rc;
+}
+
+static int exec_cmd(rd_t *r, const char *what, int argc, const char **argv, const size_t *lens,
+                    rkind_t kind) {
+  if (r->batch) {
+    queue_cmd(r, argc, argv, lens, kind);
+    return 0;
+  }
+  redisReply *rep = run(r, argc, argv, lens, 0);
+  int rc = judge(r, what, rep, kind);
+  if (rep) freeReplyObject(rep);
+  return rc;
+}
+
+/* ---- keys --------------------------------------------------------------------------- */
+
+typedef struct {
+  char *a, *r, *o; /* account, roster, offline */
+  size_t la, lr, lo;
+} ukeys_t;
+
+static void ukeys(ukeys_t *k, const char *bare) {
+  k->a = msg("{u:%s}:a", bare);
+  k->r = msg("{u:%s}:r", bare);
+  k->o = msg("{u:%s}:o", bare);
+  k->la = strlen(k->a);
+  k->lr = strlen(k->r);
+  k->lo = strlen(k->o);
+}
+
+static void ukeys_free(ukeys_t *k) {
+  xfree(k->a);
+  xfree(k->r);
+  xfree(k->o);
+}
+
+/* ---- open / close ------------------------------------------------------------------- */
+
+static void rd_close(void *be) {
+  rd_t *r = be;
+  if (!r) return;
+  drop(r);
+  buf_free(&r->q);
+  xfree(r->qlen);
+  xfree(r->qkind);
+  if (r->bstate) strmap_free(r->bstate, NULL);
+  xfree(r->target);
+  xfree(r->host);
+  xfree(r->unix_path);
+  if (r->password) {
+    explicit_bzero(r->password, strlen(r->password));
+    xfree(r->password);
+  }
+  xfree(r);
+}
+
+/* Checks (or, on an empty Redis, writes) the layout version. */
+static int check_layout(rd_t *r, char **err) {
+  const char *av[] = {"SET", RD_LAYOUT_KEY, "1", "NX"};
+  size_t al[] = {3, strlen(RD_LAYOUT_KEY), 1, 2};
+  redisReply *rep = raw_cmd(r->c, 4, av, al);
+  if (!rep || rep->type == REDIS_REPLY_ERROR) {
+    *err = msg("redis %s: SET %s: %s", r->target, RD_LAYOUT_KEY, rep ? rep->str : r->c->errstr);
+    if (rep) freeReplyObject(rep);
+    return -1;
+  }
+  freeReplyObject(rep);
+  const char *gv[] = {"GET", RD_LAYOUT_KEY};
+  size_t gl[] = {3, strlen(RD_LAYOUT_KEY)};
+  rep = raw_cmd(r->c, 2, gv, gl);
+  if (!rep || rep->type != REDIS_REPLY_STRING) {
+    *err = msg("redis %s: GET %s: %s", r->target, RD_LAYOUT_KEY,
+               rep && rep->str ? rep->str : r->c->errstr);
+    if (rep) freeReplyObject(rep);
+    return -1;
+  }
+  char *end;
+  long v = strtol(rep->str, &end, 10);
+  int bad = !rep->len || *end;
+  freeReplyObject(rep);
+  if (bad) {
+    *err = msg("redis %s: %s is not a number: not an xmppd store?", r->target, RD_LAYOUT_KEY);
+    return -1;
+  }
+  if (v > RD_LAYOUT_VERSION) {
+    *err = msg("redis %s: key layout version %ld is newer than this program's (%d)", r->target,
+               v, RD_LAYOUT_VERSION);
+    return -1;
+  }
+  return 0;
+}
+
+static void *rd_open(const char *path, char **err) {
+  rd_t *r = xcalloc(1, sizeof *r);
+  buf_init(&r->q);
+  if (parse_target(r, path, err) != 0) goto fail;
+  if (connect_now(r, err) != 0) goto fail;
+  if (check_layout(r, err) != 0) goto fail;
+  return r;
+fail:
+  rd_close(r);
+  return NULL;
+}
+
+/* ---- batches ------------------------------------------------------------------------ */
+
+static void queue_clear(rd_t *r) {
+  r->q.len = 0;
+  r->qn = 0;
+  if (r->bstate) strmap_free(r->bstate, NULL);
+  r->bstate = NULL;
+}
+
+static int rd_batch_begin(void *be) {
+  rd_t *r = be;
+  if (r->batch) return XMPP_EINVAL;
+  queue_clear(r);
+  r->bstate = strmap_new();
+  r->batch = 1;
+  return 0;
+}
+
+/* Sends the queue in chunks, reading every reply. 0 or the first failure. */
+static int flush(rd_t *r) {
+  if (!r->qn) return 0;
+  /* A fresh connection (re)loads the scripts the queued EVALSHAs name; the same SHAs,
+   * since they are the SHA-1 of the same text. */
+  if (ensure(r) != 0) return XMPP_EIO;
+  int first = 0;
+  size_t off = 0;
+  for (size_t i = 0; i < r->qn;) {
+    size_t n = r->qn - i < RD_FLUSH_CHUNK ? r->qn - i : RD_FLUSH_CHUNK;
+    for (size_t k = 0; k < n; k++) {
+      if (redisAppendFormattedCommand(r->c, (const char *)r->q.data + off, r->qlen[i + k]) !=
+          REDIS_OK) {
+        log_error("store(redis) %s: batch: %s", r->target, r->c->errstr);
+        drop(r);
+        return XMPP_EIO;
+      }
+      off += r->qlen[i + k];
+    }
+    for (size_t k = 0; k < n; k++) {
+      redisReply *rep = NULL;
+      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) {
+        log_error("store(redis) %s: batch: %s", r->target, r->c->errstr);
+        drop(r);
+        return first ? first : XMPP_EIO;
+      }
+      int rc = judge(r, "batch", rep, r->qkind[i + k]);
+      freeReplyObject(rep);
+      if (rc && !first) first = rc;
+    }
+    i += n;
+  }
+  return first;
+}
+
+static int rd_batch_end(void *be, int commit) {
+  rd_t *r = be;
+  if (!r->batch) return XMPP_EINVAL;
+  r->batch = 0;
+  int rc = commit ? flush(r) : 0;
+  queue_clear(r);
+  /* Keep the buffer from holding a big batch's memory for the handle's life. */
+  buf_free(&r->q);
+  buf_init(&r->q);
+  xfree(r->qlen);
+  xfree(r->qkind);
+  r->qlen = NULL;
+  r->qkind = NULL;
+  r->qcap = 0;
+  return rc;
+}
+
+/* ---- accounts ----------------------------------------------------------------------- */
+
+static const char *const cred_fields[2][4] = {
+    {"sha1_salt", "sha1_iter", "sha1_stored", "sha1_server"},
+    {"sha256_salt", "sha256_iter", "sha256_stored", "sha256_server"},
+};
+
+/* Fills av/al with "field value" pairs for both credentials (16 entries); iters holds
+ * the decimal iteration counts (2 x 16 bytes). */
+static int cred_args(const store_account_t *a, const char **av, size_t *al, char iters[2][16]) {
+  const scram_cred_t *cs[2] = {&a->sha1, &a->sha256};
+  scram_hash_t hs[2] = {SCRAM_SHA1, SCRAM_SHA256};
+  int n = 0;
+  for (int h = 0; h < 2; h++) {
+    size_t hl = scram_hash_len(hs[h]);
+    snprintf(iters[h], 16, "%" PRIu32, cs[h]->iterations);
+    const char *vals[4] = {(const char *)cs[h]->salt, iters[h], (const char *)cs[h]->stored_key,
+                           (const char *)cs[h]->server_key};
+    size_t lens[4] = {cs[h]->salt_len, strlen(iters[h]), hl, hl};
+    for (int f = 0; f < 4; f++) {
+      av[n] = cred_fields[h][f];
+      al[n] = strlen(cred_fields[h][f]);
+      n++;
+      av[n] = vals[f];
+      al[n] = lens[f];
+      n++;
+    }
+  }
+  return n;
+}
+
+/* Whether the account exists, seen from inside a batch: the batch's own creates and
+ * deletes first, then Redis. 1, 0 or XMPP_EIO. */
+static int exists_now(rd_t *r, const char *bare) {
+  if (r->batch && r->bstate) {
+    void *st = strmap_get(r->bstate, bare);
+    if (st == B_CREATED) return 1;
+    if (st == B_DELETED) return 0;
+  }
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"EXISTS", k.a};
+  size_t al[] = {6, k.la};
+  redisReply *rep = run(r, 2, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_INTEGER ? (rep->integer > 0) : reply_error(r, "EXISTS", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_account_exists(void *be, const char *bare) { return exists_now(be, bare); }
+
+static int read_cred(rd_t *r, redisReply **el, scram_hash_t h, scram_cred_t *c) {
+  size_t hl = scram_hash_len(h);
+  for (int i = 0; i < 4; i++)
+    if (el[i]->type != REDIS_REPLY_STRING) goto corrupt;
+  char it[16];
+  if (el[1]->len == 0 || el[1]->len >= sizeof it) goto corrupt;
+  memcpy(it, el[1]->str, el[1]->len);
+  it[el[1]->len] = '\0';
+  char *end;
+  errno = 0;
+  unsigned long long iter = strtoull(it, &end, 10);
+  if (errno || *end || iter == 0 || iter > UINT32_MAX) goto corrupt;
+  if (el[0]->len == 0 || el[0]->len > SCRAM_MAX_SALT || (size_t)el[2]->len != hl ||
+      (size_t)el[3]->len != hl)
+    goto corrupt;
+  memcpy(c->salt, el[0]->str, el[0]->len);
+  c->salt_len = el[0]->len;
+  c->iterations = (uint32_t)iter;
+  memcpy(c->stored_key, el[2]->str, hl);
+  memcpy(c->server_key, el[3]->str, hl);
+  return 0;
+corrupt:
+  log_error("store(redis) %s: corrupt %s credentials", r->target, scram_mech_name(h));
+  return XMPP_EIO;
+}
+
+static int rd_account_get(void *be, const char *bare, store_account_t *out) {
+  rd_t *r = be;
+  memset(out, 0, sizeof *out);
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[10] = {"HMGET", k.a};
+  size_t al[10] = {5, k.la};
+  for (int h = 0; h < 2; h++)
+    for (int f = 0; f < 4; f++) {
+      av[2 + h * 4 + f] = cred_fields[h][f];
+      al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
+    }
+  redisReply *rep = run(r, 10, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) {
+    rc = reply_error(r, "HMGET", rep);
+  } else {
+    int nils = 0;
+    for (size_t i = 0; i < 8; i++) nils += rep->element[i]->type == REDIS_REPLY_NIL;
+    if (nils == 8) {
+      rc = XMPP_ENOENT;
+    } else {
+      rc = read_cred(r, rep->element, SCRAM_SHA1, &out->sha1);
+      if (!rc) rc = read_cred(r, rep->element + 4, SCRAM_SHA256, &out->sha256);
+      if (rc) memset(out, 0, sizeof *out);
+    }
+  }
+  freeReplyObject(rep);
+  return rc;
+}
+
+/* The account index (its own slot: separate commands, see the top of the file). */
+static int index_add(rd_t *r, const char *bare) {
+  const char *av[] = {"ZADD", RD_INDEX_KEY, "0", bare};
+  size_t al[] = {4, strlen(RD_INDEX_KEY), 1, strlen(bare)};
+  return exec_cmd(r, "ZADD", 4, av, al, R_ANY);
+}
+
+static int index_rem(rd_t *r, const char *bare) {
+  const char *av[] = {"ZREM", RD_INDEX_KEY, bare};
+  size_t al[] = {4, strlen(RD_INDEX_KEY), strlen(bare)};
+  return exec_cmd(r, "ZREM", 3, av, al, R_ANY);
+}
+
+static int rd_account_create(void *be, const char *bare, const store_account_t *a) {
+  rd_t *r = be;
+  if (r->batch) {
+    int ex = exists_now(r, bare);
+    if (ex < 0) return ex;
+    if (ex) return XMPP_EEXIST;
+  }
+  /* The index first: it must never miss an account (list skips the extras). */
+  int rc = index_add(r, bare);
+  if (rc) return rc;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[MAXARGS];
+  size_t al[MAXARGS];
+  char iters[2][16], created[24];
+  av[0] = k.a;
+  al[0] = k.la;
+  int n = 1 + cred_args(a, av + 1, al + 1, iters);
+  snprintf(created, sizeof created, "%lld", (long long)time(NULL));
+  av[n] = "created";
+  al[n++] = 7;
+  av[n] = created;
+  al[n++] = strlen(created);
+  rc = exec_script(r, "account create", S_CREATE, 1, n, av, al, R_CREATE);
+  ukeys_free(&k);
+  if (!rc && r->batch) strmap_put(r->bstate, bare, B_CREATED);
+  return rc;
+}
+
+static int rd_account_update(void *be, const char *bare, const store_account_t *a) {
+  rd_t *r = be;
+  if (r->batch) {
+    int ex = exists_now(r, bare);
+    if (ex < 0) return ex;
+    if (!ex) return XMPP_ENOENT;
+  }
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[MAXARGS];
+  size_t al[MAXARGS];
+  char iters[2][16];
+  av[0] = k.a;
+  al[0] = k.la;
+  int n = 1 + cred_args(a, av + 1, al + 1, iters);
+  int rc = exec_script(r, "account update", S_UPDATE, 1, n, av, al, R_ONE);
+  ukeys_free(&k);
+  return rc;
+}
+
+static int rd_account_delete(void *be, const char *bare) {
+  rd_t *r = be;
+  if (r->batch) {
+    int ex = exists_now(r, bare);
+    if (ex < 0) return ex;
+    if (!ex) return XMPP_ENOENT;
+  }
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {k.a, k.r, k.o};
+  size_t al[] = {k.la, k.lr, k.lo};
+  int rc = exec_script(r, "account delete", S_DELETE, 3, 3, av, al, R_ONE);
+  ukeys_free(&k);
+  /* The index after the account: a crash in between leaves an extra member, skipped by
+   * list. Removed even when the account was absent (clears such a leftover). */
+  if (rc == 0 || rc == XMPP_ENOENT) {
+    int irc = index_rem(r, bare);
+    if (!rc) rc = irc;
+  }
+  if (!rc && r->batch) strmap_put(r->bstate, bare, B_DELETED);
+  return rc;
+}
+
+static int rd_account_list(void *be, store_account_cb cb, void *ud) {
+  rd_t *r = be;
+  char *start = xstrdup("-");
+  int rc = 0;
+  for (;;) {
+    char cnt[16];
+    snprintf(cnt, sizeof cnt, "%d", RD_LIST_PAGE);
+    const char *av[] = {"ZRANGEBYLEX", RD_INDEX_KEY, start, "+", "LIMIT", "0", cnt};
+    size_t al[] = {11, strlen(RD_INDEX_KEY), strlen(start), 1, 5, 1, strlen(cnt)};
+    redisReply *page = run(r, 7, av, al, 1);
+    if (!page) {
+      rc = XMPP_EIO;
+      break;
+    }
+    if (page->type != REDIS_REPLY_ARRAY) {
+      rc = reply_error(r, "ZRANGEBYLEX", page);
+      freeReplyObject(page);
+      break;
+    }
+    size_t n = page->elements;
+    /* Which members still have an account (pipelined EXISTS, one per member). */
+    char *alive = xcalloc(n ? n : 1, 1);
+    for (size_t i = 0; i < n && !rc; i++) {
+      redisReply *m = page->element[i];
+      if (m->type != REDIS_REPLY_STRING) continue;
+      char *key = msg("{u:%.*s}:a", (int)m->len, m->str);
+      const char *ev[] = {"EXISTS", key};
+      size_t el[] = {6, strlen(key)};
+      if (redisAppendCommandArgv(r->c, 2, ev, el) != REDIS_OK) rc = XMPP_EIO;
+      xfree(key);
+      alive[i] = 2; /* asked */
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+      if (alive[i] != 2) continue;
+      redisReply *e = NULL;
+      if (redisGetReply(r->c, (void **)&e) != REDIS_OK || !e) {
+        log_error("store(redis) %s: list: %s", r->target, r->c->errstr);
+        drop(r);
+        rc = XMPP_EIO;
+        break;
+      }
+      alive[i] = e->type == REDIS_REPLY_INTEGER && e->integer > 0;
+      freeReplyObject(e);
+    }
+    if (!rc)
+      for (size_t i = 0; i < n; i++)
+        if (alive[i] == 1) cb(page->element[i]->str, ud);
+    xfree(alive);
+    if (!rc && n == RD_LIST_PAGE) {
+      redisReply *last = page->element[n - 1];
+      xfree(start);
+      start = xmalloc(last->len + 2);
+      start[0] = '(';
+      memcpy(start + 1, last->str, last->len);
+      start[last->len + 1] = '\0';
+    }
+    freeReplyObject(page);
+    if (rc || n < RD_LIST_PAGE) break;
+  }
+  xfree(start);
+  return rc;
+}
+
+/* ---- roster ------------------------------------------------------------------------- */
+
+/* Item value: u8 version | u8 flags (sub in bits 0-1, ask_out 2, pending_in 3, has name
+ * 4) | [u32 name length, name] | u32 group count | (u32 length, group)... (big-endian).
+ * Lengths, not separators: a name or group may hold any byte. */
+static void put_u32(buf_t *b, uint32_t v) {
+  uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+  buf_append(b, x, 4);
+}
+
+static void encode_item(buf_t *b, const store_roster_item_t *it) {
+  uint8_t hdr[2] = {RD_ITEM_VERSION, (uint8_t)((it->sub & 3) | (it->ask_out ? 4 : 0) |
+                                               (it->pending_in ? 8 : 0) | (it->name ? 16 : 0))};
+  buf_append(b, hdr, 2);
+  if (it->name) {
+    size_t n = strlen(it->name);
+    put_u32(b, (uint32_t)n);
+    buf_append(b, it->name, n);
+  }
+  put_u32(b, (uint32_t)it->ngroups);
+  for (size_t i = 0; i < it->ngroups; i++) {
+    size_t n = strlen(it->groups[i]);
+    put_u32(b, (uint32_t)n);
+    buf_append(b, it->groups[i], n);
+  }
+}
+
+static int get_u32(const uint8_t **p, const uint8_t *end, uint32_t *v) {
+  if (end - *p < 4) return -1;
+  *v = (uint32_t)(*p)[0] << 24 | (uint32_t)(*p)[1] << 16 | (uint32_t)(*p)[2] << 8 | (*p)[3];
+  *p += 4;
+  return 0;
+}
+
+/* Copies a length-prefixed string out as a NUL-terminated one. */
+static char *get_str(const uint8_t **p, const uint8_t *end) {
+  uint32_t n;
+  if (get_u32(p, end, &n) != 0 || (size_t)(end - *p) < n) return NULL;
+  char *s = xstrndup((const char *)*p, n);
+  *p += n;
+  return s;
+}
+
+typedef struct {
+  char *contact, *name;
+  int flags;
+  char **groups;
+  size_t ngroups;
+} ditem_t;
+
+static void ditem_free(ditem_t *d) {
+  xfree(d->contact);
+  xfree(d->name);
+  for (size_t i = 0; i < d->ngroups; i++) xfree(d->groups[i]);
+  xfree(d->groups);
+}
+
+static int decode_item(const char *contact, size_t clen, const char *v, size_t vlen, ditem_t *d) {
+  memset(d, 0, sizeof *d);
+  const uint8_t *p = (const uint8_t *)v, *end = p + vlen;
+  if (vlen < 6 || p[0] != RD_ITEM_VERSION) return -1;
+  d->flags = p[1];
+  p += 2;
+  d->contact = xstrndup(contact, clen);
+  if (d->flags & 16) {
+    if (!(d->name = get_str(&p, end))) return -1;
+  }
+  uint32_t ng;
+  if (get_u32(&p, end, &ng) != 0 || ng > (size_t)(end - p) / 4) return -1;
+  d->groups = xcalloc(ng ? ng : 1, sizeof *d->groups);
+  for (uint32_t i = 0; i < ng; i++) {
+    if (!(d->groups[i] = get_str(&p, end))) return -1;
+    d->ngroups++;
+  }
+  return p == end ? 0 : -1;
+}
+
+static int cmp_item(const void *a, const void *b) {
+  return strcmp(((const ditem_t *)a)->contact, ((const ditem_t *)b)->contact);
+}
+
+static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *ud) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HGETALL", k.r};
+  size_t al[] = {7, k.lr};
+  redisReply *rep = run(r, 2, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) {
+    int rc = reply_error(r, "HGETALL", rep);
+    freeReplyObject(rep);
+    return rc;
+  }
+  size_t n = rep->elements / 2;
+  ditem_t *items = xcalloc(n ? n : 1, sizeof *items);
+  int rc = 0;
+  for (size_t i = 0; i < n && !rc; i++) {
+    redisReply *f = rep->element[2 * i], *v = rep->element[2 * i + 1];
+    if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+        decode_item(f->str, f->len, v->str, v->len, &items[i]) != 0) {
+      log_error("store(redis) %s: corrupt roster item of %s", r->target, bare);
+      rc = XMPP_EIO;
+    }
+  }
+  freeReplyObject(rep);
+  if (!rc) {
+    /* Sorted by contact, like the SQLite back-end (a hash has no order). */
+    qsort(items, n, sizeof *items, cmp_item);
+    for (size_t i = 0; i < n; i++) {
+      store_roster_item_t it = {
+          .jid = items[i].contact,
+          .name = items[i].name,
+          .sub = (roster_sub_t)(items[i].flags & 3),
+          .ask_out = (items[i].flags & 4) != 0,
+          .pending_in = (items[i].flags & 8) != 0,
+          .groups = (const char *const *)items[i].groups,
+          .ngroups = items[i].ngroups,
+      };
+      cb(&it, ud);
+    }
+  }
+  for (size_t i = 0; i < n; i++) ditem_free(&items[i]);
+  xfree(items);
+  return rc;
+}
+
+static int rd_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
+  rd_t *r = be;
+  if (r->batch) {
+    int ex = exists_now(r, bare);
+    if (ex < 0) return ex;
+    if (!ex) return XMPP_ENOENT;
+  }
+  buf_t v;
+  buf_init(&v);
+  encode_item(&v, item);
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {k.a, k.r, item->jid, (const char *)v.data};
+  size_t al[] = {k.la, k.lr, strlen(item->jid), v.len};
+  int rc = exec_script(r, "roster put", S_ROSTER_PUT, 2, 4, av, al, R_ONE);
+  ukeys_free(&k);
+  buf_free(&v);
+  return rc;
+}
+
+static int rd_roster_delete(void *be, const char *bare, const char *contact) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HDEL", k.r, contact};
+  size_t al[] = {4, k.lr, strlen(contact)};
+  int rc = exec_cmd(r, "roster delete", 3, av, al, R_ROSTER_DEL);
+  ukeys_free(&k);
+  return rc;
+}
+
+/* ---- offline ------------------------------------------------------------------------ */
+
+static int rd_offline_push(void *be, const char *bare, const char *xml, size_t len, unsigned max) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  char m[16], stamp[24];
+  snprintf(m, sizeof m, "%u", max);
+  snprintf(stamp, sizeof stamp, "%lld", (long long)time(NULL));
+  const char *av[] = {k.a, k.o, m, stamp, xml};
+  size_t al[] = {k.la, k.lo, strlen(m), strlen(stamp), len};
+  int rc = exec_script(r, "offline push", S_OFF_PUSH, 2, 5, av, al, R_PUSH);
+  ukeys_free(&k);
+  return rc;
+}
+
+/* Parses "ID STAMP BYTES". 0, or -1 when the entry is not one. */
+static int parse_entry(const char *s, size_t n, int64_t *id, int64_t *stamp, size_t *off) {
+  int64_t v[2] = {0, 0};
+  size_t i = 0;
+  for (int f = 0; f < 2; f++) {
+    size_t st = i;
+    int neg = 0;
+    if (f == 1 && i < n && s[i] == '-') {
+      neg = 1;
+      i++;
+    }
+    while (i < n && s[i] >= '0' && s[i] <= '9' && i - st < 18) v[f] = v[f] * 10 + (s[i++] - '0');
+    if (i == st + (size_t)neg || i >= n || s[i] != ' ') return -1;
+    if (neg) v[f] = -v[f];
+    i++;
+  }
+  *id = v[0];
+  *stamp = v[1];
+  *off = i;
+  return 0;
+}
+
+static int rd_offline_pop_all(void *be, const char *bare, store_offline_cb cb, void *ud) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"LRANGE", k.o, "0", "-1"};
+  size_t al[] = {6, k.lo, 1, 2};
+  redisReply *rep = run(r, 4, av, al, 1);
+  if (!rep) {
+    ukeys_free(&k);
+    return XMPP_EIO;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY) {
+    int rc = reply_error(r, "LRANGE", rep);
+    freeReplyObject(rep);
+    ukeys_free(&k);
+    return rc;
+  }
+  int64_t last = -1;
+  for (size_t i = 0; i < rep->elements; i++) {
+    redisReply *e = rep->element[i];
+    int64_t id, stamp;
+    size_t off;
+    if (e->type != REDIS_REPLY_STRING || parse_entry(e->str, e->len, &id, &stamp, &off) != 0) {
+      log_error("store(redis) %s: corrupt offline entry of %s dropped", r->target, bare);
+      continue;
+    }
+    /* hiredis NUL-terminates string replies: xml[len] == '\0' as the interface says. */
+    cb(e->str + off, e->len - off, stamp, ud);
+    if (id > last) last = id;
+  }
+  size_t total = rep->elements;
+  freeReplyObject(rep);
+  int rc = 0;
+  if (total) {
+    /* Remove exactly what was handed out (and any corrupt entry before it). */
+    char l[24];
+    snprintf(l, sizeof l, "%lld", (long long)last);
+    const char *tv[] = {k.o, l};
+    size_t tl[] = {k.lo, strlen(l)};
+    redisReply *t = script(r, S_OFF_TRIM, 1, 2, tv, tl);
+    rc = judge(r, "offline trim", t, R_ANY);
+    if (t) freeReplyObject(t);
+  }
+  ukeys_free(&k);
+  return rc;
+}
+
+static int rd_offline_count(void *be, const char *bare) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"LLEN", k.o};
+  size_t al[] = {4, k.lo};
+  redisReply *rep = run(r, 2, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_INTEGER
+               ? (rep->integer > INT_MAX ? INT_MAX : (int)rep->integer)
+               : reply_error(r, "LLEN", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
+const store_backend_t store_redis_backend = {
+    .name = "redis",
+    .open = rd_open,
+    .close = rd_close,
+    .account_get = rd_account_get,
+    .account_exists = rd_account_exists,
+    .account_create = rd_account_create,
+    .account_update = rd_account_update,
+    .account_delete = rd_account_delete,
+    .account_list = rd_account_list,
+    .batch_begin = rd_batch_begin,
+    .batch_end = rd_batch_end,
+    .roster_load = rd_roster_load,
+    .roster_put = rd_roster_put,
+    .roster_delete = rd_roster_delete,
+    .offline_push = rd_offline_push,
+    .offline_pop_all = rd_offline_pop_all,
+    .offline_count = rd_offline_count,
+};
