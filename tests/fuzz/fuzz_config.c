@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (i - start > 199) die("line longer than inih's buffer accepted", "", "");
       start = i + 1;
     }
-  if (c.max_depth < 2 || c.max_depth > 1024 || c.shards < 1 || c.c2s_port < 0 ||
+  if (c.max_depth < 2 || c.max_depth > 200 || c.shards < 1 || c.c2s_port < 0 ||
       c.c2s_port > 65535 || !c.domain || !*c.domain || strlen(c.domain) > 1023)
     die("option outside its bounds", "", "");
   (void)config_validate(&c, &err);
