@@ -35,7 +35,8 @@ case $cmd in
     rm -f "$DIR/xmppd.db" "$DIR/xmppd.db-wal" "$DIR/xmppd.db-shm"
     cp "$CERT" "$DIR/cert.pem"; cp "$KEY" "$DIR/key.pem"; chmod 600 "$DIR/key.pem"
     # Defaults everywhere except: loopback port, warn-level logging (as for the peers),
-    # idle_timeout raised so idle sessions are not closed during a long run, and the
+    # idle_timeout raised so idle sessions are not closed during a long run, the input
+    # shaper off (as the peers' shapers are), and the
     # PBKDF2 iteration count spelled out (4096 = our default, ejabberd's, and what
     # gen_users.py gives Prosody).
     cat > "$DIR/xmppd.conf" <<CONF
@@ -56,6 +57,9 @@ required = true
 
 [limits]
 idle_timeout = 3600
+; the peers run without their shapers (docs/compare.md): ours too
+rate_bytes = 0
+rate_stanzas = 0
 
 [storage]
 backend = sqlite
