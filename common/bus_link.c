@@ -723,8 +723,8 @@ static void on_tick(uv_timer_t *t) {
       conn_fail(c, c->state == C_CONNECTING ? "connect timed out" : "no HELLO in time");
     break;
   case C_UP:
-    if (l->paused) break;
-    if (now - c->last_rx >= c->dead_ms) {
+    /* while we do not read, the peer's silence proves nothing; our PINGs still go out */
+    if (!l->paused && now - c->last_rx >= c->dead_ms) {
       snprintf(c->err, sizeof c->err, "nothing from the peer for %llu ms", (unsigned long long)(now - c->last_rx));
       conn_fail(c, c->err);
     } else {
@@ -786,7 +786,8 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
 }
 
 int bus_link_send(bus_link_t *l, bus_msg_t *m) {
-  if (m->len < 2 || m->data[1] >= BUS_LINK_HELLO) {
+  if (m->len < BUS_HEADER_LEN || m->data[1] >= BUS_LINK_HELLO ||
+      m->len - BUS_HEADER_LEN > l->cfg.max_body) { /* the peer would refuse it (same config) */
     overflow(l, m);
     return XMPP_EINVAL;
   }

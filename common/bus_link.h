@@ -93,8 +93,8 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
 
 /* Takes ownership of m (a message from bus_msg_new, any data kind). Returns 0 when it is
  * queued (sent at once when the link is up), or XMPP_ELIMIT when queueing it would pass
- * cfg.queue_max_bytes: then on_overflow(m) has already run. Link-control kinds are
- * refused the same way (XMPP_EINVAL, through on_overflow). */
+ * cfg.queue_max_bytes: then on_overflow(m) has already run. Link-control kinds and bodies
+ * over cfg.max_body are refused the same way (XMPP_EINVAL, through on_overflow). */
 int bus_link_send(bus_link_t *l, bus_msg_t *m);
 /* 1 while queued bytes are under the high watermark (hysteresis: back to 1 under the
  * low watermark). Producers that can pause their own inputs should while it is 0. */
