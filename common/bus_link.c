@@ -50,6 +50,7 @@ struct link_conn {
   int ctrl_pending;
   int handles;             /* libuv handles not yet closed */
   int handles_closing;
+  int abrupt;              /* close without flushing anything (bus_link_reset) */
   uint32_t hb_ms, dead_ms;
   uint64_t started, last_rx;
   uint8_t hdr[BUS_HEADER_LEN];
@@ -372,7 +373,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) { conn_close_handles(req
  * in the link's queue, which may free them). The timer bounds the wait. */
 static void conn_end(link_conn_t *c) {
   if (c->handles_closing) return;
-  if (c->writing || c->state == C_CONNECTING) {
+  if (c->writing || c->abrupt || c->state == C_CONNECTING) {
     conn_close_handles(c);
     return;
   }
@@ -822,6 +823,12 @@ void bus_link_resume(bus_link_t *l) {
     c->last_rx = uv_now(l->loop);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
   }
+}
+
+void bus_link_reset(bus_link_t *l) {
+  if (!l->conn || l->closing) return;
+  l->conn->abrupt = 1;
+  conn_fail(l->conn, "reset by this node");
 }
 
 void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st) {

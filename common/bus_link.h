@@ -110,6 +110,10 @@ uint16_t bus_link_peer(const bus_link_t *l);
 void *bus_link_ud(const bus_link_t *l);
 void bus_link_set_ud(bus_link_t *l, void *ud);
 void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st);
+/* Drops the current connection at once, as a network failure would (no final ACK, no
+ * flush). The link stays: the client side reconnects, and unacknowledged frames are
+ * re-sent after the handshake, none lost and none twice. For operators and tests. */
+void bus_link_reset(bus_link_t *l);
 /* Ends the link: a final ACK tells the peer exactly what was received; frames not yet
  * written go to on_overflow (during this call); no callback runs afterwards. Memory is
  * released once libuv has closed the handles (keep running the loop). */
