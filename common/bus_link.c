@@ -51,6 +51,9 @@ struct link_conn {
   int handles;             /* libuv handles not yet closed */
   int handles_closing;
   int abrupt;              /* close without flushing anything (bus_link_reset) */
+  int ack_wanted;          /* an ACK was skipped (too many control writes pending): retry */
+  int pong_wanted;         /* a PING arrived in this read: answer once the batch is delivered */
+  int ping_out;            /* we asked for an acknowledgement and wait for the PONG */
   uint32_t hb_ms, dead_ms;
   uint64_t started, last_rx;
   uint8_t hdr[BUS_HEADER_LEN];
@@ -243,10 +246,14 @@ typedef struct ctrl_write {
   uint8_t data[];
 } ctrl_write_t;
 
+static void send_count(link_conn_t *c, uint8_t kind, uint64_t rx);
+
 static void ctrl_done(uv_write_t *req, int status) {
   ctrl_write_t *w = req->data;
-  w->c->ctrl_pending--;
+  link_conn_t *c = w->c;
   xfree(w);
+  c->ctrl_pending--;
+  if (c->ack_wanted && status == 0 && c->state == C_UP && c->link) send_count(c, BUS_LINK_ACK, c->link->rx_count);
 }
 
 static void send_ctrl(link_conn_t *c, const bus_frame_t *f) {
@@ -269,7 +276,11 @@ static void send_ctrl(link_conn_t *c, const bus_frame_t *f) {
 
 /* PING, PONG or ACK carrying the cumulative count of frames delivered. */
 static void send_count(link_conn_t *c, uint8_t kind, uint64_t rx) {
-  if (c->ctrl_pending >= CTRL_PENDING_MAX) return; /* the peer is not reading; a later one says more */
+  if (c->ctrl_pending >= CTRL_PENDING_MAX) { /* the peer is not reading (or we sent a burst) */
+    if (kind != BUS_LINK_PING) c->ack_wanted = 1; /* sent when one of them completes */
+    return;
+  }
+  c->ack_wanted = 0;
   bus_frame_t f = {0};
   f.kind = kind;
   f.arg = (int64_t)rx;
@@ -309,6 +320,12 @@ static void on_write(uv_write_t *req, int status) {
   free_acked(l);
   flush(l);
   check_water(l);
+  /* Over the high watermark with written frames unacknowledged: ask for an ACK now
+   * rather than wait for the peer's thresholds or the next heartbeat. */
+  if (!l->writable && l->n_written && !c->ping_out && c->state == C_UP && c->ctrl_pending < CTRL_PENDING_MAX) {
+    send_count(c, BUS_LINK_PING, l->rx_count);
+    c->ping_out = 1;
+  }
 }
 
 static void flush(bus_link_t *l) {
@@ -430,7 +447,7 @@ static void conn_fail(link_conn_t *c, const char *why) {
   if (l && was_up)
     log_warn("bus link %s (node %u) down: %s", c->peer, l->peer_node, why);
   else if (l && l->client)
-    log_write(l->attempt <= 1 ? LOG_WARN : LOG_DEBUG, "bus link %s: %s (retrying)", c->peer, why);
+    log_write(l->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus link %s: %s (retrying)", c->peer, why);
   else
     log_warn("bus link from %s refused: %s", c->peer, why);
   conn_end(c);
@@ -578,11 +595,14 @@ static const char *frame_done(link_conn_t *c) {
   case BUS_LINK_HELLO:
     e = "HELLO after the handshake";
     break;
-  case BUS_LINK_PING:
+  case BUS_LINK_PING: /* answered after this read's frames are delivered, so it counts them */
     e = got_count(l, f.arg);
-    if (!e) send_count(c, BUS_LINK_PONG, l->rx_count); /* delivered only: under-acking is safe */
+    c->pong_wanted = 1;
     break;
   case BUS_LINK_PONG:
+    c->ping_out = 0;
+    e = got_count(l, f.arg);
+    break;
   case BUS_LINK_ACK:
     e = got_count(l, f.arg);
     break;
@@ -709,8 +729,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     conn_fail(c, e);
     return;
   }
-  if (c->state == C_UP && c->link && (c->ack_bytes >= ACK_EVERY_BYTES || c->ack_frames >= ACK_EVERY_FRAMES))
+  if (c->state != C_UP || !c->link) return;
+  if (c->pong_wanted) {
+    c->pong_wanted = 0;
+    send_count(c, BUS_LINK_PONG, c->link->rx_count);
+  } else if (c->ack_bytes >= ACK_EVERY_BYTES || c->ack_frames >= ACK_EVERY_FRAMES) {
     send_count(c, BUS_LINK_ACK, c->link->rx_count);
+  }
 }
 
 static void on_tick(uv_timer_t *t) {

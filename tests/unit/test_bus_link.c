@@ -284,6 +284,33 @@ Test(bus_link, one_frame_each_way) { exchange(1, size_small, 0); }
 Test(bus_link, frames_100k_each_way_in_order_byte_identical) { exchange(100000, size_small, 1); }
 Test(bus_link, large_frames_up_to_1mb) { exchange(3 * (sizeof LARGE / sizeof LARGE[0]), size_large, 0); }
 
+Test(bus_link, small_watermarks_do_not_wait_for_heartbeats) {
+  /* A producer that respects bus_link_writable, with watermarks far below the receiver's
+   * ACK thresholds: the link must ask for acknowledgements when it needs them (PING on
+   * the high watermark) instead of stalling until the next heartbeat. */
+  bus_link_config_t cfg = test_cfg();
+  cfg.heartbeat_ms = 2000;
+  cfg.high_water = 64u << 10;
+  cfg.low_water = 16u << 10;
+  side_t *srv = side_new("server", size_4k);
+  side_t *cli = side_new("client", size_4k);
+  bus_listener_t *ls = listen_on(0, &cfg, srv);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
+  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  const uint64_t N = 5000; /* 20 MB through a 64 KiB window */
+  uint64_t t0 = uv_now(&loop);
+  cli->to_send = N;
+  produce(cli, l);
+  RUN_UNTIL(srv->received == N, 10000);
+  cr_assert_eq(srv->received, N);
+  cr_assert_eq(srv->errors, 0);
+  cr_assert_gt(cli->writable_off, 10, "the window was never the limit");
+  cr_assert_lt(uv_now(&loop) - t0, (uint64_t)cfg.heartbeat_ms, "took %llu ms: stalls until heartbeats",
+               (unsigned long long)(uv_now(&loop) - t0));
+  bus_link_close(l);
+  bus_listener_close(ls);
+}
+
 /* ---- bounds ------------------------------------------------------------------------ */
 
 Test(bus_link, byte_bound_overflows_immediately) {
@@ -838,6 +865,7 @@ Test(bus_link, version_mismatch_refused) {
 }
 
 Test(bus_link, bad_address) {
+  log_set_level(LOG_NONE); /* the two refusals below are logged as errors */
   side_t *cli = side_new("client", size_small);
   cr_assert_null(bus_link_connect(&loop, "not-an-ip", 1, 2, BUS_ROLE_EDGE, NULL, &CBS, cli));
   cr_assert_null(bus_listener_new(&loop, "999.1.1.1", 0, 1, BUS_ROLE_ROUTER, NULL, &CBS, cli));
