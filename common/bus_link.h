@@ -19,8 +19,9 @@
  *     the link going down);
  *   - when the owner closes the link (frames not yet written to the socket).
  * One ambiguity is inherent to any transport: a frame written but not yet acknowledged
- * when the peer *crashed* (no final ACK) may have been received by the dead process; if
- * the link does not come back in time it is reported to on_overflow all the same.
+ * when the connection was lost (peer crash, network failure) may have been received; if
+ * the link does not come back within max_wait_ms it is reported to on_overflow all the
+ * same (if it does come back, the HELLO counts settle it exactly).
  *
  * Threading: a link and a listener belong to the loop thread that created them; every
  * call is made on that thread, and every callback runs on it.
