@@ -383,21 +383,34 @@ static void conn_close_handles(link_conn_t *c) {
 }
 
 static void on_tick(uv_timer_t *t);
-static void on_shutdown(uv_shutdown_t *req, int status) { conn_close_handles(req->data); }
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
-/* Ends a connection: what is already queued in libuv (a refusal HELLO, a final ACK) is
- * flushed first when that is safe, i.e. when no data write is in flight (its frames stay
- * in the link's queue, which may free them). The timer bounds the wait. */
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  if (status < 0) conn_close_handles(req->data);
+  /* else: our side is flushed and closed; on_read discards until the peer's EOF */
+}
+
+/* A lingering close: what is queued in libuv (a refusal HELLO, a final ACK) is written,
+ * then our side is shut down, and what the peer still sends is read and discarded until
+ * its EOF (or the timer). Closing with unread bytes would make the kernel send a reset,
+ * which can destroy our last frames in the peer's receive buffer before it reads them. */
+static void conn_linger(link_conn_t *c, uint32_t ms) {
+  c->state = C_CLOSING;
+  uv_timer_start(&c->timer, on_tick, ms, 0);
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read); /* if paused; harmless otherwise */
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) conn_close_handles(c);
+}
+
+/* Ends a connection: lingering when that is safe, i.e. when no data write is in flight
+ * (its frames stay in the link's queue, which may free them), else at once. */
 static void conn_end(link_conn_t *c) {
   if (c->handles_closing) return;
   if (c->writing || c->abrupt || c->state == C_CONNECTING) {
     conn_close_handles(c);
     return;
   }
-  c->state = C_CLOSING;
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  uv_timer_start(&c->timer, on_tick, c->hb_ms, 0);
-  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) conn_close_handles(c);
+  conn_linger(c, c->hb_ms);
 }
 
 static link_conn_t *conn_new(uv_loop_t *loop, uint32_t hb_ms, uint32_t dead_after) {
@@ -700,7 +713,7 @@ static void deliver(link_conn_t *c) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   link_conn_t *c = h->data;
-  if (c->part && c->part->len - c->part_have >= RBUF_SIZE) { /* a large frame: read straight into it */
+  if (c->part && c->state != C_CLOSING && c->part->len - c->part_have >= RBUF_SIZE) { /* a large frame: read straight into it */
     b->base = (char *)c->part->data + c->part_have;
     b->len = c->part->len - c->part_have;
   } else {
@@ -711,7 +724,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   link_conn_t *c = s->data;
-  if (nread == 0 || c->state == C_CLOSING) return;
+  if (c->state == C_CLOSING) { /* lingering: discard, close on EOF */
+    if (nread < 0) conn_close_handles(c);
+    return;
+  }
+  if (nread == 0) return;
   if (nread < 0) {
     conn_fail(c, nread == UV_EOF ? "connection closed by the peer" : uv_strerror((int)nread));
     return;
@@ -890,7 +907,6 @@ void bus_link_close(bus_link_t *l) {
     if (c->state == C_UP) {
       /* Graceful: a final ACK says exactly what was delivered here; what was written is
        * the peer's (it reads it before the end of the stream); the rest is refused below. */
-      uv_read_stop((uv_stream_t *)&c->tcp);
       bus_frame_t ack = {0};
       ack.kind = BUS_LINK_ACK;
       ack.arg = (int64_t)l->rx_count;
@@ -902,9 +918,7 @@ void bus_link_close(bus_link_t *l) {
         tail = &(*tail)->next;
       }
       l->n_written = l->n_inflight = 0;
-      c->state = C_CLOSING;
-      uv_timer_start(&c->timer, on_tick, c->dead_ms, 0);
-      if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) conn_close_handles(c);
+      conn_linger(c, c->dead_ms);
     } else {
       conn_close_handles(c);
     }
