@@ -116,8 +116,9 @@ void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st);
  * re-sent after the handshake, none lost and none twice. For operators and tests. */
 void bus_link_reset(bus_link_t *l);
 /* Ends the link: a final ACK tells the peer exactly what was received; frames not yet
- * written go to on_overflow (during this call); no callback runs afterwards. Memory is
- * released once libuv has closed the handles (keep running the loop). */
+ * written go to on_overflow (during this call); no callback runs afterwards, and l must
+ * not be used again. Memory is released once libuv has closed the handles (keep running
+ * the loop). */
 void bus_link_close(bus_link_t *l);
 
 /* Server side: accepts links on host:port (port 0: any free port, see

@@ -530,6 +530,7 @@ Test(bus_link, connection_resets_mid_stream_lose_and_duplicate_nothing) {
   RUN_UNTIL(cli->received == N && srv->received == N, 20000);
   uv_close((uv_handle_t *)&t, NULL);
   cr_assert_geq(resets, 4, "only %d resets happened", resets);
+  fprintf(stderr, "bus_link: %d connection resets during the exchange, client link up %d times\n", resets, cli->ups);
   cr_assert_eq(srv->received, N, "server got %llu", (unsigned long long)srv->received);
   cr_assert_eq(cli->received, N, "client got %llu", (unsigned long long)cli->received);
   cr_assert_eq(srv->errors + cli->errors, 0, "out of order, altered or duplicated frames");
