@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 
 #include "common/alloc.h"
+#include "common/bus_link_tls.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -67,6 +68,11 @@ struct link_conn {
   bus_msg_t *orphans;      /* frames of a write in flight when the link let go of them */
   char peer[64];
   char err[160];
+  link_tls_t *tls;         /* NULL: plain TCP */
+  int tls_done;            /* handshake complete */
+  buf_t tout;              /* ciphertext produced, not yet handed to libuv */
+  uint8_t *cbuf;           /* ciphertext read buffer (plaintext goes to rbuf) */
+  uint8_t *wdata;          /* ciphertext of the data write in flight */
   uint8_t rbuf[RBUF_SIZE];
 };
 
@@ -93,6 +99,7 @@ struct bus_link {
   size_t st_cap, st_head;
   uint64_t down_since;
   uv_timer_t retry_timer, expire_timer;
+  link_tls_ctx_t *tls;     /* client side with TLS */
   unsigned attempt;
   uint64_t rng;
   bus_link_stats_t st;
@@ -110,6 +117,7 @@ struct bus_listener {
   bus_link_t **links;
   size_t nlinks, cap;
   link_conn_t *pending;
+  link_tls_ctx_t *tls;
 };
 
 static void conn_fail(link_conn_t *c, const char *why);
@@ -128,6 +136,7 @@ void bus_link_config_default(bus_link_config_t *cfg) {
   cfg->high_water = 8u << 20;
   cfg->low_water = 2u << 20;
   cfg->max_body = 16u << 20;
+  cfg->tls_cert = cfg->tls_key = cfg->tls_ca = NULL;
 }
 
 static void config_fix(bus_link_config_t *c, const bus_link_config_t *in) {
@@ -256,22 +265,38 @@ static void ctrl_done(uv_write_t *req, int status) {
   if (c->ack_wanted && status == 0 && c->state == C_UP && c->link) send_count(c, BUS_LINK_ACK, c->link->rx_count);
 }
 
-static void send_ctrl(link_conn_t *c, const bus_frame_t *f) {
-  buf_t b;
-  buf_init(&b);
-  bus_frame_encode(f, &b);
-  ctrl_write_t *w = xmalloc(sizeof *w + b.len);
-  memcpy(w->data, b.data, b.len);
-  w->len = b.len;
+/* Writes a copy of p[0..len) (control frames, TLS handshake and records). */
+static void write_copy(link_conn_t *c, const uint8_t *p, size_t len) {
+  if (!len) return;
+  ctrl_write_t *w = xmalloc(sizeof *w + len);
+  memcpy(w->data, p, len);
+  w->len = len;
   w->c = c;
   w->req.data = w;
-  buf_free(&b);
   uv_buf_t ub = uv_buf_init((char *)w->data, (unsigned)w->len);
   if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, ctrl_done) != 0) {
     xfree(w);
     return;
   }
   c->ctrl_pending++;
+}
+
+/* Hands whatever TLS produced (handshake, tickets, records) to libuv. */
+static void tls_flush(link_conn_t *c) {
+  write_copy(c, c->tout.data, c->tout.len);
+  c->tout.len = 0;
+}
+
+static void send_ctrl(link_conn_t *c, const bus_frame_t *f) {
+  buf_t b;
+  buf_init(&b);
+  bus_frame_encode(f, &b);
+  if (c->tls) {
+    if (link_tls_write(c->tls, b.data, b.len) == 0) tls_flush(c);
+  } else {
+    write_copy(c, b.data, b.len);
+  }
+  buf_free(&b);
 }
 
 /* PING, PONG or ACK carrying the cumulative count of frames delivered. */
@@ -304,6 +329,8 @@ static void send_hello(link_conn_t *c, uint16_t node, uint8_t role, const bus_li
 static void on_write(uv_write_t *req, int status) {
   link_conn_t *c = req->data;
   c->writing = 0;
+  xfree(c->wdata);
+  c->wdata = NULL;
   while (c->orphans) {
     bus_msg_t *m = c->orphans;
     c->orphans = m->next;
@@ -339,8 +366,20 @@ static void flush(bus_link_t *l) {
     bufs[n++] = uv_buf_init((char *)m->data, (unsigned)m->len);
     bytes += m->len;
   }
+  unsigned nbufs = n;
+  if (c->tls) { /* encrypted into one buffer that this write owns */
+    for (unsigned i = 0; i < n; i++)
+      if (link_tls_write(c->tls, bufs[i].base, bufs[i].len) != 0) {
+        conn_fail(c, "TLS write failed");
+        return;
+      }
+    size_t clen;
+    c->wdata = buf_steal(&c->tout, &clen);
+    bufs[0] = uv_buf_init((char *)c->wdata, (unsigned)clen);
+    nbufs = 1;
+  }
   c->wreq.data = c;
-  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_write);
+  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
   if (rc != 0) {
     conn_fail(c, uv_strerror(rc));
     return;
@@ -356,6 +395,10 @@ static void flush(bus_link_t *l) {
 
 static void conn_free(link_conn_t *c) {
   xfree(c->part);
+  link_tls_free(c->tls);
+  buf_free(&c->tout);
+  xfree(c->cbuf);
+  xfree(c->wdata);
   while (c->batch) {
     bus_msg_t *m = c->batch;
     c->batch = m->next;
@@ -713,13 +756,45 @@ static void deliver(link_conn_t *c) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   link_conn_t *c = h->data;
-  if (c->part && c->state != C_CLOSING && c->part->len - c->part_have >= RBUF_SIZE) { /* a large frame: read straight into it */
+  if (c->tls) {
+    b->base = (char *)c->cbuf;
+    b->len = RBUF_SIZE;
+  } else if (c->part && c->state != C_CLOSING && c->part->len - c->part_have >= RBUF_SIZE) { /* a large frame: read straight into it */
     b->base = (char *)c->part->data + c->part_have;
     b->len = c->part->len - c->part_have;
   } else {
     b->base = (char *)c->rbuf;
     b->len = RBUF_SIZE;
   }
+}
+
+static void send_hello(link_conn_t *c, uint16_t node, uint8_t role, const bus_link_t *l);
+
+/* Ciphertext in: the handshake first (the client then sends its HELLO), then records,
+ * whose plaintext is parsed like a plain stream. */
+static const char *tls_input(link_conn_t *c, const char *data, size_t len) {
+  link_tls_feed(c->tls, data, len);
+  const char *e = NULL;
+  if (!c->tls_done) {
+    int rc = link_tls_handshake(c->tls, &e);
+    tls_flush(c);
+    if (rc < 0) return e;
+    if (rc == 0) return NULL;
+    c->tls_done = 1;
+    if (c->link && c->link->client) send_hello(c, c->link->self_node, c->link->self_role, c->link);
+  }
+  for (;;) {
+    int n = link_tls_read(c->tls, c->rbuf, RBUF_SIZE);
+    if (n < 0) {
+      e = "TLS error or close";
+      break;
+    }
+    if (n == 0) break;
+    e = parse(c, c->rbuf, (size_t)n);
+    if (e || c->state == C_CLOSING) break;
+  }
+  if (!c->handles_closing) tls_flush(c); /* post-handshake messages */
+  return e;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
@@ -735,7 +810,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   }
   c->last_rx = uv_now(c->loop);
   const char *e = NULL;
-  if (b->base != (char *)c->rbuf) {
+  if (c->tls) {
+    e = tls_input(c, b->base, (size_t)nread);
+  } else if (b->base != (char *)c->rbuf) {
     c->part_have += (size_t)nread;
     if (c->part_have == c->part->len) e = frame_done(c);
   } else {
@@ -792,12 +869,23 @@ static void on_connect(uv_connect_t *req, int status) {
   c->state = C_HELLO;
   c->started = uv_now(c->loop);
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (c->tls) { /* the HELLO follows the TLS handshake */
+    const char *e = NULL;
+    int rc = link_tls_handshake(c->tls, &e);
+    tls_flush(c);
+    if (rc < 0) conn_fail(c, e);
+    return;
+  }
   send_hello(c, l->self_node, l->self_role, l);
 }
 
 static void start_connect(bus_link_t *l) {
   link_conn_t *c = conn_new(l->loop, l->cfg.heartbeat_ms, l->cfg.dead_after);
   snprintf(c->peer, sizeof c->peer, "%s", l->name);
+  if (l->tls) {
+    c->tls = link_tls_new(l->tls, &c->tout);
+    c->cbuf = xmalloc(RBUF_SIZE);
+  }
   c->link = l;
   c->state = C_CONNECTING;
   l->conn = c;
@@ -820,7 +908,18 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
   }
   bus_link_config_t c;
   config_fix(&c, cfg);
+  link_tls_ctx_t *tls = NULL;
+  if (c.tls_cert || c.tls_key || c.tls_ca) {
+    char *err = NULL;
+    tls = link_tls_ctx_new(0, c.tls_cert, c.tls_key, c.tls_ca, &err);
+    if (!tls) {
+      log_error("bus link to %s:%d: %s", host, port, err);
+      xfree(err);
+      return NULL;
+    }
+  }
   bus_link_t *l = link_new(loop, &c, cbs, ud, self_node, self_role);
+  l->tls = tls;
   l->client = 1;
   l->addr = ss;
   snprintf(l->name, sizeof l->name, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
@@ -882,6 +981,7 @@ void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st) {
 static void on_link_closed(uv_handle_t *h) {
   bus_link_t *l = h->data;
   if (--l->handles) return;
+  link_tls_ctx_free(l->tls);
   xfree(l->stamps);
   xfree(l);
 }
@@ -933,6 +1033,7 @@ void bus_link_close(bus_link_t *l) {
 
 static void on_listener_closed(uv_handle_t *h) {
   bus_listener_t *ls = h->data;
+  link_tls_ctx_free(ls->tls);
   xfree(ls->links);
   xfree(ls);
 }
@@ -962,6 +1063,10 @@ static void on_accept(uv_stream_t *server, int status) {
     }
   }
   snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+  if (ls->tls) {
+    c->tls = link_tls_new(ls->tls, &c->tout);
+    c->cbuf = xmalloc(RBUF_SIZE);
+  }
   c->ls = ls;
   c->next = ls->pending;
   if (ls->pending) ls->pending->prev = c;
@@ -984,6 +1089,16 @@ bus_listener_t *bus_listener_new(uv_loop_t *loop, const char *host, int port, ui
   bus_listener_t *ls = xcalloc(1, sizeof *ls);
   ls->loop = loop;
   config_fix(&ls->cfg, cfg);
+  if (ls->cfg.tls_cert || ls->cfg.tls_key || ls->cfg.tls_ca) {
+    char *err = NULL;
+    ls->tls = link_tls_ctx_new(1, ls->cfg.tls_cert, ls->cfg.tls_key, ls->cfg.tls_ca, &err);
+    if (!ls->tls) {
+      log_error("bus listener on %s:%d: %s", host, port, err);
+      xfree(err);
+      xfree(ls);
+      return NULL;
+    }
+  }
   ls->cbs = *cbs;
   ls->ud = ud;
   ls->self_node = self_node;

@@ -55,6 +55,10 @@ typedef struct bus_link_config {
   size_t low_water;         /* ... and at which it turns 1 again (2 MiB) */
   uint32_t max_body;        /* largest frame body accepted from the peer (16 MiB,
                                at most BUS_MAX_BODY); larger closes the connection */
+  /* Mutual TLS 1.3 (PEM files, read when the link or listener is created): all three, or
+   * none for plain TCP. Each side presents its certificate and requires the peer's to be
+   * signed by the CA. Both ends of a link must agree. */
+  const char *tls_cert, *tls_key, *tls_ca;
 } bus_link_config_t;
 
 /* Callbacks; any may be NULL except on_frames and on_overflow. ud is bus_link_ud(l). */
@@ -87,7 +91,8 @@ void bus_link_config_default(bus_link_config_t *cfg);
 
 /* Client side: a link to host:port (a numeric IPv4 or IPv6 address; name resolution is
  * the discovery layer's job), connecting now and reconnecting until bus_link_close.
- * cfg may be NULL (defaults). NULL when the address does not parse. */
+ * cfg may be NULL (defaults). NULL (and a log) when the address does not parse or the
+ * TLS files cannot be loaded. */
 bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16_t self_node,
                              uint8_t self_role, const bus_link_config_t *cfg,
                              const bus_link_cbs_t *cbs, void *ud);

@@ -240,15 +240,15 @@ TestSuite(bus_link, .init = setup, .fini = teardown, .timeout = 60);
 /* ---- round trips ------------------------------------------------------------------- */
 
 /* Client and server exchange `n` frames each way, produced under flow control. */
-static void exchange(uint64_t n, size_fn size, int print_rate) {
-  bus_link_config_t cfg = test_cfg();
-  cfg.heartbeat_ms = 1000; /* no heartbeat noise in throughput runs */
+static void exchange_cfg(uint64_t n, size_fn size, int print_rate, const bus_link_config_t *cfg_srv,
+                         const bus_link_config_t *cfg_cli) {
+  bus_link_config_t cfg = *cfg_srv, ccfg = *cfg_cli;
   side_t *srv = side_new("server", size);
   side_t *cli = side_new("client", size);
   bus_listener_t *ls = listen_on(0, &cfg, srv);
-  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &ccfg, &CBS, cli);
   cr_assert_not_null(l);
-  RUN_UNTIL(srv->ups && cli->ups, 2000);
+  RUN_UNTIL(srv->ups && cli->ups, 3000);
   cr_assert_eq(cli->ups, 1);
   cr_assert_eq(srv->ups, 1);
   cr_assert_eq(cli->peer, 1);
@@ -278,6 +278,12 @@ static void exchange(uint64_t n, size_fn size, int print_rate) {
   cr_assert_eq(st.queued_frames, 0);
   bus_link_close(l);
   bus_listener_close(ls);
+}
+
+static void exchange(uint64_t n, size_fn size, int print_rate) {
+  bus_link_config_t cfg = test_cfg();
+  cfg.heartbeat_ms = 1000; /* no heartbeat noise in throughput runs */
+  exchange_cfg(n, size, print_rate, &cfg, &cfg);
 }
 
 Test(bus_link, one_frame_each_way) { exchange(1, size_small, 0); }
@@ -870,4 +876,117 @@ Test(bus_link, bad_address) {
   side_t *cli = side_new("client", size_small);
   cr_assert_null(bus_link_connect(&loop, "not-an-ip", 1, 2, BUS_ROLE_EDGE, NULL, &CBS, cli));
   cr_assert_null(bus_listener_new(&loop, "999.1.1.1", 0, 1, BUS_ROLE_ROUTER, NULL, &CBS, cli));
+}
+
+/* ---- mutual TLS ---------------------------------------------------------------------- */
+
+static char tls_dir[64];
+
+/* A CA, a node certificate it signs, and a rogue CA with its own node certificate. */
+static void make_certs(void) {
+  snprintf(tls_dir, sizeof tls_dir, "/tmp/bus-link-tls.XXXXXX");
+  cr_assert_not_null(mkdtemp(tls_dir));
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "set -e; cd %s; echo basicConstraints=CA:FALSE > leaf.ext;"
+           "for ca in ca rogue; do"
+           " openssl ecparam -name prime256v1 -genkey -noout -out $ca.key;"
+           " openssl req -x509 -new -key $ca.key -subj /CN=$ca -days 2 -out $ca.pem;"
+           " openssl ecparam -name prime256v1 -genkey -noout -out $ca-node.key;"
+           " openssl req -new -key $ca-node.key -subj /CN=node -out $ca-node.csr;"
+           " openssl x509 -req -in $ca-node.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2"
+           "   -extfile leaf.ext -out $ca-node.pem;"
+           "done 2>/dev/null",
+           tls_dir);
+  cr_assert_eq(system(cmd), 0, "openssl failed");
+}
+
+static void remove_certs(void) {
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tls_dir);
+  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tls_dir);
+}
+
+static char paths[6][128];
+static bus_link_config_t tls_cfg(const char *node, const char *ca, int slot) {
+  bus_link_config_t c = test_cfg();
+  c.heartbeat_ms = 1000;
+  snprintf(paths[slot * 3], sizeof paths[0], "%s/%s.pem", tls_dir, node);
+  snprintf(paths[slot * 3 + 1], sizeof paths[0], "%s/%s.key", tls_dir, node);
+  snprintf(paths[slot * 3 + 2], sizeof paths[0], "%s/%s.pem", tls_dir, ca);
+  c.tls_cert = paths[slot * 3];
+  c.tls_key = paths[slot * 3 + 1];
+  c.tls_ca = paths[slot * 3 + 2];
+  return c;
+}
+
+Test(bus_link, tls_mutual_round_trip) {
+  make_certs();
+  bus_link_config_t s = tls_cfg("ca-node", "ca", 0), c = tls_cfg("ca-node", "ca", 1);
+  exchange_cfg(3 * (sizeof LARGE / sizeof LARGE[0]), size_large, 0, &s, &c);
+  remove_certs();
+}
+
+Test(bus_link, tls_many_small_frames) {
+  make_certs();
+  bus_link_config_t s = tls_cfg("ca-node", "ca", 0), c = tls_cfg("ca-node", "ca", 1);
+  exchange_cfg(20000, size_small, 0, &s, &c);
+  remove_certs();
+}
+
+/* The client and the server never come up: a link that fails the check is not a link. */
+static void tls_refused(const bus_link_config_t *s, const bus_link_config_t *c) {
+  side_t *srv = side_new("server", size_small);
+  side_t *cli = side_new("client", size_small);
+  bus_listener_t *ls = listen_on(0, s, srv);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, c, &CBS, cli);
+  cr_assert_not_null(l);
+  cli->to_send = 5;
+  produce(cli, l);
+  RUN_FOR(400);
+  bus_link_stats_t st;
+  bus_link_get_stats(l, &st);
+  cr_assert_eq(cli->ups + srv->ups, 0);
+  cr_assert_eq(srv->received, 0);
+  cr_assert_geq(st.connects, 2, "gave up retrying?");
+  bus_link_close(l);
+  bus_listener_close(ls);
+}
+
+Test(bus_link, tls_client_cert_from_another_ca_refused) {
+  make_certs();
+  bus_link_config_t s = tls_cfg("ca-node", "ca", 0), c = tls_cfg("rogue-node", "ca", 1);
+  s.heartbeat_ms = c.heartbeat_ms = HB;
+  tls_refused(&s, &c);
+  remove_certs();
+}
+
+Test(bus_link, tls_server_cert_from_another_ca_refused) {
+  make_certs();
+  bus_link_config_t s = tls_cfg("rogue-node", "rogue", 0), c = tls_cfg("ca-node", "ca", 1);
+  s.heartbeat_ms = c.heartbeat_ms = HB;
+  tls_refused(&s, &c);
+  remove_certs();
+}
+
+Test(bus_link, tls_and_plain_do_not_mix) {
+  make_certs();
+  bus_link_config_t t = tls_cfg("ca-node", "ca", 0), p = test_cfg();
+  t.heartbeat_ms = HB;
+  tls_refused(&t, &p);
+  tls_refused(&p, &t);
+  remove_certs();
+}
+
+Test(bus_link, tls_bad_files) {
+  log_set_level(LOG_NONE);
+  side_t *cli = side_new("client", size_small);
+  bus_link_config_t c = test_cfg();
+  c.tls_cert = "/nonexistent/cert.pem";
+  c.tls_key = "/nonexistent/key.pem";
+  c.tls_ca = "/nonexistent/ca.pem";
+  cr_assert_null(bus_link_connect(&loop, "127.0.0.1", 1, 2, BUS_ROLE_EDGE, &c, &CBS, cli));
+  cr_assert_null(bus_listener_new(&loop, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &c, &CBS, cli));
+  c.tls_key = NULL; /* all three or none */
+  cr_assert_null(bus_link_connect(&loop, "127.0.0.1", 1, 2, BUS_ROLE_EDGE, &c, &CBS, cli));
 }
