@@ -1,6 +1,8 @@
 /* bus-link-bench: throughput of one TCP bus link on loopback (common/bus_link.h).
  *
- *   bus-link-bench [frames (1000000)] [payload bytes (200)]
+ *   bus-link-bench [frames (1000000)] [payload bytes (200)] [TLS directory]
+ *
+ * With a TLS directory (holding node.pem, node.key and ca.pem) both ends use mutual TLS.
  *
  * A server thread (its own loop, a bus_listener_t) counts and frees what arrives; the
  * main thread (its own loop) sends `frames` DELIVER-like frames under flow control
@@ -22,6 +24,8 @@ static _Atomic int g_port;
 static _Atomic int g_done;
 static uint64_t g_received, g_bytes, g_t_end;
 static bus_listener_t *g_ls;
+static bus_link_config_t g_cfg;
+static char g_cert[512], g_key[512], g_ca[512];
 
 static void srv_frames(bus_link_t *l, void *ud, bus_msg_t *b) {
   while (b) {
@@ -44,7 +48,7 @@ static void server_main(void *arg) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   bus_link_cbs_t cbs = {NULL, NULL, srv_frames, free_overflow, NULL};
-  g_ls = bus_listener_new(&loop, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, NULL, &cbs, NULL);
+  g_ls = bus_listener_new(&loop, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &g_cfg, &cbs, NULL);
   if (!g_ls) exit(1);
   atomic_store(&g_port, bus_listener_port(g_ls));
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -99,6 +103,15 @@ int main(int argc, char **argv) {
   g_frames = argc > 1 ? strtoull(argv[1], NULL, 10) : 1000000;
   g_payload = argc > 2 ? strtoull(argv[2], NULL, 10) : 200;
   log_set_level(LOG_WARN);
+  bus_link_config_default(&g_cfg);
+  if (argc > 3) {
+    snprintf(g_cert, sizeof g_cert, "%s/node.pem", argv[3]);
+    snprintf(g_key, sizeof g_key, "%s/node.key", argv[3]);
+    snprintf(g_ca, sizeof g_ca, "%s/ca.pem", argv[3]);
+    g_cfg.tls_cert = g_cert;
+    g_cfg.tls_key = g_key;
+    g_cfg.tls_ca = g_ca;
+  }
   g_pl = xmalloc(g_payload + 1);
   for (size_t i = 0; i < g_payload; i++) g_pl[i] = (uint8_t)i;
   uv_thread_t th;
@@ -107,16 +120,17 @@ int main(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   bus_link_cbs_t cbs = {cli_up, NULL, cli_frames, cli_overflow, cli_writable};
-  g_link = bus_link_connect(&loop, "127.0.0.1", atomic_load(&g_port), 2, BUS_ROLE_EDGE, NULL, &cbs, NULL);
+  g_link = bus_link_connect(&loop, "127.0.0.1", atomic_load(&g_port), 2, BUS_ROLE_EDGE, &g_cfg, &cbs, NULL);
+  if (!g_link) return 1;
   uv_timer_init(&loop, &g_check);
   uv_timer_start(&g_check, check, 10, 10);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_thread_join(&th);
   uv_loop_close(&loop);
   double s = (double)(g_t_end - g_t_start) / 1e9;
-  printf("%llu frames of %zu bytes on the wire (payload %zu) in %.3f s: %.0f frames/s, %.1f MB/s; "
+  printf("%s%llu frames of %zu bytes on the wire (payload %zu) in %.3f s: %.0f frames/s, %.1f MB/s; "
          "overflowed %llu\n",
-         (unsigned long long)g_received, g_received ? (size_t)(g_bytes / g_received) : 0, g_payload, s,
+         argc > 3 ? "TLS: " : "", (unsigned long long)g_received, g_received ? (size_t)(g_bytes / g_received) : 0, g_payload, s,
          (double)g_received / s, (double)g_bytes / s / 1e6, (unsigned long long)g_overflowed);
   xfree(g_pl);
   return g_received == g_frames && g_overflowed == 0 ? 0 : 1;

@@ -367,12 +367,18 @@ static void flush(bus_link_t *l) {
     bytes += m->len;
   }
   unsigned nbufs = n;
-  if (c->tls) { /* encrypted into one buffer that this write owns */
-    for (unsigned i = 0; i < n; i++)
-      if (link_tls_write(c->tls, bufs[i].base, bufs[i].len) != 0) {
-        conn_fail(c, "TLS write failed");
-        return;
-      }
+  if (c->tls) { /* gathered (full records, not one per small frame), then encrypted into
+                  one buffer that this write owns */
+    buf_t pt;
+    buf_init(&pt);
+    buf_reserve(&pt, bytes);
+    for (unsigned i = 0; i < n; i++) buf_append(&pt, bufs[i].base, bufs[i].len);
+    int bad = link_tls_write(c->tls, pt.data, pt.len);
+    buf_free(&pt);
+    if (bad) {
+      conn_fail(c, "TLS write failed");
+      return;
+    }
     size_t clen;
     c->wdata = buf_steal(&c->tout, &clen);
     bufs[0] = uv_buf_init((char *)c->wdata, (unsigned)clen);
