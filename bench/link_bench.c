@@ -53,6 +53,7 @@ static void server_main(void *arg) {
   atomic_store(&g_port, bus_listener_port(g_ls));
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
+  bus_link_thread_cleanup();
 }
 
 static uint64_t g_sent, g_t_start, g_overflowed;
@@ -127,6 +128,7 @@ int main(int argc, char **argv) {
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_thread_join(&th);
   uv_loop_close(&loop);
+  bus_link_thread_cleanup();
   double s = (double)(g_t_end - g_t_start) / 1e9;
   printf("%s%llu frames of %zu bytes on the wire (payload %zu) in %.3f s: %.0f frames/s, %.1f MB/s; "
          "overflowed %llu\n",

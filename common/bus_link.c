@@ -972,6 +972,8 @@ void bus_link_resume(bus_link_t *l) {
   }
 }
 
+void bus_link_thread_cleanup(void) { link_tls_thread_cleanup(); }
+
 void bus_link_reset(bus_link_t *l) {
   if (!l->conn || l->closing) return;
   l->conn->abrupt = 1;

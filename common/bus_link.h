@@ -23,6 +23,8 @@
  * the link does not come back within max_wait_ms it is reported to on_overflow all the
  * same (if it does come back, the HELLO counts settle it exactly).
  *
+ * Optional mutual TLS 1.3 (cfg.tls_*): wolfSSL over memory buffers, common/bus_link_tls.c.
+ *
  * Threading: a link and a listener belong to the loop thread that created them; every
  * call is made on that thread, and every callback runs on it.
  * Wire format, handshake, heartbeats and bounds: docs/cluster.md, "TCP bus links". */
@@ -125,6 +127,10 @@ void bus_link_reset(bus_link_t *l);
  * not be used again. Memory is released once libuv has closed the handles (keep running
  * the loop). */
 void bus_link_close(bus_link_t *l);
+
+/* Frees per-thread TLS state (wolfSSL's ECC cache): call at the end of every thread
+ * that ran TLS links. */
+void bus_link_thread_cleanup(void);
 
 /* Server side: accepts links on host:port (port 0: any free port, see
  * bus_listener_port). The first connection from a peer node creates its link (with cbs,

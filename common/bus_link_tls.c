@@ -1,6 +1,7 @@
 /* Mutual TLS for bus links (see bus_link_tls.h). */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 
 #include "common/bus_link_tls.h"
 
@@ -87,6 +88,8 @@ void link_tls_ctx_free(link_tls_ctx_t *t) {
   xfree(t);
   wolfSSL_Cleanup();
 }
+
+void link_tls_thread_cleanup(void) { wc_ecc_fp_free(); }
 
 link_tls_t *link_tls_new(link_tls_ctx_t *t, buf_t *out) {
   link_tls_t *s = xcalloc(1, sizeof *s);

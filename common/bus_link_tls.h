@@ -18,6 +18,9 @@ link_tls_ctx_t *link_tls_ctx_new(int server, const char *cert, const char *key, 
  * the last of them ends. */
 void link_tls_ctx_free(link_tls_ctx_t *t);
 
+/* Frees wolfSSL's per-thread ECC cache: at the end of every thread that ran handshakes. */
+void link_tls_thread_cleanup(void);
+
 /* A session; ciphertext it produces is appended to *out (the caller writes it out). */
 link_tls_t *link_tls_new(link_tls_ctx_t *t, buf_t *out);
 void link_tls_free(link_tls_t *s);
