@@ -29,7 +29,15 @@ typedef enum {
   BUS_KICK = 6,         /* router -> edge: close dst with a stream error (arg = reason) */
   BUS_BOUNCE = 7,       /* edge -> shard(to): a DELIVER whose connection was gone */
   BUS_SESSION_ACK = 8,  /* router -> edge: answer to SESSION_OPEN for dst (arg 0 = open) */
-  BUS_KIND_MAX = 8
+  /* TCP bus link control (common/bus_link.c, docs/cluster.md): consumed by the link,
+   * never delivered to a queue. arg = data frames received so far (cumulative ack). */
+  BUS_LINK_HELLO = 9,   /* first frame each way: src.node = node id, src.thread = role,
+                           src.conn = incarnation, dst.thread = BUS_LINK_PROTO,
+                           dst.conn = the peer incarnation arg counts frames of */
+  BUS_LINK_PING = 10,   /* heartbeat; answered with PONG */
+  BUS_LINK_PONG = 11,
+  BUS_LINK_ACK = 12,    /* acknowledgement only (every 256 KiB / 1024 frames, and on close) */
+  BUS_KIND_MAX = 12
 } bus_kind_t;
 
 enum {
