@@ -45,6 +45,7 @@ static const conf_opt_t opts[] = {
   {"tls", "certificate", CT_STR, 0, 4095, "", O(tls_cert), "PEM certificate chain file (empty = TLS off)"},
   {"tls", "key", CT_STR, 0, 4095, "", O(tls_key), "PEM private key file"},
   {"tls", "required", CT_BOOL, 0, 1, "true", O(require_tls), "require TLS before authentication"},
+  {"tls", "ciphers", CT_STR, 0, 180, "", O(tls_ciphers), "cipher suites in order of preference, colon-separated wolfSSL names; empty = the built-in list (TLS 1.3 ChaCha20-Poly1305, AES-128-GCM, AES-256-GCM, then TLS 1.2 ECDHE with the same AEADs); only suites of that list are accepted"},
   {"tls", "offload", CT_BOOL, 0, 1, "true", O(tls_offload), "after a TLS 1.3 handshake, free wolfSSL's session and protect records in the edge (saves ~56 KB per connection; a client KeyUpdate then closes the connection)"},
   {"limits", "max_stanza_bytes", CT_INT, 1024, 16 << 20, "262144", O(max_stanza_bytes), "largest stanza accepted; larger gets `<policy-violation/>` (at most 16 MiB: an encoded frame stays under the bus limit)"},
   {"limits", "max_depth", CT_INT, 2, 200, "64", O(max_depth), "deepest element nesting inside a stanza (at most 200: bus frames are decoded with a fixed depth bound)"},

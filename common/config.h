@@ -22,6 +22,7 @@ typedef struct xmpp_config {
   char *tls_cert;
   char *tls_key;
   int require_tls;  /* bool: TLS before authentication */
+  char *tls_ciphers;   /* "" = built-in list; else a subset/reordering of it */
   int tls_offload;  /* bool: TLS 1.3 records protected by the edge once the handshake is done */
   /* [limits] */
   int max_stanza_bytes;

@@ -117,7 +117,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
   e->nthreads = bus->nedges;
   if (cfg->tls_cert[0]) {
     char *err = NULL;
-    e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
+    if (tls_set_ciphers(cfg->tls_ciphers, &err) == 0) e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
     tls_set_offload(cfg->tls_offload);
     if (!e->tls) {
       log_error("TLS: %s", err);

@@ -15,12 +15,16 @@
 #include "common/err.h"
 #include "common/log.h"
 
-/* TLS 1.3 suites, then TLS 1.2 ECDHE + AEAD only. */
+/* TLS 1.3 suites, then TLS 1.2 ECDHE + AEAD only, in the server's order of preference
+ * (wolfSSL picks by the server's list). ChaCha20-Poly1305 first: Debian's wolfSSL has no
+ * AES-NI code, and for chat-sized records its ChaCha20-Poly1305 costs about 2/3 of
+ * AES-128-GCM (1.1 vs 1.6 us per 200-byte record, /tmp micro-benchmark with wolfCrypt),
+ * two records per message; it also has no key schedule to keep per session. */
 static const char *CIPHERS =
-    "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:"
+    "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384";
 
 /* The current context. A reload swaps in a new one under the lock; wolfSSL counts the
  * sessions using a context, so the old one lives until its last session ends. */
@@ -83,6 +87,37 @@ static char *errdup(const char *what, const char *file) {
   return xstrdup(m);
 }
 
+static char *cipher_list; /* NULL: CIPHERS */
+
+int tls_set_ciphers(const char *list, char **err) {
+  xfree(cipher_list);
+  cipher_list = NULL;
+  if (!list || !*list) return 0;
+  /* every name must be one of ours: the option reorders or narrows, never widens */
+  char *copy = xstrdup(list), *save = NULL;
+  for (char *name = strtok_r(copy, ":", &save); name; name = strtok_r(NULL, ":", &save)) {
+    size_t n = strlen(name);
+    const char *p = strstr(CIPHERS, name);
+    int ok = 0;
+    while (p && !ok) {
+      ok = (p == CIPHERS || p[-1] == ':') && (p[n] == ':' || p[n] == '\0');
+      p = ok ? p : strstr(p + 1, name);
+    }
+    if (!ok) {
+      if (err) {
+        char m[256];
+        snprintf(m, sizeof m, "tls.ciphers: '%s' is not one of the allowed AEAD suites", name);
+        *err = xstrdup(m);
+      }
+      xfree(copy);
+      return XMPP_EINVAL;
+    }
+  }
+  xfree(copy);
+  cipher_list = xstrdup(list);
+  return 0;
+}
+
 static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
   if (!ctx) {
@@ -90,7 +125,7 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
     return NULL;
   }
   if (wolfSSL_CTX_SetMinVersion(ctx, WOLFSSL_TLSV1_2) != WOLFSSL_SUCCESS ||
-      wolfSSL_CTX_set_cipher_list(ctx, CIPHERS) != WOLFSSL_SUCCESS) {
+      wolfSSL_CTX_set_cipher_list(ctx, cipher_list ? cipher_list : CIPHERS) != WOLFSSL_SUCCESS) {
     if (err) *err = xstrdup("cannot restrict TLS versions/ciphers");
     wolfSSL_CTX_free(ctx);
     return NULL;
@@ -147,6 +182,8 @@ void tls_ctx_free(tls_ctx_t *t) {
   wolfSSL_CTX_free(t->ctx);
   pthread_mutex_destroy(&t->mu);
   xfree(t);
+  xfree(cipher_list);
+  cipher_list = NULL;
   wolfSSL_Cleanup();
 }
 

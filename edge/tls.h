@@ -25,6 +25,9 @@ int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, ch
 void tls_thread_cleanup(void);
 /* Whether TLS 1.3 sessions drop their wolfSSL object after the handshake (default on). */
 void tls_set_offload(int on);
+/* tls.ciphers: a colon list drawn from the built-in suites (reorders or narrows them);
+ * NULL or "" = the built-in list. XMPP_EINVAL with *err for a name outside it. */
+int tls_set_ciphers(const char *list, char **err);
 
 /* Ciphertext produced by the session is appended to *out. */
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);

@@ -6,7 +6,7 @@ import socket
 import ssl
 import time
 
-from harness import DOMAIN, RawStream, ServerTest, insecure_context
+from harness import DOMAIN, RawStream, Server, ServerTest, insecure_context
 
 
 class TLSStream(RawStream):
@@ -101,4 +101,32 @@ class TLSTest(ServerTest):
         s.bind("d")
         s.send(f"<iq type='get' id='p1' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
         self.assertIn("p1", s.recv_until(r"id='p1'"))
+        s.close()
+
+
+class TLSAesTest(TLSTest):
+    """The same exchanges with AES-GCM, the second AEAD the edge's record layer speaks
+    (the default list puts ChaCha20-Poly1305 first)."""
+    server_options = {"tls.ciphers": "TLS13-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"}
+
+    def test_aes_negotiated(self):
+        s = self.session("alice", ssl.TLSVersion.TLSv1_3, "x")
+        self.assertEqual(s.sock.cipher()[0], "TLS_AES_128_GCM_SHA256")
+        s.close()
+
+
+class TLSDefaultCipherTest(ServerTest):
+    users = ("alice",)
+
+    def test_weak_suite_refused_at_start(self):
+        srv = Server(**{"tls.ciphers": "TLS13-AES128-GCM-SHA256:AES128-SHA"})
+        with self.assertRaises(RuntimeError):
+            srv.start()
+        self.assertIn("'AES128-SHA' is not one of the allowed AEAD suites", srv.log_text())
+        srv.stop()
+
+    def test_chacha_preferred(self):
+        s = TLSStream(self.srv.port, ssl.TLSVersion.TLSv1_3)
+        s.starttls()
+        self.assertEqual(s.sock.cipher()[0], "TLS_CHACHA20_POLY1305_SHA256")
         s.close()
