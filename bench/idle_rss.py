@@ -34,19 +34,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
-from harness import DOMAIN, Server, insecure_context  # noqa: E402
+from harness import DOMAIN, Server, insecure_context, rss_kib  # noqa: E402
 
 PASSWORD = "bench-pw"
 HEADER = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           f"xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>").encode()
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def steady_rss(pid, settle=1.0, timeout=30.0):

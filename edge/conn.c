@@ -415,6 +415,18 @@ void conn_start_tls(conn_t *c) {
   if (!c->tls) conn_close(c);
 }
 
+/* A connection refused at accept: on the STARTTLS port it gets the stream error; on the
+ * direct-TLS port there is no stream to say it in before a handshake, so it is closed. */
+static void refuse(conn_t *c, int direct_tls, const char *cond, const char *text) {
+  if (direct_tls) {
+    c->closing = 1;
+    really_close(c);
+  } else {
+    conn_stream_error(c, cond, text);
+    edge_flush(c->th);
+  }
+}
+
 void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
   conn_t *c = xcalloc(1, sizeof *c);
   c->th = th;
@@ -460,24 +472,12 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
       th->last_accept_warn_ms = now;
       log_warn("at the open-file budget (%ld connections): refusing new connections", th->edge->max_conns);
     }
-    if (direct_tls) {
-      c->closing = 1;
-      really_close(c);
-    } else {
-      conn_stream_error(c, "resource-constraint", "the server is at its connection limit");
-      edge_flush(th);
-    }
+    refuse(c, direct_tls, "resource-constraint", "the server is at its connection limit");
     return;
   }
   if (guard_conn_open(th->edge->guard, c->ip) != 0) {
     log_info("conn %llx: refused, too many connections from one address", (unsigned long long)c->id);
-    if (direct_tls) {
-      c->closing = 1;
-      really_close(c);
-    } else {
-      conn_stream_error(c, "policy-violation", "too many connections from your address");
-      edge_flush(th);
-    }
+    refuse(c, direct_tls, "policy-violation", "too many connections from your address");
     return;
   }
   c->ip_counted = 1;

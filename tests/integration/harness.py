@@ -36,6 +36,15 @@ def _sanitized():
 SANITIZED = _sanitized()
 
 
+def rss_kib(pid, field="VmRSS"):
+    """A /proc/PID/status memory field in KiB (VmRSS by default)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -1,7 +1,6 @@
 """Faults and attacks on the transport: STARTTLS command injection, certificate reload on
 SIGHUP, the open-file limit, slowloris, and restarts under load (SIGTERM and kill -9)
 losing nothing the server acknowledged."""
-import asyncio
 import hashlib
 import os
 import re

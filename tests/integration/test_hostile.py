@@ -15,7 +15,7 @@ import unittest
 import uuid
 import xml.etree.ElementTree as ET
 
-from harness import DOMAIN, Client, RawStream, Server
+from harness import DOMAIN, Client, RawStream, Server, rss_kib
 
 PASSWORD = "hostile pw"
 USERS = ("alice", "bob", "carol", "mallory", "eve")
@@ -62,12 +62,6 @@ def blast(r, data, chunk=65536, timeout=20):
     return sent
 
 
-def rss_kib(pid, field="VmRSS"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 class HostileBase(unittest.TestCase):

@@ -5,17 +5,11 @@ import asyncio
 import re
 import time
 
-from harness import DOMAIN, SANITIZED, Client, RawStream, ServerTest, run
+from harness import DOMAIN, SANITIZED, Client, RawStream, ServerTest, rss_kib, run
 
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 async def chat_ok(test, a, b, n=5, timeout=5):
