@@ -141,7 +141,6 @@ void xml_escape(buf_t *out, const char *s, size_t len, int in_attr) {
  * accepts) is written with the prefix and leaves the default namespace as it was. Found
  * by fuzz_xml_stream (tests/fuzz/regress/xml_stream/element-in-xml-namespace): it was
  * written as <foo xmlns='http://www.w3.org/XML/1998/namespace'/>, which no parser takes. */
-#define NS_XML "http://www.w3.org/XML/1998/namespace"
 
 void xnode_serialize(const xnode_t *n, const char *parent_ns, buf_t *out) {
   if (!n->name) {
@@ -298,9 +297,13 @@ static int ser_encoded(const uint8_t **p, const uint8_t *end, unsigned depth, co
   if (tag != 'E') return XMPP_EINVAL;
   if (peek_str(p, end, &name, &nlen) || nlen == 0) return XMPP_EINVAL;
   if (peek_str(p, end, &ns, &nslen)) return XMPP_EINVAL;
+  /* as xnode_serialize: the xml namespace is never a default namespace, it keeps its
+   * prefix (Namespaces in XML §3), and its children stay in the parent's scope */
+  int xml_ns = nslen == strlen(NS_XML) && memcmp(ns, NS_XML, nslen) == 0;
   buf_putc(out, '<');
+  if (xml_ns) buf_puts(out, "xml:");
   buf_append(out, name, nlen);
-  if (nslen != pnslen || memcmp(ns, pns, nslen) != 0) {
+  if (!xml_ns && (nslen != pnslen || memcmp(ns, pns, nslen) != 0)) {
     buf_puts(out, " xmlns='");
     xml_escape(out, ns, nslen, 1);
     buf_putc(out, '\'');
@@ -326,8 +329,9 @@ static int ser_encoded(const uint8_t **p, const uint8_t *end, unsigned depth, co
   }
   buf_putc(out, '>');
   for (uint64_t i = 0; i < nk; i++)
-    if (ser_encoded(p, end, depth - 1, ns, nslen, NULL, out)) return XMPP_EINVAL;
+    if (ser_encoded(p, end, depth - 1, xml_ns ? pns : ns, xml_ns ? pnslen : nslen, NULL, out)) return XMPP_EINVAL;
   buf_puts(out, "</");
+  if (xml_ns) buf_puts(out, "xml:");
   buf_append(out, name, nlen);
   buf_putc(out, '>');
   return 0;

@@ -21,6 +21,7 @@
 #include "common/buf.h"
 
 #define NS_CLIENT "jabber:client"
+#define NS_XML "http://www.w3.org/XML/1998/namespace" /* the xml: prefix, always bound */
 #define NS_STREAMS "http://etherx.jabber.org/streams"
 #define NS_STREAM_ERR "urn:ietf:params:xml:ns:xmpp-streams"
 #define NS_STANZA_ERR "urn:ietf:params:xml:ns:xmpp-stanzas"

@@ -351,7 +351,7 @@ static void throttle_cb(uv_timer_t *t) {
       if (p >= SHAPER_KICK) {
         log_info("conn %llx: above its rate for too long", (unsigned long long)c->id);
         conn_stream_error(c, "policy-violation", "sending too fast for too long");
-      } else if (!c->closing && feed_stash(c) && !shaper_over(&c->shaper)) {
+      } else if (!c->closing && feed_stash(c) && !c->closing && !shaper_over(&c->shaper)) {
         uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
       } else if (!c->closing) {
         /* still over after the stash: stay paused */

@@ -43,12 +43,18 @@ void guard_free(guard_t *g) {
   xfree(g);
 }
 
+/* IPv4 addresses count one by one; IPv6 ones by /64, the smallest block a site gets, so
+ * one host cannot escape the limits by walking its own /64 (and cannot fill the table
+ * with it). */
 static void ip_key(const uint8_t ip[16], char out[34]) {
   static const char hex[] = "0123456789abcdef";
+  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  int n = memcmp(ip, v4mapped, 12) == 0 ? 16 : 8;
   out[0] = 'i';
   for (int i = 0; i < 16; i++) {
-    out[1 + 2 * i] = hex[ip[i] >> 4];
-    out[2 + 2 * i] = hex[ip[i] & 15];
+    uint8_t b = i < n ? ip[i] : 0;
+    out[1 + 2 * i] = hex[b >> 4];
+    out[2 + 2 * i] = hex[b & 15];
   }
   out[33] = '\0';
 }

@@ -270,8 +270,18 @@ static int aead(tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n[12], 
 }
 
 /* Appends one protected record (inner content type 'type') to the out buffer. */
+/* RFC 8446 §5.5: at most 2^24.5 full-size records under one AES-GCM key. The edge cannot
+ * send KeyUpdate (no traffic secret, see above), so the connection ends before the limit
+ * and the client reconnects; ChaCha20-Poly1305 has no practical limit. */
+#define AES_GCM_RECORD_LIMIT (1ULL << 24)
+
+static int key_exhausted(const tls_rec_t *r, uint64_t seq) {
+  return r->cipher == wolfssl_aes_gcm && seq >= AES_GCM_RECORD_LIMIT;
+}
+
 static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
   tls_rec_t *r = &c->rec;
+  if (key_exhausted(r, r->wseq)) return XMPP_ERR;
   uint8_t inner[REC_MAX_PLAIN + 1];
   memcpy(inner, data, len);
   inner[len] = type;
@@ -301,8 +311,14 @@ static int offload(tls_conn_t *c) {
   word64 wseq = 0, rseq = 0;
   if (!offload_enabled || wolfSSL_version(ssl) != TLS1_3_VERSION ||
       (bulk != wolfssl_aes_gcm && bulk != wolfssl_chacha) || (klen != 16 && klen != 32) ||
-      wolfSSL_GetAeadMacSize(ssl) != REC_TAG || wolfSSL_pending(ssl) || wolfSSL_has_pending(ssl))
+      wolfSSL_GetAeadMacSize(ssl) != REC_TAG || wolfSSL_pending(ssl) || wolfSSL_has_pending(ssl) ||
+      /* a client that negotiated smaller records (RFC 6066 max_fragment_length) keeps
+       * wolfSSL, which honours it; the edge's writer always fills 2^14-byte records */
+      wolfSSL_GetMaxOutputSize(ssl) < REC_MAX_PLAIN)
     return 0;
+  /* wolfSSL_pending/has_pending see decrypted bytes only: the hand-over is safe because
+   * wolfSSL (no read-ahead in this build) reads exactly the records it needs, so no
+   * ciphertext past Finished sits in its input buffer; rec_feed takes what follows */
   wolfSSL_GetSequenceNumber(ssl, &wseq);
   wolfSSL_GetPeerSequenceNumber(ssl, &rseq);
   const unsigned char *ck = wolfSSL_GetClientWriteKey(ssl), *sk = wolfSSL_GetServerWriteKey(ssl);
@@ -349,6 +365,10 @@ static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls
       break;
     }
     if (avail < REC_HDR + len) break;
+    if (key_exhausted(r, r->rseq)) {
+      rc = XMPP_ERR;
+      break;
+    }
     uint8_t nc[12];
     nonce(nc, r->riv, r->rseq);
     size_t plen = len - REC_TAG;

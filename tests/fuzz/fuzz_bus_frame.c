@@ -10,6 +10,8 @@
  *  - decode(encode(f)) == f for every frame f, and for every decoded frame
  *    encode(decode(bytes)) decodes to the same frame (varints may be non-minimal on the
  *    wire, so bytes are compared only after one round);
+ *  - xnode_serialize_encoded (the edge's delivery path) accepts exactly what xnode_decode
+ *    accepts and writes the same XML as xnode_serialize of the decoded tree;
  *  - when the payload is a valid stanza (xnode_decode), encoding the tree gives bytes
  *    that decode to a tree that encodes to the same bytes (canonical fixpoint), and
  *    decoding a prefix of a frame never succeeds with more bytes than given. */
@@ -48,6 +50,9 @@ static void check_payload(const uint8_t *p, size_t len) {
   arena_t a;
   arena_init(&a);
   xnode_t *n;
+  buf_t direct;
+  buf_init(&direct);
+  int direct_ok = xnode_serialize_encoded(p, len, NS_CLIENT, NULL, MAX_DEPTH, &direct) == 0;
   if (xnode_decode(&a, p, len, MAX_DEPTH, &n) == 0) {
     buf_t e1, e2;
     buf_init(&e1);
@@ -61,10 +66,16 @@ static void check_payload(const uint8_t *p, size_t len) {
     buf_t x;
     buf_init(&x);
     xnode_serialize(n, NS_CLIENT, &x);
+    /* the edge's delivery path writes straight from the encoding: the same XML */
+    if (!direct_ok || !bytes_eq(x.data, x.len, direct.data, direct.len))
+      die("serialize_encoded differs from decode + serialize");
     buf_free(&x);
     buf_free(&e1);
     buf_free(&e2);
+  } else if (direct_ok) {
+    die("serialize_encoded accepted what xnode_decode refuses");
   }
+  buf_free(&direct);
   arena_free(&a);
 }
 

@@ -612,6 +612,22 @@ class ProtocolAbuseTest(HostileBase):
         # exactly one stanza arrived: nothing was injected
         self.assertEqual(text.count("<message"), 1)
 
+    def test_xml_namespace_element_delivered_well_formed(self):
+        # found in review: the delivery path wrote <foo xmlns='http://www.w3.org/XML/1998/namespace'>,
+        # which parsers refuse: one stanza could break the recipient's stream
+        rx = self.raw_session("carol", "rx2")
+        tx = self.raw_session("mallory", "tx2")
+        tx.send(f"<message to='{rx.jid}' id='xns' type='chat'><xml:foo>hi<bar xml:lang='en'/></xml:foo>"
+                "<body>b</body></message>")
+        text = rx.recv_until(r"<message[^>]*id='xns'.*?</message>")
+        raw = stanza_with_id(text, "message", "xns")
+        self.assertIn("<xml:foo>hi", raw)
+        st = parse(raw)  # well-formed: xml: is always bound
+        self.assertEqual(st.find("{http://www.w3.org/XML/1998/namespace}foo").text, "hi")
+        # the recipient's stream is still usable
+        tx.send(f"<message to='{rx.jid}' id='after' type='chat'><body>still</body></message>")
+        rx.recv_until(r"id='after'.*?still")
+
 
 if __name__ == "__main__":
     unittest.main()

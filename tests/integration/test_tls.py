@@ -130,3 +130,39 @@ class TLSDefaultCipherTest(ServerTest):
         s.starttls()
         self.assertEqual(s.sock.cipher()[0], "TLS_CHACHA20_POLY1305_SHA256")
         s.close()
+
+
+class MaxFragmentTest(ServerTest):
+    """A client that negotiated small records (RFC 6066 max_fragment_length) must get
+    records it accepts: such sessions are not offloaded (found in review)."""
+    users = ("alice",)
+
+    def test_max_fragment_length_512(self):
+        import base64
+        import subprocess
+        p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{self.srv.tls_port}", "-tls1_3",
+                              "-maxfraglen", "512", "-quiet", "-servername", DOMAIN],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        hdr = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+               f"xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>")
+        token = base64.b64encode(b"\0alice\0pw").decode()
+        body = "z" * 3000
+        script = (hdr + f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        p.stdin.write(script.encode())
+        p.stdin.flush()
+        time.sleep(1.0)
+        p.stdin.write((hdr + "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                       "<resource>r</resource></bind></iq>").encode())
+        p.stdin.flush()
+        time.sleep(0.5)
+        p.stdin.write(f"<message to='alice@{DOMAIN}/r' type='chat'><body>{body}</body></message>".encode())
+        p.stdin.flush()
+        time.sleep(1.0)
+        try:
+            out, err = p.communicate(input=b"</stream:stream>", timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        self.assertIn(b"<success", out, err[-500:])
+        self.assertIn(body.encode(), out, err[-500:])
+        self.assertNotIn(b"data length too long", err)

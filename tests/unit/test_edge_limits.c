@@ -131,3 +131,21 @@ Test(guard, auth_failures_per_account_across_addresses) {
   cr_assert_eq(guard_auth_allowed(g, IP1, NULL, t), 0);
   guard_free(g);
 }
+
+/* Found in review: IPv6 was keyed per /128, so one host walking its /64 escaped the caps. */
+Test(guard, ipv6_counts_per_64) {
+  hash_init();
+  guard_conf_t k = {2, 5, 10};
+  guard_t *g = guard_new(&k);
+  uint8_t a[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1};
+  uint8_t b[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0xde, 0xad, 0, 0, 0, 0, 0, 2};
+  uint8_t other64[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1};
+  cr_assert_eq(guard_conn_open(g, a), 0);
+  cr_assert_eq(guard_conn_open(g, b), 0);
+  cr_assert_eq(guard_conn_open(g, a), XMPP_ELIMIT, "same /64");
+  cr_assert_eq(guard_conn_open(g, other64), 0);
+  /* IPv4 stays per address */
+  cr_assert_eq(guard_conn_open(g, IP1), 0);
+  cr_assert_eq(guard_conn_open(g, IP2), 0);
+  guard_free(g);
+}

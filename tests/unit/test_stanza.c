@@ -689,3 +689,20 @@ Test(stanza, serialize_encoded_rejects_what_decode_rejects) {
   cr_assert_null(ser_enc(b.data, b.len, NULL, 2), "depth limit");
   buf_free(&b);
 }
+
+/* Found in review: the delivery path (serialize_encoded) wrote <foo xmlns='xml ns'>, which
+ * XML parsers refuse, for an element the reader accepts as <xml:foo/>; any user could
+ * break another's stream with it. Both serialisers must agree on such trees. */
+Test(stanza, serialize_encoded_keeps_xml_prefix) {
+  xnode_t *m = xnode_new(&A, "message", NS_CLIENT);
+  xnode_t *x = xnode_add(&A, m, "foo", NS_XML);
+  xnode_add_text(&A, x, "hi", 2);
+  xnode_t *inner = xnode_add(&A, x, "bar", NS_CLIENT);
+  xnode_set_attr(&A, inner, "xml:lang", "en");
+  xnode_add(&A, m, "body", NS_CLIENT);
+  buf_t b = encode(m);
+  const char *want = ser(m);
+  cr_assert_str_eq(want, "<message><xml:foo>hi<bar xml:lang='en'/></xml:foo><body/></message>");
+  cr_assert_str_eq(ser_enc(b.data, b.len, NULL, 64), want);
+  buf_free(&b);
+}
