@@ -499,7 +499,7 @@ void conn_sweep_cb(uv_timer_t *t) {
       }
       continue;
     }
-    if (!c->bound && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
+    if ((!c->bound || c->binding) && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
       conn_stream_error(c, "connection-timeout", "authentication took too long");
     } else if (now - c->last_in_ms > (uint64_t)cfg->idle_timeout * 1000) {
       conn_stream_error(c, "connection-timeout", NULL);
