@@ -58,6 +58,8 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix="xmppd-it-")
         self.port = free_port()
         self.tls_port = free_port()
+        while self.tls_port == self.port:  # the OS may hand the same free port out twice
+            self.tls_port = free_port()
         self.cert = os.path.join(self.dir, "cert.pem")
         self.key = os.path.join(self.dir, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
