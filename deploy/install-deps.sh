@@ -5,8 +5,8 @@
 set -euo pipefail
 
 PKGS=(
-  # build
-  build-essential cmake pkg-config
+  # build (a fresh Debian 12 has no make: build-essential brings it, listed for clarity)
+  build-essential make cmake pkg-config
   # libraries (found through pkg-config by CMake)
   libuv1-dev libxml2-dev libwolfssl-dev libhiredis-dev libjemalloc-dev
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
