@@ -23,13 +23,7 @@ one() { # NAME FLOOD(0|1)
   local name=$1 flood=$2 dir="$OUT/$1.srv" port pid fpid=""
   port=$(free_port)
   pid=$(bench/peers/ours.sh start --dir "$dir" --port "$port" --cert "$OUT/cert.pem" --key "$OUT/key.pem" \
-        --users 1002 --password secret)
-  # ours.sh turns the shaper off for the side-by-side; here it is the subject: back to the defaults
-  sed -i '/^rate_bytes = 0$/d; /^rate_stanzas = 0$/d; s/^log_level = warn$/log_level = info/' "$dir/xmppd.conf"
-  bench/peers/ours.sh stop --dir "$dir" >/dev/null
-  build/xmppd -c "$dir/xmppd.conf" >"$dir/xmppd.log" 2>&1 &
-  pid=$!
-  wait_port "$port" 10 "$pid" || die "xmppd did not start"
+        --users 1002 --password secret --shaper --log-level info)
   if [ "$flood" = 1 ]; then
     $PY bench/flood_cost.py --port "$port" --user user1001 --password secret --to user1002@localhost \
       --rate 2000 --seconds $((DUR + 15)) >"$OUT/$name.flooder.json" &
@@ -38,7 +32,7 @@ one() { # NAME FLOOD(0|1)
   build/xmpp-bench chat --port "$port" --pairs 500 --rate 5000 --duration "$DUR" --password secret \
     --mech SCRAM-SHA-256 --server-pid "$pid" --json "$OUT/$name.json" --quiet >"$OUT/$name.out" 2>&1 || true
   [ -n "$fpid" ] && wait "$fpid" || true
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  bench/peers/ours.sh stop --dir "$dir"
   grep -c "above its rate for too long" "$dir/xmppd.log" >"$OUT/$name.kicks" || true
 }
 

@@ -1,6 +1,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,15 @@ char *xmpp_strndup_(const char *s, size_t n, const char *file, int line) {
 
 char *xmpp_strdup_(const char *s, const char *file, int line) {
   return xmpp_strndup_(s, strlen(s), file, line);
+}
+
+char *xstrfmt(const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return xstrdup(buf);
 }
 
 const char *xmpp_strerror(int code) {

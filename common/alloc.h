@@ -22,6 +22,9 @@ char *xmpp_strndup_(const char *s, size_t n, const char *file, int line);
 #define xstrndup(s, n) xmpp_strndup_((s), (n), __FILE__, __LINE__)
 #define xfree(p) free(p)
 
+/* printf into a new string (at most 1023 characters: meant for messages). */
+char *xstrfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #include <stdlib.h>
 
 #endif

@@ -72,15 +72,6 @@ static const conf_opt_t opts[] = {
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
-static char *fmt_err(const char *fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return xstrdup(buf);
-}
-
 static const conf_opt_t *find_opt(const char *section, const char *key) {
   for (size_t i = 0; i < NOPTS; i++)
     if (strcmp(opts[i].section, section) == 0 && strcmp(opts[i].key, key) == 0) return &opts[i];
@@ -122,11 +113,11 @@ static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, cha
     errno = 0;
     long v = strtol(value, &end, 10);
     if (errno || end == value || *end) {
-      if (err) *err = fmt_err("%s.%s: '%s' is not an integer", o->section, o->key, value);
+      if (err) *err = xstrfmt("%s.%s: '%s' is not an integer", o->section, o->key, value);
       return XMPP_EINVAL;
     }
     if (v < o->min || v > o->max) {
-      if (err) *err = fmt_err("%s.%s: %ld is outside [%ld, %ld]", o->section, o->key, v, o->min, o->max);
+      if (err) *err = xstrfmt("%s.%s: %ld is outside [%ld, %ld]", o->section, o->key, v, o->min, o->max);
       return XMPP_EINVAL;
     }
     *(int *)(base + o->off) = (int)v;
@@ -137,7 +128,7 @@ static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, cha
     if (!strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcmp(value, "1") || !strcasecmp(value, "on")) v = 1;
     else if (!strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcmp(value, "0") || !strcasecmp(value, "off")) v = 0;
     else {
-      if (err) *err = fmt_err("%s.%s: '%s' is not a boolean (true/false)", o->section, o->key, value);
+      if (err) *err = xstrfmt("%s.%s: '%s' is not a boolean (true/false)", o->section, o->key, value);
       return XMPP_EINVAL;
     }
     *(int *)(base + o->off) = v;
@@ -147,13 +138,13 @@ static int set_opt(xmpp_config_t *c, const conf_opt_t *o, const char *value, cha
     size_t n = strlen(value);
     if (!ini_writable(o->key, value)) {
       if (err)
-        *err = fmt_err("%s.%s: '%s' cannot be written in a configuration file (control character, "
+        *err = xstrfmt("%s.%s: '%s' cannot be written in a configuration file (control character, "
                        "blank at either end, ';' first or after a blank, or longer than a %d-byte line)",
                        o->section, o->key, value, INI_LINE_MAX);
       return XMPP_EINVAL;
     }
     if ((long)n < o->min || (o->max && (long)n > o->max)) {
-      if (err) *err = fmt_err("%s.%s: length %zu is outside [%ld, %ld]", o->section, o->key, n, o->min, o->max);
+      if (err) *err = xstrfmt("%s.%s: length %zu is outside [%ld, %ld]", o->section, o->key, n, o->min, o->max);
       return XMPP_EINVAL;
     }
     char **slot = (char **)(base + o->off);
@@ -185,7 +176,7 @@ void config_free(xmpp_config_t *c) {
 int config_set(xmpp_config_t *c, const char *key, const char *value, char **err) {
   const char *dot = strchr(key, '.');
   if (!dot) {
-    if (err) *err = fmt_err("option '%s': expected section.key", key);
+    if (err) *err = xstrfmt("option '%s': expected section.key", key);
     return XMPP_EINVAL;
   }
   char section[64];
@@ -195,7 +186,7 @@ int config_set(xmpp_config_t *c, const char *key, const char *value, char **err)
   section[sl] = '\0';
   const conf_opt_t *o = find_opt(section, dot + 1);
   if (!o) {
-    if (err) *err = fmt_err("unknown option '%s'", key);
+    if (err) *err = xstrfmt("unknown option '%s'", key);
     return XMPP_EINVAL;
   }
   return set_opt(c, o, value, err);
@@ -211,7 +202,7 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
   if (x->err) return 0;
   const conf_opt_t *o = find_opt(section, name);
   if (!o) {
-    x->err = fmt_err("unknown option [%s] %s", section, name);
+    x->err = xstrfmt("unknown option [%s] %s", section, name);
     return 0;
   }
   return set_opt(x->c, o, value, &x->err) == 0;
@@ -262,19 +253,19 @@ static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) 
   line_reader_t r = {f, 0, 0, 0};
   int rc = ini_parse_stream(read_line, &r, ini_cb, &x);
   if (x.err) {
-    if (err) *err = fmt_err("%s:%d: %s", name, rc, x.err);
+    if (err) *err = xstrfmt("%s:%d: %s", name, rc, x.err);
     xfree(x.err);
     return XMPP_EINVAL;
   }
   if (r.too_long || r.nul) {
     if (err) {
-      if (r.nul) *err = fmt_err("%s:%d: NUL byte", name, r.line);
-      else *err = fmt_err("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
+      if (r.nul) *err = xstrfmt("%s:%d: NUL byte", name, r.line);
+      else *err = xstrfmt("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
     }
     return XMPP_EINVAL;
   }
   if (rc != 0) {
-    if (err) *err = fmt_err("%s:%d: syntax error", name, rc);
+    if (err) *err = xstrfmt("%s:%d: syntax error", name, rc);
     return XMPP_EINVAL;
   }
   return 0;
@@ -285,7 +276,7 @@ int config_load(xmpp_config_t *c, const char *path, char **err) {
   if (!path) return 0;
   FILE *f = fopen(path, "r");
   if (!f) {
-    if (err) *err = fmt_err("cannot open config file %s: %s", path, strerror(errno));
+    if (err) *err = xstrfmt("cannot open config file %s: %s", path, strerror(errno));
     return XMPP_EINVAL;
   }
   int rc = load_stream(c, f, path, err);
@@ -300,7 +291,7 @@ int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const cha
   if (len == 0) return 0; /* an empty file: defaults (fmemopen refuses size 0) */
   FILE *f = fmemopen((void *)data, len, "r");
   if (!f) {
-    if (err) *err = fmt_err("%s: %s", name, strerror(errno));
+    if (err) *err = xstrfmt("%s: %s", name, strerror(errno));
     return XMPP_EINVAL;
   }
   int rc = load_stream(c, f, name, err);
@@ -310,42 +301,42 @@ int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const cha
 
 int config_validate(const xmpp_config_t *c, char **err) {
   if (log_level_parse(c->log_level) < 0) {
-    if (err) *err = fmt_err("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
+    if (err) *err = xstrfmt("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
     return XMPP_EINVAL;
   }
   if (strcmp(c->store_backend, "sqlite") != 0 && strcmp(c->store_backend, "redis") != 0) {
-    if (err) *err = fmt_err("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
+    if (err) *err = xstrfmt("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
   }
   if (c->c2s_port == 0 && c->c2s_tls_port == 0) {
-    if (err) *err = fmt_err("c2s.port and c2s.tls_port are both 0: nothing to listen on");
+    if (err) *err = xstrfmt("c2s.port and c2s.tls_port are both 0: nothing to listen on");
     return XMPP_EINVAL;
   }
   if (c->c2s_port && c->c2s_port == c->c2s_tls_port) {
-    if (err) *err = fmt_err("c2s.port and c2s.tls_port must differ");
+    if (err) *err = xstrfmt("c2s.port and c2s.tls_port must differ");
     return XMPP_EINVAL;
   }
   int have_tls = c->tls_cert[0] != '\0';
   if (have_tls != (c->tls_key[0] != '\0')) {
-    if (err) *err = fmt_err("tls.certificate and tls.key must be set together");
+    if (err) *err = xstrfmt("tls.certificate and tls.key must be set together");
     return XMPP_EINVAL;
   }
   if (have_tls) {
     if (access(c->tls_cert, R_OK) != 0) {
-      if (err) *err = fmt_err("tls.certificate: cannot read %s", c->tls_cert);
+      if (err) *err = xstrfmt("tls.certificate: cannot read %s", c->tls_cert);
       return XMPP_EINVAL;
     }
     if (access(c->tls_key, R_OK) != 0) {
-      if (err) *err = fmt_err("tls.key: cannot read %s", c->tls_key);
+      if (err) *err = xstrfmt("tls.key: cannot read %s", c->tls_key);
       return XMPP_EINVAL;
     }
   } else {
     if (c->c2s_tls_port) {
-      if (err) *err = fmt_err("c2s.tls_port needs tls.certificate and tls.key (or set it to 0)");
+      if (err) *err = xstrfmt("c2s.tls_port needs tls.certificate and tls.key (or set it to 0)");
       return XMPP_EINVAL;
     }
     if (c->require_tls) {
-      if (err) *err = fmt_err("tls.required is true but no tls.certificate is configured");
+      if (err) *err = xstrfmt("tls.required is true but no tls.certificate is configured");
       return XMPP_EINVAL;
     }
   }

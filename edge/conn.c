@@ -300,6 +300,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   *b = uv_buf_init(c->th->rbuf, sizeof c->th->rbuf);
 }
 
+static void conn_shape(conn_t *c);
+
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   conn_t *c = s->data;
   edge_thread_t *th = c->th;
@@ -368,10 +370,10 @@ static void throttle_cb(uv_timer_t *t) {
   edge_flush(th);
 }
 
-void conn_shape(conn_t *c) {
+static void conn_shape(conn_t *c) {
   edge_thread_t *th = c->th;
   if (c->paused || c->closing) return;
-  uint64_t now = edge_now_ms();
+  uint64_t now = c->last_in_ms; /* read_cb just took the time */
   shaper_refill(&c->shaper, &th->shk, now);
   if (c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
   if (c->closing || (!shaper_over(&c->shaper) && !c->stash.len)) return;
@@ -385,7 +387,6 @@ void conn_shape(conn_t *c) {
   if (!uv_is_active((uv_handle_t *)&th->throttle)) uv_timer_start(&th->throttle, throttle_cb, 50, 50);
 }
 
-void conn_thread_init(edge_thread_t *th);
 void conn_thread_init(edge_thread_t *th) {
   uv_timer_init(&th->loop, &th->throttle);
   th->throttle.data = th;
@@ -409,7 +410,6 @@ static void peer_ip(conn_t *c) {
   }
 }
 
-void conn_start_tls(conn_t *c);
 void conn_start_tls(conn_t *c) {
   c->tls = tls_conn_new(c->th->tls, &c->out);
   if (!c->tls) conn_close(c);
@@ -488,7 +488,10 @@ void conn_sweep_cb(uv_timer_t *t) {
   edge_thread_t *th = t->data;
   const xmpp_config_t *cfg = th->cfg;
   uint64_t now = edge_now_ms();
-  if (th->index == 0 && now / 1000 % 60 == 0) guard_prune(th->edge->guard, now);
+  if (th->index == 0 && now - th->last_prune_ms >= 60000) {
+    th->last_prune_ms = now;
+    guard_prune(th->edge->guard, now);
+  }
   for (conn_t *c = th->all, *nx; c; c = nx) {
     nx = c->next;
     if (c->closing) {

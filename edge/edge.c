@@ -68,7 +68,6 @@ static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int p
 
 static void close_cb_noop(uv_handle_t *h) {}
 
-void conn_thread_init(edge_thread_t *th);
 
 static void quit(edge_thread_t *th) {
   /* second phase of stopping: whatever is still open is closed now, then the loop ends */

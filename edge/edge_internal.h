@@ -51,6 +51,7 @@ struct edge_thread {
   _Atomic int phase; /* 1: stop accepting and tell clients; 2: close all, end loop */
   uint64_t nconns;
   uint64_t last_accept_warn_ms;
+  uint64_t last_prune_ms;   /* thread 0 prunes the guard's idle entries once a minute */
 };
 
 struct edge {
@@ -109,6 +110,10 @@ struct conn {
 };
 
 /* conn.c */
+/* The thread's throttle timer and shaper settings (edge_create). */
+void conn_thread_init(edge_thread_t *th);
+/* Wraps the connection in TLS (direct TLS at accept, or after <proceed/>). */
+void conn_start_tls(conn_t *c);
 void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls);
 conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
 /* Queues bytes for the client (encrypting under TLS). */
@@ -122,8 +127,6 @@ void conn_close(conn_t *c);
 /* A thread-pool job on c finished: returns 1 if c was closed meanwhile and is now freed. */
 int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);
-/* Pauses reading when the client is above its rate (see shaper.h). */
-void conn_shape(conn_t *c);
 /* Restarts the XML stream (RFC 6120 §5.4.3.3, §6.4.6): what the client sent after the
  * element that caused it, in the same read, is discarded. */
 void conn_restart_stream(conn_t *c);

@@ -16,7 +16,6 @@
 #include "common/alloc.h"
 #include "common/log.h"
 
-void conn_start_tls(conn_t *c);
 
 static void random_id(char *out, size_t n) {
   static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";

@@ -81,12 +81,6 @@ static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
   return sz;
 }
 
-static char *errdup(const char *what, const char *file) {
-  char m[512];
-  snprintf(m, sizeof m, "%s %s", what, file);
-  return xstrdup(m);
-}
-
 static char *cipher_list; /* NULL: CIPHERS */
 
 int tls_set_ciphers(const char *list, char **err) {
@@ -104,11 +98,7 @@ int tls_set_ciphers(const char *list, char **err) {
       p = ok ? p : strstr(p + 1, name);
     }
     if (!ok) {
-      if (err) {
-        char m[256];
-        snprintf(m, sizeof m, "tls.ciphers: '%s' is not one of the allowed AEAD suites", name);
-        *err = xstrdup(m);
-      }
+      if (err) *err = xstrfmt("tls.ciphers: '%s' is not one of the allowed AEAD suites", name);
       xfree(copy);
       return XMPP_EINVAL;
     }
@@ -131,13 +121,13 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
     return NULL;
   }
   if (wolfSSL_CTX_use_certificate_chain_file(ctx, cert_file) != WOLFSSL_SUCCESS) {
-    if (err) *err = errdup("cannot load certificate chain", cert_file);
+    if (err) *err = xstrfmt("cannot load certificate chain %s", cert_file);
     wolfSSL_CTX_free(ctx);
     return NULL;
   }
   if (wolfSSL_CTX_use_PrivateKey_file(ctx, key_file, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS ||
       wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
-    if (err) *err = errdup("cannot load private key (or it does not match the certificate)", key_file);
+    if (err) *err = xstrfmt("cannot load private key (or it does not match the certificate) %s", key_file);
     wolfSSL_CTX_free(ctx);
     return NULL;
   }

@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 passed=0
 failed=0
 log_dir=$(mktemp -d /tmp/xmppd-tests.XXXXXX)
+# Every failing line is repeated just above the final count, with its details, so a CI log
+# that keeps only the tail still names what failed.
+recap=""
+note_failure() { recap+="$1"$'\n'; }
 
 count_criterion() { # file -> "passing failing"
   awk -F'|' '/Synthesis: Tested/ {
@@ -35,7 +39,11 @@ for build in build build-asan; do
     passed=$((passed + p))
     failed=$((failed + f))
     printf '%-12s %-22s %4d passed, %d failed\n' "$build" "$name" "$p" "$f"
-    if [ "$f" -ne 0 ]; then grep -E 'FAIL|CRASH|ERROR|Assertion|runtime error' "$out" | head -20; fi
+    if [ "$f" -ne 0 ]; then
+      details=$(grep -E 'FAIL|CRASH|ERROR|Assertion|runtime error|\[----\]' "$out" | head -20)
+      echo "$details"
+      note_failure "FAILED $build/$name (log $out):"$'\n'"$details"
+    fi
   done
   out="$log_dir/$build-integration.log"
   XMPPD_BUILD="$PWD/$build" /usr/bin/python3 tests/integration/run.py >"$out" 2>&1
@@ -47,7 +55,11 @@ for build in build build-asan; do
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
   printf '%-12s %-22s %4d passed, %d failed\n' "$build" "integration" "${p:-0}" "${f:-0}"
-  if [ "${f:-0}" -ne 0 ]; then grep -E '^(FAIL|ERROR)|Error|assert' "$out" | head -30; echo "(full log: $out)"; fi
+  if [ "${f:-0}" -ne 0 ]; then
+    details=$(grep -E '^(FAIL|ERROR)|Error|assert' "$out" | head -30)
+    echo "$details"; echo "(full log: $out)"
+    note_failure "FAILED $build/integration (log $out):"$'\n'"$details"
+  fi
 done
 
 # libFuzzer targets (build-fuzz, clang, ASan+UBSan): each replays its crash reproducers
@@ -63,12 +75,17 @@ if [ -d build-fuzz ]; then
     failed=$((failed + f))
     printf '%-12s %-22s %4d passed, %d failed   %s\n' "build-fuzz" "fuzz_$t" "$p" "$f" \
       "$(echo "$line" | head -1 | sed -E 's/^FUZZ [a-z_]+ (PASS|FAIL) //')"
-    if [ "$f" -ne 0 ]; then echo "$line" | tail -n +2; fi
+    if [ "$f" -ne 0 ]; then
+      echo "$line" | tail -n +2
+      note_failure "FAILED build-fuzz/fuzz_$t:"$'\n'"$(echo "$line" | head -12)"
+    fi
   done
 else
   echo "missing build-fuzz: run make test"
+  note_failure "FAILED build-fuzz: directory missing"
   failed=$((failed + 1))
 fi
 
+if [ -n "$recap" ]; then printf '\n--- failures ---\n%s\n' "$recap"; fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

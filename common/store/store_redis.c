@@ -149,15 +149,6 @@ typedef struct rd {
 #define B_CREATED ((void *)1)
 #define B_DELETED ((void *)2)
 
-static char *msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *msg(const char *fmt, ...) {
-  char buf[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return xstrdup(buf);
-}
 
 /* ---- address ------------------------------------------------------------------------ */
 
@@ -167,7 +158,7 @@ static int parse_target(rd_t *r, const char *target, char **err) {
   int rc = 0;
   char *addr = strtok_r(t, " \t", &save);
   if (!addr) {
-    *err = msg("redis address is empty");
+    *err = xstrfmt("redis address is empty");
     rc = -1;
     goto out;
   }
@@ -176,7 +167,7 @@ static int parse_target(rd_t *r, const char *target, char **err) {
   snprintf(shown, sizeof shown, "%s", addr);
   if (strncmp(addr, "unix:", 5) == 0) {
     if (!addr[5]) {
-      *err = msg("redis address '%s': unix: needs a socket path", addr);
+      *err = xstrfmt("redis address '%s': unix: needs a socket path", addr);
       rc = -1;
       goto out;
     }
@@ -186,7 +177,7 @@ static int parse_target(rd_t *r, const char *target, char **err) {
     if (*addr == '[') {
       char *close = strchr(addr, ']');
       if (!close || (close[1] && close[1] != ':')) {
-        *err = msg("redis address '%s': bad [IPv6]:PORT", addr);
+        *err = xstrfmt("redis address '%s': bad [IPv6]:PORT", addr);
         rc = -1;
         goto out;
       }
@@ -205,14 +196,14 @@ static int parse_target(rd_t *r, const char *target, char **err) {
       char *end;
       long p = strtol(port, &end, 10);
       if (!*port || *end || p < 1 || p > 65535) {
-        *err = msg("redis address '%s': bad port '%s'", shown, port);
+        *err = xstrfmt("redis address '%s': bad port '%s'", shown, port);
         rc = -1;
         goto out;
       }
       r->port = (int)p;
     }
     if (!*host) {
-      *err = msg("redis address '%s': no host", shown);
+      *err = xstrfmt("redis address '%s': no host", shown);
       rc = -1;
       goto out;
     }
@@ -224,7 +215,7 @@ static int parse_target(rd_t *r, const char *target, char **err) {
       char *end;
       long d = strtol(opt + 3, &end, 10);
       if (!opt[3] || *end || d < 0 || d > 1000000) {
-        *err = msg("redis address: bad %s", opt);
+        *err = xstrfmt("redis address: bad %s", opt);
         rc = -1;
         goto out;
       }
@@ -233,14 +224,14 @@ static int parse_target(rd_t *r, const char *target, char **err) {
       xfree(r->password);
       r->password = xstrdup(opt + 9);
     } else {
-      *err = msg("redis address: unknown option '%.*s' (db=N, password=SECRET)",
+      *err = xstrfmt("redis address: unknown option '%.*s' (db=N, password=SECRET)",
                  (int)strcspn(opt, "="), opt);
       rc = -1;
       goto out;
     }
   }
-  r->target = r->unix_path ? msg("unix:%s db %d", r->unix_path, r->db)
-                           : msg("%s:%d db %d", r->host, r->port, r->db);
+  r->target = r->unix_path ? xstrfmt("unix:%s db %d", r->unix_path, r->db)
+                           : xstrfmt("%s:%d db %d", r->host, r->port, r->db);
 out:
   xfree(t);
   return rc;
@@ -265,16 +256,16 @@ static int connect_now(rd_t *r, char **err) {
   redisContext *c = r->unix_path ? redisConnectUnixWithTimeout(r->unix_path, ct)
                                  : redisConnectWithTimeout(r->host, r->port, ct);
   if (!c) {
-    *err = msg("redis %s: cannot allocate a connection", r->target);
+    *err = xstrfmt("redis %s: cannot allocate a connection", r->target);
     return -1;
   }
   if (c->err) {
-    *err = msg("redis %s: %s", r->target, c->errstr);
+    *err = xstrfmt("redis %s: %s", r->target, c->errstr);
     redisFree(c);
     return -1;
   }
   if (redisSetTimeout(c, tt) != REDIS_OK) {
-    *err = msg("redis %s: cannot set the timeout", r->target);
+    *err = xstrfmt("redis %s: cannot set the timeout", r->target);
     redisFree(c);
     return -1;
   }
@@ -284,7 +275,7 @@ static int connect_now(rd_t *r, char **err) {
     size_t al[] = {4, strlen(r->password)};
     rep = raw_cmd(c, 2, av, al);
     if (!rep || rep->type == REDIS_REPLY_ERROR) {
-      *err = msg("redis %s: AUTH: %s", r->target, rep ? rep->str : c->errstr);
+      *err = xstrfmt("redis %s: AUTH: %s", r->target, rep ? rep->str : c->errstr);
       goto fail;
     }
     freeReplyObject(rep);
@@ -296,7 +287,7 @@ static int connect_now(rd_t *r, char **err) {
     size_t al[] = {6, strlen(d)};
     rep = raw_cmd(c, 2, av, al);
     if (!rep || rep->type == REDIS_REPLY_ERROR) {
-      *err = msg("redis %s: SELECT: %s", r->target, rep ? rep->str : c->errstr);
+      *err = xstrfmt("redis %s: SELECT: %s", r->target, rep ? rep->str : c->errstr);
       goto fail;
     }
     freeReplyObject(rep);
@@ -308,7 +299,7 @@ static int connect_now(rd_t *r, char **err) {
     rep = NULL;
     if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep ||
         rep->type != REDIS_REPLY_STRING || rep->len != 40) {
-      *err = msg("redis %s: SCRIPT LOAD: %s", r->target,
+      *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target,
                  rep && rep->str ? rep->str : c->errstr);
       goto fail;
     }
@@ -395,12 +386,10 @@ static void queue_cmd(rd_t *r, int argc, const char **argv, const size_t *lens, 
 
 /* EVALSHA of script id with keys then args; falls back to EVAL when Redis has lost the
  * script (SCRIPT FLUSH). Returns the reply (may be an error reply) or NULL. */
-static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **argv,
-                          const size_t *lens) {
-  const char *av[MAXARGS];
-  size_t al[MAXARGS];
-  char nk[8];
-  snprintf(nk, sizeof nk, "%d", nkeys);
+/* EVALSHA sha nkeys args... into av/al (nk holds the count's text). */
+static void evalsha_args(rd_t *r, int id, int nkeys, int argc, const char **argv, const size_t *lens,
+                         const char **av, size_t *al, char nk[8]) {
+  snprintf(nk, 8, "%d", nkeys);
   av[0] = "EVALSHA";
   al[0] = 7;
   av[1] = r->sha[id];
@@ -411,6 +400,14 @@ static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **arg
     av[3 + i] = argv[i];
     al[3 + i] = lens[i];
   }
+}
+
+static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **argv,
+                          const size_t *lens) {
+  const char *av[MAXARGS];
+  size_t al[MAXARGS];
+  char nk[8];
+  evalsha_args(r, id, nkeys, argc, argv, lens, av, al, nk);
   if (ensure(r) != 0) return NULL;
   av[1] = r->sha[id]; /* (re)loaded by ensure() on a new connection */
   redisReply *rep = run(r, argc + 3, av, al, 0);
@@ -430,17 +427,7 @@ static void queue_script(rd_t *r, int id, int nkeys, int argc, const char **argv
   const char *av[MAXARGS];
   size_t al[MAXARGS];
   char nk[8];
-  snprintf(nk, sizeof nk, "%d", nkeys);
-  av[0] = "EVALSHA";
-  al[0] = 7;
-  av[1] = r->sha[id];
-  al[1] = 40;
-  av[2] = nk;
-  al[2] = strlen(nk);
-  for (int i = 0; i < argc; i++) {
-    av[3 + i] = argv[i];
-    al[3 + i] = lens[i];
-  }
+  evalsha_args(r, id, nkeys, argc, argv, lens, av, al, nk);
   queue_cmd(r, argc + 3, av, al, kind);
 }
 
@@ -497,9 +484,9 @@ typedef struct {
 } ukeys_t;
 
 static void ukeys(ukeys_t *k, const char *bare) {
-  k->a = msg("{u:%s}:a", bare);
-  k->r = msg("{u:%s}:r", bare);
-  k->o = msg("{u:%s}:o", bare);
+  k->a = xstrfmt("{u:%s}:a", bare);
+  k->r = xstrfmt("{u:%s}:r", bare);
+  k->o = xstrfmt("{u:%s}:o", bare);
   k->la = strlen(k->a);
   k->lr = strlen(k->r);
   k->lo = strlen(k->o);
@@ -537,7 +524,7 @@ static int check_layout(rd_t *r, char **err) {
   size_t al[] = {3, strlen(RD_LAYOUT_KEY), 1, 2};
   redisReply *rep = raw_cmd(r->c, 4, av, al);
   if (!rep || rep->type == REDIS_REPLY_ERROR) {
-    *err = msg("redis %s: SET %s: %s", r->target, RD_LAYOUT_KEY, rep ? rep->str : r->c->errstr);
+    *err = xstrfmt("redis %s: SET %s: %s", r->target, RD_LAYOUT_KEY, rep ? rep->str : r->c->errstr);
     if (rep) freeReplyObject(rep);
     return -1;
   }
@@ -546,7 +533,7 @@ static int check_layout(rd_t *r, char **err) {
   size_t gl[] = {3, strlen(RD_LAYOUT_KEY)};
   rep = raw_cmd(r->c, 2, gv, gl);
   if (!rep || rep->type != REDIS_REPLY_STRING) {
-    *err = msg("redis %s: GET %s: %s", r->target, RD_LAYOUT_KEY,
+    *err = xstrfmt("redis %s: GET %s: %s", r->target, RD_LAYOUT_KEY,
                rep && rep->str ? rep->str : r->c->errstr);
     if (rep) freeReplyObject(rep);
     return -1;
@@ -556,11 +543,11 @@ static int check_layout(rd_t *r, char **err) {
   int bad = !rep->len || *end;
   freeReplyObject(rep);
   if (bad) {
-    *err = msg("redis %s: %s is not a number: not an xmppd store?", r->target, RD_LAYOUT_KEY);
+    *err = xstrfmt("redis %s: %s is not a number: not an xmppd store?", r->target, RD_LAYOUT_KEY);
     return -1;
   }
   if (v > RD_LAYOUT_VERSION) {
-    *err = msg("redis %s: key layout version %ld is newer than this program's (%d)", r->target,
+    *err = xstrfmt("redis %s: key layout version %ld is newer than this program's (%d)", r->target,
                v, RD_LAYOUT_VERSION);
     return -1;
   }
@@ -871,7 +858,7 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
     for (size_t i = 0; i < n && !rc; i++) {
       redisReply *m = page->element[i];
       if (m->type != REDIS_REPLY_STRING) continue;
-      char *key = msg("{u:%.*s}:a", (int)m->len, m->str);
+      char *key = xstrfmt("{u:%.*s}:a", (int)m->len, m->str);
       const char *ev[] = {"EXISTS", key};
       size_t el[] = {6, strlen(key)};
       if (redisAppendCommandArgv(r->c, 2, ev, el) != REDIS_OK) rc = XMPP_EIO;

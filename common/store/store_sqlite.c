@@ -248,15 +248,6 @@ static int run_owner(sq_t *q, int id, const char *bare) {
 
 /* ---- open / close ------------------------------------------------------------------- */
 
-static char *msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *msg(const char *fmt, ...) {
-  char buf[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return xstrdup(buf);
-}
 
 /* Runs a one-shot statement (a PRAGMA) and returns its first column as text into buf
  * (empty when it has no row). */
@@ -295,7 +286,7 @@ static int sq_schema(sq_t *q, char **err) {
   if ((rc = pragma(q->db, "PRAGMA user_version", v, sizeof v)) != SQLITE_OK) goto sqlfail;
   long ver = strtol(v, NULL, 10);
   if (ver > SQ_SCHEMA_VERSION) {
-    *err = msg("%s: database schema version %ld is newer than this program's (%d)", q->path,
+    *err = xstrfmt("%s: database schema version %ld is newer than this program's (%d)", q->path,
                ver, SQ_SCHEMA_VERSION);
     sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
     return XMPP_EIO;
@@ -311,7 +302,7 @@ static int sq_schema(sq_t *q, char **err) {
   if ((rc = sqlite3_exec(q->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   return 0;
 sqlfail:
-  *err = msg("%s: schema: %s", q->path, sqlite3_errmsg(q->db));
+  *err = xstrfmt("%s: schema: %s", q->path, sqlite3_errmsg(q->db));
   if (!sqlite3_get_autocommit(q->db)) sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
   return map_rc(rc);
 }
@@ -325,7 +316,7 @@ static void *sq_open(const char *path, char **err) {
   int rc = sqlite3_open_v2(path, &q->db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
-    *err = msg("cannot open database %s: %s", path,
+    *err = xstrfmt("cannot open database %s: %s", path,
                q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc));
     goto fail;
   }
@@ -339,7 +330,7 @@ static void *sq_open(const char *path, char **err) {
   if ((rc = pragma(q->db, "PRAGMA foreign_keys = ON", NULL, 0)) != SQLITE_OK) goto sqlfail;
   if ((rc = pragma(q->db, "PRAGMA foreign_keys", buf, sizeof buf)) != SQLITE_OK) goto sqlfail;
   if (strcmp(buf, "1") != 0) {
-    *err = msg("%s: SQLite foreign key support is not available", path);
+    *err = xstrfmt("%s: SQLite foreign key support is not available", path);
     goto fail;
   }
   step = "PRAGMA journal_mode";
@@ -352,7 +343,7 @@ static void *sq_open(const char *path, char **err) {
   if (sq_schema(q, err) != 0) goto fail;
   return q;
 sqlfail:
-  *err = msg("%s: %s failed: %s", path, step, sqlite3_errmsg(q->db));
+  *err = xstrfmt("%s: %s failed: %s", path, step, sqlite3_errmsg(q->db));
 fail:
   sq_close(q);
   return NULL;
