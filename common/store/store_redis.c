@@ -7,7 +7,7 @@
  * shard map), which must never block a loop; durable data keeps the same synchronous
  * contract as the SQLite back-end so that callers do not change with the back-end.
  *
- * Address ("storage.redis", passed to store_open as its path):
+ * Address ("storage.redis", passed to store_open as its path; parsed by common/redis_addr.c):
  *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH
  * optionally followed by space-separated db=N and password=SECRET.
  *
@@ -68,6 +68,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/redis_addr.h"
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 #include "common/strmap.h"
@@ -152,89 +153,17 @@ typedef struct rd {
 
 /* ---- address ------------------------------------------------------------------------ */
 
+/* The address syntax is common/redis_addr.c's (shared with the cluster client). */
 static int parse_target(rd_t *r, const char *target, char **err) {
-  char *t = xstrdup(target);
-  char *save = NULL;
-  int rc = 0;
-  char *addr = strtok_r(t, " \t", &save);
-  if (!addr) {
-    *err = xstrfmt("redis address is empty");
-    rc = -1;
-    goto out;
-  }
-  /* Messages show the address token only: what follows may hold the password. */
-  char shown[256];
-  snprintf(shown, sizeof shown, "%s", addr);
-  if (strncmp(addr, "unix:", 5) == 0) {
-    if (!addr[5]) {
-      *err = xstrfmt("redis address '%s': unix: needs a socket path", addr);
-      rc = -1;
-      goto out;
-    }
-    r->unix_path = xstrdup(addr + 5);
-  } else {
-    char *host = addr, *port = NULL;
-    if (*addr == '[') {
-      char *close = strchr(addr, ']');
-      if (!close || (close[1] && close[1] != ':')) {
-        *err = xstrfmt("redis address '%s': bad [IPv6]:PORT", addr);
-        rc = -1;
-        goto out;
-      }
-      *close = '\0';
-      host = addr + 1;
-      if (close[1] == ':') port = close + 2;
-    } else {
-      char *colon = strrchr(addr, ':');
-      if (colon) {
-        *colon = '\0';
-        port = colon + 1;
-      }
-    }
-    r->port = 6379;
-    if (port) {
-      char *end;
-      long p = strtol(port, &end, 10);
-      if (!*port || *end || p < 1 || p > 65535) {
-        *err = xstrfmt("redis address '%s': bad port '%s'", shown, port);
-        rc = -1;
-        goto out;
-      }
-      r->port = (int)p;
-    }
-    if (!*host) {
-      *err = xstrfmt("redis address '%s': no host", shown);
-      rc = -1;
-      goto out;
-    }
-    r->host = xstrdup(host);
-  }
-  char *opt;
-  while ((opt = strtok_r(NULL, " \t", &save)) != NULL) {
-    if (strncmp(opt, "db=", 3) == 0) {
-      char *end;
-      long d = strtol(opt + 3, &end, 10);
-      if (!opt[3] || *end || d < 0 || d > 1000000) {
-        *err = xstrfmt("redis address: bad %s", opt);
-        rc = -1;
-        goto out;
-      }
-      r->db = (int)d;
-    } else if (strncmp(opt, "password=", 9) == 0 && opt[9]) {
-      xfree(r->password);
-      r->password = xstrdup(opt + 9);
-    } else {
-      *err = xstrfmt("redis address: unknown option '%.*s' (db=N, password=SECRET)",
-                 (int)strcspn(opt, "="), opt);
-      rc = -1;
-      goto out;
-    }
-  }
-  r->target = r->unix_path ? xstrfmt("unix:%s db %d", r->unix_path, r->db)
-                           : xstrfmt("%s:%d db %d", r->host, r->port, r->db);
-out:
-  xfree(t);
-  return rc;
+  redis_addr_t a;
+  if (redis_addr_parse(&a, target, err) != 0) return -1;
+  r->host = a.host;
+  r->unix_path = a.unix_path;
+  r->port = a.port;
+  r->db = a.db;
+  r->password = a.password;
+  r->target = a.shown;
+  return 0;
 }
 
 /* ---- connection --------------------------------------------------------------------- */

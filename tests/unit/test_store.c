@@ -8,18 +8,14 @@
  * service). A missing redis-server FAILS the redis suite with a message saying so: it
  * never passes silently. REDIS_SERVER=/path/to/redis-server picks another binary.
  * Tests that look at one back-end's own format use Test(store_sqlite|store_redis, ...). */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +29,7 @@
 #include "common/log.h"
 #include "common/scram.h"
 #include "common/store/store.h"
+#include "tests/unit/support/redis_server.h"
 
 static char g_dir[64];
 static char g_db[128];
@@ -67,99 +64,27 @@ static void setup_sqlite(void) {
 
 /* ---- a redis-server of the test's own -------------------------------------------------- */
 
-static pid_t g_redis_pid;
+static test_redis_t g_redis; /* tests/unit/support/redis_server.c */
 static int g_redis_port;
-static char g_redis_bin[512];
 static redisContext *g_raw; /* the tests' own connection, for looking at keys */
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  cr_assert_geq(fd, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t l = sizeof a;
-  cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-/* REDIS_SERVER, else redis-server on PATH. 0 when found. */
-static int find_redis(void) {
-  const char *env = getenv("REDIS_SERVER");
-  if (env && *env) {
-    snprintf(g_redis_bin, sizeof g_redis_bin, "%s", env);
-    return access(g_redis_bin, X_OK);
-  }
-  const char *path = getenv("PATH");
-  char dirs[2048];
-  snprintf(dirs, sizeof dirs, "%s:/usr/bin:/usr/sbin:/usr/local/bin", path ? path : "");
-  char *save = NULL;
-  for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-    snprintf(g_redis_bin, sizeof g_redis_bin, "%s/redis-server", d);
-    if (access(g_redis_bin, X_OK) == 0) return 0;
-  }
-  return -1;
-}
+static int free_port(void) { return test_free_port(); }
 
 /* Starts redis-server on g_redis_port (AOF on when aof, with appendfsync always) and
  * waits until it answers PING. */
-static void redis_start(int aof) {
-  fflush(NULL);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-    char log[160], port[16];
-    snprintf(log, sizeof log, "%s/redis.log", g_dir);
-    snprintf(port, sizeof port, "%d", g_redis_port);
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execl(g_redis_bin, g_redis_bin, "--port", port, "--bind", "127.0.0.1", "--save", "",
-          "--appendonly", aof ? "yes" : "no", "--appendfsync", "always", "--dir", g_dir,
-          "--daemonize", "no", (char *)NULL);
-    _exit(127);
-  }
-  g_redis_pid = pid;
-  for (int i = 0; i < 500; i++) {
-    int st;
-    cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "redis-server exited at start (see %s/redis.log)",
-                 g_dir);
-    redisContext *c = redisConnect("127.0.0.1", g_redis_port);
-    if (c && !c->err) {
-      redisReply *r = redisCommand(c, "PING");
-      int ok = r && r->type == REDIS_REPLY_STATUS;
-      if (r) freeReplyObject(r);
-      if (ok) {
-        g_raw = c;
-        return;
-      }
-    }
-    if (c) redisFree(c);
-    usleep(10000);
-  }
-  cr_assert_fail("redis-server did not answer on port %d", g_redis_port);
-}
+static void redis_start(int aof) { g_raw = test_redis_start(&g_redis, aof); }
 
 static void redis_stop(void) {
   if (g_raw) redisFree(g_raw);
   g_raw = NULL;
-  if (g_redis_pid > 0) {
-    kill(g_redis_pid, SIGTERM);
-    waitpid(g_redis_pid, NULL, 0);
-  }
-  g_redis_pid = 0;
+  test_redis_stop(&g_redis);
 }
 
 static void setup_redis(void) {
   mk_dir();
   g_backend = "redis";
-  if (find_redis() != 0)
-    cr_assert_fail("redis-server is not installed (Debian: apt-get install redis-server, or "
-                   "deploy/install-deps.sh): the Redis store tests cannot run");
-  g_redis_port = free_port();
+  test_redis_init(&g_redis, g_dir);
+  g_redis_port = g_redis.port;
   snprintf(g_target, sizeof g_target, "127.0.0.1:%d", g_redis_port);
   redis_start(0);
 }

@@ -1,0 +1,102 @@
+/* See redis_server.h. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/unit/support/redis_server.h"
+
+int test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert_geq(fd, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t l = sizeof a;
+  cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* REDIS_SERVER, else redis-server on PATH. 0 when found. */
+static int find_redis(test_redis_t *t) {
+  const char *env = getenv("REDIS_SERVER");
+  if (env && *env) {
+    snprintf(t->bin, sizeof t->bin, "%s", env);
+    return access(t->bin, X_OK);
+  }
+  const char *path = getenv("PATH");
+  char dirs[2048];
+  snprintf(dirs, sizeof dirs, "%s:/usr/bin:/usr/sbin:/usr/local/bin", path ? path : "");
+  char *save = NULL;
+  for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+    snprintf(t->bin, sizeof t->bin, "%s/redis-server", d);
+    if (access(t->bin, X_OK) == 0) return 0;
+  }
+  return -1;
+}
+
+void test_redis_init(test_redis_t *t, const char *dir) {
+  memset(t, 0, sizeof *t);
+  snprintf(t->dir, sizeof t->dir, "%s", dir);
+  if (find_redis(t) != 0)
+    cr_assert_fail("redis-server is not installed (Debian: apt-get install redis-server, or "
+                   "deploy/install-deps.sh): the Redis tests cannot run");
+  t->port = test_free_port();
+}
+
+redisContext *test_redis_start(test_redis_t *t, int aof) {
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+    char log[192], port[16];
+    snprintf(log, sizeof log, "%s/redis.log", t->dir);
+    snprintf(port, sizeof port, "%d", t->port);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execl(t->bin, t->bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+          aof ? "yes" : "no", "--appendfsync", "always", "--dir", t->dir, "--daemonize", "no",
+          (char *)NULL);
+    _exit(127);
+  }
+  t->pid = pid;
+  for (int i = 0; i < 1000; i++) {
+    int st;
+    cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "redis-server exited at start (see %s/redis.log)",
+                 t->dir);
+    redisContext *c = redisConnect("127.0.0.1", t->port);
+    if (c && !c->err) {
+      redisReply *r = redisCommand(c, "PING");
+      int ok = r && r->type == REDIS_REPLY_STATUS;
+      if (r) freeReplyObject(r);
+      if (ok) return c;
+    }
+    if (c) redisFree(c);
+    usleep(10000);
+  }
+  cr_assert_fail("redis-server did not answer on port %d", t->port);
+  return NULL;
+}
+
+static void stop_with(test_redis_t *t, int sig) {
+  if (t->pid > 0) {
+    kill(t->pid, sig);
+    waitpid(t->pid, NULL, 0);
+  }
+  t->pid = 0;
+}
+
+void test_redis_stop(test_redis_t *t) { stop_with(t, SIGTERM); }
+void test_redis_kill(test_redis_t *t) { stop_with(t, SIGKILL); }
