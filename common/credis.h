@@ -1,0 +1,111 @@
+/* The cluster's view of Redis: node registry (heartbeats with a TTL), session directory,
+ * shard map, through hiredis' ASYNCHRONOUS API on a libuv loop (never blocks the loop).
+ *
+ * Threads. One credis_t belongs to one loop thread: every call, and every callback, happens
+ * on that thread. Several threads each own their own credis_t (router workers, the cluster
+ * thread); nothing is shared, nothing is locked.
+ *
+ * Connection. credis_new connects at once and reconnects by itself forever, with a capped
+ * exponential back-off (100 ms .. 2 s). While Redis is unreachable, writes are dropped and
+ * counted (credis_stats_t.dropped): the caller re-syncs what matters on on_state(1). Reads
+ * issued while unreachable fail (ok = 0) on a later loop turn, never inside the call.
+ * Everything issued during one loop turn goes out in one write(2) (hiredis buffers, the
+ * write happens on the socket's write-ready event; credis_stats_t.writes counts them).
+ *
+ * Callbacks never run re-entrantly (inside a credis_* call) and never after credis_close.
+ * A callback may call any credis_* function, credis_close included.
+ *
+ * Key layout: see the comment at the top of credis.c and docs/cluster.md "Redis key layout".
+ * Hostnames in the address are resolved synchronously by hiredis: use numeric addresses.
+ * The process must ignore SIGPIPE (hiredis 0.14 writes with write(2)); xmppd does. */
+#ifndef XMPP_CREDIS_H
+#define XMPP_CREDIS_H
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct credis credis_t;
+
+typedef struct credis_node { /* one node of the cluster, as registered */
+  uint16_t id;               /* 1..65535 */
+  uint8_t role;              /* 1 edge, 2 router, 3 all (edge+router) */
+  uint16_t workers;          /* router workers (0 for an edge) */
+  uint64_t incarnation;      /* random per process start */
+  char host[64];             /* bus address other nodes dial (numeric IP, no spaces) */
+  int bus_port;
+} credis_node_t;
+
+typedef struct credis_cbs {
+  /* Connection to Redis came up (1: connected, authenticated, db selected) or went down (0).
+   * Down is reported only after an up. Logged by credis too ("redis HOST:PORT unreachable:
+   * <reason>; retrying", "redis HOST:PORT back"). May be NULL. */
+  void (*on_state)(void *ud, int up);
+  /* After each successful registry poll: the live nodes (keys not expired), sorted by id.
+   * The array lives until the callback returns. Never called while Redis is unreachable
+   * (the caller keeps its last view). May be NULL. */
+  void (*on_nodes)(void *ud, const credis_node_t *nodes, int n);
+} credis_cbs_t;
+
+/* addr: the syntax of storage.redis (common/redis_addr.h: HOST:PORT | [IPV6]:PORT | HOST |
+ * unix:/PATH, then db=N password=SECRET). cluster: the cluster name, used in key names
+ * (non-empty, at most 64 characters, no '{', '}' or white space). cbs is copied; ud is passed
+ * to the callbacks. NULL (logged) on a bad address or cluster name. */
+credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs,
+                     void *ud);
+
+/* Registry: from now on, every heartbeat_ms, SET the node's key with a TTL of ttl_ms (PX),
+ * SADD its id to the node set, and poll the live set (then on_nodes). The first heartbeat
+ * and poll go out at once when connected, else as soon as the connection is up. Calling it
+ * again replaces the node and the timings. */
+void credis_register(credis_t *r, const credis_node_t *self, uint32_t heartbeat_ms, uint32_t ttl_ms);
+/* Stops the heartbeats and removes this node's key and id now (clean shutdown), best
+ * effort: nothing is sent while unreachable (the key then expires by its TTL). */
+void credis_deregister(credis_t *r);
+
+/* Session directory, written at bind / presence change / unbind. Fire-and-forget. */
+typedef struct credis_session {
+  uint16_t node, thread;
+  uint64_t conn;
+  int priority;
+  int available;
+} credis_session_t;
+void credis_dir_set(credis_t *r, const char *bare, const char *resource, const credis_session_t *s);
+void credis_dir_del(credis_t *r, const char *bare, const char *resource);
+/* Reads the session directory of one bare JID (tools, tests). cb gets the resources and
+ * their sessions (arrays valid until cb returns; n = 0 when none), or ok = 0 when Redis
+ * could not answer. Always called exactly once, from the loop (never inside this call),
+ * unless credis_close comes first. */
+typedef void (*credis_dir_cb)(void *ud, int ok, const char **resources, const credis_session_t *s,
+                              int n);
+void credis_dir_get(credis_t *r, const char *bare, credis_dir_cb cb, void *ud);
+
+/* Shard map, written by one router (the caller decides who): epoch and owner per shard
+ * (owner = node id << 16 | worker). Fire-and-forget; Redis refuses (logged) a map whose
+ * epoch is older than the stored one, so a stale router cannot roll the map back. */
+void credis_shardmap_publish(credis_t *r, uint64_t epoch, const uint32_t *owner, uint32_t nshards);
+/* Reads the shard map (tools, tests): ok = 1 with n = 0 when none is stored; ok = 0 on
+ * failure. Same calling rules as credis_dir_get. */
+typedef void (*credis_shardmap_cb)(void *ud, int ok, uint64_t epoch, const uint32_t *owner,
+                                   uint32_t n);
+void credis_shardmap_get(credis_t *r, credis_shardmap_cb cb, void *ud);
+
+/* Counters for benchmarks. commands: sent to hiredis (handshake, heartbeats and polls
+ * included); replies: replies received (errors included); errors: error replies plus
+ * commands whose connection died before the reply; dropped: commands not sent because
+ * Redis was unreachable; reconnects: times the connection came back after an outage;
+ * writes: write(2) calls that sent buffered commands (one per loop turn with output,
+ * unless the socket buffer filled). */
+typedef struct credis_stats {
+  uint64_t commands, replies, errors, dropped, reconnects, writes;
+} credis_stats_t;
+void credis_get_stats(const credis_t *r, credis_stats_t *st);
+int credis_is_up(const credis_t *r);
+
+/* Closes. No callback runs afterwards. When connected, what is already buffered (a
+ * credis_deregister, directory writes) still goes out: an async disconnect that waits for
+ * their replies, at most 1 s; else the connection is dropped at once. The memory is freed
+ * once that is over and libuv has closed the handles, so the loop must run on (uv_run until
+ * it has nothing left). NULL-safe. Callable from a callback. */
+void credis_close(credis_t *r);
+
+#endif

@@ -1,0 +1,550 @@
+/* credis (common/credis.c) against a real redis-server of the test's own
+ * (tests/unit/support/redis_server.c): registry heartbeats, TTL expiry, deregistration,
+ * the session directory, the shard map, pipelining (one write per loop turn), a Redis
+ * SIGKILLed and restarted on the same port, closing in every state, bad addresses.
+ * Every wait is on a condition with a generous deadline; every test ends by running the
+ * loop dry and closing it (no handle left behind). */
+#include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "common/alloc.h"
+#include "common/credis.h"
+#include "common/log.h"
+#include "tests/unit/support/redis_server.h"
+
+#define CLUSTER "tc"
+#define DEADLINE_MS 10000
+
+static char g_dir[64];
+static test_redis_t g_redis;
+static redisContext *g_raw; /* the test's own connection */
+static char g_addr[64];
+static uv_loop_t g_loop;
+static uv_timer_t g_wake; /* keeps UV_RUN_ONCE returning while a test waits */
+
+static void setup(void) {
+  signal(SIGPIPE, SIG_IGN);
+  log_set_level(getenv("TEST_LOG") ? LOG_DEBUG : LOG_NONE); /* TEST_LOG=1: credis' lines */
+  snprintf(g_dir, sizeof g_dir, "/tmp/test_credis.XXXXXX");
+  cr_assert_not_null(mkdtemp(g_dir));
+  test_redis_init(&g_redis, g_dir);
+  g_raw = test_redis_start(&g_redis, 0);
+  snprintf(g_addr, sizeof g_addr, "127.0.0.1:%d", g_redis.port);
+  cr_assert_eq(uv_loop_init(&g_loop), 0);
+  uv_timer_init(&g_loop, &g_wake);
+}
+
+static void teardown(void) {
+  if (g_raw) redisFree(g_raw);
+  g_raw = NULL;
+  test_redis_stop(&g_redis);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+  if (system(cmd) != 0) rmdir(g_dir);
+}
+
+TestSuite(credis, .init = setup, .fini = teardown, .timeout = 60);
+
+static void wake_cb(uv_timer_t *t) { (void)t; }
+
+/* Runs the loop until cond holds; fails the test after ms. */
+#define WAIT_FOR(cond, ms)                                                                     \
+  do {                                                                                         \
+    uint64_t dl_ = uv_hrtime() + (uint64_t)(ms) * 1000000u;                                    \
+    uv_timer_start(&g_wake, wake_cb, 5, 5);                                                    \
+    while (!(cond) && uv_hrtime() < dl_) uv_run(&g_loop, UV_RUN_ONCE);                         \
+    uv_timer_stop(&g_wake);                                                                    \
+    cr_assert(cond, "timed out after %d ms waiting for: %s", (int)(ms), #cond);                \
+  } while (0)
+
+/* Runs the loop for ms (for "nothing happens" checks only). */
+static void run_for(int ms) {
+  uint64_t dl = uv_hrtime() + (uint64_t)ms * 1000000u;
+  uv_timer_start(&g_wake, wake_cb, 5, 5);
+  while (uv_hrtime() < dl) uv_run(&g_loop, UV_RUN_ONCE);
+  uv_timer_stop(&g_wake);
+}
+
+/* Runs the loop dry and closes it: fails when a handle is left. */
+static void finish_loop(void) {
+  uv_close((uv_handle_t *)&g_wake, NULL);
+  uv_run(&g_loop, UV_RUN_DEFAULT);
+  cr_assert_eq(uv_loop_close(&g_loop), 0, "a handle is still open");
+}
+
+/* ---- observers ------------------------------------------------------------------------- */
+
+typedef struct obs {
+  int ups, downs, last_state;
+  int polls;
+  credis_node_t nodes[16];
+  int n;
+  credis_t *close_on_nodes; /* credis_close from inside on_nodes */
+} obs_t;
+
+static void on_state(void *ud, int up) {
+  obs_t *o = ud;
+  if (up) o->ups++;
+  else o->downs++;
+  o->last_state = up;
+}
+
+static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
+  obs_t *o = ud;
+  o->polls++;
+  o->n = n < 16 ? n : 16;
+  memcpy(o->nodes, nodes, (size_t)o->n * sizeof *nodes);
+  if (o->close_on_nodes) {
+    credis_t *r = o->close_on_nodes;
+    o->close_on_nodes = NULL;
+    credis_close(r);
+  }
+}
+
+static const credis_cbs_t g_cbs = {on_state, on_nodes};
+
+static credis_t *open_r(obs_t *o) {
+  credis_t *r = credis_new(&g_loop, g_addr, CLUSTER, &g_cbs, o);
+  cr_assert_not_null(r);
+  return r;
+}
+
+static credis_node_t node(uint16_t id) {
+  credis_node_t n = {.id = id, .role = 3, .workers = 4, .incarnation = 1000u + id, .bus_port = 7000 + id};
+  snprintf(n.host, sizeof n.host, "10.0.0.%u", id);
+  return n;
+}
+
+static int has_node(const obs_t *o, uint16_t id) {
+  for (int i = 0; i < o->n; i++)
+    if (o->nodes[i].id == id) return 1;
+  return 0;
+}
+
+static long long rint_cmd(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(g_raw, fmt, ap);
+  va_end(ap);
+  cr_assert_not_null(r, "redis: %s", g_raw->errstr);
+  long long v = 0;
+  if (r->type == REDIS_REPLY_INTEGER) v = r->integer;
+  else if (r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
+  else cr_assert_fail("redis %s: unexpected reply type %d", fmt, r->type);
+  freeReplyObject(r);
+  return v;
+}
+
+/* A number from INFO section: "name:N" or "name:calls=N". -1 when absent. */
+static long long info_num(const char *section, const char *name) {
+  redisReply *r = redisCommand(g_raw, "INFO %s", section);
+  cr_assert(r && r->type == REDIS_REPLY_STRING);
+  long long v = -1;
+  char pat[96];
+  snprintf(pat, sizeof pat, "\n%s:", name);
+  const char *p = strstr(r->str, pat);
+  if (p) {
+    p += strlen(pat);
+    if (strncmp(p, "calls=", 6) == 0) p += 6;
+    v = strtoll(p, NULL, 10);
+  }
+  freeReplyObject(r);
+  return v;
+}
+
+/* ---- registry -------------------------------------------------------------------------- */
+
+Test(credis, register_poll_sees_self_and_peer) {
+  obs_t o1 = {0}, o2 = {0};
+  credis_t *r1 = open_r(&o1), *r2 = open_r(&o2);
+  credis_node_t n1 = node(1), n2 = node(2);
+  n2.role = 1;
+  n2.workers = 0;
+  credis_register(r1, &n1, 50, 2000);
+  credis_register(r2, &n2, 50, 2000);
+  WAIT_FOR(o1.n == 2 && o2.n == 2, DEADLINE_MS);
+  cr_assert_eq(o1.ups, 1);
+  cr_assert_eq(o1.downs, 0);
+  cr_assert(credis_is_up(r1));
+  /* sorted by id, fields as registered */
+  cr_assert_eq(o1.nodes[0].id, 1);
+  cr_assert_eq(o1.nodes[1].id, 2);
+  cr_assert_eq(o1.nodes[1].role, 1);
+  cr_assert_eq(o1.nodes[1].workers, 0);
+  cr_assert_eq(o1.nodes[1].incarnation, 1002);
+  cr_assert_str_eq(o1.nodes[1].host, "10.0.0.2");
+  cr_assert_eq(o1.nodes[1].bus_port, 7002);
+  cr_assert_eq(o2.nodes[0].role, 3);
+  cr_assert_eq(o2.nodes[0].workers, 4);
+  /* key layout */
+  redisReply *v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:1");
+  cr_assert_str_eq(v->str, "3 4 1001 10.0.0.1 7001");
+  freeReplyObject(v);
+  long long pttl = rint_cmd("PTTL " CLUSTER ":{nodes}:n:1");
+  cr_assert(pttl > 0 && pttl <= 2000, "pttl %lld", pttl);
+  cr_assert_eq(rint_cmd("SCARD " CLUSTER ":{nodes}:all"), 2);
+  credis_close(r1);
+  credis_close(r2);
+  finish_loop();
+}
+
+Test(credis, silent_node_disappears_after_ttl) {
+  obs_t o1 = {0}, o2 = {0};
+  credis_t *r1 = open_r(&o1), *r2 = open_r(&o2);
+  credis_node_t n1 = node(1), n2 = node(2);
+  credis_register(r1, &n1, 50, 400);
+  credis_register(r2, &n2, 50, 400);
+  WAIT_FOR(o1.n == 2, DEADLINE_MS);
+  credis_close(r2); /* heartbeats stop, no deregistration: the key lives out its TTL */
+  int polls = o1.polls;
+  WAIT_FOR(o1.n == 1 && has_node(&o1, 1), DEADLINE_MS);
+  cr_assert_gt(o1.polls, polls);
+  /* the poll script removed the dead id from the set */
+  WAIT_FOR(rint_cmd("SISMEMBER " CLUSTER ":{nodes}:all 2") == 0, DEADLINE_MS);
+  cr_assert_eq(rint_cmd("SISMEMBER " CLUSTER ":{nodes}:all 1"), 1);
+  credis_close(r1);
+  finish_loop();
+}
+
+Test(credis, deregister_removes_at_once) {
+  obs_t o1 = {0}, o2 = {0};
+  credis_t *r1 = open_r(&o1), *r2 = open_r(&o2);
+  credis_node_t n1 = node(1), n2 = node(2);
+  credis_register(r1, &n1, 50, 60000);
+  credis_register(r2, &n2, 50, 60000);
+  WAIT_FOR(o1.n == 2, DEADLINE_MS);
+  credis_deregister(r2);
+  credis_close(r2); /* in the same loop turn: the DEL still goes out */
+  WAIT_FOR(o1.n == 1, DEADLINE_MS); /* long before the 60 s TTL */
+  cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":{nodes}:n:2"), 0);
+  credis_close(r1);
+  finish_loop();
+}
+
+Test(credis, close_from_on_nodes) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  o.close_on_nodes = r;
+  credis_node_t n1 = node(1);
+  credis_register(r, &n1, 20, 1000);
+  WAIT_FOR(o.polls == 1, DEADLINE_MS);
+  run_for(100);
+  cr_assert_eq(o.polls, 1, "no callback after credis_close");
+  cr_assert_eq(o.downs, 0);
+  finish_loop();
+}
+
+/* ---- session directory ----------------------------------------------------------------- */
+
+typedef struct dir_res {
+  int calls, ok, n;
+  char res[8][64];
+  credis_session_t s[8];
+} dir_res_t;
+
+static void dir_cb(void *ud, int ok, const char **resources, const credis_session_t *s, int n) {
+  dir_res_t *d = ud;
+  d->calls++;
+  d->ok = ok;
+  d->n = n;
+  for (int i = 0; i < n && i < 8; i++) {
+    snprintf(d->res[i], sizeof d->res[i], "%s", resources[i]);
+    d->s[i] = s[i];
+  }
+}
+
+static const credis_session_t *find_res(const dir_res_t *d, const char *res) {
+  for (int i = 0; i < d->n; i++)
+    if (strcmp(d->res[i], res) == 0) return &d->s[i];
+  return NULL;
+}
+
+Test(credis, directory_round_trip) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  credis_session_t a = {.node = 1, .thread = 2, .conn = 0x123456789abcULL, .priority = -5, .available = 1};
+  credis_session_t b = {.node = 3, .thread = 0, .conn = 7, .priority = 10, .available = 0};
+  credis_dir_set(r, "alice@x", "phone", &a);
+  credis_dir_set(r, "alice@x", "laptop", &b);
+  dir_res_t d = {0};
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  cr_assert_eq(d.calls, 0, "never inside the call");
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert(d.ok);
+  cr_assert_eq(d.n, 2);
+  const credis_session_t *p = find_res(&d, "phone");
+  cr_assert_not_null(p);
+  cr_assert(p->node == 1 && p->thread == 2 && p->conn == 0x123456789abcULL && p->priority == -5 &&
+            p->available == 1);
+  p = find_res(&d, "laptop");
+  cr_assert_not_null(p);
+  cr_assert(p->node == 3 && p->thread == 0 && p->conn == 7 && p->priority == 10 && p->available == 0);
+  /* key layout: <cluster>:s:{<bare>} hash, resource -> "node thread conn priority available" */
+  redisReply *v = redisCommand(g_raw, "HGET " CLUSTER ":s:{alice@x} laptop");
+  cr_assert_str_eq(v->str, "3 0 7 10 0");
+  freeReplyObject(v);
+  credis_dir_del(r, "alice@x", "phone");
+  memset(&d, 0, sizeof d);
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert(d.ok);
+  cr_assert_eq(d.n, 1);
+  cr_assert_str_eq(d.res[0], "laptop");
+  /* an unknown JID: no resources */
+  memset(&d, 0, sizeof d);
+  credis_dir_get(r, "nobody@x", dir_cb, &d);
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert(d.ok);
+  cr_assert_eq(d.n, 0);
+  credis_stats_t st;
+  credis_get_stats(r, &st);
+  cr_assert_eq(st.errors, 0);
+  cr_assert_eq(st.dropped, 0);
+  credis_close(r);
+  finish_loop();
+}
+
+/* 10,000 directory writes in one loop turn: all buffered, sent in few writes, all
+ * answered; then 100 in one turn: exactly ONE write(2), read by Redis in one go. */
+Test(credis, pipelining) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  credis_stats_t s0, s1;
+  credis_get_stats(r, &s0);
+  long long hset0 = info_num("commandstats", "cmdstat_hset");
+  if (hset0 < 0) hset0 = 0;
+  uint64_t t0 = uv_hrtime();
+  char bare[64], res[16];
+  for (int i = 0; i < 10000; i++) {
+    snprintf(bare, sizeof bare, "user%d@x", i % 2500);
+    snprintf(res, sizeof res, "r%d", i / 2500);
+    credis_session_t s = {.node = 1, .thread = (uint16_t)(i % 8), .conn = (uint64_t)i, .priority = 0, .available = 1};
+    credis_dir_set(r, bare, res, &s);
+  }
+  credis_get_stats(r, &s1);
+  cr_assert_eq(s1.commands - s0.commands, 10000);
+  cr_assert_eq(s1.writes, s0.writes, "nothing written inside the loop turn");
+  WAIT_FOR((credis_get_stats(r, &s1), s1.replies - s0.replies == 10000), DEADLINE_MS);
+  double ms = (double)(uv_hrtime() - t0) / 1e6;
+  cr_assert_eq(s1.errors, 0);
+  cr_assert_lt(s1.writes - s0.writes, 64, "%" PRIu64 " writes for 10000 commands", s1.writes - s0.writes);
+  cr_assert_lt(ms, 5000.0, "10000 pipelined HSETs took %.0f ms", ms);
+  cr_assert_eq(info_num("commandstats", "cmdstat_hset") - hset0, 10000);
+  cr_assert_eq(rint_cmd("HLEN " CLUSTER ":s:{user7@x}"), 4);
+
+  /* 100 commands in one turn: one write */
+  long long reads0 = info_num("stats", "total_reads_processed");
+  credis_get_stats(r, &s0);
+  for (int i = 0; i < 100; i++) {
+    credis_session_t s = {.node = 2, .conn = (uint64_t)i, .available = 1};
+    credis_dir_set(r, "bob@x", "res", &s);
+  }
+  WAIT_FOR((credis_get_stats(r, &s1), s1.replies - s0.replies == 100), DEADLINE_MS);
+  cr_assert_eq(s1.writes - s0.writes, 1, "%" PRIu64 " writes for 100 commands", s1.writes - s0.writes);
+  long long reads1 = info_num("stats", "total_reads_processed");
+  if (reads0 >= 0) /* Redis >= 6: its own count of read events (INFO's own included) */
+    cr_assert_leq(reads1 - reads0, 3, "%lld reads by Redis", reads1 - reads0);
+  credis_close(r);
+  finish_loop();
+}
+
+/* ---- shard map ------------------------------------------------------------------------- */
+
+typedef struct map_res {
+  int calls, ok;
+  uint64_t epoch;
+  uint32_t n, own[64];
+} map_res_t;
+
+static void map_cb(void *ud, int ok, uint64_t epoch, const uint32_t *owner, uint32_t n) {
+  map_res_t *m = ud;
+  m->calls++;
+  m->ok = ok;
+  m->epoch = epoch;
+  m->n = n;
+  for (uint32_t i = 0; i < n && i < 64; i++) m->own[i] = owner[i];
+}
+
+static map_res_t get_map(credis_t *r) {
+  map_res_t m = {0};
+  credis_shardmap_get(r, map_cb, &m);
+  WAIT_FOR(m.calls == 1, DEADLINE_MS);
+  return m;
+}
+
+Test(credis, shardmap_publish_and_epochs) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  map_res_t m = get_map(r);
+  cr_assert(m.ok);
+  cr_assert_eq(m.n, 0, "no map yet");
+  uint32_t own[64];
+  for (int i = 0; i < 64; i++) own[i] = (uint32_t)(1 + i % 3) << 16 | (uint32_t)(i % 4);
+  own[5] = 0xffffffffu;
+  credis_shardmap_publish(r, 5, own, 64);
+  m = get_map(r);
+  cr_assert(m.ok);
+  cr_assert_eq(m.epoch, 5);
+  cr_assert_eq(m.n, 64);
+  cr_assert_eq(memcmp(m.own, own, sizeof own), 0);
+  /* an older epoch is refused */
+  uint32_t other[2] = {1, 2};
+  credis_shardmap_publish(r, 4, other, 2);
+  m = get_map(r);
+  cr_assert_eq(m.epoch, 5);
+  cr_assert_eq(m.n, 64);
+  /* the script cache flushed (as after a Redis restart): EVALSHA -> NOSCRIPT -> EVAL */
+  freeReplyObject(redisCommand(g_raw, "SCRIPT FLUSH"));
+  credis_shardmap_publish(r, 6, other, 2);
+  /* the EVAL retry goes out after the GET sent behind the publish: ask until it shows */
+  WAIT_FOR((m = get_map(r), m.epoch == 6), DEADLINE_MS);
+  cr_assert_eq(m.n, 2);
+  cr_assert_eq(m.own[1], 2);
+  cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":{nodes}:shardmap"), 1);
+  credis_close(r);
+  finish_loop();
+}
+
+/* ---- outages --------------------------------------------------------------------------- */
+
+Test(credis, redis_killed_and_restarted) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  credis_node_t n1 = node(1);
+  credis_register(r, &n1, 50, 5000);
+  WAIT_FOR(o.polls >= 1 && o.n == 1, DEADLINE_MS);
+  redisFree(g_raw);
+  g_raw = NULL;
+  test_redis_kill(&g_redis);
+  WAIT_FOR(o.downs == 1, DEADLINE_MS);
+  cr_assert_eq(o.last_state, 0);
+  cr_assert(!credis_is_up(r));
+  /* while down: writes dropped and counted, reads fail on a later turn, no poll */
+  credis_stats_t s0, s1;
+  credis_get_stats(r, &s0);
+  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
+  credis_dir_set(r, "alice@x", "phone", &s);
+  credis_dir_del(r, "alice@x", "phone");
+  credis_get_stats(r, &s1);
+  cr_assert_eq(s1.dropped - s0.dropped, 2);
+  dir_res_t d = {0};
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  cr_assert_eq(d.calls, 0);
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert_eq(d.ok, 0);
+  int polls = o.polls;
+  run_for(300); /* several reconnect attempts against a closed port */
+  cr_assert_eq(o.polls, polls, "no on_nodes while down");
+  cr_assert_eq(o.ups, 1);
+  /* same port, empty Redis (nothing was saved) */
+  g_raw = test_redis_start(&g_redis, 0);
+  WAIT_FOR(o.ups == 2, DEADLINE_MS);
+  WAIT_FOR(o.polls > polls && o.n == 1 && has_node(&o, 1), DEADLINE_MS);
+  cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":{nodes}:n:1"), 1, "re-registered after the restart");
+  credis_get_stats(r, &s1);
+  cr_assert_eq(s1.reconnects, 1);
+  cr_assert_eq(o.downs, 1);
+  /* and the directory works again */
+  credis_dir_set(r, "alice@x", "phone", &s);
+  memset(&d, 0, sizeof d);
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert(d.ok);
+  cr_assert_eq(d.n, 1);
+  credis_close(r);
+  finish_loop();
+}
+
+Test(credis, close_while_disconnected) {
+  /* nothing listens on this port */
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", test_free_port());
+  obs_t o = {0};
+  credis_t *r = credis_new(&g_loop, addr, CLUSTER, &g_cbs, &o);
+  cr_assert_not_null(r);
+  credis_node_t n1 = node(1);
+  credis_register(r, &n1, 20, 100);
+  dir_res_t d = {0};
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  run_for(400);
+  cr_assert_eq(o.ups, 0);
+  cr_assert_eq(o.downs, 0, "down is reported only after an up");
+  cr_assert_eq(d.calls, 1);
+  cr_assert_eq(d.ok, 0);
+  credis_dir_get(r, "alice@x", dir_cb, &d); /* pending failure discarded by close */
+  credis_close(r);
+  run_for(50);
+  cr_assert_eq(d.calls, 1, "no callback after credis_close");
+  finish_loop();
+}
+
+Test(credis, close_while_connecting_and_at_once) {
+  obs_t o = {0};
+  /* closed in the same turn as created: the connect is in flight */
+  credis_t *r = open_r(&o);
+  credis_close(r);
+  /* closed after a few turns, up or not */
+  credis_t *r2 = open_r(&o);
+  uv_run(&g_loop, UV_RUN_NOWAIT);
+  credis_close(r2);
+  /* unix socket that does not exist */
+  char addr[128];
+  snprintf(addr, sizeof addr, "unix:%s/none.sock", g_dir);
+  credis_t *r3 = credis_new(&g_loop, addr, CLUSTER, &g_cbs, &o);
+  cr_assert_not_null(r3);
+  run_for(150);
+  credis_close(r3);
+  finish_loop();
+  cr_assert_eq(o.downs, 0);
+}
+
+Test(credis, password_and_db) {
+  freeReplyObject(redisCommand(g_raw, "CONFIG SET requirepass s3cret"));
+  freeReplyObject(redisCommand(g_raw, "AUTH s3cret"));
+  char addr[128];
+  obs_t bad = {0};
+  snprintf(addr, sizeof addr, "127.0.0.1:%d password=wrong", g_redis.port);
+  credis_t *rb = credis_new(&g_loop, addr, CLUSTER, &g_cbs, &bad);
+  cr_assert_not_null(rb);
+  obs_t o = {0};
+  snprintf(addr, sizeof addr, "127.0.0.1:%d db=3\tpassword=s3cret", g_redis.port);
+  credis_t *r = credis_new(&g_loop, addr, CLUSTER, &g_cbs, &o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  credis_session_t s = {.node = 9, .conn = 1, .available = 1};
+  credis_dir_set(r, "alice@x", "phone", &s);
+  dir_res_t d = {0};
+  credis_dir_get(r, "alice@x", dir_cb, &d);
+  WAIT_FOR(d.calls == 1, DEADLINE_MS);
+  cr_assert_eq(d.n, 1);
+  freeReplyObject(redisCommand(g_raw, "SELECT 3"));
+  cr_assert_eq(rint_cmd("HEXISTS " CLUSTER ":s:{alice@x} phone"), 1);
+  freeReplyObject(redisCommand(g_raw, "SELECT 0"));
+  cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":s:{alice@x}"), 0);
+  run_for(300);
+  cr_assert_eq(bad.ups, 0, "a wrong password is never up");
+  cr_assert(!credis_is_up(rb));
+  credis_close(rb);
+  credis_close(r);
+  finish_loop();
+}
+
+Test(credis, bad_address_or_cluster) {
+  const char *bad[] = {"", "127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:x", ":6379", "unix:",
+                       "[::1", "127.0.0.1:6379 db=-1", "127.0.0.1:6379 nonsense=1"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    cr_assert_null(credis_new(&g_loop, bad[i], CLUSTER, &g_cbs, NULL), "%s", bad[i]);
+  const char *badc[] = {"", "a{b", "a}b", "a b", NULL};
+  for (size_t i = 0; i < sizeof badc / sizeof badc[0]; i++)
+    cr_assert_null(credis_new(&g_loop, g_addr, badc[i], &g_cbs, NULL), "cluster %zu", i);
+  finish_loop();
+}
