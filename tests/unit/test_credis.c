@@ -548,3 +548,28 @@ Test(credis, bad_address_or_cluster) {
     cr_assert_null(credis_new(&g_loop, g_addr, badc[i], &g_cbs, NULL), "cluster %zu", i);
   finish_loop();
 }
+
+/* A Redis that accepts but never answers (SIGSTOP): the handshake times out and is retried;
+ * credis_close's graceful drain gives up after its bound. */
+Test(credis, frozen_redis) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
+  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
+  credis_dir_set(r, "alice@x", "phone", &s); /* written, never answered */
+  run_for(50);
+  uint64_t t0 = uv_hrtime();
+  credis_close(r);
+  obs_t o2 = {0};
+  credis_t *r2 = open_r(&o2); /* connects (the kernel accepts), no answer to the handshake */
+  run_for(2500);
+  cr_assert_eq(o2.ups, 0);
+  cr_assert_eq(kill(g_redis.pid, SIGCONT), 0);
+  WAIT_FOR(o2.ups == 1, DEADLINE_MS);
+  credis_close(r2);
+  finish_loop();
+  double ms = (double)(uv_hrtime() - t0) / 1e6;
+  cr_assert_lt(ms, 8000.0, "closing took %.0f ms", ms);
+  cr_assert_eq(o.downs, 0, "no callback after close");
+}
