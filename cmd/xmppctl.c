@@ -618,7 +618,7 @@ int main(int argc, char **argv) {
   ctl_t c;
   memset(&c, 0, sizeof c);
   char *err = NULL;
-  if (config_load(&c.cfg, config_path, &err) != 0) {
+  if (config_load(&c.cfg, config_path, &err) != 0 || config_apply_env(&c.cfg, &err) != 0) {
     fprintf(stderr, "xmppctl: %s\n", err ? err : "cannot load the configuration");
     xfree(err);
     config_free(&c.cfg);

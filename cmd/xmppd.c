@@ -6,6 +6,8 @@
  * Start-up order: config, storage check, router workers, edge threads (listening).
  * SIGINT/SIGTERM: edges stop accepting and send <system-shutdown/>, sessions end,
  * routers drain their queues (bounced messages reach offline storage), then all stop.
+ * --role edge|router (cluster.role) runs one half; with cluster.node_id set the process
+ * joins a cluster through Redis (common/cluster.c, docs/cluster.md).
  * SIGHUP: the TLS certificate and key are loaded again (sessions are not dropped). */
 #include <getopt.h>
 #include <signal.h>
@@ -20,6 +22,7 @@
 
 #include "common/alloc.h"
 #include "common/bus.h"
+#include "common/cluster.h"
 #include "common/config.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -31,8 +34,9 @@
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: xmppd [-c FILE] [--set section.key=value]... [--check-config]\n"
-          "             [--print-config] [--print-reference] [--version]\n"
+          "usage: xmppd [-c FILE] [--role all|edge|router] [--set section.key=value]...\n"
+          "             [--check-config] [--print-config] [--print-reference] [--version]\n"
+          "      --role ROLE       same as --set cluster.role=ROLE (docs/cluster.md)\n"
           "  -c, --config FILE     configuration file (INI); defaults apply without one\n"
           "  -s, --set K=V         override one option, e.g. --set c2s.port=5333\n"
           "      --check-config    validate the configuration and exit (0 = valid)\n"
@@ -49,7 +53,9 @@ static void on_signal(uv_signal_t *h, int sig) {
   uv_stop(h->loop);
 }
 
-static void on_sighup(uv_signal_t *h, int sig) { edge_reload_tls(h->data); }
+static void on_sighup(uv_signal_t *h, int sig) {
+  if (h->data) edge_reload_tls(h->data);
+}
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
 
@@ -102,12 +108,14 @@ int main(int argc, char **argv) {
       {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 's'},
       {"check-config", no_argument, 0, 'k'}, {"print-config", no_argument, 0, 'p'},
       {"print-reference", no_argument, 0, 'r'}, {"version", no_argument, 0, 'V'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+      {"help", no_argument, 0, 'h'},         {"role", required_argument, 0, 'R'}, {0, 0, 0, 0}};
+  const char *role_arg = NULL;
   int ch;
   while ((ch = getopt_long(argc, argv, "c:s:h", longopts, NULL)) != -1) {
     switch (ch) {
     case 'c': conf_path = optarg; break;
     case 's': sets[nsets++] = optarg; break;
+    case 'R': role_arg = optarg; break;
     case 'k': check = 1; break;
     case 'p': print = 1; break;
     case 'r': config_print_reference(stdout); return 0;
@@ -118,7 +126,7 @@ int main(int argc, char **argv) {
   }
   xmpp_config_t cfg;
   char *err = NULL;
-  int bad = config_load(&cfg, conf_path, &err) != 0;
+  int bad = config_load(&cfg, conf_path, &err) != 0 || config_apply_env(&cfg, &err) != 0;
   for (int i = 0; !bad && i < nsets; i++) {
     char *eq = strchr(sets[i], '=');
     if (!eq) {
@@ -130,6 +138,7 @@ int main(int argc, char **argv) {
     bad = config_set(&cfg, sets[i], eq + 1, &err) != 0;
   }
   xfree(sets);
+  if (!bad && role_arg) bad = config_set(&cfg, "cluster.role", role_arg, &err) != 0;
   if (!bad && config_validate(&cfg, &err) != 0) bad = 1;
   if (bad) {
     if (err) fprintf(stderr, "xmppd: configuration error: %s\n", err);
@@ -156,12 +165,13 @@ int main(int argc, char **argv) {
   store_close(probe);
 
   int cores = (int)uv_available_parallelism();
+  int role = config_role(&cfg);
   bus_t bus = {0};
   bus.nshards = (uint32_t)cfg.shards;
-  bus.nedges = cfg.io_threads ? cfg.io_threads : cores;
-  bus.nworkers = cfg.router_workers ? cfg.router_workers : cores;
-  bus.edge_q = xcalloc((size_t)bus.nedges, sizeof *bus.edge_q);
-  bus.worker_q = xcalloc((size_t)bus.nworkers, sizeof *bus.worker_q);
+  bus.nedges = (role & ROLE_EDGE) ? (cfg.io_threads ? cfg.io_threads : cores) : 0;
+  bus.nworkers = (role & ROLE_ROUTER) ? (cfg.router_workers ? cfg.router_workers : cores) : 0;
+  bus.edge_q = xcalloc((size_t)bus.nedges + 1, sizeof *bus.edge_q);
+  bus.worker_q = xcalloc((size_t)bus.nworkers + 1, sizeof *bus.worker_q);
 
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -170,18 +180,25 @@ int main(int argc, char **argv) {
   }
   getrlimit(RLIMIT_NOFILE, &rl);
 
-  router_t *router = router_create(&cfg, &bus);
-  if (!router) return 1;
-  edge_t *edge = edge_create(&cfg, &bus);
-  if (!edge) return 1;
-  if (router_start(router) != 0 || edge_start(edge) != 0) {
+  router_t *router = NULL;
+  edge_t *edge = NULL;
+  cluster_t *cluster = NULL;
+  if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
+  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus))) return 1;
+  /* a cluster node: links, registry and shard map, before any thread sends a frame */
+  if (cfg.cluster_node && !(cluster = cluster_start(&cfg, &bus, role))) return 1;
+  if ((router && router_start(router) != 0) || (edge && edge_start(edge) != 0)) {
     log_error("cannot start threads");
     return 1;
   }
-  log_info("xmppd %s serving %s: STARTTLS port %d, direct TLS port %d, %d I/O threads, %d router workers, "
-           "%u shards, open-file limit %llu",
-           XMPPD_VERSION, cfg.domain, cfg.c2s_port, cfg.c2s_tls_port, bus.nedges, bus.nworkers, bus.nshards,
-           (unsigned long long)rl.rlim_cur);
+  if (edge)
+    log_info("xmppd %s serving %s: STARTTLS port %d, direct TLS port %d, %d I/O threads, %d router workers, "
+             "%u shards, open-file limit %llu",
+             XMPPD_VERSION, cfg.domain, cfg.c2s_port, cfg.c2s_tls_port, bus.nedges, bus.nworkers, bus.nshards,
+             (unsigned long long)rl.rlim_cur);
+  else
+    log_info("xmppd %s router for %s: %d router workers, %u shards, open-file limit %llu", XMPPD_VERSION,
+             cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &sigint_h);
@@ -189,7 +206,7 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_signal_init(loop, &sighup_h);
-  sighup_h.data = edge;
+  sighup_h.data = edge; /* NULL on a router: nothing to reload */
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   uv_signal_init(loop, &sigusr1_h);
   uv_signal_start(&sigusr1_h, on_memstats, SIGUSR1);
@@ -200,15 +217,17 @@ int main(int argc, char **argv) {
    * 2. while edges still run, routers handle the closes; a message already on its way to
    *    a closed connection comes back as BOUNCE and goes to offline storage;
    * 3. edges end; 4. routers finish what remains, then end. */
-  edge_stop(edge);
+  if (edge) edge_stop(edge);
   uv_timer_t settle;
   uv_timer_init(loop, &settle);
   uv_timer_start(&settle, settle_cb, 200, 0); /* let clients read their stream error */
   uv_run(loop, UV_RUN_DEFAULT);
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
-  edge_join(edge);
+  if (edge) edge_join(edge);
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
-  router_stop(router);
+  if (router) router_stop(router);
+  /* last: what the routers sent to other nodes is written and acknowledged */
+  if (cluster) cluster_stop(cluster);
   uv_close((uv_handle_t *)&settle, NULL);
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
@@ -216,8 +235,9 @@ int main(int argc, char **argv) {
   uv_close((uv_handle_t *)&sigusr1_h, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
-  edge_free(edge);
+  if (edge) edge_free(edge);
   router_free(router);
+  cluster_free(cluster);
   xfree(bus.edge_q);
   xfree(bus.worker_q);
   config_free(&cfg);

@@ -2,12 +2,14 @@
 
 #include <time.h>
 
+#include "common/cluster.h"
 #include "common/err.h"
 
 static uint64_t pending(bus_t *b) {
   uint64_t n = 0;
   for (int i = 0; i < b->nworkers; i++) n += bus_queue_pending(&b->worker_q[i]);
   for (int i = 0; i < b->nedges; i++) n += bus_queue_pending(&b->edge_q[i]);
+  if (b->cluster) n += cluster_pending(b->cluster);
   return n;
 }
 

@@ -1,37 +1,18 @@
 /* The bus as the rest of the code sees it: where a frame goes.
  *
- * In one process (xmppd --role all) frames move through bus_queue_t's; the shard of a
- * bare JID is hash_shard(bare) mod S, and shard s is served by worker s mod M.
- * The cluster will put TCP links behind these same three calls. */
+ * In one process frames move through bus_queue_t's; the shard of a bare JID is
+ * hash_shard(bare) mod S, and shard s is served by worker s mod M. In a cluster
+ * (cluster.node_id set) the shard map says which node and worker own each shard, and
+ * frames for other nodes go through the cluster thread onto TCP bus links; the callers
+ * below do not change. */
 #ifndef XMPP_BUS_H
 #define XMPP_BUS_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "common/bus_queue.h"
 #include "common/hash.h"
-
-typedef struct bus {
-  uint32_t nshards;
-  int nworkers;
-  int nedges;
-  bus_queue_t *worker_q; /* [nworkers], each owned by its router worker */
-  bus_queue_t *edge_q;   /* [nedges], each owned by its edge I/O thread */
-} bus_t;
-
-static inline int bus_worker_of(const bus_t *b, const char *bare, size_t len) {
-  return (int)(hash_shard(bare, len, b->nshards) % (uint32_t)b->nworkers);
-}
-static inline void bus_to_router(bus_t *b, const char *bare, size_t len, bus_msg_t *m) {
-  bus_queue_push(&b->worker_q[bus_worker_of(b, bare, len)], m);
-}
-static inline void bus_to_edge(bus_t *b, uint16_t thread, bus_msg_t *m) {
-  if (thread < b->nedges) bus_queue_push(&b->edge_q[thread], m);
-  else bus_msg_free(m);
-}
-/* Waits until every queue is empty and stays so for a moment, at most timeout_ms.
- * Returns 0 when quiet, XMPP_AGAIN on timeout. Main thread, during shutdown. */
-int bus_quiesce(bus_t *b, int timeout_ms);
 
 /* Length of the bare part of a normalised JID (up to the first '/'). */
 static inline size_t bus_bare_len(const char *jid, size_t len) {
@@ -39,5 +20,72 @@ static inline size_t bus_bare_len(const char *jid, size_t len) {
     if (jid[i] == '/') return i;
   return len;
 }
+
+typedef struct cluster cluster_t;
+
+typedef struct bus {
+  uint32_t nshards;
+  int nworkers;          /* router workers in this process (0 on an edge node) */
+  int nedges;            /* edge I/O threads in this process (0 on a router node) */
+  bus_queue_t *worker_q; /* [nworkers], each owned by its router worker */
+  bus_queue_t *edge_q;   /* [nedges], each owned by its edge I/O thread */
+  /* Cluster (common/cluster.c); all zero in a single process. */
+  uint16_t node;         /* this node's id, stamped in every bus_addr_t it hands out */
+  cluster_t *cluster;
+  /* [nshards]: shard -> (node << 16 | worker), written by the cluster thread when the
+   * shard map changes, read by everyone (relaxed: a frame sent with a stale owner is
+   * forwarded by the node that gets it). 0 = no live router yet. */
+  _Atomic uint32_t *owner;
+} bus_t;
+
+#define BUS_OWNER(node, worker) ((uint32_t)(node) << 16 | (uint32_t)(worker))
+#define BUS_OWNER_NODE(o) ((uint16_t)((o) >> 16))
+#define BUS_OWNER_WORKER(o) ((uint16_t)((o) & 0xffff))
+
+static inline uint32_t bus_shard_of(const bus_t *b, const char *bare, size_t len) {
+  return hash_shard(bare, len, b->nshards);
+}
+/* Hands a frame to the cluster thread, which sends it on the link to its node
+ * (common/cluster.c). Any thread. */
+void bus_remote(bus_t *b, bus_msg_t *m);
+
+/* Sends m to the router worker owning shard: in this process when this node owns it,
+ * else over the cluster. */
+static inline void bus_to_shard(bus_t *b, uint32_t shard, bus_msg_t *m) {
+  if (!b->owner) {
+    bus_queue_push(&b->worker_q[shard % (uint32_t)b->nworkers], m);
+    return;
+  }
+  uint32_t o = atomic_load_explicit(&b->owner[shard], memory_order_relaxed);
+  if (BUS_OWNER_NODE(o) == b->node && b->nworkers)
+    bus_queue_push(&b->worker_q[BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers], m);
+  else
+    bus_remote(b, m);
+}
+static inline void bus_to_router(bus_t *b, const char *bare, size_t len, bus_msg_t *m) {
+  bus_to_shard(b, bus_shard_of(b, bare, len), m);
+}
+static inline void bus_to_edge(bus_t *b, const bus_addr_t *dst, bus_msg_t *m) {
+  if (dst->node == b->node && dst->thread < b->nedges) bus_queue_push(&b->edge_q[dst->thread], m);
+  else if (b->cluster && dst->node != b->node) bus_remote(b, m);
+  else bus_msg_free(m);
+}
+/* Frames for a router: their shard is the sender's for what a client did, the
+ * recipient's for what is routed to an account. */
+static inline int bus_router_kind(uint8_t k) {
+  return k == BUS_C2S || k == BUS_ROUTE || k == BUS_SESSION_OPEN || k == BUS_SESSION_CLOSE || k == BUS_BOUNCE;
+}
+static inline uint32_t bus_frame_shard(const bus_t *b, const bus_frame_t *f) {
+  int by_from = f->kind == BUS_C2S || f->kind == BUS_SESSION_OPEN || f->kind == BUS_SESSION_CLOSE;
+  const char *j = by_from ? f->from : f->to;
+  size_t n = by_from ? f->from_len : f->to_len;
+  return bus_shard_of(b, j, bus_bare_len(j, n));
+}
+static inline int bus_addr_eq(const bus_addr_t *a, const bus_addr_t *b) {
+  return a->node == b->node && a->thread == b->thread && a->conn == b->conn;
+}
+/* Waits until every queue is empty and stays so for a moment, at most timeout_ms.
+ * Returns 0 when quiet, XMPP_AGAIN on timeout. Main thread, during shutdown. */
+int bus_quiesce(bus_t *b, int timeout_ms);
 
 #endif

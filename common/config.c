@@ -6,6 +6,7 @@
  * alike. --check-config and docs/configuration.md come from the same rows. */
 #include "common/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -69,6 +70,19 @@ static const conf_opt_t opts[] = {
   {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file (backend `sqlite`)"},
   {"storage", "redis", CT_STR, 1, 4095, "127.0.0.1:6379", O(store_redis), "Redis server (backend `redis`): `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`, optionally followed by ` db=N` and ` password=SECRET`"},
   {"storage", "scram_iterations", CT_INT, 4096, 1000000, "4096", O(scram_iterations), "PBKDF2 iterations for new credentials"},
+  {"cluster", "role", CT_STR, 1, 16, "all", O(cluster_role), "`all` (edge + router in one process), `edge` (client connections) or `router` (shards); [cluster.md](cluster.md)"},
+  {"cluster", "node_id", CT_INT, 0, 65535, "0", O(cluster_node), "this node's id, unique in the cluster (0 = single process, no cluster)"},
+  {"cluster", "redis", CT_STR, 0, 4095, "", O(cluster_redis), "Redis holding the node registry, shard map and session directory (same syntax as `storage.redis`); needed when `node_id` is set"},
+  {"cluster", "name", CT_STR, 1, 64, "xmpp", O(cluster_name), "cluster name: prefix of its Redis keys"},
+  {"cluster", "bus_address", CT_STR, 1, 255, "127.0.0.1", O(bus_addr), "address bus links from other nodes are accepted on"},
+  {"cluster", "bus_port", CT_INT, 0, 65535, "5270", O(bus_port), "port bus links are accepted on (0 = any free port, advertised as bound)"},
+  {"cluster", "advertise", CT_STR, 0, 255, "", O(bus_advertise), "numeric address other nodes dial to reach this one (empty = `bus_address`)"},
+  {"cluster", "heartbeat_ms", CT_INT, 100, 60000, "1000", O(heartbeat_ms), "node registry refresh and bus link heartbeat period"},
+  {"cluster", "node_ttl_ms", CT_INT, 300, 600000, "3000", O(node_ttl_ms), "a node whose registration is this old is dead: its sessions end, its shards move"},
+  {"cluster", "max_wait_ms", CT_INT, 100, 600000, "10000", O(link_max_wait_ms), "how long a frame waits for a down bus link; then it is re-routed if its shard moved, else the sender gets a stanza error"},
+  {"cluster", "tls_certificate", CT_STR, 0, 4095, "", O(bus_tls_cert), "PEM certificate for mutual TLS on bus links (with `tls_key` and `tls_ca`; empty = plain TCP)"},
+  {"cluster", "tls_key", CT_STR, 0, 4095, "", O(bus_tls_key), "PEM private key for bus links"},
+  {"cluster", "tls_ca", CT_STR, 0, 4095, "", O(bus_tls_ca), "PEM CA that signs every node's bus certificate"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
@@ -299,7 +313,62 @@ int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const cha
   return rc;
 }
 
+int config_role(const xmpp_config_t *c) {
+  if (strcmp(c->cluster_role, "edge") == 0) return ROLE_EDGE;
+  if (strcmp(c->cluster_role, "router") == 0) return ROLE_ROUTER;
+  if (strcmp(c->cluster_role, "all") == 0) return ROLE_ALL;
+  return 0;
+}
+
+int config_apply_env(xmpp_config_t *c, char **err) {
+  for (size_t i = 0; i < NOPTS; i++) {
+    char name[96];
+    snprintf(name, sizeof name, "XMPPD_%s_%s", opts[i].section, opts[i].key);
+    for (char *p = name; *p; p++) *p = (char)toupper((unsigned char)*p);
+    const char *v = getenv(name);
+    if (!v) continue;
+    char *why = NULL;
+    if (set_opt(c, &opts[i], v, &why) != 0) {
+      if (err) *err = xstrfmt("environment %s: %s", name, why ? why : "invalid");
+      xfree(why);
+      return XMPP_EINVAL;
+    }
+  }
+  return 0;
+}
+
+static int validate_cluster(const xmpp_config_t *c, char **err) {
+  int role = config_role(c);
+  if (!role) {
+    if (err) *err = xstrfmt("cluster.role: '%s' is not all, edge or router", c->cluster_role);
+    return XMPP_EINVAL;
+  }
+  if (role != ROLE_ALL && c->cluster_node == 0) {
+    if (err) *err = xstrfmt("cluster.role %s needs cluster.node_id (1-65535) and cluster.redis", c->cluster_role);
+    return XMPP_EINVAL;
+  }
+  if (c->cluster_node && !c->cluster_redis[0]) {
+    if (err) *err = xstrfmt("cluster.node_id is set: cluster.redis must name the cluster's Redis");
+    return XMPP_EINVAL;
+  }
+  if (c->cluster_node && strcmp(c->store_backend, "redis") != 0) {
+    if (err) *err = xstrfmt("a cluster node (cluster.node_id set) needs storage.backend = redis: every router must see the same accounts, rosters and offline queues");
+    return XMPP_EINVAL;
+  }
+  int tls = !!c->bus_tls_cert[0] + !!c->bus_tls_key[0] + !!c->bus_tls_ca[0];
+  if (tls != 0 && tls != 3) {
+    if (err) *err = xstrfmt("cluster.tls_certificate, tls_key and tls_ca must be set together");
+    return XMPP_EINVAL;
+  }
+  if (c->node_ttl_ms < 2 * c->heartbeat_ms) {
+    if (err) *err = xstrfmt("cluster.node_ttl_ms (%d) must be at least twice cluster.heartbeat_ms (%d)", c->node_ttl_ms, c->heartbeat_ms);
+    return XMPP_EINVAL;
+  }
+  return 0;
+}
+
 int config_validate(const xmpp_config_t *c, char **err) {
+  if (validate_cluster(c, err) != 0) return XMPP_EINVAL;
   if (log_level_parse(c->log_level) < 0) {
     if (err) *err = xstrfmt("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
     return XMPP_EINVAL;
@@ -308,6 +377,7 @@ int config_validate(const xmpp_config_t *c, char **err) {
     if (err) *err = xstrfmt("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
   }
+  if (!(config_role(c) & ROLE_EDGE)) return 0; /* a router has no client listeners */
   if (c->c2s_port == 0 && c->c2s_tls_port == 0) {
     if (err) *err = xstrfmt("c2s.port and c2s.tls_port are both 0: nothing to listen on");
     return XMPP_EINVAL;

@@ -48,7 +48,23 @@ typedef struct xmpp_config {
   char *store_path;  /* backend sqlite: the database file */
   char *store_redis; /* backend redis: the server's address (see store_open) */
   int scram_iterations;
+  /* [cluster] (docs/cluster.md) */
+  char *cluster_role;      /* all | edge | router */
+  int cluster_node;        /* node id; 0 = single process, no cluster */
+  char *cluster_redis;     /* Redis of the node registry, shard map and session directory */
+  char *cluster_name;      /* prefix of the cluster's Redis keys */
+  char *bus_addr;          /* where bus links from other nodes are accepted */
+  int bus_port;
+  char *bus_advertise;     /* address other nodes dial ("" = bus_addr) */
+  int heartbeat_ms;        /* node registry and bus link heartbeat */
+  int node_ttl_ms;         /* a node missing its heartbeats this long is dead */
+  int link_max_wait_ms;    /* how long frames wait for a down link before a stanza error */
+  char *bus_tls_cert, *bus_tls_key, *bus_tls_ca; /* mutual TLS on bus links (all or none) */
 } xmpp_config_t;
+
+enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };
+/* cluster.role as ROLE_* bits (config_validate has checked it). */
+int config_role(const xmpp_config_t *c);
 
 /* Fills defaults. */
 void config_defaults(xmpp_config_t *c);
@@ -60,6 +76,10 @@ int config_load_buffer(xmpp_config_t *c, const char *data, size_t len, const cha
                        char **err);
 /* Sets one option by "section.key"; validates type and bounds. 0 or XMPP_EINVAL with *err. */
 int config_set(xmpp_config_t *c, const char *key, const char *value, char **err);
+/* Applies XMPPD_<SECTION>_<KEY> environment variables (upper case, e.g.
+ * XMPPD_CLUSTER_NODE_ID) for every known option: defaults < file < environment < --set.
+ * 0 or XMPP_EINVAL with *err naming the variable. */
+int config_apply_env(xmpp_config_t *c, char **err);
 /* Cross-option checks (files readable, ports distinct...). 0 or XMPP_EINVAL with *err. */
 int config_validate(const xmpp_config_t *c, char **err);
 void config_free(xmpp_config_t *c);

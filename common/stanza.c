@@ -348,3 +348,18 @@ int xnode_serialize_encoded(const uint8_t *p, size_t len, const char *parent_ns,
   }
   return 0;
 }
+
+xnode_t *stanza_error_reply(arena_t *a, const xnode_t *st, const char *type, const char *cond) {
+  const char *t = xnode_attr(st, "type");
+  if (t && !strcmp(t, "error")) return NULL;
+  xnode_t *e = xnode_new(a, st->name, st->ns);
+  for (uint32_t i = 0; i < st->nattrs; i++)
+    if (strcmp(st->attrs[2 * i], "type")) xnode_set_attr(a, e, st->attrs[2 * i], st->attrs[2 * i + 1]);
+  xnode_set_attr(a, e, "type", "error");
+  /* the original payload may be included (§8.3.1); it is */
+  for (xnode_t *c = st->children; c; c = c->next) xnode_append(e, xnode_copy(a, c));
+  xnode_t *err = xnode_add(a, e, "error", st->ns);
+  xnode_set_attr(a, err, "type", type);
+  xnode_add(a, err, cond, NS_STANZA_ERR);
+  return e;
+}

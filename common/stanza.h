@@ -72,6 +72,10 @@ xnode_t *xnode_copy(arena_t *a, const xnode_t *n);
 
 /* Appends the XML text of n to out. parent_ns is the default namespace in scope where n
  * is written (NS_CLIENT for stanzas inside a client stream). */
+/* The error reply to stanza st (RFC 6120 §8.3): same name, attributes and payload,
+ * type='error' and <error type='TYPE'><COND xmlns='...stanzas'/></error>; addresses are
+ * the caller's. NULL when st is itself an error (never answer an error, §8.3.1). */
+xnode_t *stanza_error_reply(arena_t *a, const xnode_t *st, const char *type, const char *cond);
 void xnode_serialize(const xnode_t *n, const char *parent_ns, buf_t *out);
 void xml_escape(buf_t *out, const char *s, size_t len, int in_attr);
 

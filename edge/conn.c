@@ -74,6 +74,7 @@ static void conn_release(conn_t *c) {
   sasl_cleanup(c);
   edge_release_held(c);
   jid_free(&c->jid);
+  xfree(c->presence);
   xfree(c);
 }
 

@@ -134,6 +134,10 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     th->index = i;
     th->cfg = cfg;
     th->bus = bus;
+    /* connection ids start at a random generation: after an edge node restarts, its new
+     * connections never carry the id of a session a router still remembers */
+    uv_random(NULL, NULL, &th->generation, sizeof th->generation, 0, NULL);
+    th->generation &= 0x7fffffff;
     th->tls = e->tls;
     uv_loop_init(&th->loop);
     th->loop.data = th;

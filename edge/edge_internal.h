@@ -105,6 +105,11 @@ struct conn {
   scram_server_t *scram;
   char *auth_bare;      /* account being authenticated / authenticated */
   jid_t jid;            /* bound full JID */
+  /* cluster only: the last broadcast presence (encoded) and the shard owner the session
+   * was announced to, for re-announcing it when its shard moves (docs/cluster.md) */
+  uint8_t *presence;
+  size_t presence_len;
+  uint32_t announced;
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;
 };

@@ -15,7 +15,7 @@
 #include "common/log.h"
 
 static bus_addr_t here(const conn_t *c) {
-  bus_addr_t a = {0, (uint16_t)c->th->index, c->id};
+  bus_addr_t a = {c->th->bus->node, (uint16_t)c->th->index, c->id};
   return a;
 }
 
@@ -74,6 +74,27 @@ void edge_release_held(conn_t *c) {
   c->bind_id = NULL;
 }
 
+/* Cluster: the session's broadcast presence, kept so the session can be announced
+ * again, with it, to a router that takes over its shard. */
+static void remember_presence(conn_t *c, const char *type, buf_t *encoded) {
+  if (type && strcmp(type, "unavailable")) return; /* probes, errors, subscriptions */
+  xfree(c->presence);
+  c->presence = NULL;
+  c->presence_len = 0;
+  if (!type) {
+    c->presence = xmalloc(encoded->len);
+    memcpy(c->presence, encoded->data, encoded->len);
+    c->presence_len = encoded->len;
+  }
+}
+
+static uint32_t owner_of(const conn_t *c) {
+  bus_t *b = c->th->bus;
+  return b->owner ? atomic_load_explicit(&b->owner[bus_shard_of(b, c->jid.bare, strlen(c->jid.bare))],
+                                         memory_order_relaxed)
+                  : 0;
+}
+
 void edge_route_stanza(conn_t *c, xnode_t *s) {
   const char *from = xnode_attr(s, "from");
   if (from) {
@@ -120,6 +141,7 @@ void edge_route_stanza(conn_t *c, xnode_t *s) {
   f.payload = p.data;
   f.payload_len = p.len;
   send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+  if (c->th->bus->cluster && !tj.full && !strcmp(s->name, "presence")) remember_presence(c, type, &p);
   buf_free(&p);
   jid_free(&tj);
 }
@@ -130,7 +152,32 @@ void edge_session_open(conn_t *c) {
   f.src = here(c);
   f.from = c->jid.full;
   f.from_len = strlen(c->jid.full);
+  c->announced = owner_of(c);
   send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+}
+
+/* BUS_MAP: each bound session whose shard changed owner, or whose owner restarted
+ * (restarted_node), is announced to the owner again with its presence. The frame goes
+ * the way of the session's next stanzas, so the new owner has it first. */
+static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
+  size_t n = 0;
+  for (conn_t *c = th->all; c; c = c->next) {
+    if (!(c->bound || c->binding) || c->closing) continue;
+    uint32_t o = owner_of(c);
+    if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
+    c->announced = o;
+    bus_frame_t f = {0};
+    f.kind = BUS_SESSION_OPEN;
+    f.flags = BUS_F_REANNOUNCE;
+    f.src = here(c);
+    f.from = c->jid.full;
+    f.from_len = strlen(c->jid.full);
+    f.payload = c->presence;
+    f.payload_len = c->presence_len;
+    bus_to_router(th->bus, c->jid.bare, strlen(c->jid.bare), bus_msg_new(&f));
+    n++;
+  }
+  if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
 }
 
 void edge_session_close(conn_t *c) {
@@ -184,6 +231,8 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
       } else if (f.kind == BUS_SESSION_ACK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
         if (c && !c->closing) negotiate_bind_done(c, f.arg);
+      } else if (f.kind == BUS_MAP) {
+        reannounce(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_KICK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
         if (c) {

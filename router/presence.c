@@ -91,6 +91,20 @@ static int parse_priority(worker_t *w, const xnode_t *st) {
   return v < -128 ? -128 : v > 127 ? 127 : (int)v; /* RFC 6121 §4.7.2.3 */
 }
 
+void presence_restore(worker_t *w, session_t *s, const xnode_t *st) {
+  const char *type = st ? xnode_attr(st, "type") : NULL;
+  xfree(s->presence);
+  s->presence = NULL;
+  s->presence_len = 0;
+  s->available = st && !type;
+  if (!s->available) return;
+  s->priority = parse_priority(w, st);
+  buf_t b;
+  buf_init(&b);
+  xnode_encode(st, &b);
+  s->presence = buf_steal(&b, &s->presence_len);
+}
+
 void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
   const char *type = xnode_attr(st, "type");
   if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||

@@ -19,7 +19,7 @@
 #include "common/err.h"
 
 static int same_addr(const bus_addr_t *a, const bus_addr_t *b) {
-  return b && a->thread == b->thread && a->conn == b->conn;
+  return b && bus_addr_eq(a, b);
 }
 
 void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip) {

@@ -68,6 +68,7 @@ struct worker {
   const uint8_t *frame_payload;
   size_t frame_payload_len;
   buf_t scratch;        /* encoding buffer, reused */
+  struct credis *dir;   /* cluster: this worker's connection to the session directory */
 };
 
 struct router {
@@ -96,6 +97,26 @@ char *w_bare(worker_t *w, const char *jid);
 void session_open(worker_t *w, const bus_frame_t *f);
 void session_close(worker_t *w, const bus_frame_t *f);
 void session_free(session_t *s);
+/* Takes s out of u and frees it (no presence: the caller has sent what applies). */
+void session_remove(worker_t *w, user_t *u, session_t *s);
+
+/* failover.c: the cluster's view from a worker (docs/cluster.md) */
+/* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard
+ * moved here); the session and its presence are restored without a broadcast. */
+void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presence);
+/* BUS_MAP: users of shards this worker no longer owns are dropped (the new owner
+ * rebuilds them from the edges' re-announcements). */
+void worker_map_changed(worker_t *w);
+/* BUS_NODE_DOWN: sessions on that edge node end as if each had closed. */
+void worker_node_down(worker_t *w, uint16_t node);
+/* 1 when a router-bound frame's shard is owned by this worker (always in one process). */
+int worker_owns(const worker_t *w, const bus_frame_t *f);
+
+/* directory.c: the Redis session directory (cluster only; no-ops otherwise) */
+void dir_open(worker_t *w);
+void dir_session(worker_t *w, const session_t *s);      /* bound, or presence changed */
+void dir_session_gone(worker_t *w, const session_t *s);
+void dir_close(worker_t *w);
 
 /* route_message.c (RFC 6121 §8.5) */
 void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip);
@@ -108,6 +129,8 @@ void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st
 void presence_session_gone(worker_t *w, user_t *u, session_t *s);
 /* Sends each available resource's presence of u to 'to' (a bare JID). */
 void presence_send_current(worker_t *w, user_t *u, const char *to);
+/* Sets s's presence from a re-announcement, without broadcasting it. */
+void presence_restore(worker_t *w, session_t *s, const xnode_t *st);
 
 /* roster.c (RFC 6121 §2, §3) */
 void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq);

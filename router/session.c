@@ -33,13 +33,29 @@ static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
   a.arg = result;
   a.to = f->from;
   a.to_len = f->from_len;
-  bus_to_edge(w->bus, f->src.thread, bus_msg_new(&a));
+  bus_to_edge(w->bus, &f->src, bus_msg_new(&a));
+}
+
+void session_remove(worker_t *w, user_t *u, session_t *s) {
+  dir_session_gone(w, s);
+  unlink_session(u, s);
+  session_free(s);
 }
 
 void session_open(worker_t *w, const bus_frame_t *f) {
+  if (f->flags & BUS_F_REANNOUNCE) {
+    session_reannounce(w, f, w->frame_tree);
+    return;
+  }
   char *full = arena_strndup(&w->arena, f->from, f->from_len);
   user_t *u = user_get(w, w_bare(w, full));
   session_t *old = user_session(u, full);
+  if (old && bus_addr_eq(&old->at, &f->src)) {
+    /* the same connection again: its shard moved and the edge re-announced it before
+     * this (re-routed) bind arrived */
+    ack(w, f, BUS_ACK_OPEN);
+    return;
+  }
   if (!old) {
     int n = 0;
     for (session_t *s = u->sessions; s; s = s->next) n++;
@@ -54,10 +70,9 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     k.kind = BUS_KICK;
     k.dst = old->at;
     k.arg = BUS_KICK_CONFLICT;
-    bus_to_edge(w->bus, old->at.thread, bus_msg_new(&k));
+    bus_to_edge(w->bus, &old->at, bus_msg_new(&k));
     presence_session_gone(w, u, old);
-    unlink_session(u, old);
-    session_free(old);
+    session_remove(w, u, old);
     log_info("session %s replaced (conflict)", full);
   }
   session_t *s = xcalloc(1, sizeof *s);
@@ -67,6 +82,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   s->next = u->sessions;
   u->sessions = s;
   u->exists = 1;
+  dir_session(w, s);
   ack(w, f, BUS_ACK_OPEN);
   log_debug("session %s open at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
 }
@@ -75,9 +91,8 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   char *full = arena_strndup(&w->arena, f->from, f->from_len);
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
-  if (!s || s->at.thread != f->src.thread || s->at.conn != f->src.conn) return;
+  if (!s || !bus_addr_eq(&s->at, &f->src)) return;
   presence_session_gone(w, u, s);
-  unlink_session(u, s);
-  session_free(s);
+  session_remove(w, u, s);
   log_debug("session %s closed", full);
 }

@@ -104,7 +104,7 @@ static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const c
   f.to = to ? to : "";
   f.to_len = strlen(f.to);
   bus_msg_t *m = bus_msg_new(&f);
-  if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst->thread, m);
+  if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst, m);
   else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
 }
 
@@ -118,20 +118,9 @@ void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, u
 
 void w_error(worker_t *w, const char *from, const char *to, const xnode_t *st, const char *type,
              const char *cond) {
-  const char *t = xnode_attr(st, "type");
-  if (t && !strcmp(t, "error")) return; /* RFC 6120 §8.3.1: never answer an error */
   if (!from || !*from) return;
-  arena_t *a = &w->arena;
-  xnode_t *e = xnode_new(a, st->name, st->ns);
-  for (uint32_t i = 0; i < st->nattrs; i++)
-    if (strcmp(st->attrs[2 * i], "type")) xnode_set_attr(a, e, st->attrs[2 * i], st->attrs[2 * i + 1]);
-  xnode_set_attr(a, e, "type", "error");
-  /* RFC 6120 §8.3.1: the original payload may be included; we include it */
-  for (xnode_t *c = st->children; c; c = c->next) xnode_append(e, xnode_copy(a, c));
-  xnode_t *err = xnode_add(a, e, "error", st->ns);
-  xnode_set_attr(a, err, "type", type);
-  xnode_add(a, err, cond, NS_STANZA_ERR);
-  w_route(w, to && *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+  xnode_t *e = stanza_error_reply(&w->arena, st, type, cond);
+  if (e) w_route(w, to && *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
 }
 
 /* A stanza a bound client sent (processed at the sender's shard). */
@@ -140,9 +129,11 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
   char *to = arena_strndup(&w->arena, f->to, f->to_len);
   user_t *u = user_get(w, w_bare(w, from));
   session_t *s = user_session(u, from);
-  if (!s || s->at.thread != f->src.thread || s->at.conn != f->src.conn) return; /* stale */
+  if (!s || !bus_addr_eq(&s->at, &f->src)) return; /* stale */
   if (!strcmp(st->name, "presence")) {
+    int avail = s->available, prio = s->priority;
     presence_outbound(w, u, s, *to ? to : NULL, st);
+    if (s->available != avail || s->priority != prio) dir_session(w, s);
     return;
   }
   if (!strcmp(st->name, "iq")) {
@@ -210,6 +201,8 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
       handle_route(w, &b, st, &f->dst);
     }
     break;
+  case BUS_MAP: worker_map_changed(w); break;
+  case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: log_warn("router: unexpected frame kind %d", f->kind);
   }
 }
@@ -220,7 +213,17 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     bus_msg_t *m = batch;
     batch = m->next;
     bus_frame_t f;
-    if (bus_msg_frame(m, &f) == 0) handle_frame(w, &f);
+    if (bus_msg_frame(m, &f) != 0) {
+      bus_msg_free(m);
+      continue;
+    }
+    if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
+      /* its shard moved while it was on its way: on to the new owner */
+      m->next = NULL;
+      bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
+      continue;
+    }
+    handle_frame(w, &f);
     w->frame_tree = NULL; /* its bytes go with m */
     w->frame_payload = NULL;
     bus_msg_free(m);
@@ -236,6 +239,7 @@ static void stop_cb(uv_async_t *a) {
   uv_close((uv_handle_t *)&w->stop, close_noop);
   bus_queue_drain(&w->bus->worker_q[w->index]); /* nothing accepted is left behind */
   bus_queue_close(&w->bus->worker_q[w->index]);
+  dir_close(w);
 }
 
 static void thread_main(void *arg) {
@@ -271,6 +275,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     uv_async_init(&w->loop, &w->stop, stop_cb);
     w->stop.data = w;
     bus_queue_init(&bus->worker_q[i], &w->loop, queue_cb, w);
+    dir_open(w);
   }
   return r;
 }

@@ -12,70 +12,7 @@ import tempfile
 import time
 import unittest
 
-from harness import XMPPCTL, Client, RawStream, Server, free_port, run
-
-REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def resp(port, *args):
-    """One command over RESP on a fresh connection; returns the raw reply bytes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    out = b"*%d\r\n" % len(args)
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out += b"$%d\r\n%s\r\n" % (len(a), a)
-    s.sendall(out)
-    data = b""
-    s.settimeout(5)
-    while not data.endswith(b"\r\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    # bulk replies: read the announced length
-    if data.startswith(b"$") and not data.startswith(b"$-1"):
-        n = int(data[1:data.index(b"\r\n")])
-        while len(data) < data.index(b"\r\n") + 2 + n + 2:
-            data += s.recv(65536)
-    s.close()
-    return data
-
-
-class Redis:
-    def __init__(self):
-        if not os.access(REDIS_SERVER, os.X_OK):
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server, "
-                               "or deploy/install-deps.sh): the Redis integration tests cannot run")
-        self.dir = tempfile.mkdtemp(prefix="xmppd-redis-")
-        self.port = free_port()
-        self.proc = None
-
-    def start(self):
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-             "--daemonize", "no"], stdout=self.log, stderr=self.log)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start: see " + self.dir)
-            try:
-                if resp(self.port, "PING").startswith(b"+PONG"):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
-
-    def cleanup(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-
+from harness import XMPPCTL, Client, RawStream, Redis, Server, free_port, resp, run
 
 def ctl(srv, *args, stdin=None):
     return subprocess.run([XMPPCTL, "-c", srv.conf, *args], capture_output=True, text=True,

@@ -1,0 +1,480 @@
+/* The cluster thread: links to other nodes, the node registry, the shard map, failover.
+ * Design and guarantees: docs/cluster.md; interface: cluster.h. Everything below runs on
+ * the cluster thread's loop except bus_remote and cluster_pending. */
+#include "common/cluster.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "common/alloc.h"
+#include "common/bus_link.h"
+#include "common/credis.h"
+#include "common/log.h"
+#include "common/shardmap.h"
+#include "common/stanza.h"
+
+#define TICK_MS 200
+#define MAX_PENDING 200000 /* frames waiting for a shard owner or a node to appear */
+
+typedef struct peer {
+  credis_node_t info;
+  bus_link_t *out; /* our link to it: NULL when this node never sends to it */
+} peer_t;
+
+typedef struct pend {
+  bus_msg_t *m;
+  uint64_t since;
+} pend_t;
+
+struct cluster {
+  const xmpp_config_t *cfg;
+  bus_t *bus;
+  int role;
+  credis_node_t self;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  bus_queue_t in;      /* frames from local threads for other nodes */
+  uv_async_t stop;
+  uv_timer_t tick;
+  credis_t *redis;
+  bus_listener_t *listener;
+  bus_link_config_t lcfg;
+  peer_t *peers;       /* live peers (not self), sorted by id */
+  int npeers;
+  uint32_t *map;       /* the shard map as this thread computed it last */
+  uint64_t epoch;
+  uint64_t redis_up_ms; /* when Redis last came back (0: never up) */
+  pend_t *pend;
+  size_t npend, cap_pend;
+  arena_t arena;
+  int stopping;
+  uint64_t failed, rerouted;
+};
+
+static const bus_link_cbs_t link_cbs;
+
+/* ---- where a frame goes ---- */
+
+static peer_t *find_peer(cluster_t *c, uint16_t id) {
+  int lo = 0, hi = c->npeers - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (c->peers[mid].info.id == id) return &c->peers[mid];
+    if (c->peers[mid].info.id < id) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return NULL;
+}
+
+static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why);
+static void dispatch(cluster_t *c, bus_msg_t *m);
+
+static void pend_frame(cluster_t *c, bus_msg_t *m, uint64_t since) {
+  if (c->npend >= MAX_PENDING || c->stopping) {
+    fail_frame(c, m, "no route and the waiting list is full");
+    return;
+  }
+  if (c->npend == c->cap_pend) {
+    c->cap_pend = c->cap_pend ? c->cap_pend * 2 : 256;
+    c->pend = xrealloc(c->pend, c->cap_pend * sizeof *c->pend);
+  }
+  c->pend[c->npend++] = (pend_t){m, since ? since : uv_now(&c->loop)};
+}
+
+/* Sends m where it belongs now: a local queue, or the link of the node that owns it.
+ * A frame for a shard with no live owner yet, or for a node not (yet) in the registry,
+ * waits, at most max_wait_ms counted from since (0: now). */
+static void dispatch_since(cluster_t *c, bus_msg_t *m, uint64_t since) {
+  bus_t *b = c->bus;
+  bus_frame_t f;
+  m->next = NULL;
+  if (bus_msg_frame(m, &f) != 0) {
+    bus_msg_free(m);
+    return;
+  }
+  uint16_t node;
+  if (bus_router_kind(f.kind)) {
+    uint32_t o = c->map[bus_frame_shard(b, &f)];
+    if (!o) {
+      pend_frame(c, m, since);
+      return;
+    }
+    node = BUS_OWNER_NODE(o);
+    if (node == b->node) {
+      if (b->nworkers) bus_queue_push(&b->worker_q[BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers], m);
+      else fail_frame(c, m, "shard owned by this node, which has no router");
+      return;
+    }
+  } else {
+    node = f.dst.node;
+    if (node == b->node) {
+      if (f.dst.thread < b->nedges) bus_queue_push(&b->edge_q[f.dst.thread], m);
+      else bus_msg_free(m);
+      return;
+    }
+  }
+  peer_t *p = find_peer(c, node);
+  if (p && p->out) bus_link_send(p->out, m); /* on failure on_overflow has it */
+  else pend_frame(c, m, since); /* the map is about to change, or the node to appear */
+}
+
+static void dispatch(cluster_t *c, bus_msg_t *m) { dispatch_since(c, m, 0); }
+
+/* A frame that cannot be delivered (RFC 6120 §8.3.3.11 <recipient-unavailable/>: the
+ * failure is temporary, a retry may work). Never an error for an error. */
+static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
+  bus_frame_t f;
+  if (bus_msg_frame(m, &f) != 0) {
+    bus_msg_free(m);
+    return;
+  }
+  c->failed++;
+  xnode_t *st = NULL;
+  if (f.payload_len) xnode_decode(&c->arena, f.payload, f.payload_len, 256, &st);
+  const char *type = st ? xnode_attr(st, "type") : NULL;
+  int is_msg = st && !strcmp(st->name, "message");
+  int answerable = st && !(type && !strcmp(type, "error")) &&
+                   (is_msg || (!strcmp(st->name, "iq") && type && (!strcmp(type, "get") || !strcmp(type, "set"))));
+  if (f.kind == BUS_DELIVER && is_msg && !c->stopping) {
+    /* its connection is unreachable: back to the recipient's shard, which picks another
+     * resource or offline storage (as for a connection that closed) */
+    m->data[1] = BUS_BOUNCE;
+    log_debug("cluster: DELIVER to node %u bounced (%s)", f.dst.node, why);
+    dispatch(c, m);
+    arena_reset(&c->arena);
+    return;
+  }
+  if ((f.kind == BUS_C2S || f.kind == BUS_ROUTE) && answerable) {
+    xnode_t *e = stanza_error_reply(&c->arena, st, "wait", "recipient-unavailable");
+    buf_t p;
+    buf_init(&p);
+    xnode_encode(e, &p);
+    bus_frame_t r = {0};
+    r.flags = BUS_F_SERVER;
+    r.from = f.to_len ? f.to : c->cfg->domain;
+    r.from_len = f.to_len ? f.to_len : strlen(c->cfg->domain);
+    r.to = f.from;
+    r.to_len = f.from_len;
+    r.payload = p.data;
+    r.payload_len = p.len;
+    if (f.kind == BUS_C2S) {
+      /* the sender's own shard is unreachable: straight to its connection */
+      r.kind = BUS_DELIVER;
+      r.dst = f.src;
+    } else {
+      r.kind = BUS_ROUTE;
+    }
+    bus_msg_t *em = bus_msg_new(&r);
+    buf_free(&p);
+    log_info("cluster: %s from %.*s to %.*s not delivered (%s): sender gets <recipient-unavailable/>", st->name,
+             (int)f.from_len, f.from, (int)f.to_len, f.to, why);
+    bus_msg_free(m);
+    arena_reset(&c->arena);
+    dispatch(c, em);
+    return;
+  }
+  log_info("cluster: frame kind %u from %.*s dropped (%s)", f.kind, (int)f.from_len, f.from, why);
+  bus_msg_free(m);
+  arena_reset(&c->arena);
+}
+
+/* ---- links ---- */
+
+static void on_frames(bus_link_t *l, void *ud, bus_msg_t *batch) {
+  cluster_t *c = ud;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    dispatch(c, m);
+  }
+}
+
+static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
+  cluster_t *c = ud;
+  bus_frame_t f;
+  m->next = NULL;
+  if (bus_msg_frame(m, &f) == 0 && bus_router_kind(f.kind) && !c->stopping) {
+    uint32_t o = c->map[bus_frame_shard(c->bus, &f)];
+    if (o && BUS_OWNER_NODE(o) != bus_link_peer(l)) { /* its shard moved meanwhile */
+      c->rerouted++;
+      dispatch(c, m);
+      return;
+    }
+  }
+  fail_frame(c, m, "bus link down");
+}
+
+static void on_up(bus_link_t *l, void *ud, uint16_t node, uint8_t role) {
+  log_info("cluster: bus link to node %u (%s) up", node,
+           role == BUS_ROLE_EDGE ? "edge" : role == BUS_ROLE_ROUTER ? "router" : "edge+router");
+}
+
+static void on_down(bus_link_t *l, void *ud, const char *why) {
+  log_info("cluster: bus link to node %u down: %s", bus_link_peer(l), why);
+}
+
+static const bus_link_cbs_t link_cbs = {on_up, on_down, on_frames, on_overflow, NULL};
+
+/* ---- membership and the shard map ---- */
+
+static void push_local_ctl(cluster_t *c, uint8_t kind, int64_t arg, int workers, int edges) {
+  bus_frame_t f = {0};
+  f.kind = kind;
+  f.arg = arg;
+  if (workers)
+    for (int i = 0; i < c->bus->nworkers; i++) bus_queue_push(&c->bus->worker_q[i], bus_msg_new(&f));
+  if (edges)
+    for (int i = 0; i < c->bus->nedges; i++) bus_queue_push(&c->bus->edge_q[i], bus_msg_new(&f));
+}
+
+static int needs_link(const cluster_t *c, const credis_node_t *n) {
+  /* edges send to routers; routers send to everyone; edges never talk to each other */
+  return (c->role & ROLE_ROUTER) || (n->role & ROLE_ROUTER);
+}
+
+static void peer_gone(cluster_t *c, peer_t *p, const char *why) {
+  log_warn("cluster: node %u (%s:%d) %s", p->info.id, p->info.host, p->info.bus_port, why);
+  if (p->info.role & ROLE_EDGE) push_local_ctl(c, BUS_NODE_DOWN, p->info.id, 1, 0);
+}
+
+static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int restarted_router) {
+  shardmap_router_t *r = xcalloc((size_t)n + 1, sizeof *r);
+  int nr = 0;
+  for (int i = 0; i < n; i++)
+    if (nodes[i].role & ROLE_ROUTER) r[nr++] = (shardmap_router_t){nodes[i].id, nodes[i].workers};
+  uint32_t *next = xcalloc(c->bus->nshards, sizeof *next);
+  shardmap_compute(c->bus->nshards, r, nr, next);
+  int changed = memcmp(next, c->map, c->bus->nshards * sizeof *next) != 0;
+  if (changed) {
+    uint32_t moved = 0;
+    for (uint32_t s = 0; s < c->bus->nshards; s++) {
+      moved += next[s] != c->map[s];
+      atomic_store_explicit(&c->bus->owner[s], next[s], memory_order_relaxed);
+    }
+    memcpy(c->map, next, c->bus->nshards * sizeof *next);
+    c->epoch++;
+    log_info("cluster: shard map epoch %llu: %d routers, %u of %u shards moved", (unsigned long long)c->epoch,
+             nr, moved, c->bus->nshards);
+  }
+  if (changed || restarted_router) push_local_ctl(c, BUS_MAP, restarted_router, 1, 1);
+  /* the lowest live router writes the map for operators (xmppctl, docs/cluster.md) */
+  if (changed && nr && (c->role & ROLE_ROUTER)) {
+    uint16_t low = 0xffff;
+    for (int i = 0; i < nr; i++)
+      if (r[i].node < low) low = r[i].node;
+    if (low == c->bus->node) credis_shardmap_publish(c->redis, c->epoch, c->map, c->bus->nshards);
+  }
+  xfree(next);
+  xfree(r);
+}
+
+static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
+  cluster_t *c = ud;
+  if (c->stopping) return;
+  /* Just after Redis came back (maybe empty: restarted without persistence), nodes are
+   * still re-registering: for one TTL a node missing from the list is not yet dead. */
+  int grace = uv_now(&c->loop) - c->redis_up_ms < (uint64_t)c->cfg->node_ttl_ms;
+  peer_t *next = xcalloc((size_t)n + (size_t)c->npeers + 1, sizeof *next);
+  int nn = 0, restarted = 0;
+  credis_node_t *live = xcalloc((size_t)n + (size_t)c->npeers + 2, sizeof *live);
+  int nlive = 0;
+  int self_seen = 0;
+  for (int i = 0; i < n; i++) {
+    const credis_node_t *x = &nodes[i];
+    if (x->id == c->bus->node) {
+      self_seen = 1;
+      live[nlive++] = c->self; /* our own view of ourselves */
+      continue;
+    }
+    live[nlive++] = *x;
+    peer_t *old = find_peer(c, x->id);
+    if (old && old->info.incarnation != x->incarnation) {
+      /* restarted: whatever it held is gone (its sessions, or its shards' state) */
+      peer_gone(c, old, "restarted");
+      if (x->role & ROLE_ROUTER) restarted = x->id;
+      old->info.incarnation = x->incarnation;
+    }
+    if (old) {
+      next[nn++] = *old;
+      old->info.id = 0; /* taken */
+      continue;
+    }
+    peer_t p = {.info = *x};
+    log_info("cluster: node %u joined (%s, %s:%d)", x->id,
+             x->role == ROLE_EDGE ? "edge" : x->role == ROLE_ROUTER ? "router" : "edge+router", x->host, x->bus_port);
+    if (needs_link(c, x)) {
+      p.out = bus_link_connect(&c->loop, x->host, x->bus_port, c->bus->node, (uint8_t)c->role, &c->lcfg, &link_cbs, c);
+      if (!p.out) log_error("cluster: cannot link to node %u at %s:%d", x->id, x->host, x->bus_port);
+    }
+    next[nn++] = p;
+  }
+  if (!self_seen) live[nlive++] = c->self; /* our registration is on its way */
+  /* peers that left */
+  peer_t *gone = NULL;
+  int ngone = 0;
+  for (int i = 0; i < c->npeers; i++) {
+    peer_t *p = &c->peers[i];
+    if (!p->info.id) continue;
+    if (grace) { /* kept for now */
+      next[nn++] = *p;
+      live[nlive++] = p->info;
+      continue;
+    }
+    if (!gone) gone = xcalloc((size_t)c->npeers, sizeof *gone);
+    gone[ngone++] = *p;
+  }
+  /* sorted by id for find_peer */
+  for (int i = 1; i < nn; i++)
+    for (int j = i; j > 0 && next[j - 1].info.id > next[j].info.id; j--) {
+      peer_t t = next[j];
+      next[j] = next[j - 1];
+      next[j - 1] = t;
+    }
+  xfree(c->peers);
+  c->peers = next;
+  c->npeers = nn;
+  /* the new map first, so that frames handed back by the links of dead routers go to
+   * the new owners */
+  recompute_map(c, live, nlive, restarted);
+  for (int i = 0; i < ngone; i++) {
+    peer_gone(c, &gone[i], "is gone (missed its heartbeats)");
+    if (gone[i].out) bus_link_close(gone[i].out);
+  }
+  xfree(gone);
+  xfree(live);
+  /* frames that were waiting for an owner */
+  size_t np = c->npend;
+  pend_t *pv = c->pend;
+  c->pend = NULL;
+  c->npend = c->cap_pend = 0;
+  for (size_t i = 0; i < np; i++) dispatch_since(c, pv[i].m, pv[i].since);
+  xfree(pv);
+}
+
+static void on_redis_state(void *ud, int up) {
+  cluster_t *c = ud;
+  if (up) c->redis_up_ms = uv_now(&c->loop);
+}
+
+/* ---- thread ---- */
+
+static void in_cb(void *ud, bus_msg_t *batch) {
+  cluster_t *c = ud;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    dispatch(c, m);
+  }
+}
+
+static void tick_cb(uv_timer_t *t) {
+  cluster_t *c = t->data;
+  uint64_t now = uv_now(&c->loop);
+  size_t keep = 0;
+  for (size_t i = 0; i < c->npend; i++) {
+    if (now - c->pend[i].since >= (uint64_t)c->cfg->link_max_wait_ms) fail_frame(c, c->pend[i].m, "no router owns its shard");
+    else c->pend[keep++] = c->pend[i];
+  }
+  c->npend = keep;
+}
+
+static void noop_close(uv_handle_t *h) {}
+
+static void stop_cb(uv_async_t *a) {
+  cluster_t *c = a->data;
+  c->stopping = 1;
+  bus_queue_drain(&c->in);
+  credis_deregister(c->redis);
+  for (int i = 0; i < c->npeers; i++)
+    if (c->peers[i].out) bus_link_close(c->peers[i].out); /* final ACKs */
+  for (size_t i = 0; i < c->npend; i++) bus_msg_free(c->pend[i].m);
+  c->npend = 0;
+  if (c->listener) bus_listener_close(c->listener);
+  credis_close(c->redis);
+  bus_queue_close(&c->in);
+  uv_close((uv_handle_t *)&c->tick, noop_close);
+  uv_close((uv_handle_t *)&c->stop, noop_close);
+}
+
+static void thread_main(void *arg) {
+  cluster_t *c = arg;
+  log_set_thread("cluster");
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  bus_link_thread_cleanup();
+}
+
+void bus_remote(bus_t *b, bus_msg_t *m) { bus_queue_push(&b->cluster->in, m); }
+
+uint64_t cluster_pending(cluster_t *c) { return bus_queue_pending(&c->in) + c->npend; }
+
+cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
+  cluster_t *c = xcalloc(1, sizeof *c);
+  c->cfg = cfg;
+  c->bus = bus;
+  c->role = role;
+  arena_init(&c->arena);
+  uv_loop_init(&c->loop);
+  bus_link_config_default(&c->lcfg);
+  c->lcfg.heartbeat_ms = (uint32_t)cfg->heartbeat_ms;
+  c->lcfg.max_wait_ms = (uint32_t)cfg->link_max_wait_ms;
+  if (cfg->bus_tls_cert[0]) {
+    c->lcfg.tls_cert = cfg->bus_tls_cert;
+    c->lcfg.tls_key = cfg->bus_tls_key;
+    c->lcfg.tls_ca = cfg->bus_tls_ca;
+  }
+  bus->node = (uint16_t)cfg->cluster_node;
+  bus->owner = xcalloc(bus->nshards, sizeof *bus->owner);
+  c->map = xcalloc(bus->nshards, sizeof *c->map);
+  bus->cluster = c;
+  bus_queue_init(&c->in, &c->loop, in_cb, c);
+  uv_async_init(&c->loop, &c->stop, stop_cb);
+  c->stop.data = c;
+  uv_timer_init(&c->loop, &c->tick);
+  c->tick.data = c;
+  uv_timer_start(&c->tick, tick_cb, TICK_MS, TICK_MS);
+  c->listener = bus_listener_new(&c->loop, cfg->bus_addr, cfg->bus_port, bus->node, (uint8_t)role, &c->lcfg,
+                                 &link_cbs, c);
+  if (!c->listener) {
+    log_error("cluster: cannot accept bus links on %s:%d", cfg->bus_addr, cfg->bus_port);
+    return NULL;
+  }
+  static const credis_cbs_t rcbs = {on_redis_state, on_nodes};
+  c->redis = credis_new(&c->loop, cfg->cluster_redis, cfg->cluster_name, &rcbs, c);
+  if (!c->redis) {
+    log_error("cluster: bad cluster.redis address '%s'", cfg->cluster_redis);
+    return NULL;
+  }
+  c->self.id = bus->node;
+  c->self.role = (uint8_t)role;
+  c->self.workers = (uint16_t)bus->nworkers;
+  uv_random(NULL, NULL, &c->self.incarnation, sizeof c->self.incarnation, 0, NULL);
+  snprintf(c->self.host, sizeof c->self.host, "%s", cfg->bus_advertise[0] ? cfg->bus_advertise : cfg->bus_addr);
+  c->self.bus_port = bus_listener_port(c->listener);
+  credis_register(c->redis, &c->self, (uint32_t)cfg->heartbeat_ms, (uint32_t)cfg->node_ttl_ms);
+  if (uv_thread_create(&c->thread, thread_main, c) != 0) {
+    log_error("cluster: cannot start its thread");
+    return NULL;
+  }
+  log_info("cluster: node %u (%s) in cluster '%s', bus links on %s:%d, Redis %s", bus->node, cfg->cluster_role,
+           cfg->cluster_name, c->self.host, c->self.bus_port, cfg->cluster_redis);
+  return c;
+}
+
+void cluster_stop(cluster_t *c) {
+  uv_async_send(&c->stop);
+  uv_thread_join(&c->thread);
+}
+
+void cluster_free(cluster_t *c) {
+  if (!c) return;
+  uv_loop_close(&c->loop);
+  xfree(c->peers);
+  xfree(c->pend);
+  xfree(c->map);
+  arena_free(&c->arena);
+  xfree(c->bus->owner);
+  c->bus->owner = NULL;
+  c->bus->cluster = NULL;
+  xfree(c);
+}

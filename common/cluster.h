@@ -1,0 +1,34 @@
+/* The cluster thread of a node: everything that crosses node boundaries.
+ *
+ * - Bus links: one outgoing link (bus_link_connect) to every live peer node this node
+ *   sends to, and one listener accepting the peers' links; frames from local threads
+ *   for other nodes arrive on a queue (bus_remote) and go to the right link.
+ * - Redis (common/credis.c): this node's registration with a heartbeat, and the live set
+ *   of nodes, from which the shard map is computed (common/shardmap.c) and published in
+ *   bus->owner; the lowest live router also writes it to Redis for operators.
+ * - Failures: a peer missing from the live set is dead. An edge: local workers end its
+ *   sessions (BUS_NODE_DOWN). A router: its shards move; local edge threads announce
+ *   their sessions again to the new owners (BUS_MAP). Frames that cannot be sent
+ *   (link down past cluster.max_wait_ms, queue full) are re-routed when their shard
+ *   moved, otherwise turned into a stanza error to the sender, or a BOUNCE to offline
+ *   storage for a message to a connection that is gone.
+ * docs/cluster.md has the whole design. */
+#ifndef XMPP_CLUSTER_H
+#define XMPP_CLUSTER_H
+
+#include <stdint.h>
+
+#include "common/bus.h"
+#include "common/config.h"
+
+/* Sets up the bus for a cluster node (bus->node, bus->owner, bus->cluster) and starts
+ * the listener, Redis and the thread. Call after the local queues exist (router_create,
+ * edge_create) and before they run. NULL (logged) on failure. */
+cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role);
+/* Frames waiting in the cluster thread's input queue (for bus_quiesce). */
+uint64_t cluster_pending(cluster_t *c);
+/* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
+void cluster_stop(cluster_t *c);
+void cluster_free(cluster_t *c);
+
+#endif

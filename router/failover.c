@@ -1,0 +1,106 @@
+/* A worker's part in failover (docs/cluster.md, "Failures"): rebuilding sessions that
+ * edges re-announce after their shard moved here, dropping users of shards that moved
+ * away, and ending the sessions of an edge node that died. */
+#include "router/router_internal.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+int worker_owns(const worker_t *w, const bus_frame_t *f) {
+  const bus_t *b = w->bus;
+  if (!b->owner) return 1;
+  uint32_t o = atomic_load_explicit(&b->owner[bus_frame_shard(b, f)], memory_order_relaxed);
+  return BUS_OWNER_NODE(o) == b->node && BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers == (uint32_t)w->index;
+}
+
+void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presence) {
+  char *full = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  session_t *s = user_session(u, full);
+  if (s && !bus_addr_eq(&s->at, &f->src)) {
+    /* an older connection of the same resource: the announced one is current */
+    session_remove(w, u, s);
+    s = NULL;
+  }
+  if (!s) {
+    s = xcalloc(1, sizeof *s);
+    s->full = xstrdup(full);
+    s->resource = strchr(s->full, '/') + 1;
+    s->at = f->src;
+    s->next = u->sessions;
+    u->sessions = s;
+  }
+  u->exists = 1;
+  presence_restore(w, s, presence);
+  dir_session(w, s);
+  log_debug("session %s re-announced by node %u", full, f->src.node);
+}
+
+typedef struct {
+  worker_t *w;
+  user_t **list;
+  size_t n, cap;
+} collect_t;
+
+static void collect_cb(const char *bare, void *v, void *ud) {
+  collect_t *x = ud;
+  if (x->n == x->cap) {
+    x->cap = x->cap ? 2 * x->cap : 64;
+    x->list = xrealloc(x->list, x->cap * sizeof *x->list);
+  }
+  x->list[x->n++] = v;
+}
+
+/* Every user with sessions (a snapshot: the callers change the map). */
+static collect_t online(worker_t *w) {
+  collect_t x = {w, NULL, 0, 0};
+  strmap_each(w->users, collect_cb, &x);
+  return x;
+}
+
+void worker_map_changed(worker_t *w) {
+  collect_t x = online(w);
+  size_t dropped = 0;
+  for (size_t i = 0; i < x.n; i++) {
+    user_t *u = x.list[i];
+    bus_frame_t f = {0};
+    f.kind = BUS_ROUTE;
+    f.to = u->bare;
+    f.to_len = strlen(u->bare);
+    if (worker_owns(w, &f)) continue;
+    /* no unavailable presence and no directory change: the sessions live on, at the
+     * new owner, which the edges tell */
+    while (u->sessions) {
+      session_t *s = u->sessions;
+      u->sessions = s->next;
+      session_free(s);
+      dropped++;
+    }
+    user_get(w, u->bare); /* on the touched list: released after this frame */
+  }
+  xfree(x.list);
+  if (dropped) log_info("router %d: %zu sessions handed over to other routers", w->index, dropped);
+}
+
+void worker_node_down(worker_t *w, uint16_t node) {
+  collect_t x = online(w);
+  size_t ended = 0;
+  for (size_t i = 0; i < x.n; i++) {
+    user_t *u = x.list[i];
+    session_t *s = u->sessions;
+    while (s) {
+      session_t *next = s->next;
+      if (s->at.node == node) {
+        presence_session_gone(w, u, s); /* contacts see it go unavailable */
+        session_remove(w, u, s);
+        ended++;
+      }
+      s = next;
+    }
+    user_get(w, u->bare);
+  }
+  xfree(x.list);
+  if (ended) log_info("router %d: node %u is down: %zu sessions ended", w->index, node, ended);
+}

@@ -1,0 +1,307 @@
+"""The cluster on loopback: a real redis-server, 2 router processes and 2 edge processes
+(xmppd --role router|edge), real XMPP clients on different edges. Heartbeats are short
+(300 ms, nodes dead after 1.2 s) so that failures are noticed quickly; the bounds asserted
+are a few times those. Covers docs/cluster.md: presence and chat across edges, offline
+messages across nodes, an edge killed (contacts see unavailable), a router killed (chat
+resumes, nobody reconnects), Redis restarted (new log-ins work again), a third router
+joining (shards move, presence kept)."""
+import asyncio
+import os
+import socket
+import subprocess
+import time
+import unittest
+
+from harness import XMPPCTL, Client, Redis, Server, free_port, resp, run
+
+HEARTBEAT_MS = 300
+TTL_MS = 1200
+BOUND_S = 8  # generous: a node death is noticed within TTL + one poll (about 1.5 s)
+
+
+class Node(Server):
+    def __init__(self, redis, node_id, role, **extra):
+        self.bus_port = free_port()
+        opts = {
+            "cluster.role": role,
+            "cluster.node_id": node_id,
+            "cluster.redis": f"127.0.0.1:{redis.port}",
+            "cluster.name": "it",
+            "cluster.bus_port": self.bus_port,
+            "cluster.heartbeat_ms": HEARTBEAT_MS,
+            "cluster.node_ttl_ms": TTL_MS,
+            "cluster.max_wait_ms": 4000,
+            "storage.backend": "redis",
+            "storage.redis": f"127.0.0.1:{redis.port}",
+            "limits.auth_fail_ip": "1000",
+            "server.io_threads": "1",
+            "server.router_workers": "2",
+        }
+        if role == "router":
+            opts.update({"c2s.port": 0, "c2s.tls_port": 0})
+        opts.update(extra)
+        super().__init__(**opts)
+        self.role = role
+        self.node_id = node_id
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([os.path.join(os.path.dirname(XMPPCTL), "xmppd"), "-c", self.conf],
+                                     stdout=self.log, stderr=self.log)
+        port = self.port if self.role != "router" else self.bus_port
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited early:\n" + self.log_text())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"node {self.node_id} did not start listening")
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+async def login(edge, jid, pw="pw", presence=True):
+    c = Client(edge, jid, pw)
+    assert await c.login(), f"login {jid} on node {edge.node_id}"
+    await c.get_roster()
+    if presence:
+        c.send_presence()
+    return c
+
+
+async def subscribe_both(a, b, a_jid, b_jid):
+    """a and b become mutual contacts (RFC 6121 §3), answered by hand."""
+    for x, y, y_jid, x_jid in ((a, b, b_jid, a_jid), (b, a, a_jid, b_jid)):
+        x.send_presence(pto=y_jid, ptype="subscribe")
+        await y.next_presence(pred=lambda p: p["type"] == "subscribe")
+        y.send_presence(pto=x_jid, ptype="subscribed")
+        await x.next_presence(pred=lambda p: p["type"] == "subscribed")
+
+
+async def expect_body(client, body, timeout=5):
+    m = await client.next_message(timeout, pred=lambda m: m["body"] == body)
+    return m
+
+
+async def chat_until_delivered(sender, receiver, to, tag, timeout):
+    """Sends numbered messages until one arrives; returns (seconds, delivered bodies)."""
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < timeout:
+        body = f"{tag}-{i}"
+        sender.send_message(mto=to, mbody=body, mtype="chat")
+        try:
+            await receiver.next_message(0.5, pred=lambda m: m["body"].startswith(tag))
+            return time.monotonic() - t0
+        except asyncio.TimeoutError:
+            i += 1
+    raise AssertionError(f"no message {tag}-* delivered within {timeout} s")
+
+
+class ClusterTest(unittest.TestCase):
+    users = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "ivy", "jack", "kim", "leo")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.routers = [Node(cls.redis, 1, "router"), Node(cls.redis, 2, "router")]
+        cls.edges = [Node(cls.redis, 11, "edge"), Node(cls.redis, 12, "edge")]
+        for u in cls.users:
+            cls.edges[0].adduser(f"{u}@localhost", "pw")
+        for n in cls.routers + cls.edges:
+            n.start()
+        cls.wait_map(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        bad = []
+        try:
+            for n in cls.edges + cls.routers + getattr(cls, "extra", []):
+                if n.proc and n.proc.poll() is None:
+                    if n.stop() != 0:
+                        bad.append(n.log_text())
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+        assert not bad, bad
+
+    @classmethod
+    def wait_map(cls, routers, timeout=10):
+        """Until every edge logged a shard map with this many routers."""
+        deadline = time.time() + timeout
+        want = f"{routers} routers,"
+        while time.time() < deadline:
+            if all(want in e.log_text().split("shard map epoch")[-1] for e in cls.edges):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"edges never saw a map of {routers} routers:\n" + cls.edges[0].log_text())
+
+    def tearDown(self):
+        for n in self.routers + self.edges:
+            self.assertTrue(n.alive(), f"node {n.node_id} died:\n" + n.log_text())
+
+    def test_1_presence_and_chat_across_edges(self):
+        async def go():
+            a = await login(self.edges[0], "alice@localhost/a")
+            b = await login(self.edges[1], "bob@localhost/b")
+            await subscribe_both(a, b, "alice@localhost", "bob@localhost")
+            # each sees the other available (the presence that follows the subscription)
+            b.send_presence(pstatus="here")
+            p = await a.next_presence(pred=lambda p: p["from"].bare == "bob@localhost" and p["status"] == "here")
+            self.assertEqual(p["type"], "available")
+            for i in range(20):
+                a.send_message(mto="bob@localhost", mbody=f"a2b {i}", mtype="chat")
+                b.send_message(mto="alice@localhost/a", mbody=f"b2a {i}", mtype="chat")
+            got_b = [(await b.next_message(pred=lambda m: m["body"].startswith("a2b")))["body"] for _ in range(20)]
+            got_a = [(await a.next_message(pred=lambda m: m["body"].startswith("b2a")))["body"] for _ in range(20)]
+            self.assertEqual(got_b, [f"a2b {i}" for i in range(20)])
+            self.assertEqual(got_a, [f"b2a {i}" for i in range(20)])
+            # the session directory in Redis says where bob is
+            d = resp(self.redis.port, "HGETALL", "it:s:{bob@localhost}")
+            self.assertIn(b"b", d)
+            self.assertIn(b"12 ", d, "bob is on edge node 12")
+            await a.close()
+            await b.close()
+        run(go())
+
+    def test_2_offline_messages_across_nodes(self):
+        async def go():
+            a = await login(self.edges[0], "alice@localhost/a")
+            a.send_message(mto="carol@localhost", mbody="while you were out", mtype="chat")
+            await asyncio.sleep(0.5)
+            c = await login(self.edges[1], "carol@localhost/c")
+            m = await expect_body(c, "while you were out")
+            self.assertIn("urn:xmpp:delay", str(m))
+            await a.close()
+            await c.close()
+        run(go())
+
+    def test_3_edge_killed_contacts_see_unavailable(self):
+        async def go():
+            d = await login(self.edges[0], "dave@localhost/d")
+            e = await login(self.edges[1], "erin@localhost/e")
+            await subscribe_both(d, e, "dave@localhost", "erin@localhost")
+            e.send_presence(pstatus="on edge 12")
+            await d.next_presence(pred=lambda p: p["status"] == "on edge 12")
+            t0 = time.monotonic()
+            self.edges[1].kill9()
+            p = await d.next_presence(BOUND_S, pred=lambda p: p["from"].bare == "erin@localhost"
+                                      and p["type"] == "unavailable")
+            took = time.monotonic() - t0
+            self.assertLess(took, BOUND_S)
+            # the directory no longer lists erin
+            deadline = time.time() + 3
+            while resp(self.redis.port, "HLEN", "it:s:{erin@localhost}") != b":0\r\n" and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            self.assertEqual(resp(self.redis.port, "HLEN", "it:s:{erin@localhost}"), b":0\r\n")
+            await d.close()
+            print(f"  edge killed: contact saw unavailable after {took:.2f} s")
+        try:
+            run(go())
+        finally:
+            self.edges[1].start()
+        # a fresh log-in on the restarted edge works
+        async def again():
+            e = await login(self.edges[1], "erin@localhost/e")
+            await e.close()
+        run(again())
+
+    def test_4_router_killed_chat_resumes_without_reconnect(self):
+        async def go():
+            f = await login(self.edges[0], "frank@localhost/f")
+            g = await login(self.edges[1], "gina@localhost/g")
+            await subscribe_both(f, g, "frank@localhost", "gina@localhost")
+            f.send_message(mto="gina@localhost", mbody="before", mtype="chat")
+            await expect_body(g, "before")
+            disconnects = []
+            f.add_event_handler("disconnected", lambda e: disconnects.append("f"))
+            g.add_event_handler("disconnected", lambda e: disconnects.append("g"))
+            self.routers[0].kill9()
+            took_fg = await chat_until_delivered(f, g, "gina@localhost", "after-kill-fg", BOUND_S * 2)
+            took_gf = await chat_until_delivered(g, f, "frank@localhost", "after-kill-gf", BOUND_S * 2)
+            self.assertEqual(disconnects, [], "no client was disconnected")
+            # presence survived: a new resource of gina is told frank is available
+            g2 = await login(self.edges[0], "gina@localhost/g2")
+            p = await g2.next_presence(BOUND_S, pred=lambda p: p["from"].bare == "frank@localhost")
+            self.assertEqual(p["type"], "available")
+            print(f"  router killed: chat resumed after {took_fg:.2f} s / {took_gf:.2f} s")
+            for c in (f, g, g2):
+                await c.close()
+        try:
+            run(go())
+        finally:
+            self.routers[0].start()
+            self.wait_map(2)
+
+    def test_5_redis_restart_new_logins_work_again(self):
+        async def go():
+            a = await login(self.edges[0], "alice@localhost/a")
+            b = await login(self.edges[1], "bob@localhost/b")
+            self.redis.stop()
+            # established sessions keep chatting: routing is cached in the routers
+            a.send_message(mto="bob@localhost/b", mbody="redis is down", mtype="chat")
+            await expect_body(b, "redis is down")
+            # a new log-in fails while Redis is away (the account cannot be read)
+            h = Client(self.edges[0], "hank@localhost/h", "pw")
+            ok = await h.login(timeout=10)
+            self.assertFalse(ok, "log-in without Redis")
+            self.redis.start()
+            deadline = time.monotonic() + BOUND_S * 2
+            while True:
+                h = Client(self.edges[1], "hank@localhost/h", "pw")
+                if await h.login(timeout=10):
+                    break
+                self.assertLess(time.monotonic(), deadline, "log-ins never worked again")
+                await asyncio.sleep(0.5)
+            await h.close()
+            a.send_message(mto="bob@localhost/b", mbody="redis is back", mtype="chat")
+            await expect_body(b, "redis is back")
+            await a.close()
+            await b.close()
+        run(go())
+
+    def test_6_third_router_joins_shards_move_presence_kept(self):
+        async def go():
+            users = [("ivy", 0), ("jack", 1), ("kim", 0), ("leo", 1)]
+            clients = {}
+            for u, e in users:
+                clients[u] = await login(self.edges[e], f"{u}@localhost/{u}")
+            # ivy's contacts: jack and kim (mutual)
+            await subscribe_both(clients["ivy"], clients["jack"], "ivy@localhost", "jack@localhost")
+            await subscribe_both(clients["ivy"], clients["kim"], "ivy@localhost", "kim@localhost")
+            clients["ivy"].send_presence(pstatus="before the join")
+            await clients["jack"].next_presence(pred=lambda p: p["status"] == "before the join")
+            r3 = Node(self.redis, 3, "router")
+            self.__class__.extra = [r3]
+            r3.start()
+            self.wait_map(3)
+            await asyncio.sleep(0.5)
+            moved = [l for l in r3.log_text().splitlines() if "re-announced" in l or "shard map" in l]
+            self.assertTrue(moved, r3.log_text())
+            # presence is kept: new resources of ivy's contacts learn she is available
+            # (the probe is answered by whichever router owns her shard now)
+            for u, e in (("jack", 0), ("kim", 1)):
+                c2 = await login(self.edges[e], f"{u}@localhost/second")
+                p = await c2.next_presence(BOUND_S, pred=lambda p: p["from"].bare == "ivy@localhost")
+                self.assertEqual(p["status"], "before the join")
+                await c2.close()
+            # and chat still flows every way
+            for u, _ in users[1:]:
+                clients["ivy"].send_message(mto=f"{u}@localhost", mbody=f"after join {u}", mtype="chat")
+                await expect_body(clients[u], f"after join {u}")
+                clients[u].send_message(mto="ivy@localhost", mbody=f"from {u}", mtype="chat")
+                await expect_body(clients["ivy"], f"from {u}")
+            for c in clients.values():
+                await c.close()
+        run(go())
+
+
+if __name__ == "__main__":
+    unittest.main()
