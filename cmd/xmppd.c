@@ -118,10 +118,12 @@ int main(int argc, char **argv) {
     case 'R': role_arg = optarg; break;
     case 'k': check = 1; break;
     case 'p': print = 1; break;
-    case 'r': config_print_reference(stdout); return 0;
-    case 'V': printf("xmppd %s\n", XMPPD_VERSION); return 0;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    /* sets is freed first: under LeakSanitizer a leak ends the process before stdout is
+     * flushed, and the output was lost */
+    case 'r': xfree(sets); config_print_reference(stdout); return 0;
+    case 'V': xfree(sets); printf("xmppd %s\n", XMPPD_VERSION); return 0;
+    case 'h': xfree(sets); usage(stdout); return 0;
+    default: xfree(sets); usage(stderr); return 2;
     }
   }
   xmpp_config_t cfg;
