@@ -8,6 +8,9 @@
 #include "common/alloc.h"
 #include "common/log.h"
 
+/* arg of a re-announcing SESSION_OPEN sent by the shard's previous owner (0: by the edge) */
+#define REANNOUNCE_HANDOVER 1
+
 int worker_owns(const worker_t *w, const bus_frame_t *f) {
   const bus_t *b = w->bus;
   if (!b->owner) return 1;
@@ -19,6 +22,8 @@ void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presen
   char *full = arena_strndup(&w->arena, f->from, f->from_len);
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
+  if (s && f->arg == REANNOUNCE_HANDOVER && bus_addr_eq(&s->at, &f->src))
+    return; /* the edge's own announcement (or what followed it) is newer */
   if (s && !bus_addr_eq(&s->at, &f->src)) {
     /* an older connection of the same resource: the announced one is current */
     session_remove(w, u, s);
@@ -70,11 +75,25 @@ void worker_map_changed(worker_t *w) {
     f.to = u->bare;
     f.to_len = strlen(u->bare);
     if (worker_owns(w, &f)) continue;
-    /* no unavailable presence and no directory change: the sessions live on, at the
-     * new owner, which the edges tell */
+    /* No unavailable presence and no directory change: the sessions live on at the new
+     * owner. The edges announce them there too, but a frame this worker forwards there
+     * (sent before the edge saw the new map) could overtake the edge's announcement:
+     * handing each session over first, on the path those frames take, keeps it ahead. */
     while (u->sessions) {
       session_t *s = u->sessions;
       u->sessions = s->next;
+      bus_frame_t h = {0};
+      h.kind = BUS_SESSION_OPEN;
+      h.flags = BUS_F_REANNOUNCE;
+      h.arg = REANNOUNCE_HANDOVER;
+      h.src = s->at;
+      h.from = s->full;
+      h.from_len = strlen(s->full);
+      if (s->available) {
+        h.payload = s->presence;
+        h.payload_len = s->presence_len;
+      }
+      bus_to_router(w->bus, u->bare, strlen(u->bare), bus_msg_new(&h));
       session_free(s);
       dropped++;
     }
