@@ -471,6 +471,10 @@ static link_conn_t *conn_new(uv_loop_t *loop, uint32_t hb_ms, uint32_t dead_afte
   c->handles = 2;
   c->hb_ms = hb_ms;
   c->dead_ms = hb_ms * dead_after;
+  /* Called from bus_link_connect too, maybe long after the loop last ran (start-up work,
+   * a blocking call): a stale uv_now would make the connect look timed out at the first
+   * tick, before it had any chance. */
+  uv_update_time(loop);
   c->started = c->last_rx = uv_now(loop);
   uv_timer_start(&c->timer, on_tick, hb_ms, hb_ms);
   return c;
@@ -552,6 +556,7 @@ static bus_link_t *link_new(uv_loop_t *loop, const bus_link_config_t *cfg, const
   if (getrandom(&l->inc, sizeof l->inc, 0) != (ssize_t)sizeof l->inc) l->inc = uv_hrtime();
   l->inc |= 1;
   l->rng = l->inc;
+  uv_update_time(loop); /* as in conn_new: the wait bound counts from now, not the last loop pass */
   l->down_since = uv_now(loop);
   uv_timer_init(loop, &l->retry_timer);
   uv_timer_init(loop, &l->expire_timer);
