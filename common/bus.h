@@ -36,6 +36,9 @@ typedef struct bus {
    * shard map changes, read by everyone (relaxed: a frame sent with a stale owner is
    * forwarded by the node that gets it). 0 = no live router yet. */
   _Atomic uint32_t *owner;
+  /* links to other nodes over their high watermark (cluster thread); while > 0 edge
+   * threads stop reading from bound clients (flow control, docs/cluster.md) */
+  _Atomic int congested;
 } bus_t;
 
 #define BUS_OWNER(node, worker) ((uint32_t)(node) << 16 | (uint32_t)(worker))
@@ -44,6 +47,9 @@ typedef struct bus {
 
 static inline uint32_t bus_shard_of(const bus_t *b, const char *bare, size_t len) {
   return hash_shard(bare, len, b->nshards);
+}
+static inline int bus_congested(bus_t *b) {
+  return atomic_load_explicit(&b->congested, memory_order_relaxed) > 0;
 }
 /* Hands a frame to the cluster thread, which sends it on the link to its node
  * (common/cluster.c). Any thread. */

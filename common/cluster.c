@@ -20,6 +20,7 @@
 typedef struct peer {
   credis_node_t info;
   bus_link_t *out; /* our link to it: NULL when this node never sends to it */
+  int blocked;     /* out is over its high watermark (counted in bus->congested) */
 } peer_t;
 
 typedef struct pend {
@@ -69,6 +70,7 @@ static peer_t *find_peer(cluster_t *c, uint16_t id) {
 
 static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why);
 static void dispatch(cluster_t *c, bus_msg_t *m);
+static void set_blocked(cluster_t *c, peer_t *p, int blocked);
 
 static void pend_frame(cluster_t *c, bus_msg_t *m, uint64_t since) {
   if (c->npend >= MAX_PENDING || c->stopping) {
@@ -214,7 +216,23 @@ static void on_down(bus_link_t *l, void *ud, const char *why) {
   log_info("cluster: bus link to node %u down: %s", bus_link_peer(l), why);
 }
 
-static const bus_link_cbs_t link_cbs = {on_up, on_down, on_frames, on_overflow, NULL};
+static void set_blocked(cluster_t *c, peer_t *p, int blocked) {
+  if (p->blocked == blocked) return;
+  p->blocked = blocked;
+  atomic_fetch_add_explicit(&c->bus->congested, blocked ? 1 : -1, memory_order_relaxed);
+  log_info("cluster: bus link to node %u %s", p->info.id,
+           blocked ? "over its high watermark: edges stop reading clients" : "drained: edges read again");
+}
+
+/* Flow control: a link whose queue passes its high watermark pauses the inputs that
+ * feed it, here the edges' reading from clients (docs/cluster.md, "Bounds"). */
+static void on_writable(bus_link_t *l, void *ud, int writable) {
+  cluster_t *c = ud;
+  for (int i = 0; i < c->npeers; i++)
+    if (c->peers[i].out == l) set_blocked(c, &c->peers[i], !writable);
+}
+
+static const bus_link_cbs_t link_cbs = {on_up, on_down, on_frames, on_overflow, on_writable};
 
 /* ---- membership and the shard map ---- */
 
@@ -338,6 +356,7 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
    * the new owners */
   recompute_map(c, live, nlive, restarted);
   for (int i = 0; i < ngone; i++) {
+    set_blocked(c, &gone[i], 0);
     peer_gone(c, &gone[i], "is gone (missed its heartbeats)");
     if (gone[i].out) bus_link_close(gone[i].out);
   }

@@ -343,8 +343,13 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
 static void throttle_cb(uv_timer_t *t) {
   edge_thread_t *th = t->data;
   uint64_t now = edge_now_ms();
+  int congested = bus_congested(th->bus);
   for (conn_t **pp = &th->paused; *pp;) {
     conn_t *c = *pp;
+    if (congested && c->bound) { /* waits for the bus, not for its own rate */
+      pp = &c->next_paused;
+      continue;
+    }
     shaper_refill(&c->shaper, &th->shk, now);
     float p = shaper_pressure(&c->shaper, &th->shk, 1, now);
     if (p >= SHAPER_KICK || !shaper_over(&c->shaper)) {
@@ -374,13 +379,16 @@ static void throttle_cb(uv_timer_t *t) {
 static void conn_shape(conn_t *c) {
   edge_thread_t *th = c->th;
   if (c->paused || c->closing) return;
+  /* a bus link to another node is over its high watermark: bound clients wait (no
+   * pressure is counted against them: it is not their rate) */
+  int congested = c->bound && bus_congested(th->bus);
   uint64_t now = c->last_in_ms; /* read_cb just took the time */
   shaper_refill(&c->shaper, &th->shk, now);
-  if (c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
-  if (c->closing || (!shaper_over(&c->shaper) && !c->stash.len)) return;
+  if (!congested && c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
+  if (c->closing || (!congested && !shaper_over(&c->shaper) && !c->stash.len)) return;
   /* XEP-0205 §3: slow the reader first; TCP flow control pushes back on the client, and
    * what was read stays in c->stash (at most one read) */
-  shaper_pressure(&c->shaper, &th->shk, 0, now);
+  if (!congested) shaper_pressure(&c->shaper, &th->shk, 0, now);
   uv_read_stop((uv_stream_t *)&c->tcp);
   c->paused = 1;
   c->next_paused = th->paused;

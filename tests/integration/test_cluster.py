@@ -12,7 +12,10 @@ import subprocess
 import time
 import unittest
 
-from harness import XMPPCTL, Client, Redis, Server, free_port, resp, run
+import signal
+import threading
+
+from harness import SANITIZED, XMPPCTL, Client, RawStream, Redis, Server, free_port, resp, rss_kib, run
 
 HEARTBEAT_MS = 300
 TTL_MS = 1200
@@ -301,6 +304,73 @@ class ClusterTest(unittest.TestCase):
             for c in clients.values():
                 await c.close()
         run(go())
+
+
+class FlowControlTest(unittest.TestCase):
+    """A router that stops reading (SIGSTOP, shorter than the heartbeat bound) makes the
+    edge's link to it pass its high watermark: the edge stops reading its clients instead
+    of queueing without end, and once the router runs again every message arrives."""
+
+    def test_stopped_router_pauses_edge_reads_nothing_lost(self):
+        redis = Redis()
+        redis.start()
+        slow = {"cluster.heartbeat_ms": 2000, "cluster.node_ttl_ms": 10000, "cluster.max_wait_ms": 30000}
+        router = Node(redis, 1, "router", **slow)
+        edge = Node(redis, 11, "edge", **slow, **{"limits.rate_bytes": 0, "limits.rate_stanzas": 0,
+                                                  "limits.max_pending_out": 1 << 28})
+        nodes = [router, edge]
+        try:
+            edge.adduser("alice@localhost", "pw")
+            edge.adduser("bob@localhost", "pw")
+            for n in nodes:
+                n.start()
+            deadline = time.time() + 10
+            while "1 routers," not in edge.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+            bob = RawStream(edge.port).login("bob", "pw", "b")
+            alice = RawStream(edge.port).login("alice", "pw", "a")
+            count, size = 4000, 10000  # 40 MB, far over the link's 8 MiB high watermark
+            got = [0]
+
+            def read_bob():
+                bob.sock.settimeout(60)
+                tail = b""
+                while got[0] < count:
+                    chunk = bob.sock.recv(1 << 20)
+                    if not chunk:
+                        return
+                    data = tail + chunk
+                    got[0] += data.count(b"</message>")
+                    tail = data[-16:] if not data.endswith(b"</message>") else b""
+            reader = threading.Thread(target=read_bob, daemon=True)
+            reader.start()
+            filler = "x" * size
+            payload = "".join(f"<message to='bob@localhost/b' type='chat'><body>{i}:{filler}</body></message>"
+                              for i in range(count)).encode()
+            base = rss_kib(edge.proc.pid)
+            router.proc.send_signal(signal.SIGSTOP)
+            sender = threading.Thread(target=lambda: alice.sock.sendall(payload), daemon=True)
+            sender.start()
+            time.sleep(3)
+            grew = rss_kib(edge.proc.pid) - base
+            self.assertIn("edges stop reading clients", edge.log_text())
+            router.proc.send_signal(signal.SIGCONT)
+            sender.join(60)
+            reader.join(60)
+            self.assertEqual(got[0], count, "every message arrived once the router ran again")
+            if not SANITIZED:
+                self.assertLess(grew, 24 * 1024, f"edge grew {grew} KiB while the router was stopped")
+            self.assertIn("drained: edges read again", edge.log_text())
+            print(f"  router stopped 3 s under a 40 MB flood: edge grew {grew} KiB")
+            alice.close()
+            bob.close()
+        finally:
+            if router.proc and router.proc.poll() is None:
+                router.proc.send_signal(signal.SIGCONT)
+            for n in nodes:
+                self.assertEqual(n.stop(), 0, n.log_text())
+            redis.stop()
+            redis.cleanup()
 
 
 if __name__ == "__main__":
