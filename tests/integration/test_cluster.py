@@ -373,5 +373,71 @@ class FlowControlTest(unittest.TestCase):
             redis.cleanup()
 
 
+def make_ca_and_node_cert(d, ca="ca"):
+    """A CA and one node certificate it signs (EC P-256), as cluster.tls_* expects."""
+    script = (f"set -e; cd {d};"
+              f" openssl ecparam -name prime256v1 -genkey -noout -out {ca}.key;"
+              f" openssl req -x509 -new -key {ca}.key -subj /CN={ca} -days 2 -out {ca}.pem;"
+              f" openssl ecparam -name prime256v1 -genkey -noout -out {ca}-node.key;"
+              f" openssl req -new -key {ca}-node.key -subj /CN=node -out {ca}-node.csr;"
+              f" openssl x509 -req -in {ca}-node.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial"
+              f" -days 2 -out {ca}-node.pem")
+    subprocess.run(["bash", "-c", script], check=True, capture_output=True)
+    return {"cluster.tls_certificate": os.path.join(d, f"{ca}-node.pem"),
+            "cluster.tls_key": os.path.join(d, f"{ca}-node.key"),
+            "cluster.tls_ca": os.path.join(d, f"{ca}.pem")}
+
+
+class MutualTlsTest(unittest.TestCase):
+    """Bus links with mutual TLS (cluster.tls_*): nodes with certificates from the cluster
+    CA chat across edges; a node whose certificate comes from another CA never links."""
+
+    def test_mutual_tls_links(self):
+        import tempfile
+        redis = Redis()
+        redis.start()
+        d = tempfile.mkdtemp(prefix="xmppd-it-ca-")
+        good = make_ca_and_node_cert(d, "ca")
+        bad = make_ca_and_node_cert(d, "rogue")
+        nodes = [Node(redis, 1, "router", **good), Node(redis, 11, "edge", **good),
+                 Node(redis, 12, "edge", **good)]
+        try:
+            nodes[1].adduser("alice@localhost", "pw")
+            nodes[1].adduser("bob@localhost", "pw")
+            for n in nodes:
+                n.start()
+
+            async def go():
+                deadline = time.time() + 10
+                while not all("1 routers," in n.log_text() for n in nodes[1:]) and time.time() < deadline:
+                    await asyncio.sleep(0.1)
+                a = await login(nodes[1], "alice@localhost/a")
+                b = await login(nodes[2], "bob@localhost/b")
+                a.send_message(mto="bob@localhost/b", mbody="over mutual TLS", mtype="chat")
+                await expect_body(b, "over mutual TLS")
+                b.send_message(mto="alice@localhost/a", mbody="and back", mtype="chat")
+                await expect_body(a, "and back")
+                await a.close()
+                await b.close()
+            run(go())
+            for n in nodes[1:]:
+                self.assertIn("bus link to node 1 (router) up", n.log_text())
+            # a rogue edge (certificate from another CA) is refused by the router's TLS
+            rogue = Node(redis, 13, "edge", **bad)
+            nodes.append(rogue)
+            rogue.start()
+            time.sleep(2)
+            self.assertNotIn("bus link to node 1 (router) up", rogue.log_text())
+            self.assertIn("certificate verify failed", rogue.log_text())
+            self.assertNotIn("bus link to node 13", nodes[0].log_text().replace("bus link to node 13 down", ""))
+        finally:
+            for n in nodes:
+                if n.proc:
+                    self.assertEqual(n.stop(), 0, n.log_text())
+            redis.stop()
+            redis.cleanup()
+            subprocess.run(["rm", "-rf", d])
+
+
 if __name__ == "__main__":
     unittest.main()
