@@ -781,7 +781,7 @@ Test(bus_link, corrupt_bytes_close_the_link) {
   side_t *srv = side_new("server", size_small);
   bus_listener_t *ls = listen_on(0, &cfg, srv);
   int port = bus_listener_port(ls);
-  for (int variant = 0; variant < 9; variant++) {
+  for (int variant = 0; variant < 10; variant++) {
     buf_t b;
     buf_init(&b);
     int with_hello = variant >= 3;
@@ -815,6 +815,13 @@ Test(bus_link, corrupt_bytes_close_the_link) {
       break;
     }
     case 8: hello_bytes(&b, 108, BUS_LINK_PROTO); break; /* a second HELLO */
+    case 9: { /* a kind that exists only inside a node (cluster control): never from a peer */
+      bus_frame_t f = {0};
+      f.kind = BUS_NODE_DOWN;
+      f.arg = 11;
+      bus_frame_encode(&f, &b);
+      break;
+    }
     }
     bus_msg_free(m);
     int fd = raw_connect(port);
