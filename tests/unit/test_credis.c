@@ -128,19 +128,7 @@ static int has_node(const obs_t *o, uint16_t id) {
   return 0;
 }
 
-static long long rint_cmd(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  redisReply *r = redisvCommand(g_raw, fmt, ap);
-  va_end(ap);
-  cr_assert_not_null(r, "redis: %s", g_raw->errstr);
-  long long v = 0;
-  if (r->type == REDIS_REPLY_INTEGER) v = r->integer;
-  else if (r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
-  else cr_assert_fail("redis %s: unexpected reply type %d", fmt, r->type);
-  freeReplyObject(r);
-  return v;
-}
+#define rint_cmd(...) test_redis_int(g_raw, __VA_ARGS__)
 
 /* A number from INFO section: "name:N" or "name:calls=N". -1 when absent. */
 static long long info_num(const char *section, const char *name) {

@@ -126,20 +126,7 @@ static redisReply *rcmd(const char *fmt, ...) {
   return r;
 }
 
-static long long rint_cmd(const char *fmt, ...) {
-  cr_assert_not_null(g_raw);
-  va_list ap;
-  va_start(ap, fmt);
-  redisReply *r = redisvCommand(g_raw, fmt, ap);
-  va_end(ap);
-  cr_assert_not_null(r, "redis: %s", g_raw->errstr);
-  long long v = 0;
-  if (r->type == REDIS_REPLY_INTEGER) v = r->integer;
-  else if (r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
-  else cr_assert_fail("redis %s: unexpected reply type %d", fmt, r->type);
-  freeReplyObject(r);
-  return v;
-}
+#define rint_cmd(...) test_redis_int(g_raw, __VA_ARGS__)
 
 /* First column of the first row of sql, read on a separate raw connection. */
 static long long raw_int(const char *sql) {

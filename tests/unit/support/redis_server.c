@@ -1,9 +1,11 @@
 /* See redis_server.h. */
+#include <stdarg.h>
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,3 +102,18 @@ static void stop_with(test_redis_t *t, int sig) {
 
 void test_redis_stop(test_redis_t *t) { stop_with(t, SIGTERM); }
 void test_redis_kill(test_redis_t *t) { stop_with(t, SIGKILL); }
+
+long long test_redis_int(redisContext *c, const char *fmt, ...) {
+  cr_assert_not_null(c);
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(c, fmt, ap);
+  va_end(ap);
+  cr_assert_not_null(r, "redis: %s", c->errstr);
+  long long v = 0;
+  if (r->type == REDIS_REPLY_INTEGER) v = r->integer;
+  else if (r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
+  else cr_assert_fail("redis %s: unexpected reply type %d", fmt, r->type);
+  freeReplyObject(r);
+  return v;
+}

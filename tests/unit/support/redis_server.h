@@ -24,6 +24,9 @@ void test_redis_init(test_redis_t *t, const char *dir);
 /* Starts redis-server on t->port (AOF with appendfsync always when aof) and waits until it
  * answers PING. Returns that connection (caller frees with redisFree). */
 redisContext *test_redis_start(test_redis_t *t, int aof);
+/* An integer reply (or a string holding one) to a printf-style command on c; any other
+ * reply fails the test. */
+long long test_redis_int(redisContext *c, const char *fmt, ...);
 /* SIGTERM and wait (a clean shutdown). No-op when not running. */
 void test_redis_stop(test_redis_t *t);
 /* SIGKILL and wait (a crash: connections reset, nothing saved). */
