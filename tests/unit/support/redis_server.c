@@ -1,5 +1,4 @@
 /* See redis_server.h. */
-#include <stdarg.h>
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <fcntl.h>
