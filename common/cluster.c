@@ -390,12 +390,16 @@ static void in_cb(void *ud, bus_msg_t *batch) {
 static void tick_cb(uv_timer_t *t) {
   cluster_t *c = t->data;
   uint64_t now = uv_now(&c->loop);
-  size_t keep = 0;
-  for (size_t i = 0; i < c->npend; i++) {
-    if (now - c->pend[i].since >= (uint64_t)c->cfg->link_max_wait_ms) fail_frame(c, c->pend[i].m, "no router owns its shard");
-    else c->pend[keep++] = c->pend[i];
+  /* taken whole first: failing a frame may queue its error reply on the list */
+  pend_t *pv = c->pend;
+  size_t np = c->npend;
+  c->pend = NULL;
+  c->npend = c->cap_pend = 0;
+  for (size_t i = 0; i < np; i++) {
+    if (now - pv[i].since >= (uint64_t)c->cfg->link_max_wait_ms) fail_frame(c, pv[i].m, "no route within cluster.max_wait_ms");
+    else pend_frame(c, pv[i].m, pv[i].since);
   }
-  c->npend = keep;
+  xfree(pv);
 }
 
 static void noop_close(uv_handle_t *h) {}
