@@ -373,6 +373,48 @@ class FlowControlTest(unittest.TestCase):
             redis.cleanup()
 
 
+class NoRouterTest(unittest.TestCase):
+    """With no live router, a message waits cluster.max_wait_ms for a shard owner, then
+    its sender gets <recipient-unavailable/> (type wait): never a silent drop."""
+
+    def test_message_without_router_gets_error(self):
+        redis = Redis()
+        redis.start()
+        fast = {"cluster.max_wait_ms": 1500}
+        router, edge = Node(redis, 1, "router", **fast), Node(redis, 11, "edge", **fast)
+        try:
+            edge.adduser("alice@localhost", "pw")
+            edge.adduser("bob@localhost", "pw")
+            router.start()
+            edge.start()
+
+            async def go():
+                deadline = time.time() + 10
+                while "1 routers," not in edge.log_text() and time.time() < deadline:
+                    await asyncio.sleep(0.1)
+                a = await login(edge, "alice@localhost/a")
+                router.kill9()
+                deadline = time.time() + 10
+                while "0 routers," not in edge.log_text() and time.time() < deadline:
+                    await asyncio.sleep(0.1)
+                t0 = time.monotonic()
+                a.send_message(mto="bob@localhost", mbody="nobody routes this", mtype="chat")
+                m = await a.next_message(10, pred=lambda m: m["type"] == "error")
+                took = time.monotonic() - t0
+                self.assertEqual(m["error"]["condition"], "recipient-unavailable")
+                self.assertEqual(m["error"]["type"], "wait")
+                self.assertEqual(m["body"], "nobody routes this")
+                self.assertGreater(took, 1.0, "it waited for a router first")
+                await a.close()
+            run(go())
+        finally:
+            for n in (edge, router):
+                if n.proc and n.proc.poll() is None:
+                    self.assertEqual(n.stop(), 0, n.log_text())
+            redis.stop()
+            redis.cleanup()
+
+
 def make_ca_and_node_cert(d, ca="ca"):
     """A CA and one node certificate it signs (EC P-256), as cluster.tls_* expects."""
     script = (f"set -e; cd {d};"
