@@ -227,6 +227,13 @@ int main(int argc, char **argv) {
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   if (edge) edge_join(edge);
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
+  if (cluster && router) {
+    /* hand the shards over and keep forwarding until every node has seen it leave */
+    cluster_leave(cluster);
+    uv_timer_start(&settle, settle_cb, 2 * (uint64_t)cfg.heartbeat_ms + 200, 0);
+    uv_run(loop, UV_RUN_DEFAULT);
+    if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
+  }
   if (router) router_stop(router);
   /* last: what the routers sent to other nodes is written and acknowledged */
   if (cluster) cluster_stop(cluster);

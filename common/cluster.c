@@ -37,6 +37,7 @@ struct cluster {
   uv_thread_t thread;
   bus_queue_t in;      /* frames from local threads for other nodes */
   uv_async_t stop;
+  uv_async_t leave;    /* cluster_leave: hand the shards over before stopping */
   uv_timer_t tick;
   credis_t *redis;
   bus_listener_t *listener;
@@ -50,6 +51,7 @@ struct cluster {
   size_t npend, cap_pend;
   arena_t arena;
   int stopping;
+  int leaving;         /* deregistered: this node's own router no longer counts */
   uint64_t failed, rerouted;
 };
 
@@ -302,7 +304,7 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
     const credis_node_t *x = &nodes[i];
     if (x->id == c->bus->node) {
       self_seen = 1;
-      live[nlive++] = c->self; /* our own view of ourselves */
+      if (!c->leaving) live[nlive++] = c->self; /* our own view of ourselves */
       continue;
     }
     live[nlive++] = *x;
@@ -327,7 +329,7 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
     }
     next[nn++] = p;
   }
-  if (!self_seen) live[nlive++] = c->self; /* our registration is on its way */
+  if (!self_seen && !c->leaving) live[nlive++] = c->self; /* our registration is on its way */
   /* peers that left */
   peer_t *gone = NULL;
   int ngone = 0;
@@ -404,6 +406,22 @@ static void tick_cb(uv_timer_t *t) {
 
 static void noop_close(uv_handle_t *h) {}
 
+/* A router leaving on purpose: out of the registry at once, and out of its own shard
+ * map, so its workers hand every session over to the new owners (BUS_MAP) and whatever
+ * still arrives for those shards is forwarded; the other nodes follow at their next
+ * poll, and the edges re-announce. Nothing is lost and nobody has to time out. */
+static void leave_cb(uv_async_t *a) {
+  cluster_t *c = a->data;
+  if (c->leaving || c->stopping) return;
+  c->leaving = 1;
+  credis_deregister(c->redis);
+  credis_node_t *live = xcalloc((size_t)c->npeers + 1, sizeof *live);
+  for (int i = 0; i < c->npeers; i++) live[i] = c->peers[i].info;
+  recompute_map(c, live, c->npeers, 0);
+  xfree(live);
+  log_info("cluster: node %u leaving: shards handed over", c->bus->node);
+}
+
 static void stop_cb(uv_async_t *a) {
   cluster_t *c = a->data;
   c->stopping = 1;
@@ -418,6 +436,7 @@ static void stop_cb(uv_async_t *a) {
   bus_queue_close(&c->in);
   uv_close((uv_handle_t *)&c->tick, noop_close);
   uv_close((uv_handle_t *)&c->stop, noop_close);
+  uv_close((uv_handle_t *)&c->leave, noop_close);
 }
 
 static void thread_main(void *arg) {
@@ -453,6 +472,8 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
   bus_queue_init(&c->in, &c->loop, in_cb, c);
   uv_async_init(&c->loop, &c->stop, stop_cb);
   c->stop.data = c;
+  uv_async_init(&c->loop, &c->leave, leave_cb);
+  c->leave.data = c;
   uv_timer_init(&c->loop, &c->tick);
   c->tick.data = c;
   uv_timer_start(&c->tick, tick_cb, TICK_MS, TICK_MS);
@@ -483,6 +504,8 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
            cfg->cluster_name, c->self.host, c->self.bus_port, cfg->cluster_redis);
   return c;
 }
+
+void cluster_leave(cluster_t *c) { uv_async_send(&c->leave); }
 
 void cluster_stop(cluster_t *c) {
   uv_async_send(&c->stop);

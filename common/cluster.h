@@ -27,6 +27,10 @@
 cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role);
 /* Frames waiting in the cluster thread's input queue (for bus_quiesce). */
 uint64_t cluster_pending(cluster_t *c);
+/* A router node about to stop: leaves the registry and its own shard map now, so its
+ * sessions are handed over and the others stop sending to it; keep the node running for
+ * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */
+void cluster_leave(cluster_t *c);
 /* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
 void cluster_stop(cluster_t *c);
 void cluster_free(cluster_t *c);

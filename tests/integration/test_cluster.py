@@ -305,6 +305,40 @@ class ClusterTest(unittest.TestCase):
                 await c.close()
         run(go())
 
+    def test_7_router_stopped_cleanly_loses_nothing(self):
+        """SIGTERM to a router while messages flow: it leaves the registry and its own map
+        first, hands its sessions over and forwards what still reaches it, so every message
+        arrives and nobody gets an error or reconnects."""
+        async def go():
+            a = await login(self.edges[0], "alice@localhost/x7")
+            b = await login(self.edges[1], "bob@localhost/y7")
+            errors = []
+            a.add_event_handler("message", lambda m: m["type"] == "error" and errors.append(m))
+            n = 300
+            stopper = None
+            for i in range(n):
+                a.send_message(mto="bob@localhost/y7", mbody=f"flow {i}", mtype="chat")
+                b.send_message(mto="alice@localhost/x7", mbody=f"back {i}", mtype="chat")
+                if i == 50:
+                    stopper = asyncio.get_running_loop().run_in_executor(None, self.routers[1].stop)
+                await asyncio.sleep(0.01)
+            got_b = {(await b.next_message(BOUND_S, pred=lambda m: m["body"].startswith("flow ")))["body"]
+                     for _ in range(n)}
+            got_a = {(await a.next_message(BOUND_S, pred=lambda m: m["body"].startswith("back ")))["body"]
+                     for _ in range(n)}
+            self.assertEqual(got_b, {f"flow {i}" for i in range(n)})
+            self.assertEqual(got_a, {f"back {i}" for i in range(n)})
+            self.assertEqual(errors, [])
+            self.assertEqual(await stopper, 0, "the router exits 0")
+            self.assertIn("leaving: shards handed over", self.routers[1].log_text())
+            await a.close()
+            await b.close()
+        try:
+            run(go())
+        finally:
+            self.routers[1].start()
+            self.wait_map(2 + len(getattr(self.__class__, "extra", [])))
+
 
 class FlowControlTest(unittest.TestCase):
     """A router that stops reading (SIGSTOP, shorter than the heartbeat bound) makes the
