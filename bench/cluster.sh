@@ -268,7 +268,7 @@ if has scale; then
   sess=$(jq .results.sessions "$OUT/scale.json")
   [ "$sess" != null ] || sess=$(jq .results.logins_ok "$OUT/scale.json")
   fig "== scale-out: $SCALE_EDGES edges + 2 routers + Redis, TLS sessions $sess of $SESSIONS (failed $(jq .results.logins_failed "$OUT/scale.json"), dropped $(jq .results.dropped "$OUT/scale.json")), log-ins $(jq '.results.logins_per_s|floor' "$OUT/scale.json")/s"
-  per() { awk -v a="$1" -v b="$2" -v n="$sess" 'BEGIN { printf "%.2f KiB (%.0f bytes)", n > 0 ? (b - a) / n : 0, n > 0 ? (b - a) * 1024 / n : 0 }'; }
+  per() { awk -v a="$1" -v b="$2" -v n="$sess" 'BEGIN { d = (n > 0) ? n : 1; printf("%.2f KiB (%.0f bytes)", (b - a) / d, (b - a) * 1024 / d) }'; }
   fig "edges RSS   $e0 KiB -> max $emax KiB: $(per "$e0" "$emax") per session"
   fig "routers RSS $r0 KiB -> max $rmax KiB: $(per "$r0" "$rmax") per session"
   fig "bench RSS ($procs children) max $(jq .bench.rss_kib_max "$OUT/scale.json") KiB, bench cpu $(jq .bench.cpu_s "$OUT/scale.json") s; log-in latency p50 $(jq .results.login_latency_ms.p50 "$OUT/scale.json") ms, p99 $(jq .results.login_latency_ms.p99 "$OUT/scale.json") ms"
