@@ -18,6 +18,8 @@ typedef struct bench_opts {
   const char *scname;
   const char *host;
   int port;
+  int ports[64]; /* --port P1,P2,...: several servers (cluster edges) */
+  int nports;
   const char *domain;
   tls_mode_t tls;
   mech_t mech;
@@ -38,6 +40,8 @@ typedef struct bench_opts {
   int procs;
   const char *src;
   int server_pid;
+  int server_pids[64]; /* --server-pid P1,P2,...: figures are summed */
+  int nserver_pids;
   const char *json;
   const char *plot;
   const char *label;

@@ -810,7 +810,13 @@ static void conn_launch(conn_t *c) {
   uint32_t range = o->src_hi - o->src_lo + 1;
   src.sin_addr.s_addr = htonl(o->src_lo + (uint32_t)c->g % range);
   rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0);
-  if (rc == 0) rc = uv_ip4_addr(o->host, o->port, &dst);
+  int port = o->port;
+  if (o->nports > 1) { /* see --port in main.c's usage */
+    int k = c->g / 2, n = o->nports, pi = k % n;
+    if ((c->g & 1) && (k / n) % 2 == 1) pi = (pi + 1) % n;
+    port = o->ports[pi];
+  }
+  if (rc == 0) rc = uv_ip4_addr(o->host, port, &dst);
   uv_connect_t *req = NULL;
   if (rc == 0) {
     req = xmalloc(sizeof *req);

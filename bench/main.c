@@ -30,6 +30,10 @@
 static const char usage_text[] =
     "usage: xmpp-bench SCENARIO [options]     SCENARIO = login | idle | chat | presence\n"
     "  --host 127.0.0.1  --port 5222  --domain localhost\n"
+    "  --port P1,P2,...   several servers (cluster edges): pair k = user(2k), user(2k+1) has its\n"
+    "                     first user on port (k mod n), its second on the same port when\n"
+    "                     (k / n) is even, on the next one when odd: balanced, half the pairs\n"
+    "                     cross servers\n"
     "  --tls none|starttls|direct        (default starttls)\n"
     "  --mech PLAIN|SCRAM-SHA-1|SCRAM-SHA-256   (default PLAIN)\n"
     "  --users N          accounts/connections (login, idle, presence); accounts are\n"
@@ -48,10 +52,16 @@ static const char usage_text[] =
     "  --threads T        event-loop threads per process (default 2)\n"
     "  --procs P          processes (default: each holds <= 9,000 connections)\n"
     "  --src A-B          source address range, e.g. 127.0.0.1-127.0.0.254 (the default)\n"
-    "  --server-pid PID   read server RSS and CPU from /proc/PID\n"
+    "  --server-pid PID[,PID...]  read server RSS and CPU from /proc/PID (summed)\n"
     "  --json FILE  --plot FILE.png  --label NAME  --quiet\n";
 
 /* ---- options -------------------------------------------------------------------------- */
+
+static int ports_ok(const bench_opts_t *o) {
+  for (int i = 0; i < o->nports; i++)
+    if (o->ports[i] <= 0 || o->ports[i] > 65535) return 0;
+  return 1;
+}
 
 static int parse_src(bench_opts_t *o, const char *s) {
   char a[64], b[64];
@@ -127,7 +137,16 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
     switch (opt) {
     case O_HOST: o->host = optarg; break;
-    case O_PORT: o->port = atoi(optarg); break;
+    case O_PORT: {
+      o->nports = 0;
+      for (char *q = optarg; *q && o->nports < 64;) {
+        o->ports[o->nports++] = (int)strtol(q, &q, 10);
+        if (*q == ',') q++;
+        else break;
+      }
+      o->port = o->nports ? o->ports[0] : 0;
+      break;
+    }
     case O_DOMAIN: o->domain = optarg; break;
     case O_TLS:
       if (!strcmp(optarg, "none")) o->tls = TLS_NONE;
@@ -157,7 +176,16 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_THREADS: o->threads = atoi(optarg); break;
     case O_PROCS: o->procs = atoi(optarg); break;
     case O_SRC: o->src = optarg; break;
-    case O_SPID: o->server_pid = atoi(optarg); break;
+    case O_SPID: {
+      o->nserver_pids = 0;
+      for (char *q = optarg; *q && o->nserver_pids < 64;) {
+        o->server_pids[o->nserver_pids++] = (int)strtol(q, &q, 10);
+        if (*q == ',') q++;
+        else break;
+      }
+      o->server_pid = o->nserver_pids ? o->server_pids[0] : 0;
+      break;
+    }
     case O_JSON: o->json = optarg; break;
     case O_PLOT: o->plot = optarg; break;
     case O_LABEL: o->label = optarg; break;
@@ -193,7 +221,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   }
   if (o->users < 1 || o->pairs < 1 || o->threads < 1 || o->threads > 64 || o->concurrency < 1 ||
       o->window < 1 || o->size < 0 || o->size > 65536 || o->idle_extra < 0 || o->roster < 1 ||
-      o->duration < 0 || o->procs < 0 || o->port <= 0 || o->port > 65535) {
+      o->duration < 0 || o->procs < 0 || o->port <= 0 || o->port > 65535 || !ports_ok(o)) {
     fprintf(stderr, "xmpp-bench: option out of range\n");
     return -1;
   }
@@ -244,6 +272,28 @@ static double proc_cpu_s(int pid) {
   /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
   if (sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return -1;
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* --server-pid P1,P2,...: summed over the processes (each must be readable) */
+static long srv_rss_kib(const bench_opts_t *o) {
+  if (o->nserver_pids <= 1) return srv_rss_kib(o);
+  long sum = 0;
+  for (int i = 0; i < o->nserver_pids; i++) {
+    long v = proc_rss_kib(o->server_pids[i]);
+    if (v < 0) return -1;
+    sum += v;
+  }
+  return sum;
+}
+static double srv_cpu_s(const bench_opts_t *o) {
+  if (o->nserver_pids <= 1) return srv_cpu_s(o);
+  double sum = 0;
+  for (int i = 0; i < o->nserver_pids; i++) {
+    double v = proc_cpu_s(o->server_pids[i]);
+    if (v < 0) return -1;
+    sum += v;
+  }
+  return sum;
 }
 
 /* ---- child ---------------------------------------------------------------------------- */
@@ -656,8 +706,8 @@ static int coordinator(bench_opts_t *o) {
   child_t *cs = xcalloc((size_t)n, sizeof *cs);
   results_t r;
   memset(&r, 0, sizeof r);
-  r.srv_cpu0 = proc_cpu_s(o->server_pid);
-  r.rss_before = proc_rss_kib(o->server_pid);
+  r.srv_cpu0 = srv_cpu_s(o);
+  r.rss_before = srv_rss_kib(o);
   r.rss_max = r.rss_before;
   double t0 = now_s();
   fflush(stdout);
@@ -742,7 +792,7 @@ static int coordinator(bench_opts_t *o) {
         r.t_login_done = t;
         r.time_to_all = a->last_online_ns ? (double)a->last_online_ns / 1e9 - t0 : t - t0;
         if (a->login_failed) r.time_to_all = t - t0 > r.time_to_all ? r.time_to_all : t - t0;
-        r.srv_cpu_login = proc_cpu_s(o->server_pid);
+        r.srv_cpu_login = srv_cpu_s(o);
         if (!a->logins_ok) setup_failed = 1;
         if (o->sc == SC_LOGIN || !a->logins_ok) {
           send_all(cs, n, "QUIT\n");
@@ -757,7 +807,7 @@ static int coordinator(bench_opts_t *o) {
     case P_SETTLE:
       if (t - phase_t >= (o->sc == SC_IDLE ? 2.0 : o->sc == SC_CHAT ? 0.5 : 1.0)) {
         if (o->sc == SC_IDLE) {
-          r.idle_cpu_pct = proc_cpu_s(o->server_pid);
+          r.idle_cpu_pct = srv_cpu_s(o);
           ph = P_HOLD;
         } else {
           send_all(cs, n, "GO\n");
@@ -771,8 +821,8 @@ static int coordinator(bench_opts_t *o) {
       if (t - phase_t >= o->duration) {
         /* RSS at the end of the hold: the steady state of idle sessions, after whatever
          * a server frees once its sessions go quiet (and the allocator returns) */
-        r.rss_after = proc_rss_kib(o->server_pid);
-        double c1 = proc_cpu_s(o->server_pid);
+        r.rss_after = srv_rss_kib(o);
+        double c1 = srv_cpu_s(o);
         r.idle_cpu_pct = t > phase_t ? (c1 - r.idle_cpu_pct) / (t - phase_t) * 100.0 : 0;
         send_all(cs, n, "QUIT\n");
         ph = P_QUIT;
@@ -807,7 +857,7 @@ static int coordinator(bench_opts_t *o) {
     }
     if (t >= next_tick) {
       next_tick += 1;
-      long rss = proc_rss_kib(o->server_pid);
+      long rss = srv_rss_kib(o);
       if (rss > r.rss_max) r.rss_max = rss;
       long brss = 0;
       for (int i = 0; i < n; i++)
@@ -850,7 +900,7 @@ static int coordinator(bench_opts_t *o) {
     buf_free(&cs[i].lb);
   }
   aggregate(cs, n, a);
-  r.srv_cpu_end = proc_cpu_s(o->server_pid);
+  r.srv_cpu_end = srv_cpu_s(o);
   if (!r.t_login_done) {
     r.srv_cpu_login = r.srv_cpu_end;
     r.time_to_all = now_s() - t0;

@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# Cluster figures on loopback (docs/bench.md, "Cluster"):
+#   chat    the same TLS chat scenario (open loop at --rate, then closed loop) against
+#           (a) one xmppd (role all, storage.backend=redis) and (b) deploy/local-cluster.sh's
+#           2 routers + 2 edges + Redis, clients split over both edges (xmpp-bench
+#           --port P1,P2: half the pairs have their two users on different edges)
+#   redis   Redis commands (and reads = request batches) per log-in on that cluster,
+#           from INFO commandstats / stats deltas over a login run of --login-users
+#   scale   --scale-edges edges + 2 routers + Redis holding --sessions TLS sessions,
+#           edges' and routers' RSS per session, chat p99 at --scale-rate msgs/s
+#
+#   bench/cluster.sh [--parts chat,redis,scale] [options]     (see --help)
+#
+# Everything runs on 127.0.0.1; every process started here is stopped on exit, failure or
+# Ctrl-C; each step is bounded by `timeout`. Waits first while a test suite runs on the
+# machine (run_all.sh / tests/integration/run.py): their timing must not be disturbed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=$ROOT/build
+PARTS=chat,redis,scale
+PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
+LOGIN_USERS=5000
+SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
+OUT=""
+usage() {
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+options:
+  --build DIR         build directory (default $BUILD)
+  --parts LIST        any of chat,redis,scale (default $PARTS)
+  --pairs P           chat pairs (default $PAIRS)
+  --rate R            chat open-loop msgs/s (default $RATE)
+  --duration S        chat measurement seconds (default $DURATION)
+  --window W          closed-loop window (default $WINDOW)
+  --login-users N     redis part: log-ins (default $LOGIN_USERS)
+  --scale-edges E     scale part: edges (default $SCALE_EDGES)
+  --sessions N        scale part: sessions in total (default $SESSIONS)
+  --scale-pairs P     scale part: chatting pairs among the sessions (default $SCALE_PAIRS)
+  --scale-rate R      scale part: msgs/s (default $SCALE_RATE)
+  --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
+  --out DIR           keep JSON and logs there (default: a new mktemp dir)
+EOF
+}
+while [ $# -gt 0 ]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --build) BUILD=$2 ;; --parts) PARTS=$2 ;; --pairs) PAIRS=$2 ;; --rate) RATE=$2 ;;
+    --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
+    --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
+    --scale-rate) SCALE_RATE=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
+    *) echo "cluster.sh: unknown option $1 (--help)" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+case "$BUILD" in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
+B=$BUILD/xmpp-bench
+for x in xmppd xmppctl xmpp-bench; do [ -x "$BUILD/$x" ] || { echo "no $BUILD/$x (build first)" >&2; exit 2; }; done
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "needs redis-server and redis-cli" >&2; exit 2; }
+command -v jq >/dev/null || { echo "needs jq" >&2; exit 2; }
+[ -n "$OUT" ] || OUT=$(mktemp -d "${TMPDIR:-/tmp}/cluster-bench.XXXXXX")
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+ulimit -n "$(ulimit -Hn)" # xmppd and the bench use up to the hard cap, never beyond
+log() { echo "[cluster.sh $(date +%T)] $*" >&2; }
+has() { [[ ,$PARTS, == *,$1,* ]]; }
+
+# ---- cleanup ---------------------------------------------------------------------------
+CLUSTERS=() SINGLE_PIDS=() BENCH_PID=""
+cleanup() {
+  local rc=$? d p
+  trap - EXIT INT TERM
+  [ -z "$BENCH_PID" ] || kill -INT "$BENCH_PID" 2>/dev/null || true
+  for d in "${CLUSTERS[@]}"; do
+    [ -f "$d/pids" ] && "$ROOT/deploy/local-cluster.sh" stop --dir "$d" >/dev/null 2>&1 || true
+  done
+  for p in "${SINGLE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${SINGLE_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  [ -z "$BENCH_PID" ] || { sleep 2; kill -KILL "$BENCH_PID" 2>/dev/null || true; }
+  log "results and logs in $OUT"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Another engineer's timing-sensitive tests share the machine: no load while they run.
+wait_quiet() {
+  local t=0
+  while pgrep -f run_all.sh >/dev/null || pgrep -f tests/integration/run.py >/dev/null; do
+    [ $t -gt 0 ] || log "a test suite is running: waiting (polling every 20 s)"
+    t=$((t + 1))
+    [ $t -lt 90 ] || { log "test suite still running after 30 min: giving up"; exit 3; }
+    sleep 20
+  done
+}
+
+# Runs xmpp-bench in the background (so Ctrl-C reaches it through cleanup), bounded.
+bench() { # LIMIT_S ARGS...
+  local lim=$1; shift
+  wait_quiet
+  timeout -s INT -k 20 "$lim" "$B" "$@" --quiet &
+  BENCH_PID=$!
+  local rc=0
+  wait "$BENCH_PID" || rc=$?
+  BENCH_PID=""
+  return $rc
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { local t=0; until timeout 1 bash -c ": </dev/tcp/127.0.0.1/$1" 2>/dev/null; do sleep 0.1; t=$((t + 1)); [ $t -lt 200 ] || return 1; done; }
+rss_of() { local s=0 p v; for p in "$@"; do v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo $s; }
+pids_of() { awk -v re="^$2" '$1 ~ re { printf "%s%s", sep, $2; sep = " " }' "$1/pids"; } # DIR NAME-PREFIX
+csv() { tr ' ' ','; }
+# Server options for load: no idle time-out during long runs, no per-address cap (the bench
+# spreads its connections over 127.0.0.1-254), input shaper off (as in bench/compare.sh).
+export XMPPD_LIMITS_IDLE_TIMEOUT=3600 XMPPD_LIMITS_MAX_CONNS_PER_IP=0 XMPPD_LIMITS_RATE_BYTES=0 \
+  XMPPD_LIMITS_RATE_STANZAS=0 XMPPD_SERVER_LOG_LEVEL=warn
+
+start_cluster() { # DIR EDGES
+  "$ROOT/deploy/local-cluster.sh" start --build "$BUILD" --dir "$1" --routers 2 --edges "$2" \
+    --log-level warn --timeout 60 >"$1.start.log" 2>&1 || { cat "$1.start.log" >&2; return 1; }
+  CLUSTERS+=("$1")
+}
+
+summary() { # JSON LABEL: one line of figures from an xmpp-bench chat report
+  jq -r --arg l "$2" '"\($l): " + (.results | "delivered \(.delivered_per_s|floor) msgs/s (sent \(.sent), delivered \(.delivered)), p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, p999 \(.latency_ms.p999) ms, log-ins failed \(.logins_failed), dropped \(.dropped)") + ", server cpu \(.server.cpu_s) s, bench cpu \(.bench.cpu_s) s"' "$1"
+}
+
+FIG=$OUT/figures.txt
+: >"$FIG"
+fig() { echo "$*" | tee -a "$FIG"; }
+NUSERS=$((2 * PAIRS))
+[ "$NUSERS" -ge "$LOGIN_USERS" ] || NUSERS=$LOGIN_USERS
+
+# ---- 1. chat: single process vs 2 edges + 2 routers ------------------------------------------
+CDIR=$OUT/c2
+if has chat || has redis; then
+  log "starting cluster (2 routers, 2 edges, Redis) in $CDIR"
+  start_cluster "$CDIR" 2
+  # shellcheck disable=SC1091
+  . "$CDIR/env"
+  C_EDGES=$(pids_of "$CDIR" edge) C_ROUTERS=$(pids_of "$CDIR" router)
+  C_REDIS=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  timeout 300 $XMPPCTL populate user "$NUSERS" secret >"$OUT/populate-c2.log" 2>&1
+fi
+if has chat; then
+  # (a) single process, role all, its own Redis (same storage backend)
+  SDIR=$OUT/single
+  mkdir -p "$SDIR/redis"
+  SRP=$(free_port) SP=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$SRP" --dir "$SDIR/redis" --appendonly yes \
+    --appendfsync everysec --save "" --daemonize no >"$SDIR/redis.log" 2>&1 &
+  SINGLE_PIDS+=($!)
+  wait_port "$SRP"
+  cat >"$SDIR/xmppd.conf" <<CONF
+[server]
+domain = localhost
+log_level = warn
+[c2s]
+address = 127.0.0.1
+port = $SP
+tls_port = 0
+[tls]
+certificate = $TLS_CERTIFICATE
+key = $TLS_KEY
+[storage]
+backend = redis
+redis = 127.0.0.1:$SRP
+CONF
+  timeout 300 "$BUILD/xmppctl" -c "$SDIR/xmppd.conf" populate user "$NUSERS" secret >"$SDIR/populate.log" 2>&1
+  "$BUILD/xmppd" -c "$SDIR/xmppd.conf" >"$SDIR/xmppd.log" 2>&1 &
+  SPID=$!
+  SINGLE_PIDS+=("$SPID")
+  wait_port "$SP"
+  lim=$((DURATION + 120))
+  log "single: open loop $RATE msgs/s, $PAIRS pairs, ${DURATION}s"
+  bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$SP" \
+    --server-pid "$SPID" --json "$OUT/single-open.json" --label single-open >"$OUT/single-open.txt"
+  log "single: closed loop, window $WINDOW"
+  bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$SP" \
+    --server-pid "$SPID" --json "$OUT/single-closed.json" --label single-closed >"$OUT/single-closed.txt"
+  kill -TERM "$SPID" 2>/dev/null || true
+
+  # (b) cluster: clients over both edges
+  CP=$EDGE1_PORT,$EDGE2_PORT
+  SP_ALL=$(echo "$C_EDGES $C_ROUTERS" | csv)
+  log "cluster: open loop $RATE msgs/s over edges $CP"
+  bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$CP" \
+    --server-pid "$SP_ALL" --json "$OUT/cluster-open.json" --label cluster-open >"$OUT/cluster-open.txt"
+  log "cluster: closed loop, window $WINDOW"
+  bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$CP" \
+    --server-pid "$SP_ALL" --json "$OUT/cluster-closed.json" --label cluster-closed >"$OUT/cluster-closed.txt"
+
+  fig "== chat, TLS (STARTTLS), PLAIN, $PAIRS pairs, ${DURATION}s; cluster: 2 edges + 2 routers, half the pairs across edges"
+  for m in open closed; do
+    fig "$(summary "$OUT/single-$m.json" "single $m")"
+    fig "$(summary "$OUT/cluster-$m.json" "cluster $m")"
+    fig "$(jq -rn --slurpfile s "$OUT/single-$m.json" --slurpfile c "$OUT/cluster-$m.json" \
+      '"ratio cluster/single '"$m"': msgs/s \(($c[0].results.delivered_per_s / $s[0].results.delivered_per_s * 100 | round) / 100), p50 \(($c[0].results.latency_ms.p50 / $s[0].results.latency_ms.p50 * 100 | round) / 100), p99 \(($c[0].results.latency_ms.p99 / $s[0].results.latency_ms.p99 * 100 | round) / 100), server cpu \(($c[0].server.cpu_s / $s[0].server.cpu_s * 100 | round) / 100)"')"
+  done
+fi
+
+# ---- 2. Redis commands per log-in ------------------------------------------------------------
+if has redis; then
+  stats() { "${C_REDIS[@]}" info stats | tr -d '\r' | awk -F: '/^(total_commands_processed|total_reads_processed|total_net_input_bytes):/ {print $1, $2}'; }
+  cmdstats() { "${C_REDIS[@]}" info commandstats | tr -d '\r' | sed -n 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),.*/\1 \2/p' | sort; }
+  # background: heartbeats/registry over an idle window of the same length
+  sleep 2
+  "${C_REDIS[@]}" config resetstat >/dev/null
+  t0=$(date +%s.%N); sleep 10; t1=$(date +%s.%N)
+  stats >"$OUT/redis-idle.stats"; cmdstats >"$OUT/redis-idle.cmds"
+  "${C_REDIS[@]}" config resetstat >/dev/null
+  l0=$(date +%s.%N)
+  log "redis: login run of $LOGIN_USERS users over both edges"
+  bench 600 login --users "$LOGIN_USERS" --port "$EDGE1_PORT,$EDGE2_PORT" --json "$OUT/login.json" --label login >"$OUT/login.txt"
+  sleep 1
+  l1=$(date +%s.%N)
+  stats >"$OUT/redis-login.stats"; cmdstats >"$OUT/redis-login.cmds"
+  ok=$(jq .results.logins_ok "$OUT/login.json")
+  fig "== Redis per log-in (log-in + log-out, PLAIN over STARTTLS, cluster of 2 edges + 2 routers), $ok log-ins ok in $(jq .results.time_to_all_s "$OUT/login.json") s; background (idle) subtracted"
+  python3 - "$OUT" "$ok" "$t0" "$t1" "$l0" "$l1" <<'PY' | tee -a "$FIG"
+import sys
+out, ok, t0, t1, l0, l1 = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:])
+rd = lambda f: {l.split()[0]: int(l.split()[1]) for l in open(f) if l.strip()}
+scale = (l1 - l0) / (t1 - t0)
+for kind in ("stats", "cmds"):
+    idle, login = rd(f"{out}/redis-idle.{kind}"), rd(f"{out}/redis-login.{kind}")
+    rows = sorted(login, key=lambda k: -login[k])
+    for k in rows:
+        v = (login[k] - idle.get(k, 0) * scale) / ok
+        if kind == "cmds" and v < 0.005: continue
+        print(f"  {k:28s} {v:8.2f} per log-in   (raw {login[k]}, idle-rate share {idle.get(k,0)*scale:.0f})")
+PY
+fi
+if has chat || has redis; then
+  "$ROOT/deploy/local-cluster.sh" stop --dir "$CDIR" >/dev/null 2>&1 || true
+fi
+
+# ---- 3. scale-out -------------------------------------------------------------------------------
+if has scale; then
+  XDIR=$OUT/c$SCALE_EDGES
+  log "starting cluster (2 routers, $SCALE_EDGES edges, Redis) in $XDIR"
+  start_cluster "$XDIR" "$SCALE_EDGES"
+  # shellcheck disable=SC1091
+  . "$XDIR/env"
+  X_EDGES=$(pids_of "$XDIR" edge) X_ROUTERS=$(pids_of "$XDIR" router) X_REDIS=$(pids_of "$XDIR" redis)
+  log "populating $SESSIONS accounts"
+  timeout 900 $XMPPCTL populate user "$SESSIONS" secret >"$OUT/populate-scale.log" 2>&1
+  sleep 2
+  e0=$(rss_of $X_EDGES) r0=$(rss_of $X_ROUTERS) d0=$(rss_of $X_REDIS)
+  ports=$(echo "$EDGE_PORTS" | csv)
+  procs=$(((SESSIONS + 8999) / 9000))
+  # sampler: summed RSS of edges / routers / redis every 2 s
+  (while :; do echo "$(date +%s) $(rss_of $X_EDGES) $(rss_of $X_ROUTERS) $(rss_of $X_REDIS)"; sleep 2; done) >"$OUT/scale-rss.txt" &
+  SAMPLER=$!
+  SINGLE_PIDS+=("$SAMPLER")
+  lim=$((SESSIONS / SCALE_ARRIVAL * 3 + SCALE_DURATION + 180))
+  log "scale: $SESSIONS sessions at $SCALE_ARRIVAL/s over $SCALE_EDGES edges, $SCALE_PAIRS pairs chatting at $SCALE_RATE msgs/s (limit ${lim}s)"
+  rc=0
+  bench $lim chat --pairs "$SCALE_PAIRS" --idle-extra $((SESSIONS - 2 * SCALE_PAIRS)) --rate "$SCALE_RATE" \
+    --duration "$SCALE_DURATION" --arrival "$SCALE_ARRIVAL" --concurrency 400 --procs "$procs" --threads 1 \
+    --port "$ports" --server-pid "$(echo "$X_EDGES" | csv)" --json "$OUT/scale.json" --label scale \
+    >"$OUT/scale.txt" 2>"$OUT/scale.err" || rc=$?
+  kill "$SAMPLER" 2>/dev/null || true
+  [ -s "$OUT/scale.json" ] || { log "scale run wrote no report (rc $rc): $(tail -3 "$OUT/scale.err")"; exit 1; }
+  read -r emax rmax dmax < <(awk 'BEGIN {e=0; r=0; d=0} {if ($2>e) e=$2; if ($3>r) r=$3; if ($4>d) d=$4} END {print e, r, d}' "$OUT/scale-rss.txt")
+  sess=$(jq .results.sessions "$OUT/scale.json")
+  [ "$sess" != null ] || sess=$(jq .results.logins_ok "$OUT/scale.json")
+  fig "== scale-out: $SCALE_EDGES edges + 2 routers + Redis, TLS sessions $sess of $SESSIONS (failed $(jq .results.logins_failed "$OUT/scale.json"), dropped $(jq .results.dropped "$OUT/scale.json")), log-ins $(jq '.results.logins_per_s|floor' "$OUT/scale.json")/s"
+  per() { awk -v a="$1" -v b="$2" -v n="$sess" 'BEGIN { d = (n > 0) ? n : 1; printf("%.2f KiB (%.0f bytes)", (b - a) / d, (b - a) * 1024 / d) }'; }
+  fig "edges RSS   $e0 KiB -> max $emax KiB: $(per "$e0" "$emax") per session"
+  fig "routers RSS $r0 KiB -> max $rmax KiB: $(per "$r0" "$rmax") per session"
+  fig "bench RSS ($procs children) max $(jq .bench.rss_kib_max "$OUT/scale.json") KiB, bench cpu $(jq .bench.cpu_s "$OUT/scale.json") s; log-in latency p50 $(jq .results.login_latency_ms.p50 "$OUT/scale.json") ms, p99 $(jq .results.login_latency_ms.p99 "$OUT/scale.json") ms"
+  fig "redis RSS   $d0 KiB -> max $dmax KiB"
+  fig "$(summary "$OUT/scale.json" "scale chat at $SCALE_RATE msgs/s among $sess sessions")"
+fi
+log "figures in $FIG"
