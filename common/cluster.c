@@ -359,7 +359,7 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
   recompute_map(c, live, nlive, restarted);
   for (int i = 0; i < ngone; i++) {
     set_blocked(c, &gone[i], 0);
-    peer_gone(c, &gone[i], "is gone (missed its heartbeats)");
+    peer_gone(c, &gone[i], "left the registry (stopped, or missed its heartbeats)");
     if (gone[i].out) bus_link_close(gone[i].out);
   }
   xfree(gone);
