@@ -276,7 +276,7 @@ static double proc_cpu_s(int pid) {
 
 /* --server-pid P1,P2,...: summed over the processes (each must be readable) */
 static long srv_rss_kib(const bench_opts_t *o) {
-  if (o->nserver_pids <= 1) return srv_rss_kib(o);
+  if (o->nserver_pids <= 1) return o->server_pid > 0 ? proc_rss_kib(o->server_pid) : -1;
   long sum = 0;
   for (int i = 0; i < o->nserver_pids; i++) {
     long v = proc_rss_kib(o->server_pids[i]);
@@ -286,7 +286,7 @@ static long srv_rss_kib(const bench_opts_t *o) {
   return sum;
 }
 static double srv_cpu_s(const bench_opts_t *o) {
-  if (o->nserver_pids <= 1) return srv_cpu_s(o);
+  if (o->nserver_pids <= 1) return o->server_pid > 0 ? proc_cpu_s(o->server_pid) : -1;
   double sum = 0;
   for (int i = 0; i < o->nserver_pids; i++) {
     double v = proc_cpu_s(o->server_pids[i]);

@@ -64,6 +64,31 @@ class BenchTest(ServerTest):
         self.assertGreater(r["server_cpu_ms_per_login"], 0)
         self.assertIn("50 ok", out)
 
+    def test_port_and_pid_lists(self):
+        """--port P1,P2 spreads the users over servers; --server-pid P1,P2 sums the
+        processes' figures. Measured on this test's own process, whose RSS holds still:
+        listed twice, twice the RSS. Both paths of the sum run, the one-pid path included
+        (it once recursed forever; the ASan build caught it)."""
+        me = str(os.getpid())
+        port = str(self.srv.port)
+        one = self.bench_raw("login", "--users", "10", "--first", "170", "--server-pid", me)
+        two = self.bench_raw("login", "--users", "10", "--first", "180", "--port", f"{port},{port}",
+                             "--server-pid", f"{me},{me}")
+        self.assertEqual(one["results"]["logins_ok"], 10)
+        self.assertEqual(two["results"]["logins_ok"], 10)
+        ratio = two["server"]["rss_kib_max"] / one["server"]["rss_kib_max"]
+        self.assertTrue(1.8 < ratio < 2.2, ratio)
+
+    def bench_raw(self, *args):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "out.json")
+            cmd = [BENCH, "--port", str(self.srv.port), "--domain", DOMAIN, "--password", PASSWORD,
+                   "--json", path, "--quiet", *args]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            with open(path) as f:
+                return json.load(f)
+
     def test_login_direct_tls_and_wrong_password(self):
         d, _ = self.bench("login", "--users", "10", "--first", "150", "--mech", "SCRAM-SHA-1",
                           "--tls", "direct", "--port", str(self.srv.tls_port))

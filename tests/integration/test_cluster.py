@@ -251,10 +251,17 @@ class ClusterTest(unittest.TestCase):
             # established sessions keep chatting: routing is cached in the routers
             a.send_message(mto="bob@localhost/b", mbody="redis is down", mtype="chat")
             await expect_body(b, "redis is down")
-            # a new log-in fails while Redis is away (the account cannot be read)
-            h = Client(self.edges[0], "hank@localhost/h", "pw")
-            ok = await h.login(timeout=10)
-            self.assertFalse(ok, "log-in without Redis")
+            # a new log-in fails while Redis is away (the account cannot be read), with a
+            # temporary error (RFC 6120 §6.5.12), not <not-authorized/>
+            import base64
+            r = RawStream(self.edges[0].port)
+            r.starttls()
+            r.open_stream()
+            r.recv_until(r"</stream:features>")
+            token = base64.b64encode(b"\0hank\0pw").decode()
+            r.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+            self.assertIn("<temporary-auth-failure/>", r.recv_until(r"</failure>", timeout=10))
+            r.close()
             self.redis.start()
             deadline = time.monotonic() + BOUND_S * 2
             while True:
