@@ -1,4 +1,5 @@
-/* xmppctl: account administration against the server's store.
+/* xmppctl: account administration against the server's store, and read-only views of a
+ * cluster (its live nodes, shard map and session directory in cluster.redis).
  *
  *   xmppctl [-c CONFIG] [--db PATH] COMMAND ...
  *
@@ -22,9 +23,11 @@
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "common/alloc.h"
 #include "common/config.h"
+#include "common/credis.h"
 #include "common/err.h"
 #include "common/jid.h"
 #include "common/log.h"
@@ -54,6 +57,8 @@ static const char usage_text[] =
     "                                 the password. One transaction; the credentials are\n"
     "                                 derived once, so every account shares one salt:\n"
     "                                 for load tests only, never for real users.\n"
+    "  cluster                        a cluster's live nodes and shard map (cluster.redis)\n"
+    "  sessions JID                   where JID's resources are connected (session directory)\n"
     "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
@@ -561,6 +566,163 @@ out:
   return rc;
 }
 
+/* ---- cluster (read-only views of the cluster's Redis: docs/cluster.md) ---------------- */
+
+typedef struct view {
+  uv_loop_t loop;
+  credis_t *r;
+  uv_timer_t timer;
+  int inited, up, waiting, failed;
+  uint32_t *owner;
+  uint32_t nshards;
+  uint64_t epoch;
+} view_t;
+
+static void view_state(void *ud, int up) { ((view_t *)ud)->up = up; }
+static void view_timeout(uv_timer_t *t) { uv_stop(t->loop); }
+
+/* Connects to cluster.redis on a private loop: EXIT_OK once up (within 5 s). */
+static int view_open(ctl_t *c, view_t *v) {
+  memset(v, 0, sizeof *v);
+  if (!c->cfg.cluster_redis[0]) {
+    fprintf(stderr, "xmppctl: cluster.redis is not set (config file or XMPPD_CLUSTER_REDIS)\n");
+    return EXIT_USAGE;
+  }
+  uv_loop_init(&v->loop);
+  uv_timer_init(&v->loop, &v->timer);
+  v->inited = 1;
+  static const credis_cbs_t cbs = {view_state, NULL};
+  v->r = credis_new(&v->loop, c->cfg.cluster_redis, c->cfg.cluster_name, &cbs, v);
+  if (!v->r) {
+    fprintf(stderr, "xmppctl: cluster.redis: bad address '%s'\n", c->cfg.cluster_redis);
+    return EXIT_USAGE;
+  }
+  uv_timer_start(&v->timer, view_timeout, 5000, 0);
+  while (!v->up && uv_timer_get_due_in(&v->timer) > 0 && uv_run(&v->loop, UV_RUN_ONCE)) {
+  }
+  if (!v->up) {
+    fprintf(stderr, "xmppctl: cannot reach the cluster's Redis %s\n", c->cfg.cluster_redis);
+    return EXIT_FAIL;
+  }
+  return EXIT_OK;
+}
+
+/* Runs the loop until every read issued has answered. */
+static void view_wait(view_t *v) {
+  while (v->waiting > 0 && uv_run(&v->loop, UV_RUN_ONCE)) {
+  }
+}
+
+static void view_close(view_t *v) {
+  if (!v->inited) return;
+  if (v->r) credis_close(v->r);
+  uv_close((uv_handle_t *)&v->timer, NULL);
+  uv_run(&v->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&v->loop);
+  xfree(v->owner);
+}
+
+static const char *role_name(int role) {
+  return role == ROLE_EDGE ? "edge" : role == ROLE_ROUTER ? "router" : role == ROLE_ALL ? "all" : "?";
+}
+
+static void nodes_cb(void *ud, int ok, const credis_node_t *nodes, int n) {
+  view_t *v = ud;
+  v->waiting--;
+  if (!ok) {
+    v->failed = 1;
+    return;
+  }
+  printf("%-6s %-7s %-8s %s\n", "node", "role", "workers", "bus address");
+  for (int i = 0; i < n; i++)
+    printf("%-6u %-7s %-8u %s:%d\n", nodes[i].id, role_name(nodes[i].role), nodes[i].workers, nodes[i].host,
+           nodes[i].bus_port);
+  if (!n) printf("(no live node)\n");
+}
+
+static void map_cb(void *ud, int ok, uint64_t epoch, const uint32_t *owner, uint32_t n) {
+  view_t *v = ud;
+  v->waiting--;
+  if (!ok) {
+    v->failed = 1;
+    return;
+  }
+  v->epoch = epoch;
+  v->nshards = n;
+  v->owner = xcalloc(n ? n : 1, sizeof *owner);
+  if (n) memcpy(v->owner, owner, n * sizeof *owner);
+}
+
+static int cmd_cluster(ctl_t *c, char **args, int nargs) {
+  view_t v;
+  int rc = view_open(c, &v);
+  if (rc == EXIT_OK) {
+    printf("cluster '%s', Redis %s\n", c->cfg.cluster_name, c->cfg.cluster_redis);
+    v.waiting = 2;
+    credis_nodes_get(v.r, nodes_cb, &v);
+    credis_shardmap_get(v.r, map_cb, &v);
+    view_wait(&v);
+    if (!v.failed && !v.nshards) printf("shard map: none published yet\n");
+    if (!v.failed && v.nshards) {
+      printf("shard map: epoch %llu, %u shards\n", (unsigned long long)v.epoch, v.nshards);
+      /* shards per router node (ids are 16-bit: count in one pass) */
+      uint32_t *per = xcalloc(65536, sizeof *per);
+      for (uint32_t s = 0; s < v.nshards; s++) per[v.owner[s] >> 16]++;
+      for (uint32_t id = 0; id < 65536; id++)
+        if (per[id]) printf("  node %u: %u shards\n", id, per[id]);
+      xfree(per);
+    }
+    if (v.failed) {
+      fprintf(stderr, "xmppctl: reading the cluster's Redis failed\n");
+      rc = EXIT_FAIL;
+    }
+  }
+  view_close(&v);
+  return rc;
+}
+
+typedef struct sessions_ud {
+  view_t *v;
+  const char *bare;
+  int n;
+} sessions_ud_t;
+
+static void sessions_cb(void *ud, int ok, const char **resources, const credis_session_t *s, int n) {
+  sessions_ud_t *x = ud;
+  x->v->waiting--;
+  if (!ok) {
+    x->v->failed = 1;
+    return;
+  }
+  x->n = n;
+  for (int i = 0; i < n; i++)
+    printf("%s/%s  node %u thread %u conn %llx  priority %d  %s\n", x->bare, resources[i], s[i].node, s[i].thread,
+           (unsigned long long)s[i].conn, s[i].priority, s[i].available ? "available" : "unavailable");
+}
+
+static int cmd_sessions(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc != EXIT_OK) return rc;
+  view_t v;
+  rc = view_open(c, &v);
+  if (rc == EXIT_OK) {
+    sessions_ud_t x = {&v, bare, 0};
+    v.waiting = 1;
+    credis_dir_get(v.r, bare, sessions_cb, &x);
+    view_wait(&v);
+    if (v.failed) {
+      fprintf(stderr, "xmppctl: reading the cluster's Redis failed\n");
+      rc = EXIT_FAIL;
+    } else if (!x.n) {
+      printf("%s: no session\n", bare);
+    }
+  }
+  view_close(&v);
+  xfree(bare);
+  return rc;
+}
+
 typedef struct command {
   const char *name;
   int min_args, max_args;
@@ -575,6 +737,8 @@ static const command_t commands[] = {
     {"listusers", 0, 0, "", cmd_listusers},
     {"checkpassword", 1, 2, "JID [PASSWORD]", cmd_checkpassword},
     {"populate", 3, 7, "PREFIX COUNT PASSWORD [--roster K] [--first N]", cmd_populate},
+    {"cluster", 0, 0, "", cmd_cluster},
+    {"sessions", 1, 1, "JID", cmd_sessions},
 };
 
 int main(int argc, char **argv) {

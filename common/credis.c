@@ -101,6 +101,7 @@ struct call {
   /* the caller's */
   credis_dir_cb dir_cb;
   credis_shardmap_cb map_cb;
+  credis_nodes_cb nodes_cb;
   void *ud;
 };
 
@@ -497,13 +498,13 @@ static int cmp_node(const void *a, const void *b) {
   return (int)x->id - (int)y->id;
 }
 
-static void poll_done(credis_t *r, call_t *c, redisReply *rep) {
-  r->poll_inflight = 0;
-  if (!rep) return;
+/* The live nodes from a poll's reply, sorted by id (caller frees), or NULL (logged). */
+static credis_node_t *parse_nodes(credis_t *r, const redisReply *rep, int *count) {
+  if (!rep) return NULL;
   if (rep->type != REDIS_REPLY_ARRAY) {
     log_warn("redis %s: registry poll: %s", r->name,
              rep->type == REDIS_REPLY_ERROR && rep->str ? rep->str : "unexpected reply");
-    return;
+    return NULL;
   }
   credis_node_t *nodes = xcalloc(rep->elements ? rep->elements : 1, sizeof *nodes);
   int n = 0;
@@ -531,8 +532,34 @@ static void poll_done(credis_t *r, call_t *c, redisReply *rep) {
     nd->bus_port = port;
   }
   qsort(nodes, (size_t)n, sizeof *nodes, cmp_node);
+  *count = n;
+  return nodes;
+}
+
+static void poll_done(credis_t *r, call_t *c, redisReply *rep) {
+  r->poll_inflight = 0;
+  int n = 0;
+  credis_node_t *nodes = parse_nodes(r, rep, &n);
+  if (!nodes) return;
   if (r->cbs.on_nodes) r->cbs.on_nodes(r->ud, nodes, n);
   xfree(nodes);
+}
+
+static void nodes_get_done(credis_t *r, call_t *c, redisReply *rep) {
+  int n = 0;
+  credis_node_t *nodes = parse_nodes(r, rep, &n);
+  c->nodes_cb(c->ud, nodes != NULL, nodes, n);
+  xfree(nodes);
+}
+
+void credis_nodes_get(credis_t *r, credis_nodes_cb cb, void *ud) {
+  if (!r || r->closing) return;
+  const char *pv[] = {"1", r->k_all, r->k_prefix};
+  size_t pl[] = {1, strlen(r->k_all), strlen(r->k_prefix)};
+  call_t *c = call_new(r, nodes_get_done, SC_POLL, 3, pv, pl);
+  c->nodes_cb = cb;
+  c->ud = ud;
+  if (send_script(r, c, 0) != 0) defer_fail(r, c);
 }
 
 /* SET self PX ttl, SADD, poll: one write. */

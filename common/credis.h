@@ -89,6 +89,12 @@ typedef void (*credis_shardmap_cb)(void *ud, int ok, uint64_t epoch, const uint3
                                    uint32_t n);
 void credis_shardmap_get(credis_t *r, credis_shardmap_cb cb, void *ud);
 
+/* Reads the live nodes once, as a registry poll does, without registering (tools):
+ * sorted by id; ok = 0 when Redis could not answer. Same calling rules as
+ * credis_dir_get. */
+typedef void (*credis_nodes_cb)(void *ud, int ok, const credis_node_t *nodes, int n);
+void credis_nodes_get(credis_t *r, credis_nodes_cb cb, void *ud);
+
 /* Counters for benchmarks. commands: sent to hiredis (handshake, heartbeats and polls
  * included); replies: replies received (errors included); errors: error replies plus
  * commands whose connection died before the reply; dropped: commands not sent because

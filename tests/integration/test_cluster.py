@@ -7,6 +7,7 @@ resumes, nobody reconnects), Redis restarted (new log-ins work again), a third r
 joining (shards move, presence kept)."""
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import time
@@ -170,6 +171,20 @@ class ClusterTest(unittest.TestCase):
             d = resp(self.redis.port, "HGETALL", "it:s:{bob@localhost}")
             self.assertIn(b"b", d)
             self.assertIn(b"12 ", d, "bob is on edge node 12")
+            # and so does xmppctl, with the cluster's nodes and shard map
+            env = {**os.environ, "XMPPD_CLUSTER_REDIS": f"127.0.0.1:{self.redis.port}",
+                   "XMPPD_CLUSTER_NAME": "it"}
+            out = subprocess.run([XMPPCTL, "sessions", "bob@localhost"], env=env, capture_output=True,
+                                 text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertRegex(out.stdout, r"bob@localhost/b  node 12 thread 0 conn [0-9a-f]+  priority 0  available")
+            out = subprocess.run([XMPPCTL, "cluster"], env=env, capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            for node, role in ((1, "router"), (2, "router"), (11, "edge"), (12, "edge")):
+                self.assertRegex(out.stdout, rf"(?m)^{node} +{role} ")
+            shards = [int(x) for x in re.findall(r"node [12]: (\d+) shards", out.stdout)]
+            self.assertEqual(sum(shards), 4096, out.stdout)
+            self.assertTrue(all(s > 1500 for s in shards), out.stdout)
             await a.close()
             await b.close()
         run(go())
