@@ -183,6 +183,35 @@ Test(credis, register_poll_sees_self_and_peer) {
   finish_loop();
 }
 
+static void got_nodes(void *ud, int ok, const credis_node_t *nodes, int n) {
+  obs_t *o = ud;
+  o->polls++;
+  o->last_state = ok;
+  o->n = n < 16 ? n : 16;
+  memcpy(o->nodes, nodes, (size_t)o->n * sizeof *nodes);
+}
+
+Test(credis, nodes_get_reads_without_registering) {
+  obs_t o1 = {0}, tool = {0};
+  credis_t *r1 = open_r(&o1), *rt = open_r(&tool);
+  credis_node_t n1 = node(1);
+  credis_register(r1, &n1, 50, 2000);
+  WAIT_FOR(o1.n == 1 && tool.ups == 1, DEADLINE_MS);
+  obs_t got = {0};
+  credis_nodes_get(rt, got_nodes, &got);
+  cr_assert_eq(got.polls, 0, "never inside the call");
+  WAIT_FOR(got.polls == 1, DEADLINE_MS);
+  cr_assert_eq(got.last_state, 1);
+  cr_assert_eq(got.n, 1);
+  cr_assert_eq(got.nodes[0].id, 1);
+  cr_assert_str_eq(got.nodes[0].host, "10.0.0.1");
+  cr_assert_eq(tool.polls, 0, "the reader registered nothing and polls nothing");
+  cr_assert_eq(rint_cmd("SCARD " CLUSTER ":{nodes}:all"), 1);
+  credis_close(r1);
+  credis_close(rt);
+  finish_loop();
+}
+
 Test(credis, silent_node_disappears_after_ttl) {
   obs_t o1 = {0}, o2 = {0};
   credis_t *r1 = open_r(&o1), *r2 = open_r(&o2);
