@@ -448,7 +448,10 @@ static void thread_main(void *arg) {
 
 void bus_remote(bus_t *b, bus_msg_t *m) { bus_queue_push(&b->cluster->in, m); }
 
-uint64_t cluster_pending(cluster_t *c) { return bus_queue_pending(&c->in) + c->npend; }
+uint64_t cluster_pending(cluster_t *c) {
+  /* npend belongs to the cluster thread: a relaxed read is a snapshot, as bus_queue_pending is */
+  return bus_queue_pending(&c->in) + __atomic_load_n(&c->npend, __ATOMIC_RELAXED);
+}
 
 cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
   cluster_t *c = xcalloc(1, sizeof *c);
