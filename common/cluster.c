@@ -125,6 +125,22 @@ static void dispatch_since(cluster_t *c, bus_msg_t *m, uint64_t since) {
 
 static void dispatch(cluster_t *c, bus_msg_t *m) { dispatch_since(c, m, 0); }
 
+/* A frame re-routed after a map change (handed back by a link, or waiting for an owner)
+ * that a local edge thread sent for one of its sessions goes back through that thread:
+ * the thread has the BUS_MAP of the change ahead of it in its queue, so the session's
+ * re-announcement reaches the new owner first (else the stanza arrives for a session
+ * the owner does not know yet, and is dropped as stale). 1 when taken. */
+static int back_to_edge(cluster_t *c, bus_msg_t *m) {
+  bus_t *b = c->bus;
+  bus_frame_t f;
+  if (bus_msg_frame(m, &f) != 0) return 0;
+  if (f.kind != BUS_C2S && f.kind != BUS_SESSION_OPEN && f.kind != BUS_SESSION_CLOSE) return 0;
+  if (f.src.node != b->node || f.src.thread >= b->nedges || !c->map[bus_frame_shard(b, &f)]) return 0;
+  m->next = NULL;
+  bus_queue_push(&b->edge_q[f.src.thread], m);
+  return 1;
+}
+
 /* A frame that cannot be delivered (RFC 6120 §8.3.3.11 <recipient-unavailable/>: the
  * failure is temporary, a retry may work). Never an error for an error. */
 static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
@@ -202,7 +218,7 @@ static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
     uint32_t o = c->map[bus_frame_shard(c->bus, &f)];
     if (o && BUS_OWNER_NODE(o) != bus_link_peer(l)) { /* its shard moved meanwhile */
       c->rerouted++;
-      dispatch(c, m);
+      if (!back_to_edge(c, m)) dispatch(c, m);
       return;
     }
   }
@@ -369,7 +385,8 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
   pend_t *pv = c->pend;
   c->pend = NULL;
   c->npend = c->cap_pend = 0;
-  for (size_t i = 0; i < np; i++) dispatch_since(c, pv[i].m, pv[i].since);
+  for (size_t i = 0; i < np; i++)
+    if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
   xfree(pv);
 }
 

@@ -46,7 +46,10 @@ void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond
  * wait; pipelining clients get this much slack). */
 #define MAX_HELD 64
 
+static void ensure_announced(conn_t *c);
+
 static void send_frame(conn_t *c, bus_frame_t *f, const char *route_bare, size_t route_len) {
+  if (c->bound) ensure_announced(c); /* the new owner must know the session first */
   if (c->binding && f->kind == BUS_C2S) {
     if (c->nheld >= MAX_HELD) {
       conn_stream_error(c, "policy-violation", "too many stanzas before the bind result");
@@ -156,6 +159,28 @@ void edge_session_open(conn_t *c) {
   send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
 }
 
+static void announce_again(conn_t *c, uint32_t o) {
+  c->announced = o;
+  bus_frame_t f = {0};
+  f.kind = BUS_SESSION_OPEN;
+  f.flags = BUS_F_REANNOUNCE;
+  f.src = here(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  f.payload = c->presence;
+  f.payload_len = c->presence_len;
+  bus_to_router(c->th->bus, c->jid.bare, strlen(c->jid.bare), bus_msg_new(&f));
+}
+
+/* A bound session whose shard changed owner since it was last announced is announced to
+ * the new owner before anything else of it goes there: the owners are published (atomics)
+ * before this thread handles the BUS_MAP that follows, and a stanza sent in between must
+ * not reach the new owner ahead of its session (it would be dropped as stale). */
+static void ensure_announced(conn_t *c) {
+  uint32_t o = owner_of(c);
+  if (o && o != c->announced) announce_again(c, o);
+}
+
 /* BUS_MAP: each bound session whose shard changed owner, or whose owner restarted
  * (restarted_node), is announced to the owner again with its presence. The frame goes
  * the way of the session's next stanzas, so the new owner has it first. */
@@ -165,19 +190,25 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
     if (!(c->bound || c->binding) || c->closing) continue;
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
-    c->announced = o;
-    bus_frame_t f = {0};
-    f.kind = BUS_SESSION_OPEN;
-    f.flags = BUS_F_REANNOUNCE;
-    f.src = here(c);
-    f.from = c->jid.full;
-    f.from_len = strlen(c->jid.full);
-    f.payload = c->presence;
-    f.payload_len = c->presence_len;
-    bus_to_router(th->bus, c->jid.bare, strlen(c->jid.bare), bus_msg_new(&f));
+    announce_again(c, o);
     n++;
   }
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
+}
+
+/* A frame of this thread's that the cluster thread re-routes (its router died or left,
+ * or it waited for a router): it comes back here, behind the BUS_MAP of that change, so
+ * that the session's re-announcement goes out first. A re-announcement itself is
+ * dropped: BUS_MAP already sent a current one. */
+static void resend(edge_thread_t *th, bus_msg_t *m, const bus_frame_t *f) {
+  if (f->flags & BUS_F_REANNOUNCE) {
+    bus_msg_free(m);
+    return;
+  }
+  conn_t *c = conn_lookup(th, f->src.conn);
+  if (c && c->bound && !c->closing) ensure_announced(c);
+  m->next = NULL;
+  bus_to_shard(th->bus, bus_frame_shard(th->bus, f), m);
 }
 
 void edge_session_close(conn_t *c) {
@@ -233,6 +264,10 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         if (c && !c->closing) negotiate_bind_done(c, f.arg);
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
+      } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {
+        resend(th, m, &f); /* takes m */
+        arena_reset(&a);
+        continue;
       } else if (f.kind == BUS_KICK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
         if (c) {

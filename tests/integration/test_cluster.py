@@ -539,3 +539,65 @@ class MutualTlsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RouterKilledSendersLoseNothingTest(unittest.TestCase):
+    """Review: stanzas that clients send to a router that has just died wait on the edge's
+    link; when the router is declared dead they are re-routed to the new owner of the
+    sender's shard (docs/cluster.md, "router node dies"). They must not overtake the
+    edge's re-announcement of the sender's session, or the new owner drops them as stale,
+    silently. Every message is either delivered or answered with an error."""
+
+    def test_messages_queued_for_dead_router_arrive(self):
+        redis = Redis()
+        redis.start()
+        routers = [Node(redis, 1, "router", **{"server.log_level": "debug"}),
+                   Node(redis, 2, "router", **{"server.log_level": "debug"})]
+        edge = Node(redis, 11, "edge")
+        senders = [f"s{i}" for i in range(8)]
+        try:
+            for u in senders + ["rcv"]:
+                edge.adduser(f"{u}@localhost", "pw")
+            for n in routers + [edge]:
+                n.start()
+            deadline = time.time() + 10
+            while "2 routers," not in edge.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+
+            async def go():
+                r = await login(edge, "rcv@localhost/r")
+                await asyncio.sleep(0.3)
+                owner = [x for x in routers if "session rcv@localhost/r open" in x.log_text()]
+                self.assertEqual(len(owner), 1)
+                victim = [x for x in routers if x is not owner[0]][0]
+                cs = [await login(edge, f"{u}@localhost/x") for u in senders]
+                errors = []
+                for c in cs:
+                    c.add_event_handler("message", lambda m: m["type"] == "error" and errors.append(m))
+                victim.kill9()
+                n = 0
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 3:  # across the detection (TTL 1.2 s)
+                    for i, c in enumerate(cs):
+                        c.send_message(mto="rcv@localhost/r", mbody=f"m {i} {n}", mtype="chat")
+                    n += 1
+                    await asyncio.sleep(0.05)
+                got = set()
+                try:
+                    while True:
+                        got.add((await r.next_message(3, pred=lambda m: m["body"].startswith("m ")))["body"])
+                except asyncio.TimeoutError:
+                    pass
+                total = n * len(cs)
+                self.assertEqual(len(got) + len(errors), total,
+                                 f"{total - len(got) - len(errors)} of {total} messages vanished silently "
+                                 f"({len(errors)} errors)")
+                for c in cs + [r]:
+                    await c.close()
+            run(go())
+        finally:
+            for n in routers + [edge]:
+                if n.proc and n.proc.poll() is None:
+                    n.stop()
+            redis.stop()
+            redis.cleanup()
