@@ -91,6 +91,7 @@ struct bus_link {
   int up, closing, paused, writable, handles;
   uint64_t inc, peer_inc;  /* incarnations: random, fixed for a link object's life */
   uint64_t rx_count;       /* data frames delivered from peer_inc */
+  int peer_restarted;      /* the last HELLO came from a new incarnation of a known peer */
   /* outbound queue */
   bus_msg_t *head, *tail, *unsent;
   size_t count, bytes, n_written, n_inflight;
@@ -601,6 +602,7 @@ static const char *got_hello(link_conn_t *c, const bus_frame_t *f) {
   } else if (l->peer_node && l->peer_node != node) {
     log_warn("bus link %s: peer is now node %u (was %u)", c->peer, node, l->peer_node);
   }
+  l->peer_restarted = l->peer_inc && f->src.conn != l->peer_inc;
   if (f->src.conn != l->peer_inc) { /* a new incarnation of the peer: count afresh */
     l->peer_inc = f->src.conn;
     l->rx_count = 0;
@@ -959,6 +961,7 @@ int bus_link_send(bus_link_t *l, bus_msg_t *m) {
 int bus_link_writable(const bus_link_t *l) { return l->writable; }
 int bus_link_is_up(const bus_link_t *l) { return l->up; }
 uint16_t bus_link_peer(const bus_link_t *l) { return l->peer_node; }
+int bus_link_peer_restarted(const bus_link_t *l) { return l->peer_restarted; }
 void *bus_link_ud(const bus_link_t *l) { return l->ud; }
 void bus_link_set_ud(bus_link_t *l, void *ud) { l->ud = ud; }
 

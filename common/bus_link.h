@@ -115,6 +115,9 @@ void bus_link_pause(bus_link_t *l);
 void bus_link_resume(bus_link_t *l);
 /* Peer node id from the last HELLO (0 before the first). */
 uint16_t bus_link_peer(const bus_link_t *l);
+/* In on_up: 1 when the peer is a new incarnation of the one this link talked to before
+ * (the peer process restarted); its frames follow on_up. */
+int bus_link_peer_restarted(const bus_link_t *l);
 void *bus_link_ud(const bus_link_t *l);
 void bus_link_set_ud(bus_link_t *l, void *ud);
 void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st);

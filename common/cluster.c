@@ -21,6 +21,7 @@ typedef struct peer {
   credis_node_t info;
   bus_link_t *out; /* our link to it: NULL when this node never sends to it */
   int blocked;     /* out is over its high watermark (counted in bus->congested) */
+  int restart_done; /* its restart was handled when its link came back (on_up) */
 } peer_t;
 
 typedef struct pend {
@@ -71,6 +72,7 @@ static peer_t *find_peer(cluster_t *c, uint16_t id) {
 }
 
 static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why);
+static void push_local_ctl(cluster_t *c, uint8_t kind, int64_t arg, int workers, int edges);
 static void dispatch(cluster_t *c, bus_msg_t *m);
 static void set_blocked(cluster_t *c, peer_t *p, int blocked);
 
@@ -226,6 +228,19 @@ static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
 }
 
 static void on_up(bus_link_t *l, void *ud, uint16_t node, uint8_t role) {
+  cluster_t *c = ud;
+  peer_t *known = find_peer(c, node);
+  /* only the link the peer dialled (it carries the peer's frames); ours to it comes up
+   * in its own time, maybe after new sessions arrived on the other one */
+  int theirs = !(known && known->out == l);
+  if (theirs && (role & ROLE_EDGE) && bus_link_peer_restarted(l) && !c->stopping) {
+    /* An edge restarted: its old sessions end now, before any frame of the new process
+     * (they follow on this link), not at the next registry poll, which would also end
+     * the sessions its new clients opened meanwhile. */
+    log_warn("cluster: node %u restarted (bus link from a new incarnation)", node);
+    push_local_ctl(c, BUS_NODE_DOWN, node, 1, 0);
+    if (known) known->restart_done = 1;
+  }
   log_info("cluster: bus link to node %u (%s) up", node,
            role == BUS_ROLE_EDGE ? "edge" : role == BUS_ROLE_ROUTER ? "router" : "edge+router");
 }
@@ -326,8 +341,12 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
     live[nlive++] = *x;
     peer_t *old = find_peer(c, x->id);
     if (old && old->info.incarnation != x->incarnation) {
-      /* restarted: whatever it held is gone (its sessions, or its shards' state) */
-      peer_gone(c, old, "restarted");
+      /* restarted: whatever it held is gone (its sessions, or its shards' state); an
+       * edge's sessions were ended already if its link came back first (on_up) */
+      if (old->restart_done && !(old->info.role & ROLE_ROUTER))
+        log_info("cluster: node %u restarted (new incarnation in the registry)", old->info.id);
+      else peer_gone(c, old, "restarted");
+      old->restart_done = 0;
       if (x->role & ROLE_ROUTER) restarted = x->id;
       old->info.incarnation = x->incarnation;
     }

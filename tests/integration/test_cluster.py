@@ -601,3 +601,52 @@ class RouterKilledSendersLoseNothingTest(unittest.TestCase):
                     n.stop()
             redis.stop()
             redis.cleanup()
+
+
+class EdgeRestartedQuicklyTest(unittest.TestCase):
+    """Review: an edge node restarted within the TTL (same id, new incarnation). Routers
+    notice the new incarnation at their next poll and end that node's sessions
+    (BUS_NODE_DOWN); sessions opened on the new incarnation before that poll must
+    survive it."""
+
+    def test_sessions_of_new_incarnation_survive(self):
+        redis = Redis()
+        redis.start()
+        slow = {"cluster.heartbeat_ms": 2000, "cluster.node_ttl_ms": 6000}
+        router = Node(redis, 1, "router", **slow)
+        edge = Node(redis, 11, "edge", **slow)
+        try:
+            edge.adduser("alice@localhost", "pw")
+            edge.adduser("bob@localhost", "pw")
+            router.start()
+            edge.start()
+            deadline = time.time() + 10
+            while "1 routers," not in edge.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+
+            async def go():
+                a = await login(edge, "alice@localhost/a")
+                await a.close()
+                edge.kill9()
+                edge.start()
+                deadline = time.time() + 10
+                while "1 routers," not in edge.log_text().split("xmppd")[-1] and time.time() < deadline:
+                    await asyncio.sleep(0.05)
+                a = await login(edge, "alice@localhost/a")
+                b = await login(edge, "bob@localhost/b")
+                await asyncio.sleep(3)  # the router's next poll sees the new incarnation
+                a.send_message(mto="bob@localhost/b", mbody="after restart", mtype="chat")
+                try:
+                    await expect_body(b, "after restart")
+                except asyncio.TimeoutError:
+                    self.fail("message lost after the edge restart; router log:\n" +
+                              "\n".join(router.log_text().splitlines()[-6:]))
+                await a.close()
+                await b.close()
+            run(go())
+        finally:
+            for n in (edge, router):
+                if n.proc and n.proc.poll() is None:
+                    n.stop()
+            redis.stop()
+            redis.cleanup()
