@@ -216,6 +216,11 @@ static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
   cluster_t *c = ud;
   bus_frame_t f;
   m->next = NULL;
+  peer_t *p = c->stopping ? NULL : find_peer(c, bus_link_peer(l));
+  if (p && p->out && p->out != l) { /* its link was replaced (the node moved): that one */
+    dispatch(c, m);
+    return;
+  }
   if (bus_msg_frame(m, &f) == 0 && bus_router_kind(f.kind) && !c->stopping) {
     uint32_t o = c->map[bus_frame_shard(c->bus, &f)];
     if (o && BUS_OWNER_NODE(o) != bus_link_peer(l)) { /* its shard moved meanwhile */
@@ -349,6 +354,19 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
       old->restart_done = 0;
       if (x->role & ROLE_ROUTER) restarted = x->id;
       old->info.incarnation = x->incarnation;
+    }
+    if (old && (strcmp(old->info.host, x->host) != 0 || old->info.bus_port != x->bus_port)) {
+      /* it came back at another address (e.g. bus_port = 0): a new link there first, so
+       * that what the old one hands back on closing goes out on the new one */
+      log_info("cluster: node %u now at %s:%d (was %s:%d)", x->id, x->host, x->bus_port, old->info.host,
+               old->info.bus_port);
+      bus_link_t *stale = old->out;
+      set_blocked(c, old, 0);
+      old->info = *x;
+      old->out = needs_link(c, x) ? bus_link_connect(&c->loop, x->host, x->bus_port, c->bus->node,
+                                                     (uint8_t)c->role, &c->lcfg, &link_cbs, c)
+                                  : NULL;
+      if (stale) bus_link_close(stale);
     }
     if (old) {
       next[nn++] = *old;

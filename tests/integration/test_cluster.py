@@ -361,6 +361,35 @@ class ClusterTest(unittest.TestCase):
             self.routers[1].start()
             self.wait_map(2 + len(getattr(self.__class__, "extra", [])))
 
+    def test_8_edge_restarted_at_another_address(self):
+        """An edge killed and started again with the same node id but another bus port:
+        the routers follow it to the new address (deliveries reach its new clients)."""
+        old = self.edges[1]
+        deadline = time.time() + BOUND_S  # the routers know it at its first address
+        while not all(f"127.0.0.1:{old.bus_port}" in r.log_text() for r in self.routers) \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        moved = Node(self.redis, 12, "edge")  # made first: back within the old key's TTL
+        old.kill9()
+        self.edges[1] = moved
+        self.__class__.edges = self.edges
+        moved.start()
+
+        async def go():
+            deadline = time.time() + BOUND_S
+            while "now at 127.0.0.1:%d" % moved.bus_port not in self.routers[0].log_text() \
+                    and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            a = await login(self.edges[0], "alice@localhost/a8")
+            k = await login(moved, "kim@localhost/k8")
+            a.send_message(mto="kim@localhost/k8", mbody="to the moved edge", mtype="chat")
+            await expect_body(k, "to the moved edge", timeout=BOUND_S)
+            k.send_message(mto="alice@localhost/a8", mbody="from the moved edge", mtype="chat")
+            await expect_body(a, "from the moved edge", timeout=BOUND_S)
+            await a.close()
+            await k.close()
+        run(go())
+
 
 class FlowControlTest(unittest.TestCase):
     """A router that stops reading (SIGSTOP, shorter than the heartbeat bound) makes the
