@@ -46,6 +46,7 @@ struct cluster {
   peer_t *peers;       /* live peers (not self), sorted by id */
   int npeers;
   uint32_t *map;       /* the shard map as this thread computed it last */
+  uint32_t *prev;      /* the one before (NULL until the map first changed) */
   uint64_t epoch;
   uint64_t redis_up_ms; /* when Redis last came back (0: never up) */
   pend_t *pend;
@@ -107,6 +108,15 @@ static void dispatch_since(cluster_t *c, bus_msg_t *m, uint64_t since) {
       return;
     }
     node = BUS_OWNER_NODE(o);
+    uint32_t was = c->prev ? c->prev[bus_frame_shard(b, &f)] : 0;
+    if (node != b->node && BUS_OWNER_NODE(was) == b->node && b->nworkers && !(f.flags & BUS_F_FORWARDED) &&
+        !c->leaving) {
+      /* the shard was ours until the last change: through its old worker, which hands
+       * its sessions over first (BUS_MAP is ahead in its queue), then passes this on
+       * (not when leaving: the workers stop soon after) */
+      o = was;
+      node = b->node;
+    }
     if (node == b->node) {
       if (b->nworkers) bus_queue_push(&b->worker_q[BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers], m);
       else fail_frame(c, m, "shard owned by this node, which has no router");
@@ -308,6 +318,8 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
       moved += next[s] != c->map[s];
       atomic_store_explicit(&c->bus->owner[s], next[s], memory_order_relaxed);
     }
+    if (!c->prev) c->prev = xcalloc(c->bus->nshards, sizeof *c->prev);
+    memcpy(c->prev, c->map, c->bus->nshards * sizeof *next);
     memcpy(c->map, next, c->bus->nshards * sizeof *next);
     c->epoch++;
     log_info("cluster: shard map epoch %llu: %d routers, %u of %u shards moved", (unsigned long long)c->epoch,
@@ -575,6 +587,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->peers);
   xfree(c->pend);
   xfree(c->map);
+  xfree(c->prev);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;

@@ -14,7 +14,8 @@
 int worker_owns(const worker_t *w, const bus_frame_t *f) {
   const bus_t *b = w->bus;
   if (!b->owner) return 1;
-  uint32_t o = atomic_load_explicit(&b->owner[bus_frame_shard(b, f)], memory_order_relaxed);
+  if (!w->owner_view) return 0; /* no map handled yet: on to whoever owns it */
+  uint32_t o = w->owner_view[bus_frame_shard(b, f)];
   return BUS_OWNER_NODE(o) == b->node && BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers == (uint32_t)w->index;
 }
 
@@ -66,6 +67,10 @@ static collect_t online(worker_t *w) {
 }
 
 void worker_map_changed(worker_t *w) {
+  const bus_t *b = w->bus;
+  if (!w->owner_view) w->owner_view = xcalloc(b->nshards, sizeof *w->owner_view);
+  for (uint32_t s = 0; s < b->nshards; s++)
+    w->owner_view[s] = atomic_load_explicit(&b->owner[s], memory_order_relaxed);
   collect_t x = online(w);
   size_t dropped = 0;
   for (size_t i = 0; i < x.n; i++) {

@@ -69,6 +69,9 @@ struct worker {
   size_t frame_payload_len;
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
+  uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
+                           (bus->owner changes earlier: frames queued before the BUS_MAP are
+                           still this worker's, and go after its hand-over) */
 };
 
 struct router {

@@ -220,6 +220,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
       /* its shard moved while it was on its way: on to the new owner */
       m->next = NULL;
+      m->data[2] |= BUS_F_FORWARDED; /* flags, low byte (bus_frame.h) */
       bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
       continue;
     }
@@ -297,6 +298,7 @@ void router_free(router_t *r) {
     worker_t *w = &r->workers[i];
     uv_loop_close(&w->loop);
     strmap_free(w->users, user_free);
+    xfree(w->owner_view);
     arena_free(&w->arena);
     buf_free(&w->scratch);
     store_close(w->store);

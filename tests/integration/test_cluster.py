@@ -632,6 +632,67 @@ class RouterKilledSendersLoseNothingTest(unittest.TestCase):
             redis.cleanup()
 
 
+class RouterJoinsUnderLoadTest(unittest.TestCase):
+    """Stanzas sent while a router joins: nodes see the new map at different moments, so
+    the old owner of a moved shard still gets frames for it from edges whose map is
+    stale. It must pass them on only after its hand-over of the sessions (else the new
+    owner, not knowing the sender yet, drops them as stale): every message arrives."""
+
+    def test_no_message_lost_across_a_join(self):
+        redis = Redis()
+        redis.start()
+        routers = [Node(redis, 1, "router"), Node(redis, 2, "router")]
+        edges = [Node(redis, 11, "edge"), Node(redis, 12, "edge")]
+        joiner = Node(redis, 3, "router")
+        senders = [f"j{i}" for i in range(12)]
+        try:
+            for u in senders + ["jr"]:
+                edges[0].adduser(f"{u}@localhost", "pw")
+            for n in routers + edges:
+                n.start()
+            deadline = time.time() + 10
+            while not all("2 routers," in e.log_text() for e in edges) and time.time() < deadline:
+                time.sleep(0.1)
+
+            async def go():
+                r = await login(edges[1], "jr@localhost/r")
+                cs = [await login(edges[i % 2], f"{u}@localhost/x") for i, u in enumerate(senders)]
+                errors = []
+                for c in cs:
+                    c.add_event_handler("message", lambda m: m["type"] == "error" and errors.append(m))
+                n = 0
+                t0 = time.monotonic()
+                started = False
+                while time.monotonic() - t0 < 4:
+                    if not started and time.monotonic() - t0 > 1:
+                        joiner.start()
+                        started = True
+                    for i, c in enumerate(cs):
+                        c.send_message(mto="jr@localhost/r", mbody=f"m {i} {n}", mtype="chat")
+                    n += 1
+                    await asyncio.sleep(0.03)
+                got = set()
+                try:
+                    while True:
+                        got.add((await r.next_message(3, pred=lambda m: m["body"].startswith("m ")))["body"])
+                except asyncio.TimeoutError:
+                    pass
+                total = n * len(cs)
+                self.assertIn("3 routers,", edges[0].log_text())
+                self.assertEqual(len(got) + len(errors), total,
+                                 f"{total - len(got) - len(errors)} of {total} messages vanished silently "
+                                 f"({len(errors)} errors)")
+                for c in cs + [r]:
+                    await c.close()
+            run(go())
+        finally:
+            for n in routers + edges + [joiner]:
+                if n.proc and n.proc.poll() is None:
+                    n.stop()
+            redis.stop()
+            redis.cleanup()
+
+
 class EdgeRestartedQuicklyTest(unittest.TestCase):
     """Review: an edge node restarted within the TTL (same id, new incarnation). Routers
     notice the new incarnation at their next poll and end that node's sessions
