@@ -129,7 +129,16 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
   char *to = arena_strndup(&w->arena, f->to, f->to_len);
   user_t *u = user_get(w, w_bare(w, from));
   session_t *s = user_session(u, from);
-  if (!s || !bus_addr_eq(&s->at, &f->src)) return; /* stale */
+  if (!s || !bus_addr_eq(&s->at, &f->src)) {
+    /* stale: the session ended or was replaced. In a cluster it can also be a session
+     * whose shard just moved here and whose announcement is still on its way (it raced
+     * a map change): the sender is told to try again, never left with a silent loss */
+    if (!s && w->bus->cluster && !strcmp(st->name, "message")) {
+      xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
+      if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+    }
+    return;
+  }
   if (!strcmp(st->name, "presence")) {
     int avail = s->available, prio = s->priority;
     presence_outbound(w, u, s, *to ? to : NULL, st);
