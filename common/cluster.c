@@ -102,13 +102,14 @@ static void dispatch_since(cluster_t *c, bus_msg_t *m, uint64_t since) {
   }
   uint16_t node;
   if (bus_router_kind(f.kind)) {
-    uint32_t o = c->map[bus_frame_shard(b, &f)];
+    uint32_t shard = bus_frame_shard(b, &f);
+    uint32_t o = c->map[shard];
     if (!o) {
       pend_frame(c, m, since);
       return;
     }
     node = BUS_OWNER_NODE(o);
-    uint32_t was = c->prev ? c->prev[bus_frame_shard(b, &f)] : 0;
+    uint32_t was = c->prev ? c->prev[shard] : 0;
     if (node != b->node && BUS_OWNER_NODE(was) == b->node && b->nworkers && !(f.flags & BUS_F_FORWARDED) &&
         !c->leaving) {
       /* the shard was ours until the last change: through its old worker, which hands

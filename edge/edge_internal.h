@@ -110,6 +110,7 @@ struct conn {
   uint8_t *presence;
   size_t presence_len;
   uint32_t announced;
+  uint32_t shard;       /* shard of jid.bare, computed once at bind (hot path: every stanza) */
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;
 };

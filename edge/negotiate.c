@@ -243,7 +243,7 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
     bus_msg_t *m = c->held;
     c->held = m->next;
     m->next = NULL;
-    bus_to_router(c->th->bus, c->jid.bare, strlen(c->jid.bare), m);
+    bus_to_shard(c->th->bus, c->shard, m);
   }
   c->nheld = 0;
   log_debug("conn %llx: bound %s", (unsigned long long)c->id, c->jid.full);

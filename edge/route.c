@@ -48,7 +48,8 @@ void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond
 
 static void ensure_announced(conn_t *c);
 
-static void send_frame(conn_t *c, bus_frame_t *f, const char *route_bare, size_t route_len) {
+/* Everything a session sends goes to its own shard (c->shard, set at bind). */
+static void send_frame(conn_t *c, bus_frame_t *f) {
   if (c->bound) ensure_announced(c); /* the new owner must know the session first */
   if (c->binding && f->kind == BUS_C2S) {
     if (c->nheld >= MAX_HELD) {
@@ -63,7 +64,7 @@ static void send_frame(conn_t *c, bus_frame_t *f, const char *route_bare, size_t
     c->nheld++;
     return;
   }
-  bus_to_router(c->th->bus, route_bare, route_len, bus_msg_new(f));
+  bus_to_shard(c->th->bus, c->shard, bus_msg_new(f));
 }
 
 void edge_release_held(conn_t *c) {
@@ -93,9 +94,7 @@ static void remember_presence(conn_t *c, const char *type, buf_t *encoded) {
 
 static uint32_t owner_of(const conn_t *c) {
   bus_t *b = c->th->bus;
-  return b->owner ? atomic_load_explicit(&b->owner[bus_shard_of(b, c->jid.bare, strlen(c->jid.bare))],
-                                         memory_order_relaxed)
-                  : 0;
+  return b->owner ? atomic_load_explicit(&b->owner[c->shard], memory_order_relaxed) : 0;
 }
 
 void edge_route_stanza(conn_t *c, xnode_t *s) {
@@ -143,7 +142,7 @@ void edge_route_stanza(conn_t *c, xnode_t *s) {
   f.to_len = strlen(f.to);
   f.payload = p.data;
   f.payload_len = p.len;
-  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+  send_frame(c, &f);
   if (c->th->bus->cluster && !tj.full && !strcmp(s->name, "presence")) remember_presence(c, type, &p);
   buf_free(&p);
   jid_free(&tj);
@@ -155,8 +154,9 @@ void edge_session_open(conn_t *c) {
   f.src = here(c);
   f.from = c->jid.full;
   f.from_len = strlen(c->jid.full);
+  c->shard = bus_shard_of(c->th->bus, c->jid.bare, strlen(c->jid.bare));
   c->announced = owner_of(c);
-  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+  send_frame(c, &f);
 }
 
 static void announce_again(conn_t *c, uint32_t o) {
@@ -169,7 +169,7 @@ static void announce_again(conn_t *c, uint32_t o) {
   f.from_len = strlen(c->jid.full);
   f.payload = c->presence;
   f.payload_len = c->presence_len;
-  bus_to_router(c->th->bus, c->jid.bare, strlen(c->jid.bare), bus_msg_new(&f));
+  bus_to_shard(c->th->bus, c->shard, bus_msg_new(&f));
 }
 
 /* A bound session whose shard changed owner since it was last announced is announced to
@@ -217,7 +217,7 @@ void edge_session_close(conn_t *c) {
   f.src = here(c);
   f.from = c->jid.full;
   f.from_len = strlen(c->jid.full);
-  send_frame(c, &f, c->jid.bare, strlen(c->jid.bare));
+  send_frame(c, &f);
 }
 
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
