@@ -690,6 +690,13 @@ static int index_rem(rd_t *r, const char *bare) {
   return exec_cmd(r, "ZREM", 3, av, al, R_ANY);
 }
 
+/* In a batch the scripts' own account checks run only at the end: a write that needs the
+ * account checks it now (0, XMPP_ENOENT, or the error of the look-up). */
+static int batch_needs_account(rd_t *r, const char *bare) {
+  int ex = exists_now(r, bare);
+  return ex < 0 ? ex : ex ? 0 : XMPP_ENOENT;
+}
+
 static int rd_account_create(void *be, const char *bare, const store_account_t *a) {
   rd_t *r = be;
   if (r->batch) {
@@ -722,9 +729,8 @@ static int rd_account_create(void *be, const char *bare, const store_account_t *
 static int rd_account_update(void *be, const char *bare, const store_account_t *a) {
   rd_t *r = be;
   if (r->batch) {
-    int ex = exists_now(r, bare);
-    if (ex < 0) return ex;
-    if (!ex) return XMPP_ENOENT;
+    int rc = batch_needs_account(r, bare);
+    if (rc) return rc;
   }
   ukeys_t k;
   ukeys(&k, bare);
@@ -742,9 +748,8 @@ static int rd_account_update(void *be, const char *bare, const store_account_t *
 static int rd_account_delete(void *be, const char *bare) {
   rd_t *r = be;
   if (r->batch) {
-    int ex = exists_now(r, bare);
-    if (ex < 0) return ex;
-    if (!ex) return XMPP_ENOENT;
+    int rc = batch_needs_account(r, bare);
+    if (rc) return rc;
   }
   ukeys_t k;
   ukeys(&k, bare);
@@ -956,9 +961,8 @@ static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *
 static int rd_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
   rd_t *r = be;
   if (r->batch) {
-    int ex = exists_now(r, bare);
-    if (ex < 0) return ex;
-    if (!ex) return XMPP_ENOENT;
+    int rc = batch_needs_account(r, bare);
+    if (rc) return rc;
   }
   buf_t v;
   buf_init(&v);
