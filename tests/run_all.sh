@@ -56,7 +56,12 @@ for build in build build-asan; do
   failed=$((failed + ${f:-0}))
   printf '%-12s %-22s %4d passed, %d failed\n' "$build" "integration" "${p:-0}" "${f:-0}"
   if [ "${f:-0}" -ne 0 ]; then
-    details=$(grep -E '^(FAIL|ERROR)|Error|assert' "$out" | head -30)
+    # each failure's block as unittest prints it (header, traceback, message, and a
+    # node's log where a test puts it in the message), 40 lines at most per block
+    details=$(awk '/^==========+$/ {inblk = 1; n = 0; next}
+                   /^----------+$/ && inblk && n > 1 {next}
+                   /^(Ran [0-9]+ tests? in|INTEGRATION:)/ {inblk = 0}
+                   inblk && n++ < 40 {print}' "$out" | head -160)
     echo "$details"; echo "(full log: $out)"
     note_failure "FAILED $build/integration (log $out):"$'\n'"$details"
   fi

@@ -7,6 +7,7 @@ a socket for the malformed-input cases no well-behaved library would produce.
 """
 import asyncio
 import os
+import random
 import re
 import shutil
 import signal
@@ -46,7 +47,42 @@ def rss_kib(pid, field="VmRSS"):
     return 0
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out = set()
+_port_rng = random.Random(os.getpid() ^ time.time_ns())
+
+
 def free_port():
+    """A loopback port free to listen on, picked below the kernel's ephemeral range.
+
+    A port from bind(0) is an ephemeral one: between the pick and the server's bind,
+    any outgoing connection (a node dialling Redis or a peer, a client) may be given
+    it, and the server then fails with EADDRINUSE (seen in CI: an edge exited at start).
+    Ports below the range are never handed to outgoing connections; each is handed out
+    once per test run."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(2000):
+            port = _port_rng.randrange(10000, low)
+            if port in _handed_out:
+                continue
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libuv binds
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            _handed_out.add(port)
+            return port
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -102,7 +138,7 @@ class Server:
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("xmppd exited early:\n" + self.log_text())
+                raise RuntimeError(f"xmppd exited early (status {self.proc.returncode}):\n" + self.log_text())
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self

@@ -56,7 +56,8 @@ class Node(Server):
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited early:\n" + self.log_text())
+                raise RuntimeError(f"node {self.node_id} exited early (status {self.proc.returncode}):\n"
+                                   + self.log_text())
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return self

@@ -22,6 +22,7 @@
 #include "common/bus_queue.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "tests/unit/support/redis_server.h"
 
 #define HB 50
 #define DEAD 3
@@ -230,16 +231,6 @@ static bus_listener_t *listen_on(int port, const bus_link_config_t *cfg, side_t 
 }
 
 /* A loopback port nothing listens on (for now). */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t l = sizeof a;
-  getsockname(fd, (struct sockaddr *)&a, &l);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 TestSuite(bus_link, .init = setup, .fini = teardown, .timeout = 60);
 
 /* ---- round trips ------------------------------------------------------------------- */
@@ -331,7 +322,7 @@ Test(bus_link, byte_bound_overflows_immediately) {
   cfg.low_water = 5000;
   cfg.max_body = 5000;
   side_t *cli = side_new("client", size_fixed_1k);
-  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", free_port(), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", test_free_port(), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
   uint64_t seq = 0, queued = 0;
   for (;; seq++) {
     bus_msg_t *m = make_msg(seq, 1000);
@@ -411,7 +402,7 @@ Test(bus_link, down_beyond_wait_bound_every_frame_once) {
 
 Test(bus_link, queued_before_first_connect_then_delivered) {
   bus_link_config_t cfg = test_cfg();
-  int port = free_port();
+  int port = test_free_port();
   side_t *srv = side_new("server", size_small);
   side_t *cli = side_new("client", size_small);
   bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", port, 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);

@@ -11,19 +11,38 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/unit/support/redis_server.h"
 
+/* A loopback port free to listen on, below the kernel's ephemeral range: a port from
+ * bind(0) is ephemeral, and an outgoing connection made before the server binds may be
+ * given it (EADDRINUSE). Ports below the range are never used for outgoing connections. */
 int test_free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  cr_assert_geq(fd, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t l = sizeof a;
-  cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-  close(fd);
-  return ntohs(a.sin_port);
+  static unsigned seed;
+  if (!seed) seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+  int low = 32768;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f) {
+    if (fscanf(f, "%d", &low) != 1) low = 32768;
+    fclose(f);
+  }
+  for (int tries = 0; tries < 2000; tries++) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (low > 12000) a.sin_port = htons((uint16_t)(10000 + rand_r(&seed) % (unsigned)(low - 10000)));
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    socklen_t l = sizeof a;
+    if (ok) ok = getsockname(fd, (struct sockaddr *)&a, &l) == 0;
+    close(fd);
+    if (ok) return ntohs(a.sin_port);
+  }
+  cr_assert_fail("no free loopback port");
+  return 0;
 }
 
 /* REDIS_SERVER, else redis-server on PATH. 0 when found. */
