@@ -306,6 +306,10 @@ domain = $DOMAIN
 [storage]
 backend = redis
 redis = $REDIS_ADDR
+[cluster]
+; what xmppctl cluster / xmppctl sessions read (nodes get their role and id from XMPPD_*)
+redis = $REDIS_ADDR
+name = $NAME
 CONF
 
 # ---- Redis ------------------------------------------------------------------------------
@@ -428,6 +432,7 @@ cat <<MSG
 
   Add a user:   $XMPPCTL -c $DIR/base.conf adduser alice@$DOMAIN
           (or:  $XMPPCTL --set storage.backend=redis --set storage.redis=$REDIS_ADDR adduser alice@$DOMAIN)
+  Live nodes:   $XMPPCTL -c $DIR/base.conf cluster     (where a user is: ... sessions alice@$DOMAIN)
   Logs:         $DIR/log/NAME.log     Ports etc. for scripts: . $DIR/env
 MSG
 if [ "$FG" = 1 ]; then

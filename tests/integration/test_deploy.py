@@ -1,17 +1,16 @@
 """Deployment files: docker-compose.yml (validated by Debian's docker-compose 1.29
-`config`), deploy/local-cluster.sh (syntax, --help, start/stop of Redis and stub nodes,
-and a real cluster when the binary has the cluster options), deploy/Dockerfile (runtime
+`config`), deploy/local-cluster.sh (syntax, --help, a real cluster of xmppd nodes and Redis
+started, used and stopped, a failed start cleaned up), deploy/Dockerfile (runtime
 libraries), and that compose and local-cluster.sh configure nodes with the same XMPPD_*
 variables. A missing docker-compose or redis-server fails these tests (install them with
 deploy/install-deps.sh); they do not skip."""
-import json
 import os
+import random
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-import textwrap
 import time
 import unittest
 
@@ -88,29 +87,6 @@ def pid_alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-# A stand-in for xmppd: listens on the ports its XMPPD_* variables name, records them,
-# exits 0 on SIGTERM. Lets local-cluster.sh be tested without the cluster code.
-STUB_XMPPD = textwrap.dedent("""\
-    #!/usr/bin/env python3
-    import json, os, signal, socket, sys
-    if "--check-config" in sys.argv:
-        sys.exit(0)
-    socks = []
-    for var in ("XMPPD_CLUSTER_BUS_PORT", "XMPPD_C2S_PORT", "XMPPD_C2S_TLS_PORT"):
-        port = int(os.environ.get(var, "0"))
-        if port:
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-            s.listen()
-            socks.append(s)
-    print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("XMPPD_")}), flush=True)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    while True:
-        signal.pause()
-    """)
 
 
 class ComposeTest(unittest.TestCase):
@@ -191,16 +167,12 @@ class ComposeTest(unittest.TestCase):
                          f"only in compose: {sorted(node_vars - script_vars)}; "
                          f"only in local-cluster.sh: {sorted(script_vars - node_vars)}")
         self.assertLessEqual(other_vars, script_vars)
-        # Every name is a real option: XMPPD_<SECTION>_<KEY> of --print-reference when the
-        # binary knows the cluster section (until then, only the sections are checked).
+        # Every name is a real option: XMPPD_<SECTION>_<KEY> of --print-reference.
         ref = subprocess.run([XMPPD, "--print-reference"], capture_output=True, text=True).stdout
         options = {"XMPPD_" + o.replace(".", "_").upper()
                    for o in re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)`", ref, re.M)}
-        if "XMPPD_CLUSTER_ROLE" in options:
-            self.assertLessEqual(script_vars, options, sorted(script_vars - options))
-        else:
-            sections = {o.split("_")[1] for o in options} | {"CLUSTER"}
-            self.assertTrue(all(v.split("_")[1] in sections for v in script_vars), script_vars)
+        self.assertIn("XMPPD_CLUSTER_ROLE", options)
+        self.assertLessEqual(script_vars, options, sorted(script_vars - options))
 
 
 class DockerfileTest(unittest.TestCase):
@@ -261,26 +233,21 @@ class LocalClusterTest(unittest.TestCase):
                                text=True)
             self.assertEqual(r.returncode, 0, r.stdout)
 
-    def stub_build(self):
-        build = tempfile.mkdtemp(prefix="xmppd-stub-build-")
-        for name in ("xmppd",):
-            path = os.path.join(build, name)
-            with open(path, "w") as f:
-                f.write(STUB_XMPPD)
-            os.chmod(path, 0o755)
-        return build
-
-    def start(self, build, *extra):
+    def start(self, *extra):
         state = tempfile.mkdtemp(prefix="xmppd-cluster-it-")
-        r = self.run_script("--build", build, "--dir", state, "--timeout", "30", *extra)
+        r = self.run_script("--build", BUILD, "--dir", state, "--timeout", "30", *extra)
         self.addCleanup(self.run_script, "stop", "--dir", state)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return state, r
 
-    def test_start_and_stop_with_stub_nodes(self):
+    def test_real_cluster_start_use_stop(self):
+        """Redis, 2 routers and 3 edges as real processes: every node gets its role, id
+        and ports through the environment, the nodes find each other, an account added
+        with the printed command works, a second start on the same directory is refused,
+        and stop ends every process cleanly."""
         if not shutil.which("redis-server"):
             self.fail("redis-server is not installed: run deploy/install-deps.sh")
-        state, r = self.start(self.stub_build(), "--edges", "3")
+        state, r = self.start("--edges", "3")
         env = read_env_file(os.path.join(state, "env"))
         self.assertEqual(env["EDGES"], "3")
         self.assertEqual(env["ROUTERS"], "2")
@@ -305,79 +272,42 @@ class LocalClusterTest(unittest.TestCase):
         self.assertIn("everysec", subprocess.run(cli + ["config", "get", "appendfsync"],
                                                  capture_output=True, text=True).stdout)
 
-        # Each node got its role, id and ports through the environment.
-        with open(os.path.join(state, "log", "edge2.log")) as f:
-            seen = json.loads(f.readline())
+        with open(os.path.join(state, "pids")) as f:
+            pids = {line.split()[0]: int(line.split()[1]) for line in f if line.strip()}
+        self.assertEqual(sorted(pids), ["edge1", "edge2", "edge3", "redis", "router1", "router2"])
+        # Each node got its role, id and ports through the environment (as the running
+        # process sees it), and every name the script sets.
+        with open(f"/proc/{pids['edge2']}/environ", "rb") as f:
+            seen = dict(kv.split("=", 1) for kv in f.read().decode().split("\0") if "=" in kv)
         self.assertEqual(seen["XMPPD_CLUSTER_ROLE"], "edge")
         self.assertEqual(seen["XMPPD_CLUSTER_NODE_ID"], "12")
         self.assertEqual(seen["XMPPD_C2S_PORT"], env["EDGE2_PORT"])
         self.assertEqual(seen["XMPPD_CLUSTER_REDIS"], env["REDIS_ADDR"])
         self.assertLessEqual(script_node_vars()[0], set(seen))
 
+        # The nodes found each other: xmppctl (the printed command) lists all five live.
+        xmppctl = env["XMPPCTL"].split()
+        deadline = time.time() + 20
+        while True:
+            out = subprocess.run(xmppctl + ["cluster"], capture_output=True, text=True, timeout=30)
+            live = {int(m[0]): m[1] for m in re.findall(r"(?m)^(\d+) +(router|edge) ", out.stdout)}
+            if live == {1: "router", 2: "router", 11: "edge", 12: "edge", 13: "edge"}:
+                break
+            self.assertLess(time.time(), deadline, out.stdout + out.stderr)
+            time.sleep(0.3)
+
+        add = subprocess.run(xmppctl + ["adduser", "alice@localhost", "secret-pw"],
+                             capture_output=True, text=True)
+        self.assertEqual(add.returncode, 0, add.stderr)
+        chk = subprocess.run(xmppctl + ["checkpassword", "alice@localhost", "secret-pw"],
+                             capture_output=True, text=True)
+        self.assertEqual(chk.returncode, 0, chk.stderr)
+
         # A second start on the same directory is refused while the cluster runs.
-        r2 = self.run_script("--build", self.stub_build(), "--dir", state)
+        r2 = self.run_script("--build", BUILD, "--dir", state)
         self.assertEqual(r2.returncode, 2, r2.stderr)
         self.assertIn("running", r2.stderr)
 
-        with open(os.path.join(state, "pids")) as f:
-            pids = [int(line.split()[1]) for line in f if line.strip()]
-        self.assertEqual(len(pids), 1 + 2 + 3)
-        r = self.run_script("stop", "--dir", state)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        deadline = time.time() + 10
-        while any(pid_alive(p) for p in pids) and time.time() < deadline:
-            time.sleep(0.1)
-        self.assertFalse([p for p in pids if pid_alive(p)], "processes left after stop")
-        for p in ports:
-            self.assertFalse(port_listens(p), f"port {p} still listens after stop")
-
-    def test_failed_start_cleans_up(self):
-        """A node that cannot start stops everything started before it."""
-        if not shutil.which("redis-server"):
-            self.fail("redis-server is not installed: run deploy/install-deps.sh")
-        build = self.stub_build()
-        path = os.path.join(build, "xmppd")
-        with open(path) as f:
-            text = f.read()
-        # Edge 12 dies at once after its configuration check.
-        text = text.replace("socks = []", 'if os.environ.get("XMPPD_CLUSTER_NODE_ID") == "12":\n'
-                                          '    sys.exit(3)\nsocks = []')
-        with open(path, "w") as f:
-            f.write(text)
-        state = tempfile.mkdtemp(prefix="xmppd-cluster-it-")
-        r = self.run_script("--build", build, "--dir", state, "--timeout", "20")
-        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-        self.assertIn("edge2", r.stderr)
-        self.assertFalse(os.path.exists(os.path.join(state, "pids")))
-        out = subprocess.run(["pgrep", "-f", state], capture_output=True, text=True).stdout
-        self.assertEqual(out.strip(), "", "processes of the failed start are left")
-        with open(os.path.join(state, "base.conf")) as f:
-            redis_port = int(re.search(r"^redis = 127\.0\.0\.1:(\d+)$", f.read(), re.M).group(1))
-        self.assertFalse(port_listens(redis_port), "redis-server of the failed start is left")
-
-    def test_real_cluster(self):
-        """With a binary that has the [cluster] options and reads XMPPD_* variables: the
-        script's cluster starts, an account is added through the printed command, and every
-        node stops cleanly. Skipped until the binary has both."""
-        ref = subprocess.run([XMPPD, "--print-reference"], capture_output=True, text=True).stdout
-        if "cluster.role" not in ref:
-            self.skipTest("xmppd has no [cluster] options yet")
-        probe = subprocess.run([XMPPD, "--check-config"], capture_output=True, text=True,
-                               env={**os.environ, "XMPPD_CLUSTER_ROLE": "no-such-role"})
-        if probe.returncode == 0:
-            self.skipTest("xmppd does not read XMPPD_* environment variables yet")
-        if not shutil.which("redis-server"):
-            self.fail("redis-server is not installed: run deploy/install-deps.sh")
-        state, r = self.start(BUILD)
-        env = read_env_file(os.path.join(state, "env"))
-        add = subprocess.run(env["XMPPCTL"].split() + ["adduser", "alice@localhost", "secret-pw"],
-                             capture_output=True, text=True)
-        self.assertEqual(add.returncode, 0, add.stderr)
-        chk = subprocess.run(env["XMPPCTL"].split() + ["checkpassword", "alice@localhost",
-                                                       "secret-pw"], capture_output=True, text=True)
-        self.assertEqual(chk.returncode, 0, chk.stderr)
-        with open(os.path.join(state, "pids")) as f:
-            pids = {line.split()[0]: int(line.split()[1]) for line in f if line.strip()}
         r = self.run_script("stop", "--dir", state)
         self.assertEqual(r.returncode, 0, r.stderr)
         for name, pid in pids.items():
@@ -386,6 +316,43 @@ class LocalClusterTest(unittest.TestCase):
                 with open(os.path.join(state, "log", name + ".log"), errors="replace") as f:
                     log = f.read()
                 self.assertNotIn("SIGKILL", r.stderr + log, name)
+                self.assertIn("stopped", log, name)
+        for p in ports:
+            self.assertFalse(port_listens(p), f"port {p} still listens after stop")
+
+    def test_failed_start_cleans_up(self):
+        """A node that cannot start stops everything started before it. Edge 2's
+        direct-TLS port is bound (not listening, so the script's free-port check passes)
+        by a socket without SO_REUSEADDR: the real xmppd cannot listen on it and exits."""
+        if not shutil.which("redis-server"):
+            self.fail("redis-server is not installed: run deploy/install-deps.sh")
+        blocker = None
+        for _ in range(50):  # a base below the ephemeral range whose ports are all free
+            base = 20000 + random.randrange(120) * 100
+            ports = [base, base + 1, base + 2, base + 11, base + 12, base + 100, base + 101,
+                     base + 102, base + 103]
+            if any(port_listens(p) for p in ports):
+                continue
+            blocker = socket.socket()
+            try:
+                blocker.bind(("127.0.0.1", base + 103))  # edge 2's direct-TLS port
+                break
+            except OSError:
+                blocker.close()
+                blocker = None
+        self.assertIsNotNone(blocker, "found no free port range")
+        self.addCleanup(blocker.close)
+        state = tempfile.mkdtemp(prefix="xmppd-cluster-it-")
+        r = self.run_script("--build", BUILD, "--dir", state, "--base-port", str(base),
+                            "--timeout", "20")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("edge2", r.stderr)
+        self.assertIn(f"cannot listen on 127.0.0.1:{base + 103}", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(state, "pids")))
+        out = subprocess.run(["pgrep", "-f", state], capture_output=True, text=True).stdout
+        self.assertEqual(out.strip(), "", "processes of the failed start are left")
+        for p in ports:
+            self.assertFalse(port_listens(p), f"port {p} of the failed start still listens")
 
 
 if __name__ == "__main__":
