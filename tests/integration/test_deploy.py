@@ -347,7 +347,8 @@ class LocalClusterTest(unittest.TestCase):
                             "--timeout", "20")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("edge2", r.stderr)
-        self.assertIn(f"cannot listen on 127.0.0.1:{base + 103}", r.stderr)
+        with open(os.path.join(state, "log", "edge2.log"), errors="replace") as f:
+            self.assertIn(f"cannot listen on 127.0.0.1:{base + 103}", f.read())
         self.assertFalse(os.path.exists(os.path.join(state, "pids")))
         out = subprocess.run(["pgrep", "-f", state], capture_output=True, text=True).stdout
         self.assertEqual(out.strip(), "", "processes of the failed start are left")
