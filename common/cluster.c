@@ -359,9 +359,11 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
     live[nlive++] = *x;
     peer_t *old = find_peer(c, x->id);
     if (old && old->info.incarnation != x->incarnation) {
-      /* restarted: whatever it held is gone (its sessions, or its shards' state); an
-       * edge's sessions were ended already if its link came back first (on_up) */
-      if (old->restart_done && !(old->info.role & ROLE_ROUTER))
+      /* restarted: whatever it held is gone (its sessions, or its shards' state). The
+       * sessions of an edge (or edge+router) were ended already if its link came back
+       * first (on_up): ending them again would end those its new process opened since.
+       * A router half's shards are re-announced through `restarted` below. */
+      if (old->restart_done)
         log_info("cluster: node %u restarted (new incarnation in the registry)", old->info.id);
       else peer_gone(c, old, "restarted");
       old->restart_done = 0;

@@ -756,3 +756,59 @@ class EdgeRestartedQuicklyTest(unittest.TestCase):
                     n.stop()
             redis.stop()
             redis.cleanup()
+
+
+
+class AllNodeRestartedQuicklyTest(unittest.TestCase):
+    """An edge+router (`all`) node restarted within the TTL. Its bus link from the new
+    incarnation ends its old sessions on the other router at once; the other router's
+    next poll then sees the new incarnation too, and must not end the sessions opened
+    on the new process meanwhile (it did: the router half made it count as a plain
+    restart). Eight users, so that some of them live on the other router's shards."""
+
+    def test_sessions_of_new_incarnation_survive(self):
+        redis = Redis()
+        redis.start()
+        slow = {"cluster.heartbeat_ms": 2000, "cluster.node_ttl_ms": 6000}
+        router = Node(redis, 1, "router", **slow)
+        node = Node(redis, 2, "all", **slow)
+        users = [f"u{i}" for i in range(8)]
+        try:
+            for u in users:
+                node.adduser(f"{u}@localhost", "pw")
+            router.start()
+            node.start()
+            deadline = time.time() + 10
+            while "2 routers," not in node.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+
+            async def go():
+                a = await login(node, "u0@localhost/a")
+                await a.close()
+                node.kill9()
+                node.start()
+                deadline = time.time() + 10
+                while "2 routers," not in node.log_text().split("xmppd")[-1] and time.time() < deadline:
+                    await asyncio.sleep(0.05)
+                cs = [await login(node, f"{u}@localhost/r") for u in users]
+                await asyncio.sleep(5)  # the router's next poll sees the new incarnation
+                for i, c in enumerate(cs):
+                    c.send_message(mto=f"{users[(i + 1) % len(cs)]}@localhost/r", mbody=f"after {i}",
+                                   mtype="chat")
+                lost = []
+                for i, c in enumerate(cs):
+                    try:
+                        await expect_body(c, f"after {(i - 1) % len(cs)}")
+                    except asyncio.TimeoutError:
+                        lost.append(users[i])
+                self.assertEqual(lost, [], "messages lost after the restart; router log:\n" +
+                                 "\n".join(router.log_text().splitlines()[-8:]))
+                for c in cs:
+                    await c.close()
+            run(go())
+        finally:
+            for n in (node, router):
+                if n.proc and n.proc.poll() is None:
+                    n.stop()
+            redis.stop()
+            redis.cleanup()
