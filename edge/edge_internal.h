@@ -88,6 +88,7 @@ struct conn {
   int pending_work;     /* a uv_queue_work job references this connection */
   int writing;
   int sasl_failures;
+  unsigned sasl_gen;    /* counts ended SASL exchanges: a late result of an earlier one is ignored */
   int binding;          /* bind sent to the router, result not yet given to the client */
   char *bind_id;        /* id of the bind request being answered */
   bus_msg_t *held;      /* stanzas sent while binding, released in order when it completes */

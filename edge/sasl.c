@@ -15,6 +15,7 @@
 #include "common/log.h"
 
 static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
+  c->sasl_gen++; /* this exchange is over (aborted included): its pending work is void */
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
@@ -58,6 +59,7 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
 }
 
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  c->sasl_gen++;
   send_b64(c, "success", extra, extra_len);
   if (c->scram) {
     scram_server_free(c->scram);
@@ -119,6 +121,7 @@ typedef struct plain_job {
   int have_acct;
   char *password;
   int ok;
+  unsigned gen; /* c->sasl_gen when it started */
 } plain_job_t;
 
 static void plain_work(uv_work_t *w) {
@@ -133,11 +136,16 @@ static void plain_done(uv_work_t *w, int status) {
   plain_job_t *j = w->data;
   conn_t *c = j->c;
   int ok = status == 0 && j->ok;
+  unsigned gen = j->gen;
   memset(j->password, 0, strlen(j->password));
   xfree(j->password);
   xfree(j);
   if (conn_work_done(c)) return; /* the connection went away meanwhile */
   if (c->closing) return;
+  /* The client aborted meanwhile (<abort/>, or a new <auth/> answered <aborted/>): the
+   * exchange is over and its result void; acting on it authenticated the connection
+   * with no account (auth_bare had been freed) and crashed the server at bind. */
+  if (gen != c->sasl_gen) return;
   if (ok) succeed(c, NULL, 0);
   else send_failure(c, SASL_NOT_AUTHORIZED);
   edge_flush(c->th);
@@ -177,6 +185,7 @@ static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
   j->req.data = j;
   j->c = c;
   j->password = passwd;
+  j->gen = c->sasl_gen;
   int rc = store_account_get(c->th->store, c->auth_bare, &j->acct);
   if (rc != 0 && rc != XMPP_ENOENT) {
     memset(passwd, 0, strlen(passwd));

@@ -1,6 +1,7 @@
 """Log-in: STARTTLS and direct TLS, SCRAM and PLAIN, wrong passwords, stream header checks."""
 import asyncio
 import base64
+import time
 import unittest
 
 from harness import ServerTest, Client, RawStream, Server, run
@@ -98,6 +99,33 @@ class LoginTest(ServerTest):
         text = r.recv_until("</stream:stream>")
         self.assertEqual(text.count("<not-authorized/>"), 3)
         self.assertIn("<policy-violation", text)
+
+    def test_plain_aborted_while_checking_stays_unauthenticated(self):
+        """<abort/> (or a second <auth/>, answered <aborted/>) while PLAIN's password check
+        runs on the thread pool: the check's late result is void. It used to authenticate
+        the stream with no account, and the bind that followed crashed the server."""
+        good = base64.b64encode(b"\0alice\0correct horse").decode()
+        bad = base64.b64encode(b"\0alice\0wrong").decode()
+        for second in ("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+                       f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{bad}</auth>"):
+            r = RawStream(self.srv.port)
+            r.starttls()
+            r.open_stream()
+            r.recv_until("</stream:features>")
+            r.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{good}</auth>" + second)
+            text = r.recv_until("<aborted/></failure>")
+            time.sleep(1)  # the password check has finished by now
+            r.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                   "<resource>x</resource></bind></iq>")
+            text = r.recv_until("</stream:stream>")
+            self.assertNotIn("<success", text)
+            self.assertIn("<not-authorized", text)
+            r.close()
+        self.assertIsNone(self.srv.proc.poll(), "server died")
+        # and a proper log-in still works
+        r = RawStream(self.srv.port).login("alice", "correct horse")
+        self.assertIn("type='result'", r.buf.decode())
+        r.close()
 
 
 if __name__ == "__main__":
