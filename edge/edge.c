@@ -77,6 +77,7 @@ static void quit(edge_thread_t *th) {
     c->closing = 0;
     conn_close(c);
   }
+  sasl_thread_close(th);
   edge_flush(th);
   uv_close((uv_handle_t *)&th->sweep, close_cb_noop);
   uv_close((uv_handle_t *)&th->throttle, close_cb_noop);
@@ -154,6 +155,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
         open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_tls_port, 1))
       return NULL;
     conn_thread_init(th);
+    sasl_thread_init(th);
     uv_timer_init(&th->loop, &th->sweep);
     th->sweep.data = th;
     uv_async_init(&th->loop, &th->stop_async, stop_cb);

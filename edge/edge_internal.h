@@ -52,6 +52,10 @@ struct edge_thread {
   uint64_t nconns;
   uint64_t last_accept_warn_ms;
   uint64_t last_prune_ms;   /* thread 0 prunes the guard's idle entries once a minute */
+  /* account reads asked by <auth/> this loop turn, read together next turn (sasl.c) */
+  uv_idle_t acct_idle;
+  struct acct_req *acct_q;
+  size_t acct_n, acct_cap;
 };
 
 struct edge {
@@ -150,6 +154,9 @@ void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail);
 void negotiate_tls_ready(conn_t *c);
 
 /* sasl.c */
+void sasl_thread_init(edge_thread_t *th);
+/* Answers the account reads still queued, then closes the handle (thread stopping). */
+void sasl_thread_close(edge_thread_t *th);
 void sasl_auth(conn_t *c, xnode_t *auth);
 void sasl_response(conn_t *c, xnode_t *resp);
 void sasl_abort(conn_t *c);

@@ -1,9 +1,13 @@
 /* SASL on the edge (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802/7677) against
  * stored keys, and PLAIN (RFC 4616) only under TLS.
  *
- * Accounts are read from the thread's own store handle. SCRAM costs a few HMACs on the
- * loop; PLAIN needs PBKDF2 over the stored salt, which runs on the libuv thread pool and
- * comes back in the after-work callback on this connection's loop. After
+ * Accounts are read from the thread's own store handle, in batches: the <auth/>s of one
+ * loop turn are read together at the start of the next (store_account_get_many: one
+ * round trip to Redis for the batch, so a log-in storm does not cost a round trip per
+ * user). SCRAM costs a few HMACs on the loop; PLAIN needs PBKDF2 over the stored salt,
+ * which runs on the libuv thread pool and comes back in the after-work callback on this
+ * connection's loop. Whatever ends an exchange meanwhile (<abort/>, a new <auth/>, the
+ * connection closing) voids its pending read or check (c->sasl_gen). After
  * limits.sasl_max_failures failures the stream is closed with <policy-violation/>
  * (RFC 6120 §6.4.5). */
 #include "edge/edge_internal.h"
@@ -151,6 +155,10 @@ static void plain_done(uv_work_t *w, int status) {
   edge_flush(c->th);
 }
 
+static void acct_ask(conn_t *c, plain_job_t *plain, scram_hash_t h);
+static void acct_flush_cb(uv_idle_t *h);
+static void scram_have_account(conn_t *c, scram_hash_t h, int rc, const store_account_t *a);
+
 static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
   if (!c->secure) {
     send_failure(c, SASL_ENCRYPTION_REQUIRED);
@@ -186,15 +194,26 @@ static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
   j->c = c;
   j->password = passwd;
   j->gen = c->sasl_gen;
-  int rc = store_account_get(c->th->store, c->auth_bare, &j->acct);
+  acct_ask(c, j, SCRAM_SHA256);
+}
+
+static void plain_job_free(plain_job_t *j) {
+  memset(j->password, 0, strlen(j->password));
+  xfree(j->password);
+  memset(&j->acct, 0, sizeof j->acct);
+  xfree(j);
+}
+
+/* PLAIN, the account read (rc 0 or XMPP_ENOENT; else a storage failure): the password
+ * check goes to the thread pool. */
+static void plain_have_account(conn_t *c, plain_job_t *j, int rc, const store_account_t *a) {
   if (rc != 0 && rc != XMPP_ENOENT) {
-    memset(passwd, 0, strlen(passwd));
-    xfree(passwd);
-    xfree(j);
+    plain_job_free(j);
     send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
     return;
   }
   j->have_acct = rc == 0;
+  if (j->have_acct) j->acct = *a;
   c->pending_work = 1;
   uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
 }
@@ -209,25 +228,103 @@ static void start_scram(conn_t *c, scram_hash_t h, const unsigned char *msg, siz
   }
   c->auth_bare = account_of(c, user);
   if (throttled(c)) return;
-  store_account_t acct;
-  int have = 0;
-  if (c->auth_bare) {
-    int rc = store_account_get(c->th->store, c->auth_bare, &acct);
-    if (rc != 0 && rc != XMPP_ENOENT) {
-      send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
-      return;
-    }
-    have = rc == 0;
+  if (c->auth_bare) acct_ask(c, NULL, h);
+  else scram_have_account(c, h, XMPP_ENOENT, NULL); /* not a valid localpart: no account */
+}
+
+/* SCRAM, the account read: server-first-message (a made-up salt for an unknown user, so
+ * that the exchange fails only at the proof, RFC 5802 §5.1). */
+static void scram_have_account(conn_t *c, scram_hash_t h, int rc, const store_account_t *a) {
+  if (rc != 0 && rc != XMPP_ENOENT) {
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
   }
   char *out = NULL;
   size_t outlen = 0;
-  cond = scram_server_first(c->scram, have ? (h == SCRAM_SHA1 ? &acct.sha1 : &acct.sha256) : NULL, &out, &outlen);
+  sasl_cond_t cond =
+      scram_server_first(c->scram, rc == 0 ? (h == SCRAM_SHA1 ? &a->sha1 : &a->sha256) : NULL, &out, &outlen);
   if (cond != SASL_OK) {
     send_failure(c, cond);
     return;
   }
   send_b64(c, "challenge", out, outlen);
   xfree(out);
+}
+
+/* ---- account reads, one batch per loop turn ---------------------------------------- */
+
+struct acct_req {
+  conn_t *c;
+  unsigned gen;       /* c->sasl_gen when asked: a mismatch means the exchange ended */
+  scram_hash_t h;     /* SCRAM's hash */
+  plain_job_t *plain; /* PLAIN: its password check, run once the account is known */
+};
+
+/* Queues the read of c->auth_bare's account. The connection is held (pending_work)
+ * until the answer; the idle handle keeps the loop from sleeping until then. */
+static void acct_ask(conn_t *c, plain_job_t *plain, scram_hash_t h) {
+  edge_thread_t *th = c->th;
+  if (th->acct_n == th->acct_cap) {
+    th->acct_cap = th->acct_cap ? th->acct_cap * 2 : 64;
+    th->acct_q = xrealloc(th->acct_q, th->acct_cap * sizeof *th->acct_q);
+  }
+  th->acct_q[th->acct_n++] = (struct acct_req){c, c->sasl_gen, h, plain};
+  c->pending_work = 1;
+  if (th->acct_n == 1) uv_idle_start(&th->acct_idle, acct_flush_cb);
+}
+
+static void acct_flush(edge_thread_t *th) {
+  size_t n = th->acct_n;
+  struct acct_req *q = th->acct_q;
+  th->acct_q = NULL; /* answers below may queue new reads: they go to the next batch */
+  th->acct_n = th->acct_cap = 0;
+  if (!n) return;
+  const char **bares = xcalloc(n, sizeof *bares);
+  size_t *slot = xcalloc(n, sizeof *slot);
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    conn_t *c = q[i].c;
+    slot[i] = SIZE_MAX; /* not read: the connection or the exchange is gone */
+    if (c->handle_closed || c->closing || q[i].gen != c->sasl_gen || !c->auth_bare) continue;
+    slot[i] = m;
+    bares[m++] = c->auth_bare;
+  }
+  store_account_t *accts = xcalloc(m ? m : 1, sizeof *accts);
+  int *rcs = xcalloc(m ? m : 1, sizeof *rcs);
+  if (m && store_account_get_many(th->store, bares, m, accts, rcs) != 0)
+    for (size_t k = 0; k < m; k++) rcs[k] = XMPP_EIO;
+  for (size_t i = 0; i < n; i++) {
+    conn_t *c = q[i].c;
+    plain_job_t *plain = q[i].plain;
+    if (conn_work_done(c) || slot[i] == SIZE_MAX || c->closing || q[i].gen != c->sasl_gen) {
+      if (plain) plain_job_free(plain);
+      continue;
+    }
+    if (plain) plain_have_account(c, plain, rcs[slot[i]], &accts[slot[i]]);
+    else scram_have_account(c, q[i].h, rcs[slot[i]], &accts[slot[i]]);
+  }
+  memset(accts, 0, (m ? m : 1) * sizeof *accts); /* credentials do not linger in freed memory */
+  xfree(accts);
+  xfree(rcs);
+  xfree(slot);
+  xfree(bares);
+  xfree(q);
+  edge_flush(th);
+}
+
+static void acct_flush_cb(uv_idle_t *h) {
+  uv_idle_stop(h);
+  acct_flush(h->data);
+}
+
+void sasl_thread_init(edge_thread_t *th) {
+  uv_idle_init(&th->loop, &th->acct_idle);
+  th->acct_idle.data = th;
+}
+
+void sasl_thread_close(edge_thread_t *th) {
+  acct_flush(th);
+  uv_close((uv_handle_t *)&th->acct_idle, NULL);
 }
 
 void sasl_auth(conn_t *c, xnode_t *auth) {

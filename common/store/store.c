@@ -106,6 +106,18 @@ int store_account_get(store_t *s, const char *bare, store_account_t *out) {
   return s->ops->account_get(s->be, bare, out);
 }
 
+int store_account_get_many(store_t *s, const char *const *bares, size_t n, store_account_t *out, int *rcs) {
+  int rc = enter(s, "store_account_get_many");
+  if (rc) return rc;
+  if ((n && (!bares || !out || !rcs))) return XMPP_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (n == 0) return 0;
+  if (s->ops->account_get_many) return s->ops->account_get_many(s->be, bares, n, out, rcs);
+  for (size_t i = 0; i < n; i++) rcs[i] = s->ops->account_get(s->be, bares[i], &out[i]);
+  return 0;
+}
+
 int store_account_exists(store_t *s, const char *bare) {
   int rc = enter(s, "store_account_exists");
   if (rc) return rc;

@@ -49,6 +49,11 @@ store_t *store_open(const char *backend, const char *path, char **err);
 void store_close(store_t *s);
 
 int store_account_get(store_t *s, const char *bare, store_account_t *out); /* XMPP_ENOENT */
+/* Reads n accounts at once: rcs[i] is store_account_get's result for bares[i] (0,
+ * XMPP_ENOENT, XMPP_EIO...) and out[i] its account. Redis: ONE pipelined round trip for
+ * all of them (a log-in storm costs a round trip per batch, not per user); SQLite: n
+ * look-ups. Returns 0, or the error of the arguments. */
+int store_account_get_many(store_t *s, const char *const *bares, size_t n, store_account_t *out, int *rcs);
 int store_account_exists(store_t *s, const char *bare);                     /* 1, 0, or <0 */
 int store_account_create(store_t *s, const char *bare, const store_account_t *a); /* XMPP_EEXIST */
 int store_account_update(store_t *s, const char *bare, const store_account_t *a); /* XMPP_ENOENT */

@@ -25,6 +25,8 @@ typedef struct store_backend {
   void (*close)(void *be);
 
   int (*account_get)(void *be, const char *bare, store_account_t *out);
+  /* Optional (NULL: store.c calls account_get n times). rcs[i] per account. */
+  int (*account_get_many)(void *be, const char *const *bares, size_t n, store_account_t *out, int *rcs);
   int (*account_exists)(void *be, const char *bare);
   int (*account_create)(void *be, const char *bare, const store_account_t *a);
   int (*account_update)(void *be, const char *bare, const store_account_t *a);

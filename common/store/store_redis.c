@@ -644,36 +644,63 @@ corrupt:
   return XMPP_EIO;
 }
 
-static int rd_account_get(void *be, const char *bare, store_account_t *out) {
-  rd_t *r = be;
+/* One account's HMGET reply into *out: 0, XMPP_ENOENT, or XMPP_EIO (malformed). */
+static int parse_account(rd_t *r, const redisReply *rep, store_account_t *out) {
   memset(out, 0, sizeof *out);
-  ukeys_t k;
-  ukeys(&k, bare);
-  const char *av[10] = {"HMGET", k.a};
-  size_t al[10] = {5, k.la};
-  for (int h = 0; h < 2; h++)
-    for (int f = 0; f < 4; f++) {
-      av[2 + h * 4 + f] = cred_fields[h][f];
-      al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) return reply_error(r, "HMGET", (redisReply *)rep);
+  int nils = 0;
+  for (size_t i = 0; i < 8; i++) nils += rep->element[i]->type == REDIS_REPLY_NIL;
+  if (nils == 8) return XMPP_ENOENT;
+  int rc = read_cred(r, rep->element, SCRAM_SHA1, &out->sha1);
+  if (!rc) rc = read_cred(r, rep->element + 4, SCRAM_SHA256, &out->sha256);
+  if (rc) memset(out, 0, sizeof *out);
+  return rc;
+}
+
+/* n HMGETs in one pipeline: written together, then the n replies read in order, so a
+ * batch of log-ins costs one round trip. Read-only: on a dead connection the whole
+ * pipeline is sent again once on a fresh one. */
+static int rd_account_get_many(void *be, const char *const *bares, size_t n, store_account_t *out, int *rcs) {
+  rd_t *r = be;
+  for (int attempt = 0;; attempt++) {
+    int fresh = !r->c;
+    if (ensure(r) != 0) break;
+    for (size_t i = 0; i < n; i++) {
+      ukeys_t k;
+      ukeys(&k, bares[i]);
+      const char *av[10] = {"HMGET", k.a};
+      size_t al[10] = {5, k.la};
+      for (int h = 0; h < 2; h++)
+        for (int f = 0; f < 4; f++) {
+          av[2 + h * 4 + f] = cred_fields[h][f];
+          al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
+        }
+      redisAppendCommandArgv(r->c, 10, av, al);
+      ukeys_free(&k);
     }
-  redisReply *rep = run(r, 10, av, al, 1);
-  ukeys_free(&k);
-  if (!rep) return XMPP_EIO;
-  int rc;
-  if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) {
-    rc = reply_error(r, "HMGET", rep);
-  } else {
-    int nils = 0;
-    for (size_t i = 0; i < 8; i++) nils += rep->element[i]->type == REDIS_REPLY_NIL;
-    if (nils == 8) {
-      rc = XMPP_ENOENT;
-    } else {
-      rc = read_cred(r, rep->element, SCRAM_SHA1, &out->sha1);
-      if (!rc) rc = read_cred(r, rep->element + 4, SCRAM_SHA256, &out->sha256);
-      if (rc) memset(out, 0, sizeof *out);
+    size_t got = 0;
+    for (; got < n; got++) {
+      redisReply *rep = NULL;
+      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) break;
+      rcs[got] = parse_account(r, rep, &out[got]);
+      freeReplyObject(rep);
     }
+    if (got == n) return 0;
+    log_error("store(redis) %s: HMGET: %s", r->target, r->c->errstr);
+    drop(r);
+    r->down = 1;
+    if (fresh || attempt) break;
   }
-  freeReplyObject(rep);
+  for (size_t i = 0; i < n; i++) {
+    memset(&out[i], 0, sizeof out[i]);
+    rcs[i] = XMPP_EIO;
+  }
+  return 0;
+}
+
+static int rd_account_get(void *be, const char *bare, store_account_t *out) {
+  int rc;
+  rd_account_get_many(be, &bare, 1, out, &rc);
   return rc;
 }
 
@@ -1094,6 +1121,7 @@ const store_backend_t store_redis_backend = {
     .open = rd_open,
     .close = rd_close,
     .account_get = rd_account_get,
+    .account_get_many = rd_account_get_many,
     .account_exists = rd_account_exists,
     .account_create = rd_account_create,
     .account_update = rd_account_update,

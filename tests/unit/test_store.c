@@ -328,6 +328,43 @@ STORE_TEST(account_crud) {
   store_close(s);
 }
 
+STORE_TEST(account_get_many) {
+  store_t *s = open_db();
+  enum { N = 300 };
+  static char names[N][32];
+  const char *bares[N];
+  static store_account_t got[N];
+  int rcs[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "u%d@example.net", i);
+    bares[i] = names[i];
+    if (i % 3 != 1) add_user(s, names[i], (unsigned)i); /* every third one is missing */
+  }
+  raw_corrupt_account(names[5]);
+  for (int i = 0; i < N; i++) rcs[i] = 12345;
+  cr_assert_eq(store_account_get_many(s, bares, N, got, rcs), 0);
+  for (int i = 0; i < N; i++) {
+    if (i == 5) {
+      cr_assert_eq(rcs[i], XMPP_EIO, "corrupt account %d", i);
+      continue;
+    }
+    cr_assert_eq(rcs[i], i % 3 == 1 ? XMPP_ENOENT : 0, "account %d: %d", i, rcs[i]);
+    if (rcs[i] == 0) {
+      store_account_t want = mk_acct((unsigned)i);
+      expect_acct(&got[i], &want);
+    }
+  }
+  /* the same answers one by one */
+  for (int i = 0; i < N; i += 37) {
+    store_account_t one;
+    cr_assert_eq(store_account_get(s, bares[i], &one), rcs[i]);
+  }
+  cr_assert_eq(store_account_get_many(s, bares, 0, NULL, NULL), 0);
+  const char *bad[] = {"a@x", ""};
+  cr_assert_eq(store_account_get_many(s, bad, 2, got, rcs), XMPP_EINVAL);
+  store_close(s);
+}
+
 STORE_TEST(account_stores_only_needed_bytes) {
   store_t *s = open_db();
   store_account_t a, got;
@@ -1177,6 +1214,47 @@ Test(store_redis, batch_reports_at_flush) {
 
 /* Redis goes away and comes back (with its AOF): calls fail with XMPP_EIO meanwhile,
  * then the same handle reconnects by itself and finds the data. */
+/* Redis's count of read events on client connections (INFO stats). */
+static long long redis_reads(void) {
+  redisReply *r = rcmd("INFO stats");
+  const char *p = strstr(r->str, "total_reads_processed:");
+  cr_assert_not_null(p, "INFO stats has no total_reads_processed");
+  long long n = atoll(p + strlen("total_reads_processed:"));
+  freeReplyObject(r);
+  return n;
+}
+
+/* The point of get_many: a batch of log-ins is one round trip, not one per account.
+ * Redis counts the reads it did: 300 accounts one by one take >= 300 of them. */
+Test(store_redis, account_get_many_is_one_round_trip) {
+  store_t *s = open_db();
+  enum { N = 300 };
+  static char names[N][32];
+  const char *bares[N];
+  static store_account_t got[N];
+  int rcs[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "u%d@example.net", i);
+    bares[i] = names[i];
+    add_user(s, names[i], (unsigned)i);
+  }
+  long long before = redis_reads();
+  cr_assert_eq(store_account_get_many(s, bares, N, got, rcs), 0);
+  long long during = redis_reads() - before - 1; /* less our own INFO */
+  for (int i = 0; i < N; i++) cr_assert_eq(rcs[i], 0);
+  cr_assert_lt(during, 20, "%lld reads for %d accounts", during, N);
+  before = redis_reads();
+  for (int i = 0; i < N; i++) cr_assert_eq(store_account_get(s, bares[i], &got[i]), 0);
+  cr_assert_geq(redis_reads() - before - 1, N); /* the baseline the batch saves */
+  /* after a restart the batch reconnects by itself */
+  redis_stop();
+  redis_start(0);
+  for (int i = 0; i < N; i++) rcs[i] = 0;
+  cr_assert_eq(store_account_get_many(s, bares, 3, got, rcs), 0);
+  cr_assert_eq(rcs[0], XMPP_ENOENT); /* a new, empty Redis (no AOF): absent, not an error */
+  store_close(s);
+}
+
 Test(store_redis, outage_then_reconnect_with_aof, .timeout = 60) {
   redis_stop();
   redis_start(1); /* appendonly yes, appendfsync always */
