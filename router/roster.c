@@ -46,12 +46,48 @@ static void load_cb(const store_roster_item_t *si, void *ud) {
 }
 
 strmap_t *user_roster(worker_t *w, user_t *u) {
+  if (!u->roster && w->prefetched) u->roster = strmap_del(w->prefetched, u->bare);
   if (!u->roster) {
     u->roster = strmap_new();
     if (store_roster_load(w->store, u->bare, load_cb, u->roster) != 0)
       log_error("roster of %s could not be loaded", u->bare);
   }
   return u->roster;
+}
+
+static void free_roster(void *p) { strmap_free(p, ritem_free); }
+
+static void prefetch_item(size_t i, const store_roster_item_t *si, void *ud) {
+  strmap_t **maps = ud;
+  load_cb(si, maps[i]);
+}
+
+/* Rosters a batch of frames is about to need, read in one go: n users, one round trip
+ * to Redis instead of n (a log-in storm: every new session needs its roster for the
+ * roster get and the initial presence that follow). A roster that could not be read is
+ * left out: user_roster then reads it alone (and says so if it fails again). */
+void roster_prefetch(worker_t *w, const char *const *bares, size_t n) {
+  if (!n) return;
+  strmap_t **maps = xcalloc(n, sizeof *maps);
+  int *rcs = xcalloc(n, sizeof *rcs);
+  for (size_t i = 0; i < n; i++) maps[i] = strmap_new();
+  if (store_roster_load_many(w->store, bares, n, prefetch_item, maps, rcs) != 0)
+    for (size_t i = 0; i < n; i++) rcs[i] = XMPP_EIO;
+  if (!w->prefetched) w->prefetched = strmap_new();
+  log_debug("router %d: %zu rosters read ahead in one batch", w->index, n);
+  for (size_t i = 0; i < n; i++) {
+    if (rcs[i] == 0) free_roster(strmap_put(w->prefetched, bares[i], maps[i]));
+    else free_roster(maps[i]);
+  }
+  xfree(rcs);
+  xfree(maps);
+}
+
+/* End of the batch: rosters it did not use are dropped (they would go stale). */
+void roster_prefetch_end(worker_t *w) {
+  if (!w->prefetched) return;
+  strmap_free(w->prefetched, free_roster);
+  w->prefetched = NULL;
 }
 
 static void save(worker_t *w, user_t *u, ritem_t *it) {

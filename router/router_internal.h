@@ -69,6 +69,7 @@ struct worker {
   size_t frame_payload_len;
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
+  strmap_t *prefetched; /* bare -> roster read ahead for the batch being handled (roster.c) */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */
@@ -141,6 +142,10 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
 void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
 /* Re-sends pending inbound subscription requests to a newly available session. */
 void roster_deliver_pending(worker_t *w, user_t *u, session_t *s);
+/* Reads the rosters of n users in one go for the batch about to be handled; user_roster
+ * takes them from there. roster_prefetch_end drops what the batch did not use. */
+void roster_prefetch(worker_t *w, const char *const *bares, size_t n);
+void roster_prefetch_end(worker_t *w);
 void ritem_free(void *p);
 
 /* offline.c (XEP-0160) */

@@ -216,8 +216,38 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   }
 }
 
+/* The users of a batch whose roster is about to be needed and not in memory: those
+ * binding a session (the roster get and initial presence follow) and those whose
+ * session's first stanzas arrive. Read together (roster_prefetch) when there are two
+ * or more: a log-in storm costs one storage round trip per batch, not one per user. */
+static void prefetch_rosters(worker_t *w, bus_msg_t *batch) {
+  if (!batch || !batch->next) return;
+  const char **bares = NULL;
+  size_t n = 0, cap = 0;
+  strmap_t *seen = strmap_new();
+  for (bus_msg_t *m = batch; m; m = m->next) {
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) != 0 || (f.kind != BUS_SESSION_OPEN && f.kind != BUS_C2S)) continue;
+    if (!worker_owns(w, &f)) continue;
+    char *bare = arena_strndup(&w->arena, f.from, bus_bare_len(f.from, f.from_len));
+    if (!*bare || strmap_get(seen, bare)) continue;
+    user_t *u = strmap_get(w->users, bare);
+    if (u ? u->roster != NULL : f.kind != BUS_SESSION_OPEN) continue; /* loaded, or no session */
+    strmap_put(seen, bare, bare);
+    if (n == cap) {
+      cap = cap ? cap * 2 : 64;
+      bares = xrealloc(bares, cap * sizeof *bares);
+    }
+    bares[n++] = bare;
+  }
+  if (n >= 2) roster_prefetch(w, bares, n);
+  strmap_free(seen, NULL);
+  xfree(bares);
+}
+
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
+  prefetch_rosters(w, batch);
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
@@ -240,6 +270,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     release_touched(w);
     arena_reset(&w->arena);
   }
+  roster_prefetch_end(w);
 }
 
 static void close_noop(uv_handle_t *h) {}

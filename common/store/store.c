@@ -183,6 +183,32 @@ int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud
   ITERATE(s, s->ops->roster_load(s->be, bare, cb, ud));
 }
 
+void store_roster_many_item(const store_roster_item_t *it, void *ud) {
+  roster_many_t *m = ud;
+  m->cb(m->i, it, m->ud);
+}
+
+static int roster_load_each(store_t *s, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
+                            int *rcs) {
+  for (size_t i = 0; i < n; i++) {
+    roster_many_t m = {cb, i, ud};
+    rcs[i] = s->ops->roster_load(s->be, bares[i], store_roster_many_item, &m);
+  }
+  return 0;
+}
+
+int store_roster_load_many(store_t *s, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
+                           int *rcs) {
+  int rc = enter(s, "store_roster_load_many");
+  if (rc) return rc;
+  if (!cb || (n && (!bares || !rcs))) return XMPP_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (n == 0) return 0;
+  if (s->ops->roster_load_many) ITERATE(s, s->ops->roster_load_many(s->be, bares, n, cb, ud, rcs));
+  ITERATE(s, roster_load_each(s, bares, n, cb, ud, rcs));
+}
+
 int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item) {
   int rc = enter(s, "store_roster_put");
   if (rc) return rc;

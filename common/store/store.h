@@ -72,6 +72,13 @@ int store_batch_begin(store_t *s);
 int store_batch_end(store_t *s, int commit);
 
 int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud);
+/* Loads n users' rosters at once: cb(i, item, ud) for each item of bares[i] (a user's
+ * items together, in contact order) and rcs[i] = what store_roster_load would return
+ * for it (on XMPP_EIO, none of its items were given). Redis: ONE pipelined round trip
+ * for all of them; SQLite: n look-ups. Returns 0, or the error of the arguments. */
+typedef void (*store_roster_many_cb)(size_t i, const store_roster_item_t *item, void *ud);
+int store_roster_load_many(store_t *s, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
+                           int *rcs);
 /* Inserts or replaces the whole item (groups included). */
 int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item);
 int store_roster_delete(store_t *s, const char *bare, const char *contact); /* XMPP_ENOENT */

@@ -37,6 +37,9 @@ typedef struct store_backend {
   int (*batch_end)(void *be, int commit);
 
   int (*roster_load)(void *be, const char *bare, store_roster_cb cb, void *ud);
+  /* Optional (NULL: store.c calls roster_load n times). */
+  int (*roster_load_many)(void *be, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
+                          int *rcs);
   int (*roster_put)(void *be, const char *bare, const store_roster_item_t *item);
   int (*roster_delete)(void *be, const char *bare, const char *contact);
 
@@ -44,6 +47,14 @@ typedef struct store_backend {
   int (*offline_pop_all)(void *be, const char *bare, store_offline_cb cb, void *ud);
   int (*offline_count)(void *be, const char *bare);
 } store_backend_t;
+
+/* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */
+typedef struct roster_many {
+  store_roster_many_cb cb;
+  size_t i;
+  void *ud;
+} roster_many_t;
+void store_roster_many_item(const store_roster_item_t *it, void *ud);
 
 extern const store_backend_t store_sqlite_backend;
 extern const store_backend_t store_redis_backend;

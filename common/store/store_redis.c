@@ -657,44 +657,62 @@ static int parse_account(rd_t *r, const redisReply *rep, store_account_t *out) {
   return rc;
 }
 
-/* n HMGETs in one pipeline: written together, then the n replies read in order, so a
- * batch of log-ins costs one round trip. Read-only: on a dead connection the whole
- * pipeline is sent again once on a fresh one. */
-static int rd_account_get_many(void *be, const char *const *bares, size_t n, store_account_t *out, int *rcs) {
-  rd_t *r = be;
+/* Read-only commands in ONE pipeline: append(r, i, ud) appends command i to r->c for i
+ * in 0..n-1; all are written together and the n replies read in order into reps (the
+ * caller frees them), so a batch costs one round trip. On a dead connection the whole
+ * pipeline is sent again once on a fresh one. 0, or XMPP_EIO with reps all NULL. */
+static int read_pipeline(rd_t *r, size_t n, void (*append)(rd_t *r, size_t i, void *ud), void *ud,
+                         redisReply **reps) {
   for (int attempt = 0;; attempt++) {
     int fresh = !r->c;
     if (ensure(r) != 0) break;
-    for (size_t i = 0; i < n; i++) {
-      ukeys_t k;
-      ukeys(&k, bares[i]);
-      const char *av[10] = {"HMGET", k.a};
-      size_t al[10] = {5, k.la};
-      for (int h = 0; h < 2; h++)
-        for (int f = 0; f < 4; f++) {
-          av[2 + h * 4 + f] = cred_fields[h][f];
-          al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
-        }
-      redisAppendCommandArgv(r->c, 10, av, al);
-      ukeys_free(&k);
-    }
+    for (size_t i = 0; i < n; i++) append(r, i, ud);
     size_t got = 0;
     for (; got < n; got++) {
-      redisReply *rep = NULL;
-      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) break;
-      rcs[got] = parse_account(r, rep, &out[got]);
-      freeReplyObject(rep);
+      reps[got] = NULL;
+      if (redisGetReply(r->c, (void **)&reps[got]) != REDIS_OK || !reps[got]) break;
     }
     if (got == n) return 0;
-    log_error("store(redis) %s: HMGET: %s", r->target, r->c->errstr);
+    for (size_t i = 0; i < got; i++) freeReplyObject(reps[i]);
+    log_error("store(redis) %s: pipelined reads: %s", r->target, r->c->errstr);
     drop(r);
     r->down = 1;
     if (fresh || attempt) break;
   }
+  for (size_t i = 0; i < n; i++) reps[i] = NULL;
+  return XMPP_EIO;
+}
+
+static void append_hmget_account(rd_t *r, size_t i, void *ud) {
+  const char *const *bares = ud;
+  ukeys_t k;
+  ukeys(&k, bares[i]);
+  const char *av[10] = {"HMGET", k.a};
+  size_t al[10] = {5, k.la};
+  for (int h = 0; h < 2; h++)
+    for (int f = 0; f < 4; f++) {
+      av[2 + h * 4 + f] = cred_fields[h][f];
+      al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
+    }
+  redisAppendCommandArgv(r->c, 10, av, al);
+  ukeys_free(&k);
+}
+
+/* n HMGETs in one pipeline: a batch of log-ins costs one round trip. */
+static int rd_account_get_many(void *be, const char *const *bares, size_t n, store_account_t *out, int *rcs) {
+  rd_t *r = be;
+  redisReply **reps = xcalloc(n, sizeof *reps);
+  int rc = read_pipeline(r, n, append_hmget_account, (void *)bares, reps);
   for (size_t i = 0; i < n; i++) {
-    memset(&out[i], 0, sizeof out[i]);
-    rcs[i] = XMPP_EIO;
+    if (rc) {
+      memset(&out[i], 0, sizeof out[i]);
+      rcs[i] = XMPP_EIO;
+      continue;
+    }
+    rcs[i] = parse_account(r, reps[i], &out[i]);
+    freeReplyObject(reps[i]);
   }
+  xfree(reps);
   return 0;
 }
 
@@ -938,20 +956,10 @@ static int cmp_item(const void *a, const void *b) {
   return strcmp(((const ditem_t *)a)->contact, ((const ditem_t *)b)->contact);
 }
 
-static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *ud) {
-  rd_t *r = be;
-  ukeys_t k;
-  ukeys(&k, bare);
-  const char *av[] = {"HGETALL", k.r};
-  size_t al[] = {7, k.lr};
-  redisReply *rep = run(r, 2, av, al, 1);
-  ukeys_free(&k);
-  if (!rep) return XMPP_EIO;
-  if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) {
-    int rc = reply_error(r, "HGETALL", rep);
-    freeReplyObject(rep);
-    return rc;
-  }
+/* One roster's HGETALL reply: cb for each item, sorted by contact like the SQLite
+ * back-end (a hash has no order). 0 or XMPP_EIO (corrupt: no callback at all). */
+static int roster_from_reply(rd_t *r, const char *bare, const redisReply *rep, store_roster_cb cb, void *ud) {
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) return reply_error(r, "HGETALL", (redisReply *)rep);
   size_t n = rep->elements / 2;
   ditem_t *items = xcalloc(n ? n : 1, sizeof *items);
   int rc = 0;
@@ -963,9 +971,7 @@ static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *
       rc = XMPP_EIO;
     }
   }
-  freeReplyObject(rep);
   if (!rc) {
-    /* Sorted by contact, like the SQLite back-end (a hash has no order). */
     qsort(items, n, sizeof *items, cmp_item);
     for (size_t i = 0; i < n; i++) {
       store_roster_item_t it = {
@@ -983,6 +989,49 @@ static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *
   for (size_t i = 0; i < n; i++) ditem_free(&items[i]);
   xfree(items);
   return rc;
+}
+
+static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *ud) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HGETALL", k.r};
+  size_t al[] = {7, k.lr};
+  redisReply *rep = run(r, 2, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = roster_from_reply(r, bare, rep, cb, ud);
+  freeReplyObject(rep);
+  return rc;
+}
+
+static void append_hgetall_roster(rd_t *r, size_t i, void *ud) {
+  const char *const *bares = ud;
+  ukeys_t k;
+  ukeys(&k, bares[i]);
+  const char *av[] = {"HGETALL", k.r};
+  size_t al[] = {7, k.lr};
+  redisAppendCommandArgv(r->c, 2, av, al);
+  ukeys_free(&k);
+}
+
+/* n HGETALLs in one pipeline. */
+static int rd_roster_load_many(void *be, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
+                               int *rcs) {
+  rd_t *r = be;
+  redisReply **reps = xcalloc(n, sizeof *reps);
+  int rc = read_pipeline(r, n, append_hgetall_roster, (void *)bares, reps);
+  for (size_t i = 0; i < n; i++) {
+    if (rc) {
+      rcs[i] = XMPP_EIO;
+      continue;
+    }
+    roster_many_t m = {cb, i, ud};
+    rcs[i] = roster_from_reply(r, bares[i], reps[i], store_roster_many_item, &m);
+    freeReplyObject(reps[i]);
+  }
+  xfree(reps);
+  return 0;
 }
 
 static int rd_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
@@ -1130,6 +1179,7 @@ const store_backend_t store_redis_backend = {
     .batch_begin = rd_batch_begin,
     .batch_end = rd_batch_end,
     .roster_load = rd_roster_load,
+    .roster_load_many = rd_roster_load_many,
     .roster_put = rd_roster_put,
     .roster_delete = rd_roster_delete,
     .offline_push = rd_offline_push,

@@ -50,7 +50,8 @@ class RedisStoreTest(unittest.TestCase):
         cls.redis.start()
         cls.srv = Server(**{"storage.backend": "redis",
                             "storage.redis": f"127.0.0.1:{cls.redis.port}",
-                            "limits.auth_fail_ip": "1000"})
+                            "limits.auth_fail_ip": "1000",
+                            "server.log_level": "debug"})
         for u in ("alice", "bob", "carol"):
             cls.srv.adduser(f"{u}@localhost", "pw")
         cls.srv.start()
@@ -111,6 +112,42 @@ class RedisStoreTest(unittest.TestCase):
             await b.close()
         run(after())
         self.assertEqual(resp(self.redis.port, "EXISTS", "{u:bob@localhost}:o"), b":0\r\n")
+
+    def test_login_storm_rosters_read_ahead(self):
+        """40 users in groups of 4 mutual contacts log in at once: their routers read the
+        rosters of a batch of binds in one go (roster_prefetch). Every client gets its
+        exact roster and the presence of each of its 3 contacts."""
+        self.assertEqual(ctl(self.srv, "populate", "storm", "40", "pw", "--roster", "3").returncode, 0)
+
+        async def one(i):
+            c = Client(self.srv, f"storm{i}@localhost/r", "pw")
+            assert await c.login(), f"storm{i}"
+            return c
+
+        async def go():
+            cs = await asyncio.gather(*(one(i) for i in range(1, 41)))
+            seen = {i: set() for i in range(1, 41)}
+            for i, c in enumerate(cs, 1):
+                c.add_event_handler("presence_available",
+                                    lambda p, i=i: seen[i].add(p["from"].bare))
+            rosters = await asyncio.gather(*(c.get_roster() for c in cs))
+            for c in cs:
+                c.send_presence()
+            for i, r in enumerate(rosters, 1):
+                first = (i - 1) // 4 * 4 + 1
+                want = {f"storm{k}@localhost" for k in range(first, first + 4) if k != i}
+                items = r["roster"]["items"]
+                self.assertEqual(set(items), want, f"roster of storm{i}")
+                self.assertTrue(all(items[j]["subscription"] == "both" for j in items))
+            deadline = time.time() + 15
+            while time.time() < deadline and any(len(seen[i]) < 3 for i in seen):
+                await asyncio.sleep(0.1)
+            missing = {i: 3 - len(seen[i]) for i in seen if len(seen[i]) < 3}
+            self.assertEqual(missing, {}, "presences missing")
+            for c in cs:
+                await c.close()
+        run(go())
+        self.assertRegex(self.srv.log_text(), r"rosters read ahead in one batch")
 
     def test_xmppctl_populate_adduser_deluser(self):
         srv = self.srv

@@ -559,6 +559,55 @@ STORE_TEST(roster_put_load) {
   store_close(s);
 }
 
+typedef struct {
+  roster_t r[40];
+} rosters_t;
+
+static void roster_many_cb(size_t i, const store_roster_item_t *item, void *ud) {
+  rosters_t *m = ud;
+  cr_assert_lt(i, 40);
+  roster_cb(item, &m->r[i]);
+}
+
+STORE_TEST(roster_load_many) {
+  store_t *s = open_db();
+  enum { N = 40 };
+  static char names[N][32];
+  const char *bares[N];
+  int rcs[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "u%d@x", i);
+    bares[i] = names[i];
+    add_user(s, names[i], (unsigned)i);
+    /* user i has i % 5 contacts, put in reverse order */
+    for (int k = i % 5; k > 0; k--) {
+      char c[32];
+      snprintf(c, sizeof c, "c%d@y", k);
+      const char *g[] = {"G"};
+      store_roster_item_t it = {.jid = c, .name = "N", .sub = (roster_sub_t)(k % 4), .groups = g,
+                                .ngroups = (size_t)(k % 2)};
+      cr_assert_eq(store_roster_put(s, names[i], &it), 0);
+    }
+  }
+  bares[7] = "nobody@x"; /* no account: an empty roster, like store_roster_load */
+  static rosters_t m;
+  memset(&m, 0, sizeof m);
+  for (int i = 0; i < N; i++) rcs[i] = 12345;
+  cr_assert_eq(store_roster_load_many(s, bares, N, roster_many_cb, &m, rcs), 0);
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(rcs[i], 0, "user %d", i);
+    roster_t one = load(s, bares[i]);
+    cr_assert_eq(m.r[i].n, one.n, "user %d: %d items, one by one %d", i, m.r[i].n, one.n);
+    cr_assert_eq(memcmp(&m.r[i], &one, sizeof one), 0, "user %d differs", i);
+    if (i != 7) cr_assert_eq(one.n, i % 5);
+  }
+  cr_assert_str_eq(m.r[4].it[0].jid, "c1@y"); /* sorted by contact */
+  cr_assert_eq(store_roster_load_many(s, bares, 0, roster_many_cb, &m, NULL), 0);
+  const char *bad[] = {"a@x", ""};
+  cr_assert_eq(store_roster_load_many(s, bad, 2, roster_many_cb, &m, rcs), XMPP_EINVAL);
+  store_close(s);
+}
+
 STORE_TEST(roster_odd_group_names) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
@@ -1246,6 +1295,12 @@ Test(store_redis, account_get_many_is_one_round_trip) {
   before = redis_reads();
   for (int i = 0; i < N; i++) cr_assert_eq(store_account_get(s, bares[i], &got[i]), 0);
   cr_assert_geq(redis_reads() - before - 1, N); /* the baseline the batch saves */
+  /* rosters too */
+  static rosters_t m;
+  memset(&m, 0, sizeof m);
+  before = redis_reads();
+  cr_assert_eq(store_roster_load_many(s, bares, 40, roster_many_cb, &m, rcs), 0);
+  cr_assert_lt(redis_reads() - before - 1, 5);
   /* after a restart the batch reconnects by itself */
   redis_stop();
   redis_start(0);
