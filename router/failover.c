@@ -39,6 +39,7 @@ void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presen
     u->sessions = s;
   }
   u->exists = 1;
+  roster_adopt(w, u);
   presence_restore(w, s, presence);
   dir_session(w, s);
   log_debug("session %s re-announced by node %u", full, f->src.node);

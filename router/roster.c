@@ -45,8 +45,12 @@ static void load_cb(const store_roster_item_t *si, void *ud) {
   ritem_free(strmap_put(m, it->jid, it));
 }
 
-strmap_t *user_roster(worker_t *w, user_t *u) {
+void roster_adopt(worker_t *w, user_t *u) {
   if (!u->roster && w->prefetched) u->roster = strmap_del(w->prefetched, u->bare);
+}
+
+strmap_t *user_roster(worker_t *w, user_t *u) {
+  roster_adopt(w, u);
   if (!u->roster) {
     u->roster = strmap_new();
     if (store_roster_load(w->store, u->bare, load_cb, u->roster) != 0)
@@ -83,7 +87,8 @@ void roster_prefetch(worker_t *w, const char *const *bares, size_t n) {
   xfree(maps);
 }
 
-/* End of the batch: rosters it did not use are dropped (they would go stale). */
+/* End of the batch: rosters it did not use are dropped (they would go stale; a bound
+ * session keeps its roster from the bind on: roster_adopt). */
 void roster_prefetch_end(worker_t *w) {
   if (!w->prefetched) return;
   strmap_free(w->prefetched, free_roster);

@@ -146,6 +146,9 @@ void roster_deliver_pending(worker_t *w, user_t *u, session_t *s);
  * takes them from there. roster_prefetch_end drops what the batch did not use. */
 void roster_prefetch(worker_t *w, const char *const *bares, size_t n);
 void roster_prefetch_end(worker_t *w);
+/* A session was bound for u: it keeps the roster read ahead for it, if any (the roster
+ * get and the initial presence that follow arrive in later batches). */
+void roster_adopt(worker_t *w, user_t *u);
 void ritem_free(void *p);
 
 /* offline.c (XEP-0160) */

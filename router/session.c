@@ -82,6 +82,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   s->next = u->sessions;
   u->sessions = s;
   u->exists = 1;
+  roster_adopt(w, u);
   dir_session(w, s);
   ack(w, f, BUS_ACK_OPEN);
   log_debug("session %s open at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
