@@ -117,6 +117,12 @@ static void really_close(conn_t *c) {
   uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
+void conn_abort(conn_t *c) {
+  c->out.len = 0;
+  c->closing = 1;
+  really_close(c); /* a pending write is cancelled: write_cb runs before on_closed */
+}
+
 static void write_cb(uv_write_t *req, int status) {
   write_req_t *w = (write_req_t *)req;
   conn_t *c = w->c;

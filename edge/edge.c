@@ -69,8 +69,27 @@ static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int p
 static void close_cb_noop(uv_handle_t *h) {}
 
 
+/* Bound on the last phase of stopping: a client that does not read (its receive window
+ * full, our write pending) must not hold the thread, and the shutdown, forever. */
+#define QUIT_GRACE_MS 2000
+
+static void quit_sweep_cb(uv_timer_t *t) {
+  edge_thread_t *th = t->data;
+  if (th->all && edge_now_ms() - th->quit_ms < QUIT_GRACE_MS) return;
+  int n = 0;
+  for (conn_t *c = th->all, *nx; c; c = nx) {
+    nx = c->next;
+    conn_abort(c);
+    n++;
+  }
+  if (n) log_warn("shutdown: %d connection(s) not reading their last bytes closed after %d ms", n, QUIT_GRACE_MS);
+  uv_close((uv_handle_t *)t, close_cb_noop);
+}
+
 static void quit(edge_thread_t *th) {
-  /* second phase of stopping: whatever is still open is closed now, then the loop ends */
+  /* second phase of stopping: whatever is still open is closed now (a connection whose
+   * last write is pending closes when it completes, or at QUIT_GRACE_MS), then the
+   * loop ends */
   for (conn_t *c = th->all, *nx; c; c = nx) {
     nx = c->next;
     c->out.len = 0;
@@ -79,7 +98,8 @@ static void quit(edge_thread_t *th) {
   }
   sasl_thread_close(th);
   edge_flush(th);
-  uv_close((uv_handle_t *)&th->sweep, close_cb_noop);
+  th->quit_ms = edge_now_ms();
+  uv_timer_start(&th->sweep, quit_sweep_cb, 100, 100);
   uv_close((uv_handle_t *)&th->throttle, close_cb_noop);
   uv_close((uv_handle_t *)&th->stop_async, close_cb_noop);
   bus_queue_close(&th->bus->edge_q[th->index]);

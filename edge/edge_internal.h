@@ -52,6 +52,7 @@ struct edge_thread {
   uint64_t nconns;
   uint64_t last_accept_warn_ms;
   uint64_t last_prune_ms;   /* thread 0 prunes the guard's idle entries once a minute */
+  uint64_t quit_ms;         /* when the second phase of stopping began */
   /* account reads asked by <auth/> this loop turn, read together next turn (sasl.c) */
   uv_idle_t acct_idle;
   struct acct_req *acct_q;
@@ -135,6 +136,8 @@ void edge_flush(edge_thread_t *th);
 /* Closes with a stream error (RFC 6120 §4.9; cond NULL: a plain </stream:stream>). */
 void conn_stream_error(conn_t *c, const char *cond, const char *text);
 void conn_close(conn_t *c);
+/* Closes now, dropping output not yet written (a peer that stopped reading). */
+void conn_abort(conn_t *c);
 /* A thread-pool job on c finished: returns 1 if c was closed meanwhile and is now freed. */
 int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);

@@ -290,3 +290,40 @@ class RestartTest(unittest.TestCase):
 
     def test_kill9_under_load_store_intact_acknowledged_kept(self):
         self.run_restart(kill9=True)
+
+
+class ShutdownSlowReaderTest(unittest.TestCase):
+    """SIGTERM while a client has stopped reading (its receive window full, our write to
+    it pending): the shutdown still ends, within its bound, with exit status 0. It used
+    to wait for that client forever (the connection closed only when its write
+    completed, and the sweep that bounds it was already stopped)."""
+
+    def test_sigterm_with_a_client_not_reading(self):
+        srv = Server(**{"limits.rate_bytes": "0", "limits.rate_stanzas": "0"})
+        srv.adduser(f"alice@{DOMAIN}", "pw")
+        srv.adduser(f"bob@{DOMAIN}", "pw")
+        srv.start()
+        try:
+            alice = RawStream(srv.port, rcvbuf=4096).login("alice", "pw", "r")  # never reads again
+            bob = RawStream(srv.port).login("bob", "pw", "r")
+            body = "x" * 200000
+            for _ in range(19):  # 3.8 MB to alice: under limits.max_pending_out, more than the kernel buffers
+                bob.send(f"<message to='alice@{DOMAIN}/r'><body>{body}</body></message>")
+            time.sleep(2)
+            self.assertIsNone(srv.proc.poll())
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = srv.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.fail("xmppd still running 15 s after SIGTERM:\n" + srv.log_text()[-2000:])
+            self.assertEqual(rc, 0, srv.log_text()[-2000:])
+            self.assertLess(time.monotonic() - t0, 10)
+            self.assertIn("<system-shutdown", bob.recv_until("</stream:stream>"))
+            self.assertIn("not reading their last bytes", srv.log_text())
+            alice.close()
+            bob.close()
+        finally:
+            if srv.proc.poll() is None:
+                srv.proc.kill()
+                srv.proc.wait()
