@@ -95,6 +95,7 @@ struct conn {
   int sasl_failures;
   unsigned sasl_gen;    /* counts ended SASL exchanges: a late result of an earlier one is ignored */
   int binding;          /* bind sent to the router, result not yet given to the client */
+  int announced_binding; /* cluster: re-announced to a new owner while binding */
   char *bind_id;        /* id of the bind request being answered */
   bus_msg_t *held;      /* stanzas sent while binding, released in order when it completes */
   bus_msg_t **held_tail;

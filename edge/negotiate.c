@@ -210,11 +210,17 @@ static void bind_resource(conn_t *c, xnode_t *iq, xnode_t *bind) {
 void negotiate_bind_done(conn_t *c, int64_t result) {
   if (!c->binding) return;
   c->binding = 0;
+  int announced = c->announced_binding;
+  c->announced_binding = 0;
   char *id = c->bind_id;
   c->bind_id = NULL;
   if (result != BUS_ACK_OPEN) {
     /* RFC 6120 §7.6.2.1: the account has reached its limit of connected resources */
     log_info("conn %llx: bind of %s refused: resource limit", (unsigned long long)c->id, c->jid.full);
+    /* cluster: the shard moved while the old owner refused it, and the session was
+     * re-announced to the new owner meanwhile, which took it: it is ended there, else
+     * it would hold one of the account's resources with no connection behind it */
+    if (announced) edge_session_close(c);
     c->bound = 0;
     jid_free(&c->jid);
     edge_release_held(c);

@@ -161,6 +161,7 @@ void edge_session_open(conn_t *c) {
 
 static void announce_again(conn_t *c, uint32_t o) {
   c->announced = o;
+  if (c->binding) c->announced_binding = 1; /* the bind may yet be refused: negotiate_bind_done */
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_REANNOUNCE;
