@@ -213,6 +213,29 @@ static int get_str(arena_t *a, const uint8_t **p, const uint8_t *end, const char
   return 0;
 }
 
+static int peek_str(const uint8_t **p, const uint8_t *end, const char **s, size_t *len);
+
+int xnode_encoded_head(const uint8_t *p, size_t len, const char *attr, xnode_head_t *h) {
+  const uint8_t *end = p + len;
+  memset(h, 0, sizeof *h);
+  const char *ns;
+  size_t nsl;
+  uint64_t na;
+  if (len < 1 || *p++ != 'E' || peek_str(&p, end, &h->name, &h->name_len) || peek_str(&p, end, &ns, &nsl) ||
+      buf_get_varint(&p, end, &na))
+    return XMPP_EINVAL;
+  for (uint64_t i = 0; i < na; i++) {
+    const char *k, *v;
+    size_t kl, vl;
+    if (peek_str(&p, end, &k, &kl) || peek_str(&p, end, &v, &vl)) return XMPP_EINVAL;
+    if (attr && kl == strlen(attr) && !memcmp(k, attr, kl)) {
+      h->attr = v;
+      h->attr_len = vl;
+    }
+  }
+  return 0;
+}
+
 static int decode_node(arena_t *a, const uint8_t **p, const uint8_t *end, unsigned depth, xnode_t **out) {
   if (depth == 0 || *p >= end) return XMPP_EINVAL;
   uint8_t tag = *(*p)++;

@@ -84,6 +84,17 @@ void xml_escape(buf_t *out, const char *s, size_t len, int in_attr);
 void xnode_encode(const xnode_t *n, buf_t *out);
 int xnode_decode(arena_t *a, const uint8_t *p, size_t len, unsigned max_depth, xnode_t **out);
 
+/* The top element of an encoded stanza without decoding it: its name and the value of
+ * one attribute (attr_len 0 and attr NULL when absent). Pointers into p, not
+ * NUL-terminated. 0, or XMPP_EINVAL when the head is malformed. */
+typedef struct xnode_head {
+  const char *name;
+  size_t name_len;
+  const char *attr;
+  size_t attr_len;
+} xnode_head_t;
+int xnode_encoded_head(const uint8_t *p, size_t len, const char *attr, xnode_head_t *h);
+
 /* Addresses written on the top element by xnode_serialize_encoded (lengths 0 = none). */
 typedef struct xnode_addr {
   const char *from;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -28,6 +29,7 @@ int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *
   f.payload = p.data;
   f.payload_len = p.len;
   bus_frame_encode(&f, &fr);
+  if (w->offline_empty) strmap_del(w->offline_empty, to); /* not empty any more */
   int rc = store_offline_push(w->store, to, (const char *)fr.data, fr.len, (unsigned)w->cfg->offline_max);
   buf_free(&p);
   buf_free(&fr);
@@ -65,7 +67,31 @@ static void deliver_cb(const char *data, size_t len, int64_t stamp, void *ud) {
   w_deliver(w, x->s, from, x->s->full, st);
 }
 
+/* The batch read these users' queue lengths (one round trip): those found empty need
+ * no read at their initial presence. Only this worker writes a user's queue, and its
+ * pushes clear the mark (offline_store); the marks last one batch. */
+void offline_prefetch(worker_t *w, const char *const *bares, size_t n) {
+  int *counts = xcalloc(n, sizeof *counts);
+  if (store_offline_count_many(w->store, bares, n, counts) == 0) {
+    if (!w->offline_empty) w->offline_empty = strmap_new();
+    size_t empty = 0;
+    for (size_t i = 0; i < n; i++)
+      if (counts[i] == 0) {
+        strmap_put(w->offline_empty, bares[i], (void *)1);
+        empty++;
+      }
+    log_debug("router %d: %zu offline queues read ahead in one batch, %zu empty", w->index, n, empty);
+  }
+  xfree(counts);
+}
+
+void offline_prefetch_end(worker_t *w) {
+  strmap_free(w->offline_empty, NULL);
+  w->offline_empty = NULL;
+}
+
 void offline_deliver(worker_t *w, user_t *u, session_t *s) {
+  if (w->offline_empty && strmap_del(w->offline_empty, u->bare)) return; /* read this batch: empty */
   deliver_ctx_t x = {w, s};
   if (store_offline_pop_all(w->store, u->bare, deliver_cb, &x) != 0)
     log_error("offline queue of %s: read failed", u->bare);

@@ -70,6 +70,7 @@ struct worker {
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
   strmap_t *prefetched; /* bare -> roster read ahead for the batch being handled (roster.c) */
+  strmap_t *offline_empty; /* bares whose offline queue this batch found empty (offline.c) */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */
@@ -154,6 +155,10 @@ void ritem_free(void *p);
 /* offline.c (XEP-0160) */
 int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);
 void offline_deliver(worker_t *w, user_t *u, session_t *s);
+/* Reads the queue lengths of n users in one go for the batch about to be handled; the
+ * empty ones are not read again at their initial presence. _end forgets them. */
+void offline_prefetch(worker_t *w, const char *const *bares, size_t n);
+void offline_prefetch_end(worker_t *w);
 
 /* server_iq.c (XEP-0030, XEP-0199, XEP-0092) */
 void server_iq(worker_t *w, session_t *s, xnode_t *iq);

@@ -216,38 +216,67 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   }
 }
 
-/* The users of a batch whose roster is about to be needed and not in memory: those
- * binding a session (the roster get and initial presence follow) and those whose
- * session's first stanzas arrive. Read together (roster_prefetch) when there are two
- * or more: a log-in storm costs one storage round trip per batch, not one per user. */
-static void prefetch_rosters(worker_t *w, bus_msg_t *batch) {
+typedef struct names {
+  const char **v;
+  size_t n, cap;
+  strmap_t *seen;
+} names_t;
+
+static void names_add(names_t *l, const char *bare) {
+  if (strmap_get(l->seen, bare)) return;
+  strmap_put(l->seen, bare, (void *)bare);
+  if (l->n == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 64;
+    l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+  }
+  l->v[l->n++] = bare;
+}
+
+/* An available broadcast presence (no 'to', no 'type') from a session not yet
+ * available: its initial presence, which delivers the offline queue (RFC 6121 §4.2). */
+static int initial_presence(worker_t *w, const bus_frame_t *f, const char *bare) {
+  if (f->kind != BUS_C2S || f->to_len) return 0;
+  xnode_head_t h;
+  if (xnode_encoded_head(f->payload, f->payload_len, "type", &h) != 0 || h.attr) return 0;
+  if (h.name_len != 8 || memcmp(h.name, "presence", 8) != 0) return 0;
+  user_t *u = strmap_get(w->users, bare);
+  if (!u) return 0;
+  for (session_t *s = u->sessions; s; s = s->next)
+    if (strlen(s->full) == f->from_len && !memcmp(s->full, f->from, f->from_len)) return !s->available;
+  return 0;
+}
+
+/* Storage reads a batch of frames is about to make, made together first (a log-in
+ * storm then costs a storage round trip per batch, not per user):
+ *  - the rosters of users binding a session, or whose new session's first stanzas
+ *    arrive (the roster get and initial presence need them): roster_prefetch;
+ *  - the offline queue lengths of users whose initial presence is in the batch: an
+ *    empty queue (most log-ins) is then not read at all (offline_known_empty).
+ * Only for two users or more: a lone frame reads what it needs as before. */
+static void prefetch(worker_t *w, bus_msg_t *batch) {
   if (!batch || !batch->next) return;
-  const char **bares = NULL;
-  size_t n = 0, cap = 0;
-  strmap_t *seen = strmap_new();
+  names_t rosters = {.seen = strmap_new()}, queues = {.seen = strmap_new()};
   for (bus_msg_t *m = batch; m; m = m->next) {
     bus_frame_t f;
     if (bus_msg_frame(m, &f) != 0 || (f.kind != BUS_SESSION_OPEN && f.kind != BUS_C2S)) continue;
     if (!worker_owns(w, &f)) continue;
     char *bare = arena_strndup(&w->arena, f.from, bus_bare_len(f.from, f.from_len));
-    if (!*bare || strmap_get(seen, bare)) continue;
+    if (!*bare) continue;
     user_t *u = strmap_get(w->users, bare);
-    if (u ? u->roster != NULL : f.kind != BUS_SESSION_OPEN) continue; /* loaded, or no session */
-    strmap_put(seen, bare, bare);
-    if (n == cap) {
-      cap = cap ? cap * 2 : 64;
-      bares = xrealloc(bares, cap * sizeof *bares);
-    }
-    bares[n++] = bare;
+    if (u ? u->roster == NULL : f.kind == BUS_SESSION_OPEN) names_add(&rosters, bare);
+    if (initial_presence(w, &f, bare)) names_add(&queues, bare);
   }
-  if (n >= 2) roster_prefetch(w, bares, n);
-  strmap_free(seen, NULL);
-  xfree(bares);
+  if (rosters.n >= 2) roster_prefetch(w, rosters.v, rosters.n);
+  if (queues.n >= 2) offline_prefetch(w, queues.v, queues.n);
+  strmap_free(rosters.seen, NULL);
+  strmap_free(queues.seen, NULL);
+  xfree(rosters.v);
+  xfree(queues.v);
 }
 
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
-  prefetch_rosters(w, batch);
+  prefetch(w, batch);
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
@@ -271,6 +300,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     arena_reset(&w->arena);
   }
   roster_prefetch_end(w);
+  offline_prefetch_end(w);
 }
 
 static void close_noop(uv_handle_t *h) {}

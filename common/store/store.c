@@ -250,3 +250,15 @@ int store_offline_count(store_t *s, const char *bare) {
   if (bad_str(bare)) return XMPP_EINVAL;
   return s->ops->offline_count(s->be, bare);
 }
+
+int store_offline_count_many(store_t *s, const char *const *bares, size_t n, int *counts) {
+  int rc = enter(s, "store_offline_count_many");
+  if (rc) return rc;
+  if (n && (!bares || !counts)) return XMPP_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (n == 0) return 0;
+  if (s->ops->offline_count_many) return s->ops->offline_count_many(s->be, bares, n, counts);
+  for (size_t i = 0; i < n; i++) counts[i] = s->ops->offline_count(s->be, bares[i]);
+  return 0;
+}

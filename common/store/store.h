@@ -89,5 +89,10 @@ int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len
 /* Calls cb for each queued message, oldest first, then removes them. */
 int store_offline_pop_all(store_t *s, const char *bare, store_offline_cb cb, void *ud);
 int store_offline_count(store_t *s, const char *bare);
+/* Queue lengths of n users at once: counts[i] = what store_offline_count gives for
+ * bares[i] (or an error). Redis: ONE pipelined round trip; SQLite: n look-ups. Lets a
+ * batch of log-ins skip the read of every empty queue. Returns 0, or the error of the
+ * arguments. */
+int store_offline_count_many(store_t *s, const char *const *bares, size_t n, int *counts);
 
 #endif

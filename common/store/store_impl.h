@@ -46,6 +46,8 @@ typedef struct store_backend {
   int (*offline_push)(void *be, const char *bare, const char *xml, size_t len, unsigned max);
   int (*offline_pop_all)(void *be, const char *bare, store_offline_cb cb, void *ud);
   int (*offline_count)(void *be, const char *bare);
+  /* Optional (NULL: store.c calls offline_count n times). */
+  int (*offline_count_many)(void *be, const char *const *bares, size_t n, int *counts);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -1149,6 +1149,34 @@ static int rd_offline_pop_all(void *be, const char *bare, store_offline_cb cb, v
   return rc;
 }
 
+static int llen_reply(rd_t *r, const redisReply *rep) {
+  return rep->type == REDIS_REPLY_INTEGER ? (rep->integer > INT_MAX ? INT_MAX : (int)rep->integer)
+                                          : reply_error(r, "LLEN", (redisReply *)rep);
+}
+
+static void append_llen_offline(rd_t *r, size_t i, void *ud) {
+  const char *const *bares = ud;
+  ukeys_t k;
+  ukeys(&k, bares[i]);
+  const char *av[] = {"LLEN", k.o};
+  size_t al[] = {4, k.lo};
+  redisAppendCommandArgv(r->c, 2, av, al);
+  ukeys_free(&k);
+}
+
+/* n LLENs in one pipeline. */
+static int rd_offline_count_many(void *be, const char *const *bares, size_t n, int *counts) {
+  rd_t *r = be;
+  redisReply **reps = xcalloc(n, sizeof *reps);
+  int rc = read_pipeline(r, n, append_llen_offline, (void *)bares, reps);
+  for (size_t i = 0; i < n; i++) {
+    counts[i] = rc ? XMPP_EIO : llen_reply(r, reps[i]);
+    if (reps[i]) freeReplyObject(reps[i]);
+  }
+  xfree(reps);
+  return 0;
+}
+
 static int rd_offline_count(void *be, const char *bare) {
   rd_t *r = be;
   ukeys_t k;
@@ -1158,9 +1186,7 @@ static int rd_offline_count(void *be, const char *bare) {
   redisReply *rep = run(r, 2, av, al, 1);
   ukeys_free(&k);
   if (!rep) return XMPP_EIO;
-  int rc = rep->type == REDIS_REPLY_INTEGER
-               ? (rep->integer > INT_MAX ? INT_MAX : (int)rep->integer)
-               : reply_error(r, "LLEN", rep);
+  int rc = llen_reply(r, rep);
   freeReplyObject(rep);
   return rc;
 }
@@ -1185,4 +1211,5 @@ const store_backend_t store_redis_backend = {
     .offline_push = rd_offline_push,
     .offline_pop_all = rd_offline_pop_all,
     .offline_count = rd_offline_count,
+    .offline_count_many = rd_offline_count_many,
 };

@@ -115,9 +115,20 @@ class RedisStoreTest(unittest.TestCase):
 
     def test_login_storm_rosters_read_ahead(self):
         """40 users in groups of 4 mutual contacts log in at once: their routers read the
-        rosters of a batch of binds in one go (roster_prefetch). Every client gets its
-        exact roster and the presence of each of its 3 contacts."""
+        rosters of a batch of binds in one go (roster_prefetch), and the offline queue
+        lengths of a batch of initial presences (offline_prefetch). Every client gets its
+        exact roster, the presence of each of its 3 contacts, and its offline messages
+        (every third user has two)."""
         self.assertEqual(ctl(self.srv, "populate", "storm", "40", "pw", "--roster", "3").returncode, 0)
+
+        async def leave_offline():
+            a = await login(self.srv, "carol@localhost/c")
+            for i in range(1, 41, 3):
+                for k in (1, 2):
+                    a.send_message(mto=f"storm{i}@localhost", mbody=f"offline {i} {k}", mtype="chat")
+            await asyncio.sleep(0.5)
+            await a.close()
+        run(leave_offline())
 
         async def one(i):
             c = Client(self.srv, f"storm{i}@localhost/r", "pw")
@@ -127,9 +138,11 @@ class RedisStoreTest(unittest.TestCase):
         async def go():
             cs = await asyncio.gather(*(one(i) for i in range(1, 41)))
             seen = {i: set() for i in range(1, 41)}
+            bodies = {i: [] for i in range(1, 41)}
             for i, c in enumerate(cs, 1):
                 c.add_event_handler("presence_available",
                                     lambda p, i=i: seen[i].add(p["from"].bare))
+                c.add_event_handler("message", lambda m, i=i: bodies[i].append(m["body"]))
             rosters = await asyncio.gather(*(c.get_roster() for c in cs))
             for c in cs:
                 c.send_presence()
@@ -144,10 +157,16 @@ class RedisStoreTest(unittest.TestCase):
                 await asyncio.sleep(0.1)
             missing = {i: 3 - len(seen[i]) for i in seen if len(seen[i]) < 3}
             self.assertEqual(missing, {}, "presences missing")
+            want = {i: [f"offline {i} 1", f"offline {i} 2"] if i % 3 == 1 else [] for i in bodies}
+            deadline = time.time() + 10
+            while time.time() < deadline and bodies != want:
+                await asyncio.sleep(0.1)
+            self.assertEqual(bodies, want, "offline messages")
             for c in cs:
                 await c.close()
         run(go())
         self.assertRegex(self.srv.log_text(), r"rosters read ahead in one batch")
+        self.assertRegex(self.srv.log_text(), r"offline queues read ahead in one batch")
 
     def test_xmppctl_populate_adduser_deluser(self):
         srv = self.srv

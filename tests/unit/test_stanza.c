@@ -419,6 +419,33 @@ Test(stanza, encode_decode_roundtrip) {
   buf_free(&b2);
 }
 
+Test(stanza, encoded_head_without_decoding) {
+  xnode_t *m = sample(&A);
+  buf_t b = encode(m);
+  xnode_head_t h;
+  cr_assert_eq(xnode_encoded_head(b.data, b.len, "type", &h), 0);
+  cr_assert_eq(h.name_len, 7);
+  cr_assert_eq(memcmp(h.name, "message", 7), 0);
+  cr_assert_eq(h.attr_len, 4);
+  cr_assert_eq(memcmp(h.attr, "chat", 4), 0);
+  cr_assert_eq(xnode_encoded_head(b.data, b.len, "nope", &h), 0);
+  cr_assert_null(h.attr);
+  cr_assert_eq(xnode_encoded_head(b.data, b.len, NULL, &h), 0);
+  cr_assert_null(h.attr);
+  /* every truncation of the head is refused, never read past */
+  size_t head = 1 + 1 + 7 + 1 + strlen(NS_CLIENT) + 1;
+  for (size_t cut = 0; cut < head + 20; cut++) {
+    uint8_t *t = malloc(cut ? cut : 1);
+    memcpy(t, b.data, cut);
+    int rc = xnode_encoded_head(t, cut, "xml:lang", &h);
+    if (rc == 0) cr_assert_geq(cut, head, "cut %zu", cut);
+    free(t);
+  }
+  uint8_t text[] = {'T', 1, 'x'};
+  cr_assert_eq(xnode_encoded_head(text, sizeof text, NULL, &h), XMPP_EINVAL);
+  buf_free(&b);
+}
+
 Test(stanza, encode_decode_minimal_and_large) {
   xnode_t *e = xnode_new(&A, "e", "");
   buf_t b = encode(e);

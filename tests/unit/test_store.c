@@ -721,6 +721,27 @@ static void push(store_t *s, const char *who, const char *xml, unsigned max, int
   cr_assert_eq(store_offline_push(s, who, xml, strlen(xml), max), want, "push %s", xml);
 }
 
+STORE_TEST(offline_count_many) {
+  store_t *s = open_db();
+  enum { N = 30 };
+  static char names[N][32];
+  const char *bares[N];
+  int counts[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "u%d@x", i);
+    bares[i] = names[i];
+    add_user(s, names[i], (unsigned)i);
+    for (int k = 0; k < i % 4; k++) push(s, names[i], "<m/>", 0, 0);
+  }
+  bares[5] = "nobody@x";
+  cr_assert_eq(store_offline_count_many(s, bares, N, counts), 0);
+  for (int i = 0; i < N; i++) cr_assert_eq(counts[i], i == 5 ? 0 : i % 4, "user %d: %d", i, counts[i]);
+  cr_assert_eq(store_offline_count_many(s, bares, 0, NULL), 0);
+  const char *bad[] = {"a@x", ""};
+  cr_assert_eq(store_offline_count_many(s, bad, 2, counts), XMPP_EINVAL);
+  store_close(s);
+}
+
 STORE_TEST(offline_order_and_pop) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
@@ -1301,6 +1322,11 @@ Test(store_redis, account_get_many_is_one_round_trip) {
   before = redis_reads();
   cr_assert_eq(store_roster_load_many(s, bares, 40, roster_many_cb, &m, rcs), 0);
   cr_assert_lt(redis_reads() - before - 1, 5);
+  /* and offline queue lengths */
+  before = redis_reads();
+  cr_assert_eq(store_offline_count_many(s, bares, N, rcs), 0);
+  cr_assert_lt(redis_reads() - before - 1, 10);
+  for (int i = 0; i < N; i++) cr_assert_eq(rcs[i], 0);
   /* after a restart the batch reconnects by itself */
   redis_stop();
   redis_start(0);
