@@ -246,10 +246,11 @@ int main(int argc, char **argv) {
   uv_loop_close(loop);
   if (edge) edge_free(edge);
   router_free(router);
+  int refused = cluster_refused(cluster);
   cluster_free(cluster);
   xfree(bus.edge_q);
   xfree(bus.worker_q);
   config_free(&cfg);
   log_info("stopped");
-  return 0;
+  return refused ? 2 : 0;
 }

@@ -3,6 +3,7 @@
  * the cluster thread's loop except bus_remote and cluster_pending. */
 #include "common/cluster.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -54,6 +55,10 @@ struct cluster {
   arena_t arena;
   int stopping;
   int leaving;         /* deregistered: this node's own router no longer counts */
+  int polled;          /* the registry was read once */
+  int refused;         /* it found nodes with another server.shards at its first read: stops */
+  uint64_t *mismatch;  /* incarnations of nodes already reported for another server.shards */
+  size_t nmismatch;
   uint64_t failed, rerouted;
 };
 
@@ -338,9 +343,47 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
   xfree(r);
 }
 
-static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
+/* Every node must have the same server.shards: with another count, a node maps JIDs to
+ * other shards and disagrees with the rest on every owner (frames would go round in
+ * circles). A node that finds such nodes at its first registry read refuses to join
+ * (it stops, exit status 2: it is the one that was just (re)configured); nodes already
+ * running leave such a node out of everything, saying so once per incarnation. */
+static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n);
+
+static int shards_differ(cluster_t *c, const credis_node_t *x) {
+  if (x->shards == c->bus->nshards) return 0;
+  for (size_t i = 0; i < c->nmismatch; i++)
+    if (c->mismatch[i] == x->incarnation) return 1;
+  c->mismatch = xrealloc(c->mismatch, (c->nmismatch + 1) * sizeof *c->mismatch);
+  c->mismatch[c->nmismatch++] = x->incarnation;
+  log_error("cluster: node %u (%s:%d) has server.shards = %u, this node %u: every node must have the same; %s",
+            x->id, x->host, x->bus_port, x->shards, c->bus->nshards,
+            c->polled ? "it is left out" : "this node refuses to join and stops");
+  return 1;
+}
+
+static void on_nodes(void *ud, const credis_node_t *all, int nall) {
   cluster_t *c = ud;
-  if (c->stopping) return;
+  if (c->stopping || c->refused) return;
+  credis_node_t *nodes = xcalloc((size_t)nall + 1, sizeof *nodes);
+  int n = 0, differ = 0;
+  for (int i = 0; i < nall; i++) {
+    if (all[i].id != c->bus->node && shards_differ(c, &all[i])) differ = 1;
+    else nodes[n++] = all[i];
+  }
+  if (differ && !c->polled) {
+    c->refused = 1;
+    xfree(nodes);
+    credis_deregister(c->redis);
+    uv_kill(uv_os_getpid(), SIGTERM); /* the main thread's orderly shutdown */
+    return;
+  }
+  c->polled = 1;
+  on_live_nodes(c, nodes, n);
+  xfree(nodes);
+}
+
+static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   /* Just after Redis came back (maybe empty: restarted without persistence), nodes are
    * still re-registering: for one TTL a node missing from the list is not yet dead. */
   int grace = uv_now(&c->loop) - c->redis_up_ms < (uint64_t)c->cfg->node_ttl_ms;
@@ -564,6 +607,7 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
   c->self.id = bus->node;
   c->self.role = (uint8_t)role;
   c->self.workers = (uint16_t)bus->nworkers;
+  c->self.shards = bus->nshards;
   uv_random(NULL, NULL, &c->self.incarnation, sizeof c->self.incarnation, 0, NULL);
   snprintf(c->self.host, sizeof c->self.host, "%s", cfg->bus_advertise[0] ? cfg->bus_advertise : cfg->bus_addr);
   c->self.bus_port = bus_listener_port(c->listener);
@@ -579,6 +623,8 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
 
 void cluster_leave(cluster_t *c) { uv_async_send(&c->leave); }
 
+int cluster_refused(const cluster_t *c) { return c && c->refused; }
+
 void cluster_stop(cluster_t *c) {
   uv_async_send(&c->stop);
   uv_thread_join(&c->thread);
@@ -591,6 +637,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->pend);
   xfree(c->map);
   xfree(c->prev);
+  xfree(c->mismatch);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;

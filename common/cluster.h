@@ -31,6 +31,9 @@ uint64_t cluster_pending(cluster_t *c);
  * sessions are handed over and the others stop sending to it; keep the node running for
  * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */
 void cluster_leave(cluster_t *c);
+/* 1 when this node refused to join (its server.shards differs from the live nodes'): it
+ * has asked the process to stop, which should then exit with status 2. */
+int cluster_refused(const cluster_t *c);
 /* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
 void cluster_stop(cluster_t *c);
 void cluster_free(cluster_t *c);

@@ -39,7 +39,7 @@ static const conf_opt_t opts[] = {
   {"server", "log_level", CT_STR, 0, 0, "info", O(log_level), "debug, info, warn, error or none"},
   {"server", "io_threads", CT_INT, 0, 256, "0", O(io_threads), "edge I/O threads (0 = one per core)"},
   {"server", "router_workers", CT_INT, 0, 256, "0", O(router_workers), "router worker threads (0 = one per core)"},
-  {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S"},
+  {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S; the same on every node of a cluster (a node with another count refuses to join)"},
   {"c2s", "address", CT_STR, 1, 255, "127.0.0.1", O(c2s_addr), "address the client listeners bind to"},
   {"c2s", "port", CT_INT, 0, 65535, "5222", O(c2s_port), "client port with STARTTLS (0 = off)"},
   {"c2s", "tls_port", CT_INT, 0, 65535, "5223", O(c2s_tls_port), "client port with direct TLS, XEP-0368 (0 = off)"},

@@ -3,12 +3,12 @@
  *
  * Key layout. Every key carries a Redis Cluster hash tag, so one Redis or a Redis Cluster
  * holds it unchanged (docs/cluster.md, "Redis key layout"). <C> is the cluster name.
- *   <C>:{nodes}:n:<id>    string  "role workers incarnation host port", SET PX ttl at every
+ *   <C>:{nodes}:n:<id>    string  "role workers incarnation host port shards", SET PX ttl at every
  *                                 heartbeat: the key lives while the node does.
  *   <C>:{nodes}:all       set     node ids ever registered (SADD at every heartbeat). The poll
  *                                 is one EVALSHA (EVAL on NOSCRIPT) of POLL_LUA: GET of each
  *                                 member's key, SREM of members whose key has expired, the
- *                                 live "id role workers incarnation host port" returned. The
+ *                                 live "id role workers incarnation host port shards" returned. The
  *                                 script builds the node keys' names itself; they share the
  *                                 {nodes} tag, hence the slot of KEYS[1].
  *   <C>:{nodes}:shardmap  string  "EPOCH NSHARDS\n" then NSHARDS big-endian uint32 owners
@@ -511,14 +511,14 @@ static credis_node_t *parse_nodes(credis_t *r, const redisReply *rep, int *count
   for (size_t i = 0; i < rep->elements; i++) {
     redisReply *e = rep->element[i];
     if (e->type != REDIS_REPLY_STRING) continue;
-    unsigned id, role, workers;
+    unsigned id, role, workers, shards;
     uint64_t inc;
     int port, used = 0;
     char host[64];
-    if (sscanf(e->str, "%u %u %u %" SCNu64 " %63s %d%n", &id, &role, &workers, &inc, host, &port,
-               &used) != 6 ||
+    if (sscanf(e->str, "%u %u %u %" SCNu64 " %63s %d %u%n", &id, &role, &workers, &inc, host, &port,
+               &shards, &used) != 7 ||
         (size_t)used != e->len || id < 1 || id > 65535 || role > 255 || workers > 65535 ||
-        port < 0 || port > 65535) {
+        port < 0 || port > 65535 || shards < 1) {
       log_debug("redis %s: registry: skipping malformed entry '%.*s'", r->name, (int)e->len,
                 e->str);
       continue;
@@ -530,6 +530,7 @@ static credis_node_t *parse_nodes(credis_t *r, const redisReply *rep, int *count
     nd->incarnation = inc;
     snprintf(nd->host, sizeof nd->host, "%s", host);
     nd->bus_port = port;
+    nd->shards = shards;
   }
   qsort(nodes, (size_t)n, sizeof *nodes, cmp_node);
   *count = n;
@@ -566,8 +567,8 @@ void credis_nodes_get(credis_t *r, credis_nodes_cb cb, void *ud) {
 static void heartbeat(credis_t *r) {
   if (!r->up || !r->registered) return;
   char val[160], px[16], id[8];
-  snprintf(val, sizeof val, "%u %u %" PRIu64 " %s %d", r->self.role, r->self.workers,
-           r->self.incarnation, r->self.host, r->self.bus_port);
+  snprintf(val, sizeof val, "%u %u %" PRIu64 " %s %d %u", r->self.role, r->self.workers,
+           r->self.incarnation, r->self.host, r->self.bus_port, r->self.shards);
   snprintf(px, sizeof px, "%u", r->ttl_ms);
   snprintf(id, sizeof id, "%u", r->self.id);
   const char *sv[] = {"SET", r->k_self, val, "PX", px};

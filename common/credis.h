@@ -33,6 +33,7 @@ typedef struct credis_node { /* one node of the cluster, as registered */
   uint64_t incarnation;      /* random per process start */
   char host[64];             /* bus address other nodes dial (numeric IP, no spaces) */
   int bus_port;
+  uint32_t shards;           /* its server.shards: every node must have the same */
 } credis_node_t;
 
 typedef struct credis_cbs {

@@ -812,3 +812,52 @@ class AllNodeRestartedQuicklyTest(unittest.TestCase):
                     n.stop()
             redis.stop()
             redis.cleanup()
+
+
+class ShardCountMismatchTest(unittest.TestCase):
+    """A node configured with another server.shards would map every JID to another shard
+    than the rest: it refuses to join (logs why, exit status 2), and the running nodes
+    leave it out; chat between the others goes on."""
+
+    def test_node_with_other_shard_count_refuses_to_join(self):
+        redis = Redis()
+        redis.start()
+        router = Node(redis, 1, "router")
+        edge = Node(redis, 11, "edge")
+        odd = Node(redis, 2, "router", **{"server.shards": 1024})
+        try:
+            for u in ("alice", "bob"):
+                edge.adduser(f"{u}@localhost", "pw")
+            router.start()
+            edge.start()
+            deadline = time.time() + 10
+            while "1 routers," not in edge.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+            try:
+                odd.start()
+            except RuntimeError:
+                pass  # it may stop before its bus port is seen listening
+            try:
+                rc = odd.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.fail("the node with server.shards = 1024 joined:\n" + odd.log_text()[-2000:])
+            odd.log.close()
+            self.assertEqual(rc, 2, odd.log_text()[-2000:])
+            self.assertIn("server.shards = 4096, this node 1024", odd.log_text())
+            self.assertIn("refuses to join", odd.log_text())
+            self.assertNotIn("2 routers,", edge.log_text())
+
+            async def go():
+                a = await login(edge, "alice@localhost/a")
+                b = await login(edge, "bob@localhost/b")
+                a.send_message(mto="bob@localhost/b", mbody="still fine", mtype="chat")
+                await expect_body(b, "still fine")
+                await a.close()
+                await b.close()
+            run(go())
+        finally:
+            for n in (odd, edge, router):
+                if n.proc and n.proc.poll() is None:
+                    n.stop()
+            redis.stop()
+            redis.cleanup()

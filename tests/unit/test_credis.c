@@ -117,7 +117,8 @@ static credis_t *open_r(obs_t *o) {
 }
 
 static credis_node_t node(uint16_t id) {
-  credis_node_t n = {.id = id, .role = 3, .workers = 4, .incarnation = 1000u + id, .bus_port = 7000 + id};
+  credis_node_t n = {.id = id, .role = 3, .workers = 4, .incarnation = 1000u + id, .bus_port = 7000 + id,
+                     .shards = 64};
   snprintf(n.host, sizeof n.host, "10.0.0.%u", id);
   return n;
 }
@@ -169,11 +170,12 @@ Test(credis, register_poll_sees_self_and_peer) {
   cr_assert_eq(o1.nodes[1].incarnation, 1002);
   cr_assert_str_eq(o1.nodes[1].host, "10.0.0.2");
   cr_assert_eq(o1.nodes[1].bus_port, 7002);
+  cr_assert_eq(o1.nodes[1].shards, 64);
   cr_assert_eq(o2.nodes[0].role, 3);
   cr_assert_eq(o2.nodes[0].workers, 4);
   /* key layout */
   redisReply *v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:1");
-  cr_assert_str_eq(v->str, "3 4 1001 10.0.0.1 7001");
+  cr_assert_str_eq(v->str, "3 4 1001 10.0.0.1 7001 64");
   freeReplyObject(v);
   long long pttl = rint_cmd("PTTL " CLUSTER ":{nodes}:n:1");
   cr_assert(pttl > 0 && pttl <= 2000, "pttl %lld", pttl);
