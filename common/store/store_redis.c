@@ -991,20 +991,6 @@ static int roster_from_reply(rd_t *r, const char *bare, const redisReply *rep, s
   return rc;
 }
 
-static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *ud) {
-  rd_t *r = be;
-  ukeys_t k;
-  ukeys(&k, bare);
-  const char *av[] = {"HGETALL", k.r};
-  size_t al[] = {7, k.lr};
-  redisReply *rep = run(r, 2, av, al, 1);
-  ukeys_free(&k);
-  if (!rep) return XMPP_EIO;
-  int rc = roster_from_reply(r, bare, rep, cb, ud);
-  freeReplyObject(rep);
-  return rc;
-}
-
 static void append_hgetall_roster(rd_t *r, size_t i, void *ud) {
   const char *const *bares = ud;
   ukeys_t k;
@@ -1032,6 +1018,24 @@ static int rd_roster_load_many(void *be, const char *const *bares, size_t n, sto
   }
   xfree(reps);
   return 0;
+}
+
+typedef struct one_roster {
+  store_roster_cb cb;
+  void *ud;
+} one_roster_t;
+
+static void one_roster_item(size_t i, const store_roster_item_t *it, void *ud) {
+  (void)i;
+  one_roster_t *o = ud;
+  o->cb(it, o->ud);
+}
+
+static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *ud) {
+  one_roster_t o = {cb, ud};
+  int rc;
+  rd_roster_load_many(be, &bare, 1, one_roster_item, &o, &rc);
+  return rc;
 }
 
 static int rd_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
@@ -1178,17 +1182,9 @@ static int rd_offline_count_many(void *be, const char *const *bares, size_t n, i
 }
 
 static int rd_offline_count(void *be, const char *bare) {
-  rd_t *r = be;
-  ukeys_t k;
-  ukeys(&k, bare);
-  const char *av[] = {"LLEN", k.o};
-  size_t al[] = {4, k.lo};
-  redisReply *rep = run(r, 2, av, al, 1);
-  ukeys_free(&k);
-  if (!rep) return XMPP_EIO;
-  int rc = llen_reply(r, rep);
-  freeReplyObject(rep);
-  return rc;
+  int count;
+  rd_offline_count_many(be, &bare, 1, &count);
+  return count;
 }
 
 const store_backend_t store_redis_backend = {

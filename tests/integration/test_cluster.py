@@ -71,6 +71,15 @@ class Node(Server):
         self.log.close()
 
 
+def stop_all(redis, nodes):
+    """End of a test: every node still running gets SIGTERM, then Redis goes."""
+    for n in nodes:
+        if n.proc and n.proc.poll() is None:
+            n.stop()
+    redis.stop()
+    redis.cleanup()
+
+
 async def login(edge, jid, pw="pw", presence=True):
     c = Client(edge, jid, pw)
     assert await c.login(), f"login {jid} on node {edge.node_id}"
@@ -646,11 +655,7 @@ class RouterKilledSendersLoseNothingTest(unittest.TestCase):
                     await c.close()
             run(go())
         finally:
-            for n in routers + [edge]:
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
-            redis.stop()
-            redis.cleanup()
+            stop_all(redis, routers + [edge])
 
 
 class RouterJoinsUnderLoadTest(unittest.TestCase):
@@ -702,11 +707,7 @@ class RouterJoinsUnderLoadTest(unittest.TestCase):
                     await c.close()
             run(go())
         finally:
-            for n in routers + edges + [joiner]:
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
-            redis.stop()
-            redis.cleanup()
+            stop_all(redis, routers + edges + [joiner])
 
 
 class EdgeRestartedQuicklyTest(unittest.TestCase):
@@ -751,11 +752,7 @@ class EdgeRestartedQuicklyTest(unittest.TestCase):
                 await b.close()
             run(go())
         finally:
-            for n in (edge, router):
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
-            redis.stop()
-            redis.cleanup()
+            stop_all(redis, (edge, router))
 
 
 
@@ -807,11 +804,7 @@ class AllNodeRestartedQuicklyTest(unittest.TestCase):
                     await c.close()
             run(go())
         finally:
-            for n in (node, router):
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
-            redis.stop()
-            redis.cleanup()
+            stop_all(redis, (node, router))
 
 
 class ShardCountMismatchTest(unittest.TestCase):
@@ -856,8 +849,4 @@ class ShardCountMismatchTest(unittest.TestCase):
                 await b.close()
             run(go())
         finally:
-            for n in (odd, edge, router):
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
-            redis.stop()
-            redis.cleanup()
+            stop_all(redis, (odd, edge, router))

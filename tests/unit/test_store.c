@@ -248,6 +248,19 @@ static void add_user(store_t *s, const char *jid, unsigned seed) {
   cr_assert_eq(store_account_create(s, jid, &a), 0);
 }
 
+/* n users "u<i>@domain" for the batch reads: names[i] and bares[i] = names[i]; with s,
+ * each gets an account (seed i) unless skip(i). */
+static void mk_users(store_t *s, char (*names)[32], const char **bares, int n, const char *domain,
+                     int (*skip)(int i)) {
+  for (int i = 0; i < n; i++) {
+    snprintf(names[i], sizeof names[i], "u%d@%s", i, domain);
+    bares[i] = names[i];
+    if (s && !(skip && skip(i))) add_user(s, names[i], (unsigned)i);
+  }
+}
+
+static int every_third(int i) { return i % 3 == 1; }
+
 /* ---- open ----------------------------------------------------------------------------- */
 
 Test(store_sqlite, open_creates_schema_wal) {
@@ -335,11 +348,7 @@ STORE_TEST(account_get_many) {
   const char *bares[N];
   static store_account_t got[N];
   int rcs[N];
-  for (int i = 0; i < N; i++) {
-    snprintf(names[i], sizeof names[i], "u%d@example.net", i);
-    bares[i] = names[i];
-    if (i % 3 != 1) add_user(s, names[i], (unsigned)i); /* every third one is missing */
-  }
+  mk_users(s, names, bares, N, "example.net", every_third); /* every third one is missing */
   raw_corrupt_account(names[5]);
   for (int i = 0; i < N; i++) rcs[i] = 12345;
   cr_assert_eq(store_account_get_many(s, bares, N, got, rcs), 0);
@@ -575,10 +584,8 @@ STORE_TEST(roster_load_many) {
   static char names[N][32];
   const char *bares[N];
   int rcs[N];
+  mk_users(s, names, bares, N, "x", NULL);
   for (int i = 0; i < N; i++) {
-    snprintf(names[i], sizeof names[i], "u%d@x", i);
-    bares[i] = names[i];
-    add_user(s, names[i], (unsigned)i);
     /* user i has i % 5 contacts, put in reverse order */
     for (int k = i % 5; k > 0; k--) {
       char c[32];
@@ -727,12 +734,9 @@ STORE_TEST(offline_count_many) {
   static char names[N][32];
   const char *bares[N];
   int counts[N];
-  for (int i = 0; i < N; i++) {
-    snprintf(names[i], sizeof names[i], "u%d@x", i);
-    bares[i] = names[i];
-    add_user(s, names[i], (unsigned)i);
+  mk_users(s, names, bares, N, "x", NULL);
+  for (int i = 0; i < N; i++)
     for (int k = 0; k < i % 4; k++) push(s, names[i], "<m/>", 0, 0);
-  }
   bares[5] = "nobody@x";
   cr_assert_eq(store_offline_count_many(s, bares, N, counts), 0);
   for (int i = 0; i < N; i++) cr_assert_eq(counts[i], i == 5 ? 0 : i % 4, "user %d: %d", i, counts[i]);
@@ -1303,11 +1307,7 @@ Test(store_redis, account_get_many_is_one_round_trip) {
   const char *bares[N];
   static store_account_t got[N];
   int rcs[N];
-  for (int i = 0; i < N; i++) {
-    snprintf(names[i], sizeof names[i], "u%d@example.net", i);
-    bares[i] = names[i];
-    add_user(s, names[i], (unsigned)i);
-  }
+  mk_users(s, names, bares, N, "example.net", NULL);
   long long before = redis_reads();
   cr_assert_eq(store_account_get_many(s, bares, N, got, rcs), 0);
   long long during = redis_reads() - before - 1; /* less our own INFO */
