@@ -351,7 +351,7 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
 static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n);
 
 static int shards_differ(cluster_t *c, const credis_node_t *x) {
-  if (x->shards == c->bus->nshards) return 0;
+  if (x->shards == c->bus->nshards || x->shards == 0) return 0; /* 0: an older node, count unknown */
   for (size_t i = 0; i < c->nmismatch; i++)
     if (c->mismatch[i] == x->incarnation) return 1;
   c->mismatch = xrealloc(c->mismatch, (c->nmismatch + 1) * sizeof *c->mismatch);

@@ -515,10 +515,13 @@ static credis_node_t *parse_nodes(credis_t *r, const redisReply *rep, int *count
     uint64_t inc;
     int port, used = 0;
     char host[64];
-    if (sscanf(e->str, "%u %u %u %" SCNu64 " %63s %d %u%n", &id, &role, &workers, &inc, host, &port,
-               &shards, &used) != 7 ||
-        (size_t)used != e->len || id < 1 || id > 65535 || role > 255 || workers > 65535 ||
-        port < 0 || port > 65535 || shards < 1) {
+    /* an entry without the shard count is a node of an older version (a rolling upgrade):
+     * taken as it is, its count unknown (0) and not compared */
+    int nf = sscanf(e->str, "%u %u %u %" SCNu64 " %63s %d%n %u%n", &id, &role, &workers, &inc, host, &port,
+                    &used, &shards, &used);
+    if (nf == 6) shards = 0;
+    if (nf < 6 || (size_t)used != e->len || id < 1 || id > 65535 || role > 255 || workers > 65535 ||
+        port < 0 || port > 65535 || (nf == 7 && shards < 1)) {
       log_debug("redis %s: registry: skipping malformed entry '%.*s'", r->name, (int)e->len,
                 e->str);
       continue;

@@ -33,7 +33,8 @@ typedef struct credis_node { /* one node of the cluster, as registered */
   uint64_t incarnation;      /* random per process start */
   char host[64];             /* bus address other nodes dial (numeric IP, no spaces) */
   int bus_port;
-  uint32_t shards;           /* its server.shards: every node must have the same */
+  uint32_t shards;           /* its server.shards: every node must have the same (0: not
+                                registered, a node of an older version) */
 } credis_node_t;
 
 typedef struct credis_cbs {

@@ -79,9 +79,9 @@ static void conn_release(conn_t *c) {
 }
 
 int conn_work_done(conn_t *c) {
-  c->pending_work = 0;
+  c->pending_work--;
   if (!c->handle_closed) return 0;
-  conn_release(c);
+  if (!c->pending_work) conn_release(c); /* the last job holding it */
   return 1;
 }
 

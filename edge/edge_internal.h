@@ -90,7 +90,7 @@ struct conn {
   int bound;
   int closing;          /* no more input is processed; closes once output is written */
   int handle_closed;
-  int pending_work;     /* a uv_queue_work job references this connection */
+  int pending_work;     /* jobs holding this connection (an account read, a password check) */
   int writing;
   int sasl_failures;
   unsigned sasl_gen;    /* counts ended SASL exchanges: a late result of an earlier one is ignored */
@@ -139,7 +139,8 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text);
 void conn_close(conn_t *c);
 /* Closes now, dropping output not yet written (a peer that stopped reading). */
 void conn_abort(conn_t *c);
-/* A thread-pool job on c finished: returns 1 if c was closed meanwhile and is now freed. */
+/* A job holding c finished: returns 1 if c was closed meanwhile (then freed once no job
+ * holds it any more): the caller must not touch it. */
 int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);
 /* Restarts the XML stream (RFC 6120 §5.4.3.3, §6.4.6): what the client sent after the

@@ -214,7 +214,7 @@ static void plain_have_account(conn_t *c, plain_job_t *j, int rc, const store_ac
   }
   j->have_acct = rc == 0;
   if (j->have_acct) j->acct = *a;
-  c->pending_work = 1;
+  c->pending_work++;
   uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
 }
 
@@ -260,7 +260,7 @@ struct acct_req {
   plain_job_t *plain; /* PLAIN: its password check, run once the account is known */
 };
 
-/* Queues the read of c->auth_bare's account. The connection is held (pending_work)
+/* Queues the read of c->auth_bare's account. The connection is held (pending_work++)
  * until the answer; the idle handle keeps the loop from sleeping until then. */
 static void acct_ask(conn_t *c, plain_job_t *plain, scram_hash_t h) {
   edge_thread_t *th = c->th;
@@ -269,7 +269,7 @@ static void acct_ask(conn_t *c, plain_job_t *plain, scram_hash_t h) {
     th->acct_q = xrealloc(th->acct_q, th->acct_cap * sizeof *th->acct_q);
   }
   th->acct_q[th->acct_n++] = (struct acct_req){c, c->sasl_gen, h, plain};
-  c->pending_work = 1;
+  c->pending_work++;
   if (th->acct_n == 1) uv_idle_start(&th->acct_idle, acct_flush_cb);
 }
 
@@ -328,10 +328,10 @@ void sasl_thread_close(edge_thread_t *th) {
 }
 
 void sasl_auth(conn_t *c, xnode_t *auth) {
-  if (c->scram || c->pending_work) {
-    /* a new <auth/> while one is running: RFC 6120 §6.4.4 lets us abort the old one */
+  if (c->scram || c->auth_bare) {
+    /* a new <auth/> while one is running: RFC 6120 §6.4.4 lets us abort the old one
+     * (its pending read or check, if any, is voided by sasl_gen); the new one starts */
     send_failure(c, SASL_ABORTED);
-    if (c->pending_work) return;
   }
   const char *mech = xnode_attr(auth, "mechanism");
   unsigned char *msg;

@@ -31,6 +31,18 @@ static int hidden(const ritem_t *it) {
   return it->sub == SUB_NONE && !it->ask_out && it->pending_in && !it->name && !it->ngroups;
 }
 
+/* Unavailable presence from each of u's available resources to contact. Sent BEFORE a
+ * cancellation's subscription stanza (the contact's server still has the subscription
+ * and delivers it; after, it would drop it: RFC 6121 §3.2.2), or flagged directed when
+ * the contact's side has already ended the subscription (§3.3.3). */
+static void send_unavailable(worker_t *w, user_t *u, const char *contact, uint16_t flags) {
+  if (!w_is_local(w, contact)) return;
+  xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+  xnode_set_attr(&w->arena, p, "type", "unavailable");
+  for (session_t *o = u->sessions; o; o = o->next)
+    if (o->available) w_route(w, o->full, contact, p, flags);
+}
+
 static void load_cb(const store_roster_item_t *si, void *ud) {
   strmap_t *m = ud;
   ritem_t *it = xcalloc(1, sizeof *it);
@@ -200,16 +212,11 @@ static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_
       reply_error(w, u, s, iq, "cancel", "item-not-found");
       return;
     }
-    /* §2.5.2: removing cancels the subscriptions both ways */
+    /* §2.5.2: removing cancels the subscriptions both ways; the contact no longer sees
+     * us: it is told we are gone first, while it is still subscribed (§3.2.2) */
+    if (it->sub == SUB_FROM || it->sub == SUB_BOTH) send_unavailable(w, u, contact, 0);
     if (it->sub == SUB_TO || it->sub == SUB_BOTH || it->ask_out) send_sub(w, u, contact, "unsubscribe");
     if (it->sub == SUB_FROM || it->sub == SUB_BOTH || it->pending_in) send_sub(w, u, contact, "unsubscribed");
-    if (it->sub == SUB_FROM || it->sub == SUB_BOTH) {
-      /* the contact no longer sees us: tell it we are gone */
-      xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
-      xnode_set_attr(&w->arena, p, "type", "unavailable");
-      for (session_t *o = u->sessions; o; o = o->next)
-        if (o->available && w_is_local(w, contact)) w_route(w, o->full, contact, p, 0);
-    }
     ritem_t gone = *it;
     gone.jid = arena_strdup(&w->arena, it->jid);
     drop(w, u, contact);
@@ -297,6 +304,7 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
   if (!strcmp(contact, u->bare)) return;
   strmap_t *r = user_roster(w, u);
   ritem_t *it = strmap_get(r, contact);
+  int cancelled_from = 0; /* "unsubscribed" ended the contact's subscription to us */
   if (!strcmp(type, "subscribe")) {
     if (!it && roster_full(w, u)) {
       w_error(w, s->full, to, st, "cancel", "not-allowed");
@@ -324,6 +332,7 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
   } else if (!strcmp(type, "unsubscribed")) {
     if (it) {
       int had_from = it->sub == SUB_FROM || it->sub == SUB_BOTH;
+      cancelled_from = had_from;
       it->pending_in = 0;
       it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
       if (it->sub == SUB_NONE && !it->ask_out && !it->name && !it->ngroups && !had_from) {
@@ -335,17 +344,13 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
     }
   }
   if (!w_is_local(w, contact)) return;
+  /* §3.2.2: the contact sees us go before its subscription ends (after, its server
+   * would drop the unavailable, and it would see us online for ever) */
+  if (cancelled_from) send_unavailable(w, u, contact, 0);
   /* subscription stanzas carry the bare JID (§3.1.2) */
   xnode_t *p = xnode_copy(&w->arena, st);
   w_route(w, u->bare, contact, p, 0);
-  if (!strcmp(type, "subscribed")) {
-    presence_send_current(w, u, contact); /* §3.1.5 */
-  } else if (!strcmp(type, "unsubscribed")) {
-    xnode_t *un = xnode_new(&w->arena, "presence", NS_CLIENT);
-    xnode_set_attr(&w->arena, un, "type", "unavailable");
-    for (session_t *r2 = u->sessions; r2; r2 = r2->next)
-      if (r2->available) w_route(w, r2->full, contact, un, 0);
-  }
+  if (!strcmp(type, "subscribed")) presence_send_current(w, u, contact); /* §3.1.5 */
 }
 
 static void deliver_available(worker_t *w, user_t *u, const char *from, xnode_t *st) {
@@ -391,6 +396,7 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
     if (!it) return;
     int changed = it->pending_in || it->sub == SUB_FROM || it->sub == SUB_BOTH;
     if (!changed) return;
+    int had_from = it->sub == SUB_FROM || it->sub == SUB_BOTH;
     int was_hidden = hidden(it);
     it->pending_in = 0;
     it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
@@ -401,6 +407,9 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
       push(w, u, it, 0);
     }
     deliver_available(w, u, contact, st);
+    /* §3.3.3: the contact stops seeing u. Its server has already ended the subscription,
+     * so the unavailable goes as directed presence (else it would be dropped there). */
+    if (had_from) send_unavailable(w, u, contact, BUS_F_DIRECTED);
   } else if (!strcmp(type, "unsubscribed")) {
     if (!it || !(it->ask_out || it->sub == SUB_TO || it->sub == SUB_BOTH)) return;
     it->ask_out = 0;

@@ -164,5 +164,59 @@ class IMTest(ServerTest):
         run(go())
 
 
+class CancelSubscriptionTest(ServerTest):
+    """Ending a subscription while both are online: the subscriber gets the contact's
+    unavailable presence (RFC 6121 §3.2.2, §3.3.3). It used to be lost: sent after the
+    cancellation, the subscriber's server had already ended the subscription and dropped
+    it, so the contact looked online for ever."""
+    users = ("r1", "j1", "r2", "j2", "r3", "j3")
+
+    def subscribed_pair(self, r_name, j_name):
+        """r subscribes to j (j approves); both available. Returns (r, j) raw streams."""
+        d = "localhost"
+        r = RawStream(self.srv.port).login(r_name, "pw", "a")
+        j = RawStream(self.srv.port).login(j_name, "pw", "b")
+        for x in (r, j):
+            x.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+            x.recv_until("id='r1'")
+            x.send("<presence/>")
+        r.send(f"<presence to='{j_name}@{d}' type='subscribe'/>")
+        j.recv_until("type='subscribe'")
+        j.send(f"<presence to='{r_name}@{d}' type='subscribed'/>")
+        r.recv_until(rf"<presence[^>]*from='{j_name}@{d}/b'")  # j's current presence
+        r.buf = b""
+        return r, j
+
+    def expect_unavailable(self, r, j_name):
+        text = r.recv_until(rf"<presence[^>]*from='{j_name}@localhost/b'[^>]*type='unavailable'|"
+                            rf"<presence[^>]*type='unavailable'[^>]*from='{j_name}@localhost/b'", timeout=3)
+        return text
+
+    def test_contact_sends_unsubscribed(self):
+        r, j = self.subscribed_pair("r1", "j1")
+        j.send("<presence to='r1@localhost' type='unsubscribed'/>")
+        text = self.expect_unavailable(r, "j1")
+        self.assertLess(text.find("type='unavailable'"), text.find("type='unsubscribed'")
+                        if "type='unsubscribed'" in text else len(text) + 1,
+                        "the unavailable comes before the cancellation")
+        r.close()
+        j.close()
+
+    def test_contact_removes_subscriber_from_roster(self):
+        r, j = self.subscribed_pair("r2", "j2")
+        j.send("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'>"
+               "<item jid='r2@localhost' subscription='remove'/></query></iq>")
+        self.expect_unavailable(r, "j2")
+        r.close()
+        j.close()
+
+    def test_subscriber_unsubscribes(self):
+        r, j = self.subscribed_pair("r3", "j3")
+        r.send("<presence to='j3@localhost' type='unsubscribe'/>")
+        self.expect_unavailable(r, "j3")
+        r.close()
+        j.close()
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -127,6 +127,23 @@ class LoginTest(ServerTest):
         self.assertIn("type='result'", r.buf.decode())
         r.close()
 
+    def test_new_scram_auth_right_after_abort_is_answered(self):
+        """<auth/>, <abort/> and a new <auth/> in one write, while the first one's account
+        read is still queued: the new exchange gets its challenge (it was dropped)."""
+        first = base64.b64encode(b"n,,n=alice,r=abcdefghijkl").decode()
+        for middle in ("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", ""):
+            r = RawStream(self.srv.port)
+            r.starttls()
+            r.open_stream()
+            r.recv_until("</stream:features>")
+            auth = f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{first}</auth>"
+            r.send(auth + middle + auth)
+            text = r.recv_until("<challenge")
+            self.assertIn("<aborted/>", text)
+            self.assertEqual(text.count("<challenge"), 1, text)
+            r.close()
+        self.assertIsNone(self.srv.proc.poll(), "server died")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -185,6 +185,27 @@ Test(credis, register_poll_sees_self_and_peer) {
   finish_loop();
 }
 
+/* A node of an older version registers without its shard count: it is still seen (a
+ * rolling upgrade must not split the cluster), with shards 0; malformed entries are not. */
+Test(credis, registry_entries_old_format_and_malformed) {
+  obs_t o1 = {0};
+  credis_t *r1 = open_r(&o1);
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:9 %s PX 60000", "2 4 77 10.0.0.9 7009"));
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:8 %s PX 60000", "2 4 77 10.0.0.8 7008 x"));
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:7 %s PX 60000", "2 4 77 10.0.0.7 7007 0"));
+  freeReplyObject(redisCommand(g_raw, "SADD " CLUSTER ":{nodes}:all 9 8 7"));
+  credis_node_t n1 = node(1);
+  credis_register(r1, &n1, 50, 2000);
+  WAIT_FOR(o1.n == 2, DEADLINE_MS);
+  cr_assert(has_node(&o1, 1) && has_node(&o1, 9));
+  cr_assert_eq(o1.nodes[1].id, 9);
+  cr_assert_eq(o1.nodes[1].shards, 0);
+  cr_assert_eq(o1.nodes[1].bus_port, 7009);
+  cr_assert_eq(o1.nodes[0].shards, 64);
+  credis_close(r1);
+  finish_loop();
+}
+
 static void got_nodes(void *ud, int ok, const credis_node_t *nodes, int n) {
   obs_t *o = ud;
   o->polls++;
