@@ -94,6 +94,7 @@ static void on_closed(uv_handle_t *h) {
 static void really_close(conn_t *c) {
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
   edge_thread_t *th = c->th;
+  sm_bounce(c); /* before the session ends: the router skips this connection by its address */
   if (c->bound) edge_session_close(c);
   c->bound = 0;
   if (c->ip_counted) guard_conn_close(th->edge->guard, c->ip);
@@ -208,6 +209,7 @@ void conn_close(conn_t *c) {
     if (c->secure) tls_conn_shutdown(c->tls);
   }
   uv_read_stop((uv_stream_t *)&c->tcp);
+  sm_bounce(c);
   if (c->bound) {
     edge_session_close(c);
     c->bound = 0;

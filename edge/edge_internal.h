@@ -19,6 +19,7 @@
 #include "edge/tls.h"
 
 typedef struct conn conn_t;
+typedef struct sm_item sm_item_t;
 typedef struct edge_thread edge_thread_t;
 
 struct edge_thread {
@@ -118,6 +119,14 @@ struct conn {
   size_t presence_len;
   uint32_t announced;
   uint32_t shard;       /* shard of jid.bare, computed once at bind (hot path: every stanza) */
+  /* XEP-0198 (sm.c): enabled; stanzas received / sent since; last h the client acked */
+  int sm;
+  int sm_r_pending;     /* our <r/> is unanswered */
+  uint32_t sm_in, sm_out, sm_acked;
+  sm_item_t *sm_q;      /* messages sent and not acknowledged, oldest first */
+  sm_item_t **sm_q_tail;
+  uint32_t sm_nq;
+  size_t sm_bytes;      /* their size */
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;
 };
@@ -157,6 +166,18 @@ void negotiate_stream_end(void *ud);
 void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail);
 /* Called when the TLS handshake completes. */
 void negotiate_tls_ready(conn_t *c);
+
+/* sm.c: XEP-0198 stream management (acks; no resumption) */
+int sm_offered(const conn_t *c);
+/* <enable/>, <r/>, <a/> from the client (urn:xmpp:sm:3). */
+void sm_element(conn_t *c, xnode_t *e);
+/* A stanza from the client was handled (counts when enabled). */
+void sm_stanza_in(conn_t *c);
+/* A stanza was written to the client; deliver: its DELIVER frame when it is a message to
+ * keep until acknowledged (NULL for anything else). */
+void sm_stanza_out(conn_t *c, const bus_frame_t *deliver);
+/* The connection ends: unacknowledged messages go back to the router (BOUNCE). */
+void sm_bounce(conn_t *c);
 
 /* sasl.c */
 void sasl_thread_init(edge_thread_t *th);

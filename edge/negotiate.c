@@ -47,6 +47,7 @@ static void send_features(conn_t *c) {
   } else {
     buf_puts(&f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                  "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
+    if (sm_offered(c)) buf_puts(&f, "<sm xmlns='urn:xmpp:sm:3'/>"); /* XEP-0198 §2 */
   }
   buf_puts(&f, "</stream:features>");
   conn_send(c, (const char *)f.data, f.len);
@@ -161,6 +162,7 @@ static void iq_result(conn_t *c, const char *id, const char *payload) {
   buf_puts(&b, "</iq>");
   conn_send(c, (const char *)b.data, b.len);
   buf_free(&b);
+  sm_stanza_out(c, NULL);
 }
 
 /* RFC 6120 §7: resource binding. The client proposes a resource or lets us choose. */
@@ -282,10 +284,15 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     }
     return;
   }
+  if (!strcmp(s->ns, NS_SM)) {
+    sm_element(c, s);
+    return;
+  }
   if (!is_stanza(s)) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;
   }
+  sm_stanza_in(c);
   shaper_charge(&c->shaper, &c->th->shk, 0, 1);
   if (!c->bound || (c->binding && xnode_child(s, "bind", NS_BIND))) {
     if (c->binding) {

@@ -40,6 +40,7 @@ void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond
              cond, s->name);
   conn_send(c, (const char *)b.data, b.len);
   buf_free(&b);
+  sm_stanza_out(c, NULL);
 }
 
 /* Most stanzas a client may send while its bind is pending (RFC 6120 §7.1 says it should
@@ -232,6 +233,13 @@ static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
       return;
     }
     conn_send(c, (const char *)th->scratch.data, th->scratch.len);
+    if (c->sm) {
+      /* XEP-0198: a message (not an error) is kept until the client acknowledges it */
+      xnode_head_t h;
+      int keep = xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && h.name_len == 7 &&
+                 !memcmp(h.name, "message", 7) && !(h.attr_len == 5 && !memcmp(h.attr, "error", 5));
+      sm_stanza_out(c, keep ? f : NULL);
+    }
     return;
   }
   xnode_t *s;
