@@ -136,14 +136,19 @@ static void plain_work(uv_work_t *w) {
                                                     strlen(j->password)) == 0;
 }
 
+static void plain_job_free(plain_job_t *j) {
+  memset(j->password, 0, strlen(j->password));
+  xfree(j->password);
+  memset(&j->acct, 0, sizeof j->acct);
+  xfree(j);
+}
+
 static void plain_done(uv_work_t *w, int status) {
   plain_job_t *j = w->data;
   conn_t *c = j->c;
   int ok = status == 0 && j->ok;
   unsigned gen = j->gen;
-  memset(j->password, 0, strlen(j->password));
-  xfree(j->password);
-  xfree(j);
+  plain_job_free(j);
   if (conn_work_done(c)) return; /* the connection went away meanwhile */
   if (c->closing) return;
   /* The client aborted meanwhile (<abort/>, or a new <auth/> answered <aborted/>): the
@@ -197,12 +202,6 @@ static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
   acct_ask(c, j, SCRAM_SHA256);
 }
 
-static void plain_job_free(plain_job_t *j) {
-  memset(j->password, 0, strlen(j->password));
-  xfree(j->password);
-  memset(&j->acct, 0, sizeof j->acct);
-  xfree(j);
-}
 
 /* PLAIN, the account read (rc 0 or XMPP_ENOENT; else a storage failure): the password
  * check goes to the thread pool. */
