@@ -14,8 +14,9 @@ PKGS=(
   libcriterion-dev python3 python3-slixmpp
   # tests: the Redis store suites start their own redis-server (never the system service)
   redis-server
-  # tests: test_deploy.py validates docker-compose.yml with `docker-compose config` (1.29)
-  docker-compose
+  # tests: test_deploy.py validates docker-compose.yml with `docker-compose config` (1.29),
+  # looks for processes left behind with pgrep (procps; minbase has none of its own)
+  docker-compose procps
   # bench: xmpp-bench --plot
   gnuplot-nox
   # fuzzing (make build-fuzz): clang and its libFuzzer/sanitizer runtimes
