@@ -125,7 +125,6 @@ struct conn {
   uint32_t sm_in, sm_out, sm_acked;
   sm_item_t *sm_q;      /* messages sent and not acknowledged, oldest first */
   sm_item_t **sm_q_tail;
-  uint32_t sm_nq;
   size_t sm_bytes;      /* their size */
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;

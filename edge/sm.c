@@ -54,7 +54,6 @@ static void acked(conn_t *c, uint32_t h) {
     c->sm_bytes -= it->m->len;
     bus_msg_free(it->m);
     xfree(it);
-    c->sm_nq--;
   }
   if (!c->sm_q) c->sm_q_tail = &c->sm_q;
   c->sm_acked = h;
@@ -119,7 +118,6 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
     it->m = bus_msg_new(deliver);
     *c->sm_q_tail = it;
     c->sm_q_tail = &it->next;
-    c->sm_nq++;
     c->sm_bytes += it->m->len;
   }
   uint32_t unacked = c->sm_out - c->sm_acked;
@@ -150,7 +148,6 @@ void sm_bounce(conn_t *c) {
     xfree(it);
   }
   c->sm_q_tail = &c->sm_q;
-  c->sm_nq = 0;
   c->sm_bytes = 0;
   if (n) log_debug("conn %llx: %zu unacknowledged messages handed back (XEP-0198)", (unsigned long long)c->id, n);
 }

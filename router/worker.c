@@ -219,10 +219,11 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
 typedef struct names {
   const char **v;
   size_t n, cap;
-  strmap_t *seen;
+  strmap_t *seen; /* created with the first name */
 } names_t;
 
 static void names_add(names_t *l, const char *bare) {
+  if (!l->seen) l->seen = strmap_new();
   if (strmap_get(l->seen, bare)) return;
   strmap_put(l->seen, bare, (void *)bare);
   if (l->n == l->cap) {
@@ -232,46 +233,56 @@ static void names_add(names_t *l, const char *bare) {
   l->v[l->n++] = bare;
 }
 
-/* An available broadcast presence (no 'to', no 'type') from a session not yet
- * available: its initial presence, which delivers the offline queue (RFC 6121 §4.2). */
-static int initial_presence(worker_t *w, const bus_frame_t *f, const char *bare) {
+static void names_free(names_t *l) {
+  strmap_free(l->seen, NULL);
+  xfree(l->v);
+}
+
+/* An available broadcast presence (no 'to', no 'type'): judged from the frame's head,
+ * without decoding it. Every other C2S frame (messages, IQs: the hot path) is passed
+ * over at this cheap test. */
+static int broadcast_available(const bus_frame_t *f) {
   if (f->kind != BUS_C2S || f->to_len) return 0;
   xnode_head_t h;
-  if (xnode_encoded_head(f->payload, f->payload_len, "type", &h) != 0 || h.attr) return 0;
-  if (h.name_len != 8 || memcmp(h.name, "presence", 8) != 0) return 0;
-  user_t *u = strmap_get(w->users, bare);
-  if (!u) return 0;
-  for (session_t *s = u->sessions; s; s = s->next)
-    if (strlen(s->full) == f->from_len && !memcmp(s->full, f->from, f->from_len)) return !s->available;
-  return 0;
+  return xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && !h.attr && h.name_len == 8 &&
+         !memcmp(h.name, "presence", 8);
 }
 
 /* Storage reads a batch of frames is about to make, made together first (a log-in
  * storm then costs a storage round trip per batch, not per user):
- *  - the rosters of users binding a session, or whose new session's first stanzas
- *    arrive (the roster get and initial presence need them): roster_prefetch;
+ *  - the rosters of users binding a session, or whose first presence arrives with their
+ *    roster not loaded yet: roster_prefetch (roster_adopt keeps it with the session);
  *  - the offline queue lengths of users whose initial presence is in the batch: an
- *    empty queue (most log-ins) is then not read at all (offline_known_empty).
- * Only for two users or more: a lone frame reads what it needs as before. */
+ *    empty queue (most log-ins) is then not read at all (offline_prefetch).
+ * Only for two users or more: a lone frame reads what it needs as before. Messages and
+ * IQs cost a frame-head decode here and nothing else. */
 static void prefetch(worker_t *w, bus_msg_t *batch) {
   if (!batch || !batch->next) return;
-  names_t rosters = {.seen = strmap_new()}, queues = {.seen = strmap_new()};
+  names_t rosters = {0}, queues = {0};
   for (bus_msg_t *m = batch; m; m = m->next) {
     bus_frame_t f;
-    if (bus_msg_frame(m, &f) != 0 || (f.kind != BUS_SESSION_OPEN && f.kind != BUS_C2S)) continue;
-    if (!worker_owns(w, &f)) continue;
+    if (bus_msg_frame(m, &f) != 0) continue;
+    int open = f.kind == BUS_SESSION_OPEN;
+    if ((!open && !broadcast_available(&f)) || !worker_owns(w, &f)) continue;
     char *bare = arena_strndup(&w->arena, f.from, bus_bare_len(f.from, f.from_len));
     if (!*bare) continue;
     user_t *u = strmap_get(w->users, bare);
-    if (u ? u->roster == NULL : f.kind == BUS_SESSION_OPEN) names_add(&rosters, bare);
-    if (initial_presence(w, &f, bare)) names_add(&queues, bare);
+    if (!u) {
+      if (open) names_add(&rosters, bare);
+      continue;
+    }
+    if (!u->roster) names_add(&rosters, bare);
+    if (open) continue;
+    for (session_t *s = u->sessions; s; s = s->next) /* its initial presence (RFC 6121 §4.2) */
+      if (strlen(s->full) == f.from_len && !memcmp(s->full, f.from, f.from_len)) {
+        if (!s->available) names_add(&queues, bare);
+        break;
+      }
   }
   if (rosters.n >= 2) roster_prefetch(w, rosters.v, rosters.n);
   if (queues.n >= 2) offline_prefetch(w, queues.v, queues.n);
-  strmap_free(rosters.seen, NULL);
-  strmap_free(queues.seen, NULL);
-  xfree(rosters.v);
-  xfree(queues.v);
+  names_free(&rosters);
+  names_free(&queues);
 }
 
 static void queue_cb(void *ud, bus_msg_t *batch) {
