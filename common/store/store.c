@@ -91,6 +91,12 @@ static int enter(store_t *s, const char *fn) {
 
 static int bad_str(const char *p) { return !p || !*p; }
 
+static int bad_strs(const char *const *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (bad_str(v[i])) return 1;
+  return 0;
+}
+
 static int cred_ok(const scram_cred_t *c) {
   return c->salt_len >= 1 && c->salt_len <= SCRAM_MAX_SALT && c->iterations > 0;
 }
@@ -109,9 +115,8 @@ int store_account_get(store_t *s, const char *bare, store_account_t *out) {
 int store_account_get_many(store_t *s, const char *const *bares, size_t n, store_account_t *out, int *rcs) {
   int rc = enter(s, "store_account_get_many");
   if (rc) return rc;
-  if ((n && (!bares || !out || !rcs))) return XMPP_EINVAL;
-  for (size_t i = 0; i < n; i++)
-    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (n && (!bares || !out || !rcs)) return XMPP_EINVAL;
+  if (bad_strs(bares, n)) return XMPP_EINVAL;
   if (n == 0) return 0;
   if (s->ops->account_get_many) return s->ops->account_get_many(s->be, bares, n, out, rcs);
   for (size_t i = 0; i < n; i++) rcs[i] = s->ops->account_get(s->be, bares[i], &out[i]);
@@ -202,8 +207,7 @@ int store_roster_load_many(store_t *s, const char *const *bares, size_t n, store
   int rc = enter(s, "store_roster_load_many");
   if (rc) return rc;
   if (!cb || (n && (!bares || !rcs))) return XMPP_EINVAL;
-  for (size_t i = 0; i < n; i++)
-    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (bad_strs(bares, n)) return XMPP_EINVAL;
   if (n == 0) return 0;
   if (s->ops->roster_load_many) ITERATE(s, s->ops->roster_load_many(s->be, bares, n, cb, ud, rcs));
   ITERATE(s, roster_load_each(s, bares, n, cb, ud, rcs));
@@ -255,8 +259,7 @@ int store_offline_count_many(store_t *s, const char *const *bares, size_t n, int
   int rc = enter(s, "store_offline_count_many");
   if (rc) return rc;
   if (n && (!bares || !counts)) return XMPP_EINVAL;
-  for (size_t i = 0; i < n; i++)
-    if (bad_str(bares[i])) return XMPP_EINVAL;
+  if (bad_strs(bares, n)) return XMPP_EINVAL;
   if (n == 0) return 0;
   if (s->ops->offline_count_many) return s->ops->offline_count_many(s->be, bares, n, counts);
   for (size_t i = 0; i < n; i++) counts[i] = s->ops->offline_count(s->be, bares[i]);

@@ -140,6 +140,10 @@ class LoginTest(ServerTest):
             r.send(auth + middle + auth)
             text = r.recv_until("<challenge")
             self.assertIn("<aborted/>", text)
+            try:  # and nothing more: the first exchange's read was voided, not answered late
+                text = r.recv_until("<challenge.*<challenge", timeout=1)
+            except AssertionError:
+                text = r.buf.decode(errors="replace")
             self.assertEqual(text.count("<challenge"), 1, text)
             r.close()
         self.assertIsNone(self.srv.proc.poll(), "server died")
