@@ -43,7 +43,10 @@ typedef enum {
                            changed, and every session owned by node arg (a router that
                            restarted: it lost its state), arg 0 = none */
   BUS_NODE_DOWN = 14,   /* node arg is dead (worker: its sessions end, as if closed) */
-  BUS_KIND_MAX = 14
+  BUS_OFFLINE_ACK = 15, /* edge -> shard(from): connection src took the offline messages
+                           (DELIVER with BUS_F_OFFLINE) up to store id arg: written to its
+                           socket, or acknowledged by the client under XEP-0198 */
+  BUS_KIND_MAX = 15
 } bus_kind_t;
 
 enum {
@@ -54,6 +57,9 @@ enum {
   BUS_F_REANNOUNCE = 1 << 2, /* SESSION_OPEN of a session already bound (its shard moved to
                                 another router): payload = its last broadcast presence, no
                                 SESSION_ACK and no presence broadcast (docs/cluster.md) */
+  BUS_F_OFFLINE = 1 << 4,    /* DELIVER of a message still in offline storage, arg = its store
+                                id: the edge confirms it with BUS_OFFLINE_ACK once taken; a
+                                BOUNCE of it is dropped (the store still has it) */
 };
 
 enum { BUS_KICK_CONFLICT = 1, BUS_KICK_SHUTDOWN = 2 };

@@ -56,6 +56,7 @@ static const conf_opt_t opts[] = {
   {"limits", "keepalive", CT_INT, 1, 86400, "90", O(keepalive), "seconds of output silence before a whitespace keepalive"},
   {"limits", "sasl_max_failures", CT_INT, 1, 5, "3", O(sasl_max_failures), "failed SASL attempts before the stream is closed (RFC 6120 6.4.5)"},
   {"limits", "offline_max", CT_INT, 0, 1000000, "1000", O(offline_max), "offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
+  {"limits", "offline_max_bytes", CT_INT, 0, 1 << 30, "33554432", O(offline_max_bytes), "bytes of offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
   {"limits", "sm_max_unacked", CT_INT, 0, 1 << 20, "1000", O(sm_max_unacked), "stream management (XEP-0198): stanzas a client may leave unacknowledged; beyond, it is disconnected and the unacknowledged messages go to another resource or offline storage (0 = stream management not offered)"},
   {"limits", "max_pending_out", CT_INT, 65536, 1 << 30, "4194304", O(max_pending_out), "bytes of output a client has not read before it is disconnected (bounds memory per slow reader)"},
   {"limits", "max_conns_per_ip", CT_INT, 0, 1000000, "1000", O(max_conns_per_ip), "simultaneous connections from one source address (0 = no cap); beyond, `<policy-violation/>`"},

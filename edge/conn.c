@@ -19,6 +19,7 @@ typedef struct write_req {
   uv_write_t req;
   conn_t *c;
   uint8_t *data;
+  size_t len;
 } write_req_t;
 
 uint64_t edge_now_ms(void) {
@@ -127,6 +128,7 @@ void conn_abort(conn_t *c) {
 static void write_cb(uv_write_t *req, int status) {
   write_req_t *w = (write_req_t *)req;
   conn_t *c = w->c;
+  size_t len = w->len;
   xfree(w->data);
   xfree(w);
   c->writing = 0;
@@ -135,6 +137,8 @@ static void write_cb(uv_write_t *req, int status) {
     really_close(c);
     return;
   }
+  c->out_done += len;
+  edge_offline_written(c);
   if (c->out.len) mark_dirty(c);
   else if (c->closing) really_close(c);
   edge_flush(c->th);
@@ -151,6 +155,8 @@ static void flush_one(conn_t *c) {
   size_t len;
   w->c = c;
   w->data = buf_steal(&c->out, &len);
+  w->len = len;
+  c->out_handed += len;
   uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
   c->writing = 1;
   c->last_out_ms = edge_now_ms();

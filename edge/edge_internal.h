@@ -110,6 +110,12 @@ struct conn {
   buf_t stash;          /* plaintext read but not parsed yet: the shaper paused this client */
   unsigned stream_gen;  /* counts stream restarts (STARTTLS, SASL success) */
   buf_t out;            /* bytes to write (ciphertext under TLS) */
+  uint64_t out_handed;  /* bytes given to uv_write so far */
+  uint64_t out_done;    /* ... and written by it */
+  /* offline messages (BUS_F_OFFLINE) written but not yet confirmed to the router: the
+   * last one's store id, and where its bytes end (out_handed + out.len when queued) */
+  int64_t off_id;
+  uint64_t off_mark;
   scram_server_t *scram;
   char *auth_bare;      /* account being authenticated / authenticated */
   jid_t jid;            /* bound full JID */
@@ -126,6 +132,7 @@ struct conn {
   sm_item_t *sm_q;      /* messages sent and not acknowledged, oldest first */
   sm_item_t **sm_q_tail;
   size_t sm_bytes;      /* their size */
+  size_t sm_off;        /* how many of them came from offline storage (BUS_F_OFFLINE) */
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;
 };
@@ -194,6 +201,10 @@ void edge_session_close(conn_t *c);
 void edge_bus_cb(void *ud, bus_msg_t *batch);
 /* Frees what a connection still holds for the routers (on release). */
 void edge_release_held(conn_t *c);
+/* Tells c's shard that its client took the offline messages up to store id id. */
+void edge_offline_ack(conn_t *c, int64_t id);
+/* After a write completed: confirms the offline messages it carried (without XEP-0198). */
+void edge_offline_written(conn_t *c);
 /* Replies to a client stanza with a stanza error built at the edge. */
 void edge_stanza_error(conn_t *c, xnode_t *stanza, const char *type, const char *cond);
 

@@ -213,6 +213,24 @@ static void resend(edge_thread_t *th, bus_msg_t *m, const bus_frame_t *f) {
   bus_to_shard(th->bus, bus_frame_shard(th->bus, f), m);
 }
 
+void edge_offline_ack(conn_t *c, int64_t id) {
+  if (!c->bound) return;
+  ensure_announced(c);
+  bus_frame_t f = {0};
+  f.kind = BUS_OFFLINE_ACK;
+  f.src = here(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  f.arg = id;
+  bus_to_shard(c->th->bus, c->shard, bus_msg_new(&f));
+}
+
+void edge_offline_written(conn_t *c) {
+  if (!c->off_id || c->out_done < c->off_mark) return;
+  edge_offline_ack(c, c->off_id);
+  c->off_id = 0;
+}
+
 void edge_session_close(conn_t *c) {
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_CLOSE;
@@ -233,6 +251,11 @@ static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
       return;
     }
     conn_send(c, (const char *)th->scratch.data, th->scratch.len);
+    if ((f->flags & BUS_F_OFFLINE) && !c->sm) {
+      /* confirmed once written (edge_offline_written); with XEP-0198, once acknowledged */
+      c->off_id = f->arg;
+      c->off_mark = c->out_handed + c->out.len;
+    }
     if (c->sm) {
       /* XEP-0198: a message (not an error) is kept until the client acknowledges it */
       xnode_head_t h;

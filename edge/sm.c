@@ -10,7 +10,8 @@
  * messages it never acknowledged go back to the router as BOUNCE frames: another resource
  * of the user or offline storage gets them (XEP-0198 §4 leaves them to the server; we
  * deliver them at least once, so a client that read one but did not ack it yet may see it
- * twice). A client that leaves more than limits.sm_max_unacked stanzas, or more than
+ * twice; messages from offline storage among them are dropped by the router, which
+ * still has them stored: offline.c). A client that leaves more than limits.sm_max_unacked stanzas, or more than
  * limits.max_pending_out bytes of messages, unacknowledged is disconnected
  * (<policy-violation/>): what a connection keeps is bounded like its unread output.
  * Counters are 32-bit and wrap (§4: h is an unsigned 32-bit integer, mod 2^32). */
@@ -28,6 +29,7 @@
 struct sm_item {
   struct sm_item *next;
   uint32_t seq;  /* its number among the stanzas sent since enable (1 = first) */
+  int64_t off_id; /* store id of a message from offline storage (BUS_F_OFFLINE), else 0 */
   bus_msg_t *m;  /* its DELIVER frame */
 };
 
@@ -47,16 +49,30 @@ static void failed(conn_t *c, const char *cond) {
 }
 
 /* Drops what the client acknowledged: every kept message numbered up to h. */
+static void request_ack(conn_t *c) {
+  if (c->sm_r_pending) return;
+  c->sm_r_pending = 1;
+  conn_send_str(c, "<r xmlns='urn:xmpp:sm:3'/>");
+}
+
+/* Drops what the client acknowledged: every kept message numbered up to h. Offline
+ * messages among them are confirmed to the router (the next window follows). */
 static void acked(conn_t *c, uint32_t h) {
+  int64_t off = 0;
   while (c->sm_q && (int32_t)(h - c->sm_q->seq) >= 0) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
     c->sm_bytes -= it->m->len;
+    if (it->off_id) {
+      off = it->off_id;
+      c->sm_off--;
+    }
     bus_msg_free(it->m);
     xfree(it);
   }
   if (!c->sm_q) c->sm_q_tail = &c->sm_q;
   c->sm_acked = h;
+  if (off) edge_offline_ack(c, off);
 }
 
 void sm_element(conn_t *c, xnode_t *e) {
@@ -99,6 +115,9 @@ void sm_element(conn_t *c, xnode_t *e) {
     }
     c->sm_r_pending = 0;
     acked(c, (uint32_t)h);
+    /* offline messages still unacknowledged hold back the next window: ask again (an
+     * answer to this <r/> covers everything sent before it) */
+    if (c->sm_off) request_ack(c);
     return;
   }
   conn_stream_error(c, "unsupported-stanza-type", NULL);
@@ -115,7 +134,9 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
     sm_item_t *it = xmalloc(sizeof *it);
     it->next = NULL;
     it->seq = c->sm_out;
+    it->off_id = (deliver->flags & BUS_F_OFFLINE) ? deliver->arg : 0;
     it->m = bus_msg_new(deliver);
+    if (it->off_id) c->sm_off++;
     *c->sm_q_tail = it;
     c->sm_q_tail = &it->next;
     c->sm_bytes += it->m->len;
@@ -127,10 +148,7 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
     conn_stream_error(c, "policy-violation", "too many unacknowledged stanzas");
     return;
   }
-  if (unacked >= SM_REQUEST_EVERY && !c->sm_r_pending) {
-    c->sm_r_pending = 1;
-    conn_send_str(c, "<r xmlns='urn:xmpp:sm:3'/>");
-  }
+  if (unacked >= SM_REQUEST_EVERY || c->sm_off) request_ack(c);
 }
 
 void sm_bounce(conn_t *c) {
@@ -149,5 +167,6 @@ void sm_bounce(conn_t *c) {
   }
   c->sm_q_tail = &c->sm_q;
   c->sm_bytes = 0;
+  c->sm_off = 0;
   if (n) log_debug("conn %llx: %zu unacknowledged messages handed back (XEP-0198)", (unsigned long long)c->id, n);
 }

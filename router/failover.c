@@ -103,6 +103,8 @@ void worker_map_changed(worker_t *w) {
       session_free(s);
       dropped++;
     }
+    u->off_to = NULL; /* an offline delivery in progress stops: the rest stays stored */
+    u->off_last = 0;
     user_get(w, u->bare); /* on the touched list: released after this frame */
   }
   xfree(x.list);

@@ -2,10 +2,22 @@
  *
  * A message for an account with no available resource of non-negative priority is
  * stored as an encoded bus frame (addresses + compact stanza), so delivering it needs
- * no XML parsing. It is delivered, oldest first and stamped with a XEP-0203 <delay/>,
- * when a resource of the account sends initial presence with non-negative priority, and
- * removed from the store only after it was handed to the edge. Beyond limits.offline_max
- * the sender gets <service-unavailable/> (XEP-0160 §5): nothing is dropped silently. */
+ * no XML parsing. Beyond limits.offline_max messages or limits.offline_max_bytes bytes
+ * the sender gets <service-unavailable/> (XEP-0160 §5): nothing is dropped silently.
+ *
+ * Delivery, when a resource of the account sends initial presence with non-negative
+ * priority, is paced by what the client takes: the queue goes to that one session window
+ * by window (oldest first, stamped with a XEP-0203 <delay/>; a window is at most
+ * OFFLINE_WINDOW_MSGS messages and a quarter of limits.max_pending_out bytes). Each
+ * DELIVER carries BUS_F_OFFLINE and the message's store id; the edge answers
+ * BUS_OFFLINE_ACK with the last id its client took (written to the socket, or with
+ * XEP-0198 acknowledged by the client), and only then are those messages removed from
+ * the store and the next window sent. So a large queue never fills the connection's
+ * output (a reading client is never cut off as slow), and a connection lost mid-way
+ * loses nothing: what it did not take is still stored (a DELIVER or XEP-0198 BOUNCE of
+ * such a message is dropped by the worker: the store still has it) and goes to another
+ * available resource, or at the next log-in. A message written but not yet confirmed
+ * when the connection dies is delivered again then (at least once). */
 #include "router/router_internal.h"
 
 #include <string.h>
@@ -30,7 +42,8 @@ int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *
   f.payload_len = p.len;
   bus_frame_encode(&f, &fr);
   if (w->offline_empty) strmap_del(w->offline_empty, to); /* not empty any more */
-  int rc = store_offline_push(w->store, to, (const char *)fr.data, fr.len, (unsigned)w->cfg->offline_max);
+  int rc = store_offline_push(w->store, to, (const char *)fr.data, fr.len, (unsigned)w->cfg->offline_max,
+                              (size_t)w->cfg->offline_max_bytes);
   buf_free(&p);
   buf_free(&fr);
   if (rc == XMPP_ELIMIT) log_info("offline queue of %s is full", to);
@@ -38,21 +51,26 @@ int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *
   return rc;
 }
 
+#define OFFLINE_WINDOW_MSGS 64
+
 typedef struct {
   worker_t *w;
   session_t *s;
-} deliver_ctx_t;
+  int64_t last;      /* store id of the last message read */
+  int64_t last_sent; /* ... and of the last one sent (0: none) */
+} window_t;
 
-static void deliver_cb(const char *data, size_t len, int64_t stamp, void *ud) {
-  deliver_ctx_t *x = ud;
+static void window_cb(int64_t id, const char *data, size_t len, int64_t stamp, void *ud) {
+  window_t *x = ud;
   worker_t *w = x->w;
   bus_frame_t f;
   size_t used;
   xnode_t *st;
+  x->last = id;
   if (bus_frame_decode((const uint8_t *)data, len, &f, &used) != 0 ||
       xnode_decode(&w->arena, f.payload, f.payload_len, 256, &st) != 0) {
-    log_error("offline message undecodable, skipped");
-    return;
+    log_error("offline message %lld undecodable, skipped", (long long)id);
+    return; /* removed with the next confirmation (or below, if the window has nothing else) */
   }
   char ts[32];
   time_t t = (time_t)stamp;
@@ -64,7 +82,53 @@ static void deliver_cb(const char *data, size_t len, int64_t stamp, void *ud) {
   xnode_set_attr(&w->arena, d, "stamp", ts);
   xnode_add_text(&w->arena, d, "Offline Storage", 15);
   char *from = arena_strndup(&w->arena, f.from, f.from_len);
-  w_deliver(w, x->s, from, x->s->full, st);
+  w_deliver_offline(w, x->s, from, st, id);
+  x->last_sent = id;
+}
+
+/* Sends u->off_to the next window of its queue (ids > after); ends the delivery when the
+ * queue is empty. */
+static void send_window(worker_t *w, user_t *u, int64_t after) {
+  size_t bytes = (size_t)w->cfg->max_pending_out / 4;
+  for (;;) {
+    window_t x = {w, u->off_to, after, 0};
+    int n = store_offline_peek(w->store, u->bare, after, OFFLINE_WINDOW_MSGS, bytes, window_cb, &x);
+    if (n < 0) log_error("offline queue of %s: read failed", u->bare);
+    if (n <= 0) break;
+    if (x.last_sent) {
+      u->off_last = x.last_sent;
+      return; /* the edge confirms it: offline_ack */
+    }
+    /* nothing in this window could be sent: drop it and read on */
+    store_offline_remove(w->store, u->bare, x.last);
+    after = x.last;
+  }
+  u->off_to = NULL;
+  u->off_last = 0;
+}
+
+void offline_ack(worker_t *w, const bus_frame_t *f) {
+  char *full = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  if (f->arg <= 0) return;
+  /* taken by a client of this account, in queue order: everything up to it is done
+   * (also when it comes from a session that has ended since) */
+  if (store_offline_remove(w->store, u->bare, f->arg) != 0) log_error("offline queue of %s: remove failed", u->bare);
+  session_t *s = user_session(u, full);
+  if (s && s == u->off_to && bus_addr_eq(&s->at, &f->src) && f->arg == u->off_last) send_window(w, u, f->arg);
+}
+
+void offline_session_gone(worker_t *w, user_t *u, session_t *s) {
+  if (u->off_to != s) return;
+  u->off_to = NULL;
+  u->off_last = 0;
+  /* what s did not confirm is still stored: another available resource takes it */
+  for (session_t *o = u->sessions; o; o = o->next)
+    if (o != s && o->available && o->priority >= 0) {
+      u->off_to = o;
+      send_window(w, u, 0);
+      return;
+    }
 }
 
 /* The batch read these users' queue lengths (one round trip): those found empty need
@@ -91,8 +155,8 @@ void offline_prefetch_end(worker_t *w) {
 }
 
 void offline_deliver(worker_t *w, user_t *u, session_t *s) {
+  if (u->off_to) return; /* already going to one of its resources */
   if (w->offline_empty && strmap_del(w->offline_empty, u->bare)) return; /* read this batch: empty */
-  deliver_ctx_t x = {w, s};
-  if (store_offline_pop_all(w->store, u->bare, deliver_cb, &x) != 0)
-    log_error("offline queue of %s: read failed", u->bare);
+  u->off_to = s;
+  send_window(w, u, 0);
 }

@@ -44,6 +44,8 @@ typedef struct user {
   session_t *sessions;
   strmap_t *roster; /* contact bare -> ritem_t; NULL until loaded */
   int exists;       /* -1 unknown, 0 no account, 1 account */
+  session_t *off_to; /* offline messages are being delivered to it (offline.c) */
+  int64_t off_last;  /* store id of the last message of the window it was sent */
   int touched;      /* on the worker's touched list this frame */
   struct user *next_touched;
 } user_t;
@@ -90,6 +92,8 @@ session_t *user_session(user_t *u, const char *full);
 strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use */
 /* Sends stanza st to a connected session: BUS_DELIVER to its edge. */
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st);
+/* The same for a message still in offline storage under store id 'id' (BUS_F_OFFLINE). */
+void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id);
 /* Sends st to the shard owning 'to' for inbound processing (BUS_ROUTE). */
 void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags);
 /* Replies to st (from -> to) with a stanza error, routed back to 'from'. */
@@ -154,7 +158,13 @@ void ritem_free(void *p);
 
 /* offline.c (XEP-0160) */
 int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);
+/* Starts delivering u's offline queue to s (initial presence, priority >= 0), window by
+ * window as the edge confirms what the client took. */
 void offline_deliver(worker_t *w, user_t *u, session_t *s);
+/* BUS_OFFLINE_ACK: the client took the offline messages up to id f->arg. */
+void offline_ack(worker_t *w, const bus_frame_t *f);
+/* s is ending: the rest of the queue goes to another available resource, if any. */
+void offline_session_gone(worker_t *w, user_t *u, session_t *s);
 /* Reads the queue lengths of n users in one go for the batch about to be handled; the
  * empty ones are not read again at their initial presence. _end forgets them. */
 void offline_prefetch(worker_t *w, const char *const *bares, size_t n);

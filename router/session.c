@@ -39,6 +39,7 @@ static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
 void session_remove(worker_t *w, user_t *u, session_t *s) {
   dir_session_gone(w, s);
   unlink_session(u, s);
+  offline_session_gone(w, u, s);
   session_free(s);
 }
 

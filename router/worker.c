@@ -83,8 +83,8 @@ char *w_bare(worker_t *w, const char *jid) {
   return arena_strndup(&w->arena, jid, bus_bare_len(jid, strlen(jid)));
 }
 
-static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
-                       const xnode_t *st, uint16_t flags) {
+static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
+                           const xnode_t *st, uint16_t flags, int64_t arg) {
   bus_frame_t f = {0};
   if (st == w->frame_tree && w->frame_payload) {
     f.payload = w->frame_payload; /* forwarded unchanged: no re-encoding */
@@ -97,6 +97,7 @@ static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const c
   }
   f.kind = kind;
   f.flags = flags;
+  f.arg = arg;
   if (dst) f.dst = *dst;
   f.src.thread = (uint16_t)w->index;
   f.from = from ? from : "";
@@ -106,6 +107,15 @@ static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const c
   bus_msg_t *m = bus_msg_new(&f);
   if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst, m);
   else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
+}
+
+static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
+                       const xnode_t *st, uint16_t flags) {
+  send_frame_arg(w, kind, dst, from, to, st, flags, 0);
+}
+
+void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id) {
+  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, BUS_F_OFFLINE, id);
 }
 
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st) {
@@ -203,13 +213,15 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     break;
   case BUS_BOUNCE:
     /* the session it was for is gone: route again to the bare JID, skipping that
-     * connection, so another resource or offline storage takes it */
-    if (st) {
+     * connection, so another resource or offline storage takes it; a message that came
+     * from offline storage is still there (offline.c) */
+    if (st && !(f->flags & BUS_F_OFFLINE)) {
       bus_frame_t b = *f;
       b.to_len = bus_bare_len(f->to, f->to_len);
       handle_route(w, &b, st, &f->dst);
     }
     break;
+  case BUS_OFFLINE_ACK: offline_ack(w, f); break;
   case BUS_MAP: worker_map_changed(w); break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: log_warn("router: unexpected frame kind %d", f->kind);

@@ -3,7 +3,7 @@
  * The public functions check what every back-end would otherwise check again (NULL or
  * empty JIDs, credential sizes, subscription values) and return XMPP_EINVAL for it, so a
  * back-end only deals with storage. They also keep callbacks from re-entering their own
- * handle: while store_roster_load / store_offline_pop_all / store_account_list run a
+ * handle: while store_roster_load / store_offline_peek / store_account_list run a
  * callback, the back-end is in the middle of a statement (and pop_all of a transaction),
  * so any other call on the same handle returns XMPP_EINVAL, and store_close() from a
  * callback is deferred until the iterating call returns (the handle is not freed under
@@ -234,18 +234,26 @@ int store_roster_delete(store_t *s, const char *bare, const char *contact) {
   return s->ops->roster_delete(s->be, bare, contact);
 }
 
-int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max) {
+int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max, size_t max_bytes) {
   int rc = enter(s, "store_offline_push");
   if (rc) return rc;
   if (bad_str(bare) || (!xml && len)) return XMPP_EINVAL;
-  return s->ops->offline_push(s->be, bare, xml ? xml : "", len, max);
+  return s->ops->offline_push(s->be, bare, xml ? xml : "", len, max, max_bytes);
 }
 
-int store_offline_pop_all(store_t *s, const char *bare, store_offline_cb cb, void *ud) {
-  int rc = enter(s, "store_offline_pop_all");
+int store_offline_peek(store_t *s, const char *bare, int64_t after, unsigned max_count, size_t max_bytes,
+                       store_offline_cb cb, void *ud) {
+  int rc = enter(s, "store_offline_peek");
   if (rc) return rc;
-  if (bad_str(bare) || !cb) return XMPP_EINVAL;
-  ITERATE(s, s->ops->offline_pop_all(s->be, bare, cb, ud));
+  if (bad_str(bare) || !cb || !max_count || after < 0) return XMPP_EINVAL;
+  ITERATE(s, s->ops->offline_peek(s->be, bare, after, max_count, max_bytes, cb, ud));
+}
+
+int store_offline_remove(store_t *s, const char *bare, int64_t upto) {
+  int rc = enter(s, "store_offline_remove");
+  if (rc) return rc;
+  if (bad_str(bare) || upto < 0) return XMPP_EINVAL;
+  return s->ops->offline_remove(s->be, bare, upto);
 }
 
 int store_offline_count(store_t *s, const char *bare) {

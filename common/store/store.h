@@ -37,7 +37,8 @@ typedef struct store_roster_item {
 } store_roster_item_t;
 
 typedef void (*store_roster_cb)(const store_roster_item_t *item, void *ud);
-typedef void (*store_offline_cb)(const char *xml, size_t len, int64_t stamp_unix, void *ud);
+/* An offline message: id orders a user's queue (ascending, never reused). */
+typedef void (*store_offline_cb)(int64_t id, const char *xml, size_t len, int64_t stamp_unix, void *ud);
 typedef void (*store_account_cb)(const char *bare_jid, void *ud);
 
 /* Opens (creating if needed) a store. backend "sqlite": path is the database file;
@@ -84,10 +85,18 @@ int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *it
 int store_roster_delete(store_t *s, const char *bare, const char *contact); /* XMPP_ENOENT */
 
 /* Appends a message (serialised XML) to the user's offline queue; XMPP_ELIMIT when the
- * queue already holds max messages (max == 0: unlimited). */
-int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max);
-/* Calls cb for each queued message, oldest first, then removes them. */
-int store_offline_pop_all(store_t *s, const char *bare, store_offline_cb cb, void *ud);
+ * queue already holds max messages, or when it would then hold more than max_bytes bytes
+ * of messages (0: no limit of that kind). */
+int store_offline_push(store_t *s, const char *bare, const char *xml, size_t len, unsigned max, size_t max_bytes);
+/* Calls cb for queued messages with id > after, oldest first, and removes nothing: at
+ * most max_count of them, and none after the one that makes their bytes reach max_bytes
+ * (the first is always given, however large). Returns how many were given, or an error.
+ * Delivery reads a window with this and removes it (store_offline_remove) only once the
+ * client has taken it: a connection lost meanwhile loses nothing. */
+int store_offline_peek(store_t *s, const char *bare, int64_t after, unsigned max_count, size_t max_bytes,
+                       store_offline_cb cb, void *ud);
+/* Removes the queued messages with id <= upto. */
+int store_offline_remove(store_t *s, const char *bare, int64_t upto);
 int store_offline_count(store_t *s, const char *bare);
 /* Queue lengths of n users at once: counts[i] = what store_offline_count gives for
  * bares[i] (or an error). Redis: ONE pipelined round trip; SQLite: n look-ups. Lets a

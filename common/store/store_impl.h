@@ -43,8 +43,10 @@ typedef struct store_backend {
   int (*roster_put)(void *be, const char *bare, const store_roster_item_t *item);
   int (*roster_delete)(void *be, const char *bare, const char *contact);
 
-  int (*offline_push)(void *be, const char *bare, const char *xml, size_t len, unsigned max);
-  int (*offline_pop_all)(void *be, const char *bare, store_offline_cb cb, void *ud);
+  int (*offline_push)(void *be, const char *bare, const char *xml, size_t len, unsigned max, size_t max_bytes);
+  int (*offline_peek)(void *be, const char *bare, int64_t after, unsigned max_count, size_t max_bytes,
+                      store_offline_cb cb, void *ud);
+  int (*offline_remove)(void *be, const char *bare, int64_t upto);
   int (*offline_count)(void *be, const char *bare);
   /* Optional (NULL: store.c calls offline_count n times). */
   int (*offline_count_many)(void *be, const char *const *bares, size_t n, int *counts);

@@ -15,7 +15,7 @@
  * account, the roster and the offline queue of a user sit in ONE slot and every
  * multi-key script below is legal on a Redis Cluster too:
  *   {u:JID}:a  hash   sha1_salt sha1_iter sha1_stored sha1_server sha256_* created
- *                     offline_seq (last offline id). SCRAM credentials only, never a
+ *                     offline_seq (last offline id), offline_bytes (bytes queued). SCRAM credentials only, never a
  *                     password; keys cut to the hash length (20 / 32 bytes).
  *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item)
  *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
@@ -31,10 +31,12 @@
  * Atomicity. Every read-modify-write is one Lua script on one user's slot: create
  * (exists check + HSET), update, delete (all three keys), roster put (account check +
  * HSET), offline push (account check + limit check + id + RPUSH: XMPP_ELIMIT beyond the
- * limit, never a silent drop). Offline delivery is at-least-once like the SQLite
- * back-end: pop_all reads the queue, runs the callbacks, then a script removes from the
- * head exactly the entries whose id is <= the last one handed out; a crash in between
- * leaves them queued, a message pushed meanwhile stays.
+ * limit, never a silent drop; offline_bytes in the account hash counts the queue's
+ * bytes for the byte limit). Offline delivery is at-least-once like the SQLite back-end:
+ * peek reads a window from the head and removes nothing; once the client has taken it,
+ * a script removes from the head exactly the entries whose id is <= the last one taken
+ * (and their bytes from offline_bytes); a crash in between leaves them queued, a message
+ * pushed meanwhile stays.
  *
  * Batches (xmppctl populate) are a pipeline: writes are formatted and queued locally,
  * sent in chunks by store_batch_end(s, 1) with every reply checked (the first failure is
@@ -99,21 +101,32 @@ static const char *const script_text[S_COUNT] = {
     /* KEYS: account, roster. ARGV: contact, item -> 1 stored, 0 no account */
     [S_ROSTER_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
                      "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
-    /* KEYS: account, offline. ARGV: max (0 = none), stamp, bytes
-     * -> queue length, -1 no account, -2 limit reached */
+    /* KEYS: account, offline. ARGV: max (0 = none), stamp, bytes, max bytes (0 = none)
+     * -> queue length, -1 no account, -2 limit reached. The account's offline_bytes
+     * counts the queue's message bytes. */
     [S_OFF_PUSH] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
                    "local max = tonumber(ARGV[1]) "
                    "if max > 0 and redis.call('LLEN', KEYS[2]) >= max then return -2 end "
+                   "local mb = tonumber(ARGV[4]) "
+                   "if mb > 0 and (tonumber(redis.call('HGET', KEYS[1], 'offline_bytes')) or 0) + #ARGV[3] > mb "
+                   "then return -2 end "
                    "local id = redis.call('HINCRBY', KEYS[1], 'offline_seq', 1) "
+                   "redis.call('HINCRBY', KEYS[1], 'offline_bytes', #ARGV[3]) "
                    "return redis.call('RPUSH', KEYS[2], id .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])",
-    /* KEYS: offline. ARGV: last id handed out -> entries removed from the head */
-    [S_OFF_TRIM] = "local last = tonumber(ARGV[1]) local n = 0 "
+    /* KEYS: offline, account. ARGV: last id taken -> entries removed from the head */
+    [S_OFF_TRIM] = "local last = tonumber(ARGV[1]) local n = 0 local freed = 0 "
                    "while true do "
                    "  local h = redis.call('LINDEX', KEYS[1], 0) "
                    "  if not h then break end "
                    "  local id = tonumber(string.match(h, '^(%d+) ')) "
                    "  if id ~= nil and id > last then break end "
+                   "  local head = string.match(h, '^%d+ %-?%d+ ') "
+                   "  freed = freed + #h - (head and #head or 0) "
                    "  redis.call('LPOP', KEYS[1]) n = n + 1 "
+                   "end "
+                   "if freed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then "
+                   "  if redis.call('HINCRBY', KEYS[2], 'offline_bytes', -freed) < 0 then "
+                   "    redis.call('HSET', KEYS[2], 'offline_bytes', 0) end "
                    "end return n",
 };
 
@@ -1070,16 +1083,17 @@ static int rd_roster_delete(void *be, const char *bare, const char *contact) {
 
 /* ---- offline ------------------------------------------------------------------------ */
 
-static int rd_offline_push(void *be, const char *bare, const char *xml, size_t len, unsigned max) {
+static int rd_offline_push(void *be, const char *bare, const char *xml, size_t len, unsigned max, size_t max_bytes) {
   rd_t *r = be;
   ukeys_t k;
   ukeys(&k, bare);
-  char m[16], stamp[24];
+  char m[16], stamp[24], mb[24];
   snprintf(m, sizeof m, "%u", max);
   snprintf(stamp, sizeof stamp, "%lld", (long long)time(NULL));
-  const char *av[] = {k.a, k.o, m, stamp, xml};
-  size_t al[] = {k.la, k.lo, strlen(m), strlen(stamp), len};
-  int rc = exec_script(r, "offline push", S_OFF_PUSH, 2, 5, av, al, R_PUSH);
+  snprintf(mb, sizeof mb, "%zu", max_bytes);
+  const char *av[] = {k.a, k.o, m, stamp, xml, mb};
+  size_t al[] = {k.la, k.lo, strlen(m), strlen(stamp), len, strlen(mb)};
+  int rc = exec_script(r, "offline push", S_OFF_PUSH, 2, 6, av, al, R_PUSH);
   ukeys_free(&k);
   return rc;
 }
@@ -1106,49 +1120,65 @@ static int parse_entry(const char *s, size_t n, int64_t *id, int64_t *stamp, siz
   return 0;
 }
 
-static int rd_offline_pop_all(void *be, const char *bare, store_offline_cb cb, void *ud) {
+static int rd_offline_peek(void *be, const char *bare, int64_t after, unsigned max_count, size_t max_bytes,
+                           store_offline_cb cb, void *ud) {
   rd_t *r = be;
   ukeys_t k;
   ukeys(&k, bare);
-  const char *av[] = {"LRANGE", k.o, "0", "-1"};
-  size_t al[] = {6, k.lo, 1, 2};
-  redisReply *rep = run(r, 4, av, al, 1);
-  if (!rep) {
-    ukeys_free(&k);
-    return XMPP_EIO;
-  }
-  if (rep->type != REDIS_REPLY_ARRAY) {
-    int rc = reply_error(r, "LRANGE", rep);
-    freeReplyObject(rep);
-    ukeys_free(&k);
-    return rc;
-  }
-  int64_t last = -1;
-  for (size_t i = 0; i < rep->elements; i++) {
-    redisReply *e = rep->element[i];
-    int64_t id, stamp;
-    size_t off;
-    if (e->type != REDIS_REPLY_STRING || parse_entry(e->str, e->len, &id, &stamp, &off) != 0) {
-      log_error("store(redis) %s: corrupt offline entry of %s dropped", r->target, bare);
-      continue;
+  /* the list is in id order: entries <= after (not removed yet) are at its head */
+  int given = 0, rc = 0;
+  size_t bytes = 0, start = 0;
+  while ((unsigned)given < max_count && !(max_bytes && bytes >= max_bytes)) {
+    size_t want = max_count - (unsigned)given;
+    char from[24], to[24];
+    snprintf(from, sizeof from, "%zu", start);
+    snprintf(to, sizeof to, "%zu", start + want - 1);
+    const char *av[] = {"LRANGE", k.o, from, to};
+    size_t al[] = {6, k.lo, strlen(from), strlen(to)};
+    redisReply *rep = run(r, 4, av, al, 1);
+    if (!rep) {
+      rc = XMPP_EIO;
+      break;
     }
-    /* hiredis NUL-terminates string replies: xml[len] == '\0' as the interface says. */
-    cb(e->str + off, e->len - off, stamp, ud);
-    if (id > last) last = id;
+    if (rep->type != REDIS_REPLY_ARRAY) {
+      rc = reply_error(r, "LRANGE", rep);
+      freeReplyObject(rep);
+      break;
+    }
+    size_t got = rep->elements;
+    for (size_t i = 0; i < got && !(max_bytes && bytes >= max_bytes); i++) {
+      redisReply *e = rep->element[i];
+      int64_t id, stamp;
+      size_t off;
+      if (e->type != REDIS_REPLY_STRING || parse_entry(e->str, e->len, &id, &stamp, &off) != 0) {
+        log_error("store(redis) %s: corrupt offline entry of %s skipped", r->target, bare);
+        continue;
+      }
+      if (id <= after) continue;
+      /* hiredis NUL-terminates string replies: xml[len] == '\0' as the interface says. */
+      cb(id, e->str + off, e->len - off, stamp, ud);
+      bytes += e->len - off;
+      given++;
+    }
+    freeReplyObject(rep);
+    if (got < want) break; /* the end of the list */
+    start += got;
   }
-  size_t total = rep->elements;
-  freeReplyObject(rep);
-  int rc = 0;
-  if (total) {
-    /* Remove exactly what was handed out (and any corrupt entry before it). */
-    char l[24];
-    snprintf(l, sizeof l, "%lld", (long long)last);
-    const char *tv[] = {k.o, l};
-    size_t tl[] = {k.lo, strlen(l)};
-    redisReply *t = script(r, S_OFF_TRIM, 1, 2, tv, tl);
-    rc = judge(r, "offline trim", t, R_ANY);
-    if (t) freeReplyObject(t);
-  }
+  ukeys_free(&k);
+  return rc ? rc : given;
+}
+
+static int rd_offline_remove(void *be, const char *bare, int64_t upto) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  char l[24];
+  snprintf(l, sizeof l, "%lld", (long long)upto);
+  const char *tv[] = {k.o, k.a, l};
+  size_t tl[] = {k.lo, k.la, strlen(l)};
+  redisReply *t = script(r, S_OFF_TRIM, 2, 3, tv, tl);
+  int rc = judge(r, "offline trim", t, R_ANY);
+  if (t) freeReplyObject(t);
   ukeys_free(&k);
   return rc;
 }
@@ -1205,7 +1235,8 @@ const store_backend_t store_redis_backend = {
     .roster_put = rd_roster_put,
     .roster_delete = rd_roster_delete,
     .offline_push = rd_offline_push,
-    .offline_pop_all = rd_offline_pop_all,
+    .offline_peek = rd_offline_peek,
+    .offline_remove = rd_offline_remove,
     .offline_count = rd_offline_count,
     .offline_count_many = rd_offline_count_many,
 };

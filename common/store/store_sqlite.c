@@ -107,9 +107,9 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ROSTER_ADD_GROUP] = "INSERT INTO roster_groups (owner, contact, pos, grp) "
                            "VALUES (?1, ?2, ?3, ?4)",
     [Q_ROSTER_DELETE] = "DELETE FROM roster WHERE owner = ?1 AND contact = ?2",
-    [Q_OFF_COUNT] = "SELECT count(*) FROM offline WHERE owner = ?1",
+    [Q_OFF_COUNT] = "SELECT count(*), total(length(xml)) FROM offline WHERE owner = ?1",
     [Q_OFF_INSERT] = "INSERT INTO offline (owner, stamp, xml) VALUES (?1, ?2, ?3)",
-    [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 ORDER BY id",
+    [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [Q_OFF_DELETE_UPTO] = "DELETE FROM offline WHERE owner = ?1 AND id <= ?2",
 };
 
@@ -665,31 +665,36 @@ static int sq_roster_delete(void *be, const char *bare, const char *contact) {
 
 /* ---- offline ------------------------------------------------------------------------ */
 
-static int count_owner(sq_t *q, const char *bare, int64_t *n) {
+/* Messages queued for bare and their bytes (bytes may be NULL). */
+static int count_owner(sq_t *q, const char *bare, int64_t *n, int64_t *bytes) {
   sqlite3_stmt *st = stmt(q, Q_OFF_COUNT);
   if (!st) return XMPP_EIO;
   int ret = bind_text(q, st, 1, bare);
   if (!ret) {
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
       *n = sqlite3_column_int64(st, 0);
-    else
+      if (bytes) *bytes = (int64_t)sqlite3_column_double(st, 1);
+    } else {
       ret = fail(q, "offline count", rc);
+    }
   }
   done(st);
   return ret;
 }
 
-static int sq_offline_push(void *be, const char *bare, const char *xml, size_t len, unsigned max) {
+static int sq_offline_push(void *be, const char *bare, const char *xml, size_t len, unsigned max, size_t max_bytes) {
   sq_t *q = be;
   /* With a limit, count and insert under the write lock so no other connection can
    * slip a message in between. */
-  int ret = max ? tx_begin(q, 1) : 0;
+  int limited = max || max_bytes;
+  int ret = limited ? tx_begin(q, 1) : 0;
   if (ret) return ret;
-  if (max) {
-    int64_t n = 0;
-    ret = count_owner(q, bare, &n);
-    if (!ret && n >= (int64_t)max) ret = XMPP_ELIMIT;
+  if (limited) {
+    int64_t n = 0, bytes = 0;
+    ret = count_owner(q, bare, &n, &bytes);
+    if (!ret && max && n >= (int64_t)max) ret = XMPP_ELIMIT;
+    if (!ret && max_bytes && (uint64_t)bytes + len > max_bytes) ret = XMPP_ELIMIT;
   }
   if (!ret) {
     sqlite3_stmt *st = stmt(q, Q_OFF_INSERT);
@@ -706,7 +711,7 @@ static int sq_offline_push(void *be, const char *bare, const char *xml, size_t l
     }
     done(st);
   }
-  if (!max) return ret;
+  if (!limited) return ret;
   if (ret) {
     tx_rollback(q);
     return ret;
@@ -714,50 +719,51 @@ static int sq_offline_push(void *be, const char *bare, const char *xml, size_t l
   return tx_commit(q);
 }
 
-static int sq_offline_pop_all(void *be, const char *bare, store_offline_cb cb, void *ud) {
+static int sq_offline_peek(void *be, const char *bare, int64_t after, unsigned max_count, size_t max_bytes,
+                           store_offline_cb cb, void *ud) {
   sq_t *q = be;
-  int ret = tx_begin(q, 1);
-  if (ret) return ret;
-  int64_t last = -1;
   sqlite3_stmt *st = stmt(q, Q_OFF_SELECT);
-  if (!st) ret = XMPP_EIO;
-  if (!ret) ret = bind_text(q, st, 1, bare);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_int64(q, st, 2, after);
+  if (!ret) ret = bind_int64(q, st, 3, (int64_t)max_count);
+  int given = 0;
+  size_t bytes = 0;
   if (!ret) {
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int rc = SQLITE_DONE;
+    while (!(max_bytes && bytes >= max_bytes) && (rc = sqlite3_step(st)) == SQLITE_ROW) {
       int64_t id = sqlite3_column_int64(st, 0);
       int64_t stamp = sqlite3_column_int64(st, 1);
       /* column_text on a blob gives the same bytes plus a NUL terminator; then bytes. */
       const char *xml = (const char *)sqlite3_column_text(st, 2);
       size_t len = (size_t)sqlite3_column_bytes(st, 2);
-      cb(xml ? xml : "", xml ? len : 0, stamp, ud);
-      last = id;
+      cb(id, xml ? xml : "", xml ? len : 0, stamp, ud);
+      bytes += len;
+      given++;
     }
-    if (rc != SQLITE_DONE) ret = fail(q, "offline pop", rc);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) ret = fail(q, "offline peek", rc);
   }
   done(st);
-  /* Delete only what was handed out (and only after the callbacks ran). */
-  if (!ret && last >= 0) {
-    st = stmt(q, Q_OFF_DELETE_UPTO);
-    if (!st) ret = XMPP_EIO;
-    if (!ret) ret = bind_text(q, st, 1, bare);
-    if (!ret) ret = bind_int64(q, st, 2, last);
-    if (!ret) {
-      int rc = sqlite3_step(st);
-      if (rc != SQLITE_DONE) ret = fail(q, "offline delete", rc);
-    }
-    done(st);
+  return ret ? ret : given;
+}
+
+static int sq_offline_remove(void *be, const char *bare, int64_t upto) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_OFF_DELETE_UPTO);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_int64(q, st, 2, upto);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) ret = fail(q, "offline delete", rc);
   }
-  if (ret) {
-    tx_rollback(q);
-    return ret;
-  }
-  return tx_commit(q);
+  done(st);
+  return ret;
 }
 
 static int sq_offline_count(void *be, const char *bare) {
   int64_t n = 0;
-  int ret = count_owner(be, bare, &n);
+  int ret = count_owner(be, bare, &n, NULL);
   if (ret) return ret;
   return n > INT_MAX ? INT_MAX : (int)n;
 }
@@ -778,6 +784,7 @@ const store_backend_t store_sqlite_backend = {
     .roster_put = sq_roster_put,
     .roster_delete = sq_roster_delete,
     .offline_push = sq_offline_push,
-    .offline_pop_all = sq_offline_pop_all,
+    .offline_peek = sq_offline_peek,
+    .offline_remove = sq_offline_remove,
     .offline_count = sq_offline_count,
 };

@@ -454,8 +454,10 @@ STORE_TEST(invalid_arguments) {
   cr_assert_eq(store_account_list(s, NULL, NULL), XMPP_EINVAL);
   cr_assert_eq(store_roster_load(s, "a@x", NULL, NULL), XMPP_EINVAL);
   cr_assert_eq(store_roster_delete(s, "a@x", ""), XMPP_EINVAL);
-  cr_assert_eq(store_offline_push(s, "a@x", NULL, 3, 0), XMPP_EINVAL);
-  cr_assert_eq(store_offline_pop_all(s, "a@x", NULL, NULL), XMPP_EINVAL);
+  cr_assert_eq(store_offline_push(s, "a@x", NULL, 3, 0, 0), XMPP_EINVAL);
+  cr_assert_eq(store_offline_peek(s, "a@x", 0, 1, 0, NULL, NULL), XMPP_EINVAL);
+  cr_assert_eq(store_offline_peek(s, "", 0, 1, 0, NULL, NULL), XMPP_EINVAL);
+  cr_assert_eq(store_offline_remove(s, "", 1), XMPP_EINVAL);
   cr_assert_eq(store_offline_count(s, ""), XMPP_EINVAL);
 
   add_user(s, "a@x", 1);
@@ -704,15 +706,18 @@ typedef struct {
   char msgs[16][64];
   size_t lens[16];
   int64_t stamps[16];
+  int64_t ids[16];
   int n;
   store_t *self;  /* for the re-entrancy checks */
   store_t *other; /* a second handle on the same file */
   int reentrant_rc, other_count, close_self;
 } popped_t;
 
-static void pop_cb(const char *xml, size_t len, int64_t stamp, void *ud) {
+static void pop_cb(int64_t id, const char *xml, size_t len, int64_t stamp, void *ud) {
   popped_t *p = ud;
   cr_assert_lt(p->n, 16);
+  if (p->n) cr_assert_gt(id, p->ids[p->n - 1], "ids ascend");
+  p->ids[p->n] = id;
   cr_assert_eq(xml[len], '\0', "xml is NUL-terminated");
   cr_assert_lt(len, sizeof p->msgs[0]);
   memcpy(p->msgs[p->n], xml, len);
@@ -725,7 +730,18 @@ static void pop_cb(const char *xml, size_t len, int64_t stamp, void *ud) {
 }
 
 static void push(store_t *s, const char *who, const char *xml, unsigned max, int want) {
-  cr_assert_eq(store_offline_push(s, who, xml, strlen(xml), max), want, "push %s", xml);
+  cr_assert_eq(store_offline_push(s, who, xml, strlen(xml), max, 0), want, "push %s", xml);
+}
+
+/* The whole queue, as delivery takes it: read (nothing removed), then removed up to the
+ * last id read. 0 or the error. */
+static int pop_all(store_t *s, const char *bare, store_offline_cb cb, popped_t *p) {
+  int n0 = p ? p->n : 0;
+  int n = store_offline_peek(s, bare, 0, 16, 0, cb, p);
+  if (n < 0) return n;
+  if (p) cr_assert_eq(p->n - n0, n, "peek counts what it gave");
+  if (n == 0) return 0;
+  return store_offline_remove(s, bare, p->ids[p->n - 1]);
 }
 
 STORE_TEST(offline_count_many) {
@@ -763,7 +779,7 @@ STORE_TEST(offline_order_and_pop) {
   cr_assert_eq(store_offline_count(s, "nobody@x"), 0);
 
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 5);
   for (int i = 0; i < 5; i++) {
     snprintf(m, sizeof m, "<message id='%d'/>", i);
@@ -776,13 +792,13 @@ STORE_TEST(offline_order_and_pop) {
   cr_assert_eq(store_offline_count(s, "bob@x"), 1);
 
   memset(&p, 0, sizeof p);
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 0);
 
   /* After a pop, new messages queue again, still in order. */
   push(s, "alice@x", "<x/>", 0, 0);
   push(s, "alice@x", "<y/>", 0, 0);
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 2);
   cr_assert_str_eq(p.msgs[0], "<x/>");
   cr_assert_str_eq(p.msgs[1], "<y/>");
@@ -793,10 +809,10 @@ STORE_TEST(offline_binary_exact) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   const char raw[] = {'<', 'a', '>', '\0', '\xff', '<', '/', 'a', '>'};
-  cr_assert_eq(store_offline_push(s, "alice@x", raw, sizeof raw, 0), 0);
-  cr_assert_eq(store_offline_push(s, "alice@x", "", 0, 0), 0);
+  cr_assert_eq(store_offline_push(s, "alice@x", raw, sizeof raw, 0, 0), 0);
+  cr_assert_eq(store_offline_push(s, "alice@x", "", 0, 0, 0), 0);
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 2);
   cr_assert_eq(p.lens[0], sizeof raw);
   cr_assert_eq(memcmp(p.msgs[0], raw, sizeof raw), 0);
@@ -820,13 +836,90 @@ STORE_TEST(offline_limit) {
   cr_assert_eq(store_offline_count(s, "alice@x"), 5);
 
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 5);
   cr_assert_str_eq(p.msgs[0], "<1/>");
   cr_assert_str_eq(p.msgs[3], "<6/>");
   cr_assert_str_eq(p.msgs[4], "<7/>");
   push(s, "alice@x", "<8/>", 1, 0); /* room again */
   push(s, "alice@x", "<9/>", 1, XMPP_ELIMIT);
+  store_close(s);
+}
+
+/* Delivery reads windows: by count, by bytes (the first always), after an id; nothing is
+ * removed until store_offline_remove, which takes exactly the ids up to its argument. */
+STORE_TEST(offline_peek_windows_and_remove) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  char m[64];
+  for (int i = 0; i < 10; i++) {
+    snprintf(m, sizeof m, "<m%d>%s</m%d>", i, i == 5 ? "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" : "", i);
+    push(s, "alice@x", m, 0, 0);
+  }
+  popped_t p = {0};
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 3, 0, pop_cb, &p), 3); /* by count */
+  cr_assert_str_eq(p.msgs[0], "<m0></m0>");
+  cr_assert_str_eq(p.msgs[2], "<m2></m2>");
+  cr_assert_eq(store_offline_count(s, "alice@x"), 10, "peek removes nothing");
+  memset(&p, 0, sizeof p);
+  /* 9 bytes each: a window of 20 bytes ends with the message that reaches it */
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 20, pop_cb, &p), 3);
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 18, pop_cb, &p), 2);
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 1, pop_cb, &p), 1, "the first is always given");
+  int64_t first = p.ids[0];
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 0, pop_cb, &p), 10);
+  int64_t ids[10];
+  memcpy(ids, p.ids, sizeof ids);
+  cr_assert_eq(ids[0], first);
+  /* after an id */
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", ids[4], 2, 0, pop_cb, &p), 2);
+  cr_assert_eq(p.ids[0], ids[5]);
+  cr_assert_eq(p.lens[0], strlen("<m5></m5>") + 32);
+  /* a message larger than the window is still given, alone */
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", ids[4], 16, 10, pop_cb, &p), 1);
+  /* remove up to an id, exactly */
+  cr_assert_eq(store_offline_remove(s, "alice@x", ids[3]), 0);
+  cr_assert_eq(store_offline_count(s, "alice@x"), 6);
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 0, pop_cb, &p), 6);
+  cr_assert_eq(p.ids[0], ids[4]);
+  cr_assert_eq(store_offline_remove(s, "alice@x", ids[3]), 0, "again: nothing more removed");
+  cr_assert_eq(store_offline_count(s, "alice@x"), 6);
+  cr_assert_eq(store_offline_remove(s, "alice@x", ids[9]), 0);
+  cr_assert_eq(store_offline_count(s, "alice@x"), 0);
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 0, pop_cb, &p), 0);
+  /* ids are never reused */
+  push(s, "alice@x", "<n/>", 0, 0);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 0, pop_cb, &p), 1);
+  cr_assert_gt(p.ids[0], ids[9]);
+  store_close(s);
+}
+
+/* The byte limit: a push that would take the queue past it is refused; removing makes
+ * room again (the count of bytes follows the removals). */
+STORE_TEST(offline_byte_limit) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  const char *ten = "0123456789";
+  for (int i = 0; i < 3; i++) cr_assert_eq(store_offline_push(s, "alice@x", ten, 10, 0, 30), 0);
+  cr_assert_eq(store_offline_push(s, "alice@x", "x", 1, 0, 30), XMPP_ELIMIT, "31 > 30");
+  cr_assert_eq(store_offline_push(s, "alice@x", ten, 10, 0, 40), 0, "40 <= 40");
+  cr_assert_eq(store_offline_push(s, "alice@x", "x", 1, 0, 40), XMPP_ELIMIT);
+  cr_assert_eq(store_offline_push(s, "bob@x", ten, 10, 0, 10), 0, "per user");
+  cr_assert_eq(store_offline_push(s, "alice@x", "x", 1, 5, 0), 0, "0: no byte limit");
+  popped_t p = {0};
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 2, 0, pop_cb, &p), 2);
+  cr_assert_eq(store_offline_remove(s, "alice@x", p.ids[1]), 0);
+  /* 10 + 10 + 1 left */
+  cr_assert_eq(store_offline_push(s, "alice@x", ten, 10, 0, 31), 0);
+  cr_assert_eq(store_offline_push(s, "alice@x", "x", 1, 0, 31), XMPP_ELIMIT);
   store_close(s);
 }
 
@@ -844,7 +937,7 @@ STORE_TEST(pop_deletes_after_callbacks) {
   push(s, "alice@x", "<1/>", 0, 0);
   push(s, "alice@x", "<2/>", 0, 0);
   popped_t p = {.self = s, .other = s2, .other_count = -1};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 2);
   /* Inside the callback the same handle refuses to be re-entered... */
   cr_assert_eq(p.reentrant_rc, XMPP_EINVAL);
@@ -863,15 +956,15 @@ STORE_TEST(close_from_callback_is_deferred) {
   push(s, "alice@x", "<2/>", 0, 0);
   popped_t p = {.self = s, .close_self = 1};
   /* The handle is closed when pop_all returns (ASan would flag a use after free). */
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(store_offline_peek(s, "alice@x", 0, 16, 0, pop_cb, &p), 2);
   cr_assert_eq(p.n, 2);
   s = open_db();
-  cr_assert_eq(store_offline_count(s, "alice@x"), 0);
+  cr_assert_eq(store_offline_count(s, "alice@x"), 2, "a peek removes nothing");
   store_close(s);
 }
 
 /* A process that dies inside the pop callbacks must not lose the queue. */
-static void die_cb(const char *xml, size_t len, int64_t stamp, void *ud) { _exit(42); }
+static void die_cb(int64_t id, const char *xml, size_t len, int64_t stamp, void *ud) { _exit(42); }
 
 STORE_TEST(crash_during_pop_keeps_messages) {
   store_t *s = open_db();
@@ -886,7 +979,7 @@ STORE_TEST(crash_during_pop_keeps_messages) {
     char *err = NULL;
     store_t *c = store_open(g_backend, g_target, &err);
     if (!c) _exit(1);
-    store_offline_pop_all(c, "alice@x", die_cb, NULL);
+    store_offline_peek(c, "alice@x", 0, 16, 0, die_cb, NULL);
     _exit(2);
   }
   int st = 0;
@@ -896,7 +989,7 @@ STORE_TEST(crash_during_pop_keeps_messages) {
   s = open_db();
   cr_assert_eq(store_offline_count(s, "alice@x"), 2);
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 2);
   cr_assert_str_eq(p.msgs[0], "<1/>");
   store_close(s);
@@ -957,7 +1050,7 @@ STORE_TEST(two_handles_see_each_other) {
   push(a, "alice@x", "<3/>", 2, XMPP_ELIMIT); /* the limit counts the other's push */
   cr_assert_eq(store_offline_count(b, "alice@x"), 2);
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(b, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(b, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 2);
   cr_assert_str_eq(p.msgs[0], "<1/>");
   cr_assert_str_eq(p.msgs[1], "<2/>");
@@ -987,7 +1080,7 @@ static void *racer(void *arg) {
     return NULL;
   }
   for (int i = 0; i < PER_THREAD; i++) {
-    int rc = store_offline_push(s, "alice@x", "<m/>", 4, LIMIT);
+    int rc = store_offline_push(s, "alice@x", "<m/>", 4, LIMIT, 0);
     if (rc == 0)
       r->ok++;
     else if (rc == XMPP_ELIMIT)
@@ -1043,7 +1136,7 @@ STORE_TEST(reopen_persists) {
   cr_assert_str_eq(r.it[0].groups[0], "x,y");
   cr_assert_str_eq(r.it[0].groups[1], "\xe2\x9c\x93");
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 1);
   cr_assert_str_eq(p.msgs[0], "<persist/>");
   store_close(s);
@@ -1218,7 +1311,8 @@ Test(store_redis, key_layout) {
     cr_assert(strncmp(f->element[i]->str, "sha1_", 5) == 0 ||
                   strncmp(f->element[i]->str, "sha256_", 7) == 0 ||
                   strcmp(f->element[i]->str, "created") == 0 ||
-                  strcmp(f->element[i]->str, "offline_seq") == 0,
+                  strcmp(f->element[i]->str, "offline_seq") == 0 ||
+                  strcmp(f->element[i]->str, "offline_bytes") == 0,
               "field %s", f->element[i]->str);
   freeReplyObject(f);
   store_close(s);
@@ -1271,7 +1365,7 @@ Test(store_redis, batch_reports_at_flush) {
   cr_assert_eq(store_account_create(s, "alice@x", &a), XMPP_EEXIST); /* asked of Redis */
   cr_assert_eq(store_account_update(s, "nobody@x", &a), XMPP_ENOENT);
   cr_assert_eq(store_account_delete(s, "nobody@x"), XMPP_ENOENT);
-  cr_assert_eq(store_offline_push(s, "alice@x", "<2/>", 4, 1), 0); /* queued */
+  cr_assert_eq(store_offline_push(s, "alice@x", "<2/>", 4, 1, 0), 0); /* queued */
   cr_assert_eq(store_account_create(s, "bob@x", &a), 0);
   cr_assert_eq(store_batch_end(s, 1), XMPP_ELIMIT);
   cr_assert_eq(store_offline_count(s, "alice@x"), 1, "the limit held");
@@ -1353,7 +1447,7 @@ Test(store_redis, outage_then_reconnect_with_aof, .timeout = 60) {
   store_account_t want = mk_acct(1);
   expect_acct(&got, &want);
   popped_t p = {0};
-  cr_assert_eq(store_offline_pop_all(s, "alice@x", pop_cb, &p), 0);
+  cr_assert_eq(pop_all(s, "alice@x", pop_cb, &p), 0);
   cr_assert_eq(p.n, 1);
   cr_assert_str_eq(p.msgs[0], "<kept/>");
   /* A restart while the handle is idle: its dead connection is noticed before a write
