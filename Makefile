@@ -2,9 +2,10 @@
 #   make run    install what is missing, build, start a single-node server on 127.0.0.1
 #   make test   install what is missing, build (normal + ASan/UBSan + fuzz), run every test
 #   make fuzz   run every libFuzzer target longer (FUZZ_SECONDS each, default 300)
+#   make mutants  apply each bug of tests/mutants/ to a copy and check a test catches it
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build build-asan build-fuzz fuzz run test unit integration clean
+.PHONY: all deps build build-asan build-fuzz fuzz run test unit integration clean mutants
 
 all: build
 
@@ -28,6 +29,9 @@ build-fuzz: deps
 FUZZ_SECONDS ?= 300
 fuzz: build-fuzz
 	@bash tests/fuzz/run.sh -s $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+mutants: deps
+	@bash tests/mutants/run.sh $(MUTANTS)
 
 run: build
 	@bash deploy/run.sh
