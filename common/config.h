@@ -24,6 +24,7 @@ typedef struct xmpp_config {
   int require_tls;  /* bool: TLS before authentication */
   char *tls_ciphers;   /* "" = built-in list; else a subset/reordering of it */
   int tls_offload;  /* bool: TLS 1.3 records protected by the edge once the handshake is done */
+  int tls_rekey_records; /* AES-GCM records under one TLS 1.3 key before a KeyUpdate */
   /* [limits] */
   int max_stanza_bytes;
   int max_depth;

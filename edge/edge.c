@@ -139,6 +139,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     char *err = NULL;
     if (tls_set_ciphers(cfg->tls_ciphers, &err) == 0) e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
     tls_set_offload(cfg->tls_offload);
+    tls_set_rekey_records((uint64_t)cfg->tls_rekey_records);
     if (!e->tls) {
       log_error("TLS: %s", err);
       xfree(err);

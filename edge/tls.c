@@ -4,8 +4,11 @@
 #include <wolfssl/wolfcrypt/aes.h>
 #include <wolfssl/wolfcrypt/chacha20_poly1305.h>
 #include <wolfssl/wolfcrypt/ecc.h>
+#include <wolfssl/wolfcrypt/hash.h>
+#include <wolfssl/wolfcrypt/kdf.h>
 
 #include "edge/tls.h"
+#include "edge/tls_testing.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -36,12 +39,28 @@ struct tls_ctx {
 /* After a TLS 1.3 handshake the session is "offloaded": the traffic keys, IVs and
  * sequence numbers are copied out of wolfSSL, the WOLFSSL object (about 56 KB with
  * Debian's build) is freed, and records are protected here with wolfCrypt's AEADs
- * (RFC 8446 §5.2-5.3). What is left per connection is this struct. */
+ * (RFC 8446 §5.2-5.3). What is left per connection is this struct.
+ *
+ * Key updates (RFC 8446 §4.6.3, §7.2). The application traffic secrets are kept, so
+ * the next ones can be derived: Debian's wolfSSL has no secret callback, but it lets a
+ * context replace its HKDF-Expand-Label (a PK callback); ours computes the same thing
+ * and keeps the outputs labelled "c ap traffic" / "s ap traffic" of the handshake that
+ * runs on this thread (hkdf_cb). The offload checks them against wolfSSL's own keys.
+ * A client KeyUpdate moves the read key at once; update_requested is answered with one
+ * KeyUpdate before our next record, however many came while we were silent. We update
+ * our own key before rekey_records AES-GCM records (§5.5), and ask the client for an
+ * update when its records reach that count. */
 typedef struct tls_rec {
   int cipher;              /* wolfssl_aes_gcm or wolfssl_chacha */
-  uint32_t key_len;
+  uint8_t key_len;
+  uint8_t sec_len;         /* 32 (SHA-256 suites) or 48 (SHA-384) */
+  uint8_t owe_update;      /* the client sent update_requested: ours goes before our next record */
+  uint8_t asked;           /* we sent update_requested; cleared by the client's KeyUpdate */
+  uint8_t hs_len;          /* bytes of a KeyUpdate split over records, seen so far (< 5) */
+  uint8_t hs_req;          /* its request_update byte, once seen */
   uint8_t rkey[32], wkey[32];
   uint8_t riv[12], wiv[12];
+  uint8_t rsec[48], wsec[48]; /* current client and server application traffic secrets */
   uint64_t rseq, wseq;
   /* AES key schedules of a session that is busy; freed when it goes quiet (tls_conn_trim),
    * since an idle session should cost bytes, not a kilobyte of expanded keys */
@@ -61,6 +80,7 @@ struct tls_conn {
   int ready;
   int stopped;
   int offloaded;
+  uint8_t got_secrets; /* during the handshake: 1 client, 2 server application secret seen (hkdf_cb) */
   const char *version, *cipher_name; /* static strings, kept past the offload */
   tls_rec_t rec;
 };
@@ -108,6 +128,26 @@ int tls_set_ciphers(const char *list, char **err) {
   return 0;
 }
 
+/* The connection whose handshake runs on this thread (set around wolfSSL_accept). */
+static _Thread_local tls_conn_t *hs_conn;
+
+/* wolfSSL's HKDF-Expand-Label, computed the same way, keeping the application traffic
+ * secrets of hs_conn (see tls_rec_t). wolfSSL calls it for every TLS 1.3 derivation. */
+static int hkdf_cb(byte *okm, word32 okm_len, const byte *prk, word32 prk_len, const byte *protocol,
+                   word32 protocol_len, const byte *label, word32 label_len, const byte *info, word32 info_len,
+                   int digest, int side) {
+  int rc = wc_Tls13_HKDF_Expand_Label(okm, okm_len, prk, prk_len, protocol, protocol_len, label, label_len, info,
+                                      info_len, digest);
+  tls_conn_t *c = hs_conn;
+  if (rc != 0 || !c || label_len != 12 || (okm_len != 32 && okm_len != 48)) return rc;
+  int client = memcmp(label, "c ap traffic", 12) == 0;
+  if (!client && memcmp(label, "s ap traffic", 12) != 0) return rc;
+  memcpy(client ? c->rec.rsec : c->rec.wsec, okm, okm_len);
+  c->rec.sec_len = (uint8_t)okm_len;
+  c->got_secrets |= client ? 1 : 2;
+  return rc;
+}
+
 static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
   if (!ctx) {
@@ -137,6 +177,7 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
   int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1, WOLFSSL_ECC_SECP521R1};
   if (wolfSSL_CTX_set_groups(ctx, groups, (int)(sizeof groups / sizeof *groups)) != WOLFSSL_SUCCESS)
     log_warn("TLS: cannot set key-exchange group preference; using wolfSSL's default");
+  wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, hkdf_cb);
   wolfSSL_CTX_SetIORecv(ctx, io_recv);
   wolfSSL_CTX_SetIOSend(ctx, io_send);
   return ctx;
@@ -212,6 +253,38 @@ int tls_conn_ready(const tls_conn_t *c) { return c->ready; }
 static int offload_enabled = 1;
 void tls_set_offload(int on) { offload_enabled = on; }
 
+/* RFC 8446 §5.5: at most 2^24.5 full-size records under one AES-GCM key. We update our
+ * key at rekey_records and ask the client to at the same count of its records; a client
+ * still on its key at REKEY_HARD (2^24 + 2^22, under 2^24.5: room for the records it
+ * sent before our request reached it) is disconnected. ChaCha20-Poly1305 has no
+ * practical limit (2^64 records). */
+static uint64_t rekey_records = 1ULL << 24;
+void tls_set_rekey_records(uint64_t n) { rekey_records = n && n < (1ULL << 24) ? n : 1ULL << 24; }
+#define REKEY_HARD ((1ULL << 24) + (1ULL << 22))
+
+static int hkdf_label(uint8_t *out, size_t out_len, const uint8_t *secret, size_t sec_len, const char *label) {
+  return wc_Tls13_HKDF_Expand_Label(out, (word32)out_len, secret, (word32)sec_len, (const byte *)"tls13 ", 6,
+                                    (const byte *)label, (word32)strlen(label), (const byte *)"", 0,
+                                    sec_len == 48 ? WC_SHA384 : WC_SHA256) == 0
+             ? 0
+             : XMPP_ERR;
+}
+
+int tls_traffic_keys(const uint8_t *secret, size_t sec_len, uint8_t *key, size_t key_len, uint8_t iv[12]) {
+  if ((sec_len != 32 && sec_len != 48) || (key_len != 16 && key_len != 32)) return XMPP_EINVAL;
+  return hkdf_label(key, key_len, secret, sec_len, "key") || hkdf_label(iv, 12, secret, sec_len, "iv") ? XMPP_ERR
+                                                                                                         : 0;
+}
+
+int tls_traffic_next(uint8_t *secret, size_t sec_len) {
+  if (sec_len != 32 && sec_len != 48) return XMPP_EINVAL;
+  uint8_t next[48];
+  int rc = hkdf_label(next, sec_len, secret, sec_len, "traffic upd");
+  if (rc == 0) memcpy(secret, next, sec_len);
+  explicit_bzero(next, sizeof next);
+  return rc;
+}
+
 static void nonce(uint8_t out[12], const uint8_t iv[12], uint64_t seq) {
   memcpy(out, iv, 12);
   for (int i = 0; i < 8; i++) out[11 - i] ^= (uint8_t)(seq >> (8 * i));
@@ -259,19 +332,39 @@ static int aead(tls_rec_t *r, int enc, const uint8_t *key, const uint8_t n[12], 
   return rc == 0 ? 0 : -1;
 }
 
-/* Appends one protected record (inner content type 'type') to the out buffer. */
-/* RFC 8446 §5.5: at most 2^24.5 full-size records under one AES-GCM key. The edge cannot
- * send KeyUpdate (no traffic secret, see above), so the connection ends before the limit
- * and the client reconnects; ChaCha20-Poly1305 has no practical limit. */
-#define AES_GCM_RECORD_LIMIT (1ULL << 24)
-
-static int key_exhausted(const tls_rec_t *r, uint64_t seq) {
-  return r->cipher == wolfssl_aes_gcm && seq >= AES_GCM_RECORD_LIMIT;
+/* Moves one direction to its next traffic secret, key and IV (RFC 8446 §7.2); the
+ * expanded AES key of the old one goes (the next record expands the new one). */
+static int key_next(tls_rec_t *r, int write) {
+  uint8_t *sec = write ? r->wsec : r->rsec;
+  if (tls_traffic_next(sec, r->sec_len) != 0 ||
+      tls_traffic_keys(sec, r->sec_len, write ? r->wkey : r->rkey, r->key_len, write ? r->wiv : r->riv) != 0)
+    return XMPP_ERR;
+  aes_drop(&r->aes[write ? 1 : 0]);
+  if (write) r->wseq = 0;
+  else r->rseq = 0;
+  return 0;
 }
 
+static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len);
+
+/* Sends KeyUpdate under the current key, then moves to the next (§4.6.3: the sender
+ * switches after sending it). Answers a pending update_requested as well. */
+static int key_update_out(tls_conn_t *c, int request) {
+  tls_rec_t *r = &c->rec;
+  const char m[5] = {24 /* key_update */, 0, 0, 1, (char)request};
+  if (rec_seal(c, 22, m, sizeof m) != 0 || key_next(r, 1) != 0) return XMPP_ERR;
+  r->owe_update = 0;
+  if (request) r->asked = 1;
+  return 0;
+}
+
+/* Appends one protected record (inner content type 'type') to the out buffer. Before
+ * application data: the KeyUpdate we owe the client, or ours at the record limit. */
 static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
   tls_rec_t *r = &c->rec;
-  if (key_exhausted(r, r->wseq)) return XMPP_ERR;
+  if (type == 23 && (r->owe_update || (r->cipher == wolfssl_aes_gcm && r->wseq >= rekey_records)) &&
+      key_update_out(c, 0) != 0)
+    return XMPP_ERR;
   uint8_t inner[REC_MAX_PLAIN + 1];
   memcpy(inner, data, len);
   inner[len] = type;
@@ -292,6 +385,35 @@ static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
 static void rec_alert(tls_conn_t *c, uint8_t level, uint8_t desc) {
   const char a[2] = {(char)level, (char)desc};
   rec_seal(c, 21, a, 2);
+}
+
+enum { ALERT_UNEXPECTED_MESSAGE = 10, ALERT_ILLEGAL_PARAMETER = 47, ALERT_DECODE_ERROR = 50,
+       ALERT_INTERNAL_ERROR = 80 };
+
+/* A handshake record from the client after the handshake: it may only carry KeyUpdate
+ * (we never request a certificate, and tickets go the other way). KeyUpdate is type 24,
+ * length 1, request_update 0 or 1 (§4.6.3), and must end its record (§5.1: the key
+ * changes after it); split over records it is legal, so its bytes are checked as they
+ * come. 0, or the alert to send. One derivation per KeyUpdate: each costs the client a
+ * record, and the bytes are charged to the connection's shaper like any others. */
+static int key_update_in(tls_conn_t *c, const uint8_t *p, size_t n) {
+  tls_rec_t *r = &c->rec;
+  if (n == 0) return ALERT_UNEXPECTED_MESSAGE; /* §5.1: no zero-length handshake fragments */
+  for (size_t i = 0; i < n; i++) {
+    uint8_t k = r->hs_len, b = p[i];
+    if (k == 5) return ALERT_UNEXPECTED_MESSAGE; /* more after a KeyUpdate in its record */
+    if (k == 0 && b != 24) return ALERT_UNEXPECTED_MESSAGE;
+    if (k >= 1 && k <= 3 && b != (k == 3 ? 1 : 0)) return ALERT_DECODE_ERROR;
+    if (k == 4 && b > 1) return ALERT_ILLEGAL_PARAMETER;
+    if (k == 4) r->hs_req = b;
+    r->hs_len++;
+  }
+  if (r->hs_len < 5) return 0; /* the rest comes in the next record */
+  r->hs_len = 0;
+  if (key_next(r, 0) != 0) return ALERT_INTERNAL_ERROR;
+  r->asked = 0;
+  if (r->hs_req) r->owe_update = 1;
+  return 0;
 }
 
 static int offload(tls_conn_t *c) {
@@ -316,11 +438,18 @@ static int offload(tls_conn_t *c) {
   if (!ck || !sk || !civ || !siv) return 0;
   tls_rec_t *r = &c->rec;
   r->cipher = bulk;
-  r->key_len = (uint32_t)klen;
-  memcpy(r->rkey, ck, (size_t)klen); /* we are the server: we read what the client writes */
-  memcpy(r->wkey, sk, (size_t)klen);
-  memcpy(r->riv, civ, 12);
-  memcpy(r->wiv, siv, 12);
+  r->key_len = (uint8_t)klen;
+  /* the secrets hkdf_cb kept must give wolfSSL's keys, or wolfSSL keeps the session
+   * (it can update keys itself) */
+  if (c->got_secrets != 3 ||
+      tls_traffic_keys(r->rsec, r->sec_len, r->rkey, r->key_len, r->riv) != 0 ||
+      tls_traffic_keys(r->wsec, r->sec_len, r->wkey, r->key_len, r->wiv) != 0 ||
+      memcmp(r->rkey, ck, (size_t)klen) || memcmp(r->wkey, sk, (size_t)klen) || memcmp(r->riv, civ, 12) ||
+      memcmp(r->wiv, siv, 12)) {
+    log_warn("TLS: the application traffic secrets were not captured; this session keeps wolfSSL");
+    explicit_bzero(r, sizeof *r);
+    return 0;
+  }
   r->rseq = rseq;
   r->wseq = wseq;
   c->version = wolfSSL_get_version(ssl);
@@ -355,7 +484,9 @@ static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls
       break;
     }
     if (avail < REC_HDR + len) break;
-    if (key_exhausted(r, r->rseq)) {
+    if (r->cipher == wolfssl_aes_gcm && r->rseq >= REKEY_HARD) {
+      log_info("TLS: client sent %llu AES-GCM records under one key without updating it, closing",
+               (unsigned long long)r->rseq);
       rc = XMPP_ERR;
       break;
     }
@@ -376,9 +507,30 @@ static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls
       break;
     }
     uint8_t type = plain[--plen];
+    if (r->hs_len && type != 22) {
+      rec_alert(c, 2, ALERT_UNEXPECTED_MESSAGE); /* §5.1: a split handshake message, interleaved */
+      rc = XMPP_ERR;
+      break;
+    }
+    if (type == 22) {
+      int alert = key_update_in(c, plain, plen);
+      if (alert) {
+        log_info("TLS: bad post-handshake message from client (handshake type %d, %zu bytes), alert %d", plain[0],
+                 plen, alert);
+        rec_alert(c, 2, (uint8_t)alert);
+        rc = XMPP_ERR;
+        break;
+      }
+      continue;
+    }
     if (type == 23) {
       if (plen > REC_MAX_PLAIN) {
         rec_alert(c, 2, 22);
+        rc = XMPP_ERR;
+        break;
+      }
+      /* the client's records reach the limit: ask for its KeyUpdate (once per key) */
+      if (r->cipher == wolfssl_aes_gcm && r->rseq >= rekey_records && !r->asked && key_update_out(c, 1) != 0) {
         rc = XMPP_ERR;
         break;
       }
@@ -390,11 +542,9 @@ static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls
       rc = XMPP_ERR;
       break;
     }
-    /* post-handshake messages: a client sends none but KeyUpdate, whose next secret
-     * cannot be derived once wolfSSL is gone (docs/memory.md) */
-    log_info("TLS: post-handshake message (content type %d, handshake type %d) from client, closing", type,
-             plen ? plain[0] : -1);
-    rec_alert(c, 2, type == 22 ? 80 /* internal_error */ : 10 /* unexpected_message */);
+    /* change_cipher_spec or an unknown type after the handshake (§5) */
+    log_info("TLS: record of content type %d from client after the handshake, closing", type);
+    rec_alert(c, 2, ALERT_UNEXPECTED_MESSAGE);
     rc = XMPP_ERR;
     break;
   }
@@ -426,10 +576,12 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
   buf_append(&c->in, data, len);
   int rc = 0;
   if (!c->ready) {
+    hs_conn = c;
     int r = wolfSSL_accept(c->ssl);
+    hs_conn = NULL;
     if (r == WOLFSSL_SUCCESS) {
       c->ready = 1;
-      offload(c);
+      if (!offload(c)) explicit_bzero(&c->rec, sizeof c->rec); /* wolfSSL keeps its own secrets */
       ready(ud);
     } else {
       int e = wolfSSL_get_error(c->ssl, r);
@@ -480,6 +632,13 @@ int tls_conn_write(tls_conn_t *c, const char *data, size_t len) {
   }
   while (len) {
     int chunk = len > 16384 ? 16384 : (int)len;
+    if (wolfSSL_version(c->ssl) == TLS1_3_VERSION && wolfSSL_GetBulkCipher(c->ssl) == wolfssl_aes_gcm) {
+      /* a TLS 1.3 session wolfSSL keeps updates its key at the same count (§5.5); wolfSSL
+       * does not by itself. Its KeyUpdate asks the client to update too. */
+      word64 seq = 0;
+      wolfSSL_GetSequenceNumber(c->ssl, &seq);
+      if (seq >= rekey_records && wolfSSL_update_keys(c->ssl) != WOLFSSL_SUCCESS) return XMPP_ERR;
+    }
     int n = wolfSSL_write(c->ssl, data, chunk);
     if (n <= 0) return XMPP_ERR;
     data += n;

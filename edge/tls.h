@@ -7,6 +7,7 @@
 #define XMPP_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/buf.h"
 
@@ -25,6 +26,9 @@ int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, ch
 void tls_thread_cleanup(void);
 /* Whether TLS 1.3 sessions drop their wolfSSL object after the handshake (default on). */
 void tls_set_offload(int on);
+/* tls.rekey_records: AES-GCM records under one TLS 1.3 traffic key before the edge
+ * updates it (RFC 8446 §5.5); 0 = the default, 2^24. Call before any connection. */
+void tls_set_rekey_records(uint64_t n);
 /* tls.ciphers: a colon list drawn from the built-in suites (reorders or narrows them);
  * NULL or "" = the built-in list. XMPP_EINVAL with *err for a name outside it. */
 int tls_set_ciphers(const char *list, char **err);
