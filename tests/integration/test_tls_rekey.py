@@ -152,7 +152,6 @@ class RekeyClient:
         self.proc.stderr.close()
 
 
-@unittest.skipUnless(os.path.exists(CLIENT), "tls_rekey_client not built (libssl-dev missing)")
 class RekeyTest(ServerTest):
     users = ("alice", "bob")
 
@@ -293,7 +292,6 @@ class RekeyTest(ServerTest):
         a.close()
 
 
-@unittest.skipUnless(os.path.exists(CLIENT), "tls_rekey_client not built (libssl-dev missing)")
 class RecordLimitTest(ServerTest):
     """tls.rekey_records lowered so a test can pass the AES-GCM record limit (RFC 8446
     §5.5) both ways: the server sends KeyUpdate before its own limit and asks the client
@@ -345,7 +343,6 @@ class RecordLimitTest(ServerTest):
         self.check_limit("TLS_CHACHA20_POLY1305_SHA256", False)
 
 
-@unittest.skipUnless(os.path.exists(CLIENT), "tls_rekey_client not built (libssl-dev missing)")
 class NoOffloadRecordLimitTest(ServerTest):
     """Sessions wolfSSL keeps (tls.offload off) update the server's key at the same count:
     wolfSSL_update_keys, whose KeyUpdate asks the client to update too."""
@@ -367,7 +364,6 @@ class NoOffloadRecordLimitTest(ServerTest):
         b.close()
 
 
-@unittest.skipUnless(os.path.exists(CLIENT), "tls_rekey_client not built (libssl-dev missing)")
 class NoOffloadRekeyTest(RekeyTest):
     """The same with tls.offload off: wolfSSL keeps every session and handles KeyUpdate."""
     server_options = {"tls.offload": "false"}
