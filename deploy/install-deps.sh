@@ -12,6 +12,8 @@ PKGS=(
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
   # tests
   libcriterion-dev python3 python3-slixmpp
+  # tests: a second, independent client library (aioxmpp) for the router modules
+  python3-aioxmpp
   # tests: test_tls_rekey.py's TLS client (tests/tools/tls_rekey_client.c) on OpenSSL
   libssl-dev
   # tests: the Redis store suites start their own redis-server (never the system service)

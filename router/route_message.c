@@ -10,9 +10,9 @@
  * message to an online full JID -> that resource.
  * No such account -> <service-unavailable/> (§8.5.1), hiding whether it exists.
  * IQ to a full JID -> that resource if online, else <service-unavailable/>; IQ to a bare
- * JID is answered by the server on the account's behalf: nothing is offered there but
- * the roster, which only the account itself may use, so <service-unavailable/>. */
-#include "router/router_internal.h"
+ * JID is answered by the server on the account's behalf, by the module that handles its
+ * namespace there (router/module.h: disco, ping, ...), else <service-unavailable/>. */
+#include "router/module.h"
 
 #include <string.h>
 
@@ -63,14 +63,20 @@ void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_
 
 void route_iq_inbound(worker_t *w, const char *from, const char *to, xnode_t *st) {
   user_t *u = user_get(w, w_bare(w, to));
-  const char *type = xnode_attr(st, "type");
-  int request = type && (!strcmp(type, "get") || !strcmp(type, "set"));
-  if (strchr(to, '/')) {
+  int full = strchr(to, '/') != NULL;
+  if (full) {
     session_t *s = user_session(u, to);
     if (s) {
       w_deliver(w, s, from, to, st);
       return;
     }
   }
-  if (request) w_error(w, from, to, st, "cancel", "service-unavailable");
+  if (!user_exists(w, u)) { /* §8.5.1: no such account; an error or result is dropped */
+    const char *type = xnode_attr(st, "type");
+    if (type && (!strcmp(type, "get") || !strcmp(type, "set"))) w_error(w, from, to, st, "cancel", "service-unavailable");
+    return;
+  }
+  /* answered by the server on the account's behalf (§8.5.2.1.3 bare; §8.5.3.2.2 full:
+   * no module takes those, so <service-unavailable/>) */
+  modules_iq(w, full ? MOD_AT_FULL : MOD_AT_ACCOUNT, u, NULL, from, to, st);
 }

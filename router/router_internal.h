@@ -27,6 +27,7 @@ typedef struct session {
   uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
   size_t presence_len;
   strmap_t *directed;   /* full/bare JIDs that got directed presence (RFC 6121 §4.6.3) */
+  void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
 } session_t;
 
 typedef struct ritem {
@@ -73,6 +74,7 @@ struct worker {
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
   strmap_t *prefetched; /* bare -> roster read ahead for the batch being handled (roster.c) */
   strmap_t *offline_empty; /* bares whose offline queue this batch found empty (offline.c) */
+  void **mod_state;     /* the modules' per-worker state, in table order (router/module.h) */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */
@@ -170,7 +172,5 @@ void offline_session_gone(worker_t *w, user_t *u, session_t *s);
 void offline_prefetch(worker_t *w, const char *const *bares, size_t n);
 void offline_prefetch_end(worker_t *w);
 
-/* server_iq.c (XEP-0030, XEP-0199, XEP-0092) */
-void server_iq(worker_t *w, session_t *s, xnode_t *iq);
 
 #endif

@@ -4,7 +4,7 @@
  * connection is told <conflict/> (BUS_KICK) and its presence ends as if it had gone
  * unavailable. A close from an edge is honoured only when it names the connection the
  * session is on now, so a late close of a replaced connection changes nothing. */
-#include "router/router_internal.h"
+#include "router/module.h"
 
 #include <string.h>
 
@@ -20,6 +20,7 @@ static void unlink_session(user_t *u, session_t *s) {
 }
 
 void session_free(session_t *s) {
+  modules_session_free(s);
   xfree(s->full);
   xfree(s->presence);
   strmap_free(s->directed, NULL);
@@ -37,6 +38,8 @@ static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
 }
 
 void session_remove(worker_t *w, user_t *u, session_t *s) {
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
+  modules_hook(HOOK_SESSION_CLOSE, &e);
   dir_session_gone(w, s);
   unlink_session(u, s);
   offline_session_gone(w, u, s);
@@ -85,6 +88,8 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   u->exists = 1;
   roster_adopt(w, u);
   dir_session(w, s);
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
+  modules_hook(HOOK_SESSION_OPEN, &e);
   ack(w, f, BUS_ACK_OPEN);
   log_debug("session %s open at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
 }

@@ -4,7 +4,7 @@
  * before the next (single-threaded per shard: no locks on session state). Users are
  * created on first reference and dropped again after the frame when they have no
  * session, so memory follows the online population, not the account count. */
-#include "router/router_internal.h"
+#include "router/module.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -149,30 +149,28 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     }
     return;
   }
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = from, .to = to, .st = st};
   if (!strcmp(st->name, "presence")) {
+    if (modules_hook(HOOK_PRESENCE_OUT, &e) == MOD_STOP) return;
     int avail = s->available, prio = s->priority;
     presence_outbound(w, u, s, *to ? to : NULL, st);
     if (s->available != avail || s->priority != prio) dir_session(w, s);
     return;
   }
   if (!strcmp(st->name, "iq")) {
-    if (!*to || !strcmp(to, u->bare)) {
-      /* addressed to the account itself (RFC 6120 §10.3.3) */
-      if (xnode_child(st, "query", NS_ROSTER)) {
-        roster_iq(w, u, s, st);
-      } else {
-        const char *type = xnode_attr(st, "type");
-        if (type && (!strcmp(type, "get") || !strcmp(type, "set")))
-          w_error(w, from, u->bare, st, "cancel", "service-unavailable");
-      }
+    if (!*to || !strcmp(to, u->bare)) { /* to the account itself (RFC 6120 §10.3.3) */
+      modules_iq(w, MOD_AT_ACCOUNT, u, s, from, to, st);
       return;
     }
     if (!strcmp(to, w->cfg->domain)) {
-      server_iq(w, s, st);
+      modules_iq(w, MOD_AT_SERVER, NULL, s, from, to, st);
       return;
     }
   }
-  if (!strcmp(st->name, "message") && !*to) to = u->bare; /* RFC 6120 §10.3.1 */
+  if (!strcmp(st->name, "message")) {
+    if (!*to) e.to = to = u->bare; /* RFC 6120 §10.3.1 */
+    if (modules_hook(HOOK_MESSAGE_OUT, &e) == MOD_STOP) return;
+  }
   if (!strcmp(to, w->cfg->domain)) {
     if (!strcmp(st->name, "message")) w_error(w, from, to, st, "cancel", "service-unavailable");
     return;
@@ -188,8 +186,13 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
 static void handle_route(worker_t *w, const bus_frame_t *f, xnode_t *st, const bus_addr_t *skip) {
   char *from = arena_strndup(&w->arena, f->from, f->from_len);
   char *to = arena_strndup(&w->arena, f->to, f->to_len);
-  if (!strcmp(st->name, "message")) route_message_inbound(w, from, to, st, skip);
-  else if (!strcmp(st->name, "presence")) presence_inbound(w, from, to, st, f->flags);
+  int msg = !strcmp(st->name, "message"), pres = !msg && !strcmp(st->name, "presence");
+  if (msg || pres) {
+    mod_event_t e = {.w = w, .u = user_get(w, w_bare(w, to)), .from = from, .to = to, .st = st, .skip = skip};
+    if (modules_hook(msg ? HOOK_MESSAGE_IN : HOOK_PRESENCE_IN, &e) == MOD_STOP) return;
+  }
+  if (msg) route_message_inbound(w, from, to, st, skip);
+  else if (pres) presence_inbound(w, from, to, st, f->flags);
   else if (!strcmp(st->name, "iq")) route_iq_inbound(w, from, to, st);
 }
 
@@ -299,6 +302,8 @@ static void prefetch(worker_t *w, bus_msg_t *batch) {
 
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
+  mod_event_t be = {.w = w};
+  modules_hook(HOOK_BATCH_BEGIN, &be);
   prefetch(w, batch);
   while (batch) {
     bus_msg_t *m = batch;
@@ -324,6 +329,9 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
   }
   roster_prefetch_end(w);
   offline_prefetch_end(w);
+  modules_hook(HOOK_BATCH_END, &be);
+  release_touched(w);
+  arena_reset(&w->arena);
 }
 
 static void close_noop(uv_handle_t *h) {}
@@ -370,6 +378,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     w->stop.data = w;
     bus_queue_init(&bus->worker_q[i], &w->loop, queue_cb, w);
     dir_open(w);
+    modules_worker_init(w);
   }
   return r;
 }
@@ -391,6 +400,7 @@ void router_free(router_t *r) {
     worker_t *w = &r->workers[i];
     uv_loop_close(&w->loop);
     strmap_free(w->users, user_free);
+    modules_worker_free(w);
     xfree(w->owner_view);
     arena_free(&w->arena);
     buf_free(&w->scratch);

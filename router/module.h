@@ -1,0 +1,129 @@
+/* Router modules: how a feature (an XEP) plugs into the router without the core naming
+ * its namespace.
+ *
+ * A module is one const table (module_t) in its own file (router/mod_*.c) and one line in
+ * router/modules.c. It declares:
+ *  - disco identities and features: disco#info on the server and on an account's bare
+ *    JID is built from every module's table (mod_disco.c);
+ *  - IQ handlers keyed by the payload's namespace (and element name), the IQ types and
+ *    the address the IQ is sent to: the server's domain, an account's bare JID (the
+ *    server answers on the account's behalf, RFC 6120 §10.3.3), or a full JID whose
+ *    resource is not online; an IQ request no handler takes gets <service-unavailable/>
+ *    (RFC 6120 §8.4);
+ *  - hooks at named points of the stanza flow (mod_hook_t): a hook sees the event and
+ *    may take the stanza over (MOD_STOP: the core does nothing more with it);
+ *  - a per-worker state slot it owns (worker_init / worker_free), and per-session
+ *    state through mod_session_state.
+ * Everything a module runs on is its worker's thread: no locks, as for the core.
+ *
+ * Modelled on Prosody's module:hook / module:add_feature and ejabberd's gen_iq_handler:
+ * see docs/architecture.md, "Adding a feature". */
+#ifndef XMPP_ROUTER_MODULE_H
+#define XMPP_ROUTER_MODULE_H
+
+#include "router/router_internal.h"
+
+/* Where an IQ is addressed (mod_iq_t.at, a mask). */
+enum {
+  MOD_AT_SERVER = 1 << 0,  /* to the server's domain */
+  MOD_AT_ACCOUNT = 1 << 1, /* to an account's bare JID, or with no 'to' (the sender's own) */
+  MOD_AT_FULL = 1 << 2,    /* to a full JID of a local account whose resource is not online */
+};
+/* Who may use it (mod_iq_t.who). */
+enum {
+  MOD_ANYONE = 0,
+  MOD_SELF = 1,    /* only the account itself (MOD_AT_ACCOUNT) */
+  MOD_CONTACT = 2, /* the account itself, or an entity subscribed to its presence */
+};
+enum { MOD_GET = 1 << 0, MOD_SET = 1 << 1 };
+
+/* One IQ, as a handler sees it. */
+typedef struct mod_iq_ctx {
+  worker_t *w;
+  user_t *u;         /* the account addressed (MOD_AT_ACCOUNT, MOD_AT_FULL), else NULL */
+  session_t *s;      /* the sender's session when it is one of this worker's, else NULL */
+  const char *from;  /* full JID of the sender */
+  const char *to;    /* as addressed (the domain, a bare or a full JID) */
+  xnode_t *iq;       /* the whole IQ */
+  xnode_t *payload;  /* its one child */
+  int self;          /* the sender is the account addressed */
+} mod_iq_ctx_t;
+
+typedef struct mod_iq {
+  const char *ns;    /* payload namespace; NULL ends the list */
+  const char *name;  /* payload element name (NULL: any) */
+  unsigned types;    /* MOD_GET | MOD_SET */
+  unsigned at;       /* MOD_AT_* mask */
+  unsigned who;      /* MOD_ANYONE, MOD_SELF, MOD_CONTACT */
+  void (*handle)(mod_iq_ctx_t *c);
+} mod_iq_t;
+
+/* Hook points. */
+typedef enum {
+  HOOK_MESSAGE_OUT,   /* a bound client sent a message (sender's shard, before routing) */
+  HOOK_MESSAGE_IN,    /* a message for a local account (its shard, before the delivery rules) */
+  HOOK_PRESENCE_OUT,  /* a bound client sent a presence (sender's shard, before processing) */
+  HOOK_PRESENCE_IN,   /* a presence for a local account (its shard, before processing) */
+  HOOK_SESSION_OPEN,  /* a resource was bound (e.s) */
+  HOOK_SESSION_CLOSE, /* a session is ending (e.s, still in e.u) */
+  HOOK_ROSTER_CHANGE, /* e.u's roster item for e.to changed (pushed to its resources) */
+  HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.u, e.s NULL) */
+  HOOK_BATCH_END,     /* ... and ends */
+  HOOK_COUNT
+} mod_hook_t;
+
+typedef struct mod_event {
+  worker_t *w;
+  user_t *u;            /* the account concerned: sender (_OUT), recipient (_IN) */
+  session_t *s;         /* the session concerned, if any */
+  const char *from;
+  const char *to;
+  xnode_t *st;          /* the stanza, if any (it may be changed: clear w->frame_tree) */
+  const bus_addr_t *skip; /* _IN of a bounced message: the connection it came back from */
+} mod_event_t;
+
+enum { MOD_OK = 0, MOD_STOP = 1 };
+typedef int (*mod_hook_fn)(mod_event_t *e);
+
+typedef struct mod_identity {
+  const char *category, *type, *name; /* category NULL ends the list */
+} mod_identity_t;
+
+typedef struct module {
+  const char *name;
+  const mod_identity_t *server_identities; /* disco#info of the server */
+  const char *const *server_features;      /* NULL-terminated */
+  const char *const *account_features;     /* disco#info of an account's bare JID */
+  const mod_iq_t *iqs;                     /* ends with ns NULL */
+  mod_hook_fn hooks[HOOK_COUNT];
+  void *(*worker_init)(worker_t *w);       /* the module's per-worker state */
+  void (*worker_free)(worker_t *w, void *state);
+  void (*session_free)(void *state);       /* frees its per-session state */
+} module_t;
+
+/* modules.c: the table, and the core's calls into it */
+extern const module_t *const modules[];
+extern const size_t nmodules;
+
+void modules_worker_init(worker_t *w);
+void modules_worker_free(worker_t *w);
+/* Runs the hooks of point h in table order until one returns MOD_STOP (returned). */
+int modules_hook(mod_hook_t h, mod_event_t *e);
+/* Dispatches an IQ get/set addressed at 'at' (MOD_AT_*) to the module that handles it;
+ * none: <service-unavailable/>. An IQ result or error is absorbed. */
+void modules_iq(worker_t *w, unsigned at, user_t *u, session_t *s, const char *from, const char *to, xnode_t *iq);
+/* A module's state on this worker (what its worker_init returned). */
+void *mod_worker_state(worker_t *w, const module_t *m);
+/* A module's slot on a session (NULL until set); freed with the session by its
+ * session_free. */
+void **mod_session_state(session_t *s, const module_t *m);
+void modules_session_free(session_t *s);
+
+/* Replies to c's IQ with a result carrying payload (may be NULL), or with an error. */
+void mod_iq_result(mod_iq_ctx_t *c, xnode_t *payload);
+void mod_iq_error(mod_iq_ctx_t *c, const char *type, const char *cond);
+/* 1 when 'from' (a full or bare JID) may see u's presence: u itself, or a contact with
+ * subscription 'from' or 'both' in u's roster (RFC 6121 §3). */
+int mod_is_contact(worker_t *w, user_t *u, const char *from);
+
+#endif

@@ -1,0 +1,114 @@
+/* The module table (router/module.h) and the core's calls into it.
+ *
+ * Adding a module: its file router/mod_NAME.c defining `const module_t mod_NAME`, and
+ * one line in the table below. Order matters only for hooks (they run in table order). */
+#include "router/module.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
+
+const module_t *const modules[] = {
+    &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
+};
+const size_t nmodules = sizeof modules / sizeof modules[0];
+
+static size_t index_of(const module_t *m) {
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i] == m) return i;
+  log_error("module %s is not in the table", m->name);
+  abort();
+}
+
+void modules_worker_init(worker_t *w) {
+  w->mod_state = xcalloc(nmodules, sizeof *w->mod_state);
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i]->worker_init) w->mod_state[i] = modules[i]->worker_init(w);
+}
+
+void modules_worker_free(worker_t *w) {
+  if (!w->mod_state) return;
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i]->worker_free) modules[i]->worker_free(w, w->mod_state[i]);
+  xfree(w->mod_state);
+  w->mod_state = NULL;
+}
+
+void *mod_worker_state(worker_t *w, const module_t *m) { return w->mod_state[index_of(m)]; }
+
+void **mod_session_state(session_t *s, const module_t *m) {
+  if (!s->mod) s->mod = xcalloc(nmodules, sizeof *s->mod);
+  return &s->mod[index_of(m)];
+}
+
+void modules_session_free(session_t *s) {
+  if (!s->mod) return;
+  for (size_t i = 0; i < nmodules; i++)
+    if (s->mod[i] && modules[i]->session_free) modules[i]->session_free(s->mod[i]);
+  xfree(s->mod);
+  s->mod = NULL;
+}
+
+int modules_hook(mod_hook_t h, mod_event_t *e) {
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i]->hooks[h] && modules[i]->hooks[h](e) == MOD_STOP) return MOD_STOP;
+  return MOD_OK;
+}
+
+int mod_is_contact(worker_t *w, user_t *u, const char *from) {
+  char *bare = w_bare(w, from);
+  if (!strcmp(bare, u->bare)) return 1;
+  ritem_t *it = strmap_get(user_roster(w, u), bare);
+  return it && (it->sub == SUB_FROM || it->sub == SUB_BOTH);
+}
+
+/* The reply's 'from': what the request was sent to; nothing when it had no 'to' (the
+ * account's own, RFC 6120 §10.3.3). */
+static const char *reply_from(const mod_iq_ctx_t *c) { return c->to && *c->to ? c->to : NULL; }
+
+static void send_reply(mod_iq_ctx_t *c, xnode_t *res) {
+  if (c->s) w_deliver(c->w, c->s, reply_from(c), c->s->full, res);
+  else w_route(c->w, reply_from(c) ? reply_from(c) : c->w->cfg->domain, c->from, res, BUS_F_SERVER);
+}
+
+void mod_iq_result(mod_iq_ctx_t *c, xnode_t *payload) {
+  arena_t *a = &c->w->arena;
+  xnode_t *res = xnode_new(a, "iq", NS_CLIENT);
+  xnode_set_attr(a, res, "type", "result");
+  xnode_set_attr(a, res, "id", xnode_attr(c->iq, "id"));
+  if (payload) xnode_append(res, payload);
+  send_reply(c, res);
+}
+
+void mod_iq_error(mod_iq_ctx_t *c, const char *type, const char *cond) {
+  xnode_t *e = stanza_error_reply(&c->w->arena, c->iq, type, cond);
+  if (e) send_reply(c, e);
+}
+
+void modules_iq(worker_t *w, unsigned at, user_t *u, session_t *s, const char *from, const char *to, xnode_t *iq) {
+  const char *type = xnode_attr(iq, "type");
+  unsigned t = !type ? 0 : !strcmp(type, "get") ? MOD_GET : !strcmp(type, "set") ? MOD_SET : 0;
+  if (!t) return; /* a result or an error for the server or an account: absorbed */
+  mod_iq_ctx_t c = {w, u, s, from, to, iq, xnode_first_elem(iq), 0};
+  c.self = u && !strcmp(w_bare(w, from), u->bare);
+  if (!c.payload) {
+    mod_iq_error(&c, "modify", "bad-request"); /* RFC 6120 §8.2.3: exactly one child */
+    return;
+  }
+  for (size_t i = 0; i < nmodules; i++) {
+    for (const mod_iq_t *h = modules[i]->iqs; h && h->ns; h++) {
+      if (!(h->at & at) || !(h->types & t) || strcmp(h->ns, c.payload->ns) ||
+          (h->name && strcmp(h->name, c.payload->name)))
+        continue;
+      /* not for this sender: answered as if nothing were there (no information given) */
+      if (u && ((h->who == MOD_SELF && !c.self) || (h->who == MOD_CONTACT && !c.self && !mod_is_contact(w, u, from))))
+        break;
+      h->handle(&c);
+      return;
+    }
+  }
+  mod_iq_error(&c, "cancel", "service-unavailable");
+}
