@@ -17,6 +17,8 @@
  *   roster_groups(owner, contact, pos, grp, PK(owner, contact, pos)): one row per group,
  *     so a group name may hold any character (commas, quotes, newlines...) unescaped;
  *     pos keeps the order the groups were given in.
+ *   accounts.roster_items (version 2): the number of the account's roster rows, kept by
+ *     triggers on roster (store_roster_count reads it: no count over the rows).
  *   offline(id AUTOINCREMENT, owner, stamp unix seconds, xml BLOB), index (owner, id):
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
  * roster.owner and offline.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
@@ -44,7 +46,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 1
+#define SQ_SCHEMA_VERSION 2
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -111,12 +113,24 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ROSTER_DELETE] = "DELETE FROM roster WHERE owner = ?1 AND contact = ?2",
     [Q_ROSTER_SELECT_ONE] = "SELECT name, sub, ask_out, pending_in FROM roster "
                             "WHERE owner = ?1 AND contact = ?2",
-    [Q_ROSTER_COUNT] = "SELECT count(*) FROM roster WHERE owner = ?1",
+    [Q_ROSTER_COUNT] = "SELECT roster_items FROM accounts WHERE jid = ?1",
     [Q_OFF_COUNT] = "SELECT count(*) FROM offline WHERE owner = ?1",
     [Q_OFF_INSERT] = "INSERT INTO offline (owner, stamp, xml) VALUES (?1, ?2, ?3)",
     [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 ORDER BY id",
     [Q_OFF_DELETE_UPTO] = "DELETE FROM offline WHERE owner = ?1 AND id <= ?2",
 };
+
+/* Version 2: each account keeps the number of its roster items, kept right by triggers
+ * (whatever writes the rows, the cascade of an account delete included), so that
+ * store_roster_count reads one row instead of counting a roster's rows (185 us for 2,000
+ * items: what a subscription stanza to an offline user would have cost per item). */
+static const char schema_v2[] =
+    "ALTER TABLE accounts ADD COLUMN roster_items INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE accounts SET roster_items = (SELECT count(*) FROM roster WHERE owner = accounts.jid);"
+    "CREATE TRIGGER IF NOT EXISTS roster_items_ins AFTER INSERT ON roster BEGIN "
+    "  UPDATE accounts SET roster_items = roster_items + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS roster_items_del AFTER DELETE ON roster BEGIN "
+    "  UPDATE accounts SET roster_items = roster_items - 1 WHERE jid = OLD.owner; END;";
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -299,6 +313,7 @@ static int sq_schema(sq_t *q, char **err) {
   /* Version 0 is a new (or pre-versioning) file; CREATE ... IF NOT EXISTS is idempotent.
    * Later versions add their migration steps here, each one guarded by ver < N. */
   if ((rc = sqlite3_exec(q->db, schema_v1, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -652,7 +667,9 @@ static int sq_roster_count(void *be, const char *bare) {
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
       sqlite3_int64 n = sqlite3_column_int64(st, 0);
-      ret = n > INT_MAX ? INT_MAX : (int)n;
+      ret = n > INT_MAX ? INT_MAX : n < 0 ? 0 : (int)n;
+    } else if (rc == SQLITE_DONE) {
+      ret = 0; /* no account: no roster */
     } else {
       ret = fail(q, "roster count", rc);
     }
