@@ -69,6 +69,12 @@ static const conf_opt_t opts[] = {
   {"limits", "rate_grace", CT_INT, 1, 3600, "10", O(rate_grace), "seconds a connection may stay above its rate before `<policy-violation/>`"},
   {"limits", "max_resources", CT_INT, 1, 100000, "16", O(max_resources), "simultaneous resources per account; beyond, bind gets `<resource-constraint/>`"},
   {"limits", "max_roster_items", CT_INT, 1, 1000000, "2000", O(max_roster_items), "items in one roster; beyond, roster sets and new subscriptions get `<not-allowed/>`/`<resource-constraint/>`"},
+  {"limits", "max_roster_bytes", CT_INT, 4096, 1 << 30, "1048576", O(max_roster_bytes), "bytes of the roster a roster get returns (each item counted as serialised, every character that needs escaping as 6 bytes); beyond, roster sets and new subscriptions get `<not-allowed/>`; the cap in force is at most half of `max_pending_out`, so a roster get never disconnects its owner"},
+  {"limits", "max_roster_groups", CT_INT, 1, 100000, "64", O(max_roster_groups), "`<group/>` elements on one roster item; beyond, the roster set gets `<not-acceptable/>` (RFC 6121 2.3.3)"},
+  {"limits", "max_roster_name", CT_INT, 1, 65535, "1023", O(max_roster_name), "bytes of a roster item's name; beyond, the roster set gets `<not-acceptable/>` (RFC 6121 2.3.3)"},
+  {"limits", "max_roster_group_name", CT_INT, 1, 65535, "1023", O(max_roster_group_name), "bytes of one group name; beyond, the roster set gets `<not-acceptable/>` (RFC 6121 2.3.3)"},
+  {"limits", "subscription_rate", CT_INT, 0, 100000, "10", O(subscription_rate), "subscription stanzas/s an account may send, averaged, with `rate_burst` seconds of burst (0 = no cap); beyond, `<policy-violation/>` (type wait)"},
+  {"limits", "max_directed", CT_INT, 1, 100000, "256", O(max_directed), "JIDs one session may have sent directed available presence to (RFC 6121 4.6); beyond, directed presence to a new JID gets `<resource-constraint/>`"},
   {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: `sqlite` (one node) or `redis` (a cluster: [storage-redis.md](storage-redis.md))"},
   {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file (backend `sqlite`)"},
   {"storage", "redis", CT_STR, 1, 4095, "127.0.0.1:6379", O(store_redis), "Redis server (backend `redis`): `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`, optionally followed by ` db=N` and ` password=SECRET`"},
@@ -418,6 +424,11 @@ int config_validate(const xmpp_config_t *c, char **err) {
 
 const char *config_store_target(const xmpp_config_t *c) {
   return strcmp(c->store_backend, "redis") == 0 ? c->store_redis : c->store_path;
+}
+
+long config_roster_bytes(const xmpp_config_t *c) {
+  long half = c->max_pending_out / 2;
+  return c->max_roster_bytes < half ? c->max_roster_bytes : half;
 }
 
 void config_print(FILE *f, const xmpp_config_t *c) {

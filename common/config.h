@@ -46,6 +46,12 @@ typedef struct xmpp_config {
   int rate_grace;        /* seconds of persistent excess before <policy-violation/> */
   int max_resources;     /* simultaneous resources per account */
   int max_roster_items;  /* items in one roster */
+  int max_roster_bytes;  /* bytes of a roster as a roster get returns it (in force: at most max_pending_out / 2) */
+  int max_roster_groups; /* <group/> elements on one roster item */
+  int max_roster_name;   /* bytes of a roster item's name */
+  int max_roster_group_name; /* bytes of one group name */
+  int subscription_rate; /* subscription stanzas/s per account; 0 = no cap */
+  int max_directed;      /* JIDs a session remembers having sent directed presence to */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */
@@ -89,6 +95,9 @@ void config_free(xmpp_config_t *c);
 /* What store_open() takes after the back-end name: storage.path for sqlite,
  * storage.redis for redis. */
 const char *config_store_target(const xmpp_config_t *c);
+/* The roster byte cap in force: limits.max_roster_bytes, but at most half of
+ * limits.max_pending_out, so that a full roster's get result never disconnects its owner. */
+long config_roster_bytes(const xmpp_config_t *c);
 /* Writes the effective configuration as an INI file. */
 void config_print(FILE *f, const xmpp_config_t *c);
 /* Writes the reference of every option (Markdown table). */

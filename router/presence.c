@@ -8,7 +8,8 @@
  *     presence is shown to it, pending subscription requests and offline messages
  *     (XEP-0160) are delivered to it.
  *   unavailable: also to every JID that got directed presence (§4.6.3).
- *   directed ('to' set): routed as is and remembered (§4.6).
+ *   directed ('to' set): routed as is and remembered (§4.6), only when it is routed (this
+ *     domain), at most limits.max_directed JIDs per session (directed_remember).
  *   subscription types: roster.c.
  * Inbound, at the recipient's shard: broadcast presence is delivered only when the
  * recipient subscribed ('to'/'both'); directed presence always; probes are answered
@@ -79,6 +80,23 @@ void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
   }
 }
 
+/* Remembers that s sent directed available presence to 'to' (a JID of this domain), so
+ * that its unavailable presence goes there too (§4.6.3). Only accounts (a JID with a
+ * local part) are remembered: the domain itself has no session to tell. At most
+ * limits.max_directed JIDs per session: a new one beyond is refused (-1) rather than
+ * sent and forgotten, which would leave the recipient seeing us online for ever (the
+ * §4.6.3 unavailable could not follow). A JID already remembered is always fine. */
+static int directed_remember(worker_t *w, session_t *s, const char *to) {
+  const char *slash = strchr(to, '/');
+  const char *at = strchr(to, '@');
+  if (!at || (slash && at > slash)) return 0;
+  if (!s->directed) s->directed = strmap_new();
+  if (strmap_get(s->directed, to)) return 0;
+  if (strmap_count(s->directed) >= (size_t)w->cfg->max_directed) return -1;
+  strmap_put(s->directed, to, (void *)1);
+  return 0;
+}
+
 void presence_send_current(worker_t *w, user_t *u, const char *to) {
   for (session_t *s = u->sessions; s; s = s->next)
     if (s->available) w_route(w, s->full, to, stored_presence(w, s), 0);
@@ -115,15 +133,12 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
   if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return; /* probe etc. */
   if (to) {
     /* directed presence (§4.6) */
-    if (!type || !strcmp(type, "unavailable")) {
-      if (!type) {
-        if (!s->directed) s->directed = strmap_new();
-        strmap_put(s->directed, to, (void *)1);
-      } else if (s->directed) {
-        strmap_del(s->directed, to);
-      }
+    if (!w_is_local(w, to)) return; /* no server-to-server yet: not routed, not remembered */
+    if (!type && directed_remember(w, s, to) != 0) {
+      w_error(w, s->full, to, st, "wait", "resource-constraint");
+      return;
     }
-    if (!w_is_local(w, to)) return; /* no server-to-server yet */
+    if (type && !strcmp(type, "unavailable") && s->directed) strmap_del(s->directed, to);
     w_route(w, s->full, to, st, BUS_F_DIRECTED);
     return;
   }

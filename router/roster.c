@@ -6,7 +6,21 @@
  * us: "+ pending in"). An inbound request from someone not in the roster is kept as a
  * hidden item (sub none, pending_in, no name, no groups) which roster gets do not show
  * (§3.1.3: the contact is not added to the roster until approved).
- * Every change is pushed to the user's interested resources (§2.1.6). */
+ * Every change is pushed to the user's interested resources (§2.1.6).
+ *
+ * What a client controls is capped (docs/security.md, "Client-controlled quantities"):
+ * items per roster (limits.max_roster_items), <group/> elements per item, the bytes of a
+ * name and of a group (§2.3.3: <not-acceptable/>), and the bytes of the roster a roster
+ * get returns (limits.max_roster_bytes, in force at most half of max_pending_out: a
+ * roster get can never disconnect its owner). Items are counted as item_cost says, kept
+ * up to date in user_t.roster_bytes; only the owner's own stanzas can make the shown
+ * roster grow (a contact's can only create hidden items, which a get does not show, or
+ * shrink it), and those are checked against the cap.
+ *
+ * A subscription stanza to a user whose roster is not loaded (offline) reads and writes
+ * only the item it concerns (store_roster_get, and store_roster_count for a new one), not
+ * the roster: its cost does not grow with the roster. Each account's subscription
+ * stanzas go through a token bucket (limits.subscription_rate). */
 #include "router/router_internal.h"
 
 #include <stdio.h>
@@ -27,8 +41,62 @@ void ritem_free(void *p) {
   xfree(it);
 }
 
+void roster_user_free(user_t *u) {
+  strmap_free(u->roster, ritem_free);
+  strmap_free(u->some, ritem_free);
+  u->roster = u->some = NULL;
+}
+
 static int hidden(const ritem_t *it) {
   return it->sub == SUB_NONE && !it->ask_out && it->pending_in && !it->name && !it->ngroups;
+}
+
+/* Bytes of s once escaped in an attribute, every character that may need it counted as
+ * the longest escape (&quot; &apos;: 6), so the count is never below what is written. */
+static size_t esc_len(const char *s) {
+  size_t n = 0;
+  for (; *s; s++) n += strchr("&<>'\"\t\n\r", *s) ? 6 : 1; /* *s != 0: strchr finds no NUL */
+  return n;
+}
+
+/* What one item costs in a roster get: <item jid='' subscription='both'
+ * ask='subscribe'></item> (56 bytes, the longest subscription value and the ask
+ * attribute always counted, so subscription changes never change the cost), the name
+ * attribute ( name='': 8) and <group></group> (15) per group, plus the escaped text. */
+static size_t item_cost(const char *jid, const char *name, char *const *groups, size_t ngroups) {
+  size_t n = 56 + esc_len(jid);
+  if (name) n += 8 + esc_len(name);
+  for (size_t i = 0; i < ngroups; i++) n += 15 + esc_len(groups[i]);
+  return n;
+}
+
+static size_t shown_cost(const ritem_t *it) {
+  return hidden(it) ? 0 : item_cost(it->jid, it->name, it->groups, it->ngroups);
+}
+
+/* Whether changing it (NULL: a new item) into one that costs after would take the shown
+ * roster past the cap in force (config_roster_bytes). The roster is loaded. */
+static int over_bytes(worker_t *w, user_t *u, const ritem_t *it, size_t after) {
+  size_t now = u->roster_bytes - (it ? it->counted : 0);
+  return now + after > (size_t)config_roster_bytes(w->cfg);
+}
+
+static void count_cb(const char *k, void *v, void *ud) {
+  (void)k;
+  ritem_t *it = v;
+  user_t *u = ud;
+  it->counted = shown_cost(it);
+  u->roster_bytes += it->counted;
+}
+
+/* u's roster is m from now on: its bytes are counted once, the items read one by one
+ * before are dropped (every change to them is in the store, so in m too). */
+static void attach(user_t *u, strmap_t *m) {
+  u->roster = m;
+  u->roster_bytes = 0;
+  strmap_each(m, count_cb, u);
+  strmap_free(u->some, ritem_free);
+  u->some = NULL;
 }
 
 /* Unavailable presence from each of u's available resources to contact. Sent BEFORE a
@@ -43,8 +111,7 @@ static void send_unavailable(worker_t *w, user_t *u, const char *contact, uint16
     if (o->available) w_route(w, o->full, contact, p, flags);
 }
 
-static void load_cb(const store_roster_item_t *si, void *ud) {
-  strmap_t *m = ud;
+static ritem_t *item_from_store(const store_roster_item_t *si) {
   ritem_t *it = xcalloc(1, sizeof *it);
   it->jid = xstrdup(si->jid);
   it->name = si->name ? xstrdup(si->name) : NULL;
@@ -54,21 +121,64 @@ static void load_cb(const store_roster_item_t *si, void *ud) {
   it->ngroups = si->ngroups;
   it->groups = si->ngroups ? xcalloc(si->ngroups, sizeof(char *)) : NULL;
   for (size_t i = 0; i < si->ngroups; i++) it->groups[i] = xstrdup(si->groups[i]);
+  return it;
+}
+
+static void load_cb(const store_roster_item_t *si, void *ud) {
+  strmap_t *m = ud;
+  ritem_t *it = item_from_store(si);
   ritem_free(strmap_put(m, it->jid, it));
 }
 
 void roster_adopt(worker_t *w, user_t *u) {
-  if (!u->roster && w->prefetched) u->roster = strmap_del(w->prefetched, u->bare);
+  if (u->roster || !w->prefetched) return;
+  strmap_t *m = strmap_del(w->prefetched, u->bare);
+  if (m) attach(u, m);
 }
 
 strmap_t *user_roster(worker_t *w, user_t *u) {
   roster_adopt(w, u);
   if (!u->roster) {
-    u->roster = strmap_new();
-    if (store_roster_load(w->store, u->bare, load_cb, u->roster) != 0)
-      log_error("roster of %s could not be loaded", u->bare);
+    strmap_t *m = strmap_new();
+    if (store_roster_load(w->store, u->bare, load_cb, m) != 0) log_error("roster of %s could not be loaded", u->bare);
+    attach(u, m);
   }
   return u->roster;
+}
+
+static void one_cb(const store_roster_item_t *si, void *ud) {
+  ritem_t **out = ud;
+  *out = item_from_store(si);
+}
+
+/* u's item for contact, NULL when there is none: from the roster when it is loaded (or
+ * read ahead), else read alone from the store and kept in u->some. 0, or XMPP_EIO when
+ * the store could not say (the caller then changes nothing: a write would replace an
+ * item it has not seen). */
+static int find_item(worker_t *w, user_t *u, const char *contact, ritem_t **out) {
+  roster_adopt(w, u);
+  if (u->roster) {
+    *out = strmap_get(u->roster, contact);
+    return 0;
+  }
+  if (!u->some) u->some = strmap_new();
+  *out = strmap_get(u->some, contact);
+  if (*out) return 0;
+  int rc = store_roster_get(w->store, u->bare, contact, one_cb, out);
+  if (rc == XMPP_ENOENT) return 0;
+  if (rc != 0) {
+    log_error("roster item %s of %s could not be read", contact, u->bare);
+    return XMPP_EIO;
+  }
+  strmap_put(u->some, contact, *out);
+  return 0;
+}
+
+/* The map items of u are kept in now: the roster, or the items read one by one. */
+static strmap_t *items(user_t *u) {
+  if (u->roster) return u->roster;
+  if (!u->some) u->some = strmap_new();
+  return u->some;
 }
 
 static void free_roster(void *p) { strmap_free(p, ritem_free); }
@@ -111,17 +221,47 @@ static void save(worker_t *w, user_t *u, ritem_t *it) {
   store_roster_item_t si = {it->jid, it->name, it->sub, it->ask_out, it->pending_in,
                             (const char *const *)it->groups, it->ngroups};
   if (store_roster_put(w->store, u->bare, &si) != 0) log_error("roster of %s: write failed", u->bare);
+  if (u->roster) {
+    u->roster_bytes -= it->counted;
+    it->counted = shown_cost(it);
+    u->roster_bytes += it->counted;
+  }
 }
 
 static void drop(worker_t *w, user_t *u, const char *contact) {
-  ritem_free(strmap_del(user_roster(w, u), contact));
+  ritem_t *it = strmap_del(items(u), contact);
+  if (it && u->roster) u->roster_bytes -= it->counted;
+  ritem_free(it);
   store_roster_delete(w->store, u->bare, contact);
 }
 
 /* limits.max_roster_items: a roster never grows past it (XEP-0205 §3: bound what one
- * account can make the server store). Full rosters refuse new items; existing ones change. */
+ * account can make the server store). Full rosters refuse new items; existing ones change.
+ * A roster not loaded is counted by the store (Redis HLEN; SQLite a trigger-kept count); a
+ * count that fails is taken as full (the stanza is refused, nothing is written). */
 static int roster_full(worker_t *w, user_t *u) {
-  return strmap_count(user_roster(w, u)) >= (size_t)w->cfg->max_roster_items;
+  roster_adopt(w, u);
+  if (!u->roster) {
+    int n = store_roster_count(w->store, u->bare);
+    return n < 0 || n >= w->cfg->max_roster_items;
+  }
+  return strmap_count(u->roster) >= (size_t)w->cfg->max_roster_items;
+}
+
+/* limits.subscription_rate: a token bucket per account (rate_burst seconds of it at
+ * once). Every subscription stanza costs the contact's shard a store read and write. */
+static int subscription_allowed(worker_t *w, user_t *u) {
+  int rate = w->cfg->subscription_rate;
+  if (rate <= 0) return 1;
+  double cap = (double)rate * w->cfg->rate_burst;
+  uint64_t now = uv_now(&w->loop);
+  if (!u->sub_at) u->sub_tokens = cap;
+  else u->sub_tokens += (double)(now - u->sub_at) * rate / 1000.0;
+  if (u->sub_tokens > cap) u->sub_tokens = cap;
+  u->sub_at = now ? now : 1;
+  if (u->sub_tokens < 1) return 0;
+  u->sub_tokens -= 1;
+  return 1;
 }
 
 static const char *sub_name(roster_sub_t s) {
@@ -228,32 +368,48 @@ static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_
     reply_error(w, u, s, iq, "cancel", "not-allowed");
     return;
   }
-  /* groups: non-empty, unique (§2.1.2.4) */
+  /* §2.3.3: a name or a group longer than the server's limit, an empty group, or more
+   * groups than it keeps: <not-acceptable/>. The count is checked first, before any text
+   * is compared: the work below is linear in what the cap lets through. */
+  const xmpp_config_t *cfg = w->cfg;
+  const char *name = xnode_attr(item, "name");
   size_t ng = 0;
   for (xnode_t *g = xnode_first_elem(item); g; g = xnode_next_elem(g))
     if (!strcmp(g->name, "group")) ng++;
-  char **groups = ng ? xcalloc(ng, sizeof(char *)) : NULL;
-  size_t k = 0;
-  int bad = 0;
-  for (xnode_t *g = xnode_first_elem(item); g; g = xnode_next_elem(g)) {
-    if (strcmp(g->name, "group")) continue;
-    char *t = xnode_text(&w->arena, g);
-    if (!*t || strlen(t) > 1023) bad = 1;
-    int dup = 0;
-    for (size_t i = 0; i < k; i++) dup |= !strcmp(groups[i], t);
-    if (!dup && !bad) groups[k++] = xstrdup(t);
-  }
-  const char *name = xnode_attr(item, "name");
-  if (bad || (name && strlen(name) > 1023)) {
-    for (size_t i = 0; i < k; i++) xfree(groups[i]);
-    xfree(groups);
+  if (ng > (size_t)cfg->max_roster_groups || (name && strlen(name) > (size_t)cfg->max_roster_name)) {
     reply_error(w, u, s, iq, "modify", "not-acceptable");
     return;
   }
-  if (!it && roster_full(w, u)) {
+  /* groups: non-empty, unique (§2.1.2.4); duplicates are dropped, found by a keyed hash
+   * (SipHash: colliding names cannot be chosen) */
+  char **groups = ng ? xcalloc(ng, sizeof(char *)) : NULL;
+  strmap_t *seen = ng > 1 ? strmap_new() : NULL;
+  size_t k = 0;
+  int bad = 0;
+  for (xnode_t *g = xnode_first_elem(item); g && !bad; g = xnode_next_elem(g)) {
+    if (strcmp(g->name, "group")) continue;
+    char *t = xnode_text(&w->arena, g);
+    if (!*t || strlen(t) > (size_t)cfg->max_roster_group_name) {
+      bad = 1;
+    } else if (!seen || !strmap_get(seen, t)) {
+      if (seen) strmap_put(seen, t, t);
+      groups[k++] = xstrdup(t);
+    }
+  }
+  strmap_free(seen, NULL);
+  if (!bad && name && !*name) name = NULL;
+  int full = 0;
+  if (!bad) {
+    /* the item as it would be: is the shown roster still within its byte cap? */
+    ritem_t next = {contact, (char *)name, it ? it->sub : SUB_NONE, it ? it->ask_out : 0,
+                    it ? it->pending_in : 0, groups, k, 0};
+    full = (!it && roster_full(w, u)) || over_bytes(w, u, it, shown_cost(&next));
+  }
+  if (bad || full) {
     for (size_t i = 0; i < k; i++) xfree(groups[i]);
     xfree(groups);
-    reply_error(w, u, s, iq, "cancel", "not-allowed");
+    if (bad) reply_error(w, u, s, iq, "modify", "not-acceptable");
+    else reply_error(w, u, s, iq, "cancel", "not-allowed"); /* the roster is full */
     return;
   }
   if (!it) {
@@ -262,7 +418,7 @@ static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_
     strmap_put(r, contact, it);
   }
   xfree(it->name);
-  it->name = name && *name ? xstrdup(name) : NULL;
+  it->name = name ? xstrdup(name) : NULL;
   for (size_t i = 0; i < it->ngroups; i++) xfree(it->groups[i]);
   xfree(it->groups);
   it->groups = groups;
@@ -286,8 +442,10 @@ void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq) {
   }
 }
 
-static ritem_t *ensure_item(worker_t *w, user_t *u, const char *contact) {
-  strmap_t *r = user_roster(w, u);
+/* u's item for contact, created when absent, in the map u's items are kept in now (the
+ * caller has looked it up: find_item or user_roster). */
+static ritem_t *ensure_item(user_t *u, const char *contact) {
+  strmap_t *r = items(u);
   ritem_t *it = strmap_get(r, contact);
   if (!it) {
     it = xcalloc(1, sizeof *it);
@@ -302,15 +460,22 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
   const char *type = xnode_attr(st, "type");
   char *contact = w_bare(w, to);
   if (!strcmp(contact, u->bare)) return;
+  if (!subscription_allowed(w, u)) {
+    w_error(w, s->full, to, st, "wait", "policy-violation"); /* RFC 6120 §8.3.3.12 */
+    return;
+  }
   strmap_t *r = user_roster(w, u);
   ritem_t *it = strmap_get(r, contact);
   int cancelled_from = 0; /* "unsubscribed" ended the contact's subscription to us */
   if (!strcmp(type, "subscribe")) {
-    if (!it && roster_full(w, u)) {
+    /* a new item, or a hidden one, is shown from now on (ask='subscribe') */
+    int shows = !it || hidden(it);
+    size_t after = it ? item_cost(it->jid, it->name, it->groups, it->ngroups) : item_cost(contact, NULL, NULL, 0);
+    if ((!it && roster_full(w, u)) || (shows && over_bytes(w, u, it, after))) {
       w_error(w, s->full, to, st, "cancel", "not-allowed");
       return;
     }
-    it = ensure_item(w, u, contact);
+    it = ensure_item(u, contact);
     if (it->sub != SUB_TO && it->sub != SUB_BOTH && !it->ask_out) {
       it->ask_out = 1;
       save(w, u, it);
@@ -318,6 +483,10 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
     }
   } else if (!strcmp(type, "subscribed")) {
     if (!it || !it->pending_in) return; /* nothing to approve; pre-approval not offered */
+    if (hidden(it) && over_bytes(w, u, it, item_cost(it->jid, it->name, it->groups, it->ngroups))) {
+      w_error(w, s->full, to, st, "cancel", "not-allowed"); /* approved, it would be shown */
+      return;
+    }
     it->pending_in = 0;
     it->sub = it->sub == SUB_TO ? SUB_BOTH : it->sub == SUB_NONE ? SUB_FROM : it->sub;
     save(w, u, it);
@@ -364,8 +533,8 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
   char *contact = w_bare(w, from);
   user_t *u = user_get(w, w_bare(w, to));
   if (!user_exists(w, u)) return; /* §3.1.3: no account, silently ignored */
-  strmap_t *r = user_roster(w, u);
-  ritem_t *it = strmap_get(r, contact);
+  ritem_t *it;
+  if (find_item(w, u, contact, &it) != 0) return; /* the store failed: nothing changes */
   if (!strcmp(type, "subscribe")) {
     if (it && (it->sub == SUB_FROM || it->sub == SUB_BOTH)) {
       /* already approved: auto-reply on the user's behalf */
@@ -379,7 +548,7 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
       w_error(w, from, to, st, "wait", "resource-constraint"); /* the contact's roster is full */
       return;
     }
-    it = ensure_item(w, u, contact);
+    it = ensure_item(u, contact);
     if (!it->pending_in) {
       it->pending_in = 1;
       save(w, u, it);

@@ -38,12 +38,18 @@ typedef struct ritem {
   int pending_in;
   char **groups;
   size_t ngroups;
+  size_t counted; /* bytes counted in its user's roster_bytes (0: hidden, or roster not loaded) */
 } ritem_t;
 
 typedef struct user {
   char *bare;
   session_t *sessions;
   strmap_t *roster; /* contact bare -> ritem_t; NULL until loaded */
+  size_t roster_bytes; /* what a roster get of roster returns, as item_cost counts it */
+  strmap_t *some;   /* items read one by one while roster is NULL (roster.c: a subscription
+                       stanza to an offline user reads only its item) */
+  double sub_tokens; /* subscription stanzas the account may send now (limits.subscription_rate) */
+  uint64_t sub_at;   /* loop time (ms) sub_tokens was last brought up to date; 0: never */
   int exists;       /* -1 unknown, 0 no account, 1 account */
   session_t *off_to; /* offline messages are being delivered to it (offline.c) */
   int64_t off_last;  /* store id of the last message of the window it was sent */
@@ -157,6 +163,8 @@ void roster_prefetch_end(worker_t *w);
  * get and the initial presence that follow arrive in later batches). */
 void roster_adopt(worker_t *w, user_t *u);
 void ritem_free(void *p);
+/* Frees what roster.c keeps of u (its roster and the items read one by one). */
+void roster_user_free(user_t *u);
 
 /* offline.c (XEP-0160) */
 int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);

@@ -19,7 +19,7 @@ static void user_free(void *p) {
     u->sessions = s->next;
     session_free(s);
   }
-  strmap_free(u->roster, ritem_free);
+  roster_user_free(u);
   xfree(u->bare);
   xfree(u);
 }

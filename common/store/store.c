@@ -213,6 +213,20 @@ int store_roster_load_many(store_t *s, const char *const *bares, size_t n, store
   ITERATE(s, roster_load_each(s, bares, n, cb, ud, rcs));
 }
 
+int store_roster_get(store_t *s, const char *bare, const char *contact, store_roster_cb cb, void *ud) {
+  int rc = enter(s, "store_roster_get");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(contact) || !cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->roster_get(s->be, bare, contact, cb, ud));
+}
+
+int store_roster_count(store_t *s, const char *bare) {
+  int rc = enter(s, "store_roster_count");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->roster_count(s->be, bare);
+}
+
 int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item) {
   int rc = enter(s, "store_roster_put");
   if (rc) return rc;

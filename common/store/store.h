@@ -80,6 +80,13 @@ int store_roster_load(store_t *s, const char *bare, store_roster_cb cb, void *ud
 typedef void (*store_roster_many_cb)(size_t i, const store_roster_item_t *item, void *ud);
 int store_roster_load_many(store_t *s, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
                            int *rcs);
+/* Reads ONE item: cb(item) once and 0, or XMPP_ENOENT when the user has no item for
+ * contact (or no account), or XMPP_EIO. Costs the same whatever the roster's size (SQLite:
+ * two indexed look-ups; Redis: one HGET): what a stanza to an offline user needs. */
+int store_roster_get(store_t *s, const char *bare, const char *contact, store_roster_cb cb, void *ud);
+/* Number of items in the user's roster (0 when no account), or a negative XMPP_* code.
+ * Redis: HLEN, O(1); SQLite: a count over the owner's index range, no item is read. */
+int store_roster_count(store_t *s, const char *bare);
 /* Inserts or replaces the whole item (groups included). */
 int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *item);
 int store_roster_delete(store_t *s, const char *bare, const char *contact); /* XMPP_ENOENT */

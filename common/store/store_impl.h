@@ -40,6 +40,9 @@ typedef struct store_backend {
   /* Optional (NULL: store.c calls roster_load n times). */
   int (*roster_load_many)(void *be, const char *const *bares, size_t n, store_roster_many_cb cb, void *ud,
                           int *rcs);
+  /* One item: cb once and 0, or XMPP_ENOENT. */
+  int (*roster_get)(void *be, const char *bare, const char *contact, store_roster_cb cb, void *ud);
+  int (*roster_count)(void *be, const char *bare);
   int (*roster_put)(void *be, const char *bare, const store_roster_item_t *item);
   int (*roster_delete)(void *be, const char *bare, const char *contact);
 

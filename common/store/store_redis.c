@@ -1051,6 +1051,59 @@ static int rd_roster_load(void *be, const char *bare, store_roster_cb cb, void *
   return rc;
 }
 
+/* One item: HGET of one field, whatever the roster's size. */
+static int rd_roster_get(void *be, const char *bare, const char *contact, store_roster_cb cb, void *ud) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HGET", k.r, contact};
+  size_t al[] = {4, k.lr, strlen(contact)};
+  redisReply *rep = run(r, 3, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = 0;
+  ditem_t d;
+  memset(&d, 0, sizeof d);
+  if (rep->type == REDIS_REPLY_NIL) {
+    rc = XMPP_ENOENT;
+  } else if (rep->type != REDIS_REPLY_STRING) {
+    rc = reply_error(r, "HGET", rep);
+  } else if (decode_item(contact, strlen(contact), rep->str, rep->len, &d) != 0) {
+    log_error("store(redis) %s: corrupt roster item of %s", r->target, bare);
+    rc = XMPP_EIO;
+  }
+  freeReplyObject(rep);
+  if (!rc) {
+    store_roster_item_t it = {
+        .jid = d.contact,
+        .name = d.name,
+        .sub = (roster_sub_t)(d.flags & 3),
+        .ask_out = (d.flags & 4) != 0,
+        .pending_in = (d.flags & 8) != 0,
+        .groups = (const char *const *)d.groups,
+        .ngroups = d.ngroups,
+    };
+    cb(&it, ud);
+  }
+  ditem_free(&d);
+  return rc;
+}
+
+static int rd_roster_count(void *be, const char *bare) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HLEN", k.r};
+  size_t al[] = {4, k.lr};
+  redisReply *rep = run(r, 2, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_INTEGER ? (rep->integer > INT_MAX ? INT_MAX : (int)rep->integer)
+                                            : reply_error(r, "HLEN", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
 static int rd_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
   rd_t *r = be;
   if (r->batch) {
@@ -1232,6 +1285,8 @@ const store_backend_t store_redis_backend = {
     .batch_end = rd_batch_end,
     .roster_load = rd_roster_load,
     .roster_load_many = rd_roster_load_many,
+    .roster_get = rd_roster_get,
+    .roster_count = rd_roster_count,
     .roster_put = rd_roster_put,
     .roster_delete = rd_roster_delete,
     .offline_push = rd_offline_push,

@@ -17,6 +17,8 @@
  *   roster_groups(owner, contact, pos, grp, PK(owner, contact, pos)): one row per group,
  *     so a group name may hold any character (commas, quotes, newlines...) unescaped;
  *     pos keeps the order the groups were given in.
+ *   accounts.roster_items (version 2): the number of the account's roster rows, kept by
+ *     triggers on roster (store_roster_count reads it: no count over the rows).
  *   offline(id AUTOINCREMENT, owner, stamp unix seconds, xml BLOB), index (owner, id):
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
  * roster.owner and offline.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
@@ -44,7 +46,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 1
+#define SQ_SCHEMA_VERSION 2
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -67,6 +69,8 @@ enum {
   Q_ROSTER_CLEAR_GROUPS,
   Q_ROSTER_ADD_GROUP,
   Q_ROSTER_DELETE,
+  Q_ROSTER_SELECT_ONE,
+  Q_ROSTER_COUNT,
   Q_OFF_COUNT,
   Q_OFF_INSERT,
   Q_OFF_SELECT,
@@ -107,11 +111,26 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ROSTER_ADD_GROUP] = "INSERT INTO roster_groups (owner, contact, pos, grp) "
                            "VALUES (?1, ?2, ?3, ?4)",
     [Q_ROSTER_DELETE] = "DELETE FROM roster WHERE owner = ?1 AND contact = ?2",
+    [Q_ROSTER_SELECT_ONE] = "SELECT name, sub, ask_out, pending_in FROM roster "
+                            "WHERE owner = ?1 AND contact = ?2",
+    [Q_ROSTER_COUNT] = "SELECT roster_items FROM accounts WHERE jid = ?1",
     [Q_OFF_COUNT] = "SELECT count(*), total(length(xml)) FROM offline WHERE owner = ?1",
     [Q_OFF_INSERT] = "INSERT INTO offline (owner, stamp, xml) VALUES (?1, ?2, ?3)",
     [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [Q_OFF_DELETE_UPTO] = "DELETE FROM offline WHERE owner = ?1 AND id <= ?2",
 };
+
+/* Version 2: each account keeps the number of its roster items, kept right by triggers
+ * (whatever writes the rows, the cascade of an account delete included), so that
+ * store_roster_count reads one row instead of counting a roster's rows (185 us for 2,000
+ * items: what a subscription stanza to an offline user would have cost per item). */
+static const char schema_v2[] =
+    "ALTER TABLE accounts ADD COLUMN roster_items INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE accounts SET roster_items = (SELECT count(*) FROM roster WHERE owner = accounts.jid);"
+    "CREATE TRIGGER IF NOT EXISTS roster_items_ins AFTER INSERT ON roster BEGIN "
+    "  UPDATE accounts SET roster_items = roster_items + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS roster_items_del AFTER DELETE ON roster BEGIN "
+    "  UPDATE accounts SET roster_items = roster_items - 1 WHERE jid = OLD.owner; END;";
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -294,6 +313,7 @@ static int sq_schema(sq_t *q, char **err) {
   /* Version 0 is a new (or pre-versioning) file; CREATE ... IF NOT EXISTS is idempotent.
    * Later versions add their migration steps here, each one guarded by ver < N. */
   if ((rc = sqlite3_exec(q->db, schema_v1, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -586,6 +606,78 @@ static int sq_roster_load(void *be, const char *bare, store_roster_cb cb, void *
   return tx_commit(q);
 }
 
+/* One item by primary key, its groups by theirs: the same cost for any roster size. The
+ * callback runs once the statements are reset and the read transaction has ended (the
+ * name and groups are copies). */
+static int sq_roster_get(void *be, const char *bare, const char *contact, store_roster_cb cb, void *ud) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 0);
+  if (ret) return ret;
+  groups_t g = {0};
+  char *name = NULL;
+  int has_name = 0, flags = 0;
+  sqlite3_stmt *st = stmt(q, Q_ROSTER_SELECT_ONE);
+  if (!st) ret = XMPP_EIO;
+  if (!ret) ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, contact);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      const unsigned char *n = sqlite3_column_text(st, 0);
+      if (n) {
+        has_name = 1;
+        name = xstrndup((const char *)n, (size_t)sqlite3_column_bytes(st, 0));
+      }
+      flags = (sqlite3_column_int(st, 1) & 3) | (sqlite3_column_int(st, 2) ? 4 : 0) |
+              (sqlite3_column_int(st, 3) ? 8 : 0);
+    } else if (rc == SQLITE_DONE) {
+      ret = XMPP_ENOENT;
+    } else {
+      ret = fail(q, "roster get", rc);
+    }
+  }
+  done(st);
+  if (!ret) ret = load_groups(q, bare, contact, &g);
+  if (ret) tx_rollback(q);
+  else ret = tx_commit(q);
+  if (!ret) {
+    store_roster_item_t it = {
+        .jid = contact,
+        .name = has_name ? name : NULL,
+        .sub = (roster_sub_t)(flags & 3),
+        .ask_out = (flags & 4) != 0,
+        .pending_in = (flags & 8) != 0,
+        .groups = (const char *const *)g.v,
+        .ngroups = g.n,
+    };
+    cb(&it, ud);
+  }
+  xfree(name);
+  groups_clear(&g);
+  xfree(g.v);
+  return ret;
+}
+
+static int sq_roster_count(void *be, const char *bare) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_ROSTER_COUNT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      sqlite3_int64 n = sqlite3_column_int64(st, 0);
+      ret = n > INT_MAX ? INT_MAX : n < 0 ? 0 : (int)n;
+    } else if (rc == SQLITE_DONE) {
+      ret = 0; /* no account: no roster */
+    } else {
+      ret = fail(q, "roster count", rc);
+    }
+  }
+  done(st);
+  return ret;
+}
+
 static int sq_roster_put(void *be, const char *bare, const store_roster_item_t *item) {
   sq_t *q = be;
   int ret = tx_begin(q, 1);
@@ -781,6 +873,8 @@ const store_backend_t store_sqlite_backend = {
     .batch_begin = sq_batch_begin,
     .batch_end = sq_batch_end,
     .roster_load = sq_roster_load,
+    .roster_get = sq_roster_get,
+    .roster_count = sq_roster_count,
     .roster_put = sq_roster_put,
     .roster_delete = sq_roster_delete,
     .offline_push = sq_offline_push,
