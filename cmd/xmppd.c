@@ -174,6 +174,8 @@ int main(int argc, char **argv) {
   bus.nworkers = (role & ROLE_ROUTER) ? (cfg.router_workers ? cfg.router_workers : cores) : 0;
   bus.edge_q = xcalloc((size_t)bus.nedges + 1, sizeof *bus.edge_q);
   bus.worker_q = xcalloc((size_t)bus.nworkers + 1, sizeof *bus.worker_q);
+  bus.queue_high = (uint64_t)cfg.bus_queue_bytes;
+  bus.queue_low = bus.queue_high / 4;
 
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -5,6 +5,12 @@
 #include "common/cluster.h"
 #include "common/err.h"
 
+int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name) {
+  int rc = bus_queue_init(q, loop, cb, ud);
+  bus_queue_bound(q, b->queue_high, b->queue_low, &b->congested, name);
+  return rc;
+}
+
 static uint64_t pending(bus_t *b) {
   uint64_t n = 0;
   for (int i = 0; i < b->nworkers; i++) n += bus_queue_pending(&b->worker_q[i]);

@@ -36,9 +36,13 @@ typedef struct bus {
    * shard map changes, read by everyone (relaxed: a frame sent with a stale owner is
    * forwarded by the node that gets it). 0 = no live router yet. */
   _Atomic uint32_t *owner;
-  /* links to other nodes over their high watermark (cluster thread); while > 0 edge
-   * threads stop reading from bound clients (flow control, docs/cluster.md) */
+  /* queues over their high watermark: links to other nodes (cluster thread) and the
+   * in-process queues (bus_queue_bound); while > 0 edge threads stop reading from bound
+   * clients (flow control: docs/architecture.md, docs/cluster.md) */
   _Atomic int congested;
+  /* bound of each in-process queue (limits.bus_queue_bytes): over queue_high bytes it
+   * counts in congested until it is down to queue_low; 0 = unbounded */
+  uint64_t queue_high, queue_low;
 } bus_t;
 
 #define BUS_OWNER(node, worker) ((uint32_t)(node) << 16 | (uint32_t)(worker))
@@ -51,6 +55,9 @@ static inline uint32_t bus_shard_of(const bus_t *b, const char *bare, size_t len
 static inline int bus_congested(bus_t *b) {
   return atomic_load_explicit(&b->congested, memory_order_relaxed) > 0;
 }
+/* bus_queue_init, then bus_queue_bound with the bus's watermarks and congested
+ * counter; name says whose queue it is in the log. The consumer's thread, at set-up. */
+int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name);
 /* Hands a frame to the cluster thread, which sends it on the link to its node
  * (common/cluster.c). Any thread. */
 void bus_remote(bus_t *b, bus_msg_t *m);

@@ -1,8 +1,10 @@
 #include "common/bus_queue.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/log.h"
 
 bus_msg_t *bus_msg_new(const bus_frame_t *f) {
   buf_t b;
@@ -26,19 +28,56 @@ void bus_msg_free(bus_msg_t *m) { xfree(m); }
 
 static void async_cb(uv_async_t *h) { bus_queue_drain(h->data); }
 
+static void say(bus_queue_t *q, int over) {
+  if (over) {
+    uint64_t now = uv_hrtime(), last = atomic_load(&q->log_ns);
+    if (last && now - last < 1000000000u) return; /* a queue hovering at its bound */
+    atomic_store(&q->log_ns, now);
+    atomic_store(&q->said_over, 1);
+    log_info("bus: queue of %s over its high watermark (%llu bytes): edges stop reading clients", q->name,
+             (unsigned long long)q->high);
+  } else if (atomic_exchange(&q->said_over, 0)) {
+    log_info("bus: queue of %s drained: edges read again", q->name);
+  }
+}
+
+/* Makes the over flag match the bytes (with hysteresis). Called by whoever changed them;
+ * the loop re-reads after its own flip, so a flip from a stale reading is undone by the
+ * same thread, and the last thread to change the bytes leaves the flag right. */
+static void water(bus_queue_t *q) {
+  if (!q->high) return;
+  for (;;) {
+    int over = atomic_load(&q->over);
+    uint64_t b = atomic_load(&q->bytes);
+    int want = over ? b > q->low : b >= q->high;
+    if (want == over) return;
+    if (atomic_compare_exchange_strong(&q->over, &over, want)) {
+      atomic_fetch_add(q->congested, want ? 1 : -1);
+      say(q, want);
+    }
+  }
+}
+
+static void handled(bus_queue_t *q, uint64_t n, uint64_t bytes) {
+  atomic_fetch_sub(&q->bytes, bytes);
+  atomic_fetch_add_explicit(&q->done, n, memory_order_release);
+  water(q);
+}
+
 void bus_queue_drain(bus_queue_t *q) {
   bus_msg_t *lifo = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
   bus_msg_t *fifo = NULL;
-  uint64_t n = 0;
+  uint64_t n = 0, bytes = 0;
   while (lifo) {
     n++;
+    bytes += bus_msg_size(lifo);
     bus_msg_t *nx = lifo->next;
     lifo->next = fifo;
     fifo = lifo;
     lifo = nx;
   }
-  if (fifo) q->cb(q->ud, fifo);
-  atomic_fetch_add_explicit(&q->done, n, memory_order_release);
+  if (fifo) q->cb(q->ud, fifo); /* the messages are the callback's now: sizes taken above */
+  handled(q, n, bytes);
 }
 
 int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
@@ -46,10 +85,24 @@ int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
   atomic_init(&q->pushed, 0);
   atomic_init(&q->done, 0);
   atomic_init(&q->closed, 0);
+  atomic_init(&q->bytes, 0);
+  atomic_init(&q->over, 0);
+  atomic_init(&q->log_ns, 0);
+  atomic_init(&q->said_over, 0);
+  q->high = q->low = 0;
+  q->congested = NULL;
+  snprintf(q->name, sizeof q->name, "?");
   q->cb = cb;
   q->ud = ud;
   q->async.data = q;
   return uv_async_init(loop, &q->async, async_cb);
+}
+
+void bus_queue_bound(bus_queue_t *q, uint64_t high, uint64_t low, _Atomic int *congested, const char *name) {
+  q->high = congested ? high : 0;
+  q->low = low < high ? low : high;
+  q->congested = congested;
+  snprintf(q->name, sizeof q->name, "%s", name ? name : "?");
 }
 
 void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
@@ -58,6 +111,9 @@ void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
     return;
   }
   atomic_fetch_add_explicit(&q->pushed, 1, memory_order_relaxed);
+  /* counted before it can be taken: the consumer's subtraction never comes first */
+  atomic_fetch_add(&q->bytes, bus_msg_size(m));
+  water(q);
   bus_msg_t *old = atomic_load_explicit(&q->head, memory_order_relaxed);
   do {
     m->next = old;
@@ -65,6 +121,10 @@ void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
                                                   memory_order_relaxed));
   if (!old) uv_async_send(&q->async);
 }
+
+uint64_t bus_queue_bytes(bus_queue_t *q) { return atomic_load(&q->bytes); }
+
+int bus_queue_over(bus_queue_t *q) { return atomic_load(&q->over); }
 
 uint64_t bus_queue_pending(bus_queue_t *q) {
   uint64_t done = atomic_load_explicit(&q->done, memory_order_acquire);
@@ -74,13 +134,14 @@ uint64_t bus_queue_pending(bus_queue_t *q) {
 void bus_queue_close(bus_queue_t *q) {
   atomic_store_explicit(&q->closed, 1, memory_order_release);
   bus_msg_t *m = atomic_exchange(&q->head, NULL);
-  uint64_t n = 0;
+  uint64_t n = 0, bytes = 0;
   while (m) {
     bus_msg_t *nx = m->next;
+    bytes += bus_msg_size(m);
     bus_msg_free(m);
     m = nx;
     n++;
   }
-  atomic_fetch_add_explicit(&q->done, n, memory_order_release);
+  handled(q, n, bytes); /* a closed queue holds nothing back */
   uv_close((uv_handle_t *)&q->async, NULL);
 }

@@ -584,7 +584,7 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
   bus->owner = xcalloc(bus->nshards, sizeof *bus->owner);
   c->map = xcalloc(bus->nshards, sizeof *c->map);
   bus->cluster = c;
-  bus_queue_init(&c->in, &c->loop, in_cb, c);
+  bus_queue_attach(bus, &c->in, &c->loop, in_cb, c, "cluster");
   uv_async_init(&c->loop, &c->stop, stop_cb);
   c->stop.data = c;
   uv_async_init(&c->loop, &c->leave, leave_cb);

@@ -60,6 +60,7 @@ static const conf_opt_t opts[] = {
   {"limits", "offline_max_bytes", CT_INT, 0, 1 << 30, "33554432", O(offline_max_bytes), "bytes of offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
   {"limits", "sm_max_unacked", CT_INT, 0, 1 << 20, "1000", O(sm_max_unacked), "stream management (XEP-0198): stanzas a client may leave unacknowledged; beyond, it is disconnected and the unacknowledged messages go to another resource or offline storage (0 = stream management not offered)"},
   {"limits", "max_pending_out", CT_INT, 65536, 1 << 30, "4194304", O(max_pending_out), "bytes of output a client has not read before it is disconnected (bounds memory per slow reader)"},
+  {"limits", "bus_queue_bytes", CT_INT, 65536, 1 << 30, "8388608", O(bus_queue_bytes), "bytes of frames waiting in one in-process bus queue (a router worker's, an edge thread's) before the edges stop reading their bound clients, until it is down to a quarter; frames already accepted are never refused ([architecture.md](architecture.md#the-bus))"},
   {"limits", "max_conns_per_ip", CT_INT, 0, 1000000, "1000", O(max_conns_per_ip), "simultaneous connections from one source address (0 = no cap); beyond, `<policy-violation/>`"},
   {"limits", "auth_fail_ip", CT_INT, 1, 100000, "20", O(auth_fail_ip), "failed authentications from one address in a minute before it gets `<temporary-auth-failure/>`"},
   {"limits", "auth_fail_account", CT_INT, 1, 100000, "30", O(auth_fail_account), "failed authentications for one account in a minute before it gets `<temporary-auth-failure/>`"},

@@ -36,6 +36,7 @@ typedef struct xmpp_config {
   int offline_max;    /* offline messages kept per user */
   int offline_max_bytes; /* and their bytes */
   int max_pending_out;   /* bytes of unread output before a slow reader is disconnected */
+  int bus_queue_bytes;   /* bytes in one in-process bus queue before edges stop reading clients */
   int sm_max_unacked;    /* XEP-0198: stanzas sent and not acknowledged before disconnecting (0 = SM off) */
   int max_conns_per_ip;  /* simultaneous connections from one source address; 0 = no cap */
   int auth_fail_ip;      /* failed authentications per source address per minute */

@@ -256,8 +256,9 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text) {
 }
 
 /* Input is parsed in pieces so the shaper can stop a flood between stanzas, not only
- * between reads: once the client is over its rate, the rest waits in c->stash until the
- * throttle timer resumes it. */
+ * between reads: once the client is over its rate, or the bus is congested (a queue
+ * over its bound: bus.h), the rest waits in c->stash until the throttle timer resumes
+ * it. */
 #define FEED_PIECE 4096
 /* Silence after which a stream's parser and its session's expanded AES keys are freed
  * (they come back on the next byte). */
@@ -267,6 +268,10 @@ void conn_restart_stream(conn_t *c) {
   c->stream_gen++;
   xml_stream_restart(c->xs);
 }
+
+/* Input must wait: over its rate, or a bound session while the bus is congested (what
+ * it sends goes to the routers; before the bind it only negotiates). */
+static int must_wait(conn_t *c) { return shaper_over(&c->shaper) || (c->bound && bus_congested(c->th->bus)); }
 
 static void feed(conn_t *c, const char *data, size_t len) {
   unsigned gen = c->stream_gen;
@@ -279,7 +284,7 @@ static void feed(conn_t *c, const char *data, size_t len) {
     if (c->stream_gen != gen) return; /* a restart discards what was pipelined after it */
     data += n;
     len -= n;
-    if (len && shaper_over(&c->shaper)) {
+    if (len && must_wait(c)) {
       buf_append(&c->stash, data, len);
       return;
     }
@@ -290,7 +295,7 @@ static void plain_in(void *ud, const char *data, size_t len) {
   conn_t *c = ud;
   if (c->closing) return;
   /* over its rate already (TLS hands records over one by one), or older bytes wait */
-  if (c->stash.len || shaper_over(&c->shaper)) buf_append(&c->stash, data, len);
+  if (c->stash.len || must_wait(c)) buf_append(&c->stash, data, len);
   else feed(c, data, len);
 }
 
@@ -360,7 +365,9 @@ static void throttle_cb(uv_timer_t *t) {
   int congested = bus_congested(th->bus);
   for (conn_t **pp = &th->paused; *pp;) {
     conn_t *c = *pp;
-    if (congested && c->bound) { /* waits for the bus, not for its own rate */
+    if (congested && c->bound) {
+      /* waits for the bus, not for its own rate: the time is not counted as pressure */
+      shaper_pressure(&c->shaper, &th->shk, 0, now);
       pp = &c->next_paused;
       continue;
     }

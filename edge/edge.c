@@ -181,7 +181,9 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     th->sweep.data = th;
     uv_async_init(&th->loop, &th->stop_async, stop_cb);
     th->stop_async.data = th;
-    bus_queue_init(&bus->edge_q[i], &th->loop, edge_bus_cb, th);
+    char qname[24];
+    snprintf(qname, sizeof qname, "edge%d", i);
+    bus_queue_attach(bus, &bus->edge_q[i], &th->loop, edge_bus_cb, th, qname);
   }
   return e;
 }

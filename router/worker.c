@@ -376,7 +376,9 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     }
     uv_async_init(&w->loop, &w->stop, stop_cb);
     w->stop.data = w;
-    bus_queue_init(&bus->worker_q[i], &w->loop, queue_cb, w);
+    char qname[24];
+    snprintf(qname, sizeof qname, "router%d", i);
+    bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);
     dir_open(w);
     modules_worker_init(w);
   }

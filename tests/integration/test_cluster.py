@@ -452,8 +452,10 @@ class FlowControlTest(unittest.TestCase):
             count, size = 4000, 10000  # 40 MB, far over the link's 8 MiB high watermark
             got = [0]
 
+            bob.sock.settimeout(60)
+            alice.sock.settimeout(60)  # login left its last wait (< 5 s), for the whole sendall
+
             def read_bob():
-                bob.sock.settimeout(60)
                 tail = b""
                 while got[0] < count:
                     chunk = bob.sock.recv(1 << 20)

@@ -653,3 +653,169 @@ Test(bus_queue, pending_counts_and_push_after_close) {
   cr_assert_eq(got, 10);
   cr_assert_eq(uv_loop_close(&loop), 0);
 }
+
+/* ---- the bound: bytes counted, watermarks, the congested counter ------------------ */
+
+typedef struct {
+  bus_queue_t *q;
+  uint64_t bytes_seen;   /* bus_queue_bytes inside the callback */
+  uint64_t batch_bytes;  /* what the batch's messages cost */
+  int over_seen;
+  int refill;            /* messages to push from inside the callback (the next batch) */
+} bound_rec_t;
+
+static void bound_cb(void *ud, bus_msg_t *batch) {
+  bound_rec_t *r = ud;
+  r->bytes_seen = bus_queue_bytes(r->q);
+  r->over_seen = bus_queue_over(r->q);
+  r->batch_bytes = 0;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    r->batch_bytes += bus_msg_size(m);
+    bus_msg_free(m);
+  }
+  for (; r->refill > 0; r->refill--) {
+    bus_frame_t f = sample(BUS_ROUTE, r->refill);
+    bus_queue_push(r->q, bus_msg_new(&f));
+  }
+}
+
+static size_t sample_size(void) {
+  bus_frame_t f = sample(BUS_ROUTE, 1);
+  bus_msg_t *m = bus_msg_new(&f);
+  size_t n = bus_msg_size(m);
+  bus_msg_free(m);
+  return n;
+}
+
+Test(bus_queue, bytes_count_until_the_batch_is_handled) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  bus_queue_t q;
+  bound_rec_t r = {&q, 0, 0, 0, 0};
+  cr_assert_eq(bus_queue_init(&q, &loop, bound_cb, &r), 0); /* unbounded: counted all the same */
+  size_t one = sample_size();
+  cr_assert_gt(one, sizeof(bus_msg_t));
+  for (int i = 0; i < 10; i++) {
+    bus_frame_t f = sample(BUS_ROUTE, i);
+    bus_queue_push(&q, bus_msg_new(&f));
+    cr_assert_eq(bus_queue_bytes(&q), (i + 1) * one);
+  }
+  cr_assert_eq(bus_queue_over(&q), 0);
+  bus_queue_drain(&q);
+  /* the batch still counted while it was being handled, and exactly what it cost */
+  cr_assert_eq(r.bytes_seen, 10 * one);
+  cr_assert_eq(r.batch_bytes, 10 * one);
+  cr_assert_eq(bus_queue_bytes(&q), 0);
+  bus_queue_close(&q);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+Test(bus_queue, watermarks_count_in_congested_once_with_hysteresis) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  bus_queue_t q;
+  bound_rec_t r = {&q, 0, 0, 0, 0};
+  _Atomic int congested = 5; /* shared with others: only this queue's 1 comes and goes */
+  size_t one = sample_size();
+  cr_assert_eq(bus_queue_init(&q, &loop, bound_cb, &r), 0);
+  bus_queue_bound(&q, 10 * one, 4 * one, &congested, "router7");
+  for (int i = 0; i < 9; i++) {
+    bus_frame_t f = sample(BUS_ROUTE, i);
+    bus_queue_push(&q, bus_msg_new(&f));
+  }
+  cr_assert_eq(bus_queue_over(&q), 0, "under the high watermark");
+  cr_assert_eq(atomic_load(&congested), 5);
+  for (int i = 9; i < 20; i++) { /* reaches it at the 10th, stays over after */
+    bus_frame_t f = sample(BUS_ROUTE, i);
+    bus_queue_push(&q, bus_msg_new(&f));
+    cr_assert_eq(bus_queue_over(&q), 1, "at %d", i);
+    cr_assert_eq(atomic_load(&congested), 6, "counted once");
+  }
+  /* the consumer pushes 6 (between the watermarks) while handling the 20: after the
+   * batch the queue holds 6, still over (hysteresis) */
+  r.refill = 6;
+  bus_queue_drain(&q);
+  cr_assert_eq(r.over_seen, 1);
+  cr_assert_eq(bus_queue_bytes(&q), 6 * one);
+  cr_assert_eq(bus_queue_over(&q), 1, "over until down to the low watermark");
+  cr_assert_eq(atomic_load(&congested), 6);
+  bus_queue_drain(&q);
+  cr_assert_eq(bus_queue_bytes(&q), 0);
+  cr_assert_eq(bus_queue_over(&q), 0);
+  cr_assert_eq(atomic_load(&congested), 5, "given back once");
+  /* over again, then closed with the messages unhandled: close gives the 1 back */
+  for (int i = 0; i < 12; i++) {
+    bus_frame_t f = sample(BUS_DELIVER, i);
+    bus_queue_push(&q, bus_msg_new(&f));
+  }
+  cr_assert_eq(atomic_load(&congested), 6);
+  bus_queue_close(&q);
+  cr_assert_eq(bus_queue_bytes(&q), 0);
+  cr_assert_eq(atomic_load(&congested), 5);
+  /* a push after close is not counted */
+  bus_frame_t f = sample(BUS_DELIVER, 1);
+  bus_queue_push(&q, bus_msg_new(&f));
+  cr_assert_eq(bus_queue_bytes(&q), 0);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+/* Four producers against a bound of a few messages: the over flag flips constantly from
+ * both sides. Whatever the interleaving, once everything is handled the queue holds no
+ * byte and no congestion (an increment lost or doubled would show here). */
+typedef struct {
+  bus_queue_t q;
+  uv_loop_t *loop;
+  _Atomic int congested;
+  long received;
+  int max_congested;
+} bound_consumer_t;
+
+static void bound_consume(void *ud, bus_msg_t *batch) {
+  bound_consumer_t *c = ud;
+  int now = atomic_load(&c->congested);
+  if (now > c->max_congested) c->max_congested = now;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    c->received++;
+    bus_msg_free(m);
+  }
+  if (c->received >= (long)PRODUCERS * PER_PRODUCER) uv_stop(c->loop);
+}
+
+static void bound_produce(void *arg) {
+  bound_consumer_t *c = arg;
+  for (int i = 0; i < PER_PRODUCER; i++) {
+    bus_frame_t f = sample(BUS_ROUTE, i);
+    bus_queue_push(&c->q, bus_msg_new(&f));
+  }
+}
+
+Test(bus_queue, four_producers_bound_settles_at_zero, .timeout = 60) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  bound_consumer_t *c = xcalloc(1, sizeof *c);
+  c->loop = &loop;
+  atomic_init(&c->congested, 0);
+  size_t one = sample_size();
+  cr_assert_eq(bus_queue_init(&c->q, &loop, bound_consume, c), 0);
+  bus_queue_bound(&c->q, 8 * one, 2 * one, &c->congested, "test");
+  uv_thread_t th[PRODUCERS];
+  for (int i = 0; i < PRODUCERS; i++) cr_assert_eq(uv_thread_create(&th[i], bound_produce, c), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < PRODUCERS; i++) uv_thread_join(&th[i]);
+  bus_queue_drain(&c->q);
+  cr_assert_eq(c->received, (long)PRODUCERS * PER_PRODUCER);
+  cr_assert_eq(bus_queue_bytes(&c->q), 0);
+  cr_assert_eq(bus_queue_over(&c->q), 0);
+  cr_assert_eq(atomic_load(&c->congested), 0);
+  cr_assert_leq(c->max_congested, 1, "one queue counts at most once");
+  bus_queue_close(&c->q);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+  xfree(c);
+}
