@@ -69,6 +69,7 @@ static void mark_dirty(conn_t *c) {
 static void conn_release(conn_t *c) {
   if (!c->handle_closed || c->pending_work) return;
   xml_stream_free(c->xs);
+  csi_free(c);
   tls_conn_free(c->tls);
   buf_free(&c->out);
   buf_free(&c->stash);

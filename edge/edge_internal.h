@@ -20,6 +20,7 @@
 
 typedef struct conn conn_t;
 typedef struct sm_item sm_item_t;
+typedef struct csi_held csi_held_t;
 typedef struct edge_thread edge_thread_t;
 
 struct edge_thread {
@@ -133,6 +134,11 @@ struct conn {
   sm_item_t **sm_q_tail;
   size_t sm_bytes;      /* their size */
   size_t sm_off;        /* how many of them came from offline storage (BUS_F_OFFLINE) */
+  /* XEP-0352 (csi.c): the client said <inactive/>; what waits, oldest first */
+  int csi_inactive;
+  csi_held_t *csi_head, *csi_tail;
+  size_t csi_n, csi_bytes;
+  struct strmap *csi_presence; /* sender -> its held presence */
   char stream_id[24];
   uint64_t created_ms, last_in_ms, last_out_ms;
 };
@@ -185,6 +191,15 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver);
 /* The connection ends: unacknowledged messages go back to the router (BOUNCE). */
 void sm_bounce(conn_t *c);
 
+/* csi.c: XEP-0352 client state indication */
+/* A <active/> or <inactive/> (1), or not a CSI element (0). */
+int csi_element(conn_t *c, xnode_t *e);
+/* DELIVER f for c, which is inactive: 1 when held; 0 when it is to be written now (what
+ * was held has been written first). */
+int csi_hold(conn_t *c, const bus_frame_t *f, arena_t *a);
+void csi_flush(conn_t *c);
+void csi_free(conn_t *c);
+
 /* sasl.c */
 void sasl_thread_init(edge_thread_t *th);
 /* Answers the account reads still queued, then closes the handle (thread stopping). */
@@ -201,6 +216,8 @@ void edge_session_close(conn_t *c);
 void edge_bus_cb(void *ud, bus_msg_t *batch);
 /* Frees what a connection still holds for the routers (on release). */
 void edge_release_held(conn_t *c);
+/* Writes a DELIVER frame to its (live, bound) connection. */
+void edge_deliver_now(conn_t *c, const bus_frame_t *f);
 /* Tells c's shard that its client took the offline messages up to store id id. */
 void edge_offline_ack(conn_t *c, int64_t id);
 /* After a write completed: confirms the offline messages it carried (without XEP-0198). */

@@ -48,6 +48,7 @@ static void send_features(conn_t *c) {
     buf_puts(&f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                  "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
     if (sm_offered(c)) buf_puts(&f, "<sm xmlns='urn:xmpp:sm:3'/>"); /* XEP-0198 §2 */
+    buf_puts(&f, "<csi xmlns='urn:xmpp:csi:0'/>");                    /* XEP-0352 §2 */
   }
   buf_puts(&f, "</stream:features>");
   conn_send(c, (const char *)f.data, f.len);
@@ -288,6 +289,7 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     sm_element(c, s);
     return;
   }
+  if (csi_element(c, s)) return;
   if (!is_stanza(s)) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;

@@ -240,29 +240,34 @@ void edge_session_close(conn_t *c) {
   send_frame(c, &f);
 }
 
+void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
+  edge_thread_t *th = c->th;
+  /* the common case: straight from the frame's encoding to XML, no tree */
+  xnode_addr_t addr = {f->from, f->from_len, f->to, f->to_len};
+  th->scratch.len = 0;
+  if (xnode_serialize_encoded(f->payload, f->payload_len, NS_CLIENT, &addr, 256, &th->scratch) != 0) {
+    log_warn("edge: undecodable stanza in DELIVER frame dropped");
+    return;
+  }
+  conn_send(c, (const char *)th->scratch.data, th->scratch.len);
+  if ((f->flags & BUS_F_OFFLINE) && !c->sm) {
+    /* confirmed once written (edge_offline_written); with XEP-0198, once acknowledged */
+    c->off_id = f->arg;
+    c->off_mark = c->out_handed + c->out.len;
+  }
+  if (c->sm) {
+    /* XEP-0198: a message (not an error) is kept until the client acknowledges it */
+    xnode_head_t h;
+    int keep = xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && h.name_len == 7 &&
+               !memcmp(h.name, "message", 7) && !(h.attr_len == 5 && !memcmp(h.attr, "error", 5));
+    sm_stanza_out(c, keep ? f : NULL);
+  }
+}
+
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   conn_t *c = conn_lookup(th, f->dst.conn);
   if (c && !c->closing && c->bound) {
-    /* the common case: straight from the frame's encoding to XML, no tree */
-    xnode_addr_t addr = {f->from, f->from_len, f->to, f->to_len};
-    th->scratch.len = 0;
-    if (xnode_serialize_encoded(f->payload, f->payload_len, NS_CLIENT, &addr, 256, &th->scratch) != 0) {
-      log_warn("edge: undecodable stanza in DELIVER frame dropped");
-      return;
-    }
-    conn_send(c, (const char *)th->scratch.data, th->scratch.len);
-    if ((f->flags & BUS_F_OFFLINE) && !c->sm) {
-      /* confirmed once written (edge_offline_written); with XEP-0198, once acknowledged */
-      c->off_id = f->arg;
-      c->off_mark = c->out_handed + c->out.len;
-    }
-    if (c->sm) {
-      /* XEP-0198: a message (not an error) is kept until the client acknowledges it */
-      xnode_head_t h;
-      int keep = xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && h.name_len == 7 &&
-                 !memcmp(h.name, "message", 7) && !(h.attr_len == 5 && !memcmp(h.attr, "error", 5));
-      sm_stanza_out(c, keep ? f : NULL);
-    }
+    if (!csi_hold(c, f, a)) edge_deliver_now(c, f);
     return;
   }
   xnode_t *s;
