@@ -8,8 +8,9 @@
  *     presence is shown to it, pending subscription requests and offline messages
  *     (XEP-0160) are delivered to it.
  *   unavailable: also to every JID that got directed presence (§4.6.3).
- *   directed ('to' set): routed as is and remembered (§4.6), only when it is routed (this
- *     domain), at most limits.max_directed JIDs per session (directed_remember).
+ *   directed ('to' set): routed as is and remembered (§4.6), at most limits.max_directed
+ *     JIDs per session (directed_remember). To another domain (no server-to-server yet):
+ *     <remote-server-not-found/>, subscription stanzas too (RFC 6120 §10.4.3).
  *   subscription types: roster.c.
  * Inbound, at the recipient's shard: broadcast presence is delivered only when the
  * recipient subscribed ('to'/'both'); directed presence always; probes are answered
@@ -125,6 +126,13 @@ void presence_restore(worker_t *w, session_t *s, const xnode_t *st) {
 
 void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
   const char *type = xnode_attr(st, "type");
+  if (to && !w_is_local(w, to)) {
+    /* another domain (a MUC service, a remote contact): no server-to-server yet, so the
+     * sender is told (RFC 6120 §10.4.3) instead of waiting for ever; nothing is routed,
+     * remembered or changed in the roster (an error is never answered) */
+    w_error(w, s->full, to, st, "cancel", "remote-server-not-found");
+    return;
+  }
   if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
                !strcmp(type, "unsubscribed"))) {
     if (to) subscription_outbound(w, u, s, to, st);
@@ -133,7 +141,6 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
   if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return; /* probe etc. */
   if (to) {
     /* directed presence (§4.6) */
-    if (!w_is_local(w, to)) return; /* no server-to-server yet: not routed, not remembered */
     if (!type && directed_remember(w, s, to) != 0) {
       w_error(w, s->full, to, st, "wait", "resource-constraint");
       return;

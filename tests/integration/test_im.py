@@ -218,5 +218,37 @@ class CancelSubscriptionTest(ServerTest):
         j.close()
 
 
+class OtherDomainPresenceTest(ServerTest):
+    """Presence to a domain this server does not serve (a MUC join, a remote contact) gets
+    <remote-server-not-found/> (RFC 6120 §10.4.3) instead of silence: there is no
+    server-to-server yet. Nothing is remembered or added to the roster."""
+    users = ("kim", "lee")
+
+    def test_muc_join_and_remote_subscription_get_an_error(self):
+        async def go():
+            k = await login(self.srv, "kim@localhost/a")
+            k.send_presence(pto="room@conference.localhost/kim")  # a MUC join
+            p = await k.next_presence(pred=lambda p: p["type"] == "error")
+            self.assertEqual(p["error"]["condition"], "remote-server-not-found")
+            self.assertEqual(str(p["from"]), "room@conference.localhost/kim")
+            k.send_presence(pto="someone@example.org", ptype="subscribe")
+            p = await k.next_presence(pred=lambda p: p["type"] == "error")
+            self.assertEqual(p["error"]["condition"], "remote-server-not-found")
+            roster = await k.get_roster()
+            self.assertNotIn("someone@example.org", roster["roster"]["items"])
+            await k.close()
+        run(go())
+
+    def test_error_presence_is_not_answered(self):
+        r = RawStream(self.srv.port).login("lee", "pw", "x")
+        r.buf = b""
+        r.send("<presence to='room@conference.localhost/lee' type='error'><error type='cancel'>"
+               "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+               "<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        text = r.recv_until("id='p1'")
+        self.assertNotIn("<presence", text)
+        r.close()
+
+
 if __name__ == "__main__":
     unittest.main()
