@@ -392,6 +392,27 @@ class RawStream:
                   f"<resource>{resource}</resource></bind></iq>")
         self.recv_until(r"</iq>")
 
+    def wait_session_gone(self, full_jid, timeout=5):
+        """Waits (this stream being logged in) until the router answers an IQ to
+        full_jid with an error: that session has ended, and what its edge handed
+        back before ending it (XEP-0198 bounces, routed on the same shard queue) has
+        been routed. An IQ to a live session gets no answer from a test client that
+        does not read, so each probe waits briefly, and a new one follows."""
+        end = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            pid = f"gone{n}-{random.randrange(1 << 30)}"
+            self.send(f"<iq type='get' to='{full_jid}' id='{pid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            try:
+                text = self.recv_until(f"<iq[^>]*id='{pid}'[^>]*>", timeout=0.3)
+            except AssertionError:
+                continue
+            tag = re.search(f"<iq[^>]*id='{pid}'[^>]*>", text).group(0)
+            if "type='error'" in tag:
+                return
+        raise AssertionError(f"session {full_jid} still there after {timeout} s")
+
     def close(self):
         try:
             self.sock.close()
