@@ -19,6 +19,7 @@ import time
 import unittest
 
 import slixmpp
+import slixmpp.exceptions
 
 BUILD = os.environ.get("XMPPD_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 XMPPD = os.path.join(BUILD, "xmppd")
@@ -298,6 +299,21 @@ class Client(slixmpp.ClientXMPP):
             await asyncio.wait_for(done, 5)
         except asyncio.TimeoutError:
             pass
+
+
+async def wait_routed(client, *bare_jids):
+    """Evidence that what client sent to each bare JID before this call has been handled
+    by that account's shard (delivered, or stored offline): an IQ to the bare JID, which
+    the server answers on the account's behalf (<service-unavailable/>) from that shard,
+    after the stanzas ahead of it on the same path."""
+    for jid in bare_jids:
+        try:
+            await client["xep_0199"].ping(jid=jid, timeout=10)
+        except slixmpp.exceptions.IqError as e:
+            if e.condition != "service-unavailable":
+                raise
+        else:
+            raise AssertionError(f"a ping to the bare JID {jid} was answered with a result")
 
 
 class RawStream:
