@@ -156,6 +156,23 @@ async def live_and_offline(edge, jid, client, prefix):
     return got + later
 
 
+def registry_restarts(router, node_id):
+    """How many times router's registry poll saw a new incarnation of node_id (its own
+    log line when the bus link had shown the restart first, else the peer_gone one)."""
+    return len(re.findall(rf"node {node_id} restarted \(new incarnation in the registry\)|"
+                          rf"node {node_id} \(\S+\) restarted", router.log_text()))
+
+
+async def wait_registry_restart(router, node_id, before, timeout=15):
+    """Until router's registry poll has seen node_id's new incarnation (evidence, where a
+    test used to sleep past the poll)."""
+    deadline = time.time() + timeout
+    while registry_restarts(router, node_id) <= before:
+        assert time.time() < deadline, f"router never polled node {node_id}'s new incarnation:\n" + \
+            "\n".join(router.log_text().splitlines()[-10:])
+        await asyncio.sleep(0.05)
+
+
 def error_watch(clients):
     """Every type='error' message the clients get, as (client index, body) pairs."""
     errors = []
@@ -669,7 +686,10 @@ class RouterKilledSendersLoseNothingTest(unittest.TestCase):
 
             async def go():
                 r = await login(edge, "rcv@localhost/r")
-                await asyncio.sleep(0.3)
+                deadline = time.time() + 5
+                while not any("session rcv@localhost/r open" in x.log_text() for x in routers) \
+                        and time.time() < deadline:
+                    await asyncio.sleep(0.05)
                 owner = [x for x in routers if "session rcv@localhost/r open" in x.log_text()]
                 self.assertEqual(len(owner), 1)
                 victim = [x for x in routers if x is not owner[0]][0]
@@ -769,6 +789,7 @@ class EdgeRestartedQuicklyTest(unittest.TestCase):
             async def go():
                 a = await login(edge, "alice@localhost/a")
                 await a.close()
+                polled = registry_restarts(router, 11)
                 edge.kill9()
                 edge.start()
                 deadline = time.time() + 10
@@ -776,7 +797,7 @@ class EdgeRestartedQuicklyTest(unittest.TestCase):
                     await asyncio.sleep(0.05)
                 a = await login(edge, "alice@localhost/a")
                 b = await login(edge, "bob@localhost/b")
-                await asyncio.sleep(3)  # the router's next poll sees the new incarnation
+                await wait_registry_restart(router, 11, polled)  # sessions must survive it
                 a.send_message(mto="bob@localhost/b", mbody="after restart", mtype="chat")
                 try:
                     await expect_body(b, "after restart")
@@ -817,13 +838,14 @@ class AllNodeRestartedQuicklyTest(unittest.TestCase):
             async def go():
                 a = await login(node, "u0@localhost/a")
                 await a.close()
+                polled = registry_restarts(router, 2)
                 node.kill9()
                 node.start()
                 deadline = time.time() + 10
                 while "2 routers," not in node.log_text().split("xmppd")[-1] and time.time() < deadline:
                     await asyncio.sleep(0.05)
                 cs = [await login(node, f"{u}@localhost/r") for u in users]
-                await asyncio.sleep(5)  # the router's next poll sees the new incarnation
+                await wait_registry_restart(router, 2, polled)  # sessions must survive it
                 for i, c in enumerate(cs):
                     c.send_message(mto=f"{users[(i + 1) % len(cs)]}@localhost/r", mbody=f"after {i}",
                                    mtype="chat")
