@@ -524,7 +524,17 @@ class FlowControlTest(unittest.TestCase):
                               for i in range(count)).encode()
             base = rss_kib(edge.proc.pid)
             router.proc.send_signal(signal.SIGSTOP)
-            sender = threading.Thread(target=lambda: alice.sock.sendall(payload), daemon=True)
+            send_error = []
+
+            def send_all():
+                # the edge stops reading alice while the router is stopped (that is the
+                # point): her writes block for as long, far more than 5 s under ASan
+                alice.sock.settimeout(120)
+                try:
+                    alice.sock.sendall(payload)
+                except OSError as e:
+                    send_error.append(e)
+            sender = threading.Thread(target=send_all, daemon=True)
             sender.start()
             deadline = time.time() + 10  # evidence: the edge reached the watermark
             while "edges stop reading clients" not in edge.log_text() and time.time() < deadline:
@@ -533,8 +543,9 @@ class FlowControlTest(unittest.TestCase):
             time.sleep(2)  # the flood goes on, the router stays stopped: the edge must not grow
             grew = rss_kib(edge.proc.pid) - base
             router.proc.send_signal(signal.SIGCONT)
-            sender.join(60)
-            reader.join(60)
+            sender.join(120)
+            self.assertFalse(sender.is_alive() or send_error, f"alice could not send it all: {send_error}")
+            reader.join(120)
             self.assertEqual(got, list(range(count)), "every message arrived, once, in order")
             if not SANITIZED:
                 self.assertLess(grew, 24 * 1024, f"edge grew {grew} KiB while the router was stopped")
