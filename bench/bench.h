@@ -46,6 +46,7 @@ typedef struct bench_opts {
   const char *plot;
   const char *label;
   int quiet;
+  int allow_errors; /* --allow-errors: errors and losses are reported, the exit status stays 0 */
   /* derived */
   uint32_t src_lo, src_hi; /* host byte order */
   int total;               /* connections over all processes */
@@ -90,7 +91,7 @@ typedef struct worker {
   /* statistics: counters written by this thread only, read with atomics by the child's
    * main thread; histograms and failures under mu */
   uint64_t st_connected, st_online, st_logins_ok, st_login_failed, st_dropped, st_sent,
-      st_delivered, st_last_online_ns;
+      st_delivered, st_errors, st_last_online_ns;
   pthread_mutex_t mu;
   hdr_t lat;
   hdr_t login;

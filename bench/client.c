@@ -60,6 +60,8 @@ struct conn {
   int in_dirty;
   int role;       /* 1: chat sender / presence changer */
   int inflight;   /* closed loop */
+  uint64_t tx_seq; /* chat: messages sent to the peer (the body's S= number) */
+  uint64_t rx_seq; /* chat: the highest S= received from the peer */
   conn_t *peer;   /* chat: the other end of the pair (same thread) */
   conn_t *next_dirty;
   WOLFSSL *ssl;
@@ -507,9 +509,11 @@ static void went_online(conn_t *c) {
 static void send_chat(conn_t *c, uint64_t stamp) {
   worker_t *w = c->w;
   char head[256];
+  /* T= the send time (latency), S= this connection's sequence number towards its peer:
+   * the receiver counts a delivery only for the next number (no duplicate, no gap) */
   int hl = snprintf(head, sizeof head,
-                    "<message type='chat' to='%s' id='m%" PRIx64 "'><body>T=%" PRIu64 " ", c->to,
-                    ++w->msg_id, stamp);
+                    "<message type='chat' to='%s' id='m%" PRIx64 "'><body>T=%" PRIu64 " S=%" PRIu64 " ", c->to,
+                    ++w->msg_id, stamp, ++c->tx_seq);
   static const char tail[] = "</body></message>";
   size_t body_have = (size_t)hl - (size_t)(strstr(head, "<body>") - head) - 6;
   size_t pad = (size_t)w->o->size > body_have ? (size_t)w->o->size - body_have : 0;
@@ -535,7 +539,6 @@ static void send_presence(conn_t *c, uint64_t stamp) {
 }
 
 static void record_latency(worker_t *w, const char *t, size_t tl) {
-  if (tl < 3 || t[0] != 'T' || t[1] != '=') return;
   uint64_t stamp = strtoull(t + 2, NULL, 10);
   uint64_t now = uv_hrtime();
   uint64_t us = now > stamp ? (now - stamp) / 1000 : 0;
@@ -545,26 +548,86 @@ static void record_latency(worker_t *w, const char *t, size_t tl) {
   STORE(w->st_delivered, w->st_delivered + 1);
 }
 
+/* A stanza that is not what the scenario sent, or a bounce: counted apart from the
+ * deliveries (a run with any fails unless --allow-errors), its reason in the failures. */
+static void stanza_error(worker_t *w, const char *what, const char *p, size_t n) {
+  char r[64];
+  const char *e = xs_find(p, n, "<error");
+  const char *cn = NULL;
+  size_t cl = e ? xs_first_child(e, n - (size_t)(e - p), &cn) : 0;
+  if (cl)
+    snprintf(r, sizeof r, "%s:%.*s", what, (int)(cl > 40 ? 40 : cl), cn);
+  else
+    snprintf(r, sizeof r, "%s", what);
+  add_fail(w, r);
+  BUMP(w->st_errors);
+}
+
+/* 1 when the stanza's from is user@domain or user@domain/resource. */
+static int from_user(const char *p, size_t n, const char *user, const char *domain) {
+  const char *f;
+  size_t fl, ul = strlen(user), dl = strlen(domain);
+  if (!xs_attr(p, n, "from", &f, &fl)) return 0;
+  return fl >= ul + 1 + dl && memcmp(f, user, ul) == 0 && f[ul] == '@' && memcmp(f + ul + 1, domain, dl) == 0 &&
+         (fl == ul + 1 + dl || f[ul + 1 + dl] == '/');
+}
+
+static int type_is(const char *p, size_t n, const char *type) {
+  const char *v;
+  size_t vl;
+  if (!xs_attr(p, n, "type", &v, &vl)) return 0;
+  return vl == strlen(type) && memcmp(v, type, vl) == 0;
+}
+
+/* Chat: a delivery is counted only at the intended recipient (the pair's other end), for
+ * a type='chat' message from its peer carrying the peer's next sequence number. An error
+ * bounce (which copies the body) is an error, a repeated or skipped number is an error,
+ * anything else with a T= body is an error. Offline messages left by an earlier run
+ * (XEP-0203 <delay/>) are not this run's: noted, not counted. */
 static void on_message(conn_t *c, const char *p, size_t n) {
+  worker_t *w = c->w;
   const char *t;
   size_t tl;
   if (!xs_text(p, n, "<body", &t, &tl)) return;
-  if (tl < 2 || t[0] != 'T') return;
-  record_latency(c->w, t, tl);
+  if (tl < 3 || t[0] != 'T' || t[1] != '=') return;
   conn_t *s = c->peer;
-  if (s && s->inflight > 0) s->inflight--;
-  if (s && c->w->o->rate <= 0 && g_phase == PH_RUN && s->state == C_ONLINE && s->role)
-    send_chat(s, uv_hrtime());
+  if (type_is(p, n, "error")) {
+    stanza_error(w, "message-error", p, n);
+    if (c->inflight > 0) c->inflight--; /* c sent it: it is answered, if not delivered */
+    return;
+  }
+  if (xs_find(p, n, "urn:xmpp:delay")) {
+    add_fail(w, "message:offline-from-earlier-run");
+    return;
+  }
+  if (!s || !type_is(p, n, "chat") || !from_user(p, n, s->user, w->o->domain)) {
+    stanza_error(w, "message:unexpected", p, n);
+    return;
+  }
+  const char *q = xs_find(t, tl, " S=");
+  uint64_t seq = q ? strtoull(q + 3, NULL, 10) : 0;
+  if (seq != c->rx_seq + 1) {
+    stanza_error(w, seq <= c->rx_seq ? "message:duplicate-or-reordered" : "message:gap", p, n);
+    if (seq > c->rx_seq) c->rx_seq = seq;
+    return;
+  }
+  c->rx_seq = seq;
+  record_latency(w, t, tl);
+  if (s->inflight > 0) s->inflight--;
+  if (w->o->rate <= 0 && g_phase == PH_RUN && s->state == C_ONLINE && s->role) send_chat(s, uv_hrtime());
 }
 
+/* Presence: a delivery is another user's available presence carrying a T= status; a
+ * presence error is an error. */
 static void on_presence(conn_t *c, const char *p, size_t n) {
-  const char *t, *f;
-  size_t tl, fl;
-  if (!xs_text(p, n, "<status", &t, &tl) || tl < 2 || t[0] != 'T') return;
-  if (xs_attr(p, n, "from", &f, &fl)) {
-    size_t ul = strlen(c->user);
-    if (fl > ul && memcmp(f, c->user, ul) == 0 && f[ul] == '@') return; /* our own, reflected */
+  const char *t;
+  size_t tl;
+  if (!xs_text(p, n, "<status", &t, &tl) || tl < 3 || t[0] != 'T' || t[1] != '=') return;
+  if (type_is(p, n, "error")) {
+    stanza_error(c->w, "presence-error", p, n);
+    return;
   }
+  if (from_user(p, n, c->user, c->w->o->domain)) return; /* our own, reflected */
   record_latency(c->w, t, tl);
 }
 

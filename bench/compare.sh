@@ -174,7 +174,9 @@ run_one() {   # run_one SCENARIO SERVER
     case $rc in
       0) echo ok > "$status";;
       124|137) echo "timeout (${tmo}s)" > "$status";;
-      *) if [ -s "$json" ]; then echo ok > "$status"; else echo "failed (rc $rc)" > "$status"; fi;;
+      # non-zero: a failed log-in, a dropped session, a bounce or a loss (the summary's
+      # ERRORS line), or a setup failure: never compared as a result
+      *) echo "failed (rc $rc)$(grep -m1 -E 'ERRORS:' "$OUT/$sc-$s.log" | sed 's/^ */: /')" > "$status";;
     esac
     [ "$rc" -ne 0 ] && log "$sc/$s: xmpp-bench exited $rc (see $OUT/$sc-$s.log)"
     grep -E 'log-ins:|closed loop|open loop|sessions|RSS per|presence' "$OUT/$sc-$s.log" | sed 's/^/    /' >&2 || true

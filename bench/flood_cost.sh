@@ -30,7 +30,8 @@ one() { # NAME FLOOD(0|1)
     fpid=$!
   fi
   build/xmpp-bench chat --port "$port" --pairs 500 --rate 5000 --duration "$DUR" --password secret \
-    --mech SCRAM-SHA-256 --server-pid "$pid" --json "$OUT/$name.json" --quiet >"$OUT/$name.out" 2>&1 || true
+    --mech SCRAM-SHA-256 --server-pid "$pid" --json "$OUT/$name.json" --quiet >"$OUT/$name.out" 2>&1 ||
+    echo "flood_cost.sh: $name: xmpp-bench exited $? (errors or losses among the well-behaved pairs): $(grep -m1 ERRORS: "$OUT/$name.out")" >&2
   [ -n "$fpid" ] && wait "$fpid" || true
   bench/peers/ours.sh stop --dir "$dir"
   grep -c "above its rate for too long" "$dir/xmppd.log" >"$OUT/$name.kicks" || true

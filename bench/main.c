@@ -53,7 +53,12 @@ static const char usage_text[] =
     "  --procs P          processes (default: each holds <= 9,000 connections)\n"
     "  --src A-B          source address range, e.g. 127.0.0.1-127.0.0.254 (the default)\n"
     "  --server-pid PID[,PID...]  read server RSS and CPU from /proc/PID (summed)\n"
-    "  --json FILE  --plot FILE.png  --label NAME  --quiet\n";
+    "  --json FILE  --plot FILE.png  --label NAME  --quiet\n"
+    "  --allow-errors     exit 0 even when log-ins failed, connections dropped, or messages\n"
+    "                     bounced, were lost, repeated or unexpected (they are still reported)\n"
+    "exit status: 0 when every log-in succeeded, no connection dropped, and (chat, presence)\n"
+    "every message sent was delivered exactly once to its recipient with no error; 1 otherwise\n"
+    "(unless --allow-errors); 2 for a usage error\n";
 
 /* ---- options -------------------------------------------------------------------------- */
 
@@ -101,7 +106,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   enum {
     O_HOST = 256, O_PORT, O_DOMAIN, O_TLS, O_MECH, O_USERS, O_USERFMT, O_FIRST, O_PASSWORD,
     O_ARRIVAL, O_CONC, O_DURATION, O_PAIRS, O_RATE, O_WINDOW, O_SIZE, O_IDLEX, O_ROSTER,
-    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET
+    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_ALLOWERR
   };
   static const struct option lo[] = {
       {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"domain", 1, 0, O_DOMAIN},
@@ -112,7 +117,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
       {"size", 1, 0, O_SIZE}, {"idle-extra", 1, 0, O_IDLEX}, {"roster", 1, 0, O_ROSTER},
       {"threads", 1, 0, O_THREADS}, {"procs", 1, 0, O_PROCS}, {"src", 1, 0, O_SRC},
       {"server-pid", 1, 0, O_SPID}, {"json", 1, 0, O_JSON}, {"plot", 1, 0, O_PLOT},
-      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET},
+      {"allow-errors", 0, 0, O_ALLOWERR}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->host = "127.0.0.1";
   o->port = 5222;
@@ -190,6 +196,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_PLOT: o->plot = optarg; break;
     case O_LABEL: o->label = optarg; break;
     case O_QUIET: o->quiet = 1; break;
+    case O_ALLOWERR: o->allow_errors = 1; break;
     case 'h': fputs(usage_text, stdout); exit(0);
     default: fputs(usage_text, stderr); return -1;
     }
@@ -299,7 +306,7 @@ static double srv_cpu_s(const bench_opts_t *o) {
 /* ---- child ---------------------------------------------------------------------------- */
 
 typedef struct snap {
-  uint64_t online, connected, logins_ok, login_failed, dropped, sent, delivered, last_online_ns;
+  uint64_t online, connected, logins_ok, login_failed, dropped, sent, delivered, errors, last_online_ns;
   long fdlimit;
   hdr_t lat, login;
   fail_count_t fails[MAX_FAIL_REASONS];
@@ -333,6 +340,7 @@ static void child_report(int fd, worker_t *ws, int nw, long fdlimit, snap_t *tmp
     tmp->dropped += LOAD(w->st_dropped);
     tmp->sent += LOAD(w->st_sent);
     tmp->delivered += LOAD(w->st_delivered);
+    tmp->errors += LOAD(w->st_errors);
     uint64_t lo = LOAD(w->st_last_online_ns);
     if (lo > tmp->last_online_ns) tmp->last_online_ns = lo;
     pthread_mutex_lock(&w->mu);
@@ -350,9 +358,9 @@ static void child_report(int fd, worker_t *ws, int nw, long fdlimit, snap_t *tmp
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "S %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                 " %" PRIu64 " %ld\n",
+                 " %" PRIu64 " %" PRIu64 " %ld\n",
              tmp->online, tmp->connected, tmp->logins_ok, tmp->login_failed, tmp->dropped, tmp->sent,
-             tmp->delivered, tmp->last_online_ns, fdlimit);
+             tmp->delivered, tmp->errors, tmp->last_online_ns, fdlimit);
   for (int j = 0; j < tmp->nfails; j++)
     buf_printf(&b, "F %s %" PRIu64 "\n", tmp->fails[j].reason, tmp->fails[j].count);
   buf_puts(&b, "HL ");
@@ -482,9 +490,9 @@ static void child_line(child_t *c, char *line) {
     hdr_init(&s->login);
     s->nfails = 0;
     sscanf(line + 2, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
-                     " %" SCNu64 " %ld",
+                     " %" SCNu64 " %" SCNu64 " %ld",
            &s->online, &s->connected, &s->logins_ok, &s->login_failed, &s->dropped, &s->sent,
-           &s->delivered, &s->last_online_ns, &s->fdlimit);
+           &s->delivered, &s->errors, &s->last_online_ns, &s->fdlimit);
   } else if (line[0] == 'F' && line[1] == ' ' && s->nfails < MAX_FAIL_REASONS) {
     char *sp = strrchr(line, ' ');
     if (sp && sp > line + 1) {
@@ -539,6 +547,7 @@ static void aggregate(child_t *cs, int n, snap_t *a) {
     a->dropped += s->dropped;
     a->sent += s->sent;
     a->delivered += s->delivered;
+    a->errors += s->errors;
     if (s->last_online_ns > a->last_online_ns) a->last_online_ns = s->last_online_ns;
     if (a->fdlimit < 0 || s->fdlimit < a->fdlimit) a->fdlimit = s->fdlimit;
     hdr_merge(&a->lat, &s->lat);
@@ -575,6 +584,18 @@ typedef struct results {
 } results_t;
 
 static double ms(uint64_t us) { return (double)us / 1000.0; }
+
+/* Deliveries a clean run has: chat one per message sent, presence one per contact per
+ * change (every contact is online), none in the other scenarios. */
+static uint64_t expected_deliveries(const bench_opts_t *o, const snap_t *a) {
+  return o->sc == SC_CHAT ? a->sent : o->sc == SC_PRESENCE ? a->sent * (uint64_t)o->roster : 0;
+}
+
+/* Messages never delivered (or, presence, deliveries beyond one per contact). */
+static uint64_t lost_deliveries(const bench_opts_t *o, const snap_t *a) {
+  uint64_t e = expected_deliveries(o, a);
+  return e > a->delivered ? e - a->delivered : a->delivered - e;
+}
 
 static void json_str(FILE *f, const char *s) {
   fputc('"', f);
@@ -649,10 +670,10 @@ static int write_json(const bench_opts_t *o, const snap_t *a, const results_t *r
     double win = r->stop_t - r->go_t;
     double dps = win > 0 ? (double)r->delivered_at_stop / win : 0;
     fprintf(f, ",\"sessions\":%" PRIu64 ",\"mode\":\"%s\",\"offered_rate\":%g,\"sent\":%" PRIu64 ",\"delivered\":%" PRIu64
-               ",\"delivered_per_s\":%.2f,\"measured_s\":%.3f,",
+               ",\"errors\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"delivered_per_s\":%.2f,\"measured_s\":%.3f,",
             a->logins_ok, o->sc == SC_PRESENCE || o->rate > 0 ? "open" : "closed",
-            o->sc == SC_PRESENCE ? (o->rate > 0 ? o->rate : o->users / 10.0) : o->rate, a->sent, a->delivered, dps,
-            win);
+            o->sc == SC_PRESENCE ? (o->rate > 0 ? o->rate : o->users / 10.0) : o->rate, a->sent, a->delivered,
+            a->errors, lost_deliveries(o, a), dps, win);
     if (o->sc == SC_PRESENCE)
       fprintf(f, "\"presence_sent_per_s\":%.2f,\"presence_delivered_per_s\":%.2f,\"expected_deliveries\":%" PRIu64 ",",
               win > 0 ? (double)r->sent_at_stop / win : 0, dps, a->sent * (uint64_t)o->roster);
@@ -840,8 +861,8 @@ static int coordinator(bench_opts_t *o) {
       }
       break;
     case P_DRAIN: {
-      uint64_t expect = o->sc == SC_CHAT ? a->sent : a->sent * (uint64_t)o->roster;
-      if ((a->delivered >= expect && t - phase_t > 0.3) || t - phase_t >= 5.0) {
+      /* every message answered: delivered, or bounced back as an error */
+      if ((a->delivered + a->errors >= expected_deliveries(o, a) && t - phase_t > 0.3) || t - phase_t >= 5.0) {
         send_all(cs, n, "QUIT\n");
         ph = P_QUIT;
         quit_t = t;
@@ -938,6 +959,15 @@ static int coordinator(bench_opts_t *o) {
            ms(hdr_percentile(&a->lat, 90)), ms(hdr_percentile(&a->lat, 99)), ms(hdr_percentile(&a->lat, 99.9)),
            ms(a->lat.max));
   }
+  /* A run that lost or bounced anything, or could not keep its connections, is not a
+   * measurement of the server doing its job: it fails (exit 1) unless --allow-errors. */
+  uint64_t lost = lost_deliveries(o, a);
+  int bad = a->login_failed || a->dropped || a->errors || lost;
+  if (bad)
+    printf("  ERRORS: %" PRIu64 " log-in(s) failed, %" PRIu64 " connection(s) dropped, %" PRIu64
+           " stanza error(s), %" PRIu64 " delivery(ies) missing or extra%s\n",
+           a->login_failed, a->dropped, a->errors, lost, o->allow_errors ? " (allowed by --allow-errors)" : "");
+  if (bad && !o->allow_errors) setup_failed = 1;
   if (o->server_pid > 0)
     printf("  server: CPU %.2f s over the run, RSS max %ld KiB\n", r.srv_cpu_end - r.srv_cpu0, r.rss_max);
   printf("  bench: CPU %.2f s over %.1f s wall (%.0f %% of one core; %d worker thread(s)), RSS max %ld KiB\n",

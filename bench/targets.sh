@@ -30,6 +30,7 @@ done
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 [ -x build/xmpp-bench ] && [ -x build/xmppd ] || make build >&2
+FAILED=0
 
 if [ "$QUICK" = 1 ]; then
   LOGIN_N=2000 IDLE_A=1000 IDLE_B=3000 PAIRS=200 BIG_IDLE=2000 DUR=5
@@ -48,9 +49,18 @@ run() {
   pid=$(bench/peers/ours.sh start --dir "$dir" --port "$port" --cert "$OUT/cert.pem" --key "$OUT/key.pem" \
         --users "$users" --password secret)
   peer_log "$name: xmppd pid $pid on port $port"
+  local rc=0
+  rm -f "$OUT/$name.status"
   timeout 900 build/xmpp-bench "$@" --port "$port" --password secret --mech SCRAM-SHA-256 \
     --server-pid "$pid" --json "$OUT/$name.json" --plot "$OUT/$name.png" --label "$name" \
-    > "$OUT/$name.out" 2>&1 || peer_log "$name: xmpp-bench exited with $?"
+    > "$OUT/$name.out" 2>&1 || rc=$?
+  # a run that lost, bounced or dropped anything exits non-zero: its row says so
+  if [ "$rc" -ne 0 ]; then
+    peer_log "$name: xmpp-bench exited with $rc"
+    echo "xmpp-bench exited $rc: $(grep -m1 -E 'ERRORS:|exited early|cannot' "$OUT/$name.out" | sed 's/^ *//')" \
+      > "$OUT/$name.status"
+    FAILED=$((FAILED + 1))
+  fi
   grep -v '^\s*\[' "$OUT/$name.out" | sed "s/^/  [$name] /" >&2
   bench/peers/ours.sh stop --dir "$dir" || true
 }
@@ -71,19 +81,25 @@ def j(name):
             return json.load(f)
     except OSError:
         return None
+def failed(name):
+    try:
+        with open(os.path.join(out, name + ".status")) as f:
+            return "**FAILED** (" + f.read().strip() + "); "
+    except OSError:
+        return ""
 rows = []
 l = j("login")
 if l:
     r = l["results"]
     rows.append(("login, STARTTLS + SCRAM-SHA-256, %d users" % r.get("logins_ok", 0),
-                 "%.0f log-ins/s, %.3f ms server CPU per log-in, %d failed" %
+                 failed("login") + "%.0f log-ins/s, %.3f ms server CPU per log-in, %d failed" %
                  (r.get("logins_per_s", 0), r.get("server_cpu_ms_per_login", 0), r.get("logins_failed", 0))))
 for n in ("idle-a", "idle-b"):
     d = j(n)
     if d:
         r = d["results"]
         rows.append(("idle, %d sessions" % r.get("sessions", 0),
-                     "%.2f KiB per session (RSS %d -> %d KiB), server CPU idle %.2f %%" %
+                     failed(n) + "%.2f KiB per session (RSS %d -> %d KiB), server CPU idle %.2f %%" %
                      (r.get("rss_kib_per_session", 0), r.get("server_rss_kib_before", 0),
                       r.get("server_rss_kib_after", 0), r.get("server_cpu_pct_idle", 0))))
 for n, what in (("chat", "chat, closed loop (window 4)"), ("big", "chat at 10,000 msgs/s open loop, with idle sessions")):
@@ -91,10 +107,13 @@ for n, what in (("chat", "chat, closed loop (window 4)"), ("big", "chat at 10,00
     if d:
         r = d["results"]
         lat = r.get("latency_ms", {})
-        conns = 2 * d["params"].get("pairs", 0) + d["params"].get("idle_extra", 0)
-        rows.append(("%s, %d connections" % (what, conns),
-                     "%.0f msgs/s delivered (%d/%d), p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms" %
-                     (r.get("delivered_per_s", 0), r.get("delivered", 0), r.get("sent", 0),
+        # the sessions that were online, not the ones asked for
+        asked = 2 * d["params"].get("pairs", 0) + d["params"].get("idle_extra", 0)
+        held = r.get("sessions", 0)
+        conns = "%d sessions" % held if held == asked else "%d of %d sessions" % (held, asked)
+        rows.append(("%s, %s" % (what, conns),
+                     failed(n) + "%.0f msgs/s delivered (%d/%d, %d errors), p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms" %
+                     (r.get("delivered_per_s", 0), r.get("delivered", 0), r.get("sent", 0), r.get("errors", 0),
                       lat.get("p50", 0), lat.get("p99", 0), lat.get("p999", 0))))
 print("| scenario | result |")
 print("|---|---|")
@@ -107,3 +126,7 @@ for n in ("login", "idle-a", "idle-b", "chat", "big"):
         print(f"\n{n}: bench CPU {b.get('cpu_s', 0):.1f} s, {b.get('procs', 0)} process(es), fd limit {b.get('fd_limit', 0)}", end="")
 print()
 EOF
+if [ "$FAILED" -ne 0 ]; then
+  echo "targets.sh: $FAILED run(s) failed (see the **FAILED** rows)" >&2
+  exit 1
+fi

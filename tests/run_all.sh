@@ -3,6 +3,10 @@
 # driven by real XMPP clients), against the normal build and the ASan+UBSan build, then
 # each libFuzzer target of build-fuzz for a bounded time (tests/fuzz/run.sh).
 # Ends with one line: "N passed, N failed".
+# A suite that ran nothing, or fewer than expected, fails: every unit test binary of
+# tests/unit/test_*.c must exist in each build and report at least one test, every
+# fuzz target of tests/fuzz/fuzz_*.c must exist in build-fuzz, and the integration run
+# must run every test it discovered, and no fewer than the test methods in its files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,23 +28,39 @@ count_criterion() { # file -> "passing failing"
     } END { print p + 0, f + c + 0 }' "$1"
 }
 
+# what must run: derived from the sources, not from what the build happens to hold
+mapfile -t unit_tests < <(for f in tests/unit/test_*.c; do basename "$f" .c; done)
+mapfile -t fuzz_targets < <(for f in tests/fuzz/fuzz_*.c; do basename "$f" .c | sed 's/^fuzz_//'; done)
+# integration test methods written in the files (a lower bound: subclasses run their
+# parent's tests again)
+it_methods=$(cat tests/integration/test_*.py | grep -cE '^    (async )?def test_')
+
 for build in build build-asan; do
   [ -d "$build" ] || { echo "missing $build: run make test"; exit 1; }
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  for t in "$build"/test_*; do
-    [ -x "$t" ] || continue
-    name=$(basename "$t")
+  for name in "${unit_tests[@]}"; do
+    t="$build/$name"
+    if [ ! -x "$t" ]; then
+      printf '%-12s %-22s    0 passed, 1 failed   (no binary: Criterion missing, or not built)\n' "$build" "$name"
+      note_failure "FAILED $build/$name: the binary is missing (tests/unit/$name.c exists)"
+      failed=$((failed + 1))
+      continue
+    fi
     out="$log_dir/$build-$name.log"
     "$t" --jobs 2 >"$out" 2>&1
     rc=$?
     read -r p f < <(count_criterion "$out")
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+      f=1 # ran nothing
+      echo "ran no test" >>"$out"
+    fi
     passed=$((passed + p))
     failed=$((failed + f))
     printf '%-12s %-22s %4d passed, %d failed\n' "$build" "$name" "$p" "$f"
     if [ "$f" -ne 0 ]; then
-      details=$(grep -E 'FAIL|CRASH|ERROR|Assertion|runtime error|\[----\]' "$out" | head -20)
+      details=$(grep -E 'FAIL|CRASH|ERROR|Assertion|runtime error|\[----\]|^ran no test' "$out" | head -20)
       echo "$details"
       note_failure "FAILED $build/$name (log $out):"$'\n'"$details"
     fi
@@ -52,6 +72,11 @@ for build in build build-asan; do
   p=$(echo "$line" | awk '{print $2 + 0}')
   f=$(echo "$line" | awk '{print $4 + 0}')
   if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+  if [ "$(( ${p:-0} + ${f:-0} ))" -lt "$it_methods" ]; then
+    # fewer tests ran than the files define: a module that failed to load, a crash
+    echo "ran $(( ${p:-0} + ${f:-0} )) integration tests, the files define at least $it_methods" | tee -a "$out"
+    f=$(( ${f:-0} + 1 ))
+  fi
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
   printf '%-12s %-22s %4d passed, %d failed\n' "$build" "integration" "${p:-0}" "${f:-0}"
@@ -61,7 +86,7 @@ for build in build build-asan; do
     details=$(awk '/^==========+$/ {inblk = 1; n = 0; next}
                    /^----------+$/ && inblk && n > 1 {next}
                    /^(Ran [0-9]+ tests? in|INTEGRATION:)/ {inblk = 0}
-                   inblk && n++ < 40 {print}' "$out" | head -160)
+                   inblk && n++ < 40 {print}' "$out" | head -160; grep -E '^ran [0-9]+ integration' "$out")
     echo "$details"; echo "(full log: $out)"
     note_failure "FAILED $build/integration (log $out):"$'\n'"$details"
   fi
@@ -71,9 +96,8 @@ done
 # (tests/fuzz/regress/<target>/) and then fuzzes from its seeds for a bounded time
 # (FUZZ_TEST_SECONDS, default 25): one pass or fail per target.
 if [ -d build-fuzz ]; then
-  for b in build-fuzz/fuzz_*; do
-    [ -x "$b" ] || continue
-    t=$(basename "$b" | sed 's/^fuzz_//')
+  for t in "${fuzz_targets[@]}"; do
+    # run.sh fails a target whose binary is missing
     line=$(bash tests/fuzz/run.sh -s "${FUZZ_TEST_SECONDS:-25}" -o "$log_dir/fuzz" "$t" 2>&1)
     if [ $? -eq 0 ]; then p=1 f=0; else p=0 f=1; fi
     passed=$((passed + p))

@@ -19,6 +19,7 @@ import time
 import unittest
 
 import slixmpp
+import slixmpp.exceptions
 
 BUILD = os.environ.get("XMPPD_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 XMPPD = os.path.join(BUILD, "xmppd")
@@ -300,6 +301,21 @@ class Client(slixmpp.ClientXMPP):
             pass
 
 
+async def wait_routed(client, *bare_jids):
+    """Evidence that what client sent to each bare JID before this call has been handled
+    by that account's shard (delivered, or stored offline): an IQ to the bare JID, which
+    the server answers on the account's behalf (<service-unavailable/>) from that shard,
+    after the stanzas ahead of it on the same path."""
+    for jid in bare_jids:
+        try:
+            await client["xep_0199"].ping(jid=jid, timeout=10)
+        except slixmpp.exceptions.IqError as e:
+            if e.condition != "service-unavailable":
+                raise
+        else:
+            raise AssertionError(f"a ping to the bare JID {jid} was answered with a result")
+
+
 class RawStream:
     """Raw XML over TCP (optionally upgraded with STARTTLS) for hostile-input tests."""
 
@@ -391,6 +407,27 @@ class RawStream:
         self.send(f"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                   f"<resource>{resource}</resource></bind></iq>")
         self.recv_until(r"</iq>")
+
+    def wait_session_gone(self, full_jid, timeout=5):
+        """Waits (this stream being logged in) until the router answers an IQ to
+        full_jid with an error: that session has ended, and what its edge handed
+        back before ending it (XEP-0198 bounces, routed on the same shard queue) has
+        been routed. An IQ to a live session gets no answer from a test client that
+        does not read, so each probe waits briefly, and a new one follows."""
+        end = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            pid = f"gone{n}-{random.randrange(1 << 30)}"
+            self.send(f"<iq type='get' to='{full_jid}' id='{pid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            try:
+                text = self.recv_until(f"<iq[^>]*id='{pid}'[^>]*>", timeout=0.3)
+            except AssertionError:
+                continue
+            tag = re.search(f"<iq[^>]*id='{pid}'[^>]*>", text).group(0)
+            if "type='error'" in tag:
+                return
+        raise AssertionError(f"session {full_jid} still there after {timeout} s")
 
     def close(self):
         try:

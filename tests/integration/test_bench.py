@@ -5,7 +5,7 @@ import os
 import subprocess
 import tempfile
 
-from harness import BUILD, DOMAIN, XMPPCTL, ServerTest
+from harness import BUILD, DOMAIN, XMPPCTL, ServerTest, rss_kib
 
 BENCH = os.path.join(BUILD, "xmpp-bench")
 PASSWORD = "secret"
@@ -99,13 +99,21 @@ class BenchTest(ServerTest):
         self.assertEqual(d["results"]["logins_ok"], 0)
         self.assertEqual(d["results"]["failures"], {"sasl:not-authorized": 5})
 
+    def assert_clean(self, r):
+        """Every message reached its recipient once, from its sender, as type='chat'
+        (the bench counts a delivery only there, by sequence number), none bounced."""
+        self.assertEqual(r["errors"], 0, r)
+        self.assertEqual(r["lost"], 0, r)
+        self.assertEqual(r["failures"], {}, r)
+        self.assertEqual(r["delivered"], r["sent"], r)
+
     def test_chat_closed_and_open_loop(self):
         d, _ = self.bench("chat", "--pairs", "10", "--first", "41", "--duration", "2", "--window", "2")
         r = d["results"]
         self.assertEqual(r["logins_ok"], 20)
         self.assertEqual(r["mode"], "closed")
         self.assertGreater(r["sent"], 100)
-        self.assertEqual(r["delivered"], r["sent"])
+        self.assert_clean(r)
         self.assertGreater(r["delivered_per_s"], 0)
         lat = r["latency_ms"]
         self.assertTrue(0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"], lat)
@@ -116,20 +124,43 @@ class BenchTest(ServerTest):
         self.assertEqual(r["mode"], "open")
         self.assertEqual(r["logins_ok"], 25)
         self.assertTrue(350 <= r["sent"] <= 450, r["sent"])
-        self.assertEqual(r["delivered"], r["sent"])
+        self.assert_clean(r)
+
+    def test_chat_errors_fail_the_run(self):
+        """A bounce copies the body the bench stamps: it is an error, never a delivery, and
+        a run with errors or losses exits 1 unless --allow-errors. The pair user200 <->
+        user201 has no account user201: its log-in fails and what user200 sends it comes
+        back as <service-unavailable/>."""
+        d, out = self.bench("chat", "--pairs", "1", "--first", "200", "--duration", "1",
+                            expect_rc=1)
+        r = d["results"]
+        self.assertEqual(r["logins_ok"], 1)
+        self.assertGreater(r["sent"], 0)
+        self.assertEqual(r["delivered"], 0, r)
+        self.assertEqual(r["errors"], r["sent"], r)
+        self.assertEqual(r["lost"], r["sent"], r)
+        self.assertEqual(r["failures"].get("message-error:service-unavailable"), r["sent"], r)
+        self.assertIn("ERRORS:", out)
+        d, _ = self.bench("chat", "--pairs", "1", "--first", "200", "--duration", "1",
+                          "--allow-errors")
+        self.assertEqual(d["results"]["delivered"], 0)
+        self.assertEqual(d["results"]["errors"], d["results"]["sent"])
 
     def test_idle(self):
+        """The sessions were held (50 online at once), and the figures are the server's:
+        its RSS as /proc gives it just before the run, its CPU near zero while idle.
+        Whether 50 sessions move RSS at all depends on pages the allocator kept from
+        earlier tests (seen equal once), so growth is not asserted."""
+        before = rss_kib(self.srv.proc.pid)
         d, _ = self.bench("idle", "--users", "50", "--first", "100", "--duration", "1",
                           "--mech", "SCRAM-SHA-256")
         r = d["results"]
         self.assertEqual(r["sessions"], 50)
-        # the report is consistent; whether 50 sessions move RSS at all depends on pages the
-        # allocator kept from earlier tests (seen equal once), so growth is not asserted
-        self.assertGreater(r["server_rss_kib_before"], 0)
-        self.assertGreater(r["server_rss_kib_after"], 0)
-        self.assertAlmostEqual(r["rss_kib_per_session"],
-                               (r["server_rss_kib_after"] - r["server_rss_kib_before"]) / 50, places=1)
-        self.assertGreaterEqual(r["server_cpu_pct_idle"], 0)
+        self.assertEqual(r["logins_failed"], 0)
+        self.assertEqual(max(p["online"] for p in d["timeline"]), 50, d["timeline"])
+        self.assertLess(abs(r["server_rss_kib_before"] - before), before / 5 + 1024, (r, before))
+        self.assertGreaterEqual(r["server_rss_kib_after"], r["server_rss_kib_before"] / 2, r)
+        self.assertLess(r["server_cpu_pct_idle"], 50, r)
 
     def test_presence(self):
         d, _ = self.bench("presence", "--users", "40", "--roster", "3", "--rate", "40",

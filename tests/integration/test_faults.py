@@ -200,90 +200,129 @@ class SlowlorisTest(ServerTest):
 class RestartTest(unittest.TestCase):
     """The server restarted under load keeps every message it acknowledged.
 
-    A sender's messages to bob's bare JID go through bob's shard in order; after each
-    batch the sender asks bob's bare JID an IQ, answered by that same shard once every
-    earlier message from the batch has been delivered or written to offline storage.
-    That answer is the acknowledgement. What bob receives, live or from offline storage
-    after the restart, must be a gapless prefix of what was sent that covers every
-    acknowledged message."""
+    alice sends, without pause, batches of messages to bob (online: live deliveries)
+    and to carol (offline: every message stored), numbered 0, 1, 2, ... per recipient,
+    two batches ahead of the acknowledgements. After each batch she asks bob's and
+    carol's bare JIDs an IQ, answered by that user's shard once every earlier message of
+    hers to that user has been delivered or written to offline storage: both answers
+    acknowledge the batch. The restart comes once 1,000 messages were acknowledged,
+    while she is still sending (she stops only when the server goes away): messages are
+    in flight and stored offline at that moment (both checked). After it, what each
+    recipient got (live, then from offline storage) must be exactly {0, ..., k-1}, each
+    once, with k at least what was acknowledged (for bob's live deliveries after kill -9
+    only what was written to his socket before the kill is his) and at most what was
+    sent."""
 
-    N = 3000
     BATCH = 50
+    RESTART_AFTER = 1000
 
-    def sender(self, srv, acked, stop_at):
+    def sender(self, srv, st):
         r = RawStream(srv.port).login("alice", "pw", "load")
         n = 0
+        pending = []  # batches sent, not yet acknowledged
+        seen = set()
+        carry = ""
         try:
-            while n < self.N and time.monotonic() < stop_at:
-                out = "".join(f"<message to='bob@{DOMAIN}' type='chat' id='m{i}'><body>{i}</body></message>"
+            while True:
+                out = "".join(f"<message to='bob@{DOMAIN}' type='chat' id='b{i}'><body>{i}</body></message>"
+                              f"<message to='carol@{DOMAIN}' type='chat' id='c{i}'><body>{i}</body></message>"
                               for i in range(n, n + self.BATCH))
-                r.send(out + f"<iq type='get' id='ack{n}' to='bob@{DOMAIN}'><query xmlns='urn:xmpp:x'/></iq>")
+                r.send(out + f"<iq type='get' id='ackb{n}' to='bob@{DOMAIN}'><query xmlns='urn:xmpp:x'/></iq>"
+                       f"<iq type='get' id='ackc{n}' to='carol@{DOMAIN}'><query xmlns='urn:xmpp:x'/></iq>")
+                pending.append(n)
                 n += self.BATCH
-                r.recv_until(rf"id='ack{n - self.BATCH}'", timeout=10)
-                acked[0] = n
-        except (OSError, AssertionError):
+                st["sent"] = n
+                while len(pending) >= 2:  # two batches ahead: always some in flight
+                    k = pending[0]
+                    if {f"ackb{k}", f"ackc{k}"} <= seen:
+                        pending.pop(0)
+                        st["acked"] = k + self.BATCH
+                        continue
+                    r.sock.settimeout(10)
+                    chunk = r.sock.recv(65536)
+                    if not chunk:
+                        raise OSError("closed")
+                    data = carry + chunk.decode(errors="replace")
+                    seen.update(re.findall(r"id='(ack[bc]\d+)'", data))
+                    carry = data[-40:]
+        except OSError:
             pass  # the server went away mid-batch
+        st["done"] = True
         r.close()
 
-    def collect(self, r, quiet=1.5):
-        got = []
+    def collect(self, r, until_closed=False, quiet=1.5):
+        """Bodies received until the connection closes (until_closed) or stays quiet."""
         buf = ""
-        r.sock.settimeout(quiet)
+        r.sock.settimeout(60 if until_closed else quiet)
         while True:
             try:
                 chunk = r.sock.recv(65536)
             except (socket.timeout, TimeoutError):
+                if until_closed:
+                    raise AssertionError("the connection was not closed by the restart")
                 break
             except OSError:
                 break
             if not chunk:
                 break
             buf += chunk.decode(errors="replace")
-        got += [int(x) for x in re.findall(r"<body>(\d+)</body>", buf)]
-        return got
+        return [int(x) for x in re.findall(r"<body>(\d+)</body>", buf)]
 
-    def check_prefix(self, got, acked):
-        s = sorted(set(got))
-        self.assertEqual(s, list(range(len(s))), "a gap: an accepted message was lost")
-        self.assertGreaterEqual(len(s), acked, "an acknowledged message was lost")
-        self.assertEqual(len(got), len(s), "a message was delivered twice")
+    def check_exact(self, who, got, acked, sent):
+        self.assertEqual(len(got), len(set(got)), f"{who}: a message was delivered twice")
+        k = len(got)
+        self.assertEqual(sorted(got), list(range(k)), f"{who}: a gap: an accepted message was lost")
+        self.assertGreaterEqual(k, acked, f"{who}: an acknowledged message was lost")
+        self.assertLessEqual(k, sent, f"{who}: more than was sent")
 
     def run_restart(self, kill9):
-        srv = Server(**{"limits.offline_max": "0", "limits.rate_stanzas": "0", "limits.rate_bytes": "0"})
-        srv.adduser(f"alice@{DOMAIN}", "pw")
-        srv.adduser(f"bob@{DOMAIN}", "pw")
+        srv = Server(**{"limits.offline_max": "0", "limits.rate_stanzas": "0", "limits.rate_bytes": "0",
+                        "limits.max_pending_out": "100000000"})
+        for u in ("alice", "bob", "carol"):
+            srv.adduser(f"{u}@{DOMAIN}", "pw")
         srv.start()
         bob = RawStream(srv.port).login("bob", "pw", "phone")
         bob.send("<presence/>")
-        got = []
-        reader = threading.Thread(target=lambda: got.extend(self.collect(bob, quiet=20)))
+        bob.recv_until("<presence[^>]*/>")
+        bob.buf = b""
+        live = []
+        reader = threading.Thread(target=lambda: live.extend(self.collect(bob, until_closed=True)))
         reader.start()
-        acked = [0]
-        snd = threading.Thread(target=self.sender, args=(srv, acked, time.monotonic() + 20))
+        st = {"sent": 0, "acked": 0, "done": False}
+        snd = threading.Thread(target=self.sender, args=(srv, st))
         snd.start()
-        time.sleep(1.0)  # under load
+        end = time.monotonic() + 30
+        while st["acked"] < self.RESTART_AFTER and not st["done"] and time.monotonic() < end:
+            time.sleep(0.01)
+        self.assertGreaterEqual(st["acked"], self.RESTART_AFTER, "the load did not get going")
         if kill9:
             srv.proc.kill()
             srv.proc.wait()
             srv.log.close()
         else:
             self.assertEqual(srv.stop(), 0, srv.log_text()[-3000:])
-        snd.join()
-        reader.join()
-        live = len(got)
-        self.assertGreater(acked[0], 0, "no batch was acknowledged before the restart")
-        if kill9:
-            db = sqlite3.connect(os.path.join(srv.dir, "xmppd.db"))
-            self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
-            db.close()
+        snd.join(30)
+        reader.join(60)
+        self.assertTrue(st["done"], "the sender did not notice the restart")
+        acked, sent = st["acked"], st["sent"]
+        self.assertGreater(sent, acked, "nothing was in flight at the restart")
+        db = sqlite3.connect(os.path.join(srv.dir, "xmppd.db"))
+        self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        stored = db.execute("SELECT count(*) FROM offline WHERE owner = ?", (f"carol@{DOMAIN}",)).fetchone()[0]
+        db.close()
+        self.assertGreaterEqual(stored, acked, "carol's acknowledged messages are stored")
+        self.assertGreater(len(live), 0, "bob got messages live before the restart")
         srv.start()
-        bob = RawStream(srv.port).login("bob", "pw", "phone")
-        bob.send("<presence/>")
-        got += self.collect(bob)
-        bob.close()
-        self.check_prefix(got, acked[0])
+        got = {}
+        for who in ("bob", "carol"):
+            r = RawStream(srv.port).login(who, "pw", "again")
+            r.send("<presence/>")
+            got[who] = self.collect(r)
+            r.close()
+        self.assertEqual(len(got["carol"]), stored, "carol gets every stored message")
+        self.check_exact("bob", live + got["bob"], 0 if kill9 else acked, sent)
+        self.check_exact("carol", got["carol"], acked, sent)
         self.assertEqual(srv.stop(), 0, srv.log_text()[-3000:])
-        return live, len(got), acked[0]
 
     def test_sigterm_under_load_loses_nothing(self):
         self.run_restart(kill9=False)

@@ -572,8 +572,8 @@ class ProtocolAbuseTest(HostileBase):
             self.assertIn("server", cats)
             ver = await self.alice["xep_0092"].get_version(DOMAIN, timeout=10)
             self.assertEqual(ver["software_version"]["name"], "xmppd")
-            rtt = await self.alice["xep_0199"].ping(DOMAIN, timeout=10)
-            self.assertGreaterEqual(rtt, 0)
+            # raises IqError / IqTimeout unless the server answers with a result
+            await self.alice["xep_0199"].ping(DOMAIN, timeout=10)
         self.run_async(go())
 
     # ---- closing -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tempfile
 import time
 import unittest
 
-from harness import XMPPCTL, Client, RawStream, Redis, Server, free_port, resp, run
+from harness import XMPPCTL, Client, RawStream, Redis, Server, free_port, resp, run, wait_routed
 
 def ctl(srv, *args, stdin=None):
     return subprocess.run([XMPPCTL, "-c", srv.conf, *args], capture_output=True, text=True,
@@ -90,7 +90,7 @@ class RedisStoreTest(unittest.TestCase):
             await a.update_roster("zed@localhost", name="Zed", groups=["Friends", "a,b"])
             a.send_message(mto="bob@localhost", mbody="kept in redis", mtype="chat")
             a.send_message(mto="bob@localhost", mbody="second", mtype="chat")
-            await asyncio.sleep(0.5)
+            await wait_routed(a, "bob@localhost")  # both stored
             await a.close()
         run(before())
         self.assertEqual(resp(self.redis.port, "LLEN", "{u:bob@localhost}:o"), b":2\r\n")
@@ -126,7 +126,7 @@ class RedisStoreTest(unittest.TestCase):
             for i in range(1, 41, 3):
                 for k in (1, 2):
                     a.send_message(mto=f"storm{i}@localhost", mbody=f"offline {i} {k}", mtype="chat")
-            await asyncio.sleep(0.5)
+            await wait_routed(a, *(f"storm{i}@localhost" for i in range(1, 41, 3)))
             await a.close()
         run(leave_offline())
 
@@ -213,11 +213,11 @@ class RedisStoreTest(unittest.TestCase):
         async def go():
             c = await login(self.srv, "carol@localhost/back")
             c.send_message(mto="alice@localhost", mbody="after the outage", mtype="chat")
-            await asyncio.sleep(0.3)
+            await wait_routed(c, "alice@localhost")  # stored in Redis
             await c.close()
             a = await login(self.srv, "alice@localhost/z")
             m = await a.next_message(pred=lambda m: m["body"] == "after the outage")
-            self.assertIsNotNone(m)
+            self.assertIn("urn:xmpp:delay", str(m), "from offline storage")
             await a.close()
         run(go())
         # the outage was logged (once per handle that met it); which edge thread took the

@@ -37,23 +37,40 @@ class StreamManagementTest(ServerTest):
         self.assertIn("h='3'", r.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>"))
         r.close()
 
+    def ack(self, r, h):
+        """Acknowledges h stanzas, and waits for the evidence the server processed it:
+        its answer to the <r/> sent after it, in order."""
+        r.buf = b""
+        r.send(f"<a xmlns='{SM}' h='{h}'/><r xmlns='{SM}'/>")
+        r.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+
+    def end_marker(self, sender, to, receiver, tag):
+        """Sends a last message after everything else and returns every body the
+        receiver got up to it (a duplicate routed before the marker is in the list)."""
+        sender.send(f"<message to='{to}' type='chat'><body>{tag}</body></message>")
+        return bodies(receiver.recv_until(f"{tag}</body>"))
+
     def test_unacknowledged_messages_go_offline_when_the_connection_dies(self):
+        """Each message is received once by a connection whose receipt counts: the
+        acknowledged ones on the connection that died, every other one on the next."""
         bob = self.enabled("bob", "phone")
         alice = RawStream(self.srv.port).login("alice", "pw", "pc")
-        alice.send("".join(f"<message to='bob@{DOMAIN}/phone' type='chat'><body>m{i}</body></message>"
-                           for i in range(1, 8)))
+        sent = [f"m{i}" for i in range(1, 8)]
+        alice.send("".join(f"<message to='bob@{DOMAIN}/phone' type='chat'><body>{b}</body></message>"
+                           for b in sent))
         text = bob.recv_until(r"m7</body>")
-        self.assertEqual(bodies(text), [f"m{i}" for i in range(1, 8)])
+        self.assertEqual(bodies(text), sent)
         self.assertIn(f"<r xmlns='{SM}'/>", text, "the server asks for an ack")
-        bob.send(f"<a xmlns='{SM}' h='3'/>")  # m1..m3 handled; m4..m7 never acknowledged
-        time.sleep(0.3)
+        self.ack(bob, 3)  # m1..m3 handled; m4..m7 never acknowledged
         bob.sock.close()  # the connection dies without </stream:stream>
-        time.sleep(0.5)
+        alice.wait_session_gone(f"bob@{DOMAIN}/phone")
         again = RawStream(self.srv.port).login("bob", "pw", "phone2")
         again.send("<presence/>")
         text = again.recv_until(r"m7</body>")
-        self.assertEqual(bodies(text), ["m4", "m5", "m6", "m7"], "exactly the unacknowledged ones")
-        self.assertIn("urn:xmpp:delay", text)
+        self.assertIn("urn:xmpp:delay", text, "they were stored offline")
+        got = self.end_marker(alice, f"bob@{DOMAIN}/phone2", again, "end")
+        self.assertEqual(got, ["m4", "m5", "m6", "m7", "end"], "exactly the unacknowledged ones, once")
+        self.assertEqual(sorted(sent[:3] + got[:-1], key=lambda b: int(b[1:])), sent)
         again.close()
         alice.close()
 
@@ -61,28 +78,37 @@ class StreamManagementTest(ServerTest):
         carol = self.enabled("carol", "phone")
         laptop = RawStream(self.srv.port).login("carol", "pw", "laptop")
         laptop.send("<presence/>")
+        laptop.recv_until("<presence[^>]*/>")
+        laptop.buf = b""
         alice = RawStream(self.srv.port).login("alice", "pw", "pc2")
         alice.send(f"<message to='carol@{DOMAIN}/phone' type='chat'><body>for the phone</body></message>")
         carol.recv_until("for the phone")
         carol.sock.close()
-        self.assertIn("for the phone", laptop.recv_until("for the phone"))
+        alice.wait_session_gone(f"carol@{DOMAIN}/phone")
+        got = self.end_marker(alice, f"carol@{DOMAIN}/laptop", laptop, "end")
+        self.assertEqual(got, ["for the phone", "end"], "handed to the other resource, once")
         laptop.close()
         alice.close()
 
     def test_client_never_acking_is_disconnected_and_nothing_is_lost(self):
+        """dave acknowledges nothing: what reached the connection that was cut off does
+        not count, so every message must arrive on the next connection, exactly once."""
         dave = self.enabled("dave")
         alice = RawStream(self.srv.port).login("alice", "pw", "pc3")
-        alice.send("".join(f"<message to='dave@{DOMAIN}/r' type='chat'><body>n{i}</body></message>"
-                           for i in range(20)))
+        sent = [f"n{i}" for i in range(20)]
+        alice.send("".join(f"<message to='dave@{DOMAIN}/r' type='chat'><body>{b}</body></message>"
+                           for b in sent))
         text = dave.recv_until("</stream:stream>")
         self.assertIn("<policy-violation", text)
         self.assertIn("too many unacknowledged stanzas", text)
-        time.sleep(0.5)
+        self.assertTrue(bodies(text), "some reached the connection before it was cut off")
+        alice.wait_session_gone(f"dave@{DOMAIN}/r")
         again = RawStream(self.srv.port).login("dave", "pw", "r2")
         again.send("<presence/>")
-        got = set(bodies(again.recv_until(r"n19</body>", timeout=5)))
-        got |= set(re.findall(r"n\d+", text))
-        self.assertEqual(got, {f"n{i}" for i in range(20)}, "every message arrived at least once")
+        got = self.end_marker(alice, f"dave@{DOMAIN}/r2", again, "end")
+        self.assertEqual(got.pop(), "end")
+        self.assertEqual(len(got), len(set(got)), f"a message arrived twice: {got}")
+        self.assertEqual(sorted(got, key=lambda b: int(b[1:])), sent, "every message arrived once")
         again.close()
         alice.close()
 
@@ -117,9 +143,12 @@ class StreamManagementTest(ServerTest):
                 self.assertEqual((await b.next_message())["body"], f"t{i}")
             sm = a.plugin["xep_0198"]
             sm.request_ack()  # slixmpp asks every `window` stanzas; once more for the tail
-            await asyncio.sleep(0.5)
-            self.assertEqual(sm.handled, 6 + 0, "slixmpp counted what it received")
+            end = time.monotonic() + 5
+            while sm.unacked_queue and time.monotonic() < end:
+                await asyncio.sleep(0.05)
             self.assertFalse(sm.unacked_queue, "the server acknowledged every stanza slixmpp sent")
+            self.assertEqual(sm.last_ack, 6, "the server's h: the six messages")
+            self.assertEqual(sm.handled, 6, "slixmpp counted what it received")
             await a.close()
             await b.close()
         run(go())

@@ -2,6 +2,7 @@
 wolfSSL is freed (docs/memory.md); TLS 1.2 sessions keep wolfSSL. Both must carry large
 stanzas in many records both ways, end on close_notify, and refuse forged records."""
 import os
+import select
 import socket
 import ssl
 import time
@@ -41,7 +42,6 @@ class TLSTest(ServerTest):
         a = self.session("alice", version, "a")
         b = self.session("bob", version, "b")
         self.assertEqual(a.sock.version(), expect)
-        time.sleep(0.2)
         body = "0123456789abcdef" * 8192  # 128 KiB: many records each way
         a.send(f"<message to='bob@{DOMAIN}/b' type='chat'><body>{body}</body></message>")
         text = b.recv_until(r"</message>", timeout=15)
@@ -51,16 +51,23 @@ class TLSTest(ServerTest):
         for i in range(0, len(msg), 7):
             b.send(msg[i:i + 7])
         self.assertIn("pong", a.recv_until(r"pong</body>"))
-        # close_notify: the server answers and closes
-        try:
-            raw = b.sock.unwrap()  # sends close_notify
-            raw.settimeout(5)
-            self.assertEqual(raw.recv(100), b"")  # the server closed the connection
-            raw.close()
-        except (ssl.SSLError, OSError):
-            pass  # the server closed before our unwrap finished: closed too
+        # close_notify: the server answers with its own, promptly, and closes
+        self.check_close_notify(b)
         b.close()
         a.close()
+
+    def check_close_notify(self, s):
+        """unwrap() sends close_notify and waits for the server's (RFC 8446 §6.1: each
+        party sends one before closing the write side); then the server closes the TCP
+        connection. Both within 5 s, or the test fails (an alert ignored would leave
+        both waiting until the socket timeout)."""
+        t0 = time.monotonic()
+        s.sock.settimeout(5)
+        raw = s.sock.unwrap()
+        raw.settimeout(5)
+        self.assertEqual(raw.recv(100), b"", "the server closed the connection")
+        self.assertLess(time.monotonic() - t0, 5)
+        raw.close()
 
     def test_tls13_big_stanzas_and_close_notify(self):
         self.check_big_exchange(ssl.TLSVersion.TLSv1_3, "TLSv1.3")
@@ -148,21 +155,35 @@ class MaxFragmentTest(ServerTest):
         token = base64.b64encode(b"\0alice\0pw").decode()
         body = "z" * 3000
         script = (hdr + f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
-        p.stdin.write(script.encode())
-        p.stdin.flush()
-        time.sleep(1.0)
-        p.stdin.write((hdr + "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                       "<resource>r</resource></bind></iq>").encode())
-        p.stdin.flush()
-        time.sleep(0.5)
-        p.stdin.write(f"<message to='alice@{DOMAIN}/r' type='chat'><body>{body}</body></message>".encode())
-        p.stdin.flush()
-        time.sleep(1.0)
+        out = err = b""
+
+        def read_until(pattern, timeout=10):
+            """s_client's output up to pattern (what the server sent, decrypted)."""
+            nonlocal out
+            end = time.monotonic() + timeout
+            while pattern not in out:
+                left = end - time.monotonic()
+                self.assertGreater(left, 0, f"no {pattern!r} from the server; got {out[-500:]!r}")
+                if select.select([p.stdout], [], [], left)[0]:
+                    chunk = os.read(p.stdout.fileno(), 65536)
+                    self.assertTrue(chunk, f"s_client ended before {pattern!r}; got {out[-500:]!r}")
+                    out += chunk
+
         try:
-            out, err = p.communicate(input=b"</stream:stream>", timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-        self.assertIn(b"<success", out, err[-500:])
-        self.assertIn(body.encode(), out, err[-500:])
+            p.stdin.write(script.encode())
+            p.stdin.flush()
+            read_until(b"<success")
+            p.stdin.write((hdr + "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                           "<resource>r</resource></bind></iq>").encode())
+            p.stdin.flush()
+            read_until(b"</iq>")
+            p.stdin.write(f"<message to='alice@{DOMAIN}/r' type='chat'><body>{body}</body></message>".encode())
+            p.stdin.flush()
+            read_until(body.encode())  # 3,000 bytes in records of at most 512
+            rest, err = p.communicate(input=b"</stream:stream>", timeout=10)
+            out += rest
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         self.assertNotIn(b"data length too long", err)
