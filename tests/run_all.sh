@@ -115,6 +115,22 @@ else
   failed=$((failed + 1))
 fi
 
+# Mutants (tests/mutants/, docs/testing.md): the fast ones, each a planted bug that a
+# listed test must catch; one pass per mutant killed, one failure per survivor.
+out="$log_dir/mutants.log"
+bash tests/mutants/run.sh --ci >"$out" 2>&1
+line=$(grep -E '^MUTANTS: [0-9]+ killed, [0-9]+ survived' "$out" | tail -1)
+k=$(echo "$line" | awk '{print $2 + 0}')
+sv=$(echo "$line" | awk '{print $4 + 0}')
+[ -n "$line" ] || sv=1
+passed=$((passed + k))
+failed=$((failed + sv))
+printf '%-12s %-22s %4d passed, %d failed\n' "mutants" "tests/mutants (ci)" "$k" "$sv"
+if [ "$sv" -ne 0 ]; then
+  grep -v '^mutant .* killed by' "$out" | tail -60
+  note_failure "FAILED mutants (log $out):"$'\n'"$(grep -E 'SURVIVED|does not apply|unmutated' "$out")"
+fi
+
 if [ -n "$recap" ]; then printf '\n--- failures ---\n%s\n' "$recap"; fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
