@@ -51,7 +51,7 @@ static const conf_opt_t opts[] = {
   {"tls", "rekey_records", CT_INT, 16, 1 << 24, "16777216", O(tls_rekey_records), "AES-GCM records under one TLS 1.3 traffic key: at this count the server updates its key and asks the client to update its own (RFC 8446 5.5); a client still on its key at 2^24 + 2^22 records is disconnected. At most 2^24; lower values only cost KeyUpdates (tests use them)"},
   {"limits", "max_stanza_bytes", CT_INT, 1024, 16 << 20, "262144", O(max_stanza_bytes), "largest stanza accepted; larger gets `<policy-violation/>` (at most 16 MiB: an encoded frame stays under the bus limit)"},
   {"limits", "max_depth", CT_INT, 2, 200, "64", O(max_depth), "deepest element nesting inside a stanza (at most 200: bus frames are decoded with a fixed depth bound)"},
-  {"limits", "max_attrs", CT_INT, 1, 4096, "64", O(max_attrs), "most attributes on one element"},
+  {"limits", "max_attrs", CT_INT, 1, 4096, "64", O(max_attrs), "most attributes on one element, namespace declarations included (the stream header too)"},
   {"limits", "auth_timeout", CT_INT, 1, 3600, "30", O(auth_timeout), "seconds from connect to a bound resource"},
   {"limits", "idle_timeout", CT_INT, 5, 86400, "600", O(idle_timeout), "seconds without client input before `<connection-timeout/>`"},
   {"limits", "keepalive", CT_INT, 1, 86400, "90", O(keepalive), "seconds of output silence before a whitespace keepalive"},

@@ -230,8 +230,21 @@ static bool any_in(const uint32_t *s, size_t n, ucs4_t lo, ucs4_t hi) {
   return false;
 }
 
+/* What rules A.7-A.9 ask of the whole string, found once per string (at first need):
+ * asked again for every such code point, they made a check quadratic in the length of
+ * what a client sent (issue 9). -1: not yet known. */
+typedef struct {
+  int kana_han, arabic_indic, ext_arabic_indic;
+} context_scan_t;
+
+static bool any_kana_han(const uint32_t *s, size_t n) {
+  for (size_t k = 0; k < n; k++)
+    if (script_is(s[k], "Hiragana") || script_is(s[k], "Katakana") || script_is(s[k], "Han")) return true;
+  return false;
+}
+
 /* Contextual rules of RFC 5892 Appendix A for s[i] (RFC 8264 §9.8, §9.6). */
-static bool context_ok(const uint32_t *s, size_t n, size_t i) {
+static bool context_ok(const uint32_t *s, size_t n, size_t i, context_scan_t *cs) {
   ucs4_t cp = s[i];
   switch (cp) {
   case 0x200C: { /* A.1 ZERO WIDTH NON-JOINER */
@@ -261,19 +274,24 @@ static bool context_ok(const uint32_t *s, size_t n, size_t i) {
   case 0x05F3: case 0x05F4: /* A.5, A.6 HEBREW GERESH / GERSHAYIM */
     return i > 0 && script_is(s[i - 1], "Hebrew");
   case 0x30FB: /* A.7 KATAKANA MIDDLE DOT */
-    for (size_t k = 0; k < n; k++)
-      if (script_is(s[k], "Hiragana") || script_is(s[k], "Katakana") || script_is(s[k], "Han"))
-        return true;
-    return false;
+    if (cs->kana_han < 0) cs->kana_han = any_kana_han(s, n);
+    return cs->kana_han;
   }
-  if (cp >= 0x0660 && cp <= 0x0669) return !any_in(s, n, 0x06F0, 0x06F9); /* A.8 */
-  if (cp >= 0x06F0 && cp <= 0x06F9) return !any_in(s, n, 0x0660, 0x0669); /* A.9 */
+  if (cp >= 0x0660 && cp <= 0x0669) { /* A.8 */
+    if (cs->ext_arabic_indic < 0) cs->ext_arabic_indic = any_in(s, n, 0x06F0, 0x06F9);
+    return !cs->ext_arabic_indic;
+  }
+  if (cp >= 0x06F0 && cp <= 0x06F9) { /* A.9 */
+    if (cs->arabic_indic < 0) cs->arabic_indic = any_in(s, n, 0x0660, 0x0669);
+    return !cs->arabic_indic;
+  }
   return false;
 }
 
 /* Whether every code point of s is allowed by IdentifierClass (RFC 8264 §4.2)
  * or FreeformClass (§4.3). */
 static bool precis_allowed(const uint32_t *s, size_t n, bool identifier) {
+  context_scan_t cs = {-1, -1, -1};
   for (size_t i = 0; i < n; i++) {
     switch (precis_property(s[i])) {
     case PP_PVALID: break;
@@ -282,7 +300,7 @@ static bool precis_allowed(const uint32_t *s, size_t n, bool identifier) {
       break;
     case PP_CONTEXTJ:
     case PP_CONTEXTO:
-      if (!context_ok(s, n, i)) return false;
+      if (!context_ok(s, n, i, &cs)) return false;
       break;
     default: return false;
     }

@@ -56,8 +56,11 @@ void xnode_set_attr(arena_t *a, xnode_t *n, const char *name, const char *value)
       return;
     }
   }
-  if (!value) return;
-  if (n->nattrs == n->attr_cap) {
+  if (value) xnode_append_attr(a, n, name, value);
+}
+
+void xnode_append_attr(arena_t *a, xnode_t *n, const char *name, const char *value) {
+  if (n->nattrs == n->attr_cap) { /* geometric growth: appending is amortised O(1) */
     uint32_t cap = n->attr_cap ? n->attr_cap * 2 : 4;
     const char **na = arena_alloc(a, cap * 2 * sizeof(char *));
     if (n->nattrs) memcpy(na, n->attrs, n->nattrs * 2 * sizeof(char *));
@@ -107,7 +110,11 @@ char *xnode_text(arena_t *a, const xnode_t *n) {
 xnode_t *xnode_copy(arena_t *a, const xnode_t *n) {
   if (!n->name) return xnode_new_text(a, n->text, n->text_len);
   xnode_t *c = xnode_new(a, n->name, n->ns);
-  for (uint32_t i = 0; i < n->nattrs; i++) xnode_set_attr(a, c, n->attrs[2 * i], n->attrs[2 * i + 1]);
+  if (n->nattrs) { /* the source has no duplicate names: copied in one pass */
+    c->attrs = arena_alloc(a, n->nattrs * 2 * sizeof(char *));
+    for (uint32_t i = 0; i < 2 * n->nattrs; i++) c->attrs[i] = arena_strdup(a, n->attrs[i]);
+    c->nattrs = c->attr_cap = n->nattrs;
+  }
   for (xnode_t *k = n->children; k; k = k->next) xnode_append(c, xnode_copy(a, k));
   return c;
 }
@@ -376,9 +383,9 @@ xnode_t *stanza_error_reply(arena_t *a, const xnode_t *st, const char *type, con
   const char *t = xnode_attr(st, "type");
   if (t && !strcmp(t, "error")) return NULL;
   xnode_t *e = xnode_new(a, st->name, st->ns);
-  for (uint32_t i = 0; i < st->nattrs; i++)
-    if (strcmp(st->attrs[2 * i], "type")) xnode_set_attr(a, e, st->attrs[2 * i], st->attrs[2 * i + 1]);
-  xnode_set_attr(a, e, "type", "error");
+  for (uint32_t i = 0; i < st->nattrs; i++) /* names are distinct: appended, not looked up */
+    if (strcmp(st->attrs[2 * i], "type")) xnode_append_attr(a, e, st->attrs[2 * i], st->attrs[2 * i + 1]);
+  xnode_append_attr(a, e, "type", "error");
   /* the original payload may be included (§8.3.1); it is */
   for (xnode_t *c = st->children; c; c = c->next) xnode_append(e, xnode_copy(a, c));
   xnode_t *err = xnode_add(a, e, "error", st->ns);

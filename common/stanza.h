@@ -60,6 +60,11 @@ const char *xnode_attr(const xnode_t *n, const char *name);
 /* Sets (replacing) or, with value NULL, removes an attribute. The strings are copied
  * into a; removing never allocates (a may then be NULL). */
 void xnode_set_attr(arena_t *a, xnode_t *n, const char *name, const char *value);
+/* Appends an attribute (strings copied into a) without looking for one of that name, in
+ * amortised constant time: only for a name known to be absent (the XML reader's, whose
+ * parser refuses duplicates; a copy of a node, which has none). xnode_set_attr scans
+ * the attributes already there, so a loop of it is quadratic in their count. */
+void xnode_append_attr(arena_t *a, xnode_t *n, const char *name, const char *value);
 
 /* First child element with that name (NULL: any) and namespace (NULL: any). */
 xnode_t *xnode_child(const xnode_t *n, const char *name, const char *ns);

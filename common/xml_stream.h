@@ -3,7 +3,8 @@
  *
  * Protocol code never touches a socket: the owner calls xml_stream_feed() with bytes
  * and gets callbacks synchronously from inside feed. Inputs may be split anywhere.
- * Hostile input is bounded here: stanza bytes, element depth and attribute count are
+ * Hostile input is bounded here: stanza bytes, element depth and attribute count
+ * (namespace declarations included, counted before libxml2 parses the tag) are
  * capped; DOCTYPE, entity declarations and references, comments and processing
  * instructions are refused (RFC 6120 §11.1) and entities are never expanded.
  * After an error callback the stream is dead: feed returns XMPP_EINVAL.
@@ -26,7 +27,7 @@ typedef enum {
 typedef struct xml_stream_limits {
   size_t max_stanza_bytes;
   unsigned max_depth; /* nesting below the stream element */
-  unsigned max_attrs;
+  unsigned max_attrs; /* attributes plus namespace declarations on one element */
 } xml_stream_limits_t;
 
 typedef struct xml_stream_cbs {

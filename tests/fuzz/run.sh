@@ -12,10 +12,18 @@
 # (default: a fresh /tmp directory) and named in the output.
 # Prints one line per target, "FUZZ <target> PASS|FAIL ...", and exits non-zero when
 # any target failed.
+#
+# Algorithmic cost is checked too (issue 9: a quadratic path is a denial of service
+# before authentication): an input that runs longer than $FUZZ_TIMEOUT seconds (default
+# 5) is a finding (libFuzzer's -timeout), and so is one that takes $FUZZ_SLOW seconds
+# (default 1, whole seconds as libFuzzer counts them; -report_slow_units writes it as a
+# slow-unit-* artifact). Every target handles an input in milliseconds.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 seconds=${FUZZ_SECONDS:-25}
+timeout=${FUZZ_TIMEOUT:-5}
+slow=${FUZZ_SLOW:-1}
 outdir=""
 while getopts "s:o:" o; do
   case $o in
@@ -55,9 +63,9 @@ for t in "${targets[@]}"; do
   if [ -d "tests/fuzz/regress/$t" ]; then
     mapfile -t reg < <(find "tests/fuzz/regress/$t" -type f ! -name '*.md' | sort)
     nreg=${#reg[@]}
-    if [ "$nreg" -gt 0 ] && ! "$bin" -runs=1 "${reg[@]}" >>"$log" 2>&1; then
+    if [ "$nreg" -gt 0 ] && ! "$bin" -runs=1 -timeout="$timeout" "${reg[@]}" >>"$log" 2>&1; then
       ok=0
-      why="a regression input of tests/fuzz/regress/$t crashes again; "
+      why="a regression input of tests/fuzz/regress/$t crashes again (or times out); "
     fi
   fi
   # 2. bounded fuzzing from the seeds
@@ -67,10 +75,16 @@ for t in "${targets[@]}"; do
     mkdir -p "$work" "$outdir/$t.artifacts"
     dict=()
     [ -f "tests/fuzz/$t.dict" ] && dict=(-dict="tests/fuzz/$t.dict")
-    if ! "$bin" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix="$outdir/$t.artifacts/" \
+    if ! "$bin" "${dict[@]}" -max_total_time="$seconds" -timeout="$timeout" -report_slow_units="$slow" \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$outdir/$t.artifacts/" \
         "$work" "tests/fuzz/corpus/$t" >>"$log" 2>&1; then
       ok=0
+    fi
+    # a slow unit does not stop libFuzzer: it is reported and written, and fails here
+    slow_units=$(find "$outdir/$t.artifacts" -name 'slow-unit-*' | wc -l)
+    if [ "$slow_units" -gt 0 ]; then
+      ok=0
+      why="$slow_units input(s) took ${slow} s or more: $outdir/$t.artifacts/slow-unit-*; "
     fi
     last=$(grep -E '^#[0-9]+' "$log" | tail -1)
     execs=$(echo "$last" | sed -E 's/^#([0-9]+).*/\1/')
@@ -83,7 +97,7 @@ for t in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     echo "FUZZ $t FAIL (${why}log: $log)"
-    grep -E 'INVARIANT|ERROR: |SUMMARY|runtime error|Test unit written|crashes again' "$log" | head -10 | sed 's/^/    /'
+    grep -E 'INVARIANT|ERROR: |SUMMARY|runtime error|Test unit written|crashes again|Slowest unit' "$log" | head -10 | sed 's/^/    /'
   fi
 done
 [ "$failed" -eq 0 ]

@@ -39,6 +39,14 @@ def _sanitized():
 SANITIZED = _sanitized()
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system, every thread) a process used so far, from /proc/PID/stat
+    (fields 14 and 15, after the parenthesised command name)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid, field="VmRSS"):
     """A /proc/PID/status memory field in KiB (VmRSS by default)."""
     with open(f"/proc/{pid}/status") as f:

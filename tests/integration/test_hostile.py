@@ -15,7 +15,10 @@ import unittest
 import uuid
 import xml.etree.ElementTree as ET
 
-from harness import DOMAIN, Client, RawStream, Server, rss_kib
+import statistics
+import threading
+
+from harness import DOMAIN, Client, RawStream, Server, cpu_seconds, rss_kib
 
 PASSWORD = "hostile pw"
 USERS = ("alice", "bob", "carol", "mallory", "eve")
@@ -396,6 +399,183 @@ class LimitsTest(HostileBase):
             for i in range(100):
                 await self.bob.next_message(timeout=10, pred=lambda m, i=i: m["body"].endswith(f" {i}"))
         self.run_async(go())
+
+
+MAX_ATTRS = 64  # limits.max_attrs default: attributes plus namespace declarations
+MAX_DEPTH = 64  # limits.max_depth default
+HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+          "xmlns:stream='http://etherx.jabber.org/streams' to='%s' version='1.0'" % DOMAIN)
+
+
+def attrs(nattrs, ndecls, first=0):
+    """nattrs attributes and ndecls namespace declarations, every name distinct."""
+    return "".join(f" a{i}='v'" for i in range(first, first + nattrs)) + \
+        "".join(f" xmlns:p{i}='urn:p{i}'" for i in range(first, first + ndecls))
+
+
+# Hostile input of about `size` bytes, each shape at or far beyond a limit: what it
+# costs the server must stay linear in its bytes.
+def header_of_declarations(size=240000):
+    return HEADER + "".join(f" xmlns:p{i}='u'" for i in range(size // 16)) + ">"
+
+
+def element_of_attributes(size=240000):
+    return HEADER + "><message" + "".join(f" a{i}=''" for i in range(size // 10)) + "/>"
+
+
+def nesting_with_declarations_at_the_limits(size=240000):
+    """MAX_DEPTH - 2 elements each with MAX_ATTRS declarations, then 4-byte children:
+    libxml2 looks every child's namespace up among all the declarations in scope."""
+    levels = "".join("<x" + attrs(0, MAX_ATTRS, first=d * MAX_ATTRS) + ">" for d in range(MAX_DEPTH - 2))
+    body = "<a/>" * ((size - len(levels)) // 4)
+    return HEADER + "><message>" + levels + body + "</x>" * (MAX_DEPTH - 2) + "</message>"
+
+
+def nesting_at_the_depth_limit(size=240000):
+    one = "<a>" * (MAX_DEPTH - 1) + "</a>" * (MAX_DEPTH - 1)
+    return HEADER + "><message>" + one * (size // len(one)) + "</message>"
+
+
+def many_children(size=240000):
+    return HEADER + "><message>" + "<a/>" * (size // 4) + "</message>"
+
+
+def prefixed_attributes_deep(size=240000):
+    """A prefix declared on the stream header, used by attributes 62 elements deep."""
+    levels = "".join("<x" + attrs(MAX_ATTRS, 0) + ">" for _ in range(MAX_DEPTH - 2))
+    one = "<a" + "".join(f" e:b{i}=''" for i in range(MAX_ATTRS)) + "/>"
+    body = one * ((size - len(levels)) // len(one))
+    return HEADER + " xmlns:e='urn:e'><message>" + levels + body + "</x>" * (MAX_DEPTH - 2) + "</message>"
+
+
+HOSTILE_SHAPES = (header_of_declarations, element_of_attributes, nesting_with_declarations_at_the_limits,
+                  nesting_at_the_depth_limit, many_children, prefixed_attributes_deep)
+
+
+def send_hostile(port, payload, timeout=20):
+    """One unauthenticated connection sends all of payload (whatever the server answers
+    meanwhile, e.g. its stream features) and waits for the server to close. Returns the
+    bytes sent."""
+    r = RawStream(port, timeout=timeout)
+    sent = 0
+    try:
+        while sent < len(payload):
+            sent += r.sock.send(payload[sent:sent + 65536])
+        r.closed(timeout)
+    except OSError:
+        pass  # the server refused and closed before the end
+    finally:
+        r.close()
+    return sent
+
+
+class LimitBoundaryTest(HostileBase):
+    """limits.max_attrs at N (accepted) and N + 1 (refused): attributes, namespace
+    declarations and their mix, on a stanza, a child and the stream header (issue 13)."""
+
+    def deliver(self, r, stanza_open, marker):
+        r.send(f"{stanza_open}<body>{marker}</body></message>")
+        return self.bob.next_message(timeout=10, pred=lambda m: m["body"] == marker)
+
+    def test_attributes_and_declarations_at_the_limit(self):
+        async def go():
+            to = f" to='{self.bob.boundjid.full}'"
+            for nattrs, ndecls in ((MAX_ATTRS - 1, 0), (0, MAX_ATTRS - 1), (30, MAX_ATTRS - 31)):
+                with self.subTest(attributes=nattrs + 1, declarations=ndecls):
+                    r = await self.in_thread(self.raw_session)
+                    marker = uuid.uuid4().hex
+                    # 'to' is the one more attribute: N in all
+                    await self.deliver(r, "<message" + to + attrs(nattrs, ndecls) + ">", marker)
+                    marker = uuid.uuid4().hex
+                    await self.deliver(r, "<message" + to + "><x xmlns='urn:x'" + attrs(nattrs, ndecls) + "/>",
+                                       marker)
+                    for extra in (" b='1'", " xmlns:q='urn:q'"):
+                        r = await self.in_thread(self.raw_session)
+                        r.send("<message" + to + attrs(nattrs, ndecls) + extra + "><body>x</body></message>")
+                        await self.in_thread(self.assert_stream_error, r, "policy-violation")
+        self.run_async(go())
+
+    def test_stream_header_at_the_limit(self):
+        # HEADER has xmlns, xmlns:stream, to and version: 4
+        for nattrs, ndecls in ((MAX_ATTRS - 4, 0), (0, MAX_ATTRS - 4), (20, MAX_ATTRS - 24)):
+            with self.subTest(attributes=nattrs, declarations=ndecls):
+                r = self.raw_plain()
+                r.send(HEADER + attrs(nattrs, ndecls) + ">")
+                r.recv_until(r"</stream:features>")
+                for extra in (" b='1'", " xmlns:q='urn:q'"):
+                    r = self.raw_plain()
+                    r.send(HEADER + attrs(nattrs, ndecls) + extra + ">")
+                    self.assert_stream_error(r, "policy-violation")
+
+
+class AlgorithmicCostTest(HostileBase):
+    """What a client sends costs the server CPU linear in its bytes (issue 9): a stream
+    header of 15,000 namespace declarations cost 0.38 s of CPU before authentication,
+    and four such connections made another user's ping take 461 ms instead of 0.4 ms."""
+
+    # Inputs of 1 MB (the stanza limit raised to let them in, shaping off): a quadratic
+    # cost per byte grows with the input, a linear one does not. Linear parsing costs up
+    # to 0.6 us a byte here (libxml2 looking namespaces up among max_depth x max_attrs
+    # declarations in scope); the quadratic paths cost 0.9-1.9 us a byte at 240 KB and
+    # 3.3-7.3 at 1 MB. (Around 2 MB libxml2 gives up on a start tag by itself.)
+    SIZE = 1000000
+    MAX_CPU_PER_BYTE = 1.5e-6
+    server_options = {"limits.max_stanza_bytes": str(SIZE + 65536), "limits.rate_bytes": "0"}
+
+    def test_cpu_per_input_byte_is_bounded(self):
+        pid = self.srv.proc.pid
+        for shape in HOSTILE_SHAPES:
+            payload = shape(self.SIZE).encode()
+            with self.subTest(shape=shape.__name__):
+                best = None
+                for _ in range(3):  # best of three: another process's burst is not ours
+                    before = cpu_seconds(pid)
+                    send_hostile(self.srv.port, payload)
+                    used = cpu_seconds(pid) - before
+                    best = used if best is None else min(best, used)
+                per_byte = best / len(payload)  # of all of it: refusing early is the point
+                print(f"\n  {shape.__name__}: {len(payload)} bytes, {best * 1000:.0f} ms of server CPU, "
+                      f"{per_byte * 1e9:.0f} ns a byte", end="")
+                self.assertLess(per_byte, self.MAX_CPU_PER_BYTE,
+                                f"{shape.__name__}: {best:.3f} s of CPU for {len(payload)} bytes")
+
+    def test_ping_stays_fast_during_hostile_headers(self):
+        r = self.raw_session()
+
+        def ping_rtts(n):
+            rtts = []
+            for i in range(n):
+                t0 = time.monotonic()
+                r.send(f"<iq type='get' id='ping{i}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+                r.recv_until(r"<iq[^>]*id='ping%d'" % i, timeout=10)
+                rtts.append(time.monotonic() - t0)
+                time.sleep(0.02)
+            return rtts
+
+        quiet = ping_rtts(20)
+        stop = threading.Event()
+        payload = header_of_declarations(self.SIZE).encode()
+
+        def attacker():
+            while not stop.is_set():
+                send_hostile(self.srv.port, payload, timeout=5)
+
+        threads = [threading.Thread(target=attacker, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            busy = ping_rtts(150)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        p90 = sorted(busy)[int(len(busy) * 0.9)]
+        print(f"\n  ping: quiet median {statistics.median(quiet) * 1000:.1f} ms; under attack median "
+              f"{statistics.median(busy) * 1000:.1f} ms, 90th percentile {p90 * 1000:.1f} ms, "
+              f"max {max(busy) * 1000:.1f} ms", end="")
+        self.assertLess(statistics.median(busy), 0.05)
+        self.assertLess(max(busy), 0.25, "a ping waited while the server parsed a hostile header")
 
 
 class ProtocolAbuseTest(HostileBase):

@@ -5,6 +5,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/jid.h"
+#include "support/cost.h"
 
 static void assert_zeroed(const jid_t *j, const char *in) {
   cr_assert(!j->full && !j->bare && !j->local && !j->domain && !j->resource,
@@ -388,4 +389,50 @@ Test(jid, alabel_whose_ulabel_is_not_in_mapped_form_is_refused) {
   expect_bad("\xe1\x8f\xab"); /* U+13EB itself */
   expect_jid("user@xn--bcher-kva.example", "user@b\xc3\xbc" "cher.example", "user",
              "b\xc3\xbc" "cher.example", NULL);
+}
+
+/* Issue 9 (class review): the contextual rules A.7 (KATAKANA MIDDLE DOT) and A.8/A.9
+ * (Arabic-Indic digits) searched the whole string once per such code point: a
+ * resourcepart of 1,362 U+30FB and one katakana letter took 29 ms to refuse, per JID,
+ * and a client puts one in every stanza's 'to'. Now each string is searched once. */
+static double prep_cpu(const char *cp, size_t reps, const char *tail) {
+  char s[4100];
+  size_t l = 0, cl = strlen(cp);
+  for (size_t i = 0; i < reps; i++, l += cl) memcpy(s + l, cp, cl);
+  memcpy(s + l, tail, strlen(tail));
+  l += strlen(tail);
+  double best = 0;
+  for (int round = 0; round < 3; round++) {
+    double t0 = cost_cpu_now();
+    for (int k = 0; k < 20; k++) {
+      char *out = NULL;
+      jid_prep_resource(s, l, &out);
+      xfree(out);
+      jid_prep_local(s, l, &out);
+      xfree(out);
+    }
+    double t = cost_cpu_now() - t0;
+    if (round == 0 || t < best) best = t;
+  }
+  return best;
+}
+
+Test(jid, contextual_rules_cost_linear_time) {
+  /* each against a string of the same length made of letters of the same script */
+  double dots = prep_cpu("\xe3\x83\xbb", 1361, "\xe3\x82\xa2"), kana = prep_cpu("\xe3\x82\xa2", 1362, "");
+  cr_assert_lt(dots / kana, 4.0, "U+30FB x 1361: %.1fx the cost of katakana letters", dots / kana);
+  double digits = prep_cpu("\xd9\xa0", 2040, ""), letters = prep_cpu("\xd8\xa8", 2040, "");
+  cr_assert_lt(digits / letters, 4.0, "U+0660 x 2040: %.1fx the cost of Arabic letters", digits / letters);
+}
+
+Test(jid, contextual_rules_still_apply) {
+  char *out = NULL;
+  /* A.7: U+30FB needs a Hiragana, Katakana or Han character somewhere in the string */
+  cr_assert_eq(jid_prep_resource("a\xe3\x83\xbb" "b", 5, &out), XMPP_EINVAL);
+  cr_assert_eq(jid_prep_resource("\xe3\x82\xa2\xe3\x83\xbb\xe3\x83\xbb", 9, &out), 0);
+  xfree(out);
+  /* A.8/A.9: Arabic-Indic and Extended Arabic-Indic digits do not mix */
+  cr_assert_eq(jid_prep_resource("\xd9\xa0\xd9\xa1", 4, &out), 0);
+  xfree(out);
+  cr_assert_eq(jid_prep_resource("\xd9\xa0\xdb\xb1", 4, &out), XMPP_EINVAL);
 }

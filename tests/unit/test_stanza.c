@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/stanza.h"
 #include "common/xml_stream.h"
+#include "support/cost.h"
 
 static arena_t A;
 
@@ -341,6 +342,78 @@ Test(stanza, copy_is_deep_and_independent) {
   cr_assert_eq(x->parent, c);
   cr_assert_str_eq(xnode_attr(xnode_child(x, "field", NULL), "var"), "v");
   cr_assert_str_eq(xnode_text(&A, xnode_child(c, "body", NULL)), "hello <world> & \"you\" 'x'\r\n");
+}
+
+/* Issue 9: xnode_copy and stanza_error_reply added each attribute with xnode_set_attr,
+ * which scans the ones already there: quadratic in the attribute count a client chose
+ * (the router copies and answers stanzas the edge parsed). Both are linear now. */
+typedef struct {
+  xnode_t *small, *big; /* n and 8n attributes, every name distinct */
+  arena_t out;
+  int reply;
+} many_attrs_t;
+
+static xnode_t *with_attrs(arena_t *a, size_t n) {
+  xnode_t *m = xnode_new(a, "message", NS_CLIENT);
+  char name[32];
+  for (size_t i = 0; i < n; i++) {
+    snprintf(name, sizeof name, "a%zu", i);
+    xnode_append_attr(a, m, name, "v");
+  }
+  xnode_add_text(a, xnode_add(a, m, "body", NULL), "hi", 2);
+  return m;
+}
+
+static void copy_run(void *ud, size_t n) {
+  many_attrs_t *m = ud;
+  const xnode_t *src = n == m->small->nattrs ? m->small : m->big;
+  xnode_t *c = m->reply ? stanza_error_reply(&m->out, src, "cancel", "not-allowed") : xnode_copy(&m->out, src);
+  cr_assert_eq(c->nattrs, src->nattrs + (m->reply ? 1 : 0));
+  arena_reset(&m->out);
+}
+
+static void check_linear_copy(int reply) {
+  many_attrs_t m = {.reply = reply};
+  m.small = with_attrs(&A, 1000);
+  m.big = with_attrs(&A, 8000);
+  arena_init(&m.out);
+  double g = cost_growth(copy_run, &m, 1000);
+  arena_free(&m.out);
+  cr_assert_lt(g, 3.0, "%s of 8x the attributes costs %.1fx (1 = linear, 8 = quadratic)",
+               reply ? "stanza_error_reply" : "xnode_copy", g);
+}
+
+Test(stanza, copy_is_linear_in_attributes) { check_linear_copy(0); }
+Test(stanza, error_reply_is_linear_in_attributes) { check_linear_copy(1); }
+
+Test(stanza, error_reply_keeps_attributes_and_replaces_type) {
+  xnode_t *m = xnode_new(&A, "iq", NS_CLIENT);
+  xnode_set_attr(&A, m, "id", "1");
+  xnode_set_attr(&A, m, "type", "get");
+  xnode_set_attr(&A, m, "xml:lang", "en");
+  xnode_add(&A, m, "q", "urn:q");
+  xnode_t *e = stanza_error_reply(&A, m, "cancel", "service-unavailable");
+  cr_assert_str_eq(ser(e), "<iq id='1' xml:lang='en' type='error'><q xmlns='urn:q'/>"
+                           "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                           "</error></iq>");
+  xnode_set_attr(&A, m, "type", "error");
+  cr_assert_null(stanza_error_reply(&A, m, "cancel", "service-unavailable"));
+}
+
+/* xnode_append_attr appends without looking; set_attr still replaces. */
+Test(stanza, append_attr_grows) {
+  xnode_t *m = xnode_new(&A, "x", NS_CLIENT);
+  char name[16];
+  for (int i = 0; i < 100; i++) {
+    snprintf(name, sizeof name, "a%d", i);
+    xnode_append_attr(&A, m, name, name);
+  }
+  cr_assert_eq(m->nattrs, 100);
+  cr_assert_str_eq(xnode_attr(m, "a0"), "a0");
+  cr_assert_str_eq(xnode_attr(m, "a99"), "a99");
+  xnode_set_attr(&A, m, "a50", "z");
+  cr_assert_eq(m->nattrs, 100);
+  cr_assert_str_eq(xnode_attr(m, "a50"), "z");
 }
 
 Test(stanza, copy_text_node_and_subtree) {

@@ -7,6 +7,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/xml_stream.h"
+#include "support/cost.h"
 
 typedef struct {
   int starts, ends, errors;
@@ -488,4 +489,259 @@ Test(xml_stream, element_in_xml_namespace_keeps_its_prefix) {
   cr_assert_eq(r->errors, 0);
   cr_assert_str_eq(out(r), "<xml:iq type='get'><q/><xml:x xml:lang='en'>t</xml:x></xml:iq>\n");
   rm(r);
+}
+
+/* ---- limits at their boundary (issue 13 item 7): N accepted, N+1 refused, fed whole and
+ * byte by byte. */
+
+/* Feeds doc (whole, or one byte at a time) and returns the recorder. */
+static rec_t *feed_doc(const char *doc, size_t len, int bytewise) {
+  rec_t *r = mk();
+  if (!bytewise) {
+    xml_stream_feed(r->xs, doc, len);
+  } else {
+    for (size_t i = 0; i < len && xml_stream_feed(r->xs, doc + i, 1) == 0; i++) {
+    }
+  }
+  return r;
+}
+
+static void expect_accepted(const char *doc, size_t len, int stanzas, const char *what) {
+  for (int bytewise = 0; bytewise < 2; bytewise++) {
+    rec_t *r = feed_doc(doc, len, bytewise);
+    cr_assert_eq(r->errors, 0, "%s (%s): refused with %d", what, bytewise ? "byte by byte" : "whole", r->err);
+    cr_assert_eq(r->starts, 1, "%s", what);
+    size_t lines = 0;
+    for (size_t i = 0; i < r->out.len; i++) lines += r->out.data[i] == '\n';
+    cr_assert_eq(lines, (size_t)stanzas, "%s: %zu stanzas", what, lines);
+    rm(r);
+  }
+}
+
+static void expect_refused(const char *doc, size_t len, const char *what) {
+  for (int bytewise = 0; bytewise < 2; bytewise++) {
+    rec_t *r = feed_doc(doc, len, bytewise);
+    cr_assert_eq(r->errors, 1, "%s (%s): accepted", what, bytewise ? "byte by byte" : "whole");
+    cr_assert_eq(r->err, XS_POLICY_VIOLATION, "%s: error %d", what, r->err);
+    cr_assert_eq(r->out.len, 0, "%s: a stanza was delivered", what);
+    rm(r);
+  }
+}
+
+enum { ON_HEADER, ON_STANZA, ON_CHILD };
+
+/* An element (the stream header, a stanza, or a stanza's child) with nattrs attributes,
+ * ndecls prefixed namespace declarations and, with dflt, a default one. The header always
+ * has xmlns and xmlns:stream besides (two declarations). */
+static void attrs_doc(buf_t *b, int where, unsigned nattrs, unsigned ndecls, int dflt) {
+  buf_init(b);
+  if (where == ON_HEADER)
+    buf_puts(b, "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
+  else if (where == ON_STANZA)
+    buf_puts(b, HDR "<message");
+  else
+    buf_puts(b, HDR "<message>x<e");
+  /* values with '=', '>' and the other quote: only the '=' outside quotes count */
+  for (unsigned i = 0; i < nattrs; i++) buf_printf(b, i % 2 ? " a%u='=\">'" : " a%u = \"='>\"", i);
+  for (unsigned i = 0; i < ndecls; i++) buf_printf(b, " xmlns:p%u='urn:p%u'", i, i);
+  if (dflt) buf_puts(b, " xmlns='urn:d'");
+  if (where == ON_HEADER) buf_puts(b, "><message/>");
+  else if (where == ON_STANZA) buf_puts(b, ">x</message>");
+  else buf_puts(b, "><f/></e></message>");
+}
+
+static void check_attr_boundary(int where, unsigned nattrs, int dflt) {
+  unsigned max = lim.max_attrs, fixed = where == ON_HEADER ? 2 : 0, ndecls = max - fixed - nattrs - (dflt ? 1 : 0);
+  static const char *names[] = {"stream header", "stanza", "stanza's child"};
+  char what[128];
+  buf_t b;
+  attrs_doc(&b, where, nattrs, ndecls, dflt);
+  snprintf(what, sizeof what, "%s, %u attributes + %u declarations%s = %u", names[where], nattrs, ndecls,
+           dflt ? " + default" : "", max);
+  expect_accepted((char *)b.data, b.len, 1, what);
+  buf_free(&b);
+  /* one more: an attribute, then a declaration */
+  for (int more_decls = 0; more_decls < 2; more_decls++) {
+    attrs_doc(&b, where, nattrs + !more_decls, ndecls + more_decls, dflt);
+    snprintf(what, sizeof what, "%s, %u attributes + %u declarations%s = %u", names[where],
+             nattrs + !more_decls, ndecls + more_decls, dflt ? " + default" : "", max + 1);
+    expect_refused((char *)b.data, b.len, what);
+    buf_free(&b);
+  }
+}
+
+/* Namespace declarations are attributes to the limit (issue 9): a stream header of
+ * 15,000 declarations cost 0.38 s of CPU before authentication. */
+Test(xml_stream, attribute_limit_at_its_boundary) {
+  for (int where = ON_HEADER; where <= ON_CHILD; where++) {
+    unsigned fixed = where == ON_HEADER ? 2 : 0;
+    check_attr_boundary(where, lim.max_attrs - fixed, 0);       /* attributes only */
+    check_attr_boundary(where, 0, 0);                           /* declarations only */
+    check_attr_boundary(where, (lim.max_attrs - fixed) / 2, 0); /* a mix */
+    if (where != ON_HEADER) check_attr_boundary(where, 3, 1);   /* with a default namespace */
+  }
+}
+
+/* Markup where '=' or quotes do not belong to a start tag (text, CDATA sections, values)
+ * does not count, in any split; comments and PIs are refused as before. */
+Test(xml_stream, attribute_count_ignores_text_cdata_and_values) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "<?xml version='1.0' encoding='UTF-8'?>" HDR "<message");
+  for (unsigned i = 0; i < lim.max_attrs; i++) buf_printf(&b, " a%u='x=y>z\"'", i);
+  buf_puts(&b, "><body>");
+  for (unsigned i = 0; i < 3 * lim.max_attrs; i++) buf_puts(&b, "a=b> ");
+  buf_puts(&b, "<![CDATA[<x");
+  for (unsigned i = 0; i < 3 * lim.max_attrs; i++) buf_puts(&b, " a='1' b=\"2\" ]> ]] =");
+  buf_puts(&b, "]]></body></message>");
+  buf_putc(&b, '\0');
+  check_all_splits((char *)b.data);
+  expect_accepted((char *)b.data, b.len - 1, 1, "'=' in text, CDATA and values");
+  buf_free(&b);
+  expect_error(HDR "<message><!-- a='1' --></message>", XS_RESTRICTED_XML);
+  expect_error(HDR "<message><?pi a='1'?></message>", XS_RESTRICTED_XML);
+}
+
+/* Depth: max_depth nested elements (the stanza counts as one) accepted, one more refused. */
+Test(xml_stream, depth_limit_at_its_boundary) {
+  for (unsigned depth = lim.max_depth; depth <= lim.max_depth + 1; depth++) {
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, HDR);
+    for (unsigned i = 0; i < depth; i++) buf_puts(&b, "<a>");
+    for (unsigned i = 0; i < depth; i++) buf_puts(&b, "</a>");
+    char what[64];
+    snprintf(what, sizeof what, "%u nested elements", depth);
+    if (depth == lim.max_depth) expect_accepted((char *)b.data, b.len, 1, what);
+    else expect_refused((char *)b.data, b.len, what);
+    buf_free(&b);
+  }
+}
+
+/* Stanza bytes are checked per 4 KiB slice fed (docs/security.md): a stanza of
+ * max_stanza_bytes is accepted, one a slice larger refused. */
+static void stanza_of(buf_t *b, size_t len) {
+  buf_init(b);
+  buf_puts(b, "<message><body>");
+  while (b->len < len - strlen("</body></message>")) buf_putc(b, 'x');
+  buf_puts(b, "</body></message>");
+  cr_assert_eq(b->len, len);
+}
+
+Test(xml_stream, stanza_size_limit_at_its_boundary) {
+  const size_t slice = 4096;
+  size_t sizes[2] = {lim.max_stanza_bytes, lim.max_stanza_bytes + slice + 1};
+  for (int i = 0; i < 2; i++) {
+    buf_t b;
+    stanza_of(&b, sizes[i]);
+    rec_t *r = mk();
+    cr_assert_eq(xml_stream_feed(r->xs, HDR, strlen(HDR)), 0);
+    int rc = xml_stream_feed(r->xs, (char *)b.data, b.len);
+    if (i == 0) {
+      cr_assert_eq(rc, 0, "a stanza of %zu bytes refused", b.len);
+      cr_assert_eq(r->errors, 0);
+      cr_assert_eq(r->out.len, b.len + 1);
+    } else {
+      cr_assert_eq(rc, XMPP_EINVAL, "a stanza of %zu bytes accepted", b.len);
+      cr_assert_eq(r->err, XS_POLICY_VIOLATION);
+    }
+    rm(r);
+    buf_free(&b);
+  }
+}
+
+/* ---- cost: what a client sends costs CPU linear in its bytes (issue 9). */
+
+typedef struct {
+  buf_t small, big;
+  size_t n;
+} docs_t;
+
+static void feed_run(void *ud, size_t n) {
+  docs_t *d = ud;
+  buf_t *b = n == d->n ? &d->small : &d->big;
+  rec_t *r = mk();
+  xml_stream_feed(r->xs, (char *)b->data, b->len);
+  rm(r);
+}
+
+static void check_growth(void (*make)(buf_t *, size_t), size_t n, const char *what) {
+  docs_t d = {.n = n};
+  make(&d.small, n);
+  make(&d.big, 8 * n);
+  double g = cost_growth(feed_run, &d, n);
+  cr_assert_lt(g, 3.0, "%s: 8x the input costs %.1fx (1 = linear, 8 = quadratic)", what, g);
+  buf_free(&d.small);
+  buf_free(&d.big);
+}
+
+static void header_with_decls(buf_t *b, size_t n) {
+  buf_init(b);
+  buf_puts(b, "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
+  for (size_t i = 0; i < n; i++) buf_printf(b, " xmlns:p%zu='u'", i);
+  buf_puts(b, "><message/>");
+}
+
+static void stanza_with_attrs(buf_t *b, size_t n) {
+  buf_init(b);
+  buf_puts(b, HDR "<message");
+  for (size_t i = 0; i < n; i++) buf_printf(b, " a%zu=''", i);
+  buf_puts(b, "/>");
+}
+
+Test(xml_stream, many_declarations_cost_linear_time) {
+  check_growth(header_with_decls, 1500, "stream header with namespace declarations");
+}
+
+Test(xml_stream, many_attributes_cost_linear_time) {
+  check_growth(stanza_with_attrs, 3000, "stanza with attributes");
+}
+
+/* A prefix declared on the stream header and used on attributes deep inside a stanza
+ * (prefix_from_stream_header_declared_in_stanza) was looked up on every ancestor's
+ * attributes for each use: 64 x 64 comparisons per attribute. The same stanza with the
+ * prefix declared on the innermost ancestor (found at once, then and now) is the
+ * yardstick. */
+static void deep_prefixed_attrs(buf_t *b, size_t n, int on_header) {
+  buf_init(b);
+  buf_printf(b, "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'%s>"
+                "<message>", on_header ? " xmlns:e='urn:e'" : "");
+  for (unsigned d = 1; d < lim.max_depth - 1; d++) {
+    buf_puts(b, "<x");
+    for (unsigned i = 0; i < lim.max_attrs - 1; i++) buf_printf(b, " a%u=''", i);
+    buf_puts(b, d == lim.max_depth - 2 && !on_header ? " xmlns:e='urn:e'>" : " b=''>");
+  }
+  for (size_t k = 0; k < n; k++) {
+    buf_puts(b, "<a");
+    for (unsigned i = 0; i < lim.max_attrs; i++) buf_printf(b, " e:a%u=''", i);
+    buf_puts(b, "/>");
+  }
+  for (unsigned d = 1; d < lim.max_depth - 1; d++) buf_puts(b, "</x>");
+  buf_puts(b, "</message>");
+}
+
+static double feed_cpu(const buf_t *b) {
+  double best = 0;
+  for (int round = 0; round < 3; round++) {
+    double t0 = cost_cpu_now();
+    for (int i = 0; i < 10; i++) {
+      rec_t *r = mk();
+      xml_stream_feed(r->xs, (char *)b->data, b->len);
+      cr_assert_eq(r->errors, 0);
+      rm(r);
+    }
+    double t = cost_cpu_now() - t0;
+    if (round == 0 || t < best) best = t;
+  }
+  return best;
+}
+
+Test(xml_stream, header_prefix_on_deep_attributes_costs_linear_time) {
+  buf_t plain, prefixed;
+  deep_prefixed_attrs(&plain, 200, 0);
+  deep_prefixed_attrs(&prefixed, 200, 1);
+  double ratio = feed_cpu(&prefixed) / feed_cpu(&plain);
+  cr_assert_lt(ratio, 1.3, "attributes with a header prefix cost %.1fx unprefixed ones", ratio);
+  buf_free(&plain);
+  buf_free(&prefixed);
 }
