@@ -169,13 +169,11 @@ static int ticket_cb(WOLFSSL *ssl, unsigned char name[WOLFSSL_TICKET_NAME_SZ], u
                      unsigned char mac[WOLFSSL_TICKET_MAC_SZ], int enc, unsigned char *data, int len, int *out_len,
                      void *ud) {
   tls_tickets_t *k = ud;
-  if (len <= 0 || *out_len < 0) return enc ? WOLFSSL_TICKET_RET_FATAL : WOLFSSL_TICKET_RET_REJECT;
+  if (len <= 0) return enc ? WOLFSSL_TICKET_RET_FATAL : WOLFSSL_TICKET_RET_REJECT;
   int64_t now = (int64_t)time(NULL);
-  size_t n = 0;
-  /* sealing: *out_len is the room wolfSSL has (WOLFSSL_TICKET_ENC_SZ) for what we add */
-  int rc = enc ? tls_tickets_seal(k, now, name, iv, mac, data, (size_t)len, (size_t)*out_len, &n)
-               : tls_tickets_open(k, now, name, iv, mac, data, (size_t)len, &n);
-  *out_len = (int)n;
+  int rc = enc ? tls_tickets_seal(k, now, name, iv, mac, data, (size_t)len)
+               : tls_tickets_open(k, now, name, iv, mac, data, (size_t)len);
+  *out_len = len;
   switch (rc) {
   case TLS_TICKET_OK: return WOLFSSL_TICKET_RET_OK;
   case TLS_TICKET_CREATE: return WOLFSSL_TICKET_RET_CREATE;

@@ -212,8 +212,12 @@ static void aad_of(uint8_t aad[TLS_TICKET_NAME + TLS_TICKET_IV + 2], const uint8
 }
 
 int tls_tickets_seal(tls_tickets_t *k, int64_t now, uint8_t name[TLS_TICKET_NAME], uint8_t iv[TLS_TICKET_IV],
-                     uint8_t mac[TLS_TICKET_MAC], uint8_t *data, size_t len, size_t cap, size_t *out_len) {
-  if (len == 0 || len + STAMP > cap || len + STAMP > 0xffff) return TLS_TICKET_FATAL;
+                     uint8_t mac[TLS_TICKET_MAC], uint8_t *data, size_t len) {
+  if (len != TLS_TICKET_PLAIN) {
+    log_error("TLS: wolfSSL's session ticket is %zu bytes, not %d: this build issues no tickets", len,
+              TLS_TICKET_PLAIN);
+    return TLS_TICKET_FATAL;
+  }
   pthread_mutex_lock(&k->mu);
   int rotated = rotate_due(k, now);
   tk_key_t key = k->cur;
@@ -224,23 +228,31 @@ int tls_tickets_seal(tls_tickets_t *k, int64_t now, uint8_t name[TLS_TICKET_NAME
     return TLS_TICKET_FATAL;
   }
   memcpy(name, key.name, TLS_TICKET_NAME);
-  memset(mac, 0, TLS_TICKET_MAC);
-  for (int i = 0; i < STAMP; i++) data[len + i] = (uint8_t)((uint64_t)now >> (56 - 8 * i));
-  len += STAMP;
+  /* sealed: wolfSSL's bytes, then the issue time; the ciphertext of the time goes to
+   * mac[16..24] (ChaCha20 is a stream cipher: the split changes nothing) */
+  uint8_t buf[TLS_TICKET_PLAIN + STAMP];
+  memcpy(buf, data, len);
+  for (int i = 0; i < STAMP; i++) buf[len + i] = (uint8_t)((uint64_t)now >> (56 - 8 * i));
   uint8_t aad[TLS_TICKET_NAME + TLS_TICKET_IV + 2];
   aad_of(aad, name, iv, len);
-  int rc = wc_ChaCha20Poly1305_Encrypt(key.key, iv, aad, sizeof aad, data, (word32)len, data, mac);
+  memset(mac, 0, TLS_TICKET_MAC);
+  int rc = wc_ChaCha20Poly1305_Encrypt(key.key, iv, aad, sizeof aad, buf, (word32)sizeof buf, buf, mac);
   explicit_bzero(&key, sizeof key);
-  if (rc != 0) return TLS_TICKET_FATAL;
-  *out_len = len;
-  return TLS_TICKET_OK;
+  memcpy(data, buf, len);
+  memcpy(mac + TAG_LEN, buf + len, STAMP);
+  explicit_bzero(buf, sizeof buf);
+  return rc == 0 ? TLS_TICKET_OK : TLS_TICKET_FATAL;
 }
 
 int tls_tickets_open(tls_tickets_t *k, int64_t now, const uint8_t name[TLS_TICKET_NAME],
-                     const uint8_t iv[TLS_TICKET_IV], const uint8_t mac[TLS_TICKET_MAC], uint8_t *data, size_t len,
-                     size_t *out_len) {
-  if (len <= STAMP || len > 0xffff) return TLS_TICKET_REJECT;
-  for (int i = TAG_LEN; i < TLS_TICKET_MAC; i++)
+                     const uint8_t iv[TLS_TICKET_IV], const uint8_t mac[TLS_TICKET_MAC], uint8_t *data, size_t len) {
+  /* First, before mac or data is touched: Debian's wolfSSL 5.5.4 passes the length
+   * field of the ticket (client bytes) unchecked against the ticket's size, with mac at
+   * data + len; it does check that the ticket holds at least TLS_TICKET_PLAIN + 66
+   * bytes, so with len at that value every byte read here is inside it (a ticket with
+   * another length field made the edge read past it: test_tls_resume, ASan). */
+  if (len != TLS_TICKET_PLAIN) return TLS_TICKET_REJECT;
+  for (int i = TAG_LEN + STAMP; i < TLS_TICKET_MAC; i++)
     if (mac[i]) return TLS_TICKET_REJECT;
   pthread_mutex_lock(&k->mu);
   int rotated = rotate_due(k, now);
@@ -251,18 +263,22 @@ int tls_tickets_open(tls_tickets_t *k, int64_t now, const uint8_t name[TLS_TICKE
   pthread_mutex_unlock(&k->mu);
   if (rotated) log_info("TLS: session ticket key rotated (generated keys turn over every %d s)", k->lifetime);
   if (which == TLS_TICKET_REJECT) return TLS_TICKET_REJECT;
+  uint8_t buf[TLS_TICKET_PLAIN + STAMP];
+  memcpy(buf, data, len);
+  memcpy(buf + len, mac + TAG_LEN, STAMP);
   uint8_t aad[TLS_TICKET_NAME + TLS_TICKET_IV + 2];
   aad_of(aad, name, iv, len);
-  int rc = wc_ChaCha20Poly1305_Decrypt(key.key, iv, aad, sizeof aad, data, (word32)len, mac, data);
+  int rc = wc_ChaCha20Poly1305_Decrypt(key.key, iv, aad, sizeof aad, buf, (word32)sizeof buf, mac, buf);
   explicit_bzero(&key, sizeof key);
   int64_t issued = 0;
-  for (int i = 0; i < STAMP; i++) issued = (int64_t)((uint64_t)issued << 8 | data[len - STAMP + i]);
+  for (int i = 0; i < STAMP; i++) issued = (int64_t)((uint64_t)issued << 8 | buf[len + i]);
   /* expired (RFC 8446 §4.6.1: not used past its lifetime), or stamped ahead of every
    * plausible clock: a full handshake */
   if (rc != 0 || issued > now + CLOCK_SKEW || now - issued > k->lifetime) {
-    explicit_bzero(data, len);
+    explicit_bzero(buf, sizeof buf);
     return TLS_TICKET_REJECT;
   }
-  *out_len = len - STAMP;
+  memcpy(data, buf, len);
+  explicit_bzero(buf, sizeof buf);
   return which;
 }
