@@ -8,7 +8,7 @@
  * routers drain their queues (bounced messages reach offline storage), then all stop.
  * --role edge|router (cluster.role) runs one half; with cluster.node_id set the process
  * joins a cluster through Redis (common/cluster.c, docs/cluster.md).
- * SIGHUP: the TLS certificate and key are loaded again (sessions are not dropped). */
+ * SIGHUP: the TLS certificate and key, and the session ticket keys, are loaded again (sessions are not dropped). */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>

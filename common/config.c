@@ -49,6 +49,8 @@ static const conf_opt_t opts[] = {
   {"tls", "ciphers", CT_STR, 0, 180, "", O(tls_ciphers), "cipher suites in order of preference, colon-separated wolfSSL names; empty = the built-in list (TLS 1.3 ChaCha20-Poly1305, AES-128-GCM, AES-256-GCM, then TLS 1.2 ECDHE with the same AEADs); only suites of that list are accepted"},
   {"tls", "offload", CT_BOOL, 0, 1, "true", O(tls_offload), "after a TLS 1.3 handshake, free wolfSSL's session and protect records in the edge, KeyUpdate included (saves ~56 KB per connection)"},
   {"tls", "rekey_records", CT_INT, 16, 1 << 24, "16777216", O(tls_rekey_records), "AES-GCM records under one TLS 1.3 traffic key: at this count the server updates its key and asks the client to update its own (RFC 8446 5.5); a client still on its key at 2^24 + 2^22 records is disconnected. At most 2^24; lower values only cost KeyUpdates (tests use them)"},
+  {"tls", "ticket_key_file", CT_STR, 0, 4095, "", O(tls_ticket_key_file), "session ticket keys shared by the edges of a cluster: one or two lines of 96 hex digits (`openssl rand -hex 48`: a 16-byte name, a 32-byte ChaCha20-Poly1305 key), the current key first, then the previous one (still accepted); read again on SIGHUP. Empty = a random key per process, turned over every `ticket_lifetime` (resumption then works only with the process that issued the ticket)"},
+  {"tls", "ticket_lifetime", CT_INT, 1, 604800, "86400", O(tls_ticket_lifetime), "seconds a TLS 1.3 session ticket can resume a session (RFC 8446 4.6.1: at most 7 days); older tickets get a full handshake"},
   {"limits", "max_stanza_bytes", CT_INT, 1024, 16 << 20, "262144", O(max_stanza_bytes), "largest stanza accepted; larger gets `<policy-violation/>` (at most 16 MiB: an encoded frame stays under the bus limit)"},
   {"limits", "max_depth", CT_INT, 2, 200, "64", O(max_depth), "deepest element nesting inside a stanza (at most 200: bus frames are decoded with a fixed depth bound)"},
   {"limits", "max_attrs", CT_INT, 1, 4096, "64", O(max_attrs), "most attributes on one element, namespace declarations included (the stream header too)"},
@@ -408,6 +410,10 @@ int config_validate(const xmpp_config_t *c, char **err) {
     }
     if (access(c->tls_key, R_OK) != 0) {
       if (err) *err = xstrfmt("tls.key: cannot read %s", c->tls_key);
+      return XMPP_EINVAL;
+    }
+    if (c->tls_ticket_key_file[0] && access(c->tls_ticket_key_file, R_OK) != 0) {
+      if (err) *err = xstrfmt("tls.ticket_key_file: cannot read %s", c->tls_ticket_key_file);
       return XMPP_EINVAL;
     }
   } else {

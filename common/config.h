@@ -25,6 +25,8 @@ typedef struct xmpp_config {
   char *tls_ciphers;   /* "" = built-in list; else a subset/reordering of it */
   int tls_offload;  /* bool: TLS 1.3 records protected by the edge once the handshake is done */
   int tls_rekey_records; /* AES-GCM records under one TLS 1.3 key before a KeyUpdate */
+  char *tls_ticket_key_file; /* "" = a random ticket key per process */
+  int tls_ticket_lifetime;   /* seconds a session ticket resumes */
   /* [limits] */
   int max_stanza_bytes;
   int max_depth;

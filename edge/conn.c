@@ -489,7 +489,14 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
                           negotiate_xml_error};
   c->xs = xml_stream_new(&lim, &cbs, c);
   c->direct_tls = direct_tls;
-  if (direct_tls) conn_start_tls(c);
+  if (direct_tls) {
+    conn_start_tls(c);
+    /* XEP-0368 §3: a direct-TLS client SHOULD offer ALPN, and then "xmpp-client" */
+    if (c->tls && tls_conn_alpn(c->tls, "xmpp-client") != 0) {
+      tls_conn_free(c->tls);
+      c->tls = NULL;
+    }
+  }
   if (!c->xs || (direct_tls && !c->tls)) {
     c->closing = 1;
     really_close(c);

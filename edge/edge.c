@@ -137,7 +137,9 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
   e->nthreads = bus->nedges;
   if (cfg->tls_cert[0]) {
     char *err = NULL;
-    if (tls_set_ciphers(cfg->tls_ciphers, &err) == 0) e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
+    if (tls_set_ciphers(cfg->tls_ciphers, &err) == 0 &&
+        tls_set_tickets(cfg->tls_ticket_key_file, cfg->tls_ticket_lifetime, &err) == 0)
+      e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
     tls_set_offload(cfg->tls_offload);
     tls_set_rekey_records((uint64_t)cfg->tls_rekey_records);
     if (!e->tls) {
@@ -235,13 +237,26 @@ void edge_join(edge_t *e) {
 int edge_reload_tls(edge_t *e) {
   if (!e->tls) return 0;
   char *err = NULL;
+  int rc = 0;
+  /* the ticket keys first: the file is one rotation step (the new current key, then
+   * the one it replaces), independent of the certificate */
+  if (e->cfg->tls_ticket_key_file[0]) {
+    if (tls_reload_tickets(&err) != 0) {
+      log_error("TLS session ticket keys not reloaded, keeping the current ones: %s", err ? err : "?");
+      xfree(err);
+      err = NULL;
+      rc = -1;
+    } else {
+      log_info("TLS session ticket keys reloaded from %s", e->cfg->tls_ticket_key_file);
+    }
+  }
   if (tls_ctx_reload(e->tls, e->cfg->tls_cert, e->cfg->tls_key, &err) != 0) {
     log_error("TLS reload failed, keeping the current certificate: %s", err ? err : "?");
     xfree(err);
     return -1;
   }
   log_info("TLS certificate reloaded from %s; new connections use it", e->cfg->tls_cert);
-  return 0;
+  return rc;
 }
 
 void edge_free(edge_t *e) {

@@ -128,8 +128,9 @@ void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail) {
 }
 
 void negotiate_tls_ready(conn_t *c) {
-  log_debug("conn %llx: TLS up (%s, %s)", (unsigned long long)c->id, tls_conn_version(c->tls),
-            tls_conn_cipher(c->tls));
+  log_debug("conn %llx: TLS up (%s, %s%s%s)", (unsigned long long)c->id, tls_conn_version(c->tls),
+            tls_conn_cipher(c->tls), tls_conn_resumed(c->tls) ? ", resumed" : "",
+            tls_conn_offloaded(c->tls) ? ", edge record layer" : "");
   /* direct TLS: the client now opens the stream; STARTTLS: the stream restarts */
   c->header_sent = 0;
 }

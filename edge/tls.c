@@ -9,10 +9,12 @@
 
 #include "edge/tls.h"
 #include "edge/tls_testing.h"
+#include "edge/tls_ticket.h"
 
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -80,6 +82,7 @@ struct tls_conn {
   int ready;
   int stopped;
   int offloaded;
+  int resumed;    /* the handshake resumed a session (a ticket, RFC 8446 §2.2) */
   uint8_t got_secrets; /* during the handshake: 1 client, 2 server application secret seen (hkdf_cb) */
   const char *version, *cipher_name; /* static strings, kept past the offload */
   tls_rec_t rec;
@@ -148,6 +151,37 @@ static int hkdf_cb(byte *okm, word32 okm_len, const byte *prk, word32 prk_len, c
   return rc;
 }
 
+/* Session tickets: one key store for every context (a certificate reload keeps it). */
+static tls_tickets_t *tickets;
+
+int tls_set_tickets(const char *key_file, int lifetime, char **err) {
+  tls_tickets_t *k = tls_tickets_new(key_file, lifetime, err);
+  if (!k) return XMPP_EINVAL;
+  tls_tickets_free(tickets);
+  tickets = k;
+  return 0;
+}
+
+int tls_reload_tickets(char **err) { return tickets ? tls_tickets_reload(tickets, err) : 0; }
+
+/* wolfSSL's SessionTicketEncCb: seals (enc) or opens a ticket in place. */
+static int ticket_cb(WOLFSSL *ssl, unsigned char name[WOLFSSL_TICKET_NAME_SZ], unsigned char iv[WOLFSSL_TICKET_IV_SZ],
+                     unsigned char mac[WOLFSSL_TICKET_MAC_SZ], int enc, unsigned char *data, int len, int *out_len,
+                     void *ud) {
+  tls_tickets_t *k = ud;
+  if (len <= 0) return enc ? WOLFSSL_TICKET_RET_FATAL : WOLFSSL_TICKET_RET_REJECT;
+  int64_t now = (int64_t)time(NULL);
+  int rc = enc ? tls_tickets_seal(k, now, name, iv, mac, data, (size_t)len)
+               : tls_tickets_open(k, now, name, iv, mac, data, (size_t)len);
+  *out_len = len;
+  switch (rc) {
+  case TLS_TICKET_OK: return WOLFSSL_TICKET_RET_OK;
+  case TLS_TICKET_CREATE: return WOLFSSL_TICKET_RET_CREATE;
+  case TLS_TICKET_REJECT: return WOLFSSL_TICKET_RET_REJECT;
+  default: return WOLFSSL_TICKET_RET_FATAL;
+  }
+}
+
 static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
   if (!ctx) {
@@ -178,6 +212,21 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
   if (wolfSSL_CTX_set_groups(ctx, groups, (int)(sizeof groups / sizeof *groups)) != WOLFSSL_SUCCESS)
     log_warn("TLS: cannot set key-exchange group preference; using wolfSSL's default");
   wolfSSL_CTX_SetHKDFExpandLabelCb(ctx, hkdf_cb);
+  /* TLS 1.3 tickets sealed with our keys (tls_ticket.h), so every edge holding them can
+   * resume. No TLS 1.2 tickets: a resumed TLS 1.2 session reuses the master secret with
+   * no new key exchange, while TLS 1.3 resumption runs ECDHE again (psk_dhe_ke) when the
+   * client offers it, as OpenSSL and the other common libraries do. wolfSSL's age check
+   * is left looser than ours (tls_tickets_open refuses by the sealed issue time). */
+  int lifetime = tls_tickets_lifetime(tickets);
+  (void)wolfSSL_CTX_set_timeout(ctx, (unsigned)lifetime + 60); /* returns the old value here */
+  if (wolfSSL_CTX_set_TicketEncCb(ctx, ticket_cb) != WOLFSSL_SUCCESS ||
+      wolfSSL_CTX_set_TicketEncCtx(ctx, tickets) != WOLFSSL_SUCCESS ||
+      wolfSSL_CTX_set_TicketHint(ctx, lifetime) != WOLFSSL_SUCCESS ||
+      wolfSSL_CTX_NoTicketTLSv12(ctx) != WOLFSSL_SUCCESS) {
+    if (err) *err = xstrdup("cannot set up session tickets");
+    wolfSSL_CTX_free(ctx);
+    return NULL;
+  }
   wolfSSL_CTX_SetIORecv(ctx, io_recv);
   wolfSSL_CTX_SetIOSend(ctx, io_send);
   return ctx;
@@ -189,6 +238,7 @@ tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) 
     wolfSSL_Init();
     inited = 1;
   }
+  if (!tickets && tls_set_tickets(NULL, 86400, err) != 0) return NULL;
   WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
   if (!ctx) return NULL;
   tls_ctx_t *t = xcalloc(1, sizeof *t);
@@ -215,6 +265,8 @@ void tls_ctx_free(tls_ctx_t *t) {
   xfree(t);
   xfree(cipher_list);
   cipher_list = NULL;
+  tls_tickets_free(tickets);
+  tickets = NULL;
   wolfSSL_Cleanup();
 }
 
@@ -246,6 +298,18 @@ void tls_conn_free(tls_conn_t *c) {
 }
 
 void tls_conn_stop(tls_conn_t *c) { c->stopped = 1; }
+
+int tls_conn_alpn(tls_conn_t *c, const char *proto) {
+  /* RFC 7301 §3.2: a client that offers protocols, none of them ours, gets a fatal
+   * no_application_protocol alert; a client that offers none is served */
+  return wolfSSL_UseALPN(c->ssl, (char *)proto, (unsigned)strlen(proto), WOLFSSL_ALPN_FAILED_ON_MISMATCH) ==
+                 WOLFSSL_SUCCESS
+             ? 0
+             : XMPP_ERR;
+}
+
+int tls_conn_resumed(const tls_conn_t *c) { return c->resumed; }
+int tls_conn_offloaded(const tls_conn_t *c) { return c->offloaded; }
 
 int tls_conn_ready(const tls_conn_t *c) { return c->ready; }
 
@@ -581,6 +645,7 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
     hs_conn = NULL;
     if (r == WOLFSSL_SUCCESS) {
       c->ready = 1;
+      c->resumed = wolfSSL_session_reused(c->ssl) == 1;
       if (!offload(c)) explicit_bzero(&c->rec, sizeof c->rec); /* wolfSSL keeps its own secrets */
       ready(ud);
     } else {

@@ -33,9 +33,22 @@ void tls_set_rekey_records(uint64_t n);
  * NULL or "" = the built-in list. XMPP_EINVAL with *err for a name outside it. */
 int tls_set_ciphers(const char *list, char **err);
 
+/* Session tickets (edge/tls_ticket.h): keys from key_file (NULL or "" = a random key
+ * per process, turned over every lifetime), tickets valid for lifetime seconds. Call
+ * before tls_ctx_new (without it: generated keys, one day). XMPP_EINVAL with *err for a
+ * bad key file. */
+int tls_set_tickets(const char *key_file, int lifetime, char **err);
+/* Reads the ticket key file again (SIGHUP); on failure the keys stay and *err says
+ * why. Any thread. */
+int tls_reload_tickets(char **err);
+
 /* Ciphertext produced by the session is appended to *out. */
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out);
 void tls_conn_free(tls_conn_t *c);
+/* The handshake offers ALPN protocol proto (XEP-0368 direct TLS: "xmpp-client"): a
+ * client offering other protocols only is refused with no_application_protocol; a
+ * client offering none is served. Before the first tls_conn_feed. 0 or XMPP_ERR. */
+int tls_conn_alpn(tls_conn_t *c, const char *proto);
 /* Frees what a quiet session can rebuild on its next record (expanded AES keys). */
 void tls_conn_trim(tls_conn_t *c);
 
@@ -56,6 +69,9 @@ void tls_conn_stop(tls_conn_t *c);
 /* Adds a close_notify alert to the out buffer. */
 void tls_conn_shutdown(tls_conn_t *c);
 const char *tls_conn_version(const tls_conn_t *c);
+/* After the handshake: it resumed a session from a ticket; the edge protects records. */
+int tls_conn_resumed(const tls_conn_t *c);
+int tls_conn_offloaded(const tls_conn_t *c);
 const char *tls_conn_cipher(const tls_conn_t *c);
 
 #endif
