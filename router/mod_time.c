@@ -1,5 +1,6 @@
-/* XEP-0202 entity time of the server: its UTC time (XEP-0082 DateTime, milliseconds) and
- * the offset of its local time zone. Clients answer for their own full JIDs. */
+/* XEP-0202 entity time of the server: its UTC time (XEP-0082 DateTime in whole seconds,
+ * as XEP-0202 §3's example) and the offset of its local time zone. Clients answer for
+ * their own full JIDs. */
 #include "router/module.h"
 
 #include <stdio.h>
@@ -12,12 +13,13 @@ static void entity_time(mod_iq_ctx_t *c) {
   arena_t *a = &c->w->arena;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
+
   struct tm utc, loc;
   gmtime_r(&ts.tv_sec, &utc);
   localtime_r(&ts.tv_sec, &loc);
   char u[80], z[48];
-  snprintf(u, sizeof u, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday,
-           utc.tm_hour, utc.tm_min, utc.tm_sec, ts.tv_nsec / 1000000);
+  snprintf(u, sizeof u, "%04d-%02d-%02dT%02d:%02d:%02dZ", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday,
+           utc.tm_hour, utc.tm_min, utc.tm_sec);
   long off = loc.tm_gmtoff / 60; /* minutes east of UTC */
   snprintf(z, sizeof z, "%c%02ld:%02ld", off < 0 ? '-' : '+', (off < 0 ? -off : off) / 60, (off < 0 ? -off : off) % 60);
   xnode_t *t = xnode_new(a, "time", NS_TIME);
