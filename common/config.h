@@ -55,6 +55,9 @@ typedef struct xmpp_config {
   int max_roster_group_name; /* bytes of one group name */
   int subscription_rate; /* subscription stanzas/s per account; 0 = no cap */
   int max_directed;      /* JIDs a session remembers having sent directed presence to */
+  int max_doc_bytes;     /* bytes of one stored document as XML (vCard, private XML element) */
+  int max_account_doc_bytes; /* bytes of an account's stored documents in all */
+  int max_private_elements;  /* elements in one XEP-0049 set */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */

@@ -126,4 +126,19 @@ void mod_iq_error(mod_iq_ctx_t *c, const char *type, const char *cond);
  * subscription 'from' or 'both' in u's roster (RFC 6121 §3). */
 int mod_is_contact(worker_t *w, user_t *u, const char *from);
 
+/* Documents of an account holding one element (store_doc_*: vCards, private XML). */
+/* Bytes of el's XML text as the server writes it (its namespace declared on it). */
+size_t mod_xml_len(const xnode_t *el);
+/* Stores el for bare under (kind, key) in the stored (encoded) form, within
+ * limits.max_account_doc_bytes: 0, XMPP_ELIMIT, XMPP_ENOENT (no account) or XMPP_EIO.
+ * The caller checks limits.max_doc_bytes (mod_xml_len) first. */
+int mod_doc_put(worker_t *w, const char *bare, const char *kind, const char *key, const xnode_t *el);
+/* The element stored under (kind, key), decoded into the frame arena, or NULL with *rc
+ * XMPP_ENOENT (none) or another code (a storage failure, a document that does not
+ * decode). */
+xnode_t *mod_doc_get(worker_t *w, const char *bare, const char *kind, const char *key, int *rc);
+/* Answers c with the stanza error for a failed store call: XMPP_ELIMIT <not-allowed/>
+ * (the account's budget is spent), anything else <internal-server-error/> (wait). */
+void mod_iq_store_error(mod_iq_ctx_t *c, int rc);
+
 #endif

@@ -7,12 +7,15 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/err.h"
 #include "common/log.h"
 
 extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
+extern const module_t mod_vcard, mod_private, mod_last, mod_time;
 
 const module_t *const modules[] = {
     &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
+    &mod_vcard, &mod_private, &mod_last, &mod_time,
 };
 const size_t nmodules = sizeof modules / sizeof modules[0];
 
@@ -61,8 +64,8 @@ int modules_hook(mod_hook_t h, mod_event_t *e) {
 int mod_is_contact(worker_t *w, user_t *u, const char *from) {
   char *bare = w_bare(w, from);
   if (!strcmp(bare, u->bare)) return 1;
-  ritem_t *it = strmap_get(user_roster(w, u), bare);
-  return it && (it->sub == SUB_FROM || it->sub == SUB_BOTH);
+  roster_sub_t sub = roster_sub(w, u, bare); /* one item, not the roster of an offline user */
+  return sub == SUB_FROM || sub == SUB_BOTH;
 }
 
 /* The reply's 'from': what the request was sent to; nothing when it had no 'to' (the
@@ -111,4 +114,44 @@ void modules_iq(worker_t *w, unsigned at, user_t *u, session_t *s, const char *f
     }
   }
   mod_iq_error(&c, "cancel", "service-unavailable");
+}
+
+size_t mod_xml_len(const xnode_t *el) {
+  buf_t b;
+  buf_init(&b);
+  xnode_serialize(el, "", &b);
+  size_t n = b.len;
+  buf_free(&b);
+  return n;
+}
+
+int mod_doc_put(worker_t *w, const char *bare, const char *kind, const char *key, const xnode_t *el) {
+  buf_t b;
+  buf_init(&b);
+  xnode_encode(el, &b);
+  int rc = store_doc_put(w->store, bare, kind, key, b.data, b.len, (size_t)w->cfg->max_account_doc_bytes);
+  buf_free(&b);
+  if (rc && rc != XMPP_ELIMIT) log_error("document %s/%s of %s could not be stored: %s", kind, key, bare, xmpp_strerror(rc));
+  return rc;
+}
+
+xnode_t *mod_doc_get(worker_t *w, const char *bare, const char *kind, const char *key, int *rc) {
+  char *data = NULL;
+  size_t len = 0;
+  xnode_t *el = NULL;
+  *rc = store_doc_get(w->store, bare, kind, key, &data, &len);
+  if (*rc == 0 && xnode_decode(&w->arena, (const uint8_t *)data, len, 256, &el) != 0) {
+    log_error("document %s/%s of %s does not decode", kind, key, bare);
+    *rc = XMPP_EIO;
+    el = NULL;
+  } else if (*rc && *rc != XMPP_ENOENT) {
+    log_error("document %s/%s of %s could not be read: %s", kind, key, bare, xmpp_strerror(*rc));
+  }
+  xfree(data);
+  return el;
+}
+
+void mod_iq_store_error(mod_iq_ctx_t *c, int rc) {
+  if (rc == XMPP_ELIMIT) mod_iq_error(c, "cancel", "not-allowed");
+  else mod_iq_error(c, "wait", "internal-server-error");
 }

@@ -163,6 +163,10 @@ void roster_prefetch_end(worker_t *w);
  * get and the initial presence that follow arrive in later batches). */
 void roster_adopt(worker_t *w, user_t *u);
 void ritem_free(void *p);
+/* u's subscription to contact (a bare JID), SUB_NONE when it has no item (or the store
+ * could not say): from the roster when loaded, else that one item read from the store
+ * (the same cost whatever the roster's size). */
+roster_sub_t roster_sub(worker_t *w, user_t *u, const char *contact);
 /* Frees what roster.c keeps of u (its roster and the items read one by one). */
 void roster_user_free(user_t *u);
 

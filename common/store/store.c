@@ -287,3 +287,34 @@ int store_offline_count_many(store_t *s, const char *const *bares, size_t n, int
   for (size_t i = 0; i < n; i++) counts[i] = s->ops->offline_count(s->be, bares[i]);
   return 0;
 }
+
+int store_doc_get(store_t *s, const char *bare, const char *kind, const char *key, char **data, size_t *len) {
+  if (data) *data = NULL;
+  if (len) *len = 0;
+  int rc = enter(s, "store_doc_get");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(kind) || !key || !data || !len) return XMPP_EINVAL;
+  return s->ops->doc_get(s->be, bare, kind, key, data, len);
+}
+
+int store_doc_put(store_t *s, const char *bare, const char *kind, const char *key, const void *data, size_t len,
+                  size_t max_total) {
+  int rc = enter(s, "store_doc_put");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(kind) || !key || (!data && len)) return XMPP_EINVAL;
+  return s->ops->doc_put(s->be, bare, kind, key, data ? data : "", len, max_total);
+}
+
+int store_doc_delete(store_t *s, const char *bare, const char *kind, const char *key) {
+  int rc = enter(s, "store_doc_delete");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(kind) || !key) return XMPP_EINVAL;
+  return s->ops->doc_delete(s->be, bare, kind, key);
+}
+
+int64_t store_doc_bytes(store_t *s, const char *bare) {
+  int rc = enter(s, "store_doc_bytes");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->doc_bytes(s->be, bare);
+}

@@ -111,4 +111,25 @@ int store_offline_count(store_t *s, const char *bare);
  * arguments. */
 int store_offline_count_many(store_t *s, const char *const *bares, size_t n, int *counts);
 
+/* Small per-account documents (vCard, private XML storage, last activity: router/mod_*.c):
+ * opaque bytes under (kind, key), e.g. ("vcard", ""), ("private", "NS NAME"). kind is
+ * non-empty, key may be empty. They go with the account (store_account_delete). Each
+ * document costs strlen(kind) + 1 + strlen(key) + len bytes of its account's budget: a
+ * trigger-kept column in SQLite, a field of the account hash in Redis, so no call reads
+ * more than the one document it names, whatever the account holds. */
+/* 0 and a new buffer in *data (caller xfree()s; a NUL follows the len bytes) and *len;
+ * XMPP_ENOENT when there is no such document (or no account); XMPP_EIO. */
+int store_doc_get(store_t *s, const char *bare, const char *kind, const char *key, char **data, size_t *len);
+/* Inserts or replaces a document: 0; XMPP_ENOENT when the account does not exist;
+ * XMPP_ELIMIT when the account's documents would then cost more than max_total bytes (0:
+ * no limit; the document replaced no longer counts), and nothing is written. The check
+ * and the write are one transaction (SQLite) or one script (Redis). */
+int store_doc_put(store_t *s, const char *bare, const char *kind, const char *key, const void *data, size_t len,
+                  size_t max_total);
+/* Removes a document: 0, or XMPP_ENOENT when there was none. */
+int store_doc_delete(store_t *s, const char *bare, const char *kind, const char *key);
+/* What the account's documents cost, as store_doc_put counts (0 when none or no account),
+ * or a negative XMPP_* code. */
+int64_t store_doc_bytes(store_t *s, const char *bare);
+
 #endif

@@ -53,6 +53,12 @@ typedef struct store_backend {
   int (*offline_count)(void *be, const char *bare);
   /* Optional (NULL: store.c calls offline_count n times). */
   int (*offline_count_many)(void *be, const char *const *bares, size_t n, int *counts);
+  /* Small per-account documents (store_doc_*): kind non-empty, key possibly empty. */
+  int (*doc_get)(void *be, const char *bare, const char *kind, const char *key, char **data, size_t *len);
+  int (*doc_put)(void *be, const char *bare, const char *kind, const char *key, const void *data, size_t len,
+                 size_t max_total);
+  int (*doc_delete)(void *be, const char *bare, const char *kind, const char *key);
+  int64_t (*doc_bytes)(void *be, const char *bare);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -19,6 +19,8 @@
  *                     password; keys cut to the hash length (20 / 32 bytes).
  *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item)
  *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
+ *   {u:JID}:d  hash   "KIND\0KEY" -> document bytes (store_doc_*); the account hash's
+ *                     doc_bytes is what they cost (field and value bytes)
  * Two keys outside any user's slot:
  *   accounts      sorted set, score 0, member = bare JID: the account index for
  *                 store_account_list (ZRANGEBYLEX pages, sorted, no KEYS/SCAN). In a
@@ -29,8 +31,8 @@
  *   xmppd:layout  layout version (1); a newer one is refused on open.
  *
  * Atomicity. Every read-modify-write is one Lua script on one user's slot: create
- * (exists check + HSET), update, delete (all three keys), roster put (account check +
- * HSET), offline push (account check + limit check + id + RPUSH: XMPP_ELIMIT beyond the
+ * (exists check + HSET), update, delete (all four keys), roster put (account check +
+ * HSET), document put (account check + budget check + HSET + doc_bytes), offline push (account check + limit check + id + RPUSH: XMPP_ELIMIT beyond the
  * limit, never a silent drop; offline_bytes in the account hash counts the queue's
  * bytes for the byte limit). Offline delivery is at-least-once like the SQLite back-end:
  * peek reads a window from the head and removes nothing; once the client has taken it,
@@ -86,7 +88,7 @@
 
 /* ---- scripts ------------------------------------------------------------------------ */
 
-enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_COUNT };
+enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL, S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
     /* KEYS: account. ARGV: field value ... -> 1 created, 0 exists */
@@ -95,9 +97,9 @@ static const char *const script_text[S_COUNT] = {
     /* KEYS: account. ARGV: field value ... -> 1 updated, 0 absent */
     [S_UPDATE] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
                  "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
-    /* KEYS: account, roster, offline -> 1 deleted, 0 absent */
+    /* KEYS: account, roster, offline, documents -> 1 deleted, 0 absent */
     [S_DELETE] = "local n = redis.call('DEL', KEYS[1]) "
-                 "redis.call('DEL', KEYS[2], KEYS[3]) return n",
+                 "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) return n",
     /* KEYS: account, roster. ARGV: contact, item -> 1 stored, 0 no account */
     [S_ROSTER_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
                      "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
@@ -128,6 +130,24 @@ static const char *const script_text[S_COUNT] = {
                    "  if redis.call('HINCRBY', KEYS[2], 'offline_bytes', -freed) < 0 then "
                    "    redis.call('HSET', KEYS[2], 'offline_bytes', 0) end "
                    "end return n",
+    /* KEYS: account, documents. ARGV: field ("KIND\0KEY"), data, max bytes (0 = none)
+     * -> 1 stored, -1 no account, -2 over the budget. The account's doc_bytes is what its
+     * documents cost: field bytes + data bytes each. */
+    [S_DOC_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+                  "local old = 0 "
+                  "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then "
+                  "  old = #ARGV[1] + redis.call('HSTRLEN', KEYS[2], ARGV[1]) end "
+                  "local new = #ARGV[1] + #ARGV[2] "
+                  "local mt = tonumber(ARGV[3]) "
+                  "local cur = tonumber(redis.call('HGET', KEYS[1], 'doc_bytes')) or 0 "
+                  "if mt > 0 and cur - old + new > mt then return -2 end "
+                  "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) "
+                  "redis.call('HINCRBY', KEYS[1], 'doc_bytes', new - old) return 1",
+    /* KEYS: account, documents. ARGV: field -> 1 removed, 0 absent */
+    [S_DOC_DEL] = "local len = redis.call('HSTRLEN', KEYS[2], ARGV[1]) "
+                  "if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end "
+                  "if redis.call('EXISTS', KEYS[1]) == 1 then "
+                  "  redis.call('HINCRBY', KEYS[1], 'doc_bytes', -(#ARGV[1] + len)) end return 1",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -421,23 +441,26 @@ static int exec_cmd(rd_t *r, const char *what, int argc, const char **argv, cons
 /* ---- keys --------------------------------------------------------------------------- */
 
 typedef struct {
-  char *a, *r, *o; /* account, roster, offline */
-  size_t la, lr, lo;
+  char *a, *r, *o, *d; /* account, roster, offline, documents */
+  size_t la, lr, lo, ld;
 } ukeys_t;
 
 static void ukeys(ukeys_t *k, const char *bare) {
   k->a = xstrfmt("{u:%s}:a", bare);
   k->r = xstrfmt("{u:%s}:r", bare);
   k->o = xstrfmt("{u:%s}:o", bare);
+  k->d = xstrfmt("{u:%s}:d", bare);
   k->la = strlen(k->a);
   k->lr = strlen(k->r);
   k->lo = strlen(k->o);
+  k->ld = strlen(k->d);
 }
 
 static void ukeys_free(ukeys_t *k) {
   xfree(k->a);
   xfree(k->r);
   xfree(k->o);
+  xfree(k->d);
 }
 
 /* ---- open / close ------------------------------------------------------------------- */
@@ -811,9 +834,9 @@ static int rd_account_delete(void *be, const char *bare) {
   }
   ukeys_t k;
   ukeys(&k, bare);
-  const char *av[] = {k.a, k.r, k.o};
-  size_t al[] = {k.la, k.lr, k.lo};
-  int rc = exec_script(r, "account delete", S_DELETE, 3, 3, av, al, R_ONE);
+  const char *av[] = {k.a, k.r, k.o, k.d};
+  size_t al[] = {k.la, k.lr, k.lo, k.ld};
+  int rc = exec_script(r, "account delete", S_DELETE, 4, 4, av, al, R_ONE);
   ukeys_free(&k);
   /* The index after the account: a crash in between leaves an extra member, skipped by
    * list. Removed even when the account was absent (clears such a leftover). */
@@ -1270,6 +1293,97 @@ static int rd_offline_count(void *be, const char *bare) {
   return count;
 }
 
+/* ---- documents ---------------------------------------------------------------------- */
+
+/* The field of a document in {u:JID}:d: "KIND\0KEY" (kind holds no NUL). */
+static char *doc_field(const char *kind, const char *key, size_t *len) {
+  size_t lk = strlen(kind), ly = strlen(key);
+  char *f = xmalloc(lk + 1 + ly + 1);
+  memcpy(f, kind, lk + 1);
+  memcpy(f + lk + 1, key, ly + 1);
+  *len = lk + 1 + ly;
+  return f;
+}
+
+static int rd_doc_get(void *be, const char *bare, const char *kind, const char *key, char **data, size_t *len) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  size_t fl;
+  char *f = doc_field(kind, key, &fl);
+  const char *av[] = {"HGET", k.d, f};
+  size_t al[] = {4, k.ld, fl};
+  redisReply *rep = run(r, 3, av, al, 1);
+  ukeys_free(&k);
+  xfree(f);
+  if (!rep) return XMPP_EIO;
+  int rc = 0;
+  if (rep->type == REDIS_REPLY_NIL) {
+    rc = XMPP_ENOENT;
+  } else if (rep->type != REDIS_REPLY_STRING) {
+    rc = reply_error(r, "HGET", rep);
+  } else {
+    char *out = xmalloc(rep->len + 1);
+    memcpy(out, rep->str, rep->len);
+    out[rep->len] = '\0';
+    *data = out;
+    *len = rep->len;
+  }
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_doc_put(void *be, const char *bare, const char *kind, const char *key, const void *data, size_t len,
+                      size_t max_total) {
+  rd_t *r = be;
+  if (r->batch) {
+    int rc = batch_needs_account(r, bare);
+    if (rc) return rc;
+  }
+  ukeys_t k;
+  ukeys(&k, bare);
+  size_t fl;
+  char *f = doc_field(kind, key, &fl);
+  char mt[24];
+  snprintf(mt, sizeof mt, "%zu", max_total);
+  const char *av[] = {k.a, k.d, f, data, mt};
+  size_t al[] = {k.la, k.ld, fl, len, strlen(mt)};
+  int rc = exec_script(r, "doc put", S_DOC_PUT, 2, 5, av, al, R_PUSH);
+  ukeys_free(&k);
+  xfree(f);
+  return rc;
+}
+
+static int rd_doc_delete(void *be, const char *bare, const char *kind, const char *key) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  size_t fl;
+  char *f = doc_field(kind, key, &fl);
+  const char *av[] = {k.a, k.d, f};
+  size_t al[] = {k.la, k.ld, fl};
+  int rc = exec_script(r, "doc delete", S_DOC_DEL, 2, 3, av, al, R_ONE);
+  ukeys_free(&k);
+  xfree(f);
+  return rc;
+}
+
+static int64_t rd_doc_bytes(void *be, const char *bare) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HGET", k.a, "doc_bytes"};
+  size_t al[] = {4, k.la, 9};
+  redisReply *rep = run(r, 3, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int64_t v = 0;
+  if (rep->type == REDIS_REPLY_STRING) v = strtoll(rep->str, NULL, 10);
+  else if (rep->type != REDIS_REPLY_NIL) v = reply_error(r, "HGET", rep);
+  freeReplyObject(rep);
+  return v;
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -1294,4 +1408,8 @@ const store_backend_t store_redis_backend = {
     .offline_remove = rd_offline_remove,
     .offline_count = rd_offline_count,
     .offline_count_many = rd_offline_count_many,
+    .doc_get = rd_doc_get,
+    .doc_put = rd_doc_put,
+    .doc_delete = rd_doc_delete,
+    .doc_bytes = rd_doc_bytes,
 };

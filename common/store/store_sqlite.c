@@ -21,7 +21,9 @@
  *     triggers on roster (store_roster_count reads it: no count over the rows).
  *   offline(id AUTOINCREMENT, owner, stamp unix seconds, xml BLOB), index (owner, id):
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
- * roster.owner and offline.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
+ *   docs(owner, kind, key, data BLOB, PK(owner, kind, key)) (version 3): small
+ *     per-account documents; accounts.doc_bytes, kept by triggers, is what they cost.
+ * roster.owner, offline.owner and docs.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
  *
@@ -46,7 +48,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 2
+#define SQ_SCHEMA_VERSION 3
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -75,8 +77,20 @@ enum {
   Q_OFF_INSERT,
   Q_OFF_SELECT,
   Q_OFF_DELETE_UPTO,
+  /* documents (schema 3) */
+  Q_ACC_DEL_DOCS,
+  Q_DOC_GET,
+  Q_DOC_ACCOUNT,
+  Q_DOC_COST,
+  Q_DOC_UPSERT,
+  Q_DOC_DELETE,
   Q_COUNT
 };
+
+/* What a document costs its account (store.h): the bytes of kind, 1, key and data (kind
+ * and key are text: length() would count characters). */
+#define DOC_COST(row) \
+  "(length(CAST(" row "kind AS BLOB)) + 1 + length(CAST(" row "key AS BLOB)) + length(" row "data))"
 
 static const char *const sql_text[Q_COUNT] = {
     [Q_BEGIN] = "BEGIN",
@@ -118,6 +132,13 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_OFF_INSERT] = "INSERT INTO offline (owner, stamp, xml) VALUES (?1, ?2, ?3)",
     [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [Q_OFF_DELETE_UPTO] = "DELETE FROM offline WHERE owner = ?1 AND id <= ?2",
+    [Q_ACC_DEL_DOCS] = "DELETE FROM docs WHERE owner = ?1",
+    [Q_DOC_GET] = "SELECT data FROM docs WHERE owner = ?1 AND kind = ?2 AND key = ?3",
+    [Q_DOC_ACCOUNT] = "SELECT doc_bytes FROM accounts WHERE jid = ?1",
+    [Q_DOC_COST] = "SELECT " DOC_COST("") " FROM docs WHERE owner = ?1 AND kind = ?2 AND key = ?3",
+    [Q_DOC_UPSERT] = "INSERT INTO docs (owner, kind, key, data) VALUES (?1, ?2, ?3, ?4) "
+                     "ON CONFLICT (owner, kind, key) DO UPDATE SET data = excluded.data",
+    [Q_DOC_DELETE] = "DELETE FROM docs WHERE owner = ?1 AND kind = ?2 AND key = ?3",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -131,6 +152,25 @@ static const char schema_v2[] =
     "  UPDATE accounts SET roster_items = roster_items + 1 WHERE jid = NEW.owner; END;"
     "CREATE TRIGGER IF NOT EXISTS roster_items_del AFTER DELETE ON roster BEGIN "
     "  UPDATE accounts SET roster_items = roster_items - 1 WHERE jid = OLD.owner; END;";
+
+/* Version 3: small per-account documents (vCards, private XML, last activity), and what
+ * they cost each account kept by triggers (accounts.doc_bytes), so that a put checks the
+ * account's budget by reading one row, not by summing its documents. */
+static const char schema_v3[] =
+    "CREATE TABLE IF NOT EXISTS docs ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  kind TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  data BLOB NOT NULL,"
+    "  PRIMARY KEY (owner, kind, key));"
+    "ALTER TABLE accounts ADD COLUMN doc_bytes INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TRIGGER IF NOT EXISTS docs_ins AFTER INSERT ON docs BEGIN "
+    "  UPDATE accounts SET doc_bytes = doc_bytes + " DOC_COST("NEW.") " WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS docs_del AFTER DELETE ON docs BEGIN "
+    "  UPDATE accounts SET doc_bytes = doc_bytes - " DOC_COST("OLD.") " WHERE jid = OLD.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS docs_upd AFTER UPDATE ON docs BEGIN "
+    "  UPDATE accounts SET doc_bytes = doc_bytes - " DOC_COST("OLD.") " WHERE jid = OLD.owner;"
+    "  UPDATE accounts SET doc_bytes = doc_bytes + " DOC_COST("NEW.") " WHERE jid = NEW.owner; END;";
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -314,6 +354,7 @@ static int sq_schema(sq_t *q, char **err) {
    * Later versions add their migration steps here, each one guarded by ver < N. */
   if ((rc = sqlite3_exec(q->db, schema_v1, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 3 && (rc = sqlite3_exec(q->db, schema_v3, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -506,6 +547,7 @@ static int sq_account_delete(void *be, const char *bare) {
   if (!ret) ret = run_owner(q, Q_ACC_DEL_GROUPS, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_ROSTER, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_OFFLINE, bare);
+  if (!ret) ret = run_owner(q, Q_ACC_DEL_DOCS, bare);
   if (!ret) {
     ret = run_owner(q, Q_ACC_DELETE, bare);
     if (!ret && sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
@@ -860,6 +902,113 @@ static int sq_offline_count(void *be, const char *bare) {
   return n > INT_MAX ? INT_MAX : (int)n;
 }
 
+/* ---- documents ---------------------------------------------------------------------- */
+
+/* Binds ?1 owner, ?2 kind, ?3 key. */
+static int bind_doc(sq_t *q, sqlite3_stmt *st, const char *bare, const char *kind, const char *key) {
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, kind);
+  if (!ret) ret = bind_text(q, st, 3, key);
+  return ret;
+}
+
+static int sq_doc_get(void *be, const char *bare, const char *kind, const char *key, char **data, size_t *len) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_DOC_GET);
+  if (!st) return XMPP_EIO;
+  int ret = bind_doc(q, st, bare, kind, key);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      const void *b = sqlite3_column_blob(st, 0);
+      size_t n = (size_t)sqlite3_column_bytes(st, 0);
+      char *out = xmalloc(n + 1);
+      if (n) memcpy(out, b, n);
+      out[n] = '\0';
+      *data = out;
+      *len = n;
+    } else if (rc == SQLITE_DONE) {
+      ret = XMPP_ENOENT;
+    } else {
+      ret = fail(q, "doc get", rc);
+    }
+  }
+  done(st);
+  return ret;
+}
+
+/* One int64 column of one row: 0 and *v, XMPP_ENOENT when no row, or XMPP_EIO. */
+static int doc_int(sq_t *q, int id, const char *bare, const char *kind, const char *key, int64_t *v) {
+  sqlite3_stmt *st = stmt(q, id);
+  if (!st) return XMPP_EIO;
+  int ret = kind ? bind_doc(q, st, bare, kind, key) : bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *v = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE) ret = XMPP_ENOENT;
+    else ret = fail(q, sql_text[id], rc);
+  }
+  done(st);
+  return ret;
+}
+
+static int sq_doc_put(void *be, const char *bare, const char *kind, const char *key, const void *data, size_t len,
+                      size_t max_total) {
+  sq_t *q = be;
+  /* the budget is checked and the row written under the write lock: no other connection
+   * can spend the same bytes in between */
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  int64_t total = 0, old = 0;
+  ret = doc_int(q, Q_DOC_ACCOUNT, bare, NULL, NULL, &total); /* XMPP_ENOENT: no account */
+  if (!ret) {
+    ret = doc_int(q, Q_DOC_COST, bare, kind, key, &old);
+    if (ret == XMPP_ENOENT) ret = 0, old = 0;
+  }
+  if (!ret && max_total) {
+    uint64_t cost = (uint64_t)strlen(kind) + 1 + strlen(key) + len;
+    if (total - old < 0 || (uint64_t)(total - old) + cost > max_total) ret = XMPP_ELIMIT;
+  }
+  if (!ret) {
+    sqlite3_stmt *st = stmt(q, Q_DOC_UPSERT);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_doc(q, st, bare, kind, key);
+    if (!ret) ret = bind_blob(q, st, 4, data, len);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ret = XMPP_ENOENT;
+      else if (rc != SQLITE_DONE) ret = fail(q, "doc put", rc);
+    }
+    done(st);
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_doc_delete(void *be, const char *bare, const char *kind, const char *key) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_DOC_DELETE);
+  if (!st) return XMPP_EIO;
+  int ret = bind_doc(q, st, bare, kind, key);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) ret = fail(q, "doc delete", rc);
+    else if (sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
+  }
+  done(st);
+  return ret;
+}
+
+static int64_t sq_doc_bytes(void *be, const char *bare) {
+  int64_t v = 0;
+  int ret = doc_int(be, Q_DOC_ACCOUNT, bare, NULL, NULL, &v);
+  if (ret == XMPP_ENOENT) return 0;
+  return ret ? ret : v;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -881,4 +1030,8 @@ const store_backend_t store_sqlite_backend = {
     .offline_peek = sq_offline_peek,
     .offline_remove = sq_offline_remove,
     .offline_count = sq_offline_count,
+    .doc_get = sq_doc_get,
+    .doc_put = sq_doc_put,
+    .doc_delete = sq_doc_delete,
+    .doc_bytes = sq_doc_bytes,
 };

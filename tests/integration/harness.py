@@ -469,3 +469,14 @@ class ServerTest(unittest.TestCase):
 
     def tearDown(self):
         self.assertTrue(self.srv.alive(), self.srv.log_text())
+
+
+async def subscribe(watcher, owner, timeout=5):
+    """watcher (a logged-in Client) subscribes to owner's presence and owner approves:
+    watcher's item becomes 'to', owner's 'from' (RFC 6121 §3.1). Both must have sent
+    initial presence. Waits for the approval to reach watcher."""
+    owner_bare, watcher_bare = owner.boundjid.bare, watcher.boundjid.bare
+    watcher.send_presence(pto=owner_bare, ptype="subscribe")
+    await owner.next_presence(timeout, pred=lambda p: p["type"] == "subscribe" and p["from"].bare == watcher_bare)
+    owner.send_presence(pto=watcher_bare, ptype="subscribed")
+    await watcher.next_presence(timeout, pred=lambda p: p["type"] == "subscribed" and p["from"].bare == owner_bare)

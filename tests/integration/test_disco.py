@@ -15,7 +15,8 @@ from slixmpp.exceptions import IqError
 from harness import DOMAIN, Client, RawStream, ServerTest, run
 
 SERVER_FEATURES = {"http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items",
-                   "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay"}
+                   "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay",
+                   "vcard-temp", "jabber:iq:private", "jabber:iq:last", "urn:xmpp:time"}
 
 
 async def login(srv, jid):
@@ -51,6 +52,8 @@ class DiscoSlixmppTest(ServerTest):
             ids = {(c, t) for c, t, _, _ in info["disco_info"]["identities"]}
             self.assertEqual(ids, {("account", "registered")})
             self.assertIn("urn:xmpp:ping", info["disco_info"]["features"])
+            for f in ("vcard-temp", "jabber:iq:last"):  # answered for the account (XEP-0054, XEP-0012)
+                self.assertIn(f, info["disco_info"]["features"])
             self.assertEqual(str(info["from"]), f"alice@{DOMAIN}")
             rtt = await a.plugin["xep_0199"].ping(jid=f"alice@{DOMAIN}", timeout=5)
             self.assertLess(rtt, 5)

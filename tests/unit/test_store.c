@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 2);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 2);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
   store_close(s);
 }
 
@@ -750,7 +750,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 2);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1330,7 +1330,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 2));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 3));
   store_close(s);
 }
 
@@ -1604,5 +1604,228 @@ Test(store_redis, outage_then_reconnect_with_aof, .timeout = 60) {
   redis_start(1);
   push(s, "alice@x", "<after/>", 0, 0);
   cr_assert_eq(store_offline_count(s, "alice@x"), 1);
+  store_close(s);
+}
+
+/* ---- documents (store_doc_*: vCards, private XML, last activity) ------------------------ */
+
+/* What a document costs its account (store.h). */
+static int64_t doc_cost(const char *kind, const char *key, size_t len) {
+  return (int64_t)(strlen(kind) + 1 + strlen(key) + len);
+}
+
+static void expect_doc(store_t *s, const char *bare, const char *kind, const char *key, const void *want,
+                       size_t want_len) {
+  char *got = NULL;
+  size_t n = 0;
+  cr_assert_eq(store_doc_get(s, bare, kind, key, &got, &n), 0, "%s %s/%s", bare, kind, key);
+  cr_assert_eq(n, want_len);
+  cr_assert_eq(memcmp(got, want, n), 0);
+  cr_assert_eq(got[n], '\0');
+  xfree(got);
+}
+
+static int doc_absent(store_t *s, const char *bare, const char *kind, const char *key) {
+  char *got = (char *)1;
+  size_t n = 9;
+  int rc = store_doc_get(s, bare, kind, key, &got, &n);
+  cr_assert(got == NULL && n == 0, "nothing given back on %d", rc);
+  return rc == XMPP_ENOENT;
+}
+
+STORE_TEST(doc_put_get_replace_delete) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  static const char bin[] = "a\0b\xff\n<c/>";
+  cr_assert(doc_absent(s, "alice@x", "vcard", ""));
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcard", "", bin, sizeof bin, 0), 0);
+  expect_doc(s, "alice@x", "vcard", "", bin, sizeof bin);
+  /* kinds and keys are separate documents; a key may be any text, empty included */
+  cr_assert_eq(store_doc_put(s, "alice@x", "private", "storage storage:bookmarks", "B", 1, 0), 0);
+  cr_assert_eq(store_doc_put(s, "alice@x", "private", "storage storage:rosternotes", "N", 1, 0), 0);
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcardx", "", "X", 1, 0), 0);
+  expect_doc(s, "alice@x", "private", "storage storage:bookmarks", "B", 1);
+  expect_doc(s, "alice@x", "private", "storage storage:rosternotes", "N", 1);
+  expect_doc(s, "alice@x", "vcard", "", bin, sizeof bin);
+  /* "vcard" + key "x" is not "vcardx" + key "" (the field is KIND\0KEY) */
+  cr_assert(doc_absent(s, "alice@x", "vcard", "x"));
+  /* another account sees none of them */
+  cr_assert(doc_absent(s, "bob@x", "vcard", ""));
+  cr_assert(doc_absent(s, "bob@x", "private", "storage storage:bookmarks"));
+  /* replace: shorter, empty */
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcard", "", "v2", 2, 0), 0);
+  expect_doc(s, "alice@x", "vcard", "", "v2", 2);
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcard", "", NULL, 0, 0), 0);
+  expect_doc(s, "alice@x", "vcard", "", "", 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"),
+               doc_cost("vcard", "", 0) + doc_cost("private", "storage storage:bookmarks", 1) +
+                   doc_cost("private", "storage storage:rosternotes", 1) + doc_cost("vcardx", "", 1));
+  /* delete */
+  cr_assert_eq(store_doc_delete(s, "alice@x", "vcard", ""), 0);
+  cr_assert(doc_absent(s, "alice@x", "vcard", ""));
+  cr_assert_eq(store_doc_delete(s, "alice@x", "vcard", ""), XMPP_ENOENT);
+  cr_assert_eq(store_doc_delete(s, "bob@x", "private", "storage storage:bookmarks"), XMPP_ENOENT);
+  expect_doc(s, "alice@x", "private", "storage storage:bookmarks", "B", 1);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"),
+               doc_cost("private", "storage storage:bookmarks", 1) +
+                   doc_cost("private", "storage storage:rosternotes", 1) + doc_cost("vcardx", "", 1));
+  cr_assert_eq(store_doc_bytes(s, "bob@x"), 0);
+  /* no account: nothing stored */
+  cr_assert_eq(store_doc_put(s, "nobody@x", "vcard", "", "v", 1, 0), XMPP_ENOENT);
+  cr_assert_eq(store_doc_put(s, "nobody@x", "vcard", "", "v", 1, 100), XMPP_ENOENT);
+  cr_assert(doc_absent(s, "nobody@x", "vcard", ""));
+  cr_assert_eq(store_doc_bytes(s, "nobody@x"), 0);
+  /* arguments */
+  char *d = NULL;
+  size_t n = 0;
+  cr_assert_eq(store_doc_get(s, "alice@x", "", "", &d, &n), XMPP_EINVAL);
+  cr_assert_eq(store_doc_get(s, "alice@x", "vcard", NULL, &d, &n), XMPP_EINVAL);
+  cr_assert_eq(store_doc_get(s, "alice@x", "vcard", "", NULL, &n), XMPP_EINVAL);
+  cr_assert_eq(store_doc_put(s, "", "vcard", "", "v", 1, 0), XMPP_EINVAL);
+  cr_assert_eq(store_doc_put(s, "alice@x", NULL, "", "v", 1, 0), XMPP_EINVAL);
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcard", "", NULL, 1, 0), XMPP_EINVAL);
+  cr_assert_eq(store_doc_delete(s, "alice@x", "", ""), XMPP_EINVAL);
+  cr_assert_eq(store_doc_bytes(s, ""), XMPP_EINVAL);
+  store_close(s);
+}
+
+/* The account's budget: a put that brings it to exactly N bytes is stored, one byte more
+ * is refused and leaves everything as it was; the document replaced does not count. */
+STORE_TEST(doc_budget_n_and_n_plus_1) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  const size_t N = 1000;
+  char big[1000];
+  memset(big, 'a', sizeof big);
+  size_t first = 400;
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "one", big, first, N), 0);
+  int64_t used = doc_cost("k", "one", first);
+  size_t room = N - (size_t)used - (size_t)doc_cost("k", "two", 0); /* data bytes that still fit */
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "two", big, room + 1, N), XMPP_ELIMIT);
+  cr_assert(doc_absent(s, "alice@x", "k", "two"));
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), used);
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "two", big, room, N), 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), (int64_t)N);
+  /* full: a new byte anywhere is refused, the old value stays */
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "one", big, first + 1, N), XMPP_ELIMIT);
+  expect_doc(s, "alice@x", "k", "one", big, first);
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "three", NULL, 0, N), XMPP_ELIMIT);
+  /* replacing a document by one of the same size or smaller always fits */
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "one", "b", 1, N), 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), (int64_t)N - (int64_t)first + 1);
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "one", big, first, N), 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), (int64_t)N);
+  /* a delete frees its bytes */
+  cr_assert_eq(store_doc_delete(s, "alice@x", "k", "two"), 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), used);
+  /* without a limit, anything goes */
+  cr_assert_eq(store_doc_put(s, "alice@x", "k", "two", big, sizeof big, 0), 0);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), used + doc_cost("k", "two", sizeof big));
+  store_close(s);
+}
+
+/* Several handles writing documents of one account at once never spend more than the
+ * budget: the check and the write are one transaction / one script. */
+#define DOC_THREADS 4
+#define DOC_PER_THREAD 40
+#define DOC_LIMIT 2000 /* 25 documents of 80 bytes */
+
+static void *doc_racer(void *arg) {
+  race_t *r = arg;
+  int id = r->ok; /* thread number in, count out */
+  r->ok = 0;
+  store_t *s = store_open(g_backend, g_target, NULL);
+  if (!s) {
+    r->other = -1;
+    return NULL;
+  }
+  char data[80 - 7], key[8];
+  memset(data, 'x', sizeof data);
+  for (int i = 0; i < DOC_PER_THREAD; i++) {
+    snprintf(key, sizeof key, "%d-%03d", id, i); /* 5 bytes: "k" 1 key 5 data 73 = 80 */
+    int rc = store_doc_put(s, "alice@x", "k", key, data, sizeof data, DOC_LIMIT);
+    if (rc == 0)
+      r->ok++;
+    else if (rc == XMPP_ELIMIT)
+      r->limited++;
+    else
+      r->other++;
+  }
+  store_close(s);
+  return NULL;
+}
+
+STORE_TEST(doc_budget_holds_across_handles, .timeout = 60) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  pthread_t th[DOC_THREADS];
+  race_t res[DOC_THREADS];
+  memset(res, 0, sizeof res);
+  for (int i = 0; i < DOC_THREADS; i++) {
+    res[i].ok = i;
+    cr_assert_eq(pthread_create(&th[i], NULL, doc_racer, &res[i]), 0);
+  }
+  int ok = 0;
+  for (int i = 0; i < DOC_THREADS; i++) {
+    cr_assert_eq(pthread_join(th[i], NULL), 0);
+    cr_assert_eq(res[i].other, 0, "thread %d got unexpected errors", i);
+    ok += res[i].ok;
+  }
+  cr_assert_eq(ok, DOC_LIMIT / 80);
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), DOC_LIMIT);
+  store_close(s);
+}
+
+STORE_TEST(doc_delete_account_cascades) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  cr_assert_eq(store_doc_put(s, "alice@x", "vcard", "", "A", 1, 0), 0);
+  cr_assert_eq(store_doc_put(s, "alice@x", "private", "p q", "P", 1, 0), 0);
+  cr_assert_eq(store_doc_put(s, "bob@x", "vcard", "", "B", 1, 0), 0);
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  cr_assert(doc_absent(s, "alice@x", "vcard", ""));
+  cr_assert(doc_absent(s, "alice@x", "private", "p q"));
+  if (IS_REDIS)
+    cr_assert_eq(rint_cmd("EXISTS {u:alice@x}:a {u:alice@x}:r {u:alice@x}:o {u:alice@x}:d"), 0);
+  else
+    cr_assert_eq(raw_int("SELECT count(*) FROM docs WHERE owner = 'alice@x'"), 0);
+  expect_doc(s, "bob@x", "vcard", "", "B", 1);
+  /* a new account of the same name starts with nothing */
+  add_user(s, "alice@x", 3);
+  cr_assert(doc_absent(s, "alice@x", "vcard", ""));
+  cr_assert_eq(store_doc_bytes(s, "alice@x"), 0);
+  store_close(s);
+}
+
+/* Redis: documents are one hash under the user's hash tag, field KIND\0KEY. */
+Test(store_redis, doc_key_layout) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  cr_assert_eq(store_doc_put(s, "alice@x", "private", "q ns", "<q/>", 4, 0), 0);
+  type_is("{u:alice@x}:d", "hash");
+  cr_assert_eq(rint_cmd("HSTRLEN {u:alice@x}:d %b", "private\0q ns", (size_t)12), 4);
+  cr_assert_eq(rint_cmd("HGET {u:alice@x}:a doc_bytes"), 12 + 4);
+  store_close(s);
+}
+
+/* SQLite: a version-2 file gets the documents table on open, every account a budget of 0
+ * used; the triggers keep doc_bytes whoever writes the rows. */
+Test(store_sqlite, schema_v2_upgraded_with_docs) {
+  store_close(open_db());
+  raw_exec("DROP TRIGGER docs_ins; DROP TRIGGER docs_del; DROP TRIGGER docs_upd; DROP TABLE docs;"
+           "ALTER TABLE accounts DROP COLUMN doc_bytes; PRAGMA user_version = 2;");
+  raw_exec("INSERT INTO accounts (jid, sha1_salt, sha1_iter, sha1_stored, sha1_server, sha256_salt, "
+           "sha256_iter, sha256_stored, sha256_server, created) "
+           "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
+  store_t *s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
+  cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
+  cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
+  raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
+  cr_assert_eq(store_doc_bytes(s, "a@x"), doc_cost("vcard", "", 3) + doc_cost("k", "\xc3\xa9", 2));
+  raw_exec("UPDATE docs SET data = x'01' WHERE kind = 'k'");
+  cr_assert_eq(store_doc_bytes(s, "a@x"), doc_cost("vcard", "", 3) + doc_cost("k", "\xc3\xa9", 1));
   store_close(s);
 }
