@@ -53,6 +53,11 @@ typedef struct xmpp_config {
   int max_roster_group_name; /* bytes of one group name */
   int subscription_rate; /* subscription stanzas/s per account; 0 = no cap */
   int max_directed;      /* JIDs a session remembers having sent directed presence to */
+  /* XEP-0313 archive (router/mod_mam.c) */
+  int mam_max_messages;  /* messages kept per account; 0 = no limit */
+  int mam_max_age_days;  /* days a message is kept; 0 = forever */
+  int mam_max_page;      /* results one query returns at most */
+  int mam_max_prefs;     /* JIDs in one account's always + never lists */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */
