@@ -54,6 +54,7 @@ typedef struct xmpp_config {
   int subscription_rate; /* subscription stanzas/s per account; 0 = no cap */
   int max_directed;      /* JIDs a session remembers having sent directed presence to */
   /* XEP-0313 archive (router/mod_mam.c) */
+  int mam_enabled;       /* archive one-to-one messages */
   int mam_max_messages;  /* messages kept per account; 0 = no limit */
   int mam_max_age_days;  /* days a message is kept; 0 = forever */
   int mam_max_page;      /* results one query returns at most */

@@ -288,6 +288,7 @@ static void archive(worker_t *w, mam_w_t *m, const char *owner, int64_t id, cons
 static int on_message_out(mod_event_t *e) {
   worker_t *w = e->w;
   mam_w_t *m = state(w);
+  if (!w->cfg->mam_enabled) return MOD_OK;
   if (strip_forged(w, e->st)) w->frame_tree = NULL;
   if (!archivable(e->st) || !strcmp(e->to, w->cfg->domain) || !w_is_local(w, e->to)) return MOD_OK;
   if (!strcmp(w_bare(w, e->to), e->u->bare)) return MOD_OK; /* to oneself: archived once, inbound */
@@ -300,7 +301,7 @@ static int on_message_out(mod_event_t *e) {
  * stanza-id before it goes to the resources or to offline storage. */
 static int on_message_in(mod_event_t *e) {
   worker_t *w = e->w;
-  if (e->skip) return MOD_OK; /* a bounced copy: archived (and stamped) when it came in */
+  if (e->skip || !w->cfg->mam_enabled) return MOD_OK; /* a bounce: archived (and stamped) when it came in */
   mam_w_t *m = state(w);
   user_t *u = e->u;
   if (strip_forged(w, e->st)) w->frame_tree = NULL;
