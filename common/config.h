@@ -58,6 +58,12 @@ typedef struct xmpp_config {
   int max_doc_bytes;     /* bytes of one stored document as XML (vCard, private XML element) */
   int max_account_doc_bytes; /* bytes of an account's stored documents in all */
   int max_private_elements;  /* elements in one XEP-0049 set */
+  /* XEP-0313 archive (router/mod_mam.c) */
+  int mam_enabled;       /* archive one-to-one messages */
+  int mam_max_messages;  /* messages kept per account; 0 = no limit */
+  int mam_max_age_days;  /* days a message is kept; 0 = forever */
+  int mam_max_page;      /* results one query returns at most */
+  int mam_max_prefs;     /* JIDs in one account's always + never lists */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */

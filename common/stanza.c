@@ -96,6 +96,18 @@ size_t xnode_count_elems(const xnode_t *n) {
   return k;
 }
 
+void xnode_remove(xnode_t *c) {
+  xnode_t *p = c->parent;
+  if (!p) return;
+  xnode_t *prev = NULL;
+  for (xnode_t *x = p->children; x && x != c; x = x->next) prev = x;
+  if (prev) prev->next = c->next;
+  else if (p->children == c) p->children = c->next;
+  else return; /* not a child of its parent: nothing to do */
+  if (p->last == c) p->last = prev;
+  c->parent = c->next = NULL;
+}
+
 char *xnode_text(arena_t *a, const xnode_t *n) {
   size_t len = 0;
   for (xnode_t *c = n->children; c; c = c->next)

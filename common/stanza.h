@@ -71,6 +71,8 @@ xnode_t *xnode_child(const xnode_t *n, const char *name, const char *ns);
 xnode_t *xnode_first_elem(const xnode_t *n);
 xnode_t *xnode_next_elem(const xnode_t *n);
 size_t xnode_count_elems(const xnode_t *n);
+/* Takes child c out of its parent (c stays in the arena). */
+void xnode_remove(xnode_t *c);
 /* Concatenated text of the direct text children, NUL-terminated, in the arena. */
 char *xnode_text(arena_t *a, const xnode_t *n);
 /* Deep copy into another arena. */

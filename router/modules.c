@@ -11,11 +11,11 @@
 #include "common/log.h"
 
 extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
-extern const module_t mod_vcard, mod_private, mod_last, mod_time;
+extern const module_t mod_vcard, mod_private, mod_last, mod_time, mod_mam;
 
 const module_t *const modules[] = {
     &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
-    &mod_vcard, &mod_private, &mod_last, &mod_time,
+    &mod_vcard, &mod_private, &mod_last, &mod_time, &mod_mam,
 };
 const size_t nmodules = sizeof modules / sizeof modules[0];
 

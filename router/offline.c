@@ -28,23 +28,12 @@
 #include "common/log.h"
 
 int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st) {
-  buf_t p, fr;
-  buf_init(&p);
+  buf_t fr;
   buf_init(&fr);
-  xnode_encode(st, &p);
-  bus_frame_t f = {0};
-  f.kind = BUS_ROUTE;
-  f.from = from;
-  f.from_len = strlen(from);
-  f.to = to;
-  f.to_len = strlen(to);
-  f.payload = p.data;
-  f.payload_len = p.len;
-  bus_frame_encode(&f, &fr);
+  w_encode_stored(from, to, st, &fr);
   if (w->offline_empty) strmap_del(w->offline_empty, to); /* not empty any more */
   int rc = store_offline_push(w->store, to, (const char *)fr.data, fr.len, (unsigned)w->cfg->offline_max,
                               (size_t)w->cfg->offline_max_bytes);
-  buf_free(&p);
   buf_free(&fr);
   if (rc == XMPP_ELIMIT) log_info("offline queue of %s is full", to);
   else if (rc != 0) log_error("offline queue of %s: write failed", to);

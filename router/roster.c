@@ -180,6 +180,12 @@ roster_sub_t roster_sub(worker_t *w, user_t *u, const char *contact) {
   return it->sub;
 }
 
+int roster_has(worker_t *w, user_t *u, const char *contact) {
+  ritem_t *it = NULL;
+  if (find_item(w, u, contact, &it) != 0) return 0;
+  return it && !hidden(it);
+}
+
 /* The map items of u are kept in now: the roster, or the items read one by one. */
 static strmap_t *items(user_t *u) {
   if (u->roster) return u->roster;

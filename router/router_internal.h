@@ -102,6 +102,9 @@ strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st);
 /* The same for a message still in offline storage under store id 'id' (BUS_F_OFFLINE). */
 void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id);
+/* A message as storage keeps it (offline queue, archive): a bus frame with its
+ * addresses and the encoded stanza, decoded again with bus_frame_decode. */
+void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t *out);
 /* Sends st to the shard owning 'to' for inbound processing (BUS_ROUTE). */
 void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags);
 /* Replies to st (from -> to) with a stanza error, routed back to 'from'. */
@@ -169,6 +172,9 @@ void ritem_free(void *p);
 roster_sub_t roster_sub(worker_t *w, user_t *u, const char *contact);
 /* Frees what roster.c keeps of u (its roster and the items read one by one). */
 void roster_user_free(user_t *u);
+/* 1 when u's roster has a (visible) item for contact; reads only that item when the
+ * roster is not loaded. */
+int roster_has(worker_t *w, user_t *u, const char *contact);
 
 /* offline.c (XEP-0160) */
 int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);

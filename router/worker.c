@@ -114,6 +114,22 @@ static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const c
   send_frame_arg(w, kind, dst, from, to, st, flags, 0);
 }
 
+void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t *out) {
+  buf_t p;
+  buf_init(&p);
+  xnode_encode(st, &p);
+  bus_frame_t f = {0};
+  f.kind = BUS_ROUTE;
+  f.from = from;
+  f.from_len = strlen(from);
+  f.to = to;
+  f.to_len = strlen(to);
+  f.payload = p.data;
+  f.payload_len = p.len;
+  bus_frame_encode(&f, out);
+  buf_free(&p);
+}
+
 void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id) {
   send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, BUS_F_OFFLINE, id);
 }

@@ -318,3 +318,60 @@ int64_t store_doc_bytes(store_t *s, const char *bare) {
   if (bad_str(bare)) return XMPP_EINVAL;
   return s->ops->doc_bytes(s->be, bare);
 }
+
+/* ---- XEP-0313 archive ---------------------------------------------------------------- */
+
+int store_mam_append(store_t *s, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
+  int rc = enter(s, "store_mam_append");
+  if (rc) return rc;
+  if (n && !msgs) return XMPP_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (bad_str(msgs[i].owner) || bad_str(msgs[i].with) || msgs[i].id <= 0 || (!msgs[i].data && msgs[i].len) ||
+        (msgs[i].with_full && !*msgs[i].with_full))
+      return XMPP_EINVAL;
+  if (n == 0) return 0;
+  store_mam_limits_t none = {0, 0};
+  return s->ops->mam_append(s->be, msgs, n, lim ? lim : &none);
+}
+
+int store_mam_query(store_t *s, const char *bare, const store_mam_query_t *q, store_mam_cb cb, void *ud,
+                    int *more) {
+  int rc = enter(s, "store_mam_query");
+  if (rc) return rc;
+  if (bad_str(bare) || !q || !cb || !more || (q->with && !*q->with) || (q->nids && !q->ids)) return XMPP_EINVAL;
+  *more = 0;
+  if (q->max == 0 && !q->nids) return 0;
+  ITERATE(s, s->ops->mam_query(s->be, bare, q, cb, ud, more));
+}
+
+int store_mam_has(store_t *s, const char *bare, int64_t id) {
+  int rc = enter(s, "store_mam_has");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  if (id <= 0) return 0;
+  return s->ops->mam_has(s->be, bare, id);
+}
+
+int store_mam_count(store_t *s, const char *bare) {
+  int rc = enter(s, "store_mam_count");
+  if (rc) return rc;
+  if (bad_str(bare)) return XMPP_EINVAL;
+  return s->ops->mam_count(s->be, bare);
+}
+
+int store_mam_prefs_get(store_t *s, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud) {
+  int rc = enter(s, "store_mam_prefs_get");
+  if (rc) return rc;
+  if (bad_str(bare) || !dflt || !cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->mam_prefs_get(s->be, bare, dflt, cb, ud));
+}
+
+int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *const *always, size_t nalways,
+                        const char *const *never, size_t nnever) {
+  int rc = enter(s, "store_mam_prefs_set");
+  if (rc) return rc;
+  if (bad_str(bare) || dflt < STORE_MAM_ALWAYS || dflt > STORE_MAM_NEVER || (nalways && !always) ||
+      (nnever && !never) || bad_strs(always, nalways) || bad_strs(never, nnever))
+    return XMPP_EINVAL;
+  return s->ops->mam_prefs_set(s->be, bare, dflt, always, nalways, never, nnever);
+}

@@ -131,5 +131,67 @@ int store_doc_delete(store_t *s, const char *bare, const char *kind, const char 
 /* What the account's documents cost, as store_doc_put counts (0 when none or no account),
  * or a negative XMPP_* code. */
 int64_t store_doc_bytes(store_t *s, const char *bare);
+/* ---- XEP-0313 message archive (MAM) ------------------------------------------------ */
+/* Each account's archive is an ordered list of messages keyed by an id the caller
+ * chooses: > 0, ascending per account (the router uses microseconds since the epoch,
+ * made monotonic per worker, so the id is also the archive time). An append whose id is
+ * not above the account's last one is stored under last + 1 (a clock that went back).
+ * 'with' is the other party's bare JID, 'with_full' its full JID when it had one (or
+ * NULL); data the stored message (opaque bytes). */
+typedef struct store_mam_msg {
+  const char *owner;     /* the account whose archive it goes to */
+  int64_t id;
+  const char *with;
+  const char *with_full; /* may be NULL */
+  const char *data;
+  size_t len;
+} store_mam_msg_t;
+
+/* Retention applied while appending (amortised: a few index steps per message): an
+ * archive holds at most max_messages + max_messages / 16 messages (0: no limit; the
+ * oldest go), and messages with id < min_id are removed (0: none). */
+typedef struct store_mam_limits {
+  unsigned max_messages;
+  int64_t min_id;
+} store_mam_limits_t;
+
+/* Appends n messages (to any accounts) in ONE transaction (SQLite) or one pipeline
+ * (Redis). XMPP_ENOENT for a message whose owner has no account is not an error of
+ * the others: the call returns 0 when every message with an account was stored. */
+int store_mam_append(store_t *s, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim);
+
+/* A query of one archive: messages with after < id < before (0 / INT64_MAX: no bound),
+ * with the given 'with' (NULL: any; a bare JID matches messages with that contact
+ * whatever the resource, a full JID only that resource: XEP-0313 §4.1.1), or, when
+ * nids > 0, only the messages with those ids (the other bounds ignored). At most max are
+ * given: the oldest of the range, or with last the newest (RSM <before/>). */
+typedef struct store_mam_query {
+  const char *with;
+  int64_t after, before;
+  unsigned max;
+  int last;
+  const int64_t *ids;
+  size_t nids;
+} store_mam_query_t;
+typedef void (*store_mam_cb)(int64_t id, const char *with, const char *data, size_t len, void *ud);
+/* Calls cb for each message found, in ascending id order; *more = 1 when further
+ * messages of the range lie beyond the page in the direction read (after the last one
+ * given, or with last before the first one). Returns how many were given, or an error.
+ * Costs O(log n + max) whatever the archive's size (an index range). */
+int store_mam_query(store_t *s, const char *bare, const store_mam_query_t *q, store_mam_cb cb, void *ud,
+                    int *more);
+/* 1 when the archive holds a message with that id, 0 when not, or an error. */
+int store_mam_has(store_t *s, const char *bare, int64_t id);
+/* Number of messages in the archive (SQLite: an index count; Redis: XLEN). */
+int store_mam_count(store_t *s, const char *bare);
+
+/* Preferences (XEP-0313 §5): the default (STORE_MAM_ALWAYS, _ROSTER, _NEVER) and the
+ * JIDs always / never archived. get: XMPP_ENOENT when the account never set any (the
+ * server's default applies); cb(jid, always, ud) for each JID. set replaces them all. */
+enum { STORE_MAM_ALWAYS = 0, STORE_MAM_ROSTER = 1, STORE_MAM_NEVER = 2 };
+typedef void (*store_mam_jid_cb)(const char *jid, int always, void *ud);
+int store_mam_prefs_get(store_t *s, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud);
+int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *const *always, size_t nalways,
+                        const char *const *never, size_t nnever);
 
 #endif

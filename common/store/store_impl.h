@@ -59,6 +59,14 @@ typedef struct store_backend {
                  size_t max_total);
   int (*doc_delete)(void *be, const char *bare, const char *kind, const char *key);
   int64_t (*doc_bytes)(void *be, const char *bare);
+  /* XEP-0313 archive (store.h) */
+  int (*mam_append)(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim);
+  int (*mam_query)(void *be, const char *bare, const store_mam_query_t *q, store_mam_cb cb, void *ud, int *more);
+  int (*mam_has)(void *be, const char *bare, int64_t id);
+  int (*mam_count)(void *be, const char *bare);
+  int (*mam_prefs_get)(void *be, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud);
+  int (*mam_prefs_set)(void *be, const char *bare, int dflt, const char *const *always, size_t nalways,
+                       const char *const *never, size_t nnever);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -21,6 +21,11 @@
  *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
  *   {u:JID}:d  hash   "KIND\0KEY" -> document bytes (store_doc_*); the account hash's
  *                     doc_bytes is what they cost (field and value bytes)
+ *   {u:JID}:m  stream XEP-0313 archive: stream id ms-(us % 1000) of the archive id,
+ *                     fields w (with, bare), f (with, full or empty), d (the message)
+ *   {u:JID}:mw zset   its per-contact index, score 0: "b\0BARE\0HEX16", "f\0FULL\0HEX16"
+ *   {u:JID}:mp hash   archiving preferences: default, a:JID, n:JID
+ *                     (and mam_last in the account hash: the last archive id)
  * Two keys outside any user's slot:
  *   accounts      sorted set, score 0, member = bare JID: the account index for
  *                 store_account_list (ZRANGEBYLEX pages, sorted, no KEYS/SCAN). In a
@@ -88,7 +93,8 @@
 
 /* ---- scripts ------------------------------------------------------------------------ */
 
-enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL, S_COUNT };
+enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL,
+       S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
     /* KEYS: account. ARGV: field value ... -> 1 created, 0 exists */
@@ -148,6 +154,77 @@ static const char *const script_text[S_COUNT] = {
                   "if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end "
                   "if redis.call('EXISTS', KEYS[1]) == 1 then "
                   "  redis.call('HINCRBY', KEYS[1], 'doc_bytes', -(#ARGV[1] + len)) end return 1",
+    /* XEP-0313 archive. KEYS: account, stream, index. ARGV: id (microseconds), with,
+     * with_full ('' none), data, max messages (0 none), min id (0 none) -> the id used,
+     * -1 no account. An id not above the last one (account field mam_last) becomes
+     * last + 1; the stream id is ms-(us % 1000). The index holds "b\0BARE\0HEX16" and
+     * "f\0FULL\0HEX16" (score 0: ZRANGEBYLEX gives one contact's ids in order).
+     * Retention: up to 256 entries older than min id, and the oldest once the stream is
+     * max/16 over max, are removed with their index members (XTRIM MINID). */
+    [S_MAM_APPEND] =
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+        "local id = tonumber(ARGV[1]) "
+        "local last = tonumber(redis.call('HGET', KEYS[1], 'mam_last')) or 0 "
+        "if id <= last then id = last + 1 end "
+        "local function sid(x) return string.format('%d-%d', (x - x % 1000) / 1000, x % 1000) end "
+        "local function hex(x) return string.format('%016x', x) end "
+        "redis.call('HSET', KEYS[1], 'mam_last', string.format('%d', id)) "
+        "redis.call('XADD', KEYS[2], sid(id), 'w', ARGV[2], 'f', ARGV[3], 'd', ARGV[4]) "
+        "redis.call('ZADD', KEYS[3], 0, 'b\\0' .. ARGV[2] .. '\\0' .. hex(id)) "
+        "if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], 0, 'f\\0' .. ARGV[3] .. '\\0' .. hex(id)) end "
+        "local function drop(es) "
+        "  local top = nil "
+        "  for _, e in ipairs(es) do "
+        "    local ms, sq = string.match(e[1], '^(%d+)-(%d+)$') "
+        "    local x = tonumber(ms) * 1000 + tonumber(sq) "
+        "    local f = e[2] local w, fu = '', '' "
+        "    for i = 1, #f, 2 do if f[i] == 'w' then w = f[i + 1] elseif f[i] == 'f' then fu = f[i + 1] end end "
+        "    redis.call('ZREM', KEYS[3], 'b\\0' .. w .. '\\0' .. hex(x)) "
+        "    if fu ~= '' then redis.call('ZREM', KEYS[3], 'f\\0' .. fu .. '\\0' .. hex(x)) end "
+        "    top = x "
+        "  end "
+        "  if top then redis.call('XTRIM', KEYS[2], 'MINID', sid(top + 1)) end "
+        "end "
+        "local minid = tonumber(ARGV[6]) "
+        "if minid > 0 then drop(redis.call('XRANGE', KEYS[2], '-', '(' .. sid(minid), 'COUNT', 256)) end "
+        "local max = tonumber(ARGV[5]) "
+        "if max > 0 then "
+        "  local n = redis.call('XLEN', KEYS[2]) "
+        "  if n > max + math.floor(max / 16) then drop(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - max)) end "
+        "end "
+        "return string.format('%d', id)",
+    /* KEYS: stream, index. ARGV: index prefix ('' = no 'with'), low stream id, high
+     * stream id, low hex, high hex (inclusive), count, last ('1': newest first)
+     * -> entries [id, [field, value...]] in the order read */
+    [S_MAM_QUERY] =
+        "local n = tonumber(ARGV[6]) "
+        "if ARGV[1] == '' then "
+        "  if ARGV[7] == '1' then return redis.call('XREVRANGE', KEYS[1], ARGV[3], ARGV[2], 'COUNT', n) end "
+        "  return redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[3], 'COUNT', n) "
+        "end "
+        "local lo, hi = '[' .. ARGV[1] .. ARGV[4], '[' .. ARGV[1] .. ARGV[5] "
+        "local ms "
+        "if ARGV[7] == '1' then ms = redis.call('ZREVRANGEBYLEX', KEYS[2], hi, lo, 'LIMIT', 0, n) "
+        "else ms = redis.call('ZRANGEBYLEX', KEYS[2], lo, hi, 'LIMIT', 0, n) end "
+        "local res = {} "
+        "for _, m in ipairs(ms) do "
+        "  local x = tonumber(string.sub(m, -16), 16) "
+        "  local s = string.format('%d-%d', (x - x % 1000) / 1000, x % 1000) "
+        "  local e = redis.call('XRANGE', KEYS[1], s, s) "
+        "  if e[1] then res[#res + 1] = e[1] end "
+        "end "
+        "return res",
+    /* KEYS: account, prefs. ARGV: default, "a:JID\0n:JID\0..." -> 1, 0 no account */
+    [S_MAM_PREFS_SET] =
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+        "redis.call('DEL', KEYS[2]) "
+        "redis.call('HSET', KEYS[2], 'default', ARGV[1]) "
+        "for j in string.gmatch(ARGV[2], '[^%z]+') do "
+        "  local other = (string.sub(j, 1, 1) == 'a' and 'n' or 'a') .. string.sub(j, 2) "
+        "  if string.sub(j, 1, 1) == 'n' then redis.call('HDEL', KEYS[2], other) end "
+        "  if string.sub(j, 1, 1) == 'n' or redis.call('HEXISTS', KEYS[2], other) == 0 then "
+        "    redis.call('HSET', KEYS[2], j, '') end "
+        "end return 1",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -436,6 +513,12 @@ static int exec_cmd(rd_t *r, const char *what, int argc, const char **argv, cons
   int rc = judge(r, what, rep, kind);
   if (rep) freeReplyObject(rep);
   return rc;
+}
+
+static int mam_delete(rd_t *r, const char *bare);
+
+static int cmp_jid_field(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a + 2, *(const char *const *)b + 2);
 }
 
 /* ---- keys --------------------------------------------------------------------------- */
@@ -844,6 +927,7 @@ static int rd_account_delete(void *be, const char *bare) {
     int irc = index_rem(r, bare);
     if (!rc) rc = irc;
   }
+  if (!rc) rc = mam_delete(r, bare);
   if (!rc && r->batch) strmap_put(r->bstate, bare, B_DELETED);
   return rc;
 }
@@ -1384,6 +1468,391 @@ static int64_t rd_doc_bytes(void *be, const char *bare) {
   return v;
 }
 
+/* ---- XEP-0313 archive ------------------------------------------------------------------ */
+
+/* {u:JID}:m stream (the messages), :mw sorted set (the per-contact index), :mp hash
+ * (preferences): S_MAM_APPEND says how they are kept. */
+typedef struct {
+  char *m, *mw, *mp;
+} mkeys_t;
+
+/* "{u:" bare "}" suffix, whatever its length (xstrfmt stops at 1 KiB). */
+static char *ukey(const char *bare, const char *suffix) {
+  size_t b = strlen(bare), x = strlen(suffix);
+  char *k = xmalloc(b + x + 5);
+  memcpy(k, "{u:", 3);
+  memcpy(k + 3, bare, b);
+  k[3 + b] = '}';
+  memcpy(k + 4 + b, suffix, x + 1);
+  return k;
+}
+
+static void mkeys(mkeys_t *k, const char *bare) {
+  k->m = ukey(bare, ":m");
+  k->mw = ukey(bare, ":mw");
+  k->mp = ukey(bare, ":mp");
+}
+
+static void mkeys_free(mkeys_t *k) {
+  xfree(k->m);
+  xfree(k->mw);
+  xfree(k->mp);
+}
+
+/* Stream id of an archive id: ms-(us % 1000). */
+static void mam_sid(int64_t id, char out[48]) {
+  snprintf(out, 48, "%lld-%lld", (long long)(id / 1000), (long long)(id % 1000));
+}
+
+/* Archive id of a stream id, or -1. */
+static int64_t mam_id_of(const char *s, size_t n) {
+  int64_t ms = 0, sq = 0;
+  size_t i = 0;
+  while (i < n && s[i] >= '0' && s[i] <= '9' && i < 18) ms = ms * 10 + (s[i++] - '0');
+  if (!i || i >= n || s[i] != '-') return -1;
+  size_t st = ++i;
+  while (i < n && s[i] >= '0' && s[i] <= '9' && i - st < 4) sq = sq * 10 + (s[i++] - '0');
+  if (i == st || i != n || sq > 999) return -1;
+  return ms * 1000 + sq;
+}
+
+typedef struct {
+  const store_mam_msg_t *msgs;
+  const store_mam_limits_t *lim;
+  mkeys_t *mk;
+  ukeys_t *uk;
+} mam_app_t;
+
+/* The script's arguments for message i (keys, then ARGV), into av/al; num holds the
+ * numbers' text. */
+static void mam_append_args(const mam_app_t *x, size_t i, const char **av, size_t *al, char num[3][24]) {
+  const store_mam_msg_t *m = &x->msgs[i];
+  snprintf(num[0], 24, "%lld", (long long)m->id);
+  snprintf(num[1], 24, "%u", x->lim->max_messages);
+  snprintf(num[2], 24, "%lld", (long long)x->lim->min_id);
+  const char *v[] = {x->uk[i].a, x->mk[i].m, x->mk[i].mw, num[0], m->with, m->with_full ? m->with_full : "",
+                     m->data, num[1], num[2]};
+  size_t l[] = {x->uk[i].la, strlen(x->mk[i].m), strlen(x->mk[i].mw), strlen(num[0]), strlen(m->with),
+                m->with_full ? strlen(m->with_full) : 0, m->len, strlen(num[1]), strlen(num[2])};
+  for (int k = 0; k < 9; k++) {
+    av[k] = v[k];
+    al[k] = l[k];
+  }
+}
+
+static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
+  rd_t *r = be;
+  mkeys_t *mk = xcalloc(n, sizeof *mk);
+  ukeys_t *uk = xcalloc(n, sizeof *uk);
+  for (size_t i = 0; i < n; i++) {
+    mkeys(&mk[i], msgs[i].owner);
+    ukeys(&uk[i], msgs[i].owner);
+  }
+  mam_app_t x = {msgs, lim, mk, uk};
+  int rc = 0;
+  if (r->batch) {
+    for (size_t i = 0; i < n; i++) {
+      const char *av[9];
+      size_t al[9];
+      char num[3][24];
+      mam_append_args(&x, i, av, al, num);
+      queue_script(r, S_MAM_APPEND, 3, 9, av, al, R_ANY);
+    }
+  } else if (ensure(r) != 0) {
+    rc = XMPP_EIO;
+  } else {
+    /* one pipeline: every EVALSHA written, then the replies read in order (a write is
+     * not sent again on a fresh connection: it may have been applied) */
+    for (size_t i = 0; i < n; i++) {
+      const char *av[MAXARGS];
+      size_t al[MAXARGS];
+      const char *args[9];
+      size_t lens[9];
+      char num[3][24], nk[8];
+      mam_append_args(&x, i, args, lens, num);
+      evalsha_args(r, S_MAM_APPEND, 3, 9, args, lens, av, al, nk);
+      redisAppendCommandArgv(r->c, 12, av, al);
+    }
+    for (size_t i = 0; i < n; i++) {
+      redisReply *rep = NULL;
+      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) {
+        log_error("store(redis) %s: archive append: %s", r->target, r->c->errstr);
+        drop(r);
+        r->down = 1;
+        rc = XMPP_EIO;
+        break;
+      }
+      if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(rep); /* the script cache was flushed: this one by EVAL */
+        const char *args[9];
+        size_t lens[9];
+        char num[3][24];
+        mam_append_args(&x, i, args, lens, num);
+        rep = script(r, S_MAM_APPEND, 3, 9, args, lens);
+        if (!rep) {
+          rc = XMPP_EIO;
+          break;
+        }
+      }
+      if (rep->type == REDIS_REPLY_ERROR && !rc) rc = reply_error(r, "archive append", rep);
+      freeReplyObject(rep);
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    mkeys_free(&mk[i]);
+    ukeys_free(&uk[i]);
+  }
+  xfree(mk);
+  xfree(uk);
+  return rc;
+}
+
+typedef struct {
+  int64_t id;
+  const redisReply *w, *d;
+} mam_ent_t;
+
+/* One stream entry [id, [field, value...]] into e; -1 when it is not one. */
+static int mam_entry(const redisReply *el, mam_ent_t *e) {
+  if (el->type != REDIS_REPLY_ARRAY || el->elements != 2 || el->element[0]->type != REDIS_REPLY_STRING ||
+      el->element[1]->type != REDIS_REPLY_ARRAY)
+    return -1;
+  e->id = mam_id_of(el->element[0]->str, el->element[0]->len);
+  e->w = e->d = NULL;
+  const redisReply *f = el->element[1];
+  for (size_t i = 0; i + 1 < f->elements; i += 2) {
+    const redisReply *k = f->element[i], *v = f->element[i + 1];
+    if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len != 1) continue;
+    if (k->str[0] == 'w') e->w = v;
+    else if (k->str[0] == 'd') e->d = v;
+  }
+  return e->id > 0 && e->w && e->d ? 0 : -1;
+}
+
+typedef struct {
+  const char *m;
+  const int64_t *ids;
+} mam_ids_t;
+
+static void append_xrange_id(rd_t *r, size_t i, void *ud) {
+  const mam_ids_t *x = ud;
+  char sid[48];
+  mam_sid(x->ids[i], sid);
+  const char *av[] = {"XRANGE", x->m, sid, sid};
+  size_t al[] = {6, strlen(x->m), strlen(sid), strlen(sid)};
+  redisAppendCommandArgv(r->c, 4, av, al);
+}
+
+static int i64_cmp(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* ids: one XRANGE each, pipelined (sorted, duplicates once). */
+static int mam_query_ids(rd_t *r, const char *bare, const mkeys_t *k, const store_mam_query_t *q, store_mam_cb cb,
+                         void *ud) {
+  int64_t *ids = xmalloc(q->nids * sizeof *ids);
+  memcpy(ids, q->ids, q->nids * sizeof *ids);
+  qsort(ids, q->nids, sizeof *ids, i64_cmp);
+  size_t n = 0;
+  for (size_t i = 0; i < q->nids; i++)
+    if ((!n || ids[n - 1] != ids[i]) && ids[i] > 0) ids[n++] = ids[i];
+  redisReply **reps = xcalloc(n ? n : 1, sizeof *reps);
+  mam_ids_t x = {k->m, ids};
+  int rc = n ? read_pipeline(r, n, append_xrange_id, &x, reps) : 0, given = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!rc && reps[i]->type == REDIS_REPLY_ARRAY && reps[i]->elements == 1) {
+      mam_ent_t e;
+      if (mam_entry(reps[i]->element[0], &e) == 0) {
+        cb(e.id, e.w->str, e.d->str, e.d->len, ud);
+        given++;
+      } else {
+        log_error("store(redis) %s: corrupt archive entry of %s skipped", r->target, bare);
+      }
+    } else if (!rc && reps[i]->type == REDIS_REPLY_ERROR) {
+      rc = reply_error(r, "XRANGE", reps[i]);
+    }
+    if (reps[i]) freeReplyObject(reps[i]);
+  }
+  xfree(reps);
+  xfree(ids);
+  return rc ? rc : given;
+}
+
+static int rd_mam_query(void *be, const char *bare, const store_mam_query_t *q, store_mam_cb cb, void *ud,
+                        int *more) {
+  rd_t *r = be;
+  mkeys_t k;
+  mkeys(&k, bare);
+  if (q->nids) {
+    int rc = mam_query_ids(r, bare, &k, q, cb, ud);
+    mkeys_free(&k);
+    return rc;
+  }
+  /* inclusive bounds; an empty range reads nothing */
+  int64_t lo = q->after + 1, hi = q->before - 1;
+  if (lo < 1) lo = 1;
+  if (hi > INT64_MAX / 2) hi = INT64_MAX / 2; /* far beyond any clock, and safe in Lua's doubles */
+  if (hi > ((int64_t)1 << 53)) hi = (int64_t)1 << 53;
+  if (lo > hi) {
+    mkeys_free(&k);
+    return 0;
+  }
+  char los[48], his[48], lox[24], hix[24], cnt[16];
+  mam_sid(lo, los);
+  mam_sid(hi, his);
+  snprintf(lox, sizeof lox, "%016llx", (unsigned long long)lo);
+  snprintf(hix, sizeof hix, "%016llx", (unsigned long long)hi);
+  snprintf(cnt, sizeof cnt, "%u", q->max + 1);
+  /* "b\0BARE\0" or "f\0FULL\0" (S_MAM_APPEND) */
+  size_t plen = q->with ? strlen(q->with) + 3 : 0;
+  char *prefix = xmalloc(plen + 1);
+  if (q->with) {
+    prefix[0] = strchr(q->with, '/') ? 'f' : 'b';
+    prefix[1] = '\0';
+    memcpy(prefix + 2, q->with, plen - 3);
+    prefix[plen - 1] = '\0';
+  }
+  const char *av[] = {k.m, k.mw, prefix, los, his, lox, hix, cnt, q->last ? "1" : "0"};
+  size_t al[] = {strlen(k.m), strlen(k.mw), plen, strlen(los), strlen(his), strlen(lox), strlen(hix),
+                 strlen(cnt), 1};
+  redisReply *rep = script(r, S_MAM_QUERY, 2, 9, av, al);
+  xfree(prefix);
+  mkeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  if (rep->type != REDIS_REPLY_ARRAY) {
+    int rc = reply_error(r, "archive query", rep);
+    freeReplyObject(rep);
+    return rc;
+  }
+  size_t n = rep->elements;
+  if (n > q->max) {
+    *more = 1;
+    n = q->max;
+  }
+  int given = 0;
+  for (size_t j = 0; j < n; j++) {
+    size_t i = q->last ? n - 1 - j : j; /* newest first when last: given oldest first */
+    mam_ent_t e;
+    if (mam_entry(rep->element[i], &e) != 0) {
+      log_error("store(redis) %s: corrupt archive entry of %s skipped", r->target, bare);
+      continue;
+    }
+    cb(e.id, e.w->str, e.d->str, e.d->len, ud);
+    given++;
+  }
+  freeReplyObject(rep);
+  return given;
+}
+
+static int rd_mam_has(void *be, const char *bare, int64_t id) {
+  rd_t *r = be;
+  mkeys_t k;
+  mkeys(&k, bare);
+  char sid[48];
+  mam_sid(id, sid);
+  const char *av[] = {"XRANGE", k.m, sid, sid};
+  size_t al[] = {6, strlen(k.m), strlen(sid), strlen(sid)};
+  redisReply *rep = run(r, 4, av, al, 1);
+  mkeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_ARRAY ? rep->elements > 0 : reply_error(r, "XRANGE", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_mam_count(void *be, const char *bare) {
+  rd_t *r = be;
+  mkeys_t k;
+  mkeys(&k, bare);
+  const char *av[] = {"XLEN", k.m};
+  size_t al[] = {4, strlen(k.m)};
+  redisReply *rep = run(r, 2, av, al, 1);
+  mkeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_INTEGER ? (rep->integer > INT_MAX ? INT_MAX : (int)rep->integer)
+                                            : reply_error(r, "XLEN", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_mam_prefs_get(void *be, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud) {
+  rd_t *r = be;
+  mkeys_t k;
+  mkeys(&k, bare);
+  const char *av[] = {"HGETALL", k.mp};
+  size_t al[] = {7, strlen(k.mp)};
+  redisReply *rep = run(r, 2, av, al, 1);
+  mkeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) {
+    int rc = reply_error(r, "HGETALL", rep);
+    freeReplyObject(rep);
+    return rc;
+  }
+  int rc = XMPP_ENOENT;
+  for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+    const redisReply *f = rep->element[i], *v = rep->element[i + 1];
+    if (f->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING && !strcmp(f->str, "default")) {
+      *dflt = atoi(v->str);
+      if (*dflt < STORE_MAM_ALWAYS || *dflt > STORE_MAM_NEVER) *dflt = STORE_MAM_ALWAYS;
+      rc = 0;
+    }
+  }
+  if (!rc) {
+    /* sorted by JID like the SQLite back-end: the hash has no order */
+    size_t n = rep->elements / 2, m = 0;
+    const char **names = xcalloc(n ? n : 1, sizeof *names);
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+      const redisReply *f = rep->element[i];
+      if (f->type == REDIS_REPLY_STRING && f->len > 2 && f->str[1] == ':' && (f->str[0] == 'a' || f->str[0] == 'n'))
+        names[m++] = f->str;
+    }
+    qsort(names, m, sizeof *names, cmp_jid_field);
+    for (size_t i = 0; i < m; i++) cb(names[i] + 2, names[i][0] == 'a', ud);
+    xfree(names);
+  }
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_mam_prefs_set(void *be, const char *bare, int dflt, const char *const *always, size_t nalways,
+                            const char *const *never, size_t nnever) {
+  rd_t *r = be;
+  buf_t list;
+  buf_init(&list);
+  for (size_t i = 0; i < nalways + nnever; i++) {
+    const char *j = i < nalways ? always[i] : never[i - nalways];
+    buf_append(&list, i < nalways ? "a:" : "n:", 2);
+    buf_append(&list, j, strlen(j));
+    buf_append(&list, "", 1);
+  }
+  ukeys_t uk;
+  ukeys(&uk, bare);
+  mkeys_t k;
+  mkeys(&k, bare);
+  char d[4];
+  snprintf(d, sizeof d, "%d", dflt);
+  const char *av[] = {uk.a, k.mp, d, list.len ? (const char *)list.data : ""};
+  size_t al[] = {uk.la, strlen(k.mp), strlen(d), list.len};
+  int rc = exec_script(r, "archive prefs", S_MAM_PREFS_SET, 2, 4, av, al, R_ONE);
+  ukeys_free(&uk);
+  mkeys_free(&k);
+  buf_free(&list);
+  return rc;
+}
+
+/* The archive's keys of a deleted account. */
+static int mam_delete(rd_t *r, const char *bare) {
+  mkeys_t k;
+  mkeys(&k, bare);
+  const char *av[] = {"DEL", k.m, k.mw, k.mp};
+  size_t al[] = {3, strlen(k.m), strlen(k.mw), strlen(k.mp)};
+  int rc = exec_cmd(r, "archive delete", 4, av, al, R_ANY);
+  mkeys_free(&k);
+  return rc;
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -1412,4 +1881,10 @@ const store_backend_t store_redis_backend = {
     .doc_put = rd_doc_put,
     .doc_delete = rd_doc_delete,
     .doc_bytes = rd_doc_bytes,
+    .mam_append = rd_mam_append,
+    .mam_query = rd_mam_query,
+    .mam_has = rd_mam_has,
+    .mam_count = rd_mam_count,
+    .mam_prefs_get = rd_mam_prefs_get,
+    .mam_prefs_set = rd_mam_prefs_set,
 };

@@ -23,7 +23,11 @@
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
  *   docs(owner, kind, key, data BLOB, PK(owner, kind, key)) (version 3): small
  *     per-account documents; accounts.doc_bytes, kept by triggers, is what they cost.
- * roster.owner, offline.owner and docs.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
+ *   mam(owner, id, with_bare, with_full, data) WITHOUT ROWID, PK (owner, id), indexes
+ *     (owner, with_bare, id) and (owner, with_full, id); mam_prefs(owner, dflt),
+ *     mam_prefs_jids(owner, jid, always); accounts.mam_count (version 4: the XEP-0313
+ *     archive, store.h).
+ * roster.owner, offline.owner, docs.owner and mam.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
  *
@@ -48,7 +52,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 3
+#define SQ_SCHEMA_VERSION 4
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -84,6 +88,27 @@ enum {
   Q_DOC_COST,
   Q_DOC_UPSERT,
   Q_DOC_DELETE,
+  /* XEP-0313 archive (schema 4) */
+  Q_ACC_DEL_MAM,
+  Q_ACC_DEL_MAM_PREFS,
+  Q_ACC_DEL_MAM_JIDS,
+  Q_MAM_INSERT,
+  Q_MAM_COUNT_ADD,
+  Q_MAM_PRUNE_AGE,
+  Q_MAM_PRUNE_OLDEST,
+  Q_MAM_FWD,
+  Q_MAM_FWD_BARE,
+  Q_MAM_FWD_FULL,
+  Q_MAM_BACK,
+  Q_MAM_BACK_BARE,
+  Q_MAM_BACK_FULL,
+  Q_MAM_ONE,
+  Q_MAM_COUNT,
+  Q_MAM_PREFS_GET,
+  Q_MAM_PREFS_JIDS,
+  Q_MAM_PREFS_PUT,
+  Q_MAM_PREFS_CLEAR,
+  Q_MAM_PREFS_ADD,
   Q_COUNT
 };
 
@@ -139,6 +164,37 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_DOC_UPSERT] = "INSERT INTO docs (owner, kind, key, data) VALUES (?1, ?2, ?3, ?4) "
                      "ON CONFLICT (owner, kind, key) DO UPDATE SET data = excluded.data",
     [Q_DOC_DELETE] = "DELETE FROM docs WHERE owner = ?1 AND kind = ?2 AND key = ?3",
+    [Q_ACC_DEL_MAM] = "DELETE FROM mam WHERE owner = ?1",
+    [Q_ACC_DEL_MAM_PREFS] = "DELETE FROM mam_prefs WHERE owner = ?1",
+    [Q_ACC_DEL_MAM_JIDS] = "DELETE FROM mam_prefs_jids WHERE owner = ?1",
+    /* an id not above the account's last one becomes last + 1 (store.h) */
+    [Q_MAM_INSERT] = "INSERT INTO mam (owner, id, with_bare, with_full, data) VALUES (?1, "
+                     "max(?2, coalesce((SELECT max(id) FROM mam WHERE owner = ?1), 0) + 1), ?3, ?4, ?5)",
+    [Q_MAM_COUNT_ADD] = "UPDATE accounts SET mam_count = mam_count + ?2 WHERE jid = ?1 RETURNING mam_count",
+    [Q_MAM_PRUNE_AGE] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
+                        "(SELECT id FROM mam WHERE owner = ?1 AND id < ?2 ORDER BY id LIMIT 256)",
+    [Q_MAM_PRUNE_OLDEST] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
+                           "(SELECT id FROM mam WHERE owner = ?1 ORDER BY id LIMIT ?2)",
+    [Q_MAM_FWD] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id > ?2 AND id < ?3 "
+                  "ORDER BY id LIMIT ?4",
+    [Q_MAM_FWD_BARE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_bare = ?5 AND id > ?2 "
+                       "AND id < ?3 ORDER BY id LIMIT ?4",
+    [Q_MAM_FWD_FULL] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_full = ?5 AND id > ?2 "
+                       "AND id < ?3 ORDER BY id LIMIT ?4",
+    [Q_MAM_BACK] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id > ?2 AND id < ?3 "
+                   "ORDER BY id DESC LIMIT ?4",
+    [Q_MAM_BACK_BARE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_bare = ?5 AND id > ?2 "
+                        "AND id < ?3 ORDER BY id DESC LIMIT ?4",
+    [Q_MAM_BACK_FULL] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_full = ?5 AND id > ?2 "
+                        "AND id < ?3 ORDER BY id DESC LIMIT ?4",
+    [Q_MAM_ONE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id = ?2",
+    [Q_MAM_COUNT] = "SELECT mam_count FROM accounts WHERE jid = ?1",
+    [Q_MAM_PREFS_GET] = "SELECT dflt FROM mam_prefs WHERE owner = ?1",
+    [Q_MAM_PREFS_JIDS] = "SELECT jid, always FROM mam_prefs_jids WHERE owner = ?1 ORDER BY jid",
+    [Q_MAM_PREFS_PUT] = "INSERT INTO mam_prefs (owner, dflt) VALUES (?1, ?2) "
+                        "ON CONFLICT (owner) DO UPDATE SET dflt = excluded.dflt",
+    [Q_MAM_PREFS_CLEAR] = "DELETE FROM mam_prefs_jids WHERE owner = ?1",
+    [Q_MAM_PREFS_ADD] = "INSERT OR REPLACE INTO mam_prefs_jids (owner, jid, always) VALUES (?1, ?2, ?3)",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -171,6 +227,32 @@ static const char schema_v3[] =
     "CREATE TRIGGER IF NOT EXISTS docs_upd AFTER UPDATE ON docs BEGIN "
     "  UPDATE accounts SET doc_bytes = doc_bytes - " DOC_COST("OLD.") " WHERE jid = OLD.owner;"
     "  UPDATE accounts SET doc_bytes = doc_bytes + " DOC_COST("NEW.") " WHERE jid = NEW.owner; END;";
+
+/* Version 4: the XEP-0313 archive. mam is clustered by (owner, id) (WITHOUT ROWID: a
+ * page of one account's archive is a few adjacent B-tree pages), with an index per
+ * contact (bare, and full for the messages that had one) for the 'with' filter; ids are
+ * the router's (microseconds, monotonic per account). accounts.mam_count is kept by the
+ * appends and the pruning (in C, one update per message), so retention by count reads
+ * no index. */
+static const char schema_v4[] =
+    "ALTER TABLE accounts ADD COLUMN mam_count INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE IF NOT EXISTS mam ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  id INTEGER NOT NULL,"
+    "  with_bare TEXT NOT NULL,"
+    "  with_full TEXT,"
+    "  data BLOB NOT NULL,"
+    "  PRIMARY KEY (owner, id)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS mam_with ON mam (owner, with_bare, id);"
+    "CREATE INDEX IF NOT EXISTS mam_with_full ON mam (owner, with_full, id) WHERE with_full IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS mam_prefs ("
+    "  owner TEXT NOT NULL PRIMARY KEY REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  dflt INTEGER NOT NULL CHECK (dflt BETWEEN 0 AND 2));"
+    "CREATE TABLE IF NOT EXISTS mam_prefs_jids ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  jid TEXT NOT NULL,"
+    "  always INTEGER NOT NULL,"
+    "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;";
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -355,6 +437,7 @@ static int sq_schema(sq_t *q, char **err) {
   if ((rc = sqlite3_exec(q->db, schema_v1, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 3 && (rc = sqlite3_exec(q->db, schema_v3, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 4 && (rc = sqlite3_exec(q->db, schema_v4, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -548,6 +631,9 @@ static int sq_account_delete(void *be, const char *bare) {
   if (!ret) ret = run_owner(q, Q_ACC_DEL_ROSTER, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_OFFLINE, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_DOCS, bare);
+  if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM, bare);
+  if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_JIDS, bare);
+  if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_PREFS, bare);
   if (!ret) {
     ret = run_owner(q, Q_ACC_DELETE, bare);
     if (!ret && sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
@@ -1009,6 +1095,269 @@ static int64_t sq_doc_bytes(void *be, const char *bare) {
   return ret ? ret : v;
 }
 
+/* ---- XEP-0313 archive ------------------------------------------------------------------ */
+
+/* Steps a statement with no rows expected; 0 or the mapped error (ENOENT on a foreign key). */
+static int step_done(sq_t *q, sqlite3_stmt *st, const char *what) {
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) return 0;
+  if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) return XMPP_ENOENT;
+  return fail(q, what, rc);
+}
+
+/* Adds delta to owner's mam_count; *count gets the new value (XMPP_ENOENT: no account). */
+static int mam_count_add(sq_t *q, const char *owner, int64_t delta, int64_t *count) {
+  sqlite3_stmt *st = stmt(q, Q_MAM_COUNT_ADD);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, owner);
+  if (!ret) ret = bind_int64(q, st, 2, delta);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *count = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE) ret = XMPP_ENOENT;
+    else ret = fail(q, "mam count", rc);
+  }
+  done(st);
+  return ret;
+}
+
+/* Runs a prune statement (?1 owner, ?2 arg) and takes what it removed off the count. */
+static int mam_prune(sq_t *q, int id, const char *owner, int64_t arg) {
+  sqlite3_stmt *st = stmt(q, id);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, owner);
+  if (!ret) ret = bind_int64(q, st, 2, arg);
+  if (!ret) ret = step_done(q, st, "mam prune");
+  done(st);
+  int64_t removed = ret ? 0 : sqlite3_changes64(q->db), count;
+  if (!ret && removed) ret = mam_count_add(q, owner, -removed, &count);
+  return ret;
+}
+
+static int mam_append_one(sq_t *q, const store_mam_msg_t *m, const store_mam_limits_t *lim) {
+  sqlite3_stmt *st = stmt(q, Q_MAM_INSERT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, m->owner);
+  if (!ret) ret = bind_int64(q, st, 2, m->id);
+  if (!ret) ret = bind_text(q, st, 3, m->with);
+  if (!ret) ret = bind_text(q, st, 4, m->with_full);
+  if (!ret) ret = bind_blob(q, st, 5, m->data, m->len);
+  if (!ret) ret = step_done(q, st, "mam insert");
+  done(st);
+  int64_t count = 0;
+  if (!ret) ret = mam_count_add(q, m->owner, 1, &count);
+  /* amortised: up to 256 expired ones per append (one index seek when none), and the
+   * oldest once the count is max/16 over max, down to max */
+  if (!ret && lim->min_id > 0) ret = mam_prune(q, Q_MAM_PRUNE_AGE, m->owner, lim->min_id);
+  if (!ret && lim->max_messages && count > (int64_t)lim->max_messages + lim->max_messages / 16)
+    ret = mam_prune(q, Q_MAM_PRUNE_OLDEST, m->owner, count - (int64_t)lim->max_messages);
+  return ret;
+}
+
+static int sq_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  for (size_t i = 0; i < n && !ret; i++) {
+    ret = mam_append_one(q, &msgs[i], lim);
+    if (ret == XMPP_ENOENT) ret = 0; /* no such account: nothing to archive (store.h) */
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+typedef struct {
+  int64_t id;
+  char *with;
+  char *data;
+  size_t len;
+} mam_row_t;
+
+static int mam_row_cmp(const void *a, const void *b) {
+  int64_t x = ((const mam_row_t *)a)->id, y = ((const mam_row_t *)b)->id;
+  return x < y ? -1 : x > y;
+}
+
+static int i64_cmp(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Copies the current row (id, with, data) of st into r. */
+static void mam_row_take(sqlite3_stmt *st, mam_row_t *r) {
+  r->id = sqlite3_column_int64(st, 0);
+  const unsigned char *w = sqlite3_column_text(st, 1);
+  r->with = xstrdup(w ? (const char *)w : "");
+  const void *d = sqlite3_column_blob(st, 2);
+  r->len = (size_t)sqlite3_column_bytes(st, 2);
+  r->data = xmalloc(r->len + 1);
+  if (r->len) memcpy(r->data, d, r->len);
+  r->data[r->len] = '\0';
+}
+
+static int sq_mam_query(void *be, const char *bare, const store_mam_query_t *qq, store_mam_cb cb, void *ud,
+                        int *more) {
+  sq_t *q = be;
+  size_t cap = qq->nids ? qq->nids : (size_t)qq->max + 1, n = 0;
+  mam_row_t *rows = xcalloc(cap ? cap : 1, sizeof *rows);
+  int ret = 0;
+  if (qq->nids) {
+    int64_t *ids = xmalloc(qq->nids * sizeof *ids);
+    memcpy(ids, qq->ids, qq->nids * sizeof *ids);
+    qsort(ids, qq->nids, sizeof *ids, i64_cmp);
+    sqlite3_stmt *st = stmt(q, Q_MAM_ONE);
+    if (!st) ret = XMPP_EIO;
+    for (size_t i = 0; i < qq->nids && !ret; i++) {
+      if (i && ids[i] == ids[i - 1]) continue;
+      ret = bind_text(q, st, 1, bare);
+      if (!ret) ret = bind_int64(q, st, 2, ids[i]);
+      if (!ret) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) mam_row_take(st, &rows[n++]);
+        else if (rc != SQLITE_DONE) ret = fail(q, "mam get", rc);
+      }
+      done(st);
+    }
+    xfree(ids);
+  } else {
+    int full = qq->with && strchr(qq->with, '/') != NULL;
+    int id = qq->last ? (!qq->with ? Q_MAM_BACK : full ? Q_MAM_BACK_FULL : Q_MAM_BACK_BARE)
+                      : (!qq->with ? Q_MAM_FWD : full ? Q_MAM_FWD_FULL : Q_MAM_FWD_BARE);
+    sqlite3_stmt *st = stmt(q, id);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_text(q, st, 1, bare);
+    if (!ret) ret = bind_int64(q, st, 2, qq->after);
+    if (!ret) ret = bind_int64(q, st, 3, qq->before);
+    if (!ret) ret = bind_int64(q, st, 4, (int64_t)qq->max + 1);
+    if (!ret && qq->with) ret = bind_text(q, st, 5, qq->with);
+    if (!ret) {
+      int rc;
+      while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == qq->max) {
+          *more = 1; /* the one past the page */
+          continue;
+        }
+        mam_row_take(st, &rows[n++]);
+      }
+      if (rc != SQLITE_DONE) ret = fail(q, "mam query", rc);
+    }
+    done(st);
+    if (qq->last) qsort(rows, n, sizeof *rows, mam_row_cmp);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!ret) cb(rows[i].id, rows[i].with, rows[i].data, rows[i].len, ud);
+    xfree(rows[i].with);
+    xfree(rows[i].data);
+  }
+  xfree(rows);
+  return ret ? ret : (int)n;
+}
+
+static int sq_mam_has(void *be, const char *bare, int64_t id) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_MAM_ONE);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_int64(q, st, 2, id);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    ret = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : fail(q, "mam has", rc);
+  }
+  done(st);
+  return ret;
+}
+
+static int sq_mam_count(void *be, const char *bare) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_MAM_COUNT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      int64_t n = sqlite3_column_int64(st, 0);
+      ret = n > INT_MAX ? INT_MAX : n < 0 ? 0 : (int)n;
+    } else if (rc == SQLITE_DONE) {
+      ret = 0;
+    } else {
+      ret = fail(q, "mam count", rc);
+    }
+  }
+  done(st);
+  return ret;
+}
+
+static int sq_mam_prefs_get(void *be, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 0);
+  if (ret) return ret;
+  sqlite3_stmt *st = stmt(q, Q_MAM_PREFS_GET);
+  if (!st) ret = XMPP_EIO;
+  if (!ret) ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *dflt = sqlite3_column_int(st, 0);
+    else if (rc == SQLITE_DONE) ret = XMPP_ENOENT;
+    else ret = fail(q, "mam prefs", rc);
+  }
+  done(st);
+  if (!ret) {
+    st = stmt(q, Q_MAM_PREFS_JIDS);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_text(q, st, 1, bare);
+    if (!ret) {
+      int rc;
+      while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *j = sqlite3_column_text(st, 0);
+        if (j) cb((const char *)j, sqlite3_column_int(st, 1) != 0, ud);
+      }
+      if (rc != SQLITE_DONE) ret = fail(q, "mam prefs jids", rc);
+    }
+    done(st);
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int prefs_add(sq_t *q, const char *bare, const char *jid, int always) {
+  sqlite3_stmt *st = stmt(q, Q_MAM_PREFS_ADD);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, jid);
+  if (!ret) ret = bind_int64(q, st, 3, always);
+  if (!ret) ret = step_done(q, st, "mam prefs add");
+  done(st);
+  return ret;
+}
+
+static int sq_mam_prefs_set(void *be, const char *bare, int dflt, const char *const *always, size_t nalways,
+                            const char *const *never, size_t nnever) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  sqlite3_stmt *st = stmt(q, Q_MAM_PREFS_PUT);
+  if (!st) ret = XMPP_EIO;
+  if (!ret) ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_int64(q, st, 2, dflt);
+  if (!ret) ret = step_done(q, st, "mam prefs put");
+  done(st);
+  if (!ret) ret = run_owner(q, Q_MAM_PREFS_CLEAR, bare);
+  /* a JID in both lists: 'never' wins (the second write replaces the first) */
+  for (size_t i = 0; i < nalways && !ret; i++) ret = prefs_add(q, bare, always[i], 1);
+  for (size_t i = 0; i < nnever && !ret; i++) ret = prefs_add(q, bare, never[i], 0);
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1034,4 +1383,10 @@ const store_backend_t store_sqlite_backend = {
     .doc_put = sq_doc_put,
     .doc_delete = sq_doc_delete,
     .doc_bytes = sq_doc_bytes,
+    .mam_append = sq_mam_append,
+    .mam_query = sq_mam_query,
+    .mam_has = sq_mam_has,
+    .mam_count = sq_mam_count,
+    .mam_prefs_get = sq_mam_prefs_get,
+    .mam_prefs_set = sq_mam_prefs_set,
 };

@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
   store_close(s);
 }
 
@@ -750,7 +750,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -760,6 +760,10 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   raw_exec("INSERT INTO roster (owner, contact) VALUES ('b@x', 'c9@y')"); /* another writer */
   cr_assert_eq(store_roster_count(s, "b@x"), 1);
+  /* version 3: the archive, on accounts that existed before */
+  store_mam_msg_t m = {"b@x", 10, "c1@y", NULL, "x", 1};
+  cr_assert_eq(store_mam_append(s, &m, 1, NULL), 0);
+  cr_assert_eq(store_mam_count(s, "b@x"), 1);
   cr_assert_eq(store_account_delete(s, "a@x"), 0);
   cr_assert_eq(store_roster_count(s, "a@x"), 0);
   store_close(s);
@@ -1330,7 +1334,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 3));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 4));
   store_close(s);
 }
 
@@ -1815,17 +1819,246 @@ Test(store_redis, doc_key_layout) {
 Test(store_sqlite, schema_v2_upgraded_with_docs) {
   store_close(open_db());
   raw_exec("DROP TRIGGER docs_ins; DROP TRIGGER docs_del; DROP TRIGGER docs_upd; DROP TABLE docs;"
-           "ALTER TABLE accounts DROP COLUMN doc_bytes; PRAGMA user_version = 2;");
+           "ALTER TABLE accounts DROP COLUMN doc_bytes; DROP TABLE mam; DROP TABLE mam_prefs;"
+           "DROP TABLE mam_prefs_jids; ALTER TABLE accounts DROP COLUMN mam_count; PRAGMA user_version = 2;");
   raw_exec("INSERT INTO accounts (jid, sha1_salt, sha1_iter, sha1_stored, sha1_server, sha256_salt, "
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 3);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
   cr_assert_eq(store_doc_bytes(s, "a@x"), doc_cost("vcard", "", 3) + doc_cost("k", "\xc3\xa9", 2));
   raw_exec("UPDATE docs SET data = x'01' WHERE kind = 'k'");
   cr_assert_eq(store_doc_bytes(s, "a@x"), doc_cost("vcard", "", 3) + doc_cost("k", "\xc3\xa9", 1));
+  store_close(s);
+}
+
+/* ---- XEP-0313 archive ---------------------------------------------------------------- */
+
+typedef struct {
+  int n;
+  int64_t ids[64];
+  char with[64][32];
+  char data[64][32];
+} mam_got_t;
+
+static void mam_cb(int64_t id, const char *with, const char *data, size_t len, void *ud) {
+  mam_got_t *g = ud;
+  cr_assert_lt(g->n, 64);
+  if (g->n) cr_assert_gt(id, g->ids[g->n - 1], "ascending");
+  cr_assert_eq(data[len], '\0');
+  g->ids[g->n] = id;
+  snprintf(g->with[g->n], sizeof g->with[0], "%s", with);
+  snprintf(g->data[g->n], sizeof g->data[0], "%.*s", (int)len, data);
+  g->n++;
+}
+
+static int mam_q(store_t *s, const char *bare, store_mam_query_t q, mam_got_t *g, int *more) {
+  memset(g, 0, sizeof *g);
+  return store_mam_query(s, bare, &q, mam_cb, g, more);
+}
+
+static void mam_put(store_t *s, const char *owner, int64_t id, const char *with, const char *full,
+                    const store_mam_limits_t *lim) {
+  char d[32];
+  snprintf(d, sizeof d, "m%lld", (long long)id);
+  store_mam_msg_t m = {owner, id, with, full, d, strlen(d)};
+  cr_assert_eq(store_mam_append(s, &m, 1, lim), 0);
+}
+
+#define NOB INT64_MAX
+
+STORE_TEST(mam_append_query_paging) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  /* ten messages, with bob (even, from resource b1) and carol (odd, bare) */
+  store_mam_msg_t ms[10];
+  char d[10][8];
+  for (int i = 0; i < 10; i++) {
+    snprintf(d[i], sizeof d[i], "m%d", i);
+    ms[i] = (store_mam_msg_t){"alice@x", 1000 * (i + 1), i % 2 ? "carol@x" : "bob@x", i % 2 ? NULL : "bob@x/b1",
+                              d[i], strlen(d[i])};
+  }
+  cr_assert_eq(store_mam_append(s, ms, 10, NULL), 0, "ten in one call");
+  mam_put(s, "bob@x", 500, "alice@x", NULL, NULL); /* another archive */
+  cr_assert_eq(store_mam_count(s, "alice@x"), 10);
+  cr_assert_eq(store_mam_count(s, "bob@x"), 1);
+  cr_assert_eq(store_mam_count(s, "nobody@x"), 0);
+
+  mam_got_t g;
+  int more;
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 3}, &g, &more), 3);
+  cr_assert_eq(g.ids[0], 1000);
+  cr_assert_eq(g.ids[2], 3000);
+  cr_assert_str_eq(g.data[0], "m0");
+  cr_assert_str_eq(g.with[1], "carol@x");
+  cr_assert_eq(more, 1);
+  /* next page: after the last id */
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.after = 3000, .before = NOB, .max = 3}, &g, &more), 3);
+  cr_assert_eq(g.ids[0], 4000);
+  cr_assert_eq(more, 1);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.after = 7000, .before = NOB, .max = 3}, &g, &more), 3);
+  cr_assert_eq(g.ids[2], 10000);
+  cr_assert_eq(more, 0, "the last page is complete");
+  /* the last page (RSM <before/>), given oldest first */
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 3, .last = 1}, &g, &more), 3);
+  cr_assert_eq(g.ids[0], 8000);
+  cr_assert_eq(g.ids[2], 10000);
+  cr_assert_eq(more, 1);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = 8000, .max = 3, .last = 1}, &g, &more), 3);
+  cr_assert_eq(g.ids[0], 5000);
+  cr_assert_eq(more, 1);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = 3000, .max = 3, .last = 1}, &g, &more), 2);
+  cr_assert_eq(g.ids[0], 1000);
+  cr_assert_eq(more, 0);
+  /* with: bare matches every resource, full only that one */
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x", .before = NOB, .max = 50}, &g, &more), 5);
+  cr_assert_eq(g.ids[4], 9000);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x", .before = NOB, .max = 2, .last = 1}, &g, &more),
+               2);
+  cr_assert_eq(g.ids[0], 7000);
+  cr_assert_eq(more, 1);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x", .after = 3000, .before = 9000, .max = 50}, &g,
+                     &more),
+               2);
+  cr_assert_eq(g.ids[0], 5000);
+  cr_assert_eq(g.ids[1], 7000);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x/b1", .before = NOB, .max = 50}, &g, &more), 5);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x/b2", .before = NOB, .max = 50}, &g, &more), 0);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "carol@x", .before = NOB, .max = 50}, &g, &more), 5);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "carol@x/r", .before = NOB, .max = 50}, &g, &more), 0);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "dave@x", .before = NOB, .max = 50}, &g, &more), 0);
+  /* ids (mam:2#extended): those found, ascending, each once */
+  int64_t ids[] = {9000, 2000, 123, 2000};
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.ids = ids, .nids = 4}, &g, &more), 2);
+  cr_assert_eq(g.ids[0], 2000);
+  cr_assert_eq(g.ids[1], 9000);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.ids = ids, .nids = 4}, &g, &more), 0);
+  /* has */
+  cr_assert_eq(store_mam_has(s, "alice@x", 4000), 1);
+  cr_assert_eq(store_mam_has(s, "alice@x", 4001), 0);
+  cr_assert_eq(store_mam_has(s, "bob@x", 4000), 0);
+  /* an id not above the last one is stored under last + 1 */
+  mam_put(s, "alice@x", 20, "bob@x", NULL, NULL);
+  cr_assert_eq(store_mam_has(s, "alice@x", 10001), 1);
+  cr_assert_eq(store_mam_has(s, "alice@x", 20), 0);
+  /* no account: nothing stored, not an error */
+  mam_put(s, "nobody@x", 5, "bob@x", NULL, NULL);
+  cr_assert_eq(store_mam_count(s, "nobody@x"), 0);
+  /* arguments */
+  store_mam_msg_t bad = {"alice@x", 0, "bob@x", NULL, "x", 1};
+  cr_assert_eq(store_mam_append(s, &bad, 1, NULL), XMPP_EINVAL);
+  bad.id = 1;
+  bad.with = "";
+  cr_assert_eq(store_mam_append(s, &bad, 1, NULL), XMPP_EINVAL);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "", .before = NOB, .max = 5}, &g, &more), XMPP_EINVAL);
+  /* deleting the account deletes its archive */
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  add_user(s, "alice@x", 1);
+  cr_assert_eq(store_mam_count(s, "alice@x"), 0);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x", .before = NOB, .max = 5}, &g, &more), 0);
+  store_close(s);
+}
+
+static const char mam_raw[] = {'<', 'a', '>', '\0', '\xff', '<', '/', 'a', '>'};
+
+static void mam_raw_cb(int64_t id, const char *with, const char *data, size_t len, void *ud) {
+  cr_assert_eq(len, sizeof mam_raw);
+  cr_assert_eq(memcmp(data, mam_raw, len), 0);
+  cr_assert_str_eq(with, "bob@x");
+  ++*(int *)ud;
+}
+
+STORE_TEST(mam_binary_data_exact) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_mam_msg_t m = {"alice@x", 77, "bob@x", NULL, mam_raw, sizeof mam_raw};
+  cr_assert_eq(store_mam_append(s, &m, 1, NULL), 0);
+  int n = 0, more;
+  store_mam_query_t q = {.before = NOB, .max = 5};
+  cr_assert_eq(store_mam_query(s, "alice@x", &q, mam_raw_cb, &n, &more), 1);
+  cr_assert_eq(n, 1);
+  int64_t id = 77;
+  q = (store_mam_query_t){.ids = &id, .nids = 1};
+  cr_assert_eq(store_mam_query(s, "alice@x", &q, mam_raw_cb, &n, &more), 1);
+  store_close(s);
+}
+
+STORE_TEST(mam_retention) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_mam_limits_t lim = {.max_messages = 16};
+  for (int i = 1; i <= 40; i++) mam_put(s, "alice@x", i * 10, i % 2 ? "bob@x" : "carol@x", "bob@x/r", &lim);
+  int n = store_mam_count(s, "alice@x");
+  cr_assert_leq(n, 17, "at most max + max/16: %d", n);
+  cr_assert_geq(n, 16);
+  mam_got_t g;
+  int more;
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 64}, &g, &more), n);
+  cr_assert_eq(g.ids[n - 1], 400, "the newest kept");
+  cr_assert_eq(g.ids[0], 400 - 10 * (n - 1), "the oldest went");
+  /* the index went with them */
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x", .before = NOB, .max = 64}, &g, &more),
+               (n + 1) / 2);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x/r", .before = NOB, .max = 64}, &g, &more), n);
+  cr_assert_geq(g.ids[0], 400 - 10 * (n - 1));
+  /* by age: what is below min_id goes at the next append */
+  store_mam_limits_t age = {.min_id = 350};
+  mam_put(s, "alice@x", 500, "bob@x", NULL, &age);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 64}, &g, &more), 7);
+  cr_assert_eq(g.ids[0], 350);
+  cr_assert_eq(store_mam_count(s, "alice@x"), 7);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x/r", .before = NOB, .max = 64}, &g, &more), 6);
+  if (IS_REDIS) {
+    long long zc = rint_cmd("ZCARD {u:alice@x}:mw");
+    cr_assert_eq(zc, 7 + 6, "index members: %lld", zc);
+  }
+  store_close(s);
+}
+
+typedef struct {
+  int n;
+  char jid[8][32];
+  int always[8];
+} prefs_got_t;
+
+static void prefs_cb(const char *jid, int always, void *ud) {
+  prefs_got_t *p = ud;
+  cr_assert_lt(p->n, 8);
+  snprintf(p->jid[p->n], sizeof p->jid[0], "%s", jid);
+  p->always[p->n++] = always;
+}
+
+STORE_TEST(mam_prefs) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  int d = -1;
+  prefs_got_t p = {0};
+  cr_assert_eq(store_mam_prefs_get(s, "alice@x", &d, prefs_cb, &p), XMPP_ENOENT);
+  const char *always[] = {"zed@x", "bob@x"};
+  const char *never[] = {"carol@x", "bob@x"};
+  cr_assert_eq(store_mam_prefs_set(s, "alice@x", STORE_MAM_ROSTER, always, 2, never, 2), 0);
+  cr_assert_eq(store_mam_prefs_get(s, "alice@x", &d, prefs_cb, &p), 0);
+  cr_assert_eq(d, STORE_MAM_ROSTER);
+  cr_assert_eq(p.n, 3);
+  cr_assert_str_eq(p.jid[0], "bob@x");
+  cr_assert_eq(p.always[0], 0, "never wins");
+  cr_assert_str_eq(p.jid[1], "carol@x");
+  cr_assert_str_eq(p.jid[2], "zed@x");
+  cr_assert_eq(p.always[2], 1);
+  /* replaced as a whole */
+  cr_assert_eq(store_mam_prefs_set(s, "alice@x", STORE_MAM_NEVER, NULL, 0, NULL, 0), 0);
+  memset(&p, 0, sizeof p);
+  cr_assert_eq(store_mam_prefs_get(s, "alice@x", &d, prefs_cb, &p), 0);
+  cr_assert_eq(d, STORE_MAM_NEVER);
+  cr_assert_eq(p.n, 0);
+  cr_assert_eq(store_mam_prefs_set(s, "nobody@x", STORE_MAM_NEVER, NULL, 0, NULL, 0), XMPP_ENOENT);
+  cr_assert_eq(store_mam_prefs_set(s, "alice@x", 3, NULL, 0, NULL, 0), XMPP_EINVAL);
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  add_user(s, "alice@x", 1);
+  cr_assert_eq(store_mam_prefs_get(s, "alice@x", &d, prefs_cb, &p), XMPP_ENOENT);
   store_close(s);
 }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The XEP-0313 archive's figures (docs/bench.md, "Archive"):
+#  1. mam-bench on SQLite and on Redis (a redis-server of its own on a free port):
+#     100,000 messages in one archive, pages of 50 at random positions, bytes per message;
+#  2. chat CPU per message with the archive on and off (server.mam): xmppd on SQLite, no
+#     TLS, xmpp-bench chat, open loop; server CPU of the chat phase / messages delivered.
+#   bench/mam.sh [--pairs 100] [--rate 2000] [--duration 10] [--messages 100000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${BUILD:-build}
+pairs=100 rate=2000 duration=10 messages=100000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pairs) pairs=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --messages) messages=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+dir=$(mktemp -d /tmp/xmppd-mam-bench.XXXXXX)
+rpid=
+cleanup() { [ -n "$rpid" ] && kill "$rpid" 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "== store: $messages messages, pages of 50"
+"$B/mam-bench" sqlite "$dir/archive.db" --messages "$messages"
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >/dev/null &
+rpid=$!
+for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+"$B/mam-bench" redis "127.0.0.1:$rport" --messages "$messages"
+redis-cli -p "$rport" info commandstats | grep -E 'evalsha|xrange|xrevrange|zrangebylex' | sed 's/^/  redis-server /'
+
+echo "== chat: $pairs pairs, $rate msgs/s, ${duration} s, archive on / off"
+for mam in true false; do
+  port=$(free_port)
+  cat > "$dir/x.conf" <<EOF
+[server]
+domain = localhost
+log_level = warn
+io_threads = 2
+router_workers = 2
+mam = $mam
+[c2s]
+port = $port
+tls_port = 0
+[tls]
+required = false
+[limits]
+rate_stanzas = 0
+rate_bytes = 0
+[storage]
+path = $dir/chat-$mam.db
+EOF
+  "$B/xmppctl" -c "$dir/x.conf" populate user $((pairs * 2)) secret >/dev/null
+  "$B/xmppd" -c "$dir/x.conf" >"$dir/xmppd.log" 2>&1 &
+  xpid=$!
+  sleep 1
+  "$B/xmpp-bench" chat --port "$port" --tls none --mech SCRAM-SHA-256 --pairs "$pairs" --rate "$rate" --duration "$duration" \
+    --server-pid "$xpid" --json "$dir/chat-$mam.json" >"$dir/bench.log" 2>&1 || { cat "$dir/bench.log" "$dir/xmppd.log"; exit 1; }
+  kill "$xpid"; wait "$xpid" || true
+  python3 - "$dir/chat-$mam.json" "$mam" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1])); r = j["results"]
+login = r.get("server_cpu_ms_per_login", 0) * r["logins_ok"] / 1000
+cpu = j["server"]["cpu_s"] - login
+print(f"  mam={sys.argv[2]}: delivered {r['delivered']}, server CPU {cpu:.2f} s in the chat phase, "
+      f"{cpu * 1e6 / max(1, r['delivered']):.1f} us per message, p99 {r.get('p99_ms', r.get('latency_ms', {}))}")
+EOF
+done

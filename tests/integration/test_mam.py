@@ -1,0 +1,563 @@
+"""XEP-0313 Message Archive Management (urn:xmpp:mam:2) for one-to-one messages, with
+XEP-0359 stanza ids (router/mod_mam.c): both sides archived, each in its own account's
+archive, once per message whatever the number of resources; the recipient's copy carries
+<stanza-id by=account/> (a forged one is removed, origin-id kept), offline messages too;
+queries with the form fields and RSM paging both ways, exact ids; preferences; the page
+cap; bad input; retention by count. Everything on SQLite and on Redis.
+
+Two independent clients: raw XML over a socket (every id and attribute checked exactly)
+and slixmpp's xep_0313 / xep_0059 plugins (its RSM iterator pages through the archive)."""
+import asyncio
+import re
+import socket
+import time
+import unittest
+import xml.etree.ElementTree as ET
+
+from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, run
+
+MAM = "urn:xmpp:mam:2"
+SID = "urn:xmpp:sid:0"
+RSM = "http://jabber.org/protocol/rsm"
+FWD = "urn:xmpp:forward:0"
+C = "jabber:client"
+Q = "{%s}" % MAM
+
+
+def J(u):
+    return f"{u}@{DOMAIN}"
+
+
+def parse(text):
+    """Top-level stanzas of a piece of stream text, as elements (jabber:client)."""
+    return list(ET.fromstring(f"<r xmlns='{C}'>{text}</r>"))
+
+
+class Raw:
+    """A logged-in raw stream that sends stanzas and reads until a given IQ answer."""
+
+    def __init__(self, srv, user, res="r", presence=True):
+        self.user = user
+        self.s = RawStream(srv.port).login(user, "pw", res)
+        self.s.buf = b""
+        self.seen = 0  # characters of buf already parsed into stanzas
+        self.n = 0
+        self.pending = []  # messages read while waiting for something else
+        if presence:
+            self.s.send("<presence/>")
+
+    def iq(self, body, type_="set", to=None):
+        self.n += 1
+        iid = f"i{self.n}"
+        to_attr = f" to='{to}'" if to else ""
+        self.s.send(f"<iq type='{type_}' id='{iid}'{to_attr}>{body}</iq>")
+        self.s.recv_until(rf"<iq[^>]*\bid=['\"]{iid}['\"][^>]*(/>|>.*?</iq>)", timeout=10)
+        stanzas = self.take()
+        for k, st in enumerate(stanzas):
+            if st.tag == f"{{{C}}}iq" and st.get("id") == iid:
+                rest = stanzas[k + 1:]
+                self.pending += [m for m in stanzas[:k] + rest
+                                 if m.tag == f"{{{C}}}message" and m.find(f"{Q}result") is None]
+                return stanzas[:k], st, rest
+        raise AssertionError("no answer")
+
+    def take(self):
+        """Every complete stanza read since the last call."""
+        text = self.s.buf.decode(errors="replace")
+        els, end = [], self.seen
+        while True:
+            m = re.compile(r"<(message|presence|iq)\b").search(text, end)
+            if not m:
+                break
+            name = m.group(1)
+            gt = text.find(">", m.start())
+            if gt < 0:
+                break
+            if text[gt - 1] == "/":
+                stop = gt + 1
+            else:
+                depth, pos, stop = 0, m.start(), -1
+                rx = re.compile(rf"<(/?){name}\b[^>]*?(/?)>")
+                for t in rx.finditer(text, pos):
+                    if t.group(1):
+                        depth -= 1
+                    elif not t.group(2):
+                        depth += 1
+                    if depth == 0:
+                        stop = t.end()
+                        break
+                if stop < 0:
+                    break
+            els.append(text[m.start():stop])
+            end = stop
+        self.seen = end
+        return parse("".join(els))
+
+    def messages(self, n, timeout=10):
+        """The next n messages (other stanzas skipped)."""
+        got = self.pending
+        end = time.monotonic() + timeout
+        while len(got) < n:
+            got += [m for m in self.take() if m.tag == f"{{{C}}}message"]
+            if len(got) >= n:
+                break
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(got)} messages of {n}; got {self.s.buf[-1500:]!r}")
+            self.s.sock.settimeout(left)
+            try:
+                chunk = self.s.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            if not chunk:
+                raise AssertionError("connection closed")
+            self.s.buf += chunk
+        self.pending = got[n:]
+        return got[:n]
+
+    def send(self, to, body=None, extra="", mid=None, type_="chat"):
+        b = f"<body>{body}</body>" if body is not None else ""
+        i = f" id='{mid}'" if mid else ""
+        self.s.send(f"<message to='{to}' type='{type_}'{i}>{b}{extra}</message>")
+
+    def ping(self):
+        """A round trip to the account's shard: what was sent before is handled."""
+        self.iq("<ping xmlns='urn:xmpp:ping'/>", "get")
+
+    def query(self, fields=None, rsm="", extra="", qid="q"):
+        """A MAM query: (results [(id, inner message)], fin element or None, iq)."""
+        form = ""
+        if fields is not None:
+            fs = "".join(
+                f"<field var='{k}'>" + "".join(f"<value>{x}</value>" for x in (v if isinstance(v, list) else [v]))
+                + "</field>" for k, v in fields)
+            form = f"<x xmlns='jabber:x:data' type='submit'>{fs}</x>"
+        set_ = f"<set xmlns='{RSM}'>{rsm}</set>" if rsm else ""
+        before, iq, _ = self.iq(f"<query xmlns='{MAM}' queryid='{qid}'>{form}{set_}{extra}</query>")
+        results = []
+        for m in before:
+            r = m.find(f"{Q}result")
+            if r is None:
+                continue
+            assert r.get("queryid") == qid, ET.tostring(m)
+            assert m.get("from") == J(self.user), ET.tostring(m)
+            fw = r.find(f"{{{FWD}}}forwarded")
+            assert fw.find("{urn:xmpp:delay}delay").get("stamp"), ET.tostring(m)
+            results.append((r.get("id"), fw.find(f"{{{C}}}message")))
+        return results, iq.find(f"{Q}fin"), iq
+
+    def close(self):
+        self.s.close()
+
+
+def body(m):
+    b = m.find(f"{{{C}}}body")
+    return b.text if b is not None else None
+
+
+def stanza_ids(m):
+    return [(s.get("by"), s.get("id")) for s in m.findall(f"{{{SID}}}stanza-id")]
+
+
+def fin_ids(fin):
+    s = fin.find(f"{{{RSM}}}set")
+    f, l = s.find(f"{{{RSM}}}first"), s.find(f"{{{RSM}}}last")
+    return (f.text if f is not None else None, l.text if l is not None else None)
+
+
+def error_of(iq):
+    assert iq.get("type") == "error", ET.tostring(iq)
+    e = iq.find(f"{{{C}}}error")
+    return [c.tag.split("}")[1] for c in e if c.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}")][0]
+
+
+USERS = [f"u{i}" for i in range(1, 31)]
+
+
+class MamCore:
+    """The cases, run against one back-end (the subclasses say which)."""
+
+    def fill(self, a, b, n, tag):
+        """a sends b n chat messages; returns the ids b's archive gave them (what b received)."""
+        for i in range(n):
+            a.send(J(b.user), f"{tag}{i}", mid=f"{tag}{i}")
+        got = b.messages(n)
+        self.assertEqual([body(m) for m in got], [f"{tag}{i}" for i in range(n)])
+        ids = []
+        for m in got:
+            sids = stanza_ids(m)
+            self.assertEqual(len(sids), 1, ET.tostring(m))
+            self.assertEqual(sids[0][0], J(b.user))
+            ids.append(sids[0][1])
+        self.assertEqual(len(set(ids)), n)
+        return ids
+
+    def test_archive_both_sides_with_stanza_ids(self):
+        a, b = Raw(self.srv, "u1"), Raw(self.srv, "u2")
+        try:
+            b.ping()
+            a.send(J("u2"), "one", mid="m1")
+            a.send(J("u2"), None, extra="<active xmlns='http://jabber.org/protocol/chatstates'/>")  # no body
+            a.send(J("u2"), "headline", type_="headline")
+            a.send(J("u2"), "not stored", extra="<no-store xmlns='urn:xmpp:hints'/>")
+            a.send(J("u2"), "two", mid="m2", type_="normal")
+            got = b.messages(5)
+            with_sid = [m for m in got if stanza_ids(m)]
+            self.assertEqual([body(m) for m in with_sid], ["one", "two"])
+            delivered = [stanza_ids(m)[0][1] for m in with_sid]
+            res, fin, _ = b.query()
+            self.assertEqual([r[0] for r in res], delivered, "the archive's ids are the delivered stanza-ids")
+            self.assertEqual([body(m) for _, m in res], ["one", "two"])
+            self.assertEqual(res[0][1].get("from"), J("u1") + "/r")
+            self.assertEqual(res[0][1].get("to"), J("u2"))
+            self.assertEqual(res[0][1].get("id"), "m1")
+            self.assertEqual(stanza_ids(res[0][1]), [(J("u2"), delivered[0])])
+            self.assertEqual(fin.get("complete"), "true")
+            self.assertEqual(fin_ids(fin), (delivered[0], delivered[1]))
+            # the sender's own archive, with its own ids
+            res, fin, _ = a.query()
+            self.assertEqual([body(m) for _, m in res], ["one", "two"])
+            self.assertEqual(res[1][1].get("to"), J("u2"))
+            self.assertTrue(all(r[0] not in delivered for r in res), "a separate archive, its own ids")
+        finally:
+            a.close()
+            b.close()
+
+    def test_two_resources_archived_once(self):
+        a = Raw(self.srv, "u3")
+        b1, b2 = Raw(self.srv, "u4", "one"), Raw(self.srv, "u4", "two")
+        try:
+            b1.ping()
+            b2.ping()
+            a.send(J("u4"), "to both")
+            m1, m2 = b1.messages(1)[0], b2.messages(1)[0]
+            self.assertEqual(stanza_ids(m1), stanza_ids(m2), "one archive entry, one id")
+            res, fin, _ = b1.query()
+            self.assertEqual([(r[0], body(m)) for r, m in [(x, x[1]) for x in res]],
+                             [(stanza_ids(m1)[0][1], "to both")])
+        finally:
+            for c in (a, b1, b2):
+                c.close()
+
+    def test_paging_both_ways_exact_ids(self):
+        a, b = Raw(self.srv, "u5"), Raw(self.srv, "u6")
+        try:
+            b.ping()
+            ids = self.fill(a, b, 10, "p")
+            # forward, 3 at a time
+            seen, after = [], None
+            for page in range(4):
+                rsm = "<max>3</max>" + (f"<after>{after}</after>" if after else "")
+                res, fin, _ = b.query(rsm=rsm)
+                got = [r[0] for r in res]
+                self.assertEqual(got, ids[3 * page:3 * page + 3])
+                self.assertEqual(fin.get("complete"), "true" if page == 3 else None, page)
+                if got:
+                    self.assertEqual(fin_ids(fin), (got[0], got[-1]))
+                seen += got
+                after = got[-1] if got else None
+            self.assertEqual(seen, ids)
+            # backward from the end: an empty <before/> is the last page
+            res, fin, _ = b.query(rsm="<max>3</max><before/>")
+            self.assertEqual([r[0] for r in res], ids[7:10])
+            self.assertIsNone(fin.get("complete"))
+            self.assertEqual(fin_ids(fin), (ids[7], ids[9]))
+            res, fin, _ = b.query(rsm=f"<max>3</max><before>{ids[7]}</before>")
+            self.assertEqual([r[0] for r in res], ids[4:7])
+            self.assertIsNone(fin.get("complete"))
+            res, fin, _ = b.query(rsm=f"<max>3</max><before>{ids[1]}</before>")
+            self.assertEqual([r[0] for r in res], ids[0:1])
+            self.assertEqual(fin.get("complete"), "true")
+            # both bounds
+            res, fin, _ = b.query(rsm=f"<max>10</max><after>{ids[2]}</after><before>{ids[6]}</before>")
+            self.assertEqual([r[0] for r in res], ids[3:6])
+        finally:
+            a.close()
+            b.close()
+
+    def test_filters(self):
+        a, c, b = Raw(self.srv, "u7", "ra"), Raw(self.srv, "u8", "rc"), Raw(self.srv, "u9")
+        try:
+            b.ping()
+            a.send(J("u9"), "a0")
+            b.messages(1)
+            c.send(J("u9"), "c0")
+            b.messages(1)
+            a.send(J("u9"), "a1")
+            b.messages(1)
+            c.send(J("u9"), "c1")
+            b.messages(1)
+            all_ = b.query()[0]
+            ids = [r[0] for r in all_]
+            self.assertEqual([body(m) for _, m in all_], ["a0", "c0", "a1", "c1"])
+            ft = ("FORM_TYPE", MAM)
+            res = b.query([ft, ("with", J("u7"))])[0]
+            self.assertEqual([body(m) for _, m in res], ["a0", "a1"])
+            res = b.query([ft, ("with", J("u7") + "/ra")])[0]
+            self.assertEqual([body(m) for _, m in res], ["a0", "a1"], "a full JID: that resource")
+            res = b.query([ft, ("with", J("u7") + "/other")])[0]
+            self.assertEqual(res, [])
+            res = b.query([("with", J("U8"))])[0]  # normalised like any JID
+            self.assertEqual([body(m) for _, m in res], ["c0", "c1"])
+            res = b.query([("after-id", ids[0]), ("before-id", ids[3])])[0]
+            self.assertEqual([r[0] for r in res], ids[1:3])
+            res = b.query([("with", J("u8")), ("after-id", ids[1])])[0]
+            self.assertEqual([body(m) for _, m in res], ["c1"])
+            res = b.query([("ids", [ids[3], ids[0], "nothere"])])[0]
+            self.assertEqual([r[0] for r in res], [ids[0], ids[3]])
+            # time: start and end are inclusive; a start in the future gives nothing
+            res = b.query([("start", "2999-01-01T00:00:00Z")])[0]
+            self.assertEqual(res, [])
+            res = b.query([("end", "2000-01-01T00:00:00.5+01:00")])[0]
+            self.assertEqual(res, [])
+            res = b.query([("start", "2000-01-01T00:00:00Z"), ("end", "2999-01-01T00:00:00Z")])[0]
+            self.assertEqual([r[0] for r in res], ids)
+            # errors
+            self.assertEqual(error_of(b.query([("nonsense", "x")])[2]), "bad-request")
+            self.assertEqual(error_of(b.query([("FORM_TYPE", "urn:xmpp:mam:1")])[2]), "bad-request")
+            self.assertEqual(error_of(b.query([("start", "yesterday")])[2]), "bad-request")
+            self.assertEqual(error_of(b.query([("with", "@@")])[2]), "bad-request")
+            self.assertEqual(error_of(b.query([("after-id", "nothere")])[2]), "item-not-found")
+            self.assertEqual(error_of(b.query([("before-id", "1")])[2]), "item-not-found")
+            # another account's archive is not ours to read
+            _, iq, _ = a.iq(f"<query xmlns='{MAM}'/>", to=J("u9"))
+            self.assertEqual(error_of(iq), "service-unavailable")
+        finally:
+            for x in (a, b, c):
+                x.close()
+
+    def test_forged_stanza_id_removed_origin_id_kept(self):
+        a, b = Raw(self.srv, "u10"), Raw(self.srv, "u11")
+        try:
+            b.ping()
+            forged = (f"<stanza-id xmlns='{SID}' by='{J('u11')}' id='forged'/>"
+                      f"<stanza-id xmlns='{SID}' by='U11@{DOMAIN.upper()}' id='forged-upper'/>"
+                      f"<stanza-id xmlns='{SID}' id='forged-no-by'/>"
+                      f"<stanza-id xmlns='{SID}' by='{J('u10')}' id='forged-too'/>"
+                      f"<stanza-id xmlns='{SID}' by='elsewhere.example' id='kept'/>"
+                      f"<origin-id xmlns='{SID}' id='origin-1'/>")
+            a.send(J("u11"), "hi", extra=forged)
+            m = b.messages(1)[0]
+            sids = stanza_ids(m)
+            self.assertEqual([x for x in sids if x[1].startswith("forged")], [])
+            self.assertEqual([s for s in sids if s[0] == J("u11")].__len__(), 1)
+            self.assertIn(("elsewhere.example", "kept"), sids)
+            self.assertEqual(m.find(f"{{{SID}}}origin-id").get("id"), "origin-1")
+            res = b.query()[0]
+            self.assertNotIn("forged", [x[1] for x in stanza_ids(res[0][1])])
+            res = a.query()[0]
+            self.assertEqual([s for s in stanza_ids(res[0][1]) if s[1].startswith("forged")], [])
+        finally:
+            a.close()
+            b.close()
+
+    def test_offline_then_archive_no_duplicates(self):
+        a = Raw(self.srv, "u12")
+        try:
+            for i in range(3):
+                a.send(J("u13"), f"off{i}")
+            a.ping()
+            b = Raw(self.srv, "u13")  # initial presence: the offline messages come
+            got = b.messages(3)
+            self.assertEqual([body(m) for m in got], ["off0", "off1", "off2"])
+            offline_ids = [stanza_ids(m)[0][1] for m in got]
+            self.assertTrue(all(m.find("{urn:xmpp:delay}delay") is not None for m in got))
+            res, fin, _ = b.query()
+            self.assertEqual([r[0] for r in res], offline_ids, "one archive entry each, the same ids")
+            self.assertEqual(fin.get("complete"), "true")
+            b.close()
+        finally:
+            a.close()
+
+    def test_preferences(self):
+        a, c, b = Raw(self.srv, "u14"), Raw(self.srv, "u15"), Raw(self.srv, "u16")
+        try:
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}'/>", "get")
+            self.assertEqual(iq.find(f"{Q}prefs").get("default"), "always")
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}' default='never'><always><jid>{J('u15')}</jid></always>"
+                            f"<never/></prefs>")
+            p = iq.find(f"{Q}prefs")
+            self.assertEqual(p.get("default"), "never")
+            self.assertEqual([j.text for j in p.find(f"{Q}always")], [J("u15")])
+            a.send(J("u16"), "from a: never")
+            c.send(J("u16"), "from c: always")
+            b.messages(2)
+            self.assertEqual([body(m) for _, m in b.query()[0]], ["from c: always"])
+            # the sender's preferences rule the sender's archive
+            self.assertEqual([body(m) for _, m in a.query()[0]], ["from a: never"])
+            # back to always, u14 never
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}' default='always'><never><jid>{J('u14')}</jid></never></prefs>")
+            self.assertEqual(iq.get("type"), "result")
+            a.send(J("u16"), "a again")
+            c.send(J("u16"), "c again")
+            b.messages(2)
+            self.assertEqual([body(m) for _, m in b.query()[0]], ["from c: always", "c again"])
+            # roster: only contacts in the roster
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}' default='roster'/>")
+            self.assertEqual(iq.get("type"), "result")
+            b.iq(f"<query xmlns='jabber:iq:roster'><item jid='{J('u15')}'/></query>")
+            a.send(J("u16"), "a stranger")
+            c.send(J("u16"), "c contact")
+            b.messages(2)
+            self.assertEqual([body(m) for _, m in b.query()[0]][-1], "c contact")
+            self.assertNotIn("a stranger", [body(m) for _, m in b.query()[0]])
+            # bad input
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}' default='sometimes'/>")
+            self.assertEqual(error_of(iq), "bad-request")
+            _, iq, _ = b.iq(f"<prefs xmlns='{MAM}' default='always'><always><jid>@@</jid></always></prefs>")
+            self.assertEqual(error_of(iq), "jid-malformed")
+        finally:
+            for x in (a, b, c):
+                x.close()
+
+    def test_page_cap_and_bogus_rsm(self):
+        a, b = Raw(self.srv, "u17"), Raw(self.srv, "u18")
+        try:
+            b.ping()
+            ids = self.fill(a, b, self.CAP + 2, "c")
+            res, fin, _ = b.query(rsm=f"<max>{self.CAP + 1}</max>")
+            self.assertEqual([r[0] for r in res], ids[:self.CAP], "N+1 asked, the cap given")
+            self.assertIsNone(fin.get("complete"))
+            res, fin, _ = b.query(rsm=f"<max>{self.CAP}</max>")
+            self.assertEqual(len(res), self.CAP)
+            res, fin, _ = b.query()
+            self.assertEqual(len(res), min(self.CAP, 50), "no <max/>: the default page")
+            res, fin, _ = b.query(rsm="<max>0</max>")
+            self.assertEqual(res, [])
+            for bogus in ("<max>x</max>", "<max>-1</max>", "<max></max>", "<max>99999999999</max>", "<what/>"):
+                self.assertEqual(error_of(b.query(rsm=bogus)[2]), "bad-request", bogus)
+            self.assertEqual(error_of(b.query(rsm="<after>nothere</after>")[2]), "item-not-found")
+            self.assertEqual(error_of(b.query(rsm="<before>nothere</before>")[2]), "item-not-found")
+            self.assertEqual(error_of(b.query(rsm="<index>3</index>")[2]), "feature-not-implemented")
+            self.assertEqual(error_of(b.query([("ids", ids[:1] * (self.CAP + 1))])[2]), "bad-request")
+            # the form of §4.1.5
+            _, iq, _ = b.iq(f"<query xmlns='{MAM}'/>", "get")
+            vars_ = [f.get("var") for f in iq.find(f"{Q}query").find("{jabber:x:data}x")]
+            self.assertEqual(vars_, ["FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"])
+        finally:
+            a.close()
+            b.close()
+
+    def test_disco_announces_mam(self):
+        b = Raw(self.srv, "u19")
+        try:
+            _, iq, _ = b.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", "get", to=J("u19"))
+            feats = {f.get("var") for f in iq.find("{http://jabber.org/protocol/disco#info}query")
+                     if f.get("var")}
+            self.assertTrue({MAM, MAM + "#extended", SID} <= feats, feats)
+        finally:
+            b.close()
+
+    def test_slixmpp_archive_and_rsm_iterator(self):
+        async def go():
+            a = Client(self.srv, J("u20") + "/s", "pw")
+            b = Client(self.srv, J("u21") + "/s", "pw")
+            for c in (a, b):
+                c.register_plugin("xep_0059")
+                c.register_plugin("xep_0359")
+                c.register_plugin("xep_0313")
+                self.assertTrue(await c.login())
+                c.send_presence()
+            await b.plugin["xep_0199"].ping(jid=J("u21"), timeout=5)
+            for i in range(7):
+                a.send_message(mto=J("u21"), mbody=f"s{i}", mtype="chat")
+            got = [await b.next_message(pred=lambda m: m["body"]) for _ in range(7)]
+            delivered = [m["stanza_id"]["id"] for m in got]
+            self.assertTrue(all(m["stanza_id"]["by"] == J("u21") for m in got))
+            bodies, rids = [], []
+            async for r in b.plugin["xep_0313"].iterate(with_jid=J("u20"), rsm={"max": 3}):
+                rids.append(r["mam_result"]["id"])
+                bodies.append(r["mam_result"]["forwarded"]["stanza"]["body"])
+            self.assertEqual(bodies, [f"s{i}" for i in range(7)])
+            self.assertEqual(rids, delivered)
+            # newest first, paging backwards
+            bodies = []
+            async for r in b.plugin["xep_0313"].iterate(with_jid=J("u20"), rsm={"max": 2}, reverse=True):
+                bodies.append(r["mam_result"]["forwarded"]["stanza"]["body"])
+            self.assertEqual(bodies, [f"s{i}" for i in reversed(range(7))])
+            iq = await b.plugin["xep_0313"].retrieve(with_jid=J("u20"), rsm={"max": 4})
+            self.assertEqual([m["mam_result"]["forwarded"]["stanza"]["body"] for m in iq["mam"]["results"]],
+                             [f"s{i}" for i in range(4)])
+            self.assertFalse(iq["mam_fin"]["complete"])
+            sent = []
+            async for r in a.plugin["xep_0313"].iterate(with_jid=J("u21")):
+                sent.append(r["mam_result"]["forwarded"]["stanza"]["body"])
+            self.assertEqual(sent, [f"s{i}" for i in range(7)])
+            await a.close()
+            await b.close()
+        run(go())
+
+
+class MamSqliteTest(MamCore, ServerTest):
+    users = USERS
+    CAP = 5
+    server_options = {"limits.mam_max_page": "5"}
+
+
+class MamRedisTest(MamCore, unittest.TestCase):
+    CAP = 5
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}",
+                            "limits.mam_max_page": "5"})
+        for u in USERS:
+            cls.srv.adduser(J(u), "pw")
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.srv.stop() == 0, cls.srv.log_text()
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+
+    def tearDown(self):
+        self.assertTrue(self.srv.alive(), self.srv.log_text())
+
+
+class MamDefaultPageTest(ServerTest):
+    """No cap option: a page is 50 unless asked for more, and at most 250."""
+    users = ("a", "b")
+
+    def test_default_and_cap(self):
+        a, b = Raw(self.srv, "a"), Raw(self.srv, "b")
+        try:
+            b.ping()
+            for i in range(260):
+                a.send(J("b"), f"m{i}")
+            b.messages(260)
+            self.assertEqual(len(b.query()[0]), 50)
+            self.assertEqual(len(b.query(rsm="<max>251</max>")[0]), 250)
+            self.assertEqual(len(b.query(rsm="<max>60</max>")[0]), 60)
+        finally:
+            a.close()
+            b.close()
+
+
+class MamRetentionTest(ServerTest):
+    users = ("a", "b")
+    server_options = {"limits.mam_max_messages": "5"}
+
+    def test_by_count(self):
+        a, b = Raw(self.srv, "a"), Raw(self.srv, "b")
+        try:
+            b.ping()
+            for i in range(12):
+                a.send(J("b"), f"m{i}")
+            got = b.messages(12)
+            ids = [stanza_ids(m)[0][1] for m in got]
+            res = b.query()[0]
+            self.assertEqual([r[0] for r in res], ids[7:], "the newest five kept")
+            self.assertEqual([body(m) for _, m in a.query()[0]], [f"m{i}" for i in range(7, 12)])
+            self.assertEqual(error_of(b.query(rsm=f"<after>{ids[0]}</after>")[2]), "item-not-found")
+        finally:
+            a.close()
+            b.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
