@@ -44,6 +44,10 @@ void **mod_session_state(session_t *s, const module_t *m) {
   return &s->mod[index_of(m)];
 }
 
+void *mod_session_get(const session_t *s, const module_t *m) {
+  return s->mod ? s->mod[index_of(m)] : NULL;
+}
+
 void modules_session_free(session_t *s) {
   if (!s->mod) return;
   for (size_t i = 0; i < nmodules; i++)
