@@ -10,9 +10,11 @@
 #include "common/log.h"
 
 extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
+extern const module_t mod_carbons;
 
 const module_t *const modules[] = {
     &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
+    &mod_carbons, /* last: its hooks copy what the others let through */
 };
 const size_t nmodules = sizeof modules / sizeof modules[0];
 
