@@ -2,13 +2,13 @@
  *
  * A session turns carbons on or off with an IQ set <enable/> or <disable/> (§4, §5),
  * sent with no 'to', to its own bare JID or to the server; the answer is a result, also
- * when it was already on or off (§9.1). The state is the session's (mod_session_state)
+ * when it was already on or off (§10.1). The state is the session's (mod_session_state)
  * and ends with it.
  *
  * Copies, to the account's carbons-enabled sessions only, each wrapped as XEP-0297
  * forwards: <message from='BARE' to='FULL' type='T'><sent|received xmlns='urn:xmpp:carbons:2'>
  * <forwarded xmlns='urn:xmpp:forward:0'><message from=... to=...>...</message></forwarded>
- * </sent|received></message> (§7, §8):
+ * </sent|received></message> (§7 received, §8 sent):
  *  - sent (HOOK_MESSAGE_OUT, the sender's shard): to every other session of the
  *    sender; not to the sending one, which has it;
  *  - received (HOOK_MESSAGE_DELIVERED, the recipient's shard): to every session the
@@ -23,10 +23,10 @@
  * groupchat and error carrying chat states (XEP-0085), receipts (XEP-0184) or markers
  * (XEP-0333). Never copied: errors (§6 allows copying the errors of eligible messages but
  * only with tracking, which we do not do), groupchat (§6, MUC), a message carrying
- * <private xmlns='urn:xmpp:carbons:2'/> (§7: not copied by the sender's server nor by the
- * recipient's; the element is left in place, as §7 allows since 0.9) or <no-copy
- * xmlns='urn:xmpp:hints'/> (XEP-0334 §4.2), and a copy itself (anything with a
- * <sent/> or <received/> of this namespace: no loops).
+ * <private xmlns='urn:xmpp:carbons:2'/> (§9: copied neither by the sender's server nor by
+ * the recipient's, which removes the element before delivery) or <no-copy
+ * xmlns='urn:xmpp:hints'/> (XEP-0334 §4.2), and a copy itself (anything with a <sent/> or
+ * <received/> of this namespace: no loops).
  *
  * Choices the XEP leaves open:
  *  - A message to the sender's own account makes no sent copies: the received copies
@@ -41,6 +41,8 @@
 
 #include <string.h>
 
+#include "common/alloc.h"
+
 #define NS_CARBONS "urn:xmpp:carbons:2"
 #define NS_FORWARD "urn:xmpp:forward:0"
 #define NS_HINTS "urn:xmpp:hints"
@@ -54,11 +56,28 @@ static const char on_mark; /* a session's slot points here while its carbons are
 
 static int enabled(const session_t *s) { return mod_session_get(s, &mod_carbons) != NULL; }
 
+/* Per worker: the message of the frame being handled whose <private/> was removed at
+ * HOOK_MESSAGE_IN, so that HOOK_MESSAGE_DELIVERED (which follows in the same frame,
+ * router/worker.c handle_route) still makes no copy of it. */
+typedef struct carbons_worker {
+  const xnode_t *private_st;
+} carbons_worker_t;
+
+static void *worker_init(worker_t *w) {
+  (void)w;
+  return xcalloc(1, sizeof(carbons_worker_t));
+}
+
+static void worker_free(worker_t *w, void *state) {
+  (void)w;
+  xfree(state);
+}
+
 static int is_copy(const xnode_t *c) {
   return !strcmp(c->ns, NS_CARBONS) && (!strcmp(c->name, "sent") || !strcmp(c->name, "received"));
 }
 
-/* §6, §7: one pass over the message's children (bounded by limits.max_stanza_bytes). */
+/* §6, §9: one pass over the message's children (bounded by limits.max_stanza_bytes). */
 static int eligible(const xnode_t *st) {
   const char *type = xnode_attr(st, "type");
   if (!type) type = "normal";
@@ -143,7 +162,11 @@ static int message_out(mod_event_t *e) {
 }
 
 static int message_delivered(mod_event_t *e) {
-  if (e->skip) return MOD_OK; /* a bounce routed again: the first pass made the copies */
+  carbons_worker_t *cw = mod_worker_state(e->w, &mod_carbons);
+  int is_private = cw->private_st == e->st;
+  cw->private_st = NULL;
+  /* private; or a bounce routed again: the first pass made the copies */
+  if (is_private || e->skip) return MOD_OK;
   /* a message to one's own account: the sending session has it */
   const session_t *sender = strcmp(w_bare(e->w, e->from), e->u->bare) ? NULL : user_session(e->u, e->from);
   if (!anyone(e->u, sender, e->got, e->ngot) || !eligible(e->st)) return MOD_OK;
@@ -151,12 +174,37 @@ static int message_delivered(mod_event_t *e) {
   return MOD_OK;
 }
 
-/* A copy that came back (its connection had gone): dropped, never routed to another
- * session as a new message or stored offline. */
+/* Takes <private xmlns='urn:xmpp:carbons:2'/> out of st (§9: the recipient's server
+ * removes it); 1 when there was one. */
+static int strip_private(worker_t *w, xnode_t *st) {
+  int found = 0;
+  xnode_t *prev = NULL;
+  for (xnode_t *c = st->children; c; c = c->next) {
+    if (c->name && !strcmp(c->name, "private") && !strcmp(c->ns, NS_CARBONS)) {
+      if (prev) prev->next = c->next;
+      else st->children = c->next;
+      if (st->last == c) st->last = prev;
+      found = 1;
+      continue; /* prev stays */
+    }
+    prev = c;
+  }
+  if (found) w->frame_tree = NULL; /* changed: encoded again when passed on */
+  return found;
+}
+
+/* At the recipient's shard, before the delivery rules:
+ *  - a copy that came back (its connection had gone) is dropped, never routed to another
+ *    session as a new message or stored offline;
+ *  - a private message loses its <private/>, and is remembered as not to be copied. */
 static int message_in(mod_event_t *e) {
-  if (!e->skip || strcmp(e->from, e->u->bare)) return MOD_OK;
-  for (const xnode_t *c = xnode_first_elem(e->st); c; c = xnode_next_elem(c))
-    if (is_copy(c)) return MOD_STOP;
+  carbons_worker_t *cw = mod_worker_state(e->w, &mod_carbons);
+  cw->private_st = NULL;
+  if (e->skip && !strcmp(e->from, e->u->bare)) {
+    for (const xnode_t *c = xnode_first_elem(e->st); c; c = xnode_next_elem(c))
+      if (is_copy(c)) return MOD_STOP;
+  }
+  if (strip_private(e->w, e->st)) cw->private_st = e->st;
   return MOD_OK;
 }
 
@@ -191,6 +239,8 @@ const module_t mod_carbons = {
     .server_features = features,
     .account_features = features,
     .iqs = iqs,
+    .worker_init = worker_init,
+    .worker_free = worker_free,
     .hooks =
         {
             [HOOK_MESSAGE_OUT] = message_out,
