@@ -46,6 +46,9 @@ typedef struct bench_opts {
   const char *plot;
   const char *label;
   int quiet;
+  const char *resource; /* --resource (default "bench") */
+  int priority;         /* --priority; INT_MIN: none */
+  int carbons;          /* --carbons: XEP-0280 <enable/> after bind */
   /* derived */
   uint32_t src_lo, src_hi; /* host byte order */
   int total;               /* connections over all processes */

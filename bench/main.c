@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -53,7 +54,11 @@ static const char usage_text[] =
     "  --procs P          processes (default: each holds <= 9,000 connections)\n"
     "  --src A-B          source address range, e.g. 127.0.0.1-127.0.0.254 (the default)\n"
     "  --server-pid PID[,PID...]  read server RSS and CPU from /proc/PID (summed)\n"
-    "  --json FILE  --plot FILE.png  --label NAME  --quiet\n";
+    "  --json FILE  --plot FILE.png  --label NAME  --quiet\n"
+    "  --resource R       resource to bind (default bench)\n"
+    "  --priority P       priority in the initial presence (default: none, i.e. 0)\n"
+    "  --carbons          enable XEP-0280 carbons on every connection (copies received are\n"
+    "                     not counted as deliveries)\n";
 
 /* ---- options -------------------------------------------------------------------------- */
 
@@ -101,7 +106,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   enum {
     O_HOST = 256, O_PORT, O_DOMAIN, O_TLS, O_MECH, O_USERS, O_USERFMT, O_FIRST, O_PASSWORD,
     O_ARRIVAL, O_CONC, O_DURATION, O_PAIRS, O_RATE, O_WINDOW, O_SIZE, O_IDLEX, O_ROSTER,
-    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET
+    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_RESOURCE, O_PRIORITY, O_CARBONS
   };
   static const struct option lo[] = {
       {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"domain", 1, 0, O_DOMAIN},
@@ -112,7 +117,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
       {"size", 1, 0, O_SIZE}, {"idle-extra", 1, 0, O_IDLEX}, {"roster", 1, 0, O_ROSTER},
       {"threads", 1, 0, O_THREADS}, {"procs", 1, 0, O_PROCS}, {"src", 1, 0, O_SRC},
       {"server-pid", 1, 0, O_SPID}, {"json", 1, 0, O_JSON}, {"plot", 1, 0, O_PLOT},
-      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"resource", 1, 0, O_RESOURCE},
+      {"priority", 1, 0, O_PRIORITY}, {"carbons", 0, 0, O_CARBONS}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->host = "127.0.0.1";
   o->port = 5222;
@@ -132,6 +138,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   o->threads = 2;
   o->src = "127.0.0.1-127.0.0.254";
   o->label = "";
+  o->resource = "bench";
+  o->priority = INT_MIN;
   o->login_timeout_s = 30;
   int opt;
   while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -190,6 +198,9 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_PLOT: o->plot = optarg; break;
     case O_LABEL: o->label = optarg; break;
     case O_QUIET: o->quiet = 1; break;
+    case O_RESOURCE: o->resource = optarg; break;
+    case O_PRIORITY: o->priority = atoi(optarg); break;
+    case O_CARBONS: o->carbons = 1; break;
     case 'h': fputs(usage_text, stdout); exit(0);
     default: fputs(usage_text, stderr); return -1;
     }
