@@ -8,6 +8,8 @@
  *   groupchat    -> <service-unavailable/> (no MUC here);
  *   error        -> dropped when it cannot be delivered.
  * message to an online full JID -> that resource.
+ * Then HOOK_MESSAGE_DELIVERED tells the modules which sessions got it (XEP-0280 copies
+ * it to the others), unless the sender got an error instead.
  * No such account -> <service-unavailable/> (§8.5.1), hiding whether it exists.
  * IQ to a full JID -> that resource if online, else <service-unavailable/>; IQ to a bare
  * JID is answered by the server on the account's behalf, by the module that handles its
