@@ -47,6 +47,9 @@ typedef struct bench_opts {
   const char *label;
   int quiet;
   int allow_errors; /* --allow-errors: errors and losses are reported, the exit status stays 0 */
+  const char *resource; /* --resource (default "bench") */
+  int priority;         /* --priority; INT_MIN: none */
+  int carbons;          /* --carbons: XEP-0280 <enable/> after bind */
   /* derived */
   uint32_t src_lo, src_hi; /* host byte order */
   int total;               /* connections over all processes */

@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -588,6 +589,7 @@ static void on_message(conn_t *c, const char *p, size_t n) {
   worker_t *w = c->w;
   const char *t;
   size_t tl;
+  if (c->w->o->carbons && memmem(p, n, "urn:xmpp:carbons:2", 18)) return; /* a copy (XEP-0280) */
   if (!xs_text(p, n, "<body", &t, &tl)) return;
   if (tl < 3 || t[0] != 'T' || t[1] != '=') return;
   conn_t *s = c->peer;
@@ -722,8 +724,12 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
     return 0;
   case C_FEAT3:
     if (NAME_IS(nm, nl, "stream:features")) {
-      conn_sends(c, "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                    "<resource>bench</resource></bind></iq>");
+      char bindiq[256];
+      snprintf(bindiq, sizeof bindiq,
+               "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+               "<resource>%s</resource></bind></iq>",
+               o->resource);
+      conn_sends(c, bindiq);
       c->state = C_BIND;
     }
     return 0;
@@ -732,7 +738,14 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
       const char *t;
       size_t tl;
       if (xs_attr(p, n, "type", &t, &tl) && tl == 6 && memcmp(t, "result", 6) == 0) {
-        conn_sends(c, "<presence/>");
+        if (o->carbons) conn_sends(c, "<iq type='set' id='cc1'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+        if (o->priority != INT_MIN) {
+          char pr[64];
+          snprintf(pr, sizeof pr, "<presence><priority>%d</priority></presence>", o->priority);
+          conn_sends(c, pr);
+        } else {
+          conn_sends(c, "<presence/>");
+        }
         went_online(c);
       } else {
         conn_fail(c, "bind");

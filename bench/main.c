@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -54,6 +55,10 @@ static const char usage_text[] =
     "  --src A-B          source address range, e.g. 127.0.0.1-127.0.0.254 (the default)\n"
     "  --server-pid PID[,PID...]  read server RSS and CPU from /proc/PID (summed)\n"
     "  --json FILE  --plot FILE.png  --label NAME  --quiet\n"
+    "  --resource R       resource to bind (default bench)\n"
+    "  --priority P       priority in the initial presence (default: none, i.e. 0)\n"
+    "  --carbons          enable XEP-0280 carbons on every connection (copies received are\n"
+    "                     not counted as deliveries)\n"
     "  --allow-errors     exit 0 even when log-ins failed, connections dropped, or messages\n"
     "                     bounced, were lost, repeated or unexpected (they are still reported)\n"
     "exit status: 0 when every log-in succeeded, no connection dropped, and (chat, presence)\n"
@@ -106,7 +111,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   enum {
     O_HOST = 256, O_PORT, O_DOMAIN, O_TLS, O_MECH, O_USERS, O_USERFMT, O_FIRST, O_PASSWORD,
     O_ARRIVAL, O_CONC, O_DURATION, O_PAIRS, O_RATE, O_WINDOW, O_SIZE, O_IDLEX, O_ROSTER,
-    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_ALLOWERR
+    O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_ALLOWERR, O_RESOURCE, O_PRIORITY,
+    O_CARBONS
   };
   static const struct option lo[] = {
       {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"domain", 1, 0, O_DOMAIN},
@@ -117,7 +123,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
       {"size", 1, 0, O_SIZE}, {"idle-extra", 1, 0, O_IDLEX}, {"roster", 1, 0, O_ROSTER},
       {"threads", 1, 0, O_THREADS}, {"procs", 1, 0, O_PROCS}, {"src", 1, 0, O_SRC},
       {"server-pid", 1, 0, O_SPID}, {"json", 1, 0, O_JSON}, {"plot", 1, 0, O_PLOT},
-      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET},
+      {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"resource", 1, 0, O_RESOURCE},
+      {"priority", 1, 0, O_PRIORITY}, {"carbons", 0, 0, O_CARBONS},
       {"allow-errors", 0, 0, O_ALLOWERR}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->host = "127.0.0.1";
@@ -138,6 +145,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   o->threads = 2;
   o->src = "127.0.0.1-127.0.0.254";
   o->label = "";
+  o->resource = "bench";
+  o->priority = INT_MIN;
   o->login_timeout_s = 30;
   int opt;
   while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -197,6 +206,9 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_LABEL: o->label = optarg; break;
     case O_QUIET: o->quiet = 1; break;
     case O_ALLOWERR: o->allow_errors = 1; break;
+    case O_RESOURCE: o->resource = optarg; break;
+    case O_PRIORITY: o->priority = atoi(optarg); break;
+    case O_CARBONS: o->carbons = 1; break;
     case 'h': fputs(usage_text, stdout); exit(0);
     default: fputs(usage_text, stderr); return -1;
     }

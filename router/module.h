@@ -69,6 +69,11 @@ typedef enum {
   HOOK_ROSTER_CHANGE, /* e.u's roster item for e.to changed (pushed to its resources) */
   HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.u, e.s NULL) */
   HOOK_BATCH_END,     /* ... and ends */
+  HOOK_MESSAGE_DELIVERED, /* a message for a local account went through the delivery rules
+                             (RFC 6121 §8.5): e.got lists the sessions it was written to (none:
+                             stored offline, or dropped as §8.5 says for its type); not called
+                             when the sender got an error instead. e.skip: a bounced message
+                             routed again (its sessions then are the second pass's). */
   HOOK_COUNT
 } mod_hook_t;
 
@@ -80,6 +85,8 @@ typedef struct mod_event {
   const char *to;
   xnode_t *st;          /* the stanza, if any (it may be changed: clear w->frame_tree) */
   const bus_addr_t *skip; /* _IN of a bounced message: the connection it came back from */
+  session_t *const *got;  /* HOOK_MESSAGE_DELIVERED: the sessions that got the message */
+  size_t ngot;
 } mod_event_t;
 
 enum { MOD_OK = 0, MOD_STOP = 1 };
@@ -117,6 +124,8 @@ void *mod_worker_state(worker_t *w, const module_t *m);
 /* A module's slot on a session (NULL until set); freed with the session by its
  * session_free. */
 void **mod_session_state(session_t *s, const module_t *m);
+/* The same slot's value, NULL when unset; never allocates (for per-message checks). */
+void *mod_session_get(const session_t *s, const module_t *m);
 void modules_session_free(session_t *s);
 
 /* Replies to c's IQ with a result carrying payload (may be NULL), or with an error. */

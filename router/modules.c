@@ -11,11 +11,12 @@
 #include "common/log.h"
 
 extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
-extern const module_t mod_vcard, mod_private, mod_last, mod_time, mod_mam;
+extern const module_t mod_vcard, mod_private, mod_last, mod_time, mod_mam, mod_carbons;
 
 const module_t *const modules[] = {
     &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
     &mod_vcard, &mod_private, &mod_last, &mod_time, &mod_mam,
+    &mod_carbons, /* last: its hooks copy what the others let through */
 };
 const size_t nmodules = sizeof modules / sizeof modules[0];
 
@@ -45,6 +46,10 @@ void *mod_worker_state(worker_t *w, const module_t *m) { return w->mod_state[ind
 void **mod_session_state(session_t *s, const module_t *m) {
   if (!s->mod) s->mod = xcalloc(nmodules, sizeof *s->mod);
   return &s->mod[index_of(m)];
+}
+
+void *mod_session_get(const session_t *s, const module_t *m) {
+  return s->mod ? s->mod[index_of(m)] : NULL;
 }
 
 void modules_session_free(session_t *s) {
