@@ -324,6 +324,16 @@ async def wait_routed(client, *bare_jids):
             raise AssertionError(f"a ping to the bare JID {jid} was answered with a result")
 
 
+def aioxmpp_client(srv, jid, password="pw"):
+    """(JID, client) of aioxmpp, the second client library: STARTTLS to srv on loopback,
+    the test certificate accepted."""
+    import aioxmpp
+    j = aioxmpp.JID.fromstr(jid)
+    return j, aioxmpp.PresenceManagedClient(
+        j, aioxmpp.make_security_layer(password, no_verify=True),
+        override_peer=[("127.0.0.1", srv.port, aioxmpp.connector.STARTTLSConnector())])
+
+
 class RawStream:
     """Raw XML over TCP (optionally upgraded with STARTTLS) for hostile-input tests."""
 

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import aioxmpp
 import aioxmpp.carbons
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run
+from harness import DOMAIN, Client, RawStream, ServerTest, run, aioxmpp_client
 
 CARBONS = "urn:xmpp:carbons:2"
 FORWARD = "urn:xmpp:forward:0"
@@ -413,9 +413,7 @@ class CarbonsAioxmppTest(ServerTest):
     users = ("carol", "dave")
 
     def client(self, jid):
-        return aioxmpp.PresenceManagedClient(
-            aioxmpp.JID.fromstr(jid), aioxmpp.make_security_layer("pw", no_verify=True),
-            override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+        return aioxmpp_client(self.srv, jid)[1]
 
     def test_aioxmpp_carbons(self):
         async def go():

@@ -12,7 +12,7 @@ import aioxmpp.disco
 import aioxmpp.ping
 from slixmpp.exceptions import IqError
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run
+from harness import DOMAIN, Client, RawStream, ServerTest, run, aioxmpp_client
 
 SERVER_FEATURES = {"http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items",
                    "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay",
@@ -118,10 +118,7 @@ class DiscoAioxmppTest(ServerTest):
     users = ("erin", "frank")
 
     def client(self, user):
-        jid = aioxmpp.JID.fromstr(f"{user}@{DOMAIN}/ax")
-        return jid, aioxmpp.PresenceManagedClient(
-            jid, aioxmpp.make_security_layer("pw", no_verify=True),
-            override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+        return aioxmpp_client(self.srv, f"{user}@{DOMAIN}/ax")
 
     def test_aioxmpp_disco_and_ping(self):
         async def go():

@@ -15,7 +15,7 @@ import aioxmpp
 import aioxmpp.xso as xso
 from slixmpp.exceptions import IqError
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run, subscribe
+from harness import DOMAIN, Client, RawStream, ServerTest, run, subscribe, aioxmpp_client
 
 
 async def login(srv, jid):
@@ -151,10 +151,7 @@ class LastAioxmppTest(ServerTest):
     users = ("erin", "frank")
 
     def client(self, user):
-        jid = aioxmpp.JID.fromstr(f"{user}@{DOMAIN}/ax")
-        return jid, aioxmpp.PresenceManagedClient(
-            jid, aioxmpp.make_security_layer("pw", no_verify=True),
-            override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+        return aioxmpp_client(self.srv, f"{user}@{DOMAIN}/ax")
 
     def test_aioxmpp_uptime_time_and_forbidden(self):
         async def go():

@@ -16,7 +16,7 @@ import aioxmpp.bookmarks
 import aioxmpp.private_xml
 from slixmpp.xmlstream import ElementBase
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run
+from harness import DOMAIN, Client, RawStream, ServerTest, run, aioxmpp_client
 from test_vcard import raw_iq
 
 
@@ -158,10 +158,7 @@ class PrivateAioxmppTest(ServerTest):
 
     def test_aioxmpp_bookmarks_in_private_storage(self):
         async def go():
-            jid = aioxmpp.JID.fromstr(f"erin@{DOMAIN}/ax")
-            c = aioxmpp.PresenceManagedClient(
-                jid, aioxmpp.make_security_layer("pw", no_verify=True),
-                override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+            jid, c = aioxmpp_client(self.srv, f"erin@{DOMAIN}/ax")
             async with c.connected():
                 px = c.summon(aioxmpp.private_xml.PrivateXMLService)
                 got = await px.get_private_xml(aioxmpp.bookmarks.xso.Storage())

@@ -22,7 +22,7 @@ import aioxmpp.vcard.xso
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run, subscribe
+from harness import DOMAIN, Client, RawStream, ServerTest, run, subscribe, aioxmpp_client
 
 UPDATE = "vcard-temp:x:update"
 
@@ -196,10 +196,7 @@ class VcardAioxmppTest(ServerTest):
     users = ("erin", "frank")
 
     def client(self, user):
-        jid = aioxmpp.JID.fromstr(f"{user}@{DOMAIN}/ax")
-        return jid, aioxmpp.PresenceManagedClient(
-            jid, aioxmpp.make_security_layer("pw", no_verify=True),
-            override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+        return aioxmpp_client(self.srv, f"{user}@{DOMAIN}/ax")
 
     def test_aioxmpp_vcard_and_photo(self):
         async def go():
