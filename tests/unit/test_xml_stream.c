@@ -721,27 +721,32 @@ static void deep_prefixed_attrs(buf_t *b, size_t n, int on_header) {
 }
 
 static double feed_cpu(const buf_t *b) {
-  double best = 0;
-  for (int round = 0; round < 3; round++) {
-    double t0 = cost_cpu_now();
-    for (int i = 0; i < 10; i++) {
-      rec_t *r = mk();
-      xml_stream_feed(r->xs, (char *)b->data, b->len);
-      cr_assert_eq(r->errors, 0);
-      rm(r);
-    }
-    double t = cost_cpu_now() - t0;
-    if (round == 0 || t < best) best = t;
+  double t0 = cost_cpu_now();
+  for (int i = 0; i < 10; i++) {
+    rec_t *r = mk();
+    xml_stream_feed(r->xs, (char *)b->data, b->len);
+    cr_assert_eq(r->errors, 0);
+    rm(r);
   }
-  return best;
+  return cost_cpu_now() - t0;
 }
 
 Test(xml_stream, header_prefix_on_deep_attributes_costs_linear_time) {
   buf_t plain, prefixed;
   deep_prefixed_attrs(&plain, 200, 0);
   deep_prefixed_attrs(&prefixed, 200, 1);
-  double ratio = feed_cpu(&prefixed) / feed_cpu(&plain);
-  cr_assert_lt(ratio, 1.3, "attributes with a header prefix cost %.1fx unprefixed ones", ratio);
+  /* the two measured back to back, seven times; the median ratio (noise moves single
+   * rounds either way): the old code gave 1.54, now about 1.1 */
+  double r[7];
+  for (int round = 0; round < 7; round++) r[round] = feed_cpu(&prefixed) / feed_cpu(&plain);
+  for (int i = 1; i < 7; i++)
+    for (int j = i; j > 0 && r[j] < r[j - 1]; j--) {
+      double t = r[j];
+      r[j] = r[j - 1];
+      r[j - 1] = t;
+    }
+  double ratio = r[3];
+  cr_assert_lt(ratio, 1.3, "attributes with a header prefix cost %.2fx unprefixed ones (median)", ratio);
   buf_free(&plain);
   buf_free(&prefixed);
 }
