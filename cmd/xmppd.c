@@ -24,6 +24,7 @@
 #include "common/bus.h"
 #include "common/cluster.h"
 #include "common/config.h"
+#include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/store/store.h"
@@ -159,6 +160,15 @@ int main(int argc, char **argv) {
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
 
+  /* one server per store: before anything else touches it (docs/operations.md) */
+  store_claim_t *claim = NULL;
+  int crc = store_claim(cfg.store_backend, config_store_target(&cfg), &claim, &err);
+  if (crc != 0) {
+    log_error("%s", err ? err : "cannot claim the store");
+    xfree(err);
+    config_free(&cfg);
+    return crc == XMPP_EDENIED ? 2 : 1;
+  }
   store_t *probe = store_open(cfg.store_backend, config_store_target(&cfg), &err);
   if (!probe) {
     log_error("storage (%s): %s", cfg.store_backend, err ? err : "cannot open");
@@ -186,7 +196,8 @@ int main(int argc, char **argv) {
   edge_t *edge = NULL;
   cluster_t *cluster = NULL;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
-  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus))) return 1;
+  int in_use = 0;
+  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use))) return in_use ? 2 : 1;
   /* a cluster node: links, registry and shard map, before any thread sends a frame */
   if (cfg.cluster_node && !(cluster = cluster_start(&cfg, &bus, role))) return 1;
   if ((router && router_start(router) != 0) || (edge && edge_start(edge) != 0)) {
@@ -251,6 +262,7 @@ int main(int argc, char **argv) {
   xfree(bus.edge_q);
   xfree(bus.worker_q);
   config_free(&cfg);
+  store_claim_release(claim);
   log_info("stopped");
   return refused ? 2 : 0;
 }
