@@ -195,11 +195,14 @@ int main(int argc, char **argv) {
   router_t *router = NULL;
   edge_t *edge = NULL;
   cluster_t *cluster = NULL;
+  /* a cluster node claims its node id before it serves anything (docs/cluster.md) */
+  int held = 0;
+  if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held))) return held ? 2 : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
   int in_use = 0;
   if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use))) return in_use ? 2 : 1;
   /* a cluster node: links, registry and shard map, before any thread sends a frame */
-  if (cfg.cluster_node && !(cluster = cluster_start(&cfg, &bus, role))) return 1;
+  if (cluster && cluster_start(cluster, &bus) != 0) return 1;
   if ((router && router_start(router) != 0) || (edge && edge_start(edge) != 0)) {
     log_error("cannot start threads");
     return 1;
