@@ -992,3 +992,20 @@ class NodeIdLeaseTest(unittest.TestCase):
             await a.close()
             await b.close()
         run(go())
+
+    def test_4_node_that_lost_its_lease_stops_serving(self):
+        """Another process holds node 11's lease now (written here by hand, as a process
+        that took the id while this one was cut off from Redis would have): the edge must
+        stop serving (exit status 2), not fight for the id, and leave the lease alone."""
+        edge = self.edge
+        key = "it:{nodes}:n:11"
+        self.assertTrue(resp(self.redis.port, "GET", key).startswith(b"$"))
+        resp(self.redis.port, "SET", key, "1 0 999 127.0.0.1 9 4096", "PX", "60000")
+        try:
+            rc = edge.proc.wait(BOUND_S)
+        except subprocess.TimeoutExpired:
+            self.fail("the edge kept serving without its lease:\n" + edge.log_text()[-2000:])
+        edge.log.close()
+        self.assertEqual(rc, 2, edge.log_text()[-2000:])
+        self.assertIn("node id 11 is now held by another process (incarnation 3e7 at 127.0.0.1:9)", edge.log_text())
+        self.assertIn(b"1 0 999 127.0.0.1 9 4096", resp(self.redis.port, "GET", key))
