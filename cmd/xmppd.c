@@ -100,6 +100,18 @@ static void on_memstats(uv_signal_t *h, int sig) {
 #endif
 }
 
+/* Start-up refused because a resource belongs to another process (a client port, the
+ * node id): everything given back, exit status 2 (leaks would make LeakSanitizer turn
+ * it into 1 in the sanitizer build). */
+static int refuse(cluster_t *cluster, bus_t *bus, xmpp_config_t *cfg, store_claim_t *claim) {
+  cluster_discard(cluster);
+  xfree(bus->edge_q);
+  xfree(bus->worker_q);
+  config_free(cfg);
+  store_claim_release(claim);
+  return 2;
+}
+
 int main(int argc, char **argv) {
   const char *conf_path = NULL;
   int check = 0, print = 0;
@@ -195,12 +207,22 @@ int main(int argc, char **argv) {
   router_t *router = NULL;
   edge_t *edge = NULL;
   cluster_t *cluster = NULL;
-  /* a cluster node claims its node id before it serves anything (docs/cluster.md) */
-  int held = 0;
-  if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held))) return held ? 2 : 1;
+  /* A cluster node claims its node id before it serves anything (docs/cluster.md); then
+   * the client ports, which another process may hold (docs/operations.md). */
+  int held = 0, in_use = 0;
+  if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held)))
+    return held ? refuse(NULL, &bus, &cfg, claim) : 1;
+  /* From the moment clients can connect, SIGTERM is an orderly stop (handled once the
+   * loop runs), not the default action: a stop during start-up loses nothing either.
+   * (Not before cluster_new: SIGTERM ends its wait for Redis or for a dead node's lease.) */
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use)))
+    return in_use ? refuse(cluster, &bus, &cfg, claim) : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
-  int in_use = 0;
-  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use))) return in_use ? 2 : 1;
   /* a cluster node: links, registry and shard map, before any thread sends a frame */
   if (cluster && cluster_start(cluster, &bus) != 0) return 1;
   if ((router && router_start(router) != 0) || (edge && edge_start(edge) != 0)) {
@@ -216,11 +238,6 @@ int main(int argc, char **argv) {
     log_info("xmppd %s router for %s: %d router workers, %u shards, open-file limit %llu", XMPPD_VERSION,
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
-  uv_loop_t *loop = uv_default_loop();
-  uv_signal_init(loop, &sigint_h);
-  uv_signal_init(loop, &sigterm_h);
-  uv_signal_start(&sigint_h, on_signal, SIGINT);
-  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_signal_init(loop, &sighup_h);
   sighup_h.data = edge; /* NULL on a router: nothing to reload */
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);

@@ -607,6 +607,20 @@ uint64_t cluster_pending(cluster_t *c) {
   return bus_queue_pending(&c->in) + __atomic_load_n(&c->npend, __ATOMIC_RELAXED);
 }
 
+static void discard(cluster_t *c) {
+  if (c->listener) bus_listener_close(c->listener);
+  uv_run(&c->loop, UV_RUN_DEFAULT); /* the listener's handles close */
+  uv_loop_close(&c->loop);
+  arena_free(&c->arena);
+  xfree(c);
+}
+
+void cluster_discard(cluster_t *c) {
+  if (!c) return;
+  credis_unclaim(c->cfg->cluster_redis, c->cfg->cluster_name, &c->self);
+  discard(c);
+}
+
 cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int *held) {
   *held = 0;
   cluster_t *c = xcalloc(1, sizeof *c);
@@ -631,6 +645,7 @@ cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int
                                  &link_cbs, c);
   if (!c->listener) {
     log_error("cluster: cannot accept bus links on %s:%d", cfg->bus_addr, cfg->bus_port);
+    discard(c);
     return NULL;
   }
   c->self.id = node;
@@ -648,11 +663,13 @@ cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int
               "cluster; this node refuses to start",
               node, holder.host, holder.bus_port, (unsigned long long)holder.incarnation);
     *held = 1;
+    discard(c);
     return NULL;
   }
   if (rc != 0) {
     log_error("cluster: cannot claim node id %u: %s", node, err ? err : "?");
     xfree(err);
+    discard(c);
     return NULL;
   }
   log_info("cluster: node id %u claimed (incarnation %llx)", node, (unsigned long long)c->self.incarnation);

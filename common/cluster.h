@@ -27,6 +27,9 @@
  * its nworkers and nshards (registered). NULL (logged) on failure, with *held = 1 when a
  * live node holds the id (the process should exit with status 2). Main thread. */
 cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int *held);
+/* A node from cluster_new that will not start after all (another part of the process
+ * could not): gives the node id back and frees it. NULL-safe. Main thread. */
+void cluster_discard(cluster_t *c);
 /* Sets up the bus for the node (bus->node, bus->owner, bus->cluster) and starts Redis
  * (registry heartbeats: the lease's refresh) and the thread. Call after the local queues
  * exist (router_create, edge_create) and before they run. -1 (logged) on failure. */

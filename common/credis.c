@@ -942,6 +942,29 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
   return rc;
 }
 
+void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self) {
+  redis_addr_t a;
+  char *why = NULL;
+  if (!cluster_ok(cluster) || redis_addr_parse(&a, addr, &why) != 0) {
+    xfree(why);
+    return;
+  }
+  redisContext *c = sync_connect(&a, &why);
+  if (c) {
+    char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), *all = xstrfmt("%s:{nodes}:all", cluster);
+    char inc[24], id[8];
+    snprintf(inc, sizeof inc, "%" PRIu64, self->incarnation);
+    snprintf(id, sizeof id, "%u", self->id);
+    redisReply *rep = redisCommand(c, "EVAL %s 2 %s %s %s %s", script_text[SC_RELEASE], key, all, inc, id);
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    xfree(key);
+    xfree(all);
+  }
+  xfree(why);
+  redis_addr_free(&a);
+}
+
 /* ---- life ---------------------------------------------------------------------------- */
 
 static int cluster_ok(const char *c) {

@@ -73,6 +73,9 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
  * (caller frees) for a bad address or an error reply. */
 int credis_claim(const char *addr, const char *cluster, const credis_node_t *self, uint32_t ttl_ms,
                  credis_node_t *holder, char **err);
+/* Gives a claimed id back (compare-and-delete, blocking, best effort: one attempt) when
+ * the process will not serve after all (e.g. its client port is taken). */
+void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self);
 
 /* Registry: from now on, every heartbeat_ms, refresh the node's lease (the key, TTL
  * ttl_ms, only while it holds this node's incarnation: else on_lost), SADD its id to the

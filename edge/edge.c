@@ -117,7 +117,8 @@ static int probe_listener(const char *addr, int port) {
   return EDGE_IN_USE;
 }
 
-static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int port, int direct_tls) {
+/* A bound, listening SO_REUSEPORT socket for addr:port: its fd, or -1 (logged). */
+static int listen_fd(const char *addr, int port) {
   struct sockaddr_storage ss;
   socklen_t sl;
   if (parse_addr(addr, port, &ss, &sl) != 0) return -1;
@@ -129,33 +130,29 @@ static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int p
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
     log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
     close(fd);
     return -1;
   }
-  uv_tcp_init(&th->loop, t);
-  t->data = direct_tls ? (void *)1 : NULL;
-  if (uv_tcp_open(t, fd) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
-    log_error("cannot listen on %s:%d", addr, port);
-    return -1;
-  }
-  return 0;
+  return fd;
 }
 
-/* Probes every configured address, then opens each thread's sockets, under the lock. */
-static int open_listeners(edge_t *e) {
-  const xmpp_config_t *cfg = e->cfg;
+/* Before anything else of the edge exists: probes every configured address, then opens
+ * every thread's sockets (fds[thread * 2 + 0: STARTTLS port, 1: direct TLS], -1 where
+ * none), under the start-up lock. 0, EDGE_IN_USE or -1 (logged; nothing left open). */
+static int open_listeners(const xmpp_config_t *cfg, int nthreads, int *fds) {
   int ports[2] = {cfg->c2s_port, cfg->c2s_tls_port};
+  for (int i = 0; i < 2 * nthreads; i++) fds[i] = -1;
   int lock = listen_lock(), rc = 0;
   for (int p = 0; p < 2 && rc == 0; p++)
     if (ports[p] && (p == 0 || ports[p] != ports[0])) rc = probe_listener(cfg->c2s_addr, ports[p]);
-  for (int i = 0; i < e->nthreads && rc == 0; i++) {
-    edge_thread_t *th = &e->threads[i];
-    for (int p = 0; p < 2 && rc == 0; p++)
-      if (ports[p] && open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, ports[p], p == 1)) rc = -1;
-  }
+  for (int i = 0; i < 2 * nthreads && rc == 0; i++)
+    if (ports[i % 2] && (fds[i] = listen_fd(cfg->c2s_addr, ports[i % 2])) < 0) rc = -1;
   if (lock >= 0) close(lock);
+  if (rc != 0)
+    for (int i = 0; i < 2 * nthreads; i++)
+      if (fds[i] >= 0) close(fds[i]);
   return rc;
 }
 
@@ -225,6 +222,13 @@ static void thread_main(void *arg) {
 
 edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
   if (in_use) *in_use = 0;
+  int *fds = xcalloc(2 * (size_t)bus->nedges + 2, sizeof *fds);
+  int rc = open_listeners(cfg, bus->nedges, fds);
+  if (rc != 0) {
+    if (in_use) *in_use = rc == EDGE_IN_USE;
+    xfree(fds);
+    return NULL;
+  }
   edge_t *e = xcalloc(1, sizeof *e);
   e->cfg = cfg;
   e->bus = bus;
@@ -238,6 +242,9 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
       log_error("TLS: %s", err);
       xfree(err);
       xfree(e);
+      for (int i = 0; i < 2 * bus->nedges; i++)
+        if (fds[i] >= 0) close(fds[i]);
+      xfree(fds);
       return NULL;
     }
   }
@@ -264,6 +271,17 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
       xfree(err);
       return NULL;
     }
+    for (int p = 0; p < 2; p++) {
+      if (fds[2 * i + p] < 0) continue;
+      uv_tcp_t *t = &th->listeners[th->nlisteners++];
+      uv_tcp_init(&th->loop, t);
+      t->data = p == 1 ? (void *)1 : NULL; /* direct TLS */
+      if (uv_tcp_open(t, fds[2 * i + p]) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
+        log_error("cannot listen on %s:%d", cfg->c2s_addr, p ? cfg->c2s_tls_port : cfg->c2s_port);
+        return NULL;
+      }
+      fds[2 * i + p] = -1;
+    }
     conn_thread_init(th);
     sasl_thread_init(th);
     uv_timer_init(&th->loop, &th->sweep);
@@ -272,11 +290,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
     th->stop_async.data = th;
     bus_queue_init(&bus->edge_q[i], &th->loop, edge_bus_cb, th);
   }
-  int rc = open_listeners(e);
-  if (rc != 0) {
-    if (in_use) *in_use = rc == EDGE_IN_USE;
-    return NULL;
-  }
+  xfree(fds);
   return e;
 }
 

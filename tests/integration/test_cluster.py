@@ -1009,3 +1009,26 @@ class NodeIdLeaseTest(unittest.TestCase):
         self.assertEqual(rc, 2, edge.log_text()[-2000:])
         self.assertIn("node id 11 is now held by another process (incarnation 3e7 at 127.0.0.1:9)", edge.log_text())
         self.assertIn(b"1 0 999 127.0.0.1 9 4096", resp(self.redis.port, "GET", key))
+
+    def test_5_node_refused_for_its_client_port_gives_its_id_back(self):
+        """An edge whose client port another program holds refuses to start (exit 2)
+        after it claimed its node id: the id is given back at once, not held for a TTL."""
+        node = Node(self.redis, 13, "edge")
+        self.others.append(node)
+        s = socket.socket()
+        s.bind(("127.0.0.1", node.port))
+        s.listen(1)
+        try:
+            try:
+                node.start()
+            except RuntimeError:
+                pass
+            rc = node.proc.wait(BOUND_S)
+        finally:
+            s.close()
+        node.log.close()
+        self.assertEqual(rc, 2, node.log_text()[-2000:])
+        self.assertIn("node id 13 claimed", node.log_text())
+        self.assertIn(f"cannot listen on 127.0.0.1:{node.port}: address already in use by another program",
+                      node.log_text())
+        self.assertEqual(resp(self.redis.port, "EXISTS", "it:{nodes}:n:13"), b":0\r\n")
