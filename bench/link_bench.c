@@ -47,7 +47,7 @@ static void free_overflow(bus_link_t *l, void *ud, bus_msg_t *m) { bus_msg_free(
 static void server_main(void *arg) {
   uv_loop_t loop;
   uv_loop_init(&loop);
-  bus_link_cbs_t cbs = {NULL, NULL, srv_frames, free_overflow, NULL};
+  bus_link_cbs_t cbs = {NULL, NULL, srv_frames, free_overflow, NULL, NULL};
   g_ls = bus_listener_new(&loop, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &g_cfg, &cbs, NULL);
   if (!g_ls) exit(1);
   atomic_store(&g_port, bus_listener_port(g_ls));
@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
   while (!atomic_load(&g_port)) uv_sleep(1);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  bus_link_cbs_t cbs = {cli_up, NULL, cli_frames, cli_overflow, cli_writable};
+  bus_link_cbs_t cbs = {cli_up, NULL, cli_frames, cli_overflow, cli_writable, NULL};
   g_link = bus_link_connect(&loop, "127.0.0.1", atomic_load(&g_port), 2, BUS_ROLE_EDGE, &g_cfg, &cbs, NULL);
   if (!g_link) return 1;
   uv_timer_init(&loop, &g_check);

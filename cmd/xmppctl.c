@@ -591,7 +591,7 @@ static int view_open(ctl_t *c, view_t *v) {
   uv_loop_init(&v->loop);
   uv_timer_init(&v->loop, &v->timer);
   v->inited = 1;
-  static const credis_cbs_t cbs = {view_state, NULL};
+  static const credis_cbs_t cbs = {view_state, NULL, NULL};
   v->r = credis_new(&v->loop, c->cfg.cluster_redis, c->cfg.cluster_name, &cbs, v);
   if (!v->r) {
     fprintf(stderr, "xmppctl: cluster.redis: bad address '%s'\n", c->cfg.cluster_redis);

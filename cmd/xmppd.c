@@ -24,6 +24,7 @@
 #include "common/bus.h"
 #include "common/cluster.h"
 #include "common/config.h"
+#include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/store/store.h"
@@ -99,6 +100,18 @@ static void on_memstats(uv_signal_t *h, int sig) {
 #endif
 }
 
+/* Start-up refused because a resource belongs to another process (a client port, the
+ * node id): everything given back, exit status 2 (leaks would make LeakSanitizer turn
+ * it into 1 in the sanitizer build). */
+static int refuse(cluster_t *cluster, bus_t *bus, xmpp_config_t *cfg, store_claim_t *claim) {
+  cluster_discard(cluster);
+  xfree(bus->edge_q);
+  xfree(bus->worker_q);
+  config_free(cfg);
+  store_claim_release(claim);
+  return 2;
+}
+
 int main(int argc, char **argv) {
   const char *conf_path = NULL;
   int check = 0, print = 0;
@@ -159,6 +172,15 @@ int main(int argc, char **argv) {
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
 
+  /* one server per store: before anything else touches it (docs/operations.md) */
+  store_claim_t *claim = NULL;
+  int crc = store_claim(cfg.store_backend, config_store_target(&cfg), &claim, &err);
+  if (crc != 0) {
+    log_error("%s", err ? err : "cannot claim the store");
+    xfree(err);
+    config_free(&cfg);
+    return crc == XMPP_EDENIED ? 2 : 1;
+  }
   store_t *probe = store_open(cfg.store_backend, config_store_target(&cfg), &err);
   if (!probe) {
     log_error("storage (%s): %s", cfg.store_backend, err ? err : "cannot open");
@@ -187,10 +209,24 @@ int main(int argc, char **argv) {
   router_t *router = NULL;
   edge_t *edge = NULL;
   cluster_t *cluster = NULL;
+  /* A cluster node claims its node id before it serves anything (docs/cluster.md); then
+   * the client ports, which another process may hold (docs/operations.md). */
+  int held = 0, in_use = 0;
+  if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held)))
+    return held ? refuse(NULL, &bus, &cfg, claim) : 1;
+  /* From the moment clients can connect, SIGTERM is an orderly stop (handled once the
+   * loop runs), not the default action: a stop during start-up loses nothing either.
+   * (Not before cluster_new: SIGTERM ends its wait for Redis or for a dead node's lease.) */
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use)))
+    return in_use ? refuse(cluster, &bus, &cfg, claim) : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
-  if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus))) return 1;
   /* a cluster node: links, registry and shard map, before any thread sends a frame */
-  if (cfg.cluster_node && !(cluster = cluster_start(&cfg, &bus, role))) return 1;
+  if (cluster && cluster_start(cluster, &bus) != 0) return 1;
   if ((router && router_start(router) != 0) || (edge && edge_start(edge) != 0)) {
     log_error("cannot start threads");
     return 1;
@@ -204,11 +240,6 @@ int main(int argc, char **argv) {
     log_info("xmppd %s router for %s: %d router workers, %u shards, open-file limit %llu", XMPPD_VERSION,
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
-  uv_loop_t *loop = uv_default_loop();
-  uv_signal_init(loop, &sigint_h);
-  uv_signal_init(loop, &sigterm_h);
-  uv_signal_start(&sigint_h, on_signal, SIGINT);
-  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_signal_init(loop, &sighup_h);
   sighup_h.data = edge; /* NULL on a router: nothing to reload */
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);
@@ -253,6 +284,7 @@ int main(int argc, char **argv) {
   xfree(bus.edge_q);
   xfree(bus.worker_q);
   config_free(&cfg);
+  store_claim_release(claim);
   log_info("stopped");
   return refused ? 2 : 0;
 }

@@ -92,6 +92,7 @@ struct bus_link {
   uint64_t inc, peer_inc;  /* incarnations: random, fixed for a link object's life */
   uint64_t rx_count;       /* data frames delivered from peer_inc */
   int peer_restarted;      /* the last HELLO came from a new incarnation of a known peer */
+  uint64_t peer_node_inc;  /* the peer node's incarnation (its HELLO's payload; 0: none) */
   /* outbound queue */
   bus_msg_t *head, *tail, *unsent;
   size_t count, bytes, n_written, n_inflight;
@@ -324,6 +325,13 @@ static void send_hello(link_conn_t *c, uint16_t node, uint8_t role, const bus_li
   f.dst.thread = BUS_LINK_PROTO;
   f.dst.conn = l ? l->peer_inc : 0;
   f.arg = l ? (int64_t)l->rx_count : 0;
+  uint64_t ni = l ? l->cfg.node_inc : c->ls ? c->ls->cfg.node_inc : 0;
+  uint8_t inc[8];
+  if (ni) {
+    for (int i = 0; i < 8; i++) inc[i] = (uint8_t)(ni >> (8 * i));
+    f.payload = inc;
+    f.payload_len = sizeof inc;
+  }
   send_ctrl(c, &f);
 }
 
@@ -579,6 +587,12 @@ static const char *got_hello(link_conn_t *c, const bus_frame_t *f) {
   bus_link_t *l = c->link;
   uint16_t self = l ? l->self_node : ls->self_node;
   if (node == self) return errf(c, "peer claims this node's own id %u", node);
+  uint64_t node_inc = 0;
+  if (f->payload_len == 8)
+    for (int i = 0; i < 8; i++) node_inc |= (uint64_t)f->payload[i] << (8 * i);
+  const bus_link_cbs_t *cbs = l ? &l->cbs : &ls->cbs;
+  const char *no = cbs->check_peer ? cbs->check_peer(l ? l->ud : ls->ud, node, role, node_inc) : NULL;
+  if (no) return errf(c, "node %u refused: %s", node, no);
   if (ls) { /* server side: find or create the link of this peer node */
     for (size_t i = 0; i < ls->nlinks && !l; i++)
       if (ls->links[i]->peer_node == node) l = ls->links[i];
@@ -619,6 +633,7 @@ static const char *got_hello(link_conn_t *c, const bus_frame_t *f) {
   l->up = 1;
   l->peer_node = node;
   l->peer_role = role;
+  l->peer_node_inc = node_inc;
   l->attempt = 0;
   l->st.ups++;
   c->last_rx = uv_now(c->loop);
@@ -962,6 +977,7 @@ int bus_link_writable(const bus_link_t *l) { return l->writable; }
 int bus_link_is_up(const bus_link_t *l) { return l->up; }
 uint16_t bus_link_peer(const bus_link_t *l) { return l->peer_node; }
 int bus_link_peer_restarted(const bus_link_t *l) { return l->peer_restarted; }
+uint64_t bus_link_peer_node_inc(const bus_link_t *l) { return l->peer_node_inc; }
 void *bus_link_ud(const bus_link_t *l) { return l->ud; }
 void bus_link_set_ud(bus_link_t *l, void *ud) { l->ud = ud; }
 

@@ -61,6 +61,9 @@ typedef struct bus_link_config {
    * none for plain TCP. Each side presents its certificate and requires the peer's to be
    * signed by the CA. Both ends of a link must agree. */
   const char *tls_cert, *tls_key, *tls_ca;
+  /* This node's incarnation (the token of its node id's lease, docs/cluster.md), sent in
+   * every HELLO (payload: 8 bytes, little-endian) for the peer's check_peer; 0: none. */
+  uint64_t node_inc;
 } bus_link_config_t;
 
 /* Callbacks; any may be NULL except on_frames and on_overflow. ud is bus_link_ud(l). */
@@ -78,6 +81,12 @@ typedef struct bus_link_cbs {
   void (*on_overflow)(bus_link_t *l, void *ud, bus_msg_t *m);
   /* bus_link_writable changed (high / low watermark crossed). */
   void (*on_writable)(bus_link_t *l, void *ud, int writable);
+  /* At each HELLO from the peer (both sides), before anything changes: NULL accepts it,
+   * else the reason it is refused: the connection is closed (logged with the reason),
+   * the link, its queue and any connection already up for that node stay as they are; a
+   * client retries with back-off. peer_node_inc: the peer's cfg.node_inc (0 when it sent
+   * none: an older version). NULL: every HELLO is accepted. */
+  const char *(*check_peer)(void *ud, uint16_t peer_node, uint8_t peer_role, uint64_t peer_node_inc);
 } bus_link_cbs_t;
 
 typedef struct bus_link_stats {
@@ -118,6 +127,8 @@ uint16_t bus_link_peer(const bus_link_t *l);
 /* In on_up: 1 when the peer is a new incarnation of the one this link talked to before
  * (the peer process restarted); its frames follow on_up. */
 int bus_link_peer_restarted(const bus_link_t *l);
+/* The peer's node incarnation from its last accepted HELLO (0: none sent). */
+uint64_t bus_link_peer_node_inc(const bus_link_t *l);
 void *bus_link_ud(const bus_link_t *l);
 void bus_link_set_ud(bus_link_t *l, void *ud);
 void bus_link_get_stats(const bus_link_t *l, bus_link_stats_t *st);

@@ -11,6 +11,7 @@
 #include "common/alloc.h"
 #include "common/bus_link.h"
 #include "common/credis.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/shardmap.h"
 #include "common/stanza.h"
@@ -286,7 +287,30 @@ static void on_writable(bus_link_t *l, void *ud, int writable) {
     if (c->peers[i].out == l) set_blocked(c, &c->peers[i], !writable);
 }
 
-static const bus_link_cbs_t link_cbs = {on_up, on_down, on_frames, on_overflow, on_writable};
+/* Node ids are leases (docs/cluster.md): a HELLO is accepted from the incarnation that
+ * holds the id in this node's last view of the registry, never from another process
+ * claiming the same id, whose link would replace the live node's and end its sessions
+ * as a "restart". A view can be stale (the peer just took over its id after the old
+ * holder's lease ran out, or just joined): the registry is read again at once, and the
+ * peer's next attempt (back-off from 100 ms) meets the fresh view. */
+static const char *check_peer(void *ud, uint16_t node, uint8_t role, uint64_t node_inc) {
+  cluster_t *c = ud;
+  static __thread char why[160];
+  if (!node_inc) return NULL; /* an older version sends none: not checked (rolling upgrade) */
+  peer_t *p = find_peer(c, node);
+  if (p && p->info.incarnation == node_inc) return NULL;
+  credis_poll(c->redis);
+  if (p)
+    snprintf(why, sizeof why, "incarnation %llx does not hold node id %u (incarnation %llx at %s:%d does)",
+             (unsigned long long)node_inc, node, (unsigned long long)p->info.incarnation, p->info.host,
+             p->info.bus_port);
+  else
+    snprintf(why, sizeof why, "incarnation %llx: node id %u is not in the registry (yet)",
+             (unsigned long long)node_inc, node);
+  return why;
+}
+
+static const bus_link_cbs_t link_cbs = {on_up, on_down, on_frames, on_overflow, on_writable, check_peer};
 
 /* ---- membership and the shard map ---- */
 
@@ -412,6 +436,11 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
       old->restart_done = 0;
       if (x->role & ROLE_ROUTER) restarted = x->id;
       old->info.incarnation = x->incarnation;
+      /* the link it dialled, if still up, is the old incarnation's: it goes (and its
+       * process, if alive, is refused from now on: check_peer) */
+      bus_link_t *in = c->listener ? bus_listener_link(c->listener, x->id) : NULL;
+      if (in && bus_link_is_up(in) && bus_link_peer_node_inc(in) && bus_link_peer_node_inc(in) != x->incarnation)
+        bus_link_reset(in);
     }
     if (old && (strcmp(old->info.host, x->host) != 0 || old->info.bus_port != x->bus_port)) {
       /* it came back at another address (e.g. bus_port = 0): a new link there first, so
@@ -483,6 +512,19 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   for (size_t i = 0; i < np; i++)
     if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
   xfree(pv);
+}
+
+/* Our lease on the node id is gone: another incarnation holds it (docs/cluster.md, "Node
+ * ids are leases"). Fighting for it would make the others see "restarts" back and forth
+ * and end sessions each time: this node stops serving (exit status 2). */
+static void on_lost(void *ud, const credis_node_t *holder) {
+  cluster_t *c = ud;
+  if (c->stopping || c->refused) return;
+  log_error("cluster: node id %u is now held by another process (incarnation %llx at %s:%d): this node lost its "
+            "lease and stops serving",
+            c->bus->node, (unsigned long long)holder->incarnation, holder->host, holder->bus_port);
+  c->refused = 1;
+  uv_kill(uv_os_getpid(), SIGTERM); /* the main thread's orderly shutdown */
 }
 
 static void on_redis_state(void *ud, int up) {
@@ -565,14 +607,31 @@ uint64_t cluster_pending(cluster_t *c) {
   return bus_queue_pending(&c->in) + __atomic_load_n(&c->npend, __ATOMIC_RELAXED);
 }
 
-cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
+static void discard(cluster_t *c) {
+  if (c->listener) bus_listener_close(c->listener);
+  uv_run(&c->loop, UV_RUN_DEFAULT); /* the listener's handles close */
+  uv_loop_close(&c->loop);
+  arena_free(&c->arena);
+  xfree(c);
+}
+
+void cluster_discard(cluster_t *c) {
+  if (!c) return;
+  credis_unclaim(c->cfg->cluster_redis, c->cfg->cluster_name, &c->self);
+  discard(c);
+}
+
+cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int *held) {
+  *held = 0;
   cluster_t *c = xcalloc(1, sizeof *c);
   c->cfg = cfg;
-  c->bus = bus;
   c->role = role;
   arena_init(&c->arena);
   uv_loop_init(&c->loop);
+  uv_random(NULL, NULL, &c->self.incarnation, sizeof c->self.incarnation, 0, NULL);
+  c->self.incarnation |= 1; /* never 0: "none" in a HELLO */
   bus_link_config_default(&c->lcfg);
+  c->lcfg.node_inc = c->self.incarnation;
   c->lcfg.heartbeat_ms = (uint32_t)cfg->heartbeat_ms;
   c->lcfg.max_wait_ms = (uint32_t)cfg->link_max_wait_ms;
   if (cfg->bus_tls_cert[0]) {
@@ -580,7 +639,47 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
     c->lcfg.tls_key = cfg->bus_tls_key;
     c->lcfg.tls_ca = cfg->bus_tls_ca;
   }
-  bus->node = (uint16_t)cfg->cluster_node;
+  uint16_t node = (uint16_t)cfg->cluster_node;
+  /* listening now (for the port it registers); links are accepted once the thread runs */
+  c->listener = bus_listener_new(&c->loop, cfg->bus_addr, cfg->bus_port, node, (uint8_t)role, &c->lcfg,
+                                 &link_cbs, c);
+  if (!c->listener) {
+    log_error("cluster: cannot accept bus links on %s:%d", cfg->bus_addr, cfg->bus_port);
+    discard(c);
+    return NULL;
+  }
+  c->self.id = node;
+  c->self.role = (uint8_t)role;
+  c->self.workers = (uint16_t)bus->nworkers;
+  c->self.shards = bus->nshards;
+  snprintf(c->self.host, sizeof c->self.host, "%s", cfg->bus_advertise[0] ? cfg->bus_advertise : cfg->bus_addr);
+  c->self.bus_port = bus_listener_port(c->listener);
+  /* the node id is a lease: ours before this node accepts a client or a link */
+  credis_node_t holder;
+  char *err = NULL;
+  int rc = credis_claim(cfg->cluster_redis, cfg->cluster_name, &c->self, (uint32_t)cfg->node_ttl_ms, &holder, &err);
+  if (rc == XMPP_EEXIST) {
+    log_error("cluster: node id %u is held by a live node (%s:%d, incarnation %llx): node ids are unique in a "
+              "cluster; this node refuses to start",
+              node, holder.host, holder.bus_port, (unsigned long long)holder.incarnation);
+    *held = 1;
+    discard(c);
+    return NULL;
+  }
+  if (rc != 0) {
+    log_error("cluster: cannot claim node id %u: %s", node, err ? err : "?");
+    xfree(err);
+    discard(c);
+    return NULL;
+  }
+  log_info("cluster: node id %u claimed (incarnation %llx)", node, (unsigned long long)c->self.incarnation);
+  return c;
+}
+
+int cluster_start(cluster_t *c, bus_t *bus) {
+  const xmpp_config_t *cfg = c->cfg;
+  c->bus = bus;
+  bus->node = c->self.id;
   bus->owner = xcalloc(bus->nshards, sizeof *bus->owner);
   c->map = xcalloc(bus->nshards, sizeof *c->map);
   bus->cluster = c;
@@ -592,33 +691,20 @@ cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role) {
   uv_timer_init(&c->loop, &c->tick);
   c->tick.data = c;
   uv_timer_start(&c->tick, tick_cb, TICK_MS, TICK_MS);
-  c->listener = bus_listener_new(&c->loop, cfg->bus_addr, cfg->bus_port, bus->node, (uint8_t)role, &c->lcfg,
-                                 &link_cbs, c);
-  if (!c->listener) {
-    log_error("cluster: cannot accept bus links on %s:%d", cfg->bus_addr, cfg->bus_port);
-    return NULL;
-  }
-  static const credis_cbs_t rcbs = {on_redis_state, on_nodes};
+  static const credis_cbs_t rcbs = {on_redis_state, on_nodes, on_lost};
   c->redis = credis_new(&c->loop, cfg->cluster_redis, cfg->cluster_name, &rcbs, c);
   if (!c->redis) {
     log_error("cluster: bad cluster.redis address '%s'", cfg->cluster_redis);
-    return NULL;
+    return -1;
   }
-  c->self.id = bus->node;
-  c->self.role = (uint8_t)role;
-  c->self.workers = (uint16_t)bus->nworkers;
-  c->self.shards = bus->nshards;
-  uv_random(NULL, NULL, &c->self.incarnation, sizeof c->self.incarnation, 0, NULL);
-  snprintf(c->self.host, sizeof c->self.host, "%s", cfg->bus_advertise[0] ? cfg->bus_advertise : cfg->bus_addr);
-  c->self.bus_port = bus_listener_port(c->listener);
   credis_register(c->redis, &c->self, (uint32_t)cfg->heartbeat_ms, (uint32_t)cfg->node_ttl_ms);
   if (uv_thread_create(&c->thread, thread_main, c) != 0) {
     log_error("cluster: cannot start its thread");
-    return NULL;
+    return -1;
   }
   log_info("cluster: node %u (%s) in cluster '%s', bus links on %s:%d, Redis %s", bus->node, cfg->cluster_role,
            cfg->cluster_name, c->self.host, c->self.bus_port, cfg->cluster_redis);
-  return c;
+  return 0;
 }
 
 void cluster_leave(cluster_t *c) { uv_async_send(&c->leave); }

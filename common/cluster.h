@@ -21,18 +21,28 @@
 #include "common/bus.h"
 #include "common/config.h"
 
-/* Sets up the bus for a cluster node (bus->node, bus->owner, bus->cluster) and starts
- * the listener, Redis and the thread. Call after the local queues exist (router_create,
- * edge_create) and before they run. NULL (logged) on failure. */
-cluster_t *cluster_start(const xmpp_config_t *cfg, bus_t *bus, int role);
+/* A cluster node, before anything else of the process serves: opens the bus listener
+ * and claims the node id's lease in Redis (BLOCKING: waits for Redis, and for the lease
+ * of a dead previous holder to run out; docs/cluster.md "Node ids are leases"). bus:
+ * its nworkers and nshards (registered). NULL (logged) on failure, with *held = 1 when a
+ * live node holds the id (the process should exit with status 2). Main thread. */
+cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int *held);
+/* A node from cluster_new that will not start after all (another part of the process
+ * could not): gives the node id back and frees it. NULL-safe. Main thread. */
+void cluster_discard(cluster_t *c);
+/* Sets up the bus for the node (bus->node, bus->owner, bus->cluster) and starts Redis
+ * (registry heartbeats: the lease's refresh) and the thread. Call after the local queues
+ * exist (router_create, edge_create) and before they run. -1 (logged) on failure. */
+int cluster_start(cluster_t *c, bus_t *bus);
 /* Frames waiting in the cluster thread's input queue (for bus_quiesce). */
 uint64_t cluster_pending(cluster_t *c);
 /* A router node about to stop: leaves the registry and its own shard map now, so its
  * sessions are handed over and the others stop sending to it; keep the node running for
  * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */
 void cluster_leave(cluster_t *c);
-/* 1 when this node refused to join (its server.shards differs from the live nodes'): it
- * has asked the process to stop, which should then exit with status 2. */
+/* 1 when this node refused to join (its server.shards differs from the live nodes'), or
+ * lost its node id's lease to another process: it has asked the process to stop, which
+ * should then exit with status 2. */
 int cluster_refused(const cluster_t *c);
 /* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
 void cluster_stop(cluster_t *c);

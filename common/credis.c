@@ -51,6 +51,7 @@
 
 #include "common/alloc.h"
 #include "common/credis.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/redis_addr.h"
 
@@ -62,7 +63,11 @@
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
-enum { SC_POLL, SC_SHARDMAP, SC_COUNT };
+enum { SC_POLL, SC_SHARDMAP, SC_LEASE, SC_RELEASE, SC_COUNT };
+
+/* The incarnation is the third field of a node key's value ("role workers incarnation
+ * host port shards"): the token of the node id's lease. */
+#define LUA_HOLDER "string.match(v, '^%S+ %S+ (%S+)')"
 
 static const char *const script_text[SC_COUNT] = {
     /* KEYS: node set. ARGV: node key prefix -> {"id value", ...} of the live nodes */
@@ -79,6 +84,18 @@ static const char *const script_text[SC_COUNT] = {
                     "  local e = tonumber(string.match(cur, '^(%d+) ')) "
                     "  if e and e > tonumber(ARGV[1]) then return 0 end "
                     "end redis.call('SET', KEYS[1], ARGV[2]) return 1",
+    /* The heartbeat's refresh of the node id's lease, a compare-and-set on the token.
+     * KEYS: node key. ARGV: value, ttl ms, incarnation -> 1 (ours, refreshed; taken again
+     * if it had expired), or the value of the node that holds it now. */
+    [SC_LEASE] = "local v = redis.call('GET', KEYS[1]) "
+                 "if v and " LUA_HOLDER " ~= ARGV[3] then return v end "
+                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1",
+    /* Clean stop: the lease and the id go, only while the lease is still ours.
+     * KEYS: node key, node set. ARGV: incarnation, id -> 1 released, 0 not ours. */
+    [SC_RELEASE] = "local v = redis.call('GET', KEYS[1]) "
+                   "if v and " LUA_HOLDER " == ARGV[1] then "
+                   "  redis.call('DEL', KEYS[1]) redis.call('SREM', KEYS[2], ARGV[2]) return 1 "
+                   "end return 0",
 };
 
 /* ---- handle -------------------------------------------------------------------------- */
@@ -141,6 +158,8 @@ struct credis {
 
 static void start_connect(credis_t *r);
 static void heartbeat(credis_t *r);
+static int parse_node(const char *s, size_t len, credis_node_t *nd);
+static int cluster_ok(const char *c);
 static void retry_cb(uv_timer_t *t);
 static void finish_close(credis_t *r);
 
@@ -511,29 +530,11 @@ static credis_node_t *parse_nodes(credis_t *r, const redisReply *rep, int *count
   for (size_t i = 0; i < rep->elements; i++) {
     redisReply *e = rep->element[i];
     if (e->type != REDIS_REPLY_STRING) continue;
-    unsigned id, role, workers, shards;
-    uint64_t inc;
-    int port, used = 0;
-    char host[64];
-    /* an entry without the shard count is a node of an older version (a rolling upgrade):
-     * taken as it is, its count unknown (0) and not compared */
-    int nf = sscanf(e->str, "%u %u %u %" SCNu64 " %63s %d%n %u%n", &id, &role, &workers, &inc, host, &port,
-                    &used, &shards, &used);
-    if (nf == 6) shards = 0;
-    if (nf < 6 || (size_t)used != e->len || id < 1 || id > 65535 || role > 255 || workers > 65535 ||
-        port < 0 || port > 65535 || (nf == 7 && shards < 1)) {
-      log_debug("redis %s: registry: skipping malformed entry '%.*s'", r->name, (int)e->len,
-                e->str);
+    if (parse_node(e->str, e->len, &nodes[n]) != 0) {
+      log_debug("redis %s: registry: skipping malformed entry '%.*s'", r->name, (int)e->len, e->str);
       continue;
     }
-    credis_node_t *nd = &nodes[n++];
-    nd->id = (uint16_t)id;
-    nd->role = (uint8_t)role;
-    nd->workers = (uint16_t)workers;
-    nd->incarnation = inc;
-    snprintf(nd->host, sizeof nd->host, "%s", host);
-    nd->bus_port = port;
-    nd->shards = shards;
+    n++;
   }
   qsort(nodes, (size_t)n, sizeof *nodes, cmp_node);
   *count = n;
@@ -566,20 +567,81 @@ void credis_nodes_get(credis_t *r, credis_nodes_cb cb, void *ud) {
   if (send_script(r, c, 0) != 0) defer_fail(r, c);
 }
 
-/* SET self PX ttl, SADD, poll: one write. */
+/* The value of a node's key: "role workers incarnation host port shards" (white space in
+ * the host would break the fields: replaced). */
+static void node_value(const credis_node_t *n, char *out, size_t cap) {
+  char host[sizeof n->host];
+  snprintf(host, sizeof host, "%s", n->host[0] ? n->host : "-");
+  for (char *p = host; *p; p++)
+    if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') *p = '_';
+  snprintf(out, cap, "%u %u %" PRIu64 " %s %d %u", n->role, n->workers, n->incarnation, host, n->bus_port, n->shards);
+}
+
+/* One "id role workers incarnation host port shards" entry (a poll's) into *nd; 0 or -1. */
+static int parse_node(const char *s, size_t len, credis_node_t *nd) {
+  unsigned id, role, workers, shards;
+  uint64_t inc;
+  int port, used = 0;
+  char host[64];
+  /* an entry without the shard count is a node of an older version (a rolling upgrade):
+   * taken as it is, its count unknown (0) and not compared */
+  int nf = sscanf(s, "%u %u %u %" SCNu64 " %63s %d%n %u%n", &id, &role, &workers, &inc, host, &port, &used,
+                  &shards, &used);
+  if (nf == 6) shards = 0;
+  if (nf < 6 || (size_t)used != len || id < 1 || id > 65535 || role > 255 || workers > 65535 || port < 0 ||
+      port > 65535 || (nf == 7 && shards < 1))
+    return -1;
+  nd->id = (uint16_t)id;
+  nd->role = (uint8_t)role;
+  nd->workers = (uint16_t)workers;
+  nd->incarnation = inc;
+  snprintf(nd->host, sizeof nd->host, "%s", host);
+  nd->bus_port = port;
+  nd->shards = shards;
+  return 0;
+}
+
+/* The lease refresh's answer: another node holds this node's id now. This node has lost
+ * it: no more heartbeats (it must not fight for it), and the owner is told. */
+static void lease_done(credis_t *r, call_t *c, redisReply *rep) {
+  if (!rep || rep->type == REDIS_REPLY_INTEGER) return; /* refreshed, or no answer (Redis down) */
+  if (rep->type != REDIS_REPLY_STRING) {
+    if (is_error(rep, NULL)) log_warn("redis %s: lease: %s", r->name, rep->str);
+    return;
+  }
+  if (!r->registered) return;
+  credis_node_t holder = {0};
+  char *entry = xstrfmt("%u %.*s", r->self.id, (int)rep->len, rep->str);
+  if (parse_node(entry, strlen(entry), &holder) != 0) {
+    holder.id = r->self.id;
+    snprintf(holder.host, sizeof holder.host, "?");
+  }
+  xfree(entry);
+  r->registered = 0;
+  uv_timer_stop(&r->hb_timer);
+  if (r->cbs.on_lost) r->cbs.on_lost(r->ud, &holder);
+}
+
+/* Lease refresh (compare-and-set), SADD, poll: one write. */
 static void heartbeat(credis_t *r) {
   if (!r->up || !r->registered) return;
-  char val[160], px[16], id[8];
-  snprintf(val, sizeof val, "%u %u %" PRIu64 " %s %d %u", r->self.role, r->self.workers,
-           r->self.incarnation, r->self.host, r->self.bus_port, r->self.shards);
+  char val[160], px[16], id[8], inc[24];
+  node_value(&r->self, val, sizeof val);
   snprintf(px, sizeof px, "%u", r->ttl_ms);
   snprintf(id, sizeof id, "%u", r->self.id);
-  const char *sv[] = {"SET", r->k_self, val, "PX", px};
-  size_t sl[] = {3, strlen(r->k_self), strlen(val), 2, strlen(px)};
-  send_argv(r, ff_cb, r, 5, sv, sl);
+  snprintf(inc, sizeof inc, "%" PRIu64, r->self.incarnation);
+  const char *lv[] = {"1", r->k_self, val, px, inc};
+  size_t ll[] = {1, strlen(r->k_self), strlen(val), strlen(px), strlen(inc)};
+  call_t *lc = call_new(r, lease_done, SC_LEASE, 5, lv, ll);
+  if (send_script(r, lc, 0) != 0) call_free(lc);
   const char *av[] = {"SADD", r->k_all, id};
   size_t al[] = {4, strlen(r->k_all), strlen(id)};
   send_argv(r, ff_cb, r, 3, av, al);
+  credis_poll(r);
+}
+
+void credis_poll(credis_t *r) {
+  if (!r || r->closing || !r->up || !r->registered) return;
   if (r->poll_inflight) return; /* a slow Redis: one poll at a time */
   const char *pv[] = {"1", r->k_all, r->k_prefix};
   size_t pl[] = {1, strlen(r->k_all), strlen(r->k_prefix)};
@@ -609,19 +671,25 @@ void credis_register(credis_t *r, const credis_node_t *self, uint32_t heartbeat_
   heartbeat(r);
 }
 
+static void release_done(credis_t *r, call_t *c, redisReply *rep) {
+  if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 0)
+    log_info("redis %s: node id %s was not ours any more: left to its holder", r->name, c->argv[4]);
+  else if (is_error(rep, NULL))
+    log_warn("redis %s: release: %s", r->name, rep->str);
+}
+
 void credis_deregister(credis_t *r) {
   if (!r || r->closing || !r->registered) return;
   r->registered = 0;
   uv_timer_stop(&r->hb_timer);
   if (!r->up) return;
-  char id[8];
+  char id[8], inc[24];
   snprintf(id, sizeof id, "%u", r->self.id);
-  const char *dv[] = {"DEL", r->k_self};
-  size_t dl[] = {3, strlen(r->k_self)};
-  send_argv(r, ff_cb, r, 2, dv, dl);
-  const char *sv[] = {"SREM", r->k_all, id};
-  size_t sl[] = {4, strlen(r->k_all), strlen(id)};
-  send_argv(r, ff_cb, r, 3, sv, sl);
+  snprintf(inc, sizeof inc, "%" PRIu64, r->self.incarnation);
+  const char *dv[] = {"2", r->k_self, r->k_all, inc, id};
+  size_t dl[] = {1, strlen(r->k_self), strlen(r->k_all), strlen(inc), strlen(id)};
+  call_t *c = call_new(r, release_done, SC_RELEASE, 5, dv, dl);
+  if (send_script(r, c, 0) != 0) call_free(c);
 }
 
 /* ---- session directory --------------------------------------------------------------- */
@@ -755,6 +823,146 @@ void credis_shardmap_get(credis_t *r, credis_shardmap_cb cb, void *ud) {
   const char *av[] = {"GET", r->k_map};
   size_t al[] = {3, strlen(r->k_map)};
   if (send_argv(r, call_cb, c, 2, av, al) != 0) defer_fail(r, c);
+}
+
+/* ---- claiming a node id at start (blocking) ------------------------------------------ */
+
+/* A blocking connection (AUTH, SELECT done), or NULL with *why set (caller frees). */
+static redisContext *sync_connect(const redis_addr_t *a, char **why) {
+  struct timeval tv = {2, 0};
+  redisContext *c = a->unix_path ? redisConnectUnixWithTimeout(a->unix_path, tv)
+                                 : redisConnectWithTimeout(a->host, a->port, tv);
+  if (!c || c->err) {
+    *why = xstrdup(c && c->errstr[0] ? c->errstr : "cannot connect");
+    if (c) redisFree(c);
+    return NULL;
+  }
+  redisSetTimeout(c, tv);
+  redisReply *rep = NULL;
+  if (a->password) rep = redisCommand(c, "AUTH %s", a->password);
+  if (rep && rep->type == REDIS_REPLY_ERROR) *why = xstrfmt("AUTH: %s", rep->str);
+  if (rep) freeReplyObject(rep);
+  rep = NULL;
+  if (!*why && a->db) rep = redisCommand(c, "SELECT %d", a->db);
+  if (rep && rep->type == REDIS_REPLY_ERROR) *why = xstrfmt("SELECT: %s", rep->str);
+  if (rep) freeReplyObject(rep);
+  if (!*why && c->err) *why = xstrdup(c->errstr);
+  if (*why) {
+    redisFree(c);
+    return NULL;
+  }
+  return c;
+}
+
+int credis_claim(const char *addr, const char *cluster, const credis_node_t *self, uint32_t ttl_ms,
+                 credis_node_t *holder, char **err) {
+  *err = NULL;
+  memset(holder, 0, sizeof *holder);
+  if (!cluster_ok(cluster)) {
+    *err = xstrfmt("bad cluster name '%s'", cluster ? cluster : "");
+    return XMPP_EINVAL;
+  }
+  redis_addr_t a;
+  if (redis_addr_parse(&a, addr, err) != 0) return XMPP_EINVAL;
+  char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), val[160], px[16];
+  node_value(self, val, sizeof val);
+  snprintf(px, sizeof px, "%u", ttl_ms ? ttl_ms : 1);
+  redisContext *c = NULL;
+  uint32_t backoff = BACKOFF_MIN_MS;
+  int outage_logged = 0, rc = 1;
+  char *seen = NULL;  /* the holder's value when first seen */
+  long long last_pttl = 0;
+  while (rc > 0) {
+    char *why = NULL;
+    if (!c && !(c = sync_connect(&a, &why))) {
+      if (!outage_logged) log_warn("redis %s unreachable: %s; retrying (claiming node id %u)", a.shown, why, self->id);
+      outage_logged = 1;
+      xfree(why);
+      uv_sleep(backoff);
+      backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      continue;
+    }
+    if (outage_logged) log_info("redis %s back", a.shown);
+    outage_logged = 0;
+    backoff = BACKOFF_MIN_MS;
+    redisReply *rep = redisCommand(c, "SET %s %s NX PX %s", key, val, px);
+    if (!rep || c->err) { /* lost the connection: again */
+      if (rep) freeReplyObject(rep);
+      redisFree(c);
+      c = NULL;
+      continue;
+    }
+    int taken = rep->type == REDIS_REPLY_STATUS;
+    if (rep->type == REDIS_REPLY_ERROR) {
+      *err = xstrfmt("redis %s: %s", a.shown, rep->str);
+      rc = XMPP_EIO;
+    }
+    freeReplyObject(rep);
+    if (taken) rc = 0;
+    if (rc <= 0) break;
+    /* Held: by a live node, which refreshes it every heartbeat (its remaining time goes
+     * up), or by a dead one, whose lease runs out within its TTL. */
+    redisAppendCommand(c, "GET %s", key);
+    redisAppendCommand(c, "PTTL %s", key);
+    redisReply *g = NULL, *t = NULL;
+    if (redisGetReply(c, (void **)&g) != REDIS_OK || redisGetReply(c, (void **)&t) != REDIS_OK) {
+      if (g) freeReplyObject(g);
+      redisFree(c);
+      c = NULL;
+      continue;
+    }
+    long long pttl = t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
+    if (g->type == REDIS_REPLY_STRING && pttl != -2) {
+      char *entry = xstrfmt("%u %s", self->id, g->str);
+      if (parse_node(entry, strlen(entry), holder) != 0) {
+        holder->id = self->id;
+        snprintf(holder->host, sizeof holder->host, "?");
+      }
+      xfree(entry);
+      if (pttl == -1) {
+        rc = XMPP_EEXIST; /* no expiry: set by hand? never ours to take */
+      } else if (!seen) {
+        seen = xstrdup(g->str);
+        log_warn("cluster: node id %u is held by incarnation %" PRIu64 " at %s:%d (lease expires in %lld ms): "
+                 "waiting to see whether that node is alive",
+                 self->id, holder->incarnation, holder->host, holder->bus_port, pttl);
+      } else if (strcmp(seen, g->str) != 0 || pttl > last_pttl) {
+        rc = XMPP_EEXIST; /* refreshed (or taken by yet another one): alive */
+      }
+      last_pttl = pttl;
+    }
+    freeReplyObject(g);
+    freeReplyObject(t);
+    if (rc > 0) uv_sleep((unsigned)(pttl > 0 && pttl < 20 ? pttl : 20));
+  }
+  if (c) redisFree(c);
+  xfree(seen);
+  xfree(key);
+  redis_addr_free(&a);
+  return rc;
+}
+
+void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self) {
+  redis_addr_t a;
+  char *why = NULL;
+  if (!cluster_ok(cluster) || redis_addr_parse(&a, addr, &why) != 0) {
+    xfree(why);
+    return;
+  }
+  redisContext *c = sync_connect(&a, &why);
+  if (c) {
+    char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), *all = xstrfmt("%s:{nodes}:all", cluster);
+    char inc[24], id[8];
+    snprintf(inc, sizeof inc, "%" PRIu64, self->incarnation);
+    snprintf(id, sizeof id, "%u", self->id);
+    redisReply *rep = redisCommand(c, "EVAL %s 2 %s %s %s %s", script_text[SC_RELEASE], key, all, inc, id);
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    xfree(key);
+    xfree(all);
+  }
+  xfree(why);
+  redis_addr_free(&a);
 }
 
 /* ---- life ---------------------------------------------------------------------------- */

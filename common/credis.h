@@ -46,6 +46,11 @@ typedef struct credis_cbs {
    * The array lives until the callback returns. Never called while Redis is unreachable
    * (the caller keeps its last view). May be NULL. */
   void (*on_nodes)(void *ud, const credis_node_t *nodes, int n);
+  /* The node's lease on its id is lost: a heartbeat's compare-and-set found it held by
+   * another incarnation (holder: what that node registered; host "?" when unreadable).
+   * Heartbeats have stopped; the node must stop serving rather than fight for the id
+   * (docs/cluster.md, "Node ids are leases"). May be NULL. */
+  void (*on_lost)(void *ud, const credis_node_t *holder);
 } credis_cbs_t;
 
 /* addr: the syntax of storage.redis (common/redis_addr.h: HOST:PORT | [IPV6]:PORT | HOST |
@@ -55,14 +60,37 @@ typedef struct credis_cbs {
 credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs,
                      void *ud);
 
-/* Registry: from now on, every heartbeat_ms, SET the node's key with a TTL of ttl_ms (PX),
- * SADD its id to the node set, and poll the live set (then on_nodes). The first heartbeat
- * and poll go out at once when connected, else as soon as the connection is up. Calling it
- * again replaces the node and the timings. */
+/* Node ids are leases: the node key <C>:{nodes}:n:<id> is held by one incarnation at a
+ * time (its random incarnation is the token), taken with SET NX PX at start, refreshed by
+ * a compare-and-set at every heartbeat, released on a clean stop.
+ *
+ * Claims self->id before the node serves anything: BLOCKING (main thread, at start).
+ * Waits while Redis is unreachable (logged once, retried with back-off) and while the id
+ * is held by an incarnation that does not refresh it (a dead node: its lease runs out
+ * within its TTL). Returns 0 when the lease is ours (the key holds self, TTL ttl_ms);
+ * XMPP_EEXIST when a live node holds it (its lease was refreshed while we watched, or it
+ * has no expiry): *holder is what that node registered; XMPP_EINVAL / XMPP_EIO with *err
+ * (caller frees) for a bad address or an error reply. */
+int credis_claim(const char *addr, const char *cluster, const credis_node_t *self, uint32_t ttl_ms,
+                 credis_node_t *holder, char **err);
+/* Gives a claimed id back (compare-and-delete, blocking, best effort: one attempt) when
+ * the process will not serve after all (e.g. its client port is taken). */
+void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self);
+
+/* Registry: from now on, every heartbeat_ms, refresh the node's lease (the key, TTL
+ * ttl_ms, only while it holds this node's incarnation: else on_lost), SADD its id to the
+ * node set, and poll the live set (then on_nodes). The first heartbeat and poll go out at
+ * once when connected, else as soon as the connection is up. Calling it again replaces
+ * the node and the timings. */
 void credis_register(credis_t *r, const credis_node_t *self, uint32_t heartbeat_ms, uint32_t ttl_ms);
-/* Stops the heartbeats and removes this node's key and id now (clean shutdown), best
- * effort: nothing is sent while unreachable (the key then expires by its TTL). */
+/* Stops the heartbeats and removes this node's key and id now (clean shutdown), only
+ * while the lease is still this incarnation's (a compare-and-delete), best effort:
+ * nothing is sent while unreachable (the key then expires by its TTL). */
 void credis_deregister(credis_t *r);
+/* A registry poll now (then on_nodes), besides the heartbeat's: when the caller's view
+ * may be stale (a bus link from an incarnation it does not know yet). Nothing when one
+ * is in flight, Redis is unreachable or the node is not registered. */
+void credis_poll(credis_t *r);
 
 /* Session directory, written at bind / presence change / unbind. Fire-and-forget. */
 typedef struct credis_session {

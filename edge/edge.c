@@ -12,7 +12,9 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/resource.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -35,14 +37,91 @@ static void on_connection(uv_stream_t *server, int status) {
   conn_accept(th, server, server->data != NULL);
 }
 
-static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int port, int direct_tls) {
-  struct sockaddr_storage ss;
-  int rc = uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss);
-  if (rc != 0) rc = uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss);
-  if (rc != 0) {
+/* One process per address. Every edge thread binds its own socket with SO_REUSEPORT,
+ * and Linux lets ANY process of the same user join such a group: a second xmppd started
+ * by mistake on the same ports used to start happily and take half of the clients. So
+ * before binding, each address is probed once with a socket that has SO_REUSEADDR but
+ * not SO_REUSEPORT: its bind fails (EADDRINUSE) while anything listens there (our
+ * sockets or another program's), and succeeds past mere TIME_WAIT connections of a
+ * previous run (SO_REUSEADDR), so a restart is not refused. The probe is closed before
+ * our own binds; the window between the two is closed by a host-wide lock held from the
+ * first probe to the last listen(): an abstract Unix socket name (Linux; one per network
+ * namespace, like the ports themselves; released by the kernel if the process dies). */
+#define LISTEN_LOCK_NAME "xmppd-listen-lock"
+#define LISTEN_LOCK_WAIT_MS 3000
+
+static int listen_lock(void) {
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  memcpy(sun.sun_path + 1, LISTEN_LOCK_NAME, sizeof LISTEN_LOCK_NAME - 1); /* sun_path[0] = 0: abstract */
+  socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sizeof LISTEN_LOCK_NAME - 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  for (int waited = 0; bind(fd, (struct sockaddr *)&sun, sl) != 0; waited += 5) {
+    if (errno != EADDRINUSE || waited >= LISTEN_LOCK_WAIT_MS) { /* not fatal: the probe still works */
+      log_warn("listeners: no start-up lock (%s): starting without it", strerror(errno));
+      close(fd);
+      return -1;
+    }
+    uv_sleep(5); /* another xmppd is between its probe and its listen(): microseconds */
+  }
+  return fd;
+}
+
+static int parse_addr(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *sl) {
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(addr, port, (struct sockaddr_in *)ss) == 0) *sl = sizeof(struct sockaddr_in);
+  else if (uv_ip6_addr(addr, port, (struct sockaddr_in6 *)ss) == 0) *sl = sizeof(struct sockaddr_in6);
+  else {
     log_error("bad listen address %s", addr);
     return -1;
   }
+  return 0;
+}
+
+/* 0: free; EDGE_IN_USE: another process listens there (logged); -1: other error (logged). */
+#define EDGE_IN_USE 1
+static int probe_listener(const char *addr, int port) {
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (parse_addr(addr, port, &ss, &sl) != 0) return -1;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    log_error("socket: %s", strerror(errno));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int rc = bind(fd, (struct sockaddr *)&ss, sl), e = errno;
+  close(fd);
+  if (rc == 0) return 0;
+  if (e != EADDRINUSE) {
+    log_error("cannot listen on %s:%d: %s", addr, port, strerror(e));
+    return -1;
+  }
+  /* Who? A socket with SO_REUSEPORT binds beside a listener only if that one has
+   * SO_REUSEPORT too and the same user: another xmppd, most likely. */
+  int joinable = 0;
+  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    joinable = bind(fd, (struct sockaddr *)&ss, sl) == 0;
+    close(fd);
+  }
+  if (joinable)
+    log_error("cannot listen on %s:%d: another xmppd (a process of this user with SO_REUSEPORT) already "
+              "listens there; one process per address: stop it first, or choose other ports",
+              addr, port);
+  else
+    log_error("cannot listen on %s:%d: address already in use by another program", addr, port);
+  return EDGE_IN_USE;
+}
+
+/* A bound, listening SO_REUSEPORT socket for addr:port: its fd, or -1 (logged). */
+static int listen_fd(const char *addr, int port) {
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  if (parse_addr(addr, port, &ss, &sl) != 0) return -1;
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     log_error("socket: %s", strerror(errno));
@@ -51,19 +130,30 @@ static int open_listener(edge_thread_t *th, uv_tcp_t *t, const char *addr, int p
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
     log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
     close(fd);
     return -1;
   }
-  uv_tcp_init(&th->loop, t);
-  t->data = direct_tls ? (void *)1 : NULL;
-  if (uv_tcp_open(t, fd) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
-    log_error("cannot listen on %s:%d", addr, port);
-    return -1;
-  }
-  return 0;
+  return fd;
+}
+
+/* Before anything else of the edge exists: probes every configured address, then opens
+ * every thread's sockets (fds[thread * 2 + 0: STARTTLS port, 1: direct TLS], -1 where
+ * none), under the start-up lock. 0, EDGE_IN_USE or -1 (logged; nothing left open). */
+static int open_listeners(const xmpp_config_t *cfg, int nthreads, int *fds) {
+  int ports[2] = {cfg->c2s_port, cfg->c2s_tls_port};
+  for (int i = 0; i < 2 * nthreads; i++) fds[i] = -1;
+  int lock = listen_lock(), rc = 0;
+  for (int p = 0; p < 2 && rc == 0; p++)
+    if (ports[p] && (p == 0 || ports[p] != ports[0])) rc = probe_listener(cfg->c2s_addr, ports[p]);
+  for (int i = 0; i < 2 * nthreads && rc == 0; i++)
+    if (ports[i % 2] && (fds[i] = listen_fd(cfg->c2s_addr, ports[i % 2])) < 0) rc = -1;
+  if (lock >= 0) close(lock);
+  if (rc != 0)
+    for (int i = 0; i < 2 * nthreads; i++)
+      if (fds[i] >= 0) close(fds[i]);
+  return rc;
 }
 
 static void close_cb_noop(uv_handle_t *h) {}
@@ -130,7 +220,15 @@ static void thread_main(void *arg) {
   tls_thread_cleanup();
 }
 
-edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
+edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
+  if (in_use) *in_use = 0;
+  int *fds = xcalloc(2 * (size_t)bus->nedges + 2, sizeof *fds);
+  int rc = open_listeners(cfg, bus->nedges, fds);
+  if (rc != 0) {
+    if (in_use) *in_use = rc == EDGE_IN_USE;
+    xfree(fds);
+    return NULL;
+  }
   edge_t *e = xcalloc(1, sizeof *e);
   e->cfg = cfg;
   e->bus = bus;
@@ -146,6 +244,9 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
       log_error("TLS: %s", err);
       xfree(err);
       xfree(e);
+      for (int i = 0; i < 2 * bus->nedges; i++)
+        if (fds[i] >= 0) close(fds[i]);
+      xfree(fds);
       return NULL;
     }
   }
@@ -172,11 +273,17 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
       xfree(err);
       return NULL;
     }
-    if (cfg->c2s_port && open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_port, 0))
-      return NULL;
-    if (cfg->c2s_tls_port &&
-        open_listener(th, &th->listeners[th->nlisteners++], cfg->c2s_addr, cfg->c2s_tls_port, 1))
-      return NULL;
+    for (int p = 0; p < 2; p++) {
+      if (fds[2 * i + p] < 0) continue;
+      uv_tcp_t *t = &th->listeners[th->nlisteners++];
+      uv_tcp_init(&th->loop, t);
+      t->data = p == 1 ? (void *)1 : NULL; /* direct TLS */
+      if (uv_tcp_open(t, fds[2 * i + p]) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
+        log_error("cannot listen on %s:%d", cfg->c2s_addr, p ? cfg->c2s_tls_port : cfg->c2s_port);
+        return NULL;
+      }
+      fds[2 * i + p] = -1;
+    }
     conn_thread_init(th);
     sasl_thread_init(th);
     uv_timer_init(&th->loop, &th->sweep);
@@ -187,6 +294,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus) {
     snprintf(qname, sizeof qname, "edge%d", i);
     bus_queue_attach(bus, &bus->edge_q[i], &th->loop, edge_bus_cb, th, qname);
   }
+  xfree(fds);
   return e;
 }
 

@@ -14,8 +14,11 @@ typedef struct edge edge_t;
 
 /* Creates the threads' loops, listening sockets and TLS context; registers each thread's
  * bus queue in bus->edge_q (which must have bus->nedges entries). Threads do not run
- * yet. Returns NULL with a logged reason on failure. Main thread. */
-edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus);
+ * yet. Returns NULL with a logged reason on failure, and *in_use = 1 (may be NULL) when
+ * the reason is that another process (another xmppd, or any program) already listens on
+ * a configured address: one process per address (edge.c, "One process per address").
+ * Main thread. */
+edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use);
 int edge_start(edge_t *e);
 /* Phase one of stopping (returns at once): stop accepting, send <system-shutdown/> to
  * every stream and end the sessions (routers get SESSION_CLOSE frames). */

@@ -42,7 +42,7 @@ static void on_state(void *ud, int up) {
 
 void dir_open(worker_t *w) {
   if (!w->cfg->cluster_node) return;
-  static const credis_cbs_t cbs = {on_state, NULL};
+  static const credis_cbs_t cbs = {on_state, NULL, NULL};
   w->dir = credis_new(&w->loop, w->cfg->cluster_redis, w->cfg->cluster_name, &cbs, w);
 }
 

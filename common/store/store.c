@@ -10,7 +10,13 @@
  * the caller's feet). Other handles, even on the same database, may be used freely. */
 #include "common/store/store.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -374,4 +380,56 @@ int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *cons
       (nnever && !never) || bad_strs(always, nalways) || bad_strs(never, nnever))
     return XMPP_EINVAL;
   return s->ops->mam_prefs_set(s->be, bare, dflt, always, nalways, never, nnever);
+}
+
+/* ---- the server's claim on a store (store.h) ---- */
+
+struct store_claim {
+  int fd;
+};
+
+int store_claim(const char *backend, const char *path, store_claim_t **out, char **err) {
+  *out = NULL;
+  if (err) *err = NULL;
+  if (!backend || strcmp(backend, "sqlite") != 0 || !path || !*path || strcmp(path, ":memory:") == 0 ||
+      strncmp(path, "file:", 5) == 0)
+    return 0;
+  char *lp = xstrfmt("%s.lock", path);
+  int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    if (err) *err = xstrfmt("cannot open the lock file %s: %s", lp, strerror(errno));
+    xfree(lp);
+    return XMPP_EIO;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char pid[32] = "";
+    ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+    pid[n > 0 ? n : 0] = '\0';
+    pid[strcspn(pid, "\n")] = '\0';
+    if (err)
+      *err = e == EWOULDBLOCK
+                 ? xstrfmt("storage %s is in use by another xmppd (pid %s, lock file %s): one server process per "
+                           "store; stop it first (xmppctl may use the store meanwhile)",
+                           path, pid[0] ? pid : "?", lp)
+                 : xstrfmt("cannot lock %s: %s", lp, strerror(e));
+    close(fd);
+    xfree(lp);
+    return e == EWOULDBLOCK ? XMPP_EDENIED : XMPP_EIO;
+  }
+  xfree(lp);
+  char pid[32];
+  int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) { /* informative only */
+  }
+  store_claim_t *c = xcalloc(1, sizeof *c);
+  c->fd = fd;
+  *out = c;
+  return 0;
+}
+
+void store_claim_release(store_claim_t *c) {
+  if (!c) return;
+  close(c->fd); /* releases the flock */
+  xfree(c);
 }

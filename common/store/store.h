@@ -49,6 +49,19 @@ typedef void (*store_account_cb)(const char *bare_jid, void *ud);
 store_t *store_open(const char *backend, const char *path, char **err);
 void store_close(store_t *s);
 
+/* The server's claim on a store, held for the process's life: one xmppd per SQLite file.
+ * SQLite: an exclusive flock(2) on the sidecar file PATH.lock (created if needed, left in
+ * place; it holds the holder's pid), never on the database itself, whose POSIX locks are
+ * SQLite's. It does not keep anyone from USING the store: xmppctl opens the database
+ * while the server runs, without the claim. The kernel releases it when the process
+ * ends, however it ends (kill -9 included). Redis ("redis"), ":memory:" and "file:" URIs:
+ * no claim (a cluster's node ids are leases in Redis instead: docs/cluster.md); 0 with
+ * *out = NULL. Returns 0; XMPP_EDENIED with *err naming the holder's pid when another
+ * process holds it; XMPP_EIO with *err when the lock file cannot be opened. Main thread. */
+typedef struct store_claim store_claim_t;
+int store_claim(const char *backend, const char *path, store_claim_t **out, char **err);
+void store_claim_release(store_claim_t *c); /* NULL-safe */
+
 int store_account_get(store_t *s, const char *bare, store_account_t *out); /* XMPP_ENOENT */
 /* Reads n accounts at once: rcs[i] is store_account_get's result for bares[i] (0,
  * XMPP_ENOENT, XMPP_EIO...) and out[i] its account. Redis: ONE pipelined round trip for

@@ -920,5 +920,187 @@ class ShardCountMismatchTest(unittest.TestCase):
             stop_all(redis, (odd, edge, router))
 
 
+def bus_hello(node, role, node_inc, link_inc):
+    """A bus link HELLO (common/bus_frame.h, docs/cluster.md "Wire format") from node id
+    `node` claiming node incarnation node_inc (8 bytes LE payload)."""
+    import struct
+    body = struct.pack("<HHQHHQ", node, role, link_inc, 0, 1, 0)  # src; dst.thread = BUS_LINK_PROTO
+    body += b"\x00\x00\x00"  # from, to: empty; arg 0 (zigzag varint)
+    body += struct.pack("<Q", node_inc)
+    return struct.pack("<BBHI", 1, 9, 0, len(body)) + body
+
+
+class NodeIdLeaseTest(unittest.TestCase):
+    """Node ids are leases in Redis (docs/cluster.md, "Node ids are leases"). Seen before:
+    a second node started with a live edge's id (other ports) made the routers log "node
+    restarted" many times a second, each time ending all of that id's sessions, and
+    acknowledged messages were lost. Now: that node refuses to start (exit status 2,
+    naming the holder); a bus link from another incarnation of a live id is refused;
+    the live node's clients chat on, every message delivered exactly once; once the live
+    node dies (SIGKILL), its id can be taken when its lease runs out."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.router = Node(cls.redis, 1, "router")
+        cls.edge = Node(cls.redis, 11, "edge")
+        cls.others = []
+        for u in ("alice", "bob"):
+            cls.edge.adduser(f"{u}@localhost", "pw")
+        cls.router.start()
+        cls.edge.start()
+        deadline = time.time() + 10
+        while "1 routers," not in cls.edge.log_text() and time.time() < deadline:
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_all(cls.redis, [cls.edge, cls.router] + cls.others)
+
+    def chat_through(self, action):
+        """alice sends bob a numbered message every 10 ms on the live edge while action()
+        runs (in a thread); then every one must have arrived exactly once, in order."""
+        async def go():
+            a = await login(self.edge, "alice@localhost/a")
+            b = await login(self.edge, "bob@localhost/b")
+            sent = 0
+            stop = False
+
+            async def sender():
+                nonlocal sent
+                while not stop:
+                    a.send_message(mto="bob@localhost/b", mbody=f"m{sent}", mtype="chat")
+                    sent += 1
+                    await asyncio.sleep(0.01)
+            t = asyncio.create_task(sender())
+            await asyncio.sleep(0.2)
+            result = await asyncio.get_running_loop().run_in_executor(None, action)
+            await asyncio.sleep(0.2)
+            stop = True
+            await t
+            a.send_message(mto="bob@localhost/b", mbody="end", mtype="chat")
+            got = []
+            while True:
+                try:
+                    m = await b.next_message(BOUND_S, pred=lambda m: m["body"] == "end" or m["body"].startswith("m"))
+                except asyncio.TimeoutError:
+                    self.fail(f"{sent} sent, {len(got)} delivered, then nothing; router log:\n"
+                              + "\n".join(self.router.log_text().splitlines()[-6:]))
+                if m["body"] == "end":
+                    break
+                got.append(m["body"])
+            self.assertGreater(sent, 20)
+            self.assertEqual(got, [f"m{i}" for i in range(sent)],
+                             f"{sent} sent, {len(got)} delivered, {len(set(got))} distinct")
+            await a.close()
+            await b.close()
+            return result
+        return run(go())
+
+    def test_1_second_node_with_a_live_id_refused(self):
+        impostor = Node(self.redis, 11, "edge")  # same id, its own ports
+        self.others.append(impostor)
+
+        def start_it():
+            try:
+                impostor.start()
+            except RuntimeError:
+                pass  # exited before listening: what we want
+            try:
+                return impostor.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                return None
+        rc = self.chat_through(start_it)
+        self.assertEqual(rc, 2, "the second node 11 started:\n" + impostor.log_text()[-3000:])
+        self.assertIn(f"node id 11 is held by a live node (127.0.0.1:{self.edge.bus_port}", impostor.log_text())
+        log = self.router.log_text()
+        self.assertNotIn("restarted", log)
+        self.assertNotIn("node 11 is down", log)
+        self.assertTrue(self.edge.alive())
+
+    def test_2_bus_link_from_another_incarnation_refused(self):
+        def impostor_hello():
+            s = socket.create_connection(("127.0.0.1", self.router.bus_port), timeout=5)
+            s.sendall(bus_hello(11, 1, 0x1234567, 0x7777777))
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            s.close()
+            return data
+        answer = self.chat_through(impostor_hello)
+        self.assertEqual(answer, b"", "the router answered the impostor's HELLO")
+        log = self.router.log_text()
+        self.assertIn("node 11 refused: incarnation 1234567 does not hold node id 11", log)
+        self.assertNotIn("restarted", log)
+        self.assertNotIn("node 11 is down", log)
+
+    def test_3_id_of_a_killed_node_taken_once_its_lease_ran_out(self):
+        old = self.edge
+        old.kill9()
+        new = Node(self.redis, 11, "edge")
+        self.__class__.edge = self.edge = new
+        t0 = time.monotonic()
+        new.start()
+        took = time.monotonic() - t0
+        self.assertIn("waiting to see whether that node is alive", new.log_text())
+        self.assertLess(took, BOUND_S)
+
+        async def go():
+            a = await login(new, "alice@localhost/a3")
+            b = await login(new, "bob@localhost/b3")
+            a.send_message(mto="bob@localhost/b3", mbody="on the new node 11", mtype="chat")
+            await expect_body(b, "on the new node 11", timeout=BOUND_S)
+            await a.close()
+            await b.close()
+        run(go())
+
+    def test_4_node_that_lost_its_lease_stops_serving(self):
+        """Another process holds node 11's lease now (written here by hand, as a process
+        that took the id while this one was cut off from Redis would have): the edge must
+        stop serving (exit status 2), not fight for the id, and leave the lease alone."""
+        edge = self.edge
+        key = "it:{nodes}:n:11"
+        self.assertTrue(resp(self.redis.port, "GET", key).startswith(b"$"))
+        resp(self.redis.port, "SET", key, "1 0 999 127.0.0.1 9 4096", "PX", "60000")
+        try:
+            rc = edge.proc.wait(BOUND_S)
+        except subprocess.TimeoutExpired:
+            self.fail("the edge kept serving without its lease:\n" + edge.log_text()[-2000:])
+        edge.log.close()
+        self.assertEqual(rc, 2, edge.log_text()[-2000:])
+        self.assertIn("node id 11 is now held by another process (incarnation 3e7 at 127.0.0.1:9)", edge.log_text())
+        self.assertIn(b"1 0 999 127.0.0.1 9 4096", resp(self.redis.port, "GET", key))
+
+    def test_5_node_refused_for_its_client_port_gives_its_id_back(self):
+        """An edge whose client port another program holds refuses to start (exit 2)
+        after it claimed its node id: the id is given back at once, not held for a TTL."""
+        node = Node(self.redis, 13, "edge")
+        self.others.append(node)
+        s = socket.socket()
+        s.bind(("127.0.0.1", node.port))
+        s.listen(1)
+        try:
+            try:
+                node.start()
+            except RuntimeError:
+                pass
+            rc = node.proc.wait(BOUND_S)
+        finally:
+            s.close()
+        node.log.close()
+        self.assertEqual(rc, 2, node.log_text()[-2000:])
+        self.assertIn("node id 13 claimed", node.log_text())
+        self.assertIn(f"cannot listen on 127.0.0.1:{node.port}: address already in use by another program",
+                      node.log_text())
+        self.assertEqual(resp(self.redis.port, "EXISTS", "it:{nodes}:n:13"), b":0\r\n")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -158,7 +158,7 @@ static void on_writable(bus_link_t *l, void *ud, int w) {
   if (w) produce(s, l);
 }
 
-static const bus_link_cbs_t CBS = {on_up, on_down, on_frames, on_overflow, on_writable};
+static const bus_link_cbs_t CBS = {on_up, on_down, on_frames, on_overflow, on_writable, NULL};
 
 /* Sides live in a static pool, not on the test's stack: when an assertion fails,
  * Criterion leaves the test function while the loop still holds pointers to them. */
@@ -513,6 +513,55 @@ Test(bus_link, server_keeps_queue_for_reconnecting_client) {
   cr_assert_eq(cli2->errors, 0);
   cr_assert_eq(srv->link, sl, "the same link object for the same peer node");
   cr_assert_eq(srv->ups, 2);
+  bus_link_close(l);
+  bus_listener_close(ls);
+}
+
+/* Node ids are leases (docs/cluster.md): the owner's check_peer sees the peer's node
+ * incarnation in its HELLO before anything changes; a refused HELLO closes only its own
+ * connection: the link already up from the holder of that node id stays up, its frames
+ * keep flowing, and the owner never hears of the impostor (no on_up, no on_down). */
+static uint64_t g_accepted_inc;
+static int g_checks;
+static uint64_t g_checked_inc;
+static const char *check_inc(void *ud, uint16_t node, uint8_t role, uint64_t inc) {
+  g_checks++;
+  g_checked_inc = inc;
+  return inc == g_accepted_inc ? NULL : "not the holder";
+}
+
+Test(bus_link, hello_from_another_incarnation_refused_live_link_kept) {
+  bus_link_config_t cfg = test_cfg(), live_cfg = test_cfg(), imp_cfg = test_cfg();
+  live_cfg.node_inc = 0x1111;
+  imp_cfg.node_inc = 0x2222;
+  g_accepted_inc = 0x1111;
+  g_checks = 0;
+  bus_link_cbs_t scbs = CBS;
+  scbs.check_peer = check_inc;
+  side_t *srv = side_new("server", size_small);
+  side_t *live = side_new("live", size_small);
+  side_t *imp = side_new("impostor", size_small);
+  bus_listener_t *ls = bus_listener_new(&loop, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &cfg, &scbs, srv);
+  cr_assert_not_null(ls);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &live_cfg, &CBS, live);
+  RUN_UNTIL(srv->ups && live->ups, 2000);
+  cr_assert_eq(g_checked_inc, 0x1111, "the HELLO carries the node incarnation");
+  cr_assert_eq(bus_link_peer_node_inc(srv->link), 0x1111);
+  /* another process claiming node id 2 */
+  int checks = g_checks;
+  bus_link_t *il = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &imp_cfg, &CBS, imp);
+  RUN_UNTIL(g_checks >= checks + 3, 3000); /* it keeps trying, with back-off */
+  cr_assert_geq(g_checks, checks + 3);
+  cr_assert_eq(g_checked_inc, 0x2222);
+  cr_assert_eq(imp->ups, 0);
+  cr_assert_eq(srv->ups, 1, "the server's owner never saw the impostor");
+  cr_assert_eq(srv->downs, 0, "the live node's connection was not replaced");
+  live->to_send = 500;
+  produce(live, l);
+  RUN_UNTIL(srv->received == 500, 3000);
+  cr_assert_eq(srv->received, 500);
+  cr_assert_eq(srv->errors, 0);
+  bus_link_close(il);
   bus_link_close(l);
   bus_listener_close(ls);
 }

@@ -16,6 +16,7 @@
 
 #include "common/alloc.h"
 #include "common/credis.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "tests/unit/support/redis_server.h"
 
@@ -87,6 +88,8 @@ typedef struct obs {
   credis_node_t nodes[16];
   int n;
   credis_t *close_on_nodes; /* credis_close from inside on_nodes */
+  int lost;
+  credis_node_t holder;     /* on_lost's */
 } obs_t;
 
 static void on_state(void *ud, int up) {
@@ -108,7 +111,13 @@ static void on_nodes(void *ud, const credis_node_t *nodes, int n) {
   }
 }
 
-static const credis_cbs_t g_cbs = {on_state, on_nodes};
+static void on_lost(void *ud, const credis_node_t *holder) {
+  obs_t *o = ud;
+  o->lost++;
+  o->holder = *holder;
+}
+
+static const credis_cbs_t g_cbs = {on_state, on_nodes, on_lost};
 
 static credis_t *open_r(obs_t *o) {
   credis_t *r = credis_new(&g_loop, g_addr, CLUSTER, &g_cbs, o);
@@ -279,6 +288,127 @@ Test(credis, close_from_on_nodes) {
   cr_assert_eq(o.polls, 1, "no callback after credis_close");
   cr_assert_eq(o.downs, 0);
   finish_loop();
+}
+
+/* ---- node ids are leases ---------------------------------------------------------------- */
+
+/* credis_claim blocks: run on a thread of its own while this one runs the loop (a holder
+ * registered on g_loop keeps refreshing its lease meanwhile). */
+typedef struct claim_job {
+  credis_node_t self, holder;
+  uint32_t ttl_ms;
+  int rc;
+  char *err;
+  uint64_t ms;
+  _Atomic int done;
+} claim_job_t;
+
+static void claim_thread(void *arg) {
+  claim_job_t *j = arg;
+  uint64_t t0 = uv_hrtime();
+  j->rc = credis_claim(g_addr, CLUSTER, &j->self, j->ttl_ms, &j->holder, &j->err);
+  j->ms = (uv_hrtime() - t0) / 1000000u;
+  j->done = 1;
+}
+
+static void claim(claim_job_t *j) {
+  uv_thread_t t;
+  cr_assert_eq(uv_thread_create(&t, claim_thread, j), 0);
+  WAIT_FOR(j->done, DEADLINE_MS);
+  uv_thread_join(&t);
+}
+
+Test(credis, claim_free_id_and_id_of_a_live_node) {
+  obs_t o1 = {0};
+  credis_t *r1 = open_r(&o1);
+  credis_node_t n1 = node(1);
+  credis_register(r1, &n1, 50, 1000);
+  WAIT_FOR(o1.polls >= 1, DEADLINE_MS);
+  /* another process with id 1: refused, naming the holder, within a few heartbeats
+   * (not after the TTL: the holder is seen refreshing its lease) */
+  claim_job_t j = {.self = node(1), .ttl_ms = 1000};
+  j.self.incarnation = 4242;
+  j.self.bus_port = 7777;
+  claim(&j);
+  cr_assert_eq(j.rc, XMPP_EEXIST, "rc %d %s", j.rc, j.err ? j.err : "");
+  cr_assert_eq(j.holder.incarnation, 1001);
+  cr_assert_str_eq(j.holder.host, "10.0.0.1");
+  cr_assert_eq(j.holder.bus_port, 7001);
+  cr_assert_lt(j.ms, 600, "refused after %" PRIu64 " ms", j.ms);
+  redisReply *v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:1");
+  cr_assert_str_eq(v->str, "3 4 1001 10.0.0.1 7001 64", "the holder's lease is untouched");
+  freeReplyObject(v);
+  cr_assert_eq(o1.lost, 0);
+  /* a free id: taken at once with the node's value and TTL */
+  claim_job_t k = {.self = node(5), .ttl_ms = 1500};
+  claim(&k);
+  cr_assert_eq(k.rc, 0);
+  cr_assert_lt(k.ms, 500);
+  v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:5");
+  cr_assert_str_eq(v->str, "3 4 1005 10.0.0.5 7005 64");
+  freeReplyObject(v);
+  long long pttl = rint_cmd("PTTL " CLUSTER ":{nodes}:n:5");
+  cr_assert(pttl > 0 && pttl <= 1500, "pttl %lld", pttl);
+  credis_close(r1);
+  finish_loop();
+}
+
+Test(credis, claim_waits_out_a_dead_holders_lease) {
+  /* a node killed a moment ago: its key lives out its TTL, nobody refreshes it */
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:3 %s PX 400", "1 0 77 10.0.0.9 7009 64"));
+  claim_job_t j = {.self = node(3), .ttl_ms = 2000};
+  claim(&j);
+  cr_assert_eq(j.rc, 0, "rc %d %s", j.rc, j.err ? j.err : "");
+  cr_assert_geq(j.ms, 250, "taken after %" PRIu64 " ms: before the old lease ran out", j.ms);
+  redisReply *v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:3");
+  cr_assert_str_eq(v->str, "3 4 1003 10.0.0.3 7003 64");
+  freeReplyObject(v);
+  /* a key without expiry is never taken */
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:4 %s", "1 0 78 10.0.0.8 7008 64"));
+  claim_job_t k = {.self = node(4), .ttl_ms = 2000};
+  claim(&k);
+  cr_assert_eq(k.rc, XMPP_EEXIST);
+  cr_assert_eq(k.holder.incarnation, 78);
+  finish_loop();
+}
+
+Test(credis, lease_lost_stops_heartbeats_and_release_keeps_the_holders) {
+  obs_t o1 = {0};
+  credis_t *r1 = open_r(&o1);
+  credis_node_t n1 = node(1);
+  credis_register(r1, &n1, 30, 5000);
+  WAIT_FOR(o1.polls >= 1, DEADLINE_MS);
+  /* another incarnation took the id (ours ran out, say, while we were cut off) */
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:1 %s PX 60000", "1 0 999 10.9.9.9 7999 64"));
+  WAIT_FOR(o1.lost == 1, DEADLINE_MS);
+  cr_assert_eq(o1.holder.id, 1);
+  cr_assert_eq(o1.holder.incarnation, 999);
+  cr_assert_str_eq(o1.holder.host, "10.9.9.9");
+  cr_assert_eq(o1.holder.bus_port, 7999);
+  int polls = o1.polls;
+  run_for(200); /* no fight: no more heartbeats */
+  cr_assert_eq(o1.lost, 1);
+  cr_assert_leq(o1.polls, polls + 1);
+  redisReply *v = redisCommand(g_raw, "GET " CLUSTER ":{nodes}:n:1");
+  cr_assert_str_eq(v->str, "1 0 999 10.9.9.9 7999 64");
+  freeReplyObject(v);
+  credis_close(r1);
+  finish_loop();
+}
+
+Test(credis, release_only_while_the_lease_is_ours) {
+  obs_t o1 = {0};
+  credis_t *r1 = open_r(&o1);
+  credis_node_t n1 = node(1);
+  credis_register(r1, &n1, 60000, 60000); /* one heartbeat now, the next in a minute */
+  WAIT_FOR(o1.polls >= 1, DEADLINE_MS);
+  freeReplyObject(redisCommand(g_raw, "SET " CLUSTER ":{nodes}:n:1 %s PX 60000", "1 0 999 10.9.9.9 7999 64"));
+  /* a clean stop of the loser (it has not heard yet) must not delete the holder's lease or id */
+  credis_deregister(r1);
+  credis_close(r1);
+  finish_loop();
+  cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":{nodes}:n:1"), 1);
+  cr_assert_eq(rint_cmd("SISMEMBER " CLUSTER ":{nodes}:all 1"), 1);
 }
 
 /* ---- session directory ----------------------------------------------------------------- */

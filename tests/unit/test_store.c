@@ -280,6 +280,39 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
 }
 
+/* One server per store (docs/operations.md): the claim is a flock on PATH.lock, per open
+ * file description, so a second claim conflicts even inside one process; it never
+ * keeps anyone from opening the database itself (xmppctl). */
+Test(store_sqlite, claim_is_exclusive_and_released) {
+  store_claim_t *a = NULL, *b = NULL;
+  char *err = NULL;
+  cr_assert_eq(store_claim("sqlite", g_db, &a, &err), 0);
+  cr_assert_not_null(a);
+  cr_assert_eq(store_claim("sqlite", g_db, &b, &err), XMPP_EDENIED);
+  cr_assert_null(b);
+  char pid[48];
+  snprintf(pid, sizeof pid, "in use by another xmppd (pid %ld,", (long)getpid());
+  cr_assert_not_null(strstr(err, pid), "%s", err);
+  cr_assert_not_null(strstr(err, ".db.lock"), "%s", err);
+  xfree(err);
+  err = NULL;
+  store_t *s = open_db(); /* the data stays usable */
+  store_close(s);
+  store_claim_release(a);
+  cr_assert_eq(store_claim("sqlite", g_db, &b, &err), 0);
+  store_claim_release(b);
+  /* no claim where there is no file of ours */
+  cr_assert_eq(store_claim("redis", "127.0.0.1:1", &a, &err), 0);
+  cr_assert_null(a);
+  cr_assert_eq(store_claim("sqlite", ":memory:", &a, &err), 0);
+  cr_assert_null(a);
+  char bad[200];
+  snprintf(bad, sizeof bad, "%s/no/such/dir/x.db", g_dir);
+  cr_assert_eq(store_claim("sqlite", bad, &a, &err), XMPP_EIO);
+  cr_assert_not_null(err);
+  xfree(err);
+}
+
 Test(store_sqlite, open_errors) {
   char *err = NULL;
   cr_assert_null(store_open("mongodb", g_db, &err));
