@@ -324,6 +324,34 @@ class RegistrationRateTest(ServerTest):
         self.assertLess(used, 1.0, f"{n} refused attempts cost {used:.2f} s of CPU")
         raw.close()
 
+    def test_one_registration_at_a_time_per_connection(self):
+        raw, _ = tls_stream(self.srv.port, "127.0.0.5")
+        # the first is hashing (200,000 iterations: a third of a second) when the second
+        # arrives, in the same write
+        raw.send(reg_set("busy1", "longenough1", "p1") + reg_set("busy2", "longenough1", "p2"))
+        self.assertEqual(answer(raw, "p2")[:2], ("error", "resource-constraint"))
+        self.assertEqual(answer(raw, "p1")[:2], ("result", None))
+        raw.close()
+        self.assertFalse(can_log_in(self.srv, f"busy2@{DOMAIN}", "longenough1"))
+
+
+class RegistrationTlsOptionalTest(ServerTest):
+    """tls.required = false: registration is still never done over plaintext."""
+    server_options = {"registration.open": "true", "tls.required": "false"}
+
+    def test_plaintext_refused_tls_accepted(self):
+        raw = RawStream(self.srv.port)
+        raw.open_stream()
+        feats = raw.recv_until(r"</stream:features>")
+        self.assertIn("<mechanisms", feats)
+        self.assertNotIn("iq-register", feats)
+        raw.send(reg_set("clearuser", "longenough1"))
+        self.assertEqual(answer(raw, "r1")[:2], ("error", "not-authorized"))
+        raw.close()
+        self.assertEqual(register_raw(self.srv.port, "tlsuser", "longenough1")[:2], ("result", None))
+        self.assertFalse(can_log_in(self.srv, f"clearuser@{DOMAIN}", "longenough1"))
+        self.assertTrue(can_log_in(self.srv, f"tlsuser@{DOMAIN}", "longenough1"))
+
 
 if __name__ == "__main__":
     unittest.main()
