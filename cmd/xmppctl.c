@@ -38,7 +38,7 @@
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
 
-#define PASSWORD_MAX 1023
+#define PASSWORD_MAX SCRAM_PASSWORD_MAX
 
 static const char usage_text[] =
     "usage: xmppctl [-c CONFIG] [--db PATH] COMMAND ...\n"
@@ -168,46 +168,6 @@ static void password_free(password_t *pw) {
   pw->len = 0;
 }
 
-/* NULL when acceptable, else why not: non-empty, at most PASSWORD_MAX bytes, valid UTF-8
- * without control characters (C0, DEL, C1; NUL included). */
-static const char *password_problem(const char *p, size_t len) {
-  if (len == 0) return "the password is empty";
-  if (len > PASSWORD_MAX) return "the password is longer than 1023 bytes";
-  const unsigned char *s = (const unsigned char *)p;
-  for (size_t i = 0; i < len;) {
-    uint32_t cp;
-    size_t n;
-    unsigned char b = s[i];
-    if (b < 0x80) {
-      cp = b;
-      n = 1;
-    } else if (b >= 0xc2 && b <= 0xdf) {
-      cp = b & 0x1f;
-      n = 2;
-    } else if (b >= 0xe0 && b <= 0xef) {
-      cp = b & 0x0f;
-      n = 3;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-      cp = b & 0x07;
-      n = 4;
-    } else {
-      return "the password is not valid UTF-8";
-    }
-    if (i + n > len) return "the password is not valid UTF-8";
-    for (size_t k = 1; k < n; k++) {
-      if ((s[i + k] & 0xc0) != 0x80) return "the password is not valid UTF-8";
-      cp = (cp << 6) | (s[i + k] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-      return "the password is not valid UTF-8";
-    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
-      return "the password contains control characters";
-    i += n;
-  }
-  return NULL;
-}
-
 /* Terminal state to restore if a signal arrives while echo is off. */
 static struct termios g_saved_tty;
 static volatile sig_atomic_t g_echo_off;
@@ -299,7 +259,7 @@ static int get_password(char *arg, int confirm, int check, password_t *pw) {
       }
     }
   }
-  const char *why = check ? password_problem(pw->p, pw->len) : NULL;
+  const char *why = check ? scram_password_problem(pw->p, pw->len) : NULL;
   if (why) {
     password_free(pw);
     fprintf(stderr, "xmppctl: %s\n", why);

@@ -69,6 +69,10 @@ typedef struct xmpp_config {
   char *store_path;  /* backend sqlite: the database file */
   char *store_redis; /* backend redis: the server's address (see store_open) */
   int scram_iterations;
+  /* [registration] XEP-0077 in-band registration (edge/register.c) */
+  int reg_open;            /* anyone may create an account (under TLS) */
+  int reg_min_password;    /* bytes of a new password at least */
+  int reg_per_ip_per_hour; /* registration attempts per source address in a sliding hour */
   /* [cluster] (docs/cluster.md) */
   char *cluster_role;      /* all | edge | router */
   int cluster_node;        /* node id; 0 = single process, no cluster */

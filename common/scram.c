@@ -692,3 +692,43 @@ out:
   if (rc == SASL_OK) secure_zero(&s->cred, sizeof s->cred);
   return rc;
 }
+
+/* NULL when acceptable, else why not: non-empty, at most SCRAM_PASSWORD_MAX bytes, valid UTF-8
+ * without control characters (C0, DEL, C1; NUL included). */
+const char *scram_password_problem(const char *p, size_t len) {
+  if (len == 0) return "the password is empty";
+  if (len > SCRAM_PASSWORD_MAX) return "the password is longer than 1023 bytes";
+  const unsigned char *s = (const unsigned char *)p;
+  for (size_t i = 0; i < len;) {
+    uint32_t cp;
+    size_t n;
+    unsigned char b = s[i];
+    if (b < 0x80) {
+      cp = b;
+      n = 1;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+      cp = b & 0x1f;
+      n = 2;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      cp = b & 0x0f;
+      n = 3;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      cp = b & 0x07;
+      n = 4;
+    } else {
+      return "the password is not valid UTF-8";
+    }
+    if (i + n > len) return "the password is not valid UTF-8";
+    for (size_t k = 1; k < n; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) return "the password is not valid UTF-8";
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return "the password is not valid UTF-8";
+    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+      return "the password contains control characters";
+    i += n;
+  }
+  return NULL;
+}

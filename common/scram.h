@@ -13,6 +13,7 @@ typedef enum { SCRAM_SHA1 = 0, SCRAM_SHA256 = 1 } scram_hash_t;
 #define SCRAM_MAX_KEY 32   /* SHA-256 output; SHA-1 uses the first 20 bytes */
 #define SCRAM_SALT_LEN 16  /* salt length of newly made credentials */
 #define SCRAM_MAX_SALT 64
+#define SCRAM_PASSWORD_MAX 1023 /* bytes of a password xmppctl or in-band registration accepts */
 
 /* What is stored for an account, per hash: never the password. */
 typedef struct scram_cred {
@@ -53,6 +54,10 @@ int scram_cred_derive(scram_hash_t h, const char *password, size_t pwlen,
 /* Same with a fresh random salt of SCRAM_SALT_LEN bytes. */
 int scram_cred_make(scram_hash_t h, const char *password, size_t pwlen, uint32_t iterations,
                     scram_cred_t *out);
+/* NULL when a new password is acceptable, else why not (static text): non-empty, at most
+ * SCRAM_PASSWORD_MAX bytes, valid UTF-8 without control characters (C0, DEL, C1; NUL
+ * included). Shared by xmppctl and in-band registration (edge/register.c). */
+const char *scram_password_problem(const char *p, size_t len);
 /* Checks a plaintext password (SASL PLAIN) against stored credentials in constant time.
  * Returns 0 on match, XMPP_EDENIED otherwise. CPU-heavy (PBKDF2). */
 int scram_cred_check_password(scram_hash_t h, const scram_cred_t *cred, const char *password,

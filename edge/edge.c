@@ -250,7 +250,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
       return NULL;
     }
   }
-  guard_conf_t gk = {cfg->max_conns_per_ip, cfg->auth_fail_ip, cfg->auth_fail_account};
+  guard_conf_t gk = {cfg->max_conns_per_ip, cfg->auth_fail_ip, cfg->auth_fail_account, cfg->reg_per_ip_per_hour};
   e->guard = guard_new(&gk);
   e->threads = xcalloc((size_t)e->nthreads, sizeof *e->threads);
   for (int i = 0; i < e->nthreads; i++) {

@@ -96,6 +96,7 @@ struct conn {
   int writing;
   int sasl_failures;
   unsigned sasl_gen;    /* counts ended SASL exchanges: a late result of an earlier one is ignored */
+  int reg_busy;         /* XEP-0077: a registration or password change is hashing (register.c) */
   int binding;          /* bind sent to the router, result not yet given to the client */
   int announced_binding; /* cluster: re-announced to a new owner while binding */
   char *bind_id;        /* id of the bind request being answered */
@@ -208,6 +209,17 @@ void sasl_auth(conn_t *c, xnode_t *auth);
 void sasl_response(conn_t *c, xnode_t *resp);
 void sasl_abort(conn_t *c);
 void sasl_cleanup(conn_t *c);
+
+/* register.c: XEP-0077 in-band registration and password change */
+/* 1 when the <register/> stream feature is offered (registration.open, under TLS, not
+ * authenticated yet). */
+int register_offered(const conn_t *c);
+/* Before SASL: 1 when s was a jabber:iq:register IQ to this server, answered (or queued)
+ * here; 0 when it is something else. May close the stream (plaintext, TLS required). */
+int register_preauth(conn_t *c, xnode_t *s);
+/* Authenticated: 1 when s was a jabber:iq:register IQ to this server (password change,
+ * XEP-0077 §3.3), handled here; 0 when it is to be routed. */
+int register_iq(conn_t *c, xnode_t *s);
 
 /* route.c: frames between this edge and the routers */
 void edge_route_stanza(conn_t *c, xnode_t *stanza);

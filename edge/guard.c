@@ -1,7 +1,8 @@
 /* Per-address and per-account admission limits (see guard.h).
  *
  * Failure counts use two fixed one-minute buckets, the current and the previous, and
- * estimate the sliding minute as cur + prev * (unelapsed part of the current minute):
+ * estimate the sliding minute as cur + prev * (unelapsed part of the current minute);
+ * registration attempts the same with one-hour buckets:
  * constant memory per key, no timers, and the estimate never undercounts by more than
  * the rounding of one bucket. */
 #include "edge/guard.h"
@@ -14,10 +15,18 @@
 #include "common/err.h"
 #include "common/strmap.h"
 
+typedef struct window {
+  uint64_t bucket; /* index of the current bucket (now_ms / period) */
+  uint32_t cur, prev;
+} window_t;
+
+#define MINUTE_MS 60000ull
+#define HOUR_MS 3600000ull
+
 typedef struct entry {
   int conns;
-  uint64_t minute; /* index of the current bucket (now_ms / 60000) */
-  uint32_t cur, prev;
+  window_t fail; /* failed authentications, one-minute buckets */
+  window_t reg;  /* registration attempts (addresses only), one-hour buckets */
 } entry_t;
 
 struct guard {
@@ -68,19 +77,23 @@ static entry_t *get(guard_t *g, const char *key, int create) {
   return e;
 }
 
-static void roll(entry_t *e, uint64_t now_ms) {
-  uint64_t m = now_ms / 60000;
-  if (m == e->minute) return;
-  e->prev = m == e->minute + 1 ? e->cur : 0;
-  e->cur = 0;
-  e->minute = m;
+static void roll(window_t *w, uint64_t now_ms, uint64_t period) {
+  uint64_t m = now_ms / period;
+  if (m == w->bucket) return;
+  w->prev = m == w->bucket + 1 ? w->cur : 0;
+  w->cur = 0;
+  w->bucket = m;
 }
 
-static double recent(entry_t *e, uint64_t now_ms) {
-  if (!e) return 0;
-  roll(e, now_ms);
-  double frac = (double)(now_ms % 60000) / 60000.0;
-  return e->cur + e->prev * (1.0 - frac);
+static double recent(window_t *w, uint64_t now_ms, uint64_t period) {
+  if (!w) return 0;
+  roll(w, now_ms, period);
+  double frac = (double)(now_ms % period) / (double)period;
+  return w->cur + w->prev * (1.0 - frac);
+}
+
+static int idle(const entry_t *e) {
+  return !e->conns && !e->fail.cur && !e->fail.prev && !e->reg.cur && !e->reg.prev;
 }
 
 int guard_conn_open(guard_t *g, const uint8_t ip[16]) {
@@ -103,7 +116,7 @@ void guard_conn_close(guard_t *g, const uint8_t ip[16]) {
   if (e) {
     if (e->conns > 0) e->conns--;
     /* failures keep the entry alive until guard_prune forgets them */
-    if (!e->conns && !e->cur && !e->prev) xfree(strmap_del(g->map, key));
+    if (idle(e)) xfree(strmap_del(g->map, key));
   }
   pthread_mutex_unlock(&g->mu);
 }
@@ -121,8 +134,9 @@ int guard_auth_allowed(guard_t *g, const uint8_t ip[16], const char *account, ui
   char *ak = account ? acct_key(account) : NULL;
   pthread_mutex_lock(&g->mu);
   int rc = 0;
-  if (recent(get(g, key, 0), now_ms) >= g->k.auth_fail_ip) rc = XMPP_ELIMIT;
-  if (ak && recent(get(g, ak, 0), now_ms) >= g->k.auth_fail_account) rc = XMPP_ELIMIT;
+  entry_t *e = get(g, key, 0), *a = ak ? get(g, ak, 0) : NULL;
+  if (e && recent(&e->fail, now_ms, MINUTE_MS) >= g->k.auth_fail_ip) rc = XMPP_ELIMIT;
+  if (a && recent(&a->fail, now_ms, MINUTE_MS) >= g->k.auth_fail_account) rc = XMPP_ELIMIT;
   pthread_mutex_unlock(&g->mu);
   xfree(ak);
   return rc;
@@ -134,15 +148,28 @@ void guard_auth_failed(guard_t *g, const uint8_t ip[16], const char *account, ui
   char *ak = account ? acct_key(account) : NULL;
   pthread_mutex_lock(&g->mu);
   entry_t *e = get(g, key, 1);
-  roll(e, now_ms);
-  e->cur++;
+  roll(&e->fail, now_ms, MINUTE_MS);
+  e->fail.cur++;
   if (ak) {
     e = get(g, ak, 1);
-    roll(e, now_ms);
-    e->cur++;
+    roll(&e->fail, now_ms, MINUTE_MS);
+    e->fail.cur++;
   }
   pthread_mutex_unlock(&g->mu);
   xfree(ak);
+}
+
+int guard_register_take(guard_t *g, const uint8_t ip[16], uint64_t now_ms) {
+  char key[34];
+  ip_key(ip, key);
+  int rc = 0;
+  pthread_mutex_lock(&g->mu);
+  entry_t *e = get(g, key, 1);
+  if (recent(&e->reg, now_ms, HOUR_MS) >= g->k.reg_per_ip_hour) rc = XMPP_ELIMIT;
+  else e->reg.cur++;
+  if (idle(e)) xfree(strmap_del(g->map, key)); /* refused with nothing counted */
+  pthread_mutex_unlock(&g->mu);
+  return rc;
 }
 
 typedef struct prune_ctx {
@@ -154,8 +181,9 @@ typedef struct prune_ctx {
 static void collect(const char *key, void *v, void *ud) {
   prune_ctx_t *p = ud;
   entry_t *e = v;
-  roll(e, p->now);
-  if (e->conns || e->cur || e->prev) return;
+  roll(&e->fail, p->now, MINUTE_MS);
+  roll(&e->reg, p->now, HOUR_MS);
+  if (!idle(e)) return;
   if (p->n == p->cap) {
     p->cap = p->cap ? p->cap * 2 : 64;
     p->dead = xrealloc(p->dead, p->cap * sizeof *p->dead);

@@ -44,6 +44,7 @@ static void send_features(conn_t *c) {
       if (c->secure) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
       buf_puts(&f, "</mechanisms>");
     }
+    if (register_offered(c)) buf_puts(&f, "<register xmlns='http://jabber.org/features/iq-register'/>"); /* XEP-0077 §4 */
   } else {
     buf_puts(&f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                  "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
@@ -280,6 +281,7 @@ void negotiate_stanza(void *ud, xnode_t *s) {
         conn_stream_error(c, "unsupported-stanza-type", NULL);
       }
     } else if (is_stanza(s)) {
+      if (register_preauth(c, s)) return; /* XEP-0077 §3.1: registration before SASL */
       conn_stream_error(c, "not-authorized", "authenticate first");
     } else {
       conn_stream_error(c, "unsupported-stanza-type", NULL);
@@ -320,6 +322,7 @@ void negotiate_stanza(void *ud, xnode_t *s) {
       iq_result(c, xnode_attr(s, "id"), NULL);
       return;
     }
+    if (register_iq(c, s)) return; /* XEP-0077 §3.3 password change, at the edge */
   }
   edge_route_stanza(c, s);
 }

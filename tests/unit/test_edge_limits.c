@@ -78,7 +78,7 @@ static const uint8_t IP2[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0,
 
 Test(guard, caps_connections_per_address) {
   hash_init();
-  guard_conf_t k = {3, 5, 10};
+  guard_conf_t k = {3, 5, 10, 5};
   guard_t *g = guard_new(&k);
   for (int i = 0; i < 3; i++) cr_assert_eq(guard_conn_open(g, IP1), 0);
   cr_assert_eq(guard_conn_open(g, IP1), XMPP_ELIMIT);
@@ -93,7 +93,7 @@ Test(guard, caps_connections_per_address) {
 
 Test(guard, zero_cap_means_unlimited) {
   hash_init();
-  guard_conf_t k = {0, 5, 10};
+  guard_conf_t k = {0, 5, 10, 5};
   guard_t *g = guard_new(&k);
   for (int i = 0; i < 10000; i++) cr_assert_eq(guard_conn_open(g, IP1), 0);
   guard_free(g);
@@ -101,7 +101,7 @@ Test(guard, zero_cap_means_unlimited) {
 
 Test(guard, auth_failures_per_address_slide_out_of_the_minute) {
   hash_init();
-  guard_conf_t k = {0, 3, 100};
+  guard_conf_t k = {0, 3, 100, 5};
   guard_t *g = guard_new(&k);
   uint64_t t = 600000; /* start of a minute */
   for (int i = 0; i < 3; i++) {
@@ -121,7 +121,7 @@ Test(guard, auth_failures_per_address_slide_out_of_the_minute) {
 
 Test(guard, auth_failures_per_account_across_addresses) {
   hash_init();
-  guard_conf_t k = {0, 100, 2};
+  guard_conf_t k = {0, 100, 2, 5};
   guard_t *g = guard_new(&k);
   uint64_t t = 60000;
   guard_auth_failed(g, IP1, "victim@x", t);
@@ -135,7 +135,7 @@ Test(guard, auth_failures_per_account_across_addresses) {
 /* Found in review: IPv6 was keyed per /128, so one host walking its /64 escaped the caps. */
 Test(guard, ipv6_counts_per_64) {
   hash_init();
-  guard_conf_t k = {2, 5, 10};
+  guard_conf_t k = {2, 5, 10, 5};
   guard_t *g = guard_new(&k);
   uint8_t a[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1};
   uint8_t b[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0xde, 0xad, 0, 0, 0, 0, 0, 2};
@@ -147,5 +147,25 @@ Test(guard, ipv6_counts_per_64) {
   /* IPv4 stays per address */
   cr_assert_eq(guard_conn_open(g, IP1), 0);
   cr_assert_eq(guard_conn_open(g, IP2), 0);
+  guard_free(g);
+}
+
+/* XEP-0077 registrations: N attempts per address in a sliding hour, the N+1st refused
+ * and not counted; other addresses unaffected; the hour slides out and prune forgets. */
+Test(guard, registrations_per_address_per_hour) {
+  hash_init();
+  guard_conf_t k = {0, 5, 10, 3};
+  guard_t *g = guard_new(&k);
+  uint64_t t = 7200000; /* start of an hour */
+  for (int i = 0; i < 3; i++) cr_assert_eq(guard_register_take(g, IP1, t + i), 0, "attempt %d", i + 1);
+  cr_assert_eq(guard_register_take(g, IP1, t + 10), XMPP_ELIMIT, "the 4th attempt in the hour");
+  cr_assert_eq(guard_register_take(g, IP1, t + 59 * 60000), XMPP_ELIMIT, "still within the hour");
+  cr_assert_eq(guard_register_take(g, IP2, t + 10), 0, "other addresses are not affected");
+  /* next hour, half way: the old attempts count half (1.5 < 3) */
+  cr_assert_eq(guard_register_take(g, IP1, t + 90 * 60000), 0);
+  /* failed authentications do not spend the registration budget, nor the reverse */
+  cr_assert_eq(guard_auth_allowed(g, IP1, NULL, t + 90 * 60000), 0);
+  guard_prune(g, t + 3 * 3600000);
+  cr_assert_eq(guard_size(g), 0, "two hours later both entries are forgotten");
   guard_free(g);
 }
