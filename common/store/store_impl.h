@@ -53,6 +53,12 @@ typedef struct store_backend {
   int (*offline_count)(void *be, const char *bare);
   /* Optional (NULL: store.c calls offline_count n times). */
   int (*offline_count_many)(void *be, const char *const *bares, size_t n, int *counts);
+
+  /* XEP-0191 blocklists; n >= 1 for add and match (store.c answers n == 0). */
+  int (*block_load)(void *be, const char *bare, store_block_cb cb, void *ud);
+  int (*block_add)(void *be, const char *bare, const char *const *jids, size_t n, unsigned max);
+  int (*block_remove)(void *be, const char *bare, const char *const *jids, size_t n);
+  int (*block_match)(void *be, const char *bare, const char *const *jids, size_t n);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -21,6 +21,8 @@
  *     triggers on roster (store_roster_count reads it: no count over the rows).
  *   offline(id AUTOINCREMENT, owner, stamp unix seconds, xml BLOB), index (owner, id):
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
+ *   blocklist(owner, jid, PK(owner, jid)) (version 3): XEP-0191, one row per blocked JID,
+ *     so one block writes one row and "is X blocked" is a primary-key look-up.
  * roster.owner and offline.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
@@ -46,7 +48,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 2
+#define SQ_SCHEMA_VERSION 3
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -75,6 +77,13 @@ enum {
   Q_OFF_INSERT,
   Q_OFF_SELECT,
   Q_OFF_DELETE_UPTO,
+  /* XEP-0191 blocklist (version 3) */
+  Q_BLOCK_SELECT,
+  Q_BLOCK_INSERT,
+  Q_BLOCK_DELETE,
+  Q_BLOCK_CLEAR,
+  Q_BLOCK_COUNT,
+  Q_BLOCK_ONE,
   Q_COUNT
 };
 
@@ -118,7 +127,21 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_OFF_INSERT] = "INSERT INTO offline (owner, stamp, xml) VALUES (?1, ?2, ?3)",
     [Q_OFF_SELECT] = "SELECT id, stamp, xml FROM offline WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [Q_OFF_DELETE_UPTO] = "DELETE FROM offline WHERE owner = ?1 AND id <= ?2",
+    [Q_BLOCK_SELECT] = "SELECT jid FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_INSERT] = "INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?1, ?2)",
+    [Q_BLOCK_DELETE] = "DELETE FROM blocklist WHERE owner = ?1 AND jid = ?2",
+    [Q_BLOCK_CLEAR] = "DELETE FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_COUNT] = "SELECT count(*) FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
 };
+
+/* Version 3: XEP-0191 blocklists, one row per blocked JID (WITHOUT ROWID: the primary
+ * key is the table, so a user's rows are one contiguous range). */
+static const char schema_v3[] =
+    "CREATE TABLE IF NOT EXISTS blocklist ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  jid TEXT NOT NULL,"
+    "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;";
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
  * (whatever writes the rows, the cascade of an account delete included), so that
@@ -314,6 +337,7 @@ static int sq_schema(sq_t *q, char **err) {
    * Later versions add their migration steps here, each one guarded by ver < N. */
   if ((rc = sqlite3_exec(q->db, schema_v1, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 3 && (rc = sqlite3_exec(q->db, schema_v3, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -506,6 +530,7 @@ static int sq_account_delete(void *be, const char *bare) {
   if (!ret) ret = run_owner(q, Q_ACC_DEL_GROUPS, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_ROSTER, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_OFFLINE, bare);
+  if (!ret) ret = run_owner(q, Q_BLOCK_CLEAR, bare);
   if (!ret) {
     ret = run_owner(q, Q_ACC_DELETE, bare);
     if (!ret && sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
@@ -860,6 +885,96 @@ static int sq_offline_count(void *be, const char *bare) {
   return n > INT_MAX ? INT_MAX : (int)n;
 }
 
+/* ---- XEP-0191 blocklist -------------------------------------------------------------- */
+
+static int sq_block_load(void *be, const char *bare, store_block_cb cb, void *ud) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_BLOCK_SELECT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      const unsigned char *jid = sqlite3_column_text(st, 0);
+      if (jid) cb((const char *)jid, ud);
+    }
+    if (rc != SQLITE_DONE) ret = fail(q, "blocklist load", rc);
+  }
+  done(st);
+  return ret;
+}
+
+/* Binds ?1 = bare, ?2 = jid and steps statement id (no rows expected). */
+static int run_owner_jid(sq_t *q, int id, const char *bare, const char *jid) {
+  sqlite3_stmt *st = stmt(q, id);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, jid);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ret = XMPP_ENOENT; /* no such account */
+    else if (rc != SQLITE_DONE) ret = fail(q, sql_text[id], rc);
+  }
+  done(st);
+  return ret;
+}
+
+/* Inserts under the write lock, then counts: more than max rolls everything back. The
+ * count reads the owner's key range, at most max + n rows. */
+static int sq_block_add(void *be, const char *bare, const char *const *jids, size_t n, unsigned max) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  for (size_t i = 0; !ret && i < n; i++) ret = run_owner_jid(q, Q_BLOCK_INSERT, bare, jids[i]);
+  if (!ret && max) {
+    sqlite3_stmt *st = stmt(q, Q_BLOCK_COUNT);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_text(q, st, 1, bare);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc != SQLITE_ROW) ret = fail(q, "blocklist count", rc);
+      else if (sqlite3_column_int64(st, 0) > (sqlite3_int64)max) ret = XMPP_ELIMIT;
+    }
+    done(st);
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_block_remove(void *be, const char *bare, const char *const *jids, size_t n) {
+  sq_t *q = be;
+  if (n == 0) return run_owner(q, Q_BLOCK_CLEAR, bare);
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  for (size_t i = 0; !ret && i < n; i++) ret = run_owner_jid(q, Q_BLOCK_DELETE, bare, jids[i]);
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_block_match(void *be, const char *bare, const char *const *jids, size_t n) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_BLOCK_ONE);
+  if (!st) return XMPP_EIO;
+  int ret = 0;
+  for (size_t i = 0; !ret && i < n; i++) {
+    ret = bind_text(q, st, 1, bare);
+    if (!ret) ret = bind_text(q, st, 2, jids[i]);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc == SQLITE_ROW) ret = 1;
+      else if (rc != SQLITE_DONE) ret = fail(q, "blocklist match", rc);
+    }
+    done(st);
+  }
+  return ret;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -881,4 +996,8 @@ const store_backend_t store_sqlite_backend = {
     .offline_peek = sq_offline_peek,
     .offline_remove = sq_offline_remove,
     .offline_count = sq_offline_count,
+    .block_load = sq_block_load,
+    .block_add = sq_block_add,
+    .block_remove = sq_block_remove,
+    .block_match = sq_block_match,
 };
