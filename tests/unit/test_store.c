@@ -1330,7 +1330,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 2));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 3));
   store_close(s);
 }
 
