@@ -76,6 +76,7 @@ static const conf_opt_t opts[] = {
   {"limits", "max_roster_group_name", CT_INT, 1, 65535, "1023", O(max_roster_group_name), "bytes of one group name; beyond, the roster set gets `<not-acceptable/>` (RFC 6121 2.3.3)"},
   {"limits", "subscription_rate", CT_INT, 0, 100000, "10", O(subscription_rate), "subscription stanzas/s an account may send, averaged, with `rate_burst` seconds of burst (0 = no cap); beyond, `<policy-violation/>` (type wait)"},
   {"limits", "max_directed", CT_INT, 1, 100000, "256", O(max_directed), "JIDs one session may have sent directed available presence to (RFC 6121 4.6); beyond, directed presence to a new JID gets `<resource-constraint/>`"},
+  {"limits", "max_blocklist", CT_INT, 1, 1000000, "2000", O(max_blocklist), "JIDs one account may block (XEP-0191); beyond, the block command gets `<not-acceptable/>` and adds nothing; the blocklist a get returns is also held to half of `max_pending_out` bytes"},
   {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: `sqlite` (one node) or `redis` (a cluster: [storage-redis.md](storage-redis.md))"},
   {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file (backend `sqlite`)"},
   {"storage", "redis", CT_STR, 1, 4095, "127.0.0.1:6379", O(store_redis), "Redis server (backend `redis`): `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`, optionally followed by ` db=N` and ` password=SECRET`"},

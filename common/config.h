@@ -53,6 +53,7 @@ typedef struct xmpp_config {
   int max_roster_group_name; /* bytes of one group name */
   int subscription_rate; /* subscription stanzas/s per account; 0 = no cap */
   int max_directed;      /* JIDs a session remembers having sent directed presence to */
+  int max_blocklist;     /* XEP-0191: JIDs one account may block */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */

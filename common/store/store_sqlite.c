@@ -22,7 +22,8 @@
  *   offline(id AUTOINCREMENT, owner, stamp unix seconds, xml BLOB), index (owner, id):
  *     AUTOINCREMENT ids never go back, so id order is arrival order.
  *   blocklist(owner, jid, PK(owner, jid)) (version 3): XEP-0191, one row per blocked JID,
- *     so one block writes one row and "is X blocked" is a primary-key look-up.
+ *     so one block writes one row and "is X blocked" is a primary-key look-up;
+ *     accounts.block_items counts them, kept by triggers like roster_items.
  * roster.owner and offline.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
@@ -131,17 +132,24 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_BLOCK_INSERT] = "INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?1, ?2)",
     [Q_BLOCK_DELETE] = "DELETE FROM blocklist WHERE owner = ?1 AND jid = ?2",
     [Q_BLOCK_CLEAR] = "DELETE FROM blocklist WHERE owner = ?1",
-    [Q_BLOCK_COUNT] = "SELECT count(*) FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_COUNT] = "SELECT block_items FROM accounts WHERE jid = ?1",
     [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
 };
 
 /* Version 3: XEP-0191 blocklists, one row per blocked JID (WITHOUT ROWID: the primary
- * key is the table, so a user's rows are one contiguous range). */
+ * key is the table, so a user's rows are one contiguous range), and their number per
+ * account kept by triggers (the cap is checked on one row, not on a count of the list:
+ * INSERT OR IGNORE fires the insert trigger only for a row really added). */
 static const char schema_v3[] =
     "CREATE TABLE IF NOT EXISTS blocklist ("
     "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
     "  jid TEXT NOT NULL,"
-    "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;";
+    "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;"
+    "ALTER TABLE accounts ADD COLUMN block_items INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TRIGGER IF NOT EXISTS block_items_ins AFTER INSERT ON blocklist BEGIN "
+    "  UPDATE accounts SET block_items = block_items + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS block_items_del AFTER DELETE ON blocklist BEGIN "
+    "  UPDATE accounts SET block_items = block_items - 1 WHERE jid = OLD.owner; END;";
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
  * (whatever writes the rows, the cascade of an account delete included), so that
@@ -919,8 +927,8 @@ static int run_owner_jid(sq_t *q, int id, const char *bare, const char *jid) {
   return ret;
 }
 
-/* Inserts under the write lock, then counts: more than max rolls everything back. The
- * count reads the owner's key range, at most max + n rows. */
+/* Inserts under the write lock, then reads the count the triggers kept: more than max
+ * rolls everything back. */
 static int sq_block_add(void *be, const char *bare, const char *const *jids, size_t n, unsigned max) {
   sq_t *q = be;
   int ret = tx_begin(q, 1);
@@ -932,7 +940,8 @@ static int sq_block_add(void *be, const char *bare, const char *const *jids, siz
     if (!ret) ret = bind_text(q, st, 1, bare);
     if (!ret) {
       int rc = sqlite3_step(st);
-      if (rc != SQLITE_ROW) ret = fail(q, "blocklist count", rc);
+      if (rc == SQLITE_DONE) ret = XMPP_ENOENT; /* no account (no row was inserted either) */
+      else if (rc != SQLITE_ROW) ret = fail(q, "blocklist count", rc);
       else if (sqlite3_column_int64(st, 0) > (sqlite3_int64)max) ret = XMPP_ELIMIT;
     }
     done(st);

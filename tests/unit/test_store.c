@@ -1685,6 +1685,13 @@ STORE_TEST(block_limit) {
   cr_assert_eq(store_block_add(s, "alice@x", d, 1, 3), XMPP_ELIMIT);
   cr_assert_eq(store_block_add(s, "alice@x", d, 1, 0), 0, "0: no limit");
   cr_assert_eq(raw_block_rows("alice@x"), 4);
+  /* removals count: two out, then two in again up to the cap of 4 */
+  cr_assert_eq(store_block_remove(s, "alice@x", a, 2), 0);
+  const char *e[] = {"e@x", "f@x", "g@x"};
+  cr_assert_eq(store_block_add(s, "alice@x", e, 3, 4), XMPP_ELIMIT);
+  cr_assert_eq(store_block_add(s, "alice@x", e, 2, 4), 0);
+  cr_assert_eq(store_block_remove(s, "alice@x", NULL, 0), 0);
+  cr_assert_eq(store_block_add(s, "alice@x", e, 3, 3), 0, "emptied: counted from 0 again");
   store_close(s);
 }
 
@@ -1765,7 +1772,8 @@ Test(store_sqlite, schema_v2_upgraded_with_blocklist) {
   store_t *s = open_db();
   add_user(s, "alice@x", 1);
   store_close(s);
-  raw_exec("DROP TABLE blocklist; PRAGMA user_version = 2;");
+  raw_exec("DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
+           "ALTER TABLE accounts DROP COLUMN block_items; PRAGMA user_version = 2;");
   s = open_db();
   cr_assert_eq(raw_int("PRAGMA user_version"), 3);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
