@@ -15,7 +15,8 @@ from slixmpp.exceptions import IqError
 from harness import DOMAIN, Client, RawStream, ServerTest, run
 
 SERVER_FEATURES = {"http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items",
-                   "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay"}
+                   "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay",
+                   "urn:xmpp:blocking"}
 
 
 async def login(srv, jid):
