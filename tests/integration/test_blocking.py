@@ -4,7 +4,8 @@ stops (a blocked JID's messages, presence and IQs, inbound and outbound, to an o
 or an offline user); JID matching (bare, full, domain, domain/resource, subdomains); the
 list kept across a restart; and the bounds (limits.max_blocklist at N and N+1, malformed
 items, a 100,000-item request, thousands of small ones, the cost per stanza of a full
-list). Checked with slixmpp (xep_0191) and with aioxmpp (aioxmpp.blocking)."""
+list), on SQLite and on Redis. Checked with slixmpp (xep_0191) and with aioxmpp
+(aioxmpp.blocking)."""
 import asyncio
 import os
 import sqlite3
@@ -17,7 +18,7 @@ import aioxmpp.disco
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run
+from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, resp, run
 
 NS = "urn:xmpp:blocking"
 NS_ERR = "urn:xmpp:blocking:errors"
@@ -87,20 +88,26 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def offline_count(srv, owner):
+def store_count(srv, sql, redis_cmd, owner):
+    """A count in the server's store: SQLite, or Redis when the test started one."""
+    port = getattr(srv, "redis_port", None)
+    if port:
+        reply = resp(port, redis_cmd, f"{{u:{owner}}}:{'o' if redis_cmd == 'LLEN' else 'b'}")
+        assert reply.startswith(b":"), reply
+        return int(reply[1:].strip())
     db = sqlite3.connect(os.path.join(srv.dir, "xmppd.db"))
     try:
-        return db.execute("SELECT count(*) FROM offline WHERE owner = ?", (owner,)).fetchone()[0]
+        return db.execute(sql, (owner,)).fetchone()[0]
     finally:
         db.close()
+
+
+def offline_count(srv, owner):
+    return store_count(srv, "SELECT count(*) FROM offline WHERE owner = ?", "LLEN", owner)
 
 
 def block_rows(srv, owner):
-    db = sqlite3.connect(os.path.join(srv.dir, "xmppd.db"))
-    try:
-        return db.execute("SELECT count(*) FROM blocklist WHERE owner = ?", (owner,)).fetchone()[0]
-    finally:
-        db.close()
+    return store_count(srv, "SELECT count(*) FROM blocklist WHERE owner = ?", "SCARD", owner)
 
 
 class BlockingSlixmppTest(ServerTest):
@@ -333,6 +340,29 @@ class BlockingSlixmppTest(ServerTest):
         self.assertNotIn("ok@", text)
         other.close()
         r.close()
+
+
+class BlockingRedisTest(BlockingSlixmppTest):
+    """The same on the Redis back-end (storage.backend = redis): the list in the set
+    {u:JID}:b, an offline recipient asked with one script."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}"})
+        cls.srv.redis_port = cls.redis.port
+        for u in cls.users:
+            cls.srv.adduser(J(u), cls.password)
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
 
 
 class BlockingAioxmppTest(ServerTest):
