@@ -203,12 +203,19 @@ static int in_cb(mod_event_t *e) {
   return MOD_STOP;
 }
 
-static int presence_in_cb(mod_event_t *e) {
-  /* to an account without a session only subscription stanzas do anything (presence.c
-   * drops the rest unread): only they are worth a store read */
-  if (!e->u->sessions && !(type_is(e->st, "subscribe") || type_is(e->st, "subscribed") ||
-                           type_is(e->st, "unsubscribe") || type_is(e->st, "unsubscribed")))
-    return MOD_OK;
+/* To an account without a session, what is dropped unread anyway is not worth a store
+ * read: a message error or headline (route_message.c), an IQ result or error, presence
+ * other than subscription stanzas (presence.c). */
+static int offline_in_cb(mod_event_t *e) {
+  if (!e->u->sessions) {
+    const xnode_t *st = e->st;
+    int pres = !strcmp(st->name, "presence"), msg = !strcmp(st->name, "message");
+    int dropped = pres ? !(type_is(st, "subscribe") || type_is(st, "subscribed") || type_is(st, "unsubscribe") ||
+                           type_is(st, "unsubscribed"))
+                  : msg ? type_is(st, "error") || type_is(st, "headline")
+                        : !(type_is(st, "get") || type_is(st, "set"));
+    if (dropped) return MOD_OK;
+  }
   return in_cb(e);
 }
 
@@ -474,9 +481,9 @@ const module_t mod_blocking = {
             [HOOK_MESSAGE_OUT] = out_cb,
             [HOOK_PRESENCE_OUT] = out_cb, /* a broadcast has no 'to': per contact below */
             [HOOK_IQ_OUT] = out_cb,
-            [HOOK_MESSAGE_IN] = in_cb,
-            [HOOK_PRESENCE_IN] = presence_in_cb,
-            [HOOK_IQ_IN] = in_cb,
+            [HOOK_MESSAGE_IN] = offline_in_cb,
+            [HOOK_PRESENCE_IN] = offline_in_cb,
+            [HOOK_IQ_IN] = offline_in_cb,
             [HOOK_PRESENCE_BROADCAST] = broadcast_cb,
         },
     .user_free = blist_free,
