@@ -86,6 +86,7 @@ static const conf_opt_t opts[] = {
   {"limits", "mam_max_age_days", CT_INT, 0, 36500, "0", O(mam_max_age_days), "days a message stays in an archive (0 = forever); older ones are no longer returned and are pruned as new ones arrive"},
   {"limits", "mam_max_page", CT_INT, 1, 1000, "250", O(mam_max_page), "results one archive query returns at most (a larger RSM `<max/>` gets this many; no `<max/>` gets 50 or this, the smaller); also the most `ids` one query may name"},
   {"limits", "mam_max_prefs", CT_INT, 0, 100000, "256", O(mam_max_prefs), "JIDs in one account's archiving preferences (always and never lists together); beyond, the preferences set gets `<not-acceptable/>`"},
+  {"limits", "max_blocklist", CT_INT, 1, 1000000, "2000", O(max_blocklist), "JIDs one account may block (XEP-0191); beyond, the block command gets `<not-acceptable/>` and adds nothing; the blocklist a get returns is also held to half of `max_pending_out` bytes"},
   {"storage", "backend", CT_STR, 1, 16, "sqlite", O(store_backend), "storage back-end: `sqlite` (one node) or `redis` (a cluster: [storage-redis.md](storage-redis.md))"},
   {"storage", "path", CT_STR, 1, 4095, "xmppd.db", O(store_path), "SQLite database file (backend `sqlite`); the server holds a lock on PATH.lock: one xmppd per store (xmppctl is not affected)"},
   {"storage", "redis", CT_STR, 1, 4095, "127.0.0.1:6379", O(store_redis), "Redis server (backend `redis`): `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`, optionally followed by ` db=N` and ` password=SECRET`"},

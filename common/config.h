@@ -64,6 +64,7 @@ typedef struct xmpp_config {
   int mam_max_age_days;  /* days a message is kept; 0 = forever */
   int mam_max_page;      /* results one query returns at most */
   int mam_max_prefs;     /* JIDs in one account's always + never lists */
+  int max_blocklist;     /* XEP-0191: JIDs one account may block */
   /* [storage] */
   char *store_backend;
   char *store_path;  /* backend sqlite: the database file */

@@ -131,21 +131,35 @@ xnode_t *xnode_copy(arena_t *a, const xnode_t *n) {
   return c;
 }
 
+/* What character c is written as (NULL: itself). */
+static const char *escape_of(char c, int in_attr) {
+  switch (c) {
+  case '&': return "&amp;";
+  case '<': return "&lt;";
+  case '>': return "&gt;";
+  case '"': return in_attr ? "&quot;" : NULL;
+  case '\'': return in_attr ? "&apos;" : NULL;
+  case '\r': return "&#13;"; /* keep CR through re-parsing (XML 1.0 §2.11) */
+  /* attribute-value normalisation (XML 1.0 §3.3.3) would turn these into spaces */
+  case '\t': return in_attr ? "&#9;" : NULL;
+  case '\n': return in_attr ? "&#10;" : NULL;
+  }
+  return NULL;
+}
+
+size_t xml_escape_len(const char *s, size_t len, int in_attr) {
+  size_t n = len;
+  for (size_t i = 0; i < len; i++) {
+    const char *rep = escape_of(s[i], in_attr);
+    if (rep) n += strlen(rep) - 1;
+  }
+  return n;
+}
+
 void xml_escape(buf_t *out, const char *s, size_t len, int in_attr) {
   size_t start = 0;
   for (size_t i = 0; i < len; i++) {
-    const char *rep = NULL;
-    switch (s[i]) {
-    case '&': rep = "&amp;"; break;
-    case '<': rep = "&lt;"; break;
-    case '>': rep = "&gt;"; break;
-    case '"': rep = in_attr ? "&quot;" : NULL; break;
-    case '\'': rep = in_attr ? "&apos;" : NULL; break;
-    case '\r': rep = "&#13;"; break; /* keep CR through re-parsing (XML 1.0 §2.11) */
-    /* attribute-value normalisation (XML 1.0 §3.3.3) would turn these into spaces */
-    case '\t': rep = in_attr ? "&#9;" : NULL; break;
-    case '\n': rep = in_attr ? "&#10;" : NULL; break;
-    }
+    const char *rep = escape_of(s[i], in_attr);
     if (rep) {
       buf_append(out, s + start, i - start);
       buf_puts(out, rep);

@@ -86,6 +86,8 @@ xnode_t *xnode_copy(arena_t *a, const xnode_t *n);
 xnode_t *stanza_error_reply(arena_t *a, const xnode_t *st, const char *type, const char *cond);
 void xnode_serialize(const xnode_t *n, const char *parent_ns, buf_t *out);
 void xml_escape(buf_t *out, const char *s, size_t len, int in_attr);
+/* Bytes xml_escape writes for s[0..len). */
+size_t xml_escape_len(const char *s, size_t len, int in_attr);
 
 /* Compact binary form. Decode checks every length against the input and nesting
  * against max_depth; returns 0 or XMPP_EINVAL. */

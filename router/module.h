@@ -12,8 +12,9 @@
  *    (RFC 6120 §8.4);
  *  - hooks at named points of the stanza flow (mod_hook_t): a hook sees the event and
  *    may take the stanza over (MOD_STOP: the core does nothing more with it);
- *  - a per-worker state slot it owns (worker_init / worker_free), and per-session
- *    state through mod_session_state.
+ *  - a per-worker state slot it owns (worker_init / worker_free), per-session state
+ *    through mod_session_state, and per-account state through mod_user_state (kept while
+ *    the account is in memory: while it has a session, else for one frame).
  * Everything a module runs on is its worker's thread: no locks, as for the core.
  *
  * Modelled on Prosody's module:hook / module:add_feature and ejabberd's gen_iq_handler:
@@ -74,6 +75,15 @@ typedef enum {
                              stored offline, or dropped as §8.5 says for its type); not called
                              when the sender got an error instead. e.skip: a bounced message
                              routed again (its sessions then are the second pass's). */
+  HOOK_IQ_OUT,        /* a bound client sent an IQ to another entity (not to its own account
+                         or the server: those go to the IQ handlers); sender's shard, before
+                         routing */
+  HOOK_IQ_IN,         /* an IQ for a local account (its shard, before delivery or the
+                         handlers answering for the account) */
+  HOOK_PRESENCE_BROADCAST, /* e.u's presence e.st (from e.from) is about to go to e.to: one
+                         contact of a broadcast or of the initial probes, or a JID that got
+                         directed presence (RFC 6121 §4.2.2, §4.3, §4.6.3); MOD_STOP: not
+                         to that one */
   HOOK_COUNT
 } mod_hook_t;
 
@@ -106,6 +116,7 @@ typedef struct module {
   void *(*worker_init)(worker_t *w);       /* the module's per-worker state */
   void (*worker_free)(worker_t *w, void *state);
   void (*session_free)(void *state);       /* frees its per-session state */
+  void (*user_free)(void *state);          /* frees its per-account state */
 } module_t;
 
 /* modules.c: the table, and the core's calls into it */
@@ -127,6 +138,11 @@ void **mod_session_state(session_t *s, const module_t *m);
 /* The same slot's value, NULL when unset; never allocates (for per-message checks). */
 void *mod_session_get(const session_t *s, const module_t *m);
 void modules_session_free(session_t *s);
+/* A module's slot on an account in memory (NULL until set); freed with the user_t by
+ * its user_free. A user_t without sessions lives for one frame only (worker.c): state
+ * kept across frames belongs to accounts with a session. */
+void **mod_user_state(user_t *u, const module_t *m);
+void modules_user_free(user_t *u);
 
 /* Replies to c's IQ with a result carrying payload (may be NULL), or with an error. */
 void mod_iq_result(mod_iq_ctx_t *c, xnode_t *payload);

@@ -10,11 +10,13 @@
 #include "common/err.h"
 #include "common/log.h"
 
-extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline;
+extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline, mod_blocking;
 extern const module_t mod_vcard, mod_private, mod_last, mod_time, mod_mam, mod_carbons;
 
+/* mod_blocking's hooks stop stanzas to and from blocked JIDs (XEP-0191): it must come
+ * before any module whose hooks copy, store or answer them. */
 const module_t *const modules[] = {
-    &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline,
+    &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline, &mod_blocking,
     &mod_vcard, &mod_private, &mod_last, &mod_time, &mod_mam,
     &mod_carbons, /* last: its hooks copy what the others let through */
 };
@@ -58,6 +60,19 @@ void modules_session_free(session_t *s) {
     if (s->mod[i] && modules[i]->session_free) modules[i]->session_free(s->mod[i]);
   xfree(s->mod);
   s->mod = NULL;
+}
+
+void **mod_user_state(user_t *u, const module_t *m) {
+  if (!u->mod) u->mod = xcalloc(nmodules, sizeof *u->mod);
+  return &u->mod[index_of(m)];
+}
+
+void modules_user_free(user_t *u) {
+  if (!u->mod) return;
+  for (size_t i = 0; i < nmodules; i++)
+    if (u->mod[i] && modules[i]->user_free) modules[i]->user_free(u->mod[i]);
+  xfree(u->mod);
+  u->mod = NULL;
 }
 
 int modules_hook(mod_hook_t h, mod_event_t *e) {

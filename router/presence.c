@@ -15,7 +15,7 @@
  * Inbound, at the recipient's shard: broadcast presence is delivered only when the
  * recipient subscribed ('to'/'both'); directed presence always; probes are answered
  * when the prober is subscribed to us ('from'/'both'). */
-#include "router/router_internal.h"
+#include "router/module.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,26 +33,36 @@ static xnode_t *stored_presence(worker_t *w, const session_t *s) {
 
 typedef struct {
   worker_t *w;
+  user_t *u;
+  session_t *s; /* NULL for probes (sent from the bare JID) */
   const char *from;
   const xnode_t *st;
   int want_to; /* select contacts by 'to' (probes) rather than 'from' (broadcast) */
 } fan_t;
 
+/* Whether a module keeps x's presence from 'to' (HOOK_PRESENCE_BROADCAST). */
+static int held_back(fan_t *x, const char *to) {
+  mod_event_t e = {.w = x->w, .u = x->u, .s = x->s, .from = x->from, .to = to, .st = (xnode_t *)x->st};
+  return modules_hook(HOOK_PRESENCE_BROADCAST, &e) == MOD_STOP;
+}
+
 static void fan_cb(const char *contact, void *v, void *ud) {
   fan_t *x = ud;
   ritem_t *it = v;
   if (x->want_to ? !sub_has_to(it->sub) : !sub_has_from(it->sub)) return;
+  if (held_back(x, contact)) return;
   w_route(x->w, x->from, contact, x->st, 0);
 }
 
 static void directed_cb(const char *jid, void *v, void *ud) {
   fan_t *x = ud;
+  if (held_back(x, jid)) return;
   w_route(x->w, x->from, jid, x->st, BUS_F_DIRECTED);
 }
 
 /* Sends st from s to its contacts and to the user's own available resources. */
 static void broadcast(worker_t *w, user_t *u, session_t *s, const xnode_t *st, int include_directed) {
-  fan_t x = {w, s->full, st, 0};
+  fan_t x = {w, u, s, s->full, st, 0};
   strmap_each(user_roster(w, u), fan_cb, &x);
   if (include_directed && s->directed) {
     strmap_each(s->directed, directed_cb, &x);
@@ -70,13 +80,13 @@ void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
   xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
   xnode_set_attr(&w->arena, p, "type", "unavailable");
   if (was) {
-    fan_t x = {w, s->full, p, 0};
+    fan_t x = {w, u, s, s->full, p, 0};
     strmap_each(user_roster(w, u), fan_cb, &x);
     for (session_t *o = u->sessions; o; o = o->next)
       if (o != s && o->available) w_deliver(w, o, s->full, o->full, p);
   }
   if (s->directed) {
-    fan_t x = {w, s->full, p, 0};
+    fan_t x = {w, u, s, s->full, p, 0};
     strmap_each(s->directed, directed_cb, &x);
   }
 }
@@ -162,7 +172,7 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
     if (initial) {
       xnode_t *probe = xnode_new(&w->arena, "presence", NS_CLIENT);
       xnode_set_attr(&w->arena, probe, "type", "probe");
-      fan_t x = {w, u->bare, probe, 1};
+      fan_t x = {w, u, NULL, u->bare, probe, 1};
       strmap_each(user_roster(w, u), fan_cb, &x);
       for (session_t *o = u->sessions; o; o = o->next)
         if (o != s && o->available) w_deliver(w, s, o->full, s->full, stored_presence(w, o));

@@ -53,6 +53,7 @@ typedef struct user {
   int exists;       /* -1 unknown, 0 no account, 1 account */
   session_t *off_to; /* offline messages are being delivered to it (offline.c) */
   int64_t off_last;  /* store id of the last message of the window it was sent */
+  void **mod;       /* the modules' per-account state (router/module.h), NULL until used */
   int touched;      /* on the worker's touched list this frame */
   struct user *next_touched;
 } user_t;

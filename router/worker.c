@@ -20,6 +20,7 @@ static void user_free(void *p) {
     session_free(s);
   }
   roster_user_free(u);
+  modules_user_free(u);
   xfree(u->bare);
   xfree(u);
 }
@@ -182,6 +183,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
       modules_iq(w, MOD_AT_SERVER, NULL, s, from, to, st);
       return;
     }
+    if (modules_hook(HOOK_IQ_OUT, &e) == MOD_STOP) return;
   }
   if (!strcmp(st->name, "message")) {
     if (!*to) e.to = to = u->bare; /* RFC 6120 §10.3.1 */
@@ -203,13 +205,14 @@ static void handle_route(worker_t *w, const bus_frame_t *f, xnode_t *st, const b
   char *from = arena_strndup(&w->arena, f->from, f->from_len);
   char *to = arena_strndup(&w->arena, f->to, f->to_len);
   int msg = !strcmp(st->name, "message"), pres = !msg && !strcmp(st->name, "presence");
-  if (msg || pres) {
+  int iq = !msg && !pres && !strcmp(st->name, "iq");
+  if (msg || pres || iq) {
     mod_event_t e = {.w = w, .u = user_get(w, w_bare(w, to)), .from = from, .to = to, .st = st, .skip = skip};
-    if (modules_hook(msg ? HOOK_MESSAGE_IN : HOOK_PRESENCE_IN, &e) == MOD_STOP) return;
+    if (modules_hook(msg ? HOOK_MESSAGE_IN : pres ? HOOK_PRESENCE_IN : HOOK_IQ_IN, &e) == MOD_STOP) return;
   }
   if (msg) route_message_inbound(w, from, to, st, skip);
   else if (pres) presence_inbound(w, from, to, st, f->flags);
-  else if (!strcmp(st->name, "iq")) route_iq_inbound(w, from, to, st);
+  else if (iq) route_iq_inbound(w, from, to, st);
 }
 
 static void handle_frame(worker_t *w, const bus_frame_t *f) {

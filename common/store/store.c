@@ -433,3 +433,35 @@ void store_claim_release(store_claim_t *c) {
   close(c->fd); /* releases the flock */
   xfree(c);
 }
+
+/* ---- XEP-0191 blocklists -------------------------------------------------------------- */
+
+int store_block_load(store_t *s, const char *bare, store_block_cb cb, void *ud) {
+  int rc = enter(s, "store_block_load");
+  if (rc) return rc;
+  if (bad_str(bare) || !cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->block_load(s->be, bare, cb, ud));
+}
+
+int store_block_add(store_t *s, const char *bare, const char *const *jids, size_t n, unsigned max) {
+  int rc = enter(s, "store_block_add");
+  if (rc) return rc;
+  if (bad_str(bare) || (n && !jids) || bad_strs(jids, n)) return XMPP_EINVAL;
+  if (n == 0) return 0;
+  return s->ops->block_add(s->be, bare, jids, n, max);
+}
+
+int store_block_remove(store_t *s, const char *bare, const char *const *jids, size_t n) {
+  int rc = enter(s, "store_block_remove");
+  if (rc) return rc;
+  if (bad_str(bare) || (n && !jids) || bad_strs(jids, n)) return XMPP_EINVAL;
+  return s->ops->block_remove(s->be, bare, jids, n);
+}
+
+int store_block_match(store_t *s, const char *bare, const char *const *jids, size_t n) {
+  int rc = enter(s, "store_block_match");
+  if (rc) return rc;
+  if (bad_str(bare) || (n && !jids) || bad_strs(jids, n)) return XMPP_EINVAL;
+  if (n == 0) return 0;
+  return s->ops->block_match(s->be, bare, jids, n);
+}

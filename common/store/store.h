@@ -206,5 +206,22 @@ typedef void (*store_mam_jid_cb)(const char *jid, int always, void *ud);
 int store_mam_prefs_get(store_t *s, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud);
 int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *const *always, size_t nalways,
                         const char *const *never, size_t nnever);
+/* XEP-0191 blocklists (router/mod_blocking.c): the JIDs a user blocks, normalised (a full
+ * JID, a bare JID, domain/resource or a domain), one row (SQLite) or one set member
+ * (Redis) each: blocking one JID writes one row, never the whole list. */
+typedef void (*store_block_cb)(const char *jid, void *ud);
+/* Calls cb for each JID of bare's blocklist, in no particular order. 0, or an error. */
+int store_block_load(store_t *s, const char *bare, store_block_cb cb, void *ud);
+/* Adds the n JIDs to bare's blocklist (one already there stays, once). XMPP_ELIMIT when
+ * the list would then hold more than max JIDs (0: no limit), XMPP_ENOENT when there is
+ * no such account: then nothing is added. One transaction (SQLite), one script (Redis). */
+int store_block_add(store_t *s, const char *bare, const char *const *jids, size_t n, unsigned max);
+/* Removes the n JIDs from bare's blocklist (absent ones are no error); n == 0 empties
+ * it. */
+int store_block_remove(store_t *s, const char *bare, const char *const *jids, size_t n);
+/* 1 when one of the n JIDs is in bare's blocklist, 0 when none is (or there is no
+ * account), or an error. Costs the same whatever the list's size (SQLite: n primary-key
+ * look-ups; Redis: one script of n SISMEMBER): what a stanza to an offline user needs. */
+int store_block_match(store_t *s, const char *bare, const char *const *jids, size_t n);
 
 #endif

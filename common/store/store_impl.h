@@ -67,6 +67,12 @@ typedef struct store_backend {
   int (*mam_prefs_get)(void *be, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud);
   int (*mam_prefs_set)(void *be, const char *bare, int dflt, const char *const *always, size_t nalways,
                        const char *const *never, size_t nnever);
+
+  /* XEP-0191 blocklists; n >= 1 for add and match (store.c answers n == 0). */
+  int (*block_load)(void *be, const char *bare, store_block_cb cb, void *ud);
+  int (*block_add)(void *be, const char *bare, const char *const *jids, size_t n, unsigned max);
+  int (*block_remove)(void *be, const char *bare, const char *const *jids, size_t n);
+  int (*block_match)(void *be, const char *bare, const char *const *jids, size_t n);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -19,6 +19,7 @@
  *                     password; keys cut to the hash length (20 / 32 bytes).
  *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item)
  *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
+ *   {u:JID}:b  set    XEP-0191 blocked JIDs (normalised), one member each
  *   {u:JID}:d  hash   "KIND\0KEY" -> document bytes (store_doc_*); the account hash's
  *                     doc_bytes is what they cost (field and value bytes)
  *   {u:JID}:m  stream XEP-0313 archive: stream id ms-(us % 1000) of the archive id,
@@ -94,7 +95,8 @@
 /* ---- scripts ------------------------------------------------------------------------ */
 
 enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL,
-       S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_COUNT };
+       S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_BLOCK_ADD, S_BLOCK_MATCH,
+       S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
     /* KEYS: account. ARGV: field value ... -> 1 created, 0 exists */
@@ -103,9 +105,10 @@ static const char *const script_text[S_COUNT] = {
     /* KEYS: account. ARGV: field value ... -> 1 updated, 0 absent */
     [S_UPDATE] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
                  "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
-    /* KEYS: account, roster, offline, documents -> 1 deleted, 0 absent */
+    /* KEYS: account, then the user's other keys (roster, offline, documents,
+     * blocklist) -> 1 deleted, 0 absent */
     [S_DELETE] = "local n = redis.call('DEL', KEYS[1]) "
-                 "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) return n",
+                 "for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end return n",
     /* KEYS: account, roster. ARGV: contact, item -> 1 stored, 0 no account */
     [S_ROSTER_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
                      "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
@@ -225,6 +228,22 @@ static const char *const script_text[S_COUNT] = {
         "  if string.sub(j, 1, 1) == 'n' or redis.call('HEXISTS', KEYS[2], other) == 0 then "
         "    redis.call('HSET', KEYS[2], j, '') end "
         "end return 1",
+    /* KEYS: account, blocklist. ARGV: max (0 = none), JID... -> JIDs added, -1 no
+     * account, -2 the list would hold more than max (nothing added). Members are added
+     * one by one (no unpack: a long list would overflow Lua's stack); the ones this call
+     * added are taken out again when the count is over. */
+    [S_BLOCK_ADD] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+                    "local max = tonumber(ARGV[1]) local added = {} "
+                    "for i = 2, #ARGV do "
+                    "  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then added[#added + 1] = ARGV[i] end "
+                    "end "
+                    "if max > 0 and redis.call('SCARD', KEYS[2]) > max then "
+                    "  for _, j in ipairs(added) do redis.call('SREM', KEYS[2], j) end return -2 "
+                    "end return #added",
+    /* KEYS: blocklist. ARGV: JID... -> 1 when one of them is a member, else 0 */
+    [S_BLOCK_MATCH] = "for i = 1, #ARGV do "
+                      "  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then return 1 end "
+                      "end return 0",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -441,15 +460,41 @@ static void evalsha_args(rd_t *r, int id, int nkeys, int argc, const char **argv
   }
 }
 
+/* Argument arrays for argc arguments: on the stack up to MAXARGS, else allocated
+ * (args_free). */
+typedef struct {
+  const char *sv[MAXARGS];
+  size_t sl[MAXARGS];
+  const char **v;
+  size_t *l;
+} args_t;
+
+static void args_init(args_t *a, int argc) {
+  a->v = a->sv;
+  a->l = a->sl;
+  if (argc > MAXARGS) {
+    a->v = xmalloc((size_t)argc * sizeof *a->v);
+    a->l = xmalloc((size_t)argc * sizeof *a->l);
+  }
+}
+
+static void args_free(args_t *a) {
+  if (a->v != a->sv) xfree(a->v);
+  if (a->l != a->sl) xfree(a->l);
+}
+
 static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **argv,
                           const size_t *lens) {
-  const char *av[MAXARGS];
-  size_t al[MAXARGS];
+  args_t a;
+  args_init(&a, argc + 3);
+  redisReply *rep = NULL;
+  const char **av = a.v;
+  size_t *al = a.l;
   char nk[8];
   evalsha_args(r, id, nkeys, argc, argv, lens, av, al, nk);
-  if (ensure(r) != 0) return NULL;
+  if (ensure(r) != 0) goto out;
   av[1] = r->sha[id]; /* (re)loaded by ensure() on a new connection */
-  redisReply *rep = run(r, argc + 3, av, al, 0);
+  rep = run(r, argc + 3, av, al, 0);
   if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
     freeReplyObject(rep);
     av[0] = "EVAL";
@@ -458,16 +503,19 @@ static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **arg
     al[1] = strlen(script_text[id]);
     rep = run(r, argc + 3, av, al, 0);
   }
+out:
+  args_free(&a);
   return rep;
 }
 
 static void queue_script(rd_t *r, int id, int nkeys, int argc, const char **argv,
                          const size_t *lens, rkind_t kind) {
-  const char *av[MAXARGS];
-  size_t al[MAXARGS];
+  args_t a;
+  args_init(&a, argc + 3);
   char nk[8];
-  evalsha_args(r, id, nkeys, argc, argv, lens, av, al, nk);
-  queue_cmd(r, argc + 3, av, al, kind);
+  evalsha_args(r, id, nkeys, argc, argv, lens, a.v, a.l, nk);
+  queue_cmd(r, argc + 3, a.v, a.l, kind);
+  args_free(&a);
 }
 
 /* Judges one reply by its kind: 0 or an XMPP_* code. */
@@ -544,6 +592,13 @@ static void ukeys_free(ukeys_t *k) {
   xfree(k->r);
   xfree(k->o);
   xfree(k->d);
+}
+
+/* The user's XEP-0191 blocklist set (caller frees). */
+static char *bkey(const char *bare, size_t *len) {
+  char *k = xstrfmt("{u:%s}:b", bare);
+  *len = strlen(k);
+  return k;
 }
 
 /* ---- open / close ------------------------------------------------------------------- */
@@ -917,10 +972,13 @@ static int rd_account_delete(void *be, const char *bare) {
   }
   ukeys_t k;
   ukeys(&k, bare);
-  const char *av[] = {k.a, k.r, k.o, k.d};
-  size_t al[] = {k.la, k.lr, k.lo, k.ld};
-  int rc = exec_script(r, "account delete", S_DELETE, 4, 4, av, al, R_ONE);
+  size_t lb;
+  char *b = bkey(bare, &lb);
+  const char *av[] = {k.a, k.r, k.o, k.d, b};
+  size_t al[] = {k.la, k.lr, k.lo, k.ld, lb};
+  int rc = exec_script(r, "account delete", S_DELETE, 5, 5, av, al, R_ONE);
   ukeys_free(&k);
+  xfree(b);
   /* The index after the account: a crash in between leaves an extra member, skipped by
    * list. Removed even when the account was absent (clears such a leftover). */
   if (rc == 0 || rc == XMPP_ENOENT) {
@@ -1853,6 +1911,98 @@ static int mam_delete(rd_t *r, const char *bare) {
   return rc;
 }
 
+/* ---- XEP-0191 blocklist -------------------------------------------------------------- */
+
+static int rd_block_load(void *be, const char *bare, store_block_cb cb, void *ud) {
+  rd_t *r = be;
+  size_t lb;
+  char *b = bkey(bare, &lb);
+  const char *av[] = {"SMEMBERS", b};
+  size_t al[] = {8, lb};
+  redisReply *rep = run(r, 2, av, al, 1);
+  xfree(b);
+  if (!rep) return XMPP_EIO;
+  int rc = 0;
+  if (rep->type != REDIS_REPLY_ARRAY) {
+    rc = reply_error(r, "SMEMBERS", rep);
+  } else {
+    for (size_t i = 0; i < rep->elements; i++)
+      if (rep->element[i]->type == REDIS_REPLY_STRING) cb(rep->element[i]->str, ud);
+  }
+  freeReplyObject(rep);
+  return rc;
+}
+
+/* Keys then the JIDs as script (or command) arguments: av/al hold nfirst + n. */
+static void jid_args(args_t *a, int nfirst, const char *const *jids, size_t n) {
+  args_init(a, nfirst + (int)n);
+  for (size_t i = 0; i < n; i++) {
+    a->v[nfirst + i] = jids[i];
+    a->l[nfirst + i] = strlen(jids[i]);
+  }
+}
+
+static int rd_block_add(void *be, const char *bare, const char *const *jids, size_t n, unsigned max) {
+  rd_t *r = be;
+  if (r->batch) {
+    int rc = batch_needs_account(r, bare);
+    if (rc) return rc;
+  }
+  ukeys_t k;
+  ukeys(&k, bare);
+  size_t lb;
+  char *b = bkey(bare, &lb);
+  char m[16];
+  snprintf(m, sizeof m, "%u", max);
+  args_t a;
+  jid_args(&a, 3, jids, n);
+  a.v[0] = k.a;
+  a.l[0] = k.la;
+  a.v[1] = b;
+  a.l[1] = lb;
+  a.v[2] = m;
+  a.l[2] = strlen(m);
+  /* R_PUSH: >= 0 done, -1 no account, -2 over the limit (the same codes) */
+  int rc = exec_script(r, "blocklist add", S_BLOCK_ADD, 2, 3 + (int)n, a.v, a.l, R_PUSH);
+  args_free(&a);
+  ukeys_free(&k);
+  xfree(b);
+  return rc;
+}
+
+static int rd_block_remove(void *be, const char *bare, const char *const *jids, size_t n) {
+  rd_t *r = be;
+  size_t lb;
+  char *b = bkey(bare, &lb);
+  args_t a;
+  jid_args(&a, 2, jids, n);
+  a.v[0] = n ? "SREM" : "DEL";
+  a.l[0] = strlen(a.v[0]);
+  a.v[1] = b;
+  a.l[1] = lb;
+  int rc = exec_cmd(r, "blocklist remove", 2 + (int)n, a.v, a.l, R_ANY);
+  args_free(&a);
+  xfree(b);
+  return rc;
+}
+
+static int rd_block_match(void *be, const char *bare, const char *const *jids, size_t n) {
+  rd_t *r = be;
+  size_t lb;
+  char *b = bkey(bare, &lb);
+  args_t a;
+  jid_args(&a, 1, jids, n);
+  a.v[0] = b;
+  a.l[0] = lb;
+  redisReply *rep = script(r, S_BLOCK_MATCH, 1, 1 + (int)n, a.v, a.l);
+  args_free(&a);
+  xfree(b);
+  if (!rep) return XMPP_EIO;
+  int rc = rep->type == REDIS_REPLY_INTEGER ? rep->integer == 1 : reply_error(r, "blocklist match", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -1887,4 +2037,8 @@ const store_backend_t store_redis_backend = {
     .mam_count = rd_mam_count,
     .mam_prefs_get = rd_mam_prefs_get,
     .mam_prefs_set = rd_mam_prefs_set,
+    .block_load = rd_block_load,
+    .block_add = rd_block_add,
+    .block_remove = rd_block_remove,
+    .block_match = rd_block_match,
 };

@@ -27,7 +27,10 @@
  *     (owner, with_bare, id) and (owner, with_full, id); mam_prefs(owner, dflt),
  *     mam_prefs_jids(owner, jid, always); accounts.mam_count (version 4: the XEP-0313
  *     archive, store.h).
- * roster.owner, offline.owner, docs.owner and mam.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
+ *   blocklist(owner, jid, PK(owner, jid)) (version 5): XEP-0191, one row per blocked JID,
+ *     so one block writes one row and "is X blocked" is a primary-key look-up;
+ *     accounts.block_items counts them, kept by triggers like roster_items.
+ * roster.owner, offline.owner, docs.owner, mam.owner and blocklist.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
  *
@@ -52,7 +55,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 4
+#define SQ_SCHEMA_VERSION 5
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -109,6 +112,13 @@ enum {
   Q_MAM_PREFS_PUT,
   Q_MAM_PREFS_CLEAR,
   Q_MAM_PREFS_ADD,
+  /* XEP-0191 blocklist (version 5) */
+  Q_BLOCK_SELECT,
+  Q_BLOCK_INSERT,
+  Q_BLOCK_DELETE,
+  Q_BLOCK_CLEAR,
+  Q_BLOCK_COUNT,
+  Q_BLOCK_ONE,
   Q_COUNT
 };
 
@@ -195,6 +205,12 @@ static const char *const sql_text[Q_COUNT] = {
                         "ON CONFLICT (owner) DO UPDATE SET dflt = excluded.dflt",
     [Q_MAM_PREFS_CLEAR] = "DELETE FROM mam_prefs_jids WHERE owner = ?1",
     [Q_MAM_PREFS_ADD] = "INSERT OR REPLACE INTO mam_prefs_jids (owner, jid, always) VALUES (?1, ?2, ?3)",
+    [Q_BLOCK_SELECT] = "SELECT jid FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_INSERT] = "INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?1, ?2)",
+    [Q_BLOCK_DELETE] = "DELETE FROM blocklist WHERE owner = ?1 AND jid = ?2",
+    [Q_BLOCK_CLEAR] = "DELETE FROM blocklist WHERE owner = ?1",
+    [Q_BLOCK_COUNT] = "SELECT block_items FROM accounts WHERE jid = ?1",
+    [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -254,6 +270,25 @@ static const char schema_v4[] =
     "  always INTEGER NOT NULL,"
     "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;";
 
+/* Version 5: XEP-0191 blocklists, one row per blocked JID (WITHOUT ROWID: the primary
+ * key is the table, so a user's rows are one contiguous range), and their number per
+ * account kept by triggers (the cap is checked on one row, not on a count of the list:
+ * INSERT OR IGNORE fires the insert trigger only for a row really added). */
+static const char schema_v5[] =
+    "CREATE TABLE IF NOT EXISTS blocklist ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  jid TEXT NOT NULL,"
+    "  PRIMARY KEY (owner, jid)) WITHOUT ROWID;"
+    "ALTER TABLE accounts ADD COLUMN block_items INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TRIGGER IF NOT EXISTS block_items_ins AFTER INSERT ON blocklist BEGIN "
+    "  UPDATE accounts SET block_items = block_items + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS block_items_del AFTER DELETE ON blocklist BEGIN "
+    "  UPDATE accounts SET block_items = block_items - 1 WHERE jid = OLD.owner; END;";
+
+/* Version 2: each account keeps the number of its roster items, kept right by triggers
+ * (whatever writes the rows, the cascade of an account delete included), so that
+ * store_roster_count reads one row instead of counting a roster's rows (185 us for 2,000
+ * items: what a subscription stanza to an offline user would have cost per item). */
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
     "  jid TEXT NOT NULL PRIMARY KEY,"
@@ -438,6 +473,7 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 2 && (rc = sqlite3_exec(q->db, schema_v2, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 3 && (rc = sqlite3_exec(q->db, schema_v3, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 4 && (rc = sqlite3_exec(q->db, schema_v4, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 5 && (rc = sqlite3_exec(q->db, schema_v5, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -634,6 +670,7 @@ static int sq_account_delete(void *be, const char *bare) {
   if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_JIDS, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_PREFS, bare);
+  if (!ret) ret = run_owner(q, Q_BLOCK_CLEAR, bare);
   if (!ret) {
     ret = run_owner(q, Q_ACC_DELETE, bare);
     if (!ret && sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
@@ -1358,6 +1395,97 @@ static int sq_mam_prefs_set(void *be, const char *bare, int dflt, const char *co
   return tx_commit(q);
 }
 
+/* ---- XEP-0191 blocklist -------------------------------------------------------------- */
+
+static int sq_block_load(void *be, const char *bare, store_block_cb cb, void *ud) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_BLOCK_SELECT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      const unsigned char *jid = sqlite3_column_text(st, 0);
+      if (jid) cb((const char *)jid, ud);
+    }
+    if (rc != SQLITE_DONE) ret = fail(q, "blocklist load", rc);
+  }
+  done(st);
+  return ret;
+}
+
+/* Binds ?1 = bare, ?2 = jid and steps statement id (no rows expected). */
+static int run_owner_jid(sq_t *q, int id, const char *bare, const char *jid) {
+  sqlite3_stmt *st = stmt(q, id);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, jid);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ret = XMPP_ENOENT; /* no such account */
+    else if (rc != SQLITE_DONE) ret = fail(q, sql_text[id], rc);
+  }
+  done(st);
+  return ret;
+}
+
+/* Inserts under the write lock, then reads the count the triggers kept: more than max
+ * rolls everything back. */
+static int sq_block_add(void *be, const char *bare, const char *const *jids, size_t n, unsigned max) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  for (size_t i = 0; !ret && i < n; i++) ret = run_owner_jid(q, Q_BLOCK_INSERT, bare, jids[i]);
+  if (!ret && max) {
+    sqlite3_stmt *st = stmt(q, Q_BLOCK_COUNT);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_text(q, st, 1, bare);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc == SQLITE_DONE) ret = XMPP_ENOENT; /* no account (no row was inserted either) */
+      else if (rc != SQLITE_ROW) ret = fail(q, "blocklist count", rc);
+      else if (sqlite3_column_int64(st, 0) > (sqlite3_int64)max) ret = XMPP_ELIMIT;
+    }
+    done(st);
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_block_remove(void *be, const char *bare, const char *const *jids, size_t n) {
+  sq_t *q = be;
+  if (n == 0) return run_owner(q, Q_BLOCK_CLEAR, bare);
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  for (size_t i = 0; !ret && i < n; i++) ret = run_owner_jid(q, Q_BLOCK_DELETE, bare, jids[i]);
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_block_match(void *be, const char *bare, const char *const *jids, size_t n) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_BLOCK_ONE);
+  if (!st) return XMPP_EIO;
+  int ret = 0;
+  for (size_t i = 0; !ret && i < n; i++) {
+    ret = bind_text(q, st, 1, bare);
+    if (!ret) ret = bind_text(q, st, 2, jids[i]);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc == SQLITE_ROW) ret = 1;
+      else if (rc != SQLITE_DONE) ret = fail(q, "blocklist match", rc);
+    }
+    done(st);
+  }
+  return ret;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1389,4 +1517,8 @@ const store_backend_t store_sqlite_backend = {
     .mam_count = sq_mam_count,
     .mam_prefs_get = sq_mam_prefs_get,
     .mam_prefs_set = sq_mam_prefs_set,
+    .block_load = sq_block_load,
+    .block_add = sq_block_add,
+    .block_remove = sq_block_remove,
+    .block_match = sq_block_match,
 };

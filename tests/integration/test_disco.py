@@ -17,7 +17,7 @@ from harness import DOMAIN, Client, RawStream, ServerTest, run, aioxmpp_client
 SERVER_FEATURES = {"http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items",
                    "urn:xmpp:ping", "jabber:iq:version", "jabber:iq:roster", "msgoffline", "urn:xmpp:delay",
                    "vcard-temp", "jabber:iq:private", "jabber:iq:last", "urn:xmpp:time",
-                   "urn:xmpp:carbons:2"}
+                   "urn:xmpp:carbons:2", "urn:xmpp:blocking"}
 
 
 async def login(srv, jid):

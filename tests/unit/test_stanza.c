@@ -36,6 +36,7 @@ static const char *esc(const char *s, int in_attr) {
   buf_t b;
   buf_init(&b);
   xml_escape(&b, s, strlen(s), in_attr);
+  cr_assert_eq(xml_escape_len(s, strlen(s), in_attr), b.len, "xml_escape_len of %s", s);
   char *r = arena_strndup(&A, b.len ? (const char *)b.data : "", b.len);
   buf_free(&b);
   return r;

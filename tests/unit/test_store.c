@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
   store_close(s);
 }
 
@@ -783,7 +783,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1367,7 +1367,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 4));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 5));
   store_close(s);
 }
 
@@ -1853,12 +1853,14 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
   store_close(open_db());
   raw_exec("DROP TRIGGER docs_ins; DROP TRIGGER docs_del; DROP TRIGGER docs_upd; DROP TABLE docs;"
            "ALTER TABLE accounts DROP COLUMN doc_bytes; DROP TABLE mam; DROP TABLE mam_prefs;"
-           "DROP TABLE mam_prefs_jids; ALTER TABLE accounts DROP COLUMN mam_count; PRAGMA user_version = 2;");
+           "DROP TABLE mam_prefs_jids; ALTER TABLE accounts DROP COLUMN mam_count;"
+           "DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
+           "ALTER TABLE accounts DROP COLUMN block_items; PRAGMA user_version = 2;");
   raw_exec("INSERT INTO accounts (jid, sha1_salt, sha1_iter, sha1_stored, sha1_server, sha256_salt, "
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 4);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2093,5 +2095,191 @@ STORE_TEST(mam_prefs) {
   cr_assert_eq(store_account_delete(s, "alice@x"), 0);
   add_user(s, "alice@x", 1);
   cr_assert_eq(store_mam_prefs_get(s, "alice@x", &d, prefs_cb, &p), XMPP_ENOENT);
+  store_close(s);
+}
+
+/* ---- XEP-0191 blocklists ----------------------------------------------------------- */
+
+#define MAXB 256
+typedef struct {
+  char *v[MAXB];
+  int n;
+} blist_t;
+
+static void block_cb(const char *jid, void *ud) {
+  blist_t *b = ud;
+  cr_assert_lt(b->n, MAXB);
+  b->v[b->n++] = xstrdup(jid);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* bare's blocklist, sorted, as one string "a b c" (for comparisons). */
+static char *blocked(store_t *s, const char *bare) {
+  blist_t b = {.n = 0};
+  cr_assert_eq(store_block_load(s, bare, block_cb, &b), 0);
+  qsort(b.v, (size_t)b.n, sizeof b.v[0], cmp_str);
+  static char out[8192];
+  out[0] = 0;
+  for (int i = 0; i < b.n; i++) {
+    if (i) strcat(out, " ");
+    strcat(out, b.v[i]);
+    xfree(b.v[i]);
+  }
+  return out;
+}
+
+static long long raw_block_rows(const char *owner) {
+  if (IS_REDIS) return rint_cmd("SCARD {u:%s}:b", owner);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM blocklist WHERE owner = '%s'", owner);
+  return raw_int(sql);
+}
+
+STORE_TEST(block_add_load_remove) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  cr_assert_str_eq(blocked(s, "alice@x"), "");
+  const char *j[] = {"romeo@m", "iago@s/phone", "evil.example", "evil.example/bot"};
+  cr_assert_eq(store_block_add(s, "alice@x", j, 4, 0), 0);
+  cr_assert_str_eq(blocked(s, "alice@x"), "evil.example evil.example/bot iago@s/phone romeo@m");
+  cr_assert_eq(raw_block_rows("alice@x"), 4, "one row per JID");
+  /* again, with a duplicate inside the call: each JID is there once */
+  const char *again[] = {"romeo@m", "romeo@m", "new@n"};
+  cr_assert_eq(store_block_add(s, "alice@x", again, 3, 0), 0);
+  cr_assert_eq(raw_block_rows("alice@x"), 5);
+  cr_assert_str_eq(blocked(s, "bob@x"), "", "another user's list is apart");
+  const char *rm[] = {"romeo@m", "not-there@z"};
+  cr_assert_eq(store_block_remove(s, "alice@x", rm, 2), 0);
+  cr_assert_str_eq(blocked(s, "alice@x"), "evil.example evil.example/bot iago@s/phone new@n");
+  cr_assert_eq(store_block_remove(s, "alice@x", NULL, 0), 0, "n == 0: all");
+  cr_assert_str_eq(blocked(s, "alice@x"), "");
+  cr_assert_eq(raw_block_rows("alice@x"), 0);
+  cr_assert_eq(store_block_remove(s, "alice@x", NULL, 0), 0, "emptying an empty list");
+  store_close(s);
+}
+
+/* At most max JIDs: the call that would pass it adds nothing (N fits, N+1 does not). */
+STORE_TEST(block_limit) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  const char *a[] = {"a@x", "b@x"};
+  cr_assert_eq(store_block_add(s, "alice@x", a, 2, 3), 0);
+  const char *b[] = {"c@x", "d@x"};
+  cr_assert_eq(store_block_add(s, "alice@x", b, 2, 3), XMPP_ELIMIT);
+  cr_assert_str_eq(blocked(s, "alice@x"), "a@x b@x", "nothing of the refused call");
+  const char *c[] = {"a@x", "c@x", "c@x"}; /* one new: 3, the cap */
+  cr_assert_eq(store_block_add(s, "alice@x", c, 3, 3), 0);
+  cr_assert_eq(store_block_add(s, "alice@x", a, 2, 3), 0, "JIDs already there add nothing");
+  const char *d[] = {"d@x"};
+  cr_assert_eq(store_block_add(s, "alice@x", d, 1, 3), XMPP_ELIMIT);
+  cr_assert_eq(store_block_add(s, "alice@x", d, 1, 0), 0, "0: no limit");
+  cr_assert_eq(raw_block_rows("alice@x"), 4);
+  /* removals count: two out, then two in again up to the cap of 4 */
+  cr_assert_eq(store_block_remove(s, "alice@x", a, 2), 0);
+  const char *e[] = {"e@x", "f@x", "g@x"};
+  cr_assert_eq(store_block_add(s, "alice@x", e, 3, 4), XMPP_ELIMIT);
+  cr_assert_eq(store_block_add(s, "alice@x", e, 2, 4), 0);
+  cr_assert_eq(store_block_remove(s, "alice@x", NULL, 0), 0);
+  cr_assert_eq(store_block_add(s, "alice@x", e, 3, 3), 0, "emptied: counted from 0 again");
+  store_close(s);
+}
+
+STORE_TEST(block_needs_account) {
+  store_t *s = open_db();
+  const char *a[] = {"a@x"};
+  cr_assert_eq(store_block_add(s, "nobody@x", a, 1, 10), XMPP_ENOENT);
+  cr_assert_eq(raw_block_rows("nobody@x"), 0);
+  cr_assert_eq(store_block_match(s, "nobody@x", a, 1), 0);
+  cr_assert_eq(store_block_add(s, "", a, 1, 10), XMPP_EINVAL);
+  const char *bad[] = {"a@x", ""};
+  add_user(s, "alice@x", 1);
+  cr_assert_eq(store_block_add(s, "alice@x", bad, 2, 10), XMPP_EINVAL);
+  cr_assert_eq(store_block_match(s, "alice@x", bad, 2), XMPP_EINVAL);
+  cr_assert_eq(store_block_add(s, "alice@x", NULL, 0, 10), 0);
+  cr_assert_eq(store_block_match(s, "alice@x", NULL, 0), 0);
+  store_close(s);
+}
+
+/* "Is one of these JIDs blocked": the forms a stanza's address matches (full, bare,
+ * domain/resource, domain) asked at once. */
+STORE_TEST(block_match) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  const char *j[] = {"romeo@m", "evil.example"};
+  cr_assert_eq(store_block_add(s, "alice@x", j, 2, 0), 0);
+  const char *romeo[] = {"romeo@m/phone", "romeo@m", "m/phone", "m"};
+  cr_assert_eq(store_block_match(s, "alice@x", romeo, 4), 1);
+  cr_assert_eq(store_block_match(s, "bob@x", romeo, 4), 0, "bob blocks nobody");
+  const char *friar[] = {"friar@m/cell", "friar@m", "m/cell", "m"};
+  cr_assert_eq(store_block_match(s, "alice@x", friar, 4), 0);
+  const char *evil[] = {"x@evil.example", "evil.example"};
+  cr_assert_eq(store_block_match(s, "alice@x", evil, 2), 1);
+  store_close(s);
+}
+
+/* Many JIDs in one call: Redis passes them as script arguments (past the fixed array). */
+STORE_TEST(block_many_in_one_call) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  enum { N = 200 };
+  static char names[N][32];
+  const char *v[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(names[i], sizeof names[i], "u%03d@y", i);
+    v[i] = names[i];
+  }
+  cr_assert_eq(store_block_add(s, "alice@x", v, N, N - 1), XMPP_ELIMIT);
+  cr_assert_eq(raw_block_rows("alice@x"), 0);
+  cr_assert_eq(store_block_add(s, "alice@x", v, N, N), 0);
+  cr_assert_eq(raw_block_rows("alice@x"), N);
+  cr_assert_eq(store_block_match(s, "alice@x", v + 150, 50), 1);
+  cr_assert_eq(store_block_remove(s, "alice@x", v, N - 1), 0);
+  cr_assert_eq(raw_block_rows("alice@x"), 1);
+  cr_assert_str_eq(blocked(s, "alice@x"), "u199@y");
+  store_close(s);
+}
+
+STORE_TEST(block_deleted_with_account) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  const char *j[] = {"romeo@m"};
+  cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
+  cr_assert_eq(store_block_add(s, "bob@x", j, 1, 0), 0);
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  cr_assert_eq(raw_block_rows("alice@x"), 0);
+  if (IS_REDIS) cr_assert_eq(rint_cmd("EXISTS {u:alice@x}:b"), 0);
+  cr_assert_eq(raw_block_rows("bob@x"), 1);
+  add_user(s, "alice@x", 3);
+  cr_assert_str_eq(blocked(s, "alice@x"), "", "a new account with the same name starts empty");
+  store_close(s);
+}
+
+/* A version 4 file (before blocklists) gets the table; its data stays. */
+Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_close(s);
+  raw_exec("DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
+           "ALTER TABLE accounts DROP COLUMN block_items; PRAGMA user_version = 4;");
+  s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(store_account_exists(s, "alice@x"), 1);
+  const char *j[] = {"romeo@m"};
+  cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
+  cr_assert_str_eq(blocked(s, "alice@x"), "romeo@m");
+  store_close(s);
+}
+
+Test(store_redis, block_key_is_a_set) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  const char *j[] = {"romeo@m", "evil.example"};
+  cr_assert_eq(store_block_add(s, "alice@x", j, 2, 0), 0);
+  type_is("{u:alice@x}:b", "set");
+  cr_assert_eq(rint_cmd("SISMEMBER {u:alice@x}:b romeo@m"), 1);
   store_close(s);
 }
