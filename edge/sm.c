@@ -463,6 +463,8 @@ static void adopt(conn_t *c, conn_t *g) {
     c->sm_q_tail = g->sm_q_tail;
     g->sm_q = NULL;
   }
+  log_debug("conn %llx: takes over %s: %" PRIu32 " unacknowledged, %zu queued since (+%zu here)",
+            (unsigned long long)c->id, c->jid.full, g->sm_out - g->sm_acked, g->sm_fresh, c->sm_fresh);
   c->sm_bytes += g->sm_bytes;
   c->sm_off += g->sm_off;
   c->sm_fresh += g->sm_fresh;

@@ -64,10 +64,12 @@ class Base(ServerTest):
     def kill(self, r, full_jid, watcher):
         """Drops r's TCP connection (no </stream:stream>) and waits until the server saw
         it: the session is detached (still bound: an IQ to it goes unanswered)."""
+        line = f"{full_jid} detached for resumption"
+        before = self.srv.log_text().count(line)
         r.sock.close()
         end = time.monotonic() + 5
         while time.monotonic() < end:
-            if f"{full_jid} detached for resumption" in self.srv.log_text():
+            if self.srv.log_text().count(line) > before:
                 return
             time.sleep(0.02)
         raise AssertionError("the session was not detached:\n" + self.srv.log_text()[-3000:])
@@ -91,19 +93,21 @@ class ResumeTest(Base):
         alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'")
         alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(1, 6)))
         self.assertEqual(bodies(bob.recv_until("m5</body>")), [f"m{i}" for i in range(1, 6)])
-        self.ack(bob, 3)
+        self.ack(bob, 2)
         self.kill(bob, f"bob@{DOMAIN}/phone", alice)
         alice.buf = b""
         alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(6, 10)))
         self.barrier(alice, f"bob@{DOMAIN}")  # m6..m9 routed before this
-        b2, text = self.resume("bob", previd, 5)
+        # bob handled m1..m3 (acknowledged 2 of them); m4, m5 were lost with the connection
+        b2, text = self.resume("bob", previd, 3)
         # bob sent one stanza since enabling (the directed presence)
         self.assertRegex(text, rf"<resumed xmlns='{SM}' previd='{previd}' h='1'/>")
         alice.send(message(f"bob@{DOMAIN}/phone", "end"))
         raw = b2.recv_until("end</body>")
         got = bodies(raw)
-        self.assertEqual(got, ["m6", "m7", "m8", "m9", "end"], "each unacknowledged message once, in order")
-        # h continues from 5: 5 + 5 = 10 is what bob may acknowledge now, not more
+        self.assertEqual(got, ["m4", "m5", "m6", "m7", "m8", "m9", "end"],
+                         "each unhandled message once, in order")
+        # h continues from 3: 3 + 7 = 10 is what bob may acknowledge now
         self.ack(b2, 10)
         b2.buf = b""
         b2.send(f"<r xmlns='{SM}'/>")
@@ -192,7 +196,7 @@ class ResumeTest(Base):
         hank.close()
         alice.close()
 
-    def test_stanzas_before_resumed_and_bad_resume(self):
+    def test_bad_resume_requests(self):
         r = self.authed("dave")
         r.send(f"<resume xmlns='{SM}' h='0'/>")
         self.assertIn("<bad-request", r.recv_until("</failed>"))
@@ -204,7 +208,15 @@ class ResumeTest(Base):
         b, previd, _ = self.enable_resume("dave", "d1")
         b.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
         self.assertIn("<unexpected-request", b.recv_until("</failed>"))
-        b.close()
+        # h beyond what was sent (nothing): §4, the session cannot go on
+        b.send(f"<message to='nobody@{DOMAIN}' type='chat'><body>x</body></message>")
+        self.kill(b, f"dave@{DOMAIN}/d1", None)
+        r, text = self.resume("dave", previd, 1)
+        self.assertIn("<item-not-found", text)
+        r2, text = self.resume("dave", previd, 0)
+        self.assertIn("<item-not-found", text, "the session ended")
+        for s in (r, r2):
+            s.close()
 
 
 class ResumeTimeoutTest(Base):
@@ -254,7 +266,7 @@ class NoResumeTest(Base):
 class SlixmppResumeTest(Base):
     users = ("alice", "bob")
     server_options = {"limits.sm_max_unacked": "1000", "limits.rate_stanzas": "0",
-                      "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+                      "limits.sm_resume_timeout": "60", "server.log_level": "debug"}
 
     def test_slixmpp_reconnects_and_resumes_under_load(self):
         async def go():
