@@ -219,6 +219,61 @@ class ResumeTest(Base):
             s.close()
 
 
+class ResumeInterplayTest(Base):
+    users = ("alice", "bob", "carol")
+    server_options = {"limits.rate_stanzas": "0", "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+
+    def test_csi_held_stanzas_come_after_resumed_and_the_stream_starts_active(self):
+        """XEP-0352 §5.2: the CSI state is not restored on resumption; what CSI held when
+        the connection dropped is written after <resumed/>."""
+        bob, previd, _ = self.enable_resume("bob", "phone")
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        bob.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+        alice.send(f"<presence to='bob@{DOMAIN}/phone'><status>held</status></presence>")
+        self.barrier(alice, f"bob@{DOMAIN}")
+        bob.send(f"<r xmlns='{SM}'/>")
+        self.assertNotIn("held", bob.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>"), "held while inactive")
+        self.kill(bob, f"bob@{DOMAIN}/phone", alice)
+        b2, text = self.resume("bob", previd, 0)
+        self.assertIn("<resumed", text)
+        self.assertIn("<status>held</status>", b2.recv_until("held</status>"))
+        # active now: a presence is written at once, not held
+        alice.send(f"<presence to='bob@{DOMAIN}/phone'><status>now</status></presence>")
+        b2.recv_until("now</status>")
+        b2.close()
+        alice.close()
+
+    def test_offline_messages_unacknowledged_survive_a_resume(self):
+        """Messages from offline storage (BUS_F_OFFLINE) stay stored until acknowledged:
+        across a resume they are sent again once, and once acknowledged on the resumed
+        stream they are gone from storage."""
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        alice.send("".join(message(f"carol@{DOMAIN}", f"o{i}") for i in range(1, 4)))
+        self.barrier(alice, f"carol@{DOMAIN}")
+        carol, previd, _ = self.enable_resume("carol", "phone")
+        carol.send("<presence/>")
+        text = carol.recv_until("o3</body>")
+        self.assertIn("urn:xmpp:delay", text)
+        # carol handled every stanza up to o1 (her own presence among them), not o2, o3
+        upto = text[:text.index("o1</body>")]
+        h = len(re.findall(r"<(?:message|presence|iq)[\s>/]", upto))
+        total = len(re.findall(r"<(?:message|presence|iq)[\s>/]", text))
+        self.kill(carol, f"carol@{DOMAIN}/phone", alice)
+        c2, text = self.resume("carol", previd, h)
+        text = c2.recv_until("o3</body>")
+        self.assertEqual(bodies(text), ["o2", "o3"])
+        self.ack(c2, total)
+        c2.send(f"<presence type='unavailable'/></stream:stream>")
+        c2.closed()
+        alice.wait_session_gone(f"carol@{DOMAIN}/phone")
+        again = RawStream(self.srv.port).login("carol", "pw", "pc")
+        again.send("<presence/>")
+        alice.send(message(f"carol@{DOMAIN}/pc", "fresh"))
+        self.assertEqual(bodies(again.recv_until("fresh</body>")), ["fresh"], "nothing left in storage")
+        again.close()
+        alice.close()
+
+
 class ResumeTimeoutTest(Base):
     users = ("alice", "bob")
     server_options = {"limits.sm_resume_timeout": "1", "limits.rate_stanzas": "0", "server.log_level": "info"}
