@@ -7,7 +7,9 @@ that reconnects and resumes under load."""
 import asyncio
 import re
 import time
+import socket
 import unittest
+from datetime import timedelta
 
 from harness import DOMAIN, Client, RawStream, ServerTest, run
 
@@ -377,6 +379,63 @@ class SlixmppResumeTest(Base):
             self.assertEqual(b.boundjid.full, f"bob@{DOMAIN}/phone")
             await b.close()
             await a.close()
+
+        run(go())
+
+
+class AioxmppResumeTest(Base):
+    users = ("alice", "bob")
+    server_options = {"limits.rate_stanzas": "0", "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+
+    def test_aioxmpp_resumes_after_a_tcp_kill(self):
+        """aioxmpp's client reconnects by itself and resumes (its StanzaStream); every
+        message arrives once, and it reports the stream resumed, not re-established."""
+        import aioxmpp
+
+        def client(jid):
+            c = aioxmpp.PresenceManagedClient(
+                aioxmpp.JID.fromstr(jid), aioxmpp.make_security_layer("pw", no_verify=True),
+                override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+            c.backoff_start = timedelta(seconds=0.1)
+            return c
+
+        async def go():
+            alice, bob = client(f"alice@{DOMAIN}/pc"), client(f"bob@{DOMAIN}/phone")
+            inbox = asyncio.Queue()
+
+            def catch(msg):
+                inbox.put_nowait(msg)
+                return msg
+
+            bob.stream.app_inbound_message_filter.register(catch, 0)
+            resumed, established = [], []
+            bob.on_stream_resumed.connect(lambda: resumed.append(1))
+            bob.on_stream_established.connect(lambda: established.append(1))
+            async with alice.connected(), bob.connected():
+                self.assertTrue(bob.stream.sm_enabled)
+                self.assertTrue(bob.stream.sm_resumable, "the server offered resumption")
+
+                async def send(lo, hi):
+                    for i in range(lo, hi):
+                        m = aioxmpp.Message(type_=aioxmpp.MessageType.CHAT, to=bob.local_jid)
+                        m.body[None] = f"a{i}"
+                        await alice.send(m)
+
+                got = []
+                await send(0, 50)
+                while len(got) < 20:
+                    got.append((await asyncio.wait_for(inbox.get(), 10)).body.any())
+                # the TCP connection dies under it (no stream footer): both ends see it
+                bob.stream._xmlstream._transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                await send(50, 100)
+                while len(got) < 100:
+                    got.append((await asyncio.wait_for(inbox.get(), 15)).body.any())
+                with self.assertRaises(asyncio.TimeoutError):
+                    await asyncio.wait_for(inbox.get(), 0.5)
+                self.assertEqual(sorted(got, key=lambda b: int(b[1:])), [f"a{i}" for i in range(100)])
+                self.assertEqual(resumed, [1], "aioxmpp resumed the stream")
+                self.assertEqual(len(established), 1, "not established anew")
+                self.assertEqual(str(bob.local_jid), f"bob@{DOMAIN}/phone")
 
         run(go())
 
