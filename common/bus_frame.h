@@ -46,7 +46,12 @@ typedef enum {
   BUS_OFFLINE_ACK = 15, /* edge -> shard(from): connection src took the offline messages
                            (DELIVER with BUS_F_OFFLINE) up to store id arg: written to its
                            socket, or acknowledged by the client under XEP-0198 */
-  BUS_KIND_MAX = 15
+  BUS_RESUME = 16,      /* edge thread -> edge thread, same process only (XEP-0198 §5): a
+                           client at src asks to resume the session detached at dst; from =
+                           the account it authenticated as, payload = the resumption id */
+  BUS_RESUME_STATE = 17,/* the answer, to dst: arg = the detached session (a conn_t *
+                           handed over with its ownership: same process only), 0 = refused */
+  BUS_KIND_MAX = 17
 } bus_kind_t;
 
 enum {
@@ -60,11 +65,14 @@ enum {
   BUS_F_OFFLINE = 1 << 4,    /* DELIVER of a message still in offline storage, arg = its store
                                 id: the edge confirms it with BUS_OFFLINE_ACK once taken; a
                                 BOUNCE of it is dropped (the store still has it) */
+  BUS_F_RESUME = 1 << 5,     /* SESSION_OPEN of a resumed session (XEP-0198 §5): the session
+                                bound at dst moves to src, unchanged (no presence, no hooks);
+                                SESSION_ACK BUS_ACK_GONE when it is not at dst any more */
 };
 
 enum { BUS_KICK_CONFLICT = 1, BUS_KICK_SHUTDOWN = 2 };
 /* SESSION_ACK refusals: RFC 6120 §7.6.2.1 <resource-constraint/> */
-enum { BUS_ACK_OPEN = 0, BUS_ACK_TOO_MANY_RESOURCES = 1 };
+enum { BUS_ACK_OPEN = 0, BUS_ACK_TOO_MANY_RESOURCES = 1, BUS_ACK_GONE = 2 };
 
 typedef struct bus_addr {
   uint16_t node;

@@ -40,6 +40,7 @@ typedef struct xmpp_config {
   int max_pending_out;   /* bytes of unread output before a slow reader is disconnected */
   int bus_queue_bytes;   /* bytes in one in-process bus queue before edges stop reading clients */
   int sm_max_unacked;    /* XEP-0198: stanzas sent and not acknowledged before disconnecting (0 = SM off) */
+  int sm_resume_timeout; /* XEP-0198 §5: seconds a dropped session waits to be resumed (0 = no resumption) */
   int max_conns_per_ip;  /* simultaneous connections from one source address; 0 = no cap */
   int auth_fail_ip;      /* failed authentications per source address per minute */
   int auth_fail_account; /* failed authentications per account per minute */

@@ -44,7 +44,7 @@ static void table_add(edge_thread_t *th, conn_t *c) {
   c->id = (uint64_t)(++th->generation) << 32 | slot;
 }
 
-static void table_del(edge_thread_t *th, conn_t *c) {
+void conn_table_del(edge_thread_t *th, conn_t *c) {
   uint32_t slot = (uint32_t)c->id;
   if (slot < th->nslots && th->slots[slot] == c) {
     th->slots[slot] = NULL;
@@ -75,6 +75,7 @@ static void conn_release(conn_t *c) {
   buf_free(&c->stash);
   sasl_cleanup(c);
   edge_release_held(c);
+  sm_release(c);
   jid_free(&c->jid);
   xfree(c->presence);
   xfree(c);
@@ -111,13 +112,26 @@ static void really_close(conn_t *c) {
       }
     c->paused = 0;
   }
-  table_del(th, c);
+  conn_table_del(th, c);
   if (c->prev) c->prev->next = c->next;
   else th->all = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
   th->nconns--;
   uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+void conn_lost(conn_t *c) {
+  c->closing = 1;
+  if (c->xs) xml_stream_stop(c->xs);
+  sm_detach(c); /* XEP-0198 §5: the session waits for a resumption */
+  if (c->bound) {
+    edge_session_close(c);
+    c->bound = 0;
+  }
+  c->out.len = 0;
+  if (!c->writing) really_close(c);
+  edge_flush(c->th);
 }
 
 void conn_abort(conn_t *c) {
@@ -135,6 +149,7 @@ static void write_cb(uv_write_t *req, int status) {
   c->writing = 0;
   if (status < 0) {
     c->closing = 1;
+    sm_detach(c); /* the connection was lost, not closed */
     really_close(c);
     return;
   }
@@ -327,15 +342,9 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   conn_t *c = s->data;
   edge_thread_t *th = c->th;
   if (n < 0) {
-    /* EOF or reset: the session ends (RFC 6121 §4.6: unavailable on abrupt loss) */
-    c->closing = 1;
-    if (c->bound) {
-      edge_session_close(c);
-      c->bound = 0;
-    }
-    c->out.len = 0;
-    if (!c->writing) really_close(c);
-    edge_flush(th);
+    /* EOF or reset: the session ends (RFC 6121 §4.6: unavailable on abrupt loss), or is
+     * detached when the client can resume it (XEP-0198 §5) */
+    conn_lost(c);
     return;
   }
   if (n == 0 || c->closing) return;
@@ -347,6 +356,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     if (rc != 0 && !c->closing) {
       c->closing = 1;
       uv_read_stop(s);
+      sm_detach(c);
       if (c->bound) {
         edge_session_close(c);
         c->bound = 0;
@@ -543,6 +553,7 @@ void conn_sweep_cb(uv_timer_t *t) {
     if ((!c->bound || c->binding) && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
       conn_stream_error(c, "connection-timeout", "authentication took too long");
     } else if (now - c->last_in_ms > (uint64_t)cfg->idle_timeout * 1000) {
+      sm_detach(c); /* a client that went silent (lost its network) may come back */
       conn_stream_error(c, "connection-timeout", NULL);
     } else if (c->header_sent && now - c->last_out_ms > (uint64_t)cfg->keepalive * 1000) {
       conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
@@ -553,5 +564,6 @@ void conn_sweep_cb(uv_timer_t *t) {
       if (c->tls) tls_conn_trim(c->tls);
     }
   }
+  sm_sweep(th, now, 0);
   edge_flush(th);
 }

@@ -82,6 +82,22 @@ void csi_free(conn_t *c) {
   c->csi_presence = NULL;
 }
 
+bus_msg_t *csi_take(conn_t *c) {
+  csi_held_t *h = c->csi_head;
+  if (!h) {
+    strmap_free(c->csi_presence, NULL);
+    c->csi_presence = NULL;
+    return NULL;
+  }
+  unlink_held(c, h);
+  if (h->key) strmap_del(c->csi_presence, h->key);
+  bus_msg_t *m = h->m;
+  h->m = NULL;
+  xfree(h->key);
+  xfree(h);
+  return m;
+}
+
 /* What may wait: a broadcast presence (the key is its sender), or a chat state alone. */
 static int can_wait(const xnode_t *s, const bus_frame_t *f, char **key) {
   const char *type = xnode_attr(s, "type");

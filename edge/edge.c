@@ -19,6 +19,9 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/strmap.h"
+
+static void xfree_cb(void *p) { xfree(p); }
 
 static void on_connection(uv_stream_t *server, int status) {
   edge_thread_t *th = server->loop->data;
@@ -206,6 +209,7 @@ static void stop_cb(uv_async_t *a) {
       nx = c->next;
       conn_stream_error(c, "system-shutdown", NULL);
     }
+    sm_sweep(th, 0, 1); /* detached sessions end: their messages go to offline storage */
     edge_flush(th);
   }
   if (phase >= 2) quit(th);
@@ -250,6 +254,8 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
       return NULL;
     }
   }
+  uv_mutex_init(&e->rid_lock);
+  e->rids = strmap_new();
   guard_conf_t gk = {cfg->max_conns_per_ip, cfg->auth_fail_ip, cfg->auth_fail_account, cfg->reg_per_ip_per_hour};
   e->guard = guard_new(&gk);
   e->threads = xcalloc((size_t)e->nthreads, sizeof *e->threads);
@@ -379,6 +385,8 @@ void edge_free(edge_t *e) {
   }
   tls_ctx_free(e->tls);
   guard_free(e->guard);
+  strmap_free(e->rids, xfree_cb);
+  uv_mutex_destroy(&e->rid_lock);
   xfree(e->threads);
   xfree(e);
 }

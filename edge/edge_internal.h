@@ -59,6 +59,10 @@ struct edge_thread {
   uv_idle_t acct_idle;
   struct acct_req *acct_q;
   size_t acct_n, acct_cap;
+  /* XEP-0198 §5 (sm.c): sessions detached from their dropped connection, oldest first;
+   * each also holds its connection's slot, so frames for it still find it */
+  conn_t *detached, *detached_tail;
+  size_t ndetached;
 };
 
 struct edge {
@@ -72,6 +76,11 @@ struct edge {
    * while descriptors remain for the refusal itself, storage and logs */
   long max_conns;
   atomic_long nconns;
+  /* XEP-0198 §5 (sm.c): resumption id -> where its session is (edge thread, connection
+   * id); any edge thread reads and writes it, under the lock (a resume, an enable, a
+   * session's end: rare) */
+  uv_mutex_t rid_lock;
+  struct strmap *rids;
 };
 
 typedef enum { ST_HEADER = 0, ST_OPEN } conn_state_t;
@@ -135,6 +144,14 @@ struct conn {
   sm_item_t **sm_q_tail;
   size_t sm_bytes;      /* their size */
   size_t sm_off;        /* how many of them came from offline storage (BUS_F_OFFLINE) */
+  size_t sm_fresh;      /* detached: stanzas queued for it that were never written */
+  char *sm_rid;         /* resumption id (resume='true'): registered in edge->rids */
+  int detached;         /* a detached session (XEP-0198 §5), not a connection: no socket */
+  uint64_t detached_ms;
+  int resuming;         /* <resume/> asked: 1 waits for the detached state, 2 has it and
+                           waits for the router (resume_ack) */
+  uint32_t resume_h;    /* the h of that <resume/> */
+  int64_t resume_ack;   /* the router's answer to the move (SESSION_ACK), -1 not yet */
   /* XEP-0352 (csi.c): the client said <inactive/>; what waits, oldest first */
   int csi_inactive;
   csi_held_t *csi_head, *csi_tail;
@@ -165,6 +182,11 @@ void conn_abort(conn_t *c);
  * holds it any more): the caller must not touch it. */
 int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);
+/* Frees c's slot in its thread's connection table (when c still holds it). */
+void conn_table_del(edge_thread_t *th, conn_t *c);
+/* The connection was lost or failed (not a clean close): its session is detached for
+ * resumption when it can be (sm_detach), else it ends; output not written is dropped. */
+void conn_lost(conn_t *c);
 /* Restarts the XML stream (RFC 6120 §5.4.3.3, §6.4.6): what the client sent after the
  * element that caused it, in the same read, is discarded. */
 void conn_restart_stream(conn_t *c);
@@ -180,7 +202,7 @@ void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail);
 /* Called when the TLS handshake completes. */
 void negotiate_tls_ready(conn_t *c);
 
-/* sm.c: XEP-0198 stream management (acks; no resumption) */
+/* sm.c: XEP-0198 stream management (acks, resumption) */
 int sm_offered(const conn_t *c);
 /* <enable/>, <r/>, <a/> from the client (urn:xmpp:sm:3). */
 void sm_element(conn_t *c, xnode_t *e);
@@ -191,6 +213,26 @@ void sm_stanza_in(conn_t *c);
 void sm_stanza_out(conn_t *c, const bus_frame_t *deliver);
 /* The connection ends: unacknowledged messages go back to the router (BOUNCE). */
 void sm_bounce(conn_t *c);
+/* The connection dropped (not a clean close): when the client enabled resumption, its
+ * session moves to a detached session holding the connection's slot; c is left unbound,
+ * to be closed. Returns 1 when detached. */
+int sm_detach(conn_t *c);
+/* A DELIVER for detached session g: queued for the resumption (or the session ends when
+ * over the stream management limits). */
+void sm_detached_deliver(conn_t *g, const bus_frame_t *f);
+/* A BUS_KICK for detached session g (arg: BUS_KICK_*). */
+void sm_detached_kick(conn_t *g, int64_t why);
+/* Ends the detached sessions whose resume timeout ran out (all = every one: shutdown). */
+void sm_sweep(edge_thread_t *th, uint64_t now, int all);
+/* BUS_RESUME from another edge thread, and its answer BUS_RESUME_STATE. */
+void sm_resume_request(edge_thread_t *th, const bus_frame_t *f);
+void sm_resume_state(edge_thread_t *th, const bus_frame_t *f);
+/* The router's answer to the SESSION_OPEN of a resumption (c->resuming). */
+void sm_resume_done(conn_t *c, int64_t result);
+/* A DELIVER for c while it resumes (the router moved the session before the state came). */
+void sm_resuming_deliver(conn_t *c, const bus_frame_t *f);
+/* The connection is freed: its resumption id goes (unless a detached session took it). */
+void sm_release(conn_t *c);
 
 /* csi.c: XEP-0352 client state indication */
 /* A <active/> or <inactive/> (1), or not a CSI element (0). */
@@ -200,6 +242,9 @@ int csi_element(conn_t *c, xnode_t *e);
 int csi_hold(conn_t *c, const bus_frame_t *f, arena_t *a);
 void csi_flush(conn_t *c);
 void csi_free(conn_t *c);
+/* Takes the oldest held frame (the caller owns it), NULL when none: a connection that
+ * drops hands them to its detached session. */
+bus_msg_t *csi_take(conn_t *c);
 
 /* sasl.c */
 void sasl_thread_init(edge_thread_t *th);
@@ -225,6 +270,8 @@ int register_iq(conn_t *c, xnode_t *s);
 void edge_route_stanza(conn_t *c, xnode_t *stanza);
 void edge_session_open(conn_t *c);
 void edge_session_close(conn_t *c);
+/* c's bus address (this node, its thread, its id). */
+bus_addr_t edge_addr(const conn_t *c);
 void edge_bus_cb(void *ud, bus_msg_t *batch);
 /* Frees what a connection still holds for the routers (on release). */
 void edge_release_held(conn_t *c);

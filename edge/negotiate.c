@@ -297,6 +297,11 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;
   }
+  if (c->resuming) {
+    /* XEP-0198 §5: nothing before <resumed/> or <failed/> */
+    conn_stream_error(c, "not-authorized", "the stream is being resumed");
+    return;
+  }
   sm_stanza_in(c);
   shaper_charge(&c->shaper, &c->th->shk, 0, 1);
   if (!c->bound || (c->binding && xnode_child(s, "bind", NS_BIND))) {

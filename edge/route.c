@@ -14,10 +14,11 @@
 #include "common/alloc.h"
 #include "common/log.h"
 
-static bus_addr_t here(const conn_t *c) {
+bus_addr_t edge_addr(const conn_t *c) {
   bus_addr_t a = {c->th->bus->node, (uint16_t)c->th->index, c->id};
   return a;
 }
+#define here edge_addr
 
 void edge_stanza_error(conn_t *c, xnode_t *s, const char *type, const char *cond) {
   const char *stype = xnode_attr(s, "type");
@@ -195,6 +196,12 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
     announce_again(c, o);
     n++;
   }
+  for (conn_t *c = th->detached; c; c = c->next) { /* XEP-0198 §5: still bound */
+    uint32_t o = owner_of(c);
+    if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
+    announce_again(c, o);
+    n++;
+  }
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
 }
 
@@ -266,6 +273,14 @@ void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
 
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   conn_t *c = conn_lookup(th, f->dst.conn);
+  if (c && c->detached) {
+    sm_detached_deliver(c, f); /* XEP-0198 §5: kept for the resumption */
+    return;
+  }
+  if (c && c->resuming && !c->closing) {
+    sm_resuming_deliver(c, f);
+    return;
+  }
   if (c && !c->closing && c->bound) {
     if (!csi_hold(c, f, a)) edge_deliver_now(c, f);
     return;
@@ -298,7 +313,12 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         deliver(th, &f, &a);
       } else if (f.kind == BUS_SESSION_ACK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
-        if (c && !c->closing) negotiate_bind_done(c, f.arg);
+        if (c && !c->closing && c->resuming) sm_resume_done(c, f.arg);
+        else if (c && !c->closing) negotiate_bind_done(c, f.arg);
+      } else if (f.kind == BUS_RESUME) {
+        sm_resume_request(th, &f);
+      } else if (f.kind == BUS_RESUME_STATE) {
+        sm_resume_state(th, &f);
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {
@@ -307,7 +327,9 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         continue;
       } else if (f.kind == BUS_KICK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
-        if (c) {
+        if (c && c->detached) {
+          sm_detached_kick(c, f.arg);
+        } else if (c) {
           if (f.arg == BUS_KICK_CONFLICT) c->bound = 0; /* the router already replaced it */
           conn_stream_error(c, f.arg == BUS_KICK_CONFLICT ? "conflict" : "system-shutdown",
                             f.arg == BUS_KICK_CONFLICT ? "replaced by a new session with the same resource" : NULL);

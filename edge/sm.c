@@ -1,5 +1,5 @@
-/* XEP-0198 stream management, version 3 (urn:xmpp:sm:3): acknowledgements, no
- * resumption.
+/* XEP-0198 stream management, version 3 (urn:xmpp:sm:3): acknowledgements and stream
+ * resumption (§5).
  *
  * After <enable/> (only once bound: §3) both sides count the stanzas they handle:
  *  - inbound: every stanza the client sent since enabling (its <r/> gets <a h='N'/>);
@@ -14,7 +14,31 @@
  * still has them stored: offline.c). A client that leaves more than limits.sm_max_unacked stanzas, or more than
  * limits.max_pending_out bytes of messages, unacknowledged is disconnected
  * (<policy-violation/>): what a connection keeps is bounded like its unread output.
- * Counters are 32-bit and wrap (§4: h is an unsigned 32-bit integer, mod 2^32). */
+ * Counters are 32-bit and wrap (§4: h is an unsigned 32-bit integer, mod 2^32).
+ *
+ * Resumption (<enable resume='true'/>, limits.sm_resume_timeout > 0): the session gets a
+ * resumption id, 128 random bits, registered edge-wide (edge->rids: id -> edge thread and
+ * connection id). When its connection drops (EOF, reset, a TLS or write error, the idle
+ * timeout; not a clean </stream:stream>, not a stream error we sent) the session is
+ * DETACHED: a conn_t without a socket (c->detached) takes the connection's slot, its
+ * counters, its queue of unacknowledged messages, its address at the router (which is not
+ * told: it still routes there). What arrives for it is queued ("fresh": never written),
+ * bounded by the same limits; past them, or after the timeout, or when a new bind of the
+ * same resource replaces it, the session ends as a closed one does (sm_bounce: messages
+ * to another resource or offline storage; presence unavailable).
+ * A new connection authenticated as the SAME account (its bare JID is compared) sends
+ * <resume previd h/>: the detached state is taken from the thread holding it (a BUS_RESUME
+ * frame to that edge thread, answered by BUS_RESUME_STATE carrying the state itself: one
+ * process), the router moves the session to the new address (SESSION_OPEN|BUS_F_RESUME;
+ * refused when the session was replaced meanwhile), then the client gets <resumed/>, the
+ * messages it did not acknowledge and what was queued are written once, and the session
+ * goes on under its full JID: no bind, no presence change seen by contacts. The id stays
+ * the session's (it moves with it), so the client can resume again with it. Unknown,
+ * expired, another account's: <failed><item-not-found/></failed> and the client binds.
+ * A resume for a session whose old connection is still open (its loss not yet seen)
+ * drops that connection first. Another edge NODE does not know the id: item-not-found.
+ * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
+ * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
 
 #include <inttypes.h>
@@ -23,11 +47,13 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/strmap.h"
 
 #define SM_REQUEST_EVERY 5
 
 struct sm_item {
   struct sm_item *next;
+  int fresh;     /* queued while detached: never written, not counted in sm_out */
   uint32_t seq;  /* its number among the stanzas sent since enable (1 = first) */
   int64_t off_id; /* store id of a message from offline storage (BUS_F_OFFLINE), else 0 */
   bus_msg_t *m;  /* its DELIVER frame */
@@ -59,7 +85,7 @@ static void request_ack(conn_t *c) {
  * messages among them are confirmed to the router (the next window follows). */
 static void acked(conn_t *c, uint32_t h) {
   int64_t off = 0;
-  while (c->sm_q && (int32_t)(h - c->sm_q->seq) >= 0) {
+  while (c->sm_q && !c->sm_q->fresh && (int32_t)(h - c->sm_q->seq) >= 0) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
     c->sm_bytes -= it->m->len;
@@ -72,12 +98,20 @@ static void acked(conn_t *c, uint32_t h) {
   }
   if (!c->sm_q) c->sm_q_tail = &c->sm_q;
   c->sm_acked = h;
+  c->sm_r_pending = 0;
   if (off) edge_offline_ack(c, off);
 }
 
+static void sm_resume(conn_t *c, xnode_t *e);
+static void rid_new(conn_t *c);
+
 void sm_element(conn_t *c, xnode_t *e) {
+  if (!strcmp(e->name, "resume")) {
+    sm_resume(c, e);
+    return;
+  }
   if (!strcmp(e->name, "enable")) {
-    if (!sm_offered(c) || c->sm) {
+    if (!sm_offered(c) || c->sm || c->resuming) {
       failed(c, "unexpected-request");
       return;
     }
@@ -87,8 +121,17 @@ void sm_element(conn_t *c, xnode_t *e) {
     }
     c->sm = 1;
     c->sm_q_tail = &c->sm_q;
-    /* no resumption offered: no id, no resume='true' */
-    conn_send_str(c, "<enabled xmlns='urn:xmpp:sm:3'/>");
+    const char *r = xnode_attr(e, "resume");
+    int timeout = c->th->cfg->sm_resume_timeout;
+    if (r && (!strcmp(r, "true") || !strcmp(r, "1")) && timeout > 0) {
+      rid_new(c);
+      char b[192];
+      /* §5: max is the longest the server keeps the session, in seconds */
+      snprintf(b, sizeof b, "<enabled xmlns='urn:xmpp:sm:3' id='%s' resume='true' max='%d'/>", c->sm_rid, timeout);
+      conn_send_str(c, b);
+    } else {
+      conn_send_str(c, "<enabled xmlns='urn:xmpp:sm:3'/>");
+    }
     return;
   }
   if (!c->sm) {
@@ -131,8 +174,7 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
   if (!c->sm || c->closing) return;
   c->sm_out++;
   if (deliver) {
-    sm_item_t *it = xmalloc(sizeof *it);
-    it->next = NULL;
+    sm_item_t *it = xcalloc(1, sizeof *it);
     it->seq = c->sm_out;
     it->off_id = (deliver->flags & BUS_F_OFFLINE) ? deliver->arg : 0;
     it->m = bus_msg_new(deliver);
@@ -151,13 +193,21 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
   if (unacked >= SM_REQUEST_EVERY || c->sm_off) request_ack(c);
 }
 
+/* A message that is not an error (what is kept until acknowledged, and bounced). */
+static int is_message(const bus_frame_t *f) {
+  xnode_head_t h;
+  return xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && h.name_len == 7 &&
+         !memcmp(h.name, "message", 7) && !(h.attr_len == 5 && !memcmp(h.attr, "error", 5));
+}
+
 void sm_bounce(conn_t *c) {
   size_t n = 0;
   while (c->sm_q) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
     bus_frame_t f;
-    if (bus_msg_frame(it->m, &f) == 0) {
+    /* what was queued for a detached session may be any stanza: only messages go back */
+    if (bus_msg_frame(it->m, &f) == 0 && (!it->fresh || is_message(&f))) {
       f.kind = BUS_BOUNCE; /* to the bare JID, skipping this connection (f.dst) */
       bus_to_router(c->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
       n++;
@@ -168,5 +218,407 @@ void sm_bounce(conn_t *c) {
   c->sm_q_tail = &c->sm_q;
   c->sm_bytes = 0;
   c->sm_off = 0;
+  c->sm_fresh = 0;
   if (n) log_debug("conn %llx: %zu unacknowledged messages handed back (XEP-0198)", (unsigned long long)c->id, n);
+}
+
+/* ---- resumption (§5) ---- */
+
+typedef struct rid_loc {
+  uint16_t thread;
+  uint64_t conn;
+} rid_loc_t;
+
+static void rid_set(conn_t *c) {
+  edge_t *e = c->th->edge;
+  rid_loc_t *loc = xmalloc(sizeof *loc);
+  loc->thread = (uint16_t)c->th->index;
+  loc->conn = c->id;
+  uv_mutex_lock(&e->rid_lock);
+  rid_loc_t *old = strmap_put(e->rids, c->sm_rid, loc);
+  uv_mutex_unlock(&e->rid_lock);
+  xfree(old);
+}
+
+static void rid_new(conn_t *c) {
+  uint8_t r[16];
+  if (uv_random(NULL, NULL, r, sizeof r, 0, NULL) != 0) abort(); /* an id must not be guessable */
+  c->sm_rid = xmalloc(2 * sizeof r + 1);
+  for (size_t i = 0; i < sizeof r; i++) snprintf(c->sm_rid + 2 * i, 3, "%02x", r[i]);
+  rid_set(c);
+}
+
+static int rid_find(edge_t *e, const char *id, rid_loc_t *out) {
+  uv_mutex_lock(&e->rid_lock);
+  rid_loc_t *loc = strmap_get(e->rids, id);
+  if (loc) *out = *loc;
+  uv_mutex_unlock(&e->rid_lock);
+  return loc != NULL;
+}
+
+void sm_release(conn_t *c) {
+  if (!c->sm_rid) return;
+  edge_t *e = c->th->edge;
+  uv_mutex_lock(&e->rid_lock);
+  rid_loc_t *loc = strmap_get(e->rids, c->sm_rid);
+  if (loc && loc->thread == c->th->index && loc->conn == c->id) xfree(strmap_del(e->rids, c->sm_rid));
+  uv_mutex_unlock(&e->rid_lock);
+  xfree(c->sm_rid);
+  c->sm_rid = NULL;
+}
+
+static void queue_fresh(conn_t *g, bus_msg_t *m) {
+  bus_frame_t f;
+  if (bus_msg_frame(m, &f) != 0) {
+    bus_msg_free(m);
+    return;
+  }
+  sm_item_t *it = xcalloc(1, sizeof *it);
+  it->fresh = 1;
+  it->off_id = (f.flags & BUS_F_OFFLINE) ? f.arg : 0;
+  it->m = m;
+  if (it->off_id) g->sm_off++;
+  *g->sm_q_tail = it;
+  g->sm_q_tail = &it->next;
+  g->sm_bytes += m->len;
+  g->sm_fresh++;
+}
+
+static void detached_free(conn_t *g) {
+  while (g->sm_q) {
+    sm_item_t *it = g->sm_q;
+    g->sm_q = it->next;
+    bus_msg_free(it->m);
+    xfree(it);
+  }
+  sm_release(g);
+  jid_free(&g->jid);
+  xfree(g->presence);
+  xfree(g);
+}
+
+/* Takes g off its thread's list and table (its thread only). */
+static void detached_unlink(conn_t *g) {
+  edge_thread_t *th = g->th;
+  if (g->prev) g->prev->next = g->next;
+  else th->detached = g->next;
+  if (g->next) g->next->prev = g->prev;
+  else th->detached_tail = g->prev;
+  g->prev = g->next = NULL;
+  th->ndetached--;
+  conn_table_del(th, g);
+}
+
+/* The detached session ends as a closed one does. Any thread, once unlinked: what it
+ * uses of g->th (its bus, its index for the old address) does not change. */
+static void detached_end(conn_t *g) {
+  sm_bounce(g);
+  if (g->bound) edge_session_close(g);
+  g->bound = 0;
+  detached_free(g);
+}
+
+int sm_detach(conn_t *c) {
+  edge_thread_t *th = c->th;
+  if (!c->sm || !c->sm_rid || !c->bound || c->binding || c->resuming || c->detached || th->stopping ||
+      th->cfg->sm_resume_timeout <= 0)
+    return 0;
+  conn_t *g = xcalloc(1, sizeof *g);
+  g->th = th;
+  g->id = c->id;
+  g->detached = 1;
+  g->handle_closed = 1; /* no socket: nothing is ever written to it */
+  g->bound = 1;
+  g->jid = c->jid;
+  memset(&c->jid, 0, sizeof c->jid);
+  g->shard = c->shard;
+  g->announced = c->announced;
+  g->presence = c->presence;
+  g->presence_len = c->presence_len;
+  c->presence = NULL;
+  c->presence_len = 0;
+  g->sm = 1;
+  g->sm_in = c->sm_in;
+  g->sm_out = c->sm_out;
+  g->sm_acked = c->sm_acked;
+  g->sm_q = c->sm_q;
+  g->sm_q_tail = c->sm_q ? c->sm_q_tail : &g->sm_q;
+  g->sm_bytes = c->sm_bytes;
+  g->sm_off = c->sm_off;
+  g->sm_rid = c->sm_rid;
+  c->sm_rid = NULL;
+  c->sm_q = NULL;
+  c->sm_q_tail = &c->sm_q;
+  c->sm_bytes = c->sm_off = 0;
+  c->sm = 0;
+  c->bound = 0;
+  /* XEP-0352 §5.2: the resumed stream starts active; what CSI held goes with the rest */
+  bus_msg_t *m;
+  while ((m = csi_take(c))) queue_fresh(g, m);
+  c->csi_inactive = 0;
+  g->detached_ms = edge_now_ms();
+  th->slots[(uint32_t)c->id] = g; /* frames for the session find it by the same id */
+  g->prev = th->detached_tail;
+  if (th->detached_tail) th->detached_tail->next = g;
+  else th->detached = g;
+  th->detached_tail = g;
+  th->ndetached++;
+  log_info("conn %llx: %s detached for resumption (%" PRIu32 " unacknowledged)", (unsigned long long)g->id,
+           g->jid.full, g->sm_out - g->sm_acked);
+  return 1;
+}
+
+void sm_detached_deliver(conn_t *g, const bus_frame_t *f) {
+  queue_fresh(g, bus_msg_new(f));
+  const xmpp_config_t *cfg = g->th->cfg;
+  if ((g->sm_out - g->sm_acked) + g->sm_fresh > (uint32_t)cfg->sm_max_unacked ||
+      g->sm_bytes > (size_t)cfg->max_pending_out) {
+    log_info("conn %llx: detached %s over its stream management limits: session ended", (unsigned long long)g->id,
+             g->jid.full);
+    detached_unlink(g);
+    detached_end(g);
+  }
+}
+
+void sm_detached_kick(conn_t *g, int64_t why) {
+  detached_unlink(g);
+  if (why == BUS_KICK_CONFLICT) g->bound = 0; /* replaced: the router ended it already */
+  detached_end(g);
+}
+
+void sm_sweep(edge_thread_t *th, uint64_t now, int all) {
+  uint64_t ttl = (uint64_t)th->cfg->sm_resume_timeout * 1000;
+  for (conn_t *g = th->detached, *nx; g; g = nx) {
+    nx = g->next;
+    if (!all && now - g->detached_ms < ttl) continue;
+    log_info("conn %llx: detached %s not resumed in time: session ended", (unsigned long long)g->id, g->jid.full);
+    detached_unlink(g);
+    detached_end(g);
+  }
+}
+
+static void resume_failed(conn_t *c) {
+  /* §5: the client binds a new session instead */
+  conn_send_str(c, "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                   "</failed>");
+}
+
+/* The detached session conn id on th, when rid is its id and bare its account, handed to
+ * the connection at to (h: the client's count): the router is told to move it there
+ * (SESSION_OPEN|BUS_F_RESUME) before anything else of this thread for it (a message that
+ * arrives here after this is bounced, behind the move, and reaches the new address).
+ * Returns it unlinked, owned by the caller; NULL when refused. A session whose connection
+ * is still open (its loss not yet seen) is detached first. */
+static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const char *bare, const bus_addr_t *to,
+                         uint32_t h) {
+  conn_t *x = conn_lookup(th, id);
+  if (!x || !x->sm_rid || strcmp(x->sm_rid, rid) || !x->jid.bare || strcmp(x->jid.bare, bare)) return NULL;
+  if (!x->detached) {
+    log_info("conn %llx: %s resumed elsewhere: this connection is dropped", (unsigned long long)x->id, x->jid.full);
+    conn_lost(x);
+    x = conn_lookup(th, id);
+    if (!x || !x->detached) return NULL;
+  }
+  detached_unlink(x);
+  if ((uint32_t)(h - x->sm_acked) > (uint32_t)(x->sm_out - x->sm_acked)) {
+    /* §4: acknowledging more than was sent: the session cannot go on */
+    log_info("conn %llx: resume of %s with h=%" PRIu32 " beyond the %" PRIu32 " sent: session ended",
+             (unsigned long long)x->id, x->jid.full, h, x->sm_out);
+    detached_end(x);
+    return NULL;
+  }
+  bus_frame_t f = {0};
+  f.kind = BUS_SESSION_OPEN;
+  f.flags = BUS_F_RESUME;
+  f.src = *to;
+  f.dst = edge_addr(x);
+  f.from = x->jid.full;
+  f.from_len = strlen(x->jid.full);
+  bus_to_shard(th->bus, x->shard, bus_msg_new(&f));
+  return x;
+}
+
+static void resume_finish(conn_t *c);
+
+/* c (authenticated, resuming) takes over detached session g, which the router is moving
+ * to c. c->bound: what c does from now on goes to the router behind that move. */
+static void adopt(conn_t *c, conn_t *g) {
+  c->jid = g->jid;
+  memset(&g->jid, 0, sizeof g->jid);
+  c->shard = g->shard;
+  c->announced = g->announced;
+  xfree(c->presence);
+  c->presence = g->presence;
+  c->presence_len = g->presence_len;
+  g->presence = NULL;
+  c->sm = 1;
+  c->sm_in = g->sm_in;
+  c->sm_out = g->sm_out;
+  c->sm_acked = g->sm_acked;
+  /* what the router sent here since the move (c's own queue) goes after g's */
+  if (g->sm_q) {
+    *g->sm_q_tail = c->sm_q;
+    if (c->sm_q) g->sm_q_tail = c->sm_q_tail;
+    c->sm_q = g->sm_q;
+    c->sm_q_tail = g->sm_q_tail;
+    g->sm_q = NULL;
+  }
+  log_debug("conn %llx: takes over %s: %" PRIu32 " unacknowledged, %zu queued since (+%zu here)",
+            (unsigned long long)c->id, c->jid.full, g->sm_out - g->sm_acked, g->sm_fresh, c->sm_fresh);
+  c->sm_bytes += g->sm_bytes;
+  c->sm_off += g->sm_off;
+  c->sm_fresh += g->sm_fresh;
+  c->sm_rid = g->sm_rid;
+  g->sm_rid = NULL; /* the id moves with the session */
+  detached_free(g);
+  rid_set(c);
+  c->bound = 1;
+  c->resuming = 2;
+  if (c->resume_ack >= 0) resume_finish(c);
+}
+
+static void sm_resume(conn_t *c, xnode_t *e) {
+  edge_thread_t *th = c->th;
+  if (!sm_offered(c) || th->cfg->sm_resume_timeout <= 0 || c->bound || c->binding || c->resuming || c->sm) {
+    failed(c, "unexpected-request");
+    return;
+  }
+  const char *id = xnode_attr(e, "previd"), *hs = xnode_attr(e, "h");
+  char *end = NULL;
+  unsigned long long h = hs ? strtoull(hs, &end, 10) : 0;
+  if (!id || !hs || !*hs || *end || h > UINT32_MAX) {
+    failed(c, "bad-request");
+    return;
+  }
+  rid_loc_t loc;
+  if (strlen(id) != 32 || !rid_find(th->edge, id, &loc) || loc.thread >= th->edge->nthreads) {
+    resume_failed(c);
+    return;
+  }
+  c->resume_h = (uint32_t)h;
+  c->resume_ack = -1;
+  c->sm_q_tail = &c->sm_q;
+  c->resuming = 1;
+  bus_addr_t me = edge_addr(c);
+  if (loc.thread == th->index) {
+    conn_t *g = hand_over(th, loc.conn, id, c->auth_bare, &me, c->resume_h);
+    if (g) {
+      adopt(c, g);
+    } else {
+      c->resuming = 0;
+      resume_failed(c);
+    }
+    return;
+  }
+  /* the session is on another edge thread: it hands the state over */
+  bus_frame_t f = {0};
+  f.kind = BUS_RESUME;
+  f.src = me;
+  f.dst.node = th->bus->node;
+  f.dst.thread = loc.thread;
+  f.dst.conn = loc.conn;
+  f.from = c->auth_bare;
+  f.from_len = strlen(c->auth_bare);
+  f.arg = c->resume_h;
+  f.payload = (const uint8_t *)id;
+  f.payload_len = strlen(id);
+  bus_to_edge(th->bus, &f.dst, bus_msg_new(&f));
+}
+
+void sm_resume_request(edge_thread_t *th, const bus_frame_t *f) {
+  char *rid = xstrndup((const char *)f->payload, f->payload_len);
+  char *bare = xstrndup(f->from, f->from_len);
+  conn_t *g = hand_over(th, f->dst.conn, rid, bare, &f->src, (uint32_t)f->arg);
+  xfree(rid);
+  xfree(bare);
+  if (g) log_info("edge %d: detached %s handed over to edge %u", th->index, g->jid.full, f->src.thread);
+  bus_frame_t r = {0};
+  r.kind = BUS_RESUME_STATE;
+  r.dst = f->src;
+  r.arg = (int64_t)(intptr_t)g; /* one process: the state itself, owned by the receiver */
+  bus_to_edge(th->bus, &r.dst, bus_msg_new(&r));
+}
+
+void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
+  conn_t *g = (conn_t *)(intptr_t)f->arg;
+  conn_t *c = conn_lookup(th, f->dst.conn);
+  if (!c || c->closing || c->resuming != 1) {
+    if (g) {
+      /* the client went away meanwhile: the session ends where the router moved it */
+      sm_release(g);
+      g->th = th;
+      g->id = f->dst.conn;
+      detached_end(g);
+    }
+    return;
+  }
+  if (g) {
+    adopt(c, g);
+  } else {
+    c->resuming = 0;
+    resume_failed(c);
+  }
+}
+
+void sm_resume_done(conn_t *c, int64_t result) {
+  c->resume_ack = result;
+  if (c->resuming == 2) resume_finish(c);
+}
+
+void sm_resuming_deliver(conn_t *c, const bus_frame_t *f) {
+  /* the router moved the session here before <resumed/> went out: kept for after it */
+  queue_fresh(c, bus_msg_new(f));
+  const xmpp_config_t *cfg = c->th->cfg;
+  if (c->sm_fresh > (size_t)cfg->sm_max_unacked || c->sm_bytes > (size_t)cfg->max_pending_out)
+    conn_stream_error(c, "policy-violation", "too many unacknowledged stanzas");
+}
+
+static void resume_finish(conn_t *c) {
+  c->resuming = 0;
+  if (c->resume_ack != BUS_ACK_OPEN) {
+    /* replaced by a new bind, or ended, before the router could move it: not ours */
+    log_info("conn %llx: resume of %s refused by the router", (unsigned long long)c->id, c->jid.full);
+    c->bound = 0;
+    sm_bounce(c);
+    c->sm = 0;
+    c->sm_in = c->sm_out = c->sm_acked = 0;
+    sm_release(c);
+    jid_free(&c->jid);
+    xfree(c->presence);
+    c->presence = NULL;
+    c->presence_len = 0;
+    resume_failed(c);
+    return;
+  }
+  uint32_t h = c->resume_h;
+  acked(c, h);
+  char b[192];
+  snprintf(b, sizeof b, "<resumed xmlns='urn:xmpp:sm:3' previd='%s' h='%" PRIu32 "'/>", c->sm_rid, c->sm_in);
+  conn_send_str(c, b);
+  /* §5: what the client did not acknowledge is sent again, then what was queued since
+   * the connection dropped, in order; the client counts them from its h */
+  sm_item_t *q = c->sm_q;
+  c->sm_q = NULL;
+  c->sm_q_tail = &c->sm_q;
+  c->sm_bytes = c->sm_off = c->sm_fresh = 0;
+  c->sm_out = c->sm_acked = h;
+  size_t n = 0;
+  while (q) {
+    sm_item_t *it = q;
+    q = it->next;
+    bus_frame_t f;
+    if (bus_msg_frame(it->m, &f) == 0) {
+      if (!c->closing) {
+        edge_deliver_now(c, &f);
+        n++;
+      } else if (is_message(&f)) {
+        f.kind = BUS_BOUNCE; /* cut off meanwhile: back to the router, as at a close */
+        bus_to_router(c->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
+      }
+    }
+    bus_msg_free(it->m);
+    xfree(it);
+  }
+  log_info("conn %llx: %s resumed (h=%" PRIu32 ", %zu stanzas sent again)", (unsigned long long)c->id, c->jid.full,
+           h, n);
 }

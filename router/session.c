@@ -46,7 +46,29 @@ void session_remove(worker_t *w, user_t *u, session_t *s) {
   session_free(s);
 }
 
+/* XEP-0198 §5: a detached session taken over by a new connection. It stays the same
+ * session (presence, directed presence, offline window, module state): only where it is
+ * connected changes. Refused when the session is not at the old address any more (it was
+ * replaced by a new bind, or ended): the edge then fails the resumption. */
+static void session_resume(worker_t *w, const bus_frame_t *f) {
+  char *full = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  session_t *s = user_session(u, full);
+  if (!s || !bus_addr_eq(&s->at, &f->dst)) {
+    ack(w, f, BUS_ACK_GONE);
+    return;
+  }
+  s->at = f->src;
+  dir_session(w, s);
+  ack(w, f, BUS_ACK_OPEN);
+  log_debug("session %s resumed at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
+}
+
 void session_open(worker_t *w, const bus_frame_t *f) {
+  if (f->flags & BUS_F_RESUME) {
+    session_resume(w, f);
+    return;
+  }
   if (f->flags & BUS_F_REANNOUNCE) {
     session_reannounce(w, f, w->frame_tree);
     return;

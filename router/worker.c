@@ -215,6 +215,17 @@ static void handle_route(worker_t *w, const bus_frame_t *f, xnode_t *st, const b
   else if (iq) route_iq_inbound(w, from, to, st);
 }
 
+/* A BOUNCE whose full JID is bound at another connection now: the session moved there
+ * (XEP-0198 §5 resumption: what was on its way to the old connection) and gets it, as
+ * a message to that full JID would (RFC 6121 §8.5.3.1). */
+static int bounce_moved(worker_t *w, const bus_frame_t *f) {
+  if (!memchr(f->to, '/', f->to_len)) return 0;
+  char *full = arena_strndup(&w->arena, f->to, f->to_len);
+  user_t *u = user_get(w, w_bare(w, full));
+  session_t *s = user_session(u, full);
+  return s && !bus_addr_eq(&s->at, &f->dst);
+}
+
 static void handle_frame(worker_t *w, const bus_frame_t *f) {
   xnode_t *st = NULL;
   if (f->payload_len && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
@@ -239,7 +250,7 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
      * from offline storage is still there (offline.c) */
     if (st && !(f->flags & BUS_F_OFFLINE)) {
       bus_frame_t b = *f;
-      b.to_len = bus_bare_len(f->to, f->to_len);
+      if (!bounce_moved(w, f)) b.to_len = bus_bare_len(f->to, f->to_len);
       handle_route(w, &b, st, &f->dst);
     }
     break;

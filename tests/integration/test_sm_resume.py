@@ -1,0 +1,449 @@
+"""XEP-0198 §5 stream resumption: a session whose connection dropped is detached, not
+closed, for limits.sm_resume_timeout seconds; a new connection of the same account takes
+it over with <resume previd h/>: what the client did not acknowledge, and what arrived
+meanwhile, is written exactly once, under the same full JID, with no presence change seen
+by contacts. Raw XML for exact h accounting; slixmpp's xep_0198 plugin for a real client
+that reconnects and resumes under load."""
+import asyncio
+import re
+import time
+import socket
+import unittest
+from datetime import timedelta
+
+from harness import DOMAIN, Client, RawStream, ServerTest, run
+
+SM = "urn:xmpp:sm:3"
+
+
+def bodies(text):
+    return re.findall(r"<body>([^<]*)</body>", text)
+
+
+def message(to, body):
+    return f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>"
+
+
+class Base(ServerTest):
+    def enable_resume(self, user, resource="r"):
+        """A bound stream with resumption enabled; returns (stream, previd, max)."""
+        r = RawStream(self.srv.port).login(user, "pw", resource)
+        r.buf = b""
+        r.send(f"<enable xmlns='{SM}' resume='true'/>")
+        text = r.recv_until("<enabled[^>]*/>")
+        m = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([0-9a-f]{32})' resume='true' max='(\d+)'/>", text)
+        self.assertIsNotNone(m, text)
+        r.buf = b""
+        return r, m.group(1), int(m.group(2))
+
+    def authed(self, user):
+        """A new stream authenticated as user, not bound (where <resume/> goes)."""
+        r = RawStream(self.srv.port)
+        r.starttls()
+        r.auth_plain(user, "pw")
+        self.assertIn(f"<sm xmlns='{SM}'/>", r.buf.decode())
+        r.buf = b""
+        return r
+
+    def resume(self, user, previd, h):
+        r = self.authed(user)
+        r.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
+        text = r.recv_until(r"<resumed[^>]*/>|</failed>")
+        return r, text
+
+    def barrier(self, r, bare):
+        """Waits until what r sent to bare before this has been handled by bare's shard:
+        the router answers an IQ to the bare JID on the account's behalf from there."""
+        pid = f"bar{time.monotonic_ns()}"
+        r.send(f"<iq type='get' to='{bare}' id='{pid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        r.recv_until(f"<iq[^>]*id='{pid}'")
+
+    def ack(self, r, h):
+        r.buf = b""
+        r.send(f"<a xmlns='{SM}' h='{h}'/><r xmlns='{SM}'/>")
+        r.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+
+    def kill(self, r, full_jid, watcher):
+        """Drops r's TCP connection (no </stream:stream>) and waits until the server saw
+        it: the session is detached (still bound: an IQ to it goes unanswered)."""
+        line = f"{full_jid} detached for resumption"
+        before = self.srv.log_text().count(line)
+        r.sock.close()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            if self.srv.log_text().count(line) > before:
+                return
+            time.sleep(0.02)
+        raise AssertionError("the session was not detached:\n" + self.srv.log_text()[-3000:])
+
+
+class ResumeTest(Base):
+    users = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank")
+    server_options = {"limits.sm_max_unacked": "50", "limits.rate_stanzas": "0",
+                      "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+
+    def test_resume_exact_h_and_everything_once(self):
+        """bob got m1..m5, acknowledged m1..m3, handled m4..m5 without saying so; the
+        connection dies; m6..m9 arrive while detached. The resume with h=5 gets
+        <resumed h=(what bob sent)/> and m6..m9 exactly once, then the stream goes on
+        with the same full JID and coherent counters."""
+        bob, previd, mx = self.enable_resume("bob", "phone")
+        self.assertEqual(mx, 60)
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        alice.send("<presence/>")
+        bob.send(f"<presence to='alice@{DOMAIN}/pc'/>")  # directed: its end would be seen
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'")
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(1, 6)))
+        self.assertEqual(bodies(bob.recv_until("m5</body>")), [f"m{i}" for i in range(1, 6)])
+        self.ack(bob, 2)
+        self.kill(bob, f"bob@{DOMAIN}/phone", alice)
+        alice.buf = b""
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(6, 10)))
+        self.barrier(alice, f"bob@{DOMAIN}")  # m6..m9 routed before this
+        # bob handled m1..m3 (acknowledged 2 of them); m4, m5 were lost with the connection
+        b2, text = self.resume("bob", previd, 3)
+        # bob sent one stanza since enabling (the directed presence)
+        self.assertRegex(text, rf"<resumed xmlns='{SM}' previd='{previd}' h='1'/>")
+        alice.send(message(f"bob@{DOMAIN}/phone", "end"))
+        raw = b2.recv_until("end</body>")
+        got = bodies(raw)
+        self.assertEqual(got, ["m4", "m5", "m6", "m7", "m8", "m9", "end"],
+                         "each unhandled message once, in order")
+        # h continues from 3: 3 + 7 = 10 is what bob may acknowledge now
+        self.ack(b2, 10)
+        b2.buf = b""
+        b2.send(f"<r xmlns='{SM}'/>")
+        self.assertIn("h='1'", b2.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>"))
+        # the session goes on under its full JID: no bind, no presence change for alice
+        b2.send(message(f"alice@{DOMAIN}/pc", "back"))
+        text = alice.recv_until("back</body>")
+        self.assertIn(f"from='bob@{DOMAIN}/phone'", re.search(r"<message[^>]*>[^\n]*?back</body>", text).group(0))
+        self.assertNotIn("type='unavailable'", text, "alice saw no unavailable presence across the resume")
+        self.assertNotIn("handled-count-too-high", b2.buf.decode())
+        # bob may resume again with the same id after another drop
+        self.kill(b2, f"bob@{DOMAIN}/phone", alice)
+        b3, text = self.resume("bob", previd, 10)
+        self.assertIn("<resumed", text)
+        b3.send(f"<presence type='unavailable'/></stream:stream>")
+        self.assertIn("unavailable", alice.recv_until("type='unavailable'"))
+        b3.close()
+        alice.close()
+
+    def test_resume_with_another_accounts_id_fails(self):
+        carol, previd, _ = self.enable_resume("carol", "phone")
+        dave = RawStream(self.srv.port).login("dave", "pw", "pc")
+        dave.send(message(f"carol@{DOMAIN}/phone", "secret"))
+        carol.recv_until("secret</body>")
+        self.kill(carol, f"carol@{DOMAIN}/phone", dave)
+        thief, text = self.resume("erin", previd, 0)
+        self.assertIn("<item-not-found", text)
+        self.assertNotIn("<resumed", text)
+        self.assertNotIn("secret", thief.recv_until("</failed>"))
+        # the thief is left to bind normally, as itself
+        thief.bind("x")
+        self.assertIn(f"erin@{DOMAIN}/x", thief.buf.decode())
+        # bogus ids fail the same way
+        for bad in ("0" * 32, previd[:-1] + ("0" if previd[-1] != "0" else "1"), "x"):
+            r, text = self.resume("carol", bad, 0)
+            self.assertIn("<item-not-found", text, bad)
+            r.close()
+        # the owner still can
+        c2, text = self.resume("carol", previd, 0)
+        self.assertIn("<resumed", text)
+        self.assertEqual(bodies(c2.recv_until("secret</body>")), ["secret"])
+        for s in (c2, thief, dave):
+            s.close()
+
+    def test_resume_after_replacement_by_a_new_bind_fails(self):
+        frank, previd, _ = self.enable_resume("frank", "phone")
+        gina = RawStream(self.srv.port).login("gina", "pw", "pc")
+        gina.send(message(f"frank@{DOMAIN}/phone", "q1"))
+        frank.recv_until("q1</body>")
+        self.kill(frank, f"frank@{DOMAIN}/phone", gina)
+        again = RawStream(self.srv.port).login("frank", "pw", "phone")  # the same resource
+        self.assertIn(f"frank@{DOMAIN}/phone</jid>", again.buf.decode())
+        again.send("<presence/>")
+        # the unacknowledged q1 went to the new session, not lost
+        self.assertIn("q1</body>", again.recv_until("q1</body>"))
+        r, text = self.resume("frank", previd, 0)
+        self.assertIn("<item-not-found", text)
+        for s in (r, again, gina):
+            s.close()
+
+    def test_resume_on_the_other_edge_thread(self):
+        """server.io_threads=2: connections spread over both threads; resumes repeat until
+        the server has handed a detached session from one thread to the other (the log
+        says so), each one checked for exactly-once delivery."""
+        hank, previd, _ = self.enable_resume("hank", "phone")
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc2")
+        h = 0
+        for n in range(40):
+            alice.send(message(f"hank@{DOMAIN}/phone", f"x{n}"))
+            hank.recv_until(f"x{n}</body>")
+            self.kill(hank, f"hank@{DOMAIN}/phone", alice)
+            alice.send(message(f"hank@{DOMAIN}/phone", f"y{n}"))
+            self.barrier(alice, f"hank@{DOMAIN}")
+            # several connections at once so that the kernel spreads them over threads
+            extra = [RawStream(self.srv.port) for _ in range(3)]
+            hank, text = self.resume("hank", previd, h)
+            self.assertIn("<resumed", text)
+            self.assertEqual(bodies(hank.recv_until(f"y{n}</body>")), [f"x{n}", f"y{n}"])
+            h += 2
+            for e in extra:
+                e.close()
+            if "handed over to edge" in self.srv.log_text():
+                break
+        else:
+            self.fail("no resume landed on the other edge thread in 40 tries")
+        hank.close()
+        alice.close()
+
+    def test_bad_resume_requests(self):
+        r = self.authed("dave")
+        r.send(f"<resume xmlns='{SM}' h='0'/>")
+        self.assertIn("<bad-request", r.recv_until("</failed>"))
+        r.buf = b""
+        r.send(f"<resume xmlns='{SM}' previd='{'a' * 32}' h='99999999999'/>")
+        self.assertIn("<bad-request", r.recv_until("</failed>"))
+        r.close()
+        # a bound stream cannot resume
+        b, previd, _ = self.enable_resume("dave", "d1")
+        b.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+        self.assertIn("<unexpected-request", b.recv_until("</failed>"))
+        # h beyond what was sent (nothing): §4, the session cannot go on
+        b.send(f"<message to='nobody@{DOMAIN}' type='chat'><body>x</body></message>")
+        self.kill(b, f"dave@{DOMAIN}/d1", None)
+        r, text = self.resume("dave", previd, 1)
+        self.assertIn("<item-not-found", text)
+        r2, text = self.resume("dave", previd, 0)
+        self.assertIn("<item-not-found", text, "the session ended")
+        for s in (r, r2):
+            s.close()
+
+
+class ResumeInterplayTest(Base):
+    users = ("alice", "bob", "carol")
+    server_options = {"limits.rate_stanzas": "0", "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+
+    def test_csi_held_stanzas_come_after_resumed_and_the_stream_starts_active(self):
+        """XEP-0352 §5.2: the CSI state is not restored on resumption; what CSI held when
+        the connection dropped is written after <resumed/>."""
+        bob, previd, _ = self.enable_resume("bob", "phone")
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        bob.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+        alice.send(f"<presence to='bob@{DOMAIN}/phone'><status>held</status></presence>")
+        self.barrier(alice, f"bob@{DOMAIN}")
+        bob.send(f"<r xmlns='{SM}'/>")
+        self.assertNotIn("held", bob.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>"), "held while inactive")
+        self.kill(bob, f"bob@{DOMAIN}/phone", alice)
+        b2, text = self.resume("bob", previd, 0)
+        self.assertIn("<resumed", text)
+        self.assertIn("<status>held</status>", b2.recv_until("held</status>"))
+        # active now: a presence is written at once, not held
+        alice.send(f"<presence to='bob@{DOMAIN}/phone'><status>now</status></presence>")
+        b2.recv_until("now</status>")
+        b2.close()
+        alice.close()
+
+    def test_offline_messages_unacknowledged_survive_a_resume(self):
+        """Messages from offline storage (BUS_F_OFFLINE) stay stored until acknowledged:
+        across a resume they are sent again once, and once acknowledged on the resumed
+        stream they are gone from storage."""
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        alice.send("".join(message(f"carol@{DOMAIN}", f"o{i}") for i in range(1, 4)))
+        self.barrier(alice, f"carol@{DOMAIN}")
+        carol, previd, _ = self.enable_resume("carol", "phone")
+        carol.send("<presence/>")
+        text = carol.recv_until("o3</body>")
+        self.assertIn("urn:xmpp:delay", text)
+        # carol handled every stanza up to o1 (her own presence among them), not o2, o3
+        upto = text[:text.index("o1</body>")]
+        h = len(re.findall(r"<(?:message|presence|iq)[\s>/]", upto))
+        total = len(re.findall(r"<(?:message|presence|iq)[\s>/]", text))
+        self.kill(carol, f"carol@{DOMAIN}/phone", alice)
+        c2, text = self.resume("carol", previd, h)
+        text = c2.recv_until("o3</body>")
+        self.assertEqual(bodies(text), ["o2", "o3"])
+        self.ack(c2, total)
+        c2.send(f"<presence type='unavailable'/></stream:stream>")
+        c2.closed()
+        alice.wait_session_gone(f"carol@{DOMAIN}/phone")
+        again = RawStream(self.srv.port).login("carol", "pw", "pc")
+        again.send("<presence/>")
+        alice.send(message(f"carol@{DOMAIN}/pc", "fresh"))
+        self.assertEqual(bodies(again.recv_until("fresh</body>")), ["fresh"], "nothing left in storage")
+        again.close()
+        alice.close()
+
+
+class ResumeTimeoutTest(Base):
+    users = ("alice", "bob")
+    server_options = {"limits.sm_resume_timeout": "1", "limits.rate_stanzas": "0", "server.log_level": "info"}
+
+    def test_after_the_timeout_resume_fails_and_messages_went_offline(self):
+        bob, previd, mx = self.enable_resume("bob", "phone")
+        self.assertEqual(mx, 1)
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        alice.send("<presence/>")
+        bob.send(f"<presence to='alice@{DOMAIN}/pc'/>")
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'")
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(1, 4)))
+        bob.recv_until("m3</body>")
+        self.kill(bob, f"bob@{DOMAIN}/phone", alice)
+        alice.send(message(f"bob@{DOMAIN}/phone", "m4"))
+        # the session ends after the timeout: alice sees bob go unavailable then
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
+        r, text = self.resume("bob", previd, 0)
+        self.assertIn("<item-not-found", text)
+        r.bind("phone2")
+        r.send("<presence/>")
+        text = r.recv_until("m4</body>")
+        self.assertIn("urn:xmpp:delay", text, "they were stored offline")
+        self.assertEqual(bodies(text), ["m1", "m2", "m3", "m4"])
+        r.close()
+        alice.close()
+
+
+class NoResumeTest(Base):
+    users = ("alice",)
+    server_options = {"limits.sm_resume_timeout": "0"}
+
+    def test_resumption_off(self):
+        r = RawStream(self.srv.port).login("alice", "pw", "r")
+        r.buf = b""
+        r.send(f"<enable xmlns='{SM}' resume='true'/>")
+        self.assertEqual(r.recv_until("<enabled[^>]*/>").strip(), f"<enabled xmlns='{SM}'/>")
+        r.close()
+        r = self.authed("alice")
+        r.send(f"<resume xmlns='{SM}' previd='{'a' * 32}' h='0'/>")
+        self.assertIn("<unexpected-request", r.recv_until("</failed>"))
+        r.close()
+
+
+class SlixmppResumeTest(Base):
+    users = ("alice", "bob")
+    server_options = {"limits.sm_max_unacked": "1000", "limits.rate_stanzas": "0",
+                      "limits.sm_resume_timeout": "60", "server.log_level": "debug"}
+
+    def test_slixmpp_reconnects_and_resumes_under_load(self):
+        async def go():
+            a = Client(self.srv, f"alice@{DOMAIN}/pc", "pw")
+            b = Client(self.srv, f"bob@{DOMAIN}/phone", "pw")
+            b.register_plugin("xep_0198")
+            b.plugin["xep_0198"].window = 1000  # its own <r/>s are not the point here
+            resumed = asyncio.get_running_loop().create_future()
+            b.add_event_handler("session_resumed", lambda e: resumed.done() or resumed.set_result(True))
+            b.add_event_handler("session_end", lambda e: resumed.done() or resumed.set_result(False))
+            enabled = asyncio.get_running_loop().create_future()
+            b.add_event_handler("sm_enabled", lambda e: enabled.done() or enabled.set_result(True))
+            self.assertTrue(await a.login())
+            self.assertTrue(await b.login())
+            await asyncio.wait_for(enabled, 5)
+            self.assertTrue(b.plugin["xep_0198"].sm_id)
+            a.send_presence()
+            b.send_presence(pto=a.boundjid.full)  # directed: its end would reach alice
+            await a.next_presence(pred=lambda p: p["from"] == b.boundjid)
+            n = 300
+            ids = [f"id{i}" for i in range(n)]
+
+            async def sender():
+                for i, mid in enumerate(ids):
+                    m = a.make_message(mto=f"bob@{DOMAIN}/phone", mbody=mid, mtype="chat")
+                    m["id"] = mid
+                    m.send()
+                    if i % 20 == 0:
+                        await asyncio.sleep(0.005)
+
+            send = asyncio.ensure_future(sender())
+            got = []
+            while len(got) < 60:
+                got.append((await b.next_message())["id"])
+            b.transport.abort()  # the TCP connection dies mid-conversation
+            await asyncio.sleep(0)
+            b.connect(("127.0.0.1", self.srv.port))
+            self.assertTrue(await asyncio.wait_for(resumed, 15), "slixmpp resumed")
+            await send
+            while len(got) < n:
+                try:
+                    got.append((await b.next_message(timeout=10))["id"])
+                except asyncio.TimeoutError:
+                    self.fail(f"missing {sorted(set(ids) - set(got), key=lambda x: int(x[2:]))}, "
+                              f"{len(got) - len(set(got))} duplicates")
+            self.assertEqual(sorted(got, key=lambda x: int(x[2:])), ids, "every message exactly once")
+            with self.assertRaises(asyncio.TimeoutError):
+                await b.next_message(timeout=0.5)  # no duplicate after the last one
+            # alice saw no unavailable presence from bob across the resume
+            while not a.presences.empty():
+                p = a.presences.get_nowait()
+                self.assertNotEqual(p["type"], "unavailable", p)
+            self.assertEqual(b.boundjid.full, f"bob@{DOMAIN}/phone")
+            await b.close()
+            await a.close()
+
+        run(go())
+
+
+class AioxmppResumeTest(Base):
+    users = ("alice", "bob")
+    server_options = {"limits.rate_stanzas": "0", "limits.sm_resume_timeout": "60", "server.log_level": "info"}
+
+    def test_aioxmpp_resumes_after_a_tcp_kill(self):
+        """aioxmpp's client reconnects by itself and resumes (its StanzaStream); every
+        message arrives once, and it reports the stream resumed, not re-established."""
+        import aioxmpp
+
+        def client(jid):
+            c = aioxmpp.PresenceManagedClient(
+                aioxmpp.JID.fromstr(jid), aioxmpp.make_security_layer("pw", no_verify=True),
+                override_peer=[("127.0.0.1", self.srv.port, aioxmpp.connector.STARTTLSConnector())])
+            c.backoff_start = timedelta(seconds=0.1)
+            return c
+
+        async def go():
+            alice, bob = client(f"alice@{DOMAIN}/pc"), client(f"bob@{DOMAIN}/phone")
+            inbox = asyncio.Queue()
+
+            def catch(msg):
+                inbox.put_nowait(msg)
+                return msg
+
+            bob.stream.app_inbound_message_filter.register(catch, 0)
+            resumed, established = [], []
+            bob.on_stream_resumed.connect(lambda: resumed.append(1))
+            bob.on_stream_established.connect(lambda: established.append(1))
+            async with alice.connected(), bob.connected():
+                self.assertTrue(bob.stream.sm_enabled)
+                self.assertTrue(bob.stream.sm_resumable, "the server offered resumption")
+
+                async def send(lo, hi):
+                    for i in range(lo, hi):
+                        m = aioxmpp.Message(type_=aioxmpp.MessageType.CHAT, to=bob.local_jid)
+                        m.body[None] = f"a{i}"
+                        await alice.send(m)
+
+                got = []
+                await send(0, 50)
+                while len(got) < 20:
+                    got.append((await asyncio.wait_for(inbox.get(), 10)).body.any())
+                # the TCP connection dies under it (no stream footer): both ends see it
+                bob.stream._xmlstream._transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                await send(50, 100)
+                while len(got) < 100:
+                    got.append((await asyncio.wait_for(inbox.get(), 15)).body.any())
+                with self.assertRaises(asyncio.TimeoutError):
+                    await asyncio.wait_for(inbox.get(), 0.5)
+                self.assertEqual(sorted(got, key=lambda b: int(b[1:])), [f"a{i}" for i in range(100)])
+                self.assertEqual(resumed, [1], "aioxmpp resumed the stream")
+                self.assertEqual(len(established), 1, "not established anew")
+                self.assertEqual(str(bob.local_jid), f"bob@{DOMAIN}/phone")
+
+        run(go())
+
+
+class SlixmppResumeOneThreadTest(SlixmppResumeTest):
+    """The same with one edge thread: the resume always lands on the detached session's."""
+    server_options = dict(SlixmppResumeTest.server_options, **{"server.io_threads": "1"})
+
+
+if __name__ == "__main__":
+    unittest.main()
