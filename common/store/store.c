@@ -238,6 +238,7 @@ int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *it
   store_roster_item_t norm = *item;
   norm.ask_out = item->ask_out != 0;
   norm.pending_in = item->pending_in != 0;
+  norm.approved = item->approved != 0;
   return s->ops->roster_put(s->be, bare, &norm);
 }
 
@@ -374,4 +375,12 @@ int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *cons
       (nnever && !never) || bad_strs(always, nalways) || bad_strs(never, nnever))
     return XMPP_EINVAL;
   return s->ops->mam_prefs_set(s->be, bare, dflt, always, nalways, never, nnever);
+}
+
+int store_roster_ver(store_t *s, const char *bare, int64_t *ver) {
+  int rc = enter(s, "store_roster_ver");
+  if (rc) return rc;
+  if (bad_str(bare) || !ver) return XMPP_EINVAL;
+  *ver = 0;
+  return s->ops->roster_ver(s->be, bare, ver);
 }

@@ -34,6 +34,7 @@ typedef struct store_roster_item {
   int pending_in;      /* contact asked to subscribe, user has not answered */
   const char *const *groups;
   size_t ngroups;
+  int approved;        /* the user pre-approved the contact's subscription (RFC 6121 §3.4) */
 } store_roster_item_t;
 
 typedef void (*store_roster_cb)(const store_roster_item_t *item, void *ud);
@@ -193,5 +194,12 @@ typedef void (*store_mam_jid_cb)(const char *jid, int always, void *ud);
 int store_mam_prefs_get(store_t *s, const char *bare, int *dflt, store_mam_jid_cb cb, void *ud);
 int store_mam_prefs_set(store_t *s, const char *bare, int dflt, const char *const *always, size_t nalways,
                         const char *const *never, size_t nnever);
+
+/* Roster versioning (RFC 6121 §2.6): every store_roster_put and every store_roster_delete
+ * that removed an item raises the account's roster version by one, in the same
+ * transaction (SQLite: triggers on roster; Redis: the roster_ver field of the account
+ * hash, in the scripts). *ver: the version now (0 for an account whose roster never
+ * changed, or no account). 0 or XMPP_EIO. */
+int store_roster_ver(store_t *s, const char *bare, int64_t *ver);
 
 #endif
