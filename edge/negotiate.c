@@ -50,6 +50,8 @@ static void send_features(conn_t *c) {
                  "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
     if (sm_offered(c)) buf_puts(&f, "<sm xmlns='urn:xmpp:sm:3'/>"); /* XEP-0198 §2 */
     buf_puts(&f, "<csi xmlns='urn:xmpp:csi:0'/>");                    /* XEP-0352 §2 */
+    buf_puts(&f, "<ver xmlns='urn:xmpp:features:rosterver'/>");       /* RFC 6121 §2.6.1 */
+    buf_puts(&f, "<sub xmlns='urn:xmpp:features:pre-approval'/>");    /* RFC 6121 §3.4 */
   }
   buf_puts(&f, "</stream:features>");
   conn_send(c, (const char *)f.data, f.len);

@@ -38,6 +38,7 @@ typedef struct {
   const char *from;
   const xnode_t *st;
   int want_to; /* select contacts by 'to' (probes) rather than 'from' (broadcast) */
+  strmap_t *fanned; /* directed: the roster st also went to by fan_cb, or NULL */
 } fan_t;
 
 /* Whether a module keeps x's presence from 'to' (HOOK_PRESENCE_BROADCAST). */
@@ -54,16 +55,26 @@ static void fan_cb(const char *contact, void *v, void *ud) {
   w_route(x->w, x->from, contact, x->st, 0);
 }
 
+/* The unavailable presence to a JID that got directed presence (§4.6.3), unless the
+ * same stanza already went to its bare JID's 'from'/'both' contact by the broadcast: the
+ * contact would get it twice (the broadcast reaches all its available resources). */
 static void directed_cb(const char *jid, void *v, void *ud) {
   fan_t *x = ud;
   if (held_back(x, jid)) return;
+  if (x->fanned) {
+    const char *slash = strchr(jid, '/');
+    char *bare = slash ? arena_strndup(&x->w->arena, jid, (size_t)(slash - jid)) : (char *)jid;
+    ritem_t *it = strmap_get(x->fanned, bare);
+    if (it && sub_has_from(it->sub)) return;
+  }
   w_route(x->w, x->from, jid, x->st, BUS_F_DIRECTED);
 }
 
 /* Sends st from s to its contacts and to the user's own available resources. */
 static void broadcast(worker_t *w, user_t *u, session_t *s, const xnode_t *st, int include_directed) {
-  fan_t x = {w, u, s, s->full, st, 0};
+  fan_t x = {w, u, s, s->full, st, 0, NULL};
   strmap_each(user_roster(w, u), fan_cb, &x);
+  x.fanned = u->roster;
   if (include_directed && s->directed) {
     strmap_each(s->directed, directed_cb, &x);
     strmap_free(s->directed, NULL);
@@ -79,14 +90,15 @@ void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
   s->available = 0;
   xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
   xnode_set_attr(&w->arena, p, "type", "unavailable");
+  strmap_t *fanned = NULL;
   if (was) {
-    fan_t x = {w, u, s, s->full, p, 0};
-    strmap_each(user_roster(w, u), fan_cb, &x);
+    fan_t x = {w, u, s, s->full, p, 0, NULL};
+    strmap_each(fanned = user_roster(w, u), fan_cb, &x);
     for (session_t *o = u->sessions; o; o = o->next)
       if (o != s && o->available) w_deliver(w, o, s->full, o->full, p);
   }
   if (s->directed) {
-    fan_t x = {w, u, s, s->full, p, 0};
+    fan_t x = {w, u, s, s->full, p, 0, fanned};
     strmap_each(s->directed, directed_cb, &x);
   }
 }
@@ -172,7 +184,7 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
     if (initial) {
       xnode_t *probe = xnode_new(&w->arena, "presence", NS_CLIENT);
       xnode_set_attr(&w->arena, probe, "type", "probe");
-      fan_t x = {w, u, NULL, u->bare, probe, 1};
+      fan_t x = {w, u, NULL, u->bare, probe, 1, NULL};
       strmap_each(user_roster(w, u), fan_cb, &x);
       for (session_t *o = u->sessions; o; o = o->next)
         if (o != s && o->available) w_deliver(w, s, o->full, s->full, stored_presence(w, o));

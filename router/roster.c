@@ -8,6 +8,16 @@
  * (§3.1.3: the contact is not added to the roster until approved).
  * Every change is pushed to the user's interested resources (§2.1.6).
  *
+ * Roster versioning (§2.6): the store raises the account's roster version on every item
+ * written or removed (hidden items too: a version may change with nothing shown changed,
+ * which only costs the client a full roster). A get with ver='N' equal to the version
+ * gets an empty result; any other ver (or '') gets the whole roster with the version
+ * (§2.6.3 allows it instead of the changes since N); pushes carry the version they lead to.
+ * Pre-approval (§3.4): 'subscribed' to a contact that has not asked and is not subscribed
+ * sets the item's approved flag (created with subscription none when absent) and is not
+ * routed; the contact's next 'subscribe' is then approved at once on the user's behalf;
+ * 'unsubscribed' cancels it (not routed either: the contact never knew).
+ *
  * What a client controls is capped (docs/security.md, "Client-controlled quantities"):
  * items per roster (limits.max_roster_items), <group/> elements per item, the bytes of a
  * name and of a group (§2.3.3: <not-acceptable/>), and the bytes of the roster a roster
@@ -60,11 +70,12 @@ static size_t esc_len(const char *s) {
 }
 
 /* What one item costs in a roster get: <item jid='' subscription='both'
- * ask='subscribe'></item> (56 bytes, the longest subscription value and the ask
- * attribute always counted, so subscription changes never change the cost), the name
+ * ask='subscribe' approved='true'></item> (72 bytes, the longest subscription value, the
+ * ask and the approved attributes always counted, so subscription changes never change
+ * the cost), the name
  * attribute ( name='': 8) and <group></group> (15) per group, plus the escaped text. */
 static size_t item_cost(const char *jid, const char *name, char *const *groups, size_t ngroups) {
-  size_t n = 56 + esc_len(jid);
+  size_t n = 72 + esc_len(jid);
   if (name) n += 8 + esc_len(name);
   for (size_t i = 0; i < ngroups; i++) n += 15 + esc_len(groups[i]);
   return n;
@@ -118,6 +129,7 @@ static ritem_t *item_from_store(const store_roster_item_t *si) {
   it->sub = si->sub;
   it->ask_out = si->ask_out;
   it->pending_in = si->pending_in;
+  it->approved = si->approved;
   it->ngroups = si->ngroups;
   it->groups = si->ngroups ? xcalloc(si->ngroups, sizeof(char *)) : NULL;
   for (size_t i = 0; i < si->ngroups; i++) it->groups[i] = xstrdup(si->groups[i]);
@@ -231,7 +243,7 @@ void roster_prefetch_end(worker_t *w) {
 
 static void save(worker_t *w, user_t *u, ritem_t *it) {
   store_roster_item_t si = {it->jid, it->name, it->sub, it->ask_out, it->pending_in,
-                            (const char *const *)it->groups, it->ngroups};
+                            (const char *const *)it->groups, it->ngroups, it->approved};
   if (store_roster_put(w->store, u->bare, &si) != 0) log_error("roster of %s: write failed", u->bare);
   if (u->roster) {
     u->roster_bytes -= it->counted;
@@ -292,6 +304,7 @@ static xnode_t *item_node(worker_t *w, xnode_t *parent, const ritem_t *it, int r
   if (it->name) xnode_set_attr(a, n, "name", it->name);
   xnode_set_attr(a, n, "subscription", sub_name(it->sub));
   if (it->ask_out) xnode_set_attr(a, n, "ask", "subscribe");
+  if (it->approved) xnode_set_attr(a, n, "approved", "true"); /* §2.1.2.1 */
   for (size_t i = 0; i < it->ngroups; i++) {
     xnode_t *g = xnode_add(a, n, "group", NS_ROSTER);
     xnode_add_text(a, g, it->groups[i], strlen(it->groups[i]));
@@ -299,17 +312,36 @@ static xnode_t *item_node(worker_t *w, xnode_t *parent, const ritem_t *it, int r
   return n;
 }
 
-/* Roster push (§2.1.6) to every interested resource. */
+/* u's roster version (§2.6) as the ver attribute gives it, in the arena; NULL when the
+ * store could not say (the roster then goes without one: the client keeps no version). */
+static const char *roster_ver(worker_t *w, user_t *u) {
+  int64_t v = 0;
+  if (store_roster_ver(w->store, u->bare, &v) != 0) {
+    log_error("roster version of %s could not be read", u->bare);
+    return NULL;
+  }
+  char b[24];
+  snprintf(b, sizeof b, "%lld", (long long)v);
+  return arena_strdup(&w->arena, b);
+}
+
+/* Roster push (§2.1.6) to every interested resource, with the version it leads to
+ * (§2.6.3; read only when someone is interested). */
 static void push(worker_t *w, user_t *u, const ritem_t *it, int removed) {
   arena_t *a = &w->arena;
+  session_t *s = u->sessions;
+  while (s && !s->roster_requested) s = s->next;
+  if (!s) return;
   xnode_t *iq = xnode_new(a, "iq", NS_CLIENT);
   char id[32];
   snprintf(id, sizeof id, "push%d-%llu", w->index, (unsigned long long)++w->push_seq);
   xnode_set_attr(a, iq, "type", "set");
   xnode_set_attr(a, iq, "id", id);
   xnode_t *q = xnode_add(a, iq, "query", NS_ROSTER);
+  const char *ver = roster_ver(w, u);
+  if (ver) xnode_set_attr(a, q, "ver", ver);
   item_node(w, q, it, removed);
-  for (session_t *s = u->sessions; s; s = s->next)
+  for (; s; s = s->next)
     if (s->roster_requested) w_deliver(w, s, NULL, s->full, iq);
 }
 
@@ -414,7 +446,7 @@ static void roster_set(worker_t *w, user_t *u, session_t *s, xnode_t *iq, xnode_
   if (!bad) {
     /* the item as it would be: is the shown roster still within its byte cap? */
     ritem_t next = {contact, (char *)name, it ? it->sub : SUB_NONE, it ? it->ask_out : 0,
-                    it ? it->pending_in : 0, groups, k, 0};
+                    it ? it->pending_in : 0, groups, k, 0, 0};
     full = (!it && roster_full(w, u)) || over_bytes(w, u, it, shown_cost(&next));
   }
   if (bad || full) {
@@ -445,7 +477,16 @@ void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq) {
   xnode_t *q = xnode_child(iq, "query", NS_ROSTER);
   if (!strcmp(type, "get")) {
     s->roster_requested = 1;
+    /* §2.6.2: a client that gives ver knows versioning; ver equal to ours: nothing
+     * changed, an empty result (§2.6.3) */
+    const char *cver = q ? xnode_attr(q, "ver") : NULL;
+    const char *ver = cver ? roster_ver(w, u) : NULL;
+    if (ver && !strcmp(ver, cver)) {
+      reply(w, s, iq, NULL);
+      return;
+    }
     xnode_t *res = xnode_new(&w->arena, "query", NS_ROSTER);
+    if (ver) xnode_set_attr(&w->arena, res, "ver", ver);
     get_ctx_t x = {w, res};
     strmap_each(user_roster(w, u), get_cb, &x);
     reply(w, s, iq, res);
@@ -494,34 +535,58 @@ void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to,
       push(w, u, it, 0);
     }
   } else if (!strcmp(type, "subscribed")) {
-    if (!it || !it->pending_in) return; /* nothing to approve; pre-approval not offered */
+    if (!it || !it->pending_in) {
+      /* §3.4.1: the contact has not asked. Already subscribed (From, Both) or already
+       * pre-approved: nothing changes. Else the pre-approval is noted, not routed. */
+      if (it && (it->sub == SUB_FROM || it->sub == SUB_BOTH || it->approved)) return;
+      if (!it && (roster_full(w, u) || over_bytes(w, u, NULL, item_cost(contact, NULL, NULL, 0)))) {
+        w_error(w, s->full, to, st, "cancel", "not-allowed");
+        return;
+      }
+      it = ensure_item(u, contact);
+      it->approved = 1;
+      save(w, u, it);
+      push(w, u, it, 0);
+      return;
+    }
     if (hidden(it) && over_bytes(w, u, it, item_cost(it->jid, it->name, it->groups, it->ngroups))) {
       w_error(w, s->full, to, st, "cancel", "not-allowed"); /* approved, it would be shown */
       return;
     }
     it->pending_in = 0;
+    it->approved = 0;
     it->sub = it->sub == SUB_TO ? SUB_BOTH : it->sub == SUB_NONE ? SUB_FROM : it->sub;
     save(w, u, it);
     push(w, u, it, 0);
   } else if (!strcmp(type, "unsubscribe")) {
-    if (it) {
+    /* Appendix A.2.2: no subscription and none asked for: no state change, no push */
+    if (it && (it->ask_out || it->sub == SUB_TO || it->sub == SUB_BOTH)) {
       it->ask_out = 0;
       it->sub = it->sub == SUB_BOTH ? SUB_FROM : it->sub == SUB_TO ? SUB_NONE : it->sub;
       save(w, u, it);
       push(w, u, it, 0);
     }
   } else if (!strcmp(type, "unsubscribed")) {
-    if (it) {
-      int had_from = it->sub == SUB_FROM || it->sub == SUB_BOTH;
-      cancelled_from = had_from;
-      it->pending_in = 0;
-      it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
-      if (it->sub == SUB_NONE && !it->ask_out && !it->name && !it->ngroups && !had_from) {
-        drop(w, u, contact); /* a declined request from a stranger leaves nothing */
-      } else {
+    int had_from = it && (it->sub == SUB_FROM || it->sub == SUB_BOTH);
+    if (!it || (!had_from && !it->pending_in)) {
+      /* Appendix A.2.4: None, None + Pending Out, To: no state change, not routed. A
+       * pre-approval is cancelled (§3.4), locally: the contact never knew of it. */
+      if (it && it->approved) {
+        it->approved = 0;
         save(w, u, it);
         push(w, u, it, 0);
       }
+      return;
+    }
+    cancelled_from = had_from;
+    it->approved = 0;
+    it->pending_in = 0;
+    it->sub = it->sub == SUB_BOTH ? SUB_TO : it->sub == SUB_FROM ? SUB_NONE : it->sub;
+    if (it->sub == SUB_NONE && !it->ask_out && !it->name && !it->ngroups && !had_from) {
+      drop(w, u, contact); /* a declined request from a stranger leaves nothing */
+    } else {
+      save(w, u, it);
+      push(w, u, it, 0);
     }
   }
   if (!w_is_local(w, contact)) return;
@@ -550,6 +615,19 @@ void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t
   if (!strcmp(type, "subscribe")) {
     if (it && (it->sub == SUB_FROM || it->sub == SUB_BOTH)) {
       /* already approved: auto-reply on the user's behalf */
+      xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
+      xnode_set_attr(&w->arena, p, "type", "subscribed");
+      w_route(w, u->bare, contact, p, 0);
+      presence_send_current(w, u, contact);
+      return;
+    }
+    if (it && it->approved) {
+      /* §3.4.2: pre-approved: approved at once, the user's clients are not asked */
+      it->approved = 0;
+      it->pending_in = 0;
+      it->sub = it->sub == SUB_TO ? SUB_BOTH : SUB_FROM;
+      save(w, u, it);
+      push(w, u, it, 0);
       xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
       xnode_set_attr(&w->arena, p, "type", "subscribed");
       w_route(w, u->bare, contact, p, 0);

@@ -39,6 +39,7 @@ typedef struct ritem {
   char **groups;
   size_t ngroups;
   size_t counted; /* bytes counted in its user's roster_bytes (0: hidden, or roster not loaded) */
+  int approved;   /* pre-approved (RFC 6121 §3.4) */
 } ritem_t;
 
 typedef struct user {

@@ -244,6 +244,7 @@ int store_roster_put(store_t *s, const char *bare, const store_roster_item_t *it
   store_roster_item_t norm = *item;
   norm.ask_out = item->ask_out != 0;
   norm.pending_in = item->pending_in != 0;
+  norm.approved = item->approved != 0;
   return s->ops->roster_put(s->be, bare, &norm);
 }
 
@@ -464,4 +465,12 @@ int store_block_match(store_t *s, const char *bare, const char *const *jids, siz
   if (bad_str(bare) || (n && !jids) || bad_strs(jids, n)) return XMPP_EINVAL;
   if (n == 0) return 0;
   return s->ops->block_match(s->be, bare, jids, n);
+}
+
+int store_roster_ver(store_t *s, const char *bare, int64_t *ver) {
+  int rc = enter(s, "store_roster_ver");
+  if (rc) return rc;
+  if (bad_str(bare) || !ver) return XMPP_EINVAL;
+  *ver = 0;
+  return s->ops->roster_ver(s->be, bare, ver);
 }

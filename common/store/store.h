@@ -34,6 +34,7 @@ typedef struct store_roster_item {
   int pending_in;      /* contact asked to subscribe, user has not answered */
   const char *const *groups;
   size_t ngroups;
+  int approved;        /* the user pre-approved the contact's subscription (RFC 6121 §3.4) */
 } store_roster_item_t;
 
 typedef void (*store_roster_cb)(const store_roster_item_t *item, void *ud);
@@ -223,5 +224,12 @@ int store_block_remove(store_t *s, const char *bare, const char *const *jids, si
  * account), or an error. Costs the same whatever the list's size (SQLite: n primary-key
  * look-ups; Redis: one script of n SISMEMBER): what a stanza to an offline user needs. */
 int store_block_match(store_t *s, const char *bare, const char *const *jids, size_t n);
+
+/* Roster versioning (RFC 6121 §2.6): every store_roster_put and every store_roster_delete
+ * that removed an item raises the account's roster version by one, in the same
+ * transaction (SQLite: triggers on roster; Redis: the roster_ver field of the account
+ * hash, in the scripts). *ver: the version now (0 for an account whose roster never
+ * changed, or no account). 0 or XMPP_EIO. */
+int store_roster_ver(store_t *s, const char *bare, int64_t *ver);
 
 #endif

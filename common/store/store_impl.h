@@ -6,7 +6,7 @@
  * (what its open returned) and may assume:
  *   - every string argument is non-NULL and NUL-terminated, bare JIDs non-empty;
  *   - store_account_t credentials have 1 <= salt_len <= SCRAM_MAX_SALT and iterations > 0;
- *   - roster items have sub in SUB_NONE..SUB_BOTH, ask_out/pending_in in {0,1},
+ *   - roster items have sub in SUB_NONE..SUB_BOTH, ask_out/pending_in/approved in {0,1},
  *     groups non-NULL strings (groups may be NULL when ngroups == 0);
  *   - no call arrives while one of its callbacks runs on the same handle.
  * It returns the codes of common/err.h, exactly as documented in store.h.
@@ -73,6 +73,8 @@ typedef struct store_backend {
   int (*block_add)(void *be, const char *bare, const char *const *jids, size_t n, unsigned max);
   int (*block_remove)(void *be, const char *bare, const char *const *jids, size_t n);
   int (*block_match)(void *be, const char *bare, const char *const *jids, size_t n);
+  /* Roster versioning (store_roster_ver) */
+  int (*roster_ver)(void *be, const char *bare, int64_t *ver);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

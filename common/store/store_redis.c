@@ -17,7 +17,9 @@
  *   {u:JID}:a  hash   sha1_salt sha1_iter sha1_stored sha1_server sha256_* created
  *                     offline_seq (last offline id), offline_bytes (bytes queued). SCRAM credentials only, never a
  *                     password; keys cut to the hash length (20 / 32 bytes).
- *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item)
+ *   {u:JID}:r  hash   contact JID -> roster item (binary, see encode_item); the account
+ *                     hash's roster_ver is the RFC 6121 §2.6 roster version, raised by
+ *                     the roster put and delete scripts
  *   {u:JID}:o  list   offline messages, oldest first: "ID STAMP BYTES"
  *   {u:JID}:b  set    XEP-0191 blocked JIDs (normalised), one member each
  *   {u:JID}:d  hash   "KIND\0KEY" -> document bytes (store_doc_*); the account hash's
@@ -95,7 +97,7 @@
 /* ---- scripts ------------------------------------------------------------------------ */
 
 enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL,
-       S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_BLOCK_ADD, S_BLOCK_MATCH,
+       S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_BLOCK_ADD, S_BLOCK_MATCH, S_ROSTER_DEL,
        S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
@@ -111,7 +113,8 @@ static const char *const script_text[S_COUNT] = {
                  "for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end return n",
     /* KEYS: account, roster. ARGV: contact, item -> 1 stored, 0 no account */
     [S_ROSTER_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
-                     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
+                     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) "
+                     "redis.call('HINCRBY', KEYS[1], 'roster_ver', 1) return 1",
     /* KEYS: account, offline. ARGV: max (0 = none), stamp, bytes, max bytes (0 = none)
      * -> queue length, -1 no account, -2 limit reached. The account's offline_bytes
      * counts the queue's message bytes. */
@@ -244,6 +247,10 @@ static const char *const script_text[S_COUNT] = {
     [S_BLOCK_MATCH] = "for i = 1, #ARGV do "
                       "  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then return 1 end "
                       "end return 0",
+    /* KEYS: account, roster. ARGV: contact -> 1 deleted (the roster version raised), 0 absent */
+    [S_ROSTER_DEL] = "local n = redis.call('HDEL', KEYS[2], ARGV[1]) "
+                     "if n == 1 and redis.call('EXISTS', KEYS[1]) == 1 then "
+                     "  redis.call('HINCRBY', KEYS[1], 'roster_ver', 1) end return n",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -1056,7 +1063,7 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
 /* ---- roster ------------------------------------------------------------------------- */
 
 /* Item value: u8 version | u8 flags (sub in bits 0-1, ask_out 2, pending_in 3, has name
- * 4) | [u32 name length, name] | u32 group count | (u32 length, group)... (big-endian).
+ * 4, approved 5: RFC 6121 §3.4; older items have it 0) | [u32 name length, name] | u32 group count | (u32 length, group)... (big-endian).
  * Lengths, not separators: a name or group may hold any byte. */
 static void put_u32(buf_t *b, uint32_t v) {
   uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
@@ -1065,7 +1072,8 @@ static void put_u32(buf_t *b, uint32_t v) {
 
 static void encode_item(buf_t *b, const store_roster_item_t *it) {
   uint8_t hdr[2] = {RD_ITEM_VERSION, (uint8_t)((it->sub & 3) | (it->ask_out ? 4 : 0) |
-                                               (it->pending_in ? 8 : 0) | (it->name ? 16 : 0))};
+                                               (it->pending_in ? 8 : 0) | (it->name ? 16 : 0) |
+                                               (it->approved ? 32 : 0))};
   buf_append(b, hdr, 2);
   if (it->name) {
     size_t n = strlen(it->name);
@@ -1158,6 +1166,7 @@ static int roster_from_reply(rd_t *r, const char *bare, const redisReply *rep, s
           .sub = (roster_sub_t)(items[i].flags & 3),
           .ask_out = (items[i].flags & 4) != 0,
           .pending_in = (items[i].flags & 8) != 0,
+          .approved = (items[i].flags & 32) != 0,
           .groups = (const char *const *)items[i].groups,
           .ngroups = items[i].ngroups,
       };
@@ -1245,6 +1254,7 @@ static int rd_roster_get(void *be, const char *bare, const char *contact, store_
         .sub = (roster_sub_t)(d.flags & 3),
         .ask_out = (d.flags & 4) != 0,
         .pending_in = (d.flags & 8) != 0,
+        .approved = (d.flags & 32) != 0,
         .groups = (const char *const *)d.groups,
         .ngroups = d.ngroups,
     };
@@ -1292,9 +1302,9 @@ static int rd_roster_delete(void *be, const char *bare, const char *contact) {
   rd_t *r = be;
   ukeys_t k;
   ukeys(&k, bare);
-  const char *av[] = {"HDEL", k.r, contact};
-  size_t al[] = {4, k.lr, strlen(contact)};
-  int rc = exec_cmd(r, "roster delete", 3, av, al, R_ROSTER_DEL);
+  const char *av[] = {k.a, k.r, contact};
+  size_t al[] = {k.la, k.lr, strlen(contact)};
+  int rc = exec_script(r, "roster delete", S_ROSTER_DEL, 2, 3, av, al, R_ROSTER_DEL);
   ukeys_free(&k);
   return rc;
 }
@@ -2003,6 +2013,25 @@ static int rd_block_match(void *be, const char *bare, const char *const *jids, s
   return rc;
 }
 
+/* ---- roster versioning (RFC 6121 §2.6) ----------------------------------------------- */
+
+/* HGET of the account hash's roster_ver: absent (never changed, or no account) is 0. */
+static int rd_roster_ver(void *be, const char *bare, int64_t *ver) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  const char *av[] = {"HGET", k.a, "roster_ver"};
+  size_t al[] = {4, k.la, 10};
+  redisReply *rep = run(r, 3, av, al, 1);
+  ukeys_free(&k);
+  if (!rep) return XMPP_EIO;
+  int rc = 0;
+  if (rep->type == REDIS_REPLY_STRING) *ver = strtoll(rep->str, NULL, 10);
+  else if (rep->type != REDIS_REPLY_NIL) rc = reply_error(r, "HGET", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -2041,4 +2070,5 @@ const store_backend_t store_redis_backend = {
     .block_add = rd_block_add,
     .block_remove = rd_block_remove,
     .block_match = rd_block_match,
+    .roster_ver = rd_roster_ver,
 };

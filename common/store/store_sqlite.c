@@ -30,6 +30,9 @@
  *   blocklist(owner, jid, PK(owner, jid)) (version 5): XEP-0191, one row per blocked JID,
  *     so one block writes one row and "is X blocked" is a primary-key look-up;
  *     accounts.block_items counts them, kept by triggers like roster_items.
+ *   roster.approved, accounts.roster_ver (version 6): RFC 6121 §3.4 pre-approval, and the
+ *     §2.6 roster version, raised by triggers on every insert, update and delete of the
+ *     account's roster rows.
  * roster.owner, offline.owner, docs.owner, mam.owner and blocklist.owner reference accounts(jid) ON DELETE CASCADE (foreign_keys
  * is on): rows for an account that does not exist are refused with XMPP_ENOENT, and
  * account delete also removes them explicitly, in the same transaction.
@@ -55,7 +58,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 5
+#define SQ_SCHEMA_VERSION 6
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -119,6 +122,7 @@ enum {
   Q_BLOCK_CLEAR,
   Q_BLOCK_COUNT,
   Q_BLOCK_ONE,
+  Q_ROSTER_VER,
   Q_COUNT
 };
 
@@ -147,20 +151,20 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ACC_DEL_GROUPS] = "DELETE FROM roster_groups WHERE owner = ?1",
     [Q_ACC_DEL_ROSTER] = "DELETE FROM roster WHERE owner = ?1",
     [Q_ACC_DEL_OFFLINE] = "DELETE FROM offline WHERE owner = ?1",
-    [Q_ROSTER_SELECT] = "SELECT contact, name, sub, ask_out, pending_in FROM roster "
+    [Q_ROSTER_SELECT] = "SELECT contact, name, sub, ask_out, pending_in, approved FROM roster "
                         "WHERE owner = ?1 ORDER BY contact",
     [Q_ROSTER_GROUPS] = "SELECT grp FROM roster_groups WHERE owner = ?1 AND contact = ?2 "
                         "ORDER BY pos",
-    [Q_ROSTER_UPSERT] = "INSERT INTO roster (owner, contact, name, sub, ask_out, pending_in) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+    [Q_ROSTER_UPSERT] = "INSERT INTO roster (owner, contact, name, sub, ask_out, pending_in, approved) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
                         "ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, "
                         "sub = excluded.sub, ask_out = excluded.ask_out, "
-                        "pending_in = excluded.pending_in",
+                        "pending_in = excluded.pending_in, approved = excluded.approved",
     [Q_ROSTER_CLEAR_GROUPS] = "DELETE FROM roster_groups WHERE owner = ?1 AND contact = ?2",
     [Q_ROSTER_ADD_GROUP] = "INSERT INTO roster_groups (owner, contact, pos, grp) "
                            "VALUES (?1, ?2, ?3, ?4)",
     [Q_ROSTER_DELETE] = "DELETE FROM roster WHERE owner = ?1 AND contact = ?2",
-    [Q_ROSTER_SELECT_ONE] = "SELECT name, sub, ask_out, pending_in FROM roster "
+    [Q_ROSTER_SELECT_ONE] = "SELECT name, sub, ask_out, pending_in, approved FROM roster "
                             "WHERE owner = ?1 AND contact = ?2",
     [Q_ROSTER_COUNT] = "SELECT roster_items FROM accounts WHERE jid = ?1",
     [Q_OFF_COUNT] = "SELECT count(*), total(length(xml)) FROM offline WHERE owner = ?1",
@@ -211,6 +215,7 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_BLOCK_CLEAR] = "DELETE FROM blocklist WHERE owner = ?1",
     [Q_BLOCK_COUNT] = "SELECT block_items FROM accounts WHERE jid = ?1",
     [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
+    [Q_ROSTER_VER] = "SELECT roster_ver FROM accounts WHERE jid = ?1",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -285,10 +290,19 @@ static const char schema_v5[] =
     "CREATE TRIGGER IF NOT EXISTS block_items_del AFTER DELETE ON blocklist BEGIN "
     "  UPDATE accounts SET block_items = block_items - 1 WHERE jid = OLD.owner; END;";
 
-/* Version 2: each account keeps the number of its roster items, kept right by triggers
- * (whatever writes the rows, the cascade of an account delete included), so that
- * store_roster_count reads one row instead of counting a roster's rows (185 us for 2,000
- * items: what a subscription stanza to an offline user would have cost per item). */
+/* Version 6: RFC 6121 §3.4 pre-approval (roster.approved) and §2.6 roster versioning
+ * (accounts.roster_ver, raised by triggers whatever writes the rows: a put, which is an
+ * insert or an update, or a delete). */
+static const char schema_v6[] =
+    "ALTER TABLE roster ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE accounts ADD COLUMN roster_ver INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TRIGGER IF NOT EXISTS roster_ver_ins AFTER INSERT ON roster BEGIN "
+    "  UPDATE accounts SET roster_ver = roster_ver + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS roster_ver_upd AFTER UPDATE ON roster BEGIN "
+    "  UPDATE accounts SET roster_ver = roster_ver + 1 WHERE jid = NEW.owner; END;"
+    "CREATE TRIGGER IF NOT EXISTS roster_ver_del AFTER DELETE ON roster BEGIN "
+    "  UPDATE accounts SET roster_ver = roster_ver + 1 WHERE jid = OLD.owner; END;";
+
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
     "  jid TEXT NOT NULL PRIMARY KEY,"
@@ -474,6 +488,7 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 3 && (rc = sqlite3_exec(q->db, schema_v3, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 4 && (rc = sqlite3_exec(q->db, schema_v4, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 5 && (rc = sqlite3_exec(q->db, schema_v5, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 6 && (rc = sqlite3_exec(q->db, schema_v6, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -756,6 +771,7 @@ static int sq_roster_load(void *be, const char *bare, store_roster_cb cb, void *
           .pending_in = sqlite3_column_int(st, 4) != 0,
           .groups = (const char *const *)g.v,
           .ngroups = g.n,
+          .approved = sqlite3_column_int(st, 5) != 0,
       };
       cb(&it, ud);
     }
@@ -794,7 +810,7 @@ static int sq_roster_get(void *be, const char *bare, const char *contact, store_
         name = xstrndup((const char *)n, (size_t)sqlite3_column_bytes(st, 0));
       }
       flags = (sqlite3_column_int(st, 1) & 3) | (sqlite3_column_int(st, 2) ? 4 : 0) |
-              (sqlite3_column_int(st, 3) ? 8 : 0);
+              (sqlite3_column_int(st, 3) ? 8 : 0) | (sqlite3_column_int(st, 4) ? 16 : 0);
     } else if (rc == SQLITE_DONE) {
       ret = XMPP_ENOENT;
     } else {
@@ -814,6 +830,7 @@ static int sq_roster_get(void *be, const char *bare, const char *contact, store_
         .pending_in = (flags & 8) != 0,
         .groups = (const char *const *)g.v,
         .ngroups = g.n,
+        .approved = (flags & 16) != 0,
     };
     cb(&it, ud);
   }
@@ -855,6 +872,7 @@ static int sq_roster_put(void *be, const char *bare, const store_roster_item_t *
   if (!ret) ret = bind_int64(q, st, 4, item->sub);
   if (!ret) ret = bind_int64(q, st, 5, item->ask_out);
   if (!ret) ret = bind_int64(q, st, 6, item->pending_in);
+  if (!ret) ret = bind_int64(q, st, 7, item->approved);
   if (!ret) {
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
@@ -1486,6 +1504,22 @@ static int sq_block_match(void *be, const char *bare, const char *const *jids, s
   return ret;
 }
 
+/* ---- roster versioning (RFC 6121 §2.6) ----------------------------------------------- */
+
+static int sq_roster_ver(void *be, const char *bare, int64_t *ver) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_ROSTER_VER);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *ver = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE) ret = fail(q, "roster ver", rc); /* DONE: no account, 0 */
+  }
+  done(st);
+  return ret;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1521,4 +1555,5 @@ const store_backend_t store_sqlite_backend = {
     .block_add = sq_block_add,
     .block_remove = sq_block_remove,
     .block_match = sq_block_match,
+    .roster_ver = sq_roster_ver,
 };

@@ -298,6 +298,13 @@ class Client(slixmpp.ClientXMPP):
             if pred is None or pred(p):
                 return p
 
+    async def full_roster(self):
+        """The roster get's result with every item: the server versions rosters (RFC 6121
+        §2.6) and slixmpp asks with the version it keeps, which gets an empty result when
+        nothing changed; ver='' asks for the whole roster."""
+        self.client_roster.version = ""
+        return await self.get_roster()
+
     async def close(self):
         loop = asyncio.get_running_loop()
         done = loop.create_future()

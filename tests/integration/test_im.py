@@ -44,7 +44,7 @@ class IMTest(ServerTest):
             # rosters: both sides 'both', pushed to every interested resource
             for c, other in ((a1, "bob@localhost"), (a2, "bob@localhost"), (b1, "alice@localhost"),
                              (b2, "alice@localhost")):
-                r = await c.get_roster()
+                r = await c.full_roster()
                 items = r["roster"]["items"]
                 self.assertEqual(items[other]["subscription"], "both", (c.boundjid, items))
             # a fresh resource of bob sees both of alice's resources on initial presence
@@ -152,12 +152,12 @@ class IMTest(ServerTest):
             item = iq["roster"]["items"]["zed@localhost"]
             self.assertEqual(item["name"], "Zed")
             self.assertEqual(sorted(item["groups"]), ["Friends", "Work"])
-            r = await a2.get_roster()
+            r = await a2.full_roster()
             self.assertIn("zed@localhost", r["roster"]["items"])
             await a.del_roster_item("zed@localhost")
             iq = await asyncio.wait_for(pushes.get(), 5)
             self.assertEqual(iq["roster"]["items"]["zed@localhost"]["subscription"], "remove")
-            r = await a.get_roster()
+            r = await a.full_roster()
             self.assertNotIn("zed@localhost", r["roster"]["items"])
             await a.close()
             await a2.close()
@@ -234,7 +234,7 @@ class OtherDomainPresenceTest(ServerTest):
             k.send_presence(pto="someone@example.org", ptype="subscribe")
             p = await k.next_presence(pred=lambda p: p["type"] == "error")
             self.assertEqual(p["error"]["condition"], "remote-server-not-found")
-            roster = await k.get_roster()
+            roster = await k.full_roster()
             self.assertNotIn("someone@example.org", roster["roster"]["items"])
             await k.close()
         run(go())

@@ -104,7 +104,7 @@ class RedisStoreTest(unittest.TestCase):
             self.assertEqual([m1["body"], m2["body"]], ["kept in redis", "second"])
             self.assertIn("urn:xmpp:delay", str(m1))
             a = await login(self.srv, "alice@localhost/a")
-            r = await a.get_roster()
+            r = await a.full_roster()
             item = r["roster"]["items"]["zed@localhost"]
             self.assertEqual(item["name"], "Zed")
             self.assertEqual(sorted(item["groups"]), ["Friends", "a,b"])
@@ -143,7 +143,7 @@ class RedisStoreTest(unittest.TestCase):
                 c.add_event_handler("presence_available",
                                     lambda p, i=i: seen[i].add(p["from"].bare))
                 c.add_event_handler("message", lambda m, i=i: bodies[i].append(m["body"]))
-            rosters = await asyncio.gather(*(c.get_roster() for c in cs))
+            rosters = await asyncio.gather(*(c.full_roster() for c in cs))
             for c in cs:
                 c.send_presence()
             for i, r in enumerate(rosters, 1):
@@ -186,7 +186,7 @@ class RedisStoreTest(unittest.TestCase):
 
         async def go():
             c = await login(srv, "pop7@localhost/x", "secret2")
-            roster = await c.get_roster()
+            roster = await c.full_roster()
             self.assertEqual(len(roster["roster"]["items"]), 4)
             await c.close()
             i = await login(srv, "ivan@localhost/x", "ivan-pw")

@@ -63,10 +63,10 @@ def esc_len(s):
 
 def item_cost(jid, name=None, groups=()):
     """What an item costs against limits.max_roster_bytes (router/roster.c, item_cost):
-    <item jid='' subscription='both' ask='subscribe'></item> (56 bytes) plus the escaped
+    <item jid='' subscription='both' ask='subscribe' approved='true'></item> (72 bytes) plus the escaped
     JID, name=''-attribute (8) plus the escaped name, and <group></group> (15) plus each
     escaped group."""
-    return (56 + esc_len(jid) + (8 + esc_len(name) if name else 0) +
+    return (72 + esc_len(jid) + (8 + esc_len(name) if name else 0) +
             sum(15 + esc_len(g) for g in groups))
 
 

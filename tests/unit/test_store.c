@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
   store_close(s);
 }
 
@@ -518,7 +518,7 @@ typedef struct {
   char name[64];
   int has_name;
   roster_sub_t sub;
-  int ask_out, pending_in;
+  int ask_out, pending_in, approved;
   char groups[MAXG][64];
   size_t ngroups;
 } ritem_t;
@@ -538,6 +538,7 @@ static void roster_cb(const store_roster_item_t *item, void *ud) {
   x->sub = item->sub;
   x->ask_out = item->ask_out;
   x->pending_in = item->pending_in;
+  x->approved = item->approved;
   cr_assert_leq(item->ngroups, MAXG);
   x->ngroups = item->ngroups;
   for (size_t i = 0; i < item->ngroups; i++)
@@ -783,7 +784,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1367,7 +1368,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 5));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 6));
   store_close(s);
 }
 
@@ -1497,7 +1498,8 @@ Test(store_redis, key_layout) {
                   strncmp(f->element[i]->str, "sha256_", 7) == 0 ||
                   strcmp(f->element[i]->str, "created") == 0 ||
                   strcmp(f->element[i]->str, "offline_seq") == 0 ||
-                  strcmp(f->element[i]->str, "offline_bytes") == 0,
+                  strcmp(f->element[i]->str, "offline_bytes") == 0 ||
+                  strcmp(f->element[i]->str, "roster_ver") == 0,
               "field %s", f->element[i]->str);
   freeReplyObject(f);
   store_close(s);
@@ -1855,12 +1857,15 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
            "ALTER TABLE accounts DROP COLUMN doc_bytes; DROP TABLE mam; DROP TABLE mam_prefs;"
            "DROP TABLE mam_prefs_jids; ALTER TABLE accounts DROP COLUMN mam_count;"
            "DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
-           "ALTER TABLE accounts DROP COLUMN block_items; PRAGMA user_version = 2;");
+           "ALTER TABLE accounts DROP COLUMN block_items;"
+           "DROP TRIGGER roster_ver_ins; DROP TRIGGER roster_ver_upd; DROP TRIGGER roster_ver_del;"
+           "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
+           "PRAGMA user_version = 2;");
   raw_exec("INSERT INTO accounts (jid, sha1_salt, sha1_iter, sha1_stored, sha1_server, sha256_salt, "
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2264,9 +2269,12 @@ Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
   add_user(s, "alice@x", 1);
   store_close(s);
   raw_exec("DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
-           "ALTER TABLE accounts DROP COLUMN block_items; PRAGMA user_version = 4;");
+           "ALTER TABLE accounts DROP COLUMN block_items;"
+           "DROP TRIGGER roster_ver_ins; DROP TRIGGER roster_ver_upd; DROP TRIGGER roster_ver_del;"
+           "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
+           "PRAGMA user_version = 4;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 5);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
   const char *j[] = {"romeo@m"};
   cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
@@ -2281,5 +2289,105 @@ Test(store_redis, block_key_is_a_set) {
   cr_assert_eq(store_block_add(s, "alice@x", j, 2, 0), 0);
   type_is("{u:alice@x}:b", "set");
   cr_assert_eq(rint_cmd("SISMEMBER {u:alice@x}:b romeo@m"), 1);
+  store_close(s);
+}
+
+/* ---- roster versioning and pre-approval (RFC 6121 §2.6, §3.4) ---------------------------- */
+
+static int64_t ver_of(store_t *s, const char *bare) {
+  int64_t v = -1;
+  cr_assert_eq(store_roster_ver(s, bare, &v), 0);
+  return v;
+}
+
+STORE_TEST(roster_ver_raised_by_every_change) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  cr_assert_eq(ver_of(s, "alice@x"), 0);
+  cr_assert_eq(ver_of(s, "nobody@x"), 0); /* no account: 0, not an error */
+  const char *g[] = {"G"};
+  store_roster_item_t it = {.jid = "carol@y", .sub = SUB_NONE, .groups = g, .ngroups = 1};
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0); /* a new item */
+  int64_t v1 = ver_of(s, "alice@x");
+  cr_assert_gt(v1, 0);
+  it.sub = SUB_TO; /* a replace */
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
+  int64_t v2 = ver_of(s, "alice@x");
+  cr_assert_gt(v2, v1);
+  it.ngroups = 0; /* only the groups change */
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
+  int64_t v3 = ver_of(s, "alice@x");
+  cr_assert_gt(v3, v2);
+  cr_assert_eq(ver_of(s, "bob@x"), 0); /* another account's version is its own */
+  cr_assert_eq(store_roster_delete(s, "alice@x", "carol@y"), 0);
+  int64_t v4 = ver_of(s, "alice@x");
+  cr_assert_gt(v4, v3);
+  cr_assert_eq(store_roster_delete(s, "alice@x", "carol@y"), XMPP_ENOENT); /* nothing removed */
+  cr_assert_eq(ver_of(s, "alice@x"), v4);
+  cr_assert_eq(store_roster_put(s, "nobody@x", &it), XMPP_ENOENT);
+  cr_assert_eq(ver_of(s, "nobody@x"), 0);
+  cr_assert_eq(store_roster_delete(s, "nobody@x", "carol@y"), XMPP_ENOENT);
+  cr_assert_eq(ver_of(s, "nobody@x"), 0);
+  if (IS_REDIS) cr_assert_eq(rint_cmd("EXISTS {u:nobody@x}:a"), 0); /* no account hash made */
+  cr_assert_eq(store_roster_ver(s, "", &v1), XMPP_EINVAL);
+  cr_assert_eq(store_roster_ver(s, "alice@x", NULL), XMPP_EINVAL);
+  store_close(s);
+  s = open_db(); /* durable */
+  cr_assert_eq(ver_of(s, "alice@x"), v4);
+  store_close(s);
+}
+
+STORE_TEST(roster_approved_flag) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  const char *g[] = {"G"};
+  store_roster_item_t a = {.jid = "bob@y", .name = "B", .sub = SUB_TO, .groups = g, .ngroups = 1,
+                           .approved = 5 /* any non-zero */};
+  store_roster_item_t b = {.jid = "carol@y", .sub = SUB_NONE, .ask_out = 1};
+  cr_assert_eq(store_roster_put(s, "alice@x", &a), 0);
+  cr_assert_eq(store_roster_put(s, "alice@x", &b), 0);
+  roster_t r = load(s, "alice@x");
+  cr_assert_eq(r.n, 2);
+  cr_assert_eq(r.it[0].approved, 1);
+  cr_assert_eq(r.it[0].sub, SUB_TO);
+  cr_assert_str_eq(r.it[0].name, "B");
+  cr_assert_eq(r.it[0].ngroups, 1);
+  cr_assert_eq(r.it[1].approved, 0);
+  cr_assert_eq(r.it[1].ask_out, 1);
+  roster_t one;
+  memset(&one, 0, sizeof one);
+  cr_assert_eq(store_roster_get(s, "alice@x", "bob@y", roster_cb, &one), 0);
+  cr_assert_eq(one.n, 1);
+  cr_assert_eq(one.it[0].approved, 1);
+  a.approved = 0; /* cleared */
+  cr_assert_eq(store_roster_put(s, "alice@x", &a), 0);
+  memset(&one, 0, sizeof one);
+  cr_assert_eq(store_roster_get(s, "alice@x", "bob@y", roster_cb, &one), 0);
+  cr_assert_eq(one.it[0].approved, 0);
+  store_close(s);
+}
+
+Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_roster_item_t it = {.jid = "bob@y", .sub = SUB_TO};
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
+  store_close(s);
+  /* back to what version 5 had: no approved column, no roster_ver, no triggers */
+  raw_exec("DROP TRIGGER roster_ver_ins; DROP TRIGGER roster_ver_upd; DROP TRIGGER roster_ver_del;"
+           "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
+           "PRAGMA user_version = 5;");
+  s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  roster_t r = load(s, "alice@x");
+  cr_assert_eq(r.n, 1);
+  cr_assert_eq(r.it[0].approved, 0);
+  cr_assert_eq(ver_of(s, "alice@x"), 0);
+  it.approved = 1;
+  cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
+  cr_assert_eq(ver_of(s, "alice@x"), 1);
+  r = load(s, "alice@x");
+  cr_assert_eq(r.it[0].approved, 1);
   store_close(s);
 }
