@@ -189,6 +189,14 @@ static int refuse_out(mod_event_t *e) {
   return MOD_STOP;
 }
 
+/* The list is read when a session opens (the bind already needed the store), so that
+ * the session's traffic never waits on it later: a storage outage after log-in does not
+ * stop the chat of users who are online. */
+static int session_open_cb(mod_event_t *e) {
+  list_of(e->w, e->u);
+  return MOD_OK;
+}
+
 static int out_cb(mod_event_t *e) {
   return e->to && *e->to && is_blocked(e->w, e->u, e->to) ? refuse_out(e) : MOD_OK;
 }
@@ -485,6 +493,7 @@ const module_t mod_blocking = {
             [HOOK_PRESENCE_IN] = offline_in_cb,
             [HOOK_IQ_IN] = offline_in_cb,
             [HOOK_PRESENCE_BROADCAST] = broadcast_cb,
+            [HOOK_SESSION_OPEN] = session_open_cb,
         },
     .user_free = blist_free,
 };
