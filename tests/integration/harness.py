@@ -330,6 +330,19 @@ async def wait_routed(client, *bare_jids):
                 raise
 
 
+async def befriend(a, b):
+    """a and b subscribe to each other (RFC 6121 §3)."""
+    a_bare, b_bare = a.boundjid.bare, b.boundjid.bare
+    a.send_presence(pto=b_bare, ptype="subscribe")
+    await b.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == a_bare)
+    b.send_presence(pto=a_bare, ptype="subscribed")
+    await a.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == b_bare)
+    b.send_presence(pto=a_bare, ptype="subscribe")
+    await a.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == b_bare)
+    a.send_presence(pto=b_bare, ptype="subscribed")
+    await b.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == a_bare)
+
+
 def aioxmpp_client(srv, jid, password="pw"):
     """(JID, client) of aioxmpp, the second client library: STARTTLS to srv on loopback,
     the test certificate accepted."""

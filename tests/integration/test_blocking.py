@@ -18,7 +18,7 @@ import aioxmpp.disco
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, resp, run
+from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, resp, run, befriend
 
 NS = "urn:xmpp:blocking"
 NS_ERR = "urn:xmpp:blocking:errors"
@@ -53,19 +53,6 @@ async def unblock_all(c):
     iq = c.make_iq_set()
     iq.enable("unblock")
     await iq.send(timeout=5)
-
-
-async def befriend(a, b):
-    """a and b subscribe to each other (RFC 6121 §3)."""
-    a_bare, b_bare = a.boundjid.bare, b.boundjid.bare
-    a.send_presence(pto=b_bare, ptype="subscribe")
-    await b.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == a_bare)
-    b.send_presence(pto=a_bare, ptype="subscribed")
-    await a.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == b_bare)
-    b.send_presence(pto=a_bare, ptype="subscribe")
-    await a.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == b_bare)
-    a.send_presence(pto=b_bare, ptype="subscribed")
-    await b.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == a_bare)
 
 
 async def ping_self(c):

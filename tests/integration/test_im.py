@@ -3,7 +3,7 @@ import asyncio
 import socket
 import unittest
 
-from harness import ServerTest, Client, RawStream, Server, run, wait_routed
+from harness import ServerTest, Client, RawStream, Server, run, wait_routed, befriend
 
 
 async def login(srv, jid, pw="pw", priority=None, presence=True):
@@ -16,19 +16,6 @@ async def login(srv, jid, pw="pw", priority=None, presence=True):
         else:
             c.send_presence(ppriority=priority)
     return c
-
-
-async def befriend(a, b):
-    """a and b subscribe to each other (RFC 6121 §3)."""
-    a_bare, b_bare = a.boundjid.bare, b.boundjid.bare
-    a.send_presence(pto=b_bare, ptype="subscribe")
-    await b.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == a_bare)
-    b.send_presence(pto=a_bare, ptype="subscribed")
-    await a.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == b_bare)
-    b.send_presence(pto=a_bare, ptype="subscribe")
-    await a.next_presence(pred=lambda p: p["type"] == "subscribe" and p["from"].bare == b_bare)
-    a.send_presence(pto=b_bare, ptype="subscribed")
-    await b.next_presence(pred=lambda p: p["type"] == "subscribed" and p["from"].bare == a_bare)
 
 
 class IMTest(ServerTest):
