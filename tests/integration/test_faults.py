@@ -101,7 +101,12 @@ class OpenFileLimitTest(unittest.TestCase):
         srv.prefix = ["prlimit", "--nofile=96:96"]
         srv.start()
         try:
-            m = re.search(r"open-file limit 96: up to (\d+) client connections", srv.log_text())
+            deadline = time.time() + 10  # logged as the edge starts, maybe after the port opened
+            m = None
+            while m is None and time.time() < deadline:
+                m = re.search(r"open-file limit 96: up to (\d+) client connections", srv.log_text())
+                if m is None:
+                    time.sleep(0.05)
             self.assertIsNotNone(m, srv.log_text())
             budget = int(m.group(1))
             socks = []

@@ -291,7 +291,6 @@ class DirectedPresenceMemoryTest(ServerTest):
     users = ("alice",)
     server_options = {"limits.rate_bytes": "0", "limits.rate_stanzas": "0"}
 
-    @unittest.skipIf(SANITIZED, "RSS means nothing under ASan (quarantine)")
     def test_other_domains_not_remembered(self):
         r = RawStream(self.srv.port).login("alice", PW)
         r.send("<presence/>")
@@ -305,7 +304,8 @@ class DirectedPresenceMemoryTest(ServerTest):
             self.assertEqual(count_streamed(r, b"<remote-server-not-found", 1000), 1000)
         assert_result(self, ping(r, "done", timeout=30))
         grown = rss_kib(self.srv.proc.pid) - before
-        self.assertLess(grown, 8 * 1024, f"the server grew {grown} KiB")
+        if not SANITIZED:  # RSS means nothing under ASan (quarantine); the answers still count
+            self.assertLess(grown, 8 * 1024, f"the server grew {grown} KiB")
         r.send("<presence type='unavailable'/>")
         assert_result(self, ping(r, "alive"))
         r.close()
