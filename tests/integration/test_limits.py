@@ -160,7 +160,8 @@ class SlowReaderTest(ServerTest):
                     a.send_message(mto=f"sloth@{DOMAIN}/r", mbody=body, mtype="chat")
                 sent_bytes += 50 * len(body)
                 await asyncio.sleep(0.05)
-            await chat_ok(self, a, b, timeout=30)  # after alice's own traffic (and bounces) drained
+            # after alice's own traffic and the ~2,500 bounces (10 MB her client parses) drained
+            await chat_ok(self, a, b, timeout=120)
             grown = rss_kib(self.srv.proc.pid) - before
             print(f"  10 MB at a client that does not read: server RSS grew {grown} KiB")
             if not SANITIZED:
