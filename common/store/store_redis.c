@@ -421,6 +421,24 @@ static redisReply *run(rd_t *r, int argc, const char **argv, const size_t *lens,
   }
 }
 
+static int reply_error(rd_t *r, const char *what, redisReply *rep);
+
+/* A read whose reply must be an array (retried once on a fresh connection): the reply,
+ * or NULL with *rc the error (XMPP_EIO when Redis could not be reached). */
+static redisReply *run_array(rd_t *r, int argc, const char **argv, const size_t *lens, int *rc) {
+  redisReply *rep = run(r, argc, argv, lens, 1);
+  if (!rep) {
+    *rc = XMPP_EIO;
+    return NULL;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY) {
+    *rc = reply_error(r, argv[0], rep);
+    freeReplyObject(rep);
+    return NULL;
+  }
+  return rep;
+}
+
 static int reply_error(rd_t *r, const char *what, redisReply *rep) {
   log_error("store(redis) %s: %s: %s", r->target, what, rep->str ? rep->str : "error");
   return XMPP_EIO;
@@ -1006,16 +1024,8 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
     snprintf(cnt, sizeof cnt, "%d", RD_LIST_PAGE);
     const char *av[] = {"ZRANGEBYLEX", RD_INDEX_KEY, start, "+", "LIMIT", "0", cnt};
     size_t al[] = {11, strlen(RD_INDEX_KEY), strlen(start), 1, 5, 1, strlen(cnt)};
-    redisReply *page = run(r, 7, av, al, 1);
-    if (!page) {
-      rc = XMPP_EIO;
-      break;
-    }
-    if (page->type != REDIS_REPLY_ARRAY) {
-      rc = reply_error(r, "ZRANGEBYLEX", page);
-      freeReplyObject(page);
-      break;
-    }
+    redisReply *page = run_array(r, 7, av, al, &rc);
+    if (!page) break;
     size_t n = page->elements;
     /* Which members still have an account (pipelined EXISTS, one per member). */
     char *alive = xcalloc(n ? n : 1, 1);
@@ -1363,16 +1373,8 @@ static int rd_offline_peek(void *be, const char *bare, int64_t after, unsigned m
     snprintf(to, sizeof to, "%zu", start + want - 1);
     const char *av[] = {"LRANGE", k.o, from, to};
     size_t al[] = {6, k.lo, strlen(from), strlen(to)};
-    redisReply *rep = run(r, 4, av, al, 1);
-    if (!rep) {
-      rc = XMPP_EIO;
-      break;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY) {
-      rc = reply_error(r, "LRANGE", rep);
-      freeReplyObject(rep);
-      break;
-    }
+    redisReply *rep = run_array(r, 4, av, al, &rc);
+    if (!rep) break;
     size_t got = rep->elements;
     for (size_t i = 0; i < got && !(max_bytes && bytes >= max_bytes); i++) {
       redisReply *e = rep->element[i];
@@ -1929,18 +1931,14 @@ static int rd_block_load(void *be, const char *bare, store_block_cb cb, void *ud
   char *b = bkey(bare, &lb);
   const char *av[] = {"SMEMBERS", b};
   size_t al[] = {8, lb};
-  redisReply *rep = run(r, 2, av, al, 1);
-  xfree(b);
-  if (!rep) return XMPP_EIO;
   int rc = 0;
-  if (rep->type != REDIS_REPLY_ARRAY) {
-    rc = reply_error(r, "SMEMBERS", rep);
-  } else {
-    for (size_t i = 0; i < rep->elements; i++)
-      if (rep->element[i]->type == REDIS_REPLY_STRING) cb(rep->element[i]->str, ud);
-  }
+  redisReply *rep = run_array(r, 2, av, al, &rc);
+  xfree(b);
+  if (!rep) return rc;
+  for (size_t i = 0; i < rep->elements; i++)
+    if (rep->element[i]->type == REDIS_REPLY_STRING) cb(rep->element[i]->str, ud);
   freeReplyObject(rep);
-  return rc;
+  return 0;
 }
 
 /* Keys then the JIDs as script (or command) arguments: av/al hold nfirst + n. */
