@@ -87,14 +87,21 @@ static inline void bus_to_edge(bus_t *b, const bus_addr_t *dst, bus_msg_t *m) {
  * recipient's for what is routed to an account. */
 static inline int bus_router_kind(uint8_t k) {
   return k == BUS_C2S || k == BUS_ROUTE || k == BUS_SESSION_OPEN || k == BUS_SESSION_CLOSE || k == BUS_BOUNCE ||
-         k == BUS_OFFLINE_ACK;
+         k == BUS_OFFLINE_ACK || k == BUS_RESUME_ASK;
 }
 static inline uint32_t bus_frame_shard(const bus_t *b, const bus_frame_t *f) {
   int by_from = f->kind == BUS_C2S || f->kind == BUS_SESSION_OPEN || f->kind == BUS_SESSION_CLOSE ||
-                f->kind == BUS_OFFLINE_ACK;
+                f->kind == BUS_OFFLINE_ACK || f->kind == BUS_RESUME_ASK;
   const char *j = by_from ? f->from : f->to;
   size_t n = by_from ? f->from_len : f->to_len;
   return bus_shard_of(b, j, bus_bare_len(j, n));
+}
+/* XEP-0198 resumption ids begin with this tag of the session's full JID (8 hex digits,
+ * edge/sm.c): a router finds, among the sessions of the account that asks, the one a
+ * resumption id from another edge node names (the id itself is only known to the edge
+ * holding the session). Stable across processes, as shards are. */
+static inline uint32_t bus_resume_tag(const char *full, size_t len) {
+  return hash_shard(full, len, UINT32_MAX);
 }
 static inline int bus_addr_eq(const bus_addr_t *a, const bus_addr_t *b) {
   return a->node == b->node && a->thread == b->thread && a->conn == b->conn;

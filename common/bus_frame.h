@@ -46,12 +46,20 @@ typedef enum {
   BUS_OFFLINE_ACK = 15, /* edge -> shard(from): connection src took the offline messages
                            (DELIVER with BUS_F_OFFLINE) up to store id arg: written to its
                            socket, or acknowledged by the client under XEP-0198 */
-  BUS_RESUME = 16,      /* edge thread -> edge thread, same process only (XEP-0198 §5): a
-                           client at src asks to resume the session detached at dst; from =
-                           the account it authenticated as, payload = the resumption id */
+  BUS_RESUME = 16,      /* -> edge thread dst (XEP-0198 §5): a client at src asks to resume
+                           the session detached at dst; from = the account it authenticated
+                           as, arg = its h, payload = the resumption id. From another edge
+                           thread of the process, or (cluster) from the account's router,
+                           which forwards a BUS_RESUME_ASK to where the session is */
   BUS_RESUME_STATE = 17,/* the answer, to dst: arg = the detached session (a conn_t *
                            handed over with its ownership: same process only), 0 = refused */
-  BUS_KIND_MAX = 17
+  BUS_RESUME_ASK = 18,  /* edge -> shard(from), cluster (XEP-0198 §5): a client at src asks to
+                           resume with an id this edge node does not hold; from = the account
+                           it authenticated as, arg = its h, payload = the resumption id. The
+                           router forwards it as BUS_RESUME to the account's session the id
+                           names (edge/sm.c: its tag), or answers SESSION_ACK|BUS_F_RESUME
+                           BUS_ACK_GONE (docs/cluster.md "Stream resumption across nodes") */
+  BUS_KIND_MAX = 18
 } bus_kind_t;
 
 enum {
@@ -67,7 +75,11 @@ enum {
                                 BOUNCE of it is dropped (the store still has it) */
   BUS_F_RESUME = 1 << 5,     /* SESSION_OPEN of a resumed session (XEP-0198 §5): the session
                                 bound at dst moves to src, unchanged (no presence, no hooks);
-                                SESSION_ACK BUS_ACK_GONE when it is not at dst any more */
+                                SESSION_ACK BUS_ACK_GONE when it is not at dst any more. The
+                                SESSION_ACK answering it has the flag too, and the same
+                                payload: when src is on another node, the detached state
+                                (edge/sm.c state_encode; not a stanza), which the router
+                                passes on to src with the answer */
 };
 
 enum { BUS_KICK_CONFLICT = 1, BUS_KICK_SHUTDOWN = 2 };
@@ -92,6 +104,13 @@ typedef struct bus_frame {
   const uint8_t *payload;
   size_t payload_len;
 } bus_frame_t;
+
+/* 1 for the kinds a TCP bus link carries between nodes (data frames): not the link's
+ * own control frames, nor what stays inside a node (BUS_MAP, BUS_NODE_DOWN, and
+ * BUS_RESUME_STATE, which carries a pointer). */
+static inline int bus_kind_on_links(uint8_t k) {
+  return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK;
+}
 
 /* Appends the encoded frame to out. */
 void bus_frame_encode(const bus_frame_t *f, buf_t *out);

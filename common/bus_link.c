@@ -710,7 +710,7 @@ static const char *check_header(link_conn_t *c, const uint8_t *h) {
   if (h[0] != BUS_VERSION)
     return errf(c, "peer speaks bus frame version %u, this node %u", h[0], BUS_VERSION);
   if (h[1] == 0 || h[1] > BUS_KIND_MAX) return errf(c, "unknown frame kind %u", h[1]);
-  if (h[1] >= BUS_MAP) return errf(c, "frame kind %u is internal to a node", h[1]);
+  if (h[1] >= BUS_MAP && !bus_kind_on_links(h[1])) return errf(c, "frame kind %u is internal to a node", h[1]);
   if (body > max) return errf(c, "frame body of %u bytes over the limit of %u", body, max);
   return NULL;
 }
@@ -957,7 +957,7 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
 }
 
 int bus_link_send(bus_link_t *l, bus_msg_t *m) {
-  if (m->len < BUS_HEADER_LEN || m->data[1] >= BUS_LINK_HELLO || /* control and node-internal */
+  if (m->len < BUS_HEADER_LEN || !bus_kind_on_links(m->data[1]) || /* control and node-internal */
       m->len - BUS_HEADER_LEN > l->cfg.max_body) { /* the peer would refuse it (same config) */
     overflow(l, m);
     return XMPP_EINVAL;

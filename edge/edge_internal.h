@@ -149,7 +149,8 @@ struct conn {
   int detached;         /* a detached session (XEP-0198 §5), not a connection: no socket */
   uint64_t detached_ms;
   int resuming;         /* <resume/> asked: 1 waits for the detached state, 2 has it and
-                           waits for the router (resume_ack) */
+                           waits for the router (resume_ack), 3 asked the router for a
+                           session on another edge node (the state comes with its answer) */
   uint32_t resume_h;    /* the h of that <resume/> */
   int64_t resume_ack;   /* the router's answer to the move (SESSION_ACK), -1 not yet */
   /* XEP-0352 (csi.c): the client said <inactive/>; what waits, oldest first */
@@ -229,6 +230,9 @@ void sm_resume_request(edge_thread_t *th, const bus_frame_t *f);
 void sm_resume_state(edge_thread_t *th, const bus_frame_t *f);
 /* The router's answer to the SESSION_OPEN of a resumption (c->resuming). */
 void sm_resume_done(conn_t *c, int64_t result);
+/* A SESSION_ACK with BUS_F_RESUME: the answer to a resumption, with the session's state
+ * when it comes from another edge node (docs/cluster.md), for connection f->dst. */
+void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f);
 /* A DELIVER for c while it resumes (the router moved the session before the state came). */
 void sm_resuming_deliver(conn_t *c, const bus_frame_t *f);
 /* The connection is freed: its resumption id goes (unless a detached session took it). */

@@ -313,7 +313,8 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         deliver(th, &f, &a);
       } else if (f.kind == BUS_SESSION_ACK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
-        if (c && !c->closing && c->resuming) sm_resume_done(c, f.arg);
+        if (f.flags & BUS_F_RESUME) sm_resume_ack(th, &f); /* XEP-0198 §5, maybe from another node */
+        else if (c && !c->closing && c->resuming) sm_resume_done(c, f.arg);
         else if (c && !c->closing) negotiate_bind_done(c, f.arg);
       } else if (f.kind == BUS_RESUME) {
         sm_resume_request(th, &f);

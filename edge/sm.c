@@ -46,10 +46,12 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/err.h"
 #include "common/log.h"
 #include "common/strmap.h"
 
 #define SM_REQUEST_EVERY 5
+#define SM_RID_LEN 40
 
 struct sm_item {
   struct sm_item *next;
@@ -240,11 +242,15 @@ static void rid_set(conn_t *c) {
   xfree(old);
 }
 
+/* An id: the tag of the session's full JID (bus_resume_tag: how a router of the cluster
+ * finds the session among the account's), then 128 random bits (an id must not be
+ * guessable), in hex: SM_RID_LEN characters. */
 static void rid_new(conn_t *c) {
   uint8_t r[16];
-  if (uv_random(NULL, NULL, r, sizeof r, 0, NULL) != 0) abort(); /* an id must not be guessable */
-  c->sm_rid = xmalloc(2 * sizeof r + 1);
-  for (size_t i = 0; i < sizeof r; i++) snprintf(c->sm_rid + 2 * i, 3, "%02x", r[i]);
+  if (uv_random(NULL, NULL, r, sizeof r, 0, NULL) != 0) abort();
+  c->sm_rid = xmalloc(SM_RID_LEN + 1);
+  snprintf(c->sm_rid, 9, "%08" PRIx32, bus_resume_tag(c->jid.full, strlen(c->jid.full)));
+  for (size_t i = 0; i < sizeof r; i++) snprintf(c->sm_rid + 8 + 2 * i, 3, "%02x", r[i]);
   rid_set(c);
 }
 
@@ -409,10 +415,13 @@ static void resume_failed(conn_t *c) {
  * arrives here after this is bounced, behind the move, and reaches the new address).
  * Returns it unlinked, owned by the caller; NULL when refused. A session whose connection
  * is still open (its loss not yet seen) is detached first. */
+static int state_encode(const conn_t *g, buf_t *out);
+
 static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const char *bare, const bus_addr_t *to,
                          uint32_t h) {
   conn_t *x = conn_lookup(th, id);
   if (!x || !x->sm_rid || strcmp(x->sm_rid, rid) || !x->jid.bare || strcmp(x->jid.bare, bare)) return NULL;
+  if (x->resuming) return NULL; /* another resumption of it is under way */
   if (!x->detached) {
     log_info("conn %llx: %s resumed elsewhere: this connection is dropped", (unsigned long long)x->id, x->jid.full);
     conn_lost(x);
@@ -434,7 +443,22 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
   f.dst = edge_addr(x);
   f.from = x->jid.full;
   f.from_len = strlen(x->jid.full);
+  buf_t st;
+  buf_init(&st);
+  if (to->node != th->bus->node) {
+    /* another edge node: the state goes with the move, the router passes it on */
+    if (state_encode(x, &st) != 0) {
+      log_info("conn %llx: detached %s too large to move to node %u: session ended", (unsigned long long)x->id,
+               x->jid.full, to->node);
+      buf_free(&st);
+      detached_end(x);
+      return NULL;
+    }
+    f.payload = st.data;
+    f.payload_len = st.len;
+  }
   bus_to_shard(th->bus, x->shard, bus_msg_new(&f));
+  buf_free(&st);
   return x;
 }
 
@@ -491,15 +515,34 @@ static void sm_resume(conn_t *c, xnode_t *e) {
     return;
   }
   rid_loc_t loc;
-  if (strlen(id) != 32 || !rid_find(th->edge, id, &loc) || loc.thread >= th->edge->nthreads) {
+  if (strlen(id) != SM_RID_LEN) {
     resume_failed(c);
     return;
   }
   c->resume_h = (uint32_t)h;
   c->resume_ack = -1;
   c->sm_q_tail = &c->sm_q;
-  c->resuming = 1;
   bus_addr_t me = edge_addr(c);
+  if (!rid_find(th->edge, id, &loc) || loc.thread >= th->edge->nthreads) {
+    if (!th->bus->cluster) {
+      resume_failed(c);
+      return;
+    }
+    /* not here: maybe on another edge node; the account's router knows where (it
+     * answers with SESSION_ACK|BUS_F_RESUME: sm_resume_ack) */
+    c->resuming = 3;
+    bus_frame_t f = {0};
+    f.kind = BUS_RESUME_ASK;
+    f.src = me;
+    f.from = c->auth_bare;
+    f.from_len = strlen(c->auth_bare);
+    f.arg = c->resume_h;
+    f.payload = (const uint8_t *)id;
+    f.payload_len = SM_RID_LEN;
+    bus_to_router(th->bus, c->auth_bare, f.from_len, bus_msg_new(&f));
+    return;
+  }
+  c->resuming = 1;
   if (loc.thread == th->index) {
     conn_t *g = hand_over(th, loc.conn, id, c->auth_bare, &me, c->resume_h);
     if (g) {
@@ -531,6 +574,26 @@ void sm_resume_request(edge_thread_t *th, const bus_frame_t *f) {
   conn_t *g = hand_over(th, f->dst.conn, rid, bare, &f->src, (uint32_t)f->arg);
   xfree(rid);
   xfree(bare);
+  if (f->src.node != th->bus->node) {
+    /* cluster: asked through the router, for a client on another edge node */
+    if (g) {
+      log_info("edge %d: detached %s handed over to node %u edge %u", th->index, g->jid.full, f->src.node,
+               f->src.thread);
+      detached_free(g); /* its state went with the move */
+      return;
+    }
+    /* refused: a move the router cannot match (no session has a bare JID for name)
+     * answers the client's edge with BUS_ACK_GONE */
+    bus_frame_t r = {0};
+    r.kind = BUS_SESSION_OPEN;
+    r.flags = BUS_F_RESUME;
+    r.src = f->src;
+    r.dst = f->dst;
+    r.from = f->from;
+    r.from_len = f->from_len;
+    bus_to_router(th->bus, f->from, bus_bare_len(f->from, f->from_len), bus_msg_new(&r));
+    return;
+  }
   if (g) log_info("edge %d: detached %s handed over to edge %u", th->index, g->jid.full, f->src.thread);
   bus_frame_t r = {0};
   r.kind = BUS_RESUME_STATE;
@@ -558,6 +621,196 @@ void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
     c->resuming = 0;
     resume_failed(c);
   }
+}
+
+/* ---- a detached session's state between edge nodes (cluster) ----
+ * Little-endian: u8 version (1) | u32 sm_in, sm_out, sm_acked | str id | str full JID |
+ * str presence (encoded, may be empty) | u32 n | n times: u8 fresh, u32 seq, i64 store
+ * id, str DELIVER frame. str = u32 length + bytes. Decoding checks every length and each
+ * frame. What it carries is bounded by the session's limits (sm_max_unacked,
+ * max_pending_out); past SM_STATE_MAX it cannot go (the session ends instead, as at its
+ * timeout: hand_over). */
+#define STATE_VERSION 1
+/* the largest state moved: under the largest frame body a bus link takes (16 MiB,
+ * common/bus_link.c), with room for the frame's addresses */
+#define SM_STATE_MAX ((16u << 20) - 4096)
+
+static void put_u32(buf_t *b, uint32_t v) {
+  uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+  buf_append(b, x, 4);
+}
+
+static void put_str(buf_t *b, const void *p, size_t n) {
+  put_u32(b, (uint32_t)n);
+  if (n) buf_append(b, p, n);
+}
+
+static int state_encode(const conn_t *g, buf_t *out) {
+  size_t n = 0, total = g->sm_bytes + g->presence_len + 256;
+  for (sm_item_t *it = g->sm_q; it; it = it->next) n++;
+  if (total + n * 32 > SM_STATE_MAX) return XMPP_EINVAL;
+  uint8_t v = STATE_VERSION;
+  buf_append(out, &v, 1);
+  put_u32(out, g->sm_in);
+  put_u32(out, g->sm_out);
+  put_u32(out, g->sm_acked);
+  put_str(out, g->sm_rid, strlen(g->sm_rid));
+  put_str(out, g->jid.full, strlen(g->jid.full));
+  put_str(out, g->presence, g->presence_len);
+  put_u32(out, (uint32_t)n);
+  for (sm_item_t *it = g->sm_q; it; it = it->next) {
+    uint8_t fr = (uint8_t)it->fresh;
+    buf_append(out, &fr, 1);
+    put_u32(out, it->seq);
+    put_u32(out, (uint32_t)(uint64_t)it->off_id);
+    put_u32(out, (uint32_t)((uint64_t)it->off_id >> 32));
+    put_str(out, it->m->data, it->m->len);
+  }
+  return 0;
+}
+
+typedef struct rd {
+  const uint8_t *p;
+  size_t left;
+  int bad;
+} rd_t;
+
+static uint32_t get_u32(rd_t *r) {
+  if (r->left < 4) {
+    r->bad = 1;
+    return 0;
+  }
+  uint32_t v = (uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24;
+  r->p += 4;
+  r->left -= 4;
+  return v;
+}
+
+static const uint8_t *get_str(rd_t *r, size_t *n) {
+  *n = get_u32(r);
+  if (r->bad || *n > r->left) {
+    r->bad = 1;
+    *n = 0;
+    return NULL;
+  }
+  const uint8_t *p = r->p;
+  r->p += *n;
+  r->left -= *n;
+  return p;
+}
+
+/* The detached session a SESSION_ACK from another node carries, as a detached conn_t of
+ * th under the id of the connection it was moved to (not linked anywhere); NULL when the
+ * payload is not a valid state of the session f->to names. */
+static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
+  rd_t r = {f->payload, f->payload_len, 0};
+  if (!r.left || r.p[0] != STATE_VERSION) return NULL;
+  r.p++;
+  r.left--;
+  conn_t *g = xcalloc(1, sizeof *g);
+  g->th = th;
+  g->id = f->dst.conn;
+  g->detached = 1;
+  g->handle_closed = 1;
+  g->bound = 1;
+  g->sm = 1;
+  g->sm_q_tail = &g->sm_q;
+  g->sm_in = get_u32(&r);
+  g->sm_out = get_u32(&r);
+  g->sm_acked = get_u32(&r);
+  size_t n;
+  const uint8_t *p = get_str(&r, &n);
+  if (p && n == SM_RID_LEN) g->sm_rid = xstrndup((const char *)p, n);
+  p = get_str(&r, &n);
+  int ok = !r.bad && g->sm_rid && p && n == f->to_len && !memcmp(p, f->to, n) && jid_parse((const char *)p, n, &g->jid) == 0 &&
+           g->jid.resource;
+  p = get_str(&r, &n);
+  if (ok && n) {
+    g->presence = xmalloc(n);
+    memcpy(g->presence, p, n);
+    g->presence_len = n;
+  }
+  uint32_t count = get_u32(&r);
+  for (uint32_t i = 0; ok && !r.bad && i < count; i++) {
+    if (r.left < 1) {
+      r.bad = 1;
+      break;
+    }
+    int fresh = r.p[0] != 0;
+    r.p++;
+    r.left--;
+    uint32_t seq = get_u32(&r);
+    uint64_t lo = get_u32(&r), hi = get_u32(&r);
+    const uint8_t *fp = get_str(&r, &n);
+    bus_frame_t df;
+    size_t used;
+    if (r.bad || !fp || bus_frame_decode(fp, n, &df, &used) != 0 || used != n || df.kind != BUS_DELIVER) {
+      r.bad = 1;
+      break;
+    }
+    sm_item_t *it = xcalloc(1, sizeof *it);
+    it->fresh = fresh;
+    it->seq = seq;
+    it->off_id = (int64_t)(lo | hi << 32);
+    it->m = bus_msg_new(&df);
+    *g->sm_q_tail = it;
+    g->sm_q_tail = &it->next;
+    g->sm_bytes += it->m->len;
+    if (it->off_id) g->sm_off++;
+    if (fresh) g->sm_fresh++;
+  }
+  if (!ok || r.bad || r.left) {
+    xfree(g->sm_rid); /* not registered anywhere */
+    g->sm_rid = NULL;
+    detached_free(g);
+    return NULL;
+  }
+  bus_t *b = th->bus;
+  g->shard = bus_shard_of(b, g->jid.bare, strlen(g->jid.bare));
+  g->announced = b->owner ? atomic_load_explicit(&b->owner[g->shard], memory_order_relaxed) : 0;
+  return g;
+}
+
+void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f) {
+  conn_t *c = conn_lookup(th, f->dst.conn);
+  int waiting = c && !c->closing && c->resuming;
+  if (!f->payload_len) {
+    /* the answer to a move on this node (sm_resume_done), or a refusal from the cluster */
+    if (waiting && c->resuming == 3) {
+      c->resuming = 0;
+      log_info("conn %llx: resume refused by the cluster (no such session of %s)", (unsigned long long)c->id,
+               c->auth_bare);
+      resume_failed(c);
+    } else if (waiting) {
+      sm_resume_done(c, f->arg);
+    }
+    return;
+  }
+  /* from another edge node: the detached session itself, moved to c (f->arg: BUS_ACK_OPEN)
+   * or not (the router had replaced it meanwhile: it ends as a closed one does) */
+  conn_t *g = state_decode(th, f);
+  if (!g) {
+    log_warn("edge %d: undecodable session state for %.*s dropped", th->index, (int)f->to_len, f->to);
+    if (waiting && c->resuming == 3) {
+      c->resuming = 0;
+      resume_failed(c);
+    }
+    return;
+  }
+  /* the session is the account's that asked (the router and the old edge checked it too) */
+  if (!waiting || c->resuming != 3 || strcmp(g->jid.bare, c->auth_bare)) {
+    log_info("edge %d: session %s moved to a connection that has gone: ended", th->index, g->jid.full);
+    if (f->arg != BUS_ACK_OPEN) g->bound = 0; /* not moved: not ours to end at the router */
+    detached_end(g);
+    if (waiting && c->resuming == 3) {
+      c->resuming = 0;
+      resume_failed(c);
+    }
+    return;
+  }
+  log_info("conn %llx: takes over %s from another edge node", (unsigned long long)c->id, g->jid.full);
+  c->resume_ack = f->arg;
+  adopt(c, g);
 }
 
 void sm_resume_done(conn_t *c, int64_t result) {

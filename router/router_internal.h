@@ -118,6 +118,9 @@ char *w_bare(worker_t *w, const char *jid);
 /* session.c */
 void session_open(worker_t *w, const bus_frame_t *f);
 void session_close(worker_t *w, const bus_frame_t *f);
+/* BUS_RESUME_ASK (cluster, XEP-0198 §5): forwarded to the session of the asking account
+ * that the resumption id names, or refused. */
+void session_resume_ask(worker_t *w, const bus_frame_t *f);
 void session_free(session_t *s);
 /* Takes s out of u and frees it (no presence: the caller has sent what applies). */
 void session_remove(worker_t *w, user_t *u, session_t *s);

@@ -30,6 +30,12 @@ void session_free(session_t *s) {
 static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
   bus_frame_t a = {0};
   a.kind = BUS_SESSION_ACK;
+  if (f->flags & BUS_F_RESUME) {
+    /* a resumption's answer: with the detached state when it comes from another node */
+    a.flags = BUS_F_RESUME;
+    a.payload = f->payload;
+    a.payload_len = f->payload_len;
+  }
   a.dst = f->src;
   a.arg = result;
   a.to = f->from;
@@ -124,4 +130,37 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   presence_session_gone(w, u, s);
   session_remove(w, u, s);
   log_debug("session %s closed", full);
+}
+
+/* XEP-0198 §5 across edge nodes (docs/cluster.md): a client authenticated as f->from
+ * asks at f->src to resume with an id its edge node does not hold. Only the sessions of
+ * that account are looked at (an id works only for the account that got it); the id's
+ * tag names one of them (bus_resume_tag), and the edge thread holding it, which checks
+ * the whole id, hands it over (BUS_RESUME, answered with SESSION_OPEN|BUS_F_RESUME). */
+void session_resume_ask(worker_t *w, const bus_frame_t *f) {
+  uint32_t want = 0;
+  int ok = f->payload_len >= 8;
+  for (size_t i = 0; ok && i < 8; i++) {
+    uint8_t ch = f->payload[i];
+    int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+    ok = v >= 0;
+    want = want << 4 | (uint32_t)(v & 15);
+  }
+  char *bare = arena_strndup(&w->arena, f->from, f->from_len);
+  user_t *u = ok && !memchr(bare, '/', f->from_len) ? user_get(w, bare) : NULL;
+  for (session_t *s = u ? u->sessions : NULL; s; s = s->next) {
+    if (bus_resume_tag(s->full, strlen(s->full)) != want || bus_addr_eq(&s->at, &f->src)) continue;
+    bus_frame_t r = *f;
+    r.kind = BUS_RESUME;
+    r.flags = 0;
+    r.dst = s->at;
+    bus_to_edge(w->bus, &s->at, bus_msg_new(&r));
+    return;
+  }
+  log_debug("resume asked by %s at node %u: no such session", bare, f->src.node);
+  bus_frame_t r = *f;
+  r.flags = BUS_F_RESUME;
+  r.payload = NULL;
+  r.payload_len = 0;
+  ack(w, &r, BUS_ACK_GONE);
 }

@@ -228,7 +228,9 @@ static int bounce_moved(worker_t *w, const bus_frame_t *f) {
 
 static void handle_frame(worker_t *w, const bus_frame_t *f) {
   xnode_t *st = NULL;
-  if (f->payload_len && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
+  /* a resumption's payload is an id or a session's state, not a stanza (bus_frame.h) */
+  int opaque = f->kind == BUS_RESUME_ASK || (f->kind == BUS_SESSION_OPEN && (f->flags & BUS_F_RESUME));
+  if (f->payload_len && !opaque && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
     log_warn("router: undecodable stanza in frame kind %d dropped", f->kind);
     return;
   }
@@ -255,6 +257,7 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     }
     break;
   case BUS_OFFLINE_ACK: offline_ack(w, f); break;
+  case BUS_RESUME_ASK: session_resume_ask(w, f); break;
   case BUS_MAP: worker_map_changed(w); break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: log_warn("router: unexpected frame kind %d", f->kind);

@@ -11,7 +11,7 @@ import socket
 import unittest
 from datetime import timedelta
 
-from harness import DOMAIN, Client, RawStream, ServerTest, run
+from harness import DOMAIN, Client, RawStream, ServerTest, resp, run
 
 SM = "urn:xmpp:sm:3"
 
@@ -31,7 +31,7 @@ class Base(ServerTest):
         r.buf = b""
         r.send(f"<enable xmlns='{SM}' resume='true'/>")
         text = r.recv_until("<enabled[^>]*/>")
-        m = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([0-9a-f]{32})' resume='true' max='(\d+)'/>", text)
+        m = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([0-9a-f]{40})' resume='true' max='(\d+)'/>", text)
         self.assertIsNotNone(m, text)
         r.buf = b""
         return r, m.group(1), int(m.group(2))
@@ -143,7 +143,7 @@ class ResumeTest(Base):
         thief.bind("x")
         self.assertIn(f"erin@{DOMAIN}/x", thief.buf.decode())
         # bogus ids fail the same way
-        for bad in ("0" * 32, previd[:-1] + ("0" if previd[-1] != "0" else "1"), "x"):
+        for bad in ("0" * 40, previd[:8] + "0" * 32, previd[:-1] + ("0" if previd[-1] != "0" else "1"), "x"):
             r, text = self.resume("carol", bad, 0)
             self.assertIn("<item-not-found", text, bad)
             r.close()
@@ -443,6 +443,340 @@ class AioxmppResumeTest(Base):
 class SlixmppResumeOneThreadTest(SlixmppResumeTest):
     """The same with one edge thread: the resume always lands on the detached session's."""
     server_options = dict(SlixmppResumeTest.server_options, **{"server.io_threads": "1"})
+
+
+class ClusterResumeTest(unittest.TestCase):
+    """XEP-0198 §5 across edge NODES (docs/cluster.md "Stream resumption across nodes"):
+    Redis, 2 routers, 3 edges (node ids 11, 12, 13). A session detached on one edge node
+    is resumed on another: the new edge asks the account's router, which forwards the
+    request to the edge holding the session; its state (counters, unacknowledged and
+    queued messages, presence, id) comes back with the router's answer."""
+    users = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "ivy", "kim")
+    opts = {"limits.sm_max_unacked": "100", "limits.rate_stanzas": "0", "limits.sm_resume_timeout": "8",
+            "server.log_level": "info"}
+
+    @classmethod
+    def setUpClass(cls):
+        from harness import Redis
+        from test_cluster import Node
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.routers = [Node(cls.redis, i, "router", **cls.opts) for i in (1, 2)]
+        cls.edges = [Node(cls.redis, i, "edge", **cls.opts) for i in (11, 12, 13)]
+        for u in cls.users:
+            cls.edges[0].adduser(f"{u}@{DOMAIN}", "pw")
+        for n in cls.routers + cls.edges:
+            n.start()
+        deadline = time.time() + 15
+        while not all("2 routers," in e.log_text().split("shard map epoch")[-1] for e in cls.edges):
+            if time.time() > deadline:
+                raise AssertionError("edges never saw both routers:\n" + cls.edges[0].log_text())
+            time.sleep(0.1)
+
+    @classmethod
+    def tearDownClass(cls):
+        bad = []
+        try:
+            for n in cls.edges + cls.routers:
+                if n.proc and n.proc.poll() is None and n.stop() != 0:
+                    bad.append(n.log_text()[-3000:])
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+        assert not bad, bad
+
+    def tearDown(self):
+        for n in self.routers + self.edges:
+            if n is not getattr(self, "killed", None):
+                self.assertTrue(n.alive(), f"node {n.node_id} died:\n" + n.log_text()[-3000:])
+
+    # raw-stream helpers, for a given edge
+    def login(self, edge, user, resource):
+        return RawStream(edge.port).login(user, "pw", resource)
+
+    def enable_resume(self, edge, user, resource):
+        r = self.login(edge, user, resource)
+        r.buf = b""
+        r.send(f"<enable xmlns='{SM}' resume='true'/>")
+        m = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([0-9a-f]{40})' resume='true' max='8'/>",
+                      r.recv_until("<enabled[^>]*/>"))
+        self.assertIsNotNone(m)
+        r.buf = b""
+        return r, m.group(1)
+
+    def resume(self, edge, user, previd, h):
+        r = RawStream(edge.port, timeout=10)
+        r.starttls()
+        r.auth_plain(user, "pw")
+        r.buf = b""
+        r.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
+        return r, r.recv_until(r"<resumed[^>]*/>|</failed>", timeout=10)
+
+    def kill(self, r, edge, full_jid):
+        line = f"{full_jid} detached for resumption"
+        before = edge.log_text().count(line)
+        r.sock.close()
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            if edge.log_text().count(line) > before:
+                return
+            time.sleep(0.02)
+        raise AssertionError("the session was not detached:\n" + edge.log_text()[-3000:])
+
+    def barrier(self, r, bare):
+        pid = f"bar{time.monotonic_ns()}"
+        r.send(f"<iq type='get' to='{bare}' id='{pid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        r.recv_until(f"<iq[^>]*id='{pid}'", timeout=10)
+
+    def ack(self, r, h):
+        r.buf = b""
+        r.send(f"<a xmlns='{SM}' h='{h}'/><r xmlns='{SM}'/>")
+        r.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+
+    def test_1_resume_on_another_edge_node_everything_once(self):
+        """bob on edge 11 got m1..m5, acknowledged 2, handled 3; his TCP dies; m6..m9 arrive
+        while detached. bob resumes on edge 12: <resumed h=1/>, m4..m9 exactly once, no
+        presence change for alice, new messages flow to edge 12 (the directory says so),
+        and the same id resumes again, back on edge 11 (the id moved with the session)."""
+        a, b, c = self.edges
+        bob, previd = self.enable_resume(a, "bob", "phone")
+        alice = self.login(b, "alice", "pc")
+        alice.send("<presence/>")
+        bob.send(f"<presence to='alice@{DOMAIN}/pc'/>")  # directed: its end would be seen
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'", timeout=10)
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(1, 6)))
+        self.assertEqual(bodies(bob.recv_until("m5</body>", timeout=10)), [f"m{i}" for i in range(1, 6)])
+        self.ack(bob, 2)
+        self.kill(bob, a, f"bob@{DOMAIN}/phone")
+        alice.buf = b""
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(6, 10)))
+        self.barrier(alice, f"bob@{DOMAIN}")
+        b2, text = self.resume(b, "bob", previd, 3)
+        self.assertRegex(text, rf"<resumed xmlns='{SM}' previd='{previd}' h='1'/>")
+        self.assertIn("handed over to node 12", a.log_text())
+        alice.send(message(f"bob@{DOMAIN}/phone", "end"))
+        got = bodies(b2.recv_until("end</body>", timeout=10))
+        self.assertEqual(got, ["m4", "m5", "m6", "m7", "m8", "m9", "end"], "each unhandled message once, in order")
+        self.ack(b2, 10)
+        b2.buf = b""
+        b2.send(f"<r xmlns='{SM}'/>")
+        self.assertIn("h='1'", b2.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>"))
+        b2.send(message(f"alice@{DOMAIN}/pc", "back"))
+        text = alice.recv_until("back</body>", timeout=10)
+        self.assertIn(f"from='bob@{DOMAIN}/phone'", re.search(r"<message[^>]*>[^\n]*?back</body>", text).group(0))
+        self.assertNotIn("type='unavailable'", text, "alice saw no unavailable presence across the resume")
+        d = resp(self.redis.port, "HGETALL", f"it:s:{{bob@{DOMAIN}}}")
+        self.assertIn(b"12 ", d, "the directory has bob on edge node 12")
+        with self.assertRaises(AssertionError):  # nothing more: no duplicate
+            b2.recv_until("m[0-9]</body>.*m[0-9]</body>.*m[0-9]</body>.*m[0-9]</body>.*m[0-9]</body>.*"
+                          "m[0-9]</body>.*m[0-9]</body>", timeout=0.5)
+        # again, back to edge 11: the id is edge 12's now, edge 11 asks the router
+        self.kill(b2, b, f"bob@{DOMAIN}/phone")
+        alice.send(message(f"bob@{DOMAIN}/phone", "m10"))
+        self.barrier(alice, f"bob@{DOMAIN}")
+        b3, text = self.resume(a, "bob", previd, 10)
+        self.assertRegex(text, rf"<resumed xmlns='{SM}' previd='{previd}' h='2'/>")
+        self.assertEqual(bodies(b3.recv_until("m10</body>", timeout=10)), ["m10"])
+        b3.send(f"<presence type='unavailable'/></stream:stream>")
+        alice.recv_until(f"from='bob@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
+        for x in (b3, alice):
+            x.close()
+
+    def test_2_another_accounts_id_fails_on_another_node(self):
+        a, b, c = self.edges
+        carol, previd = self.enable_resume(a, "carol", "phone")
+        dave = self.login(b, "dave", "pc")
+        dave.send(message(f"carol@{DOMAIN}/phone", "secret"))
+        carol.recv_until("secret</body>", timeout=10)
+        self.kill(carol, a, f"carol@{DOMAIN}/phone")
+        thief, text = self.resume(b, "erin", previd, 0)
+        self.assertIn("<item-not-found", text)
+        self.assertNotIn("<resumed", text)
+        self.assertNotIn("secret", thief.recv_until("</failed>"))
+        thief.bind("x")
+        self.assertIn(f"erin@{DOMAIN}/x", thief.buf.decode())
+        # a forged id with carol's tag and other random bits, and one with another tag
+        for bad in (previd[:8] + "0" * 32, "0" * 40):
+            r, text = self.resume(b, "carol", bad, 0)
+            self.assertIn("<item-not-found", text, bad)
+            r.close()
+        c2, text = self.resume(c, "carol", previd, 0)
+        self.assertIn("<resumed", text, "the owner still can, on a third node")
+        self.assertEqual(bodies(c2.recv_until("secret</body>", timeout=10)), ["secret"])
+        for s in (c2, thief, dave):
+            s.close()
+
+    def test_3_expired_fails_and_the_messages_went_offline(self):
+        a, b, c = self.edges
+        frank, previd = self.enable_resume(a, "frank", "phone")
+        gina = self.login(b, "gina", "pc")
+        gina.send("<presence/>")
+        frank.send(f"<presence to='gina@{DOMAIN}/pc'/>")
+        gina.recv_until(f"<presence[^>]*from='frank@{DOMAIN}/phone'", timeout=10)
+        gina.send("".join(message(f"frank@{DOMAIN}/phone", f"q{i}") for i in range(1, 4)))
+        frank.recv_until("q3</body>", timeout=10)
+        self.kill(frank, a, f"frank@{DOMAIN}/phone")
+        gina.send(message(f"frank@{DOMAIN}/phone", "q4"))
+        gina.recv_until(f"<presence[^>]*from='frank@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=20)
+        r, text = self.resume(b, "frank", previd, 0)
+        self.assertIn("<item-not-found", text)
+        r.bind("phone2")
+        r.send("<presence/>")
+        text = r.recv_until("q4</body>", timeout=10)
+        self.assertIn("urn:xmpp:delay", text, "they were stored offline")
+        self.assertEqual(bodies(text), ["q1", "q2", "q3", "q4"])
+        r.close()
+        gina.close()
+
+    def test_4_a_live_old_connection_is_dropped_and_two_resumes_give_one_session(self):
+        """The client resumes on edge 12 while its old connection on edge 11 still looks
+        alive: that connection is dropped and the session moves. Then two resumes of it at
+        once, on edges 11 and 13: at most one gets <resumed/>, the other <failed/>, and
+        every message is written once to the winner."""
+        a, b, c = self.edges
+        hank, previd = self.enable_resume(a, "hank", "phone")
+        ivy = self.login(b, "ivy", "pc")
+        ivy.send(message(f"hank@{DOMAIN}/phone", "p1"))
+        hank.recv_until("p1</body>", timeout=10)
+        h2, text = self.resume(b, "hank", previd, 0)
+        self.assertIn("<resumed", text)
+        self.assertTrue(hank.closed(10), "the old connection was dropped")
+        self.assertEqual(bodies(h2.recv_until("p1</body>", timeout=10)), ["p1"])
+        self.kill(h2, b, f"hank@{DOMAIN}/phone")
+        ivy.send(message(f"hank@{DOMAIN}/phone", "p2"))
+        self.barrier(ivy, f"hank@{DOMAIN}")
+        streams = []
+        for e in (a, c):
+            r = RawStream(e.port, timeout=10)
+            r.starttls()
+            r.auth_plain("hank", "pw")
+            r.buf = b""
+            streams.append(r)
+        for r in streams:
+            r.send(f"<resume xmlns='{SM}' previd='{previd}' h='1'/>")
+        texts = [r.recv_until(r"<resumed[^>]*/>|</failed>", timeout=10) for r in streams]
+        won = [i for i, t in enumerate(texts) if "<resumed" in t]
+        self.assertLessEqual(len(won), 1, texts)
+        for i, t in enumerate(texts):
+            if i not in won:
+                self.assertIn("<failed", t)
+        if won:
+            w = streams[won[0]]
+            self.assertEqual(bodies(w.recv_until("p2</body>", timeout=10)), ["p2"])
+        else:  # both lost the race: the message is not lost, a new log-in gets it
+            r = self.login(b, "hank", "phone")
+            r.send("<presence/>")
+            self.assertIn("p2</body>", r.recv_until("p2</body>", timeout=10))
+            streams.append(r)
+        for r in streams + [ivy]:
+            r.close()
+
+    def test_5_slixmpp_resumes_on_the_other_edge_node_under_load(self):
+        a, b, c = self.edges
+
+        async def go():
+            alice = Client(b, f"alice@{DOMAIN}/slix", "pw")
+            bob = Client(a, f"bob@{DOMAIN}/slix", "pw")
+            bob.register_plugin("xep_0198")
+            bob.plugin["xep_0198"].window = 1000
+            loop = asyncio.get_running_loop()
+            resumed, enabled = loop.create_future(), loop.create_future()
+            bob.add_event_handler("session_resumed", lambda e: resumed.done() or resumed.set_result(True))
+            bob.add_event_handler("session_end", lambda e: resumed.done() or resumed.set_result(False))
+            bob.add_event_handler("sm_enabled", lambda e: enabled.done() or enabled.set_result(True))
+            self.assertTrue(await alice.login())
+            self.assertTrue(await bob.login())
+            await asyncio.wait_for(enabled, 10)
+            alice.send_presence()
+            bob.send_presence(pto=alice.boundjid.full)
+            await alice.next_presence(10, pred=lambda p: p["from"] == bob.boundjid)
+            n = 200
+            ids = [f"id{i}" for i in range(n)]
+
+            async def sender():
+                for i, mid in enumerate(ids):
+                    m = alice.make_message(mto=f"bob@{DOMAIN}/slix", mbody=mid, mtype="chat")
+                    m["id"] = mid
+                    m.send()
+                    if i % 20 == 0:
+                        await asyncio.sleep(0.005)
+
+            send = asyncio.ensure_future(sender())
+            got = []
+            while len(got) < 50:
+                got.append((await bob.next_message(10))["id"])
+            bob.transport.abort()  # the TCP connection dies mid-conversation
+            await asyncio.sleep(0)
+            bob.connect(("127.0.0.1", b.port))  # the other edge node
+            self.assertTrue(await asyncio.wait_for(resumed, 20), "slixmpp resumed on edge 12")
+            await send
+            while len(got) < n:
+                try:
+                    got.append((await bob.next_message(timeout=10))["id"])
+                except asyncio.TimeoutError:
+                    self.fail(f"missing {sorted(set(ids) - set(got), key=lambda x: int(x[2:]))}, "
+                              f"{len(got) - len(set(got))} duplicates")
+            self.assertEqual(sorted(got, key=lambda x: int(x[2:])), ids, "every message exactly once")
+            with self.assertRaises(asyncio.TimeoutError):
+                await bob.next_message(timeout=0.5)
+            while not alice.presences.empty():
+                self.assertNotEqual(alice.presences.get_nowait()["type"], "unavailable")
+            self.assertEqual(bob.boundjid.full, f"bob@{DOMAIN}/slix")
+            self.assertIn("handed over to node 12", a.log_text())
+            await bob.close()
+            await alice.close()
+
+        run(go())
+
+    def test_6_offline_queue_past_one_window_across_nodes(self):
+        """BUS_OFFLINE_ACK crosses the bus links (the router is another process): an
+        offline queue longer than one window (64 messages) is delivered whole, and what
+        was delivered is gone from storage. The links refused that kind as node-internal:
+        the first window came, the rest stayed stored until the next log-in, and came
+        again then."""
+        a, b, c = self.edges
+        alice = self.login(b, "alice", "off")
+        alice.send("".join(message(f"kim@{DOMAIN}", f"o{i}") for i in range(100)))
+        self.barrier(alice, f"kim@{DOMAIN}")
+        kim = self.login(a, "kim", "k1")
+        kim.send("<presence/>")
+        self.assertEqual(bodies(kim.recv_until("o99</body>", timeout=10)), [f"o{i}" for i in range(100)])
+        kim.send("<presence type='unavailable'/></stream:stream>")
+        kim.closed()
+        alice.wait_session_gone(f"kim@{DOMAIN}/k1", timeout=10)
+        again = self.login(c, "kim", "k2")
+        again.send("<presence/>")
+        alice.send(message(f"kim@{DOMAIN}/k2", "fresh"))
+        self.assertEqual(bodies(again.recv_until("fresh</body>", timeout=10)), ["fresh"], "nothing left stored")
+        for x in (again, alice):
+            x.close()
+
+    def test_9_edge_killed_resume_fails_contacts_see_unavailable(self):
+        """The edge node holding a detached session dies: the routers end its sessions
+        (contacts see unavailable) and a resume elsewhere gets <failed/>, at once; what
+        is sent to the account afterwards goes to offline storage. Known limit: the
+        messages the dead process held unacknowledged died with it (docs/cluster.md)."""
+        a, b, c = self.edges
+        dave, previd = self.enable_resume(c, "dave", "phone")
+        erin = self.login(b, "erin", "pc")
+        erin.send("<presence/>")
+        dave.send(f"<presence to='erin@{DOMAIN}/pc'/>")
+        erin.recv_until(f"<presence[^>]*from='dave@{DOMAIN}/phone'", timeout=10)
+        self.kill(dave, c, f"dave@{DOMAIN}/phone")
+        self.killed = c
+        c.kill9()
+        erin.recv_until(f"<presence[^>]*from='dave@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=15)
+        t0 = time.monotonic()
+        r, text = self.resume(a, "dave", previd, 0)
+        self.assertIn("<item-not-found", text)
+        self.assertLess(time.monotonic() - t0, 5)
+        erin.send(message(f"dave@{DOMAIN}", "after"))
+        self.barrier(erin, f"dave@{DOMAIN}")
+        r.bind("phone")
+        r.send("<presence/>")
+        self.assertEqual(bodies(r.recv_until("after</body>", timeout=10)), ["after"])
+        r.close()
+        erin.close()
 
 
 if __name__ == "__main__":
