@@ -17,7 +17,7 @@
  * Counters are 32-bit and wrap (§4: h is an unsigned 32-bit integer, mod 2^32).
  *
  * Resumption (<enable resume='true'/>, limits.sm_resume_timeout > 0): the session gets a
- * resumption id, 128 random bits, registered edge-wide (edge->rids: id -> edge thread and
+ * resumption id, a tag of its full JID then 128 random bits, registered edge-wide (edge->rids: id -> edge thread and
  * connection id). When its connection drops (EOF, reset, a TLS or write error, the idle
  * timeout; not a clean </stream:stream>, not a stream error we sent) the session is
  * DETACHED: a conn_t without a socket (c->detached) takes the connection's slot, its
@@ -36,7 +36,12 @@
  * the session's (it moves with it), so the client can resume again with it. Unknown,
  * expired, another account's: <failed><item-not-found/></failed> and the client binds.
  * A resume for a session whose old connection is still open (its loss not yet seen)
- * drops that connection first. Another edge NODE does not know the id: item-not-found.
+ * drops that connection first. An id this edge node does not hold (cluster): the account's
+ * router is asked (BUS_RESUME_ASK); it forwards the request (BUS_RESUME) to the edge
+ * holding the session among the account's, found by the id's tag, which hands it over
+ * with its state serialised in the move (state_encode); the router passes the state on
+ * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
+ * resumption across nodes".
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
