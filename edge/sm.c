@@ -727,8 +727,8 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   const uint8_t *p = get_str(&r, &n);
   if (p && n == SM_RID_LEN) g->sm_rid = xstrndup((const char *)p, n);
   p = get_str(&r, &n);
-  int ok = !r.bad && g->sm_rid && p && n == f->to_len && !memcmp(p, f->to, n) && jid_parse((const char *)p, n, &g->jid) == 0 &&
-           g->jid.resource;
+  int ok = !r.bad && g->sm_rid && p && n == f->to_len && !memcmp(p, f->to, n) &&
+           jid_parse((const char *)p, n, &g->jid) == 0 && g->jid.resource;
   p = get_str(&r, &n);
   if (ok && n) {
     g->presence = xmalloc(n);
