@@ -2,7 +2,7 @@
 
 #include <time.h>
 
-#include "common/cluster.h"
+#include "common/cluster/cluster.h"
 #include "common/err.h"
 
 int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name) {

@@ -29,7 +29,7 @@ typedef struct bus {
   int nedges;            /* edge I/O threads in this process (0 on a router node) */
   bus_queue_t *worker_q; /* [nworkers], each owned by its router worker */
   bus_queue_t *edge_q;   /* [nedges], each owned by its edge I/O thread */
-  /* Cluster (common/cluster.c); all zero in a single process. */
+  /* Cluster (common/cluster/cluster.c); all zero in a single process. */
   uint16_t node;         /* this node's id, stamped in every bus_addr_t it hands out */
   cluster_t *cluster;
   /* [nshards]: shard -> (node << 16 | worker), written by the cluster thread when the
@@ -59,7 +59,7 @@ static inline int bus_congested(bus_t *b) {
  * counter; name says whose queue it is in the log. The consumer's thread, at set-up. */
 int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name);
 /* Hands a frame to the cluster thread, which sends it on the link to its node
- * (common/cluster.c). Any thread. */
+ * (common/cluster/cluster.c). Any thread. */
 void bus_remote(bus_t *b, bus_msg_t *m);
 
 /* Sends m to the router worker owning shard: in this process when this node owns it,

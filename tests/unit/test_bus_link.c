@@ -1,4 +1,4 @@
-/* TCP bus links (common/bus_link.h) on loopback: both ends run on one libuv loop in the
+/* TCP bus links (common/cluster/bus_link.h) on loopback: both ends run on one libuv loop in the
  * test process (a killed peer is a forked child; hostile peers are raw sockets).
  * Frames carry their sequence number in arg; the receiver rebuilds the expected frame
  * from it and compares bytes, so "in order, byte-identical, none lost, none duplicated"
@@ -18,7 +18,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/bus_frame.h"
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 #include "common/bus_queue.h"
 #include "common/err.h"
 #include "common/log.h"

@@ -1,7 +1,7 @@
 /* The cluster thread: links to other nodes, the node registry, the shard map, failover.
  * Design and guarantees: docs/cluster.md; interface: cluster.h. Everything below runs on
  * the cluster thread's loop except bus_remote and cluster_pending. */
-#include "common/cluster.h"
+#include "common/cluster/cluster.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -9,11 +9,11 @@
 #include <uv.h>
 
 #include "common/alloc.h"
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/shardmap.h"
+#include "common/cluster/shardmap.h"
 #include "common/stanza.h"
 
 #define TICK_MS 200

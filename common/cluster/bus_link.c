@@ -10,7 +10,7 @@
  *   [unsent .. tail]               not yet written
  * Data frames are numbered implicitly: head has sequence number head_seq. The peer
  * acknowledges a cumulative count; acknowledged written frames are freed. */
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -20,7 +20,7 @@
 #include <sys/socket.h>
 
 #include "common/alloc.h"
-#include "common/bus_link_tls.h"
+#include "common/cluster/bus_link_tls.h"
 #include "common/err.h"
 #include "common/log.h"
 

@@ -3,7 +3,7 @@
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
-#include "common/bus_link_tls.h"
+#include "common/cluster/bus_link_tls.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  *   sends to, and one listener accepting the peers' links; frames from local threads
  *   for other nodes arrive on a queue (bus_remote) and go to the right link.
  * - Redis (common/credis.c): this node's registration with a heartbeat, and the live set
- *   of nodes, from which the shard map is computed (common/shardmap.c) and published in
+ *   of nodes, from which the shard map is computed (common/cluster/shardmap.c) and published in
  *   bus->owner; the lowest live router also writes it to Redis for operators.
  * - Failures: a peer missing from the live set is dead. An edge: local workers end its
  *   sessions (BUS_NODE_DOWN). A router: its shards move; local edge threads announce
