@@ -160,7 +160,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     /* stale: the session ended or was replaced. In a cluster it can also be a session
      * whose shard just moved here and whose announcement is still on its way (it raced
      * a map change): the sender is told to try again, never left with a silent loss */
-    if (!s && w->bus->cluster && !strcmp(st->name, "message")) {
+    if (!s && bus_clustered(w->bus) && !strcmp(st->name, "message")) {
       xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
       if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
     }
