@@ -93,6 +93,25 @@ typedef struct bus_frame {
   size_t payload_len;
 } bus_frame_t;
 
+static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }
+
+/* The header of an encoded frame, p[0..BUS_HEADER_LEN) (bus_hdr_version needs p[0]
+ * only): what a transport checks before the rest of a frame is there, and the two
+ * fields a frame in flight may change without being decoded and encoded again (a
+ * DELIVER turned into a BOUNCE, a frame marked forwarded). No allocation, no check:
+ * the caller has the bytes. Everything else goes through bus_frame_decode. */
+static inline uint8_t bus_hdr_version(const uint8_t *p) { return p[0]; }
+static inline uint8_t bus_hdr_kind(const uint8_t *p) { return p[1]; }
+static inline uint16_t bus_hdr_flags(const uint8_t *p) { return (uint16_t)(p[2] | p[3] << 8); }
+static inline uint32_t bus_hdr_body_len(const uint8_t *p) {
+  return (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+}
+static inline void bus_hdr_set_kind(uint8_t *p, uint8_t kind) { p[1] = kind; }
+static inline void bus_hdr_add_flags(uint8_t *p, uint16_t flags) {
+  p[2] |= (uint8_t)flags;
+  p[3] |= (uint8_t)(flags >> 8);
+}
+
 /* Appends the encoded frame to out. */
 void bus_frame_encode(const bus_frame_t *f, buf_t *out);
 /* Decodes one frame from p[0..len). Fields point into p (zero copy).

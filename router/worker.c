@@ -346,7 +346,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
       /* its shard moved while it was on its way: on to the new owner */
       m->next = NULL;
-      m->data[2] |= BUS_F_FORWARDED; /* flags, low byte (bus_frame.h) */
+      bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
       bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
       continue;
     }

@@ -179,7 +179,7 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
   if (f.kind == BUS_DELIVER && is_msg && !c->stopping) {
     /* its connection is unreachable: back to the recipient's shard, which picks another
      * resource or offline storage (as for a connection that closed) */
-    m->data[1] = BUS_BOUNCE;
+    bus_hdr_set_kind(m->data, BUS_BOUNCE);
     log_debug("cluster: DELIVER to node %u bounced (%s)", f.dst.node, why);
     dispatch(c, m);
     arena_reset(&c->arena);
