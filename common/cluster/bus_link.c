@@ -928,13 +928,19 @@ static void start_connect(bus_link_t *l) {
 
 /* ---- public: links ---------------------------------------------------------------- */
 
+/* A numeric IPv4 or IPv6 address. 0 or -1. */
+static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  return uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0 || uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0
+             ? 0
+             : -1;
+}
+
 bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16_t self_node,
                              uint8_t self_role, const bus_link_config_t *cfg,
                              const bus_link_cbs_t *cbs, void *ud) {
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (parse_addr(host, port, &ss) != 0) {
     log_error("bus link: bad address %s (numeric IPv4 or IPv6 expected)", host);
     return NULL;
   }
@@ -1116,9 +1122,7 @@ bus_listener_t *bus_listener_new(uv_loop_t *loop, const char *host, int port, ui
                                  uint8_t self_role, const bus_link_config_t *cfg,
                                  const bus_link_cbs_t *cbs, void *ud) {
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (parse_addr(host, port, &ss) != 0) {
     log_error("bus listener: bad address %s", host);
     return NULL;
   }

@@ -7,31 +7,20 @@
 
 #include <criterion/criterion.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "common/buf.h"
 #include "common/tls_mem.h"
+#include "tests/unit/support/certs.h"
 
 static char dir[64], cert[128], key[128];
 
 static void make_cert(void) {
-  snprintf(dir, sizeof dir, "/tmp/tls-mem.XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-  char cmd[512];
-  snprintf(cmd, sizeof cmd,
-           "set -e; cd %s; openssl ecparam -name prime256v1 -genkey -noout -out k.pem;"
-           " openssl req -x509 -new -key k.pem -subj /CN=localhost -days 2 -out c.pem 2>/dev/null",
-           dir);
-  cr_assert_eq(system(cmd), 0, "openssl failed");
+  certs_make(dir, sizeof dir, "tls-mem",
+             "openssl ecparam -name prime256v1 -genkey -noout -out k.pem;"
+             " openssl req -x509 -new -key k.pem -subj /CN=localhost -days 2 -out c.pem");
   snprintf(cert, sizeof cert, "%s/c.pem", dir);
   snprintf(key, sizeof key, "%s/k.pem", dir);
-}
-
-static void remove_cert(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);
 }
 
 typedef struct end {
@@ -143,6 +132,6 @@ Test(tls_mem, handshake_data_trim_and_close_notify) {
 
   end_free(&s);
   end_free(&c);
-  remove_cert();
+  certs_remove(dir);
   wolfSSL_Cleanup();
 }
