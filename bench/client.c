@@ -24,6 +24,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/scram.h"
+#include "common/tls_mem.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -67,8 +68,7 @@ struct conn {
   conn_t *next_dirty;
   WOLFSSL *ssl;
   int tls_ready;
-  buf_t tin;      /* ciphertext not yet taken by wolfSSL */
-  size_t tin_off;
+  tls_mem_t tio;  /* ciphertext not yet taken by wolfSSL; its output goes to out */
   buf_t in;       /* stream text not yet scanned */
   xscan_t xs;
   buf_t out;      /* bytes (ciphertext under TLS) to write */
@@ -87,22 +87,6 @@ typedef struct wreq {
 
 /* ---- TLS ------------------------------------------------------------------------------ */
 
-static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  conn_t *c = ctx;
-  size_t avail = c->tin.len - c->tin_off;
-  if (avail == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
-  size_t n = avail < (size_t)sz ? avail : (size_t)sz;
-  memcpy(buf, c->tin.data + c->tin_off, n);
-  c->tin_off += n;
-  return (int)n;
-}
-
-static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  conn_t *c = ctx;
-  buf_append(&c->out, buf, (size_t)sz);
-  return sz;
-}
-
 int client_global_init(const bench_opts_t *o, char **err) {
   if (o->tls == TLS_NONE) return 0;
   wolfSSL_Init();
@@ -115,8 +99,7 @@ int client_global_init(const bench_opts_t *o, char **err) {
   /* like browsers and OpenSSL-based clients: X25519 first, P-256 as the fallback */
   int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1};
   wolfSSL_CTX_set_groups(g_ctx, groups, 2);
-  wolfSSL_CTX_SetIORecv(g_ctx, io_recv);
-  wolfSSL_CTX_SetIOSend(g_ctx, io_send);
+  tls_mem_use(g_ctx);
   return 0;
 }
 
@@ -248,7 +231,7 @@ static void close_cb(uv_handle_t *h) {
     wolfSSL_free(c->ssl);
     c->ssl = NULL;
   }
-  buf_free(&c->tin);
+  tls_mem_free(&c->tio);
   buf_free(&c->in);
   buf_free(&c->out);
 }
@@ -320,8 +303,7 @@ static void start_tls(conn_t *c) {
     conn_fail(c, "tls");
     return;
   }
-  wolfSSL_SetIOReadCtx(c->ssl, c);
-  wolfSSL_SetIOWriteCtx(c->ssl, c);
+  tls_mem_attach(&c->tio, c->ssl, &c->out);
   wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->w->o->domain,
                  (unsigned short)strlen(c->w->o->domain));
   wolfSSL_UseKeyShare(c->ssl, WOLFSSL_ECC_X25519);
@@ -785,7 +767,7 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
 
 static void feed_tls(conn_t *c, const char *data, size_t len) {
   worker_t *w = c->w;
-  buf_append(&c->tin, data, len);
+  tls_mem_feed(&c->tio, data, len);
   if (!c->tls_ready) {
     tls_step(c);
     if (!c->tls_ready || c->state == C_DEAD) goto out;
@@ -804,9 +786,7 @@ static void feed_tls(conn_t *c, const char *data, size_t len) {
   }
 out:
   if (c->state == C_DEAD) return;
-  buf_consume(&c->tin, c->tin_off);
-  c->tin_off = 0;
-  if (!c->tin.len && c->tin.cap > 4096) buf_free(&c->tin);
+  tls_mem_trim(&c->tio, 4096);
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
@@ -1055,7 +1035,6 @@ void worker_setup(worker_t *w, const bench_opts_t *o, int id, const int *gs, siz
     c->w = w;
     c->g = gs[i];
     snprintf(c->user, sizeof c->user, o->user_fmt, o->first + gs[i]);
-    buf_init(&c->tin);
     buf_init(&c->in);
     buf_init(&c->out);
     if (o->sc == SC_CHAT && gs[i] < 2 * o->pairs) {
@@ -1110,7 +1089,7 @@ void worker_free(worker_t *w) {
     conn_t *c = &w->conns[i];
     xfree(c->to);
     xfree(c->scram);
-    buf_free(&c->tin);
+    tls_mem_free(&c->tio);
     buf_free(&c->in);
     buf_free(&c->out);
     if (c->ssl) wolfSSL_free(c->ssl);

@@ -1,4 +1,4 @@
-/* bus-link-bench: throughput of one TCP bus link on loopback (common/bus_link.h).
+/* bus-link-bench: throughput of one TCP bus link on loopback (common/cluster/bus_link.h).
  *
  *   bus-link-bench [frames (1000000)] [payload bytes (200)] [TLS directory]
  *
@@ -15,7 +15,7 @@
 #include <uv.h>
 
 #include "common/alloc.h"
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 #include "common/log.h"
 
 static uint64_t g_frames;

@@ -7,7 +7,7 @@
  * SIGINT/SIGTERM: edges stop accepting and send <system-shutdown/>, sessions end,
  * routers drain their queues (bounced messages reach offline storage), then all stop.
  * --role edge|router (cluster.role) runs one half; with cluster.node_id set the process
- * joins a cluster through Redis (common/cluster.c, docs/cluster.md).
+ * joins a cluster through Redis (common/cluster/cluster.c, docs/cluster.md).
  * SIGHUP: the TLS certificate and key, and the session ticket keys, are loaded again (sessions are not dropped). */
 #include <getopt.h>
 #include <signal.h>
@@ -22,7 +22,7 @@
 
 #include "common/alloc.h"
 #include "common/bus.h"
-#include "common/cluster.h"
+#include "common/cluster/cluster.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/hash.h"

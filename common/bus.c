@@ -2,7 +2,6 @@
 
 #include <time.h>
 
-#include "common/cluster.h"
 #include "common/err.h"
 
 int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name) {
@@ -11,11 +10,16 @@ int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb,
   return rc;
 }
 
+void bus_set_remote(bus_t *b, const bus_remote_ops_t *ops, void *ctx) {
+  b->remote = ops;
+  b->remote_ctx = ops ? ctx : NULL;
+}
+
 static uint64_t pending(bus_t *b) {
   uint64_t n = 0;
   for (int i = 0; i < b->nworkers; i++) n += bus_queue_pending(&b->worker_q[i]);
   for (int i = 0; i < b->nedges; i++) n += bus_queue_pending(&b->edge_q[i]);
-  if (b->cluster) n += cluster_pending(b->cluster);
+  if (b->remote) n += b->remote->pending(b->remote_ctx);
   return n;
 }
 

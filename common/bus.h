@@ -3,8 +3,10 @@
  * In one process frames move through bus_queue_t's; the shard of a bare JID is
  * hash_shard(bare) mod S, and shard s is served by worker s mod M. In a cluster
  * (cluster.node_id set) the shard map says which node and worker own each shard, and
- * frames for other nodes go through the cluster thread onto TCP bus links; the callers
- * below do not change. */
+ * frames for other nodes go to the bus's remote transport (bus_remote_ops_t), which the
+ * cluster installs when it starts (common/cluster/cluster.c: its thread puts them on TCP
+ * bus links); the callers below do not change. The bus knows the transport by this
+ * interface alone, so the cluster is built on the bus and never the other way round. */
 #ifndef XMPP_BUS_H
 #define XMPP_BUS_H
 
@@ -21,7 +23,15 @@ static inline size_t bus_bare_len(const char *jid, size_t len) {
   return len;
 }
 
-typedef struct cluster cluster_t;
+/* How frames leave this node: one interface, one implementation today (the cluster's),
+ * in the spirit of Redis's connection.h. Both calls are made from any thread. */
+typedef struct bus_remote_ops {
+  /* Takes m (ownership included), a frame for another node, and sends it on: it never
+   * comes back to the caller, whatever becomes of it. */
+  void (*send)(void *ctx, bus_msg_t *m);
+  /* Frames taken by send and not yet handed to a link (a snapshot, for bus_quiesce). */
+  uint64_t (*pending)(void *ctx);
+} bus_remote_ops_t;
 
 typedef struct bus {
   uint32_t nshards;
@@ -29,9 +39,10 @@ typedef struct bus {
   int nedges;            /* edge I/O threads in this process (0 on a router node) */
   bus_queue_t *worker_q; /* [nworkers], each owned by its router worker */
   bus_queue_t *edge_q;   /* [nedges], each owned by its edge I/O thread */
-  /* Cluster (common/cluster.c); all zero in a single process. */
+  /* Cluster (common/cluster/cluster.c); all zero in a single process. */
   uint16_t node;         /* this node's id, stamped in every bus_addr_t it hands out */
-  cluster_t *cluster;
+  const bus_remote_ops_t *remote; /* NULL: no other nodes (bus_set_remote) */
+  void *remote_ctx;
   /* [nshards]: shard -> (node << 16 | worker), written by the cluster thread when the
    * shard map changes, read by everyone (relaxed: a frame sent with a stale owner is
    * forwarded by the node that gets it). 0 = no live router yet. */
@@ -58,9 +69,13 @@ static inline int bus_congested(bus_t *b) {
 /* bus_queue_init, then bus_queue_bound with the bus's watermarks and congested
  * counter; name says whose queue it is in the log. The consumer's thread, at set-up. */
 int bus_queue_attach(bus_t *b, bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud, const char *name);
-/* Hands a frame to the cluster thread, which sends it on the link to its node
- * (common/cluster.c). Any thread. */
-void bus_remote(bus_t *b, bus_msg_t *m);
+/* Installs (ops and ctx) or removes (NULL, NULL) the remote transport. Before or after
+ * the threads that send run (main thread, at start-up and after they stopped). */
+void bus_set_remote(bus_t *b, const bus_remote_ops_t *ops, void *ctx);
+/* 1 when this node is part of a cluster (a remote transport is installed). */
+static inline int bus_clustered(const bus_t *b) { return b->remote != NULL; }
+/* Hands a frame for another node to the remote transport. Any thread. */
+static inline void bus_remote(bus_t *b, bus_msg_t *m) { b->remote->send(b->remote_ctx, m); }
 
 /* Sends m to the router worker owning shard: in this process when this node owns it,
  * else over the cluster. */
@@ -80,7 +95,7 @@ static inline void bus_to_router(bus_t *b, const char *bare, size_t len, bus_msg
 }
 static inline void bus_to_edge(bus_t *b, const bus_addr_t *dst, bus_msg_t *m) {
   if (dst->node == b->node && dst->thread < b->nedges) bus_queue_push(&b->edge_q[dst->thread], m);
-  else if (b->cluster && dst->node != b->node) bus_remote(b, m);
+  else if (bus_clustered(b) && dst->node != b->node) bus_remote(b, m);
   else bus_msg_free(m);
 }
 /* Frames for a router: their shard is the sender's for what a client did, the

@@ -17,9 +17,6 @@ static void put64(buf_t *b, uint64_t v) {
   buf_append(b, t, 8);
 }
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 static uint64_t get64(const uint8_t *p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
@@ -68,17 +65,17 @@ static int get_bytes(const uint8_t **p, const uint8_t *end, const char **s, size
 int bus_frame_decode(const uint8_t *p, size_t len, bus_frame_t *f, size_t *used) {
   if (len < BUS_HEADER_LEN) {
     /* reject garbage early, even before a whole header arrived */
-    if (len >= 1 && p[0] != BUS_VERSION) return XMPP_EINVAL;
-    if (len >= 2 && (p[1] == 0 || p[1] > BUS_KIND_MAX)) return XMPP_EINVAL;
+    if (len >= 1 && bus_hdr_version(p) != BUS_VERSION) return XMPP_EINVAL;
+    if (len >= 2 && !bus_kind_valid(bus_hdr_kind(p))) return XMPP_EINVAL;
     return XMPP_AGAIN;
   }
-  if (p[0] != BUS_VERSION || p[1] == 0 || p[1] > BUS_KIND_MAX) return XMPP_EINVAL;
-  uint32_t body = get32(p + 4);
+  if (bus_hdr_version(p) != BUS_VERSION || !bus_kind_valid(bus_hdr_kind(p))) return XMPP_EINVAL;
+  uint32_t body = bus_hdr_body_len(p);
   if (body > BUS_MAX_BODY) return XMPP_EINVAL;
   if (len - BUS_HEADER_LEN < body) return XMPP_AGAIN;
   memset(f, 0, sizeof *f);
-  f->kind = p[1];
-  f->flags = get16(p + 2);
+  f->kind = bus_hdr_kind(p);
+  f->flags = bus_hdr_flags(p);
   const uint8_t *q = p + BUS_HEADER_LEN, *end = q + body;
   uint64_t zz;
   if (get_addr(&q, end, &f->src) || get_addr(&q, end, &f->dst) ||

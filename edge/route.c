@@ -145,7 +145,7 @@ void edge_route_stanza(conn_t *c, xnode_t *s) {
   f.payload = p.data;
   f.payload_len = p.len;
   send_frame(c, &f);
-  if (c->th->bus->cluster && !tj.full && !strcmp(s->name, "presence")) remember_presence(c, type, &p);
+  if (bus_clustered(c->th->bus) && !tj.full && !strcmp(s->name, "presence")) remember_presence(c, type, &p);
   buf_free(&p);
   jid_free(&tj);
 }

@@ -529,7 +529,7 @@ static void sm_resume(conn_t *c, xnode_t *e) {
   c->sm_q_tail = &c->sm_q;
   bus_addr_t me = edge_addr(c);
   if (!rid_find(th->edge, id, &loc) || loc.thread >= th->edge->nthreads) {
-    if (!th->bus->cluster) {
+    if (!bus_clustered(th->bus)) {
       resume_failed(c);
       return;
     }

@@ -19,6 +19,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/tls_mem.h"
 
 /* TLS 1.3 suites, then TLS 1.2 ECDHE + AEAD only, in the server's order of preference
  * (wolfSSL picks by the server's list). ChaCha20-Poly1305 first: Debian's wolfSSL has no
@@ -76,9 +77,8 @@ typedef struct tls_rec {
 
 struct tls_conn {
   WOLFSSL *ssl;   /* NULL once offloaded */
-  buf_t in;       /* ciphertext not yet consumed (an incomplete record once offloaded) */
-  size_t in_off;
-  buf_t *out;
+  tls_mem_t io;   /* io.in: ciphertext not yet consumed (an incomplete record once
+                     offloaded); io.out: the owner's output buffer */
   int ready;
   int stopped;
   int offloaded;
@@ -87,22 +87,6 @@ struct tls_conn {
   const char *version, *cipher_name; /* static strings, kept past the offload */
   tls_rec_t rec;
 };
-
-static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  tls_conn_t *c = ctx;
-  size_t avail = c->in.len - c->in_off;
-  if (avail == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
-  size_t n = avail < (size_t)sz ? avail : (size_t)sz;
-  memcpy(buf, c->in.data + c->in_off, n);
-  c->in_off += n;
-  return (int)n;
-}
-
-static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  tls_conn_t *c = ctx;
-  buf_append(c->out, buf, (size_t)sz);
-  return sz;
-}
 
 static char *cipher_list; /* NULL: CIPHERS */
 
@@ -227,8 +211,7 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
     wolfSSL_CTX_free(ctx);
     return NULL;
   }
-  wolfSSL_CTX_SetIORecv(ctx, io_recv);
-  wolfSSL_CTX_SetIOSend(ctx, io_send);
+  tls_mem_use(ctx);
   return ctx;
 }
 
@@ -281,17 +264,14 @@ tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
     xfree(c);
     return NULL;
   }
-  buf_init(&c->in);
-  c->out = out;
-  wolfSSL_SetIOReadCtx(c->ssl, c);
-  wolfSSL_SetIOWriteCtx(c->ssl, c);
+  tls_mem_attach(&c->io, c->ssl, out);
   return c;
 }
 
 void tls_conn_free(tls_conn_t *c) {
   if (!c) return;
   if (c->ssl) wolfSSL_free(c->ssl);
-  buf_free(&c->in);
+  tls_mem_free(&c->io);
   tls_conn_trim(c);
   explicit_bzero(&c->rec, sizeof c->rec);
   xfree(c);
@@ -433,8 +413,8 @@ static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
   memcpy(inner, data, len);
   inner[len] = type;
   size_t clen = len + 1 + REC_TAG;
-  buf_reserve(c->out, REC_HDR + clen);
-  uint8_t *h = c->out->data + c->out->len;
+  buf_reserve(c->io.out, REC_HDR + clen);
+  uint8_t *h = c->io.out->data + c->io.out->len;
   h[0] = 23, h[1] = 3, h[2] = 3, h[3] = (uint8_t)(clen >> 8), h[4] = (uint8_t)clen;
   uint8_t n[12];
   nonce(n, r->wiv, r->wseq);
@@ -442,7 +422,7 @@ static int rec_seal(tls_conn_t *c, uint8_t type, const char *data, size_t len) {
   explicit_bzero(inner, len + 1);
   if (rc != 0) return XMPP_ERR;
   r->wseq++;
-  c->out->len += REC_HDR + clen;
+  c->io.out->len += REC_HDR + clen;
   return 0;
 }
 
@@ -622,22 +602,22 @@ static int rec_open(tls_conn_t *c, const uint8_t *p, size_t n, size_t *used, tls
 static int rec_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, void *ud) {
   size_t used = 0;
   int rc;
-  if (!c->in.len) {
+  if (!c->io.in.len) {
     rc = rec_open(c, (const uint8_t *)data, len, &used, cb, ud);
-    if (rc == 0 && used < len) buf_append(&c->in, data + used, len - used);
+    if (rc == 0 && used < len) buf_append(&c->io.in, data + used, len - used);
     return rc;
   }
-  if (len) buf_append(&c->in, data, len);
-  rc = rec_open(c, c->in.data, c->in.len, &used, cb, ud);
-  buf_consume(&c->in, used);
-  if (!c->in.len || rc) buf_free(&c->in);
+  if (len) buf_append(&c->io.in, data, len);
+  rc = rec_open(c, c->io.in.data, c->io.in.len, &used, cb, ud);
+  buf_consume(&c->io.in, used);
+  if (!c->io.in.len || rc) buf_free(&c->io.in);
   return rc;
 }
 
 int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, tls_ready_cb ready,
                   void *ud) {
   if (c->offloaded) return rec_feed(c, data, len, cb, ud);
-  buf_append(&c->in, data, len);
+  tls_mem_feed(&c->io, data, len);
   int rc = 0;
   if (!c->ready) {
     hs_conn = c;
@@ -659,10 +639,10 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
   }
   if (rc == 0 && c->offloaded) {
     /* what followed the client's Finished in this read */
-    buf_t rest = c->in;
-    size_t off = c->in_off;
-    buf_init(&c->in);
-    c->in_off = 0;
+    buf_t rest = c->io.in;
+    size_t off = c->io.in_off;
+    buf_init(&c->io.in);
+    c->io.in_off = 0;
     rc = rec_feed(c, (const char *)rest.data + off, rest.len - off, cb, ud);
     buf_free(&rest);
     return rc;
@@ -678,10 +658,7 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
     if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE) break;
     rc = XMPP_ERR; /* close_notify or a fatal alert */
   }
-  /* drop what wolfSSL consumed */
-  buf_consume(&c->in, c->in_off);
-  c->in_off = 0;
-  if (!c->in.len) buf_free(&c->in);
+  tls_mem_trim(&c->io, 0); /* drop what wolfSSL consumed */
   return rc;
 }
 

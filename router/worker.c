@@ -160,7 +160,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     /* stale: the session ended or was replaced. In a cluster it can also be a session
      * whose shard just moved here and whose announcement is still on its way (it raced
      * a map change): the sender is told to try again, never left with a silent loss */
-    if (!s && w->bus->cluster && !strcmp(st->name, "message")) {
+    if (!s && bus_clustered(w->bus) && !strcmp(st->name, "message")) {
       xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
       if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
     }
@@ -349,7 +349,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
       /* its shard moved while it was on its way: on to the new owner */
       m->next = NULL;
-      m->data[2] |= BUS_F_FORWARDED; /* flags, low byte (bus_frame.h) */
+      bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
       bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
       continue;
     }

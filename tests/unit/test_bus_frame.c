@@ -96,6 +96,35 @@ Test(bus_frame, roundtrip_flags) {
   }
 }
 
+/* The header accessors read what the decoder reads, and the two in-place edits (kind,
+ * added flags, both bytes of them) give the frame that encoding the edited fields gives. */
+Test(bus_frame, header_accessors_and_in_place_edits) {
+  bus_frame_t f = sample(BUS_DELIVER, -9);
+  buf_t b;
+  buf_init(&b);
+  bus_frame_encode(&f, &b);
+  cr_assert_eq(bus_hdr_version(b.data), BUS_VERSION);
+  cr_assert_eq(bus_hdr_kind(b.data), BUS_DELIVER);
+  cr_assert_eq(bus_hdr_flags(b.data), BUS_F_DIRECTED | BUS_F_SERVER);
+  cr_assert_eq((size_t)bus_hdr_body_len(b.data) + BUS_HEADER_LEN, b.len);
+  bus_hdr_set_kind(b.data, BUS_BOUNCE);
+  bus_hdr_add_flags(b.data, BUS_F_FORWARDED | 0x4000);
+  f.kind = BUS_BOUNCE;
+  f.flags |= BUS_F_FORWARDED | 0x4000;
+  buf_t want;
+  buf_init(&want);
+  bus_frame_encode(&f, &want);
+  cr_assert_eq(b.len, want.len);
+  cr_assert_eq(memcmp(b.data, want.data, b.len), 0);
+  bus_frame_t d;
+  size_t used;
+  cr_assert_eq(bus_frame_decode(b.data, b.len, &d, &used), 0);
+  assert_frame_eq(&f, &d);
+  for (unsigned k = 0; k <= 0xff; k++) cr_assert_eq(bus_kind_valid(k), k >= 1 && k <= BUS_KIND_MAX, "kind %u", k);
+  buf_free(&want);
+  buf_free(&b);
+}
+
 Test(bus_frame, roundtrip_empty_fields) {
   for (uint8_t k = 1; k <= BUS_KIND_MAX; k++) {
     bus_frame_t f = {0};

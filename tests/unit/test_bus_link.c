@@ -1,4 +1,4 @@
-/* TCP bus links (common/bus_link.h) on loopback: both ends run on one libuv loop in the
+/* TCP bus links (common/cluster/bus_link.h) on loopback: both ends run on one libuv loop in the
  * test process (a killed peer is a forked child; hostile peers are raw sockets).
  * Frames carry their sequence number in arg; the receiver rebuilds the expected frame
  * from it and compares bytes, so "in order, byte-identical, none lost, none duplicated"
@@ -18,10 +18,11 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/bus_frame.h"
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 #include "common/bus_queue.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "tests/unit/support/certs.h"
 #include "tests/unit/support/redis_server.h"
 
 #define HB 50
@@ -959,28 +960,19 @@ static char tls_dir[64];
 
 /* A CA, a node certificate it signs, and a rogue CA with its own node certificate. */
 static void make_certs(void) {
-  snprintf(tls_dir, sizeof tls_dir, "/tmp/bus-link-tls.XXXXXX");
-  cr_assert_not_null(mkdtemp(tls_dir));
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd,
-           "set -e; cd %s; echo basicConstraints=CA:FALSE > leaf.ext;"
-           "for ca in ca rogue; do"
-           " openssl ecparam -name prime256v1 -genkey -noout -out $ca.key;"
-           " openssl req -x509 -new -key $ca.key -subj /CN=$ca -days 2 -out $ca.pem;"
-           " openssl ecparam -name prime256v1 -genkey -noout -out $ca-node.key;"
-           " openssl req -new -key $ca-node.key -subj /CN=node -out $ca-node.csr;"
-           " openssl x509 -req -in $ca-node.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2"
-           "   -extfile leaf.ext -out $ca-node.pem;"
-           "done 2>/dev/null",
-           tls_dir);
-  cr_assert_eq(system(cmd), 0, "openssl failed");
+  certs_make(tls_dir, sizeof tls_dir, "bus-link-tls",
+             "echo basicConstraints=CA:FALSE > leaf.ext;"
+             "for ca in ca rogue; do"
+             " openssl ecparam -name prime256v1 -genkey -noout -out $ca.key;"
+             " openssl req -x509 -new -key $ca.key -subj /CN=$ca -days 2 -out $ca.pem;"
+             " openssl ecparam -name prime256v1 -genkey -noout -out $ca-node.key;"
+             " openssl req -new -key $ca-node.key -subj /CN=node -out $ca-node.csr;"
+             " openssl x509 -req -in $ca-node.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -days 2"
+             "   -extfile leaf.ext -out $ca-node.pem;"
+             "done");
 }
 
-static void remove_certs(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tls_dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tls_dir);
-}
+static void remove_certs(void) { certs_remove(tls_dir); }
 
 static char paths[6][128];
 static bus_link_config_t tls_cfg(const char *node, const char *ca, int slot) {

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "common/bus.h"
-#include "common/shardmap.h"
+#include "common/cluster/shardmap.h"
 
 #define S 4096
 

@@ -2,9 +2,10 @@
  *
  * - Bus links: one outgoing link (bus_link_connect) to every live peer node this node
  *   sends to, and one listener accepting the peers' links; frames from local threads
- *   for other nodes arrive on a queue (bus_remote) and go to the right link.
+ *   for other nodes arrive on a queue (the bus's remote transport, which cluster_start
+ *   installs: bus_set_remote) and go to the right link.
  * - Redis (common/credis.c): this node's registration with a heartbeat, and the live set
- *   of nodes, from which the shard map is computed (common/shardmap.c) and published in
+ *   of nodes, from which the shard map is computed (common/cluster/shardmap.c) and published in
  *   bus->owner; the lowest live router also writes it to Redis for operators.
  * - Failures: a peer missing from the live set is dead. An edge: local workers end its
  *   sessions (BUS_NODE_DOWN). A router: its shards move; local edge threads announce
@@ -21,6 +22,8 @@
 #include "common/bus.h"
 #include "common/config.h"
 
+typedef struct cluster cluster_t;
+
 /* A cluster node, before anything else of the process serves: opens the bus listener
  * and claims the node id's lease in Redis (BLOCKING: waits for Redis, and for the lease
  * of a dead previous holder to run out; docs/cluster.md "Node ids are leases"). bus:
@@ -30,12 +33,10 @@ cluster_t *cluster_new(const xmpp_config_t *cfg, const bus_t *bus, int role, int
 /* A node from cluster_new that will not start after all (another part of the process
  * could not): gives the node id back and frees it. NULL-safe. Main thread. */
 void cluster_discard(cluster_t *c);
-/* Sets up the bus for the node (bus->node, bus->owner, bus->cluster) and starts Redis
+/* Sets up the bus for the node (bus->node, bus->owner, its remote transport) and starts Redis
  * (registry heartbeats: the lease's refresh) and the thread. Call after the local queues
  * exist (router_create, edge_create) and before they run. -1 (logged) on failure. */
 int cluster_start(cluster_t *c, bus_t *bus);
-/* Frames waiting in the cluster thread's input queue (for bus_quiesce). */
-uint64_t cluster_pending(cluster_t *c);
 /* A router node about to stop: leaves the registry and its own shard map now, so its
  * sessions are handed over and the others stop sending to it; keep the node running for
  * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */

@@ -1,4 +1,4 @@
-/* Mutual TLS for bus links (common/bus_link.c): wolfSSL over memory buffers, as for
+/* Mutual TLS for bus links (common/cluster/bus_link.c): wolfSSL over memory buffers, as for
  * client connections (edge/tls.c), so libuv keeps the socket. TLS 1.3 only; each side
  * presents a certificate and verifies the other's against the configured CA file.
  * A context belongs to one link or listener; a session to one connection (one thread). */

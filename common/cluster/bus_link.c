@@ -10,7 +10,7 @@
  *   [unsent .. tail]               not yet written
  * Data frames are numbered implicitly: head has sequence number head_seq. The peer
  * acknowledges a cumulative count; acknowledged written frames are freed. */
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -20,7 +20,7 @@
 #include <sys/socket.h>
 
 #include "common/alloc.h"
-#include "common/bus_link_tls.h"
+#include "common/cluster/bus_link_tls.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -704,13 +704,20 @@ static const char *frame_done(link_conn_t *c) {
   return e;
 }
 
+/* h: at least the first byte of a header. */
+static const char *check_version(link_conn_t *c, const uint8_t *h) {
+  if (bus_hdr_version(h) == BUS_VERSION) return NULL;
+  return errf(c, "peer speaks bus frame version %u, this node %u", bus_hdr_version(h), BUS_VERSION);
+}
+
 static const char *check_header(link_conn_t *c, const uint8_t *h) {
-  uint32_t body = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
+  uint32_t body = bus_hdr_body_len(h);
   uint32_t max = c->state == C_UP ? c->link->cfg.max_body : HELLO_MAX_BODY;
-  if (h[0] != BUS_VERSION)
-    return errf(c, "peer speaks bus frame version %u, this node %u", h[0], BUS_VERSION);
-  if (h[1] == 0 || h[1] > BUS_KIND_MAX) return errf(c, "unknown frame kind %u", h[1]);
-  if (h[1] >= BUS_MAP && !bus_kind_on_links(h[1])) return errf(c, "frame kind %u is internal to a node", h[1]);
+  uint8_t kind = bus_hdr_kind(h);
+  const char *e = check_version(c, h);
+  if (e) return e;
+  if (!bus_kind_valid(kind)) return errf(c, "unknown frame kind %u", kind);
+  if (kind >= BUS_MAP && !bus_kind_on_links(kind)) return errf(c, "frame kind %u is internal to a node", kind);
   if (body > max) return errf(c, "frame body of %u bytes over the limit of %u", body, max);
   return NULL;
 }
@@ -731,17 +738,13 @@ static const char *parse(link_conn_t *c, const uint8_t *p, size_t n) {
         c->hdr_len += take;
         p += take;
         n -= take;
-        if (c->hdr_len < BUS_HEADER_LEN) {
-          if (c->hdr[0] != BUS_VERSION)
-            return errf(c, "peer speaks bus frame version %u, this node %u", c->hdr[0], BUS_VERSION);
-          return NULL;
-        }
+        if (c->hdr_len < BUS_HEADER_LEN) return check_version(c, c->hdr);
         h = c->hdr;
         c->hdr_len = 0;
       }
       const char *e = check_header(c, h);
       if (e) return e;
-      size_t len = BUS_HEADER_LEN + ((size_t)h[4] | (size_t)h[5] << 8 | (size_t)h[6] << 16 | (size_t)h[7] << 24);
+      size_t len = BUS_HEADER_LEN + (size_t)bus_hdr_body_len(h);
       c->part = xmalloc(sizeof(bus_msg_t) + len);
       c->part->next = NULL;
       c->part->len = len;
@@ -925,13 +928,19 @@ static void start_connect(bus_link_t *l) {
 
 /* ---- public: links ---------------------------------------------------------------- */
 
+/* A numeric IPv4 or IPv6 address. 0 or -1. */
+static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  return uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0 || uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0
+             ? 0
+             : -1;
+}
+
 bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16_t self_node,
                              uint8_t self_role, const bus_link_config_t *cfg,
                              const bus_link_cbs_t *cbs, void *ud) {
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (parse_addr(host, port, &ss) != 0) {
     log_error("bus link: bad address %s (numeric IPv4 or IPv6 expected)", host);
     return NULL;
   }
@@ -957,7 +966,7 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
 }
 
 int bus_link_send(bus_link_t *l, bus_msg_t *m) {
-  if (m->len < BUS_HEADER_LEN || !bus_kind_on_links(m->data[1]) || /* control and node-internal */
+  if (m->len < BUS_HEADER_LEN || !bus_kind_on_links(bus_hdr_kind(m->data)) || /* control and node-internal */
       m->len - BUS_HEADER_LEN > l->cfg.max_body) { /* the peer would refuse it (same config) */
     overflow(l, m);
     return XMPP_EINVAL;
@@ -1113,9 +1122,7 @@ bus_listener_t *bus_listener_new(uv_loop_t *loop, const char *host, int port, ui
                                  uint8_t self_role, const bus_link_config_t *cfg,
                                  const bus_link_cbs_t *cbs, void *ud) {
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+  if (parse_addr(host, port, &ss) != 0) {
     log_error("bus listener: bad address %s", host);
     return NULL;
   }

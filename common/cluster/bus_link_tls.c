@@ -3,13 +3,14 @@
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
-#include "common/bus_link_tls.h"
+#include "common/cluster/bus_link_tls.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
+#include "common/tls_mem.h"
 
 struct link_tls_ctx {
   WOLFSSL_CTX *ctx;
@@ -21,28 +22,9 @@ struct link_tls {
   link_tls_ctx_t *ctx;
   WOLFSSL *ssl;
   int server, done;
-  buf_t in;       /* ciphertext not yet consumed by wolfSSL */
-  size_t in_off;
-  buf_t *out;
+  tls_mem_t io;   /* ciphertext in, and the owner's buffer for what it produces */
   char why[128];
 };
-
-static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  link_tls_t *s = ctx;
-  size_t avail = s->in.len - s->in_off;
-  if (avail == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
-  size_t n = avail < (size_t)sz ? avail : (size_t)sz;
-  memcpy(buf, s->in.data + s->in_off, n);
-  s->in_off += n;
-  if (s->in_off == s->in.len) s->in.len = s->in_off = 0;
-  return (int)n;
-}
-
-static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx) {
-  link_tls_t *s = ctx;
-  buf_append(s->out, buf, (size_t)sz);
-  return sz;
-}
 
 static link_tls_ctx_t *fail(WOLFSSL_CTX *ctx, char **err, const char *what, const char *file) {
   if (err) {
@@ -73,8 +55,7 @@ link_tls_ctx_t *link_tls_ctx_new(int server, const char *cert, const char *key, 
                                        "TLS13-AES256-GCM-SHA384") != WOLFSSL_SUCCESS)
     return fail(ctx, err, "cannot set the TLS 1.3 cipher suites", NULL);
   wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-  wolfSSL_CTX_SetIORecv(ctx, io_recv);
-  wolfSSL_CTX_SetIOSend(ctx, io_send);
+  tls_mem_use(ctx);
   link_tls_ctx_t *t = xcalloc(1, sizeof *t);
   t->ctx = ctx;
   t->server = server;
@@ -101,28 +82,19 @@ link_tls_t *link_tls_new(link_tls_ctx_t *t, buf_t *out) {
   s->ctx = t;
   t->refs++;
   s->server = t->server;
-  s->out = out;
-  buf_init(&s->in);
-  wolfSSL_SetIOReadCtx(s->ssl, s);
-  wolfSSL_SetIOWriteCtx(s->ssl, s);
+  tls_mem_attach(&s->io, s->ssl, out);
   return s;
 }
 
 void link_tls_free(link_tls_t *s) {
   if (!s) return;
   wolfSSL_free(s->ssl);
-  buf_free(&s->in);
+  tls_mem_free(&s->io);
   link_tls_ctx_free(s->ctx);
   xfree(s);
 }
 
-void link_tls_feed(link_tls_t *s, const void *data, size_t len) {
-  if (s->in_off) { /* drop what wolfSSL consumed: at most a partial record is left */
-    buf_consume(&s->in, s->in_off);
-    s->in_off = 0;
-  }
-  buf_append(&s->in, data, len);
-}
+void link_tls_feed(link_tls_t *s, const void *data, size_t len) { tls_mem_feed(&s->io, data, len); }
 
 int link_tls_handshake(link_tls_t *s, const char **why) {
   if (s->done) return 1;

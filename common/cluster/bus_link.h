@@ -23,7 +23,7 @@
  * the link does not come back within max_wait_ms it is reported to on_overflow all the
  * same (if it does come back, the HELLO counts settle it exactly).
  *
- * Optional mutual TLS 1.3 (cfg.tls_*): wolfSSL over memory buffers, common/bus_link_tls.c.
+ * Optional mutual TLS 1.3 (cfg.tls_*): wolfSSL over memory buffers, common/cluster/bus_link_tls.c.
  *
  * Threading: a link and a listener belong to the loop thread that created them; every
  * call is made on that thread, and every callback runs on it.

@@ -1,7 +1,8 @@
 /* The cluster thread: links to other nodes, the node registry, the shard map, failover.
  * Design and guarantees: docs/cluster.md; interface: cluster.h. Everything below runs on
- * the cluster thread's loop except bus_remote and cluster_pending. */
-#include "common/cluster.h"
+ * the cluster thread's loop except the bus transport's two calls (remote_send and
+ * remote_pending). */
+#include "common/cluster/cluster.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -9,11 +10,11 @@
 #include <uv.h>
 
 #include "common/alloc.h"
-#include "common/bus_link.h"
+#include "common/cluster/bus_link.h"
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/shardmap.h"
+#include "common/cluster/shardmap.h"
 #include "common/stanza.h"
 
 #define TICK_MS 200
@@ -178,7 +179,7 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
   if (f.kind == BUS_DELIVER && is_msg && !c->stopping) {
     /* its connection is unreachable: back to the recipient's shard, which picks another
      * resource or offline storage (as for a connection that closed) */
-    m->data[1] = BUS_BOUNCE;
+    bus_hdr_set_kind(m->data, BUS_BOUNCE);
     log_debug("cluster: DELIVER to node %u bounced (%s)", f.dst.node, why);
     dispatch(c, m);
     arena_reset(&c->arena);
@@ -600,12 +601,19 @@ static void thread_main(void *arg) {
   bus_link_thread_cleanup();
 }
 
-void bus_remote(bus_t *b, bus_msg_t *m) { bus_queue_push(&b->cluster->in, m); }
+/* The bus's remote transport (bus.h): frames from any thread for other nodes. */
+static void remote_send(void *ctx, bus_msg_t *m) {
+  cluster_t *c = ctx;
+  bus_queue_push(&c->in, m);
+}
 
-uint64_t cluster_pending(cluster_t *c) {
+static uint64_t remote_pending(void *ctx) {
+  cluster_t *c = ctx;
   /* npend belongs to the cluster thread: a relaxed read is a snapshot, as bus_queue_pending is */
   return bus_queue_pending(&c->in) + __atomic_load_n(&c->npend, __ATOMIC_RELAXED);
 }
+
+static const bus_remote_ops_t remote_ops = {remote_send, remote_pending};
 
 static void discard(cluster_t *c) {
   if (c->listener) bus_listener_close(c->listener);
@@ -682,7 +690,7 @@ int cluster_start(cluster_t *c, bus_t *bus) {
   bus->node = c->self.id;
   bus->owner = xcalloc(bus->nshards, sizeof *bus->owner);
   c->map = xcalloc(bus->nshards, sizeof *c->map);
-  bus->cluster = c;
+  bus_set_remote(bus, &remote_ops, c);
   bus_queue_attach(bus, &c->in, &c->loop, in_cb, c, "cluster");
   uv_async_init(&c->loop, &c->stop, stop_cb);
   c->stop.data = c;
@@ -727,6 +735,6 @@ void cluster_free(cluster_t *c) {
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;
-  c->bus->cluster = NULL;
+  bus_set_remote(c->bus, NULL, NULL);
   xfree(c);
 }

@@ -1,4 +1,4 @@
-#include "common/shardmap.h"
+#include "common/cluster/shardmap.h"
 
 #include "common/bus.h"
 
