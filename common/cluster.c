@@ -49,7 +49,10 @@ struct cluster {
   int npeers;
   uint32_t *map;       /* the shard map as this thread computed it last */
   uint32_t *prev;      /* the one before (NULL until the map first changed) */
-  uint64_t epoch;
+  uint64_t epoch;       /* this node's count of map changes (its log lines) */
+  uint64_t map_epoch;   /* the global epoch of the map in Redis, as last seen */
+  int map_synced;       /* Redis holds this node's map (a router's: docs/cluster.md "Shard map epoch") */
+  int map_inflight;     /* a publish is on its way */
   uint64_t redis_up_ms; /* when Redis last came back (0: never up) */
   pend_t *pend;
   size_t npend, cap_pend;
@@ -352,19 +355,44 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
     memcpy(c->prev, c->map, c->bus->nshards * sizeof *next);
     memcpy(c->map, next, c->bus->nshards * sizeof *next);
     c->epoch++;
-    log_info("cluster: shard map epoch %llu: %d routers, %u of %u shards moved", (unsigned long long)c->epoch,
-             nr, moved, c->bus->nshards);
+    c->map_synced = 0;
+    log_info("cluster: shard map change %llu of this node: %d routers, %u of %u shards moved",
+             (unsigned long long)c->epoch, nr, moved, c->bus->nshards);
   }
   if (changed || restarted_router) push_local_ctl(c, BUS_MAP, restarted_router, 1, 1);
-  /* the lowest live router writes the map for operators (xmppctl, docs/cluster.md) */
-  if (changed && nr && (c->role & ROLE_ROUTER)) {
-    uint16_t low = 0xffff;
-    for (int i = 0; i < nr; i++)
-      if (r[i].node < low) low = r[i].node;
-    if (low == c->bus->node) credis_shardmap_publish(c->redis, c->epoch, c->map, c->bus->nshards);
-  }
+  if (!nr) c->map_synced = 1; /* no router: nothing to publish (xmppctl sees the owners dead) */
   xfree(next);
   xfree(r);
+}
+
+/* The shard map in Redis, for operators and tools, under one global, monotonic epoch
+ * (docs/cluster.md, "Shard map epoch"): every router whose map is not the one stored
+ * writes it with a compare-and-set on the epoch it last saw there. Refused (another map at
+ * a newer epoch: this node had not seen it), it adopts that epoch and tries again after
+ * its next registry read, so the last view of the live routers wins and a restarted
+ * router, whose first attempt knows no epoch, is never left behind a stale one. */
+static void map_published(void *ud, int result, uint64_t epoch) {
+  cluster_t *c = ud;
+  c->map_inflight = 0;
+  if (result == CREDIS_MAP_FAILED) return; /* Redis down: again after it is back */
+  if (epoch > c->map_epoch) c->map_epoch = epoch;
+  if (result == CREDIS_MAP_REFUSED) {
+    log_info("cluster: shard map epoch %llu in Redis is newer than this node's view: written again after the next "
+             "registry read if still different",
+             (unsigned long long)epoch);
+    return;
+  }
+  if (result == CREDIS_MAP_STORED)
+    log_info("cluster: shard map epoch %llu published (change %llu of this node)", (unsigned long long)epoch,
+             (unsigned long long)c->epoch);
+  c->map_synced = 1;
+}
+
+static void publish_map(cluster_t *c) {
+  if (!(c->role & ROLE_ROUTER) || c->map_synced || c->map_inflight || c->stopping || c->refused || !c->polled)
+    return;
+  c->map_inflight = 1;
+  credis_shardmap_publish(c->redis, c->map_epoch, c->map, c->bus->nshards, map_published, c);
 }
 
 /* Every node must have the same server.shards: with another count, a node maps JIDs to
@@ -512,6 +540,7 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   for (size_t i = 0; i < np; i++)
     if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
   xfree(pv);
+  publish_map(c);
 }
 
 /* Our lease on the node id is gone: another incarnation holds it (docs/cluster.md, "Node
@@ -530,6 +559,7 @@ static void on_lost(void *ud, const credis_node_t *holder) {
 static void on_redis_state(void *ud, int up) {
   cluster_t *c = ud;
   if (up) c->redis_up_ms = uv_now(&c->loop);
+  if (up) c->map_synced = 0; /* a restarted Redis may have lost the map */
 }
 
 /* ---- thread ---- */

@@ -5,7 +5,8 @@
  *   for other nodes arrive on a queue (bus_remote) and go to the right link.
  * - Redis (common/credis.c): this node's registration with a heartbeat, and the live set
  *   of nodes, from which the shard map is computed (common/shardmap.c) and published in
- *   bus->owner; the lowest live router also writes it to Redis for operators.
+ *   bus->owner; every router also writes it to Redis for operators, under one global
+ *   epoch (a compare-and-set: docs/cluster.md "Shard map epoch").
  * - Failures: a peer missing from the live set is dead. An edge: local workers end its
  *   sessions (BUS_NODE_DOWN). A router: its shards move; local edge threads announce
  *   their sessions again to the new owners (BUS_MAP). Frames that cannot be sent

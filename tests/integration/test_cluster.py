@@ -225,7 +225,7 @@ class ClusterTest(unittest.TestCase):
         deadline = time.time() + timeout
         want = f"{routers} routers,"
         while time.time() < deadline:
-            if all(want in e.log_text().split("shard map epoch")[-1] for e in cls.edges):
+            if all(want in e.log_text().split("shard map change")[-1] for e in cls.edges):
                 return
             time.sleep(0.1)
         raise AssertionError(f"edges never saw a map of {routers} routers:\n" + cls.edges[0].log_text())
@@ -392,7 +392,7 @@ class ClusterTest(unittest.TestCase):
             self.wait_map(3)
             # shards moved: the edges' map of 3 routers says how many (not just that a map
             # was logged, which every node does at start)
-            moved = re.findall(r"shard map epoch \d+: 3 routers, (\d+) of (\d+) shards moved",
+            moved = re.findall(r"shard map change \d+ of this node: 3 routers, (\d+) of (\d+) shards moved",
                                self.edges[0].log_text())
             self.assertTrue(moved and int(moved[-1][0]) > 0, self.edges[0].log_text()[-2000:])
             # presence is kept: new resources of ivy's contacts learn she is available
@@ -1126,6 +1126,108 @@ class NodeIdLeaseTest(unittest.TestCase):
         self.assertIn(f"cannot listen on 127.0.0.1:{node.port}: address already in use by another program",
                       node.log_text())
         self.assertEqual(resp(self.redis.port, "EXISTS", "it:{nodes}:n:13"), b":0\r\n")
+
+
+def cluster_ctl(redis):
+    """xmppctl cluster against the test's Redis: (exit status, stdout)."""
+    env = {**os.environ, "XMPPD_CLUSTER_REDIS": f"127.0.0.1:{redis.port}", "XMPPD_CLUSTER_NAME": "it"}
+    out = subprocess.run([XMPPCTL, "cluster"], env=env, capture_output=True, text=True, timeout=30)
+    return out.returncode, out.stdout + out.stderr
+
+
+def stored_map(redis):
+    """(epoch, set of owner node ids) of the shard map in Redis, or (0, set())."""
+    raw = resp(redis.port, "GET", "it:{nodes}:shardmap")
+    if raw.startswith(b"$-1"):
+        return 0, set()
+    val = raw[raw.index(b"\r\n") + 2:-2]
+    head, body = val.split(b"\n", 1)
+    epoch, n = (int(x) for x in head.split())
+    assert len(body) == 4 * n, (len(body), n)
+    return epoch, {int.from_bytes(body[i:i + 4], "big") >> 16 for i in range(0, len(body), 4)}
+
+
+class ShardMapEpochTest(unittest.TestCase):
+    """One global, monotonic shard-map epoch (docs/cluster.md, "Shard map epoch") and an
+    `xmppctl cluster` whose exit status says what is true (docs/operations.md). Seen
+    before: epochs were counted per node and Redis refused an older one, so after a router
+    restart the map in Redis kept showing a dead router holding its shards until two map
+    changes later; right after Redis came back, `xmppctl cluster` printed "(no live node)"
+    with exit status 0."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.routers = []
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_all(cls.redis, cls.routers)
+
+    def wait_ctl(self, status, owners, after_epoch=0):
+        """Until xmppctl cluster exits with status and the map in Redis has these owners
+        at an epoch newer than after_epoch; returns that epoch."""
+        deadline = time.time() + BOUND_S
+        while True:
+            rc, out = cluster_ctl(self.redis)
+            epoch, got = stored_map(self.redis)
+            if rc == status and got == owners and epoch > after_epoch:
+                return epoch
+            if time.time() > deadline:
+                self.fail(f"xmppctl cluster: status {rc} (want {status}), map epoch {epoch} owners {got} "
+                          f"(want {owners} after epoch {after_epoch}):\n{out}")
+            time.sleep(0.1)
+
+    def test_1_statuses_without_a_router(self):
+        rc, out = cluster_ctl(self.redis)
+        self.assertEqual(rc, 3, out)
+        self.assertIn("(no live node)", out)
+        # an edge alone (its registry entry written by hand, with a lease of 60 s)
+        resp(self.redis.port, "SET", "it:{nodes}:n:99", "1 0 2748 127.0.0.1 9 4096", "PX", "60000")
+        resp(self.redis.port, "SADD", "it:{nodes}:all", "99")
+        rc, out = cluster_ctl(self.redis)
+        self.assertEqual(rc, 4, out)
+        self.assertRegex(out, r"(?m)^99 +edge ")
+        # a router, and a map held by a node that is not live
+        resp(self.redis.port, "SET", "it:{nodes}:n:98", "2 1 2749 127.0.0.1 8 4096", "PX", "60000")
+        resp(self.redis.port, "SADD", "it:{nodes}:all", "98")
+        resp(self.redis.port, "SET", "it:{nodes}:shardmap", b"7 4096\n" + (97 << 16).to_bytes(4, "big") * 4096)
+        rc, out = cluster_ctl(self.redis)
+        self.assertEqual(rc, 5, out)
+        self.assertIn("shard map: epoch 7, 4096 shards", out)
+        self.assertIn("node 97: 4096 shards (NOT LIVE)", out)
+        for k in ("it:{nodes}:n:99", "it:{nodes}:n:98"):
+            resp(self.redis.port, "DEL", k)
+
+    def test_2_map_follows_a_router_restart(self):
+        self.routers[:] = [Node(self.redis, 1, "router"), Node(self.redis, 2, "router")]
+        for r in self.routers:
+            r.start()
+        # the hand-written map of test 1 (epoch 7) is replaced, at a newer epoch
+        e1 = self.wait_ctl(0, {1, 2}, 7)
+        self.routers[0].kill9()
+        e2 = self.wait_ctl(0, {2}, e1)
+        rc, out = cluster_ctl(self.redis)
+        self.assertNotRegex(out, r"(?m)^1 +router")
+        new = Node(self.redis, 1, "router")
+        self.routers.append(new)
+        new.start()  # waits for the killed one's lease to run out
+        e3 = self.wait_ctl(0, {1, 2}, e2)
+        rc, out = cluster_ctl(self.redis)
+        self.assertIn(f"shard map: epoch {e3}, 4096 shards", out)
+        self.assertIn("ok: the map is the live routers'", out)
+        # one epoch for the cluster: every router's log names the epochs it published or met
+        # from the same sequence, never one of its own
+        for r in (self.routers[1], new):
+            for e in re.findall(r"shard map epoch (\d+) published", r.log_text()):
+                self.assertLessEqual(int(e), e3)
+
+    def test_3_redis_unreachable(self):
+        self.redis.stop()
+        rc, out = cluster_ctl(self.redis)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("cannot reach the cluster's Redis", out)
 
 
 if __name__ == "__main__":
