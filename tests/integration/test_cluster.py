@@ -16,6 +16,8 @@ import unittest
 import signal
 import threading
 
+import slixmpp
+
 from harness import (SANITIZED, XMPPCTL, Client, RawStream, Redis, Server, free_port, resp, rss_kib, run,
                      wait_routed)
 
@@ -1228,6 +1230,68 @@ class ShardMapEpochTest(unittest.TestCase):
         rc, out = cluster_ctl(self.redis)
         self.assertEqual(rc, 1, out)
         self.assertIn("cannot reach the cluster's Redis", out)
+
+
+class UnknownSessionTest(unittest.TestCase):
+    """A stanza from a session its router does not know (here: the edge was paused past
+    its lease, so the router ended its sessions, and came back with its clients still
+    connected) is answered <recipient-unavailable/> type wait (RFC 6120 §8.3.3.11), the
+    same for a message, a presence and an IQ. Seen before: only a message got the error;
+    a presence or an IQ was dropped without a word (the IQ's sender waits forever)."""
+
+    def test_message_presence_and_iq_answered(self):
+        redis = Redis()
+        redis.start()
+        router = Node(redis, 1, "router")
+        edge = Node(redis, 11, "edge")
+        edge.adduser("ua@localhost", "pw")
+        edge.adduser("ub@localhost", "pw")
+        try:
+            router.start()
+            edge.start()
+            deadline = time.time() + BOUND_S
+            while "1 routers," not in edge.log_text() and time.time() < deadline:
+                time.sleep(0.05)
+
+            async def go():
+                a = await login(edge, "ua@localhost/a")
+                # the edge stops past its lease: the router ends its sessions
+                edge.proc.send_signal(signal.SIGSTOP)
+                try:
+                    deadline = time.time() + BOUND_S
+                    while "left the registry" not in router.log_text() and time.time() < deadline:
+                        await asyncio.sleep(0.05)
+                finally:
+                    edge.proc.send_signal(signal.SIGCONT)
+                self.assertIn("left the registry", router.log_text())
+                deadline = time.time() + BOUND_S
+                while router.log_text().count("node 11 joined") < 2 and time.time() < deadline:
+                    await asyncio.sleep(0.05)
+                self.assertEqual(router.log_text().count("node 11 joined"), 2, router.log_text())
+                # the client is still connected; its router no longer knows its session
+                a.send_message(mto="ub@localhost", mbody="lost?", mtype="chat")
+                m = await a.next_message(BOUND_S, pred=lambda m: m["type"] == "error")
+                self.assertEqual(m["error"]["condition"], "recipient-unavailable")
+                self.assertEqual(m["error"]["type"], "wait")
+                pr = a.make_presence(pstatus="still here?")
+                pr["id"] = "p-unknown-1"
+                pr.send()
+                p = await a.next_presence(BOUND_S, pred=lambda p: p["type"] == "error" and p["id"] == "p-unknown-1")
+                self.assertEqual(p["error"]["condition"], "recipient-unavailable")
+                self.assertEqual(p["error"]["type"], "wait")
+                iq = a.make_iq_get(queryxmlns="urn:xmpp:ping", ito="localhost")
+                try:
+                    await iq.send(timeout=BOUND_S)
+                    self.fail("the IQ got a result")
+                except slixmpp.exceptions.IqError as e:
+                    self.assertEqual(e.iq["error"]["condition"], "recipient-unavailable")
+                    self.assertEqual(e.iq["error"]["type"], "wait")
+                except slixmpp.exceptions.IqTimeout:
+                    self.fail("the IQ was dropped without an answer")
+                await a.close()
+            run(go())
+        finally:
+            stop_all(redis, (edge, router))
 
 
 if __name__ == "__main__":
