@@ -4,6 +4,8 @@
 #include "common/cluster.h"
 
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -67,6 +69,30 @@ struct cluster {
 };
 
 static const bus_link_cbs_t link_cbs;
+
+/* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
+
+static log_tally_t tallies[CLUSTER_EV_COUNT] = {
+    [CLUSTER_EV_BOUNCED] = LOG_TALLY(LOG_WARN, "cluster", "messages for connections that could not be reached sent back "
+                                               "to their shard (another resource or offline storage)"),
+    [CLUSTER_EV_UNREACHABLE] = LOG_TALLY(LOG_WARN, "cluster", "stanzas answered <recipient-unavailable/>: no router "
+                                                   "reachable for them"),
+    [CLUSTER_EV_DROPPED] = LOG_TALLY(LOG_WARN, "cluster", "frames dropped that could not be delivered nor answered"),
+    [CLUSTER_EV_UNKNOWN_SESSION] = LOG_TALLY(LOG_WARN, "cluster", "stanzas from sessions their router does not know "
+                                                       "(a shard move, an edge that missed its lease) answered "
+                                                       "<recipient-unavailable/>"),
+};
+
+void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) {
+  char detail[256];
+  va_list ap;
+  va_start(ap, detail_fmt);
+  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  va_end(ap);
+  log_tally(&tallies[ev], "%s", detail);
+}
+
+unsigned long long cluster_event_total(cluster_event_t ev) { return log_tally_total(&tallies[ev]); }
 
 /* ---- where a frame goes ---- */
 
@@ -182,7 +208,7 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
     /* its connection is unreachable: back to the recipient's shard, which picks another
      * resource or offline storage (as for a connection that closed) */
     m->data[1] = BUS_BOUNCE;
-    log_debug("cluster: DELIVER to node %u bounced (%s)", f.dst.node, why);
+    cluster_event(CLUSTER_EV_BOUNCED, "%.*s to node %u (%s)", (int)f.to_len, f.to, f.dst.node, why);
     dispatch(c, m);
     arena_reset(&c->arena);
     return;
@@ -209,14 +235,15 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
     }
     bus_msg_t *em = bus_msg_new(&r);
     buf_free(&p);
-    log_info("cluster: %s from %.*s to %.*s not delivered (%s): sender gets <recipient-unavailable/>", st->name,
-             (int)f.from_len, f.from, (int)f.to_len, f.to, why);
+    cluster_event(CLUSTER_EV_UNREACHABLE, "%s from %.*s to %.*s (%s)", st->name, (int)f.from_len, f.from,
+                  (int)f.to_len, f.to, why);
     bus_msg_free(m);
     arena_reset(&c->arena);
     dispatch(c, em);
     return;
   }
-  log_info("cluster: frame kind %u from %.*s dropped (%s)", f.kind, (int)f.from_len, f.from, why);
+  cluster_event(CLUSTER_EV_DROPPED, "kind %u %s from %.*s (%s)", f.kind, st ? st->name : "-", (int)f.from_len,
+                f.from, why);
   bus_msg_free(m);
   arena_reset(&c->arena);
 }
@@ -308,7 +335,7 @@ static const char *check_peer(void *ud, uint16_t node, uint8_t role, uint64_t no
              (unsigned long long)node_inc, node, (unsigned long long)p->info.incarnation, p->info.host,
              p->info.bus_port);
   else
-    snprintf(why, sizeof why, "incarnation %llx: node id %u is not in the registry (yet)",
+    snprintf(why, sizeof why, "~incarnation %llx: node id %u is not in the registry (yet)",
              (unsigned long long)node_inc, node);
   return why;
 }
@@ -576,6 +603,7 @@ static void in_cb(void *ud, bus_msg_t *batch) {
 static void tick_cb(uv_timer_t *t) {
   cluster_t *c = t->data;
   uint64_t now = uv_now(&c->loop);
+  for (int i = 0; i < CLUSTER_EV_COUNT; i++) log_tally_flush(&tallies[i]); /* what was counted since a line */
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
   size_t np = c->npend;
@@ -597,6 +625,7 @@ static void noop_close(uv_handle_t *h) {}
 static void leave_cb(uv_async_t *a) {
   cluster_t *c = a->data;
   if (c->leaving || c->stopping) return;
+  if (c->refused) return; /* it never joined (or lost its id): it has nothing to hand over */
   c->leaving = 1;
   credis_deregister(c->redis);
   credis_node_t *live = xcalloc((size_t)c->npeers + 1, sizeof *live);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/cluster.h"
 #include "common/log.h"
 
 static void user_free(void *p) {
@@ -167,6 +168,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     if (!s && w->bus->cluster && !result) {
       xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
       if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+      if (e) cluster_event(CLUSTER_EV_UNKNOWN_SESSION, "%s from %s (edge node %u)", st->name, from, f->src.node);
     }
     return;
   }

@@ -596,6 +596,26 @@ class NoRouterTest(unittest.TestCase):
                 self.assertEqual(m["error"]["type"], "wait")
                 self.assertEqual(m["body"], "nobody routes this")
                 self.assertGreater(took, 1.0, "it waited for a router first")
+                # a flood of them: every one answered, counted, and logged once a second
+                # with the count, not one line each (docs/cluster.md, "Logs")
+                for i in range(40):
+                    a.send_message(mto="bob@localhost", mbody=f"flood {i}", mtype="chat")
+                for i in range(40):
+                    await a.next_message(10, pred=lambda m: m["type"] == "error")
+                pat = re.compile(r"WARN  \[cluster\] cluster: (\d+) stanzas answered <recipient-unavailable/>: no "
+                                 r"router reachable for them (?:\(the first since start\)|in the last [\d.]+ s "
+                                 r"\((\d+) since start\))")
+                deadline = time.time() + 5
+                while time.time() < deadline:  # until the counts logged add up to the total logged
+                    lines = pat.findall(edge.log_text())
+                    counts = [int(n) for n, _ in lines]
+                    if lines and sum(counts) >= 41 and int(lines[-1][1] or 1) == sum(counts):
+                        break
+                    await asyncio.sleep(0.1)
+                self.assertGreaterEqual(sum(counts), 41, edge.log_text()[-3000:])
+                self.assertEqual(int(lines[-1][1] or 1), sum(counts), lines)
+                self.assertLessEqual(len(lines), 6, lines)
+                self.assertNotIn("not delivered", edge.log_text())
                 await a.close()
             run(go())
         finally:
@@ -934,6 +954,8 @@ class ShardCountMismatchTest(unittest.TestCase):
             self.assertEqual(rc, 2, odd.log_text()[-2000:])
             self.assertIn("server.shards = 4096, this node 1024", odd.log_text())
             self.assertIn("refuses to join", odd.log_text())
+            # it never had a shard: no hand-over in its log (there was one, for nothing)
+            self.assertNotIn("handed over", odd.log_text())
             self.assertNotIn("2 routers,", edge.log_text())
 
             async def go():
@@ -1292,6 +1314,49 @@ class UnknownSessionTest(unittest.TestCase):
             run(go())
         finally:
             stop_all(redis, (edge, router))
+
+
+def warn_lines(node):
+    return [l for l in node.log_text().splitlines() if " WARN " in l or " ERROR " in l]
+
+
+class NormalStartLogsTest(unittest.TestCase):
+    """A normal start of a cluster (Redis, 2 routers, 2 edges, a client chatting across
+    edges, a TCP health probe on every port) logs nothing at WARN or above: a WARN is for
+    an operator to act on (docs/cluster.md, "Logs"). Seen before: every start logged
+    "bus link from … refused: connection closed by the peer" for a port probe, and
+    "refused: … node id 11 is not in the registry (yet)" for a node that had just joined."""
+
+    def test_no_warn_on_a_normal_start(self):
+        redis = Redis()
+        redis.start()
+        routers = [Node(redis, 1, "router"), Node(redis, 2, "router")]
+        edges = [Node(redis, 11, "edge"), Node(redis, 12, "edge")]
+        nodes = routers + edges
+        edges[0].adduser("na@localhost", "pw")
+        edges[0].adduser("nb@localhost", "pw")
+        try:
+            for n in nodes:
+                n.start()
+            deadline = time.time() + BOUND_S
+            while not all("2 routers," in e.log_text() for e in edges) and time.time() < deadline:
+                time.sleep(0.05)
+
+            async def go():
+                a = await login(edges[0], "na@localhost/a")
+                b = await login(edges[1], "nb@localhost/b")
+                a.send_message(mto="nb@localhost/b", mbody="hello across", mtype="chat")
+                await expect_body(b, "hello across", timeout=BOUND_S)
+                await a.close()
+                await b.close()
+            run(go())
+            for n in nodes:  # what a HEALTHCHECK does
+                socket.create_connection(("127.0.0.1", n.bus_port), timeout=2).close()
+            time.sleep(3 * HEARTBEAT_MS / 1000)
+            for n in nodes:
+                self.assertFalse(warn_lines(n), f"node {n.node_id}:\n" + "\n".join(warn_lines(n)))
+        finally:
+            stop_all(redis, nodes)
 
 
 if __name__ == "__main__":
