@@ -11,7 +11,9 @@
  * line of standard input (with a terminal: prompted without echo, twice when setting one).
  *
  * Exit status: 0 success; 1 runtime failure (user exists, no such user, wrong password,
- * storage error); 2 usage error (bad arguments, bad JID or password, unreadable config). */
+ * storage error); 2 usage error (bad arguments, bad JID or password, unreadable config);
+ * `cluster` also 3 no live node, 4 no live router, 5 the shard map in Redis is not the
+ * live routers' (cmd_cluster). */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -32,11 +34,16 @@
 #include "common/jid.h"
 #include "common/log.h"
 #include "common/scram.h"
+#include "common/cluster/shardmap.h"
 #include "common/store/store.h"
 
 #define EXIT_OK 0
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
+/* cluster only (docs/operations.md, "xmppctl cluster") */
+#define EXIT_NO_NODE 3
+#define EXIT_NO_ROUTER 4
+#define EXIT_STALE_MAP 5
 
 #define PASSWORD_MAX SCRAM_PASSWORD_MAX
 
@@ -69,7 +76,9 @@ static const char usage_text[] =
     "A JID without '@' gets the configured domain appended. Without PASSWORD, one line is\n"
     "read from standard input; on a terminal the password is asked without echo (twice\n"
     "when setting it). Passwords given as arguments are visible to other local users.\n"
-    "Exit status: 0 ok, 1 failure (exists, not found, wrong password), 2 usage error.\n";
+    "Exit status: 0 ok, 1 failure (exists, not found, wrong password; cluster: Redis\n"
+    "unreachable), 2 usage error; cluster also: 3 no live node, 4 no live router, 5 the\n"
+    "shard map in Redis is not the live routers' (held by a dead node, or stale).\n";
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void usage_error(const char *fmt, ...) {
@@ -536,6 +545,8 @@ typedef struct view {
   uint32_t *owner;
   uint32_t nshards;
   uint64_t epoch;
+  credis_node_t *nodes; /* live nodes (cluster) */
+  int nnodes;
 } view_t;
 
 static void view_state(void *ud, int up) { ((view_t *)ud)->up = up; }
@@ -580,6 +591,7 @@ static void view_close(view_t *v) {
   uv_run(&v->loop, UV_RUN_DEFAULT);
   uv_loop_close(&v->loop);
   xfree(v->owner);
+  xfree(v->nodes);
 }
 
 static const char *role_name(int role) {
@@ -593,11 +605,9 @@ static void nodes_cb(void *ud, int ok, const credis_node_t *nodes, int n) {
     v->failed = 1;
     return;
   }
-  printf("%-6s %-7s %-8s %s\n", "node", "role", "workers", "bus address");
-  for (int i = 0; i < n; i++)
-    printf("%-6u %-7s %-8u %s:%d\n", nodes[i].id, role_name(nodes[i].role), nodes[i].workers, nodes[i].host,
-           nodes[i].bus_port);
-  if (!n) printf("(no live node)\n");
+  v->nodes = xcalloc((size_t)n + 1, sizeof *v->nodes);
+  if (n) memcpy(v->nodes, nodes, (size_t)n * sizeof *nodes);
+  v->nnodes = n;
 }
 
 static void map_cb(void *ud, int ok, uint64_t epoch, const uint32_t *owner, uint32_t n) {
@@ -613,32 +623,91 @@ static void map_cb(void *ud, int ok, uint64_t epoch, const uint32_t *owner, uint
   if (n) memcpy(v->owner, owner, n * sizeof *owner);
 }
 
+static const credis_node_t *view_node(const view_t *v, uint32_t id) {
+  for (int i = 0; i < v->nnodes; i++)
+    if (v->nodes[i].id == id) return &v->nodes[i];
+  return NULL;
+}
+
+/* What the registry and the shard map in Redis say, checked against each other: the live
+ * nodes are those whose lease (registry key) has not run out; the map is the one the live
+ * routers publish (docs/cluster.md, "Shard map epoch"). Exit status (docs/operations.md):
+ * 0 the map is the live routers' and only they hold shards; 1 Redis unreachable or
+ * unreadable; 3 no live node; 4 no live router; 5 the map in Redis is not the live
+ * routers' (a shard held by a node that is not live, moved since, or none published):
+ * true for about one heartbeat after a change, longer means no live router can write. */
 static int cmd_cluster(ctl_t *c, char **args, int nargs) {
   view_t v;
   int rc = view_open(c, &v);
-  if (rc == EXIT_OK) {
-    printf("cluster '%s', Redis %s\n", c->cfg.cluster_name, c->cfg.cluster_redis);
-    v.waiting = 2;
-    credis_nodes_get(v.r, nodes_cb, &v);
-    credis_shardmap_get(v.r, map_cb, &v);
-    view_wait(&v);
-    if (!v.failed && !v.nshards) printf("shard map: none published yet\n");
-    if (!v.failed && v.nshards) {
-      printf("shard map: epoch %llu, %u shards\n", (unsigned long long)v.epoch, v.nshards);
-      /* shards per router node (ids are 16-bit: count in one pass) */
-      uint32_t *per = xcalloc(65536, sizeof *per);
-      for (uint32_t s = 0; s < v.nshards; s++) per[v.owner[s] >> 16]++;
-      for (uint32_t id = 0; id < 65536; id++)
-        if (per[id]) printf("  node %u: %u shards\n", id, per[id]);
-      xfree(per);
+  if (rc != EXIT_OK) {
+    view_close(&v);
+    return rc;
+  }
+  printf("cluster '%s', Redis %s\n", c->cfg.cluster_name, c->cfg.cluster_redis);
+  v.waiting = 2;
+  credis_nodes_get(v.r, nodes_cb, &v);
+  credis_shardmap_get(v.r, map_cb, &v);
+  view_wait(&v);
+  if (v.failed) {
+    fprintf(stderr, "xmppctl: reading the cluster's Redis failed\n");
+    view_close(&v);
+    return EXIT_FAIL;
+  }
+  int nrouters = 0;
+  printf("%-6s %-7s %-8s %-22s %s\n", "node", "role", "workers", "bus address", "incarnation");
+  for (int i = 0; i < v.nnodes; i++) {
+    const credis_node_t *x = &v.nodes[i];
+    char addr[96];
+    snprintf(addr, sizeof addr, "%s:%d", x->host, x->bus_port);
+    printf("%-6u %-7s %-8u %-22s %llx\n", x->id, role_name(x->role), x->workers, addr,
+           (unsigned long long)x->incarnation);
+    nrouters += (x->role & ROLE_ROUTER) != 0;
+  }
+  if (!v.nnodes) printf("(no live node)\n");
+  else if (!nrouters) printf("(no live router: no shard has an owner)\n");
+  uint32_t dead = 0, differ = 0;
+  if (!v.nshards) {
+    printf("shard map: none published\n");
+  } else {
+    printf("shard map: epoch %llu, %u shards\n", (unsigned long long)v.epoch, v.nshards);
+    /* shards per owner node (ids are 16-bit: counted in one pass) */
+    uint32_t *per = xcalloc(65536, sizeof *per);
+    for (uint32_t s = 0; s < v.nshards; s++) per[v.owner[s] >> 16]++;
+    for (uint32_t id = 0; id < 65536; id++) {
+      if (!per[id]) continue;
+      const credis_node_t *x = view_node(&v, id);
+      int live = x && (x->role & ROLE_ROUTER);
+      if (!live) dead += per[id];
+      printf("  node %u: %u shards%s\n", id, per[id],
+             !id ? " (no owner)" : live ? "" : x ? " (NOT A ROUTER)" : " (NOT LIVE)");
     }
-    if (v.failed) {
-      fprintf(stderr, "xmppctl: reading the cluster's Redis failed\n");
-      rc = EXIT_FAIL;
-    }
+    xfree(per);
+    /* the map the live routers compute (common/cluster/shardmap.c), as every node does */
+    shardmap_router_t *r = xcalloc((size_t)v.nnodes + 1, sizeof *r);
+    int nr = 0;
+    for (int i = 0; i < v.nnodes; i++)
+      if ((v.nodes[i].role & ROLE_ROUTER) && (v.nodes[i].shards == v.nshards || !v.nodes[i].shards))
+        r[nr++] = (shardmap_router_t){v.nodes[i].id, v.nodes[i].workers};
+    uint32_t *want = xcalloc(v.nshards, sizeof *want);
+    shardmap_compute(v.nshards, r, nr, want);
+    for (uint32_t s = 0; s < v.nshards; s++) differ += want[s] != v.owner[s];
+    xfree(want);
+    xfree(r);
   }
   view_close(&v);
-  return rc;
+  if (!v.nnodes) return EXIT_NO_NODE;
+  if (!nrouters) return EXIT_NO_ROUTER;
+  if (!v.nshards) {
+    printf("STALE: no shard map published although routers are live\n");
+    return EXIT_STALE_MAP;
+  }
+  if (dead || differ) {
+    printf("STALE: %u shards held by nodes that are not live routers, %u differ from the live routers' map\n", dead,
+           differ);
+    return EXIT_STALE_MAP;
+  }
+  printf("ok: the map is the live routers'\n");
+  return EXIT_OK;
 }
 
 typedef struct sessions_ud {

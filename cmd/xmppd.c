@@ -260,8 +260,9 @@ int main(int argc, char **argv) {
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   if (edge) edge_join(edge);
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
-  if (cluster && router) {
-    /* hand the shards over and keep forwarding until every node has seen it leave */
+  if (cluster && router && !cluster_refused(cluster)) {
+    /* hand the shards over and keep forwarding until every node has seen it leave (not
+     * a node that refused to join or lost its id: it has nothing to hand over) */
     cluster_leave(cluster);
     uv_timer_start(&settle, settle_cb, 2 * (uint64_t)cfg.heartbeat_ms + 200, 0);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -12,8 +12,9 @@
  *                                 script builds the node keys' names itself; they share the
  *                                 {nodes} tag, hence the slot of KEYS[1].
  *   <C>:{nodes}:shardmap  string  "EPOCH NSHARDS\n" then NSHARDS big-endian uint32 owners
- *                                 (node id << 16 | worker). Written by SHARDMAP_LUA, which
- *                                 refuses an epoch older than the stored one.
+ *                                 (node id << 16 | worker). Written by SC_SHARDMAP, a
+ *                                 compare-and-set on one global epoch: a writer that has
+ *                                 not seen the stored epoch is refused.
  *   <C>:s:{<bare JID>}    hash    resource -> "node thread conn priority available".
  *                                 Single-key commands only (HSET/HDEL/HGETALL), so a '{' or
  *                                 '}' inside a JID (legal in a localpart) changes nothing.
@@ -78,12 +79,26 @@ static const char *const script_text[SC_COUNT] = {
                 "  if v then out[#out + 1] = id .. ' ' .. v "
                 "  else redis.call('SREM', KEYS[1], id) end "
                 "end return out",
-    /* KEYS: shard map. ARGV: epoch, value -> 1 stored, 0 refused (older epoch) */
+    /* The shard map under one global, monotonic epoch (a compare-and-set: docs/cluster.md,
+     * "Shard map epoch"). KEYS: shard map. ARGV: base (the epoch the writer last saw
+     * stored), shard count, owners (4 bytes each) -> {result, epoch}: 1 stored at epoch
+     * (max(stored, base) + 1); 0 the same map is stored already at epoch (nothing
+     * written); -1 refused: another map is stored at epoch, newer than base (the writer
+     * has not seen it: it reads the registry again before it writes). */
     [SC_SHARDMAP] = "local cur = redis.call('GET', KEYS[1]) "
+                    "local base = tonumber(ARGV[1]) "
+                    "local e = 0 "
                     "if cur then "
-                    "  local e = tonumber(string.match(cur, '^(%d+) ')) "
-                    "  if e and e > tonumber(ARGV[1]) then return 0 end "
-                    "end redis.call('SET', KEYS[1], ARGV[2]) return 1",
+                    "  local nl = string.find(cur, '\\n', 1, true) "
+                    "  e = tonumber(string.match(cur, '^(%d+) ')) or 0 "
+                    "  if nl and string.sub(cur, nl + 1) == ARGV[3] and "
+                    "     string.sub(cur, 1, nl - 1) == e .. ' ' .. ARGV[2] then return {0, e} end "
+                    "  if e > base then return {-1, e} end "
+                    "end "
+                    "if base > e then e = base end "
+                    "e = e + 1 "
+                    "redis.call('SET', KEYS[1], string.format('%d %s\\n', e, ARGV[2]) .. ARGV[3]) "
+                    "return {1, e}",
     /* The heartbeat's refresh of the node id's lease, a compare-and-set on the token.
      * KEYS: node key. ARGV: value, ttl ms, incarnation -> 1 (ours, refreshed; taken again
      * if it had expired), or the value of the node that holds it now. */
@@ -118,6 +133,7 @@ struct call {
   /* the caller's */
   credis_dir_cb dir_cb;
   credis_shardmap_cb map_cb;
+  credis_publish_cb pub_cb;
   credis_nodes_cb nodes_cb;
   void *ud;
 };
@@ -760,35 +776,40 @@ void credis_dir_get(credis_t *r, const char *bare, credis_dir_cb cb, void *ud) {
 /* ---- shard map ----------------------------------------------------------------------- */
 
 static void map_put_done(credis_t *r, call_t *c, redisReply *rep) {
-  if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 0)
-    log_warn("redis %s: shard map epoch %s refused: Redis holds a newer one", r->name, c->argv[2]);
-  else if (is_error(rep, NULL))
+  long long res = -2, epoch = 0;
+  if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 && rep->element[0]->type == REDIS_REPLY_INTEGER &&
+      rep->element[1]->type == REDIS_REPLY_INTEGER && rep->element[1]->integer >= 0) {
+    res = rep->element[0]->integer;
+    epoch = rep->element[1]->integer;
+  } else if (is_error(rep, NULL)) {
     log_warn("redis %s: shard map: %s", r->name, rep->str);
+  } else if (rep) {
+    log_warn("redis %s: shard map: unexpected reply to the epoch's compare-and-set", r->name);
+  }
+  if (c->pub_cb) c->pub_cb(c->ud, (int)res, (uint64_t)epoch);
 }
 
-void credis_shardmap_publish(credis_t *r, uint64_t epoch, const uint32_t *owner, uint32_t nshards) {
+void credis_shardmap_publish(credis_t *r, uint64_t base, const uint32_t *owner, uint32_t nshards,
+                             credis_publish_cb cb, void *ud) {
   if (!r || r->closing) return;
-  char head[48], ep[24];
-  int hl = snprintf(head, sizeof head, "%" PRIu64 " %u\n", epoch, nshards);
-  snprintf(ep, sizeof ep, "%" PRIu64, epoch);
-  size_t vl = (size_t)hl + 4 * (size_t)nshards;
-  char *val = xmalloc(vl);
-  memcpy(val, head, (size_t)hl);
-  unsigned char *p = (unsigned char *)val + hl;
+  char ep[24], ns[16];
+  snprintf(ep, sizeof ep, "%" PRIu64, base);
+  snprintf(ns, sizeof ns, "%u", nshards);
+  size_t vl = 4 * (size_t)nshards;
+  char *val = xmalloc(vl + 1);
+  unsigned char *p = (unsigned char *)val;
   for (uint32_t i = 0; i < nshards; i++, p += 4) {
     p[0] = (unsigned char)(owner[i] >> 24);
     p[1] = (unsigned char)(owner[i] >> 16);
     p[2] = (unsigned char)(owner[i] >> 8);
     p[3] = (unsigned char)owner[i];
   }
-  const char *av[] = {"1", r->k_map, ep, val};
-  size_t al[] = {1, strlen(r->k_map), strlen(ep), vl};
-  if (r->up) {
-    call_t *c = call_new(r, map_put_done, SC_SHARDMAP, 4, av, al); /* argv[2]: the epoch */
-    if (send_script(r, c, 0) != 0) call_free(c);
-  } else {
-    r->st.dropped++;
-  }
+  const char *av[] = {"1", r->k_map, ep, ns, val};
+  size_t al[] = {1, strlen(r->k_map), strlen(ep), strlen(ns), vl};
+  call_t *c = call_new(r, map_put_done, SC_SHARDMAP, 5, av, al);
+  c->pub_cb = cb;
+  c->ud = ud;
+  if (send_script(r, c, 0) != 0) defer_fail(r, c);
   xfree(val);
 }
 

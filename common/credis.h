@@ -109,10 +109,18 @@ typedef void (*credis_dir_cb)(void *ud, int ok, const char **resources, const cr
                               int n);
 void credis_dir_get(credis_t *r, const char *bare, credis_dir_cb cb, void *ud);
 
-/* Shard map, written by one router (the caller decides who): epoch and owner per shard
- * (owner = node id << 16 | worker). Fire-and-forget; Redis refuses (logged) a map whose
- * epoch is older than the stored one, so a stale router cannot roll the map back. */
-void credis_shardmap_publish(credis_t *r, uint64_t epoch, const uint32_t *owner, uint32_t nshards);
+/* Shard map under one global, monotonic epoch (docs/cluster.md, "Shard map epoch"): owner
+ * per shard (node id << 16 | worker). base: the epoch this writer last saw stored (0:
+ * none yet). A compare-and-set in Redis: the map is stored at max(stored, base) + 1 unless
+ * the same map is stored already, or another map is stored at an epoch newer than base
+ * (refused: the writer has not seen it, and reads the registry again before it writes).
+ * cb (may be NULL) gets result CREDIS_MAP_STORED, _SAME or _REFUSED with the epoch Redis
+ * holds now, or CREDIS_MAP_FAILED (Redis unreachable or an error; epoch 0); same calling
+ * rules as credis_dir_get. */
+enum { CREDIS_MAP_FAILED = -2, CREDIS_MAP_REFUSED = -1, CREDIS_MAP_SAME = 0, CREDIS_MAP_STORED = 1 };
+typedef void (*credis_publish_cb)(void *ud, int result, uint64_t epoch);
+void credis_shardmap_publish(credis_t *r, uint64_t base, const uint32_t *owner, uint32_t nshards,
+                             credis_publish_cb cb, void *ud);
 /* Reads the shard map (tools, tests): ok = 1 with n = 0 when none is stored; ok = 0 on
  * failure. Same calling rules as credis_dir_get. */
 typedef void (*credis_shardmap_cb)(void *ud, int ok, uint64_t epoch, const uint32_t *owner,

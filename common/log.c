@@ -40,3 +40,49 @@ void log_write(log_level_t lvl, const char *fmt, ...) {
   line[n++] = '\n';
   fwrite(line, 1, n, stderr);
 }
+
+/* ---- tallies ---- */
+
+static unsigned long long mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (unsigned long long)ts.tv_sec * 1000u + (unsigned long long)ts.tv_nsec / 1000000u + 1; /* never 0 */
+}
+
+/* One line for what was counted since the last, if the second is over and this thread
+ * wins the window (compare-and-swap on logged_ms). */
+static void tally_emit(log_tally_t *t, const char *detail) {
+  unsigned long long now = mono_ms();
+  unsigned long long last = __atomic_load_n(&t->logged_ms, __ATOMIC_RELAXED);
+  if (last && now - last < 1000) return;
+  if (!__atomic_compare_exchange_n(&t->logged_ms, &last, now, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return;
+  unsigned long long n = __atomic_exchange_n(&t->n, 0, __ATOMIC_RELAXED);
+  if (!n) return;
+  unsigned long long total = __atomic_load_n(&t->total, __ATOMIC_RELAXED);
+  if (!last)
+    log_write(t->level, "%s: %llu %s (the first since start)%s%s", t->who, n, t->what, detail ? "; last: " : "",
+              detail ? detail : "");
+  else
+    log_write(t->level, "%s: %llu %s in the last %.1f s (%llu since start)%s%s", t->who, n, t->what,
+              (double)(now - last) / 1000.0, total, detail ? "; last: " : "", detail ? detail : "");
+}
+
+void log_tally(log_tally_t *t, const char *detail_fmt, ...) {
+  __atomic_add_fetch(&t->n, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&t->total, 1, __ATOMIC_RELAXED);
+  if (t->level < g_level) return;
+  unsigned long long last = __atomic_load_n(&t->logged_ms, __ATOMIC_RELAXED);
+  if (last && mono_ms() - last < 1000) return;
+  char detail[320];
+  va_list ap;
+  va_start(ap, detail_fmt);
+  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  va_end(ap);
+  tally_emit(t, detail);
+}
+
+void log_tally_flush(log_tally_t *t) {
+  if (t->level >= g_level && __atomic_load_n(&t->n, __ATOMIC_RELAXED)) tally_emit(t, NULL);
+}
+
+unsigned long long log_tally_total(const log_tally_t *t) { return __atomic_load_n(&t->total, __ATOMIC_RELAXED); }

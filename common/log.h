@@ -12,6 +12,28 @@ int log_level_parse(const char *s);
 void log_set_thread(const char *name);
 void log_write(log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* An event that can come in floods (a fault's client-visible effects): counted, and
+ * logged at most once a second per tally, with the count, whichever thread counts it
+ * (one level for one event, docs/cluster.md "Logs"). Static storage, zero-initialised
+ * but for level, prefix and what: LOG_TALLY(LOG_WARN, "cluster", "messages ..."): lines
+ * "cluster: N messages ... in the last S s (T since start); last: <detail>". Thread-safe. */
+typedef struct log_tally {
+  log_level_t level;
+  const char *who;                 /* the line's prefix: "cluster" */
+  const char *what;                /* plural noun phrase: "N <what> in the last S s" */
+  unsigned long long n;            /* counted, not logged yet (atomic) */
+  unsigned long long total;        /* since start (atomic) */
+  unsigned long long logged_ms;    /* monotonic ms of the last line (atomic; 0: none) */
+} log_tally_t;
+#define LOG_TALLY(lvl, who, what) {(lvl), (who), (what), 0, 0, 0}
+/* Counts one event; logs a line when none was logged for this tally in the last second,
+ * ending with this event's detail ("; last: <detail>"). */
+void log_tally(log_tally_t *t, const char *detail_fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs what was counted and not logged yet, once the second since the last line is over
+ * (call it periodically, e.g. from a timer). */
+void log_tally_flush(log_tally_t *t);
+unsigned long long log_tally_total(const log_tally_t *t);
+
 #define log_debug(...) do { if (log_get_level() <= LOG_DEBUG) log_write(LOG_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...) log_write(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_write(LOG_WARN, __VA_ARGS__)

@@ -9,10 +9,20 @@
 #   - fills two cluster settings that are *unset*: a cluster node (XMPPD_CLUSTER_NODE_ID
 #     not 0) gets XMPPD_CLUSTER_BUS_ADDRESS=0.0.0.0 (loopback is useless in a container)
 #     and, listening on 0.0.0.0, XMPPD_CLUSTER_ADVERTISE = this container's address.
+#   - a router (XMPPD_CLUSTER_ROLE=router) serves no client: no certificate, no [tls].
 # `docker run IMAGE [xmppd options]` runs xmppd; `docker run IMAGE xmppctl|xmpp-bench ...`
-# runs that tool instead (with the same environment).
+# runs that tool instead (with the same environment); `docker-entrypoint.sh health` is the
+# image's HEALTHCHECK.
+#
+# Exit status: xmppd's, except its 2 (a configuration error, a resource another process
+# holds, a cluster node refusing to join or whose node id is held by a live node:
+# docs/operations.md), which becomes $REFUSED_EXIT_STATUS (the image sets 0). Docker's
+# `on-failure` restart policy restarts on any non-zero status: starting such a node again
+# cannot help, and would loop. Set REFUSED_EXIT_STATUS=2 to see xmppd's own status.
+# xmppd runs as a child, not exec'd, for that: SIGTERM, SIGINT, SIGHUP (certificate
+# reload) and SIGUSR1 (memory line) are passed on to it.
 set -eu
-DATA=/var/lib/xmppd
+DATA=${ENTRYPOINT_DATA:-/var/lib/xmppd} # another directory: tests/integration/test_deploy.py only
 
 # XMPPD_DOMAIN is the variable of older images: it means XMPPD_SERVER_DOMAIN.
 if [ -n "${XMPPD_DOMAIN:-}" ] && [ -z "${XMPPD_SERVER_DOMAIN:-}" ]; then
@@ -22,6 +32,24 @@ fi
 unset XMPPD_DOMAIN
 DOMAIN=${XMPPD_SERVER_DOMAIN:-localhost}
 
+ROLE=${XMPPD_CLUSTER_ROLE:-all}
+
+# HEALTHCHECK: the node accepts TCP connections where it serves: its client port (STARTTLS,
+# else direct TLS) when it has one, else (a router) its bus port. Ports come from the
+# XMPPD_* variables or their defaults (a port set only in a mounted config file: set the
+# variable too, or give the container its own HEALTHCHECK).
+if [ "${1:-}" = health ]; then
+  port=${XMPPD_C2S_PORT:-5222}
+  [ "$port" = 0 ] && port=${XMPPD_C2S_TLS_PORT:-5223}
+  host=${XMPPD_C2S_ADDRESS:-127.0.0.1}
+  if [ "$ROLE" = router ] || [ "$port" = 0 ]; then
+    port=${XMPPD_CLUSTER_BUS_PORT:-5270}
+    host=${XMPPD_CLUSTER_BUS_ADDRESS:-127.0.0.1}
+  fi
+  case "$host" in 0.0.0.0 | "::" | "") host=127.0.0.1 ;; esac
+  exec timeout 4 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port"
+fi
+
 case "${1:-}" in
   xmppd) shift ;;
   xmppctl | xmpp-bench | sh | bash) exec "$@" ;;
@@ -29,7 +57,9 @@ esac
 
 CERT=${XMPPD_TLS_CERTIFICATE:-$DATA/cert.pem}
 KEY=${XMPPD_TLS_KEY:-$DATA/key.pem}
-if [ ! -e "$CERT" ] && [ ! -e "$KEY" ]; then
+if [ "$ROLE" = router ]; then
+  : # no client port, no certificate
+elif [ ! -e "$CERT" ] && [ ! -e "$KEY" ]; then
   echo "docker-entrypoint: no certificate at $CERT: making a self-signed one for $DOMAIN" >&2
   mkdir -p "$(dirname "$CERT")" "$(dirname "$KEY")"
   umask 077
@@ -51,12 +81,12 @@ if [ ! -f "$DATA/xmppd.conf" ]; then
 domain = $DOMAIN
 [c2s]
 address = 0.0.0.0
-[tls]
-certificate = $CERT
-key = $KEY
 [storage]
 path = $DATA/xmppd.db
 CONF
+  if [ "$ROLE" != router ]; then
+    printf '[tls]\ncertificate = %s\nkey = %s\n' "$CERT" "$KEY" >> "$DATA/xmppd.conf"
+  fi
 fi
 
 case "${XMPPD_CLUSTER_NODE_ID:-0}" in
@@ -76,4 +106,21 @@ case "${XMPPD_CLUSTER_NODE_ID:-0}" in
     ;;
 esac
 
-exec xmppd -c "$DATA/xmppd.conf" "$@"
+xmppd -c "$DATA/xmppd.conf" "$@" &
+child=$!
+for sig in TERM INT HUP USR1; do
+  trap "kill -$sig $child 2>/dev/null" "$sig"
+done
+# wait returns early when a trapped signal arrives: wait again while xmppd runs
+set +e
+while :; do
+  wait "$child"
+  rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+if [ "$rc" -eq 2 ]; then
+  echo "docker-entrypoint: xmppd exited with status 2 (it refuses to run: see its last lines);" \
+    "container exit status ${REFUSED_EXIT_STATUS:-2}, so that restart: on-failure does not start it again" >&2
+  exit "${REFUSED_EXIT_STATUS:-2}"
+fi
+exit "$rc"

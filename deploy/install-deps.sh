@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package that building, testing and running xmppd needs.
+# With --build, only what building the binaries needs (the container image's build stage).
 # Idempotent: packages already installed are skipped, and apt is only touched when
 # something is missing. Must run as root (or with sudo available).
 set -euo pipefail
 
-PKGS=(
+# --build: what building the binaries alone needs (deploy/Dockerfile's build stage: no test
+# tools, no server tools)
+BUILD_PKGS=(
   # build (a fresh Debian 12 has no make: build-essential brings it, listed for clarity)
   build-essential make cmake pkg-config
   # libraries (found through pkg-config by CMake)
   libuv1-dev libxml2-dev libwolfssl-dev libhiredis-dev libjemalloc-dev
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
+)
+PKGS=(
+  "${BUILD_PKGS[@]}"
   # tests
   libcriterion-dev python3 python3-slixmpp
   # tests: a second, independent client library (aioxmpp) for the router modules
@@ -28,6 +34,8 @@ PKGS=(
   # run: self-signed certificate for `make run`, store inspection
   openssl sqlite3
 )
+
+if [ "${1:-}" = "--build" ]; then PKGS=("${BUILD_PKGS[@]}"); fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/cluster/cluster.h"
 #include "common/log.h"
 
 static void user_free(void *p) {
@@ -159,10 +160,15 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
   if (!s || !bus_addr_eq(&s->at, &f->src)) {
     /* stale: the session ended or was replaced. In a cluster it can also be a session
      * whose shard just moved here and whose announcement is still on its way (it raced
-     * a map change): the sender is told to try again, never left with a silent loss */
-    if (!s && bus_clustered(w->bus) && !strcmp(st->name, "message")) {
+     * a map change), or one this router ended (its edge missed its lease): the sender is
+     * told to try again, never left with a silent loss. The same for the three kinds
+     * (RFC 6120 §8.3.3.11); not for an error, nor an IQ result (§8.2.3: never answered) */
+    const char *type = xnode_attr(st, "type");
+    int result = !strcmp(st->name, "iq") && type && !strcmp(type, "result");
+    if (!s && bus_clustered(w->bus) && !result) {
       xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
       if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+      if (e) cluster_event(CLUSTER_EV_UNKNOWN_SESSION, "%s from %s (edge node %u)", st->name, from, f->src.node);
     }
     return;
   }

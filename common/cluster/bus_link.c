@@ -57,6 +57,7 @@ struct link_conn {
   int ping_out;            /* we asked for an acknowledgement and wait for the PONG */
   uint32_t hb_ms, dead_ms;
   uint64_t started, last_rx;
+  int got_bytes;           /* anything read at all (a port probe sends nothing) */
   uint8_t hdr[BUS_HEADER_LEN];
   size_t hdr_len;
   bus_msg_t *part;         /* frame being assembled */
@@ -518,13 +519,19 @@ static void on_retry(uv_timer_t *t) {
 static void conn_fail(link_conn_t *c, const char *why) {
   if (c->state == C_CLOSING) return;
   int was_up = c->state == C_UP;
+  int expected = why[0] == '~'; /* check_peer's mark (bus_link.h) */
+  why += expected;
   bus_link_t *l = c->link;
   if (l && was_up)
     log_warn("bus link %s (node %u) down: %s", c->peer, l->peer_node, why);
   else if (l && l->client)
-    log_write(l->attempt == 0 ? LOG_WARN : LOG_DEBUG, "bus link %s: %s (retrying)", c->peer, why);
-  else
-    log_warn("bus link from %s refused: %s", c->peer, why);
+    /* a first failure is common while a cluster starts (the peer has not seen this node
+     * in the registry yet): a WARN only when it persists (about 3 s of back-off) */
+    log_write(l->attempt == 0 ? LOG_INFO : l->attempt == 5 ? LOG_WARN : LOG_DEBUG, "bus link %s: %s (retrying%s)",
+              c->peer, why, l->attempt == 5 ? ", 6th attempt" : "");
+  else /* normal, not for an operator: a port probe (a health check) that sent nothing;
+          * a peer the owner expects to accept at its next attempt (check_peer's '~') */
+    log_write(!c->got_bytes || expected ? LOG_INFO : LOG_WARN, "bus link from %s refused: %s", c->peer, why);
   conn_end(c);
   pending_unlink(c);
   if (!l) return;
@@ -592,7 +599,7 @@ static const char *got_hello(link_conn_t *c, const bus_frame_t *f) {
     for (int i = 0; i < 8; i++) node_inc |= (uint64_t)f->payload[i] << (8 * i);
   const bus_link_cbs_t *cbs = l ? &l->cbs : &ls->cbs;
   const char *no = cbs->check_peer ? cbs->check_peer(l ? l->ud : ls->ud, node, role, node_inc) : NULL;
-  if (no) return errf(c, "node %u refused: %s", node, no);
+  if (no) return errf(c, "%snode %u refused: %s", no[0] == '~' ? "~" : "", node, no[0] == '~' ? no + 1 : no);
   if (ls) { /* server side: find or create the link of this peer node */
     for (size_t i = 0; i < ls->nlinks && !l; i++)
       if (ls->links[i]->peer_node == node) l = ls->links[i];
@@ -840,6 +847,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     conn_fail(c, nread == UV_EOF ? "connection closed by the peer" : uv_strerror((int)nread));
     return;
   }
+  c->got_bytes = 1;
   c->last_rx = uv_now(c->loop);
   const char *e = NULL;
   if (c->tls) {

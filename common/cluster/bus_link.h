@@ -85,7 +85,9 @@ typedef struct bus_link_cbs {
    * else the reason it is refused: the connection is closed (logged with the reason),
    * the link, its queue and any connection already up for that node stay as they are; a
    * client retries with back-off. peer_node_inc: the peer's cfg.node_inc (0 when it sent
-   * none: an older version). NULL: every HELLO is accepted. */
+   * none: an older version). NULL: every HELLO is accepted. A reason starting with '~'
+   * is an expected refusal (the peer's next attempt should be accepted): logged at INFO,
+   * any other at WARN. */
   const char *(*check_peer)(void *ud, uint16_t peer_node, uint8_t peer_role, uint64_t peer_node_inc);
 } bus_link_cbs_t;
 

@@ -5,6 +5,8 @@
 #include "common/cluster/cluster.h"
 
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -50,7 +52,10 @@ struct cluster {
   int npeers;
   uint32_t *map;       /* the shard map as this thread computed it last */
   uint32_t *prev;      /* the one before (NULL until the map first changed) */
-  uint64_t epoch;
+  uint64_t epoch;       /* this node's count of map changes (its log lines) */
+  uint64_t map_epoch;   /* the global epoch of the map in Redis, as last seen */
+  int map_synced;       /* Redis holds this node's map (a router's: docs/cluster.md "Shard map epoch") */
+  int map_inflight;     /* a publish is on its way */
   uint64_t redis_up_ms; /* when Redis last came back (0: never up) */
   pend_t *pend;
   size_t npend, cap_pend;
@@ -65,6 +70,30 @@ struct cluster {
 };
 
 static const bus_link_cbs_t link_cbs;
+
+/* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
+
+static log_tally_t tallies[CLUSTER_EV_COUNT] = {
+    [CLUSTER_EV_BOUNCED] = LOG_TALLY(LOG_WARN, "cluster", "messages for connections that could not be reached sent back "
+                                               "to their shard (another resource or offline storage)"),
+    [CLUSTER_EV_UNREACHABLE] = LOG_TALLY(LOG_WARN, "cluster", "stanzas answered <recipient-unavailable/>: no router "
+                                                   "reachable for them"),
+    [CLUSTER_EV_DROPPED] = LOG_TALLY(LOG_WARN, "cluster", "frames dropped that could not be delivered nor answered"),
+    [CLUSTER_EV_UNKNOWN_SESSION] = LOG_TALLY(LOG_WARN, "cluster", "stanzas from sessions their router does not know "
+                                                       "(a shard move, an edge that missed its lease) answered "
+                                                       "<recipient-unavailable/>"),
+};
+
+void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) {
+  char detail[256];
+  va_list ap;
+  va_start(ap, detail_fmt);
+  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  va_end(ap);
+  log_tally(&tallies[ev], "%s", detail);
+}
+
+unsigned long long cluster_event_total(cluster_event_t ev) { return log_tally_total(&tallies[ev]); }
 
 /* ---- where a frame goes ---- */
 
@@ -180,7 +209,7 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
     /* its connection is unreachable: back to the recipient's shard, which picks another
      * resource or offline storage (as for a connection that closed) */
     bus_hdr_set_kind(m->data, BUS_BOUNCE);
-    log_debug("cluster: DELIVER to node %u bounced (%s)", f.dst.node, why);
+    cluster_event(CLUSTER_EV_BOUNCED, "%.*s to node %u (%s)", (int)f.to_len, f.to, f.dst.node, why);
     dispatch(c, m);
     arena_reset(&c->arena);
     return;
@@ -207,14 +236,15 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
     }
     bus_msg_t *em = bus_msg_new(&r);
     buf_free(&p);
-    log_info("cluster: %s from %.*s to %.*s not delivered (%s): sender gets <recipient-unavailable/>", st->name,
-             (int)f.from_len, f.from, (int)f.to_len, f.to, why);
+    cluster_event(CLUSTER_EV_UNREACHABLE, "%s from %.*s to %.*s (%s)", st->name, (int)f.from_len, f.from,
+                  (int)f.to_len, f.to, why);
     bus_msg_free(m);
     arena_reset(&c->arena);
     dispatch(c, em);
     return;
   }
-  log_info("cluster: frame kind %u from %.*s dropped (%s)", f.kind, (int)f.from_len, f.from, why);
+  cluster_event(CLUSTER_EV_DROPPED, "kind %u %s from %.*s (%s)", f.kind, st ? st->name : "-", (int)f.from_len,
+                f.from, why);
   bus_msg_free(m);
   arena_reset(&c->arena);
 }
@@ -306,7 +336,7 @@ static const char *check_peer(void *ud, uint16_t node, uint8_t role, uint64_t no
              (unsigned long long)node_inc, node, (unsigned long long)p->info.incarnation, p->info.host,
              p->info.bus_port);
   else
-    snprintf(why, sizeof why, "incarnation %llx: node id %u is not in the registry (yet)",
+    snprintf(why, sizeof why, "~incarnation %llx: node id %u is not in the registry (yet)",
              (unsigned long long)node_inc, node);
   return why;
 }
@@ -353,19 +383,44 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
     memcpy(c->prev, c->map, c->bus->nshards * sizeof *next);
     memcpy(c->map, next, c->bus->nshards * sizeof *next);
     c->epoch++;
-    log_info("cluster: shard map epoch %llu: %d routers, %u of %u shards moved", (unsigned long long)c->epoch,
-             nr, moved, c->bus->nshards);
+    c->map_synced = 0;
+    log_info("cluster: shard map change %llu of this node: %d routers, %u of %u shards moved",
+             (unsigned long long)c->epoch, nr, moved, c->bus->nshards);
   }
   if (changed || restarted_router) push_local_ctl(c, BUS_MAP, restarted_router, 1, 1);
-  /* the lowest live router writes the map for operators (xmppctl, docs/cluster.md) */
-  if (changed && nr && (c->role & ROLE_ROUTER)) {
-    uint16_t low = 0xffff;
-    for (int i = 0; i < nr; i++)
-      if (r[i].node < low) low = r[i].node;
-    if (low == c->bus->node) credis_shardmap_publish(c->redis, c->epoch, c->map, c->bus->nshards);
-  }
+  if (!nr) c->map_synced = 1; /* no router: nothing to publish (xmppctl sees the owners dead) */
   xfree(next);
   xfree(r);
+}
+
+/* The shard map in Redis, for operators and tools, under one global, monotonic epoch
+ * (docs/cluster.md, "Shard map epoch"): every router whose map is not the one stored
+ * writes it with a compare-and-set on the epoch it last saw there. Refused (another map at
+ * a newer epoch: this node had not seen it), it adopts that epoch and tries again after
+ * its next registry read, so the last view of the live routers wins and a restarted
+ * router, whose first attempt knows no epoch, is never left behind a stale one. */
+static void map_published(void *ud, int result, uint64_t epoch) {
+  cluster_t *c = ud;
+  c->map_inflight = 0;
+  if (result == CREDIS_MAP_FAILED) return; /* Redis down: again after it is back */
+  if (epoch > c->map_epoch) c->map_epoch = epoch;
+  if (result == CREDIS_MAP_REFUSED) {
+    log_info("cluster: shard map epoch %llu in Redis is newer than this node's view: written again after the next "
+             "registry read if still different",
+             (unsigned long long)epoch);
+    return;
+  }
+  if (result == CREDIS_MAP_STORED)
+    log_info("cluster: shard map epoch %llu published (change %llu of this node)", (unsigned long long)epoch,
+             (unsigned long long)c->epoch);
+  c->map_synced = 1;
+}
+
+static void publish_map(cluster_t *c) {
+  if (!(c->role & ROLE_ROUTER) || c->map_synced || c->map_inflight || c->stopping || c->refused || !c->polled)
+    return;
+  c->map_inflight = 1;
+  credis_shardmap_publish(c->redis, c->map_epoch, c->map, c->bus->nshards, map_published, c);
 }
 
 /* Every node must have the same server.shards: with another count, a node maps JIDs to
@@ -513,6 +568,7 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   for (size_t i = 0; i < np; i++)
     if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
   xfree(pv);
+  publish_map(c);
 }
 
 /* Our lease on the node id is gone: another incarnation holds it (docs/cluster.md, "Node
@@ -531,6 +587,7 @@ static void on_lost(void *ud, const credis_node_t *holder) {
 static void on_redis_state(void *ud, int up) {
   cluster_t *c = ud;
   if (up) c->redis_up_ms = uv_now(&c->loop);
+  if (up) c->map_synced = 0; /* a restarted Redis may have lost the map */
 }
 
 /* ---- thread ---- */
@@ -547,6 +604,7 @@ static void in_cb(void *ud, bus_msg_t *batch) {
 static void tick_cb(uv_timer_t *t) {
   cluster_t *c = t->data;
   uint64_t now = uv_now(&c->loop);
+  for (int i = 0; i < CLUSTER_EV_COUNT; i++) log_tally_flush(&tallies[i]); /* what was counted since a line */
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
   size_t np = c->npend;
@@ -568,6 +626,7 @@ static void noop_close(uv_handle_t *h) {}
 static void leave_cb(uv_async_t *a) {
   cluster_t *c = a->data;
   if (c->leaving || c->stopping) return;
+  if (c->refused) return; /* it never joined (or lost its id): it has nothing to hand over */
   c->leaving = 1;
   credis_deregister(c->redis);
   credis_node_t *live = xcalloc((size_t)c->npeers + 1, sizeof *live);

@@ -6,7 +6,8 @@
  *   installs: bus_set_remote) and go to the right link.
  * - Redis (common/credis.c): this node's registration with a heartbeat, and the live set
  *   of nodes, from which the shard map is computed (common/cluster/shardmap.c) and published in
- *   bus->owner; the lowest live router also writes it to Redis for operators.
+ *   bus->owner; every router also writes it to Redis for operators, under one global
+ *   epoch (a compare-and-set: docs/cluster.md "Shard map epoch").
  * - Failures: a peer missing from the live set is dead. An edge: local workers end its
  *   sessions (BUS_NODE_DOWN). A router: its shards move; local edge threads announce
  *   their sessions again to the new owners (BUS_MAP). Frames that cannot be sent
@@ -45,6 +46,23 @@ void cluster_leave(cluster_t *c);
  * lost its node id's lease to another process: it has asked the process to stop, which
  * should then exit with status 2. */
 int cluster_refused(const cluster_t *c);
+/* Client-visible effects of cluster events (faults, shard moves), each kind counted and
+ * logged at WARN at most once a second with its count (docs/cluster.md, "Logs"): a
+ * message for a connection that cannot be reached sent back to its shard (another
+ * resource, or offline storage), a stanza answered <recipient-unavailable/> because no
+ * router could be reached, a frame dropped (not answerable), a stanza from a session its
+ * router does not know answered <recipient-unavailable/>. Any thread; detail: a printf
+ * format for the event's own line. */
+typedef enum {
+  CLUSTER_EV_BOUNCED,
+  CLUSTER_EV_UNREACHABLE,
+  CLUSTER_EV_DROPPED,
+  CLUSTER_EV_UNKNOWN_SESSION,
+  CLUSTER_EV_COUNT
+} cluster_event_t;
+void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) __attribute__((format(printf, 2, 3)));
+/* How many of that kind since start (tests, benches). */
+unsigned long long cluster_event_total(cluster_event_t ev);
 /* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
 void cluster_stop(cluster_t *c);
 void cluster_free(cluster_t *c);

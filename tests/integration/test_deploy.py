@@ -8,6 +8,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +28,25 @@ DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
 COMPOSE_KNOBS = ("XMPP_DOMAIN", "XMPP_LOG_LEVEL", "XMPP_SUBNET", "EDGE1_PORT", "EDGE1_TLS_PORT",
                  "EDGE2_PORT", "EDGE2_TLS_PORT", "BENCH_ARGS", "XMPP_PORT", "XMPP_TLS_PORT",
                  "COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME")
+
+
+# Packages only tests, benches or fuzzing need: not even in the build stage.
+TEST_TOOLS = {"libcriterion-dev", "python3", "python3-slixmpp", "python3-aioxmpp", "redis-server", "docker-compose",
+              "procps", "gnuplot-nox", "clang-14", "libclang-rt-14-dev", "sqlite3", "libssl-dev"}
+# ... and what only building needs: never in the runtime image.
+BUILD_TOOLS = {"build-essential", "cmake", "make", "pkg-config", "gcc"}
+
+
+def dockerfile_stages():
+    """deploy/Dockerfile's stages in order: name -> {"base", "text"}; the unnamed last
+    stage is "final"."""
+    with open(DOCKERFILE) as f:
+        text = f.read()
+    stages = {}
+    parts = re.split(r"(?m)^FROM (\S+)(?: AS (\S+))?\s*$", text)
+    for i in range(1, len(parts), 3):
+        stages[parts[i + 1] or "final"] = {"base": parts[i], "text": parts[i + 2]}
+    return stages
 
 
 def compose_env():
@@ -181,12 +201,14 @@ class DockerfileTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_runtime_stage_has_every_library(self):
-        """Each shared library the binaries need directly comes from a package the runtime
-        stage installs (the host is Debian 12 too, so dpkg -S names the same package)."""
-        with open(DOCKERFILE) as f:
-            runtime = f.read().split("FROM debian:12-slim", 1)[1]
-        for prog in ("xmppd", "xmppctl", "xmpp-bench"):
+        """Each shared library the binaries need directly comes from a package the stage
+        that ships them installs (the host is Debian 12 too, so dpkg -S names the same
+        package): xmppd and xmppctl in the runtime stage, xmpp-bench in runtime + bench."""
+        st = dockerfile_stages()
+        runtime = st["runtime"]["text"]
+        for prog in ("xmppd", "xmppctl"):
             self.assertIn(f"/src/build/{prog}", runtime, f"the image does not ship {prog}")
+        self.assertIn("/src/build/xmpp-bench", st["bench"]["text"], "the bench image does not ship xmpp-bench")
         base = {"libc6", "libgcc-s1", "libstdc++6", "libasan8", "libubsan1"}
         for prog in ("xmppd", "xmppctl", "xmpp-bench"):
             path = os.path.join(BUILD, prog)
@@ -207,6 +229,181 @@ class DockerfileTest(unittest.TestCase):
                     continue
                 self.assertTrue(re.search(r"\b" + re.escape(pkg) + r"\b", runtime),
                                 f"{prog} needs {lib} from {pkg}: add it to the runtime stage")
+
+    def test_image_carries_runtime_dependencies_only(self):
+        """The default image is the runtime stage: the binaries it serves with, their
+        libraries, no compiler, no -dev or test package, no load client; the build stage
+        installs the build dependencies only (install-deps.sh --build)."""
+        st = dockerfile_stages()
+        self.assertEqual(list(st), ["build", "runtime", "bench", "final"])
+        self.assertEqual(st["final"]["base"], "runtime", "the default target must be the runtime image")
+        self.assertEqual(st["final"]["text"].strip(), "", "the default stage adds nothing to runtime")
+        self.assertEqual(st["bench"]["base"], "runtime")
+        self.assertIn("install-deps.sh --build", st["build"]["text"])
+        runtime = st["runtime"]["text"]
+        self.assertEqual(st["runtime"]["base"], "debian:12-slim")
+        copied = re.findall(r"^COPY --from=build (.+)$", runtime, re.M)
+        self.assertEqual(copied, ["/src/build/xmppd /src/build/xmppctl /usr/local/bin/"])
+        installed = set(re.findall(r"[a-z0-9][a-z0-9.+-]+",
+                                   re.search(r"apt-get install([^&]*)", runtime, re.S).group(1)))
+        installed -= {"-y", "--no-install-recommends"}
+        for pkg in installed:
+            self.assertFalse(pkg.endswith("-dev") or pkg in TEST_TOOLS | BUILD_TOOLS,
+                             f"the runtime stage installs {pkg}")
+        # what install-deps.sh --build installs
+        with open(os.path.join(ROOT, "deploy", "install-deps.sh")) as f:
+            text = f.read()
+        build_pkgs = re.search(r"BUILD_PKGS=\((.*?)\n\)", text, re.S).group(1)
+        build_pkgs = set(re.findall(r"^\s*([a-z0-9 .+-]+)$", re.sub(r"#.*", "", build_pkgs), re.M))
+        build_pkgs = {p for line in build_pkgs for p in line.split()}
+        self.assertIn("cmake", build_pkgs)
+        self.assertFalse(build_pkgs & TEST_TOOLS, build_pkgs & TEST_TOOLS)
+
+    def test_healthcheck_and_no_volume(self):
+        runtime = dockerfile_stages()["runtime"]["text"]
+        m = re.search(r"^HEALTHCHECK (.*?)CMD (.+)$", runtime.replace("\\\n", " "), re.M)
+        self.assertTrue(m, "no HEALTHCHECK in the runtime stage")
+        self.assertIn("docker-entrypoint.sh", m.group(2))
+        self.assertIn('"health"', m.group(2))
+        self.assertNotRegex(runtime, r"(?m)^VOLUME", "a router would get an anonymous volume it never uses")
+        self.assertRegex(runtime, r"(?m)^ENV REFUSED_EXIT_STATUS=0$")
+
+    def test_compose_restart_policy_and_router_files(self):
+        """Every xmppd container restarts on failure only (the entrypoint makes xmppd's
+        exit status 2 a 0, so a node that refuses to run is not restarted in a loop); a
+        router mounts no volume and is given no certificate."""
+        for file in (COMPOSE, COMPOSE_SINGLE):
+            for name, s in compose_config(file)["services"].items():
+                if name in ("redis", "bench"):
+                    continue
+                self.assertEqual(s.get("restart"), "on-failure", f"{file}: {name}")
+                self.assertEqual(s["build"].get("target"), "runtime", f"{file}: {name}")
+        services = compose_config()["services"]
+        self.assertEqual(services["bench"]["build"].get("target"), "bench")
+        for name, s in services.items():
+            env = s.get("environment") or {}
+            if env.get("XMPPD_CLUSTER_ROLE") != "router":
+                continue
+            self.assertFalse(s.get("volumes"), f"{name}: a router keeps nothing on disk")
+            self.assertFalse({k for k in env if k.startswith("XMPPD_TLS_")}, f"{name}: a router has no client port")
+
+
+class EntrypointTest(unittest.TestCase):
+    """deploy/docker-entrypoint.sh run here with a stub xmppd (no container engine)."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="entrypoint-")
+        self.bin = os.path.join(self.dir, "bin")
+        self.data = os.path.join(self.dir, "data")
+        os.makedirs(self.bin)
+        os.makedirs(self.data)
+        with open(os.path.join(self.bin, "xmppd"), "w") as f:
+            f.write("#!/bin/sh\n"
+                    "echo \"$@\" > \"$ENTRYPOINT_DATA/args\"\n"
+                    "trap 'echo TERM > \"$ENTRYPOINT_DATA/signal\"; exit 0' TERM\n"
+                    "trap 'echo HUP >> \"$ENTRYPOINT_DATA/hup\"' HUP\n"
+                    "[ -n \"${STUB_RC:-}\" ] && exit \"$STUB_RC\"\n"
+                    "touch \"$ENTRYPOINT_DATA/running\"\n"
+                    "while :; do sleep 0.05; done\n")
+        os.chmod(os.path.join(self.bin, "xmppd"), 0o755)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def env(self, **extra):
+        return {"PATH": self.bin + ":" + os.environ["PATH"], "ENTRYPOINT_DATA": self.data, **extra}
+
+    def start(self, **extra):
+        return subprocess.Popen(["sh", ENTRYPOINT], env=self.env(**extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def test_exit_status_2_becomes_refused_exit_status(self):
+        for rc, refused, want in ((2, "0", 0), (2, None, 2), (1, "0", 1), (0, "0", 0), (134, "0", 134)):
+            extra = {"STUB_RC": str(rc), "XMPPD_CLUSTER_ROLE": "router"}
+            if refused is not None:
+                extra["REFUSED_EXIT_STATUS"] = refused
+            p = self.start(**extra)
+            out, err = p.communicate(timeout=30)
+            self.assertEqual(p.returncode, want, f"xmppd {rc}, REFUSED_EXIT_STATUS {refused}: {err}")
+            if rc == 2:
+                self.assertIn("exited with status 2", err)
+
+    def wait_file(self, name):
+        deadline = time.time() + 10
+        while not os.path.exists(os.path.join(self.data, name)):
+            self.assertLess(time.time(), deadline, f"no {name}")
+            time.sleep(0.02)
+
+    def test_signals_reach_xmppd(self):
+        p = self.start(XMPPD_CLUSTER_ROLE="router", REFUSED_EXIT_STATUS="0")
+        self.wait_file("running")
+        p.send_signal(signal.SIGHUP)
+        self.wait_file("hup")
+        self.assertIsNone(p.poll(), "SIGHUP (certificate reload) must not stop it")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        with open(os.path.join(self.data, "signal")) as f:
+            self.assertEqual(f.read().strip(), "TERM")
+
+    def test_router_gets_no_certificate_edge_does(self):
+        p = self.start(XMPPD_CLUSTER_ROLE="router", XMPPD_CLUSTER_NODE_ID="1", STUB_RC="0")
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0)
+        self.assertFalse(os.path.exists(os.path.join(self.data, "cert.pem")))
+        with open(os.path.join(self.data, "xmppd.conf")) as f:
+            self.assertNotIn("[tls]", f.read())
+        os.remove(os.path.join(self.data, "xmppd.conf"))
+        p = self.start(XMPPD_CLUSTER_ROLE="edge", XMPPD_CLUSTER_NODE_ID="11", STUB_RC="0",
+                       XMPPD_TLS_CERTIFICATE=os.path.join(self.data, "cert.pem"),
+                       XMPPD_TLS_KEY=os.path.join(self.data, "key.pem"))
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertTrue(os.path.exists(os.path.join(self.data, "cert.pem")), err)
+        with open(os.path.join(self.data, "xmppd.conf")) as f:
+            self.assertIn("[tls]", f.read())
+
+    def test_health(self):
+        def health(**extra):
+            return subprocess.run(["sh", ENTRYPOINT, "health"], env=self.env(**extra), capture_output=True,
+                                  timeout=30).returncode
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)
+        port = s.getsockname()[1]
+        try:
+            self.assertEqual(health(XMPPD_C2S_PORT=str(port)), 0)
+            self.assertEqual(health(XMPPD_C2S_PORT="0", XMPPD_C2S_TLS_PORT=str(port)), 0)
+            # a router: its bus port, not the client port
+            self.assertEqual(health(XMPPD_CLUSTER_ROLE="router", XMPPD_C2S_PORT="0",
+                                    XMPPD_CLUSTER_BUS_PORT=str(port)), 0)
+        finally:
+            s.close()
+        self.assertNotEqual(health(XMPPD_C2S_PORT=str(port)), 0)
+        self.assertNotEqual(health(XMPPD_CLUSTER_ROLE="router", XMPPD_CLUSTER_BUS_PORT=str(port)), 0)
+
+
+class DocumentedDefaultsTest(unittest.TestCase):
+    def test_cluster_defaults_in_the_docs_are_the_code_s(self):
+        """A cluster option's default quoted in the docs, as `cluster.KEY` (N) or in
+        docs/cluster.md as `KEY` (N), is the one `xmppd --print-reference` gives (before:
+        max_wait_ms was 5000 in one place, 10000 in another)."""
+        ref = subprocess.run([XMPPD, "--print-reference"], capture_output=True, text=True).stdout
+        defaults = dict(re.findall(r"^\| `(cluster\.[a-z0-9_]+)` \| \w+ \| `([^`]*)`", ref, re.M))
+        self.assertIn("cluster.max_wait_ms", defaults)
+        seen = 0
+        for doc in sorted(os.listdir(os.path.join(ROOT, "docs"))) + ["../README.md"]:
+            with open(os.path.join(ROOT, "docs", doc)) as f:
+                text = f.read()
+            for key, val in re.findall(r"`(cluster\.[a-z0-9_]+)` \((\d[\d,]*)\)", text):
+                seen += 1
+                self.assertEqual(val.replace(",", ""), defaults.get(key), f"{doc}: {key} ({val})")
+            if doc == "cluster.md":
+                for key, val in re.findall(r"`([a-z0-9_]+)` \((\d[\d,]*)\)", text):
+                    if "cluster." + key in defaults:
+                        seen += 1
+                        self.assertEqual(val.replace(",", ""), defaults["cluster." + key], f"{doc}: {key} ({val})")
+        self.assertGreater(seen, 2)
 
 
 class LocalClusterTest(unittest.TestCase):

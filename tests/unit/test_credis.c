@@ -551,6 +551,32 @@ static map_res_t get_map(credis_t *r) {
   return m;
 }
 
+typedef struct pub_res {
+  int calls, result;
+  uint64_t epoch;
+} pub_res_t;
+
+static void pub_cb(void *ud, int result, uint64_t epoch) {
+  pub_res_t *p = ud;
+  p->calls++;
+  p->result = result;
+  p->epoch = epoch;
+}
+
+/* Publishes and waits for the compare-and-set's answer. */
+static pub_res_t publish(credis_t *r, uint64_t base, const uint32_t *own, uint32_t n) {
+  pub_res_t p = {0};
+  credis_shardmap_publish(r, base, own, n, pub_cb, &p);
+  cr_assert_eq(p.calls, 0, "called back inside the call");
+  WAIT_FOR(p.calls == 1, DEADLINE_MS);
+  return p;
+}
+
+/* One global epoch, a compare-and-set in Redis (docs/cluster.md, "Shard map epoch").
+ * Before, each node counted its own epochs and Redis refused anything older than the
+ * stored one: a router restarted (counting from 1 again) could not write the map until
+ * it had seen as many changes as the stored epoch, so the map in Redis kept showing a
+ * dead router holding its shards. */
 Test(credis, shardmap_publish_and_epochs) {
   obs_t o = {0};
   credis_t *r = open_r(&o);
@@ -561,26 +587,98 @@ Test(credis, shardmap_publish_and_epochs) {
   uint32_t own[64];
   for (int i = 0; i < 64; i++) own[i] = (uint32_t)(1 + i % 3) << 16 | (uint32_t)(i % 4);
   own[5] = 0xffffffffu;
-  credis_shardmap_publish(r, 5, own, 64);
+  pub_res_t p = publish(r, 0, own, 64);
+  cr_assert_eq(p.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p.epoch, 1);
   m = get_map(r);
   cr_assert(m.ok);
-  cr_assert_eq(m.epoch, 5);
+  cr_assert_eq(m.epoch, 1);
   cr_assert_eq(m.n, 64);
   cr_assert_eq(memcmp(m.own, own, sizeof own), 0);
-  /* an older epoch is refused */
+  /* the same map again, by another router that has seen nothing yet: nothing written */
+  p = publish(r, 0, own, 64);
+  cr_assert_eq(p.result, CREDIS_MAP_SAME);
+  cr_assert_eq(p.epoch, 1);
+  /* another map from a writer that has not seen epoch 1: refused, told the epoch */
   uint32_t other[2] = {1, 2};
-  credis_shardmap_publish(r, 4, other, 2);
+  p = publish(r, 0, other, 2);
+  cr_assert_eq(p.result, CREDIS_MAP_REFUSED);
+  cr_assert_eq(p.epoch, 1);
   m = get_map(r);
-  cr_assert_eq(m.epoch, 5);
+  cr_assert_eq(m.epoch, 1);
   cr_assert_eq(m.n, 64);
-  /* the script cache flushed (as after a Redis restart): EVALSHA -> NOSCRIPT -> EVAL */
-  freeReplyObject(redisCommand(g_raw, "SCRIPT FLUSH"));
-  credis_shardmap_publish(r, 6, other, 2);
-  /* the EVAL retry goes out after the GET sent behind the publish: ask until it shows */
-  WAIT_FOR((m = get_map(r), m.epoch == 6), DEADLINE_MS);
+  /* having seen it (a restarted router's second attempt), it writes epoch 2 */
+  p = publish(r, 1, other, 2);
+  cr_assert_eq(p.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p.epoch, 2);
+  m = get_map(r);
+  cr_assert_eq(m.epoch, 2);
   cr_assert_eq(m.n, 2);
   cr_assert_eq(m.own[1], 2);
+  /* a writer that saw epoch 1 only is refused now */
+  p = publish(r, 1, own, 64);
+  cr_assert_eq(p.result, CREDIS_MAP_REFUSED);
+  cr_assert_eq(p.epoch, 2);
+  /* the same owners under another shard count are another map */
+  p = publish(r, 2, other, 1);
+  cr_assert_eq(p.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p.epoch, 3);
+  /* Redis lost the key (restarted without persistence): the epoch does not go back
+   * below what the writer had seen */
+  cr_assert_eq(rint_cmd("DEL " CLUSTER ":{nodes}:shardmap"), 1);
+  p = publish(r, 3, own, 64);
+  cr_assert_eq(p.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p.epoch, 4);
+  /* the script cache flushed (as after a Redis restart): EVALSHA -> NOSCRIPT -> EVAL */
+  freeReplyObject(redisCommand(g_raw, "SCRIPT FLUSH"));
+  p = publish(r, 4, other, 2);
+  cr_assert_eq(p.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p.epoch, 5);
+  m = get_map(r);
+  cr_assert_eq(m.epoch, 5);
+  cr_assert_eq(m.n, 2);
   cr_assert_eq(rint_cmd("EXISTS " CLUSTER ":{nodes}:shardmap"), 1);
+  credis_close(r);
+  finish_loop();
+}
+
+/* Two writers, each refused once, converge on one map with one epoch per change. */
+Test(credis, shardmap_two_writers_converge) {
+  obs_t o1 = {0}, o2 = {0};
+  credis_t *r1 = open_r(&o1), *r2 = open_r(&o2);
+  WAIT_FOR(o1.ups == 1 && o2.ups == 1, DEADLINE_MS);
+  uint32_t a[4] = {1u << 16, 1u << 16, 2u << 16, 2u << 16}, b[4] = {1u << 16, 3u << 16, 2u << 16, 3u << 16};
+  pub_res_t p1 = publish(r1, 0, a, 4);
+  cr_assert_eq(p1.result, CREDIS_MAP_STORED);
+  /* r2 saw the same view: nothing to write, it learns the epoch */
+  pub_res_t p2 = publish(r2, 0, a, 4);
+  cr_assert_eq(p2.result, CREDIS_MAP_SAME);
+  cr_assert_eq(p2.epoch, p1.epoch);
+  /* a third router joins: both see it; the first writes, the second finds it done */
+  p1 = publish(r1, p1.epoch, b, 4);
+  cr_assert_eq(p1.result, CREDIS_MAP_STORED);
+  cr_assert_eq(p1.epoch, 2);
+  p2 = publish(r2, p2.epoch, b, 4);
+  cr_assert_eq(p2.result, CREDIS_MAP_SAME);
+  cr_assert_eq(p2.epoch, 2);
+  credis_close(r1);
+  credis_close(r2);
+  finish_loop();
+}
+
+/* Redis unreachable: the publish fails (called back once, on a later loop turn). */
+Test(credis, shardmap_publish_while_redis_down) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  redisFree(g_raw);
+  g_raw = NULL;
+  test_redis_kill(&g_redis);
+  WAIT_FOR(o.downs == 1, DEADLINE_MS);
+  uint32_t own[2] = {1u << 16, 2u << 16};
+  pub_res_t p = publish(r, 0, own, 2);
+  cr_assert_eq(p.result, CREDIS_MAP_FAILED);
+  cr_assert_eq(p.epoch, 0);
   credis_close(r);
   finish_loop();
 }
