@@ -8,25 +8,20 @@
  * restarted, and bytes the client pipelined after <starttls/> are discarded (§5.4.3.3).
  *
  * Where a connection is, c->state (edge_internal.h), changed only by conn_set_state,
- * which refuses (asserts on) any transition not drawn here:
+ * which refuses (asserts on) any transition not listed here (its table: conn.c):
  *
- *   PLAIN --<starttls/> (§5), or direct TLS at accept--> TLS --handshake done--> SECURED
- *     |                                                                             |
- *     +--SASL success, tls.required = false-------> AUTHED <-----SASL success (§6)--+
- *                                                    | ^ ^
- *            bind (§7): SESSION_OPEN to the router   | | | <failed/> (XEP-0198 §5), or the
- *       +------------------------+-------------------+ | | router refused / replaced it
- *       v                        v <resume/>           | |
- *    BINDING                 RESUMING --the detached   | |
- *       |  refused (§7.6.2.1)    |      state came-->  | |
- *       +------------------------|-------------------->+ |
- *       | SESSION_ACK open       v                       |
- *       |                  RESUME_MOVING ----------------+
- *       v                        | SESSION_ACK open: <resumed/>
- *     BOUND <--------------------+
- *       |  KICK conflict: the router replaced the session -> AUTHED (then closed)
- *
- *   any state --conn_end--> CLOSING (final)      DETACHED --ended--> CLOSING
+ *   PLAIN ---<starttls/> (§5); direct TLS: at accept---> TLS ---handshake done---> SECURED
+ *   SECURED, or PLAIN with tls.required = false ---SASL success (§6)---> AUTHED
+ *   AUTHED ---bind (§7): SESSION_OPEN---> BINDING ---SESSION_ACK open---> BOUND
+ *                                         BINDING ---refused (§7.6.2.1)---> AUTHED
+ *   AUTHED ---<resume/> (XEP-0198 §5)---> RESUMING ---the detached session came---> RESUME_MOVING
+ *                                         RESUMING ---not found: <failed/>---> AUTHED
+ *                                         RESUME_MOVING ---SESSION_ACK open: <resumed/>---> BOUND
+ *                                         RESUME_MOVING ---refused: <failed/>---> AUTHED
+ *   BINDING, RESUME_MOVING, BOUND ---KICK conflict (the router replaced it)---> AUTHED,
+ *                                    then closed
+ *   any state ---conn_end---> CLOSING (final)
+ *   DETACHED (born so by sm_detach: a session, not a connection) ---ended---> CLOSING
  *
  * What each state accepts from the client (negotiate_stanza):
  *   PLAIN        <starttls/>; SASL, XEP-0077 registration only with tls.required = false
