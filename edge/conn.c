@@ -1,13 +1,16 @@
 /* One client connection: socket I/O, TLS plumbing, output buffering, closing.
  *
- * Life cycle: accept -> (direct TLS handshake) -> negotiation (negotiate.c) -> bound
- * session -> close. Closing never frees under a callback: conn_close marks the
- * connection, stops input, writes what is queued, then uv_close; memory is released in
- * the close callback, or later if a thread-pool job still points at the connection.
- * Output is queued in c->out and written by edge_flush at the end of each batch of work
- * (one uv_write per connection per batch). */
+ * Life cycle: accept -> (direct TLS handshake) -> negotiation (negotiate.c: the states
+ * and their diagram) -> bound session -> conn_end. Every close goes through conn_end,
+ * whatever its cause (a stream error, the peer gone, a slow reader cut off, shutdown):
+ * it ends the session once, stops the input and, once the output is written,
+ * conn_finish gives back the counters, the table slot and the handle. Memory is released
+ * in libuv's close callback, or later if a thread-pool job still points at the
+ * connection (conn_release). Output is queued in c->out and written by edge_flush at the
+ * end of each batch of work (one uv_write per connection per batch). */
 #include "edge/edge_internal.h"
 
+#include <assert.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <time.h>
@@ -59,6 +62,40 @@ conn_t *conn_lookup(edge_thread_t *th, uint64_t id) {
   return c && c->id == id ? c : NULL;
 }
 
+/* Legal transitions (the diagram: negotiate.c), one bit per target state. */
+#define TO(st) (1u << (st))
+static const unsigned legal[] = {
+    [CONN_ST_PLAIN] = TO(CONN_ST_TLS) | TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_TLS] = TO(CONN_ST_SECURED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_SECURED] = TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_AUTHED] = TO(CONN_ST_BINDING) | TO(CONN_ST_RESUMING) | TO(CONN_ST_CLOSING),
+    [CONN_ST_BINDING] = TO(CONN_ST_BOUND) | TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_RESUMING] = TO(CONN_ST_RESUME_MOVING) | TO(CONN_ST_RESUME_REMOTE) | TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_RESUME_MOVING] = TO(CONN_ST_BOUND) | TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_RESUME_REMOTE] = TO(CONN_ST_RESUME_MOVING) | TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_BOUND] = TO(CONN_ST_AUTHED) | TO(CONN_ST_CLOSING),
+    [CONN_ST_CLOSING] = 0,
+    [CONN_ST_DETACHED] = TO(CONN_ST_CLOSING),
+};
+#undef TO
+
+const char *conn_state_name(conn_st_t st) {
+  static const char *const names[] = {"plain",         "tls",   "secured", "authed",  "binding", "resuming",
+                                      "resume-moving", "resume-remote", "bound", "closing", "detached"};
+  return (unsigned)st < sizeof names / sizeof *names ? names[st] : "?";
+}
+
+void conn_set_state(conn_t *c, conn_st_t to) {
+  conn_st_t from = c->state;
+  if (!(legal[from] & (1u << to))) {
+    log_error("conn %llx: illegal state change %s -> %s", (unsigned long long)c->id, conn_state_name(from),
+              conn_state_name(to));
+    assert(!"illegal connection state change");
+  }
+  log_debug("conn %llx: %s -> %s", (unsigned long long)c->id, conn_state_name(from), conn_state_name(to));
+  c->state = to;
+}
+
 static void mark_dirty(conn_t *c) {
   if (c->in_dirty || c->handle_closed) return;
   c->in_dirty = 1;
@@ -94,12 +131,11 @@ static void on_closed(uv_handle_t *h) {
   conn_release(c);
 }
 
-static void really_close(conn_t *c) {
+/* The end of conn_end, once the output is written (or dropped): what the connection
+ * holds of its thread and of the edge is given back, once. */
+static void conn_finish(conn_t *c) {
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
   edge_thread_t *th = c->th;
-  sm_bounce(c); /* before the session ends: the router skips this connection by its address */
-  if (c->bound) edge_session_close(c);
-  c->bound = 0;
   if (c->ip_counted) guard_conn_close(th->edge->guard, c->ip);
   c->ip_counted = 0;
   if (c->fd_counted) atomic_fetch_sub(&th->edge->nconns, 1);
@@ -118,27 +154,45 @@ static void really_close(conn_t *c) {
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
   th->nconns--;
-  uv_close((uv_handle_t *)&c->tcp, on_closed);
+  uv_close((uv_handle_t *)&c->tcp, on_closed); /* a pending write is cancelled: write_cb runs first */
+}
+
+void conn_session_end(conn_t *c) {
+  sm_bounce(c); /* before the session ends: the router skips this connection by its address */
+  if (conn_has_session(c)) edge_session_close(c);
+}
+
+void conn_end(conn_t *c, conn_end_t how) {
+  if (!conn_closing(c)) {
+    if (c->xs) xml_stream_stop(c->xs);
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_read_stop((uv_stream_t *)&c->tcp);
+    /* XEP-0198 §5: a client that dropped, or went silent, may come back */
+    int detached = (how == CONN_END_LOST || how == CONN_END_IDLE) && sm_detach(c);
+    if (!detached) conn_session_end(c);
+    if (c->tls) {
+      tls_conn_stop(c->tls);
+      if (c->secure && (how == CONN_END_CLEAN || how == CONN_END_IDLE)) tls_conn_shutdown(c->tls);
+    }
+    conn_set_state(c, CONN_ST_CLOSING);
+  }
+  if (how == CONN_END_ABORT) {
+    c->out.len = 0;
+    conn_finish(c);
+  } else if (!c->writing && !c->out.len) {
+    conn_finish(c);
+  } else {
+    mark_dirty(c); /* flush_one closes once it is written */
+  }
 }
 
 void conn_lost(conn_t *c) {
-  c->closing = 1;
-  if (c->xs) xml_stream_stop(c->xs);
-  sm_detach(c); /* XEP-0198 §5: the session waits for a resumption */
-  if (c->bound) {
-    edge_session_close(c);
-    c->bound = 0;
-  }
   c->out.len = 0;
-  if (!c->writing) really_close(c);
-  edge_flush(c->th);
+  conn_end(c, CONN_END_LOST);
 }
 
-void conn_abort(conn_t *c) {
-  c->out.len = 0;
-  c->closing = 1;
-  really_close(c); /* a pending write is cancelled: write_cb runs before on_closed */
-}
+void conn_abort(conn_t *c) { conn_end(c, CONN_END_ABORT); }
+
+void conn_close(conn_t *c) { conn_end(c, CONN_END_CLEAN); }
 
 static void write_cb(uv_write_t *req, int status) {
   write_req_t *w = (write_req_t *)req;
@@ -148,15 +202,14 @@ static void write_cb(uv_write_t *req, int status) {
   xfree(w);
   c->writing = 0;
   if (status < 0) {
-    c->closing = 1;
-    sm_detach(c); /* the connection was lost, not closed */
-    really_close(c);
+    conn_lost(c); /* the connection was lost, not closed */
+    edge_flush(c->th);
     return;
   }
   c->out_done += len;
   edge_offline_written(c);
   if (c->out.len) mark_dirty(c);
-  else if (c->closing) really_close(c);
+  else if (conn_closing(c)) conn_finish(c);
   edge_flush(c->th);
 }
 
@@ -164,7 +217,7 @@ static void flush_one(conn_t *c) {
   if (c->handle_closed || uv_is_closing((uv_handle_t *)&c->tcp)) return;
   if (c->writing) return; /* write_cb continues */
   if (!c->out.len) {
-    if (c->closing) really_close(c);
+    if (conn_closing(c)) conn_finish(c);
     return;
   }
   write_req_t *w = xmalloc(sizeof *w);
@@ -181,8 +234,7 @@ static void flush_one(conn_t *c) {
     c->writing = 0;
     xfree(w->data);
     xfree(w);
-    c->closing = 1;
-    really_close(c);
+    conn_lost(c);
   }
 }
 
@@ -200,21 +252,17 @@ void conn_send(conn_t *c, const char *data, size_t len) {
   if (c->handle_closed) return;
   if (c->tls && c->secure) {
     if (tls_conn_write(c->tls, data, len) != 0) {
-      c->closing = 1;
-      mark_dirty(c);
+      conn_end(c, CONN_END_LOST); /* what is queued goes, then the socket closes */
       return;
     }
   } else {
     buf_append(&c->out, data, len);
   }
-  if (c->out.len > (size_t)c->th->cfg->max_pending_out && !c->closing) {
+  if (c->out.len > (size_t)c->th->cfg->max_pending_out && !conn_closing(c)) {
     log_info("conn %llx: client does not read (%zu bytes pending), disconnecting",
              (unsigned long long)c->id, c->out.len);
     /* drop the unread backlog: it cannot be delivered anyway */
-    c->out.len = 0;
-    c->closing = 1;
-    if (c->xs) xml_stream_stop(c->xs);
-    really_close(c);
+    conn_end(c, CONN_END_ABORT);
     return;
   }
   mark_dirty(c);
@@ -222,25 +270,9 @@ void conn_send(conn_t *c, const char *data, size_t len) {
 
 void conn_send_str(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
 
-void conn_close(conn_t *c) {
-  if (c->closing) return;
-  c->closing = 1;
-  if (c->xs) xml_stream_stop(c->xs);
-  if (c->tls) {
-    tls_conn_stop(c->tls);
-    if (c->secure) tls_conn_shutdown(c->tls);
-  }
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  sm_bounce(c);
-  if (c->bound) {
-    edge_session_close(c);
-    c->bound = 0;
-  }
-  mark_dirty(c);
-}
-
-void conn_stream_error(conn_t *c, const char *cond, const char *text) {
-  if (c->closing) return;
+/* Writes the stream error (or the plain close), then ends the connection. */
+static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char *text) {
+  if (conn_closing(c)) return;
   if (!c->header_sent) {
     /* RFC 6120 §4.9.1.2: open the stream first, then send the error */
     buf_t h;
@@ -268,8 +300,10 @@ void conn_stream_error(conn_t *c, const char *cond, const char *text) {
               text ? text : "");
   }
   conn_send_str(c, "</stream:stream>");
-  conn_close(c);
+  conn_end(c, how);
 }
+
+void conn_stream_error(conn_t *c, const char *cond, const char *text) { stream_error(c, CONN_END_CLEAN, cond, text); }
 
 /* Input is parsed in pieces so the shaper can stop a flood between stanzas, not only
  * between reads: once the client is over its rate, or the bus is congested (a queue
@@ -287,11 +321,13 @@ void conn_restart_stream(conn_t *c) {
 
 /* Input must wait: over its rate, or a bound session while the bus is congested (what
  * it sends goes to the routers; before the bind it only negotiates). */
-static int must_wait(conn_t *c) { return shaper_over(&c->shaper) || (c->bound && bus_congested(c->th->bus)); }
+static int must_wait(conn_t *c) {
+  return shaper_over(&c->shaper) || (conn_has_session(c) && bus_congested(c->th->bus));
+}
 
 static void feed(conn_t *c, const char *data, size_t len) {
   unsigned gen = c->stream_gen;
-  while (len && !c->closing) {
+  while (len && !conn_closing(c)) {
     size_t n = len < FEED_PIECE ? len : FEED_PIECE;
     if (xml_stream_feed(c->xs, data, n) != 0) {
       if (c->tls) tls_conn_stop(c->tls);
@@ -309,7 +345,7 @@ static void feed(conn_t *c, const char *data, size_t len) {
 
 static void plain_in(void *ud, const char *data, size_t len) {
   conn_t *c = ud;
-  if (c->closing) return;
+  if (conn_closing(c)) return;
   /* over its rate already (TLS hands records over one by one), or older bytes wait */
   if (c->stash.len || must_wait(c)) buf_append(&c->stash, data, len);
   else feed(c, data, len);
@@ -347,26 +383,17 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     conn_lost(c);
     return;
   }
-  if (n == 0 || c->closing) return;
+  if (n == 0 || conn_closing(c)) return;
   c->last_in_ms = edge_now_ms();
   shaper_charge(&c->shaper, &th->shk, n, 0);
   if (c->tls) {
     int rc = tls_conn_feed(c->tls, b->base, (size_t)n, plain_in, tls_up, c);
     if (c->out.len) mark_dirty(c); /* handshake records written by wolfSSL */
-    if (rc != 0 && !c->closing) {
-      c->closing = 1;
-      uv_read_stop(s);
-      sm_detach(c);
-      if (c->bound) {
-        edge_session_close(c);
-        c->bound = 0;
-      }
-      mark_dirty(c); /* flush a pending alert, then close */
-    }
+    if (rc != 0) conn_end(c, CONN_END_LOST); /* a pending alert is written, then it closes */
   } else {
     plain_in(c, b->base, (size_t)n);
   }
-  if (!c->closing) conn_shape(c);
+  if (!conn_closing(c)) conn_shape(c);
   edge_flush(th);
 }
 
@@ -376,7 +403,7 @@ static void throttle_cb(uv_timer_t *t) {
   int congested = bus_congested(th->bus);
   for (conn_t **pp = &th->paused; *pp;) {
     conn_t *c = *pp;
-    if (congested && c->bound) {
+    if (congested && conn_has_session(c)) {
       /* waits for the bus, not for its own rate: the time is not counted as pressure */
       shaper_pressure(&c->shaper, &th->shk, 0, now);
       pp = &c->next_paused;
@@ -391,9 +418,9 @@ static void throttle_cb(uv_timer_t *t) {
       if (p >= SHAPER_KICK) {
         log_info("conn %llx: above its rate for too long", (unsigned long long)c->id);
         conn_stream_error(c, "policy-violation", "sending too fast for too long");
-      } else if (!c->closing && feed_stash(c) && !c->closing && !shaper_over(&c->shaper)) {
+      } else if (!conn_closing(c) && feed_stash(c) && !conn_closing(c) && !shaper_over(&c->shaper)) {
         uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
-      } else if (!c->closing) {
+      } else if (!conn_closing(c)) {
         /* still over after the stash: stay paused */
         c->paused = 1;
         c->next_paused = th->paused;
@@ -410,14 +437,14 @@ static void throttle_cb(uv_timer_t *t) {
 
 static void conn_shape(conn_t *c) {
   edge_thread_t *th = c->th;
-  if (c->paused || c->closing) return;
+  if (c->paused || conn_closing(c)) return;
   /* a bus link to another node is over its high watermark: bound clients wait (no
    * pressure is counted against them: it is not their rate) */
-  int congested = c->bound && bus_congested(th->bus);
+  int congested = conn_has_session(c) && bus_congested(th->bus);
   uint64_t now = c->last_in_ms; /* read_cb just took the time */
   shaper_refill(&c->shaper, &th->shk, now);
   if (!congested && c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
-  if (c->closing || (!congested && !shaper_over(&c->shaper) && !c->stash.len)) return;
+  if (conn_closing(c) || (!congested && !shaper_over(&c->shaper) && !c->stash.len)) return;
   /* XEP-0205 §3: slow the reader first; TCP flow control pushes back on the client, and
    * what was read stays in c->stash (at most one read) */
   if (!congested) shaper_pressure(&c->shaper, &th->shk, 0, now);
@@ -454,14 +481,14 @@ static void peer_ip(conn_t *c) {
 void conn_start_tls(conn_t *c) {
   c->tls = tls_conn_new(c->th->tls, &c->out);
   if (!c->tls) conn_close(c);
+  else conn_set_state(c, CONN_ST_TLS);
 }
 
 /* A connection refused at accept: on the STARTTLS port it gets the stream error; on the
  * direct-TLS port there is no stream to say it in before a handshake, so it is closed. */
 static void refuse(conn_t *c, int direct_tls, const char *cond, const char *text) {
   if (direct_tls) {
-    c->closing = 1;
-    really_close(c);
+    conn_end(c, CONN_END_ABORT);
   } else {
     conn_stream_error(c, cond, text);
     edge_flush(c->th);
@@ -475,22 +502,17 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
   buf_init(&c->stash);
   uv_tcp_init(&th->loop, &c->tcp);
   c->tcp.data = c;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-    c->pending_work = 0;
-    uv_close((uv_handle_t *)&c->tcp, on_closed);
-    return;
-  }
-  if (th->stopping) {
-    uv_close((uv_handle_t *)&c->tcp, on_closed);
-    return;
-  }
-  uv_tcp_nodelay(&c->tcp, 1);
-  peer_ip(c);
   table_add(th, c);
   c->next = th->all;
   if (th->all) th->all->prev = c;
   th->all = c;
   th->nconns++;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || th->stopping) {
+    conn_end(c, CONN_END_ABORT);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  peer_ip(c);
   c->created_ms = c->last_in_ms = c->last_out_ms = edge_now_ms();
   shaper_init(&c->shaper, &th->shk, c->created_ms);
   xml_stream_limits_t lim = {(size_t)th->cfg->max_stanza_bytes, (unsigned)th->cfg->max_depth,
@@ -508,8 +530,7 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
     }
   }
   if (!c->xs || (direct_tls && !c->tls)) {
-    c->closing = 1;
-    really_close(c);
+    conn_end(c, CONN_END_ABORT);
     return;
   }
   c->fd_counted = 1;
@@ -542,24 +563,23 @@ void conn_sweep_cb(uv_timer_t *t) {
   }
   for (conn_t *c = th->all, *nx; c; c = nx) {
     nx = c->next;
-    if (c->closing) {
+    if (conn_closing(c)) {
       /* a peer that never reads our final bytes must not hold the socket forever */
-      if (now - c->last_in_ms > 10000) {
-        c->out.len = 0;
-        really_close(c);
-      }
+      if (now - c->last_in_ms > 10000) conn_end(c, CONN_END_ABORT);
       continue;
     }
-    if ((!c->bound || c->binding) && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
+    /* no session yet, or one whose bind the router has not confirmed */
+    int negotiating = c->state != CONN_ST_BOUND && c->state != CONN_ST_RESUME_MOVING;
+    if (negotiating && now - c->created_ms > (uint64_t)cfg->auth_timeout * 1000) {
       conn_stream_error(c, "connection-timeout", "authentication took too long");
     } else if (now - c->last_in_ms > (uint64_t)cfg->idle_timeout * 1000) {
-      sm_detach(c); /* a client that went silent (lost its network) may come back */
-      conn_stream_error(c, "connection-timeout", NULL);
+      /* a client that went silent (lost its network) may come back: CONN_END_IDLE */
+      stream_error(c, CONN_END_IDLE, "connection-timeout", NULL);
     } else if (c->header_sent && now - c->last_out_ms > (uint64_t)cfg->keepalive * 1000) {
       conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
     }
     /* a quiet stream gives its parser back (docs/memory.md); a busy one keeps it */
-    if (!c->closing && now - c->last_in_ms >= PARSER_IDLE_MS && now - c->last_out_ms >= PARSER_IDLE_MS) {
+    if (!conn_closing(c) && now - c->last_in_ms >= PARSER_IDLE_MS && now - c->last_out_ms >= PARSER_IDLE_MS) {
       if (c->xs) xml_stream_suspend(c->xs);
       if (c->tls) tls_conn_trim(c->tls);
     }

@@ -66,7 +66,7 @@ void csi_flush(conn_t *c) {
     unlink_held(c, h);
     if (h->key) strmap_del(c->csi_presence, h->key);
     bus_frame_t f;
-    if (!c->closing && bus_msg_frame(h->m, &f) == 0) edge_deliver_now(c, &f);
+    if (!conn_closing(c) && bus_msg_frame(h->m, &f) == 0) edge_deliver_now(c, &f);
     free_held(h);
   }
   if (n) log_debug("conn %llx: %zu held stanzas written (XEP-0352)", (unsigned long long)c->id, n);

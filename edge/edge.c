@@ -185,8 +185,7 @@ static void quit(edge_thread_t *th) {
    * loop ends */
   for (conn_t *c = th->all, *nx; c; c = nx) {
     nx = c->next;
-    c->out.len = 0;
-    c->closing = 0;
+    c->out.len = 0; /* what the socket has not taken yet is dropped */
     conn_close(c);
   }
   sasl_thread_close(th);

@@ -83,7 +83,38 @@ struct edge {
   struct strmap *rids;
 };
 
-typedef enum { ST_HEADER = 0, ST_OPEN } conn_state_t;
+/* Where a connection is in its negotiation (RFC 6120 §4-§7, XEP-0198 §5); the diagram
+ * and the rules are at the top of negotiate.c. Changed only by conn_set_state, which
+ * checks the transition. */
+typedef enum {
+  CONN_ST_PLAIN = 0,     /* accepted, no TLS: header, features, <starttls/>; SASL and XEP-0077
+                            only with tls.required = false */
+  CONN_ST_TLS,           /* <proceed/> sent, or direct TLS: the handshake runs, no XML */
+  CONN_ST_SECURED,       /* TLS up, not authenticated: SASL, XEP-0077 registration */
+  CONN_ST_AUTHED,        /* SASL succeeded, the stream restarted: bind, or <resume/> */
+  CONN_ST_BINDING,       /* bind asked of the router (SESSION_OPEN); stanzas held */
+  CONN_ST_RESUMING,      /* <resume/>: waits for the detached session (BUS_RESUME_STATE) */
+  CONN_ST_RESUME_MOVING, /* has it; the router moves the session here (SESSION_ACK) */
+  CONN_ST_RESUME_REMOTE, /* <resume/> of a session on another edge node: asked its router
+                            (BUS_RESUME_ASK); the state comes with the answer (sm_resume_ack) */
+  CONN_ST_BOUND,         /* a session: stanzas are routed, <enable/> allowed */
+  CONN_ST_CLOSING,       /* ending (conn_end): no input; the session ended or detached */
+  CONN_ST_DETACHED,      /* not a connection: a session waiting for a resumption (sm.c) */
+} conn_st_t;
+
+/* How a connection ends (conn_end). */
+typedef enum {
+  CONN_END_CLEAN, /* we end the stream (what is queued: </stream:stream>, a stream error):
+                     the session ends, TLS close_notify follows, the socket closes once
+                     all is written */
+  CONN_END_IDLE,  /* the same for a client silent past limits.idle_timeout, but its session
+                     waits for a resumption when it can (XEP-0198 §5) */
+  CONN_END_LOST,  /* the transport failed or the peer went (EOF, reset, a TLS or write
+                     error): the session is detached when it can be, else ends; no
+                     close_notify; what is queued (a TLS alert) is written if it can be */
+  CONN_END_ABORT, /* now: output not written is dropped, a pending write cancelled, the
+                     session ends (a peer that stops reading; a shutdown's grace ran out) */
+} conn_end_t;
 
 struct conn {
   uv_tcp_t tcp;
@@ -95,25 +126,30 @@ struct conn {
   tls_conn_t *tls;
   int direct_tls;
   xml_stream_t *xs;
+  conn_st_t state;      /* the negotiation (conn_set_state) */
+  /* Beside the state, not in it, because each holds in several states at once:
+   * header_sent: every level restarts the stream (§5.4.3.3, §6.4.6), so "our header is
+   * out on the current stream" is a sub-state of each; secure: the transport, which stays
+   * on through every later state, and which a stream authenticated with
+   * tls.required = false never had; handle_closed: libuv's close callback ran (freeing
+   * waits for it and for pending_work); reg_busy: a job holds the connection, whatever
+   * the state (registration before SASL, password change after). */
   int header_sent;      /* our stream header went out on the current stream */
   int secure;           /* TLS established */
-  int authed;
-  int bound;
-  int closing;          /* no more input is processed; closes once output is written */
   int handle_closed;
   int pending_work;     /* jobs holding this connection (an account read, a password check) */
   int writing;
   int sasl_failures;
   unsigned sasl_gen;    /* counts ended SASL exchanges: a late result of an earlier one is ignored */
   int reg_busy;         /* XEP-0077: a registration or password change is hashing (register.c) */
-  int binding;          /* bind sent to the router, result not yet given to the client */
-  int announced_binding; /* cluster: re-announced to a new owner while binding */
+  int announced_binding; /* cluster: re-announced to a new owner while CONN_ST_BINDING (which
+                            routers were told, not where the stream is) */
   char *bind_id;        /* id of the bind request being answered */
   bus_msg_t *held;      /* stanzas sent while binding, released in order when it completes */
   bus_msg_t **held_tail;
   int nheld;
-  int ip_counted;
-  int fd_counted;       /* counted in edge->nconns */       /* counted in the guard's per-address connections */
+  int ip_counted;       /* counted in the guard's per-address connections */
+  int fd_counted;       /* counted in edge->nconns */
   int paused;           /* reading stopped by the shaper (on th->paused) */
   conn_t *next_paused;
   uint8_t ip[16];       /* peer address, IPv4 as v4-mapped */
@@ -146,11 +182,7 @@ struct conn {
   size_t sm_off;        /* how many of them came from offline storage (BUS_F_OFFLINE) */
   size_t sm_fresh;      /* detached: stanzas queued for it that were never written */
   char *sm_rid;         /* resumption id (resume='true'): registered in edge->rids */
-  int detached;         /* a detached session (XEP-0198 §5), not a connection: no socket */
-  uint64_t detached_ms;
-  int resuming;         /* <resume/> asked: 1 waits for the detached state, 2 has it and
-                           waits for the router (resume_ack), 3 asked the router for a
-                           session on another edge node (the state comes with its answer) */
+  uint64_t detached_ms; /* CONN_ST_DETACHED since */
   uint32_t resume_h;    /* the h of that <resume/> */
   int64_t resume_ack;   /* the router's answer to the move (SESSION_ACK), -1 not yet */
   /* XEP-0352 (csi.c): the client said <inactive/>; what waits, oldest first */
@@ -174,10 +206,34 @@ void conn_send(conn_t *c, const char *data, size_t len);
 void conn_send_str(conn_t *c, const char *s);
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);
-/* Closes with a stream error (RFC 6120 §4.9; cond NULL: a plain </stream:stream>). */
+/* Moves c to state to: a transition negotiate.c's table does not allow is a bug (an
+ * assert in debug builds, an error logged otherwise; the state is set all the same).
+ * Logged at debug level. */
+void conn_set_state(conn_t *c, conn_st_t to);
+const char *conn_state_name(conn_st_t st);
+static inline int conn_closing(const conn_t *c) { return c->state == CONN_ST_CLOSING; }
+/* The router has a session for c (or is being told of one): a SESSION_CLOSE is owed
+ * when it ends, and what c sends goes to its shard. */
+static inline int conn_has_session(const conn_t *c) {
+  return c->state == CONN_ST_BINDING || c->state == CONN_ST_BOUND || c->state == CONN_ST_RESUME_MOVING ||
+         c->state == CONN_ST_DETACHED;
+}
+/* The one way a connection ends, whatever ends it; idempotent: the first call stops the
+ * input and ends the session (or detaches it: XEP-0198 §5) and queues TLS close_notify
+ * (CONN_END_CLEAN, _IDLE), once; any later call may only make it harsher (LOST or ABORT
+ * drop what is not written yet, ABORT closes at once). The socket then closes once its
+ * output is written: counters, the table slot and the handle go in one place, the memory
+ * once libuv and every job let go of it. Safe inside any callback of c's: nothing is
+ * freed before libuv's close callback. */
+void conn_end(conn_t *c, conn_end_t how);
+/* The session of c (a connection or a detached session) ends: the messages it did not
+ * acknowledge go back to the router first (it skips this address), then SESSION_CLOSE
+ * when the router has a session for it. */
+void conn_session_end(conn_t *c);
+/* Wrappers: a stream error then CONN_END_CLEAN (RFC 6120 §4.9; cond NULL: a plain
+ * </stream:stream>); CONN_END_CLEAN; CONN_END_ABORT. */
 void conn_stream_error(conn_t *c, const char *cond, const char *text);
 void conn_close(conn_t *c);
-/* Closes now, dropping output not yet written (a peer that stopped reading). */
 void conn_abort(conn_t *c);
 /* A job holding c finished: returns 1 if c was closed meanwhile (then freed once no job
  * holds it any more): the caller must not touch it. */
@@ -185,8 +241,8 @@ int conn_work_done(conn_t *c);
 void conn_sweep_cb(uv_timer_t *t);
 /* Frees c's slot in its thread's connection table (when c still holds it). */
 void conn_table_del(edge_thread_t *th, conn_t *c);
-/* The connection was lost or failed (not a clean close): its session is detached for
- * resumption when it can be (sm_detach), else it ends; output not written is dropped. */
+/* The peer is gone (EOF, reset, a write error, resumed elsewhere): output not written is
+ * dropped, then CONN_END_LOST. */
 void conn_lost(conn_t *c);
 /* Restarts the XML stream (RFC 6120 §5.4.3.3, §6.4.6): what the client sent after the
  * element that caused it, in the same read, is discarded. */
@@ -214,9 +270,9 @@ void sm_stanza_in(conn_t *c);
 void sm_stanza_out(conn_t *c, const bus_frame_t *deliver);
 /* The connection ends: unacknowledged messages go back to the router (BOUNCE). */
 void sm_bounce(conn_t *c);
-/* The connection dropped (not a clean close): when the client enabled resumption, its
- * session moves to a detached session holding the connection's slot; c is left unbound,
- * to be closed. Returns 1 when detached. */
+/* conn_end only, for a connection that dropped (not a clean close): when the client
+ * enabled resumption, its session moves to a detached session (CONN_ST_DETACHED)
+ * holding the connection's slot; c keeps no session. Returns 1 when detached. */
 int sm_detach(conn_t *c);
 /* A DELIVER for detached session g: queued for the resumption (or the session ends when
  * over the stream management limits). */
@@ -228,7 +284,7 @@ void sm_sweep(edge_thread_t *th, uint64_t now, int all);
 /* BUS_RESUME from another edge thread, and its answer BUS_RESUME_STATE. */
 void sm_resume_request(edge_thread_t *th, const bus_frame_t *f);
 void sm_resume_state(edge_thread_t *th, const bus_frame_t *f);
-/* The router's answer to the SESSION_OPEN of a resumption (c->resuming). */
+/* The router's answer to the SESSION_OPEN of a resumption (RESUMING, RESUME_MOVING). */
 void sm_resume_done(conn_t *c, int64_t result);
 /* A SESSION_ACK with BUS_F_RESUME: the answer to a resumption, with the session's state
  * when it comes from another edge node (docs/cluster.md), for connection f->dst. */

@@ -5,7 +5,38 @@
  *
  * Stream errors follow §4.9.3. TLS is required before SASL unless tls.required=false;
  * PLAIN is offered only under TLS. After STARTTLS and after SASL success the stream is
- * restarted, and bytes the client pipelined after <starttls/> are discarded (§5.4.3.3). */
+ * restarted, and bytes the client pipelined after <starttls/> are discarded (§5.4.3.3).
+ *
+ * Where a connection is, c->state (edge_internal.h), changed only by conn_set_state,
+ * which refuses (asserts on) any transition not listed here (its table: conn.c):
+ *
+ *   PLAIN ---<starttls/> (§5); direct TLS: at accept---> TLS ---handshake done---> SECURED
+ *   SECURED, or PLAIN with tls.required = false ---SASL success (§6)---> AUTHED
+ *   AUTHED ---bind (§7): SESSION_OPEN---> BINDING ---SESSION_ACK open---> BOUND
+ *                                         BINDING ---refused (§7.6.2.1)---> AUTHED
+ *   AUTHED ---<resume/> (XEP-0198 §5)---> RESUMING ---the detached session came---> RESUME_MOVING
+ *                                         RESUMING ---not found: <failed/>---> AUTHED
+ *                                         RESUME_MOVING ---SESSION_ACK open: <resumed/>---> BOUND
+ *                                         RESUME_MOVING ---refused: <failed/>---> AUTHED
+ *   BINDING, RESUME_MOVING, BOUND ---KICK conflict (the router replaced it)---> AUTHED,
+ *                                    then closed
+ *   any state ---conn_end---> CLOSING (final)
+ *   DETACHED (born so by sm_detach: a session, not a connection) ---ended---> CLOSING
+ *
+ * What each state accepts from the client (negotiate_stanza):
+ *   PLAIN        <starttls/>; SASL, XEP-0077 registration only with tls.required = false
+ *   TLS          nothing (no XML until the handshake is done)
+ *   SECURED      SASL (<auth/>, <response/>, <abort/>), XEP-0077 registration (§3.1)
+ *   AUTHED       bind, XEP-0198 <resume/>; anything else: <not-authorized/>
+ *   BINDING      stanzas are held until the router answers (route.c); a second bind:
+ *                <not-allowed/>
+ *   RESUMING,
+ *   RESUME_MOVING  no stanza (<not-authorized/>) until <resumed/> or <failed/>
+ *   BOUND        stanzas are routed; XEP-0198 <enable/>, XEP-0352, password change
+ *   CLOSING      nothing is read any more
+ * XEP-0198 <r/>, <a/> and XEP-0352 elements are read in every state from AUTHED on (sm.c
+ * and csi.c check for themselves). DETACHED is not a connection: a session without a
+ * socket (sm.c), which a RESUMING connection takes over. */
 #include "edge/edge_internal.h"
 
 #include <stdio.h>
@@ -32,16 +63,17 @@ static void send_features(conn_t *c) {
   buf_t f;
   buf_init(&f);
   buf_puts(&f, "<stream:features>");
-  if (!c->authed) {
-    if (!c->secure && tls_available(c)) {
+  if (c->state == CONN_ST_PLAIN || c->state == CONN_ST_SECURED) {
+    int secured = c->state == CONN_ST_SECURED;
+    if (!secured && tls_available(c)) {
       buf_puts(&f, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
       if (c->th->cfg->require_tls) buf_puts(&f, "<required/>");
       buf_puts(&f, "</starttls>");
     }
-    if (c->secure || !c->th->cfg->require_tls) {
+    if (secured || !c->th->cfg->require_tls) {
       buf_puts(&f, "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
                    "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
-      if (c->secure) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
+      if (secured) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
       buf_puts(&f, "</mechanisms>");
     }
     if (register_offered(c)) buf_puts(&f, "<register xmlns='http://jabber.org/features/iq-register'/>"); /* XEP-0077 §4 */
@@ -136,10 +168,11 @@ void negotiate_tls_ready(conn_t *c) {
             tls_conn_offloaded(c->tls) ? ", edge record layer" : "");
   /* direct TLS: the client now opens the stream; STARTTLS: the stream restarts */
   c->header_sent = 0;
+  conn_set_state(c, CONN_ST_SECURED);
 }
 
 static void starttls(conn_t *c, xnode_t *st) {
-  if (c->secure || !tls_available(c)) {
+  if (c->state != CONN_ST_PLAIN || !tls_available(c)) {
     /* RFC 6120 §5.4.2.2 */
     conn_send_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
     conn_stream_error(c, NULL, NULL);
@@ -208,15 +241,13 @@ static void bind_resource(conn_t *c, xnode_t *iq, xnode_t *bind) {
   xfree(full);
   /* The router decides (resource limit, conflict): the result waits for its answer. */
   c->jid = j;
-  c->bound = 1;
-  c->binding = 1;
   c->bind_id = xstrdup(id);
+  conn_set_state(c, CONN_ST_BINDING);
   edge_session_open(c);
 }
 
 void negotiate_bind_done(conn_t *c, int64_t result) {
-  if (!c->binding) return;
-  c->binding = 0;
+  if (c->state != CONN_ST_BINDING) return;
   int announced = c->announced_binding;
   c->announced_binding = 0;
   char *id = c->bind_id;
@@ -228,7 +259,7 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
      * re-announced to the new owner meanwhile, which took it: it is ended there, else
      * it would hold one of the account's resources with no connection behind it */
     if (announced) edge_session_close(c);
-    c->bound = 0;
+    conn_set_state(c, CONN_ST_AUTHED); /* the client may bind again */
     jid_free(&c->jid);
     edge_release_held(c);
     buf_t e;
@@ -242,6 +273,7 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
     xfree(id);
     return;
   }
+  conn_set_state(c, CONN_ST_BOUND);
   buf_t p;
   buf_init(&p);
   buf_puts(&p, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
@@ -262,33 +294,40 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
   log_debug("conn %llx: bound %s", (unsigned long long)c->id, c->jid.full);
 }
 
-void negotiate_stanza(void *ud, xnode_t *s) {
-  conn_t *c = ud;
-  if (c->closing) return;
-  if (!c->authed) {
-    if (!strcmp(s->name, "starttls") && !strcmp(s->ns, NS_TLS)) {
-      starttls(c, s);
-    } else if (!strcmp(s->ns, NS_SASL)) {
-      if (!c->secure && c->th->cfg->require_tls) {
-        /* RFC 6120 §5.3.1: TLS is mandatory here; SASL before it is a policy error */
-        conn_send_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>");
-        conn_stream_error(c, "policy-violation", "STARTTLS is required before authentication");
-      } else if (!strcmp(s->name, "auth")) {
-        sasl_auth(c, s);
-      } else if (!strcmp(s->name, "response")) {
-        sasl_response(c, s);
-      } else if (!strcmp(s->name, "abort")) {
-        sasl_abort(c);
-      } else {
-        conn_stream_error(c, "unsupported-stanza-type", NULL);
-      }
-    } else if (is_stanza(s)) {
-      if (register_preauth(c, s)) return; /* XEP-0077 §3.1: registration before SASL */
-      conn_stream_error(c, "not-authorized", "authenticate first");
+/* Before SASL success: PLAIN (TLS not up), SECURED (TLS up). */
+static void preauth_stanza(conn_t *c, xnode_t *s) {
+  if (!strcmp(s->name, "starttls") && !strcmp(s->ns, NS_TLS)) {
+    starttls(c, s);
+  } else if (!strcmp(s->ns, NS_SASL)) {
+    if (c->state == CONN_ST_PLAIN && c->th->cfg->require_tls) {
+      /* RFC 6120 §5.3.1: TLS is mandatory here; SASL before it is a policy error */
+      conn_send_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>");
+      conn_stream_error(c, "policy-violation", "STARTTLS is required before authentication");
+    } else if (!strcmp(s->name, "auth")) {
+      sasl_auth(c, s);
+    } else if (!strcmp(s->name, "response")) {
+      sasl_response(c, s);
+    } else if (!strcmp(s->name, "abort")) {
+      sasl_abort(c);
     } else {
       conn_stream_error(c, "unsupported-stanza-type", NULL);
     }
-    return;
+  } else if (is_stanza(s)) {
+    if (register_preauth(c, s)) return; /* XEP-0077 §3.1: registration before SASL */
+    conn_stream_error(c, "not-authorized", "authenticate first");
+  } else {
+    conn_stream_error(c, "unsupported-stanza-type", NULL);
+  }
+}
+
+void negotiate_stanza(void *ud, xnode_t *s) {
+  conn_t *c = ud;
+  switch (c->state) {
+  case CONN_ST_CLOSING: return;
+  case CONN_ST_PLAIN:
+  case CONN_ST_TLS: /* no XML arrives while the handshake runs: the stream restarted */
+  case CONN_ST_SECURED: preauth_stanza(c, s); return;
+  default: break;
   }
   if (!strcmp(s->ns, NS_SM)) {
     sm_element(c, s);
@@ -299,21 +338,22 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;
   }
-  if (c->resuming) {
+  if (c->state == CONN_ST_RESUMING || c->state == CONN_ST_RESUME_MOVING) {
     /* XEP-0198 §5: nothing before <resumed/> or <failed/> */
     conn_stream_error(c, "not-authorized", "the stream is being resumed");
     return;
   }
   sm_stanza_in(c);
   shaper_charge(&c->shaper, &c->th->shk, 0, 1);
-  if (!c->bound || (c->binding && xnode_child(s, "bind", NS_BIND))) {
-    if (c->binding) {
-      edge_stanza_error(c, s, "cancel", "not-allowed");
-      return;
-    }
+  if (c->state == CONN_ST_AUTHED) {
     xnode_t *b = strcmp(s->name, "iq") == 0 ? xnode_child(s, "bind", NS_BIND) : NULL;
     if (b) bind_resource(c, s, b);
     else conn_stream_error(c, "not-authorized", "bind a resource first");
+    return;
+  }
+  /* BINDING or BOUND: what the client pipelined after its bind is held (route.c) */
+  if (c->state == CONN_ST_BINDING && xnode_child(s, "bind", NS_BIND)) {
+    edge_stanza_error(c, s, "cancel", "not-allowed");
     return;
   }
   if (!strcmp(s->name, "iq")) {

@@ -48,7 +48,7 @@ typedef struct reg_job {
   int rc;
 } reg_job_t;
 
-int register_offered(const conn_t *c) { return !c->authed && c->secure && c->th->cfg->reg_open; }
+int register_offered(const conn_t *c) { return c->state == CONN_ST_SECURED && c->th->cfg->reg_open; }
 
 static void reply_open(buf_t *b, const char *type, const char *id, int from_domain, const conn_t *c) {
   buf_printf(b, "<iq type='%s'", type);
@@ -133,7 +133,7 @@ static void reg_done(uv_work_t *w, int status) {
     return;
   }
   c->reg_busy = 0;
-  if (c->closing) {
+  if (conn_closing(c)) {
     reg_job_free(j);
     return;
   }
@@ -215,7 +215,7 @@ int register_preauth(conn_t *c, xnode_t *s) {
   xnode_t *q = register_query(c, s, &from_domain);
   if (!q) return 0;
   const xmpp_config_t *cfg = c->th->cfg;
-  if (!c->secure && cfg->require_tls) {
+  if (c->state == CONN_ST_PLAIN && cfg->require_tls) {
     /* RFC 6120 §5.3.1: TLS is mandatory here, and a password never crosses in clear */
     conn_stream_error(c, "policy-violation", "STARTTLS is required before registration");
     return 1;
@@ -227,7 +227,7 @@ int register_preauth(conn_t *c, xnode_t *s) {
     reply_error(c, id, from_domain, "cancel", "service-unavailable", NULL);
     return 1;
   }
-  if (!c->secure) { /* tls.required = false, plaintext: refused all the same (XEP-0077 §13) */
+  if (c->state == CONN_ST_PLAIN) { /* tls.required = false, plaintext: refused all the same (XEP-0077 §13) */
     reply_error(c, id, from_domain, "auth", "not-authorized", "registration requires TLS");
     return 1;
   }

@@ -52,8 +52,8 @@ static void ensure_announced(conn_t *c);
 
 /* Everything a session sends goes to its own shard (c->shard, set at bind). */
 static void send_frame(conn_t *c, bus_frame_t *f) {
-  if (c->bound) ensure_announced(c); /* the new owner must know the session first */
-  if (c->binding && f->kind == BUS_C2S) {
+  if (conn_has_session(c)) ensure_announced(c); /* the new owner must know the session first */
+  if (c->state == CONN_ST_BINDING && f->kind == BUS_C2S) {
     if (c->nheld >= MAX_HELD) {
       conn_stream_error(c, "policy-violation", "too many stanzas before the bind result");
       return;
@@ -163,7 +163,7 @@ void edge_session_open(conn_t *c) {
 
 static void announce_again(conn_t *c, uint32_t o) {
   c->announced = o;
-  if (c->binding) c->announced_binding = 1; /* the bind may yet be refused: negotiate_bind_done */
+  if (c->state == CONN_ST_BINDING) c->announced_binding = 1; /* the bind may yet be refused: negotiate_bind_done */
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_REANNOUNCE;
@@ -190,7 +190,7 @@ static void ensure_announced(conn_t *c) {
 static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
   size_t n = 0;
   for (conn_t *c = th->all; c; c = c->next) {
-    if (!(c->bound || c->binding) || c->closing) continue;
+    if (!conn_has_session(c)) continue; /* a CLOSING one has none */
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
     announce_again(c, o);
@@ -215,13 +215,13 @@ static void resend(edge_thread_t *th, bus_msg_t *m, const bus_frame_t *f) {
     return;
   }
   conn_t *c = conn_lookup(th, f->src.conn);
-  if (c && c->bound && !c->closing) ensure_announced(c);
+  if (c && conn_has_session(c)) ensure_announced(c);
   m->next = NULL;
   bus_to_shard(th->bus, bus_frame_shard(th->bus, f), m);
 }
 
 void edge_offline_ack(conn_t *c, int64_t id) {
-  if (!c->bound) return;
+  if (!conn_has_session(c)) return;
   ensure_announced(c);
   bus_frame_t f = {0};
   f.kind = BUS_OFFLINE_ACK;
@@ -273,17 +273,16 @@ void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
 
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   conn_t *c = conn_lookup(th, f->dst.conn);
-  if (c && c->detached) {
-    sm_detached_deliver(c, f); /* XEP-0198 §5: kept for the resumption */
-    return;
-  }
-  if (c && c->resuming && !c->closing) {
-    sm_resuming_deliver(c, f);
-    return;
-  }
-  if (c && !c->closing && c->bound) {
+  switch (c ? c->state : CONN_ST_CLOSING) {
+  case CONN_ST_DETACHED: sm_detached_deliver(c, f); return; /* XEP-0198 §5: kept for the resumption */
+  case CONN_ST_RESUMING:
+  case CONN_ST_RESUME_REMOTE:
+  case CONN_ST_RESUME_MOVING: sm_resuming_deliver(c, f); return;
+  case CONN_ST_BINDING:
+  case CONN_ST_BOUND:
     if (!csi_hold(c, f, a)) edge_deliver_now(c, f);
     return;
+  default: break;
   }
   xnode_t *s;
   if (xnode_decode(a, f->payload, f->payload_len, 256, &s) != 0) {
@@ -314,8 +313,8 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
       } else if (f.kind == BUS_SESSION_ACK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
         if (f.flags & BUS_F_RESUME) sm_resume_ack(th, &f); /* XEP-0198 §5, maybe from another node */
-        else if (c && !c->closing && c->resuming) sm_resume_done(c, f.arg);
-        else if (c && !c->closing) negotiate_bind_done(c, f.arg);
+        else if (c && (c->state == CONN_ST_RESUMING || c->state == CONN_ST_RESUME_MOVING)) sm_resume_done(c, f.arg);
+        else if (c && c->state == CONN_ST_BINDING) negotiate_bind_done(c, f.arg);
       } else if (f.kind == BUS_RESUME) {
         sm_resume_request(th, &f);
       } else if (f.kind == BUS_RESUME_STATE) {
@@ -328,10 +327,11 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         continue;
       } else if (f.kind == BUS_KICK) {
         conn_t *c = conn_lookup(th, f.dst.conn);
-        if (c && c->detached) {
+        if (c && c->state == CONN_ST_DETACHED) {
           sm_detached_kick(c, f.arg);
         } else if (c) {
-          if (f.arg == BUS_KICK_CONFLICT) c->bound = 0; /* the router already replaced it */
+          /* the router already replaced it: c holds no session any more */
+          if (f.arg == BUS_KICK_CONFLICT && conn_has_session(c)) conn_set_state(c, CONN_ST_AUTHED);
           conn_stream_error(c, f.arg == BUS_KICK_CONFLICT ? "conflict" : "system-shutdown",
                             f.arg == BUS_KICK_CONFLICT ? "replaced by a new session with the same resource" : NULL);
         }

@@ -69,8 +69,8 @@ static void succeed(conn_t *c, const char *extra, size_t extra_len) {
     scram_server_free(c->scram);
     c->scram = NULL;
   }
-  c->authed = 1;
   c->header_sent = 0;
+  conn_set_state(c, CONN_ST_AUTHED);
   conn_restart_stream(c); /* RFC 6120 §6.4.6 */
   log_debug("conn %llx: authenticated %s", (unsigned long long)c->id, c->auth_bare);
 }
@@ -150,7 +150,7 @@ static void plain_done(uv_work_t *w, int status) {
   unsigned gen = j->gen;
   plain_job_free(j);
   if (conn_work_done(c)) return; /* the connection went away meanwhile */
-  if (c->closing) return;
+  if (conn_closing(c)) return;
   /* The client aborted meanwhile (<abort/>, or a new <auth/> answered <aborted/>): the
    * exchange is over and its result void; acting on it authenticated the connection
    * with no account (auth_bare had been freed) and crashed the server at bind. */
@@ -165,7 +165,7 @@ static void acct_flush_cb(uv_idle_t *h);
 static void scram_have_account(conn_t *c, scram_hash_t h, int rc, const store_account_t *a);
 
 static void start_plain(conn_t *c, const unsigned char *msg, size_t len) {
-  if (!c->secure) {
+  if (c->state != CONN_ST_SECURED) {
     send_failure(c, SASL_ENCRYPTION_REQUIRED);
     return;
   }
@@ -284,7 +284,7 @@ static void acct_flush(edge_thread_t *th) {
   for (size_t i = 0; i < n; i++) {
     conn_t *c = q[i].c;
     slot[i] = SIZE_MAX; /* not read: the connection or the exchange is gone */
-    if (c->handle_closed || c->closing || q[i].gen != c->sasl_gen || !c->auth_bare) continue;
+    if (c->handle_closed || conn_closing(c) || q[i].gen != c->sasl_gen || !c->auth_bare) continue;
     slot[i] = m;
     bares[m++] = c->auth_bare;
   }
@@ -295,7 +295,7 @@ static void acct_flush(edge_thread_t *th) {
   for (size_t i = 0; i < n; i++) {
     conn_t *c = q[i].c;
     plain_job_t *plain = q[i].plain;
-    if (conn_work_done(c) || slot[i] == SIZE_MAX || c->closing || q[i].gen != c->sasl_gen) {
+    if (conn_work_done(c) || slot[i] == SIZE_MAX || conn_closing(c) || q[i].gen != c->sasl_gen) {
       if (plain) plain_job_free(plain);
       continue;
     }

@@ -20,7 +20,7 @@
  * resumption id, a tag of its full JID then 128 random bits, registered edge-wide (edge->rids: id -> edge thread and
  * connection id). When its connection drops (EOF, reset, a TLS or write error, the idle
  * timeout; not a clean </stream:stream>, not a stream error we sent) the session is
- * DETACHED: a conn_t without a socket (c->detached) takes the connection's slot, its
+ * DETACHED: a conn_t without a socket (CONN_ST_DETACHED) takes the connection's slot, its
  * counters, its queue of unacknowledged messages, its address at the router (which is not
  * told: it still routes there). What arrives for it is queued ("fresh": never written),
  * bounded by the same limits; past them, or after the timeout, or when a new bind of the
@@ -118,11 +118,7 @@ void sm_element(conn_t *c, xnode_t *e) {
     return;
   }
   if (!strcmp(e->name, "enable")) {
-    if (!sm_offered(c) || c->sm || c->resuming) {
-      failed(c, "unexpected-request");
-      return;
-    }
-    if (!c->bound || c->binding) { /* §3: after resource binding */
+    if (!sm_offered(c) || c->sm || c->state != CONN_ST_BOUND) { /* §3: after resource binding */
       failed(c, "unexpected-request");
       return;
     }
@@ -178,7 +174,7 @@ void sm_stanza_in(conn_t *c) {
 }
 
 void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
-  if (!c->sm || c->closing) return;
+  if (!c->sm || conn_closing(c)) return;
   c->sm_out++;
   if (deliver) {
     sm_item_t *it = xcalloc(1, sizeof *it);
@@ -320,26 +316,23 @@ static void detached_unlink(conn_t *g) {
   conn_table_del(th, g);
 }
 
-/* The detached session ends as a closed one does. Any thread, once unlinked: what it
- * uses of g->th (its bus, its index for the old address) does not change. */
+/* The detached session ends as a closed one does (its session ends, when it still has
+ * one: DETACHED, not CLOSING). Any thread, once unlinked: what it uses of g->th (its
+ * bus, its index for the old address) does not change. */
 static void detached_end(conn_t *g) {
-  sm_bounce(g);
-  if (g->bound) edge_session_close(g);
-  g->bound = 0;
+  conn_session_end(g);
   detached_free(g);
 }
 
 int sm_detach(conn_t *c) {
   edge_thread_t *th = c->th;
-  if (!c->sm || !c->sm_rid || !c->bound || c->binding || c->resuming || c->detached || th->stopping ||
-      th->cfg->sm_resume_timeout <= 0)
+  if (!c->sm || !c->sm_rid || c->state != CONN_ST_BOUND || th->stopping || th->cfg->sm_resume_timeout <= 0)
     return 0;
   conn_t *g = xcalloc(1, sizeof *g);
   g->th = th;
   g->id = c->id;
-  g->detached = 1;
+  g->state = CONN_ST_DETACHED; /* born so: it never was a connection */
   g->handle_closed = 1; /* no socket: nothing is ever written to it */
-  g->bound = 1;
   g->jid = c->jid;
   memset(&c->jid, 0, sizeof c->jid);
   g->shard = c->shard;
@@ -361,8 +354,7 @@ int sm_detach(conn_t *c) {
   c->sm_q = NULL;
   c->sm_q_tail = &c->sm_q;
   c->sm_bytes = c->sm_off = 0;
-  c->sm = 0;
-  c->bound = 0;
+  c->sm = 0; /* c keeps no session: conn_end closes it without one */
   /* XEP-0352 §5.2: the resumed stream starts active; what CSI held goes with the rest */
   bus_msg_t *m;
   while ((m = csi_take(c))) queue_fresh(g, m);
@@ -393,7 +385,7 @@ void sm_detached_deliver(conn_t *g, const bus_frame_t *f) {
 
 void sm_detached_kick(conn_t *g, int64_t why) {
   detached_unlink(g);
-  if (why == BUS_KICK_CONFLICT) g->bound = 0; /* replaced: the router ended it already */
+  if (why == BUS_KICK_CONFLICT) conn_set_state(g, CONN_ST_CLOSING); /* replaced: the router ended it already */
   detached_end(g);
 }
 
@@ -426,12 +418,13 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
                          uint32_t h) {
   conn_t *x = conn_lookup(th, id);
   if (!x || !x->sm_rid || strcmp(x->sm_rid, rid) || !x->jid.bare || strcmp(x->jid.bare, bare)) return NULL;
-  if (x->resuming) return NULL; /* another resumption of it is under way */
-  if (!x->detached) {
+  if (x->state == CONN_ST_RESUMING || x->state == CONN_ST_RESUME_MOVING || x->state == CONN_ST_RESUME_REMOTE)
+    return NULL; /* another resumption of it is under way */
+  if (x->state != CONN_ST_DETACHED) {
     log_info("conn %llx: %s resumed elsewhere: this connection is dropped", (unsigned long long)x->id, x->jid.full);
     conn_lost(x);
     x = conn_lookup(th, id);
-    if (!x || !x->detached) return NULL;
+    if (!x || x->state != CONN_ST_DETACHED) return NULL;
   }
   detached_unlink(x);
   if ((uint32_t)(h - x->sm_acked) > (uint32_t)(x->sm_out - x->sm_acked)) {
@@ -469,8 +462,8 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
 
 static void resume_finish(conn_t *c);
 
-/* c (authenticated, resuming) takes over detached session g, which the router is moving
- * to c. c->bound: what c does from now on goes to the router behind that move. */
+/* c (RESUMING) takes over detached session g, which the router is moving to c
+ * (RESUME_MOVING: what c does from now on goes to the router behind that move). */
 static void adopt(conn_t *c, conn_t *g) {
   c->jid = g->jid;
   memset(&g->jid, 0, sizeof g->jid);
@@ -501,14 +494,13 @@ static void adopt(conn_t *c, conn_t *g) {
   g->sm_rid = NULL; /* the id moves with the session */
   detached_free(g);
   rid_set(c);
-  c->bound = 1;
-  c->resuming = 2;
+  conn_set_state(c, CONN_ST_RESUME_MOVING);
   if (c->resume_ack >= 0) resume_finish(c);
 }
 
 static void sm_resume(conn_t *c, xnode_t *e) {
   edge_thread_t *th = c->th;
-  if (!sm_offered(c) || th->cfg->sm_resume_timeout <= 0 || c->bound || c->binding || c->resuming || c->sm) {
+  if (!sm_offered(c) || th->cfg->sm_resume_timeout <= 0 || c->state != CONN_ST_AUTHED || c->sm) {
     failed(c, "unexpected-request");
     return;
   }
@@ -520,22 +512,20 @@ static void sm_resume(conn_t *c, xnode_t *e) {
     return;
   }
   rid_loc_t loc;
-  if (strlen(id) != SM_RID_LEN) {
+  int here = strlen(id) == SM_RID_LEN && rid_find(th->edge, id, &loc) && loc.thread < th->edge->nthreads;
+  if (strlen(id) != SM_RID_LEN || (!here && !bus_clustered(th->bus))) {
     resume_failed(c);
     return;
   }
   c->resume_h = (uint32_t)h;
   c->resume_ack = -1;
   c->sm_q_tail = &c->sm_q;
+  conn_set_state(c, CONN_ST_RESUMING);
   bus_addr_t me = edge_addr(c);
-  if (!rid_find(th->edge, id, &loc) || loc.thread >= th->edge->nthreads) {
-    if (!bus_clustered(th->bus)) {
-      resume_failed(c);
-      return;
-    }
+  if (!here) {
     /* not here: maybe on another edge node; the account's router knows where (it
      * answers with SESSION_ACK|BUS_F_RESUME: sm_resume_ack) */
-    c->resuming = 3;
+    conn_set_state(c, CONN_ST_RESUME_REMOTE);
     bus_frame_t f = {0};
     f.kind = BUS_RESUME_ASK;
     f.src = me;
@@ -547,13 +537,12 @@ static void sm_resume(conn_t *c, xnode_t *e) {
     bus_to_router(th->bus, c->auth_bare, f.from_len, bus_msg_new(&f));
     return;
   }
-  c->resuming = 1;
   if (loc.thread == th->index) {
     conn_t *g = hand_over(th, loc.conn, id, c->auth_bare, &me, c->resume_h);
     if (g) {
       adopt(c, g);
     } else {
-      c->resuming = 0;
+      conn_set_state(c, CONN_ST_AUTHED);
       resume_failed(c);
     }
     return;
@@ -610,7 +599,7 @@ void sm_resume_request(edge_thread_t *th, const bus_frame_t *f) {
 void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
   conn_t *g = (conn_t *)(intptr_t)f->arg;
   conn_t *c = conn_lookup(th, f->dst.conn);
-  if (!c || c->closing || c->resuming != 1) {
+  if (!c || c->state != CONN_ST_RESUMING) {
     if (g) {
       /* the client went away meanwhile: the session ends where the router moved it */
       sm_release(g);
@@ -623,7 +612,7 @@ void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
   if (g) {
     adopt(c, g);
   } else {
-    c->resuming = 0;
+    conn_set_state(c, CONN_ST_AUTHED);
     resume_failed(c);
   }
 }
@@ -715,9 +704,8 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   conn_t *g = xcalloc(1, sizeof *g);
   g->th = th;
   g->id = f->dst.conn;
-  g->detached = 1;
+  g->state = CONN_ST_DETACHED; /* born so, as in sm_detach */
   g->handle_closed = 1;
-  g->bound = 1;
   g->sm = 1;
   g->sm_q_tail = &g->sm_q;
   g->sm_in = get_u32(&r);
@@ -776,17 +764,22 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   return g;
 }
 
+/* c, waiting for a session from another edge node, gets <failed/> and may bind instead */
+static void remote_failed(conn_t *c) {
+  conn_set_state(c, CONN_ST_AUTHED);
+  resume_failed(c);
+}
+
 void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f) {
   conn_t *c = conn_lookup(th, f->dst.conn);
-  int waiting = c && !c->closing && c->resuming;
+  int remote = c && c->state == CONN_ST_RESUME_REMOTE;
   if (!f->payload_len) {
     /* the answer to a move on this node (sm_resume_done), or a refusal from the cluster */
-    if (waiting && c->resuming == 3) {
-      c->resuming = 0;
+    if (remote) {
       log_info("conn %llx: resume refused by the cluster (no such session of %s)", (unsigned long long)c->id,
                c->auth_bare);
-      resume_failed(c);
-    } else if (waiting) {
+      remote_failed(c);
+    } else if (c && (c->state == CONN_ST_RESUMING || c->state == CONN_ST_RESUME_MOVING)) {
       sm_resume_done(c, f->arg);
     }
     return;
@@ -796,21 +789,15 @@ void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f) {
   conn_t *g = state_decode(th, f);
   if (!g) {
     log_warn("edge %d: undecodable session state for %.*s dropped", th->index, (int)f->to_len, f->to);
-    if (waiting && c->resuming == 3) {
-      c->resuming = 0;
-      resume_failed(c);
-    }
+    if (remote) remote_failed(c);
     return;
   }
   /* the session is the account's that asked (the router and the old edge checked it too) */
-  if (!waiting || c->resuming != 3 || strcmp(g->jid.bare, c->auth_bare)) {
+  if (!remote || strcmp(g->jid.bare, c->auth_bare)) {
     log_info("edge %d: session %s moved to a connection that has gone: ended", th->index, g->jid.full);
-    if (f->arg != BUS_ACK_OPEN) g->bound = 0; /* not moved: not ours to end at the router */
+    if (f->arg != BUS_ACK_OPEN) conn_set_state(g, CONN_ST_CLOSING); /* not moved: not ours to end at the router */
     detached_end(g);
-    if (waiting && c->resuming == 3) {
-      c->resuming = 0;
-      resume_failed(c);
-    }
+    if (remote) remote_failed(c);
     return;
   }
   log_info("conn %llx: takes over %s from another edge node", (unsigned long long)c->id, g->jid.full);
@@ -820,7 +807,7 @@ void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f) {
 
 void sm_resume_done(conn_t *c, int64_t result) {
   c->resume_ack = result;
-  if (c->resuming == 2) resume_finish(c);
+  if (c->state == CONN_ST_RESUME_MOVING) resume_finish(c);
 }
 
 void sm_resuming_deliver(conn_t *c, const bus_frame_t *f) {
@@ -832,11 +819,10 @@ void sm_resuming_deliver(conn_t *c, const bus_frame_t *f) {
 }
 
 static void resume_finish(conn_t *c) {
-  c->resuming = 0;
   if (c->resume_ack != BUS_ACK_OPEN) {
     /* replaced by a new bind, or ended, before the router could move it: not ours */
     log_info("conn %llx: resume of %s refused by the router", (unsigned long long)c->id, c->jid.full);
-    c->bound = 0;
+    conn_set_state(c, CONN_ST_AUTHED); /* the client binds instead */
     sm_bounce(c);
     c->sm = 0;
     c->sm_in = c->sm_out = c->sm_acked = 0;
@@ -848,6 +834,7 @@ static void resume_finish(conn_t *c) {
     resume_failed(c);
     return;
   }
+  conn_set_state(c, CONN_ST_BOUND);
   uint32_t h = c->resume_h;
   acked(c, h);
   char b[192];
@@ -866,7 +853,7 @@ static void resume_finish(conn_t *c) {
     q = it->next;
     bus_frame_t f;
     if (bus_msg_frame(it->m, &f) == 0) {
-      if (!c->closing) {
+      if (!conn_closing(c)) {
         edge_deliver_now(c, &f);
         n++;
       } else if (is_message(&f)) {

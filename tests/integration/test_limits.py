@@ -4,7 +4,9 @@ roster size. Each test asserts the exact error and that other users are unharmed
 import asyncio
 import os
 import re
+import select
 import sqlite3
+import ssl
 import threading
 import time
 
@@ -128,7 +130,7 @@ class FloodTest(ServerTest):
 
 
 class SlowReaderTest(ServerTest):
-    users = ("alice", "bob", "sloth")
+    users = ("alice", "bob", "sloth", "sender")
     # archiving off: 20 MB of archive writes grow SQLite's page caches by up to 2 MiB per
     # worker, which is not what this measures
     server_options = {"limits.max_pending_out": "262144", "limits.rate_bytes": "0",
@@ -141,27 +143,65 @@ class SlowReaderTest(ServerTest):
         RSS grew by well under what was sent (a server that kept the backlog grows by
         more than the 10 MB), the connection really ended (EOF once the little the
         kernel buffered is read: the server's send buffer may hold a few MB), and alice
-        and bob still chat."""
+        and bob still chat. The flood comes from a raw stream that drains the ~2,500
+        bounces between its sends (one thread: a TLS socket is never read and written at
+        once) (a slixmpp sender parsing 10 MB of bounces
+        on a loaded machine fell behind and was itself cut off as a slow reader)."""
         sloth = RawStream(self.srv.port, rcvbuf=4096).login("sloth", "pw")
         sloth.send("<presence/>")
         sloth.recv_until("<presence[^>]*/>")
-        sent_bytes = 0
+        sender = RawStream(self.srv.port).login("sender", "pw", "s")
+        sender.sock.setblocking(False)
+        body = "x" * 4000
+        flood = {"sent": 0, "done": False, "eof": False}
+
+        def drain(seconds):
+            end = time.monotonic() + seconds
+            while not flood["eof"]:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                r, _, _ = select.select([sender.sock], [], [], left)
+                if not r:
+                    continue
+                try:
+                    if not sender.sock.recv(1 << 20):
+                        flood["eof"] = True
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                except OSError:
+                    flood["eof"] = True
+
+        def send_all(data):
+            view = memoryview(data.encode())
+            while view and not flood["eof"]:
+                try:
+                    view = view[sender.sock.send(view):]
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    drain(0.01)
+
+        def run_flood():  # one thread reads and writes the TLS socket: never two at once
+            for i in range(50):  # 2,500 messages, 10 MB, whatever the server does meanwhile
+                send_all("".join(f"<message to='sloth@{DOMAIN}/r' type='chat' id='f{i}-{j}'>"
+                                 f"<body>{body}</body></message>" for j in range(50)))
+                flood["sent"] += 50 * len(body)
+                drain(0.05)
+            flood["done"] = True
+            drain(30)  # the bounces that are still coming
+
+        flooder = threading.Thread(target=run_flood, daemon=True)
 
         async def go():
-            nonlocal sent_bytes
             a, b = Client(self.srv, f"alice@{DOMAIN}", "pw"), Client(self.srv, f"bob@{DOMAIN}", "pw")
             self.assertTrue(await a.login())
             self.assertTrue(await b.login())
             await chat_ok(self, a, b)
             before = rss_kib(self.srv.proc.pid)
-            body = "x" * 4000
-            for i in range(50):  # 2,500 messages, 10 MB, whatever the server does meanwhile
-                for _ in range(50):
-                    a.send_message(mto=f"sloth@{DOMAIN}/r", mbody=body, mtype="chat")
-                sent_bytes += 50 * len(body)
-                await asyncio.sleep(0.05)
-            # after alice's own traffic and the ~2,500 bounces (10 MB her client parses) drained
-            await chat_ok(self, a, b, timeout=120)
+            flooder.start()
+            while not flood["done"]:
+                await asyncio.sleep(0.1)
+            sent_bytes = flood["sent"]
+            await chat_ok(self, a, b, timeout=60)
             grown = rss_kib(self.srv.proc.pid) - before
             print(f"  10 MB at a client that does not read: server RSS grew {grown} KiB")
             if not SANITIZED:
@@ -171,6 +211,7 @@ class SlowReaderTest(ServerTest):
         run(go())
         self.assertIn("client does not read", self.srv.log_text())
         self.assertTrue(sloth.closed(10), "the connection of the client that does not read is still open")
+        self.assertFalse(flood["eof"], "the sender, which reads everything, was disconnected")
         sloth.close()
 
 
