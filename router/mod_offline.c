@@ -99,7 +99,7 @@ static void window_cb(int64_t id, const char *data, size_t len, int64_t stamp, v
   xnode_set_attr(&w->arena, d, "stamp", ts);
   xnode_add_text(&w->arena, d, "Offline Storage", 15);
   char *from = arena_strndup(&w->arena, f.from, f.from_len);
-  w_deliver_offline(w, x->s, from, st, id);
+  w_deliver_arg(w, x->s, from, st, BUS_F_OFFLINE, id);
   x->last_sent = id;
 }
 

@@ -98,8 +98,9 @@ int user_exists(worker_t *w, user_t *u);                   /* account in the sto
 session_t *user_session(user_t *u, const char *full);
 /* Sends stanza st to a connected session: BUS_DELIVER to its edge. */
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st);
-/* The same for a message still in offline storage under store id 'id' (BUS_F_OFFLINE). */
-void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id);
+/* The same to s->full, with the frame's flags and arg (mod_offline: BUS_F_OFFLINE and the
+ * message's store id). */
+void w_deliver_arg(worker_t *w, const session_t *s, const char *from, const xnode_t *st, uint16_t flags, int64_t arg);
 /* A message as storage keeps it (offline queue, archive): a bus frame with its
  * addresses and the encoded stanza, decoded again with bus_frame_decode. */
 void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t *out);

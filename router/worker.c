@@ -137,8 +137,8 @@ void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t 
   buf_free(&p);
 }
 
-void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id) {
-  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, BUS_F_OFFLINE, id);
+void w_deliver_arg(worker_t *w, const session_t *s, const char *from, const xnode_t *st, uint16_t flags, int64_t arg) {
+  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, flags, arg);
 }
 
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st) {
