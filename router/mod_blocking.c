@@ -212,8 +212,8 @@ static int in_cb(mod_event_t *e) {
 }
 
 /* To an account without a session, what is dropped unread anyway is not worth a store
- * read: a message error or headline (route_message.c), an IQ result or error, presence
- * other than subscription stanzas (presence.c). */
+ * read: a message error or headline (mod_message.c), an IQ result or error, presence
+ * other than subscription stanzas (mod_presence.c). */
 static int offline_in_cb(mod_event_t *e) {
   if (!e->u->sessions) {
     const xnode_t *st = e->st;
