@@ -302,7 +302,7 @@ static int batch_begin(mod_event_t *e) {
       if (open) names_add(&rosters, bare);
       continue;
     }
-    if (!u->roster) names_add(&rosters, bare);
+    if (!roster_loaded(u)) names_add(&rosters, bare);
     if (open) continue;
     for (session_t *s = u->sessions; s; s = s->next) /* its initial presence (RFC 6121 §4.2) */
       if (strlen(s->full) == f.from_len && !memcmp(s->full, f.from, f.from_len)) {

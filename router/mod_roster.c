@@ -55,10 +55,41 @@ void ritem_free(void *p) {
   xfree(it);
 }
 
-void roster_user_free(user_t *u) {
-  strmap_free(u->roster, ritem_free);
-  strmap_free(u->some, ritem_free);
-  u->roster = u->some = NULL;
+extern const module_t mod_roster;
+
+/* What the module keeps of an account in memory (its mod_user_state slot). */
+typedef struct {
+  strmap_t *roster;    /* contact bare -> ritem_t; NULL until loaded */
+  size_t roster_bytes; /* what a roster get of roster returns, as item_cost counts it */
+  strmap_t *some;      /* items read one by one while roster is NULL (a subscription
+                          stanza to an offline user reads only its item) */
+  double sub_tokens;   /* subscription stanzas the account may send now (limits.subscription_rate) */
+  uint64_t sub_at;     /* loop time (ms) sub_tokens was last brought up to date; 0: never */
+} ruser_t;
+
+/* Per worker: bare -> roster read ahead for the batch being handled (roster_prefetch). */
+typedef struct {
+  strmap_t *prefetched;
+} rworker_t;
+
+static ruser_t *RU(user_t *u) {
+  void **slot = mod_user_state(u, &mod_roster);
+  if (!*slot) *slot = xcalloc(1, sizeof(ruser_t));
+  return *slot;
+}
+
+static rworker_t *RW(worker_t *w) { return mod_worker_state(w, &mod_roster); }
+
+static void ruser_free(void *state) {
+  ruser_t *r = state;
+  strmap_free(r->roster, ritem_free);
+  strmap_free(r->some, ritem_free);
+  xfree(r);
+}
+
+int roster_loaded(const user_t *u) {
+  const ruser_t *r = mod_user_get(u, &mod_roster);
+  return r && r->roster;
 }
 
 static int hidden(const ritem_t *it) {
@@ -92,26 +123,27 @@ static size_t shown_cost(const ritem_t *it) {
 /* Whether changing it (NULL: a new item) into one that costs after would take the shown
  * roster past the cap in force (config_roster_bytes). The roster is loaded. */
 static int over_bytes(worker_t *w, user_t *u, const ritem_t *it, size_t after) {
-  size_t now = u->roster_bytes - (it ? it->counted : 0);
+  size_t now = RU(u)->roster_bytes - (it ? it->counted : 0);
   return now + after > (size_t)config_roster_bytes(w->cfg);
 }
 
 static void count_cb(const char *k, void *v, void *ud) {
   (void)k;
   ritem_t *it = v;
-  user_t *u = ud;
+  ruser_t *r = ud;
   it->counted = shown_cost(it);
-  u->roster_bytes += it->counted;
+  r->roster_bytes += it->counted;
 }
 
 /* u's roster is m from now on: its bytes are counted once, the items read one by one
  * before are dropped (every change to them is in the store, so in m too). */
 static void attach(user_t *u, strmap_t *m) {
-  u->roster = m;
-  u->roster_bytes = 0;
-  strmap_each(m, count_cb, u);
-  strmap_free(u->some, ritem_free);
-  u->some = NULL;
+  ruser_t *r = RU(u);
+  r->roster = m;
+  r->roster_bytes = 0;
+  strmap_each(m, count_cb, r);
+  strmap_free(r->some, ritem_free);
+  r->some = NULL;
 }
 
 /* Unavailable presence from each of u's available resources to contact. Sent BEFORE a
@@ -149,19 +181,21 @@ static void load_cb(const store_roster_item_t *si, void *ud) {
 /* A session was bound for u: it keeps the roster read ahead for it, if any (the roster
  * get and the initial presence that follow arrive in later batches). */
 static void roster_adopt(worker_t *w, user_t *u) {
-  if (u->roster || !w->prefetched) return;
-  strmap_t *m = strmap_del(w->prefetched, u->bare);
+  rworker_t *rw = RW(w);
+  if (!rw->prefetched || roster_loaded(u)) return;
+  strmap_t *m = strmap_del(rw->prefetched, u->bare);
   if (m) attach(u, m);
 }
 
 strmap_t *user_roster(worker_t *w, user_t *u) {
   roster_adopt(w, u);
-  if (!u->roster) {
+  ruser_t *r = RU(u);
+  if (!r->roster) {
     strmap_t *m = strmap_new();
     if (store_roster_load(w->store, u->bare, load_cb, m) != 0) log_error("roster of %s could not be loaded", u->bare);
     attach(u, m);
   }
-  return u->roster;
+  return r->roster;
 }
 
 static void one_cb(const store_roster_item_t *si, void *ud) {
@@ -170,17 +204,18 @@ static void one_cb(const store_roster_item_t *si, void *ud) {
 }
 
 /* u's item for contact, NULL when there is none: from the roster when it is loaded (or
- * read ahead), else read alone from the store and kept in u->some. 0, or XMPP_EIO when
+ * read ahead), else read alone from the store and kept in its 'some'. 0, or XMPP_EIO when
  * the store could not say (the caller then changes nothing: a write would replace an
  * item it has not seen). */
 static int find_item(worker_t *w, user_t *u, const char *contact, ritem_t **out) {
   roster_adopt(w, u);
-  if (u->roster) {
-    *out = strmap_get(u->roster, contact);
+  ruser_t *r = RU(u);
+  if (r->roster) {
+    *out = strmap_get(r->roster, contact);
     return 0;
   }
-  if (!u->some) u->some = strmap_new();
-  *out = strmap_get(u->some, contact);
+  if (!r->some) r->some = strmap_new();
+  *out = strmap_get(r->some, contact);
   if (*out) return 0;
   int rc = store_roster_get(w->store, u->bare, contact, one_cb, out);
   if (rc == XMPP_ENOENT) return 0;
@@ -188,7 +223,7 @@ static int find_item(worker_t *w, user_t *u, const char *contact, ritem_t **out)
     log_error("roster item %s of %s could not be read", contact, u->bare);
     return XMPP_EIO;
   }
-  strmap_put(u->some, contact, *out);
+  strmap_put(r->some, contact, *out);
   return 0;
 }
 
@@ -206,9 +241,10 @@ int roster_has(worker_t *w, user_t *u, const char *contact) {
 
 /* The map items of u are kept in now: the roster, or the items read one by one. */
 static strmap_t *items(user_t *u) {
-  if (u->roster) return u->roster;
-  if (!u->some) u->some = strmap_new();
-  return u->some;
+  ruser_t *r = RU(u);
+  if (r->roster) return r->roster;
+  if (!r->some) r->some = strmap_new();
+  return r->some;
 }
 
 static void free_roster(void *p) { strmap_free(p, ritem_free); }
@@ -229,10 +265,11 @@ static void roster_prefetch(worker_t *w, const char *const *bares, size_t n) {
   for (size_t i = 0; i < n; i++) maps[i] = strmap_new();
   if (store_roster_load_many(w->store, bares, n, prefetch_item, maps, rcs) != 0)
     for (size_t i = 0; i < n; i++) rcs[i] = XMPP_EIO;
-  if (!w->prefetched) w->prefetched = strmap_new();
+  rworker_t *rw = RW(w);
+  if (!rw->prefetched) rw->prefetched = strmap_new();
   log_debug("router %d: %zu rosters read ahead in one batch", w->index, n);
   for (size_t i = 0; i < n; i++) {
-    if (rcs[i] == 0) free_roster(strmap_put(w->prefetched, bares[i], maps[i]));
+    if (rcs[i] == 0) free_roster(strmap_put(rw->prefetched, bares[i], maps[i]));
     else free_roster(maps[i]);
   }
   xfree(rcs);
@@ -242,25 +279,28 @@ static void roster_prefetch(worker_t *w, const char *const *bares, size_t n) {
 /* End of the batch: rosters it did not use are dropped (they would go stale; a bound
  * session keeps its roster from the bind on: roster_adopt). */
 static void roster_prefetch_end(worker_t *w) {
-  if (!w->prefetched) return;
-  strmap_free(w->prefetched, free_roster);
-  w->prefetched = NULL;
+  rworker_t *rw = RW(w);
+  if (!rw->prefetched) return;
+  strmap_free(rw->prefetched, free_roster);
+  rw->prefetched = NULL;
 }
 
 static void save(worker_t *w, user_t *u, ritem_t *it) {
   store_roster_item_t si = {it->jid, it->name, it->sub, it->ask_out, it->pending_in,
                             (const char *const *)it->groups, it->ngroups, it->approved};
   if (store_roster_put(w->store, u->bare, &si) != 0) log_error("roster of %s: write failed", u->bare);
-  if (u->roster) {
-    u->roster_bytes -= it->counted;
+  ruser_t *r = RU(u);
+  if (r->roster) {
+    r->roster_bytes -= it->counted;
     it->counted = shown_cost(it);
-    u->roster_bytes += it->counted;
+    r->roster_bytes += it->counted;
   }
 }
 
 static void drop(worker_t *w, user_t *u, const char *contact) {
   ritem_t *it = strmap_del(items(u), contact);
-  if (it && u->roster) u->roster_bytes -= it->counted;
+  ruser_t *r = RU(u);
+  if (it && r->roster) r->roster_bytes -= it->counted;
   ritem_free(it);
   store_roster_delete(w->store, u->bare, contact);
 }
@@ -271,11 +311,12 @@ static void drop(worker_t *w, user_t *u, const char *contact) {
  * count that fails is taken as full (the stanza is refused, nothing is written). */
 static int roster_full(worker_t *w, user_t *u) {
   roster_adopt(w, u);
-  if (!u->roster) {
+  ruser_t *r = RU(u);
+  if (!r->roster) {
     int n = store_roster_count(w->store, u->bare);
     return n < 0 || n >= w->cfg->max_roster_items;
   }
-  return strmap_count(u->roster) >= (size_t)w->cfg->max_roster_items;
+  return strmap_count(r->roster) >= (size_t)w->cfg->max_roster_items;
 }
 
 /* limits.subscription_rate: a token bucket per account (rate_burst seconds of it at
@@ -285,12 +326,13 @@ static int subscription_allowed(worker_t *w, user_t *u) {
   if (rate <= 0) return 1;
   double cap = (double)rate * w->cfg->rate_burst;
   uint64_t now = uv_now(&w->loop);
-  if (!u->sub_at) u->sub_tokens = cap;
-  else u->sub_tokens += (double)(now - u->sub_at) * rate / 1000.0;
-  if (u->sub_tokens > cap) u->sub_tokens = cap;
-  u->sub_at = now ? now : 1;
-  if (u->sub_tokens < 1) return 0;
-  u->sub_tokens -= 1;
+  ruser_t *r = RU(u);
+  if (!r->sub_at) r->sub_tokens = cap;
+  else r->sub_tokens += (double)(now - r->sub_at) * rate / 1000.0;
+  if (r->sub_tokens > cap) r->sub_tokens = cap;
+  r->sub_at = now ? now : 1;
+  if (r->sub_tokens < 1) return 0;
+  r->sub_tokens -= 1;
   return 1;
 }
 
@@ -751,6 +793,18 @@ static int batch_end(mod_event_t *e) {
   return MOD_OK;
 }
 
+static void *worker_init(worker_t *w) {
+  (void)w;
+  return xcalloc(1, sizeof(rworker_t));
+}
+
+static void worker_free(worker_t *w, void *state) {
+  rworker_t *rw = state;
+  if (rw) strmap_free(rw->prefetched, free_roster);
+  xfree(rw);
+  (void)w;
+}
+
 static const mod_iq_t iqs[] = {
     {NS_ROSTER, "query", MOD_GET | MOD_SET, MOD_AT_ACCOUNT, MOD_SELF, roster},
     {0},
@@ -768,4 +822,7 @@ const module_t mod_roster = {
               [HOOK_SESSION_RESTORE] = on_session_open,
               [HOOK_BATCH_AHEAD] = batch_ahead,
               [HOOK_BATCH_END] = batch_end},
+    .worker_init = worker_init,
+    .worker_free = worker_free,
+    .user_free = ruser_free,
 };

@@ -45,12 +45,6 @@ typedef struct ritem {
 typedef struct user {
   char *bare;
   session_t *sessions;
-  strmap_t *roster; /* contact bare -> ritem_t; NULL until loaded */
-  size_t roster_bytes; /* what a roster get of roster returns, as item_cost counts it */
-  strmap_t *some;   /* items read one by one while roster is NULL (mod_roster.c: a subscription
-                       stanza to an offline user reads only its item) */
-  double sub_tokens; /* subscription stanzas the account may send now (limits.subscription_rate) */
-  uint64_t sub_at;   /* loop time (ms) sub_tokens was last brought up to date; 0: never */
   int exists;       /* -1 unknown, 0 no account, 1 account */
   void **mod;       /* the modules' per-account state (router/module.h), NULL until used */
   int touched;      /* on the worker's touched list this frame */
@@ -78,7 +72,6 @@ struct worker {
   size_t frame_payload_len;
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
-  strmap_t *prefetched; /* bare -> roster read ahead for the batch being handled (mod_roster.c) */
   void **mod_state;     /* the modules' per-worker state, in table order (router/module.h) */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
@@ -154,8 +147,8 @@ void ritem_free(void *p);
  * could not say): from the roster when loaded, else that one item read from the store
  * (the same cost whatever the roster's size). */
 roster_sub_t roster_sub(worker_t *w, user_t *u, const char *contact);
-/* Frees what mod_roster.c keeps of u (its roster and the items read one by one). */
-void roster_user_free(user_t *u);
+/* 1 when u's roster is in memory (user_roster then reads nothing). */
+int roster_loaded(const user_t *u);
 /* 1 when u's roster has a (visible) item for contact; reads only that item when the
  * roster is not loaded. */
 int roster_has(worker_t *w, user_t *u, const char *contact);

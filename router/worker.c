@@ -25,7 +25,6 @@ static void user_free(void *p) {
     u->sessions = s->next;
     session_free(s);
   }
-  roster_user_free(u);
   modules_user_free(u);
   xfree(u->bare);
   xfree(u);
