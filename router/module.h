@@ -68,13 +68,16 @@ typedef struct mod_iq {
 /* Hook points. */
 typedef enum {
   HOOK_MESSAGE_OUT,   /* a bound client sent a message (sender's shard, before routing) */
-  HOOK_MESSAGE_IN,    /* a message for a local account (its shard, before the delivery rules) */
-  HOOK_PRESENCE_OUT,  /* a bound client sent a presence (sender's shard, before processing) */
-  HOOK_PRESENCE_IN,   /* a presence for a local account (its shard, before processing) */
+  HOOK_MESSAGE_IN,    /* a message for a local account (its shard; the last hook, mod_message,
+                         applies the delivery rules) */
+  HOOK_PRESENCE_OUT,  /* a bound client sent a presence (sender's shard; the last hook,
+                         mod_presence, handles it) */
+  HOOK_PRESENCE_IN,   /* a presence for a local account (its shard; mod_presence last) */
   HOOK_SESSION_OPEN,  /* a resource was bound (e.s) */
   HOOK_SESSION_CLOSE, /* a session is ending (e.s, still in e.u) */
-  HOOK_ROSTER_CHANGE, /* e.u's roster item for e.to changed (pushed to its resources) */
-  HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.u, e.s NULL) */
+  HOOK_ROSTER_CHANGE, /* mod_roster: e.u's roster item for e.to changed (pushed to its
+                         resources) */
+  HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.batch; e.u, e.s NULL) */
   HOOK_BATCH_END,     /* ... and ends */
   HOOK_MESSAGE_DELIVERED, /* a message for a local account went through the delivery rules
                              (RFC 6121 §8.5): e.got lists the sessions it was written to (none:
