@@ -35,6 +35,17 @@ static int is_subscription(const char *type) {
                   !strcmp(type, "unsubscribed"));
 }
 
+extern const module_t mod_presence;
+
+/* The JIDs a session sent directed presence to live in the module's session slot. */
+strmap_t *presence_directed(const session_t *s) { return mod_session_get(s, &mod_presence); }
+
+static void set_directed(session_t *s, strmap_t *jids) {
+  if (jids || s->mod) *mod_session_state(s, &mod_presence) = jids;
+}
+
+static void directed_free(void *p) { strmap_free(p, NULL); }
+
 static xnode_t *stored_presence(worker_t *w, const session_t *s) {
   xnode_t *p = NULL;
   if (s->presence && xnode_decode(&w->arena, s->presence, s->presence_len, 256, &p) == 0) return p;
@@ -86,17 +97,19 @@ static void broadcast(worker_t *w, user_t *u, session_t *s, const xnode_t *st, i
   strmap_t *r = user_roster(w, u);
   strmap_each(r, fan_cb, &x);
   x.fanned = r;
-  if (include_directed && s->directed) {
-    strmap_each(s->directed, directed_cb, &x);
-    strmap_free(s->directed, NULL);
-    s->directed = NULL;
+  strmap_t *jids = presence_directed(s);
+  if (include_directed && jids) {
+    strmap_each(jids, directed_cb, &x);
+    strmap_free(jids, NULL);
+    set_directed(s, NULL);
   }
   for (session_t *o = u->sessions; o; o = o->next)
     if (o->available || o == s) w_deliver(w, o, s->full, o->full, st);
 }
 
 static void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
-  if (!s->available && !s->directed) return;
+  strmap_t *jids = presence_directed(s);
+  if (!s->available && !jids) return;
   int was = s->available;
   s->available = 0;
   xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
@@ -108,9 +121,9 @@ static void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
     for (session_t *o = u->sessions; o; o = o->next)
       if (o != s && o->available) w_deliver(w, o, s->full, o->full, p);
   }
-  if (s->directed) {
+  if (jids) {
     fan_t x = {w, u, s, s->full, p, 0, fanned};
-    strmap_each(s->directed, directed_cb, &x);
+    strmap_each(jids, directed_cb, &x);
   }
 }
 
@@ -124,10 +137,11 @@ static int directed_remember(worker_t *w, session_t *s, const char *to) {
   const char *slash = strchr(to, '/');
   const char *at = strchr(to, '@');
   if (!at || (slash && at > slash)) return 0;
-  if (!s->directed) s->directed = strmap_new();
-  if (strmap_get(s->directed, to)) return 0;
-  if (strmap_count(s->directed) >= (size_t)w->cfg->max_directed) return -1;
-  strmap_put(s->directed, to, (void *)1);
+  strmap_t *jids = presence_directed(s);
+  if (!jids) set_directed(s, jids = strmap_new());
+  if (strmap_get(jids, to)) return 0;
+  if (strmap_count(jids) >= (size_t)w->cfg->max_directed) return -1;
+  strmap_put(jids, to, (void *)1);
   return 0;
 }
 
@@ -178,7 +192,8 @@ static void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *
       w_error(w, s->full, to, st, "wait", "resource-constraint");
       return;
     }
-    if (type && !strcmp(type, "unavailable") && s->directed) strmap_del(s->directed, to);
+    strmap_t *jids = presence_directed(s);
+    if (type && !strcmp(type, "unavailable") && jids) strmap_del(jids, to);
     w_route(w, s->full, to, st, BUS_F_DIRECTED);
     return;
   }
@@ -208,7 +223,7 @@ static void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *
     return;
   }
   /* unavailable */
-  if (!s->available && !s->directed) return;
+  if (!s->available && !presence_directed(s)) return;
   s->available = 0;
   xfree(s->presence);
   s->presence = NULL;
@@ -347,4 +362,5 @@ const module_t mod_presence = {
               [HOOK_SESSION_GONE] = session_gone,
               [HOOK_SESSION_RESTORE] = session_restore,
               [HOOK_BATCH_BEGIN] = batch_begin},
+    .session_free = directed_free,
 };

@@ -80,6 +80,10 @@ static ruser_t *RU(user_t *u) {
 
 static rworker_t *RW(worker_t *w) { return mod_worker_state(w, &mod_roster); }
 
+/* s asked for the roster: an "interested resource" (RFC 6121 §2.1.6), marked in the
+ * module's session slot. */
+static int interested(const session_t *s) { return mod_session_get(s, &mod_roster) != NULL; }
+
 static void ruser_free(void *state) {
   ruser_t *r = state;
   strmap_free(r->roster, ritem_free);
@@ -380,7 +384,7 @@ static void push(worker_t *w, user_t *u, const ritem_t *it, int removed) {
   mod_event_t e = {.w = w, .u = u, .to = it->jid};
   modules_hook(HOOK_ROSTER_CHANGE, &e);
   session_t *s = u->sessions;
-  while (s && !s->roster_requested) s = s->next;
+  while (s && !interested(s)) s = s->next;
   if (!s) return;
   xnode_t *iq = xnode_new(a, "iq", NS_CLIENT);
   char id[32];
@@ -392,7 +396,7 @@ static void push(worker_t *w, user_t *u, const ritem_t *it, int removed) {
   if (ver) xnode_set_attr(a, q, "ver", ver);
   item_node(w, q, it, removed);
   for (; s; s = s->next)
-    if (s->roster_requested) w_deliver(w, s, NULL, s->full, iq);
+    if (interested(s)) w_deliver(w, s, NULL, s->full, iq);
 }
 
 static void reply(worker_t *w, session_t *s, const xnode_t *req, xnode_t *payload) {
@@ -526,7 +530,7 @@ static void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq) {
   const char *type = xnode_attr(iq, "type");
   xnode_t *q = xnode_child(iq, "query", NS_ROSTER);
   if (!strcmp(type, "get")) {
-    s->roster_requested = 1;
+    *mod_session_state(s, &mod_roster) = (void *)1; /* an interested resource */
     /* §2.6.2: a client that gives ver knows versioning; ver equal to ours: nothing
      * changed, an empty result (§2.6.3) */
     const char *cver = q ? xnode_attr(q, "ver") : NULL;

@@ -23,10 +23,8 @@ typedef struct session {
   bus_addr_t at;        /* edge thread and connection holding it */
   int available;        /* sent available presence and not unavailable since */
   int priority;
-  int roster_requested; /* an "interested resource" (RFC 6121 §2.1.6) */
   uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
   size_t presence_len;
-  strmap_t *directed;   /* full/bare JIDs that got directed presence (RFC 6121 §4.6.3) */
   void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
 } session_t;
 
@@ -139,6 +137,8 @@ void dir_close(worker_t *w);
 /* mod_presence.c (RFC 6121 §4) */
 /* Sends each available resource's presence of u to 'to' (a bare JID). */
 void presence_send_current(worker_t *w, user_t *u, const char *to);
+/* The full/bare JIDs s sent directed presence to (RFC 6121 §4.6.3), NULL when none. */
+strmap_t *presence_directed(const session_t *s);
 
 /* mod_roster.c (RFC 6121 §2, §3) */
 strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use */

@@ -23,7 +23,6 @@ void session_free(session_t *s) {
   modules_session_free(s);
   xfree(s->full);
   xfree(s->presence);
-  strmap_free(s->directed, NULL);
   xfree(s);
 }
 
