@@ -11,7 +11,7 @@
  * of the user or offline storage gets them (XEP-0198 §4 leaves them to the server; we
  * deliver them at least once, so a client that read one but did not ack it yet may see it
  * twice; messages from offline storage among them are dropped by the router, which
- * still has them stored: offline.c). A client that leaves more than limits.sm_max_unacked stanzas, or more than
+ * still has them stored: router/mod_offline.c). A client that leaves more than limits.sm_max_unacked stanzas, or more than
  * limits.max_pending_out bytes of messages, unacknowledged is disconnected
  * (<policy-violation/>): what a connection keeps is bounded like its unread output.
  * Counters are 32-bit and wrap (§4: h is an unsigned 32-bit integer, mod 2^32).

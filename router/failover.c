@@ -1,7 +1,7 @@
 /* A worker's part in failover (docs/cluster.md, "Failures"): rebuilding sessions that
  * edges re-announce after their shard moved here, dropping users of shards that moved
  * away, and ending the sessions of an edge node that died. */
-#include "router/router_internal.h"
+#include "router/module.h"
 
 #include <string.h>
 
@@ -39,8 +39,8 @@ void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presen
     u->sessions = s;
   }
   u->exists = 1;
-  roster_adopt(w, u);
-  presence_restore(w, s, presence);
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full, .st = (xnode_t *)presence};
+  modules_hook(HOOK_SESSION_RESTORE, &e); /* mod_presence sets its presence back */
   dir_session(w, s);
   log_debug("session %s re-announced by node %u", full, f->src.node);
 }
@@ -103,9 +103,9 @@ void worker_map_changed(worker_t *w) {
       session_free(s);
       dropped++;
     }
-    u->off_to = NULL; /* an offline delivery in progress stops: the rest stays stored */
-    u->off_last = 0;
-    user_get(w, u->bare); /* on the touched list: released after this frame */
+    /* on the touched list: released after this frame, with the modules' state of it (an
+     * offline delivery in progress stops: the rest stays stored) */
+    user_get(w, u->bare);
   }
   xfree(x.list);
   if (dropped) log_info("router %d: %zu sessions handed over to other routers", w->index, dropped);
@@ -120,8 +120,7 @@ void worker_node_down(worker_t *w, uint16_t node) {
     while (s) {
       session_t *next = s->next;
       if (s->at.node == node) {
-        presence_session_gone(w, u, s); /* contacts see it go unavailable */
-        session_remove(w, u, s);
+        session_finish(w, u, s); /* contacts see it go unavailable */
         ended++;
       }
       s = next;

@@ -212,8 +212,8 @@ static int in_cb(mod_event_t *e) {
 }
 
 /* To an account without a session, what is dropped unread anyway is not worth a store
- * read: a message error or headline (route_message.c), an IQ result or error, presence
- * other than subscription stanzas (presence.c). */
+ * read: a message error or headline (mod_message.c), an IQ result or error, presence
+ * other than subscription stanzas (mod_presence.c). */
 static int offline_in_cb(mod_event_t *e) {
   if (!e->u->sessions) {
     const xnode_t *st = e->st;
@@ -385,9 +385,10 @@ static void tell_unavailable(worker_t *w, user_t *u, const strmap_t *set) {
   for (session_t *s = u->sessions; s; s = s->next) {
     if (s->available)
       for (size_t i = 0; i < x.n; i++) w_route(w, s->full, x.hit[i], p, 0);
-    if (s->directed) {
+    strmap_t *jids = presence_directed(s);
+    if (jids) {
       directed_t d = {w, u, s, set, p};
-      strmap_each(s->directed, directed_cb, &d);
+      strmap_each(jids, directed_cb, &d);
     }
   }
 }

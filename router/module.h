@@ -11,7 +11,13 @@
  *    resource is not online; an IQ request no handler takes gets <service-unavailable/>
  *    (RFC 6120 §8.4);
  *  - hooks at named points of the stanza flow (mod_hook_t): a hook sees the event and
- *    may take the stanza over (MOD_STOP: the core does nothing more with it);
+ *    may take the stanza over (MOD_STOP: the hooks after it do not run). The core fires
+ *    the points of its own flow (stanzas in and out, sessions, batches, frames); the
+ *    stanza modules fire the points of theirs (mod_presence: initial presence,
+ *    subscriptions, batch read-ahead; mod_message: delivered, offline). Hooks run in
+ *    table order, so the modules that handle a stanza for good (mod_presence at the
+ *    presence points, mod_message at HOOK_MESSAGE_IN: they return MOD_STOP) come last
+ *    in router/modules.c, after every module that filters, changes or copies it;
  *  - a per-worker state slot it owns (worker_init / worker_free), per-session state
  *    through mod_session_state, and per-account state through mod_user_state (kept while
  *    the account is in memory: while it has a session, else for one frame).
@@ -62,13 +68,16 @@ typedef struct mod_iq {
 /* Hook points. */
 typedef enum {
   HOOK_MESSAGE_OUT,   /* a bound client sent a message (sender's shard, before routing) */
-  HOOK_MESSAGE_IN,    /* a message for a local account (its shard, before the delivery rules) */
-  HOOK_PRESENCE_OUT,  /* a bound client sent a presence (sender's shard, before processing) */
-  HOOK_PRESENCE_IN,   /* a presence for a local account (its shard, before processing) */
+  HOOK_MESSAGE_IN,    /* a message for a local account (its shard; the last hook, mod_message,
+                         applies the delivery rules) */
+  HOOK_PRESENCE_OUT,  /* a bound client sent a presence (sender's shard; the last hook,
+                         mod_presence, handles it) */
+  HOOK_PRESENCE_IN,   /* a presence for a local account (its shard; mod_presence last) */
   HOOK_SESSION_OPEN,  /* a resource was bound (e.s) */
   HOOK_SESSION_CLOSE, /* a session is ending (e.s, still in e.u) */
-  HOOK_ROSTER_CHANGE, /* e.u's roster item for e.to changed (pushed to its resources) */
-  HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.u, e.s NULL) */
+  HOOK_ROSTER_CHANGE, /* mod_roster: e.u's roster item for e.to changed (pushed to its
+                         resources) */
+  HOOK_BATCH_BEGIN,   /* a batch of frames begins (e.batch; e.u, e.s NULL) */
   HOOK_BATCH_END,     /* ... and ends */
   HOOK_MESSAGE_DELIVERED, /* a message for a local account went through the delivery rules
                              (RFC 6121 §8.5): e.got lists the sessions it was written to (none:
@@ -84,6 +93,29 @@ typedef enum {
                          contact of a broadcast or of the initial probes, or a JID that got
                          directed presence (RFC 6121 §4.2.2, §4.3, §4.6.3); MOD_STOP: not
                          to that one */
+  HOOK_SESSION_GONE,  /* e.s ends without having sent unavailable presence: closed by its
+                         edge, replaced by a new bind, its edge node died (e.s still in e.u;
+                         HOOK_SESSION_CLOSE follows). Not for a session handed over to
+                         another router (it lives on there) */
+  HOOK_SESSION_RESTORE, /* e.s was re-announced after its shard moved here (failover.c),
+                         e.st its presence (NULL: none): restored without a broadcast */
+  HOOK_FRAME,         /* a bus frame of a kind the core does not handle itself (e.frame);
+                         MOD_STOP: taken (none takes it: logged as unexpected) */
+  HOOK_MESSAGE_OFFLINE, /* mod_message: no resource of e.u takes the message e.st (RFC 6121
+                         §8.5.2.1.1); MOD_STOP: stored (XEP-0160), else the sender gets
+                         <service-unavailable/> */
+  HOOK_PRESENCE_INITIAL, /* mod_presence: e.s sent its initial presence (RFC 6121 §4.2),
+                         after the broadcast and the probes */
+  HOOK_SUBSCRIPTION_OUT, /* mod_presence: e.s sent the subscription stanza e.st (RFC 6121 §3:
+                         type subscribe, subscribed, unsubscribe or unsubscribed) to e.to, a
+                         JID of this domain */
+  HOOK_SUBSCRIPTION_IN,  /* mod_presence: a subscription stanza e.st from e.from for the
+                         local account e.u (e.to) */
+  HOOK_BATCH_AHEAD,   /* mod_presence, at a batch's begin: the storage reads the batch is
+                         about to need, to be made in one go. e.names[0] (e.nnames[0]): users
+                         about to bind, or to send their first presence with their roster not
+                         in memory; e.names[1]: users whose initial presence is in the
+                         batch. A list has no name or at least two */
   HOOK_COUNT
 } mod_hook_t;
 
@@ -97,6 +129,11 @@ typedef struct mod_event {
   const bus_addr_t *skip; /* _IN of a bounced message: the connection it came back from */
   session_t *const *got;  /* HOOK_MESSAGE_DELIVERED: the sessions that got the message */
   size_t ngot;
+  uint16_t flags;         /* _IN: the bus frame's flags (BUS_F_DIRECTED: directed presence) */
+  const bus_frame_t *frame; /* HOOK_FRAME */
+  bus_msg_t *batch;       /* HOOK_BATCH_BEGIN: the batch's frames (bus_msg_frame reads one) */
+  const char *const *names[2]; /* HOOK_BATCH_AHEAD */
+  size_t nnames[2];
 } mod_event_t;
 
 enum { MOD_OK = 0, MOD_STOP = 1 };
@@ -125,7 +162,9 @@ extern const size_t nmodules;
 
 void modules_worker_init(worker_t *w);
 void modules_worker_free(worker_t *w);
-/* Runs the hooks of point h in table order until one returns MOD_STOP (returned). */
+/* Runs the hooks of point h in table order until one returns MOD_STOP (returned). The
+ * hooks of each point are listed once, at the first modules_worker_init: a point costs
+ * one loop over the modules that hook it, none for the others. */
 int modules_hook(mod_hook_t h, mod_event_t *e);
 /* Dispatches an IQ get/set addressed at 'at' (MOD_AT_*) to the module that handles it;
  * none: <service-unavailable/>. An IQ result or error is absorbed. */
@@ -142,13 +181,15 @@ void modules_session_free(session_t *s);
  * its user_free. A user_t without sessions lives for one frame only (worker.c): state
  * kept across frames belongs to accounts with a session. */
 void **mod_user_state(user_t *u, const module_t *m);
+/* The same slot's value, NULL when unset; never allocates. */
+void *mod_user_get(const user_t *u, const module_t *m);
 void modules_user_free(user_t *u);
 
 /* Replies to c's IQ with a result carrying payload (may be NULL), or with an error. */
 void mod_iq_result(mod_iq_ctx_t *c, xnode_t *payload);
 void mod_iq_error(mod_iq_ctx_t *c, const char *type, const char *cond);
 /* 1 when 'from' (a full or bare JID) may see u's presence: u itself, or a contact with
- * subscription 'from' or 'both' in u's roster (RFC 6121 §3). */
+ * subscription 'from' or 'both' in u's roster (RFC 6121 §3). Defined by mod_roster.c. */
 int mod_is_contact(worker_t *w, user_t *u, const char *from);
 
 /* Documents of an account holding one element (store_doc_*: vCards, private XML). */

@@ -12,15 +12,33 @@
 
 extern const module_t mod_disco, mod_ping, mod_version, mod_session, mod_roster, mod_offline, mod_blocking;
 extern const module_t mod_vcard, mod_private, mod_last, mod_time, mod_mam, mod_carbons;
+extern const module_t mod_presence, mod_message;
 
 /* mod_blocking's hooks stop stanzas to and from blocked JIDs (XEP-0191): it must come
  * before any module whose hooks copy, store or answer them. */
 const module_t *const modules[] = {
     &mod_disco, &mod_ping, &mod_version, &mod_session, &mod_roster, &mod_offline, &mod_blocking,
     &mod_vcard, &mod_private, &mod_last, &mod_time, &mod_mam,
-    &mod_carbons, /* last: its hooks copy what the others let through */
+    &mod_carbons, /* its hooks copy what the others let through */
+    /* last: they handle presence and messages for good (MOD_STOP) */
+    &mod_presence, &mod_message,
 };
-const size_t nmodules = sizeof modules / sizeof modules[0];
+#define NMODULES (sizeof modules / sizeof modules[0])
+const size_t nmodules = NMODULES;
+
+/* Each point's hooks in table order, listed once (hooks_list): modules_hook runs only
+ * the modules that hook the point. The table is const, so the lists never change. */
+static mod_hook_fn hook_fns[HOOK_COUNT][NMODULES + 1];
+static uv_once_t hooks_once = UV_ONCE_INIT;
+
+static void hooks_list(void) {
+  for (int h = 0; h < HOOK_COUNT; h++) {
+    size_t n = 0;
+    for (size_t i = 0; i < NMODULES; i++)
+      if (modules[i]->hooks[h]) hook_fns[h][n++] = modules[i]->hooks[h];
+    hook_fns[h][n] = NULL;
+  }
+}
 
 static size_t index_of(const module_t *m) {
   for (size_t i = 0; i < nmodules; i++)
@@ -30,6 +48,7 @@ static size_t index_of(const module_t *m) {
 }
 
 void modules_worker_init(worker_t *w) {
+  uv_once(&hooks_once, hooks_list);
   w->mod_state = xcalloc(nmodules, sizeof *w->mod_state);
   for (size_t i = 0; i < nmodules; i++)
     if (modules[i]->worker_init) w->mod_state[i] = modules[i]->worker_init(w);
@@ -67,6 +86,10 @@ void **mod_user_state(user_t *u, const module_t *m) {
   return &u->mod[index_of(m)];
 }
 
+void *mod_user_get(const user_t *u, const module_t *m) {
+  return u->mod ? u->mod[index_of(m)] : NULL;
+}
+
 void modules_user_free(user_t *u) {
   if (!u->mod) return;
   for (size_t i = 0; i < nmodules; i++)
@@ -76,16 +99,9 @@ void modules_user_free(user_t *u) {
 }
 
 int modules_hook(mod_hook_t h, mod_event_t *e) {
-  for (size_t i = 0; i < nmodules; i++)
-    if (modules[i]->hooks[h] && modules[i]->hooks[h](e) == MOD_STOP) return MOD_STOP;
+  for (mod_hook_fn *f = hook_fns[h]; *f; f++)
+    if ((*f)(e) == MOD_STOP) return MOD_STOP;
   return MOD_OK;
-}
-
-int mod_is_contact(worker_t *w, user_t *u, const char *from) {
-  char *bare = w_bare(w, from);
-  if (!strcmp(bare, u->bare)) return 1;
-  roster_sub_t sub = roster_sub(w, u, bare); /* one item, not the roster of an offline user */
-  return sub == SUB_FROM || sub == SUB_BOTH;
 }
 
 /* The reply's 'from': what the request was sent to; nothing when it had no 'to' (the

@@ -23,10 +23,8 @@ typedef struct session {
   bus_addr_t at;        /* edge thread and connection holding it */
   int available;        /* sent available presence and not unavailable since */
   int priority;
-  int roster_requested; /* an "interested resource" (RFC 6121 §2.1.6) */
   uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
   size_t presence_len;
-  strmap_t *directed;   /* full/bare JIDs that got directed presence (RFC 6121 §4.6.3) */
   void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
 } session_t;
 
@@ -45,15 +43,7 @@ typedef struct ritem {
 typedef struct user {
   char *bare;
   session_t *sessions;
-  strmap_t *roster; /* contact bare -> ritem_t; NULL until loaded */
-  size_t roster_bytes; /* what a roster get of roster returns, as item_cost counts it */
-  strmap_t *some;   /* items read one by one while roster is NULL (roster.c: a subscription
-                       stanza to an offline user reads only its item) */
-  double sub_tokens; /* subscription stanzas the account may send now (limits.subscription_rate) */
-  uint64_t sub_at;   /* loop time (ms) sub_tokens was last brought up to date; 0: never */
   int exists;       /* -1 unknown, 0 no account, 1 account */
-  session_t *off_to; /* offline messages are being delivered to it (offline.c) */
-  int64_t off_last;  /* store id of the last message of the window it was sent */
   void **mod;       /* the modules' per-account state (router/module.h), NULL until used */
   int touched;      /* on the worker's touched list this frame */
   struct user *next_touched;
@@ -80,8 +70,6 @@ struct worker {
   size_t frame_payload_len;
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
-  strmap_t *prefetched; /* bare -> roster read ahead for the batch being handled (roster.c) */
-  strmap_t *offline_empty; /* bares whose offline queue this batch found empty (offline.c) */
   void **mod_state;     /* the modules' per-worker state, in table order (router/module.h) */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
@@ -99,11 +87,11 @@ struct router {
 user_t *user_get(worker_t *w, const char *bare);           /* creates */
 int user_exists(worker_t *w, user_t *u);                   /* account in the store? */
 session_t *user_session(user_t *u, const char *full);
-strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use */
 /* Sends stanza st to a connected session: BUS_DELIVER to its edge. */
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st);
-/* The same for a message still in offline storage under store id 'id' (BUS_F_OFFLINE). */
-void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id);
+/* The same to s->full, with the frame's flags and arg (mod_offline: BUS_F_OFFLINE and the
+ * message's store id). */
+void w_deliver_arg(worker_t *w, const session_t *s, const char *from, const xnode_t *st, uint16_t flags, int64_t arg);
 /* A message as storage keeps it (offline queue, archive): a bus frame with its
  * addresses and the encoded stanza, decoded again with bus_frame_decode. */
 void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t *out);
@@ -124,6 +112,9 @@ void session_resume_ask(worker_t *w, const bus_frame_t *f);
 void session_free(session_t *s);
 /* Takes s out of u and frees it (no presence: the caller has sent what applies). */
 void session_remove(worker_t *w, user_t *u, session_t *s);
+/* s ends without having said unavailable (closed, replaced, its node died): the modules
+ * send what applies (HOOK_SESSION_GONE), then session_remove. */
+void session_finish(worker_t *w, user_t *u, session_t *s);
 
 /* failover.c: the cluster's view from a worker (docs/cluster.md) */
 /* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard
@@ -143,57 +134,27 @@ void dir_session(worker_t *w, const session_t *s);      /* bound, or presence ch
 void dir_session_gone(worker_t *w, const session_t *s);
 void dir_close(worker_t *w);
 
-/* route_message.c (RFC 6121 §8.5) */
-void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip);
-void route_iq_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
+/* What the stanza modules offer the others (each is called only by modules: the core
+ * reaches them through the hook points, router/module.h). */
 
-/* presence.c (RFC 6121 §4) */
-void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st);
-void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, uint16_t flags);
-/* Broadcasts unavailable for a session that ends without saying so (RFC 6121 §4.6). */
-void presence_session_gone(worker_t *w, user_t *u, session_t *s);
+/* mod_presence.c (RFC 6121 §4) */
 /* Sends each available resource's presence of u to 'to' (a bare JID). */
 void presence_send_current(worker_t *w, user_t *u, const char *to);
-/* Sets s's presence from a re-announcement, without broadcasting it. */
-void presence_restore(worker_t *w, session_t *s, const xnode_t *st);
+/* The full/bare JIDs s sent directed presence to (RFC 6121 §4.6.3), NULL when none. */
+strmap_t *presence_directed(const session_t *s);
 
-/* roster.c (RFC 6121 §2, §3) */
-void roster_iq(worker_t *w, user_t *u, session_t *s, xnode_t *iq);
-void subscription_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st);
-void subscription_inbound(worker_t *w, const char *from, const char *to, xnode_t *st);
-/* Re-sends pending inbound subscription requests to a newly available session. */
-void roster_deliver_pending(worker_t *w, user_t *u, session_t *s);
-/* Reads the rosters of n users in one go for the batch about to be handled; user_roster
- * takes them from there. roster_prefetch_end drops what the batch did not use. */
-void roster_prefetch(worker_t *w, const char *const *bares, size_t n);
-void roster_prefetch_end(worker_t *w);
-/* A session was bound for u: it keeps the roster read ahead for it, if any (the roster
- * get and the initial presence that follow arrive in later batches). */
-void roster_adopt(worker_t *w, user_t *u);
+/* mod_roster.c (RFC 6121 §2, §3) */
+strmap_t *user_roster(worker_t *w, user_t *u);             /* loads on first use */
 void ritem_free(void *p);
 /* u's subscription to contact (a bare JID), SUB_NONE when it has no item (or the store
  * could not say): from the roster when loaded, else that one item read from the store
  * (the same cost whatever the roster's size). */
 roster_sub_t roster_sub(worker_t *w, user_t *u, const char *contact);
-/* Frees what roster.c keeps of u (its roster and the items read one by one). */
-void roster_user_free(user_t *u);
+/* 1 when u's roster is in memory (user_roster then reads nothing). */
+int roster_loaded(const user_t *u);
 /* 1 when u's roster has a (visible) item for contact; reads only that item when the
  * roster is not loaded. */
 int roster_has(worker_t *w, user_t *u, const char *contact);
-
-/* offline.c (XEP-0160) */
-int offline_store(worker_t *w, const char *from, const char *to, const xnode_t *st);
-/* Starts delivering u's offline queue to s (initial presence, priority >= 0), window by
- * window as the edge confirms what the client took. */
-void offline_deliver(worker_t *w, user_t *u, session_t *s);
-/* BUS_OFFLINE_ACK: the client took the offline messages up to id f->arg. */
-void offline_ack(worker_t *w, const bus_frame_t *f);
-/* s is ending: the rest of the queue goes to another available resource, if any. */
-void offline_session_gone(worker_t *w, user_t *u, session_t *s);
-/* Reads the queue lengths of n users in one go for the batch about to be handled; the
- * empty ones are not read again at their initial presence. _end forgets them. */
-void offline_prefetch(worker_t *w, const char *const *bares, size_t n);
-void offline_prefetch_end(worker_t *w);
 
 
 #endif

@@ -23,7 +23,6 @@ void session_free(session_t *s) {
   modules_session_free(s);
   xfree(s->full);
   xfree(s->presence);
-  strmap_free(s->directed, NULL);
   xfree(s);
 }
 
@@ -48,8 +47,13 @@ void session_remove(worker_t *w, user_t *u, session_t *s) {
   modules_hook(HOOK_SESSION_CLOSE, &e);
   dir_session_gone(w, s);
   unlink_session(u, s);
-  offline_session_gone(w, u, s);
   session_free(s);
+}
+
+void session_finish(worker_t *w, user_t *u, session_t *s) {
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
+  modules_hook(HOOK_SESSION_GONE, &e); /* mod_presence: its unavailable (RFC 6121 §4.6) */
+  session_remove(w, u, s);
 }
 
 /* XEP-0198 §5: a detached session taken over by a new connection. It stays the same
@@ -103,8 +107,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     k.dst = old->at;
     k.arg = BUS_KICK_CONFLICT;
     bus_to_edge(w->bus, &old->at, bus_msg_new(&k));
-    presence_session_gone(w, u, old);
-    session_remove(w, u, old);
+    session_finish(w, u, old);
     log_info("session %s replaced (conflict)", full);
   }
   session_t *s = xcalloc(1, sizeof *s);
@@ -114,7 +117,6 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   s->next = u->sessions;
   u->sessions = s;
   u->exists = 1;
-  roster_adopt(w, u);
   dir_session(w, s);
   mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
   modules_hook(HOOK_SESSION_OPEN, &e);
@@ -127,8 +129,7 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
   if (!s || !bus_addr_eq(&s->at, &f->src)) return;
-  presence_session_gone(w, u, s);
-  session_remove(w, u, s);
+  session_finish(w, u, s);
   log_debug("session %s closed", full);
 }
 

@@ -3,7 +3,13 @@
  * Frames arrive in batches from the worker's bus queue. Each frame is handled to the end
  * before the next (single-threaded per shard: no locks on session state). Users are
  * created on first reference and dropped again after the frame when they have no
- * session, so memory follows the online population, not the account count. */
+ * session, so memory follows the online population, not the account count.
+ *
+ * The core knows the three stanza kinds (RFC 6120 §8) and where they go, no feature:
+ * what a stanza means is the modules' (router/module.h), reached through the hook
+ * points and the IQ handlers. Presence is handled by mod_presence, messages for a local
+ * account by mod_message (RFC 6121 §8.5); an IQ goes to the session it is addressed to
+ * or to the module that handles its namespace. */
 #include "router/module.h"
 
 #include <stdio.h>
@@ -20,7 +26,6 @@ static void user_free(void *p) {
     u->sessions = s->next;
     session_free(s);
   }
-  roster_user_free(u);
   modules_user_free(u);
   xfree(u->bare);
   xfree(u);
@@ -132,8 +137,8 @@ void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t 
   buf_free(&p);
 }
 
-void w_deliver_offline(worker_t *w, const session_t *s, const char *from, const xnode_t *st, int64_t id) {
-  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, BUS_F_OFFLINE, id);
+void w_deliver_arg(worker_t *w, const session_t *s, const char *from, const xnode_t *st, uint16_t flags, int64_t arg) {
+  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, flags, arg);
 }
 
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st) {
@@ -174,9 +179,8 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
   }
   mod_event_t e = {.w = w, .u = u, .s = s, .from = from, .to = to, .st = st};
   if (!strcmp(st->name, "presence")) {
-    if (modules_hook(HOOK_PRESENCE_OUT, &e) == MOD_STOP) return;
     int avail = s->available, prio = s->priority;
-    presence_outbound(w, u, s, *to ? to : NULL, st);
+    modules_hook(HOOK_PRESENCE_OUT, &e); /* mod_presence, last, handles it */
     if (s->available != avail || s->priority != prio) dir_session(w, s);
     return;
   }
@@ -207,18 +211,40 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
   w_route(w, from, to, st, 0);
 }
 
+/* An IQ for a local account: to the full JID's session if it is online, else answered
+ * by the server on the account's behalf (RFC 6121 §8.5.2.1.3 bare, §8.5.3.2.2 full: no
+ * module takes those, so <service-unavailable/>) by the module that handles its
+ * namespace there (router/module.h). */
+static void route_iq_inbound(worker_t *w, user_t *u, const char *from, const char *to, xnode_t *st) {
+  int full = strchr(to, '/') != NULL;
+  if (full) {
+    session_t *s = user_session(u, to);
+    if (s) {
+      w_deliver(w, s, from, to, st);
+      return;
+    }
+  }
+  if (!user_exists(w, u)) { /* §8.5.1: no such account; an error or result is dropped */
+    const char *type = xnode_attr(st, "type");
+    if (type && (!strcmp(type, "get") || !strcmp(type, "set"))) w_error(w, from, to, st, "cancel", "service-unavailable");
+    return;
+  }
+  modules_iq(w, full ? MOD_AT_FULL : MOD_AT_ACCOUNT, u, NULL, from, to, st);
+}
+
+/* A stanza for a local entity (processed at its shard): the hooks of its kind, the last
+ * of which (mod_message, mod_presence) handles messages and presence; IQs are routed
+ * here. */
 static void handle_route(worker_t *w, const bus_frame_t *f, xnode_t *st, const bus_addr_t *skip) {
-  char *from = arena_strndup(&w->arena, f->from, f->from_len);
-  char *to = arena_strndup(&w->arena, f->to, f->to_len);
   int msg = !strcmp(st->name, "message"), pres = !msg && !strcmp(st->name, "presence");
   int iq = !msg && !pres && !strcmp(st->name, "iq");
-  if (msg || pres || iq) {
-    mod_event_t e = {.w = w, .u = user_get(w, w_bare(w, to)), .from = from, .to = to, .st = st, .skip = skip};
-    if (modules_hook(msg ? HOOK_MESSAGE_IN : pres ? HOOK_PRESENCE_IN : HOOK_IQ_IN, &e) == MOD_STOP) return;
-  }
-  if (msg) route_message_inbound(w, from, to, st, skip);
-  else if (pres) presence_inbound(w, from, to, st, f->flags);
-  else if (iq) route_iq_inbound(w, from, to, st);
+  if (!msg && !pres && !iq) return;
+  char *from = arena_strndup(&w->arena, f->from, f->from_len);
+  char *to = arena_strndup(&w->arena, f->to, f->to_len);
+  user_t *u = user_get(w, w_bare(w, to));
+  mod_event_t e = {.w = w, .u = u, .from = from, .to = to, .st = st, .skip = skip, .flags = f->flags};
+  if (modules_hook(msg ? HOOK_MESSAGE_IN : pres ? HOOK_PRESENCE_IN : HOOK_IQ_IN, &e) == MOD_STOP) return;
+  if (iq) route_iq_inbound(w, u, from, to, st);
 }
 
 /* A BOUNCE whose full JID is bound at another connection now: the session moved there
@@ -255,95 +281,28 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   case BUS_BOUNCE:
     /* the session it was for is gone: route again to the bare JID, skipping that
      * connection, so another resource or offline storage takes it; a message that came
-     * from offline storage is still there (offline.c) */
+     * from offline storage is still there (mod_offline.c) */
     if (st && !(f->flags & BUS_F_OFFLINE)) {
       bus_frame_t b = *f;
       if (!bounce_moved(w, f)) b.to_len = bus_bare_len(f->to, f->to_len);
       handle_route(w, &b, st, &f->dst);
     }
     break;
-  case BUS_OFFLINE_ACK: offline_ack(w, f); break;
   case BUS_RESUME_ASK: session_resume_ask(w, f); break;
   case BUS_MAP: worker_map_changed(w); break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
-  default: log_warn("router: unexpected frame kind %d", f->kind);
+  default: {
+    mod_event_t e = {.w = w, .frame = f};
+    if (modules_hook(HOOK_FRAME, &e) != MOD_STOP) log_warn("router: unexpected frame kind %d", f->kind);
   }
-}
-
-typedef struct names {
-  const char **v;
-  size_t n, cap;
-  strmap_t *seen; /* created with the first name */
-} names_t;
-
-static void names_add(names_t *l, const char *bare) {
-  if (!l->seen) l->seen = strmap_new();
-  if (strmap_get(l->seen, bare)) return;
-  strmap_put(l->seen, bare, (void *)bare);
-  if (l->n == l->cap) {
-    l->cap = l->cap ? l->cap * 2 : 64;
-    l->v = xrealloc(l->v, l->cap * sizeof *l->v);
   }
-  l->v[l->n++] = bare;
-}
-
-static void names_free(names_t *l) {
-  strmap_free(l->seen, NULL);
-  xfree(l->v);
-}
-
-/* An available broadcast presence (no 'to', no 'type'): judged from the frame's head,
- * without decoding it. Every other C2S frame (messages, IQs: the hot path) is passed
- * over at this cheap test. */
-static int broadcast_available(const bus_frame_t *f) {
-  if (f->kind != BUS_C2S || f->to_len) return 0;
-  xnode_head_t h;
-  return xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && !h.attr && h.name_len == 8 &&
-         !memcmp(h.name, "presence", 8);
-}
-
-/* Storage reads a batch of frames is about to make, made together first (a log-in
- * storm then costs a storage round trip per batch, not per user):
- *  - the rosters of users binding a session, or whose first presence arrives with their
- *    roster not loaded yet: roster_prefetch (roster_adopt keeps it with the session);
- *  - the offline queue lengths of users whose initial presence is in the batch: an
- *    empty queue (most log-ins) is then not read at all (offline_prefetch).
- * Only for two users or more: a lone frame reads what it needs as before. Messages and
- * IQs cost a frame-head decode here and nothing else. */
-static void prefetch(worker_t *w, bus_msg_t *batch) {
-  if (!batch || !batch->next) return;
-  names_t rosters = {0}, queues = {0};
-  for (bus_msg_t *m = batch; m; m = m->next) {
-    bus_frame_t f;
-    if (bus_msg_frame(m, &f) != 0) continue;
-    int open = f.kind == BUS_SESSION_OPEN;
-    if ((!open && !broadcast_available(&f)) || !worker_owns(w, &f)) continue;
-    char *bare = arena_strndup(&w->arena, f.from, bus_bare_len(f.from, f.from_len));
-    if (!*bare) continue;
-    user_t *u = strmap_get(w->users, bare);
-    if (!u) {
-      if (open) names_add(&rosters, bare);
-      continue;
-    }
-    if (!u->roster) names_add(&rosters, bare);
-    if (open) continue;
-    for (session_t *s = u->sessions; s; s = s->next) /* its initial presence (RFC 6121 §4.2) */
-      if (strlen(s->full) == f.from_len && !memcmp(s->full, f.from, f.from_len)) {
-        if (!s->available) names_add(&queues, bare);
-        break;
-      }
-  }
-  if (rosters.n >= 2) roster_prefetch(w, rosters.v, rosters.n);
-  if (queues.n >= 2) offline_prefetch(w, queues.v, queues.n);
-  names_free(&rosters);
-  names_free(&queues);
 }
 
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
-  mod_event_t be = {.w = w};
+  mod_event_t be = {.w = w, .batch = batch}; /* mod_presence reads ahead for it */
   modules_hook(HOOK_BATCH_BEGIN, &be);
-  prefetch(w, batch);
+  be.batch = NULL;
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
@@ -366,8 +325,6 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
     release_touched(w);
     arena_reset(&w->arena);
   }
-  roster_prefetch_end(w);
-  offline_prefetch_end(w);
   modules_hook(HOOK_BATCH_END, &be);
   release_touched(w);
   arena_reset(&w->arena);

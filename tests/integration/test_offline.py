@@ -1,7 +1,7 @@
 """XEP-0160 offline storage under size: a queue far larger than a connection's output
 bound (limits.max_pending_out) reaches a client that reads continuously, every message
 exactly once, with and without XEP-0198, and a connection lost half-way loses nothing
-(router/offline.c: windows confirmed by the edge, removed from the store only once the
+(router/mod_offline.c: windows confirmed by the edge, removed from the store only once the
 client took them). Also the byte bound of the queue (limits.offline_max_bytes).
 
 Raw XML for exact counts (and XEP-0198 answers computed from what was really read), and

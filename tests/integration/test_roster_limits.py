@@ -62,7 +62,7 @@ def esc_len(s):
 
 
 def item_cost(jid, name=None, groups=()):
-    """What an item costs against limits.max_roster_bytes (router/roster.c, item_cost):
+    """What an item costs against limits.max_roster_bytes (router/mod_roster.c, item_cost):
     <item jid='' subscription='both' ask='subscribe' approved='true'></item> (72 bytes) plus the escaped
     JID, name=''-attribute (8) plus the escaped name, and <group></group> (15) plus each
     escaped group."""

@@ -1,5 +1,5 @@
 """RFC 6121 roster versioning (§2.6), subscription pre-approval (§3.4), and three
-subscription rules of Appendix A (router/roster.c, router/presence.c).
+subscription rules of Appendix A (router/mod_roster.c, router/mod_presence.c).
 
 Versioning: both stream features are offered after authentication; a roster get with
 ver='' (or a stale ver) gets the whole roster with the current ver, one with the current

@@ -1,9 +1,11 @@
-/* Inbound routing of messages and IQs to a local account (RFC 6121 §8.5).
+/* Messages to a local account (RFC 6121 §8.5): the module at the end of
+ * HOOK_MESSAGE_IN, which delivers every message the modules before it let through.
  *
  * message to a bare JID (or to a full JID whose resource is not online, which is then
  * treated as bare, §8.5.3.2.1):
  *   normal, chat -> the available resources of highest non-negative priority (all of
- *                   them on a tie), else offline storage (XEP-0160), else an error;
+ *                   them on a tie), else offline storage (HOOK_MESSAGE_OFFLINE:
+ *                   mod_offline, XEP-0160), else an error;
  *   headline     -> every available resource of non-negative priority, else dropped;
  *   groupchat    -> <service-unavailable/> (no MUC here);
  *   error        -> dropped when it cannot be delivered.
@@ -11,14 +13,11 @@
  * Then HOOK_MESSAGE_DELIVERED tells the modules which sessions got it (XEP-0280 copies
  * it to the others), unless the sender got an error instead.
  * No such account -> <service-unavailable/> (§8.5.1), hiding whether it exists.
- * IQ to a full JID -> that resource if online, else <service-unavailable/>; IQ to a bare
- * JID is answered by the server on the account's behalf, by the module that handles its
- * namespace there (router/module.h: disco, ping, ...), else <service-unavailable/>. */
+ * The hot path: the type is read once, nothing is allocated but the list of sessions
+ * that got it (in the frame arena). */
 #include "router/module.h"
 
 #include <string.h>
-
-#include "common/err.h"
 
 static int same_addr(const bus_addr_t *a, const bus_addr_t *b) {
   return b && bus_addr_eq(a, b);
@@ -32,11 +31,17 @@ static void delivered(worker_t *w, user_t *u, const char *from, const char *to, 
   modules_hook(HOOK_MESSAGE_DELIVERED, &e);
 }
 
-void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, const bus_addr_t *skip) {
-  user_t *u = user_get(w, w_bare(w, to));
+/* No resource takes it: a module may store it (mod_offline); 1 when one did. */
+static int stored(worker_t *w, user_t *u, const char *from, xnode_t *st) {
+  mod_event_t e = {.w = w, .u = u, .from = from, .to = u->bare, .st = st};
+  return modules_hook(HOOK_MESSAGE_OFFLINE, &e) == MOD_STOP;
+}
+
+static void route_message_inbound(worker_t *w, user_t *u, const char *from, const char *to, xnode_t *st,
+                                  const bus_addr_t *skip) {
   const char *type = xnode_attr(st, "type");
   if (!type) type = "normal";
-  int is_error = !strcmp(type, "error");
+  int is_error = !strcmp(type, "error"), headline = -1; /* read when needed */
   if (!user_exists(w, u)) {
     w_error(w, from, to, st, "cancel", "service-unavailable");
     return;
@@ -52,7 +57,8 @@ void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_
       w_error(w, from, to, st, "cancel", "service-unavailable");
       return;
     }
-    if (!strcmp(type, "headline") || is_error) {
+    headline = !strcmp(type, "headline");
+    if (headline || is_error) {
       delivered(w, u, from, to, st, NULL, 0, skip);
       return;
     }
@@ -61,6 +67,7 @@ void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_
     w_error(w, from, to, st, "cancel", "service-unavailable");
     return;
   }
+  if (headline < 0) headline = !strcmp(type, "headline");
   int best = -1;
   size_t n = 0;
   for (session_t *s = u->sessions; s; s = s->next, n++)
@@ -70,7 +77,7 @@ void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_
     size_t ngot = 0;
     for (session_t *s = u->sessions; s; s = s->next) {
       if (!s->available || s->priority < 0 || same_addr(&s->at, skip)) continue;
-      if (!strcmp(type, "headline") || s->priority == best) {
+      if (headline || s->priority == best) {
         w_deliver(w, s, from, s->full, st);
         got[ngot++] = s;
       }
@@ -78,29 +85,19 @@ void route_message_inbound(worker_t *w, const char *from, const char *to, xnode_
     delivered(w, u, from, to, st, got, ngot, skip);
     return;
   }
-  if (!(!strcmp(type, "headline") || is_error) && offline_store(w, from, u->bare, st) != 0) {
+  if (!(headline || is_error) && !stored(w, u, from, st)) {
     w_error(w, from, to, st, "cancel", "service-unavailable");
     return;
   }
   delivered(w, u, from, to, st, NULL, 0, skip);
 }
 
-void route_iq_inbound(worker_t *w, const char *from, const char *to, xnode_t *st) {
-  user_t *u = user_get(w, w_bare(w, to));
-  int full = strchr(to, '/') != NULL;
-  if (full) {
-    session_t *s = user_session(u, to);
-    if (s) {
-      w_deliver(w, s, from, to, st);
-      return;
-    }
-  }
-  if (!user_exists(w, u)) { /* §8.5.1: no such account; an error or result is dropped */
-    const char *type = xnode_attr(st, "type");
-    if (type && (!strcmp(type, "get") || !strcmp(type, "set"))) w_error(w, from, to, st, "cancel", "service-unavailable");
-    return;
-  }
-  /* answered by the server on the account's behalf (§8.5.2.1.3 bare; §8.5.3.2.2 full:
-   * no module takes those, so <service-unavailable/>) */
-  modules_iq(w, full ? MOD_AT_FULL : MOD_AT_ACCOUNT, u, NULL, from, to, st);
+static int message_in(mod_event_t *e) {
+  route_message_inbound(e->w, e->u, e->from, e->to, e->st, e->skip);
+  return MOD_STOP;
 }
+
+const module_t mod_message = {
+    .name = "message",
+    .hooks = {[HOOK_MESSAGE_IN] = message_in},
+};

@@ -1,20 +1,24 @@
-/* Presence (RFC 6121 §4).
+/* Presence (RFC 6121 §4): the module that handles every presence stanza, at the end of
+ * HOOK_PRESENCE_OUT and HOOK_PRESENCE_IN, and the presence of sessions that end
+ * (HOOK_SESSION_GONE) or come back after failover (HOOK_SESSION_RESTORE).
  *
  * Outbound, at the sender's shard:
  *   broadcast (no 'to'): recorded on the session; sent to every contact whose
  *     subscription is 'from' or 'both', and to the user's own available resources
  *     (§4.2.2, §4.4.2). The first available presence of a session is its initial
  *     presence: probes go to contacts with 'to'/'both' (§4.3), the other resources'
- *     presence is shown to it, pending subscription requests and offline messages
- *     (XEP-0160) are delivered to it.
+ *     presence is shown to it, then HOOK_PRESENCE_INITIAL (mod_roster delivers pending
+ *     subscription requests, mod_offline the offline messages: XEP-0160).
  *   unavailable: also to every JID that got directed presence (§4.6.3).
  *   directed ('to' set): routed as is and remembered (§4.6), at most limits.max_directed
  *     JIDs per session (directed_remember). To another domain (no server-to-server yet):
  *     <remote-server-not-found/>, subscription stanzas too (RFC 6120 §10.4.3).
- *   subscription types: roster.c.
+ *   subscription types: HOOK_SUBSCRIPTION_OUT (mod_roster.c), and _IN inbound.
  * Inbound, at the recipient's shard: broadcast presence is delivered only when the
  * recipient subscribed ('to'/'both'); directed presence always; probes are answered
- * when the prober is subscribed to us ('from'/'both'). */
+ * when the prober is subscribed to us ('from'/'both').
+ * At a batch's begin, the log-ins and initial presences in it are listed for the storage
+ * reads they will need (HOOK_BATCH_AHEAD). */
 #include "router/module.h"
 
 #include <stdlib.h>
@@ -24,6 +28,23 @@
 
 static int sub_has_from(roster_sub_t s) { return s == SUB_FROM || s == SUB_BOTH; }
 static int sub_has_to(roster_sub_t s) { return s == SUB_TO || s == SUB_BOTH; }
+
+/* A subscription stanza (RFC 6121 §3), handled by the roster's module. */
+static int is_subscription(const char *type) {
+  return type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
+                  !strcmp(type, "unsubscribed"));
+}
+
+extern const module_t mod_presence;
+
+/* The JIDs a session sent directed presence to live in the module's session slot. */
+strmap_t *presence_directed(const session_t *s) { return mod_session_get(s, &mod_presence); }
+
+static void set_directed(session_t *s, strmap_t *jids) {
+  if (jids || s->mod) *mod_session_state(s, &mod_presence) = jids;
+}
+
+static void directed_free(void *p) { strmap_free(p, NULL); }
 
 static xnode_t *stored_presence(worker_t *w, const session_t *s) {
   xnode_t *p = NULL;
@@ -73,19 +94,22 @@ static void directed_cb(const char *jid, void *v, void *ud) {
 /* Sends st from s to its contacts and to the user's own available resources. */
 static void broadcast(worker_t *w, user_t *u, session_t *s, const xnode_t *st, int include_directed) {
   fan_t x = {w, u, s, s->full, st, 0, NULL};
-  strmap_each(user_roster(w, u), fan_cb, &x);
-  x.fanned = u->roster;
-  if (include_directed && s->directed) {
-    strmap_each(s->directed, directed_cb, &x);
-    strmap_free(s->directed, NULL);
-    s->directed = NULL;
+  strmap_t *r = user_roster(w, u);
+  strmap_each(r, fan_cb, &x);
+  x.fanned = r;
+  strmap_t *jids = presence_directed(s);
+  if (include_directed && jids) {
+    strmap_each(jids, directed_cb, &x);
+    strmap_free(jids, NULL);
+    set_directed(s, NULL);
   }
   for (session_t *o = u->sessions; o; o = o->next)
     if (o->available || o == s) w_deliver(w, o, s->full, o->full, st);
 }
 
-void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
-  if (!s->available && !s->directed) return;
+static void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
+  strmap_t *jids = presence_directed(s);
+  if (!s->available && !jids) return;
   int was = s->available;
   s->available = 0;
   xnode_t *p = xnode_new(&w->arena, "presence", NS_CLIENT);
@@ -97,9 +121,9 @@ void presence_session_gone(worker_t *w, user_t *u, session_t *s) {
     for (session_t *o = u->sessions; o; o = o->next)
       if (o != s && o->available) w_deliver(w, o, s->full, o->full, p);
   }
-  if (s->directed) {
+  if (jids) {
     fan_t x = {w, u, s, s->full, p, 0, fanned};
-    strmap_each(s->directed, directed_cb, &x);
+    strmap_each(jids, directed_cb, &x);
   }
 }
 
@@ -113,10 +137,11 @@ static int directed_remember(worker_t *w, session_t *s, const char *to) {
   const char *slash = strchr(to, '/');
   const char *at = strchr(to, '@');
   if (!at || (slash && at > slash)) return 0;
-  if (!s->directed) s->directed = strmap_new();
-  if (strmap_get(s->directed, to)) return 0;
-  if (strmap_count(s->directed) >= (size_t)w->cfg->max_directed) return -1;
-  strmap_put(s->directed, to, (void *)1);
+  strmap_t *jids = presence_directed(s);
+  if (!jids) set_directed(s, jids = strmap_new());
+  if (strmap_get(jids, to)) return 0;
+  if (strmap_count(jids) >= (size_t)w->cfg->max_directed) return -1;
+  strmap_put(jids, to, (void *)1);
   return 0;
 }
 
@@ -132,7 +157,7 @@ static int parse_priority(worker_t *w, const xnode_t *st) {
   return v < -128 ? -128 : v > 127 ? 127 : (int)v; /* RFC 6121 §4.7.2.3 */
 }
 
-void presence_restore(worker_t *w, session_t *s, const xnode_t *st) {
+static void presence_restore(worker_t *w, session_t *s, const xnode_t *st) {
   const char *type = st ? xnode_attr(st, "type") : NULL;
   xfree(s->presence);
   s->presence = NULL;
@@ -146,7 +171,7 @@ void presence_restore(worker_t *w, session_t *s, const xnode_t *st) {
   s->presence = buf_steal(&b, &s->presence_len);
 }
 
-void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
+static void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xnode_t *st) {
   const char *type = xnode_attr(st, "type");
   if (to && !w_is_local(w, to)) {
     /* another domain (a MUC service, a remote contact): no server-to-server yet, so the
@@ -155,9 +180,9 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
     w_error(w, s->full, to, st, "cancel", "remote-server-not-found");
     return;
   }
-  if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
-               !strcmp(type, "unsubscribed"))) {
-    if (to) subscription_outbound(w, u, s, to, st);
+  if (is_subscription(type)) {
+    mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full, .to = to, .st = st};
+    if (to) modules_hook(HOOK_SUBSCRIPTION_OUT, &e); /* mod_roster */
     return;
   }
   if (type && strcmp(type, "unavailable") && strcmp(type, "error")) return; /* probe etc. */
@@ -167,7 +192,8 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
       w_error(w, s->full, to, st, "wait", "resource-constraint");
       return;
     }
-    if (type && !strcmp(type, "unavailable") && s->directed) strmap_del(s->directed, to);
+    strmap_t *jids = presence_directed(s);
+    if (type && !strcmp(type, "unavailable") && jids) strmap_del(jids, to);
     w_route(w, s->full, to, st, BUS_F_DIRECTED);
     return;
   }
@@ -191,13 +217,13 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
     }
     broadcast(w, u, s, st, 0);
     if (initial) {
-      roster_deliver_pending(w, u, s);
-      if (s->priority >= 0) offline_deliver(w, u, s);
+      mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full, .st = st};
+      modules_hook(HOOK_PRESENCE_INITIAL, &e); /* pending subscriptions, offline messages */
     }
     return;
   }
   /* unavailable */
-  if (!s->available && !s->directed) return;
+  if (!s->available && !presence_directed(s)) return;
   s->available = 0;
   xfree(s->presence);
   s->presence = NULL;
@@ -205,14 +231,14 @@ void presence_outbound(worker_t *w, user_t *u, session_t *s, const char *to, xno
   broadcast(w, u, s, st, 1);
 }
 
-void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st, uint16_t flags) {
+static void presence_inbound(worker_t *w, user_t *u, const char *from, const char *to, xnode_t *st,
+                             uint16_t flags) {
   const char *type = xnode_attr(st, "type");
-  if (type && (!strcmp(type, "subscribe") || !strcmp(type, "subscribed") || !strcmp(type, "unsubscribe") ||
-               !strcmp(type, "unsubscribed"))) {
-    subscription_inbound(w, from, to, st);
+  if (is_subscription(type)) {
+    mod_event_t e = {.w = w, .u = u, .from = from, .to = to, .st = st, .flags = flags};
+    modules_hook(HOOK_SUBSCRIPTION_IN, &e); /* mod_roster */
     return;
   }
-  user_t *u = user_get(w, w_bare(w, to));
   if (!u->sessions) return; /* nobody online to tell (probes get no answer: RFC 6121 §4.3.2 allows it) */
   char *from_bare = w_bare(w, from);
   if (type && !strcmp(type, "probe")) {
@@ -233,3 +259,108 @@ void presence_inbound(worker_t *w, const char *from, const char *to, xnode_t *st
   for (session_t *s = u->sessions; s; s = s->next)
     if (s->available) w_deliver(w, s, from, s->full, st);
 }
+
+typedef struct names {
+  const char **v;
+  size_t n, cap;
+  strmap_t *seen; /* created with the first name */
+} names_t;
+
+static void names_add(names_t *l, const char *bare) {
+  if (!l->seen) l->seen = strmap_new();
+  if (strmap_get(l->seen, bare)) return;
+  strmap_put(l->seen, bare, (void *)bare);
+  if (l->n == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 64;
+    l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+  }
+  l->v[l->n++] = bare;
+}
+
+static void names_free(names_t *l) {
+  strmap_free(l->seen, NULL);
+  xfree(l->v);
+}
+
+/* An available broadcast presence (no 'to', no 'type'): judged from the frame's head,
+ * without decoding it. Every other C2S frame (messages, IQs: the hot path) is passed
+ * over at this cheap test. */
+static int broadcast_available(const bus_frame_t *f) {
+  if (f->kind != BUS_C2S || f->to_len) return 0;
+  xnode_head_t h;
+  return xnode_encoded_head(f->payload, f->payload_len, "type", &h) == 0 && !h.attr && h.name_len == 8 &&
+         !memcmp(h.name, "presence", 8);
+}
+
+/* HOOK_BATCH_BEGIN: the storage reads a batch of frames is about to make, listed for
+ * HOOK_BATCH_AHEAD so that they are made together first (a log-in storm then costs a
+ * storage round trip per batch, not per user):
+ *  - the rosters of users binding a session, or whose first presence arrives with their
+ *    roster not loaded yet (mod_roster reads them; the session keeps its roster);
+ *  - the users whose initial presence is in the batch (mod_offline reads their queue
+ *    lengths: an empty queue, most log-ins, is then not read at all).
+ * Only for two users or more: a lone frame reads what it needs as before. Messages and
+ * IQs cost a frame-head decode here and nothing else. */
+static int batch_begin(mod_event_t *e) {
+  worker_t *w = e->w;
+  if (!e->batch || !e->batch->next) return MOD_OK;
+  names_t rosters = {0}, queues = {0};
+  for (bus_msg_t *m = e->batch; m; m = m->next) {
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) != 0) continue;
+    int open = f.kind == BUS_SESSION_OPEN;
+    if ((!open && !broadcast_available(&f)) || !worker_owns(w, &f)) continue;
+    char *bare = arena_strndup(&w->arena, f.from, bus_bare_len(f.from, f.from_len));
+    if (!*bare) continue;
+    user_t *u = strmap_get(w->users, bare);
+    if (!u) {
+      if (open) names_add(&rosters, bare);
+      continue;
+    }
+    if (!roster_loaded(u)) names_add(&rosters, bare);
+    if (open) continue;
+    for (session_t *s = u->sessions; s; s = s->next) /* its initial presence (RFC 6121 §4.2) */
+      if (strlen(s->full) == f.from_len && !memcmp(s->full, f.from, f.from_len)) {
+        if (!s->available) names_add(&queues, bare);
+        break;
+      }
+  }
+  if (rosters.n >= 2 || queues.n >= 2) {
+    mod_event_t a = {.w = w, .names = {rosters.v, queues.v}, .nnames = {rosters.n >= 2 ? rosters.n : 0,
+                                                                        queues.n >= 2 ? queues.n : 0}};
+    modules_hook(HOOK_BATCH_AHEAD, &a);
+  }
+  names_free(&rosters);
+  names_free(&queues);
+  return MOD_OK;
+}
+
+static int presence_out(mod_event_t *e) {
+  presence_outbound(e->w, e->u, e->s, *e->to ? e->to : NULL, e->st);
+  return MOD_STOP;
+}
+
+static int presence_in(mod_event_t *e) {
+  presence_inbound(e->w, e->u, e->from, e->to, e->st, e->flags);
+  return MOD_STOP;
+}
+
+static int session_gone(mod_event_t *e) {
+  presence_session_gone(e->w, e->u, e->s);
+  return MOD_OK;
+}
+
+static int session_restore(mod_event_t *e) {
+  presence_restore(e->w, e->s, e->st);
+  return MOD_OK;
+}
+
+const module_t mod_presence = {
+    .name = "presence",
+    .hooks = {[HOOK_PRESENCE_OUT] = presence_out,
+              [HOOK_PRESENCE_IN] = presence_in,
+              [HOOK_SESSION_GONE] = session_gone,
+              [HOOK_SESSION_RESTORE] = session_restore,
+              [HOOK_BATCH_BEGIN] = batch_begin},
+    .session_free = directed_free,
+};
