@@ -655,10 +655,23 @@ class ClusterResumeTest(unittest.TestCase):
             streams.append(r)
         for r in streams:
             r.send(f"<resume xmlns='{SM}' previd='{previd}' h='1'/>")
-        texts = [r.recv_until(r"<resumed[^>]*/>|</failed>", timeout=10) for r in streams]
+        def answer(r):
+            try:
+                return r.recv_until(r"<resumed[^>]*/>|</failed>", timeout=10)
+            except AssertionError as e:
+                # resumed, then dropped by the other resume in the same loop turn, before
+                # its <resumed/> was written (a dropped connection's output is not written)
+                if "connection closed before" in str(e) and r.buf == b"":
+                    return ""
+                raise
+        texts = [answer(r) for r in streams]
         won = [r for r, t in zip(streams, texts) if "<resumed" in t]
+        dropped = [r for r, t in zip(streams, texts) if t == ""]
+        self.assertLessEqual(len(dropped), 1, texts)
+        if dropped:
+            self.assertEqual(len(won), 1, f"a connection was dropped but no other resumed: {texts}")
         for r, t in zip(streams, texts):
-            if r not in won:
+            if r not in won and r not in dropped:
                 self.assertIn("<item-not-found", t)
         # both may have resumed one after the other: then the first was dropped (a
         # resume takes over a live old connection); never two live connections
