@@ -36,7 +36,8 @@
  * the session's (it moves with it), so the client can resume again with it. Unknown,
  * expired, another account's: <failed><item-not-found/></failed> and the client binds.
  * A resume for a session whose old connection is still open (its loss not yet seen)
- * drops that connection first. Another edge NODE does not know the id: item-not-found.
+ * drops that connection first. When the resuming connection is lost before <resumed/>,
+ * the session ends (sm_bounce), less what the h of its <resume/> acknowledged. Another edge NODE does not know the id: item-not-found.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
@@ -202,6 +203,9 @@ static int is_message(const bus_frame_t *f) {
 
 void sm_bounce(conn_t *c) {
   size_t n = 0;
+  /* a resumption that ends here (its connection lost, the state come too late): the h
+   * of the client's <resume/> acknowledged what it handled, which does not go back */
+  if (c->resuming) acked(c, c->resume_h);
   while (c->sm_q) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
@@ -427,6 +431,8 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
     detached_end(x);
     return NULL;
   }
+  x->resuming = 1; /* the client's h goes with the state (sm_bounce, if it ends unadopted) */
+  x->resume_h = h;
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_RESUME;
@@ -578,6 +584,7 @@ static void resume_finish(conn_t *c) {
   if (c->resume_ack != BUS_ACK_OPEN) {
     /* replaced by a new bind, or ended, before the router could move it: not ours */
     log_info("conn %llx: resume of %s refused by the router", (unsigned long long)c->id, c->jid.full);
+    acked(c, c->resume_h); /* what the client handled does not go back */
     c->bound = 0;
     sm_bounce(c);
     c->sm = 0;

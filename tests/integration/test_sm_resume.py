@@ -276,6 +276,53 @@ class ResumeInterplayTest(Base):
         alice.close()
 
 
+class ResumeKilledTest(Base):
+    """The connection that sent <resume h/> dies at once (found by bench/sm_kill.py
+    --kill-resuming): whether the server finished the resume first (the session is
+    detached again) or not (the session ended as a closed one does: its messages went to
+    offline storage), the client that resumes again with the same h, or binds anew when
+    that fails, gets each message exactly once: not the ones that h acknowledged."""
+    users = ("alice", "bob")
+    server_options = {"limits.rate_stanzas": "0", "limits.sm_resume_timeout": "60", "server.log_level": "info",
+                      "server.io_threads": "1"}
+
+    def test_acknowledged_in_the_resume_are_not_delivered_again(self):
+        alice = RawStream(self.srv.port).login("alice", "pw", "pc")
+        for rnd in range(6):
+            bob, previd, _ = self.enable_resume("bob", "phone")
+            sent = [f"k{rnd}-{i}" for i in range(1, 6)]
+            alice.send("".join(message(f"bob@{DOMAIN}/phone", b) for b in sent[:3]))
+            self.assertEqual(bodies(bob.recv_until(f"{sent[2]}</body>")), sent[:3])
+            self.kill(bob, f"bob@{DOMAIN}/phone", alice)
+            alice.send("".join(message(f"bob@{DOMAIN}/phone", b) for b in sent[3:]))
+            self.barrier(alice, f"bob@{DOMAIN}")
+            # bob handled the first 3: its resume says so, and the connection dies at once
+            r = self.authed("bob")
+            r.send(f"<resume xmlns='{SM}' previd='{previd}' h='3'/>")
+            r.sock.close()
+            again, text = self.resume("bob", previd, 3)
+            if "<resumed" not in text:
+                self.assertIn("<item-not-found", text)
+                again.bind("phone")
+                again.send("<presence/>")  # offline storage is sent with its answer
+                again.recv_until(f"<presence from='bob@{DOMAIN}/phone' to='bob@{DOMAIN}/phone'/>")
+            self.barrier(alice, f"bob@{DOMAIN}")
+            alice.send(message(f"bob@{DOMAIN}/phone", f"end{rnd}"))
+            self.assertEqual(bodies(again.recv_until(f"end{rnd}</body>")), sent[3:] + [f"end{rnd}"],
+                             "what the resume acknowledged is not delivered again\n" + self.srv.log_text()[-4000:])
+            if "<resumed" in text:
+                self.ack(again, 3 + 3)  # else a clean close sends them to offline storage
+            again.send("<presence type='unavailable'/></stream:stream>")
+            again.closed()
+            alice.wait_session_gone(f"bob@{DOMAIN}/phone")
+        alice.close()
+
+
+class ResumeKilledTwoThreadsTest(ResumeKilledTest):
+    """The same where the detached state may come from the other edge thread."""
+    server_options = dict(ResumeKilledTest.server_options, **{"server.io_threads": "2"})
+
+
 class ResumeTimeoutTest(Base):
     users = ("alice", "bob")
     server_options = {"limits.sm_resume_timeout": "1", "limits.rate_stanzas": "0", "server.log_level": "info"}
