@@ -73,6 +73,7 @@ class Stream:
     def __init__(self, reader, writer):
         self.r, self.w = reader, writer
         self.dead = False
+        self.nbytes = 0  # received (after TLS)
         self.restart()
 
     def restart(self):
@@ -93,6 +94,7 @@ class Stream:
             data = await self.r.read(65536)
             if not data:
                 raise ConnectionError("closed")
+            self.nbytes += len(data)
             self.parser.feed(data)
             for ev, el in self.parser.read_events():
                 if ev == "start":
