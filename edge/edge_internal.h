@@ -184,6 +184,8 @@ struct conn {
   char *sm_rid;         /* resumption id (resume='true'): registered in edge->rids */
   uint64_t detached_ms; /* CONN_ST_DETACHED since */
   uint32_t resume_h;    /* the h of that <resume/> */
+  int resume_h_set;     /* resume_h is the client's count for this session's queue: a
+                           resumption that ends before <resumed/> (sm_bounce) applies it */
   int64_t resume_ack;   /* the router's answer to the move (SESSION_ACK), -1 not yet */
   /* XEP-0352 (csi.c): the client said <inactive/>; what waits, oldest first */
   int csi_inactive;

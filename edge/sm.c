@@ -41,7 +41,8 @@
  * holding the session among the account's, found by the id's tag, which hands it over
  * with its state serialised in the move (state_encode); the router passes the state on
  * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
- * resumption across nodes".
+ * resumption across nodes". When the resuming connection is lost before <resumed/>, the
+ * session ends (sm_bounce), less what the h of its <resume/> acknowledged.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
@@ -205,6 +206,9 @@ static int is_message(const bus_frame_t *f) {
 
 void sm_bounce(conn_t *c) {
   size_t n = 0;
+  /* a resumption that ends here (its connection lost, the state come too late): the h
+   * of the client's <resume/> acknowledged what it handled, which does not go back */
+  if (c->resume_h_set) acked(c, c->resume_h);
   while (c->sm_q) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
@@ -401,6 +405,7 @@ void sm_sweep(edge_thread_t *th, uint64_t now, int all) {
 }
 
 static void resume_failed(conn_t *c) {
+  c->resume_h_set = 0;
   /* §5: the client binds a new session instead */
   conn_send_str(c, "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
                    "</failed>");
@@ -434,6 +439,8 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
     detached_end(x);
     return NULL;
   }
+  x->resume_h_set = 1; /* the client's h goes with the state (sm_bounce, if it ends unadopted) */
+  x->resume_h = h;
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_RESUME;
@@ -518,6 +525,7 @@ static void sm_resume(conn_t *c, xnode_t *e) {
     return;
   }
   c->resume_h = (uint32_t)h;
+  c->resume_h_set = 1;
   c->resume_ack = -1;
   c->sm_q_tail = &c->sm_q;
   conn_set_state(c, CONN_ST_RESUMING);
@@ -822,6 +830,7 @@ static void resume_finish(conn_t *c) {
   if (c->resume_ack != BUS_ACK_OPEN) {
     /* replaced by a new bind, or ended, before the router could move it: not ours */
     log_info("conn %llx: resume of %s refused by the router", (unsigned long long)c->id, c->jid.full);
+    acked(c, c->resume_h); /* what the client handled does not go back */
     conn_set_state(c, CONN_ST_AUTHED); /* the client binds instead */
     sm_bounce(c);
     c->sm = 0;
@@ -837,6 +846,7 @@ static void resume_finish(conn_t *c) {
   conn_set_state(c, CONN_ST_BOUND);
   uint32_t h = c->resume_h;
   acked(c, h);
+  c->resume_h_set = 0; /* from here the client's own acks count */
   char b[192];
   snprintf(b, sizeof b, "<resumed xmlns='urn:xmpp:sm:3' previd='%s' h='%" PRIu32 "'/>", c->sm_rid, c->sm_in);
   conn_send_str(c, b);

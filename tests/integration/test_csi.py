@@ -77,6 +77,33 @@ class CsiTest(ServerTest):
         r.close()
         s.close()
 
+    def test_active_writes_the_latest_presence_of_each_contact_once(self):
+        """Several senders, interleaved changes (as bench/csi.py makes them at scale):
+        <active/> writes one presence per sender, its latest, nothing older."""
+        r = RawStream(self.srv.port).login("carol", "pw", "multi")
+        r.send("<presence/>")
+        r.recv_until("<presence[^>]*/>")
+        senders = [RawStream(self.srv.port).login(u, "pw", "m") for u in ("dave", "erin", "frank")]
+        r.send(f"<inactive xmlns='{CSI}'/>")
+        r.send(f"<iq type='get' id='in' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        r.recv_until("id='in'")
+        r.buf = b""
+        to = f"carol@{DOMAIN}/multi"
+        for n in range(4):
+            for k, s in enumerate(senders):
+                s.send(f"<presence to='{to}'><status>{k}-{n}</status></presence>")
+        for s in senders:  # each sender's presences were handled before its answer
+            s.send(f"<iq type='get' id='sync' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            s.recv_until("id='sync'")
+        self.assertEqual(self.quiet(r, "q"), [], "nothing written while inactive")  # (an IQ would flush)
+        r.buf = b""
+        r.send(f"<active xmlns='{CSI}'/><iq type='get' id='out' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        got = top_level(r.recv_until("id='out'"))
+        statuses = sorted(re.search(r"<status>([^<]*)</status>", e).group(1) for n, e in got if n == "presence")
+        self.assertEqual(statuses, ["0-3", "1-3", "2-3"], got)
+        for s in senders + [r]:
+            s.close()
+
     def test_what_waits_is_bounded(self):
         r, s = self.pair("gina", "hank")
         r.send(f"<inactive xmlns='{CSI}'/>")
