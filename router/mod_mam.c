@@ -369,6 +369,9 @@ static void writer_main(void *arg) {
         break;
       uv_cond_timedwait(&wr->wake, &wr->mu, wr->first_at + window - now);
     }
+    if (!wr->sync && !wr->stop && (wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2))
+      log_info("archive writer: %zu rows (%zu bytes) queued before the window's end: committed now", wr->n,
+               wr->bytes);
     wr->sync = 0;
     size_t n = wr->n;
     if (n > cap) {

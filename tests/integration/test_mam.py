@@ -686,8 +686,37 @@ class MamWriterTest(ServerTest):
     """The archive writer with a window (5 s) far longer than each step here takes: a
     query still finds what was just sent, a clean stop commits what is queued, and with
     no query the rows reach the store within the window."""
-    users = ("a", "b", "c", "d")
-    server_options = {"server.mam_commit_ms": "5000"}
+    users = ("a", "b", "c", "d", "e", "f")
+    server_options = {"server.mam_commit_ms": "5000", "limits.rate_bytes": "0", "limits.rate_stanzas": "0"}
+
+    def test_queue_bound_ends_a_group_early(self):
+        """40 messages of 200 KB to an offline account (archived on both sides, stored
+        offline): 16 MB of rows within one window, so the queue's bound (16 MiB; a group
+        ends at half of it) commits before the window ends; each message archived once."""
+        a = Raw(self.srv, "e")
+        try:
+            big = "y" * 200_000
+            for i in range(40):
+                a.send(J("f"), f"{i}:{big}")
+            a.ping()
+            b = Raw(self.srv, "f", presence=False)  # no initial presence: no offline flood
+            try:
+                res, _, _ = b.query(rsm="<max>1</max><before/>")  # the queue committed first
+                self.assertEqual(len(res), 1)
+                self.assertTrue(body(res[0][1]).startswith("39:"))
+            finally:
+                b.close()
+            import sqlite3
+            db = sqlite3.connect(os.path.join(self.srv.dir, "xmppd.db"), timeout=10)
+            try:
+                counts = dict(db.execute("SELECT owner, count(*) FROM mam WHERE owner IN (?, ?) GROUP BY owner",
+                                         (J("e"), J("f"))).fetchall())
+            finally:
+                db.close()
+            self.assertEqual(counts, {J("e"): 40, J("f"): 40}, "each message once on each side")
+            self.assertIn("queued before the window's end: committed now", self.srv.log_text())
+        finally:
+            a.close()
 
     def test_query_sees_what_is_queued_and_stop_commits_it(self):
         a, b = Raw(self.srv, "c"), Raw(self.srv, "d")
