@@ -18,6 +18,7 @@ import asyncio
 import os
 import re
 import socket
+import sqlite3
 import time
 import unittest
 import xml.etree.ElementTree as ET
@@ -689,6 +690,14 @@ class MamWriterTest(ServerTest):
     users = ("a", "b", "c", "d", "e", "f")
     server_options = {"server.mam_commit_ms": "5000", "limits.rate_bytes": "0", "limits.rate_stanzas": "0"}
 
+    def sql(self, query, *args):
+        """The rows of a query on the server's database (its own connection: what is committed)."""
+        db = sqlite3.connect(os.path.join(self.srv.dir, "xmppd.db"), timeout=10)
+        try:
+            return db.execute(query, args).fetchall()
+        finally:
+            db.close()
+
     def test_queue_bound_ends_a_group_early(self):
         """40 messages of 200 KB to an offline account (archived on both sides, stored
         offline): 16 MB of rows within one window, so the queue's bound (16 MiB; a group
@@ -706,13 +715,8 @@ class MamWriterTest(ServerTest):
                 self.assertTrue(body(res[0][1]).startswith("39:"))
             finally:
                 b.close()
-            import sqlite3
-            db = sqlite3.connect(os.path.join(self.srv.dir, "xmppd.db"), timeout=10)
-            try:
-                counts = dict(db.execute("SELECT owner, count(*) FROM mam WHERE owner IN (?, ?) GROUP BY owner",
-                                         (J("e"), J("f"))).fetchall())
-            finally:
-                db.close()
+            counts = dict(self.sql("SELECT owner, count(*) FROM mam WHERE owner IN (?, ?) GROUP BY owner",
+                                   J("e"), J("f")))
             self.assertEqual(counts, {J("e"): 40, J("f"): 40}, "each message once on each side")
             self.assertIn("queued before the window's end: committed now", self.srv.log_text())
         finally:
@@ -744,22 +748,17 @@ class MamWriterTest(ServerTest):
             b.close()
 
     def test_committed_within_the_window_without_a_query(self):
-        import sqlite3
         a, b = Raw(self.srv, "a"), Raw(self.srv, "b")
         try:
             b.ping()
             a.send(J("b"), "unasked")
             b.messages(1)
             t = time.monotonic()
-            db = sqlite3.connect(os.path.join(self.srv.dir, "xmppd.db"), timeout=10)
-            try:
-                n = 0
-                while n < 2 and time.monotonic() - t < 5 + 10:  # both sides' rows
-                    n = db.execute("SELECT count(*) FROM mam WHERE instr(data, CAST('unasked' AS BLOB)) > 0").fetchone()[0]
-                    if n < 2:
-                        time.sleep(0.05)
-            finally:
-                db.close()
+            n = 0
+            while n < 2 and time.monotonic() - t < 5 + 10:  # both sides' rows
+                n = self.sql("SELECT count(*) FROM mam WHERE instr(data, CAST('unasked' AS BLOB)) > 0")[0][0]
+                if n < 2:
+                    time.sleep(0.05)
             self.assertEqual(n, 2, "archived within the window")
             self.assertGreater(time.monotonic() - t, 1, "a group of 5 s, not a commit per batch")
         finally:
