@@ -75,17 +75,23 @@ EOF
     "$B/xmppd" -c "$dir/x.conf" >"$dir/xmppd.log" 2>&1 &
     xpid=$!
     sleep 1
+    r0=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
     "$B/xmpp-bench" chat --port "$port" --tls none --mech SCRAM-SHA-256 --pairs "$pairs" --rate "$rate" --duration "$duration" \
       --server-pid "$xpid" --json "$dir/chat-$mam.json" >"$dir/bench.log" 2>&1 || { cat "$dir/bench.log" "$dir/xmppd.log"; exit 1; }
+    r1=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
     kill "$xpid"; wait "$xpid" || true
-    python3 - "$dir/chat-$mam.json" "$mam" "$dir/ratios" <<'EOF'
+    # with --chat-redis, redis-server's CPU of the run (log-ins included) is counted too
+    rcpu=0; [ "$chat_redis" = 1 ] && rcpu=$(( r1 - r0 ))
+    python3 - "$dir/chat-$mam.json" "$mam" "$dir/ratios" "$rcpu" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1])); r = j["results"]
 login = r.get("server_cpu_ms_per_login", 0) * r["logins_ok"] / 1000
 cpu = j["server"]["cpu_s"] - login
-us = cpu * 1e6 / max(1, r["delivered"])
+redis = int(sys.argv[4]) / int(sys.argv[5])
+us = (cpu + redis) * 1e6 / max(1, r["delivered"])
 lat = r.get("latency_ms", {})
-print(f"  mam={sys.argv[2]}: delivered {r['delivered']}, server CPU {cpu:.2f} s in the chat phase, "
+extra = f" + redis-server {redis:.2f} s" if redis else ""
+print(f"  mam={sys.argv[2]}: delivered {r['delivered']}, server CPU {cpu:.2f} s in the chat phase{extra}, "
       f"{us:.1f} us per message, p50 / p99 {lat.get('p50', '?')} / {lat.get('p99', '?')} ms")
 open(sys.argv[3], "a").write(f"{sys.argv[2]} {us:.2f}\n")
 EOF
