@@ -41,6 +41,7 @@ static const conf_opt_t opts[] = {
   {"server", "router_workers", CT_INT, 0, 256, "0", O(router_workers), "router worker threads (0 = one per core)"},
   {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S; the same on every node of a cluster (a node with another count refuses to join)"},
   {"server", "mam", CT_BOOL, 0, 1, "true", O(mam_enabled), "archive one-to-one messages (XEP-0313) and stamp them with stanza ids (XEP-0359); off: nothing is archived and queries find nothing"},
+  {"server", "mam_commit_ms", CT_INT, 0, 5000, "1000", O(mam_commit_ms), "archive writes are committed by one writer thread in groups, each at most this long after its first message was routed (0 = no writer thread: each router worker commits its own at the end of every batch of frames); a process that dies loses at most this window of archive writes, never a message (docs/architecture.md, \"Archive writes\")"},
   {"c2s", "address", CT_STR, 1, 255, "127.0.0.1", O(c2s_addr), "address the client listeners bind to"},
   {"c2s", "port", CT_INT, 0, 65535, "5222", O(c2s_port), "client port with STARTTLS (0 = off)"},
   {"c2s", "tls_port", CT_INT, 0, 65535, "5223", O(c2s_tls_port), "client port with direct TLS, XEP-0368 (0 = off)"},

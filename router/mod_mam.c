@@ -18,8 +18,23 @@
  * offline messages can tell them apart by id. A <stanza-id/> a client put in with by=
  * a JID of this domain (forged: only this server says what its archives hold) is
  * removed, on the way out and on the way in (XEP-0359 §5). origin-id is kept.
- * The archive writes of a batch of frames go to the store together at its end (one
- * transaction, or one Redis pipeline); a query first writes what is pending.
+ * Writes (docs/architecture.md, "Archive writes"). A worker collects the archive rows of
+ * a batch of frames and hands them, at its end, to the router's one archive writer: a
+ * thread of this module with its own store handle, which commits what it was handed in
+ * groups (one transaction, or one Redis pipeline, per group), each at most
+ * server.mam_commit_ms after its first row was handed over. Why: a commit per batch of
+ * frames from each worker was most of the archive's CPU (bench/mam.sh, perf: SQLite's WAL
+ * frame writes, checkpoints, and each connection reading again the pages the other
+ * worker's commit had made stale; the workers waiting on each other's write lock), and
+ * a group of a second writes each account's hot pages once for many messages. The writer's
+ * queue is bounded (MAM_QUEUE_BYTES): a worker that finds it full waits for the commit
+ * in progress (back-pressure, nothing dropped). A query first waits until everything
+ * handed over before it is committed, so a client never misses
+ * in its archive a message it was sent. On a clean stop the workers hand over what they
+ * hold and the writer commits it all before the router is freed. What a crash of the
+ * process can lose is the archive rows of the last mam_commit_ms (plus the commit in
+ * progress), never a message (delivery and offline storage do not wait for the archive).
+ * mam_commit_ms = 0: no writer, each worker commits its own rows at the end of each batch.
  *
  * Queries (§4): a data form with FORM_TYPE, with, start, end, before-id, after-id and ids
  * (#extended), paged with XEP-0059 (max, after, before: an empty <before/> is the last
@@ -38,6 +53,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -53,7 +69,10 @@
 #define NS_HINTS "urn:xmpp:hints"
 
 #define MAM_DEFAULT_PAGE 50
-#define MAM_FLUSH_AT 256        /* pending writes that are flushed before the batch ends */
+#define MAM_FLUSH_AT 256        /* pending writes that are handed over before the batch ends */
+#define MAM_QUEUE_BYTES (16u << 20) /* the writer's queue: beyond, workers wait (back-pressure) */
+#define MAM_GROUP_MAX 8192      /* rows the writer commits in one group at most */
+#define MAM_WRITER_CACHE (32u << 20) /* the writer's store page cache (store_set_cache) */
 #define MAM_PREFS_CACHE 4096    /* accounts whose preferences a worker remembers */
 #define PREF_ALWAYS ((void *)1)
 #define PREF_NEVER ((void *)2)
@@ -65,7 +84,25 @@ typedef struct prefs {
   strmap_t *jids; /* JID -> PREF_ALWAYS / PREF_NEVER; NULL when none */
 } prefs_t;
 
+/* The router's archive writer (one per router, shared by its workers): rows handed over
+ * under mu, committed by its thread in groups. */
+typedef struct mam_writer {
+  uv_mutex_t mu;
+  uv_cond_t wake; /* rows or a sync or stop for the thread */
+  uv_cond_t done; /* a group was committed */
+  uv_thread_t thread;
+  store_t *store; /* the thread's own handle */
+  const xmpp_config_t *cfg;
+  store_mam_msg_t *q; /* handed over, not yet taken by the thread; strings owned */
+  size_t n, cap, bytes;
+  uint64_t first_at;    /* uv_hrtime() when the oldest of q was handed over */
+  uint64_t handed;      /* rows handed over since the start */
+  uint64_t committed;   /* rows whose group's commit has returned */
+  int sync, stop;
+} mam_writer_t;
+
 typedef struct mam_w {
+  mam_writer_t *writer; /* NULL: this worker commits its own rows */
   int64_t last_id;
   store_mam_msg_t *pend; /* strings owned */
   size_t npend, cap;
@@ -243,20 +280,155 @@ static int wants(worker_t *w, mam_w_t *m, user_t *u, const char *with) {
   return roster_has(w, u, bare);
 }
 
-static void flush(worker_t *w, mam_w_t *m) {
-  if (!m->npend) return;
-  store_mam_limits_t lim = {(unsigned)w->cfg->mam_max_messages, 0};
-  if (w->cfg->mam_max_age_days) lim.min_id = now_us() - (int64_t)w->cfg->mam_max_age_days * 86400 * 1000000;
-  int rc = store_mam_append(w->store, m->pend, m->npend, &lim);
-  if (rc) log_error("archive: %zu messages could not be stored: %s", m->npend, xmpp_strerror(rc));
-  for (size_t i = 0; i < m->npend; i++) {
-    store_mam_msg_t *x = &m->pend[i];
+static void rows_free(store_mam_msg_t *rows, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    store_mam_msg_t *x = &rows[i];
     xfree((char *)x->owner);
     xfree((char *)x->with);
     xfree((char *)x->with_full);
     xfree((char *)x->data);
   }
+}
+
+static size_t row_bytes(const store_mam_msg_t *x) {
+  return sizeof *x + strlen(x->owner) + strlen(x->with) + (x->with_full ? strlen(x->with_full) : 0) + x->len;
+}
+
+/* Writes n rows in one transaction (one pipeline) and frees their strings. */
+static void commit_rows(store_t *st, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n) {
+  store_mam_limits_t lim = {(unsigned)cfg->mam_max_messages, 0};
+  if (cfg->mam_max_age_days) lim.min_id = now_us() - (int64_t)cfg->mam_max_age_days * 86400 * 1000000;
+  int rc = store_mam_append(st, rows, n, &lim);
+  if (rc) log_error("archive: %zu messages could not be stored: %s", n, xmpp_strerror(rc));
+  rows_free(rows, n);
+}
+
+/* Hands the worker's pending rows to the writer (or, without one, commits them). */
+static void flush(worker_t *w, mam_w_t *m) {
+  if (!m->npend) return;
+  mam_writer_t *wr = m->writer;
+  if (!wr) {
+    commit_rows(w->store, w->cfg, m->pend, m->npend);
+    m->npend = 0;
+    return;
+  }
+  size_t bytes = 0;
+  for (size_t i = 0; i < m->npend; i++) bytes += row_bytes(&m->pend[i]);
+  uv_mutex_lock(&wr->mu);
+  while (wr->n && wr->bytes + bytes > MAM_QUEUE_BYTES) { /* full: wait for the thread to take it */
+    wr->sync = 1;
+    uv_cond_signal(&wr->wake);
+    uv_cond_wait(&wr->done, &wr->mu);
+  }
+  size_t was = wr->n;
+  if (wr->n + m->npend > wr->cap) {
+    while (wr->n + m->npend > wr->cap) wr->cap = wr->cap ? wr->cap * 2 : 256;
+    wr->q = xrealloc(wr->q, wr->cap * sizeof *wr->q);
+  }
+  if (!was) wr->first_at = uv_hrtime();
+  memcpy(wr->q + wr->n, m->pend, m->npend * sizeof *m->pend);
+  wr->n += m->npend;
+  wr->bytes += bytes;
+  wr->handed += m->npend;
+  if (!was || wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2) uv_cond_signal(&wr->wake);
+  uv_mutex_unlock(&wr->mu);
   m->npend = 0;
+}
+
+/* Returns once every row handed over before the call is committed (a query must find
+ * them). Blocks the worker for at most the commit in progress and one more. */
+static void writer_sync(mam_writer_t *wr) {
+  if (!wr) return;
+  uv_mutex_lock(&wr->mu);
+  uint64_t upto = wr->handed;
+  while (wr->committed < upto) {
+    if (wr->n) { /* not taken yet: now, not at the window's end */
+      wr->sync = 1;
+      uv_cond_signal(&wr->wake);
+    }
+    uv_cond_wait(&wr->done, &wr->mu);
+  }
+  uv_mutex_unlock(&wr->mu);
+}
+
+static void writer_main(void *arg) {
+  mam_writer_t *wr = arg;
+  log_set_thread("archive");
+  const uint64_t window = (uint64_t)wr->cfg->mam_commit_ms * 1000000;
+  store_mam_msg_t *rows = NULL;
+  size_t cap = 0;
+  uv_mutex_lock(&wr->mu);
+  for (;;) {
+    while (!wr->n && !wr->stop) uv_cond_wait(&wr->wake, &wr->mu);
+    if (!wr->n) break; /* stopped, and everything committed */
+    /* the group: until its window ends, unless a query waits, the queue is full, or stop */
+    for (;;) {
+      uint64_t now = uv_hrtime();
+      if (wr->sync || wr->stop || wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2 ||
+          now >= wr->first_at + window)
+        break;
+      uv_cond_timedwait(&wr->wake, &wr->mu, wr->first_at + window - now);
+    }
+    if (!wr->sync && !wr->stop && (wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2))
+      log_info("archive writer: %zu rows (%zu bytes) queued before the window's end: committed now", wr->n,
+               wr->bytes);
+    wr->sync = 0;
+    size_t n = wr->n;
+    if (n > cap) {
+      cap = n;
+      rows = xrealloc(rows, cap * sizeof *rows);
+    }
+    memcpy(rows, wr->q, n * sizeof *rows);
+    wr->n = 0;
+    wr->bytes = 0;
+    uv_mutex_unlock(&wr->mu);
+    commit_rows(wr->store, wr->cfg, rows, n);
+    uv_mutex_lock(&wr->mu);
+    wr->committed += n;
+    uv_cond_broadcast(&wr->done);
+  }
+  uv_mutex_unlock(&wr->mu);
+  xfree(rows);
+}
+
+static void *writer_start(router_t *r) {
+  const xmpp_config_t *cfg = r->cfg;
+  if (!cfg->mam_enabled || !cfg->mam_commit_ms) return NULL;
+  char *err = NULL;
+  store_t *st = store_open(cfg->store_backend, config_store_target(cfg), &err);
+  if (!st) { /* the workers then commit their own rows */
+    log_error("archive writer: storage: %s", err ? err : "cannot open");
+    xfree(err);
+    return NULL;
+  }
+  if (store_set_cache(st, MAM_WRITER_CACHE) != 0) log_warn("archive writer: its page cache stays the default");
+  mam_writer_t *wr = xcalloc(1, sizeof *wr);
+  wr->store = st;
+  wr->cfg = cfg;
+  if (uv_mutex_init(&wr->mu) || uv_cond_init(&wr->wake) || uv_cond_init(&wr->done) ||
+      uv_thread_create(&wr->thread, writer_main, wr)) {
+    log_error("archive writer: cannot start its thread");
+    abort();
+  }
+  return wr;
+}
+
+/* After every worker's worker_free: commits what they handed over, then ends. */
+static void writer_stop(router_t *r, void *p) {
+  mam_writer_t *wr = p;
+  (void)r;
+  if (!wr) return;
+  uv_mutex_lock(&wr->mu);
+  wr->stop = 1;
+  uv_cond_signal(&wr->wake);
+  uv_mutex_unlock(&wr->mu);
+  uv_thread_join(&wr->thread);
+  store_close(wr->store);
+  xfree(wr->q);
+  uv_cond_destroy(&wr->done);
+  uv_cond_destroy(&wr->wake);
+  uv_mutex_destroy(&wr->mu);
+  xfree(wr);
 }
 
 /* Queues st (from -> to) for owner's archive under id. */
@@ -394,6 +566,7 @@ static void query(mod_iq_ctx_t *c) {
   worker_t *w = c->w;
   arena_t *a = &w->arena;
   flush(w, state(w));
+  writer_sync(state(w)->writer);
   const xmpp_config_t *cfg = w->cfg;
   unsigned cap = (unsigned)cfg->mam_max_page;
   store_mam_query_t q = {.before = INT64_MAX, .max = cap < MAM_DEFAULT_PAGE ? cap : MAM_DEFAULT_PAGE};
@@ -603,7 +776,7 @@ static void prefs(mod_iq_ctx_t *c) {
 static void *worker_init(worker_t *w) {
   mam_w_t *m = xcalloc(1, sizeof *m);
   m->prefs = strmap_new();
-  (void)w;
+  m->writer = mod_router_state(w->router, &mod_mam);
   return m;
 }
 
@@ -630,4 +803,6 @@ const module_t mod_mam = {
     .hooks = {[HOOK_MESSAGE_OUT] = on_message_out, [HOOK_MESSAGE_IN] = on_message_in, [HOOK_BATCH_END] = on_batch_end},
     .worker_init = worker_init,
     .worker_free = worker_free,
+    .router_init = writer_start,
+    .router_free = writer_stop,
 };

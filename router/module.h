@@ -18,7 +18,8 @@
  *    table order, so the modules that handle a stanza for good (mod_presence at the
  *    presence points, mod_message at HOOK_MESSAGE_IN: they return MOD_STOP) come last
  *    in router/modules.c, after every module that filters, changes or copies it;
- *  - a per-worker state slot it owns (worker_init / worker_free), per-session state
+ *  - a per-worker state slot it owns (worker_init / worker_free), a per-router one
+ *    shared by the workers (router_init / router_free), per-session state
  *    through mod_session_state, and per-account state through mod_user_state (kept while
  *    the account is in memory: while it has a session, else for one frame).
  * Everything a module runs on is its worker's thread: no locks, as for the core.
@@ -154,6 +155,12 @@ typedef struct module {
   void (*worker_free)(worker_t *w, void *state);
   void (*session_free)(void *state);       /* frees its per-session state */
   void (*user_free)(void *state);          /* frees its per-account state */
+  /* The module's per-router state, shared by all the workers (e.g. a thread of its own
+   * fed by them): router_init runs on the main thread before any worker_init (NULL is
+   * a valid state), router_free after every worker_free, the workers' threads joined.
+   * Whatever the workers touch in it is theirs to lock. */
+  void *(*router_init)(router_t *r);
+  void (*router_free)(router_t *r, void *state);
 } module_t;
 
 /* modules.c: the table, and the core's calls into it */
@@ -162,6 +169,10 @@ extern const size_t nmodules;
 
 void modules_worker_init(worker_t *w);
 void modules_worker_free(worker_t *w);
+void modules_router_init(router_t *r);
+void modules_router_free(router_t *r);
+/* A module's per-router state (what its router_init returned). */
+void *mod_router_state(router_t *r, const module_t *m);
 /* Runs the hooks of point h in table order until one returns MOD_STOP (returned). The
  * hooks of each point are listed once, at the first modules_worker_init: a point costs
  * one loop over the modules that hook it, none for the others. */

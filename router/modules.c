@@ -64,6 +64,22 @@ void modules_worker_free(worker_t *w) {
 
 void *mod_worker_state(worker_t *w, const module_t *m) { return w->mod_state[index_of(m)]; }
 
+void modules_router_init(router_t *r) {
+  r->mod_state = xcalloc(nmodules, sizeof *r->mod_state);
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i]->router_init) r->mod_state[i] = modules[i]->router_init(r);
+}
+
+void modules_router_free(router_t *r) {
+  if (!r->mod_state) return;
+  for (size_t i = 0; i < nmodules; i++)
+    if (modules[i]->router_free) modules[i]->router_free(r, r->mod_state[i]);
+  xfree(r->mod_state);
+  r->mod_state = NULL;
+}
+
+void *mod_router_state(router_t *r, const module_t *m) { return r->mod_state[index_of(m)]; }
+
 void **mod_session_state(session_t *s, const module_t *m) {
   if (!s->mod) s->mod = xcalloc(nmodules, sizeof *s->mod);
   return &s->mod[index_of(m)];

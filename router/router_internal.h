@@ -81,6 +81,7 @@ struct router {
   bus_t *bus;
   worker_t *workers;
   int nworkers;
+  void **mod_state; /* the modules' per-router state, in table order (router/module.h) */
 };
 
 /* worker.c: users and sending */

@@ -354,6 +354,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
   r->bus = bus;
   r->nworkers = bus->nworkers;
   r->workers = xcalloc((size_t)r->nworkers, sizeof *r->workers);
+  modules_router_init(r);
   for (int i = 0; i < r->nworkers; i++) {
     worker_t *w = &r->workers[i];
     w->router = r;
@@ -404,6 +405,7 @@ void router_free(router_t *r) {
     buf_free(&w->scratch);
     store_close(w->store);
   }
+  modules_router_free(r); /* after the workers' worker_free: what they handed over is written */
   xfree(r->workers);
   xfree(r);
 }

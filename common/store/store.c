@@ -474,3 +474,9 @@ int store_roster_ver(store_t *s, const char *bare, int64_t *ver) {
   *ver = 0;
   return s->ops->roster_ver(s->be, bare, ver);
 }
+
+int store_set_cache(store_t *s, size_t bytes) {
+  int rc = enter(s, "store_set_cache");
+  if (rc) return rc;
+  return s->ops->set_cache ? s->ops->set_cache(s->be, bytes) : 0;
+}

@@ -232,4 +232,10 @@ int store_block_match(store_t *s, const char *bare, const char *const *jids, siz
  * changed, or no account). 0 or XMPP_EIO. */
 int store_roster_ver(store_t *s, const char *bare, int64_t *ver);
 
+/* Page cache of this handle (SQLite: PRAGMA cache_size, in KiB; the default is 2 MiB):
+ * for a handle that writes much, e.g. the archive writer (router/mod_mam.c), whose
+ * working set (each account's newest pages of the archive and its indexes) the default
+ * cache does not hold, so each commit read them again. Redis: nothing. 0 or an error. */
+int store_set_cache(store_t *s, size_t bytes);
+
 #endif

@@ -75,6 +75,8 @@ typedef struct store_backend {
   int (*block_match)(void *be, const char *bare, const char *const *jids, size_t n);
   /* Roster versioning (store_roster_ver) */
   int (*roster_ver)(void *be, const char *bare, int64_t *ver);
+  /* Optional (NULL: nothing to tune): store_set_cache. */
+  int (*set_cache)(void *be, size_t bytes);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -1520,6 +1520,14 @@ static int sq_roster_ver(void *be, const char *bare, int64_t *ver) {
   return ret;
 }
 
+static int sq_set_cache(void *be, size_t bytes) {
+  sq_t *q = be;
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA cache_size = -%zu", bytes / 1024 ? bytes / 1024 : 1);
+  int rc = pragma(q->db, sql, NULL, 0);
+  return rc == SQLITE_OK ? 0 : fail(q, "cache_size", rc);
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1556,4 +1564,5 @@ const store_backend_t store_sqlite_backend = {
     .block_remove = sq_block_remove,
     .block_match = sq_block_match,
     .roster_ver = sq_roster_ver,
+    .set_cache = sq_set_cache,
 };

@@ -5,16 +5,32 @@ archive, once per message whatever the number of resources; the recipient's copy
 queries with the form fields and RSM paging both ways, exact ids; preferences; the page
 cap; bad input; retention by count. Everything on SQLite and on Redis.
 
-Two independent clients: raw XML over a socket (every id and attribute checked exactly)
-and slixmpp's xep_0313 / xep_0059 plugins (its RSM iterator pages through the archive)."""
+Three independent clients: raw XML over a socket (every id and attribute checked exactly),
+slixmpp's xep_0313 / xep_0059 plugins (its RSM iterator pages through the archive), and
+aioxmpp (no MAM module of its own: its RSM, forms, forwarding and stanza-id XSOs with a
+small MAM query XSO below) paging both ways.
+
+The archive writer (one thread per router, group commits within server.mam_commit_ms):
+a query finds what was just sent however long the window, a clean stop commits what is
+still queued, and a row reaches the store within the window with no query to force it
+(MamWriterTest)."""
 import asyncio
+import os
 import re
 import socket
+import sqlite3
 import time
 import unittest
 import xml.etree.ElementTree as ET
 
-from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, run
+import aioxmpp
+import aioxmpp.forms
+import aioxmpp.misc
+import aioxmpp.ping
+import aioxmpp.rsm.xso as rsm_xso
+import aioxmpp.xso as xso
+
+from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, aioxmpp_client, run
 
 MAM = "urn:xmpp:mam:2"
 SID = "urn:xmpp:sid:0"
@@ -26,6 +42,33 @@ Q = "{%s}" % MAM
 
 def J(u):
     return f"{u}@{DOMAIN}"
+
+
+# aioxmpp 0.13 has no XEP-0313 module: the query, its <fin/> and the <result/> of a
+# message, as XSOs over aioxmpp's own RSM (XEP-0059), data form and forwarding ones.
+@aioxmpp.IQ.as_payload_class
+class AioMamQuery(xso.XSO):
+    TAG = (MAM, "query")
+    queryid = xso.Attr("queryid", default=None)
+    form = xso.Child([aioxmpp.forms.Data])
+    rsm = xso.Child([rsm_xso.ResultSetMetadata])
+
+
+@aioxmpp.IQ.as_payload_class
+class AioMamFin(xso.XSO):
+    TAG = (MAM, "fin")
+    complete = xso.Attr("complete", type_=xso.Bool(), default=False)
+    rsm = xso.Child([rsm_xso.ResultSetMetadata])
+
+
+class AioMamResult(xso.XSO):
+    TAG = (MAM, "result")
+    queryid = xso.Attr("queryid", default=None)
+    id_ = xso.Attr("id")
+    forwarded = xso.Child([aioxmpp.misc.Forwarded])
+
+
+aioxmpp.Message.xep0313_result = xso.Child([AioMamResult])
 
 
 def parse(text):
@@ -448,6 +491,87 @@ class MamCore:
         finally:
             b.close()
 
+    def test_aioxmpp_archive_paged_both_ways(self):
+        """aioxmpp: 9 messages archived; forward pages of 4 (RSM <after/>) and backward
+        ones (<before/> empty, then <before>first</before>) give exactly the delivered
+        stanza-ids, bodies and senders, with first/last and complete as XEP-0059 says."""
+        async def go():
+            ja, a = aioxmpp_client(self.srv, J("u22") + "/aio")
+            jb, b = aioxmpp_client(self.srv, J("u23") + "/aio")
+            inbox, results = asyncio.Queue(), {}
+
+            def catch(msg):
+                r = msg.xep0313_result
+                if r is not None:
+                    results.setdefault(r.queryid, []).append(r)
+                elif msg.body:
+                    inbox.put_nowait(msg)
+                return msg
+
+            b.stream.app_inbound_message_filter.register(catch, 0)
+            qids = iter(range(1000))
+
+            async def page(rsm):
+                form = aioxmpp.forms.Data(aioxmpp.forms.DataType.SUBMIT)
+                form.fields.append(aioxmpp.forms.Field(type_=aioxmpp.forms.FieldType.HIDDEN, var="FORM_TYPE",
+                                                       values=[MAM]))
+                form.fields.append(aioxmpp.forms.Field(var="with", values=[J("u22")]))
+                q = AioMamQuery()
+                q.queryid = f"aio{next(qids)}"
+                q.form, q.rsm = form, rsm
+                fin = await b.send(aioxmpp.IQ(type_=aioxmpp.IQType.SET, payload=q))
+                self.assertIsInstance(fin, AioMamFin)
+                got = results.pop(q.queryid, [])
+                for r in got:
+                    fw = r.forwarded
+                    self.assertIsNotNone(fw.delay)
+                    self.assertEqual(fw.stanza.from_, ja)
+                    self.assertEqual([s.id_ for s in fw.stanza.xep0359_stanza_ids], [r.id_])
+                ids = [r.id_ for r in got]
+                if ids:
+                    self.assertEqual((fin.rsm.first.value, fin.rsm.last.value), (ids[0], ids[-1]))
+                return ids, [r.forwarded.stanza.body.any() for r in got], fin.complete
+
+            async with a.connected(), b.connected():
+                await b.send(aioxmpp.IQ(type_=aioxmpp.IQType.GET, to=jb.bare(),
+                                        payload=aioxmpp.ping.Ping()))
+                for i in range(9):
+                    m = aioxmpp.Message(type_=aioxmpp.MessageType.CHAT, to=jb.bare())
+                    m.body[None] = f"x{i}"
+                    await a.send(m)
+                got = [await asyncio.wait_for(inbox.get(), 10) for _ in range(9)]
+                self.assertEqual([m.body.any() for m in got], [f"x{i}" for i in range(9)])
+                delivered = []
+                for m in got:
+                    sids = m.xep0359_stanza_ids
+                    self.assertEqual([(s.by, len(s.id_) > 0) for s in sids], [(jb.bare(), True)])
+                    delivered.append(sids[0].id_)
+                bodies = [f"x{i}" for i in range(9)]
+                # forward, 4 at a time
+                rsm, seen = rsm_xso.ResultSetMetadata.limit(4), []
+                for k in range(3):
+                    ids, texts, complete = await page(rsm)
+                    self.assertEqual(ids, delivered[4 * k:4 * k + 4], k)
+                    self.assertEqual(texts, bodies[4 * k:4 * k + 4], k)
+                    self.assertEqual(complete, k == 2, k)
+                    seen += ids
+                    rsm = rsm_xso.ResultSetMetadata.limit(4)
+                    rsm.after = rsm_xso.After()
+                    rsm.after.value = ids[-1]
+                self.assertEqual(seen, delivered)
+                # backward from the end
+                ids, texts, complete = await page(rsm_xso.ResultSetMetadata.last_page(4))
+                self.assertEqual((ids, texts, complete), (delivered[5:], bodies[5:], False))
+                back = rsm_xso.ResultSetMetadata.limit(4)
+                back.before = rsm_xso.Before()
+                back.before.value = ids[0]
+                ids, texts, complete = await page(back)
+                self.assertEqual((ids, texts, complete), (delivered[1:5], bodies[1:5], False))
+                back.before.value = ids[0]
+                ids, texts, complete = await page(back)
+                self.assertEqual((ids, texts, complete), (delivered[:1], bodies[:1], True))
+        run(go())
+
     def test_slixmpp_archive_and_rsm_iterator(self):
         async def go():
             a = Client(self.srv, J("u20") + "/s", "pw")
@@ -554,6 +678,89 @@ class MamRetentionTest(ServerTest):
             self.assertEqual([r[0] for r in res], ids[7:], "the newest five kept")
             self.assertEqual([body(m) for _, m in a.query()[0]], [f"m{i}" for i in range(7, 12)])
             self.assertEqual(error_of(b.query(rsm=f"<after>{ids[0]}</after>")[2]), "item-not-found")
+        finally:
+            a.close()
+            b.close()
+
+
+class MamWriterTest(ServerTest):
+    """The archive writer with a window (5 s) far longer than each step here takes: a
+    query still finds what was just sent, a clean stop commits what is queued, and with
+    no query the rows reach the store within the window."""
+    users = ("a", "b", "c", "d", "e", "f")
+    server_options = {"server.mam_commit_ms": "5000", "limits.rate_bytes": "0", "limits.rate_stanzas": "0"}
+
+    def sql(self, query, *args):
+        """The rows of a query on the server's database (its own connection: what is committed)."""
+        db = sqlite3.connect(os.path.join(self.srv.dir, "xmppd.db"), timeout=10)
+        try:
+            return db.execute(query, args).fetchall()
+        finally:
+            db.close()
+
+    def test_queue_bound_ends_a_group_early(self):
+        """40 messages of 200 KB to an offline account (archived on both sides, stored
+        offline): 16 MB of rows within one window, so the queue's bound (16 MiB; a group
+        ends at half of it) commits before the window ends; each message archived once."""
+        a = Raw(self.srv, "e")
+        try:
+            big = "y" * 200_000
+            for i in range(40):
+                a.send(J("f"), f"{i}:{big}")
+            a.ping()
+            b = Raw(self.srv, "f", presence=False)  # no initial presence: no offline flood
+            try:
+                res, _, _ = b.query(rsm="<max>1</max><before/>")  # the queue committed first
+                self.assertEqual(len(res), 1)
+                self.assertTrue(body(res[0][1]).startswith("39:"))
+            finally:
+                b.close()
+            counts = dict(self.sql("SELECT owner, count(*) FROM mam WHERE owner IN (?, ?) GROUP BY owner",
+                                   J("e"), J("f")))
+            self.assertEqual(counts, {J("e"): 40, J("f"): 40}, "each message once on each side")
+            self.assertIn("queued before the window's end: committed now", self.srv.log_text())
+        finally:
+            a.close()
+
+    def test_query_sees_what_is_queued_and_stop_commits_it(self):
+        a, b = Raw(self.srv, "c"), Raw(self.srv, "d")
+        try:
+            b.ping()
+            for i in range(5):
+                a.send(J("d"), f"w{i}")
+            ids = [stanza_ids(m)[0][1] for m in b.messages(5)]
+            t = time.monotonic()
+            self.assertEqual([r[0] for r in b.query()[0]], ids, "queued rows committed before the query")
+            self.assertLess(time.monotonic() - t, 4, "the query did not wait for the window's end")
+            for i in range(5, 8):
+                a.send(J("d"), f"w{i}")
+            ids += [stanza_ids(m)[0][1] for m in b.messages(3)]
+        finally:
+            a.close()
+            b.close()
+        self.assertEqual(self.srv.stop(), 0, self.srv.log_text())  # well within the window
+        self.srv.start()
+        b = Raw(self.srv, "d")
+        try:
+            self.assertEqual([r[0] for r in b.query()[0]], ids, "the stop committed what was queued")
+            self.assertEqual([body(m) for _, m in b.query()[0]], [f"w{i}" for i in range(8)])
+        finally:
+            b.close()
+
+    def test_committed_within_the_window_without_a_query(self):
+        a, b = Raw(self.srv, "a"), Raw(self.srv, "b")
+        try:
+            b.ping()
+            a.send(J("b"), "unasked")
+            b.messages(1)
+            t = time.monotonic()
+            n = 0
+            while n < 2 and time.monotonic() - t < 5 + 10:  # both sides' rows
+                n = self.sql("SELECT count(*) FROM mam WHERE instr(data, CAST('unasked' AS BLOB)) > 0")[0][0]
+                if n < 2:
+                    time.sleep(0.05)
+            self.assertEqual(n, 2, "archived within the window")
+            self.assertGreater(time.monotonic() - t, 1, "a group of 5 s, not a commit per batch")
         finally:
             a.close()
             b.close()

@@ -2391,3 +2391,15 @@ Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
   cr_assert_eq(r.it[0].approved, 1);
   store_close(s);
 }
+
+/* store_set_cache (the archive writer's handle): accepted by both back-ends, and the
+ * handle keeps working. */
+STORE_TEST(set_cache) {
+  store_t *s = open_db();
+  cr_assert_eq(store_set_cache(s, 32u << 20), 0);
+  cr_assert_eq(store_set_cache(NULL, 1), XMPP_EINVAL);
+  add_user(s, "alice@x", 1);
+  mam_put(s, "alice@x", 1000, "bob@x", NULL, NULL);
+  cr_assert_eq(store_mam_count(s, "alice@x"), 1);
+  store_close(s);
+}
