@@ -116,7 +116,16 @@ set +e
 while :; do
   wait "$child"
   rc=$?
-  kill -0 "$child" 2>/dev/null || break
+  if ! kill -0 "$child" 2>/dev/null; then
+    # interrupted by a trapped signal (status 128+n) while xmppd was ending: its own
+    # status is still to be collected (127: that status was this one, xmppd's own)
+    if [ "$rc" -gt 128 ]; then
+      wait "$child"
+      again=$?
+      [ "$again" -ne 127 ] && rc=$again
+    fi
+    break
+  fi
 done
 if [ "$rc" -eq 2 ]; then
   echo "docker-entrypoint: xmppd exited with status 2 (it refuses to run: see its last lines);" \

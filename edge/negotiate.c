@@ -16,6 +16,9 @@
  *                                         BINDING ---refused (§7.6.2.1)---> AUTHED
  *   AUTHED ---<resume/> (XEP-0198 §5)---> RESUMING ---the detached session came---> RESUME_MOVING
  *                                         RESUMING ---not found: <failed/>---> AUTHED
+ *                                         RESUMING ---not on this edge node (cluster)---> RESUME_REMOTE
+ *                                         RESUME_REMOTE ---the state came with the router's answer---> RESUME_MOVING
+ *                                         RESUME_REMOTE ---no such session: <failed/>---> AUTHED
  *                                         RESUME_MOVING ---SESSION_ACK open: <resumed/>---> BOUND
  *                                         RESUME_MOVING ---refused: <failed/>---> AUTHED
  *   BINDING, RESUME_MOVING, BOUND ---KICK conflict (the router replaced it)---> AUTHED,
@@ -31,6 +34,7 @@
  *   BINDING      stanzas are held until the router answers (route.c); a second bind:
  *                <not-allowed/>
  *   RESUMING,
+ *   RESUME_REMOTE,
  *   RESUME_MOVING  no stanza (<not-authorized/>) until <resumed/> or <failed/>
  *   BOUND        stanzas are routed; XEP-0198 <enable/>, XEP-0352, password change
  *   CLOSING      nothing is read any more
@@ -338,8 +342,9 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     conn_stream_error(c, "unsupported-stanza-type", NULL);
     return;
   }
-  if (c->state == CONN_ST_RESUMING || c->state == CONN_ST_RESUME_MOVING) {
-    /* XEP-0198 §5: nothing before <resumed/> or <failed/> */
+  if (c->state != CONN_ST_AUTHED && c->state != CONN_ST_BINDING && c->state != CONN_ST_BOUND) {
+    /* RESUMING, RESUME_REMOTE, RESUME_MOVING (XEP-0198 §5): nothing before <resumed/> or
+     * <failed/>; only the three states named here have what routing needs (a full JID) */
     conn_stream_error(c, "not-authorized", "the stream is being resumed");
     return;
   }

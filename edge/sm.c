@@ -626,13 +626,13 @@ void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
 }
 
 /* ---- a detached session's state between edge nodes (cluster) ----
- * Little-endian: u8 version (1) | u32 sm_in, sm_out, sm_acked | str id | str full JID |
+ * Little-endian: u8 version (2) | u32 sm_in, sm_out, sm_acked, resume h | str id | str full JID |
  * str presence (encoded, may be empty) | u32 n | n times: u8 fresh, u32 seq, i64 store
  * id, str DELIVER frame. str = u32 length + bytes. Decoding checks every length and each
  * frame. What it carries is bounded by the session's limits (sm_max_unacked,
  * max_pending_out); past SM_STATE_MAX it cannot go (the session ends instead, as at its
  * timeout: hand_over). */
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 /* the largest state moved: under the largest frame body a bus link takes (16 MiB,
  * common/bus_link.c), with room for the frame's addresses */
 #define SM_STATE_MAX ((16u << 20) - 4096)
@@ -656,6 +656,9 @@ static int state_encode(const conn_t *g, buf_t *out) {
   put_u32(out, g->sm_in);
   put_u32(out, g->sm_out);
   put_u32(out, g->sm_acked);
+  /* the h of the <resume/> (hand_over): if the resuming client goes before the state
+   * reaches it, what h acknowledged must not come back (sm_bounce) */
+  put_u32(out, g->resume_h_set ? g->resume_h : g->sm_acked);
   put_str(out, g->sm_rid, strlen(g->sm_rid));
   put_str(out, g->jid.full, strlen(g->jid.full));
   put_str(out, g->presence, g->presence_len);
@@ -719,6 +722,8 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   g->sm_in = get_u32(&r);
   g->sm_out = get_u32(&r);
   g->sm_acked = get_u32(&r);
+  g->resume_h = get_u32(&r);
+  g->resume_h_set = 1;
   size_t n;
   const uint8_t *p = get_str(&r, &n);
   if (p && n == SM_RID_LEN) g->sm_rid = xstrndup((const char *)p, n);

@@ -369,9 +369,8 @@ static void writer_main(void *arg) {
         break;
       uv_cond_timedwait(&wr->wake, &wr->mu, wr->first_at + window - now);
     }
-    if (!wr->sync && !wr->stop && (wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2))
-      log_info("archive writer: %zu rows (%zu bytes) queued before the window's end: committed now", wr->n,
-               wr->bytes);
+    int early = !wr->sync && !wr->stop && (wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2);
+    size_t early_bytes = wr->bytes;
     wr->sync = 0;
     size_t n = wr->n;
     if (n > cap) {
@@ -382,6 +381,10 @@ static void writer_main(void *arg) {
     wr->n = 0;
     wr->bytes = 0;
     uv_mutex_unlock(&wr->mu);
+    /* logged outside the lock: a blocked log pipe must not stop the workers' hand-overs */
+    if (early)
+      log_info("archive writer: %zu rows (%zu bytes) queued before the window's end: committed now", n,
+                early_bytes);
     commit_rows(wr->store, wr->cfg, rows, n);
     uv_mutex_lock(&wr->mu);
     wr->committed += n;

@@ -649,6 +649,26 @@ class ClusterResumeTest(unittest.TestCase):
         for x in (b3, alice):
             x.close()
 
+    def test_1b_stanza_behind_a_remote_resume_is_refused(self):
+        """A stanza pipelined behind a <resume/> whose id this edge node does not hold (so it
+        waits for the account's router, RESUME_REMOTE) ends the stream with <not-authorized/>
+        as on one node; it must not be routed (no full JID yet: the edge crashed on it)."""
+        a = self.edges[0]
+        r = RawStream(a.port, timeout=10)
+        r.starttls()
+        r.auth_plain("kim", "pw")
+        r.buf = b""
+        r.send(f"<resume xmlns='{SM}' previd='{'0' * 40}' h='0'/>"
+               f"<message to='bob@{DOMAIN}' type='chat'><body>early</body></message>"
+               f"<iq type='set' id='pw'><query xmlns='jabber:iq:register'><username>kim</username>"
+               f"<password>new</password></query></iq>")
+        text = r.recv_until("</stream:stream>", timeout=10)
+        self.assertIn("<not-authorized", text)
+        self.assertIn("the stream is being resumed", text)
+        r.close()
+        self.assertTrue(a.alive(), a.log_text()[-3000:])
+        self.login(a, "kim", "pc").close()  # the password did not change
+
     def test_2_another_accounts_id_fails_on_another_node(self):
         a, b, c = self.edges
         carol, previd = self.enable_resume(a, "carol", "phone")
