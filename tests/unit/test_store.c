@@ -84,9 +84,9 @@ static void setup_redis(void) {
   mk_dir();
   g_backend = "redis";
   test_redis_init(&g_redis, g_dir);
+  redis_start(0); /* may move to another port if its first one was taken meanwhile */
   g_redis_port = g_redis.port;
   snprintf(g_target, sizeof g_target, "127.0.0.1:%d", g_redis_port);
-  redis_start(0);
 }
 
 static void teardown_sqlite(void) { rm_dir(); }

@@ -13,6 +13,8 @@
 typedef struct test_redis {
   pid_t pid;      /* 0 when not running */
   int port;
+  int started;    /* it answered once: a restart keeps its port */
+  int port_tries; /* ports given up at a first start (taken by another process) */
   char dir[128];  /* working directory: redis.log, AOF files */
   char bin[512];
 } test_redis_t;
