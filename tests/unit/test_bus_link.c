@@ -292,7 +292,7 @@ Test(bus_link, small_watermarks_do_not_wait_for_heartbeats) {
    * ACK thresholds: the link must ask for acknowledgements when it needs them (PING on
    * the high watermark) instead of stalling until the next heartbeat. */
   bus_link_config_t cfg = test_cfg();
-  cfg.heartbeat_ms = 2000;
+  cfg.heartbeat_ms = 6000; /* a stall per window would take minutes; the run takes ~1 s (2.6 s under ASan on a loaded machine) */
   cfg.high_water = 64u << 10;
   cfg.low_water = 16u << 10;
   side_t *srv = side_new("server", size_4k);
@@ -359,7 +359,8 @@ Test(bus_link, down_beyond_wait_bound_every_frame_once) {
    * took); nobody listens afterwards. Each frame is then exactly one of: delivered,
    * handed back after max_wait_ms. */
   bus_link_config_t cfg = test_cfg();
-  cfg.heartbeat_ms = 200; /* one loop runs both ends: a burst must not look like a dead peer */
+  cfg.heartbeat_ms = 1000; /* one loop runs both ends: a burst (15 MB sent at once, seconds
+                             under ASan on a loaded machine) must not look like a dead peer */
   side_t *srv = side_new("server", size_small);
   side_t *cli = side_new("client", size_small);
   bus_listener_t *ls = listen_on(0, &cfg, srv);
@@ -744,7 +745,8 @@ Test(bus_link, paused_reader_backpressures_the_writer) {
   cfg.queue_max_bytes = 4u << 20;
   cfg.high_water = 1u << 20;
   cfg.low_water = 256u << 10;
-  cfg.heartbeat_ms = 200; /* one loop runs both ends: a burst must not look like a dead peer */
+  cfg.heartbeat_ms = 1000; /* one loop runs both ends: a burst (15 MB sent at once, seconds
+                             under ASan on a loaded machine) must not look like a dead peer */
   side_t *srv = side_new("server", size_4k);
   side_t *cli = side_new("client", size_4k);
   srv->pause_on_up = 1;
