@@ -634,7 +634,7 @@ void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
  * timeout: hand_over). */
 #define STATE_VERSION 2
 /* the largest state moved: under the largest frame body a bus link takes (16 MiB,
- * common/bus_link.c), with room for the frame's addresses */
+ * common/cluster/bus_link.c), with room for the frame's addresses */
 #define SM_STATE_MAX ((16u << 20) - 4096)
 
 static void put_u32(buf_t *b, uint32_t v) {
