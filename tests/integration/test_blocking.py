@@ -18,7 +18,7 @@ import aioxmpp.disco
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, resp, run, befriend
+from harness import DOMAIN, SANITIZED, Client, RawStream, Redis, Server, ServerTest, befriend, resp, run
 
 NS = "urn:xmpp:blocking"
 NS_ERR = "urn:xmpp:blocking:errors"
@@ -511,7 +511,9 @@ class BlockingCostTest(ServerTest):
         # refused after counting 2,001 items, no JID of it parsed: about what the headline
         # costs (+10-60 ms seen; parsing all 100,000 JIDs first: +90-270 ms; what refuses
         # before parsing is checked in BlockingLimitTest)
-        self.assertLess(cpu, base + 0.15)
+        # (under ASan every cost is ~3 times: 0.48 s against a 0.33 s headline was seen on a
+        # loaded machine, the margin there is 0.25 s)
+        self.assertLess(cpu, base + (0.25 if SANITIZED else 0.15))
         r.close()
 
     def test_many_small_requests_up_to_the_cap(self):
