@@ -1386,6 +1386,9 @@ class EdgePausedPastLeaseTest(unittest.TestCase):
                 await b.close()
             run(go())
             self.assertIn("announced again to router 1", edge.log_text())
+            for n in (edge, other, router):  # a clean stop: no sanitizer report, exit 0
+                self.assertEqual(n.stop(), 0, n.log_text()[-3000:])
+                self.assertNotIn("Sanitizer", n.log_text())
         finally:
             stop_all(redis, (edge, other, router))
 
