@@ -59,7 +59,14 @@ typedef enum {
                            router forwards it as BUS_RESUME to the account's session the id
                            names (edge/sm.c: its tag), or answers SESSION_ACK|BUS_F_RESUME
                            BUS_ACK_GONE (docs/cluster.md "Stream resumption across nodes") */
-  BUS_KIND_MAX = 18
+  BUS_SESSIONS_ENDED = 19, /* router node -> edge node, cluster: this router ended the edge
+                           node's sessions (the node left the registry: a stall past its
+                           lease) and now sees it back with the same incarnation, its
+                           clients maybe still connected. The edge's cluster thread passes
+                           it to each edge thread with arg = that router's node id; each
+                           announces its bound sessions owned by that router again
+                           (SESSION_OPEN|BUS_F_REANNOUNCE, arg BUS_REANNOUNCE_REVIVE) */
+  BUS_KIND_MAX = 19
 } bus_kind_t;
 
 enum {
@@ -69,7 +76,8 @@ enum {
                                 (common/cluster/cluster.c sends it straight to the owner) */
   BUS_F_REANNOUNCE = 1 << 2, /* SESSION_OPEN of a session already bound (its shard moved to
                                 another router): payload = its last broadcast presence, no
-                                SESSION_ACK and no presence broadcast (docs/cluster.md) */
+                                SESSION_ACK and no presence broadcast (docs/cluster.md);
+                                arg: who sends it and why (BUS_REANNOUNCE_*) */
   BUS_F_OFFLINE = 1 << 4,    /* DELIVER of a message still in offline storage, arg = its store
                                 id: the edge confirms it with BUS_OFFLINE_ACK once taken; a
                                 BOUNCE of it is dropped (the store still has it) */
@@ -81,6 +89,12 @@ enum {
                                 (edge/sm.c state_encode; not a stanza), which the router
                                 passes on to src with the answer */
 };
+
+/* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart
+ * (restored silently); the shard's previous owner handing it over (never overrides what
+ * the edge announced); the edge, after the router ended the session (BUS_SESSIONS_ENDED:
+ * contacts saw it go, so it comes back as a new session with its initial presence) */
+enum { BUS_REANNOUNCE_EDGE = 0, BUS_REANNOUNCE_HANDOVER = 1, BUS_REANNOUNCE_REVIVE = 2 };
 
 enum { BUS_KICK_CONFLICT = 1, BUS_KICK_SHUTDOWN = 2 };
 /* SESSION_ACK refusals: RFC 6120 §7.6.2.1 <resource-constraint/> */
@@ -109,7 +123,8 @@ typedef struct bus_frame {
  * own control frames, nor what stays inside a node (BUS_MAP, BUS_NODE_DOWN, and
  * BUS_RESUME_STATE, which carries a pointer). */
 static inline int bus_kind_on_links(uint8_t k) {
-  return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK;
+  return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
+         k == BUS_SESSIONS_ENDED;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

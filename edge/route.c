@@ -161,12 +161,13 @@ void edge_session_open(conn_t *c) {
   send_frame(c, &f);
 }
 
-static void announce_again(conn_t *c, uint32_t o) {
+static void announce_again(conn_t *c, uint32_t o, int64_t why) {
   c->announced = o;
   if (c->state == CONN_ST_BINDING) c->announced_binding = 1; /* the bind may yet be refused: negotiate_bind_done */
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_REANNOUNCE;
+  f.arg = why; /* BUS_REANNOUNCE_* */
   f.src = here(c);
   f.from = c->jid.full;
   f.from_len = strlen(c->jid.full);
@@ -181,7 +182,7 @@ static void announce_again(conn_t *c, uint32_t o) {
  * not reach the new owner ahead of its session (it would be dropped as stale). */
 static void ensure_announced(conn_t *c) {
   uint32_t o = owner_of(c);
-  if (o && o != c->announced) announce_again(c, o);
+  if (o && o != c->announced) announce_again(c, o, BUS_REANNOUNCE_EDGE);
 }
 
 /* BUS_MAP: each bound session whose shard changed owner, or whose owner restarted
@@ -193,16 +194,39 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
     if (!conn_has_session(c)) continue; /* a CLOSING one has none */
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
-    announce_again(c, o);
+    announce_again(c, o, BUS_REANNOUNCE_EDGE);
     n++;
   }
   for (conn_t *c = th->detached; c; c = c->next) { /* XEP-0198 §5: still bound */
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
-    announce_again(c, o);
+    announce_again(c, o, BUS_REANNOUNCE_EDGE);
     n++;
   }
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
+}
+
+/* BUS_SESSIONS_ENDED: router node `router` ended this node's sessions while the node was
+ * missing from the registry (stalled past its lease, or cut off from Redis), and sees it
+ * back. Each bound session that router owns is announced to it again, with its last
+ * broadcast presence, as one that was ended (BUS_REANNOUNCE_REVIVE): the router takes it
+ * as a new session and its initial presence (contacts saw it go; what was stored offline
+ * meanwhile comes to it), so its client goes on without reconnecting. The announcement
+ * goes the way of the session's stanzas and reaches the worker after the NODE_DOWN that
+ * ended it. A bind still waiting for its answer is not announced (the router answers
+ * its SESSION_OPEN; an answer lost with the router's link to the stalled node leaves
+ * that client waiting for its bind result: docs/cluster.md, "Failures"). */
+static void revive(edge_thread_t *th, uint16_t router) {
+  size_t n = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (conn_t *c = pass ? th->detached : th->all; c; c = c->next) { /* detached: XEP-0198 §5, still bound */
+      if (!pass && c->state != CONN_ST_BOUND) continue;
+      uint32_t o = owner_of(c);
+      if (!o || BUS_OWNER_NODE(o) != router) continue;
+      announce_again(c, o, BUS_REANNOUNCE_REVIVE);
+      n++;
+    }
+  if (n) log_info("edge %d: %zu sessions announced again to router %u, which had ended them", th->index, n, router);
 }
 
 /* A frame of this thread's that the cluster thread re-routes (its router died or left,
@@ -321,6 +345,8 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         sm_resume_state(th, &f);
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
+      } else if (f.kind == BUS_SESSIONS_ENDED) {
+        revive(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {
         resend(th, m, &f); /* takes m */
         arena_reset(&a);

@@ -8,9 +8,6 @@
 #include "common/alloc.h"
 #include "common/log.h"
 
-/* arg of a re-announcing SESSION_OPEN sent by the shard's previous owner (0: by the edge) */
-#define REANNOUNCE_HANDOVER 1
-
 int worker_owns(const worker_t *w, const bus_frame_t *f) {
   const bus_t *b = w->bus;
   if (!b->owner) return 1;
@@ -19,25 +16,65 @@ int worker_owns(const worker_t *w, const bus_frame_t *f) {
   return BUS_OWNER_NODE(o) == b->node && BUS_OWNER_WORKER(o) % (uint32_t)b->nworkers == (uint32_t)w->index;
 }
 
+static void kick(worker_t *w, const bus_addr_t *at, int64_t why) {
+  bus_frame_t k = {0};
+  k.kind = BUS_KICK;
+  k.dst = *at;
+  k.arg = why;
+  bus_to_edge(w->bus, at, bus_msg_new(&k));
+}
+
+/* The edge of a session this router ended (its node left the registry: stalled past its
+ * lease, or cut off from Redis) is back with the same incarnation and announces it again
+ * (BUS_SESSIONS_ENDED, edge/route.c). Contacts saw the session go unavailable and
+ * messages for it went to another resource or offline storage, so it comes back as a new
+ * session (HOOK_SESSION_OPEN) followed by its last broadcast presence, handled as its
+ * initial presence (RFC 6121 §4.2: broadcast to contacts, probes, then the offline
+ * messages, XEP-0160). What the router kept of the session and did not get back (directed
+ * presence, carbons enabled, roster interest) is lost, as for a shard move. */
+static void session_revive(worker_t *w, const bus_frame_t *f, user_t *u, session_t *s, const char *full,
+                           xnode_t *presence) {
+  if (s && bus_addr_eq(&s->at, &f->src)) return; /* this worker never ended it (its shard moved here) */
+  if (s) {
+    /* the resource was bound again since, elsewhere: that newer session stays, the
+     * connection that came back is told (RFC 6120 §7.7.2.2, <conflict/>) */
+    kick(w, &f->src, BUS_KICK_CONFLICT);
+    log_info("session %s at node %u not revived: bound again since", full, f->src.node);
+    return;
+  }
+  if (session_count(u) >= w->cfg->max_resources) {
+    kick(w, &f->src, BUS_KICK_SHUTDOWN); /* its client reconnects, and is refused or not */
+    log_info("session %s at node %u not revived: %d resources already", full, f->src.node, session_count(u));
+    return;
+  }
+  s = session_add(u, full, &f->src);
+  dir_session(w, s);
+  mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
+  modules_hook(HOOK_SESSION_OPEN, &e);
+  if (presence && !strcmp(presence->name, "presence") && !xnode_attr(presence, "type")) {
+    mod_event_t p = {.w = w, .u = u, .s = s, .from = s->full, .to = "", .st = presence};
+    modules_hook(HOOK_PRESENCE_OUT, &p); /* mod_presence, last: the initial presence */
+    dir_session(w, s);
+  }
+  log_debug("session %s revived at node %u", full, f->src.node);
+}
+
 void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presence) {
   char *full = arena_strndup(&w->arena, f->from, f->from_len);
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
-  if (s && f->arg == REANNOUNCE_HANDOVER && bus_addr_eq(&s->at, &f->src))
+  if (f->arg == BUS_REANNOUNCE_REVIVE) {
+    session_revive(w, f, u, s, full, (xnode_t *)presence);
+    return;
+  }
+  if (s && f->arg == BUS_REANNOUNCE_HANDOVER && bus_addr_eq(&s->at, &f->src))
     return; /* the edge's own announcement (or what followed it) is newer */
   if (s && !bus_addr_eq(&s->at, &f->src)) {
     /* an older connection of the same resource: the announced one is current */
     session_remove(w, u, s);
     s = NULL;
   }
-  if (!s) {
-    s = xcalloc(1, sizeof *s);
-    s->full = xstrdup(full);
-    s->resource = strchr(s->full, '/') + 1;
-    s->at = f->src;
-    s->next = u->sessions;
-    u->sessions = s;
-  }
+  if (!s) s = session_add(u, full, &f->src);
   u->exists = 1;
   mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full, .st = (xnode_t *)presence};
   modules_hook(HOOK_SESSION_RESTORE, &e); /* mod_presence sets its presence back */
@@ -91,7 +128,7 @@ void worker_map_changed(worker_t *w) {
       bus_frame_t h = {0};
       h.kind = BUS_SESSION_OPEN;
       h.flags = BUS_F_REANNOUNCE;
-      h.arg = REANNOUNCE_HANDOVER;
+      h.arg = BUS_REANNOUNCE_HANDOVER;
       h.src = s->at;
       h.from = s->full;
       h.from_len = strlen(s->full);

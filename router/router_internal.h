@@ -116,10 +116,17 @@ void session_remove(worker_t *w, user_t *u, session_t *s);
 /* s ends without having said unavailable (closed, replaced, its node died): the modules
  * send what applies (HOOK_SESSION_GONE), then session_remove. */
 void session_finish(worker_t *w, user_t *u, session_t *s);
+/* A new session of u for full (copied) at the connection at, first in u->sessions (no
+ * hook, no directory write: the caller's). */
+session_t *session_add(user_t *u, const char *full, const bus_addr_t *at);
+/* How many sessions u has. */
+int session_count(const user_t *u);
 
 /* failover.c: the cluster's view from a worker (docs/cluster.md) */
 /* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard
- * moved here); the session and its presence are restored without a broadcast. */
+ * moved here); the session and its presence are restored without a broadcast. With
+ * arg BUS_REANNOUNCE_REVIVE (the edge was away and this router had ended the session):
+ * a new session and its initial presence, broadcast (RFC 6121 §4.2). */
 void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presence);
 /* BUS_MAP: users of shards this worker no longer owns are dropped (the new owner
  * rebuilds them from the edges' re-announcements). */

@@ -26,6 +26,23 @@ void session_free(session_t *s) {
   xfree(s);
 }
 
+session_t *session_add(user_t *u, const char *full, const bus_addr_t *at) {
+  session_t *s = xcalloc(1, sizeof *s);
+  s->full = xstrdup(full);
+  s->resource = strchr(s->full, '/') + 1;
+  s->at = *at;
+  s->next = u->sessions;
+  u->sessions = s;
+  u->exists = 1;
+  return s;
+}
+
+int session_count(const user_t *u) {
+  int n = 0;
+  for (const session_t *s = u->sessions; s; s = s->next) n++;
+  return n;
+}
+
 static void ack(worker_t *w, const bus_frame_t *f, int64_t result) {
   bus_frame_t a = {0};
   a.kind = BUS_SESSION_ACK;
@@ -93,8 +110,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     return;
   }
   if (!old) {
-    int n = 0;
-    for (session_t *s = u->sessions; s; s = s->next) n++;
+    int n = session_count(u);
     if (n >= w->cfg->max_resources) {
       log_info("bind of %s refused: %d resources already", full, n);
       ack(w, f, BUS_ACK_TOO_MANY_RESOURCES);
@@ -110,13 +126,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     session_finish(w, u, old);
     log_info("session %s replaced (conflict)", full);
   }
-  session_t *s = xcalloc(1, sizeof *s);
-  s->full = xstrdup(full);
-  s->resource = strchr(s->full, '/') + 1;
-  s->at = f->src;
-  s->next = u->sessions;
-  u->sessions = s;
-  u->exists = 1;
+  session_t *s = session_add(u, full, &f->src);
   dir_session(w, s);
   mod_event_t e = {.w = w, .u = u, .s = s, .from = s->full};
   modules_hook(HOOK_SESSION_OPEN, &e);

@@ -29,6 +29,15 @@ typedef struct peer {
   int restart_done; /* its restart was handled when its link came back (on_up) */
 } peer_t;
 
+/* An edge node whose sessions this router ended because it left the registry: if the
+ * same incarnation joins again (it was stalled past its lease, or cut off from Redis),
+ * its clients may still be connected, and it is asked to announce them again. */
+typedef struct ended {
+  uint16_t id;
+  uint64_t incarnation;
+} ended_t;
+#define MAX_ENDED 1024 /* remembered edges that left (the oldest forgotten first) */
+
 typedef struct pend {
   bus_msg_t *m;
   uint64_t since;
@@ -66,6 +75,8 @@ struct cluster {
   int refused;         /* it found nodes with another server.shards at its first read: stops */
   uint64_t *mismatch;  /* incarnations of nodes already reported for another server.shards */
   size_t nmismatch;
+  ended_t *ended;      /* edges whose sessions this router ended as they left (ended_t) */
+  size_t nended;
   uint64_t failed, rerouted;
 };
 
@@ -256,6 +267,18 @@ static void on_frames(bus_link_t *l, void *ud, bus_msg_t *batch) {
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
+    if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_SESSIONS_ENDED) {
+      /* a router ended this node's sessions while it was away: every edge thread
+       * announces those of its sessions that router owns again (edge/route.c) */
+      if (c->bus->nedges) {
+        log_warn("cluster: router node %u had ended this node's sessions (it was missing from the registry "
+                 "longer than cluster.node_ttl_ms: stalled, or cut off from Redis): announcing them again",
+                 bus_link_peer(l));
+        push_local_ctl(c, BUS_SESSIONS_ENDED, bus_link_peer(l), 0, 1);
+      }
+      bus_msg_free(m);
+      continue;
+    }
     dispatch(c, m);
   }
 }
@@ -363,6 +386,29 @@ static int needs_link(const cluster_t *c, const credis_node_t *n) {
 static void peer_gone(cluster_t *c, peer_t *p, const char *why) {
   log_warn("cluster: node %u (%s:%d) %s", p->info.id, p->info.host, p->info.bus_port, why);
   if (p->info.role & ROLE_EDGE) push_local_ctl(c, BUS_NODE_DOWN, p->info.id, 1, 0);
+}
+
+/* The edge p left the registry and this router's workers end its sessions (peer_gone):
+ * remembered, in case the same process comes back (ended_take). */
+static void ended_add(cluster_t *c, const peer_t *p) {
+  if (!(p->info.role & ROLE_EDGE) || !c->bus->nworkers) return;
+  if (c->nended == MAX_ENDED) memmove(c->ended, c->ended + 1, --c->nended * sizeof *c->ended);
+  if (!c->ended) c->ended = xcalloc(MAX_ENDED, sizeof *c->ended);
+  c->ended[c->nended++] = (ended_t){p->info.id, p->info.incarnation};
+}
+
+/* Node x joined: 1 when it is an edge whose sessions this router ended as it left, the
+ * same incarnation (it was stalled or cut off, not restarted: its clients may still be
+ * connected). Forgotten either way: a new incarnation has none of the old sessions. */
+static int ended_take(cluster_t *c, const credis_node_t *x) {
+  for (size_t i = 0; i < c->nended; i++)
+    if (c->ended[i].id == x->id) {
+      int same = c->ended[i].incarnation == x->incarnation;
+      memmove(c->ended + i, c->ended + i + 1, (c->nended - i - 1) * sizeof *c->ended);
+      c->nended--;
+      return same;
+    }
+  return 0;
 }
 
 static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int restarted_router) {
@@ -523,6 +569,18 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
       p.out = bus_link_connect(&c->loop, x->host, x->bus_port, c->bus->node, (uint8_t)c->role, &c->lcfg, &link_cbs, c);
       if (!p.out) log_error("cluster: cannot link to node %u at %s:%d", x->id, x->host, x->bus_port);
     }
+    if (ended_take(c, x) && p.out) {
+      /* Our workers ended its sessions when it left (NODE_DOWN, ahead in their queues
+       * of anything it sends from now on): it announces those it still holds again */
+      log_warn("cluster: node %u is back (same incarnation) after this router ended its sessions: asking it to "
+               "announce them again",
+               x->id);
+      bus_frame_t e = {0};
+      e.kind = BUS_SESSIONS_ENDED;
+      e.src.node = c->bus->node;
+      e.dst.node = x->id;
+      bus_link_send(p.out, bus_msg_new(&e)); /* waits for the link to come up */
+    }
     next[nn++] = p;
   }
   if (!self_seen && !c->leaving) live[nlive++] = c->self; /* our registration is on its way */
@@ -556,6 +614,7 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   for (int i = 0; i < ngone; i++) {
     set_blocked(c, &gone[i], 0);
     peer_gone(c, &gone[i], "left the registry (stopped, or missed its heartbeats)");
+    ended_add(c, &gone[i]);
     if (gone[i].out) bus_link_close(gone[i].out);
   }
   xfree(gone);
@@ -791,6 +850,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->map);
   xfree(c->prev);
   xfree(c->mismatch);
+  xfree(c->ended);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;
