@@ -16,6 +16,17 @@ from harness import DOMAIN, SANITIZED, Client, RawStream, ServerTest, resp, run
 SM = "urn:xmpp:sm:3"
 
 
+async def paced_send(client, to, ids):
+    """A slixmpp client sends one chat message per id (body and id both the id), pausing
+    5 ms every 20: a burst the server paces, not one write."""
+    for i, mid in enumerate(ids):
+        m = client.make_message(mto=to, mbody=mid, mtype="chat")
+        m["id"] = mid
+        m.send()
+        if i % 20 == 0:
+            await asyncio.sleep(0.005)
+
+
 def bodies(text):
     return re.findall(r"<body>([^<]*)</body>", text)
 
@@ -124,7 +135,7 @@ class ResumeTest(Base):
         self.kill(b2, f"bob@{DOMAIN}/phone", alice)
         b3, text = self.resume("bob", previd, 10)
         self.assertIn("<resumed", text)
-        b3.send(f"<presence type='unavailable'/></stream:stream>")
+        b3.send("<presence type='unavailable'/></stream:stream>")
         self.assertIn("unavailable", alice.recv_until("type='unavailable'"))
         b3.close()
         alice.close()
@@ -265,7 +276,7 @@ class ResumeInterplayTest(Base):
         text = c2.recv_until("o3</body>")
         self.assertEqual(bodies(text), ["o2", "o3"])
         self.ack(c2, total)
-        c2.send(f"<presence type='unavailable'/></stream:stream>")
+        c2.send("<presence type='unavailable'/></stream:stream>")
         c2.closed()
         alice.wait_session_gone(f"carol@{DOMAIN}/phone")
         again = RawStream(self.srv.port).login("carol", "pw", "pc")
@@ -397,15 +408,7 @@ class SlixmppResumeTest(Base):
             n = 300
             ids = [f"id{i}" for i in range(n)]
 
-            async def sender():
-                for i, mid in enumerate(ids):
-                    m = a.make_message(mto=f"bob@{DOMAIN}/phone", mbody=mid, mtype="chat")
-                    m["id"] = mid
-                    m.send()
-                    if i % 20 == 0:
-                        await asyncio.sleep(0.005)
-
-            send = asyncio.ensure_future(sender())
+            send = asyncio.ensure_future(paced_send(a, f"bob@{DOMAIN}/phone", ids))
             got = []
             while len(got) < 60:
                 got.append((await b.next_message(timeout=wait))["id"])
@@ -644,7 +647,7 @@ class ClusterResumeTest(unittest.TestCase):
         b3, text = self.resume(a, "bob", previd, 10)
         self.assertRegex(text, rf"<resumed xmlns='{SM}' previd='{previd}' h='2'/>")
         self.assertEqual(bodies(b3.recv_until("m10</body>", timeout=10)), ["m10"])
-        b3.send(f"<presence type='unavailable'/></stream:stream>")
+        b3.send("<presence type='unavailable'/></stream:stream>")
         alice.recv_until(f"from='bob@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
         for x in (b3, alice):
             x.close()
@@ -797,15 +800,7 @@ class ClusterResumeTest(unittest.TestCase):
             n = 200
             ids = [f"id{i}" for i in range(n)]
 
-            async def sender():
-                for i, mid in enumerate(ids):
-                    m = alice.make_message(mto=f"bob@{DOMAIN}/slix", mbody=mid, mtype="chat")
-                    m["id"] = mid
-                    m.send()
-                    if i % 20 == 0:
-                        await asyncio.sleep(0.005)
-
-            send = asyncio.ensure_future(sender())
+            send = asyncio.ensure_future(paced_send(alice, f"bob@{DOMAIN}/slix", ids))
             got = []
             while len(got) < 50:
                 got.append((await bob.next_message(10))["id"])
