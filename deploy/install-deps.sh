@@ -33,6 +33,7 @@ PKGS=(
   clang-14 libclang-rt-14-dev
   # run: self-signed certificate for `make run`, store inspection
   openssl sqlite3
+  git
 )
 
 if [ "${1:-}" = "--build" ]; then PKGS=("${BUILD_PKGS[@]}"); fi

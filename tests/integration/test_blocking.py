@@ -9,7 +9,6 @@ list), on SQLite and on Redis. Checked with slixmpp (xep_0191) and with aioxmpp
 import asyncio
 import os
 import sqlite3
-import time
 import unittest
 
 import aioxmpp

@@ -32,7 +32,8 @@ COMPOSE_KNOBS = ("XMPP_DOMAIN", "XMPP_LOG_LEVEL", "XMPP_SUBNET", "EDGE1_PORT", "
 
 # Packages only tests, benches or fuzzing need: not even in the build stage.
 TEST_TOOLS = {"libcriterion-dev", "python3", "python3-slixmpp", "python3-aioxmpp", "redis-server", "docker-compose",
-              "procps", "gnuplot-nox", "clang-14", "libclang-rt-14-dev", "sqlite3", "libssl-dev"}
+              "procps", "gnuplot-nox", "clang-14", "libclang-rt-14-dev", "sqlite3", "libssl-dev",
+              "git"}  # git: the mutant stage copies the tracked files and applies each patch
 # ... and what only building needs: never in the runtime image.
 BUILD_TOOLS = {"build-essential", "cmake", "make", "pkg-config", "gcc"}
 
