@@ -9,7 +9,7 @@
 
 #include "bench/hdr.h"
 
-typedef enum { SC_LOGIN, SC_IDLE, SC_CHAT, SC_PRESENCE } scenario_t;
+typedef enum { SC_LOGIN, SC_IDLE, SC_CHAT, SC_PRESENCE, SC_STORM } scenario_t;
 typedef enum { TLS_NONE, TLS_STARTTLS, TLS_DIRECT } tls_mode_t;
 typedef enum { MECH_PLAIN, MECH_SCRAM1, MECH_SCRAM256 } mech_t;
 
@@ -50,6 +50,8 @@ typedef struct bench_opts {
   const char *resource; /* --resource (default "bench") */
   int priority;         /* --priority; INT_MIN: none */
   int carbons;          /* --carbons: XEP-0280 <enable/> after bind */
+  int sm;               /* --sm: XEP-0198 <enable resume='true'/> after bind; storm: <resume/> */
+  int tickets;          /* --tickets: storm reconnects resume the TLS session (RFC 8446 §2.2) */
   /* derived */
   uint32_t src_lo, src_hi; /* host byte order */
   int total;               /* connections over all processes */
@@ -95,6 +97,8 @@ typedef struct worker {
    * main thread; histograms and failures under mu */
   uint64_t st_connected, st_online, st_logins_ok, st_login_failed, st_dropped, st_sent,
       st_delivered, st_errors, st_last_online_ns;
+  /* storm: reconnects whose TLS session was resumed, and whose XEP-0198 session was */
+  uint64_t st_tls_resumed, st_sm_resumed;
   pthread_mutex_t mu;
   hdr_t lat;
   hdr_t login;

@@ -47,6 +47,8 @@ enum {
   C_SCRAM2,     /* client-final sent */
   C_FEAT3,      /* authenticated stream, waiting for features (bind) */
   C_BIND,
+  C_SMENABLE,   /* <enable resume='true'/> sent (--sm) */
+  C_RESUME,     /* storm: <resume/> sent instead of a bind */
   C_ONLINE,
   C_CLOSING,    /* sent </stream:stream> */
   C_DEAD
@@ -76,6 +78,11 @@ struct conn {
   char user[48];  /* local part */
   char *to;       /* chat: peer's bare JID */
   char *scram;    /* client-first-bare, then expected server signature (base64) */
+  /* storm (--sm, --tickets) */
+  char *smid;     /* XEP-0198 resumption id from <enabled/> */
+  uint32_t sm_in; /* stanzas received since <enabled/> (the h we answer and resume with) */
+  WOLFSSL_SESSION *sess; /* the TLS session kept at the drop, resumed by the reconnect */
+  int reconnecting;      /* storm: this connection is a reconnect (figures go to the storm's) */
 };
 
 typedef struct wreq {
@@ -222,6 +229,8 @@ static void launch_more(worker_t *w);
 
 static void worker_close_handles(worker_t *w);
 
+static void storm_relaunch(conn_t *c);
+
 static void close_cb(uv_handle_t *h) {
   conn_t *c = h->data;
   c->handle_open = 0;
@@ -234,6 +243,7 @@ static void close_cb(uv_handle_t *h) {
   tls_mem_free(&c->tio);
   buf_free(&c->in);
   buf_free(&c->out);
+  if (c->reconnecting == 1 && c->w->phase == PH_RUN) storm_relaunch(c);
 }
 
 static void conn_close(conn_t *c) {
@@ -285,6 +295,7 @@ static void tls_step(conn_t *c) {
   int r = wolfSSL_connect(c->ssl);
   if (r == WOLFSSL_SUCCESS) {
     c->tls_ready = 1;
+    if (c->reconnecting && wolfSSL_session_reused(c->ssl)) BUMP(c->w->st_tls_resumed);
     c->state = C_FEAT2;
     open_stream(c);
     return;
@@ -307,6 +318,11 @@ static void start_tls(conn_t *c) {
   wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->w->o->domain,
                  (unsigned short)strlen(c->w->o->domain));
   wolfSSL_UseKeyShare(c->ssl, WOLFSSL_ECC_X25519);
+  if (c->sess) {
+    wolfSSL_set_session(c->ssl, c->sess); /* a refused ticket means a full handshake */
+    wolfSSL_SESSION_free(c->sess);
+    c->sess = NULL;
+  }
   c->state = C_TLSHS;
   tls_step(c);
 }
@@ -476,10 +492,12 @@ static void went_online(conn_t *c) {
   c->state = C_ONLINE;
   w->inprog--;
   STORE(w->st_online, w->st_online + 1);
-  STORE(w->st_logins_ok, w->st_logins_ok + 1);
   STORE(w->st_last_online_ns, now);
+  /* a storm's reconnect: its own count and latency, apart from the first log-ins */
+  if (c->reconnecting) STORE(w->st_delivered, w->st_delivered + 1);
+  else STORE(w->st_logins_ok, w->st_logins_ok + 1);
   pthread_mutex_lock(&w->mu);
-  hdr_record(&w->login, (now - c->t_connect) / 1000);
+  hdr_record(c->reconnecting ? &w->lat : &w->login, (now - c->t_connect) / 1000);
   pthread_mutex_unlock(&w->mu);
   xfree(c->scram);
   c->scram = NULL;
@@ -617,6 +635,17 @@ static void on_presence(conn_t *c, const char *p, size_t n) {
 
 /* ---- incoming stanzas ----------------------------------------------------------------- */
 
+static void send_initial_presence(conn_t *c) {
+  const bench_opts_t *o = c->w->o;
+  if (o->priority != INT_MIN) {
+    char pr[64];
+    snprintf(pr, sizeof pr, "<presence><priority>%d</priority></presence>", o->priority);
+    conn_sends(c, pr);
+  } else {
+    conn_sends(c, "<presence/>");
+  }
+}
+
 #define NAME_IS(nm, nl, lit) ((nl) == sizeof(lit) - 1 && memcmp((nm), (lit), (nl)) == 0)
 
 /* Returns 1 when the stream restarts (the rest of the input must be dropped). */
@@ -624,6 +653,17 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
   const char *nm;
   size_t nl = xs_name(p, n, &nm);
   const bench_opts_t *o = c->w->o;
+  if (c->smid && (c->state == C_ONLINE || c->state == C_CLOSING || c->state == C_SMENABLE)) {
+    /* XEP-0198 §4: h counts the stanzas handled; a request is answered with it */
+    if (NAME_IS(nm, nl, "message") || NAME_IS(nm, nl, "presence") || NAME_IS(nm, nl, "iq")) c->sm_in++;
+    if (NAME_IS(nm, nl, "r")) {
+      char a[80];
+      snprintf(a, sizeof a, "<a xmlns='urn:xmpp:sm:3' h='%u'/>", c->sm_in);
+      conn_sends(c, a);
+      return 0;
+    }
+    if (NAME_IS(nm, nl, "a")) return 0;
+  }
   if (c->state == C_ONLINE || c->state == C_CLOSING) {
     if (NAME_IS(nm, nl, "message")) {
       on_message(c, p, n);
@@ -705,7 +745,12 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
     }
     return 0;
   case C_FEAT3:
-    if (NAME_IS(nm, nl, "stream:features")) {
+    if (NAME_IS(nm, nl, "stream:features") && c->smid && c->reconnecting) {
+      char r[256];
+      snprintf(r, sizeof r, "<resume xmlns='urn:xmpp:sm:3' previd='%s' h='%u'/>", c->smid, c->sm_in);
+      conn_sends(c, r);
+      c->state = C_RESUME;
+    } else if (NAME_IS(nm, nl, "stream:features")) {
       char bindiq[256];
       snprintf(bindiq, sizeof bindiq,
                "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
@@ -721,18 +766,47 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
       size_t tl;
       if (xs_attr(p, n, "type", &t, &tl) && tl == 6 && memcmp(t, "result", 6) == 0) {
         if (o->carbons) conn_sends(c, "<iq type='set' id='cc1'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
-        if (o->priority != INT_MIN) {
-          char pr[64];
-          snprintf(pr, sizeof pr, "<presence><priority>%d</priority></presence>", o->priority);
-          conn_sends(c, pr);
-        } else {
-          conn_sends(c, "<presence/>");
+        if (o->sm) {
+          xfree(c->smid);
+          c->smid = NULL;
+          conn_sends(c, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+          c->state = C_SMENABLE;
+          return 0;
         }
+        send_initial_presence(c);
         went_online(c);
       } else {
         conn_fail(c, "bind");
         return 1;
       }
+    }
+    return 0;
+  case C_SMENABLE:
+    if (NAME_IS(nm, nl, "enabled")) {
+      const char *id;
+      size_t il;
+      if (!xs_attr(p, n, "id", &id, &il) || il == 0 || il > 200) {
+        conn_fail(c, "sm:no-resumption-id");
+        return 1;
+      }
+      c->smid = xmalloc(il + 1);
+      memcpy(c->smid, id, il);
+      c->smid[il] = 0;
+      c->sm_in = 0;
+      send_initial_presence(c);
+      went_online(c);
+    } else if (NAME_IS(nm, nl, "failed")) {
+      conn_fail(c, "sm:enable-failed");
+      return 1;
+    }
+    return 0;
+  case C_RESUME:
+    if (NAME_IS(nm, nl, "resumed")) {
+      BUMP(c->w->st_sm_resumed);
+      went_online(c); /* the session kept its presence: nothing to send */
+    } else if (NAME_IS(nm, nl, "failed")) {
+      conn_fail(c, "sm:resume-failed");
+      return 1;
     }
     return 0;
   default: return 0;
@@ -935,12 +1009,38 @@ static void quit_timer_cb(uv_timer_t *t) {
   if (w->open_handles == 0) worker_close_handles(w);
 }
 
+/* storm: every session online drops at once (TCP reset, as a network event does: no
+ * </stream>, so the server keeps a resumable session detached), and each reconnects as
+ * soon as its socket is closed, keeping what --tickets and --sm let it resume. */
+static void storm_drop(conn_t *c) {
+  worker_t *w = c->w;
+  if (c->ssl && w->o->tickets) c->sess = wolfSSL_get1_session(c->ssl);
+  STORE(w->st_online, w->st_online - 1);
+  c->state = C_DEAD;
+  c->reconnecting = 1; /* close_cb relaunches */
+  if (c->handle_open && !uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_tcp_close_reset(&c->tcp, close_cb);
+}
+
+static void storm_relaunch(conn_t *c) {
+  c->reconnecting = 2;
+  c->tls_ready = 0;
+  c->writing = 0;
+  xfree(c->scram);
+  c->scram = NULL;
+  STORE(c->w->st_sent, c->w->st_sent + 1);
+  conn_launch(c);
+}
+
 static void enter_phase(worker_t *w, int ph) {
   const bench_opts_t *o = w->o;
   w->phase = ph;
   if (ph == PH_RUN) {
     w->go_ns = g_go_ns;
     w->sched = 0;
+    if (o->sc == SC_STORM)
+      for (size_t i = 0; i < w->nconns; i++)
+        if (w->conns[i].state == C_ONLINE) storm_drop(&w->conns[i]);
     if (o->sc == SC_CHAT && o->rate <= 0) {
       for (size_t i = 0; i < w->nconns; i++) {
         conn_t *c = &w->conns[i];
@@ -1089,6 +1189,8 @@ void worker_free(worker_t *w) {
     conn_t *c = &w->conns[i];
     xfree(c->to);
     xfree(c->scram);
+    xfree(c->smid);
+    if (c->sess) wolfSSL_SESSION_free(c->sess);
     tls_mem_free(&c->tio);
     buf_free(&c->in);
     buf_free(&c->out);

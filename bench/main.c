@@ -29,7 +29,7 @@
 #include "common/buf.h"
 
 static const char usage_text[] =
-    "usage: xmpp-bench SCENARIO [options]     SCENARIO = login | idle | chat | presence\n"
+    "usage: xmpp-bench SCENARIO [options]     SCENARIO = login | idle | chat | presence | storm\n"
     "  --host 127.0.0.1  --port 5222  --domain localhost\n"
     "  --port P1,P2,...   several servers (cluster edges): pair k = user(2k), user(2k+1) has its\n"
     "                     first user on port (k mod n), its second on the same port when\n"
@@ -59,6 +59,12 @@ static const char usage_text[] =
     "  --priority P       priority in the initial presence (default: none, i.e. 0)\n"
     "  --carbons          enable XEP-0280 carbons on every connection (copies received are\n"
     "                     not counted as deliveries)\n"
+    "  --sm               enable XEP-0198 stream management with resumption after bind\n"
+    "                     (storm: the reconnects resume their sessions with <resume/>)\n"
+    "  --tickets          storm: the reconnects resume their TLS sessions (TLS 1.3 tickets)\n"
+    "storm: --users N log in; then every session drops at once (TCP reset) and reconnects at\n"
+    "  once; figures: time until all are back, reconnect latency, server CPU per reconnect;\n"
+    "  --duration S is the time allowed for all to come back (default 10)\n"
     "  --allow-errors     exit 0 even when log-ins failed, connections dropped, or messages\n"
     "                     bounced, were lost, repeated or unexpected (they are still reported)\n"
     "exit status: 0 when every log-in succeeded, no connection dropped, and (chat, presence)\n"
@@ -112,7 +118,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     O_HOST = 256, O_PORT, O_DOMAIN, O_TLS, O_MECH, O_USERS, O_USERFMT, O_FIRST, O_PASSWORD,
     O_ARRIVAL, O_CONC, O_DURATION, O_PAIRS, O_RATE, O_WINDOW, O_SIZE, O_IDLEX, O_ROSTER,
     O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_ALLOWERR, O_RESOURCE, O_PRIORITY,
-    O_CARBONS
+    O_CARBONS, O_SM, O_TICKETS
   };
   static const struct option lo[] = {
       {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"domain", 1, 0, O_DOMAIN},
@@ -124,7 +130,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
       {"threads", 1, 0, O_THREADS}, {"procs", 1, 0, O_PROCS}, {"src", 1, 0, O_SRC},
       {"server-pid", 1, 0, O_SPID}, {"json", 1, 0, O_JSON}, {"plot", 1, 0, O_PLOT},
       {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"resource", 1, 0, O_RESOURCE},
-      {"priority", 1, 0, O_PRIORITY}, {"carbons", 0, 0, O_CARBONS},
+      {"priority", 1, 0, O_PRIORITY}, {"carbons", 0, 0, O_CARBONS}, {"sm", 0, 0, O_SM},
+      {"tickets", 0, 0, O_TICKETS},
       {"allow-errors", 0, 0, O_ALLOWERR}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->host = "127.0.0.1";
@@ -209,6 +216,8 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_RESOURCE: o->resource = optarg; break;
     case O_PRIORITY: o->priority = atoi(optarg); break;
     case O_CARBONS: o->carbons = 1; break;
+    case O_SM: o->sm = 1; break;
+    case O_TICKETS: o->tickets = 1; break;
     case 'h': fputs(usage_text, stdout); exit(0);
     default: fputs(usage_text, stderr); return -1;
     }
@@ -222,6 +231,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   else if (!strcmp(o->scname, "idle")) o->sc = SC_IDLE;
   else if (!strcmp(o->scname, "chat")) o->sc = SC_CHAT;
   else if (!strcmp(o->scname, "presence")) o->sc = SC_PRESENCE;
+  else if (!strcmp(o->scname, "storm")) o->sc = SC_STORM;
   else {
     fprintf(stderr, "xmpp-bench: unknown scenario '%s'\n", o->scname);
     return -1;
@@ -246,9 +256,14 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   }
   switch (o->sc) {
   case SC_LOGIN:
-  case SC_IDLE: o->total = o->users; o->active = 0; break;
+  case SC_IDLE:
+  case SC_STORM: o->total = o->users; o->active = 0; break;
   case SC_CHAT: o->total = 2 * o->pairs + o->idle_extra; o->active = 2 * o->pairs; break;
   case SC_PRESENCE: o->total = o->users + o->idle_extra; o->active = o->users; break;
+  }
+  if (o->tickets && o->tls == TLS_NONE) {
+    fprintf(stderr, "xmpp-bench: --tickets needs --tls starttls or direct\n");
+    return -1;
   }
   if (!o->procs) o->procs = (o->total + 8999) / 9000;
   if (o->procs < 1) o->procs = 1;
@@ -320,6 +335,7 @@ static double srv_cpu_s(const bench_opts_t *o) {
 typedef struct snap {
   uint64_t online, connected, logins_ok, login_failed, dropped, sent, delivered, errors, last_online_ns;
   long fdlimit;
+  uint64_t tls_resumed, sm_resumed; /* storm */
   hdr_t lat, login;
   fail_count_t fails[MAX_FAIL_REASONS];
   int nfails;
@@ -353,6 +369,8 @@ static void child_report(int fd, worker_t *ws, int nw, long fdlimit, snap_t *tmp
     tmp->sent += LOAD(w->st_sent);
     tmp->delivered += LOAD(w->st_delivered);
     tmp->errors += LOAD(w->st_errors);
+    tmp->tls_resumed += LOAD(w->st_tls_resumed);
+    tmp->sm_resumed += LOAD(w->st_sm_resumed);
     uint64_t lo = LOAD(w->st_last_online_ns);
     if (lo > tmp->last_online_ns) tmp->last_online_ns = lo;
     pthread_mutex_lock(&w->mu);
@@ -370,9 +388,9 @@ static void child_report(int fd, worker_t *ws, int nw, long fdlimit, snap_t *tmp
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "S %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                 " %" PRIu64 " %" PRIu64 " %ld\n",
+                 " %" PRIu64 " %" PRIu64 " %ld %" PRIu64 " %" PRIu64 "\n",
              tmp->online, tmp->connected, tmp->logins_ok, tmp->login_failed, tmp->dropped, tmp->sent,
-             tmp->delivered, tmp->errors, tmp->last_online_ns, fdlimit);
+             tmp->delivered, tmp->errors, tmp->last_online_ns, fdlimit, tmp->tls_resumed, tmp->sm_resumed);
   for (int j = 0; j < tmp->nfails; j++)
     buf_printf(&b, "F %s %" PRIu64 "\n", tmp->fails[j].reason, tmp->fails[j].count);
   buf_puts(&b, "HL ");
@@ -502,9 +520,9 @@ static void child_line(child_t *c, char *line) {
     hdr_init(&s->login);
     s->nfails = 0;
     sscanf(line + 2, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
-                     " %" SCNu64 " %" SCNu64 " %ld",
+                     " %" SCNu64 " %" SCNu64 " %ld %" SCNu64 " %" SCNu64,
            &s->online, &s->connected, &s->logins_ok, &s->login_failed, &s->dropped, &s->sent,
-           &s->delivered, &s->errors, &s->last_online_ns, &s->fdlimit);
+           &s->delivered, &s->errors, &s->last_online_ns, &s->fdlimit, &s->tls_resumed, &s->sm_resumed);
   } else if (line[0] == 'F' && line[1] == ' ' && s->nfails < MAX_FAIL_REASONS) {
     char *sp = strrchr(line, ' ');
     if (sp && sp > line + 1) {
@@ -560,6 +578,8 @@ static void aggregate(child_t *cs, int n, snap_t *a) {
     a->sent += s->sent;
     a->delivered += s->delivered;
     a->errors += s->errors;
+    a->tls_resumed += s->tls_resumed;
+    a->sm_resumed += s->sm_resumed;
     if (s->last_online_ns > a->last_online_ns) a->last_online_ns = s->last_online_ns;
     if (a->fdlimit < 0 || s->fdlimit < a->fdlimit) a->fdlimit = s->fdlimit;
     hdr_merge(&a->lat, &s->lat);
@@ -593,6 +613,10 @@ typedef struct results {
   uint64_t delivered_at_stop, sent_at_stop;
   double bench_cpu;
   long bench_rss_max; /* sum over the children, sampled once a second */
+  /* storm: sessions dropped at GO, log-in failures before it, server CPU at GO and when
+   * all were back (or the time ran out), seconds from GO to the last one back */
+  uint64_t storm_n, failed_at_go;
+  double srv_cpu_go, srv_cpu_storm, storm_back_s;
 } results_t;
 
 static double ms(uint64_t us) { return (double)us / 1000.0; }
@@ -603,8 +627,14 @@ static uint64_t expected_deliveries(const bench_opts_t *o, const snap_t *a) {
   return o->sc == SC_CHAT ? a->sent : o->sc == SC_PRESENCE ? a->sent * (uint64_t)o->roster : 0;
 }
 
+/* storm: sessions dropped that were not back (a failed reconnect is also a failed log-in) */
+static uint64_t storm_missing(const results_t *r, const snap_t *a) {
+  return r->storm_n > a->delivered ? r->storm_n - a->delivered : 0;
+}
+
 /* Messages never delivered (or, presence, deliveries beyond one per contact). */
 static uint64_t lost_deliveries(const bench_opts_t *o, const snap_t *a) {
+  if (o->sc == SC_STORM) return 0; /* its "deliveries" are reconnects: storm_missing */
   uint64_t e = expected_deliveries(o, a);
   return e > a->delivered ? e - a->delivered : a->delivered - e;
 }
@@ -690,6 +720,18 @@ static int write_json(const bench_opts_t *o, const snap_t *a, const results_t *r
       fprintf(f, "\"presence_sent_per_s\":%.2f,\"presence_delivered_per_s\":%.2f,\"expected_deliveries\":%" PRIu64 ",",
               win > 0 ? (double)r->sent_at_stop / win : 0, dps, a->sent * (uint64_t)o->roster);
     json_lat(f, "latency_ms", &a->lat);
+  }
+  if (o->sc == SC_STORM) {
+    fprintf(f, ",\"storm\":{\"sm\":%s,\"tickets\":%s,\"dropped\":%" PRIu64 ",\"back\":%" PRIu64
+               ",\"missing\":%" PRIu64 ",\"tls_resumed\":%" PRIu64 ",\"sm_resumed\":%" PRIu64
+               ",\"time_to_all_back_s\":%.3f,",
+            o->sm ? "true" : "false", o->tickets ? "true" : "false", r->storm_n, a->delivered,
+            storm_missing(r, a), a->tls_resumed, a->sm_resumed, r->storm_back_s);
+    if (o->server_pid > 0 && r->srv_cpu_go >= 0 && a->delivered)
+      fprintf(f, "\"server_cpu_ms_per_reconnect\":%.4f,",
+              (r->srv_cpu_storm - r->srv_cpu_go) * 1000.0 / (double)a->delivered);
+    json_lat(f, "reconnect_latency_ms", &a->lat);
+    fputc('}', f);
   }
   fprintf(f, "},\"server\":{\"pid\":%d,\"cpu_s\":%.3f,\"rss_kib_max\":%ld}", o->server_pid,
           o->server_pid > 0 && r->srv_cpu0 >= 0 ? r->srv_cpu_end - r->srv_cpu0 : 0.0, r->rss_max);
@@ -843,6 +885,11 @@ static int coordinator(bench_opts_t *o) {
           r.idle_cpu_pct = srv_cpu_s(o);
           ph = P_HOLD;
         } else {
+          if (o->sc == SC_STORM) {
+            r.storm_n = a->online;
+            r.failed_at_go = a->login_failed;
+            r.srv_cpu_go = srv_cpu_s(o);
+          }
           send_all(cs, n, "GO\n");
           r.go_t = t;
           ph = P_RUN;
@@ -863,6 +910,20 @@ static int coordinator(bench_opts_t *o) {
       }
       break;
     case P_RUN:
+      if (o->sc == SC_STORM) {
+        /* every dropped session back (or its reconnect failed), or the time is up */
+        if ((a->delivered + (a->login_failed - r.failed_at_go) >= r.storm_n && a->sent >= r.storm_n) ||
+            t - phase_t >= o->duration) {
+          r.srv_cpu_storm = srv_cpu_s(o);
+          r.stop_t = t;
+          r.storm_back_s = a->last_online_ns && !storm_missing(&r, a) ? (double)a->last_online_ns / 1e9 - r.go_t
+                                                                       : t - r.go_t;
+          send_all(cs, n, "QUIT\n");
+          ph = P_QUIT;
+          quit_t = t;
+        }
+        break;
+      }
       if (t - phase_t >= o->duration) {
         send_all(cs, n, "STOP\n");
         r.stop_t = t;
@@ -971,9 +1032,20 @@ static int coordinator(bench_opts_t *o) {
            ms(hdr_percentile(&a->lat, 90)), ms(hdr_percentile(&a->lat, 99)), ms(hdr_percentile(&a->lat, 99.9)),
            ms(a->lat.max));
   }
+  if (o->sc == SC_STORM) {
+    printf("  storm (%s, %s): %" PRIu64 " session(s) dropped at once, %" PRIu64 " back in %.2f s"
+           ", %" PRIu64 " missing; TLS resumed %" PRIu64 ", XEP-0198 resumed %" PRIu64 "\n",
+           o->tickets ? "TLS tickets" : "full TLS handshakes", o->sm ? "XEP-0198 resumption" : "new sessions",
+           r.storm_n, a->delivered, r.storm_back_s, storm_missing(&r, a), a->tls_resumed, a->sm_resumed);
+    printf("  reconnect latency ms: p50 %.1f p90 %.1f p99 %.1f max %.1f\n", ms(hdr_percentile(&a->lat, 50)),
+           ms(hdr_percentile(&a->lat, 90)), ms(hdr_percentile(&a->lat, 99)), ms(a->lat.max));
+    if (o->server_pid > 0 && a->delivered)
+      printf("  server CPU per reconnect: %.3f ms\n", (r.srv_cpu_storm - r.srv_cpu_go) * 1000.0 / (double)a->delivered);
+  }
   /* A run that lost or bounced anything, or could not keep its connections, is not a
    * measurement of the server doing its job: it fails (exit 1) unless --allow-errors. */
   uint64_t lost = lost_deliveries(o, a);
+  if (o->sc == SC_STORM) lost = storm_missing(&r, a);
   int bad = a->login_failed || a->dropped || a->errors || lost;
   if (bad)
     printf("  ERRORS: %" PRIu64 " log-in(s) failed, %" PRIu64 " connection(s) dropped, %" PRIu64

@@ -171,3 +171,28 @@ class BenchTest(ServerTest):
         self.assertEqual(r["delivered"], 3 * r["sent"])
         self.assertGreater(r["presence_delivered_per_s"], 0)
         self.assertGreater(r["latency_ms"]["max"], 0)
+
+    def test_storm_full_and_resumed(self):
+        """storm: every session drops at once (TCP reset) and reconnects at once. Without
+        --sm/--tickets each reconnect is a new TLS handshake and a new session; with them
+        each resumes its TLS session from the ticket the server sent (RFC 8446 §4.6.1) and
+        its XEP-0198 session (§5). The counts come from the bench's side: a ticket the
+        server refused, or a <failed/> to <resume/>, would show as fewer resumptions or a
+        failure."""
+        d, out = self.bench("storm", "--users", "30", "--first", "120", "--mech", "SCRAM-SHA-256")
+        s = d["results"]["storm"]
+        self.assertEqual((s["dropped"], s["back"], s["missing"]), (30, 30, 0), s)
+        self.assertEqual((s["tls_resumed"], s["sm_resumed"]), (0, 0), s)
+        self.assertGreater(s["server_cpu_ms_per_reconnect"], 0, s)
+        self.assertEqual(s["reconnect_latency_ms"]["count"], 30, s)
+        self.assertEqual(d["results"]["failures"], {}, d["results"])
+        self.assertIn("30 back in", out)
+        d, out = self.bench("storm", "--users", "30", "--first", "120", "--mech", "SCRAM-SHA-256",
+                            "--sm", "--tickets")
+        s = d["results"]["storm"]
+        self.assertEqual((s["dropped"], s["back"], s["missing"]), (30, 30, 0), s)
+        self.assertEqual((s["tls_resumed"], s["sm_resumed"]), (30, 30), s)
+        self.assertEqual(d["results"]["failures"], {}, d["results"])
+        p = subprocess.run([BENCH, "storm", "--tickets", "--tls", "none"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--tickets needs", p.stderr)
