@@ -8,6 +8,9 @@
 #           from INFO commandstats / stats deltas over a login run of --login-users
 #   scale   --scale-edges edges + 2 routers + Redis holding --sessions TLS sessions,
 #           edges' and routers' RSS per session, chat p99 at --scale-rate msgs/s
+#   store   what Redis holds and does per user (docs/scale.md): used_memory per account
+#           (SCRAM keys and a roster of --store-roster contacts), per connected session
+#           (the session directory), and Redis commands per chat message
 #
 #   bench/cluster.sh [--parts chat,redis,scale] [options]     (see --help)
 #
@@ -19,6 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=$ROOT/build
 PARTS=chat,redis,scale
+STORE_USERS=20000 STORE_ROSTER=9
 PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
 LOGIN_USERS=5000
 SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
@@ -28,7 +32,7 @@ usage() {
   cat <<EOF
 options:
   --build DIR         build directory (default $BUILD)
-  --parts LIST        any of chat,redis,scale (default $PARTS)
+  --parts LIST        any of chat,redis,scale,store (default $PARTS)
   --pairs P           chat pairs (default $PAIRS)
   --rate R            chat open-loop msgs/s (default $RATE)
   --duration S        chat measurement seconds (default $DURATION)
@@ -39,6 +43,8 @@ options:
   --scale-pairs P     scale part: chatting pairs among the sessions (default $SCALE_PAIRS)
   --scale-rate R      scale part: msgs/s (default $SCALE_RATE)
   --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
+  --store-users N     store part: accounts and sessions (default $STORE_USERS)
+  --store-roster K    store part: contacts per account (default $STORE_ROSTER)
   --out DIR           keep JSON and logs there (default: a new mktemp dir)
 EOF
 }
@@ -49,6 +55,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
     --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
     --scale-rate) SCALE_RATE=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
+    --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
     *) echo "cluster.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
   shift 2
@@ -274,5 +281,56 @@ if has scale; then
   fig "bench RSS ($procs children) max $(jq .bench.rss_kib_max "$OUT/scale.json") KiB, bench cpu $(jq .bench.cpu_s "$OUT/scale.json") s; log-in latency p50 $(jq .results.login_latency_ms.p50 "$OUT/scale.json") ms, p99 $(jq .results.login_latency_ms.p99 "$OUT/scale.json") ms"
   fig "redis RSS   $d0 KiB -> max $dmax KiB"
   fig "$(summary "$OUT/scale.json" "scale chat at $SCALE_RATE msgs/s among $sess sessions")"
+fi
+
+# ---- 4. what Redis holds and does per user --------------------------------------------------------
+if has store; then
+  MDIR=$OUT/store
+  log "starting cluster (2 routers, 2 edges, Redis) in $MDIR"
+  start_cluster "$MDIR" 2
+  # shellcheck disable=SC1091
+  . "$MDIR/env"
+  M_REDIS=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  used() { "${M_REDIS[@]}" info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
+  # commands Redis ran (those inside scripts included) and requests it was sent
+  calls() {
+    echo "$("${M_REDIS[@]}" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/ {print $2}')" \
+      "$("${M_REDIS[@]}" info commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_(evalsha|eval):/ {s += $3} END {print s + 0}')"
+  }
+  sleep 2
+  m0=$(used)
+  timeout 900 $XMPPCTL populate user "$STORE_USERS" secret --roster "$STORE_ROSTER" >"$OUT/populate-store.log" 2>&1
+  m1=$(used)
+  # sessions held: sample used_memory while an idle run holds every account online
+  M_EDGES=$(pids_of "$MDIR" edge) M_ROUTERS=$(pids_of "$MDIR" router)
+  re0=$(rss_of $M_EDGES) rr0=$(rss_of $M_ROUTERS)
+  (while :; do echo "$(used) $(rss_of $M_EDGES) $(rss_of $M_ROUTERS)"; sleep 1; done) >"$OUT/store-used.txt" &
+  SAMPLER=$!
+  SINGLE_PIDS+=("$SAMPLER")
+  procs=$(((STORE_USERS + 8999) / 9000))
+  bench 900 idle --users "$STORE_USERS" --duration 5 --arrival 2000 --procs "$procs" \
+    --port "$EDGE1_PORT,$EDGE2_PORT" --json "$OUT/store-idle.json" --label store-idle >"$OUT/store-idle.txt"
+  kill "$SAMPLER" 2>/dev/null || true
+  sleep 2
+  read -r m2 re1 rr1 < <(awk '{ if ($1 > m) m = $1; if ($2 > e) e = $2; if ($3 > r) r = $3 } END { print m, e, r }' "$OUT/store-used.txt")
+  m3=$(used)
+  held=$(jq .results.sessions "$OUT/store-idle.json")
+  # commands per chat message: two runs that differ only in length, so log-ins cancel
+  pairs=500
+  c0=$(calls)
+  bench 300 chat --pairs "$pairs" --rate 2000 --duration 5 --port "$EDGE1_PORT,$EDGE2_PORT" \
+    --json "$OUT/store-chat5.json" --label store-chat5 >"$OUT/store-chat5.txt"
+  c1=$(calls)
+  bench 300 chat --pairs "$pairs" --rate 2000 --duration 15 --port "$EDGE1_PORT,$EDGE2_PORT" \
+    --json "$OUT/store-chat15.json" --label store-chat15 >"$OUT/store-chat15.txt"
+  c2=$(calls)
+  d5=$(jq .results.delivered "$OUT/store-chat5.json") d15=$(jq .results.delivered "$OUT/store-chat15.json")
+  fig "== Redis per user (2 edges + 2 routers), $STORE_USERS accounts with $STORE_ROSTER contacts each, $held sessions held"
+  fig "$(awk -v a="$m0" -v b="$m1" -v n="$STORE_USERS" -v k="$STORE_ROSTER" 'BEGIN { printf("used_memory per account (SCRAM-SHA-1 + SHA-256 keys, %d roster items): %.0f bytes", k, (b - a) / n) }')"
+  fig "$(awk -v a="$m1" -v b="$m2" -v n="$held" 'BEGIN { printf("used_memory per connected session (session directory): %.0f bytes (max while held %d, after log-out %d)", (b - a) / (n > 0 ? n : 1), b, 0) }' | sed "s/after log-out 0/after log-out $m3/")"
+  read -r c0 e0 <<<"$c0"; read -r c1 e1 <<<"$c1"; read -r c2 e2 <<<"$c2"
+  fig "$(awk -v a="$re0" -v b="$re1" -v c="$rr0" -v d="$rr1" -v n="$held" -v k="$STORE_ROSTER" 'BEGIN { n = n > 0 ? n : 1; printf("RSS per session (TLS, %d-contact roster, all contacts online): edges %.2f KiB, routers %.2f KiB", k, (b - a) / n, (d - c) / n) }')"
+  fig "$(awk -v c0="$c0" -v c1="$c1" -v c2="$c2" -v e0="$e0" -v e1="$e1" -v e2="$e2" -v d5="$d5" -v d15="$d15" -v mam="${XMPPD_SERVER_MAM:-true}" 'BEGIN { d = (d15 - d5) > 0 ? (d15 - d5) : 1; printf("per chat message (server.mam = %s): %.3f script calls (EVALSHA), %.3f Redis commands in all (those inside scripts counted); runs of %d and %d messages, each with %d log-ins, the difference taken", mam, ((e2 - e1) - (e1 - e0)) / d, ((c2 - c1) - (c1 - c0)) / d, d5, d15, 2 * 500) }')"
+  "$ROOT/deploy/local-cluster.sh" stop --dir "$MDIR" >/dev/null 2>&1 || true
 fi
 log "figures in $FIG"
