@@ -255,8 +255,8 @@ static const char schema_v3[] =
  * page of one account's archive is a few adjacent B-tree pages), with an index per
  * contact (bare, and full for the messages that had one) for the 'with' filter; ids are
  * the router's (microseconds, monotonic per account). accounts.mam_count is kept by the
- * appends and the pruning (in C, one update per message), so retention by count reads
- * no index. */
+ * appends and the pruning (in C: one update per account per append call, which takes an
+ * account's messages together, sq_mam_append), so retention by count reads no index. */
 static const char schema_v4[] =
     "ALTER TABLE accounts ADD COLUMN mam_count INTEGER NOT NULL DEFAULT 0;"
     "CREATE TABLE IF NOT EXISTS mam ("
