@@ -1,6 +1,15 @@
 /* mam-bench: the XEP-0313 archive's store calls at size (docs/bench.md, "Archive").
  *
  *   mam-bench sqlite FILE | redis HOST:PORT  [--messages N] [--queries Q] [--contacts C]
+ *   mam-bench sqlite FILE | redis HOST:PORT  --writer [--pairs P] [--messages N] [--group G]
+ *
+ * --writer: what router/mod_mam.c's archive writer does in bench/mam.sh's chat run, at
+ * the store only: P pairs of accounts chatting, each message archived twice (sender's
+ * and recipient's copy, the same bytes), committed in groups of G rows (default 4,000:
+ * a second of 2,000 messages/s), with the writer's page cache and the default limits;
+ * the first half of the N messages fills the archive, the second half is timed. Prints
+ * this thread's CPU per archived row (checkpoints included: SQLite runs them in the
+ * committing connection).
  *
  * Fills one account's archive with N messages (default 100,000; C contacts, default 20;
  * each a stored frame of ~230 bytes like router/mod_mam.c writes) through
@@ -69,12 +78,88 @@ static long long file_bytes(const char *path) {
   return n;
 }
 
+/* --writer (see the top). */
+static int writer_mode(const char *backend, const char *target, int argc, char **argv) {
+  int pairs = 100, n = 200000, group = 4000;
+  for (int i = 3; i + 1 < argc; i++) {
+    if (!strcmp(argv[i], "--pairs")) pairs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--messages")) n = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--group")) group = atoi(argv[++i]);
+  }
+  if (pairs < 1 || n < 2 || group < 2) {
+    fprintf(stderr, "mam-bench: --pairs, --messages and --group must be positive\n");
+    return 2;
+  }
+  char *err = NULL;
+  store_t *s = store_open(backend, target, &err);
+  if (!s) {
+    fprintf(stderr, "mam-bench: %s\n", err ? err : "cannot open");
+    return 1;
+  }
+  store_set_cache(s, 32u << 20);
+  int na = 2 * pairs;
+  char (*bare)[48] = xcalloc((size_t)na, sizeof *bare);
+  char (*full)[64] = xcalloc((size_t)na, sizeof *full);
+  store_account_t acct = {0};
+  scram_cred_t *cs[2] = {&acct.sha1, &acct.sha256};
+  for (int h = 0; h < 2; h++) {
+    cs[h]->salt_len = 16;
+    cs[h]->iterations = 4096;
+  }
+  for (int i = 0; i < na; i++) {
+    snprintf(bare[i], sizeof bare[i], "user%d@localhost", i);
+    snprintf(full[i], sizeof full[i], "user%d@localhost/bench", i);
+    store_account_delete(s, bare[i]);
+    if (store_account_create(s, bare[i], &acct) != 0) {
+      fprintf(stderr, "mam-bench: cannot create %s\n", bare[i]);
+      return 1;
+    }
+  }
+  char data[230];
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
+  store_mam_msg_t *rows = xcalloc((size_t)group, sizeof *rows);
+  store_mam_limits_t lim = {100000, 0};
+  int64_t id = (int64_t)time(NULL) * 1000000 - (int64_t)n * 500;
+  double c0 = 0, t0 = 0;
+  int timed = 0;
+  for (int m = 0; m < n;) {
+    if (!timed && m >= n / 2) {
+      timed = 1;
+      c0 = cpu_s();
+      t0 = now_s();
+    }
+    int k = 0;
+    for (; k + 1 < group && m < n; m++) {
+      int a = rand() % na, b = a ^ 1; /* a pair: 2i and 2i+1 */
+      rows[k++] = (store_mam_msg_t){bare[a], ++id, bare[b], full[b], data, sizeof data};
+      rows[k++] = (store_mam_msg_t){bare[b], ++id, bare[a], full[a], data, sizeof data};
+    }
+    if (store_mam_append(s, rows, (size_t)k, &lim) != 0) {
+      fprintf(stderr, "mam-bench: append failed\n");
+      return 1;
+    }
+  }
+  double cpu = cpu_s() - c0, wall = now_s() - t0;
+  printf("%s writer: %d pairs, groups of %d rows: %.1f us of CPU per archived row (%.2f s CPU, %.2f s wall for "
+         "%d rows)\n",
+         backend, pairs, group, cpu * 1e6 / (n - n / 2) / 2, cpu, wall, 2 * (n - n / 2));
+  for (int i = 0; i < na; i++) store_account_delete(s, bare[i]);
+  store_close(s);
+  xfree(rows);
+  xfree(bare);
+  xfree(full);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: mam-bench sqlite FILE | redis HOST:PORT [--messages N] [--queries Q] [--contacts C]\n");
     return 2;
   }
   const char *backend = argv[1], *target = argv[2];
+  log_set_level(LOG_ERROR);
+  for (int i = 3; i < argc; i++)
+    if (!strcmp(argv[i], "--writer")) return writer_mode(backend, target, argc, argv);
   int n = 100000, nq = 2000, nc = 20;
   for (int i = 3; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--messages")) n = atoi(argv[i + 1]);

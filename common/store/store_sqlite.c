@@ -123,6 +123,8 @@ enum {
   Q_BLOCK_COUNT,
   Q_BLOCK_ONE,
   Q_ROSTER_VER,
+  /* XEP-0313 archive appends by account (schema 4) */
+  Q_MAM_LAST,
   Q_COUNT
 };
 
@@ -182,11 +184,10 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ACC_DEL_MAM_PREFS] = "DELETE FROM mam_prefs WHERE owner = ?1",
     [Q_ACC_DEL_MAM_JIDS] = "DELETE FROM mam_prefs_jids WHERE owner = ?1",
     /* an id not above the account's last one becomes last + 1 (store.h) */
-    [Q_MAM_INSERT] = "INSERT INTO mam (owner, id, with_bare, with_full, data) VALUES (?1, "
-                     "max(?2, coalesce((SELECT max(id) FROM mam WHERE owner = ?1), 0) + 1), ?3, ?4, ?5)",
-    [Q_MAM_COUNT_ADD] = "UPDATE accounts SET mam_count = mam_count + ?2 WHERE jid = ?1 RETURNING mam_count",
+    [Q_MAM_INSERT] = "INSERT INTO mam (owner, id, with_bare, with_full, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [Q_MAM_COUNT_ADD] = "UPDATE accounts SET mam_count = ?2 WHERE jid = ?1",
     [Q_MAM_PRUNE_AGE] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
-                        "(SELECT id FROM mam WHERE owner = ?1 AND id < ?2 ORDER BY id LIMIT 256)",
+                        "(SELECT id FROM mam WHERE owner = ?1 AND id < ?2 ORDER BY id LIMIT ?3)",
     [Q_MAM_PRUNE_OLDEST] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
                            "(SELECT id FROM mam WHERE owner = ?1 ORDER BY id LIMIT ?2)",
     [Q_MAM_FWD] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id > ?2 AND id < ?3 "
@@ -215,6 +216,7 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_BLOCK_CLEAR] = "DELETE FROM blocklist WHERE owner = ?1",
     [Q_BLOCK_COUNT] = "SELECT block_items FROM accounts WHERE jid = ?1",
     [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
+    [Q_MAM_LAST] = "SELECT max(id) FROM mam WHERE owner = ?1",
     [Q_ROSTER_VER] = "SELECT roster_ver FROM accounts WHERE jid = ?1",
 };
 
@@ -253,8 +255,8 @@ static const char schema_v3[] =
  * page of one account's archive is a few adjacent B-tree pages), with an index per
  * contact (bare, and full for the messages that had one) for the 'with' filter; ids are
  * the router's (microseconds, monotonic per account). accounts.mam_count is kept by the
- * appends and the pruning (in C, one update per message), so retention by count reads
- * no index. */
+ * appends and the pruning (in C: one update per account per append call, which takes an
+ * account's messages together, sq_mam_append), so retention by count reads no index. */
 static const char schema_v4[] =
     "ALTER TABLE accounts ADD COLUMN mam_count INTEGER NOT NULL DEFAULT 0;"
     "CREATE TABLE IF NOT EXISTS mam ("
@@ -1160,63 +1162,115 @@ static int step_done(sq_t *q, sqlite3_stmt *st, const char *what) {
   return fail(q, what, rc);
 }
 
-/* Adds delta to owner's mam_count; *count gets the new value (XMPP_ENOENT: no account). */
-static int mam_count_add(sq_t *q, const char *owner, int64_t delta, int64_t *count) {
-  sqlite3_stmt *st = stmt(q, Q_MAM_COUNT_ADD);
+/* One integer of a one-row statement bound to ?1 = owner: 0 and *v, XMPP_ENOENT when no
+ * row (or a NULL), or the mapped error. */
+static int owner_int(sq_t *q, int id, const char *owner, int64_t *v) {
+  sqlite3_stmt *st = stmt(q, id);
   if (!st) return XMPP_EIO;
   int ret = bind_text(q, st, 1, owner);
-  if (!ret) ret = bind_int64(q, st, 2, delta);
   if (!ret) {
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) *count = sqlite3_column_int64(st, 0);
-    else if (rc == SQLITE_DONE) ret = XMPP_ENOENT;
-    else ret = fail(q, "mam count", rc);
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) *v = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_ROW || rc == SQLITE_DONE) ret = XMPP_ENOENT;
+    else ret = fail(q, sql_text[id], rc);
   }
   done(st);
   return ret;
 }
 
-/* Runs a prune statement (?1 owner, ?2 arg) and takes what it removed off the count. */
-static int mam_prune(sq_t *q, int id, const char *owner, int64_t arg) {
+/* Writes owner's mam_count. */
+static int mam_count_set(sq_t *q, const char *owner, int64_t count) {
+  sqlite3_stmt *st = stmt(q, Q_MAM_COUNT_ADD);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, owner);
+  if (!ret) ret = bind_int64(q, st, 2, count);
+  if (!ret) ret = step_done(q, st, "mam count");
+  done(st);
+  return ret;
+}
+
+/* Runs a prune statement (?1 owner, ?2 and ?3 args); *removed gets what it deleted. */
+static int mam_prune(sq_t *q, int id, const char *owner, int64_t arg, int64_t arg3, int64_t *removed) {
   sqlite3_stmt *st = stmt(q, id);
   if (!st) return XMPP_EIO;
   int ret = bind_text(q, st, 1, owner);
   if (!ret) ret = bind_int64(q, st, 2, arg);
+  if (!ret && id == Q_MAM_PRUNE_AGE) ret = bind_int64(q, st, 3, arg3);
   if (!ret) ret = step_done(q, st, "mam prune");
   done(st);
-  int64_t removed = ret ? 0 : sqlite3_changes64(q->db), count;
-  if (!ret && removed) ret = mam_count_add(q, owner, -removed, &count);
+  *removed = ret ? 0 : sqlite3_changes64(q->db);
   return ret;
 }
 
-static int mam_append_one(sq_t *q, const store_mam_msg_t *m, const store_mam_limits_t *lim) {
-  sqlite3_stmt *st = stmt(q, Q_MAM_INSERT);
-  if (!st) return XMPP_EIO;
-  int ret = bind_text(q, st, 1, m->owner);
-  if (!ret) ret = bind_int64(q, st, 2, m->id);
-  if (!ret) ret = bind_text(q, st, 3, m->with);
-  if (!ret) ret = bind_text(q, st, 4, m->with_full);
-  if (!ret) ret = bind_blob(q, st, 5, m->data, m->len);
-  if (!ret) ret = step_done(q, st, "mam insert");
-  done(st);
-  int64_t count = 0;
-  if (!ret) ret = mam_count_add(q, m->owner, 1, &count);
-  /* amortised: up to 256 expired ones per append (one index seek when none), and the
-   * oldest once the count is max/16 over max, down to max */
-  if (!ret && lim->min_id > 0) ret = mam_prune(q, Q_MAM_PRUNE_AGE, m->owner, lim->min_id);
-  if (!ret && lim->max_messages && count > (int64_t)lim->max_messages + lim->max_messages / 16)
-    ret = mam_prune(q, Q_MAM_PRUNE_OLDEST, m->owner, count - (int64_t)lim->max_messages);
+/* Appends msgs[ix[0..k)] (one owner's, in the order given) and applies the retention:
+ * the account's count and last id are read once and written once for the k (the
+ * per-message statements are the inserts only). XMPP_ENOENT: no such account. */
+static int mam_append_owner(sq_t *q, const store_mam_msg_t *msgs, const size_t *ix, size_t k,
+                            const store_mam_limits_t *lim) {
+  const char *owner = msgs[ix[0]].owner;
+  int64_t count = 0, last = 0;
+  int ret = owner_int(q, Q_MAM_COUNT, owner, &count);
+  if (ret) return ret; /* XMPP_ENOENT: no account */
+  ret = owner_int(q, Q_MAM_LAST, owner, &last);
+  if (ret == XMPP_ENOENT) ret = 0, last = 0; /* an empty archive */
+  sqlite3_stmt *st = ret ? NULL : stmt(q, Q_MAM_INSERT);
+  if (!ret && !st) ret = XMPP_EIO;
+  for (size_t i = 0; i < k && !ret; i++) {
+    const store_mam_msg_t *m = &msgs[ix[i]];
+    last = m->id > last ? m->id : last + 1; /* store.h: a clock that went back */
+    ret = bind_text(q, st, 1, owner);
+    if (!ret) ret = bind_int64(q, st, 2, last);
+    if (!ret) ret = bind_text(q, st, 3, m->with);
+    if (!ret) ret = bind_text(q, st, 4, m->with_full);
+    if (!ret) ret = bind_blob(q, st, 5, m->data, m->len);
+    if (!ret) ret = step_done(q, st, "mam insert");
+    done(st);
+  }
+  if (ret) return ret;
+  count += (int64_t)k;
+  int64_t removed = 0;
+  /* amortised: up to 256 expired ones per message appended (one index seek when none),
+   * and the oldest once the count is max/16 over max, down to max */
+  if (lim->min_id > 0) {
+    ret = mam_prune(q, Q_MAM_PRUNE_AGE, owner, lim->min_id, 256 * (int64_t)k, &removed);
+    count -= removed;
+  }
+  if (!ret && lim->max_messages && count > (int64_t)lim->max_messages + lim->max_messages / 16) {
+    ret = mam_prune(q, Q_MAM_PRUNE_OLDEST, owner, count - (int64_t)lim->max_messages, 0, &removed);
+    count -= removed;
+  }
+  if (!ret) ret = mam_count_set(q, owner, count);
   return ret;
+}
+
+/* msgs[i] by owner, then by position (each owner's messages keep their order). */
+typedef struct {
+  const char *owner;
+  size_t i;
+} mam_ix_t;
+
+static int mam_ix_cmp(const void *a, const void *b) {
+  const mam_ix_t *x = a, *y = b;
+  int c = strcmp(x->owner, y->owner);
+  return c ? c : (x->i > y->i) - (x->i < y->i);
 }
 
 static int sq_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
   sq_t *q = be;
+  if (!n) return 0;
+  mam_ix_t *by = xmalloc(n * sizeof *by);
+  size_t *ix = xmalloc(n * sizeof *ix);
+  for (size_t i = 0; i < n; i++) by[i] = (mam_ix_t){msgs[i].owner, i};
+  qsort(by, n, sizeof *by, mam_ix_cmp);
+  for (size_t i = 0; i < n; i++) ix[i] = by[i].i;
+  xfree(by);
   int ret = tx_begin(q, 1);
-  if (ret) return ret;
-  for (size_t i = 0; i < n && !ret; i++) {
-    ret = mam_append_one(q, &msgs[i], lim);
+  for (size_t i = 0, j; i < n && !ret; i = j) {
+    for (j = i + 1; j < n && !strcmp(msgs[ix[j]].owner, msgs[ix[i]].owner); j++) {}
+    ret = mam_append_owner(q, msgs, ix + i, j - i, lim);
     if (ret == XMPP_ENOENT) ret = 0; /* no such account: nothing to archive (store.h) */
   }
+  xfree(ix);
   if (ret) {
     tx_rollback(q);
     return ret;

@@ -2059,6 +2059,45 @@ STORE_TEST(mam_retention) {
   store_close(s);
 }
 
+/* One append call mixing archives (what the router's archive writer hands over: both
+ * copies of each message, accounts interleaved): each account gets its own in the order
+ * given, an id not above the account's last one becomes last + 1 (also within the call),
+ * an owner without an account is skipped, and each account's count and retention are
+ * those of its own messages. */
+STORE_TEST(mam_append_mixed_owners) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  mam_put(s, "bob@x", 5000, "alice@x", NULL, NULL);
+  store_mam_msg_t ms[] = {
+      {"alice@x", 100, "bob@x", "bob@x/r", "a1", 2},  {"bob@x", 101, "alice@x", NULL, "b1", 2},
+      {"ghost@x", 102, "bob@x", NULL, "g1", 2},       {"alice@x", 90, "bob@x", NULL, "a2", 2},
+      {"bob@x", 103, "alice@x", "alice@x/p", "b2", 2}, {"alice@x", 104, "carol@x", NULL, "a3", 2},
+      {"bob@x", 6000, "carol@x", NULL, "b3", 2},
+  };
+  store_mam_limits_t lim = {.max_messages = 2};
+  cr_assert_eq(store_mam_append(s, ms, sizeof ms / sizeof ms[0], &lim), 0, "the ghost is not an error");
+  mam_got_t g;
+  int more;
+  /* alice: 100, 101 (90 came after 100), 104; over 2 + 2/16: down to the newest 2 */
+  cr_assert_eq(store_mam_count(s, "alice@x"), 2);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_eq(g.ids[0], 101);
+  cr_assert_str_eq(g.data[0], "a2");
+  cr_assert_eq(g.ids[1], 104);
+  cr_assert_str_eq(g.data[1], "a3");
+  /* bob: 5000 before, then 5001 and 5002 (the clock went back), then 6000: the newest 2 */
+  cr_assert_eq(store_mam_count(s, "bob@x"), 2);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_eq(g.ids[0], 5002);
+  cr_assert_str_eq(g.data[0], "b2");
+  cr_assert_eq(g.ids[1], 6000);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.with = "alice@x/p", .before = NOB, .max = 10}, &g, &more), 1);
+  cr_assert_eq(g.ids[0], 5002);
+  cr_assert_eq(store_mam_count(s, "ghost@x"), 0);
+  store_close(s);
+}
+
 typedef struct {
   int n;
   char jid[8][32];
