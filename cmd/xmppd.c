@@ -153,7 +153,11 @@ static void memstats_metrics(metrics_out_t *o, void *ud) {
 /* Start-up refused because a resource belongs to another process (a client port, the
  * node id): everything given back, exit status 2 (leaks would make LeakSanitizer turn
  * it into 1 in the sanitizer build). */
+static metrics_http_t *metrics; /* the endpoint (metrics.listen), NULL when off */
+
 static int refuse(cluster_t *cluster, bus_t *bus, xmpp_config_t *cfg, store_claim_t *claim) {
+  metrics_http_stop(metrics);
+  metrics = NULL;
   cluster_discard(cluster);
   xfree(bus->edge_q);
   xfree(bus->worker_q);
@@ -265,6 +269,13 @@ int main(int argc, char **argv) {
   int held = 0, in_use = 0;
   if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held)))
     return held ? refuse(NULL, &bus, &cfg, claim) : 1;
+  /* The metrics endpoint, before the client listeners: once a client can connect, it
+   * can be scraped (docs/operations.md "Metrics"). */
+  metrics_source_add(memstats_metrics, &role);
+  if (cfg.metrics_listen[0] && !(metrics = metrics_http_start(cfg.metrics_listen, cfg.metrics_token, &err))) {
+    log_error("%s", err ? err : "metrics: cannot start");
+    return 1;
+  }
   /* From the moment clients can connect, SIGTERM is an orderly stop (handled once the
    * loop runs), not the default action: a stop during start-up loses nothing either.
    * (Not before cluster_new: SIGTERM ends its wait for Redis or for a dead node's lease.) */
@@ -282,14 +293,7 @@ int main(int argc, char **argv) {
     log_error("cannot start threads");
     return 1;
   }
-  /* the metrics endpoint, last: everything it reads exists (docs/operations.md "Metrics") */
-  metrics_http_t *metrics = NULL;
-  metrics_source_add(memstats_metrics, &role);
-  metrics_source_add(bus_metrics, &bus);
-  if (cfg.metrics_listen[0] && !(metrics = metrics_http_start(cfg.metrics_listen, cfg.metrics_token, &err))) {
-    log_error("%s", err ? err : "metrics: cannot start");
-    return 1;
-  }
+  metrics_source_add(bus_metrics, &bus); /* the queues exist: the threads attached them */
   if (edge)
     log_info("xmppd %s serving %s: STARTTLS port %d, direct TLS port %d, %d I/O threads, %d router workers, "
              "%u shards, open-file limit %llu",

@@ -248,28 +248,33 @@ void metrics_source_remove(metrics_source_cb cb, void *ud) {
 
 struct metrics_block {
   uv_mutex_t lock; /* the text: held for a copy (publisher) or an append (scrape) */
-  buf_t text;
+  buf_t text[2];   /* Prometheus text, OpenMetrics */
 };
 
 static void block_cb(metrics_out_t *o, void *ud) {
   metrics_block_t *blk = ud;
   uv_mutex_lock(&blk->lock);
-  buf_append(o->b, blk->text.data, blk->text.len);
+  buf_t *t = &blk->text[o->openmetrics ? 1 : 0];
+  buf_append(o->b, t->data, t->len);
   uv_mutex_unlock(&blk->lock);
 }
 
 metrics_block_t *metrics_block_new(void) {
   metrics_block_t *blk = xcalloc(1, sizeof *blk);
   if (uv_mutex_init(&blk->lock) != 0) abort();
-  buf_init(&blk->text);
+  buf_init(&blk->text[0]);
+  buf_init(&blk->text[1]);
   metrics_source_add(block_cb, blk);
   return blk;
 }
 
-void metrics_block_set(metrics_block_t *blk, const buf_t *text) {
+void metrics_block_set(metrics_block_t *blk, const buf_t *text, const buf_t *openmetrics) {
   uv_mutex_lock(&blk->lock);
-  blk->text.len = 0;
-  buf_append(&blk->text, text->data, text->len);
+  for (int i = 0; i < 2; i++) {
+    const buf_t *from = i ? openmetrics : text;
+    blk->text[i].len = 0;
+    buf_append(&blk->text[i], from->data, from->len);
+  }
   uv_mutex_unlock(&blk->lock);
 }
 
@@ -277,7 +282,8 @@ void metrics_block_free(metrics_block_t *blk) {
   if (!blk) return;
   metrics_source_remove(block_cb, blk);
   uv_mutex_destroy(&blk->lock);
-  buf_free(&blk->text);
+  buf_free(&blk->text[0]);
+  buf_free(&blk->text[1]);
   xfree(blk);
 }
 

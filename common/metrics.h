@@ -141,9 +141,9 @@ void metrics_source_remove(metrics_source_cb cb, void *ud);
 typedef struct metrics_block metrics_block_t;
 /* A new block, registered as a source. Main thread (or the owner's, before it publishes). */
 metrics_block_t *metrics_block_new(void);
-/* Replaces the block's text with text's bytes (the owner's thread; text stays the
- * caller's). */
-void metrics_block_set(metrics_block_t *blk, const buf_t *text);
+/* Replaces the block's text with text's bytes, the same families rendered in both formats
+ * (the owner's thread; the buffers stay the caller's). */
+void metrics_block_set(metrics_block_t *blk, const buf_t *text, const buf_t *openmetrics);
 /* Unregisters and frees it. NULL-safe. */
 void metrics_block_free(metrics_block_t *blk);
 

@@ -8,8 +8,8 @@
  * timeouts into a timer for no gain. epoll, not select: the process has far more than
  * FD_SETSIZE descriptors, so an accepted socket's number may be over 1024.
  *
- * Bounds: at most METRICS_HTTP_CONNS connections (more wait in the listen backlog, then
- * are refused), METRICS_HTTP_TIMEOUT_S of inactivity per connection, a request line and
+ * Bounds: at most METRICS_HTTP_CONNS connections (more wait in the listen backlog until
+ * one goes), METRICS_HTTP_TIMEOUT_S of inactivity per connection, a request line and
  * headers in METRICS_HTTP_MEMORY bytes (MHD answers 414 or 431 beyond), any request body
  * refused. Only GET (and HEAD) of /metrics is served: 405 for other methods, 404 for other
  * paths, 401 without the bearer token when metrics.token is set. */
@@ -105,7 +105,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   int head = !strcmp(method, MHD_HTTP_METHOD_HEAD);
   if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && !head)
     return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET /metrics\n", text, 0);
-  if (*upload_size) return reply(conn, MHD_HTTP_BAD_REQUEST, "no body\n", text, 0);
+  /* a GET has no body: one announced is refused before it is read */
+  const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if (*upload_size || (cl && strcmp(cl, "0") != 0) ||
+      MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+    return reply(conn, MHD_HTTP_BAD_REQUEST, "no body\n", text, 0);
   if (strcmp(url, "/metrics") != 0) return reply(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics\n", text, 0);
   if (h->token[0] &&
       !token_ok(h->token, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))

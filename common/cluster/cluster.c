@@ -81,7 +81,7 @@ struct cluster {
   uint64_t failed, rerouted;
   int redis_up;          /* the cluster's Redis connection is up (on_redis_state) */
   metrics_block_t *metrics; /* the links' and registry's metrics, published by tick_cb */
-  buf_t mtext;           /* ... rendered here first */
+  buf_t mtext[2];        /* ... rendered here first (text, OpenMetrics) */
 };
 
 static const bus_link_cbs_t link_cbs;
@@ -680,7 +680,8 @@ static void in_cb(void *ud, bus_msg_t *batch) {
 
 /* The links (one per peer and direction) and the registry as metrics, published for the
  * metrics thread (which must not touch the links: they are this thread's). */
-static void publish_metrics(cluster_t *c) {
+static void render_metrics(cluster_t *c, metrics_out_t *op) {
+  metrics_out_t o = *op;
   static const struct {
     const char *name, *type, *help;
   } fams[] = {
@@ -694,9 +695,6 @@ static void publish_metrics(cluster_t *c) {
       {"xmppd_bus_link_downs_total", "counter", "Connections of a bus link lost"},
   };
   static const char *const roles[] = {"?", "edge", "router", "all"};
-  buf_t *b = &c->mtext;
-  b->len = 0;
-  metrics_out_t o = {b, 0};
   for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
     metrics_family(&o, fams[f].name, fams[f].type, fams[f].help);
     for (int i = 0; i < c->npeers; i++) {
@@ -727,7 +725,15 @@ static void publish_metrics(cluster_t *c) {
   metrics_family(&o, "xmppd_cluster_pending_frames", "gauge",
                  "Frames waiting for a shard owner or a node to appear (at most cluster.max_wait_ms)");
   metrics_sample(&o, "xmppd_cluster_pending_frames", NULL, (double)c->npend);
-  metrics_block_set(c->metrics, b);
+}
+
+static void publish_metrics(cluster_t *c) {
+  for (int om = 0; om < 2; om++) {
+    c->mtext[om].len = 0;
+    metrics_out_t o = {&c->mtext[om], om};
+    render_metrics(c, &o);
+  }
+  metrics_block_set(c->metrics, &c->mtext[0], &c->mtext[1]);
 }
 
 static void tick_cb(uv_timer_t *t) {
@@ -889,7 +895,8 @@ int cluster_start(cluster_t *c, bus_t *bus) {
   uv_timer_init(&c->loop, &c->tick);
   c->tick.data = c;
   uv_timer_start(&c->tick, tick_cb, TICK_MS, TICK_MS);
-  buf_init(&c->mtext);
+  buf_init(&c->mtext[0]);
+  buf_init(&c->mtext[1]);
   c->metrics = metrics_block_new();
   metrics_source_add(tally_metrics, NULL);
   static const credis_cbs_t rcbs = {on_redis_state, on_nodes, on_lost};
@@ -921,7 +928,8 @@ void cluster_free(cluster_t *c) {
   if (!c) return;
   if (c->metrics) metrics_source_remove(tally_metrics, NULL);
   metrics_block_free(c->metrics);
-  buf_free(&c->mtext);
+  buf_free(&c->mtext[0]);
+  buf_free(&c->mtext[1]);
   uv_loop_close(&c->loop);
   xfree(c->peers);
   xfree(c->pend);
