@@ -150,6 +150,28 @@ class MetricsTest(ServerTest):
         self.assertEqual(sorted(dict(k[1])["queue"] for k in a if k[0] == "xmppd_bus_queue_frames"),
                          ["edge0", "edge1", "router0", "router1"])
 
+    def test_documented_and_dashboard(self):
+        """Every family a process exports is in docs/operations.md "Metrics", and every
+        name deploy/grafana/xmppd.json uses is one of those."""
+        import json
+        import re
+        root = os.path.join(os.path.dirname(__file__), "..", "..")
+        with open(os.path.join(root, "docs", "operations.md")) as f:
+            doc = f.read().split("## Metrics", 1)[1]
+        documented = set(re.findall(r"`(xmppd_[a-z_]+)`", doc))
+        m = scrape(self.mport)
+        for name, _ in m:
+            base = re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith("xmppd_redis_rtt") else name
+            self.assertIn(base, documented, "not in docs/operations.md")
+        with open(os.path.join(root, "deploy", "grafana", "xmppd.json")) as f:
+            dash = json.load(f)
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        self.assertGreater(len(exprs), 10)
+        for e in exprs:
+            for name in re.findall(r"xmppd_[a-z_]+", e):
+                base = re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith("xmppd_redis_rtt") else name
+                self.assertIn(base, documented, e)
+
     def test_bad_requests(self):
         p = self.mport
         for method in ("POST", "PUT", "DELETE"):
