@@ -10,6 +10,7 @@
  * joins a cluster through Redis (common/cluster/cluster.c, docs/cluster.md).
  * SIGHUP: the TLS certificate and key, and the session ticket keys, are loaded again (sessions are not dropped). */
 #include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 #include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/store/store.h"
 #include "common/version.h"
 #include "common/xml_stream.h"
@@ -69,41 +71,93 @@ static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
 const char *malloc_conf = "background_thread:true,dirty_decay_ms:2000,muzzy_decay_ms:0";
 #endif
 
-/* SIGUSR1: one log line with the process's memory (RSS, and jemalloc's own figures when it
- * is the allocator), for measuring per-session costs (bench/idle_rss.py, docs/memory.md). */
-static uv_signal_t sigusr1_h;
-static void on_memstats(uv_signal_t *h, int sig) {
-  long rss_kib = -1;
+/* The process's memory: RSS, and jemalloc's own figures when it is the allocator (0
+ * under the sanitizers). Any thread (mallctl is thread-safe). */
+typedef struct memstats {
+  long rss_kib;
+  size_t allocated, active, resident, mapped, metadata;
+} memstats_t;
+
+static void memstats_read(memstats_t *m) {
+  memset(m, 0, sizeof *m);
+  m->rss_kib = -1;
   FILE *f = fopen("/proc/self/status", "r");
   if (f) {
     char line[256];
     while (fgets(line, sizeof line, f))
-      if (strncmp(line, "VmRSS:", 6) == 0) rss_kib = strtol(line + 6, NULL, 10);
+      if (strncmp(line, "VmRSS:", 6) == 0) m->rss_kib = strtol(line + 6, NULL, 10);
     fclose(f);
   }
 #ifndef XMPP_SANITIZE
   uint64_t epoch = 1;
   size_t sz = sizeof epoch;
-  mallctl("epoch", &epoch, &sz, &epoch, sz);
-  size_t allocated = 0, active = 0, resident = 0, mapped = 0, metadata = 0;
+  mallctl("epoch", &epoch, &sz, &epoch, sz); /* refreshes the stats.* figures */
   sz = sizeof(size_t);
-  mallctl("stats.allocated", &allocated, &sz, NULL, 0);
-  mallctl("stats.active", &active, &sz, NULL, 0);
-  mallctl("stats.resident", &resident, &sz, NULL, 0);
-  mallctl("stats.mapped", &mapped, &sz, NULL, 0);
-  mallctl("stats.metadata", &metadata, &sz, NULL, 0);
+  mallctl("stats.allocated", &m->allocated, &sz, NULL, 0);
+  mallctl("stats.active", &m->active, &sz, NULL, 0);
+  mallctl("stats.resident", &m->resident, &sz, NULL, 0);
+  mallctl("stats.mapped", &m->mapped, &sz, NULL, 0);
+  mallctl("stats.metadata", &m->metadata, &sz, NULL, 0);
+#endif
+}
+
+/* SIGUSR1: one log line with the process's memory, for measuring per-session costs
+ * (bench/idle_rss.py, docs/memory.md). */
+static uv_signal_t sigusr1_h;
+static void on_memstats(uv_signal_t *h, int sig) {
+  memstats_t m;
+  memstats_read(&m);
+#ifndef XMPP_SANITIZE
   log_info("memory: RSS %ld KiB; jemalloc allocated %zu KiB, active %zu KiB, resident %zu KiB, "
            "mapped %zu KiB, metadata %zu KiB",
-           rss_kib, allocated >> 10, active >> 10, resident >> 10, mapped >> 10, metadata >> 10);
+           m.rss_kib, m.allocated >> 10, m.active >> 10, m.resident >> 10, m.mapped >> 10, m.metadata >> 10);
 #else
-  log_info("memory: RSS %ld KiB", rss_kib);
+  log_info("memory: RSS %ld KiB", m.rss_kib);
 #endif
+}
+
+/* The same figures at every scrape (the metrics thread), and what the process is. */
+static void memstats_metrics(metrics_out_t *o, void *ud) {
+  memstats_t m;
+  memstats_read(&m);
+  metrics_family(o, "xmppd_process_resident_bytes", "gauge", "Resident set size of the process");
+  metrics_sample(o, "xmppd_process_resident_bytes", NULL, m.rss_kib < 0 ? 0 : (double)m.rss_kib * 1024);
+#ifndef XMPP_SANITIZE
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } js[] = {
+      {"xmppd_jemalloc_allocated_bytes", "jemalloc stats.allocated: bytes allocated by the application",
+       offsetof(memstats_t, allocated)},
+      {"xmppd_jemalloc_active_bytes", "jemalloc stats.active: bytes in active pages", offsetof(memstats_t, active)},
+      {"xmppd_jemalloc_resident_bytes", "jemalloc stats.resident: bytes in physically resident data pages",
+       offsetof(memstats_t, resident)},
+      {"xmppd_jemalloc_mapped_bytes", "jemalloc stats.mapped: bytes in active extents mapped by the allocator",
+       offsetof(memstats_t, mapped)},
+      {"xmppd_jemalloc_metadata_bytes", "jemalloc stats.metadata: bytes of allocator metadata",
+       offsetof(memstats_t, metadata)},
+  };
+  for (size_t i = 0; i < sizeof js / sizeof js[0]; i++) {
+    metrics_family(o, js[i].name, "gauge", js[i].help);
+    metrics_sample_u64(o, js[i].name, NULL, *(const size_t *)((const char *)&m + js[i].off));
+  }
+#endif
+  const int *role = ud;
+  metrics_family(o, "xmppd_build_info", "gauge", "Always 1: the version and cluster role of this process");
+  char labels[96];
+  snprintf(labels, sizeof labels, "version=\"%s\",role=\"%s\"", XMPPD_VERSION,
+           *role == ROLE_ALL ? "all" : *role == ROLE_EDGE ? "edge" : "router");
+  metrics_sample(o, "xmppd_build_info", labels, 1);
 }
 
 /* Start-up refused because a resource belongs to another process (a client port, the
  * node id): everything given back, exit status 2 (leaks would make LeakSanitizer turn
  * it into 1 in the sanitizer build). */
+static metrics_http_t *metrics; /* the endpoint (metrics.listen), NULL when off */
+
 static int refuse(cluster_t *cluster, bus_t *bus, xmpp_config_t *cfg, store_claim_t *claim) {
+  metrics_http_stop(metrics);
+  metrics = NULL;
   cluster_discard(cluster);
   xfree(bus->edge_q);
   xfree(bus->worker_q);
@@ -168,6 +222,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));
+  metrics_thread_init();
   hash_init();
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
@@ -214,6 +269,13 @@ int main(int argc, char **argv) {
   int held = 0, in_use = 0;
   if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held)))
     return held ? refuse(NULL, &bus, &cfg, claim) : 1;
+  /* The metrics endpoint, before the client listeners: once a client can connect, it
+   * can be scraped (docs/operations.md "Metrics"). */
+  metrics_source_add(memstats_metrics, &role);
+  if (cfg.metrics_listen[0] && !(metrics = metrics_http_start(cfg.metrics_listen, cfg.metrics_token, &err))) {
+    log_error("%s", err ? err : "metrics: cannot start");
+    return 1;
+  }
   /* From the moment clients can connect, SIGTERM is an orderly stop (handled once the
    * loop runs), not the default action: a stop during start-up loses nothing either.
    * (Not before cluster_new: SIGTERM ends its wait for Redis or for a dead node's lease.) */
@@ -231,6 +293,7 @@ int main(int argc, char **argv) {
     log_error("cannot start threads");
     return 1;
   }
+  metrics_source_add(bus_metrics, &bus); /* the queues exist: the threads attached them */
   if (edge)
     log_info("xmppd %s serving %s: STARTTLS port %d, direct TLS port %d, %d I/O threads, %d router workers, "
              "%u shards, open-file limit %llu",
@@ -269,6 +332,9 @@ int main(int argc, char **argv) {
     if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   }
   if (router) router_stop(router);
+  metrics_http_stop(metrics); /* before what it reads goes */
+  metrics_source_remove(bus_metrics, &bus);
+  metrics_source_remove(memstats_metrics, &role);
   /* last: what the routers sent to other nodes is written and acknowledged */
   if (cluster) cluster_stop(cluster);
   uv_close((uv_handle_t *)&settle, NULL);

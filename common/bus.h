@@ -121,6 +121,11 @@ static inline uint32_t bus_resume_tag(const char *full, size_t len) {
 static inline int bus_addr_eq(const bus_addr_t *a, const bus_addr_t *b) {
   return a->node == b->node && a->thread == b->thread && a->conn == b->conn;
 }
+/* A metrics source (common/metrics.h; ud: the bus): every local queue's depth in frames and
+ * bytes, the frames its thread handled, whether it is over its bound, and the congestion
+ * counter. Reads atomics only (the metrics thread). */
+struct metrics_out;
+void bus_metrics(struct metrics_out *o, void *ud);
 /* Waits until every queue is empty and stays so for a moment, at most timeout_ms.
  * Returns 0 when quiet, XMPP_AGAIN on timeout. Main thread, during shutdown. */
 int bus_quiesce(bus_t *b, int timeout_ms);

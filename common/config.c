@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 typedef enum { CT_INT, CT_BOOL, CT_STR } conf_type_t;
 
@@ -109,6 +111,8 @@ static const conf_opt_t opts[] = {
   {"cluster", "tls_certificate", CT_STR, 0, 4095, "", O(bus_tls_cert), "PEM certificate for mutual TLS on bus links (with `tls_key` and `tls_ca`; empty = plain TCP)"},
   {"cluster", "tls_key", CT_STR, 0, 4095, "", O(bus_tls_key), "PEM private key for bus links"},
   {"cluster", "tls_ca", CT_STR, 0, 4095, "", O(bus_tls_ca), "PEM CA that signs every node's bus certificate"},
+  {"metrics", "listen", CT_STR, 0, 64, "", O(metrics_listen), "Prometheus / OpenMetrics endpoint, `HOST:PORT` or `[IPV6]:PORT` with a numeric address, serving `GET /metrics` ([operations.md](operations.md#metrics)); empty = off. An address other than loopback needs `token`"},
+  {"metrics", "token", CT_STR, 0, 255, "", O(metrics_token), "bearer token the metrics endpoint requires (`Authorization: Bearer TOKEN`; 401 without it); empty = none, allowed only on a loopback `listen`"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
@@ -402,6 +406,15 @@ int config_validate(const xmpp_config_t *c, char **err) {
   if (strcmp(c->store_backend, "sqlite") != 0 && strcmp(c->store_backend, "redis") != 0) {
     if (err) *err = xstrfmt("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
+  }
+  if (c->metrics_listen[0]) {
+    struct sockaddr_storage ss;
+    int loopback = 0;
+    if (metrics_parse_listen(c->metrics_listen, &ss, &loopback, err) != 0) return XMPP_EINVAL;
+    if (!loopback && !c->metrics_token[0]) {
+      if (err) *err = xstrfmt("metrics.listen: %s is not a loopback address: set metrics.token", c->metrics_listen);
+      return XMPP_EINVAL;
+    }
   }
   if (!(config_role(c) & ROLE_EDGE)) return 0; /* a router has no client listeners */
   if (c->c2s_port == 0 && c->c2s_tls_port == 0) {

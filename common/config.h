@@ -88,6 +88,9 @@ typedef struct xmpp_config {
   int node_ttl_ms;         /* a node missing its heartbeats this long is dead */
   int link_max_wait_ms;    /* how long frames wait for a down link before a stanza error */
   char *bus_tls_cert, *bus_tls_key, *bus_tls_ca; /* mutual TLS on bus links (all or none) */
+  /* [metrics] (common/metrics_http.c, docs/operations.md "Metrics") */
+  char *metrics_listen;    /* HOST:PORT of the Prometheus endpoint; "" = off */
+  char *metrics_token;     /* bearer token the endpoint requires; "" = none (loopback only) */
 } xmpp_config_t;
 
 enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };

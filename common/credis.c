@@ -54,6 +54,7 @@
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/redis_addr.h"
 
 #define BACKOFF_MIN_MS 100
@@ -130,6 +131,7 @@ struct call {
   char **argv;
   size_t *lens;
   int retried;        /* EVAL already sent after NOSCRIPT */
+  uint64_t sent_ns;   /* uv_hrtime when it was sent: its round trip (metrics) */
   /* the caller's */
   credis_dir_cb dir_cb;
   credis_shardmap_cb map_cb;
@@ -195,7 +197,10 @@ static int is_error(const redisReply *rep, const char *prefix) {
 /* Counts a reply (or its absence). */
 static void count_reply(credis_t *r, const redisReply *rep) {
   if (rep) r->st.replies++;
-  if (!rep || rep->type == REDIS_REPLY_ERROR) r->st.errors++;
+  if (!rep || rep->type == REDIS_REPLY_ERROR) {
+    r->st.errors++;
+    metrics_redis_error(METRICS_REDIS_CLUSTER, !rep);
+  }
 }
 
 static void call_free(call_t *c) {
@@ -483,6 +488,7 @@ static int send_script(credis_t *r, call_t *c, int by_body) {
     av[2 + i] = c->argv[i];
     al[2 + i] = c->lens[i];
   }
+  c->sent_ns = uv_hrtime();
   return send_argv(r, call_cb, c, n, av, al);
 }
 
@@ -495,6 +501,7 @@ static void call_cb(redisAsyncContext *ac, void *reply, void *privdata) {
     return;
   }
   count_reply(r, rep);
+  if (rep && c->sent_ns) metrics_redis_rtt(METRICS_REDIS_CLUSTER, (uv_hrtime() - c->sent_ns) / 1000);
   if (c->script >= 0 && !c->retried && is_error(rep, "NOSCRIPT")) {
     /* Redis restarted or SCRIPT FLUSH: send the body, which also caches it again */
     c->retried = 1;
@@ -769,6 +776,7 @@ void credis_dir_get(credis_t *r, const char *bare, credis_dir_cb cb, void *ud) {
   char *key = dir_key(r, bare);
   const char *av[] = {"HGETALL", key};
   size_t al[] = {7, strlen(key)};
+  c->sent_ns = uv_hrtime();
   if (send_argv(r, call_cb, c, 2, av, al) != 0) defer_fail(r, c);
   xfree(key);
 }
@@ -843,6 +851,7 @@ void credis_shardmap_get(credis_t *r, credis_shardmap_cb cb, void *ud) {
   c->ud = ud;
   const char *av[] = {"GET", r->k_map};
   size_t al[] = {3, strlen(r->k_map)};
+  c->sent_ns = uv_hrtime();
   if (send_argv(r, call_cb, c, 2, av, al) != 0) defer_fail(r, c);
 }
 

@@ -13,6 +13,8 @@ BUILD_PKGS=(
   # libraries (found through pkg-config by CMake)
   libuv1-dev libxml2-dev libwolfssl-dev libhiredis-dev libjemalloc-dev
   libsqlite3-dev libidn2-dev libunistring-dev libinih-dev
+  # the metrics endpoint (common/metrics_http.c)
+  libmicrohttpd-dev
 )
 PKGS=(
   "${BUILD_PKGS[@]}"
@@ -20,6 +22,8 @@ PKGS=(
   libcriterion-dev python3 python3-slixmpp
   # tests: a second, independent client library (aioxmpp) for the router modules
   python3-aioxmpp
+  # tests: test_metrics.py parses the exposition formats with the reference parser
+  python3-prometheus-client
   # tests: test_tls_rekey.py's TLS client (tests/tools/tls_rekey_client.c) on OpenSSL
   libssl-dev
   # tests: the Redis store suites start their own redis-server (never the system service)

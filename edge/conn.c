@@ -17,6 +17,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 typedef struct write_req {
   uv_write_t req;
@@ -85,8 +86,24 @@ const char *conn_state_name(conn_st_t st) {
   return (unsigned)st < sizeof names / sizeof *names ? names[st] : "?";
 }
 
+/* The metrics gauge a state counts in (xmppd_sessions{state}). */
+static metric_id_t state_gauge(conn_st_t st) {
+  switch (st) {
+  case CONN_ST_BOUND: return M_SESS_BOUND;
+  case CONN_ST_CLOSING: return M_SESS_CLOSING;
+  case CONN_ST_DETACHED: return M_SESS_DETACHED;
+  default: return M_SESS_NEGOTIATING;
+  }
+}
+
+void conn_count_state(const conn_t *c, int delta) { metrics_add(state_gauge(c->state), delta); }
+
 void conn_set_state(conn_t *c, conn_st_t to) {
   conn_st_t from = c->state;
+  if (state_gauge(from) != state_gauge(to)) {
+    metrics_add(state_gauge(from), -1);
+    metrics_add(state_gauge(to), 1);
+  }
   if (!(legal[from] & (1u << to))) {
     log_error("conn %llx: illegal state change %s -> %s", (unsigned long long)c->id, conn_state_name(from),
               conn_state_name(to));
@@ -105,6 +122,7 @@ static void mark_dirty(conn_t *c) {
 
 static void conn_release(conn_t *c) {
   if (!c->handle_closed || c->pending_work) return;
+  conn_count_state(c, -1);
   xml_stream_free(c->xs);
   csi_free(c);
   tls_conn_free(c->tls);
@@ -262,6 +280,7 @@ void conn_send(conn_t *c, const char *data, size_t len) {
     log_info("conn %llx: client does not read (%zu bytes pending), disconnecting",
              (unsigned long long)c->id, c->out.len);
     /* drop the unread backlog: it cannot be delivered anyway */
+    metrics_inc(M_LIMIT_SLOW_READER);
     conn_end(c, CONN_END_ABORT);
     return;
   }
@@ -417,6 +436,7 @@ static void throttle_cb(uv_timer_t *t) {
       c->next_paused = NULL;
       if (p >= SHAPER_KICK) {
         log_info("conn %llx: above its rate for too long", (unsigned long long)c->id);
+        metrics_inc(M_LIMIT_RATE);
         conn_stream_error(c, "policy-violation", "sending too fast for too long");
       } else if (!conn_closing(c) && feed_stash(c) && !conn_closing(c) && !shaper_over(&c->shaper)) {
         uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
@@ -449,6 +469,7 @@ static void conn_shape(conn_t *c) {
    * what was read stays in c->stash (at most one read) */
   if (!congested) shaper_pressure(&c->shaper, &th->shk, 0, now);
   uv_read_stop((uv_stream_t *)&c->tcp);
+  metrics_inc(M_SHAPER_PAUSES);
   c->paused = 1;
   c->next_paused = th->paused;
   th->paused = c;
@@ -498,6 +519,7 @@ static void refuse(conn_t *c, int direct_tls, const char *cond, const char *text
 void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
   conn_t *c = xcalloc(1, sizeof *c);
   c->th = th;
+  conn_count_state(c, 1); /* CONN_ST_PLAIN, until conn_release */
   buf_init(&c->out);
   buf_init(&c->stash);
   uv_tcp_init(&th->loop, &c->tcp);
@@ -541,15 +563,18 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
       th->last_accept_warn_ms = now;
       log_warn("at the open-file budget (%ld connections): refusing new connections", th->edge->max_conns);
     }
+    metrics_inc(M_LIMIT_OPEN_FILES);
     refuse(c, direct_tls, "resource-constraint", "the server is at its connection limit");
     return;
   }
   if (guard_conn_open(th->edge->guard, c->ip) != 0) {
     log_info("conn %llx: refused, too many connections from one address", (unsigned long long)c->id);
+    metrics_inc(M_LIMIT_CONNS_PER_IP);
     refuse(c, direct_tls, "policy-violation", "too many connections from your address");
     return;
   }
   c->ip_counted = 1;
+  metrics_inc(M_CONNECTIONS);
   uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 

@@ -19,6 +19,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/strmap.h"
 
 static void xfree_cb(void *p) { xfree(p); }
@@ -219,6 +220,7 @@ static void thread_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "edge%d", th->index);
   log_set_thread(name);
+  metrics_thread_init();
   uv_run(&th->loop, UV_RUN_DEFAULT);
   tls_thread_cleanup();
 }

@@ -197,6 +197,9 @@ struct conn {
 };
 
 /* conn.c */
+/* Counts c in (delta 1) or out of (-1) the metrics gauge of its state (xmppd_sessions):
+ * at its birth and its end; conn_set_state moves it between gauges. */
+void conn_count_state(const conn_t *c, int delta);
 /* The thread's throttle timer and shaper settings (edge_create). */
 void conn_thread_init(edge_thread_t *th);
 /* Wraps the connection in TLS (direct TLS at accept, or after <proceed/>). */

@@ -50,6 +50,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 
 static void random_id(char *out, size_t n) {
@@ -160,7 +161,10 @@ void negotiate_xml_error(void *ud, xml_stream_err_t err, const char *detail) {
   conn_t *c = ud;
   switch (err) {
   case XS_RESTRICTED_XML: conn_stream_error(c, "restricted-xml", detail); break;
-  case XS_POLICY_VIOLATION: conn_stream_error(c, "policy-violation", detail); break;
+  case XS_POLICY_VIOLATION:
+    metrics_inc(M_LIMIT_STANZA);
+    conn_stream_error(c, "policy-violation", detail);
+    break;
   case XS_BAD_FORMAT: conn_stream_error(c, "bad-format", detail); break;
   default: conn_stream_error(c, "not-well-formed", NULL); break;
   }
@@ -349,6 +353,7 @@ void negotiate_stanza(void *ud, xnode_t *s) {
     return;
   }
   sm_stanza_in(c);
+  metrics_inc((metric_id_t)(M_STANZAS_IN + metrics_kind(s->name)));
   shaper_charge(&c->shaper, &c->th->shk, 0, 1);
   if (c->state == CONN_ST_AUTHED) {
     xnode_t *b = strcmp(s->name, "iq") == 0 ? xnode_child(s, "bind", NS_BIND) : NULL;

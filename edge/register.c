@@ -31,6 +31,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 #define NS_REGISTER "jabber:iq:register"
 
@@ -267,6 +268,7 @@ int register_preauth(conn_t *c, xnode_t *s) {
     reply_error(c, id, from_domain, "modify", "not-acceptable", why);
   } else if (guard_register_take(c->th->edge->guard, c->ip, edge_now_ms()) != 0) {
     log_info("conn %llx: registration refused, too many from this address", (unsigned long long)c->id);
+    metrics_inc(M_LIMIT_REGISTRATION);
     reply_error(c, id, from_domain, "wait", "resource-constraint",
                 "too many registrations from your address; try again later");
   } else {

@@ -13,6 +13,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 bus_addr_t edge_addr(const conn_t *c) {
   bus_addr_t a = {c->th->bus->node, (uint16_t)c->th->index, c->id};
@@ -281,6 +282,7 @@ void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
     return;
   }
   conn_send(c, (const char *)th->scratch.data, th->scratch.len);
+  metrics_inc((metric_id_t)(M_STANZAS_OUT + metrics_kind_xml((const char *)th->scratch.data, th->scratch.len)));
   if ((f->flags & BUS_F_OFFLINE) && !c->sm) {
     /* confirmed once written (edge_offline_written); with XEP-0198, once acknowledged */
     c->off_id = f->arg;

@@ -17,9 +17,11 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
   c->sasl_gen++; /* this exchange is over (aborted included): its pending work is void */
+  if ((int)cond > 0 && (int)cond < METRICS_SASL_CONDS) metrics_inc((metric_id_t)(M_LOGIN_FAIL + (int)cond));
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
@@ -38,8 +40,10 @@ static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
   if (cond == SASL_NOT_AUTHORIZED || cond == SASL_INVALID_AUTHZID) {
     log_info("conn %llx: authentication failed (%s)", (unsigned long long)c->id, sasl_cond_name(cond));
   }
-  if (cond != SASL_ABORTED && ++c->sasl_failures >= c->th->cfg->sasl_max_failures)
+  if (cond != SASL_ABORTED && ++c->sasl_failures >= c->th->cfg->sasl_max_failures) {
+    metrics_inc(M_LIMIT_SASL_FAILURES);
     conn_stream_error(c, "policy-violation", "too many failed authentication attempts");
+  }
 }
 
 static void send_failure(conn_t *c, sasl_cond_t cond) { send_failure_text(c, cond, NULL); }
@@ -64,6 +68,7 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
 
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
   c->sasl_gen++;
+  metrics_inc(M_LOGINS);
   send_b64(c, "success", extra, extra_len);
   if (c->scram) {
     scram_server_free(c->scram);
@@ -104,6 +109,7 @@ static char *account_of(conn_t *c, const char *user) {
 static int throttled(conn_t *c) {
   if (guard_auth_allowed(c->th->edge->guard, c->ip, c->auth_bare, edge_now_ms()) == 0) return 0;
   log_info("conn %llx: authentication refused, too many recent failures", (unsigned long long)c->id);
+  metrics_inc(M_LIMIT_AUTH_THROTTLED);
   send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, "too many failed attempts; try again later");
   return 1;
 }

@@ -54,6 +54,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/strmap.h"
 
 #define SM_REQUEST_EVERY 5
@@ -191,6 +192,7 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
   if (unacked > (uint32_t)c->th->cfg->sm_max_unacked || c->sm_bytes > (size_t)c->th->cfg->max_pending_out) {
     log_info("conn %llx: %" PRIu32 " stanzas unacknowledged (XEP-0198): disconnected", (unsigned long long)c->id,
              unacked);
+    metrics_inc(M_LIMIT_SM_UNACKED);
     conn_stream_error(c, "policy-violation", "too many unacknowledged stanzas");
     return;
   }
@@ -296,6 +298,7 @@ static void queue_fresh(conn_t *g, bus_msg_t *m) {
 }
 
 static void detached_free(conn_t *g) {
+  conn_count_state(g, -1);
   while (g->sm_q) {
     sm_item_t *it = g->sm_q;
     g->sm_q = it->next;
@@ -336,6 +339,7 @@ int sm_detach(conn_t *c) {
   g->th = th;
   g->id = c->id;
   g->state = CONN_ST_DETACHED; /* born so: it never was a connection */
+  conn_count_state(g, 1);      /* until detached_free */
   g->handle_closed = 1; /* no socket: nothing is ever written to it */
   g->jid = c->jid;
   memset(&c->jid, 0, sizeof c->jid);
@@ -716,6 +720,7 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   g->th = th;
   g->id = f->dst.conn;
   g->state = CONN_ST_DETACHED; /* born so, as in sm_detach */
+  conn_count_state(g, 1);
   g->handle_closed = 1;
   g->sm = 1;
   g->sm_q_tail = &g->sm_q;
@@ -827,8 +832,10 @@ void sm_resuming_deliver(conn_t *c, const bus_frame_t *f) {
   /* the router moved the session here before <resumed/> went out: kept for after it */
   queue_fresh(c, bus_msg_new(f));
   const xmpp_config_t *cfg = c->th->cfg;
-  if (c->sm_fresh > (size_t)cfg->sm_max_unacked || c->sm_bytes > (size_t)cfg->max_pending_out)
+  if (c->sm_fresh > (size_t)cfg->sm_max_unacked || c->sm_bytes > (size_t)cfg->max_pending_out) {
+    metrics_inc(M_LIMIT_SM_UNACKED);
     conn_stream_error(c, "policy-violation", "too many unacknowledged stanzas");
+  }
 }
 
 static void resume_finish(conn_t *c) {

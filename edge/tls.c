@@ -19,6 +19,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/tls_mem.h"
 
 /* TLS 1.3 suites, then TLS 1.2 ECDHE + AEAD only, in the server's order of preference
@@ -626,6 +627,7 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
     if (r == WOLFSSL_SUCCESS) {
       c->ready = 1;
       c->resumed = wolfSSL_session_reused(c->ssl) == 1;
+      metrics_inc(c->resumed ? M_TLS_RESUMED : M_TLS_FULL);
       if (!offload(c)) explicit_bzero(&c->rec, sizeof c->rec); /* wolfSSL keeps its own secrets */
       ready(ud);
     } else {
@@ -633,6 +635,7 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
       if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
         char msg[WOLFSSL_MAX_ERROR_SZ];
         log_debug("TLS handshake failed: %s", wolfSSL_ERR_error_string((unsigned long)e, msg));
+        metrics_inc(M_TLS_FAILED);
         rc = XMPP_ERR;
       }
     }

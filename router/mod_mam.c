@@ -59,6 +59,7 @@
 #include "common/err.h"
 #include "common/jid.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 #define NS_MAM "urn:xmpp:mam:2"
 #define NS_MAM_EXT "urn:xmpp:mam:2#extended"
@@ -354,6 +355,7 @@ static void writer_sync(mam_writer_t *wr) {
 static void writer_main(void *arg) {
   mam_writer_t *wr = arg;
   log_set_thread("archive");
+  metrics_thread_init();
   const uint64_t window = (uint64_t)wr->cfg->mam_commit_ms * 1000000;
   store_mam_msg_t *rows = NULL;
   size_t cap = 0;

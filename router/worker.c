@@ -18,6 +18,7 @@
 #include "common/alloc.h"
 #include "common/cluster/cluster.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 static void user_free(void *p) {
   user_t *u = p;
@@ -345,6 +346,7 @@ static void thread_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "router%d", w->index);
   log_set_thread(name);
+  metrics_thread_init();
   uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 

@@ -16,6 +16,7 @@
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/cluster/shardmap.h"
 #include "common/stanza.h"
 
@@ -78,6 +79,9 @@ struct cluster {
   ended_t *ended;      /* edges whose sessions this router ended as they left (ended_t) */
   size_t nended;
   uint64_t failed, rerouted;
+  int redis_up;          /* the cluster's Redis connection is up (on_redis_state) */
+  metrics_block_t *metrics; /* the links' and registry's metrics, published by tick_cb */
+  buf_t mtext[2];        /* ... rendered here first (text, OpenMetrics) */
 };
 
 static const bus_link_cbs_t link_cbs;
@@ -105,6 +109,19 @@ void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) {
 }
 
 unsigned long long cluster_event_total(cluster_event_t ev) { return log_tally_total(&tallies[ev]); }
+
+/* A metrics source: the tallies above (atomics; the metrics thread). */
+static void tally_metrics(metrics_out_t *o, void *ud) {
+  static const char *const names[CLUSTER_EV_COUNT] = {"bounced", "unreachable", "dropped", "unknown_session"};
+  metrics_family(o, "xmppd_cluster_events_total", "counter",
+                 "Client-visible effects of cluster events (docs/cluster.md \"Logs\"): messages bounced to their "
+                 "shard, stanzas answered <recipient-unavailable/> (no router; unknown session), frames dropped");
+  for (int i = 0; i < CLUSTER_EV_COUNT; i++) {
+    char labels[48];
+    snprintf(labels, sizeof labels, "event=\"%s\"", names[i]);
+    metrics_sample_u64(o, "xmppd_cluster_events_total", labels, cluster_event_total((cluster_event_t)i));
+  }
+}
 
 /* ---- where a frame goes ---- */
 
@@ -645,6 +662,7 @@ static void on_lost(void *ud, const credis_node_t *holder) {
 
 static void on_redis_state(void *ud, int up) {
   cluster_t *c = ud;
+  c->redis_up = up;
   if (up) c->redis_up_ms = uv_now(&c->loop);
   if (up) c->map_synced = 0; /* a restarted Redis may have lost the map */
 }
@@ -660,9 +678,68 @@ static void in_cb(void *ud, bus_msg_t *batch) {
   }
 }
 
+/* The links (one per peer and direction) and the registry as metrics, published for the
+ * metrics thread (which must not touch the links: they are this thread's). */
+static void render_metrics(cluster_t *c, metrics_out_t *op) {
+  metrics_out_t o = *op;
+  static const struct {
+    const char *name, *type, *help;
+  } fams[] = {
+      {"xmppd_bus_link_up", "gauge", "1 while the bus link to/from a peer node has a connection with the handshake done"},
+      {"xmppd_bus_link_queued_frames", "gauge", "Frames on a bus link waiting to be sent or acknowledged"},
+      {"xmppd_bus_link_queued_bytes", "gauge", "Bytes of those frames"},
+      {"xmppd_bus_link_frames_sent_total", "counter", "Data frames written on a bus link (re-sends counted again)"},
+      {"xmppd_bus_link_frames_received_total", "counter", "Data frames received on a bus link"},
+      {"xmppd_bus_link_overflowed_total", "counter",
+       "Frames a bus link gave back (queue full, or down past cluster.max_wait_ms)"},
+      {"xmppd_bus_link_downs_total", "counter", "Connections of a bus link lost"},
+  };
+  static const char *const roles[] = {"?", "edge", "router", "all"};
+  for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+    metrics_family(&o, fams[f].name, fams[f].type, fams[f].help);
+    for (int i = 0; i < c->npeers; i++) {
+      peer_t *p = &c->peers[i];
+      for (int dir = 0; dir < 2; dir++) {
+        bus_link_t *l = dir ? (c->listener ? bus_listener_link(c->listener, p->info.id) : NULL) : p->out;
+        if (!l) continue;
+        bus_link_stats_t st;
+        bus_link_get_stats(l, &st);
+        char labels[96];
+        snprintf(labels, sizeof labels, "peer=\"%u\",peer_role=\"%s\",direction=\"%s\"", p->info.id,
+                 roles[p->info.role & 3], dir ? "in" : "out");
+        uint64_t v = f == 0   ? (uint64_t)bus_link_is_up(l)
+                     : f == 1 ? st.queued_frames
+                     : f == 2 ? st.queued_bytes
+                     : f == 3 ? st.frames_sent
+                     : f == 4 ? st.frames_received
+                     : f == 5 ? st.frames_overflowed
+                              : st.downs;
+        metrics_sample_u64(&o, fams[f].name, labels, v);
+      }
+    }
+  }
+  metrics_family(&o, "xmppd_cluster_peers", "gauge", "Live nodes in the registry other than this one");
+  metrics_sample(&o, "xmppd_cluster_peers", NULL, c->npeers);
+  metrics_family(&o, "xmppd_cluster_redis_up", "gauge", "1 while the connection to cluster.redis is up");
+  metrics_sample(&o, "xmppd_cluster_redis_up", NULL, c->redis_up);
+  metrics_family(&o, "xmppd_cluster_pending_frames", "gauge",
+                 "Frames waiting for a shard owner or a node to appear (at most cluster.max_wait_ms)");
+  metrics_sample(&o, "xmppd_cluster_pending_frames", NULL, (double)c->npend);
+}
+
+static void publish_metrics(cluster_t *c) {
+  for (int om = 0; om < 2; om++) {
+    c->mtext[om].len = 0;
+    metrics_out_t o = {&c->mtext[om], om};
+    render_metrics(c, &o);
+  }
+  metrics_block_set(c->metrics, &c->mtext[0], &c->mtext[1]);
+}
+
 static void tick_cb(uv_timer_t *t) {
   cluster_t *c = t->data;
   uint64_t now = uv_now(&c->loop);
+  if (c->metrics) publish_metrics(c);
   for (int i = 0; i < CLUSTER_EV_COUNT; i++) log_tally_flush(&tallies[i]); /* what was counted since a line */
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
@@ -715,6 +792,7 @@ static void stop_cb(uv_async_t *a) {
 static void thread_main(void *arg) {
   cluster_t *c = arg;
   log_set_thread("cluster");
+  metrics_thread_init();
   uv_run(&c->loop, UV_RUN_DEFAULT);
   bus_link_thread_cleanup();
 }
@@ -817,6 +895,10 @@ int cluster_start(cluster_t *c, bus_t *bus) {
   uv_timer_init(&c->loop, &c->tick);
   c->tick.data = c;
   uv_timer_start(&c->tick, tick_cb, TICK_MS, TICK_MS);
+  buf_init(&c->mtext[0]);
+  buf_init(&c->mtext[1]);
+  c->metrics = metrics_block_new();
+  metrics_source_add(tally_metrics, NULL);
   static const credis_cbs_t rcbs = {on_redis_state, on_nodes, on_lost};
   c->redis = credis_new(&c->loop, cfg->cluster_redis, cfg->cluster_name, &rcbs, c);
   if (!c->redis) {
@@ -844,6 +926,10 @@ void cluster_stop(cluster_t *c) {
 
 void cluster_free(cluster_t *c) {
   if (!c) return;
+  if (c->metrics) metrics_source_remove(tally_metrics, NULL);
+  metrics_block_free(c->metrics);
+  buf_free(&c->mtext[0]);
+  buf_free(&c->mtext[1]);
   uv_loop_close(&c->loop);
   xfree(c->peers);
   xfree(c->pend);

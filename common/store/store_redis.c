@@ -75,11 +75,13 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <uv.h>
 
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/redis_addr.h"
 #include "common/scram.h"
 #include "common/store/store_impl.h"
@@ -309,8 +311,31 @@ static void drop(rd_t *r) {
   r->c = NULL;
 }
 
+/* Counts a reply in the metrics (xmppd_redis_errors_total{client="store"}); *t0: when the
+ * round trip began (uv_hrtime), or 0 when it is already counted (the later replies of a
+ * pipeline arrive with the first: one round trip). */
+static void count_reply(const redisReply *rep, uint64_t *t0) {
+  if (!rep) {
+    metrics_redis_error(METRICS_REDIS_STORE, 1);
+    return;
+  }
+  if (*t0) metrics_redis_rtt(METRICS_REDIS_STORE, (uv_hrtime() - *t0) / 1000);
+  *t0 = 0;
+  if (rep->type == REDIS_REPLY_ERROR) metrics_redis_error(METRICS_REDIS_STORE, 0);
+}
+
+/* redisGetReply, counted. */
+static int get_reply(redisContext *c, redisReply **rep, uint64_t *t0) {
+  int rc = redisGetReply(c, (void **)rep);
+  count_reply(rc == REDIS_OK ? *rep : NULL, t0);
+  return rc;
+}
+
 static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const size_t *lens) {
-  return redisCommandArgv(c, argc, argv, lens);
+  uint64_t t0 = uv_hrtime();
+  redisReply *rep = redisCommandArgv(c, argc, argv, lens);
+  count_reply(rep, &t0);
+  return rep;
 }
 
 /* Connects, authenticates, selects the db, loads the scripts. 0, or -1 with *err. */
@@ -722,6 +747,7 @@ static int flush(rd_t *r) {
   size_t off = 0;
   for (size_t i = 0; i < r->qn;) {
     size_t n = r->qn - i < RD_FLUSH_CHUNK ? r->qn - i : RD_FLUSH_CHUNK;
+    uint64_t t0 = uv_hrtime();
     for (size_t k = 0; k < n; k++) {
       if (redisAppendFormattedCommand(r->c, (const char *)r->q.data + off, r->qlen[i + k]) !=
           REDIS_OK) {
@@ -733,7 +759,7 @@ static int flush(rd_t *r) {
     }
     for (size_t k = 0; k < n; k++) {
       redisReply *rep = NULL;
-      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) {
+      if (get_reply(r->c, &rep, &t0) != REDIS_OK || !rep) {
         log_error("store(redis) %s: batch: %s", r->target, r->c->errstr);
         drop(r);
         return first ? first : XMPP_EIO;
@@ -865,11 +891,12 @@ static int read_pipeline(rd_t *r, size_t n, void (*append)(rd_t *r, size_t i, vo
   for (int attempt = 0;; attempt++) {
     int fresh = !r->c;
     if (ensure(r) != 0) break;
+    uint64_t t0 = uv_hrtime();
     for (size_t i = 0; i < n; i++) append(r, i, ud);
     size_t got = 0;
     for (; got < n; got++) {
       reps[got] = NULL;
-      if (redisGetReply(r->c, (void **)&reps[got]) != REDIS_OK || !reps[got]) break;
+      if (get_reply(r->c, &reps[got], &t0) != REDIS_OK || !reps[got]) break;
     }
     if (got == n) return 0;
     for (size_t i = 0; i < got; i++) freeReplyObject(reps[i]);
@@ -1029,6 +1056,7 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
     size_t n = page->elements;
     /* Which members still have an account (pipelined EXISTS, one per member). */
     char *alive = xcalloc(n ? n : 1, 1);
+    uint64_t t0 = uv_hrtime();
     for (size_t i = 0; i < n && !rc; i++) {
       redisReply *m = page->element[i];
       if (m->type != REDIS_REPLY_STRING) continue;
@@ -1042,7 +1070,7 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
     for (size_t i = 0; i < n && !rc; i++) {
       if (alive[i] != 2) continue;
       redisReply *e = NULL;
-      if (redisGetReply(r->c, (void **)&e) != REDIS_OK || !e) {
+      if (get_reply(r->c, &e, &t0) != REDIS_OK || !e) {
         log_error("store(redis) %s: list: %s", r->target, r->c->errstr);
         drop(r);
         rc = XMPP_EIO;
@@ -1633,6 +1661,7 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
   } else {
     /* one pipeline: every EVALSHA written, then the replies read in order (a write is
      * not sent again on a fresh connection: it may have been applied) */
+    uint64_t t0 = uv_hrtime();
     for (size_t i = 0; i < n; i++) {
       const char *av[MAXARGS];
       size_t al[MAXARGS];
@@ -1645,7 +1674,7 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
     }
     for (size_t i = 0; i < n; i++) {
       redisReply *rep = NULL;
-      if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) {
+      if (get_reply(r->c, &rep, &t0) != REDIS_OK || !rep) {
         log_error("store(redis) %s: archive append: %s", r->target, r->c->errstr);
         drop(r);
         r->down = 1;
