@@ -219,6 +219,7 @@ static void thread_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "edge%d", th->index);
   log_set_thread(name);
+  bus_queue_own(&th->bus->edge_q[th->index]);
   uv_run(&th->loop, UV_RUN_DEFAULT);
   tls_thread_cleanup();
 }
