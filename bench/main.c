@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -330,6 +331,62 @@ static double srv_cpu_s(const bench_opts_t *o) {
   return sum;
 }
 
+/* What the server spent during the measurement window (chat, presence): CPU, context
+ * switches summed over its threads (/proc/PID/task/T/status: the process's own status
+ * line counts only the main thread) and read-like + write-like system calls
+ * (/proc/PID/io syscr, syscw: every thread, dead ones included). epoll_wait is in
+ * neither count. */
+typedef struct srv_use {
+  double cpu;
+  uint64_t vcs, ivcs, syscr, syscw;
+  int ok;
+} srv_use_t;
+
+static int proc_use(int pid, srv_use_t *u) {
+  char p[64], line[256];
+  double c = proc_cpu_s(pid);
+  if (c < 0) return -1;
+  u->cpu += c;
+  snprintf(p, sizeof p, "/proc/%d/task", pid);
+  DIR *d = opendir(p);
+  if (!d) return -1;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(p, sizeof p, "/proc/%d/task/%.20s/status", pid, e->d_name);
+    FILE *f = fopen(p, "r");
+    if (!f) continue; /* a thread that just ended */
+    while (fgets(line, sizeof line, f)) {
+      if (!strncmp(line, "voluntary_ctxt_switches:", 24)) u->vcs += strtoull(line + 24, NULL, 10);
+      else if (!strncmp(line, "nonvoluntary_ctxt_switches:", 27)) u->ivcs += strtoull(line + 27, NULL, 10);
+    }
+    fclose(f);
+  }
+  closedir(d);
+  snprintf(p, sizeof p, "/proc/%d/io", pid);
+  FILE *f = fopen(p, "r");
+  if (f) {
+    while (fgets(line, sizeof line, f)) {
+      if (!strncmp(line, "syscr:", 6)) u->syscr += strtoull(line + 6, NULL, 10);
+      else if (!strncmp(line, "syscw:", 6)) u->syscw += strtoull(line + 6, NULL, 10);
+    }
+    fclose(f);
+  }
+  return 0;
+}
+
+static srv_use_t srv_use(const bench_opts_t *o) {
+  srv_use_t u = {0};
+  u.ok = 1;
+  if (o->nserver_pids <= 1) {
+    if (o->server_pid <= 0 || proc_use(o->server_pid, &u) != 0) u.ok = 0;
+    return u;
+  }
+  for (int i = 0; i < o->nserver_pids; i++)
+    if (proc_use(o->server_pids[i], &u) != 0) u.ok = 0;
+  return u;
+}
+
 /* ---- child ---------------------------------------------------------------------------- */
 
 typedef struct snap {
@@ -611,6 +668,7 @@ typedef struct results {
   double idle_cpu_pct;
   double go_t, stop_t;
   uint64_t delivered_at_stop, sent_at_stop;
+  srv_use_t use_go, use_stop; /* the server's use at GO and at STOP (the run window) */
   double bench_cpu;
   long bench_rss_max; /* sum over the children, sampled once a second */
   /* storm: sessions dropped at GO, log-in failures before it, server CPU at GO and when
@@ -620,6 +678,26 @@ typedef struct results {
 } results_t;
 
 static double ms(uint64_t us) { return (double)us / 1000.0; }
+
+/* Per delivery during the run window: the server's CPU (us), context switches (voluntary,
+ * involuntary) and read + write system calls. 0 when not measured. */
+typedef struct per_msg {
+  double cpu_us, vcs, ivcs, sys;
+  int ok;
+} per_msg_t;
+
+static per_msg_t run_per_msg(const results_t *r) {
+  per_msg_t p = {0};
+  const srv_use_t *a = &r->use_go, *b = &r->use_stop;
+  if (!a->ok || !b->ok || !r->delivered_at_stop) return p;
+  double n = (double)r->delivered_at_stop;
+  p.cpu_us = (b->cpu - a->cpu) * 1e6 / n;
+  p.vcs = (double)(b->vcs - a->vcs) / n;
+  p.ivcs = (double)(b->ivcs - a->ivcs) / n;
+  p.sys = (double)(b->syscr + b->syscw - a->syscr - a->syscw) / n;
+  p.ok = 1;
+  return p;
+}
 
 /* Deliveries a clean run has: chat one per message sent, presence one per contact per
  * change (every contact is online), none in the other scenarios. */
@@ -720,6 +798,11 @@ static int write_json(const bench_opts_t *o, const snap_t *a, const results_t *r
       fprintf(f, "\"presence_sent_per_s\":%.2f,\"presence_delivered_per_s\":%.2f,\"expected_deliveries\":%" PRIu64 ",",
               win > 0 ? (double)r->sent_at_stop / win : 0, dps, a->sent * (uint64_t)o->roster);
     json_lat(f, "latency_ms", &a->lat);
+    per_msg_t pm = run_per_msg(r);
+    if (pm.ok)
+      fprintf(f, ",\"run_server_cpu_us_per_msg\":%.3f,\"run_server_cs_per_msg\":%.3f,\"run_server_vcs_per_msg\":%.3f,"
+                 "\"run_server_ivcs_per_msg\":%.3f,\"run_server_rw_syscalls_per_msg\":%.3f",
+              pm.cpu_us, pm.vcs + pm.ivcs, pm.vcs, pm.ivcs, pm.sys);
   }
   if (o->sc == SC_STORM) {
     fprintf(f, ",\"storm\":{\"sm\":%s,\"tickets\":%s,\"dropped\":%" PRIu64 ",\"back\":%" PRIu64
@@ -890,6 +973,7 @@ static int coordinator(bench_opts_t *o) {
             r.failed_at_go = a->login_failed;
             r.srv_cpu_go = srv_cpu_s(o);
           }
+          r.use_go = srv_use(o);
           send_all(cs, n, "GO\n");
           r.go_t = t;
           ph = P_RUN;
@@ -926,6 +1010,7 @@ static int coordinator(bench_opts_t *o) {
       }
       if (t - phase_t >= o->duration) {
         send_all(cs, n, "STOP\n");
+        r.use_stop = srv_use(o);
         r.stop_t = t;
         r.delivered_at_stop = a->delivered;
         r.sent_at_stop = a->sent;
@@ -1031,6 +1116,10 @@ static int coordinator(bench_opts_t *o) {
     printf("  latency ms: p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f max %.3f\n", ms(hdr_percentile(&a->lat, 50)),
            ms(hdr_percentile(&a->lat, 90)), ms(hdr_percentile(&a->lat, 99)), ms(hdr_percentile(&a->lat, 99.9)),
            ms(a->lat.max));
+    per_msg_t pm = run_per_msg(&r);
+    if (pm.ok)
+      printf("  server per delivery during the run: CPU %.1f us, context switches %.2f (%.2f voluntary, %.2f not),"
+             " read+write syscalls %.2f\n", pm.cpu_us, pm.vcs + pm.ivcs, pm.vcs, pm.ivcs, pm.sys);
   }
   if (o->sc == SC_STORM) {
     printf("  storm (%s, %s): %" PRIu64 " session(s) dropped at once, %" PRIu64 " back in %.2f s"

@@ -1,6 +1,7 @@
 #include "common/bus_queue.h"
 
 #include <stdio.h>
+#include <sched.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -26,7 +27,18 @@ int bus_msg_frame(const bus_msg_t *m, bus_frame_t *f) {
 
 void bus_msg_free(bus_msg_t *m) { xfree(m); }
 
-static void async_cb(uv_async_t *h) { bus_queue_drain(h->data); }
+/* Batches one drainer takes before it leaves the rest to the consumer's thread. */
+#define BUS_QUEUE_ROUNDS 4
+
+/* The queue this thread consumes (bus_queue_own): its pushes there need no wake-up. */
+static __thread bus_queue_t *t_own;
+
+static void run_queue(bus_queue_t *q, int rounds);
+static void async_cb(uv_async_t *h) { run_queue(h->data, BUS_QUEUE_ROUNDS); }
+static void prep_cb(uv_prepare_t *h) {
+  bus_queue_t *q = h->data;
+  if (atomic_load_explicit(&q->head, memory_order_relaxed)) run_queue(q, BUS_QUEUE_ROUNDS);
+}
 
 static void say(bus_queue_t *q, int over) {
   if (over) {
@@ -64,7 +76,8 @@ static void handled(bus_queue_t *q, uint64_t n, uint64_t bytes) {
   water(q);
 }
 
-void bus_queue_drain(bus_queue_t *q) {
+/* One batch: the whole stack, in push order. The caller holds the run flag. */
+static void drain_batch(bus_queue_t *q) {
   bus_msg_t *lifo = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
   bus_msg_t *fifo = NULL;
   uint64_t n = 0, bytes = 0;
@@ -80,6 +93,40 @@ void bus_queue_drain(bus_queue_t *q) {
   handled(q, n, bytes);
 }
 
+/* Runs the callback on what is queued, at most rounds batches, as the only drainer.
+ * Gives up at once when another thread drains: that one looks at the queue again after
+ * letting go (the exchange and the store below are sequentially consistent, as the
+ * push's compare-and-swap: a push either happens before the drainer's last look or
+ * finds the flag free). */
+static void run_queue(bus_queue_t *q, int rounds) {
+  for (;;) {
+    if (atomic_exchange(&q->run, 1)) return;
+    int n = 0;
+    while (n < rounds && !atomic_load(&q->closed) && atomic_load(&q->head)) {
+      drain_batch(q);
+      n++;
+    }
+    atomic_store(&q->run, 0);
+    if (!atomic_load(&q->head) || atomic_load(&q->closed)) return;
+    if (n >= rounds) { /* the rest on the consumer's thread, after its other work */
+      uv_async_send(&q->async);
+      return;
+    }
+  }
+}
+
+void bus_queue_drain(bus_queue_t *q) {
+  while (atomic_exchange(&q->run, 1)) sched_yield();
+  if (!atomic_load(&q->closed)) drain_batch(q);
+  atomic_store(&q->run, 0);
+  /* pushed during the batch by a producer that found the flag taken: later, on the loop */
+  if (atomic_load(&q->head) && !atomic_load(&q->closed)) uv_async_send(&q->async);
+}
+
+void bus_queue_inline(bus_queue_t *q, int on) { q->inline_ok = on; }
+
+void bus_queue_own(bus_queue_t *q) { t_own = q; }
+
 int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
   atomic_init(&q->head, NULL);
   atomic_init(&q->pushed, 0);
@@ -94,8 +141,15 @@ int bus_queue_init(bus_queue_t *q, uv_loop_t *loop, bus_queue_cb cb, void *ud) {
   snprintf(q->name, sizeof q->name, "?");
   q->cb = cb;
   q->ud = ud;
+  atomic_init(&q->run, 0);
+  q->inline_ok = 0;
   q->async.data = q;
-  return uv_async_init(loop, &q->async, async_cb);
+  q->prep.data = q;
+  int rc = uv_async_init(loop, &q->async, async_cb);
+  if (rc == 0) rc = uv_prepare_init(loop, &q->prep);
+  if (rc == 0) rc = uv_prepare_start(&q->prep, prep_cb);
+  if (rc == 0) uv_unref((uv_handle_t *)&q->prep); /* never what keeps a loop running */
+  return rc;
 }
 
 void bus_queue_bound(bus_queue_t *q, uint64_t high, uint64_t low, _Atomic int *congested, const char *name) {
@@ -119,7 +173,9 @@ void bus_queue_push(bus_queue_t *q, bus_msg_t *m) {
     m->next = old;
   } while (!atomic_compare_exchange_weak_explicit(&q->head, &old, m, memory_order_release,
                                                   memory_order_relaxed));
-  if (!old) uv_async_send(&q->async);
+  if (old) return; /* whoever pushed the first one arranged its drain */
+  if (q->inline_ok) run_queue(q, BUS_QUEUE_ROUNDS); /* here, unless someone drains now */
+  else if (t_own != q) uv_async_send(&q->async);       /* its own thread: prep_cb takes it */
 }
 
 uint64_t bus_queue_bytes(bus_queue_t *q) { return atomic_load(&q->bytes); }
@@ -132,6 +188,7 @@ uint64_t bus_queue_pending(bus_queue_t *q) {
 }
 
 void bus_queue_close(bus_queue_t *q) {
+  while (atomic_exchange(&q->run, 1)) sched_yield(); /* no drainer on another thread; kept */
   atomic_store_explicit(&q->closed, 1, memory_order_release);
   bus_msg_t *m = atomic_exchange(&q->head, NULL);
   uint64_t n = 0, bytes = 0;
@@ -144,4 +201,6 @@ void bus_queue_close(bus_queue_t *q) {
   }
   handled(q, n, bytes); /* a closed queue holds nothing back */
   uv_close((uv_handle_t *)&q->async, NULL);
+  uv_close((uv_handle_t *)&q->prep, NULL);
+  if (t_own == q) t_own = NULL;
 }

@@ -41,6 +41,7 @@ static const conf_opt_t opts[] = {
   {"server", "log_level", CT_STR, 0, 0, "info", O(log_level), "debug, info, warn, error or none"},
   {"server", "io_threads", CT_INT, 0, 256, "0", O(io_threads), "edge I/O threads (0 = one per core)"},
   {"server", "router_workers", CT_INT, 0, 256, "0", O(router_workers), "router worker threads (0 = one per core)"},
+  {"server", "inline_routing", CT_BOOL, 0, 1, "true", O(inline_routing), "a thread that hands a frame to an idle router worker runs the worker's work itself instead of waking its thread (no hand-off, no context switch; one thread at a time per worker, order kept); single process only, a cluster node always wakes the worker (docs/architecture.md, \"Run to completion\")"},
   {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S; the same on every node of a cluster (a node with another count refuses to join)"},
   {"server", "mam", CT_BOOL, 0, 1, "true", O(mam_enabled), "archive one-to-one messages (XEP-0313) and stamp them with stanza ids (XEP-0359); off: nothing is archived and queries find nothing"},
   {"server", "mam_commit_ms", CT_INT, 0, 5000, "1000", O(mam_commit_ms), "archive writes are committed by one writer thread in groups, each at most this long after its first message was routed (0 = no writer thread: each router worker commits its own at the end of every batch of frames); a process that dies loses at most this window of archive writes, never a message (docs/architecture.md, \"Archive writes\")"},

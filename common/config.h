@@ -13,6 +13,7 @@ typedef struct xmpp_config {
   char *log_level;
   int io_threads;     /* edge I/O threads; 0 = number of cores */
   int router_workers; /* router worker threads; 0 = number of cores */
+  int inline_routing; /* a frame's router work may run on the thread that sends it (bus_queue_inline) */
   int shards;         /* virtual shards S */
   /* [c2s] */
   char *c2s_addr;

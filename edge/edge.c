@@ -221,6 +221,7 @@ static void thread_main(void *arg) {
   snprintf(name, sizeof name, "edge%d", th->index);
   log_set_thread(name);
   metrics_thread_init();
+  bus_queue_own(&th->bus->edge_q[th->index]);
   uv_run(&th->loop, UV_RUN_DEFAULT);
   tls_thread_cleanup();
 }

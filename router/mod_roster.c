@@ -329,7 +329,7 @@ static int subscription_allowed(worker_t *w, user_t *u) {
   int rate = w->cfg->subscription_rate;
   if (rate <= 0) return 1;
   double cap = (double)rate * w->cfg->rate_burst;
-  uint64_t now = uv_now(&w->loop);
+  uint64_t now = uv_hrtime() / 1000000; /* not the loop's time: may run on another thread (inline_routing) */
   ruser_t *r = RU(u);
   if (!r->sub_at) r->sub_tokens = cap;
   else r->sub_tokens += (double)(now - r->sub_at) * rate / 1000.0;

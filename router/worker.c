@@ -347,6 +347,7 @@ static void thread_main(void *arg) {
   snprintf(name, sizeof name, "router%d", w->index);
   log_set_thread(name);
   metrics_thread_init();
+  bus_queue_own(&w->bus->worker_q[w->index]);
   uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
@@ -378,6 +379,9 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     char qname[24];
     snprintf(qname, sizeof qname, "router%d", i);
     bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);
+    /* outside a cluster a worker's frames touch nothing bound to its loop (the session
+     * directory, on Redis through w->loop, exists only in a cluster: dir_open) */
+    bus_queue_inline(&bus->worker_q[i], cfg->inline_routing && !cfg->cluster_node);
     dir_open(w);
     modules_worker_init(w);
   }

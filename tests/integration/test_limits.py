@@ -132,9 +132,12 @@ class FloodTest(ServerTest):
 class SlowReaderTest(ServerTest):
     users = ("alice", "bob", "sloth", "sender")
     # archiving off: 20 MB of archive writes grow SQLite's page caches by up to 2 MiB per
-    # worker, which is not what this measures
+    # worker, which is not what this measures; bus queues bounded at 1 MiB: with the
+    # default 8 MiB the frames in flight towards the worker may legitimately hold a few MB
+    # on a loaded machine (seen: 3.4 MB against the 3.3 MB the test allows)
     server_options = {"limits.max_pending_out": "262144", "limits.rate_bytes": "0",
-                      "limits.rate_stanzas": "0", "limits.offline_max": "10", "server.mam": "false"}
+                      "limits.rate_stanzas": "0", "limits.offline_max": "10", "server.mam": "false",
+                      "limits.bus_queue_bytes": "1048576"}
 
     def test_reader_that_never_reads_is_disconnected_memory_bounded(self):
         """10 MB at a client that reads nothing (its receive buffer 4 KiB): the server
@@ -224,9 +227,14 @@ class BusQueueBoundTest(ServerTest):
     lasts 3 s against a rate grace of 1 s: waiting for the bus is not held against the
     sender's rate (it is not disconnected)."""
     users = ("alice", "bob", "carol")
+    # server.inline_routing off: the worker's own thread stalls and the queue in front of
+    # it fills (with it on, the edge thread that runs the worker's work stalls with it:
+    # BusQueueInlineStallTest below)
     server_options = {"server.router_workers": "1", "server.io_threads": "1",
                       "limits.rate_bytes": "0", "limits.rate_stanzas": "0", "limits.rate_grace": "1",
-                      "limits.max_pending_out": str(1 << 28), "limits.offline_max": "0"}
+                      "limits.max_pending_out": str(1 << 28), "limits.offline_max": "0",
+                      "server.inline_routing": "false"}
+    expect_watermark = True
 
     def test_stalled_worker_pauses_senders_memory_bounded_nothing_lost(self):
         bob = RawStream(self.srv.port).login("bob", "pw", "b")
@@ -280,7 +288,8 @@ class BusQueueBoundTest(ServerTest):
         if not SANITIZED:
             self.assertLess(grew, 32 * 1024, f"server grew {grew} KiB while the worker was stalled")
         self.assertTrue(paused, "the sender was not held back while the worker stalled")
-        self.assertIn("over its high watermark", self.srv.log_text())
+        if self.expect_watermark:
+            self.assertIn("over its high watermark", self.srv.log_text())
         sender.join(180)
         self.assertEqual(sent, [None], f"the whole flood was sent (bob has {len(got)} of {count})")
         reader.join(180)
@@ -293,6 +302,16 @@ class BusQueueBoundTest(ServerTest):
         self.assertNotIn("write failed", self.srv.log_text())
         for r in (alice, bob, carol):
             r.close()
+
+
+class BusQueueInlineStallTest(BusQueueBoundTest):
+    """The same stall with server.inline_routing on (the default): the edge thread that
+    hands alice's stanzas to the idle worker runs the worker's work itself, so the
+    storage wait holds that thread and it reads nothing more: the sender is held back by
+    TCP at once, memory stays bounded without the queue filling, and every accepted
+    message is delivered once, in order, when the lock goes."""
+    server_options = dict(BusQueueBoundTest.server_options, **{"server.inline_routing": "true"})
+    expect_watermark = False
 
 
 class ResourceAndRosterLimitTest(ServerTest):

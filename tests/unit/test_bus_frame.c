@@ -848,3 +848,161 @@ Test(bus_queue, four_producers_bound_settles_at_zero, .timeout = 60) {
   cr_assert_eq(uv_loop_close(&loop), 0);
   xfree(c);
 }
+
+/* bus_queue_inline: the push that finds an idle consumer runs the callback itself, on the
+ * producer's thread; a push made while the callback runs (here, by the callback: a
+ * worker routing to its own shard) is not run nested but by the same drainer right
+ * after, in order; nothing needs the consumer's loop. */
+typedef struct inline_rec {
+  bus_queue_t *q;
+  int depth, max_depth, calls, refill;
+  long n;
+  int64_t last;
+  int ordered;
+} inline_rec_t;
+
+static void inline_cb(void *ud, bus_msg_t *batch) {
+  inline_rec_t *r = ud;
+  r->depth++;
+  if (r->depth > r->max_depth) r->max_depth = r->depth;
+  r->calls++;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    bus_frame_t f;
+    cr_assert_eq(bus_msg_frame(m, &f), 0);
+    if (f.arg != r->last + 1) r->ordered = 0;
+    r->last = f.arg;
+    r->n++;
+    bus_msg_free(m);
+    if (r->refill > 0) {
+      r->refill--;
+      bus_frame_t g = sample(BUS_ROUTE, 0);
+      g.arg = r->last + 1;
+      bus_queue_push(r->q, bus_msg_new(&g)); /* flag held: left to this drainer */
+    }
+  }
+  r->depth--;
+}
+
+Test(bus_queue, inline_push_runs_the_callback_on_the_producer_once_at_a_time) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  bus_queue_t q;
+  inline_rec_t r = {&q, 0, 0, 0, 0, 0, -1, 1};
+  cr_assert_eq(bus_queue_init(&q, &loop, inline_cb, &r), 0);
+  bus_queue_inline(&q, 1);
+  bus_frame_t f = sample(BUS_ROUTE, 0);
+  f.arg = 0;
+  bus_queue_push(&q, bus_msg_new(&f));
+  cr_assert_eq(r.n, 1, "handled by the push itself, no loop run");
+  cr_assert_eq(bus_queue_pending(&q), 0);
+  r.refill = 2; /* each handled message pushes the next while the flag is held */
+  f.arg = 1;
+  bus_queue_push(&q, bus_msg_new(&f));
+  cr_assert_eq(r.n, 4, "the pushes made meanwhile handled before the push returned");
+  cr_assert_eq(r.max_depth, 1, "never nested");
+  cr_assert(r.ordered);
+  cr_assert_eq(bus_queue_pending(&q), 0);
+  cr_assert_eq(bus_queue_bytes(&q), 0);
+  bus_queue_close(&q);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+Test(bus_queue, push_without_inline_waits_for_the_loop) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  bus_queue_t q;
+  inline_rec_t r = {&q, 0, 0, 0, 0, 0, -1, 1};
+  cr_assert_eq(bus_queue_init(&q, &loop, inline_cb, &r), 0);
+  bus_frame_t f = sample(BUS_ROUTE, 0);
+  f.arg = 0;
+  bus_queue_push(&q, bus_msg_new(&f));
+  cr_assert_eq(r.n, 0, "not on the producer");
+  uv_run(&loop, UV_RUN_NOWAIT);
+  cr_assert_eq(r.n, 1);
+  /* the consumer's own thread: no wake-up; its loop drains before it waits */
+  bus_queue_own(&q);
+  f.arg = 1;
+  bus_queue_push(&q, bus_msg_new(&f));
+  cr_assert_eq(r.n, 1);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  cr_assert_eq(r.n, 2, "drained by the loop's prepare phase");
+  cr_assert(r.ordered);
+  bus_queue_close(&q);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
+/* Many producers on other threads, all inline, with a consumer loop too: every message
+ * handled once, FIFO per producer, never two drainers at a time. */
+#define INL_PRODUCERS 4
+#define INL_PER 20000
+typedef struct inl_mt {
+  bus_queue_t q;
+  _Atomic int inside;
+  int overlap;
+  long n;
+  int64_t last[INL_PRODUCERS];
+  int ordered;
+} inl_mt_t;
+
+static void inl_mt_cb(void *ud, bus_msg_t *batch) {
+  inl_mt_t *c = ud;
+  if (atomic_fetch_add(&c->inside, 1)) c->overlap = 1;
+  while (batch) {
+    bus_msg_t *m = batch;
+    batch = m->next;
+    bus_frame_t f;
+    cr_assert_eq(bus_msg_frame(m, &f), 0);
+    int p = f.src.thread;
+    if (f.arg != c->last[p] + 1) c->ordered = 0;
+    c->last[p] = f.arg;
+    c->n++;
+    bus_msg_free(m);
+  }
+  atomic_fetch_sub(&c->inside, 1);
+}
+
+typedef struct inl_prod {
+  inl_mt_t *c;
+  int idx;
+} inl_prod_t;
+
+static void inl_produce(void *arg) {
+  inl_prod_t *p = arg;
+  for (int i = 0; i < INL_PER; i++) {
+    bus_frame_t f = sample(BUS_ROUTE, i);
+    f.src.thread = (uint16_t)p->idx;
+    f.arg = i;
+    bus_queue_push(&p->c->q, bus_msg_new(&f));
+  }
+}
+
+Test(bus_queue, inline_from_many_threads_keeps_order_and_one_drainer, .timeout = 60) {
+  uv_loop_t loop;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  inl_mt_t *c = calloc(1, sizeof *c);
+  c->ordered = 1;
+  for (int i = 0; i < INL_PRODUCERS; i++) c->last[i] = -1;
+  cr_assert_eq(bus_queue_init(&c->q, &loop, inl_mt_cb, c), 0);
+  bus_queue_inline(&c->q, 1);
+  uv_thread_t th[INL_PRODUCERS];
+  inl_prod_t ps[INL_PRODUCERS];
+  for (int i = 0; i < INL_PRODUCERS; i++) {
+    ps[i] = (inl_prod_t){c, i};
+    cr_assert_eq(uv_thread_create(&th[i], inl_produce, &ps[i]), 0);
+  }
+  for (int i = 0; i < INL_PRODUCERS; i++) uv_thread_join(&th[i]);
+  /* what a drainer left after its rounds went to the loop (async) */
+  while (bus_queue_pending(&c->q)) uv_run(&loop, UV_RUN_NOWAIT);
+  cr_assert_eq(c->n, (long)INL_PRODUCERS * INL_PER);
+  cr_assert(c->ordered, "FIFO per producer");
+  cr_assert_not(c->overlap, "one drainer at a time");
+  cr_assert_eq(bus_queue_bytes(&c->q), 0);
+  bus_queue_close(&c->q);
+  cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+  free(c);
+}
