@@ -18,13 +18,29 @@
 #include "common/err.h"
 #include "common/log.h"
 
+static void sasl2_free(conn_t *c) {
+  sasl2_req_t *r = c->sasl2;
+  if (!r) return;
+  xfree(r->additional);
+  xfree(r->tag);
+  xfree(r->previd);
+  xfree(r->pre);
+  xfree(r);
+  c->sasl2 = NULL;
+}
+
 static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
   c->sasl_gen++; /* this exchange is over (aborted included): its pending work is void */
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
+  if (c->sasl2) /* XEP-0388 §2.6.3: the RFC 6120 condition in its namespace, then text */
+    buf_printf(&b, "<failure xmlns='urn:xmpp:sasl:2'><%s xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+               sasl_cond_name(cond));
+  else
+    buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
   if (text) buf_printf(&b, "<text xml:lang='en'>%s</text>", text);
   buf_puts(&b, "</failure>");
+  sasl2_free(c);
   if (cond == SASL_NOT_AUTHORIZED)
     guard_auth_failed(c->th->edge->guard, c->ip, c->auth_bare, edge_now_ms());
   conn_send(c, (const char *)b.data, b.len);
@@ -47,7 +63,7 @@ static void send_failure(conn_t *c, sasl_cond_t cond) { send_failure_text(c, con
 static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) {
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "<%s xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>", elem);
+  buf_printf(&b, "<%s xmlns='%s'>", elem, c->sasl2 ? NS_SASL2 : NS_SASL);
   if (len) {
     char *enc = b64_encode((const unsigned char *)data, len);
     buf_puts(&b, enc);
@@ -62,7 +78,13 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
   buf_free(&b);
 }
 
+static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len);
+
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  if (c->sasl2) {
+    sasl2_succeed(c, extra, extra_len);
+    return;
+  }
   c->sasl_gen++;
   send_b64(c, "success", extra, extra_len);
   if (c->scram) {
@@ -326,16 +348,22 @@ void sasl_thread_close(edge_thread_t *th) {
   uv_close((uv_handle_t *)&th->acct_idle, NULL);
 }
 
+static void start_mech(conn_t *c, const char *mech, xnode_t *resp);
+
 void sasl_auth(conn_t *c, xnode_t *auth) {
-  if (c->scram || c->auth_bare) {
+  if (c->scram || c->auth_bare || c->sasl2) {
     /* a new <auth/> while one is running: RFC 6120 §6.4.4 lets us abort the old one
      * (its pending read or check, if any, is voided by sasl_gen); the new one starts */
     send_failure(c, SASL_ABORTED);
   }
-  const char *mech = xnode_attr(auth, "mechanism");
-  unsigned char *msg;
-  size_t len;
-  sasl_cond_t cond = payload(auth, &msg, &len);
+  start_mech(c, xnode_attr(auth, "mechanism"), auth);
+}
+
+/* The mechanism with its initial response (the text of resp; NULL: empty). */
+static void start_mech(conn_t *c, const char *mech, xnode_t *resp) {
+  unsigned char *msg = NULL;
+  size_t len = 0;
+  sasl_cond_t cond = resp ? payload(resp, &msg, &len) : SASL_OK;
   if (cond != SASL_OK) {
     send_failure(c, cond);
     return;
@@ -349,7 +377,7 @@ void sasl_auth(conn_t *c, xnode_t *auth) {
 }
 
 void sasl_response(conn_t *c, xnode_t *resp) {
-  if (!c->scram) {
+  if (!c->scram || !c->sasl2 != !strcmp(resp->ns, NS_SASL)) { /* none running, or of the other protocol */
     send_failure(c, SASL_MALFORMED_REQUEST);
     return;
   }
@@ -377,8 +405,181 @@ void sasl_response(conn_t *c, xnode_t *resp) {
 void sasl_abort(conn_t *c) { send_failure(c, SASL_ABORTED); }
 
 void sasl_cleanup(conn_t *c) {
+  sasl2_free(c);
   if (c->scram) scram_server_free(c->scram);
   c->scram = NULL;
   xfree(c->auth_bare);
   c->auth_bare = NULL;
+}
+
+/* ---- SASL2 (XEP-0388) --------------------------------------------------------------
+ * The same mechanisms and the same code as above; what differs is the framing and what
+ * follows success: no stream restart (§2.6.2), and what <authenticate/> asked inline
+ * (Bind2, XEP-0386; a XEP-0198 resumption) is done first, its results carried in the
+ * <success/>, whose <authorization-identifier/> is then the full JID. Offered under TLS
+ * only. Client-controlled sizes: the user agent's software and device, the Bind2 tag
+ * (limits.sasl2_text_bytes each; the whole element is under limits.max_stanza_bytes),
+ * the inline elements (each kind counted once, unknown ones ignored: §2.4). */
+
+int sasl2_offered(const conn_t *c) { return c->state == CONN_ST_SECURED; }
+
+void sasl2_feature(const conn_t *c, buf_t *out) {
+  buf_puts(out, "<authentication xmlns='urn:xmpp:sasl:2'>"
+                "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
+                "<mechanism>PLAIN</mechanism><inline>"
+                /* XEP-0386 §2.1: Bind2, with the features it can enable inline */
+                "<bind xmlns='urn:xmpp:bind:0'><inline>"
+                "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>");
+  if (sm_offered(c)) buf_puts(out, "<feature var='urn:xmpp:sm:3'/>");
+  buf_puts(out, "</inline></bind>");
+  /* XEP-0198: resumption inline in <authenticate/> */
+  if (sm_offered(c) && c->th->cfg->sm_resume_timeout > 0) buf_puts(out, "<sm xmlns='urn:xmpp:sm:3'/>");
+  buf_puts(out, "</inline></authentication>");
+}
+
+/* RFC 4122 §3 text form: 8-4-4-4-12 hex digits (XEP-0388 §2.5.1: id is a UUID). */
+static int is_uuid(const char *s) {
+  if (strlen(s) != 36) return 0;
+  for (int i = 0; i < 36; i++) {
+    int dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+                                (s[i] >= 'A' && s[i] <= 'F')))
+      return 0;
+  }
+  return 1;
+}
+
+/* Text of a client-chosen name (user agent software/device, Bind2 tag): NULL when too
+ * long, empty or with control characters (C0, DEL). Allocated in a. */
+static const char *short_text(arena_t *a, xnode_t *n, size_t max) {
+  const char *t = xnode_text(a, n);
+  size_t len = strlen(t);
+  if (!len || len > max) return NULL;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)t[i] < 0x20 || t[i] == 0x7f) return NULL;
+  return t;
+}
+
+/* Reads what <authenticate/> asks besides the mechanism into r: NULL, or why it is
+ * refused (static text, for <failure><malformed-request/><text/>). */
+static const char *parse_inline(conn_t *c, xnode_t *e, sasl2_req_t *r) {
+  size_t max = (size_t)c->th->cfg->sasl2_text_bytes;
+  arena_t a;
+  arena_init(&a);
+  const char *why = NULL;
+  xnode_t *ua = xnode_child(e, "user-agent", NS_SASL2);
+  if (ua) {
+    const char *id = xnode_attr(ua, "id");
+    if (id && !is_uuid(id)) why = "user-agent id is not a UUID";
+    else if (id) snprintf(r->ua_id, sizeof r->ua_id, "%s", id);
+    for (xnode_t *k = xnode_first_elem(ua); k && !why; k = xnode_next_elem(k))
+      if (!short_text(&a, k, max)) why = "user-agent software or device empty, too long or not printable";
+  }
+  xnode_t *b = why ? NULL : xnode_child(e, "bind", NS_BIND2);
+  if (b) {
+    r->bind = 1;
+    xnode_t *tag = xnode_child(b, "tag", NS_BIND2);
+    if (tag) {
+      const char *t = short_text(&a, tag, max);
+      if (!t) why = "bind tag empty, too long or not printable";
+      else r->tag = xstrdup(t);
+    }
+    for (xnode_t *k = xnode_first_elem(b); k && !why; k = xnode_next_elem(k)) {
+      if (!strcmp(k->ns, NS_SM) && !strcmp(k->name, "enable") && sm_offered(c)) {
+        const char *res = xnode_attr(k, "resume");
+        r->sm = res && (!strcmp(res, "true") || !strcmp(res, "1")) ? 2 : 1;
+      } else if (!strcmp(k->ns, NS_CARBONS2) && !strcmp(k->name, "enable")) {
+        r->carbons = 1;
+      } else if (!strcmp(k->ns, NS_CSI) && !strcmp(k->name, "inactive")) {
+        r->inactive = 1;
+      } /* XEP-0386 §2.3: what the server does not know it ignores */
+    }
+  }
+  xnode_t *res = why ? NULL : xnode_child(e, "resume", NS_SM);
+  if (res) {
+    const char *id = xnode_attr(res, "previd"), *hs = xnode_attr(res, "h");
+    char *end = NULL;
+    unsigned long long h = hs ? strtoull(hs, &end, 10) : 0;
+    if (!id || !hs || !*hs || *end || h > UINT32_MAX || strlen(id) > 64) why = "bad <resume/>";
+    else {
+      r->previd = xstrdup(id);
+      r->h = (uint32_t)h;
+    }
+  }
+  arena_free(&a);
+  return why;
+}
+
+static void sasl2_authenticate(conn_t *c, xnode_t *e) {
+  if (c->scram || c->auth_bare || c->sasl2) send_failure(c, SASL_ABORTED); /* as for <auth/> */
+  if (conn_closing(c)) return;
+  sasl2_req_t *r = xcalloc(1, sizeof *r);
+  c->sasl2 = r;
+  const char *why = parse_inline(c, e, r);
+  if (why) {
+    send_failure_text(c, SASL_MALFORMED_REQUEST, why);
+    return;
+  }
+  start_mech(c, xnode_attr(e, "mechanism"), xnode_child(e, "initial-response", NS_SASL2));
+}
+
+void sasl2_element(conn_t *c, xnode_t *e) {
+  if (c->state != CONN_ST_SECURED) {
+    /* only offered under TLS, before authentication */
+    if (!strcmp(e->name, "authenticate") && c->state == CONN_ST_PLAIN && !c->th->cfg->require_tls) {
+      c->sasl2 = xcalloc(1, sizeof *c->sasl2);
+      send_failure_text(c, SASL_ENCRYPTION_REQUIRED, "SASL2 is offered under TLS only");
+      return;
+    }
+    conn_stream_error(c, "policy-violation", "SASL2 is offered under TLS only, before authentication");
+    return;
+  }
+  if (!strcmp(e->name, "authenticate")) sasl2_authenticate(c, e);
+  else if (!strcmp(e->name, "response")) sasl_response(c, e);
+  else if (!strcmp(e->name, "abort")) {
+    if (!c->sasl2) c->sasl2 = xcalloc(1, sizeof *c->sasl2); /* answered in its namespace */
+    sasl_abort(c);
+  } else conn_stream_error(c, "unsupported-stanza-type", NULL);
+}
+
+/* The mechanism succeeded: the account is authenticated (no stream restart, XEP-0388
+ * §2.6.2); what was asked inline runs, and the <success/> waits for it. */
+static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len) {
+  sasl2_req_t *r = c->sasl2;
+  c->sasl_gen++;
+  if (c->scram) {
+    scram_server_free(c->scram);
+    c->scram = NULL;
+  }
+  if (extra_len) r->additional = b64_encode((const unsigned char *)extra, extra_len);
+  conn_set_state(c, CONN_ST_AUTHED);
+  log_debug("conn %llx: authenticated %s (SASL2)", (unsigned long long)c->id, c->auth_bare);
+  if (r->previd) sm_resume_inline(c, r->previd, r->h); /* then Bind2 if it fails */
+  else if (r->bind) negotiate_bind2(c, NULL);
+  else sasl2_complete(c, NULL);
+}
+
+void sasl2_complete(conn_t *c, const char *results) {
+  sasl2_req_t *r = c->sasl2;
+  if (!r) return;
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "<success xmlns='urn:xmpp:sasl:2'>");
+  if (r->additional) buf_printf(&b, "<additional-data>%s</additional-data>", r->additional);
+  const char *who = c->state == CONN_ST_BOUND ? c->jid.full : c->auth_bare;
+  buf_puts(&b, "<authorization-identifier>");
+  xml_escape(&b, who, strlen(who), 0);
+  buf_puts(&b, "</authorization-identifier>");
+  if (results) buf_puts(&b, results);
+  buf_puts(&b, "</success>");
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+  sasl2_free(c);
+}
+
+void sasl2_bind_failed(conn_t *c, const char *text) {
+  log_info("conn %llx: SASL2 bind refused: %s", (unsigned long long)c->id, text);
+  c->sasl_failures = 0; /* not a credentials failure: the stream ends below anyway */
+  send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, text);
+  conn_close(c);
 }

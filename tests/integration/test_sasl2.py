@@ -1,0 +1,269 @@
+"""XEP-0388 SASL2, XEP-0386 Bind2 (with XEP-0198, XEP-0280, XEP-0352 inline) and XEP-0484
+FAST, spoken raw (every element as the XEPs write it), plus bad input: unknown inline
+elements, bogus tags and user agents."""
+import base64
+import hashlib
+import hmac
+import os
+import re
+import unittest
+import uuid
+
+from harness import DOMAIN, RawStream, ServerTest
+
+NS = "urn:xmpp:sasl:2"
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+class Scram:
+    """SCRAM-SHA-256 client side (RFC 5802, RFC 7677)."""
+
+    def __init__(self, user, password, name="sha256"):
+        self.user, self.password, self.name = user, password, name
+        self.nonce = b64(os.urandom(18))
+        self.bare = f"n={user},r={self.nonce}"
+
+    def first(self):
+        return ("n,," + self.bare).encode()
+
+    def final(self, server_first):
+        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+        salt = base64.b64decode(attrs["s"])
+        salted = hashlib.pbkdf2_hmac(self.name, self.password.encode(), salt, int(attrs["i"]))
+        ck = hmac.new(salted, b"Client Key", self.name).digest()
+        sk = hashlib.new(self.name, ck).digest()
+        without = f"c={b64(b'n,,')},r={attrs['r']}"
+        auth = f"{self.bare},{server_first},{without}".encode()
+        sig = hmac.new(sk, auth, self.name).digest()
+        proof = bytes(a ^ b for a, b in zip(ck, sig))
+        server_key = hmac.new(salted, b"Server Key", self.name).digest()
+        self.expect = b64(hmac.new(server_key, auth, self.name).digest())
+        return f"{without},p={b64(proof)}".encode()
+
+
+def secured(port):
+    s = RawStream(port)
+    s.starttls()
+    s.open_stream()
+    feats = s.recv_until(r"</stream:features>")
+    s.buf = b""
+    return s, feats
+
+
+def authenticate(s, user, password, inline="", mech="SCRAM-SHA-256", ua=None):
+    """Sends a SASL2 <authenticate/> and answers the challenge; returns the text up to the
+    <success/> or <failure/>."""
+    ua = ua if ua is not None else f"<user-agent id='{uuid.uuid4()}'><software>t</software></user-agent>"
+    if mech == "PLAIN":
+        ir = f"\0{user}\0{password}".encode()
+    else:
+        sc = Scram(user, password, "sha256" if mech == "SCRAM-SHA-256" else "sha1")
+        ir = sc.first()
+    s.send(f"<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{b64(ir)}</initial-response>"
+           f"{ua}{inline}</authenticate>")
+    t = s.recv_until(r"</challenge>|</success>|</failure>|<failure[^>]*/>")
+    m = re.search(r"<challenge xmlns='urn:xmpp:sasl:2'>([^<]*)</challenge>", t)
+    if m:
+        s.buf = b""
+        s.send(f"<response xmlns='{NS}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = s.recv_until(r"</success>|</failure>")
+        if "<success" in t:
+            ad = re.search(r"<additional-data>([^<]*)</additional-data>", t)
+            assert ad and base64.b64decode(ad.group(1)).decode() == "v=" + sc.expect, t
+    s.buf = b""
+    return t
+
+
+class Sasl2Test(ServerTest):
+    users = ("alice", "bob")
+
+    def test_feature_after_tls_only(self):
+        s = RawStream(self.srv.port)
+        s.open_stream()
+        plain = s.recv_until(r"</stream:features>")
+        self.assertNotIn("urn:xmpp:sasl:2", plain)
+        s.close()
+        s, feats = secured(self.srv.port)
+        m = re.search(r"<authentication xmlns='urn:xmpp:sasl:2'>(.*?)</authentication>", feats)
+        self.assertTrue(m, feats)
+        self.assertIn("<mechanism>SCRAM-SHA-256</mechanism>", m.group(1))
+        self.assertIn("<bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/>"
+                      "<feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind>", m.group(1))
+        self.assertIn("<sm xmlns='urn:xmpp:sm:3'/>", m.group(1))
+        s.close()
+
+    def test_scram_success_without_bind_then_legacy_bind(self):
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", mech=mech)
+            self.assertIn(f"<authorization-identifier>alice@{DOMAIN}</authorization-identifier>", t)
+            # no stream restart (XEP-0388 §2.6.2): bind on the same stream
+            s.bind("legacy")
+            self.assertIn(f"alice@{DOMAIN}/legacy", s.buf.decode())
+            s.close()
+
+    def test_wrong_password_failure(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "nope")
+        self.assertRegex(t, r"<failure xmlns='urn:xmpp:sasl:2'><not-authorized "
+                            r"xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        # still unauthenticated: a stanza is refused
+        s.send("<message to='bob@localhost'><body>x</body></message>")
+        self.assertIn("not-authorized", s.recv_until(r"</stream:stream>"))
+        s.close()
+
+    def test_unknown_mechanism(self):
+        s, _ = secured(self.srv.port)
+        s.send(f"<authenticate xmlns='{NS}' mechanism='X-NOPE'><initial-response>AA==</initial-response>"
+               f"</authenticate>")
+        self.assertIn("<invalid-mechanism", s.recv_until(r"</failure>"))
+        s.close()
+
+    def test_bind2_with_sm_carbons_csi(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline=(
+            "<bind xmlns='urn:xmpp:bind:0'><tag>phone</tag>"
+            "<enable xmlns='urn:xmpp:sm:3' resume='true'/><enable xmlns='urn:xmpp:carbons:2'/>"
+            "<inactive xmlns='urn:xmpp:csi:0'/><unknown xmlns='urn:example:nope'/></bind>"))
+        m = re.search(r"<authorization-identifier>alice@localhost/phone\.([A-Za-z0-9]{8})"
+                      r"</authorization-identifier><bound xmlns='urn:xmpp:bind:0'>"
+                      r"<enabled xmlns='urn:xmpp:sm:3' id='([^']+)' resume='true' max='\d+'/></bound></success>", t)
+        self.assertTrue(m, t)
+        # the carbons IQ's answer is not the client's: nothing but <success/> came
+        s.send("<presence/>")
+        # carbons on: a message bob sends to alice's other resource is copied here
+        other = RawStream(self.srv.port).login("alice", "pw", "desk")
+        other.send("<presence/>")
+        bob = RawStream(self.srv.port).login("bob", "pw", "b")
+        bob.send(f"<message to='alice@localhost/desk' type='chat' id='m1'><body>hi</body></message>")
+        got = s.recv_until(r"<received xmlns='urn:xmpp:carbons:2'>.*</message>", timeout=10)
+        self.assertNotIn("bind2-carbons", got)
+        # SM: counts; <r/> is answered
+        s.send("<r xmlns='urn:xmpp:sm:3'/>")
+        s.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+        for x in (s, other, bob):
+            x.close()
+
+    def test_bind2_csi_inactive_holds_chat_states(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "bob", "pw", inline="<bind xmlns='urn:xmpp:bind:0'><tag>c</tag>"
+                                                "<inactive xmlns='urn:xmpp:csi:0'/></bind>")
+        full = re.search(r"<authorization-identifier>([^<]+)<", t).group(1)
+        peer = RawStream(self.srv.port).login("alice", "pw", "cs")
+        peer.send(f"<message to='{full}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/>"
+                  "</message><iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        peer.recv_until("id='sync'")  # the chat state was routed before this answer
+        s.closed(timeout=0.5)
+        self.assertNotIn("composing", s.buf.decode(), "held while inactive (XEP-0352)")
+        peer.send(f"<message to='{full}' type='chat'><body>now</body></message>")
+        t = s.recv_until(r"<body>now</body>", timeout=10)
+        self.assertLess(t.index("composing"), t.index("<body>now</body>"))
+        s.close()
+        peer.close()
+
+    def test_bind2_without_tag(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "bob", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>")
+        self.assertRegex(t, r"<authorization-identifier>bob@localhost/[A-Za-z0-9]{23}</authorization-identifier>"
+                            r"<bound xmlns='urn:xmpp:bind:0'></bound>")
+        s.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        s.recv_until(r"<iq[^>]*id='p1'")
+        s.close()
+
+    def test_bogus_tags_rejected(self):
+        for tag in ("x" * 65, "a&#9;b", ""):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", inline=f"<bind xmlns='urn:xmpp:bind:0'><tag>{tag}</tag></bind>")
+            self.assertIn("<malformed-request xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", t)
+            self.assertIn("bind tag", t)
+            s.close()
+        # at the cap (64 bytes, limits.sasl2_text_bytes): accepted
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline=f"<bind xmlns='urn:xmpp:bind:0'><tag>{'y' * 64}</tag></bind>")
+        self.assertIn(f"/{'y' * 64}.", t)
+        s.close()
+
+    def test_bogus_user_agent_rejected(self):
+        for ua in ("<user-agent id='not-a-uuid'/>",
+                   f"<user-agent id='{uuid.uuid4()}'><software>{'s' * 65}</software></user-agent>",
+                   f"<user-agent id='{uuid.uuid4()}'><device></device></user-agent>"):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", ua=ua)
+            self.assertIn("<malformed-request", t)
+            self.assertIn("user-agent", t)
+            s.close()
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", ua=f"<user-agent id='{uuid.uuid4()}'><software>{'s' * 64}</software>"
+                                              f"<device>d</device></user-agent>")
+        self.assertIn("<success", t)
+        s.close()
+
+    def test_sasl2_before_tls_refused(self):
+        s = RawStream(self.srv.port)
+        s.open_stream()
+        s.recv_until(r"</stream:features>")
+        ir = b64(b"\0alice\0pw")
+        s.send(f"<authenticate xmlns='{NS}' mechanism='PLAIN'><initial-response>{ir}"
+               f"</initial-response></authenticate>")
+        t = s.recv_until(r"</stream:stream>")
+        self.assertIn("policy-violation", t)
+        self.assertNotIn("<success", t)
+        s.close()
+
+    def test_inline_resume(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline="<bind xmlns='urn:xmpp:bind:0'><tag>res</tag>"
+                                                  "<enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>")
+        rid = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([^']+)'", t).group(1)
+        full = re.search(r"<authorization-identifier>([^<]+)<", t).group(1)
+        s.send("<presence/>")
+        bob = RawStream(self.srv.port).login("bob", "pw", "r")
+        bob.send(f"<message to='{full}' type='chat'><body>one</body></message>")
+        s.recv_until(r"<body>one</body>")
+        s.sock.close()  # dropped, not closed: the session waits (XEP-0198 §5)
+        bob.send(f"<message to='{full}' type='chat'><body>two</body></message>")
+        s2, _ = secured(self.srv.port)
+        t = authenticate(s2, "alice", "pw", inline=f"<resume xmlns='urn:xmpp:sm:3' previd='{rid}' h='0'/>"
+                                                   "<bind xmlns='urn:xmpp:bind:0'><tag>res</tag></bind>")
+        self.assertIn(f"<authorization-identifier>{full}</authorization-identifier>", t)
+        self.assertRegex(t, f"<resumed xmlns='urn:xmpp:sm:3' previd='{rid}' h='\\d+'/></success>")
+        t = s2.recv_until(r"<body>two</body>")
+        self.assertIn("<body>one</body>", t)  # not acknowledged: sent again
+        # a second resume of an unknown id falls back to Bind2, with <failed/> before <bound/>
+        s3, _ = secured(self.srv.port)
+        t = authenticate(s3, "alice", "pw", inline="<resume xmlns='urn:xmpp:sm:3' previd='nope' h='0'/>"
+                                                   "<bind xmlns='urn:xmpp:bind:0'><tag>fb</tag></bind>")
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost/fb\.[A-Za-z0-9]{8}</authorization-identifier>"
+                            r"<failed xmlns='urn:xmpp:sm:3'><item-not-found [^>]*/></failed>"
+                            r"<bound xmlns='urn:xmpp:bind:0'></bound>")
+        # and without a bind: <failed/> in <success/>, the client binds itself
+        s4, _ = secured(self.srv.port)
+        t = authenticate(s4, "alice", "pw", inline="<resume xmlns='urn:xmpp:sm:3' previd='nope' h='0'/>")
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost</authorization-identifier><failed ")
+        s4.bind("after")
+        for x in (s2, s3, s4, bob):
+            x.close()
+
+
+class Sasl2ResourceLimitTest(ServerTest):
+    users = ("carol",)
+    server_options = {"limits.max_resources": 1}
+
+    def test_bind2_refused_is_a_failure(self):
+        a, _ = secured(self.srv.port)
+        self.assertIn("<bound", authenticate(a, "carol", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>"))
+        b, _ = secured(self.srv.port)
+        t = authenticate(b, "carol", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>")
+        self.assertIn("<temporary-auth-failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", t)
+        self.assertIn("too many resources", t)
+        self.assertTrue(b.closed())
+        a.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        a.recv_until(r"id='p1'")
+        a.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
