@@ -2403,3 +2403,77 @@ STORE_TEST(set_cache) {
   cr_assert_eq(store_mam_count(s, "alice@x"), 1);
   store_close(s);
 }
+
+/* ---- XEP-0484 FAST tokens ---- */
+
+static store_fast_t fast_tok(unsigned char c, int64_t exp) {
+  store_fast_t t;
+  memset(&t, 0, sizeof t);
+  memset(t.cur, c, sizeof t.cur);
+  memset(t.prev, c + 1, sizeof t.prev);
+  t.cur_expiry = exp;
+  t.prev_expiry = exp - 1;
+  return t;
+}
+
+STORE_TEST(fast_put_get_count_delete) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  store_fast_t t = fast_tok(7, 1000), got;
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), XMPP_ENOENT);
+  cr_assert_eq(store_fast_put(s, "nobody@x", "ua1", &t, 0), XMPP_ENOENT, "no account");
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(memcmp(got.cur, t.cur, 32), 0);
+  cr_assert_eq(memcmp(got.prev, t.prev, 32), 0);
+  cr_assert_eq(got.cur_expiry, 1000);
+  cr_assert_eq(got.prev_expiry, 999);
+  cr_assert_eq(got.count, -1);
+  cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT, "another account's is apart");
+  /* replay protection: strictly increasing */
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 5), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 4), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", 1), XMPP_ENOENT);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, 5);
+  /* a new token starts the count again */
+  t = fast_tok(9, 2000);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, -1);
+  cr_assert_eq(got.cur[0], 9);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
+  cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 1);
+  cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua3", &t, 0), 0);
+  cr_assert_eq(store_fast_delete(s, "alice@x", NULL), 3, "all of the account's");
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), XMPP_ENOENT);
+  /* they go with the account */
+  cr_assert_eq(store_fast_put(s, "bob@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_account_delete(s, "bob@x"), 0);
+  add_user(s, "bob@x", 2);
+  cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT);
+  store_close(s);
+}
+
+/* At most max user agents: the put of the (max+1)th evicts the token expiring first. */
+STORE_TEST(fast_limit) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_fast_t a = fast_tok(1, 300), b = fast_tok(2, 100), c = fast_tok(3, 200), got;
+  cr_assert_eq(store_fast_put(s, "alice@x", "a", &a, 2), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "b", &b, 2), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0, "N fits");
+  cr_assert_eq(store_fast_get(s, "alice@x", "b", &got), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "b", &c, 2), 0, "replacing adds none");
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "c", &b, 2), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "b", &got), XMPP_ENOENT, "N+1: the one expiring first (b, 200) went");
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "c", &got), 0, "the new one stays, though it expires first");
+  store_close(s);
+}
