@@ -61,6 +61,8 @@ static const conf_opt_t opts[] = {
   {"limits", "keepalive", CT_INT, 1, 86400, "90", O(keepalive), "seconds of output silence before a whitespace keepalive"},
   {"limits", "sasl_max_failures", CT_INT, 1, 5, "3", O(sasl_max_failures), "failed SASL attempts before the stream is closed (RFC 6120 6.4.5)"},
   {"limits", "sasl2_text_bytes", CT_INT, 8, 512, "64", O(sasl2_text_bytes), "bytes of each client-chosen name in a SASL2 `<authenticate/>` (XEP-0388 user agent `<software/>`, `<device/>`; XEP-0386 Bind2 `<tag/>`); longer, empty or with control characters: `<malformed-request/>`"},
+  {"limits", "fast_tokens", CT_INT, 0, 64, "8", O(fast_tokens), "XEP-0484 FAST: user agents (devices) of one account holding a token; a new one beyond evicts the token that expires first (0 = FAST not offered)"},
+  {"limits", "fast_token_lifetime", CT_INT, 1, 31536000, "1209600", O(fast_token_lifetime), "seconds a FAST token is accepted after it was issued (XEP-0484 `expiry`); a log-in with a token past half of it gets a new one"},
   {"limits", "offline_max", CT_INT, 0, 1000000, "1000", O(offline_max), "offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
   {"limits", "offline_max_bytes", CT_INT, 0, 1 << 30, "33554432", O(offline_max_bytes), "bytes of offline messages kept per user (0 = unlimited); beyond, the sender gets an error"},
   {"limits", "sm_max_unacked", CT_INT, 0, 1 << 20, "1000", O(sm_max_unacked), "stream management (XEP-0198): stanzas a client may leave unacknowledged; beyond, it is disconnected and the unacknowledged messages go to another resource or offline storage (0 = stream management not offered)"},

@@ -732,3 +732,46 @@ const char *scram_password_problem(const char *p, size_t len) {
   }
   return NULL;
 }
+
+/* ---- HT-SHA-256 (XEP-0484 FAST; draft-schmaus-kitten-sasl-ht) ----------------------------
+ * Tokens are HT_TOKEN_BYTES random bytes in base64: longer than SHA-256's 64-byte block,
+ * so HMAC hashes them first (RFC 2104 §2): HMAC(token, m) = HMAC(SHA-256(token), m).
+ * The server keeps SHA-256(token) only, never the token (what it stores is still a
+ * verifier that can answer for the token: it must be kept like SCRAM's keys). */
+
+int ht_token_make(char **token, unsigned char key[HT_KEY_LEN]) {
+  unsigned char raw[HT_TOKEN_BYTES];
+  if (rand_bytes(raw, sizeof raw) != 0) return XMPP_ERR;
+  *token = b64_encode(raw, sizeof raw);
+  secure_zero(raw, sizeof raw);
+  return ht_token_key(*token, key);
+}
+
+int ht_token_key(const char *token, unsigned char key[HT_KEY_LEN]) {
+  return hash(SCRAM_SHA256, (const unsigned char *)token, strlen(token), key);
+}
+
+sasl_cond_t ht_parse(const unsigned char *msg, size_t len, char **authcid, unsigned char proof[HT_KEY_LEN]) {
+  *authcid = NULL;
+  const unsigned char *nul = memchr(msg, 0, len);
+  if (!nul || nul == msg || (size_t)(msg + len - (nul + 1)) != HT_KEY_LEN) return SASL_MALFORMED_REQUEST;
+  if (!utf8_valid(msg, (size_t)(nul - msg))) return SASL_MALFORMED_REQUEST;
+  memcpy(proof, nul + 1, HT_KEY_LEN);
+  *authcid = xstrndup((const char *)msg, (size_t)(nul - msg));
+  return SASL_OK;
+}
+
+int ht_hmac(const unsigned char key[HT_KEY_LEN], int initiator, const unsigned char *cb, size_t cblen,
+            unsigned char out[HT_KEY_LEN]) {
+  const char *who = initiator ? "Initiator" : "Responder";
+  return hmac2(SCRAM_SHA256, key, HT_KEY_LEN, who, strlen(who), cb, cblen, out);
+}
+
+int ht_check(const unsigned char key[HT_KEY_LEN], const unsigned char *cb, size_t cblen,
+             const unsigned char proof[HT_KEY_LEN]) {
+  unsigned char want[HT_KEY_LEN];
+  if (ht_hmac(key, 1, cb, cblen, want) != 0) return XMPP_ERR;
+  int ok = ct_equal(want, proof, HT_KEY_LEN);
+  secure_zero(want, sizeof want);
+  return ok ? 0 : XMPP_EDENIED;
+}

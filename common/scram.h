@@ -95,4 +95,25 @@ sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t
 /* The authzid given in the gs2 header (a=...), or NULL. */
 const char *scram_server_authzid(const scram_server_t *s);
 
+/* HT-SHA-256-* (XEP-0484 FAST, draft-schmaus-kitten-sasl-ht): tokens, and proofs
+ * HMAC-SHA-256(token, "Initiator" || cb) / (token, "Responder" || cb), cb the channel
+ * binding data (empty for -NONE). The key is SHA-256 of the token's text, which is what
+ * HMAC uses for a key longer than its block (RFC 2104 §2): the server keeps that key,
+ * never the token. */
+#define HT_TOKEN_BYTES 66 /* random bytes of a token: 88 characters of base64 (> 64) */
+#define HT_KEY_LEN 32
+/* A new token (base64 text, caller xfree()s) and its key. 0 or XMPP_ERR. */
+int ht_token_make(char **token, unsigned char key[HT_KEY_LEN]);
+/* The key of a token's text (only correct for tokens longer than 64 bytes). */
+int ht_token_key(const char *token, unsigned char key[HT_KEY_LEN]);
+/* Initial response: authcid NUL proof (32 bytes). SASL_OK and a new authcid, or
+ * SASL_MALFORMED_REQUEST. */
+sasl_cond_t ht_parse(const unsigned char *msg, size_t len, char **authcid, unsigned char proof[HT_KEY_LEN]);
+/* out = HMAC-SHA-256(key, "Initiator" or "Responder" || cb). 0 or XMPP_ERR. */
+int ht_hmac(const unsigned char key[HT_KEY_LEN], int initiator, const unsigned char *cb, size_t cblen,
+            unsigned char out[HT_KEY_LEN]);
+/* 0 when proof is the initiator's HMAC under key (constant time), else XMPP_EDENIED. */
+int ht_check(const unsigned char key[HT_KEY_LEN], const unsigned char *cb, size_t cblen,
+             const unsigned char proof[HT_KEY_LEN]);
+
 #endif

@@ -118,6 +118,13 @@ struct sasl2_req {
   char *previd;
   uint32_t h;
   char *pre;          /* XML the <success/> carries before <bound/> (a failed resumption) */
+  /* XEP-0484 FAST */
+  int want_token;     /* <request-token mechanism='HT-SHA-256-NONE'/> */
+  int64_t count;      /* <fast count/>, -1 none */
+  int invalidate;     /* <fast invalidate='true'/> */
+  int fast;           /* this exchange is HT-SHA-256-NONE */
+  int64_t fast_expiry;/* ... which expires then */
+  char *token;        /* <token/> for <success/> */
 };
 
 /* How a connection ends (conn_end). */

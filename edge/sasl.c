@@ -12,7 +12,9 @@
  * (RFC 6120 §6.4.5). */
 #include "edge/edge_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
@@ -25,6 +27,7 @@ static void sasl2_free(conn_t *c) {
   xfree(r->tag);
   xfree(r->previd);
   xfree(r->pre);
+  xfree(r->token);
   xfree(r);
   c->sasl2 = NULL;
 }
@@ -349,6 +352,10 @@ void sasl_thread_close(edge_thread_t *th) {
 }
 
 static void start_mech(conn_t *c, const char *mech, xnode_t *resp);
+static void start_fast(conn_t *c, const unsigned char *msg, size_t len);
+#define FAST_MECH "HT-SHA-256-NONE"
+#define NS_FAST "urn:xmpp:fast:0"
+static int fast_offered(const conn_t *c) { return c->th->cfg->fast_tokens > 0; }
 
 void sasl_auth(conn_t *c, xnode_t *auth) {
   if (c->scram || c->auth_bare || c->sasl2) {
@@ -372,6 +379,7 @@ static void start_mech(conn_t *c, const char *mech, xnode_t *resp) {
   else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, msg, len);
   else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, msg, len);
   else if (!strcmp(mech, "PLAIN")) start_plain(c, msg, len);
+  else if (c->sasl2 && !strcmp(mech, FAST_MECH) && fast_offered(c)) start_fast(c, msg, len);
   else send_failure(c, SASL_INVALID_MECHANISM);
   xfree(msg);
 }
@@ -432,6 +440,8 @@ void sasl2_feature(const conn_t *c, buf_t *out) {
                 "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>");
   if (sm_offered(c)) buf_puts(out, "<feature var='urn:xmpp:sm:3'/>");
   buf_puts(out, "</inline></bind>");
+  /* XEP-0484 §2: FAST, its mechanisms listed here only */
+  if (fast_offered(c)) buf_puts(out, "<fast xmlns='urn:xmpp:fast:0'><mechanism>" FAST_MECH "</mechanism></fast>");
   /* XEP-0198: resumption inline in <authenticate/> */
   if (sm_offered(c) && c->th->cfg->sm_resume_timeout > 0) buf_puts(out, "<sm xmlns='urn:xmpp:sm:3'/>");
   buf_puts(out, "</inline></authentication>");
@@ -495,6 +505,23 @@ static const char *parse_inline(conn_t *c, xnode_t *e, sasl2_req_t *r) {
       } /* XEP-0386 §2.3: what the server does not know it ignores */
     }
   }
+  r->count = -1;
+  xnode_t *rt = why ? NULL : xnode_child(e, "request-token", NS_FAST);
+  if (rt && fast_offered(c)) { /* another mechanism than ours: no token (§3.1) */
+    const char *m = xnode_attr(rt, "mechanism");
+    r->want_token = m && !strcmp(m, FAST_MECH);
+  }
+  xnode_t *fa = why ? NULL : xnode_child(e, "fast", NS_FAST);
+  if (fa) {
+    const char *cs = xnode_attr(fa, "count"), *inv = xnode_attr(fa, "invalidate");
+    if (cs) {
+      char *end = NULL;
+      unsigned long long n = strtoull(cs, &end, 10);
+      if (!*cs || *end || *cs == '-' || n > INT64_MAX / 2) why = "bad <fast count/>";
+      else r->count = (int64_t)n;
+    }
+    r->invalidate = inv && (!strcmp(inv, "true") || !strcmp(inv, "1"));
+  }
   xnode_t *res = why ? NULL : xnode_child(e, "resume", NS_SM);
   if (res) {
     const char *id = xnode_attr(res, "previd"), *hs = xnode_attr(res, "h");
@@ -544,6 +571,8 @@ void sasl2_element(conn_t *c, xnode_t *e) {
 
 /* The mechanism succeeded: the account is authenticated (no stream restart, XEP-0388
  * §2.6.2); what was asked inline runs, and the <success/> waits for it. */
+static void fast_tokens(conn_t *c);
+
 static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len) {
   sasl2_req_t *r = c->sasl2;
   c->sasl_gen++;
@@ -553,7 +582,9 @@ static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len) {
   }
   if (extra_len) r->additional = b64_encode((const unsigned char *)extra, extra_len);
   conn_set_state(c, CONN_ST_AUTHED);
-  log_debug("conn %llx: authenticated %s (SASL2)", (unsigned long long)c->id, c->auth_bare);
+  log_debug("conn %llx: authenticated %s (SASL2%s)", (unsigned long long)c->id, c->auth_bare,
+            r->fast ? ", FAST" : "");
+  fast_tokens(c);
   if (r->previd) sm_resume_inline(c, r->previd, r->h); /* then Bind2 if it fails */
   else if (r->bind) negotiate_bind2(c, NULL);
   else sasl2_complete(c, NULL);
@@ -571,6 +602,7 @@ void sasl2_complete(conn_t *c, const char *results) {
   xml_escape(&b, who, strlen(who), 0);
   buf_puts(&b, "</authorization-identifier>");
   if (results) buf_puts(&b, results);
+  if (r->token) buf_puts(&b, r->token);
   buf_puts(&b, "</success>");
   conn_send(c, (const char *)b.data, b.len);
   buf_free(&b);
@@ -582,4 +614,119 @@ void sasl2_bind_failed(conn_t *c, const char *text) {
   c->sasl_failures = 0; /* not a credentials failure: the stream ends below anyway */
   send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, text);
   conn_close(c);
+}
+
+/* ---- FAST (XEP-0484) ---------------------------------------------------------------
+ * HT-SHA-256-NONE over SASL2: the client proves it holds a token the server issued to
+ * its user agent (<user-agent id/>) with one HMAC, no PBKDF2, no round trip. Tokens are
+ * issued on <request-token/>, stored as SHA-256 (store_fast_*, ht_token_key), valid
+ * limits.fast_token_lifetime seconds; the one a new token replaces stays valid until the
+ * new one is used (§3.3); a log-in with a token past half of its life gets a new one. <fast count/> must grow with every use of the user
+ * agent's token (§3.4: replay protection, checked and stored atomically by the store);
+ * <fast invalidate='true'/> revokes it once authenticated. The token read is one store
+ * call on the loop (SQLite: a primary-key look-up; Redis: one round trip). */
+
+static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
+  sasl2_req_t *r = c->sasl2;
+  char *authcid = NULL;
+  unsigned char proof[HT_KEY_LEN];
+  sasl_cond_t cond = ht_parse(msg, len, &authcid, proof);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  c->auth_bare = account_of(c, authcid);
+  xfree(authcid);
+  if (!c->auth_bare || !r->ua_id[0]) { /* tokens belong to a user agent: none, none */
+    send_failure_text(c, SASL_NOT_AUTHORIZED, r->ua_id[0] ? NULL : "FAST needs a user-agent id");
+    return;
+  }
+  if (throttled(c)) return;
+  store_t *st = c->th->store;
+  store_fast_t t;
+  int rc = store_fast_get(st, c->auth_bare, r->ua_id, &t);
+  if (rc != 0 && rc != XMPP_ENOENT) {
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
+  }
+  int64_t now = (int64_t)time(NULL);
+  int which = 0; /* 1: the current token, 2: the previous one */
+  if (rc == 0) {
+    if (now < t.cur_expiry && ht_check(t.cur, NULL, 0, proof) == 0) which = 1;
+    else if (t.prev_expiry && now < t.prev_expiry && ht_check(t.prev, NULL, 0, proof) == 0) which = 2;
+  }
+  if (!which) { /* unknown, forged, expired, another account's or user agent's */
+    memset(&t, 0, sizeof t);
+    send_failure(c, SASL_NOT_AUTHORIZED);
+    return;
+  }
+  if (r->count >= 0) {
+    rc = store_fast_count(st, c->auth_bare, r->ua_id, r->count);
+    if (rc != 0) {
+      memset(&t, 0, sizeof t);
+      if (rc == XMPP_EDENIED) send_failure_text(c, SASL_NOT_AUTHORIZED, "FAST count replayed");
+      else send_failure(c, rc == XMPP_ENOENT ? SASL_NOT_AUTHORIZED : SASL_TEMPORARY_AUTH_FAILURE);
+      return;
+    }
+  }
+  unsigned char resp[HT_KEY_LEN];
+  rc = ht_hmac(which == 1 ? t.cur : t.prev, 0, NULL, 0, resp);
+  r->fast = 1;
+  r->fast_expiry = which == 1 ? t.cur_expiry : t.prev_expiry;
+  if (which == 1 && t.prev_expiry && !r->invalidate) {
+    /* §3.3: the client has the new token: the one it replaced goes */
+    memset(t.prev, 0, sizeof t.prev);
+    t.prev_expiry = 0;
+    if (store_fast_put(st, c->auth_bare, r->ua_id, &t, 0) == 0 && r->count >= 0)
+      (void)store_fast_count(st, c->auth_bare, r->ua_id, r->count); /* the put started it again */
+  }
+  memset(&t, 0, sizeof t);
+  if (rc != 0) {
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
+  }
+  succeed(c, (const char *)resp, sizeof resp);
+}
+
+/* After any SASL2 success: <fast invalidate/>, <request-token/>, rotation. */
+static void fast_tokens(conn_t *c) {
+  sasl2_req_t *r = c->sasl2;
+  const xmpp_config_t *cfg = c->th->cfg;
+  store_t *st = c->th->store;
+  if (!fast_offered(c) || !r->ua_id[0]) return;
+  if (r->invalidate) (void)store_fast_delete(st, c->auth_bare, r->ua_id); /* §3.5 */
+  int64_t now = (int64_t)time(NULL), life = cfg->fast_token_lifetime;
+  int rotate = r->fast && !r->invalidate && r->fast_expiry - now < life / 2;
+  if (!r->want_token && !rotate) return;
+  store_fast_t t, old;
+  memset(&t, 0, sizeof t);
+  char *tok = NULL;
+  if (ht_token_make(&tok, t.cur) != 0) return;
+  t.cur_expiry = now + life;
+  if (!r->invalidate && store_fast_get(st, c->auth_bare, r->ua_id, &old) == 0 && now < old.cur_expiry) {
+    memcpy(t.prev, old.cur, sizeof t.prev); /* still accepted until the new one is used */
+    t.prev_expiry = old.cur_expiry;
+  }
+  memset(&old, 0, sizeof old);
+  int rc = store_fast_put(st, c->auth_bare, r->ua_id, &t, (unsigned)cfg->fast_tokens);
+  memset(&t, 0, sizeof t);
+  if (rc != 0) {
+    log_warn("conn %llx: FAST token for %s not stored (%d)", (unsigned long long)c->id, c->auth_bare, rc);
+    xfree(tok);
+    return;
+  }
+  char when[32];
+  time_t exp = (time_t)(now + life);
+  struct tm tm;
+  gmtime_r(&exp, &tm);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "<token xmlns='urn:xmpp:fast:0' expiry='%s' token='%s'/>", when, tok);
+  buf_putc(&b, '\0');
+  xfree(r->token);
+  r->token = xstrdup((const char *)b.data);
+  buf_free(&b);
+  memset(tok, 0, strlen(tok));
+  xfree(tok);
 }

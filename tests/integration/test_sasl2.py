@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import os
 import re
+import subprocess
+import time
 import unittest
 import uuid
 
-from harness import DOMAIN, RawStream, ServerTest
+from harness import DOMAIN, XMPPCTL, RawStream, ServerTest
 
 NS = "urn:xmpp:sasl:2"
 
@@ -51,6 +53,31 @@ def secured(port):
     feats = s.recv_until(r"</stream:features>")
     s.buf = b""
     return s, feats
+
+
+def ht_proof(token, who=b"Initiator"):
+    return hmac.new(token.encode(), who, "sha256").digest()
+
+
+def fast(port, user, token, ua_id, inline="", proof=None):
+    """A FAST log-in (HT-SHA-256-NONE, no password): the text up to <success/> or <failure/>."""
+    s, _ = secured(port)
+    ir = user.encode() + b"\0" + (proof if proof is not None else ht_proof(token))
+    s.send(f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{b64(ir)}"
+           f"</initial-response><user-agent id='{ua_id}'><software>t</software></user-agent>{inline}"
+           f"</authenticate>")
+    t = s.recv_until(r"</success>|</failure>")
+    s.close()
+    return t
+
+
+def token_of(text):
+    m = re.search(r"<token xmlns='urn:xmpp:fast:0' expiry='([^']+)' token='([^']+)'/>", text)
+    assert m, text
+    return m.group(2), m.group(1)
+
+
+REQ = "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
 
 
 def authenticate(s, user, password, inline="", mech="SCRAM-SHA-256", ua=None):
@@ -263,6 +290,132 @@ class Sasl2ResourceLimitTest(ServerTest):
         a.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
         a.recv_until(r"id='p1'")
         a.close()
+
+
+class FastTest(ServerTest):
+    users = ("alice", "bob", "dora", "eve")
+    server_options = {"limits.fast_tokens": 2}
+
+    def token(self, user, ua_id, password="pw"):
+        s, feats = secured(self.srv.port)
+        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
+        self.assertNotIn("<mechanism>HT-SHA-256-NONE</mechanism></authentication>", feats)
+        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=REQ)
+        s.close()
+        self.assertIn("<success", t)
+        return token_of(t)[0]
+
+    def ctl(self, *args):
+        return subprocess.run([XMPPCTL, "-c", self.srv.conf, *args], capture_output=True, text=True)
+
+    def test_token_then_login_without_password_with_bind2(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("alice", ua)
+        self.assertGreater(len(tok), 64)
+        t = fast(self.srv.port, "alice", tok, ua, inline="<bind xmlns='urn:xmpp:bind:0'><tag>f</tag>"
+                                                          "<enable xmlns='urn:xmpp:sm:3'/></bind>")
+        self.assertIn("<success", t)
+        ad = re.search(r"<additional-data>([^<]*)</additional-data>", t).group(1)
+        self.assertEqual(base64.b64decode(ad), ht_proof(tok, b"Responder"))
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost/f\.[A-Za-z0-9]{8}</authorization-identifier>"
+                            r"<bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/></bound>")
+        self.assertNotIn("<token", t, "not asked, not near its expiry: no new token")
+        # the store holds no token, only its hash
+        with open(os.path.join(self.srv.dir, "xmppd.db"), "rb") as f:
+            self.assertNotIn(tok.encode(), f.read())
+
+    def test_forged_and_foreign_tokens(self):
+        ua, ua2 = str(uuid.uuid4()), str(uuid.uuid4())
+        tok = self.token("bob", ua)
+        self.token("dora", ua)  # dora has a token for the same user agent id
+        for user, proof, who in (("bob", os.urandom(32), ua), ("dora", None, ua), ("bob", None, ua2),
+                                 ("nobody", None, ua), ("bob", ht_proof(tok)[:31], ua)):
+            t = fast(self.srv.port, user, tok, who, proof=proof)
+            self.assertIn("<failure xmlns='urn:xmpp:sasl:2'>", t, (user, who))
+            self.assertRegex(t, r"<(not-authorized|malformed-request) xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        # no user agent: no FAST
+        s, _ = secured(self.srv.port)
+        ir = b"bob\0" + ht_proof(tok)
+        s.send(f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{b64(ir)}"
+               f"</initial-response></authenticate>")
+        self.assertIn("FAST needs a user-agent id", s.recv_until("</failure>"))
+        s.close()
+        self.assertIn("<success", fast(self.srv.port, "bob", tok, ua), "the right one still works")
+
+    def test_count_replay(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        c1 = "<fast xmlns='urn:xmpp:fast:0' count='1'/>"
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=c1))
+        t = fast(self.srv.port, "eve", tok, ua, inline=c1)
+        self.assertIn("<not-authorized", t)
+        self.assertIn("FAST count replayed", t)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='7'/>"))
+        self.assertIn("<not-authorized", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='3'/>"))
+        self.assertIn("bad <fast count/>", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='-1'/>"))
+
+    def test_rotation_and_invalidate(self):
+        ua = str(uuid.uuid4())
+        old = self.token("alice", ua)
+        t = fast(self.srv.port, "alice", old, ua, inline=REQ)
+        self.assertIn("<success", t)
+        new = token_of(t)[0]
+        self.assertNotEqual(new, old)
+        # §3.3: the old one stays valid until the new one is used
+        self.assertIn("<success", fast(self.srv.port, "alice", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "alice", new, ua))
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "alice", new, ua, inline="<fast xmlns='urn:xmpp:fast:0' invalidate='true'/>"))
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", new, ua))
+
+    def test_tokens_per_account_capped(self):
+        uas = [str(uuid.uuid4()) for _ in range(3)]
+        toks = []
+        for ua in uas:  # limits.fast_tokens = 2: the third evicts the one expiring first
+            toks.append(self.token("dora", ua))
+            time.sleep(1.05)  # expiry has a resolution of a second: order them
+        self.assertIn("<not-authorized", fast(self.srv.port, "dora", toks[0], uas[0]))
+        self.assertIn("<success", fast(self.srv.port, "dora", toks[1], uas[1]))
+        self.assertIn("<success", fast(self.srv.port, "dora", toks[2], uas[2]))
+
+    def test_xmppctl_revoke_and_passwd(self):
+        ua, ua2 = str(uuid.uuid4()), str(uuid.uuid4())
+        tok, tok2 = self.token("bob", ua), self.token("bob", ua2)
+        r = self.ctl("fast-revoke", "bob@localhost", ua)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("1 FAST token of bob@localhost revoked", r.stdout)
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok, ua))
+        self.assertIn("<success", fast(self.srv.port, "bob", tok2, ua2))
+        r = self.ctl("passwd", "bob@localhost", "pw")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok2, ua2), "a password change revokes them")
+
+
+class FastExpiryTest(ServerTest):
+    users = ("alice",)
+    server_options = {"limits.fast_token_lifetime": 2}
+
+    def test_expired_token_refused(self):
+        ua = str(uuid.uuid4())
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", ua=f"<user-agent id='{ua}'/>", inline=REQ)
+        s.close()
+        tok, expiry = token_of(t)
+        t = fast(self.srv.port, "alice", tok, ua)
+        self.assertIn("<success", t)
+        end = time.mktime(time.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        if time.time() < end - 1.2:  # more than half of its life left: not rotated
+            self.assertNotIn("<token", t)
+        while time.time() < end - 0.9:
+            time.sleep(0.05)
+        # past half of its life: a log-in with it gets a new one (rotation)
+        t = fast(self.srv.port, "alice", tok, ua)
+        self.assertIn("<success", t)
+        new, _ = token_of(t)
+        self.assertNotEqual(new, tok)
+        while time.time() < end + 0.1:  # the clock is the evidence
+            time.sleep(0.1)
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", tok, ua))
 
 
 if __name__ == "__main__":
