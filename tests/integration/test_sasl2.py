@@ -418,5 +418,33 @@ class FastExpiryTest(ServerTest):
         self.assertIn("<not-authorized", fast(self.srv.port, "alice", tok, ua))
 
 
+JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "js")
+
+
+class XmppJsTest(ServerTest):
+    """xmpp.js 0.14 (@xmpp/client, pinned in tests/js/package-lock.json; installed by
+    deploy/install-deps.sh): SASL2 + Bind2 with a password, a FAST token, a log-in with the
+    token alone, then a dropped connection resumed (FAST + inline XEP-0198 <resume/>) with
+    the message sent meanwhile (tests/js/sasl2_fast.js). Missing node or node_modules is
+    a failure, never a skip."""
+    users = ("alice",)
+
+    def test_xmppjs_sasl2_bind2_fast_resume(self):
+        self.assertTrue(os.path.isdir(os.path.join(JS_DIR, "node_modules", "@xmpp", "client")),
+                        "tests/js/node_modules missing: run deploy/install-deps.sh (npm ci in tests/js)")
+        r = subprocess.run(["node", "sasl2_fast.js", str(self.srv.port), "alice", "pw"], cwd=JS_DIR,
+                           capture_output=True, text=True, timeout=60)
+        out = r.stdout
+        self.assertEqual(r.returncode, 0, out + r.stderr[-2000:])
+        steps = dict(re.findall(r"^STEP (\w+) (.*)$", out, re.M))
+        self.assertIn('"mechanism":"SCRAM-SHA-1"', steps["sasl2"])  # xmpp.js's SCRAM
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["token"])
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["fast"])
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["resumed"])
+        self.assertIn("message", steps)
+        self.assertTrue(out.rstrip().endswith("OK"), out)
+        self.assertIn("resumed (h=", self.srv.log_text())
+
+
 if __name__ == "__main__":
     unittest.main()
