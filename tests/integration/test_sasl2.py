@@ -11,7 +11,7 @@ import time
 import unittest
 import uuid
 
-from harness import DOMAIN, XMPPCTL, RawStream, ServerTest
+from harness import DOMAIN, XMPPCTL, RawStream, Redis, Server, ServerTest, resp
 
 NS = "urn:xmpp:sasl:2"
 
@@ -321,8 +321,19 @@ class FastTest(ServerTest):
                             r"<bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/></bound>")
         self.assertNotIn("<token", t, "not asked, not near its expiry: no new token")
         # the store holds no token, only its hash
-        with open(os.path.join(self.srv.dir, "xmppd.db"), "rb") as f:
-            self.assertNotIn(tok.encode(), f.read())
+        stored = self.stored("alice")
+        self.assertIn(hashlib.sha256(tok.encode()).digest(), stored)
+        self.assertNotIn(tok.encode(), stored)
+
+    def stored(self, user):
+        """The store's bytes (SQLite: the database file and its WAL)."""
+        data = b""
+        for suffix in ("", "-wal"):
+            path = os.path.join(self.srv.dir, "xmppd.db" + suffix)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    data += f.read()
+        return data
 
     def test_forged_and_foreign_tokens(self):
         ua, ua2 = str(uuid.uuid4()), str(uuid.uuid4())
@@ -389,6 +400,31 @@ class FastTest(ServerTest):
         r = self.ctl("passwd", "bob@localhost", "pw")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok2, ua2), "a password change revokes them")
+
+
+class FastRedisTest(FastTest):
+    """The same on the Redis back-end ({u:JID}:f, the Lua scripts)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}",
+                            "limits.fast_tokens": 2})
+        for u in cls.users:
+            cls.srv.adduser(f"{u}@{DOMAIN}", cls.password)
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.srv.stop() == 0, cls.srv.log_text()
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+
+    def stored(self, user):
+        return resp(self.redis.port, "HGETALL", f"{{u:{user}@{DOMAIN}}}:f")
 
 
 class FastExpiryTest(ServerTest):
