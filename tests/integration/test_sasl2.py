@@ -165,7 +165,7 @@ class Sasl2Test(ServerTest):
         other = RawStream(self.srv.port).login("alice", "pw", "desk")
         other.send("<presence/>")
         bob = RawStream(self.srv.port).login("bob", "pw", "b")
-        bob.send(f"<message to='alice@localhost/desk' type='chat' id='m1'><body>hi</body></message>")
+        bob.send("<message to='alice@localhost/desk' type='chat' id='m1'><body>hi</body></message>")
         got = s.recv_until(r"<received xmlns='urn:xmpp:carbons:2'>.*</message>", timeout=10)
         self.assertNotIn("bind2-carbons", got)
         # SM: counts; <r/> is answered
