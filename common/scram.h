@@ -5,6 +5,7 @@
 #ifndef XMPP_SCRAM_H
 #define XMPP_SCRAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,8 +82,9 @@ sasl_cond_t sasl_plain_parse(const unsigned char *msg, size_t len, char **authzi
  *      the exchange then always fails with not-authorized);
  *   scram_server_client_final(s, msg, &out) -> SASL_OK and the server-final message
  *     ("v=...") to send in <success/>.
- * Messages are the decoded (not base64) SASL payloads. Channel binding is not offered:
- * gs2 flag 'p' is refused (malformed-request), 'n' and 'y' are accepted. */
+ * Messages are the decoded (not base64) SASL payloads. Channel binding (RFC 5802 §6):
+ * without scram_server_channel_binding, gs2 flag 'p' is refused (malformed-request), 'n'
+ * and 'y' are accepted. */
 typedef struct scram_server scram_server_t;
 scram_server_t *scram_server_new(scram_hash_t h);
 void scram_server_free(scram_server_t *s);
@@ -92,6 +94,12 @@ sasl_cond_t scram_server_first(scram_server_t *s, const scram_cred_t *cred, char
                                size_t *outlen);
 sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t len, char **out,
                                       size_t *outlen);
+/* Before scram_server_client_first: the channel's tls-exporter data (RFC 9266; len 0:
+ * none, -PLUS not offered) and whether the -PLUS mechanism was chosen (plus: then the
+ * client must send "p=tls-exporter" and the data in c=; else 'n', or 'y' only when len
+ * is 0: with len > 0 the server offered -PLUS and 'y' is a downgrade, not-authorized). */
+#define SCRAM_MAX_CB 64
+void scram_server_channel_binding(scram_server_t *s, bool plus, const unsigned char *cb, size_t len);
 /* The authzid given in the gs2 header (a=...), or NULL. */
 const char *scram_server_authzid(const scram_server_t *s);
 

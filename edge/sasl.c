@@ -1,5 +1,6 @@
 /* SASL on the edge (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802/7677) against
- * stored keys, and PLAIN (RFC 4616) only under TLS.
+ * stored keys, and PLAIN (RFC 4616) only under TLS; SASL2 (XEP-0388) with the same
+ * mechanisms, SCRAM -PLUS (tls-exporter, RFC 9266, TLS 1.3) and FAST (XEP-0484).
  *
  * Accounts are read from the thread's own store handle, in batches: the <auth/>s of one
  * loop turn are read together at the start of the next (store_account_get_many: one
@@ -242,8 +243,24 @@ static void plain_have_account(conn_t *c, plain_job_t *j, int rc, const store_ac
   uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
 }
 
-static void start_scram(conn_t *c, scram_hash_t h, const unsigned char *msg, size_t len) {
+/* The channel's tls-exporter data when SCRAM -PLUS is offered: SASL2 only (XEP-0388),
+ * TLS 1.3 only. Legacy SASL does not offer it: slixmpp 1.8.3 and aioxmpp would pick it
+ * and bind with tls-unique, which TLS 1.3 does not define (RFC 9266 §3). */
+static size_t plus_cb(const conn_t *c, const uint8_t **cb) {
+  *cb = NULL;
+  if (!c->sasl2 || !c->tls || !c->secure) return 0;
+  return tls_conn_exporter(c->tls, cb);
+}
+
+static void start_scram(conn_t *c, scram_hash_t h, int plus, const unsigned char *msg, size_t len) {
+  const uint8_t *cb;
+  size_t cblen = plus_cb(c, &cb);
+  if (plus && !cblen) {
+    send_failure(c, SASL_INVALID_MECHANISM);
+    return;
+  }
   c->scram = scram_server_new(h);
+  scram_server_channel_binding(c->scram, plus, cb, cblen);
   const char *user = NULL;
   sasl_cond_t cond = scram_server_client_first(c->scram, (const char *)msg, len, &user);
   if (cond != SASL_OK) {
@@ -376,8 +393,10 @@ static void start_mech(conn_t *c, const char *mech, xnode_t *resp) {
     return;
   }
   if (!mech) send_failure(c, SASL_INVALID_MECHANISM);
-  else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, msg, len);
-  else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, 0, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, 0, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-256-PLUS")) start_scram(c, SCRAM_SHA256, 1, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-1-PLUS")) start_scram(c, SCRAM_SHA1, 1, msg, len);
   else if (!strcmp(mech, "PLAIN")) start_plain(c, msg, len);
   else if (c->sasl2 && !strcmp(mech, FAST_MECH) && fast_offered(c)) start_fast(c, msg, len);
   else send_failure(c, SASL_INVALID_MECHANISM);
@@ -432,8 +451,11 @@ void sasl_cleanup(conn_t *c) {
 int sasl2_offered(const conn_t *c) { return c->state == CONN_ST_SECURED; }
 
 void sasl2_feature(const conn_t *c, buf_t *out) {
-  buf_puts(out, "<authentication xmlns='urn:xmpp:sasl:2'>"
-                "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
+  const uint8_t *cb;
+  buf_puts(out, "<authentication xmlns='urn:xmpp:sasl:2'>");
+  if (c->tls && tls_conn_exporter(c->tls, &cb)) /* RFC 9266 */
+    buf_puts(out, "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>");
+  buf_puts(out, "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
                 "<mechanism>PLAIN</mechanism><inline>"
                 /* XEP-0386 §2.1: Bind2, with the features it can enable inline */
                 "<bind xmlns='urn:xmpp:bind:0'><inline>"

@@ -21,15 +21,15 @@ def b64(b):
 
 
 class Scram:
-    """SCRAM-SHA-256 client side (RFC 5802, RFC 7677)."""
+    """SCRAM-SHA-256 client side (RFC 5802, RFC 7677); cb: tls-exporter data for -PLUS."""
 
-    def __init__(self, user, password, name="sha256"):
-        self.user, self.password, self.name = user, password, name
+    def __init__(self, user, password, name="sha256", gs2="n,,", cb=b""):
+        self.user, self.password, self.name, self.gs2, self.cb = user, password, name, gs2, cb
         self.nonce = b64(os.urandom(18))
         self.bare = f"n={user},r={self.nonce}"
 
     def first(self):
-        return ("n,," + self.bare).encode()
+        return (self.gs2 + self.bare).encode()
 
     def final(self, server_first):
         attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
@@ -37,7 +37,7 @@ class Scram:
         salted = hashlib.pbkdf2_hmac(self.name, self.password.encode(), salt, int(attrs["i"]))
         ck = hmac.new(salted, b"Client Key", self.name).digest()
         sk = hashlib.new(self.name, ck).digest()
-        without = f"c={b64(b'n,,')},r={attrs['r']}"
+        without = f"c={b64(self.gs2.encode() + self.cb)},r={attrs['r']}"
         auth = f"{self.bare},{server_first},{without}".encode()
         sig = hmac.new(sk, auth, self.name).digest()
         proof = bytes(a ^ b for a, b in zip(ck, sig))
@@ -452,6 +452,104 @@ class FastExpiryTest(ServerTest):
         while time.time() < end + 0.1:  # the clock is the evidence
             time.sleep(0.1)
         self.assertIn("<not-authorized", fast(self.srv.port, "alice", tok, ua))
+
+
+class PlusStream:
+    """STARTTLS with pyOpenSSL, whose connections export keying material (Python's ssl
+    does not): the RFC 9266 tls-exporter channel binding of TLS 1.3."""
+
+    def __init__(self, port, tls13=True):
+        from OpenSSL import SSL
+        raw = RawStream(port)
+        raw.open_stream()
+        raw.recv_until(r"</stream:features>")
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        raw.recv_until(r"<proceed")
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        if not tls13:
+            ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        raw.sock.settimeout(None)
+        self.conn = SSL.Connection(ctx, raw.sock)
+        self.conn.set_connect_state()
+        self.conn.set_tlsext_host_name(b"localhost")
+        self.conn.do_handshake()
+        self.cb = self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        self.buf = ""
+        self.send(RAW_HEADER)
+        self.feats = self.until(r"</stream:features>")
+
+    def send(self, text):
+        self.conn.sendall(text.encode())
+
+    def until(self, pat):
+        while not re.search(pat, self.buf, re.S):
+            self.buf += self.conn.recv(65536).decode()
+        text, self.buf = self.buf, ""
+        return text
+
+    def scram(self, mech, gs2, cb, password="pw"):
+        sc = Scram("alice", password, "sha256" if "256" in mech else "sha1", gs2=gs2, cb=cb)
+        self.send(f"<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{b64(sc.first())}"
+                  f"</initial-response></authenticate>")
+        t = self.until(r"</challenge>|</failure>")
+        m = re.search(r"<challenge xmlns='urn:xmpp:sasl:2'>([^<]*)</challenge>", t)
+        if not m:
+            return t
+        self.send(f"<response xmlns='{NS}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = self.until(r"</success>|</failure>")
+        if "<success" in t:
+            ad = re.search(r"<additional-data>([^<]*)</additional-data>", t)
+            assert base64.b64decode(ad.group(1)).decode() == "v=" + sc.expect, t
+        return t
+
+    def close(self):
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+RAW_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+
+
+class ScramPlusTest(ServerTest):
+    """SCRAM -PLUS with tls-exporter (RFC 9266) over SASL2, TLS 1.3 only."""
+    users = ("alice",)
+
+    def test_plus_offered_and_bound(self):
+        for mech in ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"):
+            s = PlusStream(self.srv.port)
+            self.assertIn(f"<mechanism>{mech}</mechanism>", s.feats)
+            self.assertNotIn("-PLUS", s.feats.split("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")[1]
+                             .split("</mechanisms>")[0], "not on legacy SASL")
+            t = s.scram(mech, "p=tls-exporter,,", s.cb)
+            self.assertIn("<success", t)
+            s.close()
+
+    def test_wrong_binding_data_or_flags_refused(self):
+        cases = (("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", bytes(32), "<not-authorized"),  # another channel's
+                 ("SCRAM-SHA-256-PLUS", "p=tls-unique,,", b"", "<malformed-request"),
+                 ("SCRAM-SHA-256-PLUS", "n,,", b"", "<malformed-request"),
+                 ("SCRAM-SHA-256", "y,,", b"", "<not-authorized"),  # RFC 5802 §6: a downgrade
+                 ("SCRAM-SHA-256", "p=tls-exporter,,", None, "<malformed-request"))
+        for mech, gs2, cb, want in cases:
+            s = PlusStream(self.srv.port)
+            t = s.scram(mech, gs2, s.cb if cb is None else cb)
+            self.assertIn(want, t, (mech, gs2))
+            self.assertNotIn("<success", t)
+            s.close()
+        s = PlusStream(self.srv.port)
+        self.assertIn("<success", s.scram("SCRAM-SHA-256", "n,,", b""), "plain SCRAM still works")
+        s.close()
+
+    def test_not_offered_on_tls12(self):
+        s = PlusStream(self.srv.port, tls13=False)
+        self.assertNotIn("-PLUS", s.feats)
+        t = s.scram("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", s.cb)
+        self.assertIn("<invalid-mechanism", t)
+        s.close()
 
 
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "js")
