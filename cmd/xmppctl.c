@@ -54,6 +54,7 @@ static const char usage_text[] =
     "  adduser JID [PASSWORD]         create an account\n"
     "  deluser JID                    delete an account with its roster and offline messages\n"
     "  passwd JID [PASSWORD]          change an account's password\n"
+    "  fast-revoke JID [USER-AGENT-ID]  revoke the account's XEP-0484 FAST tokens (all, or one device's)\n"
     "  listusers                      print every account, one per line\n"
     "  checkpassword JID [PASSWORD]   exit 0 if the password is correct, 1 if not\n"
     "  populate PREFIX COUNT PASSWORD [--roster K] [--first N]\n"
@@ -351,6 +352,20 @@ out:
   return rc;
 }
 
+/* XEP-0484: revokes the FAST tokens of an account, or of one of its user agents. */
+static int cmd_fast_revoke(ctl_t *c, char **args, int nargs) {
+  char *bare = NULL;
+  int rc = user_jid(c, args[0], &bare);
+  if (rc) return rc;
+  if ((rc = open_store(c)) != 0) goto out;
+  int n = store_fast_delete(c->store, bare, nargs > 1 ? args[1] : NULL);
+  if (n < 0) rc = store_failed("revoking FAST tokens of", bare, n);
+  else printf("%d FAST token%s of %s revoked\n", n, n == 1 ? "" : "s", bare);
+out:
+  xfree(bare);
+  return rc;
+}
+
 static int cmd_passwd(ctl_t *c, char **args, int nargs) {
   char *bare = NULL;
   int rc = user_jid(c, args[0], &bare);
@@ -370,6 +385,10 @@ static int cmd_passwd(ctl_t *c, char **args, int nargs) {
   if ((rc = new_credentials(c, nargs > 1 ? args[1] : NULL, &a)) != 0) goto out;
   int src = store_account_update(c->store, bare, &a);
   explicit_bzero(&a, sizeof a);
+  if (!src) { /* XEP-0484: the FAST tokens of the old password go */
+    int n = store_fast_delete(c->store, bare, NULL);
+    if (n < 0) src = n;
+  }
   if (src == XMPP_ENOENT) {
     fprintf(stderr, "xmppctl: no such user %s\n", bare);
     rc = EXIT_FAIL;
@@ -763,6 +782,7 @@ static const command_t commands[] = {
     {"adduser", 1, 2, "JID [PASSWORD]", cmd_adduser},
     {"deluser", 1, 1, "JID", cmd_deluser},
     {"passwd", 1, 2, "JID [PASSWORD]", cmd_passwd},
+    {"fast-revoke", 1, 2, "JID [USER-AGENT-ID]", cmd_fast_revoke},
     {"listusers", 0, 0, "", cmd_listusers},
     {"checkpassword", 1, 2, "JID [PASSWORD]", cmd_checkpassword},
     {"populate", 3, 7, "PREFIX COUNT PASSWORD [--roster K] [--first N]", cmd_populate},

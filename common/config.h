@@ -36,6 +36,10 @@ typedef struct xmpp_config {
   int idle_timeout;   /* seconds without input before <connection-timeout/> */
   int keepalive;      /* seconds of output silence before a whitespace keepalive */
   int sasl_max_failures;
+  int sasl2_text_bytes;
+  int fast_tokens;       /* XEP-0484: user agents with a FAST token per account (0: FAST off) */
+  int fast_token_lifetime; /* seconds a FAST token is valid */
+  /* XEP-0388 user agent software/device, XEP-0386 Bind2 tag: bytes each */
   int offline_max;    /* offline messages kept per user */
   int offline_max_bytes; /* and their bytes */
   int max_pending_out;   /* bytes of unread output before a slow reader is disconnected */

@@ -344,7 +344,19 @@ struct scram_server {
   size_t server_first_len;
   char *test_snonce;
   scram_cred_t cred;
+  /* channel binding (RFC 5802 §6, RFC 9266 tls-exporter): scram_server_channel_binding */
+  bool plus, offered;
+  unsigned char cb[SCRAM_MAX_CB];
+  size_t cb_len;
 };
+
+void scram_server_channel_binding(scram_server_t *s, bool plus, const unsigned char *cb, size_t len) {
+  if (!s || len > SCRAM_MAX_CB) return;
+  s->offered = len > 0;
+  s->plus = plus;
+  if (len) memcpy(s->cb, cb, len);
+  s->cb_len = len;
+}
 
 scram_server_t *scram_server_new(scram_hash_t h) {
   if (!hash_ok(h)) return NULL;
@@ -443,9 +455,22 @@ sasl_cond_t scram_server_client_first(scram_server_t *s, const char *msg, size_t
   if (!message_ok(msg, len)) return fail(s, SASL_MALFORMED_REQUEST);
   const char *p = msg, *end = msg + len;
 
-  /* gs2-header = gs2-cbind-flag "," [ authzid ] "," */
-  if (*p != 'n' && *p != 'y') return fail(s, SASL_MALFORMED_REQUEST); /* 'p=' included */
-  p++;
+  /* gs2-header = gs2-cbind-flag "," [ authzid ] ","; the flag: "p=" cb-name (only
+   * tls-exporter, only for a -PLUS mechanism), "n" or "y" (only for one without) */
+  static const char exporter[] = "p=tls-exporter";
+  if (*p == 'p') {
+    if (!s->plus || (size_t)(end - p) < sizeof exporter - 1 || memcmp(p, exporter, sizeof exporter - 1) != 0)
+      return fail(s, SASL_MALFORMED_REQUEST);
+    p += sizeof exporter - 1;
+  } else if (*p == 'n' || *p == 'y') {
+    if (s->plus) return fail(s, SASL_MALFORMED_REQUEST); /* -PLUS without binding */
+    /* §6: "y" says the client could bind but thinks the server cannot; it could, and
+     * said so (-PLUS offered): a downgrade */
+    if (*p == 'y' && s->offered) return fail(s, SASL_NOT_AUTHORIZED);
+    p++;
+  } else {
+    return fail(s, SASL_MALFORMED_REQUEST);
+  }
   if (p >= end || *p != ',') return fail(s, SASL_MALFORMED_REQUEST);
   p++;
   if (end - p >= 2 && p[0] == 'a' && p[1] == '=') {
@@ -639,7 +664,11 @@ sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t
   size_t hl = scram_hash_len(s->h);
   if (proof_len != hl) goto out;
   rc = SASL_NOT_AUTHORIZED;
-  if (cbind_len != s->gs2_len || memcmp(cbind, s->gs2_header, cbind_len) != 0) goto out;
+  /* c= is the gs2 header, then the channel's binding data when bound (RFC 5802 §7) */
+  size_t cb_len = s->plus ? s->cb_len : 0;
+  if (cbind_len != s->gs2_len + cb_len || memcmp(cbind, s->gs2_header, s->gs2_len) != 0 ||
+      (cb_len && !ct_equal(cbind + s->gs2_len, s->cb, cb_len)))
+    goto out;
   if (nonce_len != s->nonce_len || memcmp(nonce, s->nonce, nonce_len) != 0) goto out;
 
   /* AuthMessage = client-first-message-bare "," server-first-message ","
@@ -731,4 +760,47 @@ const char *scram_password_problem(const char *p, size_t len) {
     i += n;
   }
   return NULL;
+}
+
+/* ---- HT-SHA-256 (XEP-0484 FAST; draft-schmaus-kitten-sasl-ht) ----------------------------
+ * Tokens are HT_TOKEN_BYTES random bytes in base64: longer than SHA-256's 64-byte block,
+ * so HMAC hashes them first (RFC 2104 §2): HMAC(token, m) = HMAC(SHA-256(token), m).
+ * The server keeps SHA-256(token) only, never the token (what it stores is still a
+ * verifier that can answer for the token: it must be kept like SCRAM's keys). */
+
+int ht_token_make(char **token, unsigned char key[HT_KEY_LEN]) {
+  unsigned char raw[HT_TOKEN_BYTES];
+  if (rand_bytes(raw, sizeof raw) != 0) return XMPP_ERR;
+  *token = b64_encode(raw, sizeof raw);
+  secure_zero(raw, sizeof raw);
+  return ht_token_key(*token, key);
+}
+
+int ht_token_key(const char *token, unsigned char key[HT_KEY_LEN]) {
+  return hash(SCRAM_SHA256, (const unsigned char *)token, strlen(token), key);
+}
+
+sasl_cond_t ht_parse(const unsigned char *msg, size_t len, char **authcid, unsigned char proof[HT_KEY_LEN]) {
+  *authcid = NULL;
+  const unsigned char *nul = memchr(msg, 0, len);
+  if (!nul || nul == msg || (size_t)(msg + len - (nul + 1)) != HT_KEY_LEN) return SASL_MALFORMED_REQUEST;
+  if (!utf8_valid(msg, (size_t)(nul - msg))) return SASL_MALFORMED_REQUEST;
+  memcpy(proof, nul + 1, HT_KEY_LEN);
+  *authcid = xstrndup((const char *)msg, (size_t)(nul - msg));
+  return SASL_OK;
+}
+
+int ht_hmac(const unsigned char key[HT_KEY_LEN], int initiator, const unsigned char *cb, size_t cblen,
+            unsigned char out[HT_KEY_LEN]) {
+  const char *who = initiator ? "Initiator" : "Responder";
+  return hmac2(SCRAM_SHA256, key, HT_KEY_LEN, who, strlen(who), cb, cblen, out);
+}
+
+int ht_check(const unsigned char key[HT_KEY_LEN], const unsigned char *cb, size_t cblen,
+             const unsigned char proof[HT_KEY_LEN]) {
+  unsigned char want[HT_KEY_LEN];
+  if (ht_hmac(key, 1, cb, cblen, want) != 0) return XMPP_ERR;
+  int ok = ct_equal(want, proof, HT_KEY_LEN);
+  secure_zero(want, sizeof want);
+  return ok ? 0 : XMPP_EDENIED;
 }

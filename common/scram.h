@@ -5,6 +5,7 @@
 #ifndef XMPP_SCRAM_H
 #define XMPP_SCRAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,8 +82,9 @@ sasl_cond_t sasl_plain_parse(const unsigned char *msg, size_t len, char **authzi
  *      the exchange then always fails with not-authorized);
  *   scram_server_client_final(s, msg, &out) -> SASL_OK and the server-final message
  *     ("v=...") to send in <success/>.
- * Messages are the decoded (not base64) SASL payloads. Channel binding is not offered:
- * gs2 flag 'p' is refused (malformed-request), 'n' and 'y' are accepted. */
+ * Messages are the decoded (not base64) SASL payloads. Channel binding (RFC 5802 §6):
+ * without scram_server_channel_binding, gs2 flag 'p' is refused (malformed-request), 'n'
+ * and 'y' are accepted. */
 typedef struct scram_server scram_server_t;
 scram_server_t *scram_server_new(scram_hash_t h);
 void scram_server_free(scram_server_t *s);
@@ -92,7 +94,34 @@ sasl_cond_t scram_server_first(scram_server_t *s, const scram_cred_t *cred, char
                                size_t *outlen);
 sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t len, char **out,
                                       size_t *outlen);
+/* Before scram_server_client_first: the channel's tls-exporter data (RFC 9266; len 0:
+ * none, -PLUS not offered) and whether the -PLUS mechanism was chosen (plus: then the
+ * client must send "p=tls-exporter" and the data in c=; else 'n', or 'y' only when len
+ * is 0: with len > 0 the server offered -PLUS and 'y' is a downgrade, not-authorized). */
+#define SCRAM_MAX_CB 64
+void scram_server_channel_binding(scram_server_t *s, bool plus, const unsigned char *cb, size_t len);
 /* The authzid given in the gs2 header (a=...), or NULL. */
 const char *scram_server_authzid(const scram_server_t *s);
+
+/* HT-SHA-256-* (XEP-0484 FAST, draft-schmaus-kitten-sasl-ht): tokens, and proofs
+ * HMAC-SHA-256(token, "Initiator" || cb) / (token, "Responder" || cb), cb the channel
+ * binding data (empty for -NONE). The key is SHA-256 of the token's text, which is what
+ * HMAC uses for a key longer than its block (RFC 2104 §2): the server keeps that key,
+ * never the token. */
+#define HT_TOKEN_BYTES 66 /* random bytes of a token: 88 characters of base64 (> 64) */
+#define HT_KEY_LEN 32
+/* A new token (base64 text, caller xfree()s) and its key. 0 or XMPP_ERR. */
+int ht_token_make(char **token, unsigned char key[HT_KEY_LEN]);
+/* The key of a token's text (only correct for tokens longer than 64 bytes). */
+int ht_token_key(const char *token, unsigned char key[HT_KEY_LEN]);
+/* Initial response: authcid NUL proof (32 bytes). SASL_OK and a new authcid, or
+ * SASL_MALFORMED_REQUEST. */
+sasl_cond_t ht_parse(const unsigned char *msg, size_t len, char **authcid, unsigned char proof[HT_KEY_LEN]);
+/* out = HMAC-SHA-256(key, "Initiator" or "Responder" || cb). 0 or XMPP_ERR. */
+int ht_hmac(const unsigned char key[HT_KEY_LEN], int initiator, const unsigned char *cb, size_t cblen,
+            unsigned char out[HT_KEY_LEN]);
+/* 0 when proof is the initiator's HMAC under key (constant time), else XMPP_EDENIED. */
+int ht_check(const unsigned char key[HT_KEY_LEN], const unsigned char *cb, size_t cblen,
+             const unsigned char proof[HT_KEY_LEN]);
 
 #endif

@@ -28,6 +28,10 @@
 #define NS_TLS "urn:ietf:params:xml:ns:xmpp-tls"
 #define NS_SASL "urn:ietf:params:xml:ns:xmpp-sasl"
 #define NS_SM "urn:xmpp:sm:3"
+#define NS_SASL2 "urn:xmpp:sasl:2"   /* XEP-0388 */
+#define NS_BIND2 "urn:xmpp:bind:0"   /* XEP-0386 */
+#define NS_CARBONS2 "urn:xmpp:carbons:2"
+#define NS_CSI "urn:xmpp:csi:0"
 #define NS_BIND "urn:ietf:params:xml:ns:xmpp-bind"
 #define NS_SESSION "urn:ietf:params:xml:ns:xmpp-session"
 #define NS_ROSTER "jabber:iq:roster"

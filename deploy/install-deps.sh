@@ -40,7 +40,25 @@ PKGS=(
   git
 )
 
-if [ "${1:-}" = "--build" ]; then PKGS=("${BUILD_PKGS[@]}"); fi
+build_only=0
+if [ "${1:-}" = "--build" ]; then PKGS=("${BUILD_PKGS[@]}"); build_only=1; fi
+# tests: xmpp.js (tests/js, a client library that speaks SASL2, Bind2 and FAST) runs on
+# node; Debian's nodejs and npm when there is no node at all (xmpp.js 0.14 asks for node
+# >= 20.10, Debian 12 has 18: tests/js/sasl2_fast.js supplies what 18 lacks)
+if [ $build_only = 0 ] && ! command -v node >/dev/null; then PKGS+=(nodejs npm); fi
+
+# tests/js: the pinned packages of package-lock.json, installed again only when the lock
+# differs from the one of the last install (a copy kept in node_modules)
+js_deps() {
+  [ $build_only = 0 ] || return 0
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/js"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.xmppd-installed-lock.json"; then
+    echo "install-deps: npm ci in tests/js"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error &&
+      cp package-lock.json node_modules/.xmppd-installed-lock.json)
+  fi
+}
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -50,6 +68,7 @@ for p in "${PKGS[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  js_deps
   exit 0
 fi
 
@@ -59,3 +78,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+js_deps

@@ -21,7 +21,6 @@
 #include "common/log.h"
 #include "common/strmap.h"
 
-#define NS_CSI "urn:xmpp:csi:0"
 #define NS_CHATSTATES "http://jabber.org/protocol/chatstates"
 #define CSI_MAX_HELD 256
 

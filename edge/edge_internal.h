@@ -22,6 +22,7 @@ typedef struct conn conn_t;
 typedef struct sm_item sm_item_t;
 typedef struct csi_held csi_held_t;
 typedef struct edge_thread edge_thread_t;
+typedef struct sasl2_req sasl2_req_t;
 
 struct edge_thread {
   edge_t *edge;
@@ -102,6 +103,30 @@ typedef enum {
   CONN_ST_DETACHED,      /* not a connection: a session waiting for a resumption (sm.c) */
 } conn_st_t;
 
+/* A SASL2 exchange (XEP-0388) and what its <authenticate/> asked inline, kept from the
+ * <authenticate/> to the <success/> (sasl.c owns it; negotiate.c and sm.c read it). */
+struct sasl2_req {
+  char *additional;   /* base64 additional-data for <success/> (SCRAM's server-final), or NULL */
+  char ua_id[40];     /* <user-agent id/>: a UUID (RFC 4122 text form), "" when absent */
+  /* Bind2 (XEP-0386) */
+  int bind;           /* <bind xmlns='urn:xmpp:bind:0'/> was given */
+  char *tag;          /* its <tag/>, checked (sasl2_text_bytes, no control characters) */
+  int sm;             /* inline XEP-0198 <enable/>: 0 none, 1 enable, 2 enable resume='true' */
+  int carbons;        /* inline XEP-0280 <enable/> */
+  int inactive;       /* inline XEP-0352 <inactive/> */
+  /* XEP-0198 <resume/> inline in <authenticate/> */
+  char *previd;
+  uint32_t h;
+  char *pre;          /* XML the <success/> carries before <bound/> (a failed resumption) */
+  /* XEP-0484 FAST */
+  int want_token;     /* <request-token mechanism='HT-SHA-256-NONE'/> */
+  int64_t count;      /* <fast count/>, -1 none */
+  int invalidate;     /* <fast invalidate='true'/> */
+  int fast;           /* this exchange is HT-SHA-256-NONE */
+  int64_t fast_expiry;/* ... which expires then */
+  char *token;        /* <token/> for <success/> */
+};
+
 /* How a connection ends (conn_end). */
 typedef enum {
   CONN_END_CLEAN, /* we end the stream (what is queued: </stream:stream>, a stream error):
@@ -164,6 +189,11 @@ struct conn {
   int64_t off_id;
   uint64_t off_mark;
   scram_server_t *scram;
+  /* XEP-0388 (sasl.c): the exchange under way is SASL2, or its <success/> waits for what
+   * was asked inline (Bind2, XEP-0198 resumption); NULL for legacy SASL */
+  sasl2_req_t *sasl2;
+  int carbons_iq;       /* Bind2 enabled carbons: the router's answer to that IQ is not the
+                           client's, and is swallowed (edge_deliver_now) */
   char *auth_bare;      /* account being authenticated / authenticated */
   jid_t jid;            /* bound full JID */
   /* cluster only: the last broadcast presence (encoded) and the shard owner the session
@@ -257,6 +287,13 @@ uint64_t edge_now_ms(void);
 /* negotiate.c */
 /* The router's answer to a bind: open (reply with the JID) or refused. */
 void negotiate_bind_done(conn_t *c, int64_t result);
+/* Bind2 (XEP-0386) after a SASL2 authentication (AUTHED): the resource is the client's
+ * tag and a random suffix; the answer (<bound/>) goes into the SASL2 <success/>. pre:
+ * XML to put before <bound/> in it (an inline resumption's <failed/>), may be NULL. */
+void negotiate_bind2(conn_t *c, const char *pre);
+/* c->carbons_iq: 1 when DELIVER f is the router's answer to the carbons IQ Bind2 sent for
+ * the client (not to be written; the wait ends). */
+int negotiate_swallow(conn_t *c, const bus_frame_t *f);
 void negotiate_stream_start(void *ud, const xnode_t *header);
 void negotiate_stanza(void *ud, xnode_t *stanza);
 void negotiate_stream_end(void *ud);
@@ -298,6 +335,13 @@ void sm_resume_ack(edge_thread_t *th, const bus_frame_t *f);
 void sm_resuming_deliver(conn_t *c, const bus_frame_t *f);
 /* The connection is freed: its resumption id goes (unless a detached session took it). */
 void sm_release(conn_t *c);
+/* XEP-0198 <enable/> (resume: asked for it): the answer (<enabled/> or <failed/>) is
+ * appended to out (Bind2 inline, XEP-0386) or, out NULL, sent. */
+void sm_enable(conn_t *c, int resume, buf_t *out);
+/* <resume/> inline in a SASL2 <authenticate/> (XEP-0198 "SASL2 inline"): c is AUTHED,
+ * its <success/> pending; the answer goes inside it (sasl2_complete), and on failure a
+ * Bind2 asked with it is tried (negotiate_bind2). Returns 0 when started. */
+void sm_resume_inline(conn_t *c, const char *previd, uint32_t h);
 
 /* csi.c: XEP-0352 client state indication */
 /* A <active/> or <inactive/> (1), or not a CSI element (0). */
@@ -312,6 +356,17 @@ void csi_free(conn_t *c);
 bus_msg_t *csi_take(conn_t *c);
 
 /* sasl.c */
+/* SASL2 (XEP-0388): 1 when offered (TLS up, not authenticated). */
+int sasl2_offered(const conn_t *c);
+/* The <authentication/> stream feature with its inline features. */
+void sasl2_feature(const conn_t *c, buf_t *out);
+/* <authenticate/>, <response/>, <abort/> of urn:xmpp:sasl:2. */
+void sasl2_element(conn_t *c, xnode_t *e);
+/* The SASL2 success, once what was asked inline is done: results (XML, may be NULL) go
+ * inside <success/> after <authorization-identifier/> (the bound full JID when bound). */
+void sasl2_complete(conn_t *c, const char *results);
+/* The Bind2 the router refused (resource limit): a SASL2 failure, then the stream closes. */
+void sasl2_bind_failed(conn_t *c, const char *text);
 void sasl_thread_init(edge_thread_t *th);
 /* Answers the account reads still queued, then closes the handle (thread stopping). */
 void sasl_thread_close(edge_thread_t *th);

@@ -12,6 +12,10 @@
  *
  *   PLAIN ---<starttls/> (§5); direct TLS: at accept---> TLS ---handshake done---> SECURED
  *   SECURED, or PLAIN with tls.required = false ---SASL success (§6)---> AUTHED
+ *   SECURED ---SASL2 mechanism succeeded (XEP-0388; no stream restart)---> AUTHED, then at
+ *            once, when <authenticate/> asked for them inline: <resume/> (RESUMING...), else
+ *            or when it fails, Bind2 (XEP-0386: BINDING); the SASL2 <success/> goes out
+ *            when that ends (c->sasl2 holds it meanwhile: sasl2_complete)
  *   AUTHED ---bind (§7): SESSION_OPEN---> BINDING ---SESSION_ACK open---> BOUND
  *                                         BINDING ---refused (§7.6.2.1)---> AUTHED
  *   AUTHED ---<resume/> (XEP-0198 §5)---> RESUMING ---the detached session came---> RESUME_MOVING
@@ -29,7 +33,8 @@
  * What each state accepts from the client (negotiate_stanza):
  *   PLAIN        <starttls/>; SASL, XEP-0077 registration only with tls.required = false
  *   TLS          nothing (no XML until the handshake is done)
- *   SECURED      SASL (<auth/>, <response/>, <abort/>), XEP-0077 registration (§3.1)
+ *   SECURED      SASL (<auth/>, <response/>, <abort/>), SASL2 (<authenticate/>, <response/>,
+ *                <abort/>), XEP-0077 registration (§3.1)
  *   AUTHED       bind, XEP-0198 <resume/>; anything else: <not-authorized/>
  *   BINDING      stanzas are held until the router answers (route.c); a second bind:
  *                <not-allowed/>
@@ -81,6 +86,7 @@ static void send_features(conn_t *c) {
       if (secured) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
       buf_puts(&f, "</mechanisms>");
     }
+    if (sasl2_offered(c)) sasl2_feature(c, &f); /* XEP-0388 §2.1 */
     if (register_offered(c)) buf_puts(&f, "<register xmlns='http://jabber.org/features/iq-register'/>"); /* XEP-0077 §4 */
   } else {
     buf_puts(&f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
@@ -254,12 +260,109 @@ static void bind_resource(conn_t *c, xnode_t *iq, xnode_t *bind) {
   edge_session_open(c);
 }
 
+#define BIND2_CARBONS_ID "bind2-carbons"
+
+void negotiate_bind2(conn_t *c, const char *pre) {
+  sasl2_req_t *r = c->sasl2;
+  char suffix[9], genres[24];
+  char *res;
+  if (r->tag) { /* XEP-0386 §2.4: the tag, then a random part the server chooses */
+    random_id(suffix, sizeof suffix);
+    size_t n = strlen(r->tag) + 1 + strlen(suffix) + 1;
+    res = xmalloc(n);
+    snprintf(res, n, "%s.%s", r->tag, suffix);
+  } else {
+    random_id(genres, sizeof genres);
+    res = xstrdup(genres);
+  }
+  char *prepped = NULL;
+  jid_t j;
+  int ok = jid_prep_resource(res, strlen(res), &prepped) == 0;
+  xfree(res);
+  if (ok) {
+    size_t n = strlen(c->auth_bare) + 1 + strlen(prepped) + 1;
+    char *full = xmalloc(n);
+    snprintf(full, n, "%s/%s", c->auth_bare, prepped);
+    ok = jid_parse(full, strlen(full), &j) == 0;
+    xfree(full);
+  }
+  xfree(prepped);
+  if (!ok) {
+    sasl2_bind_failed(c, "the bind tag is not a valid resource");
+    return;
+  }
+  xfree(r->pre);
+  r->pre = pre ? xstrdup(pre) : NULL;
+  c->jid = j;
+  conn_set_state(c, CONN_ST_BINDING);
+  edge_session_open(c); /* negotiate_bind_done answers */
+}
+
+/* The router took the Bind2 session: the inline features, then the SASL2 <success/>. */
+static void bind2_done(conn_t *c) {
+  sasl2_req_t *r = c->sasl2;
+  buf_t p;
+  buf_init(&p);
+  if (r->pre) buf_puts(&p, r->pre);
+  buf_puts(&p, "<bound xmlns='urn:xmpp:bind:0'>");
+  if (r->sm) sm_enable(c, r->sm == 2, &p); /* XEP-0198 §3, its <enabled/> inline */
+  buf_puts(&p, "</bound>");
+  buf_putc(&p, '\0');
+  if (r->inactive) c->csi_inactive = 1; /* XEP-0352 */
+  int carbons = r->carbons;
+  sasl2_complete(c, (const char *)p.data);
+  buf_free(&p);
+  if (carbons) {
+    /* XEP-0280 is the router's (mod_carbons): it gets the IQ the client would have sent,
+     * first on the session's queue; its answer is swallowed (edge_deliver_now) */
+    arena_t a;
+    arena_init(&a);
+    xnode_t *iq = xnode_new(&a, "iq", NS_CLIENT);
+    xnode_set_attr(&a, iq, "type", "set");
+    xnode_set_attr(&a, iq, "id", BIND2_CARBONS_ID);
+    xnode_add(&a, iq, "enable", NS_CARBONS2);
+    c->carbons_iq = 1;
+    edge_route_stanza(c, iq);
+    arena_free(&a);
+  }
+}
+
+int negotiate_swallow(conn_t *c, const bus_frame_t *f) {
+  xnode_head_t h;
+  if (xnode_encoded_head(f->payload, f->payload_len, "id", &h) != 0 || h.name_len != 2 || memcmp(h.name, "iq", 2) ||
+      h.attr_len != strlen(BIND2_CARBONS_ID) || memcmp(h.attr, BIND2_CARBONS_ID, h.attr_len))
+    return 0;
+  c->carbons_iq = 0;
+  return 1;
+}
+
 void negotiate_bind_done(conn_t *c, int64_t result) {
   if (c->state != CONN_ST_BINDING) return;
   int announced = c->announced_binding;
   c->announced_binding = 0;
   char *id = c->bind_id;
   c->bind_id = NULL;
+  if (c->sasl2) { /* Bind2: the answer is the SASL2 <success/> */
+    if (result != BUS_ACK_OPEN) {
+      if (announced) edge_session_close(c);
+      conn_set_state(c, CONN_ST_AUTHED);
+      jid_free(&c->jid);
+      edge_release_held(c);
+      sasl2_bind_failed(c, "too many resources connected");
+      return;
+    }
+    conn_set_state(c, CONN_ST_BOUND);
+    bind2_done(c);
+    while (c->held) {
+      bus_msg_t *m = c->held;
+      c->held = m->next;
+      m->next = NULL;
+      bus_to_shard(c->th->bus, c->shard, m);
+    }
+    c->nheld = 0;
+    log_debug("conn %llx: bound %s (Bind2)", (unsigned long long)c->id, c->jid.full);
+    return;
+  }
   if (result != BUS_ACK_OPEN) {
     /* RFC 6120 §7.6.2.1: the account has reached its limit of connected resources */
     log_info("conn %llx: bind of %s refused: resource limit", (unsigned long long)c->id, c->jid.full);
@@ -306,6 +409,8 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
 static void preauth_stanza(conn_t *c, xnode_t *s) {
   if (!strcmp(s->name, "starttls") && !strcmp(s->ns, NS_TLS)) {
     starttls(c, s);
+  } else if (!strcmp(s->ns, NS_SASL2)) {
+    sasl2_element(c, s);
   } else if (!strcmp(s->ns, NS_SASL)) {
     if (c->state == CONN_ST_PLAIN && c->th->cfg->require_tls) {
       /* RFC 6120 §5.3.1: TLS is mandatory here; SASL before it is a policy error */

@@ -142,6 +142,8 @@ static void reg_done(uv_work_t *w, int status) {
     reply_error(c, j->id, j->from_domain, "wait", "internal-server-error", NULL);
   } else if (j->change) {
     int rc = store_account_update(c->th->store, j->bare, &j->acct);
+    /* XEP-0484: a password change revokes the account's FAST tokens */
+    if (rc == 0 && store_fast_delete(c->th->store, j->bare, NULL) < 0) rc = XMPP_EIO;
     if (rc == 0) {
       log_info("conn %llx: %s changed its password", (unsigned long long)c->id, j->bare);
       reply_result(c, j->id, j->from_domain, NULL);

@@ -275,6 +275,7 @@ void edge_session_close(conn_t *c) {
 void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
   edge_thread_t *th = c->th;
   /* the common case: straight from the frame's encoding to XML, no tree */
+  if (c->carbons_iq && negotiate_swallow(c, f)) return; /* Bind2's carbons IQ, answered */
   xnode_addr_t addr = {f->from, f->from_len, f->to, f->to_len};
   th->scratch.len = 0;
   if (xnode_serialize_encoded(f->payload, f->payload_len, NS_CLIENT, &addr, 256, &th->scratch) != 0) {

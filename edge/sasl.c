@@ -1,5 +1,6 @@
 /* SASL on the edge (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802/7677) against
- * stored keys, and PLAIN (RFC 4616) only under TLS.
+ * stored keys, and PLAIN (RFC 4616) only under TLS; SASL2 (XEP-0388) with the same
+ * mechanisms, SCRAM -PLUS (tls-exporter, RFC 9266, TLS 1.3) and FAST (XEP-0484).
  *
  * Accounts are read from the thread's own store handle, in batches: the <auth/>s of one
  * loop turn are read together at the start of the next (store_account_get_many: one
@@ -12,21 +13,40 @@
  * (RFC 6120 §6.4.5). */
 #include "edge/edge_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
+static void sasl2_free(conn_t *c) {
+  sasl2_req_t *r = c->sasl2;
+  if (!r) return;
+  xfree(r->additional);
+  xfree(r->tag);
+  xfree(r->previd);
+  xfree(r->pre);
+  xfree(r->token);
+  xfree(r);
+  c->sasl2 = NULL;
+}
+
 static void send_failure_text(conn_t *c, sasl_cond_t cond, const char *text) {
   c->sasl_gen++; /* this exchange is over (aborted included): its pending work is void */
   if ((int)cond > 0 && (int)cond < METRICS_SASL_CONDS) metrics_inc((metric_id_t)(M_LOGIN_FAIL + (int)cond));
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
+  if (c->sasl2) /* XEP-0388 §2.6.3: the RFC 6120 condition in its namespace, then text */
+    buf_printf(&b, "<failure xmlns='urn:xmpp:sasl:2'><%s xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+               sasl_cond_name(cond));
+  else
+    buf_printf(&b, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><%s/>", sasl_cond_name(cond));
   if (text) buf_printf(&b, "<text xml:lang='en'>%s</text>", text);
   buf_puts(&b, "</failure>");
+  sasl2_free(c);
   if (cond == SASL_NOT_AUTHORIZED)
     guard_auth_failed(c->th->edge->guard, c->ip, c->auth_bare, edge_now_ms());
   conn_send(c, (const char *)b.data, b.len);
@@ -51,7 +71,7 @@ static void send_failure(conn_t *c, sasl_cond_t cond) { send_failure_text(c, con
 static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) {
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "<%s xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>", elem);
+  buf_printf(&b, "<%s xmlns='%s'>", elem, c->sasl2 ? NS_SASL2 : NS_SASL);
   if (len) {
     char *enc = b64_encode((const unsigned char *)data, len);
     buf_puts(&b, enc);
@@ -66,7 +86,13 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
   buf_free(&b);
 }
 
+static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len);
+
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  if (c->sasl2) {
+    sasl2_succeed(c, extra, extra_len);
+    return;
+  }
   c->sasl_gen++;
   metrics_inc(M_LOGINS);
   send_b64(c, "success", extra, extra_len);
@@ -223,8 +249,24 @@ static void plain_have_account(conn_t *c, plain_job_t *j, int rc, const store_ac
   uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
 }
 
-static void start_scram(conn_t *c, scram_hash_t h, const unsigned char *msg, size_t len) {
+/* The channel's tls-exporter data when SCRAM -PLUS is offered: SASL2 only (XEP-0388),
+ * TLS 1.3 only. Legacy SASL does not offer it: slixmpp 1.8.3 and aioxmpp would pick it
+ * and bind with tls-unique, which TLS 1.3 does not define (RFC 9266 §3). */
+static size_t plus_cb(const conn_t *c, const uint8_t **cb) {
+  *cb = NULL;
+  if (!c->sasl2 || !c->tls || !c->secure) return 0;
+  return tls_conn_exporter(c->tls, cb);
+}
+
+static void start_scram(conn_t *c, scram_hash_t h, int plus, const unsigned char *msg, size_t len) {
+  const uint8_t *cb;
+  size_t cblen = plus_cb(c, &cb);
+  if (plus && !cblen) {
+    send_failure(c, SASL_INVALID_MECHANISM);
+    return;
+  }
   c->scram = scram_server_new(h);
+  scram_server_channel_binding(c->scram, plus, cb, cblen);
   const char *user = NULL;
   sasl_cond_t cond = scram_server_client_first(c->scram, (const char *)msg, len, &user);
   if (cond != SASL_OK) {
@@ -332,30 +374,43 @@ void sasl_thread_close(edge_thread_t *th) {
   uv_close((uv_handle_t *)&th->acct_idle, NULL);
 }
 
+static void start_mech(conn_t *c, const char *mech, xnode_t *resp);
+static void start_fast(conn_t *c, const unsigned char *msg, size_t len);
+#define FAST_MECH "HT-SHA-256-NONE"
+#define NS_FAST "urn:xmpp:fast:0"
+static int fast_offered(const conn_t *c) { return c->th->cfg->fast_tokens > 0; }
+
 void sasl_auth(conn_t *c, xnode_t *auth) {
-  if (c->scram || c->auth_bare) {
+  if (c->scram || c->auth_bare || c->sasl2) {
     /* a new <auth/> while one is running: RFC 6120 §6.4.4 lets us abort the old one
      * (its pending read or check, if any, is voided by sasl_gen); the new one starts */
     send_failure(c, SASL_ABORTED);
   }
-  const char *mech = xnode_attr(auth, "mechanism");
-  unsigned char *msg;
-  size_t len;
-  sasl_cond_t cond = payload(auth, &msg, &len);
+  start_mech(c, xnode_attr(auth, "mechanism"), auth);
+}
+
+/* The mechanism with its initial response (the text of resp; NULL: empty). */
+static void start_mech(conn_t *c, const char *mech, xnode_t *resp) {
+  unsigned char *msg = NULL;
+  size_t len = 0;
+  sasl_cond_t cond = resp ? payload(resp, &msg, &len) : SASL_OK;
   if (cond != SASL_OK) {
     send_failure(c, cond);
     return;
   }
   if (!mech) send_failure(c, SASL_INVALID_MECHANISM);
-  else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, msg, len);
-  else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-256")) start_scram(c, SCRAM_SHA256, 0, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-1")) start_scram(c, SCRAM_SHA1, 0, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-256-PLUS")) start_scram(c, SCRAM_SHA256, 1, msg, len);
+  else if (!strcmp(mech, "SCRAM-SHA-1-PLUS")) start_scram(c, SCRAM_SHA1, 1, msg, len);
   else if (!strcmp(mech, "PLAIN")) start_plain(c, msg, len);
+  else if (c->sasl2 && !strcmp(mech, FAST_MECH) && fast_offered(c)) start_fast(c, msg, len);
   else send_failure(c, SASL_INVALID_MECHANISM);
   xfree(msg);
 }
 
 void sasl_response(conn_t *c, xnode_t *resp) {
-  if (!c->scram) {
+  if (!c->scram || !c->sasl2 != !strcmp(resp->ns, NS_SASL)) { /* none running, or of the other protocol */
     send_failure(c, SASL_MALFORMED_REQUEST);
     return;
   }
@@ -383,8 +438,323 @@ void sasl_response(conn_t *c, xnode_t *resp) {
 void sasl_abort(conn_t *c) { send_failure(c, SASL_ABORTED); }
 
 void sasl_cleanup(conn_t *c) {
+  sasl2_free(c);
   if (c->scram) scram_server_free(c->scram);
   c->scram = NULL;
   xfree(c->auth_bare);
   c->auth_bare = NULL;
+}
+
+/* ---- SASL2 (XEP-0388) --------------------------------------------------------------
+ * The same mechanisms and the same code as above; what differs is the framing and what
+ * follows success: no stream restart (§2.6.2), and what <authenticate/> asked inline
+ * (Bind2, XEP-0386; a XEP-0198 resumption) is done first, its results carried in the
+ * <success/>, whose <authorization-identifier/> is then the full JID. Offered under TLS
+ * only. Client-controlled sizes: the user agent's software and device, the Bind2 tag
+ * (limits.sasl2_text_bytes each; the whole element is under limits.max_stanza_bytes),
+ * the inline elements (each kind counted once, unknown ones ignored: §2.4). */
+
+int sasl2_offered(const conn_t *c) { return c->state == CONN_ST_SECURED; }
+
+void sasl2_feature(const conn_t *c, buf_t *out) {
+  const uint8_t *cb;
+  buf_puts(out, "<authentication xmlns='urn:xmpp:sasl:2'>");
+  if (c->tls && tls_conn_exporter(c->tls, &cb)) /* RFC 9266 */
+    buf_puts(out, "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>");
+  buf_puts(out, "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
+                "<mechanism>PLAIN</mechanism><inline>"
+                /* XEP-0386 §2.1: Bind2, with the features it can enable inline */
+                "<bind xmlns='urn:xmpp:bind:0'><inline>"
+                "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>");
+  if (sm_offered(c)) buf_puts(out, "<feature var='urn:xmpp:sm:3'/>");
+  buf_puts(out, "</inline></bind>");
+  /* XEP-0484 §2: FAST, its mechanisms listed here only */
+  if (fast_offered(c)) buf_puts(out, "<fast xmlns='urn:xmpp:fast:0'><mechanism>" FAST_MECH "</mechanism></fast>");
+  /* XEP-0198: resumption inline in <authenticate/> */
+  if (sm_offered(c) && c->th->cfg->sm_resume_timeout > 0) buf_puts(out, "<sm xmlns='urn:xmpp:sm:3'/>");
+  buf_puts(out, "</inline></authentication>");
+}
+
+/* RFC 4122 §3 text form: 8-4-4-4-12 hex digits (XEP-0388 §2.5.1: id is a UUID). */
+static int is_uuid(const char *s) {
+  if (strlen(s) != 36) return 0;
+  for (int i = 0; i < 36; i++) {
+    int dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+                                (s[i] >= 'A' && s[i] <= 'F')))
+      return 0;
+  }
+  return 1;
+}
+
+/* Text of a client-chosen name (user agent software/device, Bind2 tag): NULL when too
+ * long, empty or with control characters (C0, DEL). Allocated in a. */
+static const char *short_text(arena_t *a, xnode_t *n, size_t max) {
+  const char *t = xnode_text(a, n);
+  size_t len = strlen(t);
+  if (!len || len > max) return NULL;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)t[i] < 0x20 || t[i] == 0x7f) return NULL;
+  return t;
+}
+
+/* Reads what <authenticate/> asks besides the mechanism into r: NULL, or why it is
+ * refused (static text, for <failure><malformed-request/><text/>). */
+static const char *parse_inline(conn_t *c, xnode_t *e, sasl2_req_t *r) {
+  size_t max = (size_t)c->th->cfg->sasl2_text_bytes;
+  arena_t a;
+  arena_init(&a);
+  const char *why = NULL;
+  xnode_t *ua = xnode_child(e, "user-agent", NS_SASL2);
+  if (ua) {
+    const char *id = xnode_attr(ua, "id");
+    if (id && !is_uuid(id)) why = "user-agent id is not a UUID";
+    else if (id) snprintf(r->ua_id, sizeof r->ua_id, "%s", id);
+    for (xnode_t *k = xnode_first_elem(ua); k && !why; k = xnode_next_elem(k))
+      if (!short_text(&a, k, max)) why = "user-agent software or device empty, too long or not printable";
+  }
+  xnode_t *b = why ? NULL : xnode_child(e, "bind", NS_BIND2);
+  if (b) {
+    r->bind = 1;
+    xnode_t *tag = xnode_child(b, "tag", NS_BIND2);
+    if (tag) {
+      const char *t = short_text(&a, tag, max);
+      if (!t) why = "bind tag empty, too long or not printable";
+      else r->tag = xstrdup(t);
+    }
+    for (xnode_t *k = xnode_first_elem(b); k && !why; k = xnode_next_elem(k)) {
+      if (!strcmp(k->ns, NS_SM) && !strcmp(k->name, "enable") && sm_offered(c)) {
+        const char *res = xnode_attr(k, "resume");
+        r->sm = res && (!strcmp(res, "true") || !strcmp(res, "1")) ? 2 : 1;
+      } else if (!strcmp(k->ns, NS_CARBONS2) && !strcmp(k->name, "enable")) {
+        r->carbons = 1;
+      } else if (!strcmp(k->ns, NS_CSI) && !strcmp(k->name, "inactive")) {
+        r->inactive = 1;
+      } /* XEP-0386 §2.3: what the server does not know it ignores */
+    }
+  }
+  r->count = -1;
+  xnode_t *rt = why ? NULL : xnode_child(e, "request-token", NS_FAST);
+  if (rt && fast_offered(c)) { /* another mechanism than ours: no token (§3.1) */
+    const char *m = xnode_attr(rt, "mechanism");
+    r->want_token = m && !strcmp(m, FAST_MECH);
+  }
+  xnode_t *fa = why ? NULL : xnode_child(e, "fast", NS_FAST);
+  if (fa) {
+    const char *cs = xnode_attr(fa, "count"), *inv = xnode_attr(fa, "invalidate");
+    if (cs) {
+      char *end = NULL;
+      unsigned long long n = strtoull(cs, &end, 10);
+      if (!*cs || *end || *cs == '-' || n > INT64_MAX / 2) why = "bad <fast count/>";
+      else r->count = (int64_t)n;
+    }
+    r->invalidate = inv && (!strcmp(inv, "true") || !strcmp(inv, "1"));
+  }
+  xnode_t *res = why ? NULL : xnode_child(e, "resume", NS_SM);
+  if (res) {
+    const char *id = xnode_attr(res, "previd"), *hs = xnode_attr(res, "h");
+    char *end = NULL;
+    unsigned long long h = hs ? strtoull(hs, &end, 10) : 0;
+    if (!id || !hs || !*hs || *end || h > UINT32_MAX || strlen(id) > 64) why = "bad <resume/>";
+    else {
+      r->previd = xstrdup(id);
+      r->h = (uint32_t)h;
+    }
+  }
+  arena_free(&a);
+  return why;
+}
+
+static void sasl2_authenticate(conn_t *c, xnode_t *e) {
+  if (c->scram || c->auth_bare || c->sasl2) send_failure(c, SASL_ABORTED); /* as for <auth/> */
+  if (conn_closing(c)) return;
+  sasl2_req_t *r = xcalloc(1, sizeof *r);
+  c->sasl2 = r;
+  const char *why = parse_inline(c, e, r);
+  if (why) {
+    send_failure_text(c, SASL_MALFORMED_REQUEST, why);
+    return;
+  }
+  start_mech(c, xnode_attr(e, "mechanism"), xnode_child(e, "initial-response", NS_SASL2));
+}
+
+void sasl2_element(conn_t *c, xnode_t *e) {
+  if (c->state != CONN_ST_SECURED) {
+    /* only offered under TLS, before authentication */
+    if (!strcmp(e->name, "authenticate") && c->state == CONN_ST_PLAIN && !c->th->cfg->require_tls) {
+      c->sasl2 = xcalloc(1, sizeof *c->sasl2);
+      send_failure_text(c, SASL_ENCRYPTION_REQUIRED, "SASL2 is offered under TLS only");
+      return;
+    }
+    conn_stream_error(c, "policy-violation", "SASL2 is offered under TLS only, before authentication");
+    return;
+  }
+  if (!strcmp(e->name, "authenticate")) sasl2_authenticate(c, e);
+  else if (!strcmp(e->name, "response")) sasl_response(c, e);
+  else if (!strcmp(e->name, "abort")) {
+    if (!c->sasl2) c->sasl2 = xcalloc(1, sizeof *c->sasl2); /* answered in its namespace */
+    sasl_abort(c);
+  } else conn_stream_error(c, "unsupported-stanza-type", NULL);
+}
+
+/* The mechanism succeeded: the account is authenticated (no stream restart, XEP-0388
+ * §2.6.2); what was asked inline runs, and the <success/> waits for it. */
+static void fast_tokens(conn_t *c);
+
+static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len) {
+  sasl2_req_t *r = c->sasl2;
+  c->sasl_gen++;
+  if (c->scram) {
+    scram_server_free(c->scram);
+    c->scram = NULL;
+  }
+  if (extra_len) r->additional = b64_encode((const unsigned char *)extra, extra_len);
+  conn_set_state(c, CONN_ST_AUTHED);
+  log_debug("conn %llx: authenticated %s (SASL2%s)", (unsigned long long)c->id, c->auth_bare,
+            r->fast ? ", FAST" : "");
+  fast_tokens(c);
+  if (r->previd) sm_resume_inline(c, r->previd, r->h); /* then Bind2 if it fails */
+  else if (r->bind) negotiate_bind2(c, NULL);
+  else sasl2_complete(c, NULL);
+}
+
+void sasl2_complete(conn_t *c, const char *results) {
+  sasl2_req_t *r = c->sasl2;
+  if (!r) return;
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "<success xmlns='urn:xmpp:sasl:2'>");
+  if (r->additional) buf_printf(&b, "<additional-data>%s</additional-data>", r->additional);
+  const char *who = c->state == CONN_ST_BOUND ? c->jid.full : c->auth_bare;
+  buf_puts(&b, "<authorization-identifier>");
+  xml_escape(&b, who, strlen(who), 0);
+  buf_puts(&b, "</authorization-identifier>");
+  if (results) buf_puts(&b, results);
+  if (r->token) buf_puts(&b, r->token);
+  buf_puts(&b, "</success>");
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+  sasl2_free(c);
+}
+
+void sasl2_bind_failed(conn_t *c, const char *text) {
+  log_info("conn %llx: SASL2 bind refused: %s", (unsigned long long)c->id, text);
+  c->sasl_failures = 0; /* not a credentials failure: the stream ends below anyway */
+  send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, text);
+  conn_close(c);
+}
+
+/* ---- FAST (XEP-0484) ---------------------------------------------------------------
+ * HT-SHA-256-NONE over SASL2: the client proves it holds a token the server issued to
+ * its user agent (<user-agent id/>) with one HMAC, no PBKDF2, no round trip. Tokens are
+ * issued on <request-token/>, stored as SHA-256 (store_fast_*, ht_token_key), valid
+ * limits.fast_token_lifetime seconds; the one a new token replaces stays valid until the
+ * new one is used (§3.3); a log-in with a token past half of its life gets a new one. <fast count/> must grow with every use of the user
+ * agent's token (§3.4: replay protection, checked and stored atomically by the store);
+ * <fast invalidate='true'/> revokes it once authenticated. The token read is one store
+ * call on the loop (SQLite: a primary-key look-up; Redis: one round trip). */
+
+static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
+  sasl2_req_t *r = c->sasl2;
+  char *authcid = NULL;
+  unsigned char proof[HT_KEY_LEN];
+  sasl_cond_t cond = ht_parse(msg, len, &authcid, proof);
+  if (cond != SASL_OK) {
+    send_failure(c, cond);
+    return;
+  }
+  c->auth_bare = account_of(c, authcid);
+  xfree(authcid);
+  if (!c->auth_bare || !r->ua_id[0]) { /* tokens belong to a user agent: none, none */
+    send_failure_text(c, SASL_NOT_AUTHORIZED, r->ua_id[0] ? NULL : "FAST needs a user-agent id");
+    return;
+  }
+  if (throttled(c)) return;
+  store_t *st = c->th->store;
+  store_fast_t t;
+  int rc = store_fast_get(st, c->auth_bare, r->ua_id, &t);
+  if (rc != 0 && rc != XMPP_ENOENT) {
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
+  }
+  int64_t now = (int64_t)time(NULL);
+  int which = 0; /* 1: the current token, 2: the previous one */
+  if (rc == 0) {
+    if (now < t.cur_expiry && ht_check(t.cur, NULL, 0, proof) == 0) which = 1;
+    else if (t.prev_expiry && now < t.prev_expiry && ht_check(t.prev, NULL, 0, proof) == 0) which = 2;
+  }
+  if (!which) { /* unknown, forged, expired, another account's or user agent's */
+    memset(&t, 0, sizeof t);
+    send_failure(c, SASL_NOT_AUTHORIZED);
+    return;
+  }
+  if (r->count >= 0) {
+    rc = store_fast_count(st, c->auth_bare, r->ua_id, r->count);
+    if (rc != 0) {
+      memset(&t, 0, sizeof t);
+      if (rc == XMPP_EDENIED) send_failure_text(c, SASL_NOT_AUTHORIZED, "FAST count replayed");
+      else send_failure(c, rc == XMPP_ENOENT ? SASL_NOT_AUTHORIZED : SASL_TEMPORARY_AUTH_FAILURE);
+      return;
+    }
+  }
+  unsigned char resp[HT_KEY_LEN];
+  rc = ht_hmac(which == 1 ? t.cur : t.prev, 0, NULL, 0, resp);
+  r->fast = 1;
+  r->fast_expiry = which == 1 ? t.cur_expiry : t.prev_expiry;
+  if (which == 1 && t.prev_expiry && !r->invalidate) {
+    /* §3.3: the client has the new token: the one it replaced goes */
+    memset(t.prev, 0, sizeof t.prev);
+    t.prev_expiry = 0;
+    if (store_fast_put(st, c->auth_bare, r->ua_id, &t, 0) == 0 && r->count >= 0)
+      (void)store_fast_count(st, c->auth_bare, r->ua_id, r->count); /* the put started it again */
+  }
+  memset(&t, 0, sizeof t);
+  if (rc != 0) {
+    send_failure(c, SASL_TEMPORARY_AUTH_FAILURE);
+    return;
+  }
+  succeed(c, (const char *)resp, sizeof resp);
+}
+
+/* After any SASL2 success: <fast invalidate/>, <request-token/>, rotation. */
+static void fast_tokens(conn_t *c) {
+  sasl2_req_t *r = c->sasl2;
+  const xmpp_config_t *cfg = c->th->cfg;
+  store_t *st = c->th->store;
+  if (!fast_offered(c) || !r->ua_id[0]) return;
+  if (r->invalidate) (void)store_fast_delete(st, c->auth_bare, r->ua_id); /* §3.5 */
+  int64_t now = (int64_t)time(NULL), life = cfg->fast_token_lifetime;
+  int rotate = r->fast && !r->invalidate && r->fast_expiry - now < life / 2;
+  if (!r->want_token && !rotate) return;
+  store_fast_t t, old;
+  memset(&t, 0, sizeof t);
+  char *tok = NULL;
+  if (ht_token_make(&tok, t.cur) != 0) return;
+  t.cur_expiry = now + life;
+  if (!r->invalidate && store_fast_get(st, c->auth_bare, r->ua_id, &old) == 0 && now < old.cur_expiry) {
+    memcpy(t.prev, old.cur, sizeof t.prev); /* still accepted until the new one is used */
+    t.prev_expiry = old.cur_expiry;
+  }
+  memset(&old, 0, sizeof old);
+  int rc = store_fast_put(st, c->auth_bare, r->ua_id, &t, (unsigned)cfg->fast_tokens);
+  memset(&t, 0, sizeof t);
+  if (rc != 0) {
+    log_warn("conn %llx: FAST token for %s not stored (%d)", (unsigned long long)c->id, c->auth_bare, rc);
+    xfree(tok);
+    return;
+  }
+  char when[32];
+  time_t exp = (time_t)(now + life);
+  struct tm tm;
+  gmtime_r(&exp, &tm);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "<token xmlns='urn:xmpp:fast:0' expiry='%s' token='%s'/>", when, tok);
+  buf_putc(&b, '\0');
+  xfree(r->token);
+  r->token = xstrdup((const char *)b.data);
+  buf_free(&b);
+  memset(tok, 0, strlen(tok));
+  xfree(tok);
 }

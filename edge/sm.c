@@ -120,23 +120,8 @@ void sm_element(conn_t *c, xnode_t *e) {
     return;
   }
   if (!strcmp(e->name, "enable")) {
-    if (!sm_offered(c) || c->sm || c->state != CONN_ST_BOUND) { /* §3: after resource binding */
-      failed(c, "unexpected-request");
-      return;
-    }
-    c->sm = 1;
-    c->sm_q_tail = &c->sm_q;
     const char *r = xnode_attr(e, "resume");
-    int timeout = c->th->cfg->sm_resume_timeout;
-    if (r && (!strcmp(r, "true") || !strcmp(r, "1")) && timeout > 0) {
-      rid_new(c);
-      char b[192];
-      /* §5: max is the longest the server keeps the session, in seconds */
-      snprintf(b, sizeof b, "<enabled xmlns='urn:xmpp:sm:3' id='%s' resume='true' max='%d'/>", c->sm_rid, timeout);
-      conn_send_str(c, b);
-    } else {
-      conn_send_str(c, "<enabled xmlns='urn:xmpp:sm:3'/>");
-    }
+    sm_enable(c, r && (!strcmp(r, "true") || !strcmp(r, "1")), NULL);
     return;
   }
   if (!c->sm) {
@@ -169,6 +154,27 @@ void sm_element(conn_t *c, xnode_t *e) {
     return;
   }
   conn_stream_error(c, "unsupported-stanza-type", NULL);
+}
+
+void sm_enable(conn_t *c, int resume, buf_t *out) {
+  char b[192];
+  if (!sm_offered(c) || c->sm || c->state != CONN_ST_BOUND) { /* §3: after resource binding */
+    snprintf(b, sizeof b,
+             "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
+  } else {
+    c->sm = 1;
+    c->sm_q_tail = &c->sm_q;
+    int timeout = c->th->cfg->sm_resume_timeout;
+    if (resume && timeout > 0) {
+      rid_new(c);
+      /* §5: max is the longest the server keeps the session, in seconds */
+      snprintf(b, sizeof b, "<enabled xmlns='urn:xmpp:sm:3' id='%s' resume='true' max='%d'/>", c->sm_rid, timeout);
+    } else {
+      snprintf(b, sizeof b, "<enabled xmlns='urn:xmpp:sm:3'/>");
+    }
+  }
+  if (out) buf_puts(out, b);
+  else conn_send_str(c, b);
 }
 
 void sm_stanza_in(conn_t *c) {
@@ -408,11 +414,20 @@ void sm_sweep(edge_thread_t *th, uint64_t now, int all) {
   }
 }
 
+/* The answer to a <resume/>: sent, or, inline in a SASL2 <authenticate/>, carried in its
+ * <success/> (a failure then goes before the Bind2 asked with it, if any: XEP-0198
+ * "SASL2 inline", XEP-0386 §2.5). */
+static void resume_answer(conn_t *c, const char *xml, int ok) {
+  if (!c->sasl2) conn_send_str(c, xml);
+  else if (!ok && c->sasl2->bind) negotiate_bind2(c, xml);
+  else sasl2_complete(c, xml);
+}
+
 static void resume_failed(conn_t *c) {
   c->resume_h_set = 0;
   /* §5: the client binds a new session instead */
-  conn_send_str(c, "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
-                   "</failed>");
+  resume_answer(c, "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                   "</failed>", 0);
 }
 
 /* The detached session conn id on th, when rid is its id and bare its account, handed to
@@ -509,6 +524,8 @@ static void adopt(conn_t *c, conn_t *g) {
   if (c->resume_ack >= 0) resume_finish(c);
 }
 
+static void resume_start(conn_t *c, const char *id, uint32_t h);
+
 static void sm_resume(conn_t *c, xnode_t *e) {
   edge_thread_t *th = c->th;
   if (!sm_offered(c) || th->cfg->sm_resume_timeout <= 0 || c->state != CONN_ST_AUTHED || c->sm) {
@@ -522,6 +539,20 @@ static void sm_resume(conn_t *c, xnode_t *e) {
     failed(c, "bad-request");
     return;
   }
+  resume_start(c, id, (uint32_t)h);
+}
+
+void sm_resume_inline(conn_t *c, const char *previd, uint32_t h) {
+  if (!sm_offered(c) || c->th->cfg->sm_resume_timeout <= 0 || c->state != CONN_ST_AUTHED || c->sm) {
+    resume_answer(c, "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                     "</failed>", 0);
+    return;
+  }
+  resume_start(c, previd, h);
+}
+
+static void resume_start(conn_t *c, const char *id, uint32_t h) {
+  edge_thread_t *th = c->th;
   rid_loc_t loc;
   int here = strlen(id) == SM_RID_LEN && rid_find(th->edge, id, &loc) && loc.thread < th->edge->nthreads;
   if (strlen(id) != SM_RID_LEN || (!here && !bus_clustered(th->bus))) {
@@ -861,7 +892,7 @@ static void resume_finish(conn_t *c) {
   c->resume_h_set = 0; /* from here the client's own acks count */
   char b[192];
   snprintf(b, sizeof b, "<resumed xmlns='urn:xmpp:sm:3' previd='%s' h='%" PRIu32 "'/>", c->sm_rid, c->sm_in);
-  conn_send_str(c, b);
+  resume_answer(c, b, 1);
   /* §5: what the client did not acknowledge is sent again, then what was queued since
    * the connection dropped, in order; the client counts them from its h */
   sm_item_t *q = c->sm_q;

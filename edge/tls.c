@@ -87,6 +87,8 @@ struct tls_conn {
   uint8_t got_secrets; /* during the handshake: 1 client, 2 server application secret seen (hkdf_cb) */
   const char *version, *cipher_name; /* static strings, kept past the offload */
   tls_rec_t rec;
+  uint8_t exporter[32]; /* RFC 9266 tls-exporter channel binding (TLS 1.3), taken before the offload */
+  int has_exporter;
 };
 
 static char *cipher_list; /* NULL: CIPHERS */
@@ -290,6 +292,10 @@ int tls_conn_alpn(tls_conn_t *c, const char *proto) {
 }
 
 int tls_conn_resumed(const tls_conn_t *c) { return c->resumed; }
+size_t tls_conn_exporter(const tls_conn_t *c, const uint8_t **data) {
+  *data = c->has_exporter ? c->exporter : NULL;
+  return c->has_exporter ? sizeof c->exporter : 0;
+}
 int tls_conn_offloaded(const tls_conn_t *c) { return c->offloaded; }
 
 int tls_conn_ready(const tls_conn_t *c) { return c->ready; }
@@ -628,6 +634,10 @@ int tls_conn_feed(tls_conn_t *c, const char *data, size_t len, tls_plain_cb cb, 
       c->ready = 1;
       c->resumed = wolfSSL_session_reused(c->ssl) == 1;
       metrics_inc(c->resumed ? M_TLS_RESUMED : M_TLS_FULL);
+      /* RFC 9266 §2: TLS 1.3 only (1.2 would need the extended master secret) */
+      c->has_exporter = wolfSSL_version(c->ssl) == TLS1_3_VERSION &&
+                        wolfSSL_export_keying_material(c->ssl, c->exporter, sizeof c->exporter,
+                                                       "EXPORTER-Channel-Binding", 24, NULL, 0, 0) == WOLFSSL_SUCCESS;
       if (!offload(c)) explicit_bzero(&c->rec, sizeof c->rec); /* wolfSSL keeps its own secrets */
       ready(ud);
     } else {

@@ -71,6 +71,9 @@ void tls_conn_shutdown(tls_conn_t *c);
 const char *tls_conn_version(const tls_conn_t *c);
 /* After the handshake: it resumed a session from a ticket; the edge protects records. */
 int tls_conn_resumed(const tls_conn_t *c);
+/* The RFC 9266 tls-exporter channel binding data (32 bytes, TLS 1.3 handshakes only):
+ * its length and *data, or 0. Valid once the handshake completed, offloaded or not. */
+size_t tls_conn_exporter(const tls_conn_t *c, const uint8_t **data);
 int tls_conn_offloaded(const tls_conn_t *c);
 const char *tls_conn_cipher(const tls_conn_t *c);
 

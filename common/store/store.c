@@ -480,3 +480,34 @@ int store_set_cache(store_t *s, size_t bytes) {
   if (rc) return rc;
   return s->ops->set_cache ? s->ops->set_cache(s->be, bytes) : 0;
 }
+
+/* ---- XEP-0484 FAST tokens -------------------------------------------------------------- */
+
+int store_fast_get(store_t *s, const char *bare, const char *ua, store_fast_t *out) {
+  int rc = enter(s, "store_fast_get");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(ua) || !out) return XMPP_EINVAL;
+  memset(out, 0, sizeof *out);
+  return s->ops->fast_get(s->be, bare, ua, out);
+}
+
+int store_fast_put(store_t *s, const char *bare, const char *ua, const store_fast_t *t, unsigned max) {
+  int rc = enter(s, "store_fast_put");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(ua) || !t) return XMPP_EINVAL;
+  return s->ops->fast_put(s->be, bare, ua, t, max);
+}
+
+int store_fast_count(store_t *s, const char *bare, const char *ua, int64_t count) {
+  int rc = enter(s, "store_fast_count");
+  if (rc) return rc;
+  if (bad_str(bare) || bad_str(ua) || count < 0) return XMPP_EINVAL;
+  return s->ops->fast_count(s->be, bare, ua, count);
+}
+
+int store_fast_delete(store_t *s, const char *bare, const char *ua) {
+  int rc = enter(s, "store_fast_delete");
+  if (rc) return rc;
+  if (bad_str(bare) || (ua && !*ua)) return XMPP_EINVAL;
+  return s->ops->fast_delete(s->be, bare, ua);
+}

@@ -238,4 +238,31 @@ int store_roster_ver(store_t *s, const char *bare, int64_t *ver);
  * cache does not hold, so each commit read them again. Redis: nothing. 0 or an error. */
 int store_set_cache(store_t *s, size_t bytes);
 
+/* ---- XEP-0484 FAST tokens ------------------------------------------------------------
+ * Per account and user agent (XEP-0388 <user-agent id/>, a UUID): the current token and
+ * the one it replaced (still accepted until the current one is used: XEP-0484 §3.3), as
+ * SHA-256 of the token, never the token; their expiry (unix seconds); the last <fast
+ * count/> accepted (replay protection, §3.4). They go with the account
+ * (store_account_delete). */
+#define STORE_FAST_HASH 32
+typedef struct store_fast {
+  unsigned char cur[STORE_FAST_HASH], prev[STORE_FAST_HASH];
+  int64_t cur_expiry, prev_expiry; /* prev_expiry 0: no previous token */
+  int64_t count;                   /* the last count accepted; -1: none yet */
+} store_fast_t;
+/* 0 and *out; XMPP_ENOENT when bare has no token for ua. */
+int store_fast_get(store_t *s, const char *bare, const char *ua, store_fast_t *out);
+/* Inserts or replaces bare's token for ua (out->count is ignored: it starts again at -1).
+ * When the account then holds more than max user agents' tokens (0: no limit), the one
+ * that expires first among the others goes. One transaction / one script. 0,
+ * XMPP_ENOENT (no account), XMPP_EIO. */
+int store_fast_put(store_t *s, const char *bare, const char *ua, const store_fast_t *t, unsigned max);
+/* Replay protection: 0 when count is above the last one accepted for (bare, ua), now
+ * stored; XMPP_EDENIED when not (nothing changes); XMPP_ENOENT when there is no token.
+ * Atomic: of two log-ins with the same count, one gets XMPP_EDENIED. */
+int store_fast_count(store_t *s, const char *bare, const char *ua, int64_t count);
+/* Removes bare's token for ua, or (ua NULL) every token of bare (a password change,
+ * xmppctl fast-revoke): how many user agents' tokens went (>= 0), or an error. */
+int store_fast_delete(store_t *s, const char *bare, const char *ua);
+
 #endif

@@ -77,6 +77,11 @@ typedef struct store_backend {
   int (*roster_ver)(void *be, const char *bare, int64_t *ver);
   /* Optional (NULL: nothing to tune): store_set_cache. */
   int (*set_cache)(void *be, size_t bytes);
+  /* XEP-0484 FAST tokens (store_fast_*); ua non-NULL except for fast_delete (all). */
+  int (*fast_get)(void *be, const char *bare, const char *ua, store_fast_t *out);
+  int (*fast_put)(void *be, const char *bare, const char *ua, const store_fast_t *t, unsigned max);
+  int (*fast_count)(void *be, const char *bare, const char *ua, int64_t count);
+  int (*fast_delete)(void *be, const char *bare, const char *ua);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

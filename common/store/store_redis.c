@@ -28,6 +28,9 @@
  *                     fields w (with, bare), f (with, full or empty), d (the message)
  *   {u:JID}:mw zset   its per-contact index, score 0: "b\0BARE\0HEX16", "f\0FULL\0HEX16"
  *   {u:JID}:mp hash   archiving preferences: default, a:JID, n:JID
+ *   {u:JID}:f  hash   XEP-0484 FAST tokens per user agent: t:UA (SHA-256 of the current
+ *                     and of the previous token, 64 bytes), e:UA, p:UA (their expiry, unix
+ *                     seconds), c:UA (the last count accepted); never a token
  *                     (and mam_last in the account hash: the last archive id)
  * Two keys outside any user's slot:
  *   accounts      sorted set, score 0, member = bare JID: the account index for
@@ -100,6 +103,7 @@
 
 enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL,
        S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_BLOCK_ADD, S_BLOCK_MATCH, S_ROSTER_DEL,
+       S_FAST_PUT, S_FAST_COUNT, S_FAST_DEL,
        S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
@@ -253,6 +257,40 @@ static const char *const script_text[S_COUNT] = {
     [S_ROSTER_DEL] = "local n = redis.call('HDEL', KEYS[2], ARGV[1]) "
                      "if n == 1 and redis.call('EXISTS', KEYS[1]) == 1 then "
                      "  redis.call('HINCRBY', KEYS[1], 'roster_ver', 1) end return n",
+    /* XEP-0484 FAST tokens: {u:JID}:f fields t:UA (SHA-256 of the current token, then of
+     * the previous one), e:UA and p:UA (their expiry), c:UA (the last count accepted).
+     * KEYS: account, fast. ARGV: ua, hashes, expiry, previous expiry, max -> 1, -1 no
+     * account. Beyond max user agents, the others' tokens that expire first go. */
+    [S_FAST_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+                   "local u = ARGV[1] "
+                   "redis.call('HSET', KEYS[2], 't:'..u, ARGV[2], 'e:'..u, ARGV[3], 'p:'..u, ARGV[4], 'c:'..u, '-1') "
+                   "local max = tonumber(ARGV[5]) "
+                   "if max > 0 then "
+                   "  local n = redis.call('HLEN', KEYS[2]) / 4 "
+                   "  while n > max do "
+                   "    local all = redis.call('HGETALL', KEYS[2]) "
+                   "    local best, bexp = nil, nil "
+                   "    for i = 1, #all, 2 do "
+                   "      local f = all[i] "
+                   "      if string.sub(f, 1, 2) == 'e:' and string.sub(f, 3) ~= u then "
+                   "        local e = tonumber(all[i + 1]) "
+                   "        if best == nil or e < bexp or (e == bexp and string.sub(f, 3) < best) then "
+                   "          best, bexp = string.sub(f, 3), e end end end "
+                   "    if best == nil then break end "
+                   "    redis.call('HDEL', KEYS[2], 't:'..best, 'e:'..best, 'p:'..best, 'c:'..best) "
+                   "    n = n - 1 end end "
+                   "return 1",
+    /* KEYS: fast. ARGV: ua, count -> 1 stored, 0 not above the last one, -1 no token */
+    [S_FAST_COUNT] = "local c = redis.call('HGET', KEYS[1], 'c:'..ARGV[1]) "
+                     "if not c then return -1 end "
+                     "if tonumber(ARGV[2]) <= tonumber(c) then return 0 end "
+                     "redis.call('HSET', KEYS[1], 'c:'..ARGV[1], ARGV[2]) "
+                     "return 1",
+    /* KEYS: fast. ARGV: [ua] -> how many user agents' tokens went */
+    [S_FAST_DEL] = "if #ARGV == 0 then "
+                   "  local n = redis.call('HLEN', KEYS[1]) / 4 redis.call('DEL', KEYS[1]) return n end "
+                   "local u = ARGV[1] "
+                   "return redis.call('HDEL', KEYS[1], 't:'..u, 'e:'..u, 'p:'..u, 'c:'..u) > 0 and 1 or 0",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -1038,6 +1076,13 @@ static int rd_account_delete(void *be, const char *bare) {
     if (!rc) rc = irc;
   }
   if (!rc) rc = mam_delete(r, bare);
+  if (!rc) {
+    char *f = xstrfmt("{u:%s}:f", bare);
+    const char *dv[] = {"DEL", f};
+    size_t dl[] = {3, strlen(f)};
+    rc = exec_cmd(r, "fast delete", 2, dv, dl, R_ANY);
+    xfree(f);
+  }
   if (!rc && r->batch) strmap_put(r->bstate, bare, B_DELETED);
   return rc;
 }
@@ -2059,6 +2104,101 @@ static int rd_roster_ver(void *be, const char *bare, int64_t *ver) {
   return rc;
 }
 
+/* ---- XEP-0484 FAST tokens ------------------------------------------------------------- */
+
+static char *fkey(const char *bare, size_t *len) {
+  char *k = xstrfmt("{u:%s}:f", bare);
+  *len = strlen(k);
+  return k;
+}
+
+static int rd_fast_get(void *be, const char *bare, const char *ua, store_fast_t *out) {
+  rd_t *r = be;
+  size_t lk;
+  char *k = fkey(bare, &lk);
+  char *ft = xstrfmt("t:%s", ua), *fe = xstrfmt("e:%s", ua), *fp = xstrfmt("p:%s", ua), *fc = xstrfmt("c:%s", ua);
+  const char *av[] = {"HMGET", k, ft, fe, fp, fc};
+  size_t al[] = {5, lk, strlen(ft), strlen(fe), strlen(fp), strlen(fc)};
+  int rc = 0;
+  redisReply *rep = run_array(r, 6, av, al, &rc);
+  xfree(k);
+  xfree(ft);
+  xfree(fe);
+  xfree(fp);
+  xfree(fc);
+  if (!rep) return rc;
+  redisReply **e = rep->element;
+  if (rep->elements != 4 || e[0]->type == REDIS_REPLY_NIL) {
+    rc = XMPP_ENOENT;
+  } else if (e[0]->type != REDIS_REPLY_STRING || e[0]->len != 2 * STORE_FAST_HASH || e[1]->type != REDIS_REPLY_STRING ||
+             e[2]->type != REDIS_REPLY_STRING || e[3]->type != REDIS_REPLY_STRING) {
+    rc = XMPP_EIO;
+  } else {
+    memcpy(out->cur, e[0]->str, STORE_FAST_HASH);
+    memcpy(out->prev, e[0]->str + STORE_FAST_HASH, STORE_FAST_HASH);
+    out->cur_expiry = strtoll(e[1]->str, NULL, 10);
+    out->prev_expiry = strtoll(e[2]->str, NULL, 10);
+    out->count = strtoll(e[3]->str, NULL, 10);
+  }
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_fast_put(void *be, const char *bare, const char *ua, const store_fast_t *t, unsigned max) {
+  rd_t *r = be;
+  ukeys_t k;
+  ukeys(&k, bare);
+  size_t lf;
+  char *f = fkey(bare, &lf);
+  unsigned char hashes[2 * STORE_FAST_HASH];
+  memcpy(hashes, t->cur, STORE_FAST_HASH);
+  memcpy(hashes + STORE_FAST_HASH, t->prev, STORE_FAST_HASH);
+  char e[24], p[24], m[16];
+  snprintf(e, sizeof e, "%" PRId64, t->cur_expiry);
+  snprintf(p, sizeof p, "%" PRId64, t->prev_expiry);
+  snprintf(m, sizeof m, "%u", max);
+  const char *av[] = {k.a, f, ua, (const char *)hashes, e, p, m};
+  size_t al[] = {k.la, lf, strlen(ua), sizeof hashes, strlen(e), strlen(p), strlen(m)};
+  int rc = exec_script(r, "fast put", S_FAST_PUT, 2, 7, av, al, R_PUSH);
+  ukeys_free(&k);
+  xfree(f);
+  return rc;
+}
+
+static int rd_fast_count(void *be, const char *bare, const char *ua, int64_t count) {
+  rd_t *r = be;
+  size_t lf;
+  char *f = fkey(bare, &lf);
+  char c[24];
+  snprintf(c, sizeof c, "%" PRId64, count);
+  const char *av[] = {f, ua, c};
+  size_t al[] = {lf, strlen(ua), strlen(c)};
+  redisReply *rep = script(r, S_FAST_COUNT, 1, 3, av, al);
+  xfree(f);
+  if (!rep) return XMPP_EIO;
+  int rc;
+  if (rep->type != REDIS_REPLY_INTEGER) rc = reply_error(r, "fast count", rep);
+  else rc = rep->integer == 1 ? 0 : rep->integer == 0 ? XMPP_EDENIED : XMPP_ENOENT;
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int rd_fast_delete(void *be, const char *bare, const char *ua) {
+  rd_t *r = be;
+  size_t lf;
+  char *f = fkey(bare, &lf);
+  const char *av[] = {f, ua};
+  size_t al[] = {lf, ua ? strlen(ua) : 0};
+  redisReply *rep = script(r, S_FAST_DEL, 1, ua ? 2 : 1, av, al);
+  xfree(f);
+  if (!rep) return XMPP_EIO;
+  int rc;
+  if (rep->type != REDIS_REPLY_INTEGER) rc = reply_error(r, "fast delete", rep);
+  else rc = (int)rep->integer;
+  freeReplyObject(rep);
+  return rc;
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -2098,4 +2238,8 @@ const store_backend_t store_redis_backend = {
     .block_remove = rd_block_remove,
     .block_match = rd_block_match,
     .roster_ver = rd_roster_ver,
+    .fast_get = rd_fast_get,
+    .fast_put = rd_fast_put,
+    .fast_count = rd_fast_count,
+    .fast_delete = rd_fast_delete,
 };

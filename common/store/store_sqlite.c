@@ -30,6 +30,8 @@
  *   blocklist(owner, jid, PK(owner, jid)) (version 5): XEP-0191, one row per blocked JID,
  *     so one block writes one row and "is X blocked" is a primary-key look-up;
  *     accounts.block_items counts them, kept by triggers like roster_items.
+ *   fast(owner, ua, cur, prev, cur_expiry, prev_expiry, count) (version 7): XEP-0484
+ *     FAST tokens, SHA-256 of each, never the token (store_fast_*).
  *   roster.approved, accounts.roster_ver (version 6): RFC 6121 §3.4 pre-approval, and the
  *     §2.6 roster version, raised by triggers on every insert, update and delete of the
  *     account's roster rows.
@@ -58,7 +60,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 6
+#define SQ_SCHEMA_VERSION 7
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -125,6 +127,14 @@ enum {
   Q_ROSTER_VER,
   /* XEP-0313 archive appends by account (schema 4) */
   Q_MAM_LAST,
+  /* XEP-0484 FAST tokens (schema 7) */
+  Q_FAST_GET,
+  Q_FAST_UPSERT,
+  Q_FAST_N,
+  Q_FAST_EVICT,
+  Q_FAST_COUNT,
+  Q_FAST_DEL_ONE,
+  Q_FAST_DEL_ALL,
   Q_COUNT
 };
 
@@ -218,6 +228,16 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
     [Q_MAM_LAST] = "SELECT max(id) FROM mam WHERE owner = ?1",
     [Q_ROSTER_VER] = "SELECT roster_ver FROM accounts WHERE jid = ?1",
+    [Q_FAST_GET] = "SELECT cur, prev, cur_expiry, prev_expiry, count FROM fast WHERE owner = ?1 AND ua = ?2",
+    [Q_FAST_UPSERT] = "INSERT INTO fast (owner, ua, cur, prev, cur_expiry, prev_expiry, count) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, -1) ON CONFLICT (owner, ua) DO UPDATE SET "
+                      "cur = ?3, prev = ?4, cur_expiry = ?5, prev_expiry = ?6, count = -1",
+    [Q_FAST_N] = "SELECT count(*) FROM fast WHERE owner = ?1",
+    [Q_FAST_EVICT] = "DELETE FROM fast WHERE owner = ?1 AND ua = (SELECT ua FROM fast WHERE owner = ?1 AND "
+                     "ua <> ?2 ORDER BY cur_expiry, ua LIMIT 1)",
+    [Q_FAST_COUNT] = "UPDATE fast SET count = ?3 WHERE owner = ?1 AND ua = ?2 AND count < ?3",
+    [Q_FAST_DEL_ONE] = "DELETE FROM fast WHERE owner = ?1 AND ua = ?2",
+    [Q_FAST_DEL_ALL] = "DELETE FROM fast WHERE owner = ?1",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -304,6 +324,18 @@ static const char schema_v6[] =
     "  UPDATE accounts SET roster_ver = roster_ver + 1 WHERE jid = NEW.owner; END;"
     "CREATE TRIGGER IF NOT EXISTS roster_ver_del AFTER DELETE ON roster BEGIN "
     "  UPDATE accounts SET roster_ver = roster_ver + 1 WHERE jid = OLD.owner; END;";
+
+/* Version 7: XEP-0484 FAST tokens, one row per account and user agent, hashed
+ * (store.h); at most limits.fast_tokens rows per account, so the eviction's scan of an
+ * account's rows is bounded. */
+static const char schema_v7[] =
+    "CREATE TABLE IF NOT EXISTS fast ("
+    "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+    "  ua TEXT NOT NULL,"
+    "  cur BLOB NOT NULL, prev BLOB NOT NULL,"
+    "  cur_expiry INTEGER NOT NULL, prev_expiry INTEGER NOT NULL,"
+    "  count INTEGER NOT NULL DEFAULT -1,"
+    "  PRIMARY KEY (owner, ua)) WITHOUT ROWID;";
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -491,6 +523,7 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 4 && (rc = sqlite3_exec(q->db, schema_v4, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 5 && (rc = sqlite3_exec(q->db, schema_v5, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 6 && (rc = sqlite3_exec(q->db, schema_v6, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 7 && (rc = sqlite3_exec(q->db, schema_v7, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -688,6 +721,7 @@ static int sq_account_delete(void *be, const char *bare) {
   if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_JIDS, bare);
   if (!ret) ret = run_owner(q, Q_ACC_DEL_MAM_PREFS, bare);
   if (!ret) ret = run_owner(q, Q_BLOCK_CLEAR, bare);
+  if (!ret) ret = run_owner(q, Q_FAST_DEL_ALL, bare);
   if (!ret) {
     ret = run_owner(q, Q_ACC_DELETE, bare);
     if (!ret && sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
@@ -1582,6 +1616,115 @@ static int sq_set_cache(void *be, size_t bytes) {
   return rc == SQLITE_OK ? 0 : fail(q, "cache_size", rc);
 }
 
+/* ---- XEP-0484 FAST tokens ------------------------------------------------------------- */
+
+static int sq_fast_get(void *be, const char *bare, const char *ua, store_fast_t *out) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_FAST_GET);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, ua);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      if (sqlite3_column_bytes(st, 0) != STORE_FAST_HASH || sqlite3_column_bytes(st, 1) != STORE_FAST_HASH) {
+        ret = XMPP_EIO;
+      } else {
+        memcpy(out->cur, sqlite3_column_blob(st, 0), STORE_FAST_HASH);
+        memcpy(out->prev, sqlite3_column_blob(st, 1), STORE_FAST_HASH);
+        out->cur_expiry = sqlite3_column_int64(st, 2);
+        out->prev_expiry = sqlite3_column_int64(st, 3);
+        out->count = sqlite3_column_int64(st, 4);
+      }
+    } else if (rc == SQLITE_DONE) {
+      ret = XMPP_ENOENT;
+    } else {
+      ret = fail(q, "fast get", rc);
+    }
+  }
+  done(st);
+  return ret;
+}
+
+static int sq_fast_put(void *be, const char *bare, const char *ua, const store_fast_t *t, unsigned max) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1);
+  if (ret) return ret;
+  sqlite3_stmt *st = stmt(q, Q_FAST_UPSERT);
+  if (!st) ret = XMPP_EIO;
+  if (!ret) ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, ua);
+  if (!ret) ret = bind_blob(q, st, 3, t->cur, STORE_FAST_HASH);
+  if (!ret) ret = bind_blob(q, st, 4, t->prev, STORE_FAST_HASH);
+  if (!ret) ret = bind_int64(q, st, 5, t->cur_expiry);
+  if (!ret) ret = bind_int64(q, st, 6, t->prev_expiry);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ret = XMPP_ENOENT;
+    else if (rc != SQLITE_DONE) ret = fail(q, "fast put", rc);
+  }
+  done(st);
+  /* beyond max user agents: the others' tokens that expire first go, one per extra row
+   * (one put adds at most one row, so this loops once unless max was lowered) */
+  while (!ret && max) {
+    int64_t n = 0;
+    ret = doc_int(q, Q_FAST_N, bare, NULL, NULL, &n);
+    if (ret || n <= (int64_t)max) break;
+    st = stmt(q, Q_FAST_EVICT);
+    if (!st) ret = XMPP_EIO;
+    if (!ret) ret = bind_text(q, st, 1, bare);
+    if (!ret) ret = bind_text(q, st, 2, ua);
+    if (!ret) {
+      int rc = sqlite3_step(st);
+      if (rc != SQLITE_DONE) ret = fail(q, "fast evict", rc);
+      else if (sqlite3_changes64(q->db) == 0) ret = XMPP_EIO; /* cannot happen: n > max >= 1 */
+    }
+    done(st);
+  }
+  if (ret) {
+    tx_rollback(q);
+    return ret;
+  }
+  return tx_commit(q);
+}
+
+static int sq_fast_count(void *be, const char *bare, const char *ua, int64_t count) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, Q_FAST_COUNT);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret) ret = bind_text(q, st, 2, ua);
+  if (!ret) ret = bind_int64(q, st, 3, count);
+  int changed = 0;
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) ret = fail(q, "fast count", rc);
+    else changed = sqlite3_changes64(q->db) > 0;
+  }
+  done(st);
+  if (ret || changed) return ret;
+  /* one statement: the check and the write are atomic; unchanged means a stale count,
+   * or no token at all */
+  store_fast_t t;
+  ret = sq_fast_get(be, bare, ua, &t);
+  return ret ? ret : XMPP_EDENIED;
+}
+
+static int sq_fast_delete(void *be, const char *bare, const char *ua) {
+  sq_t *q = be;
+  sqlite3_stmt *st = stmt(q, ua ? Q_FAST_DEL_ONE : Q_FAST_DEL_ALL);
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, bare);
+  if (!ret && ua) ret = bind_text(q, st, 2, ua);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) ret = fail(q, "fast delete", rc);
+    else ret = (int)sqlite3_changes64(q->db);
+  }
+  done(st);
+  return ret;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1619,4 +1762,8 @@ const store_backend_t store_sqlite_backend = {
     .block_match = sq_block_match,
     .roster_ver = sq_roster_ver,
     .set_cache = sq_set_cache,
+    .fast_get = sq_fast_get,
+    .fast_put = sq_fast_put,
+    .fast_count = sq_fast_count,
+    .fast_delete = sq_fast_delete,
 };

@@ -889,3 +889,54 @@ Test(names, conditions_and_mechs) {
   cr_assert_eq(scram_hash_len(SCRAM_SHA1), 20);
   cr_assert_eq(scram_hash_len(SCRAM_SHA256), 32);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* HT-SHA-256 (XEP-0484 FAST)                                                              */
+
+/* HMAC keyed with the token itself, as a client computes it. */
+static void hmac_with_token(const char *token, const char *msg, unsigned char out[32]) {
+  Hmac mac;
+  cr_assert_eq(wc_HmacInit(&mac, NULL, INVALID_DEVID), 0);
+  cr_assert_eq(wc_HmacSetKey(&mac, WC_SHA256, (const byte *)token, (word32)strlen(token)), 0);
+  cr_assert_eq(wc_HmacUpdate(&mac, (const byte *)msg, (word32)strlen(msg)), 0);
+  cr_assert_eq(wc_HmacFinal(&mac, out), 0);
+  wc_HmacFree(&mac);
+}
+
+/* The server keeps SHA-256(token) only; with tokens longer than the 64-byte block, HMAC
+ * under that hash is HMAC under the token (RFC 2104 §2): the client's proofs verify. */
+Test(ht, stored_hash_verifies_the_token_proofs) {
+  for (int i = 0; i < 20; i++) {
+    char *tok = NULL;
+    unsigned char key[HT_KEY_LEN], again[HT_KEY_LEN], want[32], got[32];
+    cr_assert_eq(ht_token_make(&tok, key), 0);
+    cr_assert_gt(strlen(tok), 64, "longer than the block, or the hash is not the key");
+    cr_assert_eq(ht_token_key(tok, again), 0);
+    cr_assert_eq(memcmp(key, again, sizeof key), 0);
+    hmac_with_token(tok, "Initiator", want);
+    cr_assert_eq(ht_check(key, NULL, 0, want), 0);
+    want[i % 32] ^= 1;
+    cr_assert_eq(ht_check(key, NULL, 0, want), XMPP_EDENIED, "one bit off");
+    hmac_with_token(tok, "Responder", want);
+    cr_assert_eq(ht_hmac(key, 0, NULL, 0, got), 0);
+    cr_assert_eq(memcmp(want, got, 32), 0);
+    xfree(tok);
+  }
+}
+
+Test(ht, parse) {
+  unsigned char msg[64], proof[HT_KEY_LEN];
+  char *user = NULL;
+  memcpy(msg, "alice", 5);
+  msg[5] = 0;
+  memset(msg + 6, 0xab, 32);
+  cr_assert_eq(ht_parse(msg, 38, &user, proof), SASL_OK);
+  cr_assert_str_eq(user, "alice");
+  cr_assert_eq(proof[31], 0xab);
+  xfree(user);
+  cr_assert_eq(ht_parse(msg, 37, &user, proof), SASL_MALFORMED_REQUEST, "a proof one byte short");
+  cr_assert_null(user);
+  cr_assert_eq(ht_parse(msg, 39, &user, proof), SASL_MALFORMED_REQUEST, "one byte long");
+  cr_assert_eq(ht_parse(msg + 5, 33, &user, proof), SASL_MALFORMED_REQUEST, "no authcid");
+  cr_assert_eq(ht_parse(msg, 5, &user, proof), SASL_MALFORMED_REQUEST, "no NUL");
+}

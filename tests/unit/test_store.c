@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   store_close(s);
 }
 
@@ -784,7 +784,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1368,7 +1368,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 6));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 7));
   store_close(s);
 }
 
@@ -1865,7 +1865,7 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2313,7 +2313,7 @@ Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            "PRAGMA user_version = 4;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
   const char *j[] = {"romeo@m"};
   cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
@@ -2418,7 +2418,7 @@ Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            "PRAGMA user_version = 5;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 6);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
   roster_t r = load(s, "alice@x");
   cr_assert_eq(r.n, 1);
   cr_assert_eq(r.it[0].approved, 0);
@@ -2440,5 +2440,79 @@ STORE_TEST(set_cache) {
   add_user(s, "alice@x", 1);
   mam_put(s, "alice@x", 1000, "bob@x", NULL, NULL);
   cr_assert_eq(store_mam_count(s, "alice@x"), 1);
+  store_close(s);
+}
+
+/* ---- XEP-0484 FAST tokens ---- */
+
+static store_fast_t fast_tok(unsigned char c, int64_t exp) {
+  store_fast_t t;
+  memset(&t, 0, sizeof t);
+  memset(t.cur, c, sizeof t.cur);
+  memset(t.prev, c + 1, sizeof t.prev);
+  t.cur_expiry = exp;
+  t.prev_expiry = exp - 1;
+  return t;
+}
+
+STORE_TEST(fast_put_get_count_delete) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  store_fast_t t = fast_tok(7, 1000), got;
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), XMPP_ENOENT);
+  cr_assert_eq(store_fast_put(s, "nobody@x", "ua1", &t, 0), XMPP_ENOENT, "no account");
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(memcmp(got.cur, t.cur, 32), 0);
+  cr_assert_eq(memcmp(got.prev, t.prev, 32), 0);
+  cr_assert_eq(got.cur_expiry, 1000);
+  cr_assert_eq(got.prev_expiry, 999);
+  cr_assert_eq(got.count, -1);
+  cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT, "another account's is apart");
+  /* replay protection: strictly increasing */
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 5), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 4), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", 1), XMPP_ENOENT);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, 5);
+  /* a new token starts the count again */
+  t = fast_tok(9, 2000);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, -1);
+  cr_assert_eq(got.cur[0], 9);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
+  cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 1);
+  cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua3", &t, 0), 0);
+  cr_assert_eq(store_fast_delete(s, "alice@x", NULL), 3, "all of the account's");
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), XMPP_ENOENT);
+  /* they go with the account */
+  cr_assert_eq(store_fast_put(s, "bob@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_account_delete(s, "bob@x"), 0);
+  add_user(s, "bob@x", 2);
+  cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT);
+  store_close(s);
+}
+
+/* At most max user agents: the put of the (max+1)th evicts the token expiring first. */
+STORE_TEST(fast_limit) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_fast_t a = fast_tok(1, 300), b = fast_tok(2, 100), c = fast_tok(3, 200), got;
+  cr_assert_eq(store_fast_put(s, "alice@x", "a", &a, 2), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "b", &b, 2), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0, "N fits");
+  cr_assert_eq(store_fast_get(s, "alice@x", "b", &got), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "b", &c, 2), 0, "replacing adds none");
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0);
+  cr_assert_eq(store_fast_put(s, "alice@x", "c", &b, 2), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "b", &got), XMPP_ENOENT, "N+1: the one expiring first (b, 200) went");
+  cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "c", &got), 0, "the new one stays, though it expires first");
   store_close(s);
 }

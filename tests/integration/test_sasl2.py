@@ -1,0 +1,584 @@
+"""XEP-0388 SASL2, XEP-0386 Bind2 (with XEP-0198, XEP-0280, XEP-0352 inline) and XEP-0484
+FAST, spoken raw (every element as the XEPs write it), plus bad input: unknown inline
+elements, bogus tags and user agents."""
+import base64
+import hashlib
+import hmac
+import os
+import re
+import subprocess
+import time
+import unittest
+import uuid
+
+from harness import DOMAIN, XMPPCTL, RawStream, Redis, Server, ServerTest, resp
+
+NS = "urn:xmpp:sasl:2"
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+class Scram:
+    """SCRAM-SHA-256 client side (RFC 5802, RFC 7677); cb: tls-exporter data for -PLUS."""
+
+    def __init__(self, user, password, name="sha256", gs2="n,,", cb=b""):
+        self.user, self.password, self.name, self.gs2, self.cb = user, password, name, gs2, cb
+        self.nonce = b64(os.urandom(18))
+        self.bare = f"n={user},r={self.nonce}"
+
+    def first(self):
+        return (self.gs2 + self.bare).encode()
+
+    def final(self, server_first):
+        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+        salt = base64.b64decode(attrs["s"])
+        salted = hashlib.pbkdf2_hmac(self.name, self.password.encode(), salt, int(attrs["i"]))
+        ck = hmac.new(salted, b"Client Key", self.name).digest()
+        sk = hashlib.new(self.name, ck).digest()
+        without = f"c={b64(self.gs2.encode() + self.cb)},r={attrs['r']}"
+        auth = f"{self.bare},{server_first},{without}".encode()
+        sig = hmac.new(sk, auth, self.name).digest()
+        proof = bytes(a ^ b for a, b in zip(ck, sig))
+        server_key = hmac.new(salted, b"Server Key", self.name).digest()
+        self.expect = b64(hmac.new(server_key, auth, self.name).digest())
+        return f"{without},p={b64(proof)}".encode()
+
+
+def secured(port):
+    s = RawStream(port)
+    s.starttls()
+    s.open_stream()
+    feats = s.recv_until(r"</stream:features>")
+    s.buf = b""
+    return s, feats
+
+
+def ht_proof(token, who=b"Initiator"):
+    return hmac.new(token.encode(), who, "sha256").digest()
+
+
+def fast(port, user, token, ua_id, inline="", proof=None):
+    """A FAST log-in (HT-SHA-256-NONE, no password): the text up to <success/> or <failure/>."""
+    s, _ = secured(port)
+    ir = user.encode() + b"\0" + (proof if proof is not None else ht_proof(token))
+    s.send(f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{b64(ir)}"
+           f"</initial-response><user-agent id='{ua_id}'><software>t</software></user-agent>{inline}"
+           f"</authenticate>")
+    t = s.recv_until(r"</success>|</failure>")
+    s.close()
+    return t
+
+
+def token_of(text):
+    m = re.search(r"<token xmlns='urn:xmpp:fast:0' expiry='([^']+)' token='([^']+)'/>", text)
+    assert m, text
+    return m.group(2), m.group(1)
+
+
+REQ = "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+
+
+def authenticate(s, user, password, inline="", mech="SCRAM-SHA-256", ua=None):
+    """Sends a SASL2 <authenticate/> and answers the challenge; returns the text up to the
+    <success/> or <failure/>."""
+    ua = ua if ua is not None else f"<user-agent id='{uuid.uuid4()}'><software>t</software></user-agent>"
+    if mech == "PLAIN":
+        ir = f"\0{user}\0{password}".encode()
+    else:
+        sc = Scram(user, password, "sha256" if mech == "SCRAM-SHA-256" else "sha1")
+        ir = sc.first()
+    s.send(f"<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{b64(ir)}</initial-response>"
+           f"{ua}{inline}</authenticate>")
+    t = s.recv_until(r"</challenge>|</success>|</failure>|<failure[^>]*/>")
+    m = re.search(r"<challenge xmlns='urn:xmpp:sasl:2'>([^<]*)</challenge>", t)
+    if m:
+        s.buf = b""
+        s.send(f"<response xmlns='{NS}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = s.recv_until(r"</success>|</failure>")
+        if "<success" in t:
+            ad = re.search(r"<additional-data>([^<]*)</additional-data>", t)
+            assert ad and base64.b64decode(ad.group(1)).decode() == "v=" + sc.expect, t
+    s.buf = b""
+    return t
+
+
+class Sasl2Test(ServerTest):
+    users = ("alice", "bob")
+
+    def test_feature_after_tls_only(self):
+        s = RawStream(self.srv.port)
+        s.open_stream()
+        plain = s.recv_until(r"</stream:features>")
+        self.assertNotIn("urn:xmpp:sasl:2", plain)
+        s.close()
+        s, feats = secured(self.srv.port)
+        m = re.search(r"<authentication xmlns='urn:xmpp:sasl:2'>(.*?)</authentication>", feats)
+        self.assertTrue(m, feats)
+        self.assertIn("<mechanism>SCRAM-SHA-256</mechanism>", m.group(1))
+        self.assertIn("<bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/>"
+                      "<feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind>", m.group(1))
+        self.assertIn("<sm xmlns='urn:xmpp:sm:3'/>", m.group(1))
+        s.close()
+
+    def test_scram_success_without_bind_then_legacy_bind(self):
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", mech=mech)
+            self.assertIn(f"<authorization-identifier>alice@{DOMAIN}</authorization-identifier>", t)
+            # no stream restart (XEP-0388 §2.6.2): bind on the same stream
+            s.bind("legacy")
+            self.assertIn(f"alice@{DOMAIN}/legacy", s.buf.decode())
+            s.close()
+
+    def test_wrong_password_failure(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "nope")
+        self.assertRegex(t, r"<failure xmlns='urn:xmpp:sasl:2'><not-authorized "
+                            r"xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        # still unauthenticated: a stanza is refused
+        s.send("<message to='bob@localhost'><body>x</body></message>")
+        self.assertIn("not-authorized", s.recv_until(r"</stream:stream>"))
+        s.close()
+
+    def test_unknown_mechanism(self):
+        s, _ = secured(self.srv.port)
+        s.send(f"<authenticate xmlns='{NS}' mechanism='X-NOPE'><initial-response>AA==</initial-response>"
+               f"</authenticate>")
+        self.assertIn("<invalid-mechanism", s.recv_until(r"</failure>"))
+        s.close()
+
+    def test_bind2_with_sm_carbons_csi(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline=(
+            "<bind xmlns='urn:xmpp:bind:0'><tag>phone</tag>"
+            "<enable xmlns='urn:xmpp:sm:3' resume='true'/><enable xmlns='urn:xmpp:carbons:2'/>"
+            "<inactive xmlns='urn:xmpp:csi:0'/><unknown xmlns='urn:example:nope'/></bind>"))
+        m = re.search(r"<authorization-identifier>alice@localhost/phone\.([A-Za-z0-9]{8})"
+                      r"</authorization-identifier><bound xmlns='urn:xmpp:bind:0'>"
+                      r"<enabled xmlns='urn:xmpp:sm:3' id='([^']+)' resume='true' max='\d+'/></bound></success>", t)
+        self.assertTrue(m, t)
+        # the carbons IQ's answer is not the client's: nothing but <success/> came
+        s.send("<presence/>")
+        # carbons on: a message bob sends to alice's other resource is copied here
+        other = RawStream(self.srv.port).login("alice", "pw", "desk")
+        other.send("<presence/>")
+        bob = RawStream(self.srv.port).login("bob", "pw", "b")
+        bob.send("<message to='alice@localhost/desk' type='chat' id='m1'><body>hi</body></message>")
+        got = s.recv_until(r"<received xmlns='urn:xmpp:carbons:2'>.*</message>", timeout=10)
+        self.assertNotIn("bind2-carbons", got)
+        # SM: counts; <r/> is answered
+        s.send("<r xmlns='urn:xmpp:sm:3'/>")
+        s.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+        for x in (s, other, bob):
+            x.close()
+
+    def test_bind2_csi_inactive_holds_chat_states(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "bob", "pw", inline="<bind xmlns='urn:xmpp:bind:0'><tag>c</tag>"
+                                                "<inactive xmlns='urn:xmpp:csi:0'/></bind>")
+        full = re.search(r"<authorization-identifier>([^<]+)<", t).group(1)
+        peer = RawStream(self.srv.port).login("alice", "pw", "cs")
+        peer.send(f"<message to='{full}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/>"
+                  "</message><iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        peer.recv_until("id='sync'")  # the chat state was routed before this answer
+        s.closed(timeout=0.5)
+        self.assertNotIn("composing", s.buf.decode(), "held while inactive (XEP-0352)")
+        peer.send(f"<message to='{full}' type='chat'><body>now</body></message>")
+        t = s.recv_until(r"<body>now</body>", timeout=10)
+        self.assertLess(t.index("composing"), t.index("<body>now</body>"))
+        s.close()
+        peer.close()
+
+    def test_bind2_without_tag(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "bob", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>")
+        self.assertRegex(t, r"<authorization-identifier>bob@localhost/[A-Za-z0-9]{23}</authorization-identifier>"
+                            r"<bound xmlns='urn:xmpp:bind:0'></bound>")
+        s.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        s.recv_until(r"<iq[^>]*id='p1'")
+        s.close()
+
+    def test_bogus_tags_rejected(self):
+        for tag in ("x" * 65, "a&#9;b", ""):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", inline=f"<bind xmlns='urn:xmpp:bind:0'><tag>{tag}</tag></bind>")
+            self.assertIn("<malformed-request xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", t)
+            self.assertIn("bind tag", t)
+            s.close()
+        # at the cap (64 bytes, limits.sasl2_text_bytes): accepted
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline=f"<bind xmlns='urn:xmpp:bind:0'><tag>{'y' * 64}</tag></bind>")
+        self.assertIn(f"/{'y' * 64}.", t)
+        s.close()
+
+    def test_bogus_user_agent_rejected(self):
+        for ua in ("<user-agent id='not-a-uuid'/>",
+                   f"<user-agent id='{uuid.uuid4()}'><software>{'s' * 65}</software></user-agent>",
+                   f"<user-agent id='{uuid.uuid4()}'><device></device></user-agent>"):
+            s, _ = secured(self.srv.port)
+            t = authenticate(s, "alice", "pw", ua=ua)
+            self.assertIn("<malformed-request", t)
+            self.assertIn("user-agent", t)
+            s.close()
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", ua=f"<user-agent id='{uuid.uuid4()}'><software>{'s' * 64}</software>"
+                                              f"<device>d</device></user-agent>")
+        self.assertIn("<success", t)
+        s.close()
+
+    def test_sasl2_before_tls_refused(self):
+        s = RawStream(self.srv.port)
+        s.open_stream()
+        s.recv_until(r"</stream:features>")
+        ir = b64(b"\0alice\0pw")
+        s.send(f"<authenticate xmlns='{NS}' mechanism='PLAIN'><initial-response>{ir}"
+               f"</initial-response></authenticate>")
+        t = s.recv_until(r"</stream:stream>")
+        self.assertIn("policy-violation", t)
+        self.assertNotIn("<success", t)
+        s.close()
+
+    def test_inline_resume(self):
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", inline="<bind xmlns='urn:xmpp:bind:0'><tag>res</tag>"
+                                                  "<enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>")
+        rid = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([^']+)'", t).group(1)
+        full = re.search(r"<authorization-identifier>([^<]+)<", t).group(1)
+        s.send("<presence/>")
+        bob = RawStream(self.srv.port).login("bob", "pw", "r")
+        bob.send(f"<message to='{full}' type='chat'><body>one</body></message>")
+        s.recv_until(r"<body>one</body>")
+        s.sock.close()  # dropped, not closed: the session waits (XEP-0198 §5)
+        bob.send(f"<message to='{full}' type='chat'><body>two</body></message>")
+        s2, _ = secured(self.srv.port)
+        t = authenticate(s2, "alice", "pw", inline=f"<resume xmlns='urn:xmpp:sm:3' previd='{rid}' h='0'/>"
+                                                   "<bind xmlns='urn:xmpp:bind:0'><tag>res</tag></bind>")
+        self.assertIn(f"<authorization-identifier>{full}</authorization-identifier>", t)
+        self.assertRegex(t, f"<resumed xmlns='urn:xmpp:sm:3' previd='{rid}' h='\\d+'/></success>")
+        t = s2.recv_until(r"<body>two</body>")
+        self.assertIn("<body>one</body>", t)  # not acknowledged: sent again
+        # a second resume of an unknown id falls back to Bind2, with <failed/> before <bound/>
+        s3, _ = secured(self.srv.port)
+        t = authenticate(s3, "alice", "pw", inline="<resume xmlns='urn:xmpp:sm:3' previd='nope' h='0'/>"
+                                                   "<bind xmlns='urn:xmpp:bind:0'><tag>fb</tag></bind>")
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost/fb\.[A-Za-z0-9]{8}</authorization-identifier>"
+                            r"<failed xmlns='urn:xmpp:sm:3'><item-not-found [^>]*/></failed>"
+                            r"<bound xmlns='urn:xmpp:bind:0'></bound>")
+        # and without a bind: <failed/> in <success/>, the client binds itself
+        s4, _ = secured(self.srv.port)
+        t = authenticate(s4, "alice", "pw", inline="<resume xmlns='urn:xmpp:sm:3' previd='nope' h='0'/>")
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost</authorization-identifier><failed ")
+        s4.bind("after")
+        for x in (s2, s3, s4, bob):
+            x.close()
+
+
+class Sasl2ResourceLimitTest(ServerTest):
+    users = ("carol",)
+    server_options = {"limits.max_resources": 1}
+
+    def test_bind2_refused_is_a_failure(self):
+        a, _ = secured(self.srv.port)
+        self.assertIn("<bound", authenticate(a, "carol", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>"))
+        b, _ = secured(self.srv.port)
+        t = authenticate(b, "carol", "pw", inline="<bind xmlns='urn:xmpp:bind:0'/>")
+        self.assertIn("<temporary-auth-failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", t)
+        self.assertIn("too many resources", t)
+        self.assertTrue(b.closed())
+        a.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        a.recv_until(r"id='p1'")
+        a.close()
+
+
+class FastTest(ServerTest):
+    users = ("alice", "bob", "dora", "eve")
+    server_options = {"limits.fast_tokens": 2}
+
+    def token(self, user, ua_id, password="pw"):
+        s, feats = secured(self.srv.port)
+        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
+        self.assertNotIn("<mechanism>HT-SHA-256-NONE</mechanism></authentication>", feats)
+        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=REQ)
+        s.close()
+        self.assertIn("<success", t)
+        return token_of(t)[0]
+
+    def ctl(self, *args):
+        return subprocess.run([XMPPCTL, "-c", self.srv.conf, *args], capture_output=True, text=True)
+
+    def test_token_then_login_without_password_with_bind2(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("alice", ua)
+        self.assertGreater(len(tok), 64)
+        t = fast(self.srv.port, "alice", tok, ua, inline="<bind xmlns='urn:xmpp:bind:0'><tag>f</tag>"
+                                                          "<enable xmlns='urn:xmpp:sm:3'/></bind>")
+        self.assertIn("<success", t)
+        ad = re.search(r"<additional-data>([^<]*)</additional-data>", t).group(1)
+        self.assertEqual(base64.b64decode(ad), ht_proof(tok, b"Responder"))
+        self.assertRegex(t, r"<authorization-identifier>alice@localhost/f\.[A-Za-z0-9]{8}</authorization-identifier>"
+                            r"<bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/></bound>")
+        self.assertNotIn("<token", t, "not asked, not near its expiry: no new token")
+        # the store holds no token, only its hash
+        stored = self.stored("alice")
+        self.assertIn(hashlib.sha256(tok.encode()).digest(), stored)
+        self.assertNotIn(tok.encode(), stored)
+
+    def stored(self, user):
+        """The store's bytes (SQLite: the database file and its WAL)."""
+        data = b""
+        for suffix in ("", "-wal"):
+            path = os.path.join(self.srv.dir, "xmppd.db" + suffix)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    data += f.read()
+        return data
+
+    def test_forged_and_foreign_tokens(self):
+        ua, ua2 = str(uuid.uuid4()), str(uuid.uuid4())
+        tok = self.token("bob", ua)
+        self.token("dora", ua)  # dora has a token for the same user agent id
+        for user, proof, who in (("bob", os.urandom(32), ua), ("dora", None, ua), ("bob", None, ua2),
+                                 ("nobody", None, ua), ("bob", ht_proof(tok)[:31], ua)):
+            t = fast(self.srv.port, user, tok, who, proof=proof)
+            self.assertIn("<failure xmlns='urn:xmpp:sasl:2'>", t, (user, who))
+            self.assertRegex(t, r"<(not-authorized|malformed-request) xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        # no user agent: no FAST
+        s, _ = secured(self.srv.port)
+        ir = b"bob\0" + ht_proof(tok)
+        s.send(f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{b64(ir)}"
+               f"</initial-response></authenticate>")
+        self.assertIn("FAST needs a user-agent id", s.recv_until("</failure>"))
+        s.close()
+        self.assertIn("<success", fast(self.srv.port, "bob", tok, ua), "the right one still works")
+
+    def test_count_replay(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        c1 = "<fast xmlns='urn:xmpp:fast:0' count='1'/>"
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=c1))
+        t = fast(self.srv.port, "eve", tok, ua, inline=c1)
+        self.assertIn("<not-authorized", t)
+        self.assertIn("FAST count replayed", t)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='7'/>"))
+        self.assertIn("<not-authorized", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='3'/>"))
+        self.assertIn("bad <fast count/>", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='-1'/>"))
+
+    def test_rotation_and_invalidate(self):
+        ua = str(uuid.uuid4())
+        old = self.token("alice", ua)
+        t = fast(self.srv.port, "alice", old, ua, inline=REQ)
+        self.assertIn("<success", t)
+        new = token_of(t)[0]
+        self.assertNotEqual(new, old)
+        # §3.3: the old one stays valid until the new one is used
+        self.assertIn("<success", fast(self.srv.port, "alice", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "alice", new, ua))
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "alice", new, ua, inline="<fast xmlns='urn:xmpp:fast:0' invalidate='true'/>"))
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", new, ua))
+
+    def test_tokens_per_account_capped(self):
+        uas = [str(uuid.uuid4()) for _ in range(3)]
+        toks = []
+        for ua in uas:  # limits.fast_tokens = 2: the third evicts the one expiring first
+            toks.append(self.token("dora", ua))
+            time.sleep(1.05)  # expiry has a resolution of a second: order them
+        self.assertIn("<not-authorized", fast(self.srv.port, "dora", toks[0], uas[0]))
+        self.assertIn("<success", fast(self.srv.port, "dora", toks[1], uas[1]))
+        self.assertIn("<success", fast(self.srv.port, "dora", toks[2], uas[2]))
+
+    def test_xmppctl_revoke_and_passwd(self):
+        ua, ua2 = str(uuid.uuid4()), str(uuid.uuid4())
+        tok, tok2 = self.token("bob", ua), self.token("bob", ua2)
+        r = self.ctl("fast-revoke", "bob@localhost", ua)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("1 FAST token of bob@localhost revoked", r.stdout)
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok, ua))
+        self.assertIn("<success", fast(self.srv.port, "bob", tok2, ua2))
+        r = self.ctl("passwd", "bob@localhost", "pw")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok2, ua2), "a password change revokes them")
+
+
+class FastRedisTest(FastTest):
+    """The same on the Redis back-end ({u:JID}:f, the Lua scripts)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}",
+                            "limits.fast_tokens": 2})
+        for u in cls.users:
+            cls.srv.adduser(f"{u}@{DOMAIN}", cls.password)
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.srv.stop() == 0, cls.srv.log_text()
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+
+    def stored(self, user):
+        return resp(self.redis.port, "HGETALL", f"{{u:{user}@{DOMAIN}}}:f")
+
+
+class FastExpiryTest(ServerTest):
+    users = ("alice",)
+    server_options = {"limits.fast_token_lifetime": 4}
+
+    def test_expired_token_refused(self):
+        ua = str(uuid.uuid4())
+        s, _ = secured(self.srv.port)
+        t = authenticate(s, "alice", "pw", ua=f"<user-agent id='{ua}'/>", inline=REQ)
+        s.close()
+        tok, expiry = token_of(t)
+        t = fast(self.srv.port, "alice", tok, ua)
+        self.assertIn("<success", t)
+        end = time.mktime(time.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        if time.time() < end - 2.2:  # more than half of its life left: not rotated
+            self.assertNotIn("<token", t)
+        while time.time() < end - 0.8:  # (whole seconds: less than 2 s left)
+            time.sleep(0.05)
+        # past half of its life: a log-in with it gets a new one (rotation)
+        t = fast(self.srv.port, "alice", tok, ua)
+        self.assertIn("<success", t)
+        new, _ = token_of(t)
+        self.assertNotEqual(new, tok)
+        while time.time() < end + 0.1:  # the clock is the evidence
+            time.sleep(0.1)
+        self.assertIn("<not-authorized", fast(self.srv.port, "alice", tok, ua))
+
+
+class PlusStream:
+    """STARTTLS with pyOpenSSL, whose connections export keying material (Python's ssl
+    does not): the RFC 9266 tls-exporter channel binding of TLS 1.3."""
+
+    def __init__(self, port, tls13=True):
+        from OpenSSL import SSL
+        raw = RawStream(port)
+        raw.open_stream()
+        raw.recv_until(r"</stream:features>")
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        raw.recv_until(r"<proceed")
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        if not tls13:
+            ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        raw.sock.settimeout(None)
+        self.conn = SSL.Connection(ctx, raw.sock)
+        self.conn.set_connect_state()
+        self.conn.set_tlsext_host_name(b"localhost")
+        self.conn.do_handshake()
+        self.cb = self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        self.buf = ""
+        self.send(RAW_HEADER)
+        self.feats = self.until(r"</stream:features>")
+
+    def send(self, text):
+        self.conn.sendall(text.encode())
+
+    def until(self, pat):
+        while not re.search(pat, self.buf, re.S):
+            self.buf += self.conn.recv(65536).decode()
+        text, self.buf = self.buf, ""
+        return text
+
+    def scram(self, mech, gs2, cb, password="pw"):
+        sc = Scram("alice", password, "sha256" if "256" in mech else "sha1", gs2=gs2, cb=cb)
+        self.send(f"<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{b64(sc.first())}"
+                  f"</initial-response></authenticate>")
+        t = self.until(r"</challenge>|</failure>")
+        m = re.search(r"<challenge xmlns='urn:xmpp:sasl:2'>([^<]*)</challenge>", t)
+        if not m:
+            return t
+        self.send(f"<response xmlns='{NS}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = self.until(r"</success>|</failure>")
+        if "<success" in t:
+            ad = re.search(r"<additional-data>([^<]*)</additional-data>", t)
+            assert base64.b64decode(ad.group(1)).decode() == "v=" + sc.expect, t
+        return t
+
+    def close(self):
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+RAW_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+
+
+class ScramPlusTest(ServerTest):
+    """SCRAM -PLUS with tls-exporter (RFC 9266) over SASL2, TLS 1.3 only."""
+    users = ("alice",)
+
+    def test_plus_offered_and_bound(self):
+        for mech in ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"):
+            s = PlusStream(self.srv.port)
+            self.assertIn(f"<mechanism>{mech}</mechanism>", s.feats)
+            self.assertNotIn("-PLUS", s.feats.split("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")[1]
+                             .split("</mechanisms>")[0], "not on legacy SASL")
+            t = s.scram(mech, "p=tls-exporter,,", s.cb)
+            self.assertIn("<success", t)
+            s.close()
+
+    def test_wrong_binding_data_or_flags_refused(self):
+        cases = (("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", bytes(32), "<not-authorized"),  # another channel's
+                 ("SCRAM-SHA-256-PLUS", "p=tls-unique,,", b"", "<malformed-request"),
+                 ("SCRAM-SHA-256-PLUS", "n,,", b"", "<malformed-request"),
+                 ("SCRAM-SHA-256", "y,,", b"", "<not-authorized"),  # RFC 5802 §6: a downgrade
+                 ("SCRAM-SHA-256", "p=tls-exporter,,", None, "<malformed-request"))
+        for mech, gs2, cb, want in cases:
+            s = PlusStream(self.srv.port)
+            t = s.scram(mech, gs2, s.cb if cb is None else cb)
+            self.assertIn(want, t, (mech, gs2))
+            self.assertNotIn("<success", t)
+            s.close()
+        s = PlusStream(self.srv.port)
+        self.assertIn("<success", s.scram("SCRAM-SHA-256", "n,,", b""), "plain SCRAM still works")
+        s.close()
+
+    def test_not_offered_on_tls12(self):
+        s = PlusStream(self.srv.port, tls13=False)
+        self.assertNotIn("-PLUS", s.feats)
+        t = s.scram("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", s.cb)
+        self.assertIn("<invalid-mechanism", t)
+        s.close()
+
+
+JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "js")
+
+
+class XmppJsTest(ServerTest):
+    """xmpp.js 0.14 (@xmpp/client, pinned in tests/js/package-lock.json; installed by
+    deploy/install-deps.sh): SASL2 + Bind2 with a password, a FAST token, a log-in with the
+    token alone, then a dropped connection resumed (FAST + inline XEP-0198 <resume/>) with
+    the message sent meanwhile (tests/js/sasl2_fast.js). Missing node or node_modules is
+    a failure, never a skip."""
+    users = ("alice",)
+
+    def test_xmppjs_sasl2_bind2_fast_resume(self):
+        self.assertTrue(os.path.isdir(os.path.join(JS_DIR, "node_modules", "@xmpp", "client")),
+                        "tests/js/node_modules missing: run deploy/install-deps.sh (npm ci in tests/js)")
+        r = subprocess.run(["node", "sasl2_fast.js", str(self.srv.port), "alice", "pw"], cwd=JS_DIR,
+                           capture_output=True, text=True, timeout=60)
+        out = r.stdout
+        self.assertEqual(r.returncode, 0, out + r.stderr[-2000:])
+        steps = dict(re.findall(r"^STEP (\w+) (.*)$", out, re.M))
+        self.assertIn('"mechanism":"SCRAM-SHA-1"', steps["sasl2"])  # xmpp.js's SCRAM
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["token"])
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["fast"])
+        self.assertIn('"mechanism":"HT-SHA-256-NONE"', steps["resumed"])
+        self.assertIn("message", steps)
+        self.assertTrue(out.rstrip().endswith("OK"), out)
+        self.assertIn("resumed (h=", self.srv.log_text())
+
+
+if __name__ == "__main__":
+    unittest.main()
