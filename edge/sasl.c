@@ -89,12 +89,12 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
 static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len);
 
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  metrics_inc(M_LOGINS); /* SASL and SASL2 (XEP-0388) alike */
   if (c->sasl2) {
     sasl2_succeed(c, extra, extra_len);
     return;
   }
   c->sasl_gen++;
-  metrics_inc(M_LOGINS);
   send_b64(c, "success", extra, extra_len);
   if (c->scram) {
     scram_server_free(c->scram);

@@ -18,6 +18,7 @@ import urllib.request
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from test_sasl2 import authenticate, secured
 from harness import SANITIZED, XMPPD, Client, RawStream, Redis, ServerTest, free_port, run
 from test_cluster import Node, stop_all
 
@@ -100,6 +101,9 @@ class MetricsTest(ServerTest):
             token = base64.b64encode(b"\0carol\0wrong").decode()
             bad.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
             bad.recv_until(r"<not-authorized/>")
+            # a SASL2 log-in (XEP-0388) is a log-in too (it once was not counted)
+            s2, _ = secured(self.srv.port)
+            self.assertIn("<success", authenticate(s2, "carol", "pw", mech="PLAIN"))
             m = wait_for(p, lambda m: delta(m, "xmppd_sessions", state="bound") == 2,
                          lambda m: delta(m, "xmppd_sessions", state="bound"))
             for i in range(3):
@@ -107,17 +111,17 @@ class MetricsTest(ServerTest):
             await asyncio.get_running_loop().run_in_executor(None, bob.recv_until, r"m2</body>")
             m = wait_for(p, lambda m: delta(m, "xmppd_stanzas_out_total", kind="message") >= 3,
                          lambda m: delta(m, "xmppd_stanzas_out_total", kind="message"))
-            self.assertEqual(delta(m, "xmppd_logins_total"), 2)
+            self.assertEqual(delta(m, "xmppd_logins_total"), 3)
             self.assertEqual(delta(m, "xmppd_login_failures_total", reason="not-authorized"), 1)
             self.assertEqual(delta(m, "xmppd_login_failures_total", reason="aborted"), 0)
             self.assertEqual(delta(m, "xmppd_stanzas_in_total", kind="message"), 3)
             self.assertEqual(delta(m, "xmppd_stanzas_out_total", kind="message"), 3)
             self.assertGreaterEqual(delta(m, "xmppd_stanzas_in_total", kind="iq"), 2)  # two binds at least
-            self.assertEqual(delta(m, "xmppd_tls_handshakes_total", type="full"), 3)
+            self.assertEqual(delta(m, "xmppd_tls_handshakes_total", type="full"), 4)
             self.assertEqual(delta(m, "xmppd_tls_handshakes_total", type="resumed"), 0)
-            self.assertEqual(delta(m, "xmppd_connections_accepted_total"), 3)
-            # the connection that failed SASL is still negotiating
-            self.assertEqual(delta(m, "xmppd_sessions", state="negotiating"), 1)
+            self.assertEqual(delta(m, "xmppd_connections_accepted_total"), 4)
+            # the connection that failed SASL and the SASL2 one that did not bind are negotiating
+            self.assertEqual(delta(m, "xmppd_sessions", state="negotiating"), 2)
             # the routers handled the messages: both sides' shards (C2S, ROUTE) and the binds
             handled = sum(v - before.get(k, 0) for k, v in m.items()
                           if k[0] == "xmppd_bus_frames_handled_total" and dict(k[1])["queue"].startswith("router"))
@@ -126,6 +130,7 @@ class MetricsTest(ServerTest):
             self.assertEqual(val(m, "xmppd_bus_congested"), 0)
             bob.close()
             bad.close()
+            s2.close()
             alice.disconnect()
             await alice.disconnected
             wait_for(p, lambda m: all(val(m, "xmppd_sessions", state=s) == val(before, "xmppd_sessions", state=s)
