@@ -88,6 +88,12 @@ enum {
                                 payload: when src is on another node, the detached state
                                 (edge/sm.c state_encode; not a stanza), which the router
                                 passes on to src with the answer */
+  BUS_F_ORIGIN = 1 << 6,     /* the body carries an origin id (u64 LE right after arg): what
+                                the frame descends from, for idempotent re-delivery after a
+                                node's death (docs/cluster.md "Exactly once"): a client's
+                                stanza gets a fresh one at its edge (C2S); every frame a
+                                router emits while handling a frame with one gets
+                                bus_origin_derive(its id, k) for the k-th frame emitted */
 };
 
 /* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart
@@ -117,7 +123,24 @@ typedef struct bus_frame {
   int64_t arg;
   const uint8_t *payload;
   size_t payload_len;
+  uint64_t origin; /* with BUS_F_ORIGIN (0 otherwise): see above */
 } bus_frame_t;
+
+/* splitmix64's finaliser: a bijection of 64 bits that spreads every input bit. */
+static inline uint64_t bus_mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+/* The origin id of the k-th frame (k from 1) a router emits while handling a frame whose
+ * origin id is origin: the same on any router that handles the same frame and emits in
+ * the same order, so a receiver can recognise a re-sent frame's offspring. Never 0. */
+static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
+  uint64_t o = bus_mix64(origin + 0x9e3779b97f4a7c15ULL * k);
+  return o ? o : 1;
+}
 
 /* 1 for the kinds a TCP bus link carries between nodes (data frames): not the link's
  * own control frames, nor what stays inside a node (BUS_MAP, BUS_NODE_DOWN, and

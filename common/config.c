@@ -109,6 +109,7 @@ static const conf_opt_t opts[] = {
   {"cluster", "tls_certificate", CT_STR, 0, 4095, "", O(bus_tls_cert), "PEM certificate for mutual TLS on bus links (with `tls_key` and `tls_ca`; empty = plain TCP)"},
   {"cluster", "tls_key", CT_STR, 0, 4095, "", O(bus_tls_key), "PEM private key for bus links"},
   {"cluster", "tls_ca", CT_STR, 0, 4095, "", O(bus_tls_ca), "PEM CA that signs every node's bus certificate"},
+  {"cluster", "dedup_window", CT_INT, 1024, 16777216, "65536", O(dedup_window), "frames re-sent after a node's death that each edge thread and router worker recognises as handled already (origin ids remembered, 16 bytes each); docs/cluster.md \"Exactly once\""},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 

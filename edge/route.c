@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/dedup.h"
 #include "common/log.h"
 
 bus_addr_t edge_addr(const conn_t *c) {
@@ -53,6 +54,13 @@ static void ensure_announced(conn_t *c);
 /* Everything a session sends goes to its own shard (c->shard, set at bind). */
 static void send_frame(conn_t *c, bus_frame_t *f) {
   if (conn_has_session(c)) ensure_announced(c); /* the new owner must know the session first */
+  if (f->kind == BUS_C2S && c->th->bus->owner) {
+    /* cluster: a fresh origin id, inherited by everything the routers make of it, so a
+     * copy re-sent after a router's death is recognised (docs/cluster.md "Exactly once") */
+    f->flags |= BUS_F_ORIGIN;
+    f->origin = bus_mix64(++c->th->next_origin);
+    if (!f->origin) f->origin = 1;
+  }
   if (c->state == CONN_ST_BINDING && f->kind == BUS_C2S) {
     if (c->nheld >= MAX_HELD) {
       conn_stream_error(c, "policy-violation", "too many stanzas before the bind result");
@@ -295,7 +303,21 @@ void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
   }
 }
 
+/* A delivery written to this connection already (docs/cluster.md "Exactly once"): the
+ * router that made it died before the frame it came from was acknowledged, and the new
+ * owner made it again from the re-sent frame (same origin id, same order). */
+static int written_already(edge_thread_t *th, const bus_frame_t *f) {
+  if (!f->origin) return 0;
+  if (!th->seen) th->seen = dedup_new((size_t)th->cfg->dedup_window);
+  if (!dedup_check(th->seen, bus_mix64(f->origin ^ bus_mix64(f->dst.conn)))) return 0;
+  if (th->dups++ % 1000 == 0)
+    log_info("edge: a delivery re-sent after a router's death was written already: dropped (%llu so far)",
+             (unsigned long long)th->dups);
+  return 1;
+}
+
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
+  if (written_already(th, f)) return;
   conn_t *c = conn_lookup(th, f->dst.conn);
   switch (c ? c->state : CONN_ST_CLOSING) {
   case CONN_ST_DETACHED: sm_detached_deliver(c, f); return; /* XEP-0198 §5: kept for the resumption */

@@ -71,6 +71,13 @@ struct worker {
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
   void **mod_state;     /* the modules' per-worker state, in table order (router/module.h) */
+  /* cluster, docs/cluster.md "Exactly once": the origin id of the frame being handled (0:
+   * none) and how many frames were emitted for it; the origin ids of the frames handled
+   * (a frame re-sent after a node's death, handled here already, is dropped) */
+  uint64_t in_origin;
+  uint32_t out_k;
+  struct dedup *seen;   /* NULL until the first frame with an origin id */
+  uint64_t dups;        /* frames dropped as handled already */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */

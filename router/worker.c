@@ -17,6 +17,7 @@
 
 #include "common/alloc.h"
 #include "common/cluster/cluster.h"
+#include "common/dedup.h"
 #include "common/log.h"
 
 static void user_free(void *p) {
@@ -105,6 +106,10 @@ static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, con
   f.kind = kind;
   f.flags = flags;
   f.arg = arg;
+  if (w->in_origin) { /* offspring of a frame with an origin id: docs/cluster.md "Exactly once" */
+    f.flags |= BUS_F_ORIGIN;
+    f.origin = bus_origin_derive(w->in_origin, ++w->out_k);
+  }
   if (dst) f.dst = *dst;
   f.src.thread = (uint16_t)w->index;
   f.from = from ? from : "";
@@ -269,6 +274,8 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   w->frame_tree = st;
   w->frame_payload = f->payload;
   w->frame_payload_len = f->payload_len;
+  w->in_origin = f->origin;
+  w->out_k = 0;
   switch (f->kind) {
   case BUS_SESSION_OPEN: session_open(w, f); break;
   case BUS_SESSION_CLOSE: session_close(w, f); break;
@@ -298,6 +305,19 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   }
 }
 
+/* A frame this worker handled already (docs/cluster.md "Exactly once"): re-sent after a
+ * node's death whose acknowledgement had not come back, e.g. a client's stanza that the
+ * dead router had routed here and that its edge sends again to this router, the new
+ * owner of the sender's shard. Handling it twice would store or deliver it twice. */
+static int handled_already(worker_t *w, uint64_t origin) {
+  if (!w->seen) w->seen = dedup_new((size_t)w->cfg->dedup_window);
+  if (!dedup_check(w->seen, origin)) return 0;
+  if (w->dups++ % 1000 == 0)
+    log_info("router: a frame re-sent after a node's death was handled here already: dropped (%llu so far)",
+             (unsigned long long)w->dups);
+  return 1;
+}
+
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
   mod_event_t be = {.w = w, .batch = batch}; /* mod_presence reads ahead for it */
@@ -318,7 +338,12 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
       bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
       continue;
     }
+    if (f.origin && (f.kind == BUS_C2S || f.kind == BUS_ROUTE || f.kind == BUS_BOUNCE) && handled_already(w, f.origin)) {
+      bus_msg_free(m);
+      continue;
+    }
     handle_frame(w, &f);
+    w->in_origin = 0;
     w->frame_tree = NULL; /* its bytes go with m */
     w->frame_payload = NULL;
     bus_msg_free(m);
@@ -401,6 +426,7 @@ void router_free(router_t *r) {
     strmap_free(w->users, user_free);
     modules_worker_free(w);
     xfree(w->owner_view);
+    dedup_free(w->seen);
     arena_free(&w->arena);
     buf_free(&w->scratch);
     store_close(w->store);
