@@ -89,6 +89,8 @@ typedef struct xmpp_config {
   int link_max_wait_ms;    /* how long frames wait for a down link before a stanza error */
   char *bus_tls_cert, *bus_tls_key, *bus_tls_ca; /* mutual TLS on bus links (all or none) */
   int dedup_window;        /* origin ids remembered per edge thread / router worker */
+  int hold_ms;             /* a shard move's hold of stanzas for sessions not announced yet */
+  int hold_bytes;          /* and its bound per router worker */
 } xmpp_config_t;
 
 enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };

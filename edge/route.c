@@ -214,6 +214,19 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
 }
 
+/* After a BUS_MAP's announcements, this thread tells its cluster thread (behind them on
+ * the way out), which tells the routers once every edge thread of the node has: the map
+ * handshake, docs/cluster.md "Shard moves without detours". */
+static void map_done(edge_thread_t *th, uint64_t gen) {
+  if (!bus_clustered(th->bus)) return;
+  bus_frame_t f = {0};
+  f.kind = BUS_MAP_DONE;
+  f.src.node = th->bus->node;
+  f.src.thread = (uint16_t)th->index;
+  f.arg = (int64_t)gen;
+  bus_remote(th->bus, bus_msg_new(&f));
+}
+
 /* BUS_SESSIONS_ENDED: router node `router` ended this node's sessions while the node was
  * missing from the registry (stalled past its lease, or cut off from Redis), and sees it
  * back. Each bound session that router owns is announced to it again, with its last
@@ -367,6 +380,7 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         sm_resume_state(th, &f);
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
+        map_done(th, f.src.conn);
       } else if (f.kind == BUS_SESSIONS_ENDED) {
         revive(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {

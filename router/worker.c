@@ -296,7 +296,10 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     }
     break;
   case BUS_RESUME_ASK: session_resume_ask(w, f); break;
-  case BUS_MAP: worker_map_changed(w); break;
+  case BUS_MAP: worker_map_changed(w, f->src.conn); break;
+  case BUS_MAP_SETTLED:
+    if (w->holding && (uint64_t)f->arg >= w->hold_gen) w->hold_after = 2;
+    break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: {
     mod_event_t e = {.w = w, .frame = f};
@@ -318,6 +321,45 @@ static int handled_already(worker_t *w, uint64_t origin) {
   return 1;
 }
 
+void worker_take(worker_t *w, bus_msg_t *m, int fresh) {
+  bus_frame_t f;
+  m->next = NULL;
+  if (bus_msg_frame(m, &f) != 0) {
+    bus_msg_free(m);
+    return;
+  }
+  if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
+    /* its shard moved while it was on its way: on to the new owner */
+    bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
+    bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
+    return;
+  }
+  if (fresh && f.origin && (f.kind == BUS_C2S || f.kind == BUS_ROUTE || f.kind == BUS_BOUNCE) &&
+      handled_already(w, f.origin)) {
+    bus_msg_free(m);
+    return;
+  }
+  if (w->holding && hold_frame(w, m, &f)) {
+    arena_reset(&w->arena);
+    return;
+  }
+  if (w->held && f.kind == BUS_SESSION_OPEN)
+    w->hold_opened = xstrndup(f.from, bus_bare_len(f.from, f.from_len));
+  handle_frame(w, &f);
+  w->in_origin = 0;
+  w->frame_tree = NULL; /* its bytes go with m */
+  w->frame_payload = NULL;
+  bus_msg_free(m);
+  release_touched(w);
+  arena_reset(&w->arena);
+  if (w->hold_after || w->hold_opened) hold_after_frame(w);
+}
+
+void worker_idle(worker_t *w) {
+  release_touched(w);
+  arena_reset(&w->arena);
+}
+
 static void queue_cb(void *ud, bus_msg_t *batch) {
   worker_t *w = ud;
   mod_event_t be = {.w = w, .batch = batch}; /* mod_presence reads ahead for it */
@@ -326,29 +368,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
-    bus_frame_t f;
-    if (bus_msg_frame(m, &f) != 0) {
-      bus_msg_free(m);
-      continue;
-    }
-    if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
-      /* its shard moved while it was on its way: on to the new owner */
-      m->next = NULL;
-      bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
-      bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
-      continue;
-    }
-    if (f.origin && (f.kind == BUS_C2S || f.kind == BUS_ROUTE || f.kind == BUS_BOUNCE) && handled_already(w, f.origin)) {
-      bus_msg_free(m);
-      continue;
-    }
-    handle_frame(w, &f);
-    w->in_origin = 0;
-    w->frame_tree = NULL; /* its bytes go with m */
-    w->frame_payload = NULL;
-    bus_msg_free(m);
-    release_touched(w);
-    arena_reset(&w->arena);
+    worker_take(w, m, 1);
   }
   modules_hook(HOOK_BATCH_END, &be);
   release_touched(w);
@@ -361,6 +381,8 @@ static void stop_cb(uv_async_t *a) {
   worker_t *w = a->data;
   uv_close((uv_handle_t *)&w->stop, close_noop);
   bus_queue_drain(&w->bus->worker_q[w->index]); /* nothing accepted is left behind */
+  hold_end(w, "the router stops", 0);             /* nor held */
+  hold_close(w);
   bus_queue_close(&w->bus->worker_q[w->index]);
   dir_close(w);
 }
@@ -398,6 +420,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     }
     uv_async_init(&w->loop, &w->stop, stop_cb);
     w->stop.data = w;
+    hold_init(w);
     char qname[24];
     snprintf(qname, sizeof qname, "router%d", i);
     bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);
@@ -426,6 +449,7 @@ void router_free(router_t *r) {
     strmap_free(w->users, user_free);
     modules_worker_free(w);
     xfree(w->owner_view);
+    hold_free(w);
     dedup_free(w->seen);
     arena_free(&w->arena);
     buf_free(&w->scratch);
