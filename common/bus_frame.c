@@ -40,6 +40,7 @@ void bus_frame_encode(const bus_frame_t *f, buf_t *out) {
   buf_put_varint(out, f->to_len);
   buf_append(out, f->to, f->to_len);
   buf_put_varint(out, ((uint64_t)f->arg << 1) ^ (uint64_t)(f->arg >> 63));
+  if (f->flags & BUS_F_ORIGIN) put64(out, f->origin);
   buf_append(out, f->payload, f->payload_len);
   put32(out->data + start + 4, (uint32_t)(out->len - start - BUS_HEADER_LEN));
 }
@@ -83,6 +84,11 @@ int bus_frame_decode(const uint8_t *p, size_t len, bus_frame_t *f, size_t *used)
       buf_get_varint(&q, end, &zz))
     return XMPP_EINVAL;
   f->arg = (int64_t)(zz >> 1) ^ -(int64_t)(zz & 1);
+  if (f->flags & BUS_F_ORIGIN) {
+    if (end - q < 8) return XMPP_EINVAL;
+    f->origin = get64(q);
+    q += 8;
+  }
   f->payload = q;
   f->payload_len = (size_t)(end - q);
   *used = BUS_HEADER_LEN + body;

@@ -41,7 +41,8 @@ typedef enum {
   BUS_MAP = 13,         /* the shard map changed. Worker: drop users of shards it no longer
                            owns. Edge thread: announce again each session whose shard owner
                            changed, and every session owned by node arg (a router that
-                           restarted: it lost its state), arg 0 = none */
+                           restarted: it lost its state), arg 0 = none. src.conn: the
+                           generation (the node's count of BUS_MAPs) */
   BUS_NODE_DOWN = 14,   /* node arg is dead (worker: its sessions end, as if closed) */
   BUS_OFFLINE_ACK = 15, /* edge -> shard(from): connection src took the offline messages
                            (DELIVER with BUS_F_OFFLINE) up to store id arg: written to its
@@ -66,7 +67,19 @@ typedef enum {
                            it to each edge thread with arg = that router's node id; each
                            announces its bound sessions owned by that router again
                            (SESSION_OPEN|BUS_F_REANNOUNCE, arg BUS_REANNOUNCE_REVIVE) */
-  BUS_KIND_MAX = 19
+  BUS_MAP_DONE = 20,    /* cluster, the map handshake (docs/cluster.md "Shard moves without
+                           detours"): an edge thread -> its cluster thread, once it has
+                           handled the BUS_MAP whose src.conn (its generation) is arg, i.e.
+                           announced its sessions to their new owners; then, once every edge
+                           thread of the node has, edge node -> each router node: arg = the
+                           hash of that map (shardmap_hash), dst.conn = the router's
+                           incarnation as the edge knows it (a copy queued for an earlier
+                           incarnation does not count) */
+  BUS_MAP_SETTLED = 21, /* cluster thread -> its router workers, never on a link: every live
+                           edge node has confirmed the map of generation arg (its sessions
+                           are announced): what a worker holds for its gained shards is
+                           handled now */
+  BUS_KIND_MAX = 21
 } bus_kind_t;
 
 enum {
@@ -88,6 +101,12 @@ enum {
                                 payload: when src is on another node, the detached state
                                 (edge/sm.c state_encode; not a stanza), which the router
                                 passes on to src with the answer */
+  BUS_F_ORIGIN = 1 << 6,     /* the body carries an origin id (u64 LE right after arg): what
+                                the frame descends from, for idempotent re-delivery after a
+                                node's death (docs/cluster.md "Exactly once"): a client's
+                                stanza gets a fresh one at its edge (C2S); every frame a
+                                router emits while handling a frame with one gets
+                                bus_origin_derive(its id, k) for the k-th frame emitted */
 };
 
 /* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart
@@ -117,14 +136,31 @@ typedef struct bus_frame {
   int64_t arg;
   const uint8_t *payload;
   size_t payload_len;
+  uint64_t origin; /* with BUS_F_ORIGIN (0 otherwise): see above */
 } bus_frame_t;
 
+/* splitmix64's finaliser: a bijection of 64 bits that spreads every input bit. */
+static inline uint64_t bus_mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+/* The origin id of the k-th frame (k from 1) a router emits while handling a frame whose
+ * origin id is origin: the same on any router that handles the same frame and emits in
+ * the same order, so a receiver can recognise a re-sent frame's offspring. Never 0. */
+static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
+  uint64_t o = bus_mix64(origin + 0x9e3779b97f4a7c15ULL * k);
+  return o ? o : 1;
+}
+
 /* 1 for the kinds a TCP bus link carries between nodes (data frames): not the link's
- * own control frames, nor what stays inside a node (BUS_MAP, BUS_NODE_DOWN, and
- * BUS_RESUME_STATE, which carries a pointer). */
+ * own control frames, nor what stays inside a node (BUS_MAP, BUS_NODE_DOWN,
+ * BUS_MAP_SETTLED, and BUS_RESUME_STATE, which carries a pointer). */
 static inline int bus_kind_on_links(uint8_t k) {
   return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
-         k == BUS_SESSIONS_ENDED;
+         k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

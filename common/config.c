@@ -115,6 +115,9 @@ static const conf_opt_t opts[] = {
   {"cluster", "tls_certificate", CT_STR, 0, 4095, "", O(bus_tls_cert), "PEM certificate for mutual TLS on bus links (with `tls_key` and `tls_ca`; empty = plain TCP)"},
   {"cluster", "tls_key", CT_STR, 0, 4095, "", O(bus_tls_key), "PEM private key for bus links"},
   {"cluster", "tls_ca", CT_STR, 0, 4095, "", O(bus_tls_ca), "PEM CA that signs every node's bus certificate"},
+  {"cluster", "dedup_window", CT_INT, 1024, 16777216, "65536", O(dedup_window), "frames re-sent after a node's death that each edge thread and router worker recognises as handled already (origin ids remembered, 16 bytes each); docs/cluster.md \"Exactly once\""},
+  {"cluster", "hold_ms", CT_INT, 0, 60000, "2000", O(hold_ms), "after a shard move, how long a router worker holds stanzas for a gained shard whose session is not announced yet, until every live edge confirmed the new map, instead of storing them offline (0 = no hold); docs/cluster.md \"Shard moves without detours\""},
+  {"cluster", "hold_bytes", CT_INT, 0, 1073741824, "8388608", O(hold_bytes), "bytes of stanzas each router worker holds at most during a shard move (`hold_ms`); past it the hold ends at once and what it held is handled as without it"},
   {"metrics", "listen", CT_STR, 0, 64, "", O(metrics_listen), "Prometheus / OpenMetrics endpoint, `HOST:PORT` or `[IPV6]:PORT` with a numeric address, serving `GET /metrics` ([operations.md](operations.md#metrics)); empty = off. An address other than loopback needs `token`"},
   {"metrics", "token", CT_STR, 0, 255, "", O(metrics_token), "bearer token the metrics endpoint requires (`Authorization: Bearer TOKEN`; 401 without it); empty = none, allowed only on a loopback `listen`"},
 };

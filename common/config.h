@@ -96,6 +96,9 @@ typedef struct xmpp_config {
   /* [metrics] (common/metrics_http.c, docs/operations.md "Metrics") */
   char *metrics_listen;    /* HOST:PORT of the Prometheus endpoint; "" = off */
   char *metrics_token;     /* bearer token the endpoint requires; "" = none (loopback only) */
+  int dedup_window;        /* origin ids remembered per edge thread / router worker */
+  int hold_ms;             /* a shard move's hold of stanzas for sessions not announced yet */
+  int hold_bytes;          /* and its bound per router worker */
 } xmpp_config_t;
 
 enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };

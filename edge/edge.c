@@ -17,6 +17,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/dedup.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -271,6 +272,7 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
      * connections never carry the id of a session a router still remembers */
     uv_random(NULL, NULL, &th->generation, sizeof th->generation, 0, NULL);
     th->generation &= 0x7fffffff;
+    uv_random(NULL, NULL, &th->next_origin, sizeof th->next_origin, 0, NULL);
     th->tls = e->tls;
     uv_loop_init(&th->loop);
     th->loop.data = th;
@@ -384,6 +386,7 @@ void edge_free(edge_t *e) {
     xfree(th->slots);
     xfree(th->free_slots);
     buf_free(&th->scratch);
+    dedup_free(th->seen);
   }
   tls_ctx_free(e->tls);
   guard_free(e->guard);

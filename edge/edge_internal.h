@@ -64,6 +64,12 @@ struct edge_thread {
    * each also holds its connection's slot, so frames for it still find it */
   conn_t *detached, *detached_tail;
   size_t ndetached;
+  /* cluster, docs/cluster.md "Exactly once": the next origin id for a client's stanza
+   * (random start), and the deliveries written here (origin id x connection), so one
+   * re-sent after a router's death is not written twice */
+  uint64_t next_origin;
+  struct dedup *seen; /* NULL until the first DELIVER with an origin id */
+  uint64_t dups;      /* deliveries dropped as written already */
 };
 
 struct edge {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/dedup.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
@@ -54,6 +55,13 @@ static void ensure_announced(conn_t *c);
 /* Everything a session sends goes to its own shard (c->shard, set at bind). */
 static void send_frame(conn_t *c, bus_frame_t *f) {
   if (conn_has_session(c)) ensure_announced(c); /* the new owner must know the session first */
+  if (f->kind == BUS_C2S && c->th->bus->owner) {
+    /* cluster: a fresh origin id, inherited by everything the routers make of it, so a
+     * copy re-sent after a router's death is recognised (docs/cluster.md "Exactly once") */
+    f->flags |= BUS_F_ORIGIN;
+    f->origin = bus_mix64(++c->th->next_origin);
+    if (!f->origin) f->origin = 1;
+  }
   if (c->state == CONN_ST_BINDING && f->kind == BUS_C2S) {
     if (c->nheld >= MAX_HELD) {
       conn_stream_error(c, "policy-violation", "too many stanzas before the bind result");
@@ -207,6 +215,19 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
 }
 
+/* After a BUS_MAP's announcements, this thread tells its cluster thread (behind them on
+ * the way out), which tells the routers once every edge thread of the node has: the map
+ * handshake, docs/cluster.md "Shard moves without detours". */
+static void map_done(edge_thread_t *th, uint64_t gen) {
+  if (!bus_clustered(th->bus)) return;
+  bus_frame_t f = {0};
+  f.kind = BUS_MAP_DONE;
+  f.src.node = th->bus->node;
+  f.src.thread = (uint16_t)th->index;
+  f.arg = (int64_t)gen;
+  bus_remote(th->bus, bus_msg_new(&f));
+}
+
 /* BUS_SESSIONS_ENDED: router node `router` ended this node's sessions while the node was
  * missing from the registry (stalled past its lease, or cut off from Redis), and sees it
  * back. Each bound session that router owns is announced to it again, with its last
@@ -298,7 +319,21 @@ void edge_deliver_now(conn_t *c, const bus_frame_t *f) {
   }
 }
 
+/* A delivery written to this connection already (docs/cluster.md "Exactly once"): the
+ * router that made it died before the frame it came from was acknowledged, and the new
+ * owner made it again from the re-sent frame (same origin id, same order). */
+static int written_already(edge_thread_t *th, const bus_frame_t *f) {
+  if (!f->origin) return 0;
+  if (!th->seen) th->seen = dedup_new((size_t)th->cfg->dedup_window);
+  if (!dedup_check(th->seen, bus_mix64(f->origin ^ bus_mix64(f->dst.conn)))) return 0;
+  if (th->dups++ % 1000 == 0)
+    log_info("edge: a delivery re-sent after a router's death was written already: dropped (%llu so far)",
+             (unsigned long long)th->dups);
+  return 1;
+}
+
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
+  if (written_already(th, f)) return;
   conn_t *c = conn_lookup(th, f->dst.conn);
   switch (c ? c->state : CONN_ST_CLOSING) {
   case CONN_ST_DETACHED: sm_detached_deliver(c, f); return; /* XEP-0198 §5: kept for the resumption */
@@ -348,6 +383,7 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
         sm_resume_state(th, &f);
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
+        map_done(th, f.src.conn);
       } else if (f.kind == BUS_SESSIONS_ENDED) {
         revive(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {

@@ -71,9 +71,29 @@ struct worker {
   buf_t scratch;        /* encoding buffer, reused */
   struct credis *dir;   /* cluster: this worker's connection to the session directory */
   void **mod_state;     /* the modules' per-worker state, in table order (router/module.h) */
+  /* cluster, docs/cluster.md "Exactly once": the origin id of the frame being handled (0:
+   * none) and how many frames were emitted for it; the origin ids of the frames handled
+   * (a frame re-sent after a node's death, handled here already, is dropped) */
+  uint64_t in_origin;
+  uint32_t out_k;
+  struct dedup *seen;   /* NULL until the first frame with an origin id */
+  uint64_t dups;        /* frames dropped as handled already */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */
+  /* cluster, a shard move's hold (failover.c, docs/cluster.md "Shard moves without
+   * detours"): stanzas for gained shards whose session is not announced yet, per bare JID
+   * (held_t, in arrival order), until every live edge confirmed the map */
+  int holding;          /* a hold is on */
+  uint64_t hold_gen;    /* the BUS_MAP generation it waits for (BUS_MAP_SETTLED) */
+  uint64_t hold_since;  /* loop time it began */
+  uint8_t *gained;      /* [nshards]: shards this worker gained in the moves of this hold */
+  strmap_t *held;       /* bare JID -> held_t; NULL until the first */
+  size_t held_bytes, held_frames;
+  uint64_t hold_stats[3]; /* of this hold: held, handed to their session, handled at the end */
+  uv_timer_t hold_timer;  /* cluster.hold_ms */
+  int hold_after;       /* after the current frame: 1 re-check the hold (BUS_MAP), 2 end it (settled) */
+  char *hold_opened;    /* after the current frame: a session of this bare JID opened */
 };
 
 struct router {
@@ -130,11 +150,31 @@ int session_count(const user_t *u);
 void session_reannounce(worker_t *w, const bus_frame_t *f, const xnode_t *presence);
 /* BUS_MAP: users of shards this worker no longer owns are dropped (the new owner
  * rebuilds them from the edges' re-announcements). */
-void worker_map_changed(worker_t *w);
+void worker_map_changed(worker_t *w, uint64_t gen);
 /* BUS_NODE_DOWN: sessions on that edge node end as if each had closed. */
 void worker_node_down(worker_t *w, uint16_t node);
 /* 1 when a router-bound frame's shard is owned by this worker (always in one process). */
 int worker_owns(const worker_t *w, const bus_frame_t *f);
+/* The shard move's hold (docs/cluster.md "Shard moves without detours"). hold_frame: 1
+ * when it keeps m (C2S, ROUTE or BOUNCE for a gained shard whose session is not known
+ * while a hold is on); hold_after_frame: what the frame just handled means for the hold
+ * (a session opened: its stanzas are handled now; a new map; the map settled); hold_end:
+ * everything held is handled now, the hold is off; hold_init/hold_free: worker set-up and
+ * tear-down (hold_free frees what is left unhandled: after hold_end). */
+int hold_frame(worker_t *w, bus_msg_t *m, const bus_frame_t *f);
+void hold_after_frame(worker_t *w);
+void hold_end(worker_t *w, const char *why, int ran_out);
+void hold_init(worker_t *w);
+void hold_close(worker_t *w);
+void hold_free(worker_t *w);
+
+/* worker.c: one frame to its end (forwarded if its shard moved away, held, or handled);
+ * takes m. fresh: from the queue (a frame handled already is dropped); 0: replayed from
+ * the hold. Not from inside a frame's handling. */
+void worker_take(worker_t *w, bus_msg_t *m, int fresh);
+/* Between frames outside a batch (a timer's): users left with no session dropped, the
+ * frame arena reset. */
+void worker_idle(worker_t *w);
 
 /* directory.c: the Redis session directory (cluster only; no-ops otherwise) */
 void dir_open(worker_t *w);

@@ -17,6 +17,7 @@
 
 #include "common/alloc.h"
 #include "common/cluster/cluster.h"
+#include "common/dedup.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
@@ -106,6 +107,10 @@ static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, con
   f.kind = kind;
   f.flags = flags;
   f.arg = arg;
+  if (w->in_origin) { /* offspring of a frame with an origin id: docs/cluster.md "Exactly once" */
+    f.flags |= BUS_F_ORIGIN;
+    f.origin = bus_origin_derive(w->in_origin, ++w->out_k);
+  }
   if (dst) f.dst = *dst;
   f.src.thread = (uint16_t)w->index;
   f.from = from ? from : "";
@@ -270,6 +275,8 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   w->frame_tree = st;
   w->frame_payload = f->payload;
   w->frame_payload_len = f->payload_len;
+  w->in_origin = f->origin;
+  w->out_k = 0;
   switch (f->kind) {
   case BUS_SESSION_OPEN: session_open(w, f); break;
   case BUS_SESSION_CLOSE: session_close(w, f); break;
@@ -290,13 +297,68 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     }
     break;
   case BUS_RESUME_ASK: session_resume_ask(w, f); break;
-  case BUS_MAP: worker_map_changed(w); break;
+  case BUS_MAP: worker_map_changed(w, f->src.conn); break;
+  case BUS_MAP_SETTLED:
+    if (w->holding && (uint64_t)f->arg >= w->hold_gen) w->hold_after = 2;
+    break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: {
     mod_event_t e = {.w = w, .frame = f};
     if (modules_hook(HOOK_FRAME, &e) != MOD_STOP) log_warn("router: unexpected frame kind %d", f->kind);
   }
   }
+}
+
+/* A frame this worker handled already (docs/cluster.md "Exactly once"): re-sent after a
+ * node's death whose acknowledgement had not come back, e.g. a client's stanza that the
+ * dead router had routed here and that its edge sends again to this router, the new
+ * owner of the sender's shard. Handling it twice would store or deliver it twice. */
+static int handled_already(worker_t *w, uint64_t origin) {
+  if (!w->seen) w->seen = dedup_new((size_t)w->cfg->dedup_window);
+  if (!dedup_check(w->seen, origin)) return 0;
+  if (w->dups++ % 1000 == 0)
+    log_info("router: a frame re-sent after a node's death was handled here already: dropped (%llu so far)",
+             (unsigned long long)w->dups);
+  return 1;
+}
+
+void worker_take(worker_t *w, bus_msg_t *m, int fresh) {
+  bus_frame_t f;
+  m->next = NULL;
+  if (bus_msg_frame(m, &f) != 0) {
+    bus_msg_free(m);
+    return;
+  }
+  if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
+    /* its shard moved while it was on its way: on to the new owner */
+    bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
+    bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
+    return;
+  }
+  if (fresh && f.origin && (f.kind == BUS_C2S || f.kind == BUS_ROUTE || f.kind == BUS_BOUNCE) &&
+      handled_already(w, f.origin)) {
+    bus_msg_free(m);
+    return;
+  }
+  if (w->holding && hold_frame(w, m, &f)) {
+    arena_reset(&w->arena);
+    return;
+  }
+  if (w->held && f.kind == BUS_SESSION_OPEN)
+    w->hold_opened = xstrndup(f.from, bus_bare_len(f.from, f.from_len));
+  handle_frame(w, &f);
+  w->in_origin = 0;
+  w->frame_tree = NULL; /* its bytes go with m */
+  w->frame_payload = NULL;
+  bus_msg_free(m);
+  release_touched(w);
+  arena_reset(&w->arena);
+  if (w->hold_after || w->hold_opened) hold_after_frame(w);
+}
+
+void worker_idle(worker_t *w) {
+  release_touched(w);
+  arena_reset(&w->arena);
 }
 
 static void queue_cb(void *ud, bus_msg_t *batch) {
@@ -307,24 +369,7 @@ static void queue_cb(void *ud, bus_msg_t *batch) {
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
-    bus_frame_t f;
-    if (bus_msg_frame(m, &f) != 0) {
-      bus_msg_free(m);
-      continue;
-    }
-    if (bus_router_kind(f.kind) && !worker_owns(w, &f)) {
-      /* its shard moved while it was on its way: on to the new owner */
-      m->next = NULL;
-      bus_hdr_add_flags(m->data, BUS_F_FORWARDED);
-      bus_to_shard(w->bus, bus_frame_shard(w->bus, &f), m);
-      continue;
-    }
-    handle_frame(w, &f);
-    w->frame_tree = NULL; /* its bytes go with m */
-    w->frame_payload = NULL;
-    bus_msg_free(m);
-    release_touched(w);
-    arena_reset(&w->arena);
+    worker_take(w, m, 1);
   }
   modules_hook(HOOK_BATCH_END, &be);
   release_touched(w);
@@ -337,6 +382,8 @@ static void stop_cb(uv_async_t *a) {
   worker_t *w = a->data;
   uv_close((uv_handle_t *)&w->stop, close_noop);
   bus_queue_drain(&w->bus->worker_q[w->index]); /* nothing accepted is left behind */
+  hold_end(w, "the router stops", 0);             /* nor held */
+  hold_close(w);
   bus_queue_close(&w->bus->worker_q[w->index]);
   dir_close(w);
 }
@@ -376,6 +423,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     }
     uv_async_init(&w->loop, &w->stop, stop_cb);
     w->stop.data = w;
+    hold_init(w);
     char qname[24];
     snprintf(qname, sizeof qname, "router%d", i);
     bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);
@@ -407,6 +455,8 @@ void router_free(router_t *r) {
     strmap_free(w->users, user_free);
     modules_worker_free(w);
     xfree(w->owner_view);
+    hold_free(w);
+    dedup_free(w->seen);
     arena_free(&w->arena);
     buf_free(&w->scratch);
     store_close(w->store);

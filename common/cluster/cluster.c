@@ -28,6 +28,7 @@ typedef struct peer {
   bus_link_t *out; /* our link to it: NULL when this node never sends to it */
   int blocked;     /* out is over its high watermark (counted in bus->congested) */
   int restart_done; /* its restart was handled when its link came back (on_up) */
+  uint64_t done_hash; /* an edge: the map it last confirmed to this router (BUS_MAP_DONE) */
 } peer_t;
 
 /* An edge node whose sessions this router ended because it left the registry: if the
@@ -82,9 +83,17 @@ struct cluster {
   int redis_up;          /* the cluster's Redis connection is up (on_redis_state) */
   metrics_block_t *metrics; /* the links' and registry's metrics, published by tick_cb */
   buf_t mtext[2];        /* ... rendered here first (text, OpenMetrics) */
+  /* the map handshake (docs/cluster.md "Shard moves without detours") */
+  uint64_t map_gen;     /* BUS_MAPs pushed to the local threads */
+  uint64_t map_hash;    /* shardmap_hash of map */
+  uint64_t *edge_gen;   /* [nedges]: the BUS_MAP generation each edge thread has handled */
+  uint64_t done_gen;    /* the generation this node's edges last confirmed to the routers */
+  uint64_t self_done;   /* role all: the map this node's own edges confirmed (its done_hash) */
+  uint64_t settled_gen; /* router: the generation last announced settled to the workers */
 };
 
 static const bus_link_cbs_t link_cbs;
+static void check_settled(cluster_t *c);
 
 /* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
 
@@ -97,6 +106,9 @@ static log_tally_t tallies[CLUSTER_EV_COUNT] = {
     [CLUSTER_EV_UNKNOWN_SESSION] = LOG_TALLY(LOG_WARN, "cluster", "stanzas from sessions their router does not know "
                                                        "(a shard move, an edge that missed its lease) answered "
                                                        "<recipient-unavailable/>"),
+    [CLUSTER_EV_HOLD_ENDED] = LOG_TALLY(LOG_WARN, "cluster", "stanzas held during a shard move handled before their "
+                                                  "session was announced (the hold ran out: cluster.hold_ms or "
+                                                  "cluster.hold_bytes; messages stored offline)"),
 };
 
 void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) {
@@ -296,6 +308,17 @@ static void on_frames(bus_link_t *l, void *ud, bus_msg_t *batch) {
       bus_msg_free(m);
       continue;
     }
+    if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_MAP_DONE) {
+      /* an edge node announced its sessions for the map arg (to this incarnation) */
+      bus_frame_t f;
+      peer_t *p = find_peer(c, bus_link_peer(l));
+      if (p && bus_msg_frame(m, &f) == 0 && f.dst.conn == c->self.incarnation) {
+        p->done_hash = (uint64_t)f.arg;
+        check_settled(c);
+      }
+      bus_msg_free(m);
+      continue;
+    }
     dispatch(c, m);
   }
 }
@@ -304,6 +327,10 @@ static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
   cluster_t *c = ud;
   bus_frame_t f;
   m->next = NULL;
+  if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_MAP_DONE) {
+    bus_msg_free(m); /* for a router that went away: nothing waits for it */
+    return;
+  }
   peer_t *p = c->stopping ? NULL : find_peer(c, bus_link_peer(l));
   if (p && p->out && p->out != l) { /* its link was replaced (the node moved): that one */
     dispatch(c, m);
@@ -447,10 +474,18 @@ static void recompute_map(cluster_t *c, const credis_node_t *nodes, int n, int r
     memcpy(c->map, next, c->bus->nshards * sizeof *next);
     c->epoch++;
     c->map_synced = 0;
+    c->map_hash = shardmap_hash(c->bus->nshards, c->map);
     log_info("cluster: shard map change %llu of this node: %d routers, %u of %u shards moved",
              (unsigned long long)c->epoch, nr, moved, c->bus->nshards);
   }
-  if (changed || restarted_router) push_local_ctl(c, BUS_MAP, restarted_router, 1, 1);
+  if (changed || restarted_router) {
+    bus_frame_t f = {0};
+    f.kind = BUS_MAP;
+    f.arg = restarted_router;
+    f.src.conn = ++c->map_gen; /* echoed by each edge thread once handled (BUS_MAP_DONE) */
+    for (int i = 0; i < c->bus->nworkers; i++) bus_queue_push(&c->bus->worker_q[i], bus_msg_new(&f));
+    for (int i = 0; i < c->bus->nedges; i++) bus_queue_push(&c->bus->edge_q[i], bus_msg_new(&f));
+  }
   if (!nr) c->map_synced = 1; /* no router: nothing to publish (xmppctl sees the owners dead) */
   xfree(next);
   xfree(r);
@@ -644,6 +679,9 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   for (size_t i = 0; i < np; i++)
     if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
   xfree(pv);
+  /* after the frames handed back by the links of routers that left: announcements of
+   * sessions among them are in the workers' queues ahead of a BUS_MAP_SETTLED */
+  check_settled(c);
   publish_map(c);
 }
 
@@ -667,6 +705,57 @@ static void on_redis_state(void *ud, int up) {
   if (up) c->map_synced = 0; /* a restarted Redis may have lost the map */
 }
 
+/* ---- the map handshake (docs/cluster.md "Shard moves without detours") ----
+ *
+ * After a shard move, a router's worker holds the stanzas for its gained shards whose
+ * session it does not know yet (router/failover.c) until every live edge node says it
+ * announced its sessions for the new map: each edge thread, once it handled a BUS_MAP
+ * (its announcements are queued ahead), sends its cluster thread a BUS_MAP_DONE with that
+ * BUS_MAP's generation; once all of them have, the cluster thread sends each router one
+ * BUS_MAP_DONE with the map's hash, on the links its announcements took (after them). A
+ * router whose live edges have all confirmed its own map tells its workers
+ * (BUS_MAP_SETTLED). Maps are compared by hash, as each node counts its own changes. */
+
+/* Router: every live edge node (this one too, for role all) confirmed the current map. */
+static void check_settled(cluster_t *c) {
+  if (!(c->role & ROLE_ROUTER) || !c->bus->nworkers || c->settled_gen == c->map_gen || c->stopping) return;
+  for (int i = 0; i < c->npeers; i++)
+    if ((c->peers[i].info.role & ROLE_EDGE) && c->peers[i].done_hash != c->map_hash) return;
+  if ((c->role & ROLE_EDGE) && c->self_done != c->map_hash) return;
+  c->settled_gen = c->map_gen;
+  log_debug("cluster: every live edge confirmed shard map change %llu", (unsigned long long)c->epoch);
+  push_local_ctl(c, BUS_MAP_SETTLED, (int64_t)c->map_gen, 1, 0);
+}
+
+/* An edge thread handled the BUS_MAP of generation arg. */
+static void edge_thread_done(cluster_t *c, bus_msg_t *m) {
+  bus_frame_t f;
+  int ok = bus_msg_frame(m, &f) == 0 && f.src.node == c->bus->node && f.src.thread < c->bus->nedges;
+  bus_msg_free(m);
+  if (!ok || c->stopping) return;
+  if (!c->edge_gen) c->edge_gen = xcalloc((size_t)c->bus->nedges, sizeof *c->edge_gen);
+  c->edge_gen[f.src.thread] = (uint64_t)f.arg;
+  if (c->done_gen == c->map_gen) return;
+  for (int i = 0; i < c->bus->nedges; i++)
+    if (c->edge_gen[i] != c->map_gen) return;
+  c->done_gen = c->map_gen;
+  for (int i = 0; i < c->npeers; i++) {
+    peer_t *p = &c->peers[i];
+    if (!(p->info.role & ROLE_ROUTER) || !p->out) continue;
+    bus_frame_t d = {0};
+    d.kind = BUS_MAP_DONE;
+    d.arg = (int64_t)c->map_hash;
+    d.src.node = c->bus->node;
+    d.dst.node = p->info.id;
+    d.dst.conn = p->info.incarnation;
+    bus_link_send(p->out, bus_msg_new(&d)); /* after the announcements on this link */
+  }
+  if (c->role & ROLE_ROUTER) {
+    c->self_done = c->map_hash;
+    check_settled(c);
+  }
+}
+
 /* ---- thread ---- */
 
 static void in_cb(void *ud, bus_msg_t *batch) {
@@ -674,6 +763,10 @@ static void in_cb(void *ud, bus_msg_t *batch) {
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
+    if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_MAP_DONE) {
+      edge_thread_done(c, m); /* takes m */
+      continue;
+    }
     dispatch(c, m);
   }
 }
@@ -769,6 +862,7 @@ static void leave_cb(uv_async_t *a) {
   for (int i = 0; i < c->npeers; i++) live[i] = c->peers[i].info;
   recompute_map(c, live, c->npeers, 0);
   xfree(live);
+  check_settled(c);
   log_info("cluster: node %u leaving: shards handed over", c->bus->node);
 }
 
@@ -937,6 +1031,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->prev);
   xfree(c->mismatch);
   xfree(c->ended);
+  xfree(c->edge_gen);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;

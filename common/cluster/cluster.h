@@ -51,13 +51,16 @@ int cluster_refused(const cluster_t *c);
  * message for a connection that cannot be reached sent back to its shard (another
  * resource, or offline storage), a stanza answered <recipient-unavailable/> because no
  * router could be reached, a frame dropped (not answerable), a stanza from a session its
- * router does not know answered <recipient-unavailable/>. Any thread; detail: a printf
+ * router does not know answered <recipient-unavailable/>, a stanza held during a shard
+ * move handled without its session because the hold ended before every edge confirmed
+ * the map (timeout, or the bytes bound: a message then goes to offline storage). Any thread; detail: a printf
  * format for the event's own line. */
 typedef enum {
   CLUSTER_EV_BOUNCED,
   CLUSTER_EV_UNREACHABLE,
   CLUSTER_EV_DROPPED,
   CLUSTER_EV_UNKNOWN_SESSION,
+  CLUSTER_EV_HOLD_ENDED,
   CLUSTER_EV_COUNT
 } cluster_event_t;
 void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) __attribute__((format(printf, 2, 3)));

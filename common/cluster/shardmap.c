@@ -24,3 +24,9 @@ void shardmap_compute(uint32_t nshards, const shardmap_router_t *r, int n, uint3
     owner[s] = best < 0 ? 0 : BUS_OWNER(r[best].node, s % (r[best].workers ? r[best].workers : 1));
   }
 }
+
+uint64_t shardmap_hash(uint32_t nshards, const uint32_t *owner) {
+  uint64_t h = mix(nshards);
+  for (uint32_t s = 0; s < nshards; s++) h = mix(h ^ owner[s]);
+  return h ? h : 1;
+}

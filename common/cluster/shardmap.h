@@ -21,4 +21,8 @@ typedef struct shardmap_router {
  * n == 0. Order of r does not matter. */
 void shardmap_compute(uint32_t nshards, const shardmap_router_t *r, int n, uint32_t *owner);
 
+/* A 64-bit digest of a map (owner[0..nshards)): nodes that computed the same map get the
+ * same value (the map handshake, docs/cluster.md "Shard moves without detours"). */
+uint64_t shardmap_hash(uint32_t nshards, const uint32_t *owner);
+
 #endif

@@ -10,6 +10,7 @@
 #include "common/buf.h"
 #include "common/bus_frame.h"
 #include "common/bus_queue.h"
+#include "common/dedup.h"
 #include "common/err.h"
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -47,6 +48,7 @@ static void assert_frame_eq(const bus_frame_t *a, const bus_frame_t *b) {
   cr_assert_eq(a->arg, b->arg, "arg %lld != %lld", (long long)a->arg, (long long)b->arg);
   cr_assert_eq(a->payload_len, b->payload_len);
   if (a->payload_len) cr_assert_eq(memcmp(a->payload, b->payload, a->payload_len), 0);
+  cr_assert_eq(a->flags & BUS_F_ORIGIN ? a->origin : 0, b->origin);
 }
 
 /* Encodes f, checks the header, decodes it back and compares. */
@@ -94,6 +96,77 @@ Test(bus_frame, roundtrip_flags) {
     f.flags = flags[i];
     roundtrip(&f);
   }
+}
+
+/* BUS_F_ORIGIN: the origin id travels (8 bytes after arg), and only with the flag; a
+ * body cut inside it is refused. */
+Test(bus_frame, origin_id_roundtrip_and_truncation) {
+  bus_frame_t f = sample(BUS_DELIVER, -3);
+  f.flags |= BUS_F_ORIGIN;
+  f.origin = 0xfedcba9876543210ULL;
+  roundtrip(&f);
+  buf_t with, without;
+  buf_init(&with);
+  buf_init(&without);
+  bus_frame_encode(&f, &with);
+  f.flags &= (uint16_t)~BUS_F_ORIGIN;
+  bus_frame_encode(&f, &without);
+  cr_assert_eq(with.len, without.len + 8);
+  /* a frame with the flag whose body ends inside the id: the payload gone, then 7 of 8 */
+  bus_frame_t g = sample(BUS_DELIVER, 0);
+  g.flags |= BUS_F_ORIGIN;
+  g.payload_len = 0;
+  buf_t b;
+  buf_init(&b);
+  bus_frame_encode(&g, &b);
+  b.len -= 1;
+  b.data[4] -= 1; /* body length one less: the id is cut */
+  bus_frame_t d;
+  size_t used;
+  cr_assert_eq(bus_frame_decode(b.data, b.len, &d, &used), XMPP_EINVAL);
+  buf_free(&b);
+  buf_free(&with);
+  buf_free(&without);
+}
+
+Test(bus_frame, origin_derive_differs_per_k_and_origin) {
+  cr_assert_neq(bus_origin_derive(1, 1), bus_origin_derive(1, 2));
+  cr_assert_neq(bus_origin_derive(1, 1), bus_origin_derive(2, 1));
+  cr_assert_eq(bus_origin_derive(77, 3), bus_origin_derive(77, 3));
+  cr_assert_neq(bus_origin_derive(bus_origin_derive(5, 1), 1), bus_origin_derive(5, 1));
+}
+
+/* The receiver's window (common/dedup.h): a repeat within the last cap ids is seen, the
+ * oldest is forgotten first, and lookups stay right across many evictions (backward-shift
+ * deletion keeps every run of the index intact). */
+Test(dedup, window_of_the_last_cap_ids) {
+  dedup_t *d = dedup_new(4);
+  for (uint64_t i = 1; i <= 4; i++) cr_assert_eq(dedup_check(d, i), 0);
+  for (uint64_t i = 1; i <= 4; i++) cr_assert_eq(dedup_check(d, i), 1, "id %llu", (unsigned long long)i);
+  cr_assert_eq(dedup_check(d, 5), 0); /* 1 forgotten */
+  cr_assert_eq(dedup_count(d), 4);
+  cr_assert_eq(dedup_check(d, 2), 1);
+  cr_assert_eq(dedup_check(d, 1), 0); /* new again; 2 forgotten */
+  cr_assert_eq(dedup_check(d, 2), 0);
+  cr_assert_eq(dedup_check(d, 0), 0);
+  cr_assert_eq(dedup_check(d, 0), 0);
+  dedup_free(d);
+}
+
+Test(dedup, colliding_ids_across_many_evictions) {
+  /* ids that share their low bits collide in the index: long runs, shifted on eviction */
+  dedup_t *d = dedup_new(100);
+  for (uint64_t i = 1; i <= 100000; i++) {
+    uint64_t id = (i % 7 == 0) ? i << 20 : bus_mix64(i);
+    cr_assert_eq(dedup_check(d, id), 0, "fresh id %llu seen", (unsigned long long)i);
+    if (i > 100) {
+      uint64_t j = i - 99; /* still in the window */
+      uint64_t jid = (j % 7 == 0) ? j << 20 : bus_mix64(j);
+      cr_assert_eq(dedup_check(d, jid), 1, "id %llu of the window not seen", (unsigned long long)j);
+    }
+  }
+  cr_assert_eq(dedup_count(d), 100);
+  dedup_free(d);
 }
 
 /* The header accessors read what the decoder reads, and the two in-place edits (kind,
