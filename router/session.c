@@ -166,6 +166,7 @@ void session_resume_ask(worker_t *w, const bus_frame_t *f) {
     r.flags = 0;
     r.dst = s->at;
     bus_to_edge(w->bus, &s->at, bus_msg_new(&r));
+    log_info("resume of %s asked at node %u: forwarded to node %u", bare, f->src.node, s->at.node);
     return;
   }
   log_debug("resume asked by %s at node %u: no such session", bare, f->src.node);
