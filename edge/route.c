@@ -319,6 +319,7 @@ static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   if (!strcmp(s->name, "message") && !(type && !strcmp(type, "error"))) {
     bus_frame_t b = *f;
     b.kind = BUS_BOUNCE;
+    b.flags &= (uint16_t)~BUS_F_PARKED; /* from an edge: it takes the router's copy's place */
     bus_to_router(th->bus, f->to, bus_bare_len(f->to, f->to_len), bus_msg_new(&b));
   }
 }

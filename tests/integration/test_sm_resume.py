@@ -889,9 +889,10 @@ class ClusterResumeFaultTest(ClusterResumeBase):
     """XEP-0198 §5 across edge nodes when a node dies at the worst moment (docs/cluster.md,
     "Stream resumption across nodes"): every message the server accepted reaches the
     account exactly once, live or from offline storage, and the resumption fails with
-    <item-not-found/>. Four edges (11..14): each test kills one. A lease of 3 s, so that
-    an edge stopped (SIGSTOP) for a moment keeps its sessions."""
-    opts = dict(ClusterResumeBase.opts, **{"cluster.node_ttl_ms": 3000})
+    <item-not-found/>. Four edges (11..14): tests a and b kill one each. A lease of 5 s, so
+    that an edge stopped (SIGSTOP) for two seconds keeps its sessions, and frames wait
+    1 s for a link that is down (cluster.max_wait_ms)."""
+    opts = dict(ClusterResumeBase.opts, **{"cluster.node_ttl_ms": 5000, "cluster.max_wait_ms": 1000})
     edge_ids = (11, 12, 13, 14)
     killed = ()
 
@@ -909,14 +910,18 @@ class ClusterResumeFaultTest(ClusterResumeBase):
         raise AssertionError(f"node {node.node_id} never logged {text!r}:\n" + node.log_text()[-3000:])
 
     def offline_once(self, edge, user, want, sender):
-        """user logs in on edge: the offline messages are exactly `want`, in order, and
-        nothing comes twice (a message sent after them comes right after them)."""
+        """user logs in on edge: the offline messages are exactly `want`, and nothing comes
+        twice (a message sent after them comes right after them). In any order: a message
+        on its way to the dead node comes back when the link gives it up, the others when
+        the router sees the node dead (docs/cluster.md)."""
         r = self.login(edge, user, "back")
         r.send("<presence/>")
-        r.recv_until(f"{want[-1]}</body>", timeout=15)
+        r.recv_until("(?s)^" + "".join(f"(?=.*{w}</body>)" for w in want), timeout=15)  # all of them
         sender.send(message(f"{user}@{DOMAIN}/back", "sentinel"))
         text = r.recv_until("sentinel</body>", timeout=10)
-        self.assertEqual(bodies(text), want + ["sentinel"], "each message once, from offline storage")
+        got = bodies(text)
+        self.assertEqual(got[-1], "sentinel")
+        self.assertEqual(sorted(got[:-1]), sorted(want), "each message once, from offline storage")
         self.assertEqual(text.count("urn:xmpp:delay"), len(want), text)
         r.close()
 
@@ -971,26 +976,72 @@ class ClusterResumeFaultTest(ClusterResumeBase):
         self.kill(hank, a, f"hank@{DOMAIN}/phone")
         ivy.send(message(f"hank@{DOMAIN}/phone", "h4"))
         self.barrier(ivy, f"hank@{DOMAIN}")
-        r = RawStream(d.port, timeout=10)
-        r.starttls()
-        r.auth_plain("hank", "pw")
-        forwarded = "resume of hank@localhost asked at node 14: forwarded"
-        before = sum(x.log_text().count(forwarded) for x in self.routers)
-        a.proc.send_signal(signal.SIGSTOP)
-        try:
-            r.send(f"<resume xmlns='{SM}' previd='{previd}' h='2'/>")
-            end = time.monotonic() + 10
-            while sum(x.log_text().count(forwarded) for x in self.routers) == before:
-                self.assertLess(time.monotonic(), end, "no router forwarded the resume request")
-                time.sleep(0.01)
-            type(self).killed += (d,)
-            d.kill9()
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        r = self.resume_stalled(a, d, "hank", previd, 2)
+        type(self).killed += (d,)
+        d.kill9()
+        a.proc.send_signal(signal.SIGCONT)
         self.wait_log(a, "handed over to node 14")
         ivy.recv_until(f"<presence[^>]*from='hank@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=15)
         self.offline_once(b, "hank", ["h3", "h4"], ivy)
         ivy.close()
+
+    def resume_stalled(self, holder, edge, user, previd, h):
+        """A raw stream on edge sends <resume/>; holder is stopped until a router has
+        forwarded the request to it. Returns the stream (holder stopped: the caller
+        continues it)."""
+        r = RawStream(edge.port, timeout=10)
+        r.starttls()
+        r.auth_plain(user, "pw")
+        forwarded = f"resume of {user}@{DOMAIN} asked at node {edge.node_id}: forwarded"
+        before = sum(x.log_text().count(forwarded) for x in self.routers)
+        holder.proc.send_signal(signal.SIGSTOP)
+        r.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
+        end = time.monotonic() + 10
+        while sum(x.log_text().count(forwarded) for x in self.routers) == before:
+            if time.monotonic() > end:
+                holder.proc.send_signal(signal.SIGCONT)
+                self.fail("no router forwarded the resume request")
+            time.sleep(0.01)
+        return r
+
+    def test_c_answer_to_the_resuming_edge_dropped_the_messages_go_offline_once(self):
+        """carol, detached on edge 11 with c2, c3 unacknowledged and c4 queued, resumes on
+        edge 12 with h=2; edge 12 is stopped (SIGSTOP, not dead: its lease holds) before
+        the router's answer carrying the state reaches it, long enough for the router's
+        link to give the answer up (cluster.max_wait_ms). The router ends the session
+        there: c3 and c4 come from offline storage at the next log-in, each once; edge 12,
+        continued, never resumes it (its client gets no answer)."""
+        a, b, c, d = self.edges
+        carol, previd = self.enable_resume(a, "carol", "phone")
+        dave = self.login(a, "dave", "pc")
+        dave.send("<presence/>")
+        carol.send(f"<presence to='dave@{DOMAIN}/pc'/>")
+        dave.recv_until(f"<presence[^>]*from='carol@{DOMAIN}/phone'", timeout=10)
+        dave.send("".join(message(f"carol@{DOMAIN}/phone", f"c{i}") for i in range(1, 4)))
+        carol.recv_until("c3</body>", timeout=10)
+        self.ack(carol, 1)
+        self.kill(carol, a, f"carol@{DOMAIN}/phone")
+        dave.send(message(f"carol@{DOMAIN}/phone", "c4"))
+        self.barrier(dave, f"carol@{DOMAIN}")
+        ended = f"session carol@{DOMAIN}/phone: the edge it was resumed on never got it: ended"
+        before = sum(x.log_text().count(ended) for x in self.routers)
+        r = self.resume_stalled(a, b, "carol", previd, 2)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGCONT)
+            self.wait_log(a, "handed over to node 12")
+            end = time.monotonic() + 15
+            while sum(x.log_text().count(ended) for x in self.routers) == before:
+                self.assertLess(time.monotonic(), end, "the router kept the session at the stopped edge")
+                time.sleep(0.02)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+            b.proc.send_signal(signal.SIGCONT)
+        dave.recv_until(f"<presence[^>]*from='carol@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
+        self.offline_once(a, "carol", ["c3", "c4"], dave)
+        self.assertNotIn("<resumed", r.buf.decode())
+        r.close()
+        dave.close()
 
 
 if __name__ == "__main__":
