@@ -208,9 +208,11 @@ static int is_message(const bus_frame_t *f) {
  * router/session.c: if this node dies, the router sends them back to the account) ---- */
 
 /* A kept message g's router has no copy of (it is not from offline storage, which keeps
- * its own, and it did not come with BUS_F_PARKED). */
-static void park_item(conn_t *g, const bus_frame_t *d) {
-  if (!bus_clustered(g->th->bus) || (d->flags & (BUS_F_OFFLINE | BUS_F_PARKED)) || !is_message(d)) return;
+ * its own, and it did not come with BUS_F_PARKED, unless `all`: a new router). */
+static void park_item_to(conn_t *g, const bus_frame_t *d, int all) {
+  if (!bus_clustered(g->th->bus) || (d->flags & BUS_F_OFFLINE) || (!all && (d->flags & BUS_F_PARKED)) ||
+      !is_message(d))
+    return;
   bus_frame_t f = *d;
   f.kind = BUS_SM_PARK;
   f.src = edge_addr(g);
@@ -218,6 +220,8 @@ static void park_item(conn_t *g, const bus_frame_t *d) {
   f.to_len = strlen(g->jid.full);
   bus_to_router(g->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
 }
+
+static void park_item(conn_t *g, const bus_frame_t *d) { park_item_to(g, d, 0); }
 
 /* An empty BUS_SM_PARK for the session g (at its address): arg BUS_PARK_ON, _OFF, or
  * how many of the first kept the client acknowledged. */
@@ -401,13 +405,24 @@ int sm_detach(conn_t *c) {
   th->ndetached++;
   log_info("conn %llx: %s detached for resumption (%" PRIu32 " unacknowledged)", (unsigned long long)g->id,
            g->jid.full, g->sm_out - g->sm_acked);
-  /* cluster: the router keeps copies of what it keeps, then of what it sends here */
+  sm_park_all(g); /* cluster: the router keeps copies of what it keeps, then of what it sends here */
+  return 1;
+}
+
+void sm_park_all(conn_t *g) {
   for (sm_item_t *it = g->sm_q; it; it = it->next) {
     bus_frame_t f;
-    if (bus_msg_frame(it->m, &f) == 0) park_item(g, &f);
+    if (bus_msg_frame(it->m, &f) == 0) park_item_to(g, &f, 1);
   }
   park_mark(g, BUS_PARK_ON);
-  return 1;
+}
+
+void sm_detached_released(conn_t *g) {
+  log_info("conn %llx: detached %s had been ended by its router, which sent back what it kept: ended",
+           (unsigned long long)g->id, g->jid.full);
+  detached_unlink(g);
+  conn_set_state(g, CONN_ST_CLOSING); /* no SESSION_CLOSE: the router ended it */
+  detached_free(g);                   /* and no bounce: the router's copies went instead */
 }
 
 void sm_detached_deliver(conn_t *g, const bus_frame_t *f) {

@@ -282,12 +282,6 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
   if (!s || !bus_addr_eq(&s->at, &f->src)) return;
-  if (f->flags & BUS_F_RESUME) {
-    /* moved to a connection the state never reached (cluster.c fail_frame): what the
-     * session kept goes back to the account from here */
-    log_info("session %s: the edge it was resumed on never got it: ended", full);
-    session_park_release(w, s);
-  }
   session_finish(w, u, s);
   log_debug("session %s closed", full);
 }

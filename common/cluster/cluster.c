@@ -225,40 +225,6 @@ static void fail_frame(cluster_t *c, bus_msg_t *m, const char *why) {
     arena_reset(&c->arena);
     return;
   }
-  if ((f.flags & BUS_F_RESUME) && f.payload_len && !c->stopping &&
-      ((f.kind == BUS_SESSION_ACK && f.arg == BUS_ACK_OPEN) || f.kind == BUS_SESSION_OPEN)) {
-    /* XEP-0198 §5 across nodes (docs/cluster.md "Stream resumption across nodes"): a
-     * hand-over carrying a detached session's state could not reach where it goes.
-     * - the router's answer to the edge the session was moved to: the session's router
-     *   ends it there (SESSION_CLOSE|BUS_F_RESUME): its copies of what the session kept
-     *   go back to the account (router/session.c);
-     * - the old edge's move to the router: the state comes back to its thread as a move
-     *   answer (SESSION_ACK|BUS_F_RESUME, same payload), which ends the session as a
-     *   closed one from its old address: its messages to another resource or offline. */
-    bus_frame_t r = {0};
-    r.flags = BUS_F_RESUME;
-    if (f.kind == BUS_SESSION_ACK) {
-      r.kind = BUS_SESSION_CLOSE;
-      r.from = f.to;
-      r.from_len = f.to_len;
-      r.src = f.dst;
-    } else {
-      r.kind = BUS_SESSION_ACK;
-      r.arg = BUS_ACK_OPEN;
-      r.to = f.from;
-      r.to_len = f.from_len;
-      r.dst = f.dst;
-      r.payload = f.payload;
-      r.payload_len = f.payload_len;
-    }
-    cluster_event(CLUSTER_EV_BOUNCED, "resumption hand-over of %.*s to node %u (%s): the session ends",
-                  (int)(f.to_len ? f.to_len : f.from_len), f.to_len ? f.to : f.from, f.dst.node, why);
-    bus_msg_t *rm = bus_msg_new(&r);
-    bus_msg_free(m);
-    arena_reset(&c->arena);
-    dispatch(c, rm);
-    return;
-  }
   if ((f.kind == BUS_C2S || f.kind == BUS_ROUTE) && answerable) {
     xnode_t *e = stanza_error_reply(&c->arena, st, "wait", "recipient-unavailable");
     buf_t p;
