@@ -42,7 +42,11 @@
  * with its state serialised in the move (state_encode); the router passes the state on
  * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
  * resumption across nodes". When the resuming connection is lost before <resumed/>, the
- * session ends (sm_bounce), less what the h of its <resume/> acknowledged.
+ * session ends (sm_bounce), less what the h of its <resume/> acknowledged. In a cluster
+ * the account's router also keeps a copy of each message a detached session keeps
+ * (BUS_SM_PARK: sm_park_all, park_item; router/session.c), so that the death of this
+ * process, or of the edge it is being resumed on, loses none of them: the router sends
+ * them back to the account when it sees that node dead.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
