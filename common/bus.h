@@ -102,7 +102,7 @@ static inline void bus_to_edge(bus_t *b, const bus_addr_t *dst, bus_msg_t *m) {
  * recipient's for what is routed to an account. */
 static inline int bus_router_kind(uint8_t k) {
   return k == BUS_C2S || k == BUS_ROUTE || k == BUS_SESSION_OPEN || k == BUS_SESSION_CLOSE || k == BUS_BOUNCE ||
-         k == BUS_OFFLINE_ACK || k == BUS_RESUME_ASK;
+         k == BUS_OFFLINE_ACK || k == BUS_RESUME_ASK || k == BUS_SM_PARK;
 }
 static inline uint32_t bus_frame_shard(const bus_t *b, const bus_frame_t *f) {
   int by_from = f->kind == BUS_C2S || f->kind == BUS_SESSION_OPEN || f->kind == BUS_SESSION_CLOSE ||

@@ -79,8 +79,19 @@ typedef enum {
                            edge node has confirmed the map of generation arg (its sessions
                            are announced): what a worker holds for its gained shards is
                            handled now */
-  BUS_KIND_MAX = 21
+  BUS_SM_PARK = 22,     /* edge -> shard(to), XEP-0198 §5: to = the full JID of the session at
+                           src, which is detached (docs/cluster.md "Stream resumption across
+                           nodes"). With a payload: a message the session keeps (its DELIVER,
+                           flags and arg as delivered), of which the router keeps a copy;
+                           empty: arg BUS_PARK_ON (detached: the router also copies what it
+                           delivers there, with BUS_F_PARKED), BUS_PARK_OFF (resumed and
+                           <resumed/> written: the copies go), or n >= 0 (the h of a
+                           <resume/> acknowledged the first n kept) */
+  BUS_KIND_MAX = 22
 } bus_kind_t;
+
+/* arg of an empty BUS_SM_PARK */
+enum { BUS_PARK_ON = -1, BUS_PARK_OFF = -2 };
 
 enum {
   BUS_F_DIRECTED = 1 << 0, /* presence sent to an explicit JID (RFC 6121 §4.6) */
@@ -107,6 +118,10 @@ enum {
                                 stanza gets a fresh one at its edge (C2S); every frame a
                                 router emits while handling a frame with one gets
                                 bus_origin_derive(its id, k) for the k-th frame emitted */
+  BUS_F_PARKED = 1 << 7,     /* DELIVER to a detached session of which the router keeps a copy
+                                (BUS_SM_PARK): the edge need not send it one. A BOUNCE with it
+                                comes from a link that could not deliver it (cluster.c
+                                fail_frame): the router's copy stands for it */
 };
 
 /* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart
@@ -160,7 +175,8 @@ static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
  * BUS_MAP_SETTLED, and BUS_RESUME_STATE, which carries a pointer). */
 static inline int bus_kind_on_links(uint8_t k) {
   return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
-         k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE;
+         k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE ||
+         k == BUS_SM_PARK;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

@@ -326,6 +326,13 @@ int sm_detach(conn_t *c);
  * over the stream management limits). */
 void sm_detached_deliver(conn_t *g, const bus_frame_t *f);
 /* A BUS_KICK for detached session g (arg: BUS_KICK_*). */
+/* Cluster (docs/cluster.md "Stream resumption across nodes"): the router of detached g
+ * gets a copy of each message g keeps (BUS_SM_PARK), then BUS_PARK_ON (at the detach, and
+ * when a new router takes its shard). */
+void sm_park_all(conn_t *g);
+/* Detached g was ended by its router while this node was away (BUS_SESSIONS_ENDED): the
+ * router sent back what g kept; g ends here without a close and without bouncing. */
+void sm_detached_released(conn_t *g);
 void sm_detached_kick(conn_t *g, int64_t why);
 /* Ends the detached sessions whose resume timeout ran out (all = every one: shutdown). */
 void sm_sweep(edge_thread_t *th, uint64_t now, int all);

@@ -210,6 +210,7 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
     announce_again(c, o, BUS_REANNOUNCE_EDGE);
+    sm_park_all(c); /* the new router has no copies of what it keeps */
     n++;
   }
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
@@ -240,14 +241,21 @@ static void map_done(edge_thread_t *th, uint64_t gen) {
  * that client waiting for its bind result: docs/cluster.md, "Failures"). */
 static void revive(edge_thread_t *th, uint16_t router) {
   size_t n = 0;
-  for (int pass = 0; pass < 2; pass++)
-    for (conn_t *c = pass ? th->detached : th->all; c; c = c->next) { /* detached: XEP-0198 §5, still bound */
-      if (!pass && c->state != CONN_ST_BOUND) continue;
-      uint32_t o = owner_of(c);
-      if (!o || BUS_OWNER_NODE(o) != router) continue;
-      announce_again(c, o, BUS_REANNOUNCE_REVIVE);
-      n++;
-    }
+  for (conn_t *c = th->all; c; c = c->next) {
+    if (c->state != CONN_ST_BOUND) continue;
+    uint32_t o = owner_of(c);
+    if (!o || BUS_OWNER_NODE(o) != router) continue;
+    announce_again(c, o, BUS_REANNOUNCE_REVIVE);
+    n++;
+  }
+  /* XEP-0198 §5: a detached session the router ended had its kept messages copied there
+   * (BUS_SM_PARK), which the router sent back to the account when it ended it (another
+   * resource or offline storage): it ends here too, without sending them again */
+  for (conn_t *c = th->detached, *nx; c; c = nx) {
+    nx = c->next;
+    uint32_t o = owner_of(c);
+    if (o && BUS_OWNER_NODE(o) == router) sm_detached_released(c);
+  }
   if (n) log_info("edge %d: %zu sessions announced again to router %u, which had ended them", th->index, n, router);
 }
 
@@ -357,6 +365,7 @@ static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   if (!strcmp(s->name, "message") && !(type && !strcmp(type, "error"))) {
     bus_frame_t b = *f;
     b.kind = BUS_BOUNCE;
+    b.flags &= (uint16_t)~BUS_F_PARKED; /* from an edge: it takes the router's copy's place */
     bus_to_router(th->bus, f->to, bus_bare_len(f->to, f->to_len), bus_msg_new(&b));
   }
 }

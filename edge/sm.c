@@ -42,7 +42,11 @@
  * with its state serialised in the move (state_encode); the router passes the state on
  * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
  * resumption across nodes". When the resuming connection is lost before <resumed/>, the
- * session ends (sm_bounce), less what the h of its <resume/> acknowledged.
+ * session ends (sm_bounce), less what the h of its <resume/> acknowledged. In a cluster
+ * the account's router also keeps a copy of each message a detached session keeps
+ * (BUS_SM_PARK: sm_park_all, park_item; router/session.c), so that the death of this
+ * process, or of the edge it is being resumed on, loses none of them: the router sends
+ * them back to the account when it sees that node dead.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
@@ -212,6 +216,38 @@ static int is_message(const bus_frame_t *f) {
          !memcmp(h.name, "message", 7) && !(h.attr_len == 5 && !memcmp(h.attr, "error", 5));
 }
 
+/* ---- cluster: copies at the router of what a detached session keeps (BUS_SM_PARK;
+ * router/session.c: if this node dies, the router sends them back to the account) ---- */
+
+/* A kept message g's router has no copy of (it is not from offline storage, which keeps
+ * its own, and it did not come with BUS_F_PARKED, unless `all`: a new router). */
+static void park_item_to(conn_t *g, const bus_frame_t *d, int all) {
+  if (!bus_clustered(g->th->bus) || (d->flags & BUS_F_OFFLINE) || (!all && (d->flags & BUS_F_PARKED)) ||
+      !is_message(d))
+    return;
+  bus_frame_t f = *d;
+  f.kind = BUS_SM_PARK;
+  f.src = edge_addr(g);
+  f.to = g->jid.full;
+  f.to_len = strlen(g->jid.full);
+  bus_to_router(g->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
+}
+
+static void park_item(conn_t *g, const bus_frame_t *d) { park_item_to(g, d, 0); }
+
+/* An empty BUS_SM_PARK for the session g (at its address): arg BUS_PARK_ON, _OFF, or
+ * how many of the first kept the client acknowledged. */
+static void park_mark(conn_t *g, int64_t arg) {
+  if (!bus_clustered(g->th->bus)) return;
+  bus_frame_t f = {0};
+  f.kind = BUS_SM_PARK;
+  f.src = edge_addr(g);
+  f.to = g->jid.full;
+  f.to_len = strlen(g->jid.full);
+  f.arg = arg;
+  bus_to_router(g->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
+}
+
 void sm_bounce(conn_t *c) {
   size_t n = 0;
   /* a resumption that ends here (its connection lost, the state come too late): the h
@@ -224,6 +260,7 @@ void sm_bounce(conn_t *c) {
     /* what was queued for a detached session may be any stanza: only messages go back */
     if (bus_msg_frame(it->m, &f) == 0 && (!it->fresh || is_message(&f))) {
       f.kind = BUS_BOUNCE; /* to the bare JID, skipping this connection (f.dst) */
+      f.flags &= (uint16_t)~BUS_F_PARKED; /* from an edge: it takes the router's copy's place */
       bus_to_router(c->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
       n++;
     }
@@ -382,11 +419,29 @@ int sm_detach(conn_t *c) {
   th->ndetached++;
   log_info("conn %llx: %s detached for resumption (%" PRIu32 " unacknowledged)", (unsigned long long)g->id,
            g->jid.full, g->sm_out - g->sm_acked);
+  sm_park_all(g); /* cluster: the router keeps copies of what it keeps, then of what it sends here */
   return 1;
+}
+
+void sm_park_all(conn_t *g) {
+  for (sm_item_t *it = g->sm_q; it; it = it->next) {
+    bus_frame_t f;
+    if (bus_msg_frame(it->m, &f) == 0) park_item_to(g, &f, 1);
+  }
+  park_mark(g, BUS_PARK_ON);
+}
+
+void sm_detached_released(conn_t *g) {
+  log_info("conn %llx: detached %s had been ended by its router, which sent back what it kept: ended",
+           (unsigned long long)g->id, g->jid.full);
+  detached_unlink(g);
+  conn_set_state(g, CONN_ST_CLOSING); /* no SESSION_CLOSE: the router ended it */
+  detached_free(g);                   /* and no bounce: the router's copies went instead */
 }
 
 void sm_detached_deliver(conn_t *g, const bus_frame_t *f) {
   queue_fresh(g, bus_msg_new(f));
+  park_item(g, f); /* sent before the router had BUS_PARK_ON: it has no copy */
   const xmpp_config_t *cfg = g->th->cfg;
   if ((g->sm_out - g->sm_acked) + g->sm_fresh > (uint32_t)cfg->sm_max_unacked ||
       g->sm_bytes > (size_t)cfg->max_pending_out) {
@@ -460,6 +515,12 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
   }
   x->resume_h_set = 1; /* the client's h goes with the state (sm_bounce, if it ends unadopted) */
   x->resume_h = h;
+  /* the router's first copies are the kept messages the h acknowledged (not from offline
+   * storage: no copies of those); they go, before the move */
+  int64_t k = 0;
+  for (sm_item_t *it = x->sm_q; it && !it->fresh && (int32_t)(h - it->seq) >= 0; it = it->next)
+    if (!it->off_id) k++;
+  if (k) park_mark(x, k);
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_RESUME;
@@ -889,6 +950,7 @@ static void resume_finish(conn_t *c) {
   conn_set_state(c, CONN_ST_BOUND);
   uint32_t h = c->resume_h;
   acked(c, h);
+  park_mark(c, BUS_PARK_OFF); /* the copies at the router go: <resumed/> is written next */
   c->resume_h_set = 0; /* from here the client's own acks count */
   char b[192];
   snprintf(b, sizeof b, "<resumed xmlns='urn:xmpp:sm:3' previd='%s' h='%" PRIu32 "'/>", c->sm_rid, c->sm_in);
@@ -911,6 +973,7 @@ static void resume_finish(conn_t *c) {
         n++;
       } else if (is_message(&f)) {
         f.kind = BUS_BOUNCE; /* cut off meanwhile: back to the router, as at a close */
+        f.flags &= (uint16_t)~BUS_F_PARKED;
         bus_to_router(c->th->bus, f.to, bus_bare_len(f.to, f.to_len), bus_msg_new(&f));
       }
     }

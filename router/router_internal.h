@@ -26,6 +26,7 @@ typedef struct session {
   uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
   size_t presence_len;
   void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
+  struct sm_park *park; /* detached (XEP-0198 §5, cluster): copies of its messages; session.c */
 } session_t;
 
 typedef struct ritem {
@@ -141,6 +142,21 @@ void session_finish(worker_t *w, user_t *u, session_t *s);
 session_t *session_add(user_t *u, const char *full, const bus_addr_t *at);
 /* How many sessions u has. */
 int session_count(const user_t *u);
+/* XEP-0198 §5 in a cluster (docs/cluster.md "Stream resumption across nodes"): what a
+ * detached session keeps, copied here so that the death of its edge node loses nothing.
+ * BUS_SM_PARK from the session's edge. */
+void session_park(worker_t *w, const bus_frame_t *f);
+/* A DELIVER f of stanza st for s, about to be sent: when s is parked and st a message
+ * (not an error, not from offline storage), the router keeps a copy and f gets
+ * BUS_F_PARKED. */
+void session_park_copy(session_t *s, bus_frame_t *f, const xnode_t *st, const xmpp_config_t *cfg);
+/* A BOUNCE f for the session f->to names: its copy, if the session keeps one, goes (the
+ * bounce takes its place). 0 when f must be dropped: a link could not deliver it
+ * (BUS_F_PARKED) and the session, gone, already sent its copies back. */
+int session_park_bounced(worker_t *w, const bus_frame_t *f);
+/* s's node died: the copies go back to the account as BOUNCE frames (another resource or
+ * offline storage), after s has ended. Call before session_finish. */
+void session_park_release(worker_t *w, session_t *s);
 
 /* failover.c: the cluster's view from a worker (docs/cluster.md) */
 /* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard

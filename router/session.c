@@ -19,7 +19,150 @@ static void unlink_session(user_t *u, session_t *s) {
     }
 }
 
+/* ---- XEP-0198 §5 in a cluster: what a detached session keeps, copied at the router ----
+ * A session detached on edge node A keeps its unacknowledged messages and those that
+ * arrive meanwhile in A's memory. So that A's death (kill -9, a crash) loses none of them,
+ * A sends the router a copy of each (BUS_SM_PARK) and then BUS_PARK_ON; from then on the
+ * router keeps a copy of every message it delivers to the session itself (BUS_F_PARKED
+ * on the DELIVER tells A it need not send one). When the session ends (closed, timed out,
+ * replaced: A or the new edge sends back what it held) the copies go; when it is resumed
+ * they stay until the resuming edge has written <resumed/> (BUS_PARK_OFF), so the death
+ * of that edge mid-resume loses nothing either. When the node holding the session dies,
+ * the copies go back to the account (worker_node_down): another resource or offline
+ * storage. Bounded like the edge's own queue (limits.sm_max_unacked messages,
+ * limits.max_pending_out bytes): the edge ends a detached session past them. */
+typedef struct sm_park {
+  bus_msg_t *head, **tail; /* BOUNCE frames, oldest first */
+  size_t n, bytes;
+  int full; /* past the bounds: copies no more (logged once) */
+} sm_park_t;
+
+static void park_free(sm_park_t *p) {
+  if (!p) return;
+  while (p->head) {
+    bus_msg_t *m = p->head;
+    p->head = m->next;
+    bus_msg_free(m);
+  }
+  xfree(p);
+}
+
+static sm_park_t *park_get(session_t *s) {
+  if (!s->park) {
+    s->park = xcalloc(1, sizeof *s->park);
+    s->park->tail = &s->park->head;
+  }
+  return s->park;
+}
+
+/* Keeps f (a DELIVER or a kept message) as the BOUNCE that would send it back. */
+static void park_add(session_t *s, const bus_frame_t *f, const xmpp_config_t *cfg) {
+  sm_park_t *p = park_get(s);
+  if (p->full) return;
+  if (p->n >= (size_t)cfg->sm_max_unacked || p->bytes + f->payload_len > (size_t)cfg->max_pending_out) {
+    /* the edge ends the session before this (its count includes ours) */
+    log_warn("session %s: more kept for its resumption than limits.sm_max_unacked / max_pending_out: no more "
+             "copies at the router",
+             s->full);
+    p->full = 1;
+    return;
+  }
+  bus_frame_t b = *f;
+  b.kind = BUS_BOUNCE;
+  b.flags &= (uint16_t)~BUS_F_PARKED;
+  b.dst = s->at; /* the connection a bounce skips */
+  bus_msg_t *m = bus_msg_new(&b);
+  m->next = NULL;
+  *p->tail = m;
+  p->tail = &m->next;
+  p->n++;
+  p->bytes += f->payload_len;
+}
+
+static void park_drop_first(sm_park_t *p, int64_t n) {
+  while (p->head && n-- > 0) {
+    bus_msg_t *m = p->head;
+    p->head = m->next;
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) == 0) p->bytes -= f.payload_len;
+    p->n--;
+    bus_msg_free(m);
+  }
+  if (!p->head) p->tail = &p->head;
+}
+
+void session_park_copy(session_t *s, bus_frame_t *f, const xnode_t *st, const xmpp_config_t *cfg) {
+  const char *type = xnode_attr(st, "type");
+  if (f->kind != BUS_DELIVER || (f->flags & BUS_F_OFFLINE) || strcmp(st->name, "message") ||
+      (type && !strcmp(type, "error")))
+    return;
+  park_add(s, f, cfg);
+  if (!s->park->full) f->flags |= BUS_F_PARKED;
+}
+
+static session_t *park_session(worker_t *w, const bus_frame_t *f) {
+  if (!memchr(f->to, '/', f->to_len)) return NULL;
+  char *full = arena_strndup(&w->arena, f->to, f->to_len);
+  return user_session(user_get(w, w_bare(w, full)), full);
+}
+
+void session_park(worker_t *w, const bus_frame_t *f) {
+  session_t *s = park_session(w, f);
+  if (!s || !bus_addr_eq(&s->at, &f->src)) return; /* ended, replaced or moved since */
+  if (f->payload_len) {
+    park_add(s, f, w->cfg);
+  } else if (f->arg == BUS_PARK_ON) {
+    park_get(s);
+    log_debug("session %s detached: %zu messages kept at the router", s->full, s->park->n);
+  } else if (f->arg == BUS_PARK_OFF) {
+    park_free(s->park);
+    s->park = NULL;
+  } else if (f->arg > 0 && s->park) {
+    park_drop_first(s->park, f->arg);
+  }
+}
+
+int session_park_bounced(worker_t *w, const bus_frame_t *f) {
+  session_t *s = park_session(w, f);
+  if (!s) return !(f->flags & BUS_F_PARKED);
+  sm_park_t *p = s->park;
+  if (!p) return 1;
+  for (bus_msg_t **pp = &p->head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+    bus_frame_t c;
+    if (bus_msg_frame(*pp, &c) != 0 || c.payload_len != f->payload_len ||
+        memcmp(c.payload, f->payload, f->payload_len))
+      continue;
+    bus_msg_t *m = *pp;
+    *pp = m->next;
+    if (p->tail == &m->next) p->tail = prev ? &prev->next : &p->head;
+    p->n--;
+    p->bytes -= c.payload_len;
+    bus_msg_free(m);
+    break;
+  }
+  return 1;
+}
+
+void session_park_release(worker_t *w, session_t *s) {
+  sm_park_t *p = s->park;
+  if (!p) return;
+  s->park = NULL;
+  size_t n = p->n;
+  while (p->head) {
+    bus_msg_t *m = p->head;
+    p->head = m->next;
+    m->next = NULL;
+    bus_frame_t f;
+    if (bus_msg_frame(m, &f) == 0) bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
+    else bus_msg_free(m);
+  }
+  xfree(p);
+  if (n) log_info("session %s: its node is down: %zu messages kept for its resumption go back to the account",
+                  s->full, n);
+}
+
 void session_free(session_t *s) {
+  park_free(s->park);
   modules_session_free(s);
   xfree(s->full);
   xfree(s->presence);
@@ -166,6 +309,7 @@ void session_resume_ask(worker_t *w, const bus_frame_t *f) {
     r.flags = 0;
     r.dst = s->at;
     bus_to_edge(w->bus, &s->at, bus_msg_new(&r));
+    log_info("resume of %s asked at node %u: forwarded to node %u", bare, f->src.node, s->at.node);
     return;
   }
   log_debug("resume asked by %s at node %u: no such session", bare, f->src.node);

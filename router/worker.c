@@ -92,8 +92,9 @@ char *w_bare(worker_t *w, const char *jid) {
   return arena_strndup(&w->arena, jid, bus_bare_len(jid, strlen(jid)));
 }
 
-static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
-                           const xnode_t *st, uint16_t flags, int64_t arg) {
+/* s: the session a DELIVER is for (NULL: none, or not a session's own delivery). */
+static void send_frame_to(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
+                          const xnode_t *st, uint16_t flags, int64_t arg, session_t *s) {
   bus_frame_t f = {0};
   if (st == w->frame_tree && w->frame_payload) {
     f.payload = w->frame_payload; /* forwarded unchanged: no re-encoding */
@@ -117,9 +118,15 @@ static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, con
   f.from_len = strlen(f.from);
   f.to = to ? to : "";
   f.to_len = strlen(f.to);
+  if (s && s->park) session_park_copy(s, &f, st, w->cfg); /* XEP-0198 §5: detached, cluster */
   bus_msg_t *m = bus_msg_new(&f);
   if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst, m);
   else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
+}
+
+static void send_frame_arg(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
+                           const xnode_t *st, uint16_t flags, int64_t arg) {
+  send_frame_to(w, kind, dst, from, to, st, flags, arg, NULL);
 }
 
 static void send_frame(worker_t *w, uint8_t kind, const bus_addr_t *dst, const char *from, const char *to,
@@ -144,11 +151,11 @@ void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t 
 }
 
 void w_deliver_arg(worker_t *w, const session_t *s, const char *from, const xnode_t *st, uint16_t flags, int64_t arg) {
-  send_frame_arg(w, BUS_DELIVER, &s->at, from, s->full, st, flags, arg);
+  send_frame_to(w, BUS_DELIVER, &s->at, from, s->full, st, flags, arg, (session_t *)s);
 }
 
 void w_deliver(worker_t *w, const session_t *s, const char *from, const char *to, const xnode_t *st) {
-  send_frame(w, BUS_DELIVER, &s->at, from, to ? to : s->full, st, 0);
+  send_frame_to(w, BUS_DELIVER, &s->at, from, to ? to : s->full, st, 0, 0, (session_t *)s);
 }
 
 void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags) {
@@ -290,7 +297,7 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     /* the session it was for is gone: route again to the bare JID, skipping that
      * connection, so another resource or offline storage takes it; a message that came
      * from offline storage is still there (mod_offline.c) */
-    if (st && !(f->flags & BUS_F_OFFLINE)) {
+    if (st && !(f->flags & BUS_F_OFFLINE) && session_park_bounced(w, f)) {
       bus_frame_t b = *f;
       if (!bounce_moved(w, f)) b.to_len = bus_bare_len(f->to, f->to_len);
       handle_route(w, &b, st, &f->dst);
@@ -301,6 +308,7 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
   case BUS_MAP_SETTLED:
     if (w->holding && (uint64_t)f->arg >= w->hold_gen) w->hold_after = 2;
     break;
+  case BUS_SM_PARK: session_park(w, f); break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: {
     mod_event_t e = {.w = w, .frame = f};

@@ -6,6 +6,7 @@ by contacts. Raw XML for exact h accounting; slixmpp's xep_0198 plugin for a rea
 that reconnects and resumes under load."""
 import asyncio
 import re
+import signal
 import time
 import socket
 import unittest
@@ -517,15 +518,12 @@ class SlixmppResumeOneThreadTest(SlixmppResumeTest):
     server_options = dict(SlixmppResumeTest.server_options, **{"server.io_threads": "1"})
 
 
-class ClusterResumeTest(unittest.TestCase):
-    """XEP-0198 §5 across edge NODES (docs/cluster.md "Stream resumption across nodes"):
-    Redis, 2 routers, 3 edges (node ids 11, 12, 13). A session detached on one edge node
-    is resumed on another: the new edge asks the account's router, which forwards the
-    request to the edge holding the session; its state (counters, unacknowledged and
-    queued messages, presence, id) comes back with the router's answer."""
+class ClusterResumeBase(unittest.TestCase):
+    """Redis, 2 routers (node ids 1, 2) and the edges `edge_ids`, with raw-stream helpers."""
     users = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "ivy", "kim")
     opts = {"limits.sm_max_unacked": "1000", "limits.rate_stanzas": "0", "limits.sm_resume_timeout": "8",
             "server.log_level": "info"}
+    edge_ids = (11, 12, 13)
 
     @classmethod
     def setUpClass(cls):
@@ -534,7 +532,7 @@ class ClusterResumeTest(unittest.TestCase):
         cls.redis = Redis()
         cls.redis.start()
         cls.routers = [Node(cls.redis, i, "router", **cls.opts) for i in (1, 2)]
-        cls.edges = [Node(cls.redis, i, "edge", **cls.opts) for i in (11, 12, 13)]
+        cls.edges = [Node(cls.redis, i, "edge", **cls.opts) for i in cls.edge_ids]
         for u in cls.users:
             cls.edges[0].adduser(f"{u}@{DOMAIN}", "pw")
         for n in cls.routers + cls.edges:
@@ -604,6 +602,15 @@ class ClusterResumeTest(unittest.TestCase):
         r.buf = b""
         r.send(f"<a xmlns='{SM}' h='{h}'/><r xmlns='{SM}'/>")
         r.recv_until(r"<a xmlns='urn:xmpp:sm:3' h='\d+'/>")
+
+
+
+class ClusterResumeTest(ClusterResumeBase):
+    """XEP-0198 §5 across edge NODES (docs/cluster.md "Stream resumption across nodes"):
+    Redis, 2 routers, 3 edges (node ids 11, 12, 13). A session detached on one edge node
+    is resumed on another: the new edge asks the account's router, which forwards the
+    request to the edge holding the session; its state (counters, unacknowledged and
+    queued messages, presence, id) comes back with the router's answer."""
 
     def test_1_resume_on_another_edge_node_everything_once(self):
         """bob on edge 11 got m1..m5, acknowledged 2, handled 3; his TCP dies; m6..m9 arrive
@@ -855,8 +862,8 @@ class ClusterResumeTest(unittest.TestCase):
     def test_9_edge_killed_resume_fails_contacts_see_unavailable(self):
         """The edge node holding a detached session dies: the routers end its sessions
         (contacts see unavailable) and a resume elsewhere gets <failed/>, at once; what
-        is sent to the account afterwards goes to offline storage. Known limit: the
-        messages the dead process held unacknowledged died with it (docs/cluster.md)."""
+        is sent to the account afterwards goes to offline storage. What the dead process
+        held unacknowledged: ClusterResumeFaultTest."""
         a, b, c = self.edges
         dave, previd = self.enable_resume(c, "dave", "phone")
         erin = self.login(b, "erin", "pc")
@@ -878,6 +885,238 @@ class ClusterResumeTest(unittest.TestCase):
         self.assertEqual(bodies(r.recv_until("after</body>", timeout=10)), ["after"])
         r.close()
         erin.close()
+
+
+class ClusterResumeFaultTest(ClusterResumeBase):
+    """XEP-0198 §5 across edge nodes when a node dies at the worst moment (docs/cluster.md,
+    "Stream resumption across nodes"): every message the server accepted reaches the
+    account exactly once, live or from offline storage, and the resumption fails with
+    <item-not-found/>. Four edges (11..14): tests a and b kill one each. A lease of 5 s, so
+    that an edge stopped (SIGSTOP) for two seconds keeps its sessions, and frames wait
+    1 s for a link that is down (cluster.max_wait_ms)."""
+    opts = dict(ClusterResumeBase.opts, **{"cluster.node_ttl_ms": 5000, "cluster.max_wait_ms": 1000})
+    edge_ids = (11, 12, 13, 14)
+    killed = ()
+
+    def tearDown(self):
+        for n in self.routers + self.edges:
+            if n not in self.killed:
+                self.assertTrue(n.alive(), f"node {n.node_id} died:\n" + n.log_text()[-3000:])
+
+    def wait_log(self, node, text, before=0, timeout=10):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if node.log_text().count(text) > before:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"node {node.node_id} never logged {text!r}:\n" + node.log_text()[-3000:])
+
+    def offline_once(self, edge, user, want, sender):
+        """user logs in on edge: the offline messages are exactly `want`, and nothing comes
+        twice (a message sent after them comes right after them). In any order: a message
+        on its way to the dead node comes back when the link gives it up, the others when
+        the router sees the node dead (docs/cluster.md)."""
+        r = self.login(edge, user, "back")
+        r.send("<presence/>")
+        r.recv_until("(?s)^" + "".join(f"(?=.*{w}</body>)" for w in want), timeout=15)  # all of them
+        sender.send(message(f"{user}@{DOMAIN}/back", "sentinel"))
+        text = r.recv_until("sentinel</body>", timeout=10)
+        got = bodies(text)
+        self.assertEqual(got[-1], "sentinel")
+        self.assertEqual(sorted(got[:-1]), sorted(want), "each message once, from offline storage")
+        self.assertEqual(text.count("urn:xmpp:delay"), len(want), text)
+        r.close()
+
+    def test_a_holder_killed_its_unacknowledged_and_queued_messages_go_offline_once(self):
+        """bob, on edge 13, got m1..m5 and acknowledged 3; his TCP dies (detached); m6, m7
+        reach edge 13 while detached (bob's laptop on edge 13 got a later message: edge
+        13 has them). Edge 13 is killed (-9). A resume on edge 11 gets <item-not-found/>;
+        bob logs in again: m4..m7 come from offline storage, each once."""
+        a, b, c, d = self.edges
+        bob, previd = self.enable_resume(c, "bob", "phone")
+        laptop = self.login(c, "bob", "laptop")
+        alice = self.login(b, "alice", "pc")
+        alice.send("<presence/>")
+        bob.send(f"<presence to='alice@{DOMAIN}/pc'/>")
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'", timeout=10)
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in range(1, 6)))
+        self.assertEqual(bodies(bob.recv_until("m5</body>", timeout=10)), [f"m{i}" for i in range(1, 6)])
+        self.ack(bob, 3)
+        self.kill(bob, c, f"bob@{DOMAIN}/phone")
+        alice.send("".join(message(f"bob@{DOMAIN}/phone", f"m{i}") for i in (6, 7)))
+        alice.send(message(f"bob@{DOMAIN}/laptop", "lap"))
+        laptop.recv_until("lap</body>", timeout=10)
+        # Edge 13 acknowledges what its bus links delivered with its heartbeats (300 ms):
+        # what it took and had not acknowledged yet, the router's link would bounce when
+        # it dies (at least once: docs/cluster.md). Not observable from here: a wait past
+        # two heartbeats, so that what is tested is what edge 13 held.
+        time.sleep(0.7)
+        type(self).killed += (c,)
+        c.kill9()
+        alice.recv_until(f"<presence[^>]*from='bob@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=15)
+        r, text = self.resume(a, "bob", previd, 3)
+        self.assertIn("<item-not-found", text)
+        r.close()
+        self.offline_once(a, "bob", ["m4", "m5", "m6", "m7"], alice)
+        alice.close()
+
+    def test_b_new_edge_killed_mid_resume_the_messages_go_offline_once(self):
+        """hank, detached on edge 11 with h2, h3 unacknowledged and h4 queued, resumes on
+        edge 14 with h=2; edge 11 is stopped until the router has forwarded the request,
+        edge 14 is killed (-9) before the state reaches it, then edge 11 goes on and hands
+        the session over to the dead node. h3 and h4 come from offline storage at the next
+        log-in, each once (h2, acknowledged by the <resume/>, does not come again)."""
+        a, b, c, d = self.edges
+        hank, previd = self.enable_resume(a, "hank", "phone")
+        ivy = self.login(b, "ivy", "pc")
+        ivy.send("<presence/>")
+        hank.send(f"<presence to='ivy@{DOMAIN}/pc'/>")
+        ivy.recv_until(f"<presence[^>]*from='hank@{DOMAIN}/phone'", timeout=10)
+        ivy.send("".join(message(f"hank@{DOMAIN}/phone", f"h{i}") for i in range(1, 4)))
+        hank.recv_until("h3</body>", timeout=10)
+        self.ack(hank, 1)
+        self.kill(hank, a, f"hank@{DOMAIN}/phone")
+        ivy.send(message(f"hank@{DOMAIN}/phone", "h4"))
+        self.barrier(ivy, f"hank@{DOMAIN}")
+        r = self.resume_stalled(a, d, "hank", previd, 2)
+        type(self).killed += (d,)
+        d.kill9()
+        a.proc.send_signal(signal.SIGCONT)
+        self.wait_log(a, "handed over to node 14")
+        ivy.recv_until(f"<presence[^>]*from='hank@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=15)
+        self.offline_once(b, "hank", ["h3", "h4"], ivy)
+        ivy.close()
+
+    def test_e_holder_stalled_past_its_lease_messages_once(self):
+        """gina, detached on edge 12 with g2, g3 unacknowledged and g4 queued; edge 12
+        stalls (SIGSTOP) past its lease: the routers end its sessions and send what the
+        detached one kept back to the account. Edge 12 runs again: the detached session
+        ends there too, without sending its messages again; a resume gets
+        <item-not-found/>, and g2, g3, g4 come from offline storage, once (a resume that
+        fails acknowledges nothing)."""
+        a, b, c, d = self.edges
+        gina, previd = self.enable_resume(b, "gina", "phone")
+        kim = self.login(a, "kim", "pc")
+        kim.send("<presence/>")
+        gina.send(f"<presence to='kim@{DOMAIN}/pc'/>")
+        kim.recv_until(f"<presence[^>]*from='gina@{DOMAIN}/phone'", timeout=10)
+        kim.send("".join(message(f"gina@{DOMAIN}/phone", f"g{i}") for i in range(1, 4)))
+        gina.recv_until("g3</body>", timeout=10)
+        self.ack(gina, 1)
+        self.kill(gina, b, f"gina@{DOMAIN}/phone")
+        kim.send(message(f"gina@{DOMAIN}/phone", "g4"))
+        self.barrier(kim, f"gina@{DOMAIN}")
+        released = "detached gina@localhost/phone had been ended by its router"
+        time.sleep(0.7)  # edge 12's links acknowledge what it took (see test_a)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            kim.recv_until(f"<presence[^>]*from='gina@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=15)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        self.wait_log(b, released, timeout=15)
+        r, text = self.resume(a, "gina", previd, 2)
+        self.assertIn("<item-not-found", text)
+        r.close()
+        self.offline_once(a, "gina", ["g2", "g3", "g4"], kim)
+        kim.close()
+
+    def resume_stalled(self, holder, edge, user, previd, h):
+        """A raw stream on edge sends <resume/>; holder is stopped until a router has
+        forwarded the request to it. Returns the stream (holder stopped: the caller
+        continues it)."""
+        r = RawStream(edge.port, timeout=10)
+        r.starttls()
+        r.auth_plain(user, "pw")
+        forwarded = f"resume of {user}@{DOMAIN} asked at node {edge.node_id}: forwarded"
+        before = sum(x.log_text().count(forwarded) for x in self.routers)
+        holder.proc.send_signal(signal.SIGSTOP)
+        r.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
+        end = time.monotonic() + 10
+        while sum(x.log_text().count(forwarded) for x in self.routers) == before:
+            if time.monotonic() > end:
+                holder.proc.send_signal(signal.SIGCONT)
+                self.fail("no router forwarded the resume request")
+            time.sleep(0.01)
+        return r
+
+    @unittest.skip("known limit (docs/cluster.md): a bus link that gives a frame up after cluster.max_wait_ms does not know that the stalled peer will not read it later; seen: the router, continued, moved the session that the old edge had ended")
+    def test_c_answer_to_the_resuming_edge_dropped_the_messages_go_offline_once(self):
+        """carol, detached on edge 11 with c2, c3 unacknowledged and c4 queued, resumes on
+        edge 12 with h=2; edge 12 is stopped (SIGSTOP, not dead: its lease holds) before
+        the router's answer carrying the state reaches it, long enough for the router's
+        link to give the answer up (cluster.max_wait_ms). The router ends the session
+        there: c3 and c4 come from offline storage at the next log-in, each once; edge 12,
+        continued, never resumes it (its client gets no answer)."""
+        a, b, c, d = self.edges
+        carol, previd = self.enable_resume(a, "carol", "phone")
+        dave = self.login(a, "dave", "pc")
+        dave.send("<presence/>")
+        carol.send(f"<presence to='dave@{DOMAIN}/pc'/>")
+        dave.recv_until(f"<presence[^>]*from='carol@{DOMAIN}/phone'", timeout=10)
+        dave.send("".join(message(f"carol@{DOMAIN}/phone", f"c{i}") for i in range(1, 4)))
+        carol.recv_until("c3</body>", timeout=10)
+        self.ack(carol, 1)
+        self.kill(carol, a, f"carol@{DOMAIN}/phone")
+        dave.send(message(f"carol@{DOMAIN}/phone", "c4"))
+        self.barrier(dave, f"carol@{DOMAIN}")
+        ended = f"session carol@{DOMAIN}/phone: the edge it was resumed on never got it: ended"
+        before = sum(x.log_text().count(ended) for x in self.routers)
+        r = self.resume_stalled(a, b, "carol", previd, 2)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGCONT)
+            self.wait_log(a, "handed over to node 12")
+            end = time.monotonic() + 15
+            while sum(x.log_text().count(ended) for x in self.routers) == before:
+                self.assertLess(time.monotonic(), end, "the router kept the session at the stopped edge")
+                time.sleep(0.02)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+            b.proc.send_signal(signal.SIGCONT)
+        dave.recv_until(f"<presence[^>]*from='carol@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
+        self.offline_once(a, "carol", ["c3", "c4"], dave)
+        self.assertNotIn("<resumed", r.buf.decode())
+        r.close()
+        dave.close()
+
+    @unittest.skip("known limit (docs/cluster.md): a bus link that gives a frame up after cluster.max_wait_ms does not know that the stalled peer will not read it later; seen: the router, continued, moved the session that the old edge had ended")
+    def test_d_hand_over_to_the_router_dropped_the_messages_go_offline_once(self):
+        """erin, detached on edge 11 with e2, e3 unacknowledged and e4 queued, resumes on
+        edge 12 with h=2; the router of her account is stopped (SIGSTOP) once it has
+        forwarded the request, so edge 11's hand-over (the move with the state) waits on a
+        link that is down until cluster.max_wait_ms gives it up. The state comes back to
+        edge 11, which ends the session as a closed one: once the router runs again, e3
+        and e4 come from offline storage at the next log-in, each once."""
+        a, b, c, d = self.edges
+        erin, previd = self.enable_resume(a, "erin", "phone")
+        frank = self.login(a, "frank", "pc")
+        frank.send("<presence/>")
+        erin.send(f"<presence to='frank@{DOMAIN}/pc'/>")
+        frank.recv_until(f"<presence[^>]*from='erin@{DOMAIN}/phone'", timeout=10)
+        frank.send("".join(message(f"erin@{DOMAIN}/phone", f"e{i}") for i in range(1, 4)))
+        erin.recv_until("e3</body>", timeout=10)
+        self.ack(erin, 1)
+        self.kill(erin, a, f"erin@{DOMAIN}/phone")
+        frank.send(message(f"erin@{DOMAIN}/phone", "e4"))
+        self.barrier(frank, f"erin@{DOMAIN}")
+        forwarded = f"resume of erin@{DOMAIN} asked at node 12: forwarded"
+        counts = [x.log_text().count(forwarded) for x in self.routers]
+        gone = "erin@localhost/phone moved to a connection that has gone: ended"
+        before = a.log_text().count(gone)
+        r = self.resume_stalled(a, b, "erin", previd, 2)
+        router = [x for x, n in zip(self.routers, counts) if x.log_text().count(forwarded) > n][0]
+        router.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGCONT)
+            self.wait_log(a, "handed over to node 12")
+            self.wait_log(a, gone, before, timeout=15)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+            router.proc.send_signal(signal.SIGCONT)
+        frank.recv_until(f"<presence[^>]*from='erin@{DOMAIN}/phone'[^>]*type='unavailable'", timeout=10)
+        self.offline_once(c if c.alive() else a, "erin", ["e3", "e4"], frank)
+        r.close()
+        frank.close()
 
 
 if __name__ == "__main__":
