@@ -66,7 +66,10 @@ typedef enum {
                            it to each edge thread with arg = that router's node id; each
                            announces its bound sessions owned by that router again
                            (SESSION_OPEN|BUS_F_REANNOUNCE, arg BUS_REANNOUNCE_REVIVE) */
-  BUS_KIND_MAX = 19
+  BUS_ADMIN = 20,       /* main thread -> each edge thread of the process, never on a link: arg =
+                           an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
+                           broadcast), same process only */
+  BUS_KIND_MAX = 20
 } bus_kind_t;
 
 enum {
