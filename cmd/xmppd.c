@@ -169,6 +169,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));
+  log_set_format(strcmp(cfg.log_format, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
   hash_init();
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
