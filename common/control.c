@@ -4,7 +4,8 @@
  * max_clients connections at once (more are answered an error and closed at once), one
  * request line of at most max_request bytes (longer: an error, closed), which must come
  * within CONTROL_TIMEOUT_MS of the connect (else closed), one request per connection.
- * The answer is written and the connection closed; a client that does not read it holds
+ * The answer is written, our side shut down, and the connection closed at the client's
+ * EOF (input after the request is dropped); a client that does not read or close holds
  * its slot until the timeout. Requests are logged as one greppable audit line each:
  *
  *   audit: uid=UID pid=PID command=NAME args=["...",...] result=ok|error|denied[ detail="..."]
@@ -57,6 +58,7 @@ struct control_client {
   int closing;
   int handles; /* open handles (pipe, timer): freed when 0 */
   uv_write_t wr;
+  uv_shutdown_t shut;
   buf_t out;
 };
 
@@ -243,16 +245,21 @@ static void audit(const control_req_t *r, const char *name, const char *result, 
 
 static void client_close(control_client_t *cl);
 
+static void shutdown_cb(uv_shutdown_t *s, int status) {}
+
+/* Written: our side is shut (the client reads the answer, then EOF); the connection
+ * closes at the client's EOF or the timeout. Closing at once, with input the client
+ * sent past a refused request still unread, made the kernel reset the connection, and
+ * the client could lose the answer (seen under ASan in test_bad_requests). */
 static void write_cb(uv_write_t *w, int status) {
   control_client_t *cl = w->data;
-  client_close(cl);
+  if (status < 0 || uv_shutdown(&cl->shut, (uv_stream_t *)&cl->pipe, shutdown_cb) != 0) client_close(cl);
 }
 
-/* Queues line (with its newline) and closes once written. */
+/* Queues line (with its newline); the rest of the input is read and dropped. */
 static void client_answer(control_client_t *cl, const char *line, size_t len) {
   if (cl->closing) return;
   cl->done = 1;
-  uv_read_stop((uv_stream_t *)&cl->pipe);
   buf_append(&cl->out, line, len);
   uv_buf_t b = uv_buf_init((char *)cl->out.data, (unsigned)cl->out.len);
   cl->wr.data = cl;
@@ -366,6 +373,7 @@ static void dispatch(control_client_t *cl, char *line, size_t len) {
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
   control_client_t *cl = h->data;
+  if (cl->done) cl->in.len = 0; /* answered: what comes now is read into the same room and dropped */
   size_t room = cl->ctl->max_request + 1 - cl->in.len; /* one more: "too long" is seen */
   buf_reserve(&cl->in, room);
   *b = uv_buf_init((char *)cl->in.data + cl->in.len, (unsigned)room);
@@ -456,6 +464,9 @@ static void on_connection(uv_stream_t *server, int status) {
   cl->uid = uc.uid;
   cl->pid = uc.pid;
   uv_timer_start(&cl->timer, timeout_cb, CONTROL_TIMEOUT_MS, 0);
+  /* reading from the start, also when refused below: the connection closes at the
+   * client's EOF, after it has read the answer */
+  uv_read_start((uv_stream_t *)&cl->pipe, alloc_cb, read_cb);
   /* the file mode keeps others out; this holds even if someone widened it */
   if (uc.uid != 0 && uc.uid != geteuid()) {
     char *msg = xstrfmt("uid %u may not use this control socket: only the server's user (uid %u) and root",
@@ -470,7 +481,6 @@ static void on_connection(uv_stream_t *server, int status) {
     xfree(msg);
     return;
   }
-  uv_read_start((uv_stream_t *)&cl->pipe, alloc_cb, read_cb);
 }
 
 /* ---- cross-thread posts -------------------------------------------------------------- */
