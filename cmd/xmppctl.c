@@ -13,7 +13,11 @@
  * Exit status: 0 success; 1 runtime failure (user exists, no such user, wrong password,
  * storage error); 2 usage error (bad arguments, bad JID or password, unreadable config);
  * `cluster` also 3 no live node, 4 no live router, 5 the shard map in Redis is not the
- * live routers' (cmd_cluster). */
+ * live routers' (cmd_cluster).
+ *
+ * status, sessions (without a JID), kick and broadcast ask the running server over its
+ * control socket (server.control_socket, or --socket): one tab-separated request line,
+ * one JSON answer printed as it comes; exit 0 when it says "ok":true, 1 otherwise. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -22,12 +26,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "common/config.h"
 #include "common/credis.h"
 #include "common/err.h"
@@ -68,8 +76,17 @@ static const char usage_text[] =
     "  cluster                        a cluster's live nodes and shard map (cluster.redis)\n"
     "  sessions JID                   where JID's resources are connected (session directory)\n"
     "\n"
+    "commands for the running server, over its control socket (JSON answers):\n"
+    "  status                         version, uptime, role, node id, sessions\n"
+    "  sessions                       every session of that process: JID, address, since,\n"
+    "                                 state (bound/detached), TLS, stream management\n"
+    "  kick JID [TEXT]                end a full JID's session, or every session of a bare\n"
+    "                                 JID, with <policy-violation/> and TEXT\n"
+    "  broadcast TEXT                 a headline message from the domain to every session\n"
+    "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
+    "  -S, --socket PATH     control socket (overrides server.control_socket)\n"
     "      --db PATH         database file, or Redis address with storage.backend = redis\n"
     "                        (overrides the configuration)\n"
     "  -h, --help            show this help\n"
@@ -748,7 +765,13 @@ static void sessions_cb(void *ud, int ok, const char **resources, const credis_s
            (unsigned long long)s[i].conn, s[i].priority, s[i].available ? "available" : "unavailable");
 }
 
+static int control_call(ctl_t *c, const char *const *fields, int n);
+
 static int cmd_sessions(ctl_t *c, char **args, int nargs) {
+  if (nargs == 0) { /* this server's sessions, over its control socket */
+    const char *f[] = {"sessions"};
+    return control_call(c, f, 1);
+  }
   char *bare = NULL;
   int rc = user_jid(c, args[0], &bare);
   if (rc != EXIT_OK) return rc;
@@ -771,6 +794,158 @@ static int cmd_sessions(ctl_t *c, char **args, int nargs) {
   return rc;
 }
 
+/* ---- the running server's control socket (docs/operations.md "The control socket") ---- */
+
+/* The longest answer read (a session list of a very busy edge process). */
+#define CONTROL_ANSWER_MAX (256u << 20)
+#define CONTROL_WAIT_MS 15000
+
+/* The path: --socket, else server.control_socket of the configuration. */
+static const char *g_socket;
+
+/* Sends the request fields (tab-separated), prints the JSON answer on stdout; EXIT_OK when
+ * it says "ok":true, EXIT_FAIL otherwise (its error on stderr too). */
+static int control_call(ctl_t *c, const char *const *fields, int n) {
+  char *path = g_socket ? xstrdup(g_socket) : config_control_socket(&c->cfg);
+  if (!path) {
+    fprintf(stderr, "xmppctl: no control socket configured (server.control_socket; with storage.backend = redis "
+                    "give each process its own path), or give --socket PATH\n");
+    return EXIT_USAGE;
+  }
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sun.sun_path) {
+    fprintf(stderr, "xmppctl: control socket path too long: %s\n", path);
+    xfree(path);
+    return EXIT_USAGE;
+  }
+  memcpy(sun.sun_path, path, strlen(path) + 1);
+  buf_t req;
+  buf_init(&req);
+  for (int i = 0; i < n; i++) {
+    for (const char *p = fields[i]; *p; p++)
+      if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+        usage_error("argument %d has a control character (tab, newline...): not allowed", i + 1);
+        buf_free(&req);
+        xfree(path);
+        return EXIT_USAGE;
+      }
+    if (i) buf_putc(&req, '\t');
+    buf_puts(&req, fields[i]);
+  }
+  buf_putc(&req, '\n');
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
+    int e = errno;
+    if (e == ENOENT)
+      fprintf(stderr, "xmppctl: no control socket at %s: is xmppd running with this configuration?\n", path);
+    else if (e == ECONNREFUSED)
+      fprintf(stderr, "xmppctl: nobody serves %s (left by a server that is not running)\n", path);
+    else if (e == EACCES || e == EPERM)
+      fprintf(stderr, "xmppctl: %s: %s (mode 0600: run as the server's user, or root)\n", path, strerror(e));
+    else
+      fprintf(stderr, "xmppctl: %s: %s\n", path, strerror(e));
+    if (fd >= 0) close(fd);
+    buf_free(&req);
+    xfree(path);
+    return EXIT_FAIL;
+  }
+  xfree(path);
+  signal(SIGPIPE, SIG_IGN);
+  size_t off = 0;
+  int rc = EXIT_OK;
+  while (off < req.len) {
+    ssize_t w = write(fd, req.data + off, req.len - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break; /* the server may have answered (an error) and closed: read it */
+    off += (size_t)w;
+  }
+  buf_free(&req);
+  buf_t ans;
+  buf_init(&ans);
+  for (;;) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int pr = poll(&pfd, 1, CONTROL_WAIT_MS);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr <= 0) {
+      fprintf(stderr, "xmppctl: no answer within %d s\n", CONTROL_WAIT_MS / 1000);
+      rc = EXIT_FAIL;
+      break;
+    }
+    buf_reserve(&ans, 65536);
+    ssize_t r = read(fd, ans.data + ans.len, 65536);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    ans.len += (size_t)r;
+    if (memchr(ans.data + ans.len - (size_t)r, '\n', (size_t)r)) break;
+    if (ans.len > CONTROL_ANSWER_MAX) {
+      fprintf(stderr, "xmppctl: answer longer than %u bytes\n", CONTROL_ANSWER_MAX);
+      rc = EXIT_FAIL;
+      break;
+    }
+  }
+  close(fd);
+  if (rc == EXIT_OK) {
+    if (!ans.len || ans.data[ans.len - 1] != '\n') {
+      fprintf(stderr, "xmppctl: the server closed without an answer\n");
+      rc = EXIT_FAIL;
+    } else {
+      fwrite(ans.data, 1, ans.len, stdout);
+      static const char okp[] = "{\"ok\":true";
+      if (ans.len < sizeof okp - 1 || memcmp(ans.data, okp, sizeof okp - 1) != 0) {
+        /* {"ok":false,"error":"..."}: the message, as written (JSON escapes left) */
+        static const char ep[] = "{\"ok\":false,\"error\":\"";
+        size_t skip = ans.len > sizeof ep + 2 && !memcmp(ans.data, ep, sizeof ep - 1) ? sizeof ep - 1 : 0;
+        size_t end = skip ? ans.len - 3 : ans.len - 1; /* before "}\n */
+        fprintf(stderr, "xmppctl: %.*s\n", (int)(end - skip), (const char *)ans.data + skip);
+        rc = EXIT_FAIL;
+      }
+    }
+  }
+  buf_free(&ans);
+  return rc;
+}
+
+static int cmd_status(ctl_t *c, char **args, int nargs) {
+  const char *f[] = {"status"};
+  return control_call(c, f, 1);
+}
+
+/* kick JID [TEXT...]: a JID without '@' gets the configured domain (a resource is kept). */
+static int cmd_kick(ctl_t *c, char **args, int nargs) {
+  char *jid = strchr(args[0], '@') ? xstrdup(args[0]) : xstrfmt("%s@%s", args[0], c->cfg.domain);
+  if (!strchr(args[0], '@') && strchr(args[0], '/')) { /* user/resource */
+    xfree(jid);
+    size_t ul = strcspn(args[0], "/");
+    jid = xstrfmt("%.*s@%s%s", (int)ul, args[0], c->cfg.domain, args[0] + ul);
+  }
+  buf_t text;
+  buf_init(&text);
+  for (int i = 1; i < nargs; i++) {
+    if (i > 1) buf_putc(&text, ' ');
+    buf_puts(&text, args[i]);
+  }
+  buf_putc(&text, '\0');
+  const char *f[] = {"kick", jid, (const char *)text.data};
+  int rc = control_call(c, f, nargs > 1 ? 3 : 2);
+  buf_free(&text);
+  xfree(jid);
+  return rc;
+}
+
+static int cmd_broadcast(ctl_t *c, char **args, int nargs) {
+  buf_t text;
+  buf_init(&text);
+  for (int i = 0; i < nargs; i++) {
+    if (i) buf_putc(&text, ' ');
+    buf_puts(&text, args[i]);
+  }
+  buf_putc(&text, '\0');
+  const char *f[] = {"broadcast", (const char *)text.data};
+  int rc = control_call(c, f, 2);
+  buf_free(&text);
+  return rc;
+}
+
 typedef struct command {
   const char *name;
   int min_args, max_args;
@@ -787,7 +962,10 @@ static const command_t commands[] = {
     {"checkpassword", 1, 2, "JID [PASSWORD]", cmd_checkpassword},
     {"populate", 3, 7, "PREFIX COUNT PASSWORD [--roster K] [--first N]", cmd_populate},
     {"cluster", 0, 0, "", cmd_cluster},
-    {"sessions", 1, 1, "JID", cmd_sessions},
+    {"sessions", 0, 1, "[JID]", cmd_sessions},
+    {"status", 0, 0, "", cmd_status},
+    {"kick", 1, 1000, "JID [TEXT]", cmd_kick},
+    {"broadcast", 1, 1000, "TEXT", cmd_broadcast},
 };
 
 int main(int argc, char **argv) {
@@ -795,14 +973,16 @@ int main(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'},
       {"db", required_argument, NULL, 'd'},
       {"help", no_argument, NULL, 'h'},
+      {"socket", required_argument, NULL, 'S'},
       {NULL, 0, NULL, 0},
   };
   const char *config_path = NULL, *db_path = NULL;
   int opt;
   log_set_level(LOG_WARN);
   /* '+': options end at COMMAND, so a password starting with '-' is not an option. */
-  while ((opt = getopt_long(argc, argv, "+c:h", longopts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "+c:hS:", longopts, NULL)) != -1) {
     switch (opt) {
+    case 'S': g_socket = optarg; break;
     case 'c': config_path = optarg; break;
     case 'd': db_path = optarg; break;
     case 'h': fputs(usage_text, stdout); return EXIT_OK;

@@ -21,6 +21,7 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
+#include "cmd/xmppd_admin.h"
 #include "common/alloc.h"
 #include "common/bus.h"
 #include "common/cluster/cluster.h"
@@ -223,6 +224,7 @@ int main(int argc, char **argv) {
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));
   metrics_thread_init();
+  log_set_format(strcmp(cfg.log_format, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
   hash_init();
   xml_stream_global_init();
   signal(SIGPIPE, SIG_IGN);
@@ -235,6 +237,13 @@ int main(int argc, char **argv) {
     xfree(err);
     config_free(&cfg);
     return crc == XMPP_EDENIED ? 2 : 1;
+  }
+  /* one server per control socket, too (docs/operations.md "The control socket") */
+  xmppd_admin_t *admin = NULL;
+  if ((crc = xmppd_admin_open(&cfg, &admin)) != 0) {
+    config_free(&cfg);
+    store_claim_release(claim);
+    return crc;
   }
   store_t *probe = store_open(cfg.store_backend, config_store_target(&cfg), &err);
   if (!probe) {
@@ -268,7 +277,7 @@ int main(int argc, char **argv) {
    * the client ports, which another process may hold (docs/operations.md). */
   int held = 0, in_use = 0;
   if (cfg.cluster_node && !(cluster = cluster_new(&cfg, &bus, role, &held)))
-    return held ? refuse(NULL, &bus, &cfg, claim) : 1;
+    return held ? (xmppd_admin_close(admin), refuse(NULL, &bus, &cfg, claim)) : 1;
   /* The metrics endpoint, before the client listeners: once a client can connect, it
    * can be scraped (docs/operations.md "Metrics"). */
   metrics_source_add(memstats_metrics, &role);
@@ -285,7 +294,7 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use)))
-    return in_use ? refuse(cluster, &bus, &cfg, claim) : 1;
+    return in_use ? (xmppd_admin_close(admin), refuse(cluster, &bus, &cfg, claim)) : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
   /* a cluster node: links, registry and shard map, before any thread sends a frame */
   if (cluster && cluster_start(cluster, &bus) != 0) return 1;
@@ -303,6 +312,7 @@ int main(int argc, char **argv) {
     log_info("xmppd %s router for %s: %d router workers, %u shards, open-file limit %llu", XMPPD_VERSION,
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
+  if (xmppd_admin_start(admin, loop, edge, &bus) != 0) return 1;
   uv_signal_init(loop, &sighup_h);
   sighup_h.data = edge; /* NULL on a router: nothing to reload */
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);
@@ -315,6 +325,7 @@ int main(int argc, char **argv) {
    * 2. while edges still run, routers handle the closes; a message already on its way to
    *    a closed connection comes back as BOUNCE and goes to offline storage;
    * 3. edges end; 4. routers finish what remains, then end. */
+  xmppd_admin_stop(admin); /* no admin request from here on */
   if (edge) edge_stop(edge);
   uv_timer_t settle;
   uv_timer_init(loop, &settle);
@@ -322,6 +333,7 @@ int main(int argc, char **argv) {
   uv_run(loop, UV_RUN_DEFAULT);
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   if (edge) edge_join(edge);
+  xmppd_admin_close(admin); /* no edge thread answers any more */
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
   if (cluster && router && !cluster_refused(cluster)) {
     /* hand the shards over and keep forwarding until every node has seen it leave (not

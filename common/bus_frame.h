@@ -87,7 +87,10 @@ typedef enum {
                            delivers there, with BUS_F_PARKED), BUS_PARK_OFF (resumed and
                            <resumed/> written: the copies go), or n >= 0 (the h of a
                            <resume/> acknowledged the first n kept) */
-  BUS_KIND_MAX = 22
+  BUS_ADMIN = 23,       /* main thread -> each edge thread of the process, never on a link: arg =
+                           an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
+                           broadcast), same process only */
+  BUS_KIND_MAX = 23
 } bus_kind_t;
 
 /* arg of an empty BUS_SM_PARK */

@@ -45,6 +45,10 @@ static const conf_opt_t opts[] = {
   {"server", "shards", CT_INT, 1, 65536, "4096", O(shards), "virtual shards S: a bare JID lives in shard hash(JID) mod S; the same on every node of a cluster (a node with another count refuses to join)"},
   {"server", "mam", CT_BOOL, 0, 1, "true", O(mam_enabled), "archive one-to-one messages (XEP-0313) and stamp them with stanza ids (XEP-0359); off: nothing is archived and queries find nothing"},
   {"server", "mam_commit_ms", CT_INT, 0, 5000, "1000", O(mam_commit_ms), "archive writes are committed by one writer thread in groups, each at most this long after its first message was routed (0 = no writer thread: each router worker commits its own at the end of every batch of frames); a process that dies loses at most this window of archive writes, never a message (docs/architecture.md, \"Archive writes\")"},
+  {"server", "control_socket", CT_STR, 0, 4095, "auto", O(control_socket), "local control socket for `xmppctl` (sessions, kick, broadcast, status: [operations.md](operations.md#the-control-socket)): a Unix socket path (at most 107 bytes), created mode 0600; `auto` = the SQLite store's path with `.ctl` appended (none with the Redis back-end: give each process its own path), empty = none. One process per path: a second xmppd on it refuses to start (exit 2)"},
+  {"server", "control_max_clients", CT_INT, 1, 1024, "16", O(control_max_clients), "control socket connections at once; beyond, a connection gets an error and is closed"},
+  {"server", "control_max_request", CT_INT, 256, 65536, "4096", O(control_max_request), "bytes of one control request line (newline included); a longer one gets an error and the connection is closed"},
+  {"server", "log_format", CT_STR, 1, 8, "text", O(log_format), "`text` (one line per event: time, level, thread, message) or `json` (one JSON object per line: `ts`, `level`, `thread`, `msg`)"},
   {"c2s", "address", CT_STR, 1, 255, "127.0.0.1", O(c2s_addr), "address the client listeners bind to"},
   {"c2s", "port", CT_INT, 0, 65535, "5222", O(c2s_port), "client port with STARTTLS (0 = off)"},
   {"c2s", "tls_port", CT_INT, 0, 65535, "5223", O(c2s_tls_port), "client port with direct TLS, XEP-0368 (0 = off)"},
@@ -410,6 +414,17 @@ int config_validate(const xmpp_config_t *c, char **err) {
     if (err) *err = xstrfmt("server.log_level: '%s' is not debug/info/warn/error/none", c->log_level);
     return XMPP_EINVAL;
   }
+  if (strcmp(c->log_format, "text") != 0 && strcmp(c->log_format, "json") != 0) {
+    if (err) *err = xstrfmt("server.log_format: '%s' is not text or json", c->log_format);
+    return XMPP_EINVAL;
+  }
+  char *ctl = config_control_socket(c);
+  size_t ctl_len = ctl ? strlen(ctl) : 0;
+  xfree(ctl);
+  if (ctl_len > 107) { /* sun_path holds 108 bytes with the NUL (Linux) */
+    if (err) *err = xstrfmt("server.control_socket: the path is %zu bytes, a Unix socket's is at most 107", ctl_len);
+    return XMPP_EINVAL;
+  }
   if (strcmp(c->store_backend, "sqlite") != 0 && strcmp(c->store_backend, "redis") != 0) {
     if (err) *err = xstrfmt("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
@@ -461,6 +476,15 @@ int config_validate(const xmpp_config_t *c, char **err) {
     }
   }
   return 0;
+}
+
+char *config_control_socket(const xmpp_config_t *c) {
+  if (!c->control_socket[0]) return NULL;
+  if (strcmp(c->control_socket, "auto") != 0) return xstrdup(c->control_socket);
+  if (strcmp(c->store_backend, "sqlite") != 0 || !strcmp(c->store_path, ":memory:") ||
+      !strncmp(c->store_path, "file:", 5))
+    return NULL;
+  return xstrfmt("%s.ctl", c->store_path);
 }
 
 const char *config_store_target(const xmpp_config_t *c) {

@@ -99,6 +99,11 @@ typedef struct xmpp_config {
   int dedup_window;        /* origin ids remembered per edge thread / router worker */
   int hold_ms;             /* a shard move's hold of stanzas for sessions not announced yet */
   int hold_bytes;          /* and its bound per router worker */
+  /* [server] the local control socket (common/control.h) and the log format */
+  char *control_socket;    /* "auto", "" (off) or a path: config_control_socket */
+  int control_max_clients; /* control connections at once */
+  int control_max_request; /* bytes of one request line */
+  char *log_format;        /* text | json */
 } xmpp_config_t;
 
 enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };
@@ -128,6 +133,10 @@ const char *config_store_target(const xmpp_config_t *c);
 /* The roster byte cap in force: limits.max_roster_bytes, but at most half of
  * limits.max_pending_out, so that a full roster's get result never disconnects its owner. */
 long config_roster_bytes(const xmpp_config_t *c);
+/* The control socket's path (caller frees), or NULL when there is none: server.control_socket
+ * as given; "auto" = next to the SQLite store (storage.path + ".ctl"), none with the Redis
+ * back-end or an in-memory store; "" = none. */
+char *config_control_socket(const xmpp_config_t *c);
 /* Writes the effective configuration as an INI file. */
 void config_print(FILE *f, const xmpp_config_t *c);
 /* Writes the reference of every option (Markdown table). */

@@ -20,6 +20,31 @@ int log_level_parse(const char *s) {
 
 void log_set_thread(const char *name) { snprintf(t_name, sizeof t_name, "%s", name); }
 
+static log_format_t g_format = LOG_FORMAT_TEXT;
+void log_set_format(log_format_t f) { g_format = f; }
+
+/* The JSON line for msg[0..len): escaped into out (at most cap bytes, the newline
+ * included); a message cut short stays valid JSON. Returns its length. */
+static size_t json_line(char *out, size_t cap, const char *ts, log_level_t lvl, const char *msg, size_t len) {
+  static const char *names[] = {"debug", "info", "warn", "error", ""};
+  int n = snprintf(out, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"thread\":\"%s\",\"msg\":\"", ts, names[lvl], t_name);
+  if (n < 0 || (size_t)n >= cap) return 0;
+  size_t o = (size_t)n;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)msg[i];
+    char esc[8];
+    size_t el = 0;
+    if (ch == '"' || ch == '\\') esc[0] = '\\', esc[1] = (char)ch, el = 2;
+    else if (ch < 0x20 || ch == 0x7f) el = (size_t)snprintf(esc, sizeof esc, "\\u%04x", ch);
+    else esc[0] = (char)ch, el = 1;
+    if (o + el + 3 > cap) break; /* room for "}\n */
+    memcpy(out + o, esc, el);
+    o += el;
+  }
+  memcpy(out + o, "\"}\n", 3);
+  return o + 3;
+}
+
 void log_write(log_level_t lvl, const char *fmt, ...) {
   static const char *tags[] = {"DEBUG", "INFO", "WARN", "ERROR", ""};
   if (lvl < g_level) return;
@@ -28,6 +53,20 @@ void log_write(log_level_t lvl, const char *fmt, ...) {
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
+  if (g_format == LOG_FORMAT_JSON) {
+    char when[96], msg[1024], out[2048];
+    snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (m < 0) return;
+    size_t len = (size_t)m < sizeof msg ? (size_t)m : sizeof msg - 1;
+    size_t k = json_line(out, sizeof out, when, lvl, msg, len);
+    if (k) fwrite(out, 1, k, stderr);
+    return;
+  }
   int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s [%s] ",
                    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                    tm.tm_sec, ts.tv_nsec / 1000000, tags[lvl], t_name);

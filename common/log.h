@@ -10,6 +10,11 @@ log_level_t log_get_level(void);
 /* Parses "debug", "info", "warn", "error", "none"; returns -1 when unknown. */
 int log_level_parse(const char *s);
 void log_set_thread(const char *name);
+/* server.log_format: text (the default) or one JSON object per line,
+ * {"ts":"2024-01-02T03:04:05.678Z","level":"info","thread":"edge0","msg":"..."}, the
+ * message escaped as a JSON string. Set once at start-up, before other threads log. */
+typedef enum { LOG_FORMAT_TEXT = 0, LOG_FORMAT_JSON } log_format_t;
+void log_set_format(log_format_t f);
 void log_write(log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* An event that can come in floods (a fault's client-visible effects): counted, and

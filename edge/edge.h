@@ -30,4 +30,26 @@ void edge_free(edge_t *e);
  * established sessions are untouched. On error the old pair stays (logged). */
 int edge_reload_tls(edge_t *e);
 
+/* Admin requests (edge/admin.c), for the control socket (common/control.h): each edge
+ * thread does its part on its own connections (a BUS_ADMIN frame on its bus queue, so
+ * no thread touches another's), the thread that finishes last calls done. */
+typedef enum {
+  EDGE_ADMIN_SESSIONS,  /* list every session: JSON objects */
+  EDGE_ADMIN_COUNT,     /* count them */
+  EDGE_ADMIN_KICK,      /* end those of a JID (bare: all; full: that one) with <policy-violation/> */
+  EDGE_ADMIN_BROADCAST, /* a headline message from the domain to each, routed as any message */
+} edge_admin_op_t;
+typedef struct edge_admin edge_admin_t;
+/* jid: normalised (kick); text: the stream error's text (kick, NULL: a default) or the
+ * message body (broadcast), checked by the caller (control_text_ok). Main thread. */
+edge_admin_t *edge_admin_new(edge_t *e, edge_admin_op_t op, const char *jid, const char *text);
+/* Sends r to every edge thread; done(r, ud) is called once, on the edge thread that
+ * finishes last (any thread: it must only hand r over, e.g. control_post). */
+void edge_admin_post(edge_admin_t *r, void (*done)(edge_admin_t *r, void *ud), void *ud);
+/* After done: the sessions listed, kicked or sent to (their count), and for SESSIONS
+ * the JSON objects, for KICK the full JIDs as JSON strings, comma-separated (NUL-terminated). */
+size_t edge_admin_count(const edge_admin_t *r);
+const char *edge_admin_json(edge_admin_t *r);
+void edge_admin_free(edge_admin_t *r);
+
 #endif

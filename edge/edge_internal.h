@@ -399,6 +399,9 @@ int register_preauth(conn_t *c, xnode_t *s);
  * XEP-0077 §3.3), handled here; 0 when it is to be routed. */
 int register_iq(conn_t *c, xnode_t *s);
 
+/* admin.c: a BUS_ADMIN frame's request, this thread's part (edge.h). */
+void edge_admin_run(edge_thread_t *th, edge_admin_t *r);
+
 /* route.c: frames between this edge and the routers */
 void edge_route_stanza(conn_t *c, xnode_t *stanza);
 void edge_session_open(conn_t *c);

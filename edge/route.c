@@ -393,6 +393,8 @@ void edge_bus_cb(void *ud, bus_msg_t *batch) {
       } else if (f.kind == BUS_MAP) {
         reannounce(th, (uint16_t)f.arg);
         map_done(th, f.src.conn);
+      } else if (f.kind == BUS_ADMIN) {
+        edge_admin_run(th, (edge_admin_t *)(uintptr_t)f.arg); /* the control socket's (admin.c) */
       } else if (f.kind == BUS_SESSIONS_ENDED) {
         revive(th, (uint16_t)f.arg);
       } else if (f.kind == BUS_C2S || f.kind == BUS_SESSION_OPEN || f.kind == BUS_SESSION_CLOSE) {

@@ -1,0 +1,26 @@
+/* xmppd's control socket commands (status, sessions, kick, broadcast) over
+ * common/control.h, with the edge's admin requests (edge/admin.c) doing the work on the
+ * I/O threads. docs/operations.md, "The control socket". Main thread only. */
+#ifndef XMPPD_ADMIN_H
+#define XMPPD_ADMIN_H
+
+#include <uv.h>
+
+#include "common/bus.h"
+#include "common/config.h"
+#include "edge/edge.h"
+
+typedef struct xmppd_admin xmppd_admin_t;
+
+/* Opens the configured control socket before anything serves (none configured: 0 and
+ * *out = NULL). 0; 2 when another process serves that path (logged: the caller exits 2);
+ * 1 on another error (logged). */
+int xmppd_admin_open(const xmpp_config_t *cfg, xmppd_admin_t **out);
+/* Serves it on loop; edge may be NULL (a router process: no sessions here). */
+int xmppd_admin_start(xmppd_admin_t *a, uv_loop_t *loop, edge_t *edge, const bus_t *bus);
+/* When the loop has stopped for shutdown: no more requests. */
+void xmppd_admin_stop(xmppd_admin_t *a);
+/* After the edge threads have been joined, before the loop's last run (frees). NULL-safe. */
+void xmppd_admin_close(xmppd_admin_t *a);
+
+#endif

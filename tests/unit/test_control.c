@@ -1,0 +1,44 @@
+/* common/control.c: the text check every request field passes (UTF-8 without control
+ * characters: it goes into XML text and log lines) and the JSON string escaping of the
+ * answers and the audit lines. The socket itself: tests/integration/test_admin_socket.py. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "common/control.h"
+
+static int ok(const char *s) { return control_text_ok(s, strlen(s)); }
+
+Test(control, text_accepts_utf8) {
+  cr_assert(ok(""));
+  cr_assert(ok("hello world"));
+  cr_assert(ok("\xc3\xa9t\xc3\xa9"));          /* été */
+  cr_assert(ok("\xe2\x82\xac"));               /* U+20AC */
+  cr_assert(ok("\xf0\x9f\x98\x80"));           /* U+1F600 */
+  cr_assert(ok("\xf4\x8f\xbf\xbd"));           /* U+10FFFD */
+  cr_assert(ok("\xef\xbf\xbd"));               /* U+FFFD */
+}
+
+Test(control, text_refuses_controls_and_bad_utf8) {
+  static const char *bad[] = {
+      "a\tb", "a\nb", "a\rb", "\x01", "\x7f",   /* controls, DEL */
+      "\x80", "\xbf", "\xc3", "\xe2\x82",        /* stray continuation, truncated */
+      "\xc0\xaf", "\xe0\x80\xaf", "\xf0\x80\x80\xaf", /* overlong */
+      "\xed\xa0\x80", "\xed\xbf\xbf",            /* surrogates */
+      "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80", /* past U+10FFFF, 5 bytes */
+      "\xef\xbf\xbe", "\xef\xbf\xbf",            /* U+FFFE, U+FFFF: not XML characters */
+      "ok\xc3",                                  /* cut at the end */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) cr_assert(!ok(bad[i]), "accepted case %zu", i);
+  /* a NUL inside the given length is a control character too */
+  cr_assert(!control_text_ok("a\0b", 3));
+}
+
+Test(control, json_string_escaping) {
+  buf_t b;
+  buf_init(&b);
+  const char in[] = "a\"b\\c\n\x01\x7f\xc3\xa9";
+  control_json_str(&b, in, sizeof in - 1);
+  buf_putc(&b, '\0');
+  cr_assert_str_eq((const char *)b.data, "\"a\\\"b\\\\c\\u000a\\u0001\\u007f\xc3\xa9\"");
+  buf_free(&b);
+}
