@@ -52,6 +52,9 @@ typedef struct bench_opts {
   int carbons;          /* --carbons: XEP-0280 <enable/> after bind */
   int sm;               /* --sm: XEP-0198 <enable resume='true'/> after bind; storm: <resume/> */
   int tickets;          /* --tickets: storm reconnects resume the TLS session (RFC 8446 §2.2) */
+  int fast;             /* --fast: log in with SASL2 (XEP-0388) + Bind2 (XEP-0386), asking for a
+                           FAST token (XEP-0484); storm reconnects use the token, XEP-0198
+                           resumption inline (with --sm) */
   /* derived */
   uint32_t src_lo, src_hi; /* host byte order */
   int total;               /* connections over all processes */

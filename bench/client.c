@@ -49,6 +49,7 @@ enum {
   C_BIND,
   C_SMENABLE,   /* <enable resume='true'/> sent (--sm) */
   C_RESUME,     /* storm: <resume/> sent instead of a bind */
+  C_SASL2,      /* --fast: SASL2 <authenticate/> sent, waiting for <success/> */
   C_ONLINE,
   C_CLOSING,    /* sent </stream:stream> */
   C_DEAD
@@ -83,6 +84,9 @@ struct conn {
   uint32_t sm_in; /* stanzas received since <enabled/> (the h we answer and resume with) */
   WOLFSSL_SESSION *sess; /* the TLS session kept at the drop, resumed by the reconnect */
   int reconnecting;      /* storm: this connection is a reconnect (figures go to the storm's) */
+  char *fast_token;      /* --fast: the XEP-0484 token the server gave */
+  char ua_id[37];        /* --fast: this device's user-agent id (a UUID), the token's key */
+  uint32_t fast_count;   /* --fast: the <fast count/> of the last token use */
 };
 
 typedef struct wreq {
@@ -336,8 +340,84 @@ static uint64_t rnd64(worker_t *w) {
   return s;
 }
 
+static int hmac(int type, const unsigned char *key, size_t klen, const void *m, size_t mlen,
+                unsigned char *out);
+
+/* --fast (XEP-0388 SASL2): the first log-in is PLAIN with a FAST token requested and Bind2
+ * (with XEP-0198 enabled inline under --sm); a storm's reconnect proves the token
+ * (HT-SHA-256-NONE: HMAC-SHA-256 keyed with the token over "Initiator", XEP-0484 §3.3)
+ * and, under --sm, resumes its session inline. No stream restart either way. */
+static void send_initial_presence(conn_t *c);
+
+static void start_sasl2(conn_t *c) {
+  const bench_opts_t *o = c->w->o;
+  buf_t b;
+  buf_init(&b);
+  if (!c->ua_id[0]) {
+    uint64_t r1 = rnd64(c->w), r2 = rnd64(c->w);
+    snprintf(c->ua_id, sizeof c->ua_id, "%08x-%04x-4%03x-8%03x-%012llx", (unsigned)(r1 >> 32),
+             (unsigned)(r1 >> 16) & 0xffff, (unsigned)r1 & 0xfff, (unsigned)(r2 >> 48) & 0xfff,
+             (unsigned long long)(r2 & 0xffffffffffffull));
+  }
+  size_t ul = strlen(c->user);
+  if (c->reconnecting && c->fast_token) {
+    unsigned char m[128 + 32];
+    memcpy(m, c->user, ul);
+    m[ul] = 0;
+    if (hmac(WC_SHA256, (const unsigned char *)c->fast_token, strlen(c->fast_token), "Initiator", 9, m + ul + 1) != 0) {
+      conn_fail(c, "fast:hmac");
+      return;
+    }
+    char *e = b64_encode(m, ul + 1 + 32);
+    buf_printf(&b, "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>%s"
+                   "</initial-response><user-agent id='%s'><software>xmpp-bench</software></user-agent>"
+                   "<fast xmlns='urn:xmpp:fast:0' count='%u'/>",
+               e, c->ua_id, ++c->fast_count);
+    xfree(e);
+    if (c->smid)
+      buf_printf(&b, "<resume xmlns='urn:xmpp:sm:3' previd='%s' h='%u'/>", c->smid, c->sm_in);
+    else /* no session to resume: a new one, bound inline */
+      buf_printf(&b, "<bind xmlns='urn:xmpp:bind:0'><tag>%s</tag></bind>", o->resource);
+  } else {
+    size_t pl = strlen(o->password);
+    unsigned char *m = xmalloc(ul + pl + 2);
+    m[0] = 0;
+    memcpy(m + 1, c->user, ul);
+    m[1 + ul] = 0;
+    memcpy(m + 2 + ul, o->password, pl);
+    char *e = b64_encode(m, ul + pl + 2);
+    xfree(m);
+    buf_printf(&b, "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>%s"
+                   "</initial-response><user-agent id='%s'><software>xmpp-bench</software></user-agent>"
+                   "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+                   "<bind xmlns='urn:xmpp:bind:0'><tag>%s</tag>%s</bind>",
+               e, c->ua_id, o->resource, o->sm ? "<enable xmlns='urn:xmpp:sm:3' resume='true'/>" : "");
+    xfree(e);
+  }
+  buf_puts(&b, "</authenticate>");
+  c->state = C_SASL2;
+  conn_send(c, (const char *)b.data, b.len);
+  buf_free(&b);
+}
+
+/* Copies the value of attribute attr of the first element p[0, n) holds that starts
+ * with open, into a new string (NULL when absent or longer than max). */
+static char *inner_attr(const char *p, size_t n, const char *open, const char *attr, size_t max) {
+  const char *e = xs_find(p, n, open), *v;
+  size_t vl;
+  if (!e || !xs_attr(e, n - (size_t)(e - p), attr, &v, &vl) || vl == 0 || vl > max) return NULL;
+  char *r = xmalloc(vl + 1);
+  memcpy(r, v, vl);
+  r[vl] = 0;
+  return r;
+}
+
 static void start_auth(conn_t *c) {
   const bench_opts_t *o = c->w->o;
+  if (o->fast) {
+    start_sasl2(c);
+    return;
+  }
   buf_t b;
   buf_init(&b);
   if (o->mech == MECH_PLAIN) {
@@ -800,6 +880,49 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
       return 1;
     }
     return 0;
+  case C_SASL2:
+    if (NAME_IS(nm, nl, "failure")) {
+      const char *cn;
+      size_t cl = xs_first_child(p, n, &cn);
+      char r[64];
+      snprintf(r, sizeof r, "sasl2:%.*s", (int)(cl > 40 ? 40 : cl), cl ? cn : "failure");
+      conn_fail(c, r);
+      return 1;
+    }
+    if (NAME_IS(nm, nl, "success")) {
+      char *tok = inner_attr(p, n, "<token", "token", 200);
+      if (tok) { /* a new token (the first, or a rotation: XEP-0484 §3.4) */
+        xfree(c->fast_token);
+        c->fast_token = tok;
+        c->fast_count = 0;
+      }
+      if (!c->fast_token) {
+        conn_fail(c, "fast:no-token");
+        return 1;
+      }
+      if (c->reconnecting) {
+        if (c->smid && !xs_find(p, n, "<resumed")) {
+          conn_fail(c, "sm:resume-failed");
+          return 1;
+        }
+        if (c->smid) BUMP(c->w->st_sm_resumed);
+        else send_initial_presence(c); /* a new session (Bind2) */
+        went_online(c);
+        return 0;
+      }
+      if (o->sm) {
+        xfree(c->smid);
+        c->smid = inner_attr(p, n, "<enabled", "id", 200);
+        if (!c->smid) {
+          conn_fail(c, "sm:no-resumption-id");
+          return 1;
+        }
+        c->sm_in = 0;
+      }
+      send_initial_presence(c);
+      went_online(c);
+    }
+    return 0;
   case C_RESUME:
     if (NAME_IS(nm, nl, "resumed")) {
       BUMP(c->w->st_sm_resumed);
@@ -1190,6 +1313,7 @@ void worker_free(worker_t *w) {
     xfree(c->to);
     xfree(c->scram);
     xfree(c->smid);
+    xfree(c->fast_token);
     if (c->sess) wolfSSL_SESSION_free(c->sess);
     tls_mem_free(&c->tio);
     buf_free(&c->in);

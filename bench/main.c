@@ -63,6 +63,9 @@ static const char usage_text[] =
     "  --sm               enable XEP-0198 stream management with resumption after bind\n"
     "                     (storm: the reconnects resume their sessions with <resume/>)\n"
     "  --tickets          storm: the reconnects resume their TLS sessions (TLS 1.3 tickets)\n"
+    "  --fast             log in with SASL2 + Bind2 (PLAIN), asking for a FAST token (XEP-0484);\n"
+    "                     storm: the reconnects authenticate with the token (HT-SHA-256-NONE)\n"
+    "                     and, with --sm, resume inline in <authenticate/>\n"
     "storm: --users N log in; then every session drops at once (TCP reset) and reconnects at\n"
     "  once; figures: time until all are back, reconnect latency, server CPU per reconnect;\n"
     "  --duration S is the time allowed for all to come back (default 10)\n"
@@ -119,7 +122,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     O_HOST = 256, O_PORT, O_DOMAIN, O_TLS, O_MECH, O_USERS, O_USERFMT, O_FIRST, O_PASSWORD,
     O_ARRIVAL, O_CONC, O_DURATION, O_PAIRS, O_RATE, O_WINDOW, O_SIZE, O_IDLEX, O_ROSTER,
     O_THREADS, O_PROCS, O_SRC, O_SPID, O_JSON, O_PLOT, O_LABEL, O_QUIET, O_ALLOWERR, O_RESOURCE, O_PRIORITY,
-    O_CARBONS, O_SM, O_TICKETS
+    O_CARBONS, O_SM, O_TICKETS, O_FAST
   };
   static const struct option lo[] = {
       {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"domain", 1, 0, O_DOMAIN},
@@ -132,7 +135,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
       {"server-pid", 1, 0, O_SPID}, {"json", 1, 0, O_JSON}, {"plot", 1, 0, O_PLOT},
       {"label", 1, 0, O_LABEL}, {"quiet", 0, 0, O_QUIET}, {"resource", 1, 0, O_RESOURCE},
       {"priority", 1, 0, O_PRIORITY}, {"carbons", 0, 0, O_CARBONS}, {"sm", 0, 0, O_SM},
-      {"tickets", 0, 0, O_TICKETS},
+      {"tickets", 0, 0, O_TICKETS}, {"fast", 0, 0, O_FAST},
       {"allow-errors", 0, 0, O_ALLOWERR}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->host = "127.0.0.1";
@@ -219,6 +222,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
     case O_CARBONS: o->carbons = 1; break;
     case O_SM: o->sm = 1; break;
     case O_TICKETS: o->tickets = 1; break;
+    case O_FAST: o->fast = 1; break;
     case 'h': fputs(usage_text, stdout); exit(0);
     default: fputs(usage_text, stderr); return -1;
     }
@@ -261,6 +265,10 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o) {
   case SC_STORM: o->total = o->users; o->active = 0; break;
   case SC_CHAT: o->total = 2 * o->pairs + o->idle_extra; o->active = 2 * o->pairs; break;
   case SC_PRESENCE: o->total = o->users + o->idle_extra; o->active = o->users; break;
+  }
+  if (o->fast && o->tls == TLS_NONE) {
+    fprintf(stderr, "xmpp-bench: --fast needs --tls starttls or direct (SASL2 is offered under TLS only)\n");
+    return -1;
   }
   if (o->tickets && o->tls == TLS_NONE) {
     fprintf(stderr, "xmpp-bench: --tickets needs --tls starttls or direct\n");
@@ -805,10 +813,10 @@ static int write_json(const bench_opts_t *o, const snap_t *a, const results_t *r
               pm.cpu_us, pm.vcs + pm.ivcs, pm.vcs, pm.ivcs, pm.sys);
   }
   if (o->sc == SC_STORM) {
-    fprintf(f, ",\"storm\":{\"sm\":%s,\"tickets\":%s,\"dropped\":%" PRIu64 ",\"back\":%" PRIu64
+    fprintf(f, ",\"storm\":{\"fast\":%s,\"sm\":%s,\"tickets\":%s,\"dropped\":%" PRIu64 ",\"back\":%" PRIu64
                ",\"missing\":%" PRIu64 ",\"tls_resumed\":%" PRIu64 ",\"sm_resumed\":%" PRIu64
                ",\"time_to_all_back_s\":%.3f,",
-            o->sm ? "true" : "false", o->tickets ? "true" : "false", r->storm_n, a->delivered,
+            o->fast ? "true" : "false", o->sm ? "true" : "false", o->tickets ? "true" : "false", r->storm_n, a->delivered,
             storm_missing(r, a), a->tls_resumed, a->sm_resumed, r->storm_back_s);
     if (o->server_pid > 0 && r->srv_cpu_go >= 0 && a->delivered)
       fprintf(f, "\"server_cpu_ms_per_reconnect\":%.4f,",
@@ -1122,9 +1130,10 @@ static int coordinator(bench_opts_t *o) {
              " read+write syscalls %.2f\n", pm.cpu_us, pm.vcs + pm.ivcs, pm.vcs, pm.ivcs, pm.sys);
   }
   if (o->sc == SC_STORM) {
-    printf("  storm (%s, %s): %" PRIu64 " session(s) dropped at once, %" PRIu64 " back in %.2f s"
+    printf("  storm (%s, %s, %s): %" PRIu64 " session(s) dropped at once, %" PRIu64 " back in %.2f s"
            ", %" PRIu64 " missing; TLS resumed %" PRIu64 ", XEP-0198 resumed %" PRIu64 "\n",
-           o->tickets ? "TLS tickets" : "full TLS handshakes", o->sm ? "XEP-0198 resumption" : "new sessions",
+           o->tickets ? "TLS tickets" : "full TLS handshakes", o->fast ? "SASL2 FAST" : mech_name(o->mech),
+           o->sm ? "XEP-0198 resumption" : "new sessions",
            r.storm_n, a->delivered, r.storm_back_s, storm_missing(&r, a), a->tls_resumed, a->sm_resumed);
     printf("  reconnect latency ms: p50 %.1f p90 %.1f p99 %.1f max %.1f\n", ms(hdr_percentile(&a->lat, 50)),
            ms(hdr_percentile(&a->lat, 90)), ms(hdr_percentile(&a->lat, 99)), ms(a->lat.max));

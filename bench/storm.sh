@@ -4,6 +4,9 @@
 # the same N accounts, the modes alternating over ROUNDS rounds:
 #   full     full TLS handshake, SASL (--mech), a new session (bind, initial presence)
 #   resume   TLS 1.3 ticket (RFC 8446 §2.2), SASL, XEP-0198 <resume/> of the dropped session
+#   fast     TLS 1.3 ticket, SASL2 (XEP-0388) with the FAST token (XEP-0484) the first log-in
+#            asked for, and the XEP-0198 <resume/> inline in <authenticate/>: one round trip
+#            after TLS, no PBKDF2, no stream restart
 # Figures per run (xmpp-bench storm): time from the drop until every session is back,
 # reconnect latency (TCP connect to <resumed/> or to the bound session), server CPU per
 # reconnect; printed as one line per run and, at the end, the medians with the ratio
@@ -18,7 +21,7 @@ cd "$(dirname "$0")/.."
 N=${1:-2000}
 ROUNDS=${2:-3}
 MECH=${3:-SCRAM-SHA-256}
-MODES=${MODES:-"full resume"}
+MODES=${MODES:-"full resume fast"}
 OUT=build/storm
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
@@ -30,6 +33,7 @@ flags() {
   case $1 in
     full) echo "" ;;
     resume) echo "--sm --tickets" ;;
+    fast) echo "--fast --sm --tickets" ;;
     *) die "unknown mode $1" ;;
   esac
 }

@@ -193,6 +193,15 @@ class BenchTest(ServerTest):
         self.assertEqual((s["dropped"], s["back"], s["missing"]), (30, 30, 0), s)
         self.assertEqual((s["tls_resumed"], s["sm_resumed"]), (30, 30), s)
         self.assertEqual(d["results"]["failures"], {}, d["results"])
+        # SASL2 with a FAST token (XEP-0484) and the resumption inline (XEP-0388): the
+        # first log-in gets a token, each reconnect proves it, no password
+        d, out = self.bench("storm", "--users", "30", "--first", "120", "--fast", "--sm", "--tickets")
+        s = d["results"]["storm"]
+        self.assertTrue(s["fast"], s)
+        self.assertEqual((s["dropped"], s["back"], s["missing"]), (30, 30, 0), s)
+        self.assertEqual((s["tls_resumed"], s["sm_resumed"]), (30, 30), s)
+        self.assertEqual(d["results"]["failures"], {}, d["results"])
+        self.assertIn("SASL2 FAST", out)
         p = subprocess.run([BENCH, "storm", "--tickets", "--tls", "none"], capture_output=True, text=True)
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertIn("--tickets needs", p.stderr)
