@@ -181,6 +181,20 @@ static void finish_close(credis_t *r);
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
+/* The address of ONE Redis: the cluster directory does not follow a Redis Cluster's
+ * redirections nor Sentinel yet (the store does: docs/storage-redis.md). */
+static int single_addr(redis_addr_t *a, const char *addr, char **err) {
+  if (redis_addr_parse(a, addr, err) != 0) return -1;
+  if (a->mode != REDIS_MODE_SINGLE) {
+    *err = xstrfmt("cluster.redis '%s': the cluster directory needs one Redis server (HOST:PORT or "
+                   "unix:/PATH); cluster: and sentinel: are for storage.redis only",
+                   a->shown);
+    redis_addr_free(a);
+    return -1;
+  }
+  return 0;
+}
+
 static void sha1_hex(const char *s, char out[41]) {
   unsigned char h[20];
   wc_ShaHash((const unsigned char *)s, (unsigned)strlen(s), h);
@@ -884,7 +898,7 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
     return XMPP_EINVAL;
   }
   redis_addr_t a;
-  if (redis_addr_parse(&a, addr, err) != 0) return XMPP_EINVAL;
+  if (single_addr(&a, addr, err) != 0) return XMPP_EINVAL;
   char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), val[160], px[16];
   node_value(self, val, sizeof val);
   snprintf(px, sizeof px, "%u", ttl_ms ? ttl_ms : 1);
@@ -966,7 +980,7 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
 void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self) {
   redis_addr_t a;
   char *why = NULL;
-  if (!cluster_ok(cluster) || redis_addr_parse(&a, addr, &why) != 0) {
+  if (!cluster_ok(cluster) || single_addr(&a, addr, &why) != 0) {
     xfree(why);
     return;
   }
@@ -1005,7 +1019,7 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
   }
   credis_t *r = xcalloc(1, sizeof *r);
   char *err = NULL;
-  if (redis_addr_parse(&r->addr, addr, &err) != 0) {
+  if (single_addr(&r->addr, addr, &err) != 0) {
     log_error("%s", err);
     xfree(err);
     xfree(r);

@@ -31,8 +31,8 @@
 #define RSLOTS_HOST_MAX 256
 #define RSLOTS_MAX_NODES 1024     /* nodes one map may name (a CLUSTER SLOTS reply naming more is refused) */
 #define RSLOTS_MAX_REDIRECTS 5    /* MOVED / ASK followed per command */
-#define RSLOTS_MAX_WAITS 9        /* TRYAGAIN / CLUSTERDOWN / lost connections waited out per command */
-#define RSLOTS_WAIT_FIRST_MS 50   /* back-off: 50 ms doubling up to 500 ms: about 3.3 s in all, */
+#define RSLOTS_MAX_WAITS 12       /* TRYAGAIN / CLUSTERDOWN / lost connections waited out per command */
+#define RSLOTS_WAIT_FIRST_MS 50   /* back-off: 50 ms doubling up to 500 ms: about 4.8 s in all, */
 #define RSLOTS_WAIT_MAX_MS 500    /* long enough for a replica's promotion (cluster-node-timeout 1 s) */
 
 /* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0. */
