@@ -8,8 +8,16 @@
  * contract as the SQLite back-end so that callers do not change with the back-end.
  *
  * Address ("storage.redis", passed to store_open as its path; parsed by common/redis_addr.c):
- *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH
+ *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH | cluster:HOST:PORT,... |
+ *   sentinel:HOST:PORT,.../MASTERNAME
  * optionally followed by space-separated db=N and password=SECRET.
+ *
+ * Nodes. One server: node 0. Sentinel: node 0 is the primary the sentinels name, asked
+ * again after a lost connection or READONLY. Redis Cluster: a connection per primary
+ * (opened when first needed), the slot map from CLUSTER SLOTS; each command goes to the
+ * node serving its first key's slot, pipelines are split per node (pipe_run), and the
+ * replies MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY, NOSCRIPT are handled as
+ * common/redis_slots.h says (run_one), with its bounds.
  *
  * Keys. Everything of one user carries the Redis Cluster hash tag {u:JID}, so the
  * account, the roster and the offline queue of a user sit in ONE slot and every
@@ -59,7 +67,8 @@
  * a failure while flushing leaves what was applied before it.
  *
  * Errors. A lost connection (Redis restarted, network) is dropped and re-established on
- * the next call; read-only commands are retried once on a fresh connection, writes are
+ * the next call (on a Cluster or with Sentinel, waited out with run_one's bounded back-off,
+ * to follow a failover); read-only commands are retried once on a fresh connection, writes are
  * not (they may have been applied). Failures return XMPP_EIO, which callers treat as
  * temporary (SASL answers <temporary-auth-failure/>). A connection failure is logged
  * once, and the reconnection. */

@@ -231,3 +231,38 @@ Test(redis_slots, script_sha) {
   rslots_script_sha("return 1", sha); /* SCRIPT LOAD "return 1" on Redis */
   cr_assert_str_eq(sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
 }
+
+/* common/redis_addr.c: the cluster: and sentinel: forms of storage.redis. */
+#include "common/redis_addr.h"
+
+Test(redis_addr, cluster_and_sentinel) {
+  redis_addr_t a;
+  char *err = NULL;
+  cr_assert_eq(redis_addr_parse(&a, "cluster:127.0.0.1:7000,[::1]:7001,h password=s", &err), 0);
+  cr_assert_eq(a.mode, REDIS_MODE_CLUSTER);
+  cr_assert_eq(a.nseeds, 3);
+  cr_assert_str_eq(a.seed_host[1], "::1");
+  cr_assert_eq(a.seed_port[1], 7001);
+  cr_assert_eq(a.seed_port[2], 6379);
+  cr_assert_str_eq(a.password, "s");
+  cr_assert_null(strstr(a.shown, "s db"));
+  cr_assert_null(strstr(a.shown, "password"));
+  redis_addr_free(&a);
+  cr_assert_eq(redis_addr_parse(&a, "sentinel:10.0.0.1:26379,10.0.0.2:26379/mymaster db=2", &err), 0);
+  cr_assert_eq(a.mode, REDIS_MODE_SENTINEL);
+  cr_assert_eq(a.nseeds, 2);
+  cr_assert_str_eq(a.master, "mymaster");
+  cr_assert_eq(a.db, 2);
+  redis_addr_free(&a);
+  cr_assert_eq(redis_addr_parse(&a, "127.0.0.1:6379", &err), 0);
+  cr_assert_eq(a.mode, REDIS_MODE_SINGLE);
+  redis_addr_free(&a);
+  const char *bad[] = {"cluster:", "cluster:h:0", "cluster:h:1 db=1", "sentinel:h:1", "sentinel:h:1/",
+                       "sentinel:/m", "cluster:,,", "cluster:[::1:7000"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    err = NULL;
+    cr_assert_neq(redis_addr_parse(&a, bad[i], &err), 0, "%s", bad[i]);
+    cr_assert_not_null(err, "%s", bad[i]);
+    free(err);
+  }
+}
