@@ -47,14 +47,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/hash.h>
 
 #include "common/alloc.h"
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/redis_addr.h"
+#include "common/redis_slots.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -193,12 +192,6 @@ static int single_addr(redis_addr_t *a, const char *addr, char **err) {
     return -1;
   }
   return 0;
-}
-
-static void sha1_hex(const char *s, char out[41]) {
-  unsigned char h[20];
-  wc_ShaHash((const unsigned char *)s, (unsigned)strlen(s), h);
-  for (int i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
 static int is_error(const redisReply *rep, const char *prefix) {
@@ -1036,7 +1029,7 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
   r->k_all = xstrfmt("%s:{nodes}:all", cluster);
   r->k_prefix = xstrfmt("%s:{nodes}:n:", cluster);
   r->k_map = xstrfmt("%s:{nodes}:shardmap", cluster);
-  for (int i = 0; i < SC_COUNT; i++) sha1_hex(script_text[i], r->sha[i]);
+  for (int i = 0; i < SC_COUNT; i++) rslots_script_sha(script_text[i], r->sha[i]); /* the store's too */
   uv_timer_init(loop, &r->retry_timer);
   uv_timer_init(loop, &r->hb_timer);
   uv_timer_init(loop, &r->defer_timer);
