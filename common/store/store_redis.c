@@ -442,12 +442,23 @@ static int handshake(rd_t *r, redisContext *c, char **err) {
     }
     freeReplyObject(rep);
   }
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    /* the node a sentinel named may have been demoted since (Sentinel clients
+     * guidelines: check ROLE) */
+    rep = redisCommand(c, "ROLE");
+    int primary = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "master") == 0;
+    if (!primary) *err = xstrfmt("redis %s: the node the sentinels named is not a primary (yet)", r->target);
+    if (rep) freeReplyObject(rep);
+    if (!primary) return -1;
+  }
   return load_scripts(r, c, err);
 }
 
-/* Sentinel: asks the sentinels in turn for the primary of addr.master, checks that it
- * calls itself a primary (ROLE: a sentinel may still name the old one for a moment during
- * a failover), and makes it node 0. 0 or -1 with *err. */
+/* Sentinel: asks the sentinels in turn for the primary of addr.master and makes it node 0
+ * (whose connection checks that it calls itself a primary: handshake's ROLE, since a
+ * sentinel may still name the old one for a moment during a failover). 0 or -1 with
+ * *err. */
 static int sentinel_resolve(rd_t *r, char **err) {
   *err = NULL;
   for (int i = 0; i < r->addr.nseeds; i++) {
@@ -544,10 +555,10 @@ static int route(rd_t *r, int slot, char **err) {
     if ((r->stale || r->map.nnodes == 0) && sentinel_resolve(r, err) != 0) return -1;
     return 0;
   }
-  if (r->stale || rslots_map_covered(&r->map) == 0) {
+  if (r->stale || r->map.nnodes == 0) { /* (not rslots_map_covered: 16384 steps per command) */
     char *why = NULL;
     if (cluster_refresh(r, &why) != 0) {
-      if (rslots_map_covered(&r->map) == 0) {
+      if (r->map.nnodes == 0) {
         *err = why;
         return -1;
       }
