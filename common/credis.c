@@ -47,8 +47,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/hash.h>
 
 #include "common/alloc.h"
 #include "common/credis.h"
@@ -56,6 +54,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/redis_addr.h"
+#include "common/redis_slots.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -183,10 +182,18 @@ static void finish_close(credis_t *r);
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
-static void sha1_hex(const char *s, char out[41]) {
-  unsigned char h[20];
-  wc_ShaHash((const unsigned char *)s, (unsigned)strlen(s), h);
-  for (int i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
+/* The address of ONE Redis: the cluster directory does not follow a Redis Cluster's
+ * redirections nor Sentinel yet (the store does: docs/storage-redis.md). */
+static int single_addr(redis_addr_t *a, const char *addr, char **err) {
+  if (redis_addr_parse(a, addr, err) != 0) return -1;
+  if (a->mode != REDIS_MODE_SINGLE) {
+    *err = xstrfmt("cluster.redis '%s': the cluster directory needs one Redis server (HOST:PORT or "
+                   "unix:/PATH); cluster: and sentinel: are for storage.redis only",
+                   a->shown);
+    redis_addr_free(a);
+    return -1;
+  }
+  return 0;
 }
 
 static int is_error(const redisReply *rep, const char *prefix) {
@@ -893,7 +900,7 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
     return XMPP_EINVAL;
   }
   redis_addr_t a;
-  if (redis_addr_parse(&a, addr, err) != 0) return XMPP_EINVAL;
+  if (single_addr(&a, addr, err) != 0) return XMPP_EINVAL;
   char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), val[160], px[16];
   node_value(self, val, sizeof val);
   snprintf(px, sizeof px, "%u", ttl_ms ? ttl_ms : 1);
@@ -975,7 +982,7 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
 void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self) {
   redis_addr_t a;
   char *why = NULL;
-  if (!cluster_ok(cluster) || redis_addr_parse(&a, addr, &why) != 0) {
+  if (!cluster_ok(cluster) || single_addr(&a, addr, &why) != 0) {
     xfree(why);
     return;
   }
@@ -1014,7 +1021,7 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
   }
   credis_t *r = xcalloc(1, sizeof *r);
   char *err = NULL;
-  if (redis_addr_parse(&r->addr, addr, &err) != 0) {
+  if (single_addr(&r->addr, addr, &err) != 0) {
     log_error("%s", err);
     xfree(err);
     xfree(r);
@@ -1031,7 +1038,7 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
   r->k_all = xstrfmt("%s:{nodes}:all", cluster);
   r->k_prefix = xstrfmt("%s:{nodes}:n:", cluster);
   r->k_map = xstrfmt("%s:{nodes}:shardmap", cluster);
-  for (int i = 0; i < SC_COUNT; i++) sha1_hex(script_text[i], r->sha[i]);
+  for (int i = 0; i < SC_COUNT; i++) rslots_script_sha(script_text[i], r->sha[i]); /* the store's too */
   uv_timer_init(loop, &r->retry_timer);
   uv_timer_init(loop, &r->hb_timer);
   uv_timer_init(loop, &r->defer_timer);

@@ -8,8 +8,16 @@
  * contract as the SQLite back-end so that callers do not change with the back-end.
  *
  * Address ("storage.redis", passed to store_open as its path; parsed by common/redis_addr.c):
- *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH
+ *   HOST:PORT | [IPV6]:PORT | HOST (port 6379) | unix:/PATH | cluster:HOST:PORT,... |
+ *   sentinel:HOST:PORT,.../MASTERNAME
  * optionally followed by space-separated db=N and password=SECRET.
+ *
+ * Nodes. One server: node 0. Sentinel: node 0 is the primary the sentinels name, asked
+ * again after a lost connection or READONLY. Redis Cluster: a connection per primary
+ * (opened when first needed), the slot map from CLUSTER SLOTS; each command goes to the
+ * node serving its first key's slot, pipelines are split per node (pipe_run), and the
+ * replies MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY, NOSCRIPT are handled as
+ * common/redis_slots.h says (run_one), with its bounds.
  *
  * Keys. Everything of one user carries the Redis Cluster hash tag {u:JID}, so the
  * account, the roster and the offline queue of a user sit in ONE slot and every
@@ -62,7 +70,8 @@
  * a failure while flushing leaves what was applied before it.
  *
  * Errors. A lost connection (Redis restarted, network) is dropped and re-established on
- * the next call; read-only commands are retried once on a fresh connection, writes are
+ * the next call (on a Cluster or with Sentinel, waited out with run_one's bounded back-off,
+ * to follow a failover); read-only commands are retried once on a fresh connection, writes are
  * not (they may have been applied). Failures return XMPP_EIO, which callers treat as
  * temporary (SASL answers <temporary-auth-failure/>). A connection failure is logged
  * once, and the reconnection. */
@@ -86,6 +95,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/redis_addr.h"
+#include "common/redis_slots.h"
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 #include "common/strmap.h"
@@ -304,49 +314,96 @@ typedef enum {
   R_PUSH,      /* integer >= 0, -1 XMPP_ENOENT, -2 XMPP_ELIMIT */
 } rkind_t;
 
+/* Formatted commands to send in one pipeline, each with the slot of its first key
+ * (-1: none). */
+typedef struct pipe {
+  buf_t q;
+  size_t *len;
+  int *slot;
+  size_t n, cap;
+} pipe_t;
+
 typedef struct rd {
-  char *target; /* as configured, for messages (without the password) */
-  char *host;   /* NULL for a unix socket */
-  char *unix_path;
-  int port;
-  int db;
-  char *password;
-  redisContext *c;
-  int down; /* the last connection attempt failed (logged once) */
+  char *target;      /* as configured, for messages (without the password) */
+  redis_addr_t addr; /* mode, server / seeds / sentinels, db, password */
+  /* The nodes: a Redis Cluster's primaries as its slot map names them (map.nodes; a
+   * connection each in conns, same index, opened when first needed); with one server or
+   * Sentinel, node 0 is the server (the primary Sentinel named), for every slot. */
+  rslots_map_t map;
+  redisContext **conns;
+  int nconns;
+  int stale;    /* cluster: refresh the slot map before routing; sentinel: ask for the primary */
+  int down;     /* the last connection attempt failed (logged once) */
   char sha[S_COUNT][41];
+  pipe_t p;     /* the pipelined reads of one call */
   /* batch */
   int batch;
-  buf_t q;           /* formatted commands */
-  size_t *qlen;      /* length of each */
-  rkind_t *qkind;
-  size_t qn, qcap;
+  pipe_t bq;         /* queued writes */
+  rkind_t *qkind;    /* how each is judged */
+  size_t qkcap;
   strmap_t *bstate;  /* bare JID -> B_CREATED / B_DELETED during the batch */
 } rd_t;
 
 #define B_CREATED ((void *)1)
 #define B_DELETED ((void *)2)
+#define CLUSTERED(r) ((r)->addr.mode == REDIS_MODE_CLUSTER)
+#define SINGLE(r) ((r)->addr.mode == REDIS_MODE_SINGLE)
 
+/* ---- pipelines ---------------------------------------------------------------------- */
 
-/* ---- address ------------------------------------------------------------------------ */
-
-/* The address syntax is common/redis_addr.c's (shared with the cluster client). */
-static int parse_target(rd_t *r, const char *target, char **err) {
-  redis_addr_t a;
-  if (redis_addr_parse(&a, target, err) != 0) return -1;
-  r->host = a.host;
-  r->unix_path = a.unix_path;
-  r->port = a.port;
-  r->db = a.db;
-  r->password = a.password;
-  r->target = a.shown;
-  return 0;
+static void pipe_clear(pipe_t *p) {
+  p->q.len = 0;
+  p->n = 0;
 }
 
-/* ---- connection --------------------------------------------------------------------- */
+static void pipe_free(pipe_t *p) {
+  buf_free(&p->q);
+  buf_init(&p->q);
+  xfree(p->len);
+  xfree(p->slot);
+  p->len = NULL;
+  p->slot = NULL;
+  p->n = p->cap = 0;
+}
 
-static void drop(rd_t *r) {
-  if (r->c) redisFree(r->c);
-  r->c = NULL;
+/* Formats and appends one command (its slot: rslots_cmd_key's key). */
+static void pipe_add(pipe_t *p, int argc, const char **argv, const size_t *lens) {
+  char *cmd = NULL;
+  int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (n < 0 || !cmd) {
+    log_error("store(redis): cannot format a command (out of memory)");
+    abort();
+  }
+  if (p->n == p->cap) {
+    p->cap = p->cap ? p->cap * 2 : 64;
+    p->len = xrealloc(p->len, p->cap * sizeof *p->len);
+    p->slot = xrealloc(p->slot, p->cap * sizeof *p->slot);
+  }
+  int k = rslots_cmd_key(argc, argv, lens);
+  buf_append(&p->q, cmd, (size_t)n);
+  p->len[p->n] = (size_t)n;
+  p->slot[p->n] = k < 0 ? -1 : rslots_key_slot(argv[k], lens[k]);
+  p->n++;
+  redisFreeCommand(cmd);
+}
+
+/* ---- nodes and connections ---------------------------------------------------------- */
+
+static void drop_node(rd_t *r, int node) {
+  if (node >= 0 && node < r->nconns && r->conns[node]) {
+    redisFree(r->conns[node]);
+    r->conns[node] = NULL;
+  }
+}
+
+static void drop_all(rd_t *r) {
+  for (int i = 0; i < r->nconns; i++) drop_node(r, i);
+}
+
+/* The connection or its absence changed what we know: a cluster refreshes its slot map, a
+ * Sentinel set-up asks for the primary again, before the next command. */
+static void topology_lost(rd_t *r) {
+  if (!SINGLE(r)) r->stale = 1;
 }
 
 /* Counts a reply in the metrics (xmppd_redis_errors_total{client="store"}); *t0: when the
@@ -376,112 +433,440 @@ static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const s
   return rep;
 }
 
-/* Connects, authenticates, selects the db, loads the scripts. 0, or -1 with *err. */
-static int connect_now(rd_t *r, char **err) {
-  drop(r);
+/* A connection to host:port (or the unix socket) with the timeouts set. NULL with *err. */
+static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
   struct timeval ct = {RD_CONNECT_TIMEOUT_MS / 1000, (RD_CONNECT_TIMEOUT_MS % 1000) * 1000};
   struct timeval tt = {RD_COMMAND_TIMEOUT_MS / 1000, (RD_COMMAND_TIMEOUT_MS % 1000) * 1000};
-  redisContext *c = r->unix_path ? redisConnectUnixWithTimeout(r->unix_path, ct)
-                                 : redisConnectWithTimeout(r->host, r->port, ct);
+  redisContext *c = unix_path ? redisConnectUnixWithTimeout(unix_path, ct) : redisConnectWithTimeout(host, port, ct);
   if (!c) {
     *err = xstrfmt("redis %s: cannot allocate a connection", r->target);
-    return -1;
+    return NULL;
   }
   if (c->err) {
-    *err = xstrfmt("redis %s: %s", r->target, c->errstr);
+    *err = unix_path ? xstrfmt("redis %s: %s", r->target, c->errstr)
+                     : xstrfmt("redis %s (%s:%d): %s", r->target, host, port, c->errstr);
     redisFree(c);
-    return -1;
+    return NULL;
   }
   if (redisSetTimeout(c, tt) != REDIS_OK) {
     *err = xstrfmt("redis %s: cannot set the timeout", r->target);
     redisFree(c);
-    return -1;
+    return NULL;
   }
-  redisReply *rep;
-  if (r->password) {
-    const char *av[] = {"AUTH", r->password};
-    size_t al[] = {4, strlen(r->password)};
-    rep = raw_cmd(c, 2, av, al);
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
-      *err = xstrfmt("redis %s: AUTH: %s", r->target, rep ? rep->str : c->errstr);
-      goto fail;
+  return c;
+}
+
+/* The scripts, by their text, on one connection: SCRIPT LOAD of each in one pipeline (on
+ * every new connection, and again after a NOSCRIPT: a restarted or promoted node has not
+ * got them). The SHAs were computed by rslots_script_sha: Redis must agree. 0 or -1 with
+ * *err. */
+static int load_scripts(rd_t *r, redisContext *c, char **err) {
+  for (int i = 0; i < S_COUNT; i++) redisAppendCommand(c, "SCRIPT LOAD %s", script_text[i]);
+  int rc = 0;
+  for (int i = 0; i < S_COUNT; i++) {
+    redisReply *rep = NULL;
+    if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep) {
+      if (!rc) *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target, c->errstr);
+      return -1;
+    }
+    if (!rc && (rep->type != REDIS_REPLY_STRING || rep->len != 40 || memcmp(rep->str, r->sha[i], 40) != 0)) {
+      *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target, rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected SHA");
+      rc = -1;
     }
     freeReplyObject(rep);
   }
-  if (r->db) {
+  return rc;
+}
+
+/* AUTH, SELECT, the scripts. 0 or -1 with *err. */
+static int handshake(rd_t *r, redisContext *c, char **err) {
+  redisReply *rep;
+  if (r->addr.password) {
+    const char *av[] = {"AUTH", r->addr.password};
+    size_t al[] = {4, strlen(r->addr.password)};
+    rep = raw_cmd(c, 2, av, al);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+      *err = xstrfmt("redis %s: AUTH: %s", r->target, rep ? rep->str : c->errstr);
+      if (rep) freeReplyObject(rep);
+      return -1;
+    }
+    freeReplyObject(rep);
+  }
+  if (r->addr.db) {
     char d[16];
-    snprintf(d, sizeof d, "%d", r->db);
+    snprintf(d, sizeof d, "%d", r->addr.db);
     const char *av[] = {"SELECT", d};
     size_t al[] = {6, strlen(d)};
     rep = raw_cmd(c, 2, av, al);
     if (!rep || rep->type == REDIS_REPLY_ERROR) {
       *err = xstrfmt("redis %s: SELECT: %s", r->target, rep ? rep->str : c->errstr);
-      goto fail;
+      if (rep) freeReplyObject(rep);
+      return -1;
     }
     freeReplyObject(rep);
   }
-  /* Scripts: loaded on every connection (a restarted Redis has forgotten them). */
-  for (int i = 0; i < S_COUNT; i++)
-    redisAppendCommand(c, "SCRIPT LOAD %s", script_text[i]);
-  for (int i = 0; i < S_COUNT; i++) {
-    rep = NULL;
-    if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep ||
-        rep->type != REDIS_REPLY_STRING || rep->len != 40) {
-      *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target,
-                 rep && rep->str ? rep->str : c->errstr);
-      goto fail;
-    }
-    memcpy(r->sha[i], rep->str, 40);
-    r->sha[i][40] = '\0';
-    freeReplyObject(rep);
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    /* the node a sentinel named may have been demoted since (Sentinel clients
+     * guidelines: check ROLE) */
+    rep = redisCommand(c, "ROLE");
+    int primary = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "master") == 0;
+    if (!primary) *err = xstrfmt("redis %s: the node the sentinels named is not a primary (yet)", r->target);
+    if (rep) freeReplyObject(rep);
+    if (!primary) return -1;
   }
-  r->c = c;
-  return 0;
-fail:
-  if (rep) freeReplyObject(rep);
-  redisFree(c);
+  return load_scripts(r, c, err);
+}
+
+/* Sentinel: asks the sentinels in turn for the primary of addr.master and makes it node 0
+ * (whose connection checks that it calls itself a primary: handshake's ROLE, since a
+ * sentinel may still name the old one for a moment during a failover). 0 or -1 with
+ * *err. */
+static int sentinel_resolve(rd_t *r, char **err) {
+  *err = NULL;
+  for (int i = 0; i < r->addr.nseeds; i++) {
+    char *why = NULL;
+    redisContext *s = dial(r, r->addr.seed_host[i], r->addr.seed_port[i], NULL, &why);
+    if (!s) {
+      xfree(*err);
+      *err = why;
+      continue;
+    }
+    redisReply *rep = redisCommand(s, "SENTINEL get-master-addr-by-name %s", r->addr.master);
+    char host[RSLOTS_HOST_MAX];
+    int port;
+    int ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
+    if (!ok) {
+      xfree(*err);
+      *err = xstrfmt("redis %s: sentinel %s:%d does not know '%s'%s%s", r->target, r->addr.seed_host[i],
+                     r->addr.seed_port[i], r->addr.master, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
+                     rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+    }
+    if (rep) freeReplyObject(rep);
+    redisFree(s);
+    if (!ok) continue;
+    if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
+    if (r->map.nodes[0].port != port || strcmp(r->map.nodes[0].host, host) != 0) {
+      log_info("store(redis) %s: the primary is now %s:%d", r->target, host, port);
+      drop_node(r, 0);
+      snprintf(r->map.nodes[0].host, sizeof r->map.nodes[0].host, "%s", host);
+      r->map.nodes[0].port = port;
+    }
+    xfree(*err);
+    *err = NULL;
+    r->stale = 0;
+    return 0;
+  }
+  if (!*err) *err = xstrfmt("redis %s: no sentinel", r->target);
   return -1;
 }
 
-/* A usable connection: the current one, or a new one. 0 or XMPP_EIO (logged once per
- * outage). */
-static int ensure(rd_t *r) {
-  if (r->c && !r->c->err) {
+static redisContext *node_ctx(rd_t *r, int node, char **err);
+
+/* Cluster: the slot map from CLUSTER SLOTS, asked of the known primaries then the seed
+ * nodes until one answers. 0 or -1 with *err. */
+static int cluster_refresh(rd_t *r, char **err) {
+  *err = NULL;
+  int known = r->map.nnodes;
+  for (int i = 0; i < known + r->addr.nseeds; i++) {
+    char *why = NULL;
+    redisContext *c;
+    const char *host;
+    if (i < known) {
+      c = node_ctx(r, i, &why);
+      host = r->map.nodes[i].host;
+    } else {
+      host = r->addr.seed_host[i - known];
+      c = dial(r, host, r->addr.seed_port[i - known], NULL, &why);
+    }
+    if (!c) {
+      xfree(*err);
+      *err = why;
+      continue;
+    }
+    if (i >= known && r->addr.password) {
+      redisReply *a = redisCommand(c, "AUTH %s", r->addr.password);
+      if (a) freeReplyObject(a);
+    }
+    redisReply *rep = redisCommand(c, "CLUSTER SLOTS");
+    int rc = -1;
+    if (rep) rc = rslots_map_load(&r->map, rep, host, &why);
+    else why = xstrfmt("CLUSTER SLOTS: %s", c->errstr);
+    if (rep) freeReplyObject(rep);
+    if (i >= known) redisFree(c);
+    else if (!rep) drop_node(r, i);
+    if (rc == 0 && rslots_map_covered(&r->map) > 0) {
+      xfree(*err);
+      *err = NULL;
+      r->stale = 0;
+      return 0;
+    }
+    xfree(*err);
+    *err = xstrfmt("redis %s: %s", r->target, why ? why : "CLUSTER SLOTS: no slot served");
+    xfree(why);
+  }
+  if (!*err) *err = xstrfmt("redis %s: no node", r->target);
+  return -1;
+}
+
+/* The node serving slot (-1: any, e.g. a command without keys), after refreshing what
+ * is stale. -1 with *err when none is known. */
+static int route(rd_t *r, int slot, char **err) {
+  *err = NULL;
+  if (SINGLE(r)) return 0;
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    if ((r->stale || r->map.nnodes == 0) && sentinel_resolve(r, err) != 0) return -1;
+    return 0;
+  }
+  if (r->stale || r->map.nnodes == 0) { /* (not rslots_map_covered: 16384 steps per command) */
+    char *why = NULL;
+    if (cluster_refresh(r, &why) != 0) {
+      if (r->map.nnodes == 0) {
+        *err = why;
+        return -1;
+      }
+      xfree(why); /* keep routing by the old map: its nodes may answer */
+    }
+  }
+  int n = slot < 0 ? (r->map.nnodes ? 0 : -1) : rslots_map_owner(&r->map, slot);
+  if (n < 0) {
+    *err = xstrfmt("redis %s: no node serves slot %d", r->target, slot);
+    r->stale = 1;
+  }
+  return n;
+}
+
+/* A usable connection to node: the open one, or a new one (handshake done). NULL with
+ * *err. */
+static redisContext *node_ctx(rd_t *r, int node, char **err) {
+  *err = NULL;
+  if (node >= r->nconns) {
+    int n = r->map.nnodes > node + 1 ? r->map.nnodes : node + 1;
+    r->conns = xrealloc(r->conns, (size_t)n * sizeof *r->conns);
+    for (int i = r->nconns; i < n; i++) r->conns[i] = NULL;
+    r->nconns = n;
+  }
+  redisContext *c = r->conns[node];
+  if (c && !c->err) {
     /* Between commands nothing may be readable: data or EOF there means the server
      * closed the connection (restarted, idle timeout). Reconnect before sending, so
      * that a write is not lost on a connection already known dead. */
-    struct pollfd pfd = {.fd = r->c->fd, .events = POLLIN};
-    if (poll(&pfd, 1, 0) == 0) return 0;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) == 0) return c;
     log_warn("store(redis) %s: connection closed by the server; reconnecting", r->target);
   }
-  if (r->c) drop(r);
-  char *err = NULL;
-  if (connect_now(r, &err) != 0) {
-    if (!r->down) log_error("store(redis): %s (will retry on the next call)", err);
-    r->down = 1;
-    xfree(err);
-    return XMPP_EIO;
+  drop_node(r, node);
+  c = SINGLE(r) ? dial(r, r->addr.host, r->addr.port, r->addr.unix_path, err)
+                : dial(r, r->map.nodes[node].host, r->map.nodes[node].port, NULL, err);
+  if (!c) return NULL;
+  if (handshake(r, c, err) != 0) {
+    redisFree(c);
+    return NULL;
   }
-  if (r->down) log_info("store(redis) %s: connected again", r->target);
-  r->down = 0;
-  return 0;
+  r->conns[node] = c;
+  return c;
 }
 
-/* Runs one command synchronously. Returns the reply (caller frees; may be an error
- * reply), or NULL on a connection failure (logged; the connection is dropped and the
- * next call reconnects). A read-only command (retry) is sent again once on a fresh
- * connection when the old one turned out to be dead. */
-static redisReply *run(rd_t *r, int argc, const char **argv, const size_t *lens, int retry) {
-  for (int attempt = 0;; attempt++) {
-    int fresh = !r->c;
-    if (ensure(r) != 0) return NULL;
-    redisReply *rep = raw_cmd(r->c, argc, argv, lens);
-    if (rep) return rep;
-    log_error("store(redis) %s: %s: %s", r->target, argv[0], r->c->errstr);
-    drop(r);
-    r->down = 1;
-    if (!retry || fresh || attempt) return NULL;
+/* Logs a connection failure once per outage. */
+static void note_down(rd_t *r, const char *err) {
+  if (!r->down) log_error("store(redis): %s (will retry on the next call)", err);
+  r->down = 1;
+}
+
+static void note_up(rd_t *r) {
+  if (r->down) log_info("store(redis) %s: connected again", r->target);
+  r->down = 0;
+}
+
+static void sleep_ms(unsigned ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
+}
+
+/* Runs one formatted command on the node serving slot, following the slot layer's
+ * answers (common/redis_slots.h: MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY, NOSCRIPT,
+ * with their bounds). Returns the reply (caller frees; may be an error reply), or NULL on a
+ * connection failure (logged). A connection that cannot be made is waited out on a
+ * Cluster or with Sentinel (a failover) and fails at once with one server. A command whose
+ * connection died after it was sent is sent again only when retry (a read: it may have
+ * been applied otherwise), once with one server. */
+static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int retry) {
+  rslots_try_t t = {0};
+  rslots_redirect_t to;
+  unsigned ms = 0;
+  int ask = -1, resent = 0;
+  for (;;) {
+    char *err = NULL;
+    int node = ask >= 0 ? ask : route(r, slot, &err);
+    int fresh = node >= 0 && (node >= r->nconns || !r->conns[node]);
+    redisContext *c = node >= 0 ? node_ctx(r, node, &err) : NULL;
+    if (!c) { /* nothing was sent */
+      note_down(r, err);
+      xfree(err);
+      topology_lost(r);
+      if (SINGLE(r) || rslots_next(&t, NULL, &to, &ms) != RSLOTS_WAIT) return NULL;
+      sleep_ms(ms);
+      continue;
+    }
+    note_up(r);
+    if (ask >= 0) redisAppendCommand(c, "ASKING");
+    redisAppendFormattedCommand(c, cmd, len);
+    redisReply *rep = NULL;
+    int ok = 1;
+    uint64_t t0 = uv_hrtime();
+    if (ask >= 0) {
+      ok = get_reply(c, &rep, &t0) == REDIS_OK && rep;
+      if (rep) freeReplyObject(rep);
+      rep = NULL;
+    }
+    ask = -1;
+    if (ok) ok = get_reply(c, &rep, &t0) == REDIS_OK && rep;
+    if (!ok) {
+      log_error("store(redis) %s: %s", r->target, c->errstr);
+      drop_node(r, node);
+      topology_lost(r);
+      r->down = 1;
+      if (!retry) return NULL;
+      if (SINGLE(r)) {
+        if (fresh || resent++) return NULL;
+        continue;
+      }
+      if (rslots_next(&t, NULL, &to, &ms) != RSLOTS_WAIT) return NULL;
+      sleep_ms(ms);
+      continue;
+    }
+    switch (rslots_next(&t, rep, &to, &ms)) {
+    case RSLOTS_DONE:
+      return rep;
+    case RSLOTS_GIVE_UP:
+      log_error("store(redis) %s: gave up after retries: %s", r->target, rep->str ? rep->str : "error");
+      return rep;
+    case RSLOTS_MOVED: {
+      int n = rslots_map_node(&r->map, to.host, to.port);
+      if (n >= 0) r->map.owner[to.slot] = (int16_t)n;
+      r->stale = 1; /* a moved slot seldom moves alone (resharding, failover) */
+      break;
+    }
+    case RSLOTS_ASK:
+      ask = rslots_map_node(&r->map, to.host, to.port);
+      if (ask < 0) return rep;
+      break;
+    case RSLOTS_WAIT:
+      sleep_ms(ms);
+      topology_lost(r);
+      break;
+    case RSLOTS_PRIMARY:
+      drop_node(r, node);
+      topology_lost(r);
+      break;
+    case RSLOTS_NOSCRIPT: {
+      char *why = NULL;
+      if (load_scripts(r, c, &why) != 0) {
+        log_error("store(redis): %s", why);
+        xfree(why);
+        drop_node(r, node);
+      }
+      break;
+    }
+    }
+    freeReplyObject(rep);
+  }
+}
+
+/* Runs one command (see run_one). */
+static redisReply *run(rd_t *r, int argc, const char **argv, const size_t *lens, int retry) {
+  char *cmd = NULL;
+  int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (n < 0 || !cmd) {
+    log_error("store(redis): cannot format a command (out of memory)");
+    abort();
+  }
+  int k = rslots_cmd_key(argc, argv, lens);
+  redisReply *rep = run_one(r, cmd, (size_t)n, k < 0 ? -1 : rslots_key_slot(argv[k], lens[k]), retry);
+  redisFreeCommand(cmd);
+  return rep;
+}
+
+/* Whether a reply asks for the slot layer (a redirection, a retry, a script load) rather
+ * than being the command's answer. */
+static int needs_layer(const redisReply *rep) {
+  rslots_try_t t = {0};
+  rslots_redirect_t to;
+  unsigned ms;
+  return rslots_next(&t, rep, &to, &ms) != RSLOTS_DONE;
+}
+
+/* Sends commands [from, from + n) of p as pipelines, one per node (the replies of one node
+ * come back in its commands' order), and puts each reply at its command's index in reps
+ * (caller frees; NULL: no reply). A command answered by a redirection, TRYAGAIN,
+ * CLUSTERDOWN, NOSCRIPT or READONLY, or not sent because its node could not be reached,
+ * is then run alone through run_one, in order. A command whose connection died after it
+ * was sent is run again only when retry (reads). */
+static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry, redisReply **reps) {
+  int *node = xmalloc((n ? n : 1) * sizeof *node);
+  char *sent = xcalloc(n ? n : 1, 1);
+  size_t *off = xmalloc((n ? n : 1) * sizeof *off);
+  size_t o = 0;
+  for (size_t i = 0; i < from; i++) o += p->len[i];
+  for (size_t i = 0; i < n; i++) {
+    off[i] = o;
+    o += p->len[from + i];
+    char *err = NULL;
+    node[i] = route(r, p->slot[from + i], &err);
+    xfree(err);
+    reps[i] = NULL;
+  }
+  /* one pass per node: write its commands, then read its replies */
+  char *done = xcalloc(n ? n : 1, 1);
+  for (size_t i = 0; i < n; i++) {
+    if (done[i] || node[i] < 0) continue;
+    int nd = node[i];
+    char *err = NULL;
+    redisContext *c = node_ctx(r, nd, &err);
+    if (!c) {
+      note_down(r, err);
+      xfree(err);
+      topology_lost(r);
+      for (size_t k = i; k < n; k++)
+        if (node[k] == nd) done[k] = 1;
+      continue;
+    }
+    note_up(r);
+    for (size_t k = i; k < n; k++)
+      if (node[k] == nd) {
+        redisAppendFormattedCommand(c, (const char *)p->q.data + off[k], p->len[from + k]);
+        sent[k] = 1;
+      }
+    int dead = 0;
+    uint64_t t0 = uv_hrtime(); /* one round trip per node's pipeline (metrics) */
+    for (size_t k = i; k < n; k++) {
+      if (node[k] != nd) continue;
+      done[k] = 1;
+      if (dead) continue;
+      if (get_reply(c, &reps[k], &t0) != REDIS_OK || !reps[k]) {
+        log_error("store(redis) %s: pipeline: %s", r->target, c->errstr);
+        reps[k] = NULL;
+        dead = 1;
+      }
+    }
+    if (dead) {
+      drop_node(r, nd);
+      topology_lost(r);
+      r->down = 1;
+    }
+  }
+  /* what the pipelines did not settle, one by one */
+  for (size_t i = 0; i < n; i++) {
+    if (reps[i] && !needs_layer(reps[i])) continue;
+    if (!reps[i] && sent[i] && !retry) continue;
+    if (reps[i]) freeReplyObject(reps[i]);
+    reps[i] = run_one(r, (const char *)p->q.data + off[i], p->len[from + i], p->slot[from + i], retry);
+  }
+  xfree(node);
+  xfree(sent);
+  xfree(off);
+  xfree(done);
 }
 
 static int reply_error(rd_t *r, const char *what, redisReply *rep);
@@ -512,26 +897,14 @@ static int reply_error(rd_t *r, const char *what, redisReply *rep) {
 #define MAXARGS 24
 
 static void queue_cmd(rd_t *r, int argc, const char **argv, const size_t *lens, rkind_t kind) {
-  char *cmd = NULL;
-  int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-  if (n < 0 || !cmd) {
-    log_error("store(redis): cannot format a command (out of memory)");
-    abort();
+  pipe_add(&r->bq, argc, argv, lens);
+  if (r->bq.n > r->qkcap) {
+    r->qkcap = r->bq.cap;
+    r->qkind = xrealloc(r->qkind, r->qkcap * sizeof *r->qkind);
   }
-  if (r->qn == r->qcap) {
-    r->qcap = r->qcap ? r->qcap * 2 : 256;
-    r->qlen = xrealloc(r->qlen, r->qcap * sizeof *r->qlen);
-    r->qkind = xrealloc(r->qkind, r->qcap * sizeof *r->qkind);
-  }
-  buf_append(&r->q, cmd, (size_t)n);
-  r->qlen[r->qn] = (size_t)n;
-  r->qkind[r->qn] = kind;
-  r->qn++;
-  redisFreeCommand(cmd);
+  r->qkind[r->bq.n - 1] = kind;
 }
 
-/* EVALSHA of script id with keys then args; falls back to EVAL when Redis has lost the
- * script (SCRIPT FLUSH). Returns the reply (may be an error reply) or NULL. */
 /* EVALSHA sha nkeys args... into av/al (nk holds the count's text). */
 static void evalsha_args(rd_t *r, int id, int nkeys, int argc, const char **argv, const size_t *lens,
                          const char **av, size_t *al, char nk[8]) {
@@ -571,27 +944,15 @@ static void args_free(args_t *a) {
   if (a->l != a->sl) xfree(a->l);
 }
 
+/* EVALSHA of script id with keys then args (a NOSCRIPT loads the scripts on that node and
+ * sends it again: run_one). Returns the reply (may be an error reply) or NULL. */
 static redisReply *script(rd_t *r, int id, int nkeys, int argc, const char **argv,
                           const size_t *lens) {
   args_t a;
   args_init(&a, argc + 3);
-  redisReply *rep = NULL;
-  const char **av = a.v;
-  size_t *al = a.l;
   char nk[8];
-  evalsha_args(r, id, nkeys, argc, argv, lens, av, al, nk);
-  if (ensure(r) != 0) goto out;
-  av[1] = r->sha[id]; /* (re)loaded by ensure() on a new connection */
-  rep = run(r, argc + 3, av, al, 0);
-  if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-    freeReplyObject(rep);
-    av[0] = "EVAL";
-    al[0] = 4;
-    av[1] = script_text[id];
-    al[1] = strlen(script_text[id]);
-    rep = run(r, argc + 3, av, al, 0);
-  }
-out:
+  evalsha_args(r, id, nkeys, argc, argv, lens, a.v, a.l, nk);
+  redisReply *rep = run(r, argc + 3, a.v, a.l, 0);
   args_free(&a);
   return rep;
 }
@@ -605,7 +966,6 @@ static void queue_script(rd_t *r, int id, int nkeys, int argc, const char **argv
   queue_cmd(r, argc + 3, a.v, a.l, kind);
   args_free(&a);
 }
-
 /* Judges one reply by its kind: 0 or an XMPP_* code. */
 static int judge(rd_t *r, const char *what, redisReply *rep, rkind_t kind) {
   if (!rep) return XMPP_EIO;
@@ -694,18 +1054,14 @@ static char *bkey(const char *bare, size_t *len) {
 static void rd_close(void *be) {
   rd_t *r = be;
   if (!r) return;
-  drop(r);
-  buf_free(&r->q);
-  xfree(r->qlen);
+  drop_all(r);
+  xfree(r->conns);
+  rslots_map_free(&r->map);
+  pipe_free(&r->p);
+  pipe_free(&r->bq);
   xfree(r->qkind);
   if (r->bstate) strmap_free(r->bstate, NULL);
-  xfree(r->target);
-  xfree(r->host);
-  xfree(r->unix_path);
-  if (r->password) {
-    explicit_bzero(r->password, strlen(r->password));
-    xfree(r->password);
-  }
+  redis_addr_free(&r->addr);
   xfree(r);
 }
 
@@ -713,19 +1069,19 @@ static void rd_close(void *be) {
 static int check_layout(rd_t *r, char **err) {
   const char *av[] = {"SET", RD_LAYOUT_KEY, "1", "NX"};
   size_t al[] = {3, strlen(RD_LAYOUT_KEY), 1, 2};
-  redisReply *rep = raw_cmd(r->c, 4, av, al);
+  redisReply *rep = run(r, 4, av, al, 1); /* idempotent */
   if (!rep || rep->type == REDIS_REPLY_ERROR) {
-    *err = xstrfmt("redis %s: SET %s: %s", r->target, RD_LAYOUT_KEY, rep ? rep->str : r->c->errstr);
+    *err = xstrfmt("redis %s: SET %s: %s", r->target, RD_LAYOUT_KEY, rep ? rep->str : "no connection");
     if (rep) freeReplyObject(rep);
     return -1;
   }
   freeReplyObject(rep);
   const char *gv[] = {"GET", RD_LAYOUT_KEY};
   size_t gl[] = {3, strlen(RD_LAYOUT_KEY)};
-  rep = raw_cmd(r->c, 2, gv, gl);
+  rep = run(r, 2, gv, gl, 1);
   if (!rep || rep->type != REDIS_REPLY_STRING) {
     *err = xstrfmt("redis %s: GET %s: %s", r->target, RD_LAYOUT_KEY,
-               rep && rep->str ? rep->str : r->c->errstr);
+               rep && rep->str ? rep->str : "no connection");
     if (rep) freeReplyObject(rep);
     return -1;
   }
@@ -747,9 +1103,19 @@ static int check_layout(rd_t *r, char **err) {
 
 static void *rd_open(const char *path, char **err) {
   rd_t *r = xcalloc(1, sizeof *r);
-  buf_init(&r->q);
-  if (parse_target(r, path, err) != 0) goto fail;
-  if (connect_now(r, err) != 0) goto fail;
+  buf_init(&r->p.q);
+  buf_init(&r->bq.q);
+  rslots_map_init(&r->map);
+  if (redis_addr_parse(&r->addr, path, err) != 0) {
+    xfree(r);
+    return NULL;
+  }
+  r->target = r->addr.shown;
+  for (int i = 0; i < S_COUNT; i++) rslots_script_sha(script_text[i], r->sha[i]);
+  /* Reach the node of the layout key now, so that a wrong address fails the open with
+   * the reason (a Cluster: its slot map; Sentinel: the primary). */
+  int node = route(r, rslots_key_slot(RD_LAYOUT_KEY, strlen(RD_LAYOUT_KEY)), err);
+  if (node < 0 || !node_ctx(r, node, err)) goto fail;
   if (check_layout(r, err) != 0) goto fail;
   return r;
 fail:
@@ -760,8 +1126,7 @@ fail:
 /* ---- batches ------------------------------------------------------------------------ */
 
 static void queue_clear(rd_t *r) {
-  r->q.len = 0;
-  r->qn = 0;
+  pipe_clear(&r->bq);
   if (r->bstate) strmap_free(r->bstate, NULL);
   r->bstate = NULL;
 }
@@ -775,39 +1140,23 @@ static int rd_batch_begin(void *be) {
   return 0;
 }
 
-/* Sends the queue in chunks, reading every reply. 0 or the first failure. */
+/* Sends the queue in chunks (each split per node: pipe_run), judging every reply. 0 or
+ * the first failure. A fresh connection loads the scripts the queued EVALSHAs name (the
+ * same SHAs: the SHA-1 of the same text). */
 static int flush(rd_t *r) {
-  if (!r->qn) return 0;
-  /* A fresh connection (re)loads the scripts the queued EVALSHAs name; the same SHAs,
-   * since they are the SHA-1 of the same text. */
-  if (ensure(r) != 0) return XMPP_EIO;
   int first = 0;
-  size_t off = 0;
-  for (size_t i = 0; i < r->qn;) {
-    size_t n = r->qn - i < RD_FLUSH_CHUNK ? r->qn - i : RD_FLUSH_CHUNK;
-    uint64_t t0 = uv_hrtime();
+  redisReply **reps = xcalloc(RD_FLUSH_CHUNK, sizeof *reps);
+  for (size_t i = 0; i < r->bq.n;) {
+    size_t n = r->bq.n - i < RD_FLUSH_CHUNK ? r->bq.n - i : RD_FLUSH_CHUNK;
+    pipe_run(r, &r->bq, i, n, 0, reps);
     for (size_t k = 0; k < n; k++) {
-      if (redisAppendFormattedCommand(r->c, (const char *)r->q.data + off, r->qlen[i + k]) !=
-          REDIS_OK) {
-        log_error("store(redis) %s: batch: %s", r->target, r->c->errstr);
-        drop(r);
-        return XMPP_EIO;
-      }
-      off += r->qlen[i + k];
-    }
-    for (size_t k = 0; k < n; k++) {
-      redisReply *rep = NULL;
-      if (get_reply(r->c, &rep, &t0) != REDIS_OK || !rep) {
-        log_error("store(redis) %s: batch: %s", r->target, r->c->errstr);
-        drop(r);
-        return first ? first : XMPP_EIO;
-      }
-      int rc = judge(r, "batch", rep, r->qkind[i + k]);
-      freeReplyObject(rep);
+      int rc = judge(r, "batch", reps[k], r->qkind[i + k]);
+      if (reps[k]) freeReplyObject(reps[k]);
       if (rc && !first) first = rc;
     }
     i += n;
   }
+  xfree(reps);
   return first;
 }
 
@@ -818,13 +1167,10 @@ static int rd_batch_end(void *be, int commit) {
   int rc = commit ? flush(r) : 0;
   queue_clear(r);
   /* Keep the buffer from holding a big batch's memory for the handle's life. */
-  buf_free(&r->q);
-  buf_init(&r->q);
-  xfree(r->qlen);
+  pipe_free(&r->bq);
   xfree(r->qkind);
-  r->qlen = NULL;
   r->qkind = NULL;
-  r->qcap = 0;
+  r->qkcap = 0;
   return rc;
 }
 
@@ -920,31 +1266,26 @@ static int parse_account(rd_t *r, const redisReply *rep, store_account_t *out) {
   return rc;
 }
 
-/* Read-only commands in ONE pipeline: append(r, i, ud) appends command i to r->c for i
- * in 0..n-1; all are written together and the n replies read in order into reps (the
- * caller frees them), so a batch costs one round trip. On a dead connection the whole
- * pipeline is sent again once on a fresh one. 0, or XMPP_EIO with reps all NULL. */
+/* Read-only commands in ONE pipeline: append(r, i, ud) adds command i to r->p for i in
+ * 0..n-1; all are written together (one pipeline per node on a Cluster) and the n replies
+ * put into reps in order (the caller frees them), so a batch costs one round trip per
+ * node. On a dead connection the commands are sent again on a fresh one (reads). 0, or
+ * XMPP_EIO with reps all NULL. */
 static int read_pipeline(rd_t *r, size_t n, void (*append)(rd_t *r, size_t i, void *ud), void *ud,
                          redisReply **reps) {
-  for (int attempt = 0;; attempt++) {
-    int fresh = !r->c;
-    if (ensure(r) != 0) break;
-    uint64_t t0 = uv_hrtime();
-    for (size_t i = 0; i < n; i++) append(r, i, ud);
-    size_t got = 0;
-    for (; got < n; got++) {
-      reps[got] = NULL;
-      if (get_reply(r->c, &reps[got], &t0) != REDIS_OK || !reps[got]) break;
+  pipe_clear(&r->p);
+  for (size_t i = 0; i < n; i++) append(r, i, ud);
+  pipe_run(r, &r->p, 0, n, 1, reps);
+  int rc = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!reps[i]) rc = XMPP_EIO;
+  if (rc)
+    for (size_t i = 0; i < n; i++) {
+      if (reps[i]) freeReplyObject(reps[i]);
+      reps[i] = NULL;
     }
-    if (got == n) return 0;
-    for (size_t i = 0; i < got; i++) freeReplyObject(reps[i]);
-    log_error("store(redis) %s: pipelined reads: %s", r->target, r->c->errstr);
-    drop(r);
-    r->down = 1;
-    if (fresh || attempt) break;
-  }
-  for (size_t i = 0; i < n; i++) reps[i] = NULL;
-  return XMPP_EIO;
+  if (r->p.cap > 4096) pipe_free(&r->p);
+  return rc;
 }
 
 static void append_hmget_account(rd_t *r, size_t i, void *ud) {
@@ -958,7 +1299,7 @@ static void append_hmget_account(rd_t *r, size_t i, void *ud) {
       av[2 + h * 4 + f] = cred_fields[h][f];
       al[2 + h * 4 + f] = strlen(cred_fields[h][f]);
     }
-  redisAppendCommandArgv(r->c, 10, av, al);
+  pipe_add(&r->p, 10, av, al);
   ukeys_free(&k);
 }
 
@@ -1099,31 +1440,31 @@ static int rd_account_list(void *be, store_account_cb cb, void *ud) {
     redisReply *page = run_array(r, 7, av, al, &rc);
     if (!page) break;
     size_t n = page->elements;
-    /* Which members still have an account (pipelined EXISTS, one per member). */
+    /* Which members still have an account (pipelined EXISTS, one per member: one
+     * pipeline per node on a Cluster). */
     char *alive = xcalloc(n ? n : 1, 1);
-    uint64_t t0 = uv_hrtime();
-    for (size_t i = 0; i < n && !rc; i++) {
+    size_t *at = xmalloc((n ? n : 1) * sizeof *at);
+    size_t asked = 0;
+    pipe_clear(&r->p);
+    for (size_t i = 0; i < n; i++) {
       redisReply *m = page->element[i];
       if (m->type != REDIS_REPLY_STRING) continue;
       char *key = xstrfmt("{u:%.*s}:a", (int)m->len, m->str);
       const char *ev[] = {"EXISTS", key};
       size_t el[] = {6, strlen(key)};
-      if (redisAppendCommandArgv(r->c, 2, ev, el) != REDIS_OK) rc = XMPP_EIO;
+      pipe_add(&r->p, 2, ev, el);
       xfree(key);
-      alive[i] = 2; /* asked */
+      at[asked++] = i;
     }
-    for (size_t i = 0; i < n && !rc; i++) {
-      if (alive[i] != 2) continue;
-      redisReply *e = NULL;
-      if (get_reply(r->c, &e, &t0) != REDIS_OK || !e) {
-        log_error("store(redis) %s: list: %s", r->target, r->c->errstr);
-        drop(r);
-        rc = XMPP_EIO;
-        break;
-      }
-      alive[i] = e->type == REDIS_REPLY_INTEGER && e->integer > 0;
-      freeReplyObject(e);
+    redisReply **es = xcalloc(asked ? asked : 1, sizeof *es);
+    pipe_run(r, &r->p, 0, asked, 1, es);
+    for (size_t k = 0; k < asked; k++) {
+      if (!es[k]) rc = XMPP_EIO;
+      else alive[at[k]] = es[k]->type == REDIS_REPLY_INTEGER && es[k]->integer > 0;
+      if (es[k]) freeReplyObject(es[k]);
     }
+    xfree(es);
+    xfree(at);
     if (!rc)
       for (size_t i = 0; i < n; i++)
         if (alive[i] == 1) cb(page->element[i]->str, ud);
@@ -1267,7 +1608,7 @@ static void append_hgetall_roster(rd_t *r, size_t i, void *ud) {
   ukeys(&k, bares[i]);
   const char *av[] = {"HGETALL", k.r};
   size_t al[] = {7, k.lr};
-  redisAppendCommandArgv(r->c, 2, av, al);
+  pipe_add(&r->p, 2, av, al);
   ukeys_free(&k);
 }
 
@@ -1497,7 +1838,7 @@ static void append_llen_offline(rd_t *r, size_t i, void *ud) {
   ukeys(&k, bares[i]);
   const char *av[] = {"LLEN", k.o};
   size_t al[] = {4, k.lo};
-  redisAppendCommandArgv(r->c, 2, av, al);
+  pipe_add(&r->p, 2, av, al);
   ukeys_free(&k);
 }
 
@@ -1701,12 +2042,10 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
       mam_append_args(&x, i, av, al, num);
       queue_script(r, S_MAM_APPEND, 3, 9, av, al, R_ANY);
     }
-  } else if (ensure(r) != 0) {
-    rc = XMPP_EIO;
   } else {
-    /* one pipeline: every EVALSHA written, then the replies read in order (a write is
-     * not sent again on a fresh connection: it may have been applied) */
-    uint64_t t0 = uv_hrtime();
+    /* one pipeline (per node): every EVALSHA written, then the replies read in order (a
+     * write is not sent again on a fresh connection: it may have been applied) */
+    pipe_clear(&r->p);
     for (size_t i = 0; i < n; i++) {
       const char *av[MAXARGS];
       size_t al[MAXARGS];
@@ -1715,32 +2054,16 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
       char num[3][24], nk[8];
       mam_append_args(&x, i, args, lens, num);
       evalsha_args(r, S_MAM_APPEND, 3, 9, args, lens, av, al, nk);
-      redisAppendCommandArgv(r->c, 12, av, al);
+      pipe_add(&r->p, 12, av, al);
     }
+    redisReply **reps = xcalloc(n ? n : 1, sizeof *reps);
+    pipe_run(r, &r->p, 0, n, 0, reps);
     for (size_t i = 0; i < n; i++) {
-      redisReply *rep = NULL;
-      if (get_reply(r->c, &rep, &t0) != REDIS_OK || !rep) {
-        log_error("store(redis) %s: archive append: %s", r->target, r->c->errstr);
-        drop(r);
-        r->down = 1;
-        rc = XMPP_EIO;
-        break;
-      }
-      if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(rep); /* the script cache was flushed: this one by EVAL */
-        const char *args[9];
-        size_t lens[9];
-        char num[3][24];
-        mam_append_args(&x, i, args, lens, num);
-        rep = script(r, S_MAM_APPEND, 3, 9, args, lens);
-        if (!rep) {
-          rc = XMPP_EIO;
-          break;
-        }
-      }
-      if (rep->type == REDIS_REPLY_ERROR && !rc) rc = reply_error(r, "archive append", rep);
-      freeReplyObject(rep);
+      if (!reps[i]) rc = XMPP_EIO;
+      else if (reps[i]->type == REDIS_REPLY_ERROR && !rc) rc = reply_error(r, "archive append", reps[i]);
+      if (reps[i]) freeReplyObject(reps[i]);
     }
+    xfree(reps);
   }
   for (size_t i = 0; i < n; i++) {
     mkeys_free(&mk[i]);
@@ -1784,7 +2107,7 @@ static void append_xrange_id(rd_t *r, size_t i, void *ud) {
   mam_sid(x->ids[i], sid);
   const char *av[] = {"XRANGE", x->m, sid, sid};
   size_t al[] = {6, strlen(x->m), strlen(sid), strlen(sid)};
-  redisAppendCommandArgv(r->c, 4, av, al);
+  pipe_add(&r->p, 4, av, al);
 }
 
 static int i64_cmp(const void *a, const void *b) {

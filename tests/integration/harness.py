@@ -509,3 +509,239 @@ async def subscribe(watcher, owner, timeout=5):
     await owner.next_presence(timeout, pred=lambda p: p["type"] == "subscribe" and p["from"].bare == watcher_bare)
     owner.send_presence(pto=watcher_bare, ptype="subscribed")
     await watcher.next_presence(timeout, pred=lambda p: p["type"] == "subscribed" and p["from"].bare == owner_bare)
+
+
+def _redis_wait(proc, port, what, where):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited at start: see {where}")
+        try:
+            if resp(port, "PING").startswith(b"+PONG"):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer")
+
+
+def resp_text(port, *args):
+    """One command; the reply as text (bulk string content, or the raw line)."""
+    data = resp(port, *args)
+    if data.startswith(b"$") and not data.startswith(b"$-1"):
+        return data[data.index(b"\r\n") + 2:-2].decode(errors="replace")
+    return data.decode(errors="replace").strip()
+
+
+class RedisCluster:
+    """A Redis Cluster of the test's own: 3 primaries and 3 replicas (6 redis-server
+    processes on free loopback ports, `redis-cli --cluster create ... --cluster-replicas 1`),
+    cluster-node-timeout `node_timeout_ms` so that a killed primary's replica is promoted
+    within seconds."""
+
+    def __init__(self, nodes=6, node_timeout_ms=1000, aof=False):
+        if not os.access(REDIS_SERVER, os.X_OK):
+            raise RuntimeError("redis-server is not installed: the Redis Cluster tests cannot run")
+        self.aof = aof  # keep the data across a node's restart
+        self.dir = tempfile.mkdtemp(prefix="xmppd-rcluster-")
+        self.ports = [free_port() for _ in range(nodes)]
+        self.bus_ports = [free_port() for _ in range(nodes)]
+        self.node_timeout_ms = node_timeout_ms
+        self.procs = {}
+        self.logs = []
+
+    def start_node(self, i):
+        d = os.path.join(self.dir, str(self.ports[i]))
+        os.makedirs(d, exist_ok=True)
+        log = open(os.path.join(d, "redis.log"), "ab")
+        self.logs.append(log)
+        p = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.ports[i]), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-port", str(self.bus_ports[i]),
+             "--cluster-config-file", os.path.join(d, "nodes.conf"),
+             "--cluster-node-timeout", str(self.node_timeout_ms),
+             # a replica may always be promoted (the tests kill primaries on purpose)
+             "--cluster-replica-validity-factor", "0",
+             "--save", "", "--appendonly", "yes" if self.aof else "no", "--dir", d,
+             "--daemonize", "no"],
+            stdout=log, stderr=log)
+        self.procs[self.ports[i]] = p
+        _redis_wait(p, self.ports[i], "redis-server (cluster node)", d)
+
+    def start(self):
+        for i in range(len(self.ports)):
+            self.start_node(i)
+        out = subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create failed: " + out.stdout + out.stderr)
+        self.wait_ok()
+
+    def wait_ok(self, timeout=30, ports=None):
+        """Every live node (or those in ports) says cluster_state:ok and the slots are covered."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            states = []
+            for p in ports or self.live_ports():
+                try:
+                    states.append(resp_text(p, "CLUSTER", "INFO"))
+                except OSError:
+                    states.append("")
+            if all("cluster_state:ok" in s and "cluster_slots_assigned:16384" in s for s in states):
+                # and every replica has synchronised with its primary (else it cannot
+                # take over when the test kills that primary)
+                links = []
+                for p in ports or self.live_ports():
+                    try:
+                        links.append(resp_text(p, "INFO", "replication"))
+                    except OSError:
+                        links.append("")
+                if all("role:master" in t or "master_link_status:up" in t for t in links):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ok: " + repr(states))
+
+    def live_ports(self):
+        return [p for p, pr in self.procs.items() if pr.poll() is None]
+
+    def addr(self):
+        return "cluster:" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+
+    def nodes(self, port=None):
+        """CLUSTER NODES as dicts: id, port, flags, master, slots (list of (lo, hi))."""
+        text = resp_text(port or self.live_ports()[0], "CLUSTER", "NODES")
+        out = []
+        for line in text.splitlines():
+            f = line.split()
+            if len(f) < 8:
+                continue
+            slots = []
+            for s in f[8:]:
+                if s.startswith("["):
+                    continue
+                lo, _, hi = s.partition("-")
+                slots.append((int(lo), int(hi or lo)))
+            out.append({"id": f[0], "port": int(f[1].split("@")[0].rsplit(":", 1)[1]),
+                        "flags": f[2], "master": f[3], "slots": slots})
+        return out
+
+    def keyslot(self, key):
+        return int(resp_text(self.live_ports()[0], "CLUSTER", "KEYSLOT", key).lstrip(":"))
+
+    def owner(self, slot):
+        """The primary serving slot: its node dict."""
+        for n in self.nodes():
+            if "master" in n["flags"] and "fail" not in n["flags"] and \
+                    any(lo <= slot <= hi for lo, hi in n["slots"]):
+                return n
+        raise RuntimeError(f"no primary serves slot {slot}")
+
+    def kill(self, port):
+        p = self.procs[port]
+        p.kill()
+        p.wait(10)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for log in self.logs:
+            log.close()
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinel:
+    """One primary, one replica and three sentinels (redis-server --sentinel), with
+    down-after-milliseconds 1000 so that a killed primary is replaced within seconds."""
+
+    def __init__(self, name="xmppd"):
+        if not os.access(REDIS_SERVER, os.X_OK):
+            raise RuntimeError("redis-server is not installed: the Sentinel tests cannot run")
+        self.dir = tempfile.mkdtemp(prefix="xmppd-sentinel-")
+        self.name = name
+        self.data_ports = [free_port() for _ in range(2)]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.procs = {}
+        self.logs = []
+
+    def _spawn(self, port, args, what):
+        d = os.path.join(self.dir, str(port))
+        os.makedirs(d, exist_ok=True)
+        log = open(os.path.join(d, "redis.log"), "ab")
+        self.logs.append(log)
+        p = subprocess.Popen([REDIS_SERVER, *args], stdout=log, stderr=log, cwd=d)
+        self.procs[port] = p
+        _redis_wait(p, port, what, d)
+
+    def start(self):
+        primary = self.data_ports[0]
+        for i, port in enumerate(self.data_ports):
+            args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", os.path.join(self.dir, str(port)), "--daemonize", "no"]
+            if i:
+                args += ["--replicaof", "127.0.0.1", str(primary)]
+            os.makedirs(os.path.join(self.dir, str(port)), exist_ok=True)
+            self._spawn(port, args, "redis-server")
+        for port in self.sentinel_ports:
+            d = os.path.join(self.dir, str(port))
+            os.makedirs(d, exist_ok=True)
+            conf = os.path.join(d, "sentinel.conf")
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                        f"sentinel monitor {self.name} 127.0.0.1 {primary} 2\n"
+                        f"sentinel down-after-milliseconds {self.name} 1000\n"
+                        f"sentinel failover-timeout {self.name} 5000\n")
+            self._spawn(port, [conf, "--sentinel"], "redis-server --sentinel")
+        # the sentinels know the replica and each other before a failover can happen
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            ok = True
+            for port in self.sentinel_ports:
+                info = resp_text(port, "SENTINEL", "MASTER", self.name)
+                if "num-slaves" not in info and "num-other-sentinels" not in info:
+                    ok = False
+                    break
+                text = resp(port, "SENTINEL", "MASTER", self.name).decode(errors="replace")
+                fields = text.split("\r\n")
+                vals = {fields[i]: fields[i + 2] for i in range(2, len(fields) - 2, 4)
+                        if fields[i - 1].startswith("$")}
+                if vals.get("num-slaves") != "1" or vals.get("num-other-sentinels") != "2":
+                    ok = False
+                    break
+            if ok:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the sentinels did not find the replica and each other")
+
+    def addr(self):
+        return "sentinel:" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + "/" + self.name
+
+    def primary_port(self):
+        text = resp(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return int(text.split(b"\r\n")[-2])
+
+    def kill(self, port):
+        self.procs[port].kill()
+        self.procs[port].wait(10)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for log in self.logs:
+            log.close()
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
