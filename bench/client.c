@@ -715,6 +715,15 @@ static void on_presence(conn_t *c, const char *p, size_t n) {
 
 /* ---- incoming stanzas ----------------------------------------------------------------- */
 
+/* A SASL or SASL2 <failure/>: the connection fails with "what:condition". */
+static void fail_with_condition(conn_t *c, const char *what, const char *p, size_t n) {
+  const char *cn;
+  size_t cl = xs_first_child(p, n, &cn);
+  char r[64];
+  snprintf(r, sizeof r, "%s:%.*s", what, (int)(cl > 40 ? 40 : cl), cl ? cn : "failure");
+  conn_fail(c, r);
+}
+
 static void send_initial_presence(conn_t *c) {
   const bench_opts_t *o = c->w->o;
   if (o->priority != INT_MIN) {
@@ -787,11 +796,7 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
   case C_SCRAM1:
   case C_SCRAM2:
     if (NAME_IS(nm, nl, "failure")) {
-      const char *cn;
-      size_t cl = xs_first_child(p, n, &cn);
-      char r[64];
-      snprintf(r, sizeof r, "sasl:%.*s", (int)(cl > 40 ? 40 : cl), cl ? cn : "failure");
-      conn_fail(c, r);
+      fail_with_condition(c, "sasl", p, n);
       return 1;
     }
     if (c->state == C_SCRAM1 && NAME_IS(nm, nl, "challenge")) {
@@ -882,11 +887,7 @@ static int on_stanza(conn_t *c, const char *p, size_t n) {
     return 0;
   case C_SASL2:
     if (NAME_IS(nm, nl, "failure")) {
-      const char *cn;
-      size_t cl = xs_first_child(p, n, &cn);
-      char r[64];
-      snprintf(r, sizeof r, "sasl2:%.*s", (int)(cl > 40 ? 40 : cl), cl ? cn : "failure");
-      conn_fail(c, r);
+      fail_with_condition(c, "sasl2", p, n);
       return 1;
     }
     if (NAME_IS(nm, nl, "success")) {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/pidlock.h"
 #include "common/log.h"
 
 #define CONTROL_TIMEOUT_MS 10000
@@ -149,35 +150,22 @@ control_t *control_open(const char *path, int max_clients, size_t max_request, i
    * with the process, however it ends), so a socket file left by a dead one is replaced
    * and a live one's never is */
   char *lp = xstrfmt("%s.lock", path);
-  int lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  char holder[32];
+  int le;
+  int lfd = pidlock_take(lp, 0600, holder, &le);
   if (lfd < 0) {
-    *err = xstrfmt("control socket: cannot open the lock file %s: %s", lp, strerror(errno));
-    xfree(lp);
-    return NULL;
-  }
-  if (flock(lfd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-    char pid[32] = "";
-    ssize_t n = pread(lfd, pid, sizeof pid - 1, 0);
-    pid[n > 0 ? n : 0] = '\0';
-    pid[strcspn(pid, "\n")] = '\0';
-    if (e == EWOULDBLOCK) {
+    if (lfd == PIDLOCK_HELD) {
       *in_use = 1;
       *err = xstrfmt("control socket %s is served by another xmppd (pid %s, lock file %s): one process per "
                      "control socket; stop it first, or give this one another server.control_socket",
-                     path, pid[0] ? pid : "?", lp);
+                     path, holder, lp);
     } else {
-      *err = xstrfmt("control socket: cannot lock %s: %s", lp, strerror(e));
+      *err = xstrfmt("control socket: cannot lock %s: %s", lp, strerror(le));
     }
-    close(lfd);
     xfree(lp);
     return NULL;
   }
   xfree(lp);
-  char pid[32];
-  int plen = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-  if (ftruncate(lfd, 0) != 0 || pwrite(lfd, pid, (size_t)plen, 0) != plen) { /* informative only */
-  }
   struct stat st;
   if (lstat(path, &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {

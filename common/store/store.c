@@ -10,6 +10,8 @@
  * the caller's feet). Other handles, even on the same database, may be used freely. */
 #include "common/store/store.h"
 
+#include "common/pidlock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -396,33 +398,20 @@ int store_claim(const char *backend, const char *path, store_claim_t **out, char
       strncmp(path, "file:", 5) == 0)
     return 0;
   char *lp = xstrfmt("%s.lock", path);
-  int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  char holder[32];
+  int e;
+  int fd = pidlock_take(lp, 0644, holder, &e);
   if (fd < 0) {
-    if (err) *err = xstrfmt("cannot open the lock file %s: %s", lp, strerror(errno));
-    xfree(lp);
-    return XMPP_EIO;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-    char pid[32] = "";
-    ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
-    pid[n > 0 ? n : 0] = '\0';
-    pid[strcspn(pid, "\n")] = '\0';
     if (err)
-      *err = e == EWOULDBLOCK
+      *err = fd == PIDLOCK_HELD
                  ? xstrfmt("storage %s is in use by another xmppd (pid %s, lock file %s): one server process per "
                            "store; stop it first (xmppctl may use the store meanwhile)",
-                           path, pid[0] ? pid : "?", lp)
+                           path, holder, lp)
                  : xstrfmt("cannot lock %s: %s", lp, strerror(e));
-    close(fd);
     xfree(lp);
-    return e == EWOULDBLOCK ? XMPP_EDENIED : XMPP_EIO;
+    return fd == PIDLOCK_HELD ? XMPP_EDENIED : XMPP_EIO;
   }
   xfree(lp);
-  char pid[32];
-  int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) { /* informative only */
-  }
   store_claim_t *c = xcalloc(1, sizeof *c);
   c->fd = fd;
   *out = c;
