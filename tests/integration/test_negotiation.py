@@ -52,12 +52,15 @@ class NegotiationStateTest(ServerTest):
         self.assertTrue(r.closed())
 
     def test_stream_management_before_auth(self):
-        # SECURED: XEP-0198 is not offered before authentication; its elements are not
-        # first-level elements of an unauthenticated stream
+        # SECURED: XEP-0198 is not offered before authentication (only as what SASL2 may
+        # do inline once authenticated, XEP-0388 §2.2: inside <authentication/>); its
+        # elements are not first-level elements of an unauthenticated stream
         r = self.secured()
         r.open_stream()
-        r.recv_until("</stream:features>")
-        self.assertNotIn(SM, r.buf.decode())
+        feats = r.recv_until("</stream:features>")
+        outside = re.sub(r"<authentication xmlns='urn:xmpp:sasl:2'>.*?</authentication>", "", feats, flags=re.S)
+        self.assertIn("urn:xmpp:sasl:2", feats)
+        self.assertNotIn(SM, outside)
         r.send(f"<enable xmlns='{SM}'/>")
         self.stream_error(r, "unsupported-stanza-type")
 
