@@ -1301,24 +1301,29 @@ static uint64_t mam_hash(const char *p, size_t n) {
 }
 
 /* same[i]: the first of msgs[0..i] with the same bytes as msgs[i] (i when none): the rows
- * of one call that share a stored message. One hash table, O(n) expected. */
+ * of one call that share a stored message. One hash table, each look-up at most
+ * MAM_SAME_PROBES slots (a message's bytes are the client's: colliding ones must not make
+ * it quadratic; one not found there is stored on its own, which is only less sharing). */
+#define MAM_SAME_PROBES 8
 static void mam_same(const store_mam_msg_t *msgs, size_t n, size_t *same) {
   size_t cap = 16;
   while (cap < 2 * n) cap *= 2;
-  size_t *slot = xmalloc(cap * sizeof *slot); /* index + 1, 0: empty */
-  memset(slot, 0, cap * sizeof *slot);
+  size_t *slot = xcalloc(cap, sizeof *slot); /* index + 1, 0: empty */
+  uint64_t *hv = xmalloc(n * sizeof *hv);
   for (size_t i = 0; i < n; i++) {
-    size_t h = (size_t)mam_hash(msgs[i].data, msgs[i].len) & (cap - 1);
+    hv[i] = mam_hash(msgs[i].data, msgs[i].len);
+    size_t h = (size_t)hv[i] & (cap - 1), p = 0;
     same[i] = i;
-    for (; slot[h]; h = (h + 1) & (cap - 1)) {
+    for (; slot[h] && p < MAM_SAME_PROBES; h = (h + 1) & (cap - 1), p++) {
       const store_mam_msg_t *o = &msgs[slot[h] - 1];
-      if (o->len == msgs[i].len && !memcmp(o->data, msgs[i].data, o->len)) {
+      if (hv[slot[h] - 1] == hv[i] && o->len == msgs[i].len && !memcmp(o->data, msgs[i].data, o->len)) {
         same[i] = slot[h] - 1;
         break;
       }
     }
-    if (same[i] == i) slot[h] = i + 1;
+    if (same[i] == i && !slot[h]) slot[h] = i + 1;
   }
+  xfree(hv);
   xfree(slot);
 }
 
