@@ -115,8 +115,9 @@ static int writer_mode(const char *backend, const char *target, int argc, char *
       return 1;
     }
   }
-  char data[230];
-  for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
+  /* the two copies of a message are the same bytes (a stored frame of 230), messages differ */
+  char(*data)[230] = xcalloc((size_t)group / 2 + 2, sizeof *data);
+  for (size_t i = 0; i < sizeof data[0]; i++) data[0][i] = (char)('a' + i % 26);
   store_mam_msg_t *rows = xcalloc((size_t)group, sizeof *rows);
   store_mam_limits_t lim = {100000, 0};
   int64_t id = (int64_t)time(NULL) * 1000000 - (int64_t)n * 500;
@@ -131,8 +132,11 @@ static int writer_mode(const char *backend, const char *target, int argc, char *
     int k = 0;
     for (; k + 1 < group && m < n; m++) {
       int a = rand() % na, b = a ^ 1; /* a pair: 2i and 2i+1 */
-      rows[k++] = (store_mam_msg_t){bare[a], ++id, bare[b], full[b], data, sizeof data};
-      rows[k++] = (store_mam_msg_t){bare[b], ++id, bare[a], full[a], data, sizeof data};
+      char *d = data[k / 2 + 1]; /* each message its own bytes (data[0]: the pattern) */
+      memcpy(d, data[0], sizeof data[0]);
+      snprintf(d, sizeof data[0], "%d:%d:", m, a);
+      rows[k++] = (store_mam_msg_t){bare[a], ++id, bare[b], full[b], d, sizeof data[0]};
+      rows[k++] = (store_mam_msg_t){bare[b], ++id, bare[a], full[a], d, sizeof data[0]};
     }
     if (store_mam_append(s, rows, (size_t)k, &lim) != 0) {
       fprintf(stderr, "mam-bench: append failed\n");
@@ -146,6 +150,7 @@ static int writer_mode(const char *backend, const char *target, int argc, char *
   for (int i = 0; i < na; i++) store_account_delete(s, bare[i]);
   store_close(s);
   xfree(rows);
+  xfree(data);
   xfree(bare);
   xfree(full);
   return 0;
@@ -193,9 +198,11 @@ int main(int argc, char **argv) {
     snprintf(with[i], sizeof with[i], "contact%d@localhost", i);
     snprintf(full[i], sizeof full[i], "contact%d@localhost/phone", i);
   }
-  /* a stored message is a frame of ~230 bytes: addresses, a body of 100, an origin-id */
-  char data[230];
-  for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
+  /* a stored message is a frame of ~230 bytes: addresses, a body of 100, an origin-id; each
+   * its own (the SQLite store keeps one copy of the same bytes appended in one call) */
+  char data[256][230];
+  for (size_t i = 0; i < sizeof data[0]; i++) data[0][i] = (char)('a' + i % 26);
+  for (int k = 1; k < 256; k++) memcpy(data[k], data[0], sizeof data[0]);
   int64_t *ids = xmalloc((size_t)n * sizeof *ids);
   int64_t base = (int64_t)time(NULL) * 1000000 - (int64_t)n * 1000;
   store_mam_msg_t batch[256];
@@ -206,7 +213,8 @@ int main(int argc, char **argv) {
     for (; k < 256 && i < n; k++, i++) {
       ids[i] = base + (int64_t)i * 1000 + rand() % 1000;
       int c = rand() % nc;
-      batch[k] = (store_mam_msg_t){owner, ids[i], with[c], i % 2 ? full[c] : NULL, data, sizeof data};
+      snprintf(data[k], 16, "%d:", i);
+      batch[k] = (store_mam_msg_t){owner, ids[i], with[c], i % 2 ? full[c] : NULL, data[k], sizeof data[k]};
     }
     if (store_mam_append(s, batch, (size_t)k, &lim) != 0) {
       fprintf(stderr, "mam-bench: append failed\n");
@@ -225,7 +233,7 @@ int main(int argc, char **argv) {
   printf("%s: %d messages appended in %.2f s (%.0f/s, batches of 256; %.1f us of this process's CPU each); "
          "count %d; %.0f bytes per message (%d bytes of message)\n",
          backend, n, fill, n / fill, fill_cpu * 1e6 / n, store_mam_count(s, owner), (double)(after - before) / n,
-         (int)sizeof data);
+         (int)sizeof data[0]);
   const char *kinds[] = {"forward page after a random id", "backward page before a random id (RSM <before/>)",
                          "forward, with one contact", "backward, with one contact", "last page (<before/>)"};
   double *lat = xmalloc((size_t)nq * sizeof *lat), *cpu = xmalloc((size_t)nq * sizeof *cpu);

@@ -151,7 +151,9 @@ int64_t store_doc_bytes(store_t *s, const char *bare);
  * made monotonic per worker, so the id is also the archive time). An append whose id is
  * not above the account's last one is stored under last + 1 (a clock that went back).
  * 'with' is the other party's bare JID, 'with_full' its full JID when it had one (or
- * NULL); data the stored message (opaque bytes). */
+ * NULL); data the stored message (opaque bytes). SQLite stores the same bytes appended in
+ * one call once, shared by the archives that hold them (a message's sender's and
+ * recipient's copies), until the last of those rows goes; Redis keeps a copy each. */
 typedef struct store_mam_msg {
   const char *owner;     /* the account whose archive it goes to */
   int64_t id;

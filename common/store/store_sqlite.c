@@ -27,6 +27,10 @@
  *     (owner, with_bare, id) and (owner, with_full, id); mam_prefs(owner, dflt),
  *     mam_prefs_jids(owner, jid, always); accounts.mam_count (version 4: the XEP-0313
  *     archive, store.h).
+ *   mam_msg(id INTEGER PRIMARY KEY, refs, data BLOB) (version 8): each archived message's
+ *     bytes once, shared by the archives holding it (the rows of one append call with the
+ *     same bytes: a message's sender's and recipient's copies); mam.data became mam.msg,
+ *     its id; a trigger on mam drops a message with its last row.
  *   blocklist(owner, jid, PK(owner, jid)) (version 5): XEP-0191, one row per blocked JID,
  *     so one block writes one row and "is X blocked" is a primary-key look-up;
  *     accounts.block_items counts them, kept by triggers like roster_items.
@@ -60,7 +64,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 7
+#define SQ_SCHEMA_VERSION 8
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -135,6 +139,8 @@ enum {
   Q_FAST_COUNT,
   Q_FAST_DEL_ONE,
   Q_FAST_DEL_ALL,
+  /* XEP-0313 stored messages shared by archives (schema 8) */
+  Q_MAM_MSG_INSERT,
   Q_COUNT
 };
 
@@ -194,25 +200,23 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_ACC_DEL_MAM_PREFS] = "DELETE FROM mam_prefs WHERE owner = ?1",
     [Q_ACC_DEL_MAM_JIDS] = "DELETE FROM mam_prefs_jids WHERE owner = ?1",
     /* an id not above the account's last one becomes last + 1 (store.h) */
-    [Q_MAM_INSERT] = "INSERT INTO mam (owner, id, with_bare, with_full, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [Q_MAM_INSERT] = "INSERT INTO mam (owner, id, with_bare, with_full, msg) VALUES (?1, ?2, ?3, ?4, ?5)",
     [Q_MAM_COUNT_ADD] = "UPDATE accounts SET mam_count = ?2 WHERE jid = ?1",
     [Q_MAM_PRUNE_AGE] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
                         "(SELECT id FROM mam WHERE owner = ?1 AND id < ?2 ORDER BY id LIMIT ?3)",
     [Q_MAM_PRUNE_OLDEST] = "DELETE FROM mam WHERE owner = ?1 AND id IN "
                            "(SELECT id FROM mam WHERE owner = ?1 ORDER BY id LIMIT ?2)",
-    [Q_MAM_FWD] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id > ?2 AND id < ?3 "
-                  "ORDER BY id LIMIT ?4",
-    [Q_MAM_FWD_BARE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_bare = ?5 AND id > ?2 "
-                       "AND id < ?3 ORDER BY id LIMIT ?4",
-    [Q_MAM_FWD_FULL] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_full = ?5 AND id > ?2 "
-                       "AND id < ?3 ORDER BY id LIMIT ?4",
-    [Q_MAM_BACK] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id > ?2 AND id < ?3 "
-                   "ORDER BY id DESC LIMIT ?4",
-    [Q_MAM_BACK_BARE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_bare = ?5 AND id > ?2 "
-                        "AND id < ?3 ORDER BY id DESC LIMIT ?4",
-    [Q_MAM_BACK_FULL] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND with_full = ?5 AND id > ?2 "
-                        "AND id < ?3 ORDER BY id DESC LIMIT ?4",
-    [Q_MAM_ONE] = "SELECT id, with_bare, data FROM mam WHERE owner = ?1 AND id = ?2",
+    /* CROSS JOIN: the archive's range (owner, id) or index (owner, with_*, id) leads, each
+     * row's stored message a rowid look-up */
+#define MAM_SEL "SELECT m.id, m.with_bare, d.data FROM mam m CROSS JOIN mam_msg d ON d.id = m.msg WHERE m.owner = ?1"
+    [Q_MAM_FWD] = MAM_SEL " AND m.id > ?2 AND m.id < ?3 ORDER BY m.id LIMIT ?4",
+    [Q_MAM_FWD_BARE] = MAM_SEL " AND m.with_bare = ?5 AND m.id > ?2 AND m.id < ?3 ORDER BY m.id LIMIT ?4",
+    [Q_MAM_FWD_FULL] = MAM_SEL " AND m.with_full = ?5 AND m.id > ?2 AND m.id < ?3 ORDER BY m.id LIMIT ?4",
+    [Q_MAM_BACK] = MAM_SEL " AND m.id > ?2 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?4",
+    [Q_MAM_BACK_BARE] = MAM_SEL " AND m.with_bare = ?5 AND m.id > ?2 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?4",
+    [Q_MAM_BACK_FULL] = MAM_SEL " AND m.with_full = ?5 AND m.id > ?2 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?4",
+    [Q_MAM_ONE] = MAM_SEL " AND m.id = ?2",
+#undef MAM_SEL
     [Q_MAM_COUNT] = "SELECT mam_count FROM accounts WHERE jid = ?1",
     [Q_MAM_PREFS_GET] = "SELECT dflt FROM mam_prefs WHERE owner = ?1",
     [Q_MAM_PREFS_JIDS] = "SELECT jid, always FROM mam_prefs_jids WHERE owner = ?1 ORDER BY jid",
@@ -238,6 +242,7 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_FAST_COUNT] = "UPDATE fast SET count = ?3 WHERE owner = ?1 AND ua = ?2 AND count < ?3",
     [Q_FAST_DEL_ONE] = "DELETE FROM fast WHERE owner = ?1 AND ua = ?2",
     [Q_FAST_DEL_ALL] = "DELETE FROM fast WHERE owner = ?1",
+    [Q_MAM_MSG_INSERT] = "INSERT INTO mam_msg (refs, data) VALUES (?1, ?2)",
 };
 
 /* Version 2: each account keeps the number of its roster items, kept right by triggers
@@ -336,6 +341,42 @@ static const char schema_v7[] =
     "  cur_expiry INTEGER NOT NULL, prev_expiry INTEGER NOT NULL,"
     "  count INTEGER NOT NULL DEFAULT -1,"
     "  PRIMARY KEY (owner, ua)) WITHOUT ROWID;";
+/* Version 8: each archived message's bytes stored once, shared by the archives that hold
+ * it (the sender's and the recipient's copies of a message between two local accounts
+ * are the same bytes). mam_msg(id INTEGER PRIMARY KEY, refs, data) is append-ordered (its
+ * rowid is max + 1: an append writes the B-tree's last pages, full, whatever the owners);
+ * mam rows keep (owner, id, with_bare, with_full) and the mam_msg id, no bytes. refs is
+ * the number of mam rows that point at the message; the trigger drops the message when
+ * its last row goes, whatever deletes the rows (retention, an account's deletion or its
+ * ON DELETE CASCADE). Existing rows are copied, one message each (refs 1). Self-contained
+ * (one function) so that it can be renumbered. */
+static int sq_migrate_mam_shared(sqlite3 *db) {
+  static const char sql[] =
+      "CREATE TABLE IF NOT EXISTS mam_msg ("
+      "  id INTEGER PRIMARY KEY,"
+      "  refs INTEGER NOT NULL,"
+      "  data BLOB NOT NULL);"
+      "DROP INDEX IF EXISTS mam_with;"
+      "DROP INDEX IF EXISTS mam_with_full;"
+      "ALTER TABLE mam RENAME TO mam_old;"
+      "CREATE TABLE mam ("
+      "  owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE,"
+      "  id INTEGER NOT NULL,"
+      "  with_bare TEXT NOT NULL,"
+      "  with_full TEXT,"
+      "  msg INTEGER NOT NULL,"
+      "  PRIMARY KEY (owner, id)) WITHOUT ROWID;"
+      "INSERT INTO mam_msg (id, refs, data) SELECT row_number() OVER (ORDER BY owner, id), 1, data FROM mam_old;"
+      "INSERT INTO mam (owner, id, with_bare, with_full, msg) "
+      "  SELECT owner, id, with_bare, with_full, row_number() OVER (ORDER BY owner, id) FROM mam_old;"
+      "DROP TABLE mam_old;"
+      "CREATE INDEX IF NOT EXISTS mam_with ON mam (owner, with_bare, id);"
+      "CREATE INDEX IF NOT EXISTS mam_with_full ON mam (owner, with_full, id) WHERE with_full IS NOT NULL;"
+      "CREATE TRIGGER IF NOT EXISTS mam_unref AFTER DELETE ON mam BEGIN "
+      "  DELETE FROM mam_msg WHERE id = OLD.msg AND refs <= 1;"
+      "  UPDATE mam_msg SET refs = refs - 1 WHERE id = OLD.msg; END;";
+  return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
 
 static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS accounts ("
@@ -524,6 +565,7 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 5 && (rc = sqlite3_exec(q->db, schema_v5, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 6 && (rc = sqlite3_exec(q->db, schema_v6, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 7 && (rc = sqlite3_exec(q->db, schema_v7, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 8 && (rc = sq_migrate_mam_shared(q->db)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -1236,19 +1278,15 @@ static int mam_prune(sq_t *q, int id, const char *owner, int64_t arg, int64_t ar
   return ret;
 }
 
-/* Appends msgs[ix[0..k)] (one owner's, in the order given) and applies the retention:
- * the account's count and last id are read once and written once for the k (the
- * per-message statements are the inserts only). XMPP_ENOENT: no such account. */
-static int mam_append_owner(sq_t *q, const store_mam_msg_t *msgs, const size_t *ix, size_t k,
-                            const store_mam_limits_t *lim) {
+/* Appends msgs[ix[0..k)] (one owner's, in the order given; the account exists, its count
+ * and last id read) pointing at their stored messages (msg[i] for msgs[i]) and applies
+ * the retention: the count is written once for the k (the per-message statements are the
+ * inserts only). */
+static int mam_append_owner(sq_t *q, const store_mam_msg_t *msgs, const size_t *ix, size_t k, const int64_t *msg,
+                            int64_t count, int64_t last, const store_mam_limits_t *lim) {
   const char *owner = msgs[ix[0]].owner;
-  int64_t count = 0, last = 0;
-  int ret = owner_int(q, Q_MAM_COUNT, owner, &count);
-  if (ret) return ret; /* XMPP_ENOENT: no account */
-  ret = owner_int(q, Q_MAM_LAST, owner, &last);
-  if (ret == XMPP_ENOENT) ret = 0, last = 0; /* an empty archive */
-  sqlite3_stmt *st = ret ? NULL : stmt(q, Q_MAM_INSERT);
-  if (!ret && !st) ret = XMPP_EIO;
+  sqlite3_stmt *st = stmt(q, Q_MAM_INSERT);
+  int ret = st ? 0 : XMPP_EIO;
   for (size_t i = 0; i < k && !ret; i++) {
     const store_mam_msg_t *m = &msgs[ix[i]];
     last = m->id > last ? m->id : last + 1; /* store.h: a clock that went back */
@@ -1256,7 +1294,7 @@ static int mam_append_owner(sq_t *q, const store_mam_msg_t *msgs, const size_t *
     if (!ret) ret = bind_int64(q, st, 2, last);
     if (!ret) ret = bind_text(q, st, 3, m->with);
     if (!ret) ret = bind_text(q, st, 4, m->with_full);
-    if (!ret) ret = bind_blob(q, st, 5, m->data, m->len);
+    if (!ret) ret = bind_int64(q, st, 5, msg[ix[i]]);
     if (!ret) ret = step_done(q, st, "mam insert");
     done(st);
   }
@@ -1289,22 +1327,85 @@ static int mam_ix_cmp(const void *a, const void *b) {
   return c ? c : (x->i > y->i) - (x->i < y->i);
 }
 
+static uint64_t mam_hash(const char *p, size_t n) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+  return h ^ n;
+}
+
+/* same[i]: the first of msgs[0..i] with the same bytes as msgs[i] (i when none): the rows
+ * of one call that share a stored message. One hash table, each look-up at most
+ * MAM_SAME_PROBES slots (a message's bytes are the client's: colliding ones must not make
+ * it quadratic; one not found there is stored on its own, which is only less sharing). */
+#define MAM_SAME_PROBES 8
+static void mam_same(const store_mam_msg_t *msgs, size_t n, size_t *same) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  size_t *slot = xcalloc(cap, sizeof *slot); /* index + 1, 0: empty */
+  uint64_t *hv = xmalloc(n * sizeof *hv);
+  for (size_t i = 0; i < n; i++) {
+    hv[i] = mam_hash(msgs[i].data, msgs[i].len);
+    size_t h = (size_t)hv[i] & (cap - 1), p = 0;
+    same[i] = i;
+    for (; slot[h] && p < MAM_SAME_PROBES; h = (h + 1) & (cap - 1), p++) {
+      const store_mam_msg_t *o = &msgs[slot[h] - 1];
+      if (hv[slot[h] - 1] == hv[i] && o->len == msgs[i].len && !memcmp(o->data, msgs[i].data, o->len)) {
+        same[i] = slot[h] - 1;
+        break;
+      }
+    }
+    if (same[i] == i && !slot[h]) slot[h] = i + 1;
+  }
+  xfree(hv);
+  xfree(slot);
+}
+
+/* One call's rows: the accounts' counts and last ids read (an owner without an account is
+ * left out), then each distinct message stored once (mam_msg, in the order given: the
+ * table's end) with the number of rows that point at it, then each account's rows. */
 static int sq_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
   sq_t *q = be;
   if (!n) return 0;
   mam_ix_t *by = xmalloc(n * sizeof *by);
-  size_t *ix = xmalloc(n * sizeof *ix);
+  size_t *ix = xmalloc(n * sizeof *ix), *same = xmalloc(n * sizeof *same);
+  int64_t *msg = xcalloc(n, sizeof *msg), *refs = xcalloc(n, sizeof *refs);
+  int64_t(*acc)[2] = xmalloc(n * sizeof *acc); /* per owner run: count, last (count < 0: none) */
   for (size_t i = 0; i < n; i++) by[i] = (mam_ix_t){msgs[i].owner, i};
   qsort(by, n, sizeof *by, mam_ix_cmp);
   for (size_t i = 0; i < n; i++) ix[i] = by[i].i;
   xfree(by);
+  mam_same(msgs, n, same);
   int ret = tx_begin(q, 1);
   for (size_t i = 0, j; i < n && !ret; i = j) {
     for (j = i + 1; j < n && !strcmp(msgs[ix[j]].owner, msgs[ix[i]].owner); j++) {}
-    ret = mam_append_owner(q, msgs, ix + i, j - i, lim);
-    if (ret == XMPP_ENOENT) ret = 0; /* no such account: nothing to archive (store.h) */
+    int64_t count = 0, last = 0;
+    ret = owner_int(q, Q_MAM_COUNT, msgs[ix[i]].owner, &count);
+    if (!ret) {
+      ret = owner_int(q, Q_MAM_LAST, msgs[ix[i]].owner, &last);
+      if (ret == XMPP_ENOENT) ret = 0, last = 0; /* an empty archive */
+    } else if (ret == XMPP_ENOENT) {
+      ret = 0, count = -1; /* no such account: nothing to archive (store.h) */
+    }
+    acc[i][0] = count, acc[i][1] = last;
+    if (count >= 0)
+      for (size_t t = i; t < j; t++) refs[same[ix[t]]]++;
   }
-  xfree(ix);
+  sqlite3_stmt *st = ret ? NULL : stmt(q, Q_MAM_MSG_INSERT);
+  if (!ret && !st) ret = XMPP_EIO;
+  for (size_t i = 0; i < n && !ret; i++) {
+    if (!refs[i]) continue; /* shares an earlier one's, or no account holds it */
+    ret = bind_int64(q, st, 1, refs[i]);
+    if (!ret) ret = bind_blob(q, st, 2, msgs[i].data, msgs[i].len);
+    if (!ret) ret = step_done(q, st, "mam message insert");
+    done(st);
+    msg[i] = sqlite3_last_insert_rowid(q->db);
+  }
+  for (size_t i = 0; i < n && !ret; i++) msg[i] = msg[same[i]];
+  for (size_t i = 0, j; i < n && !ret; i = j) {
+    for (j = i + 1; j < n && !strcmp(msgs[ix[j]].owner, msgs[ix[i]].owner); j++) {}
+    if (acc[i][0] >= 0) ret = mam_append_owner(q, msgs, ix + i, j - i, msg, acc[i][0], acc[i][1], lim);
+  }
+  xfree(ix), xfree(same), xfree(msg), xfree(refs), xfree(acc);
   if (ret) {
     tx_rollback(q);
     return ret;

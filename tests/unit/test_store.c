@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   store_close(s);
 }
 
@@ -784,7 +784,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1368,7 +1368,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 7));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 8));
   store_close(s);
 }
 
@@ -1854,7 +1854,7 @@ Test(store_redis, doc_key_layout) {
 Test(store_sqlite, schema_v2_upgraded_with_docs) {
   store_close(open_db());
   raw_exec("DROP TRIGGER docs_ins; DROP TRIGGER docs_del; DROP TRIGGER docs_upd; DROP TABLE docs;"
-           "ALTER TABLE accounts DROP COLUMN doc_bytes; DROP TABLE mam; DROP TABLE mam_prefs;"
+           "ALTER TABLE accounts DROP COLUMN doc_bytes; DROP TABLE mam; DROP TABLE mam_msg; DROP TABLE mam_prefs;"
            "DROP TABLE mam_prefs_jids; ALTER TABLE accounts DROP COLUMN mam_count;"
            "DROP TRIGGER block_items_ins; DROP TRIGGER block_items_del; DROP TABLE blocklist;"
            "ALTER TABLE accounts DROP COLUMN block_items;"
@@ -1865,7 +1865,7 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2098,6 +2098,97 @@ STORE_TEST(mam_append_mixed_owners) {
   store_close(s);
 }
 
+/* The archive as versions 4 to 6 had it (the stanza bytes in each account's row): what
+ * the tests that go back to an older version put in place of version 8's. */
+#define MAM_V6_SQL                                                                                        \
+  "DROP TABLE mam; DROP TABLE mam_msg;"                                                                    \
+  "CREATE TABLE mam (owner TEXT NOT NULL REFERENCES accounts (jid) ON DELETE CASCADE, id INTEGER NOT NULL," \
+  " with_bare TEXT NOT NULL, with_full TEXT, data BLOB NOT NULL, PRIMARY KEY (owner, id)) WITHOUT ROWID;"    \
+  "CREATE INDEX mam_with ON mam (owner, with_bare, id);"                                                   \
+  "CREATE INDEX mam_with_full ON mam (owner, with_full, id) WHERE with_full IS NOT NULL;"
+
+/* Both copies of a message (the same bytes, the sender's and the recipient's archive) in
+ * one append call: each archive has its own row and gives the bytes back whatever the
+ * other did (its account deleted, its copy pruned); the bytes go with the last row that
+ * holds them (SQLite: one mam_msg row per message shared by both, refs kept by the
+ * trigger whatever deletes the rows: retention, an account delete, the cascade). */
+STORE_TEST(mam_shared_copies) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  add_user(s, "carol@x", 3);
+  store_mam_msg_t ms[] = {
+      {"alice@x", 100, "bob@x", "bob@x/r", "hi", 2},   {"bob@x", 100, "alice@x", "alice@x/p", "hi", 2},
+      {"ghost@x", 101, "alice@x", NULL, "yo", 2},      {"alice@x", 101, "ghost@x", NULL, "yo", 2},
+      {"carol@x", 102, "bob@x", NULL, "cb", 2},        {"bob@x", 102, "carol@x", NULL, "cb", 2},
+      {"carol@x", 103, "bob@x", NULL, "hi", 2}, /* the same bytes as another message */
+  };
+  cr_assert_eq(store_mam_append(s, ms, sizeof ms / sizeof ms[0], NULL), 0);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg"), 3, "one stored copy per distinct bytes"));
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT sum(refs) FROM mam_msg"), 6, "the ghost's copy counts for none"));
+  mam_got_t g;
+  int more;
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_str_eq(g.data[0], "hi");
+  cr_assert_str_eq(g.with[0], "alice@x");
+  cr_assert_str_eq(g.data[1], "cb");
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.with = "alice@x/p", .before = NOB, .max = 10}, &g, &more), 1);
+  cr_assert_str_eq(g.data[0], "hi", "bob's copy outlives alice's account");
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg"), 2, "alice's 'yo' went with her"));
+  /* bob's 'hi' pruned by age: carol's 'hi' (same bytes) stays */
+  store_mam_msg_t late = {"bob@x", 200, "carol@x", NULL, "zz", 2};
+  store_mam_limits_t age = {.min_id = 101};
+  cr_assert_eq(store_mam_append(s, &late, 1, &age), 0);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_eq(g.ids[0], 102);
+  cr_assert_eq(mam_q(s, "carol@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_str_eq(g.data[1], "hi");
+  /* by count: carol's oldest ('cb', still bob's too) */
+  store_mam_msg_t c2 = {"carol@x", 300, "bob@x", NULL, "c2", 2};
+  store_mam_limits_t one = {.max_messages = 1};
+  cr_assert_eq(store_mam_append(s, &c2, 1, &one), 0);
+  cr_assert_eq(mam_q(s, "carol@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 1);
+  cr_assert_str_eq(g.data[0], "c2");
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_str_eq(g.data[0], "cb");
+  cr_assert_str_eq(g.data[1], "zz");
+  cr_assert_eq(store_account_delete(s, "bob@x"), 0);
+  cr_assert_eq(store_account_delete(s, "carol@x"), 0);
+  SQLITE_ONLY(cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg"), 0, "nothing left that no archive holds"));
+  store_close(s);
+}
+
+/* A version 6 file (each row its own bytes) is upgraded on open: every message kept, one
+ * stored copy each, and the rows then go with their bytes. */
+Test(store_sqlite, schema_v6_upgraded_mam_shared) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  add_user(s, "bob@x", 2);
+  store_close(s);
+  raw_exec(MAM_V6_SQL "INSERT INTO mam VALUES ('alice@x', 10, 'bob@x', 'bob@x/r', x'6131'),"
+                      " ('alice@x', 20, 'bob@x', NULL, x'6132'), ('bob@x', 15, 'alice@x', NULL, x'6231');"
+                      "UPDATE accounts SET mam_count = 2 WHERE jid = 'alice@x';"
+                      "UPDATE accounts SET mam_count = 1 WHERE jid = 'bob@x'; PRAGMA user_version = 6;");
+  s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg WHERE refs = 1"), 3);
+  mam_got_t g;
+  int more;
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 2);
+  cr_assert_str_eq(g.data[0], "a1");
+  cr_assert_str_eq(g.data[1], "a2");
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.with = "bob@x/r", .before = NOB, .max = 10}, &g, &more), 1);
+  cr_assert_eq(g.ids[0], 10);
+  cr_assert_eq(mam_q(s, "bob@x", (store_mam_query_t){.with = "alice@x", .before = NOB, .max = 10}, &g, &more), 1);
+  cr_assert_str_eq(g.data[0], "b1");
+  mam_put(s, "bob@x", 30, "alice@x", NULL, NULL);
+  cr_assert_eq(store_mam_count(s, "bob@x"), 2);
+  cr_assert_eq(store_account_delete(s, "alice@x"), 0);
+  cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg"), 2);
+  store_close(s);
+}
+
 typedef struct {
   int n;
   char jid[8][32];
@@ -2311,9 +2402,9 @@ Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
            "ALTER TABLE accounts DROP COLUMN block_items;"
            "DROP TRIGGER roster_ver_ins; DROP TRIGGER roster_ver_upd; DROP TRIGGER roster_ver_del;"
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
-           "PRAGMA user_version = 4;");
+           MAM_V6_SQL "PRAGMA user_version = 4;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
   const char *j[] = {"romeo@m"};
   cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
@@ -2416,9 +2507,9 @@ Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
   /* back to what version 5 had: no approved column, no roster_ver, no triggers */
   raw_exec("DROP TRIGGER roster_ver_ins; DROP TRIGGER roster_ver_upd; DROP TRIGGER roster_ver_del;"
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
-           "PRAGMA user_version = 5;");
+           MAM_V6_SQL "PRAGMA user_version = 5;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 7);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
   roster_t r = load(s, "alice@x");
   cr_assert_eq(r.n, 1);
   cr_assert_eq(r.it[0].approved, 0);
