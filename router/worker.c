@@ -436,8 +436,12 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     snprintf(qname, sizeof qname, "router%d", i);
     bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);
     /* outside a cluster a worker's frames touch nothing bound to its loop (the session
-     * directory, on Redis through w->loop, exists only in a cluster: dir_open) */
-    bus_queue_inline(&bus->worker_q[i], cfg->inline_routing && !cfg->cluster_node);
+     * directory, on Redis through w->loop, exists only in a cluster: dir_open). Not on
+     * the Redis store either: its reads are network round trips, which would hold the
+     * edge thread that ran them, and a worker's own thread batches them (a log-in storm's
+     * rosters and offline queues read ahead per batch of frames) */
+    bus_queue_inline(&bus->worker_q[i], cfg->inline_routing && !cfg->cluster_node &&
+                                            strcmp(cfg->store_backend, "redis") != 0);
     dir_open(w);
     modules_worker_init(w);
   }
