@@ -22,12 +22,16 @@ PKGS=(
   libcriterion-dev python3 python3-slixmpp
   # tests: a second, independent client library (aioxmpp) for the router modules
   python3-aioxmpp
+  # tests: test_sasl2.py's SCRAM -PLUS client reads the TLS exporter with pyOpenSSL
+  python3-openssl
   # tests: test_metrics.py parses the exposition formats with the reference parser
   python3-prometheus-client
   # tests: test_tls_rekey.py's TLS client (tests/tools/tls_rekey_client.c) on OpenSSL
   libssl-dev
   # tests: the Redis store suites start their own redis-server (never the system service)
   redis-server
+  # tests: test_redis_cluster.py makes its Redis Cluster with redis-cli --cluster create
+  redis-tools
   # tests: test_deploy.py validates docker-compose.yml with `docker-compose config` (1.29),
   # looks for processes left behind with pgrep (procps; minbase has none of its own)
   docker-compose procps
