@@ -342,27 +342,6 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
   c->announced_binding = 0;
   char *id = c->bind_id;
   c->bind_id = NULL;
-  if (c->sasl2) { /* Bind2: the answer is the SASL2 <success/> */
-    if (result != BUS_ACK_OPEN) {
-      if (announced) edge_session_close(c);
-      conn_set_state(c, CONN_ST_AUTHED);
-      jid_free(&c->jid);
-      edge_release_held(c);
-      sasl2_bind_failed(c, "too many resources connected");
-      return;
-    }
-    conn_set_state(c, CONN_ST_BOUND);
-    bind2_done(c);
-    while (c->held) {
-      bus_msg_t *m = c->held;
-      c->held = m->next;
-      m->next = NULL;
-      bus_to_shard(c->th->bus, c->shard, m);
-    }
-    c->nheld = 0;
-    log_debug("conn %llx: bound %s (Bind2)", (unsigned long long)c->id, c->jid.full);
-    return;
-  }
   if (result != BUS_ACK_OPEN) {
     /* RFC 6120 §7.6.2.1: the account has reached its limit of connected resources */
     log_info("conn %llx: bind of %s refused: resource limit", (unsigned long long)c->id, c->jid.full);
@@ -373,6 +352,10 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
     conn_set_state(c, CONN_ST_AUTHED); /* the client may bind again */
     jid_free(&c->jid);
     edge_release_held(c);
+    if (c->sasl2) { /* Bind2: the answer is the SASL2 <failure/> */
+      sasl2_bind_failed(c, "too many resources connected");
+      return;
+    }
     buf_t e;
     buf_init(&e);
     buf_puts(&e, "<iq type='error' id='");
@@ -385,15 +368,20 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
     return;
   }
   conn_set_state(c, CONN_ST_BOUND);
-  buf_t p;
-  buf_init(&p);
-  buf_puts(&p, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
-  xml_escape(&p, c->jid.full, strlen(c->jid.full), 0);
-  buf_puts(&p, "</jid></bind>");
-  buf_putc(&p, '\0');
-  iq_result(c, id, (const char *)p.data);
-  buf_free(&p);
-  xfree(id);
+  int bind2 = c->sasl2 != NULL;
+  if (bind2) { /* Bind2: the answer is the SASL2 <success/> (which ends c->sasl2) */
+    bind2_done(c);
+  } else {
+    buf_t p;
+    buf_init(&p);
+    buf_puts(&p, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+    xml_escape(&p, c->jid.full, strlen(c->jid.full), 0);
+    buf_puts(&p, "</jid></bind>");
+    buf_putc(&p, '\0');
+    iq_result(c, id, (const char *)p.data);
+    buf_free(&p);
+    xfree(id);
+  }
   /* stanzas the client pipelined after its bind request go out now, in order */
   while (c->held) {
     bus_msg_t *m = c->held;
@@ -402,7 +390,7 @@ void negotiate_bind_done(conn_t *c, int64_t result) {
     bus_to_shard(c->th->bus, c->shard, m);
   }
   c->nheld = 0;
-  log_debug("conn %llx: bound %s", (unsigned long long)c->id, c->jid.full);
+  log_debug("conn %llx: bound %s%s", (unsigned long long)c->id, c->jid.full, bind2 ? " (Bind2)" : "");
 }
 
 /* Before SASL success: PLAIN (TLS not up), SECURED (TLS up). */
