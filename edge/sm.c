@@ -515,11 +515,14 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
   }
   x->resume_h_set = 1; /* the client's h goes with the state (sm_bounce, if it ends unadopted) */
   x->resume_h = h;
-  /* the router's first copies are the kept messages the h acknowledged (not from offline
-   * storage: no copies of those); they go, before the move */
+  /* the router's first copies are the kept messages the h acknowledged (messages only,
+   * and not from offline storage: the router keeps copies of nothing else, park_item_to);
+   * they go, before the move */
   int64_t k = 0;
-  for (sm_item_t *it = x->sm_q; it && !it->fresh && (int32_t)(h - it->seq) >= 0; it = it->next)
-    if (!it->off_id) k++;
+  for (sm_item_t *it = x->sm_q; it && !it->fresh && (int32_t)(h - it->seq) >= 0; it = it->next) {
+    bus_frame_t d;
+    if (!it->off_id && bus_msg_frame(it->m, &d) == 0 && is_message(&d)) k++;
+  }
   if (k) park_mark(x, k);
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
