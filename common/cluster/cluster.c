@@ -124,7 +124,8 @@ unsigned long long cluster_event_total(cluster_event_t ev) { return log_tally_to
 
 /* A metrics source: the tallies above (atomics; the metrics thread). */
 static void tally_metrics(metrics_out_t *o, void *ud) {
-  static const char *const names[CLUSTER_EV_COUNT] = {"bounced", "unreachable", "dropped", "unknown_session"};
+  static const char *const names[] = {"bounced", "unreachable", "dropped", "unknown_session", "hold_ended"};
+  _Static_assert(sizeof names / sizeof *names == CLUSTER_EV_COUNT, "a label for every cluster event");
   metrics_family(o, "xmppd_cluster_events_total", "counter",
                  "Client-visible effects of cluster events (docs/cluster.md \"Logs\"): messages bounced to their "
                  "shard, stanzas answered <recipient-unavailable/> (no router; unknown session), frames dropped");

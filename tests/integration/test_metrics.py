@@ -299,6 +299,9 @@ class MetricsClusterTest(unittest.TestCase):
                      lambda m: val(m, "xmppd_bus_link_frames_sent_total", peer="1", peer_role="router", direction="out"))
             rm = scrape(rport)
             self.assertEqual(val(rm, "xmppd_build_info", version=val_version(rm), role="router"), 1)
+            # every cluster event has its label (a fifth event once came out as event="(null)")
+            for ev in ("bounced", "unreachable", "dropped", "unknown_session", "hold_ended"):
+                self.assertEqual(val(rm, "xmppd_cluster_events_total", event=ev), 0, ev)
             self.assertGreater(val(rm, "xmppd_redis_rtt_seconds_count", client="cluster"), 0)
             router.kill9()
             m = wait_for(eport, lambda m: link(m, 1, "out") == 0, lambda m: link(m, 1, "out"), timeout=10)
