@@ -7,9 +7,13 @@
  * The answer is written, our side shut down, and the connection closed at the client's
  * EOF (input after the request is dropped); a client that does not read or close holds
  * its slot until the timeout. A connection refused as it comes (another uid, too many)
- * is closed as soon as its answer is written, after what it sent is drained (closing
- * with input unread would reset the connection and could lose the answer): it holds
- * no slot. Requests are logged as one greppable audit line each:
+ * holds no slot: it gets its answer, our side is shut, and it is closed at its
+ * client's EOF or after CONTROL_REFUSED_MS, whichever comes first. (Closing at once
+ * made a client that writes its request after connecting fail on EPIPE before reading
+ * the answer waiting for it, and input left unread at close could reset the
+ * connection.) At most max_clients refused ones linger so; past that, one is closed
+ * as soon as its answer is written, what it sent drained first. Requests are logged as
+ * one greppable audit line each:
  *
  *   audit: uid=UID pid=PID command=NAME args=["...",...] result=ok|error|denied[ detail="..."]
  *
@@ -36,6 +40,7 @@
 #include "common/text.h"
 
 #define CONTROL_TIMEOUT_MS 10000
+#define CONTROL_REFUSED_MS 1000
 
 typedef struct control_client control_client_t;
 
@@ -63,7 +68,8 @@ struct control_client {
   buf_t in;
   char origin[48]; /* "uid=U pid=P" */
   int done;    /* the request was read (or refused): input ignored */
-  int refused; /* refused as it came: closed once the answer is written */
+  int refused; /* refused as it came: counted in nrefused, not nclients */
+  int abrupt;  /* refused past the lingering ones' bound: closed once the answer is written */
   int closing;
   int handles; /* open handles (pipe, timer): freed when 0 */
   uv_write_t wr;
@@ -105,7 +111,8 @@ struct control {
   size_t ncmds;
   void *ud;
   control_client_t *clients;
-  int nclients;
+  int nclients; /* served (holding a slot) */
+  int nrefused; /* refused and lingering (CONTROL_REFUSED_MS) */
   control_req_t *reqs;
 };
 
@@ -248,7 +255,7 @@ static void shutdown_cb(uv_shutdown_t *s, int status) {}
  * the client could lose the answer (seen under ASan in test_bad_requests). */
 static void write_cb(uv_write_t *w, int status) {
   control_client_t *cl = w->data;
-  if (cl->refused && status == 0) {
+  if (cl->abrupt && status == 0) {
     /* refused as it came: what it sent is drained (bounded), then closed at once; the
      * answer is in the client's queue already */
     uv_os_fd_t fd;
@@ -460,9 +467,21 @@ static void client_close(control_client_t *cl) {
   if (cl->prev) cl->prev->next = cl->next;
   else c->clients = cl->next;
   if (cl->next) cl->next->prev = cl->prev;
-  c->nclients--;
+  if (cl->refused) c->nrefused--;
+  else c->nclients--;
   uv_close((uv_handle_t *)&cl->pipe, client_closed_cb);
   uv_close((uv_handle_t *)&cl->timer, client_closed_cb);
+}
+
+/* A connection refused as it comes: out of the slots, lingering briefly (above). */
+static void refuse_now(control_client_t *cl, const char *result, const char *msg) {
+  control_t *c = cl->ctl;
+  cl->refused = 1;
+  c->nclients--;
+  c->nrefused++;
+  cl->abrupt = c->nrefused > c->max_clients;
+  uv_timer_start(&cl->timer, timeout_cb, CONTROL_REFUSED_MS, 0);
+  refuse(cl, "-", result, msg);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -504,15 +523,13 @@ static void on_connection(uv_stream_t *server, int status) {
   if (uc.uid != 0 && uc.uid != geteuid()) {
     char *msg = xstrfmt("uid %u may not use this control socket: only the server's user (uid %u) and root",
                         (unsigned)uc.uid, (unsigned)geteuid());
-    cl->refused = 1;
-    refuse(cl, "-", "denied", msg);
+    refuse_now(cl, "denied", msg);
     xfree(msg);
     return;
   }
   if (c->nclients > c->max_clients) {
     char *msg = xstrfmt("too many control connections (server.control_max_clients = %d): try again", c->max_clients);
-    cl->refused = 1;
-    refuse(cl, "-", "error", msg);
+    refuse_now(cl, "error", msg);
     xfree(msg);
     return;
   }
