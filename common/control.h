@@ -1,6 +1,6 @@
 /* The local control socket (server.control_socket): a Unix stream socket, mode 0600,
- * one per process, through which `xmppctl` asks the running server (sessions, kick,
- * broadcast, status: docs/operations.md "The control socket").
+ * one per process, through which `xmppctl` asks the running server (the owner's
+ * commands: docs/operations.md "The control socket").
  *
  * Protocol: the client sends one line, "COMMAND[<TAB>FIELD]...\n", at most max_request
  * bytes with the newline, valid UTF-8 without other control characters (fields are
