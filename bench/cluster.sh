@@ -391,6 +391,7 @@ if has faults; then
     setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$d/redis" --appendonly yes \
       --appendfsync everysec --save "" --daemonize no --protected-mode yes \
       --maxmemory-policy noeviction </dev/null >>"$d/log/redis.log" 2>&1 &
+    disown # killed with its cluster, without a "Killed" line from this shell
     sed -i "s/^redis $p /redis $! /" "$d/pids"
     wait_port "$REDIS_PORT"
     awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
@@ -431,8 +432,10 @@ if has faults; then
       dup-id) impostor "$d" ;;
     esac
   }
-  fsum() { # JSON FAULT: one table row
-    jq -r --arg f "$2" --arg eff "$(cat "$3" 2>/dev/null || true)" '
+  fsum() { # JSON FAULT EFFECT-FILE DIR: one table row
+    local arch
+    arch=$(cat "$4"/log/router*.log | { grep -o 'archive: [0-9]* messages could not be stored' || true; } | awk '{ s += $2 } END { print s + 0 }')
+    jq -r --arg f "$2" --arg eff "$(cat "$3" 2>/dev/null || true)" --argjson arch "$arch" '
       def n: tostring | if length > 3 then .[:-3] + "," + .[-3:] else . end;
       "| \($f) | \(.sent|n) | \(.acknowledged|n) | \(.delivered_live|n) | \(.delivered_offline|n) | \(.lost_acknowledged|n) | \(.duplicated|n) | \(.stanza_errors|n)" +
       (if .stanza_errors > 0 then " (" + (.stanza_errors_by_condition | to_entries | map("\(.key) \(.value)") | join(", ")) + ")" else "" end) +
@@ -443,7 +446,8 @@ if has faults; then
          (if (.login_failures|length) > 0 then "log-in failures " + (.login_failures | to_entries | map("\(.key) \(.value)") | join(", ")) else empty end),
          (if .relogin_failed > 0 then "\(.relogin_failed) final log-ins failed" else empty end),
          (if $eff != "" then $eff else empty end),
-         "driver cpu \(.driver_cpu_share)"] | join("; ")) + " |"' "$1"
+         (if $arch > 0 then "\($arch|n) messages not archived (router log)" else empty end),
+         "driver: \(.driver_cpu_share) of a core, loop lag p99 \(.driver_loop_lag_ms.p99) ms"] | join("; ")) + " |"' "$1"
   }
   FLIM=$((FAULT_DURATION + 240))
   for f in ${FAULTS//,/ }; do
@@ -470,7 +474,7 @@ if has faults; then
     wait "$BENCH_PID" || rc=$?
     BENCH_PID=""
     [ -s "$FD.json" ] || { log "faults: $f: the driver wrote no result (status $rc): $(tail -3 "$FD.err")"; exit 1; }
-    ftab "$(fsum "$FD.json" "$f" "$FD.effect")"
+    ftab "$(fsum "$FD.json" "$f" "$FD.effect" "$FD")"
     # the row is measured: its cluster is thrown away at once (a graceful stop takes seconds)
     while read -r _ p _; do kill -KILL "$p" 2>/dev/null || true; done <"$FD/pids"
     rm -f "$FD/pids"
