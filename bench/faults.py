@@ -159,7 +159,8 @@ class Client:
         while True:
             port = self.d.ports[i % len(self.d.ports)]
             try:
-                self.s = await asyncio.wait_for(login(self.d, port, self.user, self.resource), 10)
+                self.s = await asyncio.wait_for(login(self.d, port, self.user, self.resource),
+                                                self.d.a.login_timeout)
                 self.port_index = i % len(self.d.ports)
                 return
             except (OSError, ConnectionError, RuntimeError, ssl.SSLError, asyncio.TimeoutError, ET.ParseError):
@@ -497,7 +498,8 @@ def main():
     ap.add_argument("--settle", type=float, default=3, help="quiet seconds that end a delivery phase")
     ap.add_argument("--detour-margin", type=float, default=1.0,
                     help="an offline delivery is a detour if its receiver was online from the send to this many s later")
-    ap.add_argument("--reconnect-limit", type=float, default=30, help="seconds a client keeps trying to log in again")
+    ap.add_argument("--login-timeout", type=float, default=30, help="seconds one log-in attempt may take")
+    ap.add_argument("--reconnect-limit", type=float, default=120, help="seconds a client keeps trying to log in again")
     ap.add_argument("--ready-file", help="written (the start time) when sending starts")
     ap.add_argument("--json", help="write the result there too")
     ap.add_argument("--label", default="")
