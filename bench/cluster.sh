@@ -446,7 +446,7 @@ if has faults; then
          (if (.login_failures|length) > 0 then "log-in failures " + (.login_failures | to_entries | map("\(.key) \(.value)") | join(", ")) else empty end),
          (if .relogin_failed > 0 then "\(.relogin_failed) final log-ins failed" else empty end),
          (if $eff != "" then $eff else empty end),
-         (if $arch > 0 then "\($arch|n) messages not archived (router log)" else empty end),
+         (if $arch > 0 then "\($arch|n) archive rows not written (router log)" else empty end),
          "driver: \(.driver_cpu_share) of a core, loop lag p99 \(.driver_loop_lag_ms.p99) ms"] | join("; ")) + " |"' "$1"
   }
   FLIM=$((FAULT_DURATION + 240))

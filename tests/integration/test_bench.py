@@ -222,8 +222,9 @@ class ClusterFaultsTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as out:
             cmd = [os.path.join(ROOT, "bench", "cluster.sh"), "--build", os.path.abspath(BUILD), "--out", out,
                    "--faults", "none,edge-kill", "--fault-pairs", "10", "--fault-rate", "200",
-                   "--fault-duration", "3", "--fault-at", "1", "--fault-settle", "1", "--no-wait", "1"]
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                   "--fault-duration", "3", "--fault-at", "1", "--fault-settle", "1", "--fault-procs", "1",
+                   "--no-wait", "1"]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             rows = {}
             for name in ("none", "edge-kill"):
@@ -233,7 +234,7 @@ class ClusterFaultsTest(unittest.TestCase):
                 table = [line.split(" | ") for line in f.read().splitlines()[2:]]
         self.assertEqual([t[0] for t in table], ["| none", "| edge-kill"], table)
         for (name, r), t in zip(rows.items(), table):
-            self.assertTrue(585 <= r["sent"] <= 615, r)  # 10 pairs x 20/s x 3 s
+            self.assertTrue(300 <= r["sent"] <= 615, r)  # 10 pairs x 20/s x 3 s (edge-kill: less)
             self.assertLessEqual(r["acknowledged"], r["sent"], r)
             self.assertEqual(r["delivered_live"] + r["delivered_offline"] + r["lost_acknowledged"]
                              + r["lost_unacknowledged"], r["sent"], r)
@@ -246,6 +247,7 @@ class ClusterFaultsTest(unittest.TestCase):
             self.assertEqual(int(t[7].split()[0]), r["stanza_errors"], t)
             self.assertEqual(int(t[8]), r["offline_detours"], t)
         r = rows["none"]
+        self.assertTrue(585 <= r["sent"] <= 615, r)
         self.assertEqual((r["acknowledged"], r["delivered_live"]), (r["sent"], r["sent"]), r)
         self.assertEqual((r["duplicated"], r["stanza_errors"], r["offline_detours"]), (0, 0, 0), r)
         self.assertEqual((r["connection_losses"], r["reconnect_s"]["n"]), (0, 0), r)
