@@ -41,11 +41,11 @@ FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8
 ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
 OUT="" PARTS_GIVEN=0 NO_WAIT=0
 usage() {
-  sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 options:
   --build DIR         build directory (default $BUILD)
-  --parts LIST        any of chat,redis,scale,store (default $PARTS)
+  --parts LIST        any of chat,redis,scale,store,faults (default $PARTS)
   --pairs P           chat pairs (default $PAIRS)
   --rate R            chat open-loop msgs/s (default $RATE)
   --duration S        chat measurement seconds (default $DURATION)
