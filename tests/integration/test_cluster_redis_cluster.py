@@ -232,6 +232,45 @@ class RedisClusterDirectoryTest(unittest.TestCase):
         for n in self.routers + self.edges:
             self.assertRegex(n.log_text(), r"redis cluster:\S+ back", f"node {n.node_id} saw the failover")
 
+    def test_4_directory_slot_migrating(self):
+        """The slot of a user's directory hash is MIGRATING to another primary when the user
+        logs in: the old owner answers ASK for the new key, so the router's HSET and
+        xmppctl's HGETALL must go to the new owner with ASKING first. Once the move ends,
+        the old owner answers MOVED: the HDEL at log-out follows it."""
+        cl, u = self.cl, "u20"
+        key = dir_key(u)
+        slot = cl.keyslot(key)
+        src = cl.owner(slot)
+        dst = next(n for n in cl.nodes()
+                   if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"] and n["id"] != src["id"])
+        self.assertEqual(resp(dst["port"], "CLUSTER", "SETSLOT", slot, "IMPORTING", src["id"]), b"+OK\r\n")
+        self.assertEqual(resp(src["port"], "CLUSTER", "SETSLOT", slot, "MIGRATING", dst["id"]), b"+OK\r\n")
+        self.assertTrue(resp(src["port"], "HLEN", key).startswith(b"-ASK "))
+
+        async def go():
+            c = await login(self.edges[1], f"{u}@localhost/m")
+            deadline = time.time() + BOUND_S
+            out = ""
+            while time.time() < deadline:
+                rc, out = ctl(cl, "sessions", f"{u}@localhost")
+                if re.search(rf"{u}@localhost/m +node 12 ", out):
+                    break
+                await asyncio.sleep(0.2)
+            self.assertRegex(out, rf"{u}@localhost/m +node 12 ", "the entry written and read through ASK")
+            self.assertTrue(resp(src["port"], "HLEN", key).startswith(b"-ASK "), "still migrating")
+            # the move ends: every primary learns the new owner
+            for n in cl.nodes():
+                if "master" in n["flags"] and "fail" not in n["flags"]:
+                    resp(n["port"], "CLUSTER", "SETSLOT", slot, "NODE", dst["id"])
+            self.assertEqual(hlen(cl, key), (1, dst["port"]))
+            self.assertTrue(resp(src["port"], "HLEN", key).startswith(b"-MOVED "))
+            await c.close()
+            deadline = time.time() + BOUND_S
+            while time.time() < deadline and hlen(cl, key)[0]:
+                await asyncio.sleep(0.1)
+            self.assertEqual(hlen(cl, key), (0, dst["port"]), "the HDEL followed MOVED")
+        run(go())
+
 
 if __name__ == "__main__":
     unittest.main()
