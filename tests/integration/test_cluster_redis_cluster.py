@@ -272,5 +272,98 @@ class RedisClusterDirectoryTest(unittest.TestCase):
         run(go())
 
 
+class SentinelDirectoryTest(unittest.TestCase):
+    """cluster.redis (and storage.redis) = sentinel:...: the harness's RedisSentinel (one
+    primary, one replica, three sentinels); 1 router, 2 edges. The primary is killed while
+    users chat across the edges: the sentinels promote the replica, every node follows it
+    (leases refreshed there, the directory written again), chat goes on."""
+    users = [f"s{i}" for i in range(1, 7)]
+    wait_map = classmethod(test_cluster.ClusterTest.wait_map.__func__)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sn = RedisSentinel()
+        try:
+            cls.sn.start()
+            cls.routers = [Node(cls.sn, 1, "router")]
+            cls.edges = [Node(cls.sn, 11, "edge"), Node(cls.sn, 12, "edge")]
+            for u in cls.users:
+                cls.edges[0].adduser(f"{u}@localhost", "pw")
+            for n in cls.routers + cls.edges:
+                n.start()
+            cls.wait_map(1, timeout=20)
+        except Exception:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        bad = []
+        try:
+            for n in getattr(cls, "edges", []) + getattr(cls, "routers", []):
+                if n.proc and n.proc.poll() is None and n.stop() != 0:
+                    bad.append(n.log_text())
+        finally:
+            cls.sn.stop()
+            cls.sn.cleanup()
+        assert not bad, bad
+
+    def test_failover_followed(self):
+        sn = self.sn
+        old = sn.primary_port()
+        epoch0, _ = ctl_epoch(sn)
+        self.assertGreater(epoch0, 0)
+
+        async def go():
+            cs = [await login(self.edges[i % 2], f"{u}@localhost/f") for i, u in enumerate(self.users)]
+            pairs = [(cs[i], cs[i + 1], f"{self.users[i + 1]}@localhost/f") for i in range(0, len(cs), 2)]
+            errors = error_watch([c for c in cs])
+            sent, killed = [], {}
+            for k in range(100):
+                for i, (a, _, to) in enumerate(pairs):
+                    a.send_message(mto=to, mbody=f"sl {i} {k}", mtype="chat")
+                    sent.append(f"sl {i} {k}")
+                if k == 10:
+                    sn.kill(old)
+                    killed["t"] = time.monotonic()
+                await asyncio.sleep(0.05)
+            got = []
+            for _, b, _ in pairs:
+                got += await drain_list(b, "sl ", quiet=3)
+            check_every_message_once(self, got, errors, sent)
+            # the sentinels name the replica; every lease is refreshed there and every
+            # session is in the directory there
+            deadline = time.time() + 40
+            new, ok = old, False
+            while time.time() < deadline and not ok:
+                try:
+                    new = sn.primary_port()
+                    if new != old:
+                        ok = all(int(resp(new, "PTTL", f"it:{{nodes}}:n:{n}").decode().strip()[1:]) > 0
+                                 for n in (1, 11, 12)) and \
+                            all(resp(new, "HLEN", dir_key(u)) == b":1\r\n" for u in self.users)
+                except (OSError, ValueError):
+                    pass
+                if not ok:
+                    await asyncio.sleep(0.1)
+            self.assertTrue(ok, f"the nodes did not follow the failover to {new}")
+            print(f"  Sentinel failover: leases and directory on the new primary {time.monotonic() - killed['t']:.2f} s "
+                  f"after the kill; {len(sent)} messages, none lost or doubled")
+            n = await login(self.edges[1], f"{self.users[0]}@localhost/n")
+            for i, u in enumerate(self.users[1:], 1):
+                n.send_message(mto=f"{u}@localhost/f", mbody=f"after {i}", mtype="chat")
+            for i, c in enumerate(cs[1:], 1):
+                await c.next_message(BOUND_S, pred=lambda m, i=i: m["body"] == f"after {i}")
+            for c in cs + [n]:
+                await c.close()
+        run(go())
+        epoch1, out = ctl_epoch(sn)
+        self.assertGreaterEqual(epoch1, epoch0, out)
+        for n in self.routers + self.edges:
+            self.assertTrue(n.alive(), n.log_text())
+            self.assertIn("the primary is now", n.log_text())
+            self.assertNotIn("lost its lease", n.log_text())
+
+
 if __name__ == "__main__":
     unittest.main()
