@@ -21,6 +21,10 @@
 #           (SIGTERM / kill -9 Redis, restarted --outage s later on the same AOF), dup-id
 #           (a second xmppd with edge1's node id and other ports, stopped after 12 s if
 #           it runs: its exit status is reported)
+#   rediscluster  the cluster (2 routers + 2 edges) on one Redis against the same on a Redis
+#           Cluster (3 primaries + 3 replicas; store and directory both there), in one run:
+#           log-ins/s, closed-loop chat msgs/s, Redis commands and round trips (request
+#           batches Redis read) per log-in, summed over the primaries
 #
 #   bench/cluster.sh [--parts chat,redis,scale] [options]     (see --help)
 #   bench/cluster.sh --faults all [--fault-duration 60]       (only the fault table)
@@ -41,11 +45,11 @@ FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8
 ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
 OUT="" PARTS_GIVEN=0 NO_WAIT=0
 usage() {
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 options:
   --build DIR         build directory (default $BUILD)
-  --parts LIST        any of chat,redis,scale,store,faults (default $PARTS)
+  --parts LIST        any of chat,redis,scale,store,faults,rediscluster (default $PARTS)
   --pairs P           chat pairs (default $PAIRS)
   --rate R            chat open-loop msgs/s (default $RATE)
   --duration S        chat measurement seconds (default $DURATION)
@@ -481,5 +485,78 @@ if has faults; then
   done
   fig "== fault injection: $FAULT_PAIRS pairs across 2 edges (2 routers, Redis), $FAULT_RATE msgs/s, ${FAULT_DURATION}s per row, the fault at ${FAULT_AT}s"
   cat "$FT" >>"$FIG"
+fi
+# ---- 6. one Redis against a Redis Cluster ----------------------------------------------------------
+if has rediscluster; then
+  RC=$OUT/rcluster
+  mkdir -p "$RC"
+  RCP=() SEEDS=""
+  for i in 1 2 3 4 5 6; do
+    p=$(free_port) bp=$(free_port)
+    mkdir -p "$RC/$p"
+    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-port "$bp" \
+      --cluster-config-file "$RC/$p/nodes.conf" --cluster-node-timeout 1000 --save "" \
+      --appendonly yes --appendfsync everysec --dir "$RC/$p" --daemonize no >"$RC/$p/redis.log" 2>&1 &
+    SINGLE_PIDS+=($!)
+    RCP+=("$p")
+  done
+  for p in "${RCP[@]}"; do wait_port "$p"; done
+  timeout 60 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${RCP[@]}") --cluster-replicas 1 \
+    --cluster-yes >"$RC/create.log" 2>&1 || { cat "$RC/create.log" >&2; exit 1; }
+  t=0
+  until [ "$(redis-cli -p "${RCP[0]}" cluster info | tr -d '\r' | grep -c 'cluster_state:ok')" = 1 ]; do
+    sleep 0.2; t=$((t + 1)); [ $t -lt 300 ] || { log "the Redis Cluster did not become ok"; exit 1; }
+  done
+  SEEDS="cluster:127.0.0.1:${RCP[0]},127.0.0.1:${RCP[1]}"
+  SRP=$(free_port)
+  mkdir -p "$RC/single"
+  redis-server --bind 127.0.0.1 --port "$SRP" --dir "$RC/single" --appendonly yes --appendfsync everysec \
+    --save "" --daemonize no >"$RC/single/redis.log" 2>&1 &
+  SINGLE_PIDS+=($!)
+  wait_port "$SRP"
+  # Redis totals summed over the primaries (one Redis: that one): commands, read events
+  rtotals() { # PORT...
+    local p s
+    for p in "$@"; do
+      s=$(redis-cli -p "$p" info replication | tr -d '\r' | grep -c '^role:master' || true)
+      [ "$s" = 1 ] || continue
+      redis-cli -p "$p" info stats | tr -d '\r' | awk -F: '/^(total_commands_processed|total_reads_processed):/ {print $2}' | paste -sd' '
+    done | awk '{c += $1; r += $2} END {print c + 0, r + 0}'
+  }
+  for kind in single cluster; do
+    if [ $kind = single ]; then addr=127.0.0.1:$SRP ports=("$SRP"); else addr=$SEEDS ports=("${RCP[@]}"); fi
+    D=$OUT/rc-$kind
+    log "rediscluster: cluster of 2 routers + 2 edges on $kind Redis ($addr)"
+    mkdir -p "$D"
+    "$ROOT/deploy/local-cluster.sh" start --build "$BUILD" --dir "$D" --routers 2 --edges 2 --redis "$addr" \
+      --log-level warn --timeout 60 >"$D.start.log" 2>&1 || { cat "$D.start.log" >&2; exit 1; }
+    CLUSTERS+=("$D")
+    # shellcheck disable=SC1091
+    . "$D/env"
+    timeout 600 $XMPPCTL populate "rc$kind" "$NUSERS" secret >"$D/populate.log" 2>&1
+    sleep 2
+    read -r a0 b0 < <(rtotals "${ports[@]}")
+    bench 600 login --users "$LOGIN_USERS" --user-fmt "rc$kind%d" --port "$EDGE1_PORT,$EDGE2_PORT" \
+      --json "$D/login.json" --label "login-$kind" >"$D/login.txt"
+    sleep 1
+    read -r a1 b1 < <(rtotals "${ports[@]}")
+    sleep 2 # the idle rate over as long as the log-in run took (heartbeats, polls)
+    read -r a2 b2 < <(rtotals "${ports[@]}")
+    echo "$a0 $b0 $a1 $b1 $a2 $b2" >"$D/redis.totals"
+    bench $((DURATION + 120)) chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --user-fmt "rc$kind%d" \
+      --port "$EDGE1_PORT,$EDGE2_PORT" --json "$D/chat.json" --label "chat-$kind" >"$D/chat.txt" ||
+      log "chat-$kind: xmpp-bench reported errors (see $D/chat.txt): the messages in flight when the closed loop stops count as missing"
+    "$ROOT/deploy/local-cluster.sh" stop --dir "$D" >/dev/null 2>&1 || true
+  done
+  fig "== the cluster (2 routers + 2 edges) on one Redis and on a Redis Cluster (3 primaries + 3 replicas), $LOGIN_USERS log-ins, chat $PAIRS pairs closed loop window $WINDOW ${DURATION}s"
+  for kind in single cluster; do
+    D=$OUT/rc-$kind
+    read -r a0 b0 a1 b1 a2 b2 <"$D/redis.totals"
+    ok=$(jq .results.logins_ok "$D/login.json") secs=$(jq .results.time_to_all_s "$D/login.json")
+    fig "$kind: log-ins $ok ok in $secs s ($(jq -rn "$ok / $secs | floor") /s); $(awk -v a0="$a0" -v a1="$a1" -v a2="$a2" -v b0="$b0" -v b1="$b1" -v b2="$b2" -v n="$ok" -v s="$secs" 'BEGIN { n = n > 0 ? n : 1; k = s / 2; printf("Redis commands per log-in %.1f, round trips (request batches read) per log-in %.1f (idle rate subtracted)", ((a1 - a0) - (a2 - a1) * k) / n, ((b1 - b0) - (b2 - b1) * k) / n) }'); $(summary "$D/chat.json" chat)"
+  done
+  fig "$(jq -rn --slurpfile s "$OUT/rc-single/login.json" --slurpfile c "$OUT/rc-cluster/login.json" \
+    --slurpfile sc "$OUT/rc-single/chat.json" --slurpfile cc "$OUT/rc-cluster/chat.json" \
+    '"ratio Redis Cluster / one Redis: log-ins/s \((($s[0].results.time_to_all_s / $c[0].results.time_to_all_s) * 100 | round) / 100), chat msgs/s \(($cc[0].results.delivered_per_s / $sc[0].results.delivered_per_s * 100 | round) / 100), chat p99 \(($cc[0].results.latency_ms.p99 / $sc[0].results.latency_ms.p99 * 100 | round) / 100)"')"
 fi
 log "figures in $FIG"

@@ -108,7 +108,7 @@ static const conf_opt_t opts[] = {
   {"registration", "per_ip_per_hour", CT_INT, 1, 100000, "5", O(reg_per_ip_per_hour), "registration attempts (sets with a username and password) one source address (IPv6: its /64) may make in a sliding hour; beyond, `<resource-constraint/>` before any password hashing"},
   {"cluster", "role", CT_STR, 1, 16, "all", O(cluster_role), "`all` (edge + router in one process), `edge` (client connections) or `router` (shards); [cluster.md](cluster.md)"},
   {"cluster", "node_id", CT_INT, 0, 65535, "0", O(cluster_node), "this node's id, unique in the cluster: a lease in Redis, a node whose id is held by a live node refuses to start (0 = single process, no cluster)"},
-  {"cluster", "redis", CT_STR, 0, 4095, "", O(cluster_redis), "Redis holding the node registry, shard map and session directory (same syntax as `storage.redis`, but one server only: not yet `cluster:` or `sentinel:`); needed when `node_id` is set"},
+  {"cluster", "redis", CT_STR, 0, 4095, "", O(cluster_redis), "Redis holding the node registry, shard map and session directory (same syntax as `storage.redis`: one server, `cluster:` seeds of a Redis Cluster, or `sentinel:` sentinels/NAME); needed when `node_id` is set"},
   {"cluster", "name", CT_STR, 1, 64, "xmpp", O(cluster_name), "cluster name: prefix of its Redis keys"},
   {"cluster", "bus_address", CT_STR, 1, 255, "127.0.0.1", O(bus_addr), "address bus links from other nodes are accepted on"},
   {"cluster", "bus_port", CT_INT, 0, 65535, "5270", O(bus_port), "port bus links are accepted on (0 = any free port, advertised as bound)"},

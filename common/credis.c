@@ -6,7 +6,7 @@
  *   <C>:{nodes}:n:<id>    string  "role workers incarnation host port shards", SET PX ttl at every
  *                                 heartbeat: the key lives while the node does.
  *   <C>:{nodes}:all       set     node ids ever registered (SADD at every heartbeat). The poll
- *                                 is one EVALSHA (EVAL on NOSCRIPT) of POLL_LUA: GET of each
+ *                                 is one EVALSHA of POLL_LUA: GET of each
  *                                 member's key, SREM of members whose key has expired, the
  *                                 live "id role workers incarnation host port shards" returned. The
  *                                 script builds the node keys' names itself; they share the
@@ -18,12 +18,41 @@
  *   <C>:s:{<bare JID>}    hash    resource -> "node thread conn priority available".
  *                                 Single-key commands only (HSET/HDEL/HGETALL), so a '{' or
  *                                 '}' inside a JID (legal in a localpart) changes nothing.
+ * So the registry and the shard map share one slot (the {nodes} tag: the scripts that
+ * use several of them are legal on a Redis Cluster), and the session directory spreads
+ * over every slot by bare JID.
  *
- * Connection. States: no context (waiting on the retry timer), connecting (context, not
- * up), up (connected; AUTH, SELECT, SCRIPT LOAD of both scripts, PING answered). Commands are sent only when up, else
- * dropped and counted. The retry timer doubles as the connect/handshake timeout. Back-off
- * 100 ms doubling to 2 s, reset when up. One log line per outage ("unreachable: reason;
- * retrying") and one when it ends ("back").
+ * Addresses (common/redis_addr.h): one server, a Redis Cluster (cluster:SEEDS), or the
+ * primary that Sentinel names (sentinel:SENTINELS/NAME).
+ *
+ * Connections (conn_t). One server or Sentinel: one connection (node 0). A Redis
+ * Cluster: one connection per node the slot map names (seeds first), opened when needed;
+ * the map comes from CLUSTER SLOTS on the first connection up, and again whenever it may
+ * be stale (a MOVED, a lost connection, TRYAGAIN/CLUSTERDOWN). States of a connection: no
+ * context (waiting for the next retry tick), connecting (context, not up), up (connected;
+ * AUTH, SELECT, ROLE, the scripts loaded (common/redis_scripts.h, the loader shared with
+ * the store), PING answered). ROLE: behind Sentinel the node must call itself a primary
+ * (else it is dropped and the sentinels asked again); everywhere it tells how many
+ * replicas follow the node (for the shard map's WAIT).
+ *
+ * Up (on_state). One server / Sentinel: the connection is up. Cluster: the map is known
+ * and every primary serving a slot has its connection up. Commands are sent only when up,
+ * else dropped and counted (reads fail on the next loop turn): the callers re-sync what
+ * matters on on_state(1), which also follows a failover (writes a primary acknowledged
+ * but did not pass to its replica are written again). While down, a retry tick (back-off
+ * 100 ms doubling to 2 s, reset when up) reconnects, refreshes the map or asks the
+ * sentinels again, and times out connects and handshakes. One log line per outage
+ * ("unreachable: reason; retrying") and one when it ends ("back").
+ *
+ * The slot layer (common/redis_slots.h, shared with the store). Each command (call_t)
+ * goes to the node serving the slot of its first key and keeps its arguments until the
+ * answer, so it can be sent again: MOVED (map corrected, sent to the named node), ASK
+ * (ASKING then the command on the named node, once), TRYAGAIN / CLUSTERDOWN / a lost
+ * connection on a Cluster or with Sentinel (sent again after the back-off, map refreshed),
+ * READONLY (the node was demoted: dropped, sentinels asked, sent again), NOSCRIPT (the
+ * scripts loaded on that connection, sent again), each within the layer's bounds. Every
+ * command credis sends may be sent twice: HSET/HDEL/SADD, the lease refresh (sets the same
+ * value), the release, the map's compare-and-set (meets its own map: SAME).
  *
  * hiredis 0.14.1 notes.
  *  - The libuv adapter's poll callback ignores a non-zero status, and libuv reports POLLERR
@@ -36,7 +65,7 @@
  *    onDisconnect returns; redisAsyncFree may be called from a reply callback (deferred by
  *    hiredis) but not from onConnect/onDisconnect. We free contexts only from timer
  *    callbacks or from credis_close, and user callbacks run either from reply callbacks
- *    (hiredis defers a free or disconnect asked there) or after r->ac was cleared.
+ *    (hiredis defers a free or disconnect asked there) or after conn->ac was cleared.
  *  - Pending reply callbacks get a NULL reply when the connection dies or is freed.
  * Our callbacks look at r->closing first: after credis_close nothing reaches the user. */
 #include <hiredis/adapters/libuv.h>
@@ -54,6 +83,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/redis_addr.h"
+#include "common/redis_scripts.h"
 #include "common/redis_slots.h"
 
 #define BACKOFF_MIN_MS 100
@@ -61,6 +91,9 @@
 #define CONNECT_TIMEOUT_MS 2000 /* connect + AUTH/SELECT/PING */
 #define CLOSE_DRAIN_MS 1000  /* credis_close: how long buffered commands may take to go out */
 #define CLUSTER_MAX 64
+#define SENTINEL_TIMEOUT_MS 300 /* one sentinel's answer (asked synchronously, rarely) */
+#define WAIT_REPLICA_MS_S "1000" /* WAIT 1 after a stored shard map */
+#define MAX_CONNS 64            /* nodes of a Redis Cluster one credis_t connects to */
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
@@ -116,21 +149,28 @@ static const char *const script_text[SC_COUNT] = {
 /* ---- handle -------------------------------------------------------------------------- */
 
 typedef struct call call_t;
+typedef struct conn conn_t;
 /* What to do with a reply (NULL: no reply, the connection failed or was never up). */
 typedef void (*call_done_fn)(credis_t *r, call_t *c, redisReply *rep);
 
-/* One command whose reply matters (scripts, reads). Owned by hiredis' callback list while
- * in flight, by the deferred list while waiting to fail on the next loop turn. */
+/* One command, kept until its answer so that the slot layer can send it again. Owned by
+ * hiredis' callback list while in flight, by a connection's pending list while that
+ * connects, by the later list while it waits out a back-off, by the deferred list while
+ * waiting to fail on the next loop turn. */
 struct call {
   credis_t *r;
   call_done_fn done;
-  call_t *next;       /* deferred list */
-  int script;         /* SC_*, or -1 */
-  int argc;           /* the script's arguments after "EVALSHA sha": kept for the EVAL retry */
+  call_t *next;       /* pending / later / deferred list */
+  int argc;           /* the whole command ("EVALSHA", sha, numkeys, keys..., args...) */
   char **argv;
   size_t *lens;
-  int retried;        /* EVAL already sent after NOSCRIPT */
+  int slot;           /* of the first key, -1 none */
+  int ask;            /* ASK: the node to send to once, with ASKING first; else -1 */
+  rslots_try_t t;
+  conn_t *conn;       /* where it was last sent */
   uint64_t sent_ns;   /* uv_hrtime when it was sent: its round trip (metrics) */
+  uint64_t due;       /* later list: when to send again (uv_now) */
+  uint64_t epoch;     /* WAIT after a stored shard map: the epoch */
   /* the caller's */
   credis_dir_cb dir_cb;
   credis_shardmap_cb map_cb;
@@ -139,25 +179,43 @@ struct call {
   void *ud;
 };
 
+struct conn {
+  credis_t *r;
+  int node;              /* index in r->map.nodes (0 with one server or Sentinel) */
+  char name[300];        /* "127.0.0.1:6379", "[::1]:6379", "unix:/path": for log lines */
+  redisAsyncContext *ac; /* NULL while waiting for the retry tick */
+  int up;
+  int hs_failed;         /* a handshake reply was an error on this connection */
+  int first_write;       /* the handshake was queued inside redisAsyncHandleWrite */
+  int replicas;          /* replicas following it (ROLE) */
+  uint64_t started;      /* uv_now at connect: the handshake's deadline */
+  call_t *pending, *pending_tail; /* waiting for this connection to come up */
+};
+
 struct credis {
   uv_loop_t *loop;
   redis_addr_t addr;
-  char name[300];        /* "127.0.0.1:6379", "[::1]:6379", "unix:/path": for log lines */
+  char name[300];        /* the address as configured (no password), for log lines */
   char *cluster;
   credis_cbs_t cbs;
   void *ud;
 
-  redisAsyncContext *ac; /* NULL while waiting to reconnect */
+  conn_t *conns[MAX_CONNS];
+  int nconns;
+  rslots_map_t map;      /* Cluster: the slot map (seeds first); else node 0 */
+  int map_known;         /* Cluster: a CLUSTER SLOTS reply was loaded */
+  int map_stale;         /* Cluster: refresh before trusting it (MOVED, lost node...) */
+  int slots_inflight;
   int up;
   int ever_up;
   int outage_logged;     /* "unreachable" logged for the current outage */
   int closing;
-  int hs_failed;         /* a handshake reply was an error on this connection */
-  int first_write;       /* the handshake was queued inside redisAsyncHandleWrite */
+  int draining;          /* credis_close: graceful disconnects not over yet */
   uint32_t backoff_ms;
   uv_timer_t retry_timer;
   uv_timer_t hb_timer;
   uv_timer_t defer_timer;
+  uv_timer_t later_timer;
   int open_handles;
   int retry_closed;
 
@@ -168,33 +226,26 @@ struct credis {
   int poll_inflight;
   char *k_all, *k_prefix, *k_self, *k_map;
 
-  char sha[SC_COUNT][41];
+  rscripts_t scripts;
   call_t *deferred, *deferred_tail;
+  call_t *later;
   credis_stats_t st;
 };
 
-static void start_connect(credis_t *r);
+static void start_connect(conn_t *cn);
 static void heartbeat(credis_t *r);
 static int parse_node(const char *s, size_t len, credis_node_t *nd);
 static int cluster_ok(const char *c);
 static void retry_cb(uv_timer_t *t);
 static void finish_close(credis_t *r);
+static void dispatch(call_t *c);
+static void update_up(credis_t *r);
+static void schedule_retry(credis_t *r);
+
+#define CLUSTERED(r) ((r)->addr.mode == REDIS_MODE_CLUSTER)
+#define SINGLE(r) ((r)->addr.mode == REDIS_MODE_SINGLE)
 
 /* ---- small helpers -------------------------------------------------------------------- */
-
-/* The address of ONE Redis: the cluster directory does not follow a Redis Cluster's
- * redirections nor Sentinel yet (the store does: docs/storage-redis.md). */
-static int single_addr(redis_addr_t *a, const char *addr, char **err) {
-  if (redis_addr_parse(a, addr, err) != 0) return -1;
-  if (a->mode != REDIS_MODE_SINGLE) {
-    *err = xstrfmt("cluster.redis '%s': the cluster directory needs one Redis server (HOST:PORT or "
-                   "unix:/PATH); cluster: and sentinel: are for storage.redis only",
-                   a->shown);
-    redis_addr_free(a);
-    return -1;
-  }
-  return 0;
-}
 
 static int is_error(const redisReply *rep, const char *prefix) {
   return rep && rep->type == REDIS_REPLY_ERROR && rep->str &&
@@ -218,6 +269,49 @@ static void call_free(call_t *c) {
   xfree(c);
 }
 
+static void free_list(call_t *c) {
+  while (c) {
+    call_t *next = c->next;
+    call_free(c);
+    c = next;
+  }
+}
+
+static void host_name(char *out, size_t cap, const char *host, int port) {
+  if (strchr(host, ':')) snprintf(out, cap, "[%s]:%d", host, port);
+  else snprintf(out, cap, "%s:%d", host, port);
+}
+
+/* The connection of map node i (created, not connected, when new). */
+static conn_t *conn_of(credis_t *r, int i) {
+  if (i < 0 || i >= MAX_CONNS) return NULL;
+  while (r->nconns <= i) {
+    conn_t *cn = xcalloc(1, sizeof *cn);
+    cn->r = r;
+    cn->node = r->nconns;
+    r->conns[r->nconns++] = cn;
+  }
+  conn_t *cn = r->conns[i];
+  if (r->addr.unix_path) snprintf(cn->name, sizeof cn->name, "unix:%s", r->addr.unix_path);
+  else if (i < r->map.nnodes) host_name(cn->name, sizeof cn->name, r->map.nodes[i].host, r->map.nodes[i].port);
+  return cn;
+}
+
+/* Whether the map has node i serve a slot (Cluster). */
+static int serves(const credis_t *r, int i) {
+  for (int s = 0; s < RSLOTS_COUNT; s++)
+    if (r->map.owner[s] == i) return 1;
+  return 0;
+}
+
+/* The nodes this credis must keep connected: one server / Sentinel: node 0; Cluster:
+ * every primary serving a slot, or the seeds while no map is known. */
+static int wanted(const credis_t *r, int i) {
+  if (!CLUSTERED(r)) return i == 0;
+  if (!r->map_known) return i < r->addr.nseeds;
+  return serves(r, i);
+}
+
 /* ---- event hooks (see "hiredis 0.14.1 notes") ----------------------------------------- */
 
 static void ev_poll_cb(uv_poll_t *h, int status, int events) {
@@ -225,15 +319,15 @@ static void ev_poll_cb(uv_poll_t *h, int status, int events) {
   /* An error (POLLERR): libuv has stopped the poll; let hiredis do what it was waiting
    * for, so that it meets the socket error and reports it. */
   int ev = status ? p->events : events;
-  credis_t *r = p->context ? p->context->data : NULL;
+  conn_t *cn = p->context ? p->context->data : NULL;
   if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
   if (p->context && (ev & UV_WRITABLE)) {
     redisAsyncContext *ac = p->context;
-    if ((ac->c.flags & REDIS_CONNECTED) && sdslen(ac->c.obuf) > 0) r->st.writes++;
+    if ((ac->c.flags & REDIS_CONNECTED) && sdslen(ac->c.obuf) > 0) cn->r->st.writes++;
     redisAsyncHandleWrite(ac); /* may free ac */
-    if (r->first_write) {      /* the connect completed in there and the handshake went out */
-      r->first_write = 0;
-      r->st.writes++;
+    if (cn->first_write) {     /* the connect completed in there and the handshake went out */
+      cn->first_write = 0;
+      cn->r->st.writes++;
     }
   }
 }
@@ -267,53 +361,180 @@ static void ev_del_write(void *d) {
   ev_update(p);
 }
 
-/* ---- connection ------------------------------------------------------------------------ */
+/* ---- connections ------------------------------------------------------------------------ */
 
 static void schedule_retry(credis_t *r) {
-  if (r->closing) return;
+  if (r->closing || uv_is_active((uv_handle_t *)&r->retry_timer)) return;
   uint32_t d = r->backoff_ms;
   r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
   uv_timer_start(&r->retry_timer, retry_cb, d, 0);
 }
 
-/* A connection attempt failed or the connection was lost. */
-static void report_down(credis_t *r, const char *reason) {
+/* A connection attempt failed or a connection was lost. */
+static void report_down(conn_t *cn, const char *reason) {
+  credis_t *r = cn->r;
   if (!r->outage_logged) {
-    log_warn("redis %s unreachable: %s; retrying", r->name, reason);
+    log_warn("redis %s unreachable: %s; retrying", cn->name[0] ? cn->name : r->name, reason);
     r->outage_logged = 1;
   } else {
-    log_debug("redis %s: still unreachable: %s", r->name, reason);
+    log_debug("redis %s: still unreachable: %s", cn->name[0] ? cn->name : r->name, reason);
   }
 }
 
-/* Forgets the current context and frees it (from a timer callback: no hiredis frame above
- * us). Pending calls get a NULL reply; onDisconnect is ignored (r->ac no longer matches). */
-static void drop_context(credis_t *r) {
-  redisAsyncContext *ac = r->ac;
-  r->ac = NULL;
-  int was_up = r->up;
-  r->up = 0;
+/* Calls waiting for cn to come up fail: sent again later on a Cluster or with Sentinel
+ * (within the slot layer's bounds), else answered with no reply. */
+static void call_failed(call_t *c);
+static void fail_pending(conn_t *cn) {
+  call_t *c = cn->pending;
+  cn->pending = cn->pending_tail = NULL;
+  while (c) {
+    call_t *next = c->next;
+    c->next = NULL;
+    call_failed(c);
+    c = next;
+  }
+}
+
+/* The connection is gone (lost, refused, timed out, demoted). */
+static void conn_lost(conn_t *cn) {
+  credis_t *r = cn->r;
+  cn->up = 0;
+  cn->hs_failed = 0;
+  if (CLUSTERED(r)) r->map_stale = 1;
+  if (r->closing) return;
+  fail_pending(cn);
+  update_up(r);
+  schedule_retry(r);
+}
+
+/* Forgets cn's context and frees it (from a timer callback: no hiredis frame above us).
+ * Pending calls get a NULL reply; onDisconnect is ignored (cn->ac no longer matches). */
+static void drop_context(conn_t *cn) {
+  redisAsyncContext *ac = cn->ac;
+  cn->ac = NULL;
+  cn->up = 0;
   if (ac) redisAsyncFree(ac);
-  if (was_up && !r->closing && r->cbs.on_state) r->cbs.on_state(r->ud, 0);
+}
+
+/* Sentinel: asks the sentinels in turn for the primary, into map node 0 (its connection's
+ * handshake then checks with ROLE that it calls itself a primary). Synchronous with a
+ * short timeout: only on (re)connecting. 0, or -1 with *why (caller frees). */
+static int sentinel_resolve(credis_t *r, char **why) {
+  struct timeval tv = {0, SENTINEL_TIMEOUT_MS * 1000};
+  for (int i = 0; i < r->addr.nseeds; i++) {
+    redisContext *s = redisConnectWithTimeout(r->addr.seed_host[i], r->addr.seed_port[i], tv);
+    if (!s || s->err) {
+      xfree(*why);
+      *why = xstrfmt("sentinel %s:%d: %s", r->addr.seed_host[i], r->addr.seed_port[i], s ? s->errstr : "no memory");
+      if (s) redisFree(s);
+      continue;
+    }
+    redisSetTimeout(s, tv);
+    redisReply *rep = redisCommand(s, "SENTINEL get-master-addr-by-name %s", r->addr.master);
+    char host[RSLOTS_HOST_MAX];
+    int port, ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
+    if (rep) freeReplyObject(rep);
+    redisFree(s);
+    if (!ok) {
+      xfree(*why);
+      *why = xstrfmt("sentinel %s:%d does not know '%s'", r->addr.seed_host[i], r->addr.seed_port[i], r->addr.master);
+      continue;
+    }
+    if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
+    rslots_node_t *n = &r->map.nodes[0];
+    if (n->port != port || strcmp(n->host, host) != 0) {
+      log_info("redis %s: the primary is now %s:%d", r->name, host, port);
+      snprintf(n->host, sizeof n->host, "%s", host);
+      n->port = port;
+    }
+    xfree(*why);
+    *why = NULL;
+    return 0;
+  }
+  if (!*why) *why = xstrdup("no sentinel");
+  return -1;
+}
+
+/* Cluster: CLUSTER SLOTS on an up connection (none in flight). */
+static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata);
+static void refresh_map(credis_t *r) {
+  if (!CLUSTERED(r) || r->slots_inflight || r->closing) return;
+  for (int i = 0; i < r->nconns; i++) {
+    conn_t *cn = r->conns[i];
+    if (!cn->up || !cn->ac) continue;
+    const char *av[] = {"CLUSTER", "SLOTS"};
+    size_t al[] = {7, 5};
+    if (redisAsyncCommandArgv(cn->ac, slots_cb, cn, 2, av, al) == REDIS_OK) {
+      r->st.commands++;
+      r->slots_inflight = 1;
+    }
+    return;
+  }
+}
+
+static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata) {
+  conn_t *cn = privdata;
+  credis_t *r = cn->r;
+  redisReply *rep = reply;
+  if (r->closing) return;
+  r->slots_inflight = 0;
+  count_reply(r, rep);
+  if (!rep) return; /* the connection died: its loss is handled there */
+  char *err = NULL;
+  if (rslots_map_load(&r->map, rep, r->map.nodes[cn->node].host, &err) != 0 || rslots_map_covered(&r->map) == 0) {
+    log_warn("redis %s: %s", r->name, err ? err : "CLUSTER SLOTS: no slot served");
+    xfree(err);
+    schedule_retry(r);
+    return;
+  }
+  r->map_known = 1;
+  r->map_stale = 0;
+  /* connect the primaries we do not know yet */
+  for (int i = 0; i < r->map.nnodes && i < MAX_CONNS; i++) {
+    conn_t *n = conn_of(r, i);
+    if (!n->ac && wanted(r, i)) start_connect(n);
+  }
+  update_up(r);
+  if (!r->up) schedule_retry(r);
 }
 
 static void retry_cb(uv_timer_t *t) {
   credis_t *r = t->data;
   if (r->closing) return;
-  if (r->ac) { /* connect or handshake took too long */
-    report_down(r, r->ac->c.flags & REDIS_CONNECTED ? "no answer to the handshake"
-                                                      : "connect timed out");
-    drop_context(r);
-    if (r->closing) return;
+  uint64_t now = uv_now(r->loop);
+  for (int i = 0; i < (CLUSTERED(r) ? r->map.nnodes : 1) && i < MAX_CONNS; i++) {
+    conn_t *cn = conn_of(r, i);
+    if (cn->ac && !cn->up && now - cn->started >= CONNECT_TIMEOUT_MS) { /* connect or handshake took too long */
+      report_down(cn, cn->ac->c.flags & REDIS_CONNECTED ? "no answer to the handshake" : "connect timed out");
+      drop_context(cn);
+      conn_lost(cn);
+      if (r->closing) return;
+    }
+    if (!cn->ac && wanted(r, i)) start_connect(cn);
+  }
+  if (CLUSTERED(r) && (r->map_stale || !r->map_known)) refresh_map(r);
+  if (!r->up) schedule_retry(r);
+}
+
+/* The overall state: see "Up" at the top. Reports a change. */
+static void update_up(credis_t *r) {
+  if (r->closing) return;
+  int up;
+  if (!CLUSTERED(r)) {
+    up = r->nconns > 0 && r->conns[0]->up;
+  } else {
+    up = r->map_known && r->map.nnodes > 0;
+    for (int i = 0; up && i < r->map.nnodes; i++)
+      if (serves(r, i) && (i >= r->nconns || !r->conns[i]->up)) up = 0;
+  }
+  if (up == r->up) return;
+  r->up = up;
+  if (!up) {
+    r->poll_inflight = 0;
+    if (r->cbs.on_state) r->cbs.on_state(r->ud, 0);
     schedule_retry(r);
     return;
   }
-  start_connect(r);
-}
-
-static void mark_up(credis_t *r) {
-  r->up = 1;
-  r->hs_failed = 0;
   r->backoff_ms = BACKOFF_MIN_MS;
   uv_timer_stop(&r->retry_timer);
   if (r->outage_logged) log_info("redis %s back", r->name);
@@ -326,102 +547,146 @@ static void mark_up(credis_t *r) {
   if (r->registered) heartbeat(r);
 }
 
-/* Replies to AUTH, SELECT, SCRIPT LOAD, PING; privdata: 1 on the last (PING). */
+static void send_now(conn_t *cn, call_t *c);
+
+static void conn_ready(conn_t *cn) {
+  credis_t *r = cn->r;
+  cn->up = 1;
+  cn->hs_failed = 0;
+  call_t *c = cn->pending;
+  cn->pending = cn->pending_tail = NULL;
+  while (c) {
+    call_t *next = c->next;
+    c->next = NULL;
+    send_now(cn, c);
+    c = next;
+  }
+  if (CLUSTERED(r) && (!r->map_known || r->map_stale)) refresh_map(r);
+  update_up(r);
+}
+
+enum { HS_PLAIN, HS_ROLE, HS_SCRIPT, HS_LAST };
+static const int hs_tags[] = {HS_PLAIN, HS_ROLE, HS_SCRIPT, HS_LAST};
+
+/* Replies to AUTH, SELECT, ROLE, SCRIPT LOAD, PING; privdata: the tag. */
 static void hs_cb(redisAsyncContext *ac, void *reply, void *privdata) {
-  credis_t *r = ac->data;
+  conn_t *cn = ac->data;
+  credis_t *r = cn->r;
   redisReply *rep = reply;
-  if (r->closing || ac != r->ac) return;
+  int tag = *(const int *)privdata;
+  if (r->closing || ac != cn->ac) return;
   count_reply(r, rep);
   if (!rep) return; /* the connection died: onDisconnect follows */
-  if (rep->type == REDIS_REPLY_ERROR) {
-    if (!r->hs_failed) {
+  const char *bad = NULL;
+  if (rep->type == REDIS_REPLY_ERROR) bad = rep->str ? rep->str : "error";
+  else if (tag == HS_SCRIPT && !rscripts_reply_ok(&r->scripts, rep)) bad = "SCRIPT LOAD: unexpected SHA";
+  else if (tag == HS_ROLE) {
+    int primary = rep->type == REDIS_REPLY_ARRAY && rep->elements >= 3 && rep->element[0]->type == REDIS_REPLY_STRING &&
+                  strcmp(rep->element[0]->str, "master") == 0;
+    if (primary && rep->element[2]->type == REDIS_REPLY_ARRAY) cn->replicas = (int)rep->element[2]->elements;
+    if (!primary && r->addr.mode == REDIS_MODE_SENTINEL) bad = "the node the sentinels named is not a primary (yet)";
+  }
+  if (bad) {
+    if (!cn->hs_failed) {
       char why[300];
-      snprintf(why, sizeof why, "handshake: %s", rep->str ? rep->str : "error");
-      report_down(r, why);
-      r->hs_failed = 1;
+      snprintf(why, sizeof why, "handshake: %s", bad);
+      report_down(cn, why);
+      cn->hs_failed = 1;
       redisAsyncDisconnect(ac); /* deferred by hiredis until the callbacks are done */
     }
     return;
   }
-  if (privdata && !r->hs_failed) mark_up(r);
+  if (tag == HS_LAST && !cn->hs_failed) conn_ready(cn);
+}
+
+static void hs_send(conn_t *cn, int tag, int argc, const char **argv, const size_t *lens) {
+  if (redisAsyncCommandArgv(cn->ac, hs_cb, (void *)&hs_tags[tag], argc, argv, lens) == REDIS_OK) cn->r->st.commands++;
 }
 
 static void on_connect(const redisAsyncContext *cac, int status) {
   redisAsyncContext *ac = (redisAsyncContext *)cac;
-  credis_t *r = ac->data;
-  if (r->closing || ac != r->ac) return;
+  conn_t *cn = ac->data;
+  credis_t *r = cn->r;
+  if (r->closing || ac != cn->ac) return;
   if (status != REDIS_OK) {
     /* hiredis frees the context when this returns */
-    r->ac = NULL;
-    uv_timer_stop(&r->retry_timer);
-    report_down(r, ac->errstr ? ac->errstr : "connect failed");
-    schedule_retry(r);
+    cn->ac = NULL;
+    report_down(cn, ac->errstr ? ac->errstr : "connect failed");
+    conn_lost(cn);
     return;
   }
-  /* First commands on the connection: AUTH, SELECT, then PING whose answer means up. */
+  /* First commands on the connection: AUTH, SELECT, ROLE, the scripts, then PING whose
+   * answer means up. */
   if (r->addr.password) {
     const char *av[] = {"AUTH", r->addr.password};
     size_t al[] = {4, strlen(r->addr.password)};
-    if (redisAsyncCommandArgv(ac, hs_cb, NULL, 2, av, al) == REDIS_OK) r->st.commands++;
+    hs_send(cn, HS_PLAIN, 2, av, al);
   }
   if (r->addr.db) {
     char d[16];
     snprintf(d, sizeof d, "%d", r->addr.db);
     const char *av[] = {"SELECT", d};
     size_t al[] = {6, strlen(d)};
-    if (redisAsyncCommandArgv(ac, hs_cb, NULL, 2, av, al) == REDIS_OK) r->st.commands++;
+    hs_send(cn, HS_PLAIN, 2, av, al);
   }
-  /* The scripts are cached at once so that EVALSHA does not meet NOSCRIPT: its EVAL retry
-   * would reach Redis after the commands issued behind it (a SCRIPT FLUSH still can). */
-  for (int i = 0; i < SC_COUNT; i++) {
-    const char *sv[] = {"SCRIPT", "LOAD", script_text[i]};
-    size_t sl[] = {6, 4, strlen(script_text[i])};
-    if (redisAsyncCommandArgv(ac, hs_cb, NULL, 3, sv, sl) == REDIS_OK) r->st.commands++;
+  if (!SINGLE(r)) {
+    const char *av[] = {"ROLE"};
+    size_t al[] = {4};
+    hs_send(cn, HS_ROLE, 1, av, al);
   }
+  /* The scripts are cached at once so that EVALSHA does not meet NOSCRIPT (a SCRIPT
+   * FLUSH or a promoted replica still can: the slot layer loads them again). */
+  r->st.commands += (uint64_t)rscripts_load_async(&r->scripts, ac, hs_cb, (void *)&hs_tags[HS_SCRIPT]);
   const char *av[] = {"PING"};
   size_t al[] = {4};
-  if (redisAsyncCommandArgv(ac, hs_cb, (void *)1, 1, av, al) == REDIS_OK) r->st.commands++;
-  r->first_write = 1;
+  hs_send(cn, HS_LAST, 1, av, al);
+  cn->first_write = 1;
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status) {
   redisAsyncContext *ac = (redisAsyncContext *)cac;
-  credis_t *r = ac->data;
-  if (ac != r->ac) return; /* our own redisAsyncFree */
+  conn_t *cn = ac->data;
+  credis_t *r = cn->r;
+  if (ac != cn->ac) return; /* our own redisAsyncFree */
   /* hiredis frees the context when this returns */
+  cn->ac = NULL;
   if (r->closing) { /* credis_close's graceful disconnect is over */
-    r->ac = NULL;
-    finish_close(r);
+    if (--r->draining == 0) finish_close(r);
     return;
   }
-  r->ac = NULL;
-  int was_up = r->up;
-  r->up = 0;
-  r->poll_inflight = 0;
-  uv_timer_stop(&r->retry_timer);
-  if (!r->hs_failed)
-    report_down(r, status == REDIS_OK ? "connection closed"
-                                      : (ac->errstr && *ac->errstr ? ac->errstr : "connection lost"));
-  r->hs_failed = 0;
-  if (was_up && r->cbs.on_state) r->cbs.on_state(r->ud, 0);
-  if (r->closing) return;
-  schedule_retry(r);
+  if (!cn->hs_failed)
+    report_down(cn, status == REDIS_OK ? "connection closed"
+                                       : (ac->errstr && *ac->errstr ? ac->errstr : "connection lost"));
+  conn_lost(cn);
 }
 
-static void start_connect(credis_t *r) {
-  redisAsyncContext *ac = r->addr.unix_path ? redisAsyncConnectUnix(r->addr.unix_path)
-                                            : redisAsyncConnect(r->addr.host, r->addr.port);
+static void start_connect(conn_t *cn) {
+  credis_t *r = cn->r;
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    char *why = NULL;
+    if (sentinel_resolve(r, &why) != 0) {
+      report_down(cn, why);
+      xfree(why);
+      schedule_retry(r);
+      return;
+    }
+    conn_of(r, 0); /* its name */
+  }
+  redisAsyncContext *ac;
+  if (r->addr.unix_path) ac = redisAsyncConnectUnix(r->addr.unix_path);
+  else if (SINGLE(r)) ac = redisAsyncConnect(r->addr.host, r->addr.port);
+  else ac = redisAsyncConnect(r->map.nodes[cn->node].host, r->map.nodes[cn->node].port);
   if (!ac || ac->err) {
-    report_down(r, ac && ac->errstr ? ac->errstr : "cannot allocate a context");
+    report_down(cn, ac && ac->errstr ? ac->errstr : "cannot allocate a context");
     if (ac) redisAsyncFree(ac); /* no event library attached yet */
     schedule_retry(r);
     return;
   }
-  ac->data = r;
+  ac->data = cn;
   if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
     ac->ev.cleanup = NULL; /* the adapter's data is not set: nothing to clean */
     redisAsyncFree(ac);
-    report_down(r, "cannot attach to the loop");
+    report_down(cn, "cannot attach to the loop");
     schedule_retry(r);
     return;
   }
@@ -431,32 +696,244 @@ static void start_connect(credis_t *r) {
   ac->ev.delWrite = ev_del_write;
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  r->ac = ac;
-  r->hs_failed = 0;
-  uv_timer_start(&r->retry_timer, retry_cb, CONNECT_TIMEOUT_MS, 0);
+  cn->ac = ac;
+  cn->up = 0;
+  cn->hs_failed = 0;
+  cn->replicas = 0;
+  cn->started = uv_now(r->loop);
+  /* the tick times the connect and the handshake out */
+  if (!uv_is_active((uv_handle_t *)&r->retry_timer)) uv_timer_start(&r->retry_timer, retry_cb, CONNECT_TIMEOUT_MS, 0);
 }
 
-/* ---- sending ------------------------------------------------------------------------- */
+/* ---- the slot layer over the async API --------------------------------------------- */
 
-/* Sends one command when up. 0, or -1 when not sent (counted as dropped). */
-static int send_argv(credis_t *r, redisCallbackFn *fn, void *priv, int argc, const char **argv,
-                     const size_t *lens) {
-  if (r->closing) return -1;
-  if (!r->up || !r->ac || redisAsyncCommandArgv(r->ac, fn, priv, argc, argv, lens) != REDIS_OK) {
+static void call_cb(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void later_cb(uv_timer_t *t) {
+  credis_t *r = t->data;
+  uint64_t now = uv_now(r->loop), next = 0;
+  call_t *due = NULL, **pp = &r->later;
+  while (*pp) {
+    call_t *c = *pp;
+    if (c->due <= now) {
+      *pp = c->next;
+      c->next = due;
+      due = c;
+    } else {
+      if (!next || c->due < next) next = c->due;
+      pp = &c->next;
+    }
+  }
+  if (next) uv_timer_start(&r->later_timer, later_cb, next - now, 0);
+  if (CLUSTERED(r) && due) refresh_map(r);
+  while (due) {
+    call_t *c = due;
+    due = c->next;
+    c->next = NULL;
+    dispatch(c);
+  }
+}
+
+/* Sends c again after ms. */
+static void later(call_t *c, unsigned ms) {
+  credis_t *r = c->r;
+  c->due = uv_now(r->loop) + ms;
+  c->next = r->later;
+  r->later = c;
+  uint64_t due = uv_timer_get_due_in(&r->later_timer);
+  if (!uv_is_active((uv_handle_t *)&r->later_timer) || due > ms)
+    uv_timer_start(&r->later_timer, later_cb, ms, 0);
+}
+
+/* No reply for c (its connection failed before or after sending it). */
+static void call_failed(call_t *c) {
+  credis_t *r = c->r;
+  if (r->closing) {
+    call_free(c);
+    return;
+  }
+  rslots_redirect_t to;
+  unsigned ms = 0;
+  if (!SINGLE(r) && rslots_next(&c->t, NULL, &to, &ms) == RSLOTS_WAIT) {
+    later(c, ms);
+    return;
+  }
+  c->done(r, c, NULL);
+  call_free(c);
+}
+
+static void asking_cb(redisAsyncContext *ac, void *reply, void *privdata) {
+  credis_t *r = privdata;
+  if (!r->closing) count_reply(r, reply);
+}
+
+/* Writes c on cn (up): ASKING first when c follows an ASK. */
+static void send_now(conn_t *cn, call_t *c) {
+  credis_t *r = cn->r;
+  if (c->ask >= 0) {
+    const char *av[] = {"ASKING"};
+    size_t al[] = {6};
+    if (redisAsyncCommandArgv(cn->ac, asking_cb, r, 1, av, al) == REDIS_OK) r->st.commands++;
+    c->ask = -1;
+  }
+  c->conn = cn;
+  c->sent_ns = uv_hrtime();
+  if (redisAsyncCommandArgv(cn->ac, call_cb, c, c->argc, (const char **)c->argv, c->lens) != REDIS_OK) {
+    call_failed(c);
+    return;
+  }
+  r->st.commands++;
+}
+
+/* Sends c to the node serving its slot (see "The slot layer" at the top). */
+static void dispatch(call_t *c) {
+  credis_t *r = c->r;
+  if (r->closing) {
+    call_free(c);
+    return;
+  }
+  int node = 0;
+  if (CLUSTERED(r)) {
+    node = c->ask >= 0 ? c->ask : c->slot >= 0 ? rslots_map_owner(&r->map, c->slot) : -1;
+    if (node < 0 && c->slot < 0) /* no key: any primary */
+      for (int i = 0; i < r->nconns && node < 0; i++)
+        if (r->conns[i]->up && serves(r, i)) node = i;
+    if (node < 0) {
+      r->map_stale = 1;
+      call_failed(c);
+      return;
+    }
+  }
+  conn_t *cn = conn_of(r, node);
+  if (!cn) {
+    call_failed(c);
+    return;
+  }
+  if (cn->up && cn->ac) {
+    send_now(cn, c);
+    return;
+  }
+  /* a node we have not connected yet (a MOVED to a new primary) */
+  c->next = NULL;
+  if (cn->pending_tail) cn->pending_tail->next = c;
+  else cn->pending = c;
+  cn->pending_tail = c;
+  if (!cn->ac) start_connect(cn);
+}
+
+static void call_cb(redisAsyncContext *ac, void *reply, void *privdata) {
+  call_t *c = privdata;
+  credis_t *r = c->r;
+  redisReply *rep = reply;
+  if (r->closing) {
+    call_free(c);
+    return;
+  }
+  count_reply(r, rep);
+  if (!rep) {
+    call_failed(c);
+    return;
+  }
+  if (c->sent_ns) metrics_redis_rtt(METRICS_REDIS_CLUSTER, (uv_hrtime() - c->sent_ns) / 1000);
+  rslots_redirect_t to;
+  unsigned ms = 0;
+  conn_t *cn = ac->data;
+  switch (rslots_next(&c->t, rep, &to, &ms)) {
+  case RSLOTS_DONE:
+    break;
+  case RSLOTS_GIVE_UP:
+    log_warn("redis %s: gave up after retries: %s", r->name, rep->str ? rep->str : "error");
+    break;
+  case RSLOTS_MOVED: {
+    int n = rslots_map_node(&r->map, to.host, to.port);
+    if (n < 0 || n >= MAX_CONNS) break;
+    r->map.owner[to.slot] = (int16_t)n;
+    r->map_stale = 1; /* a moved slot seldom moves alone (resharding, failover) */
+    refresh_map(r);
+    dispatch(c);
+    return;
+  }
+  case RSLOTS_ASK: {
+    int n = rslots_map_node(&r->map, to.host, to.port);
+    if (n < 0 || n >= MAX_CONNS) break;
+    c->ask = n;
+    dispatch(c);
+    return;
+  }
+  case RSLOTS_WAIT:
+    if (CLUSTERED(r)) r->map_stale = 1;
+    later(c, ms);
+    return;
+  case RSLOTS_PRIMARY: /* READONLY: a demoted primary (Sentinel failover) */
+    if (cn && cn->ac == ac) redisAsyncDisconnect(ac); /* deferred: on_disconnect asks again */
+    later(c, RSLOTS_WAIT_FIRST_MS);
+    return;
+  case RSLOTS_NOSCRIPT:
+    /* the node lost its scripts (SCRIPT FLUSH, a promoted replica): load them there,
+     * ahead of the command sent again */
+    if (cn && cn->ac == ac && cn->up) {
+      r->st.commands += (uint64_t)rscripts_load_async(&r->scripts, ac, asking_cb, r);
+      send_now(cn, c);
+      return;
+    }
+    later(c, RSLOTS_WAIT_FIRST_MS);
+    return;
+  }
+  c->done(r, c, rep);
+  call_free(c);
+}
+
+/* A new call: the command argv (argc <= 8) copied; a script's is "EVALSHA sha" then
+ * argv. */
+static call_t *call_new(credis_t *r, call_done_fn done, int script, int argc, const char **argv,
+                        const size_t *lens) {
+  call_t *c = xcalloc(1, sizeof *c);
+  c->r = r;
+  c->done = done;
+  c->ask = -1;
+  int pre = script >= 0 ? 2 : 0;
+  c->argc = argc + pre;
+  c->argv = xcalloc((size_t)c->argc, sizeof *c->argv);
+  c->lens = xcalloc((size_t)c->argc, sizeof *c->lens);
+  if (pre) {
+    c->argv[0] = xstrdup("EVALSHA");
+    c->lens[0] = 7;
+    c->argv[1] = xstrdup(r->scripts.sha[script]);
+    c->lens[1] = 40;
+  }
+  for (int i = 0; i < argc; i++) {
+    c->argv[pre + i] = xmalloc(lens[i] + 1);
+    memcpy(c->argv[pre + i], argv[i], lens[i]);
+    c->argv[pre + i][lens[i]] = '\0';
+    c->lens[pre + i] = lens[i];
+  }
+  int k = rslots_cmd_key(c->argc, (const char *const *)c->argv, c->lens);
+  c->slot = k < 0 ? -1 : rslots_key_slot(c->argv[k], c->lens[k]);
+  return c;
+}
+
+/* Sends c when up: 0, or -1 when not sent (counted as dropped; c is the caller's). */
+static int send_call(credis_t *r, call_t *c) {
+  if (r->closing || !r->up) {
     r->st.dropped++;
     return -1;
   }
-  r->st.commands++;
+  dispatch(c);
   return 0;
 }
 
 /* Reply of a fire-and-forget command. */
-static void ff_cb(redisAsyncContext *ac, void *reply, void *privdata) {
-  credis_t *r = privdata;
-  if (r->closing) return;
-  redisReply *rep = reply;
-  count_reply(r, rep);
+static void ff_done(credis_t *r, call_t *c, redisReply *rep) {
   if (is_error(rep, NULL)) log_warn("redis %s: %s", r->name, rep->str);
+}
+
+/* A fire-and-forget command (HSET, HDEL, SADD). */
+static void send_ff(credis_t *r, int argc, const char **argv, const size_t *lens) {
+  if (r->closing || !r->up) {
+    r->st.dropped++;
+    return;
+  }
+  dispatch(call_new(r, ff_done, -1, argc, argv, lens));
 }
 
 static void defer_cb(uv_timer_t *t) {
@@ -478,66 +955,6 @@ static void defer_fail(credis_t *r, call_t *c) {
   else r->deferred = c;
   r->deferred_tail = c;
   uv_timer_start(&r->defer_timer, defer_cb, 0, 0);
-}
-
-static void call_cb(redisAsyncContext *ac, void *reply, void *privdata);
-
-/* EVALSHA (or EVAL) of c's script with c's arguments. */
-static int send_script(credis_t *r, call_t *c, int by_body) {
-  int n = c->argc + 2;
-  const char *av[8];
-  size_t al[8];
-  av[0] = by_body ? "EVAL" : "EVALSHA";
-  al[0] = strlen(av[0]);
-  av[1] = by_body ? script_text[c->script] : r->sha[c->script];
-  al[1] = strlen(av[1]);
-  for (int i = 0; i < c->argc; i++) {
-    av[2 + i] = c->argv[i];
-    al[2 + i] = c->lens[i];
-  }
-  c->sent_ns = uv_hrtime();
-  return send_argv(r, call_cb, c, n, av, al);
-}
-
-static void call_cb(redisAsyncContext *ac, void *reply, void *privdata) {
-  call_t *c = privdata;
-  credis_t *r = c->r;
-  redisReply *rep = reply;
-  if (r->closing) {
-    call_free(c);
-    return;
-  }
-  count_reply(r, rep);
-  if (rep && c->sent_ns) metrics_redis_rtt(METRICS_REDIS_CLUSTER, (uv_hrtime() - c->sent_ns) / 1000);
-  if (c->script >= 0 && !c->retried && is_error(rep, "NOSCRIPT")) {
-    /* Redis restarted or SCRIPT FLUSH: send the body, which also caches it again */
-    c->retried = 1;
-    if (send_script(r, c, 1) == 0) return;
-    rep = NULL;
-  }
-  c->done(r, c, rep);
-  call_free(c);
-}
-
-/* A new call for a script: argv (argc <= 6) copied. */
-static call_t *call_new(credis_t *r, call_done_fn done, int script, int argc, const char **argv,
-                        const size_t *lens) {
-  call_t *c = xcalloc(1, sizeof *c);
-  c->r = r;
-  c->done = done;
-  c->script = script;
-  c->argc = argc;
-  if (argc) {
-    c->argv = xcalloc((size_t)argc, sizeof *c->argv);
-    c->lens = xcalloc((size_t)argc, sizeof *c->lens);
-    for (int i = 0; i < argc; i++) {
-      c->argv[i] = xmalloc(lens[i] + 1);
-      memcpy(c->argv[i], argv[i], lens[i]);
-      c->argv[i][lens[i]] = '\0';
-      c->lens[i] = lens[i];
-    }
-  }
-  return c;
 }
 
 /* ---- registry ------------------------------------------------------------------------ */
@@ -594,7 +1011,7 @@ void credis_nodes_get(credis_t *r, credis_nodes_cb cb, void *ud) {
   call_t *c = call_new(r, nodes_get_done, SC_POLL, 3, pv, pl);
   c->nodes_cb = cb;
   c->ud = ud;
-  if (send_script(r, c, 0) != 0) defer_fail(r, c);
+  if (send_call(r, c) != 0) defer_fail(r, c);
 }
 
 /* The value of a node's key: "role workers incarnation host port shards" (white space in
@@ -663,10 +1080,10 @@ static void heartbeat(credis_t *r) {
   const char *lv[] = {"1", r->k_self, val, px, inc};
   size_t ll[] = {1, strlen(r->k_self), strlen(val), strlen(px), strlen(inc)};
   call_t *lc = call_new(r, lease_done, SC_LEASE, 5, lv, ll);
-  if (send_script(r, lc, 0) != 0) call_free(lc);
+  if (send_call(r, lc) != 0) call_free(lc);
   const char *av[] = {"SADD", r->k_all, id};
   size_t al[] = {4, strlen(r->k_all), strlen(id)};
-  send_argv(r, ff_cb, r, 3, av, al);
+  send_ff(r, 3, av, al);
   credis_poll(r);
 }
 
@@ -676,7 +1093,7 @@ void credis_poll(credis_t *r) {
   const char *pv[] = {"1", r->k_all, r->k_prefix};
   size_t pl[] = {1, strlen(r->k_all), strlen(r->k_prefix)};
   call_t *c = call_new(r, poll_done, SC_POLL, 3, pv, pl);
-  if (send_script(r, c, 0) != 0) {
+  if (send_call(r, c) != 0) {
     call_free(c);
     return;
   }
@@ -703,7 +1120,7 @@ void credis_register(credis_t *r, const credis_node_t *self, uint32_t heartbeat_
 
 static void release_done(credis_t *r, call_t *c, redisReply *rep) {
   if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 0)
-    log_info("redis %s: node id %s was not ours any more: left to its holder", r->name, c->argv[4]);
+    log_info("redis %s: node id %s was not ours any more: left to its holder", r->name, c->argv[6]);
   else if (is_error(rep, NULL))
     log_warn("redis %s: release: %s", r->name, rep->str);
 }
@@ -719,7 +1136,7 @@ void credis_deregister(credis_t *r) {
   const char *dv[] = {"2", r->k_self, r->k_all, inc, id};
   size_t dl[] = {1, strlen(r->k_self), strlen(r->k_all), strlen(inc), strlen(id)};
   call_t *c = call_new(r, release_done, SC_RELEASE, 5, dv, dl);
-  if (send_script(r, c, 0) != 0) call_free(c);
+  if (send_call(r, c) != 0) call_free(c);
 }
 
 /* ---- session directory --------------------------------------------------------------- */
@@ -733,7 +1150,7 @@ void credis_dir_set(credis_t *r, const char *bare, const char *resource, const c
            s->available ? 1 : 0);
   const char *av[] = {"HSET", key, resource, val};
   size_t al[] = {4, strlen(key), strlen(resource), strlen(val)};
-  send_argv(r, ff_cb, r, 4, av, al);
+  send_ff(r, 4, av, al);
   xfree(key);
 }
 
@@ -742,7 +1159,7 @@ void credis_dir_del(credis_t *r, const char *bare, const char *resource) {
   char *key = dir_key(r, bare);
   const char *av[] = {"HDEL", key, resource};
   size_t al[] = {4, strlen(key), strlen(resource)};
-  send_argv(r, ff_cb, r, 3, av, al);
+  send_ff(r, 3, av, al);
   xfree(key);
 }
 
@@ -777,18 +1194,27 @@ static void dir_done(credis_t *r, call_t *c, redisReply *rep) {
 
 void credis_dir_get(credis_t *r, const char *bare, credis_dir_cb cb, void *ud) {
   if (!r || r->closing) return;
-  call_t *c = call_new(r, dir_done, -1, 0, NULL, NULL);
-  c->dir_cb = cb;
-  c->ud = ud;
   char *key = dir_key(r, bare);
   const char *av[] = {"HGETALL", key};
   size_t al[] = {7, strlen(key)};
-  c->sent_ns = uv_hrtime();
-  if (send_argv(r, call_cb, c, 2, av, al) != 0) defer_fail(r, c);
+  call_t *c = call_new(r, dir_done, -1, 2, av, al);
+  c->dir_cb = cb;
+  c->ud = ud;
+  if (send_call(r, c) != 0) defer_fail(r, c);
   xfree(key);
 }
 
 /* ---- shard map ----------------------------------------------------------------------- */
+
+/* The answer to the WAIT after a stored map: a replica has it (stored), or not (failed:
+ * the writer tries again, and meets the same map (SAME) or its loss). */
+static void map_wait_done(credis_t *r, call_t *c, redisReply *rep) {
+  int ok = rep && rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
+  if (!ok)
+    log_warn("redis %s: shard map epoch %" PRIu64 " stored but not yet on a replica: reported as not stored",
+             r->name, c->epoch);
+  if (c->pub_cb) c->pub_cb(c->ud, ok ? CREDIS_MAP_STORED : CREDIS_MAP_FAILED, ok ? c->epoch : 0);
+}
 
 static void map_put_done(credis_t *r, call_t *c, redisReply *rep) {
   long long res = -2, epoch = 0;
@@ -800,6 +1226,23 @@ static void map_put_done(credis_t *r, call_t *c, redisReply *rep) {
     log_warn("redis %s: shard map: %s", r->name, rep->str);
   } else if (rep) {
     log_warn("redis %s: shard map: unexpected reply to the epoch's compare-and-set", r->name);
+  }
+  /* On a Redis Cluster or behind Sentinel a primary may fail before the new map reached
+   * its replica, which then takes over with the older map: the epoch would go back, and
+   * another writer could store a different map under the same epoch. So a stored map is
+   * reported only once a replica has it (WAIT 1); a primary without replicas cannot do
+   * better than its own copy. */
+  conn_t *cn = c->conn;
+  if (res == CREDIS_MAP_STORED && r->addr.mode != REDIS_MODE_SINGLE && cn && cn->replicas > 0) {
+    const char *av[] = {"WAIT", "1", WAIT_REPLICA_MS_S};
+    size_t al[] = {4, 1, strlen(WAIT_REPLICA_MS_S)};
+    call_t *w = call_new(r, map_wait_done, -1, 3, av, al);
+    w->slot = c->slot; /* the primary that stored it */
+    w->pub_cb = c->pub_cb;
+    w->ud = c->ud;
+    w->epoch = (uint64_t)epoch;
+    dispatch(w);
+    return;
   }
   if (c->pub_cb) c->pub_cb(c->ud, (int)res, (uint64_t)epoch);
 }
@@ -824,7 +1267,7 @@ void credis_shardmap_publish(credis_t *r, uint64_t base, const uint32_t *owner, 
   call_t *c = call_new(r, map_put_done, SC_SHARDMAP, 5, av, al);
   c->pub_cb = cb;
   c->ud = ud;
-  if (send_script(r, c, 0) != 0) defer_fail(r, c);
+  if (send_call(r, c) != 0) defer_fail(r, c);
   xfree(val);
 }
 
@@ -853,104 +1296,132 @@ static void map_get_done(credis_t *r, call_t *c, redisReply *rep) {
 
 void credis_shardmap_get(credis_t *r, credis_shardmap_cb cb, void *ud) {
   if (!r || r->closing) return;
-  call_t *c = call_new(r, map_get_done, -1, 0, NULL, NULL);
-  c->map_cb = cb;
-  c->ud = ud;
   const char *av[] = {"GET", r->k_map};
   size_t al[] = {3, strlen(r->k_map)};
-  c->sent_ns = uv_hrtime();
-  if (send_argv(r, call_cb, c, 2, av, al) != 0) defer_fail(r, c);
+  call_t *c = call_new(r, map_get_done, -1, 2, av, al);
+  c->map_cb = cb;
+  c->ud = ud;
+  if (send_call(r, c) != 0) defer_fail(r, c);
 }
 
 /* ---- claiming a node id at start (blocking) ------------------------------------------ */
 
-/* A blocking connection (AUTH, SELECT done), or NULL with *why set (caller frees). */
-static redisContext *sync_connect(const redis_addr_t *a, char **why) {
-  struct timeval tv = {2, 0};
-  redisContext *c = a->unix_path ? redisConnectUnixWithTimeout(a->unix_path, tv)
-                                 : redisConnectWithTimeout(a->host, a->port, tv);
-  if (!c || c->err) {
-    *why = xstrdup(c && c->errstr[0] ? c->errstr : "cannot connect");
-    if (c) redisFree(c);
+/* The claim runs the asynchronous client (the same slot layer, Sentinel and script
+ * loader) on a private loop of its own, until each answer is in. */
+typedef struct sync_ctx {
+  uv_loop_t loop;
+  credis_t *r;
+  int up, got;
+  redisReply *rep; /* the last answer (owned here), NULL: none */
+} sync_ctx_t;
+
+static void sync_state(void *ud, int up) { ((sync_ctx_t *)ud)->up = up; }
+
+static redisReply *dup_reply(const redisReply *rep) {
+  if (!rep) return NULL;
+  redisReply *d = xcalloc(1, sizeof *d);
+  d->type = rep->type;
+  d->integer = rep->integer;
+  if (rep->str) {
+    d->str = xmalloc(rep->len + 1);
+    memcpy(d->str, rep->str, rep->len);
+    d->str[rep->len] = '\0';
+    d->len = rep->len;
+  }
+  return d; /* arrays are not needed by the claim */
+}
+
+static void dup_free(redisReply *d) {
+  if (!d) return;
+  xfree(d->str);
+  xfree(d);
+}
+
+static void sync_done(credis_t *r, call_t *c, redisReply *rep) {
+  sync_ctx_t *s = c->ud;
+  dup_free(s->rep);
+  s->rep = dup_reply(rep);
+  s->got = 1;
+}
+
+static void sync_wake(uv_timer_t *t) { (void)t; }
+
+/* Runs the private loop until *flag (the timer keeps UV_RUN_ONCE returning). */
+static void sync_run(sync_ctx_t *s, int *flag) {
+  uv_timer_t wake;
+  uv_timer_init(&s->loop, &wake);
+  uv_timer_start(&wake, sync_wake, 20, 20);
+  while (!*flag) uv_run(&s->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&wake, NULL);
+  uv_run(&s->loop, UV_RUN_NOWAIT);
+}
+
+/* One command (script >= 0: EVALSHA of it), once up: its answer in s->rep (NULL: the
+ * connection failed). */
+static redisReply *sync_cmd(sync_ctx_t *s, int script, int argc, const char **argv, const size_t *lens) {
+  sync_run(s, &s->up);
+  call_t *c = call_new(s->r, sync_done, script, argc, argv, lens);
+  c->ud = s;
+  s->got = 0;
+  if (send_call(s->r, c) != 0) {
+    call_free(c);
+    dup_free(s->rep);
+    s->rep = NULL;
     return NULL;
   }
-  redisSetTimeout(c, tv);
-  redisReply *rep = NULL;
-  if (a->password) rep = redisCommand(c, "AUTH %s", a->password);
-  if (rep && rep->type == REDIS_REPLY_ERROR) *why = xstrfmt("AUTH: %s", rep->str);
-  if (rep) freeReplyObject(rep);
-  rep = NULL;
-  if (!*why && a->db) rep = redisCommand(c, "SELECT %d", a->db);
-  if (rep && rep->type == REDIS_REPLY_ERROR) *why = xstrfmt("SELECT: %s", rep->str);
-  if (rep) freeReplyObject(rep);
-  if (!*why && c->err) *why = xstrdup(c->errstr);
-  if (*why) {
-    redisFree(c);
-    return NULL;
-  }
-  return c;
+  sync_run(s, &s->got);
+  return s->rep;
+}
+
+static int sync_open(sync_ctx_t *s, const char *addr, const char *cluster, char **err);
+
+static void sync_close(sync_ctx_t *s) {
+  credis_close(s->r);
+  uv_run(&s->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&s->loop);
+  dup_free(s->rep);
 }
 
 int credis_claim(const char *addr, const char *cluster, const credis_node_t *self, uint32_t ttl_ms,
                  credis_node_t *holder, char **err) {
   *err = NULL;
   memset(holder, 0, sizeof *holder);
-  if (!cluster_ok(cluster)) {
-    *err = xstrfmt("bad cluster name '%s'", cluster ? cluster : "");
-    return XMPP_EINVAL;
-  }
-  redis_addr_t a;
-  if (single_addr(&a, addr, err) != 0) return XMPP_EINVAL;
+  sync_ctx_t s;
+  int rc = sync_open(&s, addr, cluster, err);
+  if (rc != 0) return rc;
   char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), val[160], px[16];
   node_value(self, val, sizeof val);
   snprintf(px, sizeof px, "%u", ttl_ms ? ttl_ms : 1);
-  redisContext *c = NULL;
-  uint32_t backoff = BACKOFF_MIN_MS;
-  int outage_logged = 0, rc = 1;
+  rc = 1;
   char *seen = NULL;  /* the holder's value when first seen */
   long long last_pttl = 0;
   while (rc > 0) {
-    char *why = NULL;
-    if (!c && !(c = sync_connect(&a, &why))) {
-      if (!outage_logged) log_warn("redis %s unreachable: %s; retrying (claiming node id %u)", a.shown, why, self->id);
-      outage_logged = 1;
-      xfree(why);
-      uv_sleep(backoff);
-      backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-      continue;
-    }
-    if (outage_logged) log_info("redis %s back", a.shown);
-    outage_logged = 0;
-    backoff = BACKOFF_MIN_MS;
-    redisReply *rep = redisCommand(c, "SET %s %s NX PX %s", key, val, px);
-    if (!rep || c->err) { /* lost the connection: again */
-      if (rep) freeReplyObject(rep);
-      redisFree(c);
-      c = NULL;
-      continue;
-    }
-    int taken = rep->type == REDIS_REPLY_STATUS;
+    const char *sv[] = {"SET", key, val, "NX", "PX", px};
+    size_t sl[] = {3, strlen(key), strlen(val), 2, 2, strlen(px)};
+    redisReply *rep = sync_cmd(&s, -1, 6, sv, sl);
+    if (!rep) continue; /* lost the connection: again once up */
     if (rep->type == REDIS_REPLY_ERROR) {
-      *err = xstrfmt("redis %s: %s", a.shown, rep->str);
+      *err = xstrfmt("redis %s: %s", s.r->name, rep->str);
       rc = XMPP_EIO;
+      break;
     }
-    freeReplyObject(rep);
-    if (taken) rc = 0;
-    if (rc <= 0) break;
+    if (rep->type == REDIS_REPLY_STATUS) {
+      rc = 0;
+      break;
+    }
     /* Held: by a live node, which refreshes it every heartbeat (its remaining time goes
      * up), or by a dead one, whose lease runs out within its TTL. */
-    redisAppendCommand(c, "GET %s", key);
-    redisAppendCommand(c, "PTTL %s", key);
-    redisReply *g = NULL, *t = NULL;
-    if (redisGetReply(c, (void **)&g) != REDIS_OK || redisGetReply(c, (void **)&t) != REDIS_OK) {
-      if (g) freeReplyObject(g);
-      redisFree(c);
-      c = NULL;
-      continue;
-    }
-    long long pttl = t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
-    if (g->type == REDIS_REPLY_STRING && pttl != -2) {
-      char *entry = xstrfmt("%u %s", self->id, g->str);
+    const char *gv[] = {"GET", key};
+    size_t gl[] = {3, strlen(key)};
+    rep = sync_cmd(&s, -1, 2, gv, gl);
+    if (!rep) continue;
+    char *g = rep->type == REDIS_REPLY_STRING ? xstrdup(rep->str) : NULL;
+    const char *tv[] = {"PTTL", key};
+    size_t tl[] = {4, strlen(key)};
+    rep = sync_cmd(&s, -1, 2, tv, tl);
+    long long pttl = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -2;
+    if (g && pttl != -2) {
+      char *entry = xstrfmt("%u %s", self->id, g);
       if (parse_node(entry, strlen(entry), holder) != 0) {
         holder->id = self->id;
         snprintf(holder->host, sizeof holder->host, "?");
@@ -959,47 +1430,42 @@ int credis_claim(const char *addr, const char *cluster, const credis_node_t *sel
       if (pttl == -1) {
         rc = XMPP_EEXIST; /* no expiry: set by hand? never ours to take */
       } else if (!seen) {
-        seen = xstrdup(g->str);
+        seen = xstrdup(g);
         log_warn("cluster: node id %u is held by incarnation %" PRIu64 " at %s:%d (lease expires in %lld ms): "
                  "waiting to see whether that node is alive",
                  self->id, holder->incarnation, holder->host, holder->bus_port, pttl);
-      } else if (strcmp(seen, g->str) != 0 || pttl > last_pttl) {
+      } else if (strcmp(seen, g) != 0 || pttl > last_pttl) {
         rc = XMPP_EEXIST; /* refreshed (or taken by yet another one): alive */
       }
       last_pttl = pttl;
     }
-    freeReplyObject(g);
-    freeReplyObject(t);
+    xfree(g);
     if (rc > 0) uv_sleep((unsigned)(pttl > 0 && pttl < 20 ? pttl : 20));
   }
-  if (c) redisFree(c);
+  sync_close(&s);
   xfree(seen);
   xfree(key);
-  redis_addr_free(&a);
   return rc;
 }
 
 void credis_unclaim(const char *addr, const char *cluster, const credis_node_t *self) {
-  redis_addr_t a;
+  sync_ctx_t s;
   char *why = NULL;
-  if (!cluster_ok(cluster) || single_addr(&a, addr, &why) != 0) {
+  if (sync_open(&s, addr, cluster, &why) != 0) {
     xfree(why);
     return;
   }
-  redisContext *c = sync_connect(&a, &why);
-  if (c) {
-    char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), *all = xstrfmt("%s:{nodes}:all", cluster);
-    char inc[24], id[8];
-    snprintf(inc, sizeof inc, "%" PRIu64, self->incarnation);
-    snprintf(id, sizeof id, "%u", self->id);
-    redisReply *rep = redisCommand(c, "EVAL %s 2 %s %s %s %s", script_text[SC_RELEASE], key, all, inc, id);
-    if (rep) freeReplyObject(rep);
-    redisFree(c);
-    xfree(key);
-    xfree(all);
-  }
-  xfree(why);
-  redis_addr_free(&a);
+  char *key = xstrfmt("%s:{nodes}:n:%u", cluster, self->id), *all = xstrfmt("%s:{nodes}:all", cluster);
+  char inc[24], id[8];
+  snprintf(inc, sizeof inc, "%" PRIu64, self->incarnation);
+  snprintf(id, sizeof id, "%u", self->id);
+  const char *dv[] = {"2", key, all, inc, id};
+  size_t dl[] = {1, strlen(key), strlen(all), strlen(inc), strlen(id)};
+  /* best effort: one attempt once connected (the claim just succeeded) */
+  sync_cmd(&s, SC_RELEASE, 5, dv, dl);
+  sync_close(&s);
+  xfree(key);
+  xfree(all);
 }
 
 /* ---- life ---------------------------------------------------------------------------- */
@@ -1012,24 +1478,30 @@ static int cluster_ok(const char *c) {
   return 1;
 }
 
-credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs,
-                     void *ud) {
+/* A credis_t, not connected yet; NULL with *err. */
+static credis_t *make(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs, void *ud,
+                      char **err) {
   if (!cluster_ok(cluster)) {
-    log_error("redis: bad cluster name '%s' (1..%d characters, no braces or spaces)",
-              cluster ? cluster : "", CLUSTER_MAX);
+    *err = xstrfmt("redis: bad cluster name '%s' (1..%d characters, no braces or spaces)", cluster ? cluster : "",
+                   CLUSTER_MAX);
     return NULL;
   }
   credis_t *r = xcalloc(1, sizeof *r);
-  char *err = NULL;
-  if (single_addr(&r->addr, addr, &err) != 0) {
-    log_error("%s", err);
-    xfree(err);
+  if (redis_addr_parse(&r->addr, addr, err) != 0) {
     xfree(r);
     return NULL;
   }
-  if (r->addr.unix_path) snprintf(r->name, sizeof r->name, "unix:%s", r->addr.unix_path);
-  else if (strchr(r->addr.host, ':')) snprintf(r->name, sizeof r->name, "[%s]:%d", r->addr.host, r->addr.port);
-  else snprintf(r->name, sizeof r->name, "%s:%d", r->addr.host, r->addr.port);
+  snprintf(r->name, sizeof r->name, "%s", r->addr.shown);
+  if (SINGLE(r)) { /* as before: HOST:PORT without the db */
+    if (r->addr.unix_path) snprintf(r->name, sizeof r->name, "unix:%s", r->addr.unix_path);
+    else host_name(r->name, sizeof r->name, r->addr.host, r->addr.port);
+  }
+  rslots_map_init(&r->map);
+  if (CLUSTERED(r))
+    for (int i = 0; i < r->addr.nseeds && i < MAX_CONNS; i++)
+      rslots_map_node(&r->map, r->addr.seed_host[i], r->addr.seed_port[i]);
+  else if (SINGLE(r) && r->addr.host)
+    rslots_map_node(&r->map, r->addr.host, r->addr.port);
   r->loop = loop;
   r->cluster = xstrdup(cluster);
   if (cbs) r->cbs = *cbs;
@@ -1038,19 +1510,51 @@ credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, con
   r->k_all = xstrfmt("%s:{nodes}:all", cluster);
   r->k_prefix = xstrfmt("%s:{nodes}:n:", cluster);
   r->k_map = xstrfmt("%s:{nodes}:shardmap", cluster);
-  for (int i = 0; i < SC_COUNT; i++) rslots_script_sha(script_text[i], r->sha[i]); /* the store's too */
+  _Static_assert(SC_COUNT <= RSCRIPTS_MAX, "scripts");
+  rscripts_init(&r->scripts, script_text, SC_COUNT);
   uv_timer_init(loop, &r->retry_timer);
   uv_timer_init(loop, &r->hb_timer);
   uv_timer_init(loop, &r->defer_timer);
-  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r;
-  r->open_handles = 3;
-  start_connect(r);
+  uv_timer_init(loop, &r->later_timer);
+  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r->later_timer.data = r;
+  r->open_handles = 4;
+  int first = CLUSTERED(r) ? r->map.nnodes : 1;
+  for (int i = 0; i < first; i++) conn_of(r, i);
+  for (int i = 0; i < first; i++) start_connect(r->conns[i]);
   return r;
+}
+
+credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs,
+                     void *ud) {
+  char *err = NULL;
+  credis_t *r = make(loop, addr, cluster, cbs, ud, &err);
+  if (!r) {
+    log_error("%s", err);
+    xfree(err);
+  }
+  return r;
+}
+
+static int sync_open(sync_ctx_t *s, const char *addr, const char *cluster, char **err) {
+  memset(s, 0, sizeof *s);
+  uv_loop_init(&s->loop);
+  static const credis_cbs_t cbs = {sync_state, NULL, NULL};
+  s->r = make(&s->loop, addr, cluster, &cbs, s, err);
+  if (!s->r) {
+    uv_loop_close(&s->loop);
+    return XMPP_EINVAL;
+  }
+  return 0;
 }
 
 static void handle_closed(uv_handle_t *h) {
   credis_t *r = h->data;
   if (--r->open_handles > 0) return;
+  for (int i = 0; i < r->nconns; i++) {
+    free_list(r->conns[i]->pending);
+    xfree(r->conns[i]);
+  }
+  rslots_map_free(&r->map);
   redis_addr_free(&r->addr);
   xfree(r->cluster);
   xfree(r->k_all);
@@ -1069,9 +1573,7 @@ static void finish_close(credis_t *r) {
 /* The graceful disconnect took too long: drop what is left. */
 static void drain_timeout_cb(uv_timer_t *t) {
   credis_t *r = t->data;
-  redisAsyncContext *ac = r->ac;
-  r->ac = NULL;
-  if (ac) redisAsyncFree(ac);
+  for (int i = 0; i < r->nconns; i++) drop_context(r->conns[i]);
   finish_close(r);
 }
 
@@ -1079,29 +1581,37 @@ void credis_close(credis_t *r) {
   if (!r || r->closing) return;
   r->closing = 1;
   r->up = 0;
-  call_t *c = r->deferred;
+  free_list(r->deferred);
   r->deferred = r->deferred_tail = NULL;
-  while (c) {
-    call_t *next = c->next;
-    call_free(c);
-    c = next;
-  }
+  free_list(r->later);
+  r->later = NULL;
   uv_close((uv_handle_t *)&r->hb_timer, handle_closed);
   uv_close((uv_handle_t *)&r->defer_timer, handle_closed);
+  uv_close((uv_handle_t *)&r->later_timer, handle_closed);
   uv_timer_stop(&r->retry_timer);
-  redisAsyncContext *ac = r->ac;
-  if (ac && (ac->c.flags & REDIS_CONNECTED)) {
-    /* Graceful: what is buffered (a deregistration, directory writes) still goes out;
-     * hiredis closes once the replies are in, then on_disconnect calls finish_close.
-     * From a reply callback hiredis defers this until the callback returns. r lives
-     * until then: its last handle closes in finish_close. */
-    uv_timer_start(&r->retry_timer, drain_timeout_cb, CLOSE_DRAIN_MS, 0);
-    redisAsyncDisconnect(ac); /* may call on_disconnect at once */
+  /* Graceful where connected: what is buffered (a deregistration, directory writes)
+   * still goes out; hiredis closes once the replies are in, then on_disconnect counts
+   * the drain down. From a reply callback hiredis defers this until the callback
+   * returns. r lives until then: its last handle closes in finish_close. */
+  r->draining = 1; /* held while the loop below runs */
+  for (int i = 0; i < r->nconns; i++) {
+    conn_t *cn = r->conns[i];
+    free_list(cn->pending);
+    cn->pending = cn->pending_tail = NULL;
+    redisAsyncContext *ac = cn->ac;
+    if (ac && (ac->c.flags & REDIS_CONNECTED)) {
+      r->draining++;
+      redisAsyncDisconnect(ac); /* may call on_disconnect at once */
+    } else if (ac) {
+      cn->ac = NULL;
+      redisAsyncFree(ac); /* still connecting: nothing to send */
+    }
+  }
+  if (--r->draining == 0) {
+    finish_close(r);
     return;
   }
-  r->ac = NULL;
-  if (ac) redisAsyncFree(ac); /* still connecting: nothing to send */
-  finish_close(r);
+  uv_timer_start(&r->retry_timer, drain_timeout_cb, CLOSE_DRAIN_MS, 0);
 }
 
 void credis_get_stats(const credis_t *r, credis_stats_t *st) { *st = r->st; }

@@ -5,8 +5,15 @@
  * on that thread. Several threads each own their own credis_t (router workers, the cluster
  * thread); nothing is shared, nothing is locked.
  *
+ * Redis. One server, a Redis Cluster (cluster:SEEDS: one connection per primary, the slot
+ * layer of common/redis_slots.h follows MOVED / ASK / TRYAGAIN / CLUSTERDOWN and the
+ * failover of a primary) or the primary Sentinel names (sentinel:SENTINELS/NAME; the
+ * sentinels are asked synchronously, at most 300 ms each, before each connection).
+ *
  * Connection. credis_new connects at once and reconnects by itself forever, with a capped
- * exponential back-off (100 ms .. 2 s). While Redis is unreachable, writes are dropped and
+ * exponential back-off (100 ms .. 2 s). On a Redis Cluster, "up" means every primary
+ * serving a slot is connected: the loss of any one is an outage (on_state(0), then
+ * on_state(1) once its replica serves). While Redis is unreachable, writes are dropped and
  * counted (credis_stats_t.dropped): the caller re-syncs what matters on on_state(1). Reads
  * issued while unreachable fail (ok = 0) on a later loop turn, never inside the call.
  * Everything issued during one loop turn goes out in one write(2) (hiredis buffers, the
@@ -54,7 +61,7 @@ typedef struct credis_cbs {
 } credis_cbs_t;
 
 /* addr: the syntax of storage.redis (common/redis_addr.h: HOST:PORT | [IPV6]:PORT | HOST |
- * unix:/PATH, then db=N password=SECRET). cluster: the cluster name, used in key names
+ * unix:/PATH | cluster:HOST:PORT,... | sentinel:HOST:PORT,.../NAME, then db=N password=SECRET). cluster: the cluster name, used in key names
  * (non-empty, at most 64 characters, no '{', '}' or white space). cbs is copied; ud is passed
  * to the callbacks. NULL (logged) on a bad address or cluster name. */
 credis_t *credis_new(uv_loop_t *loop, const char *addr, const char *cluster, const credis_cbs_t *cbs,

@@ -95,6 +95,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/redis_addr.h"
+#include "common/redis_scripts.h"
 #include "common/redis_slots.h"
 #include "common/scram.h"
 #include "common/store/store_impl.h"
@@ -334,7 +335,7 @@ typedef struct rd {
   int nconns;
   int stale;    /* cluster: refresh the slot map before routing; sentinel: ask for the primary */
   int down;     /* the last connection attempt failed (logged once) */
-  char sha[S_COUNT][41];
+  rscripts_t scripts; /* texts and SHAs (the loader shared with common/credis.c) */
   pipe_t p;     /* the pipelined reads of one call */
   /* batch */
   int batch;
@@ -456,26 +457,10 @@ static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_
   return c;
 }
 
-/* The scripts, by their text, on one connection: SCRIPT LOAD of each in one pipeline (on
- * every new connection, and again after a NOSCRIPT: a restarted or promoted node has not
- * got them). The SHAs were computed by rslots_script_sha: Redis must agree. 0 or -1 with
- * *err. */
+/* The scripts on one connection (the shared loader, common/redis_scripts.h: on every new
+ * connection, and again after a NOSCRIPT). 0 or -1 with *err. */
 static int load_scripts(rd_t *r, redisContext *c, char **err) {
-  for (int i = 0; i < S_COUNT; i++) redisAppendCommand(c, "SCRIPT LOAD %s", script_text[i]);
-  int rc = 0;
-  for (int i = 0; i < S_COUNT; i++) {
-    redisReply *rep = NULL;
-    if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep) {
-      if (!rc) *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target, c->errstr);
-      return -1;
-    }
-    if (!rc && (rep->type != REDIS_REPLY_STRING || rep->len != 40 || memcmp(rep->str, r->sha[i], 40) != 0)) {
-      *err = xstrfmt("redis %s: SCRIPT LOAD: %s", r->target, rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected SHA");
-      rc = -1;
-    }
-    freeReplyObject(rep);
-  }
-  return rc;
+  return rscripts_load_sync(&r->scripts, c, r->target, err);
 }
 
 /* AUTH, SELECT, the scripts. 0 or -1 with *err. */
@@ -911,7 +896,7 @@ static void evalsha_args(rd_t *r, int id, int nkeys, int argc, const char **argv
   snprintf(nk, 8, "%d", nkeys);
   av[0] = "EVALSHA";
   al[0] = 7;
-  av[1] = r->sha[id];
+  av[1] = r->scripts.sha[id];
   al[1] = 40;
   av[2] = nk;
   al[2] = strlen(nk);
@@ -1111,7 +1096,7 @@ static void *rd_open(const char *path, char **err) {
     return NULL;
   }
   r->target = r->addr.shown;
-  for (int i = 0; i < S_COUNT; i++) rslots_script_sha(script_text[i], r->sha[i]);
+  rscripts_init(&r->scripts, script_text, S_COUNT);
   /* Reach the node of the layout key now, so that a wrong address fails the open with
    * the reason (a Cluster: its slot map; Sentinel: the primary). */
   int node = route(r, rslots_key_slot(RD_LAYOUT_KEY, strlen(RD_LAYOUT_KEY)), err);

@@ -234,6 +234,11 @@ class Redis:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not answer")
 
+    def addr(self):
+        """The address as storage.redis / cluster.redis take it (as RedisCluster.addr and
+        RedisSentinel.addr do for theirs)."""
+        return f"127.0.0.1:{self.port}"
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

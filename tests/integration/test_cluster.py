@@ -32,14 +32,14 @@ class Node(Server):
         opts = {
             "cluster.role": role,
             "cluster.node_id": node_id,
-            "cluster.redis": f"127.0.0.1:{redis.port}",
+            "cluster.redis": redis.addr(),  # one Redis, a Redis Cluster or Sentinel (harness)
             "cluster.name": "it",
             "cluster.bus_port": self.bus_port,
             "cluster.heartbeat_ms": HEARTBEAT_MS,
             "cluster.node_ttl_ms": TTL_MS,
             "cluster.max_wait_ms": 4000,
             "storage.backend": "redis",
-            "storage.redis": f"127.0.0.1:{redis.port}",
+            "storage.redis": redis.addr(),
             "limits.auth_fail_ip": "1000",
             "server.io_threads": "1",
             "server.router_workers": "2",
