@@ -90,7 +90,17 @@ typedef enum {
   BUS_ADMIN = 23,       /* main thread -> each edge thread of the process, never on a link: arg =
                            an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
                            broadcast), same process only */
-  BUS_KIND_MAX = 23
+  BUS_LEAVING = 24,     /* router node -> every node it links to, cluster (docs/cluster.md "A
+                           router's graceful stop"): the router is stopping (SIGTERM) and has
+                           left its own map; src.conn = its incarnation. The receiver takes
+                           its router out of the map at once (not at its next registry poll),
+                           then answers BUS_LEFT on its own link to it */
+  BUS_LEFT = 25,        /* arg 0: node -> the leaving router, behind everything it sent there
+                           before adopting the map without it; arg 1: the leaving router's
+                           echo to a router, behind what it passed on of that: once it is
+                           back, nothing that router sent the leaving one is still on its
+                           way (its hold may settle) */
+  BUS_KIND_MAX = 25
 } bus_kind_t;
 
 /* arg of an empty BUS_SM_PARK */
