@@ -189,7 +189,7 @@ static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
 static inline int bus_kind_on_links(uint8_t k) {
   return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
          k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE ||
-         k == BUS_SM_PARK;
+         k == BUS_SM_PARK || k == BUS_LEAVING || k == BUS_LEFT;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

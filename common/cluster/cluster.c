@@ -95,12 +95,19 @@ struct cluster {
   uint64_t self_done;   /* role all: the map this node's own edges confirmed (its done_hash) */
   uint64_t settled_gen; /* router: the generation last announced settled to the workers */
   int left_all;         /* leaving: every peer answered BUS_LEFT (atomic; cluster_leave_done) */
+  struct {
+    bus_link_t *out;      /* the link to a router that left (BUS_LEAVING) and then the registry: */
+    uint64_t until;       /* closed once its queue (BUS_LEFT last) is acknowledged, or then */
+    credis_node_t info;
+  } *draining;
+  size_t ndraining;
 };
 
 static const bus_link_cbs_t link_cbs;
 static void check_settled(cluster_t *c);
 static void on_leaving(cluster_t *c, peer_t *p, uint64_t incarnation);
 static void on_left(cluster_t *c, peer_t *p, int64_t arg);
+static void check_left(cluster_t *c);
 
 /* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
 
@@ -425,6 +432,8 @@ static const char *check_peer(void *ud, uint16_t node, uint8_t role, uint64_t no
   if (!node_inc) return NULL; /* an older version sends none: not checked (rolling upgrade) */
   peer_t *p = find_peer(c, node);
   if (p && p->info.incarnation == node_inc) return NULL;
+  for (size_t i = 0; i < c->ndraining; i++) /* a router that left: its BUS_LEFT goes out */
+    if (c->draining[i].info.id == node && c->draining[i].info.incarnation == node_inc) return NULL;
   credis_poll(c->redis);
   if (p)
     snprintf(why, sizeof why, "incarnation %llx does not hold node id %u (incarnation %llx at %s:%d does)",
@@ -645,9 +654,17 @@ static void on_leaving(cluster_t *c, peer_t *p, uint64_t incarnation) {
   send_left(c, p, 0); /* behind what this node sent it before */
 }
 
+/* Done leaving: every peer answered, and what this node passed on is written and
+ * acknowledged (a frame still queued when the node stops could only be failed). */
 static void check_left(cluster_t *c) {
-  for (int i = 0; i < c->npeers; i++)
-    if (c->peers[i].out && !c->peers[i].left_ok) return;
+  if (!c->leaving || c->stopping) return;
+  for (int i = 0; i < c->npeers; i++) {
+    if (!c->peers[i].out) continue;
+    if (!c->peers[i].left_ok) return;
+    bus_link_stats_t st;
+    bus_link_get_stats(c->peers[i].out, &st);
+    if (st.queued_frames) return;
+  }
   if (!__atomic_load_n(&c->left_all, __ATOMIC_RELAXED))
     log_info("cluster: every node took this node out of its shard map");
   __atomic_store_n(&c->left_all, 1, __ATOMIC_RELAXED);
@@ -774,7 +791,16 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
     set_blocked(c, &gone[i], 0);
     peer_gone(c, &gone[i], "left the registry (stopped, or missed its heartbeats)");
     ended_add(c, &gone[i]);
-    if (gone[i].out) bus_link_close(gone[i].out);
+    if (gone[i].out && gone[i].leaving) {
+      /* its BUS_LEFT (and what was sent before it) still goes out: the leaving router
+       * waits for it, and passes the rest on */
+      c->draining = xrealloc(c->draining, (c->ndraining + 1) * sizeof *c->draining);
+      c->draining[c->ndraining].out = gone[i].out;
+      c->draining[c->ndraining].info = gone[i].info;
+      c->draining[c->ndraining++].until = uv_now(&c->loop) + (uint64_t)c->cfg->link_max_wait_ms;
+    } else if (gone[i].out) {
+      bus_link_close(gone[i].out);
+    }
   }
   xfree(gone);
   xfree(live);
@@ -936,6 +962,17 @@ static void tick_cb(uv_timer_t *t) {
   uint64_t now = uv_now(&c->loop);
   if (c->metrics) publish_metrics(c);
   for (int i = 0; i < CLUSTER_EV_COUNT; i++) log_tally_flush(&tallies[i]); /* what was counted since a line */
+  if (c->leaving && !c->left_all) check_left(c); /* the links' queues acknowledged since */
+  for (size_t i = 0; i < c->ndraining;) {
+    bus_link_stats_t st;
+    bus_link_get_stats(c->draining[i].out, &st);
+    if (st.queued_frames && now < c->draining[i].until) {
+      i++;
+      continue;
+    }
+    bus_link_close(c->draining[i].out);
+    c->draining[i] = c->draining[--c->ndraining];
+  }
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
   size_t np = c->npend;
@@ -987,6 +1024,8 @@ static void stop_cb(uv_async_t *a) {
   credis_deregister(c->redis);
   for (int i = 0; i < c->npeers; i++)
     if (c->peers[i].out) bus_link_close(c->peers[i].out); /* final ACKs */
+  for (size_t i = 0; i < c->ndraining; i++) bus_link_close(c->draining[i].out);
+  c->ndraining = 0;
   for (size_t i = 0; i < c->npend; i++) bus_msg_free(c->pend[i].m);
   c->npend = 0;
   if (c->listener) bus_listener_close(c->listener);
@@ -1148,6 +1187,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->mismatch);
   xfree(c->ended);
   xfree(c->edge_gen);
+  xfree(c->draining);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;
