@@ -38,9 +38,11 @@ void cluster_discard(cluster_t *c);
  * (registry heartbeats: the lease's refresh) and the thread. Call after the local queues
  * exist (router_create, edge_create) and before they run. -1 (logged) on failure. */
 int cluster_start(cluster_t *c, bus_t *bus);
-/* A router node about to stop: leaves the registry and its own shard map now, so its
- * sessions are handed over and the others stop sending to it; keep the node running for
- * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */
+/* A router node about to stop: tells every node (BUS_LEAVING), leaves the registry and
+ * its own shard map now, so its sessions are handed over and the others stop sending to
+ * it; keep the node running, forwarding, until cluster_leave_done (xmppd bounds the wait
+ * at node_ttl_ms + 2 x heartbeat_ms). docs/cluster.md "A router's graceful stop". Any
+ * thread. */
 void cluster_leave(cluster_t *c);
 /* 1 once every node linked to this one answered its BUS_LEAVING (BUS_LEFT): none sends it
  * anything more, and what they had sent is passed on. Any thread. */
