@@ -1005,6 +1005,101 @@ class RouterStoppedUnderLoadTest(unittest.TestCase):
                       "\n".join(self.logs[0].splitlines()[-25:]))
 
 
+class HoldRunsOutTest(unittest.TestCase):
+    """The bounds of a shard move's hold (docs/cluster.md "Shard moves without detours"):
+    a router is killed and edge 12, whose clients receive, is paused past
+    cluster.hold_ms, so it never confirms the map in time. The survivor holds the
+    messages for edge 12's sessions it has not learnt, then, when the hold runs out,
+    handles them as without it (stored offline): counted as detours in one line with
+    their count (before: one count per stanza), nothing lost, nothing twice. Subclass:
+    cluster.hold_bytes ends the hold first."""
+    opts = {"cluster.hold_ms": 700}
+    why = "cluster.hold_ms ran out"
+    pairs = 6
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.routers = [Node(cls.redis, 1, "router", **cls.opts), Node(cls.redis, 2, "router", **cls.opts)]
+        cls.edges = [Node(cls.redis, 11, "edge"), Node(cls.redis, 12, "edge", **{"cluster.node_ttl_ms": 15000})]
+        try:
+            for i in range(cls.pairs):
+                for s in "ab":
+                    cls.edges[0].adduser(f"h{i}{s}@localhost", "pw")
+            for n in cls.routers + cls.edges:
+                n.start()
+            deadline = time.time() + 10
+            while not all("2 routers," in e.log_text() for e in cls.edges) and time.time() < deadline:
+                time.sleep(0.1)
+            cls.result = run(cls.scenario())
+        finally:
+            cls.survivor_log = cls.routers[1].log_text()
+            stop_all(cls.redis, cls.routers + cls.edges)
+
+    @classmethod
+    async def scenario(cls):
+        senders = [await login(cls.edges[0], f"h{i}a@localhost/x") for i in range(cls.pairs)]
+        receivers = [await login(cls.edges[1], f"h{i}b@localhost/x") for i in range(cls.pairs)]
+        got = []
+        for r in receivers:
+            r.add_event_handler("message", lambda m: m["type"] == "chat" and m["body"].startswith("h ")
+                                and got.append(m["body"]))
+        errors = error_watch(senders + receivers)
+        survivor = cls.routers[1]
+        cls.routers[0].kill9()
+        cls.edges[1].proc.send_signal(signal.SIGSTOP)  # never confirms the map in time
+        sent = []
+        n = 0
+        deadline = time.monotonic() + 10
+        try:
+            while "shard move hold ended" not in survivor.log_text().split(" 1 routers,", 1)[-1] \
+                    or " 1 routers," not in survivor.log_text():
+                assert time.monotonic() < deadline, "the survivor's hold never ended"
+                for i, s in enumerate(senders):
+                    body = f"h {i} {n}"
+                    s.send_message(mto=f"h{i}b@localhost", mbody=body, mtype="chat")
+                    sent.append(body)
+                n += 1
+                await asyncio.sleep(0.02)
+        finally:
+            cls.edges[1].proc.send_signal(signal.SIGCONT)
+        for i, s in enumerate(senders):
+            await wait_routed(s, f"h{i}b@localhost")
+        await asyncio.sleep(0.5)
+        offline = []
+        for i, r in enumerate(receivers):
+            r.send_presence(ptype="unavailable")
+            await r.close()
+            again = await login(cls.edges[0], f"h{i}b@localhost/y")
+            offline += await drain_list(again, "h ", quiet=1)
+            await again.close()
+        return got, offline, errors, sent
+
+    def test_detours_counted_in_one_line_nothing_lost(self):
+        got, offline, errors, sent = self.result
+        ends = [ln for ln in self.survivor_log.splitlines() if "shard move hold ended" in ln and self.why in ln]
+        self.assertTrue(ends, "no hold ended by " + self.why)
+        handled = sum(int(re.search(r", (\d+) handled without one", ln).group(1)) for ln in ends)
+        tallies = [ln for ln in self.survivor_log.splitlines() if "handled before their session was announced" in ln]
+        counted = sum(int(re.search(r"cluster: (\d+) stanzas held", ln).group(1)) for ln in tallies)
+        print(f"  {len(sent)} messages; the hold ended ({self.why}) with {handled} handled without their session, "
+              f"in {len(tallies)} log lines; {len(offline)} stored offline")
+        self.assertGreater(handled, 0, "nothing was held")
+        self.assertEqual(counted, handled, "every detour counted")
+        self.assertLessEqual(len(tallies), 2, "one line per hold (per worker at most), not per stanza")
+        self.assertEqual(errors, [])
+        self.assertEqual(sorted(got + offline), sorted(sent), "each message once, live or stored offline")
+        self.assertGreaterEqual(len(offline), handled, "what the hold handled without a session was stored offline")
+
+
+class HoldBytesTest(HoldRunsOutTest):
+    """cluster.hold_bytes: the hold ends as soon as the bytes held would pass it, long
+    before cluster.hold_ms."""
+    opts = {"cluster.hold_ms": 30000, "cluster.hold_bytes": 4000}
+    why = "cluster.hold_bytes reached"
+
+
 class RouterJoinsUnderLoadTest(unittest.TestCase):
     """Stanzas sent while a router joins: nodes see the new map at different moments, so
     the old owner of a moved shard still gets frames for it from edges whose map is
