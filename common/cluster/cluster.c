@@ -99,6 +99,7 @@ struct cluster {
     bus_link_t *out;      /* the link to a router that left (BUS_LEAVING) and then the registry: */
     uint64_t until;       /* closed once its queue (BUS_LEFT last) is acknowledged, or then */
     credis_node_t info;
+    int echo_wait;        /* its echo of our BUS_LEFT is not back yet (check_settled) */
   } *draining;
   size_t ndraining;
 };
@@ -106,7 +107,7 @@ struct cluster {
 static const bus_link_cbs_t link_cbs;
 static void check_settled(cluster_t *c);
 static void on_leaving(cluster_t *c, peer_t *p, uint64_t incarnation);
-static void on_left(cluster_t *c, peer_t *p, int64_t arg);
+static void on_left(cluster_t *c, peer_t *p, uint16_t from, int64_t arg);
 static void check_left(cluster_t *c);
 
 /* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
@@ -337,7 +338,7 @@ static void on_frames(bus_link_t *l, void *ud, bus_msg_t *batch) {
       peer_t *p = find_peer(c, bus_link_peer(l));
       if (bus_msg_frame(m, &f) == 0) {
         if (f.kind == BUS_LEAVING) on_leaving(c, p, f.src.conn);
-        else on_left(c, p, f.arg);
+        else on_left(c, p, bus_link_peer(l), f.arg);
       }
       bus_msg_free(m);
       continue;
@@ -670,8 +671,16 @@ static void check_left(cluster_t *c) {
   __atomic_store_n(&c->left_all, 1, __ATOMIC_RELAXED);
 }
 
-static void on_left(cluster_t *c, peer_t *p, int64_t arg) {
-  if (!p) return;
+static void on_left(cluster_t *c, peer_t *p, uint16_t from, int64_t arg) {
+  if (!p) {
+    /* a router that left the registry since: its echo still counts for the hold */
+    for (size_t i = 0; i < c->ndraining; i++)
+      if (arg == 1 && c->draining[i].info.id == from && c->draining[i].echo_wait) {
+        c->draining[i].echo_wait = 0;
+        check_settled(c);
+      }
+    return;
+  }
   if (arg == 0 && c->leaving && !c->stopping) {
     /* what that node sent here before is passed on; the echo goes behind it */
     p->left_ok = 1;
@@ -797,6 +806,7 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
       c->draining = xrealloc(c->draining, (c->ndraining + 1) * sizeof *c->draining);
       c->draining[c->ndraining].out = gone[i].out;
       c->draining[c->ndraining].info = gone[i].info;
+      c->draining[c->ndraining].echo_wait = gone[i].echo_wait;
       c->draining[c->ndraining++].until = uv_now(&c->loop) + (uint64_t)c->cfg->link_max_wait_ms;
     } else if (gone[i].out) {
       bus_link_close(gone[i].out);
@@ -849,6 +859,8 @@ static void check_settled(cluster_t *c) {
     if ((c->peers[i].info.role & ROLE_EDGE) && !c->peers[i].leaving && c->peers[i].done_hash != c->map_hash) return;
     if (c->peers[i].echo_wait) return; /* what it sent a leaving router is not all back yet */
   }
+  for (size_t i = 0; i < c->ndraining; i++)
+    if (c->draining[i].echo_wait) return;
   if ((c->role & ROLE_EDGE) && c->self_done != c->map_hash) return;
   c->settled_gen = c->map_gen;
   log_debug("cluster: every live edge confirmed shard map change %llu", (unsigned long long)c->epoch);
@@ -966,12 +978,14 @@ static void tick_cb(uv_timer_t *t) {
   for (size_t i = 0; i < c->ndraining;) {
     bus_link_stats_t st;
     bus_link_get_stats(c->draining[i].out, &st);
-    if (st.queued_frames && now < c->draining[i].until) {
+    if ((st.queued_frames || c->draining[i].echo_wait) && now < c->draining[i].until) {
       i++;
       continue;
     }
+    int echo = c->draining[i].echo_wait;
     bus_link_close(c->draining[i].out);
     c->draining[i] = c->draining[--c->ndraining];
+    if (echo) check_settled(c); /* it never echoed (it died): waited for no longer */
   }
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
