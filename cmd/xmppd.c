@@ -63,6 +63,17 @@ static void on_sighup(uv_signal_t *h, int sig) {
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
 
+/* A leaving router: until every node answered its BUS_LEAVING, or the bound ran out. */
+typedef struct {
+  cluster_t *cluster;
+  uint64_t until;
+} leave_wait_t;
+
+static void leave_wait_cb(uv_timer_t *t) {
+  leave_wait_t *lw = t->data;
+  if (cluster_leave_done(lw->cluster) || uv_now(t->loop) >= lw->until) uv_stop(t->loop);
+}
+
 #ifndef XMPP_SANITIZE
 /* jemalloc options (the MALLOC_CONF environment variable still overrides them): purge
  * freed pages from background threads, within about two seconds. jemalloc's decay
@@ -336,11 +347,19 @@ int main(int argc, char **argv) {
   xmppd_admin_close(admin); /* no edge thread answers any more */
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
   if (cluster && router && !cluster_refused(cluster)) {
-    /* hand the shards over and keep forwarding until every node has seen it leave (not
-     * a node that refused to join or lost its id: it has nothing to hand over) */
+    /* hand the shards over and keep forwarding until every node has taken this one out
+     * of its map and what it had sent here is passed on (docs/cluster.md "A router's
+     * graceful stop"; not a node that refused to join or lost its id: it has nothing to
+     * hand over). Bounded: a node that never answers has polled the registry by then. */
     cluster_leave(cluster);
-    uv_timer_start(&settle, settle_cb, 2 * (uint64_t)cfg.heartbeat_ms + 200, 0);
+    leave_wait_t lw = {cluster, uv_now(loop) + (uint64_t)cfg.node_ttl_ms + 2 * (uint64_t)cfg.heartbeat_ms};
+    settle.data = &lw;
+    uv_update_time(loop);
+    uv_timer_start(&settle, leave_wait_cb, 20, 20);
     uv_run(loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&settle);
+    log_info("shutdown: %s", cluster_leave_done(cluster) ? "every node took this router out of its shard map"
+                                                         : "not every node answered its leaving: stopping anyway");
     if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   }
   if (router) router_stop(router);

@@ -90,7 +90,17 @@ typedef enum {
   BUS_ADMIN = 23,       /* main thread -> each edge thread of the process, never on a link: arg =
                            an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
                            broadcast), same process only */
-  BUS_KIND_MAX = 23
+  BUS_LEAVING = 24,     /* router node -> every node it links to, cluster (docs/cluster.md "A
+                           router's graceful stop"): the router is stopping (SIGTERM) and has
+                           left its own map; src.conn = its incarnation. The receiver takes
+                           its router out of the map at once (not at its next registry poll),
+                           then answers BUS_LEFT on its own link to it */
+  BUS_LEFT = 25,        /* arg 0: node -> the leaving router, behind everything it sent there
+                           before adopting the map without it; arg 1: the leaving router's
+                           echo to a router, behind what it passed on of that: once it is
+                           back, nothing that router sent the leaving one is still on its
+                           way (its hold may settle) */
+  BUS_KIND_MAX = 25
 } bus_kind_t;
 
 /* arg of an empty BUS_SM_PARK */
@@ -179,7 +189,7 @@ static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
 static inline int bus_kind_on_links(uint8_t k) {
   return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
          k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE ||
-         k == BUS_SM_PARK;
+         k == BUS_SM_PARK || k == BUS_LEAVING || k == BUS_LEFT;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

@@ -105,18 +105,30 @@ static void tally_emit(log_tally_t *t, const char *detail) {
               (double)(now - last) / 1000.0, total, detail ? "; last: " : "", detail ? detail : "");
 }
 
-void log_tally(log_tally_t *t, const char *detail_fmt, ...) {
-  __atomic_add_fetch(&t->n, 1, __ATOMIC_RELAXED);
-  __atomic_add_fetch(&t->total, 1, __ATOMIC_RELAXED);
+static void tally_count(log_tally_t *t, unsigned long long n, const char *detail_fmt, va_list ap) {
+  __atomic_add_fetch(&t->n, n, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&t->total, n, __ATOMIC_RELAXED);
   if (t->level < g_level) return;
   unsigned long long last = __atomic_load_n(&t->logged_ms, __ATOMIC_RELAXED);
   if (last && mono_ms() - last < 1000) return;
   char detail[320];
+  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  tally_emit(t, detail);
+}
+
+void log_tally(log_tally_t *t, const char *detail_fmt, ...) {
   va_list ap;
   va_start(ap, detail_fmt);
-  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  tally_count(t, 1, detail_fmt, ap);
   va_end(ap);
-  tally_emit(t, detail);
+}
+
+void log_tally_n(log_tally_t *t, unsigned long long n, const char *detail_fmt, ...) {
+  if (!n) return;
+  va_list ap;
+  va_start(ap, detail_fmt);
+  tally_count(t, n, detail_fmt, ap);
+  va_end(ap);
 }
 
 void log_tally_flush(log_tally_t *t) {

@@ -34,6 +34,9 @@ typedef struct log_tally {
 /* Counts one event; logs a line when none was logged for this tally in the last second,
  * ending with this event's detail ("; last: <detail>"). */
 void log_tally(log_tally_t *t, const char *detail_fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same for n events at once (n > 0): one detail for all of them. */
+void log_tally_n(log_tally_t *t, unsigned long long n, const char *detail_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Logs what was counted and not logged yet, once the second since the last line is over
  * (call it periodically, e.g. from a timer). */
 void log_tally_flush(log_tally_t *t);

@@ -129,7 +129,7 @@ void worker_map_changed(worker_t *w, uint64_t gen) {
     }
   }
   if (gained) hold_begin(w, gen);
-  if (w->held) w->hold_after = 1; /* what it holds for shards no longer its own goes on */
+  if (w->held_frames) w->hold_after = 1; /* what it holds for shards no longer its own goes on */
   collect_t x = online(w);
   size_t dropped = 0;
   for (size_t i = 0; i < x.n; i++) {
@@ -343,21 +343,17 @@ static void names_free(names_t *x) {
 }
 
 void hold_end(worker_t *w, const char *why, int ran_out) {
-  if (!w->holding && !w->held) return;
+  if (!w->holding && !w->held_frames) return;
   int was = w->holding;
   w->holding = 0;
   uv_timer_stop(&w->hold_timer);
   names_t x = held_names(w);
   size_t frames = w->held_frames;
-  for (size_t i = 0; i < x.n; i++) {
-    bus_msg_t *list = held_take(w, x.v[i]);
-    if (ran_out && list) {
-      size_t k = 0;
-      for (bus_msg_t *m = list; m; m = m->next) k++;
-      for (size_t j = 0; j < k; j++) cluster_event(CLUSTER_EV_HOLD_ENDED, "for %s (router %d: %s)", x.v[i], w->index, why);
-    }
-    replay(w, list, 2);
-  }
+  /* counted as detours all at once: one rate-limited line, not one per stanza */
+  if (ran_out && frames)
+    cluster_event_n(CLUSTER_EV_HOLD_ENDED, frames, "%zu for %zu bare JIDs, e.g. %s (router %d: %s)", frames, x.n,
+                    x.n ? x.v[0] : "-", w->index, why);
+  for (size_t i = 0; i < x.n; i++) replay(w, held_take(w, x.v[i]), 2);
   names_free(&x);
   if (was)
     log_info("router %d: shard move hold ended after %llu ms (%s): %llu stanzas held, %llu handed to their session "

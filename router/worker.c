@@ -352,7 +352,7 @@ void worker_take(worker_t *w, bus_msg_t *m, int fresh) {
     arena_reset(&w->arena);
     return;
   }
-  if (w->held && f.kind == BUS_SESSION_OPEN)
+  if (w->held_frames && f.kind == BUS_SESSION_OPEN)
     w->hold_opened = xstrndup(f.from, bus_bare_len(f.from, f.from_len));
   handle_frame(w, &f);
   w->in_origin = 0;

@@ -29,6 +29,10 @@ typedef struct peer {
   int blocked;     /* out is over its high watermark (counted in bus->congested) */
   int restart_done; /* its restart was handled when its link came back (on_up) */
   uint64_t done_hash; /* an edge: the map it last confirmed to this router (BUS_MAP_DONE) */
+  /* a router's graceful stop (docs/cluster.md "A router's graceful stop") */
+  int leaving;     /* it announced BUS_LEAVING (this incarnation): out of the map */
+  int echo_wait;   /* this router answered its BUS_LEAVING and waits for its echo */
+  int left_ok;     /* this node is leaving, and the peer answered BUS_LEFT */
 } peer_t;
 
 /* An edge node whose sessions this router ended because it left the registry: if the
@@ -90,10 +94,21 @@ struct cluster {
   uint64_t done_gen;    /* the generation this node's edges last confirmed to the routers */
   uint64_t self_done;   /* role all: the map this node's own edges confirmed (its done_hash) */
   uint64_t settled_gen; /* router: the generation last announced settled to the workers */
+  int left_all;         /* leaving: every peer answered BUS_LEFT (atomic; cluster_leave_done) */
+  struct {
+    bus_link_t *out;      /* the link to a router that left (BUS_LEAVING) and then the registry: */
+    uint64_t until;       /* closed once its queue (BUS_LEFT last) is acknowledged, or then */
+    credis_node_t info;
+    int echo_wait;        /* its echo of our BUS_LEFT is not back yet (check_settled) */
+  } *draining;
+  size_t ndraining;
 };
 
 static const bus_link_cbs_t link_cbs;
 static void check_settled(cluster_t *c);
+static void on_leaving(cluster_t *c, peer_t *p, uint64_t incarnation);
+static void on_left(cluster_t *c, peer_t *p, uint16_t from, int64_t arg);
+static void check_left(cluster_t *c);
 
 /* ---- what clients notice of cluster events: counted, one line a second per kind ---- */
 
@@ -118,6 +133,15 @@ void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) {
   vsnprintf(detail, sizeof detail, detail_fmt, ap);
   va_end(ap);
   log_tally(&tallies[ev], "%s", detail);
+}
+
+void cluster_event_n(cluster_event_t ev, unsigned long long n, const char *detail_fmt, ...) {
+  char detail[256];
+  va_list ap;
+  va_start(ap, detail_fmt);
+  vsnprintf(detail, sizeof detail, detail_fmt, ap);
+  va_end(ap);
+  log_tally_n(&tallies[ev], n, "%s", detail);
 }
 
 unsigned long long cluster_event_total(cluster_event_t ev) { return log_tally_total(&tallies[ev]); }
@@ -309,6 +333,16 @@ static void on_frames(bus_link_t *l, void *ud, bus_msg_t *batch) {
       bus_msg_free(m);
       continue;
     }
+    if (m->len >= BUS_HEADER_LEN && (bus_hdr_kind(m->data) == BUS_LEAVING || bus_hdr_kind(m->data) == BUS_LEFT)) {
+      bus_frame_t f;
+      peer_t *p = find_peer(c, bus_link_peer(l));
+      if (bus_msg_frame(m, &f) == 0) {
+        if (f.kind == BUS_LEAVING) on_leaving(c, p, f.src.conn);
+        else on_left(c, p, bus_link_peer(l), f.arg);
+      }
+      bus_msg_free(m);
+      continue;
+    }
     if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_MAP_DONE) {
       /* an edge node announced its sessions for the map arg (to this incarnation) */
       bus_frame_t f;
@@ -328,8 +362,9 @@ static void on_overflow(bus_link_t *l, void *ud, bus_msg_t *m) {
   cluster_t *c = ud;
   bus_frame_t f;
   m->next = NULL;
-  if (m->len >= BUS_HEADER_LEN && bus_hdr_kind(m->data) == BUS_MAP_DONE) {
-    bus_msg_free(m); /* for a router that went away: nothing waits for it */
+  if (m->len >= BUS_HEADER_LEN && (bus_hdr_kind(m->data) == BUS_MAP_DONE || bus_hdr_kind(m->data) == BUS_LEAVING ||
+                                   bus_hdr_kind(m->data) == BUS_LEFT)) {
+    bus_msg_free(m); /* for a node that went away: nothing waits for it */
     return;
   }
   peer_t *p = c->stopping ? NULL : find_peer(c, bus_link_peer(l));
@@ -398,6 +433,8 @@ static const char *check_peer(void *ud, uint16_t node, uint8_t role, uint64_t no
   if (!node_inc) return NULL; /* an older version sends none: not checked (rolling upgrade) */
   peer_t *p = find_peer(c, node);
   if (p && p->info.incarnation == node_inc) return NULL;
+  for (size_t i = 0; i < c->ndraining; i++) /* a router that left: its BUS_LEFT goes out */
+    if (c->draining[i].info.id == node && c->draining[i].info.incarnation == node_inc) return NULL;
   credis_poll(c->redis);
   if (p)
     snprintf(why, sizeof why, "incarnation %llx does not hold node id %u (incarnation %llx at %s:%d does)",
@@ -562,6 +599,99 @@ static void on_nodes(void *ud, const credis_node_t *all, int nall) {
   xfree(nodes);
 }
 
+/* Frames that were waiting for an owner, after a map change. */
+static void redispatch_pending(cluster_t *c) {
+  size_t np = c->npend;
+  pend_t *pv = c->pend;
+  c->pend = NULL;
+  c->npend = c->cap_pend = 0;
+  for (size_t i = 0; i < np; i++)
+    if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
+  xfree(pv);
+}
+
+/* ---- a router's graceful stop (docs/cluster.md "A router's graceful stop") ----
+ *
+ * The leaving router sends BUS_LEAVING on each of its links before anything it passes
+ * on, so each node takes it out of its map when that frame arrives (not at its next
+ * registry poll, up to a heartbeat later, while the others send it frames it must pass
+ * on, and a router whose map still names it sends them back: frames went round in
+ * circles until that poll, or were failed when the router stopped first). Each node
+ * answers BUS_LEFT on its own link to the leaving router, behind what it sent there
+ * before; a router also waits, before its hold may settle, for the leaving router's echo
+ * of that BUS_LEFT, behind what it passed back of those frames. The leaving router stops
+ * once every node answered (bounded by xmppd). */
+
+/* The map now, from the peers this node knows (no registry read): after BUS_LEAVING. */
+static void remap_now(cluster_t *c) {
+  credis_node_t *live = xcalloc((size_t)c->npeers + 1, sizeof *live);
+  int n = 0;
+  for (int i = 0; i < c->npeers; i++)
+    if (!c->peers[i].leaving) live[n++] = c->peers[i].info;
+  if (!c->leaving) live[n++] = c->self;
+  recompute_map(c, live, n, 0);
+  xfree(live);
+  redispatch_pending(c);
+  check_settled(c);
+  publish_map(c);
+}
+
+static void send_left(cluster_t *c, peer_t *p, int64_t arg) {
+  if (!p->out) return;
+  bus_frame_t f = {0};
+  f.kind = BUS_LEFT;
+  f.arg = arg;
+  f.src.node = c->bus->node;
+  f.dst.node = p->info.id;
+  bus_link_send(p->out, bus_msg_new(&f));
+}
+
+static void on_leaving(cluster_t *c, peer_t *p, uint64_t incarnation) {
+  if (!p || p->leaving || p->info.incarnation != incarnation || c->stopping || c->refused) return;
+  log_info("cluster: router node %u leaves (graceful stop): its shards move now", p->info.id);
+  p->leaving = 1;
+  p->echo_wait = (c->role & ROLE_ROUTER) && c->bus->nworkers && p->out;
+  remap_now(c);
+  send_left(c, p, 0); /* behind what this node sent it before */
+}
+
+/* Done leaving: every peer answered, and what this node passed on is written and
+ * acknowledged (a frame still queued when the node stops could only be failed). */
+static void check_left(cluster_t *c) {
+  if (!c->leaving || c->stopping) return;
+  for (int i = 0; i < c->npeers; i++) {
+    if (!c->peers[i].out) continue;
+    if (!c->peers[i].left_ok) return;
+    bus_link_stats_t st;
+    bus_link_get_stats(c->peers[i].out, &st);
+    if (st.queued_frames) return;
+  }
+  if (!__atomic_load_n(&c->left_all, __ATOMIC_RELAXED))
+    log_info("cluster: every node took this node out of its shard map");
+  __atomic_store_n(&c->left_all, 1, __ATOMIC_RELAXED);
+}
+
+static void on_left(cluster_t *c, peer_t *p, uint16_t from, int64_t arg) {
+  if (!p) {
+    /* a router that left the registry since: its echo still counts for the hold */
+    for (size_t i = 0; i < c->ndraining; i++)
+      if (arg == 1 && c->draining[i].info.id == from && c->draining[i].echo_wait) {
+        c->draining[i].echo_wait = 0;
+        check_settled(c);
+      }
+    return;
+  }
+  if (arg == 0 && c->leaving && !c->stopping) {
+    /* what that node sent here before is passed on; the echo goes behind it */
+    p->left_ok = 1;
+    if (p->info.role & ROLE_ROUTER) send_left(c, p, 1);
+    check_left(c);
+  } else if (arg == 1 && p->echo_wait) {
+    p->echo_wait = 0;
+    check_settled(c);
+  }
+}
+
 static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   /* Just after Redis came back (maybe empty: restarted without persistence), nodes are
    * still re-registering: for one TTL a node missing from the list is not yet dead. */
@@ -578,8 +708,10 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
       if (!c->leaving) live[nlive++] = c->self; /* our own view of ourselves */
       continue;
     }
-    live[nlive++] = *x;
     peer_t *old = find_peer(c, x->id);
+    /* a router that said it leaves (BUS_LEAVING) is out of the map even if this read
+     * raced its deregistration */
+    if (!(old && old->leaving && old->info.incarnation == x->incarnation)) live[nlive++] = *x;
     if (old && old->info.incarnation != x->incarnation) {
       /* restarted: whatever it held is gone (its sessions, or its shards' state). The
        * sessions of an edge (or edge+router) were ended already if its link came back
@@ -645,7 +777,7 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
     if (!p->info.id) continue;
     if (grace) { /* kept for now */
       next[nn++] = *p;
-      live[nlive++] = p->info;
+      if (!p->leaving) live[nlive++] = p->info;
       continue;
     }
     if (!gone) gone = xcalloc((size_t)c->npeers, sizeof *gone);
@@ -668,18 +800,21 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
     set_blocked(c, &gone[i], 0);
     peer_gone(c, &gone[i], "left the registry (stopped, or missed its heartbeats)");
     ended_add(c, &gone[i]);
-    if (gone[i].out) bus_link_close(gone[i].out);
+    if (gone[i].out && gone[i].leaving) {
+      /* its BUS_LEFT (and what was sent before it) still goes out: the leaving router
+       * waits for it, and passes the rest on */
+      c->draining = xrealloc(c->draining, (c->ndraining + 1) * sizeof *c->draining);
+      c->draining[c->ndraining].out = gone[i].out;
+      c->draining[c->ndraining].info = gone[i].info;
+      c->draining[c->ndraining].echo_wait = gone[i].echo_wait;
+      c->draining[c->ndraining++].until = uv_now(&c->loop) + (uint64_t)c->cfg->link_max_wait_ms;
+    } else if (gone[i].out) {
+      bus_link_close(gone[i].out);
+    }
   }
   xfree(gone);
   xfree(live);
-  /* frames that were waiting for an owner */
-  size_t np = c->npend;
-  pend_t *pv = c->pend;
-  c->pend = NULL;
-  c->npend = c->cap_pend = 0;
-  for (size_t i = 0; i < np; i++)
-    if (!back_to_edge(c, pv[i].m)) dispatch_since(c, pv[i].m, pv[i].since);
-  xfree(pv);
+  redispatch_pending(c);
   /* after the frames handed back by the links of routers that left: announcements of
    * sessions among them are in the workers' queues ahead of a BUS_MAP_SETTLED */
   check_settled(c);
@@ -720,8 +855,12 @@ static void on_redis_state(void *ud, int up) {
 /* Router: every live edge node (this one too, for role all) confirmed the current map. */
 static void check_settled(cluster_t *c) {
   if (!(c->role & ROLE_ROUTER) || !c->bus->nworkers || c->settled_gen == c->map_gen || c->stopping) return;
-  for (int i = 0; i < c->npeers; i++)
-    if ((c->peers[i].info.role & ROLE_EDGE) && c->peers[i].done_hash != c->map_hash) return;
+  for (int i = 0; i < c->npeers; i++) {
+    if ((c->peers[i].info.role & ROLE_EDGE) && !c->peers[i].leaving && c->peers[i].done_hash != c->map_hash) return;
+    if (c->peers[i].echo_wait) return; /* what it sent a leaving router is not all back yet */
+  }
+  for (size_t i = 0; i < c->ndraining; i++)
+    if (c->draining[i].echo_wait) return;
   if ((c->role & ROLE_EDGE) && c->self_done != c->map_hash) return;
   c->settled_gen = c->map_gen;
   log_debug("cluster: every live edge confirmed shard map change %llu", (unsigned long long)c->epoch);
@@ -835,6 +974,19 @@ static void tick_cb(uv_timer_t *t) {
   uint64_t now = uv_now(&c->loop);
   if (c->metrics) publish_metrics(c);
   for (int i = 0; i < CLUSTER_EV_COUNT; i++) log_tally_flush(&tallies[i]); /* what was counted since a line */
+  if (c->leaving && !c->left_all) check_left(c); /* the links' queues acknowledged since */
+  for (size_t i = 0; i < c->ndraining;) {
+    bus_link_stats_t st;
+    bus_link_get_stats(c->draining[i].out, &st);
+    if ((st.queued_frames || c->draining[i].echo_wait) && now < c->draining[i].until) {
+      i++;
+      continue;
+    }
+    int echo = c->draining[i].echo_wait;
+    bus_link_close(c->draining[i].out);
+    c->draining[i] = c->draining[--c->ndraining];
+    if (echo) check_settled(c); /* it never echoed (it died): waited for no longer */
+  }
   /* taken whole first: failing a frame may queue its error reply on the list */
   pend_t *pv = c->pend;
   size_t np = c->npend;
@@ -858,6 +1010,17 @@ static void leave_cb(uv_async_t *a) {
   if (c->leaving || c->stopping) return;
   if (c->refused) return; /* it never joined (or lost its id): it has nothing to hand over */
   c->leaving = 1;
+  /* first on every link, ahead of anything this node passes on from now */
+  for (int i = 0; i < c->npeers; i++) {
+    peer_t *p = &c->peers[i];
+    if (!p->out) continue;
+    bus_frame_t f = {0};
+    f.kind = BUS_LEAVING;
+    f.src.node = c->bus->node;
+    f.src.conn = c->self.incarnation;
+    f.dst.node = p->info.id;
+    bus_link_send(p->out, bus_msg_new(&f));
+  }
   credis_deregister(c->redis);
   credis_node_t *live = xcalloc((size_t)c->npeers + 1, sizeof *live);
   for (int i = 0; i < c->npeers; i++) live[i] = c->peers[i].info;
@@ -865,6 +1028,7 @@ static void leave_cb(uv_async_t *a) {
   xfree(live);
   check_settled(c);
   log_info("cluster: node %u leaving: shards handed over", c->bus->node);
+  check_left(c); /* no peer: done */
 }
 
 static void stop_cb(uv_async_t *a) {
@@ -874,6 +1038,8 @@ static void stop_cb(uv_async_t *a) {
   credis_deregister(c->redis);
   for (int i = 0; i < c->npeers; i++)
     if (c->peers[i].out) bus_link_close(c->peers[i].out); /* final ACKs */
+  for (size_t i = 0; i < c->ndraining; i++) bus_link_close(c->draining[i].out);
+  c->ndraining = 0;
   for (size_t i = 0; i < c->npend; i++) bus_msg_free(c->pend[i].m);
   c->npend = 0;
   if (c->listener) bus_listener_close(c->listener);
@@ -1012,6 +1178,8 @@ int cluster_start(cluster_t *c, bus_t *bus) {
 
 void cluster_leave(cluster_t *c) { uv_async_send(&c->leave); }
 
+int cluster_leave_done(const cluster_t *c) { return __atomic_load_n(&c->left_all, __ATOMIC_RELAXED); }
+
 int cluster_refused(const cluster_t *c) { return c && c->refused; }
 
 void cluster_stop(cluster_t *c) {
@@ -1033,6 +1201,7 @@ void cluster_free(cluster_t *c) {
   xfree(c->mismatch);
   xfree(c->ended);
   xfree(c->edge_gen);
+  xfree(c->draining);
   arena_free(&c->arena);
   xfree(c->bus->owner);
   c->bus->owner = NULL;

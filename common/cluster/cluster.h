@@ -38,10 +38,15 @@ void cluster_discard(cluster_t *c);
  * (registry heartbeats: the lease's refresh) and the thread. Call after the local queues
  * exist (router_create, edge_create) and before they run. -1 (logged) on failure. */
 int cluster_start(cluster_t *c, bus_t *bus);
-/* A router node about to stop: leaves the registry and its own shard map now, so its
- * sessions are handed over and the others stop sending to it; keep the node running for
- * a couple of heartbeats afterwards (xmppd waits 2 x heartbeat_ms). Any thread. */
+/* A router node about to stop: tells every node (BUS_LEAVING), leaves the registry and
+ * its own shard map now, so its sessions are handed over and the others stop sending to
+ * it; keep the node running, forwarding, until cluster_leave_done (xmppd bounds the wait
+ * at node_ttl_ms + 2 x heartbeat_ms). docs/cluster.md "A router's graceful stop". Any
+ * thread. */
 void cluster_leave(cluster_t *c);
+/* 1 once every node linked to this one answered its BUS_LEAVING (BUS_LEFT): none sends it
+ * anything more, and what they had sent is passed on. Any thread. */
+int cluster_leave_done(const cluster_t *c);
 /* 1 when this node refused to join (its server.shards differs from the live nodes'), or
  * lost its node id's lease to another process: it has asked the process to stop, which
  * should then exit with status 2. */
@@ -64,6 +69,9 @@ typedef enum {
   CLUSTER_EV_COUNT
 } cluster_event_t;
 void cluster_event(cluster_event_t ev, const char *detail_fmt, ...) __attribute__((format(printf, 2, 3)));
+/* n events of one kind at once (e.g. what a hold that ran out handled): one line at most */
+void cluster_event_n(cluster_event_t ev, unsigned long long n, const char *detail_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* How many of that kind since start (tests, benches). */
 unsigned long long cluster_event_total(cluster_event_t ev);
 /* Removes this node from the registry, flushes links (final ACKs), ends the thread. */
