@@ -43,10 +43,13 @@
  * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
  * resumption across nodes". When the resuming connection is lost before <resumed/>, the
  * session ends (sm_bounce), less what the h of its <resume/> acknowledged. In a cluster
- * the account's router also keeps a copy of each message a detached session keeps
- * (BUS_SM_PARK: sm_park_all, park_item; router/session.c), so that the death of this
- * process, or of the edge it is being resumed on, loses none of them: the router sends
- * them back to the account when it sees that node dead.
+ * the account's router also keeps a copy of each message the client has not acknowledged:
+ * it numbers a copy of what it delivers (BUS_F_PARKED, arg), this edge forwards the
+ * client's acknowledgements (BUS_SM_ACK: sm_ack_send), and a detached session's edge
+ * copies what the router has none of (BUS_SM_PARK: sm_park_all, park_item;
+ * router/session.c). So the death of this process, or of the edge a session is being
+ * resumed on, loses none of them and repeats none the client acknowledged: the router
+ * sends back to the account what is not acknowledged when it sees that node dead.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
