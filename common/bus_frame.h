@@ -85,8 +85,11 @@ typedef enum {
                            flags and arg as delivered), of which the router keeps a copy;
                            empty: arg BUS_PARK_ON (detached: the router also copies what it
                            delivers there, with BUS_F_PARKED), BUS_PARK_OFF (resumed and
-                           <resumed/> written: the copies go), or n >= 0 (the h of a
-                           <resume/> acknowledged the first n kept) */
+                           <resumed/> written: the unnumbered copies go; the numbered ones
+                           stay until acknowledged: BUS_SM_ACK), or n >= 0 (the h of a
+                           <resume/> acknowledged the first n unnumbered copies). A copy
+                           with BUS_F_PARKED keeps its number (arg): re-sent to a router
+                           that took the shard over */
   BUS_ADMIN = 23,       /* main thread -> each edge thread of the process, never on a link: arg =
                            an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
                            broadcast), same process only */
