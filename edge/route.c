@@ -292,6 +292,7 @@ void edge_sm_ack(conn_t *c, bus_frame_t *f) {
   if (!conn_has_session(c)) return;
   if (c->state != CONN_ST_DETACHED) ensure_announced(c);
   bus_to_shard(c->th->bus, c->shard, bus_msg_new(f));
+  metrics_inc(M_SM_ACK_FRAMES);
 }
 
 void edge_offline_written(conn_t *c) {

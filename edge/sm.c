@@ -100,7 +100,6 @@ void sm_ack_send(conn_t *c) {
   f.arg = (int64_t)c->sm_copy_acked;
   f.dst.conn = c->sm_copy_seen;
   edge_sm_ack(c, &f);
-  metrics_inc(M_SM_ACK_FRAMES);
 }
 
 static void send_a(conn_t *c) {
