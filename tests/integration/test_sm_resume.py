@@ -1137,8 +1137,15 @@ class EdgeKilledSmExactlyOnceTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        from test_cluster import stop_all
-        stop_all(cls.redis, cls.routers + cls.edges)
+        bad = []
+        try:
+            for n in cls.edges + cls.routers:
+                if n.proc and n.proc.poll() is None and n.stop() != 0:
+                    bad.append(n.log_text()[-3000:])
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+        assert not bad, bad
 
     login = ClusterResumeBase.login
     barrier = ClusterResumeBase.barrier
