@@ -102,11 +102,11 @@ static inline void bus_to_edge(bus_t *b, const bus_addr_t *dst, bus_msg_t *m) {
  * recipient's for what is routed to an account. */
 static inline int bus_router_kind(uint8_t k) {
   return k == BUS_C2S || k == BUS_ROUTE || k == BUS_SESSION_OPEN || k == BUS_SESSION_CLOSE || k == BUS_BOUNCE ||
-         k == BUS_OFFLINE_ACK || k == BUS_RESUME_ASK || k == BUS_SM_PARK;
+         k == BUS_OFFLINE_ACK || k == BUS_RESUME_ASK || k == BUS_SM_PARK || k == BUS_SM_ACK;
 }
 static inline uint32_t bus_frame_shard(const bus_t *b, const bus_frame_t *f) {
   int by_from = f->kind == BUS_C2S || f->kind == BUS_SESSION_OPEN || f->kind == BUS_SESSION_CLOSE ||
-                f->kind == BUS_OFFLINE_ACK || f->kind == BUS_RESUME_ASK;
+                f->kind == BUS_OFFLINE_ACK || f->kind == BUS_RESUME_ASK || f->kind == BUS_SM_ACK;
   const char *j = by_from ? f->from : f->to;
   size_t n = by_from ? f->from_len : f->to_len;
   return bus_shard_of(b, j, bus_bare_len(j, n));

@@ -85,8 +85,11 @@ typedef enum {
                            flags and arg as delivered), of which the router keeps a copy;
                            empty: arg BUS_PARK_ON (detached: the router also copies what it
                            delivers there, with BUS_F_PARKED), BUS_PARK_OFF (resumed and
-                           <resumed/> written: the copies go), or n >= 0 (the h of a
-                           <resume/> acknowledged the first n kept) */
+                           <resumed/> written: the unnumbered copies go; the numbered ones
+                           stay until acknowledged: BUS_SM_ACK), or n >= 0 (the h of a
+                           <resume/> acknowledged the first n unnumbered copies). A copy
+                           with BUS_F_PARKED keeps its number (arg): re-sent to a router
+                           that took the shard over */
   BUS_ADMIN = 23,       /* main thread -> each edge thread of the process, never on a link: arg =
                            an edge_admin_t * (edge/admin.c: the control socket's sessions, kick,
                            broadcast), same process only */
@@ -100,7 +103,17 @@ typedef enum {
                            echo to a router, behind what it passed on of that: once it is
                            back, nothing that router sent the leaving one is still on its
                            way (its hold may settle) */
-  BUS_KIND_MAX = 25
+  BUS_SM_ACK = 26,      /* edge -> shard(from), cluster, XEP-0198: from = the full JID of the
+                           session at src, which has stream management enabled (docs/cluster.md
+                           "Exactly once"). arg = the client acknowledged every copy the router
+                           numbered up to arg (BUS_F_PARKED DELIVERs carry their number in arg);
+                           dst.conn = the highest number the edge has seen for the session, so a
+                           router that has none of it (<enable/>, a shard move) numbers on above
+                           it. The router keeps a copy of every message it delivers to the
+                           session until then (router/session.c), and after the death of the
+                           edge sends back only the copies not acknowledged. Coalesced: one per
+                           connection per loop turn that had acknowledgements */
+  BUS_KIND_MAX = 26
 } bus_kind_t;
 
 /* arg of an empty BUS_SM_PARK */
@@ -131,10 +144,12 @@ enum {
                                 stanza gets a fresh one at its edge (C2S); every frame a
                                 router emits while handling a frame with one gets
                                 bus_origin_derive(its id, k) for the k-th frame emitted */
-  BUS_F_PARKED = 1 << 7,     /* DELIVER to a detached session of which the router keeps a copy
-                                (BUS_SM_PARK): the edge need not send it one. A BOUNCE with it
-                                comes from a link that could not deliver it (cluster.c
-                                fail_frame): the router's copy stands for it */
+  BUS_F_PARKED = 1 << 7,     /* DELIVER to a XEP-0198 session (cluster) of which the router keeps
+                                a copy (BUS_SM_ACK, BUS_SM_PARK), arg = the copy's number (> 0,
+                                increasing per session): the edge need not send it one, and
+                                acknowledges it by number (BUS_SM_ACK). A BOUNCE with it comes
+                                from a link that could not deliver it (cluster.c fail_frame):
+                                the router's copy stands for it (or it was acknowledged) */
 };
 
 /* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart
@@ -189,7 +204,7 @@ static inline uint64_t bus_origin_derive(uint64_t origin, uint32_t k) {
 static inline int bus_kind_on_links(uint8_t k) {
   return (k >= BUS_C2S && k <= BUS_SESSION_ACK) || k == BUS_OFFLINE_ACK || k == BUS_RESUME || k == BUS_RESUME_ASK ||
          k == BUS_SESSIONS_ENDED || k == BUS_MAP_DONE ||
-         k == BUS_SM_PARK || k == BUS_LEAVING || k == BUS_LEFT;
+         k == BUS_SM_PARK || k == BUS_LEAVING || k == BUS_LEFT || k == BUS_SM_ACK;
 }
 
 static inline int bus_kind_valid(unsigned kind) { return kind != 0 && kind <= BUS_KIND_MAX; }

@@ -113,7 +113,7 @@ void conn_set_state(conn_t *c, conn_st_t to) {
   c->state = to;
 }
 
-static void mark_dirty(conn_t *c) {
+void conn_mark_dirty(conn_t *c) {
   if (c->in_dirty || c->handle_closed) return;
   c->in_dirty = 1;
   c->next_dirty = c->th->dirty;
@@ -199,7 +199,7 @@ void conn_end(conn_t *c, conn_end_t how) {
   } else if (!c->writing && !c->out.len) {
     conn_finish(c);
   } else {
-    mark_dirty(c); /* flush_one closes once it is written */
+    conn_mark_dirty(c); /* flush_one closes once it is written */
   }
 }
 
@@ -226,7 +226,7 @@ static void write_cb(uv_write_t *req, int status) {
   }
   c->out_done += len;
   edge_offline_written(c);
-  if (c->out.len) mark_dirty(c);
+  if (c->out.len) conn_mark_dirty(c);
   else if (conn_closing(c)) conn_finish(c);
   edge_flush(c->th);
 }
@@ -262,6 +262,7 @@ void edge_flush(edge_thread_t *th) {
     th->dirty = c->next_dirty;
     c->in_dirty = 0;
     c->next_dirty = NULL;
+    if (c->sm_ack_due) sm_ack_send(c); /* cluster: this turn's XEP-0198 acks, in one frame */
     flush_one(c);
   }
 }
@@ -284,7 +285,7 @@ void conn_send(conn_t *c, const char *data, size_t len) {
     conn_end(c, CONN_END_ABORT);
     return;
   }
-  mark_dirty(c);
+  conn_mark_dirty(c);
 }
 
 void conn_send_str(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
@@ -407,7 +408,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   shaper_charge(&c->shaper, &th->shk, n, 0);
   if (c->tls) {
     int rc = tls_conn_feed(c->tls, b->base, (size_t)n, plain_in, tls_up, c);
-    if (c->out.len) mark_dirty(c); /* handshake records written by wolfSSL */
+    if (c->out.len) conn_mark_dirty(c); /* handshake records written by wolfSSL */
     if (rc != 0) conn_end(c, CONN_END_LOST); /* a pending alert is written, then it closes */
   } else {
     plain_in(c, b->base, (size_t)n);

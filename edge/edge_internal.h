@@ -218,6 +218,11 @@ struct conn {
   size_t sm_off;        /* how many of them came from offline storage (BUS_F_OFFLINE) */
   size_t sm_fresh;      /* detached: stanzas queued for it that were never written */
   char *sm_rid;         /* resumption id (resume='true'): registered in edge->rids */
+  /* cluster (docs/cluster.md "Exactly once"): the router numbers the messages it keeps a
+   * copy of (BUS_F_PARKED, arg); the highest number the client acknowledged, the highest
+   * seen, and whether the router is to be told (BUS_SM_ACK, at the next edge_flush) */
+  uint64_t sm_copy_acked, sm_copy_seen;
+  int sm_ack_due;
   uint64_t detached_ms; /* CONN_ST_DETACHED since */
   uint32_t resume_h;    /* the h of that <resume/> */
   int resume_h_set;     /* resume_h is the client's count for this session's queue: a
@@ -245,6 +250,8 @@ conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
 /* Queues bytes for the client (encrypting under TLS). */
 void conn_send(conn_t *c, const char *data, size_t len);
 void conn_send_str(conn_t *c, const char *s);
+/* c has something for edge_flush (output, a BUS_SM_ACK to send). */
+void conn_mark_dirty(conn_t *c);
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);
 /* Moves c to state to: a transition negotiate.c's table does not allow is a bug (an
@@ -329,7 +336,19 @@ void sm_detached_deliver(conn_t *g, const bus_frame_t *f);
 /* Cluster (docs/cluster.md "Stream resumption across nodes"): the router of detached g
  * gets a copy of each message g keeps (BUS_SM_PARK), then BUS_PARK_ON (at the detach, and
  * when a new router takes its shard). */
-void sm_park_all(conn_t *g);
+void sm_park_all(conn_t *g, int all);
+/* Cluster, XEP-0198 (docs/cluster.md "Exactly once"): c's router is told what its client
+ * acknowledged (BUS_SM_ACK; the first one, at <enable/>, makes it keep copies). */
+void sm_ack_send(conn_t *c);
+/* Cluster: c's shard has a new owner (or its router ended and revived it: revived),
+ * which has no copy of what c keeps: it learns where c's numbers are and, unless
+ * revived (that router sent its copies back when it ended the session), gets copies. */
+void sm_new_router(conn_t *c, int revived);
+/* A DELIVER for c: the router's number of its copy, if any, is seen. */
+static inline void sm_copy_seen(conn_t *c, const bus_frame_t *f) {
+  if ((f->flags & BUS_F_PARKED) && !(f->flags & BUS_F_OFFLINE) && f->arg > 0 && (uint64_t)f->arg > c->sm_copy_seen)
+    c->sm_copy_seen = (uint64_t)f->arg;
+}
 /* Detached g was ended by its router while this node was away (BUS_SESSIONS_ENDED): the
  * router sent back what g kept; g ends here without a close and without bouncing. */
 void sm_detached_released(conn_t *g);
@@ -415,6 +434,8 @@ void edge_release_held(conn_t *c);
 void edge_deliver_now(conn_t *c, const bus_frame_t *f);
 /* Tells c's shard that its client took the offline messages up to store id id. */
 void edge_offline_ack(conn_t *c, int64_t id);
+/* Sends c's router a BUS_SM_ACK (sm.c builds it): the session's next frame. */
+void edge_sm_ack(conn_t *c, bus_frame_t *f);
 /* After a write completed: confirms the offline messages it carried (without XEP-0198). */
 void edge_offline_written(conn_t *c);
 /* Replies to a client stanza with a stanza error built at the edge. */

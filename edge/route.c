@@ -204,13 +204,14 @@ static void reannounce(edge_thread_t *th, uint16_t restarted_node) {
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
     announce_again(c, o, BUS_REANNOUNCE_EDGE);
+    sm_new_router(c, 0); /* XEP-0198: it has no copies of what the session keeps */
     n++;
   }
   for (conn_t *c = th->detached; c; c = c->next) { /* XEP-0198 §5: still bound */
     uint32_t o = owner_of(c);
     if (!o || (o == c->announced && BUS_OWNER_NODE(o) != restarted_node)) continue;
     announce_again(c, o, BUS_REANNOUNCE_EDGE);
-    sm_park_all(c); /* the new router has no copies of what it keeps */
+    sm_new_router(c, 0); /* the new router has no copies of what it keeps */
     n++;
   }
   if (n) log_info("edge %d: %zu sessions announced to their new routers", th->index, n);
@@ -246,6 +247,7 @@ static void revive(edge_thread_t *th, uint16_t router) {
     uint32_t o = owner_of(c);
     if (!o || BUS_OWNER_NODE(o) != router) continue;
     announce_again(c, o, BUS_REANNOUNCE_REVIVE);
+    sm_new_router(c, 1); /* XEP-0198: it sent its copies back when it ended the session */
     n++;
   }
   /* XEP-0198 §5: a detached session the router ended had its kept messages copied there
@@ -284,6 +286,13 @@ void edge_offline_ack(conn_t *c, int64_t id) {
   f.from_len = strlen(c->jid.full);
   f.arg = id;
   bus_to_shard(c->th->bus, c->shard, bus_msg_new(&f));
+}
+
+void edge_sm_ack(conn_t *c, bus_frame_t *f) {
+  if (!conn_has_session(c)) return;
+  if (c->state != CONN_ST_DETACHED) ensure_announced(c);
+  bus_to_shard(c->th->bus, c->shard, bus_msg_new(f));
+  metrics_inc(M_SM_ACK_FRAMES);
 }
 
 void edge_offline_written(conn_t *c) {
@@ -343,6 +352,7 @@ static int written_already(edge_thread_t *th, const bus_frame_t *f) {
 static void deliver(edge_thread_t *th, const bus_frame_t *f, arena_t *a) {
   if (written_already(th, f)) return;
   conn_t *c = conn_lookup(th, f->dst.conn);
+  if (c) sm_copy_seen(c, f);
   switch (c ? c->state : CONN_ST_CLOSING) {
   case CONN_ST_DETACHED: sm_detached_deliver(c, f); return; /* XEP-0198 §5: kept for the resumption */
   case CONN_ST_RESUMING:

@@ -43,10 +43,13 @@
  * with its answer (SESSION_ACK|BUS_F_RESUME: sm_resume_ack). docs/cluster.md, "Stream
  * resumption across nodes". When the resuming connection is lost before <resumed/>, the
  * session ends (sm_bounce), less what the h of its <resume/> acknowledged. In a cluster
- * the account's router also keeps a copy of each message a detached session keeps
- * (BUS_SM_PARK: sm_park_all, park_item; router/session.c), so that the death of this
- * process, or of the edge it is being resumed on, loses none of them: the router sends
- * them back to the account when it sees that node dead.
+ * the account's router also keeps a copy of each message the client has not acknowledged:
+ * it numbers a copy of what it delivers (BUS_F_PARKED, arg), this edge forwards the
+ * client's acknowledgements (BUS_SM_ACK: sm_ack_send), and a detached session's edge
+ * copies what the router has none of (BUS_SM_PARK: sm_park_all, park_item;
+ * router/session.c). So the death of this process, or of the edge a session is being
+ * resumed on, loses none of them and repeats none the client acknowledged: the router
+ * sends back to the account what is not acknowledged when it sees that node dead.
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
@@ -69,10 +72,35 @@ struct sm_item {
   int fresh;     /* queued while detached: never written, not counted in sm_out */
   uint32_t seq;  /* its number among the stanzas sent since enable (1 = first) */
   int64_t off_id; /* store id of a message from offline storage (BUS_F_OFFLINE), else 0 */
+  uint64_t copy;  /* cluster: the number of the router's copy of it (BUS_F_PARKED), else 0 */
   bus_msg_t *m;  /* its DELIVER frame */
 };
 
 int sm_offered(const conn_t *c) { return c->th->cfg->sm_max_unacked > 0; }
+
+/* The number of the router's copy of a DELIVER (0: it keeps none). */
+static uint64_t copy_no(const bus_frame_t *f) {
+  return (f->flags & BUS_F_PARKED) && !(f->flags & BUS_F_OFFLINE) && f->arg > 0 ? (uint64_t)f->arg : 0;
+}
+
+/* ---- cluster: the client's acknowledgements, forwarded (docs/cluster.md "Exactly once") ----
+ * The router of the account keeps a copy of each message it delivers to a session with
+ * stream management on, numbered (router/session.c), until the client acknowledges it:
+ * after the death of this process it sends back only what was not acknowledged. The
+ * acknowledgements of one connection read in one loop turn go in one BUS_SM_ACK, sent
+ * from edge_flush (the acked numbers only grow: the last says all). */
+void sm_ack_send(conn_t *c) {
+  c->sm_ack_due = 0;
+  if (!bus_clustered(c->th->bus) || !c->sm || !c->jid.full) return;
+  bus_frame_t f = {0};
+  f.kind = BUS_SM_ACK;
+  f.src = edge_addr(c);
+  f.from = c->jid.full;
+  f.from_len = strlen(c->jid.full);
+  f.arg = (int64_t)c->sm_copy_acked;
+  f.dst.conn = c->sm_copy_seen;
+  edge_sm_ack(c, &f);
+}
 
 static void send_a(conn_t *c) {
   char b[96];
@@ -101,6 +129,11 @@ static void acked(conn_t *c, uint32_t h) {
   while (c->sm_q && !c->sm_q->fresh && (int32_t)(h - c->sm_q->seq) >= 0) {
     sm_item_t *it = c->sm_q;
     c->sm_q = it->next;
+    if (it->copy > c->sm_copy_acked) {
+      c->sm_copy_acked = it->copy; /* the router is told at the end of the loop turn */
+      c->sm_ack_due = 1;
+      conn_mark_dirty(c);
+    }
     c->sm_bytes -= it->m->len;
     if (it->off_id) {
       off = it->off_id;
@@ -168,6 +201,7 @@ void sm_enable(conn_t *c, int resume, buf_t *out) {
   } else {
     c->sm = 1;
     c->sm_q_tail = &c->sm_q;
+    sm_ack_send(c); /* cluster: the router keeps copies from now on */
     int timeout = c->th->cfg->sm_resume_timeout;
     if (resume && timeout > 0) {
       rid_new(c);
@@ -192,6 +226,7 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
     sm_item_t *it = xcalloc(1, sizeof *it);
     it->seq = c->sm_out;
     it->off_id = (deliver->flags & BUS_F_OFFLINE) ? deliver->arg : 0;
+    it->copy = copy_no(deliver);
     it->m = bus_msg_new(deliver);
     if (it->off_id) c->sm_off++;
     *c->sm_q_tail = it;
@@ -332,6 +367,7 @@ static void queue_fresh(conn_t *g, bus_msg_t *m) {
   sm_item_t *it = xcalloc(1, sizeof *it);
   it->fresh = 1;
   it->off_id = (f.flags & BUS_F_OFFLINE) ? f.arg : 0;
+  it->copy = copy_no(&f);
   it->m = m;
   if (it->off_id) g->sm_off++;
   *g->sm_q_tail = it;
@@ -378,6 +414,7 @@ int sm_detach(conn_t *c) {
   edge_thread_t *th = c->th;
   if (!c->sm || !c->sm_rid || c->state != CONN_ST_BOUND || th->stopping || th->cfg->sm_resume_timeout <= 0)
     return 0;
+  if (c->sm_ack_due) sm_ack_send(c); /* what its client acknowledged last */
   conn_t *g = xcalloc(1, sizeof *g);
   g->th = th;
   g->id = c->id;
@@ -396,6 +433,8 @@ int sm_detach(conn_t *c) {
   g->sm_in = c->sm_in;
   g->sm_out = c->sm_out;
   g->sm_acked = c->sm_acked;
+  g->sm_copy_acked = c->sm_copy_acked;
+  g->sm_copy_seen = c->sm_copy_seen;
   g->sm_q = c->sm_q;
   g->sm_q_tail = c->sm_q ? c->sm_q_tail : &g->sm_q;
   g->sm_bytes = c->sm_bytes;
@@ -419,16 +458,31 @@ int sm_detach(conn_t *c) {
   th->ndetached++;
   log_info("conn %llx: %s detached for resumption (%" PRIu32 " unacknowledged)", (unsigned long long)g->id,
            g->jid.full, g->sm_out - g->sm_acked);
-  sm_park_all(g); /* cluster: the router keeps copies of what it keeps, then of what it sends here */
+  /* cluster: the router has copies of the numbered ones; of the others it gets one */
+  sm_park_all(g, 0);
   return 1;
 }
 
-void sm_park_all(conn_t *g) {
+void sm_park_all(conn_t *g, int all) {
   for (sm_item_t *it = g->sm_q; it; it = it->next) {
     bus_frame_t f;
-    if (bus_msg_frame(it->m, &f) == 0) park_item_to(g, &f, 1);
+    if (bus_msg_frame(it->m, &f) == 0) park_item_to(g, &f, all);
   }
   park_mark(g, BUS_PARK_ON);
+}
+
+void sm_new_router(conn_t *c, int revived) {
+  if (!c->sm || !bus_clustered(c->th->bus)) return;
+  sm_ack_send(c); /* first: where the numbers are; the copies keep theirs */
+  if (revived) return;
+  if (c->state == CONN_ST_DETACHED) {
+    sm_park_all(c, 1);
+    return;
+  }
+  for (sm_item_t *it = c->sm_q; it; it = it->next) {
+    bus_frame_t f;
+    if (bus_msg_frame(it->m, &f) == 0) park_item_to(c, &f, 1);
+  }
 }
 
 void sm_detached_released(conn_t *g) {
@@ -521,9 +575,11 @@ static conn_t *hand_over(edge_thread_t *th, uint64_t id, const char *rid, const 
   int64_t k = 0;
   for (sm_item_t *it = x->sm_q; it && !it->fresh && (int32_t)(h - it->seq) >= 0; it = it->next) {
     bus_frame_t d;
-    if (!it->off_id && bus_msg_frame(it->m, &d) == 0 && is_message(&d)) k++;
+    if (it->copy > x->sm_copy_acked) x->sm_copy_acked = it->copy; /* numbered: BUS_SM_ACK */
+    else if (!it->copy && !it->off_id && bus_msg_frame(it->m, &d) == 0 && is_message(&d)) k++;
   }
   if (k) park_mark(x, k);
+  if (bus_clustered(th->bus)) sm_ack_send(x);
   bus_frame_t f = {0};
   f.kind = BUS_SESSION_OPEN;
   f.flags = BUS_F_RESUME;
@@ -567,6 +623,8 @@ static void adopt(conn_t *c, conn_t *g) {
   c->sm_in = g->sm_in;
   c->sm_out = g->sm_out;
   c->sm_acked = g->sm_acked;
+  if (g->sm_copy_acked > c->sm_copy_acked) c->sm_copy_acked = g->sm_copy_acked;
+  if (g->sm_copy_seen > c->sm_copy_seen) c->sm_copy_seen = g->sm_copy_seen;
   /* what the router sent here since the move (c's own queue) goes after g's */
   if (g->sm_q) {
     *g->sm_q_tail = c->sm_q;
@@ -858,6 +916,8 @@ static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
     it->fresh = fresh;
     it->seq = seq;
     it->off_id = (int64_t)(lo | hi << 32);
+    it->copy = copy_no(&df);
+    if (it->copy > g->sm_copy_seen) g->sm_copy_seen = it->copy;
     it->m = bus_msg_new(&df);
     *g->sm_q_tail = it;
     g->sm_q_tail = &it->next;

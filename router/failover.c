@@ -178,7 +178,7 @@ void worker_node_down(worker_t *w, uint16_t node) {
     while (s) {
       session_t *next = s->next;
       if (s->at.node == node) {
-        session_park_release(w, s); /* XEP-0198 §5: what it kept detached, back to the account */
+        session_park_release(w, s, 1); /* XEP-0198: what its client had not acknowledged, back to the account */
         session_finish(w, u, s);    /* contacts see it go unavailable */
         ended++;
       }

@@ -26,7 +26,8 @@ typedef struct session {
   uint8_t *presence;    /* last broadcast presence, encoded stanza; NULL if none */
   size_t presence_len;
   void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
-  struct sm_park *park; /* detached (XEP-0198 §5, cluster): copies of its messages; session.c */
+  struct sm_park *park; /* XEP-0198, cluster: copies of the messages its client has not
+                           acknowledged; session.c */
 } session_t;
 
 typedef struct ritem {
@@ -79,6 +80,8 @@ struct worker {
   uint32_t out_k;
   struct dedup *seen;   /* NULL until the first frame with an origin id */
   uint64_t dups;        /* frames dropped as handled already */
+  uint64_t copy_no;     /* XEP-0198, cluster: the last number given to a session's copy of a
+                           message (session.c); never goes back */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
                            (bus->owner changes earlier: frames queued before the BUS_MAP are
                            still this worker's, and go after its hand-over) */
@@ -149,14 +152,17 @@ void session_park(worker_t *w, const bus_frame_t *f);
 /* A DELIVER f of stanza st for s, about to be sent: when s is parked and st a message
  * (not an error, not from offline storage), the router keeps a copy and f gets
  * BUS_F_PARKED. */
-void session_park_copy(session_t *s, bus_frame_t *f, const xnode_t *st, const xmpp_config_t *cfg);
+void session_park_copy(worker_t *w, session_t *s, bus_frame_t *f, const xnode_t *st);
 /* A BOUNCE f for the session f->to names: its copy, if the session keeps one, goes (the
  * bounce takes its place). 0 when f must be dropped: a link could not deliver it
  * (BUS_F_PARKED) and the session, gone, already sent its copies back. */
 int session_park_bounced(worker_t *w, const bus_frame_t *f);
+/* BUS_SM_ACK from the session's edge: its client acknowledged the copies numbered up to
+ * f->arg, which go; the first one starts the copying (XEP-0198 enabled). */
+void session_sm_ack(worker_t *w, const bus_frame_t *f);
 /* s's node died: the copies go back to the account as BOUNCE frames (another resource or
  * offline storage), after s has ended. Call before session_finish. */
-void session_park_release(worker_t *w, session_t *s);
+void session_park_release(worker_t *w, session_t *s, int plain);
 
 /* failover.c: the cluster's view from a worker (docs/cluster.md) */
 /* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard

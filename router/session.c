@@ -6,10 +6,12 @@
  * session is on now, so a late close of a replaced connection changes nothing. */
 #include "router/module.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 static void unlink_session(user_t *u, session_t *s) {
   for (session_t **pp = &u->sessions; *pp; pp = &(*pp)->next)
@@ -19,146 +21,273 @@ static void unlink_session(user_t *u, session_t *s) {
     }
 }
 
-/* ---- XEP-0198 §5 in a cluster: what a detached session keeps, copied at the router ----
- * A session detached on edge node A keeps its unacknowledged messages and those that
- * arrive meanwhile in A's memory. So that A's death (kill -9, a crash) loses none of them,
- * A sends the router a copy of each (BUS_SM_PARK) and then BUS_PARK_ON; from then on the
- * router keeps a copy of every message it delivers to the session itself (BUS_F_PARKED
- * on the DELIVER tells A it need not send one). When the session ends (closed, timed out,
- * replaced: A or the new edge sends back what it held) the copies go; when it is resumed
- * they stay until the resuming edge has written <resumed/> (BUS_PARK_OFF), so the death
- * of that edge mid-resume loses nothing either. When the node holding the session dies,
- * the copies go back to the account (worker_node_down): another resource or offline
- * storage. Bounded like the edge's own queue (limits.sm_max_unacked messages,
- * limits.max_pending_out bytes): the edge ends a detached session past them. */
+/* ---- XEP-0198 in a cluster: copies at the router of what a session's client has not
+ * acknowledged (docs/cluster.md "Stream resumption across nodes", "Exactly once") ----
+ * Only the client's h tells what it really received, and it reaches the edge holding
+ * the connection, whose death (kill -9, a crash) takes along the messages it kept and
+ * the knowledge of which ones the client had. So the router of the session's account
+ * keeps a copy of every message it delivers to a session with stream management on, and
+ * numbers it (the DELIVER carries BUS_F_PARKED and the number in arg); the edge forwards
+ * the client's acknowledgements by number (BUS_SM_ACK: the first one, at <enable/>,
+ * starts the copying), and the acknowledged copies go. When the edge node dies
+ * (worker_node_down) the router sends back to the account (another resource, or offline
+ * storage) only the copies still unacknowledged, and a bounce of the same DELIVER by the
+ * link that could not deliver it is dropped: exactly once for what the client
+ * acknowledged. A session detached for resumption is covered the same way; its edge also
+ * sends copies of what it keeps that the router has none of (BUS_SM_PARK, unnumbered:
+ * messages delivered before the router knew of stream management, or all it keeps to a
+ * router that takes the shard over, which keep their numbers). Copies go when the
+ * session ends normally (the edge sends back what it held) and, when it is resumed, the
+ * unnumbered ones once the resuming edge has written <resumed/> (BUS_PARK_OFF; the
+ * numbered ones stay until the client acknowledges them there). Bounded like the edge's
+ * own queue (limits.sm_max_unacked messages, limits.max_pending_out bytes). */
+typedef struct copy {
+  struct copy *next;
+  uint64_t n;   /* its number (0: unnumbered, from the edge) */
+  bus_msg_t *m; /* the BOUNCE that sends it back */
+} copy_t;
+_Static_assert(offsetof(copy_t, next) == 0, "a list's tail pointer is its last copy");
+
 typedef struct sm_park {
-  bus_msg_t *head, **tail; /* BOUNCE frames, oldest first */
+  copy_t *num, **num_tail;     /* numbered, by number */
+  copy_t *plain, **plain_tail; /* unnumbered, in the edge's order */
   size_t n, bytes;
-  int full; /* past the bounds: copies no more (logged once) */
+  uint64_t acked; /* the client acknowledged every copy numbered up to it */
+  copy_t *hint;   /* the numbered copy inserted last (NULL once any copy is freed) */
+  int full;       /* past the bounds: copies no more (logged once) */
 } sm_park_t;
+
+static void copy_free(sm_park_t *p, copy_t *c) {
+  bus_frame_t f;
+  p->hint = NULL;
+  if (bus_msg_frame(c->m, &f) == 0) p->bytes -= f.payload_len;
+  p->n--;
+  bus_msg_free(c->m);
+  xfree(c);
+}
 
 static void park_free(sm_park_t *p) {
   if (!p) return;
-  while (p->head) {
-    bus_msg_t *m = p->head;
-    p->head = m->next;
-    bus_msg_free(m);
-  }
+  for (copy_t **l = &p->plain; l; l = l == &p->plain ? &p->num : NULL)
+    while (*l) {
+      copy_t *c = *l;
+      *l = c->next;
+      bus_msg_free(c->m);
+      xfree(c);
+    }
   xfree(p);
 }
 
 static sm_park_t *park_get(session_t *s) {
   if (!s->park) {
     s->park = xcalloc(1, sizeof *s->park);
-    s->park->tail = &s->park->head;
+    s->park->num_tail = &s->park->num;
+    s->park->plain_tail = &s->park->plain;
   }
   return s->park;
 }
 
-/* Keeps f (a DELIVER or a kept message) as the BOUNCE that would send it back. */
-static void park_add(session_t *s, const bus_frame_t *f, const xmpp_config_t *cfg) {
+/* Keeps f (a DELIVER or a kept message) as the BOUNCE that would send it back, as copy
+ * number n (0: unnumbered). 0 when past the bounds. */
+static int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_config_t *cfg) {
   sm_park_t *p = park_get(s);
-  if (p->full) return;
+  if (p->full) return 0;
   if (p->n >= (size_t)cfg->sm_max_unacked || p->bytes + f->payload_len > (size_t)cfg->max_pending_out) {
     /* the edge ends the session before this (its count includes ours) */
-    log_warn("session %s: more kept for its resumption than limits.sm_max_unacked / max_pending_out: no more "
-             "copies at the router",
+    log_warn("session %s: more unacknowledged messages kept for it than limits.sm_max_unacked / max_pending_out: "
+             "no more copies at the router",
              s->full);
     p->full = 1;
-    return;
+    return 0;
+  }
+  copy_t **at = p->plain_tail;
+  if (n) {
+    if (n <= p->acked) return 1; /* acknowledged already */
+    /* in order of number: usually the last; a copy the edge re-sends to a new router
+     * may come after ones this router numbered meanwhile, in order among themselves, so
+     * the walk starts at the last one inserted (hint) */
+    copy_t *last = p->num ? (copy_t *)(void *)p->num_tail : NULL; /* next is copy_t's first member */
+    if (!last || last->n < n) {
+      at = p->num_tail;
+    } else {
+      copy_t *prev = p->hint && p->hint->n < n ? p->hint : NULL;
+      for (copy_t *c = prev ? prev->next : p->num; c && c->n < n; c = c->next) prev = c;
+      at = prev ? &prev->next : &p->num;
+      if (*at && (*at)->n == n) return 1; /* has it already */
+    }
   }
   bus_frame_t b = *f;
   b.kind = BUS_BOUNCE;
   b.flags &= (uint16_t)~BUS_F_PARKED;
+  b.arg = 0;
   b.dst = s->at; /* the connection a bounce skips */
-  bus_msg_t *m = bus_msg_new(&b);
-  m->next = NULL;
-  *p->tail = m;
-  p->tail = &m->next;
+  copy_t *c = xcalloc(1, sizeof *c);
+  c->n = n;
+  c->m = bus_msg_new(&b);
+  c->m->next = NULL;
+  c->next = *at;
+  *at = c;
+  if (!c->next) {
+    if (n) p->num_tail = &c->next;
+    else p->plain_tail = &c->next;
+  }
+  if (n) p->hint = c;
   p->n++;
   p->bytes += f->payload_len;
+  return 1;
 }
 
-static void park_drop_first(sm_park_t *p, int64_t n) {
-  while (p->head && n-- > 0) {
-    bus_msg_t *m = p->head;
-    p->head = m->next;
-    bus_frame_t f;
-    if (bus_msg_frame(m, &f) == 0) p->bytes -= f.payload_len;
-    p->n--;
-    bus_msg_free(m);
+static void park_fix_tails(sm_park_t *p) {
+  p->num_tail = &p->num;
+  while (*p->num_tail) p->num_tail = &(*p->num_tail)->next;
+  if (!p->plain) p->plain_tail = &p->plain;
+}
+
+/* The first k unnumbered copies go (the h of a <resume/> acknowledged them). */
+static void park_drop_plain(sm_park_t *p, int64_t k) {
+  while (p->plain && k-- > 0) {
+    copy_t *c = p->plain;
+    p->plain = c->next;
+    copy_free(p, c);
   }
-  if (!p->head) p->tail = &p->head;
+  if (!p->plain) p->plain_tail = &p->plain;
 }
 
-void session_park_copy(session_t *s, bus_frame_t *f, const xnode_t *st, const xmpp_config_t *cfg) {
+/* The client acknowledged every copy numbered up to n. */
+static void park_acked(worker_t *w, sm_park_t *p, uint64_t n) {
+  if (n <= p->acked) return;
+  p->acked = n;
+  uint64_t k = 0;
+  while (p->num && p->num->n <= n) {
+    copy_t *c = p->num;
+    p->num = c->next;
+    copy_free(p, c);
+    k++;
+  }
+  if (!p->num) p->num_tail = &p->num;
+  if (k) metrics_add(M_SM_COPIES_ACKED, (int64_t)k);
+  (void)w;
+}
+
+void session_park_copy(worker_t *w, session_t *s, bus_frame_t *f, const xnode_t *st) {
   const char *type = xnode_attr(st, "type");
   if (f->kind != BUS_DELIVER || (f->flags & BUS_F_OFFLINE) || strcmp(st->name, "message") ||
       (type && !strcmp(type, "error")))
     return;
-  park_add(s, f, cfg);
-  if (!s->park->full) f->flags |= BUS_F_PARKED;
+  /* numbers are the worker's, so that one never names copies of two sessions (a session
+   * replaced by a new bind of its full JID: a bounce for the old one finds none) */
+  uint64_t n = w->copy_no + 1;
+  if (!park_add(s, f, n, w->cfg)) return;
+  w->copy_no = n;
+  f->flags |= BUS_F_PARKED;
+  f->arg = (int64_t)n;
 }
 
-static session_t *park_session(worker_t *w, const bus_frame_t *f) {
-  if (!memchr(f->to, '/', f->to_len)) return NULL;
-  char *full = arena_strndup(&w->arena, f->to, f->to_len);
+static session_t *park_session(worker_t *w, const bus_frame_t *f, const char *jid, size_t len) {
+  if (!memchr(jid, '/', len)) return NULL;
+  char *full = arena_strndup(&w->arena, jid, len);
+  (void)f;
   return user_session(user_get(w, w_bare(w, full)), full);
 }
 
 void session_park(worker_t *w, const bus_frame_t *f) {
-  session_t *s = park_session(w, f);
+  session_t *s = park_session(w, f, f->to, f->to_len);
   if (!s || !bus_addr_eq(&s->at, &f->src)) return; /* ended, replaced or moved since */
   if (f->payload_len) {
-    park_add(s, f, w->cfg);
+    /* numbered: a copy this session's router (maybe another, before a shard move) made */
+    int numbered = (f->flags & BUS_F_PARKED) && !(f->flags & BUS_F_OFFLINE) && f->arg > 0;
+    park_add(s, f, numbered ? (uint64_t)f->arg : 0, w->cfg);
+    if (numbered && (uint64_t)f->arg > w->copy_no) w->copy_no = (uint64_t)f->arg; /* numbers go on above */
   } else if (f->arg == BUS_PARK_ON) {
     park_get(s);
     log_debug("session %s detached: %zu messages kept at the router", s->full, s->park->n);
   } else if (f->arg == BUS_PARK_OFF) {
-    park_free(s->park);
-    s->park = NULL;
+    /* resumed, <resumed/> written: the numbered copies stay until the client
+     * acknowledges them on its new connection */
+    if (s->park) {
+      park_drop_plain(s->park, INT64_MAX);
+      park_fix_tails(s->park);
+    }
   } else if (f->arg > 0 && s->park) {
-    park_drop_first(s->park, f->arg);
+    park_drop_plain(s->park, f->arg);
+  }
+}
+
+void session_sm_ack(worker_t *w, const bus_frame_t *f) {
+  session_t *s = park_session(w, f, f->from, f->from_len);
+  if (!s || !bus_addr_eq(&s->at, &f->src)) return; /* ended, replaced or moved since */
+  sm_park_t *p = park_get(s);
+  if (f->dst.conn > w->copy_no) w->copy_no = f->dst.conn; /* numbers go on above the edge's */
+  if (f->arg > 0) {
+    if ((uint64_t)f->arg > w->copy_no) w->copy_no = (uint64_t)f->arg;
+    park_acked(w, p, (uint64_t)f->arg);
   }
 }
 
 int session_park_bounced(worker_t *w, const bus_frame_t *f) {
-  session_t *s = park_session(w, f);
-  if (!s) return !(f->flags & BUS_F_PARKED);
+  session_t *s = park_session(w, f, f->to, f->to_len);
+  int link = (f->flags & BUS_F_PARKED) != 0; /* a link gave it up: the copy stands for it */
+  if (!s) return !link; /* ended: its copies went back then (a link's), or freed (the edge's) */
   sm_park_t *p = s->park;
+  int here = bus_addr_eq(&s->at, &f->dst); /* else replaced, or resumed elsewhere */
+  if (!(f->flags & BUS_F_OFFLINE) && f->arg > 0) {
+    /* numbered: its copy takes the bounce's place. None: acknowledged, or sent back
+     * when the session it was for was replaced (session_park_release) */
+    uint64_t n = (uint64_t)f->arg;
+    copy_t *prev = NULL, *c = p ? p->num : NULL;
+    while (c && c->n < n) {
+      prev = c;
+      c = c->next;
+    }
+    if (c && c->n == n) {
+      if (prev) prev->next = c->next;
+      else p->num = c->next;
+      if (p->num_tail == &c->next) p->num_tail = prev ? &prev->next : &p->num;
+      copy_free(p, c);
+      return 1;
+    }
+    if (!here) return 0;
+    return !(link && p && n <= p->acked);
+  }
   if (!p) return 1;
-  for (bus_msg_t **pp = &p->head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+  for (copy_t **pp = &p->plain, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
     bus_frame_t c;
-    if (bus_msg_frame(*pp, &c) != 0 || c.payload_len != f->payload_len ||
+    if (bus_msg_frame((*pp)->m, &c) != 0 || c.payload_len != f->payload_len ||
         memcmp(c.payload, f->payload, f->payload_len))
       continue;
-    bus_msg_t *m = *pp;
-    *pp = m->next;
-    if (p->tail == &m->next) p->tail = prev ? &prev->next : &p->head;
-    p->n--;
-    p->bytes -= c.payload_len;
-    bus_msg_free(m);
+    copy_t *x = *pp;
+    *pp = x->next;
+    if (p->plain_tail == &x->next) p->plain_tail = prev ? &prev->next : &p->plain;
+    copy_free(p, x);
     break;
   }
   return 1;
 }
 
-void session_park_release(worker_t *w, session_t *s) {
+void session_park_release(worker_t *w, session_t *s, int plain) {
   sm_park_t *p = s->park;
   if (!p) return;
   s->park = NULL;
-  size_t n = p->n;
-  while (p->head) {
-    bus_msg_t *m = p->head;
-    p->head = m->next;
-    m->next = NULL;
-    bus_frame_t f;
-    if (bus_msg_frame(m, &f) == 0) bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
-    else bus_msg_free(m);
-  }
+  size_t n = 0;
+  if (!plain) park_drop_plain(p, INT64_MAX);
+  /* the unnumbered first: they are the older (delivered before the router copied) */
+  for (copy_t **l = &p->plain; l; l = l == &p->plain ? &p->num : NULL)
+    while (*l) {
+      copy_t *c = *l;
+      *l = c->next;
+      bus_msg_t *m = c->m;
+      xfree(c);
+      bus_frame_t f;
+      if (bus_msg_frame(m, &f) == 0) {
+        bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
+        n++;
+      } else {
+        bus_msg_free(m);
+      }
+    }
   xfree(p);
-  if (n) log_info("session %s: its node is down: %zu messages kept for its resumption go back to the account",
-                  s->full, n);
+  if (n) log_info("session %s: %s: %zu messages its client had not acknowledged go back to the account", s->full,
+                  plain ? "its node is down" : "replaced", n);
 }
 
 void session_free(session_t *s) {
@@ -266,6 +395,11 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     k.dst = old->at;
     k.arg = BUS_KICK_CONFLICT;
     bus_to_edge(w->bus, &old->at, bus_msg_new(&k));
+    /* XEP-0198: what its client did not acknowledge goes to the account (this new
+     * session, another resource or offline storage), whether its edge lives (its own
+     * bounces of them are dropped: session_park_bounced) or died unnoticed yet (its link's
+     * bounces too). Unnumbered copies: its edge bounces what it kept, as on one node */
+    session_park_release(w, old, 0);
     session_finish(w, u, old);
     log_info("session %s replaced (conflict)", full);
   }

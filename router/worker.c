@@ -118,7 +118,7 @@ static void send_frame_to(worker_t *w, uint8_t kind, const bus_addr_t *dst, cons
   f.from_len = strlen(f.from);
   f.to = to ? to : "";
   f.to_len = strlen(f.to);
-  if (s && s->park) session_park_copy(s, &f, st, w->cfg); /* XEP-0198 §5: detached, cluster */
+  if (s && s->park) session_park_copy(w, s, &f, st); /* XEP-0198, cluster: until acknowledged */
   bus_msg_t *m = bus_msg_new(&f);
   if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst, m);
   else bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), m);
@@ -309,6 +309,7 @@ static void handle_frame(worker_t *w, const bus_frame_t *f) {
     if (w->holding && (uint64_t)f->arg >= w->hold_gen) w->hold_after = 2;
     break;
   case BUS_SM_PARK: session_park(w, f); break;
+  case BUS_SM_ACK: session_sm_ack(w, f); break;
   case BUS_NODE_DOWN: worker_node_down(w, (uint16_t)f->arg); break;
   default: {
     mod_event_t e = {.w = w, .frame = f};

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 import socket
+import threading
 import unittest
 from datetime import timedelta
 
@@ -1042,3 +1043,201 @@ class ClusterResumeFaultTest(ClusterResumeBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def scrape_counter(port, name):
+    """The value of a counter on a node's metrics endpoint (metrics.listen)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+        text = f.read().decode()
+    m = re.search(rf"^{name} (\d+)", text, re.M)
+    if not m:
+        raise AssertionError(f"{name} not exported:\n{text[:2000]}")
+    return int(m.group(1))
+
+
+class SmReceiver:
+    """A raw XEP-0198 client on an edge: reads messages and acknowledges all it has read
+    after each read (<a h/>, unasked). Frozen, it sends its last <a/> and reads no more."""
+
+    def __init__(self, test, edge, user):
+        self.user = user
+        self.r = test.login(edge, user, "r")
+        self.r.buf = b""
+        self.r.send(f"<enable xmlns='{SM}'/>")
+        self.r.recv_until("<enabled[^>]*/>")
+        self.r.buf = b""
+        # the router has the enabling BUS_SM_ACK before any message for us: it went ahead
+        # of this IQ on the way to the account's shard (the answer is a stanza: h counts it)
+        test.barrier(self.r, f"{user}@{DOMAIN}")
+        self.h = 1
+        self.r.buf = b""
+        self.ids = []
+        self.freeze = threading.Event()
+        self.frozen = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        sock, text = self.r.sock, ""
+        sock.settimeout(0.05)
+        while not self.freeze.is_set():
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk.decode(errors="replace")
+            ends = [m.end() for m in re.finditer(r"</message>", text)]
+            if ends:
+                done, text = text[:ends[-1]], text[ends[-1]:]
+                self.h += done.count("<message ")
+                self.ids += bodies(done)
+                sock.sendall(f"<a xmlns='{SM}' h='{self.h}'/>".encode())
+        self.frozen.set()
+
+
+class EdgeKilledSmExactlyOnceTest(unittest.TestCase):
+    """Exactly once across the death (kill -9) of an edge node for XEP-0198 sessions
+    (docs/cluster.md "Exactly once"). Redis, 2 routers, 2 edges. Eight receivers with
+    stream management on edge 11 acknowledge every message they read; eight senders on
+    edge 12 each send one a numbered message every 8 ms. The receivers then stop reading
+    (having acknowledged all they read) while the senders go on; once both routers counted
+    every acknowledgement (xmppd_sm_copies_acked_total), edge 11 is killed (-9) under that
+    load and the receivers log in again on edge 12 (a new session, initial presence, so
+    offline storage counts too). Every message must arrive exactly once over the two
+    sessions, none lost. Before, the routers bounced every DELIVER edge 11 had not
+    bus-acknowledged (once a heartbeat) to the account, read and acknowledged or not."""
+    N = 8
+    opts = {"limits.sm_max_unacked": "1000", "limits.rate_stanzas": "0", "server.log_level": "info"}
+
+    @classmethod
+    def setUpClass(cls):
+        from harness import Redis, free_port
+        from test_cluster import Node
+        cls.redis = Redis()
+        cls.redis.start()
+        cls.mports = [free_port(), free_port()]
+        cls.routers = [Node(cls.redis, i, "router", **dict(cls.opts, **{"metrics.listen": f"127.0.0.1:{p}"}))
+                       for i, p in zip((1, 2), cls.mports)]
+        cls.edges = [Node(cls.redis, i, "edge", **cls.opts) for i in (11, 12)]
+        for i in range(cls.N):
+            cls.edges[0].adduser(f"rcv{i}@{DOMAIN}", "pw")
+            cls.edges[0].adduser(f"snd{i}@{DOMAIN}", "pw")
+        for n in cls.routers + cls.edges:
+            n.start()
+        deadline = time.time() + 15
+        while not all("2 routers," in e.log_text().split("shard map epoch")[-1] for e in cls.edges):
+            if time.time() > deadline:
+                raise AssertionError("edges never saw both routers:\n" + cls.edges[0].log_text())
+            time.sleep(0.1)
+
+    @classmethod
+    def tearDownClass(cls):
+        bad = []
+        try:
+            for n in cls.edges + cls.routers:
+                if n.proc and n.proc.poll() is None and n.stop() != 0:
+                    bad.append(n.log_text()[-3000:])
+        finally:
+            cls.redis.stop()
+            cls.redis.cleanup()
+        assert not bad, bad
+
+    login = ClusterResumeBase.login
+    barrier = ClusterResumeBase.barrier
+
+    def acked_at_routers(self):
+        return sum(scrape_counter(p, "xmppd_sm_copies_acked_total") for p in self.mports)
+
+    def test_edge_killed_under_load_every_message_once(self):
+        e11, e12 = self.edges
+        rcv = [SmReceiver(self, e11, f"rcv{i}") for i in range(self.N)]
+        snd = [self.login(e12, f"snd{i}", "s") for i in range(self.N)]
+        sent = [[] for _ in range(self.N)]
+        stop = threading.Event()
+
+        def sender(i):
+            k = 0
+            while not stop.is_set():
+                k += 1
+                mid = f"p{i}-{k}"
+                snd[i].send(message(f"rcv{i}@{DOMAIN}/r", mid))
+                sent[i].append(mid)
+                time.sleep(0.008)
+
+        threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(self.N)]
+        for t in threads:
+            t.start()
+        try:
+            end = time.monotonic() + 15
+            while min(len(x.ids) for x in rcv) < 100:  # the load is flowing to every receiver
+                self.assertLess(time.monotonic(), end, "messages do not flow")
+                time.sleep(0.02)
+            for x in rcv:
+                x.freeze.set()
+            for x in rcv:
+                self.assertTrue(x.frozen.wait(5))
+            read = sum(len(x.ids) for x in rcv)
+            # evidence that both routers had every acknowledgement before the kill
+            end = time.monotonic() + 10
+            while self.acked_at_routers() < read:
+                self.assertLess(time.monotonic(), end, f"{self.acked_at_routers()} of {read} acks counted")
+                time.sleep(0.01)
+            e11.kill9()
+            for x in rcv:
+                x.r.sock.close()
+            again = []
+            for i in range(self.N):
+                r = self.login(e12, f"rcv{i}", "r")
+                r.buf = b""
+                r.send("<presence/>")
+                again.append(r)
+            time.sleep(0.5)  # the senders go on a while with the receivers on edge 12
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        # every message left over: live on edge 12, or from offline storage; then, once
+        # both routers have ended edge 11's sessions (its copies and its link's bounces
+        # handled), a sentinel behind anything that could still come twice
+        for rt in self.routers:
+            end = time.monotonic() + 15
+            while not re.search(r"node 11 \(\S+\) left the registry", rt.log_text()):
+                self.assertLess(time.monotonic(), end, rt.log_text()[-3000:])
+                time.sleep(0.05)
+        dups, lost, total = [], [], 0
+        for i, r in enumerate(again):
+            got_before = rcv[i].ids
+            want = set(sent[i]) - set(got_before)
+            end = time.monotonic() + 20
+            while not want <= set(bodies(r.buf.decode(errors="replace"))):
+                missing = want - set(bodies(r.buf.decode(errors="replace")))
+                self.assertGreater(end - time.monotonic(), 0, f"rcv{i}: {len(missing)} never came")
+                r.sock.settimeout(0.5)
+                try:
+                    chunk = r.sock.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    continue
+                self.assertTrue(chunk, f"rcv{i}: stream closed")
+                r.buf += chunk
+            snd[i].send(message(f"rcv{i}@{DOMAIN}/r", "sentinel"))
+            got = bodies(r.recv_until("sentinel</body>", timeout=10))
+            self.assertEqual(got[-1], "sentinel")
+            seen = got_before + got[:-1]
+            total += len(seen)
+            from collections import Counter
+            c = Counter(seen)
+            dups += [m for m, n in c.items() if n > 1]
+            lost += [m for m in sent[i] if m not in c]
+            self.assertEqual(set(c) - set(sent[i]), set())
+            r.close()
+        for s in snd:
+            s.close()
+        print(f"\n  {sum(len(s) for s in sent)} messages, {read} read and acknowledged on edge 11 before its death, "
+              f"{total} received in all, {len(dups)} twice, {len(lost)} lost")
+        self.assertEqual(lost, [], "lost")
+        self.assertEqual(dups, [], f"{len(dups)} messages received twice")
