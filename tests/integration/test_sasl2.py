@@ -292,15 +292,20 @@ class Sasl2ResourceLimitTest(ServerTest):
         a.close()
 
 
+FAST_OPTS = {"limits.fast_tokens": 2, "limits.auth_fail_ip": 1000, "limits.auth_fail_account": 1000}
+# (the refusals here are many, and on purpose: the back-off must not answer for them)
+
+
 class FastTest(ServerTest):
     users = ("alice", "bob", "dora", "eve")
-    server_options = {"limits.fast_tokens": 2}
+    server_options = FAST_OPTS
 
-    def token(self, user, ua_id, password="pw"):
+    def token(self, user, ua_id, password="pw", req=None):
         s, feats = secured(self.srv.port)
-        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
+        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism>"
+                      "<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
         self.assertNotIn("<mechanism>HT-SHA-256-NONE</mechanism></authentication>", feats)
-        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=REQ)
+        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=req or REQ)
         s.close()
         self.assertIn("<success", t)
         return token_of(t)[0]
@@ -365,6 +370,71 @@ class FastTest(ServerTest):
         self.assertIn("<not-authorized", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='3'/>"))
         self.assertIn("bad <fast count/>", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='-1'/>"))
 
+    def test_count_boundary_last_and_last_plus_one(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        cnt = lambda n: f"<fast xmlns='urn:xmpp:fast:0' count='{n}'/>"
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=cnt(41)))
+        self.assertIn("FAST count replayed", fast(self.srv.port, "eve", tok, ua, inline=cnt(41)), "count = last")
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=cnt(42)), "count = last + 1")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "eve", tok, ua, inline=cnt(42)))
+
+    def test_absent_count(self):
+        """XEP-0484 §3.2 asks for the count only of a log-in in TLS 0-RTT data (not
+        accepted here): without one a token is accepted until it is first used with one;
+        from then on a log-in without a count is refused (a replay with its count cut)."""
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua))
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua), "a client that never counts")
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='1'/>"))
+        for inline in ("", "<fast xmlns='urn:xmpp:fast:0'/>"):
+            t = fast(self.srv.port, "eve", tok, ua, inline=inline)
+            self.assertIn("<not-authorized", t)
+            self.assertIn("FAST count required", t)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='2'/>"))
+
+    def test_replay_of_an_exact_exchange(self):
+        """The same bytes sent again on a new connection (what a TLS 0-RTT replay or a
+        relay of a -NONE log-in amounts to): refused, its side effects not repeated."""
+        ua = str(uuid.uuid4())
+        tok = self.token("dora", ua)
+        inline = "<bind xmlns='urn:xmpp:bind:0'><tag>r</tag></bind><fast xmlns='urn:xmpp:fast:0' count='5'/>"
+        ir = b64(b"dora\0" + ht_proof(tok))
+        exchange = (f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{ir}"
+                    f"</initial-response><user-agent id='{ua}'><software>t</software></user-agent>{inline}"
+                    f"</authenticate>")
+        got = []
+        for _ in range(2):
+            s, _ = secured(self.srv.port)
+            s.send(exchange)
+            got.append(s.recv_until(r"</success>|</failure>"))
+            s.close()
+        self.assertIn("<success", got[0])
+        self.assertIn("<bound xmlns='urn:xmpp:bind:0'", got[0])
+        self.assertIn("FAST count replayed", got[1])
+        self.assertNotIn("<bound", got[1])
+
+    def test_old_token_after_reissue_keeps_its_count(self):
+        """A new token does not reset the count of the one it replaces (still valid until
+        the new one is used, §3.3)."""
+        ua = str(uuid.uuid4())
+        old = self.token("bob", ua)
+        cnt = lambda n: f"<fast xmlns='urn:xmpp:fast:0' count='{n}'/>"
+        self.assertIn("<success", fast(self.srv.port, "bob", old, ua, inline=cnt(5)))
+        t = fast(self.srv.port, "bob", old, ua, inline=cnt(6) + REQ)
+        self.assertIn("<success", t)
+        new = token_of(t)[0]
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", old, ua, inline=cnt(6)), "count = last")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", old, ua, inline=cnt(1)))
+        self.assertIn("FAST count required", fast(self.srv.port, "bob", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "bob", old, ua, inline=cnt(7)), "count = last + 1")
+        # the new token counts on its own, from nothing
+        self.assertIn("<success", fast(self.srv.port, "bob", new, ua, inline=cnt(1)))
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", old, ua, inline=cnt(8)), "replaced once the new one is used")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", new, ua, inline=cnt(1)), "its count survived the clean-up")
+        self.assertIn("<success", fast(self.srv.port, "bob", new, ua, inline=cnt(2)))
+
     def test_rotation_and_invalidate(self):
         ua = str(uuid.uuid4())
         old = self.token("alice", ua)
@@ -409,8 +479,7 @@ class FastRedisTest(FastTest):
     def setUpClass(cls):
         cls.redis = Redis()
         cls.redis.start()
-        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}",
-                            "limits.fast_tokens": 2})
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}", **FAST_OPTS})
         for u in cls.users:
             cls.srv.adduser(f"{u}@{DOMAIN}", cls.password)
         cls.srv.start()

@@ -2561,20 +2561,47 @@ STORE_TEST(fast_put_get_count_delete) {
   cr_assert_eq(got.prev_expiry, 999);
   cr_assert_eq(got.count, -1);
   cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT, "another account's is apart");
-  /* replay protection: strictly increasing */
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), 0);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), XMPP_EDENIED);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 5), 0);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 4), XMPP_EDENIED);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", 1), XMPP_ENOENT);
+  /* replay protection: strictly increasing, per token (matched by its hash) */
+  unsigned char cur7[32], prev8[32], new9[32], other[32];
+  memset(cur7, 7, 32);
+  memset(prev8, 8, 32);
+  memset(new9, 9, 32);
+  memset(other, 6, 32);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 0), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 0), XMPP_EDENIED, "count = last");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 5), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 4), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 6), 0, "count = last + 1");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", prev8, 2), 0, "the previous token counts apart");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", prev8, 2), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", other, 100), XMPP_ENOENT, "a token not held");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", cur7, 1), XMPP_ENOENT);
   cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
-  cr_assert_eq(got.count, 5);
-  /* a new token starts the count again */
+  cr_assert_eq(got.count, 6);
+  cr_assert_eq(got.prev_count, 2);
+  /* a new token starts at -1; the one it replaces keeps its count in the previous slot */
   t = fast_tok(9, 2000);
+  memcpy(t.prev, cur7, 32);
+  t.cur_mech = STORE_FAST_EXPR;
+  t.prev_mech = STORE_FAST_ENDP;
   cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
   cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
   cr_assert_eq(got.count, -1);
+  cr_assert_eq(got.prev_count, 6, "the old token's count is not reset by the reissue");
+  cr_assert_eq(got.cur_mech, STORE_FAST_EXPR);
+  cr_assert_eq(got.prev_mech, STORE_FAST_ENDP);
   cr_assert_eq(got.cur[0], 9);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 6), XMPP_EDENIED, "old token after reissue: count = last");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 7), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", new9, 1), 0);
+  /* the previous one dropped: the current one keeps its count */
+  memset(t.prev, 0, 32);
+  t.prev_expiry = 0;
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, 1);
+  cr_assert_eq(got.prev_count, -1);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 8), XMPP_ENOENT, "gone");
   cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
   cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 1);
   cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 0);
