@@ -11,7 +11,7 @@ import time
 import unittest
 import uuid
 
-from harness import DOMAIN, XMPPCTL, RawStream, Redis, Server, ServerTest, resp
+from harness import DOMAIN, XMPPCTL, Client, RawStream, Redis, Server, ServerTest, resp, run
 
 NS = "urn:xmpp:sasl:2"
 
@@ -684,6 +684,19 @@ class ScramPlusTest(ServerTest):
                       "the exporter's data under the end point's name")
         s.close()
 
+    def test_slixmpp_logs_in_by_default(self):
+        mech = []
+
+        async def go():
+            c = Client(self.srv, f"alice@{DOMAIN}/s", "pw")
+            try:
+                return await c.login(timeout=10)
+            finally:
+                mech.append(c.plugin["feature_mechanisms"].mech.name)
+                c.disconnect()
+        self.assertTrue(run(go()))
+        self.assertEqual(mech, ["SCRAM-SHA-256"])  # with the y flag: it could bind
+
     def test_legacy_sasl_has_no_plus_by_default(self):
         s = PlusStream(self.srv.port)
         t = s.legacy_scram("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", s.cb)
@@ -841,6 +854,23 @@ class LegacyPlusTest(ServerTest):
             s.close()
             self.assertIn(want, t, (tls13, mech, gs2))
             self.assertNotIn("<success", t)
+
+    def test_slixmpp_183_cannot_bind(self):
+        """Why tls.legacy_sasl_plus is off by default: slixmpp 1.8.3 (Debian 12) picks
+        SCRAM-SHA-1-PLUS and sends p=tls-unique on TLS 1.3, a type we do not offer."""
+        fails, mech = [], []
+
+        async def go():
+            c = Client(self.srv, f"alice@{DOMAIN}/s", "pw")
+            c.add_event_handler("failed_auth", lambda e: fails.append(str(e)))
+            try:
+                return await c.login(timeout=10)
+            finally:
+                mech.append(c.plugin["feature_mechanisms"].mech.name)
+                c.disconnect()
+        self.assertFalse(run(go()))
+        self.assertEqual(mech, ["SCRAM-SHA-1-PLUS"])
+        self.assertIn("malformed-request", fails[0])
 
     def aiosasl_login(self, mech_names, provider, tls13=True, password="pw"):
         """aiosasl's SCRAMPLUS over our <auth/>: True on success, the failure otherwise."""
