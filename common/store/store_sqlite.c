@@ -587,7 +587,13 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 6 && (rc = sqlite3_exec(q->db, schema_v6, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 7 && (rc = sqlite3_exec(q->db, schema_v7, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 8 && (rc = sq_migrate_mam_shared(q->db)) != SQLITE_OK) goto sqlfail;
-  if (ver < 9 && (rc = sqlite3_exec(q->db, schema_v9, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  if (ver < 9) { /* ALTER is not idempotent: only where the columns are missing */
+    char has[32];
+    if ((rc = pragma(q->db, "SELECT count(*) FROM pragma_table_info('fast') WHERE name = 'prev_count'", has,
+                     sizeof has)) != SQLITE_OK)
+      goto sqlfail;
+    if (strcmp(has, "0") == 0 && (rc = sqlite3_exec(q->db, schema_v9, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  }
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
