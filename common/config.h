@@ -24,6 +24,7 @@ typedef struct xmpp_config {
   char *tls_key;
   int require_tls;  /* bool: TLS before authentication */
   char *tls_ciphers;   /* "" = built-in list; else a subset/reordering of it */
+  int legacy_sasl_plus; /* bool: SCRAM -PLUS offered on RFC 6120 SASL too (XEP-0440 types) */
   int tls_offload;  /* bool: TLS 1.3 records protected by the edge once the handshake is done */
   int tls_rekey_records; /* AES-GCM records under one TLS 1.3 key before a KeyUpdate */
   char *tls_ticket_key_file; /* "" = a random ticket key per process */

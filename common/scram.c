@@ -305,18 +305,27 @@ struct scram_server {
   size_t server_first_len;
   char *test_snonce;
   scram_cred_t cred;
-  /* channel binding (RFC 5802 §6, RFC 9266 tls-exporter): scram_server_channel_binding */
+  /* channel binding (RFC 5802 §6, RFC 5929, RFC 9266): scram_server_channel_binding;
+   * cb is the offered type's data the client named (set by client_first) */
   bool plus, offered;
+  const char *cb_names[SCRAM_MAX_CB_TYPES];
+  unsigned char cb_data[SCRAM_MAX_CB_TYPES][SCRAM_MAX_CB];
+  size_t cb_lens[SCRAM_MAX_CB_TYPES], n_cb;
   unsigned char cb[SCRAM_MAX_CB];
   size_t cb_len;
 };
 
-void scram_server_channel_binding(scram_server_t *s, bool plus, const unsigned char *cb, size_t len) {
-  if (!s || len > SCRAM_MAX_CB) return;
-  s->offered = len > 0;
+void scram_server_channel_binding(scram_server_t *s, bool plus, const scram_cb_t *cbs, size_t n) {
+  if (!s) return;
   s->plus = plus;
-  if (len) memcpy(s->cb, cb, len);
-  s->cb_len = len;
+  s->n_cb = 0;
+  for (size_t i = 0; i < n && s->n_cb < SCRAM_MAX_CB_TYPES; i++) {
+    if (!cbs[i].len || cbs[i].len > SCRAM_MAX_CB) continue;
+    s->cb_names[s->n_cb] = cbs[i].name;
+    memcpy(s->cb_data[s->n_cb], cbs[i].data, cbs[i].len);
+    s->cb_lens[s->n_cb++] = cbs[i].len;
+  }
+  s->offered = s->n_cb > 0;
 }
 
 scram_server_t *scram_server_new(scram_hash_t h) {
@@ -416,13 +425,19 @@ sasl_cond_t scram_server_client_first(scram_server_t *s, const char *msg, size_t
   if (!message_ok(msg, len)) return fail(s, SASL_MALFORMED_REQUEST);
   const char *p = msg, *end = msg + len;
 
-  /* gs2-header = gs2-cbind-flag "," [ authzid ] ","; the flag: "p=" cb-name (only
-   * tls-exporter, only for a -PLUS mechanism), "n" or "y" (only for one without) */
-  static const char exporter[] = "p=tls-exporter";
+  /* gs2-header = gs2-cbind-flag "," [ authzid ] ","; the flag: "p=" cb-name (one of
+   * the types offered, only for a -PLUS mechanism), "n" or "y" (only for one without) */
   if (*p == 'p') {
-    if (!s->plus || (size_t)(end - p) < sizeof exporter - 1 || memcmp(p, exporter, sizeof exporter - 1) != 0)
-      return fail(s, SASL_MALFORMED_REQUEST);
-    p += sizeof exporter - 1;
+    if (!s->plus || end - p < 2 || p[1] != '=') return fail(s, SASL_MALFORMED_REQUEST);
+    p += 2;
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    size_t nl = comma ? (size_t)(comma - p) : 0, i;
+    for (i = 0; i < s->n_cb; i++)
+      if (strlen(s->cb_names[i]) == nl && memcmp(p, s->cb_names[i], nl) == 0) break;
+    if (!comma || i == s->n_cb) return fail(s, SASL_MALFORMED_REQUEST); /* a type not offered */
+    memcpy(s->cb, s->cb_data[i], s->cb_lens[i]);
+    s->cb_len = s->cb_lens[i];
+    p = comma;
   } else if (*p == 'n' || *p == 'y') {
     if (s->plus) return fail(s, SASL_MALFORMED_REQUEST); /* -PLUS without binding */
     /* §6: "y" says the client could bind but thinks the server cannot; it could, and

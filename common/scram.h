@@ -94,12 +94,19 @@ sasl_cond_t scram_server_first(scram_server_t *s, const scram_cred_t *cred, char
                                size_t *outlen);
 sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t len, char **out,
                                       size_t *outlen);
-/* Before scram_server_client_first: the channel's tls-exporter data (RFC 9266; len 0:
- * none, -PLUS not offered) and whether the -PLUS mechanism was chosen (plus: then the
- * client must send "p=tls-exporter" and the data in c=; else 'n', or 'y' only when len
- * is 0: with len > 0 the server offered -PLUS and 'y' is a downgrade, not-authorized). */
+/* Before scram_server_client_first: the channel binding types this channel offers
+ * (n of them, at most SCRAM_MAX_CB_TYPES; n 0: -PLUS not offered) with their data, and
+ * whether the -PLUS mechanism was chosen (plus: then the client must send "p=NAME" of
+ * one of them and its data in c=; else 'n', or 'y' only when n is 0: with -PLUS offered,
+ * 'y' is a downgrade, not-authorized). RFC 5802 §6, RFC 5929, RFC 9266. */
 #define SCRAM_MAX_CB 64
-void scram_server_channel_binding(scram_server_t *s, bool plus, const unsigned char *cb, size_t len);
+#define SCRAM_MAX_CB_TYPES 2
+typedef struct scram_cb {
+  const char *name; /* "tls-exporter", "tls-server-end-point" (static) */
+  const unsigned char *data;
+  size_t len;
+} scram_cb_t;
+void scram_server_channel_binding(scram_server_t *s, bool plus, const scram_cb_t *cbs, size_t n);
 /* The authzid given in the gs2 header (a=...), or NULL. */
 const char *scram_server_authzid(const scram_server_t *s);
 

@@ -125,10 +125,12 @@ struct sasl2_req {
   uint32_t h;
   char *pre;          /* XML the <success/> carries before <bound/> (a failed resumption) */
   /* XEP-0484 FAST */
-  int want_token;     /* <request-token mechanism='HT-SHA-256-NONE'/> */
+  int want_token;     /* <request-token mechanism/> of an HT mechanism offered here */
+  int token_mech;     /* ... that one (STORE_FAST_*) */
   int64_t count;      /* <fast count/>, -1 none */
   int invalidate;     /* <fast invalidate='true'/> */
-  int fast;           /* this exchange is HT-SHA-256-NONE */
+  int fast;           /* this exchange is HT-SHA-256-* (FAST) */
+  int fast_mech;      /* ... which one (STORE_FAST_*) */
   int64_t fast_expiry;/* ... which expires then */
   char *token;        /* <token/> for <success/> */
 };
@@ -392,6 +394,9 @@ bus_msg_t *csi_take(conn_t *c);
 int sasl2_offered(const conn_t *c);
 /* The <authentication/> stream feature with its inline features. */
 void sasl2_feature(const conn_t *c, buf_t *out);
+/* RFC 6120 <mechanisms/> (SCRAM -PLUS with tls.legacy_sasl_plus) and XEP-0440
+ * <sasl-channel-binding/> when a -PLUS mechanism is offered (secured: TLS is up). */
+void sasl_feature(const conn_t *c, buf_t *out, int secured);
 /* <authenticate/>, <response/>, <abort/> of urn:xmpp:sasl:2. */
 void sasl2_element(conn_t *c, xnode_t *e);
 /* The SASL2 success, once what was asked inline is done: results (XML, may be NULL) go

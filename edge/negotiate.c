@@ -80,12 +80,7 @@ static void send_features(conn_t *c) {
       if (c->th->cfg->require_tls) buf_puts(&f, "<required/>");
       buf_puts(&f, "</starttls>");
     }
-    if (secured || !c->th->cfg->require_tls) {
-      buf_puts(&f, "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
-                   "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
-      if (secured) buf_puts(&f, "<mechanism>PLAIN</mechanism>");
-      buf_puts(&f, "</mechanisms>");
-    }
+    if (secured || !c->th->cfg->require_tls) sasl_feature(c, &f, secured);
     if (sasl2_offered(c)) sasl2_feature(c, &f); /* XEP-0388 §2.1 */
     if (register_offered(c)) buf_puts(&f, "<register xmlns='http://jabber.org/features/iq-register'/>"); /* XEP-0077 §4 */
   } else {

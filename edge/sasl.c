@@ -249,24 +249,55 @@ static void plain_have_account(conn_t *c, plain_job_t *j, int rc, const store_ac
   uv_queue_work(&c->th->loop, &j->req, plain_work, plain_done);
 }
 
-/* The channel's tls-exporter data when SCRAM -PLUS is offered: SASL2 only (XEP-0388),
- * TLS 1.3 only. Legacy SASL does not offer it: slixmpp 1.8.3 and aioxmpp would pick it
- * and bind with tls-unique, which TLS 1.3 does not define (RFC 9266 §3). */
-static size_t plus_cb(const conn_t *c, const uint8_t **cb) {
-  *cb = NULL;
-  if (!c->sasl2 || !c->tls || !c->secure) return 0;
-  return tls_conn_exporter(c->tls, cb);
+/* The channel binding types of this connection, with their data: tls-exporter (RFC 9266,
+ * TLS 1.3 only: on 1.2 it would need the extended master secret) and tls-server-end-point
+ * (RFC 5929 §4, any version). No tls-unique: not defined for TLS 1.3 (RFC 9266 §3), and
+ * on TLS 1.2 tls-server-end-point serves. */
+static size_t cb_types(const conn_t *c, scram_cb_t out[SCRAM_MAX_CB_TYPES]) {
+  size_t n = 0;
+  if (!c->tls || !c->secure) return 0;
+  const uint8_t *d;
+  size_t len = tls_conn_exporter(c->tls, &d);
+  if (len) out[n++] = (scram_cb_t){"tls-exporter", d, len};
+  len = tls_conn_endpoint(c->tls, &d);
+  if (len) out[n++] = (scram_cb_t){"tls-server-end-point", d, len};
+  return n;
+}
+
+/* SCRAM -PLUS is offered: always over SASL2 (XEP-0388), over RFC 6120 SASL only with
+ * tls.legacy_sasl_plus (slixmpp before 1.8.5 picks -PLUS there and binds with
+ * tls-unique, which TLS 1.3 does not define: it could not log in with SCRAM at all). */
+static size_t plus_types(const conn_t *c, scram_cb_t out[SCRAM_MAX_CB_TYPES]) {
+  if (!c->sasl2 && !c->th->cfg->legacy_sasl_plus) return 0;
+  return cb_types(c, out);
+}
+
+void sasl_feature(const conn_t *c, buf_t *out, int secured) {
+  scram_cb_t cbs[SCRAM_MAX_CB_TYPES];
+  size_t n = secured && c->th->cfg->legacy_sasl_plus ? cb_types(c, cbs) : 0;
+  buf_puts(out, "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+  if (n) buf_puts(out, "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>");
+  buf_puts(out, "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
+  if (secured) buf_puts(out, "<mechanism>PLAIN</mechanism>");
+  buf_puts(out, "</mechanisms>");
+  /* XEP-0440 §2: the types the server binds with, whether -PLUS is offered over SASL or
+   * SASL2 (always under TLS) */
+  if (secured && sasl2_offered(c)) n = cb_types(c, cbs);
+  if (!n) return;
+  buf_puts(out, "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
+  for (size_t i = 0; i < n; i++) buf_printf(out, "<channel-binding type='%s'/>", cbs[i].name);
+  buf_puts(out, "</sasl-channel-binding>");
 }
 
 static void start_scram(conn_t *c, scram_hash_t h, int plus, const unsigned char *msg, size_t len) {
-  const uint8_t *cb;
-  size_t cblen = plus_cb(c, &cb);
-  if (plus && !cblen) {
+  scram_cb_t cbs[SCRAM_MAX_CB_TYPES];
+  size_t n = plus_types(c, cbs);
+  if (plus && !n) {
     send_failure(c, SASL_INVALID_MECHANISM);
     return;
   }
   c->scram = scram_server_new(h);
-  scram_server_channel_binding(c->scram, plus, cb, cblen);
+  scram_server_channel_binding(c->scram, plus, cbs, n);
   const char *user = NULL;
   sasl_cond_t cond = scram_server_client_first(c->scram, (const char *)msg, len, &user);
   if (cond != SASL_OK) {
@@ -375,10 +406,36 @@ void sasl_thread_close(edge_thread_t *th) {
 }
 
 static void start_mech(conn_t *c, const char *mech, xnode_t *resp);
-static void start_fast(conn_t *c, const unsigned char *msg, size_t len);
-#define FAST_MECH "HT-SHA-256-NONE"
+static void start_fast(conn_t *c, int mech, const unsigned char *msg, size_t len);
 #define NS_FAST "urn:xmpp:fast:0"
 static int fast_offered(const conn_t *c) { return c->th->cfg->fast_tokens > 0; }
+
+/* The HT mechanisms (draft-schmaus-kitten-sasl-ht), indexed by STORE_FAST_*: -NONE binds
+ * to nothing, -ENDP to tls-server-end-point (RFC 5929), -EXPR to tls-exporter (RFC 9266). */
+static const char *const ht_names[] = {"HT-SHA-256-NONE", "HT-SHA-256-ENDP", "HT-SHA-256-EXPR"};
+
+static int ht_mech(const char *name) {
+  for (int i = 0; i < 3; i++)
+    if (name && !strcmp(name, ht_names[i])) return i;
+  return -1;
+}
+
+/* The channel binding data of mech on this connection: 0 and *cb (NULL, 0 for -NONE), or
+ * -1 when the connection has none of that type (the mechanism is not offered). */
+static int ht_cb(const conn_t *c, int mech, const uint8_t **cb, size_t *len) {
+  *cb = NULL;
+  *len = 0;
+  if (mech == STORE_FAST_NONE) return 0;
+  if (!c->tls || !c->secure) return -1;
+  *len = mech == STORE_FAST_EXPR ? tls_conn_exporter(c->tls, cb) : tls_conn_endpoint(c->tls, cb);
+  return *len ? 0 : -1;
+}
+
+static int ht_offered(const conn_t *c, int mech) {
+  const uint8_t *cb;
+  size_t len;
+  return mech >= 0 && ht_cb(c, mech, &cb, &len) == 0;
+}
 
 void sasl_auth(conn_t *c, xnode_t *auth) {
   if (c->scram || c->auth_bare || c->sasl2) {
@@ -404,7 +461,7 @@ static void start_mech(conn_t *c, const char *mech, xnode_t *resp) {
   else if (!strcmp(mech, "SCRAM-SHA-256-PLUS")) start_scram(c, SCRAM_SHA256, 1, msg, len);
   else if (!strcmp(mech, "SCRAM-SHA-1-PLUS")) start_scram(c, SCRAM_SHA1, 1, msg, len);
   else if (!strcmp(mech, "PLAIN")) start_plain(c, msg, len);
-  else if (c->sasl2 && !strcmp(mech, FAST_MECH) && fast_offered(c)) start_fast(c, msg, len);
+  else if (c->sasl2 && fast_offered(c) && ht_offered(c, ht_mech(mech))) start_fast(c, ht_mech(mech), msg, len);
   else send_failure(c, SASL_INVALID_MECHANISM);
   xfree(msg);
 }
@@ -457,9 +514,9 @@ void sasl_cleanup(conn_t *c) {
 int sasl2_offered(const conn_t *c) { return c->state == CONN_ST_SECURED; }
 
 void sasl2_feature(const conn_t *c, buf_t *out) {
-  const uint8_t *cb;
+  scram_cb_t cbs[SCRAM_MAX_CB_TYPES];
   buf_puts(out, "<authentication xmlns='urn:xmpp:sasl:2'>");
-  if (c->tls && tls_conn_exporter(c->tls, &cb)) /* RFC 9266 */
+  if (cb_types(c, cbs)) /* RFC 9266, RFC 5929: the types in <sasl-channel-binding/> */
     buf_puts(out, "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>");
   buf_puts(out, "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
                 "<mechanism>PLAIN</mechanism><inline>"
@@ -468,8 +525,13 @@ void sasl2_feature(const conn_t *c, buf_t *out) {
                 "<feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>");
   if (sm_offered(c)) buf_puts(out, "<feature var='urn:xmpp:sm:3'/>");
   buf_puts(out, "</inline></bind>");
-  /* XEP-0484 §2: FAST, its mechanisms listed here only */
-  if (fast_offered(c)) buf_puts(out, "<fast xmlns='urn:xmpp:fast:0'><mechanism>" FAST_MECH "</mechanism></fast>");
+  /* XEP-0484 §2: FAST, its mechanisms listed here only, channel-bound ones first */
+  if (fast_offered(c)) {
+    buf_puts(out, "<fast xmlns='urn:xmpp:fast:0'>");
+    for (int m = STORE_FAST_EXPR; m >= STORE_FAST_NONE; m--)
+      if (ht_offered(c, m)) buf_printf(out, "<mechanism>%s</mechanism>", ht_names[m]);
+    buf_puts(out, "</fast>");
+  }
   /* XEP-0198: resumption inline in <authenticate/> */
   if (sm_offered(c) && c->th->cfg->sm_resume_timeout > 0) buf_puts(out, "<sm xmlns='urn:xmpp:sm:3'/>");
   buf_puts(out, "</inline></authentication>");
@@ -535,9 +597,9 @@ static const char *parse_inline(conn_t *c, xnode_t *e, sasl2_req_t *r) {
   }
   r->count = -1;
   xnode_t *rt = why ? NULL : xnode_child(e, "request-token", NS_FAST);
-  if (rt && fast_offered(c)) { /* another mechanism than ours: no token (§3.1) */
-    const char *m = xnode_attr(rt, "mechanism");
-    r->want_token = m && !strcmp(m, FAST_MECH);
+  if (rt && fast_offered(c)) { /* a mechanism not offered here: no token (§3.1) */
+    r->token_mech = ht_mech(xnode_attr(rt, "mechanism"));
+    r->want_token = ht_offered(c, r->token_mech);
   }
   xnode_t *fa = why ? NULL : xnode_child(e, "fast", NS_FAST);
   if (fa) {
@@ -645,16 +707,26 @@ void sasl2_bind_failed(conn_t *c, const char *text) {
 }
 
 /* ---- FAST (XEP-0484) ---------------------------------------------------------------
- * HT-SHA-256-NONE over SASL2: the client proves it holds a token the server issued to
- * its user agent (<user-agent id/>) with one HMAC, no PBKDF2, no round trip. Tokens are
- * issued on <request-token/>, stored as SHA-256 (store_fast_*, ht_token_key), valid
+ * HT-SHA-256-EXPR, -ENDP and -NONE over SASL2: the client proves it holds a token the
+ * server issued to its user agent (<user-agent id/>) with one HMAC over the channel's
+ * binding data (none for -NONE), no PBKDF2, no round trip. Tokens are issued on
+ * <request-token/>, bound to the mechanism it names (§3.2: used with another one, a
+ * token is refused), stored as SHA-256 (store_fast_*, ht_token_key), valid
  * limits.fast_token_lifetime seconds; the one a new token replaces stays valid until the
- * new one is used (§3.3); a log-in with a token past half of its life gets a new one. <fast count/> must grow with every use of the user
- * agent's token (§3.4: replay protection, checked and stored atomically by the store);
- * <fast invalidate='true'/> revokes it once authenticated. The token read is one store
- * call on the loop (SQLite: a primary-key look-up; Redis: one round trip). */
+ * new one is used (§3.3); a log-in with a token past half of its life gets a new one.
+ * Replay protection (§3.2), per token: a <fast count/> must be above the last one
+ * accepted with that token (checked and stored atomically by the store; a new token does
+ * not reset the count of the one it replaces). A log-in without a count is accepted
+ * while the token was never used with one (the XEP requires the count only of
+ * authentication in TLS 0-RTT data, which this server does not accept); once it was, a
+ * log-in without one is refused, so a client that counts cannot be replayed by dropping
+ * the count. With -NONE the proof covers neither the count nor the channel: the count
+ * stops replays of captured bytes (0-RTT style), and only -EXPR/-ENDP stop a relay of
+ * the proof by someone who sees inside TLS. <fast invalidate='true'/> revokes the token
+ * once authenticated. The token read is one store call on the loop (SQLite: a
+ * primary-key look-up; Redis: one round trip). */
 
-static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
+static void start_fast(conn_t *c, int mech, const unsigned char *msg, size_t len) {
   sasl2_req_t *r = c->sasl2;
   char *authcid = NULL;
   unsigned char proof[HT_KEY_LEN];
@@ -670,6 +742,12 @@ static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
     return;
   }
   if (throttled(c)) return;
+  const uint8_t *cb;
+  size_t cblen;
+  if (ht_cb(c, mech, &cb, &cblen) != 0) { /* cannot happen: offered */
+    send_failure(c, SASL_INVALID_MECHANISM);
+    return;
+  }
   store_t *st = c->th->store;
   store_fast_t t;
   int rc = store_fast_get(st, c->auth_bare, r->ua_id, &t);
@@ -680,16 +758,23 @@ static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
   int64_t now = (int64_t)time(NULL);
   int which = 0; /* 1: the current token, 2: the previous one */
   if (rc == 0) {
-    if (now < t.cur_expiry && ht_check(t.cur, NULL, 0, proof) == 0) which = 1;
-    else if (t.prev_expiry && now < t.prev_expiry && ht_check(t.prev, NULL, 0, proof) == 0) which = 2;
+    if (now < t.cur_expiry && t.cur_mech == mech && ht_check(t.cur, cb, cblen, proof) == 0) which = 1;
+    else if (t.prev_expiry && now < t.prev_expiry && t.prev_mech == mech && ht_check(t.prev, cb, cblen, proof) == 0)
+      which = 2;
   }
-  if (!which) { /* unknown, forged, expired, another account's or user agent's */
+  if (!which) { /* unknown, forged, expired, another account's, user agent's, mechanism's or channel's */
     memset(&t, 0, sizeof t);
     send_failure(c, SASL_NOT_AUTHORIZED);
     return;
   }
+  const unsigned char *key = which == 1 ? t.cur : t.prev;
+  if (r->count < 0 && (which == 1 ? t.count : t.prev_count) >= 0) {
+    memset(&t, 0, sizeof t);
+    send_failure_text(c, SASL_NOT_AUTHORIZED, "FAST count required: this token was used with one");
+    return;
+  }
   if (r->count >= 0) {
-    rc = store_fast_count(st, c->auth_bare, r->ua_id, r->count);
+    rc = store_fast_count(st, c->auth_bare, r->ua_id, key, r->count);
     if (rc != 0) {
       memset(&t, 0, sizeof t);
       if (rc == XMPP_EDENIED) send_failure_text(c, SASL_NOT_AUTHORIZED, "FAST count replayed");
@@ -698,15 +783,17 @@ static void start_fast(conn_t *c, const unsigned char *msg, size_t len) {
     }
   }
   unsigned char resp[HT_KEY_LEN];
-  rc = ht_hmac(which == 1 ? t.cur : t.prev, 0, NULL, 0, resp);
+  rc = ht_hmac(key, 0, cb, cblen, resp);
   r->fast = 1;
+  r->fast_mech = mech;
   r->fast_expiry = which == 1 ? t.cur_expiry : t.prev_expiry;
   if (which == 1 && t.prev_expiry && !r->invalidate) {
-    /* §3.3: the client has the new token: the one it replaced goes */
+    /* §3.3: the client has the new token: the one it replaced goes (the current one
+     * keeps its count: the store matches counts by hash) */
     memset(t.prev, 0, sizeof t.prev);
     t.prev_expiry = 0;
-    if (store_fast_put(st, c->auth_bare, r->ua_id, &t, 0) == 0 && r->count >= 0)
-      (void)store_fast_count(st, c->auth_bare, r->ua_id, r->count); /* the put started it again */
+    t.prev_mech = STORE_FAST_NONE;
+    (void)store_fast_put(st, c->auth_bare, r->ua_id, &t, 0);
   }
   memset(&t, 0, sizeof t);
   if (rc != 0) {
@@ -731,9 +818,12 @@ static void fast_tokens(conn_t *c) {
   char *tok = NULL;
   if (ht_token_make(&tok, t.cur) != 0) return;
   t.cur_expiry = now + life;
+  /* bound to the mechanism asked for (§3.2); rotation keeps the one just used */
+  t.cur_mech = r->want_token ? r->token_mech : r->fast_mech;
   if (!r->invalidate && store_fast_get(st, c->auth_bare, r->ua_id, &old) == 0 && now < old.cur_expiry) {
-    memcpy(t.prev, old.cur, sizeof t.prev); /* still accepted until the new one is used */
-    t.prev_expiry = old.cur_expiry;
+    memcpy(t.prev, old.cur, sizeof t.prev); /* still accepted until the new one is used, */
+    t.prev_expiry = old.cur_expiry;         /* with its count (the store keeps it) */
+    t.prev_mech = old.cur_mech;
   }
   memset(&old, 0, sizeof old);
   int rc = store_fast_put(st, c->auth_bare, r->ua_id, &t, (unsigned)cfg->fast_tokens);

@@ -35,9 +35,17 @@ static const char *CIPHERS =
 
 /* The current context. A reload swaps in a new one under the lock; wolfSSL counts the
  * sessions using a context, so the old one lives until its last session ends. */
+/* RFC 5929 §4.1 tls-server-end-point: the hash of our certificate (the first of the
+ * chain), taken once per context; 0 bytes when its signature names no usable hash. */
+typedef struct endpoint {
+  uint8_t hash[64];
+  uint8_t len;
+} endpoint_t;
+
 struct tls_ctx {
   pthread_mutex_t mu;
   WOLFSSL_CTX *ctx;
+  endpoint_t endpoint; /* of ctx, swapped with it under mu */
 };
 
 /* After a TLS 1.3 handshake the session is "offloaded": the traffic keys, IVs and
@@ -89,6 +97,7 @@ struct tls_conn {
   tls_rec_t rec;
   uint8_t exporter[32]; /* RFC 9266 tls-exporter channel binding (TLS 1.3), taken before the offload */
   int has_exporter;
+  endpoint_t endpoint;  /* RFC 5929 tls-server-end-point of the context the session was made on */
 };
 
 static char *cipher_list; /* NULL: CIPHERS */
@@ -218,6 +227,32 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
   return ctx;
 }
 
+/* RFC 5929 §4.1: the certificate's signature hash, SHA-256 in place of MD5 and SHA-1;
+ * a signature without one of those (Ed25519, Ed448) has no tls-server-end-point. */
+static void endpoint_of(WOLFSSL_CTX *ctx, endpoint_t *ep) {
+  memset(ep, 0, sizeof *ep);
+  WOLFSSL_X509 *x = wolfSSL_CTX_get0_certificate(ctx);
+  int der_len = 0;
+  const unsigned char *der = x ? wolfSSL_X509_get_der(x, &der_len) : NULL;
+  if (!der || der_len <= 0) return;
+  enum wc_HashType h;
+  switch (wolfSSL_X509_get_signature_nid(x)) {
+  case NID_md5WithRSAEncryption:
+  case NID_sha1WithRSAEncryption:
+  case NID_ecdsa_with_SHA1:
+  case NID_sha256WithRSAEncryption:
+  case NID_ecdsa_with_SHA256: h = WC_HASH_TYPE_SHA256; break;
+  case NID_sha384WithRSAEncryption:
+  case NID_ecdsa_with_SHA384: h = WC_HASH_TYPE_SHA384; break;
+  case NID_sha512WithRSAEncryption:
+  case NID_ecdsa_with_SHA512: h = WC_HASH_TYPE_SHA512; break;
+  default: return; /* RSA-PSS names its hash in parameters; EdDSA has none: not offered */
+  }
+  int n = wc_HashGetDigestSize(h);
+  if (n > 0 && n <= (int)sizeof ep->hash && wc_Hash(h, der, (word32)der_len, ep->hash, (word32)n) == 0)
+    ep->len = (uint8_t)n;
+}
+
 tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) {
   static int inited;
   if (!inited) {
@@ -230,15 +265,19 @@ tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) 
   tls_ctx_t *t = xcalloc(1, sizeof *t);
   pthread_mutex_init(&t->mu, NULL);
   t->ctx = ctx;
+  endpoint_of(ctx, &t->endpoint);
   return t;
 }
 
 int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
   if (!ctx) return XMPP_ERR;
+  endpoint_t ep;
+  endpoint_of(ctx, &ep);
   pthread_mutex_lock(&t->mu);
   WOLFSSL_CTX *old = t->ctx;
   t->ctx = ctx;
+  t->endpoint = ep;
   pthread_mutex_unlock(&t->mu);
   wolfSSL_CTX_free(old); /* drops our reference; sessions still on it keep theirs */
   return 0;
@@ -262,6 +301,7 @@ tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
   tls_conn_t *c = xcalloc(1, sizeof *c);
   pthread_mutex_lock(&t->mu);
   c->ssl = wolfSSL_new(t->ctx);
+  c->endpoint = t->endpoint;
   pthread_mutex_unlock(&t->mu);
   if (!c->ssl) {
     xfree(c);
@@ -295,6 +335,10 @@ int tls_conn_resumed(const tls_conn_t *c) { return c->resumed; }
 size_t tls_conn_exporter(const tls_conn_t *c, const uint8_t **data) {
   *data = c->has_exporter ? c->exporter : NULL;
   return c->has_exporter ? sizeof c->exporter : 0;
+}
+size_t tls_conn_endpoint(const tls_conn_t *c, const uint8_t **data) {
+  *data = c->ready && c->endpoint.len ? c->endpoint.hash : NULL;
+  return *data ? c->endpoint.len : 0;
 }
 int tls_conn_offloaded(const tls_conn_t *c) { return c->offloaded; }
 

@@ -74,6 +74,10 @@ int tls_conn_resumed(const tls_conn_t *c);
 /* The RFC 9266 tls-exporter channel binding data (32 bytes, TLS 1.3 handshakes only):
  * its length and *data, or 0. Valid once the handshake completed, offloaded or not. */
 size_t tls_conn_exporter(const tls_conn_t *c, const uint8_t **data);
+/* The RFC 5929 tls-server-end-point channel binding data (the hash of our certificate,
+ * any TLS version): its length and *data, or 0 (before the handshake; a certificate
+ * signed without a usable hash). */
+size_t tls_conn_endpoint(const tls_conn_t *c, const uint8_t **data);
 int tls_conn_offloaded(const tls_conn_t *c);
 const char *tls_conn_cipher(const tls_conn_t *c);
 

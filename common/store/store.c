@@ -487,11 +487,11 @@ int store_fast_put(store_t *s, const char *bare, const char *ua, const store_fas
   return s->ops->fast_put(s->be, bare, ua, t, max);
 }
 
-int store_fast_count(store_t *s, const char *bare, const char *ua, int64_t count) {
+int store_fast_count(store_t *s, const char *bare, const char *ua, const unsigned char *hash, int64_t count) {
   int rc = enter(s, "store_fast_count");
   if (rc) return rc;
   if (bad_str(bare) || bad_str(ua) || count < 0) return XMPP_EINVAL;
-  return s->ops->fast_count(s->be, bare, ua, count);
+  return s->ops->fast_count(s->be, bare, ua, hash, count);
 }
 
 int store_fast_delete(store_t *s, const char *bare, const char *ua) {

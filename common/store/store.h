@@ -250,19 +250,25 @@ int store_set_cache(store_t *s, size_t bytes);
 typedef struct store_fast {
   unsigned char cur[STORE_FAST_HASH], prev[STORE_FAST_HASH];
   int64_t cur_expiry, prev_expiry; /* prev_expiry 0: no previous token */
-  int64_t count;                   /* the last count accepted; -1: none yet */
+  int64_t count, prev_count;       /* the last count accepted with each; -1: none yet */
+  int cur_mech, prev_mech;         /* the HT mechanism each is bound to (STORE_FAST_*) */
 } store_fast_t;
+#define STORE_FAST_NONE 0 /* HT-SHA-256-NONE */
+#define STORE_FAST_ENDP 1 /* HT-SHA-256-ENDP */
+#define STORE_FAST_EXPR 2 /* HT-SHA-256-EXPR */
 /* 0 and *out; XMPP_ENOENT when bare has no token for ua. */
 int store_fast_get(store_t *s, const char *bare, const char *ua, store_fast_t *out);
-/* Inserts or replaces bare's token for ua (out->count is ignored: it starts again at -1).
+/* Inserts or replaces bare's tokens for ua. The counts are not taken from t: each token
+ * keeps the count it had in either slot (matched by hash), a new one starts at -1.
  * When the account then holds more than max user agents' tokens (0: no limit), the one
  * that expires first among the others goes. One transaction / one script. 0,
  * XMPP_ENOENT (no account), XMPP_EIO. */
 int store_fast_put(store_t *s, const char *bare, const char *ua, const store_fast_t *t, unsigned max);
-/* Replay protection: 0 when count is above the last one accepted for (bare, ua), now
- * stored; XMPP_EDENIED when not (nothing changes); XMPP_ENOENT when there is no token.
- * Atomic: of two log-ins with the same count, one gets XMPP_EDENIED. */
-int store_fast_count(store_t *s, const char *bare, const char *ua, int64_t count);
+/* Replay protection, per token: 0 when count is above the last one accepted for the
+ * token of (bare, ua) whose hash is hash, now stored; XMPP_EDENIED when not (nothing
+ * changes); XMPP_ENOENT when no such token. Atomic: of two log-ins with the same count,
+ * one gets XMPP_EDENIED. */
+int store_fast_count(store_t *s, const char *bare, const char *ua, const unsigned char *hash, int64_t count);
 /* Removes bare's token for ua, or (ua NULL) every token of bare (a password change,
  * xmppctl fast-revoke): how many user agents' tokens went (>= 0), or an error. */
 int store_fast_delete(store_t *s, const char *bare, const char *ua);

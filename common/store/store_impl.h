@@ -80,7 +80,7 @@ typedef struct store_backend {
   /* XEP-0484 FAST tokens (store_fast_*); ua non-NULL except for fast_delete (all). */
   int (*fast_get)(void *be, const char *bare, const char *ua, store_fast_t *out);
   int (*fast_put)(void *be, const char *bare, const char *ua, const store_fast_t *t, unsigned max);
-  int (*fast_count)(void *be, const char *bare, const char *ua, int64_t count);
+  int (*fast_count)(void *be, const char *bare, const char *ua, const unsigned char *hash, int64_t count);
   int (*fast_delete)(void *be, const char *bare, const char *ua);
 } store_backend_t;
 

@@ -38,7 +38,8 @@
  *   {u:JID}:mp hash   archiving preferences: default, a:JID, n:JID
  *   {u:JID}:f  hash   XEP-0484 FAST tokens per user agent: t:UA (SHA-256 of the current
  *                     and of the previous token, 64 bytes), e:UA, p:UA (their expiry, unix
- *                     seconds), c:UA (the last count accepted); never a token
+ *                     seconds), c:UA, d:UA (the last count accepted with each), m:UA
+ *                     (their HT mechanisms, two digits; absent: "00", -NONE); never a token
  *                     (and mam_last in the account hash: the last archive id)
  * Two keys outside any user's slot:
  *   accounts      sorted set, score 0, member = bare JID: the account index for
@@ -269,39 +270,59 @@ static const char *const script_text[S_COUNT] = {
                      "if n == 1 and redis.call('EXISTS', KEYS[1]) == 1 then "
                      "  redis.call('HINCRBY', KEYS[1], 'roster_ver', 1) end return n",
     /* XEP-0484 FAST tokens: {u:JID}:f fields t:UA (SHA-256 of the current token, then of
-     * the previous one), e:UA and p:UA (their expiry), c:UA (the last count accepted).
-     * KEYS: account, fast. ARGV: ua, hashes, expiry, previous expiry, max -> 1, -1 no
-     * account. Beyond max user agents, the others' tokens that expire first go. */
+     * the previous one), e:UA and p:UA (their expiry), c:UA and d:UA (the last count
+     * accepted with each), m:UA (their mechanisms). Each count goes with its token's hash:
+     * a token kept (still current, or now the previous one) keeps it, a new one starts at
+     * -1. KEYS: account, fast. ARGV: ua, hashes, expiry, previous expiry, max, mechanisms
+     * -> 1, -1 no account. Beyond max user agents (counted by their e: fields), the others'
+     * tokens that expire first go. */
     [S_FAST_PUT] = "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
                    "local u = ARGV[1] "
-                   "redis.call('HSET', KEYS[2], 't:'..u, ARGV[2], 'e:'..u, ARGV[3], 'p:'..u, ARGV[4], 'c:'..u, '-1') "
+                   "local o = redis.call('HMGET', KEYS[2], 't:'..u, 'c:'..u, 'd:'..u) "
+                   "local function cnt(h) "
+                   "  if not o[1] then return '-1' end "
+                   "  if string.sub(o[1], 1, 32) == h then return o[2] or '-1' end "
+                   "  if string.sub(o[1], 33, 64) == h then return o[3] or '-1' end "
+                   "  return '-1' end "
+                   "local cc, pc = cnt(string.sub(ARGV[2], 1, 32)), cnt(string.sub(ARGV[2], 33, 64)) "
+                   "redis.call('HSET', KEYS[2], 't:'..u, ARGV[2], 'e:'..u, ARGV[3], 'p:'..u, ARGV[4], 'c:'..u, cc, "
+                   "           'd:'..u, pc, 'm:'..u, ARGV[6]) "
                    "local max = tonumber(ARGV[5]) "
                    "if max > 0 then "
-                   "  local n = redis.call('HLEN', KEYS[2]) / 4 "
-                   "  while n > max do "
+                   "  while true do "
                    "    local all = redis.call('HGETALL', KEYS[2]) "
-                   "    local best, bexp = nil, nil "
+                   "    local n, best, bexp = 0, nil, nil "
                    "    for i = 1, #all, 2 do "
                    "      local f = all[i] "
-                   "      if string.sub(f, 1, 2) == 'e:' and string.sub(f, 3) ~= u then "
+                   "      if string.sub(f, 1, 2) == 'e:' then "
+                   "        n = n + 1 "
                    "        local e = tonumber(all[i + 1]) "
-                   "        if best == nil or e < bexp or (e == bexp and string.sub(f, 3) < best) then "
+                   "        if string.sub(f, 3) ~= u and (best == nil or e < bexp or (e == bexp and string.sub(f, 3) < best)) then "
                    "          best, bexp = string.sub(f, 3), e end end end "
-                   "    if best == nil then break end "
-                   "    redis.call('HDEL', KEYS[2], 't:'..best, 'e:'..best, 'p:'..best, 'c:'..best) "
-                   "    n = n - 1 end end "
+                   "    if n <= max or best == nil then break end "
+                   "    redis.call('HDEL', KEYS[2], 't:'..best, 'e:'..best, 'p:'..best, 'c:'..best, 'd:'..best, 'm:'..best) "
+                   "  end end "
                    "return 1",
-    /* KEYS: fast. ARGV: ua, count -> 1 stored, 0 not above the last one, -1 no token */
-    [S_FAST_COUNT] = "local c = redis.call('HGET', KEYS[1], 'c:'..ARGV[1]) "
-                     "if not c then return -1 end "
-                     "if tonumber(ARGV[2]) <= tonumber(c) then return 0 end "
-                     "redis.call('HSET', KEYS[1], 'c:'..ARGV[1], ARGV[2]) "
+    /* KEYS: fast. ARGV: ua, hash, count -> 1 stored, 0 not above the last one accepted
+     * with that token, -1 no such token */
+    [S_FAST_COUNT] = "local t = redis.call('HGET', KEYS[1], 't:'..ARGV[1]) "
+                     "if not t then return -1 end "
+                     "local f "
+                     "if string.sub(t, 1, 32) == ARGV[2] then f = 'c:'..ARGV[1] "
+                     "elseif string.sub(t, 33, 64) == ARGV[2] then f = 'd:'..ARGV[1] "
+                     "else return -1 end "
+                     "local c = redis.call('HGET', KEYS[1], f) or '-1' "
+                     "if tonumber(ARGV[3]) <= tonumber(c) then return 0 end "
+                     "redis.call('HSET', KEYS[1], f, ARGV[3]) "
                      "return 1",
     /* KEYS: fast. ARGV: [ua] -> how many user agents' tokens went */
     [S_FAST_DEL] = "if #ARGV == 0 then "
-                   "  local n = redis.call('HLEN', KEYS[1]) / 4 redis.call('DEL', KEYS[1]) return n end "
+                   "  local n = 0 "
+                   "  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do "
+                   "    if string.sub(f, 1, 2) == 'e:' then n = n + 1 end end "
+                   "  redis.call('DEL', KEYS[1]) return n end "
                    "local u = ARGV[1] "
-                   "return redis.call('HDEL', KEYS[1], 't:'..u, 'e:'..u, 'p:'..u, 'c:'..u) > 0 and 1 or 0",
+                   "return redis.call('HDEL', KEYS[1], 't:'..u, 'e:'..u, 'p:'..u, 'c:'..u, 'd:'..u, 'm:'..u) > 0 and 1 or 0",
 };
 
 /* ---- handle ------------------------------------------------------------------------- */
@@ -2425,18 +2446,21 @@ static int rd_fast_get(void *be, const char *bare, const char *ua, store_fast_t 
   size_t lk;
   char *k = fkey(bare, &lk);
   char *ft = xstrfmt("t:%s", ua), *fe = xstrfmt("e:%s", ua), *fp = xstrfmt("p:%s", ua), *fc = xstrfmt("c:%s", ua);
-  const char *av[] = {"HMGET", k, ft, fe, fp, fc};
-  size_t al[] = {5, lk, strlen(ft), strlen(fe), strlen(fp), strlen(fc)};
+  char *fd = xstrfmt("d:%s", ua), *fm = xstrfmt("m:%s", ua);
+  const char *av[] = {"HMGET", k, ft, fe, fp, fc, fd, fm};
+  size_t al[] = {5, lk, strlen(ft), strlen(fe), strlen(fp), strlen(fc), strlen(fd), strlen(fm)};
   int rc = 0;
-  redisReply *rep = run_array(r, 6, av, al, &rc);
+  redisReply *rep = run_array(r, 8, av, al, &rc);
   xfree(k);
   xfree(ft);
   xfree(fe);
   xfree(fp);
   xfree(fc);
+  xfree(fd);
+  xfree(fm);
   if (!rep) return rc;
   redisReply **e = rep->element;
-  if (rep->elements != 4 || e[0]->type == REDIS_REPLY_NIL) {
+  if (rep->elements != 6 || e[0]->type == REDIS_REPLY_NIL) {
     rc = XMPP_ENOENT;
   } else if (e[0]->type != REDIS_REPLY_STRING || e[0]->len != 2 * STORE_FAST_HASH || e[1]->type != REDIS_REPLY_STRING ||
              e[2]->type != REDIS_REPLY_STRING || e[3]->type != REDIS_REPLY_STRING) {
@@ -2447,6 +2471,10 @@ static int rd_fast_get(void *be, const char *bare, const char *ua, store_fast_t 
     out->cur_expiry = strtoll(e[1]->str, NULL, 10);
     out->prev_expiry = strtoll(e[2]->str, NULL, 10);
     out->count = strtoll(e[3]->str, NULL, 10);
+    out->prev_count = e[4]->type == REDIS_REPLY_STRING ? strtoll(e[4]->str, NULL, 10) : -1;
+    const char *m = e[5]->type == REDIS_REPLY_STRING && e[5]->len == 2 ? e[5]->str : "00"; /* layout before: -NONE */
+    out->cur_mech = m[0] - '0';
+    out->prev_mech = m[1] - '0';
   }
   freeReplyObject(rep);
   return rc;
@@ -2461,27 +2489,27 @@ static int rd_fast_put(void *be, const char *bare, const char *ua, const store_f
   unsigned char hashes[2 * STORE_FAST_HASH];
   memcpy(hashes, t->cur, STORE_FAST_HASH);
   memcpy(hashes + STORE_FAST_HASH, t->prev, STORE_FAST_HASH);
-  char e[24], p[24], m[16];
+  char e[24], p[24], m[16], mm[3] = {(char)('0' + (t->cur_mech % 10)), (char)('0' + (t->prev_mech % 10)), 0};
   snprintf(e, sizeof e, "%" PRId64, t->cur_expiry);
   snprintf(p, sizeof p, "%" PRId64, t->prev_expiry);
   snprintf(m, sizeof m, "%u", max);
-  const char *av[] = {k.a, f, ua, (const char *)hashes, e, p, m};
-  size_t al[] = {k.la, lf, strlen(ua), sizeof hashes, strlen(e), strlen(p), strlen(m)};
-  int rc = exec_script(r, "fast put", S_FAST_PUT, 2, 7, av, al, R_PUSH);
+  const char *av[] = {k.a, f, ua, (const char *)hashes, e, p, m, mm};
+  size_t al[] = {k.la, lf, strlen(ua), sizeof hashes, strlen(e), strlen(p), strlen(m), 2};
+  int rc = exec_script(r, "fast put", S_FAST_PUT, 2, 8, av, al, R_PUSH);
   ukeys_free(&k);
   xfree(f);
   return rc;
 }
 
-static int rd_fast_count(void *be, const char *bare, const char *ua, int64_t count) {
+static int rd_fast_count(void *be, const char *bare, const char *ua, const unsigned char *hash, int64_t count) {
   rd_t *r = be;
   size_t lf;
   char *f = fkey(bare, &lf);
   char c[24];
   snprintf(c, sizeof c, "%" PRId64, count);
-  const char *av[] = {f, ua, c};
-  size_t al[] = {lf, strlen(ua), strlen(c)};
-  redisReply *rep = script(r, S_FAST_COUNT, 1, 3, av, al);
+  const char *av[] = {f, ua, (const char *)hash, c};
+  size_t al[] = {lf, strlen(ua), STORE_FAST_HASH, strlen(c)};
+  redisReply *rep = script(r, S_FAST_COUNT, 1, 4, av, al);
   xfree(f);
   if (!rep) return XMPP_EIO;
   int rc;

@@ -35,7 +35,9 @@
  *     so one block writes one row and "is X blocked" is a primary-key look-up;
  *     accounts.block_items counts them, kept by triggers like roster_items.
  *   fast(owner, ua, cur, prev, cur_expiry, prev_expiry, count) (version 7): XEP-0484
- *     FAST tokens, SHA-256 of each, never the token (store_fast_*).
+ *     FAST tokens, SHA-256 of each, never the token (store_fast_*); (version 9)
+ *     prev_count, cur_mech, prev_mech: the replay counter and the HT mechanism of each
+ *     of the two tokens (count is the current one's).
  *   roster.approved, accounts.roster_ver (version 6): RFC 6121 §3.4 pre-approval, and the
  *     §2.6 roster version, raised by triggers on every insert, update and delete of the
  *     account's roster rows.
@@ -64,7 +66,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 8
+#define SQ_SCHEMA_VERSION 9
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -232,14 +234,26 @@ static const char *const sql_text[Q_COUNT] = {
     [Q_BLOCK_ONE] = "SELECT 1 FROM blocklist WHERE owner = ?1 AND jid = ?2",
     [Q_MAM_LAST] = "SELECT max(id) FROM mam WHERE owner = ?1",
     [Q_ROSTER_VER] = "SELECT roster_ver FROM accounts WHERE jid = ?1",
-    [Q_FAST_GET] = "SELECT cur, prev, cur_expiry, prev_expiry, count FROM fast WHERE owner = ?1 AND ua = ?2",
-    [Q_FAST_UPSERT] = "INSERT INTO fast (owner, ua, cur, prev, cur_expiry, prev_expiry, count) "
-                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, -1) ON CONFLICT (owner, ua) DO UPDATE SET "
-                      "cur = ?3, prev = ?4, cur_expiry = ?5, prev_expiry = ?6, count = -1",
+    [Q_FAST_GET] = "SELECT cur, prev, cur_expiry, prev_expiry, count, prev_count, cur_mech, prev_mech "
+                   "FROM fast WHERE owner = ?1 AND ua = ?2",
+    /* each token's count goes with its hash: a token kept (moved to prev, or still
+     * current) keeps its count, a new one starts at -1 (all read from the row before) */
+    [Q_FAST_UPSERT] = "INSERT INTO fast (owner, ua, cur, prev, cur_expiry, prev_expiry, count, prev_count, "
+                      "cur_mech, prev_mech) VALUES (?1, ?2, ?3, ?4, ?5, ?6, -1, -1, ?7, ?8) "
+                      "ON CONFLICT (owner, ua) DO UPDATE SET "
+                      "count = CASE WHEN fast.cur = ?3 THEN fast.count WHEN fast.prev = ?3 THEN fast.prev_count "
+                      "ELSE -1 END, "
+                      "prev_count = CASE WHEN fast.cur = ?4 THEN fast.count WHEN fast.prev = ?4 THEN fast.prev_count "
+                      "ELSE -1 END, "
+                      "cur = ?3, prev = ?4, cur_expiry = ?5, prev_expiry = ?6, cur_mech = ?7, prev_mech = ?8",
     [Q_FAST_N] = "SELECT count(*) FROM fast WHERE owner = ?1",
     [Q_FAST_EVICT] = "DELETE FROM fast WHERE owner = ?1 AND ua = (SELECT ua FROM fast WHERE owner = ?1 AND "
                      "ua <> ?2 ORDER BY cur_expiry, ua LIMIT 1)",
-    [Q_FAST_COUNT] = "UPDATE fast SET count = ?3 WHERE owner = ?1 AND ua = ?2 AND count < ?3",
+    /* the count of the token whose hash is ?3, only upward */
+    [Q_FAST_COUNT] = "UPDATE fast SET count = CASE WHEN cur = ?3 THEN ?4 ELSE count END, "
+                     "prev_count = CASE WHEN cur = ?3 THEN prev_count ELSE ?4 END "
+                     "WHERE owner = ?1 AND ua = ?2 AND ((cur = ?3 AND count < ?4) OR "
+                     "(prev = ?3 AND cur <> ?3 AND prev_count < ?4))",
     [Q_FAST_DEL_ONE] = "DELETE FROM fast WHERE owner = ?1 AND ua = ?2",
     [Q_FAST_DEL_ALL] = "DELETE FROM fast WHERE owner = ?1",
     [Q_MAM_MSG_INSERT] = "INSERT INTO mam_msg (refs, data) VALUES (?1, ?2)",
@@ -341,6 +355,13 @@ static const char schema_v7[] =
     "  cur_expiry INTEGER NOT NULL, prev_expiry INTEGER NOT NULL,"
     "  count INTEGER NOT NULL DEFAULT -1,"
     "  PRIMARY KEY (owner, ua)) WITHOUT ROWID;";
+/* Version 9: a replay counter per token (count stays the current token's; a new token
+ * no longer resets the one it replaces), and the HT mechanism each token is bound to
+ * (XEP-0484 §3.2; 0 -NONE, the only one before, 1 -ENDP, 2 -EXPR). */
+static const char schema_v9[] =
+    "ALTER TABLE fast ADD COLUMN prev_count INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE fast ADD COLUMN cur_mech INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE fast ADD COLUMN prev_mech INTEGER NOT NULL DEFAULT 0;";
 /* Version 8: each archived message's bytes stored once, shared by the archives that hold
  * it (the sender's and the recipient's copies of a message between two local accounts
  * are the same bytes). mam_msg(id INTEGER PRIMARY KEY, refs, data) is append-ordered (its
@@ -566,6 +587,13 @@ static int sq_schema(sq_t *q, char **err) {
   if (ver < 6 && (rc = sqlite3_exec(q->db, schema_v6, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 7 && (rc = sqlite3_exec(q->db, schema_v7, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < 8 && (rc = sq_migrate_mam_shared(q->db)) != SQLITE_OK) goto sqlfail;
+  if (ver < 9) { /* ALTER is not idempotent: only where the columns are missing */
+    char has[32];
+    if ((rc = pragma(q->db, "SELECT count(*) FROM pragma_table_info('fast') WHERE name = 'prev_count'", has,
+                     sizeof has)) != SQLITE_OK)
+      goto sqlfail;
+    if (strcmp(has, "0") == 0 && (rc = sqlite3_exec(q->db, schema_v9, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
+  }
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -1736,6 +1764,9 @@ static int sq_fast_get(void *be, const char *bare, const char *ua, store_fast_t 
         out->cur_expiry = sqlite3_column_int64(st, 2);
         out->prev_expiry = sqlite3_column_int64(st, 3);
         out->count = sqlite3_column_int64(st, 4);
+        out->prev_count = sqlite3_column_int64(st, 5);
+        out->cur_mech = sqlite3_column_int(st, 6);
+        out->prev_mech = sqlite3_column_int(st, 7);
       }
     } else if (rc == SQLITE_DONE) {
       ret = XMPP_ENOENT;
@@ -1759,6 +1790,8 @@ static int sq_fast_put(void *be, const char *bare, const char *ua, const store_f
   if (!ret) ret = bind_blob(q, st, 4, t->prev, STORE_FAST_HASH);
   if (!ret) ret = bind_int64(q, st, 5, t->cur_expiry);
   if (!ret) ret = bind_int64(q, st, 6, t->prev_expiry);
+  if (!ret) ret = bind_int64(q, st, 7, t->cur_mech);
+  if (!ret) ret = bind_int64(q, st, 8, t->prev_mech);
   if (!ret) {
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ret = XMPP_ENOENT;
@@ -1789,13 +1822,14 @@ static int sq_fast_put(void *be, const char *bare, const char *ua, const store_f
   return tx_commit(q);
 }
 
-static int sq_fast_count(void *be, const char *bare, const char *ua, int64_t count) {
+static int sq_fast_count(void *be, const char *bare, const char *ua, const unsigned char *hash, int64_t count) {
   sq_t *q = be;
   sqlite3_stmt *st = stmt(q, Q_FAST_COUNT);
   if (!st) return XMPP_EIO;
   int ret = bind_text(q, st, 1, bare);
   if (!ret) ret = bind_text(q, st, 2, ua);
-  if (!ret) ret = bind_int64(q, st, 3, count);
+  if (!ret) ret = bind_blob(q, st, 3, hash, STORE_FAST_HASH);
+  if (!ret) ret = bind_int64(q, st, 4, count);
   int changed = 0;
   if (!ret) {
     int rc = sqlite3_step(st);
@@ -1805,10 +1839,13 @@ static int sq_fast_count(void *be, const char *bare, const char *ua, int64_t cou
   done(st);
   if (ret || changed) return ret;
   /* one statement: the check and the write are atomic; unchanged means a stale count,
-   * or no token at all */
+   * or no such token at all */
   store_fast_t t;
   ret = sq_fast_get(be, bare, ua, &t);
-  return ret ? ret : XMPP_EDENIED;
+  if (ret) return ret;
+  int held = memcmp(t.cur, hash, STORE_FAST_HASH) == 0 || memcmp(t.prev, hash, STORE_FAST_HASH) == 0;
+  memset(&t, 0, sizeof t);
+  return held ? XMPP_EDENIED : XMPP_ENOENT;
 }
 
 static int sq_fast_delete(void *be, const char *bare, const char *ua) {

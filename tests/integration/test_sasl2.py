@@ -11,7 +11,7 @@ import time
 import unittest
 import uuid
 
-from harness import DOMAIN, XMPPCTL, RawStream, Redis, Server, ServerTest, resp
+from harness import DOMAIN, XMPPCTL, Client, RawStream, Redis, Server, ServerTest, resp, run
 
 NS = "urn:xmpp:sasl:2"
 
@@ -292,15 +292,20 @@ class Sasl2ResourceLimitTest(ServerTest):
         a.close()
 
 
+FAST_OPTS = {"limits.fast_tokens": 2, "limits.auth_fail_ip": 1000, "limits.auth_fail_account": 1000}
+# (the refusals here are many, and on purpose: the back-off must not answer for them)
+
+
 class FastTest(ServerTest):
     users = ("alice", "bob", "dora", "eve")
-    server_options = {"limits.fast_tokens": 2}
+    server_options = FAST_OPTS
 
-    def token(self, user, ua_id, password="pw"):
+    def token(self, user, ua_id, password="pw", req=None):
         s, feats = secured(self.srv.port)
-        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
+        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism>"
+                      "<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>", feats)
         self.assertNotIn("<mechanism>HT-SHA-256-NONE</mechanism></authentication>", feats)
-        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=REQ)
+        t = authenticate(s, user, password, ua=f"<user-agent id='{ua_id}'/>", inline=req or REQ)
         s.close()
         self.assertIn("<success", t)
         return token_of(t)[0]
@@ -365,6 +370,71 @@ class FastTest(ServerTest):
         self.assertIn("<not-authorized", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='3'/>"))
         self.assertIn("bad <fast count/>", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='-1'/>"))
 
+    def test_count_boundary_last_and_last_plus_one(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        cnt = lambda n: f"<fast xmlns='urn:xmpp:fast:0' count='{n}'/>"
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=cnt(41)))
+        self.assertIn("FAST count replayed", fast(self.srv.port, "eve", tok, ua, inline=cnt(41)), "count = last")
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline=cnt(42)), "count = last + 1")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "eve", tok, ua, inline=cnt(42)))
+
+    def test_absent_count(self):
+        """XEP-0484 §3.2 asks for the count only of a log-in in TLS 0-RTT data (not
+        accepted here): without one a token is accepted until it is first used with one;
+        from then on a log-in without a count is refused (a replay with its count cut)."""
+        ua = str(uuid.uuid4())
+        tok = self.token("eve", ua)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua))
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua), "a client that never counts")
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='1'/>"))
+        for inline in ("", "<fast xmlns='urn:xmpp:fast:0'/>"):
+            t = fast(self.srv.port, "eve", tok, ua, inline=inline)
+            self.assertIn("<not-authorized", t)
+            self.assertIn("FAST count required", t)
+        self.assertIn("<success", fast(self.srv.port, "eve", tok, ua, inline="<fast xmlns='urn:xmpp:fast:0' count='2'/>"))
+
+    def test_replay_of_an_exact_exchange(self):
+        """The same bytes sent again on a new connection (what a TLS 0-RTT replay or a
+        relay of a -NONE log-in amounts to): refused, its side effects not repeated."""
+        ua = str(uuid.uuid4())
+        tok = self.token("dora", ua)
+        inline = "<bind xmlns='urn:xmpp:bind:0'><tag>r</tag></bind><fast xmlns='urn:xmpp:fast:0' count='5'/>"
+        ir = b64(b"dora\0" + ht_proof(tok))
+        exchange = (f"<authenticate xmlns='{NS}' mechanism='HT-SHA-256-NONE'><initial-response>{ir}"
+                    f"</initial-response><user-agent id='{ua}'><software>t</software></user-agent>{inline}"
+                    f"</authenticate>")
+        got = []
+        for _ in range(2):
+            s, _ = secured(self.srv.port)
+            s.send(exchange)
+            got.append(s.recv_until(r"</success>|</failure>"))
+            s.close()
+        self.assertIn("<success", got[0])
+        self.assertIn("<bound xmlns='urn:xmpp:bind:0'", got[0])
+        self.assertIn("FAST count replayed", got[1])
+        self.assertNotIn("<bound", got[1])
+
+    def test_old_token_after_reissue_keeps_its_count(self):
+        """A new token does not reset the count of the one it replaces (still valid until
+        the new one is used, §3.3)."""
+        ua = str(uuid.uuid4())
+        old = self.token("bob", ua)
+        cnt = lambda n: f"<fast xmlns='urn:xmpp:fast:0' count='{n}'/>"
+        self.assertIn("<success", fast(self.srv.port, "bob", old, ua, inline=cnt(5)))
+        t = fast(self.srv.port, "bob", old, ua, inline=cnt(6) + REQ)
+        self.assertIn("<success", t)
+        new = token_of(t)[0]
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", old, ua, inline=cnt(6)), "count = last")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", old, ua, inline=cnt(1)))
+        self.assertIn("FAST count required", fast(self.srv.port, "bob", old, ua))
+        self.assertIn("<success", fast(self.srv.port, "bob", old, ua, inline=cnt(7)), "count = last + 1")
+        # the new token counts on its own, from nothing
+        self.assertIn("<success", fast(self.srv.port, "bob", new, ua, inline=cnt(1)))
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", old, ua, inline=cnt(8)), "replaced once the new one is used")
+        self.assertIn("FAST count replayed", fast(self.srv.port, "bob", new, ua, inline=cnt(1)), "its count survived the clean-up")
+        self.assertIn("<success", fast(self.srv.port, "bob", new, ua, inline=cnt(2)))
+
     def test_rotation_and_invalidate(self):
         ua = str(uuid.uuid4())
         old = self.token("alice", ua)
@@ -409,8 +479,7 @@ class FastRedisTest(FastTest):
     def setUpClass(cls):
         cls.redis = Redis()
         cls.redis.start()
-        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}",
-                            "limits.fast_tokens": 2})
+        cls.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{cls.redis.port}", **FAST_OPTS})
         for u in cls.users:
             cls.srv.adduser(f"{u}@{DOMAIN}", cls.password)
         cls.srv.start()
@@ -475,6 +544,7 @@ class PlusStream:
         self.conn.set_tlsext_host_name(b"localhost")
         self.conn.do_handshake()
         self.cb = self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        self.endpoint = endpoint_of(self.conn)
         self.buf = ""
         self.send(RAW_HEADER)
         self.feats = self.until(r"</stream:features>")
@@ -503,11 +573,50 @@ class PlusStream:
             assert base64.b64decode(ad.group(1)).decode() == "v=" + sc.expect, t
         return t
 
+    def legacy_scram(self, mech, gs2, cb, user="alice", password="pw"):
+        """SCRAM over RFC 6120 SASL (<auth/>, <challenge/>, <response/>)."""
+        sc = Scram(user, password, "sha256" if "256" in mech else "sha1", gs2=gs2, cb=cb)
+        self.send(f"<auth xmlns='{NS_LEGACY}' mechanism='{mech}'>{b64(sc.first())}</auth>")
+        t = self.until(r"</challenge>|</failure>")
+        m = re.search(r"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>([^<]*)</challenge>", t)
+        if not m:
+            return t
+        self.send(f"<response xmlns='{NS_LEGACY}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = self.until(r"</success>|</failure>")
+        if "<success" in t:
+            v = re.search(r"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>([^<]*)</success>", t).group(1)
+            assert base64.b64decode(v).decode() == "v=" + sc.expect, t
+        return t
+
+    def fast(self, user, token, ua, mech, cb, inline="", proof=None):
+        """A FAST log-in with mech (HT-SHA-256-*) and the binding data cb; the text up to
+        <success/> or <failure/>."""
+        proof = proof if proof is not None else ht_proof(token, b"Initiator" + cb)
+        self.last_proof = proof
+        ir = user.encode() + b"\0" + proof
+        self.send(f"<authenticate xmlns='{NS}' mechanism='{mech}'><initial-response>{b64(ir)}"
+                  f"</initial-response><user-agent id='{ua}'><software>t</software></user-agent>{inline}"
+                  f"</authenticate>")
+        return self.until(r"</success>|</failure>")
+
     def close(self):
         try:
             self.conn.close()
         except Exception:
             pass
+
+
+NS_LEGACY = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+def endpoint_of(conn):
+    """RFC 5929 §4.1 tls-server-end-point data: the hash of the server's certificate (its
+    signature's hash, SHA-256 for MD5 and SHA-1)."""
+    from OpenSSL import crypto
+    cert = conn.get_peer_certificate()
+    alg = cert.get_signature_algorithm().decode().lower()
+    name = "sha384" if "384" in alg else "sha512" if "512" in alg else "sha256"
+    return hashlib.new(name, crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).digest()
 
 
 RAW_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -544,12 +653,296 @@ class ScramPlusTest(ServerTest):
         self.assertIn("<success", s.scram("SCRAM-SHA-256", "n,,", b""), "plain SCRAM still works")
         s.close()
 
-    def test_not_offered_on_tls12(self):
+    def test_tls12_binds_with_server_end_point(self):
+        """TLS 1.2 has no tls-exporter here (RFC 9266 §2 would need the extended master
+        secret): -PLUS binds with tls-server-end-point (RFC 5929 §4), the only type named
+        in XEP-0440's <sasl-channel-binding/>."""
         s = PlusStream(self.srv.port, tls13=False)
-        self.assertNotIn("-PLUS", s.feats)
+        self.assertIn("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-server-end-point'/>"
+                      "</sasl-channel-binding>", s.feats)
+        self.assertIn("<mechanism>SCRAM-SHA-256-PLUS</mechanism>", s.feats)
         t = s.scram("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", s.cb)
+        self.assertIn("<malformed-request", t, "a type not offered")
+        s.close()
+        for mech in ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"):
+            s = PlusStream(self.srv.port, tls13=False)
+            self.assertIn("<success", s.scram(mech, "p=tls-server-end-point,,", s.endpoint), mech)
+            s.close()
+        s = PlusStream(self.srv.port, tls13=False)
+        self.assertIn("<not-authorized", s.scram("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,",
+                                                 hashlib.sha256(b"another certificate").digest()))
+        s.close()
+
+    def test_tls13_server_end_point_too(self):
+        s = PlusStream(self.srv.port)
+        self.assertIn("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/>"
+                      "<channel-binding type='tls-server-end-point'/></sasl-channel-binding>", s.feats)
+        self.assertIn("<success", s.scram("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", s.endpoint))
+        s.close()
+        s = PlusStream(self.srv.port)
+        self.assertIn("<not-authorized", s.scram("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", s.cb),
+                      "the exporter's data under the end point's name")
+        s.close()
+
+    def test_slixmpp_logs_in_by_default(self):
+        mech = []
+
+        async def go():
+            c = Client(self.srv, f"alice@{DOMAIN}/s", "pw")
+            try:
+                return await c.login(timeout=10)
+            finally:
+                mech.append(c.plugin["feature_mechanisms"].mech.name)
+                c.disconnect()
+        self.assertTrue(run(go()))
+        self.assertEqual(mech, ["SCRAM-SHA-256"])  # with the y flag: it could bind
+
+    def test_legacy_sasl_has_no_plus_by_default(self):
+        s = PlusStream(self.srv.port)
+        t = s.legacy_scram("SCRAM-SHA-256-PLUS", "p=tls-exporter,,", s.cb)
         self.assertIn("<invalid-mechanism", t)
         s.close()
+        s = PlusStream(self.srv.port)
+        self.assertIn("<success", s.legacy_scram("SCRAM-SHA-256", "y,,", b""),
+                      "'y' is no downgrade where -PLUS is not offered (slixmpp 1.8.3 sends it)")
+        s.close()
+
+
+class FastChannelBindingTest(ServerTest):
+    """HT-SHA-256-EXPR (tls-exporter) and -ENDP (tls-server-end-point): the proof covers
+    the channel, the token is bound to the mechanism it was asked for (XEP-0484 §3.2)."""
+    users = ("alice", "bob")
+    server_options = FAST_OPTS
+
+    def token(self, user, ua, mech):
+        s, feats = secured(self.srv.port)
+        t = authenticate(s, user, "pw", ua=f"<user-agent id='{ua}'/>",
+                         inline=f"<request-token xmlns='urn:xmpp:fast:0' mechanism='{mech}'/>")
+        s.close()
+        self.assertIn("<success", t)
+        return token_of(t)[0]
+
+    def test_expr(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("alice", ua, "HT-SHA-256-EXPR")
+        p = PlusStream(self.srv.port)
+        t = p.fast("alice", tok, ua, "HT-SHA-256-EXPR", p.cb)
+        self.assertIn("<success", t)
+        ad = re.search(r"<additional-data>([^<]*)</additional-data>", t).group(1)
+        self.assertEqual(base64.b64decode(ad), ht_proof(tok, b"Responder" + p.cb))
+        captured = p.last_proof
+        p.close()
+        cases = (("HT-SHA-256-EXPR", lambda q: q.cb, captured, "the proof of another connection, replayed"),
+                 ("HT-SHA-256-EXPR", lambda q: bytes(32), None, "wrong binding data"),
+                 ("HT-SHA-256-EXPR", lambda q: q.endpoint, None, "the end point's data"),
+                 ("HT-SHA-256-ENDP", lambda q: q.endpoint, None, "another mechanism than the token's"),
+                 ("HT-SHA-256-NONE", lambda q: b"", None, "-NONE with a channel-bound token"))
+        for mech, cb, proof, why in cases:
+            q = PlusStream(self.srv.port)
+            t = q.fast("alice", tok, ua, mech, cb(q), proof=proof)
+            q.close()
+            self.assertIn("<not-authorized", t, why)
+        q = PlusStream(self.srv.port)
+        self.assertIn("<success", q.fast("alice", tok, ua, "HT-SHA-256-EXPR", q.cb), "the right one still works")
+        q.close()
+
+    def test_endp_on_tls12_and_tls13(self):
+        ua = str(uuid.uuid4())
+        tok = self.token("bob", ua, "HT-SHA-256-ENDP")
+        q = PlusStream(self.srv.port, tls13=False)
+        self.assertIn("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-ENDP</mechanism>"
+                      "<mechanism>HT-SHA-256-NONE</mechanism></fast>", q.feats, "no -EXPR on TLS 1.2")
+        self.assertIn("<success", q.fast("bob", tok, ua, "HT-SHA-256-ENDP", q.endpoint))
+        q.close()
+        q = PlusStream(self.srv.port, tls13=False)
+        self.assertIn("<invalid-mechanism", q.fast("bob", tok, ua, "HT-SHA-256-EXPR", q.cb))
+        q.close()
+        for tls13, cb, want in ((True, None, "<success"), (True, hashlib.sha256(b"x").digest(), "<not-authorized"),
+                                (False, bytes(32), "<not-authorized"), (True, b"", "<not-authorized")):
+            q = PlusStream(self.srv.port, tls13=tls13)
+            t = q.fast("bob", tok, ua, "HT-SHA-256-ENDP", q.endpoint if cb is None else cb)
+            q.close()
+            self.assertIn(want, t, (tls13, cb))
+        self.assertIn("<not-authorized", fast(self.srv.port, "bob", tok, ua), "-NONE with an -ENDP token")
+
+    def test_token_for_a_mechanism_not_offered_here(self):
+        q = PlusStream(self.srv.port, tls13=False)
+        t = q.scram("SCRAM-SHA-256", "n,,", b"")
+        q.close()
+        self.assertIn("<success", t)
+        ua = str(uuid.uuid4())
+        s = PlusStream(self.srv.port, tls13=False)
+        sc = Scram("alice", "pw")
+        s.send(f"<authenticate xmlns='{NS}' mechanism='SCRAM-SHA-256'><initial-response>{b64(sc.first())}"
+               f"</initial-response><user-agent id='{ua}'/><request-token xmlns='urn:xmpp:fast:0' "
+               f"mechanism='HT-SHA-256-EXPR'/></authenticate>")
+        t = s.until(r"</challenge>")
+        m = re.search(r"<challenge xmlns='urn:xmpp:sasl:2'>([^<]*)</challenge>", t)
+        s.send(f"<response xmlns='{NS}'>{b64(sc.final(base64.b64decode(m.group(1)).decode()))}</response>")
+        t = s.until(r"</success>|</failure>")
+        s.close()
+        self.assertIn("<success", t)
+        self.assertNotIn("<token", t, "-EXPR is not offered on TLS 1.2: no token for it (§3.1)")
+
+
+class LegacyPlusTest(ServerTest):
+    """SCRAM -PLUS over RFC 6120 SASL (tls.legacy_sasl_plus), the types in XEP-0440's
+    <sasl-channel-binding/>; an RSA certificate (sha256WithRSAEncryption), which is what
+    aiosasl's tls-server-end-point provider can read. Clients: the raw one above, and
+    aiosasl 0.5 (aioxmpp's SASL library, SCRAMPLUS with its own TLSServerEndPoint provider,
+    and with a tls-exporter provider of a few lines, pyOpenSSL's exporter)."""
+    users = ("alice",)
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+        cls.tmp = tempfile.mkdtemp(prefix="xmppd-rsa-")
+        cert, key = os.path.join(cls.tmp, "cert.pem"), os.path.join(cls.tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes", "-days", "2",
+                        "-subj", f"/CN={DOMAIN}", "-keyout", key, "-out", cert], check=True, capture_output=True)
+        cls.srv = Server(**{"tls.legacy_sasl_plus": "true", "tls.certificate": cert, "tls.key": key, **FAST_OPTS})
+        for u in cls.users:
+            cls.srv.adduser(f"{u}@{DOMAIN}", cls.password)
+        cls.srv.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        try:
+            assert cls.srv.stop() == 0, cls.srv.log_text()
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def mechanisms(self, feats):
+        return re.search(r"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>(.*?)</mechanisms>", feats).group(1)
+
+    def test_offered_with_xep0440_types(self):
+        s = PlusStream(self.srv.port)
+        self.assertEqual(self.mechanisms(s.feats),
+                         "<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>"
+                         "<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>")
+        self.assertIn("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/>"
+                      "<channel-binding type='tls-server-end-point'/></sasl-channel-binding>", s.feats)
+        s.close()
+        s = PlusStream(self.srv.port, tls13=False)
+        self.assertIn("SCRAM-SHA-256-PLUS", self.mechanisms(s.feats))
+        self.assertIn("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-server-end-point'/>"
+                      "</sasl-channel-binding>", s.feats)
+        s.close()
+
+    def test_raw_client_binds_both_types(self):
+        for tls13, mech, gs2, cb in ((True, "SCRAM-SHA-256-PLUS", "p=tls-exporter,,", "cb"),
+                                     (True, "SCRAM-SHA-1-PLUS", "p=tls-exporter,,", "cb"),
+                                     (True, "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", "endpoint"),
+                                     (False, "SCRAM-SHA-1-PLUS", "p=tls-server-end-point,,", "endpoint")):
+            s = PlusStream(self.srv.port, tls13=tls13)
+            t = s.legacy_scram(mech, gs2, getattr(s, cb))
+            s.close()
+            self.assertIn("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>", t, (tls13, mech, gs2))
+
+    def test_wrong_binding_refused(self):
+        cases = ((True, "SCRAM-SHA-256-PLUS", "p=tls-exporter,,", bytes(32), "<not-authorized"),
+                 (True, "SCRAM-SHA-256-PLUS", "p=tls-exporter,,", "endpoint", "<not-authorized"),
+                 (True, "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", hashlib.sha256(b"x").digest(), "<not-authorized"),
+                 (False, "SCRAM-SHA-256-PLUS", "p=tls-exporter,,", "cb", "<malformed-request"),  # not on TLS 1.2
+                 (True, "SCRAM-SHA-256-PLUS", "p=tls-unique,,", b"", "<malformed-request"),  # RFC 9266 §3
+                 (True, "SCRAM-SHA-256", "y,,", b"", "<not-authorized"),  # RFC 5802 §6: a downgrade
+                 (True, "SCRAM-SHA-1-PLUS", "n,,", b"", "<malformed-request"))
+        for tls13, mech, gs2, cb, want in cases:
+            s = PlusStream(self.srv.port, tls13=tls13)
+            t = s.legacy_scram(mech, gs2, getattr(s, cb) if isinstance(cb, str) else cb)
+            s.close()
+            self.assertIn(want, t, (tls13, mech, gs2))
+            self.assertNotIn("<success", t)
+
+    def test_slixmpp_183_cannot_bind(self):
+        """Why tls.legacy_sasl_plus is off by default: slixmpp 1.8.3 (Debian 12) picks
+        SCRAM-SHA-1-PLUS and sends p=tls-unique on TLS 1.3, a type we do not offer."""
+        fails, mech = [], []
+
+        async def go():
+            c = Client(self.srv, f"alice@{DOMAIN}/s", "pw")
+            c.add_event_handler("failed_auth", lambda e: fails.append(str(e)))
+            try:
+                return await c.login(timeout=10)
+            finally:
+                mech.append(c.plugin["feature_mechanisms"].mech.name)
+                c.disconnect()
+        self.assertFalse(run(go()))
+        self.assertEqual(mech, ["SCRAM-SHA-1-PLUS"])
+        self.assertIn("malformed-request", fails[0])
+
+    def aiosasl_login(self, mech_names, provider, tls13=True, password="pw"):
+        """aiosasl's SCRAMPLUS over our <auth/>: True on success, the failure otherwise."""
+        import asyncio
+        import aiosasl
+        s = PlusStream(self.srv.port, tls13=tls13)
+
+        class Xmpp(aiosasl.SASLInterface):
+            async def reply(self):
+                t = s.until(r"</challenge>|</success>|<success[^>]*/>|</failure>")
+                m = re.search(r"<(challenge|success) xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>([^<]*)<", t)
+                if m:
+                    st = aiosasl.SASLState.CHALLENGE if m.group(1) == "challenge" else aiosasl.SASLState.SUCCESS
+                    return st, base64.b64decode(m.group(2))
+                raise aiosasl.AuthenticationFailure(re.search(r"<failure[^>]*><([a-z-]+)", t).group(1))
+
+            async def initiate(self, mechanism, payload=None):
+                s.send(f"<auth xmlns='{NS_LEGACY}' mechanism='{mechanism}'>{b64(payload or b'') or '='}</auth>")
+                return await self.reply()
+
+            async def respond(self, payload):
+                s.send(f"<response xmlns='{NS_LEGACY}'>{b64(payload) or '='}</response>")
+                return await self.reply()
+
+            async def abort(self):
+                s.send(f"<abort xmlns='{NS_LEGACY}'/>")
+                raise aiosasl.SASLFailure("aborted")
+
+        async def creds():
+            return "alice", password
+
+        async def run():
+            mech = aiosasl.SCRAMPLUS(creds, provider(s.conn))
+            token = mech.any_supported(mech_names)
+            assert token is not None, mech_names
+            await mech.authenticate(aiosasl.SASLStateMachine(Xmpp()), token)
+
+        try:
+            asyncio.run(run())
+            return True
+        except aiosasl.SASLError as e:
+            return str(e)
+        finally:
+            s.close()
+
+    def test_aiosasl_scram_plus(self):
+        import aiosasl
+        import aiosasl.channel_binding
+
+        class Exporter(aiosasl.channel_binding.ChannelBindingProvider):
+            def __init__(self, conn):
+                super().__init__()
+                self.conn = conn
+
+            @property
+            def cb_name(self):
+                return b"tls-exporter"
+
+            def extract_cb_data(self):
+                return self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+
+        class WrongExporter(Exporter):
+            def extract_cb_data(self):
+                return bytes(32)
+
+        for names in (["SCRAM-SHA-256-PLUS"], ["SCRAM-SHA-1-PLUS"]):
+            self.assertIs(self.aiosasl_login(names, aiosasl.channel_binding.TLSServerEndPoint), True, names)
+            self.assertIs(self.aiosasl_login(names, aiosasl.channel_binding.TLSServerEndPoint, tls13=False), True, names)
+            self.assertIs(self.aiosasl_login(names, Exporter), True, names)
+        self.assertIn("not-authorized", self.aiosasl_login(["SCRAM-SHA-256-PLUS"], WrongExporter))
+        self.assertIn("not-authorized", self.aiosasl_login(["SCRAM-SHA-256-PLUS"], aiosasl.channel_binding.TLSServerEndPoint,
+                                                           password="wrong"))
 
 
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "js")

@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   store_close(s);
 }
 
@@ -784,7 +784,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1368,7 +1368,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 8));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 9));
   store_close(s);
 }
 
@@ -1865,7 +1865,7 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2171,7 +2171,7 @@ Test(store_sqlite, schema_v6_upgraded_mam_shared) {
                       "UPDATE accounts SET mam_count = 2 WHERE jid = 'alice@x';"
                       "UPDATE accounts SET mam_count = 1 WHERE jid = 'bob@x'; PRAGMA user_version = 6;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg WHERE refs = 1"), 3);
   mam_got_t g;
   int more;
@@ -2404,7 +2404,7 @@ Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            MAM_V6_SQL "PRAGMA user_version = 4;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
   const char *j[] = {"romeo@m"};
   cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
@@ -2509,7 +2509,7 @@ Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            MAM_V6_SQL "PRAGMA user_version = 5;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 8);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
   roster_t r = load(s, "alice@x");
   cr_assert_eq(r.n, 1);
   cr_assert_eq(r.it[0].approved, 0);
@@ -2561,20 +2561,47 @@ STORE_TEST(fast_put_get_count_delete) {
   cr_assert_eq(got.prev_expiry, 999);
   cr_assert_eq(got.count, -1);
   cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT, "another account's is apart");
-  /* replay protection: strictly increasing */
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), 0);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 0), XMPP_EDENIED);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 5), 0);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", 4), XMPP_EDENIED);
-  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", 1), XMPP_ENOENT);
+  /* replay protection: strictly increasing, per token (matched by its hash) */
+  unsigned char cur7[32], prev8[32], new9[32], other[32];
+  memset(cur7, 7, 32);
+  memset(prev8, 8, 32);
+  memset(new9, 9, 32);
+  memset(other, 6, 32);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 0), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 0), XMPP_EDENIED, "count = last");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 5), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 4), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 6), 0, "count = last + 1");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", prev8, 2), 0, "the previous token counts apart");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", prev8, 2), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", other, 100), XMPP_ENOENT, "a token not held");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua2", cur7, 1), XMPP_ENOENT);
   cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
-  cr_assert_eq(got.count, 5);
-  /* a new token starts the count again */
+  cr_assert_eq(got.count, 6);
+  cr_assert_eq(got.prev_count, 2);
+  /* a new token starts at -1; the one it replaces keeps its count in the previous slot */
   t = fast_tok(9, 2000);
+  memcpy(t.prev, cur7, 32);
+  t.cur_mech = STORE_FAST_EXPR;
+  t.prev_mech = STORE_FAST_ENDP;
   cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
   cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
   cr_assert_eq(got.count, -1);
+  cr_assert_eq(got.prev_count, 6, "the old token's count is not reset by the reissue");
+  cr_assert_eq(got.cur_mech, STORE_FAST_EXPR);
+  cr_assert_eq(got.prev_mech, STORE_FAST_ENDP);
   cr_assert_eq(got.cur[0], 9);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 6), XMPP_EDENIED, "old token after reissue: count = last");
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 7), 0);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", new9, 1), 0);
+  /* the previous one dropped: the current one keeps its count */
+  memset(t.prev, 0, 32);
+  t.prev_expiry = 0;
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, 1);
+  cr_assert_eq(got.prev_count, -1);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 8), XMPP_ENOENT, "gone");
   cr_assert_eq(store_fast_put(s, "alice@x", "ua2", &t, 0), 0);
   cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 1);
   cr_assert_eq(store_fast_delete(s, "alice@x", "ua2"), 0);
@@ -2587,6 +2614,30 @@ STORE_TEST(fast_put_get_count_delete) {
   cr_assert_eq(store_account_delete(s, "bob@x"), 0);
   add_user(s, "bob@x", 2);
   cr_assert_eq(store_fast_get(s, "bob@x", "ua1", &got), XMPP_ENOENT);
+  store_close(s);
+}
+
+/* Version 8 kept one count per user agent and no mechanism: upgraded, the count is the
+ * current token's, the replaced one has none (-1), both are -NONE tokens. */
+Test(store_sqlite, schema_v8_upgraded_fast_counts) {
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  store_fast_t t = fast_tok(7, 1000), got;
+  cr_assert_eq(store_fast_put(s, "alice@x", "ua1", &t, 0), 0);
+  store_close(s);
+  raw_exec("ALTER TABLE fast DROP COLUMN prev_count; ALTER TABLE fast DROP COLUMN cur_mech;"
+           "ALTER TABLE fast DROP COLUMN prev_mech; UPDATE fast SET count = 4; PRAGMA user_version = 8;");
+  s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
+  cr_assert_eq(got.count, 4);
+  cr_assert_eq(got.prev_count, -1);
+  cr_assert_eq(got.cur_mech, STORE_FAST_NONE);
+  cr_assert_eq(got.prev_mech, STORE_FAST_NONE);
+  unsigned char cur7[32];
+  memset(cur7, 7, 32);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 4), XMPP_EDENIED);
+  cr_assert_eq(store_fast_count(s, "alice@x", "ua1", cur7, 5), 0);
   store_close(s);
 }
 
