@@ -26,7 +26,7 @@ STORE_USERS=20000 STORE_ROSTER=9
 PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
 LOGIN_USERS=5000
 SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
-OUT=""
+OUT="" PERF=0
 usage() {
   sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
@@ -45,6 +45,8 @@ options:
   --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
   --store-users N     store part: accounts and sessions (default $STORE_USERS)
   --store-roster K    store part: contacts per account (default $STORE_ROSTER)
+  --perf S            chat part: \`perf record -g\` for S seconds in the middle of both open-loop
+                      runs (single process, then every cluster node), top symbols into OUT/*.perf.txt
   --out DIR           keep JSON and logs there (default: a new mktemp dir)
 EOF
 }
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
     --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
     --scale-rate) SCALE_RATE=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
-    --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
+    --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;; --perf) PERF=$2 ;;
     *) echo "cluster.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
   shift 2
@@ -72,11 +74,12 @@ log() { echo "[cluster.sh $(date +%T)] $*" >&2; }
 has() { [[ ,$PARTS, == *,$1,* ]]; }
 
 # ---- cleanup ---------------------------------------------------------------------------
-CLUSTERS=() SINGLE_PIDS=() BENCH_PID=""
+CLUSTERS=() SINGLE_PIDS=() BENCH_PID="" PERF_PID=""
 cleanup() {
   local rc=$? d p
   trap - EXIT INT TERM
   [ -z "$BENCH_PID" ] || kill -INT "$BENCH_PID" 2>/dev/null || true
+  [ -z "$PERF_PID" ] || kill -TERM "$PERF_PID" 2>/dev/null || true
   for d in "${CLUSTERS[@]}"; do
     [ -f "$d/pids" ] && "$ROOT/deploy/local-cluster.sh" stop --dir "$d" >/dev/null 2>&1 || true
   done
@@ -119,6 +122,25 @@ wait_port() { local t=0; until timeout 1 bash -c ": </dev/tcp/127.0.0.1/$1" 2>/d
 rss_of() { local s=0 p v; for p in "$@"; do v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo $s; }
 pids_of() { awk -v re="^$2" '$1 ~ re { printf "%s%s", sep, $2; sep = " " }' "$1/pids"; } # DIR NAME-PREFIX
 csv() { tr ' ' ','; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system clock ticks
+# perf_during NAME PIDS(comma) DELAY: in the background, after DELAY s (the log-ins), records
+# --perf S seconds of call graphs of those processes; perf_report NAME writes the top symbols
+# (self time, all processes together, and per process) once the run is over.
+perf_during() {
+  [ "$PERF" != 0 ] || return 0
+  (sleep "$3"; exec timeout -s INT $((PERF + 30)) perf record -q -g -F 499 -p "$2" -o "$OUT/$1.perf.data" -- sleep "$PERF") \
+    >"$OUT/$1.perf.log" 2>&1 &
+  PERF_PID=$!
+}
+perf_report() {
+  [ "$PERF" != 0 ] || return 0
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
+  perf report -i "$OUT/$1.perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.4 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"$OUT/$1.perf.txt" || true
+  perf report -i "$OUT/$1.perf.data" --no-children --sort comm,dso --stdio -g none --percent-limit 0.5 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"$OUT/$1.perf-dso.txt" || true
+}
 # Server options for load: no idle time-out during long runs, no per-address cap (the bench
 # spreads its connections over 127.0.0.1-254), input shaper off (as in bench/compare.sh).
 export XMPPD_LIMITS_IDLE_TIMEOUT=3600 XMPPD_LIMITS_MAX_CONNS_PER_IP=0 XMPPD_LIMITS_RATE_BYTES=0 \
@@ -182,8 +204,14 @@ CONF
   wait_port "$SP"
   lim=$((DURATION + 120))
   log "single: open loop $RATE msgs/s, $PAIRS pairs, ${DURATION}s"
+  # the perf window starts after the log-ins: NUSERS at >= 200/s, plus half the idle rest
+  PDELAY=$((2 * PAIRS / 200 + 3 + (DURATION - PERF) / 2))
+  perf_during single-open "$SPID" "$PDELAY"
+  r0=$(cpu_ticks "${SINGLE_PIDS[0]}")
   bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$SP" \
     --server-pid "$SPID" --json "$OUT/single-open.json" --label single-open >"$OUT/single-open.txt"
+  S_REDIS_TICKS=$(($(cpu_ticks "${SINGLE_PIDS[0]}") - r0))
+  perf_report single-open
   log "single: closed loop, window $WINDOW"
   bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$SP" \
     --server-pid "$SPID" --json "$OUT/single-closed.json" --label single-closed >"$OUT/single-closed.txt"
@@ -193,16 +221,26 @@ CONF
   CP=$EDGE1_PORT,$EDGE2_PORT
   SP_ALL=$(echo "$C_EDGES $C_ROUTERS" | csv)
   log "cluster: open loop $RATE msgs/s over edges $CP"
+  perf_during cluster-open "$SP_ALL" "$PDELAY"
+  C_REDIS_PID=$(pids_of "$CDIR" redis)
+  r0=$(cpu_ticks "$C_REDIS_PID")
   bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$CP" \
     --server-pid "$SP_ALL" --json "$OUT/cluster-open.json" --label cluster-open >"$OUT/cluster-open.txt"
+  C_REDIS_TICKS=$(($(cpu_ticks "$C_REDIS_PID") - r0))
+  perf_report cluster-open
   log "cluster: closed loop, window $WINDOW"
   bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$CP" \
     --server-pid "$SP_ALL" --json "$OUT/cluster-closed.json" --label cluster-closed >"$OUT/cluster-closed.txt"
 
   fig "== chat, TLS (STARTTLS), PLAIN, $PAIRS pairs, ${DURATION}s; cluster: 2 edges + 2 routers, half the pairs across edges"
+  hz=$(getconf CLK_TCK)
+  fig "$(jq -rn --slurpfile s "$OUT/single-open.json" --slurpfile c "$OUT/cluster-open.json" --argjson st "$S_REDIS_TICKS" --argjson ct "$C_REDIS_TICKS" --argjson hz "$hz" \
+    '"Redis CPU over the whole open-loop run (log-ins included), per delivered message: single \(($st / $hz * 1e6 / $s[0].results.delivered * 10 | round) / 10) us, cluster \(($ct / $hz * 1e6 / $c[0].results.delivered * 10 | round) / 10) us"')"
   for m in open closed; do
     fig "$(summary "$OUT/single-$m.json" "single $m")"
     fig "$(summary "$OUT/cluster-$m.json" "cluster $m")"
+    fig "$(jq -rn --slurpfile s "$OUT/single-$m.json" --slurpfile c "$OUT/cluster-$m.json" \
+      '"per message over the measurement window, '"$m"': server CPU single \($s[0].results.run_server_cpu_us_per_msg) us, cluster \($c[0].results.run_server_cpu_us_per_msg) us (ratio \(($c[0].results.run_server_cpu_us_per_msg / $s[0].results.run_server_cpu_us_per_msg * 100 | round) / 100)); context switches \($s[0].results.run_server_cs_per_msg) / \($c[0].results.run_server_cs_per_msg); read+write syscalls \($s[0].results.run_server_rw_syscalls_per_msg) / \($c[0].results.run_server_rw_syscalls_per_msg)"')"
     fig "$(jq -rn --slurpfile s "$OUT/single-$m.json" --slurpfile c "$OUT/cluster-$m.json" \
       '"ratio cluster/single '"$m"': msgs/s \(($c[0].results.delivered_per_s / $s[0].results.delivered_per_s * 100 | round) / 100), p50 \(($c[0].results.latency_ms.p50 / $s[0].results.latency_ms.p50 * 100 | round) / 100), p99 \(($c[0].results.latency_ms.p99 / $s[0].results.latency_ms.p99 * 100 | round) / 100), server cpu \(($c[0].server.cpu_s / $s[0].server.cpu_s * 100 | round) / 100)"')"
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Side-by-side Markdown table from the xmpp-bench JSON files bench/compare.sh wrote.
 
-  table.py OUTDIR [--servers ours,prosody,ejabberd] [--scenarios login,idle,chat,presence]
+  table.py OUTDIR [--servers ours,prosody,ejabberd] [--scenarios login,idle,chat,presence,everyday]
 
 Reads OUTDIR/SCENARIO-SERVER.json (and .status when a run failed or was skipped).
 Ratio columns read "how many times better ours is": value(ours)/value(peer) for metrics
@@ -32,6 +32,13 @@ def chat_cpu_us_per_msg(d):
     return max(0.0, cpu * 1000 - per_login * logins) / dl * 1000
 
 
+def sustained(d):
+    off, dps = g(d, "results.offered_rate"), g(d, "results.delivered_per_s")
+    if not off or dps is None:
+        return None
+    return "yes" if dps >= 0.99 * off else "no"
+
+
 METRICS = {
     "login": [
         ("log-ins ok / failed", lambda d: f"{g(d, 'results.logins_ok')} / {g(d, 'results.logins_failed')}", INFO),
@@ -56,6 +63,19 @@ METRICS = {
         ("latency p99 (ms)", lambda d: g(d, "results.latency_ms.p99"), LOWER),
         ("latency max (ms)", lambda d: g(d, "results.latency_ms.max"), LOWER),
         ("server CPU per msg (µs, log-ins excluded)", chat_cpu_us_per_msg, LOWER),
+        ("server RSS max (MiB)", lambda d: (g(d, "server.rss_kib_max") or 0) / 1024 or None, LOWER),
+        ("bench CPU (s)", lambda d: g(d, "bench.cpu_s"), INFO),
+    ],
+    "everyday": [
+        ("offered msgs/s (open loop)", lambda d: g(d, "results.offered_rate"), INFO),
+        ("sent / delivered", lambda d: f"{fmt(g(d, 'results.sent'))} / {fmt(g(d, 'results.delivered'))}", INFO),
+        ("delivered msgs/s", lambda d: g(d, "results.delivered_per_s"), INFO),
+        ("sustained (delivered in the window ≥ 99 % of offered)", sustained, INFO),
+        ("server CPU per msg (µs)", lambda d: g(d, "results.run_server_cpu_us_per_msg"), LOWER),
+        ("context switches per msg", lambda d: g(d, "results.run_server_cs_per_msg"), LOWER),
+        ("read + write syscalls per msg", lambda d: g(d, "results.run_server_rw_syscalls_per_msg"), LOWER),
+        ("latency p50 (ms)", lambda d: g(d, "results.latency_ms.p50"), LOWER),
+        ("latency p99 (ms)", lambda d: g(d, "results.latency_ms.p99"), LOWER),
         ("server RSS max (MiB)", lambda d: (g(d, "server.rss_kib_max") or 0) / 1024 or None, LOWER),
         ("bench CPU (s)", lambda d: g(d, "bench.cpu_s"), INFO),
     ],
@@ -119,7 +139,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--servers", default="ours,prosody,ejabberd")
-    p.add_argument("--scenarios", default="login,idle,chat,presence")
+    p.add_argument("--scenarios", default="login,idle,chat,presence,everyday")
     a = p.parse_args()
     servers = a.servers.split(",")
     peers = [s for s in servers if s != "ours"] if "ours" in servers else []
@@ -135,6 +155,7 @@ def main():
             pr = any_d["params"]
             keys = {"login": ["users", "concurrency", "arrival"], "idle": ["users", "duration"],
                     "chat": ["pairs", "rate", "window", "size", "duration", "idle_extra"],
+                    "everyday": ["pairs", "duration"],
                     "presence": ["users", "roster", "rate", "duration"]}[scen]
             params = ", ".join(f"{k} {pr.get(k)}" for k in keys) + f"; {pr.get('tls')} + {pr.get('mech')}"
         lines.append(f"### {scen} ({params})\n")
@@ -159,6 +180,16 @@ def main():
             for pe in peers:
                 row.append(ratio(vals.get("ours"), vals.get(pe), kind))
             lines.append("| " + " | ".join(row) + " |")
+        loads = []
+        for s in servers:
+            lp = os.path.join(a.out, f"{scen}-{s}.load")
+            if os.path.exists(lp):
+                with open(lp) as f:
+                    loads.append(f.read().strip())
+            else:
+                loads.append("–")
+        if any(x != "–" for x in loads):
+            lines.append("| machine load average (1/5/15 min, at the start) | " + " | ".join(loads) + " |" + " |" * len(peers))
         lines.append("")
     lines.append("↑ higher is better, ↓ lower is better; \"ours vs X\" > 1 (bold) means ours is better by that factor.")
     print("\n".join(lines))
