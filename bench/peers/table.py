@@ -36,7 +36,9 @@ def sustained(d):
     off, dps = g(d, "results.offered_rate"), g(d, "results.delivered_per_s")
     if not off or dps is None:
         return None
-    return "yes" if dps >= 0.99 * off else "no"
+    # nothing missing at the end, and the window's delivered rate within 3 % of the offered one
+    # (the deliveries still in flight when the window closes are not counted in it)
+    return "yes" if dps >= 0.97 * off and not g(d, "results.lost") else "no"
 
 
 METRICS = {
@@ -70,7 +72,8 @@ METRICS = {
         ("offered msgs/s (open loop)", lambda d: g(d, "results.offered_rate"), INFO),
         ("sent / delivered", lambda d: f"{fmt(g(d, 'results.sent'))} / {fmt(g(d, 'results.delivered'))}", INFO),
         ("delivered msgs/s", lambda d: g(d, "results.delivered_per_s"), INFO),
-        ("sustained (delivered in the window ≥ 99 % of offered)", sustained, INFO),
+        ("sustained (all delivered, ≥ 97 % of the offered rate in the window)", sustained, INFO),
+        ("deliveries missing when the run ended", lambda d: g(d, "results.lost"), INFO),
         ("server CPU per msg (µs)", lambda d: g(d, "results.run_server_cpu_us_per_msg"), LOWER),
         ("context switches per msg", lambda d: g(d, "results.run_server_cs_per_msg"), LOWER),
         ("read + write syscalls per msg", lambda d: g(d, "results.run_server_rw_syscalls_per_msg"), LOWER),
@@ -126,7 +129,10 @@ def load(out, scen, server):
     if os.path.exists(sp):
         with open(sp) as f:
             status = f.read().strip()
-    if status and status != "ok":
+    # everyday: a server that falls behind the offered rate leaves deliveries missing when
+    # the run ends (xmpp-bench exits 1); its figures are the result, so they are shown
+    partial = scen == "everyday" and status and status.startswith("failed (rc 1)") and "missing" in status
+    if status and status != "ok" and not partial:
         return None, status
     try:
         with open(path) as f:
