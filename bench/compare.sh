@@ -20,7 +20,7 @@
 # --server-pid, stops the server. Only one server runs at a time. Every JSON/PNG goes to
 # --out (default build/compare-DATE), the table to stdout and OUT/table.md.
 # Loopback only. Bounded: a timeout around every step and an overall budget (default
-# 900 s, --quick 240 s); runs that would start after the budget is spent are skipped.
+# 1200 s, --quick 330 s); runs that would start after the budget is spent are skipped.
 # Details and every configuration change to the peers: docs/compare.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,7 +61,7 @@ if [ "$QUICK" = 1 ]; then
   [ -z "$EPAIRS" ] && EPAIRS=200
   [ -z "$ERATE" ] && ERATE=2000
   [ -z "$EDURATION" ] && EDURATION=5
-  [ -z "$BUDGET" ] && BUDGET=240
+  [ -z "$BUDGET" ] && BUDGET=330
 fi
 EPAIRS=${EPAIRS:-1000} ERATE=${ERATE:-8000} EDURATION=${EDURATION:-10}
 # everyday rate per server: "8000" or "8000,prosody=3000"
@@ -74,7 +74,7 @@ erate_of() {
 # The peers load no archive module (no mod_mam), so ours runs with its archive (XEP-0313,
 # on by default) off unless --ours-archive: the same work for all three.
 [ "$ARCHIVE" = 1 ] || export XMPPD_SERVER_MAM=false
-BUDGET=${BUDGET:-900}
+BUDGET=${BUDGET:-1200}
 [ -z "$PRATE" ] && PRATE=$PUSERS   # every user changes presence once a second
 case $SCENARIO in
   all) SCENARIOS="login idle chat presence everyday";;
