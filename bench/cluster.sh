@@ -11,8 +11,19 @@
 #   store   what Redis holds and does per user (docs/scale.md): used_memory per account
 #           (SCRAM keys and a roster of --store-roster contacts), per connected session
 #           (the session directory), and Redis commands per chat message
+#   faults  fault injection (docs/cluster.md, "Fault injection"): per fault a fresh cluster
+#           (Redis, 2 routers, 2 edges), bench/faults.py chatting --fault-pairs pairs across
+#           the edges at --fault-rate msgs/s for --fault-duration s, XEP-0198 acks after
+#           every message, the fault --fault-at s in; then receivers log in again so
+#           offline storage is counted. One table row per fault (faults.md in --out).
+#           Faults: none, edge-kill (kill -9 edge1; its clients go to edge2), router-kill
+#           (kill -9 router1), router-term (SIGTERM router1), redis-term / redis-kill
+#           (SIGTERM / kill -9 Redis, restarted --outage s later on the same AOF), dup-id
+#           (a second xmppd with edge1's node id and other ports, stopped after 12 s if
+#           it runs: its exit status is reported)
 #
 #   bench/cluster.sh [--parts chat,redis,scale] [options]     (see --help)
+#   bench/cluster.sh --faults all [--fault-duration 60]       (only the fault table)
 #
 # Everything runs on 127.0.0.1; every process started here is stopped on exit, failure or
 # Ctrl-C; each step is bounded by `timeout`. Waits first while a test suite runs on the
@@ -26,13 +37,15 @@ STORE_USERS=20000 STORE_ROSTER=9
 PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
 LOGIN_USERS=5000
 SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
-OUT="" PERF=0
+FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8 FAULT_PROCS=2 FAULT_SETTLE=3
+ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
+OUT="" PARTS_GIVEN=0 NO_WAIT=0 PERF=0
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 options:
   --build DIR         build directory (default $BUILD)
-  --parts LIST        any of chat,redis,scale,store (default $PARTS)
+  --parts LIST        any of chat,redis,scale,store,faults (default $PARTS)
   --pairs P           chat pairs (default $PAIRS)
   --rate R            chat open-loop msgs/s (default $RATE)
   --duration S        chat measurement seconds (default $DURATION)
@@ -48,21 +61,40 @@ options:
   --perf S            chat part: \`perf record -g\` for S seconds of both open-loop runs (single
                       process, then every cluster node), from 3 s after the log-ins; top symbols
                       and bench/perf_kinds.py's breakdown into OUT/*-open.perf*.txt
+  --faults LIST       faults part: rows to run, of $ALL_FAULTS, or all
+                      (alone, it runs only the faults part)
+  --fault-pairs P     faults part: pairs (default $FAULT_PAIRS)
+  --fault-rate R      faults part: msgs/s in all (default $FAULT_RATE)
+  --fault-duration S  faults part: seconds of sending per row (default $FAULT_DURATION)
+  --fault-at S        faults part: the fault this many s in (default a third of the duration)
+  --outage S          faults part: seconds Redis stays down (default $OUTAGE)
+  --fault-procs N     faults part: client processes (default $FAULT_PROCS)
+  --fault-settle S    faults part: quiet seconds that end a delivery phase (default $FAULT_SETTLE)
+  --no-wait 1         do not wait while a test suite runs (for the test that runs this)
   --out DIR           keep JSON and logs there (default: a new mktemp dir)
 EOF
 }
 while [ $# -gt 0 ]; do
   case $1 in
     -h | --help) usage; exit 0 ;;
-    --build) BUILD=$2 ;; --parts) PARTS=$2 ;; --pairs) PAIRS=$2 ;; --rate) RATE=$2 ;;
+    --build) BUILD=$2 ;; --parts) PARTS=$2 PARTS_GIVEN=1 ;; --pairs) PAIRS=$2 ;; --rate) RATE=$2 ;;
     --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
     --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
     --scale-rate) SCALE_RATE=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
-    --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;; --perf) PERF=$2 ;;
+    --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
+    --faults) FAULTS=$2 ;; --fault-pairs) FAULT_PAIRS=$2 ;; --fault-rate) FAULT_RATE=$2 ;;
+    --fault-duration) FAULT_DURATION=$2 ;; --fault-at) FAULT_AT=$2 ;; --outage) OUTAGE=$2 ;;
+    --fault-procs) FAULT_PROCS=$2 ;; --fault-settle) FAULT_SETTLE=$2 ;; --no-wait) NO_WAIT=$2 ;; --perf) PERF=$2 ;;
     *) echo "cluster.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
   shift 2
 done
+if [ -n "$FAULTS" ] && [ "$PARTS_GIVEN" = 0 ]; then PARTS=faults; fi
+[ -n "$FAULTS" ] && [ "$FAULTS" != all ] || FAULTS=$ALL_FAULTS
+for f in ${FAULTS//,/ }; do
+  [[ ,$ALL_FAULTS, == *,$f,* ]] || { echo "cluster.sh: unknown fault $f (of $ALL_FAULTS)" >&2; exit 2; }
+done
+[ -n "$FAULT_AT" ] || FAULT_AT=$((FAULT_DURATION / 3))
 case "$BUILD" in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 B=$BUILD/xmpp-bench
 for x in xmppd xmppctl xmpp-bench; do [ -x "$BUILD/$x" ] || { echo "no $BUILD/$x (build first)" >&2; exit 2; }; done
@@ -390,5 +422,122 @@ if has store; then
   fig "$(awk -v a="$re0" -v b="$re1" -v c="$rr0" -v d="$rr1" -v n="$held" -v k="$STORE_ROSTER" 'BEGIN { n = n > 0 ? n : 1; printf("RSS per session (TLS, %d-contact roster, all contacts online): edges %.2f KiB, routers %.2f KiB", k, (b - a) / n, (d - c) / n) }')"
   fig "$(awk -v c0="$c0" -v c1="$c1" -v c2="$c2" -v e0="$e0" -v e1="$e1" -v e2="$e2" -v d5="$d5" -v d15="$d15" -v mam="${XMPPD_SERVER_MAM:-true}" 'BEGIN { d = (d15 - d5) > 0 ? (d15 - d5) : 1; printf("per chat message (server.mam = %s): %.3f script calls (EVALSHA), %.3f Redis commands in all (those inside scripts counted); runs of %d and %d messages, each with %d log-ins, the difference taken", mam, ((e2 - e1) - (e1 - e0)) / d, ((c2 - c1) - (c1 - c0)) / d, d5, d15, 2 * 500) }')"
   "$ROOT/deploy/local-cluster.sh" stop --dir "$MDIR" >/dev/null 2>&1 || true
+fi
+# ---- 5. fault injection -------------------------------------------------------------------------
+if has faults; then
+  FT=$OUT/faults.md
+  ftab() { echo "$*" | tee -a "$FT"; }
+  : >"$FT"
+  ftab "| fault | sent | acknowledged | delivered live | delivered offline | lost (acknowledged, never delivered) | duplicated | stanza errors | offline detours for online recipients | other effects (reconnect time, p99) |"
+  ftab "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+  pid_in() { awk -v n="$2" '$1 == n { print $2 }' "$1/pids"; } # DIR NAME
+  gone() { # PID LIMIT_S: waits until PID has exited
+    local t=0
+    while kill -0 "$1" 2>/dev/null; do sleep 0.1; t=$((t + 1)); [ $t -lt $(($2 * 10)) ] || return 1; done
+  }
+  # Redis down for OUTAGE seconds (signal $2), then started again on the same AOF with the
+  # options deploy/local-cluster.sh gives it (Redis rewrites its /proc cmdline); the pids
+  # file gets the new pid, so local-cluster.sh stop and the cleanup find it
+  redis_outage() { # DIR SIGNAL
+    local d=$1 sig=$2 p t0 t1
+    p=$(pid_in "$d" redis)
+    t0=$(date +%s.%N)
+    kill "-$sig" "$p"
+    gone "$p" 20 || { log "redis ignored SIG$sig"; kill -KILL "$p" 2>/dev/null || true; }
+    t1=$(date +%s.%N)
+    sleep "$OUTAGE"
+    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$d/redis" --appendonly yes \
+      --appendfsync everysec --save "" --daemonize no --protected-mode yes \
+      --maxmemory-policy noeviction </dev/null >>"$d/log/redis.log" 2>&1 &
+    disown # killed with its cluster, without a "Killed" line from this shell
+    sed -i "s/^redis $p /redis $! /" "$d/pids"
+    wait_port "$REDIS_PORT"
+    awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
+      'BEGIN { printf("Redis exited %.1f s after the signal, answered again %.1f s later\n", b - a, c - b) }' >"$d.effect"
+  }
+  # A second xmppd with edge1's node id (its environment, other ports); stopped after 12 s
+  impostor() { # DIR
+    local d=$1 p rc=0 t0 t1
+    p=$(pid_in "$d" edge1)
+    mapfile -t envs < <(tr '\0' '\n' <"/proc/$p/environ" | grep '^XMPPD_')
+    t0=$(date +%s.%N)
+    env "${envs[@]}" XMPPD_CLUSTER_BUS_PORT="$(free_port)" XMPPD_C2S_PORT="$(free_port)" \
+      XMPPD_C2S_TLS_PORT="$(free_port)" timeout -k 5 12 "$BUILD/xmppd" -c "$d/base.conf" \
+      </dev/null >"$d/log/impostor.log" 2>&1 &
+    SINGLE_PIDS+=($!)
+    wait $! || rc=$?
+    t1=$(date +%s.%N)
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      echo "second node with edge1's id NOT refused: ran 12 s until stopped (status $rc)" >"$d.effect"
+    else
+      echo "second node with edge1's id exited with status $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf("%.1f", b - a) }') s" >"$d.effect"
+    fi
+  }
+  inject() { # FAULT DIR
+    local d=$2
+    case $1 in
+      none) ;;
+      edge-kill) kill -KILL "$(pid_in "$d" edge1)" ;;
+      router-kill) kill -KILL "$(pid_in "$d" router1)" ;;
+      router-term)
+        local p t0
+        p=$(pid_in "$d" router1) t0=$(date +%s.%N)
+        kill -TERM "$p"
+        gone "$p" 30 || true
+        echo "router1 stopped in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf("%.1f", b - a) }') s" >"$d.effect" ;;
+      redis-term) redis_outage "$d" TERM ;;
+      redis-kill) redis_outage "$d" KILL ;;
+      dup-id) impostor "$d" ;;
+    esac
+  }
+  fsum() { # JSON FAULT EFFECT-FILE DIR: one table row
+    local arch
+    arch=$(cat "$4"/log/router*.log | { grep -o 'archive: [0-9]* messages could not be stored' || true; } | awk '{ s += $2 } END { print s + 0 }')
+    jq -r --arg f "$2" --arg eff "$(cat "$3" 2>/dev/null || true)" --argjson arch "$arch" '
+      def n: tostring | if length > 3 then .[:-3] + "," + .[-3:] else . end;
+      "| \($f) | \(.sent|n) | \(.acknowledged|n) | \(.delivered_live|n) | \(.delivered_offline|n) | \(.lost_acknowledged|n) | \(.duplicated|n) | \(.stanza_errors|n)" +
+      (if .stanza_errors > 0 then " (" + (.stanza_errors_by_condition | to_entries | map("\(.key) \(.value)") | join(", ")) + ")" else "" end) +
+      " | \(.offline_detours|n) | " +
+      ([ (if .reconnect_s.n > 0 then "\(.reconnect_s.n) clients reconnected in \(.reconnect_s.p50) s (p50), \(.reconnect_s.max) s (max)" else empty end),
+         "p99 \(.latency_ms.p99) ms",
+         (if .lost_unacknowledged > 0 then "\(.lost_unacknowledged) unacknowledged never delivered" else empty end),
+         (if (.login_failures|length) > 0 then "log-in failures " + (.login_failures | to_entries | map("\(.key) \(.value)") | join(", ")) else empty end),
+         (if .relogin_failed > 0 then "\(.relogin_failed) final log-ins failed" else empty end),
+         (if $eff != "" then $eff else empty end),
+         (if $arch > 0 then "\($arch|n) archive rows not written (router log)" else empty end),
+         "driver: \(.driver_cpu_share) of a core, loop lag p99 \(.driver_loop_lag_ms.p99) ms"] | join("; ")) + " |"' "$1"
+  }
+  FLIM=$((FAULT_DURATION + 240))
+  for f in ${FAULTS//,/ }; do
+    FD=$OUT/f-$f
+    log "faults: $f: starting cluster (2 routers, 2 edges, Redis) in $FD"
+    [ "$NO_WAIT" = 1 ] || wait_quiet
+    start_cluster "$FD" 2
+    # shellcheck disable=SC1091
+    . "$FD/env"
+    timeout 300 $XMPPCTL populate f $((2 * FAULT_PAIRS)) secret --first 1 >"$FD.populate.log" 2>&1
+    rm -f "$FD.ready" "$FD.effect"
+    log "faults: $f: $FAULT_PAIRS pairs across the edges, $FAULT_RATE msgs/s, ${FAULT_DURATION}s, the fault at ${FAULT_AT}s"
+    timeout -s INT -k 20 "$FLIM" python3 "$ROOT/bench/faults.py" --ports "$EDGE1_PORT,$EDGE2_PORT" \
+      --pairs "$FAULT_PAIRS" --rate "$FAULT_RATE" --duration "$FAULT_DURATION" --procs "$FAULT_PROCS" \
+      --settle "$FAULT_SETTLE" --ready-file "$FD.ready" --json "$FD.json" --label "$f" >"$FD.out" 2>"$FD.err" &
+    BENCH_PID=$!
+    t=0
+    while [ ! -s "$FD.ready" ] && kill -0 "$BENCH_PID" 2>/dev/null && [ $t -lt 1200 ]; do sleep 0.1; t=$((t + 1)); done
+    if [ -s "$FD.ready" ]; then
+      sleep "$(awk -v s="$(cat "$FD.ready")" -v n="$(date +%s.%N)" -v a="$FAULT_AT" 'BEGIN { d = s + a - n; print (d > 0 ? d : 0) }')"
+      inject "$f" "$FD"
+    fi
+    rc=0
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
+    [ -s "$FD.json" ] || { log "faults: $f: the driver wrote no result (status $rc): $(tail -3 "$FD.err")"; exit 1; }
+    ftab "$(fsum "$FD.json" "$f" "$FD.effect" "$FD")"
+    # the row is measured: its cluster is thrown away at once (a graceful stop takes seconds)
+    while read -r _ p _; do kill -KILL "$p" 2>/dev/null || true; done <"$FD/pids"
+    rm -f "$FD/pids"
+  done
+  fig "== fault injection: $FAULT_PAIRS pairs across 2 edges (2 routers, Redis), $FAULT_RATE msgs/s, ${FAULT_DURATION}s per row, the fault at ${FAULT_AT}s"
+  cat "$FT" >>"$FIG"
 fi
 log "figures in $FIG"

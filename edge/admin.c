@@ -208,7 +208,11 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
       nx = c->next; /* a kick unlinks a detached session */
       if (!pass && (!conn_has_session(c) || c->state == CONN_ST_DETACHED)) continue;
       switch (r->op) {
-      case EDGE_ADMIN_SESSIONS: list_one(th, b, c); n++; break;
+      case EDGE_ADMIN_SESSIONS:
+        if (r->jid && !matches(r, c)) break; /* one user's, or one session */
+        list_one(th, b, c);
+        n++;
+        break;
       case EDGE_ADMIN_COUNT: n++; break;
       case EDGE_ADMIN_BROADCAST:
         if (c->state == CONN_ST_BINDING) break; /* not a session yet: the router may refuse it */
