@@ -43,7 +43,7 @@ LOGIN_USERS=5000
 SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
 FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8 FAULT_PROCS=2 FAULT_SETTLE=3
 ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
-OUT="" PARTS_GIVEN=0 NO_WAIT=0
+OUT="" PARTS_GIVEN=0 NO_WAIT=0 PERF=0
 usage() {
   sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
@@ -53,7 +53,7 @@ options:
   --pairs P           chat pairs (default $PAIRS)
   --rate R            chat open-loop msgs/s (default $RATE)
   --duration S        chat measurement seconds (default $DURATION)
-  --window W          closed-loop window (default $WINDOW)
+  --window W          closed-loop window (default $WINDOW; 0 = no closed-loop runs)
   --login-users N     redis part: log-ins (default $LOGIN_USERS)
   --scale-edges E     scale part: edges (default $SCALE_EDGES)
   --sessions N        scale part: sessions in total (default $SESSIONS)
@@ -62,6 +62,9 @@ options:
   --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
   --store-users N     store part: accounts and sessions (default $STORE_USERS)
   --store-roster K    store part: contacts per account (default $STORE_ROSTER)
+  --perf S            chat part: \`perf record -g\` for S seconds of both open-loop runs (single
+                      process, then every cluster node), from 3 s after the log-ins; top symbols
+                      and bench/perf_kinds.py's breakdown into OUT/*-open.perf*.txt
   --faults LIST       faults part: rows to run, of $ALL_FAULTS, or all
                       (alone, it runs only the faults part)
   --fault-pairs P     faults part: pairs (default $FAULT_PAIRS)
@@ -85,7 +88,7 @@ while [ $# -gt 0 ]; do
     --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
     --faults) FAULTS=$2 ;; --fault-pairs) FAULT_PAIRS=$2 ;; --fault-rate) FAULT_RATE=$2 ;;
     --fault-duration) FAULT_DURATION=$2 ;; --fault-at) FAULT_AT=$2 ;; --outage) OUTAGE=$2 ;;
-    --fault-procs) FAULT_PROCS=$2 ;; --fault-settle) FAULT_SETTLE=$2 ;; --no-wait) NO_WAIT=$2 ;;
+    --fault-procs) FAULT_PROCS=$2 ;; --fault-settle) FAULT_SETTLE=$2 ;; --no-wait) NO_WAIT=$2 ;; --perf) PERF=$2 ;;
     *) echo "cluster.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
   shift 2
@@ -108,11 +111,12 @@ log() { echo "[cluster.sh $(date +%T)] $*" >&2; }
 has() { [[ ,$PARTS, == *,$1,* ]]; }
 
 # ---- cleanup ---------------------------------------------------------------------------
-CLUSTERS=() SINGLE_PIDS=() BENCH_PID=""
+CLUSTERS=() SINGLE_PIDS=() BENCH_PID="" PERF_PID=""
 cleanup() {
   local rc=$? d p
   trap - EXIT INT TERM
   [ -z "$BENCH_PID" ] || kill -INT "$BENCH_PID" 2>/dev/null || true
+  [ -z "$PERF_PID" ] || kill -TERM "$PERF_PID" 2>/dev/null || true
   for d in "${CLUSTERS[@]}"; do
     [ -f "$d/pids" ] && "$ROOT/deploy/local-cluster.sh" stop --dir "$d" >/dev/null 2>&1 || true
   done
@@ -142,7 +146,11 @@ wait_quiet() {
 bench() { # LIMIT_S ARGS...
   local lim=$1; shift
   wait_quiet
-  timeout -s INT -k 20 "$lim" "$B" "$@" --quiet &
+  if [ -n "${PROGRESS:-}" ]; then # the per-second lines, for perf_during to follow
+    timeout -s INT -k 20 "$lim" "$B" "$@" 2>"$PROGRESS" &
+  else
+    timeout -s INT -k 20 "$lim" "$B" "$@" --quiet &
+  fi
   BENCH_PID=$!
   local rc=0
   wait "$BENCH_PID" || rc=$?
@@ -155,6 +163,34 @@ wait_port() { local t=0; until timeout 1 bash -c ": </dev/tcp/127.0.0.1/$1" 2>/d
 rss_of() { local s=0 p v; for p in "$@"; do v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo $s; }
 pids_of() { awk -v re="^$2" '$1 ~ re { printf "%s%s", sep, $2; sep = " " }' "$1/pids"; } # DIR NAME-PREFIX
 csv() { tr ' ' ','; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system clock ticks
+# perf_during NAME PIDS(comma): in the background, once the bench's per-second lines
+# (OUT/NAME.progress) show messages being sent (the log-ins are over), waits 3 s more and
+# records --perf S seconds of call graphs of those processes; perf_report NAME writes the
+# top symbols (self time; by process and library; inclusive) once the run is over.
+perf_during() {
+  [ "$PERF" != 0 ] || return 0
+  : >"$OUT/$1.progress"
+  (for _ in $(seq 600); do grep -q 'sent [1-9]' "$OUT/$1.progress" && break; sleep 0.5; done
+   sleep 3
+   exec timeout -s INT $((PERF + 30)) perf record -q -g -F 999 -p "$2" -o "$OUT/$1.perf.data" -- sleep "$PERF") \
+    >"$OUT/$1.perf.log" 2>&1 &
+  PERF_PID=$!
+}
+perf_report() {
+  [ "$PERF" != 0 ] || return 0
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
+  perf report -i "$OUT/$1.perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.4 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"$OUT/$1.perf.txt" || true
+  perf report -i "$OUT/$1.perf.data" --no-children --sort comm,dso --stdio -g none --percent-limit 0.5 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"$OUT/$1.perf-dso.txt" || true
+  # inclusive (self + callees): which of the server's own functions the time is spent under
+  perf report -i "$OUT/$1.perf.data" --children --sort sym --stdio -g none --percent-limit 2 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"$OUT/$1.perf-incl.txt" || true
+  pf=(); [ ! -f "$OUT/cluster-pids.txt" ] || [ "$1" != cluster-open ] || pf=(--pids "$OUT/cluster-pids.txt")
+  python3 "$ROOT/bench/perf_kinds.py" "$OUT/$1.perf.data" --json "$OUT/$1.json" "${pf[@]}" >"$OUT/$1.perf-kinds.txt" || true
+}
 # Server options for load: no idle time-out during long runs, no per-address cap (the bench
 # spreads its connections over 127.0.0.1-254), input shaper off (as in bench/compare.sh).
 export XMPPD_LIMITS_IDLE_TIMEOUT=3600 XMPPD_LIMITS_MAX_CONNS_PER_IP=0 XMPPD_LIMITS_RATE_BYTES=0 \
@@ -218,27 +254,49 @@ CONF
   wait_port "$SP"
   lim=$((DURATION + 120))
   log "single: open loop $RATE msgs/s, $PAIRS pairs, ${DURATION}s"
-  bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$SP" \
-    --server-pid "$SPID" --json "$OUT/single-open.json" --label single-open >"$OUT/single-open.txt"
-  log "single: closed loop, window $WINDOW"
+  perf_during single-open "$SPID"
+  r0=$(cpu_ticks "${SINGLE_PIDS[0]}")
+  PRG=""; [ "$PERF" = 0 ] || PRG=$OUT/single-open.progress
+  PROGRESS=$PRG bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$SP" \
+    --server-pid "$SPID" --json "$OUT/single-open.json" --label single-open >"$OUT/single-open.txt" ||
+    log "single-open: xmpp-bench exited non-zero (a loss or a failed log-in: $OUT/single-open.txt)"
+  S_REDIS_TICKS=$(($(cpu_ticks "${SINGLE_PIDS[0]}") - r0))
+  perf_report single-open
+  [ "$WINDOW" = 0 ] || { log "single: closed loop, window $WINDOW"
   bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$SP" \
-    --server-pid "$SPID" --json "$OUT/single-closed.json" --label single-closed >"$OUT/single-closed.txt"
+    --server-pid "$SPID" --json "$OUT/single-closed.json" --label single-closed >"$OUT/single-closed.txt" ||
+    log "single-closed: xmpp-bench exited non-zero (a loss or a failed log-in: $OUT/single-closed.txt)"; }
   kill -TERM "$SPID" 2>/dev/null || true
 
   # (b) cluster: clients over both edges
   CP=$EDGE1_PORT,$EDGE2_PORT
   SP_ALL=$(echo "$C_EDGES $C_ROUTERS" | csv)
   log "cluster: open loop $RATE msgs/s over edges $CP"
-  bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$CP" \
-    --server-pid "$SP_ALL" --json "$OUT/cluster-open.json" --label cluster-open >"$OUT/cluster-open.txt"
-  log "cluster: closed loop, window $WINDOW"
+  perf_during cluster-open "$SP_ALL"
+  cp "$CDIR/pids" "$OUT/cluster-pids.txt"
+  C_REDIS_PID=$(pids_of "$CDIR" redis)
+  r0=$(cpu_ticks "$C_REDIS_PID")
+  PRG=""; [ "$PERF" = 0 ] || PRG=$OUT/cluster-open.progress
+  PROGRESS=$PRG bench $lim chat --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --port "$CP" \
+    --server-pid "$SP_ALL" --json "$OUT/cluster-open.json" --label cluster-open >"$OUT/cluster-open.txt" ||
+    log "cluster-open: xmpp-bench exited non-zero (a loss or a failed log-in: $OUT/cluster-open.txt)"
+  C_REDIS_TICKS=$(($(cpu_ticks "$C_REDIS_PID") - r0))
+  perf_report cluster-open
+  [ "$WINDOW" = 0 ] || { log "cluster: closed loop, window $WINDOW"
   bench $lim chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --port "$CP" \
-    --server-pid "$SP_ALL" --json "$OUT/cluster-closed.json" --label cluster-closed >"$OUT/cluster-closed.txt"
+    --server-pid "$SP_ALL" --json "$OUT/cluster-closed.json" --label cluster-closed >"$OUT/cluster-closed.txt" ||
+    log "cluster-closed: xmpp-bench exited non-zero (a loss or a failed log-in: $OUT/cluster-closed.txt)"; }
 
   fig "== chat, TLS (STARTTLS), PLAIN, $PAIRS pairs, ${DURATION}s; cluster: 2 edges + 2 routers, half the pairs across edges"
-  for m in open closed; do
+  hz=$(getconf CLK_TCK)
+  fig "$(jq -rn --slurpfile s "$OUT/single-open.json" --slurpfile c "$OUT/cluster-open.json" --argjson st "$S_REDIS_TICKS" --argjson ct "$C_REDIS_TICKS" --argjson hz "$hz" \
+    '"Redis CPU over the whole open-loop run (log-ins included), per delivered message: single \(($st / $hz * 1e6 / $s[0].results.delivered * 10 | round) / 10) us, cluster \(($ct / $hz * 1e6 / $c[0].results.delivered * 10 | round) / 10) us"')"
+  MODES=open; [ "$WINDOW" = 0 ] || MODES="open closed"
+  for m in $MODES; do
     fig "$(summary "$OUT/single-$m.json" "single $m")"
     fig "$(summary "$OUT/cluster-$m.json" "cluster $m")"
+    fig "$(jq -rn --slurpfile s "$OUT/single-$m.json" --slurpfile c "$OUT/cluster-$m.json" \
+      '"per message over the measurement window, '"$m"': server CPU single \($s[0].results.run_server_cpu_us_per_msg) us, cluster \($c[0].results.run_server_cpu_us_per_msg) us (ratio \(($c[0].results.run_server_cpu_us_per_msg / $s[0].results.run_server_cpu_us_per_msg * 100 | round) / 100)); context switches \($s[0].results.run_server_cs_per_msg) / \($c[0].results.run_server_cs_per_msg); read+write syscalls \($s[0].results.run_server_rw_syscalls_per_msg) / \($c[0].results.run_server_rw_syscalls_per_msg)"')"
     fig "$(jq -rn --slurpfile s "$OUT/single-$m.json" --slurpfile c "$OUT/cluster-$m.json" \
       '"ratio cluster/single '"$m"': msgs/s \(($c[0].results.delivered_per_s / $s[0].results.delivered_per_s * 100 | round) / 100), p50 \(($c[0].results.latency_ms.p50 / $s[0].results.latency_ms.p50 * 100 | round) / 100), p99 \(($c[0].results.latency_ms.p99 / $s[0].results.latency_ms.p99 * 100 | round) / 100), server cpu \(($c[0].server.cpu_s / $s[0].server.cpu_s * 100 | round) / 100)"')"
   done

@@ -2,10 +2,16 @@
 # bench/compare.sh — xmppd vs Prosody vs ejabberd: the same xmpp-bench scenario against
 # each, one server at a time, in one run; prints a side-by-side Markdown table with ratios.
 #
-#   bench/compare.sh [--scenario login|idle|chat|presence|all] [--users N] [--pairs P]
+#   bench/compare.sh [--scenario login|idle|chat|presence|everyday|all] [--users N] [--pairs P]
 #                    [--rate R] [--duration S] [--presence-users N] [--roster K]
-#                    [--servers ours,prosody,ejabberd] [--out DIR] [--quick]
+#                    [--everyday-rate R[,SERVER=R...]] [--everyday-pairs P] [--everyday-duration S]
+#                    [--servers ours,prosody,ejabberd] [--out DIR] [--quick] [--ours-archive]
 #                    [--mech PLAIN|SCRAM-SHA-1] [--budget SECONDS]
+#
+# everyday: the chat scenario open loop at an everyday rate (default 8,000 msgs/s on 1,000
+# pairs, 2,000 STARTTLS sessions, 10 s; per-server rates with R,prosody=R2): delivered rate,
+# server CPU, context switches and read+write system calls per message over the measurement
+# window (xmpp-bench's run_server_*; ejabberd = beam.smp + epmd), p50/p99, RSS.
 #
 # Installs Prosody and ejabberd from Debian when missing (needs root/sudo then), builds
 # ours (make build), and for every scenario and server: starts the server on a free
@@ -14,7 +20,7 @@
 # --server-pid, stops the server. Only one server runs at a time. Every JSON/PNG goes to
 # --out (default build/compare-DATE), the table to stdout and OUT/table.md.
 # Loopback only. Bounded: a timeout around every step and an overall budget (default
-# 900 s, --quick 240 s); runs that would start after the budget is spent are skipped.
+# 1200 s, --quick 330 s); runs that would start after the budget is spent are skipped.
 # Details and every configuration change to the peers: docs/compare.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +30,8 @@ PY=/usr/bin/python3
 
 SCENARIO=all USERS=5000 PAIRS=100 RATE=0 DURATION=15 PUSERS=1000 ROSTER=10 PRATE=""
 SERVERS=ours,prosody,ejabberd OUT="" QUICK=0 MECH=PLAIN BUDGET="" PASSWORD=secret
-usage() { sed -n '2,18p' "$0"; exit "${1:-2}"; }
+ERATE="" EPAIRS="" EDURATION="" ARCHIVE=0
+usage() { sed -n '2,24p' "$0"; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --scenario) SCENARIO=$2; shift 2;;
@@ -39,6 +46,10 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2;;
     --mech) MECH=$2; shift 2;;
     --budget) BUDGET=$2; shift 2;;
+    --everyday-rate) ERATE=$2; shift 2;;
+    --everyday-pairs) EPAIRS=$2; shift 2;;
+    --everyday-duration) EDURATION=$2; shift 2;;
+    --ours-archive) ARCHIVE=1; shift;;
     --quick) QUICK=1; shift;;
     -h|--help) usage 0;;
     *) echo "compare.sh: unknown option $1" >&2; usage;;
@@ -47,14 +58,28 @@ done
 if [ "$QUICK" = 1 ]; then
   # ~2-3 minutes for the three servers: small numbers, short runs
   USERS=500 PAIRS=50 DURATION=5 PUSERS=200 ROSTER=5
-  [ -z "$BUDGET" ] && BUDGET=240
+  [ -z "$EPAIRS" ] && EPAIRS=200
+  [ -z "$ERATE" ] && ERATE=2000
+  [ -z "$EDURATION" ] && EDURATION=5
+  [ -z "$BUDGET" ] && BUDGET=330
 fi
-BUDGET=${BUDGET:-900}
+EPAIRS=${EPAIRS:-1000} ERATE=${ERATE:-8000} EDURATION=${EDURATION:-10}
+# everyday rate per server: "8000" or "8000,prosody=3000"
+erate_of() {
+  local r=${ERATE%%,*} kv
+  IFS=, read -r -a kv <<< "$ERATE"
+  for x in "${kv[@]:1}"; do [ "${x%%=*}" = "$1" ] && r=${x#*=}; done
+  echo "$r"
+}
+# The peers load no archive module (no mod_mam), so ours runs with its archive (XEP-0313,
+# on by default) off unless --ours-archive: the same work for all three.
+[ "$ARCHIVE" = 1 ] || export XMPPD_SERVER_MAM=false
+BUDGET=${BUDGET:-1200}
 [ -z "$PRATE" ] && PRATE=$PUSERS   # every user changes presence once a second
 case $SCENARIO in
-  all) SCENARIOS="login idle chat presence";;
-  login|idle|chat|presence) SCENARIOS=$SCENARIO;;
-  *) echo "compare.sh: --scenario login|idle|chat|presence|all" >&2; exit 2;;
+  all) SCENARIOS="login idle chat presence everyday";;
+  login|idle|chat|presence|everyday) SCENARIOS=$SCENARIO;;
+  *) echo "compare.sh: --scenario login|idle|chat|presence|everyday|all" >&2; exit 2;;
 esac
 IFS=, read -r -a SERVER_LIST <<< "$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
@@ -112,7 +137,7 @@ chmod 644 "$RUN/cert.pem" "$RUN/key.pem"   # the peers read it as their own user
 MAXU=0
 for sc in $SCENARIOS; do
   case $sc in
-    login|idle) n=$USERS;; chat) n=$((2 * PAIRS));; presence) n=$PUSERS;;
+    login|idle) n=$USERS;; chat) n=$((2 * PAIRS));; presence) n=$PUSERS;; everyday) n=$((2 * EPAIRS));;
   esac
   [ "$n" -gt "$MAXU" ] && MAXU=$n
 done
@@ -133,6 +158,8 @@ run_one() {   # run_one SCENARIO SERVER
     idle)     users=$USERS; args=(--users "$USERS" --duration "$DURATION"); tmo=$((USERS / 20 + DURATION + 60));;
     chat)     users=$((2 * PAIRS)); args=(--pairs "$PAIRS" --rate "$RATE" --duration "$DURATION")
               tmo=$((users / 20 + DURATION + 60));;
+    everyday) users=$((2 * EPAIRS)); args=(--pairs "$EPAIRS" --rate "$(erate_of "$s")" --duration "$EDURATION")
+              tmo=$((users / 20 + EDURATION + 90));;
     presence) users=$PUSERS; roster=$ROSTER
               args=(--users "$PUSERS" --roster "$ROSTER" --rate "$PRATE" --duration "$DURATION")
               tmo=$((users / 20 + DURATION + 60));;
@@ -158,16 +185,25 @@ run_one() {   # run_one SCENARIO SERVER
     CURRENT=""
     return 0
   fi
+  # ejabberd: the VM and its port mapper (epmd) both count; Prosody and ours: one process
+  local pids=$pid
+  if [ "$s" = ejabberd ]; then
+    local e
+    for e in $(pgrep -x -u ejabberd epmd || true); do pids=$pids,$e; done
+  fi
   local expect=()
   [ "$roster" -gt 0 ] && expect=(--expect-roster "$roster")
   if ! timeout 60 "$PEERS/check_login.py" --port "$port" --password "$PASSWORD" "${expect[@]}" >>"$OUT/$sc-$s.log" 2>&1; then
     log "$sc/$s: slixmpp log-in check failed (see $OUT/$sc-$s.log)"
     echo "log-in check failed" > "$status"
   else
-    log "$sc/$s: pid $pid, running xmpp-bench $sc (timeout ${tmo}s)"
+    log "$sc/$s: pids $pids, running xmpp-bench $sc (timeout ${tmo}s)"
+    cut -d' ' -f1-3 /proc/loadavg > "$OUT/$sc-$s.load"
+    local bsc=$sc
+    [ "$sc" = everyday ] && bsc=chat
     set +e
-    timeout -k 10 "$tmo" "$BENCH" "$sc" --host 127.0.0.1 --port "$port" --domain localhost \
-      --tls starttls --mech "$MECH" --password "$PASSWORD" "${args[@]}" --server-pid "$pid" \
+    timeout -k 10 "$tmo" "$BENCH" "$bsc" --host 127.0.0.1 --port "$port" --domain localhost \
+      --tls starttls --mech "$MECH" --password "$PASSWORD" "${args[@]}" --server-pid "$pids" \
       --json "$json" --plot "$OUT/$sc-$s.png" --label "$s" >>"$OUT/$sc-$s.log" 2>&1
     rc=$?
     set -e
@@ -199,6 +235,8 @@ done
 # ---- table --------------------------------------------------------------------------------------
 {
   echo "## xmppd vs Prosody vs ejabberd ($(date -u +%Y-%m-%d), $(nproc) cores, loopback, STARTTLS + SASL $MECH)"
+  echo
+  echo "ours' archive (XEP-0313): $([ "$ARCHIVE" = 1 ] && echo on || echo off, as the peers load none); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   sed 's/^/    /' "$OUT/versions.txt"
   echo
