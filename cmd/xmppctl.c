@@ -37,6 +37,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/jid.h"
@@ -167,13 +168,12 @@ static int user_jid(const ctl_t *c, const char *in, char **bare) {
     jid_free(&j);
     return EXIT_USAGE;
   }
-  char *cfg_domain = NULL;
-  if (jid_prep_domain(c->cfg.domain, strlen(c->cfg.domain), &cfg_domain) != 0)
-    cfg_domain = xstrdup(c->cfg.domain);
-  if (strcmp(j.domain, cfg_domain) != 0)
-    fprintf(stderr, "xmppctl: warning: %s is not in the configured domain %s\n", j.bare,
-            cfg_domain);
-  xfree(cfg_domain);
+  /* server.domain or a [domain NAME] section (common/domains.h) */
+  domains_t *doms = domains_build(&c->cfg, NULL, 0, NULL);
+  if (doms && !domains_lookup(doms, j.domain, strlen(j.domain)))
+    fprintf(stderr, "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section)\n", j.bare,
+            domains_at(doms, 0)->name);
+  domains_free(doms);
   *bare = xstrdup(j.bare);
   jid_free(&j);
   return EXIT_OK;

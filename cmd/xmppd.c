@@ -8,7 +8,10 @@
  * routers drain their queues (bounced messages reach offline storage), then all stop.
  * --role edge|router (cluster.role) runs one half; with cluster.node_id set the process
  * joins a cluster through Redis (common/cluster/cluster.c, docs/cluster.md).
- * SIGHUP: the TLS certificate and key, and the session ticket keys, are loaded again (sessions are not dropped). */
+ * SIGHUP: the configuration file is read again for its domains ([domain NAME] sections:
+ * added, removed, certificates; docs/operations.md "Virtual hosting"), and the TLS
+ * certificates and session ticket keys are loaded again (sessions are not dropped, but
+ * those of a removed domain, which end with <host-gone/>). */
 #include <getopt.h>
 #include <stddef.h>
 #include <signal.h>
@@ -26,6 +29,7 @@
 #include "common/bus.h"
 #include "common/cluster/cluster.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -57,8 +61,82 @@ static void on_signal(uv_signal_t *h, int sig) {
   uv_stop(h->loop);
 }
 
+/* What the configuration was made of, to read it again on SIGHUP. */
+static struct {
+  const char *path;
+  char **sets; /* "section.key=value", as given */
+  int nsets;
+  const char *role;
+  const xmpp_config_t *running; /* what the process runs on */
+} conf_src;
+
+/* Defaults < file < environment < --set < --role, then validated. 0 or 2 (message
+ * printed to stderr with prefix). */
+static int load_config(xmpp_config_t *cfg, char **err) {
+  int bad = config_load(cfg, conf_src.path, err) != 0 || config_apply_env(cfg, err) != 0;
+  for (int i = 0; !bad && i < conf_src.nsets; i++) {
+    char *eq = strchr(conf_src.sets[i], '=');
+    if (!eq) {
+      *err = xstrfmt("--set %s: expected section.key=value", conf_src.sets[i]);
+      bad = 1;
+      break;
+    }
+    char *key = xstrndup(conf_src.sets[i], (size_t)(eq - conf_src.sets[i]));
+    bad = config_set(cfg, key, eq + 1, err) != 0;
+    xfree(key);
+  }
+  if (!bad && conf_src.role) bad = config_set(cfg, "cluster.role", conf_src.role, err) != 0;
+  if (!bad && config_validate(cfg, err) != 0) bad = 1;
+  return bad ? 2 : 0;
+}
+
+static void domain_gone_cb(edge_admin_t *r, void *ud) {
+  log_info("domain %s removed: %zu streams ended with <host-gone/>", (const char *)ud, edge_admin_count(r));
+  xfree(ud);
+  edge_admin_free(r);
+}
+
+/* SIGHUP: the domains again, then the certificates. A configuration that does not load,
+ * or a domain whose certificate does not name it, changes nothing (logged). */
 static void on_sighup(uv_signal_t *h, int sig) {
-  if (h->data) edge_reload_tls(h->data);
+  edge_t *edge = h->data;
+  const xmpp_config_t *cur = conf_src.running;
+  xmpp_config_t nc;
+  char *err = NULL;
+  domains_t *nd = NULL;
+  if (load_config(&nc, &err) == 0) {
+    if (strcmp(nc.domain, cur->domain) != 0)
+      err = xstrfmt("server.domain changed (%s to %s): it changes only with a restart", cur->domain, nc.domain);
+    else
+      nd = domains_build(&nc, modules_index, 1, &err);
+  }
+  config_free(&nc);
+  if (!nd) {
+    log_error("reload: the configuration is refused, domains unchanged: %s", err ? err : "?");
+    xfree(err);
+    if (edge) edge_reload_tls(edge, domains_current());
+    return;
+  }
+  /* the new domains' certificates first: a name is served once its context is there */
+  if (edge && edge_reload_tls(edge, nd) != 0) {
+    log_error("reload: domains unchanged");
+    domains_free(nd);
+    return;
+  }
+  const domains_t *old = domains_current();
+  domains_publish(nd);
+  for (size_t i = 0; i < domains_count(nd); i++) {
+    const domain_t *d = domains_at(nd, i);
+    if (!domains_lookup(old, d->name, strlen(d->name))) log_info("domain %s added", d->name);
+  }
+  for (size_t i = 0; i < domains_count(old); i++) {
+    const domain_t *d = domains_at(old, i);
+    if (domains_lookup(nd, d->name, strlen(d->name))) continue;
+    log_info("domain %s removed: ending its streams", d->name);
+    if (edge) edge_admin_post(edge_admin_new(edge, EDGE_ADMIN_DOMAIN_GONE, d->name, NULL), domain_gone_cb,
+                              xstrdup(d->name));
+  }
+  log_info("reload: %zu domains", domains_count(nd));
 }
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
@@ -196,30 +274,27 @@ int main(int argc, char **argv) {
   }
   xmpp_config_t cfg;
   char *err = NULL;
-  int bad = config_load(&cfg, conf_path, &err) != 0 || config_apply_env(&cfg, &err) != 0;
-  for (int i = 0; !bad && i < nsets; i++) {
-    char *eq = strchr(sets[i], '=');
-    if (!eq) {
-      fprintf(stderr, "xmppd: --set %s: expected section.key=value\n", sets[i]);
-      bad = 1;
-      break;
-    }
-    *eq = '\0';
-    bad = config_set(&cfg, sets[i], eq + 1, &err) != 0;
-  }
-  xfree(sets);
-  if (!bad && role_arg) bad = config_set(&cfg, "cluster.role", role_arg, &err) != 0;
-  if (!bad && config_validate(&cfg, &err) != 0) bad = 1;
-  if (bad) {
+  conf_src.path = conf_path;
+  conf_src.sets = sets; /* kept for SIGHUP (argv strings) */
+  conf_src.nsets = nsets;
+  conf_src.role = role_arg;
+  int bad = load_config(&cfg, &err) != 0;
+  /* the domain table: names, modules, and each [domain]'s certificate naming it */
+  domains_t *domains = bad ? NULL : domains_build(&cfg, modules_index, (config_role(&cfg) & ROLE_EDGE) != 0, &err);
+  if (bad || !domains) {
     if (err) fprintf(stderr, "xmppd: configuration error: %s\n", err);
     xfree(err);
+    xfree(sets);
     config_free(&cfg);
     return 2;
   }
+  domains_publish(domains);
   if (print || check) {
     if (print) config_print(stdout, &cfg);
     else printf("configuration OK\n");
     config_free(&cfg);
+    domains_shutdown();
+    xfree(sets);
     return 0;
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));
@@ -314,7 +389,8 @@ int main(int argc, char **argv) {
 
   if (xmppd_admin_start(admin, loop, edge, &bus) != 0) return 1;
   uv_signal_init(loop, &sighup_h);
-  sighup_h.data = edge; /* NULL on a router: nothing to reload */
+  sighup_h.data = edge; /* NULL on a router: only the domains to reload */
+  conf_src.running = &cfg;
   uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   uv_signal_init(loop, &sigusr1_h);
   uv_signal_start(&sigusr1_h, on_memstats, SIGUSR1);
@@ -364,6 +440,8 @@ int main(int argc, char **argv) {
   xfree(bus.worker_q);
   config_free(&cfg);
   store_claim_release(claim);
+  domains_shutdown();
+  xfree(sets);
   log_info("stopped");
   return refused ? 2 : 0;
 }

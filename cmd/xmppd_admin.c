@@ -100,6 +100,7 @@ static void answered(control_req_t *r, void *arg) {
     snprintf(detail, sizeof detail, "sent to %zu sessions", n);
     control_reply(r, (const char *)b.data, detail);
     break;
+  case EDGE_ADMIN_DOMAIN_GONE: break; /* from SIGHUP (cmd/xmppd.c), never a request */
   }
   buf_free(&b);
   edge_admin_free(er);

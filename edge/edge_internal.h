@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/bus.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/jid.h"
 #include "common/scram.h"
 #include "common/store/store.h"
@@ -201,6 +202,8 @@ struct conn {
   int carbons_iq;       /* Bind2 enabled carbons: the router's answer to that IQ is not the
                            client's, and is swallowed (edge_deliver_now) */
   char *auth_bare;      /* account being authenticated / authenticated */
+  const char *domain;   /* the hosted domain the stream is for (common/domains.h: valid for
+                           the process's life), NULL before the first stream header */
   jid_t jid;            /* bound full JID */
   /* cluster only: the last broadcast presence (encoded) and the shard owner the session
    * was announced to, for re-announcing it when its shard moves (docs/cluster.md) */
@@ -245,6 +248,8 @@ conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
 /* Queues bytes for the client (encrypting under TLS). */
 void conn_send(conn_t *c, const char *data, size_t len);
 void conn_send_str(conn_t *c, const char *s);
+/* The domain the stream is for (its first header's 'to'), the default one before. */
+static inline const char *conn_domain(const conn_t *c) { return c->domain ? c->domain : domain_default(); }
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);
 /* Moves c to state to: a transition negotiate.c's table does not allow is a bug (an
