@@ -276,14 +276,19 @@ static const struct {
     {"max_resources", "int", "0", "`limits.max_resources` for this domain's accounts (0 = the global value)"},
 };
 
-/* [domain NAME] key = value: the section of NAME (created at its first key). */
+/* [domain NAME] key = value: the section of NAME (created at its first key; key NULL:
+ * only created, for a section with no key, which inih would not report). */
 static int vhost_set(xmpp_config_t *c, const char *name, const char *key, const char *value, char **err) {
   xmpp_vhost_conf_t *v = NULL;
   for (int i = 0; i < c->nvhosts; i++)
     if (!strcmp(c->vhosts[i].name, name)) v = &c->vhosts[i];
   if (!v) {
-    if (!*name || strlen(name) > 1023) {
-      *err = xstrfmt("[domain %s]: a domain name of 1 to 1023 bytes is expected", name);
+    /* what config_print writes back as the same section: no blank, no ']' or comment */
+    int ok = *name != '\0';
+    for (const unsigned char *p = (const unsigned char *)name; *p && ok; p++)
+      ok = *p > 0x20 && *p != 0x7F && !strchr("[];#=", *p);
+    if (!ok) {
+      *err = xstrfmt("[domain %s]: a domain name without blanks, brackets, ';', '#' or '=' is expected", name);
       return XMPP_EINVAL;
     }
     if (c->nvhosts >= XMPP_MAX_DOMAINS) {
@@ -298,6 +303,7 @@ static int vhost_set(xmpp_config_t *c, const char *name, const char *key, const 
     v->key = xstrdup("");
     v->disable = xstrdup("");
   }
+  if (!key) return 0;
   if (!ini_writable(key, value)) {
     *err = xstrfmt("[domain %s] %s: '%s' cannot be written in a configuration file", name, key, value);
     return XMPP_EINVAL;
@@ -344,6 +350,8 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
  * fuzz_config, which now checks it (tests/fuzz/regress/config/long-line-*). */
 typedef struct {
   FILE *f;
+  xmpp_config_t *c;
+  char *err; /* a [domain NAME] refused when read */
   int line;
   int too_long; /* the longest line that fits, when one did not */
   int nul;
@@ -383,25 +391,34 @@ static char *read_line(char *str, int num, void *stream) {
     r->long_section = 1;
     return NULL;
   }
+  if (close && !strncmp(p + 1, "domain ", 7)) { /* a [domain NAME] is one even with no key */
+    char name[INI_SECTION_MAX + 1];
+    size_t n = (size_t)(close - p - 8);
+    memcpy(name, p + 8, n);
+    name[n] = '\0';
+    if (vhost_set(r->c, name, NULL, NULL, &r->err) != 0) return NULL;
+  }
   return str;
 }
 
 /* Parses an INI stream into c (defaults already set); name is used in messages. */
 static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) {
   ini_ctx_t x = {c, NULL};
-  line_reader_t r = {f, 0, 0, 0, 0};
+  line_reader_t r = {f, c, NULL, 0, 0, 0, 0};
   int rc = ini_parse_stream(read_line, &r, ini_cb, &x);
   if (x.err) {
     if (err) *err = xstrfmt("%s:%d: %s", name, rc, x.err);
     xfree(x.err);
     return XMPP_EINVAL;
   }
-  if (r.too_long || r.nul || r.long_section) {
+  if (r.too_long || r.nul || r.long_section || r.err) {
     if (err) {
-      if (r.long_section) *err = xstrfmt("%s:%d: section name longer than %d bytes (a [domain NAME] holds a name of at most 42)", name, r.line, INI_SECTION_MAX);
+      if (r.err) *err = xstrfmt("%s:%d: %s", name, r.line, r.err);
+      else if (r.long_section) *err = xstrfmt("%s:%d: section name longer than %d bytes (a [domain NAME] holds a name of at most 42)", name, r.line, INI_SECTION_MAX);
       else if (r.nul) *err = xstrfmt("%s:%d: NUL byte", name, r.line);
       else *err = xstrfmt("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
     }
+    xfree(r.err);
     return XMPP_EINVAL;
   }
   if (rc != 0) {
