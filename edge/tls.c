@@ -58,12 +58,12 @@ static int sni_cb(WOLFSSL *ssl, int *alert, void *arg) {
   const char *sni = wolfSSL_get_servername(ssl, WOLFSSL_SNI_HOST_NAME);
   if (!sni || !*sni) return 0;
   char name[256];
-  size_t n = strlen(sni);
-  if (n >= sizeof name) n = sizeof name - 1; /* longer than any DNS name: not found below */
+  size_t n = strnlen(sni, sizeof name);
+  if (n == sizeof name) n = 0; /* longer than a DNS name (RFC 1035 §2.3.4): unknown below */
   for (size_t i = 0; i < n; i++) name[i] = (char)(sni[i] >= 'A' && sni[i] <= 'Z' ? sni[i] + 32 : sni[i]);
   name[n] = '\0';
   if (n && name[n - 1] == '.') name[--n] = '\0'; /* a fully qualified name's root label */
-  if (!domain_find(name, n)) {
+  if (!n || !domain_find(name, n)) {
     log_debug("TLS: SNI names %s, not a domain of this server", name);
     *alert = unrecognized_name;
     return fatal_return;
