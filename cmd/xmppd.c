@@ -101,6 +101,10 @@ static void domain_gone_cb(edge_admin_t *r, void *ud) {
 static void on_sighup(uv_signal_t *h, int sig) {
   edge_t *edge = h->data;
   const xmpp_config_t *cur = conf_src.running;
+  if (!cur) {
+    log_warn("SIGHUP during start-up: ignored");
+    return;
+  }
   xmpp_config_t nc;
   char *err = NULL;
   domains_t *nd = NULL;
@@ -368,6 +372,10 @@ int main(int argc, char **argv) {
   uv_signal_init(loop, &sigterm_h);
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  /* SIGHUP too, from the moment clients can connect (its default action ends the
+   * process); its callback runs once the loop runs, with the edge known by then */
+  uv_signal_init(loop, &sighup_h);
+  uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use)))
     return in_use ? (xmppd_admin_close(admin), refuse(cluster, &bus, &cfg, claim)) : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
@@ -388,10 +396,8 @@ int main(int argc, char **argv) {
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
   if (xmppd_admin_start(admin, loop, edge, &bus) != 0) return 1;
-  uv_signal_init(loop, &sighup_h);
   sighup_h.data = edge; /* NULL on a router: only the domains to reload */
   conf_src.running = &cfg;
-  uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   uv_signal_init(loop, &sigusr1_h);
   uv_signal_start(&sigusr1_h, on_memstats, SIGUSR1);
   uv_run(loop, UV_RUN_DEFAULT);
