@@ -26,6 +26,7 @@
 
 #include "cmd/xmppd_admin.h"
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "common/bus.h"
 #include "common/cluster/cluster.h"
 #include "common/config.h"
@@ -96,14 +97,14 @@ static void domain_gone_cb(edge_admin_t *r, void *ud) {
   edge_admin_free(r);
 }
 
-/* SIGHUP: the domains again, then the certificates. A configuration that does not load,
- * or a domain whose certificate does not name it, changes nothing (logged). */
-static void on_sighup(uv_signal_t *h, int sig) {
-  edge_t *edge = h->data;
+/* SIGHUP and `xmppctl reload`: the domains again, then the certificates. A
+ * configuration that does not load, or a domain whose certificate does not name it,
+ * changes nothing (logged). */
+int xmppd_reload(edge_t *edge, char **summary) {
   const xmpp_config_t *cur = conf_src.running;
   if (!cur) {
-    log_warn("SIGHUP during start-up: ignored");
-    return;
+    *summary = xstrdup("still starting: try again");
+    return XMPP_EINVAL;
   }
   xmpp_config_t nc;
   char *err = NULL;
@@ -112,35 +113,55 @@ static void on_sighup(uv_signal_t *h, int sig) {
     if (strcmp(nc.domain, cur->domain) != 0)
       err = xstrfmt("server.domain changed (%s to %s): it changes only with a restart", cur->domain, nc.domain);
     else
-      nd = domains_build(&nc, modules_index, 1, &err);
+      nd = domains_build(&nc, modules_index, edge != NULL, &err);
   }
   config_free(&nc);
   if (!nd) {
     log_error("reload: the configuration is refused, domains unchanged: %s", err ? err : "?");
+    *summary = xstrfmt("the configuration is refused, domains unchanged: %s", err ? err : "?");
     xfree(err);
     if (edge) edge_reload_tls(edge, domains_current());
-    return;
+    return XMPP_EINVAL;
   }
   /* the new domains' certificates first: a name is served once its context is there */
   if (edge && edge_reload_tls(edge, nd) != 0) {
     log_error("reload: domains unchanged");
+    *summary = xstrdup("a certificate did not load (see the log), domains unchanged");
     domains_free(nd);
-    return;
+    return XMPP_EINVAL;
   }
   const domains_t *old = domains_current();
   domains_publish(nd);
+  buf_t added, removed;
+  buf_init(&added);
+  buf_init(&removed);
   for (size_t i = 0; i < domains_count(nd); i++) {
     const domain_t *d = domains_at(nd, i);
-    if (!domains_lookup(old, d->name, strlen(d->name))) log_info("domain %s added", d->name);
+    if (domains_lookup(old, d->name, strlen(d->name))) continue;
+    log_info("domain %s added", d->name);
+    buf_printf(&added, " %s", d->name);
   }
   for (size_t i = 0; i < domains_count(old); i++) {
     const domain_t *d = domains_at(old, i);
     if (domains_lookup(nd, d->name, strlen(d->name))) continue;
     log_info("domain %s removed: ending its streams", d->name);
+    buf_printf(&removed, " %s", d->name);
     if (edge) edge_admin_post(edge_admin_new(edge, EDGE_ADMIN_DOMAIN_GONE, d->name, NULL), domain_gone_cb,
                               xstrdup(d->name));
   }
   log_info("reload: %zu domains", domains_count(nd));
+  *summary = xstrfmt("%zu domains; added:%.*s; removed:%.*s", domains_count(nd), (int)added.len,
+                     added.len ? (const char *)added.data : "", (int)removed.len,
+                     removed.len ? (const char *)removed.data : "");
+  buf_free(&added);
+  buf_free(&removed);
+  return 0;
+}
+
+static void on_sighup(uv_signal_t *h, int sig) {
+  char *summary = NULL;
+  xmppd_reload(h->data, &summary);
+  xfree(summary);
 }
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }

@@ -57,6 +57,8 @@ int modules_index(const char *name) {
   return -1;
 }
 
+const char *modules_name(int i) { return i >= 0 && (size_t)i < NMODULES ? modules[i]->name : NULL; }
+
 uint64_t modules_disabled_for(const char *jid) {
   if (!jid || !domains_any_disabled()) return 0;
   const domain_t *d = domain_of_jid(jid);

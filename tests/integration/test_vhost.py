@@ -3,6 +3,7 @@ each with its own certificate chosen by SNI, its own accounts, modules and limit
 domain list reloaded on SIGHUP. Real TLS (certificates made here with openssl), slixmpp
 and aioxmpp as clients, raw streams for the refusals."""
 import asyncio
+import json
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import unittest
 
 import slixmpp
 
-from harness import (DOMAIN, XMPPD, Client, RawStream, Server, aioxmpp_client, insecure_context,
+from harness import (DOMAIN, XMPPCTL, XMPPD, Client, RawStream, Server, aioxmpp_client, insecure_context,
                      run)
 
 ALPHA, BETA, GAMMA = "alpha.test", "beta.test", "gamma.test"
@@ -369,6 +370,35 @@ class VirtualHostReloadTest(unittest.TestCase):
         r.open_stream(to=GAMMA)
         self.assertIn("<host-unknown", r.recv_until(r"</stream:stream>"))
         self.assertEqual(peer_cert_der(self.srv.tls_port, BETA), der_of(self.beta[0]))
+
+
+    def ctl(self, *args):
+        return subprocess.run([XMPPCTL, "-c", self.srv.conf, *args], capture_output=True, text=True, timeout=10)
+
+    def test_xmppctl_domains_and_reload(self):
+        r = self.ctl("domains")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        self.assertEqual([d["name"] for d in got["domains"]], [DOMAIN, ALPHA, BETA])
+        self.assertEqual(got["count"], 3)
+        by = {d["name"]: d for d in got["domains"]}
+        self.assertEqual(sorted(by[BETA]["disabled"]), ["ping", "version"])
+        self.assertEqual(by[ALPHA]["max_resources"], 2)
+        self.assertEqual(by[ALPHA]["certificate"], self.alpha[0])
+        self.assertTrue(by[DOMAIN]["default"])
+        # a refused reload says why, and changes nothing
+        wrong = make_cert(self.srv.dir, "other", san="other.test")
+        write_conf(self.srv, [domain_section(GAMMA, *wrong)])
+        r = self.ctl("reload")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"domain {GAMMA}: the certificate {wrong[0]} does not name it", r.stderr)
+        self.assertEqual(json.loads(self.ctl("domains").stdout)["count"], 3)
+        # an accepted one lists what changed
+        write_conf(self.srv, [domain_section(GAMMA, *self.gamma)])
+        r = self.ctl("reload")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["result"], f"2 domains; added: {GAMMA}; removed: {ALPHA} {BETA}")
+        self.assertEqual([d["name"] for d in json.loads(self.ctl("domains").stdout)["domains"]], [DOMAIN, GAMMA])
 
 
 class VirtualHostConfigTest(unittest.TestCase):
