@@ -90,12 +90,12 @@ async def slix_login(srv, jid, password, direct_tls=False):
 
 def rich_server():
     """localhost (the default) + alpha (own certificate, at most 2 resources) + beta (own
-    certificate, 'version' and 'ping' switched off)."""
+    certificate, 'version', 'ping' and 'offline' switched off)."""
     srv = Server()
     alpha = make_cert(srv.dir, ALPHA)
     beta = make_cert(srv.dir, BETA)
     write_conf(srv, [domain_section(ALPHA, *alpha, max_resources=2),
-                     domain_section(BETA, *beta, disable="version, ping")])
+                     domain_section(BETA, *beta, disable="version, ping, offline")])
     return srv, alpha, beta
 
 
@@ -104,7 +104,7 @@ class VirtualHostTest(unittest.TestCase):
     def setUpClass(cls):
         cls.srv, cls.alpha, cls.beta = rich_server()
         for jid, pw in ((f"alice@{ALPHA}", "alpha-pw"), (f"alice@{BETA}", "beta-pw"),
-                        (f"bob@{BETA}", "pw"), (f"carol@{ALPHA}", "pw"), (f"dave@{DOMAIN}", "pw")):
+                        (f"bob@{BETA}", "pw"), (f"erin@{BETA}", "pw"), (f"carol@{ALPHA}", "pw"), (f"dave@{DOMAIN}", "pw")):
             cls.srv.adduser(jid, pw)
         cls.srv.start()
 
@@ -254,9 +254,28 @@ class VirtualHostTest(unittest.TestCase):
             self.assertIn("urn:xmpp:ping", fa)
             self.assertNotIn("jabber:iq:version", fb)
             self.assertNotIn("urn:xmpp:ping", fb)
-            self.assertEqual(set(fa) - set(fb), {"jabber:iq:version", "urn:xmpp:ping"})
+            self.assertEqual(set(fa) - set(fb), {"jabber:iq:version", "urn:xmpp:ping", "msgoffline", "urn:xmpp:delay"})
             a.disconnect()
             b.disconnect()
+        run(go())
+
+    def test_offline_storage_switched_off_on_one_domain(self):
+        """A module's hooks follow the recipient's domain: no offline storage on beta."""
+        async def go():
+            a, ok = await slix_login(self.srv, f"carol@{ALPHA}", "pw")
+            self.assertTrue(ok)
+            a.send_message(mto=f"erin@{BETA}", mbody="to erin, absent", mtype="chat")
+            m = await a.next_message(pred=lambda m: m["type"] == "error")
+            self.assertEqual((m["from"].bare, m["error"]["condition"]), (f"erin@{BETA}", "service-unavailable"))
+            a.send_message(mto=f"alice@{ALPHA}", mbody="kept for alice", mtype="chat")
+            x, ok = await slix_login(self.srv, f"alice@{ALPHA}", "alpha-pw")
+            self.assertTrue(ok)
+            x.send_presence()
+            m = await x.next_message(pred=lambda m: m["body"] == "kept for alice")
+            self.assertEqual(m["from"].bare, f"carol@{ALPHA}")
+            self.assertTrue(a.messages.empty())  # no error for the stored one
+            a.disconnect()
+            x.disconnect()
         run(go())
 
     def test_max_resources_of_one_domain(self):
@@ -382,7 +401,7 @@ class VirtualHostReloadTest(unittest.TestCase):
         self.assertEqual([d["name"] for d in got["domains"]], [DOMAIN, ALPHA, BETA])
         self.assertEqual(got["count"], 3)
         by = {d["name"]: d for d in got["domains"]}
-        self.assertEqual(sorted(by[BETA]["disabled"]), ["ping", "version"])
+        self.assertEqual(sorted(by[BETA]["disabled"]), ["offline", "ping", "version"])
         self.assertEqual(by[ALPHA]["max_resources"], 2)
         self.assertEqual(by[ALPHA]["certificate"], self.alpha[0])
         self.assertTrue(by[DOMAIN]["default"])
