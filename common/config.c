@@ -124,6 +124,10 @@ static const conf_opt_t opts[] = {
   {"cluster", "hold_bytes", CT_INT, 0, 1073741824, "8388608", O(hold_bytes), "bytes of stanzas each router worker holds at most during a shard move (`hold_ms`); past it the hold ends at once and what it held is handled as without it"},
   {"metrics", "listen", CT_STR, 0, 64, "", O(metrics_listen), "Prometheus / OpenMetrics endpoint, `HOST:PORT` or `[IPV6]:PORT` with a numeric address, serving `GET /metrics` ([operations.md](operations.md#metrics)); empty = off. An address other than loopback needs `token`"},
   {"metrics", "token", CT_STR, 0, 255, "", O(metrics_token), "bearer token the metrics endpoint requires (`Authorization: Bearer TOKEN`; 401 without it); empty = none, allowed only on a loopback `listen`"},
+  {"admin", "listen", CT_STR, 0, 64, "", O(admin_listen), "HTTP admin API, `HOST:PORT` or `[IPV6]:PORT` with a numeric address: the control socket's commands as JSON under `/admin/` ([operations.md](operations.md#the-http-admin-api)); empty = off. Plain HTTP: keep it on loopback or behind a TLS-terminating proxy"},
+  {"admin", "token", CT_STR, 0, 255, "", O(admin_token), "bearer token every admin request must carry (`Authorization: Bearer TOKEN`; 401 without it, audited); at least 16 bytes, required with `listen`"},
+  {"admin", "max_clients", CT_INT, 1, 256, "8", O(admin_max_clients), "admin API connections at once; beyond, a connection is answered 503 and closed"},
+  {"admin", "max_body", CT_INT, 64, 65536, "8192", O(admin_max_body), "bytes of one admin request's JSON body; a larger one is answered 413 unread"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
@@ -552,6 +556,19 @@ int config_validate(const xmpp_config_t *c, char **err) {
     }
     if (v->cert[0] && (access(v->cert, R_OK) != 0 || access(v->key, R_OK) != 0)) {
       if (err) *err = xstrfmt("[domain %s]: cannot read %s or %s", v->name, v->cert, v->key);
+      return XMPP_EINVAL;
+    }
+  }
+  if (c->admin_listen[0]) {
+    struct sockaddr_storage ss;
+    char *perr = NULL;
+    if (metrics_parse_listen(c->admin_listen, &ss, NULL, &perr) != 0) {
+      xfree(perr);
+      if (err) *err = xstrfmt("admin.listen: '%s' is not a numeric HOST:PORT or [IPV6]:PORT", c->admin_listen);
+      return XMPP_EINVAL;
+    }
+    if (strlen(c->admin_token) < 16) {
+      if (err) *err = xstrfmt("admin.listen is set: admin.token must be set, at least 16 bytes");
       return XMPP_EINVAL;
     }
   }

@@ -120,6 +120,11 @@ typedef struct xmpp_config {
   int control_max_clients; /* control connections at once */
   int control_max_request; /* bytes of one request line */
   char *log_format;        /* text | json */
+  /* [admin] the HTTP admin API (common/control_http.c) */
+  char *admin_listen;      /* HOST:PORT; "" = off */
+  char *admin_token;       /* bearer token, required with admin_listen */
+  int admin_max_clients;   /* connections at once */
+  int admin_max_body;      /* bytes of one request body */
 } xmpp_config_t;
 
 enum { ROLE_EDGE = 1, ROLE_ROUTER = 2, ROLE_ALL = 3 };

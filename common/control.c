@@ -6,12 +6,21 @@
  * within CONTROL_TIMEOUT_MS of the connect (else closed), one request per connection.
  * The answer is written, our side shut down, and the connection closed at the client's
  * EOF (input after the request is dropped); a client that does not read or close holds
- * its slot until the timeout. Requests are logged as one greppable audit line each:
+ * its slot until the timeout. A connection refused as it comes (another uid, too many)
+ * holds no slot: it gets its answer, our side is shut, and it is closed at its
+ * client's EOF or after CONTROL_REFUSED_MS, whichever comes first. (Closing at once
+ * made a client that writes its request after connecting fail on EPIPE before reading
+ * the answer waiting for it, and input left unread at close could reset the
+ * connection.) At most max_clients refused ones linger so; past that, one is closed
+ * as soon as its answer is written, what it sent drained first. Requests are logged as
+ * one greppable audit line each:
  *
  *   audit: uid=UID pid=PID command=NAME args=["...",...] result=ok|error|denied[ detail="..."]
  *
  * (the peer's credentials from SO_PEERCRED; command "-" for a request refused before it
- * named a known command; args and detail as JSON strings). */
+ * named a known command; args and detail as JSON strings, a secret field as "***").
+ * Requests of the HTTP admin API (control_submit) say "via=http peer=ADDR" instead of
+ * the uid and pid. */
 #include "common/control.h" /* struct ucred: _GNU_SOURCE comes from CMakeLists.txt */
 
 #include <errno.h>
@@ -28,19 +37,23 @@
 #include "common/alloc.h"
 #include "common/pidlock.h"
 #include "common/log.h"
+#include "common/text.h"
 
 #define CONTROL_TIMEOUT_MS 10000
+#define CONTROL_REFUSED_MS 1000
 
 typedef struct control_client control_client_t;
 
 struct control_req {
   control_t *ctl;
   control_client_t *client; /* NULL once the client has gone */
+  control_done_cb done;     /* a submitted request's sink (client NULL); NULL once called */
+  void *done_ud;
+  char *origin;             /* the audit line's "uid=U pid=P" or "via=http peer=A" */
   char *name;
+  unsigned secret;          /* the command's secret fields */
   int argc;
   char *argv[8]; /* CONTROL_MAX_FIELDS - 1 */
-  uid_t uid;
-  pid_t pid;
   int answered;
   control_req_t *next; /* ctl->reqs: every request not answered yet */
   control_req_t *prev;
@@ -53,9 +66,10 @@ struct control_client {
   control_client_t *prev, *next;
   control_req_t *req;
   buf_t in;
-  uid_t uid;
-  pid_t pid;
+  char origin[48]; /* "uid=U pid=P" */
   int done;    /* the request was read (or refused): input ignored */
+  int refused; /* refused as it came: counted in nrefused, not nclients */
+  int abrupt;  /* refused past the lingering ones' bound: closed once the answer is written */
   int closing;
   int handles; /* open handles (pipe, timer): freed when 0 */
   uv_write_t wr;
@@ -63,12 +77,23 @@ struct control_client {
   buf_t out;
 };
 
+typedef struct submission submission_t;
+
 typedef struct post {
   struct post *next;
   control_req_t *r;
   void (*fn)(control_req_t *r, void *arg);
   void *arg;
+  submission_t *sub; /* control_submit's (fn NULL) */
 } post_t;
+
+struct submission {
+  char *origin;
+  int argc; /* with the name */
+  char *argv[8];
+  control_done_cb done;
+  void *ud;
+};
 
 struct control {
   char *path;
@@ -86,51 +111,21 @@ struct control {
   size_t ncmds;
   void *ud;
   control_client_t *clients;
-  int nclients;
+  int nclients; /* served (holding a slot) */
+  int nrefused; /* refused and lingering (CONTROL_REFUSED_MS) */
   control_req_t *reqs;
 };
 
 /* ---- text ------------------------------------------------------------------------------ */
 
-void control_json_str(buf_t *out, const char *s, size_t len) {
-  buf_putc(out, '"');
-  for (size_t i = 0; i < len; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (ch == '"' || ch == '\\') {
-      buf_putc(out, '\\');
-      buf_putc(out, (char)ch);
-    } else if (ch < 0x20 || ch == 0x7f) {
-      buf_printf(out, "\\u%04x", ch);
-    } else {
-      buf_putc(out, (char)ch);
-    }
-  }
-  buf_putc(out, '"');
-}
-
+/* UTF-8 as common/text.c checks it, and no byte a control character or DEL; U+FFFE
+ * and U+FFFF (EF BF BE, EF BF BF) are not XML characters either. */
 int control_text_ok(const char *s, size_t len) {
-  const unsigned char *p = (const unsigned char *)s, *end = p + len;
-  while (p < end) {
-    unsigned ch = *p;
-    if (ch < 0x80) {
-      if (ch < 0x20 || ch == 0x7f) return 0;
-      p++;
-      continue;
-    }
-    int n;
-    unsigned cp, min;
-    if ((ch & 0xe0) == 0xc0) n = 1, cp = ch & 0x1f, min = 0x80;
-    else if ((ch & 0xf0) == 0xe0) n = 2, cp = ch & 0x0f, min = 0x800;
-    else if ((ch & 0xf8) == 0xf0) n = 3, cp = ch & 0x07, min = 0x10000;
-    else return 0;
-    if (end - p <= n) return 0;
-    for (int i = 1; i <= n; i++) {
-      if ((p[i] & 0xc0) != 0x80) return 0;
-      cp = cp << 6 | (p[i] & 0x3f);
-    }
-    /* shortest form, no surrogates, at most U+10FFFF; XML 1.0 excludes U+FFFE, U+FFFF */
-    if (cp < min || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff || cp == 0xfffe || cp == 0xffff) return 0;
-    p += n + 1;
+  const unsigned char *p = (const unsigned char *)s;
+  if (!text_utf8_valid(p, len)) return 0;
+  for (size_t i = 0; i < len; i++) {
+    if (p[i] < 0x20 || p[i] == 0x7f) return 0;
+    if (p[i] == 0xef && i + 2 < len && p[i + 1] == 0xbf && (p[i + 2] == 0xbe || p[i + 2] == 0xbf)) return 0;
   }
   return 1;
 }
@@ -140,6 +135,13 @@ int control_text_ok(const char *s, size_t len) {
 control_t *control_open(const char *path, int max_clients, size_t max_request, int *in_use, char **err) {
   *in_use = 0;
   *err = NULL;
+  if (!path) { /* a dispatcher for control_submit alone */
+    control_t *c = xcalloc(1, sizeof *c);
+    c->lock_fd = c->fd = -1;
+    uv_mutex_init(&c->post_lock);
+    c->posts_tail = &c->posts;
+    return c;
+  }
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
   if (strlen(path) >= sizeof sun.sun_path) {
     *err = xstrfmt("control socket %s: longer than %zu bytes", path, sizeof sun.sun_path - 1);
@@ -208,13 +210,15 @@ control_t *control_open(const char *path, int max_clients, size_t max_request, i
 
 /* ---- requests and answers ------------------------------------------------------------ */
 
-static void audit(const control_req_t *r, const char *name, const char *result, const char *detail) {
+static void audit_line(const char *origin, const char *name, int argc, char *const *argv, unsigned secret,
+                       const char *result, const char *detail) {
   buf_t b;
   buf_init(&b);
   buf_putc(&b, '[');
-  for (int i = 0; i < r->argc; i++) {
+  for (int i = 0; i < argc; i++) {
     if (i) buf_putc(&b, ',');
-    control_json_str(&b, r->argv[i], strlen(r->argv[i]));
+    if (secret & (1u << i)) buf_puts(&b, "\"***\"");
+    else text_json_str(&b, argv[i], strlen(argv[i]));
   }
   buf_puts(&b, "]");
   buf_putc(&b, '\0');
@@ -222,13 +226,23 @@ static void audit(const control_req_t *r, const char *name, const char *result, 
   buf_init(&d);
   if (detail) {
     buf_puts(&d, " detail=");
-    control_json_str(&d, detail, strlen(detail));
+    text_json_str(&d, detail, strlen(detail));
   }
   buf_putc(&d, '\0');
-  log_info("audit: uid=%u pid=%d command=%s args=%s result=%s%s", (unsigned)r->uid, (int)r->pid, name,
-           (const char *)b.data, result, (const char *)d.data);
+  log_info("audit: %s command=%s args=%s result=%s%s", origin, name, (const char *)b.data, result,
+           (const char *)d.data);
   buf_free(&b);
   buf_free(&d);
+}
+
+void control_audit_refused(const char *origin, const char *name, const char *result, const char *detail) {
+  audit_line(origin, name, 0, NULL, 0, result, detail);
+}
+
+static void error_line(buf_t *b, const char *msg) {
+  buf_puts(b, "{\"ok\":false,\"error\":");
+  text_json_str(b, msg, strlen(msg));
+  buf_puts(b, "}\n");
 }
 
 static void client_close(control_client_t *cl);
@@ -241,6 +255,18 @@ static void shutdown_cb(uv_shutdown_t *s, int status) {}
  * the client could lose the answer (seen under ASan in test_bad_requests). */
 static void write_cb(uv_write_t *w, int status) {
   control_client_t *cl = w->data;
+  if (cl->abrupt && status == 0) {
+    /* refused as it came: what it sent is drained (bounded), then closed at once; the
+     * answer is in the client's queue already */
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&cl->pipe, &fd) == 0) {
+      char sink[4096];
+      for (int i = 0; i < 256 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
+      }
+    }
+    client_close(cl);
+    return;
+  }
   if (status < 0 || uv_shutdown(&cl->shut, (uv_stream_t *)&cl->pipe, shutdown_cb) != 0) client_close(cl);
 }
 
@@ -259,6 +285,8 @@ static void req_free(control_req_t *r) {
   if (r->prev) r->prev->next = r->next;
   else if (c->reqs == r) c->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
+  if (r->done) r->done(r->done_ud, 0, NULL, 0); /* never answered: the server stopped */
+  xfree(r->origin);
   xfree(r->name);
   for (int i = 0; i < r->argc; i++) xfree(r->argv[i]);
   xfree(r);
@@ -270,8 +298,8 @@ static void answer(control_req_t *r, int ok, const char *fields, const char *msg
     return;
   }
   r->answered = 1;
-  audit(r, r->name, ok ? "ok" : "error", msg);
-  if (r->client) {
+  audit_line(r->origin, r->name, r->argc, r->argv, r->secret, ok ? "ok" : "error", msg);
+  if (r->client || r->done) {
     buf_t b;
     buf_init(&b);
     if (ok) {
@@ -282,12 +310,16 @@ static void answer(control_req_t *r, int ok, const char *fields, const char *msg
       }
       buf_puts(&b, "}\n");
     } else {
-      buf_puts(&b, "{\"ok\":false,\"error\":");
-      control_json_str(&b, msg, strlen(msg));
-      buf_puts(&b, "}\n");
+      error_line(&b, msg);
     }
-    r->client->req = NULL;
-    client_answer(r->client, (const char *)b.data, b.len);
+    if (r->client) {
+      r->client->req = NULL;
+      client_answer(r->client, (const char *)b.data, b.len);
+    } else {
+      control_done_cb done = r->done;
+      r->done = NULL;
+      done(r->done_ud, ok, (const char *)b.data, b.len);
+    }
     buf_free(&b);
   }
   req_free(r);
@@ -296,23 +328,70 @@ static void answer(control_req_t *r, int ok, const char *fields, const char *msg
 void control_reply(control_req_t *r, const char *fields, const char *detail) { answer(r, 1, fields, detail); }
 void control_fail(control_req_t *r, const char *msg) { answer(r, 0, NULL, msg); }
 
-/* An answer to a request that never became one (refused before dispatch). */
-static void refuse(control_client_t *cl, const char *name, const char *result, const char *msg) {
-  control_req_t tmp = {.uid = cl->uid, .pid = cl->pid};
-  audit(&tmp, name, result, msg);
+/* An answer to a request that never became one (refused before dispatch), to a socket
+ * client cl or a submission's sink done. */
+static void refuse_to(control_client_t *cl, control_done_cb done, void *ud, const char *origin, const char *result,
+                      const char *msg) {
+  control_audit_refused(origin, "-", result, msg);
   buf_t b;
   buf_init(&b);
-  buf_puts(&b, "{\"ok\":false,\"error\":");
-  control_json_str(&b, msg, strlen(msg));
-  buf_puts(&b, "}\n");
-  client_answer(cl, (const char *)b.data, b.len);
+  error_line(&b, msg);
+  if (cl) client_answer(cl, (const char *)b.data, b.len);
+  else done(ud, 0, (const char *)b.data, b.len);
   buf_free(&b);
+}
+
+static void refuse(control_client_t *cl, const char *name, const char *result, const char *msg) {
+  refuse_to(cl, NULL, NULL, cl->origin, result, msg);
 }
 
 #define CONTROL_MAX_FIELDS 8
 
+const control_cmd_t *control_command(const control_t *c, const char *name) {
+  for (size_t i = 0; i < c->ncmds; i++)
+    if (!strcmp(c->cmds[i].name, name)) return &c->cmds[i];
+  return NULL;
+}
+
+/* argv[0] the command's name, argv[1..argc) its fields (argc <= CONTROL_MAX_FIELDS): checked, then
+ * run with the answer going to the client cl or to done. */
+static void run_fields(control_t *c, const char *origin, int argc, char **argv, control_client_t *cl,
+                       control_done_cb done, void *ud) {
+  for (int i = 0; i < argc; i++)
+    if (!control_text_ok(argv[i], strlen(argv[i]))) {
+      refuse_to(cl, done, ud, origin, "error", "the request is not UTF-8 text without control characters");
+      return;
+    }
+  const control_cmd_t *cmd = control_command(c, argv[0]);
+  if (!cmd) {
+    buf_t names;
+    buf_init(&names);
+    for (size_t i = 0; i < c->ncmds; i++) buf_printf(&names, "%s%s", i ? ", " : "", c->cmds[i].name);
+    buf_putc(&names, '\0');
+    char *msg = xstrfmt("unknown command '%.64s' (commands: %s)", argv[0], (const char *)names.data);
+    refuse_to(cl, done, ud, origin, "error", msg);
+    xfree(msg);
+    buf_free(&names);
+    return;
+  }
+  control_req_t *r = xcalloc(1, sizeof *r);
+  r->ctl = c;
+  r->client = cl;
+  r->done = cl ? NULL : done;
+  r->done_ud = ud;
+  r->origin = xstrdup(origin);
+  r->name = xstrdup(cmd->name);
+  r->secret = cmd->secret;
+  r->argc = argc - 1;
+  for (int i = 1; i < argc; i++) r->argv[i - 1] = xstrdup(argv[i]);
+  r->next = c->reqs;
+  if (c->reqs) c->reqs->prev = r;
+  c->reqs = r;
+  if (cl) cl->req = r;
+  cmd->run(c->ud, r, r->argc, r->argv);
+}
+
 static void dispatch(control_client_t *cl, char *line, size_t len) {
-  control_t *c = cl->ctl;
   cl->done = 1; /* the timer runs on: an answer slower than the timeout goes nowhere */
   if (len && line[len - 1] == '\r') line[--len] = '\0';
   /* fields are separated by tabs, which no JID (RFC 7622: PRECIS excludes controls) and
@@ -330,33 +409,7 @@ static void dispatch(control_client_t *cl, char *line, size_t len) {
     *tab = '\0';
     p = tab + 1;
   }
-  for (int i = 0; i < argc; i++)
-    if (!control_text_ok(argv[i], strlen(argv[i]))) {
-      refuse(cl, "-", "error", "the request is not UTF-8 text without control characters");
-      return;
-    }
-  const control_cmd_t *cmd = NULL;
-  for (size_t i = 0; i < c->ncmds; i++)
-    if (!strcmp(c->cmds[i].name, argv[0])) cmd = &c->cmds[i];
-  if (!cmd) {
-    char *msg = xstrfmt("unknown command '%.64s' (commands: status, sessions, kick, broadcast)", argv[0]);
-    refuse(cl, "-", "error", msg);
-    xfree(msg);
-    return;
-  }
-  control_req_t *r = xcalloc(1, sizeof *r);
-  r->ctl = c;
-  r->client = cl;
-  r->name = xstrdup(cmd->name);
-  r->argc = argc - 1;
-  for (int i = 1; i < argc; i++) r->argv[i - 1] = xstrdup(argv[i]);
-  r->uid = cl->uid;
-  r->pid = cl->pid;
-  r->next = c->reqs;
-  if (c->reqs) c->reqs->prev = r;
-  c->reqs = r;
-  cl->req = r;
-  cmd->run(c->ud, r, r->argc, r->argv);
+  run_fields(cl->ctl, cl->origin, argc, argv, cl, NULL, NULL);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
@@ -414,9 +467,21 @@ static void client_close(control_client_t *cl) {
   if (cl->prev) cl->prev->next = cl->next;
   else c->clients = cl->next;
   if (cl->next) cl->next->prev = cl->prev;
-  c->nclients--;
+  if (cl->refused) c->nrefused--;
+  else c->nclients--;
   uv_close((uv_handle_t *)&cl->pipe, client_closed_cb);
   uv_close((uv_handle_t *)&cl->timer, client_closed_cb);
+}
+
+/* A connection refused as it comes: out of the slots, lingering briefly (above). */
+static void refuse_now(control_client_t *cl, const char *result, const char *msg) {
+  control_t *c = cl->ctl;
+  cl->refused = 1;
+  c->nclients--;
+  c->nrefused++;
+  cl->abrupt = c->nrefused > c->max_clients;
+  uv_timer_start(&cl->timer, timeout_cb, CONTROL_REFUSED_MS, 0);
+  refuse(cl, "-", result, msg);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -449,8 +514,7 @@ static void on_connection(uv_stream_t *server, int status) {
     client_close(cl);
     return;
   }
-  cl->uid = uc.uid;
-  cl->pid = uc.pid;
+  snprintf(cl->origin, sizeof cl->origin, "uid=%u pid=%d", (unsigned)uc.uid, (int)uc.pid);
   uv_timer_start(&cl->timer, timeout_cb, CONTROL_TIMEOUT_MS, 0);
   /* reading from the start, also when refused below: the connection closes at the
    * client's EOF, after it has read the answer */
@@ -459,13 +523,13 @@ static void on_connection(uv_stream_t *server, int status) {
   if (uc.uid != 0 && uc.uid != geteuid()) {
     char *msg = xstrfmt("uid %u may not use this control socket: only the server's user (uid %u) and root",
                         (unsigned)uc.uid, (unsigned)geteuid());
-    refuse(cl, "-", "denied", msg);
+    refuse_now(cl, "denied", msg);
     xfree(msg);
     return;
   }
   if (c->nclients > c->max_clients) {
     char *msg = xstrfmt("too many control connections (server.control_max_clients = %d): try again", c->max_clients);
-    refuse(cl, "-", "error", msg);
+    refuse_now(cl, "error", msg);
     xfree(msg);
     return;
   }
@@ -473,17 +537,54 @@ static void on_connection(uv_stream_t *server, int status) {
 
 /* ---- cross-thread posts -------------------------------------------------------------- */
 
+static void push_post(control_t *c, post_t *p);
+
 void control_post(control_req_t *r, void (*fn)(control_req_t *r, void *arg), void *arg) {
   control_t *c = r->ctl;
   post_t *p = xcalloc(1, sizeof *p);
   p->r = r;
   p->fn = fn;
   p->arg = arg;
+  push_post(c, p);
+}
+
+static void run_submission(control_t *c, submission_t *s) {
+  if (c->stopped) {
+    buf_t b;
+    buf_init(&b);
+    error_line(&b, "the server is stopping");
+    s->done(s->ud, 0, (const char *)b.data, b.len);
+    buf_free(&b);
+  } else if (s->argc > CONTROL_MAX_FIELDS) {
+    refuse_to(NULL, s->done, s->ud, s->origin, "error", "too many fields in the request");
+  } else {
+    run_fields(c, s->origin, s->argc, s->argv, NULL, s->done, s->ud);
+  }
+  xfree(s->origin);
+  for (int i = 0; i < s->argc && i < CONTROL_MAX_FIELDS; i++) xfree(s->argv[i]);
+  xfree(s);
+}
+
+static void push_post(control_t *c, post_t *p) {
   uv_mutex_lock(&c->post_lock);
   *c->posts_tail = p;
   c->posts_tail = &p->next;
   uv_mutex_unlock(&c->post_lock);
   uv_async_send(&c->async);
+}
+
+void control_submit(control_t *c, const char *origin, const char *name, int argc, const char *const *argv,
+                    control_done_cb done, void *ud) {
+  submission_t *s = xcalloc(1, sizeof *s);
+  s->origin = xstrdup(origin);
+  s->done = done;
+  s->ud = ud;
+  s->argc = argc + 1; /* more than CONTROL_MAX_FIELDS: refused on the loop */
+  s->argv[0] = xstrdup(name);
+  for (int i = 0; i < argc && i + 1 < CONTROL_MAX_FIELDS; i++) s->argv[i + 1] = xstrdup(argv[i]);
+  post_t *p = xcalloc(1, sizeof *p);
+  p->sub = s;
+  push_post(c, p);
 }
 
 static void run_posts(control_t *c) {
@@ -494,7 +595,8 @@ static void run_posts(control_t *c) {
   uv_mutex_unlock(&c->post_lock);
   while (p) {
     post_t *nx = p->next;
-    p->fn(p->r, p->arg);
+    if (p->sub) run_submission(c, p->sub);
+    else p->fn(p->r, p->arg);
     xfree(p);
     p = nx;
   }
@@ -509,12 +611,14 @@ int control_start(control_t *c, uv_loop_t *loop, const control_cmd_t *cmds, size
   c->cmds = cmds;
   c->ncmds = n;
   c->ud = ud;
-  uv_pipe_init(loop, &c->listener, 0);
-  c->listener.data = c;
   uv_async_init(loop, &c->async, async_cb);
   c->async.data = c;
   uv_unref((uv_handle_t *)&c->async);
   c->started = 1;
+  c->handles = 1;
+  if (!c->path) return 0; /* control_submit alone */
+  uv_pipe_init(loop, &c->listener, 0);
+  c->listener.data = c;
   c->handles = 2;
   int rc = uv_pipe_open(&c->listener, c->fd);
   if (rc == 0) {
@@ -534,7 +638,7 @@ static void ctl_closed_cb(uv_handle_t *h);
 void control_stop(control_t *c) {
   if (!c || !c->started || c->stopped) return;
   c->stopped = 1;
-  uv_close((uv_handle_t *)&c->listener, ctl_closed_cb);
+  if (c->path) uv_close((uv_handle_t *)&c->listener, ctl_closed_cb);
   while (c->clients) client_close(c->clients);
 }
 
@@ -542,8 +646,10 @@ static void release(control_t *c) {
   /* requests never answered (their work was dropped at shutdown): freed unanswered */
   while (c->reqs) req_free(c->reqs);
   if (c->fd >= 0) close(c->fd);
-  unlink(c->path);
-  close(c->lock_fd); /* releases the flock; the lock file stays, as the store's */
+  if (c->path) {
+    unlink(c->path);
+    close(c->lock_fd); /* releases the flock; the lock file stays, as the store's */
+  }
   uv_mutex_destroy(&c->post_lock);
   xfree(c->path);
   xfree(c);

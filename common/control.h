@@ -1,6 +1,6 @@
 /* The local control socket (server.control_socket): a Unix stream socket, mode 0600,
- * one per process, through which `xmppctl` asks the running server (sessions, kick,
- * broadcast, status: docs/operations.md "The control socket").
+ * one per process, through which `xmppctl` asks the running server (the owner's
+ * commands: docs/operations.md "The control socket").
  *
  * Protocol: the client sends one line, "COMMAND[<TAB>FIELD]...\n", at most max_request
  * bytes with the newline, valid UTF-8 without other control characters (fields are
@@ -11,7 +11,13 @@
  *
  * Served on one libuv loop (the process's main loop); the commands are the owner's
  * table. A handler answers at once or later (work on other threads, brought back with
- * control_post); the answer goes nowhere when the client has gone meanwhile. */
+ * control_post); the answer goes nowhere when the client has gone meanwhile.
+ *
+ * The same commands come from a second transport, the HTTP admin API
+ * (common/control_http.c): it hands each request in with control_submit and gets the
+ * same JSON answer back; dispatch, checks, audit and the commands are this module's, one
+ * implementation for both. A control_t may also serve that transport alone (no socket:
+ * control_open with path NULL). */
 #ifndef XMPP_CONTROL_H
 #define XMPP_CONTROL_H
 
@@ -20,6 +26,7 @@
 #include <uv.h>
 
 #include "common/buf.h"
+#include "common/text.h"
 
 typedef struct control control_t;
 typedef struct control_req control_req_t;
@@ -31,9 +38,17 @@ typedef void (*control_run_cb)(void *ud, control_req_t *r, int argc, char **argv
 typedef struct control_cmd {
   const char *name;
   control_run_cb run;
+  /* the fields' names, comma-separated in argv order ("jid,text"): the keys of the HTTP
+   * API's JSON object (control_http.c); NULL or "": no field */
+  const char *params;
+  /* bit i set: field i is a secret (a password), written "***" in the audit line */
+  unsigned secret;
+  /* 1: changes nothing (the HTTP API also serves it to GET, fields in the query) */
+  int readonly;
 } control_cmd_t;
 
-/* Claims path and binds it (before the loop runs; main thread): an exclusive flock(2)
+/* Claims path and binds it (path NULL: no socket, a dispatcher for control_submit
+ * alone) (before the loop runs; main thread): an exclusive flock(2)
  * on PATH.lock (holding our pid), as the store's claim does, then a stale socket file
  * left by a dead process is replaced, and the socket is bound with mode 0600 and
  * listening (connections wait in the backlog until control_start). Returns NULL with
@@ -58,12 +73,28 @@ void control_fail(control_req_t *r, const char *msg);
 /* Any thread: fn(r, arg) runs on the control loop soon after (or in control_close). */
 void control_post(control_req_t *r, void (*fn)(control_req_t *r, void *arg), void *arg);
 
-/* JSON string literal (quotes included) of s[0..len): ", \ and control characters
- * escaped; bytes >= 0x80 are copied (the caller gives UTF-8). */
-void control_json_str(buf_t *out, const char *s, size_t len);
+/* JSON string literal (quotes included) of s[0..len): common/text.h's, by its old name. */
+static inline void control_json_str(buf_t *out, const char *s, size_t len) { text_json_str(out, s, len); }
 /* 1 when s[0..len) is UTF-8 (RFC 3629: shortest forms, no surrogates, at most U+10FFFF)
  * without C0 control characters (tab included) or DEL, so it can go in XML text and a
  * log line as it is. */
 int control_text_ok(const char *s, size_t len);
+
+/* ---- the second transport (control_http.c) ---- */
+
+/* The answer of a submitted request, on the control loop: json[0..len) is the line the
+ * socket would get ({"ok":...}, newline included), ok its "ok"; json NULL when the
+ * request was never answered (the server stopped first). Called exactly once. */
+typedef void (*control_done_cb)(void *ud, int ok, const char *json, size_t len);
+/* Any thread, after control_start: runs the command name with fields argv[0..argc) (at
+ * most 7; copied) on the control loop, exactly as a socket request is run (checked,
+ * audited with origin, e.g. "via=http peer=127.0.0.1:5000"), then done. */
+void control_submit(control_t *c, const char *origin, const char *name, int argc, const char *const *argv,
+                    control_done_cb done, void *ud);
+/* The command called name, or NULL (the table is fixed once started: any thread). */
+const control_cmd_t *control_command(const control_t *c, const char *name);
+/* One audit line for a request refused before it reached a command (any thread):
+ * "audit: ORIGIN command=NAME args=[] result=RESULT detail=...". */
+void control_audit_refused(const char *origin, const char *name, const char *result, const char *detail);
 
 #endif

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/text.h"
+
 static log_level_t g_level = LOG_INFO;
 static __thread char t_name[16] = "main";
 
@@ -32,11 +34,8 @@ static size_t json_line(char *out, size_t cap, const char *ts, log_level_t lvl, 
   size_t o = (size_t)n;
   for (size_t i = 0; i < len; i++) {
     unsigned char ch = (unsigned char)msg[i];
-    char esc[8];
-    size_t el = 0;
-    if (ch == '"' || ch == '\\') esc[0] = '\\', esc[1] = (char)ch, el = 2;
-    else if (ch < 0x20 || ch == 0x7f) el = (size_t)snprintf(esc, sizeof esc, "\\u%04x", ch);
-    else esc[0] = (char)ch, el = 1;
+    char esc[7];
+    size_t el = text_json_escape_byte(ch, esc);
     if (o + el + 3 > cap) break; /* room for "}\n */
     memcpy(out + o, esc, el);
     o += el;

@@ -25,6 +25,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/text.h"
 
 #define METRICS_HTTP_CONNS 16
 #define METRICS_HTTP_TIMEOUT_S 10
@@ -93,9 +94,7 @@ static int token_ok(const char *want, const char *auth) {
   auth += sizeof pfx - 1;
   size_t n = strlen(want);
   if (strlen(auth) != n) return 0;
-  unsigned char d = 0;
-  for (size_t i = 0; i < n; i++) d |= (unsigned char)(want[i] ^ auth[i]);
-  return d == 0;
+  return text_ct_equal((const unsigned char *)want, (const unsigned char *)auth, n);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,

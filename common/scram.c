@@ -18,6 +18,7 @@
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/scram_testing.h"
+#include "common/text.h"
 
 #define SCRAM_MAX_MSG 4096          /* longest client-first / client-final message accepted */
 #define SCRAM_MAX_USERNAME 1023     /* decoded username, bytes */
@@ -34,13 +35,6 @@
 static void secure_zero(void *p, size_t n) {
   volatile unsigned char *v = p;
   while (n--) *v++ = 0;
-}
-
-/* Constant-time equality of two equal-length buffers. */
-static bool ct_equal(const unsigned char *a, const unsigned char *b, size_t n) {
-  volatile unsigned char d = 0;
-  for (size_t i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
-  return d == 0;
 }
 
 static int wc_type(scram_hash_t h) { return h == SCRAM_SHA256 ? WC_SHA256 : WC_SHA; }
@@ -87,39 +81,6 @@ static int rand_bytes(unsigned char *buf, size_t n) {
   int rc = wc_RNG_GenerateBlock(&rng, buf, (word32)n);
   wc_FreeRng(&rng);
   return rc == 0 ? 0 : XMPP_ERR;
-}
-
-/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing above U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = s[i];
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      need = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      need = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return false;
-    }
-    if (n - i - 1 < need) return false;
-    if (s[i + 1] < lo || s[i + 1] > hi) return false;
-    for (size_t k = 2; k <= need; k++)
-      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return false;
-    i += need + 1;
-  }
-  return true;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -287,7 +248,7 @@ int scram_cred_check_password(scram_hash_t h, const scram_cred_t *cred, const ch
   int rc = XMPP_EDENIED;
   if (scram_cred_derive(h, password, pwlen, cred->salt, cred->salt_len, cred->iterations, &d) ==
           0 &&
-      ct_equal(d.stored_key, cred->stored_key, scram_hash_len(h)))
+      text_ct_equal(d.stored_key, cred->stored_key, scram_hash_len(h)))
     rc = 0;
   secure_zero(&d, sizeof d);
   return rc;
@@ -314,7 +275,7 @@ sasl_cond_t sasl_plain_parse(const unsigned char *msg, size_t len, char **authzi
   if (zlen > PLAIN_MAX_AUTHZID || clen == 0 || clen > PLAIN_MAX_PART || plen == 0 ||
       plen > PLAIN_MAX_PART)
     return SASL_MALFORMED_REQUEST;
-  if (!utf8_valid(msg, zlen) || !utf8_valid(n1 + 1, clen) || !utf8_valid(n2 + 1, plen))
+  if (!text_utf8_valid(msg, zlen) || !text_utf8_valid(n1 + 1, clen) || !text_utf8_valid(n2 + 1, plen))
     return SASL_MALFORMED_REQUEST;
   *authzid = zlen ? xstrndup((const char *)msg, zlen) : NULL;
   *authcid = xstrndup((const char *)n1 + 1, clen);
@@ -439,7 +400,7 @@ static bool skip_extension(const char **pp, const char *end) {
 
 static bool message_ok(const char *msg, size_t len) {
   return msg && len > 0 && len <= SCRAM_MAX_MSG && !memchr(msg, 0, len) &&
-         utf8_valid((const unsigned char *)msg, len);
+         text_utf8_valid((const unsigned char *)msg, len);
 }
 
 static sasl_cond_t fail(scram_server_t *s, sasl_cond_t c) {
@@ -667,7 +628,7 @@ sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t
   /* c= is the gs2 header, then the channel's binding data when bound (RFC 5802 §7) */
   size_t cb_len = s->plus ? s->cb_len : 0;
   if (cbind_len != s->gs2_len + cb_len || memcmp(cbind, s->gs2_header, s->gs2_len) != 0 ||
-      (cb_len && !ct_equal(cbind + s->gs2_len, s->cb, cb_len)))
+      (cb_len && !text_ct_equal(cbind + s->gs2_len, s->cb, cb_len)))
     goto out;
   if (nonce_len != s->nonce_len || memcmp(nonce, s->nonce, nonce_len) != 0) goto out;
 
@@ -688,7 +649,7 @@ sasl_cond_t scram_server_client_final(scram_server_t *s, const char *msg, size_t
   if (hmac(s->h, s->cred.stored_key, hl, authmsg, am_len, sig) != 0) goto out;
   for (size_t i = 0; i < hl; i++) ckey[i] = proof[i] ^ sig[i];
   if (hash(s->h, ckey, hl, skey) != 0) goto out;
-  bool match = ct_equal(skey, s->cred.stored_key, hl);
+  bool match = text_ct_equal(skey, s->cred.stored_key, hl);
   if (!match || s->fake) {
     rc = SASL_NOT_AUTHORIZED;
     goto out;
@@ -784,7 +745,7 @@ sasl_cond_t ht_parse(const unsigned char *msg, size_t len, char **authcid, unsig
   *authcid = NULL;
   const unsigned char *nul = memchr(msg, 0, len);
   if (!nul || nul == msg || (size_t)(msg + len - (nul + 1)) != HT_KEY_LEN) return SASL_MALFORMED_REQUEST;
-  if (!utf8_valid(msg, (size_t)(nul - msg))) return SASL_MALFORMED_REQUEST;
+  if (!text_utf8_valid(msg, (size_t)(nul - msg))) return SASL_MALFORMED_REQUEST;
   memcpy(proof, nul + 1, HT_KEY_LEN);
   *authcid = xstrndup((const char *)msg, (size_t)(nul - msg));
   return SASL_OK;
@@ -800,7 +761,7 @@ int ht_check(const unsigned char key[HT_KEY_LEN], const unsigned char *cb, size_
              const unsigned char proof[HT_KEY_LEN]) {
   unsigned char want[HT_KEY_LEN];
   if (ht_hmac(key, 1, cb, cblen, want) != 0) return XMPP_ERR;
-  int ok = ct_equal(want, proof, HT_KEY_LEN);
+  int ok = text_ct_equal(want, proof, HT_KEY_LEN);
   secure_zero(want, sizeof want);
   return ok ? 0 : XMPP_EDENIED;
 }

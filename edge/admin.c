@@ -210,7 +210,11 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
       /* a removed domain's streams end whatever their state; the rest is about sessions */
       if (!pass && r->op != EDGE_ADMIN_DOMAIN_GONE && !conn_has_session(c)) continue;
       switch (r->op) {
-      case EDGE_ADMIN_SESSIONS: list_one(th, b, c); n++; break;
+      case EDGE_ADMIN_SESSIONS:
+        if (r->jid && !matches(r, c)) break; /* one user's, or one session */
+        list_one(th, b, c);
+        n++;
+        break;
       case EDGE_ADMIN_COUNT: n++; break;
       case EDGE_ADMIN_BROADCAST:
         if (c->state == CONN_ST_BINDING) break; /* not a session yet: the router may refuse it */

@@ -36,7 +36,7 @@ int edge_reload_tls(edge_t *e, const struct domains *d);
  * thread does its part on its own connections (a BUS_ADMIN frame on its bus queue, so
  * no thread touches another's), the thread that finishes last calls done. */
 typedef enum {
-  EDGE_ADMIN_SESSIONS,  /* list every session: JSON objects */
+  EDGE_ADMIN_SESSIONS,  /* list every session (with a JID: its, as KICK matches): JSON objects */
   EDGE_ADMIN_COUNT,     /* count them */
   EDGE_ADMIN_KICK,      /* end those of a JID (bare: all; full: that one) with <policy-violation/> */
   EDGE_ADMIN_BROADCAST, /* a headline message from the domain to each, routed as any message */
@@ -44,7 +44,7 @@ typedef enum {
                            §4.9.3.5): it was removed from the configuration */
 } edge_admin_op_t;
 typedef struct edge_admin edge_admin_t;
-/* jid: normalised (kick); text: the stream error's text (kick, NULL: a default) or the
+/* jid: normalised (kick; sessions: NULL for all); text: the stream error's text (kick, NULL: a default) or the
  * message body (broadcast), checked by the caller (control_text_ok). Main thread. */
 edge_admin_t *edge_admin_new(edge_t *e, edge_admin_op_t op, const char *jid, const char *text);
 /* Sends r to every edge thread; done(r, ud) is called once, on the edge thread that
