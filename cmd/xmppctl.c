@@ -15,7 +15,7 @@
  * `cluster` also 3 no live node, 4 no live router, 5 the shard map in Redis is not the
  * live routers' (cmd_cluster).
  *
- * status, sessions (without a JID), kick and broadcast ask the running server over its
+ * status, sessions (without a JID), kick, broadcast, domains and reload ask the running server over its
  * control socket (server.control_socket, or --socket): one tab-separated request line,
  * one JSON answer printed as it comes; exit 0 when it says "ok":true, 1 otherwise. */
 #include <errno.h>
@@ -37,6 +37,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/credis.h"
 #include "common/err.h"
 #include "common/jid.h"
@@ -83,6 +84,10 @@ static const char usage_text[] =
     "  kick JID [TEXT]                end a full JID's session, or every session of a bare\n"
     "                                 JID, with <policy-violation/> and TEXT\n"
     "  broadcast TEXT                 a headline message from the domain to every session\n"
+    "  domains                        the domains served: certificate, switched-off modules\n"
+    "  reload                         read the configuration's domains and certificates again\n"
+    "                                 (as SIGHUP), with the outcome; removed domains' streams\n"
+    "                                 end with <host-gone/>\n"
     "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
@@ -167,13 +172,12 @@ static int user_jid(const ctl_t *c, const char *in, char **bare) {
     jid_free(&j);
     return EXIT_USAGE;
   }
-  char *cfg_domain = NULL;
-  if (jid_prep_domain(c->cfg.domain, strlen(c->cfg.domain), &cfg_domain) != 0)
-    cfg_domain = xstrdup(c->cfg.domain);
-  if (strcmp(j.domain, cfg_domain) != 0)
-    fprintf(stderr, "xmppctl: warning: %s is not in the configured domain %s\n", j.bare,
-            cfg_domain);
-  xfree(cfg_domain);
+  /* server.domain or a [domain NAME] section (common/domains.h) */
+  domains_t *doms = domains_build(&c->cfg, NULL, 0, NULL);
+  if (doms && !domains_lookup(doms, j.domain, strlen(j.domain)))
+    fprintf(stderr, "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section)\n", j.bare,
+            domains_at(doms, 0)->name);
+  domains_free(doms);
   *bare = xstrdup(j.bare);
   jid_free(&j);
   return EXIT_OK;
@@ -932,6 +936,17 @@ static int cmd_kick(ctl_t *c, char **args, int nargs) {
   return rc;
 }
 
+/* domains, reload: virtual hosting (docs/operations.md "Virtual hosting"). */
+static int cmd_domains(ctl_t *c, char **args, int nargs) {
+  const char *f[] = {"domains"};
+  return control_call(c, f, 1);
+}
+
+static int cmd_reload(ctl_t *c, char **args, int nargs) {
+  const char *f[] = {"reload"};
+  return control_call(c, f, 1);
+}
+
 static int cmd_broadcast(ctl_t *c, char **args, int nargs) {
   buf_t text;
   buf_init(&text);
@@ -966,6 +981,8 @@ static const command_t commands[] = {
     {"status", 0, 0, "", cmd_status},
     {"kick", 1, 1000, "JID [TEXT]", cmd_kick},
     {"broadcast", 1, 1000, "TEXT", cmd_broadcast},
+    {"domains", 0, 0, "", cmd_domains},
+    {"reload", 0, 0, "", cmd_reload},
 };
 
 int main(int argc, char **argv) {

@@ -8,7 +8,10 @@
  * routers drain their queues (bounced messages reach offline storage), then all stop.
  * --role edge|router (cluster.role) runs one half; with cluster.node_id set the process
  * joins a cluster through Redis (common/cluster/cluster.c, docs/cluster.md).
- * SIGHUP: the TLS certificate and key, and the session ticket keys, are loaded again (sessions are not dropped). */
+ * SIGHUP: the configuration file is read again for its domains ([domain NAME] sections:
+ * added, removed, certificates; docs/operations.md "Virtual hosting"), and the TLS
+ * certificates and session ticket keys are loaded again (sessions are not dropped, but
+ * those of a removed domain, which end with <host-gone/>). */
 #include <getopt.h>
 #include <stddef.h>
 #include <signal.h>
@@ -23,9 +26,11 @@
 
 #include "cmd/xmppd_admin.h"
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "common/bus.h"
 #include "common/cluster/cluster.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -57,8 +62,106 @@ static void on_signal(uv_signal_t *h, int sig) {
   uv_stop(h->loop);
 }
 
+/* What the configuration was made of, to read it again on SIGHUP. */
+static struct {
+  const char *path;
+  char **sets; /* "section.key=value", as given */
+  int nsets;
+  const char *role;
+  const xmpp_config_t *running; /* what the process runs on */
+} conf_src;
+
+/* Defaults < file < environment < --set < --role, then validated. 0 or 2 (message
+ * printed to stderr with prefix). */
+static int load_config(xmpp_config_t *cfg, char **err) {
+  int bad = config_load(cfg, conf_src.path, err) != 0 || config_apply_env(cfg, err) != 0;
+  for (int i = 0; !bad && i < conf_src.nsets; i++) {
+    char *eq = strchr(conf_src.sets[i], '=');
+    if (!eq) {
+      *err = xstrfmt("--set %s: expected section.key=value", conf_src.sets[i]);
+      bad = 1;
+      break;
+    }
+    char *key = xstrndup(conf_src.sets[i], (size_t)(eq - conf_src.sets[i]));
+    bad = config_set(cfg, key, eq + 1, err) != 0;
+    xfree(key);
+  }
+  if (!bad && conf_src.role) bad = config_set(cfg, "cluster.role", conf_src.role, err) != 0;
+  if (!bad && config_validate(cfg, err) != 0) bad = 1;
+  return bad ? 2 : 0;
+}
+
+static void domain_gone_cb(edge_admin_t *r, void *ud) {
+  log_info("domain %s removed: %zu streams ended with <host-gone/>", (const char *)ud, edge_admin_count(r));
+  xfree(ud);
+  edge_admin_free(r);
+}
+
+/* SIGHUP and `xmppctl reload`: the domains again, then the certificates. A
+ * configuration that does not load, or a domain whose certificate does not name it,
+ * changes nothing (logged). */
+int xmppd_reload(edge_t *edge, char **summary) {
+  const xmpp_config_t *cur = conf_src.running;
+  if (!cur) {
+    *summary = xstrdup("still starting: try again");
+    return XMPP_EINVAL;
+  }
+  xmpp_config_t nc;
+  char *err = NULL;
+  domains_t *nd = NULL;
+  if (load_config(&nc, &err) == 0) {
+    if (strcmp(nc.domain, cur->domain) != 0)
+      err = xstrfmt("server.domain changed (%s to %s): it changes only with a restart", cur->domain, nc.domain);
+    else
+      nd = domains_build(&nc, modules_index, edge != NULL, &err);
+  }
+  config_free(&nc);
+  if (!nd) {
+    log_error("reload: the configuration is refused, domains unchanged: %s", err ? err : "?");
+    *summary = xstrfmt("the configuration is refused, domains unchanged: %s", err ? err : "?");
+    xfree(err);
+    if (edge) edge_reload_tls(edge, domains_current());
+    return XMPP_EINVAL;
+  }
+  /* the new domains' certificates first: a name is served once its context is there */
+  if (edge && edge_reload_tls(edge, nd) != 0) {
+    log_error("reload: domains unchanged");
+    *summary = xstrdup("a certificate did not load (see the log), domains unchanged");
+    domains_free(nd);
+    return XMPP_EINVAL;
+  }
+  const domains_t *old = domains_current();
+  domains_publish(nd);
+  buf_t added, removed;
+  buf_init(&added);
+  buf_init(&removed);
+  for (size_t i = 0; i < domains_count(nd); i++) {
+    const domain_t *d = domains_at(nd, i);
+    if (domains_lookup(old, d->name, strlen(d->name))) continue;
+    log_info("domain %s added", d->name);
+    buf_printf(&added, " %s", d->name);
+  }
+  for (size_t i = 0; i < domains_count(old); i++) {
+    const domain_t *d = domains_at(old, i);
+    if (domains_lookup(nd, d->name, strlen(d->name))) continue;
+    log_info("domain %s removed: ending its streams", d->name);
+    buf_printf(&removed, " %s", d->name);
+    if (edge) edge_admin_post(edge_admin_new(edge, EDGE_ADMIN_DOMAIN_GONE, d->name, NULL), domain_gone_cb,
+                              xstrdup(d->name));
+  }
+  log_info("reload: %zu domains", domains_count(nd));
+  *summary = xstrfmt("%zu domains; added:%.*s; removed:%.*s", domains_count(nd), (int)added.len,
+                     added.len ? (const char *)added.data : "", (int)removed.len,
+                     removed.len ? (const char *)removed.data : "");
+  buf_free(&added);
+  buf_free(&removed);
+  return 0;
+}
+
 static void on_sighup(uv_signal_t *h, int sig) {
-  if (h->data) edge_reload_tls(h->data);
+  char *summary = NULL;
+  xmppd_reload(h->data, &summary);
+  xfree(summary);
 }
 
 static void settle_cb(uv_timer_t *t) { uv_stop(t->loop); }
@@ -207,30 +310,27 @@ int main(int argc, char **argv) {
   }
   xmpp_config_t cfg;
   char *err = NULL;
-  int bad = config_load(&cfg, conf_path, &err) != 0 || config_apply_env(&cfg, &err) != 0;
-  for (int i = 0; !bad && i < nsets; i++) {
-    char *eq = strchr(sets[i], '=');
-    if (!eq) {
-      fprintf(stderr, "xmppd: --set %s: expected section.key=value\n", sets[i]);
-      bad = 1;
-      break;
-    }
-    *eq = '\0';
-    bad = config_set(&cfg, sets[i], eq + 1, &err) != 0;
-  }
-  xfree(sets);
-  if (!bad && role_arg) bad = config_set(&cfg, "cluster.role", role_arg, &err) != 0;
-  if (!bad && config_validate(&cfg, &err) != 0) bad = 1;
-  if (bad) {
+  conf_src.path = conf_path;
+  conf_src.sets = sets; /* kept for SIGHUP (argv strings) */
+  conf_src.nsets = nsets;
+  conf_src.role = role_arg;
+  int bad = load_config(&cfg, &err) != 0;
+  /* the domain table: names, modules, and each [domain]'s certificate naming it */
+  domains_t *domains = bad ? NULL : domains_build(&cfg, modules_index, (config_role(&cfg) & ROLE_EDGE) != 0, &err);
+  if (bad || !domains) {
     if (err) fprintf(stderr, "xmppd: configuration error: %s\n", err);
     xfree(err);
+    xfree(sets);
     config_free(&cfg);
     return 2;
   }
+  domains_publish(domains);
   if (print || check) {
     if (print) config_print(stdout, &cfg);
     else printf("configuration OK\n");
     config_free(&cfg);
+    domains_shutdown();
+    xfree(sets);
     return 0;
   }
   log_set_level((log_level_t)log_level_parse(cfg.log_level));
@@ -304,6 +404,10 @@ int main(int argc, char **argv) {
   uv_signal_init(loop, &sigterm_h);
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  /* SIGHUP too, from the moment clients can connect (its default action ends the
+   * process); its callback runs once the loop runs, with the edge known by then */
+  uv_signal_init(loop, &sighup_h);
+  uv_signal_start(&sighup_h, on_sighup, SIGHUP);
   if ((role & ROLE_EDGE) && !(edge = edge_create(&cfg, &bus, &in_use)))
     return in_use ? (xmppd_admin_close(admin), refuse(cluster, &bus, &cfg, claim)) : 1;
   if ((role & ROLE_ROUTER) && !(router = router_create(&cfg, &bus))) return 1;
@@ -324,9 +428,8 @@ int main(int argc, char **argv) {
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
   if (xmppd_admin_start(admin, loop, edge, &bus) != 0) return 1;
-  uv_signal_init(loop, &sighup_h);
-  sighup_h.data = edge; /* NULL on a router: nothing to reload */
-  uv_signal_start(&sighup_h, on_sighup, SIGHUP);
+  sighup_h.data = edge; /* NULL on a router: only the domains to reload */
+  conf_src.running = &cfg;
   uv_signal_init(loop, &sigusr1_h);
   uv_signal_start(&sigusr1_h, on_memstats, SIGUSR1);
   uv_run(loop, UV_RUN_DEFAULT);
@@ -383,6 +486,8 @@ int main(int argc, char **argv) {
   xfree(bus.worker_q);
   config_free(&cfg);
   store_claim_release(claim);
+  domains_shutdown();
+  xfree(sets);
   log_info("stopped");
   return refused ? 2 : 0;
 }

@@ -16,12 +16,14 @@
 #include "common/alloc.h"
 #include "common/control.h"
 #include "common/control_http.h"
+#include "common/domains.h"
 #include "common/err.h"
 #include "common/scram.h"
 #include "common/store/store.h"
 #include "common/jid.h"
 #include "common/log.h"
 #include "common/version.h"
+#include "router/router.h"
 
 struct xmppd_admin {
   control_t *ctl;
@@ -119,6 +121,7 @@ static void answered(control_req_t *r, void *arg) {
     snprintf(detail, sizeof detail, "sent to %zu sessions", n);
     control_reply(r, (const char *)b.data, detail);
     break;
+  case EDGE_ADMIN_DOMAIN_GONE: break; /* from SIGHUP (cmd/xmppd.c), never a request */
   }
   buf_free(&b);
   edge_admin_free(er);
@@ -219,6 +222,62 @@ static void cmd_broadcast(void *ud, control_req_t *r, int argc, char **argv) {
     return;
   }
   edge_request(a, r, EDGE_ADMIN_BROADCAST, NULL, argv[0]);
+}
+
+/* domains: the current table (common/domains.h). */
+static void cmd_domains(void *ud, control_req_t *r, int argc, char **argv) {
+  (void)ud;
+  if (argc) {
+    control_fail(r, "usage: domains");
+    return;
+  }
+  const domains_t *t = domains_current();
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "\"count\":%zu,\"domains\":[", domains_count(t));
+  for (size_t i = 0; i < domains_count(t); i++) {
+    const domain_t *d = domains_at(t, i);
+    buf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
+    control_json_str(&b, d->name, strlen(d->name));
+    buf_printf(&b, ",\"default\":%s,\"certificate\":", i ? "false" : "true");
+    control_json_str(&b, d->cert, strlen(d->cert));
+    buf_puts(&b, ",\"disabled\":[");
+    int n = 0;
+    for (int m = 0; modules_name(m); m++)
+      if (d->disabled & (1ULL << m)) {
+        if (n++) buf_putc(&b, ',');
+        control_json_str(&b, modules_name(m), strlen(modules_name(m)));
+      }
+    buf_printf(&b, "],\"max_resources\":%d}", d->max_resources);
+  }
+  buf_puts(&b, "]");
+  buf_putc(&b, '\0');
+  char detail[32];
+  snprintf(detail, sizeof detail, "%zu domains", domains_count(t));
+  control_reply(r, (const char *)b.data, detail);
+  buf_free(&b);
+}
+
+/* reload: as SIGHUP, with the outcome in the answer. */
+static void cmd_reload(void *ud, control_req_t *r, int argc, char **argv) {
+  xmppd_admin_t *a = ud;
+  if (argc) {
+    control_fail(r, "usage: reload");
+    return;
+  }
+  char *summary = NULL;
+  if (xmppd_reload(a->edge, &summary) != 0) {
+    control_fail(r, summary ? summary : "reload refused");
+  } else {
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, "\"result\":");
+    control_json_str(&b, summary, strlen(summary));
+    buf_putc(&b, '\0');
+    control_reply(r, (const char *)b.data, summary);
+    buf_free(&b);
+  }
+  xfree(summary);
 }
 
 /* ---- accounts: on the thread pool -------------------------------------------------- */
@@ -397,6 +456,8 @@ static const control_cmd_t commands[] = {
     {"deluser", cmd_deluser, "jid", 0, 0},
     {"passwd", cmd_passwd, "jid,password", 1u << 1, 0},
     {"cluster", cmd_cluster, NULL, 0, 1},
+    {"domains", cmd_domains, NULL, 0, 1},
+    {"reload", cmd_reload, NULL, 0, 0},
 };
 
 /* ---- life --------------------------------------------------------------------------- */

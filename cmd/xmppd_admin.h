@@ -27,4 +27,9 @@ void xmppd_admin_stop(xmppd_admin_t *a);
 /* After the edge threads have been joined, before the loop's last run (frees). NULL-safe. */
 void xmppd_admin_close(xmppd_admin_t *a);
 
+/* Reads the configuration again for its domains and certificates (what SIGHUP does,
+ * cmd/xmppd.c): 0 with *summary ("N domains; added: ...; removed: ..."), or XMPP_EINVAL
+ * with *summary saying why nothing changed. Caller frees *summary. Main thread. */
+int xmppd_reload(edge_t *edge, char **summary);
+
 #endif

@@ -224,7 +224,21 @@ void config_defaults(xmpp_config_t *c) {
   }
 }
 
+static void vhosts_free(xmpp_config_t *c) {
+  for (int i = 0; i < c->nvhosts; i++) {
+    xmpp_vhost_conf_t *v = &c->vhosts[i];
+    xfree(v->name);
+    xfree(v->cert);
+    xfree(v->key);
+    xfree(v->disable);
+  }
+  xfree(c->vhosts);
+  c->vhosts = NULL;
+  c->nvhosts = 0;
+}
+
 void config_free(xmpp_config_t *c) {
+  vhosts_free(c);
   for (size_t i = 0; i < NOPTS; i++)
     if (opts[i].type == CT_STR) {
       char **slot = (char **)((char *)c + opts[i].off);
@@ -257,9 +271,74 @@ typedef struct {
   char *err;
 } ini_ctx_t;
 
+/* The keys of a [domain NAME] section (config_print_reference lists them). */
+static const struct {
+  const char *key, *type, *def, *doc;
+} vhost_keys[] = {
+    {"certificate", "string", "", "PEM certificate chain of this domain, given to clients that name it in SNI; its subject alternative names (or CN) must cover the domain, else the server refuses to start or to reload. Empty = `tls.certificate`, which must then cover it"},
+    {"key", "string", "", "PEM private key of `certificate`"},
+    {"disable", "string", "", "router modules switched off on this domain, comma-separated (ping, version, time, last, vcard, private, mam, carbons, blocking, offline): their IQs get `<service-unavailable/>` there, disco#info does not list them, their hooks do not run for its accounts"},
+    {"max_resources", "int", "0", "`limits.max_resources` for this domain's accounts (0 = the global value)"},
+};
+
+/* [domain NAME] key = value: the section of NAME (created at its first key; key NULL:
+ * only created, for a section with no key, which inih would not report). */
+static int vhost_set(xmpp_config_t *c, const char *name, const char *key, const char *value, char **err) {
+  xmpp_vhost_conf_t *v = NULL;
+  for (int i = 0; i < c->nvhosts; i++)
+    if (!strcmp(c->vhosts[i].name, name)) v = &c->vhosts[i];
+  if (!v) {
+    /* what config_print writes back as the same section: no blank, no ']' or comment */
+    int ok = *name != '\0';
+    for (const unsigned char *p = (const unsigned char *)name; *p && ok; p++)
+      ok = *p > 0x20 && *p != 0x7F && !strchr("[];#=", *p);
+    if (!ok) {
+      *err = xstrfmt("[domain %s]: a domain name without blanks, brackets, ';', '#' or '=' is expected", name);
+      return XMPP_EINVAL;
+    }
+    if (c->nvhosts >= XMPP_MAX_DOMAINS) {
+      *err = xstrfmt("[domain %s]: more than %d domains", name, XMPP_MAX_DOMAINS);
+      return XMPP_EINVAL;
+    }
+    c->vhosts = xrealloc(c->vhosts, (size_t)(c->nvhosts + 1) * sizeof *c->vhosts);
+    v = &c->vhosts[c->nvhosts++];
+    memset(v, 0, sizeof *v);
+    v->name = xstrdup(name);
+    v->cert = xstrdup("");
+    v->key = xstrdup("");
+    v->disable = xstrdup("");
+  }
+  if (!key) return 0;
+  if (!ini_writable(key, value)) {
+    *err = xstrfmt("[domain %s] %s: '%s' cannot be written in a configuration file", name, key, value);
+    return XMPP_EINVAL;
+  }
+  char **slot = !strcmp(key, "certificate") ? &v->cert : !strcmp(key, "key") ? &v->key
+              : !strcmp(key, "disable") ? &v->disable : NULL;
+  if (slot) {
+    xfree(*slot);
+    *slot = xstrdup(value);
+    return 0;
+  }
+  if (!strcmp(key, "max_resources")) {
+    char *end;
+    errno = 0;
+    long n = strtol(value, &end, 10);
+    if (errno || end == value || *end || n < 0 || n > 1000) {
+      *err = xstrfmt("[domain %s] max_resources: '%s' is not an integer in [0, 1000]", name, value);
+      return XMPP_EINVAL;
+    }
+    v->max_resources = (int)n;
+    return 0;
+  }
+  *err = xstrfmt("unknown option [domain %s] %s", name, key);
+  return XMPP_EINVAL;
+}
+
 static int ini_cb(void *ud, const char *section, const char *name, const char *value) {
   ini_ctx_t *x = ud;
   if (x->err) return 0;
+  if (!strncmp(section, "domain ", 7)) return vhost_set(x->c, section + 7, name, value, &x->err) == 0;
   const conf_opt_t *o = find_opt(section, name);
   if (!o) {
     x->err = xstrfmt("unknown option [%s] %s", section, name);
@@ -276,10 +355,17 @@ static int ini_cb(void *ud, const char *section, const char *name, const char *v
  * fuzz_config, which now checks it (tests/fuzz/regress/config/long-line-*). */
 typedef struct {
   FILE *f;
+  xmpp_config_t *c;
+  char *err; /* a [domain NAME] refused when read */
   int line;
   int too_long; /* the longest line that fits, when one did not */
   int nul;
+  int long_section; /* a [section] name inih would have cut (its MAX_SECTION, 50 with the NUL) */
 } line_reader_t;
+
+/* inih keeps 49 bytes of a section name and drops the rest without a word: a
+ * [domain NAME] with a long NAME would have configured another domain. */
+#define INI_SECTION_MAX 49
 
 static char *read_line(char *str, int num, void *stream) {
   line_reader_t *r = stream;
@@ -304,24 +390,40 @@ static char *read_line(char *str, int num, void *stream) {
     }
   }
   str[i] = '\0';
+  const char *p = str + strspn(str, " \t");
+  const char *close = *p == '[' ? strchr(p, ']') : NULL;
+  if (close && close - p - 1 > INI_SECTION_MAX) {
+    r->long_section = 1;
+    return NULL;
+  }
+  if (close && !strncmp(p + 1, "domain ", 7)) { /* a [domain NAME] is one even with no key */
+    char name[INI_SECTION_MAX + 1];
+    size_t n = (size_t)(close - p - 8);
+    memcpy(name, p + 8, n);
+    name[n] = '\0';
+    if (vhost_set(r->c, name, NULL, NULL, &r->err) != 0) return NULL;
+  }
   return str;
 }
 
 /* Parses an INI stream into c (defaults already set); name is used in messages. */
 static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) {
   ini_ctx_t x = {c, NULL};
-  line_reader_t r = {f, 0, 0, 0};
+  line_reader_t r = {f, c, NULL, 0, 0, 0, 0};
   int rc = ini_parse_stream(read_line, &r, ini_cb, &x);
   if (x.err) {
     if (err) *err = xstrfmt("%s:%d: %s", name, rc, x.err);
     xfree(x.err);
     return XMPP_EINVAL;
   }
-  if (r.too_long || r.nul) {
+  if (r.too_long || r.nul || r.long_section || r.err) {
     if (err) {
-      if (r.nul) *err = xstrfmt("%s:%d: NUL byte", name, r.line);
+      if (r.err) *err = xstrfmt("%s:%d: %s", name, r.line, r.err);
+      else if (r.long_section) *err = xstrfmt("%s:%d: section name longer than %d bytes (a [domain NAME] holds a name of at most 42)", name, r.line, INI_SECTION_MAX);
+      else if (r.nul) *err = xstrfmt("%s:%d: NUL byte", name, r.line);
       else *err = xstrfmt("%s:%d: line longer than %d bytes", name, r.line, r.too_long);
     }
+    xfree(r.err);
     return XMPP_EINVAL;
   }
   if (rc != 0) {
@@ -443,6 +545,21 @@ int config_validate(const xmpp_config_t *c, char **err) {
       return XMPP_EINVAL;
     }
   }
+  for (int i = 0; i < c->nvhosts; i++) {
+    const xmpp_vhost_conf_t *v = &c->vhosts[i];
+    if (!!v->cert[0] != !!v->key[0]) {
+      if (err) *err = xstrfmt("[domain %s]: certificate and key must be set together", v->name);
+      return XMPP_EINVAL;
+    }
+    if (v->cert[0] && !c->tls_cert[0]) {
+      if (err) *err = xstrfmt("[domain %s]: a certificate of its own needs tls.certificate too (the default)", v->name);
+      return XMPP_EINVAL;
+    }
+    if (v->cert[0] && (access(v->cert, R_OK) != 0 || access(v->key, R_OK) != 0)) {
+      if (err) *err = xstrfmt("[domain %s]: cannot read %s or %s", v->name, v->cert, v->key);
+      return XMPP_EINVAL;
+    }
+  }
   if (c->admin_listen[0]) {
     struct sockaddr_storage ss;
     char *perr = NULL;
@@ -529,6 +646,11 @@ void config_print(FILE *f, const xmpp_config_t *c) {
     case CT_STR: fprintf(f, "%s = %s\n", o->key, *(char *const *)(base + o->off)); break;
     }
   }
+  for (int i = 0; i < c->nvhosts; i++) {
+    const xmpp_vhost_conf_t *v = &c->vhosts[i];
+    fprintf(f, "\n[domain %s]\ncertificate = %s\nkey = %s\ndisable = %s\nmax_resources = %d\n", v->name, v->cert,
+            v->key, v->disable, v->max_resources);
+  }
 }
 
 void config_print_reference(FILE *f) {
@@ -541,4 +663,7 @@ void config_print_reference(FILE *f) {
     else
       fprintf(f, "| `%s.%s` | %s | `%s` | | %s |\n", o->section, o->key, t, o->def, o->doc);
   }
+  for (size_t i = 0; i < sizeof vhost_keys / sizeof vhost_keys[0]; i++)
+    fprintf(f, "| `[domain NAME] %s` | %s | `%s` | | %s |\n", vhost_keys[i].key, vhost_keys[i].type, vhost_keys[i].def,
+            vhost_keys[i].doc);
 }

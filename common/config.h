@@ -7,7 +7,23 @@
 #include <stddef.h>
 #include <stdio.h>
 
+/* One [domain NAME] section (docs/operations.md "Virtual hosting"): a domain served
+ * besides server.domain, or server.domain's own settings. Built into the runtime table by
+ * common/domains.c. */
+typedef struct xmpp_vhost_conf {
+  char *name;        /* NAME as written (domains_build normalises it) */
+  char *cert, *key;  /* its certificate and key; "" = tls.certificate / tls.key */
+  char *disable;     /* router modules off on this domain, comma-separated ("" = none) */
+  int max_resources; /* limits.max_resources on this domain; 0 = the global one */
+} xmpp_vhost_conf_t;
+
+/* Domains one configuration may list (server.domain and [domain] sections). */
+#define XMPP_MAX_DOMAINS 4096
+
 typedef struct xmpp_config {
+  /* [domain NAME] sections, in file order */
+  xmpp_vhost_conf_t *vhosts;
+  int nvhosts;
   /* [server] */
   char *domain;
   char *log_level;

@@ -190,7 +190,7 @@ static void broadcast_one(edge_thread_t *th, const edge_admin_t *r, conn_t *c) {
   bus_frame_t f = {0};
   f.kind = BUS_ROUTE;
   f.flags = BUS_F_SERVER;
-  f.from = th->cfg->domain;
+  f.from = conn_domain(c);
   f.from_len = strlen(f.from);
   f.to = c->jid.full;
   f.to_len = strlen(f.to);
@@ -206,7 +206,9 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
   for (int pass = 0; pass < 2; pass++)
     for (conn_t *c = pass ? th->detached : th->all, *nx; c; c = nx) {
       nx = c->next; /* a kick unlinks a detached session */
-      if (!pass && (!conn_has_session(c) || c->state == CONN_ST_DETACHED)) continue;
+      if (!pass && c->state == CONN_ST_DETACHED) continue;
+      /* a removed domain's streams end whatever their state; the rest is about sessions */
+      if (!pass && r->op != EDGE_ADMIN_DOMAIN_GONE && !conn_has_session(c)) continue;
       switch (r->op) {
       case EDGE_ADMIN_SESSIONS:
         if (r->jid && !matches(r, c)) break; /* one user's, or one session */
@@ -218,6 +220,13 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
         if (c->state == CONN_ST_BINDING) break; /* not a session yet: the router may refuse it */
         broadcast_one(th, r, c);
         n++;
+        break;
+      case EDGE_ADMIN_DOMAIN_GONE:
+        if (!c->domain || strcmp(c->domain, r->jid) != 0) break;
+        n++;
+        log_info("conn %llx: domain %s removed", (unsigned long long)c->id, r->jid);
+        if (pass) sm_detached_kick(c, BUS_KICK_SHUTDOWN);
+        else conn_stream_error(c, "host-gone", "this domain is no longer served here");
         break;
       case EDGE_ADMIN_KICK:
         if (!matches(r, c)) break;

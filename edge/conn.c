@@ -299,7 +299,7 @@ static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char
     buf_init(&h);
     buf_printf(&h, "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                    "xmlns:stream='http://etherx.jabber.org/streams' from='%s' version='1.0'>",
-               c->th->cfg->domain);
+               conn_domain(c));
     conn_send(c, (const char *)h.data, h.len);
     buf_free(&h);
     c->header_sent = 1;

@@ -245,6 +245,10 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
     if (tls_set_ciphers(cfg->tls_ciphers, &err) == 0 &&
         tls_set_tickets(cfg->tls_ticket_key_file, cfg->tls_ticket_lifetime, &err) == 0)
       e->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, &err);
+    if (e->tls && tls_ctx_set_domains(e->tls, domains_current(), &err) != 0) {
+      tls_ctx_free(e->tls);
+      e->tls = NULL;
+    }
     tls_set_offload(cfg->tls_offload);
     tls_set_rekey_records((uint64_t)cfg->tls_rekey_records);
     if (!e->tls) {
@@ -352,7 +356,7 @@ void edge_join(edge_t *e) {
   for (int i = 0; i < e->nthreads; i++) uv_thread_join(&e->threads[i].thread);
 }
 
-int edge_reload_tls(edge_t *e) {
+int edge_reload_tls(edge_t *e, const domains_t *d) {
   if (!e->tls) return 0;
   char *err = NULL;
   int rc = 0;
@@ -374,6 +378,11 @@ int edge_reload_tls(edge_t *e) {
     return -1;
   }
   log_info("TLS certificate reloaded from %s; new connections use it", e->cfg->tls_cert);
+  if (tls_ctx_set_domains(e->tls, d, &err) != 0) {
+    log_error("TLS reload of the domains' certificates failed, keeping the current ones: %s", err ? err : "?");
+    xfree(err);
+    return -1;
+  }
   return rc;
 }
 

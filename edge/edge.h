@@ -26,9 +26,11 @@ void edge_stop(edge_t *e);
 /* Phase two: close what remains, end the loops, join the threads. */
 void edge_join(edge_t *e);
 void edge_free(edge_t *e);
-/* SIGHUP: loads tls.certificate and tls.key again; new connections use the new pair,
- * established sessions are untouched. On error the old pair stays (logged). */
-int edge_reload_tls(edge_t *e);
+/* SIGHUP: loads tls.certificate and tls.key again, and the certificate of each domain of
+ * the current table (common/domains.h: publish the new table first); new connections use
+ * the new pairs, established sessions are untouched. On error the old pairs stay (logged). */
+struct domains;
+int edge_reload_tls(edge_t *e, const struct domains *d);
 
 /* Admin requests (edge/admin.c), for the control socket (common/control.h): each edge
  * thread does its part on its own connections (a BUS_ADMIN frame on its bus queue, so
@@ -38,6 +40,8 @@ typedef enum {
   EDGE_ADMIN_COUNT,     /* count them */
   EDGE_ADMIN_KICK,      /* end those of a JID (bare: all; full: that one) with <policy-violation/> */
   EDGE_ADMIN_BROADCAST, /* a headline message from the domain to each, routed as any message */
+  EDGE_ADMIN_DOMAIN_GONE, /* end every stream of the domain jid with <host-gone/> (RFC 6120
+                           §4.9.3.5): it was removed from the configuration */
 } edge_admin_op_t;
 typedef struct edge_admin edge_admin_t;
 /* jid: normalised (kick; sessions: NULL for all); text: the stream error's text (kick, NULL: a default) or the

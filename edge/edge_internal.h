@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/bus.h"
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/jid.h"
 #include "common/scram.h"
 #include "common/store/store.h"
@@ -203,6 +204,8 @@ struct conn {
   int carbons_iq;       /* Bind2 enabled carbons: the router's answer to that IQ is not the
                            client's, and is swallowed (edge_deliver_now) */
   char *auth_bare;      /* account being authenticated / authenticated */
+  const char *domain;   /* the hosted domain the stream is for (common/domains.h: valid for
+                           the process's life), NULL before the first stream header */
   jid_t jid;            /* bound full JID */
   /* cluster only: the last broadcast presence (encoded) and the shard owner the session
    * was announced to, for re-announcing it when its shard moves (docs/cluster.md) */
@@ -254,6 +257,8 @@ void conn_send(conn_t *c, const char *data, size_t len);
 void conn_send_str(conn_t *c, const char *s);
 /* c has something for edge_flush (output, a BUS_SM_ACK to send). */
 void conn_mark_dirty(conn_t *c);
+/* The domain the stream is for (its first header's 'to'), the default one before. */
+static inline const char *conn_domain(const conn_t *c) { return c->domain ? c->domain : domain_default(); }
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);
 /* Moves c to state to: a transition negotiate.c's table does not allow is a bug (an

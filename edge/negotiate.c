@@ -107,15 +107,28 @@ static int version_ok(const char *v) {
 
 void negotiate_stream_start(void *ud, const xnode_t *h) {
   conn_t *c = ud;
-  const xmpp_config_t *cfg = c->th->cfg;
   random_id(c->stream_id, sizeof c->stream_id);
+  /* The domain asked for (RFC 6120 §4.7.2): one we host, and the same in every header of
+   * the connection (the stream restarts after STARTTLS and SASL must not move an
+   * authenticated account to another domain). No 'to' is the default domain's. */
+  const char *to = xnode_attr(h, "to");
+  const domain_t *dom = NULL;
+  if (to) {
+    char *name = NULL;
+    if (jid_prep_domain(to, strlen(to), &name) == 0) dom = domain_find(name, strlen(name));
+    xfree(name);
+  } else {
+    dom = domain_find(conn_domain(c), strlen(conn_domain(c)));
+  }
+  int unknown = !dom || (c->domain && strcmp(c->domain, dom->name) != 0);
+  if (!unknown) c->domain = dom->name;
   buf_t b;
   buf_init(&b);
   const char *from = xnode_attr(h, "from");
   buf_printf(&b, "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                  "xmlns:stream='http://etherx.jabber.org/streams' id='%s' from='%s' version='1.0' "
                  "xml:lang='en'",
-             c->stream_id, cfg->domain);
+             c->stream_id, conn_domain(c));
   if (from) {
     buf_puts(&b, " to='");
     xml_escape(&b, from, strlen(from), 1);
@@ -135,15 +148,10 @@ void negotiate_stream_start(void *ud, const xnode_t *h) {
     conn_stream_error(c, "invalid-namespace", "the content namespace must be jabber:client");
     return;
   }
-  const char *to = xnode_attr(h, "to");
-  if (to) {
-    char *dom = NULL;
-    int ok = jid_prep_domain(to, strlen(to), &dom) == 0 && strcmp(dom, cfg->domain) == 0;
-    xfree(dom);
-    if (!ok) {
-      conn_stream_error(c, "host-unknown", NULL);
-      return;
-    }
+  if (unknown) {
+    /* RFC 6120 §4.9.3.6 */
+    conn_stream_error(c, "host-unknown", c->domain ? "the stream moved to another domain" : "no such domain here");
+    return;
   }
   if (!version_ok(xnode_attr(h, "version"))) {
     conn_stream_error(c, "unsupported-version", "this server speaks XMPP 1.0");

@@ -60,7 +60,7 @@ static void reply_open(buf_t *b, const char *type, const char *id, int from_doma
   }
   if (from_domain) {
     buf_puts(b, " from='");
-    xml_escape(b, c->th->cfg->domain, strlen(c->th->cfg->domain), 1);
+    xml_escape(b, conn_domain(c), strlen(conn_domain(c)), 1);
     buf_putc(b, '\'');
   }
   buf_putc(b, '>');
@@ -104,7 +104,7 @@ static xnode_t *register_query(conn_t *c, xnode_t *s, int *from_domain) {
   *from_domain = to != NULL;
   if (!to) return q;
   char *dom = NULL;
-  int ours = jid_prep_domain(to, strlen(to), &dom) == 0 && strcmp(dom, c->th->cfg->domain) == 0;
+  int ours = jid_prep_domain(to, strlen(to), &dom) == 0 && strcmp(dom, conn_domain(c)) == 0;
   xfree(dom);
   return ours ? q : NULL;
 }
@@ -274,7 +274,7 @@ int register_preauth(conn_t *c, xnode_t *s) {
     reply_error(c, id, from_domain, "wait", "resource-constraint",
                 "too many registrations from your address; try again later");
   } else {
-    bare = xstrfmt("%s@%s", local, cfg->domain);
+    bare = xstrfmt("%s@%s", local, conn_domain(c));
     int ex = store_account_exists(c->th->store, bare);
     if (ex < 0) reply_error(c, id, from_domain, "wait", "internal-server-error", NULL);
     else if (ex) reply_error(c, id, from_domain, "cancel", "conflict", NULL);

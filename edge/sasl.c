@@ -123,9 +123,10 @@ static sasl_cond_t payload(xnode_t *n, unsigned char **out, size_t *len) {
 static char *account_of(conn_t *c, const char *user) {
   char *local = NULL;
   if (jid_prep_local(user, strlen(user), &local) != 0) return NULL;
-  size_t n = strlen(local) + strlen(c->th->cfg->domain) + 2;
+  const char *dom = conn_domain(c);
+  size_t n = strlen(local) + strlen(dom) + 2;
   char *bare = xmalloc(n);
-  snprintf(bare, n, "%s@%s", local, c->th->cfg->domain);
+  snprintf(bare, n, "%s@%s", local, dom);
   xfree(local);
   return bare;
 }

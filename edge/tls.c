@@ -17,9 +17,11 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/domains.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/strmap.h"
 #include "common/tls_mem.h"
 
 /* TLS 1.3 suites, then TLS 1.2 ECDHE + AEAD only, in the server's order of preference
@@ -46,7 +48,53 @@ struct tls_ctx {
   pthread_mutex_t mu;
   WOLFSSL_CTX *ctx;
   endpoint_t endpoint; /* of ctx, swapped with it under mu */
+  /* Virtual hosting: the context of each domain with a certificate of its own (domain
+   * name -> domain_tls_t), picked by the SNI callback; a hosted domain without one is
+   * served by ctx. Replaced whole by tls_ctx_set_domains, under mu. */
+  strmap_t *by_domain;
 };
+
+/* by_domain's values: a domain's context and its tls-server-end-point */
+typedef struct domain_tls {
+  WOLFSSL_CTX *ctx;
+  endpoint_t endpoint;
+} domain_tls_t;
+
+static void ctx_free_cb(void *v) {
+  domain_tls_t *d = v;
+  wolfSSL_CTX_free(d->ctx);
+  xfree(d);
+}
+
+static void sni_switched(WOLFSSL *ssl, const endpoint_t *ep);
+
+/* SNI (RFC 6066 §3), from wolfSSL's servername callback while it reads the ClientHello:
+ * a name we host with a certificate of its own switches the session to that domain's
+ * context; a hosted name without one keeps the default; a name we do not host ends the
+ * handshake with a fatal unrecognized_name alert, as the RFC allows, rather than showing
+ * a certificate that cannot match. No SNI: the default context. */
+static int sni_cb(WOLFSSL *ssl, int *alert, void *arg) {
+  tls_ctx_t *t = arg;
+  const char *sni = wolfSSL_get_servername(ssl, WOLFSSL_SNI_HOST_NAME);
+  if (!sni || !*sni) return 0;
+  char name[256];
+  size_t n = strnlen(sni, sizeof name);
+  if (n == sizeof name) n = 0; /* longer than a DNS name (RFC 1035 §2.3.4): unknown below */
+  for (size_t i = 0; i < n; i++) name[i] = (char)(sni[i] >= 'A' && sni[i] <= 'Z' ? sni[i] + 32 : sni[i]);
+  name[n] = '\0';
+  if (n && name[n - 1] == '.') name[--n] = '\0'; /* a fully qualified name's root label */
+  if (!n || !domain_find(name, n)) {
+    log_debug("TLS: SNI names %s, not a domain of this server", name);
+    *alert = unrecognized_name;
+    return fatal_return;
+  }
+  pthread_mutex_lock(&t->mu);
+  domain_tls_t *d = t->by_domain ? strmap_get(t->by_domain, name) : NULL;
+  /* the channel binding follows the certificate shown (RFC 5929 §4.1) */
+  if (d && wolfSSL_set_SSL_CTX(ssl, d->ctx)) sni_switched(ssl, &d->endpoint);
+  pthread_mutex_unlock(&t->mu);
+  return 0;
+}
 
 /* After a TLS 1.3 handshake the session is "offloaded": the traffic keys, IVs and
  * sequence numbers are copied out of wolfSSL, the WOLFSSL object (about 56 KB with
@@ -178,7 +226,7 @@ static int ticket_cb(WOLFSSL *ssl, unsigned char name[WOLFSSL_TICKET_NAME_SZ], u
   }
 }
 
-static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **err) {
+static WOLFSSL_CTX *build(tls_ctx_t *t, const char *cert_file, const char *key_file, char **err) {
   WOLFSSL_CTX *ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
   if (!ctx) {
     if (err) *err = xstrdup("wolfSSL_CTX_new failed");
@@ -223,6 +271,8 @@ static WOLFSSL_CTX *build(const char *cert_file, const char *key_file, char **er
     wolfSSL_CTX_free(ctx);
     return NULL;
   }
+  wolfSSL_CTX_set_servername_callback(ctx, sni_cb);
+  wolfSSL_CTX_set_servername_arg(ctx, t);
   tls_mem_use(ctx);
   return ctx;
 }
@@ -260,17 +310,46 @@ tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err) 
     inited = 1;
   }
   if (!tickets && tls_set_tickets(NULL, 86400, err) != 0) return NULL;
-  WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
-  if (!ctx) return NULL;
   tls_ctx_t *t = xcalloc(1, sizeof *t);
   pthread_mutex_init(&t->mu, NULL);
-  t->ctx = ctx;
-  endpoint_of(ctx, &t->endpoint);
+  t->ctx = build(t, cert_file, key_file, err);
+  if (!t->ctx) {
+    pthread_mutex_destroy(&t->mu);
+    xfree(t);
+    return NULL;
+  }
+  endpoint_of(t->ctx, &t->endpoint);
   return t;
 }
 
+int tls_ctx_set_domains(tls_ctx_t *t, const domains_t *d, char **err) {
+  strmap_t *m = strmap_new();
+  for (size_t i = 0; i < domains_count(d); i++) {
+    const domain_t *dom = domains_at(d, i);
+    if (!dom->own_cert) continue;
+    char *why = NULL;
+    WOLFSSL_CTX *ctx = build(t, dom->cert, dom->key, &why);
+    if (!ctx) {
+      if (err) *err = xstrfmt("domain %s: %s", dom->name, why ? why : "TLS context");
+      xfree(why);
+      strmap_free(m, ctx_free_cb);
+      return XMPP_ERR;
+    }
+    domain_tls_t *dt = xcalloc(1, sizeof *dt);
+    dt->ctx = ctx;
+    endpoint_of(ctx, &dt->endpoint);
+    strmap_put(m, dom->name, dt);
+  }
+  pthread_mutex_lock(&t->mu);
+  strmap_t *old = t->by_domain;
+  t->by_domain = m;
+  pthread_mutex_unlock(&t->mu);
+  if (old) strmap_free(old, ctx_free_cb); /* sessions on them keep their references */
+  return 0;
+}
+
 int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, char **err) {
-  WOLFSSL_CTX *ctx = build(cert_file, key_file, err);
+  WOLFSSL_CTX *ctx = build(t, cert_file, key_file, err);
   if (!ctx) return XMPP_ERR;
   endpoint_t ep;
   endpoint_of(ctx, &ep);
@@ -286,6 +365,7 @@ int tls_ctx_reload(tls_ctx_t *t, const char *cert_file, const char *key_file, ch
 void tls_ctx_free(tls_ctx_t *t) {
   if (!t) return;
   wolfSSL_CTX_free(t->ctx);
+  if (t->by_domain) strmap_free(t->by_domain, ctx_free_cb);
   pthread_mutex_destroy(&t->mu);
   xfree(t);
   xfree(cipher_list);
@@ -296,6 +376,15 @@ void tls_ctx_free(tls_ctx_t *t) {
 }
 
 void tls_thread_cleanup(void) { wc_ecc_fp_free(); }
+
+/* From sni_cb, during the handshake: the connection whose ssl moved to another domain's
+ * context takes that context's tls-server-end-point (its I/O context is its io member). */
+static void sni_switched(WOLFSSL *ssl, const endpoint_t *ep) {
+  tls_mem_t *m = wolfSSL_GetIOReadCtx(ssl);
+  if (!m) return;
+  tls_conn_t *c = (tls_conn_t *)(void *)((char *)m - offsetof(tls_conn_t, io));
+  c->endpoint = *ep;
+}
 
 tls_conn_t *tls_conn_new(tls_ctx_t *t, buf_t *out) {
   tls_conn_t *c = xcalloc(1, sizeof *c);

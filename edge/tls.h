@@ -17,6 +17,11 @@ typedef struct tls_conn tls_conn_t;
 /* Loads the certificate chain and key (PEM). NULL and *err (caller frees) on failure. */
 tls_ctx_t *tls_ctx_new(const char *cert_file, const char *key_file, char **err);
 void tls_ctx_free(tls_ctx_t *t);
+struct domains;
+/* Virtual hosting: a context for each domain of d with a certificate of its own, chosen
+ * by SNI (tls.c sni_cb); replaces the previous set (established sessions keep theirs).
+ * On failure nothing changes and *err names the domain. Any thread. */
+int tls_ctx_set_domains(tls_ctx_t *t, const struct domains *d, char **err);
 /* Loads the files again into a new context that new connections use from now on;
  * established sessions keep the one they started with. On failure the current context
  * stays and *err says why. Safe from any thread. */

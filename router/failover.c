@@ -43,7 +43,7 @@ static void session_revive(worker_t *w, const bus_frame_t *f, user_t *u, session
     log_info("session %s at node %u not revived: bound again since", full, f->src.node);
     return;
   }
-  if (session_count(u) >= w->cfg->max_resources) {
+  if (session_count(u) >= w_max_resources(w, u->bare)) {
     kick(w, &f->src, BUS_KICK_SHUTDOWN); /* its client reconnects, and is refused or not */
     log_info("session %s at node %u not revived: %d resources already", full, f->src.node, session_count(u));
     return;

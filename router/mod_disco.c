@@ -13,8 +13,11 @@ static void info(mod_iq_ctx_t *c, int account) {
     xnode_set_attr(a, id, "category", "account");
     xnode_set_attr(a, id, "type", "registered");
   }
+  /* the modules switched off on the domain asked about are not listed ([domain] disable) */
+  uint64_t off = modules_disabled_for(c->to && *c->to ? c->to : c->from);
   for (size_t i = 0; i < nmodules; i++) {
     const module_t *m = modules[i];
+    if (off & (1ULL << i)) continue;
     for (const mod_identity_t *d = account ? NULL : m->server_identities; d && d->category; d++) {
       xnode_t *id = xnode_add(a, q, "identity", NS_DISCO_INFO);
       xnode_set_attr(a, id, "category", d->category);
@@ -23,6 +26,7 @@ static void info(mod_iq_ctx_t *c, int account) {
     }
   }
   for (size_t i = 0; i < nmodules; i++) {
+    if (off & (1ULL << i)) continue;
     const char *const *f = account ? modules[i]->account_features : modules[i]->server_features;
     for (; f && *f; f++) xnode_set_attr(a, xnode_add(a, q, "feature", NS_DISCO_INFO), "var", *f);
   }

@@ -467,7 +467,7 @@ static int on_message_out(mod_event_t *e) {
   mam_w_t *m = state(w);
   if (!w->cfg->mam_enabled) return MOD_OK;
   if (strip_forged(w, e->st)) w->frame_tree = NULL;
-  if (!archivable(e->st) || !strcmp(e->to, w->cfg->domain) || !w_is_local(w, e->to)) return MOD_OK;
+  if (!archivable(e->st) || w_is_server(w, e->to) || !w_is_local(w, e->to)) return MOD_OK;
   if (!strcmp(w_bare(w, e->to), e->u->bare)) return MOD_OK; /* to oneself: archived once, inbound */
   if (!wants(w, m, e->u, e->to)) return MOD_OK;
   archive(w, m, e->u->bare, next_id(m), e->to, e->from, e->to, e->st);

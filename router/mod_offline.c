@@ -95,7 +95,7 @@ static void window_cb(int64_t id, const char *data, size_t len, int64_t stamp, v
   gmtime_r(&t, &tm);
   strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
   xnode_t *d = xnode_add(&w->arena, st, "delay", NS_DELAY);
-  xnode_set_attr(&w->arena, d, "from", w->cfg->domain);
+  xnode_set_attr(&w->arena, d, "from", w_domain_of(w, x->s->full)); /* the account's server */
   xnode_set_attr(&w->arena, d, "stamp", ts);
   xnode_add_text(&w->arena, d, "Offline Storage", 15);
   char *from = arena_strndup(&w->arena, f.from, f.from_len);

@@ -218,4 +218,8 @@ xnode_t *mod_doc_get(worker_t *w, const char *bare, const char *kind, const char
  * (the account's budget is spent), anything else <internal-server-error/> (wait). */
 void mod_iq_store_error(mod_iq_ctx_t *c, int rc);
 
+/* The modules switched off on the domain of the normalised JID jid (bit i = modules[i];
+ * 0 for a domain not hosted). Any thread. */
+uint64_t modules_disabled_for(const char *jid);
+
 #endif

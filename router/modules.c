@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/domains.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -29,15 +30,39 @@ const size_t nmodules = NMODULES;
 /* Each point's hooks in table order, listed once (hooks_list): modules_hook runs only
  * the modules that hook the point. The table is const, so the lists never change. */
 static mod_hook_fn hook_fns[HOOK_COUNT][NMODULES + 1];
+static uint8_t hook_mod[HOOK_COUNT][NMODULES + 1]; /* the module of each */
 static uv_once_t hooks_once = UV_ONCE_INIT;
 
 static void hooks_list(void) {
   for (int h = 0; h < HOOK_COUNT; h++) {
     size_t n = 0;
     for (size_t i = 0; i < NMODULES; i++)
-      if (modules[i]->hooks[h]) hook_fns[h][n++] = modules[i]->hooks[h];
+      if (modules[i]->hooks[h]) {
+        hook_mod[h][n] = (uint8_t)i;
+        hook_fns[h][n++] = modules[i]->hooks[h];
+      }
     hook_fns[h][n] = NULL;
   }
+}
+
+/* Modules the server cannot do without: the stream's own (session), presence, messages,
+ * the roster they rest on, and disco (which lists the others). */
+static int essential(const module_t *m) {
+  return m == &mod_disco || m == &mod_session || m == &mod_roster || m == &mod_presence || m == &mod_message;
+}
+
+int modules_index(const char *name) {
+  for (size_t i = 0; i < NMODULES; i++)
+    if (!strcmp(modules[i]->name, name)) return essential(modules[i]) ? -2 : (int)i;
+  return -1;
+}
+
+const char *modules_name(int i) { return i >= 0 && (size_t)i < NMODULES ? modules[i]->name : NULL; }
+
+uint64_t modules_disabled_for(const char *jid) {
+  if (!jid || !domains_any_disabled()) return 0;
+  const domain_t *d = domain_of_jid(jid);
+  return d ? d->disabled : 0;
 }
 
 static size_t index_of(const module_t *m) {
@@ -114,9 +139,14 @@ void modules_user_free(user_t *u) {
   u->mod = NULL;
 }
 
+/* A hook runs for the domain of the account the event is about (Prosody's per-host
+ * hooks): a module switched off there ([domain] disable) is skipped. */
 int modules_hook(mod_hook_t h, mod_event_t *e) {
-  for (mod_hook_fn *f = hook_fns[h]; *f; f++)
-    if ((*f)(e) == MOD_STOP) return MOD_STOP;
+  uint64_t off = e->u ? modules_disabled_for(e->u->bare) : 0;
+  for (size_t k = 0; hook_fns[h][k]; k++) {
+    if (off & (1ULL << hook_mod[h][k])) continue;
+    if (hook_fns[h][k](e) == MOD_STOP) return MOD_STOP;
+  }
   return MOD_OK;
 }
 
@@ -126,7 +156,7 @@ static const char *reply_from(const mod_iq_ctx_t *c) { return c->to && *c->to ? 
 
 static void send_reply(mod_iq_ctx_t *c, xnode_t *res) {
   if (c->s) w_deliver(c->w, c->s, reply_from(c), c->s->full, res);
-  else w_route(c->w, reply_from(c) ? reply_from(c) : c->w->cfg->domain, c->from, res, BUS_F_SERVER);
+  else w_route(c->w, reply_from(c) ? reply_from(c) : w_domain_of(c->w, c->from), c->from, res, BUS_F_SERVER);
 }
 
 void mod_iq_result(mod_iq_ctx_t *c, xnode_t *payload) {
@@ -153,7 +183,10 @@ void modules_iq(worker_t *w, unsigned at, user_t *u, session_t *s, const char *f
     mod_iq_error(&c, "modify", "bad-request"); /* RFC 6120 §8.2.3: exactly one child */
     return;
   }
+  /* the domain addressed (the account's, or the server's) decides which modules answer */
+  uint64_t off = modules_disabled_for(to && *to ? to : from);
   for (size_t i = 0; i < nmodules; i++) {
+    if (off & (1ULL << i)) continue;
     for (const mod_iq_t *h = modules[i]->iqs; h && h->ns; h++) {
       if (!(h->at & at) || !(h->types & t) || strcmp(h->ns, c.payload->ns) ||
           (h->name && strcmp(h->name, c.payload->name)))

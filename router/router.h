@@ -17,5 +17,10 @@ int router_start(router_t *r);
 /* Drains every worker's queue, then ends the loops and joins the threads. */
 void router_stop(router_t *r);
 void router_free(router_t *r);
+/* The index of the router module called name, for [domain NAME] disable
+ * (domains_module_fn, common/domains.h): -1 unknown, -2 one that cannot be switched off. */
+int modules_index(const char *name);
+/* The name of router module i, NULL past the last. */
+const char *modules_name(int i);
 
 #endif

@@ -124,7 +124,14 @@ void w_encode_stored(const char *from, const char *to, const xnode_t *st, buf_t 
 void w_route(worker_t *w, const char *from, const char *to, const xnode_t *st, uint16_t flags);
 /* Replies to st (from -> to) with a stanza error, routed back to 'from'. */
 void w_error(worker_t *w, const char *from, const char *to, const xnode_t *st, const char *type, const char *cond);
-int w_is_local(const worker_t *w, const char *jid);        /* domain of jid is ours */
+int w_is_local(const worker_t *w, const char *jid);        /* domain of jid is one we host */
+/* jid is exactly one of the domains we host (the server's own address) */
+int w_is_server(const worker_t *w, const char *jid);
+/* The domain part of the normalised jid, in the frame arena; the default domain for
+ * NULL or "" (replies "from the server" to an address that did not name one). */
+char *w_domain_of(worker_t *w, const char *jid);
+/* limits.max_resources for the account bare, or its domain's override ([domain]). */
+int w_max_resources(const worker_t *w, const char *bare);
 /* bare JID of a JID, in the frame arena */
 char *w_bare(worker_t *w, const char *jid);
 

@@ -383,7 +383,7 @@ void session_open(worker_t *w, const bus_frame_t *f) {
   }
   if (!old) {
     int n = session_count(u);
-    if (n >= w->cfg->max_resources) {
+    if (n >= w_max_resources(w, u->bare)) {
       log_info("bind of %s refused: %d resources already", full, n);
       ack(w, f, BUS_ACK_TOO_MANY_RESOURCES);
       return;

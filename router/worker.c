@@ -18,6 +18,7 @@
 #include "common/alloc.h"
 #include "common/cluster/cluster.h"
 #include "common/dedup.h"
+#include "common/domains.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
@@ -85,7 +86,26 @@ int w_is_local(const worker_t *w, const char *jid) {
   const char *at = memchr(jid, '@', bl);
   const char *dom = at ? at + 1 : jid;
   size_t dl = bl - (size_t)(dom - jid);
-  return dl == strlen(w->cfg->domain) && memcmp(dom, w->cfg->domain, dl) == 0;
+  (void)w;
+  return domain_find(dom, dl) != NULL;
+}
+
+int w_is_server(const worker_t *w, const char *jid) {
+  (void)w;
+  return !strchr(jid, '@') && !strchr(jid, '/') && domain_find(jid, strlen(jid)) != NULL;
+}
+
+int w_max_resources(const worker_t *w, const char *bare) {
+  const domain_t *d = domain_of_jid(bare);
+  return d && d->max_resources ? d->max_resources : w->cfg->max_resources;
+}
+
+char *w_domain_of(worker_t *w, const char *jid) {
+  if (!jid || !*jid) return arena_strdup(&w->arena, domain_default());
+  size_t bl = bus_bare_len(jid, strlen(jid));
+  const char *at = memchr(jid, '@', bl);
+  const char *dom = at ? at + 1 : jid;
+  return arena_strndup(&w->arena, dom, bl - (size_t)(dom - jid));
 }
 
 char *w_bare(worker_t *w, const char *jid) {
@@ -166,7 +186,7 @@ void w_error(worker_t *w, const char *from, const char *to, const xnode_t *st, c
              const char *cond) {
   if (!from || !*from) return;
   xnode_t *e = stanza_error_reply(&w->arena, st, type, cond);
-  if (e) w_route(w, to && *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+  if (e) w_route(w, to && *to ? to : w_domain_of(w, from), from, e, BUS_F_SERVER);
 }
 
 /* A stanza a bound client sent (processed at the sender's shard). */
@@ -185,7 +205,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     int result = !strcmp(st->name, "iq") && type && !strcmp(type, "result");
     if (!s && bus_clustered(w->bus) && !result) {
       xnode_t *e = stanza_error_reply(&w->arena, st, "wait", "recipient-unavailable");
-      if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w->cfg->domain, from, e, BUS_F_SERVER);
+      if (e) send_frame(w, BUS_DELIVER, &f->src, *to ? to : w_domain_of(w, from), from, e, BUS_F_SERVER);
       if (e) cluster_event(CLUSTER_EV_UNKNOWN_SESSION, "%s from %s (edge node %u)", st->name, from, f->src.node);
     }
     return;
@@ -202,7 +222,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
       modules_iq(w, MOD_AT_ACCOUNT, u, s, from, to, st);
       return;
     }
-    if (!strcmp(to, w->cfg->domain)) {
+    if (w_is_server(w, to)) {
       modules_iq(w, MOD_AT_SERVER, NULL, s, from, to, st);
       return;
     }
@@ -212,7 +232,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     if (!*to) e.to = to = u->bare; /* RFC 6120 §10.3.1 */
     if (modules_hook(HOOK_MESSAGE_OUT, &e) == MOD_STOP) return;
   }
-  if (!strcmp(to, w->cfg->domain)) {
+  if (w_is_server(w, to)) {
     if (!strcmp(st->name, "message")) w_error(w, from, to, st, "cancel", "service-unavailable");
     return;
   }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/domains.h"
 #include "common/err.h"
 
 static int load(const char *text, xmpp_config_t *c, char **err) {
@@ -94,5 +95,63 @@ Test(config, values_the_file_cannot_hold_are_refused) {
     err = NULL;
     cr_assert_eq(config_set(&c, "storage.path", good[i], &err), 0, "'%s': %s", good[i], err ? err : "");
   }
+  config_free(&c);
+}
+
+/* Virtual hosting: [domain NAME] sections, with keys or none (inih reports no empty
+ * section: read_line registers it), then the domain table built from them. */
+Test(config, domain_sections_and_their_table) {
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load("[server]\ndomain = Example.NET\n[domain a.test]\ndisable = ping, version\nmax_resources = 3\n"
+                    "[domain b.test]\n\n[domain A.test]\n",
+                    &c, &err),
+               0, "%s", err ? err : "");
+  cr_assert_eq(c.nvhosts, 3);
+  cr_assert_str_eq(c.vhosts[0].name, "a.test");
+  cr_assert_str_eq(c.vhosts[0].disable, "ping, version");
+  cr_assert_eq(c.vhosts[0].max_resources, 3);
+  cr_assert_str_eq(c.vhosts[1].name, "b.test");
+  cr_assert_str_eq(c.vhosts[1].cert, "");
+  /* a.test and A.test are one domain once normalised: refused */
+  domains_t *d = domains_build(&c, NULL, 0, &err);
+  cr_assert_null(d);
+  cr_assert_not_null(strstr(err, "listed twice"), "%s", err);
+  free(err);
+  config_free(&c);
+
+  cr_assert_eq(load("[server]\ndomain = Example.NET\n[domain a.test]\nmax_resources = 3\n[domain b.test]\n"
+                    "[domain example.net]\nmax_resources = 7\n",
+                    &c, &err),
+               0, "%s", err ? err : "");
+  d = domains_build(&c, NULL, 0, &err);
+  cr_assert_not_null(d, "%s", err ? err : "");
+  cr_assert_eq(domains_count(d), 3); /* the default's own section adds to it */
+  cr_assert_str_eq(domains_at(d, 0)->name, "example.net");
+  cr_assert_eq(domains_at(d, 0)->max_resources, 7);
+  cr_assert_eq(domains_lookup(d, "a.test", 6)->max_resources, 3);
+  cr_assert_not_null(domains_lookup(d, "b.testX", 6));
+  cr_assert_null(domains_lookup(d, "c.test", 6));
+  cr_assert_null(domains_lookup(d, "a.tes", 5));
+  domains_free(d);
+  config_free(&c);
+}
+
+Test(config, domain_section_names_bounded) {
+  xmpp_config_t c;
+  char *err, buf[256];
+  /* 42 bytes: "domain " + NAME is inih's 49 */
+  snprintf(buf, sizeof buf, "[domain %s.test]\n", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+  cr_assert_eq(load(buf, &c, &err), 0, "%s", err ? err : "");
+  cr_assert_eq(strlen(c.vhosts[0].name), 42);
+  config_free(&c);
+  snprintf(buf, sizeof buf, "[domain %s.test]\n", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+  cr_assert_eq(load(buf, &c, &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "section name longer than 49 bytes"), "%s", err);
+  free(err);
+  config_free(&c);
+  cr_assert_eq(load("[domain a b]\n", &c, &err), XMPP_EINVAL);
+  cr_assert_not_null(strstr(err, "without blanks"), "%s", err);
+  free(err);
   config_free(&c);
 }

@@ -1,0 +1,63 @@
+/* The domains this process serves (virtual hosting, docs/operations.md "Virtual hosting").
+ *
+ * A table is built from the configuration: server.domain first (the default, for streams
+ * without 'to' and for replies with no better address), then each [domain NAME] section.
+ * Each entry has its certificate files, the router modules switched off on it and its
+ * limit overrides. One table is current for the whole process: edges read it when a
+ * stream opens and in the SNI callback, routers for every "is this JID ours" question.
+ * A reload (SIGHUP) builds a new table and publishes it with one atomic store; tables
+ * replaced are kept until domains_shutdown, so a domain_t pointer a thread took stays
+ * valid for the life of the process (reloads are operator actions: a handful of small
+ * tables). */
+#ifndef XMPP_DOMAINS_H
+#define XMPP_DOMAINS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+
+typedef struct domain {
+  char *name;        /* normalised (RFC 7622 domainpart) */
+  char *cert;        /* certificate serving it ("" = none: TLS off) */
+  char *key;
+  int own_cert;      /* cert is its own ([domain] certificate), not tls.certificate */
+  uint64_t disabled; /* router modules off here: bit i = modules[i] (router/modules.c) */
+  int max_resources; /* 0 = limits.max_resources */
+} domain_t;
+
+typedef struct domains domains_t;
+
+/* A router module's index by name for [domain] disable: >= 0, -1 unknown, -2 a module
+ * the server cannot run without (router/modules.c modules_index). */
+typedef int (*domains_module_fn)(const char *name);
+
+/* Builds the table of c (copied). Checks
+ * that every domain is a valid domainpart and listed once, that every module named in
+ * a disable list exists and may be switched off (resolve NULL: not checked), and, when
+ * check_certs, that the certificate serving a domain of a [domain] section names it
+ * (subject alternative name or common name, RFC 6125 §6.4). NULL with *err. Any thread. */
+domains_t *domains_build(const xmpp_config_t *c, domains_module_fn resolve, int check_certs, char **err);
+void domains_free(domains_t *d);
+size_t domains_count(const domains_t *d);
+const domain_t *domains_at(const domains_t *d, size_t i);
+/* The entry named name[0..len) (normalised form), or NULL. */
+const domain_t *domains_lookup(const domains_t *d, const char *name, size_t len);
+
+/* Process-wide current table. Publish from one thread at a time (main); the table is
+ * owned by this module from then on. */
+void domains_publish(domains_t *d);
+/* The current table (NULL before the first publish). Any thread. */
+const domains_t *domains_current(void);
+/* In the current table. Any thread. */
+const domain_t *domain_find(const char *name, size_t len);
+/* The domain of a normalised JID ([local@]domain[/resource]), or NULL when not hosted. */
+const domain_t *domain_of_jid(const char *jid);
+/* The default domain's name (server.domain, normalised). */
+const char *domain_default(void);
+/* Some domain of the current table switches a module off (the router's fast path). */
+int domains_any_disabled(void);
+/* Frees the current table and every replaced one. At exit, no thread running. */
+void domains_shutdown(void);
+
+#endif
