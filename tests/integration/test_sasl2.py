@@ -527,10 +527,10 @@ class PlusStream:
     """STARTTLS with pyOpenSSL, whose connections export keying material (Python's ssl
     does not): the RFC 9266 tls-exporter channel binding of TLS 1.3."""
 
-    def __init__(self, port, tls13=True):
+    def __init__(self, port, tls13=True, domain="localhost"):
         from OpenSSL import SSL
         raw = RawStream(port)
-        raw.open_stream()
+        raw.open_stream(to=domain)
         raw.recv_until(r"</stream:features>")
         raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         raw.recv_until(r"<proceed")
@@ -541,12 +541,12 @@ class PlusStream:
         raw.sock.settimeout(None)
         self.conn = SSL.Connection(ctx, raw.sock)
         self.conn.set_connect_state()
-        self.conn.set_tlsext_host_name(b"localhost")
+        self.conn.set_tlsext_host_name(domain.encode())
         self.conn.do_handshake()
         self.cb = self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
         self.endpoint = endpoint_of(self.conn)
         self.buf = ""
-        self.send(RAW_HEADER)
+        self.send(RAW_HEADER.replace("to='localhost'", f"to='{domain}'"))
         self.feats = self.until(r"</stream:features>")
 
     def send(self, text):

@@ -3,6 +3,7 @@ each with its own certificate chosen by SNI, its own accounts, modules and limit
 domain list reloaded on SIGHUP. Real TLS (certificates made here with openssl), slixmpp
 and aioxmpp as clients, raw streams for the refusals."""
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -137,6 +138,23 @@ class VirtualHostTest(unittest.TestCase):
         r.sock = insecure_context().wrap_socket(r.sock, server_hostname=BETA)
         self.assertEqual(r.sock.getpeercert(binary_form=True), der_of(self.beta[0]))
         r.close()
+
+    def test_channel_binding_follows_the_sni_certificate(self):
+        """RFC 5929 §4.1: tls-server-end-point is the hash of the certificate the client
+        got, i.e. the domain's own one chosen by SNI, not the default one."""
+        from test_sasl2 import PlusStream
+        beta_endpoint = hashlib.sha256(der_of(self.beta[0])).digest()
+        default_endpoint = hashlib.sha256(der_of(self.srv.cert)).digest()
+        self.assertNotEqual(beta_endpoint, default_endpoint)
+        for cb, want in ((beta_endpoint, "<success"), (default_endpoint, "<failure")):
+            q = PlusStream(self.srv.port, domain=BETA)
+            try:
+                self.assertEqual(q.endpoint, beta_endpoint, "the certificate shown is beta's")
+                self.assertIn("SCRAM-SHA-256-PLUS", q.feats)
+                t = q.scram("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", cb, password="beta-pw")
+            finally:
+                q.close()
+            self.assertIn(want, t, cb.hex())
 
     def test_unknown_sni_gets_unrecognized_name(self):
         with self.assertRaises(ssl.SSLError) as cm:
