@@ -466,7 +466,9 @@ static int needs_link(const cluster_t *c, const credis_node_t *n) {
 }
 
 static void peer_gone(cluster_t *c, peer_t *p, const char *why) {
-  log_warn("cluster: node %u (%s:%d) %s", p->info.id, p->info.host, p->info.bus_port, why);
+  /* a graceful stop (BUS_LEAVING came first) is a normal event: not a warning */
+  if (p->leaving) log_info("cluster: node %u (%s:%d) %s", p->info.id, p->info.host, p->info.bus_port, why);
+  else log_warn("cluster: node %u (%s:%d) %s", p->info.id, p->info.host, p->info.bus_port, why);
   if (p->info.role & ROLE_EDGE) push_local_ctl(c, BUS_NODE_DOWN, p->info.id, 1, 0);
 }
 
@@ -798,7 +800,8 @@ static void on_live_nodes(cluster_t *c, const credis_node_t *nodes, int n) {
   recompute_map(c, live, nlive, restarted);
   for (int i = 0; i < ngone; i++) {
     set_blocked(c, &gone[i], 0);
-    peer_gone(c, &gone[i], "left the registry (stopped, or missed its heartbeats)");
+    peer_gone(c, &gone[i], gone[i].leaving ? "left the registry (its graceful stop)"
+                                           : "left the registry (stopped, or missed its heartbeats)");
     ended_add(c, &gone[i]);
     if (gone[i].out && gone[i].leaving) {
       /* its BUS_LEFT (and what was sent before it) still goes out: the leaving router

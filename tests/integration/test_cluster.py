@@ -894,7 +894,11 @@ class RouterStoppedUnderLoadTest(unittest.TestCase):
         # the survivor is paused (below) longer than the stopping router used to wait (two
         # heartbeats); the leases are longer than the pause, and so is the stopping
         # router's bound on its wait for the others' answers (node_ttl_ms + 2 heartbeats)
-        ttl = {"cluster.node_ttl_ms": 5000}
+        # router heartbeats of 600 ms: the old fixed wait (1.2 s) is shorter than the
+        # pause, the routers' link between them (dead after 3 heartbeats, 1.8 s) outlives it
+        # (a link declared dead at the end of the pause would lose the BUS_LEAVING waiting
+        # in its socket, and the stop's handshake could only end at its bound)
+        ttl = {"cluster.node_ttl_ms": 5000, "cluster.heartbeat_ms": 600}
         cls.routers = [Node(cls.redis, 1, "router", **ttl), Node(cls.redis, 2, "router", **ttl)]
         cls.edges = [Node(cls.redis, 11, "edge"), Node(cls.redis, 12, "edge")]
         users = [f"s{i}{s}" for i in range(cls.pairs) for s in "ab"]
@@ -1003,6 +1007,10 @@ class RouterStoppedUnderLoadTest(unittest.TestCase):
         # the stop's handshake: every node answered, the router did not wait out a bound
         self.assertIn("every node took this router out of its shard map", self.logs[0],
                       "\n".join(self.logs[0].splitlines()[-25:]))
+        # issue 10 item 6: a graceful stop is a normal event: no other node warns of it
+        for t in self.logs[1:]:
+            self.assertNotRegex(t, r"WARN.*left the registry")
+            self.assertRegex(t, r"left the registry \(its graceful stop\)")
 
 
 class HoldRunsOutTest(unittest.TestCase):
