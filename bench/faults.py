@@ -395,6 +395,10 @@ class Driver:
             if t is not None and r.online_over(t, t + a.detour_margin):
                 detours += 1
         sent = set(self.sent)
+
+        def home_of(mid):
+            return by_pair[int(mid[1:].split("-")[0])].home
+
         return {
             "sent": len(self.sent), "acknowledged": len(self.acked),
             "delivered_live": sum(1 for m in self.live if m in sent),
@@ -403,6 +407,12 @@ class Driver:
             "lost_unacknowledged": sum(1 for m in sent if m not in self.acked and m not in self.got),
             "duplicated": sum(n - 1 for n in self.got.values() if n > 1),
             "never_sent": sum(1 for m in self.got if m not in sent),
+            # by the receiver's edge (port index; its sender is on the other): which side of
+            # a fault a loss or a duplicate comes from
+            "by_receiver_edge": {str(e): {
+                "lost_acknowledged": sum(1 for m in self.acked if m not in self.got and home_of(m) == e),
+                "duplicated": sum(n - 1 for m, n in self.got.items() if n > 1 and home_of(m) == e),
+                "offline": sum(1 for m in self.offline if m in sent and home_of(m) == e)} for e in (0, 1)},
             "stanza_errors": dict(self.errors), "offline_detours": detours,
             "connection_losses": self.drops, "reconnect_s": self.reconnect_s,
             "login_failures": dict(self.login_failures), "relogin_failed": self.relogin_failed,
@@ -476,6 +486,8 @@ def parent(a):
            "reconnect_s": {"n": len(rec), "p50": r2(pct(rec, 50)), "max": r2(max(rec) if rec else None)},
            "driver_cpu_share": round(cpu / wall, 2) if wall > 0 else None,
            "driver_loop_lag_ms": {"p99": r2(pct(lag, 99)), "max": r2(max(lag) if lag else None)},
+           "by_receiver_edge": {e: {k: sum(p["by_receiver_edge"][e][k] for p in parts)
+                                    for k in parts[0]["by_receiver_edge"][e]} for e in ("0", "1")},
            "problems": problems[:20]}
     print(json.dumps(res))
     if a.json:
