@@ -129,6 +129,7 @@ static void answered(control_req_t *r, void *arg) {
     buf_printf(&b, "\"count\":%zu,\"rate\":%d,\"target\":", n, p->rate);
     if (p->target) control_json_str(&b, p->target, strlen(p->target));
     else buf_puts(&b, "null");
+    buf_putc(&b, '\0');
     snprintf(detail, sizeof detail, "draining %zu connections", n);
     control_reply(r, (const char *)b.data, detail);
     break;
