@@ -19,7 +19,7 @@ import threading
 import time
 import unittest
 
-from harness import DOMAIN, XMPPCTL, Client, Redis, RawStream, run
+from harness import DOMAIN, XMPPCTL, Client, Redis, RawStream, ServerTest, run
 from test_cluster import Node, login
 
 if os.environ.get("DRAIN_DEBUG"):
@@ -230,6 +230,43 @@ class DrainTest(unittest.TestCase):
         self.assertEqual(st["sessions"], 0)
         self.assertIn("handed over to node 12", a.log_text(), "carol's and bob's sessions were resumed on B")
         self.assertEqual(a.log_text().count("handed over to node 12"), 2)
+
+
+class DrainAloneTest(ServerTest):
+    """One process, no other edge: `drain RATE` without a target refuses new connections
+    (both ports) and ends each stream with <system-shutdown/>; a session with XEP-0198 is
+    not kept for a resumption (no node could take it), its unacknowledged messages go to
+    offline storage as in a stop; status says done, and the server still stops cleanly."""
+    users = ("alice", "bob")
+
+    def test_drain_without_target_shuts_streams_down(self):
+        bob = RawStream(self.srv.port, timeout=10).login("bob", "pw", "raw")
+        bob.send(f"<enable xmlns='{SM}' resume='true'/>")
+        bob.recv_until("<enabled[^>]*/>")
+        alice = RawStream(self.srv.port, timeout=10).login("alice", "pw", "raw")
+        alice.send(f"<message to='bob@{DOMAIN}/raw' type='chat' id='m1'><body>m1</body></message>")
+        bob.recv_until("m1</body>")  # not acknowledged
+        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "drain", "100"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ans = json.loads(r.stdout)
+        self.assertEqual((ans["count"], ans["target"]), (2, None))
+        for port in (self.srv.port, self.srv.tls_port):
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        for s in (bob, alice):
+            text = s.recv_until("</stream:stream>", timeout=10)
+            self.assertIn("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", text)
+            self.assertNotIn("see-other-host", text)
+        end = time.monotonic() + 10
+        while True:
+            st = json.loads(subprocess.run([XMPPCTL, "-c", self.srv.conf, "status"], capture_output=True,
+                                           text=True, timeout=30).stdout)
+            if st["drain"]["state"] == "done":
+                break
+            self.assertLess(time.monotonic(), end, st)
+            time.sleep(0.1)
+        self.assertEqual((st["drain"]["detached"], st["sessions"]), (0, 0), "no session kept for a resumption")
+        self.assertNotIn("detached for resumption", self.srv.log_text())
 
 
 if __name__ == "__main__":
