@@ -181,6 +181,7 @@ class DrainTest(unittest.TestCase):
             self.assertEqual((rc, again["ok"]), (1, False), "one drain at a time")
             end = time.monotonic() + 30
             while not (resumed.done() and all(e.is_set() for e in back.values())):
+                self.assertEqual(errors, [])
                 self.assertLess(time.monotonic(), end, f"not all back on B: moved {moved}, errors {[e[:300] for e in errors]}"
                                 + "\n".join(l for l in a.log_text().split("\n") if "bob" in l))
                 send_round()
