@@ -59,14 +59,16 @@ class DrainTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        bad = []
         try:
-            for n in cls.edges + [cls.router]:
-                if n.proc and n.proc.poll() is None:
-                    n.stop()
+            for n in cls.edges + [cls.router]:  # the drained edge A too: a clean stop, status 0
+                if n.proc and n.proc.poll() is None and n.stop() != 0:
+                    bad.append(n.log_text()[-3000:])
         finally:
             cls.redis.stop()
             cls.redis.cleanup()
             shutil.rmtree(cls.tmp, ignore_errors=True)
+        assert not bad, bad
 
     def ctl(self, node, *args):
         r = subprocess.run([XMPPCTL, "--socket", os.path.join(self.tmp, f"{node.node_id}.ctl"), *args],
