@@ -22,10 +22,6 @@ import unittest
 from harness import DOMAIN, XMPPCTL, Client, Redis, RawStream, ServerTest, run
 from test_cluster import Node, login
 
-if os.environ.get("DRAIN_DEBUG"):
-    import logging
-    logging.basicConfig(level=logging.DEBUG)
-
 SM = "urn:xmpp:sm:3"
 STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
 
