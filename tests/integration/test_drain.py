@@ -245,7 +245,11 @@ class DrainAloneTest(ServerTest):
         alice = RawStream(self.srv.port, timeout=10).login("alice", "pw", "raw")
         alice.send(f"<message to='bob@{DOMAIN}/raw' type='chat' id='m1'><body>m1</body></message>")
         bob.recv_until("m1</body>")  # not acknowledged
-        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "drain", "100"], capture_output=True, text=True, timeout=30)
+        for bad in (["100001"], ["x"], ["5", "host:65536"], ["5", "[::1"], ["5", "a_b:5222"]):  # past the caps, bad forms
+            r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "drain", *bad], capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 1, (bad, r.stdout))
+        r = subprocess.run([XMPPCTL, "-c", self.srv.conf, "drain", "100000"], capture_output=True, text=True,
+                           timeout=30)  # the highest rate
         self.assertEqual(r.returncode, 0, r.stderr)
         ans = json.loads(r.stdout)
         self.assertEqual((ans["count"], ans["target"]), (2, None))
