@@ -15,7 +15,8 @@
  * `cluster` also 3 no live node, 4 no live router, 5 the shard map in Redis is not the
  * live routers' (cmd_cluster).
  *
- * status, sessions (without a JID), kick, broadcast, domains and reload ask the running server over its
+ * status, sessions (without a JID), kick, broadcast, domains, reload and drain ask the running
+ * server over its
  * control socket (server.control_socket, or --socket): one tab-separated request line,
  * one JSON answer printed as it comes; exit 0 when it says "ok":true, 1 otherwise. */
 #include <errno.h>
@@ -88,6 +89,9 @@ static const char usage_text[] =
     "  reload                         read the configuration's domains and certificates again\n"
     "                                 (as SIGHUP), with the outcome; removed domains' streams\n"
     "                                 end with <host-gone/>\n"
+    "  drain RATE [HOST:PORT]         (an edge) refuse new connections, send each client to\n"
+    "                                 HOST:PORT with <see-other-host/>, RATE per second\n"
+    "                                 (no target: <system-shutdown/>); progress: status\n"
     "\n"
     "options:\n"
     "  -c, --config CONFIG   server configuration file (for [storage] and [server] domain)\n"
@@ -961,6 +965,12 @@ static int cmd_broadcast(ctl_t *c, char **args, int nargs) {
   return rc;
 }
 
+/* drain RATE [HOST:PORT]: checked by the server. */
+static int cmd_drain(ctl_t *c, char **args, int nargs) {
+  const char *f[] = {"drain", args[0], nargs > 1 ? args[1] : ""};
+  return control_call(c, f, nargs > 1 ? 3 : 2);
+}
+
 typedef struct command {
   const char *name;
   int min_args, max_args;
@@ -983,6 +993,7 @@ static const command_t commands[] = {
     {"broadcast", 1, 1000, "TEXT", cmd_broadcast},
     {"domains", 0, 0, "", cmd_domains},
     {"reload", 0, 0, "", cmd_reload},
+    {"drain", 1, 2, "RATE [HOST:PORT]", cmd_drain},
 };
 
 int main(int argc, char **argv) {

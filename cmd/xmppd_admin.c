@@ -45,7 +45,7 @@ static const char *role_name(int role) {
 
 /* ---- status ------------------------------------------------------------------------- */
 
-static void status_answer(xmppd_admin_t *a, control_req_t *r, long sessions) {
+static void status_answer(xmppd_admin_t *a, control_req_t *r, long sessions, long detached) {
   buf_t b;
   buf_init(&b);
   char when[32];
@@ -58,6 +58,16 @@ static void status_answer(xmppd_admin_t *a, control_req_t *r, long sessions) {
   buf_printf(&b, ",\"role\":\"%s\",\"node_id\":%d,\"io_threads\":%d,\"router_workers\":%d,\"shards\":%u,\"sessions\":%ld",
              role_name(config_role(a->cfg)), a->cfg->cluster_node, a->bus->nedges, a->bus->nworkers,
              a->bus->nshards, sessions);
+  const char *target = NULL;
+  long conns = 0;
+  if (a->edge && edge_draining(a->edge, &target, &conns)) {
+    /* done: no connection open and no detached session left to be resumed elsewhere */
+    buf_printf(&b, ",\"drain\":{\"state\":\"%s\",\"connections\":%ld,\"detached\":%ld,\"target\":",
+               conns == 0 && detached == 0 ? "done" : "draining", conns, detached);
+    if (target) control_json_str(&b, target, strlen(target));
+    else buf_puts(&b, "null");
+    buf_putc(&b, '}');
+  }
   buf_putc(&b, '\0');
   char detail[32];
   snprintf(detail, sizeof detail, "%ld sessions", sessions);
@@ -71,7 +81,8 @@ typedef struct pending {
   xmppd_admin_t *a;
   control_req_t *r;
   edge_admin_op_t op;
-  char *target; /* kick: the JID asked */
+  char *target; /* kick: the JID asked; drain: HOST:PORT */
+  int rate;     /* drain */
   edge_admin_t *er;
 } pending_t;
 
@@ -92,7 +103,7 @@ static void answered(control_req_t *r, void *arg) {
   char detail[64];
   switch (p->op) {
   case EDGE_ADMIN_COUNT:
-    status_answer(p->a, r, (long)n);
+    status_answer(p->a, r, (long)n, (long)edge_admin_detached(er));
     break;
   case EDGE_ADMIN_SESSIONS:
     if (p->target && !n) {
@@ -114,6 +125,14 @@ static void answered(control_req_t *r, void *arg) {
     }
     buf_printf(&b, "\"count\":%zu,\"kicked\":[%s]", n, edge_admin_json(er));
     snprintf(detail, sizeof detail, "%zu sessions ended", n);
+    control_reply(r, (const char *)b.data, detail);
+    break;
+  case EDGE_ADMIN_DRAIN:
+    buf_printf(&b, "\"count\":%zu,\"rate\":%d,\"target\":", n, p->rate);
+    if (p->target) control_json_str(&b, p->target, strlen(p->target));
+    else buf_puts(&b, "null");
+    buf_putc(&b, '\0');
+    snprintf(detail, sizeof detail, "draining %zu connections", n);
     control_reply(r, (const char *)b.data, detail);
     break;
   case EDGE_ADMIN_BROADCAST:
@@ -169,7 +188,7 @@ static void cmd_status(void *ud, control_req_t *r, int argc, char **argv) {
     control_fail(r, "usage: status");
     return;
   }
-  if (!a->edge) status_answer(a, r, 0);
+  if (!a->edge) status_answer(a, r, 0, 0);
   else edge_request(a, r, EDGE_ADMIN_COUNT, NULL, NULL);
 }
 
@@ -209,6 +228,72 @@ static void cmd_kick(void *ud, control_req_t *r, int argc, char **argv) {
   }
   edge_request(a, r, EDGE_ADMIN_KICK, j.full, argc > 1 ? argv[1] : NULL);
   jid_free(&j);
+}
+
+/* RFC 6120 §4.9.3.19: see-other-host holds a domain name or an IP address (IPv6 in
+ * brackets), optionally ':' and a port. A DNS name's letters, digits, '-' and '.', at
+ * most 253; a port 1-65535. */
+static int host_port_ok(const char *s) {
+  const char *h = s, *end;
+  size_t hl;
+  if (*s == '[') {
+    end = strchr(s, ']');
+    if (!end || end == s + 1) return 0;
+    for (const char *p = s + 1; p < end; p++)
+      if (!strchr("0123456789abcdefABCDEF:.", *p)) return 0;
+    end++;
+  } else {
+    end = s + strcspn(s, ":");
+    if (end == s) return 0;
+    for (const char *p = h; p < end; p++)
+      if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+            *p == '.'))
+        return 0;
+  }
+  hl = (size_t)(end - s);
+  if (hl > 253 + 2) return 0;
+  if (!*end) return 1;
+  if (*end != ':' || !end[1] || strlen(end + 1) > 5) return 0;
+  long port = 0;
+  for (const char *p = end + 1; *p; p++) {
+    if (*p < '0' || *p > '9') return 0;
+    port = port * 10 + (*p - '0');
+  }
+  return port >= 1 && port <= 65535;
+}
+
+#define DRAIN_MAX_RATE 100000
+
+static void cmd_drain(void *ud, control_req_t *r, int argc, char **argv) {
+  xmppd_admin_t *a = ud;
+  char *endp = NULL;
+  long rate = argc >= 1 ? strtol(argv[0], &endp, 10) : 0;
+  if (argc < 1 || argc > 2 || !*argv[0] || *endp || rate < 1 || rate > DRAIN_MAX_RATE) {
+    control_fail(r, "usage: drain RATE [HOST:PORT] (RATE: connections sent away per second, 1-100000)");
+    return;
+  }
+  const char *target = argc > 1 && *argv[1] ? argv[1] : NULL;
+  if (target && !host_port_ok(target)) {
+    control_fail(r, "drain: the target must be HOST or HOST:PORT (an IPv6 address in brackets)");
+    return;
+  }
+  if (!a->edge) {
+    control_fail(r, "drain: no client connections in this process (a router): ask the edge nodes");
+    return;
+  }
+  if (edge_drain_begin(a->edge, target) != 0) {
+    control_fail(r, "drain: already draining (see status)");
+    return;
+  }
+  pending_t *p = xcalloc(1, sizeof *p);
+  p->a = a;
+  p->r = r;
+  p->op = EDGE_ADMIN_DRAIN;
+  p->target = target ? xstrdup(target) : NULL;
+  p->rate = (int)rate;
+  p->er = edge_admin_new(a->edge, EDGE_ADMIN_DRAIN, NULL, NULL);
+  edge_admin_set_rate(p->er, (int)rate);
+  edge_admin_post(p->er, edge_done, p);
 }
 
 static void cmd_broadcast(void *ud, control_req_t *r, int argc, char **argv) {
@@ -452,6 +537,7 @@ static const control_cmd_t commands[] = {
     {"sessions", cmd_sessions, "jid", 0, 1},
     {"kick", cmd_kick, "jid,text", 0, 0},
     {"broadcast", cmd_broadcast, "text", 0, 0},
+    {"drain", cmd_drain, "rate,target", 0, 0},
     {"adduser", cmd_adduser, "jid,password", 1u << 1, 0},
     {"deluser", cmd_deluser, "jid", 0, 0},
     {"passwd", cmd_passwd, "jid,password", 1u << 1, 0},

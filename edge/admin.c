@@ -19,7 +19,17 @@
  * broadcast: one <message type='headline'> from the domain to each session's full JID,
  * as a BUS_ROUTE frame to its shard: the router delivers it by the rules of RFC 6121
  * §8.5 and its modules see it, as any message to that JID (a detached session gets it
- * queued for its resumption). */
+ * queued for its resumption).
+ *
+ * drain: each thread closes its listeners (new connections are refused: the kernel
+ * resets them), then ends its connections at its share of the rate, each with <see-other-host>TARGET</see-other-host> (RFC 6120
+ * §4.9.3.19: the client should reconnect there; the value is a domain or an IP
+ * address, an IPv6 one in brackets, with an optional port) and CONN_END_IDLE: a session
+ * with XEP-0198 resumption enabled is detached first, so its client resumes it on the
+ * target node (docs/cluster.md "Stream resumption across nodes") and what it had not
+ * acknowledged reaches it there, once. Without a target (one node, nowhere to send the
+ * clients): <system-shutdown/> and CONN_END_CLEAN, sessions end as in a stop. The rate
+ * spreads the reconnections so the other edges are not hit by all at once. */
 #include "edge/edge_internal.h"
 
 #include <arpa/inet.h>
@@ -43,6 +53,8 @@ struct edge_admin {
   buf_t *parts;  /* [nthreads] */
   size_t *counts;
   buf_t json;
+  size_t *detached; /* COUNT */
+  int rate;         /* DRAIN */
   _Atomic int remaining;
   void (*done)(edge_admin_t *r, void *ud);
   void *ud;
@@ -59,6 +71,8 @@ edge_admin_t *edge_admin_new(edge_t *e, edge_admin_op_t op, const char *jid, con
   r->text = xstrdup(text && *text ? text : KICK_TEXT);
   r->parts = xcalloc((size_t)e->nthreads, sizeof *r->parts);
   r->counts = xcalloc((size_t)e->nthreads, sizeof *r->counts);
+  r->detached = xcalloc((size_t)e->nthreads, sizeof *r->detached);
+  r->rate = 1;
   buf_init(&r->payload);
   buf_init(&r->json);
   if (op == EDGE_ADMIN_BROADCAST) {
@@ -118,11 +132,34 @@ void edge_admin_free(edge_admin_t *r) {
   for (int i = 0; i < r->e->nthreads; i++) buf_free(&r->parts[i]);
   xfree(r->parts);
   xfree(r->counts);
+  xfree(r->detached);
   buf_free(&r->payload);
   buf_free(&r->json);
   xfree(r->jid);
   xfree(r->text);
   xfree(r);
+}
+
+size_t edge_admin_detached(const edge_admin_t *r) {
+  size_t n = 0;
+  for (int i = 0; i < r->e->nthreads; i++) n += r->detached[i];
+  return n;
+}
+
+void edge_admin_set_rate(edge_admin_t *r, int rate) { r->rate = rate > 0 ? rate : 1; }
+
+int edge_drain_begin(edge_t *e, const char *target) {
+  if (atomic_load(&e->draining)) return -1;
+  e->drain_target = target ? xstrdup(target) : NULL; /* freed with the edge */
+  atomic_store(&e->draining, 1);
+  return 0;
+}
+
+int edge_draining(edge_t *e, const char **target, long *conns) {
+  int d = atomic_load(&e->draining);
+  if (target) *target = d ? e->drain_target : NULL;
+  if (conns) *conns = atomic_load(&e->nconns);
+  return d;
 }
 
 /* ---- on the edge thread ------------------------------------------------------------- */
@@ -199,9 +236,64 @@ static void broadcast_one(edge_thread_t *th, const edge_admin_t *r, conn_t *c) {
   bus_to_shard(th->bus, c->shard, bus_msg_new(&f));
 }
 
+/* The drain's timer period; the budget accrues between ticks, capped at one tick's worth
+ * beyond one connection (a late tick sends no burst). */
+#define DRAIN_TICK_MS 10
+
+static void drain_cb(uv_timer_t *t) {
+  edge_thread_t *th = t->data;
+  edge_t *e = th->edge;
+  uint64_t now = edge_now_ms();
+  /* budget in 1/(1000 * nthreads) of a connection: each thread sends rate/nthreads per
+   * second, exactly, without rounding a small rate to 0 */
+  uint64_t cost = 1000u * (uint64_t)e->nthreads, rate = (uint64_t)th->drain_rate;
+  th->drain_acc += rate * (now - th->drain_last_ms);
+  th->drain_last_ms = now;
+  if (th->drain_acc > cost + rate * DRAIN_TICK_MS) th->drain_acc = cost + rate * DRAIN_TICK_MS;
+  int left = 0;
+  for (conn_t *c = th->all, *nx; c; c = nx) {
+    nx = c->next;
+    if (conn_closing(c)) continue;
+    if (th->drain_acc < cost) {
+      left = 1;
+      break;
+    }
+    th->drain_acc -= cost;
+    if (e->drain_target) {
+      log_debug("conn %llx: drain: sent to %s", (unsigned long long)c->id, e->drain_target);
+      conn_see_other_host(c, e->drain_target);
+    } else {
+      conn_stream_error(c, "system-shutdown", "this node is being drained");
+    }
+  }
+  edge_flush(th);
+  if (!left) {
+    uv_timer_stop(t);
+    log_info("drain: thread %d sent all its connections away (%u detached sessions wait for their resumption)",
+             th->index, (unsigned)th->ndetached);
+  }
+}
+
+static size_t drain_start(edge_thread_t *th, const edge_admin_t *r) {
+  for (int i = 0; i < th->nlisteners; i++) uv_close((uv_handle_t *)&th->listeners[i], NULL);
+  th->nlisteners = 0; /* new connections are refused from now on */
+  size_t n = 0;
+  for (conn_t *c = th->all; c; c = c->next) n += !conn_closing(c);
+  th->drain_rate = r->rate;
+  th->drain_acc = 1000u * (uint64_t)th->edge->nthreads; /* the first goes at once */
+  th->drain_last_ms = edge_now_ms();
+  if (!th->stopping) uv_timer_start(&th->drain_timer, drain_cb, 0, DRAIN_TICK_MS);
+  return n;
+}
+
 void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
   buf_t *b = &r->parts[th->index];
   size_t n = 0;
+  if (r->op == EDGE_ADMIN_DRAIN) {
+    r->counts[th->index] = drain_start(th, r);
+    if (atomic_fetch_sub(&r->remaining, 1) == 1) r->done(r, r->ud);
+    return;
+  }
   /* two passes: the connections, then the detached sessions (XEP-0198 §5) */
   for (int pass = 0; pass < 2; pass++)
     for (conn_t *c = pass ? th->detached : th->all, *nx; c; c = nx) {
@@ -215,7 +307,11 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
         list_one(th, b, c);
         n++;
         break;
-      case EDGE_ADMIN_COUNT: n++; break;
+      case EDGE_ADMIN_COUNT:
+        n++;
+        r->detached[th->index] += pass;
+        break;
+      case EDGE_ADMIN_DRAIN: break; /* above */
       case EDGE_ADMIN_BROADCAST:
         if (c->state == CONN_ST_BINDING) break; /* not a session yet: the router may refuse it */
         broadcast_one(th, r, c);

@@ -291,7 +291,7 @@ void conn_send(conn_t *c, const char *data, size_t len) {
 void conn_send_str(conn_t *c, const char *s) { conn_send(c, s, strlen(s)); }
 
 /* Writes the stream error (or the plain close), then ends the connection. */
-static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char *text) {
+static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char *value, const char *text) {
   if (conn_closing(c)) return;
   if (!c->header_sent) {
     /* RFC 6120 §4.9.1.2: open the stream first, then send the error */
@@ -307,7 +307,13 @@ static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char
   if (cond) {
     buf_t e;
     buf_init(&e);
-    buf_printf(&e, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", cond);
+    if (value) { /* the condition's content: see-other-host's address (§4.9.3.19) */
+      buf_printf(&e, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'>", cond);
+      xml_escape(&e, value, strlen(value), 0);
+      buf_printf(&e, "</%s>", cond);
+    } else {
+      buf_printf(&e, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", cond);
+    }
     if (text) {
       buf_puts(&e, "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
       xml_escape(&e, text, strlen(text), 0);
@@ -323,7 +329,15 @@ static void stream_error(conn_t *c, conn_end_t how, const char *cond, const char
   conn_end(c, how);
 }
 
-void conn_stream_error(conn_t *c, const char *cond, const char *text) { stream_error(c, CONN_END_CLEAN, cond, text); }
+void conn_stream_error(conn_t *c, const char *cond, const char *text) {
+  stream_error(c, CONN_END_CLEAN, cond, NULL, text);
+}
+
+void conn_see_other_host(conn_t *c, const char *host) {
+  /* CONN_END_IDLE: the stream ends cleanly, and a resumable session is detached so the
+   * client resumes it at host (XEP-0198 §5; across nodes: docs/cluster.md) */
+  stream_error(c, CONN_END_IDLE, "see-other-host", host, NULL);
+}
 
 /* Input is parsed in pieces so the shaper can stop a flood between stanzas, not only
  * between reads: once the client is over its rate, or the bus is congested (a queue
@@ -600,7 +614,7 @@ void conn_sweep_cb(uv_timer_t *t) {
       conn_stream_error(c, "connection-timeout", "authentication took too long");
     } else if (now - c->last_in_ms > (uint64_t)cfg->idle_timeout * 1000) {
       /* a client that went silent (lost its network) may come back: CONN_END_IDLE */
-      stream_error(c, CONN_END_IDLE, "connection-timeout", NULL);
+      stream_error(c, CONN_END_IDLE, "connection-timeout", NULL, NULL);
     } else if (c->header_sent && now - c->last_out_ms > (uint64_t)cfg->keepalive * 1000) {
       conn_send(c, " ", 1); /* RFC 6120 §4.6.1 whitespace keepalive */
     }

@@ -195,6 +195,7 @@ static void quit(edge_thread_t *th) {
   th->quit_ms = edge_now_ms();
   uv_timer_start(&th->sweep, quit_sweep_cb, 100, 100);
   uv_close((uv_handle_t *)&th->throttle, close_cb_noop);
+  uv_close((uv_handle_t *)&th->drain_timer, close_cb_noop);
   uv_close((uv_handle_t *)&th->stop_async, close_cb_noop);
   bus_queue_close(&th->bus->edge_q[th->index]);
 }
@@ -204,6 +205,7 @@ static void stop_cb(uv_async_t *a) {
   int phase = atomic_load(&th->phase);
   if (!th->stopping) {
     th->stopping = 1;
+    uv_timer_stop(&th->drain_timer); /* a drain under way: the rest get <system-shutdown/> */
     for (int i = 0; i < th->nlisteners; i++) uv_close((uv_handle_t *)&th->listeners[i], close_cb_noop);
     th->nlisteners = 0;
     for (conn_t *c = th->all, *nx; c; c = nx) {
@@ -301,6 +303,8 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
     conn_thread_init(th);
     sasl_thread_init(th);
     uv_timer_init(&th->loop, &th->sweep);
+    uv_timer_init(&th->loop, &th->drain_timer);
+    th->drain_timer.data = th;
     th->sweep.data = th;
     uv_async_init(&th->loop, &th->stop_async, stop_cb);
     th->stop_async.data = th;
@@ -401,6 +405,7 @@ void edge_free(edge_t *e) {
   guard_free(e->guard);
   strmap_free(e->rids, xfree_cb);
   uv_mutex_destroy(&e->rid_lock);
+  xfree(e->drain_target);
   xfree(e->threads);
   xfree(e);
 }

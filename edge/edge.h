@@ -42,6 +42,7 @@ typedef enum {
   EDGE_ADMIN_BROADCAST, /* a headline message from the domain to each, routed as any message */
   EDGE_ADMIN_DOMAIN_GONE, /* end every stream of the domain jid with <host-gone/> (RFC 6120
                            §4.9.3.5): it was removed from the configuration */
+  EDGE_ADMIN_DRAIN,     /* stop accepting; send every connection away (edge_drain_begin), at a rate */
 } edge_admin_op_t;
 typedef struct edge_admin edge_admin_t;
 /* jid: normalised (kick; sessions: NULL for all); text: the stream error's text (kick, NULL: a default) or the
@@ -55,5 +56,18 @@ void edge_admin_post(edge_admin_t *r, void (*done)(edge_admin_t *r, void *ud), v
 size_t edge_admin_count(const edge_admin_t *r);
 const char *edge_admin_json(edge_admin_t *r);
 void edge_admin_free(edge_admin_t *r);
+/* COUNT: how many of the sessions counted are detached (XEP-0198 §5). */
+size_t edge_admin_detached(const edge_admin_t *r);
+/* DRAIN: connections sent away per second, the whole edge (>= 1); before the post. */
+void edge_admin_set_rate(edge_admin_t *r, int rate);
+
+/* A planned drain (docs/operations.md "Draining an edge"): marks the edge draining, with
+ * target (HOST:PORT, checked by the caller) named in each connection's
+ * <see-other-host/>, or NULL: <system-shutdown/>. 0, or -1 when a drain began already.
+ * Then post an EDGE_ADMIN_DRAIN request. Main thread. */
+int edge_drain_begin(edge_t *e, const char *target);
+/* 1 once a drain began (*target: its target or NULL); *conns: client connections still
+ * open, any state (may be NULL). Any thread. */
+int edge_draining(edge_t *e, const char **target, long *conns);
 
 #endif

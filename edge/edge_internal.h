@@ -57,6 +57,11 @@ struct edge_thread {
   uint64_t last_accept_warn_ms;
   uint64_t last_prune_ms;   /* thread 0 prunes the guard's idle entries once a minute */
   uint64_t quit_ms;         /* when the second phase of stopping began */
+  /* a drain (admin.c): connections sent away at drain_rate per second (this thread's
+   * share), the timer's budget in thousandths of a connection */
+  uv_timer_t drain_timer;
+  int drain_rate;
+  uint64_t drain_acc, drain_last_ms;
   /* account reads asked by <auth/> this loop turn, read together next turn (sasl.c) */
   uv_idle_t acct_idle;
   struct acct_req *acct_q;
@@ -89,6 +94,10 @@ struct edge {
    * session's end: rare) */
   uv_mutex_t rid_lock;
   struct strmap *rids;
+  /* a drain (admin.c): set once by the main thread before the request reaches the
+   * threads (the bus queue orders it); drain_target NULL: <system-shutdown/> instead */
+  _Atomic int draining;
+  char *drain_target;
 };
 
 /* Where a connection is in its negotiation (RFC 6120 §4-§7, XEP-0198 §5); the diagram
@@ -141,8 +150,9 @@ typedef enum {
   CONN_END_CLEAN, /* we end the stream (what is queued: </stream:stream>, a stream error):
                      the session ends, TLS close_notify follows, the socket closes once
                      all is written */
-  CONN_END_IDLE,  /* the same for a client silent past limits.idle_timeout, but its session
-                     waits for a resumption when it can (XEP-0198 §5) */
+  CONN_END_IDLE,  /* the same for a client silent past limits.idle_timeout, or sent to
+                     another edge by a drain (see-other-host), but its session waits for a
+                     resumption when it can (XEP-0198 §5) */
   CONN_END_LOST,  /* the transport failed or the peer went (EOF, reset, a TLS or write
                      error): the session is detached when it can be, else ends; no
                      close_notify; what is queued (a TLS alert) is written if it can be */
@@ -288,6 +298,9 @@ void conn_session_end(conn_t *c);
 /* Wrappers: a stream error then CONN_END_CLEAN (RFC 6120 §4.9; cond NULL: a plain
  * </stream:stream>); CONN_END_CLEAN; CONN_END_ABORT. */
 void conn_stream_error(conn_t *c, const char *cond, const char *text);
+/* A drain (admin.c): <see-other-host>host</see-other-host> (RFC 6120 §4.9.3.19), then
+ * CONN_END_IDLE: a resumable session is detached, to be resumed at host. */
+void conn_see_other_host(conn_t *c, const char *host);
 void conn_close(conn_t *c);
 void conn_abort(conn_t *c);
 /* A job holding c finished: returns 1 if c was closed meanwhile (then freed once no job
