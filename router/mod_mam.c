@@ -34,6 +34,8 @@
  * hold and the writer commits it all before the router is freed. What a crash of the
  * process can lose is the archive rows of the last mam_commit_ms (plus the commit in
  * progress), never a message (delivery and offline storage do not wait for the archive).
+ * A commit that fails with XMPP_AGAIN (the store unavailable) keeps its rows for retry
+ * (mam_retry_t), written again in order before anything newer, within mam_retry_bytes.
  * mam_commit_ms = 0: no writer, each worker commits its own rows at the end of each batch.
  *
  * Queries (§4): a data form with FORM_TYPE, with, start, end, before-id, after-id and ids
