@@ -496,7 +496,7 @@ if has faults; then
   }
   fsum() { # JSON FAULT EFFECT-FILE DIR: one table row
     local arch
-    arch=$(cat "$4"/log/router*.log | { grep -o 'archive: [0-9]* messages could not be stored' || true; } | awk '{ s += $2 } END { print s + 0 }')
+    arch=$(cat "$4"/log/router*.log | { grep -oE 'archive: [0-9]+ messages (could not be stored|dropped)' || true; } | awk '{ s += $2 } END { print s + 0 }')
     jq -r --arg f "$2" --arg eff "$(cat "$3" 2>/dev/null || true)" --argjson arch "$arch" '
       def n: tostring | if length > 3 then .[:-3] + "," + .[-3:] else . end;
       "| \($f) | \(.sent|n) | \(.acknowledged|n) | \(.delivered_live|n) | \(.delivered_offline|n) | \(.lost_acknowledged|n) | \(.duplicated|n) | \(.stanza_errors|n)" +

@@ -119,7 +119,7 @@ static int writer_mode(const char *backend, const char *target, int argc, char *
   char(*data)[230] = xcalloc((size_t)group / 2 + 2, sizeof *data);
   for (size_t i = 0; i < sizeof data[0]; i++) data[0][i] = (char)('a' + i % 26);
   store_mam_msg_t *rows = xcalloc((size_t)group, sizeof *rows);
-  store_mam_limits_t lim = {100000, 0};
+  store_mam_limits_t lim = {100000, 0, 0};
   int64_t id = (int64_t)time(NULL) * 1000000 - (int64_t)n * 500;
   double c0 = 0, t0 = 0;
   int timed = 0;
@@ -206,7 +206,7 @@ int main(int argc, char **argv) {
   int64_t *ids = xmalloc((size_t)n * sizeof *ids);
   int64_t base = (int64_t)time(NULL) * 1000000 - (int64_t)n * 1000;
   store_mam_msg_t batch[256];
-  store_mam_limits_t lim = {0, 0};
+  store_mam_limits_t lim = {0, 0, 0};
   double t0 = now_s(), c0 = cpu_s();
   for (int i = 0; i < n;) {
     int k = 0;

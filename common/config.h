@@ -84,6 +84,7 @@ typedef struct xmpp_config {
   /* XEP-0313 archive (router/mod_mam.c) */
   int mam_enabled;       /* archive one-to-one messages */
   int mam_commit_ms;     /* archive writer's group-commit window; 0 = workers commit their own */
+  int mam_retry_bytes;   /* archive rows kept for retry while the store is unavailable, at most */
   int mam_max_messages;  /* messages kept per account; 0 = no limit */
   int mam_max_age_days;  /* days a message is kept; 0 = forever */
   int mam_max_page;      /* results one query returns at most */

@@ -150,6 +150,10 @@ static const family_t families[] = {
     {"xmppd_sm_copies_acked_total", F_COUNTER,
      "Cluster: copies of messages a router kept for XEP-0198 sessions and dropped once the client acknowledged them",
      M_SM_COPIES_ACKED, 1, NULL, NULL, 1},
+    {"xmppd_mam_rows_dropped_total", F_COUNTER,
+     "Archive rows dropped, unwritten: the store was unavailable and the rows kept for retry reached "
+     "server.mam_retry_bytes",
+     M_MAM_DROPPED, 1, NULL, NULL, 1},
     {"xmppd_redis_rtt_seconds", F_HIST, "Redis round trips (a command, or a pipeline), by client", M_REDIS_HIST, 2,
      "client", clients, METRICS_HIST_STRIDE},
     {"xmppd_redis_errors_total", F_COUNTER, "Redis errors by client: an error reply, or a connection failure (io)",

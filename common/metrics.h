@@ -61,6 +61,7 @@ typedef enum {
   /* cluster, XEP-0198 acknowledgements forwarded to the router (edge/sm.c, router/session.c) */
   M_SM_ACK_FRAMES,        /* edge: BUS_SM_ACK frames sent */
   M_SM_COPIES_ACKED,      /* router: copies of messages dropped, acknowledged by the client */
+  M_MAM_DROPPED,          /* archive rows dropped: the store unavailable beyond server.mam_retry_bytes */
   /* Redis round trips: one histogram per client (metrics_redis_t) */
   M_REDIS_HIST,
   M_REDIS_ERRORS = M_REDIS_HIST + 2 * METRICS_HIST_STRIDE, /* + 2 * client + (0 reply, 1 I/O) */

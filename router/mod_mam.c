@@ -34,6 +34,8 @@
  * hold and the writer commits it all before the router is freed. What a crash of the
  * process can lose is the archive rows of the last mam_commit_ms (plus the commit in
  * progress), never a message (delivery and offline storage do not wait for the archive).
+ * A commit that fails with XMPP_AGAIN (the store unavailable) keeps its rows for retry
+ * (mam_retry_t), written again in order before anything newer, within mam_retry_bytes.
  * mam_commit_ms = 0: no writer, each worker commits its own rows at the end of each batch.
  *
  * Queries (§4): a data form with FORM_TYPE, with, start, end, before-id, after-id and ids
@@ -74,6 +76,10 @@
 #define MAM_QUEUE_BYTES (16u << 20) /* the writer's queue: beyond, workers wait (back-pressure) */
 #define MAM_GROUP_MAX 8192      /* rows the writer commits in one group at most */
 #define MAM_WRITER_CACHE (32u << 20) /* the writer's store page cache (store_set_cache) */
+#define MAM_RETRY_MIN_MS 100    /* back-off between attempts on a store that failed: from */
+#define MAM_RETRY_MAX_MS 2000   /* ... doubling to */
+#define MAM_RETRY_STOP_MS 5000  /* a stopping writer tries this long, then drops what it kept */
+#define MAM_DROP_LOG_NS (10 * 1000000000ull) /* one "dropped" log line at most this often */
 #define MAM_PREFS_CACHE 4096    /* accounts whose preferences a worker remembers */
 #define PREF_ALWAYS ((void *)1)
 #define PREF_NEVER ((void *)2)
@@ -84,6 +90,20 @@ typedef struct prefs {
   int dflt;       /* STORE_MAM_* */
   strmap_t *jids; /* JID -> PREF_ALWAYS / PREF_NEVER; NULL when none */
 } prefs_t;
+
+/* Rows whose commit failed with XMPP_AGAIN (the store unreachable or busy: store.h),
+ * kept in order and committed again, with back-off, before anything newer: by the writer,
+ * or, without one, by the worker that made them. At most server.mam_retry_bytes are kept
+ * (row_bytes); what comes beyond is dropped, counted (xmppd_mam_rows_dropped_total) and
+ * logged at most once per 10 s. */
+typedef struct mam_retry {
+  store_mam_msg_t *rows; /* strings owned */
+  size_t n, cap, bytes;
+  uint64_t next_at;  /* uv_hrtime() of the next attempt */
+  unsigned delay_ms; /* the next back-off */
+  unsigned attempts; /* failed attempts since the store last took rows */
+  uint64_t dropped, dropped_logged, drop_log_at;
+} mam_retry_t;
 
 /* The router's archive writer (one per router, shared by its workers): rows handed over
  * under mu, committed by its thread in groups. */
@@ -98,8 +118,11 @@ typedef struct mam_writer {
   size_t n, cap, bytes;
   uint64_t first_at;    /* uv_hrtime() when the oldest of q was handed over */
   uint64_t handed;      /* rows handed over since the start */
-  uint64_t committed;   /* rows whose group's commit has returned */
+  uint64_t committed;   /* rows whose group's commit has returned (or that it kept for retry) */
   int sync, stop;
+  mam_retry_t retry;    /* the thread's own */
+  size_t kept;          /* retry.n, as of the thread's last commit or attempt */
+  uint64_t tries;       /* commits or attempts the thread has made */
 } mam_writer_t;
 
 typedef struct mam_w {
@@ -107,6 +130,7 @@ typedef struct mam_w {
   int64_t last_id;
   store_mam_msg_t *pend; /* strings owned */
   size_t npend, cap;
+  mam_retry_t retry; /* without a writer */
   strmap_t *prefs; /* bare -> prefs_t, at most MAM_PREFS_CACHE */
   size_t nprefs;
 } mam_w_t;
@@ -295,24 +319,130 @@ static size_t row_bytes(const store_mam_msg_t *x) {
   return sizeof *x + strlen(x->owner) + strlen(x->with) + (x->with_full ? strlen(x->with_full) : 0) + x->len;
 }
 
-/* Writes n rows in one transaction (one pipeline) and frees their strings. */
-static void commit_rows(store_t *st, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n) {
-  store_mam_limits_t lim = {(unsigned)cfg->mam_max_messages, 0};
+/* Writes n rows in one transaction (one pipeline): store_mam_append's code. */
+static int commit_rows(store_t *st, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n, int replay) {
+  store_mam_limits_t lim = {(unsigned)cfg->mam_max_messages, 0, replay};
   if (cfg->mam_max_age_days) lim.min_id = now_us() - (int64_t)cfg->mam_max_age_days * 86400 * 1000000;
-  int rc = store_mam_append(st, rows, n, &lim);
+  return store_mam_append(st, rows, n, &lim);
+}
+
+/* Frees n rows that will never be stored, counted and logged (rate-limited). */
+static void retry_drop(mam_retry_t *rt, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n) {
+  rows_free(rows, n);
+  rt->dropped += n;
+  metrics_add(M_MAM_DROPPED, (int64_t)n);
+  uint64_t now = uv_hrtime();
+  if (rt->drop_log_at && now < rt->drop_log_at + MAM_DROP_LOG_NS) return;
+  rt->drop_log_at = now;
+  log_error("archive: %llu messages dropped (%llu since the start): the store has been unavailable, "
+            "and the rows kept for retry reached server.mam_retry_bytes (%d)",
+            (unsigned long long)(rt->dropped - rt->dropped_logged), (unsigned long long)rt->dropped,
+            cfg->mam_retry_bytes);
+  rt->dropped_logged = rt->dropped;
+}
+
+/* Keeps n rows (taking their strings) behind those already kept, within the budget. */
+static void retry_keep(mam_retry_t *rt, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n) {
+  size_t k = 0;
+  for (; k < n; k++) {
+    size_t b = row_bytes(&rows[k]);
+    if (rt->bytes + b > (size_t)cfg->mam_retry_bytes) break;
+    if (rt->n == rt->cap) {
+      rt->cap = rt->cap ? rt->cap * 2 : 256;
+      rt->rows = xrealloc(rt->rows, rt->cap * sizeof *rt->rows);
+    }
+    rt->rows[rt->n++] = rows[k];
+    rt->bytes += b;
+  }
+  if (k < n) retry_drop(rt, cfg, rows + k, n - k);
+}
+
+/* Commits the kept rows, oldest first, in groups of MAM_GROUP_MAX, if their time has come
+ * (now: at once). After XMPP_AGAIN the next attempt is a back-off later; another error
+ * is permanent: the group is dropped, logged. */
+static void retry_run(mam_retry_t *rt, store_t *st, const xmpp_config_t *cfg, int now) {
+  if (!rt->n || (!now && uv_hrtime() < rt->next_at)) return;
+  size_t done = 0;
+  while (done < rt->n) {
+    size_t k = rt->n - done < MAM_GROUP_MAX ? rt->n - done : MAM_GROUP_MAX;
+    int rc = commit_rows(st, cfg, rt->rows + done, k, 1);
+    if (rc == XMPP_AGAIN) {
+      rt->attempts++;
+      rt->next_at = uv_hrtime() + (uint64_t)rt->delay_ms * 1000000;
+      rt->delay_ms = rt->delay_ms * 2 < MAM_RETRY_MAX_MS ? rt->delay_ms * 2 : MAM_RETRY_MAX_MS;
+      break;
+    }
+    if (rc) log_error("archive: %zu messages could not be stored: %s", k, xmpp_strerror(rc));
+    else if (rt->attempts) {
+      log_info("archive: the store is back: %zu kept messages stored after %u attempts", k, rt->attempts + 1);
+      rt->attempts = 0;
+    }
+    for (size_t i = done; i < done + k; i++) rt->bytes -= row_bytes(&rt->rows[i]);
+    rows_free(rt->rows + done, k);
+    done += k;
+    rt->delay_ms = MAM_RETRY_MIN_MS;
+  }
+  if (done) memmove(rt->rows, rt->rows + done, (rt->n - done) * sizeof *rt->rows);
+  rt->n -= done;
+  if (!rt->n) rt->bytes = 0;
+}
+
+/* Commits n rows (taking their strings), after those kept for retry (in order: while any
+ * are kept, these are kept behind them); on XMPP_AGAIN keeps them for retry. The kept
+ * ones are tried first when their back-off is over, or now (a query waits, or these would
+ * not fit in the budget: rows are dropped only after an attempt has failed). */
+static void commit_or_keep(mam_retry_t *rt, store_t *st, const xmpp_config_t *cfg, store_mam_msg_t *rows, size_t n,
+                           int now) {
+  if (rt->n) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += row_bytes(&rows[i]);
+    retry_run(rt, st, cfg, now || rt->bytes + bytes > (size_t)cfg->mam_retry_bytes);
+    if (rt->n) {
+      retry_keep(rt, cfg, rows, n);
+      return;
+    }
+  }
+  int rc = commit_rows(st, cfg, rows, n, 0);
+  if (rc == XMPP_AGAIN) {
+    log_warn("archive: the store is unavailable: %zu messages kept, tried again from %d ms", n, MAM_RETRY_MIN_MS);
+    rt->attempts = 1;
+    rt->delay_ms = MAM_RETRY_MIN_MS * 2;
+    rt->next_at = uv_hrtime() + (uint64_t)MAM_RETRY_MIN_MS * 1000000;
+    retry_keep(rt, cfg, rows, n);
+    return;
+  }
   if (rc) log_error("archive: %zu messages could not be stored: %s", n, xmpp_strerror(rc));
   rows_free(rows, n);
 }
 
-/* Hands the worker's pending rows to the writer (or, without one, commits them). */
-static void flush(worker_t *w, mam_w_t *m) {
-  if (!m->npend) return;
+/* At the end: tries the kept rows until deadline (uv_hrtime), then drops what is left. */
+static void retry_finish(mam_retry_t *rt, store_t *st, const xmpp_config_t *cfg, uint64_t deadline) {
+  while (rt->n && uv_hrtime() < deadline) {
+    uint64_t now = uv_hrtime();
+    if (now < rt->next_at) uv_sleep((unsigned)((rt->next_at - now) / 1000000 + 1));
+    retry_run(rt, st, cfg, 0);
+  }
+  if (rt->n) {
+    rt->drop_log_at = 0;
+    retry_drop(rt, cfg, rt->rows, rt->n);
+  }
+  rt->n = rt->bytes = 0;
+  xfree(rt->rows);
+  rt->rows = NULL;
+}
+
+/* Hands the worker's pending rows to the writer (or, without one, commits them, after
+ * the rows it kept for retry: those are tried at the end of its batches of frames once
+ * their back-off is over, and now when query). */
+static void flush(worker_t *w, mam_w_t *m, int query) {
   mam_writer_t *wr = m->writer;
   if (!wr) {
-    commit_rows(w->store, w->cfg, m->pend, m->npend);
+    if (m->npend) commit_or_keep(&m->retry, w->store, w->cfg, m->pend, m->npend, query);
+    else retry_run(&m->retry, w->store, w->cfg, query);
     m->npend = 0;
     return;
   }
+  if (!m->npend) return;
   size_t bytes = 0;
   for (size_t i = 0; i < m->npend; i++) bytes += row_bytes(&m->pend[i]);
   uv_mutex_lock(&wr->mu);
@@ -342,6 +472,12 @@ static void writer_sync(mam_writer_t *wr) {
   if (!wr) return;
   uv_mutex_lock(&wr->mu);
   uint64_t upto = wr->handed;
+  if (wr->kept) { /* rows kept for retry: one more attempt, now */
+    uint64_t g = wr->tries;
+    wr->sync = 1;
+    uv_cond_signal(&wr->wake);
+    while (wr->tries == g) uv_cond_wait(&wr->done, &wr->mu);
+  }
   while (wr->committed < upto) {
     if (wr->n) { /* not taken yet: now, not at the window's end */
       wr->sync = 1;
@@ -360,9 +496,28 @@ static void writer_main(void *arg) {
   store_mam_msg_t *rows = NULL;
   size_t cap = 0;
   uv_mutex_lock(&wr->mu);
+  mam_retry_t *rt = &wr->retry;
   for (;;) {
-    while (!wr->n && !wr->stop) uv_cond_wait(&wr->wake, &wr->mu);
-    if (!wr->n) break; /* stopped, and everything committed */
+    while (!wr->n && !wr->stop) {
+      if (!rt->n) {
+        uv_cond_wait(&wr->wake, &wr->mu);
+        continue;
+      }
+      uint64_t now = uv_hrtime();
+      if (now >= rt->next_at || wr->sync) { /* kept rows due (or a query waits), nothing new */
+        int synced = wr->sync;
+        wr->sync = 0;
+        uv_mutex_unlock(&wr->mu);
+        retry_run(rt, wr->store, wr->cfg, synced);
+        uv_mutex_lock(&wr->mu);
+        wr->kept = rt->n;
+        wr->tries++;
+        uv_cond_broadcast(&wr->done);
+        continue;
+      }
+      uv_cond_timedwait(&wr->wake, &wr->mu, rt->next_at - now);
+    }
+    if (!wr->n) break; /* stopped, and everything committed (or kept: retry_finish) */
     /* the group: until its window ends, unless a query waits, the queue is full, or stop */
     for (;;) {
       uint64_t now = uv_hrtime();
@@ -373,6 +528,7 @@ static void writer_main(void *arg) {
     }
     int early = !wr->sync && !wr->stop && (wr->n >= MAM_GROUP_MAX || wr->bytes >= MAM_QUEUE_BYTES / 2);
     size_t early_bytes = wr->bytes;
+    int synced = wr->sync; /* a query waits: kept rows are tried now, whatever their back-off */
     wr->sync = 0;
     size_t n = wr->n;
     if (n > cap) {
@@ -387,12 +543,15 @@ static void writer_main(void *arg) {
     if (early)
       log_info("archive writer: %zu rows (%zu bytes) queued before the window's end: committed now", n,
                 early_bytes);
-    commit_rows(wr->store, wr->cfg, rows, n);
+    commit_or_keep(rt, wr->store, wr->cfg, rows, n, synced);
     uv_mutex_lock(&wr->mu);
-    wr->committed += n;
+    wr->committed += n; /* or kept: a query does not wait for the store to come back */
+    wr->kept = rt->n;
+    wr->tries++;
     uv_cond_broadcast(&wr->done);
   }
   uv_mutex_unlock(&wr->mu);
+  retry_finish(rt, wr->store, wr->cfg, uv_hrtime() + (uint64_t)MAM_RETRY_STOP_MS * 1000000);
   xfree(rows);
 }
 
@@ -456,7 +615,7 @@ static void archive(worker_t *w, mam_w_t *m, const char *owner, int64_t id, cons
       .data = (const char *)data,
       .len = len,
   };
-  if (m->npend >= MAM_FLUSH_AT) flush(w, m);
+  if (m->npend >= MAM_FLUSH_AT) flush(w, m, 0);
 }
 
 /* ---- hooks -------------------------------------------------------------------------- */
@@ -495,7 +654,7 @@ static int on_message_in(mod_event_t *e) {
 }
 
 static int on_batch_end(mod_event_t *e) {
-  flush(e->w, state(e->w));
+  flush(e->w, state(e->w), 0);
   return MOD_OK;
 }
 
@@ -570,7 +729,7 @@ static int64_t known_id(mod_iq_ctx_t *c, const char *s) {
 static void query(mod_iq_ctx_t *c) {
   worker_t *w = c->w;
   arena_t *a = &w->arena;
-  flush(w, state(w));
+  flush(w, state(w), 1);
   writer_sync(state(w)->writer);
   const xmpp_config_t *cfg = w->cfg;
   unsigned cap = (unsigned)cfg->mam_max_page;
@@ -787,7 +946,8 @@ static void *worker_init(worker_t *w) {
 
 static void worker_free(worker_t *w, void *p) {
   mam_w_t *m = p;
-  flush(w, m);
+  flush(w, m, 0);
+  retry_finish(&m->retry, w->store, w->cfg, uv_hrtime() + (m->retry.n ? MAM_RETRY_STOP_MS : 0) * 1000000ull);
   xfree(m->pend);
   strmap_free(m->prefs, prefs_free);
   xfree(m);

@@ -339,7 +339,7 @@ int store_mam_append(store_t *s, const store_mam_msg_t *msgs, size_t n, const st
         (msgs[i].with_full && !*msgs[i].with_full))
       return XMPP_EINVAL;
   if (n == 0) return 0;
-  store_mam_limits_t none = {0, 0};
+  store_mam_limits_t none = {0, 0, 0};
   return s->ops->mam_append(s->be, msgs, n, lim ? lim : &none);
 }
 

@@ -169,11 +169,17 @@ typedef struct store_mam_msg {
 typedef struct store_mam_limits {
   unsigned max_messages;
   int64_t min_id;
+  int replay; /* the rows were given before to a call that failed with XMPP_AGAIN: a row
+               * that call did store (Redis: a write whose reply was lost) is not stored
+               * again (SQLite: nothing to do, the failed transaction stored nothing) */
 } store_mam_limits_t;
 
 /* Appends n messages (to any accounts) in ONE transaction (SQLite) or one pipeline
  * (Redis). XMPP_ENOENT for a message whose owner has no account is not an error of
- * the others: the call returns 0 when every message with an account was stored. */
+ * the others: the call returns 0 when every message with an account was stored.
+ * XMPP_AGAIN: the store could not be reached or was busy (Redis down, loading, busy or
+ * timed out; SQLite busy or locked): the same rows may be given again,
+ * with lim->replay set. Any other error is permanent for these rows. */
 int store_mam_append(store_t *s, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim);
 
 /* A query of one archive: messages with after < id < before (0 / INT64_MAX: no bound),

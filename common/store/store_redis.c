@@ -184,13 +184,26 @@ static const char *const script_text[S_COUNT] = {
      * last + 1; the stream id is ms-(us % 1000). The index holds "b\0BARE\0HEX16" and
      * "f\0FULL\0HEX16" (score 0: ZRANGEBYLEX gives one contact's ids in order).
      * Retention: up to 256 entries older than min id, and the oldest once the stream is
-     * max/16 over max, are removed with their index members (XTRIM MINID). */
+     * max/16 over max, are removed with their index members (XTRIM MINID).
+     * ARGV[7] '1' (a replay: an earlier attempt may have stored it, its reply lost): an
+     * entry at or after the id (64 at most) with the same contact and data is this message
+     * already stored, whose id is returned, and nothing is added. */
     [S_MAM_APPEND] =
         "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
         "local id = tonumber(ARGV[1]) "
         "local last = tonumber(redis.call('HGET', KEYS[1], 'mam_last')) or 0 "
-        "if id <= last then id = last + 1 end "
         "local function sid(x) return string.format('%d-%d', (x - x % 1000) / 1000, x % 1000) end "
+        "if id <= last and ARGV[7] == '1' then "
+        "  for _, e in ipairs(redis.call('XRANGE', KEYS[2], sid(id), '+', 'COUNT', 64)) do "
+        "    local f = e[2] local w, d = nil, nil "
+        "    for i = 1, #f, 2 do if f[i] == 'w' then w = f[i + 1] elseif f[i] == 'd' then d = f[i + 1] end end "
+        "    if w == ARGV[2] and d == ARGV[4] then "
+        "      local ms, sq = string.match(e[1], '^(%d+)-(%d+)$') "
+        "      return tonumber(ms) * 1000 + tonumber(sq) "
+        "    end "
+        "  end "
+        "end "
+        "if id <= last then id = last + 1 end "
         "local function hex(x) return string.format('%016x', x) end "
         "redis.call('HSET', KEYS[1], 'mam_last', string.format('%d', id)) "
         "redis.call('XADD', KEYS[2], sid(id), 'w', ARGV[2], 'f', ARGV[3], 'd', ARGV[4]) "
@@ -2016,18 +2029,28 @@ typedef struct {
 /* The script's arguments for message i (keys, then ARGV), into av/al; num holds the
  * numbers' text. */
 static void mam_append_args(const mam_app_t *x, size_t i, const char **av, size_t *al, char num[3][24]) {
+  static const char replay[2][2] = {"0", "1"};
   const store_mam_msg_t *m = &x->msgs[i];
   snprintf(num[0], 24, "%lld", (long long)m->id);
   snprintf(num[1], 24, "%u", x->lim->max_messages);
   snprintf(num[2], 24, "%lld", (long long)x->lim->min_id);
   const char *v[] = {x->uk[i].a, x->mk[i].m, x->mk[i].mw, num[0], m->with, m->with_full ? m->with_full : "",
-                     m->data, num[1], num[2]};
+                     m->data, num[1], num[2], replay[x->lim->replay ? 1 : 0]};
   size_t l[] = {x->uk[i].la, strlen(x->mk[i].m), strlen(x->mk[i].mw), strlen(num[0]), strlen(m->with),
-                m->with_full ? strlen(m->with_full) : 0, m->len, strlen(num[1]), strlen(num[2])};
-  for (int k = 0; k < 9; k++) {
+                m->with_full ? strlen(m->with_full) : 0, m->len, strlen(num[1]), strlen(num[2]), 1};
+  for (int k = 0; k < 10; k++) {
     av[k] = v[k];
     al[k] = l[k];
   }
+}
+
+/* An error reply that says "later": loading its data set, a script running too long, a
+ * failover under way. */
+static int transient_reply(const redisReply *rep) {
+  static const char *const pre[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"};
+  for (size_t i = 0; i < sizeof pre / sizeof *pre; i++)
+    if (rep->str && !strncmp(rep->str, pre[i], strlen(pre[i]))) return 1;
+  return 0;
 }
 
 static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const store_mam_limits_t *lim) {
@@ -2042,11 +2065,11 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
   int rc = 0;
   if (r->batch) {
     for (size_t i = 0; i < n; i++) {
-      const char *av[9];
-      size_t al[9];
+      const char *av[10];
+      size_t al[10];
       char num[3][24];
       mam_append_args(&x, i, av, al, num);
-      queue_script(r, S_MAM_APPEND, 3, 9, av, al, R_ANY);
+      queue_script(r, S_MAM_APPEND, 3, 10, av, al, R_ANY);
     }
   } else {
     /* one pipeline (per node): every EVALSHA written, then the replies read in order (a
@@ -2055,18 +2078,23 @@ static int rd_mam_append(void *be, const store_mam_msg_t *msgs, size_t n, const 
     for (size_t i = 0; i < n; i++) {
       const char *av[MAXARGS];
       size_t al[MAXARGS];
-      const char *args[9];
-      size_t lens[9];
+      const char *args[10];
+      size_t lens[10];
       char num[3][24], nk[8];
       mam_append_args(&x, i, args, lens, num);
-      evalsha_args(r, S_MAM_APPEND, 3, 9, args, lens, av, al, nk);
-      pipe_add(&r->p, 12, av, al);
+      evalsha_args(r, S_MAM_APPEND, 3, 10, args, lens, av, al, nk);
+      pipe_add(&r->p, 13, av, al);
     }
     redisReply **reps = xcalloc(n ? n : 1, sizeof *reps);
     pipe_run(r, &r->p, 0, n, 0, reps);
+    /* no reply (down, timed out) or a passing state: XMPP_AGAIN (store.h), which wins
+     * over a permanent error of another row (the caller replays the whole group) */
     for (size_t i = 0; i < n; i++) {
-      if (!reps[i]) rc = XMPP_EIO;
-      else if (reps[i]->type == REDIS_REPLY_ERROR && !rc) rc = reply_error(r, "archive append", reps[i]);
+      if (!reps[i]) rc = XMPP_AGAIN;
+      else if (reps[i]->type == REDIS_REPLY_ERROR && rc != XMPP_AGAIN) {
+        int e = reply_error(r, "archive append", reps[i]);
+        rc = transient_reply(reps[i]) ? XMPP_AGAIN : rc ? rc : e;
+      }
       if (reps[i]) freeReplyObject(reps[i]);
     }
     xfree(reps);

@@ -13,10 +13,17 @@ small MAM query XSO below) paging both ways.
 The archive writer (one thread per router, group commits within server.mam_commit_ms):
 a query finds what was just sent however long the window, a clean stop commits what is
 still queued, and a row reaches the store within the window with no query to force it
-(MamWriterTest)."""
+(MamWriterTest).
+
+The store going away while messages flow (MamStoreOutageTest): Redis stopped (or frozen
+with SIGSTOP, so that writes already sent are applied after their replies were given up)
+and brought back; every message of the outage is then in both archives exactly once, in
+order, through the writer thread and without it; beyond server.mam_retry_bytes rows are
+dropped, counted and logged once."""
 import asyncio
 import os
 import re
+import signal
 import socket
 import sqlite3
 import time
@@ -30,7 +37,9 @@ import aioxmpp.ping
 import aioxmpp.rsm.xso as rsm_xso
 import aioxmpp.xso as xso
 
-from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, aioxmpp_client, run
+from harness import DOMAIN, Client, RawStream, Redis, Server, ServerTest, aioxmpp_client, free_port, run
+from test_faults import wait_log
+from test_metrics import scrape, val
 
 MAM = "urn:xmpp:mam:2"
 SID = "urn:xmpp:sid:0"
@@ -768,6 +777,121 @@ class MamWriterTest(ServerTest):
         finally:
             a.close()
             b.close()
+
+
+class MamStoreOutageTest(unittest.TestCase):
+    """Redis unavailable for a few seconds while o1 chats with o2 (router/mod_mam.c: rows the
+    store could not take are kept and written again with back-off)."""
+
+    def start(self, **opts):
+        self.redis = Redis()
+        self.redis.start()
+        self.addCleanup(self.redis.cleanup)
+        self.addCleanup(self.redis.stop)
+        self.addCleanup(self.resume_redis)
+        self.mport = free_port()
+        self.srv = Server(**{"storage.backend": "redis", "storage.redis": f"127.0.0.1:{self.redis.port}",
+                             "metrics.listen": f"127.0.0.1:{self.mport}", **opts})
+        for u in ("o1", "o2"):
+            self.srv.adduser(J(u), "pw")
+        self.srv.start()
+        self.addCleanup(lambda: self.assertEqual(self.srv.stop(), 0, self.srv.log_text()))
+        self.frozen = False
+
+    def resume_redis(self):
+        if self.frozen:
+            self.redis.proc.send_signal(signal.SIGCONT)
+            self.frozen = False
+
+    def archive(self, r):
+        """The bodies of r's whole archive, in the order the archive gives them."""
+        res, fin, iq = r.query(rsm="<max>250</max>")
+        self.assertEqual(fin.get("complete"), "true", ET.tostring(iq))
+        return [body(m) for _, m in res]
+
+    def outage(self, freeze, n=40):
+        """o1 sends o2 w0-w4, then n messages with Redis down, then y0-y4 once it is back.
+        Returns the two Raw streams once every archive row kept for retry was stored."""
+        a, b = Raw(self.srv, "o1"), Raw(self.srv, "o2")
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        b.ping()
+        for i in range(5):
+            a.send(J("o2"), f"w{i}", mid=f"w{i}")
+        b.messages(5)
+        self.assertEqual(self.archive(b), [f"w{i}" for i in range(5)])  # committed before the outage
+        if freeze:
+            self.redis.proc.send_signal(signal.SIGSTOP)
+            self.frozen = True
+        else:
+            self.redis.stop()
+        for i in range(n):  # over about 2 s, as the writer commits and fails
+            a.send(J("o2"), f"x{i}", mid=f"x{i}")
+            time.sleep(0.05)
+        self.assertEqual([body(m) for m in b.messages(n, timeout=60)], [f"x{i}" for i in range(n)])
+        self.assertTrue(wait_log(self.srv, "archive: the store is unavailable", 30), self.srv.log_text())
+        if freeze:
+            self.resume_redis()
+        else:
+            self.redis.start()  # same port, same AOF
+        for i in range(5):
+            a.send(J("o2"), f"y{i}", mid=f"y{i}")
+        b.messages(5, timeout=30)
+        return a, b
+
+    def archives_until(self, a, b, done, timeout=30):
+        """Queries both archives (each query first tries the rows kept for retry again) until
+        done(archive of o1, archive of o2); returns the last two."""
+        end = time.monotonic() + timeout
+        while True:
+            got = self.archive(a), self.archive(b)
+            if done(*got) or time.monotonic() > end:
+                return got
+            time.sleep(0.1)
+
+    def check_whole(self, a, b, n):
+        want = [f"w{i}" for i in range(5)] + [f"x{i}" for i in range(n)] + [f"y{i}" for i in range(5)]
+        ga, gb = self.archives_until(a, b, lambda x, y: x == want and y == want)
+        self.assertEqual(ga, want)
+        self.assertEqual(gb, want)
+        self.assertIn("the store is back", self.srv.log_text())
+        self.assertEqual(val(scrape(self.mport), "xmppd_mam_rows_dropped_total"), 0)
+        self.assertNotIn("messages dropped", self.srv.log_text())
+
+    def test_redis_restarted_nothing_lost(self):
+        self.start()
+        a, b = self.outage(freeze=False)
+        self.check_whole(a, b, 40)
+
+    def test_redis_frozen_replies_lost_archived_once(self):
+        # writes sent before the timeout are applied when Redis resumes: written again
+        # (replay), each must still be there once
+        self.start()
+        a, b = self.outage(freeze=True)
+        self.check_whole(a, b, 40)
+
+    def test_without_writer_thread_nothing_lost(self):
+        self.start(**{"server.mam_commit_ms": "0"})
+        a, b = self.outage(freeze=False)
+        self.check_whole(a, b, 40)
+
+    def test_retry_budget_bounds_what_is_kept(self):
+        # 4 KiB: a dozen rows or so (row_bytes: the row, its JIDs and the stanza)
+        self.start(**{"server.mam_retry_bytes": "4096"})
+        a, b = self.outage(freeze=False)
+        xs = [f"x{i}" for i in range(40)]
+        kept = 0
+        ys = [f"y{i}" for i in range(5)]
+        for got in self.archives_until(a, b, lambda x, y: x[-5:] == ys and y[-5:] == ys):
+            self.assertEqual(got[:5], [f"w{i}" for i in range(5)])
+            self.assertEqual(got[-5:], [f"y{i}" for i in range(5)])
+            mid = got[5:-5]
+            self.assertEqual(mid, xs[:len(mid)], "the oldest are kept, in order, each once")
+            kept += len(mid)
+        self.assertGreater(kept, 0)
+        self.assertLessEqual(kept, 4096 // 100)
+        self.assertEqual(val(scrape(self.mport), "xmppd_mam_rows_dropped_total"), 80 - kept)
+        self.assertEqual(self.srv.log_text().count("messages dropped"), 1, self.srv.log_text())
 
 
 if __name__ == "__main__":

@@ -2098,6 +2098,52 @@ STORE_TEST(mam_append_mixed_owners) {
   store_close(s);
 }
 
+/* An archive append that meets Redis down is XMPP_AGAIN (store.h: the caller keeps the rows
+ * and gives them again); given again with lim->replay, a row already stored (its reply
+ * lost) is not stored twice, even one stored under a later id (its id was not above the
+ * account's last); without replay the same row is a new message. */
+Test(store_redis, mam_append_again_after_outage, .timeout = 60) {
+  redis_stop();
+  redis_start(1);
+  store_t *s = open_db();
+  add_user(s, "alice@x", 1);
+  char d[6][4];
+  store_mam_msg_t ms[6];
+  for (int i = 0; i < 6; i++) {
+    snprintf(d[i], sizeof d[i], "a%d", i + 1);
+    ms[i] = (store_mam_msg_t){"alice@x", 1000 * (i + 1), "bob@x", NULL, d[i], strlen(d[i])};
+  }
+  store_mam_limits_t plain = {0, 0, 0}, replay = {0, 0, 1};
+  cr_assert_eq(store_mam_append(s, ms, 3, &plain), 0);
+  redis_stop();
+  cr_assert_eq(store_mam_append(s, ms + 3, 2, &plain), XMPP_AGAIN);
+  redis_start(1);
+  cr_assert_eq(store_mam_append(s, ms + 2, 3, &replay), 0, "a3 stored before, a4 and a5 not");
+  cr_assert_eq(store_mam_count(s, "alice@x"), 5);
+  cr_assert_eq(store_mam_append(s, ms, 5, &replay), 0, "all five again");
+  cr_assert_eq(store_mam_count(s, "alice@x"), 5);
+  mam_got_t g;
+  int more;
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 5);
+  for (int i = 0; i < 5; i++) {
+    cr_assert_eq(g.ids[i], 1000 * (i + 1));
+    cr_assert_str_eq(g.data[i], d[i]);
+  }
+  /* stored under a later id: 4500 is not above 5000 */
+  store_mam_msg_t late = {"alice@x", 4500, "bob@x", NULL, "late", 4};
+  cr_assert_eq(store_mam_append(s, &late, 1, &plain), 0);
+  cr_assert_eq(store_mam_append(s, &late, 1, &replay), 0);
+  cr_assert_eq(store_mam_count(s, "alice@x"), 6);
+  cr_assert_eq(mam_q(s, "alice@x", (store_mam_query_t){.before = NOB, .max = 10}, &g, &more), 6);
+  cr_assert_eq(g.ids[5], 5001);
+  cr_assert_str_eq(g.data[5], "late");
+  /* the same contact with other bytes, or without replay: a message of its own */
+  cr_assert_eq(store_mam_append(s, ms + 5, 1, &replay), 0);
+  cr_assert_eq(store_mam_append(s, ms + 4, 1, &plain), 0);
+  cr_assert_eq(store_mam_count(s, "alice@x"), 8);
+  store_close(s);
+}
+
 /* The archive as versions 4 to 6 had it (the stanza bytes in each account's row): what
  * the tests that go back to an older version put in place of version 8's. */
 #define MAM_V6_SQL                                                                                        \
