@@ -40,7 +40,7 @@ PARTS=chat,redis,scale
 STORE_USERS=20000 STORE_ROSTER=9
 PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
 LOGIN_USERS=5000
-SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20
+SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20 SCALE_REDIS=single
 FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8 FAULT_PROCS=2 FAULT_SETTLE=3
 ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
 OUT="" PARTS_GIVEN=0 NO_WAIT=0 PERF=0
@@ -59,7 +59,10 @@ options:
   --sessions N        scale part: sessions in total (default $SESSIONS)
   --scale-pairs P     scale part: chatting pairs among the sessions (default $SCALE_PAIRS)
   --scale-rate R      scale part: msgs/s (default $SCALE_RATE)
+  --scale-duration S  scale part: seconds of chat (default $SCALE_DURATION)
   --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
+  --redis single|cluster  scale part: one Redis, or a Redis Cluster of 3 primaries + 3 replicas
+                      holding both the store and the cluster directory (default $SCALE_REDIS)
   --store-users N     store part: accounts and sessions (default $STORE_USERS)
   --store-roster K    store part: contacts per account (default $STORE_ROSTER)
   --perf S            chat part: \`perf record -g\` for S seconds of both open-loop runs (single
@@ -84,7 +87,7 @@ while [ $# -gt 0 ]; do
     --build) BUILD=$2 ;; --parts) PARTS=$2 PARTS_GIVEN=1 ;; --pairs) PAIRS=$2 ;; --rate) RATE=$2 ;;
     --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
     --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
-    --scale-rate) SCALE_RATE=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
+    --scale-rate) SCALE_RATE=$2 ;; --redis) SCALE_REDIS=$2 ;; --scale-duration) SCALE_DURATION=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
     --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
     --faults) FAULTS=$2 ;; --fault-pairs) FAULT_PAIRS=$2 ;; --fault-rate) FAULT_RATE=$2 ;;
     --fault-duration) FAULT_DURATION=$2 ;; --fault-at) FAULT_AT=$2 ;; --outage) OUTAGE=$2 ;;
@@ -98,6 +101,7 @@ if [ -n "$FAULTS" ] && [ "$PARTS_GIVEN" = 0 ]; then PARTS=faults; fi
 for f in ${FAULTS//,/ }; do
   [[ ,$ALL_FAULTS, == *,$f,* ]] || { echo "cluster.sh: unknown fault $f (of $ALL_FAULTS)" >&2; exit 2; }
 done
+case $SCALE_REDIS in single | cluster) ;; *) echo "cluster.sh: --redis single|cluster" >&2; exit 2 ;; esac
 [ -n "$FAULT_AT" ] || FAULT_AT=$((FAULT_DURATION / 3))
 case "$BUILD" in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 B=$BUILD/xmpp-bench
@@ -196,8 +200,45 @@ perf_report() {
 export XMPPD_LIMITS_IDLE_TIMEOUT=3600 XMPPD_LIMITS_MAX_CONNS_PER_IP=0 XMPPD_LIMITS_RATE_BYTES=0 \
   XMPPD_LIMITS_RATE_STANZAS=0 XMPPD_SERVER_LOG_LEVEL=warn
 
-start_cluster() { # DIR EDGES
-  "$ROOT/deploy/local-cluster.sh" start --build "$BUILD" --dir "$1" --routers 2 --edges "$2" \
+# A Redis Cluster of 3 primaries + 3 replicas on free ports under DIR (AOF on); sets RCP
+# (the ports), RC_PIDS and SEEDS (a cluster:... address for storage.redis / cluster.redis)
+start_redis_cluster() { # DIR
+  local RC=$1 i p bp t
+  RCP=() RC_PIDS=() SEEDS=""
+  for i in 1 2 3 4 5 6; do
+    p=$(free_port) bp=$(free_port)
+    mkdir -p "$RC/$p"
+    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-port "$bp" \
+      --cluster-config-file "$RC/$p/nodes.conf" --cluster-node-timeout 1000 --save "" \
+      --appendonly yes --appendfsync everysec --dir "$RC/$p" --daemonize no >"$RC/$p/redis.log" 2>&1 &
+    SINGLE_PIDS+=($!)
+    RC_PIDS+=($!)
+    RCP+=("$p")
+  done
+  for p in "${RCP[@]}"; do wait_port "$p"; done
+  timeout 60 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${RCP[@]}") --cluster-replicas 1 \
+    --cluster-yes >"$RC/create.log" 2>&1 || { cat "$RC/create.log" >&2; exit 1; }
+  t=0
+  until [ "$(redis-cli -p "${RCP[0]}" cluster info | tr -d '\r' | grep -c 'cluster_state:ok')" = 1 ]; do
+    sleep 0.2; t=$((t + 1)); [ $t -lt 300 ] || { log "the Redis Cluster did not become ok"; exit 1; }
+  done
+  SEEDS="cluster:127.0.0.1:${RCP[0]},127.0.0.1:${RCP[1]}"
+}
+# Redis totals summed over the primaries (one Redis: that one): commands run (those inside
+# scripts counted), read events (request batches = round trips), used_memory
+rtotals() { # PORT...
+  local p
+  for p in "$@"; do
+    redis-cli -p "$p" info | tr -d '\r' |
+      awk -F: '/^(total_commands_processed|total_reads_processed|used_memory|role):/ {v[$1] = $2}
+        END {if (v["role"] == "master") print v["total_commands_processed"] + 0, v["total_reads_processed"] + 0, v["used_memory"] + 0}'
+  done | awk '{c += $1; r += $2; m += $3} END {print c + 0, r + 0, m + 0}'
+}
+
+start_cluster() { # DIR EDGES [REDIS-ADDRESS: a running Redis or Redis Cluster]
+  local ext=()
+  [ -z "${3:-}" ] || ext=(--redis "$3")
+  "$ROOT/deploy/local-cluster.sh" start --build "$BUILD" --dir "$1" --routers 2 --edges "$2" "${ext[@]}" \
     --log-level warn --timeout 60 >"$1.start.log" 2>&1 || { cat "$1.start.log" >&2; return 1; }
   CLUSTERS+=("$1")
 }
@@ -341,39 +382,85 @@ fi
 # ---- 3. scale-out -------------------------------------------------------------------------------
 if has scale; then
   XDIR=$OUT/c$SCALE_EDGES
-  log "starting cluster (2 routers, $SCALE_EDGES edges, Redis) in $XDIR"
-  start_cluster "$XDIR" "$SCALE_EDGES"
+  if [ "$SCALE_REDIS" = cluster ]; then
+    start_redis_cluster "$OUT/scale-rcluster"
+    log "starting cluster (2 routers, $SCALE_EDGES edges) on a Redis Cluster ($SEEDS) in $XDIR"
+    start_cluster "$XDIR" "$SCALE_EDGES" "$SEEDS"
+    X_REDIS="${RC_PIDS[*]}" X_RPORTS=("${RCP[@]}") RDESC="a Redis Cluster (3 primaries + 3 replicas)"
+  else
+    log "starting cluster (2 routers, $SCALE_EDGES edges, Redis) in $XDIR"
+    start_cluster "$XDIR" "$SCALE_EDGES"
+  fi
   # shellcheck disable=SC1091
   . "$XDIR/env"
-  X_EDGES=$(pids_of "$XDIR" edge) X_ROUTERS=$(pids_of "$XDIR" router) X_REDIS=$(pids_of "$XDIR" redis)
+  X_EDGES=$(pids_of "$XDIR" edge) X_ROUTERS=$(pids_of "$XDIR" router)
+  [ "$SCALE_REDIS" = cluster ] || X_REDIS=$(pids_of "$XDIR" redis) X_RPORTS=("$REDIS_PORT") RDESC="Redis"
   log "populating $SESSIONS accounts"
-  timeout 900 $XMPPCTL populate user "$SESSIONS" secret >"$OUT/populate-scale.log" 2>&1
+  timeout 1800 $XMPPCTL populate user "$SESSIONS" secret >"$OUT/populate-scale.log" 2>&1
   sleep 2
   e0=$(rss_of $X_EDGES) r0=$(rss_of $X_ROUTERS) d0=$(rss_of $X_REDIS)
+  # the idle rate of Redis commands (heartbeats, leases, polls), subtracted below
+  read -r ic0 ir0 _ < <(rtotals "${X_RPORTS[@]}"); it0=$(date +%s.%N)
+  sleep 10
+  read -r ic1 ir1 _ < <(rtotals "${X_RPORTS[@]}"); it1=$(date +%s.%N)
   ports=$(echo "$EDGE_PORTS" | csv)
   procs=$(((SESSIONS + 8999) / 9000))
-  # sampler: summed RSS of edges / routers / redis every 2 s
-  (while :; do echo "$(date +%s) $(rss_of $X_EDGES) $(rss_of $X_ROUTERS) $(rss_of $X_REDIS)"; sleep 2; done) >"$OUT/scale-rss.txt" &
+  # sampler, every 2 s: time, summed RSS of edges / routers / Redis processes, Redis totals
+  # over the primaries (commands, reads, used_memory) and the bench's last progress line
+  : >"$OUT/scale.progress"
+  (while :; do
+     echo "$(date +%s.%N) $(rss_of $X_EDGES) $(rss_of $X_ROUTERS) $(rss_of $X_REDIS) $(rtotals "${X_RPORTS[@]}") $(tail -n 1 "$OUT/scale.progress" | tr -d '[]|')"
+     sleep 2
+   done) >"$OUT/scale-rss.txt" &
   SAMPLER=$!
   SINGLE_PIDS+=("$SAMPLER")
-  lim=$((SESSIONS / SCALE_ARRIVAL * 3 + SCALE_DURATION + 180))
+  t=0; until [ -s "$OUT/scale-rss.txt" ]; do sleep 0.1; t=$((t + 1)); [ $t -lt 300 ] || break; done # the baseline sample
+  lim=$((SESSIONS / SCALE_ARRIVAL * 4 + SCALE_DURATION + 300))
   log "scale: $SESSIONS sessions at $SCALE_ARRIVAL/s over $SCALE_EDGES edges, $SCALE_PAIRS pairs chatting at $SCALE_RATE msgs/s (limit ${lim}s)"
   rc=0
-  bench $lim chat --pairs "$SCALE_PAIRS" --idle-extra $((SESSIONS - 2 * SCALE_PAIRS)) --rate "$SCALE_RATE" \
+  PROGRESS=$OUT/scale.progress bench $lim chat --pairs "$SCALE_PAIRS" --idle-extra $((SESSIONS - 2 * SCALE_PAIRS)) --rate "$SCALE_RATE" \
     --duration "$SCALE_DURATION" --arrival "$SCALE_ARRIVAL" --concurrency 400 --procs "$procs" --threads 1 \
     --port "$ports" --server-pid "$(echo "$X_EDGES" | csv)" --json "$OUT/scale.json" --label scale \
-    >"$OUT/scale.txt" 2>"$OUT/scale.err" || rc=$?
+    >"$OUT/scale.txt" || rc=$?
   kill "$SAMPLER" 2>/dev/null || true
-  [ -s "$OUT/scale.json" ] || { log "scale run wrote no report (rc $rc): $(tail -3 "$OUT/scale.err")"; exit 1; }
-  read -r emax rmax dmax < <(awk 'BEGIN {e=0; r=0; d=0} {if ($2>e) e=$2; if ($3>r) r=$3; if ($4>d) d=$4} END {print e, r, d}' "$OUT/scale-rss.txt")
+  [ -s "$OUT/scale.json" ] || { log "scale run wrote no report (rc $rc): $(tail -3 "$OUT/scale.progress")"; exit 1; }
+  read -r emax rmax dmax umax < <(awk 'BEGIN {e=0; r=0; d=0; u=0} {if ($2>e) e=$2; if ($3>r) r=$3; if ($4>d) d=$4; if ($7>u) u=$7} END {print e, r, d, u}' "$OUT/scale-rss.txt")
   sess=$(jq .results.sessions "$OUT/scale.json")
   [ "$sess" != null ] || sess=$(jq .results.logins_ok "$OUT/scale.json")
-  fig "== scale-out: $SCALE_EDGES edges + 2 routers + Redis, TLS sessions $sess of $SESSIONS (failed $(jq .results.logins_failed "$OUT/scale.json"), dropped $(jq .results.dropped "$OUT/scale.json")), log-ins $(jq '.results.logins_per_s|floor' "$OUT/scale.json")/s"
+  read -r _ _ u0 < <(awk 'NR == 1 {print $5, $6, $7}' "$OUT/scale-rss.txt")
+  fig "== scale-out: $SCALE_EDGES edges + 2 routers + $RDESC, TLS sessions $sess of $SESSIONS (failed $(jq .results.logins_failed "$OUT/scale.json"), dropped $(jq .results.dropped "$OUT/scale.json")), log-ins $(jq '.results.logins_per_s|floor' "$OUT/scale.json")/s (offered $SCALE_ARRIVAL/s); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   per() { awk -v a="$1" -v b="$2" -v n="$sess" 'BEGIN { d = (n > 0) ? n : 1; printf("%.2f KiB (%.0f bytes)", (b - a) / d, (b - a) * 1024 / d) }'; }
-  fig "edges RSS   $e0 KiB -> max $emax KiB: $(per "$e0" "$emax") per session"
-  fig "routers RSS $r0 KiB -> max $rmax KiB: $(per "$r0" "$rmax") per session"
-  fig "bench RSS ($procs children) max $(jq .bench.rss_kib_max "$OUT/scale.json") KiB, bench cpu $(jq .bench.cpu_s "$OUT/scale.json") s; log-in latency p50 $(jq .results.login_latency_ms.p50 "$OUT/scale.json") ms, p99 $(jq .results.login_latency_ms.p99 "$OUT/scale.json") ms"
-  fig "redis RSS   $d0 KiB -> max $dmax KiB"
+  ne=$(echo $X_EDGES | wc -w) nr=$(echo $X_ROUTERS | wc -w)
+  fig "edges RSS   $e0 KiB -> max $emax KiB ($((emax / ne / 1024)) MiB per edge): $(per "$e0" "$emax") per session"
+  fig "routers RSS $r0 KiB -> max $rmax KiB ($((rmax / nr / 1024)) MiB per router): $(per "$r0" "$rmax") per session"
+  fig "bench RSS ($procs children) max $(jq .bench.rss_kib_max "$OUT/scale.json") KiB, bench cpu $(jq .bench.cpu_s "$OUT/scale.json") s, server (edges) cpu $(jq .server.cpu_s "$OUT/scale.json") s; log-in latency p50 $(jq .results.login_latency_ms.p50 "$OUT/scale.json") ms, p99 $(jq .results.login_latency_ms.p99 "$OUT/scale.json") ms"
+  fig "redis RSS (all Redis processes)  $d0 KiB -> max $dmax KiB"
+  fig "redis used_memory summed over the primaries $u0 -> max $umax bytes (the chat's archive included)"
+  # Redis per log-in: from the last sample before any log-in to the first one with every session
+  # online and nothing sent yet; per message: over the samples while messages are sent (the
+  # first and the last such sample excluded: ramp-up and stop). The idle rate is subtracted.
+  fig "$(awk -v ic0="$ic0" -v ic1="$ic1" -v ir0="$ir0" -v ir1="$ir1" -v it0="$it0" -v it1="$it1" -v n="$sess" '
+    # fields: 1 t, 5 commands, 6 reads, 9.. progress: "T connected C online O failed F log-ins/ R msgs/ M sent S delivered D ..."
+    { on = 0; sent = -1; dl = 0
+      for (i = 8; i < NF; i++) { if ($i == "online") on = $(i + 1); if ($i == "sent") sent = $(i + 1); if ($i == "delivered") dl = $(i + 1) }
+      T[NR] = $1; C[NR] = $5; R[NR] = $6; U[NR] = $7; ON[NR] = on; S[NR] = sent; D[NR] = dl }
+    END {
+      ci = (ic1 - ic0) / (it1 - it0); ri = (ir1 - ir0) / (it1 - it0)
+      a = 0; b = 0
+      for (k = 1; k <= NR; k++) { if (ON[k] == 0 && S[k] <= 0) a = k; if (S[k] <= 0 && ON[k] > 0) b = k }
+      if (a && b && b > a) {
+        m = ON[b] - ON[a]; dt = T[b] - T[a]
+        printf("Redis per log-in (log-in ramp, %d sessions in %.0f s, %.0f/s between samples): %.2f commands, %.2f round trips (request batches read), idle %.0f commands/s subtracted; used_memory over the primaries %.0f bytes per session; ",
+          m, dt, m / dt, ((C[b] - C[a]) - ci * dt) / m, ((R[b] - R[a]) - ri * dt) / m, ci, (U[b] - U[a]) / m)
+      } else printf("Redis per log-in: the samples did not bracket the ramp; ")
+      f = 0; l = 0
+      for (k = 1; k <= NR; k++) if (S[k] > 0) { if (!f) f = k; l = k }
+      f++; l--
+      if (f && l > f && D[l] > D[f]) {
+        m = D[l] - D[f]; dt = T[l] - T[f]
+        printf("per chat message delivered (%d messages over %.0f s): %.2f commands, %.2f round trips", m, dt, ((C[l] - C[f]) - ci * dt) / m, ((R[l] - R[f]) - ri * dt) / m)
+      } else printf("per chat message: too few samples while sending")
+    }' "$OUT/scale-rss.txt")"
   fig "$(summary "$OUT/scale.json" "scale chat at $SCALE_RATE msgs/s among $sess sessions")"
 fi
 
@@ -548,39 +635,13 @@ fi
 if has rediscluster; then
   RC=$OUT/rcluster
   mkdir -p "$RC"
-  RCP=() SEEDS=""
-  for i in 1 2 3 4 5 6; do
-    p=$(free_port) bp=$(free_port)
-    mkdir -p "$RC/$p"
-    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-port "$bp" \
-      --cluster-config-file "$RC/$p/nodes.conf" --cluster-node-timeout 1000 --save "" \
-      --appendonly yes --appendfsync everysec --dir "$RC/$p" --daemonize no >"$RC/$p/redis.log" 2>&1 &
-    SINGLE_PIDS+=($!)
-    RCP+=("$p")
-  done
-  for p in "${RCP[@]}"; do wait_port "$p"; done
-  timeout 60 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${RCP[@]}") --cluster-replicas 1 \
-    --cluster-yes >"$RC/create.log" 2>&1 || { cat "$RC/create.log" >&2; exit 1; }
-  t=0
-  until [ "$(redis-cli -p "${RCP[0]}" cluster info | tr -d '\r' | grep -c 'cluster_state:ok')" = 1 ]; do
-    sleep 0.2; t=$((t + 1)); [ $t -lt 300 ] || { log "the Redis Cluster did not become ok"; exit 1; }
-  done
-  SEEDS="cluster:127.0.0.1:${RCP[0]},127.0.0.1:${RCP[1]}"
+  start_redis_cluster "$RC"
   SRP=$(free_port)
   mkdir -p "$RC/single"
   redis-server --bind 127.0.0.1 --port "$SRP" --dir "$RC/single" --appendonly yes --appendfsync everysec \
     --save "" --daemonize no >"$RC/single/redis.log" 2>&1 &
   SINGLE_PIDS+=($!)
   wait_port "$SRP"
-  # Redis totals summed over the primaries (one Redis: that one): commands, read events
-  rtotals() { # PORT...
-    local p s
-    for p in "$@"; do
-      s=$(redis-cli -p "$p" info replication | tr -d '\r' | grep -c '^role:master' || true)
-      [ "$s" = 1 ] || continue
-      redis-cli -p "$p" info stats | tr -d '\r' | awk -F: '/^(total_commands_processed|total_reads_processed):/ {print $2}' | paste -sd' '
-    done | awk '{c += $1; r += $2} END {print c + 0, r + 0}'
-  }
   for kind in single cluster; do
     if [ $kind = single ]; then addr=127.0.0.1:$SRP ports=("$SRP"); else addr=$SEEDS ports=("${RCP[@]}"); fi
     D=$OUT/rc-$kind
@@ -593,13 +654,13 @@ if has rediscluster; then
     . "$D/env"
     timeout 600 $XMPPCTL populate "rc$kind" "$NUSERS" secret >"$D/populate.log" 2>&1
     sleep 2
-    read -r a0 b0 < <(rtotals "${ports[@]}")
+    read -r a0 b0 _ < <(rtotals "${ports[@]}")
     bench 600 login --users "$LOGIN_USERS" --user-fmt "rc$kind%d" --port "$EDGE1_PORT,$EDGE2_PORT" \
       --json "$D/login.json" --label "login-$kind" >"$D/login.txt"
     sleep 1
-    read -r a1 b1 < <(rtotals "${ports[@]}")
+    read -r a1 b1 _ < <(rtotals "${ports[@]}")
     sleep 2 # the idle rate over as long as the log-in run took (heartbeats, polls)
-    read -r a2 b2 < <(rtotals "${ports[@]}")
+    read -r a2 b2 _ < <(rtotals "${ports[@]}")
     echo "$a0 $b0 $a1 $b1 $a2 $b2" >"$D/redis.totals"
     bench $((DURATION + 120)) chat --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --user-fmt "rc$kind%d" \
       --port "$EDGE1_PORT,$EDGE2_PORT" --json "$D/chat.json" --label "chat-$kind" >"$D/chat.txt" ||
