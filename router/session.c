@@ -121,6 +121,13 @@ static int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_c
   b.flags &= (uint16_t)~BUS_F_PARKED;
   b.arg = 0;
   b.dst = s->at; /* the connection a bounce skips */
+  /* to the account, never to the full JID: sent back when s is replaced by a new bind
+   * of it (session_open), the full JID is the new session's, which may not have sent its
+   * presence nor enabled stream management yet (bounce_moved would take it for s resumed
+   * there): a client that gets messages between <bind/> and <enabled/> may drop them
+   * unacknowledged, and nothing keeps a copy (RFC 6121 §8.5.2.1: a bare JID's messages go
+   * to available resources, else to offline storage) */
+  b.to_len = bus_bare_len(f->to, f->to_len);
   copy_t *c = xcalloc(1, sizeof *c);
   c->n = n;
   c->m = bus_msg_new(&b);
