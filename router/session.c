@@ -402,8 +402,8 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     k.dst = old->at;
     k.arg = BUS_KICK_CONFLICT;
     bus_to_edge(w->bus, &old->at, bus_msg_new(&k));
-    /* XEP-0198: what its client did not acknowledge goes to the account (this new
-     * session, another resource or offline storage), whether its edge lives (its own
+    /* XEP-0198: what its client did not acknowledge goes to the account's bare JID (an
+     * available resource, else offline storage: not this new bind before its presence), whether its edge lives (its own
      * bounces of them are dropped: session_park_bounced) or died unnoticed yet (its link's
      * bounces too). Unnumbered copies: its edge bounces what it kept, as on one node */
     session_park_release(w, old, 0);
