@@ -121,6 +121,13 @@ static int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_c
   b.flags &= (uint16_t)~BUS_F_PARKED;
   b.arg = 0;
   b.dst = s->at; /* the connection a bounce skips */
+  /* to the account, never to the full JID: sent back when s is replaced by a new bind
+   * of it (session_open), the full JID is the new session's, which may not have sent its
+   * presence nor enabled stream management yet (bounce_moved would take it for s resumed
+   * there): a client that gets messages between <bind/> and <enabled/> may drop them
+   * unacknowledged, and nothing keeps a copy (RFC 6121 §8.5.2.1: a bare JID's messages go
+   * to available resources, else to offline storage) */
+  b.to_len = bus_bare_len(f->to, f->to_len);
   copy_t *c = xcalloc(1, sizeof *c);
   c->n = n;
   c->m = bus_msg_new(&b);
@@ -395,8 +402,8 @@ void session_open(worker_t *w, const bus_frame_t *f) {
     k.dst = old->at;
     k.arg = BUS_KICK_CONFLICT;
     bus_to_edge(w->bus, &old->at, bus_msg_new(&k));
-    /* XEP-0198: what its client did not acknowledge goes to the account (this new
-     * session, another resource or offline storage), whether its edge lives (its own
+    /* XEP-0198: what its client did not acknowledge goes to the account's bare JID (an
+     * available resource, else offline storage: not this new bind before its presence), whether its edge lives (its own
      * bounces of them are dropped: session_park_bounced) or died unnoticed yet (its link's
      * bounces too). Unnumbered copies: its edge bounces what it kept, as on one node */
     session_park_release(w, old, 0);

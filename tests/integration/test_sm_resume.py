@@ -1060,10 +1060,14 @@ class SmReceiver:
     """A raw XEP-0198 client on an edge: reads messages and acknowledges all it has read
     after each read (<a h/>, unasked). Frozen, it sends its last <a/> and reads no more."""
 
-    def __init__(self, test, edge, user):
+    def __init__(self, test, edge, user, presence=False):
         self.user = user
         self.r = test.login(edge, user, "r")
         self.r.buf = b""
+        if presence:  # available: messages to the bare JID come here (before <enable/>: h counts none)
+            self.r.send("<presence/>")
+            self.r.recv_until("<presence[^>]*/>")
+            self.r.buf = b""
         self.r.send(f"<enable xmlns='{SM}'/>")
         self.r.recv_until("<enabled[^>]*/>")
         self.r.buf = b""
@@ -1100,17 +1104,8 @@ class SmReceiver:
         self.frozen.set()
 
 
-class EdgeKilledSmExactlyOnceTest(unittest.TestCase):
-    """Exactly once across the death (kill -9) of an edge node for XEP-0198 sessions
-    (docs/cluster.md "Exactly once"). Redis, 2 routers, 2 edges. Eight receivers with
-    stream management on edge 11 acknowledge every message they read; eight senders on
-    edge 12 each send one a numbered message every 8 ms. The receivers then stop reading
-    (having acknowledged all they read) while the senders go on; once both routers counted
-    every acknowledgement (xmppd_sm_copies_acked_total), edge 11 is killed (-9) under that
-    load and the receivers log in again on edge 12 (a new session, initial presence, so
-    offline storage counts too). Every message must arrive exactly once over the two
-    sessions, none lost. Before, the routers bounced every DELIVER edge 11 had not
-    bus-acknowledged (once a heartbeat) to the account, read and acknowledged or not."""
+class EdgeKilledBase(unittest.TestCase):
+    """Redis, 2 routers (metrics exported), edges 11 and 12; rcvI and sndI for I < N."""
     N = 8
     opts = {"limits.sm_max_unacked": "1000", "limits.rate_stanzas": "0", "server.log_level": "info"}
 
@@ -1152,6 +1147,26 @@ class EdgeKilledSmExactlyOnceTest(unittest.TestCase):
 
     def acked_at_routers(self):
         return sum(scrape_counter(p, "xmppd_sm_copies_acked_total") for p in self.mports)
+
+    def wait_node_11_gone(self):
+        for rt in self.routers:
+            end = time.monotonic() + 15
+            while not re.search(r"node 11 \(\S+\) left the registry", rt.log_text()):
+                self.assertLess(time.monotonic(), end, rt.log_text()[-3000:])
+                time.sleep(0.05)
+
+
+class EdgeKilledSmExactlyOnceTest(EdgeKilledBase):
+    """Exactly once across the death (kill -9) of an edge node for XEP-0198 sessions
+    (docs/cluster.md "Exactly once"). Redis, 2 routers, 2 edges. Eight receivers with
+    stream management on edge 11 acknowledge every message they read; eight senders on
+    edge 12 each send one a numbered message every 8 ms. The receivers then stop reading
+    (having acknowledged all they read) while the senders go on; once both routers counted
+    every acknowledgement (xmppd_sm_copies_acked_total), edge 11 is killed (-9) under that
+    load and the receivers log in again on edge 12 (a new session, initial presence, so
+    offline storage counts too). Every message must arrive exactly once over the two
+    sessions, none lost. Before, the routers bounced every DELIVER edge 11 had not
+    bus-acknowledged (once a heartbeat) to the account, read and acknowledged or not."""
 
     def test_edge_killed_under_load_every_message_once(self):
         e11, e12 = self.edges
@@ -1238,6 +1253,124 @@ class EdgeKilledSmExactlyOnceTest(unittest.TestCase):
         for s in snd:
             s.close()
         print(f"\n  {sum(len(s) for s in sent)} messages, {read} read and acknowledged on edge 11 before its death, "
+              f"{total} received in all, {len(dups)} twice, {len(lost)} lost")
+        self.assertEqual(lost, [], "lost")
+        self.assertEqual(dups, [], f"{len(dups)} messages received twice")
+
+
+class EdgeKilledSmReloginTest(EdgeKilledBase):
+    """bench/faults.py's edge-kill row in small (docs/cluster.md "Exactly once"): eight
+    receivers, available, with stream management on edge 11, acknowledge every message
+    they read; eight senders on edge 12 send to their bare JIDs every 8 ms. The receivers
+    stop reading; once the routers counted every acknowledgement and the senders sent 20
+    more each (copies the routers keep, unacknowledged), edge 11 is killed (-9) and each
+    receiver logs in again at once on edge 12 with the SAME resource, which replaces the
+    old session before the routers see edge 11 gone: its unacknowledged copies go back to
+    the account. They are messages to the bare JID: the new resource, bound but not yet
+    available, must get none before its initial presence (RFC 6121 §8.5.2.1; offline
+    storage takes them). Before the fix the routers sent them to the new bind of the full
+    JID, between <bind/> and <enabled/>, where bench/faults.py's client drops them (it
+    expects <enabled/>) and no copy is kept: thousands of acknowledged messages lost in
+    the bench. Then it enables stream management and sends presence: every message
+    arrives exactly once over the two sessions."""
+
+    def test_relogin_same_resource_nothing_before_presence_every_message_once(self):
+        e11, e12 = self.edges
+        rcv = [SmReceiver(self, e11, f"rcv{i}", presence=True) for i in range(self.N)]
+        snd = [self.login(e12, f"snd{i}", "s") for i in range(self.N)]
+        sent = [[] for _ in range(self.N)]
+        stop = threading.Event()
+
+        def sender(i):
+            k = 0
+            while not stop.is_set():
+                k += 1
+                mid = f"q{i}-{k}"
+                snd[i].send(message(f"rcv{i}@{DOMAIN}", mid))
+                sent[i].append(mid)
+                time.sleep(0.008)
+
+        threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(self.N)]
+        for t in threads:
+            t.start()
+        again, early = [], {}
+        try:
+            end = time.monotonic() + 15
+            while min(len(x.ids) for x in rcv) < 100:  # the load is flowing to every receiver
+                self.assertLess(time.monotonic(), end, "messages do not flow")
+                time.sleep(0.02)
+            for x in rcv:
+                x.freeze.set()
+            for x in rcv:
+                self.assertTrue(x.frozen.wait(5))
+            read = sum(len(x.ids) for x in rcv)
+            end = time.monotonic() + 10
+            while self.acked_at_routers() < read:
+                self.assertLess(time.monotonic(), end, f"{self.acked_at_routers()} of {read} acks counted")
+                time.sleep(0.01)
+            marks = [len(s) for s in sent]
+            while any(len(s) < m + 20 for s, m in zip(sent, marks)):
+                time.sleep(0.01)
+            e11.kill9()
+            for x in rcv:
+                x.r.sock.close()
+            for i in range(self.N):
+                r = self.login(e12, f"rcv{i}", "r")  # replaces rcv{i}@.../r of dead edge 11
+                # behind what the replacement sent back to the account (same shard, same link)
+                self.barrier(r, f"rcv{i}@{DOMAIN}")
+                early[i] = bodies(r.buf.decode(errors="replace"))
+                r.buf = b""
+                r.send(f"<enable xmlns='{SM}'/>")
+                r.recv_until("<enabled[^>]*/>")
+                r.buf = r.buf[r.buf.index(b"<enabled"):]
+                r.send("<presence/>")
+                again.append(r)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        back = [int(n) for rt in self.routers
+                for n in re.findall(r"session rcv\d+@\S+/r: replaced: (\d+) messages", rt.log_text())]
+        self.assertEqual(len(back), self.N, "every old session was replaced, not ended by the routers first")
+        self.assertGreater(sum(back), 0, "the routers kept unacknowledged copies at the kill")
+        self.assertEqual({i: m for i, m in early.items() if m}, {},
+                         "messages to the bare JID reached a resource before its initial presence")
+        self.wait_node_11_gone()
+        dups, lost, total = [], [], 0
+        answered = [0] * self.N
+        from collections import Counter
+        for i, r in enumerate(again):
+            want = set(sent[i]) - set(rcv[i].ids)
+            end = time.monotonic() + 20
+            while not want <= set(bodies(r.buf.decode(errors="replace"))):
+                missing = want - set(bodies(r.buf.decode(errors="replace")))
+                self.assertGreater(end - time.monotonic(), 0, f"rcv{i}: {len(missing)} never came")
+                r.sock.settimeout(0.5)
+                try:
+                    chunk = r.sock.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    continue
+                self.assertTrue(chunk, f"rcv{i}: stream closed")
+                r.buf += chunk
+                # answer the edge's <r/>: offline storage sends its next window once the
+                # last one is acknowledged (h: every stanza since <enabled/>)
+                text = r.buf.decode(errors="replace")
+                asked = text.count(f"<r xmlns='{SM}'/>")
+                if asked > answered[i]:
+                    answered[i] = asked
+                    r.send(f"<a xmlns='{SM}' h='{text.count('<message ') + text.count('<presence')}'/>")
+            snd[i].send(message(f"rcv{i}@{DOMAIN}", "sentinel"))
+            got = bodies(r.recv_until("sentinel</body>", timeout=10))
+            self.assertEqual(got[-1], "sentinel")
+            c = Counter(rcv[i].ids + got[:-1])
+            total += sum(c.values())
+            dups += [m for m, n in c.items() if n > 1]
+            lost += [m for m in sent[i] if m not in c]
+            self.assertEqual(set(c) - set(sent[i]), set())
+            r.close()
+        for s in snd:
+            s.close()
+        print(f"\n  {sum(len(s) for s in sent)} messages, {sum(back)} copies sent back at the replacements, "
               f"{total} received in all, {len(dups)} twice, {len(lost)} lost")
         self.assertEqual(lost, [], "lost")
         self.assertEqual(dups, [], f"{len(dups)} messages received twice")
