@@ -254,3 +254,7 @@ class ClusterFaultsTest(unittest.TestCase):
         r = rows["edge-kill"]
         self.assertEqual((r["connection_losses"], r["reconnect_s"]["n"]), (10, 10), r)
         self.assertIn("10 clients reconnected in", table[1][9])
+        # issue 10: nothing a sender had acknowledged is lost when an edge dies (the
+        # receivers log in again with the same resource: the router's copies of what they
+        # had not acknowledged must not reach the new connection before its presence)
+        self.assertEqual(r["lost_acknowledged"], 0, r)
