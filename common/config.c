@@ -415,6 +415,7 @@ static int load_stream(xmpp_config_t *c, FILE *f, const char *name, char **err) 
   if (x.err) {
     if (err) *err = xstrfmt("%s:%d: %s", name, rc, x.err);
     xfree(x.err);
+    xfree(r.err); /* inih goes on after a handler's error: a later [domain NAME] may be refused too */
     return XMPP_EINVAL;
   }
   if (r.too_long || r.nul || r.long_section || r.err) {

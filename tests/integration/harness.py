@@ -692,6 +692,8 @@ class RedisSentinel:
                     "--dir", os.path.join(self.dir, str(port)), "--daemonize", "no"]
             if i:
                 args += ["--replicaof", "127.0.0.1", str(primary)]
+            else:  # Redis 7 waits 5 s for more replicas before a diskless full sync
+                args += ["--repl-diskless-sync-delay", "0"]
             os.makedirs(os.path.join(self.dir, str(port)), exist_ok=True)
             self._spawn(port, args, "redis-server")
         for port in self.sentinel_ports:
@@ -720,10 +722,13 @@ class RedisSentinel:
                 if vals.get("num-slaves") != "1" or vals.get("num-other-sentinels") != "2":
                     ok = False
                     break
+            # and the replica has the primary's data (its first full sync done): a
+            # failover before that would promote an empty replica
+            ok = ok and b"connected" in resp(self.data_ports[1], "ROLE")
             if ok:
                 return
             time.sleep(0.2)
-        raise RuntimeError("the sentinels did not find the replica and each other")
+        raise RuntimeError("the sentinels did not find the replica and each other, or the replica is not in sync")
 
     def addr(self):
         return "sentinel:" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + "/" + self.name
@@ -733,6 +738,11 @@ class RedisSentinel:
         return int(text.split(b"\r\n")[-2])
 
     def kill(self, port):
+        """kill -9 of a data node; a primary first waits (up to 5 s) until its replica has
+        everything written so far (WAIT), so that the failover loses nothing acknowledged
+        by Redis: the tests are about the server following the failover"""
+        if port == self.primary_port():
+            resp(port, "WAIT", "1", "5000")
         self.procs[port].kill()
         self.procs[port].wait(10)
 
