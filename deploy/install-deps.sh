@@ -37,6 +37,9 @@ PKGS=(
   docker-compose procps
   # bench: xmpp-bench --plot
   gnuplot-nox
+  # tests: test_bench.ClusterFaultsTest runs bench/cluster.sh --faults, which reads the
+  # driver's JSON with jq (a fresh Debian 12 has none)
+  jq
   # fuzzing (make build-fuzz): clang and its libFuzzer/sanitizer runtimes
   clang-14 libclang-rt-14-dev
   # run: self-signed certificate for `make run`, store inspection
