@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -531,7 +532,7 @@ static void refuse(conn_t *c, int direct_tls, const char *cond, const char *text
   }
 }
 
-void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
+void conn_accept(edge_thread_t *th, int fd, int direct_tls) {
   conn_t *c = xcalloc(1, sizeof *c);
   c->th = th;
   conn_count_state(c, 1); /* CONN_ST_PLAIN, until conn_release */
@@ -544,7 +545,9 @@ void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls) {
   if (th->all) th->all->prev = c;
   th->all = c;
   th->nconns++;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || th->stopping) {
+  int rc = uv_tcp_open(&c->tcp, fd);
+  if (rc != 0) close(fd); /* not the handle's */
+  if (rc != 0 || th->stopping) {
     conn_end(c, CONN_END_ABORT);
     return;
   }

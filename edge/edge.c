@@ -25,21 +25,22 @@
 
 static void xfree_cb(void *p) { xfree(p); }
 
-static void on_connection(uv_stream_t *server, int status) {
-  edge_thread_t *th = server->loop->data;
-  if (status < 0) {
-    /* At the open-file limit libuv accepts and closes the pending connection itself
-     * (its reserve-descriptor trick), so the loop neither spins nor stalls; accepting
-     * resumes as soon as descriptors free up. Say so at most every 10 s per thread. */
-    uint64_t now = edge_now_ms();
-    if (now - th->last_accept_warn_ms >= 10000) {
-      th->last_accept_warn_ms = now;
-      log_warn("accept: %s (open connections on this thread: %llu); new connections are being closed",
-               uv_strerror(status), (unsigned long long)th->nconns);
-    }
-    return;
+static void on_accept(listener_t *l, int fd) {
+  edge_thread_t *th = l->data;
+  conn_accept(th, fd, l == &th->listeners[1]);
+}
+
+/* At the open-file limit (edge/listener.c sheds the waiting connections, or rests). Said
+ * at most every 10 s per thread; every connection closed unread is counted. */
+static void on_full(listener_t *l, int err, unsigned shed, int paused) {
+  edge_thread_t *th = l->data;
+  metrics_add(M_LIMIT_OPEN_FILES, shed);
+  uint64_t now = edge_now_ms();
+  if (now - th->last_accept_warn_ms >= 10000) {
+    th->last_accept_warn_ms = now;
+    log_warn("accept: %s (open connections on this thread: %llu); new connections are being closed%s",
+             strerror(err), (unsigned long long)th->nconns, paused ? ", accepting rests 100 ms at a time" : "");
   }
-  conn_accept(th, server, server->data != NULL);
 }
 
 /* One process per address. Every edge thread binds its own socket with SO_REUSEPORT,
@@ -206,8 +207,7 @@ static void stop_cb(uv_async_t *a) {
   if (!th->stopping) {
     th->stopping = 1;
     uv_timer_stop(&th->drain_timer); /* a drain under way: the rest get <system-shutdown/> */
-    for (int i = 0; i < th->nlisteners; i++) uv_close((uv_handle_t *)&th->listeners[i], close_cb_noop);
-    th->nlisteners = 0;
+    for (int i = 0; i < 2; i++) listener_close(&th->listeners[i]);
     for (conn_t *c = th->all, *nx; c; c = nx) {
       nx = c->next;
       conn_stream_error(c, "system-shutdown", NULL);
@@ -289,12 +289,9 @@ edge_t *edge_create(const xmpp_config_t *cfg, bus_t *bus, int *in_use) {
       xfree(err);
       return NULL;
     }
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < 2; p++) { /* listeners[1]: direct TLS */
       if (fds[2 * i + p] < 0) continue;
-      uv_tcp_t *t = &th->listeners[th->nlisteners++];
-      uv_tcp_init(&th->loop, t);
-      t->data = p == 1 ? (void *)1 : NULL; /* direct TLS */
-      if (uv_tcp_open(t, fds[2 * i + p]) != 0 || uv_listen((uv_stream_t *)t, 1024, on_connection) != 0) {
+      if (listener_open(&th->listeners[p], &th->loop, fds[2 * i + p], on_accept, on_full, th) != 0) {
         log_error("cannot listen on %s:%d", cfg->c2s_addr, p ? cfg->c2s_tls_port : cfg->c2s_port);
         return NULL;
       }

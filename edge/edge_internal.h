@@ -17,6 +17,7 @@
 #include "edge/edge.h"
 #include "edge/guard.h"
 #include "edge/shaper.h"
+#include "edge/listener.h"
 #include "edge/tls.h"
 
 typedef struct conn conn_t;
@@ -30,8 +31,7 @@ struct edge_thread {
   int index;
   uv_loop_t loop;
   uv_thread_t thread;
-  uv_tcp_t listeners[2];
-  int nlisteners;
+  listener_t listeners[2]; /* [0] STARTTLS, [1] direct TLS (edge/listener.c) */
   uv_timer_t sweep;
   uv_timer_t throttle;   /* runs while some connection is paused by its shaper */
   conn_t *paused;        /* connections whose reading is paused by the shaper */
@@ -260,7 +260,7 @@ void conn_count_state(const conn_t *c, int delta);
 void conn_thread_init(edge_thread_t *th);
 /* Wraps the connection in TLS (direct TLS at accept, or after <proceed/>). */
 void conn_start_tls(conn_t *c);
-void conn_accept(edge_thread_t *th, uv_stream_t *server, int direct_tls);
+void conn_accept(edge_thread_t *th, int fd, int direct_tls);
 conn_t *conn_lookup(edge_thread_t *th, uint64_t id);
 /* Queues bytes for the client (encrypting under TLS). */
 void conn_send(conn_t *c, const char *data, size_t len);
