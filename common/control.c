@@ -36,6 +36,7 @@
 
 #include "common/alloc.h"
 #include "common/pidlock.h"
+#include "common/listener.h"
 #include "common/log.h"
 #include "common/text.h"
 
@@ -98,11 +99,11 @@ struct submission {
 struct control {
   char *path;
   int lock_fd;
-  int fd; /* the listening socket until control_start hands it to libuv */
+  int fd; /* the listening socket until control_start hands it to the listener */
   int max_clients;
   size_t max_request;
   uv_loop_t *loop;
-  uv_pipe_t listener;
+  listener_t listener; /* common/listener.c: calm at the open-file limit */
   uv_async_t async;
   uv_mutex_t post_lock;
   post_t *posts, **posts_tail;
@@ -484,12 +485,14 @@ static void refuse_now(control_client_t *cl, const char *result, const char *msg
   refuse(cl, "-", result, msg);
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  control_t *c = server->data;
-  if (status < 0) {
-    log_warn("control: accept: %s", uv_strerror(status));
-    return;
-  }
+static void on_full(listener_t *l, int err, unsigned shed, int paused) {
+  (void)l;
+  (void)paused;
+  log_warn("control: accept: %s (%u waiting connections closed)", strerror(err), shed);
+}
+
+static void on_connection(listener_t *l, int fd) {
+  control_t *c = l->data;
   control_client_t *cl = xcalloc(1, sizeof *cl);
   cl->ctl = c;
   buf_init(&cl->in);
@@ -502,14 +505,14 @@ static void on_connection(uv_stream_t *server, int status) {
   if (c->clients) c->clients->prev = cl;
   c->clients = cl;
   c->nclients++;
-  if (uv_accept(server, (uv_stream_t *)&cl->pipe) != 0) {
+  if (uv_pipe_open(&cl->pipe, fd) != 0) {
+    close(fd);
     client_close(cl);
     return;
   }
-  uv_os_fd_t fd;
   struct ucred uc = {0};
   socklen_t ul = sizeof uc;
-  if (uv_fileno((uv_handle_t *)&cl->pipe, &fd) != 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) != 0) {
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) != 0) {
     log_warn("control: no peer credentials: connection closed");
     client_close(cl);
     return;
@@ -617,14 +620,9 @@ int control_start(control_t *c, uv_loop_t *loop, const control_cmd_t *cmds, size
   c->started = 1;
   c->handles = 1;
   if (!c->path) return 0; /* control_submit alone */
-  uv_pipe_init(loop, &c->listener, 0);
-  c->listener.data = c;
   c->handles = 2;
-  int rc = uv_pipe_open(&c->listener, c->fd);
-  if (rc == 0) {
-    c->fd = -1;
-    rc = uv_listen((uv_stream_t *)&c->listener, 64, on_connection);
-  }
+  int rc = listener_open(&c->listener, loop, c->fd, on_connection, on_full, c);
+  if (rc == 0) c->fd = -1;
   if (rc != 0) {
     log_error("control socket %s: %s", c->path, uv_strerror(rc));
     return -1;
@@ -634,11 +632,12 @@ int control_start(control_t *c, uv_loop_t *loop, const control_cmd_t *cmds, size
 }
 
 static void ctl_closed_cb(uv_handle_t *h);
+static void ctl_listener_closed(listener_t *l);
 
 void control_stop(control_t *c) {
   if (!c || !c->started || c->stopped) return;
   c->stopped = 1;
-  if (c->path) uv_close((uv_handle_t *)&c->listener, ctl_closed_cb);
+  if (c->path) listener_close(&c->listener, ctl_listener_closed);
   while (c->clients) client_close(c->clients);
 }
 
@@ -657,6 +656,11 @@ static void release(control_t *c) {
 
 static void ctl_closed_cb(uv_handle_t *h) {
   control_t *c = h->data;
+  if (--c->handles == 0) release(c);
+}
+
+static void ctl_listener_closed(listener_t *l) {
+  control_t *c = l->data;
   if (--c->handles == 0) release(c);
 }
 

@@ -275,7 +275,7 @@ static void drain_cb(uv_timer_t *t) {
 }
 
 static size_t drain_start(edge_thread_t *th, const edge_admin_t *r) {
-  for (int i = 0; i < 2; i++) listener_close(&th->listeners[i]); /* new connections are refused from now on */
+  for (int i = 0; i < 2; i++) listener_close(&th->listeners[i], NULL); /* new connections are refused from now on */
   size_t n = 0;
   for (conn_t *c = th->all; c; c = c->next) n += !conn_closing(c);
   th->drain_rate = r->rate;

@@ -30,7 +30,7 @@ static void on_accept(listener_t *l, int fd) {
   conn_accept(th, fd, l == &th->listeners[1]);
 }
 
-/* At the open-file limit (edge/listener.c sheds the waiting connections, or rests). Said
+/* At the open-file limit (common/listener.c sheds the waiting connections, or rests). Said
  * at most every 10 s per thread; every connection closed unread is counted. */
 static void on_full(listener_t *l, int err, unsigned shed, int paused) {
   edge_thread_t *th = l->data;
@@ -207,7 +207,7 @@ static void stop_cb(uv_async_t *a) {
   if (!th->stopping) {
     th->stopping = 1;
     uv_timer_stop(&th->drain_timer); /* a drain under way: the rest get <system-shutdown/> */
-    for (int i = 0; i < 2; i++) listener_close(&th->listeners[i]);
+    for (int i = 0; i < 2; i++) listener_close(&th->listeners[i], NULL);
     for (conn_t *c = th->all, *nx; c; c = nx) {
       nx = c->next;
       conn_stream_error(c, "system-shutdown", NULL);

@@ -17,7 +17,7 @@
 #include "edge/edge.h"
 #include "edge/guard.h"
 #include "edge/shaper.h"
-#include "edge/listener.h"
+#include "common/listener.h"
 #include "edge/tls.h"
 
 typedef struct conn conn_t;
@@ -31,7 +31,7 @@ struct edge_thread {
   int index;
   uv_loop_t loop;
   uv_thread_t thread;
-  listener_t listeners[2]; /* [0] STARTTLS, [1] direct TLS (edge/listener.c) */
+  listener_t listeners[2]; /* [0] STARTTLS, [1] direct TLS (common/listener.c) */
   uv_timer_t sweep;
   uv_timer_t throttle;   /* runs while some connection is paused by its shaper */
   conn_t *paused;        /* connections whose reading is paused by the shaper */

@@ -18,10 +18,12 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/cluster/bus_link_tls.h"
 #include "common/err.h"
+#include "common/listener.h"
 #include "common/log.h"
 
 #define RBUF_SIZE 65536
@@ -110,7 +112,7 @@ struct bus_link {
 
 struct bus_listener {
   uv_loop_t *loop;
-  uv_tcp_t tcp;
+  listener_t lst; /* common/listener.c: calm at the open-file limit */
   bus_link_config_t cfg;
   bus_link_cbs_t cbs;
   void *ud;
@@ -1081,21 +1083,24 @@ void bus_link_close(bus_link_t *l) {
 
 /* ---- public: listener ------------------------------------------------------------- */
 
-static void on_listener_closed(uv_handle_t *h) {
-  bus_listener_t *ls = h->data;
+static void on_listener_closed(listener_t *l) {
+  bus_listener_t *ls = l->data;
   link_tls_ctx_free(ls->tls);
   xfree(ls->links);
   xfree(ls);
 }
 
-static void on_accept(uv_stream_t *server, int status) {
-  bus_listener_t *ls = server->data;
-  if (status < 0) {
-    log_warn("bus listener: accept: %s", uv_strerror(status));
-    return;
-  }
+static void on_full(listener_t *l, int err, unsigned shed, int paused) {
+  (void)l;
+  (void)paused;
+  log_warn("bus listener: accept: %s (%u waiting connections closed)", strerror(err), shed);
+}
+
+static void on_accept(listener_t *l, int fd) {
+  bus_listener_t *ls = l->data;
   link_conn_t *c = conn_new(ls->loop, ls->cfg.heartbeat_ms, ls->cfg.dead_after);
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+  if (uv_tcp_open(&c->tcp, fd) != 0) {
+    close(fd);
     conn_close_handles(c);
     return;
   }
@@ -1151,18 +1156,19 @@ bus_listener_t *bus_listener_new(uv_loop_t *loop, const char *host, int port, ui
   ls->ud = ud;
   ls->self_node = self_node;
   ls->self_role = self_role;
-  uv_tcp_init(loop, &ls->tcp);
-  ls->tcp.data = ls;
-  int rc = uv_tcp_bind(&ls->tcp, (const struct sockaddr *)&ss, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&ls->tcp, 128, on_accept);
+  int fd = listener_tcp_socket((const struct sockaddr *)&ss, 128), rc = fd < 0 ? uv_translate_sys_error(-fd) : 0;
+  if (rc == 0) {
+    rc = listener_open(&ls->lst, loop, fd, on_accept, on_full, ls);
+    if (rc != 0) close(fd);
+  }
   if (rc != 0) {
     log_error("bus listener: cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
-    ls->tcp.data = ls;
-    uv_close((uv_handle_t *)&ls->tcp, on_listener_closed);
+    if (fd >= 0) listener_close(&ls->lst, on_listener_closed);
+    else on_listener_closed(&(listener_t){.data = ls});
     return NULL;
   }
-  int len = sizeof ss;
-  uv_tcp_getsockname(&ls->tcp, (struct sockaddr *)&ss, &len);
+  socklen_t len = sizeof ss;
+  getsockname(fd, (struct sockaddr *)&ss, &len);
   ls->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
                                           : ((struct sockaddr_in6 *)&ss)->sin6_port);
   log_info("bus listener on %s:%d (node %u)", host, ls->port, self_node);
@@ -1180,5 +1186,5 @@ bus_link_t *bus_listener_link(const bus_listener_t *ls, uint16_t peer_node) {
 void bus_listener_close(bus_listener_t *ls) {
   while (ls->pending) conn_fail(ls->pending, "listener closed");
   while (ls->nlinks) bus_link_close(ls->links[ls->nlinks - 1]); /* each leaves the table */
-  uv_close((uv_handle_t *)&ls->tcp, on_listener_closed);
+  listener_close(&ls->lst, on_listener_closed);
 }

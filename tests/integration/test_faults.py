@@ -124,7 +124,7 @@ class OpenFileLimitTest(unittest.TestCase):
             # the harness's own start-up probe may still hold a slot for a moment
             self.assertIn(refused, (20, 21), srv.log_text()[-2000:])
             self.assertIn("at the open-file budget", srv.log_text())
-            # beyond the limit itself (no budget check can help): edge/listener.c closes them
+            # beyond the limit itself (no budget check can help): common/listener.c closes them
             # unread, or rests; it never spins (a spin also starves the stop: exit -9)
             more = [socket.create_connection(("127.0.0.1", srv.port), timeout=2) for _ in range(60)]
             c0 = cpu_seconds(srv.proc.pid)

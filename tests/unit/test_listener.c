@@ -1,4 +1,4 @@
-/* edge/listener.c at the open-file limit. Each test lowers RLIMIT_NOFILE in its own
+/* common/listener.c at the open-file limit. Each test lowers RLIMIT_NOFILE in its own
  * process (Criterion forks one per test) and fills the table, so the limit is exact:
  * - with its reserve descriptor, the listener closes the waiting connections (each
  *   client sees end of file) and keeps polling;
@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "edge/listener.h"
+#include "common/listener.h"
 
 #define CLIENTS 20
 
@@ -99,8 +99,8 @@ Test(listener, accepts_below_the_limit) {
   int fl = fcntl(s.fds[0], F_GETFL);
   cr_assert(fl & O_NONBLOCK, "accepted sockets are non-blocking");
   cr_assert(fcntl(s.fds[0], F_GETFD) & FD_CLOEXEC);
-  listener_close(&l);
-  listener_close(&l); /* idempotent */
+  listener_close(&l, NULL);
+  listener_close(&l, NULL); /* idempotent */
   run_for(&loop, 10);
   cr_assert(fcntl(lfd, F_GETFD) == -1 && errno == EBADF, "the listening socket is closed with the listener");
 }
@@ -125,7 +125,7 @@ Test(listener, sheds_waiting_connections_with_its_reserve) {
   }
   for (int i = 0; i < nfill; i++) close(fill[i]);
   free(fill);
-  listener_close(&l);
+  listener_close(&l, NULL);
 }
 
 Test(listener, rests_without_a_reserve_instead_of_spinning) {
@@ -155,5 +155,5 @@ Test(listener, rests_without_a_reserve_instead_of_spinning) {
   free(fill);
   run_for(&loop, 400);
   cr_assert_eq(s.accepted, CLIENTS);
-  listener_close(&l);
+  listener_close(&l, NULL);
 }

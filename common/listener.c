@@ -18,10 +18,11 @@
  * comes back during the shedding, it stops watching the socket for LISTENER_PAUSE_MS, as
  * nginx disables its accept events for a while. Worst case at the limit: one wake-up per
  * pause per socket, never a spin. */
-#include "edge/listener.h"
+#include "common/listener.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,32 +92,49 @@ static void on_readable(uv_poll_t *p, int status, int events) {
 int listener_open(listener_t *l, uv_loop_t *loop, int fd, listener_accept_cb on_accept, listener_full_cb on_full,
                   void *data) {
   *l = (listener_t){.fd = fd, .reserve = -1, .on_accept = on_accept, .on_full = on_full, .data = data};
-  int rc = uv_poll_init(loop, &l->poll, fd);
-  if (rc != 0) return rc;
-  l->poll.data = l;
   uv_timer_init(loop, &l->rest);
   l->rest.data = l;
-  l->reserve = reserve_open();
-  l->open = 1;
-  rc = uv_poll_start(&l->poll, UV_READABLE, on_readable);
-  if (rc != 0) {
-    l->fd = -1; /* still the caller's */
-    listener_close(l);
+  l->closing = 1;
+  int rc = uv_poll_init(loop, &l->poll, fd);
+  if (rc == 0) {
+    l->poll.data = l;
+    l->closing = 2;
+    rc = uv_poll_start(&l->poll, UV_READABLE, on_readable);
   }
+  l->open = 1; /* so that listener_close cleans up, also after a failure */
+  if (rc != 0) l->fd = -1; /* still the caller's */
+  else l->reserve = reserve_open();
   return rc;
 }
 
-static void poll_closed(uv_handle_t *h) {
+static void handle_closed(uv_handle_t *h) {
   listener_t *l = h->data;
+  if (--l->closing > 0) return;
   if (l->fd >= 0) close(l->fd);
   l->fd = -1;
+  if (l->on_closed) l->on_closed(l);
 }
 
-void listener_close(listener_t *l) {
+void listener_close(listener_t *l, listener_closed_cb on_closed) {
   if (!l->open) return;
   l->open = 0;
+  l->on_closed = on_closed;
   if (l->reserve >= 0) close(l->reserve);
   l->reserve = -1;
-  uv_close((uv_handle_t *)&l->rest, NULL);
-  uv_close((uv_handle_t *)&l->poll, poll_closed);
+  int both = l->closing == 2;
+  uv_close((uv_handle_t *)&l->rest, handle_closed);
+  if (both) uv_close((uv_handle_t *)&l->poll, handle_closed);
+}
+
+int listener_tcp_socket(const struct sockaddr *sa, int backlog) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (fd < 0) return -errno;
+  socklen_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || bind(fd, sa, len) != 0 ||
+      listen(fd, backlog) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
 }
