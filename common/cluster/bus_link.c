@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -874,6 +875,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   }
 }
 
+/* Bytes the kernel holds for us on c's socket (0 when unknown). */
+static int unread_bytes(link_conn_t *c) {
+  uv_os_fd_t fd;
+  int n = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0) return 0;
+  return n;
+}
+
 static void on_tick(uv_timer_t *t) {
   link_conn_t *c = t->data;
   uint64_t now = uv_now(c->loop);
@@ -885,7 +894,11 @@ static void on_tick(uv_timer_t *t) {
       conn_fail(c, c->state == C_CONNECTING ? "connect timed out" : "no HELLO in time");
     break;
   case C_UP:
-    /* while we do not read, the peer's silence proves nothing; our PINGs still go out */
+    /* while we do not read, the peer's silence proves nothing; our PINGs still go out.
+     * Nor does it when its bytes wait unread: after a stall of this process (a stopped
+     * process, a swap storm) libuv runs the timers before polling for I/O, so the
+     * heartbeats the peer sent meanwhile are in the socket but not yet read. Read on. */
+    if (!l->paused && now - c->last_rx >= c->dead_ms && unread_bytes(c) > 0) c->last_rx = now;
     if (!l->paused && now - c->last_rx >= c->dead_ms) {
       snprintf(c->err, sizeof c->err, "nothing from the peer for %llu ms", (unsigned long long)(now - c->last_rx));
       conn_fail(c, c->err);

@@ -1059,3 +1059,46 @@ Test(bus_link, tls_bad_files) {
   c.tls_key = NULL; /* all three or none */
   cr_assert_null(bus_link_connect(&loop, "127.0.0.1", 1, 2, BUS_ROLE_EDGE, &c, &CBS, cli));
 }
+
+Test(bus_link, stall_of_this_process_is_not_the_peer_s_death) {
+  /* Issue 10: after this process stood still (SIGSTOP, swap, a long blocking call) for
+   * longer than the dead time, libuv runs the timers before it polls for I/O, so the
+   * heartbeat timer saw "nothing from the peer" and failed the link while the peer's
+   * PINGs sat unread in the socket: a live router taken for dead. The peer, in its own
+   * process, keeps beating and is patient (its own dead time is long). */
+  int pfd[2];
+  cr_assert_eq(pipe(pfd), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    uv_loop_t cl;
+    uv_loop_init(&cl);
+    bus_link_config_t cfg = test_cfg();
+    cfg.dead_after = 100;
+    side_t *srv = side_new("child", size_small);
+    bus_listener_t *ls = bus_listener_new(&cl, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &cfg, &CBS, srv);
+    int port = ls ? bus_listener_port(ls) : -1;
+    if (write(pfd[1], &port, sizeof port) != sizeof port) _exit(1);
+    uv_run(&cl, UV_RUN_DEFAULT);
+    _exit(0);
+  }
+  close(pfd[1]);
+  int port = 0;
+  cr_assert_eq(read(pfd[0], &port, sizeof port), (ssize_t)sizeof port);
+  close(pfd[0]);
+  bus_link_config_t cfg = test_cfg();
+  side_t *cli = side_new("client", size_small);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", port, 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
+  RUN_UNTIL(cli->ups, 3000);
+  cr_assert_eq(cli->ups, 1);
+  RUN_FOR(2 * HB);
+  usleep(HB * DEAD * 3 * 1000); /* the stall: three dead times */
+  RUN_FOR(4 * HB);
+  int downs = cli->downs;
+  kill(pid, SIGKILL); /* before any assertion: a live child would keep the test open */
+  waitpid(pid, NULL, 0);
+  cr_assert_eq(downs, 0, "the link was failed after our own stall, the peer's beats unread");
+  RUN_UNTIL(cli->downs, 2000); /* a dead peer is still found */
+  cr_assert_eq(cli->downs, 1);
+  bus_link_close(l);
+}
