@@ -619,15 +619,17 @@ Test(bus_link, connection_resets_mid_stream_lose_and_duplicate_nothing) {
 
 /* ---- liveness ---------------------------------------------------------------------- */
 
-Test(bus_link, peer_killed_on_down_then_retrying) {
+/* The peer: a listener in a process of its own (forked), with dead_after K; its port. */
+static int fork_peer(uint32_t dead_after, pid_t *pid_out) {
   int pfd[2];
   cr_assert_eq(pipe(pfd), 0);
   pid_t pid = fork();
   cr_assert_geq(pid, 0);
-  if (pid == 0) { /* the peer: a listener in its own process */
+  if (pid == 0) {
     uv_loop_t cl;
     uv_loop_init(&cl);
     bus_link_config_t cfg = test_cfg();
+    cfg.dead_after = dead_after;
     side_t *srv = side_new("child", size_small);
     bus_listener_t *ls = bus_listener_new(&cl, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &cfg, &CBS, srv);
     int port = ls ? bus_listener_port(ls) : -1;
@@ -640,6 +642,13 @@ Test(bus_link, peer_killed_on_down_then_retrying) {
   cr_assert_eq(read(pfd[0], &port, sizeof port), (ssize_t)sizeof port);
   close(pfd[0]);
   cr_assert_gt(port, 0);
+  *pid_out = pid;
+  return port;
+}
+
+Test(bus_link, peer_killed_on_down_then_retrying) {
+  pid_t pid;
+  int port = fork_peer(DEAD, &pid);
   bus_link_config_t cfg = test_cfg();
   side_t *cli = side_new("client", size_small);
   bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", port, 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
@@ -1066,26 +1075,8 @@ Test(bus_link, stall_of_this_process_is_not_the_peer_s_death) {
    * heartbeat timer saw "nothing from the peer" and failed the link while the peer's
    * PINGs sat unread in the socket: a live router taken for dead. The peer, in its own
    * process, keeps beating and is patient (its own dead time is long). */
-  int pfd[2];
-  cr_assert_eq(pipe(pfd), 0);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    uv_loop_t cl;
-    uv_loop_init(&cl);
-    bus_link_config_t cfg = test_cfg();
-    cfg.dead_after = 100;
-    side_t *srv = side_new("child", size_small);
-    bus_listener_t *ls = bus_listener_new(&cl, "127.0.0.1", 0, 1, BUS_ROLE_ROUTER, &cfg, &CBS, srv);
-    int port = ls ? bus_listener_port(ls) : -1;
-    if (write(pfd[1], &port, sizeof port) != sizeof port) _exit(1);
-    uv_run(&cl, UV_RUN_DEFAULT);
-    _exit(0);
-  }
-  close(pfd[1]);
-  int port = 0;
-  cr_assert_eq(read(pfd[0], &port, sizeof port), (ssize_t)sizeof port);
-  close(pfd[0]);
+  pid_t pid;
+  int port = fork_peer(100, &pid);
   bus_link_config_t cfg = test_cfg();
   side_t *cli = side_new("client", size_small);
   bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", port, 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);

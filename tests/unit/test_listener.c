@@ -69,6 +69,14 @@ static int fill_table(int **out) {
   return n;
 }
 
+/* A loop, a listener on a fresh loopback socket, and the clients' sockets (unconnected). */
+static void start(uv_loop_t *loop, listener_t *l, seen_t *s, int *lfd, int *port, int *cl) {
+  uv_loop_init(loop);
+  *lfd = listening_socket(port);
+  for (int i = 0; i < CLIENTS; i++) cl[i] = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert(listener_open(l, loop, *lfd, on_accept, on_full, s) == 0);
+}
+
 static void run_for(uv_loop_t *loop, uint64_t ms) {
   uint64_t end = uv_now(loop) + ms;
   while (uv_now(loop) < end) {
@@ -86,12 +94,10 @@ static double cpu_seconds(void) {
 
 Test(listener, accepts_below_the_limit) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  int port, lfd = listening_socket(&port), cl[CLIENTS];
-  for (int i = 0; i < CLIENTS; i++) cl[i] = socket(AF_INET, SOCK_STREAM, 0);
   seen_t s = {0};
   listener_t l;
-  cr_assert(listener_open(&l, &loop, lfd, on_accept, on_full, &s) == 0);
+  int port, lfd, cl[CLIENTS];
+  start(&loop, &l, &s, &lfd, &port, cl);
   connect_all(cl, port);
   run_for(&loop, 200);
   cr_assert_eq(s.accepted, CLIENTS);
@@ -107,12 +113,10 @@ Test(listener, accepts_below_the_limit) {
 
 Test(listener, sheds_waiting_connections_with_its_reserve) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  int port, lfd = listening_socket(&port), cl[CLIENTS];
-  for (int i = 0; i < CLIENTS; i++) cl[i] = socket(AF_INET, SOCK_STREAM, 0);
   seen_t s = {0};
   listener_t l;
-  cr_assert(listener_open(&l, &loop, lfd, on_accept, on_full, &s) == 0);
+  int port, lfd, cl[CLIENTS];
+  start(&loop, &l, &s, &lfd, &port, cl);
   int *fill, nfill = fill_table(&fill);
   connect_all(cl, port);
   run_for(&loop, 300);
@@ -130,12 +134,10 @@ Test(listener, sheds_waiting_connections_with_its_reserve) {
 
 Test(listener, rests_without_a_reserve_instead_of_spinning) {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  int port, lfd = listening_socket(&port), cl[CLIENTS];
-  for (int i = 0; i < CLIENTS; i++) cl[i] = socket(AF_INET, SOCK_STREAM, 0);
   seen_t s = {0};
   listener_t l;
-  cr_assert(listener_open(&l, &loop, lfd, on_accept, on_full, &s) == 0);
+  int port, lfd, cl[CLIENTS];
+  start(&loop, &l, &s, &lfd, &port, cl);
   /* another thread takes the reserve's slot */
   close(l.reserve);
   l.reserve = -1;
