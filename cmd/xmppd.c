@@ -392,7 +392,8 @@ int main(int argc, char **argv) {
   /* The metrics endpoint, before the client listeners: once a client can connect, it
    * can be scraped (docs/operations.md "Metrics"). */
   metrics_source_add(memstats_metrics, &role);
-  if (cfg.metrics_listen[0] && !(metrics = metrics_http_start(cfg.metrics_listen, cfg.metrics_token, &err))) {
+  if (cfg.metrics_listen[0] && !(metrics = metrics_http_start(cfg.metrics_listen, cfg.metrics_token, cfg.metrics_tls_cert,
+                                                                 cfg.metrics_tls_key, &err))) {
     log_error("%s", err ? err : "metrics: cannot start");
     return 1;
   }

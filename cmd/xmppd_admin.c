@@ -578,7 +578,8 @@ int xmppd_admin_start(xmppd_admin_t *a, uv_loop_t *loop, edge_t *edge, const bus
   if (control_start(a->ctl, loop, commands, sizeof commands / sizeof commands[0], a) != 0) return -1;
   if (a->cfg->admin_listen[0]) {
     char *err = NULL;
-    control_http_limits_t lim = {(unsigned)a->cfg->admin_max_clients, (size_t)a->cfg->admin_max_body};
+    control_http_limits_t lim = {(unsigned)a->cfg->admin_max_clients, (size_t)a->cfg->admin_max_body,
+                                 a->cfg->admin_tls_cert, a->cfg->admin_tls_key};
     a->http = control_http_start(a->ctl, a->cfg->admin_listen, a->cfg->admin_token, &lim, &err);
     if (!a->http) {
       log_error("%s", err ? err : "admin.listen: cannot start");

@@ -126,7 +126,11 @@ static const conf_opt_t opts[] = {
   {"cluster", "hold_bytes", CT_INT, 0, 1073741824, "8388608", O(hold_bytes), "bytes of stanzas each router worker holds at most during a shard move (`hold_ms`); past it the hold ends at once and what it held is handled as without it"},
   {"metrics", "listen", CT_STR, 0, 64, "", O(metrics_listen), "Prometheus / OpenMetrics endpoint, `HOST:PORT` or `[IPV6]:PORT` with a numeric address, serving `GET /metrics` ([operations.md](operations.md#metrics)); empty = off. An address other than loopback needs `token`"},
   {"metrics", "token", CT_STR, 0, 255, "", O(metrics_token), "bearer token the metrics endpoint requires (`Authorization: Bearer TOKEN`; 401 without it); empty = none, allowed only on a loopback `listen`"},
-  {"admin", "listen", CT_STR, 0, 64, "", O(admin_listen), "HTTP admin API, `HOST:PORT` or `[IPV6]:PORT` with a numeric address: the control socket's commands as JSON under `/admin/` ([operations.md](operations.md#the-http-admin-api)); empty = off. Plain HTTP: keep it on loopback or behind a TLS-terminating proxy"},
+  {"metrics", "tls_cert", CT_STR, 0, 4095, "", O(metrics_tls_cert), "PEM certificate chain: the endpoint speaks HTTPS only (TLS 1.2 and 1.3), with `tls_key`; read at start; empty = plain HTTP"},
+  {"metrics", "tls_key", CT_STR, 0, 4095, "", O(metrics_tls_key), "PEM private key of `tls_cert`"},
+  {"admin", "listen", CT_STR, 0, 64, "", O(admin_listen), "HTTP admin API, `HOST:PORT` or `[IPV6]:PORT` with a numeric address: the control socket's commands as JSON under `/admin/` ([operations.md](operations.md#the-http-admin-api)); empty = off. Without `tls_cert`, plain HTTP: keep it on loopback (a warning otherwise)"},
+  {"admin", "tls_cert", CT_STR, 0, 4095, "", O(admin_tls_cert), "PEM certificate chain: the admin API speaks HTTPS only (TLS 1.2 and 1.3), with `tls_key`; read at start; empty = plain HTTP"},
+  {"admin", "tls_key", CT_STR, 0, 4095, "", O(admin_tls_key), "PEM private key of `tls_cert`"},
   {"admin", "token", CT_STR, 0, 255, "", O(admin_token), "bearer token every admin request must carry (`Authorization: Bearer TOKEN`; 401 without it, audited); at least 16 bytes, required with `listen`"},
   {"admin", "max_clients", CT_INT, 1, 256, "8", O(admin_max_clients), "admin API connections at once; beyond, a connection is answered 503 and closed"},
   {"admin", "max_body", CT_INT, 64, 65536, "8192", O(admin_max_body), "bytes of one admin request's JSON body; a larger one is answered 413 unread"},
@@ -537,6 +541,21 @@ int config_validate(const xmpp_config_t *c, char **err) {
   if (strcmp(c->store_backend, "sqlite") != 0 && strcmp(c->store_backend, "redis") != 0) {
     if (err) *err = xstrfmt("storage.backend: '%s' is not supported (sqlite, redis)", c->store_backend);
     return XMPP_EINVAL;
+  }
+  const char *half = !!c->admin_tls_cert[0] != !!c->admin_tls_key[0]       ? "admin"
+                     : !!c->metrics_tls_cert[0] != !!c->metrics_tls_key[0] ? "metrics"
+                                                                           : NULL;
+  if (half) {
+    if (err) *err = xstrfmt("%s.tls_cert and %s.tls_key must be set together", half, half);
+    return XMPP_EINVAL;
+  }
+  const char *const pem[][2] = {{"admin.tls_cert", c->admin_tls_cert}, {"admin.tls_key", c->admin_tls_key},
+                                {"metrics.tls_cert", c->metrics_tls_cert}, {"metrics.tls_key", c->metrics_tls_key}};
+  for (size_t i = 0; i < sizeof pem / sizeof pem[0]; i++) {
+    if (pem[i][1][0] && access(pem[i][1], R_OK) != 0) {
+      if (err) *err = xstrfmt("%s: cannot read %s: %s", pem[i][0], pem[i][1], strerror(errno));
+      return XMPP_EINVAL;
+    }
   }
   if (c->metrics_listen[0]) {
     struct sockaddr_storage ss;

@@ -114,6 +114,8 @@ typedef struct xmpp_config {
   /* [metrics] (common/metrics_http.c, docs/operations.md "Metrics") */
   char *metrics_listen;    /* HOST:PORT of the Prometheus endpoint; "" = off */
   char *metrics_token;     /* bearer token the endpoint requires; "" = none (loopback only) */
+  char *metrics_tls_cert;  /* PEM files: HTTPS; "" = plain HTTP */
+  char *metrics_tls_key;
   int dedup_window;        /* origin ids remembered per edge thread / router worker */
   int hold_ms;             /* a shard move's hold of stanzas for sessions not announced yet */
   int hold_bytes;          /* and its bound per router worker */
@@ -125,6 +127,8 @@ typedef struct xmpp_config {
   /* [admin] the HTTP admin API (common/control_http.c) */
   char *admin_listen;      /* HOST:PORT; "" = off */
   char *admin_token;       /* bearer token, required with admin_listen */
+  char *admin_tls_cert;    /* PEM files: HTTPS; "" = plain HTTP */
+  char *admin_tls_key;
   int admin_max_clients;   /* connections at once */
   int admin_max_body;      /* bytes of one request body */
 } xmpp_config_t;

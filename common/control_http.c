@@ -14,6 +14,7 @@
  * CONTROL_HTTP_WAIT_S for the command's answer (504). The token is checked before
  * anything else of the request is looked at: without it no body is read. */
 #include "common/control_http.h"
+#include "common/http_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,6 +41,7 @@
 typedef struct waiter waiter_t;
 
 struct control_http {
+  http_tls_t tls;
   struct MHD_Daemon *d;
   control_t *ctl;
   char *token;
@@ -507,6 +509,10 @@ control_http_t *control_http_start(control_t *c, const char *listen, const char 
     return NULL;
   }
   control_http_t *h = xcalloc(1, sizeof *h);
+  if (http_tls_load(&h->tls, "admin", lim->tls_cert, lim->tls_key, err) != 0) {
+    xfree(h);
+    return NULL;
+  }
   h->ctl = c;
   h->token = xstrdup(token);
   h->token_len = strlen(token);
@@ -515,23 +521,34 @@ control_http_t *control_http_start(control_t *c, const char *listen, const char 
   pthread_mutex_init(&h->lock, NULL);
   /* a thread per connection, and poll(2) in the listening thread (select's FD_SETSIZE
    * is below this process's descriptor numbers) */
-  unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+  unsigned flags =
+      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | http_tls_flags(&h->tls);
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-  h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+  h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, h->tls.opts, MHD_OPTION_SOCK_ADDR,
+                          (struct sockaddr *)&ss,
                           MHD_OPTION_CONNECTION_LIMIT, 2 * lim->max_clients, MHD_OPTION_CONNECTION_TIMEOUT,
                           (unsigned)CONTROL_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
                           (size_t)CONTROL_HTTP_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
                           MHD_OPTION_NOTIFY_CONNECTION, notify_cb, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                           MHD_OPTION_END);
   if (!h->d) {
-    if (err) *err = xstrfmt("admin.listen: cannot listen on %s", listen);
+    if (err)
+      *err = xstrfmt("admin.listen: cannot listen on %s%s", listen,
+                     h->tls.cert ? ", or admin.tls_cert and admin.tls_key are not a certificate and its key" : "");
+    http_tls_free(&h->tls);
     pthread_mutex_destroy(&h->lock);
     xfree(h->token);
     xfree(h);
     return NULL;
   }
-  log_info("admin API: http://%s/admin/ (bearer token required; %u connections, bodies up to %zu bytes)", listen,
-           lim->max_clients, lim->max_body);
+  log_info("admin API: %s://%s/admin/ (bearer token required; %u connections, bodies up to %zu bytes)",
+           h->tls.cert ? "https" : "http", listen, lim->max_clients, lim->max_body);
+  int loopback = 0;
+  metrics_parse_listen(listen, &ss, &loopback, NULL);
+  if (!loopback && !h->tls.cert)
+    log_warn("admin API on %s, not a loopback address, in plain HTTP: the bearer token crosses the network in "
+             "clear (set admin.tls_cert and admin.tls_key)",
+             listen);
   return h;
 }
 
@@ -547,6 +564,7 @@ void control_http_stop(control_http_t *h) {
   }
   pthread_mutex_unlock(&h->lock);
   MHD_stop_daemon(h->d);
+  http_tls_free(&h->tls);
   pthread_mutex_destroy(&h->lock);
   explicit_bzero(h->token, h->token_len);
   xfree(h->token);

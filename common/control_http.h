@@ -25,6 +25,7 @@ typedef struct control_http control_http_t;
 typedef struct control_http_limits {
   unsigned max_clients; /* connections at once: beyond, 503 and closed */
   size_t max_body;      /* bytes of a request body: beyond, 413 */
+  const char *tls_cert, *tls_key; /* PEM files: HTTPS (common/http_tls.h); NULL or "": HTTP */
 } control_http_limits_t;
 
 /* Serves c's commands (after control_start) on listen (HOST:PORT, numeric) on threads

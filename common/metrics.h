@@ -165,7 +165,8 @@ typedef struct metrics_http metrics_http_t;
 /* Starts the endpoint on its own thread (libmicrohttpd's). token: "" for none, else the
  * bearer token every request must present. NULL (with *err) when it cannot listen.
  * Main thread. */
-metrics_http_t *metrics_http_start(const char *listen, const char *token, char **err);
+metrics_http_t *metrics_http_start(const char *listen, const char *token, const char *tls_cert, const char *tls_key,
+                                   char **err);
 /* Stops it (waits for a scrape in progress). NULL-safe. Main thread. */
 void metrics_http_stop(metrics_http_t *h);
 

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "common/http_tls.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -33,6 +34,7 @@
 
 struct metrics_http {
   struct MHD_Daemon *d;
+  http_tls_t tls;
   char *token;
 };
 
@@ -136,31 +138,42 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   log_debug("metrics http: %s", line);
 }
 
-metrics_http_t *metrics_http_start(const char *listen, const char *token, char **err) {
+metrics_http_t *metrics_http_start(const char *listen, const char *token, const char *tls_cert, const char *tls_key,
+                                   char **err) {
   struct sockaddr_storage ss;
   int loopback;
   if (metrics_parse_listen(listen, &ss, &loopback, err) != 0) return NULL;
   metrics_http_t *h = xcalloc(1, sizeof *h);
+  if (http_tls_load(&h->tls, "metrics", tls_cert, tls_key, err) != 0) {
+    xfree(h);
+    return NULL;
+  }
   h->token = xstrdup(token ? token : "");
-  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | http_tls_flags(&h->tls);
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-  h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+  h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, h->tls.opts, MHD_OPTION_SOCK_ADDR,
+                          (struct sockaddr *)&ss,
                           MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_HTTP_CONNS, MHD_OPTION_CONNECTION_TIMEOUT,
                           (unsigned)METRICS_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
                           (size_t)METRICS_HTTP_MEMORY, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
   if (!h->d) {
-    if (err) *err = xstrfmt("metrics.listen: cannot listen on %s", listen);
+    if (err)
+      *err = xstrfmt("metrics.listen: cannot listen on %s%s", listen,
+                     h->tls.cert ? ", or metrics.tls_cert and metrics.tls_key are not a certificate and its key" : "");
+    http_tls_free(&h->tls);
     xfree(h->token);
     xfree(h);
     return NULL;
   }
-  log_info("metrics: http://%s/metrics%s", listen, h->token[0] ? " (bearer token required)" : "");
+  log_info("metrics: %s://%s/metrics%s", h->tls.cert ? "https" : "http", listen,
+           h->token[0] ? " (bearer token required)" : "");
   return h;
 }
 
 void metrics_http_stop(metrics_http_t *h) {
   if (!h) return;
   MHD_stop_daemon(h->d);
+  http_tls_free(&h->tls);
   xfree(h->token);
   xfree(h);
 }

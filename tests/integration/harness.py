@@ -99,6 +99,15 @@ def free_port():
     return port
 
 
+def self_signed(directory, cn, prefix=""):
+    """A self-signed P-256 certificate for CN=cn in directory: (PREFIXcert.pem, PREFIXkey.pem)."""
+    cert, key = os.path.join(directory, prefix + "cert.pem"), os.path.join(directory, prefix + "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=" + cn, "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 class Server:
     def __init__(self, **options):
         self.dir = tempfile.mkdtemp(prefix="xmppd-it-")
@@ -106,12 +115,7 @@ class Server:
         self.tls_port = free_port()
         while self.tls_port == self.port:  # the OS may hand the same free port out twice
             self.tls_port = free_port()
-        self.cert = os.path.join(self.dir, "cert.pem")
-        self.key = os.path.join(self.dir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
-                        "/CN=" + DOMAIN, "-keyout", self.key, "-out", self.cert],
-                       check=True, capture_output=True)
+        self.cert, self.key = self_signed(self.dir, DOMAIN)
         self.conf = os.path.join(self.dir, "xmppd.conf")
         opts = {
             "server.domain": DOMAIN,

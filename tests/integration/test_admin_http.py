@@ -9,13 +9,15 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import tempfile
 import time
 import unittest
 
 import aioxmpp
 
-from harness import DOMAIN, XMPPD, Client, Server, ServerTest, aioxmpp_client, free_port, run
+from harness import DOMAIN, XMPPD, Client, Server, ServerTest, aioxmpp_client, free_port, run, self_signed
 
 TOKEN = "s3cret-admin-token-0123456789"
 MAX_BODY = 1024
@@ -33,9 +35,10 @@ def wait_port(port, timeout=10):
     raise AssertionError(f"nothing listens on {port}")
 
 
-def call(port, method, path, body=None, token=TOKEN, headers=None):
-    """One request on a fresh connection: (status, parsed JSON body)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+def call(port, method, path, body=None, token=TOKEN, headers=None, tls=None):
+    """One request on a fresh connection (HTTPS with tls, an SSLContext): (status, parsed JSON body)."""
+    c = (http.client.HTTPSConnection("127.0.0.1", port, timeout=20, context=tls) if tls
+         else http.client.HTTPConnection("127.0.0.1", port, timeout=20))
     h = dict(headers or {})
     if token is not None:
         h["Authorization"] = "Bearer " + token
@@ -452,3 +455,79 @@ class AdminConfigTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdminHttpsTest(unittest.TestCase):
+    """admin.tls_cert / admin.tls_key: the API speaks HTTPS only (TLS 1.2 and 1.3, GnuTLS
+    through libmicrohttpd), with its own certificate; Python's OpenSSL client checks it."""
+
+    def test_https_only_with_its_certificate(self):
+        d = tempfile.mkdtemp(prefix="xmppd-admin-tls-")
+        cert, key = self_signed(d, "admin.localhost", "admin-")
+        port = free_port()
+        srv = Server(**{"admin.listen": f"127.0.0.1:{port}", "admin.token": TOKEN,
+                        "admin.tls_cert": cert, "admin.tls_key": key})
+        srv.adduser(f"alice@{DOMAIN}", "pw")
+        srv.start()
+        try:
+            wait_port(port)
+            self.assertIn(f"admin API: https://127.0.0.1:{port}/admin/", srv.log_text())
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                ctx = ssl.create_default_context(cafile=cert)  # this certificate and no other
+                ctx.check_hostname = False
+                ctx.minimum_version = ctx.maximum_version = version
+                st, ans = call(port, "GET", "/admin/status", tls=ctx)
+                self.assertEqual((st, ans["ok"], ans["pid"]), (200, True, srv.proc.pid), version)
+                st, ans = call(port, "GET", "/admin/status", token="wrong-token-0123456789", tls=ctx)
+                self.assertEqual(st, 401)
+            # a changing command over TLS, seen by a real client
+            ctx = ssl.create_default_context(cafile=cert)
+            ctx.check_hostname = False
+            st, ans = call(port, "POST", "/admin/adduser", {"jid": "erin", "password": "pw2"}, tls=ctx)
+            self.assertEqual(st, 200, ans)
+
+            async def login():
+                c = Client(srv, f"erin@{DOMAIN}/x", "pw2")
+                await c.login()
+                await c.close()
+            run(login())
+            # the server's client certificate is not the admin one: the client checked it
+            other = ssl.create_default_context(cafile=srv.cert)
+            other.check_hostname = False
+            with self.assertRaises(ssl.SSLCertVerificationError):
+                call(port, "GET", "/admin/status", tls=other)
+            # plain HTTP to the TLS port gets no answer
+            with self.assertRaises((http.client.RemoteDisconnected, http.client.BadStatusLine,
+                                    ConnectionResetError)):
+                call(port, "GET", "/admin/status")
+            self.assertTrue(srv.alive())
+        finally:
+            self.assertEqual(srv.stop(), 0)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def test_bad_tls_settings_refused_at_start(self):
+        d = tempfile.mkdtemp(prefix="xmppd-admin-tls-")
+        cert, key = self_signed(d, "admin.localhost", "admin-")
+        other_cert, other_key = self_signed(d, "other.localhost", "other-")
+        with open(os.path.join(d, "junk.pem"), "w") as f:
+            f.write("not a key\n")
+        cases = [
+            ({"admin.tls_cert": cert}, "admin.tls_cert and admin.tls_key must be set together"),
+            ({"admin.tls_cert": cert, "admin.tls_key": os.path.join(d, "missing.pem")},
+             "admin.tls_key: cannot read"),
+            ({"admin.tls_cert": cert, "admin.tls_key": os.path.join(d, "junk.pem")}, "is not PEM"),
+            ({"admin.tls_cert": cert, "admin.tls_key": other_key},
+             "admin.tls_cert and admin.tls_key are not a certificate and its key"),
+        ]
+        try:
+            for opts, why in cases:
+                srv = Server(**{"admin.listen": f"127.0.0.1:{free_port()}", "admin.token": TOKEN, **opts})
+                try:  # refused by the configuration's check, or when the endpoint starts
+                    srv.start()
+                    srv.proc.wait(10)
+                except RuntimeError:
+                    pass
+                self.assertNotEqual(srv.stop(), 0, opts)
+                self.assertIn(why, srv.log_text(), opts)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)

@@ -6,10 +6,14 @@ out, TLS handshakes, sessions by state. Bad HTTP input (other methods, other pat
 URL, many idle connections) is refused without disturbing the XMPP side; a token, when set,
 is required. A cluster (Redis + router + edge) shows its bus links' state."""
 import asyncio
+import http.client
 import base64
 import os
+import shutil
 import socket
+import ssl
 import subprocess
+import tempfile
 import time
 import unittest
 import urllib.error
@@ -19,20 +23,21 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from test_sasl2 import authenticate, secured
-from harness import SANITIZED, XMPPD, Client, RawStream, Redis, ServerTest, free_port, run
+from harness import SANITIZED, XMPPD, Client, RawStream, Redis, ServerTest, free_port, run, self_signed
 from test_cluster import Node, stop_all
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-def fetch(port, path="/metrics", accept=OPENMETRICS, token=None, method="GET", timeout=5):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+def fetch(port, path="/metrics", accept=OPENMETRICS, token=None, method="GET", timeout=5, tls=None):
+    """tls: an SSLContext, for HTTPS."""
+    req = urllib.request.Request(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", method=method)
     if accept:
         req.add_header("Accept", accept)
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode(errors="replace")
@@ -231,6 +236,36 @@ class MetricsTest(ServerTest):
         for s in idle:
             s.close()
         scrape(p)
+
+
+class MetricsHttpsTest(ServerTest):
+    """metrics.tls_cert / metrics.tls_key: HTTPS only, with the endpoint's own certificate
+    (checked by Python's OpenSSL client), the token still required."""
+    mport = free_port()
+    tls_dir = tempfile.mkdtemp(prefix="xmppd-metrics-tls-")
+    cert, key = self_signed(tls_dir, "metrics.localhost", "metrics-")
+    server_options = {"metrics.listen": f"127.0.0.1:{mport}", "metrics.token": "s3cret-token",
+                      "metrics.tls_cert": cert, "metrics.tls_key": key}
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.tls_dir, ignore_errors=True)
+
+    def test_https_scrape(self):
+        ctx = ssl.create_default_context(cafile=self.cert)
+        ctx.check_hostname = False
+        st, ctype, text = fetch(self.mport, token="s3cret-token", tls=ctx)
+        self.assertEqual(st, 200, text)
+        self.assertIn("xmppd_logins_total", text)
+        self.assertEqual(fetch(self.mport, token="wrong", tls=ctx)[0], 401)
+        with self.assertRaises(urllib.error.URLError):  # another certificate: the client refuses
+            other = ssl.create_default_context(cafile=self.srv.cert)
+            other.check_hostname = False
+            fetch(self.mport, token="s3cret-token", tls=other)
+        with self.assertRaises((ConnectionResetError, urllib.error.URLError, http.client.RemoteDisconnected)):
+            fetch(self.mport, token="s3cret-token")  # plain HTTP: no answer
+        self.assertIn(f"metrics: https://127.0.0.1:{self.mport}/metrics", self.srv.log_text())
 
 
 class MetricsTokenTest(ServerTest):
