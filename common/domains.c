@@ -6,6 +6,7 @@
 #include <wolfssl/ssl.h>
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -25,7 +26,7 @@ struct domains {
 
 /* Whether the first certificate of the PEM file cert names domain (RFC 6125 §6.4:
  * DNS-ID in subjectAltName, else the CN; wildcards in the left-most label). */
-static int cert_names(const char *cert, const char *domain, char **err) {
+int domain_cert_names(const char *cert, const char *domain, char **err) {
   wolfSSL_Init();
   WOLFSSL_X509 *x = wolfSSL_X509_load_certificate_file(cert, WOLFSSL_FILETYPE_PEM);
   int ok = 0;
@@ -73,9 +74,65 @@ static int modules_mask(const char *domain, const char *list, domains_module_fn 
   return 0;
 }
 
+/* The [domain] section of c whose normalised name is name, or NULL. */
+static const xmpp_vhost_conf_t *section_of(const xmpp_config_t *c, const char *name) {
+  for (int i = 0; i < c->nvhosts; i++) {
+    char *n = NULL;
+    if (jid_prep_domain(c->vhosts[i].name, strlen(c->vhosts[i].name), &n) != 0) continue;
+    int same = !strcmp(n, name);
+    xfree(n);
+    if (same) return &c->vhosts[i];
+  }
+  return NULL;
+}
+
+static void limits_from(domain_t *d, const xmpp_vhost_conf_t *v) {
+  d->max_resources = v ? v->max_resources : 0;
+  d->max_sessions = v ? v->max_sessions : 0;
+  d->max_accounts = v ? v->max_accounts : 0;
+  d->rate_bytes = v ? v->rate_bytes : -1;
+  d->rate_stanzas = v ? v->rate_stanzas : -1;
+}
+
+int domain_spec_check(const xmpp_config_t *c, const char *name, const char *tmpl, const char *cert,
+                      const char *key, char **norm, char **err) {
+  *norm = NULL;
+  size_t nl = strlen(name);
+  if (!nl || nl > XMPP_MAX_DOMAIN_NAME) {
+    *err = xstrfmt("domain name of %zu bytes: 1 to %d are allowed", nl, XMPP_MAX_DOMAIN_NAME);
+    return XMPP_EINVAL;
+  }
+  char *n = NULL;
+  if (name[0] == '[' || jid_prep_domain(name, nl, &n) != 0 || strspn(n, "0123456789.") == strlen(n)) {
+    xfree(n);
+    *err = xstrfmt("'%s' is not a valid domain name (RFC 7622 domainpart, not an IP address)", name);
+    return XMPP_EINVAL;
+  }
+  char *tn = NULL;
+  if (*tmpl && (jid_prep_domain(tmpl, strlen(tmpl), &tn) != 0 || !section_of(c, tn))) {
+    *err = xstrfmt("template '%s': no [domain %s] section in the configuration", tmpl, tmpl);
+    xfree(tn);
+    xfree(n);
+    return XMPP_EINVAL;
+  }
+  xfree(tn);
+  if (!*cert != !*key) {
+    *err = xstrdup("certificate and key must be given together");
+    xfree(n);
+    return XMPP_EINVAL;
+  }
+  *norm = n;
+  return 0;
+}
+
 domains_t *domains_build(const xmpp_config_t *c, domains_module_fn resolve, int check_certs, char **err) {
+  return domains_build_ex(c, NULL, 0, resolve, check_certs, err);
+}
+
+domains_t *domains_build_ex(const xmpp_config_t *c, const domain_spec_t *rt, size_t nrt, domains_module_fn resolve,
+                            int check_certs, char **err) {
   domains_t *t = xcalloc(1, sizeof *t);
-  t->d = xcalloc((size_t)c->nvhosts + 1, sizeof *t->d);
+  t->d = xcalloc((size_t)c->nvhosts + 1 + nrt, sizeof *t->d);
   t->by_name = strmap_new();
   char *why = NULL;
   /* entry 0: server.domain; a [domain] section of the same name adds to it */
@@ -97,6 +154,8 @@ domains_t *domains_build(const xmpp_config_t *c, domains_module_fn resolve, int 
       d->name = name;
       d->cert = xstrdup(c->tls_cert);
       d->key = xstrdup(c->tls_key);
+      d->tmpl = xstrdup("");
+      d->rate_bytes = d->rate_stanzas = -1;
       strmap_put(t->by_name, name, d);
     } else {
       xfree(name);
@@ -112,10 +171,41 @@ domains_t *domains_build(const xmpp_config_t *c, domains_module_fn resolve, int 
     }
     if (modules_mask(raw, v->disable, resolve, &d->disabled, &why) != 0) goto fail;
     if (d->disabled) t->any_disabled = 1;
-    d->max_resources = v->max_resources;
+    limits_from(d, v);
     /* a domain of a [domain] section must be named by the certificate serving it (the
      * default domain alone keeps its old behaviour: not checked) */
-    if (check_certs && d->cert[0] && !cert_names(d->cert, d->name, &why)) goto fail;
+    if (check_certs && d->cert[0] && !domain_cert_names(d->cert, d->name, &why)) goto fail;
+  }
+  for (size_t i = 0; i < nrt; i++) {
+    char *name = NULL;
+    if (jid_prep_domain(rt[i].name, strlen(rt[i].name), &name) != 0) {
+      log_warn("runtime domain %s: not a valid domain name: skipped", rt[i].name);
+      continue;
+    }
+    if (strmap_get(t->by_name, name)) {
+      log_warn("runtime domain %s: also in the configuration file, whose settings apply", name);
+      xfree(name);
+      continue;
+    }
+    domain_t *d = &t->d[t->n++];
+    d->name = name;
+    d->runtime = 1;
+    d->tmpl = xstrdup(rt[i].tmpl);
+    strmap_put(t->by_name, name, d);
+    const xmpp_vhost_conf_t *v = NULL;
+    if (*rt[i].tmpl) {
+      char *tn = NULL;
+      if (jid_prep_domain(rt[i].tmpl, strlen(rt[i].tmpl), &tn) == 0) v = section_of(c, tn);
+      xfree(tn);
+      if (!v) log_warn("runtime domain %s: template %s is not in the configuration: the defaults apply", name, rt[i].tmpl);
+    }
+    if (v && modules_mask(v->name, v->disable, resolve, &d->disabled, &why) != 0) goto fail;
+    if (d->disabled) t->any_disabled = 1;
+    limits_from(d, v);
+    d->own_cert = rt[i].cert[0] != '\0';
+    d->cert = xstrdup(d->own_cert ? rt[i].cert : c->tls_cert);
+    d->key = xstrdup(d->own_cert ? rt[i].key : c->tls_key);
+    if (check_certs && d->own_cert && !domain_cert_names(d->cert, d->name, &why)) goto fail;
   }
   return t;
 fail:
@@ -131,6 +221,7 @@ void domains_free(domains_t *t) {
     xfree(t->d[i].name);
     xfree(t->d[i].cert);
     xfree(t->d[i].key);
+    xfree(t->d[i].tmpl);
   }
   xfree(t->d);
   strmap_free(t->by_name, NULL);
@@ -150,8 +241,28 @@ const domain_t *domains_lookup(const domains_t *t, const char *name, size_t len)
 
 static _Atomic(domains_t *) current;
 
+/* Every session counter made (domains_publish), freed by domains_shutdown. */
+typedef struct counter {
+  _Atomic long n;
+  struct counter *next;
+} counter_t;
+static counter_t *counters;
+
 void domains_publish(domains_t *t) {
-  t->retired = atomic_load(&current);
+  domains_t *old = atomic_load(&current);
+  /* a name served before keeps its count (its streams stay) */
+  for (size_t i = 0; i < t->n; i++) {
+    const domain_t *o = domains_lookup(old, t->d[i].name, strlen(t->d[i].name));
+    if (o) {
+      t->d[i].sessions = o->sessions;
+      continue;
+    }
+    counter_t *k = xcalloc(1, sizeof *k);
+    k->next = counters;
+    counters = k;
+    t->d[i].sessions = &k->n;
+  }
+  t->retired = old;
   atomic_store(&current, t);
 }
 
@@ -182,5 +293,10 @@ void domains_shutdown(void) {
     domains_t *next = t->retired;
     domains_free(t);
     t = next;
+  }
+  while (counters) {
+    counter_t *k = counters->next;
+    xfree(counters);
+    counters = k;
   }
 }
