@@ -187,7 +187,10 @@ static int user_jid(const ctl_t *c, const char *in, char **bare) {
   /* server.domain or a [domain NAME] section (common/domains.h) */
   domains_t *doms = domains_build(&c->cfg, NULL, 0, NULL);
   if (doms && !domains_lookup(doms, j.domain, strlen(j.domain)))
-    fprintf(stderr, "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section)\n", j.bare,
+    fprintf(stderr,
+            "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section; a runtime domain "
+            "is not known here: xmppctl domains)\n",
+            j.bare,
             domains_at(doms, 0)->name);
   domains_free(doms);
   *bare = xstrdup(j.bare);

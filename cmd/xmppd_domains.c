@@ -188,6 +188,17 @@ int xdom_load(const xmpp_config_t *cfg, int edge_role, char **err) {
   return 0;
 }
 
+/* l (read at store version ver) becomes the list in force, unless a list read at a later
+ * version already is (jobs finish in any order): 1 when taken, 0 when older. */
+static int take_list(rtlist_t *l, int64_t ver) {
+  if (X.ver >= 0 && ver < X.ver) return 0;
+  rt_clear(&X.list);
+  X.list = *l;
+  memset(l, 0, sizeof *l);
+  X.ver = ver;
+  return 1;
+}
+
 /* The table again from the configuration and the list, published. 0 or -1 (logged). */
 static int rebuild(char **summary) {
   char *err = NULL;
@@ -240,6 +251,7 @@ typedef struct job {
   int64_t accounts; /* show: the domain's accounts in the store; remove: accounts purged */
   char *error;      /* the store's message when it cannot be opened */
   rtlist_t list;    /* add, remove: the store's list afterwards */
+  int64_t ver;      /* the store's domain version read just before that list */
   int listed;
   char *sni_note;   /* add without a certificate: what SNI does */
 } job_t;
@@ -300,7 +312,9 @@ static void job_work(uv_work_t *w) {
   }
   }
   if (j->op != JOB_SHOW && (!j->rc || j->op == JOB_REMOVE)) {
-    int lrc = store_domain_list(st, rt_list_cb, &j->list);
+    /* the version first: the list read after it holds every change up to it */
+    int lrc = store_domain_version(st, &j->ver);
+    if (!lrc) lrc = store_domain_list(st, rt_list_cb, &j->list);
     j->listed = lrc == 0;
     if (!j->rc && lrc) j->rc = lrc;
   }
@@ -328,10 +342,7 @@ static void job_done(uv_work_t *w, int status) {
                                      : xstrfmt("%s: storage: %s", j->name, xmpp_strerror(j->rc));
     control_fail(j->r, msg);
     xfree(msg);
-    if (j->listed) { /* what was done is in force (a purge that failed half-way) */
-      rt_clear(&X.list);
-      X.list = j->list;
-      memset(&j->list, 0, sizeof j->list);
+    if (j->listed && take_list(&j->list, j->ver)) { /* what was done is in force (a purge that failed half-way) */
       char *summary = NULL;
       rebuild(&summary);
       xfree(summary);
@@ -354,11 +365,10 @@ static void job_done(uv_work_t *w, int status) {
     buf_putc(&b, '\0');
     control_reply(j->r, (const char *)b.data, NULL);
   } else {
-    rt_clear(&X.list);
-    X.list = j->list;
-    memset(&j->list, 0, sizeof j->list);
     char *summary = NULL;
-    if (rebuild(&summary) != 0) {
+    int rc = take_list(&j->list, j->ver) ? rebuild(&summary) : 0;
+    if (!summary) summary = xstrdup("applied already (a later change is in force)");
+    if (rc != 0) {
       control_fail(j->r, summary);
     } else {
       buf_puts(&b, "\"name\":");
@@ -523,6 +533,7 @@ void xdom_cmd_show(void *ud, control_req_t *r, int argc, char **argv) {
 
 typedef struct poll_job {
   uv_work_t work;
+  int64_t seen; /* X.ver when it was queued (X is the main thread's) */
   int64_t ver;
   int changed, rc;
   rtlist_t list;
@@ -540,7 +551,7 @@ static void poll_work(uv_work_t *w) {
     }
   }
   p->rc = store_domain_version(X.poll_store, &p->ver);
-  if (p->rc || p->ver == X.ver) return;
+  if (p->rc || p->ver == p->seen) return;
   p->changed = 1;
   p->rc = store_domain_list(X.poll_store, rt_list_cb, &p->list);
 }
@@ -549,15 +560,10 @@ static void poll_done(uv_work_t *w, int status) {
   poll_job_t *p = w->data;
   X.polling = 0;
   X.jobs--;
-  if (!status && !p->rc && p->changed && X.poll_on) {
-    rt_clear(&X.list);
-    X.list = p->list;
-    memset(&p->list, 0, sizeof p->list);
+  if (!status && !p->rc && p->changed && X.poll_on && take_list(&p->list, p->ver)) {
     char *summary = NULL;
-    if (rebuild(&summary) == 0) {
+    if (rebuild(&summary) == 0)
       log_info("runtime domains changed in the store (version %lld): %s", (long long)p->ver, summary);
-      X.ver = p->ver;
-    }
     xfree(summary);
   }
   rt_clear(&p->list);
@@ -569,6 +575,7 @@ static void poll_cb(uv_timer_t *t) {
   if (X.polling || !X.poll_on) return;
   poll_job_t *p = xcalloc(1, sizeof *p);
   p->work.data = p;
+  p->seen = X.ver;
   X.polling = 1;
   X.jobs++;
   if (uv_queue_work(X.loop, &p->work, poll_work, poll_done) != 0) {

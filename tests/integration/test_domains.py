@@ -150,6 +150,9 @@ class RuntimeDomainTest(unittest.TestCase):
         got = {d["name"]: d for d in self.ok("domains")["domains"]}
         self.assertEqual((got[name]["source"], got[name]["max_sessions"]), ("runtime", 5))
         self.assertEqual(peer_cert_der(self.srv.tls_port, name), der_of(cert[0]))
+        # a reload of the configuration keeps the runtime domains
+        self.assertNotIn(name, self.ok("reload")["result"])
+        self.assertIn(name, [d["name"] for d in self.ok("domains")["domains"]])
         # removed: the session ends with <host-gone/>, the slixmpp one too
         raw = raw_login(self.srv.port, name, "carol", "pw")
 
