@@ -16,6 +16,7 @@ import unittest
 from harness import (DOMAIN, XMPPCTL, Client, RawStream, Redis, Server, aioxmpp_client, free_port,
                      insecure_context, run)
 from test_admin_http import call, wait_port
+from test_admin_socket import raw_request
 from test_cluster import Node, stop_all
 from test_vhost import der_of, domain_section, make_cert, peer_cert_der, write_conf
 
@@ -236,6 +237,37 @@ class RuntimeDomainTest(unittest.TestCase):
         self.assertEqual(st, 401)
         st, ans = self.http("POST", "/admin/domain-remove", {"name": name})
         self.assertEqual(st, 200, ans)
+
+
+class RuntimeDomainCapTest(unittest.TestCase):
+    """At most XMPP_MAX_RUNTIME_DOMAINS (1,000) runtime domains: the 1,000th is added, the
+    1,001st refused; all survive a restart."""
+    CAP = 1000
+
+    def test_cap(self):
+        srv = domain_server()
+        srv.start()
+        try:
+            path = os.path.join(srv.dir, "xmppd.db.ctl")
+            t0 = time.monotonic()
+            for i in range(self.CAP):
+                ans = json.loads(raw_request(path, f"domain-add\td{i}.cap.test\n".encode(), timeout=30))
+                self.assertTrue(ans["ok"], ans)
+            print(f"\n{self.CAP} runtime domains added in {time.monotonic() - t0:.1f} s")
+            ans = json.loads(raw_request(path, b"domain-add\tover.cap.test\n", timeout=30))
+            self.assertFalse(ans["ok"])
+            self.assertIn("1000 runtime domains already (the cap)", ans["error"])
+            self.assertEqual(srv.stop(), 0, srv.log_text()[-3000:])
+            srv.start()
+            ans = json.loads(raw_request(path, b"domains\n", timeout=30))
+            self.assertEqual(ans["count"], 2 + self.CAP)  # localhost, tmpl.test and the runtime ones
+            # removing one makes a place
+            ans = json.loads(raw_request(path, b"domain-remove\td7.cap.test\n", timeout=30))
+            self.assertTrue(ans["ok"], ans)
+            ans = json.loads(raw_request(path, b"domain-add\tover.cap.test\n", timeout=30))
+            self.assertTrue(ans["ok"], ans)
+        finally:
+            self.assertEqual(srv.stop(), 0, srv.log_text()[-3000:])
 
 
 class DomainLimitsTest(unittest.TestCase):
