@@ -32,8 +32,8 @@ static struct {
   edge_t *edge;
   int check_certs;
   int jobs;
-  uv_timer_t poll;
-  int poll_on, polling;
+  uv_timer_t poll, reclaim;
+  int poll_on, polling, reclaim_on;
   int64_t ver;              /* the store's domain version last applied; -1: unknown */
   store_t *poll_store;      /* the poll's handle (one poll job at a time) */
 } X = {.ver = -1};
@@ -585,9 +585,17 @@ static void poll_cb(uv_timer_t *t) {
   }
 }
 
+static void reclaim_cb(uv_timer_t *t) {
+  (void)t;
+  domains_reclaim(); /* tables replaced by a burst of changes, once no look-up can hold them */
+}
+
 void xdom_start(uv_loop_t *loop, edge_t *edge) {
   X.loop = loop;
   X.edge = edge;
+  uv_timer_init(loop, &X.reclaim);
+  uv_timer_start(&X.reclaim, reclaim_cb, 10000, 10000);
+  X.reclaim_on = 1;
   if (!X.backend || strcmp(X.backend, "redis") != 0) return; /* SQLite: this process is the only writer */
   uv_timer_init(loop, &X.poll);
   uv_timer_start(&X.poll, poll_cb, XDOM_POLL_MS, XDOM_POLL_MS);
@@ -595,6 +603,11 @@ void xdom_start(uv_loop_t *loop, edge_t *edge) {
 }
 
 void xdom_stop(void) {
+  if (X.reclaim_on) {
+    X.reclaim_on = 0;
+    uv_timer_stop(&X.reclaim);
+    uv_close((uv_handle_t *)&X.reclaim, NULL);
+  }
   if (!X.poll_on) return;
   X.poll_on = 0;
   uv_timer_stop(&X.poll);

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/bus.h"
@@ -17,11 +18,13 @@
 #include "common/strmap.h"
 
 struct domains {
-  domain_t *d;
-  size_t n;
+  domain_t **d;        /* entries allocated one by one: published ones are shared (interned) */
+  size_t n, alloc;
   strmap_t *by_name;
   int any_disabled;
-  domains_t *retired; /* the table this one replaced (domains_publish) */
+  int published;       /* its entries belong to the interned list (domains_publish) */
+  domains_t *retired;  /* the retired list's next (domains_publish) */
+  uint64_t retired_ms; /* when it stopped being current */
 };
 
 /* Whether the first certificate of the PEM file cert names domain (RFC 6125 §6.4:
@@ -133,6 +136,8 @@ domains_t *domains_build_ex(const xmpp_config_t *c, const domain_spec_t *rt, siz
                             int check_certs, char **err) {
   domains_t *t = xcalloc(1, sizeof *t);
   t->d = xcalloc((size_t)c->nvhosts + 1 + nrt, sizeof *t->d);
+  t->alloc = (size_t)c->nvhosts + 1 + nrt;
+  for (size_t i = 0; i < t->alloc; i++) t->d[i] = xcalloc(1, sizeof **t->d);
   t->by_name = strmap_new();
   char *why = NULL;
   /* entry 0: server.domain; a [domain] section of the same name adds to it */
@@ -144,13 +149,13 @@ domains_t *domains_build_ex(const xmpp_config_t *c, const domain_spec_t *rt, siz
       goto fail;
     }
     domain_t *d = strmap_get(t->by_name, name);
-    if (d && i >= 0 && d != &t->d[0]) {
+    if (d && i >= 0 && d != t->d[0]) {
       why = xstrfmt("[domain %s]: listed twice (as %s)", raw, name);
       xfree(name);
       goto fail;
     }
     if (!d) {
-      d = &t->d[t->n++];
+      d = t->d[t->n++];
       d->name = name;
       d->cert = xstrdup(c->tls_cert);
       d->key = xstrdup(c->tls_key);
@@ -187,7 +192,7 @@ domains_t *domains_build_ex(const xmpp_config_t *c, const domain_spec_t *rt, siz
       xfree(name);
       continue;
     }
-    domain_t *d = &t->d[t->n++];
+    domain_t *d = t->d[t->n++];
     d->name = name;
     d->runtime = 1;
     d->tmpl = xstrdup(rt[i].tmpl);
@@ -215,21 +220,27 @@ fail:
   return NULL;
 }
 
+static void entry_free(domain_t *d) {
+  xfree(d->name);
+  xfree(d->cert);
+  xfree(d->key);
+  xfree(d->tmpl);
+  xfree(d);
+}
+
+/* A published table's entries are interned (shared by later tables, pointed at by
+ * connections): domains_shutdown frees them. */
 void domains_free(domains_t *t) {
   if (!t) return;
-  for (size_t i = 0; i < t->n; i++) {
-    xfree(t->d[i].name);
-    xfree(t->d[i].cert);
-    xfree(t->d[i].key);
-    xfree(t->d[i].tmpl);
-  }
+  if (!t->published)
+    for (size_t i = 0; i < t->alloc; i++) entry_free(t->d[i]);
   xfree(t->d);
   strmap_free(t->by_name, NULL);
   xfree(t);
 }
 
 size_t domains_count(const domains_t *t) { return t ? t->n : 0; }
-const domain_t *domains_at(const domains_t *t, size_t i) { return t && i < t->n ? &t->d[i] : NULL; }
+const domain_t *domains_at(const domains_t *t, size_t i) { return t && i < t->n ? t->d[i] : NULL; }
 
 const domain_t *domains_lookup(const domains_t *t, const char *name, size_t len) {
   if (!t || !len || len > 1023) return NULL;
@@ -248,22 +259,82 @@ typedef struct counter {
 } counter_t;
 static counter_t *counters;
 
-void domains_publish(domains_t *t) {
-  domains_t *old = atomic_load(&current);
-  /* a name served before keeps its count (its streams stay) */
-  for (size_t i = 0; i < t->n; i++) {
-    const domain_t *o = domains_lookup(old, t->d[i].name, strlen(t->d[i].name));
-    if (o) {
-      t->d[i].sessions = o->sessions;
+/* Every published entry (interned), freed by domains_shutdown. */
+typedef struct interned {
+  domain_t *d;
+  struct interned *next;
+} interned_t;
+static interned_t *interned;
+
+/* Replaced tables, newest first, freed DOMAINS_GRACE_MS after they stopped being current:
+ * a thread that read the current pointer before the swap is done with its look-up by
+ * then (a look-up takes microseconds). Their entries stay (interned). */
+#define DOMAINS_GRACE_MS 30000
+static domains_t *retired;
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int same_settings(const domain_t *a, const domain_t *b) {
+  return !strcmp(a->name, b->name) && !strcmp(a->cert, b->cert) && !strcmp(a->key, b->key) &&
+         !strcmp(a->tmpl, b->tmpl) && a->own_cert == b->own_cert && a->disabled == b->disabled &&
+         a->max_resources == b->max_resources && a->max_sessions == b->max_sessions &&
+         a->max_accounts == b->max_accounts && a->rate_bytes == b->rate_bytes && a->rate_stanzas == b->rate_stanzas &&
+         a->runtime == b->runtime;
+}
+
+void domains_reclaim(void) {
+  uint64_t now = mono_ms();
+  domains_t **pp = &retired;
+  while (*pp) {
+    domains_t *t = *pp;
+    if (now - t->retired_ms < DOMAINS_GRACE_MS) {
+      pp = &t->retired;
       continue;
     }
-    counter_t *k = xcalloc(1, sizeof *k);
-    k->next = counters;
-    counters = k;
-    t->d[i].sessions = &k->n;
+    *pp = t->retired;
+    domains_free(t);
   }
-  t->retired = old;
+}
+
+void domains_publish(domains_t *t) {
+  domains_t *old = atomic_load(&current);
+  for (size_t i = 0; i < t->n; i++) {
+    domain_t *d = t->d[i];
+    const domain_t *o = domains_lookup(old, d->name, strlen(d->name));
+    if (o && same_settings(o, d)) { /* unchanged: the entry is shared, the copy goes */
+      t->d[i] = (domain_t *)o;
+      strmap_put(t->by_name, o->name, (void *)o);
+      entry_free(d);
+      continue;
+    }
+    if (o) { /* a name served before keeps its count (its streams stay) */
+      d->sessions = o->sessions;
+    } else {
+      counter_t *k = xcalloc(1, sizeof *k);
+      k->next = counters;
+      counters = k;
+      d->sessions = &k->n;
+    }
+    interned_t *e = xcalloc(1, sizeof *e);
+    e->d = d;
+    e->next = interned;
+    interned = e;
+  }
+  /* the entries beyond n (a name listed twice, a runtime domain skipped) were never used */
+  for (size_t i = t->n; i < t->alloc; i++) entry_free(t->d[i]);
+  t->alloc = t->n;
+  t->published = 1;
   atomic_store(&current, t);
+  if (old) {
+    old->retired_ms = mono_ms();
+    old->retired = retired;
+    retired = old;
+  }
+  domains_reclaim();
 }
 
 const domains_t *domains_current(void) { return atomic_load_explicit(&current, memory_order_acquire); }
@@ -279,7 +350,7 @@ const domain_t *domain_of_jid(const char *jid) {
 
 const char *domain_default(void) {
   const domains_t *t = domains_current();
-  return t && t->n ? t->d[0].name : "localhost";
+  return t && t->n ? t->d[0]->name : "localhost";
 }
 
 int domains_any_disabled(void) {
@@ -289,10 +360,17 @@ int domains_any_disabled(void) {
 
 void domains_shutdown(void) {
   domains_t *t = atomic_exchange(&current, NULL);
-  while (t) {
-    domains_t *next = t->retired;
-    domains_free(t);
-    t = next;
+  if (t) domains_free(t);
+  while (retired) {
+    domains_t *next = retired->retired;
+    domains_free(retired);
+    retired = next;
+  }
+  while (interned) {
+    interned_t *e = interned->next;
+    entry_free(interned->d);
+    xfree(interned);
+    interned = e;
   }
   while (counters) {
     counter_t *k = counters->next;

@@ -5,10 +5,13 @@
  * Each entry has its certificate files, the router modules switched off on it and its
  * limit overrides. One table is current for the whole process: edges read it when a
  * stream opens and in the SNI callback, routers for every "is this JID ours" question.
- * A reload (SIGHUP) builds a new table and publishes it with one atomic store; tables
- * replaced are kept until domains_shutdown, so a domain_t pointer a thread took stays
- * valid for the life of the process (reloads are operator actions: a handful of small
- * tables). */
+ * A reload (SIGHUP) or a runtime domain change (cmd/xmppd_domains.h) builds a new table
+ * and publishes it with one atomic store. Entries are interned: an entry whose settings
+ * did not change is shared by the new table, a new or changed one is kept until
+ * domains_shutdown, so a domain_t pointer a thread took (a connection's domain) stays
+ * valid for the life of the process (one entry per change). A replaced table itself (its
+ * array and name map) is freed 30 s after it stopped being current (domains_reclaim):
+ * look-ups through it take microseconds. */
 #ifndef XMPP_DOMAINS_H
 #define XMPP_DOMAINS_H
 
@@ -84,7 +87,10 @@ const domain_t *domains_lookup(const domains_t *d, const char *name, size_t len)
 /* Process-wide current table. Publish from one thread at a time (main); the table is
  * owned by this module from then on. */
 void domains_publish(domains_t *d);
-/* The current table (NULL before the first publish). Any thread. */
+/* Frees the tables replaced more than 30 s ago (domains_publish does it too). Main thread. */
+void domains_reclaim(void);
+/* The current table (NULL before the first publish). Any thread; a caller other than the
+ * publishing thread must not keep it past a look-up. */
 const domains_t *domains_current(void);
 /* In the current table. Any thread. */
 const domain_t *domain_find(const char *name, size_t len);
