@@ -15,7 +15,7 @@
  * `cluster` also 3 no live node, 4 no live router, 5 the shard map in Redis is not the
  * live routers' (cmd_cluster).
  *
- * status, sessions (without a JID), kick, broadcast, domains, reload and drain ask the running
+ * status, sessions (without a JID), kick, broadcast, domains, domain, reload and drain ask the running
  * server over its
  * control socket (server.control_socket, or --socket): one tab-separated request line,
  * one JSON answer printed as it comes; exit 0 when it says "ok":true, 1 otherwise. */
@@ -86,6 +86,14 @@ static const char usage_text[] =
     "                                 JID, with <policy-violation/> and TEXT\n"
     "  broadcast TEXT                 a headline message from the domain to every session\n"
     "  domains                        the domains served: certificate, switched-off modules\n"
+    "  domain add NAME [--template T] [--certificate FILE --key FILE]\n"
+    "                                 serve NAME from now on, kept in the store (survives a\n"
+    "                                 restart; every node of a Redis cluster serves it):\n"
+    "                                 settings of the [domain T] section, its own certificate\n"
+    "                                 (which must name it) or tls.certificate\n"
+    "  domain remove NAME [--purge]   stop serving a runtime domain (its streams end with\n"
+    "                                 <host-gone/>); --purge deletes its accounts too\n"
+    "  domain show NAME               one domain: source, template, limits, sessions, accounts\n"
     "  reload                         read the configuration's domains and certificates again\n"
     "                                 (as SIGHUP), with the outcome; removed domains' streams\n"
     "                                 end with <host-gone/>\n"
@@ -179,7 +187,10 @@ static int user_jid(const ctl_t *c, const char *in, char **bare) {
   /* server.domain or a [domain NAME] section (common/domains.h) */
   domains_t *doms = domains_build(&c->cfg, NULL, 0, NULL);
   if (doms && !domains_lookup(doms, j.domain, strlen(j.domain)))
-    fprintf(stderr, "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section)\n", j.bare,
+    fprintf(stderr,
+            "xmppctl: warning: %s is not in a configured domain (%s, or a [domain] section; a runtime domain "
+            "is not known here: xmppctl domains)\n",
+            j.bare,
             domains_at(doms, 0)->name);
   domains_free(doms);
   *bare = xstrdup(j.bare);
@@ -946,6 +957,44 @@ static int cmd_domains(ctl_t *c, char **args, int nargs) {
   return control_call(c, f, 1);
 }
 
+/* domain add NAME [--template T] [--certificate FILE --key FILE]
+ * domain remove NAME [--purge]
+ * domain show NAME
+ * runtime domains (docs/operations.md "Virtual hosting"): checked by the server. */
+static int cmd_domain(ctl_t *c, char **args, int nargs) {
+  const char *verb = args[0];
+  if (!strcmp(verb, "show") && nargs == 2) {
+    const char *f[] = {"domain-show", args[1]};
+    return control_call(c, f, 2);
+  }
+  if (!strcmp(verb, "remove") && (nargs == 2 || (nargs == 3 && !strcmp(args[2], "--purge")))) {
+    const char *f[] = {"domain-remove", args[1], nargs == 3 ? "true" : "false"};
+    return control_call(c, f, 3);
+  }
+  if (!strcmp(verb, "add") && nargs >= 2) {
+    const char *tmpl = "", *cert = "", *key = "";
+    for (int i = 2; i < nargs; i += 2) {
+      const char **slot = !strcmp(args[i], "--template") ? &tmpl : !strcmp(args[i], "--certificate") ? &cert
+                        : !strcmp(args[i], "--key")        ? &key
+                                                           : NULL;
+      if (!slot || i + 1 >= nargs) {
+        usage_error("domain add: unknown option or missing value '%s'", args[i]);
+        return EXIT_USAGE;
+      }
+      *slot = args[i + 1];
+    }
+    if (!*cert != !*key) {
+      usage_error("%s", "domain add: --certificate and --key go together");
+      return EXIT_USAGE;
+    }
+    const char *f[] = {"domain-add", args[1], tmpl, cert, key};
+    return control_call(c, f, 5);
+  }
+  usage_error("%s", "usage: domain add NAME [--template T] [--certificate FILE --key FILE] | domain remove NAME "
+                    "[--purge] | domain show NAME");
+  return EXIT_USAGE;
+}
+
 static int cmd_reload(ctl_t *c, char **args, int nargs) {
   const char *f[] = {"reload"};
   return control_call(c, f, 1);
@@ -992,6 +1041,8 @@ static const command_t commands[] = {
     {"kick", 1, 1000, "JID [TEXT]", cmd_kick},
     {"broadcast", 1, 1000, "TEXT", cmd_broadcast},
     {"domains", 0, 0, "", cmd_domains},
+    {"domain", 2, 8, "add NAME [--template T] [--certificate FILE --key FILE] | remove NAME [--purge] | show NAME",
+     cmd_domain},
     {"reload", 0, 0, "", cmd_reload},
     {"drain", 1, 2, "RATE [HOST:PORT]", cmd_drain},
 };

@@ -25,6 +25,7 @@
 #endif
 
 #include "cmd/xmppd_admin.h"
+#include "cmd/xmppd_domains.h"
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/bus.h"
@@ -91,70 +92,40 @@ static int load_config(xmpp_config_t *cfg, char **err) {
   return bad ? 2 : 0;
 }
 
-static void domain_gone_cb(edge_admin_t *r, void *ud) {
-  log_info("domain %s removed: %zu streams ended with <host-gone/>", (const char *)ud, edge_admin_count(r));
-  xfree(ud);
-  edge_admin_free(r);
-}
-
-/* SIGHUP and `xmppctl reload`: the domains again, then the certificates. A
- * configuration that does not load, or a domain whose certificate does not name it,
- * changes nothing (logged). */
+/* SIGHUP and `xmppctl reload`: the domains again (the configuration's and the runtime
+ * ones, cmd/xmppd_domains.h), then the certificates. A configuration that does not load,
+ * or a domain whose certificate does not name it, changes nothing (logged). */
 int xmppd_reload(edge_t *edge, char **summary) {
   const xmpp_config_t *cur = conf_src.running;
   if (!cur) {
     *summary = xstrdup("still starting: try again");
     return XMPP_EINVAL;
   }
-  xmpp_config_t nc;
+  xmpp_config_t *nc = xcalloc(1, sizeof *nc);
   char *err = NULL;
   domains_t *nd = NULL;
-  if (load_config(&nc, &err) == 0) {
-    if (strcmp(nc.domain, cur->domain) != 0)
-      err = xstrfmt("server.domain changed (%s to %s): it changes only with a restart", cur->domain, nc.domain);
+  if (load_config(nc, &err) == 0) {
+    if (strcmp(nc->domain, cur->domain) != 0)
+      err = xstrfmt("server.domain changed (%s to %s): it changes only with a restart", cur->domain, nc->domain);
     else
-      nd = domains_build(&nc, modules_index, edge != NULL, &err);
+      nd = xdom_build(nc, edge != NULL, &err);
   }
-  config_free(&nc);
   if (!nd) {
+    config_free(nc);
+    xfree(nc);
     log_error("reload: the configuration is refused, domains unchanged: %s", err ? err : "?");
     *summary = xstrfmt("the configuration is refused, domains unchanged: %s", err ? err : "?");
     xfree(err);
     if (edge) edge_reload_tls(edge, domains_current());
     return XMPP_EINVAL;
   }
-  /* the new domains' certificates first: a name is served once its context is there */
-  if (edge && edge_reload_tls(edge, nd) != 0) {
-    log_error("reload: domains unchanged");
-    *summary = xstrdup("a certificate did not load (see the log), domains unchanged");
-    domains_free(nd);
+  if (xdom_apply(edge, nd, summary) != 0) {
+    config_free(nc);
+    xfree(nc);
     return XMPP_EINVAL;
   }
-  const domains_t *old = domains_current();
-  domains_publish(nd);
-  buf_t added, removed;
-  buf_init(&added);
-  buf_init(&removed);
-  for (size_t i = 0; i < domains_count(nd); i++) {
-    const domain_t *d = domains_at(nd, i);
-    if (domains_lookup(old, d->name, strlen(d->name))) continue;
-    log_info("domain %s added", d->name);
-    buf_printf(&added, " %s", d->name);
-  }
-  for (size_t i = 0; i < domains_count(old); i++) {
-    const domain_t *d = domains_at(old, i);
-    if (domains_lookup(nd, d->name, strlen(d->name))) continue;
-    log_info("domain %s removed: ending its streams", d->name);
-    buf_printf(&removed, " %s", d->name);
-    if (edge) edge_admin_post(edge_admin_new(edge, EDGE_ADMIN_DOMAIN_GONE, d->name, NULL), domain_gone_cb,
-                              xstrdup(d->name));
-  }
-  log_info("reload: %zu domains", domains_count(nd));
-  *summary = xstrfmt("%zu domains; added:%.*s; removed:%.*s", domains_count(nd), (int)added.len,
-                     added.len ? (const char *)added.data : "", (int)removed.len,
-                     removed.len ? (const char *)removed.data : "");
-  buf_free(&added);
-  buf_free(&removed);
+  xdom_set_config(nc); /* the templates of runtime domains come from it from now on */
+  log_info("reload: %s", *summary);
   return 0;
 }
 
@@ -362,6 +333,16 @@ int main(int argc, char **argv) {
     return 1;
   }
   store_close(probe);
+  /* the runtime domains (xmppctl domain add) before anything serves */
+  if (xdom_load(&cfg, (config_role(&cfg) & ROLE_EDGE) != 0, &err) != 0) {
+    if (strcmp(cfg.store_backend, "redis") != 0) {
+      log_error("%s", err ? err : "runtime domains: cannot read them");
+      return 1;
+    }
+    log_warn("%s: the poll tries again", err ? err : "runtime domains: cannot read them");
+    xfree(err);
+    err = NULL;
+  }
 
   int cores = (int)uv_available_parallelism();
   int role = config_role(&cfg);
@@ -429,6 +410,7 @@ int main(int argc, char **argv) {
              cfg.domain, bus.nworkers, bus.nshards, (unsigned long long)rl.rlim_cur);
 
   if (xmppd_admin_start(admin, loop, edge, &bus) != 0) return 1;
+  xdom_start(loop, edge);
   sighup_h.data = edge; /* NULL on a router: only the domains to reload */
   conf_src.running = &cfg;
   uv_signal_init(loop, &sigusr1_h);
@@ -441,6 +423,7 @@ int main(int argc, char **argv) {
    *    a closed connection comes back as BOUNCE and goes to offline storage;
    * 3. edges end; 4. routers finish what remains, then end. */
   xmppd_admin_stop(admin); /* no admin request from here on */
+  xdom_stop();
   if (edge) edge_stop(edge);
   uv_timer_t settle;
   uv_timer_init(loop, &settle);
@@ -449,6 +432,7 @@ int main(int argc, char **argv) {
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: bus still busy after 5 s");
   if (edge) edge_join(edge);
   xmppd_admin_close(admin); /* no edge thread answers any more */
+  while (xdom_busy()) uv_run(loop, UV_RUN_ONCE); /* a poll still on the thread pool */
   if (bus_quiesce(&bus, 5000) != 0) log_warn("shutdown: routers still busy after 5 s");
   if (cluster && router && !cluster_refused(cluster)) {
     /* hand the shards over and keep forwarding until every node has taken this one out
@@ -487,6 +471,7 @@ int main(int argc, char **argv) {
   xfree(bus.worker_q);
   config_free(&cfg);
   store_claim_release(claim);
+  xdom_free();
   domains_shutdown();
   xfree(sets);
   log_info("stopped");

@@ -7,6 +7,7 @@
  * threads use the store: a running SQLite server and these commands share its WAL and
  * busy timeout instead of an outside xmppctl taking the database lock. */
 #include "cmd/xmppd_admin.h"
+#include "cmd/xmppd_domains.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -309,7 +310,7 @@ static void cmd_broadcast(void *ud, control_req_t *r, int argc, char **argv) {
   edge_request(a, r, EDGE_ADMIN_BROADCAST, NULL, argv[0]);
 }
 
-/* domains: the current table (common/domains.h). */
+/* domains: the current table (common/domains.h), configuration and runtime ones. */
 static void cmd_domains(void *ud, control_req_t *r, int argc, char **argv) {
   (void)ud;
   if (argc) {
@@ -321,19 +322,9 @@ static void cmd_domains(void *ud, control_req_t *r, int argc, char **argv) {
   buf_init(&b);
   buf_printf(&b, "\"count\":%zu,\"domains\":[", domains_count(t));
   for (size_t i = 0; i < domains_count(t); i++) {
-    const domain_t *d = domains_at(t, i);
-    buf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
-    control_json_str(&b, d->name, strlen(d->name));
-    buf_printf(&b, ",\"default\":%s,\"certificate\":", i ? "false" : "true");
-    control_json_str(&b, d->cert, strlen(d->cert));
-    buf_puts(&b, ",\"disabled\":[");
-    int n = 0;
-    for (int m = 0; modules_name(m); m++)
-      if (d->disabled & (1ULL << m)) {
-        if (n++) buf_putc(&b, ',');
-        control_json_str(&b, modules_name(m), strlen(modules_name(m)));
-      }
-    buf_printf(&b, "],\"max_resources\":%d}", d->max_resources);
+    buf_puts(&b, i ? ",{" : "{");
+    xdom_json(&b, domains_at(t, i), i == 0);
+    buf_putc(&b, '}');
   }
   buf_puts(&b, "]");
   buf_putc(&b, '\0');
@@ -543,6 +534,9 @@ static const control_cmd_t commands[] = {
     {"passwd", cmd_passwd, "jid,password", 1u << 1, 0},
     {"cluster", cmd_cluster, NULL, 0, 1},
     {"domains", cmd_domains, NULL, 0, 1},
+    {"domain-add", xdom_cmd_add, "name,template,certificate,key", 0, 0},
+    {"domain-remove", xdom_cmd_remove, "name,purge", 0, 0},
+    {"domain-show", xdom_cmd_show, "name", 0, 1},
     {"reload", cmd_reload, NULL, 0, 0},
 };
 
@@ -602,7 +596,7 @@ void xmppd_admin_close(xmppd_admin_t *a) {
   control_http_stop(a->http); /* a start-up that stopped early */
   /* the user commands' jobs end (a store call, a key derivation) before their
    * requests go */
-  while (a->jobs > 0 && a->loop) uv_run(a->loop, UV_RUN_ONCE);
+  while ((a->jobs > 0 || xdom_busy()) && a->loop) uv_run(a->loop, UV_RUN_ONCE);
   control_close(a->ctl);
   xfree(a);
 }

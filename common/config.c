@@ -284,6 +284,10 @@ static const struct {
     {"key", "string", "", "PEM private key of `certificate`"},
     {"disable", "string", "", "router modules switched off on this domain, comma-separated (ping, version, time, last, vcard, private, mam, carbons, blocking, offline): their IQs get `<service-unavailable/>` there, disco#info does not list them, their hooks do not run for its accounts"},
     {"max_resources", "int", "0", "`limits.max_resources` for this domain's accounts (0 = the global value)"},
+    {"max_sessions", "int", "0", "authenticated streams of this domain's accounts one edge node holds at most (0 = no cap; 0–10000000): beyond, SASL answers `<temporary-auth-failure/>` (counted per edge node: docs/operations.md \"Per-domain limits\")"},
+    {"max_accounts", "int", "0", "accounts of this domain in-band registration may create (0 = no cap; 0–100000000): beyond, `<resource-constraint/>`; counted in the store, cluster-wide. `xmppctl adduser` is not capped"},
+    {"rate_bytes", "int", "-1", "`limits.rate_bytes` for this domain's streams (-1 = the global value, 0 = unshaped; up to 1000000000)"},
+    {"rate_stanzas", "int", "-1", "`limits.rate_stanzas` for this domain's streams (-1 = the global value, 0 = unshaped; up to 1000000)"},
 };
 
 /* [domain NAME] key = value: the section of NAME (created at its first key; key NULL:
@@ -312,6 +316,7 @@ static int vhost_set(xmpp_config_t *c, const char *name, const char *key, const 
     v->cert = xstrdup("");
     v->key = xstrdup("");
     v->disable = xstrdup("");
+    v->rate_bytes = v->rate_stanzas = -1;
   }
   if (!key) return 0;
   if (!ini_writable(key, value)) {
@@ -325,15 +330,28 @@ static int vhost_set(xmpp_config_t *c, const char *name, const char *key, const 
     *slot = xstrdup(value);
     return 0;
   }
-  if (!strcmp(key, "max_resources")) {
+  static const struct {
+    const char *key;
+    long min, max;
+    size_t off;
+  } ints[] = {
+      {"max_resources", 0, 1000, offsetof(xmpp_vhost_conf_t, max_resources)},
+      {"max_sessions", 0, 10000000, offsetof(xmpp_vhost_conf_t, max_sessions)},
+      {"max_accounts", 0, 100000000, offsetof(xmpp_vhost_conf_t, max_accounts)},
+      {"rate_bytes", -1, 1000000000, offsetof(xmpp_vhost_conf_t, rate_bytes)},
+      {"rate_stanzas", -1, 1000000, offsetof(xmpp_vhost_conf_t, rate_stanzas)},
+  };
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+    if (strcmp(key, ints[i].key) != 0) continue;
     char *end;
     errno = 0;
     long n = strtol(value, &end, 10);
-    if (errno || end == value || *end || n < 0 || n > 1000) {
-      *err = xstrfmt("[domain %s] max_resources: '%s' is not an integer in [0, 1000]", name, value);
+    if (errno || end == value || *end || n < ints[i].min || n > ints[i].max) {
+      *err = xstrfmt("[domain %s] %s: '%s' is not an integer in [%ld, %ld]", name, key, value, ints[i].min,
+                     ints[i].max);
       return XMPP_EINVAL;
     }
-    v->max_resources = (int)n;
+    *(int *)((char *)v + ints[i].off) = (int)n;
     return 0;
   }
   *err = xstrfmt("unknown option [domain %s] %s", name, key);
@@ -669,8 +687,11 @@ void config_print(FILE *f, const xmpp_config_t *c) {
   }
   for (int i = 0; i < c->nvhosts; i++) {
     const xmpp_vhost_conf_t *v = &c->vhosts[i];
-    fprintf(f, "\n[domain %s]\ncertificate = %s\nkey = %s\ndisable = %s\nmax_resources = %d\n", v->name, v->cert,
-            v->key, v->disable, v->max_resources);
+    fprintf(f,
+            "\n[domain %s]\ncertificate = %s\nkey = %s\ndisable = %s\nmax_resources = %d\nmax_sessions = %d\n"
+            "max_accounts = %d\nrate_bytes = %d\nrate_stanzas = %d\n",
+            v->name, v->cert, v->key, v->disable, v->max_resources, v->max_sessions, v->max_accounts, v->rate_bytes,
+            v->rate_stanzas);
   }
 }
 

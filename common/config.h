@@ -15,6 +15,10 @@ typedef struct xmpp_vhost_conf {
   char *cert, *key;  /* its certificate and key; "" = tls.certificate / tls.key */
   char *disable;     /* router modules off on this domain, comma-separated ("" = none) */
   int max_resources; /* limits.max_resources on this domain; 0 = the global one */
+  int max_sessions;  /* authenticated streams of the domain's accounts on one edge; 0 = no cap */
+  int max_accounts;  /* accounts in-band registration may bring the domain to; 0 = no cap */
+  int rate_bytes;    /* limits.rate_bytes for its streams; -1 = the global one */
+  int rate_stanzas;  /* limits.rate_stanzas for its streams; -1 = the global one */
 } xmpp_vhost_conf_t;
 
 /* Domains one configuration may list (server.domain and [domain] sections). */

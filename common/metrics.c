@@ -121,7 +121,8 @@ static const char *const states[] = {"negotiating", "bound", "detached", "closin
 static const char *const kinds[] = {"message", "presence", "iq", "other"};
 static const char *const handshakes[] = {"full", "resumed"};
 static const char *const limits[] = {"rate",          "conns_per_ip", "open_files",  "auth_throttled", "sasl_failures",
-                                     "registration",  "stanza",       "slow_reader", "sm_unacked"};
+                                     "registration",  "stanza",       "slow_reader", "sm_unacked",
+                                     "domain_sessions", "domain_accounts"};
 static const char *const clients[] = {"store", "cluster"};
 static const char *const redis_errors[] = {"store", "reply", "store", "io", "cluster", "reply", "cluster", "io"};
 
@@ -142,7 +143,7 @@ static const family_t families[] = {
     {"xmppd_shaper_pauses_total", F_COUNTER,
      "Times a client's reading was paused: above limits.rate_bytes or rate_stanzas, or the bus congested",
      M_SHAPER_PAUSES, 1, NULL, NULL, 1},
-    {"xmppd_limit_hits_total", F_COUNTER, "Clients refused or disconnected by a limit", M_LIMIT_RATE, 9, "limit", limits,
+    {"xmppd_limit_hits_total", F_COUNTER, "Clients refused or disconnected by a limit", M_LIMIT_RATE, 11, "limit", limits,
      1},
     {"xmppd_sm_ack_frames_total", F_COUNTER,
      "Cluster: frames an edge sent to carry its clients' XEP-0198 acknowledgements to their routers (BUS_SM_ACK)",

@@ -58,6 +58,8 @@ typedef enum {
   M_LIMIT_STANZA,         /* the XML reader's caps (limits.max_stanza_bytes, max_depth, max_attrs) */
   M_LIMIT_SLOW_READER,    /* limits.max_pending_out */
   M_LIMIT_SM_UNACKED,     /* limits.sm_max_unacked */
+  M_LIMIT_DOMAIN_SESSIONS, /* [domain] max_sessions */
+  M_LIMIT_DOMAIN_ACCOUNTS, /* [domain] max_accounts */
   /* cluster, XEP-0198 acknowledgements forwarded to the router (edge/sm.c, router/session.c) */
   M_SM_ACK_FRAMES,        /* edge: BUS_SM_ACK frames sent */
   M_SM_COPIES_ACKED,      /* router: copies of messages dropped, acknowledged by the client */

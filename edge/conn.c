@@ -12,11 +12,15 @@
 
 #include <assert.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/domains.h"
+#include "common/strmap.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
@@ -132,6 +136,8 @@ static void conn_release(conn_t *c) {
   sasl_cleanup(c);
   edge_release_held(c);
   sm_release(c);
+  if (c->dom_sessions) atomic_fetch_sub(c->dom_sessions, 1); /* sasl.c counted it */
+  c->dom_sessions = NULL;
   jid_free(&c->jid);
   xfree(c->presence);
   xfree(c);
@@ -420,7 +426,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   }
   if (n == 0 || conn_closing(c)) return;
   c->last_in_ms = edge_now_ms();
-  shaper_charge(&c->shaper, &th->shk, n, 0);
+  shaper_charge(&c->shaper, c->shk, n, 0);
   if (c->tls) {
     int rc = tls_conn_feed(c->tls, b->base, (size_t)n, plain_in, tls_up, c);
     if (c->out.len) conn_mark_dirty(c); /* handshake records written by wolfSSL */
@@ -440,12 +446,12 @@ static void throttle_cb(uv_timer_t *t) {
     conn_t *c = *pp;
     if (congested && conn_has_session(c)) {
       /* waits for the bus, not for its own rate: the time is not counted as pressure */
-      shaper_pressure(&c->shaper, &th->shk, 0, now);
+      shaper_pressure(&c->shaper, c->shk, 0, now);
       pp = &c->next_paused;
       continue;
     }
-    shaper_refill(&c->shaper, &th->shk, now);
-    float p = shaper_pressure(&c->shaper, &th->shk, 1, now);
+    shaper_refill(&c->shaper, c->shk, now);
+    float p = shaper_pressure(&c->shaper, c->shk, 1, now);
     if (p >= SHAPER_KICK || !shaper_over(&c->shaper)) {
       *pp = c->next_paused;
       c->paused = 0;
@@ -478,18 +484,41 @@ static void conn_shape(conn_t *c) {
    * pressure is counted against them: it is not their rate) */
   int congested = conn_has_session(c) && bus_congested(th->bus);
   uint64_t now = c->last_in_ms; /* read_cb just took the time */
-  shaper_refill(&c->shaper, &th->shk, now);
+  shaper_refill(&c->shaper, c->shk, now);
   if (!congested && c->stash.len && !shaper_over(&c->shaper)) feed_stash(c);
   if (conn_closing(c) || (!congested && !shaper_over(&c->shaper) && !c->stash.len)) return;
   /* XEP-0205 §3: slow the reader first; TCP flow control pushes back on the client, and
    * what was read stays in c->stash (at most one read) */
-  if (!congested) shaper_pressure(&c->shaper, &th->shk, 0, now);
+  if (!congested) shaper_pressure(&c->shaper, c->shk, 0, now);
   uv_read_stop((uv_stream_t *)&c->tcp);
   metrics_inc(M_SHAPER_PAUSES);
   c->paused = 1;
   c->next_paused = th->paused;
   th->paused = c;
   if (!uv_is_active((uv_handle_t *)&th->throttle)) uv_timer_start(&th->throttle, throttle_cb, 50, 50);
+}
+
+void conn_domain_shaper(conn_t *c, const domain_t *d) {
+  edge_thread_t *th = c->th;
+  if (!d || (d->rate_bytes < 0 && d->rate_stanzas < 0)) {
+    c->shk = &th->shk;
+    return;
+  }
+  char key[32];
+  snprintf(key, sizeof key, "%p", (const void *)d); /* a table's entries live as long as the process */
+  if (!th->dom_shk) th->dom_shk = strmap_new();
+  shaper_conf_t *k = strmap_get(th->dom_shk, key);
+  if (!k) {
+    k = xcalloc(1, sizeof *k);
+    *k = th->shk;
+    if (d->rate_bytes >= 0) k->rate_bytes = d->rate_bytes;
+    if (d->rate_stanzas >= 0) k->rate_stanzas = d->rate_stanzas;
+    strmap_put(th->dom_shk, key, k);
+  }
+  if (c->shk != k) {
+    c->shk = k;
+    shaper_init(&c->shaper, k, edge_now_ms());
+  }
 }
 
 void conn_thread_init(edge_thread_t *th) {
@@ -554,7 +583,8 @@ void conn_accept(edge_thread_t *th, int fd, int direct_tls) {
   uv_tcp_nodelay(&c->tcp, 1);
   peer_ip(c);
   c->created_ms = c->last_in_ms = c->last_out_ms = edge_now_ms();
-  shaper_init(&c->shaper, &th->shk, c->created_ms);
+  c->shk = &th->shk;
+  shaper_init(&c->shaper, c->shk, c->created_ms);
   xml_stream_limits_t lim = {(size_t)th->cfg->max_stanza_bytes, (unsigned)th->cfg->max_depth,
                              (unsigned)th->cfg->max_attrs};
   xml_stream_cbs_t cbs = {negotiate_stream_start, negotiate_stanza, negotiate_stream_end,

@@ -393,6 +393,7 @@ void edge_free(edge_t *e) {
     edge_thread_t *th = &e->threads[i];
     uv_loop_close(&th->loop);
     store_close(th->store);
+    strmap_free(th->dom_shk, free);
     xfree(th->slots);
     xfree(th->free_slots);
     buf_free(&th->scratch);

@@ -36,6 +36,7 @@ struct edge_thread {
   uv_timer_t throttle;   /* runs while some connection is paused by its shaper */
   conn_t *paused;        /* connections whose reading is paused by the shaper */
   shaper_conf_t shk;
+  struct strmap *dom_shk; /* a domain's own rates ([domain] rate_*): domain_t address -> shaper_conf_t */
   uv_async_t stop_async;
   const xmpp_config_t *cfg;
   bus_t *bus;
@@ -198,6 +199,8 @@ struct conn {
   conn_t *next_paused;
   uint8_t ip[16];       /* peer address, IPv4 as v4-mapped */
   shaper_t shaper;
+  const shaper_conf_t *shk; /* its rates: the thread's, or its domain's (conn_domain_shaper) */
+  _Atomic long *dom_sessions; /* the domain's session count this authenticated stream is in */
   buf_t stash;          /* plaintext read but not parsed yet: the shaper paused this client */
   unsigned stream_gen;  /* counts stream restarts (STARTTLS, SASL success) */
   buf_t out;            /* bytes to write (ciphertext under TLS) */
@@ -268,6 +271,8 @@ void conn_send_str(conn_t *c, const char *s);
 /* c has something for edge_flush (output, a BUS_SM_ACK to send). */
 void conn_mark_dirty(conn_t *c);
 /* The domain the stream is for (its first header's 'to'), the default one before. */
+/* The stream's domain decided (negotiate.c): its own shaper rates, if it has any. */
+void conn_domain_shaper(conn_t *c, const struct domain *d);
 static inline const char *conn_domain(const conn_t *c) { return c->domain ? c->domain : domain_default(); }
 /* Writes everything queued on dirty connections. */
 void edge_flush(edge_thread_t *th);

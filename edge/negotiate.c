@@ -121,7 +121,10 @@ void negotiate_stream_start(void *ud, const xnode_t *h) {
     dom = domain_find(conn_domain(c), strlen(conn_domain(c)));
   }
   int unknown = !dom || (c->domain && strcmp(c->domain, dom->name) != 0);
-  if (!unknown) c->domain = dom->name;
+  if (!unknown) {
+    c->domain = dom->name;
+    conn_domain_shaper(c, dom); /* [domain] rate_bytes / rate_stanzas */
+  }
   buf_t b;
   buf_init(&b);
   const char *from = xnode_attr(h, "from");
@@ -450,7 +453,7 @@ void negotiate_stanza(void *ud, xnode_t *s) {
   }
   sm_stanza_in(c);
   metrics_inc((metric_id_t)(M_STANZAS_IN + metrics_kind(s->name)));
-  shaper_charge(&c->shaper, &c->th->shk, 0, 1);
+  shaper_charge(&c->shaper, c->shk, 0, 1);
   if (c->state == CONN_ST_AUTHED) {
     xnode_t *b = strcmp(s->name, "iq") == 0 ? xnode_child(s, "bind", NS_BIND) : NULL;
     if (b) bind_resource(c, s, b);

@@ -26,6 +26,8 @@
  * at that moment; deleting them is left to the administrator (xmppctl deluser). */
 #include "edge/edge_internal.h"
 
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -152,10 +154,21 @@ static void reg_done(uv_work_t *w, int status) {
                   rc == XMPP_ENOENT ? "item-not-found" : "internal-server-error", NULL);
     }
   } else {
-    int rc = store_account_create(c->th->store, j->bare, &j->acct);
+    /* [domain NAME] max_accounts: counted in the store, so cluster-wide */
+    const char *at = strchr(j->bare, '@');
+    const domain_t *d = at ? domain_find(at + 1, strlen(at + 1)) : NULL;
+    unsigned max = d && d->max_accounts > 0 ? (unsigned)d->max_accounts : 0;
+    int rc = store_account_create_max(c->th->store, j->bare, &j->acct, max);
     if (rc == 0) {
       log_info("conn %llx: registered %s", (unsigned long long)c->id, j->bare);
       reply_result(c, j->id, j->from_domain, NULL);
+    } else if (rc == XMPP_ELIMIT) {
+      /* RFC 6120 §8.3.3.18: the server lacks the resources to serve the request (the
+       * domain's account budget); XEP-0077 names no condition of its own for it */
+      metrics_inc(M_LIMIT_DOMAIN_ACCOUNTS);
+      char text[256];
+      snprintf(text, sizeof text, "the domain %.100s has reached its limit of %u accounts", d->name, max);
+      reply_error(c, j->id, j->from_domain, "wait", "resource-constraint", text);
     } else if (rc == XMPP_EEXIST) {
       reply_error(c, j->id, j->from_domain, "cancel", "conflict", NULL);
     } else {

@@ -14,6 +14,8 @@
 #include "edge/edge_internal.h"
 
 #include <stdlib.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -88,7 +90,35 @@ static void send_b64(conn_t *c, const char *elem, const char *data, size_t len) 
 
 static void sasl2_succeed(conn_t *c, const char *extra, size_t extra_len);
 
+/* [domain NAME] max_sessions: the authenticated streams of the domain's accounts this
+ * edge node holds (counted from SASL success to the connection's end, XEP-0198 detached
+ * ones included until they expire or are resumed). At the cap the authentication fails
+ * with <temporary-auth-failure/> (RFC 6120 §6.5.12: "a temporary error condition within
+ * the receiving entity"; the client may try again later, as it would when the store is
+ * down) rather than after it with a stream error: the client learns it before binding,
+ * and the credentials it proved stay valid. 0 when counted (c->dom_sessions), -1 when
+ * refused (failure sent). */
+static int domain_session_take(conn_t *c) {
+  const domain_t *d = domain_find(conn_domain(c), strlen(conn_domain(c)));
+  if (!d || !d->sessions || c->dom_sessions) return 0;
+  long n = atomic_fetch_add(d->sessions, 1);
+  if (d->max_sessions && n >= d->max_sessions) {
+    atomic_fetch_sub(d->sessions, 1);
+    log_info("conn %llx: %s refused: the domain %s holds its %d sessions", (unsigned long long)c->id,
+             c->auth_bare ? c->auth_bare : "?", d->name, d->max_sessions);
+    metrics_inc(M_LIMIT_DOMAIN_SESSIONS);
+    char text[256];
+    snprintf(text, sizeof text, "the domain %.100s has reached its limit of %d sessions; try again later", d->name,
+             d->max_sessions);
+    send_failure_text(c, SASL_TEMPORARY_AUTH_FAILURE, text);
+    return -1;
+  }
+  c->dom_sessions = d->sessions;
+  return 0;
+}
+
 static void succeed(conn_t *c, const char *extra, size_t extra_len) {
+  if (domain_session_take(c) != 0) return;
   metrics_inc(M_LOGINS); /* SASL and SASL2 (XEP-0388) alike */
   if (c->sasl2) {
     sasl2_succeed(c, extra, extra_len);

@@ -500,3 +500,48 @@ int store_fast_delete(store_t *s, const char *bare, const char *ua) {
   if (bad_str(bare) || (ua && !*ua)) return XMPP_EINVAL;
   return s->ops->fast_delete(s->be, bare, ua);
 }
+
+/* ---- runtime domains ------------------------------------------------------------------ */
+
+int store_domain_add(store_t *s, const store_domain_t *d) {
+  int rc = enter(s, "store_domain_add");
+  if (rc) return rc;
+  if (!d || bad_str(d->name) || !d->tmpl || !d->cert || !d->key) return XMPP_EINVAL;
+  return s->ops->domain_add(s->be, d);
+}
+
+int store_domain_remove(store_t *s, const char *name) {
+  int rc = enter(s, "store_domain_remove");
+  if (rc) return rc;
+  if (bad_str(name)) return XMPP_EINVAL;
+  return s->ops->domain_remove(s->be, name);
+}
+
+int store_domain_list(store_t *s, store_domain_cb cb, void *ud) {
+  int rc = enter(s, "store_domain_list");
+  if (rc) return rc;
+  if (!cb) return XMPP_EINVAL;
+  ITERATE(s, s->ops->domain_list(s->be, cb, ud));
+}
+
+int store_domain_version(store_t *s, int64_t *ver) {
+  int rc = enter(s, "store_domain_version");
+  if (rc) return rc;
+  if (!ver) return XMPP_EINVAL;
+  return s->ops->domain_version(s->be, ver);
+}
+
+int64_t store_domain_accounts(store_t *s, const char *domain) {
+  int rc = enter(s, "store_domain_accounts");
+  if (rc) return rc;
+  if (bad_str(domain)) return XMPP_EINVAL;
+  return s->ops->domain_accounts(s->be, domain);
+}
+
+int store_account_create_max(store_t *s, const char *bare, const store_account_t *a, unsigned max) {
+  int rc = enter(s, "store_account_create_max");
+  if (rc) return rc;
+  if (bad_str(bare) || !account_ok(a) || !strchr(bare, '@')) return XMPP_EINVAL;
+  if (!max) return s->ops->account_create(s->be, bare, a);
+  return s->ops->account_create_max(s->be, bare, a, max);
+}

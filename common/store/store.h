@@ -279,4 +279,33 @@ int store_fast_count(store_t *s, const char *bare, const char *ua, const unsigne
  * xmppctl fast-revoke): how many user agents' tokens went (>= 0), or an error. */
 int store_fast_delete(store_t *s, const char *bare, const char *ua);
 
+/* ---- runtime domains (xmppctl domain add, docs/operations.md "Virtual hosting") --------
+ * Domains added through the admin interface, served beside the configuration's, kept in
+ * the store so that they survive a restart and, on Redis, every node of a cluster serves
+ * them. Each names its template (a [domain NAME] section of the configuration, or "" for
+ * the defaults) and its certificate and key files ("" = the server's default). */
+typedef struct store_domain {
+  const char *name; /* normalised */
+  const char *tmpl, *cert, *key;
+  int64_t created;  /* unix seconds (given by list; ignored by add) */
+} store_domain_t;
+typedef void (*store_domain_cb)(const store_domain_t *d, void *ud);
+/* 0, or XMPP_EEXIST when a domain of that name is stored. Raises the version. */
+int store_domain_add(store_t *s, const store_domain_t *d);
+/* 0, or XMPP_ENOENT. Raises the version. */
+int store_domain_remove(store_t *s, const char *name);
+/* Calls cb for each stored domain. 0 or an error. */
+int store_domain_list(store_t *s, store_domain_cb cb, void *ud);
+/* A number that changes with every add and remove (0 when none ever happened): what a
+ * cluster's nodes poll to notice another node's change (one GET on Redis). */
+int store_domain_version(store_t *s, int64_t *ver);
+/* Accounts whose bare JID is in domain (SQLite: a row kept by triggers; Redis: a set per
+ * domain kept by create and delete), or a negative XMPP_* code. */
+int64_t store_domain_accounts(store_t *s, const char *domain);
+/* store_account_create, refused with XMPP_ELIMIT when the account's domain already holds
+ * max accounts (0: no limit). SQLite: the count and the insert are one transaction;
+ * Redis: the account joins its domain's set first and leaves it again when the set is
+ * then over max, so that two concurrent creates never both pass. */
+int store_account_create_max(store_t *s, const char *bare, const store_account_t *a, unsigned max);
+
 #endif

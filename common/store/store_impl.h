@@ -82,6 +82,13 @@ typedef struct store_backend {
   int (*fast_put)(void *be, const char *bare, const char *ua, const store_fast_t *t, unsigned max);
   int (*fast_count)(void *be, const char *bare, const char *ua, const unsigned char *hash, int64_t count);
   int (*fast_delete)(void *be, const char *bare, const char *ua);
+  /* runtime domains and per-domain account counts (store.h) */
+  int (*domain_add)(void *be, const store_domain_t *d);
+  int (*domain_remove)(void *be, const char *name);
+  int (*domain_list)(void *be, store_domain_cb cb, void *ud);
+  int (*domain_version)(void *be, int64_t *ver);
+  int64_t (*domain_accounts)(void *be, const char *domain);
+  int (*account_create_max)(void *be, const char *bare, const store_account_t *a, unsigned max);
 } store_backend_t;
 
 /* Adapts a store_roster_cb to a store_roster_many_cb for user i (ud: a roster_many_t). */

@@ -49,6 +49,14 @@
  *                 (ZADD before create, ZREM after delete) and list skips members whose
  *                 account hash is gone.
  *   xmppd:layout  layout version (1); a newer one is refused on open.
+ * Runtime domains (store_domain_*, docs/operations.md "Virtual hosting"), one slot:
+ *   {domains}:h   hash   name -> "TEMPLATE\nCERT\nKEY\nCREATED"
+ *   {domains}:v   string a counter raised by every add and remove (one script with the
+ *                 hash): what each node polls (store_domain_version)
+ * Accounts per domain ([domain] max_accounts), a slot per domain:
+ *   {d:DOMAIN}:n  set    the domain's bare JIDs; like the index, a superset (SADD before
+ *                 create, SREM after delete); filled from the index once, on the first
+ *                 open that finds xmppd:domain_sets unset
  *
  * Atomicity. Every read-modify-write is one Lua script on one user's slot: create
  * (exists check + HSET), update, delete (all four keys), roster put (account check +
@@ -115,10 +123,16 @@
 
 enum { S_CREATE, S_UPDATE, S_DELETE, S_ROSTER_PUT, S_OFF_PUSH, S_OFF_TRIM, S_DOC_PUT, S_DOC_DEL,
        S_MAM_APPEND, S_MAM_QUERY, S_MAM_PREFS_SET, S_BLOCK_ADD, S_BLOCK_MATCH, S_ROSTER_DEL,
-       S_FAST_PUT, S_FAST_COUNT, S_FAST_DEL,
+       S_FAST_PUT, S_FAST_COUNT, S_FAST_DEL, S_DOM_ADD, S_DOM_DEL,
        S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
+    /* KEYS: runtime domains hash, their version. ARGV: name, value -> 1 added, 0 exists */
+    [S_DOM_ADD] = "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end "
+                  "redis.call('INCR', KEYS[2]) return 1",
+    /* KEYS: the same. ARGV: name -> 1 removed, 0 absent */
+    [S_DOM_DEL] = "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end "
+                  "redis.call('INCR', KEYS[2]) return 1",
     /* KEYS: account. ARGV: field value ... -> 1 created, 0 exists */
     [S_CREATE] = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
                  "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
@@ -1120,6 +1134,8 @@ static int check_layout(rd_t *r, char **err) {
   return 0;
 }
 
+static void dsets_backfill(rd_t *r);
+
 static void *rd_open(const char *path, char **err) {
   rd_t *r = xcalloc(1, sizeof *r);
   buf_init(&r->p.q);
@@ -1136,6 +1152,7 @@ static void *rd_open(const char *path, char **err) {
   int node = route(r, rslots_key_slot(RD_LAYOUT_KEY, strlen(RD_LAYOUT_KEY)), err);
   if (node < 0 || !node_ctx(r, node, err)) goto fail;
   if (check_layout(r, err) != 0) goto fail;
+  dsets_backfill(r);
   return r;
 fail:
   rd_close(r);
@@ -1366,8 +1383,39 @@ static int batch_needs_account(rd_t *r, const char *bare) {
   return ex < 0 ? ex : ex ? 0 : XMPP_ENOENT;
 }
 
+/* The domain's account set (see the top of the file). */
+static char *dset_key(const char *bare, size_t *len) {
+  const char *at = strchr(bare, '@');
+  char *k = xstrfmt("{d:%s}:n", at ? at + 1 : bare);
+  *len = strlen(k);
+  return k;
+}
+
+/* SADD (add) or SREM of bare in its domain's set: the command's integer (1 changed,
+ * 0 not), or a negative XMPP_* code. */
+static int dset_op(rd_t *r, const char *bare, int add) {
+  size_t kl;
+  char *k = dset_key(bare, &kl);
+  const char *av[] = {add ? "SADD" : "SREM", k, bare};
+  size_t al[] = {4, kl, strlen(bare)};
+  int rc;
+  if (r->batch) {
+    rc = exec_cmd(r, av[0], 3, av, al, R_ANY);
+  } else {
+    redisReply *rep = run(r, 3, av, al, 0);
+    rc = !rep ? XMPP_EIO : rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : reply_error(r, av[0], rep);
+    if (rep) freeReplyObject(rep);
+  }
+  xfree(k);
+  return rc;
+}
+
 static int rd_account_create(void *be, const char *bare, const store_account_t *a) {
   rd_t *r = be;
+  if (strchr(bare, '@')) {
+    int drc = dset_op(r, bare, 1); /* a superset, like the index */
+    if (drc < 0) return drc;
+  }
   if (r->batch) {
     int ex = exists_now(r, bare);
     if (ex < 0) return ex;
@@ -1434,6 +1482,10 @@ static int rd_account_delete(void *be, const char *bare) {
   if (rc == 0 || rc == XMPP_ENOENT) {
     int irc = index_rem(r, bare);
     if (!rc) rc = irc;
+    if (strchr(bare, '@')) {
+      irc = dset_op(r, bare, 0);
+      if (!rc && irc < 0) rc = irc;
+    }
   }
   if (!rc) rc = mam_delete(r, bare);
   if (!rc) {
@@ -2563,6 +2615,143 @@ static int rd_fast_delete(void *be, const char *bare, const char *ua) {
   return rc;
 }
 
+/* ---- runtime domains ------------------------------------------------------------------- */
+
+#define RD_DOM_HASH "{domains}:h"
+#define RD_DOM_VER "{domains}:v"
+
+static int rd_domain_add(void *be, const store_domain_t *d) {
+  rd_t *r = be;
+  char *val = xstrfmt("%s\n%s\n%s\n%lld", d->tmpl, d->cert, d->key, (long long)time(NULL));
+  const char *av[] = {RD_DOM_HASH, RD_DOM_VER, d->name, val};
+  size_t al[] = {strlen(RD_DOM_HASH), strlen(RD_DOM_VER), strlen(d->name), strlen(val)};
+  int rc = exec_script(r, "domain add", S_DOM_ADD, 2, 4, av, al, R_CREATE);
+  xfree(val);
+  return rc;
+}
+
+static int rd_domain_remove(void *be, const char *name) {
+  rd_t *r = be;
+  const char *av[] = {RD_DOM_HASH, RD_DOM_VER, name};
+  size_t al[] = {strlen(RD_DOM_HASH), strlen(RD_DOM_VER), strlen(name)};
+  return exec_script(r, "domain remove", S_DOM_DEL, 2, 3, av, al, R_ONE);
+}
+
+static int rd_domain_list(void *be, store_domain_cb cb, void *ud) {
+  rd_t *r = be;
+  const char *av[] = {"HGETALL", RD_DOM_HASH};
+  size_t al[] = {7, strlen(RD_DOM_HASH)};
+  int rc = 0;
+  redisReply *rep = run_array(r, 2, av, al, &rc);
+  if (!rep) return rc ? rc : XMPP_EIO;
+  for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+    redisReply *k = rep->element[i], *v = rep->element[i + 1];
+    if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+    char *name = xstrndup(k->str, k->len), *val = xstrndup(v->str, v->len);
+    char *f[4] = {val, NULL, NULL, NULL};
+    for (int j = 1; j < 4; j++) {
+      char *nl = f[j - 1] ? strchr(f[j - 1], '\n') : NULL;
+      if (nl) {
+        *nl = '\0';
+        f[j] = nl + 1;
+      }
+    }
+    if (f[3]) {
+      store_domain_t d = {name, f[0], f[1], f[2], strtoll(f[3], NULL, 10)};
+      cb(&d, ud);
+    } else {
+      log_warn("store(redis) %s: %s field %s is malformed: skipped", r->target, RD_DOM_HASH, name);
+    }
+    xfree(name);
+    xfree(val);
+  }
+  freeReplyObject(rep);
+  return 0;
+}
+
+static int rd_domain_version(void *be, int64_t *ver) {
+  rd_t *r = be;
+  const char *av[] = {"GET", RD_DOM_VER};
+  size_t al[] = {3, strlen(RD_DOM_VER)};
+  redisReply *rep = run(r, 2, av, al, 1);
+  if (!rep) return XMPP_EIO;
+  int rc = 0;
+  if (rep->type == REDIS_REPLY_NIL) *ver = 0;
+  else if (rep->type == REDIS_REPLY_STRING) *ver = strtoll(rep->str, NULL, 10);
+  else rc = reply_error(r, "domain version", rep);
+  freeReplyObject(rep);
+  return rc;
+}
+
+static int64_t rd_domain_accounts(void *be, const char *domain) {
+  rd_t *r = be;
+  char *k = xstrfmt("{d:%s}:n", domain);
+  const char *av[] = {"SCARD", k};
+  size_t al[] = {5, strlen(k)};
+  redisReply *rep = run(r, 2, av, al, 1);
+  xfree(k);
+  if (!rep) return XMPP_EIO;
+  int64_t n = rep->type == REDIS_REPLY_INTEGER ? rep->integer : reply_error(r, "domain accounts", rep);
+  freeReplyObject(rep);
+  return n;
+}
+
+static int rd_account_create_max(void *be, const char *bare, const store_account_t *a, unsigned max) {
+  rd_t *r = be;
+  if (r->batch) return XMPP_EINVAL; /* not used in batches */
+  int added = dset_op(r, bare, 1);
+  if (added < 0) return added;
+  int64_t n = rd_domain_accounts(r, strchr(bare, '@') + 1);
+  int rc = n < 0 ? (int)n : n > (int64_t)max ? XMPP_ELIMIT : 0;
+  if (!rc) rc = rd_account_create(r, bare, a);
+  /* refused: out of the set again, unless it was there before (an existing account) */
+  if (rc && added == 1) dset_op(r, bare, 0);
+  return rc;
+}
+
+/* Fills the per-domain sets from the account index, once per Redis (xmppd:domain_sets):
+ * accounts created before the sets existed. Idempotent (SADD), so two nodes opening at
+ * once do it twice, harmlessly. */
+static void dsets_backfill(rd_t *r) {
+  const char *gv[] = {"GET", "xmppd:domain_sets"};
+  size_t gl[] = {3, 17};
+  redisReply *rep = run(r, 2, gv, gl, 1);
+  int done = rep && rep->type == REDIS_REPLY_STRING;
+  if (rep) freeReplyObject(rep);
+  if (done || !rep) return;
+  char *start = xstrdup("-");
+  int rc = 0;
+  for (;;) {
+    char cnt[16];
+    snprintf(cnt, sizeof cnt, "%d", RD_LIST_PAGE);
+    const char *av[] = {"ZRANGEBYLEX", RD_INDEX_KEY, start, "+", "LIMIT", "0", cnt};
+    size_t al[] = {11, strlen(RD_INDEX_KEY), strlen(start), 1, 5, 1, strlen(cnt)};
+    redisReply *page = run_array(r, 7, av, al, &rc);
+    if (!page) break;
+    size_t n = page->elements;
+    for (size_t i = 0; i < n && !rc; i++) {
+      redisReply *m = page->element[i];
+      if (m->type != REDIS_REPLY_STRING || !memchr(m->str, '@', m->len)) continue;
+      char *bare = xstrndup(m->str, m->len);
+      if (dset_op(r, bare, 1) < 0) rc = XMPP_EIO;
+      xfree(bare);
+    }
+    if (!rc && n == RD_LIST_PAGE) {
+      redisReply *last = page->element[n - 1];
+      xfree(start);
+      start = xstrfmt("(%.*s", (int)last->len, last->str);
+    }
+    freeReplyObject(page);
+    if (rc || n < RD_LIST_PAGE) break;
+  }
+  xfree(start);
+  if (rc) return; /* again at the next open */
+  const char *sv[] = {"SET", "xmppd:domain_sets", "1"};
+  size_t sl[] = {3, 17, 1};
+  rep = run(r, 3, sv, sl, 0);
+  if (rep) freeReplyObject(rep);
+}
+
 const store_backend_t store_redis_backend = {
     .name = "redis",
     .open = rd_open,
@@ -2606,4 +2795,10 @@ const store_backend_t store_redis_backend = {
     .fast_put = rd_fast_put,
     .fast_count = rd_fast_count,
     .fast_delete = rd_fast_delete,
+    .domain_add = rd_domain_add,
+    .domain_remove = rd_domain_remove,
+    .domain_list = rd_domain_list,
+    .domain_version = rd_domain_version,
+    .domain_accounts = rd_domain_accounts,
+    .account_create_max = rd_account_create_max,
 };

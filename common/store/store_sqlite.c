@@ -38,6 +38,11 @@
  *     FAST tokens, SHA-256 of each, never the token (store_fast_*); (version 9)
  *     prev_count, cur_mech, prev_mech: the replay counter and the HT mechanism of each
  *     of the two tokens (count is the current one's).
+ *   runtime_domains(name PK, tmpl, cert, key, created), domains_ver(id 0, v) (version 10):
+ *     the domains added through the admin interface (store_domain_*), and a number every
+ *     add and remove raises (triggers); domain_accounts(domain PK, n): the accounts of
+ *     each domain, kept by triggers on accounts (store_domain_accounts, the registration
+ *     cap of [domain] max_accounts); the migration counts the existing accounts.
  *   roster.approved, accounts.roster_ver (version 6): RFC 6121 §3.4 pre-approval, and the
  *     §2.6 roster version, raised by triggers on every insert, update and delete of the
  *     account's roster rows.
@@ -66,7 +71,7 @@
 #include "common/scram.h"
 #include "common/store/store_impl.h"
 
-#define SQ_SCHEMA_VERSION 9
+#define SQ_SCHEMA_VERSION 10
 #define SQ_BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -362,6 +367,26 @@ static const char schema_v9[] =
     "ALTER TABLE fast ADD COLUMN prev_count INTEGER NOT NULL DEFAULT -1;"
     "ALTER TABLE fast ADD COLUMN cur_mech INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE fast ADD COLUMN prev_mech INTEGER NOT NULL DEFAULT 0;";
+/* Version 10: runtime domains and the accounts per domain (see the top of the file). */
+static const char schema_v10[] =
+    "CREATE TABLE IF NOT EXISTS runtime_domains ("
+    "  name TEXT NOT NULL PRIMARY KEY, tmpl TEXT NOT NULL, cert TEXT NOT NULL, key TEXT NOT NULL,"
+    "  created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS domains_ver (id INTEGER PRIMARY KEY CHECK (id = 0), v INTEGER NOT NULL);"
+    "INSERT OR IGNORE INTO domains_ver (id, v) VALUES (0, 0);"
+    "CREATE TRIGGER IF NOT EXISTS runtime_domains_ins AFTER INSERT ON runtime_domains BEGIN "
+    "  UPDATE domains_ver SET v = v + 1 WHERE id = 0; END;"
+    "CREATE TRIGGER IF NOT EXISTS runtime_domains_del AFTER DELETE ON runtime_domains BEGIN "
+    "  UPDATE domains_ver SET v = v + 1 WHERE id = 0; END;"
+    "CREATE TABLE IF NOT EXISTS domain_accounts (domain TEXT NOT NULL PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "DELETE FROM domain_accounts;"
+    "INSERT INTO domain_accounts (domain, n) "
+    "  SELECT substr(jid, instr(jid, '@') + 1), count(*) FROM accounts WHERE instr(jid, '@') > 0 GROUP BY 1;"
+    "CREATE TRIGGER IF NOT EXISTS accounts_domain_ins AFTER INSERT ON accounts BEGIN "
+    "  INSERT INTO domain_accounts (domain, n) VALUES (substr(NEW.jid, instr(NEW.jid, '@') + 1), 1) "
+    "  ON CONFLICT (domain) DO UPDATE SET n = n + 1; END;"
+    "CREATE TRIGGER IF NOT EXISTS accounts_domain_del AFTER DELETE ON accounts BEGIN "
+    "  UPDATE domain_accounts SET n = n - 1 WHERE domain = substr(OLD.jid, instr(OLD.jid, '@') + 1); END;";
 /* Version 8: each archived message's bytes stored once, shared by the archives that hold
  * it (the sender's and the recipient's copies of a message between two local accounts
  * are the same bytes). mam_msg(id INTEGER PRIMARY KEY, refs, data) is append-ordered (its
@@ -594,6 +619,7 @@ static int sq_schema(sq_t *q, char **err) {
       goto sqlfail;
     if (strcmp(has, "0") == 0 && (rc = sqlite3_exec(q->db, schema_v9, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   }
+  if (ver < 10 && (rc = sqlite3_exec(q->db, schema_v10, NULL, NULL, NULL)) != SQLITE_OK) goto sqlfail;
   if (ver < SQ_SCHEMA_VERSION) {
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
@@ -1863,6 +1889,106 @@ static int sq_fast_delete(void *be, const char *bare, const char *ua) {
   return ret;
 }
 
+/* ---- runtime domains (schema 10) ------------------------------------------------------ */
+
+/* A statement used rarely (admin actions): prepared for the call, finalised after. */
+static sqlite3_stmt *prep_once(sq_t *q, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(q->db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    fail(q, "prepare", rc);
+    sqlite3_finalize(st);
+    return NULL;
+  }
+  return st;
+}
+
+static int sq_domain_add(void *be, const store_domain_t *d) {
+  sq_t *q = be;
+  sqlite3_stmt *st = prep_once(q, "INSERT INTO runtime_domains (name, tmpl, cert, key, created) VALUES (?1, ?2, ?3, ?4, ?5)");
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, d->name);
+  if (!ret) ret = bind_text(q, st, 2, d->tmpl);
+  if (!ret) ret = bind_text(q, st, 3, d->cert);
+  if (!ret) ret = bind_text(q, st, 4, d->key);
+  if (!ret) ret = bind_int64(q, st, 5, (int64_t)time(NULL));
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) ret = XMPP_EEXIST;
+    else if (rc != SQLITE_DONE) ret = fail(q, "domain add", rc);
+  }
+  sqlite3_finalize(st);
+  return ret;
+}
+
+static int sq_domain_remove(void *be, const char *name) {
+  sq_t *q = be;
+  sqlite3_stmt *st = prep_once(q, "DELETE FROM runtime_domains WHERE name = ?1");
+  if (!st) return XMPP_EIO;
+  int ret = bind_text(q, st, 1, name);
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) ret = fail(q, "domain remove", rc);
+    else if (sqlite3_changes64(q->db) == 0) ret = XMPP_ENOENT;
+  }
+  sqlite3_finalize(st);
+  return ret;
+}
+
+static int sq_domain_list(void *be, store_domain_cb cb, void *ud) {
+  sq_t *q = be;
+  sqlite3_stmt *st = prep_once(q, "SELECT name, tmpl, cert, key, created FROM runtime_domains ORDER BY name");
+  if (!st) return XMPP_EIO;
+  int rc, ret = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    store_domain_t d = {(const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
+                        (const char *)sqlite3_column_text(st, 2), (const char *)sqlite3_column_text(st, 3),
+                        sqlite3_column_int64(st, 4)};
+    if (d.name && d.tmpl && d.cert && d.key) cb(&d, ud);
+  }
+  if (rc != SQLITE_DONE) ret = fail(q, "domain list", rc);
+  sqlite3_finalize(st);
+  return ret;
+}
+
+/* One integer of a one-row statement with ?1 = arg (NULL: none); 0 when no row. */
+static int sq_one_int(sq_t *q, const char *sql, const char *arg, int64_t *v) {
+  sqlite3_stmt *st = prep_once(q, sql);
+  if (!st) return XMPP_EIO;
+  int ret = arg ? bind_text(q, st, 1, arg) : 0;
+  *v = 0;
+  if (!ret) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *v = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE) ret = fail(q, sql, rc);
+  }
+  sqlite3_finalize(st);
+  return ret;
+}
+
+static int sq_domain_version(void *be, int64_t *ver) {
+  return sq_one_int(be, "SELECT v FROM domains_ver WHERE id = 0", NULL, ver);
+}
+
+static int64_t sq_domain_accounts(void *be, const char *domain) {
+  int64_t n;
+  int rc = sq_one_int(be, "SELECT n FROM domain_accounts WHERE domain = ?1", domain, &n);
+  return rc ? rc : n;
+}
+
+static int sq_account_create_max(void *be, const char *bare, const store_account_t *a, unsigned max) {
+  sq_t *q = be;
+  int ret = tx_begin(q, 1); /* the count and the insert under one write lock */
+  if (ret) return ret;
+  int64_t n = sq_domain_accounts(q, strchr(bare, '@') + 1);
+  if (n < 0) ret = (int)n;
+  else if (n >= (int64_t)max) ret = XMPP_ELIMIT;
+  else ret = sq_account_create(q, bare, a);
+  if (ret) tx_rollback(q);
+  else ret = tx_commit(q);
+  return ret;
+}
+
 const store_backend_t store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -1904,4 +2030,10 @@ const store_backend_t store_sqlite_backend = {
     .fast_put = sq_fast_put,
     .fast_count = sq_fast_count,
     .fast_delete = sq_fast_delete,
+    .domain_add = sq_domain_add,
+    .domain_remove = sq_domain_remove,
+    .domain_list = sq_domain_list,
+    .domain_version = sq_domain_version,
+    .domain_accounts = sq_domain_accounts,
+    .account_create_max = sq_account_create_max,
 };

@@ -155,3 +155,94 @@ Test(config, domain_section_names_bounded) {
   free(err);
   config_free(&c);
 }
+
+/* Per-domain limits: parsed, bounded, and carried into the table. */
+Test(config, domain_limits_parsed_and_bounded) {
+  xmpp_config_t c;
+  char *err;
+  cr_assert_eq(load("[domain a.test]\nmax_sessions = 10\nmax_accounts = 100000000\nrate_bytes = 0\nrate_stanzas = 7\n"
+                    "[domain b.test]\n",
+                    &c, &err),
+               0, "%s", err ? err : "");
+  cr_assert_eq(c.vhosts[0].max_sessions, 10);
+  cr_assert_eq(c.vhosts[0].max_accounts, 100000000);
+  cr_assert_eq(c.vhosts[0].rate_bytes, 0);
+  cr_assert_eq(c.vhosts[0].rate_stanzas, 7);
+  cr_assert_eq(c.vhosts[1].rate_bytes, -1, "unset: the global rate");
+  domains_t *d = domains_build(&c, NULL, 0, &err);
+  cr_assert_not_null(d, "%s", err ? err : "");
+  const domain_t *a = domains_lookup(d, "a.test", 6);
+  cr_assert_eq(a->max_sessions, 10);
+  cr_assert_eq(a->rate_stanzas, 7);
+  cr_assert_eq(domains_lookup(d, "b.test", 6)->rate_stanzas, -1);
+  cr_assert_eq(domains_lookup(d, "localhost", 9)->max_sessions, 0);
+  domains_free(d);
+  config_free(&c);
+  static const char *const bad[] = {"max_sessions = -1", "max_sessions = 10000001", "max_accounts = 100000001",
+                                    "rate_bytes = -2",   "rate_stanzas = 1000001",  "max_sessions = 3x"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[128];
+    snprintf(text, sizeof text, "[domain a.test]\n%s\n", bad[i]);
+    cr_assert_eq(load(text, &c, &err), XMPP_EINVAL, "%s", bad[i]);
+    cr_assert_not_null(strstr(err, "is not an integer in"), "%s", err);
+    free(err);
+    config_free(&c);
+  }
+}
+
+/* What domain add checks before storing, and runtime domains in the table. */
+Test(config, runtime_domain_checks_and_table) {
+  xmpp_config_t c;
+  char *err = NULL, *norm = NULL;
+  cr_assert_eq(load("[domain Tmpl.test]\nmax_sessions = 4\ndisable = ping\n", &c, &err), 0, "%s", err ? err : "");
+  cr_assert_eq(domain_spec_check(&c, "New.Test", "tmpl.TEST", "", "", &norm, &err), 0, "%s", err ? err : "");
+  cr_assert_str_eq(norm, "new.test");
+  free(norm);
+  char n253[260], n254[260];
+  n253[0] = '\0';
+  for (int i = 0; i < 4; i++) strcat(n253, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.");
+  memcpy(n254, n253, strlen(n253) + 1);
+  strcat(n254, "bb");
+  strcat(n253, "b");
+  cr_assert_eq(strlen(n253), 253);
+  cr_assert_eq(domain_spec_check(&c, n253, "", "", "", &norm, &err), 0, "%s", err ? err : "");
+  free(norm);
+  static const struct {
+    const char *name, *tmpl, *cert, *key, *msg;
+  } bad[] = {
+      {"", "", "", "", "1 to 253"},
+      {NULL, "", "", "", "1 to 253"}, /* n254 */
+      {"bad..name", "", "", "", "not a valid domain name"},
+      {"192.168.0.1", "", "", "", "not a valid domain name"},
+      {"[::1]", "", "", "", "not a valid domain name"},
+      {"a b.test", "", "", "", "not a valid domain name"},
+      {"x.test", "nosuch.test", "", "", "no [domain nosuch.test] section"},
+      {"x.test", "", "/c.pem", "", "together"},
+      {"x.test", "", "", "/k.pem", "together"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err = NULL;
+    norm = (char *)"x";
+    cr_assert_eq(domain_spec_check(&c, bad[i].name ? bad[i].name : n254, bad[i].tmpl, bad[i].cert, bad[i].key, &norm,
+                                   &err),
+                 XMPP_EINVAL, "%zu", i);
+    cr_assert_null(norm);
+    cr_assert_not_null(strstr(err, bad[i].msg), "%zu: %s", i, err);
+    free(err);
+  }
+  /* the table: a runtime domain takes its template's settings; one named in the file is
+   * left to the file; a template gone: the defaults */
+  domain_spec_t rt[] = {{"new.test", "tmpl.test", "", ""}, {"TMPL.test", "", "", ""}, {"old.test", "gone.test", "", ""}};
+  domains_t *d = domains_build_ex(&c, rt, 3, NULL, 0, &err);
+  cr_assert_not_null(d, "%s", err ? err : "");
+  cr_assert_eq(domains_count(d), 4);
+  const domain_t *n = domains_lookup(d, "new.test", 8);
+  cr_assert(n->runtime);
+  cr_assert_str_eq(n->tmpl, "tmpl.test");
+  cr_assert_eq(n->max_sessions, 4);
+  cr_assert_eq(n->own_cert, 0);
+  cr_assert(!domains_lookup(d, "tmpl.test", 9)->runtime);
+  cr_assert_eq(domains_lookup(d, "old.test", 8)->max_sessions, 0);
+  domains_free(d);
+  config_free(&c);
+}

@@ -265,7 +265,7 @@ static int every_third(int i) { return i % 3 == 1; }
 
 Test(store_sqlite, open_creates_schema_wal) {
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(raw_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                        "('accounts', 'roster', 'roster_groups', 'offline')"),
                4);
@@ -276,7 +276,7 @@ Test(store_sqlite, open_creates_schema_wal) {
   store_close(s);
   /* Opening again keeps (and does not re-create) the schema. */
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   store_close(s);
 }
 
@@ -784,7 +784,7 @@ Test(store_sqlite, schema_v1_upgraded_with_roster_counts) {
            "INSERT INTO roster (owner, contact) VALUES ('a@x', 'c1@y'), ('a@x', 'c2@y'), ('a@x', 'c3@y');"
            "PRAGMA user_version = 1;");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(store_roster_count(s, "a@x"), 3);
   cr_assert_eq(store_roster_count(s, "b@x"), 0);
   store_roster_item_t it = {.jid = "c4@y", .sub = SUB_TO};
@@ -1368,7 +1368,7 @@ STORE_TEST(threads_open_new_file_concurrently, .timeout = 60) {
   list_t l = {0};
   cr_assert_eq(store_account_list(s, list_cb, &l), 0);
   cr_assert_eq(l.n, NOPENERS);
-  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 9));
+  SQLITE_ONLY(cr_assert_eq(raw_int("PRAGMA user_version"), 10));
   store_close(s);
 }
 
@@ -1482,8 +1482,9 @@ Test(store_redis, key_layout) {
   cr_assert_eq(store_roster_put(s, "alice@x", &it), 0);
   push(s, "alice@x", "<m/>", 0, 0);
   redisReply *k = rcmd("KEYS *");
-  cr_assert_eq(k->elements, 5, "account, roster, offline, index, layout");
+  cr_assert_eq(k->elements, 7, "account, roster, offline, index, layout, domain set, its backfill mark");
   freeReplyObject(k);
+  type_is("{d:x}:n", "set");
   type_is("{u:alice@x}:a", "hash");
   type_is("{u:alice@x}:r", "hash");
   type_is("{u:alice@x}:o", "list");
@@ -1865,7 +1866,7 @@ Test(store_sqlite, schema_v2_upgraded_with_docs) {
            "sha256_iter, sha256_stored, sha256_server, created) "
            "VALUES ('a@x', x'01', 4096, x'02', x'03', x'04', 4096, x'05', x'06', 0)");
   store_t *s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(store_doc_bytes(s, "a@x"), 0);
   cr_assert_eq(store_doc_put(s, "a@x", "vcard", "", "abc", 3, 0), 0);
   raw_exec("INSERT INTO docs (owner, kind, key, data) VALUES ('a@x', 'k', '\xc3\xa9', x'0102')"); /* another writer */
@@ -2217,7 +2218,7 @@ Test(store_sqlite, schema_v6_upgraded_mam_shared) {
                       "UPDATE accounts SET mam_count = 2 WHERE jid = 'alice@x';"
                       "UPDATE accounts SET mam_count = 1 WHERE jid = 'bob@x'; PRAGMA user_version = 6;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(raw_int("SELECT count(*) FROM mam_msg WHERE refs = 1"), 3);
   mam_got_t g;
   int more;
@@ -2450,7 +2451,7 @@ Test(store_sqlite, schema_v4_upgraded_with_blocklist) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            MAM_V6_SQL "PRAGMA user_version = 4;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(store_account_exists(s, "alice@x"), 1);
   const char *j[] = {"romeo@m"};
   cr_assert_eq(store_block_add(s, "alice@x", j, 1, 0), 0);
@@ -2555,7 +2556,7 @@ Test(store_sqlite, schema_v5_upgraded_with_roster_ver_and_approved) {
            "ALTER TABLE roster DROP COLUMN approved; ALTER TABLE accounts DROP COLUMN roster_ver;"
            MAM_V6_SQL "PRAGMA user_version = 5;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   roster_t r = load(s, "alice@x");
   cr_assert_eq(r.n, 1);
   cr_assert_eq(r.it[0].approved, 0);
@@ -2674,7 +2675,7 @@ Test(store_sqlite, schema_v8_upgraded_fast_counts) {
   raw_exec("ALTER TABLE fast DROP COLUMN prev_count; ALTER TABLE fast DROP COLUMN cur_mech;"
            "ALTER TABLE fast DROP COLUMN prev_mech; UPDATE fast SET count = 4; PRAGMA user_version = 8;");
   s = open_db();
-  cr_assert_eq(raw_int("PRAGMA user_version"), 9);
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
   cr_assert_eq(store_fast_get(s, "alice@x", "ua1", &got), 0);
   cr_assert_eq(got.count, 4);
   cr_assert_eq(got.prev_count, -1);
@@ -2702,5 +2703,98 @@ STORE_TEST(fast_limit) {
   cr_assert_eq(store_fast_get(s, "alice@x", "b", &got), XMPP_ENOENT, "N+1: the one expiring first (b, 200) went");
   cr_assert_eq(store_fast_get(s, "alice@x", "a", &got), 0);
   cr_assert_eq(store_fast_get(s, "alice@x", "c", &got), 0, "the new one stays, though it expires first");
+  store_close(s);
+}
+
+/* ---- runtime domains and accounts per domain (schema 10) ------------------------------ */
+
+typedef struct {
+  char names[8][64], tmpls[8][64], certs[8][64];
+  int n;
+} doms_t;
+
+static void dom_cb(const store_domain_t *d, void *ud) {
+  doms_t *l = ud;
+  cr_assert_lt(l->n, 8);
+  snprintf(l->names[l->n], 64, "%s", d->name);
+  snprintf(l->tmpls[l->n], 64, "%s", d->tmpl);
+  snprintf(l->certs[l->n], 64, "%s|%s", d->cert, d->key);
+  cr_assert_gt(d->created, 0);
+  l->n++;
+}
+
+STORE_TEST(runtime_domains_add_list_remove_version) {
+  store_t *s = open_db();
+  int64_t v0 = -1, v;
+  cr_assert_eq(store_domain_version(s, &v0), 0);
+  store_domain_t a = {"a.test", "tmpl.test", "/c.pem", "/k.pem", 0}, b = {"b.test", "", "", "", 0};
+  cr_assert_eq(store_domain_add(s, &a), 0);
+  cr_assert_eq(store_domain_add(s, &b), 0);
+  cr_assert_eq(store_domain_add(s, &a), XMPP_EEXIST);
+  cr_assert_eq(store_domain_version(s, &v), 0);
+  cr_assert_eq(v, v0 + 2, "each add raises it, a refused one does not");
+  doms_t l = {0};
+  cr_assert_eq(store_domain_list(s, dom_cb, &l), 0);
+  cr_assert_eq(l.n, 2);
+  int ia = strcmp(l.names[0], "a.test") == 0 ? 0 : 1;
+  cr_assert_str_eq(l.names[ia], "a.test");
+  cr_assert_str_eq(l.tmpls[ia], "tmpl.test");
+  cr_assert_str_eq(l.certs[ia], "/c.pem|/k.pem");
+  cr_assert_str_eq(l.certs[1 - ia], "|");
+  cr_assert_eq(store_domain_remove(s, "a.test"), 0);
+  cr_assert_eq(store_domain_remove(s, "a.test"), XMPP_ENOENT);
+  cr_assert_eq(store_domain_version(s, &v), 0);
+  cr_assert_eq(v, v0 + 3);
+  memset(&l, 0, sizeof l);
+  cr_assert_eq(store_domain_list(s, dom_cb, &l), 0);
+  cr_assert_eq(l.n, 1);
+  cr_assert_str_eq(l.names[0], "b.test");
+  /* kept across handles (a restart) */
+  store_close(s);
+  s = open_db();
+  memset(&l, 0, sizeof l);
+  cr_assert_eq(store_domain_list(s, dom_cb, &l), 0);
+  cr_assert_eq(l.n, 1);
+  store_close(s);
+}
+
+STORE_TEST(accounts_per_domain_and_the_cap) {
+  store_t *s = open_db();
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 0);
+  add_user(s, "a@d.test", 1);
+  add_user(s, "b@d.test", 2);
+  add_user(s, "a@e.test", 3);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 2);
+  cr_assert_eq(store_domain_accounts(s, "e.test"), 1);
+  store_account_t acct = mk_acct(9);
+  /* at N = 3: one more passes, then N + 1 is refused */
+  cr_assert_eq(store_account_create_max(s, "c@d.test", &acct, 3), 0);
+  cr_assert_eq(store_account_create_max(s, "x@d.test", &acct, 3), XMPP_ELIMIT);
+  cr_assert_eq(store_account_exists(s, "x@d.test"), 0);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 3, "the refused one is not counted");
+  cr_assert_eq(store_account_create_max(s, "a@d.test", &acct, 9), XMPP_EEXIST);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 3);
+  cr_assert_eq(store_account_create_max(s, "y@e.test", &acct, 3), 0, "another domain's budget");
+  cr_assert_eq(store_account_create_max(s, "z@d.test", &acct, 0), 0, "0: no cap");
+  cr_assert_eq(store_account_delete(s, "a@d.test"), 0);
+  cr_assert_eq(store_account_delete(s, "z@d.test"), 0);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 2);
+  cr_assert_eq(store_account_create_max(s, "x@d.test", &acct, 3), 0, "a place again");
+  store_close(s);
+}
+
+/* Schema 9 to 10: the existing accounts are counted per domain. */
+Test(store_sqlite, schema_v9_upgraded_with_domain_counts) {
+  store_t *s = open_db();
+  add_user(s, "a@d.test", 1);
+  add_user(s, "b@d.test", 2);
+  store_close(s);
+  raw_exec("DROP TRIGGER accounts_domain_ins; DROP TRIGGER accounts_domain_del; DROP TABLE domain_accounts;"
+           "DROP TABLE runtime_domains; DROP TABLE domains_ver; PRAGMA user_version = 9;");
+  s = open_db();
+  cr_assert_eq(raw_int("PRAGMA user_version"), 10);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 2);
+  add_user(s, "c@d.test", 3);
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 3);
   store_close(s);
 }
