@@ -55,7 +55,7 @@ static void status_answer(xmppd_admin_t *a, control_req_t *r, long sessions, lon
   strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
   buf_printf(&b, "\"version\":\"%s\",\"pid\":%ld,\"started\":\"%s\",\"uptime_s\":%llu,\"domain\":", XMPPD_VERSION,
              (long)getpid(), when, (unsigned long long)((mono_ms() - a->started_mono_ms) / 1000));
-  control_json_str(&b, a->cfg->domain, strlen(a->cfg->domain));
+  text_json_str(&b, a->cfg->domain, strlen(a->cfg->domain));
   buf_printf(&b, ",\"role\":\"%s\",\"node_id\":%d,\"io_threads\":%d,\"router_workers\":%d,\"shards\":%u,\"sessions\":%ld",
              role_name(config_role(a->cfg)), a->cfg->cluster_node, a->bus->nedges, a->bus->nworkers,
              a->bus->nshards, sessions);
@@ -65,7 +65,7 @@ static void status_answer(xmppd_admin_t *a, control_req_t *r, long sessions, lon
     /* done: no connection open and no detached session left to be resumed elsewhere */
     buf_printf(&b, ",\"drain\":{\"state\":\"%s\",\"connections\":%ld,\"detached\":%ld,\"target\":",
                conns == 0 && detached == 0 ? "done" : "draining", conns, detached);
-    if (target) control_json_str(&b, target, strlen(target));
+    if (target) text_json_str(&b, target, strlen(target));
     else buf_puts(&b, "null");
     buf_putc(&b, '}');
   }
@@ -130,7 +130,7 @@ static void answered(control_req_t *r, void *arg) {
     break;
   case EDGE_ADMIN_DRAIN:
     buf_printf(&b, "\"count\":%zu,\"rate\":%d,\"target\":", n, p->rate);
-    if (p->target) control_json_str(&b, p->target, strlen(p->target));
+    if (p->target) text_json_str(&b, p->target, strlen(p->target));
     else buf_puts(&b, "null");
     buf_putc(&b, '\0');
     snprintf(detail, sizeof detail, "draining %zu connections", n);
@@ -348,7 +348,7 @@ static void cmd_reload(void *ud, control_req_t *r, int argc, char **argv) {
     buf_t b;
     buf_init(&b);
     buf_puts(&b, "\"result\":");
-    control_json_str(&b, summary, strlen(summary));
+    text_json_str(&b, summary, strlen(summary));
     buf_putc(&b, '\0');
     control_reply(r, (const char *)b.data, summary);
     buf_free(&b);

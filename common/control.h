@@ -73,8 +73,6 @@ void control_fail(control_req_t *r, const char *msg);
 /* Any thread: fn(r, arg) runs on the control loop soon after (or in control_close). */
 void control_post(control_req_t *r, void (*fn)(control_req_t *r, void *arg), void *arg);
 
-/* JSON string literal (quotes included) of s[0..len): common/text.h's, by its old name. */
-static inline void control_json_str(buf_t *out, const char *s, size_t len) { text_json_str(out, s, len); }
 /* 1 when s[0..len) is UTF-8 (RFC 3629: shortest forms, no surrogates, at most U+10FFFF)
  * without C0 control characters (tab included) or DEL, so it can go in XML text and a
  * log line as it is. */

@@ -201,7 +201,7 @@ static void put_address(buf_t *b, conn_t *c) {
 static void list_one(edge_thread_t *th, buf_t *b, conn_t *c) {
   if (b->len) buf_putc(b, ',');
   buf_puts(b, "{\"jid\":");
-  control_json_str(b, c->jid.full, strlen(c->jid.full));
+  text_json_str(b, c->jid.full, strlen(c->jid.full));
   buf_puts(b, ",\"address\":");
   put_address(b, c);
   int detached = c->state == CONN_ST_DETACHED;
@@ -326,7 +326,7 @@ void edge_admin_run(edge_thread_t *th, edge_admin_t *r) {
       case EDGE_ADMIN_KICK:
         if (!matches(r, c)) break;
         if (b->len) buf_putc(b, ',');
-        control_json_str(b, c->jid.full, strlen(c->jid.full));
+        text_json_str(b, c->jid.full, strlen(c->jid.full));
         n++;
         log_info("conn %llx: %s kicked by the administrator", (unsigned long long)c->id, c->jid.full);
         if (pass) sm_detached_kick(c, BUS_KICK_SHUTDOWN); /* ends it: its messages are bounced */

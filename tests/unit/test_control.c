@@ -37,7 +37,7 @@ Test(control, json_string_escaping) {
   buf_t b;
   buf_init(&b);
   const char in[] = "a\"b\\c\n\x01\x7f\xc3\xa9";
-  control_json_str(&b, in, sizeof in - 1);
+  text_json_str(&b, in, sizeof in - 1);
   buf_putc(&b, '\0');
   cr_assert_str_eq((const char *)b.data, "\"a\\\"b\\\\c\\u000a\\u0001\\u007f\xc3\xa9\"");
   buf_free(&b);
