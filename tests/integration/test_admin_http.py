@@ -471,6 +471,9 @@ class AdminHttpsTest(unittest.TestCase):
         srv.start()
         try:
             wait_port(port)
+            end = time.monotonic() + 10  # logged once libmicrohttpd's start returned, maybe after its listen
+            while f"admin API: https://127.0.0.1:{port}/admin/" not in srv.log_text() and time.monotonic() < end:
+                time.sleep(0.05)
             self.assertIn(f"admin API: https://127.0.0.1:{port}/admin/", srv.log_text())
             for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
                 ctx = ssl.create_default_context(cafile=cert)  # this certificate and no other
