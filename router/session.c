@@ -233,6 +233,11 @@ int session_park_bounced(worker_t *w, const bus_frame_t *f) {
       c = c->next;
     }
     if (c && c->n == n) {
+      /* a link's: the copy stands for it, when a resumption from this router sent it
+       * again, or may (the session resumable, its edge maybe dead: sm_orphan.c; if not
+       * resumed, the copy goes back to the account when the session ends) */
+      if (link && (c->resent || (here && s->sm_rid)))
+        return 0;
       if (prev) prev->next = c->next;
       else p->num = c->next;
       if (p->num_tail == &c->next) p->num_tail = prev ? &prev->next : &p->num;

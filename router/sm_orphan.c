@@ -201,6 +201,7 @@ void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f
       continue;
     }
     c->wrote = 0; /* the new connection writes it at a new count */
+    c->resent = 1; /* a link's late bounce of it is not delivered again (session_park_bounced) */
     prev = c;
   }
   park_fix_tails(p);

@@ -14,6 +14,7 @@ typedef struct copy {
   bus_msg_t *m; /* the BOUNCE that sends it back */
   uint32_t seq; /* wrote: the client's count at which its edge wrote it (BUS_SM_ACK) */
   int wrote;
+  int resent;   /* sent again in a resumption from the router (sm_orphan.c) */
 } copy_t;
 _Static_assert(offsetof(copy_t, next) == 0, "a list's tail pointer is its last copy");
 

@@ -296,8 +296,10 @@ static int bounce_moved(worker_t *w, const bus_frame_t *f) {
 
 static void handle_frame(worker_t *w, const bus_frame_t *f) {
   xnode_t *st = NULL;
-  /* a resumption's payload is an id or a session's state, not a stanza (bus_frame.h) */
-  int opaque = f->kind == BUS_RESUME_ASK || (f->kind == BUS_SESSION_OPEN && (f->flags & BUS_F_RESUME));
+  /* a resumption's payload is an id or a session's state, an acknowledgement's its
+   * counts, not a stanza (bus_frame.h) */
+  int opaque = f->kind == BUS_RESUME_ASK || f->kind == BUS_SM_ACK ||
+               (f->kind == BUS_SESSION_OPEN && (f->flags & BUS_F_RESUME));
   if (f->payload_len && !opaque && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
     log_warn("router: undecodable stanza in frame kind %d dropped", f->kind);
     return;

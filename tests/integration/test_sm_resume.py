@@ -1060,7 +1060,7 @@ class SmReceiver:
     """A raw XEP-0198 client on an edge: reads messages and acknowledges all it has read
     after each read (<a h/>, unasked). Frozen, it sends its last <a/> and reads no more."""
 
-    def __init__(self, test, edge, user, presence=False):
+    def __init__(self, test, edge, user, presence=False, resume=False):
         self.user = user
         self.r = test.login(edge, user, "r")
         self.r.buf = b""
@@ -1068,8 +1068,9 @@ class SmReceiver:
             self.r.send("<presence/>")
             self.r.recv_until("<presence[^>]*/>")
             self.r.buf = b""
-        self.r.send(f"<enable xmlns='{SM}'/>")
-        self.r.recv_until("<enabled[^>]*/>")
+        self.r.send(f"<enable xmlns='{SM}'" + (" resume='true'" if resume else "") + "/>")
+        m = re.search(r"<enabled[^>]* id='([0-9a-f]{40})'", self.r.recv_until("<enabled[^>]*/>"))
+        self.previd = m.group(1) if m else None
         self.r.buf = b""
         # the router has the enabling BUS_SM_ACK before any message for us: it went ahead
         # of this IQ on the way to the account's shard (the answer is a stanza: h counts it)
@@ -1077,6 +1078,8 @@ class SmReceiver:
         self.h = 1
         self.r.buf = b""
         self.ids = []
+        self.acked_ids = 0  # how many of ids the last <a/> sent acknowledged
+        self.noack = threading.Event()  # set: reads on, acknowledges no more
         self.freeze = threading.Event()
         self.frozen = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -1100,7 +1103,9 @@ class SmReceiver:
                 done, text = text[:ends[-1]], text[ends[-1]:]
                 self.h += done.count("<message ")
                 self.ids += bodies(done)
-                sock.sendall(f"<a xmlns='{SM}' h='{self.h}'/>".encode())
+                if not self.noack.is_set():
+                    sock.sendall(f"<a xmlns='{SM}' h='{self.h}'/>".encode())
+                    self.acked_ids = len(self.ids)
         self.frozen.set()
 
 
@@ -1372,5 +1377,122 @@ class EdgeKilledSmReloginTest(EdgeKilledBase):
             s.close()
         print(f"\n  {sum(len(s) for s in sent)} messages, {sum(back)} copies sent back at the replacements, "
               f"{total} received in all, {len(dups)} twice, {len(lost)} lost")
+        self.assertEqual(lost, [], "lost")
+        self.assertEqual(dups, [], f"{len(dups)} messages received twice")
+
+
+class EdgeKilledSmResumeTest(EdgeKilledBase):
+    """XEP-0198 §5 after the death (kill -9) of the edge node holding the sessions
+    (docs/cluster.md "Stream resumption across nodes"): eight receivers with resumable
+    stream management on edge 11 read and acknowledge messages that eight senders on edge
+    12 send every 8 ms to their full JIDs; then they go on reading WITHOUT acknowledging
+    (20 more each: read, never acknowledged to anyone), stop reading, and edge 11 is
+    killed under the load. Each receiver resumes at once on edge 12 with the exact h of
+    what it read: <resumed/> (the account's router answers from what it kept, once it
+    sees edge 11 dead), then the messages it had not read, and every message arrives
+    exactly once over the two connections. Before, the resumption failed (the state died
+    with edge 11) and a new log-in got again every message read and not acknowledged."""
+
+    def test_resume_after_the_edge_died_every_message_once(self):
+        e11, e12 = self.edges
+        rcv, previd = [], []
+        for i in range(self.N):
+            x = SmReceiver(self, e11, f"rcv{i}", resume=True)
+            rcv.append(x)
+            previd.append(x.previd)
+        snd = [self.login(e12, f"snd{i}", "s") for i in range(self.N)]
+        sent = [[] for _ in range(self.N)]
+        stop = threading.Event()
+
+        def sender(i):
+            k = 0
+            while not stop.is_set():
+                k += 1
+                mid = f"z{i}-{k}"
+                snd[i].send(message(f"rcv{i}@{DOMAIN}/r", mid))
+                sent[i].append(mid)
+                time.sleep(0.008)
+
+        threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(self.N)]
+        for t in threads:
+            t.start()
+        again = []
+        try:
+            end = time.monotonic() + 15
+            while min(len(x.ids) for x in rcv) < 100:  # the load is flowing to every receiver
+                self.assertLess(time.monotonic(), end, "messages do not flow")
+                time.sleep(0.02)
+            marks = [len(x.ids) for x in rcv]
+            for x in rcv:
+                x.noack.set()
+            end = time.monotonic() + 15
+            while any(len(x.ids) < m + 20 for x, m in zip(rcv, marks)):
+                self.assertLess(time.monotonic(), end, "messages do not flow")
+                time.sleep(0.01)
+            for x in rcv:
+                x.freeze.set()
+            for x in rcv:
+                self.assertTrue(x.frozen.wait(5))
+            unacked = sum(len(x.ids) - x.acked_ids for x in rcv)
+            e11.kill9()
+            for x in rcv:
+                x.r.sock.close()
+            for i, x in enumerate(rcv):
+                r = RawStream(e12.port, timeout=20)
+                r.starttls()
+                r.auth_plain(f"rcv{i}", "pw")
+                r.buf = b""
+                r.send(f"<resume xmlns='{SM}' previd='{previd[i]}' h='{x.h}'/>")
+                try:
+                    text = r.recv_until(r"<resumed[^>]*/>|</failed>", timeout=20)
+                except AssertionError:
+                    raise AssertionError("\n".join(l for rt in self.routers + [e12] for l in rt.log_text().splitlines()
+                                                   if ("resum" in l or "node 11" in l or "kept" in l or "down" in l or "rcv0" in l) and "offline queue" not in l)[-8000:])
+                self.assertIn("<resumed", text, f"rcv{i}: the resumption failed")
+                r.buf = r.buf[r.buf.index(b"<resumed"):]
+                again.append(r)
+            time.sleep(0.5)  # the senders go on a while with the receivers resumed on edge 12
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        self.wait_node_11_gone()
+        dups, lost, total = [], [], 0
+        from collections import Counter
+        for i, r in enumerate(again):
+            h, answered = rcv[i].h, 0
+            want = set(sent[i]) - set(rcv[i].ids)
+            end = time.monotonic() + 20
+            while not want <= set(bodies(r.buf.decode(errors="replace"))):
+                missing = want - set(bodies(r.buf.decode(errors="replace")))
+                self.assertGreater(end - time.monotonic(), 0, f"rcv{i}: {len(missing)} never came")
+                r.sock.settimeout(0.5)
+                try:
+                    chunk = r.sock.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    continue
+                self.assertTrue(chunk, f"rcv{i}: stream closed")
+                r.buf += chunk
+                text = r.buf.decode(errors="replace")
+                asked = text.count(f"<r xmlns='{SM}'/>")
+                if asked > answered:
+                    answered = asked
+                    r.send(f"<a xmlns='{SM}' h='{h + text.count('<message ')}'/>")
+            snd[i].send(message(f"rcv{i}@{DOMAIN}/r", "sentinel"))
+            got = bodies(r.recv_until("sentinel</body>", timeout=10))
+            self.assertEqual(got[-1], "sentinel")
+            c = Counter(rcv[i].ids + got[:-1])
+            total += sum(c.values())
+            dups += [m for m, n in c.items() if n > 1]
+            lost += [m for m in sent[i] if m not in c]
+            self.assertEqual(set(c) - set(sent[i]), set())
+            r.close()
+        for s in snd:
+            s.close()
+        resumed = sum(rt.log_text().count("resumed at node 12 after its edge's death") for rt in self.routers)
+        print(f"\n  {sum(len(s) for s in sent)} messages, {unacked} read and not acknowledged at the kill, "
+              f"{resumed} sessions resumed from a router, {total} received in all, {len(dups)} twice, "
+              f"{len(lost)} lost")
+        self.assertEqual(resumed, self.N)
         self.assertEqual(lost, [], "lost")
         self.assertEqual(dups, [], f"{len(dups)} messages received twice")
