@@ -35,7 +35,11 @@ static void kick(worker_t *w, const bus_addr_t *at, int64_t why) {
  * presence, carbons enabled, roster interest) is lost, as for a shard move. */
 static void session_revive(worker_t *w, const bus_frame_t *f, user_t *u, session_t *s, const char *full,
                            xnode_t *presence) {
-  if (s && bus_addr_eq(&s->at, &f->src)) return; /* this worker never ended it (its shard moved here) */
+  if (s && bus_addr_eq(&s->at, &f->src)) {
+    /* this worker never ended it (its shard moved here), or kept it for resumption */
+    if (s->orphan_since) sm_orphan_revived(w, s);
+    return;
+  }
   if (s) {
     /* the resource was bound again since, elsewhere: that newer session stays, the
      * connection that came back is told (RFC 6120 §7.7.2.2, <conflict/>) */

@@ -197,6 +197,12 @@ int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xno
 void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f);
 void sm_orphan_asked(session_t *s, const bus_frame_t *f);
 void sm_orphan_moved(session_t *s);
+/* s's edge node came back (stalled past its lease) with s's connection: s is an orphan
+ * no more, and gets what was kept for it meanwhile. */
+void sm_orphan_revived(worker_t *w, session_t *s);
+/* s, an orphan, closed by its edge (back from a stall, the session ended there): the
+ * copies its edge never had go to the account (the edge bounces the others). */
+void sm_orphan_closed(worker_t *w, session_t *s);
 void sm_orphan_free(session_t *s);
 void sm_orphan_init(worker_t *w);
 void sm_orphan_close(worker_t *w);

@@ -236,8 +236,10 @@ int session_park_bounced(worker_t *w, const bus_frame_t *f) {
       /* a link's: the copy stands for it, when a resumption from this router sent it
        * again, or may (the session resumable, its edge maybe dead: sm_orphan.c; if not
        * resumed, the copy goes back to the account when the session ends) */
-      if (link && (c->resent || (here && s->sm_rid)))
+      if (link && (c->resent || (here && s->sm_rid))) {
+        c->unsent = 1; /* sent at the resumption, or when the edge comes back (sm_orphan_revived) */
         return 0;
+      }
       if (prev) prev->next = c->next;
       else p->num = c->next;
       if (p->num_tail == &c->next) p->num_tail = prev ? &prev->next : &p->num;
@@ -418,6 +420,7 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
   if (!s || !bus_addr_eq(&s->at, &f->src)) return;
+  if (s->orphan_since) sm_orphan_closed(w, s);
   session_finish(w, u, s);
   log_debug("session %s closed", full);
 }

@@ -135,7 +135,56 @@ int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xno
    * other resources, or offline storage), skipping this session */
   if (!park_add(s, f, n, w->cfg)) return 0;
   w->copy_no = n;
+  if (s->park->hint && s->park->hint->n == n) s->park->hint->unsent = 1;
   return 1;
+}
+
+void sm_orphan_closed(worker_t *w, session_t *s) {
+  sm_park_t *p = s->park;
+  size_t n = 0;
+  for (copy_t *c = p ? p->num : NULL, *prev = NULL, *next; c; c = next) {
+    next = c->next;
+    if (!c->unsent) {
+      prev = c;
+      continue;
+    }
+    if (prev) prev->next = next;
+    else p->num = next;
+    bus_frame_t f;
+    if (bus_msg_frame(c->m, &f) != 0) {
+      copy_free(p, c);
+      continue;
+    }
+    p->bytes -= f.payload_len;
+    p->n--;
+    p->hint = NULL;
+    bus_to_router(w->bus, f.to, bus_bare_len(f.to, f.to_len), c->m); /* the BOUNCE, to the account */
+    xfree(c);
+    n++;
+  }
+  if (p) park_fix_tails(p);
+  if (n) log_info("session %s ended by its edge, back from a stall: %zu messages it never had go to the account", s->full, n);
+}
+
+void sm_orphan_revived(worker_t *w, session_t *s) {
+  s->orphan_since = 0;
+  size_t n = 0;
+  for (copy_t *c = s->park ? s->park->num : NULL; c; c = c->next) {
+    if (!c->unsent) continue;
+    bus_frame_t f;
+    if (bus_msg_frame(c->m, &f) != 0) continue;
+    f.kind = BUS_DELIVER;
+    f.to = s->full;
+    f.to_len = strlen(s->full);
+    f.dst = s->at;
+    f.flags |= BUS_F_PARKED;
+    f.arg = (int64_t)c->n;
+    bus_to_edge(w->bus, &s->at, bus_msg_new(&f));
+    c->unsent = 0;
+    n++;
+  }
+  log_info("session %s: its edge node %u is back with it: no longer kept for resumption (%zu messages delivered now)",
+           s->full, s->at.node, n);
 }
 
 static void answer(worker_t *w, const bus_frame_t *ask, const char *to, int64_t result, const buf_t *state) {
@@ -202,6 +251,7 @@ void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f
     }
     c->wrote = 0; /* the new connection writes it at a new count */
     c->resent = 1; /* a link's late bounce of it is not delivered again (session_park_bounced) */
+    c->unsent = 0;
     prev = c;
   }
   park_fix_tails(p);

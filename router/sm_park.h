@@ -15,6 +15,7 @@ typedef struct copy {
   uint32_t seq; /* wrote: the client's count at which its edge wrote it (BUS_SM_ACK) */
   int wrote;
   int resent;   /* sent again in a resumption from the router (sm_orphan.c) */
+  int unsent;   /* kept for an orphan, or its link's bounce kept: its edge never had it */
 } copy_t;
 _Static_assert(offsetof(copy_t, next) == 0, "a list's tail pointer is its last copy");
 

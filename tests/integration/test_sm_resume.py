@@ -1496,3 +1496,64 @@ class EdgeKilledSmResumeTest(EdgeKilledBase):
         self.assertEqual(resumed, self.N)
         self.assertEqual(lost, [], "lost")
         self.assertEqual(dups, [], f"{len(dups)} messages received twice")
+
+
+class SlixmppEdgeKilledResumeTest(ClusterResumeBase):
+    """A real client (slixmpp, XEP-0198 plugin) resumes its session on edge 12 after edge
+    11, which held it, was killed (-9) in the middle of a conversation: <resumed/> (from
+    the account's router, once it sees edge 11 dead), no presence change seen by its
+    contact, every message exactly once (docs/cluster.md "Stream resumption across
+    nodes"). Before, the resumption got no answer (or <failed/> once the routers had
+    ended the session) and slixmpp started a new session."""
+    edge_ids = (11, 12)
+
+    def test_slixmpp_resumes_after_its_edge_was_killed(self):
+        a, b = self.edges
+
+        async def go():
+            alice = Client(b, f"alice@{DOMAIN}/slix", "pw")
+            bob = Client(a, f"bob@{DOMAIN}/slix", "pw")
+            bob.register_plugin("xep_0198")
+            bob.plugin["xep_0198"].window = 1000
+            loop = asyncio.get_running_loop()
+            resumed, enabled, down = loop.create_future(), loop.create_future(), loop.create_future()
+            bob.add_event_handler("session_resumed", lambda e: resumed.done() or resumed.set_result(True))
+            bob.add_event_handler("session_end", lambda e: resumed.done() or resumed.set_result(False))
+            bob.add_event_handler("sm_enabled", lambda e: enabled.done() or enabled.set_result(True))
+            bob.add_event_handler("disconnected", lambda e: down.done() or down.set_result(True))
+            self.assertTrue(await alice.login())
+            self.assertTrue(await bob.login())
+            await asyncio.wait_for(enabled, 10)
+            alice.send_presence()
+            bob.send_presence(pto=alice.boundjid.full)
+            await alice.next_presence(10, pred=lambda p: p["from"] == bob.boundjid)
+            n = 300
+            ids = [f"id{i}" for i in range(n)]
+            send = asyncio.ensure_future(paced_send(alice, f"bob@{DOMAIN}/slix", ids))
+            got = []
+            while len(got) < 80:
+                got.append((await bob.next_message(10))["id"])
+            self.killed = a
+            a.kill9()  # the edge dies mid-conversation
+            await asyncio.wait_for(down, 10)
+            bob.connect(("127.0.0.1", b.port))  # the other edge node
+            self.assertTrue(await asyncio.wait_for(resumed, 20), "slixmpp resumed on edge 12")
+            await send
+            while len(got) < n:
+                try:
+                    got.append((await bob.next_message(timeout=10))["id"])
+                except asyncio.TimeoutError:
+                    self.fail(f"missing {sorted(set(ids) - set(got), key=lambda x: int(x[2:]))}, "
+                              f"{len(got) - len(set(got))} duplicates")
+            self.assertEqual(sorted(got, key=lambda x: int(x[2:])), ids, "every message exactly once")
+            self.assertEqual(got, ids, "in order")
+            with self.assertRaises(asyncio.TimeoutError):
+                await bob.next_message(timeout=0.5)
+            while not alice.presences.empty():
+                self.assertNotEqual(alice.presences.get_nowait()["type"], "unavailable")
+            self.assertEqual(bob.boundjid.full, f"bob@{DOMAIN}/slix")
+            self.assertTrue(any("resumed at node 12 after its edge's death" in rt.log_text() for rt in self.routers))
+            await bob.close()
+            await alice.close()
+
+        run(go())
