@@ -135,7 +135,7 @@ void sm_ack_send(conn_t *c) {
  * session is cut off anyway); a copy not told is one the router re-sends after this
  * node's death (never one it drops unproven). */
 static void wrote_copy(conn_t *c, uint64_t copy, uint32_t seq) {
-  if (!bus_clustered(c->th->bus)) return;
+  if (!bus_clustered(c->th->bus) || !c->sm_rid) return; /* resumable sessions only */
   if (c->sm_nwrote == c->sm_capwrote) {
     uint32_t cap = c->sm_capwrote ? c->sm_capwrote * 2 : 8;
     if (cap > (uint32_t)c->th->cfg->sm_max_unacked + 1) cap = (uint32_t)c->th->cfg->sm_max_unacked + 1;
