@@ -49,7 +49,11 @@
  * copies what the router has none of (BUS_SM_PARK: sm_park_all, park_item;
  * router/session.c). So the death of this process, or of the edge a session is being
  * resumed on, loses none of them and repeats none the client acknowledged: the router
- * sends back to the account what is not acknowledged when it sees that node dead.
+ * sends back to the account what is not acknowledged when it sees that node dead, or,
+ * for a resumable session, keeps it, with the id (told with the first BUS_SM_ACK), the
+ * client's count with each stanza (BUS_F_SM_IN on C2S) and the count at which each copy
+ * was written here (listed in the BUS_SM_ACK of the loop turn: wrote_copy), so that a
+ * <resume/> on another edge node succeeds after this one's death (router/sm_orphan.c).
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"

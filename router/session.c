@@ -34,7 +34,8 @@ static void unlink_session(user_t *u, session_t *s) {
  * (worker_node_down) the router sends back to the account (another resource, or offline
  * storage) only the copies still unacknowledged, and a bounce of the same DELIVER by the
  * link that could not deliver it is dropped: exactly once for what the client
- * acknowledged. A session detached for resumption is covered the same way; its edge also
+ * acknowledged (a resumable one is kept for a resumption elsewhere first: sm_orphan.c).
+ * A session detached for resumption is covered the same way; its edge also
  * sends copies of what it keeps that the router has none of (BUS_SM_PARK, unnumbered:
  * messages delivered before the router knew of stream management, or all it keeps to a
  * router that takes the shard over, which keep their numbers). Copies go when the
