@@ -35,6 +35,7 @@ typedef struct session {
   uint32_t sm_in;
   uint64_t orphan_since;
   bus_msg_t *resume_wait;
+  uint64_t resume_wait_at; /* loop ms */
 } session_t;
 
 typedef struct ritem {
@@ -195,11 +196,14 @@ void sm_orphan_note(worker_t *w, session_t *s, const bus_frame_t *f);
 int sm_orphan_keep(worker_t *w, user_t *u, session_t *s);
 int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xnode_t *st);
 void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f);
-void sm_orphan_asked(session_t *s, const bus_frame_t *f);
+void sm_orphan_asked(worker_t *w, session_t *s, const bus_frame_t *f);
 void sm_orphan_moved(session_t *s);
 /* s's edge node came back (stalled past its lease) with s's connection: s is an orphan
  * no more, and gets what was kept for it meanwhile. */
 void sm_orphan_revived(worker_t *w, session_t *s);
+/* The copies marked unsent (kept for an orphan, or given back by a link while the session
+ * may resume) are delivered to s now (its edge lives); how many. */
+size_t sm_orphan_unsent(worker_t *w, session_t *s);
 /* s, an orphan, closed by its edge (back from a stall, the session ended there): the
  * copies its edge never had go to the account (the edge bounces the others). */
 void sm_orphan_closed(worker_t *w, session_t *s);

@@ -216,6 +216,7 @@ void session_sm_ack(worker_t *w, const bus_frame_t *f) {
     park_acked(w, p, (uint64_t)f->arg);
   }
   sm_orphan_note(w, s, f); /* the counts and the id, for a resumption after the edge's death */
+  if (p->has_unsent && !s->orphan_since) sm_orphan_unsent(w, s); /* its edge lives: what a link gave back */
 }
 
 int session_park_bounced(worker_t *w, const bus_frame_t *f) {
@@ -238,7 +239,8 @@ int session_park_bounced(worker_t *w, const bus_frame_t *f) {
        * again, or may (the session resumable, its edge maybe dead: sm_orphan.c; if not
        * resumed, the copy goes back to the account when the session ends) */
       if (link && (c->resent || (here && s->sm_rid))) {
-        c->unsent = 1; /* sent at the resumption, or when the edge comes back (sm_orphan_revived) */
+        c->unsent = 1; /* sent at the resumption, or when the edge shows it lives (sm_orphan_unsent) */
+        p->has_unsent = 1;
         return 0;
       }
       if (prev) prev->next = c->next;
@@ -448,7 +450,7 @@ void session_resume_ask(worker_t *w, const bus_frame_t *f) {
       sm_orphan_resume(w, u, s, f); /* its edge died: the router answers from what it kept */
       return;
     }
-    sm_orphan_asked(s, f); /* if that edge turns out dead, the answer comes from here */
+    sm_orphan_asked(w, s, f); /* if that edge turns out dead, the answer comes from here */
     bus_frame_t r = *f;
     r.kind = BUS_RESUME;
     r.flags = 0;

@@ -84,7 +84,8 @@ void sm_orphan_note(worker_t *w, session_t *s, const bus_frame_t *f) {
   }
 }
 
-void sm_orphan_asked(session_t *s, const bus_frame_t *f) {
+void sm_orphan_asked(worker_t *w, session_t *s, const bus_frame_t *f) {
+  s->resume_wait_at = uv_now(&w->loop);
   bus_msg_free(s->resume_wait);
   s->resume_wait = bus_msg_new(f);
   s->resume_wait->next = NULL;
@@ -121,13 +122,20 @@ int sm_orphan_keep(worker_t *w, user_t *u, session_t *s) {
   bus_msg_t *m = s->resume_wait;
   s->resume_wait = NULL;
   bus_frame_t f;
-  if (m && bus_msg_frame(m, &f) == 0 && f.src.node != s->at.node) sm_orphan_resume(w, u, s, &f);
+  /* asked since the edge's death could have been noticed (older: answered otherwise) */
+  int recent = now - s->resume_wait_at <= (uint64_t)w->cfg->node_ttl_ms * 2 + 1000;
+  if (m && recent && bus_msg_frame(m, &f) == 0 && f.src.node != s->at.node) sm_orphan_resume(w, u, s, &f);
   bus_msg_free(m);
   return 1;
 }
 
 int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xnode_t *st) {
   const char *type = xnode_attr(st, "type");
+  if (!strcmp(st->name, "iq") && type && (!strcmp(type, "get") || !strcmp(type, "set"))) {
+    /* RFC 6120 §8.3.3.11: its client is away for now, a retry may work */
+    w_error(w, f->from, s->full, st, "wait", "recipient-unavailable");
+    return 1;
+  }
   if (strcmp(st->name, "message") || (type && !strcmp(type, "error"))) return 1; /* no one to give it to */
   if (f->flags & BUS_F_OFFLINE) return 0; /* the store keeps it (its bounce is dropped) */
   uint64_t n = w->copy_no + 1;
@@ -135,7 +143,10 @@ int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xno
    * other resources, or offline storage), skipping this session */
   if (!park_add(s, f, n, w->cfg)) return 0;
   w->copy_no = n;
-  if (s->park->hint && s->park->hint->n == n) s->park->hint->unsent = 1;
+  if (s->park->hint && s->park->hint->n == n) {
+    s->park->hint->unsent = 1;
+    s->park->has_unsent = 1;
+  }
   return 1;
 }
 
@@ -166,10 +177,12 @@ void sm_orphan_closed(worker_t *w, session_t *s) {
   if (n) log_info("session %s ended by its edge, back from a stall: %zu messages it never had go to the account", s->full, n);
 }
 
-void sm_orphan_revived(worker_t *w, session_t *s) {
-  s->orphan_since = 0;
+size_t sm_orphan_unsent(worker_t *w, session_t *s) {
   size_t n = 0;
-  for (copy_t *c = s->park ? s->park->num : NULL; c; c = c->next) {
+  sm_park_t *p = s->park;
+  if (!p) return 0;
+  p->has_unsent = 0;
+  for (copy_t *c = p->num; c; c = c->next) {
     if (!c->unsent) continue;
     bus_frame_t f;
     if (bus_msg_frame(c->m, &f) != 0) continue;
@@ -183,6 +196,12 @@ void sm_orphan_revived(worker_t *w, session_t *s) {
     c->unsent = 0;
     n++;
   }
+  return n;
+}
+
+void sm_orphan_revived(worker_t *w, session_t *s) {
+  s->orphan_since = 0;
+  size_t n = sm_orphan_unsent(w, s);
   log_info("session %s: its edge node %u is back with it: no longer kept for resumption (%zu messages delivered now)",
            s->full, s->at.node, n);
 }
@@ -252,6 +271,7 @@ void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f
     c->wrote = 0; /* the new connection writes it at a new count */
     c->resent = 1; /* a link's late bounce of it is not delivered again (session_park_bounced) */
     c->unsent = 0;
+    p->has_unsent = 0;
     prev = c;
   }
   park_fix_tails(p);

@@ -26,6 +26,7 @@ typedef struct sm_park {
   uint64_t acked; /* the client acknowledged every copy numbered up to it */
   copy_t *hint;   /* the numbered copy inserted last (NULL once any copy is freed) */
   int full;       /* past the bounds: copies no more (logged once) */
+  int has_unsent; /* some copy is marked unsent (sm_orphan.c) */
 } sm_park_t;
 
 void copy_free(sm_park_t *p, copy_t *c);
