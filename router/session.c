@@ -238,7 +238,8 @@ int session_park_bounced(worker_t *w, const bus_frame_t *f) {
       /* a link's: the copy stands for it, when a resumption from this router sent it
        * again, or may (the session resumable, its edge maybe dead: sm_orphan.c; if not
        * resumed, the copy goes back to the account when the session ends) */
-      if (link && (c->resent || (here && s->sm_rid))) {
+      if (link && c->resent) return 0; /* in the resumption's state already */
+      if (link && here && s->sm_rid) {
         c->unsent = 1; /* sent at the resumption, or when the edge shows it lives (sm_orphan_unsent) */
         p->has_unsent = 1;
         return 0;
