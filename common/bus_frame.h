@@ -59,7 +59,10 @@ typedef enum {
                            it authenticated as, arg = its h, payload = the resumption id. The
                            router forwards it as BUS_RESUME to the account's session the id
                            names (edge/sm.c: its tag), or answers SESSION_ACK|BUS_F_RESUME
-                           BUS_ACK_GONE (docs/cluster.md "Stream resumption across nodes") */
+                           BUS_ACK_GONE, or, when that session's edge died (an orphan:
+                           router/sm_orphan.c), answers SESSION_ACK|BUS_F_RESUME BUS_ACK_OPEN
+                           itself with the state it kept (docs/cluster.md "Stream resumption
+                           across nodes") */
   BUS_SESSIONS_ENDED = 19, /* router node -> edge node, cluster: this router ended the edge
                            node's sessions (the node left the registry: a stall past its
                            lease) and now sees it back with the same incarnation, its

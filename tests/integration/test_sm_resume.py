@@ -1351,7 +1351,9 @@ class EdgeKilledSmReloginTest(EdgeKilledBase):
                 t.join()
         back = [int(n) for rt in self.routers
                 for n in re.findall(r"session rcv\d+@\S+/r: replaced: (\d+) messages", rt.log_text())]
-        self.assertEqual(len(back), self.N, "every old session was replaced, not ended by the routers first")
+        self.assertEqual(len(back), self.N, "every old session was replaced, not ended by the routers first:\n" +
+                         "\n".join(l for rt in self.routers for l in rt.log_text().splitlines()
+                                   if "rcv" in l and "offline queue" not in l)[-5000:])
         self.assertGreater(sum(back), 0, "the routers kept unacknowledged copies at the kill")
         self.assertEqual({i: m for i, m in early.items() if m}, {},
                          "messages to the bare JID reached a resource before its initial presence")
