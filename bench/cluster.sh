@@ -590,6 +590,7 @@ if has faults; then
       (if .stanza_errors > 0 then " (" + (.stanza_errors_by_condition | to_entries | map("\(.key) \(.value)") | join(", ")) + ")" else "" end) +
       " | \(.offline_detours|n) | " +
       ([ (if .reconnect_s.n > 0 then "\(.reconnect_s.n) clients reconnected in \(.reconnect_s.p50) s (p50), \(.reconnect_s.max) s (max)" else empty end),
+         (if (.resumed // 0) + (.resume_failed // 0) > 0 then "\(.resumed) sessions resumed (XEP-0198), \(.resume_failed) resumptions failed (new log-in), \(.resent) stanzas sent again" else empty end),
          "p99 \(.latency_ms.p99) ms",
          (if .lost_unacknowledged > 0 then "\(.lost_unacknowledged) unacknowledged never delivered" else empty end),
          (if (.login_failures|length) > 0 then "log-in failures " + (.login_failures | to_entries | map("\(.key) \(.value)") | join(", ")) else empty end),

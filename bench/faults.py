@@ -6,8 +6,10 @@ sender of pair i is on one edge, its receiver on the other (pairs alternate dire
 Every message has a unique id (f<pair>-<k>) and carries its send time; senders send
 <r/> after every message (XEP-0198 §4) and count a message acknowledged when the
 server's <a h/> covers it; receivers answer with <a h/> after every message. A client
-whose connection ends logs in again on the other edge at once (then alternating, every
-0.2 s). After the run each receiver closes its stream and logs in again, so what went
+whose connection ends resumes its session (XEP-0198 §5, <resume previd h/> with its exact
+count) on the other edge at once, or, if the server answers <failed/>, logs in afresh
+there (then alternating, every 0.2 s); a sender that resumed sends again the messages
+the server's <resumed h/> does not cover (--no-resume: always a new log-in). After the run each receiver closes its stream and logs in again, so what went
 to offline storage is delivered and counted.
 
 Counting, per message id:
@@ -66,6 +68,8 @@ class Stream:
 
     def __init__(self, reader, writer):
         self.r, self.w = reader, writer
+        self.previd = None   # XEP-0198 §5: the session's resumption id
+        self.resumed = None  # resumed: the server's h (our stanzas it handled)
         self.restart()
 
     def restart(self):
@@ -106,8 +110,10 @@ class Stream:
             pass
 
 
-async def login(d, port, user, resource):
-    """A bound stream with stream management enabled, or an exception."""
+async def login(d, port, user, resource, resume=None):
+    """A bound stream with stream management enabled, or an exception. resume: (previd,
+    h): the session is resumed instead if the server can (s.resumed: its h), else
+    (<failed/>) a new one is bound."""
     r, w = await asyncio.open_connection("127.0.0.1", port)
     s = Stream(r, w)
     try:
@@ -129,14 +135,23 @@ async def login(d, port, user, resource):
         s.restart()
         s.send(opening(d.a.domain))
         await s.expect("{http://etherx.jabber.org/streams}features")
+        if resume:
+            s.send(f"<resume xmlns='{SM}' previd='{resume[0]}' h='{resume[1]}'/>")
+            el = await s.next()
+            if el.tag == f"{{{SM}}}resumed":
+                s.previd, s.resumed = resume[0], int(el.get("h"))
+                d.resumed += 1
+                return s
+            d.resume_failed += 1  # <failed/>: a new session
         s.send(f"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                f"<resource>{resource}</resource></bind></iq>")
         el = await s.expect(C + "iq")
         if el.get("type") != "result":
             d.login_failures["bind"] += 1
             raise RuntimeError("bind failed")
-        s.send(f"<enable xmlns='{SM}'/>")
-        await s.expect(f"{{{SM}}}enabled")
+        s.send(f"<enable xmlns='{SM}'" + (" resume='true'" if d.a.resume else "") + "/>")
+        el = await s.expect(f"{{{SM}}}enabled")
+        s.previd = el.get("id")
         return s
     except BaseException:
         s.close()
@@ -152,6 +167,11 @@ class Client:
         self.up = False
         self.closing = False
         self.task = None
+        self.previd = None  # the session's resumption id (XEP-0198 §5)
+
+    def h_in(self):
+        """Stanzas received on the session (XEP-0198 h)."""
+        return 0
 
     async def connect(self, first_port_index):
         i = first_port_index
@@ -159,8 +179,10 @@ class Client:
         while True:
             port = self.d.ports[i % len(self.d.ports)]
             try:
-                self.s = await asyncio.wait_for(login(self.d, port, self.user, self.resource),
+                resume = (self.previd, self.h_in()) if self.previd else None
+                self.s = await asyncio.wait_for(login(self.d, port, self.user, self.resource, resume),
                                                 self.d.a.login_timeout)
+                self.previd = self.s.previd
                 self.port_index = i % len(self.d.ports)
                 return
             except (OSError, ConnectionError, RuntimeError, ssl.SSLError, asyncio.TimeoutError, ET.ParseError):
@@ -171,6 +193,9 @@ class Client:
 
     def on_session(self):
         """Called with a new session (stream management enabled)."""
+
+    def on_resumed(self, h):
+        """Called when the session was resumed (the server handled h of our stanzas)."""
 
     def on_element(self, el):
         pass
@@ -198,9 +223,13 @@ class Client:
                 self.d.problems.append(f"{self.user}: no new session ({e!r})")
                 return
             self.d.reconnect_s.append(time.monotonic() - t0)
-            self.on_session()
+            if self.s.resumed is not None:
+                self.on_resumed(self.s.resumed)
+            else:
+                self.on_session()
 
     async def start(self):
+        self.previd = None  # a new session
         await self.connect(self.home)
         self.on_session()
 
@@ -217,7 +246,21 @@ class Sender(Client):
     def on_session(self):
         self.out = []  # ids sent on this session, in order (XEP-0198 counts them from <enabled/>)
         self.h = 0
-        self.h_in = 0  # stanzas received
+        self.rx = 0  # stanzas received
+        self.up = True
+
+    def h_in(self):
+        return self.rx
+
+    def on_resumed(self, h):
+        # XEP-0198 §5: the server handled h of them; the others are sent again (same ids)
+        for mid in self.out[self.h:h]:
+            self.d.acked.add(mid)
+        self.h = max(self.h, h)
+        for mid in self.out[h:]:
+            self.s.send(f"<message to='{self.to}' type='chat' id='{mid}'><body>{self.d.sent_at[mid]:.6f}</body>"
+                        f"</message><r xmlns='{SM}'/>")
+            self.d.resent += 1
         self.up = True
 
     def send(self, now):
@@ -231,14 +274,14 @@ class Sender(Client):
 
     def on_element(self, el):
         if el.tag in STANZAS:
-            self.h_in = (self.h_in + 1) & 0xFFFFFFFF
+            self.rx = (self.rx + 1) & 0xFFFFFFFF
         if el.tag == f"{{{SM}}}a":
             h = int(el.get("h"))
             for mid in self.out[self.h:h]:
                 self.d.acked.add(mid)
             self.h = max(self.h, h)
         elif el.tag == f"{{{SM}}}r":
-            self.s.send(f"<a xmlns='{SM}' h='{self.h_in}'/>")
+            self.s.send(f"<a xmlns='{SM}' h='{self.rx}'/>")
         elif el.tag == C + "message" and el.get("type") == "error":
             cond = "?"
             for e in el:
@@ -257,6 +300,16 @@ class Receiver(Client):
         self.h = 0
         self.up = True
         self.s.send("<presence/>")
+        self.intervals.append([time.time(), None])
+        self.d.last_rx = time.monotonic()
+
+    def h_in(self):
+        return self.h
+
+    def on_resumed(self, h):
+        self.up = True
+        if h < 1:  # its presence (its first stanza) was not handled
+            self.s.send("<presence/>")
         self.intervals.append([time.time(), None])
         self.d.last_rx = time.monotonic()
 
@@ -303,6 +356,7 @@ class Driver:
         self.errors, self.login_failures = collections.Counter(), collections.Counter()
         self.lat_ms, self.reconnect_s, self.lag_ms, self.problems = [], [], [], []
         self.drops = 0
+        self.resumed = self.resume_failed = self.resent = 0
         self.last_rx = time.monotonic()
 
     async def sender_loop(self, snd, t_start, deadline):
@@ -416,6 +470,7 @@ class Driver:
             "stanza_errors": dict(self.errors), "offline_detours": detours,
             "connection_losses": self.drops, "reconnect_s": self.reconnect_s,
             "login_failures": dict(self.login_failures), "relogin_failed": self.relogin_failed,
+            "resumed": self.resumed, "resume_failed": self.resume_failed, "resent": self.resent,
             "lat_ms": [round(x, 2) for x in self.lat_ms], "lag_ms": [round(x, 2) for x in self.lag_ms],
             "cpu_s": cpu1 - cpu0, "phases_s": [round(b - a, 2) for a, b in zip(phases, phases[1:])], "wall_s": wall, "problems": self.problems[:10],
         }
@@ -466,7 +521,7 @@ def parent(a):
     for p in parts:
         for key in ("sent", "acknowledged", "delivered_live", "delivered_offline", "lost_acknowledged",
                     "lost_unacknowledged", "duplicated", "never_sent", "offline_detours",
-                    "connection_losses", "relogin_failed"):
+                    "connection_losses", "relogin_failed", "resumed", "resume_failed", "resent"):
             tot[key] += p[key]
         errors.update(p["stanza_errors"])
         lf.update(p["login_failures"])
@@ -512,6 +567,8 @@ def main():
                     help="an offline delivery is a detour if its receiver was online from the send to this many s later")
     ap.add_argument("--login-timeout", type=float, default=30, help="seconds one log-in attempt may take")
     ap.add_argument("--reconnect-limit", type=float, default=120, help="seconds a client keeps trying to log in again")
+    ap.add_argument("--no-resume", dest="resume", action="store_false",
+                    help="a client whose connection ends logs in afresh (no XEP-0198 resumption)")
     ap.add_argument("--ready-file", help="written (the start time) when sending starts")
     ap.add_argument("--json", help="write the result there too")
     ap.add_argument("--label", default="")

@@ -3,7 +3,9 @@
 --pairs senders on edge 12 each chat to their own receiver on edge 11 at --rate messages/s
 in all for --duration s; the receivers have stream management on and acknowledge either
 after every read (--ack read: the worst case, one <a/> per message at a low rate per
-client) or only when the server asks (--ack asked: it sends <r/> every 5 unacknowledged).
+client) or only when the server asks (--ack asked: it sends <r/> every 5 unacknowledged);
+with --resume they enable resumption, and the edge also lists in a BUS_SM_ACK per loop
+turn the copies it wrote (what a resumption after its death needs).
 Once every message arrived, the nodes' metrics give: messages written by edge 11, data
 frames on all bus links (xmppd_bus_link_frames_sent_total, every node), and BUS_SM_ACK
 frames (xmppd_sm_ack_frames_total): how many frames a message costs with and without them.
@@ -42,6 +44,9 @@ def main():
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--ack", choices=("read", "asked"), default="read")
+    ap.add_argument("--resume", action="store_true",
+                    help="the receivers enable resumption (resume='true'): their edge also tells the router at "
+                         "which count it wrote each copy (docs/cluster.md \"Stream resumption across nodes\")")
     a = ap.parse_args()
     redis = Redis()
     redis.start()
@@ -86,7 +91,7 @@ def main():
         rcv = []
         for i in range(a.pairs):
             r = RawStream(e11.port).login(f"r{i}", "pw", "r")
-            r.send(f"<enable xmlns='{SM}'/>")
+            r.send(f"<enable xmlns='{SM}'" + (" resume='true'" if a.resume else "") + "/>")
             r.recv_until("<enabled")
             r.buf = b""
             rcv.append(r)

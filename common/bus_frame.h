@@ -59,7 +59,10 @@ typedef enum {
                            it authenticated as, arg = its h, payload = the resumption id. The
                            router forwards it as BUS_RESUME to the account's session the id
                            names (edge/sm.c: its tag), or answers SESSION_ACK|BUS_F_RESUME
-                           BUS_ACK_GONE (docs/cluster.md "Stream resumption across nodes") */
+                           BUS_ACK_GONE, or, when that session's edge died (an orphan:
+                           router/sm_orphan.c), answers SESSION_ACK|BUS_F_RESUME BUS_ACK_OPEN
+                           itself with the state it kept (docs/cluster.md "Stream resumption
+                           across nodes") */
   BUS_SESSIONS_ENDED = 19, /* router node -> edge node, cluster: this router ended the edge
                            node's sessions (the node left the registry: a stall past its
                            lease) and now sees it back with the same incarnation, its
@@ -112,7 +115,15 @@ typedef enum {
                            it. The router keeps a copy of every message it delivers to the
                            session until then (router/session.c), and after the death of the
                            edge sends back only the copies not acknowledged. Coalesced: one per
-                           connection per loop turn that had acknowledgements */
+                           connection per loop turn that had acknowledgements or wrote
+                           numbered copies. Payload (little-endian; may be empty): u32 the
+                           client's stanzas the edge counted (XEP-0198 inbound h; their C2S
+                           frames went before this one) | u32 n | n times: u64 copy number,
+                           u32 the outbound count at which that copy was written to the
+                           client | optionally the session's resumption id (40 chars), once.
+                           What lets the router resume the session after the edge's death
+                           (router/sm_orphan.c, docs/cluster.md "Stream resumption across
+                           nodes") */
   BUS_KIND_MAX = 26
 } bus_kind_t;
 
@@ -150,6 +161,9 @@ enum {
                                 acknowledges it by number (BUS_SM_ACK). A BOUNCE with it comes
                                 from a link that could not deliver it (cluster.c fail_frame):
                                 the router's copy stands for it (or it was acknowledged) */
+  BUS_F_SM_IN = 1 << 8,      /* C2S of a session with XEP-0198 on (cluster): arg = the edge's
+                                count of the client's stanzas, this one included (the h the
+                                router answers a resumption with after the edge's death) */
 };
 
 /* arg of a SESSION_OPEN|BUS_F_REANNOUNCE: the edge, after a shard move or a router restart

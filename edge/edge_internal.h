@@ -241,6 +241,13 @@ struct conn {
    * seen, and whether the router is to be told (BUS_SM_ACK, at the next edge_flush) */
   uint64_t sm_copy_acked, sm_copy_seen;
   int sm_ack_due;
+  /* cluster: the numbered copies written this loop turn and at which outbound count
+   * (sm.c sm_stanza_out; told with the BUS_SM_ACK, so that the router can turn the h of
+   * a <resume/> into the copies received after this node's death), and whether the
+   * router knows the resumption id */
+  struct sm_wrote *sm_wrote;
+  uint32_t sm_nwrote, sm_capwrote;
+  int sm_rid_told;
   uint64_t detached_ms; /* CONN_ST_DETACHED since */
   uint32_t resume_h;    /* the h of that <resume/> */
   int resume_h_set;     /* resume_h is the client's count for this session's queue: a

@@ -153,6 +153,12 @@ void edge_route_stanza(conn_t *c, xnode_t *s) {
   f.to_len = strlen(f.to);
   f.payload = p.data;
   f.payload_len = p.len;
+  if (c->sm && bus_clustered(c->th->bus)) {
+    /* XEP-0198: the client's count with this stanza, for the h of a resumption that the
+     * router answers after this node's death (router/sm_orphan.c) */
+    f.flags |= BUS_F_SM_IN;
+    f.arg = (int64_t)c->sm_in;
+  }
   send_frame(c, &f);
   if (bus_clustered(c->th->bus) && !tj.full && !strcmp(s->name, "presence")) remember_presence(c, type, &p);
   buf_free(&p);

@@ -49,7 +49,11 @@
  * copies what the router has none of (BUS_SM_PARK: sm_park_all, park_item;
  * router/session.c). So the death of this process, or of the edge a session is being
  * resumed on, loses none of them and repeats none the client acknowledged: the router
- * sends back to the account what is not acknowledged when it sees that node dead.
+ * sends back to the account what is not acknowledged when it sees that node dead, or,
+ * for a resumable session, keeps it, with the id (told with the first BUS_SM_ACK), the
+ * client's count with each stanza (BUS_F_SM_IN on C2S) and the count at which each copy
+ * was written here (listed in the BUS_SM_ACK of the loop turn: wrote_copy), so that a
+ * <resume/> on another edge node succeeds after this one's death (router/sm_orphan.c).
  * XEP-0352 §5.2: the CSI state is not restored; what CSI held when the connection dropped
  * is queued, and the resumed stream starts active. */
 #include "edge/edge_internal.h"
@@ -89,8 +93,17 @@ static uint64_t copy_no(const bus_frame_t *f) {
  * after the death of this process it sends back only what was not acknowledged. The
  * acknowledgements of one connection read in one loop turn go in one BUS_SM_ACK, sent
  * from edge_flush (the acked numbers only grow: the last says all). */
+struct sm_wrote {
+  uint64_t copy;
+  uint32_t seq;
+};
+
+static void put_u32(buf_t *b, uint32_t v);
+
 void sm_ack_send(conn_t *c) {
   c->sm_ack_due = 0;
+  uint32_t nw = c->sm_nwrote;
+  c->sm_nwrote = 0;
   if (!bus_clustered(c->th->bus) || !c->sm || !c->jid.full) return;
   bus_frame_t f = {0};
   f.kind = BUS_SM_ACK;
@@ -99,7 +112,44 @@ void sm_ack_send(conn_t *c) {
   f.from_len = strlen(c->jid.full);
   f.arg = (int64_t)c->sm_copy_acked;
   f.dst.conn = c->sm_copy_seen;
+  /* bus_frame.h BUS_SM_ACK: the client's stanzas counted (every C2S frame for them went
+   * before this one, on the same path), the copies written since the last one and the
+   * client's count at each, the resumption id once */
+  buf_t p;
+  buf_init(&p);
+  put_u32(&p, c->sm_in);
+  put_u32(&p, nw);
+  for (uint32_t i = 0; i < nw; i++) {
+    put_u32(&p, (uint32_t)c->sm_wrote[i].copy);
+    put_u32(&p, (uint32_t)(c->sm_wrote[i].copy >> 32));
+    put_u32(&p, c->sm_wrote[i].seq);
+  }
+  if (c->sm_rid && !c->sm_rid_told) {
+    buf_append(&p, c->sm_rid, SM_RID_LEN);
+    c->sm_rid_told = 1;
+  }
+  f.payload = p.data;
+  f.payload_len = p.len;
   edge_sm_ack(c, &f);
+  buf_free(&p);
+}
+
+/* A numbered copy written to the client as its stanza number seq: told to the router
+ * with this loop turn's BUS_SM_ACK. Bounded by the session's own limit (past it the
+ * session is cut off anyway); a copy not told is one the router re-sends after this
+ * node's death (never one it drops unproven). */
+static void wrote_copy(conn_t *c, uint64_t copy, uint32_t seq) {
+  if (!bus_clustered(c->th->bus) || !c->sm_rid) return; /* resumable sessions only */
+  if (c->sm_nwrote == c->sm_capwrote) {
+    uint32_t cap = c->sm_capwrote ? c->sm_capwrote * 2 : 8;
+    if (cap > (uint32_t)c->th->cfg->sm_max_unacked + 1) cap = (uint32_t)c->th->cfg->sm_max_unacked + 1;
+    if (cap <= c->sm_nwrote) return;
+    c->sm_wrote = xrealloc(c->sm_wrote, cap * sizeof *c->sm_wrote);
+    c->sm_capwrote = cap;
+  }
+  c->sm_wrote[c->sm_nwrote++] = (struct sm_wrote){copy, seq};
+  c->sm_ack_due = 1;
+  conn_mark_dirty(c);
 }
 
 static void send_a(conn_t *c) {
@@ -201,10 +251,10 @@ void sm_enable(conn_t *c, int resume, buf_t *out) {
   } else {
     c->sm = 1;
     c->sm_q_tail = &c->sm_q;
-    sm_ack_send(c); /* cluster: the router keeps copies from now on */
     int timeout = c->th->cfg->sm_resume_timeout;
+    if (resume && timeout > 0) rid_new(c);
+    sm_ack_send(c); /* cluster: the router keeps copies from now on, and the id */
     if (resume && timeout > 0) {
-      rid_new(c);
       /* §5: max is the longest the server keeps the session, in seconds */
       snprintf(b, sizeof b, "<enabled xmlns='urn:xmpp:sm:3' id='%s' resume='true' max='%d'/>", c->sm_rid, timeout);
     } else {
@@ -228,6 +278,7 @@ void sm_stanza_out(conn_t *c, const bus_frame_t *deliver) {
     it->off_id = (deliver->flags & BUS_F_OFFLINE) ? deliver->arg : 0;
     it->copy = copy_no(deliver);
     it->m = bus_msg_new(deliver);
+    if (it->copy) wrote_copy(c, it->copy, it->seq);
     if (it->off_id) c->sm_off++;
     *c->sm_q_tail = it;
     c->sm_q_tail = &it->next;
@@ -348,6 +399,9 @@ static int rid_find(edge_t *e, const char *id, rid_loc_t *out) {
 }
 
 void sm_release(conn_t *c) {
+  xfree(c->sm_wrote);
+  c->sm_wrote = NULL;
+  c->sm_nwrote = c->sm_capwrote = 0;
   if (!c->sm_rid) return;
   edge_t *e = c->th->edge;
   uv_mutex_lock(&e->rid_lock);
@@ -473,6 +527,7 @@ void sm_park_all(conn_t *g, int all) {
 
 void sm_new_router(conn_t *c, int revived) {
   if (!c->sm || !bus_clustered(c->th->bus)) return;
+  c->sm_rid_told = 0; /* a new router: it gets the id too */
   sm_ack_send(c); /* first: where the numbers are; the copies keep theirs */
   if (revived) return;
   if (c->state == CONN_ST_DETACHED) {
@@ -640,6 +695,7 @@ static void adopt(conn_t *c, conn_t *g) {
   c->sm_fresh += g->sm_fresh;
   c->sm_rid = g->sm_rid;
   g->sm_rid = NULL; /* the id moves with the session */
+  c->sm_rid_told = 0; /* the router is told it with the next BUS_SM_ACK */
   detached_free(g);
   rid_set(c);
   conn_set_state(c, CONN_ST_RESUME_MOVING);

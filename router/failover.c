@@ -35,7 +35,11 @@ static void kick(worker_t *w, const bus_addr_t *at, int64_t why) {
  * presence, carbons enabled, roster interest) is lost, as for a shard move. */
 static void session_revive(worker_t *w, const bus_frame_t *f, user_t *u, session_t *s, const char *full,
                            xnode_t *presence) {
-  if (s && bus_addr_eq(&s->at, &f->src)) return; /* this worker never ended it (its shard moved here) */
+  if (s && bus_addr_eq(&s->at, &f->src)) {
+    /* this worker never ended it (its shard moved here), or kept it for resumption */
+    if (s->orphan_since) sm_orphan_revived(w, s);
+    return;
+  }
   if (s) {
     /* the resource was bound again since, elsewhere: that newer session stays, the
      * connection that came back is told (RFC 6120 §7.7.2.2, <conflict/>) */
@@ -143,6 +147,14 @@ void worker_map_changed(worker_t *w, uint64_t gen) {
      * owner. The edges announce them there too, but a frame this worker forwards there
      * (sent before the edge saw the new map) could overtake the edge's announcement:
      * handing each session over first, on the path those frames take, keeps it ahead. */
+    /* an orphan (its edge died, sm_orphan.c) has no edge to announce it to the new
+     * owner: it ends here, its copies to the account (which the new owner handles) */
+    for (session_t *s = u->sessions, *nx; s; s = nx) {
+      nx = s->next;
+      if (!s->orphan_since) continue;
+      session_park_release(w, s, 1);
+      session_finish(w, u, s);
+    }
     while (u->sessions) {
       session_t *s = u->sessions;
       u->sessions = s->next;
@@ -171,13 +183,15 @@ void worker_map_changed(worker_t *w, uint64_t gen) {
 
 void worker_node_down(worker_t *w, uint16_t node) {
   collect_t x = online(w);
-  size_t ended = 0;
+  size_t ended = 0, kept = 0;
   for (size_t i = 0; i < x.n; i++) {
     user_t *u = x.list[i];
     session_t *s = u->sessions;
     while (s) {
       session_t *next = s->next;
-      if (s->at.node == node) {
+      if (s->at.node == node && !s->orphan_since && sm_orphan_keep(w, u, s)) {
+        kept++; /* XEP-0198 §5: resumable on another edge for a while (sm_orphan.c) */
+      } else if (s->at.node == node) {
         session_park_release(w, s, 1); /* XEP-0198: what its client had not acknowledged, back to the account */
         session_finish(w, u, s);    /* contacts see it go unavailable */
         ended++;
@@ -187,7 +201,8 @@ void worker_node_down(worker_t *w, uint16_t node) {
     user_get(w, u->bare);
   }
   xfree(x.list);
-  if (ended) log_info("router %d: node %u is down: %zu sessions ended", w->index, node, ended);
+  if (ended || kept)
+    log_info("router %d: node %u is down: %zu sessions ended, %zu kept for resumption", w->index, node, ended, kept);
 }
 
 /* ---- a shard move's hold (docs/cluster.md "Shard moves without detours") ----

@@ -28,6 +28,14 @@ typedef struct session {
   void **mod;           /* the modules' per-session state (router/module.h), NULL until used */
   struct sm_park *park; /* XEP-0198, cluster: copies of the messages its client has not
                            acknowledged; session.c */
+  /* XEP-0198 §5, cluster (sm_orphan.c): the resumption id its edge told, the client's
+   * stanzas counted (BUS_F_SM_IN, BUS_SM_ACK), since when its edge is dead (loop ms, 0:
+   * alive) and a resumption asked of that edge and not answered yet */
+  char *sm_rid;
+  uint32_t sm_in;
+  uint64_t orphan_since;
+  bus_msg_t *resume_wait;
+  uint64_t resume_wait_at; /* loop ms */
 } session_t;
 
 typedef struct ritem {
@@ -80,6 +88,10 @@ struct worker {
   uint32_t out_k;
   struct dedup *seen;   /* NULL until the first frame with an origin id */
   uint64_t dups;        /* frames dropped as handled already */
+  uv_timer_t orphan_timer; /* XEP-0198, cluster: ends orphans not resumed in time (sm_orphan.c) */
+  int orphan_timer_on;
+  struct orphan *orphans; /* their full JIDs and since when, oldest first */
+  size_t norphans, caporphans;
   uint64_t copy_no;     /* XEP-0198, cluster: the last number given to a session's copy of a
                            message (session.c); never goes back */
   uint32_t *owner_view; /* cluster: the shard map as of the last BUS_MAP this worker handled
@@ -170,6 +182,34 @@ void session_sm_ack(worker_t *w, const bus_frame_t *f);
 /* s's node died: the copies go back to the account as BOUNCE frames (another resource or
  * offline storage), after s has ended. Call before session_finish. */
 void session_park_release(worker_t *w, session_t *s, int plain);
+
+/* sm_orphan.c, XEP-0198 §5 in a cluster (docs/cluster.md "Stream resumption across
+ * nodes"): a session whose edge node died is kept for limits.sm_resume_timeout, with its
+ * copies, so that a <resume/> on another edge node succeeds from what the router keeps.
+ * sm_orphan_note: a BUS_SM_ACK's counts and id; sm_orphan_keep: its node died, 1 when
+ * kept (else the caller ends it); sm_orphan_deliver: a DELIVER for an orphan, 1 when
+ * taken (kept as a copy, or dropped: not a message); sm_orphan_resume: a BUS_RESUME_ASK
+ * for an orphan; sm_orphan_asked: a resumption forwarded to s's edge (answered here if
+ * that edge turns out dead); sm_orphan_moved: s moved (resumed) to a live edge;
+ * sm_orphan_free: with the session; sm_orphan_init/close: the worker's timer. */
+void sm_orphan_note(worker_t *w, session_t *s, const bus_frame_t *f);
+int sm_orphan_keep(worker_t *w, user_t *u, session_t *s);
+int sm_orphan_deliver(worker_t *w, session_t *s, const bus_frame_t *f, const xnode_t *st);
+void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f);
+void sm_orphan_asked(worker_t *w, session_t *s, const bus_frame_t *f);
+void sm_orphan_moved(session_t *s);
+/* s's edge node came back (stalled past its lease) with s's connection: s is an orphan
+ * no more, and gets what was kept for it meanwhile. */
+void sm_orphan_revived(worker_t *w, session_t *s);
+/* The copies marked unsent (kept for an orphan, or given back by a link while the session
+ * may resume) are delivered to s now (its edge lives); how many. */
+size_t sm_orphan_unsent(worker_t *w, session_t *s);
+/* s, an orphan, closed by its edge (back from a stall, the session ended there): the
+ * copies its edge never had go to the account (the edge bounces the others). */
+void sm_orphan_closed(worker_t *w, session_t *s);
+void sm_orphan_free(session_t *s);
+void sm_orphan_init(worker_t *w);
+void sm_orphan_close(worker_t *w);
 
 /* failover.c: the cluster's view from a worker (docs/cluster.md) */
 /* SESSION_OPEN with BUS_F_REANNOUNCE: an edge re-announces a bound session (its shard

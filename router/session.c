@@ -12,6 +12,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "router/sm_park.h"
 
 static void unlink_session(user_t *u, session_t *s) {
   for (session_t **pp = &u->sessions; *pp; pp = &(*pp)->next)
@@ -33,7 +34,8 @@ static void unlink_session(user_t *u, session_t *s) {
  * (worker_node_down) the router sends back to the account (another resource, or offline
  * storage) only the copies still unacknowledged, and a bounce of the same DELIVER by the
  * link that could not deliver it is dropped: exactly once for what the client
- * acknowledged. A session detached for resumption is covered the same way; its edge also
+ * acknowledged (a resumable one is kept for a resumption elsewhere first: sm_orphan.c).
+ * A session detached for resumption is covered the same way; its edge also
  * sends copies of what it keeps that the router has none of (BUS_SM_PARK, unnumbered:
  * messages delivered before the router knew of stream management, or all it keeps to a
  * router that takes the shard over, which keep their numbers). Copies go when the
@@ -41,23 +43,7 @@ static void unlink_session(user_t *u, session_t *s) {
  * unnumbered ones once the resuming edge has written <resumed/> (BUS_PARK_OFF; the
  * numbered ones stay until the client acknowledges them there). Bounded like the edge's
  * own queue (limits.sm_max_unacked messages, limits.max_pending_out bytes). */
-typedef struct copy {
-  struct copy *next;
-  uint64_t n;   /* its number (0: unnumbered, from the edge) */
-  bus_msg_t *m; /* the BOUNCE that sends it back */
-} copy_t;
-_Static_assert(offsetof(copy_t, next) == 0, "a list's tail pointer is its last copy");
-
-typedef struct sm_park {
-  copy_t *num, **num_tail;     /* numbered, by number */
-  copy_t *plain, **plain_tail; /* unnumbered, in the edge's order */
-  size_t n, bytes;
-  uint64_t acked; /* the client acknowledged every copy numbered up to it */
-  copy_t *hint;   /* the numbered copy inserted last (NULL once any copy is freed) */
-  int full;       /* past the bounds: copies no more (logged once) */
-} sm_park_t;
-
-static void copy_free(sm_park_t *p, copy_t *c) {
+void copy_free(sm_park_t *p, copy_t *c) {
   bus_frame_t f;
   p->hint = NULL;
   if (bus_msg_frame(c->m, &f) == 0) p->bytes -= f.payload_len;
@@ -89,7 +75,7 @@ static sm_park_t *park_get(session_t *s) {
 
 /* Keeps f (a DELIVER or a kept message) as the BOUNCE that would send it back, as copy
  * number n (0: unnumbered). 0 when past the bounds. */
-static int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_config_t *cfg) {
+int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_config_t *cfg) {
   sm_park_t *p = park_get(s);
   if (p->full) return 0;
   if (p->n >= (size_t)cfg->sm_max_unacked || p->bytes + f->payload_len > (size_t)cfg->max_pending_out) {
@@ -144,14 +130,14 @@ static int park_add(session_t *s, const bus_frame_t *f, uint64_t n, const xmpp_c
   return 1;
 }
 
-static void park_fix_tails(sm_park_t *p) {
+void park_fix_tails(sm_park_t *p) {
   p->num_tail = &p->num;
   while (*p->num_tail) p->num_tail = &(*p->num_tail)->next;
   if (!p->plain) p->plain_tail = &p->plain;
 }
 
 /* The first k unnumbered copies go (the h of a <resume/> acknowledged them). */
-static void park_drop_plain(sm_park_t *p, int64_t k) {
+void park_drop_plain(sm_park_t *p, int64_t k) {
   while (p->plain && k-- > 0) {
     copy_t *c = p->plain;
     p->plain = c->next;
@@ -229,6 +215,8 @@ void session_sm_ack(worker_t *w, const bus_frame_t *f) {
     if ((uint64_t)f->arg > w->copy_no) w->copy_no = (uint64_t)f->arg;
     park_acked(w, p, (uint64_t)f->arg);
   }
+  sm_orphan_note(w, s, f); /* the counts and the id, for a resumption after the edge's death */
+  if (p->has_unsent && !s->orphan_since) sm_orphan_unsent(w, s); /* its edge lives: what a link gave back */
 }
 
 int session_park_bounced(worker_t *w, const bus_frame_t *f) {
@@ -247,6 +235,15 @@ int session_park_bounced(worker_t *w, const bus_frame_t *f) {
       c = c->next;
     }
     if (c && c->n == n) {
+      /* a link's: the copy stands for it, when a resumption from this router sent it
+       * again, or may (the session resumable, its edge maybe dead: sm_orphan.c; if not
+       * resumed, the copy goes back to the account when the session ends) */
+      if (link && c->resent) return 0; /* in the resumption's state already */
+      if (link && here && s->sm_rid) {
+        c->unsent = 1; /* sent at the resumption, or when the edge shows it lives (sm_orphan_unsent) */
+        p->has_unsent = 1;
+        return 0;
+      }
       if (prev) prev->next = c->next;
       else p->num = c->next;
       if (p->num_tail == &c->next) p->num_tail = prev ? &prev->next : &p->num;
@@ -299,6 +296,7 @@ void session_park_release(worker_t *w, session_t *s, int plain) {
 
 void session_free(session_t *s) {
   park_free(s->park);
+  sm_orphan_free(s);
   modules_session_free(s);
   xfree(s->full);
   xfree(s->presence);
@@ -365,6 +363,7 @@ static void session_resume(worker_t *w, const bus_frame_t *f) {
     return;
   }
   s->at = f->src;
+  sm_orphan_moved(s);
   dir_session(w, s);
   ack(w, f, BUS_ACK_OPEN);
   log_debug("session %s resumed at edge %u conn %llx", full, f->src.thread, (unsigned long long)f->src.conn);
@@ -406,7 +405,9 @@ void session_open(worker_t *w, const bus_frame_t *f) {
      * available resource, else offline storage: not this new bind before its presence), whether its edge lives (its own
      * bounces of them are dropped: session_park_bounced) or died unnoticed yet (its link's
      * bounces too). Unnumbered copies: its edge bounces what it kept, as on one node */
-    session_park_release(w, old, 0);
+    /* an orphan (its edge died: router/sm_orphan.c) has no edge to bounce its
+     * unnumbered copies: they go from here */
+    session_park_release(w, old, old->orphan_since != 0);
     session_finish(w, u, old);
     log_info("session %s replaced (conflict)", full);
   }
@@ -423,6 +424,7 @@ void session_close(worker_t *w, const bus_frame_t *f) {
   user_t *u = user_get(w, w_bare(w, full));
   session_t *s = user_session(u, full);
   if (!s || !bus_addr_eq(&s->at, &f->src)) return;
+  if (s->orphan_since) sm_orphan_closed(w, s);
   session_finish(w, u, s);
   log_debug("session %s closed", full);
 }
@@ -445,6 +447,11 @@ void session_resume_ask(worker_t *w, const bus_frame_t *f) {
   user_t *u = ok && !memchr(bare, '/', f->from_len) ? user_get(w, bare) : NULL;
   for (session_t *s = u ? u->sessions : NULL; s; s = s->next) {
     if (bus_resume_tag(s->full, strlen(s->full)) != want || bus_addr_eq(&s->at, &f->src)) continue;
+    if (s->orphan_since) {
+      sm_orphan_resume(w, u, s, f); /* its edge died: the router answers from what it kept */
+      return;
+    }
+    sm_orphan_asked(w, s, f); /* if that edge turns out dead, the answer comes from here */
     bus_frame_t r = *f;
     r.kind = BUS_RESUME;
     r.flags = 0;

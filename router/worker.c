@@ -138,6 +138,8 @@ static void send_frame_to(worker_t *w, uint8_t kind, const bus_addr_t *dst, cons
   f.from_len = strlen(f.from);
   f.to = to ? to : "";
   f.to_len = strlen(f.to);
+  /* XEP-0198, cluster: an orphan's (its edge died: sm_orphan.c) messages are kept for it */
+  if (s && s->orphan_since && kind == BUS_DELIVER && sm_orphan_deliver(w, s, &f, st)) return;
   if (s && s->park) session_park_copy(w, s, &f, st); /* XEP-0198, cluster: until acknowledged */
   bus_msg_t *m = bus_msg_new(&f);
   if (kind == BUS_DELIVER) bus_to_edge(w->bus, dst, m);
@@ -210,6 +212,7 @@ static void handle_c2s(worker_t *w, const bus_frame_t *f, xnode_t *st) {
     }
     return;
   }
+  if (f->flags & BUS_F_SM_IN) s->sm_in = (uint32_t)f->arg; /* XEP-0198: handled, for sm_orphan.c */
   mod_event_t e = {.w = w, .u = u, .s = s, .from = from, .to = to, .st = st};
   if (!strcmp(st->name, "presence")) {
     int avail = s->available, prio = s->priority;
@@ -293,8 +296,10 @@ static int bounce_moved(worker_t *w, const bus_frame_t *f) {
 
 static void handle_frame(worker_t *w, const bus_frame_t *f) {
   xnode_t *st = NULL;
-  /* a resumption's payload is an id or a session's state, not a stanza (bus_frame.h) */
-  int opaque = f->kind == BUS_RESUME_ASK || (f->kind == BUS_SESSION_OPEN && (f->flags & BUS_F_RESUME));
+  /* a resumption's payload is an id or a session's state, an acknowledgement's its
+   * counts, not a stanza (bus_frame.h) */
+  int opaque = f->kind == BUS_RESUME_ASK || f->kind == BUS_SM_ACK ||
+               (f->kind == BUS_SESSION_OPEN && (f->flags & BUS_F_RESUME));
   if (f->payload_len && !opaque && xnode_decode(&w->arena, f->payload, f->payload_len, 256, &st) != 0) {
     log_warn("router: undecodable stanza in frame kind %d dropped", f->kind);
     return;
@@ -413,6 +418,7 @@ static void stop_cb(uv_async_t *a) {
   bus_queue_drain(&w->bus->worker_q[w->index]); /* nothing accepted is left behind */
   hold_end(w, "the router stops", 0);             /* nor held */
   hold_close(w);
+  sm_orphan_close(w);
   bus_queue_close(&w->bus->worker_q[w->index]);
   dir_close(w);
 }
@@ -453,6 +459,7 @@ router_t *router_create(const xmpp_config_t *cfg, bus_t *bus) {
     uv_async_init(&w->loop, &w->stop, stop_cb);
     w->stop.data = w;
     hold_init(w);
+    sm_orphan_init(w);
     char qname[24];
     snprintf(qname, sizeof qname, "router%d", i);
     bus_queue_attach(bus, &bus->worker_q[i], &w->loop, queue_cb, w, qname);

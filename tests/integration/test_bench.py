@@ -254,6 +254,10 @@ class ClusterFaultsTest(unittest.TestCase):
         r = rows["edge-kill"]
         self.assertEqual((r["connection_losses"], r["reconnect_s"]["n"]), (10, 10), r)
         self.assertIn("10 clients reconnected in", table[1][9])
+        # XEP-0198 §5: every client of the dead edge resumed its session on the other one,
+        # from what the routers kept (docs/cluster.md "Stream resumption across nodes")
+        self.assertEqual((r["resumed"], r["resume_failed"]), (10, 0), r)
+        self.assertIn("10 sessions resumed (XEP-0198), 0 resumptions failed", table[1][9])
         # issue 10: nothing a sender had acknowledged is lost when an edge dies (the
         # receivers log in again with the same resource: the router's copies of what they
         # had not acknowledged must not reach the new connection before its presence)
