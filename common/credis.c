@@ -94,6 +94,13 @@
 #define SENTINEL_TIMEOUT_MS 300 /* one sentinel's answer (asked synchronously, rarely) */
 #define WAIT_REPLICA_MS_S "1000" /* WAIT 1 after a stored shard map */
 #define MAX_CONNS 64            /* nodes of a Redis Cluster one credis_t connects to */
+/* A connection with commands in flight and no reply for this long is dropped (its calls
+ * sent again by the slot layer, the map refreshed): a primary that hangs (stopped, CPU-
+ * starved, DEBUG SLEEP) keeps its TCP connection open and never errs, so without this
+ * its calls waited forever and a fail-over to its replica was never followed. Longer
+ * than any command credis sends takes (the shard map's WAIT: 1 s). */
+#define REPLY_TIMEOUT_MS 3000
+#define WATCH_MS 500            /* how often the connections' replies are checked */
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
@@ -189,6 +196,8 @@ struct conn {
   int first_write;       /* the handshake was queued inside redisAsyncHandleWrite */
   int replicas;          /* replicas following it (ROLE) */
   uint64_t started;      /* uv_now at connect: the handshake's deadline */
+  int inflight;          /* calls and CLUSTER SLOTS sent on ac, not answered yet */
+  uint64_t progress;     /* uv_now of the last reply, or of the send that made inflight 1 */
   call_t *pending, *pending_tail; /* waiting for this connection to come up */
 };
 
@@ -216,6 +225,7 @@ struct credis {
   uv_timer_t hb_timer;
   uv_timer_t defer_timer;
   uv_timer_t later_timer;
+  uv_timer_t watch_timer; /* REPLY_TIMEOUT_MS: connections that stopped answering */
   int open_handles;
   int retry_closed;
 
@@ -413,6 +423,7 @@ static void drop_context(conn_t *cn) {
   redisAsyncContext *ac = cn->ac;
   cn->ac = NULL;
   cn->up = 0;
+  cn->inflight = 0;
   if (ac) redisAsyncFree(ac);
 }
 
@@ -455,20 +466,54 @@ static int sentinel_resolve(credis_t *r, char **why) {
   return -1;
 }
 
-/* Cluster: CLUSTER SLOTS on an up connection (none in flight). */
+/* A command that REPLY_TIMEOUT_MS watches went out on cn / its reply came on ac. */
+static void sent_on(conn_t *cn) {
+  if (cn->inflight++ == 0) cn->progress = uv_now(cn->r->loop);
+}
+
+static void replied_on(redisAsyncContext *ac) {
+  conn_t *cn = ac ? ac->data : NULL;
+  if (!cn || cn->ac != ac) return; /* a dropped context's calls failing */
+  if (cn->inflight > 0) cn->inflight--;
+  cn->progress = uv_now(cn->r->loop);
+}
+
+/* Cluster: CLUSTER SLOTS on an up connection (none in flight): one with nothing waiting
+ * if there is one, else the one that answered last (not a primary that hangs). */
 static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata);
 static void refresh_map(credis_t *r) {
   if (!CLUSTERED(r) || r->slots_inflight || r->closing) return;
+  conn_t *best = NULL;
   for (int i = 0; i < r->nconns; i++) {
     conn_t *cn = r->conns[i];
     if (!cn->up || !cn->ac) continue;
-    const char *av[] = {"CLUSTER", "SLOTS"};
-    size_t al[] = {7, 5};
-    if (redisAsyncCommandArgv(cn->ac, slots_cb, cn, 2, av, al) == REDIS_OK) {
-      r->st.commands++;
-      r->slots_inflight = 1;
-    }
-    return;
+    if (!best || (best->inflight && (!cn->inflight || cn->progress > best->progress))) best = cn;
+  }
+  if (!best) return;
+  const char *av[] = {"CLUSTER", "SLOTS"};
+  size_t al[] = {7, 5};
+  if (redisAsyncCommandArgv(best->ac, slots_cb, best, 2, av, al) == REDIS_OK) {
+    r->st.commands++;
+    r->slots_inflight = 1;
+    sent_on(best);
+  }
+}
+
+/* Every WATCH_MS: a connection with commands waiting and no reply for REPLY_TIMEOUT_MS is
+ * dropped as lost (its calls are sent again, the map refreshed: the slot layer). */
+static void watch_cb(uv_timer_t *t) {
+  credis_t *r = t->data;
+  if (r->closing) return;
+  uint64_t now = uv_now(r->loop);
+  for (int i = 0; i < r->nconns; i++) {
+    conn_t *cn = r->conns[i];
+    if (!cn->ac || !cn->up || !cn->inflight || now - cn->progress < REPLY_TIMEOUT_MS) continue;
+    char why[128];
+    snprintf(why, sizeof why, "no reply for %d ms (%d commands waiting)", REPLY_TIMEOUT_MS, cn->inflight);
+    report_down(cn, why);
+    drop_context(cn);
+    conn_lost(cn);
+    if (r->closing) return;
   }
 }
 
@@ -477,6 +522,7 @@ static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata) {
   credis_t *r = cn->r;
   redisReply *rep = reply;
   if (r->closing) return;
+  replied_on(ac);
   r->slots_inflight = 0;
   count_reply(r, rep);
   if (!rep) return; /* the connection died: its loss is handled there */
@@ -650,6 +696,7 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
   if (ac != cn->ac) return; /* our own redisAsyncFree */
   /* hiredis frees the context when this returns */
   cn->ac = NULL;
+  cn->inflight = 0;
   if (r->closing) { /* credis_close's graceful disconnect is over */
     if (--r->draining == 0) finish_close(r);
     return;
@@ -700,6 +747,7 @@ static void start_connect(conn_t *cn) {
   cn->up = 0;
   cn->hs_failed = 0;
   cn->replicas = 0;
+  cn->inflight = 0;
   cn->started = uv_now(r->loop);
   /* the tick times the connect and the handshake out */
   if (!uv_is_active((uv_handle_t *)&r->retry_timer)) uv_timer_start(&r->retry_timer, retry_cb, CONNECT_TIMEOUT_MS, 0);
@@ -783,6 +831,7 @@ static void send_now(conn_t *cn, call_t *c) {
     return;
   }
   r->st.commands++;
+  sent_on(cn);
 }
 
 /* Sends c to the node serving its slot (see "The slot layer" at the top). */
@@ -829,6 +878,7 @@ static void call_cb(redisAsyncContext *ac, void *reply, void *privdata) {
     call_free(c);
     return;
   }
+  replied_on(ac);
   count_reply(r, rep);
   if (!rep) {
     call_failed(c);
@@ -1516,8 +1566,11 @@ static credis_t *make(uv_loop_t *loop, const char *addr, const char *cluster, co
   uv_timer_init(loop, &r->hb_timer);
   uv_timer_init(loop, &r->defer_timer);
   uv_timer_init(loop, &r->later_timer);
-  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r->later_timer.data = r;
-  r->open_handles = 4;
+  uv_timer_init(loop, &r->watch_timer);
+  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r->later_timer.data = r->watch_timer.data = r;
+  r->open_handles = 5;
+  uv_timer_start(&r->watch_timer, watch_cb, WATCH_MS, WATCH_MS);
+  uv_unref((uv_handle_t *)&r->watch_timer); /* a watch alone does not keep a loop running */
   int first = CLUSTERED(r) ? r->map.nnodes : 1;
   for (int i = 0; i < first; i++) conn_of(r, i);
   for (int i = 0; i < first; i++) start_connect(r->conns[i]);
@@ -1588,6 +1641,7 @@ void credis_close(credis_t *r) {
   uv_close((uv_handle_t *)&r->hb_timer, handle_closed);
   uv_close((uv_handle_t *)&r->defer_timer, handle_closed);
   uv_close((uv_handle_t *)&r->later_timer, handle_closed);
+  uv_close((uv_handle_t *)&r->watch_timer, handle_closed);
   uv_timer_stop(&r->retry_timer);
   /* Graceful where connected: what is buffered (a deregistration, directory writes)
    * still goes out; hiredis closes once the replies are in, then on_disconnect counts
