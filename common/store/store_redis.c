@@ -107,6 +107,13 @@
 #define RD_INDEX_KEY "accounts"
 #define RD_CONNECT_TIMEOUT_MS 2000
 #define RD_COMMAND_TIMEOUT_MS 5000
+/* On a Cluster or with Sentinel a node that does not answer for this long is taken as
+ * lost (its replica may have taken over: the map is refreshed, reads sent again) rather
+ * than waited for: a hung primary (stopped, CPU-starved) keeps its connections open. */
+#define RD_FAILOVER_TIMEOUT_MS 3000
+/* A node that failed (no answer, no connection) is asked for the slot map after the
+ * others for this long: a refresh does not wait on the node that made it necessary. */
+#define RD_FAILED_NS (10ull * 1000000000ull)
 #define RD_LIST_PAGE 512
 #define RD_FLUSH_CHUNK 1024
 #define RD_ITEM_VERSION 1
@@ -366,6 +373,7 @@ typedef struct rd {
    * Sentinel, node 0 is the server (the primary Sentinel named), for every slot. */
   rslots_map_t map;
   redisContext **conns;
+  uint64_t *failed;  /* per node: uv_hrtime of its last failure, 0 none (cluster_refresh) */
   int nconns;
   int stale;    /* cluster: refresh the slot map before routing; sentinel: ask for the primary */
   int down;     /* the last connection attempt failed (logged once) */
@@ -471,7 +479,8 @@ static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const s
 /* A connection to host:port (or the unix socket) with the timeouts set. NULL with *err. */
 static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
   struct timeval ct = {RD_CONNECT_TIMEOUT_MS / 1000, (RD_CONNECT_TIMEOUT_MS % 1000) * 1000};
-  struct timeval tt = {RD_COMMAND_TIMEOUT_MS / 1000, (RD_COMMAND_TIMEOUT_MS % 1000) * 1000};
+  int tmo = SINGLE(r) ? RD_COMMAND_TIMEOUT_MS : RD_FAILOVER_TIMEOUT_MS;
+  struct timeval tt = {tmo / 1000, (tmo % 1000) * 1000};
   redisContext *c = unix_path ? redisConnectUnixWithTimeout(unix_path, ct) : redisConnectWithTimeout(host, port, ct);
   if (!c) {
     *err = xstrfmt("redis %s: cannot allocate a connection", r->target);
@@ -582,28 +591,54 @@ static int sentinel_resolve(rd_t *r, char **err) {
 
 static redisContext *node_ctx(rd_t *r, int node, char **err);
 
+/* The node's connection failed now (no answer, refused, lost) / answered. */
+static void node_failed(rd_t *r, int node) {
+  if (node >= 0 && node < r->nconns) r->failed[node] = uv_hrtime();
+}
+
+static void node_answered(rd_t *r, int node) {
+  if (node >= 0 && node < r->nconns) r->failed[node] = 0;
+}
+
+/* Whether host:port is a node that failed within RD_FAILED_NS. */
+static int failed_lately(rd_t *r, const char *host, int port) {
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < r->nconns && i < r->map.nnodes; i++)
+    if (r->failed[i] && now - r->failed[i] < RD_FAILED_NS && r->map.nodes[i].port == port &&
+        strcmp(r->map.nodes[i].host, host) == 0)
+      return 1;
+  return 0;
+}
+
 /* Cluster: the slot map from CLUSTER SLOTS, asked of the known primaries then the seed
- * nodes until one answers. 0 or -1 with *err. */
+ * nodes until one answers; nodes that failed lately last (pass 1), so that a refresh
+ * after a primary hung does not wait on it again. 0 or -1 with *err. */
 static int cluster_refresh(rd_t *r, char **err) {
   *err = NULL;
   int known = r->map.nnodes;
-  for (int i = 0; i < known + r->addr.nseeds; i++) {
+  for (int i = 0; i < 2 * (known + r->addr.nseeds); i++) {
+    int pass = i >= known + r->addr.nseeds;
+    int k = i % (known + r->addr.nseeds);
+    const char *h = k < known ? r->map.nodes[k].host : r->addr.seed_host[k - known];
+    int hp = k < known ? r->map.nodes[k].port : r->addr.seed_port[k - known];
+    if (failed_lately(r, h, hp) != pass) continue;
     char *why = NULL;
     redisContext *c;
     const char *host;
-    if (i < known) {
-      c = node_ctx(r, i, &why);
-      host = r->map.nodes[i].host;
+    if (k < known) {
+      c = node_ctx(r, k, &why);
+      host = r->map.nodes[k].host;
     } else {
-      host = r->addr.seed_host[i - known];
-      c = dial(r, host, r->addr.seed_port[i - known], NULL, &why);
+      host = r->addr.seed_host[k - known];
+      c = dial(r, host, r->addr.seed_port[k - known], NULL, &why);
     }
     if (!c) {
+      if (k < known) node_failed(r, k);
       xfree(*err);
       *err = why;
       continue;
     }
-    if (i >= known && r->addr.password) {
+    if (k >= known && r->addr.password) {
       redisReply *a = redisCommand(c, "AUTH %s", r->addr.password);
       if (a) freeReplyObject(a);
     }
@@ -612,8 +647,11 @@ static int cluster_refresh(rd_t *r, char **err) {
     if (rep) rc = rslots_map_load(&r->map, rep, host, &why);
     else why = xstrfmt("CLUSTER SLOTS: %s", c->errstr);
     if (rep) freeReplyObject(rep);
-    if (i >= known) redisFree(c);
-    else if (!rep) drop_node(r, i);
+    if (k >= known) redisFree(c);
+    else if (!rep) {
+      drop_node(r, k);
+      node_failed(r, k);
+    }
     if (rc == 0 && rslots_map_covered(&r->map) > 0) {
       xfree(*err);
       *err = NULL;
@@ -662,7 +700,11 @@ static redisContext *node_ctx(rd_t *r, int node, char **err) {
   if (node >= r->nconns) {
     int n = r->map.nnodes > node + 1 ? r->map.nnodes : node + 1;
     r->conns = xrealloc(r->conns, (size_t)n * sizeof *r->conns);
-    for (int i = r->nconns; i < n; i++) r->conns[i] = NULL;
+    r->failed = xrealloc(r->failed, (size_t)n * sizeof *r->failed);
+    for (int i = r->nconns; i < n; i++) {
+      r->conns[i] = NULL;
+      r->failed[i] = 0;
+    }
     r->nconns = n;
   }
   redisContext *c = r->conns[node];
@@ -724,6 +766,7 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
       note_down(r, err);
       xfree(err);
       topology_lost(r);
+      node_failed(r, node);
       if (SINGLE(r) || rslots_next(&t, NULL, &to, &ms) != RSLOTS_WAIT) return NULL;
       sleep_ms(ms);
       continue;
@@ -744,6 +787,7 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
     if (!ok) {
       log_error("store(redis) %s: %s", r->target, c->errstr);
       drop_node(r, node);
+      node_failed(r, node);
       topology_lost(r);
       r->down = 1;
       if (!retry) return NULL;
@@ -755,6 +799,7 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
       sleep_ms(ms);
       continue;
     }
+    node_answered(r, node);
     switch (rslots_next(&t, rep, &to, &ms)) {
     case RSLOTS_DONE:
       return rep;
@@ -847,6 +892,7 @@ static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry,
       note_down(r, err);
       xfree(err);
       topology_lost(r);
+      node_failed(r, nd);
       for (size_t k = i; k < n; k++)
         if (node[k] == nd) done[k] = 1;
       continue;
@@ -871,6 +917,7 @@ static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry,
     }
     if (dead) {
       drop_node(r, nd);
+      node_failed(r, nd);
       topology_lost(r);
       r->down = 1;
     }
@@ -1075,6 +1122,7 @@ static void rd_close(void *be) {
   if (!r) return;
   drop_all(r);
   xfree(r->conns);
+  xfree(r->failed);
   rslots_map_free(&r->map);
   pipe_free(&r->p);
   pipe_free(&r->bq);
