@@ -91,7 +91,7 @@
 #define CONNECT_TIMEOUT_MS 2000 /* connect + AUTH/SELECT/PING */
 #define CLOSE_DRAIN_MS 1000  /* credis_close: how long buffered commands may take to go out */
 #define CLUSTER_MAX 64
-#define SENTINEL_TIMEOUT_MS 300 /* one sentinel's answer (asked synchronously, rarely) */
+#define SENTINEL_TIMEOUT_MS 1000 /* one sentinel's connect + answer (asked asynchronously) */
 #define WAIT_REPLICA_MS_S "1000" /* WAIT 1 after a stored shard map */
 #define MAX_CONNS 64            /* nodes of a Redis Cluster one credis_t connects to */
 /* A connection with commands in flight and no reply for this long is dropped (its calls
@@ -226,6 +226,12 @@ struct credis {
   uv_timer_t defer_timer;
   uv_timer_t later_timer;
   uv_timer_t watch_timer; /* REPLY_TIMEOUT_MS: connections that stopped answering */
+  /* Sentinel: the query for the primary, asynchronous like the rest (a sentinel that
+   * does not answer costs SENTINEL_TIMEOUT_MS of waiting, never of a blocked loop) */
+  conn_t *sent;           /* its connection (ac NULL: none in flight) */
+  int sidx;               /* the sentinel asked now (index in addr.seed_*) */
+  int named;              /* node 0 is what a sentinel named since the last connect */
+  char *swhy;             /* why the last sentinel failed (the outage line) */
   int open_handles;
   int retry_closed;
 
@@ -371,6 +377,14 @@ static void ev_del_write(void *d) {
   ev_update(p);
 }
 
+/* Our event hooks on an attached context (see "hiredis 0.14.1 notes"). */
+static void ev_attach(redisAsyncContext *ac) {
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+}
+
 /* ---- connections ------------------------------------------------------------------------ */
 
 static void schedule_retry(credis_t *r) {
@@ -427,43 +441,118 @@ static void drop_context(conn_t *cn) {
   if (ac) redisAsyncFree(ac);
 }
 
-/* Sentinel: asks the sentinels in turn for the primary, into map node 0 (its connection's
- * handshake then checks with ROLE that it calls itself a primary). Synchronous with a
- * short timeout: only on (re)connecting. 0, or -1 with *why (caller frees). */
-static int sentinel_resolve(credis_t *r, char **why) {
-  struct timeval tv = {0, SENTINEL_TIMEOUT_MS * 1000};
-  for (int i = 0; i < r->addr.nseeds; i++) {
-    redisContext *s = redisConnectWithTimeout(r->addr.seed_host[i], r->addr.seed_port[i], tv);
-    if (!s || s->err) {
-      xfree(*why);
-      *why = xstrfmt("sentinel %s:%d: %s", r->addr.seed_host[i], r->addr.seed_port[i], s ? s->errstr : "no memory");
-      if (s) redisFree(s);
-      continue;
-    }
-    redisSetTimeout(s, tv);
-    redisReply *rep = redisCommand(s, "SENTINEL get-master-addr-by-name %s", r->addr.master);
-    char host[RSLOTS_HOST_MAX];
-    int port, ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
-    if (rep) freeReplyObject(rep);
-    redisFree(s);
-    if (!ok) {
-      xfree(*why);
-      *why = xstrfmt("sentinel %s:%d does not know '%s'", r->addr.seed_host[i], r->addr.seed_port[i], r->addr.master);
-      continue;
-    }
-    if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
-    rslots_node_t *n = &r->map.nodes[0];
-    if (n->port != port || strcmp(n->host, host) != 0) {
-      log_info("redis %s: the primary is now %s:%d", r->name, host, port);
-      snprintf(n->host, sizeof n->host, "%s", host);
-      n->port = port;
-    }
-    xfree(*why);
-    *why = NULL;
-    return 0;
+/* Sentinel: asks the sentinels in turn (from sidx) for the primary, into map node 0, then
+ * connects it (its handshake checks with ROLE that it calls itself a primary). One
+ * query at a time, on the loop: connect, SENTINEL get-master-addr-by-name, disconnect;
+ * a sentinel that refuses, errs, does not know the name or does not answer within
+ * SENTINEL_TIMEOUT_MS (watch_cb) passes the turn to the next; after the last one the
+ * outage is reported and the retry tick starts over. */
+static void sentinel_ask(credis_t *r);
+static void ev_attach(redisAsyncContext *ac);
+
+static void sentinel_next(credis_t *r, char *why) {
+  xfree(r->swhy);
+  r->swhy = why;
+  if (++r->sidx < r->addr.nseeds) {
+    sentinel_ask(r);
+    return;
   }
-  if (!*why) *why = xstrdup("no sentinel");
-  return -1;
+  r->sidx = 0;
+  report_down(conn_of(r, 0), r->swhy ? r->swhy : "no sentinel");
+  schedule_retry(r);
+}
+
+/* Ends the query in flight (its callbacks then see ac != r->sent->ac). From a reply
+ * callback hiredis defers the disconnect; elsewhere (timer, close) the context is freed. */
+static void sentinel_drop(credis_t *r, int in_callback) {
+  redisAsyncContext *ac = r->sent->ac;
+  r->sent->ac = NULL;
+  if (!ac) return;
+  if (in_callback) redisAsyncDisconnect(ac);
+  else redisAsyncFree(ac);
+}
+
+static void sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  credis_t *r = privdata;
+  if (r->closing || ac != r->sent->ac) return;
+  redisReply *rep = reply;
+  count_reply(r, rep);
+  char host[RSLOTS_HOST_MAX];
+  int port;
+  int ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
+  const char *sh = r->addr.seed_host[r->sidx];
+  int sp = r->addr.seed_port[r->sidx];
+  char *why = ok ? NULL
+                 : rep && rep->type == REDIS_REPLY_ERROR && rep->str
+                     ? xstrfmt("sentinel %s:%d: %s", sh, sp, rep->str)
+                     : xstrfmt("sentinel %s:%d does not know '%s'", sh, sp, r->addr.master);
+  sentinel_drop(r, 1);
+  if (!ok) {
+    sentinel_next(r, why);
+    return;
+  }
+  if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
+  rslots_node_t *n = &r->map.nodes[0];
+  if (n->port != port || strcmp(n->host, host) != 0) {
+    log_info("redis %s: the primary is now %s:%d", r->name, host, port);
+    snprintf(n->host, sizeof n->host, "%s", host);
+    n->port = port;
+  }
+  r->sidx = 0;
+  r->named = 1;
+  conn_t *cn = conn_of(r, 0); /* its name */
+  if (!cn->ac) start_connect(cn);
+}
+
+static void sentinel_on_connect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  credis_t *r = ((conn_t *)ac->data)->r;
+  if (r->closing || ac != r->sent->ac) return;
+  if (status != REDIS_OK) { /* hiredis frees the context when this returns */
+    r->sent->ac = NULL;
+    sentinel_next(r, xstrfmt("sentinel %s:%d: %s", r->addr.seed_host[r->sidx], r->addr.seed_port[r->sidx],
+                             ac->errstr ? ac->errstr : "connect failed"));
+    return;
+  }
+  const char *av[] = {"SENTINEL", "get-master-addr-by-name", r->addr.master};
+  size_t al[] = {8, 23, strlen(r->addr.master)};
+  if (redisAsyncCommandArgv(ac, sentinel_reply, r, 3, av, al) == REDIS_OK) r->st.commands++;
+}
+
+static void sentinel_on_disconnect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  credis_t *r = ((conn_t *)ac->data)->r;
+  (void)status;
+  if (r->closing || ac != r->sent->ac) return; /* ours: a query that ended */
+  r->sent->ac = NULL;                          /* hiredis frees it when this returns */
+  sentinel_next(r, xstrfmt("sentinel %s:%d: connection lost", r->addr.seed_host[r->sidx],
+                           r->addr.seed_port[r->sidx]));
+}
+
+static void sentinel_ask(credis_t *r) {
+  if (r->closing || r->sent->ac) return;
+  const char *h = r->addr.seed_host[r->sidx];
+  int p = r->addr.seed_port[r->sidx];
+  redisAsyncContext *ac = redisAsyncConnect(h, p);
+  if (!ac || ac->err) {
+    char *why = xstrfmt("sentinel %s:%d: %s", h, p, ac && ac->errstr ? ac->errstr : "cannot allocate a context");
+    if (ac) redisAsyncFree(ac);
+    sentinel_next(r, why);
+    return;
+  }
+  ac->data = r->sent;
+  if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    ac->ev.cleanup = NULL;
+    redisAsyncFree(ac);
+    sentinel_next(r, xstrfmt("sentinel %s:%d: cannot attach to the loop", h, p));
+    return;
+  }
+  ev_attach(ac);
+  redisAsyncSetConnectCallback(ac, sentinel_on_connect);
+  redisAsyncSetDisconnectCallback(ac, sentinel_on_disconnect);
+  r->sent->ac = ac;
+  r->sent->first_write = 0;
+  r->sent->started = uv_now(r->loop);
 }
 
 /* A command that REPLY_TIMEOUT_MS watches went out on cn / its reply came on ac. */
@@ -505,6 +594,12 @@ static void watch_cb(uv_timer_t *t) {
   credis_t *r = t->data;
   if (r->closing) return;
   uint64_t now = uv_now(r->loop);
+  if (r->sent && r->sent->ac && now - r->sent->started >= SENTINEL_TIMEOUT_MS) {
+    sentinel_drop(r, 0);
+    sentinel_next(r, xstrfmt("sentinel %s:%d: no answer within %d ms", r->addr.seed_host[r->sidx],
+                             r->addr.seed_port[r->sidx], SENTINEL_TIMEOUT_MS));
+    if (r->closing) return;
+  }
   for (int i = 0; i < r->nconns; i++) {
     conn_t *cn = r->conns[i];
     if (!cn->ac || !cn->up || !cn->inflight || now - cn->progress < REPLY_TIMEOUT_MS) continue;
@@ -710,14 +805,12 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
 static void start_connect(conn_t *cn) {
   credis_t *r = cn->r;
   if (r->addr.mode == REDIS_MODE_SENTINEL) {
-    char *why = NULL;
-    if (sentinel_resolve(r, &why) != 0) {
-      report_down(cn, why);
-      xfree(why);
-      schedule_retry(r);
+    /* the sentinels are asked again before each connection: the answer connects */
+    if (!r->named) {
+      sentinel_ask(r);
       return;
     }
-    conn_of(r, 0); /* its name */
+    r->named = 0;
   }
   redisAsyncContext *ac;
   if (r->addr.unix_path) ac = redisAsyncConnectUnix(r->addr.unix_path);
@@ -737,10 +830,7 @@ static void start_connect(conn_t *cn) {
     schedule_retry(r);
     return;
   }
-  ac->ev.addRead = ev_add_read;
-  ac->ev.delRead = ev_del_read;
-  ac->ev.addWrite = ev_add_write;
-  ac->ev.delWrite = ev_del_write;
+  ev_attach(ac);
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   cn->ac = ac;
@@ -1557,6 +1647,11 @@ static credis_t *make(uv_loop_t *loop, const char *addr, const char *cluster, co
   if (cbs) r->cbs = *cbs;
   r->ud = ud;
   r->backoff_ms = BACKOFF_MIN_MS;
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    r->sent = xcalloc(1, sizeof *r->sent);
+    r->sent->r = r;
+    r->sent->node = -1;
+  }
   r->k_all = xstrfmt("%s:{nodes}:all", cluster);
   r->k_prefix = xstrfmt("%s:{nodes}:n:", cluster);
   r->k_map = xstrfmt("%s:{nodes}:shardmap", cluster);
@@ -1607,6 +1702,8 @@ static void handle_closed(uv_handle_t *h) {
     free_list(r->conns[i]->pending);
     xfree(r->conns[i]);
   }
+  xfree(r->sent);
+  xfree(r->swhy);
   rslots_map_free(&r->map);
   redis_addr_free(&r->addr);
   xfree(r->cluster);
@@ -1643,6 +1740,7 @@ void credis_close(credis_t *r) {
   uv_close((uv_handle_t *)&r->later_timer, handle_closed);
   uv_close((uv_handle_t *)&r->watch_timer, handle_closed);
   uv_timer_stop(&r->retry_timer);
+  if (r->sent) sentinel_drop(r, 0); /* a query in flight: nothing to send */
   /* Graceful where connected: what is buffered (a deregistration, directory writes)
    * still goes out; hiredis closes once the replies are in, then on_disconnect counts
    * the drain down. From a reply callback hiredis defers this until the callback
