@@ -229,7 +229,9 @@ struct credis {
   /* Sentinel: the query for the primary, asynchronous like the rest (a sentinel that
    * does not answer costs SENTINEL_TIMEOUT_MS of waiting, never of a blocked loop) */
   conn_t *sent;           /* its connection (ac NULL: none in flight) */
-  int sidx;               /* the sentinel asked now (index in addr.seed_*) */
+  int sidx;               /* the sentinel asked now (index in addr.seed_*): a round starts
+                             from the one that answered last */
+  int stried;             /* sentinels asked in this round */
   int named;              /* node 0 is what a sentinel named since the last connect */
   char *swhy;             /* why the last sentinel failed (the outage line) */
   int open_handles;
@@ -441,7 +443,7 @@ static void drop_context(conn_t *cn) {
   if (ac) redisAsyncFree(ac);
 }
 
-/* Sentinel: asks the sentinels in turn (from sidx) for the primary, into map node 0, then
+/* Sentinel: asks the sentinels in turn (from the one that answered last) for the primary, into map node 0, then
  * connects it (its handshake checks with ROLE that it calls itself a primary). One
  * query at a time, on the loop: connect, SENTINEL get-master-addr-by-name, disconnect;
  * a sentinel that refuses, errs, does not know the name or does not answer within
@@ -453,11 +455,12 @@ static void ev_attach(redisAsyncContext *ac);
 static void sentinel_next(credis_t *r, char *why) {
   xfree(r->swhy);
   r->swhy = why;
-  if (++r->sidx < r->addr.nseeds) {
+  r->sidx = (r->sidx + 1) % r->addr.nseeds;
+  if (++r->stried < r->addr.nseeds) {
     sentinel_ask(r);
     return;
   }
-  r->sidx = 0;
+  r->stried = 0;
   report_down(conn_of(r, 0), r->swhy ? r->swhy : "no sentinel");
   schedule_retry(r);
 }
@@ -498,7 +501,7 @@ static void sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     snprintf(n->host, sizeof n->host, "%s", host);
     n->port = port;
   }
-  r->sidx = 0;
+  r->stried = 0; /* sidx stays: the next round starts here */
   r->named = 1;
   conn_t *cn = conn_of(r, 0); /* its name */
   if (!cn->ac) start_connect(cn);

@@ -114,6 +114,9 @@
 /* A node that failed (no answer, no connection) is asked for the slot map after the
  * others for this long: a refresh does not wait on the node that made it necessary. */
 #define RD_FAILED_NS (10ull * 1000000000ull)
+/* One sentinel's connect and answer: a sentinel that does not answer costs this much of
+ * the calling thread, once (the next query starts from the sentinel that answered). */
+#define RD_SENTINEL_TIMEOUT_MS 500
 #define RD_LIST_PAGE 512
 #define RD_FLUSH_CHUNK 1024
 #define RD_ITEM_VERSION 1
@@ -374,6 +377,7 @@ typedef struct rd {
   rslots_map_t map;
   redisContext **conns;
   uint64_t *failed;  /* per node: uv_hrtime of its last failure, 0 none (cluster_refresh) */
+  int sidx;          /* Sentinel: the sentinel that answered last (asked first) */
   int nconns;
   int stale;    /* cluster: refresh the slot map before routing; sentinel: ask for the primary */
   int down;     /* the last connection attempt failed (logged once) */
@@ -477,9 +481,9 @@ static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const s
 }
 
 /* A connection to host:port (or the unix socket) with the timeouts set. NULL with *err. */
-static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
-  struct timeval ct = {RD_CONNECT_TIMEOUT_MS / 1000, (RD_CONNECT_TIMEOUT_MS % 1000) * 1000};
-  int tmo = SINGLE(r) ? RD_COMMAND_TIMEOUT_MS : RD_FAILOVER_TIMEOUT_MS;
+static redisContext *dial_within(rd_t *r, const char *host, int port, const char *unix_path, int connect_ms,
+                                 int tmo, char **err) {
+  struct timeval ct = {connect_ms / 1000, (connect_ms % 1000) * 1000};
   struct timeval tt = {tmo / 1000, (tmo % 1000) * 1000};
   redisContext *c = unix_path ? redisConnectUnixWithTimeout(unix_path, ct) : redisConnectWithTimeout(host, port, ct);
   if (!c) {
@@ -498,6 +502,11 @@ static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_
     return NULL;
   }
   return c;
+}
+
+static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
+  return dial_within(r, host, port, unix_path, RD_CONNECT_TIMEOUT_MS,
+                     SINGLE(r) ? RD_COMMAND_TIMEOUT_MS : RD_FAILOVER_TIMEOUT_MS, err);
 }
 
 /* The scripts on one connection (the shared loader, common/redis_scripts.h: on every new
@@ -552,9 +561,11 @@ static int handshake(rd_t *r, redisContext *c, char **err) {
  * *err. */
 static int sentinel_resolve(rd_t *r, char **err) {
   *err = NULL;
-  for (int i = 0; i < r->addr.nseeds; i++) {
+  for (int k = 0; k < r->addr.nseeds; k++) {
+    int i = (r->sidx + k) % r->addr.nseeds; /* from the one that answered last */
     char *why = NULL;
-    redisContext *s = dial(r, r->addr.seed_host[i], r->addr.seed_port[i], NULL, &why);
+    redisContext *s = dial_within(r, r->addr.seed_host[i], r->addr.seed_port[i], NULL, RD_SENTINEL_TIMEOUT_MS,
+                                  RD_SENTINEL_TIMEOUT_MS, &why);
     if (!s) {
       xfree(*err);
       *err = why;
@@ -566,9 +577,11 @@ static int sentinel_resolve(rd_t *r, char **err) {
     int ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
     if (!ok) {
       xfree(*err);
-      *err = xstrfmt("redis %s: sentinel %s:%d does not know '%s'%s%s", r->target, r->addr.seed_host[i],
-                     r->addr.seed_port[i], r->addr.master, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
-                     rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+      *err = !rep ? xstrfmt("redis %s: sentinel %s:%d: %s", r->target, r->addr.seed_host[i], r->addr.seed_port[i],
+                            s->errstr[0] ? s->errstr : "no answer")
+                  : xstrfmt("redis %s: sentinel %s:%d does not know '%s'%s%s", r->target, r->addr.seed_host[i],
+                            r->addr.seed_port[i], r->addr.master, rep->type == REDIS_REPLY_ERROR ? ": " : "",
+                            rep->type == REDIS_REPLY_ERROR ? rep->str : "");
     }
     if (rep) freeReplyObject(rep);
     redisFree(s);
@@ -583,6 +596,7 @@ static int sentinel_resolve(rd_t *r, char **err) {
     xfree(*err);
     *err = NULL;
     r->stale = 0;
+    r->sidx = i;
     return 0;
   }
   if (!*err) *err = xstrfmt("redis %s: no sentinel", r->target);

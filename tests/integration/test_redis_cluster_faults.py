@@ -23,8 +23,11 @@ import unittest
 
 import re
 
-from harness import RedisCluster, resp, resp_text, run
+import socket
+
+from harness import RedisCluster, RedisSentinel, resp, resp_text, run
 import test_cluster
+import test_cluster_redis_cluster
 from test_cluster import Node, check_every_message_once, drain_list, error_watch, login
 from test_mam import Raw
 
@@ -405,6 +408,49 @@ class RedisClusterFaultsTest(unittest.TestCase):
 
     def test_3_primary_stopped_under_chat(self):
         self.fault_under_chat("stop")
+
+
+class HungFirst(RedisSentinel):
+    """The harness's Sentinel set-up, with a sentinel that accepts connections and never
+    answers (a hung process) first in the address xmppd is given."""
+
+    def start(self):
+        self.hung = socket.socket()
+        self.hung.bind(("127.0.0.1", 0))
+        self.hung.listen(128)
+        super().start()
+
+    def addr(self):
+        return super().addr().replace("sentinel:", f"sentinel:127.0.0.1:{self.hung.getsockname()[1]},", 1)
+
+    def cleanup(self):
+        self.hung.close()
+        super().cleanup()
+
+
+class UnansweringSentinelTest(test_cluster_redis_cluster.SentinelDirectoryTest):
+    """test_cluster_redis_cluster.SentinelDirectoryTest (1 router, 2 edges, store and
+    directory behind Sentinel; the primary killed while users chat across the edges) with
+    the first sentinel of the address never answering: the nodes start, follow the
+    fail-over and lose nothing; the directory's client asks the sentinels on its loop
+    (common/credis.c), the store starts from the sentinel that answered last."""
+
+    @classmethod
+    def setUpClass(cls):
+        orig = test_cluster_redis_cluster.RedisSentinel
+        test_cluster_redis_cluster.RedisSentinel = HungFirst
+        try:
+            super().setUpClass()
+        finally:
+            test_cluster_redis_cluster.RedisSentinel = orig
+        assert cls.sn.addr().startswith(f"sentinel:127.0.0.1:{cls.sn.hung.getsockname()[1]},")
+
+    @classmethod
+    def tearDownClass(cls):
+        if os.environ.get("SHOW_LOGS"):
+            for n in cls.routers + cls.edges:
+                print(f"---- node {n.node_id}\n" + "\n".join(n.log_text().splitlines()[-40:]))
+        super().tearDownClass()
 
 
 if __name__ == "__main__":
