@@ -41,7 +41,10 @@
  * matters on on_state(1), which also follows a failover (writes a primary acknowledged
  * but did not pass to its replica are written again). While down, a retry tick (back-off
  * 100 ms doubling to 2 s, reset when up) reconnects, refreshes the map or asks the
- * sentinels again, and times out connects and handshakes. One log line per outage
+ * sentinels again, and times out connects and handshakes. A connection that stops
+ * answering (commands in flight, no reply for REPLY_TIMEOUT_MS: a primary stopped or
+ * starved of CPU keeps its TCP connection open and never errs) is dropped as lost by the
+ * watch timer, which also times out a sentinel's query. One log line per outage
  * ("unreachable: reason; retrying") and one when it ends ("back").
  *
  * The slot layer (common/redis_slots.h, shared with the store). Each command (call_t)
