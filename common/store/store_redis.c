@@ -117,6 +117,10 @@
 /* One sentinel's connect and answer: a sentinel that does not answer costs this much of
  * the calling thread, once (the next query starts from the sentinel that answered). */
 #define RD_SENTINEL_TIMEOUT_MS 500
+/* A node that failed this recently is not dialled again (a hung one would cost a whole
+ * RD_FAILOVER_TIMEOUT_MS more): the command waits out the slot layer's back-off, the map
+ * refreshed meanwhile, until its replica serves the slot or this has passed. */
+#define RD_REDIAL_NS (2000ull * 1000000ull)
 #define RD_LIST_PAGE 512
 #define RD_FLUSH_CHUNK 1024
 #define RD_ITEM_VERSION 1
@@ -590,6 +594,7 @@ static int sentinel_resolve(rd_t *r, char **err) {
     if (r->map.nodes[0].port != port || strcmp(r->map.nodes[0].host, host) != 0) {
       log_info("store(redis) %s: the primary is now %s:%d", r->target, host, port);
       drop_node(r, 0);
+      if (r->nconns > 0) r->failed[0] = 0; /* another node */
       snprintf(r->map.nodes[0].host, sizeof r->map.nodes[0].host, "%s", host);
       r->map.nodes[0].port = port;
     }
@@ -612,6 +617,13 @@ static void node_failed(rd_t *r, int node) {
 
 static void node_answered(rd_t *r, int node) {
   if (node >= 0 && node < r->nconns) r->failed[node] = 0;
+}
+
+/* On a Cluster or with Sentinel: whether node failed within RD_REDIAL_NS (not to be
+ * dialled again yet). */
+static int redial_later(rd_t *r, int node) {
+  return !SINGLE(r) && node >= 0 && node < r->nconns && r->failed[node] &&
+         uv_hrtime() - r->failed[node] < RD_REDIAL_NS;
 }
 
 /* Whether host:port is a node that failed within RD_FAILED_NS. */
@@ -775,12 +787,17 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
     char *err = NULL;
     int node = ask >= 0 ? ask : route(r, slot, &err);
     int fresh = node >= 0 && (node >= r->nconns || !r->conns[node]);
-    redisContext *c = node >= 0 ? node_ctx(r, node, &err) : NULL;
+    redisContext *c = NULL;
+    if (node >= 0 && redial_later(r, node))
+      err = xstrfmt("redis %s (%s:%d): failed less than %llu ms ago; waiting for a fail-over", r->target,
+                    r->map.nodes[node].host, r->map.nodes[node].port, RD_REDIAL_NS / 1000000ull);
+    else if (node >= 0)
+      c = node_ctx(r, node, &err);
     if (!c) { /* nothing was sent */
       note_down(r, err);
       xfree(err);
       topology_lost(r);
-      node_failed(r, node);
+      if (node >= 0 && !redial_later(r, node)) node_failed(r, node);
       if (SINGLE(r) || rslots_next(&t, NULL, &to, &ms) != RSLOTS_WAIT) return NULL;
       sleep_ms(ms);
       continue;
@@ -901,12 +918,13 @@ static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry,
     if (done[i] || node[i] < 0) continue;
     int nd = node[i];
     char *err = NULL;
-    redisContext *c = node_ctx(r, nd, &err);
+    redisContext *c = redial_later(r, nd) ? NULL : node_ctx(r, nd, &err);
+    if (!c && !err) err = xstrfmt("redis %s: node %d failed lately", r->target, nd);
     if (!c) {
       note_down(r, err);
       xfree(err);
       topology_lost(r);
-      node_failed(r, nd);
+      if (!redial_later(r, nd)) node_failed(r, nd);
       for (size_t k = i; k < n; k++)
         if (node[k] == nd) done[k] = 1;
       continue;
