@@ -235,7 +235,7 @@ start_redis_cluster() { # DIR
 rtotals() { # PORT...
   local p
   for p in "$@"; do
-    redis-cli -p "$p" info | tr -d '\r' |
+    timeout 2 redis-cli -p "$p" info 2>/dev/null | tr -d '\r' |
       awk -F: '/^(total_commands_processed|total_reads_processed|used_memory|role):/ {v[$1] = $2}
         END {if (v["role"] == "master") print v["total_commands_processed"] + 0, v["total_reads_processed"] + 0, v["used_memory"] + 0}'
   done | awk '{c += $1; r += $2; m += $3} END {print c + 0, r + 0, m + 0}'
