@@ -28,7 +28,7 @@ import socket
 from harness import RedisCluster, RedisSentinel, resp, resp_text, run
 import test_cluster
 import test_cluster_redis_cluster
-from test_cluster import Node, check_every_message_once, drain_list, error_watch, login
+from test_cluster import Node, check_every_message_once, error_watch, login
 from test_mam import Raw
 
 RESUME_BOUND_S = 12  # cluster-node-timeout 1 s + the promotion + our timeouts, on a loaded machine
