@@ -82,7 +82,9 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -610,20 +612,76 @@ static int sentinel_resolve(rd_t *r, char **err) {
 
 static redisContext *node_ctx(rd_t *r, int node, char **err);
 
+/* Failures seen by any store handle of the process, by node address: each thread has a
+ * handle of its own, which would otherwise find a hung node by itself, RD_FAILOVER_TIMEOUT_MS
+ * each (a log-in waited for the edge's handle, then for the router's). g_fail_last (the
+ * latest failure, uv_hrtime) keeps the lock off the path while nothing failed lately. */
+#define RD_SHARED_FAILS 16
+static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  char host[RSLOTS_HOST_MAX];
+  int port;
+  uint64_t at; /* 0: free */
+} g_fail[RD_SHARED_FAILS];
+static _Atomic uint64_t g_fail_last;
+
+static int fails_lately(uint64_t now) {
+  uint64_t last = atomic_load_explicit(&g_fail_last, memory_order_relaxed);
+  return last && now - last < RD_REDIAL_NS;
+}
+
+/* Records (at > 0) or clears (at = 0) host:port's failure. */
+static void shared_fail(const rslots_node_t *n, uint64_t at) {
+  pthread_mutex_lock(&g_fail_mu);
+  int slot = -1;
+  for (int i = 0; i < RD_SHARED_FAILS; i++) {
+    if (g_fail[i].at && g_fail[i].port == n->port && !strcmp(g_fail[i].host, n->host)) {
+      slot = i;
+      break;
+    }
+    if (slot < 0 && (!g_fail[i].at || (at && at - g_fail[i].at >= RD_REDIAL_NS))) slot = i; /* free or stale */
+  }
+  if (slot >= 0 && (at || (g_fail[slot].port == n->port && !strcmp(g_fail[slot].host, n->host)))) {
+    snprintf(g_fail[slot].host, sizeof g_fail[slot].host, "%s", n->host);
+    g_fail[slot].port = n->port;
+    g_fail[slot].at = at;
+  }
+  pthread_mutex_unlock(&g_fail_mu);
+  if (at) atomic_store_explicit(&g_fail_last, at, memory_order_relaxed);
+}
+
+/* Whether another handle saw host:port fail within RD_REDIAL_NS. */
+static int shared_failed(const rslots_node_t *n, uint64_t now) {
+  if (!fails_lately(now)) return 0;
+  int hit = 0;
+  pthread_mutex_lock(&g_fail_mu);
+  for (int i = 0; i < RD_SHARED_FAILS && !hit; i++)
+    hit = g_fail[i].at && now - g_fail[i].at < RD_REDIAL_NS && g_fail[i].port == n->port &&
+          !strcmp(g_fail[i].host, n->host);
+  pthread_mutex_unlock(&g_fail_mu);
+  return hit;
+}
+
 /* The node's connection failed now (no answer, refused, lost) / answered. */
 static void node_failed(rd_t *r, int node) {
-  if (node >= 0 && node < r->nconns) r->failed[node] = uv_hrtime();
+  if (node < 0 || node >= r->nconns) return;
+  r->failed[node] = uv_hrtime();
+  if (!SINGLE(r) && node < r->map.nnodes) shared_fail(&r->map.nodes[node], r->failed[node]);
 }
 
 static void node_answered(rd_t *r, int node) {
-  if (node >= 0 && node < r->nconns) r->failed[node] = 0;
+  if (node < 0 || node >= r->nconns) return;
+  r->failed[node] = 0;
+  if (!SINGLE(r) && node < r->map.nnodes && fails_lately(uv_hrtime())) shared_fail(&r->map.nodes[node], 0);
 }
 
-/* On a Cluster or with Sentinel: whether node failed within RD_REDIAL_NS (not to be
- * dialled again yet). */
+/* On a Cluster or with Sentinel: whether node failed within RD_REDIAL_NS, as this handle
+ * or another one of the process saw it (not to be dialled or used again yet). */
 static int redial_later(rd_t *r, int node) {
-  return !SINGLE(r) && node >= 0 && node < r->nconns && r->failed[node] &&
-         uv_hrtime() - r->failed[node] < RD_REDIAL_NS;
+  if (SINGLE(r) || node < 0) return 0;
+  uint64_t now = uv_hrtime();
+  if (node < r->nconns && r->failed[node] && now - r->failed[node] < RD_REDIAL_NS) return 1;
+  return node < r->map.nnodes && shared_failed(&r->map.nodes[node], now);
 }
 
 /* Whether host:port is a node that failed within RD_FAILED_NS. */
