@@ -75,7 +75,11 @@
  * to follow a failover); read-only commands are retried once on a fresh connection, writes are
  * not (they may have been applied). Failures return XMPP_EIO, which callers treat as
  * temporary (SASL answers <temporary-auth-failure/>). A connection failure is logged
- * once, and the reconnection. */
+ * once, and the reconnection. On a Cluster or with Sentinel a node silent for
+ * RD_FAILOVER_TIMEOUT_MS (a primary that hangs: stopped, starved of CPU) counts as
+ * failed, for every handle of the process (g_fail): it is not used again for
+ * RD_REDIAL_NS (commands wait out the back-off while the map is refreshed, until its
+ * replica serves), and is asked for the slot map last for RD_FAILED_NS. */
 #include <ctype.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
