@@ -41,6 +41,7 @@ STORE_USERS=20000 STORE_ROSTER=9
 PAIRS=1000 RATE=5000 DURATION=20 WINDOW=4
 LOGIN_USERS=5000
 SCALE_EDGES=10 SESSIONS=150000 SCALE_RATE=10000 SCALE_PAIRS=5000 SCALE_ARRIVAL=1000 SCALE_DURATION=20 SCALE_REDIS=single
+SCALE_FAULT=none SCALE_FAULT_AT=5
 FAULTS="" FAULT_PAIRS=200 FAULT_RATE=2000 FAULT_DURATION=60 FAULT_AT="" OUTAGE=8 FAULT_PROCS=2 FAULT_SETTLE=3
 ALL_FAULTS=none,edge-kill,router-kill,router-term,redis-term,redis-kill,dup-id
 OUT="" PARTS_GIVEN=0 NO_WAIT=0 PERF=0
@@ -63,6 +64,10 @@ options:
   --scale-arrival R   scale part: log-ins/s (default $SCALE_ARRIVAL)
   --redis single|cluster  scale part: one Redis, or a Redis Cluster of 3 primaries + 3 replicas
                       holding both the store and the cluster directory (default $SCALE_REDIS)
+  --scale-fault F     scale part with --redis cluster: none, kill (kill -9) or stop (SIGSTOP until the
+                      chat ends: a hung primary) the primary serving the registry's slot, and its
+                      per-second delivery from 5 s before to 30 s after (default $SCALE_FAULT)
+  --scale-fault-at S  ... this many seconds after the first message is sent (default $SCALE_FAULT_AT)
   --store-users N     store part: accounts and sessions (default $STORE_USERS)
   --store-roster K    store part: contacts per account (default $STORE_ROSTER)
   --perf S            chat part: \`perf record -g\` for S seconds of both open-loop runs (single
@@ -88,6 +93,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2 ;; --window) WINDOW=$2 ;; --login-users) LOGIN_USERS=$2 ;;
     --scale-edges) SCALE_EDGES=$2 ;; --sessions) SESSIONS=$2 ;; --scale-pairs) SCALE_PAIRS=$2 ;;
     --scale-rate) SCALE_RATE=$2 ;; --redis) SCALE_REDIS=$2 ;; --scale-duration) SCALE_DURATION=$2 ;; --scale-arrival) SCALE_ARRIVAL=$2 ;; --out) OUT=$2 ;;
+    --scale-fault) SCALE_FAULT=$2 ;; --scale-fault-at) SCALE_FAULT_AT=$2 ;;
     --store-users) STORE_USERS=$2 ;; --store-roster) STORE_ROSTER=$2 ;;
     --faults) FAULTS=$2 ;; --fault-pairs) FAULT_PAIRS=$2 ;; --fault-rate) FAULT_RATE=$2 ;;
     --fault-duration) FAULT_DURATION=$2 ;; --fault-at) FAULT_AT=$2 ;; --outage) OUTAGE=$2 ;;
@@ -229,7 +235,7 @@ start_redis_cluster() { # DIR
 rtotals() { # PORT...
   local p
   for p in "$@"; do
-    redis-cli -p "$p" info | tr -d '\r' |
+    timeout 2 redis-cli -p "$p" info 2>/dev/null | tr -d '\r' |
       awk -F: '/^(total_commands_processed|total_reads_processed|used_memory|role):/ {v[$1] = $2}
         END {if (v["role"] == "master") print v["total_commands_processed"] + 0, v["total_reads_processed"] + 0, v["used_memory"] + 0}'
   done | awk '{c += $1; r += $2; m += $3} END {print c + 0, r + 0, m + 0}'
@@ -417,12 +423,43 @@ if has scale; then
   t=0; until [ -s "$OUT/scale-rss.txt" ]; do sleep 0.1; t=$((t + 1)); [ $t -lt 300 ] || break; done # the baseline sample
   lim=$((SESSIONS / SCALE_ARRIVAL * 4 + SCALE_DURATION + 300))
   log "scale: $SESSIONS sessions at $SCALE_ARRIVAL/s over $SCALE_EDGES edges, $SCALE_PAIRS pairs chatting at $SCALE_RATE msgs/s (limit ${lim}s)"
+  FAULTER="" FVICTIM=""
+  if [ "$SCALE_FAULT" != none ] && [ "$SCALE_REDIS" = cluster ]; then
+    # the primary serving the registry's slot (hash tag {nodes}): leases, node set, shard map
+    rslot=$(redis-cli -p "${RCP[0]}" cluster keyslot nodes | tr -d '\r')
+    FVICTIM=$(redis-cli -p "${RCP[0]}" cluster nodes | tr -d '\r' | awk -v s="$rslot" '$3 ~ /master/ {
+        for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1]; if (s >= r[1] && s <= r[2]) { split($2, a, "[:@]"); print a[2] } } }')
+    vpid=""
+    for i in "${!RCP[@]}"; do [ "${RCP[$i]}" != "$FVICTIM" ] || vpid=${RC_PIDS[$i]}; done
+    [ -n "$vpid" ] || { log "scale fault: no primary found for slot $rslot"; exit 1; }
+    (for _ in $(seq 2400); do grep -q 'sent [1-9]' "$OUT/scale.progress" && break; sleep 0.25; done
+     sleep "$SCALE_FAULT_AT"
+     if [ "$SCALE_FAULT" = kill ]; then kill -9 "$vpid"; else kill -STOP "$vpid"; fi
+     echo "$(date +%s.%N) $(tail -n 1 "$OUT/scale.progress")" >"$OUT/scale-fault.txt") &
+    FAULTER=$!
+    log "scale fault: $SCALE_FAULT of primary $FVICTIM (pid $vpid, slot $rslot) ${SCALE_FAULT_AT}s after the first message"
+  fi
   rc=0
   PROGRESS=$OUT/scale.progress bench $lim chat --pairs "$SCALE_PAIRS" --idle-extra $((SESSIONS - 2 * SCALE_PAIRS)) --rate "$SCALE_RATE" \
     --duration "$SCALE_DURATION" --arrival "$SCALE_ARRIVAL" --concurrency 400 --procs "$procs" --threads 1 \
     --port "$ports" --server-pid "$(echo "$X_EDGES" | csv)" --json "$OUT/scale.json" --label scale \
     >"$OUT/scale.txt" || rc=$?
   kill "$SAMPLER" 2>/dev/null || true
+  if [ -n "$FAULTER" ]; then
+    kill "$FAULTER" 2>/dev/null || true
+    [ "$SCALE_FAULT" != stop ] || kill -CONT "$vpid" 2>/dev/null || true
+    if [ -s "$OUT/scale-fault.txt" ]; then
+      # the bench's clock at the fault, then its per-second lines around it
+      ft=$(tr -d '[]|' <"$OUT/scale-fault.txt" | awk '{sub(/s$/, "", $2); print $2}')
+      fig "== scale fault: $SCALE_FAULT of the primary $FVICTIM at bench time ${ft}s; per second (bench time, msgs/s, sent, delivered, p99 of the second):"
+      fig "$(tr -d '[]|' <"$OUT/scale.progress" | awk -v ft="$ft" '{t = $1; sub(/s$/, "", t)
+          if (t + 0 >= ft - 5 && t + 0 <= ft + 30) {
+            for (i = 1; i < NF; i++) { if ($i == "msgs/s") m = $(i + 1); if ($i == "sent") s = $(i + 1); if ($i == "delivered") d = $(i + 1); if ($i == "p99") p = $(i + 1) }
+            printf("  %6.1f %6d %8d %8d %8.1f ms\n", t - ft, m, s, d, p) } }')"
+    else
+      fig "== scale fault: $SCALE_FAULT did not happen (the chat never started?)"
+    fi
+  fi
   [ -s "$OUT/scale.json" ] || { log "scale run wrote no report (rc $rc): $(tail -3 "$OUT/scale.progress")"; exit 1; }
   read -r emax rmax dmax umax < <(awk 'BEGIN {e=0; r=0; d=0; u=0} {if ($2>e) e=$2; if ($3>r) r=$3; if ($4>d) d=$4; if ($7>u) u=$7} END {print e, r, d, u}' "$OUT/scale-rss.txt")
   sess=$(jq .results.sessions "$OUT/scale.json")

@@ -41,7 +41,10 @@
  * matters on on_state(1), which also follows a failover (writes a primary acknowledged
  * but did not pass to its replica are written again). While down, a retry tick (back-off
  * 100 ms doubling to 2 s, reset when up) reconnects, refreshes the map or asks the
- * sentinels again, and times out connects and handshakes. One log line per outage
+ * sentinels again, and times out connects and handshakes. A connection that stops
+ * answering (commands in flight, no reply for REPLY_TIMEOUT_MS: a primary stopped or
+ * starved of CPU keeps its TCP connection open and never errs) is dropped as lost by the
+ * watch timer, which also times out a sentinel's query. One log line per outage
  * ("unreachable: reason; retrying") and one when it ends ("back").
  *
  * The slot layer (common/redis_slots.h, shared with the store). Each command (call_t)
@@ -91,9 +94,16 @@
 #define CONNECT_TIMEOUT_MS 2000 /* connect + AUTH/SELECT/PING */
 #define CLOSE_DRAIN_MS 1000  /* credis_close: how long buffered commands may take to go out */
 #define CLUSTER_MAX 64
-#define SENTINEL_TIMEOUT_MS 300 /* one sentinel's answer (asked synchronously, rarely) */
+#define SENTINEL_TIMEOUT_MS 1000 /* one sentinel's connect + answer (asked asynchronously) */
 #define WAIT_REPLICA_MS_S "1000" /* WAIT 1 after a stored shard map */
 #define MAX_CONNS 64            /* nodes of a Redis Cluster one credis_t connects to */
+/* A connection with commands in flight and no reply for this long is dropped (its calls
+ * sent again by the slot layer, the map refreshed): a primary that hangs (stopped, CPU-
+ * starved, DEBUG SLEEP) keeps its TCP connection open and never errs, so without this
+ * its calls waited forever and a fail-over to its replica was never followed. Longer
+ * than any command credis sends takes (the shard map's WAIT: 1 s). */
+#define REPLY_TIMEOUT_MS 3000
+#define WATCH_MS 500            /* how often the connections' replies are checked */
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
@@ -189,6 +199,8 @@ struct conn {
   int first_write;       /* the handshake was queued inside redisAsyncHandleWrite */
   int replicas;          /* replicas following it (ROLE) */
   uint64_t started;      /* uv_now at connect: the handshake's deadline */
+  int inflight;          /* calls and CLUSTER SLOTS sent on ac, not answered yet */
+  uint64_t progress;     /* uv_now of the last reply, or of the send that made inflight 1 */
   call_t *pending, *pending_tail; /* waiting for this connection to come up */
 };
 
@@ -216,6 +228,15 @@ struct credis {
   uv_timer_t hb_timer;
   uv_timer_t defer_timer;
   uv_timer_t later_timer;
+  uv_timer_t watch_timer; /* REPLY_TIMEOUT_MS: connections that stopped answering */
+  /* Sentinel: the query for the primary, asynchronous like the rest (a sentinel that
+   * does not answer costs SENTINEL_TIMEOUT_MS of waiting, never of a blocked loop) */
+  conn_t *sent;           /* its connection (ac NULL: none in flight) */
+  int sidx;               /* the sentinel asked now (index in addr.seed_*): a round starts
+                             from the one that answered last */
+  int stried;             /* sentinels asked in this round */
+  int named;              /* node 0 is what a sentinel named since the last connect */
+  char *swhy;             /* why the last sentinel failed (the outage line) */
   int open_handles;
   int retry_closed;
 
@@ -361,6 +382,14 @@ static void ev_del_write(void *d) {
   ev_update(p);
 }
 
+/* Our event hooks on an attached context (see "hiredis 0.14.1 notes"). */
+static void ev_attach(redisAsyncContext *ac) {
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+}
+
 /* ---- connections ------------------------------------------------------------------------ */
 
 static void schedule_retry(credis_t *r) {
@@ -413,62 +442,179 @@ static void drop_context(conn_t *cn) {
   redisAsyncContext *ac = cn->ac;
   cn->ac = NULL;
   cn->up = 0;
+  cn->inflight = 0;
   if (ac) redisAsyncFree(ac);
 }
 
-/* Sentinel: asks the sentinels in turn for the primary, into map node 0 (its connection's
- * handshake then checks with ROLE that it calls itself a primary). Synchronous with a
- * short timeout: only on (re)connecting. 0, or -1 with *why (caller frees). */
-static int sentinel_resolve(credis_t *r, char **why) {
-  struct timeval tv = {0, SENTINEL_TIMEOUT_MS * 1000};
-  for (int i = 0; i < r->addr.nseeds; i++) {
-    redisContext *s = redisConnectWithTimeout(r->addr.seed_host[i], r->addr.seed_port[i], tv);
-    if (!s || s->err) {
-      xfree(*why);
-      *why = xstrfmt("sentinel %s:%d: %s", r->addr.seed_host[i], r->addr.seed_port[i], s ? s->errstr : "no memory");
-      if (s) redisFree(s);
-      continue;
-    }
-    redisSetTimeout(s, tv);
-    redisReply *rep = redisCommand(s, "SENTINEL get-master-addr-by-name %s", r->addr.master);
-    char host[RSLOTS_HOST_MAX];
-    int port, ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
-    if (rep) freeReplyObject(rep);
-    redisFree(s);
-    if (!ok) {
-      xfree(*why);
-      *why = xstrfmt("sentinel %s:%d does not know '%s'", r->addr.seed_host[i], r->addr.seed_port[i], r->addr.master);
-      continue;
-    }
-    if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
-    rslots_node_t *n = &r->map.nodes[0];
-    if (n->port != port || strcmp(n->host, host) != 0) {
-      log_info("redis %s: the primary is now %s:%d", r->name, host, port);
-      snprintf(n->host, sizeof n->host, "%s", host);
-      n->port = port;
-    }
-    xfree(*why);
-    *why = NULL;
-    return 0;
+/* Sentinel: asks the sentinels in turn (from the one that answered last) for the primary, into map node 0, then
+ * connects it (its handshake checks with ROLE that it calls itself a primary). One
+ * query at a time, on the loop: connect, SENTINEL get-master-addr-by-name, disconnect;
+ * a sentinel that refuses, errs, does not know the name or does not answer within
+ * SENTINEL_TIMEOUT_MS (watch_cb) passes the turn to the next; after the last one the
+ * outage is reported and the retry tick starts over. */
+static void sentinel_ask(credis_t *r);
+static void ev_attach(redisAsyncContext *ac);
+
+static void sentinel_next(credis_t *r, char *why) {
+  xfree(r->swhy);
+  r->swhy = why;
+  r->sidx = (r->sidx + 1) % r->addr.nseeds;
+  if (++r->stried < r->addr.nseeds) {
+    sentinel_ask(r);
+    return;
   }
-  if (!*why) *why = xstrdup("no sentinel");
-  return -1;
+  r->stried = 0;
+  report_down(conn_of(r, 0), r->swhy ? r->swhy : "no sentinel");
+  schedule_retry(r);
 }
 
-/* Cluster: CLUSTER SLOTS on an up connection (none in flight). */
+/* Ends the query in flight (its callbacks then see ac != r->sent->ac). From a reply
+ * callback hiredis defers the disconnect; elsewhere (timer, close) the context is freed. */
+static void sentinel_drop(credis_t *r, int in_callback) {
+  redisAsyncContext *ac = r->sent->ac;
+  r->sent->ac = NULL;
+  if (!ac) return;
+  if (in_callback) redisAsyncDisconnect(ac);
+  else redisAsyncFree(ac);
+}
+
+static void sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  credis_t *r = privdata;
+  if (r->closing || ac != r->sent->ac) return;
+  redisReply *rep = reply;
+  count_reply(r, rep);
+  char host[RSLOTS_HOST_MAX];
+  int port;
+  int ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
+  const char *sh = r->addr.seed_host[r->sidx];
+  int sp = r->addr.seed_port[r->sidx];
+  char *why = ok ? NULL
+                 : rep && rep->type == REDIS_REPLY_ERROR && rep->str
+                     ? xstrfmt("sentinel %s:%d: %s", sh, sp, rep->str)
+                     : xstrfmt("sentinel %s:%d does not know '%s'", sh, sp, r->addr.master);
+  sentinel_drop(r, 1);
+  if (!ok) {
+    sentinel_next(r, why);
+    return;
+  }
+  if (r->map.nnodes == 0) rslots_map_node(&r->map, host, port);
+  rslots_node_t *n = &r->map.nodes[0];
+  if (n->port != port || strcmp(n->host, host) != 0) {
+    log_info("redis %s: the primary is now %s:%d", r->name, host, port);
+    snprintf(n->host, sizeof n->host, "%s", host);
+    n->port = port;
+  }
+  r->stried = 0; /* sidx stays: the next round starts here */
+  r->named = 1;
+  conn_t *cn = conn_of(r, 0); /* its name */
+  if (!cn->ac) start_connect(cn);
+}
+
+static void sentinel_on_connect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  credis_t *r = ((conn_t *)ac->data)->r;
+  if (r->closing || ac != r->sent->ac) return;
+  if (status != REDIS_OK) { /* hiredis frees the context when this returns */
+    r->sent->ac = NULL;
+    sentinel_next(r, xstrfmt("sentinel %s:%d: %s", r->addr.seed_host[r->sidx], r->addr.seed_port[r->sidx],
+                             ac->errstr ? ac->errstr : "connect failed"));
+    return;
+  }
+  const char *av[] = {"SENTINEL", "get-master-addr-by-name", r->addr.master};
+  size_t al[] = {8, 23, strlen(r->addr.master)};
+  if (redisAsyncCommandArgv(ac, sentinel_reply, r, 3, av, al) == REDIS_OK) r->st.commands++;
+}
+
+static void sentinel_on_disconnect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  credis_t *r = ((conn_t *)ac->data)->r;
+  (void)status;
+  if (r->closing || ac != r->sent->ac) return; /* ours: a query that ended */
+  r->sent->ac = NULL;                          /* hiredis frees it when this returns */
+  sentinel_next(r, xstrfmt("sentinel %s:%d: connection lost", r->addr.seed_host[r->sidx],
+                           r->addr.seed_port[r->sidx]));
+}
+
+static void sentinel_ask(credis_t *r) {
+  if (r->closing || r->sent->ac) return;
+  const char *h = r->addr.seed_host[r->sidx];
+  int p = r->addr.seed_port[r->sidx];
+  redisAsyncContext *ac = redisAsyncConnect(h, p);
+  if (!ac || ac->err) {
+    char *why = xstrfmt("sentinel %s:%d: %s", h, p, ac && ac->errstr ? ac->errstr : "cannot allocate a context");
+    if (ac) redisAsyncFree(ac);
+    sentinel_next(r, why);
+    return;
+  }
+  ac->data = r->sent;
+  if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    ac->ev.cleanup = NULL;
+    redisAsyncFree(ac);
+    sentinel_next(r, xstrfmt("sentinel %s:%d: cannot attach to the loop", h, p));
+    return;
+  }
+  ev_attach(ac);
+  redisAsyncSetConnectCallback(ac, sentinel_on_connect);
+  redisAsyncSetDisconnectCallback(ac, sentinel_on_disconnect);
+  r->sent->ac = ac;
+  r->sent->first_write = 0;
+  r->sent->started = uv_now(r->loop);
+}
+
+/* A command that REPLY_TIMEOUT_MS watches went out on cn / its reply came on ac. */
+static void sent_on(conn_t *cn) {
+  if (cn->inflight++ == 0) cn->progress = uv_now(cn->r->loop);
+}
+
+static void replied_on(redisAsyncContext *ac) {
+  conn_t *cn = ac ? ac->data : NULL;
+  if (!cn || cn->ac != ac) return; /* a dropped context's calls failing */
+  if (cn->inflight > 0) cn->inflight--;
+  cn->progress = uv_now(cn->r->loop);
+}
+
+/* Cluster: CLUSTER SLOTS on an up connection (none in flight): one with nothing waiting
+ * if there is one, else the one that answered last (not a primary that hangs). */
 static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata);
 static void refresh_map(credis_t *r) {
   if (!CLUSTERED(r) || r->slots_inflight || r->closing) return;
+  conn_t *best = NULL;
   for (int i = 0; i < r->nconns; i++) {
     conn_t *cn = r->conns[i];
     if (!cn->up || !cn->ac) continue;
-    const char *av[] = {"CLUSTER", "SLOTS"};
-    size_t al[] = {7, 5};
-    if (redisAsyncCommandArgv(cn->ac, slots_cb, cn, 2, av, al) == REDIS_OK) {
-      r->st.commands++;
-      r->slots_inflight = 1;
-    }
-    return;
+    if (!best || (best->inflight && (!cn->inflight || cn->progress > best->progress))) best = cn;
+  }
+  if (!best) return;
+  const char *av[] = {"CLUSTER", "SLOTS"};
+  size_t al[] = {7, 5};
+  if (redisAsyncCommandArgv(best->ac, slots_cb, best, 2, av, al) == REDIS_OK) {
+    r->st.commands++;
+    r->slots_inflight = 1;
+    sent_on(best);
+  }
+}
+
+/* Every WATCH_MS: a connection with commands waiting and no reply for REPLY_TIMEOUT_MS is
+ * dropped as lost (its calls are sent again, the map refreshed: the slot layer). */
+static void watch_cb(uv_timer_t *t) {
+  credis_t *r = t->data;
+  if (r->closing) return;
+  uint64_t now = uv_now(r->loop);
+  if (r->sent && r->sent->ac && now - r->sent->started >= SENTINEL_TIMEOUT_MS) {
+    sentinel_drop(r, 0);
+    sentinel_next(r, xstrfmt("sentinel %s:%d: no answer within %d ms", r->addr.seed_host[r->sidx],
+                             r->addr.seed_port[r->sidx], SENTINEL_TIMEOUT_MS));
+    if (r->closing) return;
+  }
+  for (int i = 0; i < r->nconns; i++) {
+    conn_t *cn = r->conns[i];
+    if (!cn->ac || !cn->up || !cn->inflight || now - cn->progress < REPLY_TIMEOUT_MS) continue;
+    char why[128];
+    snprintf(why, sizeof why, "no reply for %d ms (%d commands waiting)", REPLY_TIMEOUT_MS, cn->inflight);
+    report_down(cn, why);
+    drop_context(cn);
+    conn_lost(cn);
+    if (r->closing) return;
   }
 }
 
@@ -477,6 +623,7 @@ static void slots_cb(redisAsyncContext *ac, void *reply, void *privdata) {
   credis_t *r = cn->r;
   redisReply *rep = reply;
   if (r->closing) return;
+  replied_on(ac);
   r->slots_inflight = 0;
   count_reply(r, rep);
   if (!rep) return; /* the connection died: its loss is handled there */
@@ -650,6 +797,7 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
   if (ac != cn->ac) return; /* our own redisAsyncFree */
   /* hiredis frees the context when this returns */
   cn->ac = NULL;
+  cn->inflight = 0;
   if (r->closing) { /* credis_close's graceful disconnect is over */
     if (--r->draining == 0) finish_close(r);
     return;
@@ -663,14 +811,12 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
 static void start_connect(conn_t *cn) {
   credis_t *r = cn->r;
   if (r->addr.mode == REDIS_MODE_SENTINEL) {
-    char *why = NULL;
-    if (sentinel_resolve(r, &why) != 0) {
-      report_down(cn, why);
-      xfree(why);
-      schedule_retry(r);
+    /* the sentinels are asked again before each connection: the answer connects */
+    if (!r->named) {
+      sentinel_ask(r);
       return;
     }
-    conn_of(r, 0); /* its name */
+    r->named = 0;
   }
   redisAsyncContext *ac;
   if (r->addr.unix_path) ac = redisAsyncConnectUnix(r->addr.unix_path);
@@ -690,16 +836,14 @@ static void start_connect(conn_t *cn) {
     schedule_retry(r);
     return;
   }
-  ac->ev.addRead = ev_add_read;
-  ac->ev.delRead = ev_del_read;
-  ac->ev.addWrite = ev_add_write;
-  ac->ev.delWrite = ev_del_write;
+  ev_attach(ac);
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   cn->ac = ac;
   cn->up = 0;
   cn->hs_failed = 0;
   cn->replicas = 0;
+  cn->inflight = 0;
   cn->started = uv_now(r->loop);
   /* the tick times the connect and the handshake out */
   if (!uv_is_active((uv_handle_t *)&r->retry_timer)) uv_timer_start(&r->retry_timer, retry_cb, CONNECT_TIMEOUT_MS, 0);
@@ -783,6 +927,7 @@ static void send_now(conn_t *cn, call_t *c) {
     return;
   }
   r->st.commands++;
+  sent_on(cn);
 }
 
 /* Sends c to the node serving its slot (see "The slot layer" at the top). */
@@ -829,6 +974,7 @@ static void call_cb(redisAsyncContext *ac, void *reply, void *privdata) {
     call_free(c);
     return;
   }
+  replied_on(ac);
   count_reply(r, rep);
   if (!rep) {
     call_failed(c);
@@ -1507,6 +1653,11 @@ static credis_t *make(uv_loop_t *loop, const char *addr, const char *cluster, co
   if (cbs) r->cbs = *cbs;
   r->ud = ud;
   r->backoff_ms = BACKOFF_MIN_MS;
+  if (r->addr.mode == REDIS_MODE_SENTINEL) {
+    r->sent = xcalloc(1, sizeof *r->sent);
+    r->sent->r = r;
+    r->sent->node = -1;
+  }
   r->k_all = xstrfmt("%s:{nodes}:all", cluster);
   r->k_prefix = xstrfmt("%s:{nodes}:n:", cluster);
   r->k_map = xstrfmt("%s:{nodes}:shardmap", cluster);
@@ -1516,8 +1667,11 @@ static credis_t *make(uv_loop_t *loop, const char *addr, const char *cluster, co
   uv_timer_init(loop, &r->hb_timer);
   uv_timer_init(loop, &r->defer_timer);
   uv_timer_init(loop, &r->later_timer);
-  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r->later_timer.data = r;
-  r->open_handles = 4;
+  uv_timer_init(loop, &r->watch_timer);
+  r->retry_timer.data = r->hb_timer.data = r->defer_timer.data = r->later_timer.data = r->watch_timer.data = r;
+  r->open_handles = 5;
+  uv_timer_start(&r->watch_timer, watch_cb, WATCH_MS, WATCH_MS);
+  uv_unref((uv_handle_t *)&r->watch_timer); /* a watch alone does not keep a loop running */
   int first = CLUSTERED(r) ? r->map.nnodes : 1;
   for (int i = 0; i < first; i++) conn_of(r, i);
   for (int i = 0; i < first; i++) start_connect(r->conns[i]);
@@ -1554,6 +1708,8 @@ static void handle_closed(uv_handle_t *h) {
     free_list(r->conns[i]->pending);
     xfree(r->conns[i]);
   }
+  xfree(r->sent);
+  xfree(r->swhy);
   rslots_map_free(&r->map);
   redis_addr_free(&r->addr);
   xfree(r->cluster);
@@ -1588,7 +1744,9 @@ void credis_close(credis_t *r) {
   uv_close((uv_handle_t *)&r->hb_timer, handle_closed);
   uv_close((uv_handle_t *)&r->defer_timer, handle_closed);
   uv_close((uv_handle_t *)&r->later_timer, handle_closed);
+  uv_close((uv_handle_t *)&r->watch_timer, handle_closed);
   uv_timer_stop(&r->retry_timer);
+  if (r->sent) sentinel_drop(r, 0); /* a query in flight: nothing to send */
   /* Graceful where connected: what is buffered (a deregistration, directory writes)
    * still goes out; hiredis closes once the replies are in, then on_disconnect counts
    * the drain down. From a reply callback hiredis defers this until the callback

@@ -8,7 +8,11 @@
  * Redis. One server, a Redis Cluster (cluster:SEEDS: one connection per primary, the slot
  * layer of common/redis_slots.h follows MOVED / ASK / TRYAGAIN / CLUSTERDOWN and the
  * failover of a primary) or the primary Sentinel names (sentinel:SENTINELS/NAME; the
- * sentinels are asked synchronously, at most 300 ms each, before each connection).
+ * sentinels are asked before each connection, on the loop like everything else: a
+ * sentinel that does not answer within 1 s passes the turn to the next, and a round
+ * starts from the one that answered last). A connection with commands in flight and no
+ * reply for 3 s is dropped as lost (a hung primary keeps its TCP connection open and
+ * never errs): its commands are sent again by the slot layer, the map refreshed.
  *
  * Connection. credis_new connects at once and reconnects by itself forever, with a capped
  * exponential back-off (100 ms .. 2 s). On a Redis Cluster, "up" means every primary

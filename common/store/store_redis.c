@@ -83,14 +83,20 @@
  * to follow a failover); read-only commands are retried once on a fresh connection, writes are
  * not (they may have been applied). Failures return XMPP_EIO, which callers treat as
  * temporary (SASL answers <temporary-auth-failure/>). A connection failure is logged
- * once, and the reconnection. */
+ * once, and the reconnection. On a Cluster or with Sentinel a node silent for
+ * RD_FAILOVER_TIMEOUT_MS (a primary that hangs: stopped, starved of CPU) counts as
+ * failed, for every handle of the process (g_fail): it is not used again for
+ * RD_REDIAL_NS (commands wait out the back-off while the map is refreshed, until its
+ * replica serves), and is asked for the slot map last for RD_FAILED_NS. */
 #include <ctype.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +121,20 @@
 #define RD_INDEX_KEY "accounts"
 #define RD_CONNECT_TIMEOUT_MS 2000
 #define RD_COMMAND_TIMEOUT_MS 5000
+/* On a Cluster or with Sentinel a node that does not answer for this long is taken as
+ * lost (its replica may have taken over: the map is refreshed, reads sent again) rather
+ * than waited for: a hung primary (stopped, CPU-starved) keeps its connections open. */
+#define RD_FAILOVER_TIMEOUT_MS 3000
+/* A node that failed (no answer, no connection) is asked for the slot map after the
+ * others for this long: a refresh does not wait on the node that made it necessary. */
+#define RD_FAILED_NS (10ull * 1000000000ull)
+/* One sentinel's connect and answer: a sentinel that does not answer costs this much of
+ * the calling thread, once (the next query starts from the sentinel that answered). */
+#define RD_SENTINEL_TIMEOUT_MS 500
+/* A node that failed this recently is not dialled again (a hung one would cost a whole
+ * RD_FAILOVER_TIMEOUT_MS more): the command waits out the slot layer's back-off, the map
+ * refreshed meanwhile, until its replica serves the slot or this has passed. */
+#define RD_REDIAL_NS (2000ull * 1000000ull)
 #define RD_LIST_PAGE 512
 #define RD_FLUSH_CHUNK 1024
 #define RD_ITEM_VERSION 1
@@ -380,6 +400,8 @@ typedef struct rd {
    * Sentinel, node 0 is the server (the primary Sentinel named), for every slot. */
   rslots_map_t map;
   redisContext **conns;
+  uint64_t *failed;  /* per node: uv_hrtime of its last failure, 0 none (cluster_refresh) */
+  int sidx;          /* Sentinel: the sentinel that answered last (asked first) */
   int nconns;
   int stale;    /* cluster: refresh the slot map before routing; sentinel: ask for the primary */
   int down;     /* the last connection attempt failed (logged once) */
@@ -483,9 +505,10 @@ static redisReply *raw_cmd(redisContext *c, int argc, const char **argv, const s
 }
 
 /* A connection to host:port (or the unix socket) with the timeouts set. NULL with *err. */
-static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
-  struct timeval ct = {RD_CONNECT_TIMEOUT_MS / 1000, (RD_CONNECT_TIMEOUT_MS % 1000) * 1000};
-  struct timeval tt = {RD_COMMAND_TIMEOUT_MS / 1000, (RD_COMMAND_TIMEOUT_MS % 1000) * 1000};
+static redisContext *dial_within(rd_t *r, const char *host, int port, const char *unix_path, int connect_ms,
+                                 int tmo, char **err) {
+  struct timeval ct = {connect_ms / 1000, (connect_ms % 1000) * 1000};
+  struct timeval tt = {tmo / 1000, (tmo % 1000) * 1000};
   redisContext *c = unix_path ? redisConnectUnixWithTimeout(unix_path, ct) : redisConnectWithTimeout(host, port, ct);
   if (!c) {
     *err = xstrfmt("redis %s: cannot allocate a connection", r->target);
@@ -503,6 +526,11 @@ static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_
     return NULL;
   }
   return c;
+}
+
+static redisContext *dial(rd_t *r, const char *host, int port, const char *unix_path, char **err) {
+  return dial_within(r, host, port, unix_path, RD_CONNECT_TIMEOUT_MS,
+                     SINGLE(r) ? RD_COMMAND_TIMEOUT_MS : RD_FAILOVER_TIMEOUT_MS, err);
 }
 
 /* The scripts on one connection (the shared loader, common/redis_scripts.h: on every new
@@ -557,9 +585,11 @@ static int handshake(rd_t *r, redisContext *c, char **err) {
  * *err. */
 static int sentinel_resolve(rd_t *r, char **err) {
   *err = NULL;
-  for (int i = 0; i < r->addr.nseeds; i++) {
+  for (int k = 0; k < r->addr.nseeds; k++) {
+    int i = (r->sidx + k) % r->addr.nseeds; /* from the one that answered last */
     char *why = NULL;
-    redisContext *s = dial(r, r->addr.seed_host[i], r->addr.seed_port[i], NULL, &why);
+    redisContext *s = dial_within(r, r->addr.seed_host[i], r->addr.seed_port[i], NULL, RD_SENTINEL_TIMEOUT_MS,
+                                  RD_SENTINEL_TIMEOUT_MS, &why);
     if (!s) {
       xfree(*err);
       *err = why;
@@ -571,9 +601,11 @@ static int sentinel_resolve(rd_t *r, char **err) {
     int ok = rep && rslots_sentinel_addr(rep, host, &port) == 0;
     if (!ok) {
       xfree(*err);
-      *err = xstrfmt("redis %s: sentinel %s:%d does not know '%s'%s%s", r->target, r->addr.seed_host[i],
-                     r->addr.seed_port[i], r->addr.master, rep && rep->type == REDIS_REPLY_ERROR ? ": " : "",
-                     rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+      *err = !rep ? xstrfmt("redis %s: sentinel %s:%d: %s", r->target, r->addr.seed_host[i], r->addr.seed_port[i],
+                            s->errstr[0] ? s->errstr : "no answer")
+                  : xstrfmt("redis %s: sentinel %s:%d does not know '%s'%s%s", r->target, r->addr.seed_host[i],
+                            r->addr.seed_port[i], r->addr.master, rep->type == REDIS_REPLY_ERROR ? ": " : "",
+                            rep->type == REDIS_REPLY_ERROR ? rep->str : "");
     }
     if (rep) freeReplyObject(rep);
     redisFree(s);
@@ -582,12 +614,14 @@ static int sentinel_resolve(rd_t *r, char **err) {
     if (r->map.nodes[0].port != port || strcmp(r->map.nodes[0].host, host) != 0) {
       log_info("store(redis) %s: the primary is now %s:%d", r->target, host, port);
       drop_node(r, 0);
+      if (r->nconns > 0) r->failed[0] = 0; /* another node */
       snprintf(r->map.nodes[0].host, sizeof r->map.nodes[0].host, "%s", host);
       r->map.nodes[0].port = port;
     }
     xfree(*err);
     *err = NULL;
     r->stale = 0;
+    r->sidx = i;
     return 0;
   }
   if (!*err) *err = xstrfmt("redis %s: no sentinel", r->target);
@@ -596,28 +630,117 @@ static int sentinel_resolve(rd_t *r, char **err) {
 
 static redisContext *node_ctx(rd_t *r, int node, char **err);
 
+/* Failures seen by any store handle of the process, by node address: each thread has a
+ * handle of its own, which would otherwise find a hung node by itself, RD_FAILOVER_TIMEOUT_MS
+ * each (a log-in waited for the edge's handle, then for the router's). g_fail_last (the
+ * latest failure, uv_hrtime) keeps the lock off the path while nothing failed lately. */
+#define RD_SHARED_FAILS 16
+static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  char host[RSLOTS_HOST_MAX];
+  int port;
+  uint64_t at; /* 0: free */
+} g_fail[RD_SHARED_FAILS];
+static _Atomic uint64_t g_fail_last;
+
+static int fails_lately(uint64_t now) {
+  uint64_t last = atomic_load_explicit(&g_fail_last, memory_order_relaxed);
+  return last && now - last < RD_REDIAL_NS;
+}
+
+/* Records (at > 0) or clears (at = 0) host:port's failure. */
+static void shared_fail(const rslots_node_t *n, uint64_t at) {
+  pthread_mutex_lock(&g_fail_mu);
+  int slot = -1;
+  for (int i = 0; i < RD_SHARED_FAILS; i++) {
+    if (g_fail[i].at && g_fail[i].port == n->port && !strcmp(g_fail[i].host, n->host)) {
+      slot = i;
+      break;
+    }
+    if (slot < 0 && (!g_fail[i].at || (at && at - g_fail[i].at >= RD_REDIAL_NS))) slot = i; /* free or stale */
+  }
+  if (slot >= 0 && (at || (g_fail[slot].port == n->port && !strcmp(g_fail[slot].host, n->host)))) {
+    snprintf(g_fail[slot].host, sizeof g_fail[slot].host, "%s", n->host);
+    g_fail[slot].port = n->port;
+    g_fail[slot].at = at;
+  }
+  pthread_mutex_unlock(&g_fail_mu);
+  if (at) atomic_store_explicit(&g_fail_last, at, memory_order_relaxed);
+}
+
+/* Whether another handle saw host:port fail within RD_REDIAL_NS. */
+static int shared_failed(const rslots_node_t *n, uint64_t now) {
+  if (!fails_lately(now)) return 0;
+  int hit = 0;
+  pthread_mutex_lock(&g_fail_mu);
+  for (int i = 0; i < RD_SHARED_FAILS && !hit; i++)
+    hit = g_fail[i].at && now - g_fail[i].at < RD_REDIAL_NS && g_fail[i].port == n->port &&
+          !strcmp(g_fail[i].host, n->host);
+  pthread_mutex_unlock(&g_fail_mu);
+  return hit;
+}
+
+/* The node's connection failed now (no answer, refused, lost) / answered. */
+static void node_failed(rd_t *r, int node) {
+  if (node < 0 || node >= r->nconns) return;
+  r->failed[node] = uv_hrtime();
+  if (!SINGLE(r) && node < r->map.nnodes) shared_fail(&r->map.nodes[node], r->failed[node]);
+}
+
+static void node_answered(rd_t *r, int node) {
+  if (node < 0 || node >= r->nconns) return;
+  r->failed[node] = 0;
+  if (!SINGLE(r) && node < r->map.nnodes && fails_lately(uv_hrtime())) shared_fail(&r->map.nodes[node], 0);
+}
+
+/* On a Cluster or with Sentinel: whether node failed within RD_REDIAL_NS, as this handle
+ * or another one of the process saw it (not to be dialled or used again yet). */
+static int redial_later(rd_t *r, int node) {
+  if (SINGLE(r) || node < 0) return 0;
+  uint64_t now = uv_hrtime();
+  if (node < r->nconns && r->failed[node] && now - r->failed[node] < RD_REDIAL_NS) return 1;
+  return node < r->map.nnodes && shared_failed(&r->map.nodes[node], now);
+}
+
+/* Whether host:port is a node that failed within RD_FAILED_NS. */
+static int failed_lately(rd_t *r, const char *host, int port) {
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < r->nconns && i < r->map.nnodes; i++)
+    if (r->failed[i] && now - r->failed[i] < RD_FAILED_NS && r->map.nodes[i].port == port &&
+        strcmp(r->map.nodes[i].host, host) == 0)
+      return 1;
+  return 0;
+}
+
 /* Cluster: the slot map from CLUSTER SLOTS, asked of the known primaries then the seed
- * nodes until one answers. 0 or -1 with *err. */
+ * nodes until one answers; nodes that failed lately last (pass 1), so that a refresh
+ * after a primary hung does not wait on it again. 0 or -1 with *err. */
 static int cluster_refresh(rd_t *r, char **err) {
   *err = NULL;
   int known = r->map.nnodes;
-  for (int i = 0; i < known + r->addr.nseeds; i++) {
+  for (int i = 0; i < 2 * (known + r->addr.nseeds); i++) {
+    int pass = i >= known + r->addr.nseeds;
+    int k = i % (known + r->addr.nseeds);
+    const char *h = k < known ? r->map.nodes[k].host : r->addr.seed_host[k - known];
+    int hp = k < known ? r->map.nodes[k].port : r->addr.seed_port[k - known];
+    if (failed_lately(r, h, hp) != pass) continue;
     char *why = NULL;
     redisContext *c;
     const char *host;
-    if (i < known) {
-      c = node_ctx(r, i, &why);
-      host = r->map.nodes[i].host;
+    if (k < known) {
+      c = node_ctx(r, k, &why);
+      host = r->map.nodes[k].host;
     } else {
-      host = r->addr.seed_host[i - known];
-      c = dial(r, host, r->addr.seed_port[i - known], NULL, &why);
+      host = r->addr.seed_host[k - known];
+      c = dial(r, host, r->addr.seed_port[k - known], NULL, &why);
     }
     if (!c) {
+      if (k < known) node_failed(r, k);
       xfree(*err);
       *err = why;
       continue;
     }
-    if (i >= known && r->addr.password) {
+    if (k >= known && r->addr.password) {
       redisReply *a = redisCommand(c, "AUTH %s", r->addr.password);
       if (a) freeReplyObject(a);
     }
@@ -626,8 +749,11 @@ static int cluster_refresh(rd_t *r, char **err) {
     if (rep) rc = rslots_map_load(&r->map, rep, host, &why);
     else why = xstrfmt("CLUSTER SLOTS: %s", c->errstr);
     if (rep) freeReplyObject(rep);
-    if (i >= known) redisFree(c);
-    else if (!rep) drop_node(r, i);
+    if (k >= known) redisFree(c);
+    else if (!rep) {
+      drop_node(r, k);
+      node_failed(r, k);
+    }
     if (rc == 0 && rslots_map_covered(&r->map) > 0) {
       xfree(*err);
       *err = NULL;
@@ -676,7 +802,11 @@ static redisContext *node_ctx(rd_t *r, int node, char **err) {
   if (node >= r->nconns) {
     int n = r->map.nnodes > node + 1 ? r->map.nnodes : node + 1;
     r->conns = xrealloc(r->conns, (size_t)n * sizeof *r->conns);
-    for (int i = r->nconns; i < n; i++) r->conns[i] = NULL;
+    r->failed = xrealloc(r->failed, (size_t)n * sizeof *r->failed);
+    for (int i = r->nconns; i < n; i++) {
+      r->conns[i] = NULL;
+      r->failed[i] = 0;
+    }
     r->nconns = n;
   }
   redisContext *c = r->conns[node];
@@ -733,11 +863,17 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
     char *err = NULL;
     int node = ask >= 0 ? ask : route(r, slot, &err);
     int fresh = node >= 0 && (node >= r->nconns || !r->conns[node]);
-    redisContext *c = node >= 0 ? node_ctx(r, node, &err) : NULL;
+    redisContext *c = NULL;
+    if (node >= 0 && redial_later(r, node))
+      err = xstrfmt("redis %s (%s:%d): failed less than %llu ms ago; waiting for a fail-over", r->target,
+                    r->map.nodes[node].host, r->map.nodes[node].port, RD_REDIAL_NS / 1000000ull);
+    else if (node >= 0)
+      c = node_ctx(r, node, &err);
     if (!c) { /* nothing was sent */
       note_down(r, err);
       xfree(err);
       topology_lost(r);
+      if (node >= 0 && !redial_later(r, node)) node_failed(r, node);
       if (SINGLE(r) || rslots_next(&t, NULL, &to, &ms) != RSLOTS_WAIT) return NULL;
       sleep_ms(ms);
       continue;
@@ -758,6 +894,7 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
     if (!ok) {
       log_error("store(redis) %s: %s", r->target, c->errstr);
       drop_node(r, node);
+      node_failed(r, node);
       topology_lost(r);
       r->down = 1;
       if (!retry) return NULL;
@@ -769,6 +906,7 @@ static redisReply *run_one(rd_t *r, const char *cmd, size_t len, int slot, int r
       sleep_ms(ms);
       continue;
     }
+    node_answered(r, node);
     switch (rslots_next(&t, rep, &to, &ms)) {
     case RSLOTS_DONE:
       return rep;
@@ -856,11 +994,13 @@ static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry,
     if (done[i] || node[i] < 0) continue;
     int nd = node[i];
     char *err = NULL;
-    redisContext *c = node_ctx(r, nd, &err);
+    redisContext *c = redial_later(r, nd) ? NULL : node_ctx(r, nd, &err);
+    if (!c && !err) err = xstrfmt("redis %s: node %d failed lately", r->target, nd);
     if (!c) {
       note_down(r, err);
       xfree(err);
       topology_lost(r);
+      if (!redial_later(r, nd)) node_failed(r, nd);
       for (size_t k = i; k < n; k++)
         if (node[k] == nd) done[k] = 1;
       continue;
@@ -885,6 +1025,7 @@ static void pipe_run(rd_t *r, const pipe_t *p, size_t from, size_t n, int retry,
     }
     if (dead) {
       drop_node(r, nd);
+      node_failed(r, nd);
       topology_lost(r);
       r->down = 1;
     }
@@ -1089,6 +1230,7 @@ static void rd_close(void *be) {
   if (!r) return;
   drop_all(r);
   xfree(r->conns);
+  xfree(r->failed);
   rslots_map_free(&r->map);
   pipe_free(&r->p);
   pipe_free(&r->bq);

@@ -6,8 +6,12 @@
  * loop dry and closing it (no handle left behind). */
 #include <criterion/criterion.h>
 #include <hiredis/hiredis.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -840,4 +844,83 @@ Test(credis, frozen_redis) {
   double ms = (double)(uv_hrtime() - t0) / 1e6;
   cr_assert_lt(ms, 8000.0, "closing took %.0f ms", ms);
   cr_assert_eq(o.downs, 0, "no callback after close");
+}
+
+/* A Redis that stops answering while commands are in flight (SIGSTOP: the connection
+ * stays open, nothing errs): credis declares it lost after its reply timeout (3 s), so
+ * that a Cluster's map is refreshed and a fail-over followed; before, the commands waited
+ * for ever and nothing was reported. Back when it answers again. */
+Test(credis, silent_redis_is_lost_after_the_reply_timeout) {
+  obs_t o = {0};
+  credis_t *r = open_r(&o);
+  WAIT_FOR(o.ups == 1, DEADLINE_MS);
+  cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
+  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
+  credis_dir_set(r, "alice@x", "phone", &s); /* in flight, never answered */
+  uint64_t t0 = uv_hrtime();
+  WAIT_FOR(o.downs == 1, DEADLINE_MS);
+  double ms = (double)(uv_hrtime() - t0) / 1e6;
+  cr_assert_geq(ms, 2500.0, "lost after %.0f ms: too early for a 3 s reply timeout", ms);
+  cr_assert_eq(kill(g_redis.pid, SIGCONT), 0);
+  WAIT_FOR(o.ups == 2, DEADLINE_MS);
+  credis_close(r);
+  finish_loop();
+}
+
+/* The loop's longest stall while it runs for ms: a 10 ms timer's largest gap, and the sum
+ * of the gaps beyond 50 ms. */
+typedef struct gaps {
+  uint64_t last, max, over;
+} gaps_t;
+
+static void gap_cb(uv_timer_t *t) {
+  gaps_t *g = t->data;
+  uint64_t now = uv_hrtime();
+  if (g->last) {
+    uint64_t d = now - g->last;
+    if (d > g->max) g->max = d;
+    if (d > 50000000u) g->over += d - 10000000u;
+  }
+  g->last = now;
+}
+
+/* A sentinel that accepts connections and never answers (a hung process: the kernel
+ * completes the handshake). credis asks it on the loop, asynchronously: the loop never
+ * stalls on it (before, each connection attempt blocked the loop for the synchronous
+ * query's timeouts), the query times out and is asked again later. */
+Test(credis, unanswering_sentinel_never_blocks_the_loop) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  cr_assert_geq(ls, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  cr_assert_eq(bind(ls, (struct sockaddr *)&a, sizeof a), 0);
+  cr_assert_eq(listen(ls, 64), 0);
+  cr_assert_eq(getsockname(ls, (struct sockaddr *)&a, &al), 0);
+  char addr[96];
+  snprintf(addr, sizeof addr, "sentinel:127.0.0.1:%d/mymaster", ntohs(a.sin_port));
+  obs_t o = {0};
+  credis_t *r = credis_new(&g_loop, addr, CLUSTER, &g_cbs, &o);
+  cr_assert_not_null(r);
+  gaps_t g = {0};
+  uv_timer_t t;
+  uv_timer_init(&g_loop, &t);
+  t.data = &g;
+  uv_timer_start(&t, gap_cb, 10, 10);
+  run_for(4000);
+  uv_timer_stop(&t);
+  uv_close((uv_handle_t *)&t, NULL);
+  /* how many times it was asked: the connections queued on the listener */
+  fcntl(ls, F_SETFL, O_NONBLOCK);
+  int asked = 0, fd;
+  while ((fd = accept(ls, NULL, NULL)) >= 0) {
+    asked++;
+    close(fd);
+  }
+  close(ls);
+  cr_assert_eq(o.ups, 0);
+  cr_assert_geq(asked, 2, "the sentinel was asked %d times (timed out, asked again)", asked);
+  cr_assert_lt(g.max, 200000000u, "the loop stalled %.0f ms", (double)g.max / 1e6);
+  cr_assert_lt(g.over, 300000000u, "the loop stalled %.0f ms in all", (double)g.over / 1e6);
+  credis_close(r);
+  finish_loop();
 }
