@@ -58,15 +58,25 @@ def keys_in_slot(port, slot):
     return [k.decode() for k in raw[2::2] if k]
 
 
-def migrate_slot(cl, slot, dst, pause, ask_port):
+def migrate_slot(cl, slot, dst, pause, ask_port, first=None, hold=0.0):
     """Moves slot to dst by hand, one key at a time with pause between (the window in which
-    a multi-key command meets TRYAGAIN). Returns how many keys moved."""
+    a multi-key command meets TRYAGAIN). first: a key moved before the others, then the
+    slot held half-moved for hold seconds (a multi-key command on its keys gets TRYAGAIN
+    for that long, whatever the timing of the traffic). Returns how many keys moved."""
     src = owner_of(cl, slot, ask_port)
     if src["id"] == dst["id"]:
         return 0
     assert resp(dst["port"], "CLUSTER", "SETSLOT", slot, "IMPORTING", src["id"]) == b"+OK\r\n"
     assert resp(src["port"], "CLUSTER", "SETSLOT", slot, "MIGRATING", dst["id"]) == b"+OK\r\n"
     moved = 0
+    if first is not None:
+        end = time.monotonic() + 5  # written by the archive's first group
+        while resp(src["port"], "EXISTS", first) != b":1\r\n" and time.monotonic() < end:
+            time.sleep(0.1)
+        r = resp(src["port"], "MIGRATE", "127.0.0.1", dst["port"], "", 0, 5000, "KEYS", first)
+        assert r == b"+OK\r\n", (first, r)
+        moved += 1
+        time.sleep(hold)
     while True:
         keys = keys_in_slot(src["port"], slot)
         if not keys:
@@ -242,12 +252,22 @@ class RedisClusterFaultsTest(unittest.TestCase):
             loop = asyncio.get_running_loop()
             port = self.some_port()
 
+            # names[0]'s archive stream moves first and its slot stays half-moved for 1.5 s:
+            # the archive writer's next group (server.mam_commit_ms, 1 s) holds names[0]'s
+            # rows, and its append script (stream, index and account hash) gets TRYAGAIN
+            # until the rest follows (the store waits it out: up to ~4.8 s)
+            held = ukey_slot(cl, names[0])
+
             def move_all():
                 moved = 0
                 for k, slot in enumerate(moving):
                     src = owner_of(cl, slot, port)
                     others = [n for n in primaries(cl, port) if n["id"] != src["id"]]
-                    moved += migrate_slot(cl, slot, others[k % len(others)], 0.1, port)
+                    if slot == held:
+                        moved += migrate_slot(cl, slot, others[k % len(others)], 0.1, port,
+                                              first="{u:%s@localhost}:m" % names[0], hold=1.5)
+                    else:
+                        moved += migrate_slot(cl, slot, others[k % len(others)], 0.1, port)
                 return moved
             mover = loop.run_in_executor(None, move_all)
             newcomers, reads = [], []
