@@ -62,6 +62,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/sm_state.h"
 #include "common/alloc.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -98,7 +99,6 @@ struct sm_wrote {
   uint32_t seq;
 };
 
-static void put_u32(buf_t *b, uint32_t v);
 
 void sm_ack_send(conn_t *c) {
   c->sm_ack_due = 0;
@@ -117,12 +117,12 @@ void sm_ack_send(conn_t *c) {
    * client's count at each, the resumption id once */
   buf_t p;
   buf_init(&p);
-  put_u32(&p, c->sm_in);
-  put_u32(&p, nw);
+  sm_state_put_u32(&p, c->sm_in);
+  sm_state_put_u32(&p, nw);
   for (uint32_t i = 0; i < nw; i++) {
-    put_u32(&p, (uint32_t)c->sm_wrote[i].copy);
-    put_u32(&p, (uint32_t)(c->sm_wrote[i].copy >> 32));
-    put_u32(&p, c->sm_wrote[i].seq);
+    sm_state_put_u32(&p, (uint32_t)c->sm_wrote[i].copy);
+    sm_state_put_u32(&p, (uint32_t)(c->sm_wrote[i].copy >> 32));
+    sm_state_put_u32(&p, c->sm_wrote[i].seq);
   }
   if (c->sm_rid && !c->sm_rid_told) {
     buf_append(&p, c->sm_rid, SM_RID_LEN);
@@ -845,44 +845,33 @@ void sm_resume_state(edge_thread_t *th, const bus_frame_t *f) {
  * frame. What it carries is bounded by the session's limits (sm_max_unacked,
  * max_pending_out); past SM_STATE_MAX it cannot go (the session ends instead, as at its
  * timeout: hand_over). */
-#define STATE_VERSION 2
 /* the largest state moved: under the largest frame body a bus link takes (16 MiB,
  * common/cluster/bus_link.c), with room for the frame's addresses */
 #define SM_STATE_MAX ((16u << 20) - 4096)
-
-static void put_u32(buf_t *b, uint32_t v) {
-  uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-  buf_append(b, x, 4);
-}
-
-static void put_str(buf_t *b, const void *p, size_t n) {
-  put_u32(b, (uint32_t)n);
-  if (n) buf_append(b, p, n);
-}
 
 static int state_encode(const conn_t *g, buf_t *out) {
   size_t n = 0, total = g->sm_bytes + g->presence_len + 256;
   for (sm_item_t *it = g->sm_q; it; it = it->next) n++;
   if (total + n * 32 > SM_STATE_MAX) return XMPP_EINVAL;
-  uint8_t v = STATE_VERSION;
+  uint8_t v = SM_STATE_VERSION;
   buf_append(out, &v, 1);
-  put_u32(out, g->sm_in);
-  put_u32(out, g->sm_out);
-  put_u32(out, g->sm_acked);
+  sm_state_put_u32(out, g->sm_in);
+  sm_state_put_u32(out, g->sm_out);
+  sm_state_put_u32(out, g->sm_acked);
   /* the h of the <resume/> (hand_over): if the resuming client goes before the state
    * reaches it, what h acknowledged must not come back (sm_bounce) */
-  put_u32(out, g->resume_h_set ? g->resume_h : g->sm_acked);
-  put_str(out, g->sm_rid, strlen(g->sm_rid));
-  put_str(out, g->jid.full, strlen(g->jid.full));
-  put_str(out, g->presence, g->presence_len);
-  put_u32(out, (uint32_t)n);
+  sm_state_put_u32(out, g->resume_h_set ? g->resume_h : g->sm_acked);
+  sm_state_put_str(out, g->sm_rid, strlen(g->sm_rid));
+  sm_state_put_str(out, g->jid.full, strlen(g->jid.full));
+  sm_state_put_str(out, g->presence, g->presence_len);
+  sm_state_put_u32(out, (uint32_t)n);
   for (sm_item_t *it = g->sm_q; it; it = it->next) {
     uint8_t fr = (uint8_t)it->fresh;
     buf_append(out, &fr, 1);
-    put_u32(out, it->seq);
-    put_u32(out, (uint32_t)(uint64_t)it->off_id);
-    put_u32(out, (uint32_t)((uint64_t)it->off_id >> 32));
-    put_str(out, it->m->data, it->m->len);
+    sm_state_put_u32(out, it->seq);
+    sm_state_put_u32(out, (uint32_t)(uint64_t)it->off_id);
+    sm_state_put_u32(out, (uint32_t)((uint64_t)it->off_id >> 32));
+    sm_state_put_str(out, it->m->data, it->m->len);
   }
   return 0;
 }
@@ -922,7 +911,7 @@ static const uint8_t *get_str(rd_t *r, size_t *n) {
  * payload is not a valid state of the session f->to names. */
 static conn_t *state_decode(edge_thread_t *th, const bus_frame_t *f) {
   rd_t r = {f->payload, f->payload_len, 0};
-  if (!r.left || r.p[0] != STATE_VERSION) return NULL;
+  if (!r.left || r.p[0] != SM_STATE_VERSION) return NULL;
   r.p++;
   r.left--;
   conn_t *g = xcalloc(1, sizeof *g);

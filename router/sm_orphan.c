@@ -33,47 +33,33 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "common/sm_state.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "router/sm_park.h"
 
 #define RID_LEN 40
-#define STATE_VERSION 2 /* edge/sm.c */
 
 struct orphan {
   char *full;
   uint64_t since;
 };
 
-static uint32_t rd_u32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_u32(buf_t *b, uint32_t v) {
-  uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-  buf_append(b, x, 4);
-}
-
-static void put_str(buf_t *b, const void *p, size_t n) {
-  put_u32(b, (uint32_t)n);
-  if (n) buf_append(b, p, n);
-}
-
 void sm_orphan_note(worker_t *w, session_t *s, const bus_frame_t *f) {
   (void)w;
   if (f->payload_len < 8) return;
   const uint8_t *p = f->payload;
-  uint32_t in = rd_u32(p), n = rd_u32(p + 4);
+  uint32_t in = sm_state_u32(p), n = sm_state_u32(p + 4);
   size_t pairs = (size_t)n * 12;
   if (pairs > f->payload_len - 8) return; /* malformed: nothing taken */
   s->sm_in = in;
   copy_t *c = s->park ? s->park->num : NULL;
   for (uint32_t i = 0; i < n; i++) {
     const uint8_t *q = p + 8 + (size_t)i * 12;
-    uint64_t copy = (uint64_t)rd_u32(q) | (uint64_t)rd_u32(q + 4) << 32;
+    uint64_t copy = (uint64_t)sm_state_u32(q) | (uint64_t)sm_state_u32(q + 4) << 32;
     while (c && c->n < copy) c = c->next; /* both in order of number */
     if (c && c->n == copy) {
-      c->seq = rd_u32(q + 8);
+      c->seq = sm_state_u32(q + 8);
       c->wrote = 1;
     }
   }
@@ -241,10 +227,10 @@ static void put_item(buf_t *out, const session_t *s, const copy_t *c, const bus_
   bus_frame_encode(&f, &e);
   uint8_t fresh = 1;
   buf_append(out, &fresh, 1);
-  put_u32(out, 0); /* seq: none, fresh */
-  put_u32(out, 0); /* not from offline storage */
-  put_u32(out, 0);
-  put_str(out, e.data, e.len);
+  sm_state_put_u32(out, 0); /* seq: none, fresh */
+  sm_state_put_u32(out, 0); /* not from offline storage */
+  sm_state_put_u32(out, 0);
+  sm_state_put_str(out, e.data, e.len);
   buf_free(&e);
 }
 
@@ -277,18 +263,18 @@ void sm_orphan_resume(worker_t *w, user_t *u, session_t *s, const bus_frame_t *f
   park_fix_tails(p);
   buf_t st;
   buf_init(&st);
-  uint8_t v = STATE_VERSION;
+  uint8_t v = SM_STATE_VERSION;
   buf_append(&st, &v, 1);
-  put_u32(&st, s->sm_in);
-  put_u32(&st, h); /* sent: what the client counted (nothing to check it against) */
-  put_u32(&st, h);
-  put_u32(&st, h);
-  put_str(&st, s->sm_rid, RID_LEN);
-  put_str(&st, s->full, strlen(s->full));
-  put_str(&st, s->presence, s->available ? s->presence_len : 0);
+  sm_state_put_u32(&st, s->sm_in);
+  sm_state_put_u32(&st, h); /* sent: what the client counted (nothing to check it against) */
+  sm_state_put_u32(&st, h);
+  sm_state_put_u32(&st, h);
+  sm_state_put_str(&st, s->sm_rid, RID_LEN);
+  sm_state_put_str(&st, s->full, strlen(s->full));
+  sm_state_put_str(&st, s->presence, s->available ? s->presence_len : 0);
   for (copy_t *c = p->plain; c; c = c->next) again++;
   for (copy_t *c = p->num; c; c = c->next) again++;
-  put_u32(&st, (uint32_t)again);
+  sm_state_put_u32(&st, (uint32_t)again);
   /* the unnumbered first: the older (what a detached session had kept, edge/sm.c) */
   for (copy_t *c = p->plain; c; c = c->next) put_item(&st, s, c, &f->src);
   for (copy_t *c = p->num; c; c = c->next) put_item(&st, s, c, &f->src);
