@@ -2851,6 +2851,16 @@ static int rd_account_create_max(void *be, const char *bare, const store_account
   return rc;
 }
 
+struct backfill {
+  rd_t *r;
+  int rc;
+};
+
+static void backfill_one(const char *bare, void *ud) {
+  struct backfill *bf = ud;
+  if (!bf->rc && strchr(bare, '@') && dset_op(bf->r, bare, 1) < 0) bf->rc = XMPP_EIO;
+}
+
 /* Fills the per-domain sets from the account index, once per Redis (xmppd:domain_sets):
  * accounts created before the sets existed. Idempotent (SADD), so two nodes opening at
  * once do it twice, harmlessly. */
@@ -2861,32 +2871,9 @@ static void dsets_backfill(rd_t *r) {
   int done = rep && rep->type == REDIS_REPLY_STRING;
   if (rep) freeReplyObject(rep);
   if (done || !rep) return;
-  char *start = xstrdup("-");
-  int rc = 0;
-  for (;;) {
-    char cnt[16];
-    snprintf(cnt, sizeof cnt, "%d", RD_LIST_PAGE);
-    const char *av[] = {"ZRANGEBYLEX", RD_INDEX_KEY, start, "+", "LIMIT", "0", cnt};
-    size_t al[] = {11, strlen(RD_INDEX_KEY), strlen(start), 1, 5, 1, strlen(cnt)};
-    redisReply *page = run_array(r, 7, av, al, &rc);
-    if (!page) break;
-    size_t n = page->elements;
-    for (size_t i = 0; i < n && !rc; i++) {
-      redisReply *m = page->element[i];
-      if (m->type != REDIS_REPLY_STRING || !memchr(m->str, '@', m->len)) continue;
-      char *bare = xstrndup(m->str, m->len);
-      if (dset_op(r, bare, 1) < 0) rc = XMPP_EIO;
-      xfree(bare);
-    }
-    if (!rc && n == RD_LIST_PAGE) {
-      redisReply *last = page->element[n - 1];
-      xfree(start);
-      start = xstrfmt("(%.*s", (int)last->len, last->str);
-    }
-    freeReplyObject(page);
-    if (rc || n < RD_LIST_PAGE) break;
-  }
-  xfree(start);
+  struct backfill bf = {r, 0};
+  int rc = rd_account_list(r, backfill_one, &bf); /* the account index, paged, live accounts only */
+  if (!rc) rc = bf.rc;
   if (rc) return; /* again at the next open */
   const char *sv[] = {"SET", "xmppd:domain_sets", "1"};
   size_t sl[] = {3, 17, 1};

@@ -2798,3 +2798,21 @@ Test(store_sqlite, schema_v9_upgraded_with_domain_counts) {
   cr_assert_eq(store_domain_accounts(s, "d.test"), 3);
   store_close(s);
 }
+
+/* The Redis counterpart: accounts from before the per-domain sets (a layout without
+ * {d:DOMAIN}:n nor the xmppd:domain_sets mark) are counted at the next open, from the
+ * account index (dsets_backfill), live accounts only. */
+Test(store_redis, domain_sets_filled_from_the_account_index) {
+  store_t *s = open_db();
+  add_user(s, "a@d.test", 1);
+  add_user(s, "b@d.test", 2);
+  add_user(s, "c@e.test", 3);
+  store_close(s);
+  freeReplyObject(rcmd("DEL {d:d.test}:n {d:e.test}:n xmppd:domain_sets"));
+  freeReplyObject(rcmd("ZADD accounts 0 gone@d.test")); /* in the index, no account */
+  s = open_db();
+  cr_assert_eq(store_domain_accounts(s, "d.test"), 2);
+  cr_assert_eq(store_domain_accounts(s, "e.test"), 1);
+  cr_assert_eq(rint_cmd("EXISTS xmppd:domain_sets"), 1, "done once");
+  store_close(s);
+}
