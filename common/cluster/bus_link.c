@@ -93,6 +93,7 @@ struct bus_link {
   bus_listener_t *ls;      /* server side: the listener that holds it */
   link_conn_t *conn;
   int up, closing, paused, writable, handles;
+  int corked;              /* bus_link_cork: bus_link_send queues, bus_link_uncork writes */
   uint64_t inc, peer_inc;  /* incarnations: random, fixed for a link object's life */
   uint64_t rx_count;       /* data frames delivered from peer_inc */
   int peer_restarted;      /* the last HELLO came from a new incarnation of a known peer */
@@ -128,6 +129,7 @@ struct bus_listener {
 
 static void conn_fail(link_conn_t *c, const char *why);
 static void flush(bus_link_t *l);
+static void ask_ack(bus_link_t *l);
 static void start_connect(bus_link_t *l);
 static void on_expire(uv_timer_t *t);
 static void on_retry(uv_timer_t *t);
@@ -360,54 +362,94 @@ static void on_write(uv_write_t *req, int status) {
   free_acked(l);
   flush(l);
   check_water(l);
-  /* Over the high watermark with written frames unacknowledged: ask for an ACK now
-   * rather than wait for the peer's thresholds or the next heartbeat. */
-  if (!l->writable && l->n_written && !c->ping_out && c->state == C_UP && c->ctrl_pending < CTRL_PENDING_MAX) {
+  ask_ack(l);
+}
+
+/* Over the high watermark with written frames unacknowledged: ask for an ACK now rather
+ * than wait for the peer's thresholds or the next heartbeat. */
+static void ask_ack(bus_link_t *l) {
+  link_conn_t *c = l->conn;
+  if (c && !l->writable && l->n_written && !c->ping_out && c->state == C_UP && c->ctrl_pending < CTRL_PENDING_MAX) {
     send_count(c, BUS_LINK_PING, l->rx_count);
     c->ping_out = 1;
   }
 }
 
+/* Writes what is unsent: what the kernel takes at once is written here (uv_try_write), and
+ * only a rest it does not take goes through uv_write and on_write. A write that libuv
+ * completes at once still costs its pending callback and, in libuv 1.44, an epoll_ctl
+ * when the socket is re-registered (uv__drain); a link writes at every batch. */
 static void flush(bus_link_t *l) {
-  link_conn_t *c = l->conn;
-  if (!c || c->state != C_UP || c->writing || !l->unsent) return;
-  uv_buf_t bufs[WRITE_MAX_BUFS];
-  unsigned n = 0;
-  size_t bytes = 0;
-  bus_msg_t *first = l->unsent, *m;
-  for (m = first; m && n < WRITE_MAX_BUFS && bytes < WRITE_MAX_BYTES; m = m->next) {
-    bufs[n++] = uv_buf_init((char *)m->data, (unsigned)m->len);
-    bytes += m->len;
-  }
-  unsigned nbufs = n;
-  if (c->tls) { /* gathered (full records, not one per small frame), then encrypted into
-                  one buffer that this write owns */
-    buf_t pt;
-    buf_init(&pt);
-    buf_reserve(&pt, bytes);
-    for (unsigned i = 0; i < n; i++) buf_append(&pt, bufs[i].base, bufs[i].len);
-    int bad = link_tls_write(c->tls, pt.data, pt.len);
-    buf_free(&pt);
-    if (bad) {
-      conn_fail(c, "TLS write failed");
+  for (;;) {
+    link_conn_t *c = l->conn;
+    if (!c || c->state != C_UP || c->writing || !l->unsent || l->corked) return;
+    uv_buf_t bufs[WRITE_MAX_BUFS];
+    unsigned n = 0;
+    size_t bytes = 0;
+    bus_msg_t *first = l->unsent, *m;
+    for (m = first; m && n < WRITE_MAX_BUFS && bytes < WRITE_MAX_BYTES; m = m->next) {
+      bufs[n++] = uv_buf_init((char *)m->data, (unsigned)m->len);
+      bytes += m->len;
+    }
+    unsigned nbufs = n;
+    size_t total = bytes;
+    if (c->tls) { /* gathered (full records, not one per small frame), then encrypted into
+                    one buffer that this write owns */
+      buf_t pt;
+      buf_init(&pt);
+      buf_reserve(&pt, bytes);
+      for (unsigned i = 0; i < n; i++) buf_append(&pt, bufs[i].base, bufs[i].len);
+      int bad = link_tls_write(c->tls, pt.data, pt.len);
+      buf_free(&pt);
+      if (bad) {
+        conn_fail(c, "TLS write failed");
+        return;
+      }
+      c->wdata = buf_steal(&c->tout, &total);
+      bufs[0] = uv_buf_init((char *)c->wdata, (unsigned)total);
+      nbufs = 1;
+    }
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (rc < 0 && rc != UV_EAGAIN) {
+      conn_fail(c, uv_strerror(rc));
       return;
     }
-    size_t clen;
-    c->wdata = buf_steal(&c->tout, &clen);
-    bufs[0] = uv_buf_init((char *)c->wdata, (unsigned)clen);
-    nbufs = 1;
-  }
-  c->wreq.data = c;
-  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
-  if (rc != 0) {
-    conn_fail(c, uv_strerror(rc));
+    size_t done = rc > 0 ? (size_t)rc : 0;
+    l->unsent = m;
+    l->st.frames_sent += n;
+    l->st.bytes_sent += bytes;
+    if (done == total) { /* all of it: written, as on_write would count it */
+      xfree(c->wdata);
+      c->wdata = NULL;
+      l->n_written += n;
+      free_acked(l);
+      continue; /* more than one write's bounds were queued */
+    }
+    unsigned i = 0;
+    while (done >= bufs[i].len) done -= bufs[i++].len;
+    bufs[i].base += done;
+    bufs[i].len -= done;
+    l->n_inflight = n;
+    c->wreq.data = c;
+    rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs + i, nbufs - i, on_write);
+    if (rc != 0) {
+      conn_fail(c, uv_strerror(rc));
+      return;
+    }
+    c->writing = 1;
     return;
   }
-  c->writing = 1;
-  l->unsent = m;
-  l->n_inflight = n;
-  l->st.frames_sent += n;
-  l->st.bytes_sent += bytes;
+}
+
+void bus_link_cork(bus_link_t *l) { l->corked = 1; }
+
+void bus_link_uncork(bus_link_t *l) {
+  if (!l->corked) return;
+  l->corked = 0;
+  if (!l->up) return;
+  flush(l);
+  check_water(l);
+  ask_ack(l);
 }
 
 /* ---- connections ------------------------------------------------------------------ */
@@ -1002,6 +1044,7 @@ int bus_link_send(bus_link_t *l, bus_msg_t *m) {
   if (l->up) flush(l);
   else if (l->count == 1) arm_expiry(l);
   check_water(l);
+  ask_ack(l); /* after check_water: a write done at once crossed the high watermark */
   return 0;
 }
 

@@ -115,6 +115,10 @@ bus_link_t *bus_link_connect(uv_loop_t *loop, const char *host, int port, uint16
  * cfg.queue_max_bytes: then on_overflow(m) has already run. Link-control kinds and bodies
  * over cfg.max_body are refused the same way (XMPP_EINVAL, through on_overflow). */
 int bus_link_send(bus_link_t *l, bus_msg_t *m);
+/* Between bus_link_cork and bus_link_uncork, bus_link_send only queues: the frames of a
+ * batch go out together, in as few system calls as the kernel allows, at the uncork. */
+void bus_link_cork(bus_link_t *l);
+void bus_link_uncork(bus_link_t *l);
 /* 1 while queued bytes are under the high watermark (hysteresis: back to 1 under the
  * low watermark). Producers that can pause their own inputs should while it is 0. */
 int bus_link_writable(const bus_link_t *l);

@@ -901,8 +901,14 @@ static void edge_thread_done(cluster_t *c, bus_msg_t *m) {
 
 /* ---- thread ---- */
 
+/* A batch of this node's outbound frames: each link writes its share at the end, in one
+ * system call where the kernel takes it all (not its first frame at once and the rest
+ * when that write completes). */
 static void in_cb(void *ud, bus_msg_t *batch) {
   cluster_t *c = ud;
+  int npeers = c->npeers;
+  for (int i = 0; i < npeers; i++)
+    if (c->peers[i].out) bus_link_cork(c->peers[i].out);
   while (batch) {
     bus_msg_t *m = batch;
     batch = m->next;
@@ -912,6 +918,8 @@ static void in_cb(void *ud, bus_msg_t *batch) {
     }
     dispatch(c, m);
   }
+  for (int i = 0; i < c->npeers; i++)
+    if (c->peers[i].out) bus_link_uncork(c->peers[i].out);
 }
 
 /* The links (one per peer and direction) and the registry as metrics, published for the

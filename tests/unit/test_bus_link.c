@@ -314,6 +314,34 @@ Test(bus_link, small_watermarks_do_not_wait_for_heartbeats) {
   bus_listener_close(ls);
 }
 
+Test(bus_link, corked_frames_wait_for_the_uncork_then_all_arrive_in_order) {
+  /* bus_link_cork: a batch's frames are queued, not written; bus_link_uncork writes them,
+   * past one write's bounds (1,024 buffers) and past what the kernel takes at once (12 MB:
+   * the rest goes through uv_write), in order, once each. */
+  bus_link_config_t cfg = test_cfg();
+  side_t *srv = side_new("server", size_4k);
+  side_t *cli = side_new("client", size_4k);
+  bus_listener_t *ls = listen_on(0, &cfg, srv);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
+  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  const uint64_t N = 3000;
+  bus_link_cork(l);
+  for (uint64_t i = 0; i < N; i++) cr_assert_eq(bus_link_send(l, make_msg(i, size_4k(i))), 0);
+  RUN_FOR(100);
+  bus_link_stats_t st;
+  bus_link_get_stats(l, &st);
+  cr_assert_eq(st.frames_sent, 0, "%llu frame(s) written while corked", (unsigned long long)st.frames_sent);
+  cr_assert_eq(srv->received, 0);
+  bus_link_uncork(l);
+  RUN_UNTIL(srv->received == N, 10000);
+  cr_assert_eq(srv->received, N);
+  cr_assert_eq(srv->errors, 0);
+  RUN_UNTIL((bus_link_get_stats(l, &st), st.queued_frames == 0), 3000);
+  cr_assert_eq(st.queued_frames, 0, "written frames never acknowledged");
+  bus_link_close(l);
+  bus_listener_close(ls);
+}
+
 /* ---- bounds ------------------------------------------------------------------------ */
 
 Test(bus_link, byte_bound_overflows_immediately) {
