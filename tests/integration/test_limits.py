@@ -5,6 +5,7 @@ import asyncio
 import os
 import re
 import select
+import socket
 import sqlite3
 import ssl
 import threading
@@ -127,6 +128,44 @@ class FloodTest(ServerTest):
             got.append((await b.next_message(5))["body"])
             await asyncio.sleep(0.1)
         self.assertEqual(got, [f"hi {i}" for i in range(n)])
+
+
+class PartialWriteTest(ServerTest):
+    """A reader that falls behind by more than the kernel's socket buffers hold."""
+    users = ("sloth", "sender")
+    server_options = {"limits.max_pending_out": "33554432", "limits.rate_bytes": "0",
+                      "limits.rate_stanzas": "0", "server.mam": "false"}
+
+    def test_reader_behind_for_a_while_gets_every_message_in_order(self):
+        """The server writes what the kernel takes at once and keeps the rest for a later
+        write (edge/conn.c, flush_one: uv_try_write, then uv_write for the rest). 24 MB
+        for a client that does not read for a second (more than the loopback socket
+        buffers take: partial writes), then reads: every message once, in order, its TLS
+        records whole (a rest dropped or written twice breaks the record layer)."""
+        slow = RawStream(self.srv.port, timeout=30).login("sloth", "pw", "r")
+        sender = RawStream(self.srv.port).login("sender", "pw", "s")
+        n, body = 6000, "y" * 4000
+        for k in range(0, n, 100):
+            sender.send("".join(f"<message to='sloth@{DOMAIN}/r' type='chat' id='p{i}'><body>{i} {body}</body></message>"
+                                for i in range(k, k + 100)))
+        time.sleep(1)
+        data, seen, pos, end = bytearray(), 0, 0, time.monotonic() + 60
+        while seen < n and time.monotonic() < end:
+            slow.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                chunk = slow.sock.recv(1 << 20)
+            except (socket.timeout, TimeoutError):
+                continue
+            if not chunk:
+                break
+            data += chunk
+            while (hit := data.find(b"</message>", pos)) >= 0:
+                seen, pos = seen + 1, hit + 10
+        got = [int(x) for x in re.findall(rb"<body>(\d+) y+</body>", data)]
+        self.assertEqual(got, list(range(n)))
+        self.assertNotIn("does not read", self.srv.log_text())
+        slow.close()
+        sender.close()
 
 
 class SlowReaderTest(ServerTest):
