@@ -231,6 +231,15 @@ static bus_listener_t *listen_on(int port, const bus_link_config_t *cfg, side_t 
   return ls;
 }
 
+/* A listener (node 1, router) and a client link to it (node 2, edge), both up. */
+static bus_link_t *pair_up(const bus_link_config_t *cfg, side_t *srv, side_t *cli, bus_listener_t **ls) {
+  *ls = listen_on(0, cfg, srv);
+  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(*ls), 2, BUS_ROLE_EDGE, cfg, &CBS, cli);
+  cr_assert_not_null(l);
+  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  return l;
+}
+
 /* A loopback port nothing listens on (for now). */
 TestSuite(bus_link, .init = setup, .fini = teardown, .timeout = 60);
 
@@ -297,9 +306,8 @@ Test(bus_link, small_watermarks_do_not_wait_for_heartbeats) {
   cfg.low_water = 16u << 10;
   side_t *srv = side_new("server", size_4k);
   side_t *cli = side_new("client", size_4k);
-  bus_listener_t *ls = listen_on(0, &cfg, srv);
-  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
-  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  bus_listener_t *ls;
+  bus_link_t *l = pair_up(&cfg, srv, cli, &ls);
   const uint64_t N = 5000; /* 20 MB through a 64 KiB window */
   uint64_t t0 = uv_now(&loop);
   cli->to_send = N;
@@ -321,9 +329,8 @@ Test(bus_link, corked_frames_wait_for_the_uncork_then_all_arrive_in_order) {
   bus_link_config_t cfg = test_cfg();
   side_t *srv = side_new("server", size_4k);
   side_t *cli = side_new("client", size_4k);
-  bus_listener_t *ls = listen_on(0, &cfg, srv);
-  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
-  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  bus_listener_t *ls;
+  bus_link_t *l = pair_up(&cfg, srv, cli, &ls);
   const uint64_t N = 3000;
   bus_link_cork(l);
   for (uint64_t i = 0; i < N; i++) cr_assert_eq(bus_link_send(l, make_msg(i, size_4k(i))), 0);
@@ -616,9 +623,8 @@ Test(bus_link, connection_resets_mid_stream_lose_and_duplicate_nothing) {
   cfg.max_wait_ms = 10000;
   side_t *srv = side_new("server", size_small);
   side_t *cli = side_new("client", size_small);
-  bus_listener_t *ls = listen_on(0, &cfg, srv);
-  bus_link_t *l = bus_link_connect(&loop, "127.0.0.1", bus_listener_port(ls), 2, BUS_ROLE_EDGE, &cfg, &CBS, cli);
-  RUN_UNTIL(cli->ups && srv->ups, 2000);
+  bus_listener_t *ls;
+  bus_link_t *l = pair_up(&cfg, srv, cli, &ls);
   const uint64_t N = 60000;
   cli->to_send = srv->to_send = N;
   produce(cli, l);
