@@ -12,6 +12,7 @@ recover is printed. A missing redis-server fails these tests (it does not skip t
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import time
 import unittest
@@ -46,8 +47,12 @@ def hlen(cl, key):
     return int(resp(port, "HLEN", key).decode().strip().lstrip(":")), port
 
 
-class RedisClusterDirectoryTest(unittest.TestCase):
-    users = [f"u{i}" for i in range(1, 25)]
+class RedisClusterNodes(unittest.TestCase):
+    """The set-up of the tests on a Redis Cluster (no test of its own): the Redis Cluster,
+    2 routers and 2 edges holding the cluster's `users`, started once per class; each
+    test ends with every node alive and none having lost its lease. Ports a test leaves
+    stopped (SIGSTOP) in cls.stopped are continued before the stop."""
+    users = ()
     wait_map = classmethod(test_cluster.ClusterTest.wait_map.__func__)
 
     @classmethod
@@ -70,6 +75,8 @@ class RedisClusterDirectoryTest(unittest.TestCase):
     def tearDownClass(cls):
         bad = []
         try:
+            for p in getattr(cls, "stopped", []):
+                os.kill(cls.cl.procs[p].pid, signal.SIGCONT)
             for n in getattr(cls, "edges", []) + getattr(cls, "routers", []):
                 if n.proc and n.proc.poll() is None and n.stop() != 0:
                     bad.append(n.log_text())
@@ -82,6 +89,10 @@ class RedisClusterDirectoryTest(unittest.TestCase):
         for n in self.routers + self.edges:
             self.assertTrue(n.alive(), f"node {n.node_id} died:\n" + n.log_text())
             self.assertNotIn("lost its lease", n.log_text())
+
+
+class RedisClusterDirectoryTest(RedisClusterNodes):
+    users = [f"u{i}" for i in range(1, 25)]
 
     async def chat_pairs(self, pairs, per, tag, during=None):
         """Each (sender, receiver, receiver's jid) pair: per messages; returns (got, errors,

@@ -25,10 +25,9 @@ import re
 
 import socket
 
-from harness import RedisCluster, RedisSentinel, resp, resp_text, run
-import test_cluster
+from harness import RedisSentinel, resp, resp_text, run
 import test_cluster_redis_cluster
-from test_cluster import Node, check_every_message_once, error_watch, login
+from test_cluster import check_every_message_once, error_watch, login
 from test_mam import Raw
 
 RESUME_BOUND_S = 12  # cluster-node-timeout 1 s + the promotion + our timeouts, on a loaded machine
@@ -185,44 +184,8 @@ class Pump:
         return max(first.values()) - t0, worst
 
 
-class RedisClusterFaultsTest(unittest.TestCase):
+class RedisClusterFaultsTest(test_cluster_redis_cluster.RedisClusterNodes):
     users = [f"f{i}" for i in range(48)]
-    wait_map = classmethod(test_cluster.ClusterTest.wait_map.__func__)
-
-    @classmethod
-    def setUpClass(cls):
-        cls.cl = RedisCluster()
-        try:
-            cls.cl.start()
-            cls.routers = [Node(cls.cl, 1, "router"), Node(cls.cl, 2, "router")]
-            cls.edges = [Node(cls.cl, 11, "edge"), Node(cls.cl, 12, "edge")]
-            for u in cls.users:
-                cls.edges[0].adduser(f"{u}@localhost", "pw")
-            for n in cls.routers + cls.edges:
-                n.start()
-            cls.wait_map(2, timeout=20)
-        except Exception:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        bad = []
-        try:
-            for p in getattr(cls, "stopped", []):
-                os.kill(cls.cl.procs[p].pid, signal.SIGCONT)
-            for n in getattr(cls, "edges", []) + getattr(cls, "routers", []):
-                if n.proc and n.proc.poll() is None and n.stop() != 0:
-                    bad.append(n.log_text())
-        finally:
-            cls.cl.stop()
-            cls.cl.cleanup()
-        assert not bad, bad
-
-    def tearDown(self):
-        for n in self.routers + self.edges:
-            self.assertTrue(n.alive(), f"node {n.node_id} died:\n" + n.log_text())
-            self.assertNotIn("lost its lease", n.log_text())
 
     def some_port(self):
         return next(p for p in self.cl.live_ports() if p not in getattr(self, "stopped", []))
