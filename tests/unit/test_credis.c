@@ -821,15 +821,22 @@ Test(credis, bad_address_or_cluster) {
   finish_loop();
 }
 
+/* A connection up, then the Redis stopped (SIGSTOP: the connection stays open, nothing
+ * errs) with a directory write sent after it. The test sends SIGCONT. */
+static credis_t *up_then_frozen(obs_t *o) {
+  credis_t *r = open_r(o);
+  WAIT_FOR(o->ups == 1, DEADLINE_MS);
+  cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
+  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
+  credis_dir_set(r, "alice@x", "phone", &s);
+  return r;
+}
+
 /* A Redis that accepts but never answers (SIGSTOP): the handshake times out and is retried;
  * credis_close's graceful drain gives up after its bound. */
 Test(credis, frozen_redis) {
   obs_t o = {0};
-  credis_t *r = open_r(&o);
-  WAIT_FOR(o.ups == 1, DEADLINE_MS);
-  cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
-  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
-  credis_dir_set(r, "alice@x", "phone", &s); /* written, never answered */
+  credis_t *r = up_then_frozen(&o); /* a directory write in it, never answered */
   run_for(50);
   uint64_t t0 = uv_hrtime();
   credis_close(r);
@@ -852,11 +859,7 @@ Test(credis, frozen_redis) {
  * for ever and nothing was reported. Back when it answers again. */
 Test(credis, silent_redis_is_lost_after_the_reply_timeout) {
   obs_t o = {0};
-  credis_t *r = open_r(&o);
-  WAIT_FOR(o.ups == 1, DEADLINE_MS);
-  cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
-  credis_session_t s = {.node = 1, .conn = 1, .available = 1};
-  credis_dir_set(r, "alice@x", "phone", &s); /* in flight, never answered */
+  credis_t *r = up_then_frozen(&o); /* a directory write in flight, never answered */
   uint64_t t0 = uv_hrtime();
   WAIT_FOR(o.downs == 1, DEADLINE_MS);
   double ms = (double)(uv_hrtime() - t0) / 1e6;
